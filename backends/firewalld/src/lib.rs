@@ -1,0 +1,1 @@
+//! firewalld firewall backend for postern (in progress).

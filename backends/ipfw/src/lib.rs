@@ -1,0 +1,1 @@
+//! ipfw firewall backend for postern (in progress).

@@ -1,0 +1,1 @@
+//! iptables firewall backend for postern (in progress).

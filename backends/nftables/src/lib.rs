@@ -1,0 +1,1 @@
+//! nftables firewall backend for postern (in progress).

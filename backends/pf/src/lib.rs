@@ -1,0 +1,1 @@
+//! pf firewall backend for postern (in progress).

@@ -1,0 +1,1 @@
+//! script firewall backend for postern (in progress).

@@ -1,0 +1,42 @@
+//! Base64 as fwknop writes it: standard alphabet, `=` padding stripped on output,
+//! padding optional on input.
+
+use base64::alphabet::STANDARD;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use base64::Engine;
+
+const LENIENT: GeneralPurpose = GeneralPurpose::new(
+    &STANDARD,
+    GeneralPurposeConfig::new()
+        .with_encode_padding(false)
+        .with_decode_padding_mode(DecodePaddingMode::Indifferent)
+        .with_decode_allow_trailing_bits(true),
+);
+
+const PADDED: GeneralPurpose = GeneralPurpose::new(
+    &STANDARD,
+    GeneralPurposeConfig::new()
+        .with_encode_padding(true)
+        .with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
+/// Encode without `=` padding (fwknop's form for every field and the ciphertext).
+pub fn encode_nopad(data: &[u8]) -> String {
+    LENIENT.encode(data)
+}
+
+/// Encode with `=` padding (the form of keys in access.conf and ~/.fwknoprc).
+pub fn encode_padded(data: &[u8]) -> String {
+    PADDED.encode(data)
+}
+
+/// Decode with or without padding.
+pub fn decode(text: &str) -> Option<Vec<u8>> {
+    LENIENT.decode(text).ok()
+}
+
+/// Is every byte in the base64 alphabet (including `=`)?
+pub fn first_non_base64(data: &[u8]) -> Option<usize> {
+    data.iter()
+        .position(|&b| !(b.is_ascii_alphanumeric() || b == b'+' || b == b'/' || b == b'='))
+}

@@ -1,0 +1,135 @@
+//! Message digests and HMACs used by fwknop: md5, sha1, sha2 and sha3 families.
+
+use crate::error::{Result, SpaError};
+use hmac::{Mac, SimpleHmac};
+use sha2::Digest;
+use std::fmt;
+use std::str::FromStr;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DigestType {
+    Md5,
+    Sha1,
+    Sha256,
+    Sha384,
+    Sha512,
+    Sha3_256,
+    Sha3_512,
+}
+
+const NAMES: &str = "md5, sha1, sha256, sha384, sha512, sha3_256, sha3_512";
+
+impl DigestType {
+    pub const ALL: [DigestType; 7] = [
+        DigestType::Md5,
+        DigestType::Sha1,
+        DigestType::Sha256,
+        DigestType::Sha384,
+        DigestType::Sha512,
+        DigestType::Sha3_256,
+        DigestType::Sha3_512,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DigestType::Md5 => "md5",
+            DigestType::Sha1 => "sha1",
+            DigestType::Sha256 => "sha256",
+            DigestType::Sha384 => "sha384",
+            DigestType::Sha512 => "sha512",
+            DigestType::Sha3_256 => "sha3_256",
+            DigestType::Sha3_512 => "sha3_512",
+        }
+    }
+
+    /// Raw output length in bytes.
+    pub fn output_len(self) -> usize {
+        match self {
+            DigestType::Md5 => 16,
+            DigestType::Sha1 => 20,
+            DigestType::Sha256 | DigestType::Sha3_256 => 32,
+            DigestType::Sha384 => 48,
+            DigestType::Sha512 | DigestType::Sha3_512 => 64,
+        }
+    }
+
+    /// Length of the unpadded base64 form (what travels in packets).
+    pub fn b64_len(self) -> usize {
+        (self.output_len() * 4).div_ceil(3)
+    }
+
+    /// The digest types whose unpadded base64 form has `len` characters.
+    /// sha256/sha3_256 and sha512/sha3_512 share a length, so a decoder must try both.
+    pub fn candidates_for_b64_len(len: usize) -> &'static [DigestType] {
+        match len {
+            22 => &[DigestType::Md5],
+            27 => &[DigestType::Sha1],
+            43 => &[DigestType::Sha256, DigestType::Sha3_256],
+            64 => &[DigestType::Sha384],
+            86 => &[DigestType::Sha512, DigestType::Sha3_512],
+            _ => &[],
+        }
+    }
+
+    pub fn digest(self, data: &[u8]) -> Vec<u8> {
+        match self {
+            DigestType::Md5 => md5::Md5::digest(data).to_vec(),
+            DigestType::Sha1 => sha1::Sha1::digest(data).to_vec(),
+            DigestType::Sha256 => sha2::Sha256::digest(data).to_vec(),
+            DigestType::Sha384 => sha2::Sha384::digest(data).to_vec(),
+            DigestType::Sha512 => sha2::Sha512::digest(data).to_vec(),
+            DigestType::Sha3_256 => sha3::Sha3_256::digest(data).to_vec(),
+            DigestType::Sha3_512 => sha3::Sha3_512::digest(data).to_vec(),
+        }
+    }
+
+    pub fn digest_b64(self, data: &[u8]) -> String {
+        crate::b64::encode_nopad(&self.digest(data))
+    }
+
+    /// HMAC over the concatenation of `parts` (so callers need not join them).
+    pub fn hmac(self, key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
+        fn run<D>(key: &[u8], parts: &[&[u8]]) -> Vec<u8>
+        where
+            D: Digest + hmac::digest::core_api::BlockSizeUser,
+        {
+            let mut mac = <SimpleHmac<D> as Mac>::new_from_slice(key).expect("HMAC accepts any key length");
+            for p in parts {
+                mac.update(p);
+            }
+            mac.finalize().into_bytes().to_vec()
+        }
+        match self {
+            DigestType::Md5 => run::<md5::Md5>(key, parts),
+            DigestType::Sha1 => run::<sha1::Sha1>(key, parts),
+            DigestType::Sha256 => run::<sha2::Sha256>(key, parts),
+            DigestType::Sha384 => run::<sha2::Sha384>(key, parts),
+            DigestType::Sha512 => run::<sha2::Sha512>(key, parts),
+            DigestType::Sha3_256 => run::<sha3::Sha3_256>(key, parts),
+            DigestType::Sha3_512 => run::<sha3::Sha3_512>(key, parts),
+        }
+    }
+}
+
+impl fmt::Display for DigestType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for DigestType {
+    type Err = SpaError;
+    fn from_str(s: &str) -> Result<Self> {
+        let norm = s.trim().to_ascii_lowercase().replace('-', "_");
+        DigestType::ALL
+            .into_iter()
+            .find(|d| d.name() == norm)
+            .ok_or_else(|| SpaError::UnknownName { kind: "digest type", value: s.to_string(), expected: NAMES })
+    }
+}
+
+/// Constant-time equality of two byte strings (length is not secret).
+pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    use subtle::ConstantTimeEq;
+    a.len() == b.len() && bool::from(a.ct_eq(b))
+}

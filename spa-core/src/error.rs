@@ -1,0 +1,69 @@
+//! Typed errors. Crypto failures stay opaque to callers on the network side
+//! (`SpaError::is_crypto`), the detail is for debug logs only.
+
+use thiserror::Error;
+
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum SpaError {
+    #[error("packet is empty")]
+    Empty,
+    #[error("packet too short: {len} bytes, at least {min} expected")]
+    TooShort { len: usize, min: usize },
+    #[error("packet too long: {len} bytes, at most {max} allowed")]
+    TooLong { len: usize, max: usize },
+    #[error("packet still carries the constant `U2FsdGVkX1` prefix (it must be stripped on the wire)")]
+    SaltedPrefix,
+    #[error("packet contains a byte outside the base64 alphabet at offset {offset}")]
+    Charset { offset: usize },
+    #[error("HMAC verification failed")]
+    HmacMismatch,
+    #[error("packet shorter than its {0}-character HMAC")]
+    HmacMissing(usize),
+    #[error("invalid base64 in {0}")]
+    Base64(&'static str),
+    #[error("ciphertext is not `Salted__` + salt + whole AES blocks")]
+    CipherLayout,
+    #[error("decryption failed or wrong key")]
+    Decrypt,
+    #[error("inner digest does not match")]
+    DigestMismatch,
+    #[error("invalid digest length {0}")]
+    DigestLength(usize),
+    #[error("plaintext length {0} outside 36..=1500")]
+    PlaintextLength(usize),
+    #[error("plaintext contains a non-printable byte")]
+    NonPrintable,
+    #[error("wrong number of fields: {0}")]
+    FieldCount(usize),
+    #[error("invalid field `{field}`: {reason}")]
+    Field { field: &'static str, reason: String },
+    #[error("invalid key: {0}")]
+    Key(String),
+    #[error("unknown {kind} `{value}` (expected one of: {expected})")]
+    UnknownName { kind: &'static str, value: String, expected: &'static str },
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+impl SpaError {
+    pub(crate) fn field(field: &'static str, reason: impl Into<String>) -> Self {
+        SpaError::Field { field, reason: reason.into() }
+    }
+
+    /// True for failures that must be reported to the network side only as "rejected".
+    pub fn is_crypto(&self) -> bool {
+        matches!(
+            self,
+            SpaError::HmacMismatch
+                | SpaError::HmacMissing(_)
+                | SpaError::CipherLayout
+                | SpaError::Decrypt
+                | SpaError::DigestMismatch
+                | SpaError::DigestLength(_)
+                | SpaError::PlaintextLength(_)
+                | SpaError::NonPrintable
+        )
+    }
+}
+
+pub type Result<T, E = SpaError> = std::result::Result<T, E>;

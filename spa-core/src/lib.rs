@@ -1,0 +1,23 @@
+//! spa-core: the fwknop 2.x Single Packet Authorization protocol, byte-exact.
+//!
+//! Plain functions and types, no IO, no clock, no randomness: callers pass the
+//! time and random bytes in. Receiving is staged ([`packet::precheck`] →
+//! [`packet::verify_hmac`] → [`packet::decrypt`]) so the server can reject garbage
+//! cheaply and never decrypt before the HMAC is verified in constant time.
+
+pub mod b64;
+pub mod cipher;
+pub mod digest;
+pub mod error;
+pub mod keys;
+pub mod message;
+pub mod packet;
+pub mod request;
+
+pub use cipher::EncryptionMode;
+pub use digest::DigestType;
+pub use error::{Result, SpaError};
+pub use keys::{generate_keys, GeneratedKeys, Secret};
+pub use message::{DecodedMessage, MessageType, SpaMessage};
+pub use packet::{HmacKey, PacketKeys};
+pub use request::{AccessRequest, CommandRequest, NatTarget, Proto, ProtoPort, Request};

@@ -1,0 +1,1 @@
+//! posternd server library.
