@@ -9,6 +9,7 @@ pub mod b64;
 pub mod cipher;
 pub mod digest;
 pub mod error;
+pub mod firewall;
 pub mod keys;
 pub mod message;
 pub mod packet;

@@ -1,0 +1,116 @@
+//! The contract between posternd and a firewall backend.
+//!
+//! A backend is small and synchronous; the server drives it from one task that
+//! owns it, so a burst of grants can be applied as one batch. Expiry lives in the
+//! firewall where the firewall can do it ([`Firewall::expires_in_kernel`]); else the
+//! daemon calls [`Firewall::expire`] on a timer and the rules carry their expiry so
+//! [`Firewall::init`] can reconcile leftovers after a restart.
+
+use crate::request::Proto;
+use std::fmt;
+use std::net::IpAddr;
+use thiserror::Error;
+
+/// Forwarding of a granted port to an inner host (fwknop's NAT access).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct NatRule {
+    /// Where the traffic goes. For local NAT this is a local address.
+    pub to_addr: IpAddr,
+    pub to_port: u16,
+    /// Local NAT: redirect to a port on the firewall host itself.
+    pub local: bool,
+}
+
+/// One opening: `source` may reach `proto/port`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Rule {
+    pub source: IpAddr,
+    pub proto: Proto,
+    pub port: u16,
+    pub nat: Option<NatRule>,
+}
+
+impl fmt::Display for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} -> {}/{}", self.source, self.proto, self.port)?;
+        if let Some(n) = &self.nat {
+            write!(f, " (NAT to {}:{}{})", n.to_addr, n.to_port, if n.local { ", local" } else { "" })?;
+        }
+        Ok(())
+    }
+}
+
+/// A rule with its lifetime. Times are unix seconds, passed in by the caller.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Opening {
+    pub rule: Rule,
+    /// How long the rule lives from now, in seconds (what a kernel timeout gets).
+    pub timeout_secs: u32,
+    /// Absolute expiry, for backends that record it in the rule (comments, labels).
+    pub expires_at: u64,
+}
+
+#[derive(Debug, Error)]
+pub enum FirewallError {
+    #[error("backend `{backend}` requires {what}, which is missing: {hint}")]
+    Missing { backend: &'static str, what: String, hint: String },
+    #[error("`{command}` failed ({status}): {stderr}")]
+    Command { command: String, status: String, stderr: String },
+    #[error("backend `{backend}` does not support {what}")]
+    Unsupported { backend: &'static str, what: String },
+    #[error("backend `{backend}`: {message}")]
+    Other { backend: &'static str, message: String },
+}
+
+pub type FwResult<T> = std::result::Result<T, FirewallError>;
+
+pub trait Firewall: Send {
+    /// Backend name as used in config (`nftables`, `iptables`, …).
+    fn name(&self) -> &'static str;
+
+    /// Create the backend's own table/chain/anchor and remove what a previous run
+    /// left that has expired by `now`. Idempotent; never touches other rules.
+    fn init(&mut self, now: u64) -> FwResult<()>;
+
+    /// Apply all openings as one batch where the firewall allows it. A rule already
+    /// present is refreshed, never duplicated. On error nothing of the batch stays.
+    fn grant(&mut self, openings: &[Opening]) -> FwResult<()>;
+
+    /// Remove these rules (missing ones are not an error).
+    fn revoke(&mut self, rules: &[Rule]) -> FwResult<()>;
+
+    /// Current openings made by this backend.
+    fn list(&mut self) -> FwResult<Vec<Opening>>;
+
+    /// Remove everything this backend added (its own table/chain stays usable).
+    fn flush(&mut self) -> FwResult<()>;
+
+    /// Remove what has expired by `now`; returns what was removed. Backends whose
+    /// firewall expires rules itself return an empty list.
+    fn expire(&mut self, now: u64) -> FwResult<Vec<Rule>> {
+        if self.expires_in_kernel() {
+            return Ok(Vec::new());
+        }
+        let expired: Vec<Rule> = self.list()?.into_iter().filter(|o| o.expires_at <= now).map(|o| o.rule).collect();
+        if !expired.is_empty() {
+            self.revoke(&expired)?;
+        }
+        Ok(expired)
+    }
+
+    /// True when the firewall removes rules at their timeout by itself, so grants
+    /// never outlive a killed daemon.
+    fn expires_in_kernel(&self) -> bool;
+
+    /// Called once at shutdown. Kernel-expiring backends leave grants to expire.
+    fn shutdown(&mut self) -> FwResult<()> {
+        Ok(())
+    }
+}
+
+/// Runs external tools as argv (never through a shell). Backends take one so their
+/// logic can be tested with a recording fake.
+pub trait CommandRunner: Send {
+    /// Run `argv` with optional stdin; return stdout, or an error naming the command.
+    fn run(&mut self, argv: &[String], stdin: Option<&str>) -> FwResult<String>;
+}
