@@ -1,1 +1,3 @@
-//! posternd server library.
+//! posternd: capture → HMAC filter → decrypt → replay cache → policy → action.
+
+pub mod config;

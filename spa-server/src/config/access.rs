@@ -1,0 +1,533 @@
+//! access.conf: stanzas that each start with `SOURCE` and say who may open what.
+
+use super::conf_file::{parse_bool, parse_lines, parse_num, ConfError, Entry, Origin};
+use super::secure_read;
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use spa_core::request::parse_proto_ports;
+use spa_core::{DigestType, EncryptionMode, ProtoPort, Secret};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+/// fwknop's defaults for a stanza.
+pub const DEFAULT_FW_ACCESS_TIMEOUT: u32 = 30;
+pub const DEFAULT_MAX_FW_TIMEOUT: u32 = 300;
+const MAX_INCLUDE_DEPTH: usize = 3;
+
+/// An address list that may be `ANY`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "AddrListText", into = "AddrListText")]
+pub enum AddrList {
+    Any,
+    Nets(Vec<IpNet>),
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(untagged)]
+enum AddrListText {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl TryFrom<AddrListText> for AddrList {
+    type Error = String;
+    fn try_from(t: AddrListText) -> Result<Self, String> {
+        match t {
+            AddrListText::One(s) => AddrList::parse(&s),
+            AddrListText::Many(v) => AddrList::parse(&v.join(",")),
+        }
+    }
+}
+
+impl From<AddrList> for AddrListText {
+    fn from(a: AddrList) -> Self {
+        match a {
+            AddrList::Any => AddrListText::One("ANY".into()),
+            AddrList::Nets(n) => AddrListText::Many(n.iter().map(|n| n.to_string()).collect()),
+        }
+    }
+}
+
+impl AddrList {
+    /// `ANY`, or comma-separated addresses and CIDR networks.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut nets = Vec::new();
+        for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            if item.eq_ignore_ascii_case("ANY") {
+                return Ok(AddrList::Any);
+            }
+            let net = match item.parse::<IpNet>() {
+                Ok(n) => n,
+                Err(_) => item
+                    .parse::<IpAddr>()
+                    .map(IpNet::from)
+                    .map_err(|_| format!("`{item}` is not an address, network (a.b.c.d/n) or ANY"))?,
+            };
+            nets.push(net);
+        }
+        if nets.is_empty() {
+            return Err("empty address list".into());
+        }
+        Ok(AddrList::Nets(nets))
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = canonical(ip);
+        match self {
+            AddrList::Any => true,
+            AddrList::Nets(nets) => nets.iter().any(|n| n.contains(&ip)),
+        }
+    }
+}
+
+/// IPv4-mapped IPv6 addresses (from dual-stack sockets) compare as IPv4.
+pub fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
+}
+
+/// One access stanza, from access.conf or from `[[access]]` in the native TOML.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessStanza {
+    pub source: AddrList,
+    #[serde(default)]
+    pub destination: Option<AddrList>,
+    /// Ports a client may ask for; empty means whatever it asks for.
+    #[serde(default, with = "proto_port_list")]
+    pub open_ports: Vec<ProtoPort>,
+    /// Ports a client may never get.
+    #[serde(default, with = "proto_port_list")]
+    pub restrict_ports: Vec<ProtoPort>,
+    #[serde(default, with = "secret_text", skip_serializing_if = "Option::is_none")]
+    pub key: Option<Secret>,
+    #[serde(default, with = "secret_b64", skip_serializing_if = "Option::is_none")]
+    pub key_base64: Option<Secret>,
+    #[serde(default, with = "secret_text", skip_serializing_if = "Option::is_none")]
+    pub hmac_key: Option<Secret>,
+    #[serde(default, with = "secret_b64", skip_serializing_if = "Option::is_none")]
+    pub hmac_key_base64: Option<Secret>,
+    #[serde(default = "default_digest", with = "display_fromstr")]
+    pub hmac_digest_type: DigestType,
+    #[serde(default, with = "display_fromstr")]
+    pub encryption_mode: EncryptionMode,
+    #[serde(default)]
+    pub require_username: Option<String>,
+    /// Refuse packets whose allow-IP is 0.0.0.0 (the client's -s).
+    #[serde(default)]
+    pub require_source_address: bool,
+    #[serde(default = "default_timeout")]
+    pub fw_access_timeout: u32,
+    /// Cap on a client-requested timeout (-f).
+    #[serde(default = "default_max_timeout")]
+    pub max_fw_timeout: u32,
+    /// Unix time after which the stanza no longer grants anything.
+    #[serde(default)]
+    pub access_expire_epoch: Option<i64>,
+    #[serde(default)]
+    pub enable_cmd_exec: bool,
+    #[serde(default)]
+    pub cmd_exec_user: Option<String>,
+    #[serde(default)]
+    pub cmd_exec_group: Option<String>,
+    #[serde(default)]
+    pub cmd_cycle_open: Option<String>,
+    #[serde(default)]
+    pub cmd_cycle_close: Option<String>,
+    #[serde(default)]
+    pub cmd_cycle_timer: Option<u32>,
+    /// NAT and GPG settings are kept verbatim until their features land.
+    #[serde(default)]
+    pub force_nat: Option<String>,
+    #[serde(default)]
+    pub force_snat: Option<String>,
+    #[serde(default)]
+    pub force_masquerade: bool,
+    #[serde(default)]
+    pub disable_dnat: bool,
+    #[serde(default)]
+    pub forward_all: bool,
+    #[serde(default)]
+    pub gpg: Vec<(String, String)>,
+    /// Where the stanza starts, for messages.
+    #[serde(skip)]
+    pub origin: Option<Origin>,
+}
+
+fn default_digest() -> DigestType {
+    DigestType::Sha256
+}
+fn default_timeout() -> u32 {
+    DEFAULT_FW_ACCESS_TIMEOUT
+}
+fn default_max_timeout() -> u32 {
+    DEFAULT_MAX_FW_TIMEOUT
+}
+
+impl AccessStanza {
+    pub fn new(source: AddrList) -> Self {
+        AccessStanza {
+            source,
+            destination: None,
+            open_ports: Vec::new(),
+            restrict_ports: Vec::new(),
+            key: None,
+            key_base64: None,
+            hmac_key: None,
+            hmac_key_base64: None,
+            hmac_digest_type: DigestType::Sha256,
+            encryption_mode: EncryptionMode::Cbc,
+            require_username: None,
+            require_source_address: false,
+            fw_access_timeout: DEFAULT_FW_ACCESS_TIMEOUT,
+            max_fw_timeout: DEFAULT_MAX_FW_TIMEOUT,
+            access_expire_epoch: None,
+            enable_cmd_exec: false,
+            cmd_exec_user: None,
+            cmd_exec_group: None,
+            cmd_cycle_open: None,
+            cmd_cycle_close: None,
+            cmd_cycle_timer: None,
+            force_nat: None,
+            force_snat: None,
+            force_masquerade: false,
+            disable_dnat: false,
+            forward_all: false,
+            gpg: Vec::new(),
+            origin: None,
+        }
+    }
+
+    /// The Rijndael key (KEY_BASE64 wins over KEY, as in fwknopd).
+    pub fn rijndael_key(&self) -> Option<&Secret> {
+        self.key_base64.as_ref().or(self.key.as_ref())
+    }
+
+    pub fn hmac_secret(&self) -> Option<&Secret> {
+        self.hmac_key_base64.as_ref().or(self.hmac_key.as_ref())
+    }
+
+    pub fn describe(&self) -> String {
+        match &self.origin {
+            Some(o) => format!("stanza at {o}"),
+            None => "stanza".into(),
+        }
+    }
+
+    /// Minimum data a stanza needs, checked once the stanza is complete.
+    pub fn validate(&self) -> Result<(), String> {
+        let key = self.rijndael_key();
+        if key.is_none() && self.gpg.is_empty() {
+            return Err("no KEY, KEY_BASE64 or GPG settings".into());
+        }
+        if let Some(k) = key {
+            if k.bytes().len() > spa_core::cipher::MAX_KEY_LEN {
+                return Err(format!("the Rijndael key is longer than {} bytes", spa_core::cipher::MAX_KEY_LEN));
+            }
+        }
+        if let (Some(k), Some(h)) = (key, self.hmac_secret()) {
+            if k == h {
+                return Err("the HMAC key must differ from the encryption key".into());
+            }
+            if h.bytes().len() > spa_core::packet::MAX_HMAC_KEY_LEN {
+                return Err(format!("the HMAC key is longer than {} bytes", spa_core::packet::MAX_HMAC_KEY_LEN));
+            }
+        }
+        if self.encryption_mode == EncryptionMode::Legacy && self.hmac_secret().is_some() {
+            return Err("HMAC cannot be combined with ENCRYPTION_MODE legacy".into());
+        }
+        if self.fw_access_timeout == 0 {
+            return Err("FW_ACCESS_TIMEOUT must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// Apply one access.conf variable to this stanza.
+    fn set(&mut self, e: &Entry) -> Result<Known, ConfError> {
+        let bad = |what: &str| ConfError::new(&e.origin, format!("{} expects {what}, got `{}`", e.var, e.value));
+        let ports = || parse_proto_ports(&e.value).map_err(|err| ConfError::new(&e.origin, format!("{}: {err}", e.var)));
+        match e.var.as_str() {
+            "DESTINATION" => self.destination = Some(AddrList::parse(&e.value).map_err(|m| ConfError::new(&e.origin, m))?),
+            "OPEN_PORTS" => self.open_ports = ports()?,
+            "RESTRICT_PORTS" => self.restrict_ports = ports()?,
+            "KEY" => self.key = Some(Secret::from_passphrase(&e.value)),
+            "KEY_BASE64" => self.key_base64 = Some(b64_secret(e)?),
+            "HMAC_KEY" => self.hmac_key = Some(Secret::from_passphrase(&e.value)),
+            "HMAC_KEY_BASE64" => self.hmac_key_base64 = Some(b64_secret(e)?),
+            "HMAC_DIGEST_TYPE" => self.hmac_digest_type = e.value.parse().map_err(|err| ConfError::new(&e.origin, format!("{err}")))?,
+            "ENCRYPTION_MODE" => self.encryption_mode = e.value.parse().map_err(|err| ConfError::new(&e.origin, format!("{err}")))?,
+            "REQUIRE_USERNAME" => self.require_username = Some(e.value.clone()),
+            "REQUIRE_SOURCE_ADDRESS" | "REQUIRE_SOURCE" => self.require_source_address = parse_bool(e)?,
+            "FW_ACCESS_TIMEOUT" => self.fw_access_timeout = parse_num(e)?,
+            "MAX_FW_TIMEOUT" => self.max_fw_timeout = parse_num(e)?,
+            "ACCESS_EXPIRE" => self.access_expire_epoch = Some(parse_expire_date(&e.value).ok_or_else(|| bad("a date MM/DD/YYYY"))?),
+            "ACCESS_EXPIRE_EPOCH" => self.access_expire_epoch = Some(parse_num(e)?),
+            "ENABLE_CMD_EXEC" => self.enable_cmd_exec = parse_bool(e)?,
+            "CMD_EXEC_USER" => self.cmd_exec_user = Some(e.value.clone()),
+            "CMD_EXEC_GROUP" => self.cmd_exec_group = Some(e.value.clone()),
+            "CMD_CYCLE_OPEN" => self.cmd_cycle_open = Some(e.value.clone()),
+            "CMD_CYCLE_CLOSE" => self.cmd_cycle_close = Some(e.value.clone()),
+            "CMD_CYCLE_TIMER" => self.cmd_cycle_timer = Some(parse_num(e)?),
+            "FORCE_NAT" => self.force_nat = Some(e.value.clone()),
+            "FORCE_SNAT" => self.force_snat = Some(e.value.clone()),
+            "FORCE_MASQUERADE" => self.force_masquerade = parse_bool(e)?,
+            "DISABLE_DNAT" => self.disable_dnat = parse_bool(e)?,
+            "FORWARD_ALL" => self.forward_all = parse_bool(e)?,
+            v if v.starts_with("GPG_") => self.gpg.push((e.var.clone(), e.value.clone())),
+            "ENABLE_CMD_SUDO_EXEC" | "CMD_SUDO_EXEC_USER" | "CMD_SUDO_EXEC_GROUP" => return Ok(Known::Ignored),
+            _ => return Ok(Known::Unknown),
+        }
+        Ok(Known::Used)
+    }
+}
+
+enum Known {
+    Used,
+    Ignored,
+    Unknown,
+}
+
+fn b64_secret(e: &Entry) -> Result<Secret, ConfError> {
+    if e.value == "__CHANGEME__" {
+        return Err(ConfError::new(&e.origin, format!("{} is still the placeholder __CHANGEME__ (generate keys with `postern --key-gen`)", e.var)));
+    }
+    Secret::from_base64(&e.var, &e.value).map_err(|err| ConfError::new(&e.origin, err.to_string()))
+}
+
+/// `MM/DD/YYYY` at 00:00 UTC.
+fn parse_expire_date(text: &str) -> Option<i64> {
+    let d = chrono::NaiveDate::parse_from_str(text.trim(), "%m/%d/%Y").ok()?;
+    Some(d.and_hms_opt(0, 0, 0)?.and_utc().timestamp())
+}
+
+/// A warning found while reading, to be logged by the caller.
+pub type Warnings = Vec<String>;
+
+/// Read an access.conf (with `%include` / `%include_folder` / `%include_keys`).
+pub fn load_access_file(path: &Path, warnings: &mut Warnings) -> Result<Vec<AccessStanza>, ConfError> {
+    let mut stanzas = Vec::new();
+    read_into(path, 0, &mut stanzas, warnings)?;
+    if stanzas.is_empty() {
+        return Err(ConfError::file(path, "no access stanza (each starts with `SOURCE <addresses>|ANY`)"));
+    }
+    Ok(stanzas)
+}
+
+fn finish(stanza: Option<AccessStanza>, out: &mut Vec<AccessStanza>) -> Result<(), ConfError> {
+    if let Some(s) = stanza {
+        s.validate().map_err(|m| {
+            let origin = s.origin.clone().unwrap_or(Origin { file: PathBuf::new(), line: 0 });
+            ConfError::new(&origin, format!("access stanza: {m}"))
+        })?;
+        out.push(s);
+    }
+    Ok(())
+}
+
+fn read_into(path: &Path, depth: usize, out: &mut Vec<AccessStanza>, warnings: &mut Warnings) -> Result<(), ConfError> {
+    let text = secure_read(path)?;
+    let mut current: Option<AccessStanza> = None;
+    for e in parse_lines(path, &text)? {
+        match e.var.as_str() {
+            "%include" | "%include_folder" => {
+                if depth >= MAX_INCLUDE_DEPTH {
+                    return Err(ConfError::new(&e.origin, "includes nested deeper than 3 levels"));
+                }
+                finish(current.take(), out)?;
+                let target = PathBuf::from(&e.value);
+                if e.var == "%include" {
+                    read_into(&target, depth + 1, out, warnings)?;
+                } else {
+                    let mut files: Vec<PathBuf> = std::fs::read_dir(&target)
+                        .map_err(|err| ConfError::new(&e.origin, format!("cannot read folder {}: {err}", target.display())))?
+                        .filter_map(|d| d.ok().map(|d| d.path()))
+                        .filter(|p| p.extension().is_some_and(|x| x == "conf"))
+                        .collect();
+                    files.sort();
+                    for f in files {
+                        read_into(&f, depth + 1, out, warnings)?;
+                    }
+                }
+            }
+            "SOURCE" => {
+                finish(current.take(), out)?;
+                let src = AddrList::parse(&e.value).map_err(|m| ConfError::new(&e.origin, format!("SOURCE: {m}")))?;
+                let mut s = AccessStanza::new(src);
+                s.origin = Some(e.origin.clone());
+                current = Some(s);
+            }
+            _ => {
+                let Some(stanza) = current.as_mut() else {
+                    return Err(ConfError::new(&e.origin, format!("`{}` before the first SOURCE line (every stanza starts with SOURCE)", e.var)));
+                };
+                if e.var == "%include_keys" {
+                    let keys_path = PathBuf::from(&e.value);
+                    let keys_text = secure_read(&keys_path)?;
+                    for ke in parse_lines(&keys_path, &keys_text)? {
+                        if !matches!(ke.var.as_str(), "KEY" | "KEY_BASE64" | "HMAC_KEY" | "HMAC_KEY_BASE64" | "HMAC_DIGEST_TYPE") {
+                            return Err(ConfError::new(&ke.origin, format!("only key variables are allowed in an %include_keys file, not `{}`", ke.var)));
+                        }
+                        stanza.set(&ke)?;
+                    }
+                    continue;
+                }
+                match stanza.set(&e)? {
+                    Known::Used => {}
+                    Known::Ignored => warnings.push(format!("{}: `{}` is not supported by postern and is ignored", e.origin, e.var)),
+                    Known::Unknown => warnings.push(format!("{}: unknown access.conf variable `{}` ignored", e.origin, e.var)),
+                }
+            }
+        }
+    }
+    finish(current, out)
+}
+
+mod proto_port_list {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use spa_core::request::{format_proto_ports, parse_proto_ports};
+    use spa_core::ProtoPort;
+
+    pub fn serialize<S: Serializer>(v: &[ProtoPort], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format_proto_ports(v))
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ProtoPort>, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Text {
+            One(String),
+            Many(Vec<String>),
+        }
+        let joined = match Text::deserialize(d)? {
+            Text::One(s) => s,
+            Text::Many(v) => v.join(","),
+        };
+        if joined.trim().is_empty() {
+            return Ok(Vec::new());
+        }
+        parse_proto_ports(&joined).map_err(serde::de::Error::custom)
+    }
+}
+
+mod secret_text {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use spa_core::Secret;
+    pub fn serialize<S: Serializer>(_: &Option<Secret>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("<redacted>")
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Secret>, D::Error> {
+        Ok(Option::<String>::deserialize(d)?.map(|s| Secret::from_passphrase(&s)))
+    }
+}
+
+mod secret_b64 {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use spa_core::Secret;
+    pub fn serialize<S: Serializer>(_: &Option<Secret>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("<redacted>")
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Secret>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|s| Secret::from_base64("key", &s).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+pub(crate) mod display_fromstr {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::fmt::Display;
+    use std::str::FromStr;
+    pub fn serialize<T: Display, S: Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(v)
+    }
+    pub fn deserialize<'de, T: FromStr, D: Deserializer<'de>>(d: D) -> Result<T, D::Error>
+    where
+        T::Err: Display,
+    {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn write(dir: &Path, name: &str, text: &str, mode: u32) -> PathBuf {
+        let p = dir.join(name);
+        let mut f = std::fs::File::create(&p).unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        p
+    }
+
+    const KEY: &str = "7GUhvzM3zXNUTPqUMAixKOMqVNDh6qrIUgqWdacXNMA=";
+    const HMAC: &str = "YME3rcTN5fZ4D1oqV0NbiFNd4Hx1Nc4bNfgICPxjTzKpIiLBENuMtmsBWU+H+5c7oN2d4/iLa9TJ5HM8gLrSrQ==";
+
+    #[test]
+    fn reads_several_stanzas_with_their_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "# two stanzas\nSOURCE 10.0.0.0/8, 192.168.1.5\nKEY_BASE64 {KEY}\nHMAC_KEY_BASE64 {HMAC}\nHMAC_DIGEST_TYPE sha512\nOPEN_PORTS tcp/22, udp/53\nFW_ACCESS_TIMEOUT 5\nREQUIRE_USERNAME alice\n\nSOURCE ANY\nKEY fwknoptest\nENCRYPTION_MODE legacy\nACCESS_EXPIRE 01/02/2030\nSOMETHING_ELSE x\n"
+        );
+        let p = write(dir.path(), "access.conf", &text, 0o600);
+        let mut warnings = Vec::new();
+        let s = load_access_file(&p, &mut warnings).unwrap();
+        assert_eq!(s.len(), 2);
+        assert!(s[0].source.contains("10.1.2.3".parse().unwrap()));
+        assert!(s[0].source.contains("::ffff:192.168.1.5".parse().unwrap()));
+        assert!(!s[0].source.contains("192.168.1.6".parse().unwrap()));
+        assert_eq!(s[0].hmac_digest_type, DigestType::Sha512);
+        assert_eq!(s[0].open_ports.len(), 2);
+        assert_eq!(s[0].fw_access_timeout, 5);
+        assert_eq!(s[1].encryption_mode, EncryptionMode::Legacy);
+        assert_eq!(s[1].access_expire_epoch, Some(1_893_542_400));
+        assert_eq!(warnings.len(), 1);
+        assert!(warnings[0].contains(":14: unknown access.conf variable `SOMETHING_ELSE`"), "{warnings:?}");
+    }
+
+    #[test]
+    fn errors_name_file_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases = [
+            ("KEY x\n", ":1: `KEY` before the first SOURCE"),
+            ("SOURCE ANY\nKEY_BASE64 !!!\n", ":2: invalid key: KEY_BASE64 is not valid base64"),
+            ("SOURCE ANY\nKEY x\nOPEN_PORTS tcp/99999\n", ":3: OPEN_PORTS"),
+            ("SOURCE 10.0.0.300\nKEY x\n", ":1: SOURCE: `10.0.0.300`"),
+            ("SOURCE ANY\nHMAC_KEY_BASE64 __CHANGEME__\n", "placeholder"),
+            ("SOURCE ANY\nOPEN_PORTS tcp/22\n", ":1: access stanza: no KEY"),
+            ("SOURCE ANY\nKEY x\nFW_ACCESS_TIMEOUT soon\n", ":3: FW_ACCESS_TIMEOUT expects a number"),
+        ];
+        for (text, want) in cases {
+            let p = write(dir.path(), "a.conf", text, 0o600);
+            let err = load_access_file(&p, &mut Vec::new()).unwrap_err().to_string();
+            assert!(err.contains(want), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn refuses_a_world_readable_access_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(dir.path(), "access.conf", "SOURCE ANY\nKEY secret\n", 0o644);
+        let err = load_access_file(&p, &mut Vec::new()).unwrap_err().to_string();
+        assert!(err.contains("readable by group or others"), "{err}");
+    }
+
+    #[test]
+    fn includes_are_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = write(dir.path(), "keys", &format!("KEY_BASE64 {KEY}\nHMAC_KEY_BASE64 {HMAC}\n"), 0o600);
+        let inner = write(dir.path(), "inner.conf", "SOURCE 10.0.0.1\nKEY k2\n", 0o600);
+        let main = write(
+            dir.path(),
+            "access.conf",
+            &format!("SOURCE ANY\n%include_keys {}\n%include {}\n", keys.display(), inner.display()),
+            0o600,
+        );
+        let s = load_access_file(&main, &mut Vec::new()).unwrap();
+        assert_eq!(s.len(), 2);
+        assert!(s[0].hmac_secret().is_some());
+    }
+}

@@ -1,0 +1,317 @@
+//! posternd's configuration: native TOML (with `POSTERN_…` environment overrides,
+//! via figment) or fwknop's own fwknopd.conf + access.conf, read unchanged.
+
+pub mod access;
+pub mod conf_file;
+pub mod fwknopd;
+
+pub use access::{AccessStanza, AddrList};
+pub use conf_file::{ConfError, Origin};
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    /// Packets older (or newer) than this many seconds are rejected.
+    pub max_packet_age: u64,
+    pub packet_aging: bool,
+    pub run_dir: PathBuf,
+    /// Seconds a command-mode command may run.
+    pub cmd_exec_timeout: u64,
+    /// Packets waiting for decryption/policy; garbage never gets this far.
+    pub queue_depth: usize,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        ServerSection {
+            max_packet_age: 120,
+            packet_aging: true,
+            run_dir: PathBuf::from("/var/run/postern"),
+            cmd_exec_timeout: 30,
+            queue_depth: 4096,
+        }
+    }
+}
+
+/// Where packets come from. Several may run at once.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum CaptureConfig {
+    /// A plain UDP socket: no pcap needed, the default.
+    Udp { listen: SocketAddr },
+    /// libpcap on one or more interfaces (`any` for all).
+    Pcap {
+        interfaces: Vec<String>,
+        #[serde(default = "default_filter")]
+        filter: String,
+        #[serde(default)]
+        promisc: bool,
+        #[serde(default = "default_snaplen")]
+        snaplen: i32,
+        /// Read packets from a capture file instead (tests, forensics).
+        #[serde(default)]
+        file: Option<PathBuf>,
+    },
+    /// A TCP server that reads one SPA packet per connection (Tor-reachable knocking).
+    Tcp {
+        listen: SocketAddr,
+        #[serde(default = "default_read_timeout_ms")]
+        read_timeout_ms: u64,
+        #[serde(default = "default_max_bytes")]
+        max_bytes: usize,
+        #[serde(default = "default_max_connections")]
+        max_connections: usize,
+    },
+}
+
+fn default_filter() -> String {
+    "udp port 62201".into()
+}
+fn default_snaplen() -> i32 {
+    1500
+}
+fn default_read_timeout_ms() -> u64 {
+    2000
+}
+fn default_max_bytes() -> usize {
+    spa_core::packet::MAX_WIRE_LEN + 2
+}
+fn default_max_connections() -> usize {
+    256
+}
+
+impl CaptureConfig {
+    /// A TCP capture on `listen` with default limits.
+    pub fn tcp(listen: SocketAddr) -> Self {
+        CaptureConfig::Tcp {
+            listen,
+            read_timeout_ms: default_read_timeout_ms(),
+            max_bytes: default_max_bytes(),
+            max_connections: default_max_connections(),
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            CaptureConfig::Udp { .. } => "udp",
+            CaptureConfig::Pcap { .. } => "pcap",
+            CaptureConfig::Tcp { .. } => "tcp",
+        }
+    }
+}
+
+/// An action backend chosen by name; its own settings are read by the backend.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ActionConfig {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(flatten)]
+    pub settings: serde_json::Map<String, serde_json::Value>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum ReplayConfig {
+    /// Forget seen packets at exit (ENABLE_DIGEST_PERSISTENCE N).
+    Memory,
+    /// Persist digests in an embedded store (default: `<run_dir>/replay.redb`).
+    File {
+        #[serde(default)]
+        path: Option<PathBuf>,
+    },
+}
+
+impl Default for ReplayConfig {
+    fn default() -> Self {
+        ReplayConfig::File { path: None }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    #[serde(default)]
+    pub server: ServerSection,
+    #[serde(default = "default_captures")]
+    pub capture: Vec<CaptureConfig>,
+    #[serde(default)]
+    pub action: Vec<ActionConfig>,
+    #[serde(default)]
+    pub replay: ReplayConfig,
+    /// An access.conf to read stanzas from (in addition to `[[access]]`).
+    #[serde(default)]
+    pub access_file: Option<PathBuf>,
+    #[serde(default)]
+    pub access: Vec<AccessStanza>,
+}
+
+fn default_captures() -> Vec<CaptureConfig> {
+    vec![CaptureConfig::Udp { listen: "0.0.0.0:62201".parse().expect("valid") }]
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            server: ServerSection::default(),
+            capture: default_captures(),
+            action: Vec::new(),
+            replay: ReplayConfig::default(),
+            access_file: None,
+            access: Vec::new(),
+        }
+    }
+}
+
+/// Which files to read.
+#[derive(Clone, Debug, Default)]
+pub struct ConfigSources {
+    /// `*.toml`: native; anything else: fwknopd.conf format.
+    pub config: Option<PathBuf>,
+    /// access.conf (overrides ACCESS_FILE / access_file).
+    pub access: Option<PathBuf>,
+}
+
+/// A loaded configuration plus the warnings met on the way.
+pub struct Loaded {
+    pub config: ServerConfig,
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(transparent)]
+    File(#[from] ConfError),
+    #[error("{0}")]
+    Toml(String),
+}
+
+fn is_toml(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "toml")
+}
+
+/// Read a file holding secrets: refuse one readable by group or others.
+pub fn secure_read(path: &Path) -> Result<String, ConfError> {
+    let meta = std::fs::metadata(path).map_err(|e| ConfError::file(path, format!("cannot read: {e}")))?;
+    if meta.mode() & 0o077 != 0 {
+        return Err(ConfError::file(
+            path,
+            format!(
+                "holds keys but is readable by group or others (mode {:o}); run `chmod 600 {}`",
+                meta.mode() & 0o777,
+                path.display()
+            ),
+        ));
+    }
+    std::fs::read_to_string(path).map_err(|e| ConfError::file(path, format!("cannot read: {e}")))
+}
+
+pub fn load(sources: &ConfigSources) -> Result<Loaded, ConfigError> {
+    let mut warnings = Vec::new();
+    let mut config = match &sources.config {
+        Some(path) if is_toml(path) => {
+            // Secrets may live in the TOML: same permission rule as access.conf.
+            secure_read(path)?;
+            Figment::from(Serialized::defaults(ServerConfig::default()))
+                .merge(Toml::file(path))
+                .merge(Env::prefixed("POSTERN_").split("__"))
+                .extract::<ServerConfig>()
+                .map_err(|e| ConfigError::Toml(format!("{}: {e}", path.display())))?
+        }
+        Some(path) => {
+            let mut cfg = ServerConfig::default();
+            fwknopd::apply_fwknopd_conf(path, &mut cfg, &mut warnings)?;
+            cfg
+        }
+        None => ServerConfig::default(),
+    };
+    if let Some(a) = &sources.access {
+        config.access_file = Some(a.clone());
+    }
+    for (i, s) in config.access.iter().enumerate() {
+        s.validate().map_err(|m| ConfigError::Toml(format!("[[access]] #{}: {m}", i + 1)))?;
+    }
+    if let Some(path) = config.access_file.clone() {
+        let stanzas = access::load_access_file(&path, &mut warnings)?;
+        config.access.extend(stanzas);
+    }
+    if config.access.is_empty() {
+        return Err(ConfigError::Toml("no access stanzas: give an access.conf (-a) or [[access]] entries".into()));
+    }
+    Ok(Loaded { config, warnings })
+}
+
+/// The merged configuration as TOML with every key replaced by `<redacted>`.
+pub fn render_redacted(cfg: &ServerConfig) -> String {
+    toml::to_string_pretty(cfg).unwrap_or_else(|e| format!("# cannot render: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn native_toml_with_env_override_and_redaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("postern.toml");
+        std::fs::write(
+            &p,
+            r#"
+[server]
+max_packet_age = 30
+
+[[capture]]
+type = "udp"
+listen = "127.0.0.1:40000"
+
+[[capture]]
+type = "tcp"
+listen = "127.0.0.1:40000"
+max_connections = 8
+
+[[action]]
+type = "nftables"
+table = "postern"
+
+[[access]]
+source = "ANY"
+key_base64 = "7GUhvzM3zXNUTPqUMAixKOMqVNDh6qrIUgqWdacXNMA="
+hmac_key = "a passphrase hmac key"
+open_ports = "tcp/22"
+"#,
+        )
+        .unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("POSTERN_SERVER__MAX_PACKET_AGE", "45");
+            let loaded = load(&ConfigSources { config: Some(p.clone()), access: None }).unwrap();
+            let c = &loaded.config;
+            assert_eq!(c.server.max_packet_age, 45);
+            assert_eq!(c.capture.len(), 2);
+            assert_eq!(c.action[0].kind, "nftables");
+            assert_eq!(c.action[0].settings["table"], "postern");
+            assert_eq!(c.access[0].open_ports.len(), 1);
+            let shown = render_redacted(c);
+            assert!(!shown.contains("7GUhvz") && !shown.contains("passphrase"), "{shown}");
+            assert!(shown.contains("<redacted>"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_bad_toml_value_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("postern.toml");
+        std::fs::write(&p, "[[capture]]\ntype = \"carrier-pigeon\"\n").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let err = load(&ConfigSources { config: Some(p), access: None }).err().unwrap().to_string();
+        assert!(err.contains("postern.toml") && err.contains("carrier-pigeon"), "{err}");
+    }
+}
