@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 
 pub use tempfile;
 
+pub mod scenario;
+
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 fn next_id() -> u32 {
