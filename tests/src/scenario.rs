@@ -179,7 +179,7 @@ impl Fwknopd {
         let (conf_s, access_s, run_s, pid_s) =
             (s(&conf), s(&access), s(&run), s(&run.join("fwknopd.pid")));
         let guard = ns.spawn_logged(
-            &["fwknopd", "-f", "-U", "-v", "-c", &conf_s, "-a", &access_s, "-r", &run_s, "-p", &pid_s],
+            &["fwknopd", "-f", "-U", "-v", "-v", "-c", &conf_s, "-a", &access_s, "-r", &run_s, "-p", &pid_s],
             &log,
         );
         let mut d = Fwknopd { dir, log, udp_port, guard, ns_name: ns.name.clone() };
