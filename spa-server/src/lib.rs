@@ -1,3 +1,6 @@
 //! posternd: capture → HMAC filter → decrypt → replay cache → policy → action.
 
 pub mod config;
+pub mod pipeline;
+pub mod policy;
+pub mod replay;

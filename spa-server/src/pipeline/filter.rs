@@ -1,0 +1,115 @@
+//! Stage 1: cheap checks, then constant-time HMAC against each stanza whose SOURCE
+//! matches the sender. Nothing is decrypted here.
+
+use super::{ready, Authenticated, Outcome, RawPacket, Stage, StageFuture, Stanzas};
+use crate::config::AccessStanza;
+use spa_core::packet::{self, HmacKey, RIJNDAEL_PREFIX};
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tokio::sync::Semaphore;
+use tower::{Layer, Service, ServiceExt};
+
+/// The stanzas with their keys, shared by the stages.
+pub struct Keyring {
+    pub stanzas: Stanzas,
+}
+
+impl Keyring {
+    pub fn new(stanzas: Vec<AccessStanza>) -> Self {
+        Keyring { stanzas: Arc::new(stanzas) }
+    }
+
+    /// Length checks, charset, HMAC. Returns the stanzas worth decrypting for.
+    pub fn screen(&self, packet: &RawPacket) -> Result<Vec<(usize, usize)>, Outcome> {
+        let wire = packet::precheck(&packet.bytes).map_err(|e| Outcome::denied(Stage::Precheck, e))?;
+        let peer = packet.peer.ip();
+        let mut candidates = Vec::new();
+        let mut last_error = None;
+        for (i, s) in self.stanzas.iter().enumerate() {
+            if !s.source.contains(peer) || s.rijndael_key().is_none() {
+                continue;
+            }
+            match s.hmac_secret() {
+                None => candidates.push((i, wire.len())),
+                Some(key) => {
+                    let hk = HmacKey { digest: s.hmac_digest_type, key: key.bytes() };
+                    match packet::verify_hmac(wire, &hk, RIJNDAEL_PREFIX) {
+                        Ok(body) => candidates.push((i, body.len())),
+                        Err(e) => last_error = Some(e),
+                    }
+                }
+            }
+        }
+        if candidates.is_empty() {
+            let reason = last_error.map(|e| e.to_string()).unwrap_or_else(|| format!("no access stanza for source {peer}"));
+            return Err(Outcome::denied(Stage::Hmac, reason));
+        }
+        Ok(candidates)
+    }
+}
+
+#[derive(Clone)]
+pub struct HmacFilterLayer {
+    keyring: Arc<Keyring>,
+    slots: Arc<Semaphore>,
+}
+
+impl HmacFilterLayer {
+    /// `max_in_flight` bounds the authenticated packets being processed at once.
+    pub fn new(keyring: Arc<Keyring>, max_in_flight: usize) -> Self {
+        HmacFilterLayer { keyring, slots: Arc::new(Semaphore::new(max_in_flight)) }
+    }
+}
+
+impl<S> Layer<S> for HmacFilterLayer {
+    type Service = HmacFilter<S>;
+    fn layer(&self, inner: S) -> HmacFilter<S> {
+        HmacFilter { keyring: self.keyring.clone(), slots: self.slots.clone(), inner }
+    }
+}
+
+#[derive(Clone)]
+pub struct HmacFilter<S> {
+    keyring: Arc<Keyring>,
+    slots: Arc<Semaphore>,
+    inner: S,
+}
+
+impl<S> Service<RawPacket> for HmacFilter<S>
+where
+    S: Service<Authenticated, Response = Outcome, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Outcome;
+    type Error = Infallible;
+    type Future = StageFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    /// Screens synchronously; what passes continues on its own task, so a capture
+    /// loop never waits for decryption, the replay store or the firewall.
+    fn call(&mut self, packet: RawPacket) -> StageFuture {
+        let candidates = match self.keyring.screen(&packet) {
+            Ok(c) => c,
+            Err(outcome) => return ready(outcome),
+        };
+        let Ok(slot) = self.slots.clone().try_acquire_owned() else {
+            return ready(Outcome::denied(Stage::Overload, "work queue full"));
+        };
+        let inner = self.inner.clone();
+        let task = tokio::spawn(async move {
+            let outcome = inner.oneshot(Authenticated { packet, candidates }).await;
+            drop(slot);
+            outcome
+        });
+        Box::pin(async move {
+            match task.await {
+                Ok(result) => result,
+                Err(e) => Ok(Outcome::denied(Stage::Action, format!("pipeline task failed: {e}"))),
+            }
+        })
+    }
+}

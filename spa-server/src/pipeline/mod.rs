@@ -1,0 +1,134 @@
+//! The server pipeline, one tower stage per step:
+//!
+//! ```text
+//! capture ─► HmacFilter ─► Decrypt ─► ReplayGuard ─► PolicyStage ─► ActionStage
+//! ```
+//!
+//! Cheap rejection first: the filter runs synchronously in the capture task
+//! (length, charset, then constant-time HMAC), so garbage never queues and never
+//! costs more than a few hash blocks. Only packets that pass take a slot of the
+//! bounded work queue and continue on their own task.
+
+mod action;
+mod decrypt;
+mod filter;
+mod policy;
+mod replay;
+
+pub use action::{ActionRequest, ActionStage};
+pub use decrypt::{Decrypt, DecryptLayer};
+pub use filter::{HmacFilter, HmacFilterLayer, Keyring};
+pub use policy::{PolicyLayer, PolicyStage};
+pub use replay::{ReplayGuard, ReplayLayer};
+
+use crate::policy::Grant;
+use futures_util::future::BoxFuture;
+use spa_core::DecodedMessage;
+use std::convert::Infallible;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+/// One packet as a capture saw it.
+#[derive(Clone, Debug)]
+pub struct RawPacket {
+    pub bytes: Vec<u8>,
+    pub peer: SocketAddr,
+    /// The address it was sent to, when the capture knows it.
+    pub destination: Option<IpAddr>,
+    /// Unix seconds at reception.
+    pub received_at: u64,
+    pub capture: &'static str,
+}
+
+/// A packet whose HMAC verified for these stanzas (or whose stanzas have no HMAC).
+#[derive(Debug)]
+pub struct Authenticated {
+    pub packet: RawPacket,
+    /// (stanza index, length of the ciphertext part of the packet)
+    pub candidates: Vec<(usize, usize)>,
+}
+
+/// A packet that decrypted and decoded under one stanza's key.
+#[derive(Debug)]
+pub struct Decrypted {
+    pub packet: RawPacket,
+    pub stanza: usize,
+    pub decoded: DecodedMessage,
+}
+
+/// A grant with the packet it came from.
+#[derive(Debug)]
+pub struct Approved {
+    pub packet: RawPacket,
+    pub grant: Grant,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    Precheck,
+    Hmac,
+    Decrypt,
+    Replay,
+    Policy,
+    Action,
+    Overload,
+}
+
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Stage::Precheck => "precheck",
+            Stage::Hmac => "hmac",
+            Stage::Decrypt => "decrypt",
+            Stage::Replay => "replay",
+            Stage::Policy => "policy",
+            Stage::Action => "action",
+            Stage::Overload => "overload",
+        })
+    }
+}
+
+/// What became of a packet. Never sent to the network.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Granted(String),
+    Denied { stage: Stage, reason: String },
+}
+
+impl Outcome {
+    pub fn denied(stage: Stage, reason: impl fmt::Display) -> Self {
+        Outcome::Denied { stage, reason: reason.to_string() }
+    }
+    pub fn is_granted(&self) -> bool {
+        matches!(self, Outcome::Granted(_))
+    }
+}
+
+pub type StageFuture = BoxFuture<'static, Result<Outcome, Infallible>>;
+
+/// Shared, reloadable view of the access stanzas.
+pub type Stanzas = Arc<Vec<crate::config::AccessStanza>>;
+
+/// A full pipeline for tests and the daemon.
+pub type Pipeline = HmacFilter<Decrypt<ReplayGuard<PolicyStage<ActionStage>>>>;
+
+/// Build the whole stack with tower's ServiceBuilder, reading like the diagram.
+pub fn build(
+    keyring: Arc<Keyring>,
+    store: Arc<dyn crate::replay::ReplayStore>,
+    settings: crate::policy::PolicySettings,
+    actions: tokio::sync::mpsc::Sender<ActionRequest>,
+    max_in_flight: usize,
+) -> Pipeline {
+    tower::ServiceBuilder::new()
+        .layer(HmacFilterLayer::new(keyring.clone(), max_in_flight))
+        .layer(DecryptLayer::new(keyring.clone()))
+        .layer(ReplayLayer::new(store))
+        .layer(PolicyLayer::new(keyring, settings))
+        .service(ActionStage::new(actions))
+}
+
+pub(crate) fn ready(outcome: Outcome) -> StageFuture {
+    Box::pin(std::future::ready(Ok(outcome)))
+}

@@ -1,0 +1,264 @@
+//! Replay cache: a packet seen once is never accepted again.
+//!
+//! The decision is an atomic check-and-insert in memory (two copies racing cannot
+//! both pass). The embedded store then makes it durable before the grant is applied:
+//! one writer thread commits whatever has queued up in one redb transaction (group
+//! commit), so a burst costs one fsync, not one per packet. Entries are pruned once
+//! their packet is too old to pass the age check anyway (fwknopd never prunes).
+
+use async_trait::async_trait;
+use redb::{Database, ReadableTable, TableDefinition};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex};
+use tokio::sync::oneshot;
+
+/// SHA-256 of the packet as received.
+pub type PacketDigest = [u8; 32];
+
+pub fn packet_digest(wire: &[u8]) -> PacketDigest {
+    use sha2::Digest;
+    sha2::Sha256::digest(wire).into()
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("replay store: {0}")]
+pub struct ReplayError(pub String);
+
+fn store_err(e: impl std::fmt::Display) -> ReplayError {
+    ReplayError(e.to_string())
+}
+
+#[async_trait]
+pub trait ReplayStore: Send + Sync {
+    /// `true` if the digest was new and is now recorded; `false` for a replay.
+    /// `stamp` is the packet's timestamp, used for pruning.
+    async fn check_and_insert(&self, digest: PacketDigest, stamp: u64) -> Result<bool, ReplayError>;
+    /// Forget entries stamped before `cutoff`; returns how many went.
+    async fn prune(&self, cutoff: u64) -> Result<usize, ReplayError>;
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Memory only (ENABLE_DIGEST_PERSISTENCE N).
+#[derive(Default)]
+pub struct MemoryStore {
+    seen: Mutex<HashMap<PacketDigest, u64>>,
+}
+
+impl MemoryStore {
+    fn insert(&self, digest: PacketDigest, stamp: u64) -> bool {
+        let mut seen = self.seen.lock().expect("replay map poisoned");
+        match seen.entry(digest) {
+            std::collections::hash_map::Entry::Occupied(_) => false,
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(stamp);
+                true
+            }
+        }
+    }
+
+    fn prune_before(&self, cutoff: u64) -> usize {
+        let mut seen = self.seen.lock().expect("replay map poisoned");
+        let before = seen.len();
+        seen.retain(|_, stamp| *stamp >= cutoff);
+        before - seen.len()
+    }
+}
+
+#[async_trait]
+impl ReplayStore for MemoryStore {
+    async fn check_and_insert(&self, digest: PacketDigest, stamp: u64) -> Result<bool, ReplayError> {
+        Ok(self.insert(digest, stamp))
+    }
+    async fn prune(&self, cutoff: u64) -> Result<usize, ReplayError> {
+        Ok(self.prune_before(cutoff))
+    }
+    fn len(&self) -> usize {
+        self.seen.lock().expect("replay map poisoned").len()
+    }
+}
+
+const TABLE: TableDefinition<&[u8; 32], u64> = TableDefinition::new("seen_packets");
+
+enum WriteOp {
+    Insert(PacketDigest, u64, oneshot::Sender<Result<(), ReplayError>>),
+    Prune(u64, oneshot::Sender<Result<usize, ReplayError>>),
+}
+
+/// Memory decision + durable redb file, written by one group-commit thread.
+pub struct FileStore {
+    memory: Arc<MemoryStore>,
+    writer: Option<std_mpsc::Sender<WriteOp>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for FileStore {
+    /// Close the database before returning, so a new store can open the file at once.
+    fn drop(&mut self) {
+        self.writer.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl FileStore {
+    /// Open (or create) the store and load what a previous run recorded.
+    pub fn open(path: &Path) -> Result<Self, ReplayError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| ReplayError(format!("{}: {e}", dir.display())))?;
+        }
+        let db = Database::create(path).map_err(|e| ReplayError(format!("{}: {e}", path.display())))?;
+        let memory = Arc::new(MemoryStore::default());
+        {
+            let txn = db.begin_write().map_err(store_err)?;
+            txn.open_table(TABLE).map_err(store_err)?;
+            txn.commit().map_err(store_err)?;
+            let read = db.begin_read().map_err(store_err)?;
+            let table = read.open_table(TABLE).map_err(store_err)?;
+            let mut seen = memory.seen.lock().expect("fresh");
+            for row in table.iter().map_err(store_err)? {
+                let (k, v) = row.map_err(store_err)?;
+                seen.insert(*k.value(), v.value());
+            }
+        }
+        let (tx, rx) = std_mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("replay-writer".into())
+            .spawn(move || write_loop(db, rx))
+            .map_err(store_err)?;
+        Ok(FileStore { memory, writer: Some(tx), thread: Some(thread) })
+    }
+
+    fn send(&self, op: WriteOp) -> Result<(), ReplayError> {
+        let stopped = || ReplayError("writer thread stopped".into());
+        self.writer.as_ref().ok_or_else(stopped)?.send(op).map_err(|_| stopped())
+    }
+}
+
+fn write_loop(db: Database, rx: std_mpsc::Receiver<WriteOp>) {
+    while let Ok(first) = rx.recv() {
+        // Everything queued behind the first op goes into the same transaction.
+        let mut ops = vec![first];
+        ops.extend(rx.try_iter());
+        let result = (|| -> Result<Vec<usize>, redb::Error> {
+            let txn = db.begin_write()?;
+            let mut pruned = Vec::new();
+            {
+                let mut table = txn.open_table(TABLE)?;
+                for op in &ops {
+                    match op {
+                        WriteOp::Insert(d, stamp, _) => {
+                            table.insert(d, stamp)?;
+                        }
+                        WriteOp::Prune(cutoff, _) => {
+                            let old: Vec<[u8; 32]> = table
+                                .iter()?
+                                .filter_map(|r| r.ok())
+                                .filter(|(_, v)| v.value() < *cutoff)
+                                .map(|(k, _)| *k.value())
+                                .collect();
+                            for k in &old {
+                                table.remove(k)?;
+                            }
+                            pruned.push(old.len());
+                        }
+                    }
+                }
+            }
+            txn.commit()?;
+            Ok(pruned)
+        })();
+        let mut pruned = result.as_ref().map(|p| p.clone().into_iter()).ok();
+        for op in ops {
+            match op {
+                WriteOp::Insert(_, _, ack) => {
+                    let _ = ack.send(result.as_ref().map(|_| ()).map_err(store_err));
+                }
+                WriteOp::Prune(_, ack) => {
+                    let n = pruned.as_mut().and_then(|p| p.next());
+                    let _ = ack.send(n.ok_or_else(|| ReplayError("prune failed".into())));
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl ReplayStore for FileStore {
+    async fn check_and_insert(&self, digest: PacketDigest, stamp: u64) -> Result<bool, ReplayError> {
+        if !self.memory.insert(digest, stamp) {
+            return Ok(false);
+        }
+        let (ack, done) = oneshot::channel();
+        self.send(WriteOp::Insert(digest, stamp, ack))?;
+        // Not durable means not granted: the caller treats an error as a denial.
+        done.await.map_err(|_| ReplayError("writer thread stopped".into()))??;
+        Ok(true)
+    }
+
+    async fn prune(&self, cutoff: u64) -> Result<usize, ReplayError> {
+        self.memory.prune_before(cutoff);
+        let (ack, done) = oneshot::channel();
+        self.send(WriteOp::Prune(cutoff, ack))?;
+        done.await.map_err(|_| ReplayError("writer thread stopped".into()))?
+    }
+
+    fn len(&self) -> usize {
+        self.memory.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn second_copy_is_a_replay_even_when_racing() {
+        let store = Arc::new(MemoryStore::default());
+        let d = packet_digest(b"packet");
+        let tasks: Vec<_> = (0..16)
+            .map(|_| {
+                let s = store.clone();
+                tokio::spawn(async move { s.check_and_insert(d, 100).await.unwrap() })
+            })
+            .collect();
+        let mut passed = 0;
+        for t in tasks {
+            passed += usize::from(t.await.unwrap());
+        }
+        assert_eq!(passed, 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn file_store_survives_restart_and_prunes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("replay.redb");
+        {
+            let s = Arc::new(FileStore::open(&path).unwrap());
+            let racers: Vec<_> = (0..8)
+                .map(|_| {
+                    let s = s.clone();
+                    tokio::spawn(async move { s.check_and_insert(packet_digest(b"a"), 100).await.unwrap() })
+                })
+                .collect();
+            let mut passed = 0;
+            for r in racers {
+                passed += usize::from(r.await.unwrap());
+            }
+            assert_eq!(passed, 1);
+            assert!(s.check_and_insert(packet_digest(b"b"), 300).await.unwrap());
+        }
+        let s = FileStore::open(&path).unwrap();
+        assert_eq!(s.len(), 2);
+        assert!(!s.check_and_insert(packet_digest(b"a"), 100).await.unwrap(), "replay after restart");
+        assert_eq!(s.prune(200).await.unwrap(), 1);
+        assert_eq!(s.len(), 1);
+        drop(s);
+        assert_eq!(FileStore::open(&path).unwrap().len(), 1);
+    }
+}
