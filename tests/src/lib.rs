@@ -144,7 +144,9 @@ enum GuardInner {
 impl ChildGuard {
     /// Wrap an already-spawned child process.
     pub fn from_child(child: Child) -> ChildGuard {
-        ChildGuard { inner: GuardInner::Process(child) }
+        ChildGuard {
+            inner: GuardInner::Process(child),
+        }
     }
 
     /// Process id (for in-process helper threads: the test process's own pid).
@@ -200,7 +202,9 @@ impl ChildGuard {
 
     /// Wait (bounded) for the process to exit.
     pub fn wait_timeout(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let GuardInner::Process(c) = &mut self.inner else { return None };
+        let GuardInner::Process(c) = &mut self.inner else {
+            return None;
+        };
         let deadline = Instant::now() + timeout;
         loop {
             if let Ok(Some(st)) = c.try_wait() {
@@ -367,7 +371,9 @@ impl Drop for Netns {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
     }
 }
 
@@ -416,16 +422,53 @@ pub fn pair(tag: &str) -> Pair {
     let server_ip6 = Ipv6Addr::new(0xfd00, 0x5057, a, b, 0, 0, 0, 2);
 
     client.run_ok(&[
-        "ip", "link", "add", Pair::CLIENT_IF, "type", "veth", "peer", "name", Pair::SERVER_IF,
-        "netns", &server.name,
+        "ip",
+        "link",
+        "add",
+        Pair::CLIENT_IF,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        Pair::SERVER_IF,
+        "netns",
+        &server.name,
     ]);
-    client.run_ok(&["ip", "addr", "add", &format!("{client_ip}/30"), "dev", Pair::CLIENT_IF]);
-    server.run_ok(&["ip", "addr", "add", &format!("{server_ip}/30"), "dev", Pair::SERVER_IF]);
     client.run_ok(&[
-        "ip", "-6", "addr", "add", &format!("{client_ip6}/64"), "dev", Pair::CLIENT_IF, "nodad",
+        "ip",
+        "addr",
+        "add",
+        &format!("{client_ip}/30"),
+        "dev",
+        Pair::CLIENT_IF,
     ]);
     server.run_ok(&[
-        "ip", "-6", "addr", "add", &format!("{server_ip6}/64"), "dev", Pair::SERVER_IF, "nodad",
+        "ip",
+        "addr",
+        "add",
+        &format!("{server_ip}/30"),
+        "dev",
+        Pair::SERVER_IF,
+    ]);
+    client.run_ok(&[
+        "ip",
+        "-6",
+        "addr",
+        "add",
+        &format!("{client_ip6}/64"),
+        "dev",
+        Pair::CLIENT_IF,
+        "nodad",
+    ]);
+    server.run_ok(&[
+        "ip",
+        "-6",
+        "addr",
+        "add",
+        &format!("{server_ip6}/64"),
+        "dev",
+        Pair::SERVER_IF,
+        "nodad",
     ]);
     client.run_ok(&["ip", "link", "set", Pair::CLIENT_IF, "up"]);
     server.run_ok(&["ip", "link", "set", Pair::SERVER_IF, "up"]);
@@ -435,8 +478,19 @@ pub fn pair(tag: &str) -> Pair {
         String::from_utf8_lossy(&c.stdout).contains("LOWER_UP")
             && String::from_utf8_lossy(&s.stdout).contains("LOWER_UP")
     });
-    assert!(up, "veth between {} and {} did not come up", client.name, server.name);
-    Pair { client, server, client_ip, server_ip, client_ip6, server_ip6 }
+    assert!(
+        up,
+        "veth between {} and {} did not come up",
+        client.name, server.name
+    );
+    Pair {
+        client,
+        server,
+        client_ip,
+        server_ip,
+        client_ip6,
+        server_ip6,
+    }
 }
 
 /// A TCP listener inside `ns` on port `port` (IPv4 and IPv6) that accepts and
@@ -489,7 +543,12 @@ pub fn tcp_listen(ns: &Netns, port: u16) -> ChildGuard {
         Ok(Err(e)) => panic!("tcp_listen in {}: {e}", ns.name),
         Err(_) => panic!("tcp_listen in {}: listener thread did not start", ns.name),
     }
-    ChildGuard { inner: GuardInner::Thread { stop, handle: Some(handle) } }
+    ChildGuard {
+        inner: GuardInner::Thread {
+            stop,
+            handle: Some(handle),
+        },
+    }
 }
 
 /// Bind `[::]:port` with IPV6_V6ONLY so it coexists with the IPv4 socket.
@@ -504,8 +563,20 @@ fn bind_v6only(port: u16) -> Option<TcpListener> {
         }
         let one: libc::c_int = 1;
         let sz = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        libc::setsockopt(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, &one as *const _ as *const _, sz);
-        libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, &one as *const _ as *const _, sz);
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_IPV6,
+            libc::IPV6_V6ONLY,
+            &one as *const _ as *const _,
+            sz,
+        );
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            &one as *const _ as *const _,
+            sz,
+        );
         let mut sa: libc::sockaddr_in6 = std::mem::zeroed();
         sa.sin6_family = libc::AF_INET6 as libc::sa_family_t;
         sa.sin6_port = port.to_be();
@@ -587,7 +658,10 @@ fn build_bin(name: &str) -> Result<PathBuf, String> {
         .unwrap_or_else(|| root.join("target"));
     let bin = target.join("debug").join(name);
     if !bin.is_file() {
-        return Err(format!("built `{name}` but {} does not exist", bin.display()));
+        return Err(format!(
+            "built `{name}` but {} does not exist",
+            bin.display()
+        ));
     }
     Ok(bin)
 }
@@ -599,17 +673,29 @@ mod tests {
     #[test]
     fn wait_until_is_bounded() {
         let t = Instant::now();
-        assert!(!wait_until(Duration::from_millis(50), Duration::from_millis(10), || false));
+        assert!(!wait_until(
+            Duration::from_millis(50),
+            Duration::from_millis(10),
+            || false
+        ));
         assert!(t.elapsed() < Duration::from_secs(2));
         let mut n = 0;
-        assert!(wait_until(Duration::from_secs(1), Duration::from_millis(1), || {
-            n += 1;
-            n >= 3
-        }));
+        assert!(wait_until(
+            Duration::from_secs(1),
+            Duration::from_millis(1),
+            || {
+                n += 1;
+                n >= 3
+            }
+        ));
     }
 
     #[test]
     fn shared_dir_has_vectors() {
-        assert!(shared_dir().join("vectors").is_dir(), "{}", shared_dir().display());
+        assert!(
+            shared_dir().join("vectors").is_dir(),
+            "{}",
+            shared_dir().display()
+        );
     }
 }

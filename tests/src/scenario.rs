@@ -99,7 +99,16 @@ impl SpaKeys {
         }
         if let Some((t, k)) = &self.hmac {
             let Secret::Base64(k) = k else { return None };
-            a.extend(["--use-hmac", "--hmac-digest-type", t, "--key-base64-hmac", k].map(String::from));
+            a.extend(
+                [
+                    "--use-hmac",
+                    "--hmac-digest-type",
+                    t,
+                    "--key-base64-hmac",
+                    k,
+                ]
+                .map(String::from),
+            );
         }
         a.extend(["-M".to_string(), self.mode.clone()]);
         Some(a)
@@ -120,16 +129,35 @@ pub fn guarded_service(tag: &str, port: u16) -> GuardedService {
     let listener = tcp_listen(&p.server, port);
     let port_s = port.to_string();
     p.server.run_ok(&[
-        "iptables", "-A", "INPUT", "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT",
+        "iptables",
+        "-A",
+        "INPUT",
+        "-m",
+        "conntrack",
+        "--ctstate",
+        "ESTABLISHED,RELATED",
+        "-j",
+        "ACCEPT",
     ]);
-    p.server.run_ok(&["iptables", "-A", "INPUT", "-p", "tcp", "--dport", &port_s, "-j", "DROP"]);
-    GuardedService { pair: p, port, _listener: listener }
+    p.server.run_ok(&[
+        "iptables", "-A", "INPUT", "-p", "tcp", "--dport", &port_s, "-j", "DROP",
+    ]);
+    GuardedService {
+        pair: p,
+        port,
+        _listener: listener,
+    }
 }
 
 impl GuardedService {
     /// One new TCP connection from the client namespace to the service.
     pub fn reachable(&self, timeout: Duration) -> bool {
-        tcp_connect_ok(&self.pair.client, IpAddr::V4(self.pair.server_ip), self.port, timeout)
+        tcp_connect_ok(
+            &self.pair.client,
+            IpAddr::V4(self.pair.server_ip),
+            self.port,
+            timeout,
+        )
     }
 
     /// Poll until reachability equals `want` (each attempt waits up to 400 ms).
@@ -155,7 +183,10 @@ impl Fwknopd {
     /// appended to a minimal fwknopd.conf. Waits until the UDP port is bound.
     pub fn start(ns: &Netns, access_conf: &str, extra_conf: &str) -> Fwknopd {
         let udp_port = 62201;
-        let dir = tempfile::Builder::new().prefix("pn-fwknopd").tempdir().expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("pn-fwknopd")
+            .tempdir()
+            .expect("tempdir");
         let run = dir.path().join("run");
         std::fs::create_dir(&run).unwrap();
         let conf = dir.path().join("fwknopd.conf");
@@ -179,16 +210,31 @@ impl Fwknopd {
         let (conf_s, access_s, run_s, pid_s) =
             (s(&conf), s(&access), s(&run), s(&run.join("fwknopd.pid")));
         let guard = ns.spawn_logged(
-            &["fwknopd", "-f", "-U", "-v", "-v", "-c", &conf_s, "-a", &access_s, "-r", &run_s, "-p", &pid_s],
+            &[
+                "fwknopd", "-f", "-U", "-v", "-v", "-c", &conf_s, "-a", &access_s, "-r", &run_s,
+                "-p", &pid_s,
+            ],
             &log,
         );
-        let mut d = Fwknopd { dir, log, udp_port, guard, ns_name: ns.name.clone() };
+        let mut d = Fwknopd {
+            dir,
+            log,
+            udp_port,
+            guard,
+            ns_name: ns.name.clone(),
+        };
         let port_hex = format!(":{udp_port:04X} ");
         let ready = wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
             // /proc/PID/net/udp shows the sockets of the process's namespace.
             let pid = d.guard.pid();
             std::fs::read_to_string(format!("/proc/{pid}/net/udp"))
-                .map(|t| t.lines().any(|l| l.split_whitespace().nth(1).is_some_and(|a| (a.to_string() + " ").ends_with(&port_hex))))
+                .map(|t| {
+                    t.lines().any(|l| {
+                        l.split_whitespace()
+                            .nth(1)
+                            .is_some_and(|a| (a.to_string() + " ").ends_with(&port_hex))
+                    })
+                })
                 .unwrap_or(false)
         });
         if !ready || !d.guard.is_running() {

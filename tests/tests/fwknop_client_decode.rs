@@ -18,7 +18,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 const MODES: [&str; 5] = ["cbc", "ecb", "cfb", "ofb", "ctr"];
-const DIGESTS: [&str; 7] = ["md5", "sha1", "sha256", "sha384", "sha512", "sha3_256", "sha3_512"];
+const DIGESTS: [&str; 7] = [
+    "md5", "sha1", "sha256", "sha384", "sha512", "sha3_256", "sha3_512",
+];
 
 #[derive(Clone)]
 enum Key {
@@ -52,7 +54,10 @@ struct Case {
 fn random_b64(n: usize) -> String {
     let mut buf = vec![0u8; n];
     use std::io::Read;
-    std::fs::File::open("/dev/urandom").unwrap().read_exact(&mut buf).unwrap();
+    std::fs::File::open("/dev/urandom")
+        .unwrap()
+        .read_exact(&mut buf)
+        .unwrap();
     base64::engine::general_purpose::STANDARD.encode(buf)
 }
 
@@ -63,7 +68,11 @@ fn keygen(home: &Path) -> (String, String) {
         .env("HOME", home)
         .output()
         .expect("run fwknop --key-gen");
-    assert!(out.status.success(), "fwknop --key-gen: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "fwknop --key-gen: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     let get = |k: &str| {
         text.lines()
@@ -76,7 +85,9 @@ fn keygen(home: &Path) -> (String, String) {
 /// Parse the first "SPA Field Values" block of `fwknop -v` output.
 fn parse_fields(out: &str) -> HashMap<String, String> {
     let mut fields = HashMap::new();
-    let mut lines = out.lines().skip_while(|l| !l.starts_with("SPA Field Values"));
+    let mut lines = out
+        .lines()
+        .skip_while(|l| !l.starts_with("SPA Field Values"));
     lines.next();
     for l in lines {
         if l.starts_with("====") {
@@ -97,7 +108,9 @@ fn leading_number(v: &str) -> &str {
     v.split_whitespace().next().unwrap_or("")
 }
 fn paren(v: &str) -> String {
-    v.split_once('(').map(|(_, r)| r.trim_end_matches(')').to_lowercase()).unwrap_or_default()
+    v.split_once('(')
+        .map(|(_, r)| r.trim_end_matches(')').to_lowercase())
+        .unwrap_or_default()
 }
 fn nullable(v: &str) -> Option<String> {
     (v != "<NULL>").then(|| v.to_string())
@@ -165,7 +178,9 @@ fn run_case(c: &Case, dir: &Path) -> Result<(), String> {
     let wire = wire.trim_end_matches('\n');
     let f = parse_fields(&stdout);
     let field = |k: &str| -> Result<&str, String> {
-        f.get(k).map(|s| s.as_str()).ok_or_else(|| format!("`{k}` missing from fwknop -v output:\n{stdout}"))
+        f.get(k)
+            .map(|s| s.as_str())
+            .ok_or_else(|| format!("`{k}` missing from fwknop -v output:\n{stdout}"))
     };
 
     let key = c.key.bytes();
@@ -183,7 +198,8 @@ fn run_case(c: &Case, dir: &Path) -> Result<(), String> {
         mode,
         hmac: hkey.as_ref().map(|(d, k)| HmacKey { digest: *d, key: k }),
     };
-    let d = packet::open(wire.as_bytes(), &keys).map_err(|e| format!("spa-core refused packet: {e}"))?;
+    let d = packet::open(wire.as_bytes(), &keys)
+        .map_err(|e| format!("spa-core refused packet: {e}"))?;
     let m = &d.message;
 
     let mut errs = Vec::new();
@@ -192,26 +208,78 @@ fn run_case(c: &Case, dir: &Path) -> Result<(), String> {
             errs.push(format!("{what}: spa-core {got:?} != fwknop {want:?}"));
         }
     };
-    eq("packet", wire.to_string(), field("Final SPA Data")?.to_string());
-    eq("rand_val", m.rand_val.clone(), field("Random Value")?.into());
+    eq(
+        "packet",
+        wire.to_string(),
+        field("Final SPA Data")?.to_string(),
+    );
+    eq(
+        "rand_val",
+        m.rand_val.clone(),
+        field("Random Value")?.into(),
+    );
     eq("username", m.username.clone(), field("Username")?.into());
-    eq("timestamp", m.timestamp.to_string(), field("Timestamp")?.into());
+    eq(
+        "timestamp",
+        m.timestamp.to_string(),
+        field("Timestamp")?.into(),
+    );
     eq("version", m.version.clone(), field("FKO Version")?.into());
-    eq("msg_type", m.msg_type.number().to_string(), leading_number(field("Message Type")?).into());
-    eq("message", m.message.clone(), field("Message String")?.into());
-    eq("nat_access", format!("{:?}", m.nat_access), format!("{:?}", nullable(field("Nat Access")?)));
-    eq("server_auth", format!("{:?}", m.server_auth), format!("{:?}", nullable(field("Server Auth")?)));
-    eq("client_timeout", m.client_timeout.unwrap_or(0).to_string(), field("Client Timeout")?.into());
-    eq("digest_type", d.digest_type.name().to_string(), paren(field("Digest Type")?));
-    eq("digest_type(requested)", d.digest_type.name().to_string(), c.digest.to_string());
+    eq(
+        "msg_type",
+        m.msg_type.number().to_string(),
+        leading_number(field("Message Type")?).into(),
+    );
+    eq(
+        "message",
+        m.message.clone(),
+        field("Message String")?.into(),
+    );
+    eq(
+        "nat_access",
+        format!("{:?}", m.nat_access),
+        format!("{:?}", nullable(field("Nat Access")?)),
+    );
+    eq(
+        "server_auth",
+        format!("{:?}", m.server_auth),
+        format!("{:?}", nullable(field("Server Auth")?)),
+    );
+    eq(
+        "client_timeout",
+        m.client_timeout.unwrap_or(0).to_string(),
+        field("Client Timeout")?.into(),
+    );
+    eq(
+        "digest_type",
+        d.digest_type.name().to_string(),
+        paren(field("Digest Type")?),
+    );
+    eq(
+        "digest_type(requested)",
+        d.digest_type.name().to_string(),
+        c.digest.to_string(),
+    );
     eq("digest", d.digest.clone(), field("SPA Data Digest")?.into());
-    eq("encoded_data", d.encoded_data.clone(), field("Encoded Data")?.into());
-    eq("enc_mode", paren(field("Encryption Mode")?), c.mode.to_string());
+    eq(
+        "encoded_data",
+        d.encoded_data.clone(),
+        field("Encoded Data")?.into(),
+    );
+    eq(
+        "enc_mode",
+        paren(field("Encryption Mode")?),
+        c.mode.to_string(),
+    );
     match &c.hmac {
         Some((t, _)) => {
             let h = field("HMAC")?;
             eq("hmac_type", paren(field("HMAC Type")?), t.to_string());
-            eq("hmac at end of packet", wire.ends_with(h).to_string(), "true".into());
+            eq(
+                "hmac at end of packet",
+                wire.ends_with(h).to_string(),
+                "true".into(),
+            );
         }
         None => eq("hmac", field("HMAC")?.into(), "<NULL>".into()),
     }
@@ -219,7 +287,14 @@ fn run_case(c: &Case, dir: &Path) -> Result<(), String> {
     if let Some((dt, hk)) = &hkey {
         let mut bad = hk.clone();
         bad[0] ^= 1;
-        let k2 = PacketKeys { key: &key, mode, hmac: Some(HmacKey { digest: *dt, key: &bad }) };
+        let k2 = PacketKeys {
+            key: &key,
+            mode,
+            hmac: Some(HmacKey {
+                digest: *dt,
+                key: &bad,
+            }),
+        };
         if packet::open(wire.as_bytes(), &k2).is_ok() {
             errs.push("opened with a wrong HMAC key".into());
         }
@@ -250,7 +325,15 @@ fn build_cases(k: &str, h: &str) -> Vec<Case> {
         }
     }
     // Legacy: passphrase keys (cut or '0'-padded to 16 bytes), no HMAC.
-    let passes = ["a", "testtest", "0123456789abcdef", "twenty-chars-long!!!", "x y z", "fwknoptest", "p@ss:word"];
+    let passes = [
+        "a",
+        "testtest",
+        "0123456789abcdef",
+        "twenty-chars-long!!!",
+        "x y z",
+        "fwknoptest",
+        "p@ss:word",
+    ];
     for (digest, pass) in DIGESTS.iter().zip(passes) {
         cases.push(Case {
             name: format!("legacy/none/{digest}"),
@@ -263,7 +346,12 @@ fn build_cases(k: &str, h: &str) -> Vec<Case> {
         });
     }
     let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
-    let extra = |name: &str, mode: &'static str, digest: &'static str, key: Key, hmac: Option<(&'static str, Key)>, extra: Vec<String>| Case {
+    let extra = |name: &str,
+                 mode: &'static str,
+                 digest: &'static str,
+                 key: Key,
+                 hmac: Option<(&'static str, Key)>,
+                 extra: Vec<String>| Case {
         name: name.to_string(),
         mode,
         digest,
@@ -274,28 +362,175 @@ fn build_cases(k: &str, h: &str) -> Vec<Case> {
     };
     let hm = |t: &'static str| Some((t, b(h)));
     cases.extend([
-        extra("nat", "cbc", "sha256", b(k), hm("sha256"), s(&["-N", "192.168.10.2,22"])),
-        extra("nat+timeout", "ctr", "sha512", b(k), hm("sha3_512"), s(&["-N", "192.168.10.2,2222", "-f", "500"])),
-        extra("nat-local", "cfb", "sha1", b(k), hm("md5"), s(&["--nat-local", "-N", "127.0.0.1,2222"])),
-        extra("nat-local+timeout", "ofb", "sha3_256", b(k), hm("sha384"), s(&["--nat-local", "--nat-port", "2222", "-f", "30"])),
-        extra("nat-local(nat-port)", "cbc", "md5", b(k), None, s(&["--nat-local", "--nat-port", "55000"])),
-        extra("command", "cbc", "sha256", b(k), hm("sha256"), s(&["-C", "echo hello; /bin/true --x=1"])),
-        extra("command/ecb", "ecb", "sha3_512", b(k), hm("sha1"), s(&["-C", "iptables -L -n"])),
-        extra("command/nohmac", "ofb", "md5", b(k), None, s(&["-C", "touch /tmp/x"])),
-        extra("timeout", "cbc", "sha256", b(k), hm("sha256"), s(&["-f", "3"])),
-        extra("timeout/max", "ecb", "sha384", b(k), hm("sha512"), s(&["-f", "65535"])),
-        extra("spoof-user", "cbc", "sha256", b(k), hm("sha256"), s(&["-U", "alice"])),
-        extra("spoof-user+timeout", "ctr", "sha1", b(k), hm("sha3_256"), s(&["-U", "bob.smith-99", "-f", "120"])),
-        extra("multi-port", "cbc", "sha256", b(k), hm("sha256"), s(&["-A", "tcp/22,udp/53,tcp/8443"])),
-        extra("passphrase", "cbc", "sha256", Key::Passphrase("my secret passphrase".into()), None, vec![]),
-        extra("passphrase/ctr", "ctr", "sha512", Key::Passphrase("s3cr3t!".into()), hm("sha256"), vec![]),
-        extra("passphrase-hmac(rc)", "cbc", "sha256", Key::Passphrase("enc pass".into()), Some(("sha256", Key::Passphrase("hmac-pass-phrase".into()))), vec![]),
+        extra(
+            "nat",
+            "cbc",
+            "sha256",
+            b(k),
+            hm("sha256"),
+            s(&["-N", "192.168.10.2,22"]),
+        ),
+        extra(
+            "nat+timeout",
+            "ctr",
+            "sha512",
+            b(k),
+            hm("sha3_512"),
+            s(&["-N", "192.168.10.2,2222", "-f", "500"]),
+        ),
+        extra(
+            "nat-local",
+            "cfb",
+            "sha1",
+            b(k),
+            hm("md5"),
+            s(&["--nat-local", "-N", "127.0.0.1,2222"]),
+        ),
+        extra(
+            "nat-local+timeout",
+            "ofb",
+            "sha3_256",
+            b(k),
+            hm("sha384"),
+            s(&["--nat-local", "--nat-port", "2222", "-f", "30"]),
+        ),
+        extra(
+            "nat-local(nat-port)",
+            "cbc",
+            "md5",
+            b(k),
+            None,
+            s(&["--nat-local", "--nat-port", "55000"]),
+        ),
+        extra(
+            "command",
+            "cbc",
+            "sha256",
+            b(k),
+            hm("sha256"),
+            s(&["-C", "echo hello; /bin/true --x=1"]),
+        ),
+        extra(
+            "command/ecb",
+            "ecb",
+            "sha3_512",
+            b(k),
+            hm("sha1"),
+            s(&["-C", "iptables -L -n"]),
+        ),
+        extra(
+            "command/nohmac",
+            "ofb",
+            "md5",
+            b(k),
+            None,
+            s(&["-C", "touch /tmp/x"]),
+        ),
+        extra(
+            "timeout",
+            "cbc",
+            "sha256",
+            b(k),
+            hm("sha256"),
+            s(&["-f", "3"]),
+        ),
+        extra(
+            "timeout/max",
+            "ecb",
+            "sha384",
+            b(k),
+            hm("sha512"),
+            s(&["-f", "65535"]),
+        ),
+        extra(
+            "spoof-user",
+            "cbc",
+            "sha256",
+            b(k),
+            hm("sha256"),
+            s(&["-U", "alice"]),
+        ),
+        extra(
+            "spoof-user+timeout",
+            "ctr",
+            "sha1",
+            b(k),
+            hm("sha3_256"),
+            s(&["-U", "bob.smith-99", "-f", "120"]),
+        ),
+        extra(
+            "multi-port",
+            "cbc",
+            "sha256",
+            b(k),
+            hm("sha256"),
+            s(&["-A", "tcp/22,udp/53,tcp/8443"]),
+        ),
+        extra(
+            "passphrase",
+            "cbc",
+            "sha256",
+            Key::Passphrase("my secret passphrase".into()),
+            None,
+            vec![],
+        ),
+        extra(
+            "passphrase/ctr",
+            "ctr",
+            "sha512",
+            Key::Passphrase("s3cr3t!".into()),
+            hm("sha256"),
+            vec![],
+        ),
+        extra(
+            "passphrase-hmac(rc)",
+            "cbc",
+            "sha256",
+            Key::Passphrase("enc pass".into()),
+            Some(("sha256", Key::Passphrase("hmac-pass-phrase".into()))),
+            vec![],
+        ),
         // fwknop's rc parser cuts the value at the first space: the HMAC key is "hmac".
-        extra("passphrase-hmac(rc, value cut at space)", "cbc", "sha256", b(k), Some(("sha256", Key::Passphrase("hmac pass phrase".into()))), vec![]),
-        extra("passphrase-hmac(rc)/sha1/cfb", "cfb", "sha3_256", b(k), Some(("sha1", Key::Passphrase("another-hmac-pw".into()))), s(&["-f", "45"])),
-        extra("passphrase-hmac(rc)/sha3_512/ofb", "ofb", "md5", Key::Passphrase("x".into()), Some(("sha3_512", Key::Passphrase("h".into()))), vec![]),
-        extra("hmac-key-128-bytes", "cbc", "sha256", b(k), Some(("sha512", b(&random_b64(128)))), vec![]),
-        extra("aes-key-16-bytes", "cbc", "sha256", b(&random_b64(16)), hm("sha256"), vec![]),
+        extra(
+            "passphrase-hmac(rc, value cut at space)",
+            "cbc",
+            "sha256",
+            b(k),
+            Some(("sha256", Key::Passphrase("hmac pass phrase".into()))),
+            vec![],
+        ),
+        extra(
+            "passphrase-hmac(rc)/sha1/cfb",
+            "cfb",
+            "sha3_256",
+            b(k),
+            Some(("sha1", Key::Passphrase("another-hmac-pw".into()))),
+            s(&["-f", "45"]),
+        ),
+        extra(
+            "passphrase-hmac(rc)/sha3_512/ofb",
+            "ofb",
+            "md5",
+            Key::Passphrase("x".into()),
+            Some(("sha3_512", Key::Passphrase("h".into()))),
+            vec![],
+        ),
+        extra(
+            "hmac-key-128-bytes",
+            "cbc",
+            "sha256",
+            b(k),
+            Some(("sha512", b(&random_b64(128)))),
+            vec![],
+        ),
+        extra(
+            "aes-key-16-bytes",
+            "cbc",
+            "sha256",
+            b(&random_b64(16)),
+            hm("sha256"),
+            vec![],
+        ),
     ]);
     cases
 }
@@ -310,7 +545,11 @@ fn fwknop_client_packets_decode_with_spa_core() {
     let cases = build_cases(&k, &h);
     let next = AtomicUsize::new(0);
     let results: Mutex<Vec<(usize, Result<(), String>)>> = Mutex::new(Vec::new());
-    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).max(2) * 2;
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .max(2)
+        * 2;
     std::thread::scope(|s| {
         for _ in 0..workers {
             s.spawn(|| {
@@ -340,7 +579,9 @@ fn fwknop_client_packets_decode_with_spa_core() {
         }
         if c.matrix {
             let hm = c.hmac.as_ref().map(|(t, _)| *t).unwrap_or("none");
-            let e = cells.entry((c.mode.to_string(), hm.to_string())).or_default();
+            let e = cells
+                .entry((c.mode.to_string(), hm.to_string()))
+                .or_default();
             e.1 += 1;
             if r.is_ok() {
                 e.0 += 1;
@@ -367,9 +608,20 @@ fn fwknop_client_packets_decode_with_spa_core() {
         println!();
     }
     for c in cases.iter().filter(|c| !c.matrix) {
-        let ok = results.iter().any(|(i, r)| cases[*i].name == c.name && r.is_ok());
+        let ok = results
+            .iter()
+            .any(|(i, r)| cases[*i].name == c.name && r.is_ok());
         println!("extra {:<36} {}", c.name, if ok { "ok" } else { "FAILED" });
     }
-    println!("total: {passed}/{} fwknop packets decoded with matching fields", cases.len());
-    assert!(failures.is_empty(), "{} of {} cases failed:\n{}", failures.len(), cases.len(), failures.join("\n"));
+    println!(
+        "total: {passed}/{} fwknop packets decoded with matching fields",
+        cases.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
 }

@@ -14,16 +14,43 @@ fn pair_connects_v4_and_v6_and_iptables_drop_blocks() {
     let p = pair("hs");
     let port = 22022;
     let _l = tcp_listen(&p.server, port);
-    assert!(tcp_connect_ok(&p.client, IpAddr::V4(p.server_ip), port, T), "v4 connect");
-    assert!(tcp_connect_ok(&p.client, IpAddr::V6(p.server_ip6), port, T), "v6 connect");
-    assert!(!tcp_connect_ok(&p.client, IpAddr::V4(p.server_ip), port + 1, T), "closed port");
-    p.server.run_ok(&["iptables", "-A", "INPUT", "-p", "tcp", "--dport", &port.to_string(), "-j", "DROP"]);
     assert!(
-        !tcp_connect_ok(&p.client, IpAddr::V4(p.server_ip), port, Duration::from_millis(500)),
+        tcp_connect_ok(&p.client, IpAddr::V4(p.server_ip), port, T),
+        "v4 connect"
+    );
+    assert!(
+        tcp_connect_ok(&p.client, IpAddr::V6(p.server_ip6), port, T),
+        "v6 connect"
+    );
+    assert!(
+        !tcp_connect_ok(&p.client, IpAddr::V4(p.server_ip), port + 1, T),
+        "closed port"
+    );
+    p.server.run_ok(&[
+        "iptables",
+        "-A",
+        "INPUT",
+        "-p",
+        "tcp",
+        "--dport",
+        &port.to_string(),
+        "-j",
+        "DROP",
+    ]);
+    assert!(
+        !tcp_connect_ok(
+            &p.client,
+            IpAddr::V4(p.server_ip),
+            port,
+            Duration::from_millis(500)
+        ),
         "iptables DROP must block"
     );
     // The root namespace is untouched.
-    let out = std::process::Command::new("iptables").args(["-S", "INPUT"]).output().unwrap();
+    let out = std::process::Command::new("iptables")
+        .args(["-S", "INPUT"])
+        .output()
+        .unwrap();
     assert!(!String::from_utf8_lossy(&out.stdout).contains("22022"));
 }
 
@@ -43,15 +70,22 @@ fn netns_drop_kills_processes_and_deletes() {
         assert!(ns.pids().contains(&pid));
         assert_eq!(ns.run_ok(&["echo", "hi"]).trim(), "hi");
     }
-    let out = std::process::Command::new("ip").args(["netns", "list"]).output().unwrap();
+    let out = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .unwrap();
     assert!(!String::from_utf8_lossy(&out.stdout).contains(&name));
-    assert!(wait_until(Duration::from_secs(3), Duration::from_millis(20), || {
-        // zombie or gone is fine: check state
-        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-            Err(_) => true,
-            Ok(s) => s.split_whitespace().nth(2) == Some("Z"),
+    assert!(wait_until(
+        Duration::from_secs(3),
+        Duration::from_millis(20),
+        || {
+            // zombie or gone is fine: check state
+            match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+                Err(_) => true,
+                Ok(s) => s.split_whitespace().nth(2) == Some("Z"),
+            }
         }
-    }));
+    ));
 }
 
 #[test]

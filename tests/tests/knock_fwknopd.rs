@@ -36,17 +36,33 @@ fn passphrase_variant(mode: &str, hmac: Option<&str>, digest: &str, pass: &str) 
 }
 
 fn runnable() -> bool {
-    require_root() && require_program("fwknop") && require_program("fwknopd") && require_program("iptables")
+    require_root()
+        && require_program("fwknop")
+        && require_program("fwknopd")
+        && require_program("iptables")
 }
 
 fn access_conf(keys: &SpaKeys) -> String {
-    format!("SOURCE ANY\n{}FW_ACCESS_TIMEOUT {ACCESS_TIMEOUT}\n", keys.access_conf_lines())
+    format!(
+        "SOURCE ANY\n{}FW_ACCESS_TIMEOUT {ACCESS_TIMEOUT}\n",
+        keys.access_conf_lines()
+    )
 }
 
 /// Client arguments for one knock (keys on the command line or in an rc file in `home`).
 fn client_args(v: &Variant, home: &std::path::Path, allow: &str, server: &str) -> Vec<String> {
-    let mut a: Vec<String> =
-        ["-A", &format!("tcp/{PORT}"), "-a", allow, "-D", server, "-m", &v.digest].map(String::from).to_vec();
+    let mut a: Vec<String> = [
+        "-A",
+        &format!("tcp/{PORT}"),
+        "-a",
+        allow,
+        "-D",
+        server,
+        "-m",
+        &v.digest,
+    ]
+    .map(String::from)
+    .to_vec();
     match v.keys.client_key_args() {
         Some(k) => {
             a.extend(k);
@@ -58,15 +74,22 @@ fn client_args(v: &Variant, home: &std::path::Path, allow: &str, server: &str) -
             std::fs::write(&rc, format!("[default]\n{}", v.keys.rc_lines())).unwrap();
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&rc, std::fs::Permissions::from_mode(0o600)).unwrap();
-            a.extend(["--rc-file".to_string(), rc.display().to_string(), "-M".into(), v.keys.mode.clone()]);
+            a.extend([
+                "--rc-file".to_string(),
+                rc.display().to_string(),
+                "-M".into(),
+                v.keys.mode.clone(),
+            ]);
         }
     }
     a
 }
 
+type CycleResult = Result<(Duration, Duration), String>;
+
 /// Full cycle for one variant: closed, knock, open, closed after the timeout.
 /// Returns the time from knock to open and from open to closed.
-fn knock_cycle(client: &SpaClient, v: &Variant, tag: &str) -> Result<(Duration, Duration), String> {
+fn knock_cycle(client: &SpaClient, v: &Variant, tag: &str) -> CycleResult {
     let svc = guarded_service(tag, PORT);
     let fwknopd = Fwknopd::start(&svc.pair.server, &access_conf(&v.keys), "");
     let ctx = |msg: &str| format!("{msg}\n--- fwknopd log ---\n{}", fwknopd.log_text());
@@ -74,14 +97,27 @@ fn knock_cycle(client: &SpaClient, v: &Variant, tag: &str) -> Result<(Duration, 
         return Err(ctx("port reachable before the knock"));
     }
     let home = tempfile::tempdir().unwrap();
-    let args = client_args(v, home.path(), &svc.pair.client_ip.to_string(), &svc.pair.server_ip.to_string());
+    let args = client_args(
+        v,
+        home.path(),
+        &svc.pair.client_ip.to_string(),
+        &svc.pair.server_ip.to_string(),
+    );
     let out = client.run(&svc.pair.client, home.path(), &args);
     if !out.status.success() {
-        return Err(ctx(&format!("{} {args:?} failed: {}", client.name(), describe(&out))));
+        return Err(ctx(&format!(
+            "{} {args:?} failed: {}",
+            client.name(),
+            describe(&out)
+        )));
     }
     let t0 = Instant::now();
     if !svc.wait_reachable(true, Duration::from_secs(6)) {
-        return Err(ctx(&format!("port not opened after the knock ({} {args:?}: {})", client.name(), describe(&out))));
+        return Err(ctx(&format!(
+            "port not opened after the knock ({} {args:?}: {})",
+            client.name(),
+            describe(&out)
+        )));
     }
     let opened = t0.elapsed();
     let t1 = Instant::now();
@@ -94,13 +130,16 @@ fn knock_cycle(client: &SpaClient, v: &Variant, tag: &str) -> Result<(Duration, 
 /// Run variants concurrently (each with its own namespaces and fwknopd); panic with
 /// every failure listed.
 fn run_matrix(client: &SpaClient, variants: &[Variant], tag: &str) {
-    let results: Vec<(String, Result<(Duration, Duration), String>)> = std::thread::scope(|s| {
+    let results: Vec<(String, CycleResult)> = std::thread::scope(|s| {
         let handles: Vec<_> = variants
             .iter()
             .enumerate()
             .map(|(i, v)| {
                 let tag = format!("{tag}{i}");
-                (v.name.clone(), s.spawn(move || knock_cycle(client, v, &tag)))
+                (
+                    v.name.clone(),
+                    s.spawn(move || knock_cycle(client, v, &tag)),
+                )
             })
             .collect();
         handles
@@ -118,18 +157,34 @@ fn run_matrix(client: &SpaClient, variants: &[Variant], tag: &str) {
             .collect()
     });
     let mut failures = Vec::new();
-    println!("{} -> fwknopd 2.6.10 (mode/hmac/digest): knock->open, open->closed", client.name());
+    println!(
+        "{} -> fwknopd 2.6.10 (mode/hmac/digest): knock->open, open->closed",
+        client.name()
+    );
     for (n, r) in &results {
         match r {
-            Ok((o, c)) => println!("  {n:<36} ok  open after {:>5} ms, closed after {:>5} ms", o.as_millis(), c.as_millis()),
+            Ok((o, c)) => println!(
+                "  {n:<36} ok  open after {:>5} ms, closed after {:>5} ms",
+                o.as_millis(),
+                c.as_millis()
+            ),
             Err(e) => {
                 println!("  {n:<36} FAILED");
                 failures.push(format!("=== {n} ===\n{e}"));
             }
         }
     }
-    println!("  {}/{} variants passed", results.len() - failures.len(), results.len());
-    assert!(failures.is_empty(), "{} -> fwknopd failures:\n{}", client.name(), failures.join("\n"));
+    println!(
+        "  {}/{} variants passed",
+        results.len() - failures.len(),
+        results.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} -> fwknopd failures:\n{}",
+        client.name(),
+        failures.join("\n")
+    );
 }
 
 /// Modes with sha256 HMAC, every HMAC type with CBC, every digest; legacy with a
@@ -147,7 +202,12 @@ fn matrix() -> Vec<Variant> {
     }
     v.push(variant("ctr", None, "sha512"));
     v.push(passphrase_variant("legacy", None, "sha256", "legacypw"));
-    v.push(passphrase_variant("cbc", Some("sha256"), "sha1", "s3cr3t-pass"));
+    v.push(passphrase_variant(
+        "cbc",
+        Some("sha256"),
+        "sha1",
+        "s3cr3t-pass",
+    ));
     v
 }
 
@@ -169,18 +229,34 @@ fn fwknop_client_with_wrong_hmac_key_is_refused() {
     let svc = guarded_service("wk", PORT);
     let fwknopd = Fwknopd::start(&svc.pair.server, &access_conf(&v.keys), "");
     let mut wrong = v.clone();
-    wrong.keys.hmac = Some(("sha256".into(), Secret::Base64(postern_e2e::scenario::random_b64(64))));
+    wrong.keys.hmac = Some((
+        "sha256".into(),
+        Secret::Base64(postern_e2e::scenario::random_b64(64)),
+    ));
     let home = tempfile::tempdir().unwrap();
-    let args = client_args(&wrong, home.path(), &svc.pair.client_ip.to_string(), &svc.pair.server_ip.to_string());
+    let args = client_args(
+        &wrong,
+        home.path(),
+        &svc.pair.client_ip.to_string(),
+        &svc.pair.server_ip.to_string(),
+    );
     let out = SpaClient::Fwknop.run(&svc.pair.client, home.path(), &args);
     assert!(out.status.success(), "{}", describe(&out));
     // Give fwknopd time to see and refuse the packet.
-    let refused = postern_e2e::wait_until(Duration::from_secs(5), Duration::from_millis(100), || {
-        let log = fwknopd.log_text();
-        log.contains("HMAC_COMPAREFAIL") || log.contains("Non-corresponding HMAC")
-    });
-    assert!(!svc.reachable(Duration::from_millis(700)), "opened with a wrong HMAC key");
-    assert!(refused, "fwknopd did not log an HMAC failure:\n{}", fwknopd.log_text());
+    let refused =
+        postern_e2e::wait_until(Duration::from_secs(5), Duration::from_millis(100), || {
+            let log = fwknopd.log_text();
+            log.contains("HMAC_COMPAREFAIL") || log.contains("Non-corresponding HMAC")
+        });
+    assert!(
+        !svc.reachable(Duration::from_millis(700)),
+        "opened with a wrong HMAC key"
+    );
+    assert!(
+        refused,
+        "fwknopd did not log an HMAC failure:\n{}",
+        fwknopd.log_text()
+    );
 }
 
 #[test]
@@ -200,28 +276,57 @@ fn rc_stanza_knock(writer: &SpaClient, reader: &SpaClient, tag: &str) {
     let svc = guarded_service(tag, PORT);
     let fwknopd = Fwknopd::start(&svc.pair.server, &access_conf(&v.keys), "");
     let home = tempfile::tempdir().unwrap();
-    let mut save = client_args(&v, home.path(), &svc.pair.client_ip.to_string(), &svc.pair.server_ip.to_string());
+    let mut save = client_args(
+        &v,
+        home.path(),
+        &svc.pair.client_ip.to_string(),
+        &svc.pair.server_ip.to_string(),
+    );
     save.retain(|a| a != "--no-rc-file");
     save.extend(["--save-rc-stanza", "-n", "e2esrv", "-T"].map(String::from));
     let out = writer.run(&svc.pair.client, home.path(), &save);
-    assert!(out.status.success(), "{} {save:?}: {}", writer.name(), describe(&out));
-    let rc = std::fs::read_to_string(home.path().join(".fwknoprc"))
-        .unwrap_or_else(|e| panic!("{} --save-rc-stanza wrote no ~/.fwknoprc: {e}", writer.name()));
-    assert!(rc.contains("[e2esrv]"), "no [e2esrv] stanza in ~/.fwknoprc:\n{rc}");
+    assert!(
+        out.status.success(),
+        "{} {save:?}: {}",
+        writer.name(),
+        describe(&out)
+    );
+    let rc = std::fs::read_to_string(home.path().join(".fwknoprc")).unwrap_or_else(|e| {
+        panic!(
+            "{} --save-rc-stanza wrote no ~/.fwknoprc: {e}",
+            writer.name()
+        )
+    });
+    assert!(
+        rc.contains("[e2esrv]"),
+        "no [e2esrv] stanza in ~/.fwknoprc:\n{rc}"
+    );
     assert!(
         !svc.reachable(Duration::from_millis(700)),
         "{} --save-rc-stanza -T must not send a packet (port opened)",
         writer.name()
     );
-    let out = reader.run(&svc.pair.client, home.path(), &["-n".to_string(), "e2esrv".to_string()]);
-    assert!(out.status.success(), "{} -n e2esrv: {}\n~/.fwknoprc:\n{rc}", reader.name(), describe(&out));
+    let out = reader.run(
+        &svc.pair.client,
+        home.path(),
+        &["-n".to_string(), "e2esrv".to_string()],
+    );
+    assert!(
+        out.status.success(),
+        "{} -n e2esrv: {}\n~/.fwknoprc:\n{rc}",
+        reader.name(),
+        describe(&out)
+    );
     assert!(
         svc.wait_reachable(true, Duration::from_secs(6)),
         "{} -n e2esrv did not open the port\n~/.fwknoprc:\n{rc}\n--- fwknopd log ---\n{}",
         reader.name(),
         fwknopd.log_text()
     );
-    assert!(svc.wait_reachable(false, Duration::from_secs(ACCESS_TIMEOUT + 12)), "did not close again");
+    assert!(
+        svc.wait_reachable(false, Duration::from_secs(ACCESS_TIMEOUT + 12)),
+        "did not close again"
+    );
 }
 
 #[test]
