@@ -1,6 +1,20 @@
-//! Custom-script actions for postern (CMD_CYCLE_OPEN / CMD_CYCLE_CLOSE style) and
-//! the process runner every command-driven backend shares.
+//! Custom-script actions for postern and the process runner every command-driven
+//! backend shares.
+//!
+//! - [`ScriptBackend`]: fwknopd's CMD_CYCLE_OPEN / CMD_CYCLE_CLOSE as a
+//!   [`spa_core::firewall::Firewall`] (templates in [`template`]).
+//! - [`run_command`]: command mode (ENABLE_CMD_EXEC / CMD_EXEC_USER), no shell.
+//! - [`SystemRunner`], [`PrefixedRunner`]: run tools as argv with a time limit;
+//!   [`fake::RecordingRunner`] records argv for snapshot tests.
 
+pub mod command;
+pub mod cycle;
+pub mod exec;
+pub mod fake;
 pub mod runner;
+pub mod state;
+pub mod template;
 
-pub use runner::SystemRunner;
+pub use command::{run_command, run_command_with, CommandError, CommandExec, CommandOutput};
+pub use cycle::{PacketAddresses, ScriptBackend, ScriptConfig};
+pub use runner::{find_program, PrefixedRunner, SystemRunner};

@@ -1,9 +1,13 @@
 //! Runs tools as argv, never through a shell, with a time limit.
 
+use crate::exec::{run_limited, Limits};
 use spa_core::firewall::{CommandRunner, FirewallError, FwResult};
-use std::io::{Read, Write};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+/// Output kept from a firewall tool; listings of big rule sets fit comfortably.
+const MAX_TOOL_OUTPUT: usize = 16 << 20;
 
 /// Spawns real processes.
 #[derive(Clone, Debug)]
@@ -13,7 +17,9 @@ pub struct SystemRunner {
 
 impl Default for SystemRunner {
     fn default() -> Self {
-        SystemRunner { timeout: Duration::from_secs(10) }
+        SystemRunner {
+            timeout: Duration::from_secs(10),
+        }
     }
 }
 
@@ -27,60 +33,94 @@ impl CommandRunner for SystemRunner {
             backend: "runner",
             message: "empty command".into(),
         })?;
-        let mut child = Command::new(program)
-            .args(args)
-            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| FirewallError::Command {
-                command: describe(argv),
-                status: "could not start".into(),
-                stderr: e.to_string(),
-            })?;
-        if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
-            // A tool that exits early closes the pipe; its exit status tells the story.
-            let _ = pipe.write_all(input.as_bytes());
-        }
-        let mut stdout = child.stdout.take().expect("piped");
-        let mut stderr = child.stderr.take().expect("piped");
-        let out_reader = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = stdout.read_to_string(&mut s);
-            s
-        });
-        let err_reader = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = stderr.read_to_string(&mut s);
-            s
-        });
-        let deadline = Instant::now() + self.timeout;
-        let status = loop {
-            match child.try_wait() {
-                Ok(Some(status)) => break status,
-                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(2)),
-                Ok(None) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return Err(FirewallError::Command {
-                        command: describe(argv),
-                        status: format!("killed after {:?}", self.timeout),
-                        stderr: String::new(),
-                    });
+        let mut cmd = Command::new(program);
+        cmd.args(args);
+        let limits = Limits {
+            timeout: self.timeout,
+            max_output: MAX_TOOL_OUTPUT,
+        };
+        let finished = run_limited(cmd, stdin.map(str::as_bytes), limits).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                FirewallError::Missing {
+                    backend: "runner",
+                    what: format!("the program `{program}`"),
+                    hint: "install it or configure its full path".into(),
                 }
-                Err(e) => {
-                    return Err(FirewallError::Command { command: describe(argv), status: "wait failed".into(), stderr: e.to_string() })
+            } else {
+                FirewallError::Command {
+                    command: describe(argv),
+                    status: "could not start".into(),
+                    stderr: e.to_string(),
                 }
             }
-        };
-        let out = out_reader.join().unwrap_or_default();
-        let err = err_reader.join().unwrap_or_default();
-        if status.success() {
-            Ok(out)
-        } else {
-            Err(FirewallError::Command { command: describe(argv), status: status.to_string(), stderr: err.trim().to_string() })
+        })?;
+        let stderr = String::from_utf8_lossy(&finished.stderr).trim().to_string();
+        match finished.status {
+            None => Err(FirewallError::Command {
+                command: describe(argv),
+                status: format!("killed after {:?}", self.timeout),
+                stderr,
+            }),
+            Some(status) if status.success() => {
+                Ok(String::from_utf8_lossy(&finished.stdout).into_owned())
+            }
+            Some(status) => Err(FirewallError::Command {
+                command: describe(argv),
+                status: status.to_string(),
+                stderr,
+            }),
         }
     }
+}
+
+/// Runs every command with a fixed argv prefix, e.g. `ip netns exec NS` to drive a
+/// firewall in another network namespace, or `sudo -n` for an unprivileged daemon.
+pub struct PrefixedRunner {
+    prefix: Vec<String>,
+    inner: Box<dyn CommandRunner>,
+}
+
+impl PrefixedRunner {
+    pub fn new(prefix: Vec<String>, inner: Box<dyn CommandRunner>) -> Self {
+        PrefixedRunner { prefix, inner }
+    }
+
+    /// `ip netns exec NAME …` around a [`SystemRunner`].
+    pub fn netns(name: &str, timeout: Duration) -> Self {
+        let prefix = ["ip", "netns", "exec", name]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        PrefixedRunner::new(prefix, Box::new(SystemRunner { timeout }))
+    }
+}
+
+impl CommandRunner for PrefixedRunner {
+    fn run(&mut self, argv: &[String], stdin: Option<&str>) -> FwResult<String> {
+        let full: Vec<String> = self.prefix.iter().chain(argv).cloned().collect();
+        self.inner.run(&full, stdin)
+    }
+}
+
+/// Where `program` would be found: itself if it contains a `/`, else the first
+/// executable match in `$PATH` (plus the sbin directories, which a daemon started
+/// from a user shell may lack in its PATH).
+pub fn find_program(program: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &Path| {
+        p.metadata()
+            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false)
+    };
+    if program.contains('/') {
+        let p = PathBuf::from(program);
+        return executable(&p).then_some(p);
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/local/sbin", "/usr/sbin", "/sbin"].map(PathBuf::from))
+        .map(|dir| dir.join(program))
+        .find(|p| executable(p))
 }
 
 #[cfg(test)]
@@ -93,23 +133,52 @@ mod tests {
 
     #[test]
     fn runs_argv_without_a_shell() {
-        let out = SystemRunner::default().run(&argv(&["echo", "a;b", "$HOME"]), None).unwrap();
+        let out = SystemRunner::default()
+            .run(&argv(&["echo", "a;b", "$HOME"]), None)
+            .unwrap();
         assert_eq!(out, "a;b $HOME\n");
     }
 
     #[test]
     fn passes_stdin_and_reports_failure_with_stderr() {
-        let out = SystemRunner::default().run(&argv(&["cat"]), Some("hello")).unwrap();
+        let out = SystemRunner::default()
+            .run(&argv(&["cat"]), Some("hello"))
+            .unwrap();
         assert_eq!(out, "hello");
-        let err = SystemRunner::default().run(&argv(&["sh", "-c", "echo boom >&2; exit 3"]), None).unwrap_err();
-        assert!(err.to_string().contains("boom") && err.to_string().contains('3'), "{err}");
+        let err = SystemRunner::default()
+            .run(&argv(&["ls", "/nonexistent-postern"]), None)
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("nonexistent-postern") && text.contains("exit status: 2"),
+            "{text}"
+        );
     }
 
     #[test]
     fn missing_program_and_timeout_are_errors() {
-        assert!(SystemRunner::default().run(&argv(&["/nonexistent/tool"]), None).is_err());
-        let mut r = SystemRunner { timeout: Duration::from_millis(100) };
+        let err = SystemRunner::default()
+            .run(&argv(&["/nonexistent/tool"]), None)
+            .unwrap_err();
+        assert!(matches!(err, FirewallError::Missing { .. }), "{err}");
+        let mut r = SystemRunner {
+            timeout: Duration::from_millis(100),
+        };
         let err = r.run(&argv(&["sleep", "5"]), None).unwrap_err();
         assert!(err.to_string().contains("killed"), "{err}");
+    }
+
+    #[test]
+    fn prefixed_runner_prepends_its_prefix() {
+        let mut r = PrefixedRunner::new(argv(&["echo", "pre"]), Box::new(SystemRunner::default()));
+        assert_eq!(r.run(&argv(&["x", "y"]), None).unwrap(), "pre x y\n");
+    }
+
+    #[test]
+    fn finds_programs_on_path_and_by_absolute_path() {
+        assert!(find_program("ls").is_some());
+        assert!(find_program("/bin/ls").is_some());
+        assert!(find_program("postern-no-such-tool").is_none());
+        assert!(find_program("/etc/passwd").is_none());
     }
 }
