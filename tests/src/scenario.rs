@@ -119,9 +119,10 @@ impl SpaKeys {
 /// `iptables -A INPUT -p tcp --dport PORT -j DROP` with ESTABLISHED,RELATED accepted
 /// first (the classic SPA setup). IPv4 only is guarded (ip6tables is left open).
 pub struct GuardedService {
+    // Field order = drop order: stop the listener before the namespaces go.
+    _listener: ChildGuard,
     pub pair: Pair,
     pub port: u16,
-    _listener: ChildGuard,
 }
 
 pub fn guarded_service(tag: &str, port: u16) -> GuardedService {
