@@ -1,1 +1,22 @@
-//! nftables firewall backend for postern (in progress).
+#![doc = include_str!("../README.md")]
+
+mod backend;
+mod changes;
+pub mod config;
+mod keys;
+mod listing;
+pub mod netlink;
+mod setup;
+pub mod shadow;
+
+#[cfg(test)]
+mod tests;
+
+pub use backend::NftablesBackend;
+pub use config::{ApplyWith, NftablesConfig, ProtectedPort, TableFamily};
+pub use keys::GrantSet;
+pub use setup::{INPUT_CHAIN, PROTECTED_SET};
+pub use shadow::ShadowWarning;
+
+/// Backend name as used in config and errors.
+pub const BACKEND: &str = "nftables";

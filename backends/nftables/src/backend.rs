@@ -1,0 +1,343 @@
+//! [`NftablesBackend`]: the `Firewall` implementation.
+
+use crate::changes::{self, Change, SetChange};
+use crate::config::{ApplyWith, NftablesConfig};
+use crate::keys::GrantSet;
+use crate::listing::{parse_table, TableState};
+use crate::netlink::batch::Batch;
+use crate::netlink::{BatchError, NfSocket};
+use crate::setup::{grant_sets, setup_ruleset};
+use crate::shadow::{shadowing_in_iptables_save, shadowing_in_ruleset, ShadowWarning};
+use crate::BACKEND;
+use postern_backend_script::SystemRunner;
+use spa_core::firewall::{CommandRunner, Firewall, FirewallError, FwResult, Opening, Rule};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+/// postern's nftables backend. See the crate docs for the ruleset it owns.
+pub struct NftablesBackend {
+    config: NftablesConfig,
+    runner: Box<dyn CommandRunner>,
+    netns: Option<PathBuf>,
+    socket: Option<NfSocket>,
+    nft_program: Option<PathBuf>,
+    clock: fn() -> u64,
+}
+
+impl std::fmt::Debug for NftablesBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NftablesBackend").field("config", &self.config).field("netns", &self.netns).finish_non_exhaustive()
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn missing_permission() -> FirewallError {
+    FirewallError::Missing {
+        backend: BACKEND,
+        what: "permission to change nftables (CAP_NET_ADMIN)".into(),
+        hint: "run posternd as root or give it CAP_NET_ADMIN (systemd: AmbientCapabilities=CAP_NET_ADMIN)".into(),
+    }
+}
+
+impl NftablesBackend {
+    /// A backend for the current network namespace, running `nft` through
+    /// [`SystemRunner`]. Nothing touches the kernel before [`Firewall::init`].
+    pub fn new(config: NftablesConfig) -> FwResult<NftablesBackend> {
+        config.validate()?;
+        Ok(NftablesBackend {
+            config,
+            runner: Box::new(SystemRunner::default()),
+            netns: None,
+            socket: None,
+            nft_program: None,
+            clock: unix_now,
+        })
+    }
+
+    /// Runs `nft` through `runner` instead (tests: a recording fake).
+    pub fn with_runner(mut self, runner: Box<dyn CommandRunner>) -> NftablesBackend {
+        self.runner = runner;
+        self
+    }
+
+    /// Manages the firewall of another network namespace (`/var/run/netns/NAME`):
+    /// `nft` runs under `nsenter --net=PATH`, the netlink socket is created inside it.
+    pub fn in_netns(mut self, path: impl Into<PathBuf>) -> NftablesBackend {
+        self.netns = Some(path.into());
+        self.socket = None;
+        self
+    }
+
+    pub fn config(&self) -> &NftablesConfig {
+        &self.config
+    }
+
+    /// Rules outside postern's table that would drop granted packets (nftables
+    /// tables of others, iptables-nft, and legacy iptables). posternd logs these at
+    /// start; they are warnings, never errors.
+    pub fn shadowing_warnings(&mut self) -> FwResult<Vec<ShadowWarning>> {
+        let ruleset = self.nft(&["-j", "list", "ruleset"], None)?;
+        let (family, table, mark) = (self.config.family, self.config.table.clone(), self.config.grant_mark);
+        let mut warnings = shadowing_in_ruleset(&ruleset, family, &table, mark);
+        let legacy = [("iptables-legacy-save", family.has_v4()), ("ip6tables-legacy-save", family.has_v6())];
+        for (tool, relevant) in legacy {
+            let Some(program) = relevant.then(|| find_program(tool)).flatten() else { continue };
+            let argv = self.wrap_argv(program.to_string_lossy().into_owned(), &[]);
+            // A legacy tool that fails just means there is nothing legacy to check.
+            if let Ok(save) = self.runner.run(&argv, None) {
+                warnings.extend(shadowing_in_iptables_save(&save, tool.trim_end_matches("-save"), mark));
+            }
+        }
+        Ok(warnings)
+    }
+
+    /// The kernel's ruleset generation id; each committed transaction adds one.
+    /// Lets tests and diagnostics see how many transactions a change took.
+    pub fn ruleset_generation(&mut self) -> FwResult<u32> {
+        let socket = self.socket()?;
+        socket.generation().map_err(|e| FirewallError::Other { backend: BACKEND, message: format!("reading the ruleset generation: {e}") })
+    }
+
+    fn table_label(&self) -> String {
+        format!("{} {}", self.config.family, self.config.table)
+    }
+
+    fn wrap_argv(&self, program: String, args: &[&str]) -> Vec<String> {
+        let mut argv = Vec::with_capacity(args.len() + 4);
+        if let Some(ns) = &self.netns {
+            argv.extend(["nsenter".to_string(), format!("--net={}", ns.display()), "--".to_string()]);
+        }
+        argv.push(program);
+        argv.extend(args.iter().map(|a| a.to_string()));
+        argv
+    }
+
+    /// Runs `nft ARGS`; a missing program or permission becomes `Missing`.
+    fn nft(&mut self, args: &[&str], stdin: Option<&str>) -> FwResult<String> {
+        let program = match &self.nft_program {
+            Some(p) => p.clone(),
+            None => {
+                let p = find_program(&self.config.nft_path).ok_or_else(|| FirewallError::Missing {
+                    backend: BACKEND,
+                    what: format!("the `{}` command", self.config.nft_path),
+                    hint: "install nftables (Debian/Ubuntu: apt install nftables) or set nft_path".into(),
+                })?;
+                if self.netns.is_some() && find_program("nsenter").is_none() {
+                    return Err(FirewallError::Missing {
+                        backend: BACKEND,
+                        what: "the `nsenter` command (to reach another network namespace)".into(),
+                        hint: "install util-linux".into(),
+                    });
+                }
+                self.nft_program = Some(p.clone());
+                p
+            }
+        };
+        let argv = self.wrap_argv(program.to_string_lossy().into_owned(), args);
+        self.runner.run(&argv, stdin).map_err(|e| match e {
+            FirewallError::Command { ref stderr, .. } if stderr.contains("Operation not permitted") => missing_permission(),
+            other => other,
+        })
+    }
+
+    /// `nft -j list table`; `Ok(None)` when the table does not exist.
+    fn read_table(&mut self) -> FwResult<Option<TableState>> {
+        let (family, table) = (self.config.family.name(), self.config.table.clone());
+        match self.nft(&["-j", "list", "table", family, &table], None) {
+            Ok(out) => parse_table(&out).map(Some).map_err(|message| FirewallError::Other { backend: BACKEND, message }),
+            Err(FirewallError::Command { stderr, .. }) if stderr.contains("No such file or directory") => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn socket(&mut self) -> FwResult<&mut NfSocket> {
+        if self.socket.is_none() {
+            let opened = match &self.netns {
+                Some(ns) => NfSocket::open_in_netns(ns),
+                None => NfSocket::open(),
+            };
+            let socket = opened.map_err(|e| match e.raw_os_error() {
+                Some(libc::EPROTONOSUPPORT | libc::EAFNOSUPPORT) => FirewallError::Missing {
+                    backend: BACKEND,
+                    what: "nfnetlink support in the kernel (nf_tables)".into(),
+                    hint: format!("load the nf_tables module, or set apply_with = \"nft\" ({e})"),
+                },
+                _ => FirewallError::Other { backend: BACKEND, message: format!("opening the netfilter netlink socket: {e}") },
+            })?;
+            self.socket = Some(socket);
+        }
+        Ok(self.socket.as_mut().expect("just opened"))
+    }
+
+    /// Checks a batch before anything is sent, so a bad opening rejects the
+    /// whole batch and nothing of it is applied.
+    fn check_family(&self, rule: &Rule) -> FwResult<()> {
+        let family = self.config.family;
+        let ok = match rule.source {
+            IpAddr::V4(_) => family.has_v4(),
+            IpAddr::V6(_) => family.has_v6(),
+        };
+        if ok {
+            return Ok(());
+        }
+        Err(FirewallError::Unsupported {
+            backend: BACKEND,
+            what: format!("{rule} in a table of family `{family}` (use family = \"inet\" for IPv4 and IPv6)"),
+        })
+    }
+
+    fn apply(&mut self, change: Change, set_change: &SetChange) -> FwResult<()> {
+        if set_change.is_empty() {
+            return Ok(());
+        }
+        let (family, table) = (self.config.family, self.config.table.clone());
+        match self.config.apply_with {
+            ApplyWith::Nft => {
+                let doc = changes::to_nft_json(family.json(), &table, change, set_change);
+                self.nft_json(&doc)
+            }
+            ApplyWith::Netlink => {
+                let socket = self.socket()?;
+                let mut batch = Batch::new(socket.next_seq());
+                changes::to_netlink(&mut batch, family.nfproto(), &table, change, set_change);
+                let result = socket.execute(&batch.finish());
+                result.map_err(|e| self.batch_error(e))
+            }
+        }
+    }
+
+    fn nft_json(&mut self, doc: &nftables::schema::Nftables<'_>) -> FwResult<()> {
+        let json = serde_json::to_string(doc)
+            .map_err(|e| FirewallError::Other { backend: BACKEND, message: format!("rendering nft JSON: {e}") })?;
+        self.nft(&["-j", "-f", "-"], Some(&json)).map(drop)
+    }
+
+    fn batch_error(&self, e: BatchError) -> FirewallError {
+        if e.errno() == Some(libc::EPERM) {
+            return missing_permission();
+        }
+        let message = match e {
+            BatchError::Io(e) => format!("netlink: {e}"),
+            BatchError::Rejected { errno, what } if errno == libc::ENOENT => format!(
+                "{what}: no such table or set in the kernel; was table `{}` deleted? (init recreates it). Nothing of this batch was applied",
+                self.table_label()
+            ),
+            BatchError::Rejected { errno, what } => {
+                format!("{what}: {}. Nothing of this batch was applied", std::io::Error::from_raw_os_error(errno))
+            }
+        };
+        FirewallError::Other { backend: BACKEND, message }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn with_clock(mut self, clock: fn() -> u64) -> NftablesBackend {
+        self.clock = clock;
+        self
+    }
+}
+
+impl Firewall for NftablesBackend {
+    fn name(&self) -> &'static str {
+        BACKEND
+    }
+
+    /// Creates (or re-asserts) the table, sets and chain in one transaction. Live
+    /// grants survive: they are kernel-timed elements of sets that `add` leaves alone.
+    fn init(&mut self, _now: u64) -> FwResult<()> {
+        let existing = self.read_table()?.map(|s| s.existing);
+        let doc = setup_ruleset(&self.config, existing.as_ref());
+        self.nft_json(&doc)?;
+        if self.config.apply_with == ApplyWith::Netlink {
+            self.socket()?;
+        }
+        Ok(())
+    }
+
+    fn grant(&mut self, openings: &[Opening]) -> FwResult<()> {
+        for o in openings {
+            self.check_family(&o.rule)?;
+            if o.rule.nat.is_some() {
+                return Err(FirewallError::Unsupported {
+                    backend: BACKEND,
+                    what: format!("NAT grants yet ({})", o.rule),
+                });
+            }
+            if o.timeout_secs == 0 {
+                // A zero timeout means "never expires" to the kernel.
+                return Err(FirewallError::Other { backend: BACKEND, message: format!("{}: timeout must be at least 1 s", o.rule) });
+            }
+        }
+        let set_change = SetChange::new(openings.iter().map(|o| (&o.rule, Some(o.timeout_secs))));
+        self.apply(Change::Grant, &set_change)
+    }
+
+    fn revoke(&mut self, rules: &[Rule]) -> FwResult<()> {
+        // A rule of a family this table has no set for cannot be present.
+        let family = self.config.family;
+        let present = rules.iter().filter(|r| match r.source {
+            IpAddr::V4(_) => family.has_v4(),
+            IpAddr::V6(_) => family.has_v6(),
+        });
+        let set_change = SetChange::new(present.map(|r| (r, None)));
+        self.apply(Change::Revoke, &set_change)
+    }
+
+    fn list(&mut self) -> FwResult<Vec<Opening>> {
+        let now = (self.clock)();
+        let state = self.read_table()?.ok_or_else(|| FirewallError::Other {
+            backend: BACKEND,
+            message: format!("table `{}` does not exist (init creates it)", self.table_label()),
+        })?;
+        Ok(state
+            .grants
+            .into_iter()
+            .map(|g| match g.remaining_secs {
+                Some(s) => Opening { rule: g.rule, timeout_secs: s, expires_at: now + u64::from(s) },
+                None => Opening { rule: g.rule, timeout_secs: u32::MAX, expires_at: u64::MAX },
+            })
+            .collect())
+    }
+
+    fn flush(&mut self) -> FwResult<()> {
+        let sets: Vec<GrantSet> = grant_sets(&self.config);
+        let (family, table) = (self.config.family, self.config.table.clone());
+        match self.config.apply_with {
+            ApplyWith::Nft => self.nft_json(&changes::flush_nft_json(family.json(), &table, &sets)),
+            ApplyWith::Netlink => {
+                let socket = self.socket()?;
+                let mut batch = Batch::new(socket.next_seq());
+                changes::flush_netlink(&mut batch, family.nfproto(), &table, &sets);
+                let result = socket.execute(&batch.finish());
+                result.map_err(|e| self.batch_error(e))
+            }
+        }
+    }
+
+    fn expires_in_kernel(&self) -> bool {
+        true
+    }
+
+    /// Grants stay: the kernel removes each at its timeout, daemon or not.
+    fn shutdown(&mut self) -> FwResult<()> {
+        Ok(())
+    }
+}
+
+/// Resolves a program name like a shell would, also looking in the sbin
+/// directories (often missing from a service's PATH, and where `nft` lives).
+pub(crate) fn find_program(name: &str) -> Option<PathBuf> {
+    if name.contains('/') {
+        return Path::new(name).is_file().then(|| PathBuf::from(name));
+    }
+    let path = std::env::var("PATH").unwrap_or_default();
+    let found = path
+        .split(':')
+        .chain(["/usr/local/sbin", "/usr/sbin", "/sbin"])
+        .filter(|d| !d.is_empty())
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file());
+    found
+}

@@ -1,0 +1,1 @@
+//! Backend logic against a recording fake runner (no root needed).
