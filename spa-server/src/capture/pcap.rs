@@ -1,0 +1,207 @@
+//! libpcap capture (fwknopd's default mode): PCAP_INTF (several, or `any`),
+//! PCAP_FILTER, promiscuous mode. Each interface has its own thread; when an
+//! interface goes away the thread reopens it until it is back.
+
+use super::{submit, unix_now};
+use crate::pipeline::{Pipeline, RawPacket};
+use pnet_packet::ethernet::{EtherTypes, EthernetPacket};
+use pnet_packet::ip::{IpNextHeaderProtocol, IpNextHeaderProtocols};
+use pnet_packet::ipv4::Ipv4Packet;
+use pnet_packet::ipv6::Ipv6Packet;
+use pnet_packet::tcp::TcpPacket;
+use pnet_packet::udp::UdpPacket;
+use pnet_packet::Packet;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub interfaces: Vec<String>,
+    pub filter: String,
+    pub promisc: bool,
+    pub snaplen: i32,
+    pub file: Option<PathBuf>,
+}
+
+/// Reopen delay while an interface is missing or down.
+const REOPEN_DELAY: Duration = Duration::from_millis(500);
+/// Lets the thread notice shutdown even when no packet arrives.
+const READ_TIMEOUT_MS: i32 = 200;
+
+pub fn spawn(settings: Settings, pipeline: Pipeline, shutdown: CancellationToken) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let runtime = tokio::runtime::Handle::current();
+    let mut threads = Vec::new();
+    if let Some(file) = settings.file.clone() {
+        let mut cap = pcap::Capture::from_file(&file).map_err(|e| anyhow::anyhow!("pcap file {}: {e}", file.display()))?;
+        cap.filter(&settings.filter, true).map_err(|e| anyhow::anyhow!("PCAP_FILTER `{}`: {e}", settings.filter))?;
+        let (mut p, rt) = (pipeline, runtime);
+        threads.push(std::thread::spawn(move || {
+            let _guard = rt.enter();
+            let link = cap.get_datalink();
+            while let Ok(frame) = cap.next_packet() {
+                if let Some(packet) = parse_frame(link, frame.data) {
+                    submit(&mut p, packet);
+                }
+            }
+        }));
+    } else {
+        // Fail early on a bad filter or an unknown interface name, with its name.
+        for iface in &settings.interfaces {
+            open(iface, &settings).map_err(|e| anyhow::anyhow!("pcap on `{iface}`: {e}"))?;
+        }
+        for iface in settings.interfaces.clone() {
+            let (settings, mut p, rt, stop) = (settings.clone(), pipeline.clone(), runtime.clone(), shutdown.clone());
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("pcap-{iface}"))
+                    .spawn(move || {
+                        let _guard = rt.enter();
+                        capture_loop(&iface, &settings, &mut p, &stop);
+                    })?,
+            );
+        }
+    }
+    Ok(tokio::task::spawn_blocking(move || {
+        for t in threads {
+            let _ = t.join();
+        }
+    }))
+}
+
+fn open(iface: &str, s: &Settings) -> Result<pcap::Capture<pcap::Active>, pcap::Error> {
+    let mut cap = pcap::Capture::from_device(iface)?
+        .promisc(s.promisc)
+        .snaplen(s.snaplen)
+        .immediate_mode(true) // deliver each packet at once: knock latency matters
+        .timeout(READ_TIMEOUT_MS)
+        .open()?;
+    cap.filter(&s.filter, true)?;
+    Ok(cap)
+}
+
+fn capture_loop(iface: &str, s: &Settings, pipeline: &mut Pipeline, stop: &CancellationToken) {
+    while !stop.is_cancelled() {
+        let mut cap = match open(iface, s) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!("pcap: `{iface}` not ready ({e}); retrying");
+                std::thread::sleep(REOPEN_DELAY);
+                continue;
+            }
+        };
+        tracing::info!("pcap: capturing on `{iface}` with filter `{}`", s.filter);
+        let link = cap.get_datalink();
+        while !stop.is_cancelled() {
+            match cap.next_packet() {
+                Ok(frame) => {
+                    if let Some(packet) = parse_frame(link, frame.data) {
+                        submit(pipeline, packet);
+                    }
+                }
+                Err(pcap::Error::TimeoutExpired) => {}
+                Err(e) => {
+                    tracing::warn!("pcap: `{iface}` failed ({e}); reopening");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Pull the transport payload and addresses out of one captured frame.
+pub fn parse_frame(link: pcap::Linktype, data: &[u8]) -> Option<RawPacket> {
+    let (ethertype, l3) = match link {
+        pcap::Linktype::ETHERNET => {
+            let eth = EthernetPacket::new(data)?;
+            (eth.get_ethertype().0, &data[14..])
+        }
+        // Linux cooked capture (the `any` device): 16-byte header, protocol at 14.
+        pcap::Linktype::LINUX_SLL => (u16::from_be_bytes([*data.get(14)?, *data.get(15)?]), data.get(16..)?),
+        pcap::Linktype(276) => (u16::from_be_bytes([*data.first()?, *data.get(1)?]), data.get(20..)?),
+        pcap::Linktype::RAW | pcap::Linktype(12) => match data.first()? >> 4 {
+            4 => (EtherTypes::Ipv4.0, data),
+            6 => (EtherTypes::Ipv6.0, data),
+            _ => return None,
+        },
+        pcap::Linktype::NULL | pcap::Linktype::LOOP => {
+            let family = data.get(..4)?;
+            let v4 = family == [2, 0, 0, 0] || family == [0, 0, 0, 2];
+            (if v4 { EtherTypes::Ipv4.0 } else { EtherTypes::Ipv6.0 }, data.get(4..)?)
+        }
+        _ => return None,
+    };
+    let (src, dst, proto, l4) = match ethertype {
+        t if t == EtherTypes::Ipv4.0 => {
+            let ip = Ipv4Packet::new(l3)?;
+            let header = usize::from(ip.get_header_length()) * 4;
+            let total = usize::from(ip.get_total_length()).min(l3.len());
+            (IpAddr::V4(ip.get_source()), IpAddr::V4(ip.get_destination()), ip.get_next_level_protocol(), l3.get(header..total)?)
+        }
+        t if t == EtherTypes::Ipv6.0 => {
+            let ip = Ipv6Packet::new(l3)?;
+            let end = (40 + usize::from(ip.get_payload_length())).min(l3.len());
+            (IpAddr::V6(ip.get_source()), IpAddr::V6(ip.get_destination()), ip.get_next_header(), l3.get(40..end)?)
+        }
+        _ => return None,
+    };
+    let (sport, payload) = transport_payload(proto, l4)?;
+    if payload.is_empty() {
+        return None;
+    }
+    Some(RawPacket {
+        bytes: payload,
+        peer: SocketAddr::new(src, sport),
+        destination: Some(dst),
+        received_at: unix_now(),
+        capture: "pcap",
+    })
+}
+
+fn transport_payload(proto: IpNextHeaderProtocol, l4: &[u8]) -> Option<(u16, Vec<u8>)> {
+    if proto == IpNextHeaderProtocols::Udp {
+        let udp = UdpPacket::new(l4)?;
+        Some((udp.get_source(), udp.payload().to_vec()))
+    } else if proto == IpNextHeaderProtocols::Tcp {
+        let tcp = TcpPacket::new(l4)?;
+        Some((tcp.get_source(), tcp.payload().to_vec()))
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn udp_frame(payload: &[u8]) -> Vec<u8> {
+        let mut f = vec![0u8; 14];
+        f[12] = 0x08; // IPv4
+        let total = 20 + 8 + payload.len();
+        let mut ip = vec![0x45, 0, (total >> 8) as u8, total as u8, 0, 0, 0, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2];
+        ip.extend_from_slice(&[0x30, 0x39, 0xf2, 0xf9, 0, (8 + payload.len()) as u8, 0, 0]);
+        ip.extend_from_slice(payload);
+        f.extend(ip);
+        f
+    }
+
+    #[test]
+    fn parses_ethernet_ipv4_udp() {
+        let p = parse_frame(pcap::Linktype::ETHERNET, &udp_frame(b"hello")).unwrap();
+        assert_eq!(p.bytes, b"hello");
+        assert_eq!(p.peer, "10.0.0.1:12345".parse().unwrap());
+        assert_eq!(p.destination, Some("10.0.0.2".parse().unwrap()));
+    }
+
+    #[test]
+    fn truncated_or_foreign_frames_are_ignored() {
+        let f = udp_frame(b"hello");
+        for n in 0..f.len() - 5 {
+            assert!(parse_frame(pcap::Linktype::ETHERNET, &f[..n]).is_none(), "{n}");
+        }
+        let mut arp = f.clone();
+        arp[12..14].copy_from_slice(&[0x08, 0x06]);
+        assert!(parse_frame(pcap::Linktype::ETHERNET, &arp).is_none());
+    }
+}
