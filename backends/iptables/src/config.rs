@@ -1,0 +1,339 @@
+//! Configuration of the iptables backend, with fwknopd.conf's names noted.
+
+use serde::{Deserialize, Deserializer};
+use std::fmt;
+use std::str::FromStr;
+
+/// Where postern's rules live and how packets reach them: fwknopd's
+/// `IPT_INPUT_ACCESS`-style value `target, table, from_chain, jump_position,
+/// chain, rule_position`, e.g. `ACCEPT, filter, INPUT, 1, FWKNOP_INPUT, 1`.
+///
+/// In config it is either that string or a table with these field names.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChainSpec {
+    /// Target of each granted rule, normally `ACCEPT`.
+    pub target: String,
+    /// iptables table, normally `filter`.
+    pub table: String,
+    /// Built-in chain that jumps to ours (`INPUT`).
+    pub from_chain: String,
+    /// Position of the jump rule in `from_chain` (1 = first).
+    pub jump_position: u32,
+    /// postern's own chain, holding only its rules.
+    pub chain: String,
+    /// Where new rules are inserted in `chain` (1 = first).
+    pub rule_position: u32,
+}
+
+impl ChainSpec {
+    /// postern's default input chain: `ACCEPT, filter, INPUT, 1, POSTERN_INPUT, 1`.
+    pub fn default_input() -> Self {
+        ChainSpec {
+            target: "ACCEPT".into(),
+            table: "filter".into(),
+            from_chain: "INPUT".into(),
+            jump_position: 1,
+            chain: "POSTERN_INPUT".into(),
+            rule_position: 1,
+        }
+    }
+
+    /// Check names so they are safe tokens on an iptables command line.
+    pub fn validate(&self) -> Result<(), String> {
+        const TABLES: &[&str] = &["filter", "nat", "mangle", "raw", "security"];
+        if !TABLES.contains(&self.table.as_str()) {
+            return Err(format!(
+                "table `{}` is not one of {}",
+                self.table,
+                TABLES.join(", ")
+            ));
+        }
+        for (what, name) in [
+            ("target", &self.target),
+            ("from_chain", &self.from_chain),
+            ("chain", &self.chain),
+        ] {
+            let ok = !name.is_empty()
+                && name.len() <= 28
+                && !name.starts_with('-')
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            if !ok {
+                return Err(format!(
+                    "{what} `{name}` must be 1-28 letters, digits, `_` or `-`"
+                ));
+            }
+        }
+        if self.chain == self.from_chain {
+            return Err(format!("chain `{}` cannot jump to itself", self.chain));
+        }
+        if self.jump_position == 0 || self.rule_position == 0 {
+            return Err("positions start at 1".into());
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for ChainSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}, {}, {}, {}, {}, {}",
+            self.target,
+            self.table,
+            self.from_chain,
+            self.jump_position,
+            self.chain,
+            self.rule_position
+        )
+    }
+}
+
+impl FromStr for ChainSpec {
+    type Err = String;
+
+    /// Parse fwknopd's `ACCEPT, filter, INPUT, 1, FWKNOP_INPUT, 1;` form.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let fields: Vec<&str> = s
+            .trim()
+            .trim_end_matches(';')
+            .split(',')
+            .map(str::trim)
+            .collect();
+        let [target, table, from_chain, jump_position, chain, rule_position] = fields[..] else {
+            return Err(format!(
+                "`{s}` must have 6 comma-separated fields: target, table, from_chain, jump_position, chain, rule_position (e.g. `ACCEPT, filter, INPUT, 1, FWKNOP_INPUT, 1`)"
+            ));
+        };
+        let position = |what: &str, v: &str| {
+            v.parse::<u32>()
+                .map_err(|_| format!("{what} `{v}` in `{s}` is not a number"))
+        };
+        let spec = ChainSpec {
+            target: target.into(),
+            table: table.into(),
+            from_chain: from_chain.into(),
+            jump_position: position("jump_position", jump_position)?,
+            chain: chain.into(),
+            rule_position: position("rule_position", rule_position)?,
+        };
+        spec.validate().map_err(|e| format!("`{s}`: {e}"))?;
+        Ok(spec)
+    }
+}
+
+/// Deserialize a [`ChainSpec`] from fwknopd's string form or from a table.
+fn chain_spec<'de, D: Deserializer<'de>>(d: D) -> Result<ChainSpec, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Form {
+        Text(String),
+        Table(ChainSpec),
+    }
+    match Form::deserialize(d)? {
+        Form::Text(s) => s.parse().map_err(serde::de::Error::custom),
+        Form::Table(spec) => spec
+            .validate()
+            .map(|()| spec)
+            .map_err(serde::de::Error::custom),
+    }
+}
+
+fn optional_chain_spec<'de, D: Deserializer<'de>>(d: D) -> Result<Option<ChainSpec>, D::Error> {
+    #[derive(Deserialize)]
+    struct Wrap(#[serde(deserialize_with = "chain_spec")] ChainSpec);
+    Ok(Option::<Wrap>::deserialize(d)?.map(|Wrap(spec)| spec))
+}
+
+/// `[action] type = "iptables"` settings.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IptablesConfig {
+    /// The iptables program (fwknopd's FIREWALL_EXE).
+    pub iptables: String,
+    /// Defaults to `iptables` with `iptables` in its file name replaced by `ip6tables`.
+    pub ip6tables: Option<String>,
+    /// Defaults to `<iptables>-restore`.
+    pub iptables_restore: Option<String>,
+    /// Defaults to `<ip6tables>-restore`.
+    pub ip6tables_restore: Option<String>,
+    /// Manage ip6tables too, for IPv6 clients.
+    pub ipv6: bool,
+    /// IPT_INPUT_ACCESS.
+    #[serde(deserialize_with = "chain_spec")]
+    pub input: ChainSpec,
+    /// IPT_OUTPUT_ACCESS (ENABLE_IPT_OUTPUT): not supported yet.
+    #[serde(deserialize_with = "optional_chain_spec")]
+    pub output: Option<ChainSpec>,
+    /// IPT_FORWARD_ACCESS (ENABLE_IPT_FORWARDING): not supported yet.
+    #[serde(deserialize_with = "optional_chain_spec")]
+    pub forward: Option<ChainSpec>,
+    /// IPT_DNAT_ACCESS: not supported yet.
+    #[serde(deserialize_with = "optional_chain_spec")]
+    pub dnat: Option<ChainSpec>,
+    /// IPT_SNAT_ACCESS: not supported yet.
+    #[serde(deserialize_with = "optional_chain_spec")]
+    pub snat: Option<ChainSpec>,
+    /// IPT_MASQUERADE_ACCESS: not supported yet.
+    #[serde(deserialize_with = "optional_chain_spec")]
+    pub masquerade: Option<ChainSpec>,
+    /// FLUSH_IPT_AT_INIT. fwknopd defaults to Y; postern defaults to reconciling
+    /// instead: expired leftovers are removed, live grants survive a restart.
+    pub flush_at_init: bool,
+    /// FLUSH_IPT_AT_EXIT: at shutdown remove the rules, the jump and the chain.
+    pub flush_at_exit: bool,
+    /// Seconds to wait for the xtables lock (`-w`); 0 leaves `-w` out.
+    pub wait_secs: u32,
+    /// Time limit for each iptables command.
+    pub command_timeout_secs: u64,
+}
+
+impl Default for IptablesConfig {
+    fn default() -> Self {
+        IptablesConfig {
+            iptables: "iptables".into(),
+            ip6tables: None,
+            iptables_restore: None,
+            ip6tables_restore: None,
+            ipv6: true,
+            input: ChainSpec::default_input(),
+            output: None,
+            forward: None,
+            dnat: None,
+            snat: None,
+            masquerade: None,
+            flush_at_init: false,
+            flush_at_exit: true,
+            wait_secs: 5,
+            command_timeout_secs: 30,
+        }
+    }
+}
+
+/// `/usr/sbin/iptables-nft` → `/usr/sbin/ip6tables-nft`.
+fn v6_name(iptables: &str) -> String {
+    let (dir, file) = iptables
+        .rsplit_once('/')
+        .map_or(("", iptables), |(d, f)| (d, f));
+    let file = match file.rfind("iptables") {
+        Some(at) => format!("{}ip6tables{}", &file[..at], &file[at + "iptables".len()..]),
+        None => "ip6tables".to_string(),
+    };
+    if dir.is_empty() && !iptables.starts_with('/') {
+        file
+    } else {
+        format!("{dir}/{file}")
+    }
+}
+
+impl IptablesConfig {
+    pub fn ip6tables(&self) -> String {
+        self.ip6tables
+            .clone()
+            .unwrap_or_else(|| v6_name(&self.iptables))
+    }
+
+    pub fn iptables_restore(&self) -> String {
+        self.iptables_restore
+            .clone()
+            .unwrap_or_else(|| format!("{}-restore", self.iptables))
+    }
+
+    pub fn ip6tables_restore(&self) -> String {
+        self.ip6tables_restore
+            .clone()
+            .unwrap_or_else(|| format!("{}-restore", self.ip6tables()))
+    }
+
+    /// The first configured chain this version cannot handle yet.
+    pub fn unsupported_chain(&self) -> Option<&'static str> {
+        [
+            (&self.output, "output chain (IPT_OUTPUT_ACCESS)"),
+            (&self.forward, "forwarding (IPT_FORWARD_ACCESS)"),
+            (&self.dnat, "DNAT (IPT_DNAT_ACCESS)"),
+            (&self.snat, "SNAT (IPT_SNAT_ACCESS)"),
+            (&self.masquerade, "MASQUERADE (IPT_MASQUERADE_ACCESS)"),
+        ]
+        .into_iter()
+        .find_map(|(spec, what)| spec.as_ref().map(|_| what))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_fwknopd_chain_strings() {
+        let spec: ChainSpec = "ACCEPT, filter, INPUT, 1, FWKNOP_INPUT, 1;"
+            .parse()
+            .unwrap();
+        assert_eq!(spec.chain, "FWKNOP_INPUT");
+        assert_eq!(
+            spec.to_string(),
+            "ACCEPT, filter, INPUT, 1, FWKNOP_INPUT, 1"
+        );
+        assert!("ACCEPT, filter, INPUT, 1, FWKNOP_INPUT"
+            .parse::<ChainSpec>()
+            .unwrap_err()
+            .contains("6 comma-separated"));
+        assert!("ACCEPT, filter, INPUT, x, FWKNOP_INPUT, 1"
+            .parse::<ChainSpec>()
+            .unwrap_err()
+            .contains("jump_position"));
+        assert!("ACCEPT, filter, INPUT, 1, BAD;CHAIN, 1"
+            .parse::<ChainSpec>()
+            .is_err());
+        assert!("ACCEPT, bogus, INPUT, 1, X, 1"
+            .parse::<ChainSpec>()
+            .is_err());
+        assert!("ACCEPT, filter, INPUT, 0, X, 1"
+            .parse::<ChainSpec>()
+            .is_err());
+    }
+
+    #[test]
+    fn deserializes_defaults_strings_and_tables() {
+        let c: IptablesConfig = serde_json::from_str("{}").unwrap();
+        assert_eq!(c, IptablesConfig::default());
+        let c: IptablesConfig = serde_json::from_str(
+            r#"{"input": "ACCEPT, filter, INPUT, 2, FWKNOP_INPUT, 1", "ipv6": false}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (c.input.chain.as_str(), c.input.jump_position, c.ipv6),
+            ("FWKNOP_INPUT", 2, false)
+        );
+        let c: IptablesConfig = serde_json::from_str(
+            r#"{"forward": {"target": "ACCEPT", "table": "filter", "from_chain": "FORWARD", "jump_position": 1, "chain": "P_FWD", "rule_position": 1}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.unsupported_chain(),
+            Some("forwarding (IPT_FORWARD_ACCESS)")
+        );
+        let e =
+            serde_json::from_str::<IptablesConfig>(r#"{"input": "ACCEPT, filter"}"#).unwrap_err();
+        assert!(e.to_string().contains("6 comma-separated"), "{e}");
+        assert!(serde_json::from_str::<IptablesConfig>(r#"{"inptu": "x"}"#).is_err());
+    }
+
+    #[test]
+    fn derives_tool_names() {
+        let mut c = IptablesConfig::default();
+        assert_eq!(
+            (c.ip6tables(), c.iptables_restore(), c.ip6tables_restore()),
+            (
+                "ip6tables".into(),
+                "iptables-restore".into(),
+                "ip6tables-restore".into()
+            )
+        );
+        c.iptables = "/usr/sbin/iptables-nft".into();
+        assert_eq!(c.ip6tables(), "/usr/sbin/ip6tables-nft");
+        assert_eq!(c.ip6tables_restore(), "/usr/sbin/ip6tables-nft-restore");
+        assert_eq!(c.iptables_restore(), "/usr/sbin/iptables-nft-restore");
+    }
+}

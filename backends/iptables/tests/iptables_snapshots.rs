@@ -1,0 +1,606 @@
+//! Snapshot tests: the exact commands and iptables-restore input the backend
+//! produces, against a fake that answers `-S` listings from canned text.
+
+use postern_backend_iptables::{IptablesBackend, IptablesConfig};
+use postern_backend_script::fake::RecordingRunner;
+use spa_core::firewall::{Firewall, FirewallError, FwResult, NatRule, Opening, Rule};
+use spa_core::request::Proto;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// Canned `-S` output per (program, chain); `None` chain = whole table. A chain
+/// absent from the map does not exist (listing it fails, as iptables does).
+#[derive(Clone, Default)]
+struct Tables(Arc<Mutex<HashMap<(String, String), String>>>);
+
+impl Tables {
+    fn set(&self, program: &str, chain: &str, listing: &str) {
+        self.0
+            .lock()
+            .unwrap()
+            .insert((program.into(), chain.into()), listing.into());
+    }
+
+    /// Both families have an (empty) POSTERN_INPUT and INPUT jumping to it.
+    fn ready() -> Tables {
+        let t = Tables::default();
+        for p in ["iptables", "ip6tables"] {
+            t.set(p, "POSTERN_INPUT", "-N POSTERN_INPUT\n");
+            t.set(p, "INPUT", "-P INPUT ACCEPT\n-A INPUT -j POSTERN_INPUT\n");
+        }
+        t
+    }
+
+    fn respond(&self, argv: &[String], fail_restore: Option<&str>) -> FwResult<String> {
+        let program = argv[0].as_str();
+        if program.ends_with("-restore") {
+            return match fail_restore {
+                Some(p) if p == program => Err(FirewallError::Command {
+                    command: argv.join(" "),
+                    status: "exit status: 1".into(),
+                    stderr: "line 3 failed".into(),
+                }),
+                _ => Ok(String::new()),
+            };
+        }
+        let chain = match argv.iter().position(|a| a == "-S") {
+            Some(i) => argv.get(i + 1).cloned().unwrap_or_default(),
+            None => String::new(),
+        };
+        let map = self.0.lock().unwrap();
+        if chain.is_empty() {
+            let chains: String = map
+                .keys()
+                .filter(|(p, _)| p == program)
+                .map(|(_, c)| format!("-N {c}\n"))
+                .collect();
+            return Ok(format!("-P INPUT ACCEPT\n{chains}"));
+        }
+        map.get(&(program.to_string(), chain.clone()))
+            .cloned()
+            .ok_or_else(|| FirewallError::Command {
+                command: argv.join(" "),
+                status: "exit status: 1".into(),
+                stderr: format!(
+                    "chain `{chain}' in table `filter' is incompatible, use 'nft' tool."
+                ),
+            })
+    }
+}
+
+fn backend_with(
+    config: &IptablesConfig,
+    tables: &Tables,
+    fail_restore: Option<&'static str>,
+) -> (IptablesBackend, RecordingRunner) {
+    let t = tables.clone();
+    let fake = RecordingRunner::new(move |argv, _| t.respond(argv, fail_restore));
+    let fw = IptablesBackend::new(config, Box::new(fake.clone()))
+        .unwrap()
+        .with_clock(|| 1000);
+    (fw, fake)
+}
+
+fn backend(tables: &Tables) -> (IptablesBackend, RecordingRunner) {
+    backend_with(&IptablesConfig::default(), tables, None)
+}
+
+fn rule(source: &str, proto: Proto, port: u16) -> Rule {
+    Rule {
+        source: source.parse().unwrap(),
+        proto,
+        port,
+        nat: None,
+    }
+}
+
+fn opening(source: &str, proto: Proto, port: u16, expires_at: u64) -> Opening {
+    Opening {
+        rule: rule(source, proto, port),
+        timeout_secs: (expires_at - 1000) as u32,
+        expires_at,
+    }
+}
+
+const LEFTOVERS: &str = "\
+-N POSTERN_INPUT
+-A POSTERN_INPUT -s 192.0.2.1/32 -p tcp -m tcp --dport 22 -m comment --comment postern_exp_900 -j ACCEPT
+-A POSTERN_INPUT -s 192.0.2.2/32 -p tcp -m tcp --dport 22 -m comment --comment postern_exp_2000 -j ACCEPT
+-A POSTERN_INPUT -s 192.0.2.3/32 -p udp -m udp --dport 53 -m comment --comment _exp_1000 -j ACCEPT
+-A POSTERN_INPUT -s 198.51.100.0/24 -p tcp -m tcp --dport 443 -j ACCEPT
+";
+
+#[test]
+fn init_on_a_fresh_system_creates_chain_and_jump_in_one_transaction() {
+    let tables = Tables::default();
+    tables.set(
+        "iptables",
+        "INPUT",
+        "-P INPUT ACCEPT\n-A INPUT -i lo -j ACCEPT\n",
+    );
+    tables.set("ip6tables", "INPUT", "-P INPUT ACCEPT\n");
+    let (mut fw, fake) = backend(&tables);
+    fw.init(1000).unwrap();
+    assert_eq!(
+        fake.take_transcript(),
+        "\
+$ iptables -w 5 -t filter -S POSTERN_INPUT
+$ iptables -w 5 -t filter -S
+$ iptables -w 5 -t filter -S INPUT
+$ iptables-restore -w 5 --noflush
+| *filter
+| :POSTERN_INPUT - [0:0]
+| -I INPUT 1 -j POSTERN_INPUT
+| COMMIT
+$ ip6tables -w 5 -t filter -S POSTERN_INPUT
+$ ip6tables -w 5 -t filter -S
+$ ip6tables -w 5 -t filter -S INPUT
+$ ip6tables-restore -w 5 --noflush
+| *filter
+| :POSTERN_INPUT - [0:0]
+| -I INPUT 1 -j POSTERN_INPUT
+| COMMIT
+"
+    );
+}
+
+#[test]
+fn init_is_idempotent_and_removes_only_expired_leftovers() {
+    let tables = Tables::ready();
+    tables.set("iptables", "POSTERN_INPUT", LEFTOVERS);
+    let (mut fw, fake) = backend(&tables);
+    fw.init(1000).unwrap();
+    assert_eq!(
+        fake.take_transcript(),
+        "\
+$ iptables -w 5 -t filter -S POSTERN_INPUT
+$ iptables -w 5 -t filter -S INPUT
+$ iptables-restore -w 5 --noflush
+| *filter
+| -D POSTERN_INPUT -s 192.0.2.1/32 -p tcp -m tcp --dport 22 -m comment --comment postern_exp_900 -j ACCEPT
+| -D POSTERN_INPUT -s 192.0.2.3/32 -p udp -m udp --dport 53 -m comment --comment _exp_1000 -j ACCEPT
+| COMMIT
+$ ip6tables -w 5 -t filter -S POSTERN_INPUT
+$ ip6tables -w 5 -t filter -S INPUT
+",
+        "the live grant and the foreign rule stay; an up-to-date family needs no transaction"
+    );
+}
+
+#[test]
+fn flush_at_init_removes_live_grants_too() {
+    let tables = Tables::ready();
+    tables.set("iptables", "POSTERN_INPUT", LEFTOVERS);
+    let config = IptablesConfig {
+        flush_at_init: true,
+        ipv6: false,
+        ..IptablesConfig::default()
+    };
+    let (mut fw, fake) = backend_with(&config, &tables, None);
+    fw.init(1000).unwrap();
+    let text = fake.take_transcript();
+    assert_eq!(text.matches("| -D POSTERN_INPUT").count(), 3, "{text}");
+    assert!(
+        !text.contains("198.51.100.0"),
+        "foreign rules are never touched: {text}"
+    );
+}
+
+#[test]
+fn grant_inserts_one_rule_per_opening_per_family() {
+    let tables = Tables::ready();
+    let (mut fw, fake) = backend(&tables);
+    fw.init(1000).unwrap();
+    fake.take_transcript();
+    fw.grant(&[
+        opening("192.0.2.7", Proto::Tcp, 22, 1030),
+        opening("2001:db8::7", Proto::Tcp, 22, 1030),
+        opening("192.0.2.7", Proto::Udp, 53, 1030),
+        opening("192.0.2.7", Proto::Tcp, 22, 1045), // same rule twice in a burst
+    ])
+    .unwrap();
+    assert_eq!(
+        fake.take_transcript(),
+        "\
+$ iptables -w 5 -t filter -S POSTERN_INPUT
+$ iptables-restore -w 5 --noflush
+| *filter
+| -I POSTERN_INPUT 1 -s 192.0.2.7/32 -p tcp -m tcp --dport 22 -m comment --comment postern_exp_1045 -j ACCEPT
+| -I POSTERN_INPUT 1 -s 192.0.2.7/32 -p udp -m udp --dport 53 -m comment --comment postern_exp_1030 -j ACCEPT
+| COMMIT
+$ ip6tables -w 5 -t filter -S POSTERN_INPUT
+$ ip6tables-restore -w 5 --noflush
+| *filter
+| -I POSTERN_INPUT 1 -s 2001:db8::7/128 -p tcp -m tcp --dport 22 -m comment --comment postern_exp_1030 -j ACCEPT
+| COMMIT
+"
+    );
+}
+
+#[test]
+fn repeated_grant_replaces_the_rule_atomically_and_never_shortens() {
+    let tables = Tables::ready();
+    tables.set(
+        "iptables",
+        "POSTERN_INPUT",
+        "-N POSTERN_INPUT\n-A POSTERN_INPUT -s 192.0.2.7/32 -p tcp -m tcp --dport 22 -m comment --comment postern_exp_1030 -j ACCEPT\n",
+    );
+    let (mut fw, fake) = backend(&tables);
+    fw.init(1000).unwrap();
+    fake.take_transcript();
+    fw.grant(&[opening("192.0.2.7", Proto::Tcp, 22, 1090)])
+        .unwrap();
+    assert_eq!(
+        fake.take_transcript(),
+        "\
+$ iptables -w 5 -t filter -S POSTERN_INPUT
+$ iptables-restore -w 5 --noflush
+| *filter
+| -D POSTERN_INPUT -s 192.0.2.7/32 -p tcp -m tcp --dport 22 -m comment --comment postern_exp_1030 -j ACCEPT
+| -I POSTERN_INPUT 1 -s 192.0.2.7/32 -p tcp -m tcp --dport 22 -m comment --comment postern_exp_1090 -j ACCEPT
+| COMMIT
+"
+    );
+    fw.grant(&[opening("192.0.2.7", Proto::Tcp, 22, 1020)])
+        .unwrap();
+    assert_eq!(
+        fake.take_transcript(),
+        "$ iptables -w 5 -t filter -S POSTERN_INPUT\n",
+        "covered already: no transaction"
+    );
+}
+
+#[test]
+fn duplicates_left_by_fwknopd_collapse_into_one_rule() {
+    let tables = Tables::ready();
+    tables.set(
+        "iptables",
+        "POSTERN_INPUT",
+        "-N POSTERN_INPUT\n\
+         -A POSTERN_INPUT -s 192.0.2.7/32 -p tcp -m tcp --dport 22 -m comment --comment _exp_1500 -j ACCEPT\n\
+         -A POSTERN_INPUT -s 192.0.2.7/32 -p tcp -m tcp --dport 22 -m comment --comment _exp_1400 -j ACCEPT\n",
+    );
+    let (mut fw, fake) = backend(&tables);
+    fw.init(1000).unwrap();
+    fake.take_transcript();
+    fw.grant(&[opening("192.0.2.7", Proto::Tcp, 22, 1030)])
+        .unwrap();
+    assert_eq!(
+        fake.take_transcript(),
+        "\
+$ iptables -w 5 -t filter -S POSTERN_INPUT
+$ iptables-restore -w 5 --noflush
+| *filter
+| -D POSTERN_INPUT -s 192.0.2.7/32 -p tcp -m tcp --dport 22 -m comment --comment _exp_1500 -j ACCEPT
+| -D POSTERN_INPUT -s 192.0.2.7/32 -p tcp -m tcp --dport 22 -m comment --comment _exp_1400 -j ACCEPT
+| -I POSTERN_INPUT 1 -s 192.0.2.7/32 -p tcp -m tcp --dport 22 -m comment --comment postern_exp_1500 -j ACCEPT
+| COMMIT
+"
+    );
+}
+
+#[test]
+fn rule_position_is_clamped_to_the_chain_length() {
+    let tables = Tables::ready();
+    let mut config = IptablesConfig {
+        ipv6: false,
+        ..IptablesConfig::default()
+    };
+    config.input.rule_position = 5;
+    config.input.jump_position = 3;
+    tables.set(
+        "iptables",
+        "INPUT",
+        "-P INPUT ACCEPT\n-A INPUT -i lo -j ACCEPT\n",
+    );
+    let (mut fw, fake) = backend_with(&config, &tables, None);
+    fw.init(1000).unwrap();
+    fw.grant(&[opening("192.0.2.7", Proto::Tcp, 22, 1030)])
+        .unwrap();
+    let text = fake.take_transcript();
+    assert!(text.contains("| -I INPUT 2 -j POSTERN_INPUT\n"), "{text}");
+    assert!(
+        text.contains("| -I POSTERN_INPUT 1 -s 192.0.2.7/32"),
+        "{text}"
+    );
+}
+
+#[test]
+fn list_revoke_flush_and_expire() {
+    let tables = Tables::ready();
+    tables.set("iptables", "POSTERN_INPUT", LEFTOVERS);
+    tables.set(
+        "ip6tables",
+        "POSTERN_INPUT",
+        "-N POSTERN_INPUT\n-A POSTERN_INPUT -s 2001:db8::7/128 -p tcp -m tcp --dport 22 -m comment --comment postern_exp_1200 -j ACCEPT\n",
+    );
+    let (mut fw, fake) = backend(&tables);
+    let listed = fw.list().unwrap();
+    assert_eq!(
+        listed,
+        vec![
+            Opening {
+                rule: rule("192.0.2.1", Proto::Tcp, 22),
+                timeout_secs: 0,
+                expires_at: 900
+            },
+            Opening {
+                rule: rule("192.0.2.2", Proto::Tcp, 22),
+                timeout_secs: 1000,
+                expires_at: 2000
+            },
+            Opening {
+                rule: rule("192.0.2.3", Proto::Udp, 53),
+                timeout_secs: 0,
+                expires_at: 1000
+            },
+            Opening {
+                rule: rule("2001:db8::7", Proto::Tcp, 22),
+                timeout_secs: 200,
+                expires_at: 1200
+            },
+        ]
+    );
+    fake.take_transcript();
+
+    fw.revoke(&[
+        rule("192.0.2.2", Proto::Tcp, 22),
+        rule("192.0.2.99", Proto::Tcp, 22),
+    ])
+    .unwrap();
+    assert_eq!(
+        fake.take_transcript(),
+        "\
+$ iptables -w 5 -t filter -S POSTERN_INPUT
+$ iptables-restore -w 5 --noflush
+| *filter
+| -D POSTERN_INPUT -s 192.0.2.2/32 -p tcp -m tcp --dport 22 -m comment --comment postern_exp_2000 -j ACCEPT
+| COMMIT
+$ ip6tables -w 5 -t filter -S POSTERN_INPUT
+"
+    );
+
+    let expired = fw.expire(1000).unwrap();
+    assert_eq!(
+        expired,
+        vec![
+            rule("192.0.2.1", Proto::Tcp, 22),
+            rule("192.0.2.3", Proto::Udp, 53)
+        ]
+    );
+    assert_eq!(
+        fake.take_transcript(),
+        "\
+$ iptables -w 5 -t filter -S POSTERN_INPUT
+$ iptables-restore -w 5 --noflush
+| *filter
+| -D POSTERN_INPUT -s 192.0.2.1/32 -p tcp -m tcp --dport 22 -m comment --comment postern_exp_900 -j ACCEPT
+| -D POSTERN_INPUT -s 192.0.2.3/32 -p udp -m udp --dport 53 -m comment --comment _exp_1000 -j ACCEPT
+| COMMIT
+$ ip6tables -w 5 -t filter -S POSTERN_INPUT
+"
+    );
+
+    fw.flush().unwrap();
+    let text = fake.take_transcript();
+    assert_eq!(text.matches("| -D POSTERN_INPUT").count(), 4, "{text}");
+    assert!(
+        text.contains("| -D POSTERN_INPUT -s 2001:db8::7/128 -p tcp"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("198.51.100.0") && !text.contains("-F "),
+        "flush keeps the chain and foreign rules: {text}"
+    );
+}
+
+#[test]
+fn list_and_expire_on_a_missing_chain_are_empty() {
+    let tables = Tables::default();
+    let (mut fw, fake) = backend(&tables);
+    assert_eq!(fw.list().unwrap(), vec![]);
+    assert_eq!(fw.expire(5000).unwrap(), vec![]);
+    fw.revoke(&[rule("192.0.2.2", Proto::Tcp, 22)]).unwrap();
+    assert!(!fake.take_transcript().contains("restore"));
+}
+
+#[test]
+fn shutdown_removes_jump_rules_and_chain() {
+    let tables = Tables::ready();
+    let (mut fw, fake) = backend(&tables);
+    fw.shutdown().unwrap();
+    assert_eq!(
+        fake.take_transcript(),
+        "\
+$ iptables -w 5 -t filter -S POSTERN_INPUT
+$ iptables -w 5 -t filter -S INPUT
+$ iptables-restore -w 5 --noflush
+| *filter
+| -D INPUT -j POSTERN_INPUT
+| -F POSTERN_INPUT
+| -X POSTERN_INPUT
+| COMMIT
+$ ip6tables -w 5 -t filter -S POSTERN_INPUT
+$ ip6tables -w 5 -t filter -S INPUT
+$ ip6tables-restore -w 5 --noflush
+| *filter
+| -D INPUT -j POSTERN_INPUT
+| -F POSTERN_INPUT
+| -X POSTERN_INPUT
+| COMMIT
+"
+    );
+    let config = IptablesConfig {
+        flush_at_exit: false,
+        ..IptablesConfig::default()
+    };
+    let (mut fw, fake) = backend_with(&config, &tables, None);
+    fw.shutdown().unwrap();
+    assert_eq!(fake.take_transcript(), "");
+}
+
+#[test]
+fn a_failed_family_rolls_back_the_other() {
+    let tables = Tables::ready();
+    let (mut fw, fake) = backend_with(
+        &IptablesConfig::default(),
+        &tables,
+        Some("ip6tables-restore"),
+    );
+    fw.init(1000).unwrap();
+    fake.take_transcript();
+    let err = fw
+        .grant(&[
+            opening("192.0.2.7", Proto::Tcp, 22, 1030),
+            opening("2001:db8::7", Proto::Tcp, 22, 1030),
+        ])
+        .unwrap_err();
+    assert!(err.to_string().contains("line 3 failed"), "{err}");
+    assert_eq!(
+        fake.take_transcript(),
+        "\
+$ iptables -w 5 -t filter -S POSTERN_INPUT
+$ iptables-restore -w 5 --noflush
+| *filter
+| -I POSTERN_INPUT 1 -s 192.0.2.7/32 -p tcp -m tcp --dport 22 -m comment --comment postern_exp_1030 -j ACCEPT
+| COMMIT
+$ ip6tables -w 5 -t filter -S POSTERN_INPUT
+$ ip6tables-restore -w 5 --noflush
+| *filter
+| -I POSTERN_INPUT 1 -s 2001:db8::7/128 -p tcp -m tcp --dport 22 -m comment --comment postern_exp_1030 -j ACCEPT
+| COMMIT
+$ iptables-restore -w 5 --noflush
+| *filter
+| -D POSTERN_INPUT -s 192.0.2.7/32 -p tcp -m tcp --dport 22 -m comment --comment postern_exp_1030 -j ACCEPT
+| COMMIT
+"
+    );
+}
+
+#[test]
+fn grant_before_init_initialises_first() {
+    let tables = Tables::ready();
+    let config = IptablesConfig {
+        ipv6: false,
+        wait_secs: 0,
+        ..IptablesConfig::default()
+    };
+    let (mut fw, fake) = backend_with(&config, &tables, None);
+    fw.grant(&[opening("192.0.2.7", Proto::Tcp, 22, 1030)])
+        .unwrap();
+    assert_eq!(
+        fake.take_transcript(),
+        "\
+$ iptables -t filter -S POSTERN_INPUT
+$ iptables -t filter -S INPUT
+$ iptables -t filter -S POSTERN_INPUT
+$ iptables-restore --noflush
+| *filter
+| -I POSTERN_INPUT 1 -s 192.0.2.7/32 -p tcp -m tcp --dport 22 -m comment --comment postern_exp_1030 -j ACCEPT
+| COMMIT
+"
+    );
+}
+
+#[test]
+fn nat_ipv6_off_and_unsupported_chains_are_refused_up_front() {
+    let tables = Tables::ready();
+    let config = IptablesConfig {
+        ipv6: false,
+        ..IptablesConfig::default()
+    };
+    let (mut fw, fake) = backend_with(&config, &tables, None);
+    let mut nat = opening("192.0.2.7", Proto::Tcp, 22, 1030);
+    nat.rule.nat = Some(NatRule {
+        to_addr: "10.0.0.2".parse().unwrap(),
+        to_port: 22,
+        local: false,
+    });
+    assert!(matches!(
+        fw.grant(&[nat]),
+        Err(FirewallError::Unsupported { .. })
+    ));
+    let err = fw
+        .grant(&[
+            opening("192.0.2.7", Proto::Tcp, 22, 1030),
+            opening("2001:db8::1", Proto::Tcp, 22, 1030),
+        ])
+        .unwrap_err();
+    assert!(matches!(err, FirewallError::Unsupported { .. }), "{err}");
+    assert_eq!(
+        fake.take_transcript(),
+        "",
+        "refused before running anything"
+    );
+
+    let config: IptablesConfig =
+        serde_json::from_str(r#"{"dnat": "DNAT, nat, PREROUTING, 1, FWKNOP_PREROUTING, 1"}"#)
+            .unwrap();
+    let err = IptablesBackend::new(&config, Box::new(RecordingRunner::succeeding()))
+        .err()
+        .unwrap();
+    assert!(
+        matches!(err, FirewallError::Unsupported { .. })
+            && err.to_string().contains("IPT_DNAT_ACCESS"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_missing_iptables_binary_is_reported_as_missing() {
+    let config = IptablesConfig {
+        iptables: "/nonexistent/iptables".into(),
+        ..IptablesConfig::default()
+    };
+    let err = IptablesBackend::system(&config).err().unwrap();
+    assert!(
+        matches!(
+            &err,
+            FirewallError::Missing {
+                backend: "iptables",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("/nonexistent/iptables"), "{err}");
+
+    // Also when the binary vanishes after start-up: the runner's report is renamed.
+    let fake = RecordingRunner::new(|argv, _| {
+        Err(FirewallError::Missing {
+            backend: "runner",
+            what: format!("the program `{}`", argv[0]),
+            hint: String::new(),
+        })
+    });
+    let mut fw = IptablesBackend::new(&IptablesConfig::default(), Box::new(fake)).unwrap();
+    let err = fw.init(1000).unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            FirewallError::Missing {
+                backend: "iptables",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("apt install iptables"), "{err}");
+}
+
+#[test]
+fn fwknopd_chain_names_are_honoured() {
+    let tables = Tables::default();
+    tables.set("iptables", "INPUT", "-P INPUT ACCEPT\n");
+    let config: IptablesConfig = serde_json::from_str(
+        r#"{"input": "ACCEPT, filter, INPUT, 1, FWKNOP_INPUT, 1", "ipv6": false}"#,
+    )
+    .unwrap();
+    let (mut fw, fake) = backend_with(&config, &tables, None);
+    fw.init(1000).unwrap();
+    let text = fake.take_transcript();
+    assert!(
+        text.contains("| :FWKNOP_INPUT - [0:0]\n| -I INPUT 1 -j FWKNOP_INPUT\n"),
+        "{text}"
+    );
+}
