@@ -1,7 +1,12 @@
 //! posternd: capture → HMAC filter → decrypt → replay cache → policy → action.
 
+pub mod actions;
+pub mod backends;
+mod iptables_compat;
 pub mod capture;
+pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod pipeline;
 pub mod policy;
 pub mod replay;

@@ -1,35 +1,24 @@
 //! Stage 2: decrypt with each candidate stanza's key; the first that yields a
 //! valid message (digest verified, fields valid) wins.
 
-use super::filter::Keyring;
 use super::{ready, Authenticated, Decrypted, Outcome, Stage, StageFuture};
 use spa_core::packet;
 use std::convert::Infallible;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use tower::{Layer, Service};
 
-#[derive(Clone)]
-pub struct DecryptLayer {
-    keyring: Arc<Keyring>,
-}
-
-impl DecryptLayer {
-    pub fn new(keyring: Arc<Keyring>) -> Self {
-        DecryptLayer { keyring }
-    }
-}
+#[derive(Clone, Copy, Default)]
+pub struct DecryptLayer;
 
 impl<S> Layer<S> for DecryptLayer {
     type Service = Decrypt<S>;
     fn layer(&self, inner: S) -> Decrypt<S> {
-        Decrypt { keyring: self.keyring.clone(), inner }
+        Decrypt { inner }
     }
 }
 
 #[derive(Clone)]
 pub struct Decrypt<S> {
-    keyring: Arc<Keyring>,
     inner: S,
 }
 
@@ -52,11 +41,11 @@ where
         };
         let mut last_error = String::from("no candidate stanza");
         for &(index, body_len) in &auth.candidates {
-            let stanza = &self.keyring.stanzas[index];
+            let stanza = &auth.stanzas[index];
             let Some(key) = stanza.rijndael_key() else { continue };
             match packet::decrypt(&wire[..body_len], key.bytes(), stanza.encryption_mode) {
                 Ok(decoded) => {
-                    return Box::pin(self.inner.call(Decrypted { packet: auth.packet, stanza: index, decoded }));
+                    return Box::pin(self.inner.call(Decrypted { packet: auth.packet, stanzas: auth.stanzas.clone(), stanza: index, decoded }));
                 }
                 Err(e) => last_error = format!("{}: {e}", stanza.describe()),
             }

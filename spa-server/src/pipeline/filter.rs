@@ -4,29 +4,39 @@
 use super::{ready, Authenticated, Outcome, RawPacket, Stage, StageFuture, Stanzas};
 use crate::config::AccessStanza;
 use spa_core::packet::{self, HmacKey, RIJNDAEL_PREFIX};
+use arc_swap::ArcSwap;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::sync::Semaphore;
 use tower::{Layer, Service, ServiceExt};
 
-/// The stanzas with their keys, shared by the stages.
+/// The access stanzas with their keys; SIGHUP swaps in a new set atomically.
 pub struct Keyring {
-    pub stanzas: Stanzas,
+    stanzas: ArcSwap<Vec<AccessStanza>>,
 }
 
 impl Keyring {
     pub fn new(stanzas: Vec<AccessStanza>) -> Self {
-        Keyring { stanzas: Arc::new(stanzas) }
+        Keyring { stanzas: ArcSwap::from_pointee(stanzas) }
+    }
+
+    pub fn snapshot(&self) -> Stanzas {
+        self.stanzas.load_full()
+    }
+
+    /// Install reloaded stanzas; packets already past the filter finish with the old ones.
+    pub fn replace(&self, stanzas: Vec<AccessStanza>) {
+        self.stanzas.store(Arc::new(stanzas));
     }
 
     /// Length checks, charset, HMAC. Returns the stanzas worth decrypting for.
-    pub fn screen(&self, packet: &RawPacket) -> Result<Vec<(usize, usize)>, Outcome> {
+    pub fn screen(&self, packet: &RawPacket, stanzas: &[AccessStanza]) -> Result<Vec<(usize, usize)>, Outcome> {
         let wire = packet::precheck(&packet.bytes).map_err(|e| Outcome::denied(Stage::Precheck, e))?;
         let peer = packet.peer.ip();
         let mut candidates = Vec::new();
         let mut last_error = None;
-        for (i, s) in self.stanzas.iter().enumerate() {
+        for (i, s) in stanzas.iter().enumerate() {
             if !s.source.contains(peer) || s.rijndael_key().is_none() {
                 continue;
             }
@@ -92,7 +102,8 @@ where
     /// Screens synchronously; what passes continues on its own task, so a capture
     /// loop never waits for decryption, the replay store or the firewall.
     fn call(&mut self, packet: RawPacket) -> StageFuture {
-        let candidates = match self.keyring.screen(&packet) {
+        let stanzas = self.keyring.snapshot();
+        let candidates = match self.keyring.screen(&packet, &stanzas) {
             Ok(c) => c,
             Err(outcome) => return ready(outcome),
         };
@@ -101,7 +112,7 @@ where
         };
         let inner = self.inner.clone();
         let task = tokio::spawn(async move {
-            let outcome = inner.oneshot(Authenticated { packet, candidates }).await;
+            let outcome = inner.oneshot(Authenticated { packet, stanzas, candidates }).await;
             drop(slot);
             outcome
         });

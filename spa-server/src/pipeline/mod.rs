@@ -45,6 +45,8 @@ pub struct RawPacket {
 #[derive(Debug)]
 pub struct Authenticated {
     pub packet: RawPacket,
+    /// The stanzas as they were when the packet was screened (reloads swap them).
+    pub stanzas: Stanzas,
     /// (stanza index, length of the ciphertext part of the packet)
     pub candidates: Vec<(usize, usize)>,
 }
@@ -53,6 +55,7 @@ pub struct Authenticated {
 #[derive(Debug)]
 pub struct Decrypted {
     pub packet: RawPacket,
+    pub stanzas: Stanzas,
     pub stanza: usize,
     pub decoded: DecodedMessage,
 }
@@ -107,7 +110,7 @@ impl Outcome {
 
 pub type StageFuture = BoxFuture<'static, Result<Outcome, Infallible>>;
 
-/// Shared, reloadable view of the access stanzas.
+/// One snapshot of the access stanzas.
 pub type Stanzas = Arc<Vec<crate::config::AccessStanza>>;
 
 /// A full pipeline for tests and the daemon.
@@ -123,9 +126,9 @@ pub fn build(
 ) -> Pipeline {
     tower::ServiceBuilder::new()
         .layer(HmacFilterLayer::new(keyring.clone(), max_in_flight))
-        .layer(DecryptLayer::new(keyring.clone()))
+        .layer(DecryptLayer)
         .layer(ReplayLayer::new(store))
-        .layer(PolicyLayer::new(keyring, settings))
+        .layer(PolicyLayer::new(settings))
         .service(ActionStage::new(actions))
 }
 

@@ -1,6 +1,5 @@
 //! Stage 4: access policy turns a decrypted message into a Grant or a Denial.
 
-use super::filter::Keyring;
 use super::{ready, Approved, Decrypted, Outcome, Stage, StageFuture};
 use crate::policy::{evaluate, PolicySettings, Request};
 use std::convert::Infallible;
@@ -10,26 +9,24 @@ use tower::{Layer, Service};
 
 #[derive(Clone)]
 pub struct PolicyLayer {
-    keyring: Arc<Keyring>,
     settings: Arc<PolicySettings>,
 }
 
 impl PolicyLayer {
-    pub fn new(keyring: Arc<Keyring>, settings: PolicySettings) -> Self {
-        PolicyLayer { keyring, settings: Arc::new(settings) }
+    pub fn new(settings: PolicySettings) -> Self {
+        PolicyLayer { settings: Arc::new(settings) }
     }
 }
 
 impl<S> Layer<S> for PolicyLayer {
     type Service = PolicyStage<S>;
     fn layer(&self, inner: S) -> PolicyStage<S> {
-        PolicyStage { keyring: self.keyring.clone(), settings: self.settings.clone(), inner }
+        PolicyStage { settings: self.settings.clone(), inner }
     }
 }
 
 #[derive(Clone)]
 pub struct PolicyStage<S> {
-    keyring: Arc<Keyring>,
     settings: Arc<PolicySettings>,
     inner: S,
 }
@@ -49,7 +46,7 @@ where
 
     fn call(&mut self, d: Decrypted) -> StageFuture {
         let request = Request {
-            stanza: &self.keyring.stanzas[d.stanza],
+            stanza: &d.stanzas[d.stanza],
             stanza_index: d.stanza,
             message: &d.decoded.message,
             peer: d.packet.peer.ip(),

@@ -1,0 +1,186 @@
+//! The action task: one OS thread owns every firewall backend (they are small and
+//! synchronous), receives grants over a channel, applies a burst as one batch,
+//! and runs expiry for backends whose firewall cannot expire rules itself.
+
+use crate::pipeline::ActionRequest;
+use crate::policy::{CmdCycle, Grant, GrantKind};
+use postern_backend_script::{run_command_with, CommandExec, ScriptBackend, ScriptConfig};
+use spa_core::firewall::{Firewall, Opening};
+use std::collections::HashMap;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Grants taken from the channel per batch at most.
+const MAX_BATCH: usize = 1024;
+/// How often backends without kernel expiry are swept.
+const EXPIRY_TICK: Duration = Duration::from_millis(500);
+
+pub struct Executor {
+    backends: Vec<Box<dyn Firewall>>,
+    /// CMD_CYCLE_OPEN/CLOSE backends, one per distinct (open, close) pair.
+    cycles: HashMap<(String, Option<String>), ScriptBackend>,
+    command_timeout: Duration,
+    now: fn() -> u64,
+}
+
+impl Executor {
+    pub fn new(backends: Vec<Box<dyn Firewall>>, command_timeout: Duration) -> Self {
+        Executor { backends, cycles: HashMap::new(), command_timeout, now: crate::capture::unix_now }
+    }
+
+    /// Run on a dedicated thread until shutdown; then let backends clean up.
+    pub fn spawn(mut self, mut rx: mpsc::Receiver<ActionRequest>, shutdown: CancellationToken) -> std::thread::JoinHandle<()> {
+        std::thread::Builder::new()
+            .name("postern-actions".into())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("action runtime");
+                rt.block_on(async {
+                    let mut tick = tokio::time::interval(EXPIRY_TICK);
+                    loop {
+                        tokio::select! {
+                            biased;
+                            _ = shutdown.cancelled() => break,
+                            first = rx.recv() => {
+                                let Some(first) = first else { break };
+                                let mut batch = vec![first];
+                                while batch.len() < MAX_BATCH {
+                                    match rx.try_recv() {
+                                        Ok(r) => batch.push(r),
+                                        Err(_) => break,
+                                    }
+                                }
+                                self.apply(batch);
+                            }
+                            _ = tick.tick() => self.expire(),
+                        }
+                    }
+                });
+                self.shutdown();
+            })
+            .expect("spawn action thread")
+    }
+
+    fn apply(&mut self, batch: Vec<ActionRequest>) {
+        let (firewall, other): (Vec<_>, Vec<_>) = batch
+            .into_iter()
+            .partition(|r| matches!(r.grant.kind(), GrantKind::Access { .. }) && r.grant.cmd_cycle().is_none());
+        self.apply_firewall(firewall);
+        for r in other {
+            let result = match (r.grant.kind(), r.grant.cmd_cycle()) {
+                (GrantKind::Command { command, user, group }, _) => self.run_client_command(&r.grant, command, user, group),
+                (GrantKind::Access { .. }, Some(cycle)) => self.apply_cycle(&r.grant, cycle.clone(), r.now),
+                (GrantKind::Access { .. }, None) => unreachable!("partitioned above"),
+            };
+            let _ = r.done.send(result);
+        }
+    }
+
+    /// All access grants of the burst go to each backend as one batch. If the batch
+    /// fails, each grant is retried alone so one bad grant cannot sink the others.
+    fn apply_firewall(&mut self, batch: Vec<ActionRequest>) {
+        if batch.is_empty() {
+            return;
+        }
+        let openings: Vec<Opening> = batch.iter().flat_map(|r| r.grant.openings(r.now)).collect();
+        let whole = apply_all(&mut self.backends, &openings);
+        if whole.is_ok() || batch.len() == 1 {
+            for r in batch {
+                log_result(&r.grant, &whole);
+                let _ = r.done.send(whole.clone());
+            }
+            return;
+        }
+        for r in batch {
+            let result = apply_all(&mut self.backends, &r.grant.openings(r.now));
+            log_result(&r.grant, &result);
+            let _ = r.done.send(result);
+        }
+    }
+
+    fn apply_cycle(&mut self, grant: &Grant, cycle: CmdCycle, now: u64) -> Result<(), String> {
+        let key = (cycle.open.clone(), cycle.close.clone());
+        if !self.cycles.contains_key(&key) {
+            let backend = ScriptBackend::system(&ScriptConfig::new(&cycle.open, cycle.close.as_deref())).map_err(|e| e.to_string())?;
+            self.cycles.insert(key.clone(), backend);
+        }
+        let backend = self.cycles.get_mut(&key).expect("inserted");
+        let openings: Vec<Opening> = grant
+            .openings(now)
+            .into_iter()
+            .map(|mut o| {
+                o.timeout_secs = cycle.timer;
+                o.expires_at = now + u64::from(cycle.timer);
+                o
+            })
+            .collect();
+        let result = backend.grant(&openings).map_err(|e| e.to_string());
+        log_result(grant, &result);
+        result
+    }
+
+    fn run_client_command(&self, grant: &Grant, command: &str, user: &Option<String>, group: &Option<String>) -> Result<(), String> {
+        let exec = CommandExec { user: user.clone(), group: group.clone(), timeout: self.command_timeout, ..CommandExec::default() };
+        let command = command.to_string();
+        let who = grant.to_string();
+        // Commands can be slow: never hold up the firewall thread for them.
+        std::thread::spawn(move || match run_command_with(&command, &exec) {
+            Ok(out) if out.success() => tracing::info!("command ran: {who}"),
+            Ok(out) => tracing::warn!("command exited with {}: {who}", out.status),
+            Err(e) => tracing::warn!("command failed: {e} ({who})"),
+        });
+        Ok(())
+    }
+
+    fn expire(&mut self) {
+        let now = (self.now)();
+        let all = self.backends.iter_mut().map(|b| b.as_mut()).chain(self.cycles.values_mut().map(|b| b as &mut dyn Firewall));
+        for backend in all {
+            match backend.expire(now) {
+                Ok(gone) => {
+                    for rule in gone {
+                        tracing::info!("expired: {rule} ({})", backend.name());
+                    }
+                }
+                Err(e) => tracing::warn!("{}: expiry failed: {e}", backend.name()),
+            }
+        }
+    }
+
+    fn shutdown(&mut self) {
+        for b in self.backends.iter_mut() {
+            if let Err(e) = b.shutdown() {
+                tracing::warn!("{}: shutdown: {e}", b.name());
+            }
+        }
+        for b in self.cycles.values_mut() {
+            let _ = b.shutdown();
+        }
+    }
+}
+
+fn apply_all(backends: &mut [Box<dyn Firewall>], openings: &[Opening]) -> Result<(), String> {
+    if openings.is_empty() {
+        return Ok(());
+    }
+    for i in 0..backends.len() {
+        if let Err(e) = backends[i].grant(openings) {
+            // No half-applied grant: take it back from the backends that took it.
+            let rules: Vec<_> = openings.iter().map(|o| o.rule.clone()).collect();
+            for done in backends[..i].iter_mut() {
+                if let Err(undo) = done.revoke(&rules) {
+                    tracing::error!("{}: could not undo a partial grant: {undo}", done.name());
+                }
+            }
+            return Err(format!("{}: {e}", backends[i].name()));
+        }
+    }
+    Ok(())
+}
+
+fn log_result(grant: &Grant, result: &Result<(), String>) {
+    match result {
+        Ok(()) => tracing::info!("granted: {grant}"),
+        Err(e) => tracing::warn!("grant failed: {grant}: {e}"),
+    }
+}

@@ -1,0 +1,138 @@
+//! posternd's life cycle: set up, serve, reload on SIGHUP, stop on SIGTERM.
+
+use crate::actions::Executor;
+use crate::config::{self, ConfigSources, ReplayConfig, ServerConfig};
+use crate::pipeline::{self, Keyring};
+use crate::policy::PolicySettings;
+use crate::replay::{FileStore, MemoryStore, ReplayStore};
+use spa_core::firewall::Firewall;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// How often old replay entries are pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+pub fn open_replay_store(cfg: &ServerConfig) -> anyhow::Result<Arc<dyn ReplayStore>> {
+    Ok(match &cfg.replay {
+        ReplayConfig::Memory => Arc::new(MemoryStore::default()),
+        ReplayConfig::File { path } => {
+            let path = path.clone().unwrap_or_else(|| cfg.server.run_dir.join("replay.redb"));
+            Arc::new(FileStore::open(&path)?)
+        }
+    })
+}
+
+/// Build and initialise every configured backend (init reconciles leftovers).
+pub fn init_backends(cfg: &ServerConfig) -> anyhow::Result<Vec<Box<dyn Firewall>>> {
+    let now = crate::capture::unix_now();
+    let mut out = Vec::new();
+    for a in &cfg.action {
+        let mut b = crate::backends::build(a)?;
+        b.init(now).map_err(|e| anyhow::anyhow!("action `{}`: {e}", a.kind))?;
+        tracing::info!("action `{}` ready (expiry {})", b.name(), if b.expires_in_kernel() { "in the kernel" } else { "by posternd" });
+        out.push(b);
+    }
+    Ok(out)
+}
+
+/// A running server, for the binary and for tests.
+pub struct Running {
+    pub shutdown: CancellationToken,
+    pub keyring: Arc<Keyring>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    actions: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stop captures, finish in-flight work, let backends shut down.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        for t in self.tasks.drain(..) {
+            let _ = t.await;
+        }
+        if let Some(a) = self.actions.take() {
+            let _ = tokio::task::spawn_blocking(move || a.join()).await;
+        }
+    }
+}
+
+pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
+    if cfg.action.is_empty() {
+        anyhow::bail!("no action configured: add an [[action]] (nftables, iptables, script, …)");
+    }
+    let backends = init_backends(&cfg)?;
+    start_with_backends(cfg, backends).await
+}
+
+pub async fn start_with_backends(cfg: ServerConfig, backends: Vec<Box<dyn Firewall>>) -> anyhow::Result<Running> {
+    let shutdown = CancellationToken::new();
+    let store = open_replay_store(&cfg)?;
+    let keyring = Arc::new(Keyring::new(cfg.access.clone()));
+    let settings = PolicySettings {
+        max_packet_age: cfg.server.max_packet_age,
+        packet_aging: cfg.server.packet_aging,
+        nat_enabled: false,
+    };
+    let (tx, rx) = mpsc::channel(cfg.server.queue_depth);
+    let actions = Executor::new(backends, Duration::from_secs(cfg.server.cmd_exec_timeout)).spawn(rx, shutdown.clone());
+    let pipeline = pipeline::build(keyring.clone(), store.clone(), settings, tx, cfg.server.queue_depth);
+    let mut tasks = Vec::new();
+    for c in &cfg.capture {
+        tasks.push(crate::capture::spawn(c, pipeline.clone(), shutdown.clone()).await?);
+        tracing::info!("capture `{}` started", c.name());
+    }
+    if cfg.server.packet_aging {
+        tasks.push(tokio::spawn(prune_loop(store, cfg.server.max_packet_age, shutdown.clone())));
+    }
+    Ok(Running { shutdown, keyring, tasks, actions: Some(actions) })
+}
+
+async fn prune_loop(store: Arc<dyn ReplayStore>, max_age: u64, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(PRUNE_EVERY);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tick.tick() => {
+                // A packet stamped before this cannot pass the age check any more.
+                let cutoff = crate::capture::unix_now().saturating_sub(max_age);
+                match store.prune(cutoff).await {
+                    Ok(n) if n > 0 => tracing::debug!("replay cache: pruned {n} old entries"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!("replay cache prune failed: {e}"),
+                }
+            }
+        }
+    }
+}
+
+/// Serve until SIGTERM/SIGINT; SIGHUP re-reads the access stanzas.
+pub async fn serve(sources: ConfigSources, cfg: ServerConfig) -> anyhow::Result<()> {
+    let running = start(cfg).await?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    tracing::info!("posternd ready");
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => match config::load(&sources) {
+                Ok(loaded) => {
+                    for w in &loaded.warnings {
+                        tracing::warn!("{w}");
+                    }
+                    let n = loaded.config.access.len();
+                    running.keyring.replace(loaded.config.access);
+                    tracing::info!("SIGHUP: reloaded {n} access stanzas; live grants kept (capture/action changes need a restart)");
+                }
+                Err(e) => tracing::error!("SIGHUP: config not reloaded, keeping the old one: {e}"),
+            },
+        }
+    }
+    tracing::info!("shutting down");
+    running.stop().await;
+    Ok(())
+}
