@@ -1,0 +1,216 @@
+//! The iptables backend against real iptables, inside network namespaces the
+//! tests create (root needed; with CI=true a missing prerequisite fails the test).
+
+use postern_backend_iptables::{IptablesBackend, IptablesConfig};
+use postern_backend_script::PrefixedRunner;
+use postern_e2e::{
+    pair, require_program, require_root, tcp_connect_ok, tcp_listen, wait_until, Netns,
+};
+use spa_core::firewall::{Firewall, Opening, Rule};
+use spa_core::request::Proto;
+use std::net::IpAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+const REFUSED_WAIT: Duration = Duration::from_millis(700);
+const OPEN_WAIT: Duration = Duration::from_secs(3);
+
+fn can_run() -> bool {
+    require_root() && require_program("iptables") && require_program("ip6tables")
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A backend whose commands run inside `ns`.
+fn backend_in(ns: &Netns) -> IptablesBackend {
+    let runner = PrefixedRunner::netns(&ns.name, Duration::from_secs(30));
+    IptablesBackend::new(&IptablesConfig::default(), Box::new(runner)).unwrap()
+}
+
+fn opening(source: impl Into<IpAddr>, port: u16, expires_at: u64) -> Opening {
+    let rule = Rule {
+        source: source.into(),
+        proto: Proto::Tcp,
+        port,
+        nat: None,
+    };
+    Opening {
+        rule,
+        timeout_secs: expires_at.saturating_sub(now()) as u32,
+        expires_at,
+    }
+}
+
+/// Drop new connections to `port` in INPUT, after the backend's jump.
+fn drop_port(ns: &Netns, iptables: &str, port: u16) {
+    ns.run_ok(&[
+        iptables,
+        "-w",
+        "5",
+        "-A",
+        "INPUT",
+        "-p",
+        "tcp",
+        "--dport",
+        &port.to_string(),
+        "-j",
+        "DROP",
+    ]);
+}
+
+fn chain_rules(ns: &Netns, iptables: &str) -> Vec<String> {
+    ns.run_ok(&[iptables, "-w", "5", "-S", "POSTERN_INPUT"])
+        .lines()
+        .filter(|l| l.starts_with("-A "))
+        .map(String::from)
+        .collect()
+}
+
+/// Grant, repeated grant, expiry, for one family.
+fn grant_refresh_expire(tag: &str, v6: bool) {
+    let p = pair(tag);
+    let (iptables, client, server) = if v6 {
+        (
+            "ip6tables",
+            IpAddr::from(p.client_ip6),
+            IpAddr::from(p.server_ip6),
+        )
+    } else {
+        (
+            "iptables",
+            IpAddr::from(p.client_ip),
+            IpAddr::from(p.server_ip),
+        )
+    };
+    let port = 2201;
+    let mut fw = backend_in(&p.server);
+    fw.init(now()).unwrap();
+    drop_port(&p.server, iptables, port);
+    let _listener = tcp_listen(&p.server, port);
+    assert!(
+        !tcp_connect_ok(&p.client, server, port, REFUSED_WAIT),
+        "the DROP rule must close the port"
+    );
+
+    let start = now();
+    fw.grant(&[opening(client, port, start + 2)]).unwrap();
+    assert!(
+        tcp_connect_ok(&p.client, server, port, OPEN_WAIT),
+        "granted port must be reachable"
+    );
+
+    fw.grant(&[opening(client, port, start + 3)]).unwrap();
+    let rules = chain_rules(&p.server, iptables);
+    assert_eq!(
+        rules.len(),
+        1,
+        "a repeated grant refreshes, never duplicates: {rules:?}"
+    );
+    assert!(
+        rules[0].contains(&format!("postern_exp_{}", start + 3)),
+        "{rules:?}"
+    );
+    assert_eq!(fw.list().unwrap().len(), 1);
+
+    let expired = wait_until(Duration::from_secs(10), Duration::from_millis(200), || {
+        !fw.expire(now()).unwrap().is_empty()
+    });
+    assert!(expired, "the grant must expire");
+    assert!(now() >= start + 3);
+    assert!(chain_rules(&p.server, iptables).is_empty());
+    assert!(
+        !tcp_connect_ok(&p.client, server, port, REFUSED_WAIT),
+        "expired grant must close the port"
+    );
+}
+
+#[test]
+fn ipv4_grant_opens_refresh_does_not_duplicate_expiry_closes() {
+    if can_run() {
+        grant_refresh_expire("ipt4", false);
+    }
+}
+
+#[test]
+fn ipv6_grant_opens_refresh_does_not_duplicate_expiry_closes() {
+    if can_run() {
+        grant_refresh_expire("ipt6", true);
+    }
+}
+
+#[test]
+fn restart_reconciles_leftovers_then_flush_and_shutdown_clean_up() {
+    if !can_run() {
+        return;
+    }
+    let p = pair("iptr");
+    let (client, server) = (IpAddr::from(p.client_ip), IpAddr::from(p.server_ip));
+    let (short_port, long_port) = (2202, 2203);
+    let start = now();
+    {
+        let mut fw = backend_in(&p.server);
+        fw.init(start).unwrap();
+        fw.grant(&[
+            opening(client, short_port, start + 1),
+            opening(client, long_port, start + 600),
+        ])
+        .unwrap();
+        // Dropped without shutdown(): the daemon was killed.
+    }
+    drop_port(&p.server, "iptables", short_port);
+    drop_port(&p.server, "iptables", long_port);
+    let _short = tcp_listen(&p.server, short_port);
+    let _long = tcp_listen(&p.server, long_port);
+    assert!(wait_until(
+        Duration::from_secs(5),
+        Duration::from_millis(100),
+        || now() > start + 1
+    ));
+
+    let mut fw = backend_in(&p.server);
+    fw.init(now()).unwrap();
+    let live: Vec<u16> = fw.list().unwrap().iter().map(|o| o.rule.port).collect();
+    assert_eq!(live, [long_port], "expired leftover removed, live one kept");
+    assert!(tcp_connect_ok(&p.client, server, long_port, OPEN_WAIT));
+    assert!(!tcp_connect_ok(&p.client, server, short_port, REFUSED_WAIT));
+
+    let before = p.server.run_ok(&["iptables", "-S"]);
+    fw.init(now()).unwrap();
+    assert_eq!(
+        p.server.run_ok(&["iptables", "-S"]),
+        before,
+        "init is idempotent"
+    );
+    assert_eq!(before.matches("-A INPUT -j POSTERN_INPUT").count(), 1);
+
+    fw.flush().unwrap();
+    assert_eq!(fw.list().unwrap(), vec![]);
+    assert!(
+        !tcp_connect_ok(&p.client, server, long_port, REFUSED_WAIT),
+        "flush closes"
+    );
+    let after_flush = p.server.run_ok(&["iptables", "-S"]);
+    assert!(
+        after_flush.contains("-N POSTERN_INPUT")
+            && after_flush.contains("-A INPUT -j POSTERN_INPUT"),
+        "{after_flush}"
+    );
+
+    fw.grant(&[opening(client, long_port, now() + 600)])
+        .unwrap();
+    fw.shutdown().unwrap();
+    let after_exit = p.server.run_ok(&["iptables", "-S"]);
+    assert!(
+        !after_exit.contains("POSTERN_INPUT"),
+        "shutdown removes chain and jump: {after_exit}"
+    );
+    assert!(
+        after_exit.contains(&format!("--dport {long_port} -j DROP")),
+        "the admin's rules stay: {after_exit}"
+    );
+    assert!(!tcp_connect_ok(&p.client, server, long_port, REFUSED_WAIT));
+}
