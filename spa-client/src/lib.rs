@@ -1,1 +1,31 @@
-//! postern client library.
+//! postern: a drop-in successor of the fwknop 2.x client.
+//!
+//! The binary accepts fwknop 2.6.10's client flags with the same meanings and
+//! reads/writes `~/.fwknoprc` in fwknop's format. The pieces are usable on
+//! their own:
+//!
+//! - [`cli`]: the command-line flags;
+//! - [`rcfile`]: reading, checking and rewriting the rc file;
+//! - [`settings`]: rc variables and precedence ([default] < stanza < command line);
+//! - [`keys`]: key acquisition and `--key-gen`;
+//! - [`build`]: the SPA message and the sealed packet;
+//! - [`resolve`]: `-R` external address lookup;
+//! - [`send`]: UDP / TCP transmission;
+//! - [`output`]: fwknop-style `-v` / `-T` text;
+//! - [`app`]: one complete run ([`app::run`]).
+
+pub mod app;
+pub mod build;
+pub mod cli;
+pub mod error;
+pub mod keys;
+pub mod output;
+pub mod random;
+pub mod rcfile;
+pub mod resolve;
+pub mod send;
+pub mod settings;
+pub mod user;
+
+pub use app::run;
+pub use error::{ClientError, Result};

@@ -1,0 +1,444 @@
+//! One run of the `postern` command: options → rc file → keys → packet → send.
+
+use crate::build::{self, MessageSpec, SealedPacket};
+use crate::cli::{Cli, CliExit};
+use crate::error::{ClientError, Result};
+use crate::keys::{self, KeyInput, KeyMaterial};
+use crate::output::{self, FieldView};
+use crate::rcfile::{self, PermCheck, RcFile};
+use crate::resolve;
+use crate::send::{self, Target};
+use crate::settings::{AllowIp, KeySpec, SecretText, ServerProto, Settings, Var, DEFAULT_SERVER_PORT};
+use crate::user;
+use spa_core::{DigestType, GeneratedKeys};
+use std::ffi::OsString;
+use std::fs::OpenOptions;
+use std::io::{self, BufReader, IsTerminal, Write};
+use std::net::Ipv4Addr;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// The client version printed by -V.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Where a run writes: normal output (stdout) and warnings/errors (stderr).
+pub struct Console<'a> {
+    pub out: &'a mut dyn Write,
+    pub err: &'a mut dyn Write,
+}
+
+impl Console<'_> {
+    fn say(&mut self, text: &str) -> Result<()> {
+        writeln!(self.out, "{text}").map_err(|e| ClientError::io("cannot write output", &e))
+    }
+    fn warn(&mut self, text: &str) {
+        let _ = writeln!(self.err, "{text}");
+    }
+}
+
+/// Run with `args` (program name first). Returns the process exit code.
+pub fn run<I, T>(args: I, out: &mut dyn Write, err: &mut dyn Write) -> i32
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let cli = match Cli::parse_args(args) {
+        Ok(cli) => cli,
+        Err(CliExit::Help(text)) => {
+            let _ = write!(out, "{text}");
+            return 0;
+        }
+        Err(CliExit::Error(msg)) => {
+            let _ = writeln!(err, "postern: {msg}");
+            return 1;
+        }
+    };
+    let mut console = Console { out, err };
+    match execute(&cli, &mut console) {
+        Ok(()) => {
+            let _ = console.out.flush();
+            0
+        }
+        Err(e) => {
+            let _ = console.out.flush();
+            let _ = writeln!(console.err, "postern: {e}");
+            1
+        }
+    }
+}
+
+/// The rc file path: --rc-file, else $HOME/.fwknoprc (the passwd entry's home if HOME is unset).
+pub fn rc_path(cli: &Cli) -> Result<PathBuf> {
+    if let Some(p) = &cli.rc_file {
+        return Ok(p.clone());
+    }
+    if cli.no_home_dir {
+        return Err(ClientError::usage("--no-home-dir needs --rc-file (or --no-rc-file)"));
+    }
+    let home = std::env::var("HOME").ok().filter(|h| !h.is_empty()).or_else(user::passwd_home).ok_or_else(|| {
+        ClientError::RcFile("cannot determine the home directory for the rc file (set HOME, or use --rc-file / --no-rc-file)".into())
+    })?;
+    Ok(Path::new(&home).join(rcfile::RC_FILE_NAME))
+}
+
+fn check_rc_perms(rc: &RcFile, console: &mut Console) -> Result<()> {
+    if let PermCheck::Warn(w) = rcfile::check_permissions(&rc.path, rc.holds_keys())? {
+        console.warn(&w);
+    }
+    Ok(())
+}
+
+/// Read (creating it on first use, like fwknop) and check the rc file.
+fn load_rc(path: &Path, console: &mut Console) -> Result<RcFile> {
+    let rc = match RcFile::load(path)? {
+        Some(rc) => rc,
+        None => {
+            console.say(&format!("[*] Creating initial rc file: {}.", path.display()))?;
+            rcfile::create_initial(path)?;
+            RcFile::load(path)?.ok_or_else(|| ClientError::RcFile(format!("rc file {} vanished", path.display())))?
+        }
+    };
+    check_rc_perms(&rc, console)?;
+    Ok(rc)
+}
+
+fn stanza_list(path: &Path, console: &mut Console) -> Result<()> {
+    let rc = RcFile::load(path)?.ok_or_else(|| ClientError::RcFile(format!("cannot open rc file {}: not found", path.display())))?;
+    check_rc_perms(&rc, console)?;
+    console.say(&format!("The following stanzas are configured in {} :", path.display()))?;
+    for name in rc.stanza_names().iter().filter(|n| !n.eq_ignore_ascii_case(rcfile::DEFAULT_STANZA)) {
+        console.say(&format!(" - {name}"))?;
+    }
+    Ok(())
+}
+
+/// Settings from [default], the named stanza and the command line.
+fn gather_settings(cli: &Cli, rc: Option<&RcFile>, console: &mut Console) -> Result<Settings> {
+    let mut settings = Settings::default();
+    let mut warnings = Vec::new();
+    if let Some(rc) = rc {
+        let file = rc.path.display().to_string();
+        warnings.extend(settings.apply_rc_entries(&rc.stanza_entries(rcfile::DEFAULT_STANZA)?, &file)?);
+        if let Some(name) = &cli.named_config {
+            if rc.has_stanza(name) {
+                if !cli.save_rc_stanza {
+                    warnings.extend(settings.apply_rc_entries(&rc.stanza_entries(name)?, &file)?);
+                }
+            } else if !cli.save_rc_stanza {
+                return Err(ClientError::RcFile(format!("named configuration stanza [{name}] was not found in {file}")));
+            }
+        }
+    }
+    warnings.extend(settings.apply_cli(cli)?);
+    for w in warnings {
+        console.warn(&w);
+    }
+    Ok(settings)
+}
+
+/// Ask whether an existing critical variable may be replaced; only on a terminal.
+fn ask_overwrite(var: &str, stanza: &str, console: &mut Console) -> bool {
+    if !io::stdin().is_terminal() {
+        return false;
+    }
+    let _ = write!(console.err, "Variable '{var}' found in stanza '{stanza}'. Overwrite [N/y] ? ");
+    let _ = console.err.flush();
+    let mut answer = String::new();
+    io::stdin().read_line(&mut answer).is_ok() && answer.trim_start().starts_with('y')
+}
+
+/// --save-rc-stanza: replace stanza `name` with the command-line variables.
+/// Without --force-stanza, keys already in the stanza are kept unless the user agrees.
+/// Returns the variables that were kept from the old stanza.
+fn save_stanza(rc: &RcFile, name: &str, settings: &Settings, extra: &[Var], force: bool, console: &mut Console) -> Result<Vec<String>> {
+    let mut vars = settings.stanza_vars(extra);
+    let mut keep = Vec::new();
+    if !force && rc.has_stanza(name) {
+        let existing = rc.stanza_entries(name)?;
+        for var in rcfile::CRITICAL_VARS {
+            if existing.iter().any(|e| e.name == *var) && !ask_overwrite(var, name, console) {
+                keep.push(var.to_string());
+                vars.retain(|(n, _)| n != var);
+                console.warn(&format!(
+                    "[-] kept the existing {var} of stanza [{name}] (use --force-stanza to replace it)"
+                ));
+            }
+        }
+    }
+    rc.with_stanza_replaced(name, &vars, &keep).save()?;
+    Ok(keep)
+}
+
+fn stanza_name(cli: &Cli, settings: &Settings) -> Result<String> {
+    cli.named_config
+        .clone()
+        .or_else(|| settings.spa_server.clone())
+        .ok_or_else(|| ClientError::usage("--save-rc-stanza needs a stanza name: -n NAME (or -D HOST)"))
+}
+
+fn write_key_file(path: &Path, text: &str) -> Result<()> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| ClientError::io(format!("unable to create key gen file {}", path.display()), &e))?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .and_then(|_| f.write_all(text.as_bytes()))
+        .map_err(|e| ClientError::io(format!("unable to write key gen file {}", path.display()), &e))
+}
+
+/// --key-gen / -K: make keys, print or store them, and stop.
+fn key_gen(cli: &Cli, settings: &mut Settings, rc: Option<&RcFile>, console: &mut Console) -> Result<()> {
+    let generated: GeneratedKeys = keys::generate(
+        cli.key_len.as_deref(),
+        cli.hmac_key_len.as_deref(),
+        settings.hmac_digest.unwrap_or(DigestType::Sha256),
+    )?;
+    let text = output::keygen_text(&generated);
+    let mut stored_in_rc = false;
+    if cli.save_rc_stanza {
+        let rc = rc.ok_or_else(|| ClientError::usage("cannot save an rc stanza in --no-rc-file mode"))?;
+        settings.key = Some(KeySpec::Base64(SecretText::new(&generated.key.to_base64())));
+        settings.hmac_key = Some(KeySpec::Base64(SecretText::new(&generated.hmac_key.to_base64())));
+        let name = stanza_name(cli, settings)?;
+        let kept = save_stanza(rc, &name, settings, &[Var::KeyBase64, Var::HmacKeyBase64], cli.force_stanza, console)?;
+        stored_in_rc = !kept.iter().any(|k| k == "KEY_BASE64" || k == "HMAC_KEY_BASE64");
+    }
+    if let Some(path) = &cli.key_gen_file {
+        write_key_file(path, &text)?;
+        console.say(&format!("[+] Wrote Rijndael and HMAC keys to: {}", path.display()))?;
+    } else if let Some(rc) = rc.filter(|_| stored_in_rc) {
+        console.say(&format!("[+] Wrote Rijndael and HMAC keys to rc file: {}", rc.path.display()))?;
+    } else {
+        write!(console.out, "{text}").map_err(|e| ClientError::io("cannot write output", &e))?;
+    }
+    if cli.qr {
+        let block = output::qr_block(&output::qr_payload(&generated)).map_err(ClientError::Io)?;
+        write!(console.out, "{block}\n").map_err(|e| ClientError::io("cannot write output", &e))?;
+    }
+    Ok(())
+}
+
+/// fwknop features the settings ask for that postern does not have.
+fn check_supported(settings: &Settings) -> Result<()> {
+    if settings.use_gpg || settings.use_gpg_agent || settings.gpg_no_signing_pw {
+        return Err(ClientError::Unsupported("GPG encryption (USE_GPG in the rc file)".into()));
+    }
+    if settings.spoof_source_ip.is_some() {
+        return Err(ClientError::Unsupported("spoofing the source address (SPOOF_SOURCE_IP in the rc file)".into()));
+    }
+    if let Some(p) = settings.server_proto.filter(|p| !p.is_supported()) {
+        return Err(ClientError::Unsupported(format!("server protocol '{}' (only udp and tcp are)", p.name())));
+    }
+    Ok(())
+}
+
+fn key_input(cli: &Cli) -> Result<KeyInput> {
+    if cli.stdin {
+        return Ok(KeyInput::Lines(Box::new(BufReader::new(io::stdin()))));
+    }
+    if let Some(fd) = &cli.fd {
+        let n: u32 = fd.parse().map_err(|_| ClientError::usage(format!("invalid --fd '{fd}': must be a file descriptor number")))?;
+        let file = std::fs::File::open(format!("/dev/fd/{n}"))
+            .map_err(|e| ClientError::io(format!("cannot read keys from file descriptor {n}"), &e))?;
+        return Ok(KeyInput::Lines(Box::new(BufReader::new(file))));
+    }
+    Ok(KeyInput::Terminal)
+}
+
+fn now_with_offset(settings: &Settings) -> u64 {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    if settings.time_offset_minus > 0 {
+        now.saturating_sub(settings.time_offset_minus)
+    } else {
+        now + settings.time_offset_plus
+    }
+}
+
+/// Work out the address to allow, resolving it over HTTP(S) when asked to.
+fn allow_ip(cli: &Cli, settings: &Settings, console: &mut Console) -> Result<Ipv4Addr> {
+    let allow = match settings.allow {
+        Some(a) => a,
+        None if settings.resolve_url.is_some() => AllowIp::Resolve,
+        None => {
+            return Err(ClientError::usage(
+                "no IP address to allow: use one of -a IP, -s or -R (or ALLOW_IP in the rc file)",
+            ))
+        }
+    };
+    match allow {
+        AllowIp::Addr(ip) => {
+            if ip.is_unspecified() && settings.verbose > 0 {
+                console.warn("[-] WARNING: Should use -a or -R to harden SPA against potential MITM attacks");
+            }
+            Ok(ip)
+        }
+        AllowIp::Resolve => {
+            let urls = resolve::resolve_urls(settings.resolve_url.as_deref(), settings.resolve_http_only)?;
+            if settings.verbose > 0 && !settings.resolve_http_only && urls.iter().any(|u| !u.starts_with("https")) {
+                console.warn(&format!("[-] Warning: IP resolution URL '{}' should begin with 'https://' in -R mode.", urls[0]));
+            }
+            let agent = settings.user_agent.clone().unwrap_or_else(|| format!("postern/{VERSION}"));
+            let (ip, url) = resolve::resolve_external_ip(&urls, &agent)?;
+            if cli.verbose > 0 || settings.verbose > 0 {
+                console.say(&format!("\n[+] Resolved external IP (via '{url}') as: {ip}"))?;
+            }
+            Ok(ip)
+        }
+    }
+}
+
+/// Build the message fields from the settings.
+fn message_spec(cli: &Cli, settings: &Settings, console: &mut Console) -> Result<MessageSpec> {
+    let server = settings.spa_server.clone().unwrap_or_default();
+    let command = cli.server_cmd.clone().or_else(|| settings.server_command.clone());
+    let ip = allow_ip(cli, settings, console)?;
+    let (message, nat_access) = match &command {
+        Some(cmd) => (build::command_message(ip, cmd)?, None),
+        None => {
+            let access = settings.access.as_deref().ok_or_else(|| {
+                ClientError::usage("no access request: use -A proto/port (or ACCESS in the rc file), or -C for a server command")
+            })?;
+            let nat_wanted = settings.nat_local || settings.nat_access.is_some();
+            let nat_port = if settings.nat_rand_port { Some(crate::random::high_port()) } else { settings.nat_port };
+            let message = build::access_message(ip, access, nat_port)?;
+            let access_port = build::parse_access(access)?[0].port;
+            let nat = if nat_wanted {
+                build::nat_access_field(settings.nat_access.as_deref(), settings.nat_local, &server, access_port)?
+            } else {
+                None
+            };
+            if let (Some(port), Some(nat)) = (nat_port.filter(|_| settings.nat_rand_port), &nat) {
+                console.say(&format!("[+] Randomly assigned port '{port}' on: '{message}' will grant access to: '{nat}'"))?;
+            }
+            (message, nat)
+        }
+    };
+    let username = user::truncate_username(&settings.spoof_user.clone().unwrap_or_else(user::default_username));
+    spa_core::message::validate_username(&username)
+        .map_err(|e| ClientError::usage(format!("invalid user name '{username}' (-U/SPOOF_USER): {e}")))?;
+    Ok(MessageSpec {
+        username,
+        timestamp: now_with_offset(settings),
+        message,
+        command: command.is_some(),
+        nat_access,
+        nat_local: settings.nat_local,
+        fw_timeout: settings.fw_timeout,
+    })
+}
+
+fn save_packet(cli: &Cli, wire: &str) -> Result<()> {
+    let Some(path) = &cli.save_packet else { return Ok(()) };
+    let mut opts = OpenOptions::new();
+    if cli.save_packet_append {
+        opts.append(true).create(true);
+    } else {
+        let _ = std::fs::remove_file(path);
+        opts.write(true).create_new(true);
+    }
+    let mut f = opts.open(path).map_err(|e| ClientError::io(format!("cannot write packet file {}", path.display()), &e))?;
+    writeln!(f, "{wire}").map_err(|e| ClientError::io(format!("cannot write packet file {}", path.display()), &e))
+}
+
+fn emit_dump(view: &FieldView, console: &mut Console) -> Result<()> {
+    console.say(&output::field_dump(view))
+}
+
+/// Build, show, save and send one packet.
+fn send_packet(cli: &Cli, settings: &Settings, console: &mut Console) -> Result<()> {
+    check_supported(settings)?;
+    let test = cli.test;
+    let verbose = cli.verbose.max(settings.verbose) > 0;
+    if !test && settings.spa_server.is_none() {
+        return Err(ClientError::usage("no SPA server: use -D/--destination (or SPA_SERVER in the rc file) unless -T is given"));
+    }
+    let mode = settings.mode.unwrap_or_default();
+    if mode == spa_core::EncryptionMode::Legacy && settings.use_hmac {
+        return Err(ClientError::usage("legacy encryption mode is incompatible with HMAC (drop --use-hmac or use another -M mode)"));
+    }
+    let spec = message_spec(cli, settings, console)?;
+    let message = build::build_message(&spec)?;
+    let server = settings.spa_server.clone().unwrap_or_default();
+    let keys: KeyMaterial = keys::acquire(settings, &server, &mut key_input(cli)?)?;
+    if mode == spa_core::EncryptionMode::Legacy && keys.key.bytes().len() > build::LEGACY_KEY_LEN {
+        console.warn("WARNING: the encryption key in '-M legacy' mode must be <= 16 bytes long; truncating it");
+    }
+    let packet: SealedPacket = build::seal(message, settings.digest.unwrap_or(DigestType::Sha256), mode, &keys)?;
+
+    if verbose || test {
+        emit_dump(&FieldView::built(&packet), console)?;
+    }
+    save_packet(cli, &packet.wire)?;
+
+    let proto = settings.server_proto.unwrap_or(ServerProto::Udp);
+    let port = if settings.rand_port { crate::random::high_port() } else { settings.server_port.unwrap_or(DEFAULT_SERVER_PORT) };
+    if verbose {
+        write!(console.out, "{}", output::transmit_summary(proto.name(), settings.source_port, port, &server))
+            .map_err(|e| ClientError::io("cannot write output", &e))?;
+    }
+    let sent = if test {
+        console.say("test mode enabled, SPA packet not actually sent.")?;
+        0
+    } else {
+        let target = Target { proto, host: server, port, source_port: settings.source_port };
+        send::send(&packet.wire, &target)?
+    };
+    if verbose {
+        console.say(&format!("send_spa_packet: bytes sent: {sent}"))?;
+    }
+    if test {
+        let decoded = build::verify(&packet, &keys)?;
+        if verbose {
+            console.say("\nDump of the Decoded Data")?;
+            emit_dump(&FieldView::decoded(&packet, &decoded), console)?;
+        }
+    }
+    Ok(())
+}
+
+/// Everything after argument parsing.
+pub fn execute(cli: &Cli, console: &mut Console) -> Result<()> {
+    if cli.version {
+        return console.say(&format!("postern client {VERSION}, FKO protocol version {}", spa_core::message::PROTOCOL_VERSION));
+    }
+    if let Some(flag) = cli.unsupported_flag() {
+        return Err(ClientError::unsupported_flag(flag));
+    }
+    if cli.no_rc_file {
+        let clash = [
+            (cli.save_rc_stanza, "cannot save an rc stanza in --no-rc-file mode"),
+            (cli.named_config.is_some(), "cannot use a named stanza (-n) in --no-rc-file mode"),
+            (cli.stanza_list, "cannot list stanzas in --no-rc-file mode"),
+        ];
+        if let Some((_, msg)) = clash.iter().find(|(on, _)| *on) {
+            return Err(ClientError::usage(*msg));
+        }
+    }
+    let wants_keys = cli.key_gen || cli.key_gen_file.is_some();
+    if cli.qr && !wants_keys {
+        return Err(ClientError::usage("--qr only works together with --key-gen or -K"));
+    }
+    let rc = if cli.no_rc_file {
+        None
+    } else {
+        let path = rc_path(cli)?;
+        if cli.stanza_list {
+            return stanza_list(&path, console);
+        }
+        Some(load_rc(&path, console)?)
+    };
+    let mut settings = gather_settings(cli, rc.as_ref(), console)?;
+    if wants_keys {
+        return key_gen(cli, &mut settings, rc.as_ref(), console);
+    }
+    if cli.save_rc_stanza {
+        let rc = rc.as_ref().ok_or_else(|| ClientError::usage("cannot save an rc stanza in --no-rc-file mode"))?;
+        let name = stanza_name(cli, &settings)?;
+        let _kept = save_stanza(rc, &name, &settings, &[], cli.force_stanza, console)?;
+    }
+    send_packet(cli, &settings, console)
+}

@@ -1,0 +1,371 @@
+//! Command-line flags: fwknop 2.6.10's client options with the same names and
+//! meanings, plus `--qr`. Values stay strings here; [`crate::settings`] checks
+//! them with the same code that checks rc-file variables.
+
+use clap::{ArgAction, Parser};
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+const NOT_YET: &str = "not supported by postern yet";
+
+#[derive(Parser, Debug, Default, Clone)]
+#[command(
+    name = "postern",
+    about = "Single Packet Authorization client, compatible with fwknop 2.x",
+    override_usage = "postern -A <port list> [-s|-R|-a] -D <spa_server> [options]",
+    disable_version_flag = true,
+    args_override_self = true,
+    infer_long_args = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    /// Named stanza of the rc file providing some or all options
+    #[arg(short = 'n', long = "named-config", value_name = "STANZA")]
+    pub named_config: Option<String>,
+
+    /// Ports/protocols to open on the server, e.g. tcp/22 or tcp/22,udp/53
+    #[arg(short = 'A', long = "access", value_name = "PORT_LIST")]
+    pub access: Option<String>,
+
+    /// IP address to allow inside the SPA packet (also `resolve` or `source`)
+    #[arg(short = 'a', long = "allow-ip", value_name = "IP", conflicts_with_all = ["source_ip", "resolve_ip"])]
+    pub allow_ip: Option<String>,
+
+    /// Hostname or IP address of the SPA server
+    #[arg(short = 'D', long = "destination", value_name = "HOST")]
+    pub destination: Option<String>,
+
+    /// Add an HMAC to the SPA packet (authenticated encryption)
+    #[arg(long = "use-hmac")]
+    pub use_hmac: bool,
+
+    /// Save the packet to FILE
+    #[arg(short = 'B', long = "save-packet", value_name = "FILE")]
+    pub save_packet: Option<PathBuf>,
+
+    /// Append to the -B file instead of replacing it
+    #[arg(short = 'b', long = "save-packet-append")]
+    pub save_packet_append: bool,
+
+    /// Command for the server to run instead of an access request
+    #[arg(short = 'C', long = "server-cmd", value_name = "COMMAND")]
+    pub server_cmd: Option<String>,
+
+    /// NAT access to an internal service: <internal IP or host>[,:]<port>
+    #[arg(short = 'N', long = "nat-access", value_name = "HOST:PORT")]
+    pub nat_access: Option<String>,
+
+    /// Destination port of the SPA packet (default 62201)
+    #[arg(short = 'p', long = "server-port", value_name = "PORT")]
+    pub server_port: Option<String>,
+
+    /// Transport of the SPA packet: udp (default) or tcp
+    #[arg(short = 'P', long = "server-proto", value_name = "PROTO")]
+    pub server_proto: Option<String>,
+
+    /// Let the server allow the packet's source address (sends 0.0.0.0)
+    #[arg(short = 's', long = "source-ip", conflicts_with = "resolve_ip")]
+    pub source_ip: bool,
+
+    /// Source port of the SPA packet
+    #[arg(short = 'S', long = "source-port", value_name = "PORT")]
+    pub source_port: Option<String>,
+
+    /// Resolve the external IP address over HTTPS (see --resolve-url)
+    #[arg(short = 'R', long = "resolve-ip-https", visible_alias = "resolve-ip-http")]
+    pub resolve_ip: bool,
+
+    /// Resolve the external IP over plain HTTP (not recommended)
+    #[arg(long = "resolve-http-only")]
+    pub resolve_http_only: bool,
+
+    /// URL answering with the client's IP address (implies -R)
+    #[arg(long = "resolve-url", value_name = "URL")]
+    pub resolve_url: Option<String>,
+
+    /// HTTP User-Agent for -R
+    #[arg(short = 'u', long = "user-agent", value_name = "AGENT")]
+    pub user_agent: Option<String>,
+
+    /// Username inside the SPA packet
+    #[arg(short = 'U', long = "spoof-user", value_name = "USER")]
+    pub spoof_user: Option<String>,
+
+    /// Read the encryption key from FILE (lines `<server>: <key>`)
+    #[arg(short = 'G', long = "get-key", value_name = "FILE", conflicts_with_all = ["key_rijndael", "key_base64_rijndael"])]
+    pub get_key: Option<PathBuf>,
+
+    /// Read the HMAC key from FILE (lines `<server>: <key>`)
+    #[arg(long = "get-hmac-key", value_name = "FILE", conflicts_with_all = ["key_hmac", "key_base64_hmac"])]
+    pub get_hmac_key: Option<PathBuf>,
+
+    /// Read the key (then the HMAC key, if needed) from standard input
+    #[arg(long = "stdin")]
+    pub stdin: bool,
+
+    /// Read the key (then the HMAC key, if needed) from file descriptor N
+    #[arg(long = "fd", value_name = "N", conflicts_with = "stdin")]
+    pub fd: Option<String>,
+
+    /// Generate a Rijndael key and an HMAC key
+    #[arg(short = 'k', long = "key-gen")]
+    pub key_gen: bool,
+
+    /// Generate keys and write them to FILE (mode 0600)
+    #[arg(short = 'K', long = "key-gen-file", value_name = "FILE")]
+    pub key_gen_file: Option<PathBuf>,
+
+    /// Also print the generated keys as a terminal QR code
+    #[arg(long = "qr")]
+    pub qr: bool,
+
+    /// Rijndael key length for --key-gen (bytes, default 32)
+    #[arg(long = "key-len", value_name = "BYTES")]
+    pub key_len: Option<String>,
+
+    /// HMAC key length for --key-gen (bytes)
+    #[arg(long = "hmac-key-len", value_name = "BYTES")]
+    pub hmac_key_len: Option<String>,
+
+    /// Rijndael key (passphrase); visible to other local users
+    #[arg(long = "key-rijndael", value_name = "KEY", conflicts_with = "key_base64_rijndael")]
+    pub key_rijndael: Option<String>,
+
+    /// Base64 Rijndael key; visible to other local users
+    #[arg(long = "key-base64-rijndael", value_name = "KEY")]
+    pub key_base64_rijndael: Option<String>,
+
+    /// Base64 HMAC key; visible to other local users
+    #[arg(long = "key-base64-hmac", value_name = "KEY", conflicts_with = "key_hmac")]
+    pub key_base64_hmac: Option<String>,
+
+    /// HMAC key (passphrase); visible to other local users
+    #[arg(long = "key-hmac", value_name = "KEY")]
+    pub key_hmac: Option<String>,
+
+    /// Send the packet to a random destination port (10000-65535)
+    #[arg(short = 'r', long = "rand-port")]
+    pub rand_port: bool,
+
+    /// Build the packet and print it, do not send it
+    #[arg(short = 'T', long = "test")]
+    pub test: bool,
+
+    /// Verbose output (repeatable)
+    #[arg(short = 'v', long = "verbose", action = ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Print the version and exit
+    #[arg(short = 'V', long = "version")]
+    pub version: bool,
+
+    /// SPA message digest: md5, sha1, sha256 (default), sha384, sha512, sha3_256, sha3_512
+    #[arg(short = 'm', long = "digest-type", value_name = "DIGEST")]
+    pub digest_type: Option<String>,
+
+    /// Rijndael mode: cbc (default), ecb, cfb, ofb, ctr, legacy
+    #[arg(short = 'M', long = "encryption-mode", value_name = "MODE")]
+    pub encryption_mode: Option<String>,
+
+    /// Firewall timeout the server should use, in seconds
+    #[arg(short = 'f', long = "fw-timeout", value_name = "SECONDS")]
+    pub fw_timeout: Option<String>,
+
+    /// HMAC digest: md5, sha1, sha256 (default), sha384, sha512, sha3_256, sha3_512
+    #[arg(long = "hmac-digest-type", value_name = "DIGEST")]
+    pub hmac_digest_type: Option<String>,
+
+    /// Path of the rc file (default $HOME/.fwknoprc)
+    #[arg(long = "rc-file", value_name = "FILE")]
+    pub rc_file: Option<PathBuf>,
+
+    /// Do not read or create an rc file
+    #[arg(long = "no-rc-file")]
+    pub no_rc_file: bool,
+
+    /// Never look up the home directory (needs --rc-file or --no-rc-file)
+    #[arg(long = "no-home-dir")]
+    pub no_home_dir: bool,
+
+    /// Save the command-line options to the stanza named by -n (or -D)
+    #[arg(long = "save-rc-stanza")]
+    pub save_rc_stanza: bool,
+
+    /// With --save-rc-stanza: replace the stanza's keys without asking
+    #[arg(long = "force-stanza")]
+    pub force_stanza: bool,
+
+    /// List the stanzas of the rc file
+    #[arg(long = "stanza-list")]
+    pub stanza_list: bool,
+
+    /// Accepted for compatibility: postern never saves its arguments
+    #[arg(long = "no-save-args")]
+    pub no_save_args: bool,
+
+    /// Only use IPv4 addresses for the SPA server name
+    #[arg(long = "server-resolve-ipv4")]
+    pub server_resolve_ipv4: bool,
+
+    /// Request local NAT access via a forwarded port on the server
+    #[arg(long = "nat-local")]
+    pub nat_local: bool,
+
+    /// Port the server should forward for NAT access
+    #[arg(long = "nat-port", value_name = "PORT")]
+    pub nat_port: Option<String>,
+
+    /// Pick a random port for NAT access
+    #[arg(long = "nat-rand-port")]
+    pub nat_rand_port: bool,
+
+    /// Add time to the packet timestamp (e.g. 60, 5m, 2h, 1d)
+    #[arg(long = "time-offset-plus", value_name = "TIME")]
+    pub time_offset_plus: Option<String>,
+
+    /// Subtract time from the packet timestamp
+    #[arg(long = "time-offset-minus", value_name = "TIME")]
+    pub time_offset_minus: Option<String>,
+
+    // ---- fwknop options postern recognises but does not implement yet ----
+    #[arg(short = 'E', long = "save-args-file", value_name = "FILE", help = NOT_YET)]
+    pub save_args_file: Option<String>,
+    #[arg(short = 'l', long = "last-cmd", help = NOT_YET)]
+    pub last_cmd: bool,
+    #[arg(long = "show-last", help = NOT_YET)]
+    pub show_last: bool,
+    #[arg(short = 'g', long = "gpg-encryption", help = NOT_YET)]
+    pub gpg_encryption: bool,
+    #[arg(long = "gpg-recipient-key", visible_alias = "gpg-recipient", value_name = "KEY_ID", help = NOT_YET)]
+    pub gpg_recipient_key: Option<String>,
+    #[arg(long = "gpg-signer-key", value_name = "KEY_ID", help = NOT_YET)]
+    pub gpg_signer_key: Option<String>,
+    #[arg(long = "gpg-home-dir", value_name = "DIR", help = NOT_YET)]
+    pub gpg_home_dir: Option<String>,
+    #[arg(long = "gpg-exe", value_name = "PATH", help = NOT_YET)]
+    pub gpg_exe: Option<String>,
+    #[arg(long = "gpg-agent", help = NOT_YET)]
+    pub gpg_agent: bool,
+    #[arg(long = "gpg-no-signing-pw", help = NOT_YET)]
+    pub gpg_no_signing_pw: bool,
+    #[arg(short = 'H', long = "http-proxy", value_name = "HOST[:PORT]", help = NOT_YET)]
+    pub http_proxy: Option<String>,
+    #[arg(short = 'Q', long = "spoof-source", visible_alias = "spoof-src", value_name = "IP", help = NOT_YET)]
+    pub spoof_source: Option<String>,
+    #[arg(short = 'w', long = "wget-cmd", value_name = "PATH", help = NOT_YET)]
+    pub wget_cmd: Option<String>,
+    #[arg(long = "use-wget-user-agent", help = NOT_YET)]
+    pub use_wget_user_agent: bool,
+    #[arg(long = "icmp-type", value_name = "TYPE", help = NOT_YET)]
+    pub icmp_type: Option<String>,
+    #[arg(long = "icmp-code", value_name = "CODE", help = NOT_YET)]
+    pub icmp_code: Option<String>,
+    #[arg(long = "fault-injection-tag", value_name = "TAG", help = NOT_YET)]
+    pub fault_injection_tag: Option<String>,
+}
+
+/// How parsing ended when it did not produce options.
+#[derive(Debug)]
+pub enum CliExit {
+    /// --help: print this text to stdout, exit 0.
+    Help(String),
+    /// A parse error, already reduced to one line.
+    Error(String),
+}
+
+impl Cli {
+    /// Parse `args` (including the program name).
+    pub fn parse_args<I, T>(args: I) -> Result<Cli, CliExit>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        match Cli::try_parse_from(args) {
+            Ok(cli) => Ok(cli),
+            Err(e) => match e.kind() {
+                clap::error::ErrorKind::DisplayHelp
+                | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+                    Err(CliExit::Help(e.render().to_string()))
+                }
+                _ => Err(CliExit::Error(one_line_error(&e))),
+            },
+        }
+    }
+
+    /// The first fwknop flag in use that postern does not implement, if any.
+    pub fn unsupported_flag(&self) -> Option<&'static str> {
+        let flags: [(bool, &'static str); 17] = [
+            (self.save_args_file.is_some(), "-E/--save-args-file"),
+            (self.last_cmd, "-l/--last-cmd"),
+            (self.show_last, "--show-last"),
+            (self.gpg_encryption, "-g/--gpg-encryption"),
+            (self.gpg_recipient_key.is_some(), "--gpg-recipient-key"),
+            (self.gpg_signer_key.is_some(), "--gpg-signer-key"),
+            (self.gpg_home_dir.is_some(), "--gpg-home-dir"),
+            (self.gpg_exe.is_some(), "--gpg-exe"),
+            (self.gpg_agent, "--gpg-agent"),
+            (self.gpg_no_signing_pw, "--gpg-no-signing-pw"),
+            (self.http_proxy.is_some(), "-H/--http-proxy"),
+            (self.spoof_source.is_some(), "-Q/--spoof-source"),
+            (self.wget_cmd.is_some(), "-w/--wget-cmd"),
+            (self.use_wget_user_agent, "--use-wget-user-agent"),
+            (self.icmp_type.is_some(), "--icmp-type"),
+            (self.icmp_code.is_some(), "--icmp-code"),
+            (self.fault_injection_tag.is_some(), "--fault-injection-tag"),
+        ];
+        flags.into_iter().find(|(used, _)| *used).map(|(_, name)| name)
+    }
+}
+
+/// clap's multi-line error reduced to its first line, without the `error: ` tag.
+fn one_line_error(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("invalid arguments");
+    let first = first.trim().strip_prefix("error: ").unwrap_or(first.trim());
+    format!("{first} (see --help)")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, CliExit> {
+        Cli::parse_args(std::iter::once("postern").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn fwknop_style_flags_parse() {
+        let cli = parse(&["-A", "tcp/22", "-a", "10.0.0.5", "-D", "srv", "-vv", "-T", "--use-hmac"]).unwrap();
+        assert_eq!(cli.access.as_deref(), Some("tcp/22"));
+        assert_eq!(cli.allow_ip.as_deref(), Some("10.0.0.5"));
+        assert_eq!(cli.verbose, 2);
+        assert!(cli.test && cli.use_hmac);
+    }
+
+    #[test]
+    fn last_occurrence_wins_and_long_prefixes_work() {
+        let cli = parse(&["-A", "tcp/22", "--acc", "udp/53", "--dest=host"]).unwrap();
+        assert_eq!(cli.access.as_deref(), Some("udp/53"));
+        assert_eq!(cli.destination.as_deref(), Some("host"));
+    }
+
+    #[test]
+    fn unsupported_flags_are_named() {
+        let cli = parse(&["-g", "-A", "tcp/22"]).unwrap();
+        assert_eq!(cli.unsupported_flag(), Some("-g/--gpg-encryption"));
+        let cli = parse(&["--spoof-src", "1.2.3.4"]).unwrap();
+        assert_eq!(cli.unsupported_flag(), Some("-Q/--spoof-source"));
+    }
+
+    #[test]
+    fn errors_are_one_line() {
+        match parse(&["--bogus"]) {
+            Err(CliExit::Error(msg)) => {
+                assert!(!msg.contains('\n'));
+                assert!(msg.contains("--bogus"), "{msg}");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(matches!(parse(&["-a", "1.2.3.4", "-s"]), Err(CliExit::Error(_))));
+    }
+}

@@ -1,0 +1,50 @@
+//! The client's errors. Every variant renders as one line that names what was
+//! wrong; none of them ever carries key material.
+
+use spa_core::SpaError;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum ClientError {
+    /// A command-line or rc-file value that cannot be used.
+    #[error("{0}")]
+    Usage(String),
+    /// An fwknop feature that postern recognises but does not implement.
+    #[error("{0} is not supported by postern yet")]
+    Unsupported(String),
+    /// The rc file cannot be read, parsed, trusted or written.
+    #[error("{0}")]
+    RcFile(String),
+    /// Missing, unreadable or malformed key material.
+    #[error("{0}")]
+    Key(String),
+    /// The external IP could not be resolved (-R).
+    #[error("{0}")]
+    Resolve(String),
+    /// The packet could not be sent.
+    #[error("{0}")]
+    Send(String),
+    /// Any other file or terminal problem.
+    #[error("{0}")]
+    Io(String),
+    /// The protocol layer refused the request.
+    #[error("{0}")]
+    Spa(#[from] SpaError),
+}
+
+impl ClientError {
+    pub fn usage(msg: impl Into<String>) -> Self {
+        ClientError::Usage(msg.into())
+    }
+
+    /// An fwknop command-line flag that postern does not implement yet.
+    pub fn unsupported_flag(flag: &str) -> Self {
+        ClientError::Unsupported(format!("flag {flag}"))
+    }
+
+    pub fn io(what: impl std::fmt::Display, err: &std::io::Error) -> Self {
+        ClientError::Io(format!("{what}: {err}"))
+    }
+}
+
+pub type Result<T, E = ClientError> = std::result::Result<T, E>;
