@@ -43,7 +43,6 @@ pub fn setup_ruleset(config: &NftablesConfig, existing: Option<&ExistingTable>) 
                 vec![addr_set_type(set), SetType::InetProto, SetType::InetService].into(),
             ),
             flags: Some(HashSet::from([SetFlag::Timeout])),
-            comment: Some("postern grants: source . proto . port, kernel-timed".into()),
             ..Set::default()
         })));
     }
@@ -53,7 +52,6 @@ pub fn setup_ruleset(config: &NftablesConfig, existing: Option<&ExistingTable>) 
         table: table.clone(),
         name: PROTECTED_SET.into(),
         set_type: SetTypeValue::Concatenated(vec![SetType::InetProto, SetType::InetService].into()),
-        comment: Some("ports postern closes unless granted".into()),
         ..Set::default()
     };
     batch.add(NfListObject::Set(Box::new(protected.clone())));

@@ -232,8 +232,8 @@ fn the_nft_path_does_the_same() {
     let server = IpAddr::V4(p.server_ip);
     assert!(!tcp_connect_ok(&p.client, server, 2203, CONNECT));
     let grant = opening(IpAddr::V4(p.client_ip), 2203, 30);
-    fw.grant(&[grant.clone()]).unwrap();
-    fw.grant(&[grant.clone()]).unwrap();
+    fw.grant(std::slice::from_ref(&grant)).unwrap();
+    fw.grant(std::slice::from_ref(&grant)).unwrap();
     assert!(tcp_connect_ok(&p.client, server, 2203, CONNECT));
     assert_eq!(fw.list().unwrap().len(), 1);
     fw.revoke(&[grant.rule.clone(), opening("192.0.2.5".parse().unwrap(), 1, 1).rule]).unwrap();
@@ -284,4 +284,51 @@ fn an_ip_table_refuses_ipv6_grants_before_touching_the_kernel() {
     assert!(fw.list().unwrap().is_empty());
     fw.grant(&[v4]).unwrap();
     assert_eq!(fw.list().unwrap().len(), 1);
+}
+
+/// Clears CAP_NET_ADMIN from the calling thread's effective set (capabilities
+/// are per thread, so the rest of the test process keeps it).
+fn drop_net_admin_in_this_thread() {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+    const CAP_NET_ADMIN: u32 = 12;
+    let mut header = Header { version: LINUX_CAPABILITY_VERSION_3, pid: 0 };
+    let mut data = [Data::default(); 2];
+    // SAFETY: capget/capset with a v3 header and two data structs, as the ABI requires.
+    unsafe {
+        assert_eq!(libc::syscall(libc::SYS_capget, &mut header as *mut Header, data.as_mut_ptr()), 0);
+        data[0].effective &= !(1 << CAP_NET_ADMIN);
+        assert_eq!(libc::syscall(libc::SYS_capset, &mut header as *mut Header, data.as_ptr()), 0);
+    }
+}
+
+#[test]
+fn without_cap_net_admin_a_netlink_grant_says_what_is_missing() {
+    if !require_root() {
+        return;
+    }
+    let ns = Netns::new("nfcap");
+    let fw = backend(&ns, config("pt_cap", &["tcp/22"]));
+    let result = std::thread::spawn(move || {
+        let mut fw = fw;
+        drop_net_admin_in_this_thread();
+        fw.grant(&[opening("192.0.2.1".parse().unwrap(), 22, 60)])
+    })
+    .join()
+    .unwrap();
+    match result {
+        Err(e @ FirewallError::Missing { .. }) => assert!(e.to_string().contains("CAP_NET_ADMIN"), "{e}"),
+        other => panic!("expected Missing, got {other:?}"),
+    }
 }

@@ -192,9 +192,8 @@ impl Batch {
     }
 
     fn pad(&mut self) {
-        while self.buf.len() % 4 != 0 {
-            self.buf.push(0);
-        }
+        let aligned = (self.buf.len() + 3) & !3;
+        self.buf.resize(aligned, 0);
     }
 }
 
