@@ -110,7 +110,18 @@ async fn prune_loop(store: Arc<dyn ReplayStore>, max_age: u64, shutdown: Cancell
 
 /// Serve until SIGTERM/SIGINT; SIGHUP re-reads the access stanzas.
 pub async fn serve(sources: ConfigSources, cfg: ServerConfig) -> anyhow::Result<()> {
+    let needs = crate::privileges::Needs {
+        raw_sockets: cfg.capture.iter().any(|c| matches!(c, crate::config::CaptureConfig::Pcap { .. }))
+            || cfg.action.iter().any(|a| a.kind == "iptables"),
+        switch_user: cfg.access.iter().any(|s| s.enable_cmd_exec && (s.cmd_exec_user.is_some() || s.cmd_exec_group.is_some())),
+        arbitrary_scripts: cfg.access.iter().any(|s| s.cmd_cycle_open.is_some())
+            || cfg.action.iter().any(|a| a.kind == "script"),
+    };
     let running = start(cfg).await?;
+    match crate::privileges::drop_to(needs) {
+        Ok(kept) => tracing::info!("capabilities reduced to {kept:?}"),
+        Err(why) => tracing::warn!("capabilities not reduced: {why}"),
+    }
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;

@@ -9,4 +9,5 @@ pub mod config;
 pub mod daemon;
 pub mod pipeline;
 pub mod policy;
+pub mod privileges;
 pub mod replay;
