@@ -17,7 +17,14 @@ const FEATURE_GATED: &[&str] = &["firewalld", "pf", "ipfw"];
 pub fn build(cfg: &ActionConfig) -> anyhow::Result<Box<dyn Firewall>> {
     let kind = if cfg.kind == "auto" { detect()? } else { cfg.kind.clone() };
     Ok(match kind.as_str() {
-        "nftables" => Box::new(NftablesBackend::new(settings::<NftablesConfig>(cfg)?)?),
+        "nftables" => {
+            let mut b = NftablesBackend::new(settings::<NftablesConfig>(cfg)?)?;
+            match b.shadowing_warnings() {
+                Ok(warnings) => warnings.iter().for_each(|w| tracing::warn!("{w}")),
+                Err(e) => tracing::debug!("could not check for rules shadowing nftables grants: {e}"),
+            }
+            Box::new(b)
+        }
         "iptables" => Box::new(crate::iptables_compat::build(cfg)?),
         "script" => Box::new(ScriptBackend::system(&settings::<ScriptConfig>(cfg)?)?),
         "log" => Box::new(LogOnly::default()),
