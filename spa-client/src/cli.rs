@@ -20,11 +20,11 @@ const NOT_YET: &str = "not supported by postern yet";
 )]
 pub struct Cli {
     /// Named stanza of the rc file providing some or all options
-    #[arg(short = 'n', long = "named-config", value_name = "STANZA")]
+    #[arg(short = 'n', long = "named-config", value_name = "STANZA", allow_hyphen_values = true)]
     pub named_config: Option<String>,
 
     /// Ports/protocols to open on the server, e.g. tcp/22 or tcp/22,udp/53
-    #[arg(short = 'A', long = "access", value_name = "PORT_LIST")]
+    #[arg(short = 'A', long = "access", value_name = "PORT_LIST", allow_hyphen_values = true)]
     pub access: Option<String>,
 
     /// IP address to allow inside the SPA packet (also `resolve` or `source`)
@@ -32,7 +32,7 @@ pub struct Cli {
     pub allow_ip: Option<String>,
 
     /// Hostname or IP address of the SPA server
-    #[arg(short = 'D', long = "destination", value_name = "HOST")]
+    #[arg(short = 'D', long = "destination", value_name = "HOST", allow_hyphen_values = true)]
     pub destination: Option<String>,
 
     /// Add an HMAC to the SPA packet (authenticated encryption)
@@ -40,7 +40,7 @@ pub struct Cli {
     pub use_hmac: bool,
 
     /// Save the packet to FILE
-    #[arg(short = 'B', long = "save-packet", value_name = "FILE")]
+    #[arg(short = 'B', long = "save-packet", value_name = "FILE", allow_hyphen_values = true)]
     pub save_packet: Option<PathBuf>,
 
     /// Append to the -B file instead of replacing it
@@ -48,19 +48,19 @@ pub struct Cli {
     pub save_packet_append: bool,
 
     /// Command for the server to run instead of an access request
-    #[arg(short = 'C', long = "server-cmd", value_name = "COMMAND")]
+    #[arg(short = 'C', long = "server-cmd", value_name = "COMMAND", allow_hyphen_values = true)]
     pub server_cmd: Option<String>,
 
     /// NAT access to an internal service: <internal IP or host>[,:]<port>
-    #[arg(short = 'N', long = "nat-access", value_name = "HOST:PORT")]
+    #[arg(short = 'N', long = "nat-access", value_name = "HOST:PORT", allow_hyphen_values = true)]
     pub nat_access: Option<String>,
 
     /// Destination port of the SPA packet (default 62201)
-    #[arg(short = 'p', long = "server-port", value_name = "PORT")]
+    #[arg(short = 'p', long = "server-port", value_name = "PORT", allow_hyphen_values = true)]
     pub server_port: Option<String>,
 
     /// Transport of the SPA packet: udp (default) or tcp
-    #[arg(short = 'P', long = "server-proto", value_name = "PROTO")]
+    #[arg(short = 'P', long = "server-proto", value_name = "PROTO", allow_hyphen_values = true)]
     pub server_proto: Option<String>,
 
     /// Let the server allow the packet's source address (sends 0.0.0.0)
@@ -68,7 +68,7 @@ pub struct Cli {
     pub source_ip: bool,
 
     /// Source port of the SPA packet
-    #[arg(short = 'S', long = "source-port", value_name = "PORT")]
+    #[arg(short = 'S', long = "source-port", value_name = "PORT", allow_hyphen_values = true)]
     pub source_port: Option<String>,
 
     /// Resolve the external IP address over HTTPS (see --resolve-url)
@@ -80,15 +80,15 @@ pub struct Cli {
     pub resolve_http_only: bool,
 
     /// URL answering with the client's IP address (implies -R)
-    #[arg(long = "resolve-url", value_name = "URL")]
+    #[arg(long = "resolve-url", value_name = "URL", allow_hyphen_values = true)]
     pub resolve_url: Option<String>,
 
     /// HTTP User-Agent for -R
-    #[arg(short = 'u', long = "user-agent", value_name = "AGENT")]
+    #[arg(short = 'u', long = "user-agent", value_name = "AGENT", allow_hyphen_values = true)]
     pub user_agent: Option<String>,
 
     /// Username inside the SPA packet
-    #[arg(short = 'U', long = "spoof-user", value_name = "USER")]
+    #[arg(short = 'U', long = "spoof-user", value_name = "USER", allow_hyphen_values = true)]
     pub spoof_user: Option<String>,
 
     /// Read the encryption key from FILE (lines `<server>: <key>`)
@@ -104,7 +104,7 @@ pub struct Cli {
     pub stdin: bool,
 
     /// Read the key (then the HMAC key, if needed) from file descriptor N
-    #[arg(long = "fd", value_name = "N", conflicts_with = "stdin")]
+    #[arg(long = "fd", value_name = "N", conflicts_with = "stdin", allow_hyphen_values = true)]
     pub fd: Option<String>,
 
     /// Generate a Rijndael key and an HMAC key
@@ -112,7 +112,7 @@ pub struct Cli {
     pub key_gen: bool,
 
     /// Generate keys and write them to FILE (mode 0600)
-    #[arg(short = 'K', long = "key-gen-file", value_name = "FILE")]
+    #[arg(short = 'K', long = "key-gen-file", value_name = "FILE", allow_hyphen_values = true)]
     pub key_gen_file: Option<PathBuf>,
 
     /// Also print the generated keys as a terminal QR code
@@ -120,27 +120,27 @@ pub struct Cli {
     pub qr: bool,
 
     /// Rijndael key length for --key-gen (bytes, default 32)
-    #[arg(long = "key-len", value_name = "BYTES")]
+    #[arg(long = "key-len", value_name = "BYTES", allow_hyphen_values = true)]
     pub key_len: Option<String>,
 
     /// HMAC key length for --key-gen (bytes)
-    #[arg(long = "hmac-key-len", value_name = "BYTES")]
+    #[arg(long = "hmac-key-len", value_name = "BYTES", allow_hyphen_values = true)]
     pub hmac_key_len: Option<String>,
 
     /// Rijndael key (passphrase); visible to other local users
-    #[arg(long = "key-rijndael", value_name = "KEY", conflicts_with = "key_base64_rijndael")]
+    #[arg(long = "key-rijndael", value_name = "KEY", conflicts_with = "key_base64_rijndael", allow_hyphen_values = true)]
     pub key_rijndael: Option<String>,
 
     /// Base64 Rijndael key; visible to other local users
-    #[arg(long = "key-base64-rijndael", value_name = "KEY")]
+    #[arg(long = "key-base64-rijndael", value_name = "KEY", allow_hyphen_values = true)]
     pub key_base64_rijndael: Option<String>,
 
     /// Base64 HMAC key; visible to other local users
-    #[arg(long = "key-base64-hmac", value_name = "KEY", conflicts_with = "key_hmac")]
+    #[arg(long = "key-base64-hmac", value_name = "KEY", conflicts_with = "key_hmac", allow_hyphen_values = true)]
     pub key_base64_hmac: Option<String>,
 
     /// HMAC key (passphrase); visible to other local users
-    #[arg(long = "key-hmac", value_name = "KEY")]
+    #[arg(long = "key-hmac", value_name = "KEY", allow_hyphen_values = true)]
     pub key_hmac: Option<String>,
 
     /// Send the packet to a random destination port (10000-65535)
@@ -160,23 +160,23 @@ pub struct Cli {
     pub version: bool,
 
     /// SPA message digest: md5, sha1, sha256 (default), sha384, sha512, sha3_256, sha3_512
-    #[arg(short = 'm', long = "digest-type", value_name = "DIGEST")]
+    #[arg(short = 'm', long = "digest-type", value_name = "DIGEST", allow_hyphen_values = true)]
     pub digest_type: Option<String>,
 
     /// Rijndael mode: cbc (default), ecb, cfb, ofb, ctr, legacy
-    #[arg(short = 'M', long = "encryption-mode", value_name = "MODE")]
+    #[arg(short = 'M', long = "encryption-mode", value_name = "MODE", allow_hyphen_values = true)]
     pub encryption_mode: Option<String>,
 
     /// Firewall timeout the server should use, in seconds
-    #[arg(short = 'f', long = "fw-timeout", value_name = "SECONDS")]
+    #[arg(short = 'f', long = "fw-timeout", value_name = "SECONDS", allow_hyphen_values = true)]
     pub fw_timeout: Option<String>,
 
     /// HMAC digest: md5, sha1, sha256 (default), sha384, sha512, sha3_256, sha3_512
-    #[arg(long = "hmac-digest-type", value_name = "DIGEST")]
+    #[arg(long = "hmac-digest-type", value_name = "DIGEST", allow_hyphen_values = true)]
     pub hmac_digest_type: Option<String>,
 
     /// Path of the rc file (default $HOME/.fwknoprc)
-    #[arg(long = "rc-file", value_name = "FILE")]
+    #[arg(long = "rc-file", value_name = "FILE", allow_hyphen_values = true)]
     pub rc_file: Option<PathBuf>,
 
     /// Do not read or create an rc file
@@ -212,7 +212,7 @@ pub struct Cli {
     pub nat_local: bool,
 
     /// Port the server should forward for NAT access
-    #[arg(long = "nat-port", value_name = "PORT")]
+    #[arg(long = "nat-port", value_name = "PORT", allow_hyphen_values = true)]
     pub nat_port: Option<String>,
 
     /// Pick a random port for NAT access
@@ -220,15 +220,15 @@ pub struct Cli {
     pub nat_rand_port: bool,
 
     /// Add time to the packet timestamp (e.g. 60, 5m, 2h, 1d)
-    #[arg(long = "time-offset-plus", value_name = "TIME")]
+    #[arg(long = "time-offset-plus", value_name = "TIME", allow_hyphen_values = true)]
     pub time_offset_plus: Option<String>,
 
     /// Subtract time from the packet timestamp
-    #[arg(long = "time-offset-minus", value_name = "TIME")]
+    #[arg(long = "time-offset-minus", value_name = "TIME", allow_hyphen_values = true)]
     pub time_offset_minus: Option<String>,
 
     // ---- fwknop options postern recognises but does not implement yet ----
-    #[arg(short = 'E', long = "save-args-file", value_name = "FILE", help = NOT_YET)]
+    #[arg(short = 'E', long = "save-args-file", value_name = "FILE", help = NOT_YET, allow_hyphen_values = true)]
     pub save_args_file: Option<String>,
     #[arg(short = 'l', long = "last-cmd", help = NOT_YET)]
     pub last_cmd: bool,
@@ -236,13 +236,13 @@ pub struct Cli {
     pub show_last: bool,
     #[arg(short = 'g', long = "gpg-encryption", help = NOT_YET)]
     pub gpg_encryption: bool,
-    #[arg(long = "gpg-recipient-key", visible_alias = "gpg-recipient", value_name = "KEY_ID", help = NOT_YET)]
+    #[arg(long = "gpg-recipient-key", visible_alias = "gpg-recipient", value_name = "KEY_ID", help = NOT_YET, allow_hyphen_values = true)]
     pub gpg_recipient_key: Option<String>,
-    #[arg(long = "gpg-signer-key", value_name = "KEY_ID", help = NOT_YET)]
+    #[arg(long = "gpg-signer-key", value_name = "KEY_ID", help = NOT_YET, allow_hyphen_values = true)]
     pub gpg_signer_key: Option<String>,
-    #[arg(long = "gpg-home-dir", value_name = "DIR", help = NOT_YET)]
+    #[arg(long = "gpg-home-dir", value_name = "DIR", help = NOT_YET, allow_hyphen_values = true)]
     pub gpg_home_dir: Option<String>,
-    #[arg(long = "gpg-exe", value_name = "PATH", help = NOT_YET)]
+    #[arg(long = "gpg-exe", value_name = "PATH", help = NOT_YET, allow_hyphen_values = true)]
     pub gpg_exe: Option<String>,
     #[arg(long = "gpg-agent", help = NOT_YET)]
     pub gpg_agent: bool,
@@ -250,17 +250,17 @@ pub struct Cli {
     pub gpg_no_signing_pw: bool,
     #[arg(short = 'H', long = "http-proxy", value_name = "HOST[:PORT]", help = NOT_YET)]
     pub http_proxy: Option<String>,
-    #[arg(short = 'Q', long = "spoof-source", visible_alias = "spoof-src", value_name = "IP", help = NOT_YET)]
+    #[arg(short = 'Q', long = "spoof-source", visible_alias = "spoof-src", value_name = "IP", help = NOT_YET, allow_hyphen_values = true)]
     pub spoof_source: Option<String>,
-    #[arg(short = 'w', long = "wget-cmd", value_name = "PATH", help = NOT_YET)]
+    #[arg(short = 'w', long = "wget-cmd", value_name = "PATH", help = NOT_YET, allow_hyphen_values = true)]
     pub wget_cmd: Option<String>,
     #[arg(long = "use-wget-user-agent", help = NOT_YET)]
     pub use_wget_user_agent: bool,
-    #[arg(long = "icmp-type", value_name = "TYPE", help = NOT_YET)]
+    #[arg(long = "icmp-type", value_name = "TYPE", help = NOT_YET, allow_hyphen_values = true)]
     pub icmp_type: Option<String>,
-    #[arg(long = "icmp-code", value_name = "CODE", help = NOT_YET)]
+    #[arg(long = "icmp-code", value_name = "CODE", help = NOT_YET, allow_hyphen_values = true)]
     pub icmp_code: Option<String>,
-    #[arg(long = "fault-injection-tag", value_name = "TAG", help = NOT_YET)]
+    #[arg(long = "fault-injection-tag", value_name = "TAG", help = NOT_YET, allow_hyphen_values = true)]
     pub fault_injection_tag: Option<String>,
 }
 
