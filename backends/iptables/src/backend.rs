@@ -195,12 +195,7 @@ impl IptablesBackend {
 
     /// Chain, jump, and the removal of leftovers for one family.
     fn plan_init(&mut self, family: usize, now: u64) -> FwResult<Vec<String>> {
-        let ChainSpec {
-            chain,
-            from_chain,
-            jump_position,
-            ..
-        } = self.input.clone();
+        let chain = self.input.chain.clone();
         let mut lines = Vec::new();
         match self.list_chain(family)? {
             None => lines.push(format!(":{chain} - [0:0]")),
@@ -213,13 +208,26 @@ impl IptablesBackend {
                 lines.extend(stale.map(|r| format!("-D {chain} {}", r.spec)));
             }
         }
+        lines.extend(self.plan_jump(family)?);
+        Ok(lines)
+    }
+
+    /// The jump from `from_chain` to our chain, if it is missing (a firewall
+    /// reload may have flushed INPUT since we started).
+    fn plan_jump(&mut self, family: usize) -> FwResult<Option<String>> {
+        let ChainSpec {
+            chain,
+            from_chain,
+            jump_position,
+            ..
+        } = self.input.clone();
         let from = parse_listing(&self.list_raw(family, &from_chain)?, &from_chain);
         let jump = format!("-j {chain}");
-        if !from.iter().any(|r| r.spec == jump) {
-            let position = (jump_position as usize).min(from.len() + 1);
-            lines.push(format!("-I {from_chain} {position} {jump}"));
+        if from.iter().any(|r| r.spec == jump) {
+            return Ok(None);
         }
-        Ok(lines)
+        let position = (jump_position as usize).min(from.len() + 1);
+        Ok(Some(format!("-I {from_chain} {position} {jump}")))
     }
 
     /// Insert or refresh `wanted` (deduplicated, one family) against the listing.
@@ -274,18 +282,20 @@ impl IptablesBackend {
 
     /// Apply one family's grants; returns the lines that undo them.
     fn grant_family(&mut self, family: usize, wanted: &[(Rule, u64)]) -> FwResult<Vec<String>> {
+        // Recreate the chain or the jump in the same transaction if someone
+        // removed them since init, as fwknopd checks before each rule.
+        let mut lines = Vec::new();
         let listed = match self.list_chain(family)? {
             Some(listed) => listed,
             None => {
-                // Someone deleted our chain since init: recreate it.
-                let now = (self.clock)();
-                let lines = self.plan_init(family, now)?;
-                self.apply(family, &lines)?;
+                lines.push(format!(":{} - [0:0]", self.input.chain));
                 Vec::new()
             }
         };
+        lines.extend(self.plan_jump(family)?);
         let plan = self.plan_grant(&listed, wanted);
-        self.apply(family, &plan.lines)?;
+        lines.extend(plan.lines);
+        self.apply(family, &lines)?;
         Ok(plan.undo)
     }
 

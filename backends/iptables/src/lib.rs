@@ -9,6 +9,26 @@
 //! `iptables-restore --noflush` transaction per family; a repeated grant replaces
 //! the rule in that transaction instead of adding a duplicate (fwknop issue #158).
 //! IPv6 uses ip6tables. NAT (forward/DNAT/SNAT) is not supported yet.
+//!
+//! How the daemon drives it (one task owns the backend):
+//!
+//! ```no_run
+//! use postern_backend_iptables::{IptablesBackend, IptablesConfig};
+//! use spa_core::firewall::Firewall;
+//! # fn now() -> u64 { 0 }
+//! # fn main() -> Result<(), spa_core::firewall::FirewallError> {
+//! let config = IptablesConfig::default(); // or deserialized from `[action]`
+//! let mut fw = IptablesBackend::system(&config)?; // Missing if iptables is absent
+//! fw.init(now())?; // chain + jump, drop what expired while we were down
+//! // for each burst of grants from the policy stage:
+//! # let openings = Vec::new();
+//! fw.grant(&openings)?; // one iptables-restore transaction per family
+//! // on a timer (e.g. every second, or at the next expiry):
+//! let _closed = fw.expire(now())?;
+//! // on SIGTERM:
+//! fw.shutdown()?; // flush_at_exit: remove rules, jump and chain
+//! # Ok(()) }
+//! ```
 
 pub mod backend;
 pub mod config;

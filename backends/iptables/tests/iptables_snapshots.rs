@@ -203,12 +203,14 @@ fn grant_inserts_one_rule_per_opening_per_family() {
         fake.take_transcript(),
         "\
 $ iptables -w 5 -t filter -S POSTERN_INPUT
+$ iptables -w 5 -t filter -S INPUT
 $ iptables-restore -w 5 --noflush
 | *filter
 | -I POSTERN_INPUT 1 -s 192.0.2.7/32 -p tcp -m tcp --dport 22 -m comment --comment postern_exp_1045 -j ACCEPT
 | -I POSTERN_INPUT 1 -s 192.0.2.7/32 -p udp -m udp --dport 53 -m comment --comment postern_exp_1030 -j ACCEPT
 | COMMIT
 $ ip6tables -w 5 -t filter -S POSTERN_INPUT
+$ ip6tables -w 5 -t filter -S INPUT
 $ ip6tables-restore -w 5 --noflush
 | *filter
 | -I POSTERN_INPUT 1 -s 2001:db8::7/128 -p tcp -m tcp --dport 22 -m comment --comment postern_exp_1030 -j ACCEPT
@@ -234,6 +236,7 @@ fn repeated_grant_replaces_the_rule_atomically_and_never_shortens() {
         fake.take_transcript(),
         "\
 $ iptables -w 5 -t filter -S POSTERN_INPUT
+$ iptables -w 5 -t filter -S INPUT
 $ iptables-restore -w 5 --noflush
 | *filter
 | -D POSTERN_INPUT -s 192.0.2.7/32 -p tcp -m tcp --dport 22 -m comment --comment postern_exp_1030 -j ACCEPT
@@ -245,7 +248,7 @@ $ iptables-restore -w 5 --noflush
         .unwrap();
     assert_eq!(
         fake.take_transcript(),
-        "$ iptables -w 5 -t filter -S POSTERN_INPUT\n",
+        "$ iptables -w 5 -t filter -S POSTERN_INPUT\n$ iptables -w 5 -t filter -S INPUT\n",
         "covered already: no transaction"
     );
 }
@@ -269,6 +272,7 @@ fn duplicates_left_by_fwknopd_collapse_into_one_rule() {
         fake.take_transcript(),
         "\
 $ iptables -w 5 -t filter -S POSTERN_INPUT
+$ iptables -w 5 -t filter -S INPUT
 $ iptables-restore -w 5 --noflush
 | *filter
 | -D POSTERN_INPUT -s 192.0.2.7/32 -p tcp -m tcp --dport 22 -m comment --comment _exp_1500 -j ACCEPT
@@ -460,11 +464,13 @@ fn a_failed_family_rolls_back_the_other() {
         fake.take_transcript(),
         "\
 $ iptables -w 5 -t filter -S POSTERN_INPUT
+$ iptables -w 5 -t filter -S INPUT
 $ iptables-restore -w 5 --noflush
 | *filter
 | -I POSTERN_INPUT 1 -s 192.0.2.7/32 -p tcp -m tcp --dport 22 -m comment --comment postern_exp_1030 -j ACCEPT
 | COMMIT
 $ ip6tables -w 5 -t filter -S POSTERN_INPUT
+$ ip6tables -w 5 -t filter -S INPUT
 $ ip6tables-restore -w 5 --noflush
 | *filter
 | -I POSTERN_INPUT 1 -s 2001:db8::7/128 -p tcp -m tcp --dport 22 -m comment --comment postern_exp_1030 -j ACCEPT
@@ -494,6 +500,7 @@ fn grant_before_init_initialises_first() {
 $ iptables -t filter -S POSTERN_INPUT
 $ iptables -t filter -S INPUT
 $ iptables -t filter -S POSTERN_INPUT
+$ iptables -t filter -S INPUT
 $ iptables-restore --noflush
 | *filter
 | -I POSTERN_INPUT 1 -s 192.0.2.7/32 -p tcp -m tcp --dport 22 -m comment --comment postern_exp_1030 -j ACCEPT
@@ -602,5 +609,40 @@ fn fwknopd_chain_names_are_honoured() {
     assert!(
         text.contains("| :FWKNOP_INPUT - [0:0]\n| -I INPUT 1 -j FWKNOP_INPUT\n"),
         "{text}"
+    );
+}
+
+#[test]
+fn a_lost_jump_or_chain_is_restored_in_the_grant_transaction() {
+    let tables = Tables::ready();
+    let config = IptablesConfig {
+        ipv6: false,
+        ..IptablesConfig::default()
+    };
+    let (mut fw, fake) = backend_with(&config, &tables, None);
+    fw.init(1000).unwrap();
+    fake.take_transcript();
+    // A firewall reload flushed INPUT and deleted our chain.
+    tables
+        .0
+        .lock()
+        .unwrap()
+        .remove(&("iptables".to_string(), "POSTERN_INPUT".to_string()));
+    tables.set("iptables", "INPUT", "-P INPUT ACCEPT\n");
+    fw.grant(&[opening("192.0.2.7", Proto::Tcp, 22, 1030)])
+        .unwrap();
+    assert_eq!(
+        fake.take_transcript(),
+        "\
+$ iptables -w 5 -t filter -S POSTERN_INPUT
+$ iptables -w 5 -t filter -S
+$ iptables -w 5 -t filter -S INPUT
+$ iptables-restore -w 5 --noflush
+| *filter
+| :POSTERN_INPUT - [0:0]
+| -I INPUT 1 -j POSTERN_INPUT
+| -I POSTERN_INPUT 1 -s 192.0.2.7/32 -p tcp -m tcp --dport 22 -m comment --comment postern_exp_1030 -j ACCEPT
+| COMMIT
+"
     );
 }

@@ -4,7 +4,7 @@
 use postern_backend_iptables::{IptablesBackend, IptablesConfig};
 use postern_backend_script::PrefixedRunner;
 use postern_e2e::{
-    pair, require_program, require_root, tcp_connect_ok, tcp_listen, wait_until, Netns,
+    pair, require_program, require_root, tcp_connect_ok, tcp_listen, wait_until, which, Netns,
 };
 use spa_core::firewall::{Firewall, Opening, Rule};
 use spa_core::request::Proto;
@@ -27,8 +27,17 @@ fn now() -> u64 {
 
 /// A backend whose commands run inside `ns`.
 fn backend_in(ns: &Netns) -> IptablesBackend {
+    backend_with(ns, "iptables")
+}
+
+/// Same, with another iptables variant (`iptables-legacy`).
+fn backend_with(ns: &Netns, iptables: &str) -> IptablesBackend {
     let runner = PrefixedRunner::netns(&ns.name, Duration::from_secs(30));
-    IptablesBackend::new(&IptablesConfig::default(), Box::new(runner)).unwrap()
+    let config = IptablesConfig {
+        iptables: iptables.into(),
+        ..IptablesConfig::default()
+    };
+    IptablesBackend::new(&config, Box::new(runner)).unwrap()
 }
 
 fn opening(source: impl Into<IpAddr>, port: u16, expires_at: u64) -> Opening {
@@ -71,23 +80,25 @@ fn chain_rules(ns: &Netns, iptables: &str) -> Vec<String> {
 }
 
 /// Grant, repeated grant, expiry, for one family.
-fn grant_refresh_expire(tag: &str, v6: bool) {
+fn grant_refresh_expire(tag: &str, v6: bool, variant: &str) {
     let p = pair(tag);
     let (iptables, client, server) = if v6 {
+        let v6_tool = variant.replace("iptables", "ip6tables");
         (
-            "ip6tables",
+            v6_tool,
             IpAddr::from(p.client_ip6),
             IpAddr::from(p.server_ip6),
         )
     } else {
         (
-            "iptables",
+            variant.to_string(),
             IpAddr::from(p.client_ip),
             IpAddr::from(p.server_ip),
         )
     };
+    let iptables = iptables.as_str();
     let port = 2201;
-    let mut fw = backend_in(&p.server);
+    let mut fw = backend_with(&p.server, variant);
     fw.init(now()).unwrap();
     drop_port(&p.server, iptables, port);
     let _listener = tcp_listen(&p.server, port);
@@ -131,14 +142,14 @@ fn grant_refresh_expire(tag: &str, v6: bool) {
 #[test]
 fn ipv4_grant_opens_refresh_does_not_duplicate_expiry_closes() {
     if can_run() {
-        grant_refresh_expire("ipt4", false);
+        grant_refresh_expire("ipt4", false, "iptables");
     }
 }
 
 #[test]
 fn ipv6_grant_opens_refresh_does_not_duplicate_expiry_closes() {
     if can_run() {
-        grant_refresh_expire("ipt6", true);
+        grant_refresh_expire("ipt6", true, "iptables");
     }
 }
 
@@ -200,8 +211,15 @@ fn restart_reconciles_leftovers_then_flush_and_shutdown_clean_up() {
         "{after_flush}"
     );
 
+    // An admin's firewall reload drops our jump; the next grant puts it back.
+    p.server
+        .run_ok(&["iptables", "-w", "5", "-D", "INPUT", "-j", "POSTERN_INPUT"]);
     fw.grant(&[opening(client, long_port, now() + 600)])
         .unwrap();
+    assert!(
+        tcp_connect_ok(&p.client, server, long_port, OPEN_WAIT),
+        "jump restored by the grant"
+    );
     fw.shutdown().unwrap();
     let after_exit = p.server.run_ok(&["iptables", "-S"]);
     assert!(
@@ -213,4 +231,14 @@ fn restart_reconciles_leftovers_then_flush_and_shutdown_clean_up() {
         "the admin's rules stay: {after_exit}"
     );
     assert!(!tcp_connect_ok(&p.client, server, long_port, REFUSED_WAIT));
+}
+
+/// The same behaviour with the legacy (x_tables) variant, where it is installed
+/// (an optional extra, so its absence is not a CI failure).
+#[test]
+fn legacy_iptables_variant_behaves_the_same() {
+    if can_run() && which("iptables-legacy").is_some() && which("ip6tables-legacy").is_some() {
+        grant_refresh_expire("iptl4", false, "iptables-legacy");
+        grant_refresh_expire("iptl6", true, "iptables-legacy");
+    }
 }

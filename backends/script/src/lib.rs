@@ -7,6 +7,13 @@
 //! - [`SystemRunner`], [`PrefixedRunner`]: run tools as argv with a time limit;
 //!   [`fake::RecordingRunner`] records argv for snapshot tests.
 
+//!
+//! The daemon drives [`ScriptBackend`] like any firewall: `ScriptBackend::system(&config)?`,
+//! `init(now)` at start (runs closes a killed predecessor owed), `grant` per burst
+//! (or [`ScriptBackend::grant_from_packet`] to fill `$PKT_SRC`/`$DST` from the
+//! packet), `expire(now)` on a timer, `shutdown()` on SIGTERM. For a command
+//! message it calls [`run_command_with`] on a blocking thread and logs the result.
+
 pub mod command;
 pub mod cycle;
 pub mod exec;

@@ -61,6 +61,12 @@ impl CommandRunner for SystemRunner {
                 status: format!("killed after {:?}", self.timeout),
                 stderr,
             }),
+            // A cut listing could make a backend miss its own rules: refuse it.
+            Some(_) if finished.truncated => Err(FirewallError::Command {
+                command: describe(argv),
+                status: format!("output larger than {MAX_TOOL_OUTPUT} bytes"),
+                stderr,
+            }),
             Some(status) if status.success() => {
                 Ok(String::from_utf8_lossy(&finished.stdout).into_owned())
             }
