@@ -89,7 +89,7 @@ impl MessageType {
         }
     }
 
-    /// Most fields after the type field (message, nat, server_auth, timeout, digest).
+    /// Most fields between the type field and the digest (message, nat, server_auth, timeout).
     fn max_remaining_fields(self) -> usize {
         2 + usize::from(self.has_nat()) + usize::from(self.has_client_timeout())
     }
@@ -296,7 +296,7 @@ pub fn decode_plaintext(pt: &[u8]) -> Result<DecodedMessage> {
 
     let rest: Vec<&str> = fields.collect();
     // rest = message [nat] [server_auth] [timeout]; the digest was split off already.
-    if rest.len() + 1 > msg_type.max_remaining_fields() {
+    if rest.len() > msg_type.max_remaining_fields() {
         return Err(SpaError::FieldCount(field_count));
     }
     let mut rest = rest.into_iter();
