@@ -89,18 +89,25 @@ fn check_rc_perms(rc: &RcFile, console: &mut Console) -> Result<()> {
     Ok(())
 }
 
-/// Read (creating it on first use, like fwknop) and check the rc file.
-fn load_rc(path: &Path, console: &mut Console) -> Result<RcFile> {
+/// Read (creating it on first use, like fwknop) and check the rc file. When it can
+/// be neither read nor created the run goes on without it, as fwknop's does.
+fn load_rc(path: &Path, console: &mut Console) -> Result<Option<RcFile>> {
     let rc = match RcFile::load(path)? {
         Some(rc) => rc,
         None => {
             console.say(&format!("[*] Creating initial rc file: {}.", path.display()))?;
-            rcfile::create_initial(path)?;
-            RcFile::load(path)?.ok_or_else(|| ClientError::RcFile(format!("rc file {} vanished", path.display())))?
+            if let Err(e) = rcfile::create_initial(path) {
+                console.warn(&format!("[-] {e}; going on without an rc file"));
+                return Ok(None);
+            }
+            match RcFile::load(path)? {
+                Some(rc) => rc,
+                None => return Ok(None),
+            }
         }
     };
     check_rc_perms(&rc, console)?;
-    Ok(rc)
+    Ok(Some(rc))
 }
 
 fn stanza_list(path: &Path, console: &mut Console) -> Result<()> {
@@ -200,7 +207,7 @@ fn key_gen(cli: &Cli, settings: &mut Settings, rc: Option<&RcFile>, console: &mu
     let text = output::keygen_text(&generated);
     let mut stored_in_rc = false;
     if cli.save_rc_stanza {
-        let rc = rc.ok_or_else(|| ClientError::usage("cannot save an rc stanza in --no-rc-file mode"))?;
+        let rc = rc.ok_or_else(|| ClientError::usage("cannot save an rc stanza without an rc file"))?;
         settings.key = Some(KeySpec::Base64(SecretText::new(&generated.key.to_base64())));
         settings.hmac_key = Some(KeySpec::Base64(SecretText::new(&generated.hmac_key.to_base64())));
         let name = stanza_name(cli, settings)?;
@@ -217,7 +224,7 @@ fn key_gen(cli: &Cli, settings: &mut Settings, rc: Option<&RcFile>, console: &mu
     }
     if cli.qr {
         let block = output::qr_block(&output::qr_payload(&generated)).map_err(ClientError::Io)?;
-        write!(console.out, "{block}\n").map_err(|e| ClientError::io("cannot write output", &e))?;
+        writeln!(console.out, "{block}").map_err(|e| ClientError::io("cannot write output", &e))?;
     }
     Ok(())
 }
@@ -429,14 +436,17 @@ pub fn execute(cli: &Cli, console: &mut Console) -> Result<()> {
         if cli.stanza_list {
             return stanza_list(&path, console);
         }
-        Some(load_rc(&path, console)?)
+        load_rc(&path, console)?
     };
+    if rc.is_none() && !cli.no_rc_file && (cli.save_rc_stanza || cli.named_config.is_some()) {
+        return Err(ClientError::RcFile("no usable rc file for -n / --save-rc-stanza".into()));
+    }
     let mut settings = gather_settings(cli, rc.as_ref(), console)?;
     if wants_keys {
         return key_gen(cli, &mut settings, rc.as_ref(), console);
     }
     if cli.save_rc_stanza {
-        let rc = rc.as_ref().ok_or_else(|| ClientError::usage("cannot save an rc stanza in --no-rc-file mode"))?;
+        let rc = rc.as_ref().ok_or_else(|| ClientError::usage("cannot save an rc stanza without an rc file"))?;
         let name = stanza_name(cli, &settings)?;
         let _kept = save_stanza(rc, &name, &settings, &[], cli.force_stanza, console)?;
     }

@@ -229,6 +229,14 @@ pub fn parse_port(v: &str) -> Result<u16, String> {
     v.parse::<u16>().ok().filter(|&p| p != 0).ok_or_else(|| "must be a port number 1..65535".to_string())
 }
 
+/// A port where 0 means "not set" (fwknop writes 0 for an unset source or NAT port).
+pub fn parse_port_or_zero(v: &str) -> Result<Option<u16>, String> {
+    if v == "0" {
+        return Ok(None);
+    }
+    parse_port(v).map(Some)
+}
+
 pub fn parse_fw_timeout(v: &str) -> Result<u32, String> {
     v.parse::<u32>()
         .ok()
@@ -320,7 +328,7 @@ impl Settings {
             Var::DigestType => self.digest = Some(parse_digest(v)?),
             Var::SpaServerProto => self.server_proto = Some(v.parse()?),
             Var::SpaServerPort => self.server_port = Some(parse_port(v)?),
-            Var::SpaSourcePort => self.source_port = Some(parse_port(v)?),
+            Var::SpaSourcePort => self.source_port = parse_port_or_zero(v)?,
             Var::FwTimeout => self.fw_timeout = Some(parse_fw_timeout(v)?),
             Var::AllowIp => self.allow = Some(parse_allow_ip(v)?),
             Var::TimeOffset => {
@@ -373,7 +381,7 @@ impl Settings {
             Var::ServerResolveIpv4 => self.server_resolve_ipv4 |= is_yes(v),
             Var::NatLocal => self.nat_local |= is_yes(v),
             Var::NatRandPort => self.nat_rand_port |= is_yes(v),
-            Var::NatPort => self.nat_port = Some(parse_port(v)?),
+            Var::NatPort => self.nat_port = parse_port_or_zero(v)?,
             Var::Verbose => self.verbose = parse_verbose(v)?,
             Var::ResolveIpHttp | Var::ResolveIpHttps => {
                 if is_yes(v) {
@@ -504,13 +512,14 @@ impl Settings {
     }
 
     /// `VARIABLE value` pairs for the variables the command line set, in fwknop's order.
-    /// Extension variables are left out so fwknop can still read the file.
+    /// Extension variables and empty values are left out so fwknop can still read the file.
     pub fn stanza_vars(&self, extra: &[Var]) -> Vec<(String, String)> {
         let wanted: BTreeSet<Var> = self.cli_vars.iter().chain(extra).copied().collect();
         wanted
             .into_iter()
             .filter(|v| *v != Var::ServerCommand)
             .map(|v| (v.name().to_string(), self.render(v)))
+            .filter(|(_, value)| !value.is_empty())
             .collect()
     }
 }
