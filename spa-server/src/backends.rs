@@ -1,6 +1,7 @@
 //! Build action backends from config by name.
 
 use crate::config::ActionConfig;
+use postern_backend_iptables::{IptablesBackend, IptablesConfig};
 use postern_backend_nftables::{NftablesBackend, NftablesConfig};
 use postern_backend_script::{find_program, ScriptBackend, ScriptConfig};
 use serde::de::DeserializeOwned;
@@ -25,7 +26,7 @@ pub fn build(cfg: &ActionConfig) -> anyhow::Result<Box<dyn Firewall>> {
             }
             Box::new(b)
         }
-        "iptables" => Box::new(crate::iptables_compat::build(cfg)?),
+        "iptables" => Box::new(IptablesBackend::system(&settings::<IptablesConfig>(cfg)?)?),
         "script" => Box::new(ScriptBackend::system(&settings::<ScriptConfig>(cfg)?)?),
         "log" => Box::new(LogOnly::default()),
         k if FEATURE_GATED.contains(&k) => anyhow::bail!("backend `{k}` requires the `{k}` feature, which this posternd was built without"),

@@ -2,7 +2,6 @@
 
 pub mod actions;
 pub mod backends;
-mod iptables_compat;
 pub mod capture;
 pub mod cli;
 pub mod config;

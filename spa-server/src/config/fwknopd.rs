@@ -28,12 +28,8 @@ const KNOWN: &[&str] = &[
     "VERBOSE", "AFL_PKT_FILE", "FAULT_INJECTION_TAG",
 ];
 
-/// Variables passed through to the iptables action as its fwknop-style settings.
-const IPTABLES_VARS: &[&str] = &[
-    "IPT_INPUT_ACCESS", "IPT_OUTPUT_ACCESS", "IPT_FORWARD_ACCESS", "IPT_DNAT_ACCESS", "IPT_SNAT_ACCESS",
-    "IPT_MASQUERADE_ACCESS", "ENABLE_IPT_FORWARDING", "ENABLE_IPT_LOCAL_NAT", "ENABLE_IPT_SNAT", "SNAT_TRANSLATE_IP",
-    "ENABLE_IPT_OUTPUT", "FLUSH_IPT_AT_INIT", "FLUSH_IPT_AT_EXIT", "ENABLE_IPT_COMMENT_CHECK", "FIREWALL_EXE",
-];
+/// fwknopd's default chain layout, used when posternd is started from fwknopd.conf.
+const FWKNOPD_INPUT_ACCESS: &str = "ACCEPT, filter, INPUT, 1, FWKNOP_INPUT, 1";
 
 /// Expand `$VAR` references to other variables of the same file (fwknopd does this
 /// for paths such as `FWKNOP_PID_FILE $FWKNOP_RUN_DIR/fwknopd.pid`).
@@ -111,13 +107,31 @@ pub fn apply_fwknopd_conf(path: &Path, cfg: &mut ServerConfig, warnings: &mut Ve
 
     // Started from fwknop's files with no postern-native action: act like fwknopd.
     if cfg.action.is_empty() {
-        let mut settings = serde_json::Map::new();
-        for e in entries.iter().filter(|e| IPTABLES_VARS.contains(&e.var.as_str())) {
-            settings.insert(e.var.to_ascii_lowercase(), serde_json::Value::String(e.value.clone()));
+        cfg.action.push(iptables_action(&get, flag)?);
+    }
+    for nat in ["ENABLE_IPT_FORWARDING", "ENABLE_IPT_LOCAL_NAT", "ENABLE_IPT_SNAT", "ENABLE_IPT_OUTPUT"] {
+        if flag(nat, false)? {
+            warnings.push(format!("{}: {nat} is not supported by postern yet; NAT requests will be denied", get(nat).expect("set").origin));
         }
-        cfg.action.push(ActionConfig { kind: "iptables".into(), settings });
     }
     Ok(())
+}
+
+/// The iptables action with fwknopd's chain names and flush behaviour.
+fn iptables_action<'a>(
+    get: &impl Fn(&str) -> Option<&'a super::conf_file::Entry>,
+    flag: impl Fn(&str, bool) -> Result<bool, ConfError>,
+) -> Result<ActionConfig, ConfError> {
+    use serde_json::Value;
+    let mut settings = serde_json::Map::new();
+    let input = get("IPT_INPUT_ACCESS").map(|e| e.value.clone()).unwrap_or_else(|| FWKNOPD_INPUT_ACCESS.into());
+    settings.insert("input".into(), Value::String(input));
+    settings.insert("flush_at_init".into(), Value::Bool(flag("FLUSH_IPT_AT_INIT", true)?));
+    settings.insert("flush_at_exit".into(), Value::Bool(flag("FLUSH_IPT_AT_EXIT", true)?));
+    if let Some(exe) = get("FIREWALL_EXE") {
+        settings.insert("iptables".into(), Value::String(exe.value.clone()));
+    }
+    Ok(ActionConfig { kind: "iptables".into(), settings })
 }
 
 fn split_list(text: &str) -> Vec<String> {
@@ -161,7 +175,8 @@ mod tests {
         }
         assert!(matches!(cfg.capture[1], CaptureConfig::Tcp { .. }));
         assert!(matches!(cfg.replay, ReplayConfig::Memory));
-        assert_eq!(cfg.action[0].settings["ipt_input_access"], "ACCEPT, filter, INPUT, 1, FWKNOP_INPUT, 1");
+        assert_eq!(cfg.action[0].settings["input"], "ACCEPT, filter, INPUT, 1, FWKNOP_INPUT, 1");
+        assert_eq!(cfg.action[0].settings["flush_at_init"], true);
     }
 
     #[test]
