@@ -60,6 +60,7 @@ where
             let _ = console.out.flush();
             0
         }
+        Err(ClientError::OutputClosed) => 1,
         Err(e) => {
             let _ = console.out.flush();
             let _ = writeln!(console.err, "postern: {e}");

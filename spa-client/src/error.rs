@@ -27,6 +27,9 @@ pub enum ClientError {
     /// Any other file or terminal problem.
     #[error("{0}")]
     Io(String),
+    /// Standard output was closed (e.g. piped into `head`); not worth a message.
+    #[error("output closed")]
+    OutputClosed,
     /// The protocol layer refused the request.
     #[error("{0}")]
     Spa(#[from] SpaError),
@@ -43,6 +46,9 @@ impl ClientError {
     }
 
     pub fn io(what: impl std::fmt::Display, err: &std::io::Error) -> Self {
+        if err.kind() == std::io::ErrorKind::BrokenPipe {
+            return ClientError::OutputClosed;
+        }
         ClientError::Io(format!("{what}: {err}"))
     }
 }
