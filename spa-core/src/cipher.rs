@@ -185,7 +185,7 @@ pub fn encrypt(plaintext: &[u8], key: &[u8], mode: EncryptionMode, salt: &[u8; S
 /// Decrypt a `Salted__` blob. The result is only as trustworthy as the HMAC
 /// check before it (or, without HMAC, the digest check after it).
 pub fn decrypt(blob: &[u8], key: &[u8], mode: EncryptionMode) -> Result<Zeroizing<Vec<u8>>> {
-    if blob.len() < 2 * BLOCK || blob.len() % BLOCK != 0 || &blob[..8] != SALTED_MAGIC {
+    if blob.len() < 2 * BLOCK || !blob.len().is_multiple_of(BLOCK) || &blob[..8] != SALTED_MAGIC {
         return Err(SpaError::CipherLayout);
     }
     let pass = effective_key(key, mode)?;

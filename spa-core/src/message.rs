@@ -265,7 +265,7 @@ pub fn decode_plaintext(pt: &[u8]) -> Result<DecodedMessage> {
     let text = std::str::from_utf8(pt).map_err(|_| SpaError::NonPrintable)?;
     let (encoded, digest) = text.rsplit_once(':').ok_or(SpaError::FieldCount(1))?;
     let field_count = text.split(':').count();
-    if field_count < MIN_FIELDS + 1 || field_count > MAX_FIELDS + 1 {
+    if !(MIN_FIELDS + 1..=MAX_FIELDS + 1).contains(&field_count) {
         return Err(SpaError::FieldCount(field_count));
     }
     let digest_type = verify_digest(encoded, digest)?;

@@ -145,32 +145,33 @@ fn write_loop(db: Database, rx: std_mpsc::Receiver<WriteOp>) {
         // Everything queued behind the first op goes into the same transaction.
         let mut ops = vec![first];
         ops.extend(rx.try_iter());
-        let result = (|| -> Result<Vec<usize>, redb::Error> {
-            let txn = db.begin_write()?;
+        let result = (|| -> Result<Vec<usize>, Box<redb::Error>> {
+            let txn = db.begin_write().map_err(|e| Box::new(e.into()))?;
             let mut pruned = Vec::new();
             {
-                let mut table = txn.open_table(TABLE)?;
+                let mut table = txn.open_table(TABLE).map_err(|e| Box::new(e.into()))?;
                 for op in &ops {
                     match op {
                         WriteOp::Insert(d, stamp, _) => {
-                            table.insert(d, stamp)?;
+                            table.insert(d, stamp).map_err(|e| Box::new(e.into()))?;
                         }
                         WriteOp::Prune(cutoff, _) => {
                             let old: Vec<[u8; 32]> = table
-                                .iter()?
+                                .iter()
+                                .map_err(|e| Box::new(e.into()))?
                                 .filter_map(|r| r.ok())
                                 .filter(|(_, v)| v.value() < *cutoff)
                                 .map(|(k, _)| *k.value())
                                 .collect();
                             for k in &old {
-                                table.remove(k)?;
+                                table.remove(k).map_err(|e| Box::new(e.into()))?;
                             }
                             pruned.push(old.len());
                         }
                     }
                 }
             }
-            txn.commit()?;
+            txn.commit().map_err(|e| Box::new(e.into()))?;
             Ok(pruned)
         })();
         let mut pruned = result.as_ref().map(|p| p.clone().into_iter()).ok();

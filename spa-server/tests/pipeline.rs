@@ -89,10 +89,12 @@ struct Server {
 
 async fn server(replay: ReplayConfig) -> Server {
     let (udp, tcp): (SocketAddr, SocketAddr) = (format!("127.0.0.1:{}", free_port()).parse().unwrap(), format!("127.0.0.1:{}", free_port()).parse().unwrap());
-    let mut cfg = ServerConfig::default();
-    cfg.capture = vec![CaptureConfig::Udp { listen: udp }, CaptureConfig::tcp(tcp)];
-    cfg.replay = replay;
-    cfg.access = vec![stanza()];
+    let cfg = ServerConfig {
+        capture: vec![CaptureConfig::Udp { listen: udp }, CaptureConfig::tcp(tcp)],
+        replay,
+        access: vec![stanza()],
+        ..ServerConfig::default()
+    };
     let recorder = Recorder::default();
     let running = start_with_backends(cfg, vec![Box::new(recorder.clone())]).await.unwrap();
     Server { running, recorder, udp, tcp }

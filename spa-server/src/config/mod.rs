@@ -258,6 +258,7 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API
     fn native_toml_with_env_override_and_redaction() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("postern.toml");
