@@ -4,7 +4,7 @@
 # kernel closes it again when the grant's timeout runs out.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ "${POSTERN_DEMO_SKIP_SETUP:-}" = 1 ] || bash scripts/setup.sh >/dev/null
+[ "${DEMO_SKIP_SETUP:-}" = 1 ] || bash scripts/setup.sh >/dev/null
 cargo build --quiet -p spa-client -p spa-server
 BIN="$(pwd)/target/debug"
 

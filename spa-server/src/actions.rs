@@ -26,15 +26,27 @@ pub struct Executor {
 
 impl Executor {
     pub fn new(backends: Vec<Box<dyn Firewall>>, command_timeout: Duration) -> Self {
-        Executor { backends, cycles: HashMap::new(), command_timeout, now: crate::capture::unix_now }
+        Executor {
+            backends,
+            cycles: HashMap::new(),
+            command_timeout,
+            now: crate::capture::unix_now,
+        }
     }
 
     /// Run on a dedicated thread until shutdown; then let backends clean up.
-    pub fn spawn(mut self, mut rx: mpsc::Receiver<ActionRequest>, shutdown: CancellationToken) -> std::thread::JoinHandle<()> {
+    pub fn spawn(
+        mut self,
+        mut rx: mpsc::Receiver<ActionRequest>,
+        shutdown: CancellationToken,
+    ) -> std::thread::JoinHandle<()> {
         std::thread::Builder::new()
             .name("postern-actions".into())
             .spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("action runtime");
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_time()
+                    .build()
+                    .expect("action runtime");
                 rt.block_on(async {
                     let mut tick = tokio::time::interval(EXPIRY_TICK);
                     loop {
@@ -62,14 +74,23 @@ impl Executor {
     }
 
     fn apply(&mut self, batch: Vec<ActionRequest>) {
-        let (firewall, other): (Vec<_>, Vec<_>) = batch
-            .into_iter()
-            .partition(|r| matches!(r.grant.kind(), GrantKind::Access { .. }) && r.grant.cmd_cycle().is_none());
+        let (firewall, other): (Vec<_>, Vec<_>) = batch.into_iter().partition(|r| {
+            matches!(r.grant.kind(), GrantKind::Access { .. }) && r.grant.cmd_cycle().is_none()
+        });
         self.apply_firewall(firewall);
         for r in other {
             let result = match (r.grant.kind(), r.grant.cmd_cycle()) {
-                (GrantKind::Command { command, user, group }, _) => self.run_client_command(&r.grant, command, user, group),
-                (GrantKind::Access { .. }, Some(cycle)) => self.apply_cycle(&r.grant, cycle.clone(), r.now),
+                (
+                    GrantKind::Command {
+                        command,
+                        user,
+                        group,
+                    },
+                    _,
+                ) => self.run_client_command(&r.grant, command, user, group),
+                (GrantKind::Access { .. }, Some(cycle)) => {
+                    self.apply_cycle(&r.grant, cycle.clone(), r.now)
+                }
                 (GrantKind::Access { .. }, None) => unreachable!("partitioned above"),
             };
             let _ = r.done.send(result);
@@ -101,7 +122,9 @@ impl Executor {
     fn apply_cycle(&mut self, grant: &Grant, cycle: CmdCycle, now: u64) -> Result<(), String> {
         let key = (cycle.open.clone(), cycle.close.clone());
         if !self.cycles.contains_key(&key) {
-            let backend = ScriptBackend::system(&ScriptConfig::new(&cycle.open, cycle.close.as_deref())).map_err(|e| e.to_string())?;
+            let backend =
+                ScriptBackend::system(&ScriptConfig::new(&cycle.open, cycle.close.as_deref()))
+                    .map_err(|e| e.to_string())?;
             self.cycles.insert(key.clone(), backend);
         }
         let backend = self.cycles.get_mut(&key).expect("inserted");
@@ -119,8 +142,19 @@ impl Executor {
         result
     }
 
-    fn run_client_command(&self, grant: &Grant, command: &str, user: &Option<String>, group: &Option<String>) -> Result<(), String> {
-        let exec = CommandExec { user: user.clone(), group: group.clone(), timeout: self.command_timeout, ..CommandExec::default() };
+    fn run_client_command(
+        &self,
+        grant: &Grant,
+        command: &str,
+        user: &Option<String>,
+        group: &Option<String>,
+    ) -> Result<(), String> {
+        let exec = CommandExec {
+            user: user.clone(),
+            group: group.clone(),
+            timeout: self.command_timeout,
+            ..CommandExec::default()
+        };
         let command = command.to_string();
         let who = grant.to_string();
         // Commands can be slow: never hold up the firewall thread for them.
@@ -134,7 +168,11 @@ impl Executor {
 
     fn expire(&mut self) {
         let now = (self.now)();
-        let all = self.backends.iter_mut().map(|b| b.as_mut()).chain(self.cycles.values_mut().map(|b| b as &mut dyn Firewall));
+        let all = self
+            .backends
+            .iter_mut()
+            .map(|b| b.as_mut())
+            .chain(self.cycles.values_mut().map(|b| b as &mut dyn Firewall));
         for backend in all {
             match backend.expire(now) {
                 Ok(gone) => {

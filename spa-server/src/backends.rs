@@ -16,7 +16,11 @@ fn settings<T: DeserializeOwned>(cfg: &ActionConfig) -> anyhow::Result<T> {
 const FEATURE_GATED: &[&str] = &["firewalld", "pf", "ipfw"];
 
 pub fn build(cfg: &ActionConfig) -> anyhow::Result<Box<dyn Firewall>> {
-    let kind = if cfg.kind == "auto" { detect()? } else { cfg.kind.clone() };
+    let kind = if cfg.kind == "auto" {
+        detect()?
+    } else {
+        cfg.kind.clone()
+    };
     Ok(match kind.as_str() {
         "nftables" => {
             let mut b = NftablesBackend::new(settings::<NftablesConfig>(cfg)?)?;
@@ -38,7 +42,9 @@ pub fn build(cfg: &ActionConfig) -> anyhow::Result<Box<dyn Firewall>> {
 pub fn detect() -> anyhow::Result<String> {
     let choice = if find_program("nft").is_some() {
         "nftables"
-    } else if std::path::Path::new("/run/firewalld/firewalld.pid").exists() || std::path::Path::new("/var/run/firewalld.pid").exists() {
+    } else if std::path::Path::new("/run/firewalld/firewalld.pid").exists()
+        || std::path::Path::new("/var/run/firewalld.pid").exists()
+    {
         "firewalld"
     } else if find_program("iptables").is_some() {
         "iptables"
@@ -64,7 +70,11 @@ impl Firewall for LogOnly {
     }
     fn grant(&mut self, openings: &[Opening]) -> FwResult<()> {
         for o in openings {
-            tracing::info!("test mode, not applied: {} for {} s", o.rule, o.timeout_secs);
+            tracing::info!(
+                "test mode, not applied: {} for {} s",
+                o.rule,
+                o.timeout_secs
+            );
             self.open.retain(|x| x.rule != o.rule);
             self.open.push(o.clone());
         }

@@ -111,7 +111,10 @@ impl Cli {
             (self.override_config.is_some(), "--override-config"),
             (self.packet_limit.is_some(), "--packet-limit"),
             (self.locale.is_some(), "--locale"),
-            (self.access_folder.is_some(), "--access-folder (use %include_folder in access.conf)"),
+            (
+                self.access_folder.is_some(),
+                "--access-folder (use %include_folder in access.conf)",
+            ),
             (self.rotate_digest_cache, "--rotate-digest-cache"),
             (self.syslog_enable, "--syslog-enable"),
             (self.pcap_any_direction, "--pcap-any-direction"),

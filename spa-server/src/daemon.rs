@@ -19,7 +19,9 @@ pub fn open_replay_store(cfg: &ServerConfig) -> anyhow::Result<Arc<dyn ReplaySto
     Ok(match &cfg.replay {
         ReplayConfig::Memory => Arc::new(MemoryStore::default()),
         ReplayConfig::File { path } => {
-            let path = path.clone().unwrap_or_else(|| cfg.server.run_dir.join("replay.redb"));
+            let path = path
+                .clone()
+                .unwrap_or_else(|| cfg.server.run_dir.join("replay.redb"));
             Arc::new(FileStore::open(&path)?)
         }
     })
@@ -31,8 +33,17 @@ pub fn init_backends(cfg: &ServerConfig) -> anyhow::Result<Vec<Box<dyn Firewall>
     let mut out = Vec::new();
     for a in &cfg.action {
         let mut b = crate::backends::build(a)?;
-        b.init(now).map_err(|e| anyhow::anyhow!("action `{}`: {e}", a.kind))?;
-        tracing::info!("action `{}` ready (expiry {})", b.name(), if b.expires_in_kernel() { "in the kernel" } else { "by posternd" });
+        b.init(now)
+            .map_err(|e| anyhow::anyhow!("action `{}`: {e}", a.kind))?;
+        tracing::info!(
+            "action `{}` ready (expiry {})",
+            b.name(),
+            if b.expires_in_kernel() {
+                "in the kernel"
+            } else {
+                "by posternd"
+            }
+        );
         out.push(b);
     }
     Ok(out)
@@ -67,7 +78,10 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
     start_with_backends(cfg, backends).await
 }
 
-pub async fn start_with_backends(cfg: ServerConfig, backends: Vec<Box<dyn Firewall>>) -> anyhow::Result<Running> {
+pub async fn start_with_backends(
+    cfg: ServerConfig,
+    backends: Vec<Box<dyn Firewall>>,
+) -> anyhow::Result<Running> {
     let shutdown = CancellationToken::new();
     let store = open_replay_store(&cfg)?;
     let keyring = Arc::new(Keyring::new(cfg.access.clone()));
@@ -77,17 +91,33 @@ pub async fn start_with_backends(cfg: ServerConfig, backends: Vec<Box<dyn Firewa
         nat_enabled: false,
     };
     let (tx, rx) = mpsc::channel(cfg.server.queue_depth);
-    let actions = Executor::new(backends, Duration::from_secs(cfg.server.cmd_exec_timeout)).spawn(rx, shutdown.clone());
-    let pipeline = pipeline::build(keyring.clone(), store.clone(), settings, tx, cfg.server.queue_depth);
+    let actions = Executor::new(backends, Duration::from_secs(cfg.server.cmd_exec_timeout))
+        .spawn(rx, shutdown.clone());
+    let pipeline = pipeline::build(
+        keyring.clone(),
+        store.clone(),
+        settings,
+        tx,
+        cfg.server.queue_depth,
+    );
     let mut tasks = Vec::new();
     for c in &cfg.capture {
         tasks.push(crate::capture::spawn(c, pipeline.clone(), shutdown.clone()).await?);
         tracing::info!("capture `{}` started", c.name());
     }
     if cfg.server.packet_aging {
-        tasks.push(tokio::spawn(prune_loop(store, cfg.server.max_packet_age, shutdown.clone())));
+        tasks.push(tokio::spawn(prune_loop(
+            store,
+            cfg.server.max_packet_age,
+            shutdown.clone(),
+        )));
     }
-    Ok(Running { shutdown, keyring, tasks, actions: Some(actions) })
+    Ok(Running {
+        shutdown,
+        keyring,
+        tasks,
+        actions: Some(actions),
+    })
 }
 
 async fn prune_loop(store: Arc<dyn ReplayStore>, max_age: u64, shutdown: CancellationToken) {
@@ -111,9 +141,14 @@ async fn prune_loop(store: Arc<dyn ReplayStore>, max_age: u64, shutdown: Cancell
 /// Serve until SIGTERM/SIGINT; SIGHUP re-reads the access stanzas.
 pub async fn serve(sources: ConfigSources, cfg: ServerConfig) -> anyhow::Result<()> {
     let needs = crate::privileges::Needs {
-        raw_sockets: cfg.capture.iter().any(|c| matches!(c, crate::config::CaptureConfig::Pcap { .. }))
+        raw_sockets: cfg
+            .capture
+            .iter()
+            .any(|c| matches!(c, crate::config::CaptureConfig::Pcap { .. }))
             || cfg.action.iter().any(|a| a.kind == "iptables"),
-        switch_user: cfg.access.iter().any(|s| s.enable_cmd_exec && (s.cmd_exec_user.is_some() || s.cmd_exec_group.is_some())),
+        switch_user: cfg.access.iter().any(|s| {
+            s.enable_cmd_exec && (s.cmd_exec_user.is_some() || s.cmd_exec_group.is_some())
+        }),
         arbitrary_scripts: cfg.access.iter().any(|s| s.cmd_cycle_open.is_some())
             || cfg.action.iter().any(|a| a.kind == "script"),
     };

@@ -2,7 +2,9 @@
 
 use clap::Parser;
 use spa_server::cli::{Cli, Command};
-use spa_server::config::{self, ActionConfig, CaptureConfig, ConfigSources, ReplayConfig, ServerConfig};
+use spa_server::config::{
+    self, ActionConfig, CaptureConfig, ConfigSources, ReplayConfig, ServerConfig,
+};
 use spa_server::daemon;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -25,7 +27,8 @@ fn init_logging(verbose: u8) {
         1 => "debug",
         _ => "trace",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("POSTERN_LOG").unwrap_or_else(|_| default.into());
+    let filter = tracing_subscriber::EnvFilter::try_from_env("POSTERN_LOG")
+        .unwrap_or_else(|_| default.into());
     use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -40,18 +43,32 @@ fn apply_overrides(cli: &Cli, cfg: &mut ServerConfig) {
         cfg.server.run_dir = dir.clone();
     }
     if let Some(file) = &cli.digest_file {
-        cfg.replay = ReplayConfig::File { path: Some(file.clone()) };
+        cfg.replay = ReplayConfig::File {
+            path: Some(file.clone()),
+        };
     }
     if cli.udp_server {
         let port = cfg.capture.iter().find_map(|c| match c {
             CaptureConfig::Udp { listen } => Some(listen.port()),
             _ => None,
         });
-        cfg.capture.retain(|c| !matches!(c, CaptureConfig::Pcap { .. } | CaptureConfig::Udp { .. }));
-        cfg.capture.insert(0, CaptureConfig::Udp { listen: ([0, 0, 0, 0], port.unwrap_or(62201)).into() });
+        cfg.capture
+            .retain(|c| !matches!(c, CaptureConfig::Pcap { .. } | CaptureConfig::Udp { .. }));
+        cfg.capture.insert(
+            0,
+            CaptureConfig::Udp {
+                listen: ([0, 0, 0, 0], port.unwrap_or(62201)).into(),
+            },
+        );
     }
     for c in cfg.capture.iter_mut() {
-        if let CaptureConfig::Pcap { interfaces, filter, file, .. } = c {
+        if let CaptureConfig::Pcap {
+            interfaces,
+            filter,
+            file,
+            ..
+        } = c
+        {
             if let Some(i) = &cli.interface {
                 *interfaces = i.split(',').map(|s| s.trim().to_string()).collect();
             }
@@ -64,17 +81,27 @@ fn apply_overrides(cli: &Cli, cfg: &mut ServerConfig) {
         }
     }
     if cli.test {
-        cfg.action = vec![ActionConfig { kind: "log".into(), settings: Default::default() }];
+        cfg.action = vec![ActionConfig {
+            kind: "log".into(),
+            settings: Default::default(),
+        }];
     }
 }
 
 fn pid_file(cli: &Cli, cfg: &ServerConfig) -> PathBuf {
-    cli.pid_file.clone().unwrap_or_else(|| cfg.server.run_dir.join("posternd.pid"))
+    cli.pid_file
+        .clone()
+        .unwrap_or_else(|| cfg.server.run_dir.join("posternd.pid"))
 }
 
 fn signal_running(pid_path: &PathBuf, signal: libc::c_int) -> anyhow::Result<Option<i32>> {
-    let Ok(text) = std::fs::read_to_string(pid_path) else { return Ok(None) };
-    let pid: i32 = text.trim().parse().map_err(|_| anyhow::anyhow!("{}: not a pid", pid_path.display()))?;
+    let Ok(text) = std::fs::read_to_string(pid_path) else {
+        return Ok(None);
+    };
+    let pid: i32 = text
+        .trim()
+        .parse()
+        .map_err(|_| anyhow::anyhow!("{}: not a pid", pid_path.display()))?;
     // SAFETY: kill(2) with a pid read from our own pid file; no memory is touched.
     let alive = unsafe { libc::kill(pid, signal) } == 0;
     Ok(alive.then_some(pid))
@@ -84,7 +111,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Some(flag) = cli.unsupported_flag() {
         anyhow::bail!("fwknopd option {flag} is not supported by posternd yet");
     }
-    let sources = ConfigSources { config: cli.config.clone(), access: cli.access.clone() };
+    let sources = ConfigSources {
+        config: cli.config.clone(),
+        access: cli.access.clone(),
+    };
     let loaded = config::load(&sources)?;
     for w in &loaded.warnings {
         tracing::warn!("{w}");
@@ -101,14 +131,26 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     if cli.kill || cli.restart || cli.status {
-        let sig = if cli.kill { libc::SIGTERM } else if cli.restart { libc::SIGHUP } else { 0 };
+        let sig = if cli.kill {
+            libc::SIGTERM
+        } else if cli.restart {
+            libc::SIGHUP
+        } else {
+            0
+        };
         return Ok(match signal_running(&pid_path, sig)? {
             Some(pid) => {
-                println!("posternd (pid {pid}) is running{}", if sig != 0 { "; signal sent" } else { "" });
+                println!(
+                    "posternd (pid {pid}) is running{}",
+                    if sig != 0 { "; signal sent" } else { "" }
+                );
                 ExitCode::SUCCESS
             }
             None => {
-                println!("posternd is not running (no live pid in {})", pid_path.display());
+                println!(
+                    "posternd is not running (no live pid in {})",
+                    pid_path.display()
+                );
                 ExitCode::FAILURE
             }
         });
@@ -124,7 +166,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("{}: {} active grant(s)", b.name(), list.len());
                 let now = spa_server::capture::unix_now();
                 for o in list {
-                    println!("  {}  expires in {} s", o.rule, o.expires_at.saturating_sub(now));
+                    println!(
+                        "  {}  expires in {} s",
+                        o.rule,
+                        o.expires_at.saturating_sub(now)
+                    );
                 }
             }
         }
@@ -132,13 +178,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 
     if let Some(pid) = signal_running(&pid_path, 0)? {
-        anyhow::bail!("posternd is already running (pid {pid}, {})", pid_path.display());
+        anyhow::bail!(
+            "posternd is already running (pid {pid}, {})",
+            pid_path.display()
+        );
     }
     if let Some(dir) = pid_path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
     }
-    std::fs::write(&pid_path, format!("{}\n", std::process::id())).map_err(|e| anyhow::anyhow!("{}: {e}", pid_path.display()))?;
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    std::fs::write(&pid_path, format!("{}\n", std::process::id()))
+        .map_err(|e| anyhow::anyhow!("{}: {e}", pid_path.display()))?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let result = rt.block_on(daemon::serve(sources, cfg));
     let _ = std::fs::remove_file(&pid_path);
     result.map(|()| ExitCode::SUCCESS)

@@ -26,15 +26,28 @@ pub enum Denial {
 impl fmt::Display for Denial {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Denial::TooOld { age, max } => write!(f, "packet timestamp is {age} s off, MAX_SPA_PACKET_AGE is {max} s"),
-            Denial::StanzaExpired { at } => write!(f, "access stanza expired at {at} (ACCESS_EXPIRE)"),
-            Denial::Username { got } => write!(f, "username `{got}` does not match REQUIRE_USERNAME"),
+            Denial::TooOld { age, max } => write!(
+                f,
+                "packet timestamp is {age} s off, MAX_SPA_PACKET_AGE is {max} s"
+            ),
+            Denial::StanzaExpired { at } => {
+                write!(f, "access stanza expired at {at} (ACCESS_EXPIRE)")
+            }
+            Denial::Username { got } => {
+                write!(f, "username `{got}` does not match REQUIRE_USERNAME")
+            }
             Denial::DestinationNotAllowed => f.write_str("destination address not in DESTINATION"),
-            Denial::SourceAddressRequired => f.write_str("allow-IP 0.0.0.0 refused by REQUIRE_SOURCE_ADDRESS"),
+            Denial::SourceAddressRequired => {
+                f.write_str("allow-IP 0.0.0.0 refused by REQUIRE_SOURCE_ADDRESS")
+            }
             Denial::PortNotOpen(p) => write!(f, "{p} is not in OPEN_PORTS"),
             Denial::PortRestricted(p) => write!(f, "{p} is in RESTRICT_PORTS"),
-            Denial::CommandsDisabled => f.write_str("command message but ENABLE_CMD_EXEC is not set"),
-            Denial::NatDisabled => f.write_str("NAT access requested but NAT is not enabled on this server"),
+            Denial::CommandsDisabled => {
+                f.write_str("command message but ENABLE_CMD_EXEC is not set")
+            }
+            Denial::NatDisabled => {
+                f.write_str("NAT access requested but NAT is not enabled on this server")
+            }
             Denial::BadMessage(m) => write!(f, "invalid request: {m}"),
         }
     }
@@ -46,7 +59,11 @@ pub enum GrantKind {
     /// Open `ports` for the source.
     Access { ports: Vec<ProtoPort> },
     /// Run a command (message type 0) as `user`.
-    Command { command: String, user: Option<String>, group: Option<String> },
+    Command {
+        command: String,
+        user: Option<String>,
+        group: Option<String>,
+    },
 }
 
 /// CMD_CYCLE_OPEN / CMD_CYCLE_CLOSE from the stanza.
@@ -90,11 +107,18 @@ impl Grant {
 
     /// Firewall openings for an access grant (none for commands).
     pub fn openings(&self, now: u64) -> Vec<spa_core::firewall::Opening> {
-        let GrantKind::Access { ports } = &self.kind else { return Vec::new() };
+        let GrantKind::Access { ports } = &self.kind else {
+            return Vec::new();
+        };
         ports
             .iter()
             .map(|p| spa_core::firewall::Opening {
-                rule: spa_core::firewall::Rule { source: self.source, proto: p.proto, port: p.port, nat: None },
+                rule: spa_core::firewall::Rule {
+                    source: self.source,
+                    proto: p.proto,
+                    port: p.port,
+                    nat: None,
+                },
                 timeout_secs: self.timeout_secs,
                 expires_at: now + u64::from(self.timeout_secs),
             })
@@ -152,7 +176,10 @@ pub fn evaluate(settings: &PolicySettings, req: &Request) -> Result<Grant, Denia
     if settings.packet_aging {
         let age = req.now as i64 - msg.timestamp as i64;
         if age.unsigned_abs() > settings.max_packet_age {
-            return Err(Denial::TooOld { age, max: settings.max_packet_age });
+            return Err(Denial::TooOld {
+                age,
+                max: settings.max_packet_age,
+            });
         }
     }
     if let Some(at) = stanza.access_expire_epoch {
@@ -167,14 +194,17 @@ pub fn evaluate(settings: &PolicySettings, req: &Request) -> Result<Grant, Denia
     }
     if let Some(required) = &stanza.require_username {
         if &msg.username != required {
-            return Err(Denial::Username { got: msg.username.clone() });
+            return Err(Denial::Username {
+                got: msg.username.clone(),
+            });
         }
     }
     let (allow_ip, kind) = if msg.msg_type == MessageType::Command {
         if !stanza.enable_cmd_exec {
             return Err(Denial::CommandsDisabled);
         }
-        let cmd = CommandRequest::parse(&msg.message).map_err(|e| Denial::BadMessage(e.to_string()))?;
+        let cmd =
+            CommandRequest::parse(&msg.message).map_err(|e| Denial::BadMessage(e.to_string()))?;
         let kind = GrantKind::Command {
             command: cmd.command,
             user: stanza.cmd_exec_user.clone(),
@@ -185,7 +215,8 @@ pub fn evaluate(settings: &PolicySettings, req: &Request) -> Result<Grant, Denia
         if msg.msg_type.has_nat() && !settings.nat_enabled {
             return Err(Denial::NatDisabled);
         }
-        let access = AccessRequest::parse(&msg.message).map_err(|e| Denial::BadMessage(e.to_string()))?;
+        let access =
+            AccessRequest::parse(&msg.message).map_err(|e| Denial::BadMessage(e.to_string()))?;
         for p in &access.ports {
             if stanza.restrict_ports.contains(p) {
                 return Err(Denial::PortRestricted(*p));
@@ -194,7 +225,12 @@ pub fn evaluate(settings: &PolicySettings, req: &Request) -> Result<Grant, Denia
                 return Err(Denial::PortNotOpen(*p));
             }
         }
-        (access.allow_ip, GrantKind::Access { ports: access.ports })
+        (
+            access.allow_ip,
+            GrantKind::Access {
+                ports: access.ports,
+            },
+        )
     };
     let source = if allow_ip == Ipv4Addr::UNSPECIFIED {
         if stanza.require_source_address {
@@ -213,7 +249,14 @@ pub fn evaluate(settings: &PolicySettings, req: &Request) -> Result<Grant, Denia
         close: stanza.cmd_cycle_close.clone(),
         timer: stanza.cmd_cycle_timer.unwrap_or(timeout_secs),
     });
-    Ok(Grant { source, kind, timeout_secs, stanza: req.stanza_index, username: msg.username.clone(), cmd_cycle })
+    Ok(Grant {
+        source,
+        kind,
+        timeout_secs,
+        stanza: req.stanza_index,
+        username: msg.username.clone(),
+        cmd_cycle,
+    })
 }
 
 #[cfg(test)]
@@ -241,15 +284,33 @@ mod tests {
         }
     }
 
-    const SETTINGS: PolicySettings = PolicySettings { max_packet_age: 120, packet_aging: true, nat_enabled: false };
+    const SETTINGS: PolicySettings = PolicySettings {
+        max_packet_age: 120,
+        packet_aging: true,
+        nat_enabled: false,
+    };
 
     fn eval(s: &AccessStanza, m: &SpaMessage) -> Result<Grant, Denial> {
-        evaluate(&SETTINGS, &Request { stanza: s, stanza_index: 0, message: m, peer: "192.0.2.9".parse().unwrap(), destination: None, now: 1000 })
+        evaluate(
+            &SETTINGS,
+            &Request {
+                stanza: s,
+                stanza_index: 0,
+                message: m,
+                peer: "192.0.2.9".parse().unwrap(),
+                destination: None,
+                now: 1000,
+            },
+        )
     }
 
     #[test]
     fn access_grant_uses_allow_ip_or_sender() {
-        let g = eval(&stanza(), &msg(MessageType::Access, "10.0.0.5,tcp/22,udp/53", 1000)).unwrap();
+        let g = eval(
+            &stanza(),
+            &msg(MessageType::Access, "10.0.0.5,tcp/22,udp/53", 1000),
+        )
+        .unwrap();
         assert_eq!(g.source(), "10.0.0.5".parse::<IpAddr>().unwrap());
         assert_eq!(g.openings(1000).len(), 2);
         assert_eq!(g.timeout_secs(), 30);
@@ -257,32 +318,61 @@ mod tests {
         assert_eq!(g.source(), "192.0.2.9".parse::<IpAddr>().unwrap());
         let mut s = stanza();
         s.require_source_address = true;
-        assert_eq!(eval(&s, &msg(MessageType::Access, "0.0.0.0,tcp/22", 1000)), Err(Denial::SourceAddressRequired));
+        assert_eq!(
+            eval(&s, &msg(MessageType::Access, "0.0.0.0,tcp/22", 1000)),
+            Err(Denial::SourceAddressRequired)
+        );
     }
 
     #[test]
     fn age_expiry_username_ports_and_commands() {
         let s = stanza();
-        assert!(matches!(eval(&s, &msg(MessageType::Access, "10.0.0.5,tcp/22", 800)), Err(Denial::TooOld { .. })));
-        assert!(matches!(eval(&s, &msg(MessageType::Access, "10.0.0.5,tcp/22", 1200)), Err(Denial::TooOld { .. })));
+        assert!(matches!(
+            eval(&s, &msg(MessageType::Access, "10.0.0.5,tcp/22", 800)),
+            Err(Denial::TooOld { .. })
+        ));
+        assert!(matches!(
+            eval(&s, &msg(MessageType::Access, "10.0.0.5,tcp/22", 1200)),
+            Err(Denial::TooOld { .. })
+        ));
         let mut e = stanza();
         e.access_expire_epoch = Some(999);
-        assert!(matches!(eval(&e, &msg(MessageType::Access, "10.0.0.5,tcp/22", 1000)), Err(Denial::StanzaExpired { .. })));
+        assert!(matches!(
+            eval(&e, &msg(MessageType::Access, "10.0.0.5,tcp/22", 1000)),
+            Err(Denial::StanzaExpired { .. })
+        ));
         let mut u = stanza();
         u.require_username = Some("bob".into());
-        assert!(matches!(eval(&u, &msg(MessageType::Access, "10.0.0.5,tcp/22", 1000)), Err(Denial::Username { .. })));
+        assert!(matches!(
+            eval(&u, &msg(MessageType::Access, "10.0.0.5,tcp/22", 1000)),
+            Err(Denial::Username { .. })
+        ));
         let mut p = stanza();
         p.open_ports = spa_core::request::parse_proto_ports("tcp/22").unwrap();
-        assert!(matches!(eval(&p, &msg(MessageType::Access, "10.0.0.5,tcp/22,tcp/23", 1000)), Err(Denial::PortNotOpen(_))));
+        assert!(matches!(
+            eval(
+                &p,
+                &msg(MessageType::Access, "10.0.0.5,tcp/22,tcp/23", 1000)
+            ),
+            Err(Denial::PortNotOpen(_))
+        ));
         let mut r = stanza();
         r.restrict_ports = spa_core::request::parse_proto_ports("tcp/23").unwrap();
-        assert!(matches!(eval(&r, &msg(MessageType::Access, "10.0.0.5,tcp/23", 1000)), Err(Denial::PortRestricted(_))));
-        assert_eq!(eval(&s, &msg(MessageType::Command, "10.0.0.5,echo hi", 1000)), Err(Denial::CommandsDisabled));
+        assert!(matches!(
+            eval(&r, &msg(MessageType::Access, "10.0.0.5,tcp/23", 1000)),
+            Err(Denial::PortRestricted(_))
+        ));
+        assert_eq!(
+            eval(&s, &msg(MessageType::Command, "10.0.0.5,echo hi", 1000)),
+            Err(Denial::CommandsDisabled)
+        );
         let mut c = stanza();
         c.enable_cmd_exec = true;
         c.cmd_exec_user = Some("nobody".into());
         let g = eval(&c, &msg(MessageType::Command, "10.0.0.5,echo hi", 1000)).unwrap();
-        assert!(matches!(g.kind(), GrantKind::Command { command, user: Some(u), .. } if command == "echo hi" && u == "nobody"));
+        assert!(
+            matches!(g.kind(), GrantKind::Command { command, user: Some(u), .. } if command == "echo hi" && u == "nobody")
+        );
         assert!(g.openings(1000).is_empty());
     }
 

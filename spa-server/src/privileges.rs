@@ -34,7 +34,9 @@ pub fn drop_to(needs: Needs) -> Result<CapsHashSet, String> {
     let keep = required(needs);
     let have = caps::read(None, CapSet::Permitted).map_err(|e| e.to_string())?;
     if !keep.is_subset(&have) {
-        return Err(format!("not privileged enough to drop to {keep:?} (have {have:?})"));
+        return Err(format!(
+            "not privileged enough to drop to {keep:?} (have {have:?})"
+        ));
     }
     for cap in caps::all() {
         if !keep.contains(&cap) {

@@ -34,7 +34,8 @@ fn store_err(e: impl std::fmt::Display) -> ReplayError {
 pub trait ReplayStore: Send + Sync {
     /// `true` if the digest was new and is now recorded; `false` for a replay.
     /// `stamp` is the packet's timestamp, used for pruning.
-    async fn check_and_insert(&self, digest: PacketDigest, stamp: u64) -> Result<bool, ReplayError>;
+    async fn check_and_insert(&self, digest: PacketDigest, stamp: u64)
+        -> Result<bool, ReplayError>;
     /// Forget entries stamped before `cutoff`; returns how many went.
     async fn prune(&self, cutoff: u64) -> Result<usize, ReplayError>;
     fn len(&self) -> usize;
@@ -71,7 +72,11 @@ impl MemoryStore {
 
 #[async_trait]
 impl ReplayStore for MemoryStore {
-    async fn check_and_insert(&self, digest: PacketDigest, stamp: u64) -> Result<bool, ReplayError> {
+    async fn check_and_insert(
+        &self,
+        digest: PacketDigest,
+        stamp: u64,
+    ) -> Result<bool, ReplayError> {
         Ok(self.insert(digest, stamp))
     }
     async fn prune(&self, cutoff: u64) -> Result<usize, ReplayError> {
@@ -110,9 +115,11 @@ impl FileStore {
     /// Open (or create) the store and load what a previous run recorded.
     pub fn open(path: &Path) -> Result<Self, ReplayError> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| ReplayError(format!("{}: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| ReplayError(format!("{}: {e}", dir.display())))?;
         }
-        let db = Database::create(path).map_err(|e| ReplayError(format!("{}: {e}", path.display())))?;
+        let db =
+            Database::create(path).map_err(|e| ReplayError(format!("{}: {e}", path.display())))?;
         let memory = Arc::new(MemoryStore::default());
         {
             let txn = db.begin_write().map_err(store_err)?;
@@ -131,12 +138,20 @@ impl FileStore {
             .name("replay-writer".into())
             .spawn(move || write_loop(db, rx))
             .map_err(store_err)?;
-        Ok(FileStore { memory, writer: Some(tx), thread: Some(thread) })
+        Ok(FileStore {
+            memory,
+            writer: Some(tx),
+            thread: Some(thread),
+        })
     }
 
     fn send(&self, op: WriteOp) -> Result<(), ReplayError> {
         let stopped = || ReplayError("writer thread stopped".into());
-        self.writer.as_ref().ok_or_else(stopped)?.send(op).map_err(|_| stopped())
+        self.writer
+            .as_ref()
+            .ok_or_else(stopped)?
+            .send(op)
+            .map_err(|_| stopped())
     }
 }
 
@@ -191,14 +206,19 @@ fn write_loop(db: Database, rx: std_mpsc::Receiver<WriteOp>) {
 
 #[async_trait]
 impl ReplayStore for FileStore {
-    async fn check_and_insert(&self, digest: PacketDigest, stamp: u64) -> Result<bool, ReplayError> {
+    async fn check_and_insert(
+        &self,
+        digest: PacketDigest,
+        stamp: u64,
+    ) -> Result<bool, ReplayError> {
         if !self.memory.insert(digest, stamp) {
             return Ok(false);
         }
         let (ack, done) = oneshot::channel();
         self.send(WriteOp::Insert(digest, stamp, ack))?;
         // Not durable means not granted: the caller treats an error as a denial.
-        done.await.map_err(|_| ReplayError("writer thread stopped".into()))??;
+        done.await
+            .map_err(|_| ReplayError("writer thread stopped".into()))??;
         Ok(true)
     }
 
@@ -206,7 +226,8 @@ impl ReplayStore for FileStore {
         self.memory.prune_before(cutoff);
         let (ack, done) = oneshot::channel();
         self.send(WriteOp::Prune(cutoff, ack))?;
-        done.await.map_err(|_| ReplayError("writer thread stopped".into()))?
+        done.await
+            .map_err(|_| ReplayError("writer thread stopped".into()))?
     }
 
     fn len(&self) -> usize {
@@ -244,7 +265,9 @@ mod tests {
             let racers: Vec<_> = (0..8)
                 .map(|_| {
                     let s = s.clone();
-                    tokio::spawn(async move { s.check_and_insert(packet_digest(b"a"), 100).await.unwrap() })
+                    tokio::spawn(async move {
+                        s.check_and_insert(packet_digest(b"a"), 100).await.unwrap()
+                    })
                 })
                 .collect();
             let mut passed = 0;
@@ -256,7 +279,10 @@ mod tests {
         }
         let s = FileStore::open(&path).unwrap();
         assert_eq!(s.len(), 2);
-        assert!(!s.check_and_insert(packet_digest(b"a"), 100).await.unwrap(), "replay after restart");
+        assert!(
+            !s.check_and_insert(packet_digest(b"a"), 100).await.unwrap(),
+            "replay after restart"
+        );
         assert_eq!(s.prune(200).await.unwrap(), 1);
         assert_eq!(s.len(), 1);
         drop(s);

@@ -1,17 +1,18 @@
 //! The whole server in-process on loopback, with a recording firewall: real
 //! packets in over UDP/TCP, grants (or none) out.
 
+use spa_core::firewall::{Firewall, FwResult, Opening, Rule};
 use spa_core::packet::{self, HmacKey, PacketKeys};
 use spa_core::{DigestType, EncryptionMode, MessageType, Secret, SpaMessage};
 use spa_server::config::{AccessStanza, AddrList, CaptureConfig, ReplayConfig, ServerConfig};
 use spa_server::daemon::{start_with_backends, Running};
-use spa_core::firewall::{Firewall, FwResult, Opening, Rule};
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 const KEY: &str = "7GUhvzM3zXNUTPqUMAixKOMqVNDh6qrIUgqWdacXNMA=";
-const HMAC: &str = "YME3rcTN5fZ4D1oqV0NbiFNd4Hx1Nc4bNfgICPxjTzKpIiLBENuMtmsBWU+H+5c7oN2d4/iLa9TJ5HM8gLrSrQ==";
+const HMAC: &str =
+    "YME3rcTN5fZ4D1oqV0NbiFNd4Hx1Nc4bNfgICPxjTzKpIiLBENuMtmsBWU+H+5c7oN2d4/iLa9TJ5HM8gLrSrQ==";
 
 #[derive(Clone, Default)]
 struct Recorder(Arc<Mutex<Vec<Opening>>>);
@@ -48,11 +49,18 @@ impl Firewall for Recorder {
 }
 
 fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 fn free_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn stanza() -> AccessStanza {
@@ -76,7 +84,14 @@ fn knock(ts: u64, salt: u8) -> String {
     };
     let key = Secret::from_base64("k", KEY).unwrap();
     let hmac = Secret::from_base64("h", HMAC).unwrap();
-    let keys = PacketKeys { key: key.bytes(), mode: EncryptionMode::Cbc, hmac: Some(HmacKey { digest: DigestType::Sha256, key: hmac.bytes() }) };
+    let keys = PacketKeys {
+        key: key.bytes(),
+        mode: EncryptionMode::Cbc,
+        hmac: Some(HmacKey {
+            digest: DigestType::Sha256,
+            key: hmac.bytes(),
+        }),
+    };
     packet::seal(&msg, DigestType::Sha256, &keys, &[salt; 8]).unwrap()
 }
 
@@ -88,7 +103,10 @@ struct Server {
 }
 
 async fn server(replay: ReplayConfig) -> Server {
-    let (udp, tcp): (SocketAddr, SocketAddr) = (format!("127.0.0.1:{}", free_port()).parse().unwrap(), format!("127.0.0.1:{}", free_port()).parse().unwrap());
+    let (udp, tcp): (SocketAddr, SocketAddr) = (
+        format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+        format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+    );
     let cfg = ServerConfig {
         capture: vec![CaptureConfig::Udp { listen: udp }, CaptureConfig::tcp(tcp)],
         replay,
@@ -96,8 +114,15 @@ async fn server(replay: ReplayConfig) -> Server {
         ..ServerConfig::default()
     };
     let recorder = Recorder::default();
-    let running = start_with_backends(cfg, vec![Box::new(recorder.clone())]).await.unwrap();
-    Server { running, recorder, udp, tcp }
+    let running = start_with_backends(cfg, vec![Box::new(recorder.clone())])
+        .await
+        .unwrap();
+    Server {
+        running,
+        recorder,
+        udp,
+        tcp,
+    }
 }
 
 /// Bounded wait for the recorder to reach `n` grants.
@@ -137,7 +162,9 @@ async fn a_knock_over_udp_is_granted_once_and_a_replay_is_not() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replay_after_restart_is_rejected_with_the_file_store() {
     let dir = tempfile::tempdir().unwrap();
-    let replay = ReplayConfig::File { path: Some(dir.path().join("replay.redb")) };
+    let replay = ReplayConfig::File {
+        path: Some(dir.path().join("replay.redb")),
+    };
     let pkt = knock(now(), 2);
     let s = server(replay.clone()).await;
     send(s.udp, pkt.as_bytes());
@@ -147,9 +174,17 @@ async fn a_replay_after_restart_is_rejected_with_the_file_store() {
     let s = server(replay).await;
     send(s.udp, pkt.as_bytes());
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(s.recorder.grants().len(), 0, "replayed packet granted after restart");
+    assert_eq!(
+        s.recorder.grants().len(),
+        0,
+        "replayed packet granted after restart"
+    );
     send(s.udp, knock(now(), 3).as_bytes());
-    assert_eq!(wait_for_grants(&s.recorder, 1).await, 1, "fresh packet still served");
+    assert_eq!(
+        wait_for_grants(&s.recorder, 1).await,
+        1,
+        "fresh packet still served"
+    );
     s.running.stop().await;
 }
 
@@ -179,7 +214,8 @@ async fn the_tcp_capture_reads_the_packet_from_the_stream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn must_reject_lines_open_nothing_answer_nothing_and_the_server_keeps_serving() {
     let s = server(ReplayConfig::Memory).await;
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/vectors/must-reject.txt");
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/vectors/must-reject.txt");
     let text = std::fs::read(path).unwrap();
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
     let lines: Vec<&[u8]> = text.split(|&b| b == b'\n').take(2948).collect();
@@ -191,10 +227,17 @@ async fn must_reject_lines_open_nothing_answer_nothing_and_the_server_keeps_serv
         }
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(s.recorder.grants().is_empty(), "a must-reject line was granted");
-    sock.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    assert!(
+        s.recorder.grants().is_empty(),
+        "a must-reject line was granted"
+    );
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
     let mut buf = [0u8; 64];
-    assert!(sock.recv_from(&mut buf).is_err(), "the server answered a bad packet");
+    assert!(
+        sock.recv_from(&mut buf).is_err(),
+        "the server answered a bad packet"
+    );
     send(s.udp, knock(now(), 7).as_bytes());
     assert_eq!(wait_for_grants(&s.recorder, 1).await, 1);
     s.running.stop().await;

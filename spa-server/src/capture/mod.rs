@@ -12,7 +12,10 @@ use tokio_util::sync::CancellationToken;
 use tower::Service;
 
 pub fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// Hand a packet to the pipeline. Garbage is judged right here; what passes runs
@@ -32,7 +35,12 @@ pub async fn spawn(
             let socket = udp::bind(listen)?;
             tokio::spawn(udp::run(socket, pipeline, shutdown))
         }
-        CaptureConfig::Tcp { listen, read_timeout_ms, max_bytes, max_connections } => {
+        CaptureConfig::Tcp {
+            listen,
+            read_timeout_ms,
+            max_bytes,
+            max_connections,
+        } => {
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .map_err(|e| anyhow::anyhow!("TCP capture cannot listen on {listen}: {e}"))?;
@@ -43,8 +51,20 @@ pub async fn spawn(
             };
             tokio::spawn(tcp::run(listener, limits, pipeline, shutdown))
         }
-        CaptureConfig::Pcap { interfaces, filter, promisc, snaplen, file } => {
-            let settings = pcap::Settings { interfaces, filter, promisc, snaplen, file };
+        CaptureConfig::Pcap {
+            interfaces,
+            filter,
+            promisc,
+            snaplen,
+            file,
+        } => {
+            let settings = pcap::Settings {
+                interfaces,
+                filter,
+                promisc,
+                snaplen,
+                file,
+            };
             pcap::spawn(settings, pipeline, shutdown)?
         }
     })

@@ -30,12 +30,18 @@ const REOPEN_DELAY: Duration = Duration::from_millis(500);
 /// Lets the thread notice shutdown even when no packet arrives.
 const READ_TIMEOUT_MS: i32 = 200;
 
-pub fn spawn(settings: Settings, pipeline: Pipeline, shutdown: CancellationToken) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+pub fn spawn(
+    settings: Settings,
+    pipeline: Pipeline,
+    shutdown: CancellationToken,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let runtime = tokio::runtime::Handle::current();
     let mut threads = Vec::new();
     if let Some(file) = settings.file.clone() {
-        let mut cap = pcap::Capture::from_file(&file).map_err(|e| anyhow::anyhow!("pcap file {}: {e}", file.display()))?;
-        cap.filter(&settings.filter, true).map_err(|e| anyhow::anyhow!("PCAP_FILTER `{}`: {e}", settings.filter))?;
+        let mut cap = pcap::Capture::from_file(&file)
+            .map_err(|e| anyhow::anyhow!("pcap file {}: {e}", file.display()))?;
+        cap.filter(&settings.filter, true)
+            .map_err(|e| anyhow::anyhow!("PCAP_FILTER `{}`: {e}", settings.filter))?;
         let (mut p, rt) = (pipeline, runtime);
         threads.push(std::thread::spawn(move || {
             let _guard = rt.enter();
@@ -52,7 +58,12 @@ pub fn spawn(settings: Settings, pipeline: Pipeline, shutdown: CancellationToken
             open(iface, &settings).map_err(|e| anyhow::anyhow!("pcap on `{iface}`: {e}"))?;
         }
         for iface in settings.interfaces.clone() {
-            let (settings, mut p, rt, stop) = (settings.clone(), pipeline.clone(), runtime.clone(), shutdown.clone());
+            let (settings, mut p, rt, stop) = (
+                settings.clone(),
+                pipeline.clone(),
+                runtime.clone(),
+                shutdown.clone(),
+            );
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("pcap-{iface}"))
@@ -118,8 +129,14 @@ pub fn parse_frame(link: pcap::Linktype, data: &[u8]) -> Option<RawPacket> {
             (eth.get_ethertype().0, &data[14..])
         }
         // Linux cooked capture (the `any` device): 16-byte header, protocol at 14.
-        pcap::Linktype::LINUX_SLL => (u16::from_be_bytes([*data.get(14)?, *data.get(15)?]), data.get(16..)?),
-        pcap::Linktype(276) => (u16::from_be_bytes([*data.first()?, *data.get(1)?]), data.get(20..)?),
+        pcap::Linktype::LINUX_SLL => (
+            u16::from_be_bytes([*data.get(14)?, *data.get(15)?]),
+            data.get(16..)?,
+        ),
+        pcap::Linktype(276) => (
+            u16::from_be_bytes([*data.first()?, *data.get(1)?]),
+            data.get(20..)?,
+        ),
         pcap::Linktype::RAW | pcap::Linktype(12) => match data.first()? >> 4 {
             4 => (EtherTypes::Ipv4.0, data),
             6 => (EtherTypes::Ipv6.0, data),
@@ -128,7 +145,14 @@ pub fn parse_frame(link: pcap::Linktype, data: &[u8]) -> Option<RawPacket> {
         pcap::Linktype::NULL | pcap::Linktype::LOOP => {
             let family = data.get(..4)?;
             let v4 = family == [2, 0, 0, 0] || family == [0, 0, 0, 2];
-            (if v4 { EtherTypes::Ipv4.0 } else { EtherTypes::Ipv6.0 }, data.get(4..)?)
+            (
+                if v4 {
+                    EtherTypes::Ipv4.0
+                } else {
+                    EtherTypes::Ipv6.0
+                },
+                data.get(4..)?,
+            )
         }
         _ => return None,
     };
@@ -137,12 +161,22 @@ pub fn parse_frame(link: pcap::Linktype, data: &[u8]) -> Option<RawPacket> {
             let ip = Ipv4Packet::new(l3)?;
             let header = usize::from(ip.get_header_length()) * 4;
             let total = usize::from(ip.get_total_length()).min(l3.len());
-            (IpAddr::V4(ip.get_source()), IpAddr::V4(ip.get_destination()), ip.get_next_level_protocol(), l3.get(header..total)?)
+            (
+                IpAddr::V4(ip.get_source()),
+                IpAddr::V4(ip.get_destination()),
+                ip.get_next_level_protocol(),
+                l3.get(header..total)?,
+            )
         }
         t if t == EtherTypes::Ipv6.0 => {
             let ip = Ipv6Packet::new(l3)?;
             let end = (40 + usize::from(ip.get_payload_length())).min(l3.len());
-            (IpAddr::V6(ip.get_source()), IpAddr::V6(ip.get_destination()), ip.get_next_header(), l3.get(40..end)?)
+            (
+                IpAddr::V6(ip.get_source()),
+                IpAddr::V6(ip.get_destination()),
+                ip.get_next_header(),
+                l3.get(40..end)?,
+            )
         }
         _ => return None,
     };
@@ -179,7 +213,28 @@ mod tests {
         let mut f = vec![0u8; 14];
         f[12] = 0x08; // IPv4
         let total = 20 + 8 + payload.len();
-        let mut ip = vec![0x45, 0, (total >> 8) as u8, total as u8, 0, 0, 0, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2];
+        let mut ip = vec![
+            0x45,
+            0,
+            (total >> 8) as u8,
+            total as u8,
+            0,
+            0,
+            0,
+            0,
+            64,
+            17,
+            0,
+            0,
+            10,
+            0,
+            0,
+            1,
+            10,
+            0,
+            0,
+            2,
+        ];
         ip.extend_from_slice(&[0x30, 0x39, 0xf2, 0xf9, 0, (8 + payload.len()) as u8, 0, 0]);
         ip.extend_from_slice(payload);
         f.extend(ip);
@@ -198,7 +253,10 @@ mod tests {
     fn truncated_or_foreign_frames_are_ignored() {
         let f = udp_frame(b"hello");
         for n in 0..f.len() - 5 {
-            assert!(parse_frame(pcap::Linktype::ETHERNET, &f[..n]).is_none(), "{n}");
+            assert!(
+                parse_frame(pcap::Linktype::ETHERNET, &f[..n]).is_none(),
+                "{n}"
+            );
         }
         let mut arp = f.clone();
         arp[12..14].copy_from_slice(&[0x08, 0x06]);

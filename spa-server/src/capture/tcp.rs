@@ -18,7 +18,12 @@ pub struct Limits {
     pub max_connections: usize,
 }
 
-pub async fn run(listener: TcpListener, limits: Limits, pipeline: Pipeline, shutdown: CancellationToken) {
+pub async fn run(
+    listener: TcpListener,
+    limits: Limits,
+    pipeline: Pipeline,
+    shutdown: CancellationToken,
+) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     loop {
         let accepted = tokio::select! {
@@ -34,12 +39,23 @@ pub async fn run(listener: TcpListener, limits: Limits, pipeline: Pipeline, shut
             }
         };
         // Over the limit: close at once rather than queue (no answer either way).
-        let Ok(slot) = slots.clone().try_acquire_owned() else { continue };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            continue;
+        };
         let destination = stream.local_addr().ok().map(|a| a.ip());
         let mut pipeline = pipeline.clone();
         tokio::spawn(async move {
             if let Some(bytes) = read_packet(stream, limits).await {
-                submit(&mut pipeline, RawPacket { bytes, peer, destination, received_at: unix_now(), capture: "tcp" });
+                submit(
+                    &mut pipeline,
+                    RawPacket {
+                        bytes,
+                        peer,
+                        destination,
+                        received_at: unix_now(),
+                        capture: "tcp",
+                    },
+                );
             }
             drop(slot);
         });

@@ -13,7 +13,11 @@ const RECV_BUFFER: usize = 8 << 20;
 const MAX_DATAGRAM: usize = spa_core::packet::MAX_WIRE_LEN + 1;
 
 pub fn bind(listen: SocketAddr) -> anyhow::Result<UdpSocket> {
-    let socket = Socket::new(Domain::for_address(listen), Type::DGRAM, Some(Protocol::UDP))?;
+    let socket = Socket::new(
+        Domain::for_address(listen),
+        Type::DGRAM,
+        Some(Protocol::UDP),
+    )?;
     // Best effort: the kernel caps it at net.core.rmem_max.
     let _ = socket.set_recv_buffer_size(RECV_BUFFER);
     if listen.is_ipv6() {
@@ -27,7 +31,11 @@ pub fn bind(listen: SocketAddr) -> anyhow::Result<UdpSocket> {
 }
 
 pub async fn run(socket: UdpSocket, mut pipeline: Pipeline, shutdown: CancellationToken) {
-    let local = socket.local_addr().ok().map(|a| a.ip()).filter(|ip| !ip.is_unspecified());
+    let local = socket
+        .local_addr()
+        .ok()
+        .map(|a| a.ip())
+        .filter(|ip| !ip.is_unspecified());
     let mut buf = vec![0u8; MAX_DATAGRAM];
     loop {
         tokio::select! {

@@ -58,10 +58,9 @@ impl AddrList {
             }
             let net = match item.parse::<IpNet>() {
                 Ok(n) => n,
-                Err(_) => item
-                    .parse::<IpAddr>()
-                    .map(IpNet::from)
-                    .map_err(|_| format!("`{item}` is not an address, network (a.b.c.d/n) or ANY"))?,
+                Err(_) => item.parse::<IpAddr>().map(IpNet::from).map_err(|_| {
+                    format!("`{item}` is not an address, network (a.b.c.d/n) or ANY")
+                })?,
             };
             nets.push(net);
         }
@@ -224,7 +223,10 @@ impl AccessStanza {
         }
         if let Some(k) = key {
             if k.bytes().len() > spa_core::cipher::MAX_KEY_LEN {
-                return Err(format!("the Rijndael key is longer than {} bytes", spa_core::cipher::MAX_KEY_LEN));
+                return Err(format!(
+                    "the Rijndael key is longer than {} bytes",
+                    spa_core::cipher::MAX_KEY_LEN
+                ));
             }
         }
         if let (Some(k), Some(h)) = (key, self.hmac_secret()) {
@@ -232,7 +234,10 @@ impl AccessStanza {
                 return Err("the HMAC key must differ from the encryption key".into());
             }
             if h.bytes().len() > spa_core::packet::MAX_HMAC_KEY_LEN {
-                return Err(format!("the HMAC key is longer than {} bytes", spa_core::packet::MAX_HMAC_KEY_LEN));
+                return Err(format!(
+                    "the HMAC key is longer than {} bytes",
+                    spa_core::packet::MAX_HMAC_KEY_LEN
+                ));
             }
         }
         if self.encryption_mode == EncryptionMode::Legacy && self.hmac_secret().is_some() {
@@ -246,23 +251,49 @@ impl AccessStanza {
 
     /// Apply one access.conf variable to this stanza.
     fn set(&mut self, e: &Entry) -> Result<Known, ConfError> {
-        let bad = |what: &str| ConfError::new(&e.origin, format!("{} expects {what}, got `{}`", e.var, e.value));
-        let ports = || parse_proto_ports(&e.value).map_err(|err| ConfError::new(&e.origin, format!("{}: {err}", e.var)));
+        let bad = |what: &str| {
+            ConfError::new(
+                &e.origin,
+                format!("{} expects {what}, got `{}`", e.var, e.value),
+            )
+        };
+        let ports = || {
+            parse_proto_ports(&e.value)
+                .map_err(|err| ConfError::new(&e.origin, format!("{}: {err}", e.var)))
+        };
         match e.var.as_str() {
-            "DESTINATION" => self.destination = Some(AddrList::parse(&e.value).map_err(|m| ConfError::new(&e.origin, m))?),
+            "DESTINATION" => {
+                self.destination =
+                    Some(AddrList::parse(&e.value).map_err(|m| ConfError::new(&e.origin, m))?)
+            }
             "OPEN_PORTS" => self.open_ports = ports()?,
             "RESTRICT_PORTS" => self.restrict_ports = ports()?,
             "KEY" => self.key = Some(Secret::from_passphrase(&e.value)),
             "KEY_BASE64" => self.key_base64 = Some(b64_secret(e)?),
             "HMAC_KEY" => self.hmac_key = Some(Secret::from_passphrase(&e.value)),
             "HMAC_KEY_BASE64" => self.hmac_key_base64 = Some(b64_secret(e)?),
-            "HMAC_DIGEST_TYPE" => self.hmac_digest_type = e.value.parse().map_err(|err| ConfError::new(&e.origin, format!("{err}")))?,
-            "ENCRYPTION_MODE" => self.encryption_mode = e.value.parse().map_err(|err| ConfError::new(&e.origin, format!("{err}")))?,
+            "HMAC_DIGEST_TYPE" => {
+                self.hmac_digest_type = e
+                    .value
+                    .parse()
+                    .map_err(|err| ConfError::new(&e.origin, format!("{err}")))?
+            }
+            "ENCRYPTION_MODE" => {
+                self.encryption_mode = e
+                    .value
+                    .parse()
+                    .map_err(|err| ConfError::new(&e.origin, format!("{err}")))?
+            }
             "REQUIRE_USERNAME" => self.require_username = Some(e.value.clone()),
-            "REQUIRE_SOURCE_ADDRESS" | "REQUIRE_SOURCE" => self.require_source_address = parse_bool(e)?,
+            "REQUIRE_SOURCE_ADDRESS" | "REQUIRE_SOURCE" => {
+                self.require_source_address = parse_bool(e)?
+            }
             "FW_ACCESS_TIMEOUT" => self.fw_access_timeout = parse_num(e)?,
             "MAX_FW_TIMEOUT" => self.max_fw_timeout = parse_num(e)?,
-            "ACCESS_EXPIRE" => self.access_expire_epoch = Some(parse_expire_date(&e.value).ok_or_else(|| bad("a date MM/DD/YYYY"))?),
+            "ACCESS_EXPIRE" => {
+                self.access_expire_epoch =
+                    Some(parse_expire_date(&e.value).ok_or_else(|| bad("a date MM/DD/YYYY"))?)
+            }
             "ACCESS_EXPIRE_EPOCH" => self.access_expire_epoch = Some(parse_num(e)?),
             "ENABLE_CMD_EXEC" => self.enable_cmd_exec = parse_bool(e)?,
             "CMD_EXEC_USER" => self.cmd_exec_user = Some(e.value.clone()),
@@ -276,7 +307,9 @@ impl AccessStanza {
             "DISABLE_DNAT" => self.disable_dnat = parse_bool(e)?,
             "FORWARD_ALL" => self.forward_all = parse_bool(e)?,
             v if v.starts_with("GPG_") => self.gpg.push((e.var.clone(), e.value.clone())),
-            "ENABLE_CMD_SUDO_EXEC" | "CMD_SUDO_EXEC_USER" | "CMD_SUDO_EXEC_GROUP" => return Ok(Known::Ignored),
+            "ENABLE_CMD_SUDO_EXEC" | "CMD_SUDO_EXEC_USER" | "CMD_SUDO_EXEC_GROUP" => {
+                return Ok(Known::Ignored)
+            }
             _ => return Ok(Known::Unknown),
         }
         Ok(Known::Used)
@@ -291,7 +324,13 @@ enum Known {
 
 fn b64_secret(e: &Entry) -> Result<Secret, ConfError> {
     if e.value == "__CHANGEME__" {
-        return Err(ConfError::new(&e.origin, format!("{} is still the placeholder __CHANGEME__ (generate keys with `postern --key-gen`)", e.var)));
+        return Err(ConfError::new(
+            &e.origin,
+            format!(
+                "{} is still the placeholder __CHANGEME__ (generate keys with `postern --key-gen`)",
+                e.var
+            ),
+        ));
     }
     Secret::from_base64(&e.var, &e.value).map_err(|err| ConfError::new(&e.origin, err.to_string()))
 }
@@ -306,11 +345,17 @@ fn parse_expire_date(text: &str) -> Option<i64> {
 pub type Warnings = Vec<String>;
 
 /// Read an access.conf (with `%include` / `%include_folder` / `%include_keys`).
-pub fn load_access_file(path: &Path, warnings: &mut Warnings) -> Result<Vec<AccessStanza>, ConfError> {
+pub fn load_access_file(
+    path: &Path,
+    warnings: &mut Warnings,
+) -> Result<Vec<AccessStanza>, ConfError> {
     let mut stanzas = Vec::new();
     read_into(path, 0, &mut stanzas, warnings)?;
     if stanzas.is_empty() {
-        return Err(ConfError::file(path, "no access stanza (each starts with `SOURCE <addresses>|ANY`)"));
+        return Err(ConfError::file(
+            path,
+            "no access stanza (each starts with `SOURCE <addresses>|ANY`)",
+        ));
     }
     Ok(stanzas)
 }
@@ -318,7 +363,10 @@ pub fn load_access_file(path: &Path, warnings: &mut Warnings) -> Result<Vec<Acce
 fn finish(stanza: Option<AccessStanza>, out: &mut Vec<AccessStanza>) -> Result<(), ConfError> {
     if let Some(s) = stanza {
         s.validate().map_err(|m| {
-            let origin = s.origin.clone().unwrap_or(Origin { file: PathBuf::new(), line: 0 });
+            let origin = s.origin.clone().unwrap_or(Origin {
+                file: PathBuf::new(),
+                line: 0,
+            });
             ConfError::new(&origin, format!("access stanza: {m}"))
         })?;
         out.push(s);
@@ -326,14 +374,22 @@ fn finish(stanza: Option<AccessStanza>, out: &mut Vec<AccessStanza>) -> Result<(
     Ok(())
 }
 
-fn read_into(path: &Path, depth: usize, out: &mut Vec<AccessStanza>, warnings: &mut Warnings) -> Result<(), ConfError> {
+fn read_into(
+    path: &Path,
+    depth: usize,
+    out: &mut Vec<AccessStanza>,
+    warnings: &mut Warnings,
+) -> Result<(), ConfError> {
     let text = secure_read(path)?;
     let mut current: Option<AccessStanza> = None;
     for e in parse_lines(path, &text)? {
         match e.var.as_str() {
             "%include" | "%include_folder" => {
                 if depth >= MAX_INCLUDE_DEPTH {
-                    return Err(ConfError::new(&e.origin, "includes nested deeper than 3 levels"));
+                    return Err(ConfError::new(
+                        &e.origin,
+                        "includes nested deeper than 3 levels",
+                    ));
                 }
                 finish(current.take(), out)?;
                 let target = PathBuf::from(&e.value);
@@ -341,7 +397,12 @@ fn read_into(path: &Path, depth: usize, out: &mut Vec<AccessStanza>, warnings: &
                     read_into(&target, depth + 1, out, warnings)?;
                 } else {
                     let mut files: Vec<PathBuf> = std::fs::read_dir(&target)
-                        .map_err(|err| ConfError::new(&e.origin, format!("cannot read folder {}: {err}", target.display())))?
+                        .map_err(|err| {
+                            ConfError::new(
+                                &e.origin,
+                                format!("cannot read folder {}: {err}", target.display()),
+                            )
+                        })?
                         .filter_map(|d| d.ok().map(|d| d.path()))
                         .filter(|p| p.extension().is_some_and(|x| x == "conf"))
                         .collect();
@@ -353,20 +414,34 @@ fn read_into(path: &Path, depth: usize, out: &mut Vec<AccessStanza>, warnings: &
             }
             "SOURCE" => {
                 finish(current.take(), out)?;
-                let src = AddrList::parse(&e.value).map_err(|m| ConfError::new(&e.origin, format!("SOURCE: {m}")))?;
+                let src = AddrList::parse(&e.value)
+                    .map_err(|m| ConfError::new(&e.origin, format!("SOURCE: {m}")))?;
                 let mut s = AccessStanza::new(src);
                 s.origin = Some(e.origin.clone());
                 current = Some(s);
             }
             _ => {
                 let Some(stanza) = current.as_mut() else {
-                    return Err(ConfError::new(&e.origin, format!("`{}` before the first SOURCE line (every stanza starts with SOURCE)", e.var)));
+                    return Err(ConfError::new(
+                        &e.origin,
+                        format!(
+                            "`{}` before the first SOURCE line (every stanza starts with SOURCE)",
+                            e.var
+                        ),
+                    ));
                 };
                 if e.var == "%include_keys" {
                     let keys_path = PathBuf::from(&e.value);
                     let keys_text = secure_read(&keys_path)?;
                     for ke in parse_lines(&keys_path, &keys_text)? {
-                        if !matches!(ke.var.as_str(), "KEY" | "KEY_BASE64" | "HMAC_KEY" | "HMAC_KEY_BASE64" | "HMAC_DIGEST_TYPE") {
+                        if !matches!(
+                            ke.var.as_str(),
+                            "KEY"
+                                | "KEY_BASE64"
+                                | "HMAC_KEY"
+                                | "HMAC_KEY_BASE64"
+                                | "HMAC_DIGEST_TYPE"
+                        ) {
                             return Err(ConfError::new(&ke.origin, format!("only key variables are allowed in an %include_keys file, not `{}`", ke.var)));
                         }
                         stanza.set(&ke)?;
@@ -375,8 +450,14 @@ fn read_into(path: &Path, depth: usize, out: &mut Vec<AccessStanza>, warnings: &
                 }
                 match stanza.set(&e)? {
                     Known::Used => {}
-                    Known::Ignored => warnings.push(format!("{}: `{}` is not supported by postern and is ignored", e.origin, e.var)),
-                    Known::Unknown => warnings.push(format!("{}: unknown access.conf variable `{}` ignored", e.origin, e.var)),
+                    Known::Ignored => warnings.push(format!(
+                        "{}: `{}` is not supported by postern and is ignored",
+                        e.origin, e.var
+                    )),
+                    Known::Unknown => warnings.push(format!(
+                        "{}: unknown access.conf variable `{}` ignored",
+                        e.origin, e.var
+                    )),
                 }
             }
         }
@@ -445,7 +526,9 @@ pub(crate) mod display_fromstr {
     where
         T::Err: Display,
     {
-        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -464,7 +547,8 @@ mod tests {
     }
 
     const KEY: &str = "7GUhvzM3zXNUTPqUMAixKOMqVNDh6qrIUgqWdacXNMA=";
-    const HMAC: &str = "YME3rcTN5fZ4D1oqV0NbiFNd4Hx1Nc4bNfgICPxjTzKpIiLBENuMtmsBWU+H+5c7oN2d4/iLa9TJ5HM8gLrSrQ==";
+    const HMAC: &str =
+        "YME3rcTN5fZ4D1oqV0NbiFNd4Hx1Nc4bNfgICPxjTzKpIiLBENuMtmsBWU+H+5c7oN2d4/iLa9TJ5HM8gLrSrQ==";
 
     #[test]
     fn reads_several_stanzas_with_their_settings() {
@@ -485,7 +569,10 @@ mod tests {
         assert_eq!(s[1].encryption_mode, EncryptionMode::Legacy);
         assert_eq!(s[1].access_expire_epoch, Some(1_893_542_400));
         assert_eq!(warnings.len(), 1);
-        assert!(warnings[0].contains(":14: unknown access.conf variable `SOMETHING_ELSE`"), "{warnings:?}");
+        assert!(
+            warnings[0].contains(":14: unknown access.conf variable `SOMETHING_ELSE`"),
+            "{warnings:?}"
+        );
     }
 
     #[test]
@@ -493,16 +580,30 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cases = [
             ("KEY x\n", ":1: `KEY` before the first SOURCE"),
-            ("SOURCE ANY\nKEY_BASE64 !!!\n", ":2: invalid key: KEY_BASE64 is not valid base64"),
-            ("SOURCE ANY\nKEY x\nOPEN_PORTS tcp/99999\n", ":3: OPEN_PORTS"),
+            (
+                "SOURCE ANY\nKEY_BASE64 !!!\n",
+                ":2: invalid key: KEY_BASE64 is not valid base64",
+            ),
+            (
+                "SOURCE ANY\nKEY x\nOPEN_PORTS tcp/99999\n",
+                ":3: OPEN_PORTS",
+            ),
             ("SOURCE 10.0.0.300\nKEY x\n", ":1: SOURCE: `10.0.0.300`"),
             ("SOURCE ANY\nHMAC_KEY_BASE64 __CHANGEME__\n", "placeholder"),
-            ("SOURCE ANY\nOPEN_PORTS tcp/22\n", ":1: access stanza: no KEY"),
-            ("SOURCE ANY\nKEY x\nFW_ACCESS_TIMEOUT soon\n", ":3: FW_ACCESS_TIMEOUT expects a number"),
+            (
+                "SOURCE ANY\nOPEN_PORTS tcp/22\n",
+                ":1: access stanza: no KEY",
+            ),
+            (
+                "SOURCE ANY\nKEY x\nFW_ACCESS_TIMEOUT soon\n",
+                ":3: FW_ACCESS_TIMEOUT expects a number",
+            ),
         ];
         for (text, want) in cases {
             let p = write(dir.path(), "a.conf", text, 0o600);
-            let err = load_access_file(&p, &mut Vec::new()).unwrap_err().to_string();
+            let err = load_access_file(&p, &mut Vec::new())
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(want), "{text:?}: {err}");
         }
     }
@@ -511,19 +612,30 @@ mod tests {
     fn refuses_a_world_readable_access_file() {
         let dir = tempfile::tempdir().unwrap();
         let p = write(dir.path(), "access.conf", "SOURCE ANY\nKEY secret\n", 0o644);
-        let err = load_access_file(&p, &mut Vec::new()).unwrap_err().to_string();
+        let err = load_access_file(&p, &mut Vec::new())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("readable by group or others"), "{err}");
     }
 
     #[test]
     fn includes_are_followed() {
         let dir = tempfile::tempdir().unwrap();
-        let keys = write(dir.path(), "keys", &format!("KEY_BASE64 {KEY}\nHMAC_KEY_BASE64 {HMAC}\n"), 0o600);
+        let keys = write(
+            dir.path(),
+            "keys",
+            &format!("KEY_BASE64 {KEY}\nHMAC_KEY_BASE64 {HMAC}\n"),
+            0o600,
+        );
         let inner = write(dir.path(), "inner.conf", "SOURCE 10.0.0.1\nKEY k2\n", 0o600);
         let main = write(
             dir.path(),
             "access.conf",
-            &format!("SOURCE ANY\n%include_keys {}\n%include {}\n", keys.display(), inner.display()),
+            &format!(
+                "SOURCE ANY\n%include_keys {}\n%include {}\n",
+                keys.display(),
+                inner.display()
+            ),
             0o600,
         );
         let s = load_access_file(&main, &mut Vec::new()).unwrap();

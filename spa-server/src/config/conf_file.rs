@@ -33,11 +33,20 @@ pub struct ConfError {
 
 impl ConfError {
     pub fn new(origin: &Origin, message: impl Into<String>) -> Self {
-        ConfError { origin: origin.clone(), message: message.into() }
+        ConfError {
+            origin: origin.clone(),
+            message: message.into(),
+        }
     }
 
     pub fn file(file: &Path, message: impl Into<String>) -> Self {
-        ConfError { origin: Origin { file: file.to_path_buf(), line: 0 }, message: message.into() }
+        ConfError {
+            origin: Origin {
+                file: file.to_path_buf(),
+                line: 0,
+            },
+            message: message.into(),
+        }
     }
 }
 
@@ -45,18 +54,30 @@ impl ConfError {
 pub fn parse_lines(file: &Path, text: &str) -> Result<Vec<Entry>, ConfError> {
     let mut out = Vec::new();
     for (i, raw) in text.lines().enumerate() {
-        let origin = Origin { file: file.to_path_buf(), line: i + 1 };
+        let origin = Origin {
+            file: file.to_path_buf(),
+            line: i + 1,
+        };
         let line = raw.trim_start();
         if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
             continue;
         }
-        let (var, rest) = line.split_once(|c: char| c.is_whitespace()).unwrap_or((line, ""));
+        let (var, rest) = line
+            .split_once(|c: char| c.is_whitespace())
+            .unwrap_or((line, ""));
         // The value ends at ';' or end of line, like fwknop's own reader.
         let value = rest.split(';').next().unwrap_or("").trim();
         if value.is_empty() {
-            return Err(ConfError::new(&origin, format!("`{var}` has no value (expected `{var} <value>`)")));
+            return Err(ConfError::new(
+                &origin,
+                format!("`{var}` has no value (expected `{var} <value>`)"),
+            ));
         }
-        out.push(Entry { var: var.trim_end_matches(':').to_string(), value: value.to_string(), origin });
+        out.push(Entry {
+            var: var.trim_end_matches(':').to_string(),
+            value: value.to_string(),
+            origin,
+        });
     }
     Ok(out)
 }
@@ -66,15 +87,20 @@ pub fn parse_bool(entry: &Entry) -> Result<bool, ConfError> {
     match entry.value.to_ascii_uppercase().as_str() {
         "Y" | "YES" | "TRUE" | "1" => Ok(true),
         "N" | "NO" | "FALSE" | "0" => Ok(false),
-        _ => Err(ConfError::new(&entry.origin, format!("{} expects Y or N, got `{}`", entry.var, entry.value))),
+        _ => Err(ConfError::new(
+            &entry.origin,
+            format!("{} expects Y or N, got `{}`", entry.var, entry.value),
+        )),
     }
 }
 
 pub fn parse_num<T: std::str::FromStr>(entry: &Entry) -> Result<T, ConfError> {
-    entry
-        .value
-        .parse()
-        .map_err(|_| ConfError::new(&entry.origin, format!("{} expects a number, got `{}`", entry.var, entry.value)))
+    entry.value.parse().map_err(|_| {
+        ConfError::new(
+            &entry.origin,
+            format!("{} expects a number, got `{}`", entry.var, entry.value),
+        )
+    })
 }
 
 #[cfg(test)]
@@ -86,7 +112,10 @@ mod tests {
         let text = "# c\n\nPCAP_INTF   eth0;\nSOURCE: ANY\n  KEY  my key  \n";
         let e = parse_lines(Path::new("f.conf"), text).unwrap();
         assert_eq!(e.len(), 3);
-        assert_eq!((e[0].var.as_str(), e[0].value.as_str(), e[0].origin.line), ("PCAP_INTF", "eth0", 3));
+        assert_eq!(
+            (e[0].var.as_str(), e[0].value.as_str(), e[0].origin.line),
+            ("PCAP_INTF", "eth0", 3)
+        );
         assert_eq!((e[1].var.as_str(), e[1].value.as_str()), ("SOURCE", "ANY"));
         assert_eq!(e[2].value, "my key");
     }
@@ -94,6 +123,9 @@ mod tests {
     #[test]
     fn a_variable_without_value_names_file_and_line() {
         let err = parse_lines(Path::new("/etc/x.conf"), "A 1\nKEY\n").unwrap_err();
-        assert_eq!(err.to_string(), "/etc/x.conf:2: `KEY` has no value (expected `KEY <value>`)");
+        assert_eq!(
+            err.to_string(),
+            "/etc/x.conf:2: `KEY` has no value (expected `KEY <value>`)"
+        );
     }
 }

@@ -7,25 +7,102 @@ use std::path::Path;
 
 /// Every variable fwknopd 2.6.10 knows. Those postern does not use only log at debug.
 const KNOWN: &[&str] = &[
-    "CONFIG_FILE", "OVERRIDE_CONFIG", "FIREWALL_TYPE", "PCAP_INTF", "PCAP_FILE", "ENABLE_PCAP_PROMISC", "PCAP_FILTER",
-    "PCAP_DISPATCH_COUNT", "PCAP_LOOP_SLEEP", "ENABLE_PCAP_ANY_DIRECTION", "EXIT_AT_INTF_DOWN", "MAX_SNIFF_BYTES",
-    "ENABLE_SPA_PACKET_AGING", "MAX_SPA_PACKET_AGE", "ENABLE_DIGEST_PERSISTENCE", "RULES_CHECK_THRESHOLD",
-    "CMD_EXEC_TIMEOUT", "BLACKLIST", "ENABLE_SPA_OVER_HTTP", "ALLOW_ANY_USER_AGENT", "ENABLE_TCP_SERVER", "TCPSERV_PORT",
-    "ENABLE_UDP_SERVER", "UDPSERV_PORT", "UDPSERV_SELECT_TIMEOUT", "ENABLE_NFQ_CAPTURE", "NFQ_INTERFACE", "NFQ_PORT",
-    "NFQ_TABLE", "NFQ_CHAIN", "NFQ_QUEUE_NUMBER", "NFQ_LOOP_SLEEP", "LOCALE", "SYSLOG_IDENTITY", "SYSLOG_FACILITY",
-    "ENABLE_EXTERNAL_CMDS", "EXTERNAL_CMD_OPEN", "EXTERNAL_CMD_CLOSE", "EXTERNAL_CMD_ALARM", "ENABLE_EXT_CMD_PREFIX",
-    "EXT_CMD_PREFIX", "ENABLE_X_FORWARDED_FOR", "ENABLE_DESTINATION_RULE", "ENABLE_RULE_PREPEND", "ENABLE_NAT_DNS",
-    "ENABLE_FIREWD_FORWARDING", "ENABLE_FIREWD_LOCAL_NAT", "ENABLE_FIREWD_SNAT", "SNAT_TRANSLATE_IP",
-    "ENABLE_FIREWD_OUTPUT", "FLUSH_FIREWD_AT_INIT", "FLUSH_FIREWD_AT_EXIT", "FIREWD_INPUT_ACCESS",
-    "FIREWD_OUTPUT_ACCESS", "FIREWD_FORWARD_ACCESS", "FIREWD_DNAT_ACCESS", "FIREWD_SNAT_ACCESS",
-    "FIREWD_MASQUERADE_ACCESS", "ENABLE_FIREWD_COMMENT_CHECK", "ENABLE_IPT_FORWARDING", "ENABLE_IPT_LOCAL_NAT",
-    "ENABLE_IPT_SNAT", "ENABLE_IPT_OUTPUT", "FLUSH_IPT_AT_INIT", "FLUSH_IPT_AT_EXIT", "IPT_INPUT_ACCESS",
-    "IPT_OUTPUT_ACCESS", "IPT_FORWARD_ACCESS", "IPT_DNAT_ACCESS", "IPT_SNAT_ACCESS", "IPT_MASQUERADE_ACCESS",
-    "ENABLE_IPT_COMMENT_CHECK", "FLUSH_IPFW_AT_INIT", "FLUSH_IPFW_AT_EXIT", "IPFW_START_RULE_NUM", "IPFW_MAX_RULES",
-    "IPFW_ACTIVE_SET_NUM", "IPFW_EXPIRE_SET_NUM", "IPFW_EXPIRE_PURGE_INTERVAL", "IPFW_ADD_CHECK_STATE",
-    "PF_ANCHOR_NAME", "PF_EXPIRE_INTERVAL", "FWKNOP_RUN_DIR", "FWKNOP_CONF_DIR", "ACCESS_FILE", "ACCESS_FOLDER",
-    "FWKNOP_PID_FILE", "DIGEST_FILE", "DIGEST_DB_FILE", "GPG_HOME_DIR", "GPG_EXE", "SUDO_EXE", "FIREWALL_EXE",
-    "VERBOSE", "AFL_PKT_FILE", "FAULT_INJECTION_TAG",
+    "CONFIG_FILE",
+    "OVERRIDE_CONFIG",
+    "FIREWALL_TYPE",
+    "PCAP_INTF",
+    "PCAP_FILE",
+    "ENABLE_PCAP_PROMISC",
+    "PCAP_FILTER",
+    "PCAP_DISPATCH_COUNT",
+    "PCAP_LOOP_SLEEP",
+    "ENABLE_PCAP_ANY_DIRECTION",
+    "EXIT_AT_INTF_DOWN",
+    "MAX_SNIFF_BYTES",
+    "ENABLE_SPA_PACKET_AGING",
+    "MAX_SPA_PACKET_AGE",
+    "ENABLE_DIGEST_PERSISTENCE",
+    "RULES_CHECK_THRESHOLD",
+    "CMD_EXEC_TIMEOUT",
+    "BLACKLIST",
+    "ENABLE_SPA_OVER_HTTP",
+    "ALLOW_ANY_USER_AGENT",
+    "ENABLE_TCP_SERVER",
+    "TCPSERV_PORT",
+    "ENABLE_UDP_SERVER",
+    "UDPSERV_PORT",
+    "UDPSERV_SELECT_TIMEOUT",
+    "ENABLE_NFQ_CAPTURE",
+    "NFQ_INTERFACE",
+    "NFQ_PORT",
+    "NFQ_TABLE",
+    "NFQ_CHAIN",
+    "NFQ_QUEUE_NUMBER",
+    "NFQ_LOOP_SLEEP",
+    "LOCALE",
+    "SYSLOG_IDENTITY",
+    "SYSLOG_FACILITY",
+    "ENABLE_EXTERNAL_CMDS",
+    "EXTERNAL_CMD_OPEN",
+    "EXTERNAL_CMD_CLOSE",
+    "EXTERNAL_CMD_ALARM",
+    "ENABLE_EXT_CMD_PREFIX",
+    "EXT_CMD_PREFIX",
+    "ENABLE_X_FORWARDED_FOR",
+    "ENABLE_DESTINATION_RULE",
+    "ENABLE_RULE_PREPEND",
+    "ENABLE_NAT_DNS",
+    "ENABLE_FIREWD_FORWARDING",
+    "ENABLE_FIREWD_LOCAL_NAT",
+    "ENABLE_FIREWD_SNAT",
+    "SNAT_TRANSLATE_IP",
+    "ENABLE_FIREWD_OUTPUT",
+    "FLUSH_FIREWD_AT_INIT",
+    "FLUSH_FIREWD_AT_EXIT",
+    "FIREWD_INPUT_ACCESS",
+    "FIREWD_OUTPUT_ACCESS",
+    "FIREWD_FORWARD_ACCESS",
+    "FIREWD_DNAT_ACCESS",
+    "FIREWD_SNAT_ACCESS",
+    "FIREWD_MASQUERADE_ACCESS",
+    "ENABLE_FIREWD_COMMENT_CHECK",
+    "ENABLE_IPT_FORWARDING",
+    "ENABLE_IPT_LOCAL_NAT",
+    "ENABLE_IPT_SNAT",
+    "ENABLE_IPT_OUTPUT",
+    "FLUSH_IPT_AT_INIT",
+    "FLUSH_IPT_AT_EXIT",
+    "IPT_INPUT_ACCESS",
+    "IPT_OUTPUT_ACCESS",
+    "IPT_FORWARD_ACCESS",
+    "IPT_DNAT_ACCESS",
+    "IPT_SNAT_ACCESS",
+    "IPT_MASQUERADE_ACCESS",
+    "ENABLE_IPT_COMMENT_CHECK",
+    "FLUSH_IPFW_AT_INIT",
+    "FLUSH_IPFW_AT_EXIT",
+    "IPFW_START_RULE_NUM",
+    "IPFW_MAX_RULES",
+    "IPFW_ACTIVE_SET_NUM",
+    "IPFW_EXPIRE_SET_NUM",
+    "IPFW_EXPIRE_PURGE_INTERVAL",
+    "IPFW_ADD_CHECK_STATE",
+    "PF_ANCHOR_NAME",
+    "PF_EXPIRE_INTERVAL",
+    "FWKNOP_RUN_DIR",
+    "FWKNOP_CONF_DIR",
+    "ACCESS_FILE",
+    "ACCESS_FOLDER",
+    "FWKNOP_PID_FILE",
+    "DIGEST_FILE",
+    "DIGEST_DB_FILE",
+    "GPG_HOME_DIR",
+    "GPG_EXE",
+    "SUDO_EXE",
+    "FIREWALL_EXE",
+    "VERBOSE",
+    "AFL_PKT_FILE",
+    "FAULT_INJECTION_TAG",
 ];
 
 /// fwknopd's default chain layout, used when posternd is started from fwknopd.conf.
@@ -39,7 +116,9 @@ fn expand(value: &str, vars: &HashMap<String, String>) -> String {
     while let Some(pos) = rest.find('$') {
         out.push_str(&rest[..pos]);
         let after = &rest[pos + 1..];
-        let name_len = after.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(after.len());
+        let name_len = after
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(after.len());
         match vars.get(&after[..name_len]) {
             Some(v) if name_len > 0 => out.push_str(v),
             _ => out.push_str(&rest[pos..pos + 1 + name_len]),
@@ -51,8 +130,13 @@ fn expand(value: &str, vars: &HashMap<String, String>) -> String {
 }
 
 /// Apply fwknopd.conf to `cfg` (which holds postern's defaults).
-pub fn apply_fwknopd_conf(path: &Path, cfg: &mut ServerConfig, warnings: &mut Vec<String>) -> Result<(), ConfError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfError::file(path, format!("cannot read: {e}")))?;
+pub fn apply_fwknopd_conf(
+    path: &Path,
+    cfg: &mut ServerConfig,
+    warnings: &mut Vec<String>,
+) -> Result<(), ConfError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfError::file(path, format!("cannot read: {e}")))?;
     let mut entries = parse_lines(path, &text)?;
     let mut vars: HashMap<String, String> = HashMap::new();
     for e in entries.iter_mut() {
@@ -60,11 +144,16 @@ pub fn apply_fwknopd_conf(path: &Path, cfg: &mut ServerConfig, warnings: &mut Ve
         vars.insert(e.var.clone(), e.value.clone());
     }
     let get = |name: &str| entries.iter().rev().find(|e| e.var == name);
-    let flag = |name: &str, default: bool| -> Result<bool, ConfError> { get(name).map(parse_bool).unwrap_or(Ok(default)) };
+    let flag = |name: &str, default: bool| -> Result<bool, ConfError> {
+        get(name).map(parse_bool).unwrap_or(Ok(default))
+    };
 
     for e in &entries {
         if !KNOWN.contains(&e.var.as_str()) {
-            warnings.push(format!("{}: unknown fwknopd.conf variable `{}` ignored", e.origin, e.var));
+            warnings.push(format!(
+                "{}: unknown fwknopd.conf variable `{}` ignored",
+                e.origin, e.var
+            ));
         }
     }
 
@@ -79,29 +168,54 @@ pub fn apply_fwknopd_conf(path: &Path, cfg: &mut ServerConfig, warnings: &mut Ve
         cfg.server.cmd_exec_timeout = parse_num(e)?;
     }
     cfg.replay = if flag("ENABLE_DIGEST_PERSISTENCE", true)? {
-        let file = get("DIGEST_DB_FILE").or(get("DIGEST_FILE")).map(|e| e.value.clone().into());
+        let file = get("DIGEST_DB_FILE")
+            .or(get("DIGEST_FILE"))
+            .map(|e| e.value.clone().into());
         ReplayConfig::File { path: file }
     } else {
         ReplayConfig::Memory
     };
     if let Some(e) = get("ACCESS_FILE") {
-        cfg.access_file.get_or_insert_with(|| e.value.clone().into());
+        cfg.access_file
+            .get_or_insert_with(|| e.value.clone().into());
     }
 
     // Captures: fwknopd sniffs with pcap unless its UDP server is enabled.
-    let port = |name: &str| -> Result<u16, ConfError> { get(name).map(parse_num).unwrap_or(Ok(62201)) };
+    let port =
+        |name: &str| -> Result<u16, ConfError> { get(name).map(parse_num).unwrap_or(Ok(62201)) };
     let mut captures = Vec::new();
     if flag("ENABLE_UDP_SERVER", false)? {
-        captures.push(CaptureConfig::Udp { listen: format!("0.0.0.0:{}", port("UDPSERV_PORT")?).parse().expect("valid") });
+        captures.push(CaptureConfig::Udp {
+            listen: format!("0.0.0.0:{}", port("UDPSERV_PORT")?)
+                .parse()
+                .expect("valid"),
+        });
     } else {
-        let interfaces = get("PCAP_INTF").map(|e| split_list(&e.value)).unwrap_or_else(|| vec!["eth0".into()]);
-        let filter = get("PCAP_FILTER").map(|e| e.value.clone()).unwrap_or_else(|| "udp port 62201".into());
+        let interfaces = get("PCAP_INTF")
+            .map(|e| split_list(&e.value))
+            .unwrap_or_else(|| vec!["eth0".into()]);
+        let filter = get("PCAP_FILTER")
+            .map(|e| e.value.clone())
+            .unwrap_or_else(|| "udp port 62201".into());
         let promisc = flag("ENABLE_PCAP_PROMISC", false)?;
-        let snaplen = get("MAX_SNIFF_BYTES").map(parse_num).transpose()?.unwrap_or(1500);
-        captures.push(CaptureConfig::Pcap { interfaces, filter, promisc, snaplen, file: get("PCAP_FILE").map(|e| e.value.clone().into()) });
+        let snaplen = get("MAX_SNIFF_BYTES")
+            .map(parse_num)
+            .transpose()?
+            .unwrap_or(1500);
+        captures.push(CaptureConfig::Pcap {
+            interfaces,
+            filter,
+            promisc,
+            snaplen,
+            file: get("PCAP_FILE").map(|e| e.value.clone().into()),
+        });
     }
     if flag("ENABLE_TCP_SERVER", false)? {
-        captures.push(CaptureConfig::tcp(format!("0.0.0.0:{}", port("TCPSERV_PORT")?).parse().expect("valid")));
+        captures.push(CaptureConfig::tcp(
+            format!("0.0.0.0:{}", port("TCPSERV_PORT")?)
+                .parse()
+                .expect("valid"),
+        ));
     }
     cfg.capture = captures;
 
@@ -109,9 +223,17 @@ pub fn apply_fwknopd_conf(path: &Path, cfg: &mut ServerConfig, warnings: &mut Ve
     if cfg.action.is_empty() {
         cfg.action.push(iptables_action(&get, flag)?);
     }
-    for nat in ["ENABLE_IPT_FORWARDING", "ENABLE_IPT_LOCAL_NAT", "ENABLE_IPT_SNAT", "ENABLE_IPT_OUTPUT"] {
+    for nat in [
+        "ENABLE_IPT_FORWARDING",
+        "ENABLE_IPT_LOCAL_NAT",
+        "ENABLE_IPT_SNAT",
+        "ENABLE_IPT_OUTPUT",
+    ] {
         if flag(nat, false)? {
-            warnings.push(format!("{}: {nat} is not supported by postern yet; NAT requests will be denied", get(nat).expect("set").origin));
+            warnings.push(format!(
+                "{}: {nat} is not supported by postern yet; NAT requests will be denied",
+                get(nat).expect("set").origin
+            ));
         }
     }
     Ok(())
@@ -124,18 +246,33 @@ fn iptables_action<'a>(
 ) -> Result<ActionConfig, ConfError> {
     use serde_json::Value;
     let mut settings = serde_json::Map::new();
-    let input = get("IPT_INPUT_ACCESS").map(|e| e.value.clone()).unwrap_or_else(|| FWKNOPD_INPUT_ACCESS.into());
+    let input = get("IPT_INPUT_ACCESS")
+        .map(|e| e.value.clone())
+        .unwrap_or_else(|| FWKNOPD_INPUT_ACCESS.into());
     settings.insert("input".into(), Value::String(input));
-    settings.insert("flush_at_init".into(), Value::Bool(flag("FLUSH_IPT_AT_INIT", true)?));
-    settings.insert("flush_at_exit".into(), Value::Bool(flag("FLUSH_IPT_AT_EXIT", true)?));
+    settings.insert(
+        "flush_at_init".into(),
+        Value::Bool(flag("FLUSH_IPT_AT_INIT", true)?),
+    );
+    settings.insert(
+        "flush_at_exit".into(),
+        Value::Bool(flag("FLUSH_IPT_AT_EXIT", true)?),
+    );
     if let Some(exe) = get("FIREWALL_EXE") {
         settings.insert("iptables".into(), Value::String(exe.value.clone()));
     }
-    Ok(ActionConfig { kind: "iptables".into(), settings })
+    Ok(ActionConfig {
+        kind: "iptables".into(),
+        settings,
+    })
 }
 
 fn split_list(text: &str) -> Vec<String> {
-    text.split([',', ' ']).map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()
+    text.split([',', ' '])
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
 }
 
 #[cfg(test)]
@@ -155,9 +292,13 @@ mod tests {
     #[test]
     fn udp_server_mode_and_variables() {
         let (cfg, w) = load("ENABLE_UDP_SERVER Y;\nUDPSERV_PORT 40001;\nMAX_SPA_PACKET_AGE 60;\nFWKNOP_RUN_DIR /tmp/x;\nDIGEST_FILE $FWKNOP_RUN_DIR/digest.cache;\nBOGUS 1\n");
-        assert!(matches!(cfg.capture.as_slice(), [CaptureConfig::Udp { listen }] if listen.port() == 40001));
+        assert!(
+            matches!(cfg.capture.as_slice(), [CaptureConfig::Udp { listen }] if listen.port() == 40001)
+        );
         assert_eq!(cfg.server.max_packet_age, 60);
-        assert!(matches!(&cfg.replay, ReplayConfig::File { path: Some(p) } if p.to_str() == Some("/tmp/x/digest.cache")));
+        assert!(
+            matches!(&cfg.replay, ReplayConfig::File { path: Some(p) } if p.to_str() == Some("/tmp/x/digest.cache"))
+        );
         assert_eq!(cfg.action[0].kind, "iptables");
         assert_eq!(w.len(), 1);
         assert!(w[0].contains(":6: unknown fwknopd.conf variable `BOGUS`"));
@@ -167,7 +308,9 @@ mod tests {
     fn pcap_mode_by_default_with_tcp_server() {
         let (cfg, _) = load("PCAP_INTF eth1;\nPCAP_FILTER udp port 5000;\nENABLE_TCP_SERVER Y;\nENABLE_DIGEST_PERSISTENCE N;\nIPT_INPUT_ACCESS ACCEPT, filter, INPUT, 1, FWKNOP_INPUT, 1;\n");
         match &cfg.capture[0] {
-            CaptureConfig::Pcap { interfaces, filter, .. } => {
+            CaptureConfig::Pcap {
+                interfaces, filter, ..
+            } => {
                 assert_eq!(interfaces, &["eth1"]);
                 assert_eq!(filter, "udp port 5000");
             }
@@ -175,7 +318,10 @@ mod tests {
         }
         assert!(matches!(cfg.capture[1], CaptureConfig::Tcp { .. }));
         assert!(matches!(cfg.replay, ReplayConfig::Memory));
-        assert_eq!(cfg.action[0].settings["input"], "ACCEPT, filter, INPUT, 1, FWKNOP_INPUT, 1");
+        assert_eq!(
+            cfg.action[0].settings["input"],
+            "ACCEPT, filter, INPUT, 1, FWKNOP_INPUT, 1"
+        );
         assert_eq!(cfg.action[0].settings["flush_at_init"], true);
     }
 
@@ -184,7 +330,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("fwknopd.conf");
         std::fs::write(&p, "# x\nMAX_SPA_PACKET_AGE two;\n").unwrap();
-        let err = apply_fwknopd_conf(&p, &mut ServerConfig::default(), &mut Vec::new()).unwrap_err();
-        assert!(err.to_string().ends_with("fwknopd.conf:2: MAX_SPA_PACKET_AGE expects a number, got `two`"), "{err}");
+        let err =
+            apply_fwknopd_conf(&p, &mut ServerConfig::default(), &mut Vec::new()).unwrap_err();
+        assert!(
+            err.to_string()
+                .ends_with("fwknopd.conf:2: MAX_SPA_PACKET_AGE expects a number, got `two`"),
+            "{err}"
+        );
     }
 }

@@ -153,7 +153,9 @@ pub struct ServerConfig {
 }
 
 fn default_captures() -> Vec<CaptureConfig> {
-    vec![CaptureConfig::Udp { listen: "0.0.0.0:62201".parse().expect("valid") }]
+    vec![CaptureConfig::Udp {
+        listen: "0.0.0.0:62201".parse().expect("valid"),
+    }]
 }
 
 impl Default for ServerConfig {
@@ -192,13 +194,24 @@ pub enum ConfigError {
     Toml(String),
 }
 
+/// Top-level keys of [`ServerConfig`] that `POSTERN_…` variables may override.
+const CONFIG_SECTIONS: &[&str] = &[
+    "server",
+    "replay",
+    "access_file",
+    "capture",
+    "action",
+    "access",
+];
+
 fn is_toml(path: &Path) -> bool {
     path.extension().is_some_and(|e| e == "toml")
 }
 
 /// Read a file holding secrets: refuse one readable by group or others.
 pub fn secure_read(path: &Path) -> Result<String, ConfError> {
-    let meta = std::fs::metadata(path).map_err(|e| ConfError::file(path, format!("cannot read: {e}")))?;
+    let meta =
+        std::fs::metadata(path).map_err(|e| ConfError::file(path, format!("cannot read: {e}")))?;
     if meta.mode() & 0o077 != 0 {
         return Err(ConfError::file(
             path,
@@ -220,7 +233,15 @@ pub fn load(sources: &ConfigSources) -> Result<Loaded, ConfigError> {
             secure_read(path)?;
             Figment::from(Serialized::defaults(ServerConfig::default()))
                 .merge(Toml::file(path))
-                .merge(Env::prefixed("POSTERN_").split("__"))
+                .merge(Env::prefixed("POSTERN_").split("__").filter(|key| {
+                    // Only configuration keys: POSTERN_LOG and friends are not config.
+                    let key = key.as_str().to_ascii_lowercase();
+                    CONFIG_SECTIONS.iter().any(|section| {
+                        key == *section
+                            || key.starts_with(&format!("{section}."))
+                            || key.starts_with(&format!("{section}__"))
+                    })
+                }))
                 .extract::<ServerConfig>()
                 .map_err(|e| ConfigError::Toml(format!("{}: {e}", path.display())))?
         }
@@ -235,14 +256,17 @@ pub fn load(sources: &ConfigSources) -> Result<Loaded, ConfigError> {
         config.access_file = Some(a.clone());
     }
     for (i, s) in config.access.iter().enumerate() {
-        s.validate().map_err(|m| ConfigError::Toml(format!("[[access]] #{}: {m}", i + 1)))?;
+        s.validate()
+            .map_err(|m| ConfigError::Toml(format!("[[access]] #{}: {m}", i + 1)))?;
     }
     if let Some(path) = config.access_file.clone() {
         let stanzas = access::load_access_file(&path, &mut warnings)?;
         config.access.extend(stanzas);
     }
     if config.access.is_empty() {
-        return Err(ConfigError::Toml("no access stanzas: give an access.conf (-a) or [[access]] entries".into()));
+        return Err(ConfigError::Toml(
+            "no access stanzas: give an access.conf (-a) or [[access]] entries".into(),
+        ));
     }
     Ok(Loaded { config, warnings })
 }
@@ -292,7 +316,12 @@ open_ports = "tcp/22"
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
         figment::Jail::expect_with(|jail| {
             jail.set_env("POSTERN_SERVER__MAX_PACKET_AGE", "45");
-            let loaded = load(&ConfigSources { config: Some(p.clone()), access: None }).unwrap();
+            jail.set_env("POSTERN_LOG", "debug");
+            let loaded = load(&ConfigSources {
+                config: Some(p.clone()),
+                access: None,
+            })
+            .unwrap();
             let c = &loaded.config;
             assert_eq!(c.server.max_packet_age, 45);
             assert_eq!(c.capture.len(), 2);
@@ -300,7 +329,10 @@ open_ports = "tcp/22"
             assert_eq!(c.action[0].settings["table"], "postern");
             assert_eq!(c.access[0].open_ports.len(), 1);
             let shown = render_redacted(c);
-            assert!(!shown.contains("7GUhvz") && !shown.contains("passphrase"), "{shown}");
+            assert!(
+                !shown.contains("7GUhvz") && !shown.contains("passphrase"),
+                "{shown}"
+            );
             assert!(shown.contains("<redacted>"));
             Ok(())
         });
@@ -312,7 +344,16 @@ open_ports = "tcp/22"
         let p = dir.path().join("postern.toml");
         std::fs::write(&p, "[[capture]]\ntype = \"carrier-pigeon\"\n").unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let err = load(&ConfigSources { config: Some(p), access: None }).err().unwrap().to_string();
-        assert!(err.contains("postern.toml") && err.contains("carrier-pigeon"), "{err}");
+        let err = load(&ConfigSources {
+            config: Some(p),
+            access: None,
+        })
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(
+            err.contains("postern.toml") && err.contains("carrier-pigeon"),
+            "{err}"
+        );
     }
 }

@@ -42,7 +42,15 @@ impl Service<Approved> for ActionStage {
         Box::pin(async move {
             let summary = a.grant.to_string();
             let (done, result) = oneshot::channel();
-            if tx.send(ActionRequest { grant: a.grant, now: a.packet.received_at, done }).await.is_err() {
+            if tx
+                .send(ActionRequest {
+                    grant: a.grant,
+                    now: a.packet.received_at,
+                    done,
+                })
+                .await
+                .is_err()
+            {
                 return Ok(Outcome::denied(Stage::Action, "action task stopped"));
             }
             Ok(match result.await {

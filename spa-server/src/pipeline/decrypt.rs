@@ -42,10 +42,17 @@ where
         let mut last_error = String::from("no candidate stanza");
         for &(index, body_len) in &auth.candidates {
             let stanza = &auth.stanzas[index];
-            let Some(key) = stanza.rijndael_key() else { continue };
+            let Some(key) = stanza.rijndael_key() else {
+                continue;
+            };
             match packet::decrypt(&wire[..body_len], key.bytes(), stanza.encryption_mode) {
                 Ok(decoded) => {
-                    return Box::pin(self.inner.call(Decrypted { packet: auth.packet, stanzas: auth.stanzas.clone(), stanza: index, decoded }));
+                    return Box::pin(self.inner.call(Decrypted {
+                        packet: auth.packet,
+                        stanzas: auth.stanzas.clone(),
+                        stanza: index,
+                        decoded,
+                    }));
                 }
                 Err(e) => last_error = format!("{}: {e}", stanza.describe()),
             }

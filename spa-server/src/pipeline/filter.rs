@@ -3,8 +3,8 @@
 
 use super::{ready, Authenticated, Outcome, RawPacket, Stage, StageFuture, Stanzas};
 use crate::config::AccessStanza;
-use spa_core::packet::{self, HmacKey, RIJNDAEL_PREFIX};
 use arc_swap::ArcSwap;
+use spa_core::packet::{self, HmacKey, RIJNDAEL_PREFIX};
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -18,7 +18,9 @@ pub struct Keyring {
 
 impl Keyring {
     pub fn new(stanzas: Vec<AccessStanza>) -> Self {
-        Keyring { stanzas: ArcSwap::from_pointee(stanzas) }
+        Keyring {
+            stanzas: ArcSwap::from_pointee(stanzas),
+        }
     }
 
     pub fn snapshot(&self) -> Stanzas {
@@ -31,8 +33,13 @@ impl Keyring {
     }
 
     /// Length checks, charset, HMAC. Returns the stanzas worth decrypting for.
-    pub fn screen(&self, packet: &RawPacket, stanzas: &[AccessStanza]) -> Result<Vec<(usize, usize)>, Outcome> {
-        let wire = packet::precheck(&packet.bytes).map_err(|e| Outcome::denied(Stage::Precheck, e))?;
+    pub fn screen(
+        &self,
+        packet: &RawPacket,
+        stanzas: &[AccessStanza],
+    ) -> Result<Vec<(usize, usize)>, Outcome> {
+        let wire =
+            packet::precheck(&packet.bytes).map_err(|e| Outcome::denied(Stage::Precheck, e))?;
         let peer = packet.peer.ip();
         let mut candidates = Vec::new();
         let mut last_error = None;
@@ -43,7 +50,10 @@ impl Keyring {
             match s.hmac_secret() {
                 None => candidates.push((i, wire.len())),
                 Some(key) => {
-                    let hk = HmacKey { digest: s.hmac_digest_type, key: key.bytes() };
+                    let hk = HmacKey {
+                        digest: s.hmac_digest_type,
+                        key: key.bytes(),
+                    };
                     match packet::verify_hmac(wire, &hk, RIJNDAEL_PREFIX) {
                         Ok(body) => candidates.push((i, body.len())),
                         Err(e) => last_error = Some(e),
@@ -52,7 +62,9 @@ impl Keyring {
             }
         }
         if candidates.is_empty() {
-            let reason = last_error.map(|e| e.to_string()).unwrap_or_else(|| format!("no access stanza for source {peer}"));
+            let reason = last_error
+                .map(|e| e.to_string())
+                .unwrap_or_else(|| format!("no access stanza for source {peer}"));
             return Err(Outcome::denied(Stage::Hmac, reason));
         }
         Ok(candidates)
@@ -68,14 +80,21 @@ pub struct HmacFilterLayer {
 impl HmacFilterLayer {
     /// `max_in_flight` bounds the authenticated packets being processed at once.
     pub fn new(keyring: Arc<Keyring>, max_in_flight: usize) -> Self {
-        HmacFilterLayer { keyring, slots: Arc::new(Semaphore::new(max_in_flight)) }
+        HmacFilterLayer {
+            keyring,
+            slots: Arc::new(Semaphore::new(max_in_flight)),
+        }
     }
 }
 
 impl<S> Layer<S> for HmacFilterLayer {
     type Service = HmacFilter<S>;
     fn layer(&self, inner: S) -> HmacFilter<S> {
-        HmacFilter { keyring: self.keyring.clone(), slots: self.slots.clone(), inner }
+        HmacFilter {
+            keyring: self.keyring.clone(),
+            slots: self.slots.clone(),
+            inner,
+        }
     }
 }
 
@@ -112,14 +131,23 @@ where
         };
         let inner = self.inner.clone();
         let task = tokio::spawn(async move {
-            let outcome = inner.oneshot(Authenticated { packet, stanzas, candidates }).await;
+            let outcome = inner
+                .oneshot(Authenticated {
+                    packet,
+                    stanzas,
+                    candidates,
+                })
+                .await;
             drop(slot);
             outcome
         });
         Box::pin(async move {
             match task.await {
                 Ok(result) => result,
-                Err(e) => Ok(Outcome::denied(Stage::Action, format!("pipeline task failed: {e}"))),
+                Err(e) => Ok(Outcome::denied(
+                    Stage::Action,
+                    format!("pipeline task failed: {e}"),
+                )),
             }
         })
     }

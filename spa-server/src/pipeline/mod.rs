@@ -101,7 +101,10 @@ pub enum Outcome {
 
 impl Outcome {
     pub fn denied(stage: Stage, reason: impl fmt::Display) -> Self {
-        Outcome::Denied { stage, reason: reason.to_string() }
+        Outcome::Denied {
+            stage,
+            reason: reason.to_string(),
+        }
     }
     pub fn is_granted(&self) -> bool {
         matches!(self, Outcome::Granted(_))

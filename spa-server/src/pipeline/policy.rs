@@ -14,14 +14,19 @@ pub struct PolicyLayer {
 
 impl PolicyLayer {
     pub fn new(settings: PolicySettings) -> Self {
-        PolicyLayer { settings: Arc::new(settings) }
+        PolicyLayer {
+            settings: Arc::new(settings),
+        }
     }
 }
 
 impl<S> Layer<S> for PolicyLayer {
     type Service = PolicyStage<S>;
     fn layer(&self, inner: S) -> PolicyStage<S> {
-        PolicyStage { settings: self.settings.clone(), inner }
+        PolicyStage {
+            settings: self.settings.clone(),
+            inner,
+        }
     }
 }
 
@@ -54,7 +59,10 @@ where
             now: d.packet.received_at,
         };
         match evaluate(&self.settings, &request) {
-            Ok(grant) => Box::pin(self.inner.call(Approved { packet: d.packet, grant })),
+            Ok(grant) => Box::pin(self.inner.call(Approved {
+                packet: d.packet,
+                grant,
+            })),
             Err(denial) => ready(Outcome::denied(Stage::Policy, denial)),
         }
     }

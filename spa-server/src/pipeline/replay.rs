@@ -22,7 +22,10 @@ impl ReplayLayer {
 impl<S> Layer<S> for ReplayLayer {
     type Service = ReplayGuard<S>;
     fn layer(&self, inner: S) -> ReplayGuard<S> {
-        ReplayGuard { store: self.store.clone(), inner }
+        ReplayGuard {
+            store: self.store.clone(),
+            inner,
+        }
     }
 }
 
@@ -50,9 +53,15 @@ where
         let inner = self.inner.clone();
         Box::pin(async move {
             let digest = packet_digest(&d.packet.bytes);
-            match store.check_and_insert(digest, d.decoded.message.timestamp).await {
+            match store
+                .check_and_insert(digest, d.decoded.message.timestamp)
+                .await
+            {
                 Ok(true) => inner.oneshot(d).await,
-                Ok(false) => Ok(Outcome::denied(Stage::Replay, "packet seen before (replay)")),
+                Ok(false) => Ok(Outcome::denied(
+                    Stage::Replay,
+                    "packet seen before (replay)",
+                )),
                 Err(e) => Ok(Outcome::denied(Stage::Replay, e)),
             }
         })
