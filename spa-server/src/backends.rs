@@ -32,9 +32,10 @@ pub fn build(cfg: &ActionConfig) -> anyhow::Result<Box<dyn Firewall>> {
         }
         "iptables" => Box::new(IptablesBackend::system(&settings::<IptablesConfig>(cfg)?)?),
         "script" => Box::new(ScriptBackend::system(&settings::<ScriptConfig>(cfg)?)?),
+        "plugin" => Box::new(crate::plugin::PluginBackend::load(&settings::<crate::plugin::PluginConfig>(cfg)?)?),
         "log" => Box::new(LogOnly::default()),
         k if FEATURE_GATED.contains(&k) => anyhow::bail!("backend `{k}` requires the `{k}` feature, which this posternd was built without"),
-        k => anyhow::bail!("unknown action backend `{k}` (expected nftables, iptables, firewalld, pf, ipfw, script, log or auto)"),
+        k => anyhow::bail!("unknown action backend `{k}` (expected nftables, iptables, firewalld, pf, ipfw, script, plugin, log or auto)"),
     })
 }
 
