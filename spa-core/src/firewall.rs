@@ -11,7 +11,24 @@ use std::fmt;
 use std::net::IpAddr;
 use thiserror::Error;
 
+/// Source rewriting for forwarded grants (FORCE_SNAT / FORCE_MASQUERADE,
+/// ENABLE_IPT_SNAT with SNAT_TRANSLATE_IP).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Snat {
+    /// Rewrite to the address of the outgoing interface.
+    Masquerade,
+    /// Rewrite to this address.
+    To(IpAddr),
+}
+
 /// Forwarding of a granted port to an inner host (fwknop's NAT access).
+///
+/// The rule's `port` is the port the client connects to on the firewall host;
+/// traffic to it from `source` is sent to `to_addr:to_port`.
+/// - forward NAT (`local == false`): DNAT in prerouting plus a forward accept for
+///   `source → to_addr:to_port`, and the optional `snat` on the way out;
+/// - local NAT (`local == true`): DNAT to a port of the firewall host itself plus
+///   an input accept for `source → to_port`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct NatRule {
     /// Where the traffic goes. For local NAT this is a local address.
@@ -19,6 +36,10 @@ pub struct NatRule {
     pub to_port: u16,
     /// Local NAT: redirect to a port on the firewall host itself.
     pub local: bool,
+    pub snat: Option<Snat>,
+    /// False with DISABLE_DNAT: only the forward accept is made, the client
+    /// reaches the inner host by its own address.
+    pub dnat: bool,
 }
 
 /// One opening: `source` may reach `proto/port`.

@@ -522,6 +522,8 @@ fn nat_ipv6_off_and_unsupported_chains_are_refused_up_front() {
         to_addr: "10.0.0.2".parse().unwrap(),
         to_port: 22,
         local: false,
+        snat: None,
+        dnat: true,
     });
     assert!(matches!(
         fw.grant(&[nat]),

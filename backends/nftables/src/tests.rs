@@ -90,7 +90,7 @@ fn grant_sends_one_document_and_refuses_bad_openings_before_running_anything() {
     assert_eq!(log.lock().unwrap().len(), 1);
 
     let mut nat = opening("10.0.0.2", 30);
-    nat.rule.nat = Some(NatRule { to_addr: "192.168.1.2".parse().unwrap(), to_port: 22, local: false });
+    nat.rule.nat = Some(NatRule { to_addr: "192.168.1.2".parse().unwrap(), to_port: 22, local: false, snat: None, dnat: true });
     assert!(matches!(fw.grant(&[opening("10.0.0.3", 30), nat]), Err(FirewallError::Unsupported { .. })));
     assert!(fw.grant(&[opening("10.0.0.3", 0)]).is_err());
     assert!(fw.grant(&[]).is_ok());

@@ -239,6 +239,8 @@ fn nat_is_unsupported_and_bad_templates_are_config_errors() {
         to_addr: "10.0.0.2".parse().unwrap(),
         to_port: 22,
         local: false,
+        snat: None,
+        dnat: true,
     });
     assert!(matches!(
         fw.grant(&[o]),
