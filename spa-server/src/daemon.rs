@@ -88,7 +88,7 @@ pub async fn start_with_backends(
     let settings = PolicySettings {
         max_packet_age: cfg.server.max_packet_age,
         packet_aging: cfg.server.packet_aging,
-        nat_enabled: false,
+        nat: cfg.server.nat.clone(),
     };
     let (tx, rx) = mpsc::channel(cfg.server.queue_depth);
     let actions = Executor::new(backends, Duration::from_secs(cfg.server.cmd_exec_timeout))

@@ -3,7 +3,8 @@
 //! never act on anything policy did not approve.
 
 use crate::config::AccessStanza;
-use spa_core::request::{AccessRequest, CommandRequest};
+use spa_core::firewall::{NatRule, Snat};
+use spa_core::request::{AccessRequest, CommandRequest, NatTarget};
 use spa_core::{MessageType, ProtoPort, SpaMessage};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
@@ -20,6 +21,8 @@ pub enum Denial {
     PortRestricted(ProtoPort),
     CommandsDisabled,
     NatDisabled,
+    LocalNatDisabled,
+    NatHostname(String),
     BadMessage(String),
 }
 
@@ -45,9 +48,13 @@ impl fmt::Display for Denial {
             Denial::CommandsDisabled => {
                 f.write_str("command message but ENABLE_CMD_EXEC is not set")
             }
-            Denial::NatDisabled => {
-                f.write_str("NAT access requested but NAT is not enabled on this server")
-            }
+            Denial::NatDisabled => f.write_str(
+                "NAT access requested but forwarding is not enabled (ENABLE_IPT_FORWARDING / [server.nat] forwarding)",
+            ),
+            Denial::LocalNatDisabled => f.write_str(
+                "local NAT requested but it is not enabled (ENABLE_IPT_LOCAL_NAT / [server.nat] local)",
+            ),
+            Denial::NatHostname(h) => write!(f, "NAT target `{h}` is a host name; only addresses are accepted"),
             Denial::BadMessage(m) => write!(f, "invalid request: {m}"),
         }
     }
@@ -56,8 +63,8 @@ impl fmt::Display for Denial {
 /// What to do for an approved request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum GrantKind {
-    /// Open `ports` for the source.
-    Access { ports: Vec<ProtoPort> },
+    /// Open `ports` for the source; with `nat`, the first port is forwarded.
+    Access { ports: Vec<ProtoPort>, nat: Option<NatRule> },
     /// Run a command (message type 0) as `user`.
     Command {
         command: String,
@@ -107,9 +114,11 @@ impl Grant {
 
     /// Firewall openings for an access grant (none for commands).
     pub fn openings(&self, now: u64) -> Vec<spa_core::firewall::Opening> {
-        let GrantKind::Access { ports } = &self.kind else {
+        let GrantKind::Access { ports, nat } = &self.kind else {
             return Vec::new();
         };
+        // Like fwknopd, a NAT grant forwards the first requested port only.
+        let ports = if nat.is_some() { &ports[..1] } else { &ports[..] };
         ports
             .iter()
             .map(|p| spa_core::firewall::Opening {
@@ -117,7 +126,7 @@ impl Grant {
                     source: self.source,
                     proto: p.proto,
                     port: p.port,
-                    nat: None,
+                    nat: nat.clone(),
                 },
                 timeout_secs: self.timeout_secs,
                 expires_at: now + u64::from(self.timeout_secs),
@@ -129,11 +138,12 @@ impl Grant {
 impl fmt::Display for Grant {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.kind {
-            GrantKind::Access { ports } => write!(
+            GrantKind::Access { ports, nat } => write!(
                 f,
-                "{} -> {} for {} s (user {}, stanza #{})",
+                "{} -> {}{} for {} s (user {}, stanza #{})",
                 self.source,
                 spa_core::request::format_proto_ports(ports),
+                nat.as_ref().map(|n| format!(" (NAT to {}:{}{})", n.to_addr, n.to_port, if n.local { ", local" } else { "" })).unwrap_or_default(),
                 self.timeout_secs,
                 self.username,
                 self.stanza + 1
@@ -155,7 +165,7 @@ impl fmt::Display for Grant {
 pub struct PolicySettings {
     pub max_packet_age: u64,
     pub packet_aging: bool,
-    pub nat_enabled: bool,
+    pub nat: crate::config::NatSection,
 }
 
 /// Everything policy looks at for one packet.
@@ -212,9 +222,6 @@ pub fn evaluate(settings: &PolicySettings, req: &Request) -> Result<Grant, Denia
         };
         (cmd.allow_ip, kind)
     } else {
-        if msg.msg_type.has_nat() && !settings.nat_enabled {
-            return Err(Denial::NatDisabled);
-        }
         let access =
             AccessRequest::parse(&msg.message).map_err(|e| Denial::BadMessage(e.to_string()))?;
         for p in &access.ports {
@@ -229,6 +236,7 @@ pub fn evaluate(settings: &PolicySettings, req: &Request) -> Result<Grant, Denia
             access.allow_ip,
             GrantKind::Access {
                 ports: access.ports,
+                nat: nat_rule(settings, stanza, msg)?,
             },
         )
     };
@@ -259,6 +267,33 @@ pub fn evaluate(settings: &PolicySettings, req: &Request) -> Result<Grant, Denia
     })
 }
 
+/// The forwarding a request asks for (or its stanza forces), if allowed.
+fn nat_rule(settings: &PolicySettings, stanza: &AccessStanza, msg: &SpaMessage) -> Result<Option<NatRule>, Denial> {
+    let local = msg.msg_type.is_local_nat();
+    let (to_addr, to_port) = if let Some(forced) = &stanza.force_nat {
+        (forced.addr, forced.port)
+    } else if msg.msg_type.has_nat() {
+        let text = msg.nat_access.as_deref().unwrap_or("");
+        let target = NatTarget::parse(text).map_err(|e| Denial::BadMessage(e.to_string()))?;
+        let addr = target.host.parse().map_err(|_| Denial::NatHostname(target.host.clone()))?;
+        (addr, target.port)
+    } else {
+        return Ok(None);
+    };
+    if local && !settings.nat.local {
+        return Err(Denial::LocalNatDisabled);
+    }
+    if !local && !settings.nat.forwarding {
+        return Err(Denial::NatDisabled);
+    }
+    let snat = match (stanza.force_snat, stanza.force_masquerade) {
+        (Some(ip), _) => Some(Snat::To(ip)),
+        (None, true) => Some(Snat::Masquerade),
+        (None, false) => settings.nat.snat.clone().map(|s| s.0),
+    };
+    Ok(Some(NatRule { to_addr, to_port, local, snat: if local { None } else { snat }, dnat: !stanza.disable_dnat }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -284,15 +319,17 @@ mod tests {
         }
     }
 
-    const SETTINGS: PolicySettings = PolicySettings {
-        max_packet_age: 120,
-        packet_aging: true,
-        nat_enabled: false,
-    };
+    fn settings() -> PolicySettings {
+        PolicySettings { max_packet_age: 120, packet_aging: true, nat: Default::default() }
+    }
 
     fn eval(s: &AccessStanza, m: &SpaMessage) -> Result<Grant, Denial> {
+        eval_with(&settings(), s, m)
+    }
+
+    fn eval_with(settings: &PolicySettings, s: &AccessStanza, m: &SpaMessage) -> Result<Grant, Denial> {
         evaluate(
-            &SETTINGS,
+            settings,
             &Request {
                 stanza: s,
                 stanza_index: 0,
@@ -374,6 +411,49 @@ mod tests {
             matches!(g.kind(), GrantKind::Command { command, user: Some(u), .. } if command == "echo hi" && u == "nobody")
         );
         assert!(g.openings(1000).is_empty());
+    }
+
+    #[test]
+    fn nat_requests_need_the_server_to_allow_them() {
+        use spa_core::firewall::Snat;
+        let mut m = msg(MessageType::NatAccess, "10.0.0.5,tcp/2222,tcp/80", 1000);
+        m.nat_access = Some("192.168.1.2,22".into());
+        assert_eq!(eval(&stanza(), &m), Err(Denial::NatDisabled));
+        let mut on = settings();
+        on.nat.forwarding = true;
+        let g = eval_with(&on, &stanza(), &m).unwrap();
+        let o = g.openings(1000);
+        assert_eq!(o.len(), 1, "NAT forwards the first port only");
+        assert_eq!(o[0].rule.port, 2222);
+        let nat = o[0].rule.nat.clone().unwrap();
+        assert_eq!((nat.to_addr.to_string(), nat.to_port, nat.local, nat.snat, nat.dnat), ("192.168.1.2".into(), 22, false, None, true));
+
+        let mut masq = stanza();
+        masq.force_masquerade = true;
+        masq.disable_dnat = true;
+        let nat = eval_with(&on, &masq, &m).unwrap().openings(1000)[0].rule.nat.clone().unwrap();
+        assert_eq!((nat.snat, nat.dnat), (Some(Snat::Masquerade), false));
+
+        let mut local = msg(MessageType::LocalNatAccess, "10.0.0.5,tcp/55000", 1000);
+        local.nat_access = Some("10.0.0.1,22".into());
+        assert_eq!(eval_with(&on, &stanza(), &local), Err(Denial::LocalNatDisabled));
+        on.nat.local = true;
+        let nat = eval_with(&on, &stanza(), &local).unwrap().openings(1000)[0].rule.nat.clone().unwrap();
+        assert!(nat.local);
+
+        m.nat_access = Some("inner.example,22".into());
+        assert!(matches!(eval_with(&on, &stanza(), &m), Err(Denial::NatHostname(_))));
+    }
+
+    #[test]
+    fn force_nat_forwards_plain_access_requests() {
+        let mut s = stanza();
+        s.force_nat = Some("192.168.9.9 8022".parse().unwrap());
+        let mut on = settings();
+        on.nat.forwarding = true;
+        let g = eval_with(&on, &s, &msg(MessageType::Access, "10.0.0.5,tcp/22", 1000)).unwrap();
+        let nat = g.openings(1000)[0].rule.nat.clone().unwrap();
+        assert_eq!((nat.to_addr.to_string(), nat.to_port), ("192.168.9.9".into(), 8022));
     }
 
     #[test]

@@ -137,22 +137,59 @@ pub struct AccessStanza {
     pub cmd_cycle_close: Option<String>,
     #[serde(default)]
     pub cmd_cycle_timer: Option<u32>,
-    /// NAT and GPG settings are kept verbatim until their features land.
+    /// FORCE_NAT `IP PORT`: every access from this stanza is forwarded there.
     #[serde(default)]
-    pub force_nat: Option<String>,
+    pub force_nat: Option<ForceNat>,
+    /// FORCE_SNAT `IP`: rewrite the source of forwarded traffic to this address.
     #[serde(default)]
-    pub force_snat: Option<String>,
+    pub force_snat: Option<IpAddr>,
     #[serde(default)]
     pub force_masquerade: bool,
     #[serde(default)]
     pub disable_dnat: bool,
     #[serde(default)]
     pub forward_all: bool,
+    /// GPG settings are kept verbatim until GPG support lands.
     #[serde(default)]
     pub gpg: Vec<(String, String)>,
     /// Where the stanza starts, for messages.
     #[serde(skip)]
     pub origin: Option<Origin>,
+}
+
+/// FORCE_NAT's `IP PORT` (fwknop's format; `IP:PORT` and `IP,PORT` also accepted).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ForceNat {
+    pub addr: IpAddr,
+    pub port: u16,
+}
+
+impl std::str::FromStr for ForceNat {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        let t = text.trim();
+        let (addr, port) = t
+            .rsplit_once([' ', '\t', ','])
+            .or_else(|| t.rsplit_once(':').filter(|(a, _)| !a.contains(':')))
+            .ok_or_else(|| format!("`{t}` is not `IP PORT`"))?;
+        let addr = addr.trim().parse().map_err(|_| format!("`{addr}` is not an IP address"))?;
+        let port = port.trim().parse().ok().filter(|&p| p != 0).ok_or_else(|| format!("`{port}` is not a port 1..65535"))?;
+        Ok(ForceNat { addr, port })
+    }
+}
+
+impl TryFrom<String> for ForceNat {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<ForceNat> for String {
+    fn from(f: ForceNat) -> String {
+        format!("{} {}", f.addr, f.port)
+    }
 }
 
 fn default_digest() -> DigestType {
@@ -301,11 +338,16 @@ impl AccessStanza {
             "CMD_CYCLE_OPEN" => self.cmd_cycle_open = Some(e.value.clone()),
             "CMD_CYCLE_CLOSE" => self.cmd_cycle_close = Some(e.value.clone()),
             "CMD_CYCLE_TIMER" => self.cmd_cycle_timer = Some(parse_num(e)?),
-            "FORCE_NAT" => self.force_nat = Some(e.value.clone()),
-            "FORCE_SNAT" => self.force_snat = Some(e.value.clone()),
+            "FORCE_NAT" => self.force_nat = Some(e.value.parse().map_err(|m: String| ConfError::new(&e.origin, format!("FORCE_NAT: {m}")))?),
+            "FORCE_SNAT" => self.force_snat = Some(e.value.parse().map_err(|_| bad("an IP address"))?),
             "FORCE_MASQUERADE" => self.force_masquerade = parse_bool(e)?,
             "DISABLE_DNAT" => self.disable_dnat = parse_bool(e)?,
-            "FORWARD_ALL" => self.forward_all = parse_bool(e)?,
+            "FORWARD_ALL" => {
+                self.forward_all = parse_bool(e)?;
+                if self.forward_all {
+                    return Ok(Known::Ignored);
+                }
+            }
             v if v.starts_with("GPG_") => self.gpg.push((e.var.clone(), e.value.clone())),
             "ENABLE_CMD_SUDO_EXEC" | "CMD_SUDO_EXEC_USER" | "CMD_SUDO_EXEC_GROUP" => {
                 return Ok(Known::Ignored)

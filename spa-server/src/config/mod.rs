@@ -26,6 +26,48 @@ pub struct ServerSection {
     pub cmd_exec_timeout: u64,
     /// Packets waiting for decryption/policy; garbage never gets this far.
     pub queue_depth: usize,
+    #[serde(default)]
+    pub nat: NatSection,
+}
+
+/// NAT requests the server honours (fwknopd's ENABLE_IPT_FORWARDING,
+/// ENABLE_IPT_LOCAL_NAT, ENABLE_IPT_SNAT + SNAT_TRANSLATE_IP).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NatSection {
+    /// Forward granted traffic to inner hosts (client -N).
+    #[serde(default)]
+    pub forwarding: bool,
+    /// Redirect to another port of this host (client --nat-local).
+    #[serde(default)]
+    pub local: bool,
+    /// Rewrite the source of forwarded traffic: `"masquerade"` or an address.
+    #[serde(default)]
+    pub snat: Option<SnatSetting>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct SnatSetting(pub spa_core::firewall::Snat);
+
+impl TryFrom<String> for SnatSetting {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        use spa_core::firewall::Snat;
+        if s.eq_ignore_ascii_case("masquerade") {
+            return Ok(SnatSetting(Snat::Masquerade));
+        }
+        s.parse().map(|ip| SnatSetting(Snat::To(ip))).map_err(|_| format!("snat: `{s}` is neither `masquerade` nor an address"))
+    }
+}
+
+impl From<SnatSetting> for String {
+    fn from(s: SnatSetting) -> String {
+        match s.0 {
+            spa_core::firewall::Snat::Masquerade => "masquerade".into(),
+            spa_core::firewall::Snat::To(ip) => ip.to_string(),
+        }
+    }
 }
 
 impl Default for ServerSection {
@@ -36,6 +78,7 @@ impl Default for ServerSection {
             run_dir: PathBuf::from("/var/run/postern"),
             cmd_exec_timeout: 30,
             queue_depth: 4096,
+            nat: NatSection::default(),
         }
     }
 }
