@@ -4,7 +4,9 @@
 
 use super::{submit, unix_now};
 use crate::pipeline::{Pipeline, RawPacket};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -18,6 +20,48 @@ pub struct Limits {
     pub max_connections: usize,
 }
 
+impl Limits {
+    /// One source may hold at most this many of the connection slots, so a single
+    /// host cannot keep the door shut for everyone else.
+    pub fn per_source(&self) -> usize {
+        (self.max_connections / 8).max(2)
+    }
+}
+
+/// Open connections per source address.
+#[derive(Default)]
+struct PerSource(Mutex<HashMap<IpAddr, usize>>);
+
+/// Releases the source's count when the connection ends.
+struct SourceSlot {
+    table: Arc<PerSource>,
+    ip: IpAddr,
+}
+
+impl PerSource {
+    fn try_take(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<SourceSlot> {
+        let mut map = self.0.lock().expect("per-source map poisoned");
+        let n = map.entry(ip).or_default();
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(SourceSlot { table: self.clone(), ip })
+    }
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut map = self.table.0.lock().expect("per-source map poisoned");
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}
+
 pub async fn run(
     listener: TcpListener,
     limits: Limits,
@@ -25,6 +69,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let per_source = Arc::new(PerSource::default());
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -39,6 +84,9 @@ pub async fn run(
             }
         };
         // Over the limit: close at once rather than queue (no answer either way).
+        let Some(source_slot) = per_source.try_take(crate::config::access::canonical(peer.ip()), limits.per_source()) else {
+            continue;
+        };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             continue;
         };
@@ -57,7 +105,7 @@ pub async fn run(
                     },
                 );
             }
-            drop(slot);
+            drop((slot, source_slot));
         });
     }
 }
@@ -79,4 +127,21 @@ async fn read_packet(mut stream: TcpStream, limits: Limits) -> Option<Vec<u8>> {
         buf.pop();
     }
     (!buf.is_empty()).then_some(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_source_cannot_take_every_slot() {
+        let table = Arc::new(PerSource::default());
+        let (a, b): (IpAddr, IpAddr) = ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
+        let held: Vec<_> = (0..2).map(|_| table.try_take(a, 2).unwrap()).collect();
+        assert!(table.try_take(a, 2).is_none());
+        assert!(table.try_take(b, 2).is_some(), "others still get in");
+        drop(held);
+        assert!(table.try_take(a, 2).is_some(), "slots come back when connections end");
+        assert!(table.0.lock().unwrap().get(&a).is_some_and(|&n| n <= 1));
+    }
 }
