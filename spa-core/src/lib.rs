@@ -10,6 +10,7 @@ pub mod cipher;
 pub mod digest;
 pub mod error;
 pub mod firewall;
+pub mod gpg;
 pub mod keys;
 pub mod message;
 pub mod packet;

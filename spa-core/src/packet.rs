@@ -36,7 +36,7 @@ pub struct PacketKeys<'a> {
 }
 
 impl HmacKey<'_> {
-    fn check(&self) -> Result<()> {
+    pub(crate) fn check(&self) -> Result<()> {
         if self.key.is_empty() || self.key.len() > MAX_HMAC_KEY_LEN {
             return Err(SpaError::Key(format!("HMAC key must be 1..={MAX_HMAC_KEY_LEN} bytes, got {}", self.key.len())));
         }
@@ -44,7 +44,7 @@ impl HmacKey<'_> {
     }
 
     /// Unpadded base64 HMAC over `prefix ‖ body` without joining them.
-    fn compute_b64(&self, prefix: &str, body: &str) -> String {
+    pub(crate) fn compute_b64(&self, prefix: &str, body: &str) -> String {
         b64::encode_nopad(&self.digest.hmac(self.key, &[prefix.as_bytes(), body.as_bytes()]))
     }
 }
