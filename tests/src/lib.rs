@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 pub use tempfile;
 
+pub mod posternd;
 pub mod scenario;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);

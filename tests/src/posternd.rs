@@ -1,0 +1,555 @@
+//! Driving the real `posternd` (the workspace binary) in a server namespace, with
+//! the real `fwknop` client knocking from the client namespace.
+//!
+//! - [`Service`]: a [`Pair`] with a TCP listener in the server namespace, optionally
+//!   guarded by iptables (DROP + conntrack ESTABLISHED, like the fwknop tutorials);
+//! - [`ConfDir`]: a temp dir for config files (written mode 0600) and a run dir;
+//! - [`Posternd`]: the daemon, started with `ip netns exec`, waited for until it logs
+//!   `posternd ready`, killed on drop;
+//! - [`knock`]: one `fwknop` run from the client namespace;
+//! - small probes: [`cap_eff`], [`nft_grants4`], [`udp_send_all`].
+
+use crate::scenario::{describe, SpaClient, SpaKeys};
+use crate::{pair, tcp_connect_ok, tcp_listen, wait_until, ChildGuard, Netns, Pair};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// fwknop's default SPA port.
+pub const SPA_PORT: u16 = 62201;
+
+/// Linux capability numbers used by the tests.
+pub const CAP_NET_ADMIN: u32 = 12;
+pub const CAP_NET_RAW: u32 = 13;
+
+/// The `posternd` binary, built once per test process.
+pub fn posternd_bin() -> PathBuf {
+    crate::workspace_bin("posternd")
+}
+
+/// True if everything an end-to-end posternd test needs is here. Like
+/// [`crate::require_root`]: panics in CI (`CI=true`) when something is missing.
+pub fn runnable(programs: &[&str]) -> bool {
+    crate::require_root() && programs.iter().all(|p| crate::require_program(p))
+}
+
+/// A TCP service on `port` in the server namespace of a fresh [`Pair`].
+pub struct Service {
+    // Field order = drop order: stop the listener before the namespaces go.
+    _listener: ChildGuard,
+    pub pair: Pair,
+    pub port: u16,
+}
+
+impl Service {
+    /// Pair + listener, no firewall rule at all (postern's nftables action closes
+    /// the port itself).
+    pub fn open(tag: &str, port: u16) -> Service {
+        let pair = pair(tag);
+        let listener = tcp_listen(&pair.server, port);
+        Service {
+            _listener: listener,
+            pair,
+            port,
+        }
+    }
+
+    /// Pair + listener guarded like the classic SPA tutorials:
+    /// `iptables -A INPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT`,
+    /// `iptables -A INPUT -p tcp --dport PORT -j DROP`.
+    pub fn iptables_guarded(tag: &str, port: u16) -> Service {
+        let s = Service::open(tag, port);
+        let port_s = port.to_string();
+        s.pair.server.run_ok(&[
+            "iptables",
+            "-A",
+            "INPUT",
+            "-m",
+            "conntrack",
+            "--ctstate",
+            "ESTABLISHED,RELATED",
+            "-j",
+            "ACCEPT",
+        ]);
+        s.pair.server.run_ok(&[
+            "iptables", "-A", "INPUT", "-p", "tcp", "--dport", &port_s, "-j", "DROP",
+        ]);
+        s
+    }
+
+    pub fn server(&self) -> &Netns {
+        &self.pair.server
+    }
+
+    pub fn client(&self) -> &Netns {
+        &self.pair.client
+    }
+
+    /// One new TCP connection from the client namespace to the service.
+    pub fn reachable(&self, timeout: Duration) -> bool {
+        tcp_connect_ok(
+            &self.pair.client,
+            IpAddr::V4(self.pair.server_ip),
+            self.port,
+            timeout,
+        )
+    }
+
+    /// Poll until reachability equals `want` (each attempt waits up to 400 ms).
+    pub fn wait_reachable(&self, want: bool, within: Duration) -> bool {
+        wait_until(within, Duration::from_millis(100), || {
+            self.reachable(Duration::from_millis(400)) == want
+        })
+    }
+
+    /// True if no connection attempt succeeds during `period` (attempts of 400 ms).
+    pub fn stays_closed(&self, period: Duration) -> bool {
+        let end = Instant::now() + period;
+        while Instant::now() < end {
+            if self.reachable(Duration::from_millis(400)) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// The iptables ruleset of the server namespace (for failure messages).
+    pub fn iptables_save(&self) -> String {
+        let o = self.pair.server.run(&["iptables-save"]);
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// The nftables ruleset of the server namespace (for failure messages).
+    pub fn nft_ruleset(&self) -> String {
+        let o = self.pair.server.run(&["nft", "list", "ruleset"]);
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+}
+
+/// Write `text` to `path` with mode 0600 (files holding keys must not be readable
+/// by group or others).
+pub fn write_private(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
+}
+
+/// A temp dir with the server's files: configs (0600) and `run/`.
+pub struct ConfDir {
+    pub dir: tempfile::TempDir,
+}
+
+impl Default for ConfDir {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ConfDir {
+    pub fn new() -> ConfDir {
+        let dir = tempfile::Builder::new()
+            .prefix("pn-posternd")
+            .tempdir()
+            .expect("tempdir");
+        std::fs::create_dir(dir.path().join("run")).expect("mkdir run");
+        ConfDir { dir }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// `<dir>/run`, the run dir (pid file, replay store).
+    pub fn run_dir(&self) -> PathBuf {
+        self.path("run")
+    }
+
+    /// Write a file (mode 0600) and return its path.
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.path(name);
+        write_private(&p, text);
+        p
+    }
+
+    /// Path as a String, for argv.
+    pub fn arg(&self, name: &str) -> String {
+        self.path(name).display().to_string()
+    }
+}
+
+/// An access.conf with one `SOURCE ANY` stanza for `keys`.
+pub fn access_conf(keys: &SpaKeys, open_ports: Option<&str>, timeout: u64, extra: &str) -> String {
+    let mut s = format!("SOURCE ANY\n{}", keys.access_conf_lines());
+    if let Some(p) = open_ports {
+        s += &format!("OPEN_PORTS {p}\n");
+    }
+    s += &format!("FW_ACCESS_TIMEOUT {timeout}\n{extra}");
+    s
+}
+
+/// A native postern.toml: `access_file`, `[server]` with the run dir and
+/// `max_packet_age`, `[replay]`, then `body` (captures and actions, verbatim).
+pub fn postern_toml(dir: &ConfDir, access_file: &str, replay: &str, body: &str) -> String {
+    format!(
+        "access_file = \"{access}\"\n\n[server]\nmax_packet_age = 120\nrun_dir = \"{run}\"\n\n\
+         [replay]\ntype = \"{replay}\"\n\n{body}\n",
+        access = dir.arg(access_file),
+        run = dir.run_dir().display(),
+    )
+}
+
+/// `[[capture]]` tables.
+pub fn udp_capture(port: u16) -> String {
+    format!("[[capture]]\ntype = \"udp\"\nlisten = \"0.0.0.0:{port}\"\n")
+}
+
+pub fn tcp_capture(port: u16) -> String {
+    format!("[[capture]]\ntype = \"tcp\"\nlisten = \"0.0.0.0:{port}\"\n")
+}
+
+pub fn pcap_capture(interface: &str, port: u16) -> String {
+    format!(
+        "[[capture]]\ntype = \"pcap\"\ninterfaces = [\"{interface}\"]\nfilter = \"udp port {port}\"\n"
+    )
+}
+
+/// `[[action]] type = "nftables"` closing `tcp/PORT` itself.
+pub fn nftables_action(port: u16) -> String {
+    format!("[[action]]\ntype = \"nftables\"\nprotected = [\"tcp/{port}\"]\n")
+}
+
+/// `[[action]] type = "iptables"` (own chain POSTERN_INPUT, jump at INPUT 1).
+pub fn iptables_action() -> String {
+    "[[action]]\ntype = \"iptables\"\nipv6 = false\n".to_string()
+}
+
+static START_NO: AtomicU32 = AtomicU32::new(0);
+
+/// A running posternd in a namespace. SIGKILLed on drop.
+pub struct Posternd {
+    guard: ChildGuard,
+    pub log: PathBuf,
+    pub argv: Vec<String>,
+    pub ns_name: String,
+}
+
+impl Posternd {
+    /// Start `posternd ARGS` in `ns` (stdout+stderr to a new log file in `log_dir`)
+    /// and wait until it logs `posternd ready`. Panics with the log if it does not.
+    pub fn start(ns: &Netns, args: &[String], log_dir: &Path) -> Posternd {
+        match Posternd::try_start(ns, args, log_dir) {
+            Ok(d) => d,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// Like [`Posternd::start`], returning the log as the error instead of panicking.
+    pub fn try_start(ns: &Netns, args: &[String], log_dir: &Path) -> Result<Posternd, String> {
+        let bin = posternd_bin();
+        let n = START_NO.fetch_add(1, Ordering::SeqCst);
+        let log = log_dir.join(format!("posternd.{n}.log"));
+        let f = std::fs::File::create(&log).expect("create log");
+        let f2 = f.try_clone().expect("dup log fd");
+        let child = ns
+            .cmd(&bin.display().to_string())
+            .args(args)
+            .env_remove("POSTERN_LOG")
+            .stdin(Stdio::null())
+            .stdout(f)
+            .stderr(f2)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn posternd in {}: {e}", ns.name));
+        let mut d = Posternd {
+            guard: ChildGuard::from_child(child),
+            log,
+            argv: args.to_vec(),
+            ns_name: ns.name.clone(),
+        };
+        let mut exited = None;
+        let ready = wait_until(Duration::from_secs(20), Duration::from_millis(25), || {
+            if d.log_text().contains("posternd ready") {
+                return true;
+            }
+            if let Some(Ok(Some(st))) = d.guard.child_mut().map(|c| c.try_wait()) {
+                exited = Some(st);
+                return true;
+            }
+            false
+        });
+        if let Some(st) = exited {
+            return Err(format!(
+                "posternd {args:?} exited at start ({st}) in {}:\n{}",
+                ns.name,
+                d.log_text()
+            ));
+        }
+        if !ready {
+            return Err(format!(
+                "posternd {args:?} not ready after 20 s in {}:\n{}",
+                ns.name,
+                d.log_text()
+            ));
+        }
+        Ok(d)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.guard.pid()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.guard.is_running()
+    }
+
+    pub fn signal(&self, sig: libc::c_int) {
+        // SAFETY: kill(2) on the pid of our own child (ip netns exec execs posternd).
+        unsafe {
+            libc::kill(self.pid() as libc::pid_t, sig);
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        self.guard.kill9();
+    }
+
+    /// SIGTERM, then wait up to `timeout`; None if it had to be SIGKILLed.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        self.guard.terminate(timeout)
+    }
+
+    /// Wait until the log contains `needle` `count` times or more.
+    pub fn wait_log(&self, needle: &str, count: usize, within: Duration) -> bool {
+        wait_until(within, Duration::from_millis(25), || {
+            self.log_text().matches(needle).count() >= count
+        })
+    }
+
+    /// `Name:\t<hex>` from /proc/PID/status (CapEff, CapPrm, CapBnd, …).
+    pub fn cap_set(&self, name: &str) -> u64 {
+        cap_set(self.pid(), name)
+    }
+}
+
+/// A capability set of a process, read from /proc/PID/status.
+pub fn cap_set(pid: u32, name: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/status: {e}"));
+    let line = status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}:")))
+        .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"));
+    u64::from_str_radix(line.trim(), 16).unwrap_or_else(|e| panic!("{name} {line:?}: {e}"))
+}
+
+/// CapEff of a process.
+pub fn cap_eff(pid: u32) -> u64 {
+    cap_set(pid, "CapEff")
+}
+
+/// Bit mask of capability numbers.
+pub fn caps_mask(caps: &[u32]) -> u64 {
+    caps.iter().fold(0, |m, c| m | (1u64 << c))
+}
+
+/// Readable list of the capabilities in a mask, e.g. `[12, 13]`.
+pub fn caps_list(mask: u64) -> Vec<u32> {
+    (0..64).filter(|b| mask & (1u64 << b) != 0).collect()
+}
+
+/// Elements of `inet postern grants4` in `ns` (`nft list set`), one per line.
+/// Err with nft's stderr if the set cannot be listed.
+pub fn nft_grants4(ns: &Netns) -> Result<Vec<String>, String> {
+    let out = ns.run(&["nft", "list", "set", "inet", "postern", "grants4"]);
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    // `elements = { 10.0.0.1 . tcp . 22 timeout 3s expires 2s, … }` (may wrap lines)
+    let Some(start) = text.find("elements = {") else {
+        return Ok(Vec::new());
+    };
+    let rest = &text[start + "elements = {".len()..];
+    let body = &rest[..rest.find('}').unwrap_or(rest.len())];
+    Ok(body
+        .split(',')
+        .map(|e| e.split_whitespace().collect::<Vec<_>>().join(" "))
+        .filter(|e| !e.is_empty())
+        .collect())
+}
+
+/// One knock with the real fwknop client from the client namespace:
+/// `fwknop -A tcp/PORT -a CLIENT -D SERVER <keys> --no-rc-file EXTRA…`.
+pub fn knock(svc: &Service, keys: &SpaKeys, extra: &[&str]) -> Output {
+    let home = tempfile::tempdir().expect("tempdir");
+    let mut args: Vec<String> = vec![
+        "-A".into(),
+        format!("tcp/{}", svc.port),
+        "-a".into(),
+        svc.pair.client_ip.to_string(),
+        "-D".into(),
+        svc.pair.server_ip.to_string(),
+    ];
+    args.extend(
+        keys.client_key_args()
+            .expect("knock() needs base64 keys (SpaKeys::generate)"),
+    );
+    args.push("--no-rc-file".into());
+    args.extend(extra.iter().map(|s| s.to_string()));
+    SpaClient::Fwknop.run(&svc.pair.client, home.path(), &args)
+}
+
+/// Like [`knock`] but panics unless fwknop exits 0.
+pub fn knock_ok(svc: &Service, keys: &SpaKeys, extra: &[&str]) {
+    let out = knock(svc, keys, extra);
+    assert!(
+        out.status.success(),
+        "fwknop {extra:?} failed: {}",
+        describe(&out)
+    );
+}
+
+/// Build one SPA packet with `fwknop -T -B FILE` (nothing is sent) and return its
+/// bytes, exactly what fwknop would put in the UDP payload.
+pub fn saved_packet(svc: &Service, keys: &SpaKeys, extra: &[&str]) -> Vec<u8> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("spa.pkt");
+    let file_s = file.display().to_string();
+    let mut x: Vec<&str> = vec!["-T", "-B", &file_s];
+    x.extend_from_slice(extra);
+    knock_ok(svc, keys, &x);
+    let mut bytes = std::fs::read(&file).unwrap_or_else(|e| panic!("fwknop -B wrote nothing: {e}"));
+    while bytes.last().is_some_and(|b| b.is_ascii_whitespace()) {
+        bytes.pop();
+    }
+    bytes
+}
+
+/// What a burst of datagrams sent from one socket got back.
+#[derive(Debug, Default)]
+pub struct UdpExchange {
+    pub sent: usize,
+    /// Datagrams received on the sending socket (any source).
+    pub answers: Vec<(SocketAddr, Vec<u8>)>,
+    /// Errors reported on the socket (an ICMP error shows up as ECONNREFUSED).
+    pub errors: Vec<String>,
+}
+
+/// From inside `ns`: send each payload as one datagram to `to` from one socket,
+/// pausing `pause` after every `batch` datagrams, then listen `linger` for anything
+/// coming back to that socket.
+pub fn udp_send_all(
+    ns: &Netns,
+    to: SocketAddr,
+    payloads: Vec<Vec<u8>>,
+    batch: usize,
+    pause: Duration,
+    linger: Duration,
+) -> UdpExchange {
+    ns.in_ns(move || {
+        let bind: SocketAddr = if to.is_ipv4() {
+            (Ipv4Addr::UNSPECIFIED, 0).into()
+        } else {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        let sock = UdpSocket::bind(bind).expect("bind UDP");
+        // Connected: ICMP errors for this destination are reported on the socket.
+        sock.connect(to).expect("connect UDP");
+        sock.set_nonblocking(true).expect("nonblocking");
+        let mut ex = UdpExchange::default();
+        let mut buf = vec![0u8; 65536];
+        let mut drain = |ex: &mut UdpExchange| loop {
+            match sock.recv_from(&mut buf) {
+                Ok((n, from)) => ex.answers.push((from, buf[..n].to_vec())),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => ex.errors.push(e.to_string()),
+            }
+        };
+        for (i, p) in payloads.iter().enumerate() {
+            loop {
+                match sock.send(p) {
+                    Ok(_) => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(1))
+                    }
+                    Err(e) => {
+                        ex.errors.push(format!("send #{i}: {e}"));
+                        break;
+                    }
+                }
+            }
+            ex.sent += 1;
+            if batch > 0 && (i + 1) % batch == 0 {
+                drain(&mut ex);
+                std::thread::sleep(pause);
+            }
+        }
+        let end = Instant::now() + linger;
+        while Instant::now() < end {
+            drain(&mut ex);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        ex
+    })
+}
+
+/// Start the real fwknopd in the foreground in `ns` with the given files
+/// (`fwknopd -f -v -c CONF -a ACCESS`); stdout/stderr to `log`.
+pub fn spawn_fwknopd(ns: &Netns, conf: &Path, access: &Path, log: &Path) -> ChildGuard {
+    let (c, a) = (conf.display().to_string(), access.display().to_string());
+    ns.spawn_logged(&["fwknopd", "-f", "-v", "-v", "-c", &c, "-a", &a], log)
+}
+
+/// Time-bounded scenario runner: runs each named closure on its own thread and
+/// panics with every failure (and a timing line for each success).
+pub fn run_scenarios(title: &str, scenarios: Vec<(String, Box<dyn FnOnce() + Send>)>) {
+    let results: Vec<(String, Result<Duration, String>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = scenarios
+            .into_iter()
+            .map(|(name, f)| {
+                let h = s.spawn(move || {
+                    let t = Instant::now();
+                    f();
+                    t.elapsed()
+                });
+                (name, h)
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|(n, h)| {
+                let r = h.join().map_err(|p| {
+                    p.downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_else(|| "panic".into())
+                });
+                (n, r)
+            })
+            .collect()
+    });
+    println!("{title}");
+    let mut failures = Vec::new();
+    for (n, r) in &results {
+        match r {
+            Ok(d) => println!("  {n:<40} ok    {:>6} ms", d.as_millis()),
+            Err(e) => {
+                println!("  {n:<40} FAILED");
+                failures.push(format!("=== {n} ===\n{e}"));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{title}: {} of {} failed:\n{}",
+        failures.len(),
+        results.len(),
+        failures.join("\n")
+    );
+}

@@ -1,0 +1,216 @@
+//! posternd end to end, captures × actions: the real fwknop client knocks from a
+//! client namespace; posternd (the workspace binary) runs in the server namespace
+//! with a native postern.toml. For every combination: a TCP connect fails before
+//! the knock, succeeds after it, and fails again after FW_ACCESS_TIMEOUT.
+//!
+//! - nftables (postern closes the port itself, `protected = ["tcp/PORT"]`) with
+//!   each capture: UDP socket, pcap on `v1`, pcap on `any`, TCP (`fwknop -P tcp`);
+//! - iptables (DROP + conntrack in INPUT like the fwknop tutorials; posternd's own
+//!   chain jumped to from INPUT 1) with UDP and pcap;
+//! - script: `[[action]] type = "script"` and access.conf CMD_CYCLE_OPEN/CLOSE,
+//!   both inserting/deleting an iptables ACCEPT rule via argv (no shell).
+//!
+//! The combinations of one action run concurrently, each in its own namespaces.
+
+use postern_e2e::posternd::{
+    access_conf, caps_list, caps_mask, iptables_action, knock_ok, nftables_action,
+    pcap_capture, postern_toml, run_scenarios, runnable, tcp_capture, udp_capture, ConfDir,
+    Posternd, Service, CAP_NET_ADMIN, CAP_NET_RAW, SPA_PORT,
+};
+use postern_e2e::scenario::SpaKeys;
+use postern_e2e::Pair;
+use std::time::{Duration, Instant};
+
+const PORT: u16 = 22022;
+const TIMEOUT: u64 = 3;
+
+#[derive(Clone, Copy, Debug)]
+enum Capture {
+    Udp,
+    PcapV1,
+    PcapAny,
+    Tcp,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Action {
+    Nftables,
+    Iptables,
+    /// `[[action]] type = "script"` with open/close argv templates.
+    Script,
+    /// CMD_CYCLE_OPEN/CLOSE/TIMER in access.conf (action `log` as the required default).
+    CmdCycle,
+}
+
+fn capture_toml(c: Capture) -> String {
+    match c {
+        Capture::Udp => udp_capture(SPA_PORT),
+        Capture::PcapV1 => pcap_capture(Pair::SERVER_IF, SPA_PORT),
+        Capture::PcapAny => pcap_capture("any", SPA_PORT),
+        Capture::Tcp => tcp_capture(SPA_PORT),
+    }
+}
+
+/// iptables ACCEPT rule for the knocking source, as argv templates ($SRC, $PORT
+/// filled in by posternd; no shell involved).
+fn ipt_rule(op: &str) -> String {
+    format!("iptables {op} INPUT -s $SRC -p tcp --dport $PORT -j ACCEPT")
+}
+
+fn action_toml(a: Action) -> String {
+    match a {
+        Action::Nftables => nftables_action(PORT),
+        Action::Iptables => iptables_action(),
+        Action::Script => format!(
+            "[[action]]\ntype = \"script\"\nopen = \"{}\"\nclose = \"{}\"\n",
+            ipt_rule("-I"),
+            ipt_rule("-D")
+        ),
+        Action::CmdCycle => "[[action]]\ntype = \"log\"\n".into(),
+    }
+}
+
+/// One full cycle: closed → knock → open → closed after the timeout.
+fn cycle(capture: Capture, action: Action, tag: &str) {
+    let svc = match action {
+        Action::Nftables => Service::open(tag, PORT),
+        _ => Service::iptables_guarded(tag, PORT),
+    };
+    let keys = SpaKeys::generate("cbc", Some("sha256"));
+    let conf = ConfDir::new();
+    let extra = match action {
+        Action::CmdCycle => format!(
+            "CMD_CYCLE_OPEN {}\nCMD_CYCLE_CLOSE {}\nCMD_CYCLE_TIMER {TIMEOUT}\n",
+            ipt_rule("-I"),
+            ipt_rule("-D")
+        ),
+        _ => String::new(),
+    };
+    conf.write(
+        "access.conf",
+        &access_conf(&keys, Some(&format!("tcp/{PORT}")), TIMEOUT, &extra),
+    );
+    let toml = postern_toml(
+        &conf,
+        "access.conf",
+        "memory",
+        &format!("{}\n{}", capture_toml(capture), action_toml(action)),
+    );
+    conf.write("postern.toml", &toml);
+    let mut d = Posternd::start(
+        svc.server(),
+        &["-c".into(), conf.arg("postern.toml"), "-v".into()],
+        conf.dir.path(),
+    );
+    let ctx = |what: &str, d: &Posternd| {
+        format!(
+            "{capture:?} × {action:?}: {what}\n--- postern.toml ---\n{toml}\n--- posternd log ---\n{}\
+             \n--- nft ruleset ---\n{}\n--- iptables-save ---\n{}",
+            d.log_text(),
+            svc.nft_ruleset(),
+            svc.iptables_save()
+        )
+    };
+
+    // The daemon keeps only what it needs (the script actions keep everything).
+    let want = match (capture, action) {
+        (_, Action::Script | Action::CmdCycle) => None,
+        (Capture::Udp | Capture::Tcp, Action::Nftables) => Some(caps_mask(&[CAP_NET_ADMIN])),
+        _ => Some(caps_mask(&[CAP_NET_ADMIN, CAP_NET_RAW])),
+    };
+    if let Some(want) = want {
+        let eff = d.cap_set("CapEff");
+        assert_eq!(
+            eff,
+            want,
+            "{}",
+            ctx(
+                &format!(
+                    "CapEff is {:?}, expected {:?}",
+                    caps_list(eff),
+                    caps_list(want)
+                ),
+                &d
+            )
+        );
+    }
+
+    assert!(
+        !svc.reachable(Duration::from_millis(700)),
+        "{}",
+        ctx("port reachable before the knock", &d)
+    );
+    let proto: &[&str] = match capture {
+        Capture::Tcp => &["-P", "tcp"],
+        _ => &[],
+    };
+    knock_ok(&svc, &keys, proto);
+    let t0 = Instant::now();
+    assert!(
+        svc.wait_reachable(true, Duration::from_secs(5)),
+        "{}",
+        ctx("port not opened by the knock", &d)
+    );
+    let opened = t0.elapsed();
+    assert!(
+        svc.wait_reachable(false, Duration::from_secs(TIMEOUT + 8)),
+        "{}",
+        ctx("port still open long after FW_ACCESS_TIMEOUT", &d)
+    );
+    let closed = t0.elapsed();
+    assert!(
+        closed >= Duration::from_secs(TIMEOUT - 1),
+        "{}",
+        ctx(&format!("closed already after {closed:?}"), &d)
+    );
+    println!("  {capture:?} × {action:?}: open after {opened:?}, closed after {closed:?}");
+    assert!(d.is_running(), "{}", ctx("posternd died", &d));
+}
+
+fn run(action: Action, captures: &[Capture], tag: &str) {
+    if !runnable(&["fwknop", "iptables", "nft"]) {
+        return;
+    }
+    let scenarios = captures
+        .iter()
+        .enumerate()
+        .map(|(i, &c)| {
+            let tag = format!("{tag}{i}");
+            let f: Box<dyn FnOnce() + Send> = Box::new(move || cycle(c, action, &tag));
+            (format!("{c:?} × {action:?}"), f)
+        })
+        .collect();
+    run_scenarios(&format!("posternd captures × {action:?}"), scenarios);
+}
+
+#[test]
+fn nftables_with_udp_pcap_and_tcp_captures() {
+    run(
+        Action::Nftables,
+        &[Capture::Udp, Capture::PcapV1, Capture::PcapAny, Capture::Tcp],
+        "cn",
+    );
+}
+
+#[test]
+fn iptables_with_udp_and_pcap_captures() {
+    run(Action::Iptables, &[Capture::Udp, Capture::PcapV1], "ci");
+}
+
+#[test]
+fn script_action_and_cmd_cycle() {
+    if !runnable(&["fwknop", "iptables", "nft"]) {
+        return;
+    }
+    let scenarios: Vec<(String, Box<dyn FnOnce() + Send>)> = vec![
+        (
+            "Udp × Script".into(),
+            Box::new(|| cycle(Capture::Udp, Action::Script, "cs0")),
+        ),
+        (
+            "Tcp × CmdCycle".into(),
+            Box::new(|| cycle(Capture::Tcp, Action::CmdCycle, "cs1")),
+        ),
+    ];
+    run_scenarios("posternd script actions", scenarios);
+}
