@@ -49,11 +49,17 @@ impl fmt::Display for ApiError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ApiError::Firewalld { message, .. } => f.write_str(message),
-            ApiError::NoBus { address, detail } => write!(f, "cannot connect to the D-Bus bus at {address}: {detail}"),
+            ApiError::NoBus { address, detail } => {
+                write!(f, "cannot connect to the D-Bus bus at {address}: {detail}")
+            }
             ApiError::NotRunning { detail } => write!(f, "firewalld is not on the bus: {detail}"),
             ApiError::Denied { detail } => write!(f, "not allowed: {detail}"),
             ApiError::Timeout { method, after } => {
-                write!(f, "firewalld did not answer `{method}` within {} ms", after.as_millis())
+                write!(
+                    f,
+                    "firewalld did not answer `{method}` within {} ms",
+                    after.as_millis()
+                )
             }
             ApiError::Other { method, detail } => write!(f, "`{method}` failed: {detail}"),
         }
@@ -103,7 +109,11 @@ impl DbusApi {
     /// `address`: a D-Bus address, or `None` for the system bus (which honours
     /// `DBUS_SYSTEM_BUS_ADDRESS`). Nothing connects until the first call.
     pub fn new(address: Option<String>, timeout: Duration) -> DbusApi {
-        DbusApi { address, timeout, conn: None }
+        DbusApi {
+            address,
+            timeout,
+            conn: None,
+        }
     }
 
     /// The bus as shown in messages.
@@ -121,16 +131,23 @@ impl DbusApi {
         if let Some(c) = &self.conn {
             return Ok(c.clone());
         }
-        let no_bus = |detail: String| ApiError::NoBus { address: self.address_label(), detail };
+        let no_bus = |detail: String| ApiError::NoBus {
+            address: self.address_label(),
+            detail,
+        };
         let builder = match &self.address {
             Some(a) => Builder::address(a.as_str()),
             None => Builder::system(),
         }
         .map_err(|e| no_bus(e.to_string()))?;
-        let conn = builder.method_timeout(self.timeout).build().map_err(|e| match classify(e, "Hello", self.timeout) {
-            ApiError::Other { detail, .. } | ApiError::NoBus { detail, .. } => no_bus(detail),
-            ApiError::Timeout { after, .. } => no_bus(format!("no answer within {} ms", after.as_millis())),
-            other => other,
+        let conn = builder.method_timeout(self.timeout).build().map_err(|e| {
+            match classify(e, "Hello", self.timeout) {
+                ApiError::Other { detail, .. } | ApiError::NoBus { detail, .. } => no_bus(detail),
+                ApiError::Timeout { after, .. } => {
+                    no_bus(format!("no answer within {} ms", after.as_millis()))
+                }
+                other => other,
+            }
         })?;
         self.conn = Some(conn.clone());
         Ok(conn)
@@ -142,22 +159,31 @@ impl DbusApi {
         R: for<'d> serde::Deserialize<'d> + zbus::zvariant::Type,
     {
         let conn = self.connection()?;
-        let reply = conn.call_method(Some(DESTINATION), PATH, Some(iface), method, body).map_err(|e| {
-            let err = classify(e, method, self.timeout);
-            if matches!(err, ApiError::Other { .. }) {
-                // Possibly a broken connection: make the next call reconnect.
-                self.conn = None;
-            }
-            err
-        })?;
+        let reply = conn
+            .call_method(Some(DESTINATION), PATH, Some(iface), method, body)
+            .map_err(|e| {
+                let err = classify(e, method, self.timeout);
+                if matches!(err, ApiError::Other { .. }) {
+                    // Possibly a broken connection: make the next call reconnect.
+                    self.conn = None;
+                }
+                err
+            })?;
         reply
             .body()
             .deserialize::<R>()
-            .map_err(|e| ApiError::Other { method: method.into(), detail: format!("unexpected reply: {e}") })
+            .map_err(|e| ApiError::Other {
+                method: method.into(),
+                detail: format!("unexpected reply: {e}"),
+            })
     }
 
     fn property(&mut self, name: &str) -> ApiResult<String> {
-        let v: OwnedValue = self.call("org.freedesktop.DBus.Properties", "Get", &(IFACE_MAIN, name))?;
+        let v: OwnedValue = self.call(
+            "org.freedesktop.DBus.Properties",
+            "Get",
+            &(IFACE_MAIN, name),
+        )?;
         String::try_from(v).map_err(|e| ApiError::Other {
             method: format!("Get {name}"),
             detail: format!("property is not a string: {e}"),
@@ -195,7 +221,9 @@ impl FirewalldApi for DbusApi {
 /// Sorts a zbus error into what the backend needs to know.
 fn classify(e: zbus::Error, method: &str, timeout: Duration) -> ApiError {
     match e {
-        zbus::Error::MethodError(name, message, _) => from_error_name(name.as_str(), message.unwrap_or_default(), method, timeout),
+        zbus::Error::MethodError(name, message, _) => {
+            from_error_name(name.as_str(), message.unwrap_or_default(), method, timeout)
+        }
         zbus::Error::FDO(fdo) => {
             use zbus::DBusError;
             let name = fdo.name().as_str().to_string();
@@ -203,23 +231,47 @@ fn classify(e: zbus::Error, method: &str, timeout: Duration) -> ApiError {
             from_error_name(&name, message, method, timeout)
         }
         zbus::Error::InputOutput(io) if io.kind() == std::io::ErrorKind::TimedOut => {
-            ApiError::Timeout { method: method.into(), after: timeout }
+            ApiError::Timeout {
+                method: method.into(),
+                after: timeout,
+            }
         }
-        zbus::Error::Connection(io, address) => ApiError::NoBus { address: address.to_string(), detail: io.to_string() },
-        zbus::Error::Address(detail) => ApiError::NoBus { address: String::new(), detail },
-        zbus::Error::Handshake(detail) => ApiError::Denied { detail: format!("D-Bus authentication failed: {detail}") },
-        other => ApiError::Other { method: method.into(), detail: other.to_string() },
+        zbus::Error::Connection(io, address) => ApiError::NoBus {
+            address: address.to_string(),
+            detail: io.to_string(),
+        },
+        zbus::Error::Address(detail) => ApiError::NoBus {
+            address: String::new(),
+            detail,
+        },
+        zbus::Error::Handshake(detail) => ApiError::Denied {
+            detail: format!("D-Bus authentication failed: {detail}"),
+        },
+        other => ApiError::Other {
+            method: method.into(),
+            detail: other.to_string(),
+        },
     }
 }
 
 fn from_error_name(name: &str, message: String, method: &str, timeout: Duration) -> ApiError {
-    let detail = if message.is_empty() { name.to_string() } else { format!("{name}: {message}") };
+    let detail = if message.is_empty() {
+        name.to_string()
+    } else {
+        format!("{name}: {message}")
+    };
     match name.rsplit('.').next().unwrap_or(name) {
         "ServiceUnknown" | "NameHasNoOwner" => return ApiError::NotRunning { detail },
-        "AccessDenied" | "AuthFailed" | "InteractiveAuthorizationRequired" | "NotAuthorizedException" => {
-            return ApiError::Denied { detail }
+        "AccessDenied"
+        | "AuthFailed"
+        | "InteractiveAuthorizationRequired"
+        | "NotAuthorizedException" => return ApiError::Denied { detail },
+        "NoReply" | "Timeout" | "TimedOut" => {
+            return ApiError::Timeout {
+                method: method.into(),
+                after: timeout,
+            }
         }
-        "NoReply" | "Timeout" | "TimedOut" => return ApiError::Timeout { method: method.into(), after: timeout },
         _ => {}
     }
     if name.starts_with("org.fedoraproject.FirewallD1") {
@@ -229,11 +281,20 @@ fn from_error_name(name: &str, message: String, method: &str, timeout: Duration)
             return ApiError::Denied { detail };
         }
         if !code.is_empty() && code.bytes().all(|b| b.is_ascii_uppercase() || b == b'_') {
-            return ApiError::Firewalld { code: code.to_string(), message };
+            return ApiError::Firewalld {
+                code: code.to_string(),
+                message,
+            };
         }
-        return ApiError::Firewalld { code: String::new(), message };
+        return ApiError::Firewalld {
+            code: String::new(),
+            message,
+        };
     }
-    ApiError::Other { method: method.into(), detail }
+    ApiError::Other {
+        method: method.into(),
+        detail,
+    }
 }
 
 #[cfg(test)]
@@ -252,30 +313,67 @@ mod tests {
         );
         assert!(e.is_code("ALREADY_ENABLED"), "{e:?}");
         assert!(!e.outcome_unknown());
-        let e = from_error_name("org.fedoraproject.FirewallD1.Exception", "INVALID_ZONE: nosuch".into(), "getRichRules", T);
+        let e = from_error_name(
+            "org.fedoraproject.FirewallD1.Exception",
+            "INVALID_ZONE: nosuch".into(),
+            "getRichRules",
+            T,
+        );
         assert!(e.is_code("INVALID_ZONE"));
         assert_eq!(e.to_string(), "INVALID_ZONE: nosuch");
-        let e = from_error_name("org.fedoraproject.FirewallD1.Exception", "NOT_AUTHORIZED: x".into(), "addRichRule", T);
+        let e = from_error_name(
+            "org.fedoraproject.FirewallD1.Exception",
+            "NOT_AUTHORIZED: x".into(),
+            "addRichRule",
+            T,
+        );
         assert!(matches!(e, ApiError::Denied { .. }));
     }
 
     #[test]
     fn bus_errors_are_sorted() {
-        let e = from_error_name("org.freedesktop.DBus.Error.ServiceUnknown", "The name is not activatable".into(), "Get", T);
+        let e = from_error_name(
+            "org.freedesktop.DBus.Error.ServiceUnknown",
+            "The name is not activatable".into(),
+            "Get",
+            T,
+        );
         assert!(matches!(e, ApiError::NotRunning { .. }), "{e:?}");
-        let e = from_error_name("org.freedesktop.DBus.Error.AccessDenied", "Rejected".into(), "addRichRule", T);
+        let e = from_error_name(
+            "org.freedesktop.DBus.Error.AccessDenied",
+            "Rejected".into(),
+            "addRichRule",
+            T,
+        );
         assert!(matches!(e, ApiError::Denied { .. }));
-        let e = from_error_name("org.freedesktop.DBus.Error.NoReply", String::new(), "addRichRule", T);
+        let e = from_error_name(
+            "org.freedesktop.DBus.Error.NoReply",
+            String::new(),
+            "addRichRule",
+            T,
+        );
         assert!(matches!(e, ApiError::Timeout { .. }) && e.outcome_unknown());
-        assert_eq!(e.to_string(), "firewalld did not answer `addRichRule` within 1000 ms");
-        let e = from_error_name("org.freedesktop.DBus.Error.UnknownMethod", "no such method".into(), "getZones", T);
+        assert_eq!(
+            e.to_string(),
+            "firewalld did not answer `addRichRule` within 1000 ms"
+        );
+        let e = from_error_name(
+            "org.freedesktop.DBus.Error.UnknownMethod",
+            "no such method".into(),
+            "getZones",
+            T,
+        );
         assert!(matches!(e, ApiError::Other { .. }));
     }
 
     #[test]
     fn io_timeouts_are_timeouts() {
         let io = std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out");
-        let e = classify(zbus::Error::InputOutput(std::sync::Arc::new(io)), "addRichRule", T);
+        let e = classify(
+            zbus::Error::InputOutput(std::sync::Arc::new(io)),
+            "addRichRule",
+            T,
+        );
         assert!(matches!(e, ApiError::Timeout { .. }), "{e:?}");
     }
 
@@ -285,6 +383,9 @@ mod tests {
         let addr = format!("unix:path={}", dir.path().join("nothing-here").display());
         let mut api = DbusApi::new(Some(addr.clone()), T);
         let e = api.state().unwrap_err();
-        assert!(matches!(&e, ApiError::NoBus { address, .. } if address == &addr), "{e:?}");
+        assert!(
+            matches!(&e, ApiError::NoBus { address, .. } if address == &addr),
+            "{e:?}"
+        );
     }
 }

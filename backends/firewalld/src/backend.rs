@@ -37,11 +37,17 @@ impl std::fmt::Debug for FirewalldBackend {
 }
 
 fn unix_now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 fn other(message: String) -> FirewallError {
-    FirewallError::Other { backend: BACKEND, message }
+    FirewallError::Other {
+        backend: BACKEND,
+        message,
+    }
 }
 
 /// One change made during a grant batch, and how to take it back.
@@ -66,10 +72,16 @@ impl FirewalldBackend {
     }
 
     /// A backend using `api` instead of D-Bus (tests: a fake firewalld).
-    pub fn with_api(config: FirewalldConfig, api: Box<dyn FirewalldApi>) -> FwResult<FirewalldBackend> {
+    pub fn with_api(
+        config: FirewalldConfig,
+        api: Box<dyn FirewalldApi>,
+    ) -> FwResult<FirewalldBackend> {
         config.validate()?;
         let state_file = config.state_file.clone().map(StateFile::new);
-        let bus_label = config.bus_address.clone().unwrap_or_else(|| "the system bus".into());
+        let bus_label = config
+            .bus_address
+            .clone()
+            .unwrap_or_else(|| "the system bus".into());
         Ok(FirewalldBackend {
             config,
             api,
@@ -123,15 +135,18 @@ impl FirewalldBackend {
     fn check_running(&mut self) -> FwResult<()> {
         let deadline = Instant::now() + self.config.call_timeout();
         loop {
-            let state = self.api.state().map_err(|e| self.fail("reading firewalld's state", e))?;
+            let state = self
+                .api
+                .state()
+                .map_err(|e| self.fail("reading firewalld's state", e))?;
             match state.as_str() {
                 "RUNNING" => return Ok(()),
-                "INIT" if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
-                s => {
-                    return Err(other(format!(
-                        "firewalld is not running (its state is `{s}`); check its log, then restart it"
-                    )))
+                "INIT" if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(100))
                 }
+                s => return Err(other(format!(
+                    "firewalld is not running (its state is `{s}`); check its log, then restart it"
+                ))),
             }
         }
     }
@@ -139,9 +154,15 @@ impl FirewalldBackend {
     fn resolve_zone(&mut self) -> FwResult<String> {
         let zone = match &self.config.zone {
             Some(z) => z.clone(),
-            None => self.api.default_zone().map_err(|e| self.fail("reading firewalld's default zone", e))?,
+            None => self
+                .api
+                .default_zone()
+                .map_err(|e| self.fail("reading firewalld's default zone", e))?,
         };
-        let zones = self.api.zones().map_err(|e| self.fail("listing firewalld's zones", e))?;
+        let zones = self
+            .api
+            .zones()
+            .map_err(|e| self.fail("listing firewalld's zones", e))?;
         if !zones.iter().any(|z| z == &zone) {
             return Err(other(format!(
                 "zone `{zone}` does not exist in firewalld (its zones: {}); set `zone` to one of them or create it",
@@ -187,7 +208,11 @@ impl FirewalldBackend {
     /// firewalld), only the bookkeeping for a restart is behind.
     fn save_state_or_warn(&self) {
         if let Err(e) = self.save_state() {
-            let path = self.state_file.as_ref().map(|f| f.path().display().to_string()).unwrap_or_default();
+            let path = self
+                .state_file
+                .as_ref()
+                .map(|f| f.path().display().to_string())
+                .unwrap_or_default();
             tracing::warn!("cannot write firewalld state file {path}: {e}");
         }
     }
@@ -216,17 +241,30 @@ impl FirewalldBackend {
         for zone in self.state.zones() {
             let Some(present) = self.zone_rules(&zone)? else {
                 let gone = self.state.retain(|e| e.zone != zone);
-                tracing::warn!("zone `{zone}` no longer exists; forgetting {} grant(s) recorded in it", gone.len());
+                tracing::warn!(
+                    "zone `{zone}` no longer exists; forgetting {} grant(s) recorded in it",
+                    gone.len()
+                );
                 continue;
             };
-            self.state.retain(|e| e.zone != zone || present.contains(&e.text));
-            let overdue: Vec<Entry> =
-                self.state.entries().iter().filter(|e| e.zone == zone && e.expires_at <= now).cloned().collect();
+            self.state
+                .retain(|e| e.zone != zone || present.contains(&e.text));
+            let overdue: Vec<Entry> = self
+                .state
+                .entries()
+                .iter()
+                .filter(|e| e.zone == zone && e.expires_at <= now)
+                .cloned()
+                .collect();
             for e in overdue {
                 match self.api.remove_rich_rule(&e.zone, &e.text) {
-                    Ok(()) => tracing::info!("removed expired grant {} from zone `{}`", e.rule, e.zone),
+                    Ok(()) => {
+                        tracing::info!("removed expired grant {} from zone `{}`", e.rule, e.zone)
+                    }
                     Err(err) if err.is_code("NOT_ENABLED") => {}
-                    Err(err) => return Err(self.fail(&format!("removing expired rule `{}`", e.text), err)),
+                    Err(err) => {
+                        return Err(self.fail(&format!("removing expired rule `{}`", e.text), err))
+                    }
                 }
                 self.state.remove(&e.zone, &e.text);
             }
@@ -238,14 +276,22 @@ impl FirewalldBackend {
         if o.rule.nat.is_some() {
             return Err(FirewallError::Unsupported {
                 backend: BACKEND,
-                what: format!("NAT access (grant {}); use the iptables or nftables backend for NAT", o.rule),
+                what: format!(
+                    "NAT access (grant {}); use the iptables or nftables backend for NAT",
+                    o.rule
+                ),
             });
         }
         let source = rich::canonical_source(o.rule.source);
         if !self.config.family.allows(&source) {
             return Err(FirewallError::Unsupported {
                 backend: BACKEND,
-                what: format!("{} sources with family = \"{}\" (grant {})", if source.is_ipv4() { "IPv4" } else { "IPv6" }, self.config.family, o.rule),
+                what: format!(
+                    "{} sources with family = \"{}\" (grant {})",
+                    if source.is_ipv4() { "IPv4" } else { "IPv6" },
+                    self.config.family,
+                    o.rule
+                ),
             });
         }
         if o.rule.port == 0 {
@@ -272,7 +318,10 @@ impl FirewalldBackend {
         for e in ours.iter().filter(|e| !present.contains(&e.text)) {
             self.state.remove(&e.zone, &e.text);
         }
-        let ours: Vec<Entry> = ours.into_iter().filter(|e| present.contains(&e.text)).collect();
+        let ours: Vec<Entry> = ours
+            .into_iter()
+            .filter(|e| present.contains(&e.text))
+            .collect();
 
         // Add a form that is not in firewalld yet, then drop our older form(s): the
         // source stays allowed throughout. Ours first tries the other form.
@@ -295,14 +344,26 @@ impl FirewalldBackend {
                 Err(e) => {
                     if e.outcome_unknown() {
                         // It was absent before, so if it got in, it is ours to take out.
-                        undo.push(Undo::Remove { text: entry.text.clone(), expires_at });
+                        undo.push(Undo::Remove {
+                            text: entry.text.clone(),
+                            expires_at,
+                        });
                     }
-                    return Err(self.fail(&format!("adding rich rule `{}` to zone `{zone}`", entry.text), e));
+                    return Err(self.fail(
+                        &format!("adding rich rule `{}` to zone `{zone}`", entry.text),
+                        e,
+                    ));
                 }
             }
-            tracing::debug!("firewalld: added `{}` to zone `{zone}` for {timeout} s", entry.text);
+            tracing::debug!(
+                "firewalld: added `{}` to zone `{zone}` for {timeout} s",
+                entry.text
+            );
             present.insert(entry.text.clone());
-            undo.push(Undo::Remove { text: entry.text.clone(), expires_at });
+            undo.push(Undo::Remove {
+                text: entry.text.clone(),
+                expires_at,
+            });
             self.state.insert(entry);
             for old in &ours {
                 self.remove_ours(old, present, undo)?;
@@ -315,17 +376,29 @@ impl FirewalldBackend {
             // (a short gap for new connections; see README).
             Some(cur) => {
                 self.remove_ours(cur, present, undo)?;
-                let entry = Entry { expires_at, ..cur.clone() };
+                let entry = Entry {
+                    expires_at,
+                    ..cur.clone()
+                };
                 if let Err(e) = self.api.add_rich_rule(zone, &entry.text, timeout as i32) {
                     if e.outcome_unknown() {
-                        undo.push(Undo::Remove { text: entry.text.clone(), expires_at });
+                        undo.push(Undo::Remove {
+                            text: entry.text.clone(),
+                            expires_at,
+                        });
                     }
-                    return Err(self.fail(&format!("adding rich rule `{}` to zone `{zone}`", entry.text), e));
+                    return Err(self.fail(
+                        &format!("adding rich rule `{}` to zone `{zone}`", entry.text),
+                        e,
+                    ));
                 }
                 present.insert(entry.text.clone());
                 // Undo: the Restore pushed by remove_ours puts back the old one,
                 // after this Remove takes out the new one (undo runs in reverse).
-                undo.push(Undo::Remove { text: entry.text.clone(), expires_at });
+                undo.push(Undo::Remove {
+                    text: entry.text.clone(),
+                    expires_at,
+                });
                 self.state.insert(entry);
                 Ok(())
             }
@@ -341,11 +414,21 @@ impl FirewalldBackend {
         }
     }
 
-    fn remove_ours(&mut self, old: &Entry, present: &mut HashSet<String>, undo: &mut Vec<Undo>) -> FwResult<()> {
+    fn remove_ours(
+        &mut self,
+        old: &Entry,
+        present: &mut HashSet<String>,
+        undo: &mut Vec<Undo>,
+    ) -> FwResult<()> {
         match self.api.remove_rich_rule(&old.zone, &old.text) {
             Ok(()) => undo.push(Undo::Restore { entry: old.clone() }),
             Err(e) if e.is_code("NOT_ENABLED") => {}
-            Err(e) => return Err(self.fail(&format!("removing rich rule `{}` from zone `{}`", old.text, old.zone), e)),
+            Err(e) => {
+                return Err(self.fail(
+                    &format!("removing rich rule `{}` from zone `{}`", old.text, old.zone),
+                    e,
+                ))
+            }
         }
         present.remove(&old.text);
         self.state.remove(&old.zone, &old.text);
@@ -353,7 +436,13 @@ impl FirewalldBackend {
     }
 
     /// Takes back a failed batch. Returns a note if something could not be undone.
-    fn roll_back(&mut self, zone: &str, snapshot: State, undo: Vec<Undo>, now: u64) -> Option<String> {
+    fn roll_back(
+        &mut self,
+        zone: &str,
+        snapshot: State,
+        undo: Vec<Undo>,
+        now: u64,
+    ) -> Option<String> {
         self.state = snapshot;
         let mut failures = Vec::new();
         for step in undo.into_iter().rev() {
@@ -381,7 +470,10 @@ impl FirewalldBackend {
                         Err(e) if e.is_code("ALREADY_ENABLED") => {}
                         Err(e) => {
                             self.state.remove(&entry.zone, &entry.text);
-                            failures.push(format!("earlier grant {} could not be restored ({e})", entry.rule));
+                            failures.push(format!(
+                                "earlier grant {} could not be restored ({e})",
+                                entry.rule
+                            ));
                         }
                     }
                 }
@@ -406,7 +498,11 @@ impl Firewall for FirewalldBackend {
         // At start, a state file that cannot be written is a configuration error.
         if changed || self.state_file.is_some() {
             self.save_state().map_err(|e| {
-                let path = self.state_file.as_ref().map(|f| f.path().display().to_string()).unwrap_or_default();
+                let path = self
+                    .state_file
+                    .as_ref()
+                    .map(|f| f.path().display().to_string())
+                    .unwrap_or_default();
                 other(format!("cannot write state file {path}: {e}"))
             })?;
         }
@@ -463,7 +559,9 @@ impl Firewall for FirewalldBackend {
                     Ok(()) => {}
                     Err(err) if err.is_code("NOT_ENABLED") || err.is_code("INVALID_ZONE") => {}
                     Err(err) => {
-                        first_error.get_or_insert(self.fail(&format!("removing rich rule `{}`", e.text), err));
+                        first_error.get_or_insert(
+                            self.fail(&format!("removing rich rule `{}`", e.text), err),
+                        );
                         continue;
                     }
                 }
@@ -480,7 +578,9 @@ impl Firewall for FirewalldBackend {
         let before = self.state.clone();
         for zone in self.state.zones() {
             match self.zone_rules(&zone)? {
-                Some(present) => self.state.retain(|e| e.zone != zone || present.contains(&e.text)),
+                Some(present) => self
+                    .state
+                    .retain(|e| e.zone != zone || present.contains(&e.text)),
                 None => self.state.retain(|e| e.zone != zone),
             };
         }
@@ -498,7 +598,8 @@ impl Firewall for FirewalldBackend {
                 Ok(()) => {}
                 Err(err) if err.is_code("NOT_ENABLED") || err.is_code("INVALID_ZONE") => {}
                 Err(err) => {
-                    first_error.get_or_insert(self.fail(&format!("removing rich rule `{}`", e.text), err));
+                    first_error
+                        .get_or_insert(self.fail(&format!("removing rich rule `{}`", e.text), err));
                     continue;
                 }
             }

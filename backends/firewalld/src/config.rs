@@ -49,13 +49,20 @@ impl Default for FirewalldConfig {
 impl FirewalldConfig {
     /// Rejects values firewalld or D-Bus would refuse, before anything connects.
     pub fn validate(&self) -> FwResult<()> {
-        let bad = |message: String| Err(FirewallError::Other { backend: BACKEND, message });
+        let bad = |message: String| {
+            Err(FirewallError::Other {
+                backend: BACKEND,
+                message,
+            })
+        };
         if let Some(zone) = &self.zone {
             // firewalld zone names: file names of zone XML files, at most 17 characters
             // historically; we only reject what can never be a zone name.
             let ok = !zone.is_empty()
                 && zone.len() <= 64
-                && zone.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-+.".contains(&b))
+                && zone
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_-+.".contains(&b))
                 && !zone.starts_with('.');
             if !ok {
                 return bad(format!(
@@ -143,7 +150,10 @@ mod tests {
         .unwrap();
         assert_eq!(c.zone.as_deref(), Some("work"));
         assert_eq!(c.bus_address.as_deref(), Some("unix:path=/tmp/bus"));
-        assert_eq!(c.state_file, Some(PathBuf::from("/var/lib/postern/firewalld.json")));
+        assert_eq!(
+            c.state_file,
+            Some(PathBuf::from("/var/lib/postern/firewalld.json"))
+        );
         assert_eq!(c.family, FamilyFilter::Ipv6);
         assert_eq!(c.call_timeout_ms, 2500);
         c.validate().unwrap();
@@ -152,18 +162,38 @@ mod tests {
     #[test]
     fn bad_values_say_what_was_expected() {
         assert!(serde_json::from_str::<FirewalldConfig>(r#"{"zones":"x"}"#).is_err());
-        let e = serde_json::from_str::<FirewalldConfig>(r#"{"family":"inet"}"#).unwrap_err().to_string();
+        let e = serde_json::from_str::<FirewalldConfig>(r#"{"family":"inet"}"#)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("inet"), "{e}");
-        let bad = FirewalldConfig { zone: Some("a zone".into()), ..Default::default() };
+        let bad = FirewalldConfig {
+            zone: Some("a zone".into()),
+            ..Default::default()
+        };
         assert!(bad.validate().unwrap_err().to_string().contains("`a zone`"));
-        let bad = FirewalldConfig { zone: Some("x\"y".into()), ..Default::default() };
+        let bad = FirewalldConfig {
+            zone: Some("x\"y".into()),
+            ..Default::default()
+        };
         assert!(bad.validate().is_err());
-        let bad = FirewalldConfig { bus_address: Some("/run/dbus/system_bus_socket".into()), ..Default::default() };
+        let bad = FirewalldConfig {
+            bus_address: Some("/run/dbus/system_bus_socket".into()),
+            ..Default::default()
+        };
         let e = bad.validate().unwrap_err().to_string();
-        assert!(e.contains("not a D-Bus address") && e.contains("unix:path="), "{e}");
-        let bad = FirewalldConfig { call_timeout_ms: 0, ..Default::default() };
+        assert!(
+            e.contains("not a D-Bus address") && e.contains("unix:path="),
+            "{e}"
+        );
+        let bad = FirewalldConfig {
+            call_timeout_ms: 0,
+            ..Default::default()
+        };
         assert!(bad.validate().is_err());
-        let bad = FirewalldConfig { state_file: Some(PathBuf::from("/")), ..Default::default() };
+        let bad = FirewalldConfig {
+            state_file: Some(PathBuf::from("/")),
+            ..Default::default()
+        };
         assert!(bad.validate().is_err());
     }
 

@@ -49,7 +49,12 @@ pub fn canonical_source(addr: IpAddr) -> IpAddr {
 
 /// The rule as postern identifies it: canonical source, no NAT.
 pub fn canonical_rule(rule: &Rule) -> Rule {
-    Rule { source: canonical_source(rule.source), proto: rule.proto, port: rule.port, nat: None }
+    Rule {
+        source: canonical_source(rule.source),
+        proto: rule.proto,
+        port: rule.port,
+        nat: None,
+    }
 }
 
 fn family(addr: &IpAddr) -> &'static str {
@@ -116,7 +121,15 @@ pub fn parse(text: &str) -> Option<(Rule, SourceForm)> {
         "udp" => Proto::Udp,
         _ => return None,
     };
-    Some((Rule { source, proto, port, nat: None }, form))
+    Some((
+        Rule {
+            source,
+            proto,
+            port,
+            nat: None,
+        },
+        form,
+    ))
 }
 
 #[cfg(test)]
@@ -124,7 +137,12 @@ mod tests {
     use super::*;
 
     fn rule(source: &str, proto: Proto, port: u16) -> Rule {
-        Rule { source: source.parse().unwrap(), proto, port, nat: None }
+        Rule {
+            source: source.parse().unwrap(),
+            proto,
+            port,
+            nat: None,
+        }
     }
 
     #[test]
@@ -161,9 +179,17 @@ mod tests {
 
     #[test]
     fn round_trips_every_form() {
-        for r in [rule("10.1.2.3", Proto::Tcp, 1), rule("fd00::1", Proto::Udp, 65535), rule("::1", Proto::Tcp, 80)] {
+        for r in [
+            rule("10.1.2.3", Proto::Tcp, 1),
+            rule("fd00::1", Proto::Udp, 65535),
+            rule("::1", Proto::Tcp, 80),
+        ] {
             for form in [SourceForm::Plain, SourceForm::HostPrefix] {
-                assert_eq!(parse(&render(&r, form)), Some((r.clone(), form)), "{r} {form:?}");
+                assert_eq!(
+                    parse(&render(&r, form)),
+                    Some((r.clone(), form)),
+                    "{r} {form:?}"
+                );
             }
         }
     }

@@ -30,13 +30,25 @@ pub struct Entry {
 impl Entry {
     pub fn new(zone: &str, rule: &Rule, form: SourceForm, expires_at: u64) -> Entry {
         let rule = rich::canonical_rule(rule);
-        Entry { zone: zone.to_string(), text: rich::render(&rule, form), rule, form, expires_at }
+        Entry {
+            zone: zone.to_string(),
+            text: rich::render(&rule, form),
+            rule,
+            form,
+            expires_at,
+        }
     }
 
     /// Rebuilds an entry from its text; `None` if the text is not postern's shape.
     pub fn from_text(zone: &str, text: &str, expires_at: u64) -> Option<Entry> {
         let (rule, form) = rich::parse(text)?;
-        Some(Entry { zone: zone.to_string(), text: text.to_string(), rule, form, expires_at })
+        Some(Entry {
+            zone: zone.to_string(),
+            text: text.to_string(),
+            rule,
+            form,
+            expires_at,
+        })
     }
 }
 
@@ -57,40 +69,62 @@ impl State {
 
     /// Adds or replaces the entry with the same zone and text.
     pub fn insert(&mut self, entry: Entry) {
-        match self.entries.iter_mut().find(|e| e.zone == entry.zone && e.text == entry.text) {
+        match self
+            .entries
+            .iter_mut()
+            .find(|e| e.zone == entry.zone && e.text == entry.text)
+        {
             Some(e) => *e = entry,
             None => self.entries.push(entry),
         }
     }
 
     pub fn remove(&mut self, zone: &str, text: &str) -> Option<Entry> {
-        let i = self.entries.iter().position(|e| e.zone == zone && e.text == text)?;
+        let i = self
+            .entries
+            .iter()
+            .position(|e| e.zone == zone && e.text == text)?;
         Some(self.entries.remove(i))
     }
 
     /// Entries for `rule` (compared canonically) in `zone`, latest expiry first.
     pub fn for_rule(&self, zone: &str, rule: &Rule) -> Vec<Entry> {
         let rule = rich::canonical_rule(rule);
-        let mut v: Vec<Entry> = self.entries.iter().filter(|e| e.zone == zone && e.rule == rule).cloned().collect();
-        v.sort_by(|a, b| b.expires_at.cmp(&a.expires_at));
+        let mut v: Vec<Entry> = self
+            .entries
+            .iter()
+            .filter(|e| e.zone == zone && e.rule == rule)
+            .cloned()
+            .collect();
+        v.sort_by_key(|e| std::cmp::Reverse(e.expires_at));
         v
     }
 
     /// Entries for `rule` in any zone.
     pub fn for_rule_any_zone(&self, rule: &Rule) -> Vec<Entry> {
         let rule = rich::canonical_rule(rule);
-        self.entries.iter().filter(|e| e.rule == rule).cloned().collect()
+        self.entries
+            .iter()
+            .filter(|e| e.rule == rule)
+            .cloned()
+            .collect()
     }
 
     /// Zones that have entries, in first-seen order.
     pub fn zones(&self) -> Vec<String> {
         let mut seen = HashSet::new();
-        self.entries.iter().filter(|e| seen.insert(e.zone.clone())).map(|e| e.zone.clone()).collect()
+        self.entries
+            .iter()
+            .filter(|e| seen.insert(e.zone.clone()))
+            .map(|e| e.zone.clone())
+            .collect()
     }
 
     /// Keeps only entries for which `keep` is true; returns the others.
     pub fn retain(&mut self, mut keep: impl FnMut(&Entry) -> bool) -> Vec<Entry> {
-        let (kept, dropped) = std::mem::take(&mut self.entries).into_iter().partition(|e| keep(e));
+        let (kept, dropped) = std::mem::take(&mut self.entries)
+            .into_iter()
+            .partition(|e| keep(e));
         self.entries = kept;
         dropped
     }
@@ -113,7 +147,11 @@ impl State {
                     o.expires_at = e.expires_at;
                     o.timeout_secs = timeout_secs;
                 }
-                None => out.push(Opening { rule: e.rule.clone(), timeout_secs, expires_at: e.expires_at }),
+                None => out.push(Opening {
+                    rule: e.rule.clone(),
+                    timeout_secs,
+                    expires_at: e.expires_at,
+                }),
             }
         }
         out.sort_by_key(|o| o.expires_at);
@@ -123,7 +161,11 @@ impl State {
     /// Adds entries from another state (a loaded file) that this one lacks.
     pub fn merge(&mut self, other: State) {
         for e in other.entries {
-            if !self.entries.iter().any(|x| x.zone == e.zone && x.text == e.text) {
+            if !self
+                .entries
+                .iter()
+                .any(|x| x.zone == e.zone && x.text == e.text)
+            {
                 self.entries.push(e);
             }
         }
@@ -135,7 +177,11 @@ impl State {
             grants: self
                 .entries
                 .iter()
-                .map(|e| GrantJson { zone: e.zone.clone(), rule: e.text.clone(), expires_at: e.expires_at })
+                .map(|e| GrantJson {
+                    zone: e.zone.clone(),
+                    rule: e.text.clone(),
+                    expires_at: e.expires_at,
+                })
                 .collect(),
         };
         let mut s = serde_json::to_string_pretty(&file).expect("state serialises");
@@ -148,14 +194,20 @@ impl State {
     pub fn from_json(text: &str) -> Result<(State, Vec<String>), String> {
         let file: StateFileJson = serde_json::from_str(text).map_err(|e| e.to_string())?;
         if file.version != 1 {
-            return Err(format!("unknown state version {} (expected 1)", file.version));
+            return Err(format!(
+                "unknown state version {} (expected 1)",
+                file.version
+            ));
         }
         let mut state = State::default();
         let mut warnings = Vec::new();
         for g in file.grants {
             match Entry::from_text(&g.zone, &g.rule, g.expires_at) {
                 Some(e) => state.insert(e),
-                None => warnings.push(format!("ignoring entry that is not a postern rule: zone `{}`: {}", g.zone, g.rule)),
+                None => warnings.push(format!(
+                    "ignoring entry that is not a postern rule: zone `{}`: {}",
+                    g.zone, g.rule
+                )),
             }
         }
         Ok((state, warnings))
@@ -208,7 +260,11 @@ impl StateFile {
             _ => PathBuf::from("."),
         };
         fs::create_dir_all(&dir)?;
-        let name = self.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = self
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
         let result = (|| {
             let mut f = open_private(&tmp)?;
@@ -226,12 +282,21 @@ impl StateFile {
 #[cfg(unix)]
 fn open_private(path: &Path) -> io::Result<fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
-    fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)
+    fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
 }
 
 #[cfg(not(unix))]
 fn open_private(path: &Path) -> io::Result<fs::File> {
-    fs::OpenOptions::new().write(true).create(true).truncate(true).open(path)
+    fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
 }
 
 #[cfg(test)]
@@ -240,17 +305,40 @@ mod tests {
     use spa_core::request::Proto;
 
     fn rule(src: &str, port: u16) -> Rule {
-        Rule { source: src.parse().unwrap(), proto: Proto::Tcp, port, nat: None }
+        Rule {
+            source: src.parse().unwrap(),
+            proto: Proto::Tcp,
+            port,
+            nat: None,
+        }
     }
 
     #[test]
     fn insert_replaces_same_zone_and_text() {
         let mut s = State::default();
-        s.insert(Entry::new("public", &rule("10.0.0.1", 22), SourceForm::Plain, 100));
-        s.insert(Entry::new("public", &rule("10.0.0.1", 22), SourceForm::Plain, 200));
-        s.insert(Entry::new("work", &rule("10.0.0.1", 22), SourceForm::Plain, 300));
+        s.insert(Entry::new(
+            "public",
+            &rule("10.0.0.1", 22),
+            SourceForm::Plain,
+            100,
+        ));
+        s.insert(Entry::new(
+            "public",
+            &rule("10.0.0.1", 22),
+            SourceForm::Plain,
+            200,
+        ));
+        s.insert(Entry::new(
+            "work",
+            &rule("10.0.0.1", 22),
+            SourceForm::Plain,
+            300,
+        ));
         assert_eq!(s.entries().len(), 2);
-        assert_eq!(s.for_rule("public", &rule("10.0.0.1", 22))[0].expires_at, 200);
+        assert_eq!(
+            s.for_rule("public", &rule("10.0.0.1", 22))[0].expires_at,
+            200
+        );
         assert_eq!(s.zones(), vec!["public".to_string(), "work".to_string()]);
         assert!(s.remove("public", &s.entries()[0].text.clone()).is_some());
         assert_eq!(s.entries().len(), 1);
@@ -259,7 +347,12 @@ mod tests {
     #[test]
     fn rules_are_matched_canonically() {
         let mut s = State::default();
-        s.insert(Entry::new("public", &rule("::ffff:10.0.0.1", 22), SourceForm::Plain, 100));
+        s.insert(Entry::new(
+            "public",
+            &rule("::ffff:10.0.0.1", 22),
+            SourceForm::Plain,
+            100,
+        ));
         assert_eq!(s.entries()[0].rule, rule("10.0.0.1", 22));
         assert_eq!(s.for_rule("public", &rule("10.0.0.1", 22)).len(), 1);
         assert_eq!(s.for_rule("public", &rule("::ffff:10.0.0.1", 22)).len(), 1);
@@ -270,21 +363,65 @@ mod tests {
     #[test]
     fn openings_are_live_deduplicated_and_ordered() {
         let mut s = State::default();
-        s.insert(Entry::new("public", &rule("10.0.0.1", 22), SourceForm::Plain, 150));
-        s.insert(Entry::new("public", &rule("10.0.0.1", 22), SourceForm::HostPrefix, 180));
-        s.insert(Entry::new("public", &rule("10.0.0.2", 22), SourceForm::Plain, 120));
-        s.insert(Entry::new("public", &rule("10.0.0.3", 22), SourceForm::Plain, 100));
+        s.insert(Entry::new(
+            "public",
+            &rule("10.0.0.1", 22),
+            SourceForm::Plain,
+            150,
+        ));
+        s.insert(Entry::new(
+            "public",
+            &rule("10.0.0.1", 22),
+            SourceForm::HostPrefix,
+            180,
+        ));
+        s.insert(Entry::new(
+            "public",
+            &rule("10.0.0.2", 22),
+            SourceForm::Plain,
+            120,
+        ));
+        s.insert(Entry::new(
+            "public",
+            &rule("10.0.0.3", 22),
+            SourceForm::Plain,
+            100,
+        ));
         let o = s.openings(100);
         assert_eq!(o.len(), 2, "{o:?}");
-        assert_eq!((o[0].rule.source.to_string(), o[0].expires_at, o[0].timeout_secs), ("10.0.0.2".into(), 120, 20));
-        assert_eq!((o[1].rule.source.to_string(), o[1].expires_at, o[1].timeout_secs), ("10.0.0.1".into(), 180, 80));
+        assert_eq!(
+            (
+                o[0].rule.source.to_string(),
+                o[0].expires_at,
+                o[0].timeout_secs
+            ),
+            ("10.0.0.2".into(), 120, 20)
+        );
+        assert_eq!(
+            (
+                o[1].rule.source.to_string(),
+                o[1].expires_at,
+                o[1].timeout_secs
+            ),
+            ("10.0.0.1".into(), 180, 80)
+        );
     }
 
     #[test]
     fn stale_entries_are_forgotten_after_the_slack() {
         let mut s = State::default();
-        s.insert(Entry::new("public", &rule("10.0.0.1", 22), SourceForm::Plain, 100));
-        s.insert(Entry::new("public", &rule("10.0.0.2", 22), SourceForm::Plain, 200));
+        s.insert(Entry::new(
+            "public",
+            &rule("10.0.0.1", 22),
+            SourceForm::Plain,
+            100,
+        ));
+        s.insert(Entry::new(
+            "public",
+            &rule("10.0.0.2", 22),
+            SourceForm::Plain,
+            200,
+        ));
         assert!(s.forget_stale(150, 60).is_empty());
         let gone = s.forget_stale(161, 60);
         assert_eq!(gone.len(), 1);
@@ -295,8 +432,18 @@ mod tests {
     #[test]
     fn json_round_trip_and_foreign_entries() {
         let mut s = State::default();
-        s.insert(Entry::new("public", &rule("10.0.0.1", 22), SourceForm::Plain, 100));
-        s.insert(Entry::new("work", &rule("fd00::5", 443), SourceForm::HostPrefix, 200));
+        s.insert(Entry::new(
+            "public",
+            &rule("10.0.0.1", 22),
+            SourceForm::Plain,
+            100,
+        ));
+        s.insert(Entry::new(
+            "work",
+            &rule("fd00::5", 443),
+            SourceForm::HostPrefix,
+            200,
+        ));
         let (back, warnings) = State::from_json(&s.to_json()).unwrap();
         assert_eq!(back, s);
         assert!(warnings.is_empty());
@@ -311,28 +458,56 @@ mod tests {
         assert!(warnings[0].contains("service name"), "{warnings:?}");
 
         assert!(State::from_json("not json").is_err());
-        assert!(State::from_json(r#"{"version":2,"grants":[]}"#).unwrap_err().contains("version 2"));
+        assert!(State::from_json(r#"{"version":2,"grants":[]}"#)
+            .unwrap_err()
+            .contains("version 2"));
     }
 
     #[test]
     fn merge_keeps_existing_entries() {
         let mut a = State::default();
-        a.insert(Entry::new("public", &rule("10.0.0.1", 22), SourceForm::Plain, 100));
+        a.insert(Entry::new(
+            "public",
+            &rule("10.0.0.1", 22),
+            SourceForm::Plain,
+            100,
+        ));
         let mut b = State::default();
-        b.insert(Entry::new("public", &rule("10.0.0.1", 22), SourceForm::Plain, 50));
-        b.insert(Entry::new("public", &rule("10.0.0.2", 22), SourceForm::Plain, 60));
+        b.insert(Entry::new(
+            "public",
+            &rule("10.0.0.1", 22),
+            SourceForm::Plain,
+            50,
+        ));
+        b.insert(Entry::new(
+            "public",
+            &rule("10.0.0.2", 22),
+            SourceForm::Plain,
+            60,
+        ));
         a.merge(b);
         assert_eq!(a.entries().len(), 2);
-        assert_eq!(a.for_rule("public", &rule("10.0.0.1", 22))[0].expires_at, 100);
+        assert_eq!(
+            a.for_rule("public", &rule("10.0.0.1", 22))[0].expires_at,
+            100
+        );
     }
 
     #[test]
     fn file_is_written_atomically_and_privately() {
         let dir = tempfile::tempdir().unwrap();
         let f = StateFile::new(dir.path().join("sub/dir/firewalld.json"));
-        assert!(f.load().unwrap().0.is_empty(), "missing file is empty state");
+        assert!(
+            f.load().unwrap().0.is_empty(),
+            "missing file is empty state"
+        );
         let mut s = State::default();
-        s.insert(Entry::new("public", &rule("10.0.0.1", 22), SourceForm::Plain, 100));
+        s.insert(Entry::new(
+            "public",
+            &rule("10.0.0.1", 22),
+            SourceForm::Plain,
+            100,
+        ));
         f.save(&s).unwrap();
         assert_eq!(f.load().unwrap().0, s);
         #[cfg(unix)]

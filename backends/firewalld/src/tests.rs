@@ -59,7 +59,10 @@ impl Default for Fake {
 struct FakeApi(Arc<Mutex<Fake>>);
 
 fn fw_err(code: &str, detail: &str) -> ApiError {
-    ApiError::Firewalld { code: code.into(), message: format!("{code}: {detail}") }
+    ApiError::Firewalld {
+        code: code.into(),
+        message: format!("{code}: {detail}"),
+    }
 }
 
 impl FakeApi {
@@ -70,7 +73,13 @@ impl FakeApi {
         self.with(|f| f.down.clone().map_or(Ok(()), Err))
     }
     fn rules(&self, zone: &str) -> Vec<(String, i32)> {
-        self.with(|f| f.rules.iter().filter(|((z, _), _)| z == zone).map(|((_, t), s)| (t.clone(), *s)).collect())
+        self.with(|f| {
+            f.rules
+                .iter()
+                .filter(|((z, _), _)| z == zone)
+                .map(|((_, t), s)| (t.clone(), *s))
+                .collect()
+        })
     }
     fn calls(&self) -> Vec<String> {
         self.with(|f| std::mem::take(&mut f.calls))
@@ -103,15 +112,26 @@ impl FirewalldApi for FakeApi {
             if !f.zones.iter().any(|z| z == zone) {
                 return Err(fw_err("INVALID_ZONE", zone));
             }
-            Ok(f.rules.keys().filter(|(z, _)| z == zone).map(|(_, t)| t.clone()).collect())
+            Ok(f.rules
+                .keys()
+                .filter(|(z, _)| z == zone)
+                .map(|(_, t)| t.clone())
+                .collect())
         })
     }
     fn add_rich_rule(&mut self, zone: &str, rule: &str, timeout_secs: i32) -> ApiResult<()> {
         self.check()?;
-        assert!(timeout_secs > 0, "postern must never add a rule without timeout");
+        assert!(
+            timeout_secs > 0,
+            "postern must never add a rule without timeout"
+        );
         self.with(|f| {
             f.calls.push(format!("add {zone} {rule} {timeout_secs}"));
-            if let Some(i) = f.fail_add.iter().position(|(s, _, _)| rule.contains(s.as_str())) {
+            if let Some(i) = f
+                .fail_add
+                .iter()
+                .position(|(s, _, _)| rule.contains(s.as_str()))
+            {
                 let (_, e, applied) = f.fail_add.remove(i);
                 if applied {
                     f.rules.insert((zone.into(), rule.into()), timeout_secs);
@@ -122,7 +142,10 @@ impl FirewalldApi for FakeApi {
                 return Err(fw_err("INVALID_ZONE", zone));
             }
             if f.rules.contains_key(&(zone.to_string(), rule.to_string())) {
-                return Err(fw_err("ALREADY_ENABLED", &format!("'{rule}' already in '{zone}'")));
+                return Err(fw_err(
+                    "ALREADY_ENABLED",
+                    &format!("'{rule}' already in '{zone}'"),
+                ));
             }
             f.rules.insert((zone.into(), rule.into()), timeout_secs);
             Ok(())
@@ -132,7 +155,11 @@ impl FirewalldApi for FakeApi {
         self.check()?;
         self.with(|f| {
             f.calls.push(format!("remove {zone} {rule}"));
-            if let Some(i) = f.fail_remove.iter().position(|(s, _)| rule.contains(s.as_str())) {
+            if let Some(i) = f
+                .fail_remove
+                .iter()
+                .position(|(s, _)| rule.contains(s.as_str()))
+            {
                 return Err(f.fail_remove.remove(i).1);
             }
             if !f.zones.iter().any(|z| z == zone) {
@@ -147,11 +174,20 @@ impl FirewalldApi for FakeApi {
 }
 
 fn rule(src: &str, port: u16) -> Rule {
-    Rule { source: src.parse().unwrap(), proto: Proto::Tcp, port, nat: None }
+    Rule {
+        source: src.parse().unwrap(),
+        proto: Proto::Tcp,
+        port,
+        nat: None,
+    }
 }
 
 fn opening(src: &str, port: u16, secs: u32) -> Opening {
-    Opening { rule: rule(src, port), timeout_secs: secs, expires_at: clock() + secs as u64 }
+    Opening {
+        rule: rule(src, port),
+        timeout_secs: secs,
+        expires_at: clock() + secs as u64,
+    }
 }
 
 fn plain(src: &str, port: u16) -> String {
@@ -164,7 +200,9 @@ fn prefixed(src: &str, port: u16) -> String {
 
 fn backend_with(config: FirewalldConfig) -> (FirewalldBackend, FakeApi) {
     let fake = FakeApi::default();
-    let b = FirewalldBackend::with_api(config, Box::new(fake.clone())).unwrap().with_clock(clock);
+    let b = FirewalldBackend::with_api(config, Box::new(fake.clone()))
+        .unwrap()
+        .with_clock(clock);
     (b, fake)
 }
 
@@ -183,7 +221,14 @@ fn grant_adds_one_timed_rule_to_the_default_zone() {
     b.grant(&[opening("192.0.2.7", 22, 30)]).unwrap();
     assert_eq!(fake.rules("public"), vec![(plain("192.0.2.7", 22), 30)]);
     let listed = b.list().unwrap();
-    assert_eq!(listed, vec![Opening { rule: rule("192.0.2.7", 22), timeout_secs: 30, expires_at: clock() + 30 }]);
+    assert_eq!(
+        listed,
+        vec![Opening {
+            rule: rule("192.0.2.7", 22),
+            timeout_secs: 30,
+            expires_at: clock() + 30
+        }]
+    );
     advance(10);
     assert_eq!(b.list().unwrap()[0].timeout_secs, 20);
 }
@@ -198,7 +243,10 @@ fn repeated_grant_adds_the_other_form_then_removes_the_old_one() {
     // Add first, remove second: the source is allowed at every moment.
     assert_eq!(
         fake.calls(),
-        vec![format!("add public {} 30", prefixed("192.0.2.7", 22)), format!("remove public {}", plain("192.0.2.7", 22))]
+        vec![
+            format!("add public {} 30", prefixed("192.0.2.7", 22)),
+            format!("remove public {}", plain("192.0.2.7", 22))
+        ]
     );
     assert_eq!(fake.rules("public"), vec![(prefixed("192.0.2.7", 22), 30)]);
     let listed = b.list().unwrap();
@@ -217,14 +265,18 @@ fn a_rule_firewalld_dropped_is_granted_afresh() {
     fake.with(|f| f.rules.clear()); // firewalld's timer fired
     fake.calls();
     b.grant(&[opening("192.0.2.7", 22, 3)]).unwrap();
-    assert_eq!(fake.calls(), vec![format!("add public {} 3", plain("192.0.2.7", 22))]);
+    assert_eq!(
+        fake.calls(),
+        vec![format!("add public {} 3", plain("192.0.2.7", 22))]
+    );
     assert_eq!(b.list().unwrap().len(), 1);
 }
 
 #[test]
 fn same_rule_twice_in_one_batch_leaves_one_rule() {
     let (mut b, fake) = backend();
-    b.grant(&[opening("192.0.2.7", 22, 10), opening("192.0.2.7", 22, 20)]).unwrap();
+    b.grant(&[opening("192.0.2.7", 22, 10), opening("192.0.2.7", 22, 20)])
+        .unwrap();
     assert_eq!(fake.rules("public"), vec![(prefixed("192.0.2.7", 22), 20)]);
     assert_eq!(b.list().unwrap().len(), 1);
 }
@@ -235,9 +287,15 @@ fn an_identical_rule_of_the_admin_is_never_touched() {
     fake.put("public", &plain("192.0.2.7", 22), 0);
     b.grant(&[opening("192.0.2.7", 22, 30)]).unwrap();
     // postern's own rule uses the other form, with its timeout.
-    assert_eq!(fake.rules("public"), vec![(plain("192.0.2.7", 22), 0), (prefixed("192.0.2.7", 22), 30)]);
+    assert_eq!(
+        fake.rules("public"),
+        vec![(plain("192.0.2.7", 22), 0), (prefixed("192.0.2.7", 22), 30)]
+    );
     b.grant(&[opening("192.0.2.7", 22, 40)]).unwrap();
-    assert_eq!(fake.rules("public"), vec![(plain("192.0.2.7", 22), 0), (prefixed("192.0.2.7", 22), 40)]);
+    assert_eq!(
+        fake.rules("public"),
+        vec![(plain("192.0.2.7", 22), 0), (prefixed("192.0.2.7", 22), 40)]
+    );
     b.flush().unwrap();
     assert_eq!(fake.rules("public"), vec![(plain("192.0.2.7", 22), 0)]);
     assert!(b.list().unwrap().is_empty());
@@ -249,7 +307,10 @@ fn when_both_forms_are_the_admins_the_grant_is_a_no_op() {
     fake.put("public", &plain("192.0.2.7", 22), 0);
     fake.put("public", &prefixed("192.0.2.7", 22), 0);
     b.grant(&[opening("192.0.2.7", 22, 30)]).unwrap();
-    assert!(fake.calls().iter().all(|c| !c.starts_with("add") && !c.starts_with("remove")));
+    assert!(fake
+        .calls()
+        .iter()
+        .all(|c| !c.starts_with("add") && !c.starts_with("remove")));
     assert!(b.list().unwrap().is_empty());
     b.flush().unwrap();
     assert_eq!(fake.rules("public").len(), 2);
@@ -264,19 +325,38 @@ fn ours_with_the_other_form_taken_is_refreshed_in_place() {
     b.grant(&[opening("192.0.2.7", 22, 50)]).unwrap();
     assert_eq!(
         fake.calls(),
-        vec![format!("remove public {}", plain("192.0.2.7", 22)), format!("add public {} 50", plain("192.0.2.7", 22))]
+        vec![
+            format!("remove public {}", plain("192.0.2.7", 22)),
+            format!("add public {} 50", plain("192.0.2.7", 22))
+        ]
     );
-    assert_eq!(fake.rules("public"), vec![(plain("192.0.2.7", 22), 50), (prefixed("192.0.2.7", 22), 0)]);
+    assert_eq!(
+        fake.rules("public"),
+        vec![(plain("192.0.2.7", 22), 50), (prefixed("192.0.2.7", 22), 0)]
+    );
 }
 
 #[test]
 fn a_race_with_someone_adding_the_same_text_moves_to_the_other_form() {
     let (mut b, fake) = backend();
-    fake.with(|f| f.fail_add.push((plain("192.0.2.7", 22), fw_err("ALREADY_ENABLED", "x"), true)));
+    fake.with(|f| {
+        f.fail_add
+            .push((plain("192.0.2.7", 22), fw_err("ALREADY_ENABLED", "x"), true))
+    });
     b.grant(&[opening("192.0.2.7", 22, 30)]).unwrap();
-    assert_eq!(fake.rules("public"), vec![(plain("192.0.2.7", 22), 30), (prefixed("192.0.2.7", 22), 30)]);
+    assert_eq!(
+        fake.rules("public"),
+        vec![
+            (plain("192.0.2.7", 22), 30),
+            (prefixed("192.0.2.7", 22), 30)
+        ]
+    );
     b.flush().unwrap();
-    assert_eq!(fake.rules("public"), vec![(plain("192.0.2.7", 22), 30)], "the other one is not ours");
+    assert_eq!(
+        fake.rules("public"),
+        vec![(plain("192.0.2.7", 22), 30)],
+        "the other one is not ours"
+    );
 }
 
 #[test]
@@ -285,9 +365,16 @@ fn a_failing_batch_leaves_nothing_of_itself() {
     b.grant(&[opening("192.0.2.1", 22, 100)]).unwrap();
     advance(40);
     let before = fake.rules("public");
-    fake.with(|f| f.fail_add.push(("192.0.2.3".into(), fw_err("INVALID_RULE", "bad"), false)));
+    fake.with(|f| {
+        f.fail_add
+            .push(("192.0.2.3".into(), fw_err("INVALID_RULE", "bad"), false))
+    });
     let err = b
-        .grant(&[opening("192.0.2.2", 22, 30), opening("192.0.2.1", 22, 30), opening("192.0.2.3", 22, 30)])
+        .grant(&[
+            opening("192.0.2.2", 22, 30),
+            opening("192.0.2.1", 22, 30),
+            opening("192.0.2.3", 22, 30),
+        ])
         .unwrap_err();
     assert!(err.to_string().contains("INVALID_RULE"), "{err}");
     assert!(err.to_string().contains("192.0.2.3"), "{err}");
@@ -295,17 +382,29 @@ fn a_failing_batch_leaves_nothing_of_itself() {
     assert_eq!(fake.rules("public"), vec![(before[0].0.clone(), 60)]);
     let listed = b.list().unwrap();
     assert_eq!(listed.len(), 1);
-    assert_eq!((listed[0].rule.clone(), listed[0].timeout_secs), (rule("192.0.2.1", 22), 60));
+    assert_eq!(
+        (listed[0].rule.clone(), listed[0].timeout_secs),
+        (rule("192.0.2.1", 22), 60)
+    );
 }
 
 #[test]
 fn a_lost_reply_is_rolled_back_too() {
     let (mut b, fake) = backend();
-    let timeout = ApiError::Timeout { method: "addRichRule".into(), after: Duration::from_secs(1) };
+    let timeout = ApiError::Timeout {
+        method: "addRichRule".into(),
+        after: Duration::from_secs(1),
+    };
     fake.with(|f| f.fail_add.push(("192.0.2.9".into(), timeout, true)));
-    let err = b.grant(&[opening("192.0.2.8", 22, 30), opening("192.0.2.9", 22, 30)]).unwrap_err();
+    let err = b
+        .grant(&[opening("192.0.2.8", 22, 30), opening("192.0.2.9", 22, 30)])
+        .unwrap_err();
     assert!(err.to_string().contains("did not answer"), "{err}");
-    assert!(fake.rules("public").is_empty(), "{:?}", fake.rules("public"));
+    assert!(
+        fake.rules("public").is_empty(),
+        "{:?}",
+        fake.rules("public")
+    );
     assert!(b.list().unwrap().is_empty());
 }
 
@@ -313,25 +412,60 @@ fn a_lost_reply_is_rolled_back_too() {
 fn an_unremovable_rule_after_a_failure_stays_tracked() {
     let (mut b, fake) = backend();
     fake.with(|f| {
-        f.fail_add.push(("192.0.2.9".into(), fw_err("INVALID_RULE", "bad"), false));
-        f.fail_remove.push(("192.0.2.8".into(), ApiError::Other { method: "removeRichRule".into(), detail: "lost".into() }));
+        f.fail_add
+            .push(("192.0.2.9".into(), fw_err("INVALID_RULE", "bad"), false));
+        f.fail_remove.push((
+            "192.0.2.8".into(),
+            ApiError::Other {
+                method: "removeRichRule".into(),
+                detail: "lost".into(),
+            },
+        ));
     });
-    let err = b.grant(&[opening("192.0.2.8", 22, 30), opening("192.0.2.9", 22, 30)]).unwrap_err();
-    assert!(err.to_string().contains("rolling back the batch also failed"), "{err}");
-    assert_eq!(b.list().unwrap().len(), 1, "the leftover is ours and listed until it expires");
+    let err = b
+        .grant(&[opening("192.0.2.8", 22, 30), opening("192.0.2.9", 22, 30)])
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("rolling back the batch also failed"),
+        "{err}"
+    );
+    assert_eq!(
+        b.list().unwrap().len(),
+        1,
+        "the leftover is ours and listed until it expires"
+    );
     b.flush().unwrap();
     assert!(fake.rules("public").is_empty());
 }
 
 #[test]
 fn nat_family_and_port_zero_are_refused_before_anything_is_applied() {
-    let (mut b, fake) = backend_with(FirewalldConfig { family: FamilyFilter::Ipv4, ..Default::default() });
+    let (mut b, fake) = backend_with(FirewalldConfig {
+        family: FamilyFilter::Ipv4,
+        ..Default::default()
+    });
     b.init(clock()).unwrap();
     fake.calls();
     let mut nat = opening("192.0.2.7", 22, 30);
-    nat.rule.nat = Some(NatRule { to_addr: "10.0.0.5".parse().unwrap(), to_port: 2222, local: false, snat: None, dnat: true });
+    nat.rule.nat = Some(NatRule {
+        to_addr: "10.0.0.5".parse().unwrap(),
+        to_port: 2222,
+        local: false,
+        snat: None,
+        dnat: true,
+    });
     let e = b.grant(&[opening("192.0.2.8", 22, 30), nat]).unwrap_err();
-    assert!(matches!(e, FirewallError::Unsupported { backend: "firewalld", .. }), "{e:?}");
+    assert!(
+        matches!(
+            e,
+            FirewallError::Unsupported {
+                backend: "firewalld",
+                ..
+            }
+        ),
+        "{e:?}"
+    );
     assert!(e.to_string().contains("NAT"), "{e}");
     let e = b.grant(&[opening("2001:db8::1", 22, 30)]).unwrap_err();
     assert!(matches!(e, FirewallError::Unsupported { .. }), "{e:?}");
@@ -345,7 +479,11 @@ fn nat_family_and_port_zero_are_refused_before_anything_is_applied() {
 #[test]
 fn ipv6_and_ipv4_mapped_sources() {
     let (mut b, fake) = backend();
-    b.grant(&[opening("2001:db8::7", 443, 30), opening("::ffff:198.51.100.9", 22, 30)]).unwrap();
+    b.grant(&[
+        opening("2001:db8::7", 443, 30),
+        opening("::ffff:198.51.100.9", 22, 30),
+    ])
+    .unwrap();
     let rules: Vec<String> = fake.rules("public").into_iter().map(|r| r.0).collect();
     assert!(rules.contains(&plain("2001:db8::7", 443)));
     assert!(rules.contains(&plain("198.51.100.9", 22)), "{rules:?}");
@@ -356,20 +494,39 @@ fn ipv6_and_ipv4_mapped_sources() {
 #[test]
 fn timeouts_are_never_zero_and_never_overflow() {
     let (mut b, fake) = backend();
-    b.grant(&[opening("192.0.2.1", 22, 0), opening("192.0.2.2", 22, u32::MAX)]).unwrap();
-    assert_eq!(fake.rules("public"), vec![(plain("192.0.2.1", 22), 1), (plain("192.0.2.2", 22), i32::MAX)]);
+    b.grant(&[
+        opening("192.0.2.1", 22, 0),
+        opening("192.0.2.2", 22, u32::MAX),
+    ])
+    .unwrap();
+    assert_eq!(
+        fake.rules("public"),
+        vec![
+            (plain("192.0.2.1", 22), 1),
+            (plain("192.0.2.2", 22), i32::MAX)
+        ]
+    );
 }
 
 #[test]
 fn revoke_removes_only_postern_rules_and_ignores_missing_ones() {
     let (mut b, fake) = backend();
     fake.put("public", &plain("192.0.2.50", 22), 0);
-    b.grant(&[opening("192.0.2.1", 22, 30), opening("192.0.2.2", 22, 30)]).unwrap();
-    b.revoke(&[rule("192.0.2.1", 22), rule("192.0.2.50", 22), rule("203.0.113.1", 80)]).unwrap();
+    b.grant(&[opening("192.0.2.1", 22, 30), opening("192.0.2.2", 22, 30)])
+        .unwrap();
+    b.revoke(&[
+        rule("192.0.2.1", 22),
+        rule("192.0.2.50", 22),
+        rule("203.0.113.1", 80),
+    ])
+    .unwrap();
     let rules: Vec<String> = fake.rules("public").into_iter().map(|r| r.0).collect();
     assert_eq!(rules, vec![plain("192.0.2.2", 22), plain("192.0.2.50", 22)]);
     // Already gone from firewalld: not an error.
-    fake.with(|f| f.rules.remove(&("public".to_string(), plain("192.0.2.2", 22))));
+    fake.with(|f| {
+        f.rules
+            .remove(&("public".to_string(), plain("192.0.2.2", 22)))
+    });
     b.revoke(&[rule("192.0.2.2", 22)]).unwrap();
     assert!(b.list().unwrap().is_empty());
 }
@@ -377,8 +534,12 @@ fn revoke_removes_only_postern_rules_and_ignores_missing_ones() {
 #[test]
 fn list_forgets_rules_firewalld_no_longer_has() {
     let (mut b, fake) = backend();
-    b.grant(&[opening("192.0.2.1", 22, 30), opening("192.0.2.2", 22, 30)]).unwrap();
-    fake.with(|f| f.rules.remove(&("public".to_string(), plain("192.0.2.1", 22)))); // e.g. a reload
+    b.grant(&[opening("192.0.2.1", 22, 30), opening("192.0.2.2", 22, 30)])
+        .unwrap();
+    fake.with(|f| {
+        f.rules
+            .remove(&("public".to_string(), plain("192.0.2.1", 22)))
+    }); // e.g. a reload
     let listed = b.list().unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].rule, rule("192.0.2.2", 22));
@@ -387,8 +548,16 @@ fn list_forgets_rules_firewalld_no_longer_has() {
 #[test]
 fn flush_keeps_what_it_could_not_remove_and_reports_it() {
     let (mut b, fake) = backend();
-    b.grant(&[opening("192.0.2.1", 22, 30), opening("192.0.2.2", 22, 30)]).unwrap();
-    fake.with(|f| f.fail_remove.push(("192.0.2.1".into(), ApiError::Denied { detail: "polkit".into() })));
+    b.grant(&[opening("192.0.2.1", 22, 30), opening("192.0.2.2", 22, 30)])
+        .unwrap();
+    fake.with(|f| {
+        f.fail_remove.push((
+            "192.0.2.1".into(),
+            ApiError::Denied {
+                detail: "polkit".into(),
+            },
+        ))
+    });
     let e = b.flush().unwrap_err();
     assert!(matches!(e, FirewallError::Missing { .. }), "{e:?}");
     assert_eq!(fake.rules("public").len(), 1);
@@ -398,30 +567,57 @@ fn flush_keeps_what_it_could_not_remove_and_reports_it() {
 
 #[test]
 fn configured_zone_is_used_and_checked() {
-    let (mut b, fake) = backend_with(FirewalldConfig { zone: Some("work".into()), ..Default::default() });
+    let (mut b, fake) = backend_with(FirewalldConfig {
+        zone: Some("work".into()),
+        ..Default::default()
+    });
     b.init(clock()).unwrap();
     b.grant(&[opening("192.0.2.1", 22, 30)]).unwrap();
     assert_eq!(fake.rules("work").len(), 1);
     assert!(fake.rules("public").is_empty());
 
-    let (mut b, _) = backend_with(FirewalldConfig { zone: Some("nosuch".into()), ..Default::default() });
+    let (mut b, _) = backend_with(FirewalldConfig {
+        zone: Some("nosuch".into()),
+        ..Default::default()
+    });
     let e = b.init(clock()).unwrap_err().to_string();
-    assert!(e.contains("zone `nosuch` does not exist") && e.contains("block, public, work"), "{e}");
+    assert!(
+        e.contains("zone `nosuch` does not exist") && e.contains("block, public, work"),
+        "{e}"
+    );
     // A grant without init does the init and fails the same way.
-    let e = b.grant(&[opening("192.0.2.1", 22, 30)]).unwrap_err().to_string();
+    let e = b
+        .grant(&[opening("192.0.2.1", 22, 30)])
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("zone `nosuch` does not exist"), "{e}");
 }
 
 #[test]
 fn firewalld_down_or_failed_is_reported() {
     let (mut b, fake) = backend_with(FirewalldConfig::default());
-    fake.with(|f| f.down = Some(ApiError::NotRunning { detail: "ServiceUnknown".into() }));
+    fake.with(|f| {
+        f.down = Some(ApiError::NotRunning {
+            detail: "ServiceUnknown".into(),
+        })
+    });
     let e = b.init(clock()).unwrap_err();
-    assert!(matches!(&e, FirewallError::Missing { what, .. } if what.contains("firewalld")), "{e:?}");
+    assert!(
+        matches!(&e, FirewallError::Missing { what, .. } if what.contains("firewalld")),
+        "{e:?}"
+    );
     assert!(e.to_string().contains("start firewalld"), "{e}");
-    fake.with(|f| f.down = Some(ApiError::NoBus { address: "unix:path=/x".into(), detail: "No such file".into() }));
+    fake.with(|f| {
+        f.down = Some(ApiError::NoBus {
+            address: "unix:path=/x".into(),
+            detail: "No such file".into(),
+        })
+    });
     let e = b.init(clock()).unwrap_err();
-    assert!(matches!(&e, FirewallError::Missing { what, .. } if what.contains("D-Bus")), "{e:?}");
+    assert!(
+        matches!(&e, FirewallError::Missing { what, .. } if what.contains("D-Bus")),
+        "{e:?}"
+    );
     fake.with(|f| {
         f.down = None;
         f.state = "FAILED".into();
@@ -434,29 +630,53 @@ fn firewalld_down_or_failed_is_reported() {
 fn init_reconciles_the_state_file_of_a_previous_run() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("state/firewalld.json");
-    let config = FirewalldConfig { state_file: Some(path.clone()), ..Default::default() };
+    let config = FirewalldConfig {
+        state_file: Some(path.clone()),
+        ..Default::default()
+    };
     let fake = FakeApi::default();
     {
-        let mut b = FirewalldBackend::with_api(config.clone(), Box::new(fake.clone())).unwrap().with_clock(clock);
+        let mut b = FirewalldBackend::with_api(config.clone(), Box::new(fake.clone()))
+            .unwrap()
+            .with_clock(clock);
         b.init(clock()).unwrap();
         assert!(path.exists(), "init creates the state file");
-        b.grant(&[opening("192.0.2.1", 22, 10), opening("192.0.2.2", 22, 100), opening("192.0.2.3", 22, 100)]).unwrap();
+        b.grant(&[
+            opening("192.0.2.1", 22, 10),
+            opening("192.0.2.2", 22, 100),
+            opening("192.0.2.3", 22, 100),
+        ])
+        .unwrap();
         b.shutdown().unwrap();
     }
     advance(20);
     // firewalld dropped .1 by itself long ago? Not this time (clock jump): it is still there, overdue.
     // .3 vanished (firewalld reload); .2 is live.
-    fake.with(|f| f.rules.remove(&("public".to_string(), plain("192.0.2.3", 22))));
+    fake.with(|f| {
+        f.rules
+            .remove(&("public".to_string(), plain("192.0.2.3", 22)))
+    });
     fake.put("public", &plain("192.0.2.99", 22), 0); // the admin's
-    let mut b = FirewalldBackend::with_api(config.clone(), Box::new(fake.clone())).unwrap().with_clock(clock);
+    let mut b = FirewalldBackend::with_api(config.clone(), Box::new(fake.clone()))
+        .unwrap()
+        .with_clock(clock);
     b.init(clock()).unwrap();
     let listed = b.list().unwrap();
     assert_eq!(listed.len(), 1, "{listed:?}");
-    assert_eq!((listed[0].rule.clone(), listed[0].timeout_secs), (rule("192.0.2.2", 22), 80));
+    assert_eq!(
+        (listed[0].rule.clone(), listed[0].timeout_secs),
+        (rule("192.0.2.2", 22), 80)
+    );
     let rules: Vec<String> = fake.rules("public").into_iter().map(|r| r.0).collect();
-    assert_eq!(rules, vec![plain("192.0.2.2", 22), plain("192.0.2.99", 22)], "overdue rule removed");
+    assert_eq!(
+        rules,
+        vec![plain("192.0.2.2", 22), plain("192.0.2.99", 22)],
+        "overdue rule removed"
+    );
     // A third run: flush finds the grant of the first through the file.
-    let mut b = FirewalldBackend::with_api(config, Box::new(fake.clone())).unwrap().with_clock(clock);
+    let mut b = FirewalldBackend::with_api(config, Box::new(fake.clone()))
+        .unwrap()
+        .with_clock(clock);
     b.flush().unwrap();
     assert_eq!(fake.rules("public"), vec![(plain("192.0.2.99", 22), 0)]);
     let saved = std::fs::read_to_string(&path).unwrap();
@@ -468,10 +688,16 @@ fn an_unwritable_state_file_fails_init_clearly() {
     let dir = tempfile::tempdir().unwrap();
     let blocker = dir.path().join("file");
     std::fs::write(&blocker, "").unwrap();
-    let config = FirewalldConfig { state_file: Some(blocker.join("x.json")), ..Default::default() };
+    let config = FirewalldConfig {
+        state_file: Some(blocker.join("x.json")),
+        ..Default::default()
+    };
     let (mut b, _) = backend_with(config);
     let e = b.init(clock()).unwrap_err().to_string();
-    assert!(e.contains("cannot write state file") && e.contains("x.json"), "{e}");
+    assert!(
+        e.contains("cannot write state file") && e.contains("x.json"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -479,20 +705,31 @@ fn a_corrupt_state_file_does_not_stop_the_backend() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("firewalld.json");
     std::fs::write(&path, "{ not json").unwrap();
-    let (mut b, _) = backend_with(FirewalldConfig { state_file: Some(path.clone()), ..Default::default() });
+    let (mut b, _) = backend_with(FirewalldConfig {
+        state_file: Some(path.clone()),
+        ..Default::default()
+    });
     b.init(clock()).unwrap();
     b.grant(&[opening("192.0.2.1", 22, 30)]).unwrap();
-    assert!(std::fs::read_to_string(&path).unwrap().contains("192.0.2.1"));
+    assert!(std::fs::read_to_string(&path)
+        .unwrap()
+        .contains("192.0.2.1"));
 }
 
 #[test]
 fn a_zone_that_disappeared_is_forgotten() {
-    let (mut b, fake) = backend_with(FirewalldConfig { zone: Some("work".into()), ..Default::default() });
+    let (mut b, fake) = backend_with(FirewalldConfig {
+        zone: Some("work".into()),
+        ..Default::default()
+    });
     b.init(clock()).unwrap();
     b.grant(&[opening("192.0.2.1", 22, 30)]).unwrap();
     fake.with(|f| f.zones.retain(|z| z != "work"));
     assert!(b.list().unwrap().is_empty());
-    let e = b.grant(&[opening("192.0.2.1", 22, 30)]).unwrap_err().to_string();
+    let e = b
+        .grant(&[opening("192.0.2.1", 22, 30)])
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("zone `work` no longer exists"), "{e}");
 }
 

@@ -15,11 +15,23 @@ use support::{can_run, Firewalld};
 const CONNECT: Duration = Duration::from_millis(500);
 
 fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 fn opening(source: IpAddr, port: u16, secs: u32) -> Opening {
-    Opening { rule: Rule { source, proto: Proto::Tcp, port, nat: None }, timeout_secs: secs, expires_at: now() + secs as u64 }
+    Opening {
+        rule: Rule {
+            source,
+            proto: Proto::Tcp,
+            port,
+            nat: None,
+        },
+        timeout_secs: secs,
+        expires_at: now() + secs as u64,
+    }
 }
 
 fn backend(config: FirewalldConfig) -> FirewalldBackend {
@@ -30,7 +42,9 @@ fn backend(config: FirewalldConfig) -> FirewalldBackend {
 
 fn plain(source: IpAddr, port: u16) -> String {
     let fam = if source.is_ipv4() { "ipv4" } else { "ipv6" };
-    format!(r#"rule family="{fam}" source address="{source}" port port="{port}" protocol="tcp" accept"#)
+    format!(
+        r#"rule family="{fam}" source address="{source}" port port="{port}" protocol="tcp" accept"#
+    )
 }
 
 #[test]
@@ -43,19 +57,28 @@ fn grant_opens_the_port_and_firewalld_closes_it_at_the_timeout() {
     let _listener = tcp_listen(&p.server, 23001);
     let server = IpAddr::V4(p.server_ip);
     let client = IpAddr::V4(p.client_ip);
-    assert!(!tcp_connect_ok(&p.client, server, 23001, CONNECT), "port must be closed before a grant");
+    assert!(
+        !tcp_connect_ok(&p.client, server, 23001, CONNECT),
+        "port must be closed before a grant"
+    );
 
     let mut fw = backend(fwd.config());
     assert_eq!(fw.zone(), Some("public"), "firewalld's default zone");
     let t0 = now();
     fw.grant(&[opening(client, 23001, 3)]).unwrap();
     let granted_at = Instant::now();
-    assert!(tcp_connect_ok(&p.client, server, 23001, CONNECT), "granted port must open");
+    assert!(
+        tcp_connect_ok(&p.client, server, 23001, CONNECT),
+        "granted port must open"
+    );
     assert_eq!(fwd.rich_rules("public"), vec![plain(client, 23001)]);
     let listed = fw.list().unwrap();
     assert_eq!(listed.len(), 1, "{listed:?}");
     assert_eq!(listed[0].rule.source, client);
-    assert!((t0 + 3..=now() + 3).contains(&listed[0].expires_at), "{listed:?}");
+    assert!(
+        (t0 + 3..=now() + 3).contains(&listed[0].expires_at),
+        "{listed:?}"
+    );
 
     // No call into postern from here: firewalld alone must close it again.
     drop(fw);
@@ -63,7 +86,11 @@ fn grant_opens_the_port_and_firewalld_closes_it_at_the_timeout() {
         !tcp_connect_ok(&p.client, server, 23001, Duration::from_millis(300))
     });
     assert!(closed, "grant did not expire inside firewalld");
-    assert!(granted_at.elapsed() >= Duration::from_millis(2500), "closed too early: {:?}", granted_at.elapsed());
+    assert!(
+        granted_at.elapsed() >= Duration::from_millis(2500),
+        "closed too early: {:?}",
+        granted_at.elapsed()
+    );
     assert!(fwd.rich_rules("public").is_empty());
 }
 
@@ -76,15 +103,31 @@ fn ipv6_grant_opens_the_port_for_that_address_only() {
     let fwd = Firewalld::start(&p.server);
     let _listener = tcp_listen(&p.server, 23002);
     let (server4, server6) = (IpAddr::V4(p.server_ip), IpAddr::V6(p.server_ip6));
-    assert!(!tcp_connect_ok(&p.client, server6, 23002, CONNECT), "closed over IPv6 before a grant");
+    assert!(
+        !tcp_connect_ok(&p.client, server6, 23002, CONNECT),
+        "closed over IPv6 before a grant"
+    );
 
     let mut fw = backend(fwd.config());
-    fw.grant(&[opening(IpAddr::V6(p.client_ip6), 23002, 30)]).unwrap();
-    assert!(tcp_connect_ok(&p.client, server6, 23002, CONNECT), "IPv6 grant must open");
-    assert!(!tcp_connect_ok(&p.client, server4, 23002, CONNECT), "the client's IPv4 address was not granted");
-    assert_eq!(fwd.rich_rules("public"), vec![plain(IpAddr::V6(p.client_ip6), 23002)]);
+    fw.grant(&[opening(IpAddr::V6(p.client_ip6), 23002, 30)])
+        .unwrap();
+    assert!(
+        tcp_connect_ok(&p.client, server6, 23002, CONNECT),
+        "IPv6 grant must open"
+    );
+    assert!(
+        !tcp_connect_ok(&p.client, server4, 23002, CONNECT),
+        "the client's IPv4 address was not granted"
+    );
+    assert_eq!(
+        fwd.rich_rules("public"),
+        vec![plain(IpAddr::V6(p.client_ip6), 23002)]
+    );
     fw.flush().unwrap();
-    assert!(!tcp_connect_ok(&p.client, server6, 23002, CONNECT), "closed again after flush");
+    assert!(
+        !tcp_connect_ok(&p.client, server6, 23002, CONNECT),
+        "closed again after flush"
+    );
 }
 
 #[test]
@@ -107,17 +150,28 @@ fn repeated_grant_keeps_one_rule_and_refreshes_its_timeout() {
     assert_eq!(rules.len(), 1, "one rule after a repeated grant: {rules:?}");
     assert_eq!(fw.list().unwrap().len(), 1);
     fw.grant(&[opening(client, 23003, 4)]).unwrap();
-    assert_eq!(fwd.rich_rules("public"), vec![plain(client, 23003)], "back to the plain form");
+    assert_eq!(
+        fwd.rich_rules("public"),
+        vec![plain(client, 23003)],
+        "back to the plain form"
+    );
 
     // Past the first grant's 3 s the port is still open: the timeout was refreshed.
     let wait = Duration::from_millis(3500).saturating_sub(first.elapsed());
     std::thread::sleep(wait);
-    assert!(tcp_connect_ok(&p.client, server, 23003, CONNECT), "still open after the first grant's timeout");
+    assert!(
+        tcp_connect_ok(&p.client, server, 23003, CONNECT),
+        "still open after the first grant's timeout"
+    );
     let closed = wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
         !tcp_connect_ok(&p.client, server, 23003, Duration::from_millis(300))
     });
     assert!(closed, "refreshed grant did not expire");
-    assert!(second.elapsed() >= Duration::from_millis(3000), "closed too early: {:?}", second.elapsed());
+    assert!(
+        second.elapsed() >= Duration::from_millis(3000),
+        "closed too early: {:?}",
+        second.elapsed()
+    );
 }
 
 #[test]
@@ -137,8 +191,14 @@ fn list_and_flush_touch_only_postern_rules() {
     fwd.add_admin_rule("public", admin_other, 0);
 
     let mut fw = backend(fwd.config());
-    fw.grant(&[opening(client, 23004, 60), opening(client, 23006, 60)]).unwrap();
-    assert_eq!(fwd.rich_rules("public").len(), 4, "{:?}", fwd.rich_rules("public"));
+    fw.grant(&[opening(client, 23004, 60), opening(client, 23006, 60)])
+        .unwrap();
+    assert_eq!(
+        fwd.rich_rules("public").len(),
+        4,
+        "{:?}",
+        fwd.rich_rules("public")
+    );
     let mut listed: Vec<u16> = fw.list().unwrap().iter().map(|o| o.rule.port).collect();
     listed.sort();
     assert_eq!(listed, vec![23004, 23006]);
@@ -147,13 +207,29 @@ fn list_and_flush_touch_only_postern_rules() {
     fw.flush().unwrap();
     let mut expected = vec![admin_same, admin_other.to_string()];
     expected.sort();
-    assert_eq!(fwd.rich_rules("public"), expected, "flush removed only postern's rules");
+    assert_eq!(
+        fwd.rich_rules("public"),
+        expected,
+        "flush removed only postern's rules"
+    );
     assert!(fw.list().unwrap().is_empty());
-    assert!(!tcp_connect_ok(&p.client, server, 23006, CONNECT), "postern's grant is gone");
-    assert!(tcp_connect_ok(&p.client, server, 23004, CONNECT), "the admin's rule still allows its port");
+    assert!(
+        !tcp_connect_ok(&p.client, server, 23006, CONNECT),
+        "postern's grant is gone"
+    );
+    assert!(
+        tcp_connect_ok(&p.client, server, 23004, CONNECT),
+        "the admin's rule still allows its port"
+    );
 
     // revoke of a rule postern does not own leaves it alone too.
-    fw.revoke(&[Rule { source: client, proto: Proto::Tcp, port: 23004, nat: None }]).unwrap();
+    fw.revoke(&[Rule {
+        source: client,
+        proto: Proto::Tcp,
+        port: 23004,
+        nat: None,
+    }])
+    .unwrap();
     assert_eq!(fwd.rich_rules("public").len(), 2);
 }
 
@@ -164,16 +240,32 @@ fn zones_bad_and_explicit() {
     }
     let ns = Netns::new("fdzone");
     let fwd = Firewalld::start(&ns);
-    let mut bad = FirewalldBackend::new(FirewalldConfig { zone: Some("nosuchzone".into()), ..fwd.config() }).unwrap();
+    let mut bad = FirewalldBackend::new(FirewalldConfig {
+        zone: Some("nosuchzone".into()),
+        ..fwd.config()
+    })
+    .unwrap();
     let e = bad.init(now()).unwrap_err().to_string();
-    assert!(e.contains("zone `nosuchzone` does not exist") && e.contains("public"), "{e}");
+    assert!(
+        e.contains("zone `nosuchzone` does not exist") && e.contains("public"),
+        "{e}"
+    );
 
-    let mut work = backend(FirewalldConfig { zone: Some("work".into()), ..fwd.config() });
+    let mut work = backend(FirewalldConfig {
+        zone: Some("work".into()),
+        ..fwd.config()
+    });
     let src: IpAddr = "198.51.100.7".parse().unwrap();
     work.grant(&[opening(src, 2222, 30)]).unwrap();
     assert_eq!(fwd.rich_rules("work"), vec![plain(src, 2222)]);
     assert!(fwd.rich_rules("public").is_empty());
-    work.revoke(&[Rule { source: src, proto: Proto::Tcp, port: 2222, nat: None }]).unwrap();
+    work.revoke(&[Rule {
+        source: src,
+        proto: Proto::Tcp,
+        port: 2222,
+        nat: None,
+    }])
+    .unwrap();
     assert!(fwd.rich_rules("work").is_empty());
 }
 
@@ -185,22 +277,34 @@ fn a_restarted_backend_knows_its_grants_from_the_state_file() {
     let ns = Netns::new("fdstate");
     let fwd = Firewalld::start(&ns);
     let dir = tempfile::tempdir().unwrap();
-    let config = FirewalldConfig { state_file: Some(dir.path().join("lib/firewalld.json")), ..fwd.config() };
-    let (a, b): (IpAddr, IpAddr) = ("198.51.100.1".parse().unwrap(), "198.51.100.2".parse().unwrap());
+    let config = FirewalldConfig {
+        state_file: Some(dir.path().join("lib/firewalld.json")),
+        ..fwd.config()
+    };
+    let (a, b): (IpAddr, IpAddr) = (
+        "198.51.100.1".parse().unwrap(),
+        "198.51.100.2".parse().unwrap(),
+    );
     {
         let mut fw = backend(config.clone());
-        fw.grant(&[opening(a, 2222, 60), opening(b, 2222, 1)]).unwrap();
+        fw.grant(&[opening(a, 2222, 60), opening(b, 2222, 1)])
+            .unwrap();
         fw.shutdown().unwrap();
     }
     // b's rule expires inside firewalld while no posternd runs.
-    let gone = wait_until(Duration::from_secs(10), Duration::from_millis(100), || fwd.rich_rules("public").len() == 1);
+    let gone = wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
+        fwd.rich_rules("public").len() == 1
+    });
     assert!(gone, "{:?}", fwd.rich_rules("public"));
 
     let mut fw = backend(config.clone());
     let listed = fw.list().unwrap();
     assert_eq!(listed.len(), 1, "{listed:?}");
     assert_eq!(listed[0].rule.source, a);
-    assert!(listed[0].timeout_secs > 50 && listed[0].timeout_secs <= 60, "{listed:?}");
+    assert!(
+        listed[0].timeout_secs > 50 && listed[0].timeout_secs <= 60,
+        "{listed:?}"
+    );
     // Refreshing a grant of the previous run keeps one rule.
     fw.grant(&[opening(a, 2222, 60)]).unwrap();
     assert_eq!(fwd.rich_rules("public").len(), 1);
@@ -224,7 +328,16 @@ fn no_firewalld_or_no_bus_is_reported_as_missing() {
     assert!(e.to_string().contains("start firewalld"), "{e}");
 
     let dir = tempfile::tempdir().unwrap();
-    let config = FirewalldConfig { bus_address: Some(format!("unix:path={}", dir.path().join("none").display())), ..Default::default() };
-    let e = FirewalldBackend::new(config).unwrap().init(now()).unwrap_err();
-    assert!(matches!(&e, FirewallError::Missing { what, .. } if what.contains("D-Bus")), "{e:?}");
+    let config = FirewalldConfig {
+        bus_address: Some(format!("unix:path={}", dir.path().join("none").display())),
+        ..Default::default()
+    };
+    let e = FirewalldBackend::new(config)
+        .unwrap()
+        .init(now())
+        .unwrap_err();
+    assert!(
+        matches!(&e, FirewallError::Missing { what, .. } if what.contains("D-Bus")),
+        "{e:?}"
+    );
 }

@@ -60,12 +60,24 @@ fn bus_config(socket: &Path) -> String {
 /// Copy of /etc/firewalld with the default zone pinned to `public` (whose target
 /// rejects what no rule allows), so the test does not depend on the host's choice.
 fn config_copy(dest: &Path) {
-    let out = std::process::Command::new("cp").arg("-a").arg("/etc/firewalld").arg(dest).output().expect("spawn cp");
-    assert!(out.status.success(), "cp -a /etc/firewalld: {}", String::from_utf8_lossy(&out.stderr));
+    let out = std::process::Command::new("cp")
+        .arg("-a")
+        .arg("/etc/firewalld")
+        .arg(dest)
+        .output()
+        .expect("spawn cp");
+    assert!(
+        out.status.success(),
+        "cp -a /etc/firewalld: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let conf = dest.join("firewalld.conf");
     let text = fs::read_to_string(&conf).unwrap_or_default();
-    let mut lines: Vec<String> =
-        text.lines().filter(|l| !l.starts_with("DefaultZone=")).map(str::to_string).collect();
+    let mut lines: Vec<String> = text
+        .lines()
+        .filter(|l| !l.starts_with("DefaultZone="))
+        .map(str::to_string)
+        .collect();
     lines.push("DefaultZone=public".into());
     fs::write(&conf, lines.join("\n") + "\n").expect("write firewalld.conf copy");
 }
@@ -73,16 +85,26 @@ fn config_copy(dest: &Path) {
 impl Firewalld {
     /// A private bus only (no firewalld on it).
     pub fn bus_only(ns: &Netns) -> Firewalld {
-        let dir = tempfile::Builder::new().prefix("pn-fwd-").tempdir().expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("pn-fwd-")
+            .tempdir()
+            .expect("tempdir");
         let socket = dir.path().join("bus");
         let conf = dir.path().join("bus.conf");
         fs::write(&conf, bus_config(&socket)).expect("write bus.conf");
         let bus_log = dir.path().join("dbus.log");
         let mut bus = ns.spawn_logged(
-            &["dbus-daemon", &format!("--config-file={}", conf.display()), "--nofork", "--nopidfile"],
+            &[
+                "dbus-daemon",
+                &format!("--config-file={}", conf.display()),
+                "--nofork",
+                "--nopidfile",
+            ],
             &bus_log,
         );
-        let up = wait_until(Duration::from_secs(10), Duration::from_millis(20), || socket.exists() || !bus.is_running());
+        let up = wait_until(Duration::from_secs(10), Duration::from_millis(20), || {
+            socket.exists() || !bus.is_running()
+        });
         assert!(
             up && socket.exists(),
             "dbus-daemon did not create {}: {}",
@@ -159,7 +181,11 @@ impl Firewalld {
 
     /// Backend config pointing at this firewalld.
     pub fn config(&self) -> FirewalldConfig {
-        FirewalldConfig { bus_address: Some(self.address.clone()), call_timeout_ms: 10_000, ..Default::default() }
+        FirewalldConfig {
+            bus_address: Some(self.address.clone()),
+            call_timeout_ms: 10_000,
+            ..Default::default()
+        }
     }
 
     /// A raw D-Bus client for checks independent of the backend.
@@ -195,8 +221,19 @@ impl Drop for Firewalld {
     fn drop(&mut self) {
         if std::thread::panicking() {
             let log = self.log();
-            let tail: Vec<&str> = log.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect();
-            eprintln!("--- firewalld log (netns {}), last lines:\n{}", self.netns, tail.join("\n"));
+            let tail: Vec<&str> = log
+                .lines()
+                .rev()
+                .take(40)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
+            eprintln!(
+                "--- firewalld log (netns {}), last lines:\n{}",
+                self.netns,
+                tail.join("\n")
+            );
         }
         // SIGTERM first: firewalld removes its nftables table on exit (the
         // namespace is deleted afterwards anyway). Bounded; SIGKILL after.
