@@ -1,14 +1,21 @@
-//! The iptables [`Firewall`]: one own chain per family, changed only through
-//! `iptables-restore --noflush` batches (one kernel transaction each).
+//! The iptables [`Firewall`]: postern's own chains per family, changed only through
+//! `iptables-restore --noflush` batches (one kernel transaction per table).
 
+use crate::chains::{configured_chains, roles_for, Role};
 use crate::config::{ChainSpec, IptablesConfig};
-use crate::rules::{parse_listing, rule_spec, ListedRule};
+use crate::plan::{plan_chain, Plan};
+use crate::rules::{parse_listing, ListedRule};
 use postern_backend_script::{find_program, SystemRunner};
-use spa_core::firewall::{CommandRunner, Firewall, FirewallError, FwResult, Opening, Rule};
+use spa_core::firewall::{CommandRunner, Firewall, FirewallError, FwResult, Opening, Rule, Snat};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const BACKEND: &str = "iptables";
+
+/// Chains iptables always has; one of these missing is an error, not something
+/// to create (unlike `DOCKER-USER` before Docker started).
+const BUILTIN_CHAINS: &[&str] = &["INPUT", "FORWARD", "OUTPUT", "PREROUTING", "POSTROUTING"];
 
 /// The command-line tools for one address family.
 #[derive(Clone, Debug)]
@@ -18,7 +25,8 @@ struct Tools {
 }
 
 pub struct IptablesBackend {
-    input: ChainSpec,
+    /// The managed chains, filter table first (see [`Role::ALL`]).
+    chains: Vec<(Role, ChainSpec)>,
     /// Index 0 is IPv4 (iptables); index 1, when enabled, IPv6 (ip6tables).
     families: Vec<Tools>,
     wait_secs: u32,
@@ -26,7 +34,7 @@ pub struct IptablesBackend {
     flush_at_exit: bool,
     runner: Box<dyn CommandRunner>,
     clock: Box<dyn Fn() -> u64 + Send>,
-    /// init() has run, so the chain and jump exist.
+    /// init() has run, so the chains and jumps exist.
     ready: bool,
 }
 
@@ -43,6 +51,13 @@ fn other(message: String) -> FirewallError {
     }
 }
 
+fn unsupported(what: String) -> FirewallError {
+    FirewallError::Unsupported {
+        backend: BACKEND,
+        what,
+    }
+}
+
 /// Name this backend in "program missing" errors from the shared runner.
 fn own_missing(e: FirewallError) -> FirewallError {
     match e {
@@ -55,27 +70,14 @@ fn own_missing(e: FirewallError) -> FirewallError {
     }
 }
 
-/// Restore-file lines for one family, and the lines that would undo them.
-#[derive(Default, Debug)]
-struct Plan {
-    lines: Vec<String>,
-    undo: Vec<String>,
-}
-
 impl IptablesBackend {
     /// Build with any runner (tests pass a recording fake, e2e tests one that
     /// runs inside a network namespace). Nothing is run until [`Firewall::init`].
     pub fn new(config: &IptablesConfig, runner: Box<dyn CommandRunner>) -> FwResult<Self> {
         if let Some(what) = config.unsupported_chain() {
-            return Err(FirewallError::Unsupported {
-                backend: BACKEND,
-                what: what.into(),
-            });
+            return Err(unsupported(what.into()));
         }
-        config
-            .input
-            .validate()
-            .map_err(|e| other(format!("input chain: {e}")))?;
+        let chains = configured_chains(config).map_err(other)?;
         let mut families = vec![Tools {
             iptables: config.iptables.clone(),
             restore: config.iptables_restore(),
@@ -87,7 +89,7 @@ impl IptablesBackend {
             });
         }
         Ok(IptablesBackend {
-            input: config.input.clone(),
+            chains,
             families,
             wait_secs: config.wait_secs,
             flush_at_init: config.flush_at_init,
@@ -125,20 +127,79 @@ impl IptablesBackend {
         self
     }
 
-    /// The chain postern's rules live in.
+    /// The chain plain grants live in.
     pub fn chain(&self) -> &str {
-        &self.input.chain
+        &self.chains[0].1.chain
+    }
+
+    /// The chains managed, with what each is for.
+    pub fn chains(&self) -> impl Iterator<Item = (Role, &ChainSpec)> {
+        self.chains.iter().map(|(role, spec)| (*role, spec))
+    }
+
+    fn spec(&self, role: Role) -> Option<&ChainSpec> {
+        self.chains.iter().find(|(r, _)| *r == role).map(|(_, s)| s)
+    }
+
+    fn docker(&self) -> bool {
+        self.spec(Role::Docker).is_some()
+    }
+
+    /// The tables holding managed chains, in chain order (`filter` before `nat`).
+    fn tables(&self) -> Vec<String> {
+        let mut tables: Vec<String> = Vec::new();
+        for (_, spec) in &self.chains {
+            if !tables.contains(&spec.table) {
+                tables.push(spec.table.clone());
+            }
+        }
+        tables
+    }
+
+    /// The managed chains of one table.
+    fn chains_in(&self, table: &str) -> Vec<(Role, ChainSpec)> {
+        self.chains
+            .iter()
+            .filter(|(_, s)| s.table == table)
+            .cloned()
+            .collect()
     }
 
     fn family_of(&self, addr: IpAddr) -> FwResult<usize> {
         match addr {
             IpAddr::V4(_) => Ok(0),
             IpAddr::V6(_) if self.families.len() > 1 => Ok(1),
-            IpAddr::V6(_) => Err(FirewallError::Unsupported {
-                backend: BACKEND,
-                what: "IPv6 with `ipv6 = false`".into(),
-            }),
+            IpAddr::V6(_) => Err(unsupported("IPv6 with `ipv6 = false`".into())),
         }
+    }
+
+    /// Refuse a grant this configuration cannot make, before anything runs.
+    fn check(&self, rule: &Rule) -> FwResult<usize> {
+        let family = self.family_of(rule.source)?;
+        let Some(nat) = &rule.nat else {
+            return Ok(family);
+        };
+        let snat_addr = match (&nat.snat, nat.local) {
+            (Some(Snat::To(addr)), false) => Some(*addr),
+            _ => None,
+        };
+        for addr in [Some(nat.to_addr), snat_addr].into_iter().flatten() {
+            if addr.is_ipv4() != rule.source.is_ipv4() {
+                return Err(unsupported(format!(
+                    "NAT between IPv4 and IPv6 ({rule}: {addr})"
+                )));
+            }
+        }
+        for role in roles_for(rule, false) {
+            if self.spec(role).is_none() {
+                return Err(unsupported(format!(
+                    "{rule} without the {role} chain ({}): set `{role} = \"{}\"` or `nat = true`",
+                    role.fwknopd_name(),
+                    role.default_spec()
+                )));
+            }
+        }
+        Ok(family)
     }
 
     fn wait_args(&self) -> Vec<String> {
@@ -152,27 +213,29 @@ impl IptablesBackend {
         self.runner.run(argv, stdin).map_err(own_missing)
     }
 
-    /// `iptables -S CHAIN` for one family.
-    fn list_raw(&mut self, family: usize, chain: &str) -> FwResult<String> {
+    /// `iptables -t TABLE -S [CHAIN]` for one family.
+    fn list_raw(&mut self, family: usize, table: &str, chain: Option<&str>) -> FwResult<String> {
         let mut argv = vec![self.families[family].iptables.clone()];
         argv.extend(self.wait_args());
-        argv.extend(["-t", &self.input.table, "-S", chain].map(String::from));
+        argv.extend(["-t", table, "-S"].map(String::from));
+        argv.extend(chain.map(String::from));
         self.run(&argv, None)
     }
 
-    /// The rules of our chain, or `None` if the chain does not exist.
-    fn list_chain(&mut self, family: usize) -> FwResult<Option<Vec<ListedRule>>> {
-        let chain = self.input.chain.clone();
-        match self.list_raw(family, &chain) {
-            Ok(out) => Ok(Some(parse_listing(&out, &chain))),
+    /// The rules of a chain, or `None` if the chain does not exist.
+    fn list_chain(
+        &mut self,
+        family: usize,
+        table: &str,
+        chain: &str,
+    ) -> FwResult<Option<Vec<ListedRule>>> {
+        match self.list_raw(family, table, Some(chain)) {
+            Ok(out) => Ok(Some(parse_listing(&out, chain))),
             Err(listing_error) => {
                 // A missing chain is an error whose wording differs between the
                 // legacy and nft variants; ask the whole table instead.
-                let mut argv = vec![self.families[family].iptables.clone()];
-                argv.extend(self.wait_args());
-                argv.extend(["-t", &self.input.table, "-S"].map(String::from));
-                let table = self.run(&argv, None)?;
-                if table.lines().any(|l| l == format!("-N {chain}")) {
+                let all = self.list_raw(family, table, None)?;
+                if all.lines().any(|l| l == format!("-N {chain}")) || BUILTIN_CHAINS.contains(&chain) {
                     Err(listing_error)
                 } else {
                     Ok(None)
@@ -181,164 +244,184 @@ impl IptablesBackend {
         }
     }
 
-    /// Apply restore lines as one transaction.
-    fn apply(&mut self, family: usize, lines: &[String]) -> FwResult<()> {
+    /// Apply restore lines for one table as one transaction.
+    fn apply(&mut self, family: usize, table: &str, lines: &[String]) -> FwResult<()> {
         if lines.is_empty() {
             return Ok(());
         }
         let mut argv = vec![self.families[family].restore.clone()];
         argv.extend(self.wait_args());
         argv.push("--noflush".into());
-        let input = format!("*{}\n{}\nCOMMIT\n", self.input.table, lines.join("\n"));
+        let input = format!("*{table}\n{}\nCOMMIT\n", lines.join("\n"));
         self.run(&argv, Some(&input)).map(|_| ())
     }
 
-    /// Chain, jump, and the removal of leftovers for one family.
-    fn plan_init(&mut self, family: usize, now: u64) -> FwResult<Vec<String>> {
-        let chain = self.input.chain.clone();
+    /// Creation of a missing chain and its jump: returns the chain's rules
+    /// (empty if it was missing) and the lines that restore what is missing.
+    fn ensure_chain(&mut self, family: usize, spec: &ChainSpec) -> FwResult<(Vec<ListedRule>, Vec<String>)> {
         let mut lines = Vec::new();
-        match self.list_chain(family)? {
-            None => lines.push(format!(":{chain} - [0:0]")),
-            Some(listed) => {
-                let stale = listed.iter().filter(|r| {
-                    r.grant
-                        .as_ref()
-                        .is_some_and(|(_, exp)| self.flush_at_init || *exp <= now)
-                });
-                lines.extend(stale.map(|r| format!("-D {chain} {}", r.spec)));
+        let listed = match self.list_chain(family, &spec.table, &spec.chain)? {
+            Some(listed) => listed,
+            None => {
+                lines.push(format!(":{} - [0:0]", spec.chain));
+                Vec::new()
             }
-        }
-        lines.extend(self.plan_jump(family)?);
-        Ok(lines)
+        };
+        lines.extend(self.plan_jump(family, spec)?);
+        Ok((listed, lines))
     }
 
     /// The jump from `from_chain` to our chain, if it is missing (a firewall
-    /// reload may have flushed INPUT since we started).
-    fn plan_jump(&mut self, family: usize) -> FwResult<Option<String>> {
+    /// reload may have flushed INPUT since we started). A missing user-defined
+    /// `from_chain` (DOCKER-USER before Docker runs) is created; Docker keeps it.
+    fn plan_jump(&mut self, family: usize, spec: &ChainSpec) -> FwResult<Vec<String>> {
         let ChainSpec {
+            table,
             chain,
             from_chain,
             jump_position,
             ..
-        } = self.input.clone();
-        let from = parse_listing(&self.list_raw(family, &from_chain)?, &from_chain);
-        let jump = format!("-j {chain}");
-        if from.iter().any(|r| r.spec == jump) {
-            return Ok(None);
-        }
-        let position = (jump_position as usize).min(from.len() + 1);
-        Ok(Some(format!("-I {from_chain} {position} {jump}")))
-    }
-
-    /// Insert or refresh `wanted` (deduplicated, one family) against the listing.
-    fn plan_grant(&self, listed: &[ListedRule], wanted: &[(Rule, u64)]) -> Plan {
-        let ChainSpec {
-            chain,
-            target,
-            rule_position,
-            ..
-        } = &self.input;
-        let (mut deletes, mut inserts, mut old_specs) = (Vec::new(), Vec::new(), Vec::new());
-        for (rule, expires_at) in wanted {
-            let existing: Vec<(&str, u64)> = listed
-                .iter()
-                .filter_map(|r| {
-                    r.grant
-                        .as_ref()
-                        .filter(|(g, _)| g == rule)
-                        .map(|(_, exp)| (r.spec.as_str(), *exp))
-                })
-                .collect();
-            let current = existing.iter().map(|(_, exp)| *exp).max();
-            if existing.len() == 1 && current >= Some(*expires_at) {
-                continue; // already open at least that long; a refresh never shortens
-            }
-            // Replace every copy (fwknopd could leave duplicates) by one rule.
-            for (spec, _) in &existing {
-                deletes.push(format!("-D {chain} {spec}"));
-                old_specs.push(spec.to_string());
-            }
-            let expiry = current.unwrap_or(0).max(*expires_at);
-            inserts.push(shell_words::join(rule_spec(rule, expiry, target)));
-        }
-        let remaining = listed.len() - deletes.len();
-        let position = (*rule_position as usize).min(remaining + 1);
-        let mut plan = Plan::default();
-        plan.lines.extend(deletes);
-        plan.lines.extend(
-            inserts
-                .iter()
-                .map(|spec| format!("-I {chain} {position} {spec}")),
-        );
-        plan.undo
-            .extend(inserts.iter().map(|spec| format!("-D {chain} {spec}")));
-        plan.undo.extend(
-            old_specs
-                .iter()
-                .map(|spec| format!("-I {chain} {position} {spec}")),
-        );
-        plan
-    }
-
-    /// Apply one family's grants; returns the lines that undo them.
-    fn grant_family(&mut self, family: usize, wanted: &[(Rule, u64)]) -> FwResult<Vec<String>> {
-        // Recreate the chain or the jump in the same transaction if someone
-        // removed them since init, as fwknopd checks before each rule.
+        } = spec;
         let mut lines = Vec::new();
-        let listed = match self.list_chain(family)? {
+        let from = match self.list_chain(family, table, from_chain)? {
             Some(listed) => listed,
             None => {
-                lines.push(format!(":{} - [0:0]", self.input.chain));
+                lines.push(format!(":{from_chain} - [0:0]"));
                 Vec::new()
             }
         };
-        lines.extend(self.plan_jump(family)?);
-        let plan = self.plan_grant(&listed, wanted);
-        lines.extend(plan.lines);
-        self.apply(family, &lines)?;
-        Ok(plan.undo)
+        let jump = format!("-j {chain}");
+        if !from.iter().any(|r| r.spec == jump) {
+            let position = (*jump_position as usize).min(from.len() + 1);
+            lines.push(format!("-I {from_chain} {position} {jump}"));
+        }
+        Ok(lines)
     }
 
-    /// Delete the listed grants `select` picks, in one transaction per family.
-    fn delete_grants(&mut self, mut select: impl FnMut(&Rule, u64) -> bool) -> FwResult<Vec<Rule>> {
-        let chain = self.input.chain.clone();
-        let mut removed = Vec::new();
-        for family in 0..self.families.len() {
-            let Some(listed) = self.list_chain(family)? else {
-                continue;
-            };
-            let mut lines = Vec::new();
-            for r in &listed {
-                if let Some((rule, exp)) = &r.grant {
-                    if select(rule, *exp) {
-                        lines.push(format!("-D {chain} {}", r.spec));
-                        removed.push(rule.clone());
+    /// Chains, jumps, and the removal of leftovers for one family and table.
+    fn plan_init(&mut self, family: usize, table: &str, now: u64) -> FwResult<Vec<String>> {
+        let mut lines = Vec::new();
+        for (_, spec) in self.chains_in(table) {
+            let (listed, setup) = self.ensure_chain(family, &spec)?;
+            let (creates, jumps): (Vec<String>, Vec<String>) =
+                setup.into_iter().partition(|l| l.starts_with(':'));
+            lines.extend(creates);
+            let stale = listed.iter().filter(|r| {
+                r.grant
+                    .as_ref()
+                    .is_some_and(|(_, exp)| self.flush_at_init || *exp <= now)
+            });
+            lines.extend(stale.map(|r| format!("-D {} {}", spec.chain, r.spec)));
+            lines.extend(jumps);
+        }
+        Ok(lines)
+    }
+
+    /// Plan one family's grants: per table, the restore lines and their undo.
+    /// Every chain involved is listed first, so all rules of one grant get the
+    /// same expiry (the latest of the request and what is already there).
+    fn plan_grant_family(&mut self, family: usize, wanted: &[(Rule, u64)]) -> FwResult<Vec<(String, Plan)>> {
+        let docker = self.docker();
+        let needed: Vec<Vec<Role>> = wanted.iter().map(|(r, _)| roles_for(r, docker)).collect();
+        let mut tables = Vec::new();
+        let mut latest: HashMap<&Rule, u64> = wanted.iter().map(|(r, exp)| (r, *exp)).collect();
+        for table in self.tables() {
+            let mut chains = Vec::new();
+            let mut setup = Vec::new();
+            for (role, spec) in self.chains_in(&table) {
+                if !needed.iter().any(|roles| roles.contains(&role)) {
+                    continue;
+                }
+                let (listed, lines) = self.ensure_chain(family, &spec)?;
+                setup.extend(lines);
+                for r in &listed {
+                    if let Some((rule, exp)) = &r.grant {
+                        if let Some(l) = latest.get_mut(rule) {
+                            *l = (*l).max(*exp);
+                        }
                     }
                 }
+                chains.push((role, spec, listed));
             }
-            self.apply(family, &lines)?;
+            if !chains.is_empty() {
+                tables.push((table, setup, chains));
+            }
+        }
+        let mut plans = Vec::new();
+        for (table, setup, chains) in tables {
+            let mut plan = Plan { lines: setup, undo: Vec::new() };
+            for (role, spec, listed) in chains {
+                let here: Vec<(Rule, u64)> = wanted
+                    .iter()
+                    .zip(&needed)
+                    .filter(|(_, roles)| roles.contains(&role))
+                    .map(|((rule, _), _)| (rule.clone(), latest[rule]))
+                    .collect();
+                plan.extend(plan_chain(role, &spec, &listed, &here));
+            }
+            plans.push((table, plan));
+        }
+        Ok(plans)
+    }
+
+    /// Undo applied transactions, newest first (a grant is all or nothing).
+    fn roll_back(&mut self, applied: &[(usize, String, Vec<String>)]) {
+        for (family, table, undo) in applied.iter().rev() {
+            if let Err(undo_error) = self.apply(*family, table, undo) {
+                tracing::error!(error = %undo_error, "iptables: could not roll back a partial grant");
+            }
+        }
+    }
+
+    /// Delete the listed grants `select` picks, in one transaction per family
+    /// and table; returns each removed grant once.
+    fn delete_grants(&mut self, mut select: impl FnMut(&Rule, u64) -> bool) -> FwResult<Vec<Rule>> {
+        let mut removed: Vec<Rule> = Vec::new();
+        for family in 0..self.families.len() {
+            for table in self.tables() {
+                let mut lines = Vec::new();
+                for (_, spec) in self.chains_in(&table) {
+                    let Some(listed) = self.list_chain(family, &table, &spec.chain)? else {
+                        continue;
+                    };
+                    for r in &listed {
+                        if let Some((rule, exp)) = &r.grant {
+                            if select(rule, *exp) {
+                                lines.push(format!("-D {} {}", spec.chain, r.spec));
+                                if !removed.contains(rule) {
+                                    removed.push(rule.clone());
+                                }
+                            }
+                        }
+                    }
+                }
+                self.apply(family, &table, &lines)?;
+            }
         }
         Ok(removed)
     }
 
-    /// Remove the jump, our rules and the chain (fwknopd's exit behaviour).
-    fn remove_chain(&mut self, family: usize) -> FwResult<()> {
-        let ChainSpec {
-            chain, from_chain, ..
-        } = self.input.clone();
-        if self.list_chain(family)?.is_none() {
-            return Ok(());
+    /// Remove the jumps, our rules and our chains of one table (fwknopd's exit
+    /// behaviour).
+    fn remove_chains(&mut self, family: usize, table: &str) -> FwResult<()> {
+        let mut lines = Vec::new();
+        for (_, spec) in self.chains_in(table) {
+            if self.list_chain(family, table, &spec.chain)?.is_none() {
+                continue;
+            }
+            let from = self
+                .list_chain(family, table, &spec.from_chain)?
+                .unwrap_or_default();
+            let jump = format!("-j {}", spec.chain);
+            lines.extend(
+                from.iter()
+                    .filter(|r| r.spec == jump)
+                    .map(|_| format!("-D {} {jump}", spec.from_chain)),
+            );
+            lines.push(format!("-F {}", spec.chain));
+            lines.push(format!("-X {}", spec.chain));
         }
-        let from = parse_listing(&self.list_raw(family, &from_chain)?, &from_chain);
-        let jump = format!("-j {chain}");
-        let mut lines: Vec<String> = from
-            .iter()
-            .filter(|r| r.spec == jump)
-            .map(|_| format!("-D {from_chain} {jump}"))
-            .collect();
-        lines.push(format!("-F {chain}"));
-        lines.push(format!("-X {chain}"));
-        self.apply(family, &lines)
+        self.apply(family, table, &lines)
     }
 }
 
@@ -359,50 +442,50 @@ impl Firewall for IptablesBackend {
         BACKEND
     }
 
-    /// Create the chain and the jump if missing, and delete grants that expired by
+    /// Create the chains and jumps if missing, and delete grants that expired by
     /// `now` (all grants with `flush_at_init`); live ones stay. One transaction
-    /// per family; running it again changes nothing.
+    /// per family and table; running it again changes nothing.
     fn init(&mut self, now: u64) -> FwResult<()> {
         for family in 0..self.families.len() {
-            let lines = self.plan_init(family, now)?;
-            self.apply(family, &lines)?;
-            let removed = lines.iter().filter(|l| l.starts_with("-D ")).count();
-            if removed > 0 {
-                tracing::info!(chain = %self.input.chain, removed, "iptables: removed leftover rules at start");
+            for table in self.tables() {
+                let lines = self.plan_init(family, &table, now)?;
+                self.apply(family, &table, &lines)?;
+                let removed = lines.iter().filter(|l| l.starts_with("-D ")).count();
+                if removed > 0 {
+                    tracing::info!(table = %table, removed, "iptables: removed leftover rules at start");
+                }
             }
         }
         self.ready = true;
         Ok(())
     }
 
+    /// One transaction per family and table (`filter`, then `nat` for NAT
+    /// grants); if a later one fails, the earlier ones are undone.
     fn grant(&mut self, openings: &[Opening]) -> FwResult<()> {
         let mut by_family: Vec<Vec<&Opening>> = vec![Vec::new(); self.families.len()];
         for o in openings {
-            if o.rule.nat.is_some() {
-                return Err(FirewallError::Unsupported {
-                    backend: BACKEND,
-                    what: format!("NAT ({})", o.rule),
-                });
-            }
-            by_family[self.family_of(o.rule.source)?].push(o);
+            by_family[self.check(&o.rule)?].push(o);
         }
         if !self.ready {
             let now = (self.clock)();
             self.init(now)?;
         }
-        let mut applied: Vec<(usize, Vec<String>)> = Vec::new();
+        let mut applied: Vec<(usize, String, Vec<String>)> = Vec::new();
         for (family, openings) in by_family.iter().enumerate().filter(|(_, o)| !o.is_empty()) {
-            match self.grant_family(family, &dedup(openings)) {
-                Ok(undo) => applied.push((family, undo)),
+            let plans = match self.plan_grant_family(family, &dedup(openings)) {
+                Ok(plans) => plans,
                 Err(e) => {
-                    // Nothing of the batch may stay: undo the families already done.
-                    for (family, undo) in applied.iter().rev() {
-                        if let Err(undo_error) = self.apply(*family, undo) {
-                            tracing::error!(error = %undo_error, "iptables: could not roll back a partial grant");
-                        }
-                    }
+                    self.roll_back(&applied);
                     return Err(e);
                 }
+            };
+            for (table, plan) in plans {
+                if let Err(e) = self.apply(family, &table, &plan.lines) {
+                    self.roll_back(&applied);
+                    return Err(e);
+                }
+                applied.push((family, table, plan.undo));
             }
         }
         Ok(())
@@ -413,23 +496,33 @@ impl Firewall for IptablesBackend {
             .map(|_| ())
     }
 
+    /// Each grant once, NAT grants with their NAT, however many rules it has.
     fn list(&mut self) -> FwResult<Vec<Opening>> {
         let now = (self.clock)();
-        let mut openings = Vec::new();
+        let mut openings: Vec<Opening> = Vec::new();
         for family in 0..self.families.len() {
-            if let Some(listed) = self.list_chain(family)? {
-                openings.extend(listed.iter().filter_map(|r| r.opening(now)));
+            for (_, spec) in self.chains.clone() {
+                let Some(listed) = self.list_chain(family, &spec.table, &spec.chain)? else {
+                    continue;
+                };
+                for opening in listed.iter().filter_map(|r| r.opening(now)) {
+                    match openings.iter_mut().find(|o| o.rule == opening.rule) {
+                        Some(seen) if seen.expires_at >= opening.expires_at => {}
+                        Some(seen) => *seen = opening,
+                        None => openings.push(opening),
+                    }
+                }
             }
         }
         Ok(openings)
     }
 
-    /// Delete every grant; the chain, the jump and foreign rules stay.
+    /// Delete every grant; the chains, the jumps and foreign rules stay.
     fn flush(&mut self) -> FwResult<()> {
         self.delete_grants(|_, _| true).map(|_| ())
     }
 
-    /// One listing and one transaction per family.
+    /// One listing per chain and one transaction per family and table.
     fn expire(&mut self, now: u64) -> FwResult<Vec<Rule>> {
         let removed = self.delete_grants(|_, expires_at| expires_at <= now)?;
         for rule in &removed {
@@ -442,9 +535,9 @@ impl Firewall for IptablesBackend {
         false
     }
 
-    /// With `flush_at_exit` (default): remove the jump, the rules and the chain; if
-    /// that fails (e.g. another rule still references the chain), at least delete
-    /// the grants.
+    /// With `flush_at_exit` (default): remove the jumps, the rules and the
+    /// chains; if that fails (e.g. another rule still references a chain), at
+    /// least delete the grants.
     fn shutdown(&mut self) -> FwResult<()> {
         if !self.flush_at_exit {
             return Ok(());
@@ -452,9 +545,11 @@ impl Firewall for IptablesBackend {
         self.ready = false;
         let mut first_error = None;
         for family in 0..self.families.len() {
-            if let Err(e) = self.remove_chain(family) {
-                tracing::warn!(error = %e, "iptables: could not remove the chain at exit; deleting the grants only");
-                first_error.get_or_insert(e);
+            for table in self.tables() {
+                if let Err(e) = self.remove_chains(family, &table) {
+                    tracing::warn!(error = %e, "iptables: could not remove a chain at exit; deleting the grants only");
+                    first_error.get_or_insert(e);
+                }
             }
         }
         match first_error {

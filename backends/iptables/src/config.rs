@@ -27,16 +27,46 @@ pub struct ChainSpec {
 }
 
 impl ChainSpec {
-    /// postern's default input chain: `ACCEPT, filter, INPUT, 1, POSTERN_INPUT, 1`.
-    pub fn default_input() -> Self {
+    fn new(target: &str, table: &str, from_chain: &str, chain: &str) -> Self {
         ChainSpec {
-            target: "ACCEPT".into(),
-            table: "filter".into(),
-            from_chain: "INPUT".into(),
+            target: target.into(),
+            table: table.into(),
+            from_chain: from_chain.into(),
             jump_position: 1,
-            chain: "POSTERN_INPUT".into(),
+            chain: chain.into(),
             rule_position: 1,
         }
+    }
+
+    /// postern's default input chain: `ACCEPT, filter, INPUT, 1, POSTERN_INPUT, 1`.
+    pub fn default_input() -> Self {
+        Self::new("ACCEPT", "filter", "INPUT", "POSTERN_INPUT")
+    }
+
+    /// `ACCEPT, filter, FORWARD, 1, POSTERN_FORWARD, 1` (fwknopd: `FWKNOP_FORWARD`).
+    pub fn default_forward() -> Self {
+        Self::new("ACCEPT", "filter", "FORWARD", "POSTERN_FORWARD")
+    }
+
+    /// `DNAT, nat, PREROUTING, 1, POSTERN_PREROUTING, 1` (fwknopd: `FWKNOP_PREROUTING`).
+    pub fn default_dnat() -> Self {
+        Self::new("DNAT", "nat", "PREROUTING", "POSTERN_PREROUTING")
+    }
+
+    /// `SNAT, nat, POSTROUTING, 1, POSTERN_POSTROUTING, 1` (fwknopd: `FWKNOP_POSTROUTING`).
+    pub fn default_snat() -> Self {
+        Self::new("SNAT", "nat", "POSTROUTING", "POSTERN_POSTROUTING")
+    }
+
+    /// `MASQUERADE, nat, POSTROUTING, 1, POSTERN_MASQUERADE, 1` (fwknopd: `FWKNOP_MASQUERADE`).
+    pub fn default_masquerade() -> Self {
+        Self::new("MASQUERADE", "nat", "POSTROUTING", "POSTERN_MASQUERADE")
+    }
+
+    /// `ACCEPT, filter, DOCKER-USER, 1, POSTERN_DOCKER, 1`: grants for ports
+    /// Docker publishes (see [`IptablesConfig::docker`]).
+    pub fn default_docker() -> Self {
+        Self::new("ACCEPT", "filter", "DOCKER-USER", "POSTERN_DOCKER")
     }
 
     /// Check names so they are safe tokens on an iptables command line.
@@ -141,6 +171,21 @@ fn chain_spec<'de, D: Deserializer<'de>>(d: D) -> Result<ChainSpec, D::Error> {
     }
 }
 
+/// `docker`: `true`/`false`, fwknopd's string form, or a table.
+fn docker_chain_spec<'de, D: Deserializer<'de>>(d: D) -> Result<Option<ChainSpec>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Form {
+        Flag(bool),
+        Spec(#[serde(deserialize_with = "chain_spec")] ChainSpec),
+    }
+    Ok(match Option::<Form>::deserialize(d)? {
+        None | Some(Form::Flag(false)) => None,
+        Some(Form::Flag(true)) => Some(ChainSpec::default_docker()),
+        Some(Form::Spec(spec)) => Some(spec),
+    })
+}
+
 fn optional_chain_spec<'de, D: Deserializer<'de>>(d: D) -> Result<Option<ChainSpec>, D::Error> {
     #[derive(Deserialize)]
     struct Wrap(#[serde(deserialize_with = "chain_spec")] ChainSpec);
@@ -167,18 +212,36 @@ pub struct IptablesConfig {
     /// IPT_OUTPUT_ACCESS (ENABLE_IPT_OUTPUT): not supported yet.
     #[serde(deserialize_with = "optional_chain_spec")]
     pub output: Option<ChainSpec>,
-    /// IPT_FORWARD_ACCESS (ENABLE_IPT_FORWARDING): not supported yet.
+    /// IPT_FORWARD_ACCESS (ENABLE_IPT_FORWARDING): the FORWARD accept of
+    /// forward-NAT grants, e.g. `ACCEPT, filter, FORWARD, 1, FWKNOP_FORWARD, 1`.
     #[serde(deserialize_with = "optional_chain_spec")]
     pub forward: Option<ChainSpec>,
-    /// IPT_DNAT_ACCESS: not supported yet.
+    /// IPT_DNAT_ACCESS: the DNAT of NAT grants (forward and local), e.g.
+    /// `DNAT, nat, PREROUTING, 1, FWKNOP_PREROUTING, 1`.
     #[serde(deserialize_with = "optional_chain_spec")]
     pub dnat: Option<ChainSpec>,
-    /// IPT_SNAT_ACCESS: not supported yet.
+    /// IPT_SNAT_ACCESS (ENABLE_IPT_SNAT with SNAT_TRANSLATE_IP, FORCE_SNAT): SNAT
+    /// of forward-NAT grants to a fixed address, e.g.
+    /// `SNAT, nat, POSTROUTING, 1, FWKNOP_POSTROUTING, 1`.
     #[serde(deserialize_with = "optional_chain_spec")]
     pub snat: Option<ChainSpec>,
-    /// IPT_MASQUERADE_ACCESS: not supported yet.
+    /// IPT_MASQUERADE_ACCESS (ENABLE_IPT_SNAT, FORCE_MASQUERADE): MASQUERADE of
+    /// forward-NAT grants, e.g. `MASQUERADE, nat, POSTROUTING, 1, FWKNOP_MASQUERADE, 1`.
     #[serde(deserialize_with = "optional_chain_spec")]
     pub masquerade: Option<ChainSpec>,
+    /// Accept NAT grants with postern's default chains (`POSTERN_FORWARD`,
+    /// `POSTERN_PREROUTING`, `POSTERN_POSTROUTING`, `POSTERN_MASQUERADE`) for
+    /// each of `forward`, `dnat`, `snat`, `masquerade` that is not set.
+    /// Without it only the chains that are set are used, and a NAT grant that
+    /// needs a missing one is refused (`Unsupported`, naming the setting).
+    pub nat: bool,
+    /// Docker hosts: also put every plain grant into a chain jumped to from
+    /// `DOCKER-USER`, matching the port the client connected to
+    /// (`-m conntrack --ctorigdstport`, as DOCKER-USER sees packets after
+    /// Docker's DNAT). `true` means `ACCEPT, filter, DOCKER-USER, 1,
+    /// POSTERN_DOCKER, 1`; a chain spec sets it explicitly. No fwknopd equivalent.
+    #[serde(deserialize_with = "docker_chain_spec")]
+    pub docker: Option<ChainSpec>,
     /// FLUSH_IPT_AT_INIT. fwknopd defaults to Y; postern defaults to reconciling
     /// instead: expired leftovers are removed, live grants survive a restart.
     pub flush_at_init: bool,
@@ -204,6 +267,8 @@ impl Default for IptablesConfig {
             dnat: None,
             snat: None,
             masquerade: None,
+            nat: false,
+            docker: None,
             flush_at_init: false,
             flush_at_exit: true,
             wait_secs: 5,
@@ -249,15 +314,9 @@ impl IptablesConfig {
 
     /// The first configured chain this version cannot handle yet.
     pub fn unsupported_chain(&self) -> Option<&'static str> {
-        [
-            (&self.output, "output chain (IPT_OUTPUT_ACCESS)"),
-            (&self.forward, "forwarding (IPT_FORWARD_ACCESS)"),
-            (&self.dnat, "DNAT (IPT_DNAT_ACCESS)"),
-            (&self.snat, "SNAT (IPT_SNAT_ACCESS)"),
-            (&self.masquerade, "MASQUERADE (IPT_MASQUERADE_ACCESS)"),
-        ]
-        .into_iter()
-        .find_map(|(spec, what)| spec.as_ref().map(|_| what))
+        self.output
+            .as_ref()
+            .map(|_| "output chain (IPT_OUTPUT_ACCESS)")
     }
 }
 
@@ -310,10 +369,12 @@ mod tests {
             r#"{"forward": {"target": "ACCEPT", "table": "filter", "from_chain": "FORWARD", "jump_position": 1, "chain": "P_FWD", "rule_position": 1}}"#,
         )
         .unwrap();
-        assert_eq!(
-            c.unsupported_chain(),
-            Some("forwarding (IPT_FORWARD_ACCESS)")
-        );
+        assert_eq!(c.forward.as_ref().map(|f| f.chain.as_str()), Some("P_FWD"));
+        assert_eq!(c.unsupported_chain(), None);
+        let c: IptablesConfig =
+            serde_json::from_str(r#"{"output": "ACCEPT, filter, OUTPUT, 1, FWKNOP_OUTPUT, 1"}"#)
+                .unwrap();
+        assert_eq!(c.unsupported_chain(), Some("output chain (IPT_OUTPUT_ACCESS)"));
         let e =
             serde_json::from_str::<IptablesConfig>(r#"{"input": "ACCEPT, filter"}"#).unwrap_err();
         assert!(e.to_string().contains("6 comma-separated"), "{e}");

@@ -31,8 +31,11 @@
 //! ```
 
 pub mod backend;
+pub mod chains;
 pub mod config;
+mod plan;
 pub mod rules;
 
 pub use backend::IptablesBackend;
+pub use chains::Role;
 pub use config::{ChainSpec, IptablesConfig};

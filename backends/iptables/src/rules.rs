@@ -4,21 +4,77 @@
 //! A rule carries its expiry in a comment, `postern_exp_<unix seconds>`. The
 //! `_exp_<n>` part is what fwknopd writes and parses, so each daemon can
 //! reconcile the other's leftovers in a shared chain (e.g. `FWKNOP_INPUT`).
+//!
+//! A NAT grant is several rules (DNAT, FORWARD accept, SNAT, …); each carries
+//! the whole grant after the expiry, `postern_exp_<ts>_nat_<port>_<to_addr>_<to_port>`
+//! plus `_local`, `_nodnat`, `_masq` or `_snat_<addr>` as they apply, so
+//! `list()` returns the grant as it was made and `revoke()` finds all its rules.
+//! fwknopd reads such a comment as a plain expiry.
 
-use spa_core::firewall::{Opening, Rule};
+use crate::chains::Role;
+use spa_core::firewall::{NatRule, Opening, Rule, Snat};
 use spa_core::request::Proto;
 use std::net::IpAddr;
 
-/// Comment on every rule postern adds.
+/// Comment on a plain grant.
 pub fn expiry_comment(expires_at: u64) -> String {
     format!("postern_exp_{expires_at}")
 }
 
+/// Comment on every rule of a grant: the expiry, and for NAT the whole grant.
+pub fn comment(rule: &Rule, expires_at: u64) -> String {
+    let mut text = expiry_comment(expires_at);
+    if let Some(nat) = &rule.nat {
+        text.push_str(&format!("_nat_{}_{}_{}", rule.port, nat.to_addr, nat.to_port));
+        if nat.local {
+            text.push_str("_local");
+        }
+        if !nat.dnat {
+            text.push_str("_nodnat");
+        }
+        match &nat.snat {
+            Some(Snat::Masquerade) => text.push_str("_masq"),
+            Some(Snat::To(addr)) => text.push_str(&format!("_snat_{addr}")),
+            None => {}
+        }
+    }
+    text
+}
+
 /// The expiry in a comment written by postern or fwknopd (`…_exp_<digits>…`).
 pub fn parse_expiry(comment: &str) -> Option<u64> {
+    parse_comment(comment).map(|(exp, _)| exp)
+}
+
+/// The expiry, and for a postern NAT rule the grant's port and NAT.
+/// `None` for a comment without expiry or with a NAT part postern cannot read.
+#[allow(clippy::type_complexity)]
+pub fn parse_comment(comment: &str) -> Option<(u64, Option<(u16, NatRule)>)> {
     let (_, after) = comment.split_once("_exp_")?;
     let digits: String = after.chars().take_while(char::is_ascii_digit).collect();
-    digits.parse().ok()
+    let expires_at = digits.parse().ok()?;
+    match after[digits.len()..].strip_prefix("_nat_") {
+        None => Some((expires_at, None)),
+        Some(tag) => parse_nat_tag(tag).map(|nat| (expires_at, Some(nat))),
+    }
+}
+
+fn parse_nat_tag(tag: &str) -> Option<(u16, NatRule)> {
+    let mut words = tag.split('_');
+    let port = words.next()?.parse().ok()?;
+    let to_addr = words.next()?.parse().ok()?;
+    let to_port = words.next()?.parse().ok()?;
+    let mut nat = NatRule { to_addr, to_port, local: false, snat: None, dnat: true };
+    while let Some(word) = words.next() {
+        match word {
+            "local" => nat.local = true,
+            "nodnat" => nat.dnat = false,
+            "masq" => nat.snat = Some(Snat::Masquerade),
+            "snat" => nat.snat = Some(Snat::To(words.next()?.parse().ok()?)),
+            _ => return None,
+        }
+    }
+    Some((port, nat))
 }
 
 fn host_prefix(addr: IpAddr) -> u8 {
@@ -29,29 +85,69 @@ fn host_prefix(addr: IpAddr) -> u8 {
     }
 }
 
-/// The rule spec (everything after `-A CHAIN`) for a grant, in the form
-/// `iptables -S` prints it, so a listing matches what was written.
+fn host(addr: IpAddr) -> String {
+    format!("{addr}/{}", host_prefix(addr))
+}
+
+/// `addr:port`, with the address bracketed for IPv6 (DNAT's `--to-destination`).
+fn socket_text(addr: IpAddr, port: u16) -> String {
+    match addr {
+        IpAddr::V4(a) => format!("{a}:{port}"),
+        IpAddr::V6(a) => format!("[{a}]:{port}"),
+    }
+}
+
+/// The rule spec of a plain grant in the input chain.
 pub fn rule_spec(rule: &Rule, expires_at: u64, target: &str) -> Vec<String> {
+    role_spec(Role::Input, rule, expires_at, target)
+}
+
+/// The rule spec (everything after `-A CHAIN`) a grant puts in the chain of
+/// `role`, in the form `iptables -S` prints it, so a listing matches what was
+/// written. For a role the rule does not use (see [`crate::chains::roles_for`])
+/// the result is meaningless.
+pub fn role_spec(role: Role, rule: &Rule, expires_at: u64, target: &str) -> Vec<String> {
     let proto = rule.proto.name();
-    [
-        "-s",
-        &format!("{}/{}", rule.source, host_prefix(rule.source)),
-        "-p",
-        proto,
-        "-m",
-        proto,
-        "--dport",
-        &rule.port.to_string(),
-        "-m",
-        "comment",
-        "--comment",
-        &expiry_comment(expires_at),
-        "-j",
-        target,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+    let nat = rule.nat.as_ref();
+    let to = |n: &NatRule| (n.to_addr, n.to_port);
+    let mut words: Vec<String> = vec!["-s".into(), host(rule.source)];
+    // The destination the rule matches, after DNAT where DNAT comes first.
+    let (daddr, dport) = match (role, nat) {
+        (Role::Input, Some(n)) => (None, n.to_port),
+        (Role::Forward | Role::Snat | Role::Masquerade, Some(n)) => (Some(n.to_addr), n.to_port),
+        _ => (None, rule.port),
+    };
+    if let Some(d) = daddr {
+        words.extend(["-d".into(), host(d)]);
+    }
+    words.extend(["-p".into(), proto.into()]);
+    if role == Role::Docker {
+        // DOCKER-USER runs after Docker's DNAT: match the port the client asked for.
+        words.extend(
+            ["-m", "conntrack", "--ctorigdstport", &dport.to_string(), "--ctdir", "ORIGINAL"].map(String::from),
+        );
+    } else {
+        words.extend(["-m", proto, "--dport", &dport.to_string()].map(String::from));
+    }
+    words.extend(["-m".into(), "comment".into(), "--comment".into(), comment(rule, expires_at)]);
+    words.extend(["-j".into(), target.into()]);
+    match (role, nat) {
+        (Role::Dnat, Some(n)) => {
+            let (a, p) = to(n);
+            words.extend(["--to-destination".into(), socket_text(a, p)]);
+        }
+        (Role::Snat, Some(NatRule { snat: Some(Snat::To(a)), .. })) => {
+            words.extend(["--to-source".into(), a.to_string()]);
+        }
+        _ => {}
+    }
+    words
+}
+
+/// Join rule words for iptables-restore, which splits on whitespace (our words
+/// never contain any) and knows only double quotes (so no shell quoting).
+pub fn join(words: &[String]) -> String {
+    words.join(" ")
 }
 
 /// One `-A CHAIN …` line of a listing.
@@ -88,11 +184,12 @@ pub fn parse_listing(output: &str, chain: &str) -> Vec<ListedRule> {
         .collect()
 }
 
-/// Read source, protocol, port and expiry from a rule spec. Anything negated or
-/// a source that is not a single host is not a grant.
+/// Read source, protocol, port and expiry from a rule spec, and for a postern
+/// NAT rule the NAT from its comment. Anything negated or a source that is not
+/// a single host is not a grant.
 fn parse_grant(spec: &str) -> Option<(Rule, u64)> {
     let words = shell_words::split(spec).ok()?;
-    let (mut source, mut proto, mut port, mut expiry) = (None, None, None, None);
+    let (mut source, mut proto, mut port, mut parsed) = (None, None, None, None);
     let mut words = words.iter();
     while let Some(word) = words.next() {
         match word.as_str() {
@@ -107,19 +204,26 @@ fn parse_grant(spec: &str) -> Option<(Rule, u64)> {
                 source = Some(addr);
             }
             "-p" | "--protocol" => proto = words.next()?.parse::<Proto>().ok(),
-            "--dport" | "--destination-port" => port = words.next()?.parse::<u16>().ok(),
-            "--comment" => expiry = parse_expiry(words.next()?),
+            "--dport" | "--destination-port" | "--ctorigdstport" => {
+                port = words.next()?.parse::<u16>().ok()
+            }
+            "--comment" => parsed = parse_comment(words.next()?),
             _ => {}
         }
     }
+    let (expires_at, nat) = parsed?;
+    let (port, nat) = match nat {
+        Some((port, nat)) => (port, Some(nat)),
+        None => (port?, None),
+    };
     Some((
         Rule {
             source: source?,
             proto: proto?,
-            port: port?,
-            nat: None,
+            port,
+            nat,
         },
-        expiry?,
+        expires_at,
     ))
 }
 
@@ -153,7 +257,7 @@ mod tests {
             "ACCEPT",
         );
         assert_eq!(
-            shell_words::join(&spec),
+            join(&spec),
             "-s 2001:db8::7/128 -p udp -m udp --dport 53 -m comment --comment postern_exp_1700000000 -j ACCEPT"
         );
     }
@@ -187,7 +291,7 @@ mod tests {
     #[test]
     fn a_rendered_rule_reads_back() {
         let r = rule("192.0.2.7", Proto::Tcp, 22);
-        let line = format!("-A C {}", shell_words::join(rule_spec(&r, 42, "ACCEPT")));
+        let line = format!("-A C {}", join(&rule_spec(&r, 42, "ACCEPT")));
         assert_eq!(parse_listing(&line, "C")[0].grant, Some((r, 42)));
         assert_eq!(parse_expiry("x_exp_12y"), Some(12));
         assert_eq!(parse_expiry("exp_12"), None);

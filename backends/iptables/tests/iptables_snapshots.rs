@@ -525,10 +525,13 @@ fn nat_ipv6_off_and_unsupported_chains_are_refused_up_front() {
         snat: None,
         dnat: true,
     });
-    assert!(matches!(
-        fw.grant(&[nat]),
-        Err(FirewallError::Unsupported { .. })
-    ));
+    let err = fw.grant(&[nat]).unwrap_err();
+    assert!(
+        matches!(err, FirewallError::Unsupported { .. })
+            && err.to_string().contains("IPT_FORWARD_ACCESS")
+            && err.to_string().contains("nat = true"),
+        "NAT without its chains configured: {err}"
+    );
     let err = fw
         .grant(&[
             opening("192.0.2.7", Proto::Tcp, 22, 1030),
@@ -543,14 +546,14 @@ fn nat_ipv6_off_and_unsupported_chains_are_refused_up_front() {
     );
 
     let config: IptablesConfig =
-        serde_json::from_str(r#"{"dnat": "DNAT, nat, PREROUTING, 1, FWKNOP_PREROUTING, 1"}"#)
+        serde_json::from_str(r#"{"output": "ACCEPT, filter, OUTPUT, 1, FWKNOP_OUTPUT, 1"}"#)
             .unwrap();
     let err = IptablesBackend::new(&config, Box::new(RecordingRunner::succeeding()))
         .err()
         .unwrap();
     assert!(
         matches!(err, FirewallError::Unsupported { .. })
-            && err.to_string().contains("IPT_DNAT_ACCESS"),
+            && err.to_string().contains("IPT_OUTPUT_ACCESS"),
         "{err}"
     );
 }
