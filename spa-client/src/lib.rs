@@ -18,6 +18,8 @@ pub mod app;
 pub mod build;
 pub mod cli;
 pub mod error;
+pub mod gpg;
+pub mod gpg_keyring;
 pub mod keys;
 pub mod output;
 pub mod random;
