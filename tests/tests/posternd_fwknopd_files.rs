@@ -1,0 +1,150 @@
+//! Drop-in: the very same fwknopd.conf + access.conf serve the real fwknopd 2.6.10
+//! and then posternd (`posternd -c fwknopd.conf -a access.conf`).
+//!
+//! In a server namespace guarded like the fwknop tutorials (iptables DROP for the
+//! port, conntrack ESTABLISHED accepted first): fwknopd runs with the files, the
+//! real fwknop client knocks, the port opens and closes after FW_ACCESS_TIMEOUT;
+//! fwknopd is stopped; posternd starts with the same two files (it maps fwknopd.conf
+//! to its UDP-server or pcap capture and to the iptables action with fwknopd's
+//! FWKNOP_INPUT chain), the client knocks again, same result.
+//!
+//! Two variants, run in parallel: UDP-server mode (`ENABLE_UDP_SERVER Y`) and
+//! fwknopd's default pcap mode (`PCAP_INTF v1`).
+
+use postern_e2e::posternd::{
+    access_conf, knock_ok, runnable, spawn_fwknopd, ConfDir, Posternd, Service,
+};
+use postern_e2e::scenario::SpaKeys;
+use postern_e2e::{wait_until, Pair};
+use std::time::{Duration, Instant};
+
+const PORT: u16 = 22022;
+const TIMEOUT: u64 = 3;
+
+fn fwknopd_conf(dir: &ConfDir, udp_server: bool) -> String {
+    let run = dir.run_dir();
+    let capture = if udp_server {
+        "ENABLE_UDP_SERVER Y;\nUDPSERV_PORT 62201;\n".to_string()
+    } else {
+        format!(
+            "PCAP_INTF {};\nPCAP_FILTER udp port 62201;\n",
+            Pair::SERVER_IF
+        )
+    };
+    format!(
+        "# fwknopd.conf used unchanged by fwknopd and posternd\n{capture}\
+         MAX_SPA_PACKET_AGE 120;\n\
+         FWKNOP_RUN_DIR {run};\n\
+         FWKNOP_PID_FILE {run}/fwknopd.pid;\n\
+         DIGEST_FILE {run}/digest.cache;\n\
+         FLUSH_IPT_AT_INIT Y;\n\
+         FLUSH_IPT_AT_EXIT Y;\n",
+        run = run.display()
+    )
+}
+
+/// closed → knock → open → closed after the timeout; `ctx` renders the logs.
+fn knock_cycle(svc: &Service, keys: &SpaKeys, who: &str, ctx: &dyn Fn() -> String) {
+    assert!(
+        !svc.reachable(Duration::from_millis(700)),
+        "{who}: port reachable before the knock\n{}",
+        ctx()
+    );
+    knock_ok(svc, keys, &[]);
+    let t0 = Instant::now();
+    assert!(
+        svc.wait_reachable(true, Duration::from_secs(6)),
+        "{who}: port not opened by the knock\n{}",
+        ctx()
+    );
+    let opened = t0.elapsed();
+    assert!(
+        svc.wait_reachable(false, Duration::from_secs(TIMEOUT + 10)),
+        "{who}: port still open long after FW_ACCESS_TIMEOUT\n{}",
+        ctx()
+    );
+    println!(
+        "  {who}: open after {} ms, closed after {} ms",
+        opened.as_millis(),
+        t0.elapsed().as_millis()
+    );
+}
+
+fn same_files(udp_server: bool, tag: &str) {
+    if !runnable(&["fwknop", "fwknopd", "iptables"]) {
+        return;
+    }
+    let svc = Service::iptables_guarded(tag, PORT);
+    let keys = SpaKeys::generate("cbc", Some("sha256"));
+    let dir = ConfDir::new();
+    let conf = dir.write("fwknopd.conf", &fwknopd_conf(&dir, udp_server));
+    let access = dir.write(
+        "access.conf",
+        &access_conf(&keys, Some(&format!("tcp/{PORT}")), TIMEOUT, ""),
+    );
+    let mode = if udp_server { "udp-server" } else { "pcap" };
+
+    // 1. The real fwknopd with the files.
+    let flog = dir.path("fwknopd.log");
+    let mut fwknopd = spawn_fwknopd(svc.server(), &conf, &access, &flog);
+    let flog_text = || std::fs::read_to_string(&flog).unwrap_or_default();
+    let up = wait_until(Duration::from_secs(15), Duration::from_millis(50), || {
+        let log = flog_text();
+        log.contains("main event loop") || log.contains("Kicking off UDP server") || !fwknopd.is_running()
+    });
+    // The UDP server binds right after saying so.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        up && fwknopd.is_running(),
+        "fwknopd ({mode}) did not start:\n{}",
+        flog_text()
+    );
+    let fctx = || {
+        format!(
+            "--- fwknopd log ---\n{}\n--- iptables-save ---\n{}",
+            flog_text(),
+            svc.iptables_save()
+        )
+    };
+    knock_cycle(&svc, &keys, &format!("fwknopd ({mode})"), &fctx);
+    let st = fwknopd.terminate(Duration::from_secs(5));
+    assert!(st.is_some(), "fwknopd did not stop on SIGTERM\n{}", fctx());
+
+    // 2. posternd with the very same files.
+    let d = Posternd::start(
+        svc.server(),
+        &[
+            "-c".into(),
+            conf.display().to_string(),
+            "-a".into(),
+            access.display().to_string(),
+            "-v".into(),
+        ],
+        dir.dir.path(),
+    );
+    let pctx = || {
+        format!(
+            "--- fwknopd.conf ---\n{}\n--- posternd log ---\n{}\n--- iptables-save ---\n{}",
+            std::fs::read_to_string(&conf).unwrap_or_default(),
+            d.log_text(),
+            svc.iptables_save()
+        )
+    };
+    knock_cycle(&svc, &keys, &format!("posternd ({mode})"), &pctx);
+    // It used fwknopd's chain, as fwknopd.conf's IPT_INPUT_ACCESS default says.
+    assert!(
+        d.log_text().contains("iptables") && svc.iptables_save().contains("FWKNOP_INPUT"),
+        "posternd did not use the iptables action with fwknopd's FWKNOP_INPUT chain\n{}",
+        pctx()
+    );
+}
+
+#[test]
+fn fwknopd_files_udp_server_mode_work_for_posternd() {
+    same_files(true, "fu");
+}
+
+#[test]
+fn fwknopd_files_pcap_mode_work_for_posternd() {
+    same_files(false, "fp");
+}
