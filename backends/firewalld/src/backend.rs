@@ -144,9 +144,11 @@ impl FirewalldBackend {
                 "INIT" if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(100))
                 }
-                s => return Err(other(format!(
+                s => {
+                    return Err(other(format!(
                     "firewalld is not running (its state is `{s}`); check its log, then restart it"
-                ))),
+                )))
+                }
             }
         }
     }

@@ -341,3 +341,45 @@ fn no_firewalld_or_no_bus_is_reported_as_missing() {
         "{e:?}"
     );
 }
+
+#[test]
+fn a_firewalld_restart_is_noticed_and_survived() {
+    if !can_run() {
+        return;
+    }
+    let p = pair("fdrst");
+    let mut fwd = Firewalld::start(&p.server);
+    let _listener = tcp_listen(&p.server, 23007);
+    let (server, client) = (IpAddr::V4(p.server_ip), IpAddr::V4(p.client_ip));
+    let dir = tempfile::tempdir().unwrap();
+    let config = FirewalldConfig {
+        state_file: Some(dir.path().join("firewalld.json")),
+        ..fwd.config()
+    };
+    let mut fw = backend(config);
+    fw.grant(&[opening(client, 23007, 60)]).unwrap();
+    assert!(tcp_connect_ok(&p.client, server, 23007, CONNECT));
+
+    fwd.stop();
+    let e = fw.grant(&[opening(client, 23007, 60)]).unwrap_err();
+    assert!(
+        matches!(&e, FirewallError::Missing { what, .. } if what.contains("firewalld")),
+        "{e:?}"
+    );
+    fwd.restart(&p.server);
+    // Runtime rules do not survive a firewalld restart: the port is closed, and
+    // postern's records of it are dropped rather than reported as open.
+    assert!(
+        !tcp_connect_ok(&p.client, server, 23007, CONNECT),
+        "closed after the restart"
+    );
+    assert!(fw.list().unwrap().is_empty());
+    // The same backend (same bus connection) keeps working with the new firewalld.
+    fw.grant(&[opening(client, 23007, 60)]).unwrap();
+    assert!(
+        tcp_connect_ok(&p.client, server, 23007, CONNECT),
+        "granted again"
+    );
+    assert_eq!(fw.list().unwrap().len(), 1);
+    assert_eq!(fwd.rich_rules("public"), vec![plain(client, 23007)]);
+}

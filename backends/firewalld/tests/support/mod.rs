@@ -126,9 +126,35 @@ impl Firewalld {
     /// on a private bus, RUNNING when this returns.
     pub fn start(ns: &Netns) -> Firewalld {
         let mut fw = Firewalld::bus_only(ns);
-        let etc = fw.dir.path().join("etc");
-        config_copy(&etc);
-        let log = fs::File::create(&fw.log).expect("create firewalld.log");
+        config_copy(&fw.dir.path().join("etc"));
+        fw.spawn_firewalld(ns);
+        fw
+    }
+
+    /// Stops firewalld (SIGTERM, as a service manager would); the bus stays.
+    pub fn stop(&mut self) {
+        if let Some(mut f) = self.firewalld.take() {
+            assert!(
+                f.terminate(Duration::from_secs(10)).is_some(),
+                "firewalld did not stop on SIGTERM"
+            );
+        }
+    }
+
+    /// Starts a new firewalld on the same bus (after [`Firewalld::stop`]); its
+    /// runtime rules are gone, like after a reboot.
+    pub fn restart(&mut self, ns: &Netns) {
+        self.stop();
+        self.spawn_firewalld(ns);
+    }
+
+    fn spawn_firewalld(&mut self, ns: &Netns) {
+        let etc = self.dir.path().join("etc");
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("open firewalld.log");
         let child = ns
             .cmd("unshare")
             .args(["-m", "--propagation", "private", "sh", "-c"])
@@ -138,19 +164,20 @@ impl Firewalld {
             )
             .arg("sh")
             .arg(&etc)
-            .env("DBUS_SYSTEM_BUS_ADDRESS", &fw.address)
+            .env("DBUS_SYSTEM_BUS_ADDRESS", &self.address)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log"))
             .stderr(log)
             .spawn()
             .expect("spawn firewalld");
-        fw.firewalld = Some(ChildGuard::from_child(child));
+        self.firewalld = Some(ChildGuard::from_child(child));
 
         let started = Instant::now();
-        let mut api = DbusApi::new(Some(fw.address.clone()), Duration::from_secs(5));
+        let mut api = DbusApi::new(Some(self.address.clone()), Duration::from_secs(5));
         let mut last = String::new();
+        let firewalld = self.firewalld.as_mut().expect("just spawned");
         let running = wait_until(START_TIMEOUT, Duration::from_millis(50), || {
-            if !fw.firewalld.as_mut().is_some_and(|c| c.is_running()) {
+            if !firewalld.is_running() {
                 last = "firewalld exited".into();
                 return true;
             }
@@ -170,9 +197,8 @@ impl Firewalld {
             "firewalld in {} not RUNNING after {:?} (last: {last}); log:\n{}",
             ns.name,
             started.elapsed(),
-            fw.log()
+            self.log()
         );
-        fw
     }
 
     pub fn log(&self) -> String {
