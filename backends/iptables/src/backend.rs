@@ -235,7 +235,9 @@ impl IptablesBackend {
                 // A missing chain is an error whose wording differs between the
                 // legacy and nft variants; ask the whole table instead.
                 let all = self.list_raw(family, table, None)?;
-                if all.lines().any(|l| l == format!("-N {chain}")) || BUILTIN_CHAINS.contains(&chain) {
+                if all.lines().any(|l| l == format!("-N {chain}"))
+                    || BUILTIN_CHAINS.contains(&chain)
+                {
                     Err(listing_error)
                 } else {
                     Ok(None)
@@ -258,7 +260,11 @@ impl IptablesBackend {
 
     /// Creation of a missing chain and its jump: returns the chain's rules
     /// (empty if it was missing) and the lines that restore what is missing.
-    fn ensure_chain(&mut self, family: usize, spec: &ChainSpec) -> FwResult<(Vec<ListedRule>, Vec<String>)> {
+    fn ensure_chain(
+        &mut self,
+        family: usize,
+        spec: &ChainSpec,
+    ) -> FwResult<(Vec<ListedRule>, Vec<String>)> {
         let mut lines = Vec::new();
         let listed = match self.list_chain(family, &spec.table, &spec.chain)? {
             Some(listed) => listed,
@@ -320,7 +326,11 @@ impl IptablesBackend {
     /// Plan one family's grants: per table, the restore lines and their undo.
     /// Every chain involved is listed first, so all rules of one grant get the
     /// same expiry (the latest of the request and what is already there).
-    fn plan_grant_family(&mut self, family: usize, wanted: &[(Rule, u64)]) -> FwResult<Vec<(String, Plan)>> {
+    fn plan_grant_family(
+        &mut self,
+        family: usize,
+        wanted: &[(Rule, u64)],
+    ) -> FwResult<Vec<(String, Plan)>> {
         let docker = self.docker();
         let needed: Vec<Vec<Role>> = wanted.iter().map(|(r, _)| roles_for(r, docker)).collect();
         let mut tables = Vec::new();
@@ -349,7 +359,10 @@ impl IptablesBackend {
         }
         let mut plans = Vec::new();
         for (table, setup, chains) in tables {
-            let mut plan = Plan { lines: setup, undo: Vec::new() };
+            let mut plan = Plan {
+                lines: setup,
+                undo: Vec::new(),
+            };
             for (role, spec, listed) in chains {
                 let here: Vec<(Rule, u64)> = wanted
                     .iter()

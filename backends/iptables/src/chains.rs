@@ -192,42 +192,85 @@ mod tests {
 
     #[test]
     fn roles_follow_fwknopd() {
-        use Role::{Docker, Dnat, Forward, Input, Masquerade};
-        let plain = Rule { nat: None, ..nat(false, true, None) };
+        use Role::{Dnat, Docker, Forward, Input, Masquerade};
+        let plain = Rule {
+            nat: None,
+            ..nat(false, true, None)
+        };
         assert_eq!(roles_for(&plain, false), [Input]);
         assert_eq!(roles_for(&plain, true), [Input, Docker]);
         assert_eq!(roles_for(&nat(false, true, None), false), [Forward, Dnat]);
-        assert_eq!(roles_for(&nat(false, false, Some(Snat::Masquerade)), true), [Forward, Masquerade]);
+        assert_eq!(
+            roles_for(&nat(false, false, Some(Snat::Masquerade)), true),
+            [Forward, Masquerade]
+        );
         let to = Snat::To("203.0.113.1".parse().unwrap());
-        assert_eq!(roles_for(&nat(false, true, Some(to.clone())), false), [Forward, Dnat, Role::Snat]);
+        assert_eq!(
+            roles_for(&nat(false, true, Some(to.clone())), false),
+            [Forward, Dnat, Role::Snat]
+        );
         assert_eq!(roles_for(&nat(true, true, Some(to)), false), [Input, Dnat]);
         assert_eq!(roles_for(&nat(true, false, None), false), [Input]);
     }
 
     #[test]
     fn nat_true_fills_defaults_and_specs_are_checked() {
-        let config = IptablesConfig { nat: true, docker: Some(ChainSpec::default_docker()), ..Default::default() };
+        let config = IptablesConfig {
+            nat: true,
+            docker: Some(ChainSpec::default_docker()),
+            ..Default::default()
+        };
         let chains = configured_chains(&config).unwrap();
         let names: Vec<&str> = chains.iter().map(|(_, s)| s.chain.as_str()).collect();
         assert_eq!(
             names,
-            ["POSTERN_INPUT", "POSTERN_DOCKER", "POSTERN_FORWARD", "POSTERN_PREROUTING", "POSTERN_POSTROUTING", "POSTERN_MASQUERADE"]
+            [
+                "POSTERN_INPUT",
+                "POSTERN_DOCKER",
+                "POSTERN_FORWARD",
+                "POSTERN_PREROUTING",
+                "POSTERN_POSTROUTING",
+                "POSTERN_MASQUERADE"
+            ]
         );
-        let only_dnat = IptablesConfig { dnat: Some(ChainSpec::default_dnat()), ..Default::default() };
-        assert_eq!(configured_chains(&only_dnat).unwrap().len(), 2);
-
-        let wrong_table = IptablesConfig { dnat: Some("DNAT, filter, INPUT, 1, X, 1".parse().unwrap()), ..Default::default() };
-        let e = configured_chains(&wrong_table).unwrap_err();
-        assert!(e.contains("dnat chain") && e.contains("DNAT, nat, PREROUTING"), "{e}");
-        let wrong_target = IptablesConfig { snat: Some("MASQUERADE, nat, POSTROUTING, 1, X, 1".parse().unwrap()), ..Default::default() };
-        assert!(configured_chains(&wrong_target).is_err());
-        let accept_in_nat = IptablesConfig { forward: Some("ACCEPT, nat, PREROUTING, 1, X, 1".parse().unwrap()), ..Default::default() };
-        assert!(configured_chains(&accept_in_nat).unwrap_err().contains("nat table"));
-        let shared = IptablesConfig {
-            snat: Some("SNAT, nat, POSTROUTING, 1, P_POST, 1".parse().unwrap()),
-            masquerade: Some("MASQUERADE, nat, POSTROUTING, 1, P_POST, 1".parse().unwrap()),
+        let only_dnat = IptablesConfig {
+            dnat: Some(ChainSpec::default_dnat()),
             ..Default::default()
         };
-        assert!(configured_chains(&shared).unwrap_err().contains("both use chain P_POST"));
+        assert_eq!(configured_chains(&only_dnat).unwrap().len(), 2);
+
+        let wrong_table = IptablesConfig {
+            dnat: Some("DNAT, filter, INPUT, 1, X, 1".parse().unwrap()),
+            ..Default::default()
+        };
+        let e = configured_chains(&wrong_table).unwrap_err();
+        assert!(
+            e.contains("dnat chain") && e.contains("DNAT, nat, PREROUTING"),
+            "{e}"
+        );
+        let wrong_target = IptablesConfig {
+            snat: Some("MASQUERADE, nat, POSTROUTING, 1, X, 1".parse().unwrap()),
+            ..Default::default()
+        };
+        assert!(configured_chains(&wrong_target).is_err());
+        let accept_in_nat = IptablesConfig {
+            forward: Some("ACCEPT, nat, PREROUTING, 1, X, 1".parse().unwrap()),
+            ..Default::default()
+        };
+        assert!(configured_chains(&accept_in_nat)
+            .unwrap_err()
+            .contains("nat table"));
+        let shared = IptablesConfig {
+            snat: Some("SNAT, nat, POSTROUTING, 1, P_POST, 1".parse().unwrap()),
+            masquerade: Some(
+                "MASQUERADE, nat, POSTROUTING, 1, P_POST, 1"
+                    .parse()
+                    .unwrap(),
+            ),
+            ..Default::default()
+        };
+        assert!(configured_chains(&shared)
+            .unwrap_err()
+            .contains("both use chain P_POST"));
     }
 }

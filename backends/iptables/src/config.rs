@@ -374,7 +374,10 @@ mod tests {
         let c: IptablesConfig =
             serde_json::from_str(r#"{"output": "ACCEPT, filter, OUTPUT, 1, FWKNOP_OUTPUT, 1"}"#)
                 .unwrap();
-        assert_eq!(c.unsupported_chain(), Some("output chain (IPT_OUTPUT_ACCESS)"));
+        assert_eq!(
+            c.unsupported_chain(),
+            Some("output chain (IPT_OUTPUT_ACCESS)")
+        );
         let e =
             serde_json::from_str::<IptablesConfig>(r#"{"input": "ACCEPT, filter"}"#).unwrap_err();
         assert!(e.to_string().contains("6 comma-separated"), "{e}");

@@ -23,7 +23,12 @@ impl Plan {
 /// have) in one chain, against its listing. A rule already there once with
 /// that expiry or later is left alone; otherwise every copy (fwknopd could
 /// leave duplicates) is replaced by one rule, so a refresh never duplicates.
-pub fn plan_chain(role: Role, spec: &ChainSpec, listed: &[ListedRule], wanted: &[(Rule, u64)]) -> Plan {
+pub fn plan_chain(
+    role: Role,
+    spec: &ChainSpec,
+    listed: &[ListedRule],
+    wanted: &[(Rule, u64)],
+) -> Plan {
     let ChainSpec {
         chain,
         target,

@@ -25,7 +25,10 @@ pub fn expiry_comment(expires_at: u64) -> String {
 pub fn comment(rule: &Rule, expires_at: u64) -> String {
     let mut text = expiry_comment(expires_at);
     if let Some(nat) = &rule.nat {
-        text.push_str(&format!("_nat_{}_{}_{}", rule.port, nat.to_addr, nat.to_port));
+        text.push_str(&format!(
+            "_nat_{}_{}_{}",
+            rule.port, nat.to_addr, nat.to_port
+        ));
         if nat.local {
             text.push_str("_local");
         }
@@ -64,7 +67,13 @@ fn parse_nat_tag(tag: &str) -> Option<(u16, NatRule)> {
     let port = words.next()?.parse().ok()?;
     let to_addr = words.next()?.parse().ok()?;
     let to_port = words.next()?.parse().ok()?;
-    let mut nat = NatRule { to_addr, to_port, local: false, snat: None, dnat: true };
+    let mut nat = NatRule {
+        to_addr,
+        to_port,
+        local: false,
+        snat: None,
+        dnat: true,
+    };
     while let Some(word) = words.next() {
         match word {
             "local" => nat.local = true,
@@ -124,19 +133,38 @@ pub fn role_spec(role: Role, rule: &Rule, expires_at: u64, target: &str) -> Vec<
     if role == Role::Docker {
         // DOCKER-USER runs after Docker's DNAT: match the port the client asked for.
         words.extend(
-            ["-m", "conntrack", "--ctorigdstport", &dport.to_string(), "--ctdir", "ORIGINAL"].map(String::from),
+            [
+                "-m",
+                "conntrack",
+                "--ctorigdstport",
+                &dport.to_string(),
+                "--ctdir",
+                "ORIGINAL",
+            ]
+            .map(String::from),
         );
     } else {
         words.extend(["-m", proto, "--dport", &dport.to_string()].map(String::from));
     }
-    words.extend(["-m".into(), "comment".into(), "--comment".into(), comment(rule, expires_at)]);
+    words.extend([
+        "-m".into(),
+        "comment".into(),
+        "--comment".into(),
+        comment(rule, expires_at),
+    ]);
     words.extend(["-j".into(), target.into()]);
     match (role, nat) {
         (Role::Dnat, Some(n)) => {
             let (a, p) = to(n);
             words.extend(["--to-destination".into(), socket_text(a, p)]);
         }
-        (Role::Snat, Some(NatRule { snat: Some(Snat::To(a)), .. })) => {
+        (
+            Role::Snat,
+            Some(NatRule {
+                snat: Some(Snat::To(a)),
+                ..
+            }),
+        ) => {
             words.extend(["--to-source".into(), a.to_string()]);
         }
         _ => {}
@@ -295,5 +323,56 @@ mod tests {
         assert_eq!(parse_listing(&line, "C")[0].grant, Some((r, 42)));
         assert_eq!(parse_expiry("x_exp_12y"), Some(12));
         assert_eq!(parse_expiry("exp_12"), None);
+    }
+
+    #[test]
+    fn nat_comments_round_trip_and_fwknopd_reads_the_expiry() {
+        let to = "fd00::2".parse().unwrap();
+        for (local, dnat, snat) in [
+            (false, true, None),
+            (true, false, None),
+            (false, true, Some(Snat::Masquerade)),
+            (false, false, Some(Snat::To("2001:db8::9".parse().unwrap()))),
+        ] {
+            let r = Rule {
+                nat: Some(NatRule {
+                    to_addr: to,
+                    to_port: 22,
+                    local,
+                    snat,
+                    dnat,
+                }),
+                ..rule("2001:db8::7", Proto::Tcp, 55000)
+            };
+            let c = comment(&r, 77);
+            assert_eq!(
+                parse_comment(&c),
+                Some((77, Some((55000, r.nat.clone().unwrap())))),
+                "{c}"
+            );
+            // fwknopd takes the digits after `_exp_`.
+            assert!(c.starts_with("postern_exp_77_nat_55000_fd00::2_22"), "{c}");
+            for role in [
+                Role::Input,
+                Role::Forward,
+                Role::Dnat,
+                Role::Snat,
+                Role::Masquerade,
+            ] {
+                let line = format!("-A C {}", join(&role_spec(role, &r, 77, "X")));
+                assert_eq!(
+                    parse_listing(&line, "C")[0].grant,
+                    Some((r.clone(), 77)),
+                    "{line}"
+                );
+            }
+        }
+        assert_eq!(
+            parse_comment("postern_exp_5_nat_x"),
+            None,
+            "unreadable NAT part: not a grant"
+        );
+        assert_eq!(parse_comment("postern_exp_5_nat_1_10.0.0.1_2_bogus"), None);
+        assert_eq!(parse_comment("_exp_5 by fwknopd"), Some((5, None)));
     }
 }

@@ -3,7 +3,7 @@
 
 use postern_backend_iptables::{IptablesBackend, IptablesConfig};
 use postern_backend_script::fake::RecordingRunner;
-use spa_core::firewall::{Firewall, FirewallError, FwResult, NatRule, Opening, Rule};
+use spa_core::firewall::{Firewall, FirewallError, FwResult, NatRule, Opening, Rule, Snat};
 use spa_core::request::Proto;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -650,4 +650,431 @@ $ iptables-restore -w 5 --noflush
 | COMMIT
 "
     );
+}
+
+// ---- NAT and Docker ----
+
+fn nat_opening(
+    source: &str,
+    to: &str,
+    local: bool,
+    snat: Option<Snat>,
+    expires_at: u64,
+) -> Opening {
+    let mut o = opening(source, Proto::Tcp, 55000, expires_at);
+    o.rule.nat = Some(NatRule {
+        to_addr: to.parse().unwrap(),
+        to_port: 22,
+        local,
+        snat,
+        dnat: true,
+    });
+    o
+}
+
+/// Both families with every chain `nat = true` manages, empty and jumped to.
+fn nat_ready() -> Tables {
+    let t = Tables::ready();
+    for p in ["iptables", "ip6tables"] {
+        for (from, chain) in [
+            ("FORWARD", "POSTERN_FORWARD"),
+            ("PREROUTING", "POSTERN_PREROUTING"),
+            ("POSTROUTING", "POSTERN_POSTROUTING"),
+        ] {
+            t.set(p, chain, &format!("-N {chain}\n"));
+            t.set(
+                p,
+                from,
+                &format!("-P {from} ACCEPT\n-A {from} -j {chain}\n"),
+            );
+        }
+        t.set(p, "POSTERN_MASQUERADE", "-N POSTERN_MASQUERADE\n");
+        t.set(
+            p,
+            "POSTROUTING",
+            "-P POSTROUTING ACCEPT\n-A POSTROUTING -j POSTERN_POSTROUTING\n-A POSTROUTING -j POSTERN_MASQUERADE\n",
+        );
+    }
+    t
+}
+
+fn nat_config() -> IptablesConfig {
+    IptablesConfig {
+        nat: true,
+        ..IptablesConfig::default()
+    }
+}
+
+#[test]
+fn init_with_nat_creates_every_chain_one_transaction_per_table() {
+    let tables = Tables::default();
+    for (from, policy) in [
+        ("INPUT", "-P INPUT ACCEPT\n"),
+        ("FORWARD", "-P FORWARD DROP\n"),
+        ("PREROUTING", "-P PREROUTING ACCEPT\n"),
+        ("POSTROUTING", "-P POSTROUTING ACCEPT\n"),
+    ] {
+        tables.set("iptables", from, policy);
+    }
+    let config = IptablesConfig {
+        ipv6: false,
+        ..nat_config()
+    };
+    let (mut fw, fake) = backend_with(&config, &tables, None);
+    fw.init(1000).unwrap();
+    assert_eq!(
+        fake.take_transcript(),
+        "\
+$ iptables -w 5 -t filter -S POSTERN_INPUT
+$ iptables -w 5 -t filter -S
+$ iptables -w 5 -t filter -S INPUT
+$ iptables -w 5 -t filter -S POSTERN_FORWARD
+$ iptables -w 5 -t filter -S
+$ iptables -w 5 -t filter -S FORWARD
+$ iptables-restore -w 5 --noflush
+| *filter
+| :POSTERN_INPUT - [0:0]
+| -I INPUT 1 -j POSTERN_INPUT
+| :POSTERN_FORWARD - [0:0]
+| -I FORWARD 1 -j POSTERN_FORWARD
+| COMMIT
+$ iptables -w 5 -t nat -S POSTERN_PREROUTING
+$ iptables -w 5 -t nat -S
+$ iptables -w 5 -t nat -S PREROUTING
+$ iptables -w 5 -t nat -S POSTERN_POSTROUTING
+$ iptables -w 5 -t nat -S
+$ iptables -w 5 -t nat -S POSTROUTING
+$ iptables -w 5 -t nat -S POSTERN_MASQUERADE
+$ iptables -w 5 -t nat -S
+$ iptables -w 5 -t nat -S POSTROUTING
+$ iptables-restore -w 5 --noflush
+| *nat
+| :POSTERN_PREROUTING - [0:0]
+| -I PREROUTING 1 -j POSTERN_PREROUTING
+| :POSTERN_POSTROUTING - [0:0]
+| -I POSTROUTING 1 -j POSTERN_POSTROUTING
+| :POSTERN_MASQUERADE - [0:0]
+| -I POSTROUTING 1 -j POSTERN_MASQUERADE
+| COMMIT
+"
+    );
+}
+
+#[test]
+fn forward_nat_grant_is_a_filter_then_a_nat_transaction() {
+    let tables = nat_ready();
+    let (mut fw, fake) = backend_with(&nat_config(), &tables, None);
+    fw.init(1000).unwrap();
+    fake.take_transcript();
+    fw.grant(&[nat_opening(
+        "192.0.2.7",
+        "10.0.0.2",
+        false,
+        Some(Snat::Masquerade),
+        1030,
+    )])
+    .unwrap();
+    assert_eq!(
+        fake.take_transcript(),
+        "\
+$ iptables -w 5 -t filter -S POSTERN_FORWARD
+$ iptables -w 5 -t filter -S FORWARD
+$ iptables -w 5 -t nat -S POSTERN_PREROUTING
+$ iptables -w 5 -t nat -S PREROUTING
+$ iptables -w 5 -t nat -S POSTERN_MASQUERADE
+$ iptables -w 5 -t nat -S POSTROUTING
+$ iptables-restore -w 5 --noflush
+| *filter
+| -I POSTERN_FORWARD 1 -s 192.0.2.7/32 -d 10.0.0.2/32 -p tcp -m tcp --dport 22 -m comment --comment postern_exp_1030_nat_55000_10.0.0.2_22_masq -j ACCEPT
+| COMMIT
+$ iptables-restore -w 5 --noflush
+| *nat
+| -I POSTERN_PREROUTING 1 -s 192.0.2.7/32 -p tcp -m tcp --dport 55000 -m comment --comment postern_exp_1030_nat_55000_10.0.0.2_22_masq -j DNAT --to-destination 10.0.0.2:22
+| -I POSTERN_MASQUERADE 1 -s 192.0.2.7/32 -d 10.0.0.2/32 -p tcp -m tcp --dport 22 -m comment --comment postern_exp_1030_nat_55000_10.0.0.2_22_masq -j MASQUERADE
+| COMMIT
+"
+    );
+}
+
+#[test]
+fn local_nat_snat_and_ipv6_dnat_rules() {
+    let tables = nat_ready();
+    let (mut fw, fake) = backend_with(&nat_config(), &tables, None);
+    fw.init(1000).unwrap();
+    fake.take_transcript();
+    fw.grant(&[nat_opening("192.0.2.7", "198.51.100.1", true, None, 1030)])
+        .unwrap();
+    assert_eq!(
+        fake.take_transcript(),
+        "\
+$ iptables -w 5 -t filter -S POSTERN_INPUT
+$ iptables -w 5 -t filter -S INPUT
+$ iptables -w 5 -t nat -S POSTERN_PREROUTING
+$ iptables -w 5 -t nat -S PREROUTING
+$ iptables-restore -w 5 --noflush
+| *filter
+| -I POSTERN_INPUT 1 -s 192.0.2.7/32 -p tcp -m tcp --dport 22 -m comment --comment postern_exp_1030_nat_55000_198.51.100.1_22_local -j ACCEPT
+| COMMIT
+$ iptables-restore -w 5 --noflush
+| *nat
+| -I POSTERN_PREROUTING 1 -s 192.0.2.7/32 -p tcp -m tcp --dport 55000 -m comment --comment postern_exp_1030_nat_55000_198.51.100.1_22_local -j DNAT --to-destination 198.51.100.1:22
+| COMMIT
+"
+    );
+    fw.grant(&[
+        nat_opening(
+            "192.0.2.8",
+            "10.0.0.3",
+            false,
+            Some(Snat::To("203.0.113.9".parse().unwrap())),
+            1030,
+        ),
+        nat_opening("2001:db8::7", "fd00::2", false, None, 1030),
+    ])
+    .unwrap();
+    let text = fake.take_transcript();
+    for line in [
+        "| -I POSTERN_POSTROUTING 1 -s 192.0.2.8/32 -d 10.0.0.3/32 -p tcp -m tcp --dport 22 -m comment --comment postern_exp_1030_nat_55000_10.0.0.3_22_snat_203.0.113.9 -j SNAT --to-source 203.0.113.9\n",
+        "| -I POSTERN_PREROUTING 1 -s 2001:db8::7/128 -p tcp -m tcp --dport 55000 -m comment --comment postern_exp_1030_nat_55000_fd00::2_22 -j DNAT --to-destination [fd00::2]:22\n",
+        "| -I POSTERN_FORWARD 1 -s 2001:db8::7/128 -d fd00::2/128 -p tcp -m tcp --dport 22 -m comment --comment postern_exp_1030_nat_55000_fd00::2_22 -j ACCEPT\n",
+    ] {
+        assert!(text.contains(line), "missing {line} in\n{text}");
+    }
+    assert!(text.contains("$ ip6tables-restore"), "{text}");
+}
+
+/// What `iptables -S` prints for a forward NAT grant with MASQUERADE.
+fn listed_forward_nat(tables: &Tables, exp: u64) {
+    let c = format!("postern_exp_{exp}_nat_55000_10.0.0.2_22_masq");
+    tables.set(
+        "iptables",
+        "POSTERN_FORWARD",
+        &format!("-N POSTERN_FORWARD\n-A POSTERN_FORWARD -s 192.0.2.7/32 -d 10.0.0.2/32 -p tcp -m tcp --dport 22 -m comment --comment {c} -j ACCEPT\n"),
+    );
+    tables.set(
+        "iptables",
+        "POSTERN_PREROUTING",
+        &format!("-N POSTERN_PREROUTING\n-A POSTERN_PREROUTING -s 192.0.2.7/32 -p tcp -m tcp --dport 55000 -m comment --comment {c} -j DNAT --to-destination 10.0.0.2:22\n"),
+    );
+    tables.set(
+        "iptables",
+        "POSTERN_MASQUERADE",
+        &format!("-N POSTERN_MASQUERADE\n-A POSTERN_MASQUERADE -s 192.0.2.7/32 -d 10.0.0.2/32 -p tcp -m tcp --dport 22 -m comment --comment {c} -j MASQUERADE\n"),
+    );
+}
+
+#[test]
+fn a_nat_grant_lists_once_and_revoke_expire_remove_all_its_rules() {
+    let tables = nat_ready();
+    listed_forward_nat(&tables, 1200);
+    let config = IptablesConfig {
+        ipv6: false,
+        ..nat_config()
+    };
+    let (mut fw, fake) = backend_with(&config, &tables, None);
+    let want = nat_opening("192.0.2.7", "10.0.0.2", false, Some(Snat::Masquerade), 1200);
+    assert_eq!(
+        fw.list().unwrap(),
+        vec![Opening {
+            timeout_secs: 200,
+            ..want.clone()
+        }]
+    );
+    fake.take_transcript();
+
+    // Refresh: a repeated grant replaces each rule once, with the same expiry.
+    fw.init(1000).unwrap();
+    fake.take_transcript();
+    fw.grant(&[Opening {
+        expires_at: 1300,
+        ..want.clone()
+    }])
+    .unwrap();
+    let text = fake.take_transcript();
+    assert_eq!(text.matches("| -D POSTERN_").count(), 3, "{text}");
+    assert_eq!(text.matches("| -I POSTERN_").count(), 3, "{text}");
+    assert_eq!(text.matches("postern_exp_1300_nat").count(), 3, "{text}");
+    // Not longer than what is there: nothing to do.
+    fw.grant(&[Opening {
+        expires_at: 1100,
+        ..want.clone()
+    }])
+    .unwrap();
+    assert!(!fake.take_transcript().contains("restore"));
+
+    fw.revoke(std::slice::from_ref(&want.rule)).unwrap();
+    assert_eq!(
+        fake.take_transcript(),
+        "\
+$ iptables -w 5 -t filter -S POSTERN_INPUT
+$ iptables -w 5 -t filter -S POSTERN_FORWARD
+$ iptables-restore -w 5 --noflush
+| *filter
+| -D POSTERN_FORWARD -s 192.0.2.7/32 -d 10.0.0.2/32 -p tcp -m tcp --dport 22 -m comment --comment postern_exp_1200_nat_55000_10.0.0.2_22_masq -j ACCEPT
+| COMMIT
+$ iptables -w 5 -t nat -S POSTERN_PREROUTING
+$ iptables -w 5 -t nat -S POSTERN_POSTROUTING
+$ iptables -w 5 -t nat -S POSTERN_MASQUERADE
+$ iptables-restore -w 5 --noflush
+| *nat
+| -D POSTERN_PREROUTING -s 192.0.2.7/32 -p tcp -m tcp --dport 55000 -m comment --comment postern_exp_1200_nat_55000_10.0.0.2_22_masq -j DNAT --to-destination 10.0.0.2:22
+| -D POSTERN_MASQUERADE -s 192.0.2.7/32 -d 10.0.0.2/32 -p tcp -m tcp --dport 22 -m comment --comment postern_exp_1200_nat_55000_10.0.0.2_22_masq -j MASQUERADE
+| COMMIT
+"
+    );
+    assert_eq!(fw.expire(1100).unwrap(), vec![], "not due yet");
+    assert_eq!(
+        fw.expire(1200).unwrap(),
+        vec![want.rule.clone()],
+        "one rule reported for three deleted"
+    );
+    let text = fake.take_transcript();
+    assert_eq!(text.matches("| -D POSTERN_").count(), 3, "{text}");
+
+    // A restart removes the expired NAT rules with the rest.
+    fw.init(1500).unwrap();
+    assert_eq!(fake.take_transcript().matches("| -D POSTERN_").count(), 3);
+}
+
+#[test]
+fn a_failed_nat_transaction_rolls_back_the_filter_one() {
+    let tables = nat_ready();
+    let config = IptablesConfig {
+        ipv6: false,
+        ..nat_config()
+    };
+    let (mut fw, fake) = backend_with(&config, &tables, None);
+    fw.init(1000).unwrap();
+    fake.take_transcript();
+    fake.respond_with({
+        let t = tables.clone();
+        move |argv, stdin| {
+            if stdin.is_some_and(|s| s.starts_with("*nat")) {
+                return Err(FirewallError::Command {
+                    command: argv.join(" "),
+                    status: "exit status: 1".into(),
+                    stderr: "line 2 failed".into(),
+                });
+            }
+            t.respond(argv, None)
+        }
+    });
+    let err = fw
+        .grant(&[nat_opening("192.0.2.7", "10.0.0.2", false, None, 1030)])
+        .unwrap_err();
+    assert!(err.to_string().contains("line 2 failed"), "{err}");
+    let text = fake.take_transcript();
+    let undo = text.rsplit("$ iptables-restore").next().unwrap();
+    assert_eq!(
+        undo,
+        " -w 5 --noflush
+| *filter
+| -D POSTERN_FORWARD -s 192.0.2.7/32 -d 10.0.0.2/32 -p tcp -m tcp --dport 22 -m comment --comment postern_exp_1030_nat_55000_10.0.0.2_22 -j ACCEPT
+| COMMIT
+",
+        "{text}"
+    );
+}
+
+#[test]
+fn nat_needs_its_chains_and_one_family() {
+    let tables = Tables::ready();
+    let config: IptablesConfig = serde_json::from_str(
+        r#"{"forward": "ACCEPT, filter, FORWARD, 1, FWKNOP_FORWARD, 1", "dnat": "DNAT, nat, PREROUTING, 1, FWKNOP_PREROUTING, 1"}"#,
+    )
+    .unwrap();
+    let (mut fw, fake) = backend_with(&config, &tables, None);
+    let names: Vec<&str> = fw.chains().map(|(_, s)| s.chain.as_str()).collect();
+    assert_eq!(
+        names,
+        ["POSTERN_INPUT", "FWKNOP_FORWARD", "FWKNOP_PREROUTING"]
+    );
+    let err = fw
+        .grant(&[nat_opening(
+            "192.0.2.7",
+            "10.0.0.2",
+            false,
+            Some(Snat::Masquerade),
+            1030,
+        )])
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("IPT_MASQUERADE_ACCESS")
+            && err.to_string().contains(
+                "masquerade = \"MASQUERADE, nat, POSTROUTING, 1, POSTERN_MASQUERADE, 1\""
+            ),
+        "{err}"
+    );
+    let err = fw
+        .grant(&[nat_opening("192.0.2.7", "fd00::2", false, None, 1030)])
+        .unwrap_err();
+    assert!(err.to_string().contains("IPv4 and IPv6"), "{err}");
+    assert_eq!(
+        fake.take_transcript(),
+        "",
+        "refused before running anything"
+    );
+}
+
+#[test]
+fn docker_grants_match_the_original_port_in_a_chain_under_docker_user() {
+    let tables = Tables::ready();
+    tables.set("iptables", "FORWARD", "-P FORWARD DROP\n");
+    let config: IptablesConfig =
+        serde_json::from_str(r#"{"docker": true, "ipv6": false}"#).unwrap();
+    let (mut fw, fake) = backend_with(&config, &tables, None);
+    fw.init(1000).unwrap();
+    assert_eq!(
+        fake.take_transcript(),
+        "\
+$ iptables -w 5 -t filter -S POSTERN_INPUT
+$ iptables -w 5 -t filter -S INPUT
+$ iptables -w 5 -t filter -S POSTERN_DOCKER
+$ iptables -w 5 -t filter -S
+$ iptables -w 5 -t filter -S DOCKER-USER
+$ iptables -w 5 -t filter -S
+$ iptables-restore -w 5 --noflush
+| *filter
+| :POSTERN_DOCKER - [0:0]
+| :DOCKER-USER - [0:0]
+| -I DOCKER-USER 1 -j POSTERN_DOCKER
+| COMMIT
+",
+        "DOCKER-USER is created when Docker has not run yet (Docker keeps it)"
+    );
+    tables.set("iptables", "POSTERN_DOCKER", "-N POSTERN_DOCKER\n");
+    tables.set(
+        "iptables",
+        "DOCKER-USER",
+        "-N DOCKER-USER\n-A DOCKER-USER -j POSTERN_DOCKER\n-A DOCKER-USER -j RETURN\n",
+    );
+    fw.grant(&[opening("192.0.2.7", Proto::Tcp, 8080, 1030)])
+        .unwrap();
+    assert_eq!(
+        fake.take_transcript(),
+        "\
+$ iptables -w 5 -t filter -S POSTERN_INPUT
+$ iptables -w 5 -t filter -S INPUT
+$ iptables -w 5 -t filter -S POSTERN_DOCKER
+$ iptables -w 5 -t filter -S DOCKER-USER
+$ iptables-restore -w 5 --noflush
+| *filter
+| -I POSTERN_INPUT 1 -s 192.0.2.7/32 -p tcp -m tcp --dport 8080 -m comment --comment postern_exp_1030 -j ACCEPT
+| -I POSTERN_DOCKER 1 -s 192.0.2.7/32 -p tcp -m conntrack --ctorigdstport 8080 --ctdir ORIGINAL -m comment --comment postern_exp_1030 -j ACCEPT
+| COMMIT
+"
+    );
+    tables.set(
+        "iptables",
+        "POSTERN_DOCKER",
+        "-N POSTERN_DOCKER\n-A POSTERN_DOCKER -s 192.0.2.7/32 -p tcp -m conntrack --ctorigdstport 8080 --ctdir ORIGINAL -m comment --comment postern_exp_1030 -j ACCEPT\n",
+    );
+    tables.set(
+        "iptables",
+        "POSTERN_INPUT",
+        "-N POSTERN_INPUT\n-A POSTERN_INPUT -s 192.0.2.7/32 -p tcp -m tcp --dport 8080 -m comment --comment postern_exp_1030 -j ACCEPT\n",
+    );
+    assert_eq!(fw.list().unwrap().len(), 1, "one grant in two chains");
+    assert_eq!(fw.expire(1030).unwrap().len(), 1);
+    assert_eq!(fake.take_transcript().matches("| -D POSTERN_").count(), 2);
 }
