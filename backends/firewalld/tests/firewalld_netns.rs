@@ -141,11 +141,15 @@ fn repeated_grant_keeps_one_rule_and_refreshes_its_timeout() {
     let (server, client) = (IpAddr::V4(p.server_ip), IpAddr::V4(p.client_ip));
     let mut fw = backend(fwd.config());
 
+    let t = Instant::now();
     fw.grant(&[opening(client, 23003, 3)]).unwrap();
     let first = Instant::now();
+    eprintln!("first grant took {:?}", first - t);
     std::thread::sleep(Duration::from_millis(1500));
+    let t = Instant::now();
     fw.grant(&[opening(client, 23003, 4)]).unwrap();
     let second = Instant::now();
+    eprintln!("refreshing grant took {:?}", second - t);
     let rules = fwd.rich_rules("public");
     assert_eq!(rules.len(), 1, "one rule after a repeated grant: {rules:?}");
     assert_eq!(fw.list().unwrap().len(), 1);
