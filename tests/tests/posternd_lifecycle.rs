@@ -1,0 +1,359 @@
+//! posternd's life cycle, end to end with the real fwknop client:
+//!
+//! - SIGKILL while an nftables grant is live: the grant still expires on time (a
+//!   kernel timeout), and `grants4` is empty afterwards, with no posternd running;
+//! - SIGHUP: new access.conf keys apply, old keys stop working, a grant made before
+//!   the reload lives until its own timeout;
+//! - SIGTERM: exit code 0 within a second, with a live grant (UDP + nftables,
+//!   TCP + iptables, pcap + nftables);
+//! - the pcap capture resumes by itself after `ip link set v1 down; … up`;
+//! - after start only the needed capabilities remain (CapEff/CapPrm/CapBnd):
+//!   CAP_NET_ADMIN for nftables with a UDP or TCP capture, plus CAP_NET_RAW for pcap.
+
+use postern_e2e::posternd::{
+    access_conf, cap_set, caps_list, caps_mask, iptables_action, knock_ok, nft_grants4,
+    nftables_action, pcap_capture, postern_toml, run_scenarios, runnable, tcp_capture,
+    udp_capture, ConfDir, Posternd, Service, CAP_NET_ADMIN, CAP_NET_RAW, SPA_PORT,
+};
+use postern_e2e::scenario::SpaKeys;
+use postern_e2e::{wait_until, Pair};
+use std::time::{Duration, Instant};
+
+const PORT: u16 = 22022;
+const TIMEOUT: u64 = 3;
+
+struct Setup {
+    svc: Service,
+    keys: SpaKeys,
+    conf: ConfDir,
+    args: Vec<String>,
+}
+
+/// A service, fresh keys and a postern.toml with `body` (captures and actions).
+fn setup(tag: &str, iptables_guard: bool, body: &str) -> Setup {
+    let svc = if iptables_guard {
+        Service::iptables_guarded(tag, PORT)
+    } else {
+        Service::open(tag, PORT)
+    };
+    let keys = SpaKeys::generate("cbc", Some("sha256"));
+    let conf = ConfDir::new();
+    conf.write(
+        "access.conf",
+        &access_conf(&keys, Some(&format!("tcp/{PORT}")), TIMEOUT, ""),
+    );
+    conf.write(
+        "postern.toml",
+        &postern_toml(&conf, "access.conf", "memory", body),
+    );
+    let args = vec!["-c".to_string(), conf.arg("postern.toml"), "-v".into()];
+    Setup {
+        svc,
+        keys,
+        conf,
+        args,
+    }
+}
+
+fn udp_nftables() -> String {
+    format!("{}\n{}", udp_capture(SPA_PORT), nftables_action(PORT))
+}
+
+fn ctx(what: &str, d: &Posternd, svc: &Service) -> String {
+    format!(
+        "{what}\n--- posternd log ---\n{}\n--- nft ---\n{}",
+        d.log_text(),
+        svc.nft_ruleset()
+    )
+}
+
+#[test]
+fn sigkill_leaves_the_nftables_grant_to_expire_by_itself() {
+    if !runnable(&["fwknop", "nft"]) {
+        return;
+    }
+    let s = setup("lk", false, &udp_nftables());
+    let svc = &s.svc;
+    let mut d = Posternd::start(svc.server(), &s.args, s.conf.dir.path());
+    knock_ok(svc, &s.keys, &[]);
+    let t0 = Instant::now();
+    assert!(
+        svc.wait_reachable(true, Duration::from_secs(5)),
+        "{}",
+        ctx("not opened", &d, svc)
+    );
+    let log = d.log_text();
+    d.kill9();
+    assert!(!d.is_running());
+    assert!(
+        svc.server().pids().is_empty(),
+        "processes left in the server namespace: {:?}",
+        svc.server().pids()
+    );
+    // The grant outlives the daemon…
+    if t0.elapsed() < Duration::from_secs(TIMEOUT - 1) {
+        assert!(
+            svc.reachable(Duration::from_millis(700)),
+            "the grant vanished with posternd\n{log}"
+        );
+    }
+    // …and the kernel ends it on time.
+    assert!(
+        svc.wait_reachable(false, Duration::from_secs(TIMEOUT + 6)),
+        "port still open long after the timeout with posternd killed\n{log}\n{}",
+        svc.nft_ruleset()
+    );
+    let closed = t0.elapsed();
+    assert!(
+        closed >= Duration::from_secs(TIMEOUT - 1),
+        "closed after only {closed:?}"
+    );
+    assert_eq!(
+        nft_grants4(svc.server()),
+        Ok(vec![]),
+        "grants4 not empty after the timeout\n{}",
+        svc.nft_ruleset()
+    );
+    println!("grant closed {closed:?} after the knock, posternd killed");
+}
+
+#[test]
+fn sighup_swaps_keys_and_keeps_live_grants() {
+    if !runnable(&["fwknop", "nft"]) {
+        return;
+    }
+    let s = setup("lh", false, &udp_nftables());
+    let svc = &s.svc;
+    let d = Posternd::start(svc.server(), &s.args, s.conf.dir.path());
+    knock_ok(svc, &s.keys, &[]);
+    let t0 = Instant::now();
+    assert!(
+        svc.wait_reachable(true, Duration::from_secs(5)),
+        "{}",
+        ctx("old keys did not open before the reload", &d, svc)
+    );
+
+    let new_keys = SpaKeys::generate("ctr", Some("sha512"));
+    s.conf.write(
+        "access.conf",
+        &access_conf(&new_keys, Some(&format!("tcp/{PORT}")), TIMEOUT, ""),
+    );
+    d.signal(libc::SIGHUP);
+    assert!(
+        d.wait_log("SIGHUP: reloaded", 1, Duration::from_secs(5)),
+        "{}",
+        ctx("no reload logged after SIGHUP", &d, svc)
+    );
+    // The grant made before the reload is still there…
+    let reload_at = t0.elapsed();
+    if reload_at < Duration::from_secs(TIMEOUT - 1) {
+        assert!(
+            svc.reachable(Duration::from_millis(700)),
+            "{}",
+            ctx("the live grant was dropped by the reload", &d, svc)
+        );
+    }
+    // …until its own timeout.
+    assert!(
+        svc.wait_reachable(false, Duration::from_secs(TIMEOUT + 6)),
+        "{}",
+        ctx("the old grant did not expire", &d, svc)
+    );
+    let closed = t0.elapsed();
+    assert!(
+        closed >= Duration::from_secs(TIMEOUT - 1),
+        "{}",
+        ctx(&format!("the old grant closed after only {closed:?}"), &d, svc)
+    );
+
+    knock_ok(svc, &s.keys, &[]);
+    assert!(
+        svc.stays_closed(Duration::from_millis(1500)),
+        "{}",
+        ctx("the old keys still open after SIGHUP", &d, svc)
+    );
+    knock_ok(svc, &new_keys, &[]);
+    assert!(
+        svc.wait_reachable(true, Duration::from_secs(5)),
+        "{}",
+        ctx("the new keys do not open after SIGHUP", &d, svc)
+    );
+    println!("reloaded {reload_at:?} after the knock; old grant closed after {closed:?}");
+}
+
+/// Start, knock (grant live), SIGTERM: exit 0 within a second, pid file gone.
+fn sigterm_case(tag: &str, capture: String, iptables: bool, knock_args: &[&str]) {
+    let action = if iptables {
+        iptables_action()
+    } else {
+        nftables_action(PORT)
+    };
+    let s = setup(tag, iptables, &format!("{capture}\n{action}"));
+    let svc = &s.svc;
+    let mut d = Posternd::start(svc.server(), &s.args, s.conf.dir.path());
+    knock_ok(svc, &s.keys, knock_args);
+    assert!(
+        svc.wait_reachable(true, Duration::from_secs(5)),
+        "{}",
+        ctx("not opened", &d, svc)
+    );
+    let pid_file = s.conf.run_dir().join("posternd.pid");
+    assert!(pid_file.is_file(), "no pid file {}", pid_file.display());
+    let t = Instant::now();
+    let st = d.terminate(Duration::from_secs(1));
+    let took = t.elapsed();
+    assert!(
+        st.is_some(),
+        "{}",
+        ctx("posternd still running 1 s after SIGTERM", &d, svc)
+    );
+    assert_eq!(
+        st.and_then(|s| s.code()),
+        Some(0),
+        "{}",
+        ctx(&format!("exit status {st:?}"), &d, svc)
+    );
+    assert!(!pid_file.exists(), "pid file left behind after SIGTERM");
+    println!("  {tag}: exited {took:?} after SIGTERM");
+}
+
+#[test]
+fn sigterm_exits_cleanly_within_a_second() {
+    if !runnable(&["fwknop", "nft", "iptables"]) {
+        return;
+    }
+    run_scenarios(
+        "SIGTERM with a live grant",
+        vec![
+            (
+                "udp + nftables".into(),
+                Box::new(|| sigterm_case("lt0", udp_capture(SPA_PORT), false, &[])),
+            ),
+            (
+                "tcp + iptables".into(),
+                Box::new(|| sigterm_case("lt1", tcp_capture(SPA_PORT), true, &["-P", "tcp"])),
+            ),
+            (
+                "pcap + nftables".into(),
+                Box::new(|| {
+                    sigterm_case(
+                        "lt2",
+                        pcap_capture(Pair::SERVER_IF, SPA_PORT),
+                        false,
+                        &[],
+                    )
+                }),
+            ),
+        ],
+    );
+}
+
+#[test]
+fn pcap_capture_resumes_after_interface_down_and_up() {
+    if !runnable(&["fwknop", "nft"]) {
+        return;
+    }
+    let body = format!(
+        "{}\n{}",
+        pcap_capture(Pair::SERVER_IF, SPA_PORT),
+        nftables_action(PORT)
+    );
+    let s = setup("lp", false, &body);
+    let svc = &s.svc;
+    let d = Posternd::start(svc.server(), &s.args, s.conf.dir.path());
+    let ifc = Pair::SERVER_IF;
+    svc.server().run_ok(&["ip", "link", "set", ifc, "down"]);
+    std::thread::sleep(Duration::from_millis(1000));
+    svc.server().run_ok(&["ip", "link", "set", ifc, "up"]);
+    let up = wait_until(Duration::from_secs(5), Duration::from_millis(20), || {
+        let o = svc.server().run(&["ip", "-o", "link", "show", ifc]);
+        String::from_utf8_lossy(&o.stdout).contains("LOWER_UP")
+    });
+    assert!(up, "{ifc} did not come back up");
+    // Give the capture its reopen interval (posternd retries every 500 ms).
+    std::thread::sleep(Duration::from_millis(1000));
+    knock_ok(svc, &s.keys, &[]);
+    assert!(
+        svc.wait_reachable(true, Duration::from_secs(5)),
+        "{}",
+        ctx(
+            "after `ip link set v1 down; up` the pcap capture no longer opens",
+            &d,
+            svc
+        )
+    );
+}
+
+fn caps_case(tag: &str, body: String, want: &[u32]) {
+    let s = setup(tag, false, &body);
+    let d = Posternd::start(s.svc.server(), &s.args, s.conf.dir.path());
+    let want = caps_mask(want);
+    let mut wrong = Vec::new();
+    for set in ["CapEff", "CapPrm", "CapBnd"] {
+        let have = cap_set(d.pid(), set);
+        if have != want {
+            wrong.push(format!(
+                "{set} = {:?} ({have:#x}), expected {:?}",
+                caps_list(have),
+                caps_list(want)
+            ));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{}",
+        ctx(&wrong.join("\n"), &d, &s.svc)
+    );
+    // And it still works with what is left.
+    let proto: &[&str] = if body.contains("type = \"tcp\"") {
+        &["-P", "tcp"]
+    } else {
+        &[]
+    };
+    knock_ok(&s.svc, &s.keys, proto);
+    assert!(
+        s.svc.wait_reachable(true, Duration::from_secs(5)),
+        "{}",
+        ctx("no grant with the reduced capabilities", &d, &s.svc)
+    );
+}
+
+#[test]
+fn only_needed_capabilities_remain_after_start() {
+    if !runnable(&["fwknop", "nft"]) {
+        return;
+    }
+    run_scenarios(
+        "capabilities after start",
+        vec![
+            (
+                "udp + nftables: NET_ADMIN".into(),
+                Box::new(|| caps_case("lc0", udp_nftables(), &[CAP_NET_ADMIN])),
+            ),
+            (
+                "tcp + nftables: NET_ADMIN".into(),
+                Box::new(|| {
+                    caps_case(
+                        "lc1",
+                        format!("{}\n{}", tcp_capture(SPA_PORT), nftables_action(PORT)),
+                        &[CAP_NET_ADMIN],
+                    )
+                }),
+            ),
+            (
+                "pcap + nftables: NET_ADMIN, NET_RAW".into(),
+                Box::new(|| {
+                    caps_case(
+                        "lc2",
+                        format!(
+                            "{}\n{}",
+                            pcap_capture(Pair::SERVER_IF, SPA_PORT),
+                            nftables_action(PORT)
+                        ),
+                        &[CAP_NET_ADMIN, CAP_NET_RAW],
+                    )
+                }),
+            ),
+        ],
+    );
+}
