@@ -6,9 +6,15 @@
 //! `-s IP/32 -p PROTO -m PROTO --dport PORT -m comment --comment postern_exp_TS`,
 //! whose comment carries the expiry, so a restarted daemon can remove what expired
 //! while it was down and keep what is still live. Every change is one
-//! `iptables-restore --noflush` transaction per family; a repeated grant replaces
-//! the rule in that transaction instead of adding a duplicate (fwknop issue #158).
-//! IPv6 uses ip6tables. NAT (forward/DNAT/SNAT) is not supported yet.
+//! `iptables-restore --noflush` transaction per family and table; a repeated
+//! grant replaces the rule in that transaction instead of adding a duplicate
+//! (fwknop issue #158). IPv6 uses ip6tables.
+//!
+//! NAT grants (forward NAT with DNAT, FORWARD accept and optional SNAT or
+//! MASQUERADE; local NAT with DNAT and INPUT accept) use fwknopd's
+//! IPT_FORWARD/DNAT/SNAT/MASQUERADE_ACCESS chains (`nat = true` for postern's
+//! defaults); `docker` adds a chain under DOCKER-USER for Docker-published
+//! ports. The crate's README.md shows every rule produced.
 //!
 //! How the daemon drives it (one task owns the backend):
 //!

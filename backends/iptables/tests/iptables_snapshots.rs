@@ -849,17 +849,17 @@ fn listed_forward_nat(tables: &Tables, exp: u64) {
     tables.set(
         "iptables",
         "POSTERN_FORWARD",
-        &format!("-N POSTERN_FORWARD\n-A POSTERN_FORWARD -s 192.0.2.7/32 -d 10.0.0.2/32 -p tcp -m tcp --dport 22 -m comment --comment {c} -j ACCEPT\n"),
+        &format!("-N POSTERN_FORWARD\n-A POSTERN_FORWARD -s 192.0.2.7/32 -d 10.0.0.2/32 -p tcp -m tcp --dport 22 -m comment --comment \"{c}\" -j ACCEPT\n"),
     );
     tables.set(
         "iptables",
         "POSTERN_PREROUTING",
-        &format!("-N POSTERN_PREROUTING\n-A POSTERN_PREROUTING -s 192.0.2.7/32 -p tcp -m tcp --dport 55000 -m comment --comment {c} -j DNAT --to-destination 10.0.0.2:22\n"),
+        &format!("-N POSTERN_PREROUTING\n-A POSTERN_PREROUTING -s 192.0.2.7/32 -p tcp -m tcp --dport 55000 -m comment --comment \"{c}\" -j DNAT --to-destination 10.0.0.2:22\n"),
     );
     tables.set(
         "iptables",
         "POSTERN_MASQUERADE",
-        &format!("-N POSTERN_MASQUERADE\n-A POSTERN_MASQUERADE -s 192.0.2.7/32 -d 10.0.0.2/32 -p tcp -m tcp --dport 22 -m comment --comment {c} -j MASQUERADE\n"),
+        &format!("-N POSTERN_MASQUERADE\n-A POSTERN_MASQUERADE -s 192.0.2.7/32 -d 10.0.0.2/32 -p tcp -m tcp --dport 22 -m comment --comment \"{c}\" -j MASQUERADE\n"),
     );
 }
 
@@ -910,15 +910,15 @@ $ iptables -w 5 -t filter -S POSTERN_INPUT
 $ iptables -w 5 -t filter -S POSTERN_FORWARD
 $ iptables-restore -w 5 --noflush
 | *filter
-| -D POSTERN_FORWARD -s 192.0.2.7/32 -d 10.0.0.2/32 -p tcp -m tcp --dport 22 -m comment --comment postern_exp_1200_nat_55000_10.0.0.2_22_masq -j ACCEPT
+| -D POSTERN_FORWARD -s 192.0.2.7/32 -d 10.0.0.2/32 -p tcp -m tcp --dport 22 -m comment --comment \"postern_exp_1200_nat_55000_10.0.0.2_22_masq\" -j ACCEPT
 | COMMIT
 $ iptables -w 5 -t nat -S POSTERN_PREROUTING
 $ iptables -w 5 -t nat -S POSTERN_POSTROUTING
 $ iptables -w 5 -t nat -S POSTERN_MASQUERADE
 $ iptables-restore -w 5 --noflush
 | *nat
-| -D POSTERN_PREROUTING -s 192.0.2.7/32 -p tcp -m tcp --dport 55000 -m comment --comment postern_exp_1200_nat_55000_10.0.0.2_22_masq -j DNAT --to-destination 10.0.0.2:22
-| -D POSTERN_MASQUERADE -s 192.0.2.7/32 -d 10.0.0.2/32 -p tcp -m tcp --dport 22 -m comment --comment postern_exp_1200_nat_55000_10.0.0.2_22_masq -j MASQUERADE
+| -D POSTERN_PREROUTING -s 192.0.2.7/32 -p tcp -m tcp --dport 55000 -m comment --comment \"postern_exp_1200_nat_55000_10.0.0.2_22_masq\" -j DNAT --to-destination 10.0.0.2:22
+| -D POSTERN_MASQUERADE -s 192.0.2.7/32 -d 10.0.0.2/32 -p tcp -m tcp --dport 22 -m comment --comment \"postern_exp_1200_nat_55000_10.0.0.2_22_masq\" -j MASQUERADE
 | COMMIT
 "
     );
