@@ -10,5 +10,6 @@ apt-get update
 apt-get install -y --no-install-recommends \
     build-essential pkg-config ca-certificates \
     iproute2 iptables nftables libpcap-dev libgpgme-dev gnupg \
-    fwknop-client fwknop-server python3
+    fwknop-client fwknop-server python3 \
+    firewalld dbus
 command -v cargo >/dev/null || { echo "setup.sh: a Rust toolchain (cargo) is required" >&2; exit 1; }

@@ -1,9 +1,8 @@
 //! Build action backends from config by name.
 
 use crate::config::ActionConfig;
-use postern_backend_iptables::{IptablesBackend, IptablesConfig};
-use postern_backend_nftables::{NftablesBackend, NftablesConfig};
 use postern_backend_script::{find_program, ScriptBackend, ScriptConfig};
+use std::path::Path;
 use serde::de::DeserializeOwned;
 use spa_core::firewall::{Firewall, FwResult, Opening, Rule};
 
@@ -12,17 +11,33 @@ fn settings<T: DeserializeOwned>(cfg: &ActionConfig) -> anyhow::Result<T> {
         .map_err(|e| anyhow::anyhow!("action `{}`: {e}", cfg.kind))
 }
 
-/// Backends that exist in postern but are not compiled into this build.
-const FEATURE_GATED: &[&str] = &["firewalld", "pf", "ipfw"];
+/// Is the backend named `kind` part of this build (its cargo feature enabled)?
+pub fn compiled_in(kind: &str) -> bool {
+    match kind {
+        "nftables" => cfg!(feature = "nftables"),
+        "iptables" => cfg!(feature = "iptables"),
+        "firewalld" => cfg!(feature = "firewalld"),
+        "pf" => cfg!(feature = "pf"),
+        "ipfw" => cfg!(feature = "ipfw"),
+        "plugin" => cfg!(feature = "plugin"),
+        _ => true,
+    }
+}
 
-pub fn build(cfg: &ActionConfig) -> anyhow::Result<Box<dyn Firewall>> {
+/// `run_dir` holds backends' state files unless their config names one.
+pub fn build(cfg: &ActionConfig, run_dir: &Path) -> anyhow::Result<Box<dyn Firewall>> {
     let kind = if cfg.kind == "auto" {
         detect()?
     } else {
         cfg.kind.clone()
     };
+    if !compiled_in(&kind) {
+        anyhow::bail!("backend `{kind}` requires the `{kind}` feature, which this posternd was built without");
+    }
     Ok(match kind.as_str() {
+        #[cfg(feature = "nftables")]
         "nftables" => {
+            use postern_backend_nftables::{NftablesBackend, NftablesConfig};
             let mut b = NftablesBackend::new(settings::<NftablesConfig>(cfg)?)?;
             match b.shadowing_warnings() {
                 Ok(warnings) => warnings.iter().for_each(|w| tracing::warn!("{w}")),
@@ -30,16 +45,46 @@ pub fn build(cfg: &ActionConfig) -> anyhow::Result<Box<dyn Firewall>> {
             }
             Box::new(b)
         }
-        "iptables" => Box::new(IptablesBackend::system(&settings::<IptablesConfig>(cfg)?)?),
-        "script" => Box::new(ScriptBackend::system(&settings::<ScriptConfig>(cfg)?)?),
+        #[cfg(feature = "iptables")]
+        "iptables" => {
+            use postern_backend_iptables::{IptablesBackend, IptablesConfig};
+            Box::new(IptablesBackend::system(&settings::<IptablesConfig>(cfg)?)?)
+        }
+        #[cfg(feature = "firewalld")]
+        "firewalld" => {
+            use postern_backend_firewalld::{FirewalldBackend, FirewalldConfig};
+            let mut c = settings::<FirewalldConfig>(cfg)?;
+            c.state_file.get_or_insert_with(|| run_dir.join("firewalld.json"));
+            Box::new(FirewalldBackend::new(c)?)
+        }
+        "script" => {
+            let mut c = settings::<ScriptConfig>(cfg)?;
+            c.state_file.get_or_insert_with(|| run_dir.join("script.json"));
+            Box::new(ScriptBackend::system(&c)?)
+        }
+        #[cfg(feature = "plugin")]
         "plugin" => Box::new(crate::plugin::PluginBackend::load(&settings::<crate::plugin::PluginConfig>(cfg)?)?),
         "log" => Box::new(LogOnly::default()),
-        k if FEATURE_GATED.contains(&k) => anyhow::bail!("backend `{k}` requires the `{k}` feature, which this posternd was built without"),
         k => anyhow::bail!("unknown action backend `{k}` (expected nftables, iptables, firewalld, pf, ipfw, script, plugin, log or auto)"),
     })
 }
 
-/// `auto`: nftables, then firewalld if it runs, then iptables (Linux).
+/// `auto` on BSD and macOS: pf, then ipfw.
+#[cfg(any(target_os = "freebsd", target_os = "openbsd", target_os = "netbsd", target_os = "dragonfly", target_os = "macos"))]
+pub fn detect() -> anyhow::Result<String> {
+    let choice = if find_program("pfctl").is_some() {
+        "pf"
+    } else if find_program("ipfw").is_some() {
+        "ipfw"
+    } else {
+        anyhow::bail!("action `auto`: neither pfctl nor ipfw is installed");
+    };
+    tracing::info!("action `auto` chose `{choice}`");
+    Ok(choice.to_string())
+}
+
+/// `auto` on Linux: nftables, then firewalld if it runs, then iptables.
+#[cfg(not(any(target_os = "freebsd", target_os = "openbsd", target_os = "netbsd", target_os = "dragonfly", target_os = "macos")))]
 pub fn detect() -> anyhow::Result<String> {
     let choice = if find_program("nft").is_some() {
         "nftables"
@@ -94,5 +139,38 @@ impl Firewall for LogOnly {
     }
     fn expires_in_kernel(&self) -> bool {
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn action(kind: &str) -> ActionConfig {
+        ActionConfig { kind: kind.into(), settings: Default::default() }
+    }
+
+    fn build_err(kind: &str) -> String {
+        build(&action(kind), Path::new("/nonexistent")).err().map(|e| e.to_string()).unwrap_or_default()
+    }
+
+    #[test]
+    #[cfg(not(feature = "pf"))]
+    fn a_backend_left_out_of_the_build_names_its_feature() {
+        assert_eq!(build_err("pf"), "backend `pf` requires the `pf` feature, which this posternd was built without");
+    }
+
+    #[test]
+    fn an_unknown_backend_lists_the_known_ones() {
+        let err = build_err("carrier-pigeon");
+        assert!(err.contains("unknown action backend `carrier-pigeon`") && err.contains("nftables"), "{err}");
+    }
+
+    #[test]
+    fn bad_backend_settings_name_the_action() {
+        let mut a = action("nftables");
+        a.settings.insert("tabel".into(), "x".into());
+        let err = build(&a, Path::new("/nonexistent")).err().unwrap().to_string();
+        assert!(err.starts_with("action `nftables`:") && err.contains("tabel"), "{err}");
     }
 }

@@ -32,7 +32,7 @@ pub fn init_backends(cfg: &ServerConfig) -> anyhow::Result<Vec<Box<dyn Firewall>
     let now = crate::capture::unix_now();
     let mut out = Vec::new();
     for a in &cfg.action {
-        let mut b = crate::backends::build(a)?;
+        let mut b = crate::backends::build(a, &cfg.server.run_dir)?;
         b.init(now)
             .map_err(|e| anyhow::anyhow!("action `{}`: {e}", a.kind))?;
         tracing::info!(

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod pipeline;
+#[cfg(feature = "plugin")]
 pub mod plugin;
 pub mod policy;
 pub mod privileges;

@@ -1,3 +1,4 @@
+#![cfg(feature = "plugin")]
 //! The example in-house plugin (examples/grant-file-plugin), built as a real
 //! shared library, loaded through config: a knock's grant arrives in the plugin
 //! and is revoked at its expiry. ABI mismatches are clear errors.
