@@ -1,0 +1,372 @@
+//! `posternd check-config` and configuration errors, through the real binary
+//! (no namespace or root needed: nothing is started).
+//!
+//! - the merged configuration is printed with every key redacted: no key material
+//!   (passphrase, base64, hex or byte list of a key) in stdout or stderr, for a
+//!   native TOML (with `[[access]]` keys and an access.conf) and for fwknopd.conf +
+//!   access.conf; environment overrides show up in the merged result;
+//! - a key file readable by group or others (access.conf, an `%include_keys` file,
+//!   a TOML holding keys) is refused with an error naming the file and `chmod 600`;
+//! - a malformed line is an error naming `file:line` (access.conf, fwknopd.conf,
+//!   `%include_keys`), a broken TOML names the file and the line.
+
+use base64::Engine;
+use postern_e2e::posternd::{posternd_bin, write_private, ConfDir};
+use postern_e2e::scenario::{describe, Secret, SpaKeys};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+fn posternd(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(posternd_bin());
+    c.args(args).stdin(Stdio::null());
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().expect("run posternd")
+}
+
+fn chmod(p: &Path, mode: u32) {
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// Every way a secret could leak into output: as written, base64 with and without
+/// padding, hex (both cases), and as a TOML/JSON byte list.
+fn leak_forms(secret: &Secret) -> Vec<String> {
+    let bytes = match secret {
+        Secret::Base64(b) => base64::engine::general_purpose::STANDARD
+            .decode(b)
+            .unwrap(),
+        Secret::Passphrase(p) => p.as_bytes().to_vec(),
+    };
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&bytes);
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let list = |sep: &str| {
+        bytes
+            .iter()
+            .map(|b| b.to_string())
+            .collect::<Vec<_>>()
+            .join(sep)
+    };
+    let mut forms = vec![
+        b64.clone(),
+        b64.trim_end_matches('=').to_string(),
+        hex.clone(),
+        hex.to_uppercase(),
+        list(", "),
+        list(","),
+    ];
+    // A prefix is enough to count as a leak (wrapped or truncated output).
+    forms.push(b64[..16.min(b64.len())].to_string());
+    forms.push(hex[..16.min(hex.len())].to_string());
+    if let Secret::Passphrase(p) = secret {
+        forms.push(p.clone());
+    }
+    forms
+}
+
+fn assert_no_secrets(out: &Output, secrets: &[&Secret], what: &str) {
+    let (stdout, stderr) = text(out);
+    for s in secrets {
+        for form in leak_forms(s) {
+            assert!(
+                !stdout.contains(&form) && !stderr.contains(&form),
+                "{what}: key material `{form}` in the output\n{}",
+                describe(out)
+            );
+        }
+    }
+}
+
+#[test]
+fn check_config_prints_merged_config_with_keys_redacted() {
+    let dir = ConfDir::new();
+    let file_keys = SpaKeys::generate("cbc", Some("sha256"));
+    let toml_key = Secret::Passphrase("toml-passphrase-Zq81".into());
+    let toml_hmac = Secret::Passphrase("toml-hmac-passphrase-Kx42".into());
+    dir.write(
+        "access.conf",
+        &format!(
+            "SOURCE ANY\n{}OPEN_PORTS tcp/22\nFW_ACCESS_TIMEOUT 17\n",
+            file_keys.access_conf_lines()
+        ),
+    );
+    dir.write(
+        "postern.toml",
+        &format!(
+            "access_file = \"{access}\"\n\n[server]\nmax_packet_age = 60\nrun_dir = \"{run}\"\n\n\
+             [[capture]]\ntype = \"udp\"\nlisten = \"0.0.0.0:62201\"\n\n\
+             [[action]]\ntype = \"nftables\"\nprotected = [\"tcp/22\"]\n\n\
+             [[access]]\nsource = \"10.1.2.0/24\"\nkey = \"toml-passphrase-Zq81\"\n\
+             hmac_key = \"toml-hmac-passphrase-Kx42\"\nopen_ports = \"tcp/2222\"\n",
+            access = dir.arg("access.conf"),
+            run = dir.run_dir().display()
+        ),
+    );
+    let out = posternd(
+        &["-c", &dir.arg("postern.toml"), "check-config"],
+        &[("POSTERN_SERVER__MAX_PACKET_AGE", "77")],
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    let (stdout, _) = text(&out);
+    let hmac = &file_keys.hmac.as_ref().unwrap().1;
+    assert_no_secrets(
+        &out,
+        &[&file_keys.key, hmac, &toml_key, &toml_hmac],
+        "check-config (TOML)",
+    );
+    for want in [
+        "<redacted>",
+        "max_packet_age = 77",
+        "nftables",
+        "10.1.2.0/24",
+        "tcp/2222",
+    ] {
+        assert!(
+            stdout.contains(want),
+            "check-config output lacks `{want}`:\n{stdout}"
+        );
+    }
+    // Both stanzas are there: the one from access.conf too.
+    assert!(
+        stdout.contains("17") && stdout.matches("<redacted>").count() >= 4,
+        "the access.conf stanza is missing from the merged config:\n{stdout}"
+    );
+
+    // fwknopd's own files, passphrase keys.
+    let fw_keys = SpaKeys {
+        key: Secret::Passphrase("fwknopd-style-pass-Qr7".into()),
+        hmac: Some((
+            "sha512".into(),
+            Secret::Passphrase("fwknopd-hmac-pass-Lm3".into()),
+        )),
+        mode: "cbc".into(),
+    };
+    dir.write(
+        "access2.conf",
+        &format!(
+            "SOURCE ANY\n{}FW_ACCESS_TIMEOUT 30\n",
+            fw_keys.access_conf_lines()
+        ),
+    );
+    dir.write(
+        "fwknopd.conf",
+        &format!(
+            "PCAP_INTF eth9;\nFWKNOP_RUN_DIR {};\n",
+            dir.run_dir().display()
+        ),
+    );
+    let out = posternd(
+        &[
+            "-c",
+            &dir.arg("fwknopd.conf"),
+            "-a",
+            &dir.arg("access2.conf"),
+            "check-config",
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    let hmac = &fw_keys.hmac.as_ref().unwrap().1;
+    assert_no_secrets(&out, &[&fw_keys.key, hmac], "check-config (fwknopd.conf)");
+    let (stdout, _) = text(&out);
+    for want in ["<redacted>", "eth9", "iptables", "FWKNOP_INPUT"] {
+        assert!(
+            stdout.contains(want),
+            "check-config output lacks `{want}`:\n{stdout}"
+        );
+    }
+}
+
+/// The error must name the file and tell the `chmod 600` to run.
+fn assert_refused(out: &Output, file: &Path, what: &str) {
+    let (_, stderr) = text(out);
+    assert!(!out.status.success(), "{what}: accepted\n{}", describe(out));
+    assert!(
+        stderr.contains(&file.display().to_string()) && stderr.contains("chmod 600"),
+        "{what}: the error should name {} and `chmod 600`\n{}",
+        file.display(),
+        describe(out)
+    );
+}
+
+#[test]
+fn key_files_readable_by_others_are_refused() {
+    let dir = ConfDir::new();
+    let keys = SpaKeys::generate("cbc", Some("sha256"));
+    let access = dir.write(
+        "access.conf",
+        &format!("SOURCE ANY\n{}", keys.access_conf_lines()),
+    );
+    let conf = dir.write(
+        "fwknopd.conf",
+        &format!("FWKNOP_RUN_DIR {};\n", dir.run_dir().display()),
+    );
+    let conf_s = conf.display().to_string();
+    let access_s = access.display().to_string();
+    let check = |args: &[&str]| posternd(args, &[]);
+
+    // The baseline is accepted.
+    let out = check(&["-c", &conf_s, "-a", &access_s, "check-config"]);
+    assert!(out.status.success(), "{}", describe(&out));
+
+    for mode in [0o640, 0o604, 0o644] {
+        chmod(&access, mode);
+        let out = check(&["-c", &conf_s, "-a", &access_s, "check-config"]);
+        assert_refused(&out, &access, &format!("access.conf mode {mode:o}"));
+    }
+    chmod(&access, 0o600);
+
+    // %include_keys file readable by the group.
+    let keys_file = dir.write("keys.conf", &keys.access_conf_lines());
+    chmod(&keys_file, 0o640);
+    let with_include = dir.write(
+        "access-inc.conf",
+        &format!(
+            "SOURCE ANY\n%include_keys {}\nFW_ACCESS_TIMEOUT 5\n",
+            keys_file.display()
+        ),
+    );
+    let out = check(&[
+        "-c",
+        &conf_s,
+        "-a",
+        &with_include.display().to_string(),
+        "check-config",
+    ]);
+    assert_refused(&out, &keys_file, "%include_keys file mode 640");
+
+    // A native TOML (it may hold keys) readable by the group.
+    let toml = dir.write(
+        "postern.toml",
+        &format!(
+            "access_file = \"{access_s}\"\n[server]\nrun_dir = \"{}\"\n[[action]]\ntype = \"log\"\n",
+            dir.run_dir().display()
+        ),
+    );
+    chmod(&toml, 0o640);
+    let out = check(&["-c", &toml.display().to_string(), "check-config"]);
+    assert_refused(&out, &toml, "postern.toml mode 640");
+}
+
+/// Write `text` as `name` and expect check-config to fail naming `name:line`.
+fn assert_line_error(dir: &ConfDir, args: &[String], file: &Path, line: usize, what: &str) {
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = posternd(&argv, &[]);
+    let (_, stderr) = text(&out);
+    let want = format!("{}:{line}", file.display());
+    assert!(!out.status.success(), "{what}: accepted\n{}", describe(&out));
+    assert!(
+        stderr.contains(&want),
+        "{what}: the error should name `{want}`\n{}",
+        describe(&out)
+    );
+    let _ = dir;
+}
+
+#[test]
+fn malformed_lines_are_errors_naming_file_and_line() {
+    let dir = ConfDir::new();
+    let keys = SpaKeys::generate("cbc", Some("sha256"));
+    let good_conf = dir.write(
+        "fwknopd.conf",
+        &format!("FWKNOP_RUN_DIR {};\n", dir.run_dir().display()),
+    );
+    let conf_s = good_conf.display().to_string();
+    let good_access = format!("SOURCE ANY\n{}FW_ACCESS_TIMEOUT 5\n", keys.access_conf_lines());
+    let a = |name: &str| {
+        vec![
+            "-c".to_string(),
+            conf_s.clone(),
+            "-a".into(),
+            dir.arg(name),
+            "check-config".into(),
+        ]
+    };
+
+    // access.conf: a value that is not a number (line 3 after SOURCE + comment).
+    let p = dir.path("bad-number.conf");
+    write_private(
+        &p,
+        &format!(
+            "# comment\nSOURCE ANY\nFW_ACCESS_TIMEOUT soon\n{}",
+            keys.access_conf_lines()
+        ),
+    );
+    assert_line_error(&dir, &a("bad-number.conf"), &p, 3, "FW_ACCESS_TIMEOUT soon");
+
+    // access.conf: a variable with no value.
+    let p = dir.path("no-value.conf");
+    write_private(&p, &format!("{good_access}\n\nKEY_BASE64\n"));
+    let line = good_access.lines().count() + 3;
+    assert_line_error(&dir, &a("no-value.conf"), &p, line, "KEY_BASE64 without value");
+
+    // access.conf: a bad SOURCE.
+    let p = dir.path("bad-source.conf");
+    write_private(
+        &p,
+        &format!("{good_access}SOURCE 10.0.0.300/40\n{}", keys.access_conf_lines()),
+    );
+    let line = good_access.lines().count() + 1;
+    assert_line_error(&dir, &a("bad-source.conf"), &p, line, "bad SOURCE");
+
+    // access.conf: a key that is not base64.
+    let p = dir.path("bad-key.conf");
+    write_private(&p, "SOURCE ANY\nKEY_BASE64 not*base64!\nFW_ACCESS_TIMEOUT 5\n");
+    assert_line_error(&dir, &a("bad-key.conf"), &p, 2, "KEY_BASE64 not base64");
+
+    // %include_keys file with a malformed line.
+    let keys_file = dir.path("inc-keys.conf");
+    write_private(&keys_file, "KEY_BASE64 QUJD\nHMAC_DIGEST_TYPE SHA7\n");
+    let p = dir.path("inc.conf");
+    write_private(
+        &p,
+        &format!("SOURCE ANY\n%include_keys {}\n", keys_file.display()),
+    );
+    assert_line_error(&dir, &a("inc.conf"), &keys_file, 2, "HMAC_DIGEST_TYPE SHA7 in %include_keys");
+
+    // fwknopd.conf: a bad value.
+    dir.write("access.conf", &good_access);
+    let bad_conf = dir.path("bad-fwknopd.conf");
+    write_private(
+        &bad_conf,
+        &format!(
+            "# fwknopd.conf\nFWKNOP_RUN_DIR {};\nENABLE_UDP_SERVER Y;\nMAX_SPA_PACKET_AGE two minutes;\n",
+            dir.run_dir().display()
+        ),
+    );
+    let args = vec![
+        "-c".to_string(),
+        bad_conf.display().to_string(),
+        "-a".into(),
+        dir.arg("access.conf"),
+        "check-config".into(),
+    ];
+    assert_line_error(&dir, &args, &bad_conf, 4, "MAX_SPA_PACKET_AGE two minutes");
+
+    // postern.toml: broken TOML names the file and the line.
+    let toml = dir.path("broken.toml");
+    write_private(
+        &toml,
+        &format!(
+            "access_file = \"{}\"\n\n[server]\nmax_packet_age = = 3\n",
+            dir.arg("access.conf")
+        ),
+    );
+    let out = posternd(&["-c", &toml.display().to_string(), "check-config"], &[]);
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success(), "broken TOML accepted\n{}", describe(&out));
+    assert!(
+        stderr.contains(&toml.display().to_string())
+            && (stderr.contains("line 4") || stderr.contains(&format!("{}:4", toml.display()))),
+        "a TOML syntax error should name the file and line 4\n{}",
+        describe(&out)
+    );
+}
