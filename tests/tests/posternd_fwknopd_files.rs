@@ -10,10 +10,17 @@
 //!
 //! Two variants, run in parallel: UDP-server mode (`ENABLE_UDP_SERVER Y`) and
 //! fwknopd's default pcap mode (`PCAP_INTF v1`).
+//!
+//! Migration and replays: a packet fwknopd accepted (and recorded in its
+//! DIGEST_FILE) and that is replayed after the switch to posternd, still within
+//! MAX_SPA_PACKET_AGE, must not open the port again.
 
 use postern_e2e::posternd::{
-    access_conf, knock_ok, runnable, spawn_fwknopd, ConfDir, Posternd, Service,
+    access_conf, knock_ok, runnable, spawn_fwknopd, udp_send_all, ConfDir, Posternd, Service,
+    SPA_PORT,
 };
+use postern_e2e::ChildGuard;
+use std::net::{IpAddr, SocketAddr};
 use postern_e2e::scenario::SpaKeys;
 use postern_e2e::{wait_until, Pair};
 use std::time::{Duration, Instant};
@@ -86,19 +93,8 @@ fn same_files(udp_server: bool, tag: &str) {
 
     // 1. The real fwknopd with the files.
     let flog = dir.path("fwknopd.log");
-    let mut fwknopd = spawn_fwknopd(svc.server(), &conf, &access, &flog);
     let flog_text = || std::fs::read_to_string(&flog).unwrap_or_default();
-    let up = wait_until(Duration::from_secs(15), Duration::from_millis(50), || {
-        let log = flog_text();
-        log.contains("main event loop") || log.contains("Kicking off UDP server") || !fwknopd.is_running()
-    });
-    // The UDP server binds right after saying so.
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(
-        up && fwknopd.is_running(),
-        "fwknopd ({mode}) did not start:\n{}",
-        flog_text()
-    );
+    let mut fwknopd = start_fwknopd(&svc, &conf, &access, &flog);
     let fctx = || {
         format!(
             "--- fwknopd log ---\n{}\n--- iptables-save ---\n{}",
@@ -136,6 +132,93 @@ fn same_files(udp_server: bool, tag: &str) {
         d.log_text().contains("iptables") && svc.iptables_save().contains("FWKNOP_INPUT"),
         "posternd did not use the iptables action with fwknopd's FWKNOP_INPUT chain\n{}",
         pctx()
+    );
+}
+
+/// fwknopd with `conf`/`access`, waited for until it serves.
+fn start_fwknopd(
+    svc: &Service,
+    conf: &std::path::Path,
+    access: &std::path::Path,
+    log: &std::path::Path,
+) -> ChildGuard {
+    let mut fwknopd = spawn_fwknopd(svc.server(), conf, access, log);
+    let log_text = || std::fs::read_to_string(log).unwrap_or_default();
+    let up = wait_until(Duration::from_secs(15), Duration::from_millis(50), || {
+        let log = log_text();
+        log.contains("main event loop")
+            || log.contains("Kicking off UDP server")
+            || !fwknopd.is_running()
+    });
+    // The UDP server binds right after saying so.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        up && fwknopd.is_running(),
+        "fwknopd did not start:\n{}",
+        log_text()
+    );
+    fwknopd
+}
+
+#[test]
+fn packet_accepted_by_fwknopd_is_refused_by_posternd_after_the_switch() {
+    if !runnable(&["fwknop", "fwknopd", "iptables"]) {
+        return;
+    }
+    let svc = Service::iptables_guarded("fr", PORT);
+    let keys = SpaKeys::generate("cbc", Some("sha256"));
+    let dir = ConfDir::new();
+    let conf = dir.write("fwknopd.conf", &fwknopd_conf(&dir, true));
+    let access = dir.write(
+        "access.conf",
+        &access_conf(&keys, Some(&format!("tcp/{PORT}")), TIMEOUT, ""),
+    );
+    let flog = dir.path("fwknopd.log");
+    let mut fwknopd = start_fwknopd(&svc, &conf, &access, &flog);
+    // Sent and saved (-B): what an eavesdropper would have captured.
+    let saved = dir.path("seen.pkt");
+    knock_ok(&svc, &keys, &["-B", &saved.display().to_string()]);
+    assert!(
+        svc.wait_reachable(true, Duration::from_secs(6)),
+        "fwknopd did not open\n{}",
+        std::fs::read_to_string(&flog).unwrap_or_default()
+    );
+    assert!(fwknopd.terminate(Duration::from_secs(5)).is_some());
+    assert!(svc.wait_reachable(false, Duration::from_secs(TIMEOUT + 10)));
+    let packet = std::fs::read_to_string(&saved).unwrap().trim().to_string();
+
+    let d = Posternd::start(
+        svc.server(),
+        &[
+            "-c".into(),
+            conf.display().to_string(),
+            "-a".into(),
+            access.display().to_string(),
+            "-v".into(),
+        ],
+        dir.dir.path(),
+    );
+    let to = SocketAddr::new(IpAddr::V4(svc.pair.server_ip), SPA_PORT);
+    let ex = udp_send_all(
+        svc.client(),
+        to,
+        vec![packet.into_bytes()],
+        0,
+        Duration::ZERO,
+        Duration::ZERO,
+    );
+    assert!(ex.errors.is_empty(), "{:?}", ex.errors);
+    assert!(
+        svc.stays_closed(Duration::from_millis(1500)),
+        "a packet fwknopd had accepted (in its DIGEST_FILE) opened the port again under \
+         posternd\n--- posternd log ---\n{}",
+        d.log_text()
+    );
+    knock_ok(&svc, &keys, &[]);
+    assert!(
+        svc.wait_reachable(true, Duration::from_secs(6)),
+        "posternd does not serve a fresh knock\n{}",
+        d.log_text()
     );
 }
 
