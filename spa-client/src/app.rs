@@ -1,9 +1,10 @@
 //! One run of the `postern` command: options → rc file → keys → packet → send.
 
-use crate::build::{self, MessageSpec, SealedPacket};
+use crate::build::{self, GpgDetails, MessageSpec, SealedPacket};
+use crate::gpg::{GpgOptions, Gpgme};
 use crate::cli::{Cli, CliExit};
 use crate::error::{ClientError, Result};
-use crate::keys::{self, KeyInput, KeyMaterial};
+use crate::keys::{self, GpgKeyMaterial, KeyInput, KeyMaterial};
 use crate::output::{self, FieldView};
 use crate::rcfile::{self, PermCheck, RcFile};
 use crate::resolve;
@@ -232,9 +233,6 @@ fn key_gen(cli: &Cli, settings: &mut Settings, rc: Option<&RcFile>, console: &mu
 
 /// fwknop features the settings ask for that postern does not have.
 fn check_supported(settings: &Settings) -> Result<()> {
-    if settings.use_gpg || settings.use_gpg_agent || settings.gpg_no_signing_pw {
-        return Err(ClientError::Unsupported("GPG encryption (USE_GPG in the rc file)".into()));
-    }
     if settings.spoof_source_ip.is_some() {
         return Err(ClientError::Unsupported("spoofing the source address (SPOOF_SOURCE_IP in the rc file)".into()));
     }
@@ -356,6 +354,43 @@ fn emit_dump(view: &FieldView, console: &mut Console) -> Result<()> {
     console.say(&output::field_dump(view))
 }
 
+/// What a packet was sealed with, kept for -T's check that it opens again.
+enum Sealing {
+    Rijndael(KeyMaterial),
+    Gpg(Box<Gpgme>, Option<(DigestType, spa_core::Secret)>),
+}
+
+/// GPG mode: the signing passphrase, the engine, and the sealed packet.
+fn seal_gpg(cli: &Cli, settings: &Settings, server: &str, message: spa_core::SpaMessage, console: &mut Console) -> Result<(SealedPacket, Sealing)> {
+    let recipient = settings.gpg_recipient.clone().ok_or_else(|| {
+        ClientError::usage("GPG mode needs the server's key: use --gpg-recipient-key (or GPG_RECIPIENT in the rc file)")
+    })?;
+    let keys: GpgKeyMaterial = keys::acquire_gpg(settings, server, &mut key_input(cli)?)?;
+    if keys.signing_passphrase.is_none() && settings.key.is_none() {
+        if settings.use_gpg_agent {
+            console.say("[+] GPG mode set, signing passphrase acquired via gpg-agent")?;
+        } else if settings.gpg_no_signing_pw {
+            console.say("[+] GPG mode set, signing passphrase not required")?;
+        }
+    }
+    let options = GpgOptions {
+        home_dir: settings.gpg_home_dir.as_ref().map(PathBuf::from),
+        exe: settings.gpg_exe.as_ref().map(PathBuf::from),
+        passphrase: keys.signing_passphrase,
+        use_agent: settings.use_gpg_agent,
+    };
+    let mut engine = Gpgme::new(&options)?;
+    let details = GpgDetails {
+        recipient,
+        signer: settings.gpg_signer.clone(),
+        home_dir: settings.gpg_home_dir.clone(),
+        exe: engine.engine_path().unwrap_or_else(|| "gpg".into()),
+    };
+    let digest = settings.digest.unwrap_or(DigestType::Sha256);
+    let packet = build::seal_gpg(message, digest, &mut engine, details, keys.hmac.as_ref())?;
+    Ok((packet, Sealing::Gpg(Box::new(engine), keys.hmac)))
+}
+
 /// Build, show, save and send one packet.
 fn send_packet(cli: &Cli, settings: &Settings, console: &mut Console) -> Result<()> {
     check_supported(settings)?;
@@ -364,18 +399,31 @@ fn send_packet(cli: &Cli, settings: &Settings, console: &mut Console) -> Result<
     if !test && settings.spa_server.is_none() {
         return Err(ClientError::usage("no SPA server: use -D/--destination (or SPA_SERVER in the rc file) unless -T is given"));
     }
+    if settings.asymmetric && !settings.use_gpg {
+        return Err(ClientError::usage(
+            "-M asymmetric is GPG mode: give the GPG keys with --gpg-recipient-key (and --gpg-signer-key)",
+        ));
+    }
     let mode = settings.mode.unwrap_or_default();
-    if mode == spa_core::EncryptionMode::Legacy && settings.use_hmac {
+    if !settings.use_gpg && mode == spa_core::EncryptionMode::Legacy && settings.use_hmac {
         return Err(ClientError::usage("legacy encryption mode is incompatible with HMAC (drop --use-hmac or use another -M mode)"));
+    }
+    if settings.use_gpg && settings.gpg_recipient.is_none() {
+        return Err(ClientError::usage("GPG mode needs the server's key: use --gpg-recipient-key (or GPG_RECIPIENT in the rc file)"));
     }
     let spec = message_spec(cli, settings, console)?;
     let message = build::build_message(&spec)?;
     let server = settings.spa_server.clone().unwrap_or_default();
-    let keys: KeyMaterial = keys::acquire(settings, &server, &mut key_input(cli)?)?;
-    if mode == spa_core::EncryptionMode::Legacy && keys.key.bytes().len() > build::LEGACY_KEY_LEN {
-        console.warn("WARNING: the encryption key in '-M legacy' mode must be <= 16 bytes long; truncating it");
-    }
-    let packet: SealedPacket = build::seal(message, settings.digest.unwrap_or(DigestType::Sha256), mode, &keys)?;
+    let (packet, mut sealing) = if settings.use_gpg {
+        seal_gpg(cli, settings, &server, message, console)?
+    } else {
+        let keys: KeyMaterial = keys::acquire(settings, &server, &mut key_input(cli)?)?;
+        if mode == spa_core::EncryptionMode::Legacy && keys.key.bytes().len() > build::LEGACY_KEY_LEN {
+            console.warn("WARNING: the encryption key in '-M legacy' mode must be <= 16 bytes long; truncating it");
+        }
+        let packet = build::seal(message, settings.digest.unwrap_or(DigestType::Sha256), mode, &keys)?;
+        (packet, Sealing::Rijndael(keys))
+    };
 
     if verbose || test {
         emit_dump(&FieldView::built(&packet), console)?;
@@ -399,10 +447,21 @@ fn send_packet(cli: &Cli, settings: &Settings, console: &mut Console) -> Result<
         console.say(&format!("send_spa_packet: bytes sent: {sent}"))?;
     }
     if test {
-        let decoded = build::verify(&packet, &keys)?;
-        if verbose {
-            console.say("\nDump of the Decoded Data")?;
-            emit_dump(&FieldView::decoded(&packet, &decoded), console)?;
+        match &mut sealing {
+            Sealing::Rijndael(keys) => {
+                let decoded = build::verify(&packet, keys)?;
+                if verbose {
+                    console.say("\nDump of the Decoded Data")?;
+                    emit_dump(&FieldView::decoded(&packet, &decoded), console)?;
+                }
+            }
+            Sealing::Gpg(engine, hmac) => {
+                let (decoded, signature) = build::verify_gpg(&packet, engine.as_mut(), hmac.as_ref())?;
+                if verbose {
+                    console.say("\nDump of the Decoded Data")?;
+                    emit_dump(&FieldView::decoded_gpg(&packet, &decoded, signature.as_ref()), console)?;
+                }
+            }
         }
     }
     Ok(())

@@ -3,6 +3,7 @@
 use crate::error::{ClientError, Result};
 use crate::keys::KeyMaterial;
 use spa_core::message::{rand_val_from, PROTOCOL_VERSION};
+use spa_core::gpg::{self, OpenPgp, SignatureInfo};
 use spa_core::packet::{self, HmacKey, PacketKeys};
 use spa_core::request::{format_proto_ports, parse_proto_ports, ProtoPort};
 use spa_core::{DecodedMessage, DigestType, EncryptionMode, MessageType, Secret, SpaMessage};
@@ -129,6 +130,18 @@ pub struct SealedPacket {
     pub wire: String,
     /// Base64 HMAC (the tail of `wire`).
     pub hmac: Option<String>,
+    /// Set for GPG packets (the mode above is then meaningless).
+    pub gpg: Option<GpgDetails>,
+}
+
+/// What a GPG packet was sealed with, as -v / -T show it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GpgDetails {
+    pub recipient: String,
+    pub signer: Option<String>,
+    pub home_dir: Option<String>,
+    /// The gpg program the engine runs.
+    pub exe: String,
 }
 
 impl SealedPacket {
@@ -171,7 +184,57 @@ pub fn seal(message: SpaMessage, digest: DigestType, mode: EncryptionMode, keys:
     })?;
     let hmac_type = keys.hmac.as_ref().map(|(d, _)| *d);
     let hmac = hmac_type.map(|d| wire[wire.len() - d.b64_len()..].to_string());
-    Ok(SealedPacket { message, digest_type: digest, mode, hmac_type, encoded, digest: digest_b64, wire, hmac })
+    Ok(SealedPacket { message, digest_type: digest, mode, hmac_type, encoded, digest: digest_b64, wire, hmac, gpg: None })
+}
+
+/// Encrypt (and sign, when the details name a signer) the message with GPG.
+pub fn seal_gpg(
+    message: SpaMessage,
+    digest: DigestType,
+    pgp: &mut dyn OpenPgp,
+    details: GpgDetails,
+    hmac: Option<&(DigestType, Secret)>,
+) -> Result<SealedPacket> {
+    let encoded = message.encode_fields()?;
+    let digest_b64 = digest.digest_b64(encoded.as_bytes());
+    let hk = hmac.map(|(d, k)| HmacKey { digest: *d, key: k.bytes() });
+    let wire = gpg::seal(&message, digest, pgp, &details.recipient, details.signer.as_deref(), hk.as_ref()).map_err(|e| match e {
+        gpg::GpgError::Packet(spa_core::SpaError::Key(reason)) => ClientError::Key(reason),
+        other => other.into(),
+    })?;
+    let hmac_type = hmac.map(|(d, _)| *d);
+    let hmac = hmac_type.map(|d| wire[wire.len() - d.b64_len()..].to_string());
+    Ok(SealedPacket {
+        message,
+        digest_type: digest,
+        mode: EncryptionMode::default(),
+        hmac_type,
+        encoded,
+        digest: digest_b64,
+        wire,
+        hmac,
+        gpg: Some(details),
+    })
+}
+
+/// Open our own GPG packet again (-T); needs the recipient's secret key, which a
+/// client normally does not have: the error says so.
+pub fn verify_gpg(
+    packet: &SealedPacket,
+    pgp: &mut dyn OpenPgp,
+    hmac: Option<&(DigestType, Secret)>,
+) -> Result<(DecodedMessage, Option<SignatureInfo>)> {
+    let hk = hmac.map(|(d, k)| HmacKey { digest: *d, key: k.bytes() });
+    let opened = gpg::open(packet.wire.as_bytes(), hk.as_ref(), pgp).map_err(|e| match e {
+        gpg::GpgError::Engine(m) => {
+            ClientError::Gpg(format!("cannot decrypt the packet again for -T: {m} (no access to the recipient's private key?)"))
+        }
+        other => other.into(),
+    })?;
+    if opened.decoded.message != packet.message {
+        return Err(ClientError::Spa(spa_core::SpaError::DigestMismatch));
+    }
+    Ok((opened.decoded, opened.signatures.into_iter().next()))
 }
 
 /// Open our own packet again (what fwknop's -T does after building).

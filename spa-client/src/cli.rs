@@ -227,6 +227,34 @@ pub struct Cli {
     #[arg(long = "time-offset-minus", value_name = "TIME", allow_hyphen_values = true)]
     pub time_offset_minus: Option<String>,
 
+    /// Encrypt with GPG (OpenPGP) instead of Rijndael; needs --gpg-recipient-key
+    #[arg(short = 'g', long = "gpg-encryption")]
+    pub gpg_encryption: bool,
+
+    /// GPG key (ID, fingerprint or user ID) of the server to encrypt to (implies -g)
+    #[arg(long = "gpg-recipient-key", visible_alias = "gpg-recipient", value_name = "KEY_ID", allow_hyphen_values = true)]
+    pub gpg_recipient_key: Option<String>,
+
+    /// Your GPG key to sign the packet with (implies -g)
+    #[arg(long = "gpg-signer-key", value_name = "KEY_ID", allow_hyphen_values = true)]
+    pub gpg_signer_key: Option<String>,
+
+    /// GnuPG home directory holding the keyrings (implies -g)
+    #[arg(long = "gpg-home-dir", value_name = "DIR", allow_hyphen_values = true)]
+    pub gpg_home_dir: Option<String>,
+
+    /// Path of the gpg program gpgme should run (implies -g)
+    #[arg(long = "gpg-exe", value_name = "PATH", allow_hyphen_values = true)]
+    pub gpg_exe: Option<String>,
+
+    /// Let gpg-agent supply the signing passphrase (implies -g)
+    #[arg(long = "gpg-agent")]
+    pub gpg_agent: bool,
+
+    /// The signing key has no passphrase: do not ask for one (implies -g)
+    #[arg(long = "gpg-no-signing-pw")]
+    pub gpg_no_signing_pw: bool,
+
     // ---- fwknop options postern recognises but does not implement yet ----
     #[arg(short = 'E', long = "save-args-file", value_name = "FILE", help = NOT_YET, allow_hyphen_values = true)]
     pub save_args_file: Option<String>,
@@ -234,20 +262,6 @@ pub struct Cli {
     pub last_cmd: bool,
     #[arg(long = "show-last", help = NOT_YET)]
     pub show_last: bool,
-    #[arg(short = 'g', long = "gpg-encryption", help = NOT_YET)]
-    pub gpg_encryption: bool,
-    #[arg(long = "gpg-recipient-key", visible_alias = "gpg-recipient", value_name = "KEY_ID", help = NOT_YET, allow_hyphen_values = true)]
-    pub gpg_recipient_key: Option<String>,
-    #[arg(long = "gpg-signer-key", value_name = "KEY_ID", help = NOT_YET, allow_hyphen_values = true)]
-    pub gpg_signer_key: Option<String>,
-    #[arg(long = "gpg-home-dir", value_name = "DIR", help = NOT_YET, allow_hyphen_values = true)]
-    pub gpg_home_dir: Option<String>,
-    #[arg(long = "gpg-exe", value_name = "PATH", help = NOT_YET, allow_hyphen_values = true)]
-    pub gpg_exe: Option<String>,
-    #[arg(long = "gpg-agent", help = NOT_YET)]
-    pub gpg_agent: bool,
-    #[arg(long = "gpg-no-signing-pw", help = NOT_YET)]
-    pub gpg_no_signing_pw: bool,
     #[arg(short = 'H', long = "http-proxy", value_name = "HOST[:PORT]", help = NOT_YET)]
     pub http_proxy: Option<String>,
     #[arg(short = 'Q', long = "spoof-source", visible_alias = "spoof-src", value_name = "IP", help = NOT_YET, allow_hyphen_values = true)]
@@ -294,17 +308,10 @@ impl Cli {
 
     /// The first fwknop flag in use that postern does not implement, if any.
     pub fn unsupported_flag(&self) -> Option<&'static str> {
-        let flags: [(bool, &'static str); 17] = [
+        let flags: [(bool, &'static str); 10] = [
             (self.save_args_file.is_some(), "-E/--save-args-file"),
             (self.last_cmd, "-l/--last-cmd"),
             (self.show_last, "--show-last"),
-            (self.gpg_encryption, "-g/--gpg-encryption"),
-            (self.gpg_recipient_key.is_some(), "--gpg-recipient-key"),
-            (self.gpg_signer_key.is_some(), "--gpg-signer-key"),
-            (self.gpg_home_dir.is_some(), "--gpg-home-dir"),
-            (self.gpg_exe.is_some(), "--gpg-exe"),
-            (self.gpg_agent, "--gpg-agent"),
-            (self.gpg_no_signing_pw, "--gpg-no-signing-pw"),
             (self.http_proxy.is_some(), "-H/--http-proxy"),
             (self.spoof_source.is_some(), "-Q/--spoof-source"),
             (self.wget_cmd.is_some(), "-w/--wget-cmd"),
@@ -351,8 +358,10 @@ mod tests {
 
     #[test]
     fn unsupported_flags_are_named() {
-        let cli = parse(&["-g", "-A", "tcp/22"]).unwrap();
-        assert_eq!(cli.unsupported_flag(), Some("-g/--gpg-encryption"));
+        let cli = parse(&["-g", "-A", "tcp/22", "--gpg-recipient-key", "ABCD1234"]).unwrap();
+        assert_eq!(cli.unsupported_flag(), None);
+        let cli = parse(&["-l"]).unwrap();
+        assert_eq!(cli.unsupported_flag(), Some("-l/--last-cmd"));
         let cli = parse(&["--spoof-src", "1.2.3.4"]).unwrap();
         assert_eq!(cli.unsupported_flag(), Some("-Q/--spoof-source"));
     }

@@ -30,6 +30,9 @@ pub enum ClientError {
     /// Standard output was closed (e.g. piped into `head`); not worth a message.
     #[error("output closed")]
     OutputClosed,
+    /// The OpenPGP engine failed (key lookup, passphrase, encryption).
+    #[error("{0}")]
+    Gpg(String),
     /// The protocol layer refused the request.
     #[error("{0}")]
     Spa(#[from] SpaError),
@@ -50,6 +53,15 @@ impl ClientError {
             return ClientError::OutputClosed;
         }
         ClientError::Io(format!("{what}: {err}"))
+    }
+}
+
+impl From<spa_core::gpg::GpgError> for ClientError {
+    fn from(e: spa_core::gpg::GpgError) -> Self {
+        match e {
+            spa_core::gpg::GpgError::Packet(p) => ClientError::Spa(p),
+            other => ClientError::Gpg(other.to_string()),
+        }
     }
 }
 

@@ -23,12 +23,13 @@
 
 use gpgme::{Context, EncryptFlags, Key, PinentryMode, Protocol, Validity};
 use spa_core::gpg::{Decrypted, GpgError, OpenPgp, SignatureInfo};
+use spa_core::Secret;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use zeroize::Zeroizing;
 
 /// How to reach the keyring and unlock secret keys.
-#[derive(Clone, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct GpgOptions {
     /// GnuPG home directory (keyrings, agent); gpgme's default (`GNUPGHOME` or
     /// `~/.gnupg`) when unset.
@@ -37,26 +38,15 @@ pub struct GpgOptions {
     pub exe: Option<PathBuf>,
     /// Passphrase of the secret key (the signing key on the client, the decryption
     /// key on the server). Fed to gpg with pinentry in loopback mode.
-    pub passphrase: Option<Zeroizing<String>>,
+    pub passphrase: Option<Secret>,
     /// Leave passphrases to gpg-agent (its cache or its pinentry) instead.
     pub use_agent: bool,
-}
-
-impl std::fmt::Debug for GpgOptions {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GpgOptions")
-            .field("home_dir", &self.home_dir)
-            .field("exe", &self.exe)
-            .field("passphrase", &self.passphrase.as_ref().map(|_| "<redacted>"))
-            .field("use_agent", &self.use_agent)
-            .finish()
-    }
 }
 
 /// A gpgme context bound to one keyring.
 pub struct Gpgme {
     ctx: Context,
-    passphrase: Option<Zeroizing<String>>,
+    passphrase: Option<Secret>,
 }
 
 fn engine_error(what: &str, e: gpgme::Error) -> GpgError {
@@ -100,6 +90,11 @@ impl Gpgme {
         Ok(Gpgme { ctx, passphrase: opts.passphrase.clone() })
     }
 
+    /// The gpg program this context runs.
+    pub fn engine_path(&self) -> Option<String> {
+        self.ctx.engine_info().path().ok().map(str::to_string)
+    }
+
     /// The one key `name` designates (as fwknop: none or several is an error).
     fn key(&mut self, name: &str, secret: bool) -> Result<Key, GpgError> {
         let what = if secret { "signer" } else { "recipient" };
@@ -124,7 +119,7 @@ impl Gpgme {
             let Some(p) = pass.as_ref().filter(|_| !req.prev_attempt_failed) else {
                 return Err(gpgme::Error::CANCELED);
             };
-            out.write_all(p.as_bytes())
+            out.write_all(p.bytes())
                 .and_then(|_| out.write_all(b"\n"))
                 .map_err(|_| gpgme::Error::from_errno(libc::EIO))
         };

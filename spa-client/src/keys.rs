@@ -25,13 +25,20 @@ pub enum KeyInput {
     Lines(Box<dyn BufRead>),
 }
 
+/// Where else a key could come from, for the error when none can be asked for.
+const KEY_SOURCES: &str = "use --key-rijndael, --key-base64-rijndael, -G, --stdin or the rc file";
+const SIGNING_PW_SOURCES: &str =
+    "use GPG_SIGNING_PW in the rc file, -G, --stdin or --fd; or --gpg-agent, or --gpg-no-signing-pw for a key without one";
+
 impl KeyInput {
     fn read(&mut self, prompt: &str, what: &str) -> Result<Zeroizing<String>> {
+        self.read_or(prompt, what, KEY_SOURCES)
+    }
+
+    fn read_or(&mut self, prompt: &str, what: &str, sources: &str) -> Result<Zeroizing<String>> {
         match self {
             KeyInput::Terminal => rpassword::prompt_password(prompt).map(Zeroizing::new).map_err(|_| {
-                ClientError::Key(format!(
-                    "no {what} given and no terminal to ask for it (use --key-rijndael, --key-base64-rijndael, -G, --stdin or the rc file)"
-                ))
+                ClientError::Key(format!("no {what} given and no terminal to ask for it ({sources})"))
             }),
             KeyInput::Lines(reader) => {
                 let mut line = Zeroizing::new(String::new());
@@ -97,22 +104,47 @@ pub fn acquire(settings: &Settings, server: &str, input: &mut KeyInput) -> Resul
         None => Secret::from_passphrase(&input.read("Enter encryption key: ", "encryption key")?),
     };
     let key = check_len("encryption key", key, MAX_KEY_LEN)?;
-    let hmac = if settings.use_hmac {
-        let hkey = match &settings.hmac_key {
-            Some(spec) => resolve_spec(spec, "HMAC key", server)?,
-            None => Secret::from_passphrase(&input.read("Enter HMAC key: ", "HMAC key")?),
-        };
-        let hkey = check_len("HMAC key", hkey, MAX_KEY_LEN)?;
-        if hkey == key {
-            return Err(ClientError::Key(
-                "the encryption key and the HMAC key must not be identical; no SPA packet sent".into(),
-            ));
-        }
-        Some((settings.hmac_digest.unwrap_or(DigestType::Sha256), hkey))
-    } else {
-        None
-    };
+    let hmac = acquire_hmac(settings, server, input, Some(&key))?;
     Ok(KeyMaterial { key, hmac })
+}
+
+fn acquire_hmac(settings: &Settings, server: &str, input: &mut KeyInput, key: Option<&Secret>) -> Result<Option<(DigestType, Secret)>> {
+    if !settings.use_hmac {
+        return Ok(None);
+    }
+    let hkey = match &settings.hmac_key {
+        Some(spec) => resolve_spec(spec, "HMAC key", server)?,
+        None => Secret::from_passphrase(&input.read("Enter HMAC key: ", "HMAC key")?),
+    };
+    let hkey = check_len("HMAC key", hkey, MAX_KEY_LEN)?;
+    if key == Some(&hkey) {
+        return Err(ClientError::Key("the encryption key and the HMAC key must not be identical; no SPA packet sent".into()));
+    }
+    Ok(Some((settings.hmac_digest.unwrap_or(DigestType::Sha256), hkey)))
+}
+
+/// The secrets of a GPG packet.
+#[derive(Debug)]
+pub struct GpgKeyMaterial {
+    /// Passphrase of the signing key; `None` when there is no signer, when gpg-agent
+    /// supplies it (--gpg-agent) or when the key has none (--gpg-no-signing-pw).
+    pub signing_passphrase: Option<Secret>,
+    pub hmac: Option<(DigestType, Secret)>,
+}
+
+/// Gather the GPG signing passphrase as fwknop does: a configured key (KEY,
+/// GPG_SIGNING_PW[_BASE64], -G, --key-rijndael) wins; otherwise it is asked for
+/// only when a signer is set and neither --gpg-agent nor --gpg-no-signing-pw is.
+pub fn acquire_gpg(settings: &Settings, server: &str, input: &mut KeyInput) -> Result<GpgKeyMaterial> {
+    const WHAT: &str = "GPG signing passphrase";
+    let pass = match &settings.key {
+        Some(spec) => Some(resolve_spec(spec, WHAT, server)?),
+        None if settings.use_gpg_agent || settings.gpg_no_signing_pw || settings.gpg_signer.is_none() => None,
+        None => Some(Secret::from_passphrase(&input.read_or("Enter passphrase for signing: ", WHAT, SIGNING_PW_SOURCES)?)),
+    };
+    let pass = pass.map(|p| check_len(WHAT, p, MAX_KEY_LEN)).transpose()?;
+    let hmac = acquire_hmac(settings, server, input, pass.as_ref())?;
+    Ok(GpgKeyMaterial { signing_passphrase: pass, hmac })
 }
 
 /// fwknop's default HMAC key length for --key-gen, by HMAC digest.
@@ -177,6 +209,30 @@ mod tests {
         s.apply(Var::Key, "same").unwrap();
         s.apply(Var::HmacKey, "same").unwrap();
         assert!(acquire(&s, "h", &mut KeyInput::Terminal).is_err());
+    }
+
+    #[test]
+    fn gpg_signing_passphrase_sources() {
+        let mut s = Settings::default();
+        s.apply(Var::UseGpg, "Y").unwrap();
+        s.apply(Var::UseHmac, "Y").unwrap();
+        s.apply(Var::HmacKey, "hmac").unwrap();
+        // No signer: nothing to unlock, nothing asked.
+        let k = acquire_gpg(&s, "h", &mut KeyInput::Terminal).unwrap();
+        assert!(k.signing_passphrase.is_none() && k.hmac.is_some());
+        // A signer: read from the key input.
+        s.apply(Var::GpgSigner, "ABCD1234").unwrap();
+        let mut input = KeyInput::Lines(Box::new(Cursor::new(b"sign pw\n".to_vec())));
+        assert_eq!(acquire_gpg(&s, "h", &mut input).unwrap().signing_passphrase.unwrap().bytes(), b"sign pw");
+        // gpg-agent or a key without passphrase: not asked.
+        let mut agent = s.clone();
+        agent.apply(Var::UseGpgAgent, "Y").unwrap();
+        assert!(acquire_gpg(&agent, "h", &mut KeyInput::Terminal).unwrap().signing_passphrase.is_none());
+        // GPG_SIGNING_PW wins.
+        s.apply(Var::GpgSigningPw, "from rc").unwrap();
+        assert_eq!(acquire_gpg(&s, "h", &mut KeyInput::Terminal).unwrap().signing_passphrase.unwrap().bytes(), b"from rc");
+        s.apply(Var::GpgSigningPw, "hmac").unwrap();
+        assert!(acquire_gpg(&s, "h", &mut KeyInput::Terminal).is_err());
     }
 
     #[test]

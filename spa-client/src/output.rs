@@ -1,7 +1,8 @@
 //! Text in the layout fwknop prints: the `SPA Field Values` block of -v / -T,
 //! the transmit summary, the key-generation lines and the QR block.
 
-use crate::build::SealedPacket;
+use crate::build::{GpgDetails, SealedPacket};
+use spa_core::gpg::SignatureInfo;
 use crate::settings::mode_display_name;
 use spa_core::{DigestType, EncryptionMode, GeneratedKeys, MessageType, SpaMessage};
 use std::fmt::Write;
@@ -55,6 +56,15 @@ pub struct FieldView<'a> {
     pub digest: &'a str,
     pub hmac: Option<&'a str>,
     pub final_data: &'a str,
+    /// GPG packets: how they were sealed and, once decrypted, their signature.
+    pub gpg: Option<GpgView<'a>>,
+}
+
+/// The GPG lines of a `SPA Field Values` block.
+#[derive(Clone, Copy)]
+pub struct GpgView<'a> {
+    pub details: &'a GpgDetails,
+    pub signature: Option<&'a SignatureInfo>,
 }
 
 impl<'a> FieldView<'a> {
@@ -69,6 +79,7 @@ impl<'a> FieldView<'a> {
             digest: &p.digest,
             hmac: p.hmac.as_deref(),
             final_data: &p.wire,
+            gpg: p.gpg.as_ref().map(|details| GpgView { details, signature: None }),
         }
     }
 
@@ -83,7 +94,15 @@ impl<'a> FieldView<'a> {
             digest: &decoded.digest,
             hmac: p.hmac.as_deref(),
             final_data: p.body(),
+            gpg: p.gpg.as_ref().map(|details| GpgView { details, signature: None }),
         }
+    }
+
+    /// The decoded block of a GPG packet, with the signature found on it.
+    pub fn decoded_gpg(p: &'a SealedPacket, decoded: &'a spa_core::DecodedMessage, signature: Option<&'a SignatureInfo>) -> Self {
+        let mut v = FieldView::decoded(p, decoded);
+        v.gpg = p.gpg.as_ref().map(|details| GpgView { details, signature });
+        v
     }
 }
 
@@ -98,7 +117,7 @@ pub fn field_dump(v: &FieldView) -> String {
     // Writing to a String cannot fail.
     let _ = write!(
         s,
-        "SPA Field Values:\n=================\n   Random Value: {}\n       Username: {}\n      Timestamp: {}\n    FKO Version: {}\n   Message Type: {} ({})\n Message String: {}\n     Nat Access: {}\n    Server Auth: {}\n Client Timeout: {}\n    Digest Type: {} ({})\n      HMAC Type: {}\nEncryption Type: 1 (Rijndael)\nEncryption Mode: {} ({})\n   Encoded Data: {}\nSPA Data Digest: {}\n           HMAC: {}\n Final SPA Data: {}\n",
+        "SPA Field Values:\n=================\n   Random Value: {}\n       Username: {}\n      Timestamp: {}\n    FKO Version: {}\n   Message Type: {} ({})\n Message String: {}\n     Nat Access: {}\n    Server Auth: {}\n Client Timeout: {}\n    Digest Type: {} ({})\n      HMAC Type: {}\n{}   Encoded Data: {}\nSPA Data Digest: {}\n           HMAC: {}\n Final SPA Data: {}\n",
         m.rand_val,
         m.username,
         m.timestamp,
@@ -112,14 +131,31 @@ pub fn field_dump(v: &FieldView) -> String {
         digest_number(v.digest_type),
         v.digest_type.name().to_uppercase(),
         hmac_type,
-        mode_number(v.mode),
-        mode_display_name(v.mode),
+        encryption_lines(v),
         v.encoded,
         v.digest,
         v.hmac.unwrap_or(NULL),
         v.final_data,
     );
     s
+}
+
+/// The encryption type and mode lines, plus fwknop's GPG block for GPG packets.
+fn encryption_lines(v: &FieldView) -> String {
+    let Some(g) = &v.gpg else {
+        return format!("Encryption Type: 1 (Rijndael)\nEncryption Mode: {} ({})\n", mode_number(v.mode), mode_display_name(v.mode));
+    };
+    let sig = g.signature;
+    format!(
+        "Encryption Type: 2 (GPG)\nEncryption Mode: 7 (Asymmetric)\n     GPG signer: {}\n  GPG recipient: {}\n GPG sig verify: Yes\n GPG ignore sig: No\n     GPG sig ID: {}\n    GPG sig fpr: {}\nGPG sig summary: -1\n GPG sig status: {}\n   GPG home dir: {}\n        GPG exe: {}\n",
+        g.details.signer.as_deref().unwrap_or(NULL),
+        g.details.recipient,
+        sig.map_or(NULL, |s| s.key_id.as_str()),
+        sig.map_or(NULL, |s| s.fingerprint.as_str()),
+        sig.map_or("-1", |s| s.status.as_str()),
+        g.details.home_dir.as_deref().unwrap_or(NULL),
+        g.details.exe,
+    )
 }
 
 /// The `Generating SPA packet:` summary of -v.
@@ -175,6 +211,7 @@ mod tests {
             digest: "P7sc5djc0MIwvo/xlzq950nQFW/oaMuSTH65WtnD5y0",
             hmac: Some("ME4q"),
             final_data: "9iWM",
+            gpg: None,
         };
         let expected = "SPA Field Values:
 =================
@@ -197,6 +234,31 @@ SPA Data Digest: P7sc5djc0MIwvo/xlzq950nQFW/oaMuSTH65WtnD5y0
  Final SPA Data: 9iWM
 ";
         assert_eq!(field_dump(&view), expected);
+
+        // GPG: fwknop's block replaces the mode line.
+        let details = GpgDetails {
+            recipient: "82ADB1EE".into(),
+            signer: Some("4F88624F".into()),
+            home_dir: Some("/tmp/g1/c".into()),
+            exe: "/usr/bin/gpg".into(),
+        };
+        let gpg_view = FieldView { gpg: Some(GpgView { details: &details, signature: None }), hmac: None, hmac_type: None, ..view };
+        let text = field_dump(&gpg_view);
+        let gpg_block = "      HMAC Type: 0 (None)
+Encryption Type: 2 (GPG)
+Encryption Mode: 7 (Asymmetric)
+     GPG signer: 4F88624F
+  GPG recipient: 82ADB1EE
+ GPG sig verify: Yes
+ GPG ignore sig: No
+     GPG sig ID: <NULL>
+    GPG sig fpr: <NULL>
+GPG sig summary: -1
+ GPG sig status: -1
+   GPG home dir: /tmp/g1/c
+        GPG exe: /usr/bin/gpg
+   Encoded Data: ";
+        assert!(text.contains(gpg_block), "{text}");
     }
 
     #[test]

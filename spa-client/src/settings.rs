@@ -184,9 +184,15 @@ pub struct Settings {
     pub time_offset_plus: u64,
     pub time_offset_minus: u64,
     pub mode: Option<EncryptionMode>,
+    /// `-M asymmetric` / `ENCRYPTION_MODE asymmetric`: GPG mode (needs a recipient).
+    pub asymmetric: bool,
     pub use_gpg: bool,
     pub use_gpg_agent: bool,
     pub gpg_no_signing_pw: bool,
+    pub gpg_recipient: Option<String>,
+    pub gpg_signer: Option<String>,
+    pub gpg_home_dir: Option<String>,
+    pub gpg_exe: Option<String>,
     pub spoof_user: Option<String>,
     pub spoof_source_ip: Option<String>,
     pub access: Option<String>,
@@ -283,10 +289,7 @@ fn parse_digest(v: &str) -> Result<DigestType, String> {
 }
 
 fn parse_mode(v: &str) -> Result<EncryptionMode, String> {
-    if v.eq_ignore_ascii_case("asymmetric") {
-        return Err("asymmetric (GPG) mode is not supported by postern yet".into());
-    }
-    EncryptionMode::from_str(v).map_err(|_| "must be one of cbc, ecb, cfb, ofb, ctr, legacy".to_string())
+    EncryptionMode::from_str(v).map_err(|_| "must be one of cbc, ecb, cfb, ofb, ctr, legacy, asymmetric".to_string())
 }
 
 fn parse_allow_ip(v: &str) -> Result<AllowIp, String> {
@@ -339,13 +342,19 @@ impl Settings {
                 let secs = parse_time_offset(rest)?;
                 (self.time_offset_plus, self.time_offset_minus) = if minus { (0, secs) } else { (secs, 0) };
             }
-            Var::EncryptionMode => self.mode = Some(parse_mode(v)?),
+            Var::EncryptionMode if v.eq_ignore_ascii_case("asymmetric") => self.asymmetric = true,
+            Var::EncryptionMode => {
+                self.mode = Some(parse_mode(v)?);
+                self.asymmetric = false;
+            }
             Var::UseGpg => self.use_gpg |= is_yes(v),
             Var::UseGpgAgent => self.use_gpg_agent |= is_yes(v),
             Var::GpgNoSigningPw => self.gpg_no_signing_pw |= is_yes(v),
-            Var::GpgRecipient | Var::GpgSigner | Var::GpgHomedir | Var::GpgExe => {
-                return Ok(Some(format!("{} ignored: GPG is not supported by postern yet", var.name())))
-            }
+            Var::GpgRecipient => self.gpg_recipient = Some(v.to_string()),
+            Var::GpgSigner => self.gpg_signer = Some(v.to_string()),
+            // fwknop drops a trailing path separator.
+            Var::GpgHomedir => self.gpg_home_dir = Some(v.strip_suffix('/').filter(|d| !d.is_empty()).unwrap_or(v).to_string()),
+            Var::GpgExe => self.gpg_exe = Some(v.to_string()),
             // fwknop uses the GPG signing passphrase as the key when GPG is off.
             Var::Key | Var::GpgSigningPw => self.key = Some(KeySpec::Passphrase(SecretText::new(v))),
             Var::KeyBase64 | Var::GpgSigningPwBase64 => self.key = Some(KeySpec::Base64(check_base64(v)?)),
@@ -469,11 +478,15 @@ impl Settings {
             },
             Var::TimeOffset if self.time_offset_minus > 0 => format!("-{}", self.time_offset_minus),
             Var::TimeOffset => self.time_offset_plus.to_string(),
+            Var::EncryptionMode if self.asymmetric => "asymmetric".to_string(),
             Var::EncryptionMode => mode_display_name(self.mode.unwrap_or_default()).to_string(),
             Var::UseGpg => yes_no(self.use_gpg).into(),
             Var::UseGpgAgent => yes_no(self.use_gpg_agent).into(),
             Var::GpgNoSigningPw => yes_no(self.gpg_no_signing_pw).into(),
-            Var::GpgRecipient | Var::GpgSigner | Var::GpgHomedir | Var::GpgExe => String::new(),
+            Var::GpgRecipient => opt(&self.gpg_recipient),
+            Var::GpgSigner => opt(&self.gpg_signer),
+            Var::GpgHomedir => opt(&self.gpg_home_dir),
+            Var::GpgExe => opt(&self.gpg_exe),
             Var::GpgSigningPw | Var::Key => key_text(&self.key, false),
             Var::GpgSigningPwBase64 | Var::KeyBase64 => key_text(&self.key, true),
             Var::KeyFile => match &self.key {
@@ -575,6 +588,29 @@ fn cli_assignments(cli: &Cli) -> Vec<Assignment> {
         if let Some(v) = value {
             push(var, &v, flag, true);
         }
+    }
+    // fwknop: every --gpg-* option also turns GPG mode on.
+    let gpg_strings: [(Option<String>, Var, &'static str); 4] = [
+        (opt(&cli.gpg_recipient_key), Var::GpgRecipient, "--gpg-recipient-key"),
+        (opt(&cli.gpg_signer_key), Var::GpgSigner, "--gpg-signer-key"),
+        (opt(&cli.gpg_home_dir), Var::GpgHomedir, "--gpg-home-dir"),
+        (opt(&cli.gpg_exe), Var::GpgExe, "--gpg-exe"),
+    ];
+    let mut gpg_on = cli.gpg_encryption || cli.gpg_agent || cli.gpg_no_signing_pw;
+    for (value, var, flag) in gpg_strings {
+        if let Some(v) = value {
+            push(var, &v, flag, true);
+            gpg_on = true;
+        }
+    }
+    if gpg_on {
+        push(Var::UseGpg, "Y", "-g/--gpg-encryption", true);
+    }
+    if cli.gpg_agent {
+        push(Var::UseGpgAgent, "Y", "--gpg-agent", true);
+    }
+    if cli.gpg_no_signing_pw {
+        push(Var::GpgNoSigningPw, "Y", "--gpg-no-signing-pw", true);
     }
     if let Some(p) = &cli.get_key {
         push(Var::KeyFile, &p.to_string_lossy(), "-G/--get-key", true);

@@ -102,8 +102,6 @@ fn unknown_and_unsupported_flags() {
     let line = env.fails(&["--bogus-flag"]);
     assert!(line.contains("--bogus-flag"), "{line}");
     for (flag, name) in [
-        (vec!["-g"], "-g/--gpg-encryption"),
-        (vec!["--gpg-recipient-key", "ABCD"], "--gpg-recipient-key"),
         (vec!["-H", "proxy:3128"], "-H/--http-proxy"),
         (vec!["-Q", "1.2.3.4"], "-Q/--spoof-source"),
         (vec!["-l"], "-l/--last-cmd"),
@@ -132,9 +130,12 @@ fn bad_rc_values_name_the_line() {
     std::fs::set_permissions(env.rc_path(), std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let line = env.fails(&["-T", "-A", "tcp/22", "-a", "10.0.0.5", "--key-rijndael", "x"]);
     assert!(line.contains("line 2") && line.contains("SPA_SERVER_PORT"), "{line}");
+    // GPG mode without the server's key is a usage error, as in fwknop.
     std::fs::write(env.rc_path(), "[default]\nUSE_GPG Y\n").unwrap();
     let line = env.fails(&["-T", "-A", "tcp/22", "-a", "10.0.0.5", "--key-rijndael", "x"]);
-    assert!(line.contains("GPG") && line.contains("not supported"), "{line}");
+    assert!(line.contains("--gpg-recipient-key"), "{line}");
+    let line = env.fails(&["-T", "-A", "tcp/22", "-a", "10.0.0.5", "--no-rc-file", "-M", "asymmetric", "--key-rijndael", "x"]);
+    assert!(line.contains("asymmetric") && line.contains("--gpg-recipient-key"), "{line}");
 }
 
 #[test]

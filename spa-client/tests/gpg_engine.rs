@@ -5,8 +5,7 @@ use spa_client::gpg::{GpgOptions, Gpgme};
 use spa_client::gpg_keyring::{GpgHome, KeyIds};
 use spa_core::gpg::{self, GpgError, OpenPgp};
 use spa_core::packet::HmacKey;
-use spa_core::{DigestType, MessageType, SpaMessage};
-use zeroize::Zeroizing;
+use spa_core::{DigestType, MessageType, Secret, SpaMessage};
 
 struct Homes {
     client: GpgHome,
@@ -30,7 +29,7 @@ fn homes(tag: &str, client_pw: Option<&str>) -> Homes {
 fn engine(home: &GpgHome, pw: Option<&str>) -> Gpgme {
     Gpgme::new(&GpgOptions {
         home_dir: Some(home.path.clone()),
-        passphrase: pw.map(|p| Zeroizing::new(p.to_string())),
+        passphrase: pw.map(Secret::from_passphrase),
         ..Default::default()
     })
     .unwrap()
