@@ -6,7 +6,8 @@
 //!   the reload lives until its own timeout;
 //! - SIGTERM: exit code 0 within a second, with a live grant (UDP + nftables,
 //!   TCP + iptables, pcap + nftables);
-//! - the pcap capture resumes by itself after `ip link set v1 down; … up`;
+//! - the pcap capture resumes by itself after `ip link set v1 down; … up`, and
+//!   after the interface was deleted and re-created;
 //! - after start only the needed capabilities remain (CapEff/CapPrm/CapBnd):
 //!   CAP_NET_ADMIN for nftables with a UDP or TCP capture, plus CAP_NET_RAW for pcap.
 
@@ -248,23 +249,29 @@ fn sigterm_exits_cleanly_within_a_second() {
     );
 }
 
-#[test]
-fn pcap_capture_resumes_after_interface_down_and_up() {
-    if !runnable(&["fwknop", "nft"]) {
-        return;
-    }
+/// Knock after the interface trouble; the pcap capture must have resumed.
+fn pcap_resume_case(tag: &str, recreate: bool) {
     let body = format!(
         "{}\n{}",
         pcap_capture(Pair::SERVER_IF, SPA_PORT),
         nftables_action(PORT)
     );
-    let s = setup("lp", false, &body);
+    let s = setup(tag, false, &body);
     let svc = &s.svc;
     let d = Posternd::start(svc.server(), &s.args, s.conf.dir.path());
     let ifc = Pair::SERVER_IF;
-    svc.server().run_ok(&["ip", "link", "set", ifc, "down"]);
-    std::thread::sleep(Duration::from_millis(1000));
-    svc.server().run_ok(&["ip", "link", "set", ifc, "up"]);
+    let what = if recreate {
+        // The interface goes away (libpcap reports an error) and comes back.
+        svc.client().run_ok(&["ip", "link", "del", Pair::CLIENT_IF]);
+        std::thread::sleep(Duration::from_millis(1000));
+        recreate_veth(&svc.pair);
+        "the veth deleted and re-created"
+    } else {
+        svc.server().run_ok(&["ip", "link", "set", ifc, "down"]);
+        std::thread::sleep(Duration::from_millis(1000));
+        svc.server().run_ok(&["ip", "link", "set", ifc, "up"]);
+        "`ip link set v1 down; … up`"
+    };
     let up = wait_until(Duration::from_secs(5), Duration::from_millis(20), || {
         let o = svc.server().run(&["ip", "-o", "link", "show", ifc]);
         String::from_utf8_lossy(&o.stdout).contains("LOWER_UP")
@@ -277,10 +284,43 @@ fn pcap_capture_resumes_after_interface_down_and_up() {
         svc.wait_reachable(true, Duration::from_secs(5)),
         "{}",
         ctx(
-            "after `ip link set v1 down; up` the pcap capture no longer opens",
+            &format!("after {what} the pcap capture no longer opens the port"),
             &d,
             svc
         )
+    );
+}
+
+/// The veth of `p` again, same names and IPv4 addresses.
+fn recreate_veth(p: &Pair) {
+    let (c, s) = (&p.client, &p.server);
+    c.run_ok(&[
+        "ip", "link", "add", Pair::CLIENT_IF, "type", "veth", "peer", "name", Pair::SERVER_IF,
+        "netns", &s.name,
+    ]);
+    c.run_ok(&["ip", "addr", "add", &format!("{}/30", p.client_ip), "dev", Pair::CLIENT_IF]);
+    s.run_ok(&["ip", "addr", "add", &format!("{}/30", p.server_ip), "dev", Pair::SERVER_IF]);
+    c.run_ok(&["ip", "link", "set", Pair::CLIENT_IF, "up"]);
+    s.run_ok(&["ip", "link", "set", Pair::SERVER_IF, "up"]);
+}
+
+#[test]
+fn pcap_capture_resumes_after_interface_down_and_up() {
+    if !runnable(&["fwknop", "nft"]) {
+        return;
+    }
+    run_scenarios(
+        "pcap capture resumes",
+        vec![
+            (
+                "v1 down, up".into(),
+                Box::new(|| pcap_resume_case("lp0", false)),
+            ),
+            (
+                "v1 deleted, re-created".into(),
+                Box::new(|| pcap_resume_case("lp1", true)),
+            ),
+        ],
     );
 }
 
