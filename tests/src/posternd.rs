@@ -269,7 +269,8 @@ impl Posternd {
             ns_name: ns.name.clone(),
         };
         let mut exited = None;
-        let ready = wait_until(Duration::from_secs(20), Duration::from_millis(25), || {
+        // Tight polling: tests may knock the moment the daemon says it is ready.
+        let ready = wait_until(Duration::from_secs(20), Duration::from_millis(2), || {
             if d.log_text().contains("posternd ready") {
                 return true;
             }
@@ -329,6 +330,15 @@ impl Posternd {
         wait_until(within, Duration::from_millis(25), || {
             self.log_text().matches(needle).count() >= count
         })
+    }
+
+    /// Wait until every pcap capture thread has opened its interface (posternd logs
+    /// `pcap: capturing on` per interface). For tests about something else: posternd
+    /// logs `posternd ready` before its pcap threads have opened their handles, so a
+    /// knock sent right after `ready` can be missed (see
+    /// posternd_lifecycle::a_knock_right_after_ready_is_served).
+    pub fn wait_pcap_capturing(&self, interfaces: usize) -> bool {
+        self.wait_log("pcap: capturing on", interfaces, Duration::from_secs(10))
     }
 
     /// `Name:\t<hex>` from /proc/PID/status (CapEff, CapPrm, CapBnd, …).

@@ -8,14 +8,18 @@
 //!   TCP + iptables, pcap + nftables);
 //! - the pcap capture resumes by itself after `ip link set v1 down; … up`, and
 //!   after the interface was deleted and re-created;
+//! - "posternd ready" means serving: a packet sent the moment it is logged opens
+//!   the port (UDP and pcap captures);
 //! - after start only the needed capabilities remain (CapEff/CapPrm/CapBnd):
 //!   CAP_NET_ADMIN for nftables with a UDP or TCP capture, plus CAP_NET_RAW for pcap.
 
 use postern_e2e::posternd::{
     access_conf, cap_set, caps_list, caps_mask, iptables_action, knock_ok, nft_grants4,
-    nftables_action, pcap_capture, postern_toml, run_scenarios, runnable, tcp_capture,
-    udp_capture, ConfDir, Posternd, Service, CAP_NET_ADMIN, CAP_NET_RAW, SPA_PORT,
+    nftables_action, pcap_capture, postern_toml, run_scenarios, runnable, saved_packet,
+    tcp_capture, udp_capture, udp_send_all, ConfDir, Posternd, Service, CAP_NET_ADMIN,
+    CAP_NET_RAW, SPA_PORT,
 };
+use std::net::{IpAddr, SocketAddr};
 use postern_e2e::scenario::SpaKeys;
 use postern_e2e::{wait_until, Pair};
 use std::time::{Duration, Instant};
@@ -192,6 +196,9 @@ fn sigterm_case(tag: &str, capture: String, iptables: bool, knock_args: &[&str])
     let s = setup(tag, iptables, &format!("{capture}\n{action}"));
     let svc = &s.svc;
     let mut d = Posternd::start(svc.server(), &s.args, s.conf.dir.path());
+    if capture.contains("pcap") {
+        assert!(d.wait_pcap_capturing(1), "{}", ctx("pcap never capturing", &d, svc));
+    }
     knock_ok(svc, &s.keys, knock_args);
     assert!(
         svc.wait_reachable(true, Duration::from_secs(5)),
@@ -344,6 +351,9 @@ fn caps_case(tag: &str, body: String, want: &[u32]) {
         "{}",
         ctx(&wrong.join("\n"), &d, &s.svc)
     );
+    if body.contains("type = \"pcap\"") {
+        assert!(d.wait_pcap_capturing(1), "{}", ctx("pcap never capturing", &d, &s.svc));
+    }
     // And it still works with what is left.
     let proto: &[&str] = if body.contains("type = \"tcp\"") {
         &["-P", "tcp"]
@@ -396,4 +406,56 @@ fn only_needed_capabilities_remain_after_start() {
             ),
         ],
     );
+}
+
+/// A packet built before the daemon starts and sent the moment `posternd ready`
+/// appears in its log must be served.
+fn knock_at_ready_case(tag: &str, capture: String) {
+    let s = setup(tag, false, &format!("{capture}\n{}", nftables_action(PORT)));
+    let svc = &s.svc;
+    let packet = saved_packet(svc, &s.keys, &[]);
+    let d = Posternd::start(svc.server(), &s.args, s.conf.dir.path());
+    let to = SocketAddr::new(IpAddr::V4(svc.pair.server_ip), SPA_PORT);
+    let ex = udp_send_all(
+        svc.client(),
+        to,
+        vec![packet],
+        0,
+        Duration::ZERO,
+        Duration::ZERO,
+    );
+    assert!(ex.errors.is_empty(), "{:?}", ex.errors);
+    assert!(
+        svc.wait_reachable(true, Duration::from_secs(4)),
+        "{}",
+        ctx(
+            "a packet sent right after `posternd ready` was not served",
+            &d,
+            svc
+        )
+    );
+}
+
+#[test]
+fn a_knock_right_after_ready_is_served() {
+    if !runnable(&["fwknop", "nft"]) {
+        return;
+    }
+    let mut scenarios: Vec<(String, Box<dyn FnOnce() + Send>)> = vec![(
+        "udp".into(),
+        Box::new(|| knock_at_ready_case("lr0", udp_capture(SPA_PORT))),
+    )];
+    for i in 1..=3 {
+        scenarios.push((
+            format!("pcap v1 #{i}"),
+            Box::new(move || {
+                knock_at_ready_case(&format!("lr{i}"), pcap_capture(Pair::SERVER_IF, SPA_PORT))
+            }),
+        ));
+    }
+    scenarios.push((
+        "pcap any".into(),
+        Box::new(|| knock_at_ready_case("lr4", pcap_capture("any", SPA_PORT))),
+    ));
+    run_scenarios("a knock the moment posternd is ready", scenarios);
 }
