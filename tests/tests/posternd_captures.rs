@@ -152,6 +152,25 @@ fn cycle(capture: Capture, action: Action, tag: &str) {
         ctx("port not opened by the knock", &d)
     );
     let opened = t0.elapsed();
+    if let Action::Iptables = action {
+        // posternd's own chain, jumped to from INPUT position 1, holds the grant.
+        let input = svc.server().run_ok(&["iptables", "-S", "INPUT"]);
+        let first = input.lines().find(|l| l.starts_with("-A INPUT"));
+        assert_eq!(
+            first,
+            Some("-A INPUT -j POSTERN_INPUT"),
+            "{}",
+            ctx("the jump to POSTERN_INPUT is not the first INPUT rule", &d)
+        );
+        let chain = svc.server().run_ok(&["iptables", "-S", "POSTERN_INPUT"]);
+        assert!(
+            chain.lines().any(|l| l.contains(&format!("-s {}/32", svc.pair.client_ip))
+                && l.contains(&format!("--dport {PORT}"))
+                && l.contains("-j ACCEPT")),
+            "{}",
+            ctx("no grant rule for the client in POSTERN_INPUT", &d)
+        );
+    }
     assert!(
         svc.wait_reachable(false, Duration::from_secs(TIMEOUT + 8)),
         "{}",
