@@ -2,15 +2,15 @@
 
 use crate::changes::{self, Change, SetChange};
 use crate::config::{ApplyWith, NftablesConfig};
-use crate::keys::GrantSet;
+use crate::keys::{elements, SetId};
 use crate::listing::{parse_table, TableState};
 use crate::netlink::batch::Batch;
 use crate::netlink::{BatchError, NfSocket};
-use crate::setup::{grant_sets, setup_ruleset};
+use crate::setup::{all_sets, setup_ruleset};
 use crate::shadow::{shadowing_in_iptables_save, shadowing_in_ruleset, ShadowWarning};
 use crate::BACKEND;
 use postern_backend_script::SystemRunner;
-use spa_core::firewall::{CommandRunner, Firewall, FirewallError, FwResult, Opening, Rule};
+use spa_core::firewall::{CommandRunner, Firewall, FirewallError, FwResult, Opening, Rule, Snat};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
@@ -81,14 +81,16 @@ impl NftablesBackend {
     pub fn shadowing_warnings(&mut self) -> FwResult<Vec<ShadowWarning>> {
         let ruleset = self.nft(&["-j", "list", "ruleset"], None)?;
         let (family, table, mark) = (self.config.family, self.config.table.clone(), self.config.grant_mark);
-        let mut warnings = shadowing_in_ruleset(&ruleset, family, &table, mark);
+        // NAT grants are forwarded, so a drop on the forward hook defeats them.
+        let forward = self.config.nat;
+        let mut warnings = shadowing_in_ruleset(&ruleset, family, &table, mark, forward);
         let legacy = [("iptables-legacy-save", family.has_v4()), ("ip6tables-legacy-save", family.has_v6())];
         for (tool, relevant) in legacy {
             let Some(program) = relevant.then(|| find_program(tool)).flatten() else { continue };
             let argv = self.wrap_argv(program.to_string_lossy().into_owned(), &[]);
             // A legacy tool that fails just means there is nothing legacy to check.
             if let Ok(save) = self.runner.run(&argv, None) {
-                warnings.extend(shadowing_in_iptables_save(&save, tool.trim_end_matches("-save"), mark));
+                warnings.extend(shadowing_in_iptables_save(&save, tool.trim_end_matches("-save"), mark, forward));
             }
         }
         Ok(warnings)
@@ -180,33 +182,83 @@ impl NftablesBackend {
             IpAddr::V4(_) => family.has_v4(),
             IpAddr::V6(_) => family.has_v6(),
         };
-        if ok {
-            return Ok(());
+        if !ok {
+            return Err(FirewallError::Unsupported {
+                backend: BACKEND,
+                what: format!("{rule} in a table of family `{family}` (use family = \"inet\" for IPv4 and IPv6)"),
+            });
         }
-        Err(FirewallError::Unsupported {
-            backend: BACKEND,
-            what: format!("{rule} in a table of family `{family}` (use family = \"inet\" for IPv4 and IPv6)"),
-        })
+        let Some(nat) = &rule.nat else { return Ok(()) };
+        if !self.config.nat {
+            return Err(FirewallError::Unsupported {
+                backend: BACKEND,
+                what: format!("NAT grants with `nat = false` ({rule}): set `nat = true`"),
+            });
+        }
+        let snat = match (&nat.snat, nat.local) {
+            (Some(Snat::To(addr)), false) => Some(*addr),
+            _ => None,
+        };
+        for addr in [Some(nat.to_addr), snat].into_iter().flatten() {
+            if addr.is_ipv4() != rule.source.is_ipv4() {
+                return Err(FirewallError::Unsupported { backend: BACKEND, what: format!("NAT between IPv4 and IPv6 ({rule}: {addr})") });
+            }
+        }
+        Ok(())
     }
 
-    fn apply(&mut self, change: Change, set_change: &SetChange) -> FwResult<()> {
-        if set_change.is_empty() {
+    /// Applies the changes as one transaction; on failure says whether a map
+    /// element clashed (its key already maps to other data).
+    fn try_apply(&mut self, steps: &[(Change, &SetChange)]) -> Result<(), (bool, FirewallError)> {
+        if steps.iter().all(|(_, c)| c.is_empty()) {
             return Ok(());
         }
         let (family, table) = (self.config.family, self.config.table.clone());
         match self.config.apply_with {
             ApplyWith::Nft => {
-                let doc = changes::to_nft_json(family.json(), &table, change, set_change);
-                self.nft_json(&doc)
+                let mut batch = nftables::batch::Batch::new();
+                for (change, set_change) in steps {
+                    changes::to_nft_json(&mut batch, family.json(), &table, *change, set_change);
+                }
+                self.nft_json(&batch.to_nftables()).map_err(|e| {
+                    let clash = matches!(&e, FirewallError::Command { stderr, .. } if stderr.contains("File exists"));
+                    (clash, e)
+                })
             }
             ApplyWith::Netlink => {
-                let socket = self.socket()?;
+                let socket = self.socket().map_err(|e| (false, e))?;
                 let mut batch = Batch::new(socket.next_seq());
-                changes::to_netlink(&mut batch, family.nfproto(), &table, change, set_change);
+                for (change, set_change) in steps {
+                    changes::to_netlink(&mut batch, family.nfproto(), &table, *change, set_change);
+                }
                 let result = socket.execute(&batch.finish());
-                result.map_err(|e| self.batch_error(e))
+                result.map_err(|e| (e.errno() == Some(libc::EEXIST), self.batch_error(e)))
             }
         }
+    }
+
+    fn apply(&mut self, steps: &[(Change, &SetChange)]) -> FwResult<()> {
+        self.try_apply(steps).map_err(|(_, e)| e)
+    }
+
+    /// The NAT grants now in the kernel (other than `except`) whose map
+    /// elements hold other data for a key `change` uses: a NAT grant of the
+    /// same client and port to another destination.
+    fn clashing(&mut self, change: &SetChange, except: &[Rule]) -> FwResult<Vec<Rule>> {
+        let current = self.read_table()?.map(|s| s.grants).unwrap_or_default();
+        let wanted: Vec<(SetId, &[u8], &[u8])> = change
+            .by_set
+            .values()
+            .flatten()
+            .filter_map(|(e, _)| e.data.as_deref().map(|d| (e.set, e.key.as_slice(), d)))
+            .collect();
+        let clashes = |r: &Rule| {
+            elements(r).iter().any(|e| {
+                let data = e.data.as_deref();
+                wanted.iter().any(|(set, key, d)| *set == e.set && *key == e.key.as_slice() && data.is_some_and(|x| x != *d))
+            })
+        };
+        Ok(current.into_iter().map(|g| g.rule).filter(|r| r.nat.is_some() && !except.contains(r) && clashes(r)).collect())
     }
 
     fn nft_json(&mut self, doc: &nftables::schema::Nftables<'_>) -> FwResult<()> {
@@ -256,33 +308,53 @@ impl Firewall for NftablesBackend {
         Ok(())
     }
 
+    /// One transaction for the whole burst. A NAT grant whose client and port
+    /// already map elsewhere replaces that older grant in the same transaction.
     fn grant(&mut self, openings: &[Opening]) -> FwResult<()> {
         for o in openings {
             self.check_family(&o.rule)?;
-            if o.rule.nat.is_some() {
-                return Err(FirewallError::Unsupported {
-                    backend: BACKEND,
-                    what: format!("NAT grants yet ({})", o.rule),
-                });
-            }
             if o.timeout_secs == 0 {
                 // A zero timeout means "never expires" to the kernel.
                 return Err(FirewallError::Other { backend: BACKEND, message: format!("{}: timeout must be at least 1 s", o.rule) });
             }
         }
         let set_change = SetChange::new(openings.iter().map(|o| (&o.rule, Some(o.timeout_secs))));
-        self.apply(Change::Grant, &set_change)
+        match self.try_apply(&[(Change::Grant, &set_change)]) {
+            Err((true, e)) if set_change.has_map_elements() => {
+                let wanted: Vec<Rule> = openings.iter().map(|o| o.rule.clone()).collect();
+                let old = self.clashing(&set_change, &wanted)?;
+                if old.is_empty() {
+                    return Err(e);
+                }
+                let revoke = SetChange::new(old.iter().map(|r| (r, None)));
+                self.apply(&[(Change::Revoke, &revoke), (Change::Grant, &set_change)])
+            }
+            other => other.map_err(|(_, e)| e),
+        }
     }
 
+    /// Missing rules are no error. A NAT element whose key now belongs to
+    /// another grant (same client and port, other destination) is left to it.
     fn revoke(&mut self, rules: &[Rule]) -> FwResult<()> {
-        // A rule of a family this table has no set for cannot be present.
+        // A rule of a family (or NAT) this table has no set for cannot be present.
         let family = self.config.family;
         let present = rules.iter().filter(|r| match r.source {
             IpAddr::V4(_) => family.has_v4(),
             IpAddr::V6(_) => family.has_v6(),
         });
-        let set_change = SetChange::new(present.map(|r| (r, None)));
-        self.apply(Change::Revoke, &set_change)
+        let present = present.filter(|r| r.nat.is_none() || self.config.nat);
+        let mut set_change = SetChange::new(present.map(|r| (r, None)));
+        match self.try_apply(&[(Change::Revoke, &set_change)]) {
+            Err((true, e)) if set_change.has_map_elements() => {
+                let others: Vec<_> = self.clashing(&set_change, rules)?.iter().flat_map(elements).collect();
+                if others.is_empty() {
+                    return Err(e);
+                }
+                set_change.retain(|e| !others.iter().any(|o| o.set == e.set && o.key == e.key));
+                self.apply(&[(Change::Revoke, &set_change)])
+            }
+            other => other.map_err(|(_, e)| e),
+        }
     }
 
     fn list(&mut self) -> FwResult<Vec<Opening>> {
@@ -302,7 +374,7 @@ impl Firewall for NftablesBackend {
     }
 
     fn flush(&mut self) -> FwResult<()> {
-        let sets: Vec<GrantSet> = grant_sets(&self.config);
+        let sets: Vec<SetId> = all_sets(&self.config);
         let (family, table) = (self.config.family, self.config.table.clone());
         match self.config.apply_with {
             ApplyWith::Nft => self.nft_json(&changes::flush_nft_json(family.json(), &table, &sets)),

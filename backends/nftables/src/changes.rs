@@ -9,35 +9,56 @@
 //! - revoke: add(all, 1 s) · delete(all): missing elements are not an error.
 //! - flush:  delete every element of each grant set.
 
-use crate::keys::{key_bytes, GrantSet};
-use crate::netlink::batch::{Batch, ElemOp, Element, SetTarget};
+use crate::keys::{elements, Element, SetId};
+use crate::netlink::batch::{self, Batch, ElemOp, SetTarget};
 use nftables::expr::{Elem, Expression, NamedExpression};
 use nftables::schema::{FlushObject, NfCmd, NfListObject, Nftables, Set};
 use spa_core::firewall::Rule;
 use std::collections::BTreeMap;
 
-/// Elements per grant set, deduplicated (the last opening of a rule wins: a
-/// key twice in one delete message would fail the batch with ENOENT).
+/// Elements per set, deduplicated by key (the last one wins: a key twice in one
+/// delete message would fail the batch with ENOENT), each with its timeout.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SetChange {
-    pub by_set: BTreeMap<GrantSet, Vec<(Rule, Option<u32>)>>,
+    pub by_set: BTreeMap<SetId, Vec<(Element, Option<u32>)>>,
 }
 
 impl SetChange {
+    /// The elements of each rule (one for a plain grant, several for NAT).
     pub fn new<'a>(items: impl IntoIterator<Item = (&'a Rule, Option<u32>)>) -> SetChange {
-        let mut by_set: BTreeMap<GrantSet, Vec<(Rule, Option<u32>)>> = BTreeMap::new();
+        let mut change = SetChange::default();
         for (rule, timeout) in items {
-            let list = by_set.entry(GrantSet::of(rule.source)).or_default();
-            match list.iter_mut().find(|(r, _)| r.source == rule.source && r.proto == rule.proto && r.port == rule.port) {
-                Some(slot) => slot.1 = timeout,
-                None => list.push((rule.clone(), timeout)),
+            change.extend(elements(rule).into_iter().map(|e| (e, timeout)));
+        }
+        change
+    }
+
+    pub fn extend(&mut self, items: impl IntoIterator<Item = (Element, Option<u32>)>) {
+        for (element, timeout) in items {
+            let list = self.by_set.entry(element.set).or_default();
+            match list.iter_mut().find(|(e, _)| e.key == element.key) {
+                Some(slot) => *slot = (element, timeout),
+                None => list.push((element, timeout)),
             }
         }
-        SetChange { by_set }
+    }
+
+    /// Keep only the elements `keep` accepts.
+    pub fn retain(&mut self, mut keep: impl FnMut(&Element) -> bool) {
+        for list in self.by_set.values_mut() {
+            list.retain(|(e, _)| keep(e));
+        }
+        self.by_set.retain(|_, list| !list.is_empty());
     }
 
     pub fn is_empty(&self) -> bool {
         self.by_set.values().all(Vec::is_empty)
+    }
+
+    /// True if any element is a map element (its add can clash with the same
+    /// key holding other data).
+    pub fn has_map_elements(&self) -> bool {
+        self.by_set.keys().any(|s| s.data_type().is_some())
     }
 }
 
@@ -68,13 +89,16 @@ fn timeout_for(change: Change, requested: Option<u32>) -> u32 {
 /// Appends the change to a netlink batch.
 pub fn to_netlink(batch: &mut Batch, family: u8, table: &str, change: Change, set_change: &SetChange) {
     for (set, items) in &set_change.by_set {
-        let target = SetTarget { family, table, set: set.name() };
+        let name = set.name();
+        let target = SetTarget { family, table, set: &name };
         for op in steps(change) {
-            let elements: Vec<Element> = items
+            let elements: Vec<batch::Element> = items
                 .iter()
-                .map(|(rule, t)| Element {
-                    key: key_bytes(rule),
+                .map(|(e, t)| batch::Element {
+                    key: e.key.clone(),
                     timeout_ms: (*op == ElemOp::Add).then(|| u64::from(timeout_for(change, *t)) * 1000),
+                    data: e.data.clone(),
+                    comment: e.comment.clone(),
                 })
                 .collect();
             batch.set_elements(*op, target, &elements);
@@ -83,31 +107,34 @@ pub fn to_netlink(batch: &mut Batch, family: u8, table: &str, change: Change, se
 }
 
 /// Appends a flush of `sets` to a netlink batch.
-pub fn flush_netlink(batch: &mut Batch, family: u8, table: &str, sets: &[GrantSet]) {
+pub fn flush_netlink(batch: &mut Batch, family: u8, table: &str, sets: &[SetId]) {
     for set in sets {
-        batch.flush_set(SetTarget { family, table, set: set.name() });
+        let name = set.name();
+        batch.flush_set(SetTarget { family, table, set: &name });
     }
 }
 
-/// The same change as an nft JSON document.
-pub fn to_nft_json(config_family: nftables::types::NfFamily, table: &str, change: Change, set_change: &SetChange) -> Nftables<'static> {
-    let mut batch = nftables::batch::Batch::new();
+/// Appends the change to an nft JSON batch.
+pub fn to_nft_json(batch: &mut nftables::batch::Batch<'static>, config_family: nftables::types::NfFamily, table: &str, change: Change, set_change: &SetChange) {
     for (set, items) in &set_change.by_set {
         for op in steps(change) {
             let elem: Vec<Expression> = items
                 .iter()
-                .map(|(rule, t)| {
-                    let val = element_value(rule);
-                    match op {
-                        ElemOp::Add => Expression::Named(NamedExpression::Elem(Elem {
-                            val: Box::new(val),
+                .map(|(e, t)| match op {
+                    ElemOp::Add => {
+                        let key = Expression::Named(NamedExpression::Elem(Elem {
+                            val: Box::new(e.key_json.clone()),
                             timeout: Some(timeout_for(change, *t)),
                             expires: None,
-                            comment: None,
+                            comment: e.comment.clone().map(Into::into),
                             counter: None,
-                        })),
-                        ElemOp::Delete => val,
+                        }));
+                        match &e.data_json {
+                            Some(data) => Expression::List(vec![key, data.clone()]),
+                            None => key,
+                        }
                     }
+                    ElemOp::Delete => e.key_json.clone(),
                 })
                 .collect();
             let obj = NfListObject::Element(nftables::schema::Element {
@@ -122,11 +149,10 @@ pub fn to_nft_json(config_family: nftables::types::NfFamily, table: &str, change
             }
         }
     }
-    batch.to_nftables()
 }
 
 /// A flush of `sets` as an nft JSON document.
-pub fn flush_nft_json(config_family: nftables::types::NfFamily, table: &str, sets: &[GrantSet]) -> Nftables<'static> {
+pub fn flush_nft_json(config_family: nftables::types::NfFamily, table: &str, sets: &[SetId]) -> Nftables<'static> {
     let mut batch = nftables::batch::Batch::new();
     for set in sets {
         batch.add_cmd(NfCmd::Flush(FlushObject::Set(Box::new(Set {
@@ -139,17 +165,11 @@ pub fn flush_nft_json(config_family: nftables::types::NfFamily, table: &str, set
     batch.to_nftables()
 }
 
-fn element_value(rule: &Rule) -> Expression<'static> {
-    Expression::Named(NamedExpression::Concat(vec![
-        Expression::String(rule.source.to_string().into()),
-        Expression::String(rule.proto.name().into()),
-        Expression::Number(u32::from(rule.port)),
-    ]))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::keys::{Fam, Kind};
+    use spa_core::firewall::NatRule;
     use spa_core::request::Proto;
 
     fn rule(src: &str, port: u16) -> Rule {
@@ -160,15 +180,18 @@ mod tests {
     fn duplicates_in_one_change_collapse_to_the_last() {
         let (a, b) = (rule("10.0.0.1", 22), rule("fd00::1", 22));
         let c = SetChange::new([(&a, Some(30)), (&b, Some(5)), (&a, Some(60))]);
-        assert_eq!(c.by_set[&GrantSet::V4], vec![(a, Some(60))]);
-        assert_eq!(c.by_set[&GrantSet::V6].len(), 1);
+        let v4 = &c.by_set[&SetId::new(Kind::Grants, Fam::V4)];
+        assert_eq!((v4.len(), v4[0].1), (1, Some(60)));
+        assert_eq!(c.by_set[&SetId::new(Kind::Grants, Fam::V6)].len(), 1);
     }
 
     #[test]
     fn grant_renders_add_delete_add_in_one_document() {
         let a = rule("10.0.0.1", 22);
         let c = SetChange::new([(&a, Some(30))]);
-        let j = serde_json::to_string(&to_nft_json(nftables::types::NfFamily::INet, "postern", Change::Grant, &c)).unwrap();
+        let mut batch = nftables::batch::Batch::new();
+        to_nft_json(&mut batch, nftables::types::NfFamily::INet, "postern", Change::Grant, &c);
+        let j = serde_json::to_string(&batch.to_nftables()).unwrap();
         let add = r#"{"add":{"element":{"family":"inet","table":"postern","name":"grants4","elem":[{"elem":{"val":{"concat":["10.0.0.1","tcp",22]},"timeout":30"#;
         let del = r#"{"delete":{"element":{"family":"inet","table":"postern","name":"grants4","elem":[{"concat":["10.0.0.1","tcp",22]}]}}}"#;
         assert_eq!(j.matches(add).count(), 2, "{j}");
@@ -184,5 +207,20 @@ mod tests {
         let f = batch.finish();
         assert_eq!(f.acked.len(), 2);
         assert!(f.acked[0].1.starts_with("adding 1") && f.acked[1].1.starts_with("deleting 1"), "{:?}", f.acked);
+    }
+
+    #[test]
+    fn nat_map_elements_render_as_key_data_pairs_with_comments() {
+        let mut r = rule("10.0.0.1", 55000);
+        r.nat = Some(NatRule { to_addr: "192.168.1.2".parse().unwrap(), to_port: 22, local: false, snat: None, dnat: true });
+        let c = SetChange::new([(&r, Some(30))]);
+        assert!(c.has_map_elements());
+        let mut batch = nftables::batch::Batch::new();
+        to_nft_json(&mut batch, nftables::types::NfFamily::INet, "postern", Change::Grant, &c);
+        let j = serde_json::to_string(&batch.to_nftables()).unwrap();
+        let add = r#"{"add":{"element":{"family":"inet","table":"postern","name":"dnat4","elem":[[{"elem":{"val":{"concat":["10.0.0.1","tcp",55000]},"timeout":30,"expires":null,"comment":"nat_55000_192.168.1.2_22","counter":null}},"192.168.1.2"]]}}}"#;
+        assert!(j.contains(add), "{j}");
+        assert!(j.contains(r#""name":"dnatport4","elem":[[{"elem":{"val":{"concat":["10.0.0.1","tcp",55000]},"timeout":30,"expires":null,"comment":"nat_55000_192.168.1.2_22","counter":null}},22]]"#), "{j}");
+        assert!(j.contains(r#"{"delete":{"element":{"family":"inet","table":"postern","name":"fwd4","elem":[{"concat":["10.0.0.1","192.168.1.2","tcp",22]}]}}}"#), "{j}");
     }
 }

@@ -36,6 +36,18 @@ pub struct NftablesConfig {
     pub apply_with: ApplyWith,
     /// The `nft` program (used for setup and listing; for grants with `apply_with = "nft"`).
     pub nft_path: String,
+    /// NAT grants (fwknopd's ENABLE_IPT_FORWARDING / ENABLE_IPT_LOCAL_NAT /
+    /// ENABLE_IPT_SNAT): creates the DNAT/SNAT maps and the `prerouting`,
+    /// `forward` and `postrouting` chains. Off: no NAT objects exist (init removes
+    /// them if an earlier run made them) and NAT grants are refused.
+    pub nat: bool,
+    /// Docker hosts: a `docker` chain on the prerouting hook, before Docker's
+    /// DNAT (`docker_priority`), applies grants and `protected` to the port the
+    /// client asked for, so ports Docker publishes are closed and granted like
+    /// local ones.
+    pub docker: bool,
+    /// Priority of the `docker` chain: after conntrack (-200), before DNAT (-100).
+    pub docker_priority: i32,
 }
 
 impl Default for NftablesConfig {
@@ -49,6 +61,9 @@ impl Default for NftablesConfig {
             grant_mark: None,
             apply_with: ApplyWith::Netlink,
             nft_path: "nft".into(),
+            nat: false,
+            docker: false,
+            docker_priority: -150,
         }
     }
 }
@@ -73,6 +88,15 @@ impl NftablesConfig {
         }
         if self.grant_mark == Some(0) {
             return Err(FirewallError::Other { backend: BACKEND, message: "grant_mark must not be 0".into() });
+        }
+        if self.docker && !(-199..=-101).contains(&self.docker_priority) {
+            return Err(FirewallError::Other {
+                backend: BACKEND,
+                message: format!(
+                    "docker_priority {} must be between -199 and -101: after conntrack (-200) and before DNAT (-100)",
+                    self.docker_priority
+                ),
+            });
         }
         Ok(())
     }
@@ -197,13 +221,18 @@ mod tests {
     fn parses_every_field() {
         let c: NftablesConfig = serde_json::from_str(
             r#"{"table":"spa","family":"ip6","protected":["tcp/22","udp/1194"],
-                "drop_unauthorized":false,"priority":5,"grant_mark":256,"apply_with":"nft","nft_path":"/usr/sbin/nft"}"#,
+                "drop_unauthorized":false,"priority":5,"grant_mark":256,"apply_with":"nft","nft_path":"/usr/sbin/nft",
+                "nat":true,"docker":true,"docker_priority":-160}"#,
         )
         .unwrap();
         assert_eq!(c.family, TableFamily::Ip6);
         assert_eq!(c.protected, vec![ProtectedPort { proto: Proto::Tcp, port: 22 }, ProtectedPort { proto: Proto::Udp, port: 1194 }]);
         assert_eq!(c.apply_with, ApplyWith::Nft);
         assert_eq!(c.grant_mark, Some(256));
+        assert!(c.nat && c.docker && c.docker_priority == -160);
+        assert!(c.validate().is_ok());
+        let late = NftablesConfig { docker: true, docker_priority: -100, ..c };
+        assert!(late.validate().unwrap_err().to_string().contains("before DNAT"));
     }
 
     #[test]

@@ -1,42 +1,155 @@
-//! Grants as set elements: which set, and the key bytes the kernel stores.
+//! Grants as set and map elements: which sets, and the bytes the kernel stores.
+//!
+//! A plain grant is one element of `grants4`/`grants6`. A NAT grant is one
+//! element in each set or map its kind needs (see [`elements`]), every one
+//! carrying the whole grant in its comment (`nat_<port>_<to_addr>_<to_port>`
+//! plus `_local`, `_nodnat`, `_masq`, `_snat_<addr>`), so `list()` returns the
+//! grant as it was made and a revoke finds all of its elements.
 
-use spa_core::firewall::Rule;
+use nftables::expr::{Expression, NamedExpression};
+use nftables::schema::SetType;
+use spa_core::firewall::{NatRule, Rule, Snat};
 use spa_core::request::Proto;
 use std::net::IpAddr;
 
-/// The two grant sets. Names are fixed so a restarted daemon finds its grants.
+/// Address family of a set.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum GrantSet {
-    /// `ipv4_addr . inet_proto . inet_service`
+pub enum Fam {
     V4,
-    /// `ipv6_addr . inet_proto . inet_service`
     V6,
 }
 
-impl GrantSet {
-    pub const ALL: [GrantSet; 2] = [GrantSet::V4, GrantSet::V6];
+impl Fam {
+    pub const ALL: [Fam; 2] = [Fam::V4, Fam::V6];
 
-    pub fn name(self) -> &'static str {
-        match self {
-            GrantSet::V4 => "grants4",
-            GrantSet::V6 => "grants6",
-        }
-    }
-
-    pub fn of(addr: IpAddr) -> GrantSet {
+    pub fn of(addr: IpAddr) -> Fam {
         match addr {
-            IpAddr::V4(_) => GrantSet::V4,
-            IpAddr::V6(_) => GrantSet::V6,
+            IpAddr::V4(_) => Fam::V4,
+            IpAddr::V6(_) => Fam::V6,
         }
     }
 
-    /// The nft type name of the address part.
-    pub fn addr_type(self) -> &'static str {
+    fn suffix(self) -> &'static str {
         match self {
-            GrantSet::V4 => "ipv4_addr",
-            GrantSet::V6 => "ipv6_addr",
+            Fam::V4 => "4",
+            Fam::V6 => "6",
         }
     }
+
+    /// `ip` or `ip6`: payload protocol and NAT family.
+    pub fn proto(self) -> &'static str {
+        match self {
+            Fam::V4 => "ip",
+            Fam::V6 => "ip6",
+        }
+    }
+
+    pub fn addr_type(self) -> SetType {
+        match self {
+            Fam::V4 => SetType::Ipv4Addr,
+            Fam::V6 => SetType::Ipv6Addr,
+        }
+    }
+}
+
+/// What a set (or map) is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    /// `saddr . proto . dport`: plain grants (input; prerouting with `docker`).
+    Grants,
+    /// `saddr . proto . to_port`: the input accept of local NAT.
+    Local,
+    /// `saddr . proto . port : to_addr`: DNAT address.
+    DnatAddr,
+    /// `saddr . proto . port : to_port`: DNAT port.
+    DnatPort,
+    /// `saddr . to_addr . proto . to_port`: forward accept.
+    Fwd,
+    /// `saddr . to_addr . proto . to_port`: masquerade.
+    Masq,
+    /// `saddr . to_addr . proto . to_port : snat_addr`: SNAT.
+    Snat,
+}
+
+impl Kind {
+    /// The NAT kinds (sets that exist with `nat = true`).
+    pub const NAT: [Kind; 6] = [Kind::Local, Kind::DnatAddr, Kind::DnatPort, Kind::Fwd, Kind::Masq, Kind::Snat];
+
+    fn stem(self) -> &'static str {
+        match self {
+            Kind::Grants => "grants",
+            Kind::Local => "local",
+            Kind::DnatAddr => "dnat",
+            Kind::DnatPort => "dnatport",
+            Kind::Fwd => "fwd",
+            Kind::Masq => "masq",
+            Kind::Snat => "snat",
+        }
+    }
+
+    /// Keys that hold both addresses (`saddr . daddr . proto . port`).
+    pub fn two_addrs(self) -> bool {
+        matches!(self, Kind::Fwd | Kind::Masq | Kind::Snat)
+    }
+}
+
+/// One of postern's sets or maps. Names are fixed so a restarted daemon finds
+/// its grants: `grants4`, `local6`, `dnat4`, `dnatport4`, `fwd4`, `masq4`, `snat4`, ….
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SetId {
+    pub kind: Kind,
+    pub fam: Fam,
+}
+
+impl SetId {
+    pub fn new(kind: Kind, fam: Fam) -> SetId {
+        SetId { kind, fam }
+    }
+
+    pub fn name(self) -> String {
+        format!("{}{}", self.kind.stem(), self.fam.suffix())
+    }
+
+    /// The set named `name`, if it is one of postern's.
+    pub fn parse(name: &str) -> Option<SetId> {
+        let all = [Kind::Grants].into_iter().chain(Kind::NAT);
+        all.flat_map(|k| Fam::ALL.map(|f| SetId::new(k, f)))
+            .find(|s| s.name() == name)
+    }
+
+    /// The key's types, e.g. `ipv4_addr . inet_proto . inet_service`.
+    pub fn key_types(self) -> Vec<SetType> {
+        let mut types = vec![self.fam.addr_type()];
+        if self.kind.two_addrs() {
+            types.push(self.fam.addr_type());
+        }
+        types.extend([SetType::InetProto, SetType::InetService]);
+        types
+    }
+
+    /// The data type of a map, `None` for a set.
+    pub fn data_type(self) -> Option<SetType> {
+        match self.kind {
+            Kind::DnatAddr | Kind::Snat => Some(self.fam.addr_type()),
+            Kind::DnatPort => Some(SetType::InetService),
+            Kind::Grants | Kind::Local | Kind::Fwd | Kind::Masq => None,
+        }
+    }
+}
+
+/// One element to add or delete: key, map data, comment, in both encodings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Element {
+    pub set: SetId,
+    /// Netlink key: each part in network order, padded to 4 bytes.
+    pub key: Vec<u8>,
+    /// Netlink map data (unpadded), for maps.
+    pub data: Option<Vec<u8>>,
+    pub comment: Option<String>,
+    /// The key as nft JSON (`{"concat": [...]}`).
+    pub key_json: Expression<'static>,
+    /// The data as nft JSON.
+    pub data_json: Option<Expression<'static>>,
 }
 
 pub fn proto_number(proto: Proto) -> u8 {
@@ -46,18 +159,116 @@ pub fn proto_number(proto: Proto) -> u8 {
     }
 }
 
+fn addr_bytes(addr: IpAddr) -> Vec<u8> {
+    match addr {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
+    }
+}
+
+/// A concatenated key `addrs… . proto . port`, as bytes and as JSON.
+fn key(addrs: &[IpAddr], proto: Proto, port: u16) -> (Vec<u8>, Expression<'static>) {
+    let mut bytes = Vec::with_capacity(40);
+    let mut json = Vec::new();
+    for a in addrs {
+        bytes.extend(addr_bytes(*a));
+        json.push(Expression::String(a.to_string().into()));
+    }
+    bytes.extend_from_slice(&[proto_number(proto), 0, 0, 0]);
+    bytes.extend_from_slice(&port.to_be_bytes());
+    bytes.extend_from_slice(&[0, 0]);
+    json.push(Expression::String(proto.name().into()));
+    json.push(Expression::Number(u32::from(port)));
+    (bytes, Expression::Named(NamedExpression::Concat(json)))
+}
+
+#[cfg(test)]
 /// Key of `source . proto . port` as nft lays out a concatenation: each part in
 /// network order, zero-padded to a 4-byte register (12 bytes for IPv4, 24 for IPv6).
 pub fn key_bytes(rule: &Rule) -> Vec<u8> {
-    let mut key = Vec::with_capacity(24);
-    match rule.source {
-        IpAddr::V4(a) => key.extend_from_slice(&a.octets()),
-        IpAddr::V6(a) => key.extend_from_slice(&a.octets()),
+    key(&[rule.source], rule.proto, rule.port).0
+}
+
+/// The comment every element of a NAT grant carries.
+pub fn nat_tag(port: u16, nat: &NatRule) -> String {
+    let mut text = format!("nat_{port}_{}_{}", nat.to_addr, nat.to_port);
+    if nat.local {
+        text.push_str("_local");
     }
-    key.extend_from_slice(&[proto_number(rule.proto), 0, 0, 0]);
-    key.extend_from_slice(&rule.port.to_be_bytes());
-    key.extend_from_slice(&[0, 0]);
-    key
+    if !nat.dnat {
+        text.push_str("_nodnat");
+    }
+    match &nat.snat {
+        Some(Snat::Masquerade) => text.push_str("_masq"),
+        Some(Snat::To(addr)) => text.push_str(&format!("_snat_{addr}")),
+        None => {}
+    }
+    text
+}
+
+/// The grant's port and NAT from an element comment, if it is postern's.
+pub fn parse_nat_tag(comment: &str) -> Option<(u16, NatRule)> {
+    let mut words = comment.strip_prefix("nat_")?.split('_');
+    let port = words.next()?.parse().ok()?;
+    let to_addr = words.next()?.parse().ok()?;
+    let to_port = words.next()?.parse().ok()?;
+    let mut nat = NatRule { to_addr, to_port, local: false, snat: None, dnat: true };
+    while let Some(word) = words.next() {
+        match word {
+            "local" => nat.local = true,
+            "nodnat" => nat.dnat = false,
+            "masq" => nat.snat = Some(Snat::Masquerade),
+            "snat" => nat.snat = Some(Snat::To(words.next()?.parse().ok()?)),
+            _ => return None,
+        }
+    }
+    Some((port, nat))
+}
+
+/// The elements a rule is made of, in set order:
+/// - plain: `grants` (`source . proto . port`);
+/// - local NAT: `local` (`source . proto . to_port`), and unless DISABLE_DNAT
+///   `dnat`/`dnatport` (`source . proto . port` → `to_addr`, `to_port`); SNAT does
+///   not apply to locally delivered traffic and is ignored;
+/// - forward NAT: `fwd` (`source . to_addr . proto . to_port`), `dnat`/`dnatport`
+///   unless DISABLE_DNAT, and `masq` or `snat` (→ the SNAT address).
+///
+/// The caller checks first that `to_addr` (and an SNAT address) has the family of `source`.
+pub fn elements(rule: &Rule) -> Vec<Element> {
+    let fam = Fam::of(rule.source);
+    let element = |kind: Kind, (key, key_json): (Vec<u8>, Expression<'static>), data: Option<(Vec<u8>, Expression<'static>)>, comment: &Option<String>| Element {
+        set: SetId::new(kind, fam),
+        key,
+        key_json,
+        data: data.as_ref().map(|(b, _)| b.clone()),
+        data_json: data.map(|(_, j)| j),
+        comment: comment.clone(),
+    };
+    let Some(nat) = &rule.nat else {
+        return vec![element(Kind::Grants, key(&[rule.source], rule.proto, rule.port), None, &None)];
+    };
+    let comment = Some(nat_tag(rule.port, nat));
+    let outer = || key(&[rule.source], rule.proto, rule.port);
+    let flow = || key(&[rule.source, nat.to_addr], rule.proto, nat.to_port);
+    let addr = |a: IpAddr| (addr_bytes(a), Expression::String(a.to_string().into()));
+    let mut out = Vec::new();
+    if nat.local {
+        out.push(element(Kind::Local, key(&[rule.source], rule.proto, nat.to_port), None, &comment));
+    }
+    if nat.dnat {
+        out.push(element(Kind::DnatAddr, outer(), Some(addr(nat.to_addr)), &comment));
+        let port = (nat.to_port.to_be_bytes().to_vec(), Expression::Number(u32::from(nat.to_port)));
+        out.push(element(Kind::DnatPort, outer(), Some(port), &comment));
+    }
+    if !nat.local {
+        out.push(element(Kind::Fwd, flow(), None, &comment));
+        match &nat.snat {
+            Some(Snat::Masquerade) => out.push(element(Kind::Masq, flow(), None, &comment)),
+            Some(Snat::To(to)) => out.push(element(Kind::Snat, flow(), Some(addr(*to)), &comment)),
+            None => {}
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -80,6 +291,50 @@ mod tests {
         assert_eq!(k.len(), 24);
         assert_eq!(&k[..2], &[0xfd, 0]);
         assert_eq!(&k[16..], &[17, 0, 0, 0, 0x12, 0x34, 0, 0]);
-        assert_eq!(GrantSet::of("fd00::1".parse().unwrap()), GrantSet::V6);
+        assert_eq!(Fam::of("fd00::1".parse().unwrap()), Fam::V6);
+    }
+
+    #[test]
+    fn set_names_round_trip() {
+        for kind in [Kind::Grants].into_iter().chain(Kind::NAT) {
+            for fam in Fam::ALL {
+                let s = SetId::new(kind, fam);
+                assert_eq!(SetId::parse(&s.name()), Some(s));
+            }
+        }
+        assert_eq!(SetId::new(Kind::DnatPort, Fam::V6).name(), "dnatport6");
+        assert_eq!(SetId::parse("protected"), None);
+    }
+
+    #[test]
+    fn nat_elements_and_their_bytes() {
+        let mut r = rule("192.0.2.7", Proto::Tcp, 55000);
+        r.nat = Some(NatRule {
+            to_addr: "10.0.0.2".parse().unwrap(),
+            to_port: 22,
+            local: false,
+            snat: Some(Snat::To("10.0.0.1".parse().unwrap())),
+            dnat: true,
+        });
+        let e = elements(&r);
+        let names: Vec<String> = e.iter().map(|e| e.set.name()).collect();
+        assert_eq!(names, ["dnat4", "dnatport4", "fwd4", "snat4"]);
+        assert_eq!(e[0].key, [192, 0, 2, 7, 6, 0, 0, 0, 0xd6, 0xd8, 0, 0]);
+        assert_eq!(e[0].data.as_deref(), Some(&[10, 0, 0, 2][..]));
+        assert_eq!(e[1].data.as_deref(), Some(&[0, 22][..]));
+        assert_eq!(e[2].key, [192, 0, 2, 7, 10, 0, 0, 2, 6, 0, 0, 0, 0, 22, 0, 0]);
+        assert_eq!(e[3].data.as_deref(), Some(&[10, 0, 0, 1][..]));
+        let tag = "nat_55000_10.0.0.2_22_snat_10.0.0.1";
+        assert!(e.iter().all(|e| e.comment.as_deref() == Some(tag)));
+        assert_eq!(parse_nat_tag(tag), Some((55000, r.nat.clone().unwrap())));
+
+        let local = NatRule { local: true, dnat: false, snat: None, ..r.nat.clone().unwrap() };
+        r.nat = Some(local.clone());
+        let e = elements(&r);
+        assert_eq!(e.len(), 1);
+        assert_eq!((e[0].set.name(), e[0].key[8..10].to_vec()), ("local4".to_string(), vec![0, 22]));
+        assert_eq!(parse_nat_tag(e[0].comment.as_deref().unwrap()), Some((55000, local)));
+        assert_eq!(parse_nat_tag("nat_1_x_2"), None);
+        assert_eq!(parse_nat_tag("hand made"), None);
     }
 }

@@ -14,8 +14,8 @@ mod tests;
 
 pub use backend::NftablesBackend;
 pub use config::{ApplyWith, NftablesConfig, ProtectedPort, TableFamily};
-pub use keys::GrantSet;
-pub use setup::{INPUT_CHAIN, PROTECTED_SET};
+pub use keys::{Fam, Kind, SetId};
+pub use setup::{INPUT_CHAIN, OPTIONAL_CHAINS, PROTECTED_SET};
 pub use shadow::ShadowWarning;
 
 /// Backend name as used in config and errors.

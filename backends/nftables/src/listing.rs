@@ -4,8 +4,8 @@
 //! need a few fields, and a rule expression the crate does not model must not
 //! make `list()` fail.
 
-use crate::keys::GrantSet;
-use crate::setup::{ExistingTable, INPUT_CHAIN};
+use crate::keys::{parse_nat_tag, Kind, SetId};
+use crate::setup::ExistingTable;
 use serde_json::Value;
 use spa_core::firewall::Rule;
 use spa_core::request::Proto;
@@ -22,6 +22,7 @@ pub struct ListedGrant {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TableState {
     pub existing: ExistingTable,
+    /// Each grant once, however many elements it has.
     pub grants: Vec<ListedGrant>,
 }
 
@@ -32,52 +33,77 @@ pub fn parse_table(json: &str) -> Result<TableState, String> {
     let mut state = TableState::default();
     for obj in objects {
         if let Some(chain) = obj.get("chain") {
-            if chain.get("name").and_then(Value::as_str) == Some(INPUT_CHAIN) {
-                state.existing.input_priority = chain.get("prio").and_then(Value::as_i64).map(|p| p as i32);
+            if let Some(name) = chain.get("name").and_then(Value::as_str) {
+                let prio = chain.get("prio").and_then(Value::as_i64).map(|p| p as i32);
+                state.existing.chains.insert(name.to_string(), prio);
             }
         }
-        let Some(set) = obj.get("set") else { continue };
+        let Some(set) = obj.get("set").or_else(|| obj.get("map")) else { continue };
         let name = set.get("name").and_then(Value::as_str).unwrap_or_default();
-        if !GrantSet::ALL.iter().any(|s| s.name() == name) {
-            continue;
-        }
+        state.existing.sets.insert(name.to_string());
+        let Some(id) = SetId::parse(name) else { continue };
         for elem in set.get("elem").and_then(Value::as_array).into_iter().flatten() {
-            if let Some(g) = parse_element(elem) {
-                state.grants.push(g);
+            if let Some(g) = parse_element(id, elem) {
+                match state.grants.iter_mut().find(|seen| seen.rule == g.rule) {
+                    Some(seen) => seen.remaining_secs = seen.remaining_secs.max(g.remaining_secs),
+                    None => state.grants.push(g),
+                }
             }
         }
     }
     Ok(state)
 }
 
-/// `{"elem": {"val": {"concat": [addr, proto, port]}, "timeout": T, "expires": E}}`,
-/// or the bare `{"concat": …}` nft prints for an element without a timeout.
-fn parse_element(elem: &Value) -> Option<ListedGrant> {
-    let (val, remaining) = match elem.get("elem") {
+/// `{"elem": {"val": {"concat": [...]}, "timeout": T, "expires": E, "comment": C}}`,
+/// or the bare `{"concat": …}` nft prints for an element without a timeout; in
+/// a map, `[element, data]`. A NAT set's element is a grant only with postern's
+/// comment.
+fn parse_element(set: SetId, elem: &Value) -> Option<ListedGrant> {
+    let elem = match elem.as_array() {
+        Some(pair) => pair.first()?,
+        None => elem,
+    };
+    let (val, remaining, comment) = match elem.get("elem") {
         Some(e) => {
             let expires = e.get("expires").and_then(Value::as_u64).or_else(|| e.get("timeout").and_then(Value::as_u64));
-            (e.get("val")?, expires.map(|s| s.min(u64::from(u32::MAX)) as u32))
+            (e.get("val")?, expires.map(|s| s.min(u64::from(u32::MAX)) as u32), e.get("comment").and_then(Value::as_str))
         }
-        None => (elem, None),
+        None => (elem, None, None),
     };
     let parts = val.get("concat")?.as_array()?;
-    let [addr, proto, port] = parts.as_slice() else { return None };
-    let source: IpAddr = addr.as_str()?.parse().ok()?;
-    let proto = match proto {
-        Value::String(s) => s.parse::<Proto>().ok()?,
+    let expected = if set.kind.two_addrs() { 4 } else { 3 };
+    if parts.len() != expected {
+        return None;
+    }
+    let source: IpAddr = parts[0].as_str()?.parse().ok()?;
+    let proto = parse_proto(&parts[expected - 2])?;
+    let rule = if set.kind == Kind::Grants {
+        Rule { source, proto, port: parse_port(&parts[expected - 1])?, nat: None }
+    } else {
+        let (port, nat) = parse_nat_tag(comment?)?;
+        Rule { source, proto, port, nat: Some(nat) }
+    };
+    Some(ListedGrant { rule, remaining_secs: remaining })
+}
+
+fn parse_proto(v: &Value) -> Option<Proto> {
+    match v {
+        Value::String(s) => s.parse::<Proto>().ok(),
         Value::Number(n) => match n.as_u64()? {
-            6 => Proto::Tcp,
-            17 => Proto::Udp,
-            _ => return None,
+            6 => Some(Proto::Tcp),
+            17 => Some(Proto::Udp),
+            _ => None,
         },
-        _ => return None,
-    };
-    let port = match port {
-        Value::Number(n) => u16::try_from(n.as_u64()?).ok()?,
-        Value::String(s) => s.parse().ok()?,
-        _ => return None,
-    };
-    Some(ListedGrant { rule: Rule { source, proto, port, nat: None }, remaining_secs: remaining })
+        _ => None,
+    }
+}
+
+fn parse_port(v: &Value) -> Option<u16> {
+    match v {
+        Value::Number(n) => u16::try_from(n.as_u64()?).ok(),
+        Value::String(s) => s.parse().ok(),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -99,7 +125,8 @@ mod tests {
     #[test]
     fn reads_grants_with_remaining_time_and_the_chain_priority() {
         let s = parse_table(LISTED).unwrap();
-        assert_eq!(s.existing.input_priority, Some(-10));
+        assert_eq!(s.existing.chains.get("input"), Some(&Some(-10)));
+        assert!(s.existing.sets.contains("protected"));
         assert_eq!(s.grants.len(), 3, "{:?}", s.grants);
         assert_eq!(s.grants[0].rule.to_string(), "10.0.0.1 -> tcp/22");
         assert_eq!(s.grants[0].remaining_secs, Some(59));
@@ -112,5 +139,26 @@ mod tests {
     fn garbage_is_an_error_not_a_panic() {
         assert!(parse_table("Error: x").is_err());
         assert!(parse_table("{}").is_err());
+    }
+
+    #[test]
+    fn nat_elements_from_several_maps_make_one_grant() {
+        let json = r#"{"nftables": [
+          {"map": {"family": "inet", "name": "dnat4", "table": "postern", "type": ["ipv4_addr", "inet_proto", "inet_service"], "map": "ipv4_addr", "flags": ["timeout"],
+            "elem": [[{"elem": {"val": {"concat": ["192.0.2.7", "tcp", 55000]}, "timeout": 30, "expires": 20, "comment": "nat_55000_10.0.0.2_22_masq"}}, "10.0.0.2"],
+                     [{"elem": {"val": {"concat": ["192.0.2.8", "tcp", 55000]}, "timeout": 30, "expires": 20}}, "10.0.0.2"]]}},
+          {"set": {"family": "inet", "name": "fwd4", "table": "postern", "type": ["ipv4_addr", "ipv4_addr", "inet_proto", "inet_service"], "flags": ["timeout"],
+            "elem": [{"elem": {"val": {"concat": ["192.0.2.7", "10.0.0.2", "tcp", 22]}, "timeout": 30, "expires": 21, "comment": "nat_55000_10.0.0.2_22_masq"}}]}},
+          {"set": {"family": "inet", "name": "local6", "table": "postern", "type": ["ipv6_addr", "inet_proto", "inet_service"], "flags": ["timeout"],
+            "elem": [{"elem": {"val": {"concat": ["fd00::7", "udp", 53]}, "timeout": 30, "expires": 9, "comment": "nat_5353_fd00::1_53_local"}}]}},
+          {"chain": {"family": "inet", "table": "postern", "name": "prerouting", "type": "nat", "hook": "prerouting", "prio": -100}}]}"#;
+        let s = parse_table(json).unwrap();
+        assert_eq!(s.grants.len(), 2, "the element without postern's comment is not a grant: {:?}", s.grants);
+        assert_eq!(s.grants[0].rule.to_string(), "192.0.2.7 -> tcp/55000 (NAT to 10.0.0.2:22)");
+        assert_eq!(s.grants[0].remaining_secs, Some(21));
+        let nat = s.grants[1].rule.nat.as_ref().unwrap();
+        assert!(nat.local && s.grants[1].rule.port == 5353, "{:?}", s.grants[1]);
+        assert_eq!(s.existing.chains.get("prerouting"), Some(&Some(-100)));
+        assert!(s.existing.sets.contains("dnat4") && s.existing.sets.contains("fwd4"));
     }
 }

@@ -6,25 +6,43 @@
 //! the chain and the `protected` set are flushed and refilled in the same batch.
 
 use crate::config::NftablesConfig;
-use crate::keys::GrantSet;
+use crate::keys::{Fam, Kind, SetId};
 use nftables::batch::Batch;
-use nftables::expr::{BinaryOperation, Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, CT};
+use nftables::expr::{BinaryOperation, Expression, Fib, FibFlag, FibResult, Map, Meta, MetaKey, NamedExpression, Payload, PayloadField, CT};
 use nftables::schema::{Chain, FlushObject, NfCmd, NfListObject, Nftables, Set, SetFlag, SetType, SetTypeValue, Table};
-use nftables::stmt::{Accept, Counter, Drop, Mangle, Match, Operator, Statement};
+use nftables::stmt::{Accept, Counter, Drop, Mangle, Match, NATFamily, Operator, Statement, NAT};
 use nftables::types::{NfChainPolicy, NfChainType, NfHook};
 use std::borrow::Cow;
-use std::collections::HashSet;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 /// Name of postern's input chain.
 pub const INPUT_CHAIN: &str = "input";
 /// Name of the set of `proto . port` postern closes.
 pub const PROTECTED_SET: &str = "protected";
+/// The other chains postern may own: NAT (`prerouting`, `forward`,
+/// `postrouting`) and Docker (`docker`).
+pub const OPTIONAL_CHAINS: [&str; 4] = ["prerouting", "forward", "postrouting", "docker"];
+
+/// NAT hook priorities, as nft's `dstnat` and `srcnat`.
+const DSTNAT: i32 = -100;
+const SRCNAT: i32 = 100;
 
 /// What init found in the kernel before applying (from `nft -j list table`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ExistingTable {
-    /// Priority of postern's input chain, if it exists.
-    pub input_priority: Option<i32>,
+    /// postern's chains that exist, with their priority.
+    pub chains: BTreeMap<String, Option<i32>>,
+    /// Names of the sets and maps that exist.
+    pub sets: BTreeSet<String>,
+}
+
+/// A base chain postern wants, with its rules.
+struct ChainDef {
+    name: &'static str,
+    kind: NfChainType,
+    hook: NfHook,
+    prio: i32,
+    rules: Vec<Vec<Statement<'static>>>,
 }
 
 /// The setup transaction for `config`, given what already exists.
@@ -34,17 +52,22 @@ pub fn setup_ruleset(config: &NftablesConfig, existing: Option<&ExistingTable>) 
     let mut batch = Batch::new();
     batch.add(NfListObject::Table(Table { family, name: table.clone(), handle: None }));
 
-    for set in grant_sets(config) {
-        batch.add(NfListObject::Set(Box::new(Set {
-            family,
-            table: table.clone(),
-            name: set.name().into(),
-            set_type: SetTypeValue::Concatenated(
-                vec![addr_set_type(set), SetType::InetProto, SetType::InetService].into(),
-            ),
-            flags: Some(HashSet::from([SetFlag::Timeout])),
-            ..Set::default()
-        })));
+    for set in all_sets(config) {
+        let key = SetTypeValue::Concatenated(set.key_types().into());
+        let flags = Some(HashSet::from([SetFlag::Timeout]));
+        let (name, table) = (set.name().into(), table.clone());
+        match set.data_type() {
+            None => batch.add(NfListObject::Set(Box::new(Set { family, table, name, set_type: key, flags, ..Set::default() }))),
+            Some(data) => batch.add(NfListObject::Map(Box::new(nftables::schema::Map {
+                family,
+                table,
+                name,
+                set_type: key,
+                map: SetTypeValue::Single(data),
+                flags,
+                ..nftables::schema::Map::default()
+            }))),
+        }
     }
 
     let protected = Set {
@@ -70,64 +93,137 @@ pub fn setup_ruleset(config: &NftablesConfig, existing: Option<&ExistingTable>) 
         }));
     }
 
-    let chain = Chain {
-        family,
-        table: table.clone(),
-        name: INPUT_CHAIN.into(),
-        _type: Some(NfChainType::Filter),
-        hook: Some(NfHook::Input),
-        prio: Some(config.priority),
-        policy: Some(NfChainPolicy::Accept),
-        ..Chain::default()
-    };
-    let existing_prio = existing.and_then(|e| e.input_priority);
-    if existing_prio.is_some() {
-        batch.add_cmd(NfCmd::Flush(FlushObject::Chain(chain.clone())));
+    // Existing chains are flushed first, then those no longer wanted (or whose
+    // priority changed: a base chain's priority cannot change in place) deleted,
+    // then NAT sets no longer wanted, then the wanted chains (re)filled.
+    let wanted = chain_defs(config);
+    let empty = ExistingTable::default();
+    let existing = existing.unwrap_or(&empty);
+    let chain = |name: &str| Chain { family, table: table.clone(), name: name.to_string().into(), ..Chain::default() };
+    let ours = [INPUT_CHAIN].into_iter().chain(OPTIONAL_CHAINS);
+    for name in ours.clone().filter(|n| existing.chains.contains_key(*n)) {
+        batch.add_cmd(NfCmd::Flush(FlushObject::Chain(chain(name))));
     }
-    if existing_prio.is_some_and(|p| p != config.priority) {
-        // A base chain's priority cannot be changed in place: recreate it.
-        batch.delete(NfListObject::Chain(Chain { _type: None, hook: None, prio: None, policy: None, ..chain.clone() }));
+    for name in ours.filter(|n| existing.chains.contains_key(*n)) {
+        let keep = wanted.iter().any(|c| c.name == name && existing.chains.get(name) == Some(&Some(c.prio)));
+        if !keep {
+            batch.delete(NfListObject::Chain(chain(name)));
+        }
     }
-    batch.add(NfListObject::Chain(chain));
-    for expr in chain_rules(config) {
-        batch.add(NfListObject::Rule(nftables::schema::Rule {
-            family,
-            table: table.clone(),
-            chain: INPUT_CHAIN.into(),
-            expr: expr.into(),
-            ..nftables::schema::Rule::default()
+    let wanted_sets: Vec<String> = all_sets(config).iter().map(|s| s.name()).collect();
+    for name in &existing.sets {
+        let Some(id) = SetId::parse(name).filter(|s| s.kind != Kind::Grants && !wanted_sets.contains(name)) else {
+            continue;
+        };
+        let set = Set { family, table: table.clone(), name: name.clone().into(), ..Set::default() };
+        batch.delete(match id.data_type() {
+            None => NfListObject::Set(Box::new(set)),
+            Some(data) => NfListObject::Map(Box::new(nftables::schema::Map {
+                family,
+                table: set.table,
+                name: set.name,
+                map: SetTypeValue::Single(data),
+                ..nftables::schema::Map::default()
+            })),
+        });
+    }
+    for def in wanted {
+        batch.add(NfListObject::Chain(Chain {
+            _type: Some(def.kind),
+            hook: Some(def.hook),
+            prio: Some(def.prio),
+            policy: Some(NfChainPolicy::Accept),
+            ..chain(def.name)
         }));
+        for expr in def.rules {
+            batch.add(NfListObject::Rule(nftables::schema::Rule {
+                family,
+                table: table.clone(),
+                chain: def.name.into(),
+                expr: expr.into(),
+                ..nftables::schema::Rule::default()
+            }));
+        }
     }
     batch.to_nftables()
 }
 
-/// The grant sets the configured family has.
-pub fn grant_sets(config: &NftablesConfig) -> Vec<GrantSet> {
+/// The address families the configured table has.
+fn fams(config: &NftablesConfig) -> Vec<Fam> {
     let mut v = Vec::new();
     if config.family.has_v4() {
-        v.push(GrantSet::V4);
+        v.push(Fam::V4);
     }
     if config.family.has_v6() {
-        v.push(GrantSet::V6);
+        v.push(Fam::V6);
     }
     v
 }
 
-fn addr_set_type(set: GrantSet) -> SetType {
-    match set {
-        GrantSet::V4 => SetType::Ipv4Addr,
-        GrantSet::V6 => SetType::Ipv6Addr,
-    }
+/// The grant sets the configured family has.
+pub fn grant_sets(config: &NftablesConfig) -> Vec<SetId> {
+    fams(config).into_iter().map(|f| SetId::new(Kind::Grants, f)).collect()
 }
 
-/// The input chain, in order:
-/// 1. established/related accepted: a grant's expiry never cuts a live session,
-///    and installing postern never cuts the admin's own SSH session;
-/// 2. loopback is not postern's business;
-/// 3. `saddr . l4proto . dport` in a grant set → (mark and) accept;
-/// 4. `l4proto . dport` in `protected` → drop (unless `drop_unauthorized = false`).
-fn chain_rules(config: &NftablesConfig) -> Vec<Vec<Statement<'static>>> {
-    let mut rules = vec![
+/// Every set and map of grants the configuration has: grant sets, and with
+/// `nat` the NAT sets and maps.
+pub fn all_sets(config: &NftablesConfig) -> Vec<SetId> {
+    let mut sets = grant_sets(config);
+    if config.nat {
+        for kind in Kind::NAT {
+            sets.extend(fams(config).into_iter().map(|f| SetId::new(kind, f)));
+        }
+    }
+    sets
+}
+
+/// The chains the configuration wants, with their rules.
+fn chain_defs(config: &NftablesConfig) -> Vec<ChainDef> {
+    let fams = fams(config);
+    let mut defs = vec![ChainDef {
+        name: INPUT_CHAIN,
+        kind: NfChainType::Filter,
+        hook: NfHook::Input,
+        prio: config.priority,
+        rules: input_rules(config, &fams),
+    }];
+    if config.nat {
+        defs.push(ChainDef {
+            name: "prerouting",
+            kind: NfChainType::NAT,
+            hook: NfHook::Prerouting,
+            prio: DSTNAT,
+            rules: fams.iter().map(|&f| vec![dnat(f)]).collect(),
+        });
+        defs.push(ChainDef {
+            name: "forward",
+            kind: NfChainType::Filter,
+            hook: NfHook::Forward,
+            prio: config.priority,
+            rules: fams.iter().map(|&f| accept_in(config, flow_key(f), SetId::new(Kind::Fwd, f))).collect(),
+        });
+        let mut post = Vec::new();
+        for &f in &fams {
+            post.push(vec![in_set(flow_key(f), SetId::new(Kind::Masq, f)), counter(), Statement::Masquerade(None)]);
+            post.push(vec![snat(f)]);
+        }
+        defs.push(ChainDef { name: "postrouting", kind: NfChainType::NAT, hook: NfHook::Postrouting, prio: SRCNAT, rules: post });
+    }
+    if config.docker {
+        defs.push(ChainDef {
+            name: "docker",
+            kind: NfChainType::Filter,
+            hook: NfHook::Prerouting,
+            prio: config.docker_priority,
+            rules: docker_rules(config, &fams),
+        });
+    }
+    defs
+}
+
+/// `ct state established,related accept` and `iif "lo" accept`.
+fn preamble() -> Vec<Vec<Statement<'static>>> {
+    vec![
         vec![
             Statement::Match(Match {
                 left: Expression::Named(NamedExpression::CT(CT { key: "state".into(), family: None, dir: None })),
@@ -140,44 +236,132 @@ fn chain_rules(config: &NftablesConfig) -> Vec<Vec<Statement<'static>>> {
             Statement::Match(Match { left: meta(MetaKey::Iif), right: Expression::String("lo".into()), op: Operator::EQ }),
             Statement::Accept(Some(Accept {})),
         ],
-    ];
-    for set in grant_sets(config) {
-        let proto = match set {
-            GrantSet::V4 => "ip",
-            GrantSet::V6 => "ip6",
-        };
-        let mut rule = vec![
-            Statement::Match(Match {
-                left: concat(vec![payload(proto, "saddr"), meta(MetaKey::L4proto), payload("th", "dport")]),
-                right: Expression::String(format!("@{}", set.name()).into()),
-                op: Operator::EQ,
-            }),
-            Statement::Counter(Counter::Anonymous(None)),
-        ];
-        if let Some(mark) = config.grant_mark {
-            rule.push(Statement::Mangle(Mangle {
-                key: meta(MetaKey::Mark),
-                value: Expression::BinaryOperation(Box::new(BinaryOperation::OR(vec![
-                    meta(MetaKey::Mark),
-                    Expression::Number(mark),
-                ]))),
-            }));
+    ]
+}
+
+/// The input chain, in order:
+/// 1. established/related accepted: a grant's expiry never cuts a live session,
+///    and installing postern never cuts the admin's own SSH session;
+/// 2. loopback is not postern's business;
+/// 3. `saddr . l4proto . dport` in a grant set → (mark and) accept;
+/// 4. with `nat`: `saddr . l4proto . dport` in a local-NAT set (the port DNAT
+///    led to) → (mark and) accept;
+/// 5. `l4proto . dport` in `protected` → drop (unless `drop_unauthorized = false`).
+fn input_rules(config: &NftablesConfig, fams: &[Fam]) -> Vec<Vec<Statement<'static>>> {
+    let mut rules = preamble();
+    for &f in fams {
+        rules.push(accept_in(config, host_key(f), SetId::new(Kind::Grants, f)));
+    }
+    if config.nat {
+        for &f in fams {
+            rules.push(accept_in(config, host_key(f), SetId::new(Kind::Local, f)));
         }
-        rule.push(Statement::Accept(Some(Accept {})));
-        rules.push(rule);
     }
     if config.installs_drop_rule() {
-        rules.push(vec![
-            Statement::Match(Match {
-                left: concat(vec![meta(MetaKey::L4proto), payload("th", "dport")]),
-                right: Expression::String(format!("@{PROTECTED_SET}").into()),
-                op: Operator::EQ,
-            }),
-            Statement::Counter(Counter::Anonymous(None)),
-            Statement::Drop(Some(Drop {})),
-        ]);
+        rules.push(drop_protected(None));
     }
     rules
+}
+
+/// The docker chain (prerouting, before any DNAT, so `th dport` is the port
+/// the client asked for): established and loopback accepted; grants (and NAT
+/// grants' outer ports) accepted and marked; new connections to a protected
+/// port of a local address dropped, whether the host or a container behind a
+/// DNAT serves it.
+fn docker_rules(config: &NftablesConfig, fams: &[Fam]) -> Vec<Vec<Statement<'static>>> {
+    let mut rules = preamble();
+    for &f in fams {
+        rules.push(accept_in(config, host_key(f), SetId::new(Kind::Grants, f)));
+        if config.nat {
+            rules.push(accept_in(config, host_key(f), SetId::new(Kind::DnatAddr, f)));
+        }
+    }
+    if config.installs_drop_rule() {
+        let local = Statement::Match(Match {
+            left: Expression::Named(NamedExpression::Fib(Fib { result: FibResult::Type, flags: HashSet::from([FibFlag::Daddr]) })),
+            right: Expression::String("local".into()),
+            op: Operator::EQ,
+        });
+        rules.push(drop_protected(Some(local)));
+    }
+    rules
+}
+
+fn drop_protected(first: Option<Statement<'static>>) -> Vec<Statement<'static>> {
+    let mut rule: Vec<Statement<'static>> = first.into_iter().collect();
+    rule.extend([
+        Statement::Match(Match {
+            left: concat(vec![meta(MetaKey::L4proto), payload("th", "dport")]),
+            right: Expression::String(format!("@{PROTECTED_SET}").into()),
+            op: Operator::EQ,
+        }),
+        counter(),
+        Statement::Drop(Some(Drop {})),
+    ]);
+    rule
+}
+
+/// `saddr . l4proto . dport`.
+fn host_key(f: Fam) -> Expression<'static> {
+    concat(vec![payload(f.proto(), "saddr"), meta(MetaKey::L4proto), payload("th", "dport")])
+}
+
+/// `saddr . daddr . l4proto . dport`.
+fn flow_key(f: Fam) -> Expression<'static> {
+    concat(vec![payload(f.proto(), "saddr"), payload(f.proto(), "daddr"), meta(MetaKey::L4proto), payload("th", "dport")])
+}
+
+fn in_set(key: Expression<'static>, set: SetId) -> Statement<'static> {
+    Statement::Match(Match { left: key, right: Expression::String(format!("@{}", set.name()).into()), op: Operator::EQ })
+}
+
+fn counter() -> Statement<'static> {
+    Statement::Counter(Counter::Anonymous(None))
+}
+
+/// `KEY @SET counter [meta mark set mark | M] accept`.
+fn accept_in(config: &NftablesConfig, key: Expression<'static>, set: SetId) -> Vec<Statement<'static>> {
+    let mut rule = vec![in_set(key, set), counter()];
+    if let Some(mark) = config.grant_mark {
+        rule.push(Statement::Mangle(Mangle {
+            key: meta(MetaKey::Mark),
+            value: Expression::BinaryOperation(Box::new(BinaryOperation::OR(vec![meta(MetaKey::Mark), Expression::Number(mark)]))),
+        }));
+    }
+    rule.push(Statement::Accept(Some(Accept {})));
+    rule
+}
+
+fn map_lookup(key: Expression<'static>, set: SetId) -> Expression<'static> {
+    Expression::Named(NamedExpression::Map(Box::new(Map { key, data: Expression::String(format!("@{}", set.name()).into()) })))
+}
+
+fn nat_family(f: Fam) -> NATFamily {
+    match f {
+        Fam::V4 => NATFamily::IP,
+        Fam::V6 => NATFamily::IP6,
+    }
+}
+
+/// `dnat ip to ip saddr . meta l4proto . th dport map @dnat4 : ip saddr . meta l4proto . th dport map @dnatport4`
+/// (two maps: nft 1.0.6 cannot create a map with `addr . port` data from JSON).
+fn dnat(f: Fam) -> Statement<'static> {
+    Statement::DNAT(Some(NAT {
+        addr: Some(map_lookup(host_key(f), SetId::new(Kind::DnatAddr, f))),
+        family: Some(nat_family(f)),
+        port: Some(map_lookup(host_key(f), SetId::new(Kind::DnatPort, f))),
+        flags: None,
+    }))
+}
+
+/// `snat ip to ip saddr . ip daddr . meta l4proto . th dport map @snat4`.
+fn snat(f: Fam) -> Statement<'static> {
+    Statement::SNAT(Some(NAT {
+        addr: Some(map_lookup(flow_key(f), SetId::new(Kind::Snat, f))),
+        family: Some(nat_family(f)),
+        port: None,
+        flags: None,
+    }))
 }
 
 fn concat(parts: Vec<Expression<'static>>) -> Expression<'static> {
@@ -199,6 +383,10 @@ fn payload(protocol: &'static str, field: &'static str) -> Expression<'static> {
 mod tests {
     use super::*;
     use crate::config::{ProtectedPort, TableFamily};
+
+    fn existing_input(prio: i32) -> ExistingTable {
+        ExistingTable { chains: BTreeMap::from([("input".to_string(), Some(prio))]), ..Default::default() }
+    }
 
     fn json(config: &NftablesConfig, existing: Option<&ExistingTable>) -> String {
         serde_json::to_string(&setup_ruleset(config, existing)).unwrap()
@@ -223,9 +411,9 @@ mod tests {
     #[test]
     fn rerun_flushes_chain_and_recreates_it_only_when_priority_changed() {
         let config = NftablesConfig::default();
-        let same = json(&config, Some(&ExistingTable { input_priority: Some(-10) }));
+        let same = json(&config, Some(&existing_input(-10)));
         assert!(same.contains(r#"{"flush":{"chain""#) && !same.contains(r#"{"delete""#), "{same}");
-        let changed = json(&config, Some(&ExistingTable { input_priority: Some(0) }));
+        let changed = json(&config, Some(&existing_input(0)));
         assert!(changed.contains(r#"{"delete":{"chain":{"family":"inet","table":"postern","name":"input"}}}"#), "{changed}");
     }
 

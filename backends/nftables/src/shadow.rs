@@ -4,8 +4,9 @@
 //! ends postern's chain, and a `drop` in any other table (or in iptables, which
 //! hooks into the same points) still drops it. postern cannot override that, so
 //! posternd warns at start. The check is a heuristic: it reports base chains on
-//! `input`/`prerouting` with policy drop, and rules there that drop or reject
-//! unconditionally, unless they accept postern's `grant_mark` first.
+//! `input`/`prerouting` (and `forward` when postern forwards: NAT, Docker) with
+//! policy drop, and rules there that drop or reject unconditionally, unless
+//! they accept postern's `grant_mark` first.
 
 use crate::config::TableFamily;
 use serde_json::Value;
@@ -32,10 +33,18 @@ impl fmt::Display for ShadowWarning {
     }
 }
 
-const HOOKS: [&str; 2] = ["input", "prerouting"];
+/// The hooks where a drop elsewhere defeats postern's grants.
+fn hooks(forward: bool) -> &'static [&'static str] {
+    if forward {
+        &["input", "prerouting", "forward"]
+    } else {
+        &["input", "prerouting"]
+    }
+}
 
 /// Inspects `nft -j list ruleset` output; postern's own table is skipped.
-pub fn shadowing_in_ruleset(json: &str, family: TableFamily, own_table: &str, grant_mark: Option<u32>) -> Vec<ShadowWarning> {
+/// `forward`: postern forwards traffic (NAT, Docker), so the forward hook counts too.
+pub fn shadowing_in_ruleset(json: &str, family: TableFamily, own_table: &str, grant_mark: Option<u32>, forward: bool) -> Vec<ShadowWarning> {
     let Ok(doc) = serde_json::from_str::<Value>(json) else { return Vec::new() };
     let objects = doc.get("nftables").and_then(Value::as_array).cloned().unwrap_or_default();
     let relevant = |fam: &str, table: &str| {
@@ -51,7 +60,7 @@ pub fn shadowing_in_ruleset(json: &str, family: TableFamily, own_table: &str, gr
     for chain in objects.iter().filter_map(|o| o.get("chain")) {
         let field = |k: &str| chain.get(k).and_then(Value::as_str).unwrap_or_default();
         let (fam, table, name, hook) = (field("family"), field("table"), field("name"), field("hook"));
-        if !HOOKS.contains(&hook) || !relevant(fam, table) {
+        if !hooks(forward).contains(&hook) || !relevant(fam, table) {
             continue;
         }
         let rules: Vec<&Value> = objects
@@ -94,10 +103,10 @@ fn accepts_mark(expr: &Value) -> bool {
 
 /// Inspects `iptables-legacy-save` (or `ip6tables-legacy-save`) output: these
 /// rules live outside nftables and never show in `nft list ruleset`.
-pub fn shadowing_in_iptables_save(save: &str, tool: &str, grant_mark: Option<u32>) -> Vec<ShadowWarning> {
+pub fn shadowing_in_iptables_save(save: &str, tool: &str, grant_mark: Option<u32>, forward: bool) -> Vec<ShadowWarning> {
     let mut warnings = Vec::new();
     let mut table = "";
-    let chains = ["INPUT", "PREROUTING"];
+    let chains: &[&str] = if forward { &["INPUT", "PREROUTING", "FORWARD"] } else { &["INPUT", "PREROUTING"] };
     let accepts_mark = grant_mark.is_some() && save.lines().any(|l| l.contains("-m mark") && l.contains("-j ACCEPT"));
     if accepts_mark {
         return warnings;
@@ -143,14 +152,19 @@ mod tests {
 
     #[test]
     fn reports_drop_policies_and_catch_all_drops_but_not_our_table() {
-        let w = shadowing_in_ruleset(RULESET, TableFamily::Inet, "postern", None);
+        let w = shadowing_in_ruleset(RULESET, TableFamily::Inet, "postern", None, false);
         let locs: Vec<&str> = w.iter().map(|w| w.location.as_str()).collect();
         assert_eq!(locs, ["nft inet filter input", "nft ip filter INPUT", "nft ip6 six in"], "{w:?}");
         assert!(w[0].to_string().contains("policy drop") && w[0].to_string().contains("grant_mark"));
         // For an `ip postern` table, `inet postern` is somebody else's; ip6 is irrelevant.
-        let v4_only = shadowing_in_ruleset(RULESET, TableFamily::Ip, "postern", None);
+        let v4_only = shadowing_in_ruleset(RULESET, TableFamily::Ip, "postern", None, false);
         let locs: Vec<&str> = v4_only.iter().map(|w| w.location.as_str()).collect();
         assert_eq!(locs, ["nft inet postern input", "nft inet filter input", "nft ip filter INPUT"]);
+        // With NAT, a forward chain with policy drop counts too.
+        let fwd = RULESET.replace(r#""name": "output", "hook": "output""#, r#""name": "fwd", "hook": "forward""#);
+        assert_eq!(shadowing_in_ruleset(&fwd, TableFamily::Inet, "postern", None, false).len(), 3);
+        let w = shadowing_in_ruleset(&fwd, TableFamily::Inet, "postern", None, true);
+        assert_eq!(w.last().unwrap().location, "nft inet filter fwd", "{w:?}");
     }
 
     #[test]
@@ -158,16 +172,19 @@ mod tests {
         let json = r#"{"nftables": [
           {"chain": {"family": "inet", "table": "filter", "name": "input", "hook": "input", "prio": 0, "policy": "drop"}},
           {"rule": {"family": "inet", "table": "filter", "chain": "input", "expr": [{"match": {"op": "==", "left": {"&": [{"meta":{"key":"mark"}}, 256]}, "right": 256}}, {"accept": null}]}}]}"#;
-        assert!(shadowing_in_ruleset(json, TableFamily::Inet, "postern", Some(256)).is_empty());
-        assert_eq!(shadowing_in_ruleset(json, TableFamily::Inet, "postern", None).len(), 1);
+        assert!(shadowing_in_ruleset(json, TableFamily::Inet, "postern", Some(256), false).is_empty());
+        assert_eq!(shadowing_in_ruleset(json, TableFamily::Inet, "postern", None, false).len(), 1);
     }
 
     #[test]
     fn legacy_iptables_policy_and_catch_all() {
         let save = "# Generated\n*filter\n:INPUT DROP [0:0]\n:FORWARD ACCEPT [0:0]\n-A INPUT -p tcp --dport 80 -j ACCEPT\n-A INPUT -j REJECT --reject-with icmp-port-unreachable\nCOMMIT\n";
-        let w = shadowing_in_iptables_save(save, "iptables-legacy", None);
+        let w = shadowing_in_iptables_save(save, "iptables-legacy", None, false);
         assert_eq!(w.len(), 2, "{w:?}");
         assert_eq!(w[0].location, "iptables-legacy filter INPUT");
-        assert!(shadowing_in_iptables_save("", "iptables-legacy", None).is_empty());
+        assert!(shadowing_in_iptables_save("", "iptables-legacy", None, false).is_empty());
+        let router = "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [0:0]\nCOMMIT\n";
+        assert!(shadowing_in_iptables_save(router, "iptables-legacy", None, false).is_empty());
+        assert_eq!(shadowing_in_iptables_save(router, "iptables-legacy", None, true)[0].location, "iptables-legacy filter FORWARD");
     }
 }

@@ -23,14 +23,20 @@ const NFTA_SET_ELEM_LIST_SET: u16 = 2;
 const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
 const NFTA_LIST_ELEM: u16 = 1;
 const NFTA_SET_ELEM_KEY: u16 = 1;
+const NFTA_SET_ELEM_DATA: u16 = 2;
 const NFTA_SET_ELEM_TIMEOUT: u16 = 4;
+const NFTA_SET_ELEM_USERDATA: u16 = 6;
+/// libnftnl's user-data TLV type of an element comment.
+const NFTNL_UDATA_SET_ELEM_COMMENT: u8 = 0;
 const NFTA_DATA_VALUE: u16 = 1;
 pub(crate) const NFTA_GEN_ID: u16 = 1;
 const NLA_F_NESTED: u16 = 0x8000;
 
 /// A nested attribute's length is a u16, so one message carries at most ~64 KiB of
-/// elements; 512 IPv6 elements (~48 bytes each) stay well below.
+/// elements: a message takes at most 512 elements and about 48 KiB of them
+/// (512 plain IPv6 grants are ~24 KiB; NAT elements with comments are larger).
 pub const MAX_ELEMENTS_PER_MESSAGE: usize = 512;
+const MAX_ELEMENT_BYTES_PER_MESSAGE: usize = 48 * 1024;
 
 /// Which set a message addresses.
 #[derive(Clone, Copy, Debug)]
@@ -46,11 +52,52 @@ pub enum ElemOp {
     Delete,
 }
 
-/// One element: the key and, for adds, its timeout in milliseconds.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// One element: the key and, for adds, its timeout in milliseconds, map data
+/// and comment (stored as nft stores it, so `nft list` shows it).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Element {
     pub key: Vec<u8>,
     pub timeout_ms: Option<u64>,
+    pub data: Option<Vec<u8>>,
+    pub comment: Option<String>,
+}
+
+impl Element {
+    /// Upper bound of the element's encoded size.
+    fn encoded_len(&self) -> usize {
+        let padded = |n: usize| (n + 3) & !3;
+        let nested = |n: usize| 4 + 4 + padded(n);
+        let mut len = 4 + nested(self.key.len()) + 12;
+        len += self.data.as_ref().map_or(0, |d| nested(d.len()));
+        len += self.comment.as_ref().map_or(0, |c| 4 + padded(c.len() + 3));
+        len
+    }
+
+    /// libnftnl's user data for a comment: type, length, NUL-terminated text.
+    fn userdata(comment: &str) -> Vec<u8> {
+        let text: Vec<u8> = comment.bytes().take(250).chain([0]).collect();
+        let mut tlv = vec![NFTNL_UDATA_SET_ELEM_COMMENT, text.len() as u8];
+        tlv.extend(text);
+        tlv
+    }
+}
+
+/// Splits elements into runs that fit one message.
+fn message_chunks(elements: &[Element]) -> Vec<&[Element]> {
+    let mut chunks = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, e) in elements.iter().enumerate() {
+        let len = e.encoded_len();
+        if i > start && (i - start == MAX_ELEMENTS_PER_MESSAGE || bytes + len > MAX_ELEMENT_BYTES_PER_MESSAGE) {
+            chunks.push(&elements[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += len;
+    }
+    if start < elements.len() {
+        chunks.push(&elements[start..]);
+    }
+    chunks
 }
 
 /// A batch being built. `seqs` lists the acked messages with a description used
@@ -73,7 +120,7 @@ impl Batch {
 
     /// Adds (or deletes) `elements` in `target`, split into as many messages as needed.
     pub fn set_elements(&mut self, op: ElemOp, target: SetTarget<'_>, elements: &[Element]) {
-        for chunk in elements.chunks(MAX_ELEMENTS_PER_MESSAGE) {
+        for chunk in message_chunks(elements) {
             let (kind, flags, verb) = match op {
                 // No NLM_F_EXCL: adding an element that exists is not an error.
                 ElemOp::Add => (NFT_MSG_NEWSETELEM, libc::NLM_F_CREATE, "adding"),
@@ -88,8 +135,18 @@ impl Batch {
                 let key = self.begin_nested(NFTA_SET_ELEM_KEY);
                 self.attr(NFTA_DATA_VALUE, &e.key);
                 self.end_nested(key);
-                if let Some(ms) = e.timeout_ms {
-                    self.attr(NFTA_SET_ELEM_TIMEOUT, &ms.to_be_bytes());
+                if op == ElemOp::Add {
+                    if let Some(data) = &e.data {
+                        let nested = self.begin_nested(NFTA_SET_ELEM_DATA);
+                        self.attr(NFTA_DATA_VALUE, data);
+                        self.end_nested(nested);
+                    }
+                    if let Some(ms) = e.timeout_ms {
+                        self.attr(NFTA_SET_ELEM_TIMEOUT, &ms.to_be_bytes());
+                    }
+                    if let Some(comment) = &e.comment {
+                        self.attr(NFTA_SET_ELEM_USERDATA, &Element::userdata(comment));
+                    }
                 }
                 self.end_nested(item);
             }
@@ -294,7 +351,7 @@ mod tests {
     fn element_message_layout_matches_nft() {
         let mut b = Batch::new(1);
         let target = SetTarget { family: 1, table: "t", set: "s" };
-        b.set_elements(ElemOp::Add, target, &[Element { key: vec![10, 0, 0, 1, 6, 0, 0, 0, 0, 22, 0, 0], timeout_ms: Some(3000) }]);
+        b.set_elements(ElemOp::Add, target, &[Element { key: vec![10, 0, 0, 1, 6, 0, 0, 0, 0, 22, 0, 0], timeout_ms: Some(3000), ..Element::default() }]);
         let f = b.finish();
         let m = &f.bytes[20..];
         let len = u32_at(m, 0) as usize;
@@ -319,9 +376,38 @@ mod tests {
     fn large_lists_are_split_into_several_messages() {
         let mut b = Batch::new(1);
         let target = SetTarget { family: 1, table: "t", set: "s" };
-        let elems = vec![Element { key: vec![0; 24], timeout_ms: Some(1) }; MAX_ELEMENTS_PER_MESSAGE * 2 + 1];
+        let elems = vec![Element { key: vec![0; 24], timeout_ms: Some(1), ..Element::default() }; MAX_ELEMENTS_PER_MESSAGE * 2 + 1];
         b.set_elements(ElemOp::Delete, target, &elems);
         assert_eq!(b.finish().acked.len(), 3);
+        // Large NAT elements: split by size too, every message below 64 KiB.
+        let big = Element { key: vec![0; 40], timeout_ms: Some(1), data: Some(vec![0; 16]), comment: Some("c".repeat(100)) };
+        let mut b = Batch::new(1);
+        b.set_elements(ElemOp::Add, target, &vec![big; 500]);
+        let f = b.finish();
+        assert!(f.acked.len() >= 2, "{}", f.acked.len());
+        let mut rest = &f.bytes[..];
+        while rest.len() >= 4 {
+            let len = u32_at(rest, 0) as usize;
+            assert!(len < 65536, "{len}");
+            rest = &rest[len..];
+        }
+    }
+
+    #[test]
+    fn map_data_and_comment_are_encoded_like_nft() {
+        let mut b = Batch::new(1);
+        let target = SetTarget { family: 1, table: "t", set: "m" };
+        let e = Element { key: vec![1; 12], timeout_ms: Some(1000), data: Some(vec![0, 22]), comment: Some("ab".into()) };
+        b.set_elements(ElemOp::Add, target, std::slice::from_ref(&e));
+        b.set_elements(ElemOp::Delete, target, &[e]);
+        let f = b.finish();
+        let add = &f.bytes[20..];
+        let elem = find_attr(find_attr(&add[20..u32_at(add, 0) as usize], 3).unwrap(), 1).unwrap();
+        assert_eq!(find_attr(find_attr(elem, 2).unwrap(), 1), Some(&[0, 22][..]));
+        assert_eq!(find_attr(elem, 6), Some(&[0, 3, b'a', b'b', 0][..]));
+        let del = &add[u32_at(add, 0) as usize..];
+        let elem = find_attr(find_attr(&del[20..u32_at(del, 0) as usize], 3).unwrap(), 1).unwrap();
+        assert!(find_attr(elem, 2).is_none() && find_attr(elem, 6).is_none() && find_attr(elem, 4).is_none(), "a delete carries the key only");
     }
 
     #[test]
