@@ -13,9 +13,9 @@
 //! The combinations of one action run concurrently, each in its own namespaces.
 
 use postern_e2e::posternd::{
-    access_conf, caps_list, caps_mask, iptables_action, knock_ok, nftables_action,
-    pcap_capture, postern_toml, run_scenarios, runnable, tcp_capture, udp_capture, ConfDir,
-    Posternd, Service, CAP_NET_ADMIN, CAP_NET_RAW, SPA_PORT,
+    access_conf, caps_list, caps_mask, iptables_action, knock_ok, nftables_action, pcap_capture,
+    postern_toml, run_scenarios, runnable, tcp_capture, udp_capture, ConfDir, Posternd, Service,
+    CAP_NET_ADMIN, CAP_NET_RAW, SPA_PORT,
 };
 use postern_e2e::scenario::SpaKeys;
 use postern_e2e::Pair;
@@ -164,9 +164,11 @@ fn cycle(capture: Capture, action: Action, tag: &str) {
         );
         let chain = svc.server().run_ok(&["iptables", "-S", "POSTERN_INPUT"]);
         assert!(
-            chain.lines().any(|l| l.contains(&format!("-s {}/32", svc.pair.client_ip))
-                && l.contains(&format!("--dport {PORT}"))
-                && l.contains("-j ACCEPT")),
+            chain
+                .lines()
+                .any(|l| l.contains(&format!("-s {}/32", svc.pair.client_ip))
+                    && l.contains(&format!("--dport {PORT}"))
+                    && l.contains("-j ACCEPT")),
             "{}",
             ctx("no grant rule for the client in POSTERN_INPUT", &d)
         );
@@ -206,7 +208,12 @@ fn run(action: Action, captures: &[Capture], tag: &str) {
 fn nftables_with_udp_pcap_and_tcp_captures() {
     run(
         Action::Nftables,
-        &[Capture::Udp, Capture::PcapV1, Capture::PcapAny, Capture::Tcp],
+        &[
+            Capture::Udp,
+            Capture::PcapV1,
+            Capture::PcapAny,
+            Capture::Tcp,
+        ],
         "cn",
     );
 }

@@ -41,9 +41,7 @@ fn text(o: &Output) -> (String, String) {
 /// padding, hex (both cases), and as a TOML/JSON byte list.
 fn leak_forms(secret: &Secret) -> Vec<String> {
     let bytes = match secret {
-        Secret::Base64(b) => base64::engine::general_purpose::STANDARD
-            .decode(b)
-            .unwrap(),
+        Secret::Base64(b) => base64::engine::general_purpose::STANDARD.decode(b).unwrap(),
         Secret::Passphrase(p) => p.as_bytes().to_vec(),
     };
     let b64 = base64::engine::general_purpose::STANDARD.encode(&bytes);
@@ -262,7 +260,11 @@ fn assert_line_error(dir: &ConfDir, args: &[String], file: &Path, line: usize, w
     let out = posternd(&argv, &[]);
     let (_, stderr) = text(&out);
     let want = format!("{}:{line}", file.display());
-    assert!(!out.status.success(), "{what}: accepted\n{}", describe(&out));
+    assert!(
+        !out.status.success(),
+        "{what}: accepted\n{}",
+        describe(&out)
+    );
     assert!(
         stderr.contains(&want),
         "{what}: the error should name `{want}`\n{}",
@@ -280,7 +282,10 @@ fn malformed_lines_are_errors_naming_file_and_line() {
         &format!("FWKNOP_RUN_DIR {};\n", dir.run_dir().display()),
     );
     let conf_s = good_conf.display().to_string();
-    let good_access = format!("SOURCE ANY\n{}FW_ACCESS_TIMEOUT 5\n", keys.access_conf_lines());
+    let good_access = format!(
+        "SOURCE ANY\n{}FW_ACCESS_TIMEOUT 5\n",
+        keys.access_conf_lines()
+    );
     let a = |name: &str| {
         vec![
             "-c".to_string(),
@@ -306,20 +311,32 @@ fn malformed_lines_are_errors_naming_file_and_line() {
     let p = dir.path("no-value.conf");
     write_private(&p, &format!("{good_access}\n\nKEY_BASE64\n"));
     let line = good_access.lines().count() + 3;
-    assert_line_error(&dir, &a("no-value.conf"), &p, line, "KEY_BASE64 without value");
+    assert_line_error(
+        &dir,
+        &a("no-value.conf"),
+        &p,
+        line,
+        "KEY_BASE64 without value",
+    );
 
     // access.conf: a bad SOURCE.
     let p = dir.path("bad-source.conf");
     write_private(
         &p,
-        &format!("{good_access}SOURCE 10.0.0.300/40\n{}", keys.access_conf_lines()),
+        &format!(
+            "{good_access}SOURCE 10.0.0.300/40\n{}",
+            keys.access_conf_lines()
+        ),
     );
     let line = good_access.lines().count() + 1;
     assert_line_error(&dir, &a("bad-source.conf"), &p, line, "bad SOURCE");
 
     // access.conf: a key that is not base64.
     let p = dir.path("bad-key.conf");
-    write_private(&p, "SOURCE ANY\nKEY_BASE64 not*base64!\nFW_ACCESS_TIMEOUT 5\n");
+    write_private(
+        &p,
+        "SOURCE ANY\nKEY_BASE64 not*base64!\nFW_ACCESS_TIMEOUT 5\n",
+    );
     assert_line_error(&dir, &a("bad-key.conf"), &p, 2, "KEY_BASE64 not base64");
 
     // %include_keys file with a malformed line.
@@ -330,7 +347,13 @@ fn malformed_lines_are_errors_naming_file_and_line() {
         &p,
         &format!("SOURCE ANY\n%include_keys {}\n", keys_file.display()),
     );
-    assert_line_error(&dir, &a("inc.conf"), &keys_file, 2, "HMAC_DIGEST_TYPE SHA7 in %include_keys");
+    assert_line_error(
+        &dir,
+        &a("inc.conf"),
+        &keys_file,
+        2,
+        "HMAC_DIGEST_TYPE SHA7 in %include_keys",
+    );
 
     // fwknopd.conf: a bad value.
     dir.write("access.conf", &good_access);
@@ -362,7 +385,11 @@ fn malformed_lines_are_errors_naming_file_and_line() {
     );
     let out = posternd(&["-c", &toml.display().to_string(), "check-config"], &[]);
     let (_, stderr) = text(&out);
-    assert!(!out.status.success(), "broken TOML accepted\n{}", describe(&out));
+    assert!(
+        !out.status.success(),
+        "broken TOML accepted\n{}",
+        describe(&out)
+    );
     assert!(
         stderr.contains(&toml.display().to_string())
             && (stderr.contains("line 4") || stderr.contains(&format!("{}:4", toml.display()))),

@@ -19,10 +19,10 @@ use postern_e2e::posternd::{
     access_conf, knock_ok, runnable, spawn_fwknopd, udp_send_all, ConfDir, Posternd, Service,
     SPA_PORT,
 };
-use postern_e2e::ChildGuard;
-use std::net::{IpAddr, SocketAddr};
 use postern_e2e::scenario::SpaKeys;
+use postern_e2e::ChildGuard;
 use postern_e2e::{wait_until, Pair};
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 const PORT: u16 = 22022;

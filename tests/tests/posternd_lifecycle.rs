@@ -16,12 +16,12 @@
 use postern_e2e::posternd::{
     access_conf, cap_set, caps_list, caps_mask, iptables_action, knock_ok, nft_grants4,
     nftables_action, pcap_capture, postern_toml, run_scenarios, runnable, saved_packet,
-    tcp_capture, udp_capture, udp_send_all, ConfDir, Posternd, Service, CAP_NET_ADMIN,
-    CAP_NET_RAW, SPA_PORT,
+    tcp_capture, udp_capture, udp_send_all, ConfDir, Posternd, Service, CAP_NET_ADMIN, CAP_NET_RAW,
+    SPA_PORT,
 };
-use std::net::{IpAddr, SocketAddr};
 use postern_e2e::scenario::SpaKeys;
 use postern_e2e::{wait_until, Pair};
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 const PORT: u16 = 22022;
@@ -168,7 +168,11 @@ fn sighup_swaps_keys_and_keeps_live_grants() {
     assert!(
         closed >= Duration::from_secs(TIMEOUT - 1),
         "{}",
-        ctx(&format!("the old grant closed after only {closed:?}"), &d, svc)
+        ctx(
+            &format!("the old grant closed after only {closed:?}"),
+            &d,
+            svc
+        )
     );
 
     knock_ok(svc, &s.keys, &[]);
@@ -197,7 +201,11 @@ fn sigterm_case(tag: &str, capture: String, iptables: bool, knock_args: &[&str])
     let svc = &s.svc;
     let mut d = Posternd::start(svc.server(), &s.args, s.conf.dir.path());
     if capture.contains("pcap") {
-        assert!(d.wait_pcap_capturing(1), "{}", ctx("pcap never capturing", &d, svc));
+        assert!(
+            d.wait_pcap_capturing(1),
+            "{}",
+            ctx("pcap never capturing", &d, svc)
+        );
     }
     knock_ok(svc, &s.keys, knock_args);
     assert!(
@@ -244,12 +252,7 @@ fn sigterm_exits_cleanly_within_a_second() {
             (
                 "pcap + nftables".into(),
                 Box::new(|| {
-                    sigterm_case(
-                        "lt2",
-                        pcap_capture(Pair::SERVER_IF, SPA_PORT),
-                        false,
-                        &[],
-                    )
+                    sigterm_case("lt2", pcap_capture(Pair::SERVER_IF, SPA_PORT), false, &[])
                 }),
             ),
         ],
@@ -302,11 +305,34 @@ fn pcap_resume_case(tag: &str, recreate: bool) {
 fn recreate_veth(p: &Pair) {
     let (c, s) = (&p.client, &p.server);
     c.run_ok(&[
-        "ip", "link", "add", Pair::CLIENT_IF, "type", "veth", "peer", "name", Pair::SERVER_IF,
-        "netns", &s.name,
+        "ip",
+        "link",
+        "add",
+        Pair::CLIENT_IF,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        Pair::SERVER_IF,
+        "netns",
+        &s.name,
     ]);
-    c.run_ok(&["ip", "addr", "add", &format!("{}/30", p.client_ip), "dev", Pair::CLIENT_IF]);
-    s.run_ok(&["ip", "addr", "add", &format!("{}/30", p.server_ip), "dev", Pair::SERVER_IF]);
+    c.run_ok(&[
+        "ip",
+        "addr",
+        "add",
+        &format!("{}/30", p.client_ip),
+        "dev",
+        Pair::CLIENT_IF,
+    ]);
+    s.run_ok(&[
+        "ip",
+        "addr",
+        "add",
+        &format!("{}/30", p.server_ip),
+        "dev",
+        Pair::SERVER_IF,
+    ]);
     c.run_ok(&["ip", "link", "set", Pair::CLIENT_IF, "up"]);
     s.run_ok(&["ip", "link", "set", Pair::SERVER_IF, "up"]);
 }
@@ -346,13 +372,13 @@ fn caps_case(tag: &str, body: String, want: &[u32]) {
             ));
         }
     }
-    assert!(
-        wrong.is_empty(),
-        "{}",
-        ctx(&wrong.join("\n"), &d, &s.svc)
-    );
+    assert!(wrong.is_empty(), "{}", ctx(&wrong.join("\n"), &d, &s.svc));
     if body.contains("type = \"pcap\"") {
-        assert!(d.wait_pcap_capturing(1), "{}", ctx("pcap never capturing", &d, &s.svc));
+        assert!(
+            d.wait_pcap_capturing(1),
+            "{}",
+            ctx("pcap never capturing", &d, &s.svc)
+        );
     }
     // And it still works with what is left.
     let proto: &[&str] = if body.contains("type = \"tcp\"") {

@@ -83,7 +83,10 @@ fn replayed_packet_opens_nothing_also_after_restart() {
     assert!(
         !svc.reachable(Duration::from_millis(700)),
         "{}",
-        ctx("open before anything was sent (fwknop -T must not send)", &d)
+        ctx(
+            "open before anything was sent (fwknop -T must not send)",
+            &d
+        )
     );
 
     // The packet, twice back to back: one grant.
@@ -94,7 +97,12 @@ fn replayed_packet_opens_nothing_also_after_restart() {
         ctx("the saved packet did not open the port", &d)
     );
     let grants = nft_grants4(svc.server()).unwrap_or_else(|e| panic!("{}", ctx(&e, &d)));
-    assert_eq!(grants.len(), 1, "{}", ctx(&format!("grants4: {grants:?}"), &d));
+    assert_eq!(
+        grants.len(),
+        1,
+        "{}",
+        ctx(&format!("grants4: {grants:?}"), &d)
+    );
     assert!(
         svc.wait_reachable(false, Duration::from_secs(TIMEOUT + 6)),
         "{}",

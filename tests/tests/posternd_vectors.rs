@@ -76,7 +76,10 @@ fn must_reject_vectors_open_nothing_and_get_no_answer() {
     }
     let lines = must_reject_lines();
     assert_eq!(lines.len(), 2948, "must-reject.txt should hold 2948 lines");
-    assert!(lines.iter().any(|l| l.is_empty()), "the empty packet is there");
+    assert!(
+        lines.iter().any(|l| l.is_empty()),
+        "the empty packet is there"
+    );
 
     let svc = Service::open("vr", PORT);
     let keys = r6();
