@@ -516,7 +516,7 @@ pub fn spawn_fwknopd(ns: &Netns, conf: &Path, access: &Path, log: &Path) -> Chil
     ns.spawn_logged(&["fwknopd", "-f", "-v", "-v", "-c", &c, "-a", &a], log)
 }
 
-/// Time-bounded scenario runner: runs each named closure on its own thread and
+/// Scenario runner: runs each named closure concurrently on its own thread and
 /// panics with every failure (and a timing line for each success).
 pub fn run_scenarios(title: &str, scenarios: Vec<(String, Box<dyn FnOnce() + Send>)>) {
     let results: Vec<(String, Result<Duration, String>)> = std::thread::scope(|s| {

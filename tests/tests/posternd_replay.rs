@@ -8,6 +8,7 @@
 //! - A packet stamped 300 s in the past (`fwknop --time-offset-minus 300s`) or in
 //!   the future (`--time-offset-plus`) is refused with MAX_SPA_PACKET_AGE 120,
 //!   and a fresh knock still opens.
+//! - `posternd -v` logs why a packet was refused (HMAC, age, replay).
 
 use postern_e2e::posternd::{
     access_conf, knock_ok, nft_grants4, nftables_action, postern_toml, runnable, saved_packet,
@@ -169,5 +170,58 @@ fn packets_outside_max_packet_age_open_nothing() {
         svc.wait_reachable(true, Duration::from_secs(5)),
         "{}",
         ctx("a fresh knock did not open the port")
+    );
+}
+
+/// `posternd -v` ("debug: why each packet was refused"): a refused packet leaves a
+/// log line with the reason, as fwknopd does for the same cases.
+#[test]
+fn refused_packets_are_logged_with_the_reason_at_debug() {
+    if !runnable(&["fwknop", "nft"]) {
+        return;
+    }
+    let s = setup("rl");
+    let svc = &s.svc;
+    let d = Posternd::start(svc.server(), &s.args, s.conf.dir.path());
+    let mut missing = Vec::new();
+    let mut expect = |what: &str, needles: &[&str]| {
+        let found =
+            postern_e2e::wait_until(Duration::from_secs(2), Duration::from_millis(50), || {
+                let log = d.log_text().to_lowercase();
+                needles.iter().any(|n| log.contains(&n.to_lowercase()))
+            });
+        if !found {
+            missing.push(format!("{what} (none of {needles:?})"));
+        }
+    };
+
+    // Wrong HMAC key.
+    let mut wrong = s.keys.clone();
+    wrong.hmac = Some((
+        "sha256".into(),
+        postern_e2e::scenario::Secret::Base64(postern_e2e::scenario::random_b64(64)),
+    ));
+    knock_ok(svc, &wrong, &[]);
+    expect("wrong HMAC key", &["hmac"]);
+
+    // Stale packet.
+    knock_ok(svc, &s.keys, &["--time-offset-minus", "300s"]);
+    expect(
+        "packet 300 s old",
+        &["MAX_SPA_PACKET_AGE", "too old", "timestamp"],
+    );
+
+    // Replay.
+    let packet = saved_packet(svc, &s.keys, &[]);
+    send(svc, &packet, 1);
+    assert!(svc.wait_reachable(true, Duration::from_secs(5)));
+    send(svc, &packet, 1);
+    expect("replayed packet", &["replay"]);
+
+    assert!(
+        missing.is_empty(),
+        "posternd -v logged no reason for: {}\n--- posternd log ---\n{}",
+        missing.join(", "),
+        d.log_text()
     );
 }
