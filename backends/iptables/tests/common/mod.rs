@@ -3,7 +3,8 @@
 #![allow(dead_code)]
 
 use postern_e2e::{pair, wait_until, Netns, Pair};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::io::ErrorKind;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::time::Duration;
 
 /// `client` reaches `gateway` over the pair's veth; `gateway` reaches `internal`
@@ -135,6 +136,23 @@ pub fn routed(tag: &str, route_back: bool) -> Routed {
         "veth between {} and {} did not come up",
         gw.name, internal.name
     );
+    // IPv6 on a fresh link works only once the kernel's link watch has seen the
+    // carrier (up to a second later): wait until the gateway reaches internal
+    // (a refused connection is an answer) over both families.
+    for addr in [IpAddr::from(internal_ip), IpAddr::from(internal_ip6)] {
+        let answered = wait_until(Duration::from_secs(5), Duration::from_millis(50), || {
+            gw.in_ns(move || {
+                match TcpStream::connect_timeout(
+                    &SocketAddr::new(addr, 9),
+                    Duration::from_millis(200),
+                ) {
+                    Ok(_) => true,
+                    Err(e) => e.kind() == ErrorKind::ConnectionRefused,
+                }
+            })
+        });
+        assert!(answered, "{addr} does not answer the gateway {}", gw.name);
+    }
     Routed {
         pair,
         internal,
