@@ -223,4 +223,48 @@ mod tests {
         assert!(j.contains(r#""name":"dnatport4","elem":[[{"elem":{"val":{"concat":["10.0.0.1","tcp",55000]},"timeout":30,"expires":null,"comment":"nat_55000_192.168.1.2_22","counter":null}},22]]"#), "{j}");
         assert!(j.contains(r#"{"delete":{"element":{"family":"inet","table":"postern","name":"fwd4","elem":[{"concat":["10.0.0.1","192.168.1.2","tcp",22]}]}}}"#), "{j}");
     }
+
+    /// The netlink batch of a forward NAT grant, decoded message by message:
+    /// add · delete · add per set, map data and the comment as nft stores them.
+    #[test]
+    fn nat_grant_netlink_messages() {
+        use crate::netlink::batch::find_attr;
+        let mut r = rule("192.0.2.7", 55000);
+        r.nat = Some(NatRule { to_addr: "10.0.0.2".parse().unwrap(), to_port: 22, local: false, snat: Some(spa_core::firewall::Snat::Masquerade), dnat: true });
+        let mut batch = Batch::new(100);
+        to_netlink(&mut batch, 1, "postern", Change::Grant, &SetChange::new([(&r, Some(30))]));
+        let f = batch.finish();
+        let mut rest = &f.bytes[20..f.bytes.len() - 20]; // without BATCH_BEGIN/END
+        let mut seen = Vec::new();
+        let tag = b"nat_55000_10.0.0.2_22_masq\0";
+        while !rest.is_empty() {
+            let len = u32::from_ne_bytes(rest[..4].try_into().unwrap()) as usize;
+            let kind = u16::from_ne_bytes([rest[4], rest[5]]) & 0xff;
+            let attrs = &rest[20..len];
+            let set = String::from_utf8(find_attr(attrs, 2).unwrap().to_vec()).unwrap();
+            let elem = find_attr(find_attr(attrs, 3).unwrap(), 1).unwrap();
+            let key = find_attr(find_attr(elem, 1).unwrap(), 1).unwrap().to_vec();
+            let data = find_attr(elem, 2).map(|d| find_attr(d, 1).unwrap().to_vec());
+            let user = find_attr(elem, 6).map(<[u8]>::to_vec);
+            if kind == 12 {
+                assert_eq!(find_attr(elem, 4), Some(&30_000u64.to_be_bytes()[..]));
+                let mut want = vec![0, tag.len() as u8];
+                want.extend_from_slice(tag);
+                assert_eq!(user.as_deref(), Some(&want[..]), "{set}");
+            }
+            seen.push((kind, set.trim_end_matches('\0').to_string(), key, data));
+            rest = &rest[len..];
+        }
+        let flow = vec![192, 0, 2, 7, 10, 0, 0, 2, 6, 0, 0, 0, 0, 22, 0, 0];
+        let outer = vec![192, 0, 2, 7, 6, 0, 0, 0, 0xd6, 0xd8, 0, 0];
+        let expect = |set: &str, key: &Vec<u8>, data: Option<Vec<u8>>| {
+            vec![(12, set.to_string(), key.clone(), data.clone()), (14, set.to_string(), key.clone(), None), (12, set.to_string(), key.clone(), data)]
+        };
+        let mut want = expect("dnat4", &outer, Some(vec![10, 0, 0, 2]));
+        want.extend(expect("dnatport4", &outer, Some(vec![0, 22])));
+        want.extend(expect("fwd4", &flow, None));
+        want.extend(expect("masq4", &flow, None));
+        assert_eq!(seen, want);
+        assert_eq!(f.acked.len(), 12);
+    }
 }

@@ -1,7 +1,7 @@
 //! Backend logic against a recording fake runner (no root, no kernel).
 
 use crate::{ApplyWith, NftablesBackend, NftablesConfig, TableFamily};
-use spa_core::firewall::{CommandRunner, Firewall, FirewallError, FwResult, NatRule, Opening, Rule};
+use spa_core::firewall::{CommandRunner, Firewall, FirewallError, FwResult, NatRule, Opening, Rule, Snat};
 use spa_core::request::Proto;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -121,4 +121,125 @@ fn kernel_expiry_means_expire_does_nothing() {
     assert!(fw.expire(u64::MAX).unwrap().is_empty());
     fw.shutdown().unwrap();
     assert!(log.lock().unwrap().is_empty());
+}
+
+fn nat_opening(local: bool, snat: Option<Snat>) -> Opening {
+    let mut o = opening("192.0.2.7", 30);
+    o.rule.port = 55000;
+    o.rule.nat = Some(NatRule { to_addr: "10.0.0.2".parse().unwrap(), to_port: 22, local, snat, dnat: true });
+    o
+}
+
+fn setup_json(config: NftablesConfig, listing: FwResult<String>) -> String {
+    let (mut fw, log) = fake(config, vec![listing]);
+    fw.init(0).unwrap();
+    let log = log.lock().unwrap();
+    log[1].1.clone().unwrap()
+}
+
+#[test]
+fn nat_setup_creates_maps_and_the_three_chains() {
+    let j = setup_json(NftablesConfig { nat: true, protected: vec!["tcp/22".parse().unwrap()], ..Default::default() }, no_table());
+    for fragment in [
+        r#"{"add":{"map":{"family":"inet","table":"postern","name":"dnat4","type":["ipv4_addr","inet_proto","inet_service"],"map":"ipv4_addr","flags":["timeout"]}}}"#,
+        r#"{"add":{"map":{"family":"inet","table":"postern","name":"dnatport6","type":["ipv6_addr","inet_proto","inet_service"],"map":"inet_service","flags":["timeout"]}}}"#,
+        r#"{"add":{"set":{"family":"inet","table":"postern","name":"fwd4","type":["ipv4_addr","ipv4_addr","inet_proto","inet_service"],"flags":["timeout"]}}}"#,
+        r#"{"add":{"map":{"family":"inet","table":"postern","name":"snat4","type":["ipv4_addr","ipv4_addr","inet_proto","inet_service"],"map":"ipv4_addr","flags":["timeout"]}}}"#,
+        r#"{"add":{"chain":{"family":"inet","table":"postern","name":"prerouting","type":"nat","hook":"prerouting","prio":-100,"policy":"accept"}}}"#,
+        r#"{"add":{"chain":{"family":"inet","table":"postern","name":"forward","type":"filter","hook":"forward","prio":-10,"policy":"accept"}}}"#,
+        r#"{"add":{"chain":{"family":"inet","table":"postern","name":"postrouting","type":"nat","hook":"postrouting","prio":100,"policy":"accept"}}}"#,
+        // dnat ip to ip saddr . meta l4proto . th dport map @dnat4 : ip saddr . meta l4proto . th dport map @dnatport4
+        r#"{"add":{"rule":{"family":"inet","table":"postern","chain":"prerouting","expr":[{"dnat":{"addr":{"map":{"key":{"concat":[{"payload":{"protocol":"ip","field":"saddr"}},{"meta":{"key":"l4proto"}},{"payload":{"protocol":"th","field":"dport"}}]},"data":"@dnat4"}},"family":"ip","port":{"map":{"key":{"concat":[{"payload":{"protocol":"ip","field":"saddr"}},{"meta":{"key":"l4proto"}},{"payload":{"protocol":"th","field":"dport"}}]},"data":"@dnatport4"}}}}]}}}"#,
+        // ip saddr . ip daddr . meta l4proto . th dport @fwd4 counter accept
+        r#"{"add":{"rule":{"family":"inet","table":"postern","chain":"forward","expr":[{"match":{"left":{"concat":[{"payload":{"protocol":"ip","field":"saddr"}},{"payload":{"protocol":"ip","field":"daddr"}},{"meta":{"key":"l4proto"}},{"payload":{"protocol":"th","field":"dport"}}]},"right":"@fwd4","op":"=="}},{"counter":null},{"accept":{}}]}}}"#,
+        // ip saddr . ip daddr . meta l4proto . th dport @masq4 counter masquerade
+        r#"{"add":{"rule":{"family":"inet","table":"postern","chain":"postrouting","expr":[{"match":{"left":{"concat":[{"payload":{"protocol":"ip","field":"saddr"}},{"payload":{"protocol":"ip","field":"daddr"}},{"meta":{"key":"l4proto"}},{"payload":{"protocol":"th","field":"dport"}}]},"right":"@masq4","op":"=="}},{"counter":null},{"masquerade":null}]}}}"#,
+        // snat ip to ip saddr . ip daddr . meta l4proto . th dport map @snat4
+        r#"{"add":{"rule":{"family":"inet","table":"postern","chain":"postrouting","expr":[{"snat":{"addr":{"map":{"key":{"concat":[{"payload":{"protocol":"ip","field":"saddr"}},{"payload":{"protocol":"ip","field":"daddr"}},{"meta":{"key":"l4proto"}},{"payload":{"protocol":"th","field":"dport"}}]},"data":"@snat4"}},"family":"ip"}}]}}}"#,
+    ] {
+        assert!(j.contains(fragment), "missing {fragment}\nin {j}");
+    }
+    // The local-NAT accept comes before the drop of protected ports.
+    let local = j.find(r#""right":"@local4""#).expect("local4 rule");
+    assert!(local < j.find(r#""right":"@protected""#).unwrap(), "{j}");
+    assert!(!j.contains(r#""name":"docker""#));
+}
+
+#[test]
+fn docker_setup_adds_a_prerouting_chain_before_dnat() {
+    let config = NftablesConfig { docker: true, protected: vec!["tcp/8080".parse().unwrap()], grant_mark: Some(0x100), ..Default::default() };
+    let j = setup_json(config, no_table());
+    assert!(j.contains(r#"{"add":{"chain":{"family":"inet","table":"postern","name":"docker","type":"filter","hook":"prerouting","prio":-150,"policy":"accept"}}}"#), "{j}");
+    let docker_rules: Vec<&str> = j.split(r#"{"add":{"rule":"#).filter(|r| r.contains(r#""chain":"docker""#)).collect();
+    assert_eq!(docker_rules.len(), 5, "ct, lo, grants4, grants6, drop: {docker_rules:?}");
+    assert!(docker_rules[2].contains(r#""right":"@grants4""#) && docker_rules[2].contains(r#"{"mangle""#), "{}", docker_rules[2]);
+    assert!(
+        docker_rules[4].contains(r#"{"match":{"left":{"fib":{"result":"type","flags":["daddr"]}},"right":"local","op":"=="}}"#)
+            && docker_rules[4].contains(r#""right":"@protected""#)
+            && docker_rules[4].contains(r#"{"drop":{}}"#),
+        "{}",
+        docker_rules[4]
+    );
+}
+
+#[test]
+fn init_with_nat_off_removes_nat_chains_and_maps_a_previous_run_made() {
+    let listed = r#"{"nftables": [{"table": {"family": "inet", "name": "postern"}},
+      {"set": {"family": "inet", "name": "grants4", "table": "postern", "type": ["ipv4_addr", "inet_proto", "inet_service"], "flags": ["timeout"]}},
+      {"map": {"family": "inet", "name": "dnat4", "table": "postern", "type": ["ipv4_addr", "inet_proto", "inet_service"], "map": "ipv4_addr", "flags": ["timeout"]}},
+      {"set": {"family": "inet", "name": "local4", "table": "postern", "type": ["ipv4_addr", "inet_proto", "inet_service"], "flags": ["timeout"]}},
+      {"chain": {"family": "inet", "table": "postern", "name": "input", "type": "filter", "hook": "input", "prio": -10, "policy": "accept"}},
+      {"chain": {"family": "inet", "table": "postern", "name": "prerouting", "type": "nat", "hook": "prerouting", "prio": -100, "policy": "accept"}}]}"#;
+    let j = setup_json(NftablesConfig::default(), Ok(listed.into()));
+    let flush_input = j.find(r#"{"flush":{"chain":{"family":"inet","table":"postern","name":"input"}}}"#).expect(&j);
+    let flush_pre = j.find(r#"{"flush":{"chain":{"family":"inet","table":"postern","name":"prerouting"}}}"#).expect(&j);
+    let del_pre = j.find(r#"{"delete":{"chain":{"family":"inet","table":"postern","name":"prerouting"}}}"#).expect(&j);
+    let del_map = j.find(r#"{"delete":{"map":{"family":"inet","table":"postern","name":"dnat4""#).expect(&j);
+    let del_local = j.find(r#"{"delete":{"set":{"family":"inet","table":"postern","name":"local4""#).expect(&j);
+    let add_input = j.find(r#"{"add":{"chain":{"family":"inet","table":"postern","name":"input""#).expect(&j);
+    assert!(flush_input < del_local && flush_pre < del_pre && del_pre < del_map && del_map < add_input, "{j}");
+    assert!(!j.contains(r#"{"delete":{"chain":{"family":"inet","table":"postern","name":"input"}}}"#), "input stays: {j}");
+    assert!(!j.contains(r#""name":"grants4"}}},{"delete"#) && !j.contains(r#"{"delete":{"set":{"family":"inet","table":"postern","name":"grants4""#));
+}
+
+#[test]
+fn forward_nat_grant_document() {
+    let (mut fw, log) = fake(NftablesConfig { nat: true, ..Default::default() }, vec![]);
+    fw.grant(&[nat_opening(false, Some(Snat::Masquerade))]).unwrap();
+    let doc = log.lock().unwrap()[0].1.clone().unwrap();
+    let elem = |val: &str, data: Option<&str>| {
+        let e = format!(r#"{{"elem":{{"val":{{"concat":[{val}]}},"timeout":30,"expires":null,"comment":"nat_55000_10.0.0.2_22_masq","counter":null}}}}"#);
+        match data {
+            Some(d) => format!("[{e},{d}]"),
+            None => e,
+        }
+    };
+    let mut want = Vec::new();
+    for (set, val, data) in [
+        ("dnat4", r#""192.0.2.7","tcp",55000"#, Some(r#""10.0.0.2""#)),
+        ("dnatport4", r#""192.0.2.7","tcp",55000"#, Some("22")),
+        ("fwd4", r#""192.0.2.7","10.0.0.2","tcp",22"#, None),
+        ("masq4", r#""192.0.2.7","10.0.0.2","tcp",22"#, None),
+    ] {
+        let add = format!(r#"{{"add":{{"element":{{"family":"inet","table":"postern","name":"{set}","elem":[{}]}}}}}}"#, elem(val, data));
+        let del = format!(r#"{{"delete":{{"element":{{"family":"inet","table":"postern","name":"{set}","elem":[{{"concat":[{val}]}}]}}}}}}"#);
+        want.extend([add.clone(), del, add]);
+    }
+    assert_eq!(doc, format!(r#"{{"nftables":[{}]}}"#, want.join(",")));
+}
+
+#[test]
+fn local_nat_grant_elements_and_checks_before_anything_runs() {
+    let (mut fw, log) = fake(NftablesConfig { nat: true, ..Default::default() }, vec![]);
+    fw.grant(&[nat_opening(true, Some(Snat::Masquerade))]).unwrap();
+    let doc = log.lock().unwrap()[0].1.clone().unwrap();
+    let names: Vec<&str> = doc.split(r#""name":""#).skip(1).map(|s| &s[..s.find('"').unwrap()]).collect();
+    assert_eq!(names, ["local4", "local4", "local4", "dnat4", "dnat4", "dnat4", "dnatport4", "dnatport4", "dnatport4"], "{doc}");
+    assert!(doc.contains(r#"{"elem":{"val":{"concat":["192.0.2.7","tcp",22]},"timeout":30,"expires":null,"comment":"nat_55000_10.0.0.2_22_local_masq","counter":null}}"#), "{doc}");
+
+    let mut mixed = nat_opening(false, None);
+    mixed.rule.nat.as_mut().unwrap().to_addr = "fd00::2".parse().unwrap();
+    let e = fw.grant(&[opening("10.0.0.9", 30), mixed]).unwrap_err();
+    assert!(matches!(e, FirewallError::Unsupported { .. }) && e.to_string().contains("IPv4 and IPv6"), "{e}");
+    assert_eq!(log.lock().unwrap().len(), 1, "nothing ran for the refused batch");
 }

@@ -192,7 +192,7 @@ fn a_new_destination_for_the_same_client_and_port_replaces_the_old_grant() {
         fw.grant(&[opening(&first, 60)]).unwrap();
         fw.grant(&[opening(&second, 60)]).unwrap();
         let listed: Vec<Rule> = fw.list().unwrap().into_iter().map(|o| o.rule).collect();
-        assert_eq!(listed, [second.clone()], "{apply_with:?}");
+        assert_eq!(listed, std::slice::from_ref(&second), "{apply_with:?}");
         assert_eq!(element_count(&ns, "set", "pt_clash", "fwd4"), 1, "the old forward element went with it");
         // Revoking the replaced grant leaves the new one alone.
         fw.revoke(std::slice::from_ref(&first)).unwrap();
@@ -224,6 +224,10 @@ fn a_nat_burst_is_one_transaction_and_nat_off_removes_the_nat_objects() {
     fw.grant(&burst).unwrap();
     assert_eq!(fw.ruleset_generation().unwrap().wrapping_sub(before), 1, "one kernel transaction");
     assert_eq!(fw.list().unwrap().len(), 250);
+    let chains = nft(&ns, &["list", "table", "inet", "pt_natb"]).matches("counter").count();
+    fw.init(0).unwrap();
+    assert_eq!(fw.list().unwrap().len(), 250, "init keeps live NAT grants");
+    assert_eq!(nft(&ns, &["list", "table", "inet", "pt_natb"]).matches("counter").count(), chains, "init is idempotent");
 
     // Restart with NAT off: the NAT chains and maps go, plain grants stay.
     let mut off = backend(&ns, NftablesConfig { nat: false, ..nat_config("pt_natb") });
