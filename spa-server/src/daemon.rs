@@ -18,11 +18,18 @@ const PRUNE_EVERY: Duration = Duration::from_secs(60);
 pub fn open_replay_store(cfg: &ServerConfig) -> anyhow::Result<Arc<dyn ReplayStore>> {
     Ok(match &cfg.replay {
         ReplayConfig::Memory => Arc::new(MemoryStore::default()),
-        ReplayConfig::File { path } => {
+        ReplayConfig::File { path, import_fwknop } => {
             let path = path
                 .clone()
                 .unwrap_or_else(|| cfg.server.run_dir.join("replay.redb"));
-            Arc::new(FileStore::open(&path)?)
+            let imported = match import_fwknop {
+                Some(cache) => crate::replay::read_fwknop_cache(cache)?,
+                None => Vec::new(),
+            };
+            if !imported.is_empty() {
+                tracing::info!("replay cache: imported {} digests from fwknopd", imported.len());
+            }
+            Arc::new(FileStore::open_with(&path, &imported)?)
         }
     })
 }

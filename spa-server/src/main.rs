@@ -43,9 +43,9 @@ fn apply_overrides(cli: &Cli, cfg: &mut ServerConfig) {
         cfg.server.run_dir = dir.clone();
     }
     if let Some(file) = &cli.digest_file {
-        cfg.replay = ReplayConfig::File {
-            path: Some(file.clone()),
-        };
+        if let ReplayConfig::File { path, .. } = &mut cfg.replay {
+            *path = Some(file.clone());
+        }
     }
     if cli.udp_server {
         let port = cfg.capture.iter().find_map(|c| match c {

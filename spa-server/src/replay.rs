@@ -114,6 +114,11 @@ impl Drop for FileStore {
 impl FileStore {
     /// Open (or create) the store and load what a previous run recorded.
     pub fn open(path: &Path) -> Result<Self, ReplayError> {
+        Self::open_with(path, &[])
+    }
+
+    /// Like [`FileStore::open`], also recording `imported` digests (e.g. fwknopd's cache).
+    pub fn open_with(path: &Path, imported: &[(PacketDigest, u64)]) -> Result<Self, ReplayError> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)
                 .map_err(|e| ReplayError(format!("{}: {e}", dir.display())))?;
@@ -123,7 +128,12 @@ impl FileStore {
         let memory = Arc::new(MemoryStore::default());
         {
             let txn = db.begin_write().map_err(store_err)?;
-            txn.open_table(TABLE).map_err(store_err)?;
+            {
+                let mut table = txn.open_table(TABLE).map_err(store_err)?;
+                for (digest, stamp) in imported {
+                    table.insert(digest, stamp).map_err(store_err)?;
+                }
+            }
             txn.commit().map_err(store_err)?;
             let read = db.begin_read().map_err(store_err)?;
             let table = read.open_table(TABLE).map_err(store_err)?;
@@ -204,6 +214,29 @@ fn write_loop(db: Database, rx: std_mpsc::Receiver<WriteOp>) {
     }
 }
 
+/// Read fwknopd's digest cache (`DIGEST_FILE`), so packets fwknopd already
+/// accepted stay refused after switching to posternd. Each line is
+/// `<digest> <proto> <src ip> <src port> <dst ip> <dst port> <time>`, where the
+/// digest is the unpadded base64 SHA-256 of the packet as received, the same hash
+/// postern keeps. A missing file is an empty cache; lines that do not parse are skipped.
+pub fn read_fwknop_cache(path: &Path) -> Result<Vec<(PacketDigest, u64)>, ReplayError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(ReplayError(format!("{}: {e}", path.display()))),
+    };
+    Ok(text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let digest: PacketDigest = spa_core::b64::decode(fields.next()?)?.try_into().ok()?;
+            let stamp = fields.nth(5).and_then(|t| t.parse().ok()).unwrap_or(0);
+            Some((digest, stamp))
+        })
+        .collect())
+}
+
 #[async_trait]
 impl ReplayStore for FileStore {
     async fn check_and_insert(
@@ -254,6 +287,20 @@ mod tests {
             passed += usize::from(t.await.unwrap());
         }
         assert_eq!(passed, 1);
+    }
+
+    #[tokio::test]
+    async fn fwknopd_digests_are_imported() {
+        let dir = tempfile::tempdir().unwrap();
+        let wire = b"+aG2CKkSBK0iVqigLJrahnYNt5WkLNLbsC9HoR1Asgq";
+        let b64 = spa_core::b64::encode_nopad(&packet_digest(wire));
+        let cache = dir.path().join("digest.cache");
+        std::fs::write(&cache, format!("# fwknopd cache\n{b64} 17 10.0.0.5 40000 10.0.0.1 62201 1700000000\nnot a line\n")).unwrap();
+        let imported = read_fwknop_cache(&cache).unwrap();
+        assert_eq!(imported, vec![(packet_digest(wire), 1_700_000_000)]);
+        let s = FileStore::open_with(&dir.path().join("replay.redb"), &imported).unwrap();
+        assert!(!s.check_and_insert(packet_digest(wire), 1).await.unwrap());
+        assert!(read_fwknop_cache(&dir.path().join("missing")).unwrap().is_empty());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -164,6 +164,7 @@ async fn a_replay_after_restart_is_rejected_with_the_file_store() {
     let dir = tempfile::tempdir().unwrap();
     let replay = ReplayConfig::File {
         path: Some(dir.path().join("replay.redb")),
+        import_fwknop: None,
     };
     let pkt = knock(now(), 2);
     let s = server(replay.clone()).await;

@@ -167,11 +167,11 @@ pub fn apply_fwknopd_conf(
     if let Some(e) = get("CMD_EXEC_TIMEOUT") {
         cfg.server.cmd_exec_timeout = parse_num(e)?;
     }
+    // postern keeps its own store; fwknopd's digest cache is imported, not reused.
     cfg.replay = if flag("ENABLE_DIGEST_PERSISTENCE", true)? {
-        let file = get("DIGEST_DB_FILE")
-            .or(get("DIGEST_FILE"))
-            .map(|e| e.value.clone().into());
-        ReplayConfig::File { path: file }
+        let fwknop_run_dir = get("FWKNOP_RUN_DIR").map(|e| e.value.clone()).unwrap_or_else(|| "/var/run/fwknop".into());
+        let cache = get("DIGEST_FILE").map(|e| e.value.clone()).unwrap_or_else(|| format!("{fwknop_run_dir}/digest.cache"));
+        ReplayConfig::File { path: None, import_fwknop: Some(cache.into()) }
     } else {
         ReplayConfig::Memory
     };
@@ -297,7 +297,7 @@ mod tests {
         );
         assert_eq!(cfg.server.max_packet_age, 60);
         assert!(
-            matches!(&cfg.replay, ReplayConfig::File { path: Some(p) } if p.to_str() == Some("/tmp/x/digest.cache"))
+            matches!(&cfg.replay, ReplayConfig::File { path: None, import_fwknop: Some(p) } if p.to_str() == Some("/tmp/x/digest.cache"))
         );
         assert_eq!(cfg.action[0].kind, "iptables");
         assert_eq!(w.len(), 1);

@@ -168,12 +168,15 @@ pub enum ReplayConfig {
     File {
         #[serde(default)]
         path: Option<PathBuf>,
+        /// fwknopd's digest.cache to import at start (set when reading fwknopd.conf).
+        #[serde(default)]
+        import_fwknop: Option<PathBuf>,
     },
 }
 
 impl Default for ReplayConfig {
     fn default() -> Self {
-        ReplayConfig::File { path: None }
+        ReplayConfig::File { path: None, import_fwknop: None }
     }
 }
 
