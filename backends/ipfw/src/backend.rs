@@ -137,7 +137,10 @@ impl IpfwBackend {
     fn listing(&mut self) -> FwResult<Vec<Listed>> {
         let out = self.run_words(&["-S", "list"], Vec::new())?;
         let range = self.cfg.range();
-        Ok(parse_list(&out).into_iter().filter(|l| range.contains(&l.num)).collect())
+        Ok(parse_list(&out)
+            .into_iter()
+            .filter(|l| range.contains(&l.num))
+            .collect())
     }
 
     fn active(&self, l: &Listed) -> bool {
@@ -173,7 +176,8 @@ impl IpfwBackend {
         if nums.is_empty() {
             return Ok(());
         }
-        self.run_words(&["set", &set.to_string(), "delete"], numbers_text(nums)).map(|_| ())
+        self.run_words(&["set", &set.to_string(), "delete"], numbers_text(nums))
+            .map(|_| ())
     }
 
     fn rollback_adds(&mut self, nums: &[u32]) {
@@ -235,7 +239,12 @@ impl IpfwBackend {
             }
             let shared = listing.iter().any(|l| l.num == *num && l.set != Some(*set));
             let only_grants = idxs.iter().all(|&i| listing[i].grant().is_some());
-            if keep_sessions && self.cfg.expire_set != 0 && *set == self.cfg.active_set && only_grants && !shared {
+            if keep_sessions
+                && self.cfg.expire_set != 0
+                && *set == self.cfg.active_set
+                && only_grants
+                && !shared
+            {
                 moves.push(*num);
             } else {
                 deletes.entry(*set).or_default().push(*num);
@@ -244,7 +253,10 @@ impl IpfwBackend {
         self.add_all(&readds)?;
         let expire_set = self.cfg.expire_set.to_string();
         for num in &moves {
-            self.run_words(&["set", "move", "rule", &num.to_string(), "to", &expire_set], Vec::new())?;
+            self.run_words(
+                &["set", "move", "rule", &num.to_string(), "to", &expire_set],
+                Vec::new(),
+            )?;
         }
         for (set, nums) in deletes {
             self.delete_in_set(set, &nums)?;
@@ -266,11 +278,19 @@ impl IpfwBackend {
         let expire_set = self.cfg.expire_set;
         let out = self.run_words(&["-d", "set", &expire_set.to_string(), "list"], Vec::new())?;
         let dynamic = parse_dynamic(&out);
-        let stale: Vec<u32> = numbers.iter().filter(|n| !dynamic.contains(n)).copied().collect();
+        let stale: Vec<u32> = numbers
+            .iter()
+            .filter(|n| !dynamic.contains(n))
+            .copied()
+            .collect();
         self.delete_in_set(expire_set, &stale)?;
         self.purge_pending = numbers.iter().any(|n| dynamic.contains(n));
         if !stale.is_empty() {
-            tracing::debug!(count = stale.len(), set = expire_set, "ipfw: purged expired rules without sessions");
+            tracing::debug!(
+                count = stale.len(),
+                set = expire_set,
+                "ipfw: purged expired rules without sessions"
+            );
         }
         Ok(())
     }
@@ -359,10 +379,17 @@ impl Firewall for IpfwBackend {
         let expire_numbers = self.expire_set_numbers(&listing, &retired.moved);
         self.purge(now, expire_numbers)?;
         let live = self.earliest(&listing, &targets);
-        let relocated = adds.iter().map(|(_, _, exp)| *exp).min().unwrap_or(u64::MAX);
+        let relocated = adds
+            .iter()
+            .map(|(_, _, exp)| *exp)
+            .min()
+            .unwrap_or(u64::MAX);
         self.next_check = Some(live.min(relocated));
         if !targets.is_empty() {
-            tracing::info!(retired = targets.len(), "ipfw: reconciled leftover rules at start");
+            tracing::info!(
+                retired = targets.len(),
+                "ipfw: reconciled leftover rules at start"
+            );
         }
         self.ready = true;
         Ok(())
@@ -404,7 +431,11 @@ impl Firewall for IpfwBackend {
                 .iter()
                 .enumerate()
                 .filter(|(_, l)| self.active(l))
-                .filter_map(|(i, l)| l.grant().filter(|(r, _)| **r == rule).map(|(_, exp)| (i, exp)))
+                .filter_map(|(i, l)| {
+                    l.grant()
+                        .filter(|(r, _)| **r == rule)
+                        .map(|(_, exp)| (i, exp))
+                })
                 .collect();
             let current = existing.iter().map(|(_, exp)| *exp).max();
             if existing.len() == 1 && current >= Some(expires_at) {
@@ -478,7 +509,10 @@ impl Firewall for IpfwBackend {
     fn expire(&mut self, now: u64) -> FwResult<Vec<Rule>> {
         let purge_due = self.cfg.expire_set != 0
             && self.purge_pending
-            && now >= self.last_purge.saturating_add(u64::from(self.cfg.expire_purge_interval_secs));
+            && now
+                >= self
+                    .last_purge
+                    .saturating_add(u64::from(self.cfg.expire_purge_interval_secs));
         if self.next_check.is_some_and(|t| now < t) && !purge_due {
             return Ok(Vec::new());
         }
@@ -526,6 +560,7 @@ impl Firewall for IpfwBackend {
             .map(|(i, _)| i)
             .collect();
         let mut used = listing.iter().map(|l| l.num).collect();
-        self.remove(&listing, &targets, false, &mut used).map(|_| ())
+        self.remove(&listing, &targets, false, &mut used)
+            .map(|_| ())
     }
 }

@@ -64,7 +64,11 @@ impl Default for IpfwConfig {
 impl IpfwConfig {
     /// The rule numbers postern owns.
     pub fn range(&self) -> std::ops::RangeInclusive<u32> {
-        self.start_rule_num..=self.start_rule_num.saturating_add(self.max_rules).saturating_sub(1)
+        self.start_rule_num
+            ..=self
+                .start_rule_num
+                .saturating_add(self.max_rules)
+                .saturating_sub(1)
     }
 
     pub fn validate(&self) -> Result<(), String> {
@@ -78,7 +82,11 @@ impl IpfwConfig {
         if self.max_rules < needed {
             return Err(format!(
                 "max_rules (IPFW_MAX_RULES) must be at least {needed}{}",
-                if self.add_check_state { " with add_check_state" } else { "" }
+                if self.add_check_state {
+                    " with add_check_state"
+                } else {
+                    ""
+                }
             ));
         }
         let last = u64::from(self.start_rule_num) + u64::from(self.max_rules) - 1;
@@ -88,9 +96,14 @@ impl IpfwConfig {
                 self.start_rule_num
             ));
         }
-        for (what, set) in [("active_set (IPFW_ACTIVE_SET_NUM)", self.active_set), ("expire_set (IPFW_EXPIRE_SET_NUM)", self.expire_set)] {
+        for (what, set) in [
+            ("active_set (IPFW_ACTIVE_SET_NUM)", self.active_set),
+            ("expire_set (IPFW_EXPIRE_SET_NUM)", self.expire_set),
+        ] {
             if set > MAX_SET {
-                return Err(format!("{what} {set} must be 0-{MAX_SET} (set 31 holds the default rule)"));
+                return Err(format!(
+                    "{what} {set} must be 0-{MAX_SET} (set 31 holds the default rule)"
+                ));
             }
         }
         if self.expire_set != 0 && self.expire_set == self.active_set {
@@ -100,7 +113,9 @@ impl IpfwConfig {
             ));
         }
         if self.expire_purge_interval_secs == 0 {
-            return Err("expire_purge_interval_secs (IPFW_EXPIRE_PURGE_INTERVAL) must be at least 1".into());
+            return Err(
+                "expire_purge_interval_secs (IPFW_EXPIRE_PURGE_INTERVAL) must be at least 1".into(),
+            );
         }
         Ok(())
     }
@@ -123,20 +138,60 @@ mod tests {
     fn validation() {
         let ok = IpfwConfig::default();
         let bad = [
-            IpfwConfig { start_rule_num: 0, ..ok.clone() },
-            IpfwConfig { max_rules: 0, ..ok.clone() },
-            IpfwConfig { max_rules: 1, add_check_state: true, ..ok.clone() },
-            IpfwConfig { start_rule_num: 65_000, max_rules: 1000, ..ok.clone() },
-            IpfwConfig { active_set: 31, ..ok.clone() },
-            IpfwConfig { expire_set: 1, ..ok.clone() },
-            IpfwConfig { expire_purge_interval_secs: 0, ..ok.clone() },
+            IpfwConfig {
+                start_rule_num: 0,
+                ..ok.clone()
+            },
+            IpfwConfig {
+                max_rules: 0,
+                ..ok.clone()
+            },
+            IpfwConfig {
+                max_rules: 1,
+                add_check_state: true,
+                ..ok.clone()
+            },
+            IpfwConfig {
+                start_rule_num: 65_000,
+                max_rules: 1000,
+                ..ok.clone()
+            },
+            IpfwConfig {
+                active_set: 31,
+                ..ok.clone()
+            },
+            IpfwConfig {
+                expire_set: 1,
+                ..ok.clone()
+            },
+            IpfwConfig {
+                expire_purge_interval_secs: 0,
+                ..ok.clone()
+            },
         ];
         for c in bad {
             assert!(c.validate().is_err(), "{c:?}");
         }
-        let e = IpfwConfig { start_rule_num: 10_000, max_rules: 65_535, ..ok.clone() }.validate().unwrap_err();
+        let e = IpfwConfig {
+            start_rule_num: 10_000,
+            max_rules: 65_535,
+            ..ok.clone()
+        }
+        .validate()
+        .unwrap_err();
         assert!(e.contains("65534"), "{e}");
-        IpfwConfig { expire_set: 0, ..ok.clone() }.validate().unwrap();
-        IpfwConfig { start_rule_num: 65_534, max_rules: 1, ..ok }.validate().unwrap();
+        IpfwConfig {
+            expire_set: 0,
+            ..ok.clone()
+        }
+        .validate()
+        .unwrap();
+        IpfwConfig {
+            start_rule_num: 65_534,
+            max_rules: 1,
+            ..ok
+        }
+        .validate()
+        .unwrap();
     }
 }

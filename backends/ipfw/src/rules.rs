@@ -222,14 +222,35 @@ mod tests {
 ";
         let l = parse_list(listing);
         assert_eq!(l.len(), 8);
-        assert_eq!(l[0].kind, Kind::Other("allow ip from any to any via lo0".into()));
-        assert_eq!((l[1].num, l[1].set, &l[1].kind), (10000, Some(1), &Kind::CheckState));
-        assert_eq!(l[2].kind, Kind::Grant(rule("192.0.2.1", Proto::Tcp, 22), 1030));
-        assert_eq!(l[3].kind, Kind::Grant(rule("2001:db8::1", Proto::Udp, 53), 1060));
+        assert_eq!(
+            l[0].kind,
+            Kind::Other("allow ip from any to any via lo0".into())
+        );
+        assert_eq!(
+            (l[1].num, l[1].set, &l[1].kind),
+            (10000, Some(1), &Kind::CheckState)
+        );
+        assert_eq!(
+            l[2].kind,
+            Kind::Grant(rule("192.0.2.1", Proto::Tcp, 22), 1030)
+        );
+        assert_eq!(
+            l[3].kind,
+            Kind::Grant(rule("2001:db8::1", Proto::Udp, 53), 1060)
+        );
         assert!(l[4].disabled && l[4].set == Some(2));
-        assert_eq!(l[4].grant(), Some((&rule("192.0.2.3", Proto::Tcp, 443), 900)));
-        assert!(matches!(l[5].kind, Kind::Other(_)), "networks are not grants");
-        assert!(matches!(l[6].kind, Kind::Other(_)), "no expiry, not a grant");
+        assert_eq!(
+            l[4].grant(),
+            Some((&rule("192.0.2.3", Proto::Tcp, 443), 900))
+        );
+        assert!(
+            matches!(l[5].kind, Kind::Other(_)),
+            "networks are not grants"
+        );
+        assert!(
+            matches!(l[6].kind, Kind::Other(_)),
+            "no expiry, not a grant"
+        );
         assert_eq!(parse_dynamic(listing), BTreeSet::from([10001]));
         assert!(parse_dynamic("10001 set 2 allow tcp from any to any\n").is_empty());
         // without -S

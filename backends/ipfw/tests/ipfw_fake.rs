@@ -20,7 +20,11 @@ struct FakeIpfw {
 impl FakeIpfw {
     fn new() -> FakeIpfw {
         let dir = tempfile::tempdir().unwrap();
-        std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_postern-fake-ipfw"), dir.path().join("ipfw")).unwrap();
+        std::os::unix::fs::symlink(
+            env!("CARGO_BIN_EXE_postern-fake-ipfw"),
+            dir.path().join("ipfw"),
+        )
+        .unwrap();
         let fake = FakeIpfw { dir };
         // an admin ruleset around postern's range
         for rule in [
@@ -59,7 +63,12 @@ impl FakeIpfw {
     }
 
     fn test_cmd(&self, cmd: &str, r: &Rule) -> bool {
-        let (ok, out, err) = self.ipfw(&[cmd, &r.source.to_string(), r.proto.name(), &r.port.to_string()]);
+        let (ok, out, err) = self.ipfw(&[
+            cmd,
+            &r.source.to_string(),
+            r.proto.name(),
+            &r.port.to_string(),
+        ]);
         assert!(ok, "{cmd}: {err}");
         out.trim() == "pass"
     }
@@ -86,8 +95,14 @@ fn conformance_battery() {
     battery::run(&mut make, &mut probe, NOW);
     // The admin's rules are where they were.
     let list = fake.list();
-    assert!(list.contains("00100 set 0 allow ip from any to any via lo0"), "{list}");
-    assert!(list.contains("60000 set 0 deny tcp from any to me 22"), "{list}");
+    assert!(
+        list.contains("00100 set 0 allow ip from any to any via lo0"),
+        "{list}"
+    );
+    assert!(
+        list.contains("60000 set 0 deny tcp from any to me 22"),
+        "{list}"
+    );
 }
 
 #[test]
@@ -124,13 +139,16 @@ fn expiry_keeps_established_sessions_until_the_purge() {
     assert_eq!(fw.expire(NOW + 30).unwrap(), vec![a.clone()]);
     assert!(!fake.probe(&a), "no new connection after expiry");
     assert!(fake.test_cmd("--established", &a), "the session lives on");
-    assert!(fake.list().contains("# DISABLED 10000 set 2 allow tcp from 192.0.2.1"));
+    assert!(fake
+        .list()
+        .contains("# DISABLED 10000 set 2 allow tcp from 192.0.2.1"));
     // A purge while the session lasts keeps the rule.
     fw.expire(NOW + 31).unwrap();
     assert!(fake.test_cmd("--established", &a));
     // The session ends (its dynamic rule is gone): the next purge deletes the rule.
     let state = fake.dir.path().join("ipfw.json");
-    let mut json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
     json["dynamic"] = serde_json::json!([]);
     std::fs::write(&state, json.to_string()).unwrap();
     fw.expire(NOW + 61).unwrap();
@@ -143,13 +161,18 @@ fn flush_deletes_both_sets_and_ends_sessions() {
     let mut fw = fake.backend();
     let a = rule("192.0.2.1", Proto::Tcp, 22);
     let b = rule("192.0.2.2", Proto::Udp, 53);
-    fw.grant(&[opening(&a, NOW, 30), opening(&b, NOW, 300)]).unwrap();
+    fw.grant(&[opening(&a, NOW, 30), opening(&b, NOW, 300)])
+        .unwrap();
     assert!(fake.test_cmd("--connect", &a));
     fw.expire(NOW + 30).unwrap();
     fw.flush().unwrap();
     assert!(!fake.test_cmd("--established", &a));
     assert!(!fake.probe(&b));
-    assert!(!fake.list().contains("set 1 ") && !fake.list().contains("set 2 "), "{}", fake.list());
+    assert!(
+        !fake.list().contains("set 1 ") && !fake.list().contains("set 2 "),
+        "{}",
+        fake.list()
+    );
 }
 
 #[test]
@@ -166,7 +189,10 @@ fn check_state_rule_and_shutdown() {
     fw.grant(&[opening(&a, NOW, 30)]).unwrap();
     let list = fake.list();
     assert_eq!(list.matches("check-state").count(), 1, "{list}");
-    assert!(list.contains("10000 set 1 check-state :default") && list.contains("10001 set 1 allow tcp"), "{list}");
+    assert!(
+        list.contains("10000 set 1 check-state :default") && list.contains("10001 set 1 allow tcp"),
+        "{list}"
+    );
     fw.shutdown().unwrap();
     let list = fake.list();
     assert!(!list.contains("set 1 "), "{list}");
@@ -179,7 +205,9 @@ fn ipv6_rules_use_me6() {
     let mut fw = fake.backend();
     let v6 = rule("2001:db8::1", Proto::Tcp, 22);
     fw.grant(&[opening(&v6, NOW, 30)]).unwrap();
-    assert!(fake.list().contains("allow tcp from 2001:db8::1 to me6 22 setup keep-state"));
+    assert!(fake
+        .list()
+        .contains("allow tcp from 2001:db8::1 to me6 22 setup keep-state"));
     assert!(fake.probe(&v6));
 }
 
@@ -196,12 +224,30 @@ fn ipv6_disabled_is_refused_and_nothing_changes() {
     let before = fake.list();
     let good = rule("192.0.2.1", Proto::Tcp, 22);
     let e = fw
-        .grant(&[opening(&good, NOW, 30), opening(&rule("2001:db8::1", Proto::Tcp, 22), NOW, 30)])
+        .grant(&[
+            opening(&good, NOW, 30),
+            opening(&rule("2001:db8::1", Proto::Tcp, 22), NOW, 30),
+        ])
         .unwrap_err();
-    assert!(matches!(e, FirewallError::Unsupported { backend: "ipfw", .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            FirewallError::Unsupported {
+                backend: "ipfw",
+                ..
+            }
+        ),
+        "{e}"
+    );
     assert!(e.to_string().contains("IPv6 with `ipv6 = false`"), "{e}");
     let after_calls = fake.calls();
-    assert_eq!(after_calls[calls.len()..].lines().filter(|l| !l.contains("-S list")).count(), 0);
+    assert_eq!(
+        after_calls[calls.len()..]
+            .lines()
+            .filter(|l| !l.contains("-S list"))
+            .count(),
+        0
+    );
     assert_eq!(fake.list(), before);
     assert!(!fake.probe(&good));
 }
@@ -224,7 +270,14 @@ fn restart_keeps_live_and_retires_expired_and_foreign_rules() {
     let mut fw = fake.backend();
     fw.init(NOW).unwrap();
     let live = rule("192.0.2.6", Proto::Tcp, 22);
-    assert_eq!(fw.list().unwrap().into_iter().map(|o| o.rule).collect::<Vec<_>>(), vec![live.clone()]);
+    assert_eq!(
+        fw.list()
+            .unwrap()
+            .into_iter()
+            .map(|o| o.rule)
+            .collect::<Vec<_>>(),
+        vec![live.clone()]
+    );
     assert!(fake.probe(&live));
     assert!(!fake.probe(&rule("192.0.2.4", Proto::Tcp, 443)));
     assert!(!fake.probe(&rule("192.0.2.5", Proto::Tcp, 22)));
@@ -234,22 +287,45 @@ fn restart_keeps_live_and_retires_expired_and_foreign_rules() {
 fn fake_ipfw_fails_like_ipfw() {
     let fake = FakeIpfw::new();
     let before = fake.list();
-    let (ok, _, err) = fake.ipfw(&["add", "10000", "set", "1", "pass", "tcp", "from", "bogus", "to", "me", "dst-port", "22"]);
+    let (ok, _, err) = fake.ipfw(&[
+        "add", "10000", "set", "1", "pass", "tcp", "from", "bogus", "to", "me", "dst-port", "22",
+    ]);
     assert!(!ok && err.contains("hostname ``bogus'' unknown"), "{err}");
-    let (ok, _, err) = fake.ipfw(&["add", "10000", "set", "32", "pass", "tcp", "from", "any", "to", "me"]);
+    let (ok, _, err) = fake.ipfw(&[
+        "add", "10000", "set", "32", "pass", "tcp", "from", "any", "to", "me",
+    ]);
     assert!(!ok && err.contains("illegal set 32"), "{err}");
     let (ok, _, err) = fake.ipfw(&["add", "65535", "pass", "tcp", "from", "any", "to", "me"]);
     assert!(!ok && err.contains("Invalid argument"), "{err}");
-    let (ok, _, err) = fake.ipfw(&["add", "10000", "pass", "tcp", "from", "any", "to", "me", "frobnicate"]);
+    let (ok, _, err) = fake.ipfw(&[
+        "add",
+        "10000",
+        "pass",
+        "tcp",
+        "from",
+        "any",
+        "to",
+        "me",
+        "frobnicate",
+    ]);
     assert!(!ok && err.contains("unrecognised option"), "{err}");
     let (ok, _, err) = fake.ipfw(&["set", "2", "delete", "12345"]);
-    assert!(!ok && err.contains("rule 12345") && err.contains("No such process"), "{err}");
+    assert!(
+        !ok && err.contains("rule 12345") && err.contains("No such process"),
+        "{err}"
+    );
     let (ok, _, err) = fake.ipfw(&["set", "disable", "31"]);
     assert!(!ok && err.contains("set 31"), "{err}");
     assert_eq!(fake.list(), before, "nothing changed");
     // without -S, rules of disabled sets are hidden
-    assert!(fake.ipfw(&["add", "10000", "set", "2", "pass", "udp", "from", "any", "to", "me", "53"]).0);
+    assert!(
+        fake.ipfw(&["add", "10000", "set", "2", "pass", "udp", "from", "any", "to", "me", "53"])
+            .0
+    );
     assert!(fake.ipfw(&["set", "disable", "2"]).0);
     assert!(!fake.ipfw(&["list"]).1.contains("10000"));
-    assert!(fake.ipfw(&["-S", "list"]).1.contains("# DISABLED 10000 set 2 allow udp from any to me 53"));
+    assert!(fake
+        .ipfw(&["-S", "list"])
+        .1
+        .contains("# DISABLED 10000 set 2 allow udp from any to me 53"));
 }

@@ -50,7 +50,9 @@ fn setup_with(f: impl FnOnce(&mut IpfwConfig)) -> (IpfwBackend, RecordingRunner,
     canned.set_list("");
     let c = canned.clone();
     let rec = RecordingRunner::new(move |argv, _| c.respond(argv));
-    let fw = IpfwBackend::new(&cfg, Box::new(rec.clone())).unwrap().with_clock(|| 1000);
+    let fw = IpfwBackend::new(&cfg, Box::new(rec.clone()))
+        .unwrap()
+        .with_clock(|| 1000);
     (fw, rec, canned)
 }
 
@@ -79,20 +81,28 @@ fn opening(source: &str, proto: Proto, port: u16, expires_at: u64) -> Opening {
 fn init_on_a_fresh_system() {
     let (mut fw, rec, _) = setup();
     fw.init(1000).unwrap();
-    assert_eq!(rec.take_transcript(), "$ ipfw -S list\n$ ipfw set disable 2\n");
+    assert_eq!(
+        rec.take_transcript(),
+        "$ ipfw -S list\n$ ipfw set disable 2\n"
+    );
     let (mut fw, rec, _) = setup_with(|c| {
         c.add_check_state = true;
         c.expire_set = 0;
     });
     fw.init(1000).unwrap();
-    assert_eq!(rec.take_transcript(), "$ ipfw -S list\n$ ipfw add 10000 set 1 check-state\n");
+    assert_eq!(
+        rec.take_transcript(),
+        "$ ipfw -S list\n$ ipfw add 10000 set 1 check-state\n"
+    );
 }
 
 #[test]
 fn grant_adds_one_numbered_rule_per_grant() {
     let (mut fw, rec, canned) = setup();
     fw.init(1000).unwrap();
-    canned.set_list("00100 set 0 allow ip from any to any via lo0\n10000 set 0 deny tcp from any to any 25\n");
+    canned.set_list(
+        "00100 set 0 allow ip from any to any via lo0\n10000 set 0 deny tcp from any to any 25\n",
+    );
     rec.take_transcript();
     fw.grant(&[
         opening("192.0.2.1", Proto::Tcp, 22, 1030),
@@ -118,10 +128,17 @@ fn repeated_grant_is_a_no_op_and_a_refresh_replaces_the_rule() {
     fw.init(1000).unwrap();
     canned.set_list("10000 set 1 allow tcp from 192.0.2.1 to me 22 setup keep-state :default // postern_exp_1030\n");
     rec.take_transcript();
-    fw.grant(&[opening("192.0.2.1", Proto::Tcp, 22, 1030)]).unwrap();
-    fw.grant(&[opening("192.0.2.1", Proto::Tcp, 22, 1010)]).unwrap();
-    assert_eq!(rec.take_transcript(), "$ ipfw -S list\n$ ipfw -S list\n", "no change");
-    fw.grant(&[opening("192.0.2.1", Proto::Tcp, 22, 1045)]).unwrap();
+    fw.grant(&[opening("192.0.2.1", Proto::Tcp, 22, 1030)])
+        .unwrap();
+    fw.grant(&[opening("192.0.2.1", Proto::Tcp, 22, 1010)])
+        .unwrap();
+    assert_eq!(
+        rec.take_transcript(),
+        "$ ipfw -S list\n$ ipfw -S list\n",
+        "no change"
+    );
+    fw.grant(&[opening("192.0.2.1", Proto::Tcp, 22, 1045)])
+        .unwrap();
     assert_eq!(
         rec.take_transcript(),
         "\
@@ -136,8 +153,11 @@ $ ipfw set move rule 10000 to 2
 fn expire_moves_due_rules_to_the_expire_set_and_purges_later() {
     let (mut fw, rec, canned) = setup();
     fw.init(1000).unwrap();
-    fw.grant(&[opening("192.0.2.1", Proto::Tcp, 22, 1030), opening("192.0.2.2", Proto::Tcp, 22, 1060)])
-        .unwrap();
+    fw.grant(&[
+        opening("192.0.2.1", Proto::Tcp, 22, 1030),
+        opening("192.0.2.2", Proto::Tcp, 22, 1060),
+    ])
+    .unwrap();
     canned.set_list(
         "\
 10000 set 1 allow tcp from 192.0.2.1 to me 22 setup keep-state :default // postern_exp_1030
@@ -147,8 +167,14 @@ fn expire_moves_due_rules_to_the_expire_set_and_purges_later() {
     rec.take_transcript();
     assert!(fw.expire(1029).unwrap().is_empty());
     assert_eq!(rec.take_transcript(), "", "nothing due: not even a listing");
-    assert_eq!(fw.expire(1030).unwrap(), vec![rule("192.0.2.1", Proto::Tcp, 22)]);
-    assert_eq!(rec.take_transcript(), "$ ipfw -S list\n$ ipfw set move rule 10000 to 2\n");
+    assert_eq!(
+        fw.expire(1030).unwrap(),
+        vec![rule("192.0.2.1", Proto::Tcp, 22)]
+    );
+    assert_eq!(
+        rec.take_transcript(),
+        "$ ipfw -S list\n$ ipfw set move rule 10000 to 2\n"
+    );
     // The purge interval (30 s since init at 1000) has passed at 1031; 10000 still
     // has a session, a leftover 10005 has none.
     canned.set_list(
@@ -176,11 +202,19 @@ $ ipfw set 2 delete 10005
 #[test]
 fn without_an_expire_set_expiry_deletes() {
     let (mut fw, rec, canned) = setup_with(|c| c.expire_set = 0);
-    canned.set_list("10000 set 1 allow udp from 192.0.2.1 to me 53 keep-state :default // postern_exp_1030\n");
+    canned.set_list(
+        "10000 set 1 allow udp from 192.0.2.1 to me 53 keep-state :default // postern_exp_1030\n",
+    );
     fw.init(1000).unwrap();
     rec.take_transcript();
-    assert_eq!(fw.expire(1030).unwrap(), vec![rule("192.0.2.1", Proto::Udp, 53)]);
-    assert_eq!(rec.take_transcript(), "$ ipfw -S list\n$ ipfw set 1 delete 10000\n");
+    assert_eq!(
+        fw.expire(1030).unwrap(),
+        vec![rule("192.0.2.1", Proto::Udp, 53)]
+    );
+    assert_eq!(
+        rec.take_transcript(),
+        "$ ipfw -S list\n$ ipfw set 1 delete 10000\n"
+    );
 }
 
 #[test]
@@ -259,7 +293,8 @@ fn refreshing_one_port_of_a_fwknop_group_keeps_the_others() {
 ",
     );
     rec.take_transcript();
-    fw.grant(&[opening("192.0.2.4", Proto::Tcp, 443, 1200)]).unwrap();
+    fw.grant(&[opening("192.0.2.4", Proto::Tcp, 443, 1200)])
+        .unwrap();
     assert_eq!(
         rec.take_transcript(),
         "\
@@ -287,7 +322,10 @@ fn flush_and_shutdown() {
         "$ ipfw -S list\n$ ipfw set 1 delete 10001\n$ ipfw set 2 delete 10002\n"
     );
     fw.shutdown().unwrap();
-    assert_eq!(rec.take_transcript(), "$ ipfw -S list\n$ ipfw set 1 delete 10000 10001\n");
+    assert_eq!(
+        rec.take_transcript(),
+        "$ ipfw -S list\n$ ipfw set 1 delete 10000 10001\n"
+    );
     let (mut fw, rec, _) = setup_with(|c| c.flush_at_exit = false);
     fw.shutdown().unwrap();
     assert_eq!(rec.take_transcript(), "");
@@ -300,7 +338,10 @@ fn a_failed_add_deletes_what_the_batch_added() {
     rec.take_transcript();
     *canned.fail_on.lock().unwrap() = Some("dst-port 53".into());
     let e = fw
-        .grant(&[opening("192.0.2.1", Proto::Tcp, 22, 1030), opening("192.0.2.1", Proto::Udp, 53, 1030)])
+        .grant(&[
+            opening("192.0.2.1", Proto::Tcp, 22, 1030),
+            opening("192.0.2.1", Proto::Udp, 53, 1030),
+        ])
         .unwrap_err();
     assert!(e.to_string().contains("Operation not permitted"), "{e}");
     assert_eq!(
@@ -322,8 +363,14 @@ fn a_full_range_refuses_the_grant() {
         "10000 set 1 allow tcp from 192.0.2.1 to me 22 // postern_exp_2000\n10001 set 0 count ip from any to any\n",
     );
     rec.take_transcript();
-    let e = fw.grant(&[opening("192.0.2.2", Proto::Tcp, 22, 1030)]).unwrap_err();
-    assert!(e.to_string().contains("all 2 rule numbers from 10000 are in use"), "{e}");
+    let e = fw
+        .grant(&[opening("192.0.2.2", Proto::Tcp, 22, 1030)])
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("all 2 rule numbers from 10000 are in use"),
+        "{e}"
+    );
     assert_eq!(rec.take_transcript(), "$ ipfw -S list\n");
 }
 
@@ -331,9 +378,21 @@ fn a_full_range_refuses_the_grant() {
 fn unsupported_input_runs_nothing() {
     let (mut fw, rec, _) = setup_with(|c| c.ipv6 = false);
     let e = fw
-        .grant(&[opening("192.0.2.1", Proto::Tcp, 22, 1030), opening("2001:db8::1", Proto::Tcp, 22, 1030)])
+        .grant(&[
+            opening("192.0.2.1", Proto::Tcp, 22, 1030),
+            opening("2001:db8::1", Proto::Tcp, 22, 1030),
+        ])
         .unwrap_err();
-    assert!(matches!(e, FirewallError::Unsupported { backend: "ipfw", .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            FirewallError::Unsupported {
+                backend: "ipfw",
+                ..
+            }
+        ),
+        "{e}"
+    );
     assert!(e.to_string().contains("IPv6"), "{e}");
     let mut nat = opening("192.0.2.1", Proto::Tcp, 22, 1030);
     nat.rule.nat = Some(NatRule {
@@ -354,12 +413,23 @@ fn config_errors_and_missing_tool() {
         expire_set: 1,
         ..IpfwConfig::default()
     };
-    let e = IpfwBackend::new(&cfg, Box::new(RecordingRunner::succeeding())).err().unwrap();
+    let e = IpfwBackend::new(&cfg, Box::new(RecordingRunner::succeeding()))
+        .err()
+        .unwrap();
     assert!(e.to_string().contains("active_set and expire_set"), "{e}");
     let cfg = IpfwConfig {
         ipfw: "/nonexistent/ipfw".into(),
         ..IpfwConfig::default()
     };
     let e = IpfwBackend::system(&cfg).err().unwrap();
-    assert!(matches!(e, FirewallError::Missing { backend: "ipfw", .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            FirewallError::Missing {
+                backend: "ipfw",
+                ..
+            }
+        ),
+        "{e}"
+    );
 }

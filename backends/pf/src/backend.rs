@@ -33,7 +33,8 @@ fn missing_hint() -> String {
         target_os = "dragonfly",
         target_os = "macos"
     )) {
-        "pfctl is part of the base system; set `pfctl` to its full path (usually /sbin/pfctl)".into()
+        "pfctl is part of the base system; set `pfctl` to its full path (usually /sbin/pfctl)"
+            .into()
     } else {
         format!(
             "pf exists on OpenBSD, FreeBSD and macOS, not on {}; use the nftables or iptables backend here",
@@ -81,7 +82,9 @@ fn tables_of(entries: &[Entry]) -> BTreeSet<TableKey> {
     entries.iter().map(Entry::table).collect()
 }
 
-fn by_table<'a>(items: impl IntoIterator<Item = (TableKey, IpAddr)> + 'a) -> BTreeMap<TableKey, Vec<IpAddr>> {
+fn by_table<'a>(
+    items: impl IntoIterator<Item = (TableKey, IpAddr)> + 'a,
+) -> BTreeMap<TableKey, Vec<IpAddr>> {
     let mut map: BTreeMap<TableKey, Vec<IpAddr>> = BTreeMap::new();
     for (table, addr) in items {
         let addrs = map.entry(table).or_default();
@@ -161,7 +164,12 @@ impl PfBackend {
     }
 
     /// Run a table command; a table (or anchor) that does not exist counts as empty.
-    fn run_table(&mut self, table: TableKey, command: &str, args: &[String]) -> FwResult<Option<String>> {
+    fn run_table(
+        &mut self,
+        table: TableKey,
+        command: &str,
+        args: &[String],
+    ) -> FwResult<Option<String>> {
         let anchor = self.anchor.clone();
         let name = table.name();
         let mut argv: Vec<&str> = vec!["-a", &anchor, "-t", &name, "-T", command];
@@ -177,7 +185,10 @@ impl PfBackend {
     fn show_tables(&mut self) -> FwResult<Vec<TableKey>> {
         let anchor = self.anchor.clone();
         match self.run(&["-a", &anchor, "-s", "Tables"], None) {
-            Ok(out) => Ok(parse_tables(&out).iter().filter_map(|n| TableKey::parse(n)).collect()),
+            Ok(out) => Ok(parse_tables(&out)
+                .iter()
+                .filter_map(|n| TableKey::parse(n))
+                .collect()),
             Err(FirewallError::Command { stderr, .. }) if is_absent(&stderr) => Ok(Vec::new()),
             Err(e) => Err(e),
         }
@@ -224,7 +235,8 @@ impl PfBackend {
     fn load_rules(&mut self, tables: &BTreeSet<TableKey>) -> FwResult<()> {
         let anchor = self.anchor.clone();
         let rules = anchor_rules(tables);
-        self.run(&["-a", &anchor, "-f", "-"], Some(&rules)).map(|_| ())
+        self.run(&["-a", &anchor, "-f", "-"], Some(&rules))
+            .map(|_| ())
     }
 
     fn save(&self, entries: &[Entry]) -> FwResult<()> {
@@ -260,7 +272,15 @@ impl PfBackend {
         let deletes = by_table(
             gone.iter()
                 .map(|e| (e.table(), e.source))
-                .chain(extra.iter().map(|r| (TableKey { proto: r.proto, port: r.port }, r.source))),
+                .chain(extra.iter().map(|r| {
+                    (
+                        TableKey {
+                            proto: r.proto,
+                            port: r.port,
+                        },
+                        r.source,
+                    )
+                })),
         );
         for (table, addrs) in &deletes {
             self.delete(*table, addrs)?;
@@ -393,7 +413,9 @@ impl Firewall for PfBackend {
                     // pf does not renew an entry's age when it is added again; to
                     // keep `-T expire max_grant_secs` from cutting a refreshed
                     // grant, re-add entries that would outlive that bound.
-                    if self.max_grant_secs > 0 && e.expires_at - e.added_at > u64::from(self.max_grant_secs) {
+                    if self.max_grant_secs > 0
+                        && e.expires_at - e.added_at > u64::from(self.max_grant_secs)
+                    {
                         e.added_at = start;
                         readd.push((table, rule.source));
                     }

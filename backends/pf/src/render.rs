@@ -96,9 +96,11 @@ pub fn anchor_linked(main_rules: &str, anchor: &str) -> bool {
             None => rest.split_whitespace().next().unwrap_or(""),
         };
         name == anchor
-            || name
-                .strip_suffix("/*")
-                .is_some_and(|parent| anchor.strip_prefix(parent).is_some_and(|r| r.starts_with('/') && !r[1..].contains('/')))
+            || name.strip_suffix("/*").is_some_and(|parent| {
+                anchor
+                    .strip_prefix(parent)
+                    .is_some_and(|r| r.starts_with('/') && !r[1..].contains('/'))
+            })
             || (name == "*" && !anchor.contains('/'))
     })
 }
@@ -120,7 +122,14 @@ mod tests {
         };
         assert_eq!(k.name(), "postern_udp_53");
         assert_eq!(TableKey::parse("postern_udp_53"), Some(k));
-        for other in ["postern_icmp_1", "postern_tcp_", "postern_tcp_022", "mine", "postern_tcp_99999", "postern_tcp_2x"] {
+        for other in [
+            "postern_icmp_1",
+            "postern_tcp_",
+            "postern_tcp_022",
+            "mine",
+            "postern_tcp_99999",
+            "postern_tcp_2x",
+        ] {
             assert_eq!(TableKey::parse(other), None, "{other}");
         }
         assert_eq!(
@@ -131,9 +140,16 @@ mod tests {
 
     #[test]
     fn parses_listings() {
-        assert_eq!(parse_tables("postern_tcp_22\npostern_udp_53\n"), ["postern_tcp_22", "postern_udp_53"]);
-        assert_eq!(parse_tables("-pa-r--\tpostern_tcp_22\n"), ["postern_tcp_22"]);
-        let show = "   192.0.2.1\n   2001:db8::1\n  !192.0.2.9\n   198.51.100.0/24\n   192.0.2.4/32\n";
+        assert_eq!(
+            parse_tables("postern_tcp_22\npostern_udp_53\n"),
+            ["postern_tcp_22", "postern_udp_53"]
+        );
+        assert_eq!(
+            parse_tables("-pa-r--\tpostern_tcp_22\n"),
+            ["postern_tcp_22"]
+        );
+        let show =
+            "   192.0.2.1\n   2001:db8::1\n  !192.0.2.9\n   198.51.100.0/24\n   192.0.2.4/32\n";
         let addrs: Vec<String> = parse_show(show).iter().map(|a| a.to_string()).collect();
         assert_eq!(addrs, ["192.0.2.1", "2001:db8::1", "192.0.2.4"]);
     }

@@ -138,7 +138,10 @@ impl StateFile {
             if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
                 if !dir.exists() {
                     use std::os::unix::fs::DirBuilderExt;
-                    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+                    std::fs::DirBuilder::new()
+                        .recursive(true)
+                        .mode(0o700)
+                        .create(dir)?;
                 }
             }
             // 0600: the file lists client addresses.
@@ -191,6 +194,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("pf.json");
         std::fs::write(&path, "{oops").unwrap();
-        assert!(StateFile::new(&path).load("postern").unwrap_err().contains("corrupt"));
+        assert!(StateFile::new(&path)
+            .load("postern")
+            .unwrap_err()
+            .contains("corrupt"));
     }
 }

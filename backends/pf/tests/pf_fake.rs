@@ -22,7 +22,11 @@ struct FakePf {
 impl FakePf {
     fn new() -> FakePf {
         let dir = tempfile::tempdir().unwrap();
-        std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_postern-fake-pfctl"), dir.path().join("pfctl")).unwrap();
+        std::os::unix::fs::symlink(
+            env!("CARGO_BIN_EXE_postern-fake-pfctl"),
+            dir.path().join("pfctl"),
+        )
+        .unwrap();
         std::fs::write(
             dir.path().join("pf.conf"),
             "set skip on lo\nblock in all\nanchor \"postern\" all\npass out all keep state\n",
@@ -58,7 +62,12 @@ impl FakePf {
     }
 
     fn probe(&self, r: &Rule) -> bool {
-        let (ok, out, err) = self.pfctl(&["--probe", &r.source.to_string(), r.proto.name(), &r.port.to_string()]);
+        let (ok, out, err) = self.pfctl(&[
+            "--probe",
+            &r.source.to_string(),
+            r.proto.name(),
+            &r.port.to_string(),
+        ]);
         assert!(ok, "probe failed: {err}");
         out.trim() == "pass"
     }
@@ -92,7 +101,9 @@ fn conformance_battery() {
         .calls()
         .lines()
         .filter(|l| !l.starts_with("| "))
-        .all(|l| l == "pfctl -s rules" || l.contains("-a postern") || l.starts_with("pfctl --probe")));
+        .all(|l| l == "pfctl -s rules"
+            || l.contains("-a postern")
+            || l.starts_with("pfctl --probe")));
 }
 
 #[test]
@@ -119,8 +130,12 @@ fn state_file_is_private() {
     use std::os::unix::fs::PermissionsExt;
     let fake = FakePf::new();
     let mut fw = fake.backend();
-    fw.grant(&[opening(&rule("192.0.2.1", Proto::Tcp, 22), NOW, 30)]).unwrap();
-    let mode = std::fs::metadata(fake.path("state/pf.json")).unwrap().permissions().mode();
+    fw.grant(&[opening(&rule("192.0.2.1", Proto::Tcp, 22), NOW, 30)])
+        .unwrap();
+    let mode = std::fs::metadata(fake.path("state/pf.json"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600);
 }
 
@@ -132,7 +147,18 @@ fn restart_without_state_removes_unknown_entries() {
     let a = rule("192.0.2.1", Proto::Tcp, 22);
     fw.grant(&[opening(&a, NOW, 300)]).unwrap();
     // Added by hand, and then the state file is lost.
-    assert!(fake.pfctl(&["-a", "postern", "-t", "postern_tcp_22", "-T", "add", "192.0.2.77"]).0);
+    assert!(
+        fake.pfctl(&[
+            "-a",
+            "postern",
+            "-t",
+            "postern_tcp_22",
+            "-T",
+            "add",
+            "192.0.2.77"
+        ])
+        .0
+    );
     let (ok, _, _) = fake.pfctl(&["-a", "postern", "-t", "admin_list", "-T", "add", "10.1.1.1"]);
     assert!(ok);
     drop(fw);
@@ -152,7 +178,9 @@ fn unlinked_anchor_is_a_clear_error_and_changes_nothing() {
     let mut fw = fake.backend();
     let e = fw.init(NOW).unwrap_err().to_string();
     assert!(e.contains("not referenced from the main pf ruleset"), "{e}");
-    let e = fw.grant(&[opening(&rule("192.0.2.1", Proto::Tcp, 22), NOW, 30)]).unwrap_err();
+    let e = fw
+        .grant(&[opening(&rule("192.0.2.1", Proto::Tcp, 22), NOW, 30)])
+        .unwrap_err();
     assert!(e.to_string().contains("not referenced"), "{e}");
     assert!(!fake.path("pf.json").exists(), "nothing was written to pf");
 }
@@ -169,9 +197,15 @@ fn ipv6_disabled_is_refused_and_nothing_changes() {
     let calls = fake.calls();
     let good = rule("192.0.2.1", Proto::Tcp, 22);
     let e = fw
-        .grant(&[opening(&good, NOW, 30), opening(&rule("2001:db8::1", Proto::Tcp, 22), NOW, 30)])
+        .grant(&[
+            opening(&good, NOW, 30),
+            opening(&rule("2001:db8::1", Proto::Tcp, 22), NOW, 30),
+        ])
         .unwrap_err();
-    assert!(matches!(e, FirewallError::Unsupported { backend: "pf", .. }), "{e}");
+    assert!(
+        matches!(e, FirewallError::Unsupported { backend: "pf", .. }),
+        "{e}"
+    );
     assert!(e.to_string().contains("IPv6"), "{e}");
     assert_eq!(fake.calls(), calls, "no pfctl command ran");
     assert!(!fake.probe(&good));
@@ -182,9 +216,15 @@ fn ipv6_shares_the_table() {
     let fake = FakePf::new();
     let mut fw = fake.backend();
     let v6 = rule("2001:db8::1", Proto::Tcp, 22);
-    fw.grant(&[opening(&rule("192.0.2.1", Proto::Tcp, 22), NOW, 30), opening(&v6, NOW, 30)])
-        .unwrap();
-    assert_eq!(fake.show("postern_tcp_22"), "   192.0.2.1\n   2001:db8::1\n");
+    fw.grant(&[
+        opening(&rule("192.0.2.1", Proto::Tcp, 22), NOW, 30),
+        opening(&v6, NOW, 30),
+    ])
+    .unwrap();
+    assert_eq!(
+        fake.show("postern_tcp_22"),
+        "   192.0.2.1\n   2001:db8::1\n"
+    );
     assert!(fake.probe(&v6));
 }
 
@@ -194,9 +234,15 @@ fn fake_pfctl_fails_like_pfctl() {
     let (ok, _, err) = fake.pfctl(&["-a", "postern", "-t", "t", "-T", "show"]);
     assert!(!ok && err.contains("pfctl: Table does not exist."), "{err}");
     let (ok, _, err) = fake.pfctl(&["-a", "postern", "-t", "t", "-T", "add", "300.1.1.1"]);
-    assert!(!ok && err.contains("no IP address found for 300.1.1.1"), "{err}");
+    assert!(
+        !ok && err.contains("no IP address found for 300.1.1.1"),
+        "{err}"
+    );
     let (ok, _, err) = fake.pfctl(&["-a", "nowhere", "-s", "Tables"]);
-    assert!(!ok && err.contains("Anchor or Ruleset does not exist"), "{err}");
+    assert!(
+        !ok && err.contains("Anchor or Ruleset does not exist"),
+        "{err}"
+    );
     let (ok, _, err) = fake.pfctl(&["-f", "/etc/pf.conf"]);
     assert!(!ok && err.contains("refusing"), "{err}");
     let (ok, _, err) = fake.pfctl(&["-F", "all"]);
@@ -219,7 +265,10 @@ fn fake_pfctl_fails_like_pfctl() {
         .unwrap();
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("stdin:2: syntax error"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("stdin:2: syntax error"),
+        "{err}"
+    );
     assert_eq!(fake.pfctl(&["-a", "postern", "-s", "rules"]).1, "");
 }
 
@@ -236,13 +285,22 @@ fn table_expiry_safety_net_never_cuts_a_live_grant() {
     let a = rule("192.0.2.1", Proto::Tcp, 22);
     let b = rule("192.0.2.2", Proto::Tcp, 22);
     fake.set_clock(NOW);
-    fw.grant(&[opening(&a, NOW, 60), opening(&b, NOW, 60)]).unwrap();
+    fw.grant(&[opening(&a, NOW, 60), opening(&b, NOW, 60)])
+        .unwrap();
     // a is refreshed at NOW+50 for 60 s: alive until NOW+110
     fake.set_clock(NOW + 50);
     fw.grant(&[opening(&a, NOW + 50, 60)]).unwrap();
     // posternd is dead; a cron job runs the safety net at NOW+101
     fake.set_clock(NOW + 101);
-    let (ok, _, err) = fake.pfctl(&["-a", "postern", "-t", "postern_tcp_22", "-T", "expire", "100"]);
+    let (ok, _, err) = fake.pfctl(&[
+        "-a",
+        "postern",
+        "-t",
+        "postern_tcp_22",
+        "-T",
+        "expire",
+        "100",
+    ]);
     assert!(ok, "{err}");
     assert!(err.contains("1/2 addresses expired"), "{err}");
     assert!(fake.probe(&a), "refreshed grant survives");

@@ -81,7 +81,9 @@ fn setup_with(config: impl FnOnce(&mut PfConfig)) -> Setup {
     let pf = Pf::new();
     let p = pf.clone();
     let rec = RecordingRunner::new(move |argv, _| p.respond(argv));
-    let fw = PfBackend::new(&cfg, Box::new(rec.clone())).unwrap().with_clock(|| 1000);
+    let fw = PfBackend::new(&cfg, Box::new(rec.clone()))
+        .unwrap()
+        .with_clock(|| 1000);
     Setup {
         fw,
         rec,
@@ -132,7 +134,10 @@ fn init_refuses_an_anchor_the_main_ruleset_does_not_reference() {
     let mut s = setup();
     *s.pf.main.lock().unwrap() = "pass all\nanchor \"fwknop\" all\n".into();
     let e = s.fw.init(1000).unwrap_err().to_string();
-    assert!(e.contains("anchor `postern` is not referenced") && e.contains("anchor \"postern\""), "{e}");
+    assert!(
+        e.contains("anchor `postern` is not referenced") && e.contains("anchor \"postern\""),
+        "{e}"
+    );
     assert_eq!(s.rec.take_transcript(), "$ pfctl -s rules\n");
     // the check can be turned off
     let mut s = setup_with(|c| c.check_anchor = false);
@@ -163,21 +168,32 @@ $ pfctl -a postern -f -
 "
     );
     // Repeated and refreshed grants: one add, no rule reload, expiry extended.
-    s.fw.grant(&[opening("192.0.2.1", Proto::Tcp, 22, 1030), opening("192.0.2.1", Proto::Tcp, 22, 1045)])
-        .unwrap();
-    assert_eq!(s.rec.take_transcript(), "$ pfctl -a postern -t postern_tcp_22 -T add 192.0.2.1\n");
+    s.fw.grant(&[
+        opening("192.0.2.1", Proto::Tcp, 22, 1030),
+        opening("192.0.2.1", Proto::Tcp, 22, 1045),
+    ])
+    .unwrap();
+    assert_eq!(
+        s.rec.take_transcript(),
+        "$ pfctl -a postern -t postern_tcp_22 -T add 192.0.2.1\n"
+    );
     let state = std::fs::read_to_string(&s.state).unwrap();
     assert!(state.contains("\"expires_at\": 1045"), "{state}");
     // A shorter repeat does not shorten.
-    s.fw.grant(&[opening("192.0.2.1", Proto::Tcp, 22, 1010)]).unwrap();
+    s.fw.grant(&[opening("192.0.2.1", Proto::Tcp, 22, 1010)])
+        .unwrap();
     let state = std::fs::read_to_string(&s.state).unwrap();
-    assert!(state.contains("\"expires_at\": 1045") && !state.contains("1010"), "{state}");
+    assert!(
+        state.contains("\"expires_at\": 1045") && !state.contains("1010"),
+        "{state}"
+    );
 }
 
 #[test]
 fn first_grant_without_init_initialises() {
     let mut s = setup();
-    s.fw.grant(&[opening("192.0.2.1", Proto::Tcp, 22, 1030)]).unwrap();
+    s.fw.grant(&[opening("192.0.2.1", Proto::Tcp, 22, 1030)])
+        .unwrap();
     assert_eq!(
         s.rec.take_transcript(),
         "\
@@ -208,7 +224,13 @@ fn expire_deletes_due_entries_and_retires_empty_tables() {
     assert_eq!(s.rec.take_transcript(), "", "nothing due: no command");
     let mut gone = s.fw.expire(1030).unwrap();
     gone.sort_by_key(|r| r.port);
-    assert_eq!(gone, vec![rule("192.0.2.1", Proto::Tcp, 22), rule("192.0.2.1", Proto::Udp, 53)]);
+    assert_eq!(
+        gone,
+        vec![
+            rule("192.0.2.1", Proto::Tcp, 22),
+            rule("192.0.2.1", Proto::Udp, 53)
+        ]
+    );
     assert_eq!(
         s.rec.take_transcript(),
         "\
@@ -226,8 +248,12 @@ $ pfctl -a postern -t postern_tcp_22 -T expire 86400
 fn list_merges_tables_with_recorded_expiry() {
     let mut s = setup();
     s.fw.init(1000).unwrap();
-    s.fw.grant(&[opening("192.0.2.1", Proto::Tcp, 22, 1030)]).unwrap();
-    s.pf.table("postern_tcp_22", "   192.0.2.1\n   192.0.2.99\n  !192.0.2.0/24\n");
+    s.fw.grant(&[opening("192.0.2.1", Proto::Tcp, 22, 1030)])
+        .unwrap();
+    s.pf.table(
+        "postern_tcp_22",
+        "   192.0.2.1\n   192.0.2.99\n  !192.0.2.0/24\n",
+    );
     s.pf.table("admin_table", "   10.0.0.1\n");
     s.rec.take_transcript();
     let listed = s.fw.list().unwrap();
@@ -260,11 +286,13 @@ $ pfctl -a postern -t postern_tcp_22 -T show
 fn flush_and_shutdown_flush_the_anchor_only() {
     let mut s = setup();
     s.fw.init(1000).unwrap();
-    s.fw.grant(&[opening("192.0.2.1", Proto::Tcp, 22, 1030)]).unwrap();
+    s.fw.grant(&[opening("192.0.2.1", Proto::Tcp, 22, 1030)])
+        .unwrap();
     s.rec.take_transcript();
     s.fw.flush().unwrap();
     assert_eq!(s.rec.take_transcript(), "$ pfctl -a postern -F all\n");
-    s.fw.grant(&[opening("192.0.2.1", Proto::Tcp, 22, 1030)]).unwrap();
+    s.fw.grant(&[opening("192.0.2.1", Proto::Tcp, 22, 1030)])
+        .unwrap();
     assert_eq!(
         s.rec.take_transcript(),
         "\
@@ -291,7 +319,10 @@ fn restart_reconciles_leftovers_with_the_state_file() {
     ])
     .unwrap();
     // What pf holds after the daemon died: plus one address nobody recorded.
-    s.pf.table("postern_tcp_22", "   192.0.2.1\n   192.0.2.2\n   192.0.2.50\n");
+    s.pf.table(
+        "postern_tcp_22",
+        "   192.0.2.1\n   192.0.2.2\n   192.0.2.50\n",
+    );
     s.pf.table("postern_udp_53", "   192.0.2.3\n");
     s.pf.table("admin_table", "   10.0.0.1\n");
     let cfg = PfConfig {
@@ -318,26 +349,37 @@ $ pfctl -a postern -t postern_tcp_22 -T expire 86400
 "
     );
     let state = std::fs::read_to_string(&s.state).unwrap();
-    assert!(state.contains("192.0.2.2") && !state.contains("192.0.2.1\"") && !state.contains("192.0.2.3"), "{state}");
+    assert!(
+        state.contains("192.0.2.2")
+            && !state.contains("192.0.2.1\"")
+            && !state.contains("192.0.2.3"),
+        "{state}"
+    );
 }
 
 #[test]
 fn flush_at_init_flushes_the_anchor() {
     let mut s = setup_with(|c| c.flush_at_init = true);
     s.fw.init(1000).unwrap();
-    assert_eq!(s.rec.take_transcript(), "$ pfctl -s rules\n$ pfctl -a postern -F all\n");
+    assert_eq!(
+        s.rec.take_transcript(),
+        "$ pfctl -s rules\n$ pfctl -a postern -F all\n"
+    );
 }
 
 #[test]
 fn a_failed_rule_load_takes_the_new_addresses_back_out() {
     let mut s = setup();
     s.fw.init(1000).unwrap();
-    s.fw.grant(&[opening("192.0.2.1", Proto::Tcp, 22, 1030)]).unwrap();
+    s.fw.grant(&[opening("192.0.2.1", Proto::Tcp, 22, 1030)])
+        .unwrap();
     s.rec.take_transcript();
     s.pf.fail_on("-f");
-    let e = s
-        .fw
-        .grant(&[opening("192.0.2.1", Proto::Tcp, 22, 1090), opening("192.0.2.2", Proto::Udp, 53, 1030)])
+    let e =
+        s.fw.grant(&[
+            opening("192.0.2.1", Proto::Tcp, 22, 1090),
+            opening("192.0.2.2", Proto::Udp, 53, 1030),
+        ])
         .unwrap_err();
     assert!(e.to_string().contains("Operation not permitted"), "{e}");
     assert_eq!(
@@ -353,7 +395,10 @@ $ pfctl -a postern -t postern_udp_53 -T delete 192.0.2.2
     );
     // The record is unchanged: the refresh did not happen either.
     let state = std::fs::read_to_string(&s.state).unwrap();
-    assert!(state.contains("1030") && !state.contains("1090") && !state.contains("192.0.2.2"), "{state}");
+    assert!(
+        state.contains("1030") && !state.contains("1090") && !state.contains("192.0.2.2"),
+        "{state}"
+    );
 }
 
 #[test]
@@ -369,11 +414,18 @@ fn unsupported_input_runs_nothing() {
         snat: None,
         dnat: true,
     });
-    let e = s.fw.grant(&[opening("192.0.2.9", Proto::Tcp, 22, 1030), nat]).unwrap_err();
-    assert!(matches!(e, FirewallError::Unsupported { .. }) && e.to_string().contains("NAT"), "{e}");
-    let e = s
-        .fw
-        .grant(&[opening("192.0.2.9", Proto::Tcp, 22, 1030), opening("2001:db8::1", Proto::Tcp, 22, 1030)])
+    let e =
+        s.fw.grant(&[opening("192.0.2.9", Proto::Tcp, 22, 1030), nat])
+            .unwrap_err();
+    assert!(
+        matches!(e, FirewallError::Unsupported { .. }) && e.to_string().contains("NAT"),
+        "{e}"
+    );
+    let e =
+        s.fw.grant(&[
+            opening("192.0.2.9", Proto::Tcp, 22, 1030),
+            opening("2001:db8::1", Proto::Tcp, 22, 1030),
+        ])
         .unwrap_err();
     assert!(e.to_string().contains("IPv6 with `ipv6 = false`"), "{e}");
     let mut long = opening("192.0.2.9", Proto::Tcp, 22, 1030);
@@ -387,7 +439,8 @@ fn unsupported_input_runs_nothing() {
 fn refreshing_past_max_grant_secs_re_adds_the_entry() {
     let mut s = setup_with(|c| c.max_grant_secs = 100);
     s.fw.init(1000).unwrap();
-    s.fw.grant(&[opening("192.0.2.1", Proto::Tcp, 22, 1060)]).unwrap();
+    s.fw.grant(&[opening("192.0.2.1", Proto::Tcp, 22, 1060)])
+        .unwrap();
     s.rec.take_transcript();
     // granted at 1050 for 60 s: 110 s after the entry was added
     s.fw.grant(&[Opening {
@@ -411,10 +464,15 @@ $ pfctl -a postern -t postern_tcp_22 -T add 192.0.2.1
 fn revoke_deletes_recorded_and_unrecorded_addresses() {
     let mut s = setup();
     s.fw.init(1000).unwrap();
-    s.fw.grant(&[opening("192.0.2.1", Proto::Tcp, 22, 1030)]).unwrap();
+    s.fw.grant(&[opening("192.0.2.1", Proto::Tcp, 22, 1030)])
+        .unwrap();
     s.pf.table("postern_tcp_22", "   192.0.2.1\n");
     s.rec.take_transcript();
-    s.fw.revoke(&[rule("192.0.2.1", Proto::Tcp, 22), rule("192.0.2.7", Proto::Udp, 99)]).unwrap();
+    s.fw.revoke(&[
+        rule("192.0.2.1", Proto::Tcp, 22),
+        rule("192.0.2.7", Proto::Udp, 99),
+    ])
+    .unwrap();
     assert_eq!(
         s.rec.take_transcript(),
         "\
@@ -433,7 +491,10 @@ fn missing_pfctl_is_reported_with_a_hint() {
         ..PfConfig::default()
     };
     let e = PfBackend::system(&cfg).err().expect("no pfctl");
-    assert!(matches!(e, FirewallError::Missing { backend: "pf", .. }), "{e}");
+    assert!(
+        matches!(e, FirewallError::Missing { backend: "pf", .. }),
+        "{e}"
+    );
     assert!(e.to_string().contains("/nonexistent/pfctl"), "{e}");
 }
 
@@ -443,6 +504,8 @@ fn bad_anchor_names_are_refused() {
         anchor: "x y".into(),
         ..PfConfig::default()
     };
-    let e = PfBackend::new(&cfg, Box::new(RecordingRunner::succeeding())).err().unwrap();
+    let e = PfBackend::new(&cfg, Box::new(RecordingRunner::succeeding()))
+        .err()
+        .unwrap();
     assert!(e.to_string().contains("anchor `x y`"), "{e}");
 }

@@ -102,14 +102,17 @@ fn state_dir() -> PathBuf {
 
 fn load(dir: &Path) -> Ipfw {
     match std::fs::read_to_string(dir.join("ipfw.json")) {
-        Ok(text) => serde_json::from_str(&text).unwrap_or_else(|e| fail(1, &format!("fake state: {e}"))),
+        Ok(text) => {
+            serde_json::from_str(&text).unwrap_or_else(|e| fail(1, &format!("fake state: {e}")))
+        }
         Err(_) => Ipfw::default(),
     }
 }
 
 fn save(dir: &Path, fw: &Ipfw) {
     let text = serde_json::to_string_pretty(fw).expect("serialize");
-    std::fs::write(dir.join("ipfw.json"), text).unwrap_or_else(|e| fail(1, &format!("fake state: {e}")));
+    std::fs::write(dir.join("ipfw.json"), text)
+        .unwrap_or_else(|e| fail(1, &format!("fake state: {e}")));
 }
 
 fn body_text(b: &Body) -> String {
@@ -155,11 +158,13 @@ fn valid_addr(a: &str) -> bool {
         return false;
     };
     let max = if ip.is_ipv4() { 32 } else { 128 };
-    len.map(|l| l.parse::<u32>().is_ok_and(|l| l <= max)).unwrap_or(true)
+    len.map(|l| l.parse::<u32>().is_ok_and(|l| l <= max))
+        .unwrap_or(true)
 }
 
 fn parse_num(s: &str, what: &str) -> u32 {
-    s.parse().unwrap_or_else(|_| fail(EX_USAGE, &format!("invalid {what} number: {s}")))
+    s.parse()
+        .unwrap_or_else(|_| fail(EX_USAGE, &format!("invalid {what} number: {s}")))
 }
 
 fn parse_set(s: &str) -> u8 {
@@ -181,7 +186,10 @@ fn add(fw: &mut Ipfw, args: &[String], quiet: bool) {
     }
     let mut set = 0;
     if w.first() == Some(&"set") {
-        set = parse_set(w.get(1).unwrap_or_else(|| fail(EX_USAGE, "missing set number")));
+        set = parse_set(
+            w.get(1)
+                .unwrap_or_else(|| fail(EX_USAGE, "missing set number")),
+        );
         w.drain(..2);
     }
     if num > 65535 {
@@ -191,7 +199,13 @@ fn add(fw: &mut Ipfw, args: &[String], quiet: bool) {
         fail(EX_UNAVAILABLE, "getsockopt(IP_FW_XADD): Invalid argument");
     }
     if num == 0 {
-        let last = fw.rules.iter().map(|r| r.num).filter(|n| *n < 65535).max().unwrap_or(0);
+        let last = fw
+            .rules
+            .iter()
+            .map(|r| r.num)
+            .filter(|n| *n < 65535)
+            .max()
+            .unwrap_or(0);
         num = (last / 100 + 1) * 100;
     }
     let Some((action, rest)) = w.split_first() else {
@@ -204,7 +218,10 @@ fn add(fw: &mut Ipfw, args: &[String], quiet: bool) {
     let body = match *action {
         "check-state" => {
             if rule_words.iter().any(|x| !x.starts_with(':')) {
-                fail(EX_USAGE, &format!("unrecognised option [-1] {}", rule_words[0]));
+                fail(
+                    EX_USAGE,
+                    &format!("unrecognised option [-1] {}", rule_words[0]),
+                );
             }
             Body::CheckState
         }
@@ -235,7 +252,10 @@ fn add(fw: &mut Ipfw, args: &[String], quiet: bool) {
             }
             if let Some(p) = opts.first().and_then(|p| p.parse::<u16>().ok()) {
                 if !["tcp", "udp"].contains(&proto) {
-                    fail(EX_USAGE, "only TCP and UDP protocols are valid with port specifications");
+                    fail(
+                        EX_USAGE,
+                        "only TCP and UDP protocols are valid with port specifications",
+                    );
                 }
                 port = Some(p);
                 opts.remove(0);
@@ -248,7 +268,9 @@ fn add(fw: &mut Ipfw, args: &[String], quiet: bool) {
                     "keep-state" => keep_state = true,
                     "in" | "out" => extra.push(o.to_string()),
                     "via" | "recv" | "xmit" => {
-                        let ifname = it.next().unwrap_or_else(|| fail(EX_USAGE, "missing interface"));
+                        let ifname = it
+                            .next()
+                            .unwrap_or_else(|| fail(EX_USAGE, "missing interface"));
                         extra.push(format!("{o} {ifname}"));
                     }
                     other => fail(EX_USAGE, &format!("unrecognised option [-1] {other}")),
@@ -297,7 +319,11 @@ fn add(fw: &mut Ipfw, args: &[String], quiet: bool) {
 }
 
 fn list(fw: &Ipfw, only_set: Option<u8>, show_sets: bool, dynamic: bool) {
-    for r in fw.rules.iter().filter(|r| only_set.unwrap_or(r.set) == r.set) {
+    for r in fw
+        .rules
+        .iter()
+        .filter(|r| only_set.unwrap_or(r.set) == r.set)
+    {
         let disabled = fw.disabled.contains(&r.set);
         if disabled && !show_sets {
             continue;
@@ -314,9 +340,17 @@ fn list(fw: &Ipfw, only_set: Option<u8>, show_sets: bool, dynamic: bool) {
         println!("{line}");
     }
     if dynamic {
-        let dyns: Vec<&Dyn> = fw.dynamic.iter().filter(|d| only_set.unwrap_or(d.set) == d.set).collect();
+        let dyns: Vec<&Dyn> = fw
+            .dynamic
+            .iter()
+            .filter(|d| only_set.unwrap_or(d.set) == d.set)
+            .collect();
         if !fw.dynamic.is_empty() {
-            println!("## Dynamic rules ({} {}):", fw.dynamic.len(), 160 * fw.dynamic.len());
+            println!(
+                "## Dynamic rules ({} {}):",
+                fw.dynamic.len(),
+                160 * fw.dynamic.len()
+            );
         }
         for d in dyns {
             println!(
@@ -342,7 +376,12 @@ fn delete(fw: &mut Ipfw, nums: &[String], only_set: Option<u8>) -> i32 {
             status = EX_UNAVAILABLE;
             continue;
         }
-        let gone: Vec<(u32, u8)> = fw.rules.iter().filter(|r| hit(r)).map(|r| (r.num, r.set)).collect();
+        let gone: Vec<(u32, u8)> = fw
+            .rules
+            .iter()
+            .filter(|r| hit(r))
+            .map(|r| (r.num, r.set))
+            .collect();
         fw.rules.retain(|r| !hit(r));
         fw.dynamic.retain(|d| !gone.contains(&(d.rule, d.set)));
     }
@@ -361,7 +400,8 @@ fn matches(r: &FwRule, src: IpAddr, proto: &str, port: u16) -> Option<bool> {
             ..
         } => {
             let proto_ok = p == proto || p == "ip" || p == "all";
-            let src_ok = s == "any" || s.split('/').next().and_then(|a| a.parse::<IpAddr>().ok()) == Some(src);
+            let src_ok = s == "any"
+                || s.split('/').next().and_then(|a| a.parse::<IpAddr>().ok()) == Some(src);
             let dst_ok = match dst.as_str() {
                 "me" => src.is_ipv4(),
                 "me6" => src.is_ipv6(),
@@ -384,16 +424,27 @@ fn evaluate(fw: &Ipfw, src: IpAddr, proto: &str, port: u16) -> Option<FwRule> {
 
 fn test_command(dir: &Path, cmd: &str, args: &[String]) {
     let [src, proto, port] = args else {
-        fail(EX_USAGE, "usage: --probe|--connect|--established SRC PROTO PORT");
+        fail(
+            EX_USAGE,
+            "usage: --probe|--connect|--established SRC PROTO PORT",
+        );
     };
-    let ip: IpAddr = src.parse().unwrap_or_else(|_| fail(EX_USAGE, "bad address"));
+    let ip: IpAddr = src
+        .parse()
+        .unwrap_or_else(|_| fail(EX_USAGE, "bad address"));
     let port: u16 = port.parse().unwrap_or_else(|_| fail(EX_USAGE, "bad port"));
     let mut fw = load(dir);
     let pass = match cmd {
         "--probe" => evaluate(&fw, ip, proto, port).is_some(),
         "--connect" => match evaluate(&fw, ip, proto, port) {
             Some(rule) => {
-                if matches!(rule.body, Body::Pass { keep_state: true, .. }) {
+                if matches!(
+                    rule.body,
+                    Body::Pass {
+                        keep_state: true,
+                        ..
+                    }
+                ) {
                     fw.dynamic.push(Dyn {
                         rule: rule.num,
                         set: rule.set,
@@ -407,7 +458,10 @@ fn test_command(dir: &Path, cmd: &str, args: &[String]) {
             }
             None => false,
         },
-        _ => fw.dynamic.iter().any(|d| d.src == *src && d.proto == *proto && d.port == port),
+        _ => fw
+            .dynamic
+            .iter()
+            .any(|d| d.src == *src && d.proto == *proto && d.port == port),
     };
     println!("{}", if pass { "pass" } else { "block" });
 }
@@ -415,10 +469,16 @@ fn test_command(dir: &Path, cmd: &str, args: &[String]) {
 fn main() {
     let dir = state_dir();
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if let Ok(mut log) = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("calls.log")) {
+    if let Ok(mut log) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("calls.log"))
+    {
         let _ = writeln!(log, "ipfw {}", args.join(" "));
     }
-    if let Some(cmd @ ("--probe" | "--connect" | "--established")) = args.first().map(String::as_str) {
+    if let Some(cmd @ ("--probe" | "--connect" | "--established")) =
+        args.first().map(String::as_str)
+    {
         return test_command(&dir, cmd, &args[1..]);
     }
     let (mut quiet, mut show_sets, mut dynamic) = (false, false, false);
@@ -429,7 +489,10 @@ fn main() {
             "-S" => show_sets = true,
             "-d" => dynamic = true,
             "-e" | "-T" | "-N" | "-f" | "-a" => {}
-            other => fail(EX_USAGE, &format!("illegal option -- {}", other.trim_start_matches('-'))),
+            other => fail(
+                EX_USAGE,
+                &format!("illegal option -- {}", other.trim_start_matches('-')),
+            ),
         }
         i += 1;
     }
@@ -437,8 +500,13 @@ fn main() {
     let mut only_set = None;
     // `set N list|show|delete …` restricts the command to set N.
     if rest.first().map(String::as_str) == Some("set")
-        && rest.get(1).is_some_and(|s| s.bytes().all(|b| b.is_ascii_digit()))
-        && matches!(rest.get(2).map(String::as_str), Some("list" | "show" | "delete"))
+        && rest
+            .get(1)
+            .is_some_and(|s| s.bytes().all(|b| b.is_ascii_digit()))
+        && matches!(
+            rest.get(2).map(String::as_str),
+            Some("list" | "show" | "delete")
+        )
     {
         only_set = Some(parse_set(&rest[1]));
         rest = &rest[2..];
@@ -455,8 +523,17 @@ fn main() {
         "list" | "show" => list(&fw, only_set, show_sets, dynamic),
         "delete" => {
             if cargs.first().map(String::as_str) == Some("set") {
-                let set = parse_set(cargs.get(1).unwrap_or_else(|| fail(EX_USAGE, "missing set number")));
-                let gone: Vec<(u32, u8)> = fw.rules.iter().filter(|r| r.set == set && r.num != 65535).map(|r| (r.num, r.set)).collect();
+                let set = parse_set(
+                    cargs
+                        .get(1)
+                        .unwrap_or_else(|| fail(EX_USAGE, "missing set number")),
+                );
+                let gone: Vec<(u32, u8)> = fw
+                    .rules
+                    .iter()
+                    .filter(|r| r.set == set && r.num != 65535)
+                    .map(|r| (r.num, r.set))
+                    .collect();
                 fw.rules.retain(|r| r.set != set || r.num == 65535);
                 fw.dynamic.retain(|d| !gone.contains(&(d.rule, d.set)));
                 save(&dir, &fw);
@@ -485,13 +562,20 @@ fn main() {
                 }
                 ["move", from, "to", to] => {
                     let (from, to) = (parse_set(from), parse_set(to));
-                    for r in fw.rules.iter_mut().filter(|r| r.set == from && r.num != 65535) {
+                    for r in fw
+                        .rules
+                        .iter_mut()
+                        .filter(|r| r.set == from && r.num != 65535)
+                    {
                         r.set = to;
                     }
                 }
                 ["show"] => {
                     let dis: Vec<String> = fw.disabled.iter().map(u8::to_string).collect();
-                    let en: Vec<String> = (0..=31u8).filter(|s| !fw.disabled.contains(s)).map(|s| s.to_string()).collect();
+                    let en: Vec<String> = (0..=31u8)
+                        .filter(|s| !fw.disabled.contains(s))
+                        .map(|s| s.to_string())
+                        .collect();
                     println!("disable {} enable {}", dis.join(" "), en.join(" "));
                 }
                 [first, ..] if *first == "enable" || *first == "disable" => {
@@ -514,7 +598,10 @@ fn main() {
                         }
                     }
                 }
-                _ => fail(EX_USAGE, &format!("invalid set command {}", words.join(" "))),
+                _ => fail(
+                    EX_USAGE,
+                    &format!("invalid set command {}", words.join(" ")),
+                ),
             }
             save(&dir, &fw);
         }

@@ -64,7 +64,12 @@ fn sorted(mut rules: Vec<(Rule, u64)>) -> Vec<(Rule, u64)> {
 
 fn listed(fw: &mut dyn Firewall) -> Vec<(Rule, u64)> {
     let openings = fw.list().unwrap_or_else(|e| panic!("list failed: {e}"));
-    sorted(openings.into_iter().map(|o| (o.rule, o.expires_at)).collect())
+    sorted(
+        openings
+            .into_iter()
+            .map(|o| (o.rule, o.expires_at))
+            .collect(),
+    )
 }
 
 fn rules_of(fw: &mut dyn Firewall) -> Vec<Rule> {
@@ -106,10 +111,16 @@ fn all_or_nothing(
         Err(e) => {
             let msg = e.to_string();
             assert!(
-                topics.iter().any(|t| msg.to_lowercase().contains(&t.to_lowercase())),
+                topics
+                    .iter()
+                    .any(|t| msg.to_lowercase().contains(&t.to_lowercase())),
                 "bad input: error `{msg}` should mention one of {topics:?}"
             );
-            assert_eq!(listed(fw), before, "bad input: a failed batch changed the listing ({msg})");
+            assert_eq!(
+                listed(fw),
+                before,
+                "bad input: a failed batch changed the listing ({msg})"
+            );
             assert_probe(probe, &good.rule, false, "bad input: failed batch");
         }
         Ok(()) => {
@@ -117,13 +128,18 @@ fn all_or_nothing(
             if odd.rule.nat.is_none() {
                 assert_probe(probe, &odd.rule, true, "mixed batch accepted");
             }
-            fw.revoke(&[good.rule.clone(), odd.rule.clone()]).expect("revoke mixed batch");
+            fw.revoke(&[good.rule.clone(), odd.rule.clone()])
+                .expect("revoke mixed batch");
             assert_eq!(listed(fw), before, "revoking the mixed batch");
         }
     }
 }
 
-pub fn run(make: &mut dyn FnMut() -> Box<dyn Firewall>, probe: &mut dyn FnMut(&Rule) -> bool, now: u64) {
+pub fn run(
+    make: &mut dyn FnMut() -> Box<dyn Firewall>,
+    probe: &mut dyn FnMut(&Rule) -> bool,
+    now: u64,
+) {
     let a = rule("192.0.2.10", Proto::Tcp, 22);
     let a2 = rule("192.0.2.11", Proto::Tcp, 22);
     let b = rule("198.51.100.7", Proto::Udp, 53);
@@ -136,45 +152,83 @@ pub fn run(make: &mut dyn FnMut() -> Box<dyn Firewall>, probe: &mut dyn FnMut(&R
     let kernel = fw.expires_in_kernel();
     let slack = if kernel { 2 } else { 0 };
     fw.init(now).expect("init");
-    assert!(listed(&mut *fw).is_empty(), "the battery needs a firewall without grants of this backend");
+    assert!(
+        listed(&mut *fw).is_empty(),
+        "the battery needs a firewall without grants of this backend"
+    );
     for r in [&a, &a2, &b] {
         assert_probe(probe, r, false, "before any grant");
     }
 
     // 2. grant a batch
-    fw.grant(&[opening(&a, now, 30), opening(&a2, now, 30), opening(&b, now, 60)])
-        .expect("grant batch");
+    fw.grant(&[
+        opening(&a, now, 30),
+        opening(&a2, now, 30),
+        opening(&b, now, 60),
+    ])
+    .expect("grant batch");
     for r in [&a, &a2, &b] {
         assert_probe(probe, r, true, "after grant");
     }
-    assert_listing(&mut *fw, &[(&a, now + 30), (&a2, now + 30), (&b, now + 60)], slack, "after grant");
+    assert_listing(
+        &mut *fw,
+        &[(&a, now + 30), (&a2, now + 30), (&b, now + 60)],
+        slack,
+        "after grant",
+    );
 
     // 3. repeated grants: one entry each, refreshed to the latest expiry
-    fw.grant(&[opening(&a2, now, 30), opening(&a2, now, 30)]).expect("same rule twice in a batch");
+    fw.grant(&[opening(&a2, now, 30), opening(&a2, now, 30)])
+        .expect("same rule twice in a batch");
     fw.grant(&[opening(&a, now, 30)]).expect("repeated grant");
     fw.grant(&[opening(&a, now, 45)]).expect("refresh");
     fw.grant(&[opening(&a, now, 40)]).expect("shorter repeat");
-    assert_listing(&mut *fw, &[(&a, now + 45), (&a2, now + 30), (&b, now + 60)], slack, "after repeated grants");
+    assert_listing(
+        &mut *fw,
+        &[(&a, now + 45), (&a2, now + 30), (&b, now + 60)],
+        slack,
+        "after repeated grants",
+    );
     assert_probe(probe, &a, true, "after refresh");
 
     // 4. expire at expiry
     if !kernel {
-        assert!(fw.expire(now + 29).expect("expire").is_empty(), "nothing is due at now+29");
-        assert_eq!(fw.expire(now + 30).expect("expire"), vec![a2.clone()], "expire at now+30");
+        assert!(
+            fw.expire(now + 29).expect("expire").is_empty(),
+            "nothing is due at now+29"
+        );
+        assert_eq!(
+            fw.expire(now + 30).expect("expire"),
+            vec![a2.clone()],
+            "expire at now+30"
+        );
         assert_probe(probe, &a2, false, "after its expiry");
         assert_probe(probe, &a, true, "refreshed grant outlives the first expiry");
-        assert_listing(&mut *fw, &[(&a, now + 45), (&b, now + 60)], 0, "after first expiry");
-        assert_eq!(fw.expire(now + 45).expect("expire"), vec![a.clone()], "expire at now+45");
+        assert_listing(
+            &mut *fw,
+            &[(&a, now + 45), (&b, now + 60)],
+            0,
+            "after first expiry",
+        );
+        assert_eq!(
+            fw.expire(now + 45).expect("expire"),
+            vec![a.clone()],
+            "expire at now+45"
+        );
         assert_probe(probe, &a, false, "after refreshed expiry");
         assert_probe(probe, &b, true, "udp grant still live");
         assert_listing(&mut *fw, &[(&b, now + 60)], 0, "after second expiry");
     } else {
-        assert!(fw.expire(now + 45).expect("expire").is_empty(), "kernel-expiring backends return nothing");
+        assert!(
+            fw.expire(now + 45).expect("expire").is_empty(),
+            "kernel-expiring backends return nothing"
+        );
         fw.revoke(&[a.clone(), a2.clone()]).expect("revoke");
     }
 
     // 5. restart with leftovers: drop without shutdown, a new instance reconciles
-    fw.grant(&[opening(&c, now, 70), opening(&d, now, 200)]).expect("grant before crash");
+    fw.grant(&[opening(&c, now, 70), opening(&d, now, 200)])
+        .expect("grant before crash");
     drop(fw);
     let mut fw = make();
     fw.init(now + 100).expect("init after restart");
@@ -223,10 +277,12 @@ pub fn run(make: &mut dyn FnMut() -> Box<dyn Firewall>, probe: &mut dyn FnMut(&R
     fw.revoke(std::slice::from_ref(&d)).expect("revoke");
     assert_probe(probe, &d, false, "after revoke");
     assert!(rules_of(&mut *fw).is_empty(), "listing after revoke");
-    fw.revoke(&[d.clone(), e.clone()]).expect("revoking missing rules is not an error");
+    fw.revoke(&[d.clone(), e.clone()])
+        .expect("revoking missing rules is not an error");
 
     // 8. flush, and the backend stays usable
-    fw.grant(&[opening(&a, t, 300), opening(&b, t, 300)]).expect("grant before flush");
+    fw.grant(&[opening(&a, t, 300), opening(&b, t, 300)])
+        .expect("grant before flush");
     assert_probe(probe, &a, true, "before flush");
     fw.flush().expect("flush");
     assert!(rules_of(&mut *fw).is_empty(), "listing after flush");

@@ -80,7 +80,9 @@ fn now(dir: &Path) -> u64 {
 
 fn load(dir: &Path) -> Pf {
     match std::fs::read_to_string(dir.join("pf.json")) {
-        Ok(text) => serde_json::from_str(&text).unwrap_or_else(|e| die(&format!("fake state: {e}"))),
+        Ok(text) => {
+            serde_json::from_str(&text).unwrap_or_else(|e| die(&format!("fake state: {e}")))
+        }
         Err(_) => Pf::default(),
     }
 }
@@ -106,7 +108,14 @@ fn linked_anchors(dir: &Path) -> Vec<String> {
     main_rules(dir)
         .iter()
         .filter_map(|l| l.strip_prefix("anchor "))
-        .map(|rest| rest.trim().trim_start_matches('"').split(['"', ' ']).next().unwrap_or("").to_string())
+        .map(|rest| {
+            rest.trim()
+                .trim_start_matches('"')
+                .split(['"', ' '])
+                .next()
+                .unwrap_or("")
+                .to_string()
+        })
         .collect()
 }
 
@@ -121,7 +130,11 @@ fn parse_addr(text: &str) -> Option<IpAddr> {
 }
 
 fn valid_table_name(name: &str) -> bool {
-    !name.is_empty() && name.len() < 32 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    !name.is_empty()
+        && name.len() < 32
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// `pass in quick proto tcp from <t> to any port [=] 22 [flags S/SA] keep state`
@@ -170,16 +183,19 @@ fn probe(dir: &Path, args: &[String]) {
     let src: IpAddr = src.parse().unwrap_or_else(|_| die("bad probe address"));
     let port: u16 = port.parse().unwrap_or_else(|_| die("bad probe port"));
     let pf = load(dir);
-    let pass = linked_anchors(dir).iter().filter_map(|a| pf.anchors.get(a)).any(|anchor| {
-        anchor.rules.iter().any(|r| {
-            r.proto == *proto
-                && r.port == port
-                && anchor
-                    .tables
-                    .get(&r.table)
-                    .is_some_and(|t| t.entries.contains_key(&src.to_string()))
-        })
-    });
+    let pass = linked_anchors(dir)
+        .iter()
+        .filter_map(|a| pf.anchors.get(a))
+        .any(|anchor| {
+            anchor.rules.iter().any(|r| {
+                r.proto == *proto
+                    && r.port == port
+                    && anchor
+                        .tables
+                        .get(&r.table)
+                        .is_some_and(|t| t.entries.contains_key(&src.to_string()))
+            })
+        });
     println!("{}", if pass { "pass" } else { "block" });
 }
 
@@ -189,10 +205,16 @@ fn main() {
     let mut stdin_text = None;
     if args.windows(2).any(|w| w[0] == "-f" && w[1] == "-") {
         let mut s = String::new();
-        std::io::stdin().read_to_string(&mut s).unwrap_or_else(|e| die(&e.to_string()));
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .unwrap_or_else(|e| die(&e.to_string()));
         stdin_text = Some(s);
     }
-    if let Ok(mut log) = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("calls.log")) {
+    if let Ok(mut log) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("calls.log"))
+    {
         let _ = writeln!(log, "pfctl {}", args.join(" "));
         for line in stdin_text.iter().flat_map(|s| s.lines()) {
             let _ = writeln!(log, "| {line}");
@@ -202,7 +224,8 @@ fn main() {
         return probe(&dir, &args[1..]);
     }
 
-    let (mut anchor, mut table, mut tcmd, mut show, mut file, mut flush) = (None, None, None, None, None, None);
+    let (mut anchor, mut table, mut tcmd, mut show, mut file, mut flush) =
+        (None, None, None, None, None, None);
     let mut positional = Vec::new();
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -221,14 +244,19 @@ fn main() {
             "-q" | "-v" => {}
             s if s.starts_with('-') && s.len() > 1 => {
                 eprintln!("pfctl: illegal option -- {}", &s[1..]);
-                eprintln!("usage: pfctl [-deghNnPqrvz] [-a anchor] [-D macro=value] [-F modifier] ...");
+                eprintln!(
+                    "usage: pfctl [-deghNnPqrvz] [-a anchor] [-D macro=value] [-F modifier] ..."
+                );
                 exit(1)
             }
             _ => positional.push(arg.clone()),
         }
     }
     if let Some(a) = &anchor {
-        if a.is_empty() || a.starts_with('/') || a.split('/').any(|p| p.is_empty() || p.starts_with('_')) {
+        if a.is_empty()
+            || a.starts_with('/')
+            || a.split('/').any(|p| p.is_empty() || p.starts_with('_'))
+        {
             die("anchor name is invalid");
         }
     }
@@ -236,7 +264,9 @@ fn main() {
         die("unexpected arguments");
     }
     let mut pf = load(&dir);
-    let anchor_exists = |pf: &Pf, name: &str| pf.anchors.contains_key(name) || linked_anchors(&dir).iter().any(|a| a == name);
+    let anchor_exists = |pf: &Pf, name: &str| {
+        pf.anchors.contains_key(name) || linked_anchors(&dir).iter().any(|a| a == name)
+    };
 
     if let Some(cmd) = tcmd {
         let Some(tname) = table else {
@@ -251,13 +281,24 @@ fn main() {
             "add" => {
                 let addrs: Vec<IpAddr> = positional
                     .iter()
-                    .map(|a| parse_addr(a).unwrap_or_else(|| die(&format!("no IP address found for {a}"))))
+                    .map(|a| {
+                        parse_addr(a)
+                            .unwrap_or_else(|| die(&format!("no IP address found for {a}")))
+                    })
                     .collect();
-                let t = pf.anchors.entry(aname).or_default().tables.entry(tname).or_default();
+                let t = pf
+                    .anchors
+                    .entry(aname)
+                    .or_default()
+                    .tables
+                    .entry(tname)
+                    .or_default();
                 t.persist = true;
                 let mut added = 0;
                 for a in &addrs {
-                    if let std::collections::btree_map::Entry::Vacant(v) = t.entries.entry(a.to_string()) {
+                    if let std::collections::btree_map::Entry::Vacant(v) =
+                        t.entries.entry(a.to_string())
+                    {
                         v.insert(now);
                         added += 1;
                     }
@@ -266,7 +307,10 @@ fn main() {
                 eprintln!("{added}/{} addresses added.", addrs.len());
             }
             "delete" | "show" | "flush" | "expire" | "kill" => {
-                let t = pf.anchors.get_mut(&aname).and_then(|a| a.tables.get_mut(&tname));
+                let t = pf
+                    .anchors
+                    .get_mut(&aname)
+                    .and_then(|a| a.tables.get_mut(&tname));
                 let Some(t) = t else {
                     if cmd == "kill" {
                         eprintln!("0 tables deleted.");
@@ -278,9 +322,15 @@ fn main() {
                     "delete" => {
                         let addrs: Vec<IpAddr> = positional
                             .iter()
-                            .map(|a| parse_addr(a).unwrap_or_else(|| die(&format!("no IP address found for {a}"))))
+                            .map(|a| {
+                                parse_addr(a)
+                                    .unwrap_or_else(|| die(&format!("no IP address found for {a}")))
+                            })
                             .collect();
-                        let n = addrs.iter().filter(|a| t.entries.remove(&a.to_string()).is_some()).count();
+                        let n = addrs
+                            .iter()
+                            .filter(|a| t.entries.remove(&a.to_string()).is_some())
+                            .count();
                         save(&dir, &pf);
                         eprintln!("{n}/{} addresses deleted.", addrs.len());
                     }
@@ -299,7 +349,9 @@ fn main() {
                         let [secs] = positional.as_slice() else {
                             die("usage: -T expire number");
                         };
-                        let secs: u64 = secs.parse().unwrap_or_else(|_| die(&format!("{secs}: invalid expiry")));
+                        let secs: u64 = secs
+                            .parse()
+                            .unwrap_or_else(|_| die(&format!("{secs}: invalid expiry")));
                         let before = t.entries.len();
                         t.entries.retain(|_, added| *added + secs >= now);
                         let n = before - t.entries.len();
@@ -387,7 +439,8 @@ fn main() {
         a.rules = rules;
         // Tables neither persistent nor referenced any more disappear.
         let referenced: Vec<String> = a.rules.iter().map(|r| r.table.clone()).collect();
-        a.tables.retain(|name, t| t.persist || referenced.contains(name));
+        a.tables
+            .retain(|name, t| t.persist || referenced.contains(name));
         save(&dir, &pf);
         return;
     }
