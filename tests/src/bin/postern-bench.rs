@@ -46,6 +46,8 @@ USAGE: postern-bench [OPTIONS]
   -h, --help             this text
 ";
 
+const TESTS: [&str; 6] = ["latency", "burst", "garbage", "garbage-ref", "storm", "refstorm"];
+
 struct Opts {
     servers: Vec<Kind>,
     tests: Vec<String>,
@@ -67,9 +69,7 @@ fn parse_args() -> Result<Opts, String> {
     let quick = args.iter().any(|a| a == "--quick");
     let mut o = Opts {
         servers: Kind::ALL.to_vec(),
-        tests: ["latency", "burst", "garbage", "garbage-ref", "storm", "refstorm"]
-            .map(String::from)
-            .to_vec(),
+        tests: TESTS.map(String::from).to_vec(),
         knocks: if quick { 20 } else { 50 },
         burst: 500,
         garbage: if quick { 50_000 } else { 200_000 },
@@ -100,7 +100,12 @@ fn parse_args() -> Result<Opts, String> {
                     .map(|s| Kind::parse(s.trim()).ok_or(format!("unknown server `{s}`")))
                     .collect::<Result<_, _>>()?
             }
-            "--tests" => o.tests = val(&a)?.split(',').map(|s| s.trim().to_string()).collect(),
+            "--tests" => {
+                o.tests = val(&a)?.split(',').map(|s| s.trim().to_string()).collect();
+                if let Some(t) = o.tests.iter().find(|t| !TESTS.contains(&t.as_str())) {
+                    return Err(format!("unknown test `{t}` (known: {})", TESTS.join(",")));
+                }
+            }
             "--knocks" => o.knocks = num(val(&a)?, &a)? as usize,
             "--burst" => o.burst = num(val(&a)?, &a)? as usize,
             "--garbage" => o.garbage = num(val(&a)?, &a)?,
@@ -251,7 +256,6 @@ struct Results {
     storm: Option<Result<Storm, String>>,
     refstorm: Option<Result<Storm, String>>,
     warmups: Vec<Duration>,
-    notes: Vec<String>,
 }
 
 fn guarded<T>(what: &str, f: impl FnOnce() -> T) -> Result<T, String> {
@@ -630,9 +634,6 @@ fn print_details(kinds: &[Kind], res: &BTreeMap<usize, Results>) {
                 let first: String = e.lines().take(6).collect::<Vec<_>>().join(" / ");
                 println!("  - {name} FAILED: {first}");
             }
-        }
-        for n in &r.notes {
-            println!("  - {n}");
         }
     }
 }
