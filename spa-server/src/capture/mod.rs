@@ -6,7 +6,7 @@ pub mod tcp;
 pub mod udp;
 
 use crate::config::CaptureConfig;
-use crate::pipeline::{Pipeline, RawPacket};
+use crate::pipeline::{Outcome, Pipeline, RawPacket};
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio_util::sync::CancellationToken;
 use tower::Service;
@@ -18,10 +18,29 @@ pub fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// Hand a packet to the pipeline. Garbage is judged right here; what passes runs
-/// on its own task, so dropping the returned future is fine.
+/// Hand a packet to the pipeline. Garbage is judged right here (its outcome is
+/// ready at once); what passes runs on its own task and is logged when done.
 pub fn submit(pipeline: &mut Pipeline, packet: RawPacket) {
-    drop(pipeline.call(packet));
+    use futures_util::FutureExt;
+    let peer = packet.peer;
+    let mut outcome = pipeline.call(packet);
+    match (&mut outcome).now_or_never() {
+        Some(Ok(o)) => log_outcome(peer, &o),
+        None => {
+            tokio::spawn(async move {
+                let Ok(o) = outcome.await;
+                log_outcome(peer, &o);
+            });
+        }
+    }
+}
+
+/// Why a packet was refused, at debug level only (never to the network). Grants
+/// are logged at info level by the action task.
+fn log_outcome(peer: std::net::SocketAddr, outcome: &Outcome) {
+    if let Outcome::Denied { stage, reason } = outcome {
+        tracing::debug!("refused packet from {peer} at {stage}: {reason}");
+    }
 }
 
 /// Start one capture; the returned handle ends when it stops.

@@ -27,8 +27,6 @@ pub struct Settings {
 
 /// Reopen delay while an interface is missing or down.
 const REOPEN_DELAY: Duration = Duration::from_millis(500);
-/// Lets the thread notice shutdown even when no packet arrives.
-const READ_TIMEOUT_MS: i32 = 200;
 
 pub fn spawn(
     settings: Settings,
@@ -53,25 +51,20 @@ pub fn spawn(
             }
         }));
     } else {
-        // Fail early on a bad filter or an unknown interface name, with its name.
+        // Open every interface now: a bad filter or interface name fails the start
+        // with its name, and the capture is live before posternd says it is ready.
+        let mut opened = Vec::new();
         for iface in &settings.interfaces {
-            open(iface, &settings).map_err(|e| anyhow::anyhow!("pcap on `{iface}`: {e}"))?;
+            let cap = open(iface, &settings).map_err(|e| anyhow::anyhow!("pcap on `{iface}`: {e}"))?;
+            tracing::info!("pcap: capturing on `{iface}` with filter `{}`", settings.filter);
+            opened.push((iface.clone(), cap));
         }
-        for iface in settings.interfaces.clone() {
-            let (settings, mut p, rt, stop) = (
-                settings.clone(),
-                pipeline.clone(),
-                runtime.clone(),
-                shutdown.clone(),
-            );
-            threads.push(
-                std::thread::Builder::new()
-                    .name(format!("pcap-{iface}"))
-                    .spawn(move || {
-                        let _guard = rt.enter();
-                        capture_loop(&iface, &settings, &mut p, &stop);
-                    })?,
-            );
+        for (iface, cap) in opened {
+            let (settings, mut p, rt, stop) = (settings.clone(), pipeline.clone(), runtime.clone(), shutdown.clone());
+            threads.push(std::thread::Builder::new().name(format!("pcap-{iface}")).spawn(move || {
+                let _guard = rt.enter();
+                capture_loop(&iface, &settings, Some(cap), &mut p, &stop);
+            })?);
         }
     }
     Ok(tokio::task::spawn_blocking(move || {
@@ -81,42 +74,99 @@ pub fn spawn(
     }))
 }
 
+/// A non-blocking capture: the loop waits in its own `poll`, so it sees shutdown
+/// within [`POLL_MS`] (libpcap's own read timeout does not return on Linux while
+/// no packet arrives).
 fn open(iface: &str, s: &Settings) -> Result<pcap::Capture<pcap::Active>, pcap::Error> {
     let mut cap = pcap::Capture::from_device(iface)?
         .promisc(s.promisc)
         .snaplen(s.snaplen)
         .immediate_mode(true) // deliver each packet at once: knock latency matters
-        .timeout(READ_TIMEOUT_MS)
-        .open()?;
+        .open()?
+        .setnonblock()?;
     cap.filter(&s.filter, true)?;
     Ok(cap)
 }
 
-fn capture_loop(iface: &str, s: &Settings, pipeline: &mut Pipeline, stop: &CancellationToken) {
-    while !stop.is_cancelled() {
-        let mut cap = match open(iface, s) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::debug!("pcap: `{iface}` not ready ({e}); retrying");
-                std::thread::sleep(REOPEN_DELAY);
-                continue;
+/// How long one wait for packets lasts before shutdown is checked again.
+const POLL_MS: i32 = 200;
+
+enum Readiness {
+    Packets,
+    Idle,
+    /// The interface went away or failed.
+    Broken,
+}
+
+fn wait_for_packets(cap: &pcap::Capture<pcap::Active>) -> Readiness {
+    use std::os::fd::AsRawFd;
+    let mut fds = [libc::pollfd { fd: cap.as_raw_fd(), events: libc::POLLIN, revents: 0 }];
+    // SAFETY: one valid pollfd for the duration of the call.
+    match unsafe { libc::poll(fds.as_mut_ptr(), 1, POLL_MS) } {
+        0 => Readiness::Idle,
+        n if n < 0 => {
+            if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                Readiness::Idle
+            } else {
+                Readiness::Broken
             }
+        }
+        _ if fds[0].revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0 => Readiness::Broken,
+        _ => Readiness::Packets,
+    }
+}
+
+fn capture_loop(
+    iface: &str,
+    s: &Settings,
+    mut first: Option<pcap::Capture<pcap::Active>>,
+    pipeline: &mut Pipeline,
+    stop: &CancellationToken,
+) {
+    while !stop.is_cancelled() {
+        let mut cap = match first.take() {
+            Some(c) => c,
+            None => match open(iface, s) {
+                Ok(c) => {
+                    tracing::info!("pcap: capturing on `{iface}` again");
+                    c
+                }
+                Err(e) => {
+                    tracing::debug!("pcap: `{iface}` not ready ({e}); retrying");
+                    std::thread::sleep(REOPEN_DELAY);
+                    continue;
+                }
+            },
         };
-        tracing::info!("pcap: capturing on `{iface}` with filter `{}`", s.filter);
         let link = cap.get_datalink();
-        while !stop.is_cancelled() {
-            match cap.next_packet() {
-                Ok(frame) => {
-                    if let Some(packet) = parse_frame(link, frame.data) {
-                        submit(pipeline, packet);
+        'capturing: while !stop.is_cancelled() {
+            match wait_for_packets(&cap) {
+                Readiness::Idle => continue,
+                Readiness::Broken => {
+                    tracing::warn!("pcap: `{iface}` went away; reopening");
+                    break 'capturing;
+                }
+                Readiness::Packets => {}
+            }
+            // Drain what is buffered; non-blocking reads end with TimeoutExpired.
+            loop {
+                match cap.next_packet() {
+                    Ok(frame) => {
+                        if let Some(packet) = parse_frame(link, frame.data) {
+                            submit(pipeline, packet);
+                        }
+                    }
+                    Err(pcap::Error::TimeoutExpired) => break,
+                    Err(e) => {
+                        tracing::warn!("pcap: `{iface}` failed ({e}); reopening");
+                        break 'capturing;
                     }
                 }
-                Err(pcap::Error::TimeoutExpired) => {}
-                Err(e) => {
-                    tracing::warn!("pcap: `{iface}` failed ({e}); reopening");
-                    break;
-                }
             }
+        }
+        // Give a vanished interface a moment before trying to reopen it.
+        if !stop.is_cancelled() {
+            std::thread::sleep(REOPEN_DELAY);
         }
     }
 }
