@@ -90,6 +90,12 @@ impl Gpgme {
         Ok(Gpgme { ctx, passphrase: opts.passphrase.clone() })
     }
 
+    /// Use `passphrase` for the secret keys from now on (posternd sets it per packet,
+    /// from the stanza that packet is tried against).
+    pub fn set_passphrase(&mut self, passphrase: Option<Secret>) {
+        self.passphrase = passphrase;
+    }
+
     /// The gpg program this context runs.
     pub fn engine_path(&self) -> Option<String> {
         self.ctx.engine_info().path().ok().map(str::to_string)

@@ -100,12 +100,23 @@ pub async fn start_with_backends(
     let (tx, rx) = mpsc::channel(cfg.server.queue_depth);
     let actions = Executor::new(backends, Duration::from_secs(cfg.server.cmd_exec_timeout))
         .spawn(rx, shutdown.clone());
-    let pipeline = pipeline::build(
+    // GPG decryption runs on its own threads (gpgme is slow and not Send); the pool
+    // is always there so a SIGHUP may add GPG stanzas.
+    let gpg_pool = crate::gpg::GpgPool::start(crate::gpg::default_workers(), crate::gpg::DEFAULT_QUEUE)?;
+    if cfg.access.iter().any(|s| s.uses_gpg()) {
+        tracing::info!(
+            "GPG: {} decryption workers, queue of {}",
+            gpg_pool.workers(),
+            gpg_pool.queue()
+        );
+    }
+    let pipeline = pipeline::build_with_gpg(
         keyring.clone(),
         store.clone(),
         settings,
         tx,
         cfg.server.queue_depth,
+        Some(gpg_pool),
     );
     let mut tasks = Vec::new();
     for c in &cfg.capture {

@@ -6,6 +6,7 @@ pub mod capture;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod gpg;
 pub mod pipeline;
 #[cfg(feature = "plugin")]
 pub mod plugin;

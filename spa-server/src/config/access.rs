@@ -149,9 +149,36 @@ pub struct AccessStanza {
     pub disable_dnat: bool,
     #[serde(default)]
     pub forward_all: bool,
-    /// GPG settings are kept verbatim until GPG support lands.
-    #[serde(default)]
-    pub gpg: Vec<(String, String)>,
+    /// GPG_HOME_DIR: the keyring with the server's secret key (gpgme's default,
+    /// `$GNUPGHOME` or `~/.gnupg`, when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpg_home_dir: Option<PathBuf>,
+    /// GPG_EXE: the gpg program gpgme runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpg_exe: Option<PathBuf>,
+    /// GPG_DECRYPT_ID: the server key packets are encrypted to (informational, as in
+    /// fwknopd: gpg finds the secret key by itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpg_decrypt_id: Option<String>,
+    /// GPG_DECRYPT_PW: passphrase of the server's secret key; turns GPG on.
+    #[serde(default, with = "secret_text", skip_serializing_if = "Option::is_none")]
+    pub gpg_decrypt_pw: Option<Secret>,
+    /// GPG_ALLOW_NO_PW: the secret key has no passphrase; turns GPG on.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub gpg_allow_no_pw: bool,
+    /// GPG_REQUIRE_SIG; unset means fwknopd's default: yes, unless GPG_DISABLE_SIG.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpg_require_sig: Option<bool>,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub gpg_disable_sig: bool,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub gpg_ignore_sig_verify_error: bool,
+    /// GPG_REMOTE_ID: key IDs allowed to sign (comma list).
+    #[serde(default, with = "string_list", skip_serializing_if = "Vec::is_empty")]
+    pub gpg_remote_id: Vec<String>,
+    /// GPG_FINGERPRINT_ID: fingerprints allowed to sign (comma list).
+    #[serde(default, with = "string_list", skip_serializing_if = "Vec::is_empty")]
+    pub gpg_fingerprint_id: Vec<String>,
     /// Where the stanza starts, for messages.
     #[serde(skip)]
     pub origin: Option<Origin>,
@@ -190,6 +217,10 @@ impl From<ForceNat> for String {
     fn from(f: ForceNat) -> String {
         format!("{} {}", f.addr, f.port)
     }
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 fn default_digest() -> DigestType {
@@ -231,7 +262,16 @@ impl AccessStanza {
             force_masquerade: false,
             disable_dnat: false,
             forward_all: false,
-            gpg: Vec::new(),
+            gpg_home_dir: None,
+            gpg_exe: None,
+            gpg_decrypt_id: None,
+            gpg_decrypt_pw: None,
+            gpg_allow_no_pw: false,
+            gpg_require_sig: None,
+            gpg_disable_sig: false,
+            gpg_ignore_sig_verify_error: false,
+            gpg_remote_id: Vec::new(),
+            gpg_fingerprint_id: Vec::new(),
             origin: None,
         }
     }
@@ -245,6 +285,59 @@ impl AccessStanza {
         self.hmac_key_base64.as_ref().or(self.hmac_key.as_ref())
     }
 
+    /// Does this stanza take GPG packets? As in fwknopd: only with GPG_DECRYPT_PW or
+    /// GPG_ALLOW_NO_PW.
+    pub fn uses_gpg(&self) -> bool {
+        self.gpg_decrypt_pw.is_some() || self.gpg_allow_no_pw
+    }
+
+    /// fwknopd's rule: signatures are checked unless GPG_DISABLE_SIG is set (and
+    /// GPG_REQUIRE_SIG Y wins over GPG_DISABLE_SIG).
+    pub fn gpg_verify_sigs(&self) -> bool {
+        self.gpg_require_sig == Some(true) || !self.gpg_disable_sig
+    }
+
+    /// How this stanza judges the signatures of GPG packets.
+    pub fn gpg_signature_policy(&self) -> spa_core::gpg::SignaturePolicy {
+        spa_core::gpg::SignaturePolicy {
+            verify: self.gpg_verify_sigs(),
+            ignore_verify_error: self.gpg_ignore_sig_verify_error,
+            remote_ids: self.gpg_remote_id.clone(),
+            fingerprints: self.gpg_fingerprint_id.clone(),
+        }
+    }
+
+    fn validate_gpg(&self) -> Result<(), String> {
+        let any_gpg_setting = self.gpg_home_dir.is_some()
+            || self.gpg_exe.is_some()
+            || self.gpg_decrypt_id.is_some()
+            || self.gpg_require_sig.is_some()
+            || self.gpg_disable_sig
+            || self.gpg_ignore_sig_verify_error
+            || !self.gpg_remote_id.is_empty()
+            || !self.gpg_fingerprint_id.is_empty();
+        if !self.uses_gpg() {
+            if any_gpg_setting && self.rijndael_key().is_none() {
+                return Err("GPG settings without GPG_DECRYPT_PW or GPG_ALLOW_NO_PW Y (one of them turns GPG on)".into());
+            }
+            return Ok(());
+        }
+        if let Some(dir) = &self.gpg_home_dir {
+            if !dir.is_dir() {
+                return Err(format!("GPG_HOME_DIR {} is not a directory", dir.display()));
+            }
+        }
+        if self.gpg_verify_sigs() && self.gpg_remote_id.is_empty() && self.gpg_fingerprint_id.is_empty() {
+            return Err("GPG signatures are checked (the default) but neither GPG_REMOTE_ID nor GPG_FINGERPRINT_ID says whose to accept (or set GPG_DISABLE_SIG Y)".into());
+        }
+        if let (Some(pw), Some(h)) = (&self.gpg_decrypt_pw, self.hmac_secret()) {
+            if pw == h {
+                return Err("the HMAC key must differ from GPG_DECRYPT_PW".into());
+            }
+        }
+        Ok(())
+    }
+
     pub fn describe(&self) -> String {
         match &self.origin {
             Some(o) => format!("stanza at {o}"),
@@ -255,9 +348,13 @@ impl AccessStanza {
     /// Minimum data a stanza needs, checked once the stanza is complete.
     pub fn validate(&self) -> Result<(), String> {
         let key = self.rijndael_key();
-        if key.is_none() && self.gpg.is_empty() {
-            return Err("no KEY, KEY_BASE64 or GPG settings".into());
+        if key.is_none() && !self.uses_gpg() {
+            if self.gpg_home_dir.is_some() || !self.gpg_remote_id.is_empty() || !self.gpg_fingerprint_id.is_empty() {
+                return Err("no KEY or KEY_BASE64, and GPG is off: GPG stanzas need GPG_DECRYPT_PW or GPG_ALLOW_NO_PW Y".into());
+            }
+            return Err("no KEY, KEY_BASE64, GPG_DECRYPT_PW or GPG_ALLOW_NO_PW".into());
         }
+        self.validate_gpg()?;
         if let Some(k) = key {
             if k.bytes().len() > spa_core::cipher::MAX_KEY_LEN {
                 return Err(format!(
@@ -348,7 +445,21 @@ impl AccessStanza {
                     return Ok(Known::Ignored);
                 }
             }
-            v if v.starts_with("GPG_") => self.gpg.push((e.var.clone(), e.value.clone())),
+            "GPG_HOME_DIR" => self.gpg_home_dir = Some(PathBuf::from(&e.value)),
+            "GPG_EXE" => self.gpg_exe = Some(PathBuf::from(&e.value)),
+            "GPG_DECRYPT_ID" => self.gpg_decrypt_id = Some(e.value.clone()),
+            "GPG_DECRYPT_PW" => {
+                if e.value.eq_ignore_ascii_case("__CHANGEME__") {
+                    return Err(ConfError::new(&e.origin, "GPG_DECRYPT_PW is still the placeholder __CHANGEME__"));
+                }
+                self.gpg_decrypt_pw = Some(Secret::from_passphrase(&e.value));
+            }
+            "GPG_ALLOW_NO_PW" => self.gpg_allow_no_pw = parse_bool(e)?,
+            "GPG_REQUIRE_SIG" => self.gpg_require_sig = Some(parse_bool(e)?),
+            "GPG_DISABLE_SIG" => self.gpg_disable_sig = parse_bool(e)?,
+            "GPG_IGNORE_SIG_VERIFY_ERROR" => self.gpg_ignore_sig_verify_error = parse_bool(e)?,
+            "GPG_REMOTE_ID" => self.gpg_remote_id = split_list(&e.value),
+            "GPG_FINGERPRINT_ID" => self.gpg_fingerprint_id = split_list(&e.value),
             "ENABLE_CMD_SUDO_EXEC" | "CMD_SUDO_EXEC_USER" | "CMD_SUDO_EXEC_GROUP" => {
                 return Ok(Known::Ignored)
             }
@@ -356,6 +467,11 @@ impl AccessStanza {
         }
         Ok(Known::Used)
     }
+}
+
+/// fwknopd's comma lists: items trimmed, empty ones dropped.
+fn split_list(text: &str) -> Vec<String> {
+    text.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect()
 }
 
 enum Known {
@@ -533,6 +649,26 @@ mod proto_port_list {
     }
 }
 
+mod string_list {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    pub fn serialize<S: Serializer>(v: &[String], s: S) -> Result<S::Ok, S::Error> {
+        v.serialize(s)
+    }
+    /// A TOML array of strings, or one comma-separated string as in access.conf.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Text {
+            One(String),
+            Many(Vec<String>),
+        }
+        Ok(match Text::deserialize(d)? {
+            Text::One(s) => super::split_list(&s),
+            Text::Many(v) => v.iter().flat_map(|s| super::split_list(s)).collect(),
+        })
+    }
+}
+
 mod secret_text {
     use serde::{Deserialize, Deserializer, Serializer};
     use spa_core::Secret;
@@ -658,6 +794,62 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("readable by group or others"), "{err}");
+    }
+
+    #[test]
+    fn gpg_stanzas_from_access_conf_and_toml() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().display().to_string();
+        let text = format!(
+            "SOURCE ANY\nGPG_HOME_DIR {home}\nGPG_DECRYPT_ID 361BBAD4\nGPG_ALLOW_NO_PW Y\n\
+             GPG_REMOTE_ID 6A3FAD56, 1234AAAA,5678BBBB\nGPG_FINGERPRINT_ID 00CC95F05BC146B6AC4038C9E36F443C6A3FAD56\n\
+             GPG_IGNORE_SIG_VERIFY_ERROR N\nGPG_EXE /usr/bin/gpg\n\n\
+             SOURCE 10.0.0.0/8\nKEY fwknoptest\nGPG_DECRYPT_PW s3cret\nGPG_DISABLE_SIG Y\nGPG_SOMETHING x\n"
+        );
+        let p = write(dir.path(), "access.conf", &text, 0o600);
+        let mut warnings = Vec::new();
+        let s = load_access_file(&p, &mut warnings).unwrap();
+        assert!(s[0].uses_gpg() && s[0].rijndael_key().is_none());
+        assert_eq!(s[0].gpg_remote_id, ["6A3FAD56", "1234AAAA", "5678BBBB"]);
+        assert_eq!(s[0].gpg_fingerprint_id.len(), 1);
+        assert_eq!(s[0].gpg_decrypt_id.as_deref(), Some("361BBAD4"));
+        assert!(s[0].gpg_verify_sigs() && s[0].gpg_decrypt_pw.is_none());
+        assert!(s[1].uses_gpg() && !s[1].gpg_verify_sigs() && s[1].rijndael_key().is_some());
+        assert!(warnings.iter().any(|w| w.contains("GPG_SOMETHING")), "{warnings:?}");
+        // GPG_REQUIRE_SIG Y wins over GPG_DISABLE_SIG (fwknopd checks signatures then).
+        let mut both = s[1].clone();
+        both.gpg_require_sig = Some(true);
+        assert!(both.gpg_verify_sigs());
+        // The passphrase never shows in a dump.
+        let shown = toml::to_string(&s[1]).unwrap();
+        assert!(!shown.contains("s3cret") && shown.contains("gpg_disable_sig = true"), "{shown}");
+
+        let toml_text = format!(
+            "source = \"ANY\"\ngpg_home_dir = \"{home}\"\ngpg_decrypt_pw = \"pw\"\ngpg_remote_id = [\"6A3FAD56\", \"1234AAAA\"]\n\
+             gpg_fingerprint_id = \"AAAA, BBBB\"\n"
+        );
+        let t: AccessStanza = toml::from_str(&toml_text).unwrap();
+        t.validate().unwrap();
+        assert_eq!(t.gpg_remote_id, ["6A3FAD56", "1234AAAA"]);
+        assert_eq!(t.gpg_fingerprint_id, ["AAAA", "BBBB"]);
+    }
+
+    #[test]
+    fn gpg_stanza_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases = [
+            ("SOURCE ANY\nGPG_ALLOW_NO_PW Y\n", "GPG_REMOTE_ID nor GPG_FINGERPRINT_ID"),
+            ("SOURCE ANY\nGPG_REMOTE_ID 6A3FAD56\n", "GPG_DECRYPT_PW or GPG_ALLOW_NO_PW"),
+            ("SOURCE ANY\nGPG_DECRYPT_PW __CHANGEME__\n", ":2: GPG_DECRYPT_PW is still the placeholder"),
+            ("SOURCE ANY\nGPG_ALLOW_NO_PW Y\nGPG_DISABLE_SIG Y\nGPG_HOME_DIR /nonexistent/gpg\n", "GPG_HOME_DIR /nonexistent/gpg is not a directory"),
+            ("SOURCE ANY\nGPG_ALLOW_NO_PW maybe\n", "expects Y or N"),
+            ("SOURCE ANY\nGPG_DECRYPT_PW samekey\nHMAC_KEY samekey\nGPG_DISABLE_SIG Y\n", "HMAC key must differ"),
+        ];
+        for (text, want) in cases {
+            let p = write(dir.path(), "a.conf", text, 0o600);
+            let err = load_access_file(&p, &mut Vec::new()).unwrap_err().to_string();
+            assert!(err.contains(want), "{text:?}: {err}");
+        }
     }
 
     #[test]

@@ -1,30 +1,47 @@
 //! Stage 2: decrypt with each candidate stanza's key; the first that yields a
-//! valid message (digest verified, fields valid) wins.
+//! valid message (digest verified, fields valid) wins. Rijndael candidates are
+//! tried right here; GPG candidates, if any and if no Rijndael key fitted, go to
+//! the GPG worker pool, and the stanza's signature policy picks the winner.
 
 use super::{ready, Authenticated, Decrypted, Outcome, Stage, StageFuture};
+use crate::gpg::{self, GpgPool, Rejected};
 use spa_core::packet;
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::task::{Context, Poll};
-use tower::{Layer, Service};
+use tower::{Layer, Service, ServiceExt};
 
-#[derive(Clone, Copy, Default)]
-pub struct DecryptLayer;
+#[derive(Clone, Default)]
+pub struct DecryptLayer {
+    gpg: Option<Arc<GpgPool>>,
+}
+
+impl DecryptLayer {
+    /// Decrypt GPG packets on `pool` (None: GPG packets are refused).
+    pub fn with_gpg(pool: Option<Arc<GpgPool>>) -> Self {
+        DecryptLayer { gpg: pool }
+    }
+}
 
 impl<S> Layer<S> for DecryptLayer {
     type Service = Decrypt<S>;
     fn layer(&self, inner: S) -> Decrypt<S> {
-        Decrypt { inner }
+        Decrypt {
+            inner,
+            gpg: self.gpg.clone(),
+        }
     }
 }
 
 #[derive(Clone)]
 pub struct Decrypt<S> {
     inner: S,
+    gpg: Option<Arc<GpgPool>>,
 }
 
 impl<S> Service<Authenticated> for Decrypt<S>
 where
-    S: Service<Decrypted, Response = Outcome, Error = Infallible>,
+    S: Service<Decrypted, Response = Outcome, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send + 'static,
 {
     type Response = Outcome;
@@ -57,6 +74,40 @@ where
                 Err(e) => last_error = format!("{}: {e}", stanza.describe()),
             }
         }
-        ready(Outcome::denied(Stage::Decrypt, last_error))
+        if auth.gpg_candidates.is_empty() {
+            return ready(Outcome::denied(Stage::Decrypt, last_error));
+        }
+        let Some(pool) = self.gpg.clone() else {
+            return ready(Outcome::denied(Stage::Decrypt, "GPG packet, but GPG is not enabled"));
+        };
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            let wire = std::str::from_utf8(&auth.packet.bytes).unwrap_or_default();
+            let peer = auth.packet.peer.ip();
+            match gpg::decrypt_for_stanzas(&pool, &auth.stanzas, &auth.gpg_candidates, wire).await {
+                Ok(accepted) => {
+                    match &accepted.signer {
+                        Some(fpr) => tracing::info!("GPG packet from {peer} signed by {fpr}, accepted by {}", auth.stanzas[accepted.stanza].describe()),
+                        None => tracing::info!("GPG packet from {peer} accepted by {} (signatures not checked)", auth.stanzas[accepted.stanza].describe()),
+                    }
+                    inner
+                        .oneshot(Decrypted {
+                            packet: auth.packet,
+                            stanzas: auth.stanzas.clone(),
+                            stanza: accepted.stanza,
+                            decoded: accepted.decoded,
+                        })
+                        .await
+                }
+                Err(Rejected::Busy) => {
+                    tracing::debug!("GPG packet from {peer} dropped: queue full");
+                    Ok(Outcome::denied(Stage::Overload, "GPG queue full"))
+                }
+                Err(Rejected::Denied(why)) => {
+                    tracing::info!("GPG packet from {peer} refused: {why}");
+                    Ok(Outcome::denied(Stage::Decrypt, why))
+                }
+            }
+        })
     }
 }

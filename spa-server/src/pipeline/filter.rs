@@ -1,10 +1,13 @@
 //! Stage 1: cheap checks, then constant-time HMAC against each stanza whose SOURCE
-//! matches the sender. Nothing is decrypted here.
+//! matches the sender. Nothing is decrypted here. GPG-shaped packets (fwknopd's
+//! length rule) are also screened for the stanzas that take GPG, with the HMAC
+//! over the `hQ`-prefixed data.
 
 use super::{ready, Authenticated, Outcome, RawPacket, Stage, StageFuture, Stanzas};
 use crate::config::AccessStanza;
 use arc_swap::ArcSwap;
-use spa_core::packet::{self, HmacKey, RIJNDAEL_PREFIX};
+use spa_core::gpg;
+use spa_core::packet::{self, HmacKey, GPG_PREFIX, RIJNDAEL_PREFIX};
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -33,35 +36,43 @@ impl Keyring {
     }
 
     /// Length checks, charset, HMAC. Returns the stanzas worth decrypting for.
-    pub fn screen(
-        &self,
-        packet: &RawPacket,
-        stanzas: &[AccessStanza],
-    ) -> Result<Vec<(usize, usize)>, Outcome> {
+    pub fn screen(&self, packet: &RawPacket, stanzas: &[AccessStanza]) -> Result<Candidates, Outcome> {
         let wire =
             packet::precheck(&packet.bytes).map_err(|e| Outcome::denied(Stage::Precheck, e))?;
+        if gpg::carries_prefix(wire) {
+            return Err(Outcome::denied(Stage::Precheck, "packet still carries the constant GPG prefix `hQ`"));
+        }
+        let gpg_shaped = gpg::is_gpg_wire(wire);
         let peer = packet.peer.ip();
-        let mut candidates = Vec::new();
+        let mut candidates = Candidates::default();
         let mut last_error = None;
         for (i, s) in stanzas.iter().enumerate() {
-            if !s.source.contains(peer) || s.rijndael_key().is_none() {
+            if !s.source.contains(peer) {
                 continue;
             }
-            match s.hmac_secret() {
-                None => candidates.push((i, wire.len())),
-                Some(key) => {
-                    let hk = HmacKey {
-                        digest: s.hmac_digest_type,
-                        key: key.bytes(),
-                    };
-                    match packet::verify_hmac(wire, &hk, RIJNDAEL_PREFIX) {
-                        Ok(body) => candidates.push((i, body.len())),
-                        Err(e) => last_error = Some(e),
-                    }
+            let hmac = s.hmac_secret().map(|key| HmacKey {
+                digest: s.hmac_digest_type,
+                key: key.bytes(),
+            });
+            // Ciphertext length for this stanza, or why its HMAC failed.
+            let body = |prefix: &str| match &hmac {
+                None => Ok(wire.len()),
+                Some(hk) => packet::verify_hmac(wire, hk, prefix).map(str::len),
+            };
+            if s.rijndael_key().is_some() {
+                match body(RIJNDAEL_PREFIX) {
+                    Ok(len) => candidates.rijndael.push((i, len)),
+                    Err(e) => last_error = Some(e),
+                }
+            }
+            if gpg_shaped && s.uses_gpg() {
+                match body(GPG_PREFIX) {
+                    Ok(len) => candidates.gpg.push((i, len)),
+                    Err(e) => last_error = Some(e),
                 }
             }
         }
-        if candidates.is_empty() {
+        if candidates.rijndael.is_empty() && candidates.gpg.is_empty() {
             let reason = last_error
                 .map(|e| e.to_string())
                 .unwrap_or_else(|| format!("no access stanza for source {peer}"));
@@ -69,6 +80,14 @@ impl Keyring {
         }
         Ok(candidates)
     }
+}
+
+/// The stanzas a screened packet may decrypt under: (stanza index, length of the
+/// ciphertext part of the packet).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Candidates {
+    pub rijndael: Vec<(usize, usize)>,
+    pub gpg: Vec<(usize, usize)>,
 }
 
 #[derive(Clone)]
@@ -135,7 +154,8 @@ where
                 .oneshot(Authenticated {
                     packet,
                     stanzas,
-                    candidates,
+                    candidates: candidates.rijndael,
+                    gpg_candidates: candidates.gpg,
                 })
                 .await;
             drop(slot);

@@ -17,7 +17,7 @@ mod replay;
 
 pub use action::{ActionRequest, ActionStage};
 pub use decrypt::{Decrypt, DecryptLayer};
-pub use filter::{HmacFilter, HmacFilterLayer, Keyring};
+pub use filter::{Candidates, HmacFilter, HmacFilterLayer, Keyring};
 pub use policy::{PolicyLayer, PolicyStage};
 pub use replay::{ReplayGuard, ReplayLayer};
 
@@ -49,6 +49,8 @@ pub struct Authenticated {
     pub stanzas: Stanzas,
     /// (stanza index, length of the ciphertext part of the packet)
     pub candidates: Vec<(usize, usize)>,
+    /// The same for stanzas that take GPG packets (tried after the Rijndael ones).
+    pub gpg_candidates: Vec<(usize, usize)>,
 }
 
 /// A packet that decrypted and decoded under one stanza's key.
@@ -120,6 +122,7 @@ pub type Stanzas = Arc<Vec<crate::config::AccessStanza>>;
 pub type Pipeline = HmacFilter<Decrypt<ReplayGuard<PolicyStage<ActionStage>>>>;
 
 /// Build the whole stack with tower's ServiceBuilder, reading like the diagram.
+/// GPG packets are refused (use [`build_with_gpg`]).
 pub fn build(
     keyring: Arc<Keyring>,
     store: Arc<dyn crate::replay::ReplayStore>,
@@ -127,9 +130,21 @@ pub fn build(
     actions: tokio::sync::mpsc::Sender<ActionRequest>,
     max_in_flight: usize,
 ) -> Pipeline {
+    build_with_gpg(keyring, store, settings, actions, max_in_flight, None)
+}
+
+/// [`build`] with a GPG worker pool for the decrypt stage.
+pub fn build_with_gpg(
+    keyring: Arc<Keyring>,
+    store: Arc<dyn crate::replay::ReplayStore>,
+    settings: crate::policy::PolicySettings,
+    actions: tokio::sync::mpsc::Sender<ActionRequest>,
+    max_in_flight: usize,
+    gpg: Option<Arc<crate::gpg::GpgPool>>,
+) -> Pipeline {
     tower::ServiceBuilder::new()
         .layer(HmacFilterLayer::new(keyring.clone(), max_in_flight))
-        .layer(DecryptLayer)
+        .layer(DecryptLayer::with_gpg(gpg))
         .layer(ReplayLayer::new(store))
         .layer(PolicyLayer::new(settings))
         .service(ActionStage::new(actions))

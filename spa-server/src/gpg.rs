@@ -1,0 +1,245 @@
+//! GPG packets in posternd: decryption off the async pipeline, on a bounded pool.
+//!
+//! gpgme runs a `gpg` process per operation (tens of milliseconds) and its context
+//! is not `Send`. So posternd starts a few dedicated threads that each own their
+//! gpgme contexts (one per keyring and gpg program) and take jobs from one bounded
+//! queue. Submitting never waits: when the queue is full the packet is dropped
+//! ("overload"). Only packets that passed the cheap checks reach the pool — GPG
+//! length, a stanza with GPG whose SOURCE matches the sender, and that stanza's
+//! HMAC when it has one — and Rijndael packets never go through it, so a flood
+//! of GPG-looking garbage can delay GPG knocks but not Rijndael ones.
+//!
+//! [`decrypt_for_stanzas`] then applies fwknopd's per-stanza signature policy.
+
+use crate::config::AccessStanza;
+use spa_client::gpg::{GpgOptions, Gpgme};
+use spa_core::gpg::{self, check_signatures, Decrypted, GpgError, OpenPgp};
+use spa_core::{DecodedMessage, Secret};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use tokio::sync::oneshot;
+
+/// Default queue length: a second or so of work for the default pool.
+pub const DEFAULT_QUEUE: usize = 64;
+
+/// Default number of workers: the CPUs, at most 4 (each decryption is a gpg process).
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 4)
+}
+
+/// Which gpgme context a job needs.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct EngineKey {
+    pub home_dir: Option<PathBuf>,
+    pub exe: Option<PathBuf>,
+}
+
+impl EngineKey {
+    pub fn of(stanza: &AccessStanza) -> Self {
+        EngineKey { home_dir: stanza.gpg_home_dir.clone(), exe: stanza.gpg_exe.clone() }
+    }
+}
+
+struct Job {
+    data: Vec<u8>,
+    engine: EngineKey,
+    passphrase: Option<Secret>,
+    reply: oneshot::Sender<Result<Decrypted, GpgError>>,
+}
+
+/// Why the pool did not decrypt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PoolError {
+    /// The queue is full: the packet is dropped.
+    Busy,
+    /// The workers are gone.
+    Stopped,
+    /// gpg could not decrypt (wrong key, damaged data, …).
+    Gpg(String),
+}
+
+impl std::fmt::Display for PoolError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PoolError::Busy => f.write_str("GPG queue full, packet dropped"),
+            PoolError::Stopped => f.write_str("GPG workers stopped"),
+            PoolError::Gpg(m) => f.write_str(m),
+        }
+    }
+}
+
+/// Counters for logs and benchmarks.
+#[derive(Debug, Default)]
+pub struct PoolStats {
+    pub decrypted: AtomicU64,
+    pub failed: AtomicU64,
+    pub dropped: AtomicU64,
+}
+
+/// The worker pool. Threads end when the last handle is dropped.
+pub struct GpgPool {
+    tx: SyncSender<Job>,
+    workers: usize,
+    queue: usize,
+    pub stats: Arc<PoolStats>,
+}
+
+impl GpgPool {
+    /// Start `workers` threads sharing a queue of `queue` jobs.
+    pub fn start(workers: usize, queue: usize) -> std::io::Result<Arc<GpgPool>> {
+        let workers = workers.max(1);
+        let (tx, rx) = mpsc::sync_channel::<Job>(queue);
+        let rx = Arc::new(Mutex::new(rx));
+        let stats = Arc::new(PoolStats::default());
+        for i in 0..workers {
+            let rx = rx.clone();
+            let stats = stats.clone();
+            std::thread::Builder::new().name(format!("gpg-{i}")).spawn(move || worker(&rx, &stats))?;
+        }
+        Ok(Arc::new(GpgPool { tx, workers, queue, stats }))
+    }
+
+    pub fn workers(&self) -> usize {
+        self.workers
+    }
+
+    pub fn queue(&self) -> usize {
+        self.queue
+    }
+
+    /// Queue `data` for decryption with `engine`'s keyring; never waits for room.
+    pub async fn decrypt(&self, data: Vec<u8>, engine: EngineKey, passphrase: Option<Secret>) -> Result<Decrypted, PoolError> {
+        let (reply, result) = oneshot::channel();
+        match self.tx.try_send(Job { data, engine, passphrase, reply }) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                return Err(PoolError::Busy);
+            }
+            Err(TrySendError::Disconnected(_)) => return Err(PoolError::Stopped),
+        }
+        match result.await {
+            Ok(Ok(d)) => Ok(d),
+            Ok(Err(e)) => Err(PoolError::Gpg(e.to_string())),
+            Err(_) => Err(PoolError::Stopped),
+        }
+    }
+}
+
+fn worker(rx: &Mutex<Receiver<Job>>, stats: &PoolStats) {
+    let mut engines: HashMap<EngineKey, Gpgme> = HashMap::new();
+    loop {
+        // Only the waiting worker holds the lock; it is released before the work.
+        let job = match rx.lock() {
+            Ok(guard) => match guard.recv() {
+                Ok(job) => job,
+                Err(_) => return,
+            },
+            Err(_) => return,
+        };
+        if job.reply.is_closed() {
+            continue;
+        }
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_job(&mut engines, &job)));
+        let result = match outcome {
+            Ok(r) => r,
+            Err(_) => {
+                // A context that panicked is not trusted again.
+                engines.remove(&job.engine);
+                Err(GpgError::engine("GPG worker panicked"))
+            }
+        };
+        let counter = if result.is_ok() { &stats.decrypted } else { &stats.failed };
+        counter.fetch_add(1, Ordering::Relaxed);
+        let _ = job.reply.send(result);
+    }
+}
+
+fn run_job(engines: &mut HashMap<EngineKey, Gpgme>, job: &Job) -> Result<Decrypted, GpgError> {
+    if !engines.contains_key(&job.engine) {
+        let opts = GpgOptions { home_dir: job.engine.home_dir.clone(), exe: job.engine.exe.clone(), ..Default::default() };
+        engines.insert(job.engine.clone(), Gpgme::new(&opts)?);
+    }
+    let engine = engines.get_mut(&job.engine).expect("just inserted");
+    engine.set_passphrase(job.passphrase.clone());
+    let result = engine.decrypt_and_verify(&job.data);
+    engine.set_passphrase(None);
+    result
+}
+
+/// A GPG packet accepted by one stanza.
+#[derive(Debug)]
+pub struct Accepted {
+    pub stanza: usize,
+    pub decoded: DecodedMessage,
+    /// Fingerprint of the accepted signer (None when the stanza does not check signatures).
+    pub signer: Option<String>,
+}
+
+/// Why no stanza accepted a GPG packet.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Rejected {
+    /// The pool had no room: dropped unread.
+    Busy,
+    /// Decryption, decoding or the signature policy said no (last reason).
+    Denied(String),
+}
+
+/// Decrypt `wire`'s GPG data for each candidate stanza (index, length of the part
+/// before the HMAC), in order, and return the first stanza whose signature policy
+/// accepts it. A keyring and passphrase already tried are not asked again.
+pub async fn decrypt_for_stanzas(
+    pool: &GpgPool,
+    stanzas: &[AccessStanza],
+    candidates: &[(usize, usize)],
+    wire: &str,
+) -> Result<Accepted, Rejected> {
+    type Attempt = (usize, EngineKey, Option<Secret>, Result<Decrypted, String>);
+    let mut tried: Vec<Attempt> = Vec::new();
+    let mut last = String::from("no GPG stanza");
+    for &(index, body_len) in candidates {
+        let stanza = &stanzas[index];
+        let engine = EngineKey::of(stanza);
+        let pass = stanza.gpg_decrypt_pw.clone();
+        let earlier = tried.iter().position(|(len, e, p, _)| *len == body_len && *e == engine && *p == pass);
+        let pos = match earlier {
+            Some(pos) => pos,
+            None => {
+                let result = match gpg::openpgp_data(&wire[..body_len]) {
+                    Ok(data) => match pool.decrypt(data, engine.clone(), pass.clone()).await {
+                        Ok(d) => Ok(d),
+                        Err(PoolError::Busy) => return Err(Rejected::Busy),
+                        Err(e) => Err(e.to_string()),
+                    },
+                    Err(e) => Err(e.to_string()),
+                };
+                tried.push((body_len, engine, pass, result));
+                tried.len() - 1
+            }
+        };
+        let decrypted = match &tried[pos].3 {
+            Ok(d) => d,
+            Err(e) => {
+                last = format!("{}: {e}", stanza.describe());
+                continue;
+            }
+        };
+        let decoded = match gpg::decode_decrypted(&decrypted.plaintext) {
+            Ok(d) => d,
+            Err(e) => {
+                last = format!("{}: {e}", stanza.describe());
+                continue;
+            }
+        };
+        match check_signatures(&stanza.gpg_signature_policy(), &decrypted.signatures) {
+            Ok(sig) => {
+                return Ok(Accepted { stanza: index, decoded, signer: sig.map(|s| s.fingerprint.clone()) });
+            }
+            Err(denial) => last = format!("{}: {denial}", stanza.describe()),
+        }
+    }
+    Err(Rejected::Denied(last))
+}
