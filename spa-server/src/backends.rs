@@ -11,6 +11,10 @@ fn settings<T: DeserializeOwned>(cfg: &ActionConfig) -> anyhow::Result<T> {
         .map_err(|e| anyhow::anyhow!("action `{}`: {e}", cfg.kind))
 }
 
+fn feature_missing(kind: &str) -> String {
+    format!("backend `{kind}` requires the `{kind}` feature, which this posternd was built without")
+}
+
 /// Is the backend named `kind` part of this build (its cargo feature enabled)?
 pub fn compiled_in(kind: &str) -> bool {
     match kind {
@@ -32,7 +36,7 @@ pub fn build(cfg: &ActionConfig, run_dir: &Path) -> anyhow::Result<Box<dyn Firew
         cfg.kind.clone()
     };
     if !compiled_in(&kind) {
-        anyhow::bail!("backend `{kind}` requires the `{kind}` feature, which this posternd was built without");
+        anyhow::bail!(feature_missing(&kind));
     }
     Ok(match kind.as_str() {
         #[cfg(feature = "nftables")]
@@ -56,6 +60,20 @@ pub fn build(cfg: &ActionConfig, run_dir: &Path) -> anyhow::Result<Box<dyn Firew
             let mut c = settings::<FirewalldConfig>(cfg)?;
             c.state_file.get_or_insert_with(|| run_dir.join("firewalld.json"));
             Box::new(FirewalldBackend::new(c)?)
+        }
+        #[cfg(feature = "pf")]
+        "pf" => {
+            use postern_backend_pf::{PfBackend, PfConfig};
+            let mut settings_map = cfg.settings.clone();
+            // The state file lives in the run directory unless the config names one.
+            settings_map.entry("state_file").or_insert_with(|| run_dir.join("pf.json").display().to_string().into());
+            let c: PfConfig = serde_json::from_value(serde_json::Value::Object(settings_map)).map_err(|e| anyhow::anyhow!("action `pf`: {e}"))?;
+            Box::new(PfBackend::system(&c)?)
+        }
+        #[cfg(feature = "ipfw")]
+        "ipfw" => {
+            use postern_backend_ipfw::{IpfwBackend, IpfwConfig};
+            Box::new(IpfwBackend::system(&settings::<IpfwConfig>(cfg)?)?)
         }
         "script" => {
             let mut c = settings::<ScriptConfig>(cfg)?;
@@ -155,9 +173,22 @@ mod tests {
     }
 
     #[test]
-    #[cfg(not(feature = "pf"))]
     fn a_backend_left_out_of_the_build_names_its_feature() {
-        assert_eq!(build_err("pf"), "backend `pf` requires the `pf` feature, which this posternd was built without");
+        assert_eq!(feature_missing("pf"), "backend `pf` requires the `pf` feature, which this posternd was built without");
+        if cfg!(all(feature = "nftables", feature = "iptables", feature = "firewalld", feature = "pf", feature = "ipfw", feature = "plugin")) {
+            for kind in ["nftables", "iptables", "firewalld", "pf", "ipfw", "plugin"] {
+                assert!(compiled_in(kind), "{kind}");
+            }
+        }
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn bsd_backends_on_linux_say_their_tool_is_missing() {
+        for (kind, tool) in [("pf", "pfctl"), ("ipfw", "ipfw")] {
+            let err = build_err(kind);
+            assert!(err.contains(tool) && err.contains("missing"), "{kind}: {err}");
+        }
     }
 
     #[test]
