@@ -1,8 +1,7 @@
 //! Build action backends from config by name.
 
-use crate::config::ActionConfig;
+use crate::config::{ActionConfig, ServerSection};
 use postern_backend_script::{find_program, ScriptBackend, ScriptConfig};
-use std::path::Path;
 use serde::de::DeserializeOwned;
 use spa_core::firewall::{Firewall, FwResult, Opening, Rule};
 
@@ -28,8 +27,17 @@ pub fn compiled_in(kind: &str) -> bool {
     }
 }
 
-/// `run_dir` holds backends' state files unless their config names one.
-pub fn build(cfg: &ActionConfig, run_dir: &Path) -> anyhow::Result<Box<dyn Firewall>> {
+/// Build the backend for one `[[action]]`. Server settings fill in what the backend
+/// needs to know: `run_dir` holds state files unless the config names one, and
+/// NAT enabled on the server turns on the backend's NAT chains.
+pub fn build(cfg: &ActionConfig, server: &ServerSection) -> anyhow::Result<Box<dyn Firewall>> {
+    let run_dir = server.run_dir.as_path();
+    let nat_enabled = server.nat.forwarding || server.nat.local;
+    let mut cfg = cfg.clone();
+    if nat_enabled && matches!(cfg.kind.as_str(), "nftables" | "iptables") {
+        cfg.settings.entry("nat").or_insert(true.into());
+    }
+    let cfg = &cfg;
     let kind = if cfg.kind == "auto" {
         detect()?
     } else {
@@ -168,8 +176,12 @@ mod tests {
         ActionConfig { kind: kind.into(), settings: Default::default() }
     }
 
+    fn server() -> ServerSection {
+        ServerSection { run_dir: "/nonexistent".into(), ..ServerSection::default() }
+    }
+
     fn build_err(kind: &str) -> String {
-        build(&action(kind), Path::new("/nonexistent")).err().map(|e| e.to_string()).unwrap_or_default()
+        build(&action(kind), &server()).err().map(|e| e.to_string()).unwrap_or_default()
     }
 
     #[test]
@@ -201,7 +213,7 @@ mod tests {
     fn bad_backend_settings_name_the_action() {
         let mut a = action("nftables");
         a.settings.insert("tabel".into(), "x".into());
-        let err = build(&a, Path::new("/nonexistent")).err().unwrap().to_string();
+        let err = build(&a, &server()).err().unwrap().to_string();
         assert!(err.starts_with("action `nftables`:") && err.contains("tabel"), "{err}");
     }
 }

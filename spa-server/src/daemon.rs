@@ -39,7 +39,7 @@ pub fn init_backends(cfg: &ServerConfig) -> anyhow::Result<Vec<Box<dyn Firewall>
     let now = crate::capture::unix_now();
     let mut out = Vec::new();
     for a in &cfg.action {
-        let mut b = crate::backends::build(a, &cfg.server.run_dir)?;
+        let mut b = crate::backends::build(a, &cfg.server)?;
         b.init(now)
             .map_err(|e| anyhow::anyhow!("action `{}`: {e}", a.kind))?;
         tracing::info!(

@@ -107,6 +107,13 @@ const KNOWN: &[&str] = &[
 
 /// fwknopd's default chain layout, used when posternd is started from fwknopd.conf.
 const FWKNOPD_INPUT_ACCESS: &str = "ACCEPT, filter, INPUT, 1, FWKNOP_INPUT, 1";
+/// fwknopd.conf variable, iptables action field, fwknopd's default.
+const FWKNOPD_NAT_CHAINS: [(&str, &str, &str); 4] = [
+    ("IPT_FORWARD_ACCESS", "forward", "ACCEPT, filter, FORWARD, 1, FWKNOP_FORWARD, 1"),
+    ("IPT_DNAT_ACCESS", "dnat", "DNAT, nat, PREROUTING, 1, FWKNOP_PREROUTING, 1"),
+    ("IPT_SNAT_ACCESS", "snat", "SNAT, nat, POSTROUTING, 1, FWKNOP_POSTROUTING, 1"),
+    ("IPT_MASQUERADE_ACCESS", "masquerade", "MASQUERADE, nat, POSTROUTING, 1, FWKNOP_MASQUERADE, 1"),
+];
 
 /// Expand `$VAR` references to other variables of the same file (fwknopd does this
 /// for paths such as `FWKNOP_PID_FILE $FWKNOP_RUN_DIR/fwknopd.pid`).
@@ -223,18 +230,19 @@ pub fn apply_fwknopd_conf(
     if cfg.action.is_empty() {
         cfg.action.push(iptables_action(&get, flag)?);
     }
-    for nat in [
-        "ENABLE_IPT_FORWARDING",
-        "ENABLE_IPT_LOCAL_NAT",
-        "ENABLE_IPT_SNAT",
-        "ENABLE_IPT_OUTPUT",
-    ] {
-        if flag(nat, false)? {
-            warnings.push(format!(
-                "{}: {nat} is not supported by postern yet; NAT requests will be denied",
-                get(nat).expect("set").origin
-            ));
-        }
+    cfg.server.nat.forwarding = flag("ENABLE_IPT_FORWARDING", false)?;
+    cfg.server.nat.local = flag("ENABLE_IPT_LOCAL_NAT", false)?;
+    if flag("ENABLE_IPT_SNAT", false)? {
+        let snat = match get("SNAT_TRANSLATE_IP") {
+            Some(e) => e.value.parse().map(spa_core::firewall::Snat::To).map_err(|_| {
+                ConfError::new(&e.origin, format!("SNAT_TRANSLATE_IP expects an address, got `{}`", e.value))
+            })?,
+            None => spa_core::firewall::Snat::Masquerade,
+        };
+        cfg.server.nat.snat = Some(super::SnatSetting(snat));
+    }
+    if let Some(e) = get("ENABLE_IPT_OUTPUT").filter(|_| flag("ENABLE_IPT_OUTPUT", false).unwrap_or(false)) {
+        warnings.push(format!("{}: ENABLE_IPT_OUTPUT is not supported by postern yet", e.origin));
     }
     Ok(())
 }
@@ -260,6 +268,17 @@ fn iptables_action<'a>(
     );
     if let Some(exe) = get("FIREWALL_EXE") {
         settings.insert("iptables".into(), Value::String(exe.value.clone()));
+    }
+    // With NAT on, the NAT chains are fwknopd.conf's, or fwknopd's defaults.
+    let mut nat_on = false;
+    for v in ["ENABLE_IPT_FORWARDING", "ENABLE_IPT_LOCAL_NAT", "ENABLE_IPT_SNAT"] {
+        nat_on |= flag(v, false)?;
+    }
+    if nat_on {
+        for (var, key, default) in FWKNOPD_NAT_CHAINS {
+            let spec = get(var).map(|e| e.value.clone()).unwrap_or_else(|| default.to_string());
+            settings.insert(key.into(), Value::String(spec));
+        }
     }
     Ok(ActionConfig {
         kind: "iptables".into(),
@@ -323,6 +342,18 @@ mod tests {
             "ACCEPT, filter, INPUT, 1, FWKNOP_INPUT, 1"
         );
         assert_eq!(cfg.action[0].settings["flush_at_init"], true);
+    }
+
+    #[test]
+    fn nat_settings_reach_policy_and_the_iptables_chains() {
+        let (cfg, _) = load("ENABLE_IPT_FORWARDING Y;\nENABLE_IPT_SNAT Y;\nSNAT_TRANSLATE_IP 192.0.2.1;\nIPT_DNAT_ACCESS DNAT, nat, PREROUTING, 2, MY_DNAT, 1;\n");
+        assert!(cfg.server.nat.forwarding && !cfg.server.nat.local);
+        assert_eq!(cfg.server.nat.snat, Some(super::super::SnatSetting(spa_core::firewall::Snat::To("192.0.2.1".parse().unwrap()))));
+        let s = &cfg.action[0].settings;
+        assert_eq!(s["dnat"], "DNAT, nat, PREROUTING, 2, MY_DNAT, 1");
+        assert_eq!(s["forward"], "ACCEPT, filter, FORWARD, 1, FWKNOP_FORWARD, 1");
+        let (plain, _) = load("PCAP_INTF eth0;\n");
+        assert!(!plain.action[0].settings.contains_key("forward"));
     }
 
     #[test]
