@@ -12,6 +12,9 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+/// How long shutdown waits for GPG decryptions in progress.
+const GPG_STOP_WAIT: Duration = Duration::from_secs(5);
+
 /// How often old replay entries are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
@@ -62,6 +65,7 @@ pub struct Running {
     pub keyring: Arc<Keyring>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     actions: Option<std::thread::JoinHandle<()>>,
+    gpg_workers: Option<Arc<crate::gpg::Workers>>,
 }
 
 impl Running {
@@ -73,6 +77,10 @@ impl Running {
         }
         if let Some(a) = self.actions.take() {
             let _ = tokio::task::spawn_blocking(move || a.join()).await;
+        }
+        // Let gpg runs in progress finish rather than orphan them.
+        if let Some(w) = self.gpg_workers.take() {
+            let _ = tokio::task::spawn_blocking(move || w.wait_stopped(GPG_STOP_WAIT)).await;
         }
     }
 }
@@ -110,6 +118,7 @@ pub async fn start_with_backends(
             gpg_pool.queue()
         );
     }
+    let gpg_workers = gpg_pool.live_workers();
     let pipeline = pipeline::build_with_gpg(
         keyring.clone(),
         store.clone(),
@@ -135,6 +144,7 @@ pub async fn start_with_backends(
         keyring,
         tasks,
         actions: Some(actions),
+        gpg_workers: Some(gpg_workers),
     })
 }
 

@@ -19,7 +19,8 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 /// Default queue length: a second or so of work for the default pool.
@@ -79,11 +80,47 @@ pub struct PoolStats {
     pub dropped: AtomicU64,
 }
 
+/// The live worker threads, so shutdown can wait for gpg runs in progress.
+#[derive(Debug, Default)]
+pub struct Workers {
+    live: Mutex<usize>,
+    stopped: Condvar,
+}
+
+impl Workers {
+    /// Wait until every worker has ended (the pool was dropped and the jobs left
+    /// were answered or skipped); false on timeout.
+    pub fn wait_stopped(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        while *live > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            live = self.stopped.wait_timeout(live, left).unwrap_or_else(|p| p.into_inner()).0;
+        }
+        true
+    }
+}
+
+/// Counts a worker out when its thread ends, however it ends.
+struct Alive(Arc<Workers>);
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        let mut live = self.0.live.lock().unwrap_or_else(|p| p.into_inner());
+        *live -= 1;
+        self.0.stopped.notify_all();
+    }
+}
+
 /// The worker pool. Threads end when the last handle is dropped.
 pub struct GpgPool {
     tx: SyncSender<Job>,
     workers: usize,
     queue: usize,
+    live: Arc<Workers>,
     pub stats: Arc<PoolStats>,
 }
 
@@ -94,12 +131,24 @@ impl GpgPool {
         let (tx, rx) = mpsc::sync_channel::<Job>(queue);
         let rx = Arc::new(Mutex::new(rx));
         let stats = Arc::new(PoolStats::default());
+        let live = Arc::new(Workers::default());
         for i in 0..workers {
             let rx = rx.clone();
             let stats = stats.clone();
-            std::thread::Builder::new().name(format!("gpg-{i}")).spawn(move || worker(&rx, &stats))?;
+            *live.live.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+            let alive = Alive(live.clone());
+            let spawned = std::thread::Builder::new().name(format!("gpg-{i}")).spawn(move || {
+                let _alive = alive;
+                worker(&rx, &stats)
+            });
+            spawned?;
         }
-        Ok(Arc::new(GpgPool { tx, workers, queue, stats }))
+        Ok(Arc::new(GpgPool { tx, workers, queue, live, stats }))
+    }
+
+    /// The worker threads' liveness, to wait for them at shutdown.
+    pub fn live_workers(&self) -> Arc<Workers> {
+        self.live.clone()
     }
 
     pub fn workers(&self) -> usize {
