@@ -80,7 +80,7 @@ impl Running {
         }
         // Let gpg runs in progress finish rather than orphan them.
         if let Some(w) = self.gpg_workers.take() {
-            let _ = tokio::task::spawn_blocking(move || w.wait_stopped(GPG_STOP_WAIT)).await;
+            let _ = tokio::task::spawn_blocking(move || w.stop_and_wait(GPG_STOP_WAIT)).await;
         }
     }
 }

@@ -17,8 +17,8 @@ use spa_core::gpg::{self, check_signatures, Decrypted, GpgError, OpenPgp};
 use spa_core::{DecodedMessage, Secret};
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
@@ -80,17 +80,23 @@ pub struct PoolStats {
     pub dropped: AtomicU64,
 }
 
-/// The live worker threads, so shutdown can wait for gpg runs in progress.
+/// How often an idle worker looks at the stop flag.
+const IDLE_CHECK: Duration = Duration::from_millis(100);
+
+/// The live worker threads, so shutdown can stop them and wait for gpg runs in
+/// progress instead of orphaning them.
 #[derive(Debug, Default)]
 pub struct Workers {
     live: Mutex<usize>,
     stopped: Condvar,
+    stop: AtomicBool,
 }
 
 impl Workers {
-    /// Wait until every worker has ended (the pool was dropped and the jobs left
-    /// were answered or skipped); false on timeout.
-    pub fn wait_stopped(&self, timeout: Duration) -> bool {
+    /// Ask the workers to stop (queued jobs are dropped) and wait until every one
+    /// has ended; false on timeout.
+    pub fn stop_and_wait(&self, timeout: Duration) -> bool {
+        self.stop.store(true, Ordering::SeqCst);
         let deadline = Instant::now() + timeout;
         let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
         while *live > 0 {
@@ -138,8 +144,9 @@ impl GpgPool {
             *live.live.lock().unwrap_or_else(|p| p.into_inner()) += 1;
             let alive = Alive(live.clone());
             let spawned = std::thread::Builder::new().name(format!("gpg-{i}")).spawn(move || {
-                let _alive = alive;
-                worker(&rx, &stats)
+                let stop = &alive.0.stop;
+                worker(&rx, &stats, stop);
+                drop(alive);
             });
             spawned?;
         }
@@ -178,18 +185,22 @@ impl GpgPool {
     }
 }
 
-fn worker(rx: &Mutex<Receiver<Job>>, stats: &PoolStats) {
+fn worker(rx: &Mutex<Receiver<Job>>, stats: &PoolStats, stop: &AtomicBool) {
     let mut engines: HashMap<EngineKey, Gpgme> = HashMap::new();
     loop {
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
         // Only the waiting worker holds the lock; it is released before the work.
         let job = match rx.lock() {
-            Ok(guard) => match guard.recv() {
+            Ok(guard) => match guard.recv_timeout(IDLE_CHECK) {
                 Ok(job) => job,
-                Err(_) => return,
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => return,
             },
             Err(_) => return,
         };
-        if job.reply.is_closed() {
+        if job.reply.is_closed() || stop.load(Ordering::SeqCst) {
             continue;
         }
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_job(&mut engines, &job)));
