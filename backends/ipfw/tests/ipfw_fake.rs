@@ -1,9 +1,7 @@
 //! The ipfw backend end to end against `postern-fake-ipfw`, an ipfw stand-in
 //! that keeps rules, sets and dynamic rules, through the real process runner.
 
-mod common;
-
-use common::battery::{self, opening, rule};
+use postern_e2e::conformance::{self, opening, rule};
 use postern_backend_ipfw::{IpfwBackend, IpfwConfig};
 use spa_core::firewall::{Firewall, FirewallError, Rule};
 use spa_core::request::Proto;
@@ -92,7 +90,7 @@ fn conformance_battery() {
     let cfg = fake.config();
     let mut make = || Box::new(IpfwBackend::system(&cfg).unwrap()) as Box<dyn Firewall>;
     let mut probe = |r: &Rule| fake.probe(r);
-    battery::run(&mut make, &mut probe, NOW);
+    conformance::run(&mut make, &mut probe, NOW);
     // The admin's rules are where they were.
     let list = fake.list();
     assert!(

@@ -1,10 +1,7 @@
 //! The pf backend end to end against `postern-fake-pfctl`, a pfctl stand-in that
 //! keeps anchors and tables, through the real process runner.
 
-#[path = "../../ipfw/tests/common/battery.rs"]
-mod battery;
-
-use battery::{opening, rule};
+use postern_e2e::conformance::{self, opening, rule};
 use postern_backend_pf::{PfBackend, PfConfig};
 use spa_core::firewall::{Firewall, FirewallError, Rule};
 use spa_core::request::Proto;
@@ -95,7 +92,7 @@ fn conformance_battery() {
     let cfg = fake.config();
     let mut make = || Box::new(PfBackend::system(&cfg).unwrap()) as Box<dyn Firewall>;
     let mut probe = |r: &Rule| fake.probe(r);
-    battery::run(&mut make, &mut probe, NOW);
+    conformance::run(&mut make, &mut probe, NOW);
     // The main ruleset was only ever read.
     assert!(fake
         .calls()
