@@ -10,6 +10,29 @@
 //! of GPG-looking garbage can delay GPG knocks but not Rijndael ones.
 //!
 //! [`decrypt_for_stanzas`] then applies fwknopd's per-stanza signature policy.
+//!
+//! # Configuration (access.conf variable / `[[access]]` key)
+//!
+//! | access.conf | TOML | meaning |
+//! | --- | --- | --- |
+//! | `GPG_DECRYPT_PW` | `gpg_decrypt_pw` | passphrase of the server's secret key; turns GPG on |
+//! | `GPG_ALLOW_NO_PW Y` | `gpg_allow_no_pw` | the secret key has no passphrase; turns GPG on |
+//! | `GPG_HOME_DIR` | `gpg_home_dir` | keyring directory (default: `$GNUPGHOME` or `~/.gnupg`); must exist |
+//! | `GPG_EXE` | `gpg_exe` | gpg program for gpgme |
+//! | `GPG_DECRYPT_ID` | `gpg_decrypt_id` | the server key (informational, as in fwknopd) |
+//! | `GPG_REQUIRE_SIG` | `gpg_require_sig` | check signatures; the default unless `GPG_DISABLE_SIG Y` |
+//! | `GPG_DISABLE_SIG` | `gpg_disable_sig` | do not check signatures (`GPG_REQUIRE_SIG Y` wins) |
+//! | `GPG_IGNORE_SIG_VERIFY_ERROR` | `gpg_ignore_sig_verify_error` | accept a signature that does not verify (unknown or untrusted key) if its ID is listed |
+//! | `GPG_REMOTE_ID` | `gpg_remote_id` | signer key IDs (8 hex digits as fwknop; 16 also work), comma list |
+//! | `GPG_FINGERPRINT_ID` | `gpg_fingerprint_id` | signer fingerprints, comma list |
+//!
+//! When signatures are checked, at least one of `GPG_REMOTE_ID` / `GPG_FINGERPRINT_ID`
+//! is required (fwknopd refuses to start otherwise). Only the first signature counts;
+//! it must be good and made by a key of at least marginal validity in the keyring
+//! (import the client's key and trust it), and match the lists given. HMAC keys
+//! work as for Rijndael, over the `hQ`-prefixed data. fwknopd.conf's `GPG_HOME_DIR`
+//! / `GPG_EXE` defaults and fwknopd's `--gpg-home-dir` / `--gpg-exe` flags are not
+//! used: set them per stanza.
 
 use crate::config::AccessStanza;
 use spa_client::gpg::{GpgOptions, Gpgme};

@@ -7,7 +7,8 @@
 //! Cheap rejection first: the filter runs synchronously in the capture task
 //! (length, charset, then constant-time HMAC), so garbage never queues and never
 //! costs more than a few hash blocks. Only packets that pass take a slot of the
-//! bounded work queue and continue on their own task.
+//! bounded work queue and continue on their own task. GPG packets are decrypted
+//! by the bounded worker pool of [`crate::gpg`], which drops work when full.
 
 mod action;
 mod decrypt;
