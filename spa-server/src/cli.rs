@@ -89,9 +89,11 @@ pub struct Cli {
     pub syslog_enable: bool,
     #[arg(long = "pcap-any-direction", hide = true)]
     pub pcap_any_direction: bool,
-    #[arg(long = "gpg-home-dir", hide = true)]
+    /// GnuPG home directory for GPG stanzas without GPG_HOME_DIR
+    #[arg(long = "gpg-home-dir", value_name = "DIR")]
     pub gpg_home_dir: Option<String>,
-    #[arg(long = "gpg-exe", hide = true)]
+    /// gpg program for GPG stanzas without GPG_EXE
+    #[arg(long = "gpg-exe", value_name = "PATH")]
     pub gpg_exe: Option<String>,
     #[arg(long = "sudo-exe", hide = true)]
     pub sudo_exe: Option<String>,
@@ -118,8 +120,6 @@ impl Cli {
             (self.rotate_digest_cache, "--rotate-digest-cache"),
             (self.syslog_enable, "--syslog-enable"),
             (self.pcap_any_direction, "--pcap-any-direction"),
-            (self.gpg_home_dir.is_some(), "--gpg-home-dir"),
-            (self.gpg_exe.is_some(), "--gpg-exe"),
             (self.sudo_exe.is_some(), "--sudo-exe"),
         ]
         .into_iter()

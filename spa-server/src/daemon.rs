@@ -59,6 +59,19 @@ pub fn init_backends(cfg: &ServerConfig) -> anyhow::Result<Vec<Box<dyn Firewall>
     Ok(out)
 }
 
+/// GPG stanzas without GPG_HOME_DIR / GPG_EXE get the server-wide ones
+/// (fwknopd.conf `GPG_HOME_DIR` / `GPG_EXE`, `--gpg-home-dir` / `--gpg-exe`).
+pub fn apply_gpg_defaults(stanzas: &mut [crate::config::AccessStanza], server: &crate::config::ServerSection) {
+    for s in stanzas.iter_mut().filter(|s| s.uses_gpg()) {
+        if s.gpg_home_dir.is_none() {
+            s.gpg_home_dir.clone_from(&server.gpg_home_dir);
+        }
+        if s.gpg_exe.is_none() {
+            s.gpg_exe.clone_from(&server.gpg_exe);
+        }
+    }
+}
+
 /// A running server, for the binary and for tests.
 pub struct Running {
     pub shutdown: CancellationToken,
@@ -99,7 +112,9 @@ pub async fn start_with_backends(
 ) -> anyhow::Result<Running> {
     let shutdown = CancellationToken::new();
     let store = open_replay_store(&cfg)?;
-    let keyring = Arc::new(Keyring::new(cfg.access.clone()));
+    let mut access = cfg.access.clone();
+    apply_gpg_defaults(&mut access, &cfg.server);
+    let keyring = Arc::new(Keyring::new(access));
     let settings = PolicySettings {
         max_packet_age: cfg.server.max_packet_age,
         packet_aging: cfg.server.packet_aging,
@@ -180,6 +195,7 @@ pub async fn serve(sources: ConfigSources, cfg: ServerConfig) -> anyhow::Result<
         arbitrary_scripts: cfg.access.iter().any(|s| s.cmd_cycle_open.is_some())
             || cfg.action.iter().any(|a| a.kind == "script"),
     };
+    let server_defaults = cfg.server.clone();
     let running = start(cfg).await?;
     match crate::privileges::drop_to(needs) {
         Ok(kept) => tracing::info!("capabilities reduced to {kept:?}"),
@@ -199,7 +215,9 @@ pub async fn serve(sources: ConfigSources, cfg: ServerConfig) -> anyhow::Result<
                         tracing::warn!("{w}");
                     }
                     let n = loaded.config.access.len();
-                    running.keyring.replace(loaded.config.access);
+                    let mut access = loaded.config.access;
+                    apply_gpg_defaults(&mut access, &server_defaults);
+                    running.keyring.replace(access);
                     tracing::info!("SIGHUP: reloaded {n} access stanzas; live grants kept (capture/action changes need a restart)");
                 }
                 Err(e) => tracing::error!("SIGHUP: config not reloaded, keeping the old one: {e}"),
@@ -209,4 +227,31 @@ pub async fn serve(sources: ConfigSources, cfg: ServerConfig) -> anyhow::Result<
     tracing::info!("shutting down");
     running.stop().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{AccessStanza, AddrList, ServerSection};
+
+    #[test]
+    fn gpg_stanzas_get_the_server_wide_keyring() {
+        let server = ServerSection {
+            gpg_home_dir: Some("/srv/gnupg".into()),
+            gpg_exe: Some("/usr/bin/gpg".into()),
+            ..ServerSection::default()
+        };
+        let mut own = AccessStanza::new(AddrList::Any);
+        own.gpg_allow_no_pw = true;
+        own.gpg_home_dir = Some("/own/gnupg".into());
+        let mut inherits = AccessStanza::new(AddrList::Any);
+        inherits.gpg_decrypt_pw = Some(spa_core::Secret::from_passphrase("pw"));
+        let rijndael = AccessStanza::new(AddrList::Any);
+        let mut stanzas = vec![own, inherits, rijndael];
+        apply_gpg_defaults(&mut stanzas, &server);
+        assert_eq!(stanzas[0].gpg_home_dir.as_deref(), Some(std::path::Path::new("/own/gnupg")));
+        assert_eq!(stanzas[0].gpg_exe.as_deref(), Some(std::path::Path::new("/usr/bin/gpg")));
+        assert_eq!(stanzas[1].gpg_home_dir.as_deref(), Some(std::path::Path::new("/srv/gnupg")));
+        assert!(stanzas[2].gpg_home_dir.is_none());
+    }
 }

@@ -42,6 +42,12 @@ fn apply_overrides(cli: &Cli, cfg: &mut ServerConfig) {
     if let Some(dir) = &cli.run_dir {
         cfg.server.run_dir = dir.clone();
     }
+    if let Some(dir) = &cli.gpg_home_dir {
+        cfg.server.gpg_home_dir = Some(dir.into());
+    }
+    if let Some(exe) = &cli.gpg_exe {
+        cfg.server.gpg_exe = Some(exe.into());
+    }
     if let Some(file) = &cli.digest_file {
         if let ReplayConfig::File { path, .. } = &mut cfg.replay {
             *path = Some(file.clone());

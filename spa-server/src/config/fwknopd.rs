@@ -174,6 +174,13 @@ pub fn apply_fwknopd_conf(
     if let Some(e) = get("CMD_EXEC_TIMEOUT") {
         cfg.server.cmd_exec_timeout = parse_num(e)?;
     }
+    // Defaults for GPG stanzas without GPG_HOME_DIR / GPG_EXE of their own.
+    if let Some(e) = get("GPG_HOME_DIR") {
+        cfg.server.gpg_home_dir = Some(e.value.clone().into());
+    }
+    if let Some(e) = get("GPG_EXE") {
+        cfg.server.gpg_exe = Some(e.value.clone().into());
+    }
     // postern keeps its own store; fwknopd's digest cache is imported, not reused.
     cfg.replay = if flag("ENABLE_DIGEST_PERSISTENCE", true)? {
         let fwknop_run_dir = get("FWKNOP_RUN_DIR").map(|e| e.value.clone()).unwrap_or_else(|| "/var/run/fwknop".into());
@@ -315,6 +322,10 @@ mod tests {
             matches!(cfg.capture.as_slice(), [CaptureConfig::Udp { listen }] if listen.port() == 40001)
         );
         assert_eq!(cfg.server.max_packet_age, 60);
+        assert!(cfg.server.gpg_home_dir.is_none());
+        let (gpg, _) = load("GPG_HOME_DIR /etc/fwknop/gnupg;\nGPG_EXE /usr/bin/gpg;\n");
+        assert_eq!(gpg.server.gpg_home_dir.as_deref(), Some(std::path::Path::new("/etc/fwknop/gnupg")));
+        assert_eq!(gpg.server.gpg_exe.as_deref(), Some(std::path::Path::new("/usr/bin/gpg")));
         assert!(
             matches!(&cfg.replay, ReplayConfig::File { path: None, import_fwknop: Some(p) } if p.to_str() == Some("/tmp/x/digest.cache"))
         );

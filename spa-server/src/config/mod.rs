@@ -28,6 +28,13 @@ pub struct ServerSection {
     pub queue_depth: usize,
     #[serde(default)]
     pub nat: NatSection,
+    /// Keyring of GPG stanzas that set no GPG_HOME_DIR (fwknopd.conf `GPG_HOME_DIR`,
+    /// `--gpg-home-dir`); gpgme's default when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpg_home_dir: Option<PathBuf>,
+    /// gpg program of GPG stanzas that set no GPG_EXE (fwknopd.conf `GPG_EXE`, `--gpg-exe`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpg_exe: Option<PathBuf>,
 }
 
 /// NAT requests the server honours (fwknopd's ENABLE_IPT_FORWARDING,
@@ -79,6 +86,8 @@ impl Default for ServerSection {
             cmd_exec_timeout: 30,
             queue_depth: 4096,
             nat: NatSection::default(),
+            gpg_home_dir: None,
+            gpg_exe: None,
         }
     }
 }
