@@ -17,7 +17,7 @@
 //! | --- | --- | --- |
 //! | `GPG_DECRYPT_PW` | `gpg_decrypt_pw` | passphrase of the server's secret key; turns GPG on |
 //! | `GPG_ALLOW_NO_PW Y` | `gpg_allow_no_pw` | the secret key has no passphrase; turns GPG on |
-//! | `GPG_HOME_DIR` | `gpg_home_dir` | keyring directory (default: `$GNUPGHOME` or `~/.gnupg`); must exist |
+//! | `GPG_HOME_DIR` | `gpg_home_dir` | keyring directory (default: the server-wide one, else `$GNUPGHOME` or `~/.gnupg`); must exist |
 //! | `GPG_EXE` | `gpg_exe` | gpg program for gpgme |
 //! | `GPG_DECRYPT_ID` | `gpg_decrypt_id` | the server key (informational, as in fwknopd) |
 //! | `GPG_REQUIRE_SIG` | `gpg_require_sig` | check signatures; the default unless `GPG_DISABLE_SIG Y` |
@@ -30,9 +30,10 @@
 //! is required (fwknopd refuses to start otherwise). Only the first signature counts;
 //! it must be good and made by a key of at least marginal validity in the keyring
 //! (import the client's key and trust it), and match the lists given. HMAC keys
-//! work as for Rijndael, over the `hQ`-prefixed data. fwknopd.conf's `GPG_HOME_DIR`
-//! / `GPG_EXE` defaults and fwknopd's `--gpg-home-dir` / `--gpg-exe` flags are not
-//! used: set them per stanza.
+//! work as for Rijndael, over the `hQ`-prefixed data. Stanzas without
+//! `GPG_HOME_DIR` / `GPG_EXE` use the server-wide ones: fwknopd.conf's
+//! `GPG_HOME_DIR` / `GPG_EXE`, `[server] gpg_home_dir` / `gpg_exe` in TOML, or
+//! posternd's `--gpg-home-dir` / `--gpg-exe` (see `daemon::apply_gpg_defaults`).
 
 use crate::config::AccessStanza;
 use spa_client::gpg::{GpgOptions, Gpgme};
