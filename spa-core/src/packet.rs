@@ -96,6 +96,15 @@ pub fn looks_like_gpg(wire: &str) -> bool {
     wire.len() >= MIN_GPG_WIRE_LEN
 }
 
+/// Can a Rijndael ciphertext of `body_len` wire characters (prefix stripped, HMAC
+/// removed) be `Salted__` + salt + whole AES blocks? Only about one length in 21
+/// can, so this rejects most garbage before any hashing.
+pub fn plausible_rijndael_body(body_len: usize) -> bool {
+    let full = RIJNDAEL_PREFIX.len() + body_len;
+    let bytes = full * 3 / 4;
+    bytes >= 2 * cipher::BLOCK && bytes % cipher::BLOCK == 0 && (4 * bytes).div_ceil(3) == full
+}
+
 /// Verify the trailing HMAC in constant time; returns the ciphertext part.
 pub fn verify_hmac<'a>(wire: &'a str, hmac: &HmacKey, prefix: &str) -> Result<&'a str> {
     hmac.check()?;
@@ -125,6 +134,10 @@ pub fn decrypt(body: &str, key: &[u8], mode: EncryptionMode) -> Result<DecodedMe
 /// All receiving stages for one set of keys.
 pub fn open(wire: &[u8], keys: &PacketKeys) -> Result<DecodedMessage> {
     let wire = precheck(wire)?;
+    let hmac_len = keys.hmac.as_ref().map_or(0, |h| h.digest.b64_len());
+    if !plausible_rijndael_body(wire.len().saturating_sub(hmac_len)) {
+        return Err(SpaError::CipherLayout);
+    }
     let body = match &keys.hmac {
         Some(h) => verify_hmac(wire, h, RIJNDAEL_PREFIX)?,
         None => wire,

@@ -59,7 +59,11 @@ impl Keyring {
                 None => Ok(wire.len()),
                 Some(hk) => packet::verify_hmac(wire, hk, prefix).map(str::len),
             };
-            if s.rijndael_key().is_some() {
+            let hmac_len = hmac.as_ref().map_or(0, |h| h.digest.b64_len());
+            if s.rijndael_key().is_some() && !packet::plausible_rijndael_body(wire.len().saturating_sub(hmac_len)) {
+                // Not even the length of a Rijndael packet: no HMAC to compute.
+                last_error = Some(spa_core::SpaError::CipherLayout);
+            } else if s.rijndael_key().is_some() {
                 match body(RIJNDAEL_PREFIX) {
                     Ok(len) => candidates.rijndael.push((i, len)),
                     Err(e) => last_error = Some(e),
