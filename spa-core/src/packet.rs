@@ -102,7 +102,7 @@ pub fn looks_like_gpg(wire: &str) -> bool {
 pub fn plausible_rijndael_body(body_len: usize) -> bool {
     let full = RIJNDAEL_PREFIX.len() + body_len;
     let bytes = full * 3 / 4;
-    bytes >= 2 * cipher::BLOCK && bytes % cipher::BLOCK == 0 && (4 * bytes).div_ceil(3) == full
+    bytes >= 2 * cipher::BLOCK && bytes.is_multiple_of(cipher::BLOCK) && (4 * bytes).div_ceil(3) == full
 }
 
 /// Verify the trailing HMAC in constant time; returns the ciphertext part.
