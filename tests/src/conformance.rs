@@ -525,8 +525,13 @@ impl BatteryNet {
             &["iptables-save"],
             &["ip6tables-save"],
         ] {
-            let o = self.pair.server.run(argv);
-            s += &format!("--- {argv:?}\n{}", String::from_utf8_lossy(&o.stdout));
+            // Only for failure messages: a missing tool is no reason to panic.
+            let out = self.pair.server.cmd(argv[0]).args(&argv[1..]).output();
+            let text = match out {
+                Ok(o) => String::from_utf8_lossy(&o.stdout).into_owned(),
+                Err(e) => format!("({e})\n"),
+            };
+            s += &format!("--- {argv:?}\n{text}");
         }
         s
     }
