@@ -94,7 +94,8 @@ pub trait Firewall: Send {
     fn init(&mut self, now: u64) -> FwResult<()>;
 
     /// Apply all openings as one batch where the firewall allows it. A rule already
-    /// present is refreshed, never duplicated. On error nothing of the batch stays.
+    /// present is refreshed, never duplicated, and never shortened: it lives until
+    /// the later of its old and new expiry. On error nothing of the batch stays.
     fn grant(&mut self, openings: &[Opening]) -> FwResult<()>;
 
     /// Remove these rules (missing ones are not an error).

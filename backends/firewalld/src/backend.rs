@@ -324,6 +324,10 @@ impl FirewalldBackend {
             .into_iter()
             .filter(|e| present.contains(&e.text))
             .collect();
+        // A repeat never shortens a live grant: if ours already lasts as long, keep it.
+        if ours.iter().any(|e| e.expires_at >= expires_at) {
+            return Ok(());
+        }
 
         // Add a form that is not in firewalld yet, then drop our older form(s): the
         // source stays allowed throughout. Ours first tries the other form.

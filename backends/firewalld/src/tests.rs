@@ -252,9 +252,12 @@ fn repeated_grant_adds_the_other_form_then_removes_the_old_one() {
     let listed = b.list().unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].expires_at, clock() + 30, "timeout refreshed");
-    // And back to the plain form the next time.
+    // A shorter repeat never cuts the live grant short.
     b.grant(&[opening("192.0.2.7", 22, 5)]).unwrap();
-    assert_eq!(fake.rules("public"), vec![(plain("192.0.2.7", 22), 5)]);
+    assert_eq!(fake.rules("public"), vec![(prefixed("192.0.2.7", 22), 30)]);
+    // A longer one goes back to the plain form.
+    b.grant(&[opening("192.0.2.7", 22, 45)]).unwrap();
+    assert_eq!(fake.rules("public"), vec![(plain("192.0.2.7", 22), 45)]);
 }
 
 #[test]
@@ -372,7 +375,7 @@ fn a_failing_batch_leaves_nothing_of_itself() {
     let err = b
         .grant(&[
             opening("192.0.2.2", 22, 30),
-            opening("192.0.2.1", 22, 30),
+            opening("192.0.2.1", 22, 90),
             opening("192.0.2.3", 22, 30),
         ])
         .unwrap_err();

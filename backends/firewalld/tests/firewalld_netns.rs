@@ -153,7 +153,10 @@ fn repeated_grant_keeps_one_rule_and_refreshes_its_timeout() {
     let rules = fwd.rich_rules("public");
     assert_eq!(rules.len(), 1, "one rule after a repeated grant: {rules:?}");
     assert_eq!(fw.list().unwrap().len(), 1);
-    fw.grant(&[opening(client, 23003, 4)]).unwrap();
+    // A shorter repeat changes nothing; a longer one refreshes again.
+    fw.grant(&[opening(client, 23003, 1)]).unwrap();
+    assert_eq!(fwd.rich_rules("public").len(), 1, "a shorter repeat leaves the rule alone");
+    fw.grant(&[opening(client, 23003, 5)]).unwrap();
     assert_eq!(
         fwd.rich_rules("public"),
         vec![plain(client, 23003)],

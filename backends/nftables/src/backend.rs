@@ -11,6 +11,7 @@ use crate::shadow::{shadowing_in_iptables_save, shadowing_in_ruleset, ShadowWarn
 use crate::BACKEND;
 use postern_backend_script::SystemRunner;
 use spa_core::firewall::{CommandRunner, Firewall, FirewallError, FwResult, Opening, Rule, Snat};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
@@ -22,6 +23,9 @@ pub struct NftablesBackend {
     socket: Option<NfSocket>,
     nft_program: Option<PathBuf>,
     clock: fn() -> u64,
+    /// Expiry of the grants this backend knows to be live (seeded from the kernel
+    /// at init), so a repeated grant with a shorter timeout never cuts one short.
+    expiries: HashMap<Rule, u64>,
 }
 
 impl std::fmt::Debug for NftablesBackend {
@@ -54,6 +58,7 @@ impl NftablesBackend {
             socket: None,
             nft_program: None,
             clock: unix_now,
+            expiries: HashMap::new(),
         })
     }
 
@@ -284,6 +289,13 @@ impl NftablesBackend {
         FirewallError::Other { backend: BACKEND, message }
     }
 
+    fn remember(&mut self, openings: &[Opening], timeouts: &[u32]) {
+        for (o, t) in openings.iter().zip(timeouts) {
+            let granted_at = o.expires_at.saturating_sub(u64::from(o.timeout_secs));
+            self.expiries.insert(o.rule.clone(), granted_at + u64::from(*t));
+        }
+    }
+
     #[cfg(test)]
     pub(crate) fn with_clock(mut self, clock: fn() -> u64) -> NftablesBackend {
         self.clock = clock;
@@ -299,12 +311,19 @@ impl Firewall for NftablesBackend {
     /// Creates (or re-asserts) the table, sets and chain in one transaction. Live
     /// grants survive: they are kernel-timed elements of sets that `add` leaves alone.
     fn init(&mut self, _now: u64) -> FwResult<()> {
-        let existing = self.read_table()?.map(|s| s.existing);
-        let doc = setup_ruleset(&self.config, existing.as_ref());
+        let state = self.read_table()?;
+        let doc = setup_ruleset(&self.config, state.as_ref().map(|s| &s.existing));
         self.nft_json(&doc)?;
         if self.config.apply_with == ApplyWith::Netlink {
             self.socket()?;
         }
+        // Grants of a previous run are still live in the kernel: remember until when.
+        let now = (self.clock)();
+        self.expiries = state
+            .into_iter()
+            .flat_map(|s| s.grants)
+            .filter_map(|g| Some((g.rule, now + u64::from(g.remaining_secs?))))
+            .collect();
         Ok(())
     }
 
@@ -318,7 +337,18 @@ impl Firewall for NftablesBackend {
                 return Err(FirewallError::Other { backend: BACKEND, message: format!("{}: timeout must be at least 1 s", o.rule) });
             }
         }
-        let set_change = SetChange::new(openings.iter().map(|o| (&o.rule, Some(o.timeout_secs))));
+        // A repeat never shortens a live grant: its timeout is the later of the two.
+        let now = (self.clock)();
+        self.expiries.retain(|_, exp| *exp > now);
+        let timeouts: Vec<u32> = openings
+            .iter()
+            .map(|o| {
+                let granted_at = o.expires_at.saturating_sub(u64::from(o.timeout_secs));
+                let live = self.expiries.get(&o.rule).map_or(0, |exp| exp.saturating_sub(granted_at));
+                o.timeout_secs.max(u32::try_from(live).unwrap_or(u32::MAX))
+            })
+            .collect();
+        let set_change = SetChange::new(openings.iter().zip(&timeouts).map(|(o, t)| (&o.rule, Some(*t))));
         match self.try_apply(&[(Change::Grant, &set_change)]) {
             Err((true, e)) if set_change.has_map_elements() => {
                 let wanted: Vec<Rule> = openings.iter().map(|o| o.rule.clone()).collect();
@@ -327,9 +357,15 @@ impl Firewall for NftablesBackend {
                     return Err(e);
                 }
                 let revoke = SetChange::new(old.iter().map(|r| (r, None)));
-                self.apply(&[(Change::Revoke, &revoke), (Change::Grant, &set_change)])
+                self.apply(&[(Change::Revoke, &revoke), (Change::Grant, &set_change)])?;
+                self.remember(openings, &timeouts);
+                Ok(())
             }
-            other => other.map_err(|(_, e)| e),
+            Ok(()) => {
+                self.remember(openings, &timeouts);
+                Ok(())
+            }
+            Err((_, e)) => Err(e),
         }
     }
 
@@ -343,6 +379,9 @@ impl Firewall for NftablesBackend {
             IpAddr::V6(_) => family.has_v6(),
         });
         let present = present.filter(|r| r.nat.is_none() || self.config.nat);
+        for r in rules {
+            self.expiries.remove(r);
+        }
         let mut set_change = SetChange::new(present.map(|r| (r, None)));
         match self.try_apply(&[(Change::Revoke, &set_change)]) {
             Err((true, e)) if set_change.has_map_elements() => {
@@ -374,6 +413,7 @@ impl Firewall for NftablesBackend {
     }
 
     fn flush(&mut self) -> FwResult<()> {
+        self.expiries.clear();
         let sets: Vec<SetId> = all_sets(&self.config);
         let (family, table) = (self.config.family, self.config.table.clone());
         match self.config.apply_with {
