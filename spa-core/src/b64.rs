@@ -37,6 +37,17 @@ pub fn decode(text: &str) -> Option<Vec<u8>> {
 
 /// Is every byte in the base64 alphabet (including `=`)?
 pub fn first_non_base64(data: &[u8]) -> Option<usize> {
-    data.iter()
-        .position(|&b| !(b.is_ascii_alphanumeric() || b == b'+' || b == b'/' || b == b'='))
+    data.iter().position(|&b| !IS_BASE64[usize::from(b)])
 }
+
+/// One lookup per byte: the server runs this over every packet it screens.
+static IS_BASE64: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric() || c == b'+' || c == b'/' || c == b'=';
+        b += 1;
+    }
+    table
+};

@@ -73,6 +73,12 @@ pub fn seal(msg: &SpaMessage, digest: DigestType, keys: &PacketKeys, salt: &[u8;
 
 /// The cheap checks fwknopd makes before any crypto: size, prefix, charset.
 pub fn precheck(wire: &[u8]) -> Result<&str> {
+    precheck_shape(wire)?;
+    check_charset(wire)
+}
+
+/// The O(1) part of [`precheck`]: empty, too short, too long, prefix left in.
+pub fn precheck_shape(wire: &[u8]) -> Result<()> {
     if wire.is_empty() {
         return Err(SpaError::Empty);
     }
@@ -85,6 +91,11 @@ pub fn precheck(wire: &[u8]) -> Result<&str> {
     if wire.starts_with(RIJNDAEL_PREFIX.as_bytes()) {
         return Err(SpaError::SaltedPrefix);
     }
+    Ok(())
+}
+
+/// The O(n) part of [`precheck`]: every byte in the base64 alphabet.
+pub fn check_charset(wire: &[u8]) -> Result<&str> {
     if let Some(offset) = b64::first_non_base64(wire) {
         return Err(SpaError::Charset { offset });
     }

@@ -37,8 +37,13 @@ impl Keyring {
 
     /// Length checks, charset, HMAC. Returns the stanzas worth decrypting for.
     pub fn screen(&self, packet: &RawPacket, stanzas: &[AccessStanza]) -> Result<Candidates, Outcome> {
-        let wire =
-            packet::precheck(&packet.bytes).map_err(|e| Outcome::denied(Stage::Precheck, e))?;
+        let bytes = &packet.bytes;
+        packet::precheck_shape(bytes).map_err(|e| Outcome::denied(Stage::Precheck, e))?;
+        if !stanzas.iter().any(|s| length_fits(s, packet, bytes.len())) {
+            // Decided on the length alone, before reading the bytes or hashing.
+            return Err(Outcome::denied(Stage::Precheck, format!("no access stanza for source {} takes a {}-byte packet", packet.peer.ip(), bytes.len())));
+        }
+        let wire = packet::check_charset(bytes).map_err(|e| Outcome::denied(Stage::Precheck, e))?;
         if gpg::carries_prefix(wire) {
             return Err(Outcome::denied(Stage::Precheck, "packet still carries the constant GPG prefix `hQ`"));
         }
@@ -84,6 +89,17 @@ impl Keyring {
         }
         Ok(candidates)
     }
+}
+
+/// Could a packet of `len` bytes from this sender be for stanza `s`: a Rijndael
+/// ciphertext (plus the stanza's HMAC) of a possible length, or a GPG packet?
+fn length_fits(s: &AccessStanza, packet: &RawPacket, len: usize) -> bool {
+    if !s.source.contains(packet.peer.ip()) {
+        return false;
+    }
+    let hmac_len = s.hmac_secret().map_or(0, |_| s.hmac_digest_type.b64_len());
+    let rijndael = s.rijndael_key().is_some() && packet::plausible_rijndael_body(len.saturating_sub(hmac_len));
+    rijndael || (s.uses_gpg() && len >= packet::MIN_GPG_WIRE_LEN)
 }
 
 /// The stanzas a screened packet may decrypt under: (stanza index, length of the
