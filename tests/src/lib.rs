@@ -22,6 +22,7 @@ pub use tempfile;
 
 pub mod conformance;
 pub mod posternd;
+pub mod routed;
 pub mod scenario;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);

@@ -2,9 +2,8 @@
 //! create: client — gateway (runs the backend) — internal. Needs root; skips
 //! elsewhere, fails when CI=true.
 
-mod common;
 
-use common::routed;
+use postern_e2e::routed::routed;
 use postern_backend_nftables::{ApplyWith, NftablesBackend, NftablesConfig};
 use postern_e2e::{require_root, tcp_connect_ok, tcp_listen, wait_until, Netns};
 use spa_core::firewall::{Firewall, FirewallError, NatRule, Opening, Rule, Snat};

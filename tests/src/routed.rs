@@ -1,8 +1,7 @@
 //! Three namespaces for NAT tests: client — gateway (runs the backend) — internal.
 
-#![allow(dead_code)]
 
-use postern_e2e::{pair, wait_until, Netns, Pair};
+use crate::{pair, wait_until, Netns, Pair};
 use std::io::ErrorKind;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::time::Duration;
