@@ -1,15 +1,17 @@
 //! One run of the `postern` command: options → rc file → keys → packet → send.
 
 use crate::build::{self, GpgDetails, MessageSpec, SealedPacket};
-use crate::gpg::{GpgOptions, Gpgme};
 use crate::cli::{Cli, CliExit};
 use crate::error::{ClientError, Result};
+use crate::gpg::{GpgOptions, Gpgme};
 use crate::keys::{self, GpgKeyMaterial, KeyInput, KeyMaterial};
 use crate::output::{self, FieldView};
 use crate::rcfile::{self, PermCheck, RcFile};
 use crate::resolve;
 use crate::send::{self, Target};
-use crate::settings::{AllowIp, KeySpec, SecretText, ServerProto, Settings, Var, DEFAULT_SERVER_PORT};
+use crate::settings::{
+    AllowIp, KeySpec, SecretText, ServerProto, Settings, Var, DEFAULT_SERVER_PORT,
+};
 use crate::user;
 use spa_core::{DigestType, GeneratedKeys};
 use std::ffi::OsString;
@@ -76,7 +78,9 @@ pub fn rc_path(cli: &Cli) -> Result<PathBuf> {
         return Ok(p.clone());
     }
     if cli.no_home_dir {
-        return Err(ClientError::usage("--no-home-dir needs --rc-file (or --no-rc-file)"));
+        return Err(ClientError::usage(
+            "--no-home-dir needs --rc-file (or --no-rc-file)",
+        ));
     }
     let home = std::env::var("HOME").ok().filter(|h| !h.is_empty()).or_else(user::passwd_home).ok_or_else(|| {
         ClientError::RcFile("cannot determine the home directory for the rc file (set HOME, or use --rc-file / --no-rc-file)".into())
@@ -97,7 +101,10 @@ fn load_rc(path: &Path, console: &mut Console) -> Result<Option<RcFile>> {
     let rc = match RcFile::load(path)? {
         Some(rc) => rc,
         None => {
-            console.say(&format!("[*] Creating initial rc file: {}.", path.display()))?;
+            console.say(&format!(
+                "[*] Creating initial rc file: {}.",
+                path.display()
+            ))?;
             if let Err(e) = rcfile::create_initial(path) {
                 console.warn(&format!("[-] {e}; going on without an rc file"));
                 return Ok(None);
@@ -113,10 +120,19 @@ fn load_rc(path: &Path, console: &mut Console) -> Result<Option<RcFile>> {
 }
 
 fn stanza_list(path: &Path, console: &mut Console) -> Result<()> {
-    let rc = RcFile::load(path)?.ok_or_else(|| ClientError::RcFile(format!("cannot open rc file {}: not found", path.display())))?;
+    let rc = RcFile::load(path)?.ok_or_else(|| {
+        ClientError::RcFile(format!("cannot open rc file {}: not found", path.display()))
+    })?;
     check_rc_perms(&rc, console)?;
-    console.say(&format!("The following stanzas are configured in {} :", path.display()))?;
-    for name in rc.stanza_names().iter().filter(|n| !n.eq_ignore_ascii_case(rcfile::DEFAULT_STANZA)) {
+    console.say(&format!(
+        "The following stanzas are configured in {} :",
+        path.display()
+    ))?;
+    for name in rc
+        .stanza_names()
+        .iter()
+        .filter(|n| !n.eq_ignore_ascii_case(rcfile::DEFAULT_STANZA))
+    {
         console.say(&format!(" - {name}"))?;
     }
     Ok(())
@@ -128,14 +144,17 @@ fn gather_settings(cli: &Cli, rc: Option<&RcFile>, console: &mut Console) -> Res
     let mut warnings = Vec::new();
     if let Some(rc) = rc {
         let file = rc.path.display().to_string();
-        warnings.extend(settings.apply_rc_entries(&rc.stanza_entries(rcfile::DEFAULT_STANZA)?, &file)?);
+        warnings
+            .extend(settings.apply_rc_entries(&rc.stanza_entries(rcfile::DEFAULT_STANZA)?, &file)?);
         if let Some(name) = &cli.named_config {
             if rc.has_stanza(name) {
                 if !cli.save_rc_stanza {
                     warnings.extend(settings.apply_rc_entries(&rc.stanza_entries(name)?, &file)?);
                 }
             } else if !cli.save_rc_stanza {
-                return Err(ClientError::RcFile(format!("named configuration stanza [{name}] was not found in {file}")));
+                return Err(ClientError::RcFile(format!(
+                    "named configuration stanza [{name}] was not found in {file}"
+                )));
             }
         }
     }
@@ -151,7 +170,10 @@ fn ask_overwrite(var: &str, stanza: &str, console: &mut Console) -> bool {
     if !io::stdin().is_terminal() {
         return false;
     }
-    let _ = write!(console.err, "Variable '{var}' found in stanza '{stanza}'. Overwrite [N/y] ? ");
+    let _ = write!(
+        console.err,
+        "Variable '{var}' found in stanza '{stanza}'. Overwrite [N/y] ? "
+    );
     let _ = console.err.flush();
     let mut answer = String::new();
     io::stdin().read_line(&mut answer).is_ok() && answer.trim_start().starts_with('y')
@@ -160,7 +182,14 @@ fn ask_overwrite(var: &str, stanza: &str, console: &mut Console) -> bool {
 /// --save-rc-stanza: replace stanza `name` with the command-line variables.
 /// Without --force-stanza, keys already in the stanza are kept unless the user agrees.
 /// Returns the variables that were kept from the old stanza.
-fn save_stanza(rc: &RcFile, name: &str, settings: &Settings, extra: &[Var], force: bool, console: &mut Console) -> Result<Vec<String>> {
+fn save_stanza(
+    rc: &RcFile,
+    name: &str,
+    settings: &Settings,
+    extra: &[Var],
+    force: bool,
+    console: &mut Console,
+) -> Result<Vec<String>> {
     let mut vars = settings.stanza_vars(extra);
     let mut keep = Vec::new();
     if !force && rc.has_stanza(name) {
@@ -183,7 +212,9 @@ fn stanza_name(cli: &Cli, settings: &Settings) -> Result<String> {
     cli.named_config
         .clone()
         .or_else(|| settings.spa_server.clone())
-        .ok_or_else(|| ClientError::usage("--save-rc-stanza needs a stanza name: -n NAME (or -D HOST)"))
+        .ok_or_else(|| {
+            ClientError::usage("--save-rc-stanza needs a stanza name: -n NAME (or -D HOST)")
+        })
 }
 
 fn write_key_file(path: &Path, text: &str) -> Result<()> {
@@ -193,14 +224,29 @@ fn write_key_file(path: &Path, text: &str) -> Result<()> {
         .truncate(true)
         .mode(0o600)
         .open(path)
-        .map_err(|e| ClientError::io(format!("unable to create key gen file {}", path.display()), &e))?;
+        .map_err(|e| {
+            ClientError::io(
+                format!("unable to create key gen file {}", path.display()),
+                &e,
+            )
+        })?;
     f.set_permissions(std::fs::Permissions::from_mode(0o600))
         .and_then(|_| f.write_all(text.as_bytes()))
-        .map_err(|e| ClientError::io(format!("unable to write key gen file {}", path.display()), &e))
+        .map_err(|e| {
+            ClientError::io(
+                format!("unable to write key gen file {}", path.display()),
+                &e,
+            )
+        })
 }
 
 /// --key-gen / -K: make keys, print or store them, and stop.
-fn key_gen(cli: &Cli, settings: &mut Settings, rc: Option<&RcFile>, console: &mut Console) -> Result<()> {
+fn key_gen(
+    cli: &Cli,
+    settings: &mut Settings,
+    rc: Option<&RcFile>,
+    console: &mut Console,
+) -> Result<()> {
     let generated: GeneratedKeys = keys::generate(
         cli.key_len.as_deref(),
         cli.hmac_key_len.as_deref(),
@@ -209,18 +255,36 @@ fn key_gen(cli: &Cli, settings: &mut Settings, rc: Option<&RcFile>, console: &mu
     let text = output::keygen_text(&generated);
     let mut stored_in_rc = false;
     if cli.save_rc_stanza {
-        let rc = rc.ok_or_else(|| ClientError::usage("cannot save an rc stanza without an rc file"))?;
+        let rc =
+            rc.ok_or_else(|| ClientError::usage("cannot save an rc stanza without an rc file"))?;
         settings.key = Some(KeySpec::Base64(SecretText::new(&generated.key.to_base64())));
-        settings.hmac_key = Some(KeySpec::Base64(SecretText::new(&generated.hmac_key.to_base64())));
+        settings.hmac_key = Some(KeySpec::Base64(SecretText::new(
+            &generated.hmac_key.to_base64(),
+        )));
         let name = stanza_name(cli, settings)?;
-        let kept = save_stanza(rc, &name, settings, &[Var::KeyBase64, Var::HmacKeyBase64], cli.force_stanza, console)?;
-        stored_in_rc = !kept.iter().any(|k| k == "KEY_BASE64" || k == "HMAC_KEY_BASE64");
+        let kept = save_stanza(
+            rc,
+            &name,
+            settings,
+            &[Var::KeyBase64, Var::HmacKeyBase64],
+            cli.force_stanza,
+            console,
+        )?;
+        stored_in_rc = !kept
+            .iter()
+            .any(|k| k == "KEY_BASE64" || k == "HMAC_KEY_BASE64");
     }
     if let Some(path) = &cli.key_gen_file {
         write_key_file(path, &text)?;
-        console.say(&format!("[+] Wrote Rijndael and HMAC keys to: {}", path.display()))?;
+        console.say(&format!(
+            "[+] Wrote Rijndael and HMAC keys to: {}",
+            path.display()
+        ))?;
     } else if let Some(rc) = rc.filter(|_| stored_in_rc) {
-        console.say(&format!("[+] Wrote Rijndael and HMAC keys to rc file: {}", rc.path.display()))?;
+        console.say(&format!(
+            "[+] Wrote Rijndael and HMAC keys to rc file: {}",
+            rc.path.display()
+        ))?;
     } else {
         write!(console.out, "{text}").map_err(|e| ClientError::io("cannot write output", &e))?;
     }
@@ -234,10 +298,15 @@ fn key_gen(cli: &Cli, settings: &mut Settings, rc: Option<&RcFile>, console: &mu
 /// fwknop features the settings ask for that postern does not have.
 fn check_supported(settings: &Settings) -> Result<()> {
     if settings.spoof_source_ip.is_some() {
-        return Err(ClientError::Unsupported("spoofing the source address (SPOOF_SOURCE_IP in the rc file)".into()));
+        return Err(ClientError::Unsupported(
+            "spoofing the source address (SPOOF_SOURCE_IP in the rc file)".into(),
+        ));
     }
     if let Some(p) = settings.server_proto.filter(|p| !p.is_supported()) {
-        return Err(ClientError::Unsupported(format!("server protocol '{}' (only udp and tcp are)", p.name())));
+        return Err(ClientError::Unsupported(format!(
+            "server protocol '{}' (only udp and tcp are)",
+            p.name()
+        )));
     }
     Ok(())
 }
@@ -247,16 +316,23 @@ fn key_input(cli: &Cli) -> Result<KeyInput> {
         return Ok(KeyInput::Lines(Box::new(BufReader::new(io::stdin()))));
     }
     if let Some(fd) = &cli.fd {
-        let n: u32 = fd.parse().map_err(|_| ClientError::usage(format!("invalid --fd '{fd}': must be a file descriptor number")))?;
-        let file = std::fs::File::open(format!("/dev/fd/{n}"))
-            .map_err(|e| ClientError::io(format!("cannot read keys from file descriptor {n}"), &e))?;
+        let n: u32 = fd.parse().map_err(|_| {
+            ClientError::usage(format!(
+                "invalid --fd '{fd}': must be a file descriptor number"
+            ))
+        })?;
+        let file = std::fs::File::open(format!("/dev/fd/{n}")).map_err(|e| {
+            ClientError::io(format!("cannot read keys from file descriptor {n}"), &e)
+        })?;
         return Ok(KeyInput::Lines(Box::new(BufReader::new(file))));
     }
     Ok(KeyInput::Terminal)
 }
 
 fn now_with_offset(settings: &Settings) -> u64 {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     if settings.time_offset_minus > 0 {
         now.saturating_sub(settings.time_offset_minus)
     } else {
@@ -266,31 +342,44 @@ fn now_with_offset(settings: &Settings) -> u64 {
 
 /// Work out the address to allow, resolving it over HTTP(S) when asked to.
 fn allow_ip(cli: &Cli, settings: &Settings, console: &mut Console) -> Result<Ipv4Addr> {
-    let allow = match settings.allow {
-        Some(a) => a,
-        None if settings.resolve_url.is_some() => AllowIp::Resolve,
-        None => {
-            return Err(ClientError::usage(
+    let allow =
+        match settings.allow {
+            Some(a) => a,
+            None if settings.resolve_url.is_some() => AllowIp::Resolve,
+            None => return Err(ClientError::usage(
                 "no IP address to allow: use one of -a IP, -s or -R (or ALLOW_IP in the rc file)",
-            ))
-        }
-    };
+            )),
+        };
     match allow {
         AllowIp::Addr(ip) => {
             if ip.is_unspecified() && settings.verbose > 0 {
-                console.warn("[-] WARNING: Should use -a or -R to harden SPA against potential MITM attacks");
+                console.warn(
+                    "[-] WARNING: Should use -a or -R to harden SPA against potential MITM attacks",
+                );
             }
             Ok(ip)
         }
         AllowIp::Resolve => {
-            let urls = resolve::resolve_urls(settings.resolve_url.as_deref(), settings.resolve_http_only)?;
-            if settings.verbose > 0 && !settings.resolve_http_only && urls.iter().any(|u| !u.starts_with("https")) {
-                console.warn(&format!("[-] Warning: IP resolution URL '{}' should begin with 'https://' in -R mode.", urls[0]));
+            let urls =
+                resolve::resolve_urls(settings.resolve_url.as_deref(), settings.resolve_http_only)?;
+            if settings.verbose > 0
+                && !settings.resolve_http_only
+                && urls.iter().any(|u| !u.starts_with("https"))
+            {
+                console.warn(&format!(
+                    "[-] Warning: IP resolution URL '{}' should begin with 'https://' in -R mode.",
+                    urls[0]
+                ));
             }
-            let agent = settings.user_agent.clone().unwrap_or_else(|| format!("postern/{VERSION}"));
+            let agent = settings
+                .user_agent
+                .clone()
+                .unwrap_or_else(|| format!("postern/{VERSION}"));
             let (ip, url) = resolve::resolve_external_ip(&urls, &agent)?;
             if cli.verbose > 0 || settings.verbose > 0 {
-                console.say(&format!("\n[+] Resolved external IP (via '{url}') as: {ip}"))?;
+                console.say(&format!(
+                    "\n[+] Resolved external IP (via '{url}') as: {ip}"
+                ))?;
             }
             Ok(ip)
         }
@@ -300,7 +389,10 @@ fn allow_ip(cli: &Cli, settings: &Settings, console: &mut Console) -> Result<Ipv
 /// Build the message fields from the settings.
 fn message_spec(cli: &Cli, settings: &Settings, console: &mut Console) -> Result<MessageSpec> {
     let server = settings.spa_server.clone().unwrap_or_default();
-    let command = cli.server_cmd.clone().or_else(|| settings.server_command.clone());
+    let command = cli
+        .server_cmd
+        .clone()
+        .or_else(|| settings.server_command.clone());
     let ip = allow_ip(cli, settings, console)?;
     let (message, nat_access) = match &command {
         Some(cmd) => (build::command_message(ip, cmd)?, None),
@@ -309,11 +401,20 @@ fn message_spec(cli: &Cli, settings: &Settings, console: &mut Console) -> Result
                 ClientError::usage("no access request: use -A proto/port (or ACCESS in the rc file), or -C for a server command")
             })?;
             let nat_wanted = settings.nat_local || settings.nat_access.is_some();
-            let nat_port = if settings.nat_rand_port { Some(crate::random::high_port()) } else { settings.nat_port };
+            let nat_port = if settings.nat_rand_port {
+                Some(crate::random::high_port())
+            } else {
+                settings.nat_port
+            };
             let message = build::access_message(ip, access, nat_port)?;
             let access_port = build::parse_access(access)?[0].port;
             let nat = if nat_wanted {
-                build::nat_access_field(settings.nat_access.as_deref(), settings.nat_local, &server, access_port)?
+                build::nat_access_field(
+                    settings.nat_access.as_deref(),
+                    settings.nat_local,
+                    &server,
+                    access_port,
+                )?
             } else {
                 None
             };
@@ -323,9 +424,17 @@ fn message_spec(cli: &Cli, settings: &Settings, console: &mut Console) -> Result
             (message, nat)
         }
     };
-    let username = user::truncate_username(&settings.spoof_user.clone().unwrap_or_else(user::default_username));
-    spa_core::message::validate_username(&username)
-        .map_err(|e| ClientError::usage(format!("invalid user name '{username}' (-U/SPOOF_USER): {e}")))?;
+    let username = user::truncate_username(
+        &settings
+            .spoof_user
+            .clone()
+            .unwrap_or_else(user::default_username),
+    );
+    spa_core::message::validate_username(&username).map_err(|e| {
+        ClientError::usage(format!(
+            "invalid user name '{username}' (-U/SPOOF_USER): {e}"
+        ))
+    })?;
     Ok(MessageSpec {
         username,
         timestamp: now_with_offset(settings),
@@ -338,7 +447,9 @@ fn message_spec(cli: &Cli, settings: &Settings, console: &mut Console) -> Result
 }
 
 fn save_packet(cli: &Cli, wire: &str) -> Result<()> {
-    let Some(path) = &cli.save_packet else { return Ok(()) };
+    let Some(path) = &cli.save_packet else {
+        return Ok(());
+    };
     let mut opts = OpenOptions::new();
     if cli.save_packet_append {
         opts.append(true).create(true);
@@ -346,8 +457,11 @@ fn save_packet(cli: &Cli, wire: &str) -> Result<()> {
         let _ = std::fs::remove_file(path);
         opts.write(true).create_new(true);
     }
-    let mut f = opts.open(path).map_err(|e| ClientError::io(format!("cannot write packet file {}", path.display()), &e))?;
-    writeln!(f, "{wire}").map_err(|e| ClientError::io(format!("cannot write packet file {}", path.display()), &e))
+    let mut f = opts
+        .open(path)
+        .map_err(|e| ClientError::io(format!("cannot write packet file {}", path.display()), &e))?;
+    writeln!(f, "{wire}")
+        .map_err(|e| ClientError::io(format!("cannot write packet file {}", path.display()), &e))
 }
 
 fn emit_dump(view: &FieldView, console: &mut Console) -> Result<()> {
@@ -361,7 +475,13 @@ enum Sealing {
 }
 
 /// GPG mode: the signing passphrase, the engine, and the sealed packet.
-fn seal_gpg(cli: &Cli, settings: &Settings, server: &str, message: spa_core::SpaMessage, console: &mut Console) -> Result<(SealedPacket, Sealing)> {
+fn seal_gpg(
+    cli: &Cli,
+    settings: &Settings,
+    server: &str,
+    message: spa_core::SpaMessage,
+    console: &mut Console,
+) -> Result<(SealedPacket, Sealing)> {
     let recipient = settings.gpg_recipient.clone().ok_or_else(|| {
         ClientError::usage("GPG mode needs the server's key: use --gpg-recipient-key (or GPG_RECIPIENT in the rc file)")
     })?;
@@ -397,7 +517,9 @@ fn send_packet(cli: &Cli, settings: &Settings, console: &mut Console) -> Result<
     let test = cli.test;
     let verbose = cli.verbose.max(settings.verbose) > 0;
     if !test && settings.spa_server.is_none() {
-        return Err(ClientError::usage("no SPA server: use -D/--destination (or SPA_SERVER in the rc file) unless -T is given"));
+        return Err(ClientError::usage(
+            "no SPA server: use -D/--destination (or SPA_SERVER in the rc file) unless -T is given",
+        ));
     }
     if settings.asymmetric && !settings.use_gpg {
         return Err(ClientError::usage(
@@ -418,10 +540,17 @@ fn send_packet(cli: &Cli, settings: &Settings, console: &mut Console) -> Result<
         seal_gpg(cli, settings, &server, message, console)?
     } else {
         let keys: KeyMaterial = keys::acquire(settings, &server, &mut key_input(cli)?)?;
-        if mode == spa_core::EncryptionMode::Legacy && keys.key.bytes().len() > build::LEGACY_KEY_LEN {
+        if mode == spa_core::EncryptionMode::Legacy
+            && keys.key.bytes().len() > build::LEGACY_KEY_LEN
+        {
             console.warn("WARNING: the encryption key in '-M legacy' mode must be <= 16 bytes long; truncating it");
         }
-        let packet = build::seal(message, settings.digest.unwrap_or(DigestType::Sha256), mode, &keys)?;
+        let packet = build::seal(
+            message,
+            settings.digest.unwrap_or(DigestType::Sha256),
+            mode,
+            &keys,
+        )?;
         (packet, Sealing::Rijndael(keys))
     };
 
@@ -431,16 +560,29 @@ fn send_packet(cli: &Cli, settings: &Settings, console: &mut Console) -> Result<
     save_packet(cli, &packet.wire)?;
 
     let proto = settings.server_proto.unwrap_or(ServerProto::Udp);
-    let port = if settings.rand_port { crate::random::high_port() } else { settings.server_port.unwrap_or(DEFAULT_SERVER_PORT) };
+    let port = if settings.rand_port {
+        crate::random::high_port()
+    } else {
+        settings.server_port.unwrap_or(DEFAULT_SERVER_PORT)
+    };
     if verbose {
-        write!(console.out, "{}", output::transmit_summary(proto.name(), settings.source_port, port, &server))
-            .map_err(|e| ClientError::io("cannot write output", &e))?;
+        write!(
+            console.out,
+            "{}",
+            output::transmit_summary(proto.name(), settings.source_port, port, &server)
+        )
+        .map_err(|e| ClientError::io("cannot write output", &e))?;
     }
     let sent = if test {
         console.say("test mode enabled, SPA packet not actually sent.")?;
         0
     } else {
-        let target = Target { proto, host: server, port, source_port: settings.source_port };
+        let target = Target {
+            proto,
+            host: server,
+            port,
+            source_port: settings.source_port,
+        };
         send::send(&packet.wire, &target)?
     };
     if verbose {
@@ -456,10 +598,14 @@ fn send_packet(cli: &Cli, settings: &Settings, console: &mut Console) -> Result<
                 }
             }
             Sealing::Gpg(engine, hmac) => {
-                let (decoded, signature) = build::verify_gpg(&packet, engine.as_mut(), hmac.as_ref())?;
+                let (decoded, signature) =
+                    build::verify_gpg(&packet, engine.as_mut(), hmac.as_ref())?;
                 if verbose {
                     console.say("\nDump of the Decoded Data")?;
-                    emit_dump(&FieldView::decoded_gpg(&packet, &decoded, signature.as_ref()), console)?;
+                    emit_dump(
+                        &FieldView::decoded_gpg(&packet, &decoded, signature.as_ref()),
+                        console,
+                    )?;
                 }
             }
         }
@@ -470,15 +616,24 @@ fn send_packet(cli: &Cli, settings: &Settings, console: &mut Console) -> Result<
 /// Everything after argument parsing.
 pub fn execute(cli: &Cli, console: &mut Console) -> Result<()> {
     if cli.version {
-        return console.say(&format!("postern client {VERSION}, FKO protocol version {}", spa_core::message::PROTOCOL_VERSION));
+        return console.say(&format!(
+            "postern client {VERSION}, FKO protocol version {}",
+            spa_core::message::PROTOCOL_VERSION
+        ));
     }
     if let Some(flag) = cli.unsupported_flag() {
         return Err(ClientError::unsupported_flag(flag));
     }
     if cli.no_rc_file {
         let clash = [
-            (cli.save_rc_stanza, "cannot save an rc stanza in --no-rc-file mode"),
-            (cli.named_config.is_some(), "cannot use a named stanza (-n) in --no-rc-file mode"),
+            (
+                cli.save_rc_stanza,
+                "cannot save an rc stanza in --no-rc-file mode",
+            ),
+            (
+                cli.named_config.is_some(),
+                "cannot use a named stanza (-n) in --no-rc-file mode",
+            ),
             (cli.stanza_list, "cannot list stanzas in --no-rc-file mode"),
         ];
         if let Some((_, msg)) = clash.iter().find(|(on, _)| *on) {
@@ -487,7 +642,9 @@ pub fn execute(cli: &Cli, console: &mut Console) -> Result<()> {
     }
     let wants_keys = cli.key_gen || cli.key_gen_file.is_some();
     if cli.qr && !wants_keys {
-        return Err(ClientError::usage("--qr only works together with --key-gen or -K"));
+        return Err(ClientError::usage(
+            "--qr only works together with --key-gen or -K",
+        ));
     }
     let rc = if cli.no_rc_file {
         None
@@ -499,14 +656,18 @@ pub fn execute(cli: &Cli, console: &mut Console) -> Result<()> {
         load_rc(&path, console)?
     };
     if rc.is_none() && !cli.no_rc_file && (cli.save_rc_stanza || cli.named_config.is_some()) {
-        return Err(ClientError::RcFile("no usable rc file for -n / --save-rc-stanza".into()));
+        return Err(ClientError::RcFile(
+            "no usable rc file for -n / --save-rc-stanza".into(),
+        ));
     }
     let mut settings = gather_settings(cli, rc.as_ref(), console)?;
     if wants_keys {
         return key_gen(cli, &mut settings, rc.as_ref(), console);
     }
     if cli.save_rc_stanza {
-        let rc = rc.as_ref().ok_or_else(|| ClientError::usage("cannot save an rc stanza without an rc file"))?;
+        let rc = rc
+            .as_ref()
+            .ok_or_else(|| ClientError::usage("cannot save an rc stanza without an rc file"))?;
         let name = stanza_name(cli, &settings)?;
         let _kept = save_stanza(rc, &name, &settings, &[], cli.force_stanza, console)?;
     }

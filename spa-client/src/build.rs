@@ -2,8 +2,8 @@
 
 use crate::error::{ClientError, Result};
 use crate::keys::KeyMaterial;
-use spa_core::message::{rand_val_from, PROTOCOL_VERSION};
 use spa_core::gpg::{self, OpenPgp, SignatureInfo};
+use spa_core::message::{rand_val_from, PROTOCOL_VERSION};
 use spa_core::packet::{self, HmacKey, PacketKeys};
 use spa_core::request::{format_proto_ports, parse_proto_ports, ProtoPort};
 use spa_core::{DecodedMessage, DigestType, EncryptionMode, MessageType, Secret, SpaMessage};
@@ -49,7 +49,9 @@ fn is_hostname(h: &str) -> bool {
         && h.split('.').all(|label| {
             !label.is_empty()
                 && label.len() <= 63
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
                 && label.as_bytes()[0].is_ascii_alphanumeric()
                 && label.as_bytes()[label.len() - 1].is_ascii_alphanumeric()
         })
@@ -57,16 +59,27 @@ fn is_hostname(h: &str) -> bool {
 
 /// The NAT field: `-N host[:,]port` (the port defaults to the -A port), or for
 /// --nat-local without -N, `<SPA server>,<-A port>`.
-pub fn nat_access_field(nat_access: Option<&str>, nat_local: bool, server: &str, access_port: u16) -> Result<Option<String>> {
+pub fn nat_access_field(
+    nat_access: Option<&str>,
+    nat_local: bool,
+    server: &str,
+    access_port: u16,
+) -> Result<Option<String>> {
     if let Some(spec) = nat_access {
         let spec = spec.replacen(':', ",", 1);
         let (host, port) = match spec.split_once(',') {
             Some((host, port)) => {
-                let port = (port.len() <= 5 && !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()))
-                    .then(|| port.parse::<u16>().ok())
-                    .flatten()
-                    .filter(|&p| p != 0)
-                    .ok_or_else(|| ClientError::usage(format!("invalid port in NAT access '{spec}' (-N/NAT_ACCESS): must be 1..65535")))?;
+                let port = (port.len() <= 5
+                    && !port.is_empty()
+                    && port.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| port.parse::<u16>().ok())
+                .flatten()
+                .filter(|&p| p != 0)
+                .ok_or_else(|| {
+                    ClientError::usage(format!(
+                        "invalid port in NAT access '{spec}' (-N/NAT_ACCESS): must be 1..65535"
+                    ))
+                })?;
                 (host, port)
             }
             None => (spec.as_str(), access_port),
@@ -98,8 +111,17 @@ pub struct MessageSpec {
 /// Assemble and check the message (fresh random value, protocol version 3.0.0).
 pub fn build_message(spec: &MessageSpec) -> Result<SpaMessage> {
     let timeout = spec.fw_timeout.filter(|&t| t > 0 && !spec.command);
-    let nat = if spec.command { None } else { spec.nat_access.clone() };
-    let msg_type = MessageType::for_request(spec.command, nat.is_some() && !spec.nat_local, spec.nat_local && nat.is_some(), timeout.is_some());
+    let nat = if spec.command {
+        None
+    } else {
+        spec.nat_access.clone()
+    };
+    let msg_type = MessageType::for_request(
+        spec.command,
+        nat.is_some() && !spec.nat_local,
+        spec.nat_local && nat.is_some(),
+        timeout.is_some(),
+    );
     let msg = SpaMessage {
         rand_val: rand_val_from(crate::random::bytes::<8>()),
         username: spec.username.clone(),
@@ -111,7 +133,8 @@ pub fn build_message(spec: &MessageSpec) -> Result<SpaMessage> {
         server_auth: None,
         client_timeout: timeout,
     };
-    msg.validate().map_err(|e| ClientError::usage(format!("cannot build the SPA message: {e}")))?;
+    msg.validate()
+        .map_err(|e| ClientError::usage(format!("cannot build the SPA message: {e}")))?;
     Ok(msg)
 }
 
@@ -165,12 +188,20 @@ fn packet_keys<'a>(key: &'a Secret, mode: EncryptionMode, keys: &'a KeyMaterial)
     PacketKeys {
         key: key.bytes(),
         mode,
-        hmac: keys.hmac.as_ref().map(|(digest, k)| HmacKey { digest: *digest, key: k.bytes() }),
+        hmac: keys.hmac.as_ref().map(|(digest, k)| HmacKey {
+            digest: *digest,
+            key: k.bytes(),
+        }),
     }
 }
 
 /// Encrypt (and MAC) the message.
-pub fn seal(message: SpaMessage, digest: DigestType, mode: EncryptionMode, keys: &KeyMaterial) -> Result<SealedPacket> {
+pub fn seal(
+    message: SpaMessage,
+    digest: DigestType,
+    mode: EncryptionMode,
+    keys: &KeyMaterial,
+) -> Result<SealedPacket> {
     if mode == EncryptionMode::Legacy && keys.hmac.is_some() {
         return Err(ClientError::usage("legacy encryption mode is incompatible with HMAC (drop --use-hmac or use another -M mode)"));
     }
@@ -178,13 +209,25 @@ pub fn seal(message: SpaMessage, digest: DigestType, mode: EncryptionMode, keys:
     let encoded = message.encode_fields()?;
     let digest_b64 = digest.digest_b64(encoded.as_bytes());
     let salt = crate::random::bytes::<8>();
-    let wire = packet::seal(&message, digest, &packet_keys(&key, mode, keys), &salt).map_err(|e| match e {
-        spa_core::SpaError::Key(reason) => ClientError::Key(reason),
-        other => ClientError::Spa(other),
-    })?;
+    let wire = packet::seal(&message, digest, &packet_keys(&key, mode, keys), &salt).map_err(
+        |e| match e {
+            spa_core::SpaError::Key(reason) => ClientError::Key(reason),
+            other => ClientError::Spa(other),
+        },
+    )?;
     let hmac_type = keys.hmac.as_ref().map(|(d, _)| *d);
     let hmac = hmac_type.map(|d| wire[wire.len() - d.b64_len()..].to_string());
-    Ok(SealedPacket { message, digest_type: digest, mode, hmac_type, encoded, digest: digest_b64, wire, hmac, gpg: None })
+    Ok(SealedPacket {
+        message,
+        digest_type: digest,
+        mode,
+        hmac_type,
+        encoded,
+        digest: digest_b64,
+        wire,
+        hmac,
+        gpg: None,
+    })
 }
 
 /// Encrypt (and sign, when the details name a signer) the message with GPG.
@@ -197,8 +240,19 @@ pub fn seal_gpg(
 ) -> Result<SealedPacket> {
     let encoded = message.encode_fields()?;
     let digest_b64 = digest.digest_b64(encoded.as_bytes());
-    let hk = hmac.map(|(d, k)| HmacKey { digest: *d, key: k.bytes() });
-    let wire = gpg::seal(&message, digest, pgp, &details.recipient, details.signer.as_deref(), hk.as_ref()).map_err(|e| match e {
+    let hk = hmac.map(|(d, k)| HmacKey {
+        digest: *d,
+        key: k.bytes(),
+    });
+    let wire = gpg::seal(
+        &message,
+        digest,
+        pgp,
+        &details.recipient,
+        details.signer.as_deref(),
+        hk.as_ref(),
+    )
+    .map_err(|e| match e {
         gpg::GpgError::Packet(spa_core::SpaError::Key(reason)) => ClientError::Key(reason),
         other => other.into(),
     })?;
@@ -224,7 +278,10 @@ pub fn verify_gpg(
     pgp: &mut dyn OpenPgp,
     hmac: Option<&(DigestType, Secret)>,
 ) -> Result<(DecodedMessage, Option<SignatureInfo>)> {
-    let hk = hmac.map(|(d, k)| HmacKey { digest: *d, key: k.bytes() });
+    let hk = hmac.map(|(d, k)| HmacKey {
+        digest: *d,
+        key: k.bytes(),
+    });
     let opened = gpg::open(packet.wire.as_bytes(), hk.as_ref(), pgp).map_err(|e| match e {
         gpg::GpgError::Engine(m) => {
             ClientError::Gpg(format!("cannot decrypt the packet again for -T: {m} (no access to the recipient's private key?)"))
@@ -240,7 +297,10 @@ pub fn verify_gpg(
 /// Open our own packet again (what fwknop's -T does after building).
 pub fn verify(packet: &SealedPacket, keys: &KeyMaterial) -> Result<DecodedMessage> {
     let key = effective_key(&keys.key, packet.mode);
-    let decoded = packet::open(packet.wire.as_bytes(), &packet_keys(&key, packet.mode, keys))?;
+    let decoded = packet::open(
+        packet.wire.as_bytes(),
+        &packet_keys(&key, packet.mode, keys),
+    )?;
     if decoded.message != packet.message {
         return Err(ClientError::Spa(spa_core::SpaError::DigestMismatch));
     }
@@ -261,15 +321,39 @@ mod tests {
     #[test]
     fn access_and_nat_strings() {
         let ip = Ipv4Addr::new(10, 0, 0, 5);
-        assert_eq!(access_message(ip, "tcp/22", None).unwrap(), "10.0.0.5,tcp/22");
-        assert_eq!(access_message(ip, "tcp/22,udp/53", None).unwrap(), "10.0.0.5,tcp/22,udp/53");
-        assert_eq!(access_message(ip, "tcp/22", Some(55000)).unwrap(), "10.0.0.5,tcp/55000");
+        assert_eq!(
+            access_message(ip, "tcp/22", None).unwrap(),
+            "10.0.0.5,tcp/22"
+        );
+        assert_eq!(
+            access_message(ip, "tcp/22,udp/53", None).unwrap(),
+            "10.0.0.5,tcp/22,udp/53"
+        );
+        assert_eq!(
+            access_message(ip, "tcp/22", Some(55000)).unwrap(),
+            "10.0.0.5,tcp/55000"
+        );
         assert!(access_message(ip, "tcp/22,udp/53", Some(1)).is_err());
         assert!(access_message(ip, "icmp/22", None).is_err());
         assert!(access_message(ip, "tcp", None).is_err());
-        assert_eq!(nat_access_field(Some("192.168.1.2:80"), false, "srv", 22).unwrap().unwrap(), "192.168.1.2,80");
-        assert_eq!(nat_access_field(Some("inner.example"), false, "srv", 22).unwrap().unwrap(), "inner.example,22");
-        assert_eq!(nat_access_field(None, true, "srv.example", 22).unwrap().unwrap(), "srv.example,22");
+        assert_eq!(
+            nat_access_field(Some("192.168.1.2:80"), false, "srv", 22)
+                .unwrap()
+                .unwrap(),
+            "192.168.1.2,80"
+        );
+        assert_eq!(
+            nat_access_field(Some("inner.example"), false, "srv", 22)
+                .unwrap()
+                .unwrap(),
+            "inner.example,22"
+        );
+        assert_eq!(
+            nat_access_field(None, true, "srv.example", 22)
+                .unwrap()
+                .unwrap(),
+            "srv.example,22"
+        );
         assert!(nat_access_field(Some("bad host:1"), false, "srv", 22).is_err());
         assert!(nat_access_field(Some("1.2.3.4:99999"), false, "srv", 22).is_err());
     }
@@ -278,7 +362,11 @@ mod tests {
         MessageSpec {
             username: "alice".into(),
             timestamp: 1_700_000_000,
-            message: if command { "10.0.0.5,echo hi".into() } else { "10.0.0.5,tcp/22".into() },
+            message: if command {
+                "10.0.0.5,echo hi".into()
+            } else {
+                "10.0.0.5,tcp/22".into()
+            },
             command,
             nat_access: nat.map(str::to_string),
             nat_local: local,
@@ -301,7 +389,11 @@ mod tests {
 
     #[test]
     fn sealed_packets_open_again() {
-        for (mode, hmac) in [(EncryptionMode::Cbc, true), (EncryptionMode::Ctr, false), (EncryptionMode::Legacy, false)] {
+        for (mode, hmac) in [
+            (EncryptionMode::Cbc, true),
+            (EncryptionMode::Ctr, false),
+            (EncryptionMode::Legacy, false),
+        ] {
             let k = keys(hmac);
             let msg = build_message(&spec(None, false, Some(30), false)).unwrap();
             let p = seal(msg.clone(), DigestType::Sha512, mode, &k).unwrap();
@@ -309,13 +401,28 @@ mod tests {
             assert_eq!(p.hmac.is_some(), hmac);
             assert!(p.wire.starts_with(p.body()));
         }
-        assert!(seal(build_message(&spec(None, false, None, false)).unwrap(), DigestType::Sha256, EncryptionMode::Legacy, &keys(true)).is_err());
+        assert!(seal(
+            build_message(&spec(None, false, None, false)).unwrap(),
+            DigestType::Sha256,
+            EncryptionMode::Legacy,
+            &keys(true)
+        )
+        .is_err());
     }
 
     #[test]
     fn legacy_mode_cuts_long_keys() {
-        let k = KeyMaterial { key: Secret::from_passphrase(&"x".repeat(40)), hmac: None };
-        let p = seal(build_message(&spec(None, false, None, false)).unwrap(), DigestType::Sha256, EncryptionMode::Legacy, &k).unwrap();
+        let k = KeyMaterial {
+            key: Secret::from_passphrase(&"x".repeat(40)),
+            hmac: None,
+        };
+        let p = seal(
+            build_message(&spec(None, false, None, false)).unwrap(),
+            DigestType::Sha256,
+            EncryptionMode::Legacy,
+            &k,
+        )
+        .unwrap();
         assert!(verify(&p, &k).is_ok());
     }
 }

@@ -20,11 +20,21 @@ const NOT_YET: &str = "not supported by postern yet";
 )]
 pub struct Cli {
     /// Named stanza of the rc file providing some or all options
-    #[arg(short = 'n', long = "named-config", value_name = "STANZA", allow_hyphen_values = true)]
+    #[arg(
+        short = 'n',
+        long = "named-config",
+        value_name = "STANZA",
+        allow_hyphen_values = true
+    )]
     pub named_config: Option<String>,
 
     /// Ports/protocols to open on the server, e.g. tcp/22 or tcp/22,udp/53
-    #[arg(short = 'A', long = "access", value_name = "PORT_LIST", allow_hyphen_values = true)]
+    #[arg(
+        short = 'A',
+        long = "access",
+        value_name = "PORT_LIST",
+        allow_hyphen_values = true
+    )]
     pub access: Option<String>,
 
     /// IP address to allow inside the SPA packet (also `resolve` or `source`)
@@ -32,7 +42,12 @@ pub struct Cli {
     pub allow_ip: Option<String>,
 
     /// Hostname or IP address of the SPA server
-    #[arg(short = 'D', long = "destination", value_name = "HOST", allow_hyphen_values = true)]
+    #[arg(
+        short = 'D',
+        long = "destination",
+        value_name = "HOST",
+        allow_hyphen_values = true
+    )]
     pub destination: Option<String>,
 
     /// Add an HMAC to the SPA packet (authenticated encryption)
@@ -40,7 +55,12 @@ pub struct Cli {
     pub use_hmac: bool,
 
     /// Save the packet to FILE
-    #[arg(short = 'B', long = "save-packet", value_name = "FILE", allow_hyphen_values = true)]
+    #[arg(
+        short = 'B',
+        long = "save-packet",
+        value_name = "FILE",
+        allow_hyphen_values = true
+    )]
     pub save_packet: Option<PathBuf>,
 
     /// Append to the -B file instead of replacing it
@@ -48,19 +68,39 @@ pub struct Cli {
     pub save_packet_append: bool,
 
     /// Command for the server to run instead of an access request
-    #[arg(short = 'C', long = "server-cmd", value_name = "COMMAND", allow_hyphen_values = true)]
+    #[arg(
+        short = 'C',
+        long = "server-cmd",
+        value_name = "COMMAND",
+        allow_hyphen_values = true
+    )]
     pub server_cmd: Option<String>,
 
     /// NAT access to an internal service: <internal IP or host>[,:]<port>
-    #[arg(short = 'N', long = "nat-access", value_name = "HOST:PORT", allow_hyphen_values = true)]
+    #[arg(
+        short = 'N',
+        long = "nat-access",
+        value_name = "HOST:PORT",
+        allow_hyphen_values = true
+    )]
     pub nat_access: Option<String>,
 
     /// Destination port of the SPA packet (default 62201)
-    #[arg(short = 'p', long = "server-port", value_name = "PORT", allow_hyphen_values = true)]
+    #[arg(
+        short = 'p',
+        long = "server-port",
+        value_name = "PORT",
+        allow_hyphen_values = true
+    )]
     pub server_port: Option<String>,
 
     /// Transport of the SPA packet: udp (default) or tcp
-    #[arg(short = 'P', long = "server-proto", value_name = "PROTO", allow_hyphen_values = true)]
+    #[arg(
+        short = 'P',
+        long = "server-proto",
+        value_name = "PROTO",
+        allow_hyphen_values = true
+    )]
     pub server_proto: Option<String>,
 
     /// Let the server allow the packet's source address (sends 0.0.0.0)
@@ -68,11 +108,20 @@ pub struct Cli {
     pub source_ip: bool,
 
     /// Source port of the SPA packet
-    #[arg(short = 'S', long = "source-port", value_name = "PORT", allow_hyphen_values = true)]
+    #[arg(
+        short = 'S',
+        long = "source-port",
+        value_name = "PORT",
+        allow_hyphen_values = true
+    )]
     pub source_port: Option<String>,
 
     /// Resolve the external IP address over HTTPS (see --resolve-url)
-    #[arg(short = 'R', long = "resolve-ip-https", visible_alias = "resolve-ip-http")]
+    #[arg(
+        short = 'R',
+        long = "resolve-ip-https",
+        visible_alias = "resolve-ip-http"
+    )]
     pub resolve_ip: bool,
 
     /// Resolve the external IP over plain HTTP (not recommended)
@@ -84,11 +133,21 @@ pub struct Cli {
     pub resolve_url: Option<String>,
 
     /// HTTP User-Agent for -R
-    #[arg(short = 'u', long = "user-agent", value_name = "AGENT", allow_hyphen_values = true)]
+    #[arg(
+        short = 'u',
+        long = "user-agent",
+        value_name = "AGENT",
+        allow_hyphen_values = true
+    )]
     pub user_agent: Option<String>,
 
     /// Username inside the SPA packet
-    #[arg(short = 'U', long = "spoof-user", value_name = "USER", allow_hyphen_values = true)]
+    #[arg(
+        short = 'U',
+        long = "spoof-user",
+        value_name = "USER",
+        allow_hyphen_values = true
+    )]
     pub spoof_user: Option<String>,
 
     /// Read the encryption key from FILE (lines `<server>: <key>`)
@@ -104,7 +163,12 @@ pub struct Cli {
     pub stdin: bool,
 
     /// Read the key (then the HMAC key, if needed) from file descriptor N
-    #[arg(long = "fd", value_name = "N", conflicts_with = "stdin", allow_hyphen_values = true)]
+    #[arg(
+        long = "fd",
+        value_name = "N",
+        conflicts_with = "stdin",
+        allow_hyphen_values = true
+    )]
     pub fd: Option<String>,
 
     /// Generate a Rijndael key and an HMAC key
@@ -112,7 +176,12 @@ pub struct Cli {
     pub key_gen: bool,
 
     /// Generate keys and write them to FILE (mode 0600)
-    #[arg(short = 'K', long = "key-gen-file", value_name = "FILE", allow_hyphen_values = true)]
+    #[arg(
+        short = 'K',
+        long = "key-gen-file",
+        value_name = "FILE",
+        allow_hyphen_values = true
+    )]
     pub key_gen_file: Option<PathBuf>,
 
     /// Also print the generated keys as a terminal QR code
@@ -124,19 +193,37 @@ pub struct Cli {
     pub key_len: Option<String>,
 
     /// HMAC key length for --key-gen (bytes)
-    #[arg(long = "hmac-key-len", value_name = "BYTES", allow_hyphen_values = true)]
+    #[arg(
+        long = "hmac-key-len",
+        value_name = "BYTES",
+        allow_hyphen_values = true
+    )]
     pub hmac_key_len: Option<String>,
 
     /// Rijndael key (passphrase); visible to other local users
-    #[arg(long = "key-rijndael", value_name = "KEY", conflicts_with = "key_base64_rijndael", allow_hyphen_values = true)]
+    #[arg(
+        long = "key-rijndael",
+        value_name = "KEY",
+        conflicts_with = "key_base64_rijndael",
+        allow_hyphen_values = true
+    )]
     pub key_rijndael: Option<String>,
 
     /// Base64 Rijndael key; visible to other local users
-    #[arg(long = "key-base64-rijndael", value_name = "KEY", allow_hyphen_values = true)]
+    #[arg(
+        long = "key-base64-rijndael",
+        value_name = "KEY",
+        allow_hyphen_values = true
+    )]
     pub key_base64_rijndael: Option<String>,
 
     /// Base64 HMAC key; visible to other local users
-    #[arg(long = "key-base64-hmac", value_name = "KEY", conflicts_with = "key_hmac", allow_hyphen_values = true)]
+    #[arg(
+        long = "key-base64-hmac",
+        value_name = "KEY",
+        conflicts_with = "key_hmac",
+        allow_hyphen_values = true
+    )]
     pub key_base64_hmac: Option<String>,
 
     /// HMAC key (passphrase); visible to other local users
@@ -160,19 +247,38 @@ pub struct Cli {
     pub version: bool,
 
     /// SPA message digest: md5, sha1, sha256 (default), sha384, sha512, sha3_256, sha3_512
-    #[arg(short = 'm', long = "digest-type", value_name = "DIGEST", allow_hyphen_values = true)]
+    #[arg(
+        short = 'm',
+        long = "digest-type",
+        value_name = "DIGEST",
+        allow_hyphen_values = true
+    )]
     pub digest_type: Option<String>,
 
     /// Rijndael mode: cbc (default), ecb, cfb, ofb, ctr, legacy
-    #[arg(short = 'M', long = "encryption-mode", value_name = "MODE", allow_hyphen_values = true)]
+    #[arg(
+        short = 'M',
+        long = "encryption-mode",
+        value_name = "MODE",
+        allow_hyphen_values = true
+    )]
     pub encryption_mode: Option<String>,
 
     /// Firewall timeout the server should use, in seconds
-    #[arg(short = 'f', long = "fw-timeout", value_name = "SECONDS", allow_hyphen_values = true)]
+    #[arg(
+        short = 'f',
+        long = "fw-timeout",
+        value_name = "SECONDS",
+        allow_hyphen_values = true
+    )]
     pub fw_timeout: Option<String>,
 
     /// HMAC digest: md5, sha1, sha256 (default), sha384, sha512, sha3_256, sha3_512
-    #[arg(long = "hmac-digest-type", value_name = "DIGEST", allow_hyphen_values = true)]
+    #[arg(
+        long = "hmac-digest-type",
+        value_name = "DIGEST",
+        allow_hyphen_values = true
+    )]
     pub hmac_digest_type: Option<String>,
 
     /// Path of the rc file (default $HOME/.fwknoprc)
@@ -220,11 +326,19 @@ pub struct Cli {
     pub nat_rand_port: bool,
 
     /// Add time to the packet timestamp (e.g. 60, 5m, 2h, 1d)
-    #[arg(long = "time-offset-plus", value_name = "TIME", allow_hyphen_values = true)]
+    #[arg(
+        long = "time-offset-plus",
+        value_name = "TIME",
+        allow_hyphen_values = true
+    )]
     pub time_offset_plus: Option<String>,
 
     /// Subtract time from the packet timestamp
-    #[arg(long = "time-offset-minus", value_name = "TIME", allow_hyphen_values = true)]
+    #[arg(
+        long = "time-offset-minus",
+        value_name = "TIME",
+        allow_hyphen_values = true
+    )]
     pub time_offset_minus: Option<String>,
 
     /// Encrypt with GPG (OpenPGP) instead of Rijndael; needs --gpg-recipient-key
@@ -232,11 +346,20 @@ pub struct Cli {
     pub gpg_encryption: bool,
 
     /// GPG key (ID, fingerprint or user ID) of the server to encrypt to (implies -g)
-    #[arg(long = "gpg-recipient-key", visible_alias = "gpg-recipient", value_name = "KEY_ID", allow_hyphen_values = true)]
+    #[arg(
+        long = "gpg-recipient-key",
+        visible_alias = "gpg-recipient",
+        value_name = "KEY_ID",
+        allow_hyphen_values = true
+    )]
     pub gpg_recipient_key: Option<String>,
 
     /// Your GPG key to sign the packet with (implies -g)
-    #[arg(long = "gpg-signer-key", value_name = "KEY_ID", allow_hyphen_values = true)]
+    #[arg(
+        long = "gpg-signer-key",
+        value_name = "KEY_ID",
+        allow_hyphen_values = true
+    )]
     pub gpg_signer_key: Option<String>,
 
     /// GnuPG home directory holding the keyrings (implies -g)
@@ -320,14 +443,20 @@ impl Cli {
             (self.icmp_code.is_some(), "--icmp-code"),
             (self.fault_injection_tag.is_some(), "--fault-injection-tag"),
         ];
-        flags.into_iter().find(|(used, _)| *used).map(|(_, name)| name)
+        flags
+            .into_iter()
+            .find(|(used, _)| *used)
+            .map(|(_, name)| name)
     }
 }
 
 /// clap's multi-line error reduced to its first line, without the `error: ` tag.
 fn one_line_error(e: &clap::Error) -> String {
     let text = e.render().to_string();
-    let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("invalid arguments");
+    let first = text
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("invalid arguments");
     let first = first.trim().strip_prefix("error: ").unwrap_or(first.trim());
     format!("{first} (see --help)")
 }
@@ -342,7 +471,18 @@ mod tests {
 
     #[test]
     fn fwknop_style_flags_parse() {
-        let cli = parse(&["-A", "tcp/22", "-a", "10.0.0.5", "-D", "srv", "-vv", "-T", "--use-hmac"]).unwrap();
+        let cli = parse(&[
+            "-A",
+            "tcp/22",
+            "-a",
+            "10.0.0.5",
+            "-D",
+            "srv",
+            "-vv",
+            "-T",
+            "--use-hmac",
+        ])
+        .unwrap();
         assert_eq!(cli.access.as_deref(), Some("tcp/22"));
         assert_eq!(cli.allow_ip.as_deref(), Some("10.0.0.5"));
         assert_eq!(cli.verbose, 2);
@@ -375,6 +515,9 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
-        assert!(matches!(parse(&["-a", "1.2.3.4", "-s"]), Err(CliExit::Error(_))));
+        assert!(matches!(
+            parse(&["-a", "1.2.3.4", "-s"]),
+            Err(CliExit::Error(_))
+        ));
     }
 }

@@ -54,7 +54,9 @@ fn engine_error(what: &str, e: gpgme::Error) -> GpgError {
 }
 
 fn path_text(p: &Path) -> Result<String, GpgError> {
-    p.to_str().map(str::to_string).ok_or_else(|| GpgError::engine(format!("path {} is not valid UTF-8", p.display())))
+    p.to_str()
+        .map(str::to_string)
+        .ok_or_else(|| GpgError::engine(format!("path {} is not valid UTF-8", p.display())))
 }
 
 impl Gpgme {
@@ -66,20 +68,28 @@ impl Gpgme {
             .map_err(|e| engine_error("no usable OpenPGP engine (is gnupg installed?)", e))?;
         if let Some(dir) = &opts.home_dir {
             if !dir.is_dir() {
-                return Err(GpgError::engine(format!("GPG home directory {} does not exist", dir.display())));
+                return Err(GpgError::engine(format!(
+                    "GPG home directory {} does not exist",
+                    dir.display()
+                )));
             }
         }
         if let Some(exe) = &opts.exe {
             if !exe.is_file() {
-                return Err(GpgError::engine(format!("GPG executable {} does not exist", exe.display())));
+                return Err(GpgError::engine(format!(
+                    "GPG executable {} does not exist",
+                    exe.display()
+                )));
             }
         }
-        let mut ctx = Context::from_protocol(Protocol::OpenPgp).map_err(|e| engine_error("cannot create a gpgme context", e))?;
+        let mut ctx = Context::from_protocol(Protocol::OpenPgp)
+            .map_err(|e| engine_error("cannot create a gpgme context", e))?;
         if opts.home_dir.is_some() || opts.exe.is_some() {
             let exe = opts.exe.as_deref().map(path_text).transpose()?;
             let exe = exe.or_else(|| ctx.engine_info().path().ok().map(str::to_string));
             let home = opts.home_dir.as_deref().map(path_text).transpose()?;
-            ctx.set_engine_info(exe, home).map_err(|e| engine_error("cannot configure the GPG engine", e))?;
+            ctx.set_engine_info(exe, home)
+                .map_err(|e| engine_error("cannot configure the GPG engine", e))?;
         }
         ctx.set_armor(false);
         if !opts.use_agent {
@@ -87,7 +97,10 @@ impl Gpgme {
             // asks the callback anyway, so "not supported" is fine to ignore.
             let _ = ctx.set_pinentry_mode(PinentryMode::Loopback);
         }
-        Ok(Gpgme { ctx, passphrase: opts.passphrase.clone() })
+        Ok(Gpgme {
+            ctx,
+            passphrase: opts.passphrase.clone(),
+        })
     }
 
     /// Use `passphrase` for the secret keys from now on (posternd sets it per packet,
@@ -104,15 +117,23 @@ impl Gpgme {
     /// The one key `name` designates (as fwknop: none or several is an error).
     fn key(&mut self, name: &str, secret: bool) -> Result<Key, GpgError> {
         let what = if secret { "signer" } else { "recipient" };
-        let mut keys = if secret { self.ctx.find_secret_keys([name]) } else { self.ctx.find_keys([name]) }
-            .map_err(|e| engine_error(&format!("cannot list keys for the GPG {what} `{name}`"), e))?;
+        let mut keys = if secret {
+            self.ctx.find_secret_keys([name])
+        } else {
+            self.ctx.find_keys([name])
+        }
+        .map_err(|e| engine_error(&format!("cannot list keys for the GPG {what} `{name}`"), e))?;
         let first = keys
             .next()
             .transpose()
             .map_err(|e| engine_error(&format!("cannot list keys for the GPG {what} `{name}`"), e))?
-            .ok_or_else(|| GpgError::engine(format!("GPG {what} key `{name}` not found in the keyring")))?;
+            .ok_or_else(|| {
+                GpgError::engine(format!("GPG {what} key `{name}` not found in the keyring"))
+            })?;
         if let Some(Ok(_)) = keys.next() {
-            return Err(GpgError::engine(format!("GPG {what} key `{name}` is ambiguous (several keys match)")));
+            return Err(GpgError::engine(format!(
+                "GPG {what} key `{name}` is ambiguous (several keys match)"
+            )));
         }
         Ok(first)
     }
@@ -120,22 +141,26 @@ impl Gpgme {
     /// Run `f` with the passphrase callback installed.
     fn with_passphrase<R>(&mut self, f: impl FnOnce(&mut Context) -> R) -> R {
         let pass = self.passphrase.clone();
-        let provider = move |req: gpgme::PassphraseRequest<'_>, out: &mut dyn Write| -> gpgme::Result<()> {
-            // Like fwknop: one try only; no passphrase means "cannot".
-            let Some(p) = pass.as_ref().filter(|_| !req.prev_attempt_failed) else {
-                return Err(gpgme::Error::CANCELED);
+        let provider =
+            move |req: gpgme::PassphraseRequest<'_>, out: &mut dyn Write| -> gpgme::Result<()> {
+                // Like fwknop: one try only; no passphrase means "cannot".
+                let Some(p) = pass.as_ref().filter(|_| !req.prev_attempt_failed) else {
+                    return Err(gpgme::Error::CANCELED);
+                };
+                out.write_all(p.bytes())
+                    .and_then(|_| out.write_all(b"\n"))
+                    .map_err(|_| gpgme::Error::from_errno(libc::EIO))
             };
-            out.write_all(p.bytes())
-                .and_then(|_| out.write_all(b"\n"))
-                .map_err(|_| gpgme::Error::from_errno(libc::EIO))
-        };
         self.ctx.with_passphrase_provider(provider, f)
     }
 }
 
 fn passphrase_problem(e: gpgme::Error) -> GpgError {
     let code = e.code();
-    if code == gpgme::Error::CANCELED.code() || code == gpgme::Error::BAD_PASSPHRASE.code() || code == gpgme::Error::NO_PIN.code() {
+    if code == gpgme::Error::CANCELED.code()
+        || code == gpgme::Error::BAD_PASSPHRASE.code()
+        || code == gpgme::Error::NO_PIN.code()
+    {
         return GpgError::engine(format!(
             "{}: wrong or missing passphrase for the secret key",
             e.description()
@@ -145,17 +170,33 @@ fn passphrase_problem(e: gpgme::Error) -> GpgError {
 }
 
 impl OpenPgp for Gpgme {
-    fn encrypt_and_sign(&mut self, plaintext: &[u8], recipient: &str, signer: Option<&str>) -> Result<Vec<u8>, GpgError> {
+    fn encrypt_and_sign(
+        &mut self,
+        plaintext: &[u8],
+        recipient: &str,
+        signer: Option<&str>,
+    ) -> Result<Vec<u8>, GpgError> {
         let rkey = self.key(recipient, false)?;
         let skey = signer.map(|s| self.key(s, true)).transpose()?;
         self.ctx.clear_signers();
         if let Some(k) = &skey {
-            self.ctx.add_signer(k).map_err(|e| engine_error("cannot use the signing key", e))?;
+            self.ctx
+                .add_signer(k)
+                .map_err(|e| engine_error("cannot use the signing key", e))?;
         }
         let mut out = Vec::new();
         let result = self.with_passphrase(|ctx| match &skey {
-            Some(_) => ctx.sign_and_encrypt_with_flags([&rkey], plaintext, &mut out, EncryptFlags::ALWAYS_TRUST).map(|_| ()),
-            None => ctx.encrypt_with_flags([&rkey], plaintext, &mut out, EncryptFlags::ALWAYS_TRUST).map(|_| ()),
+            Some(_) => ctx
+                .sign_and_encrypt_with_flags(
+                    [&rkey],
+                    plaintext,
+                    &mut out,
+                    EncryptFlags::ALWAYS_TRUST,
+                )
+                .map(|_| ()),
+            None => ctx
+                .encrypt_with_flags([&rkey], plaintext, &mut out, EncryptFlags::ALWAYS_TRUST)
+                .map(|_| ()),
         });
         result.map_err(passphrase_problem)?;
         Ok(out)
@@ -173,15 +214,24 @@ impl OpenPgp for Gpgme {
             .map(|s| {
                 let fpr = s.fingerprint().unwrap_or("");
                 let status = s.status();
-                let trusted = matches!(s.validity(), Validity::Marginal | Validity::Full | Validity::Ultimate);
+                let trusted = matches!(
+                    s.validity(),
+                    Validity::Marginal | Validity::Full | Validity::Ultimate
+                );
                 let text = match status {
                     Ok(()) if trusted => "Success".to_string(),
-                    Ok(()) => format!("good signature, but the key's validity is only `{}`", s.validity()),
+                    Ok(()) => format!(
+                        "good signature, but the key's validity is only `{}`",
+                        s.validity()
+                    ),
                     Err(e) => e.description().into_owned(),
                 };
                 SignatureInfo::new(fpr, status.is_ok() && trusted, text)
             })
             .collect();
-        Ok(Decrypted { plaintext: plain, signatures })
+        Ok(Decrypted {
+            plaintext: plain,
+            signatures,
+        })
     }
 }

@@ -28,7 +28,11 @@ pub struct GpgHome {
 }
 
 fn failed(what: &str, out: &Output) -> io::Error {
-    io::Error::other(format!("{what} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim()))
+    io::Error::other(format!(
+        "{what} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim()
+    ))
 }
 
 impl GpgHome {
@@ -36,7 +40,11 @@ impl GpgHome {
     pub fn new(tag: &str) -> io::Result<GpgHome> {
         use std::os::unix::fs::DirBuilderExt;
         let n = NEXT.fetch_add(1, Ordering::SeqCst);
-        let tag: String = tag.chars().filter(|c| c.is_ascii_alphanumeric()).take(8).collect();
+        let tag: String = tag
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric())
+            .take(8)
+            .collect();
         let path = std::env::temp_dir().join(format!("pg{tag}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&path);
         std::fs::DirBuilder::new().mode(0o700).create(&path)?;
@@ -80,24 +88,40 @@ impl GpgHome {
             "Key-Type: RSA\nKey-Length: {bits}\nKey-Usage: sign\nSubkey-Type: RSA\nSubkey-Length: {bits}\n\
              Subkey-Usage: encrypt\nName-Real: {name}\nName-Email: {name}@example.invalid\nExpire-Date: 0\n{protection}%commit\n"
         );
-        self.gpg_ok("gpg --gen-key", &["--pinentry-mode", "loopback", "--gen-key"], params.as_bytes())?;
+        self.gpg_ok(
+            "gpg --gen-key",
+            &["--pinentry-mode", "loopback", "--gen-key"],
+            params.as_bytes(),
+        )?;
         let fingerprint = self.fingerprint(name)?;
         let short_id = fingerprint[fingerprint.len() - 8..].to_string();
-        Ok(KeyIds { fingerprint, short_id })
+        Ok(KeyIds {
+            fingerprint,
+            short_id,
+        })
     }
 
     /// Fingerprint of the primary key matching `name`.
     pub fn fingerprint(&self, name: &str) -> io::Result<String> {
-        let out = self.gpg_ok("gpg --list-keys", &["--with-colons", "--list-keys", name], b"")?;
+        let out = self.gpg_ok(
+            "gpg --list-keys",
+            &["--with-colons", "--list-keys", name],
+            b"",
+        )?;
         String::from_utf8_lossy(&out.stdout)
             .lines()
-            .find_map(|l| l.strip_prefix("fpr:").map(|r| r.trim_matches(':').to_string()))
+            .find_map(|l| {
+                l.strip_prefix("fpr:")
+                    .map(|r| r.trim_matches(':').to_string())
+            })
             .ok_or_else(|| io::Error::other(format!("no fingerprint for {name}")))
     }
 
     /// The public key `name` in binary form.
     pub fn export(&self, name: &str) -> io::Result<Vec<u8>> {
-        Ok(self.gpg_ok("gpg --export", &["--export", name], b"")?.stdout)
+        Ok(self
+            .gpg_ok("gpg --export", &["--export", name], b"")?
+            .stdout)
     }
 
     /// Import keys (binary or armored).
@@ -107,9 +131,14 @@ impl GpgHome {
 
     /// Give `fingerprint` ultimate owner trust, so its signatures count as valid.
     pub fn trust(&self, fingerprint: &str) -> io::Result<()> {
-        self.gpg_ok("gpg --import-ownertrust", &["--import-ownertrust"], format!("{fingerprint}:6:\n").as_bytes())?;
+        self.gpg_ok(
+            "gpg --import-ownertrust",
+            &["--import-ownertrust"],
+            format!("{fingerprint}:6:\n").as_bytes(),
+        )?;
         // Recompute validity now rather than at the next (possibly concurrent) use.
-        self.gpg_ok("gpg --check-trustdb", &["--check-trustdb"], b"").map(|_| ())
+        self.gpg_ok("gpg --check-trustdb", &["--check-trustdb"], b"")
+            .map(|_| ())
     }
 
     /// Import `other`'s public key `name` and trust it.

@@ -37,16 +37,22 @@ impl KeyInput {
 
     fn read_or(&mut self, prompt: &str, what: &str, sources: &str) -> Result<Zeroizing<String>> {
         match self {
-            KeyInput::Terminal => rpassword::prompt_password(prompt).map(Zeroizing::new).map_err(|_| {
-                ClientError::Key(format!("no {what} given and no terminal to ask for it ({sources})"))
-            }),
+            KeyInput::Terminal => rpassword::prompt_password(prompt)
+                .map(Zeroizing::new)
+                .map_err(|_| {
+                    ClientError::Key(format!(
+                        "no {what} given and no terminal to ask for it ({sources})"
+                    ))
+                }),
             KeyInput::Lines(reader) => {
                 let mut line = Zeroizing::new(String::new());
                 let n = reader
                     .read_line(&mut line)
                     .map_err(|e| ClientError::Key(format!("cannot read the {what}: {e}")))?;
                 if n == 0 {
-                    return Err(ClientError::Key(format!("no {what} on the key input (one key per line)")));
+                    return Err(ClientError::Key(format!(
+                        "no {what} on the key input (one key per line)"
+                    )));
                 }
                 let trimmed = line.trim_end_matches(['\n', '\r']);
                 Ok(Zeroizing::new(trimmed.to_string()))
@@ -58,10 +64,10 @@ impl KeyInput {
 /// Read the key for `server` from an fwknop key file: lines `<server>: <key>`;
 /// blank lines and `#` comments are skipped, the last matching line wins.
 pub fn key_from_file(path: &Path, server: &str) -> Result<Secret> {
-    let text = Zeroizing::new(
-        std::fs::read_to_string(path)
-            .map_err(|e| ClientError::Key(format!("cannot read key file {}: {e}", path.display())))?,
-    );
+    let text =
+        Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
+            ClientError::Key(format!("cannot read key file {}: {e}", path.display()))
+        })?);
     let mut found: Option<Secret> = None;
     for raw in text.lines() {
         let line = raw.trim_start_matches([' ', '\t', '=']);
@@ -71,12 +77,19 @@ pub fn key_from_file(path: &Path, server: &str) -> Result<Secret> {
         let Some(rest) = line.strip_prefix(server).and_then(|r| r.strip_prefix(':')) else {
             continue;
         };
-        let key = rest.trim_start_matches([' ', '\t', '=']).trim_end_matches('\r');
+        let key = rest
+            .trim_start_matches([' ', '\t', '='])
+            .trim_end_matches('\r');
         if !key.is_empty() {
             found = Some(Secret::from_passphrase(key));
         }
     }
-    found.ok_or_else(|| ClientError::Key(format!("could not get a key for {server} from {}", path.display())))
+    found.ok_or_else(|| {
+        ClientError::Key(format!(
+            "could not get a key for {server} from {}",
+            path.display()
+        ))
+    })
 }
 
 fn check_len(what: &str, secret: Secret, max: usize) -> Result<Secret> {
@@ -84,7 +97,10 @@ fn check_len(what: &str, secret: Secret, max: usize) -> Result<Secret> {
         return Err(ClientError::Key(format!("the {what} is empty")));
     }
     if secret.bytes().len() > max {
-        return Err(ClientError::Key(format!("the {what} is {} bytes long, at most {max} allowed", secret.bytes().len())));
+        return Err(ClientError::Key(format!(
+            "the {what} is {} bytes long, at most {max} allowed",
+            secret.bytes().len()
+        )));
     }
     Ok(secret)
 }
@@ -92,7 +108,8 @@ fn check_len(what: &str, secret: Secret, max: usize) -> Result<Secret> {
 fn resolve_spec(spec: &KeySpec, what: &str, server: &str) -> Result<Secret> {
     match spec {
         KeySpec::Passphrase(p) => Ok(Secret::from_passphrase(p.expose())),
-        KeySpec::Base64(b) => Secret::from_base64(what, b.expose()).map_err(|_| ClientError::Key(format!("the {what} is not valid base64"))),
+        KeySpec::Base64(b) => Secret::from_base64(what, b.expose())
+            .map_err(|_| ClientError::Key(format!("the {what} is not valid base64"))),
         KeySpec::File(path) => key_from_file(path, server),
     }
 }
@@ -108,7 +125,12 @@ pub fn acquire(settings: &Settings, server: &str, input: &mut KeyInput) -> Resul
     Ok(KeyMaterial { key, hmac })
 }
 
-fn acquire_hmac(settings: &Settings, server: &str, input: &mut KeyInput, key: Option<&Secret>) -> Result<Option<(DigestType, Secret)>> {
+fn acquire_hmac(
+    settings: &Settings,
+    server: &str,
+    input: &mut KeyInput,
+    key: Option<&Secret>,
+) -> Result<Option<(DigestType, Secret)>> {
     if !settings.use_hmac {
         return Ok(None);
     }
@@ -118,9 +140,14 @@ fn acquire_hmac(settings: &Settings, server: &str, input: &mut KeyInput, key: Op
     };
     let hkey = check_len("HMAC key", hkey, MAX_KEY_LEN)?;
     if key == Some(&hkey) {
-        return Err(ClientError::Key("the encryption key and the HMAC key must not be identical; no SPA packet sent".into()));
+        return Err(ClientError::Key(
+            "the encryption key and the HMAC key must not be identical; no SPA packet sent".into(),
+        ));
     }
-    Ok(Some((settings.hmac_digest.unwrap_or(DigestType::Sha256), hkey)))
+    Ok(Some((
+        settings.hmac_digest.unwrap_or(DigestType::Sha256),
+        hkey,
+    )))
 }
 
 /// The secrets of a GPG packet.
@@ -135,16 +162,32 @@ pub struct GpgKeyMaterial {
 /// Gather the GPG signing passphrase as fwknop does: a configured key (KEY,
 /// GPG_SIGNING_PW[_BASE64], -G, --key-rijndael) wins; otherwise it is asked for
 /// only when a signer is set and neither --gpg-agent nor --gpg-no-signing-pw is.
-pub fn acquire_gpg(settings: &Settings, server: &str, input: &mut KeyInput) -> Result<GpgKeyMaterial> {
+pub fn acquire_gpg(
+    settings: &Settings,
+    server: &str,
+    input: &mut KeyInput,
+) -> Result<GpgKeyMaterial> {
     const WHAT: &str = "GPG signing passphrase";
     let pass = match &settings.key {
         Some(spec) => Some(resolve_spec(spec, WHAT, server)?),
-        None if settings.use_gpg_agent || settings.gpg_no_signing_pw || settings.gpg_signer.is_none() => None,
-        None => Some(Secret::from_passphrase(&input.read_or("Enter passphrase for signing: ", WHAT, SIGNING_PW_SOURCES)?)),
+        None if settings.use_gpg_agent
+            || settings.gpg_no_signing_pw
+            || settings.gpg_signer.is_none() =>
+        {
+            None
+        }
+        None => Some(Secret::from_passphrase(&input.read_or(
+            "Enter passphrase for signing: ",
+            WHAT,
+            SIGNING_PW_SOURCES,
+        )?)),
     };
     let pass = pass.map(|p| check_len(WHAT, p, MAX_KEY_LEN)).transpose()?;
     let hmac = acquire_hmac(settings, server, input, pass.as_ref())?;
-    Ok(GpgKeyMaterial { signing_passphrase: pass, hmac })
+    Ok(GpgKeyMaterial {
+        signing_passphrase: pass,
+        hmac,
+    })
 }
 
 /// fwknop's default HMAC key length for --key-gen, by HMAC digest.
@@ -162,20 +205,30 @@ fn parse_len(flag: &str, v: Option<&str>, max: usize) -> Result<Option<usize>> {
         s.parse::<usize>()
             .ok()
             .filter(|n| (1..=max).contains(n))
-            .ok_or_else(|| ClientError::usage(format!("invalid {flag} '{s}': must be within [1-{max}]")))
+            .ok_or_else(|| {
+                ClientError::usage(format!("invalid {flag} '{s}': must be within [1-{max}]"))
+            })
     })
     .transpose()
 }
 
 /// `--key-gen`: random keys of the requested (or default) sizes.
-pub fn generate(key_len: Option<&str>, hmac_key_len: Option<&str>, hmac_digest: DigestType) -> Result<GeneratedKeys> {
+pub fn generate(
+    key_len: Option<&str>,
+    hmac_key_len: Option<&str>,
+    hmac_digest: DigestType,
+) -> Result<GeneratedKeys> {
     let key_len = parse_len("--key-len", key_len, GENERATED_KEY_LEN)?.unwrap_or(GENERATED_KEY_LEN);
-    let hmac_len = parse_len("--hmac-key-len", hmac_key_len, MAX_KEY_LEN)?.unwrap_or(default_hmac_key_len(hmac_digest));
+    let hmac_len = parse_len("--hmac-key-len", hmac_key_len, MAX_KEY_LEN)?
+        .unwrap_or(default_hmac_key_len(hmac_digest));
     if key_len == GENERATED_KEY_LEN && hmac_len == GENERATED_HMAC_KEY_LEN {
         let random = Zeroizing::new(crate::random::bytes::<KEY_GEN_RANDOM_LEN>());
         return Ok(generate_keys(&random));
     }
-    Ok(GeneratedKeys { key: Secret::new(crate::random::vec(key_len)), hmac_key: Secret::new(crate::random::vec(hmac_len)) })
+    Ok(GeneratedKeys {
+        key: Secret::new(crate::random::vec(key_len)),
+        hmac_key: Secret::new(crate::random::vec(hmac_len)),
+    })
 }
 
 #[cfg(test)]
@@ -188,8 +241,15 @@ mod tests {
     fn key_file_lines_match_the_server() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("keys");
-        std::fs::write(&p, "# keys\n10.0.0.1: first\n  192.0.2.1: wanted key\n192.0.2.10: other\n").unwrap();
-        assert_eq!(key_from_file(&p, "192.0.2.1").unwrap().bytes(), b"wanted key");
+        std::fs::write(
+            &p,
+            "# keys\n10.0.0.1: first\n  192.0.2.1: wanted key\n192.0.2.10: other\n",
+        )
+        .unwrap();
+        assert_eq!(
+            key_from_file(&p, "192.0.2.1").unwrap().bytes(),
+            b"wanted key"
+        );
         assert!(key_from_file(&p, "198.51.100.1").is_err());
     }
 
@@ -223,14 +283,31 @@ mod tests {
         // A signer: read from the key input.
         s.apply(Var::GpgSigner, "ABCD1234").unwrap();
         let mut input = KeyInput::Lines(Box::new(Cursor::new(b"sign pw\n".to_vec())));
-        assert_eq!(acquire_gpg(&s, "h", &mut input).unwrap().signing_passphrase.unwrap().bytes(), b"sign pw");
+        assert_eq!(
+            acquire_gpg(&s, "h", &mut input)
+                .unwrap()
+                .signing_passphrase
+                .unwrap()
+                .bytes(),
+            b"sign pw"
+        );
         // gpg-agent or a key without passphrase: not asked.
         let mut agent = s.clone();
         agent.apply(Var::UseGpgAgent, "Y").unwrap();
-        assert!(acquire_gpg(&agent, "h", &mut KeyInput::Terminal).unwrap().signing_passphrase.is_none());
+        assert!(acquire_gpg(&agent, "h", &mut KeyInput::Terminal)
+            .unwrap()
+            .signing_passphrase
+            .is_none());
         // GPG_SIGNING_PW wins.
         s.apply(Var::GpgSigningPw, "from rc").unwrap();
-        assert_eq!(acquire_gpg(&s, "h", &mut KeyInput::Terminal).unwrap().signing_passphrase.unwrap().bytes(), b"from rc");
+        assert_eq!(
+            acquire_gpg(&s, "h", &mut KeyInput::Terminal)
+                .unwrap()
+                .signing_passphrase
+                .unwrap()
+                .bytes(),
+            b"from rc"
+        );
         s.apply(Var::GpgSigningPw, "hmac").unwrap();
         assert!(acquire_gpg(&s, "h", &mut KeyInput::Terminal).is_err());
     }

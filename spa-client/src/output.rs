@@ -2,8 +2,8 @@
 //! the transmit summary, the key-generation lines and the QR block.
 
 use crate::build::{GpgDetails, SealedPacket};
-use spa_core::gpg::SignatureInfo;
 use crate::settings::mode_display_name;
+use spa_core::gpg::SignatureInfo;
 use spa_core::{DigestType, EncryptionMode, GeneratedKeys, MessageType, SpaMessage};
 use std::fmt::Write;
 
@@ -79,7 +79,10 @@ impl<'a> FieldView<'a> {
             digest: &p.digest,
             hmac: p.hmac.as_deref(),
             final_data: &p.wire,
-            gpg: p.gpg.as_ref().map(|details| GpgView { details, signature: None }),
+            gpg: p.gpg.as_ref().map(|details| GpgView {
+                details,
+                signature: None,
+            }),
         }
     }
 
@@ -94,12 +97,19 @@ impl<'a> FieldView<'a> {
             digest: &decoded.digest,
             hmac: p.hmac.as_deref(),
             final_data: p.body(),
-            gpg: p.gpg.as_ref().map(|details| GpgView { details, signature: None }),
+            gpg: p.gpg.as_ref().map(|details| GpgView {
+                details,
+                signature: None,
+            }),
         }
     }
 
     /// The decoded block of a GPG packet, with the signature found on it.
-    pub fn decoded_gpg(p: &'a SealedPacket, decoded: &'a spa_core::DecodedMessage, signature: Option<&'a SignatureInfo>) -> Self {
+    pub fn decoded_gpg(
+        p: &'a SealedPacket,
+        decoded: &'a spa_core::DecodedMessage,
+        signature: Option<&'a SignatureInfo>,
+    ) -> Self {
         let mut v = FieldView::decoded(p, decoded);
         v.gpg = p.gpg.as_ref().map(|details| GpgView { details, signature });
         v
@@ -143,7 +153,11 @@ pub fn field_dump(v: &FieldView) -> String {
 /// The encryption type and mode lines, plus fwknop's GPG block for GPG packets.
 fn encryption_lines(v: &FieldView) -> String {
     let Some(g) = &v.gpg else {
-        return format!("Encryption Type: 1 (Rijndael)\nEncryption Mode: {} ({})\n", mode_number(v.mode), mode_display_name(v.mode));
+        return format!(
+            "Encryption Type: 1 (Rijndael)\nEncryption Mode: {} ({})\n",
+            mode_number(v.mode),
+            mode_display_name(v.mode)
+        );
     };
     let sig = g.signature;
     format!(
@@ -159,7 +173,12 @@ fn encryption_lines(v: &FieldView) -> String {
 }
 
 /// The `Generating SPA packet:` summary of -v.
-pub fn transmit_summary(proto: &str, source_port: Option<u16>, dest_port: u16, host: &str) -> String {
+pub fn transmit_summary(
+    proto: &str,
+    source_port: Option<u16>,
+    dest_port: u16,
+    host: &str,
+) -> String {
     let src = source_port.map_or_else(|| "<OS assigned>".to_string(), |p| p.to_string());
     format!(
         "Generating SPA packet:\n            protocol: {proto}\n         source port: {src}\n    destination port: {dest_port}\n             IP/host: {host}\n"
@@ -174,7 +193,11 @@ pub fn keygen_text(keys: &GeneratedKeys) -> String {
 /// The string put into the QR code: the form fwknop's console-qr helper builds and
 /// the Fwknop2 mobile client scans.
 pub fn qr_payload(keys: &GeneratedKeys) -> String {
-    format!("KEY_BASE64:{} HMAC_KEY_BASE64:{}", keys.key.to_base64(), keys.hmac_key.to_base64())
+    format!(
+        "KEY_BASE64:{} HMAC_KEY_BASE64:{}",
+        keys.key.to_base64(),
+        keys.hmac_key.to_base64()
+    )
 }
 
 /// A QR code drawn with Unicode half blocks, dark modules on a light background.
@@ -182,7 +205,12 @@ pub fn qr_block(payload: &str) -> Result<String, String> {
     use qrcode::render::unicode::Dense1x2;
     let code = qrcode::QrCode::with_error_correction_level(payload.as_bytes(), qrcode::EcLevel::M)
         .map_err(|e| format!("cannot make a QR code: {e}"))?;
-    Ok(code.render::<Dense1x2>().dark_color(Dense1x2::Light).light_color(Dense1x2::Dark).quiet_zone(true).build())
+    Ok(code
+        .render::<Dense1x2>()
+        .dark_color(Dense1x2::Light)
+        .light_color(Dense1x2::Dark)
+        .quiet_zone(true)
+        .build())
 }
 
 #[cfg(test)]
@@ -242,7 +270,15 @@ SPA Data Digest: P7sc5djc0MIwvo/xlzq950nQFW/oaMuSTH65WtnD5y0
             home_dir: Some("/tmp/g1/c".into()),
             exe: "/usr/bin/gpg".into(),
         };
-        let gpg_view = FieldView { gpg: Some(GpgView { details: &details, signature: None }), hmac: None, hmac_type: None, ..view };
+        let gpg_view = FieldView {
+            gpg: Some(GpgView {
+                details: &details,
+                signature: None,
+            }),
+            hmac: None,
+            hmac_type: None,
+            ..view
+        };
         let text = field_dump(&gpg_view);
         let gpg_block = "      HMAC Type: 0 (None)
 Encryption Type: 2 (GPG)

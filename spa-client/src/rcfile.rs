@@ -13,7 +13,14 @@ pub const DEFAULT_STANZA: &str = "default";
 /// File name in the home directory.
 pub const RC_FILE_NAME: &str = ".fwknoprc";
 /// Variables whose values are keys: they make a readable rc file unsafe.
-pub const KEY_VARS: &[&str] = &["KEY", "KEY_BASE64", "HMAC_KEY", "HMAC_KEY_BASE64", "GPG_SIGNING_PW", "GPG_SIGNING_PW_BASE64"];
+pub const KEY_VARS: &[&str] = &[
+    "KEY",
+    "KEY_BASE64",
+    "HMAC_KEY",
+    "HMAC_KEY_BASE64",
+    "GPG_SIGNING_PW",
+    "GPG_SIGNING_PW_BASE64",
+];
 /// Variables fwknop does not overwrite in an existing stanza without asking.
 pub const CRITICAL_VARS: &[&str] = &[
     "KEY",
@@ -34,7 +41,10 @@ pub enum Line {
     /// Empty or comment.
     Blank,
     Section(String),
-    Param { name: String, value: String },
+    Param {
+        name: String,
+        value: String,
+    },
     /// Not a section and not `VAR value`.
     Invalid,
 }
@@ -49,7 +59,11 @@ pub struct RcEntry {
 
 impl std::fmt::Debug for RcEntry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let value = if KEY_VARS.contains(&self.name.as_str()) { "<redacted>" } else { &self.value };
+        let value = if KEY_VARS.contains(&self.name.as_str()) {
+            "<redacted>"
+        } else {
+            &self.value
+        };
         write!(f, "{}={} (line {})", self.name, value, self.line)
     }
 }
@@ -67,7 +81,9 @@ pub fn parse_line(line: &str) -> Line {
             None => Line::Invalid,
         };
     }
-    let (raw_name, rest) = trimmed.split_once(char::is_whitespace).unwrap_or((trimmed, ""));
+    let (raw_name, rest) = trimmed
+        .split_once(char::is_whitespace)
+        .unwrap_or((trimmed, ""));
     let name = match raw_name.rfind(':') {
         Some(i) => &raw_name[..i],
         None => raw_name,
@@ -76,13 +92,18 @@ pub fn parse_line(line: &str) -> Line {
     let value = if WHOLE_LINE_VARS.contains(&name) {
         rest.trim_end()
     } else {
-        let end = rest.find([' ', '\t', ';', '#', '\r', '\n']).unwrap_or(rest.len());
+        let end = rest
+            .find([' ', '\t', ';', '#', '\r', '\n'])
+            .unwrap_or(rest.len());
         &rest[..end]
     };
     if name.is_empty() || value.is_empty() {
         return Line::Invalid;
     }
-    Line::Param { name: name.to_string(), value: value.to_string() }
+    Line::Param {
+        name: name.to_string(),
+        value: value.to_string(),
+    }
 }
 
 /// `VAR value` formatted as fwknop writes it.
@@ -103,7 +124,10 @@ pub struct RcFile {
 
 impl RcFile {
     pub fn parse(path: impl Into<PathBuf>, text: &str) -> Self {
-        RcFile { path: path.into(), lines: text.lines().map(str::to_string).collect() }
+        RcFile {
+            path: path.into(),
+            lines: text.lines().map(str::to_string).collect(),
+        }
     }
 
     /// Read the file; `Ok(None)` when it does not exist.
@@ -114,7 +138,10 @@ impl RcFile {
                 Ok(Some(RcFile::parse(path, &text)))
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(ClientError::RcFile(format!("cannot read rc file {}: {e}", path.display()))),
+            Err(e) => Err(ClientError::RcFile(format!(
+                "cannot read rc file {}: {e}",
+                path.display()
+            ))),
         }
     }
 
@@ -125,7 +152,10 @@ impl RcFile {
     }
 
     fn classified(&self) -> impl Iterator<Item = (usize, &str, Line)> + '_ {
-        self.lines.iter().enumerate().map(|(i, l)| (i + 1, l.as_str(), parse_line(l)))
+        self.lines
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (i + 1, l.as_str(), parse_line(l)))
     }
 
     /// Names of all stanzas in file order (duplicates removed, `default` included).
@@ -153,7 +183,11 @@ impl RcFile {
         for (no, _, line) in self.classified() {
             match line {
                 Line::Section(s) => inside = same_stanza(&s, name),
-                Line::Param { name, value } if inside => out.push(RcEntry { name, value, line: no }),
+                Line::Param { name, value } if inside => out.push(RcEntry {
+                    name,
+                    value,
+                    line: no,
+                }),
                 Line::Invalid if inside => {
                     return Err(ClientError::RcFile(format!(
                         "rc file {} line {no}: expected `VARIABLE value`",
@@ -174,7 +208,12 @@ impl RcFile {
 
     /// The file with stanza `name` replaced by `vars`, keeping the existing lines whose
     /// names are in `keep` and every comment. A missing stanza is appended at the end.
-    pub fn with_stanza_replaced(&self, name: &str, vars: &[(String, String)], keep: &[String]) -> RcFile {
+    pub fn with_stanza_replaced(
+        &self,
+        name: &str,
+        vars: &[(String, String)],
+        keep: &[String],
+    ) -> RcFile {
         let mut out: Vec<String> = Vec::with_capacity(self.lines.len() + vars.len() + 2);
         let mut inside = false;
         let mut written = false;
@@ -203,19 +242,29 @@ impl RcFile {
             out.push(format!("[{name}]"));
             out.extend(vars.iter().map(|(n, v)| format_param(n, v)));
         }
-        RcFile { path: self.path.clone(), lines: out }
+        RcFile {
+            path: self.path.clone(),
+            lines: out,
+        }
     }
 
     /// Write the file atomically with mode 0600 (temporary file, then rename).
     pub fn save(&self) -> Result<()> {
         let tmp = self.path.with_file_name(format!(
             "{}.postern-{}.tmp",
-            self.path.file_name().and_then(|n| n.to_str()).unwrap_or(RC_FILE_NAME),
+            self.path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or(RC_FILE_NAME),
             std::process::id()
         ));
         let result = (|| -> io::Result<()> {
             let _ = fs::remove_file(&tmp);
-            let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)?;
             f.write_all(self.text().as_bytes())?;
             f.sync_all()?;
             fs::rename(&tmp, &self.path)
@@ -255,7 +304,9 @@ pub fn create_initial(path: &Path) -> Result<()> {
         .create_new(true)
         .mode(0o600)
         .open(path)
-        .map_err(|e| ClientError::RcFile(format!("cannot create rc file {}: {e}", path.display())))?;
+        .map_err(|e| {
+            ClientError::RcFile(format!("cannot create rc file {}: {e}", path.display()))
+        })?;
     f.write_all(INITIAL_TEXT.as_bytes())
         .map_err(|e| ClientError::RcFile(format!("cannot write rc file {}: {e}", path.display())))
 }
@@ -274,7 +325,12 @@ pub fn check_permissions(path: &Path, holds_keys: bool) -> Result<PermCheck> {
     let meta = match fs::metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(PermCheck::Ok),
-        Err(e) => return Err(ClientError::RcFile(format!("cannot stat rc file {}: {e}", path.display()))),
+        Err(e) => {
+            return Err(ClientError::RcFile(format!(
+                "cannot stat rc file {}: {e}",
+                path.display()
+            )))
+        }
     };
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
@@ -291,7 +347,10 @@ pub fn check_permissions(path: &Path, holds_keys: bool) -> Result<PermCheck> {
         )));
     }
     if meta.uid() != crate::user::effective_uid() {
-        return Ok(PermCheck::Warn(format!("[-] file: {} not owned by current effective user id", path.display())));
+        return Ok(PermCheck::Warn(format!(
+            "[-] file: {} not owned by current effective user id",
+            path.display()
+        )));
     }
     Ok(PermCheck::Ok)
 }
@@ -324,8 +383,20 @@ ACCESS udp/53
         assert_eq!(parse_line("[open"), Line::Invalid);
         assert_eq!(parse_line("KEY"), Line::Invalid);
         assert_eq!(parse_line("KEY #x"), Line::Invalid);
-        assert_eq!(parse_line("KEY: secret rest"), Line::Param { name: "KEY".into(), value: "secret".into() });
-        assert_eq!(parse_line("ACCESS\ttcp/22#c"), Line::Param { name: "ACCESS".into(), value: "tcp/22".into() });
+        assert_eq!(
+            parse_line("KEY: secret rest"),
+            Line::Param {
+                name: "KEY".into(),
+                value: "secret".into()
+            }
+        );
+        assert_eq!(
+            parse_line("ACCESS\ttcp/22#c"),
+            Line::Param {
+                name: "ACCESS".into(),
+                value: "tcp/22".into()
+            }
+        );
     }
 
     #[test]
@@ -334,10 +405,18 @@ ACCESS udp/53
         assert_eq!(rc.stanza_names(), ["default", "MySSH", "other"]);
         assert!(rc.has_stanza("myssh"));
         let e = rc.stanza_entries("myssh").unwrap();
-        let pairs: Vec<_> = e.iter().map(|e| (e.name.as_str(), e.value.as_str())).collect();
+        let pairs: Vec<_> = e
+            .iter()
+            .map(|e| (e.name.as_str(), e.value.as_str()))
+            .collect();
         assert_eq!(
             pairs,
-            [("SPA_SERVER", "192.0.2.10"), ("ACCESS", "tcp/22"), ("KEY_BASE64", "abc="), ("SERVER_COMMAND", "echo hello world")]
+            [
+                ("SPA_SERVER", "192.0.2.10"),
+                ("ACCESS", "tcp/22"),
+                ("KEY_BASE64", "abc="),
+                ("SERVER_COMMAND", "echo hello world")
+            ]
         );
         assert_eq!(rc.stanza_entries("default").unwrap()[1].value, "N");
         assert!(rc.holds_keys());
@@ -362,7 +441,9 @@ ACCESS udp/53
         assert!(text.contains("[other]\nACCESS udp/53\n"));
         // A new stanza goes at the end.
         let added = rc.with_stanza_replaced("new", &vars, &[]);
-        assert!(added.text().ends_with("ACCESS udp/53\n\n[new]\nACCESS                      tcp/2222\n"));
+        assert!(added
+            .text()
+            .ends_with("ACCESS udp/53\n\n[new]\nACCESS                      tcp/2222\n"));
         assert_eq!(added.stanza_entries("new").unwrap()[0].value, "tcp/2222");
     }
 }

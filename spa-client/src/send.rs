@@ -23,14 +23,19 @@ impl Target {
     pub fn addresses(&self) -> Result<Vec<SocketAddrV4>> {
         let addrs: Vec<SocketAddrV4> = (self.host.as_str(), self.port)
             .to_socket_addrs()
-            .map_err(|e| ClientError::Send(format!("cannot resolve SPA server {}: {e}", self.host)))?
+            .map_err(|e| {
+                ClientError::Send(format!("cannot resolve SPA server {}: {e}", self.host))
+            })?
             .filter_map(|a| match a {
                 SocketAddr::V4(v4) => Some(v4),
                 SocketAddr::V6(_) => None,
             })
             .collect();
         if addrs.is_empty() {
-            return Err(ClientError::Send(format!("SPA server {} has no IPv4 address", self.host)));
+            return Err(ClientError::Send(format!(
+                "SPA server {} has no IPv4 address",
+                self.host
+            )));
         }
         Ok(addrs)
     }
@@ -38,8 +43,12 @@ impl Target {
 
 fn send_udp(wire: &[u8], t: &Target, addrs: &[SocketAddrV4]) -> Result<usize> {
     let local = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, t.source_port.unwrap_or(0));
-    let sock = UdpSocket::bind(local)
-        .map_err(|e| ClientError::Send(format!("cannot open a UDP socket on port {}: {e}", local.port())))?;
+    let sock = UdpSocket::bind(local).map_err(|e| {
+        ClientError::Send(format!(
+            "cannot open a UDP socket on port {}: {e}",
+            local.port()
+        ))
+    })?;
     let mut last = None;
     for addr in addrs {
         match sock.send_to(wire, addr) {
@@ -47,14 +56,21 @@ fn send_udp(wire: &[u8], t: &Target, addrs: &[SocketAddrV4]) -> Result<usize> {
             Err(e) => last = Some(format!("{addr}: {e}")),
         }
     }
-    Err(ClientError::Send(format!("could not send the SPA packet over udp: {}", last.unwrap_or_default())))
+    Err(ClientError::Send(format!(
+        "could not send the SPA packet over udp: {}",
+        last.unwrap_or_default()
+    )))
 }
 
 fn tcp_connect(addr: &SocketAddrV4, source_port: Option<u16>) -> std::io::Result<TcpStream> {
     let Some(port) = source_port else {
         return TcpStream::connect_timeout(&SocketAddr::V4(*addr), TCP_CONNECT_TIMEOUT);
     };
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    let sock = socket2::Socket::new(
+        socket2::Domain::IPV4,
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
     sock.set_reuse_address(true)?;
     sock.bind(&SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port)).into())?;
     sock.connect_timeout(&SocketAddr::V4(*addr).into(), TCP_CONNECT_TIMEOUT)?;
@@ -69,14 +85,21 @@ fn send_tcp(wire: &[u8], t: &Target, addrs: &[SocketAddrV4]) -> Result<usize> {
                 stream
                     .write_all(wire)
                     .and_then(|_| stream.flush())
-                    .map_err(|e| ClientError::Send(format!("could not send the SPA packet to {addr} over tcp: {e}")))?;
+                    .map_err(|e| {
+                        ClientError::Send(format!(
+                            "could not send the SPA packet to {addr} over tcp: {e}"
+                        ))
+                    })?;
                 let _ = stream.shutdown(std::net::Shutdown::Both);
                 return Ok(wire.len());
             }
             Err(e) => last = Some(format!("{addr}: {e}")),
         }
     }
-    Err(ClientError::Send(format!("could not connect to the SPA server over tcp: {}", last.unwrap_or_default())))
+    Err(ClientError::Send(format!(
+        "could not connect to the SPA server over tcp: {}",
+        last.unwrap_or_default()
+    )))
 }
 
 /// Send `wire` to the target; returns the bytes sent.
@@ -85,7 +108,10 @@ pub fn send(wire: &str, t: &Target) -> Result<usize> {
     match t.proto {
         ServerProto::Udp => send_udp(wire.as_bytes(), t, &addrs),
         ServerProto::Tcp => send_tcp(wire.as_bytes(), t, &addrs),
-        other => Err(ClientError::Unsupported(format!("server protocol '{}'", other.name()))),
+        other => Err(ClientError::Unsupported(format!(
+            "server protocol '{}'",
+            other.name()
+        ))),
     }
 }
 
@@ -99,7 +125,12 @@ mod tests {
     fn udp_datagram_arrives() {
         let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
         rx.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let t = Target { proto: ServerProto::Udp, host: "127.0.0.1".into(), port: rx.local_addr().unwrap().port(), source_port: None };
+        let t = Target {
+            proto: ServerProto::Udp,
+            host: "127.0.0.1".into(),
+            port: rx.local_addr().unwrap().port(),
+            source_port: None,
+        };
         assert_eq!(send("hello-spa", &t).unwrap(), 9);
         let mut buf = [0u8; 64];
         let (n, _) = rx.recv_from(&mut buf).unwrap();
@@ -116,15 +147,29 @@ mod tests {
             s.read_to_end(&mut v).unwrap();
             v
         });
-        let t = Target { proto: ServerProto::Tcp, host: "127.0.0.1".into(), port, source_port: None };
+        let t = Target {
+            proto: ServerProto::Tcp,
+            host: "127.0.0.1".into(),
+            port,
+            source_port: None,
+        };
         send("tcp-spa", &t).unwrap();
         assert_eq!(h.join().unwrap(), b"tcp-spa");
     }
 
     #[test]
     fn refused_tcp_is_an_error() {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let t = Target { proto: ServerProto::Tcp, host: "127.0.0.1".into(), port, source_port: None };
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let t = Target {
+            proto: ServerProto::Tcp,
+            host: "127.0.0.1".into(),
+            port,
+            source_port: None,
+        };
         assert!(send("x", &t).is_err());
     }
 }

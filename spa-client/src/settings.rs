@@ -94,7 +94,15 @@ impl Var {
 
     /// Values never echoed in messages.
     pub fn is_secret(self) -> bool {
-        matches!(self, Var::Key | Var::KeyBase64 | Var::HmacKey | Var::HmacKeyBase64 | Var::GpgSigningPw | Var::GpgSigningPwBase64)
+        matches!(
+            self,
+            Var::Key
+                | Var::KeyBase64
+                | Var::HmacKey
+                | Var::HmacKeyBase64
+                | Var::GpgSigningPw
+                | Var::GpgSigningPwBase64
+        )
     }
 }
 
@@ -157,10 +165,17 @@ impl ServerProto {
 impl FromStr for ServerProto {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        [ServerProto::Udp, ServerProto::Tcp, ServerProto::Http, ServerProto::UdpRaw, ServerProto::TcpRaw, ServerProto::Icmp]
-            .into_iter()
-            .find(|p| p.name().eq_ignore_ascii_case(s))
-            .ok_or_else(|| "unrecognized protocol (use udp or tcp)".to_string())
+        [
+            ServerProto::Udp,
+            ServerProto::Tcp,
+            ServerProto::Http,
+            ServerProto::UdpRaw,
+            ServerProto::TcpRaw,
+            ServerProto::Icmp,
+        ]
+        .into_iter()
+        .find(|p| p.name().eq_ignore_ascii_case(s))
+        .ok_or_else(|| "unrecognized protocol (use udp or tcp)".to_string())
     }
 }
 
@@ -232,7 +247,10 @@ fn yes_no(b: bool) -> &'static str {
 }
 
 pub fn parse_port(v: &str) -> Result<u16, String> {
-    v.parse::<u16>().ok().filter(|&p| p != 0).ok_or_else(|| "must be a port number 1..65535".to_string())
+    v.parse::<u16>()
+        .ok()
+        .filter(|&p| p != 0)
+        .ok_or_else(|| "must be a port number 1..65535".to_string())
 }
 
 /// A port where 0 means "not set" (fwknop writes 0 for an unset source or NAT port).
@@ -285,11 +303,14 @@ pub fn parse_time_offset(v: &str) -> Result<u64, String> {
 }
 
 fn parse_digest(v: &str) -> Result<DigestType, String> {
-    DigestType::from_str(v).map_err(|_| "must be one of md5, sha1, sha256, sha384, sha512, sha3_256, sha3_512".to_string())
+    DigestType::from_str(v).map_err(|_| {
+        "must be one of md5, sha1, sha256, sha384, sha512, sha3_256, sha3_512".to_string()
+    })
 }
 
 fn parse_mode(v: &str) -> Result<EncryptionMode, String> {
-    EncryptionMode::from_str(v).map_err(|_| "must be one of cbc, ecb, cfb, ofb, ctr, legacy, asymmetric".to_string())
+    EncryptionMode::from_str(v)
+        .map_err(|_| "must be one of cbc, ecb, cfb, ofb, ctr, legacy, asymmetric".to_string())
 }
 
 fn parse_allow_ip(v: &str) -> Result<AllowIp, String> {
@@ -299,11 +320,15 @@ fn parse_allow_ip(v: &str) -> Result<AllowIp, String> {
     if v.eq_ignore_ascii_case("resolve") {
         return Ok(AllowIp::Resolve);
     }
-    v.parse::<Ipv4Addr>().map(AllowIp::Addr).map_err(|_| "must be an IPv4 address, `resolve` or `source`".to_string())
+    v.parse::<Ipv4Addr>()
+        .map(AllowIp::Addr)
+        .map_err(|_| "must be an IPv4 address, `resolve` or `source`".to_string())
 }
 
 fn check_base64(v: &str) -> Result<SecretText, String> {
-    let ok = !v.is_empty() && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/' || b == b'=');
+    let ok = !v.is_empty()
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/' || b == b'=');
     if ok && spa_core::b64::decode(v).is_some_and(|d| !d.is_empty()) {
         Ok(SecretText::new(v))
     } else {
@@ -318,7 +343,10 @@ fn parse_verbose(v: &str) -> Result<u8, String> {
     if v.eq_ignore_ascii_case("n") {
         return Ok(0);
     }
-    v.parse::<u8>().ok().filter(|&n| n <= 4).ok_or_else(|| "must be Y, N or a level 0..4".to_string())
+    v.parse::<u8>()
+        .ok()
+        .filter(|&n| n <= 4)
+        .ok_or_else(|| "must be Y, N or a level 0..4".to_string())
 }
 
 /// A non-fatal remark made while applying a variable.
@@ -340,7 +368,8 @@ impl Settings {
                     None => (false, v),
                 };
                 let secs = parse_time_offset(rest)?;
-                (self.time_offset_plus, self.time_offset_minus) = if minus { (0, secs) } else { (secs, 0) };
+                (self.time_offset_plus, self.time_offset_minus) =
+                    if minus { (0, secs) } else { (secs, 0) };
             }
             Var::EncryptionMode if v.eq_ignore_ascii_case("asymmetric") => self.asymmetric = true,
             Var::EncryptionMode => {
@@ -353,11 +382,22 @@ impl Settings {
             Var::GpgRecipient => self.gpg_recipient = Some(v.to_string()),
             Var::GpgSigner => self.gpg_signer = Some(v.to_string()),
             // fwknop drops a trailing path separator.
-            Var::GpgHomedir => self.gpg_home_dir = Some(v.strip_suffix('/').filter(|d| !d.is_empty()).unwrap_or(v).to_string()),
+            Var::GpgHomedir => {
+                self.gpg_home_dir = Some(
+                    v.strip_suffix('/')
+                        .filter(|d| !d.is_empty())
+                        .unwrap_or(v)
+                        .to_string(),
+                )
+            }
             Var::GpgExe => self.gpg_exe = Some(v.to_string()),
             // fwknop uses the GPG signing passphrase as the key when GPG is off.
-            Var::Key | Var::GpgSigningPw => self.key = Some(KeySpec::Passphrase(SecretText::new(v))),
-            Var::KeyBase64 | Var::GpgSigningPwBase64 => self.key = Some(KeySpec::Base64(check_base64(v)?)),
+            Var::Key | Var::GpgSigningPw => {
+                self.key = Some(KeySpec::Passphrase(SecretText::new(v)))
+            }
+            Var::KeyBase64 | Var::GpgSigningPwBase64 => {
+                self.key = Some(KeySpec::Base64(check_base64(v)?))
+            }
             Var::KeyFile => self.key = Some(KeySpec::File(PathBuf::from(v))),
             Var::SpoofUser => self.spoof_user = Some(v.to_string()),
             Var::SpoofSourceIp => self.spoof_source_ip = Some(v.to_string()),
@@ -381,7 +421,9 @@ impl Settings {
             Var::UseWgetUserAgent => {
                 self.use_wget_user_agent = is_yes(v);
                 if self.use_wget_user_agent {
-                    return Ok(Some("USE_WGET_USER_AGENT ignored: postern does not use wget".into()));
+                    return Ok(Some(
+                        "USE_WGET_USER_AGENT ignored: postern does not use wget".into(),
+                    ));
                 }
             }
             Var::NatAccess => self.nat_access = Some(v.to_string()),
@@ -400,7 +442,9 @@ impl Settings {
             Var::ResolveHttpOnly => self.resolve_http_only |= is_yes(v),
             Var::WgetCmd => {
                 self.wget_cmd = Some(v.to_string());
-                return Ok(Some("WGET_CMD ignored: postern resolves addresses with its own HTTPS client".into()));
+                return Ok(Some(
+                    "WGET_CMD ignored: postern resolves addresses with its own HTTPS client".into(),
+                ));
             }
             Var::NoSaveArgs => self.no_save_args |= is_yes(v),
             Var::ServerCommand => self.server_command = Some(v.to_string()),
@@ -413,13 +457,20 @@ impl Settings {
         let mut warnings = Vec::new();
         for e in entries {
             let Some(var) = Var::from_name(&e.name) else {
-                warnings.push(format!("rc file {file} line {}: unknown variable {} ignored", e.line, e.name));
+                warnings.push(format!(
+                    "rc file {file} line {}: unknown variable {} ignored",
+                    e.line, e.name
+                ));
                 continue;
             };
             match self.apply(var, &e.value) {
                 Ok(w) => warnings.extend(w),
                 Err(reason) => {
-                    let shown = if var.is_secret() { String::new() } else { format!(" '{}'", e.value) };
+                    let shown = if var.is_secret() {
+                        String::new()
+                    } else {
+                        format!(" '{}'", e.value)
+                    };
                     return Err(ClientError::RcFile(format!(
                         "rc file {file} line {}: invalid {}{shown}: {reason}",
                         e.line,
@@ -438,8 +489,15 @@ impl Settings {
             match self.apply(a.var, &a.value) {
                 Ok(w) => warnings.extend(w),
                 Err(reason) => {
-                    let shown = if a.var.is_secret() { String::new() } else { format!(" '{}'", a.value.as_str()) };
-                    return Err(ClientError::usage(format!("invalid {}{shown}: {reason}", a.flag)));
+                    let shown = if a.var.is_secret() {
+                        String::new()
+                    } else {
+                        format!(" '{}'", a.value.as_str())
+                    };
+                    return Err(ClientError::usage(format!(
+                        "invalid {}{shown}: {reason}",
+                        a.flag
+                    )));
                 }
             }
             if a.saved {
@@ -450,7 +508,8 @@ impl Settings {
             self.use_hmac = true;
             self.cli_vars.insert(Var::UseHmac);
         }
-        if cli.key_base64_hmac.is_some() || cli.key_hmac.is_some() || cli.hmac_digest_type.is_some() {
+        if cli.key_base64_hmac.is_some() || cli.key_hmac.is_some() || cli.hmac_digest_type.is_some()
+        {
             self.use_hmac = true;
             self.cli_vars.insert(Var::UseHmac);
         }
@@ -466,8 +525,16 @@ impl Settings {
             _ => String::new(),
         };
         match var {
-            Var::DigestType => self.digest.unwrap_or(DigestType::Sha256).name().to_uppercase(),
-            Var::SpaServerProto => self.server_proto.unwrap_or(ServerProto::Udp).name().to_string(),
+            Var::DigestType => self
+                .digest
+                .unwrap_or(DigestType::Sha256)
+                .name()
+                .to_uppercase(),
+            Var::SpaServerProto => self
+                .server_proto
+                .unwrap_or(ServerProto::Udp)
+                .name()
+                .to_string(),
             Var::SpaServerPort => self.server_port.unwrap_or(DEFAULT_SERVER_PORT).to_string(),
             Var::SpaSourcePort => self.source_port.unwrap_or(0).to_string(),
             Var::FwTimeout => self.fw_timeout.map(|t| t.to_string()).unwrap_or_default(),
@@ -498,7 +565,11 @@ impl Settings {
             Var::Access => opt(&self.access),
             Var::SpaServer => opt(&self.spa_server),
             Var::RandPort => yes_no(self.rand_port).into(),
-            Var::HmacDigestType => self.hmac_digest.unwrap_or(DigestType::Sha256).name().to_uppercase(),
+            Var::HmacDigestType => self
+                .hmac_digest
+                .unwrap_or(DigestType::Sha256)
+                .name()
+                .to_uppercase(),
             Var::HmacKeyBase64 => key_text(&self.hmac_key, true),
             Var::HmacKey => key_text(&self.hmac_key, false),
             Var::HmacKeyFile => match &self.hmac_key {
@@ -516,7 +587,9 @@ impl Settings {
             Var::NatPort => self.nat_port.unwrap_or(0).to_string(),
             Var::Verbose if self.verbose <= 1 => yes_no(self.verbose == 1).into(),
             Var::Verbose => self.verbose.to_string(),
-            Var::ResolveIpHttp | Var::ResolveIpHttps => yes_no(self.allow == Some(AllowIp::Resolve)).into(),
+            Var::ResolveIpHttp | Var::ResolveIpHttps => {
+                yes_no(self.allow == Some(AllowIp::Resolve)).into()
+            }
             Var::ResolveHttpOnly => yes_no(self.resolve_http_only).into(),
             Var::WgetCmd => opt(&self.wget_cmd),
             Var::NoSaveArgs => yes_no(self.no_save_args).into(),
@@ -561,24 +634,57 @@ struct Assignment {
 fn cli_assignments(cli: &Cli) -> Vec<Assignment> {
     let mut out = Vec::new();
     let mut push = |var: Var, value: &str, flag: &'static str, saved: bool| {
-        out.push(Assignment { var, value: Zeroizing::new(value.to_string()), flag, saved });
+        out.push(Assignment {
+            var,
+            value: Zeroizing::new(value.to_string()),
+            flag,
+            saved,
+        });
     };
     let opt = |o: &Option<String>| o.clone();
     let strings: [(Option<String>, Var, &'static str); 18] = [
         (opt(&cli.digest_type), Var::DigestType, "-m/--digest-type"),
-        (opt(&cli.server_proto), Var::SpaServerProto, "-P/--server-proto"),
-        (opt(&cli.server_port), Var::SpaServerPort, "-p/--server-port"),
-        (opt(&cli.source_port), Var::SpaSourcePort, "-S/--source-port"),
+        (
+            opt(&cli.server_proto),
+            Var::SpaServerProto,
+            "-P/--server-proto",
+        ),
+        (
+            opt(&cli.server_port),
+            Var::SpaServerPort,
+            "-p/--server-port",
+        ),
+        (
+            opt(&cli.source_port),
+            Var::SpaSourcePort,
+            "-S/--source-port",
+        ),
         (opt(&cli.fw_timeout), Var::FwTimeout, "-f/--fw-timeout"),
         (opt(&cli.allow_ip), Var::AllowIp, "-a/--allow-ip"),
-        (opt(&cli.encryption_mode), Var::EncryptionMode, "-M/--encryption-mode"),
+        (
+            opt(&cli.encryption_mode),
+            Var::EncryptionMode,
+            "-M/--encryption-mode",
+        ),
         (opt(&cli.spoof_user), Var::SpoofUser, "-U/--spoof-user"),
         (opt(&cli.access), Var::Access, "-A/--access"),
         (opt(&cli.destination), Var::SpaServer, "-D/--destination"),
         (opt(&cli.key_rijndael), Var::Key, "--key-rijndael"),
-        (opt(&cli.key_base64_rijndael), Var::KeyBase64, "--key-base64-rijndael"),
-        (opt(&cli.hmac_digest_type), Var::HmacDigestType, "--hmac-digest-type"),
-        (opt(&cli.key_base64_hmac), Var::HmacKeyBase64, "--key-base64-hmac"),
+        (
+            opt(&cli.key_base64_rijndael),
+            Var::KeyBase64,
+            "--key-base64-rijndael",
+        ),
+        (
+            opt(&cli.hmac_digest_type),
+            Var::HmacDigestType,
+            "--hmac-digest-type",
+        ),
+        (
+            opt(&cli.key_base64_hmac),
+            Var::HmacKeyBase64,
+            "--key-base64-hmac",
+        ),
         (opt(&cli.key_hmac), Var::HmacKey, "--key-hmac"),
         (opt(&cli.nat_access), Var::NatAccess, "-N/--nat-access"),
         (opt(&cli.user_agent), Var::HttpUserAgent, "-u/--user-agent"),
@@ -591,7 +697,11 @@ fn cli_assignments(cli: &Cli) -> Vec<Assignment> {
     }
     // fwknop: every --gpg-* option also turns GPG mode on.
     let gpg_strings: [(Option<String>, Var, &'static str); 4] = [
-        (opt(&cli.gpg_recipient_key), Var::GpgRecipient, "--gpg-recipient-key"),
+        (
+            opt(&cli.gpg_recipient_key),
+            Var::GpgRecipient,
+            "--gpg-recipient-key",
+        ),
         (opt(&cli.gpg_signer_key), Var::GpgSigner, "--gpg-signer-key"),
         (opt(&cli.gpg_home_dir), Var::GpgHomedir, "--gpg-home-dir"),
         (opt(&cli.gpg_exe), Var::GpgExe, "--gpg-exe"),
@@ -616,7 +726,12 @@ fn cli_assignments(cli: &Cli) -> Vec<Assignment> {
         push(Var::KeyFile, &p.to_string_lossy(), "-G/--get-key", true);
     }
     if let Some(p) = &cli.get_hmac_key {
-        push(Var::HmacKeyFile, &p.to_string_lossy(), "--get-hmac-key", true);
+        push(
+            Var::HmacKeyFile,
+            &p.to_string_lossy(),
+            "--get-hmac-key",
+            true,
+        );
     }
     if let Some(p) = &cli.nat_port {
         push(Var::NatPort, p, "--nat-port", true);
@@ -625,16 +740,41 @@ fn cli_assignments(cli: &Cli) -> Vec<Assignment> {
         push(Var::TimeOffset, t, "--time-offset-plus", true);
     }
     if let Some(t) = &cli.time_offset_minus {
-        push(Var::TimeOffset, &format!("-{t}"), "--time-offset-minus", true);
+        push(
+            Var::TimeOffset,
+            &format!("-{t}"),
+            "--time-offset-minus",
+            true,
+        );
     }
     let flags: [(bool, Var, &'static str, bool); 10] = [
         (cli.source_ip, Var::AllowIp, "-s/--source-ip", false),
-        (cli.resolve_ip, Var::ResolveIpHttps, "-R/--resolve-ip-https", true),
-        (cli.resolve_http_only, Var::ResolveHttpOnly, "--resolve-http-only", true),
-        (cli.resolve_http_only, Var::ResolveIpHttps, "--resolve-http-only", true),
+        (
+            cli.resolve_ip,
+            Var::ResolveIpHttps,
+            "-R/--resolve-ip-https",
+            true,
+        ),
+        (
+            cli.resolve_http_only,
+            Var::ResolveHttpOnly,
+            "--resolve-http-only",
+            true,
+        ),
+        (
+            cli.resolve_http_only,
+            Var::ResolveIpHttps,
+            "--resolve-http-only",
+            true,
+        ),
         (cli.rand_port, Var::RandPort, "-r/--rand-port", true),
         (cli.use_hmac, Var::UseHmac, "--use-hmac", true),
-        (cli.server_resolve_ipv4, Var::ServerResolveIpv4, "--server-resolve-ipv4", true),
+        (
+            cli.server_resolve_ipv4,
+            Var::ServerResolveIpv4,
+            "--server-resolve-ipv4",
+            true,
+        ),
         (cli.nat_local, Var::NatLocal, "--nat-local", true),
         (cli.nat_rand_port, Var::NatRandPort, "--nat-rand-port", true),
         (cli.no_save_args, Var::NoSaveArgs, "--no-save-args", true),
@@ -646,7 +786,12 @@ fn cli_assignments(cli: &Cli) -> Vec<Assignment> {
         }
     }
     if cli.verbose > 0 {
-        push(Var::Verbose, &cli.verbose.min(4).to_string(), "-v/--verbose", true);
+        push(
+            Var::Verbose,
+            &cli.verbose.min(4).to_string(),
+            "-v/--verbose",
+            true,
+        );
     }
     out
 }
@@ -681,20 +826,26 @@ mod tests {
             "[default]\nSPA_SERVER_PORT 1111\nDIGEST_TYPE md5\nACCESS tcp/1\n[s]\nSPA_SERVER_PORT 2222\nACCESS tcp/2\n",
         );
         let mut s = Settings::default();
-        s.apply_rc_entries(&rc.stanza_entries("default").unwrap(), "/rc").unwrap();
-        s.apply_rc_entries(&rc.stanza_entries("s").unwrap(), "/rc").unwrap();
+        s.apply_rc_entries(&rc.stanza_entries("default").unwrap(), "/rc")
+            .unwrap();
+        s.apply_rc_entries(&rc.stanza_entries("s").unwrap(), "/rc")
+            .unwrap();
         s.apply_cli(&cli(&["-A", "udp/3"])).unwrap();
         assert_eq!(s.server_port, Some(2222));
         assert_eq!(s.digest, Some(DigestType::Md5));
         assert_eq!(s.access.as_deref(), Some("udp/3"));
-        assert_eq!(s.cli_vars.iter().copied().collect::<Vec<_>>(), [Var::Access]);
+        assert_eq!(
+            s.cli_vars.iter().copied().collect::<Vec<_>>(),
+            [Var::Access]
+        );
     }
 
     #[test]
     fn later_key_source_replaces_earlier_one() {
         let mut s = Settings::default();
         s.apply(Var::Key, "pass").unwrap();
-        s.apply_cli(&cli(&["--key-base64-rijndael", "AAAA"])).unwrap();
+        s.apply_cli(&cli(&["--key-base64-rijndael", "AAAA"]))
+            .unwrap();
         assert!(matches!(s.key, Some(KeySpec::Base64(_))));
     }
 
@@ -703,15 +854,23 @@ mod tests {
         let mut s = Settings::default();
         let e = s.apply_cli(&cli(&["-p", "99999"])).unwrap_err().to_string();
         assert!(e.contains("-p/--server-port") && e.contains("99999"), "{e}");
-        let e = s.apply_cli(&cli(&["--key-base64-rijndael", "not*base64"])).unwrap_err().to_string();
-        assert!(e.contains("--key-base64-rijndael") && !e.contains("not*base64"), "{e}");
+        let e = s
+            .apply_cli(&cli(&["--key-base64-rijndael", "not*base64"]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("--key-base64-rijndael") && !e.contains("not*base64"),
+            "{e}"
+        );
     }
 
     #[test]
     fn unknown_rc_variables_warn() {
         let mut s = Settings::default();
         let rc = RcFile::parse("/rc", "[default]\nCLIENT_TIMEOUT 60\nACCESS tcp/22\n");
-        let w = s.apply_rc_entries(&rc.stanza_entries("default").unwrap(), "/rc").unwrap();
+        let w = s
+            .apply_rc_entries(&rc.stanza_entries("default").unwrap(), "/rc")
+            .unwrap();
         assert_eq!(w.len(), 1);
         assert!(w[0].contains("CLIENT_TIMEOUT"));
         assert_eq!(s.access.as_deref(), Some("tcp/22"));
@@ -720,7 +879,18 @@ mod tests {
     #[test]
     fn rendering_matches_fwknop_spelling() {
         let mut s = Settings::default();
-        s.apply_cli(&cli(&["-M", "ctr", "-m", "sha3_256", "-f", "30", "--key-base64-hmac", "AAAA", "-R"])).unwrap();
+        s.apply_cli(&cli(&[
+            "-M",
+            "ctr",
+            "-m",
+            "sha3_256",
+            "-f",
+            "30",
+            "--key-base64-hmac",
+            "AAAA",
+            "-R",
+        ]))
+        .unwrap();
         let vars = s.stanza_vars(&[]);
         let get = |n: &str| vars.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str());
         assert_eq!(get("ENCRYPTION_MODE"), Some("CTR"));
@@ -731,6 +901,16 @@ mod tests {
         assert_eq!(get("RESOLVE_IP_HTTPS"), Some("Y"));
         // Written in fwknop's variable order.
         let names: Vec<&str> = vars.iter().map(|(k, _)| k.as_str()).collect();
-        assert_eq!(names, ["DIGEST_TYPE", "FW_TIMEOUT", "ENCRYPTION_MODE", "HMAC_KEY_BASE64", "USE_HMAC", "RESOLVE_IP_HTTPS"]);
+        assert_eq!(
+            names,
+            [
+                "DIGEST_TYPE",
+                "FW_TIMEOUT",
+                "ENCRYPTION_MODE",
+                "HMAC_KEY_BASE64",
+                "USE_HMAC",
+                "RESOLVE_IP_HTTPS"
+            ]
+        );
     }
 }

@@ -17,17 +17,27 @@ fn passwd_entry() -> Option<(String, String)> {
     // SAFETY: every pointer refers to live, correctly sized storage owned by this frame;
     // getpwuid_r writes only inside `pwd` and `buf` and sets `result` to &pwd or null.
     let rc = unsafe {
-        libc::getpwuid_r(effective_uid(), &mut pwd, buf.as_mut_ptr().cast(), buf.len(), &mut result)
+        libc::getpwuid_r(
+            effective_uid(),
+            &mut pwd,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            &mut result,
+        )
     };
     if rc != 0 || result.is_null() || pwd.pw_name.is_null() {
         return None;
     }
     // SAFETY: on success pw_name/pw_dir point to NUL-terminated strings inside `buf`.
-    let name = unsafe { CStr::from_ptr(pwd.pw_name) }.to_string_lossy().into_owned();
+    let name = unsafe { CStr::from_ptr(pwd.pw_name) }
+        .to_string_lossy()
+        .into_owned();
     let dir = if pwd.pw_dir.is_null() {
         String::new()
     } else {
-        unsafe { CStr::from_ptr(pwd.pw_dir) }.to_string_lossy().into_owned()
+        unsafe { CStr::from_ptr(pwd.pw_dir) }
+            .to_string_lossy()
+            .into_owned()
     };
     Some((name, dir))
 }
@@ -45,7 +55,11 @@ fn env_nonempty(var: &str) -> Option<String> {
 pub fn default_username() -> String {
     env_nonempty("SPOOF_USER")
         .or_else(|| env_nonempty("LOGNAME"))
-        .or_else(|| passwd_entry().map(|(name, _)| name).filter(|n| !n.is_empty()))
+        .or_else(|| {
+            passwd_entry()
+                .map(|(name, _)| name)
+                .filter(|n| !n.is_empty())
+        })
         .or_else(|| env_nonempty("USER"))
         .unwrap_or_else(|| "NO_USER".to_string())
 }

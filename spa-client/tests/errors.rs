@@ -15,14 +15,35 @@ fn with_base<'a>(extra: &[&'a str]) -> Vec<&'a str> {
 #[test]
 fn unknown_stanza() {
     let env = Env::new();
-    let line = env.fails(&["-n", "nosuch", "-T", "-A", "tcp/22", "-a", "10.0.0.5", "--key-rijndael", "x"]);
-    assert!(line.contains("[nosuch]") && line.contains("not found"), "{line}");
+    let line = env.fails(&[
+        "-n",
+        "nosuch",
+        "-T",
+        "-A",
+        "tcp/22",
+        "-a",
+        "10.0.0.5",
+        "--key-rijndael",
+        "x",
+    ]);
+    assert!(
+        line.contains("[nosuch]") && line.contains("not found"),
+        "{line}"
+    );
 }
 
 #[test]
 fn malformed_access() {
     let env = Env::new();
-    for bad in ["tcp", "tcp/0", "tcp/99999", "icmp/22", "tcp/22,", "", "tcp/abc"] {
+    for bad in [
+        "tcp",
+        "tcp/0",
+        "tcp/99999",
+        "icmp/22",
+        "tcp/22,",
+        "",
+        "tcp/abc",
+    ] {
         let line = env.fails(&with_base(&["-A", bad, "--key-rijndael", "x"]));
         assert!(line.contains("access"), "{bad}: {line}");
     }
@@ -31,9 +52,24 @@ fn malformed_access() {
 #[test]
 fn bad_base64_keys() {
     let env = Env::new();
-    let line = env.fails(&with_base(&["-A", "tcp/22", "--key-base64-rijndael", "not*base64!"]));
-    assert!(line.contains("--key-base64-rijndael") && !line.contains("not*base64!"), "{line}");
-    let line = env.fails(&with_base(&["-A", "tcp/22", "--key-rijndael", "x", "--key-base64-hmac", "%%%"]));
+    let line = env.fails(&with_base(&[
+        "-A",
+        "tcp/22",
+        "--key-base64-rijndael",
+        "not*base64!",
+    ]));
+    assert!(
+        line.contains("--key-base64-rijndael") && !line.contains("not*base64!"),
+        "{line}"
+    );
+    let line = env.fails(&with_base(&[
+        "-A",
+        "tcp/22",
+        "--key-rijndael",
+        "x",
+        "--key-base64-hmac",
+        "%%%",
+    ]));
     assert!(line.contains("--key-base64-hmac"), "{line}");
 }
 
@@ -42,7 +78,13 @@ fn missing_keys() {
     let env = Env::new();
     let line = env.fails(&with_base(&["-A", "tcp/22"]));
     assert!(line.contains("encryption key"), "{line}");
-    let line = env.fails(&with_base(&["-A", "tcp/22", "--key-rijndael", "x", "--use-hmac"]));
+    let line = env.fails(&with_base(&[
+        "-A",
+        "tcp/22",
+        "--key-rijndael",
+        "x",
+        "--use-hmac",
+    ]));
     assert!(line.contains("HMAC key"), "{line}");
     let out = env.run_with_stdin(&with_base(&["-A", "tcp/22", "--stdin"]), "");
     let line = one_line_failure(out, &["--stdin"]);
@@ -57,20 +99,52 @@ fn key_problems() {
     let long = "k".repeat(40);
     let line = env.fails(&with_base(&["-A", "tcp/22", "--key-rijndael", &long]));
     assert!(line.contains("32"), "{line}");
-    let line = env.fails(&with_base(&["-A", "tcp/22", "--key-rijndael", "same", "--key-hmac", "same"]));
+    let line = env.fails(&with_base(&[
+        "-A",
+        "tcp/22",
+        "--key-rijndael",
+        "same",
+        "--key-hmac",
+        "same",
+    ]));
     assert!(line.contains("identical"), "{line}");
-    let line = env.fails(&with_base(&["-A", "tcp/22", "--key-rijndael", "k", "--use-hmac", "--key-hmac", "h", "-M", "legacy"]));
+    let line = env.fails(&with_base(&[
+        "-A",
+        "tcp/22",
+        "--key-rijndael",
+        "k",
+        "--use-hmac",
+        "--key-hmac",
+        "h",
+        "-M",
+        "legacy",
+    ]));
     assert!(line.contains("legacy"), "{line}");
 }
 
 #[test]
 fn missing_destination_and_allow_ip() {
     let env = Env::new();
-    let line = env.fails(&["--no-rc-file", "-A", "tcp/22", "-a", "10.0.0.5", "--key-rijndael", "x"]);
+    let line = env.fails(&[
+        "--no-rc-file",
+        "-A",
+        "tcp/22",
+        "-a",
+        "10.0.0.5",
+        "--key-rijndael",
+        "x",
+    ]);
     assert!(line.contains("-D"), "{line}");
     let line = env.fails(&["--no-rc-file", "-T", "-A", "tcp/22", "--key-rijndael", "x"]);
     assert!(line.contains("-a") && line.contains("-R"), "{line}");
-    let line = env.fails(&["--no-rc-file", "-T", "-a", "10.0.0.5", "--key-rijndael", "x"]);
+    let line = env.fails(&[
+        "--no-rc-file",
+        "-T",
+        "-a",
+        "10.0.0.5",
+        "--key-rijndael",
+        "x",
+    ]);
     assert!(line.contains("-A"), "{line}");
 }
 
@@ -83,11 +157,17 @@ fn bad_option_values() {
         (vec!["-A", "tcp/22", "-M", "pcbc"], "--encryption-mode"),
         (vec!["-A", "tcp/22", "-f", "-1"], "--fw-timeout"),
         (vec!["-A", "tcp/22", "-f", "99999"], "--fw-timeout"),
-        (vec!["-A", "tcp/22", "--time-offset-plus", "soon"], "--time-offset-plus"),
+        (
+            vec!["-A", "tcp/22", "--time-offset-plus", "soon"],
+            "--time-offset-plus",
+        ),
         (vec!["-A", "tcp/22", "-a", "300.1.1.1"], "--allow-ip"),
         (vec!["-A", "tcp/22", "-U", "bad:user"], "user"),
         (vec!["-A", "tcp/22", "-N", "bad host:80"], "NAT"),
-        (vec!["-A", "tcp/22", "--hmac-digest-type", "sha7"], "--hmac-digest-type"),
+        (
+            vec!["-A", "tcp/22", "--hmac-digest-type", "sha7"],
+            "--hmac-digest-type",
+        ),
     ] {
         let mut a = with_base(&["--key-rijndael", "x"]);
         a.extend(args.iter().copied());
@@ -113,13 +193,33 @@ fn unknown_and_unsupported_flags() {
         let mut a = with_base(&["-A", "tcp/22", "--key-rijndael", "x"]);
         a.extend(flag.iter().copied());
         let line = env.fails(&a);
-        assert!(line.contains(&format!("flag {name} is not supported by postern yet")), "{line}");
+        assert!(
+            line.contains(&format!("flag {name} is not supported by postern yet")),
+            "{line}"
+        );
     }
     for proto in ["http", "icmp", "tcpraw", "udpraw"] {
-        let line = env.fails(&with_base(&["-A", "tcp/22", "--key-rijndael", "x", "-P", proto]));
-        assert!(line.contains(proto) && line.contains("not supported by postern yet"), "{line}");
+        let line = env.fails(&with_base(&[
+            "-A",
+            "tcp/22",
+            "--key-rijndael",
+            "x",
+            "-P",
+            proto,
+        ]));
+        assert!(
+            line.contains(proto) && line.contains("not supported by postern yet"),
+            "{line}"
+        );
     }
-    let line = env.fails(&with_base(&["-A", "tcp/22", "--key-rijndael", "x", "-P", "carrier-pigeon"]));
+    let line = env.fails(&with_base(&[
+        "-A",
+        "tcp/22",
+        "--key-rijndael",
+        "x",
+        "-P",
+        "carrier-pigeon",
+    ]));
     assert!(line.contains("--server-proto"), "{line}");
 }
 
@@ -127,20 +227,67 @@ fn unknown_and_unsupported_flags() {
 fn bad_rc_values_name_the_line() {
     let env = Env::new();
     std::fs::write(env.rc_path(), "[default]\nSPA_SERVER_PORT many\n").unwrap();
-    std::fs::set_permissions(env.rc_path(), std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    let line = env.fails(&["-T", "-A", "tcp/22", "-a", "10.0.0.5", "--key-rijndael", "x"]);
-    assert!(line.contains("line 2") && line.contains("SPA_SERVER_PORT"), "{line}");
+    std::fs::set_permissions(
+        env.rc_path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let line = env.fails(&[
+        "-T",
+        "-A",
+        "tcp/22",
+        "-a",
+        "10.0.0.5",
+        "--key-rijndael",
+        "x",
+    ]);
+    assert!(
+        line.contains("line 2") && line.contains("SPA_SERVER_PORT"),
+        "{line}"
+    );
     // GPG mode without the server's key is a usage error, as in fwknop.
     std::fs::write(env.rc_path(), "[default]\nUSE_GPG Y\n").unwrap();
-    let line = env.fails(&["-T", "-A", "tcp/22", "-a", "10.0.0.5", "--key-rijndael", "x"]);
+    let line = env.fails(&[
+        "-T",
+        "-A",
+        "tcp/22",
+        "-a",
+        "10.0.0.5",
+        "--key-rijndael",
+        "x",
+    ]);
     assert!(line.contains("--gpg-recipient-key"), "{line}");
-    let line = env.fails(&["-T", "-A", "tcp/22", "-a", "10.0.0.5", "--no-rc-file", "-M", "asymmetric", "--key-rijndael", "x"]);
-    assert!(line.contains("asymmetric") && line.contains("--gpg-recipient-key"), "{line}");
+    let line = env.fails(&[
+        "-T",
+        "-A",
+        "tcp/22",
+        "-a",
+        "10.0.0.5",
+        "--no-rc-file",
+        "-M",
+        "asymmetric",
+        "--key-rijndael",
+        "x",
+    ]);
+    assert!(
+        line.contains("asymmetric") && line.contains("--gpg-recipient-key"),
+        "{line}"
+    );
 }
 
 #[test]
 fn unreachable_udp_destination_name() {
     let env = Env::new();
-    let line = env.fails(&["--no-rc-file", "-A", "tcp/22", "-a", "10.0.0.5", "-D", "no-such-host.invalid", "--key-rijndael", "x"]);
+    let line = env.fails(&[
+        "--no-rc-file",
+        "-A",
+        "tcp/22",
+        "-a",
+        "10.0.0.5",
+        "-D",
+        "no-such-host.invalid",
+        "--key-rijndael",
+        "x",
+    ]);
     assert!(line.contains("no-such-host.invalid"), "{line}");
 }

@@ -38,14 +38,45 @@ fn resolve_ip_from_local_http_server() {
     let env = Env::new();
     let url = http_server("203.0.113.77\n", "200 OK", 2);
     let pkt = env.path("r.pkt");
-    let out = env.run(&["-T", "--no-rc-file", "-B", pkt.to_str().unwrap(), "-A", "tcp/22", "-R", "--resolve-url", &url, "--key-rijndael", "pw"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = env.run(&[
+        "-T",
+        "--no-rc-file",
+        "-B",
+        pkt.to_str().unwrap(),
+        "-A",
+        "tcp/22",
+        "-R",
+        "--resolve-url",
+        &url,
+        "--key-rijndael",
+        "pw",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let m = open(&read_packet(&pkt), b"pw", EncryptionMode::Cbc, None).message;
     assert_eq!(m.message, "203.0.113.77,tcp/22");
 
     // --resolve-url alone implies -R; -v reports the address.
-    let out = env.ok(&["-T", "-v", "--no-rc-file", "-B", pkt.to_str().unwrap(), "-A", "tcp/22", "--resolve-url", &url, "--key-rijndael", "pw"]);
-    assert!(out.contains("[+] Resolved external IP (via '") && out.contains("as: 203.0.113.77"), "{out}");
+    let out = env.ok(&[
+        "-T",
+        "-v",
+        "--no-rc-file",
+        "-B",
+        pkt.to_str().unwrap(),
+        "-A",
+        "tcp/22",
+        "--resolve-url",
+        &url,
+        "--key-rijndael",
+        "pw",
+    ]);
+    assert!(
+        out.contains("[+] Resolved external IP (via '") && out.contains("as: 203.0.113.77"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -53,10 +84,19 @@ fn resolve_from_rc_file_and_http_only() {
     let env = Env::new();
     let url = http_server("198.51.100.3", "200 OK", 1);
     std::fs::write(env.rc_path(), format!("[default]\nALLOW_IP resolve\nRESOLVE_URL {url}\nRESOLVE_HTTP_ONLY Y\nKEY pw\nACCESS udp/53\n")).unwrap();
-    std::fs::set_permissions(env.rc_path(), std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    std::fs::set_permissions(
+        env.rc_path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
     let pkt = env.path("r.pkt");
     env.ok(&["-T", "-B", pkt.to_str().unwrap()]);
-    assert_eq!(open(&read_packet(&pkt), b"pw", EncryptionMode::Cbc, None).message.message, "198.51.100.3,udp/53");
+    assert_eq!(
+        open(&read_packet(&pkt), b"pw", EncryptionMode::Cbc, None)
+            .message
+            .message,
+        "198.51.100.3,udp/53"
+    );
 }
 
 #[test]
@@ -67,15 +107,45 @@ fn resolver_failures_are_one_line() {
         l.local_addr().unwrap().port()
     };
     let url = format!("http://127.0.0.1:{dead}/myip");
-    let line = env.fails(&["-T", "--no-rc-file", "-A", "tcp/22", "-R", "--resolve-url", &url, "--key-rijndael", "pw"]);
+    let line = env.fails(&[
+        "-T",
+        "--no-rc-file",
+        "-A",
+        "tcp/22",
+        "-R",
+        "--resolve-url",
+        &url,
+        "--key-rijndael",
+        "pw",
+    ]);
     assert!(line.contains("resolve") && line.contains(&url), "{line}");
 
     let garbage = http_server("<html>no ip here</html>", "200 OK", 1);
-    let line = env.fails(&["-T", "--no-rc-file", "-A", "tcp/22", "-R", "--resolve-url", &garbage, "--key-rijndael", "pw"]);
+    let line = env.fails(&[
+        "-T",
+        "--no-rc-file",
+        "-A",
+        "tcp/22",
+        "-R",
+        "--resolve-url",
+        &garbage,
+        "--key-rijndael",
+        "pw",
+    ]);
     assert!(line.contains("no IPv4 address"), "{line}");
 
     let err = http_server("oops", "500 Internal Server Error", 1);
-    let line = env.fails(&["-T", "--no-rc-file", "-A", "tcp/22", "-R", "--resolve-url", &err, "--key-rijndael", "pw"]);
+    let line = env.fails(&[
+        "-T",
+        "--no-rc-file",
+        "-A",
+        "tcp/22",
+        "-R",
+        "--resolve-url",
+        &err,
+        "--key-rijndael",
+        "pw",
+    ]);
     assert!(line.contains("500"), "{line}");
 }
 
@@ -87,16 +157,41 @@ fn udp_packet_reaches_the_server() {
     let port = rx.local_addr().unwrap().port().to_string();
     let pkt = env.path("u.pkt");
     let out = env.ok(&[
-        "--no-rc-file", "-D", "127.0.0.1", "-p", &port, "-A", "tcp/22", "-a", "10.0.0.5", "-B", pkt.to_str().unwrap(),
-        "--key-base64-rijndael", KEY_B64, "--key-base64-hmac", HMAC_B64, "-v",
+        "--no-rc-file",
+        "-D",
+        "127.0.0.1",
+        "-p",
+        &port,
+        "-A",
+        "tcp/22",
+        "-a",
+        "10.0.0.5",
+        "-B",
+        pkt.to_str().unwrap(),
+        "--key-base64-rijndael",
+        KEY_B64,
+        "--key-base64-hmac",
+        HMAC_B64,
+        "-v",
     ]);
-    assert!(out.contains(&format!("    destination port: {port}\n")), "{out}");
+    assert!(
+        out.contains(&format!("    destination port: {port}\n")),
+        "{out}"
+    );
     let mut buf = [0u8; 2048];
     let (n, _) = rx.recv_from(&mut buf).unwrap();
     let wire = std::str::from_utf8(&buf[..n]).unwrap();
     assert_eq!(wire, read_packet(&pkt));
-    assert!(out.contains(&format!("send_spa_packet: bytes sent: {n}")), "{out}");
-    let d = open(wire, &b64(KEY_B64), EncryptionMode::Cbc, Some((DigestType::Sha256, &b64(HMAC_B64))));
+    assert!(
+        out.contains(&format!("send_spa_packet: bytes sent: {n}")),
+        "{out}"
+    );
+    let d = open(
+        wire,
+        &b64(KEY_B64),
+        EncryptionMode::Cbc,
+        Some((DigestType::Sha256, &b64(HMAC_B64))),
+    );
     assert_eq!(d.message.message, "10.0.0.5,tcp/22");
 }
 
@@ -111,15 +206,53 @@ fn tcp_packet_reaches_the_server() {
         s.read_to_string(&mut v).unwrap();
         v
     });
-    env.ok(&["--no-rc-file", "-D", "127.0.0.1", "-P", "tcp", "-p", &port, "-A", "tcp/22", "-a", "10.0.0.5", "--key-rijndael", "pw"]);
+    env.ok(&[
+        "--no-rc-file",
+        "-D",
+        "127.0.0.1",
+        "-P",
+        "tcp",
+        "-p",
+        &port,
+        "-A",
+        "tcp/22",
+        "-a",
+        "10.0.0.5",
+        "--key-rijndael",
+        "pw",
+    ]);
     let wire = h.join().unwrap();
-    assert_eq!(open(&wire, b"pw", EncryptionMode::Cbc, None).message.message, "10.0.0.5,tcp/22");
+    assert_eq!(
+        open(&wire, b"pw", EncryptionMode::Cbc, None)
+            .message
+            .message,
+        "10.0.0.5,tcp/22"
+    );
 }
 
 #[test]
 fn refused_tcp_connection_is_one_line() {
     let env = Env::new();
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().to_string();
-    let line = env.fails(&["--no-rc-file", "-D", "127.0.0.1", "-P", "tcp", "-p", &port, "-A", "tcp/22", "-a", "10.0.0.5", "--key-rijndael", "pw"]);
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let line = env.fails(&[
+        "--no-rc-file",
+        "-D",
+        "127.0.0.1",
+        "-P",
+        "tcp",
+        "-p",
+        &port,
+        "-A",
+        "tcp/22",
+        "-a",
+        "10.0.0.5",
+        "--key-rijndael",
+        "pw",
+    ]);
     assert!(line.contains("tcp"), "{line}");
 }

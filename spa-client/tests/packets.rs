@@ -31,7 +31,20 @@ fn modes_digests_and_hmac_types() {
         ("legacy", "sha256", None),
     ];
     for &(mode, digest, hmac) in cases {
-        let mut args = vec!["-A", "tcp/22", "-a", "10.0.0.5", "-D", "127.0.0.1", "--key-base64-rijndael", KEY_B64, "-M", mode, "-m", digest];
+        let mut args = vec![
+            "-A",
+            "tcp/22",
+            "-a",
+            "10.0.0.5",
+            "-D",
+            "127.0.0.1",
+            "--key-base64-rijndael",
+            KEY_B64,
+            "-M",
+            mode,
+            "-m",
+            digest,
+        ];
         if let Some(h) = hmac {
             args.extend_from_slice(&["--key-base64-hmac", HMAC_B64, "--hmac-digest-type", h]);
         }
@@ -57,9 +70,25 @@ fn passphrase_keys_and_hmac_key() {
     let env = Env::new();
     let wire = build(
         &env,
-        &["-A", "udp/53,tcp/22", "-a", "192.0.2.7", "--key-rijndael", "testtest", "--key-hmac", "hmacpass", "-M", "cfb"],
+        &[
+            "-A",
+            "udp/53,tcp/22",
+            "-a",
+            "192.0.2.7",
+            "--key-rijndael",
+            "testtest",
+            "--key-hmac",
+            "hmacpass",
+            "-M",
+            "cfb",
+        ],
     );
-    let d = open(&wire, b"testtest", EncryptionMode::Cfb, Some((DigestType::Sha256, b"hmacpass")));
+    let d = open(
+        &wire,
+        b"testtest",
+        EncryptionMode::Cfb,
+        Some((DigestType::Sha256, b"hmacpass")),
+    );
     assert_eq!(d.message.message, "192.0.2.7,udp/53,tcp/22");
 }
 
@@ -68,7 +97,22 @@ fn nat_access_with_timeout_and_spoofed_user() {
     let env = Env::new();
     let wire = build(
         &env,
-        &["-A", "tcp/22", "-a", "10.0.0.5", "-D", "srv.example", "-N", "192.168.10.2:55000", "-f", "45", "-U", "alice", "--key-rijndael", "testtest"],
+        &[
+            "-A",
+            "tcp/22",
+            "-a",
+            "10.0.0.5",
+            "-D",
+            "srv.example",
+            "-N",
+            "192.168.10.2:55000",
+            "-f",
+            "45",
+            "-U",
+            "alice",
+            "--key-rijndael",
+            "testtest",
+        ],
     );
     let m = open(&wire, b"testtest", EncryptionMode::Cbc, None).message;
     assert_eq!(m.msg_type, MessageType::ClientTimeoutNatAccess);
@@ -82,7 +126,18 @@ fn nat_without_port_uses_access_port_and_nat_port_rewrites_access() {
     let env = Env::new();
     let wire = build(
         &env,
-        &["-A", "tcp/22", "-a", "10.0.0.5", "-N", "inner.example", "--nat-port", "40022", "--key-rijndael", "testtest"],
+        &[
+            "-A",
+            "tcp/22",
+            "-a",
+            "10.0.0.5",
+            "-N",
+            "inner.example",
+            "--nat-port",
+            "40022",
+            "--key-rijndael",
+            "testtest",
+        ],
     );
     let m = open(&wire, b"testtest", EncryptionMode::Cbc, None).message;
     assert_eq!(m.msg_type, MessageType::NatAccess);
@@ -93,12 +148,40 @@ fn nat_without_port_uses_access_port_and_nat_port_rewrites_access() {
 #[test]
 fn local_nat_uses_the_server_name() {
     let env = Env::new();
-    let wire = build(&env, &["-A", "tcp/22", "-a", "10.0.0.5", "-D", "203.0.113.1", "--nat-local", "--key-rijndael", "testtest"]);
+    let wire = build(
+        &env,
+        &[
+            "-A",
+            "tcp/22",
+            "-a",
+            "10.0.0.5",
+            "-D",
+            "203.0.113.1",
+            "--nat-local",
+            "--key-rijndael",
+            "testtest",
+        ],
+    );
     let m = open(&wire, b"testtest", EncryptionMode::Cbc, None).message;
     assert_eq!(m.msg_type, MessageType::LocalNatAccess);
     assert_eq!(m.nat_access.as_deref(), Some("203.0.113.1,22"));
 
-    let wire = build(&env, &["-A", "tcp/22", "-a", "10.0.0.5", "-D", "203.0.113.1", "--nat-local", "-f", "60", "--key-rijndael", "testtest"]);
+    let wire = build(
+        &env,
+        &[
+            "-A",
+            "tcp/22",
+            "-a",
+            "10.0.0.5",
+            "-D",
+            "203.0.113.1",
+            "--nat-local",
+            "-f",
+            "60",
+            "--key-rijndael",
+            "testtest",
+        ],
+    );
     let m = open(&wire, b"testtest", EncryptionMode::Cbc, None).message;
     assert_eq!(m.msg_type, MessageType::ClientTimeoutLocalNatAccess);
     assert_eq!(m.client_timeout, Some(60));
@@ -109,8 +192,19 @@ fn nat_rand_port_is_announced() {
     let env = Env::new();
     let pkt = env.path("r.pkt");
     let out = env.ok(&[
-        "-T", "-B", pkt.to_str().unwrap(), "--no-rc-file", "-A", "tcp/22", "-a", "10.0.0.5", "-N", "10.1.1.1,22", "--nat-rand-port",
-        "--key-rijndael", "testtest",
+        "-T",
+        "-B",
+        pkt.to_str().unwrap(),
+        "--no-rc-file",
+        "-A",
+        "tcp/22",
+        "-a",
+        "10.0.0.5",
+        "-N",
+        "10.1.1.1,22",
+        "--nat-rand-port",
+        "--key-rijndael",
+        "testtest",
     ]);
     let m = open(&read_packet(&pkt), b"testtest", EncryptionMode::Cbc, None).message;
     let port: u16 = m.message.rsplit('/').next().unwrap().parse().unwrap();
@@ -121,13 +215,35 @@ fn nat_rand_port_is_announced() {
 #[test]
 fn server_command_and_fw_timeout_zero() {
     let env = Env::new();
-    let wire = build(&env, &["-C", "echo hello > /tmp/x", "-a", "10.0.0.5", "--key-rijndael", "testtest"]);
+    let wire = build(
+        &env,
+        &[
+            "-C",
+            "echo hello > /tmp/x",
+            "-a",
+            "10.0.0.5",
+            "--key-rijndael",
+            "testtest",
+        ],
+    );
     let m = open(&wire, b"testtest", EncryptionMode::Cbc, None).message;
     assert_eq!(m.msg_type, MessageType::Command);
     assert_eq!(m.message, "10.0.0.5,echo hello > /tmp/x");
 
     // fwknop sends no client timeout for -f 0.
-    let wire = build(&env, &["-A", "tcp/22", "-a", "10.0.0.5", "-f", "0", "--key-rijndael", "testtest"]);
+    let wire = build(
+        &env,
+        &[
+            "-A",
+            "tcp/22",
+            "-a",
+            "10.0.0.5",
+            "-f",
+            "0",
+            "--key-rijndael",
+            "testtest",
+        ],
+    );
     let m = open(&wire, b"testtest", EncryptionMode::Cbc, None).message;
     assert_eq!(m.msg_type, MessageType::Access);
     assert_eq!(m.client_timeout, None);
@@ -136,12 +252,34 @@ fn server_command_and_fw_timeout_zero() {
 #[test]
 fn source_ip_and_time_offsets() {
     let env = Env::new();
-    let wire = build(&env, &["-A", "tcp/22", "-s", "--time-offset-minus", "2h", "--key-rijndael", "testtest"]);
+    let wire = build(
+        &env,
+        &[
+            "-A",
+            "tcp/22",
+            "-s",
+            "--time-offset-minus",
+            "2h",
+            "--key-rijndael",
+            "testtest",
+        ],
+    );
     let m = open(&wire, b"testtest", EncryptionMode::Cbc, None).message;
     assert_eq!(m.message, "0.0.0.0,tcp/22");
     assert!((now() - 7200).abs_diff(m.timestamp) <= 5);
 
-    let wire = build(&env, &["-A", "tcp/22", "-s", "--time-offset-plus", "90", "--key-rijndael", "testtest"]);
+    let wire = build(
+        &env,
+        &[
+            "-A",
+            "tcp/22",
+            "-s",
+            "--time-offset-plus",
+            "90",
+            "--key-rijndael",
+            "testtest",
+        ],
+    );
     let m = open(&wire, b"testtest", EncryptionMode::Cbc, None).message;
     assert!((now() + 90).abs_diff(m.timestamp) <= 5);
 }
@@ -150,17 +288,58 @@ fn source_ip_and_time_offsets() {
 fn keys_from_key_file_and_stdin() {
     let env = Env::new();
     let kf = env.path("keys");
-    std::fs::write(&kf, "# my keys\nother.example: nope\nsrv.example: filepass\n").unwrap();
-    let wire = build(&env, &["-A", "tcp/22", "-a", "10.0.0.5", "-D", "srv.example", "-G", kf.to_str().unwrap()]);
-    assert_eq!(open(&wire, b"filepass", EncryptionMode::Cbc, None).message.message, "10.0.0.5,tcp/22");
+    std::fs::write(
+        &kf,
+        "# my keys\nother.example: nope\nsrv.example: filepass\n",
+    )
+    .unwrap();
+    let wire = build(
+        &env,
+        &[
+            "-A",
+            "tcp/22",
+            "-a",
+            "10.0.0.5",
+            "-D",
+            "srv.example",
+            "-G",
+            kf.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(
+        open(&wire, b"filepass", EncryptionMode::Cbc, None)
+            .message
+            .message,
+        "10.0.0.5,tcp/22"
+    );
 
     let pkt = env.path("s.pkt");
     let out = env.run_with_stdin(
-        &["-T", "-B", pkt.to_str().unwrap(), "--no-rc-file", "-A", "tcp/22", "-a", "10.0.0.5", "--stdin", "--use-hmac"],
+        &[
+            "-T",
+            "-B",
+            pkt.to_str().unwrap(),
+            "--no-rc-file",
+            "-A",
+            "tcp/22",
+            "-a",
+            "10.0.0.5",
+            "--stdin",
+            "--use-hmac",
+        ],
         "stdinkey\nstdinhmac\n",
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let d = open(&read_packet(&pkt), b"stdinkey", EncryptionMode::Cbc, Some((DigestType::Sha256, b"stdinhmac")));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let d = open(
+        &read_packet(&pkt),
+        b"stdinkey",
+        EncryptionMode::Cbc,
+        Some((DigestType::Sha256, b"stdinhmac")),
+    );
     assert_eq!(d.message.message, "10.0.0.5,tcp/22");
 }
 
@@ -170,7 +349,19 @@ fn save_packet_append() {
     let pkt = env.path("a.pkt");
     let p = pkt.to_str().unwrap();
     for _ in 0..2 {
-        env.ok(&["-T", "-B", p, "-b", "--no-rc-file", "-A", "tcp/22", "-a", "10.0.0.5", "--key-rijndael", "testtest"]);
+        env.ok(&[
+            "-T",
+            "-B",
+            p,
+            "-b",
+            "--no-rc-file",
+            "-A",
+            "tcp/22",
+            "-a",
+            "10.0.0.5",
+            "--key-rijndael",
+            "testtest",
+        ]);
     }
     let text = std::fs::read_to_string(&pkt).unwrap();
     let lines: Vec<&str> = text.lines().collect();
@@ -180,7 +371,18 @@ fn save_packet_append() {
         open(l, b"testtest", EncryptionMode::Cbc, None);
     }
     // Without -b the file is replaced.
-    env.ok(&["-T", "-B", p, "--no-rc-file", "-A", "tcp/22", "-a", "10.0.0.5", "--key-rijndael", "testtest"]);
+    env.ok(&[
+        "-T",
+        "-B",
+        p,
+        "--no-rc-file",
+        "-A",
+        "tcp/22",
+        "-a",
+        "10.0.0.5",
+        "--key-rijndael",
+        "testtest",
+    ]);
     assert_eq!(std::fs::read_to_string(&pkt).unwrap().lines().count(), 1);
 }
 
@@ -188,7 +390,18 @@ fn save_packet_append() {
 fn verbose_test_output_has_fwknop_layout() {
     let env = Env::new();
     let out = env.ok(&[
-        "-T", "-v", "--no-rc-file", "-A", "tcp/22", "-a", "10.0.0.5", "-D", "127.0.0.1", "--key-base64-rijndael", KEY_B64, "--key-base64-hmac",
+        "-T",
+        "-v",
+        "--no-rc-file",
+        "-A",
+        "tcp/22",
+        "-a",
+        "10.0.0.5",
+        "-D",
+        "127.0.0.1",
+        "--key-base64-rijndael",
+        KEY_B64,
+        "--key-base64-hmac",
         HMAC_B64,
     ]);
     for needle in [
@@ -202,9 +415,21 @@ fn verbose_test_output_has_fwknop_layout() {
     ] {
         assert!(out.contains(needle), "missing {needle:?} in:\n{out}");
     }
-    assert!(!out.contains(KEY_B64) && !out.contains(HMAC_B64), "keys must not be printed");
+    assert!(
+        !out.contains(KEY_B64) && !out.contains(HMAC_B64),
+        "keys must not be printed"
+    );
     // Without -v, -T still shows one field block but no decode dump.
-    let out = env.ok(&["-T", "--no-rc-file", "-A", "tcp/22", "-a", "10.0.0.5", "--key-rijndael", "testtest"]);
+    let out = env.ok(&[
+        "-T",
+        "--no-rc-file",
+        "-A",
+        "tcp/22",
+        "-a",
+        "10.0.0.5",
+        "--key-rijndael",
+        "testtest",
+    ]);
     assert_eq!(out.matches("SPA Field Values").count(), 1);
     assert!(out.contains("test mode enabled"));
 }

@@ -14,7 +14,14 @@ fn keys() -> (Secret, Secret) {
 
 fn bench(c: &mut Criterion) {
     let (key, hmac) = keys();
-    let pk = PacketKeys { key: key.bytes(), mode: EncryptionMode::Cbc, hmac: Some(HmacKey { digest: DigestType::Sha256, key: hmac.bytes() }) };
+    let pk = PacketKeys {
+        key: key.bytes(),
+        mode: EncryptionMode::Cbc,
+        hmac: Some(HmacKey {
+            digest: DigestType::Sha256,
+            key: hmac.bytes(),
+        }),
+    };
     let msg = SpaMessage {
         rand_val: "1234567890123456".into(),
         username: "alice".into(),
@@ -33,17 +40,28 @@ fn bench(c: &mut Criterion) {
     let last = forged.len() - 1;
     forged[last] = if forged[last] == b'A' { b'B' } else { b'A' };
 
-    c.bench_function("precheck: short garbage", |b| b.iter(|| packet::precheck(black_box(&short_garbage)).is_err()));
-    c.bench_function("precheck: binary garbage", |b| b.iter(|| packet::precheck(black_box(&binary_garbage)).is_err()));
-    let hk = HmacKey { digest: DigestType::Sha256, key: hmac.bytes() };
+    c.bench_function("precheck: short garbage", |b| {
+        b.iter(|| packet::precheck(black_box(&short_garbage)).is_err())
+    });
+    c.bench_function("precheck: binary garbage", |b| {
+        b.iter(|| packet::precheck(black_box(&binary_garbage)).is_err())
+    });
+    let hk = HmacKey {
+        digest: DigestType::Sha256,
+        key: hmac.bytes(),
+    };
     c.bench_function("hmac sha256: forged packet rejected", |b| {
         b.iter(|| {
             let w = packet::precheck(black_box(&forged)).unwrap();
             packet::verify_hmac(w, &hk, RIJNDAEL_PREFIX).is_err()
         })
     });
-    c.bench_function("open: valid packet (hmac + aes-cbc + fields)", |b| b.iter(|| packet::open(black_box(wire.as_bytes()), &pk).unwrap()));
-    c.bench_function("seal: build a packet", |b| b.iter(|| packet::seal(black_box(&msg), DigestType::Sha256, &pk, &[7; 8]).unwrap()));
+    c.bench_function("open: valid packet (hmac + aes-cbc + fields)", |b| {
+        b.iter(|| packet::open(black_box(wire.as_bytes()), &pk).unwrap())
+    });
+    c.bench_function("seal: build a packet", |b| {
+        b.iter(|| packet::seal(black_box(&msg), DigestType::Sha256, &pk, &[7; 8]).unwrap())
+    });
 }
 
 criterion_group!(benches, bench);

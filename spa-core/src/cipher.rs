@@ -3,8 +3,8 @@
 
 use crate::error::{Result, SpaError};
 use aes::cipher::{
-    block_padding::NoPadding, AsyncStreamCipher, BlockDecryptMut, BlockEncryptMut, KeyInit, KeyIvInit,
-    StreamCipher,
+    block_padding::NoPadding, AsyncStreamCipher, BlockDecryptMut, BlockEncryptMut, KeyInit,
+    KeyIvInit, StreamCipher,
 };
 use md5::{Digest, Md5};
 use std::fmt;
@@ -72,7 +72,11 @@ impl FromStr for EncryptionMode {
         EncryptionMode::ALL
             .into_iter()
             .find(|m| m.name() == norm)
-            .ok_or_else(|| SpaError::UnknownName { kind: "encryption mode", value: s.to_string(), expected: MODE_NAMES })
+            .ok_or_else(|| SpaError::UnknownName {
+                kind: "encryption mode",
+                value: s.to_string(),
+                expected: MODE_NAMES,
+            })
     }
 }
 
@@ -104,7 +108,10 @@ fn effective_key(key: &[u8], mode: EncryptionMode) -> Result<Zeroizing<Vec<u8>>>
         return Err(SpaError::Key("empty Rijndael key".into()));
     }
     if key.len() > MAX_KEY_LEN {
-        return Err(SpaError::Key(format!("Rijndael key is {} bytes, at most {MAX_KEY_LEN} allowed", key.len())));
+        return Err(SpaError::Key(format!(
+            "Rijndael key is {} bytes, at most {MAX_KEY_LEN} allowed",
+            key.len()
+        )));
     }
     let mut k = Zeroizing::new(key.to_vec());
     if mode == EncryptionMode::Legacy {
@@ -126,7 +133,10 @@ fn pkcs7_pad(data: &[u8]) -> Vec<u8> {
 fn pkcs7_unpad(mut data: Vec<u8>) -> Vec<u8> {
     if let Some(&last) = data.last() {
         let n = last as usize;
-        if (1..=BLOCK).contains(&n) && n <= data.len() && data[data.len() - n..].iter().all(|&b| b == last) {
+        if (1..=BLOCK).contains(&n)
+            && n <= data.len()
+            && data[data.len() - n..].iter().all(|&b| b == last)
+        {
             data.truncate(data.len() - n);
         }
     }
@@ -141,10 +151,12 @@ fn apply(buf: &mut [u8], key: &[u8; 32], iv: &[u8; 16], mode: EncryptionMode, en
         ($enc:ty, $dec:ty, $init:expr) => {{
             if encrypt {
                 let c: $enc = $init;
-                c.encrypt_padded_mut::<NoPadding>(buf, buf.len()).expect("whole blocks");
+                c.encrypt_padded_mut::<NoPadding>(buf, buf.len())
+                    .expect("whole blocks");
             } else {
                 let c: $dec = $init;
-                c.decrypt_padded_mut::<NoPadding>(buf).expect("whole blocks");
+                c.decrypt_padded_mut::<NoPadding>(buf)
+                    .expect("whole blocks");
             }
         }};
     }
@@ -155,7 +167,11 @@ fn apply(buf: &mut [u8], key: &[u8; 32], iv: &[u8; 16], mode: EncryptionMode, en
             KeyIvInit::new(key.into(), iv.into())
         ),
         EncryptionMode::Ecb => {
-            block_mode!(ecb::Encryptor<Aes>, ecb::Decryptor<Aes>, KeyInit::new(key.into()))
+            block_mode!(
+                ecb::Encryptor<Aes>,
+                ecb::Decryptor<Aes>,
+                KeyInit::new(key.into())
+            )
         }
         EncryptionMode::Cfb => {
             if encrypt {
@@ -165,12 +181,19 @@ fn apply(buf: &mut [u8], key: &[u8; 32], iv: &[u8; 16], mode: EncryptionMode, en
             }
         }
         EncryptionMode::Ofb => ofb::Ofb::<Aes>::new(key.into(), iv.into()).apply_keystream(buf),
-        EncryptionMode::Ctr => ctr::Ctr128BE::<Aes>::new(key.into(), iv.into()).apply_keystream(buf),
+        EncryptionMode::Ctr => {
+            ctr::Ctr128BE::<Aes>::new(key.into(), iv.into()).apply_keystream(buf)
+        }
     }
 }
 
 /// Encrypt `plaintext`: returns `Salted__` ‖ salt ‖ AES-256(PKCS#7(plaintext)).
-pub fn encrypt(plaintext: &[u8], key: &[u8], mode: EncryptionMode, salt: &[u8; SALT_LEN]) -> Result<Vec<u8>> {
+pub fn encrypt(
+    plaintext: &[u8],
+    key: &[u8],
+    mode: EncryptionMode,
+    salt: &[u8; SALT_LEN],
+) -> Result<Vec<u8>> {
     let pass = effective_key(key, mode)?;
     let (k, iv) = evp_bytes_to_key(&pass, salt);
     let mut body = pkcs7_pad(plaintext);

@@ -93,7 +93,8 @@ impl DigestType {
         where
             D: Digest + hmac::digest::core_api::BlockSizeUser,
         {
-            let mut mac = <SimpleHmac<D> as Mac>::new_from_slice(key).expect("HMAC accepts any key length");
+            let mut mac =
+                <SimpleHmac<D> as Mac>::new_from_slice(key).expect("HMAC accepts any key length");
             for p in parts {
                 mac.update(p);
             }
@@ -124,7 +125,11 @@ impl FromStr for DigestType {
         DigestType::ALL
             .into_iter()
             .find(|d| d.name() == norm)
-            .ok_or_else(|| SpaError::UnknownName { kind: "digest type", value: s.to_string(), expected: NAMES })
+            .ok_or_else(|| SpaError::UnknownName {
+                kind: "digest type",
+                value: s.to_string(),
+                expected: NAMES,
+            })
     }
 }
 

@@ -11,7 +11,9 @@ pub enum SpaError {
     TooShort { len: usize, min: usize },
     #[error("packet too long: {len} bytes, at most {max} allowed")]
     TooLong { len: usize, max: usize },
-    #[error("packet still carries the constant `U2FsdGVkX1` prefix (it must be stripped on the wire)")]
+    #[error(
+        "packet still carries the constant `U2FsdGVkX1` prefix (it must be stripped on the wire)"
+    )]
     SaltedPrefix,
     #[error("packet contains a byte outside the base64 alphabet at offset {offset}")]
     Charset { offset: usize },
@@ -40,14 +42,21 @@ pub enum SpaError {
     #[error("invalid key: {0}")]
     Key(String),
     #[error("unknown {kind} `{value}` (expected one of: {expected})")]
-    UnknownName { kind: &'static str, value: String, expected: &'static str },
+    UnknownName {
+        kind: &'static str,
+        value: String,
+        expected: &'static str,
+    },
     #[error("{0}")]
     Unsupported(String),
 }
 
 impl SpaError {
     pub(crate) fn field(field: &'static str, reason: impl Into<String>) -> Self {
-        SpaError::Field { field, reason: reason.into() }
+        SpaError::Field {
+            field,
+            reason: reason.into(),
+        }
     }
 
     /// True for failures that must be reported to the network side only as "rejected".

@@ -55,7 +55,13 @@ impl fmt::Display for Rule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} -> {}/{}", self.source, self.proto, self.port)?;
         if let Some(n) = &self.nat {
-            write!(f, " (NAT to {}:{}{})", n.to_addr, n.to_port, if n.local { ", local" } else { "" })?;
+            write!(
+                f,
+                " (NAT to {}:{}{})",
+                n.to_addr,
+                n.to_port,
+                if n.local { ", local" } else { "" }
+            )?;
         }
         Ok(())
     }
@@ -74,13 +80,24 @@ pub struct Opening {
 #[derive(Debug, Error)]
 pub enum FirewallError {
     #[error("backend `{backend}` requires {what}, which is missing: {hint}")]
-    Missing { backend: &'static str, what: String, hint: String },
+    Missing {
+        backend: &'static str,
+        what: String,
+        hint: String,
+    },
     #[error("`{command}` failed ({status}): {stderr}")]
-    Command { command: String, status: String, stderr: String },
+    Command {
+        command: String,
+        status: String,
+        stderr: String,
+    },
     #[error("backend `{backend}` does not support {what}")]
     Unsupported { backend: &'static str, what: String },
     #[error("backend `{backend}`: {message}")]
-    Other { backend: &'static str, message: String },
+    Other {
+        backend: &'static str,
+        message: String,
+    },
 }
 
 pub type FwResult<T> = std::result::Result<T, FirewallError>;
@@ -113,7 +130,12 @@ pub trait Firewall: Send {
         if self.expires_in_kernel() {
             return Ok(Vec::new());
         }
-        let expired: Vec<Rule> = self.list()?.into_iter().filter(|o| o.expires_at <= now).map(|o| o.rule).collect();
+        let expired: Vec<Rule> = self
+            .list()?
+            .into_iter()
+            .filter(|o| o.expires_at <= now)
+            .map(|o| o.rule)
+            .collect();
         if !expired.is_empty() {
             self.revoke(&expired)?;
         }

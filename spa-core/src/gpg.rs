@@ -72,9 +72,18 @@ pub struct SignatureInfo {
 impl SignatureInfo {
     pub fn new(fingerprint: &str, valid: bool, status: impl Into<String>) -> Self {
         let fingerprint = fingerprint.to_ascii_uppercase();
-        let start = fingerprint.char_indices().rev().nth(7).map_or(0, |(i, _)| i);
+        let start = fingerprint
+            .char_indices()
+            .rev()
+            .nth(7)
+            .map_or(0, |(i, _)| i);
         let key_id = fingerprint[start..].to_string();
-        SignatureInfo { fingerprint, key_id, valid, status: status.into() }
+        SignatureInfo {
+            fingerprint,
+            key_id,
+            valid,
+            status: status.into(),
+        }
     }
 
     /// Does `id` (GPG_REMOTE_ID: 8 or 16 hex digits, optionally `0x`-prefixed)
@@ -95,8 +104,14 @@ impl SignatureInfo {
 
 fn normalize_hex(text: &str) -> String {
     let t = text.trim();
-    let t = t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")).unwrap_or(t);
-    t.chars().filter(|c| !c.is_whitespace()).collect::<String>().to_ascii_uppercase()
+    let t = t
+        .strip_prefix("0x")
+        .or_else(|| t.strip_prefix("0X"))
+        .unwrap_or(t);
+    t.chars()
+        .filter(|c| !c.is_whitespace())
+        .collect::<String>()
+        .to_ascii_uppercase()
 }
 
 /// What decrypting one packet's OpenPGP data gave.
@@ -111,7 +126,12 @@ pub struct Decrypted {
 pub trait OpenPgp {
     /// Encrypt `plaintext` to `recipient` (a key ID, fingerprint or user ID) as
     /// binary OpenPGP data, signed by `signer` when given.
-    fn encrypt_and_sign(&mut self, plaintext: &[u8], recipient: &str, signer: Option<&str>) -> Result<Vec<u8>, GpgError>;
+    fn encrypt_and_sign(
+        &mut self,
+        plaintext: &[u8],
+        recipient: &str,
+        signer: Option<&str>,
+    ) -> Result<Vec<u8>, GpgError>;
 
     /// Decrypt binary OpenPGP data and report its signatures (without judging them).
     fn decrypt_and_verify(&mut self, data: &[u8]) -> Result<Decrypted, GpgError>;
@@ -140,7 +160,11 @@ pub fn wire_from_openpgp(data: &[u8], hmac: Option<&HmacKey>) -> Result<String, 
         wire.push_str(&h.compute_b64(GPG_PREFIX, body));
     }
     if wire.len() > MAX_WIRE_LEN {
-        return Err(SpaError::TooLong { len: wire.len(), max: MAX_WIRE_LEN }.into());
+        return Err(SpaError::TooLong {
+            len: wire.len(),
+            max: MAX_WIRE_LEN,
+        }
+        .into());
     }
     if wire.len() < MIN_GPG_WIRE_LEN {
         return Err(GpgError::TooShortForGpg(wire.len()));
@@ -178,7 +202,10 @@ pub fn openpgp_data(body: &str) -> Result<Vec<u8>, SpaError> {
 
 /// Decode what the engine decrypted: like fwknop, the text ends at the first NUL.
 pub fn decode_decrypted(plaintext: &[u8]) -> Result<DecodedMessage, SpaError> {
-    let end = plaintext.iter().position(|&b| b == 0).unwrap_or(plaintext.len());
+    let end = plaintext
+        .iter()
+        .position(|&b| b == 0)
+        .unwrap_or(plaintext.len());
     decode_plaintext(&plaintext[..end])
 }
 
@@ -191,7 +218,11 @@ pub struct Opened {
 
 /// All receiving stages: precheck, HMAC (when keyed), decrypt, decode. The
 /// signatures are returned for [`check_signatures`] to judge.
-pub fn open(wire: &[u8], hmac: Option<&HmacKey>, pgp: &mut dyn OpenPgp) -> Result<Opened, GpgError> {
+pub fn open(
+    wire: &[u8],
+    hmac: Option<&HmacKey>,
+    pgp: &mut dyn OpenPgp,
+) -> Result<Opened, GpgError> {
     let wire = packet::precheck(wire)?;
     if carries_prefix(wire) {
         return Err(GpgError::Prefix);
@@ -203,7 +234,10 @@ pub fn open(wire: &[u8], hmac: Option<&HmacKey>, pgp: &mut dyn OpenPgp) -> Resul
     let data = openpgp_data(body)?;
     let d = pgp.decrypt_and_verify(&data)?;
     let decoded = decode_decrypted(&d.plaintext)?;
-    Ok(Opened { decoded, signatures: d.signatures })
+    Ok(Opened {
+        decoded,
+        signatures: d.signatures,
+    })
 }
 
 /// How a server stanza judges signatures (fwknopd's GPG_* access.conf settings).
@@ -231,14 +265,24 @@ pub enum SignatureDenial {
 impl fmt::Display for SignatureDenial {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            SignatureDenial::Missing => f.write_str("the packet is not signed but the stanza requires a GPG signature"),
-            SignatureDenial::Bad { fingerprint, status } => {
-                write!(f, "the GPG signature by {fingerprint} did not verify ({status})")
+            SignatureDenial::Missing => {
+                f.write_str("the packet is not signed but the stanza requires a GPG signature")
+            }
+            SignatureDenial::Bad {
+                fingerprint,
+                status,
+            } => {
+                write!(
+                    f,
+                    "the GPG signature by {fingerprint} did not verify ({status})"
+                )
             }
             SignatureDenial::FingerprintNotListed(fpr) => {
                 write!(f, "signed by {fpr}, which is not in GPG_FINGERPRINT_ID")
             }
-            SignatureDenial::IdNotListed(id) => write!(f, "signed by key ID {id}, which is not in GPG_REMOTE_ID"),
+            SignatureDenial::IdNotListed(id) => {
+                write!(f, "signed by key ID {id}, which is not in GPG_REMOTE_ID")
+            }
         }
     }
 }
@@ -256,10 +300,20 @@ pub fn check_signatures<'a>(
     }
     let sig = signatures.first().ok_or(SignatureDenial::Missing)?;
     if !sig.valid && !policy.ignore_verify_error {
-        return Err(SignatureDenial::Bad { fingerprint: sig.fingerprint.clone(), status: sig.status.clone() });
+        return Err(SignatureDenial::Bad {
+            fingerprint: sig.fingerprint.clone(),
+            status: sig.status.clone(),
+        });
     }
-    if !policy.fingerprints.is_empty() && !policy.fingerprints.iter().any(|f| sig.matches_fingerprint(f)) {
-        return Err(SignatureDenial::FingerprintNotListed(sig.fingerprint.clone()));
+    if !policy.fingerprints.is_empty()
+        && !policy
+            .fingerprints
+            .iter()
+            .any(|f| sig.matches_fingerprint(f))
+    {
+        return Err(SignatureDenial::FingerprintNotListed(
+            sig.fingerprint.clone(),
+        ));
     }
     if !policy.remote_ids.is_empty() && !policy.remote_ids.iter().any(|id| sig.matches_id(id)) {
         return Err(SignatureDenial::IdNotListed(sig.key_id.clone()));
@@ -281,7 +335,12 @@ mod tests {
     const HEADER: [u8; 3] = [0x85, 0x01, 0x0c];
 
     impl OpenPgp for Fake {
-        fn encrypt_and_sign(&mut self, plaintext: &[u8], _recipient: &str, signer: Option<&str>) -> Result<Vec<u8>, GpgError> {
+        fn encrypt_and_sign(
+            &mut self,
+            plaintext: &[u8],
+            _recipient: &str,
+            signer: Option<&str>,
+        ) -> Result<Vec<u8>, GpgError> {
             let mut out = HEADER.to_vec();
             out.extend(plaintext.iter().rev());
             out.extend([b'x'; 300]);
@@ -290,16 +349,25 @@ mod tests {
             Ok(out)
         }
         fn decrypt_and_verify(&mut self, data: &[u8]) -> Result<Decrypted, GpgError> {
-            let data = data.strip_prefix(&HEADER[..]).ok_or_else(|| GpgError::engine("not ours"))?;
+            let data = data
+                .strip_prefix(&HEADER[..])
+                .ok_or_else(|| GpgError::engine("not ours"))?;
             let nul = data.iter().position(|&b| b == 0).unwrap();
             let (body, signer) = (&data[..nul - 300], &data[nul + 1..]);
             let plaintext = Zeroizing::new(body.iter().rev().copied().collect());
             let signatures = if signer.is_empty() {
                 vec![]
             } else {
-                vec![SignatureInfo::new(std::str::from_utf8(signer).unwrap(), self.signer_valid, "Success")]
+                vec![SignatureInfo::new(
+                    std::str::from_utf8(signer).unwrap(),
+                    self.signer_valid,
+                    "Success",
+                )]
             };
-            Ok(Decrypted { plaintext, signatures })
+            Ok(Decrypted {
+                plaintext,
+                signatures,
+            })
         }
     }
 
@@ -322,10 +390,21 @@ mod tests {
     #[test]
     fn round_trip_with_and_without_hmac() {
         let key = [7u8; 64];
-        let hk = HmacKey { digest: DigestType::Sha256, key: &key };
+        let hk = HmacKey {
+            digest: DigestType::Sha256,
+            key: &key,
+        };
         for hmac in [None, Some(&hk)] {
             let mut pgp = Fake { signer_valid: true };
-            let wire = seal(&msg(), DigestType::Sha512, &mut pgp, "server", Some(FPR), hmac).unwrap();
+            let wire = seal(
+                &msg(),
+                DigestType::Sha512,
+                &mut pgp,
+                "server",
+                Some(FPR),
+                hmac,
+            )
+            .unwrap();
             assert!(!wire.starts_with(GPG_PREFIX) && is_gpg_wire(&wire));
             let opened = open(wire.as_bytes(), hmac, &mut pgp).unwrap();
             assert_eq!(opened.decoded.message, msg());
@@ -337,24 +416,52 @@ mod tests {
     #[test]
     fn hmac_covers_the_restored_prefix() {
         let key = [9u8; 32];
-        let hk = HmacKey { digest: DigestType::Sha256, key: &key };
-        let wire = seal(&msg(), DigestType::Sha256, &mut Fake { signer_valid: true }, "s", None, Some(&hk)).unwrap();
+        let hk = HmacKey {
+            digest: DigestType::Sha256,
+            key: &key,
+        };
+        let wire = seal(
+            &msg(),
+            DigestType::Sha256,
+            &mut Fake { signer_valid: true },
+            "s",
+            None,
+            Some(&hk),
+        )
+        .unwrap();
         let body = &wire[..wire.len() - DigestType::Sha256.b64_len()];
         let expected = b64::encode_nopad(&DigestType::Sha256.hmac(&key, &[b"hQ", body.as_bytes()]));
         assert!(wire.ends_with(&expected));
         // One flipped character anywhere is refused before any decryption.
         let mut bad = wire.clone().into_bytes();
         bad[5] = if bad[5] == b'A' { b'B' } else { b'A' };
-        assert_eq!(open(&bad, Some(&hk), &mut Fake { signer_valid: true }).unwrap_err(), GpgError::Packet(SpaError::HmacMismatch));
+        assert_eq!(
+            open(&bad, Some(&hk), &mut Fake { signer_valid: true }).unwrap_err(),
+            GpgError::Packet(SpaError::HmacMismatch)
+        );
     }
 
     #[test]
     fn data_without_the_prefix_is_refused() {
-        assert_eq!(wire_from_openpgp(&[0x84, 0x5e, 0x03], None), Err(GpgError::Prefix));
-        assert!(matches!(wire_from_openpgp(&[0x85, 0x01, 0x0c, 1, 2, 3], None), Err(GpgError::TooShortForGpg(_))));
+        assert_eq!(
+            wire_from_openpgp(&[0x84, 0x5e, 0x03], None),
+            Err(GpgError::Prefix)
+        );
+        assert!(matches!(
+            wire_from_openpgp(&[0x85, 0x01, 0x0c, 1, 2, 3], None),
+            Err(GpgError::TooShortForGpg(_))
+        ));
         let long_prefixed = format!("hQ{}", "A".repeat(500));
         assert!(carries_prefix(&long_prefixed));
-        assert_eq!(open(long_prefixed.as_bytes(), None, &mut Fake { signer_valid: true }).unwrap_err(), GpgError::Prefix);
+        assert_eq!(
+            open(
+                long_prefixed.as_bytes(),
+                None,
+                &mut Fake { signer_valid: true }
+            )
+            .unwrap_err(),
+            GpgError::Prefix
+        );
     }
 
     #[test]
@@ -377,20 +484,38 @@ mod tests {
             ..Default::default()
         };
         let good = [sig(FPR, true)];
-        assert!(check_signatures(&ids(&["4F88624F"]), &good).unwrap().is_some());
+        assert!(check_signatures(&ids(&["4F88624F"]), &good)
+            .unwrap()
+            .is_some());
         assert!(check_signatures(&ids(&["1234AAAA", "0x4f88624f"]), &good).is_ok());
         assert!(check_signatures(&ids(&["B5CFAD844F88624F"]), &good).is_ok());
-        assert_eq!(check_signatures(&ids(&["1234AAAA"]), &good), Err(SignatureDenial::IdNotListed("4F88624F".into())));
-        assert_eq!(check_signatures(&ids(&["4F88624F"]), &[]), Err(SignatureDenial::Missing));
+        assert_eq!(
+            check_signatures(&ids(&["1234AAAA"]), &good),
+            Err(SignatureDenial::IdNotListed("4F88624F".into()))
+        );
+        assert_eq!(
+            check_signatures(&ids(&["4F88624F"]), &[]),
+            Err(SignatureDenial::Missing)
+        );
         let bad = [sig(FPR, false)];
-        assert!(matches!(check_signatures(&ids(&["4F88624F"]), &bad), Err(SignatureDenial::Bad { .. })));
+        assert!(matches!(
+            check_signatures(&ids(&["4F88624F"]), &bad),
+            Err(SignatureDenial::Bad { .. })
+        ));
         let mut ignore = ids(&["4F88624F"]);
         ignore.ignore_verify_error = true;
         assert!(check_signatures(&ignore, &bad).is_ok());
         // Missing stays denied even when verification errors are ignored.
-        assert_eq!(check_signatures(&ignore, &[]), Err(SignatureDenial::Missing));
+        assert_eq!(
+            check_signatures(&ignore, &[]),
+            Err(SignatureDenial::Missing)
+        );
         // Only the first signature counts.
-        assert!(check_signatures(&ids(&["4F88624F"]), &[sig("AAAA0000BBBB1111", true), sig(FPR, true)]).is_err());
+        assert!(check_signatures(
+            &ids(&["4F88624F"]),
+            &[sig("AAAA0000BBBB1111", true), sig(FPR, true)]
+        )
+        .is_err());
 
         let fprs = SignaturePolicy {
             verify: true,
@@ -399,9 +524,15 @@ mod tests {
         };
         assert!(check_signatures(&fprs, &good).is_ok());
         let other = [sig("00CC95F05BC146B6AC4038C9E36F443C6A3FAD56", true)];
-        assert!(matches!(check_signatures(&fprs, &other), Err(SignatureDenial::FingerprintNotListed(_))));
+        assert!(matches!(
+            check_signatures(&fprs, &other),
+            Err(SignatureDenial::FingerprintNotListed(_))
+        ));
         // Both lists given: both must match.
-        let both = SignaturePolicy { remote_ids: vec!["6A3FAD56".into()], ..fprs.clone() };
+        let both = SignaturePolicy {
+            remote_ids: vec!["6A3FAD56".into()],
+            ..fprs.clone()
+        };
         assert!(check_signatures(&both, &good).is_err());
 
         let off = SignaturePolicy::default();

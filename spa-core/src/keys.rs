@@ -57,7 +57,11 @@ pub struct GeneratedKeys {
 impl GeneratedKeys {
     /// `KEY_BASE64: …` / `HMAC_KEY_BASE64: …`, fwknop's --key-gen output.
     pub fn to_keygen_output(&self) -> String {
-        format!("KEY_BASE64: {}\nHMAC_KEY_BASE64: {}\n", self.key.to_base64(), self.hmac_key.to_base64())
+        format!(
+            "KEY_BASE64: {}\nHMAC_KEY_BASE64: {}\n",
+            self.key.to_base64(),
+            self.hmac_key.to_base64()
+        )
     }
 }
 

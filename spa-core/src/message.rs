@@ -73,7 +73,10 @@ impl MessageType {
     }
 
     pub fn is_local_nat(self) -> bool {
-        matches!(self, MessageType::LocalNatAccess | MessageType::ClientTimeoutLocalNatAccess)
+        matches!(
+            self,
+            MessageType::LocalNatAccess | MessageType::ClientTimeoutLocalNatAccess
+        )
     }
 
     /// The type a client sends for the given combination of options.
@@ -138,7 +141,10 @@ pub struct DecodedMessage {
 
 /// 16 decimal digits from 8 random bytes, as fwknop's rand_val.
 pub fn rand_val_from(random: [u8; 8]) -> String {
-    format!("{:016}", u64::from_le_bytes(random) % 10_000_000_000_000_000)
+    format!(
+        "{:016}",
+        u64::from_le_bytes(random) % 10_000_000_000_000_000
+    )
 }
 
 pub fn validate_username(user: &str) -> Result<()> {
@@ -147,10 +153,18 @@ pub fn validate_username(user: &str) -> Result<()> {
         return Err(SpaError::field("username", "empty"));
     }
     if user.len() > MAX_USERNAME_LEN {
-        return Err(SpaError::field("username", format!("longer than {MAX_USERNAME_LEN} bytes")));
+        return Err(SpaError::field(
+            "username",
+            format!("longer than {MAX_USERNAME_LEN} bytes"),
+        ));
     }
-    if let Some(c) = user.bytes().find(|&c| !c.is_ascii_alphanumeric() && (!(0x20..=0x7e).contains(&c) || FORBIDDEN.contains(&c))) {
-        return Err(SpaError::field("username", format!("character {:?} not allowed", c as char)));
+    if let Some(c) = user.bytes().find(|&c| {
+        !c.is_ascii_alphanumeric() && (!(0x20..=0x7e).contains(&c) || FORBIDDEN.contains(&c))
+    }) {
+        return Err(SpaError::field(
+            "username",
+            format!("character {:?} not allowed", c as char),
+        ));
     }
     Ok(())
 }
@@ -158,11 +172,15 @@ pub fn validate_username(user: &str) -> Result<()> {
 impl SpaMessage {
     /// Check every field against fwknop's limits.
     pub fn validate(&self) -> Result<()> {
-        if self.rand_val.len() != RAND_VAL_LEN || !self.rand_val.bytes().all(|b| b.is_ascii_digit()) {
+        if self.rand_val.len() != RAND_VAL_LEN || !self.rand_val.bytes().all(|b| b.is_ascii_digit())
+        {
             return Err(SpaError::field("rand_val", "must be 16 decimal digits"));
         }
         validate_username(&self.username)?;
-        if self.version.is_empty() || self.version.len() > MAX_VERSION_LEN || self.version.contains(':') {
+        if self.version.is_empty()
+            || self.version.len() > MAX_VERSION_LEN
+            || self.version.contains(':')
+        {
             return Err(SpaError::field("version", "1 to 8 characters, no ':'"));
         }
         if self.msg_type == MessageType::Command {
@@ -172,15 +190,40 @@ impl SpaMessage {
         }
         match (&self.nat_access, self.msg_type.has_nat()) {
             (Some(nat), true) => validate_nat_access(nat)?,
-            (None, true) => return Err(SpaError::field("nat_access", "required by the message type")),
-            (Some(_), false) => return Err(SpaError::field("nat_access", "not allowed for the message type")),
+            (None, true) => {
+                return Err(SpaError::field(
+                    "nat_access",
+                    "required by the message type",
+                ))
+            }
+            (Some(_), false) => {
+                return Err(SpaError::field(
+                    "nat_access",
+                    "not allowed for the message type",
+                ))
+            }
             (None, false) => {}
         }
         match (self.client_timeout, self.msg_type.has_client_timeout()) {
             (Some(t), true) if t <= MAX_CLIENT_TIMEOUT => {}
-            (Some(_), true) => return Err(SpaError::field("client_timeout", format!("at most {MAX_CLIENT_TIMEOUT}"))),
-            (None, true) => return Err(SpaError::field("client_timeout", "required by the message type")),
-            (Some(_), false) => return Err(SpaError::field("client_timeout", "not allowed for the message type")),
+            (Some(_), true) => {
+                return Err(SpaError::field(
+                    "client_timeout",
+                    format!("at most {MAX_CLIENT_TIMEOUT}"),
+                ))
+            }
+            (None, true) => {
+                return Err(SpaError::field(
+                    "client_timeout",
+                    "required by the message type",
+                ))
+            }
+            (Some(_), false) => {
+                return Err(SpaError::field(
+                    "client_timeout",
+                    "not allowed for the message type",
+                ))
+            }
             (None, false) => {}
         }
         if let Some(auth) = &self.server_auth {
@@ -203,7 +246,10 @@ impl SpaMessage {
             self.msg_type.number(),
             b64::encode_nopad(self.message.as_bytes())
         );
-        for (field, text) in [("nat_access", &self.nat_access), ("server_auth", &self.server_auth)] {
+        for (field, text) in [
+            ("nat_access", &self.nat_access),
+            ("server_auth", &self.server_auth),
+        ] {
             if let Some(text) = text {
                 let enc = b64::encode_nopad(text.as_bytes());
                 if enc.len() > MAX_MESSAGE_FIELD {
@@ -236,7 +282,10 @@ fn b64_text(field: &'static str, enc: &str, max: usize) -> Result<String> {
         return Err(SpaError::field(field, "missing"));
     }
     if enc.len() > max {
-        return Err(SpaError::field(field, format!("longer than {max} characters")));
+        return Err(SpaError::field(
+            field,
+            format!("longer than {max} characters"),
+        ));
     }
     let raw = b64::decode(enc).ok_or(SpaError::Base64(field))?;
     String::from_utf8(raw).map_err(|_| SpaError::field(field, "not valid text"))
@@ -250,7 +299,12 @@ fn verify_digest(encoded: &str, carried: &str) -> Result<DigestType> {
     candidates
         .iter()
         .copied()
-        .find(|d| ct_eq(d.digest_b64(encoded.as_bytes()).as_bytes(), carried.as_bytes()))
+        .find(|d| {
+            ct_eq(
+                d.digest_b64(encoded.as_bytes()).as_bytes(),
+                carried.as_bytes(),
+            )
+        })
         .ok_or(SpaError::DigestMismatch)
 }
 
@@ -271,7 +325,12 @@ pub fn decode_plaintext(pt: &[u8]) -> Result<DecodedMessage> {
     let digest_type = verify_digest(encoded, digest)?;
 
     let mut fields = encoded.split(':');
-    let mut next = |name: &'static str| fields.next().filter(|f| !f.is_empty()).ok_or(SpaError::field(name, "missing"));
+    let mut next = |name: &'static str| {
+        fields
+            .next()
+            .filter(|f| !f.is_empty())
+            .ok_or(SpaError::field(name, "missing"))
+    };
 
     let rand_val = next("rand_val")?;
     if rand_val.len() != RAND_VAL_LEN || !rand_val.bytes().all(|b| b.is_ascii_digit()) {
@@ -281,9 +340,14 @@ pub fn decode_plaintext(pt: &[u8]) -> Result<DecodedMessage> {
     validate_username(&username)?;
     let ts = next("timestamp")?;
     if ts.len() > MAX_TIMESTAMP_LEN || !ts.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(SpaError::field("timestamp", "must be up to 12 decimal digits"));
+        return Err(SpaError::field(
+            "timestamp",
+            "must be up to 12 decimal digits",
+        ));
     }
-    let timestamp: u64 = ts.parse().map_err(|_| SpaError::field("timestamp", "not a number"))?;
+    let timestamp: u64 = ts
+        .parse()
+        .map_err(|_| SpaError::field("timestamp", "not a number"))?;
     let version = next("version")?;
     if version.len() > MAX_VERSION_LEN {
         return Err(SpaError::field("version", "longer than 8 characters"));
@@ -322,16 +386,21 @@ pub fn decode_plaintext(pt: &[u8]) -> Result<DecodedMessage> {
         (true, []) => return Err(SpaError::field("client_timeout", "missing")),
         _ => return Err(SpaError::FieldCount(field_count)),
     };
-    let server_auth = server_auth.map(|a| b64_text("server_auth", a, MAX_MESSAGE_FIELD)).transpose()?;
+    let server_auth = server_auth
+        .map(|a| b64_text("server_auth", a, MAX_MESSAGE_FIELD))
+        .transpose()?;
     let client_timeout = timeout
         .map(|t| {
-            if t.is_empty() || t.len() > MAX_MESSAGE_FIELD || !t.bytes().all(|b| b.is_ascii_digit()) {
+            if t.is_empty() || t.len() > MAX_MESSAGE_FIELD || !t.bytes().all(|b| b.is_ascii_digit())
+            {
                 return Err(SpaError::field("client_timeout", "must be decimal digits"));
             }
             t.parse::<u32>()
                 .ok()
                 .filter(|&v| v <= MAX_CLIENT_TIMEOUT)
-                .ok_or_else(|| SpaError::field("client_timeout", format!("at most {MAX_CLIENT_TIMEOUT}")))
+                .ok_or_else(|| {
+                    SpaError::field("client_timeout", format!("at most {MAX_CLIENT_TIMEOUT}"))
+                })
         })
         .transpose()?;
 

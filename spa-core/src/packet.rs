@@ -38,21 +38,35 @@ pub struct PacketKeys<'a> {
 impl HmacKey<'_> {
     pub(crate) fn check(&self) -> Result<()> {
         if self.key.is_empty() || self.key.len() > MAX_HMAC_KEY_LEN {
-            return Err(SpaError::Key(format!("HMAC key must be 1..={MAX_HMAC_KEY_LEN} bytes, got {}", self.key.len())));
+            return Err(SpaError::Key(format!(
+                "HMAC key must be 1..={MAX_HMAC_KEY_LEN} bytes, got {}",
+                self.key.len()
+            )));
         }
         Ok(())
     }
 
     /// Unpadded base64 HMAC over `prefix ‖ body` without joining them.
     pub(crate) fn compute_b64(&self, prefix: &str, body: &str) -> String {
-        b64::encode_nopad(&self.digest.hmac(self.key, &[prefix.as_bytes(), body.as_bytes()]))
+        b64::encode_nopad(
+            &self
+                .digest
+                .hmac(self.key, &[prefix.as_bytes(), body.as_bytes()]),
+        )
     }
 }
 
 /// Build the wire form of `msg`. `salt` must be fresh random bytes.
-pub fn seal(msg: &SpaMessage, digest: DigestType, keys: &PacketKeys, salt: &[u8; 8]) -> Result<String> {
+pub fn seal(
+    msg: &SpaMessage,
+    digest: DigestType,
+    keys: &PacketKeys,
+    salt: &[u8; 8],
+) -> Result<String> {
     if keys.mode == EncryptionMode::Legacy && keys.hmac.is_some() {
-        return Err(SpaError::Unsupported("HMAC cannot be used with legacy encryption mode".into()));
+        return Err(SpaError::Unsupported(
+            "HMAC cannot be used with legacy encryption mode".into(),
+        ));
     }
     if let Some(h) = &keys.hmac {
         h.check()?;
@@ -60,13 +74,18 @@ pub fn seal(msg: &SpaMessage, digest: DigestType, keys: &PacketKeys, salt: &[u8;
     let plaintext = zeroize::Zeroizing::new(msg.to_plaintext(digest)?);
     let blob = cipher::encrypt(plaintext.as_bytes(), keys.key, keys.mode, salt)?;
     let full = b64::encode_nopad(&blob);
-    let body = full.strip_prefix(RIJNDAEL_PREFIX).expect("Salted__ always encodes to the prefix");
+    let body = full
+        .strip_prefix(RIJNDAEL_PREFIX)
+        .expect("Salted__ always encodes to the prefix");
     let mut wire = body.to_string();
     if let Some(h) = &keys.hmac {
         wire.push_str(&h.compute_b64(RIJNDAEL_PREFIX, body));
     }
     if wire.len() > MAX_WIRE_LEN {
-        return Err(SpaError::TooLong { len: wire.len(), max: MAX_WIRE_LEN });
+        return Err(SpaError::TooLong {
+            len: wire.len(),
+            max: MAX_WIRE_LEN,
+        });
     }
     Ok(wire)
 }
@@ -83,10 +102,16 @@ pub fn precheck_shape(wire: &[u8]) -> Result<()> {
         return Err(SpaError::Empty);
     }
     if wire.len() < MIN_WIRE_LEN {
-        return Err(SpaError::TooShort { len: wire.len(), min: MIN_WIRE_LEN });
+        return Err(SpaError::TooShort {
+            len: wire.len(),
+            min: MIN_WIRE_LEN,
+        });
     }
     if wire.len() > MAX_WIRE_LEN {
-        return Err(SpaError::TooLong { len: wire.len(), max: MAX_WIRE_LEN });
+        return Err(SpaError::TooLong {
+            len: wire.len(),
+            max: MAX_WIRE_LEN,
+        });
     }
     if wire.starts_with(RIJNDAEL_PREFIX.as_bytes()) {
         return Err(SpaError::SaltedPrefix);
@@ -113,7 +138,9 @@ pub fn looks_like_gpg(wire: &str) -> bool {
 pub fn plausible_rijndael_body(body_len: usize) -> bool {
     let full = RIJNDAEL_PREFIX.len() + body_len;
     let bytes = full * 3 / 4;
-    bytes >= 2 * cipher::BLOCK && bytes.is_multiple_of(cipher::BLOCK) && (4 * bytes).div_ceil(3) == full
+    bytes >= 2 * cipher::BLOCK
+        && bytes.is_multiple_of(cipher::BLOCK)
+        && (4 * bytes).div_ceil(3) == full
 }
 
 /// Verify the trailing HMAC in constant time; returns the ciphertext part.

@@ -36,7 +36,11 @@ impl FromStr for Proto {
         match s.to_ascii_lowercase().as_str() {
             "tcp" => Ok(Proto::Tcp),
             "udp" => Ok(Proto::Udp),
-            _ => Err(SpaError::UnknownName { kind: "protocol", value: s.to_string(), expected: "tcp, udp" }),
+            _ => Err(SpaError::UnknownName {
+                kind: "protocol",
+                value: s.to_string(),
+                expected: "tcp, udp",
+            }),
         }
     }
 }
@@ -56,7 +60,10 @@ impl fmt::Display for ProtoPort {
 
 fn parse_port(s: &str) -> Result<u16> {
     if s.is_empty() || s.len() > 5 || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(SpaError::field("port", format!("`{s}` is not a port number 1..65535")));
+        return Err(SpaError::field(
+            "port",
+            format!("`{s}` is not a port number 1..65535"),
+        ));
     }
     s.parse::<u16>()
         .ok()
@@ -67,10 +74,13 @@ fn parse_port(s: &str) -> Result<u16> {
 impl FromStr for ProtoPort {
     type Err = SpaError;
     fn from_str(s: &str) -> Result<Self> {
-        let (proto, port) = s
-            .split_once('/')
-            .ok_or_else(|| SpaError::field("access", format!("`{s}` is not proto/port, e.g. tcp/22")))?;
-        Ok(ProtoPort { proto: proto.parse()?, port: parse_port(port)? })
+        let (proto, port) = s.split_once('/').ok_or_else(|| {
+            SpaError::field("access", format!("`{s}` is not proto/port, e.g. tcp/22"))
+        })?;
+        Ok(ProtoPort {
+            proto: proto.parse()?,
+            port: parse_port(port)?,
+        })
     }
 }
 
@@ -80,14 +90,22 @@ pub fn parse_proto_ports(list: &str) -> Result<Vec<ProtoPort>> {
 }
 
 pub fn format_proto_ports(ports: &[ProtoPort]) -> String {
-    ports.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(",")
+    ports
+        .iter()
+        .map(|p| p.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn parse_allow_ip(s: &str) -> Result<Ipv4Addr> {
     if s.len() > 15 || !s.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
-        return Err(SpaError::field("allow_ip", format!("`{s}` is not an IPv4 address")));
+        return Err(SpaError::field(
+            "allow_ip",
+            format!("`{s}` is not an IPv4 address"),
+        ));
     }
-    s.parse().map_err(|_| SpaError::field("allow_ip", format!("`{s}` is not an IPv4 address")))
+    s.parse()
+        .map_err(|_| SpaError::field("allow_ip", format!("`{s}` is not an IPv4 address")))
 }
 
 /// `ALLOW_IP,proto/port[,proto/port…]`
@@ -136,7 +154,10 @@ impl CommandRequest {
         if cmd.is_empty() {
             return Err(SpaError::field("command", "empty"));
         }
-        Ok(CommandRequest { allow_ip, command: cmd.to_string() })
+        Ok(CommandRequest {
+            allow_ip,
+            command: cmd.to_string(),
+        })
     }
 }
 
@@ -155,10 +176,19 @@ impl NatTarget {
         if port.contains(',') {
             return Err(SpaError::field("nat_access", "exactly one comma expected"));
         }
-        if host.is_empty() || host.len() > MAX_HOSTNAME_LEN || host.contains([' ', '/', '?', '"', '\'', '\\']) {
-            return Err(SpaError::field("nat_access", format!("`{host}` is not a host name or address")));
+        if host.is_empty()
+            || host.len() > MAX_HOSTNAME_LEN
+            || host.contains([' ', '/', '?', '"', '\'', '\\'])
+        {
+            return Err(SpaError::field(
+                "nat_access",
+                format!("`{host}` is not a host name or address"),
+            ));
         }
-        Ok(NatTarget { host: host.to_string(), port: parse_port(port)? })
+        Ok(NatTarget {
+            host: host.to_string(),
+            port: parse_port(port)?,
+        })
     }
 }
 

@@ -17,7 +17,8 @@ fn msg_type() -> impl Strategy<Value = MessageType> {
 }
 
 fn ipv4() -> impl Strategy<Value = String> {
-    (any::<u8>(), any::<u8>(), any::<u8>(), any::<u8>()).prop_map(|(a, b, c, d)| format!("{a}.{b}.{c}.{d}"))
+    (any::<u8>(), any::<u8>(), any::<u8>(), any::<u8>())
+        .prop_map(|(a, b, c, d)| format!("{a}.{b}.{c}.{d}"))
 }
 
 fn message() -> impl Strategy<Value = SpaMessage> {
@@ -34,14 +35,21 @@ fn message() -> impl Strategy<Value = SpaMessage> {
         0u32..=65536,
     )
         .prop_map(|(t, rand, user, ts, ip, ports, cmd, nat, auth, timeout)| {
-            let ports: Vec<String> = ports.iter().map(|(tcp, p)| format!("{}/{p}", if *tcp { "tcp" } else { "udp" })).collect();
+            let ports: Vec<String> = ports
+                .iter()
+                .map(|(tcp, p)| format!("{}/{p}", if *tcp { "tcp" } else { "udp" }))
+                .collect();
             SpaMessage {
                 rand_val: format!("{rand:016}"),
                 username: user,
                 timestamp: ts,
                 version: "3.0.0".into(),
                 msg_type: t,
-                message: if t == MessageType::Command { format!("{ip},{cmd}") } else { format!("{ip},{}", ports.join(",")) },
+                message: if t == MessageType::Command {
+                    format!("{ip},{cmd}")
+                } else {
+                    format!("{ip},{}", ports.join(","))
+                },
                 nat_access: t.has_nat().then(|| format!("{},{}", nat.0, nat.1)),
                 server_auth: auth,
                 client_timeout: t.has_client_timeout().then_some(timeout),

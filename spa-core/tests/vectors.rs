@@ -17,7 +17,13 @@ fn read_tsv(name: &str) -> Vec<HashMap<String, String>> {
     let header: Vec<&str> = lines.next().expect("header").split('\t').collect();
     lines
         .filter(|l| !l.is_empty())
-        .map(|l| header.iter().map(|h| h.to_string()).zip(l.split('\t').map(str::to_string)).collect())
+        .map(|l| {
+            header
+                .iter()
+                .map(|h| h.to_string())
+                .zip(l.split('\t').map(str::to_string))
+                .collect()
+        })
         .collect()
 }
 
@@ -38,9 +44,16 @@ struct Row {
 fn row_keys(r: &HashMap<String, String>) -> Row {
     let hmac = match r["hmac_type"].as_str() {
         "none" | "" => None,
-        t => Some((t.parse().unwrap(), secret(&r["hmac_key"], &r["hmac_key_encoding"]))),
+        t => Some((
+            t.parse().unwrap(),
+            secret(&r["hmac_key"], &r["hmac_key_encoding"]),
+        )),
     };
-    Row { key: secret(&r["key"], &r["key_encoding"]), hmac, mode: r["enc_mode"].parse().unwrap() }
+    Row {
+        key: secret(&r["key"], &r["key_encoding"]),
+        hmac,
+        mode: r["enc_mode"].parse().unwrap(),
+    }
 }
 
 fn opt(s: &str) -> Option<String> {
@@ -53,7 +66,10 @@ fn check_row(r: &HashMap<String, String>) {
     let pk = PacketKeys {
         key: keys.key.bytes(),
         mode: keys.mode,
-        hmac: keys.hmac.as_ref().map(|(d, k)| HmacKey { digest: *d, key: k.bytes() }),
+        hmac: keys.hmac.as_ref().map(|(d, k)| HmacKey {
+            digest: *d,
+            key: k.bytes(),
+        }),
     };
     let d = packet::open(r["packet"].as_bytes(), &pk).unwrap_or_else(|e| panic!("{id}: {e}"));
     let m = &d.message;
@@ -61,11 +77,19 @@ fn check_row(r: &HashMap<String, String>) {
     assert_eq!(m.username, r["username"], "{id} username");
     assert_eq!(m.timestamp.to_string(), r["timestamp"], "{id} timestamp");
     assert_eq!(m.version, r["fko_version"], "{id} version");
-    assert_eq!(m.msg_type.number().to_string(), r["msg_type"], "{id} msg_type");
+    assert_eq!(
+        m.msg_type.number().to_string(),
+        r["msg_type"],
+        "{id} msg_type"
+    );
     assert_eq!(m.message, r["message"], "{id} message");
     assert_eq!(m.nat_access, opt(&r["nat_access"]), "{id} nat_access");
     assert_eq!(m.server_auth, opt(&r["server_auth"]), "{id} server_auth");
-    assert_eq!(m.client_timeout.unwrap_or(0).to_string(), r["client_timeout"], "{id} client_timeout");
+    assert_eq!(
+        m.client_timeout.unwrap_or(0).to_string(),
+        r["client_timeout"],
+        "{id} client_timeout"
+    );
     assert_eq!(d.digest, r["digest"], "{id} digest");
     assert_eq!(d.digest_type.name(), r["digest_type"], "{id} digest_type");
     if let Some(enc) = r.get("encoded_data") {
@@ -102,12 +126,60 @@ fn must_reject_lines_are_refused_by_every_receiver() {
     let testtest = Secret::from_passphrase("testtest");
     let fwknoptest = Secret::from_passphrase("fwknoptest");
     let receivers: Vec<(&str, PacketKeys)> = vec![
-        ("R1", PacketKeys { key: testtest.bytes(), mode: EncryptionMode::Legacy, hmac: None }),
-        ("R2", PacketKeys { key: testtest.bytes(), mode: EncryptionMode::Cbc, hmac: None }),
-        ("R3", PacketKeys { key: fwknoptest.bytes(), mode: EncryptionMode::Legacy, hmac: None }),
-        ("R4", PacketKeys { key: fwknoptest.bytes(), mode: EncryptionMode::Cbc, hmac: None }),
-        ("R5", PacketKeys { key: r5.0.bytes(), mode: EncryptionMode::Cbc, hmac: Some(HmacKey { digest: DigestType::Sha256, key: r5.1.bytes() }) }),
-        ("R6", PacketKeys { key: r6.0.bytes(), mode: EncryptionMode::Cbc, hmac: Some(HmacKey { digest: DigestType::Sha256, key: r6.1.bytes() }) }),
+        (
+            "R1",
+            PacketKeys {
+                key: testtest.bytes(),
+                mode: EncryptionMode::Legacy,
+                hmac: None,
+            },
+        ),
+        (
+            "R2",
+            PacketKeys {
+                key: testtest.bytes(),
+                mode: EncryptionMode::Cbc,
+                hmac: None,
+            },
+        ),
+        (
+            "R3",
+            PacketKeys {
+                key: fwknoptest.bytes(),
+                mode: EncryptionMode::Legacy,
+                hmac: None,
+            },
+        ),
+        (
+            "R4",
+            PacketKeys {
+                key: fwknoptest.bytes(),
+                mode: EncryptionMode::Cbc,
+                hmac: None,
+            },
+        ),
+        (
+            "R5",
+            PacketKeys {
+                key: r5.0.bytes(),
+                mode: EncryptionMode::Cbc,
+                hmac: Some(HmacKey {
+                    digest: DigestType::Sha256,
+                    key: r5.1.bytes(),
+                }),
+            },
+        ),
+        (
+            "R6",
+            PacketKeys {
+                key: r6.0.bytes(),
+                mode: EncryptionMode::Cbc,
+                hmac: Some(HmacKey {
+                    digest: DigestType::Sha256,
+                    key: r6.1.bytes(),
+                }),
+            },
+        ),
     ];
     let text = std::fs::read(vectors_dir().join("must-reject.txt")).unwrap();
     let lines: Vec<&[u8]> = text.split(|&b| b == b'\n').collect();
@@ -117,9 +189,18 @@ fn must_reject_lines_are_refused_by_every_receiver() {
     for (i, line) in lines.iter().enumerate() {
         for (name, keys) in &receivers {
             if let Ok(d) = packet::open(line, keys) {
-                accepted.push(format!("line {} accepted by {name}: {:?}", i + 1, d.message));
+                accepted.push(format!(
+                    "line {} accepted by {name}: {:?}",
+                    i + 1,
+                    d.message
+                ));
             }
         }
     }
-    assert!(accepted.is_empty(), "{} accepted:\n{}", accepted.len(), accepted.join("\n"));
+    assert!(
+        accepted.is_empty(),
+        "{} accepted:\n{}",
+        accepted.len(),
+        accepted.join("\n")
+    );
 }

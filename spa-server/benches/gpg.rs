@@ -21,7 +21,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 fn msg(i: u64) -> SpaMessage {
@@ -51,17 +54,37 @@ fn setup(server_bits: u32) -> Setup {
     server.gen_key("server", None, server_bits).unwrap();
     client.import_trusted(&server, "server").unwrap();
     server.import_trusted(&client, "client").unwrap();
-    Setup { client, server, client_id: c.short_id }
+    Setup {
+        client,
+        server,
+        client_id: c.short_id,
+    }
 }
 
 fn engine(home: &GpgHome) -> Gpgme {
-    Gpgme::new(&GpgOptions { home_dir: Some(home.path.clone()), ..Default::default() }).unwrap()
+    Gpgme::new(&GpgOptions {
+        home_dir: Some(home.path.clone()),
+        ..Default::default()
+    })
+    .unwrap()
 }
 
 /// `n` distinct signed packets (wire form, no HMAC).
 fn packets(s: &Setup, n: u64) -> Vec<String> {
     let mut e = engine(&s.client);
-    (0..n).map(|i| gpg::seal(&msg(i), DigestType::Sha256, &mut e, "server", Some(&s.client_id), None).unwrap()).collect()
+    (0..n)
+        .map(|i| {
+            gpg::seal(
+                &msg(i),
+                DigestType::Sha256,
+                &mut e,
+                "server",
+                Some(&s.client_id),
+                None,
+            )
+            .unwrap()
+        })
+        .collect()
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -94,7 +117,10 @@ fn single_decrypt(s: &Setup, bits: u32, n: u64) {
 async fn pool_throughput(s: &Setup, n: u64) {
     let wires = packets(s, n);
     let pool = GpgPool::start(default_workers(), wires.len()).unwrap();
-    let key = EngineKey { home_dir: Some(s.server.path.clone()), exe: None };
+    let key = EngineKey {
+        home_dir: Some(s.server.path.clone()),
+        exe: None,
+    };
     // Warm the contexts (and gpg-agent) first.
     let warm = gpg::openpgp_data(&wires[0]).unwrap();
     for _ in 0..pool.workers() {
@@ -160,9 +186,16 @@ async fn server_at_rate(s: &Setup, wires: &[String], rate: u32, secs: u32) -> (u
     stanza.gpg_home_dir = Some(s.server.path.clone());
     stanza.gpg_allow_no_pw = true;
     stanza.gpg_remote_id = vec![s.client_id.clone()];
-    let cfg = ServerConfig { capture: vec![CaptureConfig::Udp { listen: udp }], replay: ReplayConfig::Memory, access: vec![stanza], ..ServerConfig::default() };
+    let cfg = ServerConfig {
+        capture: vec![CaptureConfig::Udp { listen: udp }],
+        replay: ReplayConfig::Memory,
+        access: vec![stanza],
+        ..ServerConfig::default()
+    };
     let granted = Counter::default();
-    let running = spa_server::daemon::start_with_backends(cfg, vec![Box::new(granted.clone())]).await.unwrap();
+    let running = spa_server::daemon::start_with_backends(cfg, vec![Box::new(granted.clone())])
+        .await
+        .unwrap();
     let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
     let total = (rate * secs) as usize;
     let start = Instant::now();
@@ -190,8 +223,21 @@ async fn server_at_rate(s: &Setup, wires: &[String], rate: u32, secs: u32) -> (u
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let gpg = std::process::Command::new("gpg").arg("--version").output().map(|o| String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").to_string()).unwrap_or_default();
-    println!("GPG knock costs ({gpg}, {} CPUs)", std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let gpg = std::process::Command::new("gpg")
+        .arg("--version")
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string()
+        })
+        .unwrap_or_default();
+    println!(
+        "GPG knock costs ({gpg}, {} CPUs)",
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
     for bits in [2048, 3072] {
         let s = setup(bits);
         single_decrypt(&s, bits, 40);

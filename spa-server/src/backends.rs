@@ -96,7 +96,13 @@ pub fn build(cfg: &ActionConfig, server: &ServerSection) -> anyhow::Result<Box<d
 }
 
 /// `auto` on BSD and macOS: pf, then ipfw.
-#[cfg(any(target_os = "freebsd", target_os = "openbsd", target_os = "netbsd", target_os = "dragonfly", target_os = "macos"))]
+#[cfg(any(
+    target_os = "freebsd",
+    target_os = "openbsd",
+    target_os = "netbsd",
+    target_os = "dragonfly",
+    target_os = "macos"
+))]
 pub fn detect() -> anyhow::Result<String> {
     let choice = if find_program("pfctl").is_some() {
         "pf"
@@ -110,7 +116,13 @@ pub fn detect() -> anyhow::Result<String> {
 }
 
 /// `auto` on Linux: nftables, then firewalld if it runs, then iptables.
-#[cfg(not(any(target_os = "freebsd", target_os = "openbsd", target_os = "netbsd", target_os = "dragonfly", target_os = "macos")))]
+#[cfg(not(any(
+    target_os = "freebsd",
+    target_os = "openbsd",
+    target_os = "netbsd",
+    target_os = "dragonfly",
+    target_os = "macos"
+)))]
 pub fn detect() -> anyhow::Result<String> {
     let choice = if find_program("nft").is_some() {
         "nftables"
@@ -173,21 +185,40 @@ mod tests {
     use super::*;
 
     fn action(kind: &str) -> ActionConfig {
-        ActionConfig { kind: kind.into(), settings: Default::default() }
+        ActionConfig {
+            kind: kind.into(),
+            settings: Default::default(),
+        }
     }
 
     fn server() -> ServerSection {
-        ServerSection { run_dir: "/nonexistent".into(), ..ServerSection::default() }
+        ServerSection {
+            run_dir: "/nonexistent".into(),
+            ..ServerSection::default()
+        }
     }
 
     fn build_err(kind: &str) -> String {
-        build(&action(kind), &server()).err().map(|e| e.to_string()).unwrap_or_default()
+        build(&action(kind), &server())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
     }
 
     #[test]
     fn a_backend_left_out_of_the_build_names_its_feature() {
-        assert_eq!(feature_missing("pf"), "backend `pf` requires the `pf` feature, which this posternd was built without");
-        if cfg!(all(feature = "nftables", feature = "iptables", feature = "firewalld", feature = "pf", feature = "ipfw", feature = "plugin")) {
+        assert_eq!(
+            feature_missing("pf"),
+            "backend `pf` requires the `pf` feature, which this posternd was built without"
+        );
+        if cfg!(all(
+            feature = "nftables",
+            feature = "iptables",
+            feature = "firewalld",
+            feature = "pf",
+            feature = "ipfw",
+            feature = "plugin"
+        )) {
             for kind in ["nftables", "iptables", "firewalld", "pf", "ipfw", "plugin"] {
                 assert!(compiled_in(kind), "{kind}");
             }
@@ -199,14 +230,20 @@ mod tests {
     fn bsd_backends_on_linux_say_their_tool_is_missing() {
         for (kind, tool) in [("pf", "pfctl"), ("ipfw", "ipfw")] {
             let err = build_err(kind);
-            assert!(err.contains(tool) && err.contains("missing"), "{kind}: {err}");
+            assert!(
+                err.contains(tool) && err.contains("missing"),
+                "{kind}: {err}"
+            );
         }
     }
 
     #[test]
     fn an_unknown_backend_lists_the_known_ones() {
         let err = build_err("carrier-pigeon");
-        assert!(err.contains("unknown action backend `carrier-pigeon`") && err.contains("nftables"), "{err}");
+        assert!(
+            err.contains("unknown action backend `carrier-pigeon`") && err.contains("nftables"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -214,6 +251,9 @@ mod tests {
         let mut a = action("nftables");
         a.settings.insert("tabel".into(), "x".into());
         let err = build(&a, &server()).err().unwrap().to_string();
-        assert!(err.starts_with("action `nftables`:") && err.contains("tabel"), "{err}");
+        assert!(
+            err.starts_with("action `nftables`:") && err.contains("tabel"),
+            "{err}"
+        );
     }
 }

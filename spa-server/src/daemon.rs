@@ -21,7 +21,10 @@ const PRUNE_EVERY: Duration = Duration::from_secs(60);
 pub fn open_replay_store(cfg: &ServerConfig) -> anyhow::Result<Arc<dyn ReplayStore>> {
     Ok(match &cfg.replay {
         ReplayConfig::Memory => Arc::new(MemoryStore::default()),
-        ReplayConfig::File { path, import_fwknop } => {
+        ReplayConfig::File {
+            path,
+            import_fwknop,
+        } => {
             let path = path
                 .clone()
                 .unwrap_or_else(|| cfg.server.run_dir.join("replay.redb"));
@@ -30,7 +33,10 @@ pub fn open_replay_store(cfg: &ServerConfig) -> anyhow::Result<Arc<dyn ReplaySto
                 None => Vec::new(),
             };
             if !imported.is_empty() {
-                tracing::info!("replay cache: imported {} digests from fwknopd", imported.len());
+                tracing::info!(
+                    "replay cache: imported {} digests from fwknopd",
+                    imported.len()
+                );
             }
             Arc::new(FileStore::open_with(&path, &imported)?)
         }
@@ -61,7 +67,10 @@ pub fn init_backends(cfg: &ServerConfig) -> anyhow::Result<Vec<Box<dyn Firewall>
 
 /// GPG stanzas without GPG_HOME_DIR / GPG_EXE get the server-wide ones
 /// (fwknopd.conf `GPG_HOME_DIR` / `GPG_EXE`, `--gpg-home-dir` / `--gpg-exe`).
-pub fn apply_gpg_defaults(stanzas: &mut [crate::config::AccessStanza], server: &crate::config::ServerSection) {
+pub fn apply_gpg_defaults(
+    stanzas: &mut [crate::config::AccessStanza],
+    server: &crate::config::ServerSection,
+) {
     for s in stanzas.iter_mut().filter(|s| s.uses_gpg()) {
         if s.gpg_home_dir.is_none() {
             s.gpg_home_dir.clone_from(&server.gpg_home_dir);
@@ -125,7 +134,8 @@ pub async fn start_with_backends(
         .spawn(rx, shutdown.clone());
     // GPG decryption runs on its own threads (gpgme is slow and not Send); the pool
     // is always there so a SIGHUP may add GPG stanzas.
-    let gpg_pool = crate::gpg::GpgPool::start(crate::gpg::default_workers(), crate::gpg::DEFAULT_QUEUE)?;
+    let gpg_pool =
+        crate::gpg::GpgPool::start(crate::gpg::default_workers(), crate::gpg::DEFAULT_QUEUE)?;
     if cfg.access.iter().any(|s| s.uses_gpg()) {
         tracing::info!(
             "GPG: {} decryption workers, queue of {}",
@@ -249,9 +259,18 @@ mod tests {
         let rijndael = AccessStanza::new(AddrList::Any);
         let mut stanzas = vec![own, inherits, rijndael];
         apply_gpg_defaults(&mut stanzas, &server);
-        assert_eq!(stanzas[0].gpg_home_dir.as_deref(), Some(std::path::Path::new("/own/gnupg")));
-        assert_eq!(stanzas[0].gpg_exe.as_deref(), Some(std::path::Path::new("/usr/bin/gpg")));
-        assert_eq!(stanzas[1].gpg_home_dir.as_deref(), Some(std::path::Path::new("/srv/gnupg")));
+        assert_eq!(
+            stanzas[0].gpg_home_dir.as_deref(),
+            Some(std::path::Path::new("/own/gnupg"))
+        );
+        assert_eq!(
+            stanzas[0].gpg_exe.as_deref(),
+            Some(std::path::Path::new("/usr/bin/gpg"))
+        );
+        assert_eq!(
+            stanzas[1].gpg_home_dir.as_deref(),
+            Some(std::path::Path::new("/srv/gnupg"))
+        );
         assert!(stanzas[2].gpg_home_dir.is_none());
     }
 }

@@ -52,7 +52,9 @@ pub const DEFAULT_QUEUE: usize = 64;
 
 /// Default number of workers: the CPUs, at most 4 (each decryption is a gpg process).
 pub fn default_workers() -> usize {
-    std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 4)
+    std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .clamp(1, 4)
 }
 
 /// Which gpgme context a job needs.
@@ -64,7 +66,10 @@ pub struct EngineKey {
 
 impl EngineKey {
     pub fn of(stanza: &AccessStanza) -> Self {
-        EngineKey { home_dir: stanza.gpg_home_dir.clone(), exe: stanza.gpg_exe.clone() }
+        EngineKey {
+            home_dir: stanza.gpg_home_dir.clone(),
+            exe: stanza.gpg_exe.clone(),
+        }
     }
 }
 
@@ -128,7 +133,11 @@ impl Workers {
             if left.is_zero() {
                 return false;
             }
-            live = self.stopped.wait_timeout(live, left).unwrap_or_else(|p| p.into_inner()).0;
+            live = self
+                .stopped
+                .wait_timeout(live, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
         }
         true
     }
@@ -167,14 +176,22 @@ impl GpgPool {
             let stats = stats.clone();
             *live.live.lock().unwrap_or_else(|p| p.into_inner()) += 1;
             let alive = Alive(live.clone());
-            let spawned = std::thread::Builder::new().name(format!("gpg-{i}")).spawn(move || {
-                let stop = &alive.0.stop;
-                worker(&rx, &stats, stop);
-                drop(alive);
-            });
+            let spawned = std::thread::Builder::new()
+                .name(format!("gpg-{i}"))
+                .spawn(move || {
+                    let stop = &alive.0.stop;
+                    worker(&rx, &stats, stop);
+                    drop(alive);
+                });
             spawned?;
         }
-        Ok(Arc::new(GpgPool { tx, workers, queue, live, stats }))
+        Ok(Arc::new(GpgPool {
+            tx,
+            workers,
+            queue,
+            live,
+            stats,
+        }))
     }
 
     /// The worker threads' liveness, to wait for them at shutdown.
@@ -191,9 +208,19 @@ impl GpgPool {
     }
 
     /// Queue `data` for decryption with `engine`'s keyring; never waits for room.
-    pub async fn decrypt(&self, data: Vec<u8>, engine: EngineKey, passphrase: Option<Secret>) -> Result<Decrypted, PoolError> {
+    pub async fn decrypt(
+        &self,
+        data: Vec<u8>,
+        engine: EngineKey,
+        passphrase: Option<Secret>,
+    ) -> Result<Decrypted, PoolError> {
         let (reply, result) = oneshot::channel();
-        match self.tx.try_send(Job { data, engine, passphrase, reply }) {
+        match self.tx.try_send(Job {
+            data,
+            engine,
+            passphrase,
+            reply,
+        }) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
                 self.stats.dropped.fetch_add(1, Ordering::Relaxed);
@@ -227,7 +254,8 @@ fn worker(rx: &Mutex<Receiver<Job>>, stats: &PoolStats, stop: &AtomicBool) {
         if job.reply.is_closed() || stop.load(Ordering::SeqCst) {
             continue;
         }
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_job(&mut engines, &job)));
+        let outcome =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_job(&mut engines, &job)));
         let result = match outcome {
             Ok(r) => r,
             Err(_) => {
@@ -236,7 +264,11 @@ fn worker(rx: &Mutex<Receiver<Job>>, stats: &PoolStats, stop: &AtomicBool) {
                 Err(GpgError::engine("GPG worker panicked"))
             }
         };
-        let counter = if result.is_ok() { &stats.decrypted } else { &stats.failed };
+        let counter = if result.is_ok() {
+            &stats.decrypted
+        } else {
+            &stats.failed
+        };
         counter.fetch_add(1, Ordering::Relaxed);
         let _ = job.reply.send(result);
     }
@@ -244,7 +276,11 @@ fn worker(rx: &Mutex<Receiver<Job>>, stats: &PoolStats, stop: &AtomicBool) {
 
 fn run_job(engines: &mut HashMap<EngineKey, Gpgme>, job: &Job) -> Result<Decrypted, GpgError> {
     if !engines.contains_key(&job.engine) {
-        let opts = GpgOptions { home_dir: job.engine.home_dir.clone(), exe: job.engine.exe.clone(), ..Default::default() };
+        let opts = GpgOptions {
+            home_dir: job.engine.home_dir.clone(),
+            exe: job.engine.exe.clone(),
+            ..Default::default()
+        };
         engines.insert(job.engine.clone(), Gpgme::new(&opts)?);
     }
     let engine = engines.get_mut(&job.engine).expect("just inserted");
@@ -288,7 +324,9 @@ pub async fn decrypt_for_stanzas(
         let stanza = &stanzas[index];
         let engine = EngineKey::of(stanza);
         let pass = stanza.gpg_decrypt_pw.clone();
-        let earlier = tried.iter().position(|(len, e, p, _)| *len == body_len && *e == engine && *p == pass);
+        let earlier = tried
+            .iter()
+            .position(|(len, e, p, _)| *len == body_len && *e == engine && *p == pass);
         let pos = match earlier {
             Some(pos) => pos,
             None => {
@@ -320,7 +358,11 @@ pub async fn decrypt_for_stanzas(
         };
         match check_signatures(&stanza.gpg_signature_policy(), &decrypted.signatures) {
             Ok(sig) => {
-                return Ok(Accepted { stanza: index, decoded, signer: sig.map(|s| s.fingerprint.clone()) });
+                return Ok(Accepted {
+                    stanza: index,
+                    decoded,
+                    signer: sig.map(|s| s.fingerprint.clone()),
+                });
             }
             Err(denial) => last = format!("{}: {denial}", stanza.describe()),
         }

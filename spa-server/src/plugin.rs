@@ -61,7 +61,11 @@ struct WireOpening {
 
 impl From<&Rule> for WireRule {
     fn from(r: &Rule) -> Self {
-        WireRule { source: r.source, proto: r.proto.name().into(), port: r.port }
+        WireRule {
+            source: r.source,
+            proto: r.proto.name().into(),
+            port: r.port,
+        }
     }
 }
 
@@ -83,15 +87,21 @@ pub struct PluginBackend {
 unsafe impl Send for PluginBackend {}
 
 fn plugin_error(path: &Path, message: impl std::fmt::Display) -> FirewallError {
-    FirewallError::Other { backend: "plugin", message: format!("{}: {message}", path.display()) }
+    FirewallError::Other {
+        backend: "plugin",
+        message: format!("{}: {message}", path.display()),
+    }
 }
 
 /// # Safety
 /// Loading a library runs its initialisers; only load trusted plugins.
 unsafe fn symbol<T: Copy>(lib: &Library, path: &Path, name: &str) -> FwResult<T> {
-    let s: Symbol<T> = lib
-        .get(name.as_bytes())
-        .map_err(|_| plugin_error(path, format!("not a postern plugin: symbol `{name}` is missing")))?;
+    let s: Symbol<T> = lib.get(name.as_bytes()).map_err(|_| {
+        plugin_error(
+            path,
+            format!("not a postern plugin: symbol `{name}` is missing"),
+        )
+    })?;
     Ok(*s)
 }
 
@@ -104,12 +114,17 @@ impl PluginBackend {
     pub fn load(config: &PluginConfig) -> FwResult<Self> {
         let path = config.path.clone();
         if !path.exists() {
-            return Err(FirewallError::Missing { backend: "plugin", what: path.display().to_string(), hint: "check `path` of the plugin action".into() });
+            return Err(FirewallError::Missing {
+                backend: "plugin",
+                what: path.display().to_string(),
+                hint: "check `path` of the plugin action".into(),
+            });
         }
         // SAFETY: loading the configured plugin is the point; symbols are
         // checked by name and the version is verified before any other call.
         unsafe {
-            let lib = Library::new(&path).map_err(|e| plugin_error(&path, format!("cannot load: {e}")))?;
+            let lib = Library::new(&path)
+                .map_err(|e| plugin_error(&path, format!("cannot load: {e}")))?;
             let version: VersionFn = symbol(&lib, &path, "postern_plugin_abi_version")?;
             let found = version();
             if found != POSTERN_PLUGIN_ABI_VERSION {
@@ -120,17 +135,37 @@ impl PluginBackend {
             }
             let init: InitFn = symbol(&lib, &path, "postern_plugin_init")?;
             let flags: FlagsFn = symbol(&lib, &path, "postern_plugin_flags")?;
-            let (grant, revoke) = (symbol(&lib, &path, "postern_plugin_grant")?, symbol(&lib, &path, "postern_plugin_revoke")?);
-            let (list, flush) = (symbol(&lib, &path, "postern_plugin_list")?, symbol(&lib, &path, "postern_plugin_flush")?);
+            let (grant, revoke) = (
+                symbol(&lib, &path, "postern_plugin_grant")?,
+                symbol(&lib, &path, "postern_plugin_revoke")?,
+            );
+            let (list, flush) = (
+                symbol(&lib, &path, "postern_plugin_list")?,
+                symbol(&lib, &path, "postern_plugin_flush")?,
+            );
             let shutdown: ShutdownFn = symbol(&lib, &path, "postern_plugin_shutdown")?;
-            let cfg = CString::new(config.config.to_string()).map_err(|e| plugin_error(&path, e))?;
+            let cfg =
+                CString::new(config.config.to_string()).map_err(|e| plugin_error(&path, e))?;
             let mut err = [0u8; ERR_LEN];
             let state = init(cfg.as_ptr(), err.as_mut_ptr() as *mut c_char, ERR_LEN);
             if state.is_null() {
-                return Err(plugin_error(&path, format!("init failed: {}", err_text(&err))));
+                return Err(plugin_error(
+                    &path,
+                    format!("init failed: {}", err_text(&err)),
+                ));
             }
             let expires_itself = flags(state) & EXPIRES_ITSELF != 0;
-            Ok(PluginBackend { path, state, expires_itself, grant, revoke, list, flush, shutdown, _library: lib })
+            Ok(PluginBackend {
+                path,
+                state,
+                expires_itself,
+                grant,
+                revoke,
+                list,
+                flush,
+                shutdown,
+                _library: lib,
+            })
         }
     }
 
@@ -138,7 +173,14 @@ impl PluginBackend {
         let json = CString::new(json).map_err(|e| plugin_error(&self.path, e))?;
         let mut err = [0u8; ERR_LEN];
         // SAFETY: state is live; buffers are valid for the lengths given.
-        let rc = unsafe { f(self.state, json.as_ptr(), err.as_mut_ptr() as *mut c_char, ERR_LEN) };
+        let rc = unsafe {
+            f(
+                self.state,
+                json.as_ptr(),
+                err.as_mut_ptr() as *mut c_char,
+                ERR_LEN,
+            )
+        };
         if rc == 0 {
             Ok(())
         } else {
@@ -161,9 +203,16 @@ impl Firewall for PluginBackend {
             .iter()
             .map(|o| {
                 if o.rule.nat.is_some() {
-                    return Err(FirewallError::Unsupported { backend: "plugin", what: "NAT".into() });
+                    return Err(FirewallError::Unsupported {
+                        backend: "plugin",
+                        what: "NAT".into(),
+                    });
                 }
-                Ok(WireOpening { rule: (&o.rule).into(), timeout_secs: o.timeout_secs, expires_at: o.expires_at })
+                Ok(WireOpening {
+                    rule: (&o.rule).into(),
+                    timeout_secs: o.timeout_secs,
+                    expires_at: o.expires_at,
+                })
             })
             .collect::<FwResult<_>>()?;
         let json = serde_json::to_string(&wire).expect("plain data");
@@ -172,7 +221,10 @@ impl Firewall for PluginBackend {
 
     fn revoke(&mut self, rules: &[Rule]) -> FwResult<()> {
         let wire: Vec<WireRule> = rules.iter().map(WireRule::from).collect();
-        self.call_json(self.revoke, serde_json::to_string(&wire).expect("plain data"))
+        self.call_json(
+            self.revoke,
+            serde_json::to_string(&wire).expect("plain data"),
+        )
     }
 
     fn list(&mut self) -> FwResult<Vec<Opening>> {
@@ -180,20 +232,40 @@ impl Firewall for PluginBackend {
         loop {
             let mut err = [0u8; ERR_LEN];
             // SAFETY: state is live; buffers are valid for the lengths given.
-            let rc = unsafe { (self.list)(self.state, out.as_mut_ptr() as *mut c_char, out.len(), err.as_mut_ptr() as *mut c_char, ERR_LEN) };
+            let rc = unsafe {
+                (self.list)(
+                    self.state,
+                    out.as_mut_ptr() as *mut c_char,
+                    out.len(),
+                    err.as_mut_ptr() as *mut c_char,
+                    ERR_LEN,
+                )
+            };
             match rc {
                 0 => break,
-                n if n < 0 && (n.unsigned_abs() as usize) > out.len() => out.resize(n.unsigned_abs() as usize, 0),
+                n if n < 0 && (n.unsigned_abs() as usize) > out.len() => {
+                    out.resize(n.unsigned_abs() as usize, 0)
+                }
                 _ => return Err(plugin_error(&self.path, err_text(&err))),
             }
         }
         let text = err_text(&out);
-        let wire: Vec<WireOpening> = serde_json::from_str(&text).map_err(|e| plugin_error(&self.path, format!("list returned bad JSON: {e}")))?;
+        let wire: Vec<WireOpening> = serde_json::from_str(&text)
+            .map_err(|e| plugin_error(&self.path, format!("list returned bad JSON: {e}")))?;
         wire.into_iter()
             .map(|w| {
-                let proto: Proto = w.rule.proto.parse().map_err(|e| plugin_error(&self.path, e))?;
+                let proto: Proto = w
+                    .rule
+                    .proto
+                    .parse()
+                    .map_err(|e| plugin_error(&self.path, e))?;
                 Ok(Opening {
-                    rule: Rule { source: w.rule.source, proto, port: w.rule.port, nat: None },
+                    rule: Rule {
+                        source: w.rule.source,
+                        proto,
+                        port: w.rule.port,
+                        nat: None,
+                    },
                     timeout_secs: w.timeout_secs,
                     expires_at: w.expires_at,
                 })

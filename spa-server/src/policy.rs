@@ -64,7 +64,10 @@ impl fmt::Display for Denial {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum GrantKind {
     /// Open `ports` for the source; with `nat`, the first port is forwarded.
-    Access { ports: Vec<ProtoPort>, nat: Option<NatRule> },
+    Access {
+        ports: Vec<ProtoPort>,
+        nat: Option<NatRule>,
+    },
     /// Run a command (message type 0) as `user`.
     Command {
         command: String,
@@ -118,7 +121,11 @@ impl Grant {
             return Vec::new();
         };
         // Like fwknopd, a NAT grant forwards the first requested port only.
-        let ports = if nat.is_some() { &ports[..1] } else { &ports[..] };
+        let ports = if nat.is_some() {
+            &ports[..1]
+        } else {
+            &ports[..]
+        };
         ports
             .iter()
             .map(|p| spa_core::firewall::Opening {
@@ -143,7 +150,14 @@ impl fmt::Display for Grant {
                 "{} -> {}{} for {} s (user {}, stanza #{})",
                 self.source,
                 spa_core::request::format_proto_ports(ports),
-                nat.as_ref().map(|n| format!(" (NAT to {}:{}{})", n.to_addr, n.to_port, if n.local { ", local" } else { "" })).unwrap_or_default(),
+                nat.as_ref()
+                    .map(|n| format!(
+                        " (NAT to {}:{}{})",
+                        n.to_addr,
+                        n.to_port,
+                        if n.local { ", local" } else { "" }
+                    ))
+                    .unwrap_or_default(),
                 self.timeout_secs,
                 self.username,
                 self.stanza + 1
@@ -268,14 +282,21 @@ pub fn evaluate(settings: &PolicySettings, req: &Request) -> Result<Grant, Denia
 }
 
 /// The forwarding a request asks for (or its stanza forces), if allowed.
-fn nat_rule(settings: &PolicySettings, stanza: &AccessStanza, msg: &SpaMessage) -> Result<Option<NatRule>, Denial> {
+fn nat_rule(
+    settings: &PolicySettings,
+    stanza: &AccessStanza,
+    msg: &SpaMessage,
+) -> Result<Option<NatRule>, Denial> {
     let local = msg.msg_type.is_local_nat();
     let (to_addr, to_port) = if let Some(forced) = &stanza.force_nat {
         (forced.addr, forced.port)
     } else if msg.msg_type.has_nat() {
         let text = msg.nat_access.as_deref().unwrap_or("");
         let target = NatTarget::parse(text).map_err(|e| Denial::BadMessage(e.to_string()))?;
-        let addr = target.host.parse().map_err(|_| Denial::NatHostname(target.host.clone()))?;
+        let addr = target
+            .host
+            .parse()
+            .map_err(|_| Denial::NatHostname(target.host.clone()))?;
         (addr, target.port)
     } else {
         return Ok(None);
@@ -291,7 +312,13 @@ fn nat_rule(settings: &PolicySettings, stanza: &AccessStanza, msg: &SpaMessage) 
         (None, true) => Some(Snat::Masquerade),
         (None, false) => settings.nat.snat.clone().map(|s| s.0),
     };
-    Ok(Some(NatRule { to_addr, to_port, local, snat: if local { None } else { snat }, dnat: !stanza.disable_dnat }))
+    Ok(Some(NatRule {
+        to_addr,
+        to_port,
+        local,
+        snat: if local { None } else { snat },
+        dnat: !stanza.disable_dnat,
+    }))
 }
 
 #[cfg(test)]
@@ -320,14 +347,22 @@ mod tests {
     }
 
     fn settings() -> PolicySettings {
-        PolicySettings { max_packet_age: 120, packet_aging: true, nat: Default::default() }
+        PolicySettings {
+            max_packet_age: 120,
+            packet_aging: true,
+            nat: Default::default(),
+        }
     }
 
     fn eval(s: &AccessStanza, m: &SpaMessage) -> Result<Grant, Denial> {
         eval_with(&settings(), s, m)
     }
 
-    fn eval_with(settings: &PolicySettings, s: &AccessStanza, m: &SpaMessage) -> Result<Grant, Denial> {
+    fn eval_with(
+        settings: &PolicySettings,
+        s: &AccessStanza,
+        m: &SpaMessage,
+    ) -> Result<Grant, Denial> {
         evaluate(
             settings,
             &Request {
@@ -426,23 +461,46 @@ mod tests {
         assert_eq!(o.len(), 1, "NAT forwards the first port only");
         assert_eq!(o[0].rule.port, 2222);
         let nat = o[0].rule.nat.clone().unwrap();
-        assert_eq!((nat.to_addr.to_string(), nat.to_port, nat.local, nat.snat, nat.dnat), ("192.168.1.2".into(), 22, false, None, true));
+        assert_eq!(
+            (
+                nat.to_addr.to_string(),
+                nat.to_port,
+                nat.local,
+                nat.snat,
+                nat.dnat
+            ),
+            ("192.168.1.2".into(), 22, false, None, true)
+        );
 
         let mut masq = stanza();
         masq.force_masquerade = true;
         masq.disable_dnat = true;
-        let nat = eval_with(&on, &masq, &m).unwrap().openings(1000)[0].rule.nat.clone().unwrap();
+        let nat = eval_with(&on, &masq, &m).unwrap().openings(1000)[0]
+            .rule
+            .nat
+            .clone()
+            .unwrap();
         assert_eq!((nat.snat, nat.dnat), (Some(Snat::Masquerade), false));
 
         let mut local = msg(MessageType::LocalNatAccess, "10.0.0.5,tcp/55000", 1000);
         local.nat_access = Some("10.0.0.1,22".into());
-        assert_eq!(eval_with(&on, &stanza(), &local), Err(Denial::LocalNatDisabled));
+        assert_eq!(
+            eval_with(&on, &stanza(), &local),
+            Err(Denial::LocalNatDisabled)
+        );
         on.nat.local = true;
-        let nat = eval_with(&on, &stanza(), &local).unwrap().openings(1000)[0].rule.nat.clone().unwrap();
+        let nat = eval_with(&on, &stanza(), &local).unwrap().openings(1000)[0]
+            .rule
+            .nat
+            .clone()
+            .unwrap();
         assert!(nat.local);
 
         m.nat_access = Some("inner.example,22".into());
-        assert!(matches!(eval_with(&on, &stanza(), &m), Err(Denial::NatHostname(_))));
+        assert!(matches!(
+            eval_with(&on, &stanza(), &m),
+            Err(Denial::NatHostname(_))
+        ));
     }
 
     #[test]
@@ -453,7 +511,10 @@ mod tests {
         on.nat.forwarding = true;
         let g = eval_with(&on, &s, &msg(MessageType::Access, "10.0.0.5,tcp/22", 1000)).unwrap();
         let nat = g.openings(1000)[0].rule.nat.clone().unwrap();
-        assert_eq!((nat.to_addr.to_string(), nat.to_port), ("192.168.9.9".into(), 8022));
+        assert_eq!(
+            (nat.to_addr.to_string(), nat.to_port),
+            ("192.168.9.9".into(), 8022)
+        );
     }
 
     #[test]

@@ -296,12 +296,20 @@ mod tests {
         let wire = b"+aG2CKkSBK0iVqigLJrahnYNt5WkLNLbsC9HoR1Asgq";
         let b64 = spa_core::b64::encode_nopad(&packet_digest(wire));
         let cache = dir.path().join("digest.cache");
-        std::fs::write(&cache, format!("# fwknopd cache\n{b64} 17 10.0.0.5 40000 10.0.0.1 62201 1700000000\nnot a line\n")).unwrap();
+        std::fs::write(
+            &cache,
+            format!(
+                "# fwknopd cache\n{b64} 17 10.0.0.5 40000 10.0.0.1 62201 1700000000\nnot a line\n"
+            ),
+        )
+        .unwrap();
         let imported = read_fwknop_cache(&cache).unwrap();
         assert_eq!(imported, vec![(packet_digest(wire), 1_700_000_000)]);
         let s = FileStore::open_with(&dir.path().join("replay.redb"), &imported).unwrap();
         assert!(!s.check_and_insert(packet_digest(wire), 1).await.unwrap());
-        assert!(read_fwknop_cache(&dir.path().join("missing")).unwrap().is_empty());
+        assert!(read_fwknop_cache(&dir.path().join("missing"))
+            .unwrap()
+            .is_empty());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,7 +14,8 @@ use std::net::{SocketAddr, UdpSocket};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-const HMAC_B64: &str = "YME3rcTN5fZ4D1oqV0NbiFNd4Hx1Nc4bNfgICPxjTzKpIiLBENuMtmsBWU+H+5c7oN2d4/iLa9TJ5HM8gLrSrQ==";
+const HMAC_B64: &str =
+    "YME3rcTN5fZ4D1oqV0NbiFNd4Hx1Nc4bNfgICPxjTzKpIiLBENuMtmsBWU+H+5c7oN2d4/iLa9TJ5HM8gLrSrQ==";
 const KEY_B64: &str = "7GUhvzM3zXNUTPqUMAixKOMqVNDh6qrIUgqWdacXNMA=";
 const SERVER_PW: &str = "server-secret";
 
@@ -53,7 +54,10 @@ impl Firewall for Recorder {
 }
 
 fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 struct Keys {
@@ -82,7 +86,15 @@ fn keys(tag: &str, server_pw: Option<&str>) -> Keys {
     }
     server.import_trusted(&client, "client").unwrap();
     server.import_trusted(&other, "other").unwrap();
-    Keys { server, client, other, stranger, client_key, other_key, stranger_key }
+    Keys {
+        server,
+        client,
+        other,
+        stranger,
+        client_key,
+        other_key,
+        stranger_key,
+    }
 }
 
 fn msg(port: u16, salt: u64) -> SpaMessage {
@@ -105,17 +117,45 @@ fn hmac_key() -> Secret {
 
 /// A GPG packet for `port`, signed in `home` by `signer` (None: unsigned).
 fn gpg_knock(home: &GpgHome, signer: Option<&str>, port: u16, salt: u64, hmac: bool) -> String {
-    let mut engine = Gpgme::new(&GpgOptions { home_dir: Some(home.path.clone()), ..Default::default() }).unwrap();
+    let mut engine = Gpgme::new(&GpgOptions {
+        home_dir: Some(home.path.clone()),
+        ..Default::default()
+    })
+    .unwrap();
     let h = hmac_key();
-    let hk = HmacKey { digest: DigestType::Sha256, key: h.bytes() };
-    gpg::seal(&msg(port, salt), DigestType::Sha256, &mut engine, "server", signer, hmac.then_some(&hk)).unwrap()
+    let hk = HmacKey {
+        digest: DigestType::Sha256,
+        key: h.bytes(),
+    };
+    gpg::seal(
+        &msg(port, salt),
+        DigestType::Sha256,
+        &mut engine,
+        "server",
+        signer,
+        hmac.then_some(&hk),
+    )
+    .unwrap()
 }
 
 fn rijndael_knock(port: u16, salt: u64) -> String {
     let key = Secret::from_base64("k", KEY_B64).unwrap();
     let h = hmac_key();
-    let keys = PacketKeys { key: key.bytes(), mode: EncryptionMode::Cbc, hmac: Some(HmacKey { digest: DigestType::Sha256, key: h.bytes() }) };
-    packet::seal(&msg(port, salt), DigestType::Sha256, &keys, &[salt as u8; 8]).unwrap()
+    let keys = PacketKeys {
+        key: key.bytes(),
+        mode: EncryptionMode::Cbc,
+        hmac: Some(HmacKey {
+            digest: DigestType::Sha256,
+            key: h.bytes(),
+        }),
+    };
+    packet::seal(
+        &msg(port, salt),
+        DigestType::Sha256,
+        &keys,
+        &[salt as u8; 8],
+    )
+    .unwrap()
 }
 
 /// A GPG stanza for `k.server`, accepting `ids` as signers, opening `ports`.
@@ -141,15 +181,29 @@ async fn server(access: Vec<AccessStanza>) -> Server {
     for s in &access {
         s.validate().unwrap();
     }
-    let cfg = ServerConfig { capture: vec![CaptureConfig::Udp { listen: udp }], replay: ReplayConfig::Memory, access, ..ServerConfig::default() };
+    let cfg = ServerConfig {
+        capture: vec![CaptureConfig::Udp { listen: udp }],
+        replay: ReplayConfig::Memory,
+        access,
+        ..ServerConfig::default()
+    };
     let recorder = Recorder::default();
-    let running = start_with_backends(cfg, vec![Box::new(recorder.clone())]).await.unwrap();
-    Server { running, recorder, udp }
+    let running = start_with_backends(cfg, vec![Box::new(recorder.clone())])
+        .await
+        .unwrap();
+    Server {
+        running,
+        recorder,
+        udp,
+    }
 }
 
 impl Server {
     fn send(&self, payload: &str) {
-        UdpSocket::bind("127.0.0.1:0").unwrap().send_to(payload.as_bytes(), self.udp).unwrap();
+        UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .send_to(payload.as_bytes(), self.udp)
+            .unwrap();
     }
 
     /// Wait (bounded) until `port` is granted; false if it never is.
@@ -178,9 +232,15 @@ async fn signed_knocks_are_granted_and_policy_refusals_are_not() {
     let s = server(vec![hmac_stanza, fpr_stanza]).await;
 
     s.send(&gpg_knock(&k.client, Some(client), 1001, 1, true));
-    assert!(s.granted(1001, Duration::from_secs(10)).await, "HMAC + GPG knock (GPG_REMOTE_ID) not granted");
+    assert!(
+        s.granted(1001, Duration::from_secs(10)).await,
+        "HMAC + GPG knock (GPG_REMOTE_ID) not granted"
+    );
     s.send(&gpg_knock(&k.client, Some(client), 1002, 2, false));
-    assert!(s.granted(1002, Duration::from_secs(10)).await, "GPG knock (GPG_FINGERPRINT_ID) not granted");
+    assert!(
+        s.granted(1002, Duration::from_secs(10)).await,
+        "GPG knock (GPG_FINGERPRINT_ID) not granted"
+    );
 
     // Refused: a known, trusted key that no stanza lists; an unknown key; no
     // signature; a damaged packet; a replay of a granted one.
@@ -207,7 +267,12 @@ async fn signed_knocks_are_granted_and_policy_refusals_are_not() {
         s.send(p);
     }
     tokio::time::sleep(Duration::from_secs(4)).await;
-    assert_eq!(s.recorder.ports().len(), before, "refused packets were granted: {:?}", s.recorder.ports());
+    assert_eq!(
+        s.recorder.ports().len(),
+        before,
+        "refused packets were granted: {:?}",
+        s.recorder.ports()
+    );
     s.running.stop().await;
 }
 
@@ -218,16 +283,37 @@ async fn ignore_verify_error_and_disabled_signatures() {
     ignore.gpg_ignore_sig_verify_error = true;
     let mut nosig = gpg_stanza(&k, &[], "tcp/2002");
     nosig.gpg_disable_sig = true;
-    let s = server(vec![gpg_stanza(&k, &[&k.stranger_key.short_id], "tcp/2003"), ignore, nosig]).await;
+    let s = server(vec![
+        gpg_stanza(&k, &[&k.stranger_key.short_id], "tcp/2003"),
+        ignore,
+        nosig,
+    ])
+    .await;
     // The stranger's signature cannot be verified: only the stanza ignoring that accepts it.
-    s.send(&gpg_knock(&k.stranger, Some(&k.stranger_key.short_id), 2001, 1, false));
+    s.send(&gpg_knock(
+        &k.stranger,
+        Some(&k.stranger_key.short_id),
+        2001,
+        1,
+        false,
+    ));
     assert!(s.granted(2001, Duration::from_secs(10)).await);
-    s.send(&gpg_knock(&k.stranger, Some(&k.stranger_key.short_id), 2003, 2, false));
+    s.send(&gpg_knock(
+        &k.stranger,
+        Some(&k.stranger_key.short_id),
+        2003,
+        2,
+        false,
+    ));
     // Unsigned: accepted where signatures are off.
     s.send(&gpg_knock(&k.client, None, 2002, 3, false));
     assert!(s.granted(2002, Duration::from_secs(10)).await);
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert!(!s.recorder.ports().contains(&2003), "{:?}", s.recorder.ports());
+    assert!(
+        !s.recorder.ports().contains(&2003),
+        "{:?}",
+        s.recorder.ports()
+    );
     s.running.stop().await;
 }
 
@@ -241,14 +327,32 @@ async fn server_key_with_passphrase() {
     right.gpg_allow_no_pw = false;
     right.gpg_decrypt_pw = Some(Secret::from_passphrase(SERVER_PW));
     let s = server(vec![wrong]).await;
-    s.send(&gpg_knock(&k.client, Some(&k.client_key.short_id), 3001, 1, false));
+    s.send(&gpg_knock(
+        &k.client,
+        Some(&k.client_key.short_id),
+        3001,
+        1,
+        false,
+    ));
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert!(s.recorder.ports().is_empty(), "granted with a wrong GPG_DECRYPT_PW");
+    assert!(
+        s.recorder.ports().is_empty(),
+        "granted with a wrong GPG_DECRYPT_PW"
+    );
     s.running.stop().await;
 
     let s = server(vec![right]).await;
-    s.send(&gpg_knock(&k.client, Some(&k.client_key.short_id), 3002, 2, false));
-    assert!(s.granted(3002, Duration::from_secs(10)).await, "not granted with the right GPG_DECRYPT_PW");
+    s.send(&gpg_knock(
+        &k.client,
+        Some(&k.client_key.short_id),
+        3002,
+        2,
+        false,
+    ));
+    assert!(
+        s.granted(3002, Duration::from_secs(10)).await,
+        "not granted with the right GPG_DECRYPT_PW"
+    );
     s.running.stop().await;
 }
 
@@ -258,7 +362,11 @@ async fn a_gpg_flood_does_not_hold_up_rijndael_knocks() {
     let mut rijndael = AccessStanza::new(AddrList::Any);
     rijndael.key_base64 = Some(Secret::from_base64("k", KEY_B64).unwrap());
     rijndael.hmac_key_base64 = Some(hmac_key());
-    let s = server(vec![gpg_stanza(&k, &[&k.client_key.short_id], "tcp/4000"), rijndael]).await;
+    let s = server(vec![
+        gpg_stanza(&k, &[&k.client_key.short_id], "tcp/4000"),
+        rijndael,
+    ])
+    .await;
     // The costliest flood: a captured real GPG packet sent over and over (each copy
     // costs an RSA decryption before the replay cache can see it).
     let captured = gpg_knock(&k.client, Some(&k.client_key.short_id), 4000, 1, false);
@@ -279,10 +387,16 @@ async fn a_gpg_flood_does_not_hold_up_rijndael_knocks() {
         std::thread::sleep(Duration::from_millis(20));
     }
     for (port, sent) in &knocks {
-        assert!(s.granted(*port, Duration::from_secs(2)).await, "Rijndael knock {port} not granted during the flood");
+        assert!(
+            s.granted(*port, Duration::from_secs(2)).await,
+            "Rijndael knock {port} not granted during the flood"
+        );
         let opened_at = sent.elapsed();
         assert!(opened_at < Duration::from_secs(5), "{opened_at:?}");
     }
-    assert!(s.granted(4000, Duration::from_secs(5)).await, "the GPG packet itself was never granted");
+    assert!(
+        s.granted(4000, Duration::from_secs(5)).await,
+        "the GPG packet itself was never granted"
+    );
     s.running.stop().await;
 }

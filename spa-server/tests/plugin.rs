@@ -5,7 +5,9 @@
 
 use spa_core::packet::{self, HmacKey, PacketKeys};
 use spa_core::{DigestType, EncryptionMode, MessageType, Secret, SpaMessage};
-use spa_server::config::{AccessStanza, ActionConfig, AddrList, CaptureConfig, ReplayConfig, ServerConfig};
+use spa_server::config::{
+    AccessStanza, ActionConfig, AddrList, CaptureConfig, ReplayConfig, ServerConfig,
+};
 use spa_server::plugin::{PluginBackend, PluginConfig};
 use std::net::UdpSocket;
 use std::path::PathBuf;
@@ -18,19 +20,32 @@ fn workspace() -> PathBuf {
 
 fn build_example_plugin() -> PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo).args(["build", "-q", "-p", "grant-file-plugin"]).current_dir(workspace()).status().unwrap();
+    let status = Command::new(cargo)
+        .args(["build", "-q", "-p", "grant-file-plugin"])
+        .current_dir(workspace())
+        .status()
+        .unwrap();
     assert!(status.success(), "building the example plugin failed");
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace().join("target"));
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target"));
     target.join("debug/libgrant_file_plugin.so")
 }
 
 fn knock(port: u16) {
     let key = Secret::from_base64("k", "7GUhvzM3zXNUTPqUMAixKOMqVNDh6qrIUgqWdacXNMA=").unwrap();
-    let hmac = Secret::from_base64("h", "YME3rcTN5fZ4D1oqV0NbiFNd4Hx1Nc4bNfgICPxjTzKpIiLBENuMtmsBWU+H+5c7oN2d4/iLa9TJ5HM8gLrSrQ==").unwrap();
+    let hmac = Secret::from_base64(
+        "h",
+        "YME3rcTN5fZ4D1oqV0NbiFNd4Hx1Nc4bNfgICPxjTzKpIiLBENuMtmsBWU+H+5c7oN2d4/iLa9TJ5HM8gLrSrQ==",
+    )
+    .unwrap();
     let msg = SpaMessage {
         rand_val: "1111222233334444".into(),
         username: "alice".into(),
-        timestamp: SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs(),
+        timestamp: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs(),
         version: "3.0.0".into(),
         msg_type: MessageType::Access,
         message: "127.0.0.1,tcp/2222".into(),
@@ -38,9 +53,19 @@ fn knock(port: u16) {
         server_auth: None,
         client_timeout: None,
     };
-    let keys = PacketKeys { key: key.bytes(), mode: EncryptionMode::Cbc, hmac: Some(HmacKey { digest: DigestType::Sha256, key: hmac.bytes() }) };
+    let keys = PacketKeys {
+        key: key.bytes(),
+        mode: EncryptionMode::Cbc,
+        hmac: Some(HmacKey {
+            digest: DigestType::Sha256,
+            key: hmac.bytes(),
+        }),
+    };
     let wire = packet::seal(&msg, DigestType::Sha256, &keys, &[9; 8]).unwrap();
-    UdpSocket::bind("127.0.0.1:0").unwrap().send_to(wire.as_bytes(), ("127.0.0.1", port)).unwrap();
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .send_to(wire.as_bytes(), ("127.0.0.1", port))
+        .unwrap();
 }
 
 fn wait_for(what: &str, f: impl Fn() -> bool) {
@@ -56,17 +81,27 @@ async fn a_knock_reaches_the_plugin_and_is_revoked_at_expiry() {
     let plugin = build_example_plugin();
     let dir = tempfile::tempdir().unwrap();
     let grants = dir.path().join("grants.jsonl");
-    let port = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut stanza = AccessStanza::new(AddrList::Any);
-    stanza.key_base64 = Some(Secret::from_base64("k", "7GUhvzM3zXNUTPqUMAixKOMqVNDh6qrIUgqWdacXNMA=").unwrap());
+    stanza.key_base64 =
+        Some(Secret::from_base64("k", "7GUhvzM3zXNUTPqUMAixKOMqVNDh6qrIUgqWdacXNMA=").unwrap());
     stanza.hmac_key_base64 = Some(Secret::from_base64("h", "YME3rcTN5fZ4D1oqV0NbiFNd4Hx1Nc4bNfgICPxjTzKpIiLBENuMtmsBWU+H+5c7oN2d4/iLa9TJ5HM8gLrSrQ==").unwrap());
     stanza.fw_access_timeout = 2;
     let mut settings = serde_json::Map::new();
     settings.insert("path".into(), plugin.display().to_string().into());
     settings.insert("config".into(), serde_json::json!({ "path": grants }));
     let cfg = ServerConfig {
-        capture: vec![CaptureConfig::Udp { listen: ([127, 0, 0, 1], port).into() }],
-        action: vec![ActionConfig { kind: "plugin".into(), settings }],
+        capture: vec![CaptureConfig::Udp {
+            listen: ([127, 0, 0, 1], port).into(),
+        }],
+        action: vec![ActionConfig {
+            kind: "plugin".into(),
+            settings,
+        }],
         replay: ReplayConfig::Memory,
         access: vec![stanza],
         ..ServerConfig::default()
@@ -85,12 +120,30 @@ async fn a_knock_reaches_the_plugin_and_is_revoked_at_expiry() {
 fn a_plugin_of_another_abi_version_is_refused_clearly() {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("old.c");
-    std::fs::write(&src, "unsigned postern_plugin_abi_version(void) { return 999; }\n").unwrap();
+    std::fs::write(
+        &src,
+        "unsigned postern_plugin_abi_version(void) { return 999; }\n",
+    )
+    .unwrap();
     let lib = dir.path().join("libold.so");
-    let status = Command::new("cc").args(["-shared", "-fPIC", "-o"]).arg(&lib).arg(&src).status().unwrap();
+    let status = Command::new("cc")
+        .args(["-shared", "-fPIC", "-o"])
+        .arg(&lib)
+        .arg(&src)
+        .status()
+        .unwrap();
     assert!(status.success());
-    let err = PluginBackend::load(&PluginConfig { path: lib, config: serde_json::Value::Null }).err().unwrap().to_string();
-    assert!(err.contains("plugin ABI version 999") && err.contains("version 1"), "{err}");
+    let err = PluginBackend::load(&PluginConfig {
+        path: lib,
+        config: serde_json::Value::Null,
+    })
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(
+        err.contains("plugin ABI version 999") && err.contains("version 1"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -99,16 +152,46 @@ fn a_library_that_is_no_plugin_or_no_file_is_refused_clearly() {
     let src = dir.path().join("x.c");
     std::fs::write(&src, "int unrelated(void) { return 1; }\n").unwrap();
     let lib = dir.path().join("libx.so");
-    assert!(Command::new("cc").args(["-shared", "-fPIC", "-o"]).arg(&lib).arg(&src).status().unwrap().success());
-    let err = PluginBackend::load(&PluginConfig { path: lib, config: serde_json::Value::Null }).err().unwrap().to_string();
-    assert!(err.contains("not a postern plugin: symbol `postern_plugin_abi_version` is missing"), "{err}");
-    let err = PluginBackend::load(&PluginConfig { path: dir.path().join("nope.so"), config: serde_json::Value::Null }).err().unwrap().to_string();
+    assert!(Command::new("cc")
+        .args(["-shared", "-fPIC", "-o"])
+        .arg(&lib)
+        .arg(&src)
+        .status()
+        .unwrap()
+        .success());
+    let err = PluginBackend::load(&PluginConfig {
+        path: lib,
+        config: serde_json::Value::Null,
+    })
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(
+        err.contains("not a postern plugin: symbol `postern_plugin_abi_version` is missing"),
+        "{err}"
+    );
+    let err = PluginBackend::load(&PluginConfig {
+        path: dir.path().join("nope.so"),
+        config: serde_json::Value::Null,
+    })
+    .err()
+    .unwrap()
+    .to_string();
     assert!(err.contains("nope.so"), "{err}");
 }
 
 #[test]
 fn plugin_init_errors_are_reported() {
     let plugin = build_example_plugin();
-    let err = PluginBackend::load(&PluginConfig { path: plugin, config: serde_json::json!({ "wrong": 1 }) }).err().unwrap().to_string();
-    assert!(err.contains("init failed: config: missing field `path`"), "{err}");
+    let err = PluginBackend::load(&PluginConfig {
+        path: plugin,
+        config: serde_json::json!({ "wrong": 1 }),
+    })
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(
+        err.contains("init failed: config: missing field `path`"),
+        "{err}"
+    );
 }

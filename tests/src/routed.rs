@@ -1,6 +1,5 @@
 //! Three namespaces for NAT tests: client — gateway (runs the backend) — internal.
 
-
 use crate::{pair, wait_until, Netns, Pair};
 use std::io::ErrorKind;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
@@ -140,9 +139,14 @@ pub fn routed(tag: &str, route_back: bool) -> Routed {
     // (a refused connection is an answer) over both families.
     for addr in [IpAddr::from(internal_ip), IpAddr::from(internal_ip6)] {
         let answered = wait_until(Duration::from_secs(5), Duration::from_millis(50), || {
-            gw.in_ns(move || match TcpStream::connect_timeout(&SocketAddr::new(addr, 9), Duration::from_millis(200)) {
-                Ok(_) => true,
-                Err(e) => e.kind() == ErrorKind::ConnectionRefused,
+            gw.in_ns(move || {
+                match TcpStream::connect_timeout(
+                    &SocketAddr::new(addr, 9),
+                    Duration::from_millis(200),
+                ) {
+                    Ok(_) => true,
+                    Err(e) => e.kind() == ErrorKind::ConnectionRefused,
+                }
             })
         });
         assert!(answered, "{addr} does not answer the gateway {}", gw.name);

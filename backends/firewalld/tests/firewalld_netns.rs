@@ -155,7 +155,11 @@ fn repeated_grant_keeps_one_rule_and_refreshes_its_timeout() {
     assert_eq!(fw.list().unwrap().len(), 1);
     // A shorter repeat changes nothing; a longer one refreshes again.
     fw.grant(&[opening(client, 23003, 1)]).unwrap();
-    assert_eq!(fwd.rich_rules("public").len(), 1, "a shorter repeat leaves the rule alone");
+    assert_eq!(
+        fwd.rich_rules("public").len(),
+        1,
+        "a shorter repeat leaves the rule alone"
+    );
     fw.grant(&[opening(client, 23003, 5)]).unwrap();
     assert_eq!(
         fwd.rich_rules("public"),

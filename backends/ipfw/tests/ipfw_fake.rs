@@ -1,8 +1,8 @@
 //! The ipfw backend end to end against `postern-fake-ipfw`, an ipfw stand-in
 //! that keeps rules, sets and dynamic rules, through the real process runner.
 
-use postern_e2e::conformance::{self, opening, rule};
 use postern_backend_ipfw::{IpfwBackend, IpfwConfig};
+use postern_e2e::conformance::{self, opening, rule};
 use spa_core::firewall::{Firewall, FirewallError, Rule};
 use spa_core::request::Proto;
 use std::path::PathBuf;

@@ -18,7 +18,16 @@ const BURST_ROUNDS: u32 = 20;
 
 fn opening(i: u32, secs: u32) -> Opening {
     let source = IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i));
-    Opening { rule: Rule { source, proto: Proto::Tcp, port: 22, nat: None }, timeout_secs: secs, expires_at: 0 }
+    Opening {
+        rule: Rule {
+            source,
+            proto: Proto::Tcp,
+            port: 22,
+            nat: None,
+        },
+        timeout_secs: secs,
+        expires_at: 0,
+    }
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -41,14 +50,22 @@ fn measure(ns: &Netns, apply_with: ApplyWith, via: Via) {
     let path = ns.path();
     std::thread::spawn(move || {
         let table = format!("pt_bench_{apply_with:?}_{via:?}").to_lowercase();
-        let config = NftablesConfig { table, apply_with, protected: vec!["tcp/22".parse().unwrap()], ..Default::default() };
+        let config = NftablesConfig {
+            table,
+            apply_with,
+            protected: vec!["tcp/22".parse().unwrap()],
+            ..Default::default()
+        };
         let fw = NftablesBackend::new(config).unwrap();
         let fw = match via {
             Via::Nsenter => fw.in_netns(path),
             Via::Setns => {
                 let f = std::fs::File::open(&path).unwrap();
                 // SAFETY: setns on a valid fd; affects only this bench thread.
-                assert_eq!(unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) }, 0);
+                assert_eq!(
+                    unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) },
+                    0
+                );
                 fw
             }
         };

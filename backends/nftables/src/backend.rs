@@ -30,12 +30,18 @@ pub struct NftablesBackend {
 
 impl std::fmt::Debug for NftablesBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NftablesBackend").field("config", &self.config).field("netns", &self.netns).finish_non_exhaustive()
+        f.debug_struct("NftablesBackend")
+            .field("config", &self.config)
+            .field("netns", &self.netns)
+            .finish_non_exhaustive()
     }
 }
 
 fn unix_now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 fn missing_permission() -> FirewallError {
@@ -85,17 +91,31 @@ impl NftablesBackend {
     /// start; they are warnings, never errors.
     pub fn shadowing_warnings(&mut self) -> FwResult<Vec<ShadowWarning>> {
         let ruleset = self.nft(&["-j", "list", "ruleset"], None)?;
-        let (family, table, mark) = (self.config.family, self.config.table.clone(), self.config.grant_mark);
+        let (family, table, mark) = (
+            self.config.family,
+            self.config.table.clone(),
+            self.config.grant_mark,
+        );
         // NAT grants are forwarded, so a drop on the forward hook defeats them.
         let forward = self.config.nat;
         let mut warnings = shadowing_in_ruleset(&ruleset, family, &table, mark, forward);
-        let legacy = [("iptables-legacy-save", family.has_v4()), ("ip6tables-legacy-save", family.has_v6())];
+        let legacy = [
+            ("iptables-legacy-save", family.has_v4()),
+            ("ip6tables-legacy-save", family.has_v6()),
+        ];
         for (tool, relevant) in legacy {
-            let Some(program) = relevant.then(|| find_program(tool)).flatten() else { continue };
+            let Some(program) = relevant.then(|| find_program(tool)).flatten() else {
+                continue;
+            };
             let argv = self.wrap_argv(program.to_string_lossy().into_owned(), &[]);
             // A legacy tool that fails just means there is nothing legacy to check.
             if let Ok(save) = self.runner.run(&argv, None) {
-                warnings.extend(shadowing_in_iptables_save(&save, tool.trim_end_matches("-save"), mark, forward));
+                warnings.extend(shadowing_in_iptables_save(
+                    &save,
+                    tool.trim_end_matches("-save"),
+                    mark,
+                    forward,
+                ));
             }
         }
         Ok(warnings)
@@ -105,7 +125,10 @@ impl NftablesBackend {
     /// Lets tests and diagnostics see how many transactions a change took.
     pub fn ruleset_generation(&mut self) -> FwResult<u32> {
         let socket = self.socket()?;
-        socket.generation().map_err(|e| FirewallError::Other { backend: BACKEND, message: format!("reading the ruleset generation: {e}") })
+        socket.generation().map_err(|e| FirewallError::Other {
+            backend: BACKEND,
+            message: format!("reading the ruleset generation: {e}"),
+        })
     }
 
     fn table_label(&self) -> String {
@@ -115,7 +138,11 @@ impl NftablesBackend {
     fn wrap_argv(&self, program: String, args: &[&str]) -> Vec<String> {
         let mut argv = Vec::with_capacity(args.len() + 4);
         if let Some(ns) = &self.netns {
-            argv.extend(["nsenter".to_string(), format!("--net={}", ns.display()), "--".to_string()]);
+            argv.extend([
+                "nsenter".to_string(),
+                format!("--net={}", ns.display()),
+                "--".to_string(),
+            ]);
         }
         argv.push(program);
         argv.extend(args.iter().map(|a| a.to_string()));
@@ -127,11 +154,14 @@ impl NftablesBackend {
         let program = match &self.nft_program {
             Some(p) => p.clone(),
             None => {
-                let p = find_program(&self.config.nft_path).ok_or_else(|| FirewallError::Missing {
-                    backend: BACKEND,
-                    what: format!("the `{}` command", self.config.nft_path),
-                    hint: "install nftables (Debian/Ubuntu: apt install nftables) or set nft_path".into(),
-                })?;
+                let p =
+                    find_program(&self.config.nft_path).ok_or_else(|| FirewallError::Missing {
+                        backend: BACKEND,
+                        what: format!("the `{}` command", self.config.nft_path),
+                        hint:
+                            "install nftables (Debian/Ubuntu: apt install nftables) or set nft_path"
+                                .into(),
+                    })?;
                 if self.netns.is_some() && find_program("nsenter").is_none() {
                     return Err(FirewallError::Missing {
                         backend: BACKEND,
@@ -145,7 +175,11 @@ impl NftablesBackend {
         };
         let argv = self.wrap_argv(program.to_string_lossy().into_owned(), args);
         self.runner.run(&argv, stdin).map_err(|e| match e {
-            FirewallError::Command { ref stderr, .. } if stderr.contains("Operation not permitted") => missing_permission(),
+            FirewallError::Command { ref stderr, .. }
+                if stderr.contains("Operation not permitted") =>
+            {
+                missing_permission()
+            }
             other => other,
         })
     }
@@ -154,8 +188,17 @@ impl NftablesBackend {
     fn read_table(&mut self) -> FwResult<Option<TableState>> {
         let (family, table) = (self.config.family.name(), self.config.table.clone());
         match self.nft(&["-j", "list", "table", family, &table], None) {
-            Ok(out) => parse_table(&out).map(Some).map_err(|message| FirewallError::Other { backend: BACKEND, message }),
-            Err(FirewallError::Command { stderr, .. }) if stderr.contains("No such file or directory") => Ok(None),
+            Ok(out) => parse_table(&out)
+                .map(Some)
+                .map_err(|message| FirewallError::Other {
+                    backend: BACKEND,
+                    message,
+                }),
+            Err(FirewallError::Command { stderr, .. })
+                if stderr.contains("No such file or directory") =>
+            {
+                Ok(None)
+            }
             Err(e) => Err(e),
         }
     }
@@ -172,7 +215,10 @@ impl NftablesBackend {
                     what: "nfnetlink support in the kernel (nf_tables)".into(),
                     hint: format!("load the nf_tables module, or set apply_with = \"nft\" ({e})"),
                 },
-                _ => FirewallError::Other { backend: BACKEND, message: format!("opening the netfilter netlink socket: {e}") },
+                _ => FirewallError::Other {
+                    backend: BACKEND,
+                    message: format!("opening the netfilter netlink socket: {e}"),
+                },
             })?;
             self.socket = Some(socket);
         }
@@ -206,7 +252,10 @@ impl NftablesBackend {
         };
         for addr in [Some(nat.to_addr), snat].into_iter().flatten() {
             if addr.is_ipv4() != rule.source.is_ipv4() {
-                return Err(FirewallError::Unsupported { backend: BACKEND, what: format!("NAT between IPv4 and IPv6 ({rule}: {addr})") });
+                return Err(FirewallError::Unsupported {
+                    backend: BACKEND,
+                    what: format!("NAT between IPv4 and IPv6 ({rule}: {addr})"),
+                });
             }
         }
         Ok(())
@@ -260,15 +309,23 @@ impl NftablesBackend {
         let clashes = |r: &Rule| {
             elements(r).iter().any(|e| {
                 let data = e.data.as_deref();
-                wanted.iter().any(|(set, key, d)| *set == e.set && *key == e.key.as_slice() && data.is_some_and(|x| x != *d))
+                wanted.iter().any(|(set, key, d)| {
+                    *set == e.set && *key == e.key.as_slice() && data.is_some_and(|x| x != *d)
+                })
             })
         };
-        Ok(current.into_iter().map(|g| g.rule).filter(|r| r.nat.is_some() && !except.contains(r) && clashes(r)).collect())
+        Ok(current
+            .into_iter()
+            .map(|g| g.rule)
+            .filter(|r| r.nat.is_some() && !except.contains(r) && clashes(r))
+            .collect())
     }
 
     fn nft_json(&mut self, doc: &nftables::schema::Nftables<'_>) -> FwResult<()> {
-        let json = serde_json::to_string(doc)
-            .map_err(|e| FirewallError::Other { backend: BACKEND, message: format!("rendering nft JSON: {e}") })?;
+        let json = serde_json::to_string(doc).map_err(|e| FirewallError::Other {
+            backend: BACKEND,
+            message: format!("rendering nft JSON: {e}"),
+        })?;
         self.nft(&["-j", "-f", "-"], Some(&json)).map(drop)
     }
 
@@ -286,13 +343,17 @@ impl NftablesBackend {
                 format!("{what}: {}. Nothing of this batch was applied", std::io::Error::from_raw_os_error(errno))
             }
         };
-        FirewallError::Other { backend: BACKEND, message }
+        FirewallError::Other {
+            backend: BACKEND,
+            message,
+        }
     }
 
     fn remember(&mut self, openings: &[Opening], timeouts: &[u32]) {
         for (o, t) in openings.iter().zip(timeouts) {
             let granted_at = o.expires_at.saturating_sub(u64::from(o.timeout_secs));
-            self.expiries.insert(o.rule.clone(), granted_at + u64::from(*t));
+            self.expiries
+                .insert(o.rule.clone(), granted_at + u64::from(*t));
         }
     }
 
@@ -334,7 +395,10 @@ impl Firewall for NftablesBackend {
             self.check_family(&o.rule)?;
             if o.timeout_secs == 0 {
                 // A zero timeout means "never expires" to the kernel.
-                return Err(FirewallError::Other { backend: BACKEND, message: format!("{}: timeout must be at least 1 s", o.rule) });
+                return Err(FirewallError::Other {
+                    backend: BACKEND,
+                    message: format!("{}: timeout must be at least 1 s", o.rule),
+                });
             }
         }
         // A repeat never shortens a live grant: its timeout is the later of the two.
@@ -344,11 +408,19 @@ impl Firewall for NftablesBackend {
             .iter()
             .map(|o| {
                 let granted_at = o.expires_at.saturating_sub(u64::from(o.timeout_secs));
-                let live = self.expiries.get(&o.rule).map_or(0, |exp| exp.saturating_sub(granted_at));
+                let live = self
+                    .expiries
+                    .get(&o.rule)
+                    .map_or(0, |exp| exp.saturating_sub(granted_at));
                 o.timeout_secs.max(u32::try_from(live).unwrap_or(u32::MAX))
             })
             .collect();
-        let set_change = SetChange::new(openings.iter().zip(&timeouts).map(|(o, t)| (&o.rule, Some(*t))));
+        let set_change = SetChange::new(
+            openings
+                .iter()
+                .zip(&timeouts)
+                .map(|(o, t)| (&o.rule, Some(*t))),
+        );
         match self.try_apply(&[(Change::Grant, &set_change)]) {
             Err((true, e)) if set_change.has_map_elements() => {
                 let wanted: Vec<Rule> = openings.iter().map(|o| o.rule.clone()).collect();
@@ -385,7 +457,11 @@ impl Firewall for NftablesBackend {
         let mut set_change = SetChange::new(present.map(|r| (r, None)));
         match self.try_apply(&[(Change::Revoke, &set_change)]) {
             Err((true, e)) if set_change.has_map_elements() => {
-                let others: Vec<_> = self.clashing(&set_change, rules)?.iter().flat_map(elements).collect();
+                let others: Vec<_> = self
+                    .clashing(&set_change, rules)?
+                    .iter()
+                    .flat_map(elements)
+                    .collect();
                 if others.is_empty() {
                     return Err(e);
                 }
@@ -400,14 +476,25 @@ impl Firewall for NftablesBackend {
         let now = (self.clock)();
         let state = self.read_table()?.ok_or_else(|| FirewallError::Other {
             backend: BACKEND,
-            message: format!("table `{}` does not exist (init creates it)", self.table_label()),
+            message: format!(
+                "table `{}` does not exist (init creates it)",
+                self.table_label()
+            ),
         })?;
         Ok(state
             .grants
             .into_iter()
             .map(|g| match g.remaining_secs {
-                Some(s) => Opening { rule: g.rule, timeout_secs: s, expires_at: now + u64::from(s) },
-                None => Opening { rule: g.rule, timeout_secs: u32::MAX, expires_at: u64::MAX },
+                Some(s) => Opening {
+                    rule: g.rule,
+                    timeout_secs: s,
+                    expires_at: now + u64::from(s),
+                },
+                None => Opening {
+                    rule: g.rule,
+                    timeout_secs: u32::MAX,
+                    expires_at: u64::MAX,
+                },
             })
             .collect())
     }

@@ -87,16 +87,27 @@ fn timeout_for(change: Change, requested: Option<u32>) -> u32 {
 }
 
 /// Appends the change to a netlink batch.
-pub fn to_netlink(batch: &mut Batch, family: u8, table: &str, change: Change, set_change: &SetChange) {
+pub fn to_netlink(
+    batch: &mut Batch,
+    family: u8,
+    table: &str,
+    change: Change,
+    set_change: &SetChange,
+) {
     for (set, items) in &set_change.by_set {
         let name = set.name();
-        let target = SetTarget { family, table, set: &name };
+        let target = SetTarget {
+            family,
+            table,
+            set: &name,
+        };
         for op in steps(change) {
             let elements: Vec<batch::Element> = items
                 .iter()
                 .map(|(e, t)| batch::Element {
                     key: e.key.clone(),
-                    timeout_ms: (*op == ElemOp::Add).then(|| u64::from(timeout_for(change, *t)) * 1000),
+                    timeout_ms: (*op == ElemOp::Add)
+                        .then(|| u64::from(timeout_for(change, *t)) * 1000),
                     data: e.data.clone(),
                     comment: e.comment.clone(),
                 })
@@ -110,12 +121,22 @@ pub fn to_netlink(batch: &mut Batch, family: u8, table: &str, change: Change, se
 pub fn flush_netlink(batch: &mut Batch, family: u8, table: &str, sets: &[SetId]) {
     for set in sets {
         let name = set.name();
-        batch.flush_set(SetTarget { family, table, set: &name });
+        batch.flush_set(SetTarget {
+            family,
+            table,
+            set: &name,
+        });
     }
 }
 
 /// Appends the change to an nft JSON batch.
-pub fn to_nft_json(batch: &mut nftables::batch::Batch<'static>, config_family: nftables::types::NfFamily, table: &str, change: Change, set_change: &SetChange) {
+pub fn to_nft_json(
+    batch: &mut nftables::batch::Batch<'static>,
+    config_family: nftables::types::NfFamily,
+    table: &str,
+    change: Change,
+    set_change: &SetChange,
+) {
     for (set, items) in &set_change.by_set {
         for op in steps(change) {
             let elem: Vec<Expression> = items
@@ -152,7 +173,11 @@ pub fn to_nft_json(batch: &mut nftables::batch::Batch<'static>, config_family: n
 }
 
 /// A flush of `sets` as an nft JSON document.
-pub fn flush_nft_json(config_family: nftables::types::NfFamily, table: &str, sets: &[SetId]) -> Nftables<'static> {
+pub fn flush_nft_json(
+    config_family: nftables::types::NfFamily,
+    table: &str,
+    sets: &[SetId],
+) -> Nftables<'static> {
     let mut batch = nftables::batch::Batch::new();
     for set in sets {
         batch.add_cmd(NfCmd::Flush(FlushObject::Set(Box::new(Set {
@@ -173,7 +198,12 @@ mod tests {
     use spa_core::request::Proto;
 
     fn rule(src: &str, port: u16) -> Rule {
-        Rule { source: src.parse().unwrap(), proto: Proto::Tcp, port, nat: None }
+        Rule {
+            source: src.parse().unwrap(),
+            proto: Proto::Tcp,
+            port,
+            nat: None,
+        }
     }
 
     #[test]
@@ -190,7 +220,13 @@ mod tests {
         let a = rule("10.0.0.1", 22);
         let c = SetChange::new([(&a, Some(30))]);
         let mut batch = nftables::batch::Batch::new();
-        to_nft_json(&mut batch, nftables::types::NfFamily::INet, "postern", Change::Grant, &c);
+        to_nft_json(
+            &mut batch,
+            nftables::types::NfFamily::INet,
+            "postern",
+            Change::Grant,
+            &c,
+        );
         let j = serde_json::to_string(&batch.to_nftables()).unwrap();
         let add = r#"{"add":{"element":{"family":"inet","table":"postern","name":"grants4","elem":[{"elem":{"val":{"concat":["10.0.0.1","tcp",22]},"timeout":30"#;
         let del = r#"{"delete":{"element":{"family":"inet","table":"postern","name":"grants4","elem":[{"concat":["10.0.0.1","tcp",22]}]}}}"#;
@@ -203,20 +239,42 @@ mod tests {
     fn revoke_renders_placeholder_then_delete_as_netlink() {
         let a = rule("10.0.0.1", 22);
         let mut batch = Batch::new(1);
-        to_netlink(&mut batch, 1, "postern", Change::Revoke, &SetChange::new([(&a, None)]));
+        to_netlink(
+            &mut batch,
+            1,
+            "postern",
+            Change::Revoke,
+            &SetChange::new([(&a, None)]),
+        );
         let f = batch.finish();
         assert_eq!(f.acked.len(), 2);
-        assert!(f.acked[0].1.starts_with("adding 1") && f.acked[1].1.starts_with("deleting 1"), "{:?}", f.acked);
+        assert!(
+            f.acked[0].1.starts_with("adding 1") && f.acked[1].1.starts_with("deleting 1"),
+            "{:?}",
+            f.acked
+        );
     }
 
     #[test]
     fn nat_map_elements_render_as_key_data_pairs_with_comments() {
         let mut r = rule("10.0.0.1", 55000);
-        r.nat = Some(NatRule { to_addr: "192.168.1.2".parse().unwrap(), to_port: 22, local: false, snat: None, dnat: true });
+        r.nat = Some(NatRule {
+            to_addr: "192.168.1.2".parse().unwrap(),
+            to_port: 22,
+            local: false,
+            snat: None,
+            dnat: true,
+        });
         let c = SetChange::new([(&r, Some(30))]);
         assert!(c.has_map_elements());
         let mut batch = nftables::batch::Batch::new();
-        to_nft_json(&mut batch, nftables::types::NfFamily::INet, "postern", Change::Grant, &c);
+        to_nft_json(
+            &mut batch,
+            nftables::types::NfFamily::INet,
+            "postern",
+            Change::Grant,
+            &c,
+        );
         let j = serde_json::to_string(&batch.to_nftables()).unwrap();
         let add = r#"{"add":{"element":{"family":"inet","table":"postern","name":"dnat4","elem":[[{"elem":{"val":{"concat":["10.0.0.1","tcp",55000]},"timeout":30,"expires":null,"comment":"nat_55000_192.168.1.2_22","counter":null}},"192.168.1.2"]]}}}"#;
         assert!(j.contains(add), "{j}");
@@ -230,9 +288,21 @@ mod tests {
     fn nat_grant_netlink_messages() {
         use crate::netlink::batch::find_attr;
         let mut r = rule("192.0.2.7", 55000);
-        r.nat = Some(NatRule { to_addr: "10.0.0.2".parse().unwrap(), to_port: 22, local: false, snat: Some(spa_core::firewall::Snat::Masquerade), dnat: true });
+        r.nat = Some(NatRule {
+            to_addr: "10.0.0.2".parse().unwrap(),
+            to_port: 22,
+            local: false,
+            snat: Some(spa_core::firewall::Snat::Masquerade),
+            dnat: true,
+        });
         let mut batch = Batch::new(100);
-        to_netlink(&mut batch, 1, "postern", Change::Grant, &SetChange::new([(&r, Some(30))]));
+        to_netlink(
+            &mut batch,
+            1,
+            "postern",
+            Change::Grant,
+            &SetChange::new([(&r, Some(30))]),
+        );
         let f = batch.finish();
         let mut rest = &f.bytes[20..f.bytes.len() - 20]; // without BATCH_BEGIN/END
         let mut seen = Vec::new();
@@ -258,7 +328,11 @@ mod tests {
         let flow = vec![192, 0, 2, 7, 10, 0, 0, 2, 6, 0, 0, 0, 0, 22, 0, 0];
         let outer = vec![192, 0, 2, 7, 6, 0, 0, 0, 0xd6, 0xd8, 0, 0];
         let expect = |set: &str, key: &Vec<u8>, data: Option<Vec<u8>>| {
-            vec![(12, set.to_string(), key.clone(), data.clone()), (14, set.to_string(), key.clone(), None), (12, set.to_string(), key.clone(), data)]
+            vec![
+                (12, set.to_string(), key.clone(), data.clone()),
+                (14, set.to_string(), key.clone(), None),
+                (12, set.to_string(), key.clone(), data),
+            ]
         };
         let mut want = expect("dnat4", &outer, Some(vec![10, 0, 0, 2]));
         want.extend(expect("dnatport4", &outer, Some(vec![0, 22])));

@@ -87,7 +87,10 @@ impl NftablesConfig {
             });
         }
         if self.grant_mark == Some(0) {
-            return Err(FirewallError::Other { backend: BACKEND, message: "grant_mark must not be 0".into() });
+            return Err(FirewallError::Other {
+                backend: BACKEND,
+                message: "grant_mark must not be 0".into(),
+            });
         }
         if self.docker && !(-199..=-101).contains(&self.docker_priority) {
             return Err(FirewallError::Other {
@@ -174,7 +177,8 @@ pub struct ProtectedPort {
 impl FromStr for ProtectedPort {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let expected = || format!("protected port `{s}`: expected PROTO/PORT such as `tcp/22` or `udp/1194`");
+        let expected =
+            || format!("protected port `{s}`: expected PROTO/PORT such as `tcp/22` or `udp/1194`");
         let (proto, port) = s.split_once('/').ok_or_else(expected)?;
         let proto = Proto::from_str(proto.trim()).map_err(|_| expected())?;
         let port: u16 = port.trim().parse().map_err(|_| expected())?;
@@ -226,23 +230,50 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.family, TableFamily::Ip6);
-        assert_eq!(c.protected, vec![ProtectedPort { proto: Proto::Tcp, port: 22 }, ProtectedPort { proto: Proto::Udp, port: 1194 }]);
+        assert_eq!(
+            c.protected,
+            vec![
+                ProtectedPort {
+                    proto: Proto::Tcp,
+                    port: 22
+                },
+                ProtectedPort {
+                    proto: Proto::Udp,
+                    port: 1194
+                }
+            ]
+        );
         assert_eq!(c.apply_with, ApplyWith::Nft);
         assert_eq!(c.grant_mark, Some(256));
         assert!(c.nat && c.docker && c.docker_priority == -160);
         assert!(c.validate().is_ok());
-        let late = NftablesConfig { docker: true, docker_priority: -100, ..c };
-        assert!(late.validate().unwrap_err().to_string().contains("before DNAT"));
+        let late = NftablesConfig {
+            docker: true,
+            docker_priority: -100,
+            ..c
+        };
+        assert!(late
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("before DNAT"));
     }
 
     #[test]
     fn bad_values_say_what_was_expected() {
-        let e = serde_json::from_str::<NftablesConfig>(r#"{"protected":["ssh"]}"#).unwrap_err().to_string();
+        let e = serde_json::from_str::<NftablesConfig>(r#"{"protected":["ssh"]}"#)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("expected PROTO/PORT"), "{e}");
-        let e = serde_json::from_str::<NftablesConfig>(r#"{"protected":["icmp/1"]}"#).unwrap_err().to_string();
+        let e = serde_json::from_str::<NftablesConfig>(r#"{"protected":["icmp/1"]}"#)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("icmp/1"), "{e}");
         assert!(serde_json::from_str::<NftablesConfig>(r#"{"tabel":"x"}"#).is_err());
-        let bad = NftablesConfig { table: "a b".into(), ..Default::default() };
+        let bad = NftablesConfig {
+            table: "a b".into(),
+            ..Default::default()
+        };
         assert!(bad.validate().unwrap_err().to_string().contains("`a b`"));
     }
 }

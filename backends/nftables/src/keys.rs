@@ -73,7 +73,14 @@ pub enum Kind {
 
 impl Kind {
     /// The NAT kinds (sets that exist with `nat = true`).
-    pub const NAT: [Kind; 6] = [Kind::Local, Kind::DnatAddr, Kind::DnatPort, Kind::Fwd, Kind::Masq, Kind::Snat];
+    pub const NAT: [Kind; 6] = [
+        Kind::Local,
+        Kind::DnatAddr,
+        Kind::DnatPort,
+        Kind::Fwd,
+        Kind::Masq,
+        Kind::Snat,
+    ];
 
     fn stem(self) -> &'static str {
         match self {
@@ -212,7 +219,13 @@ pub fn parse_nat_tag(comment: &str) -> Option<(u16, NatRule)> {
     let port = words.next()?.parse().ok()?;
     let to_addr = words.next()?.parse().ok()?;
     let to_port = words.next()?.parse().ok()?;
-    let mut nat = NatRule { to_addr, to_port, local: false, snat: None, dnat: true };
+    let mut nat = NatRule {
+        to_addr,
+        to_port,
+        local: false,
+        snat: None,
+        dnat: true,
+    };
     while let Some(word) = words.next() {
         match word {
             "local" => nat.local = true,
@@ -236,7 +249,10 @@ pub fn parse_nat_tag(comment: &str) -> Option<(u16, NatRule)> {
 /// The caller checks first that `to_addr` (and an SNAT address) has the family of `source`.
 pub fn elements(rule: &Rule) -> Vec<Element> {
     let fam = Fam::of(rule.source);
-    let element = |kind: Kind, (key, key_json): (Vec<u8>, Expression<'static>), data: Option<(Vec<u8>, Expression<'static>)>, comment: &Option<String>| Element {
+    let element = |kind: Kind,
+                   (key, key_json): (Vec<u8>, Expression<'static>),
+                   data: Option<(Vec<u8>, Expression<'static>)>,
+                   comment: &Option<String>| Element {
         set: SetId::new(kind, fam),
         key,
         key_json,
@@ -245,7 +261,12 @@ pub fn elements(rule: &Rule) -> Vec<Element> {
         comment: comment.clone(),
     };
     let Some(nat) = &rule.nat else {
-        return vec![element(Kind::Grants, key(&[rule.source], rule.proto, rule.port), None, &None)];
+        return vec![element(
+            Kind::Grants,
+            key(&[rule.source], rule.proto, rule.port),
+            None,
+            &None,
+        )];
     };
     let comment = Some(nat_tag(rule.port, nat));
     let outer = || key(&[rule.source], rule.proto, rule.port);
@@ -253,11 +274,24 @@ pub fn elements(rule: &Rule) -> Vec<Element> {
     let addr = |a: IpAddr| (addr_bytes(a), Expression::String(a.to_string().into()));
     let mut out = Vec::new();
     if nat.local {
-        out.push(element(Kind::Local, key(&[rule.source], rule.proto, nat.to_port), None, &comment));
+        out.push(element(
+            Kind::Local,
+            key(&[rule.source], rule.proto, nat.to_port),
+            None,
+            &comment,
+        ));
     }
     if nat.dnat {
-        out.push(element(Kind::DnatAddr, outer(), Some(addr(nat.to_addr)), &comment));
-        let port = (nat.to_port.to_be_bytes().to_vec(), Expression::Number(u32::from(nat.to_port)));
+        out.push(element(
+            Kind::DnatAddr,
+            outer(),
+            Some(addr(nat.to_addr)),
+            &comment,
+        ));
+        let port = (
+            nat.to_port.to_be_bytes().to_vec(),
+            Expression::Number(u32::from(nat.to_port)),
+        );
         out.push(element(Kind::DnatPort, outer(), Some(port), &comment));
     }
     if !nat.local {
@@ -276,7 +310,12 @@ mod tests {
     use super::*;
 
     fn rule(src: &str, proto: Proto, port: u16) -> Rule {
-        Rule { source: src.parse().unwrap(), proto, port, nat: None }
+        Rule {
+            source: src.parse().unwrap(),
+            proto,
+            port,
+            nat: None,
+        }
     }
 
     #[test]
@@ -322,18 +361,32 @@ mod tests {
         assert_eq!(e[0].key, [192, 0, 2, 7, 6, 0, 0, 0, 0xd6, 0xd8, 0, 0]);
         assert_eq!(e[0].data.as_deref(), Some(&[10, 0, 0, 2][..]));
         assert_eq!(e[1].data.as_deref(), Some(&[0, 22][..]));
-        assert_eq!(e[2].key, [192, 0, 2, 7, 10, 0, 0, 2, 6, 0, 0, 0, 0, 22, 0, 0]);
+        assert_eq!(
+            e[2].key,
+            [192, 0, 2, 7, 10, 0, 0, 2, 6, 0, 0, 0, 0, 22, 0, 0]
+        );
         assert_eq!(e[3].data.as_deref(), Some(&[10, 0, 0, 1][..]));
         let tag = "nat_55000_10.0.0.2_22_snat_10.0.0.1";
         assert!(e.iter().all(|e| e.comment.as_deref() == Some(tag)));
         assert_eq!(parse_nat_tag(tag), Some((55000, r.nat.clone().unwrap())));
 
-        let local = NatRule { local: true, dnat: false, snat: None, ..r.nat.clone().unwrap() };
+        let local = NatRule {
+            local: true,
+            dnat: false,
+            snat: None,
+            ..r.nat.clone().unwrap()
+        };
         r.nat = Some(local.clone());
         let e = elements(&r);
         assert_eq!(e.len(), 1);
-        assert_eq!((e[0].set.name(), e[0].key[8..10].to_vec()), ("local4".to_string(), vec![0, 22]));
-        assert_eq!(parse_nat_tag(e[0].comment.as_deref().unwrap()), Some((55000, local)));
+        assert_eq!(
+            (e[0].set.name(), e[0].key[8..10].to_vec()),
+            ("local4".to_string(), vec![0, 22])
+        );
+        assert_eq!(
+            parse_nat_tag(e[0].comment.as_deref().unwrap()),
+            Some((55000, local))
+        );
         assert_eq!(parse_nat_tag("nat_1_x_2"), None);
         assert_eq!(parse_nat_tag("hand made"), None);
     }

@@ -28,8 +28,12 @@ pub struct TableState {
 
 /// Parses the output of `nft -j list table`. Unknown things are skipped.
 pub fn parse_table(json: &str) -> Result<TableState, String> {
-    let doc: Value = serde_json::from_str(json).map_err(|e| format!("unreadable `nft -j` output: {e}"))?;
-    let objects = doc.get("nftables").and_then(Value::as_array).ok_or("`nft -j` output has no `nftables` array")?;
+    let doc: Value =
+        serde_json::from_str(json).map_err(|e| format!("unreadable `nft -j` output: {e}"))?;
+    let objects = doc
+        .get("nftables")
+        .and_then(Value::as_array)
+        .ok_or("`nft -j` output has no `nftables` array")?;
     let mut state = TableState::default();
     for obj in objects {
         if let Some(chain) = obj.get("chain") {
@@ -38,11 +42,20 @@ pub fn parse_table(json: &str) -> Result<TableState, String> {
                 state.existing.chains.insert(name.to_string(), prio);
             }
         }
-        let Some(set) = obj.get("set").or_else(|| obj.get("map")) else { continue };
+        let Some(set) = obj.get("set").or_else(|| obj.get("map")) else {
+            continue;
+        };
         let name = set.get("name").and_then(Value::as_str).unwrap_or_default();
         state.existing.sets.insert(name.to_string());
-        let Some(id) = SetId::parse(name) else { continue };
-        for elem in set.get("elem").and_then(Value::as_array).into_iter().flatten() {
+        let Some(id) = SetId::parse(name) else {
+            continue;
+        };
+        for elem in set
+            .get("elem")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             if let Some(g) = parse_element(id, elem) {
                 match state.grants.iter_mut().find(|seen| seen.rule == g.rule) {
                     Some(seen) => seen.remaining_secs = seen.remaining_secs.max(g.remaining_secs),
@@ -65,8 +78,15 @@ fn parse_element(set: SetId, elem: &Value) -> Option<ListedGrant> {
     };
     let (val, remaining, comment) = match elem.get("elem") {
         Some(e) => {
-            let expires = e.get("expires").and_then(Value::as_u64).or_else(|| e.get("timeout").and_then(Value::as_u64));
-            (e.get("val")?, expires.map(|s| s.min(u64::from(u32::MAX)) as u32), e.get("comment").and_then(Value::as_str))
+            let expires = e
+                .get("expires")
+                .and_then(Value::as_u64)
+                .or_else(|| e.get("timeout").and_then(Value::as_u64));
+            (
+                e.get("val")?,
+                expires.map(|s| s.min(u64::from(u32::MAX)) as u32),
+                e.get("comment").and_then(Value::as_str),
+            )
         }
         None => (elem, None, None),
     };
@@ -78,12 +98,25 @@ fn parse_element(set: SetId, elem: &Value) -> Option<ListedGrant> {
     let source: IpAddr = parts[0].as_str()?.parse().ok()?;
     let proto = parse_proto(&parts[expected - 2])?;
     let rule = if set.kind == Kind::Grants {
-        Rule { source, proto, port: parse_port(&parts[expected - 1])?, nat: None }
+        Rule {
+            source,
+            proto,
+            port: parse_port(&parts[expected - 1])?,
+            nat: None,
+        }
     } else {
         let (port, nat) = parse_nat_tag(comment?)?;
-        Rule { source, proto, port, nat: Some(nat) }
+        Rule {
+            source,
+            proto,
+            port,
+            nat: Some(nat),
+        }
     };
-    Some(ListedGrant { rule, remaining_secs: remaining })
+    Some(ListedGrant {
+        rule,
+        remaining_secs: remaining,
+    })
 }
 
 fn parse_proto(v: &Value) -> Option<Proto> {
@@ -153,11 +186,23 @@ mod tests {
             "elem": [{"elem": {"val": {"concat": ["fd00::7", "udp", 53]}, "timeout": 30, "expires": 9, "comment": "nat_5353_fd00::1_53_local"}}]}},
           {"chain": {"family": "inet", "table": "postern", "name": "prerouting", "type": "nat", "hook": "prerouting", "prio": -100}}]}"#;
         let s = parse_table(json).unwrap();
-        assert_eq!(s.grants.len(), 2, "the element without postern's comment is not a grant: {:?}", s.grants);
-        assert_eq!(s.grants[0].rule.to_string(), "192.0.2.7 -> tcp/55000 (NAT to 10.0.0.2:22)");
+        assert_eq!(
+            s.grants.len(),
+            2,
+            "the element without postern's comment is not a grant: {:?}",
+            s.grants
+        );
+        assert_eq!(
+            s.grants[0].rule.to_string(),
+            "192.0.2.7 -> tcp/55000 (NAT to 10.0.0.2:22)"
+        );
         assert_eq!(s.grants[0].remaining_secs, Some(21));
         let nat = s.grants[1].rule.nat.as_ref().unwrap();
-        assert!(nat.local && s.grants[1].rule.port == 5353, "{:?}", s.grants[1]);
+        assert!(
+            nat.local && s.grants[1].rule.port == 5353,
+            "{:?}",
+            s.grants[1]
+        );
         assert_eq!(s.existing.chains.get("prerouting"), Some(&Some(-100)));
         assert!(s.existing.sets.contains("dnat4") && s.existing.sets.contains("fwd4"));
     }

@@ -8,8 +8,13 @@
 use crate::config::NftablesConfig;
 use crate::keys::{Fam, Kind, SetId};
 use nftables::batch::Batch;
-use nftables::expr::{BinaryOperation, Expression, Fib, FibFlag, FibResult, Map, Meta, MetaKey, NamedExpression, Payload, PayloadField, CT};
-use nftables::schema::{Chain, FlushObject, NfCmd, NfListObject, Nftables, Set, SetFlag, SetType, SetTypeValue, Table};
+use nftables::expr::{
+    BinaryOperation, Expression, Fib, FibFlag, FibResult, Map, Meta, MetaKey, NamedExpression,
+    Payload, PayloadField, CT,
+};
+use nftables::schema::{
+    Chain, FlushObject, NfCmd, NfListObject, Nftables, Set, SetFlag, SetType, SetTypeValue, Table,
+};
 use nftables::stmt::{Accept, Counter, Drop, Mangle, Match, NATFamily, Operator, Statement, NAT};
 use nftables::types::{NfChainPolicy, NfChainType, NfHook};
 use std::borrow::Cow;
@@ -46,18 +51,32 @@ struct ChainDef {
 }
 
 /// The setup transaction for `config`, given what already exists.
-pub fn setup_ruleset(config: &NftablesConfig, existing: Option<&ExistingTable>) -> Nftables<'static> {
+pub fn setup_ruleset(
+    config: &NftablesConfig,
+    existing: Option<&ExistingTable>,
+) -> Nftables<'static> {
     let family = config.family.json();
     let table: Cow<'static, str> = config.table.clone().into();
     let mut batch = Batch::new();
-    batch.add(NfListObject::Table(Table { family, name: table.clone(), handle: None }));
+    batch.add(NfListObject::Table(Table {
+        family,
+        name: table.clone(),
+        handle: None,
+    }));
 
     for set in all_sets(config) {
         let key = SetTypeValue::Concatenated(set.key_types().into());
         let flags = Some(HashSet::from([SetFlag::Timeout]));
         let (name, table) = (set.name().into(), table.clone());
         match set.data_type() {
-            None => batch.add(NfListObject::Set(Box::new(Set { family, table, name, set_type: key, flags, ..Set::default() }))),
+            None => batch.add(NfListObject::Set(Box::new(Set {
+                family,
+                table,
+                name,
+                set_type: key,
+                flags,
+                ..Set::default()
+            }))),
             Some(data) => batch.add(NfListObject::Map(Box::new(nftables::schema::Map {
                 family,
                 table,
@@ -83,7 +102,12 @@ pub fn setup_ruleset(config: &NftablesConfig, existing: Option<&ExistingTable>) 
         let elems: Vec<Expression> = config
             .protected
             .iter()
-            .map(|p| concat(vec![Expression::String(p.proto.name().into()), Expression::Number(p.port as u32)]))
+            .map(|p| {
+                concat(vec![
+                    Expression::String(p.proto.name().into()),
+                    Expression::Number(p.port as u32),
+                ])
+            })
             .collect();
         batch.add(NfListObject::Element(nftables::schema::Element {
             family,
@@ -99,23 +123,37 @@ pub fn setup_ruleset(config: &NftablesConfig, existing: Option<&ExistingTable>) 
     let wanted = chain_defs(config);
     let empty = ExistingTable::default();
     let existing = existing.unwrap_or(&empty);
-    let chain = |name: &str| Chain { family, table: table.clone(), name: name.to_string().into(), ..Chain::default() };
+    let chain = |name: &str| Chain {
+        family,
+        table: table.clone(),
+        name: name.to_string().into(),
+        ..Chain::default()
+    };
     let ours = [INPUT_CHAIN].into_iter().chain(OPTIONAL_CHAINS);
     for name in ours.clone().filter(|n| existing.chains.contains_key(*n)) {
         batch.add_cmd(NfCmd::Flush(FlushObject::Chain(chain(name))));
     }
     for name in ours.filter(|n| existing.chains.contains_key(*n)) {
-        let keep = wanted.iter().any(|c| c.name == name && existing.chains.get(name) == Some(&Some(c.prio)));
+        let keep = wanted
+            .iter()
+            .any(|c| c.name == name && existing.chains.get(name) == Some(&Some(c.prio)));
         if !keep {
             batch.delete(NfListObject::Chain(chain(name)));
         }
     }
     let wanted_sets: Vec<String> = all_sets(config).iter().map(|s| s.name()).collect();
     for name in &existing.sets {
-        let Some(id) = SetId::parse(name).filter(|s| s.kind != Kind::Grants && !wanted_sets.contains(name)) else {
+        let Some(id) =
+            SetId::parse(name).filter(|s| s.kind != Kind::Grants && !wanted_sets.contains(name))
+        else {
             continue;
         };
-        let set = Set { family, table: table.clone(), name: name.clone().into(), ..Set::default() };
+        let set = Set {
+            family,
+            table: table.clone(),
+            name: name.clone().into(),
+            ..Set::default()
+        };
         batch.delete(match id.data_type() {
             None => NfListObject::Set(Box::new(set)),
             Some(data) => NfListObject::Map(Box::new(nftables::schema::Map {
@@ -162,7 +200,10 @@ fn fams(config: &NftablesConfig) -> Vec<Fam> {
 
 /// The grant sets the configured family has.
 pub fn grant_sets(config: &NftablesConfig) -> Vec<SetId> {
-    fams(config).into_iter().map(|f| SetId::new(Kind::Grants, f)).collect()
+    fams(config)
+        .into_iter()
+        .map(|f| SetId::new(Kind::Grants, f))
+        .collect()
 }
 
 /// Every set and map of grants the configuration has: grant sets, and with
@@ -200,14 +241,27 @@ fn chain_defs(config: &NftablesConfig) -> Vec<ChainDef> {
             kind: NfChainType::Filter,
             hook: NfHook::Forward,
             prio: config.priority,
-            rules: fams.iter().map(|&f| accept_in(config, flow_key(f), SetId::new(Kind::Fwd, f))).collect(),
+            rules: fams
+                .iter()
+                .map(|&f| accept_in(config, flow_key(f), SetId::new(Kind::Fwd, f)))
+                .collect(),
         });
         let mut post = Vec::new();
         for &f in &fams {
-            post.push(vec![in_set(flow_key(f), SetId::new(Kind::Masq, f)), counter(), Statement::Masquerade(None)]);
+            post.push(vec![
+                in_set(flow_key(f), SetId::new(Kind::Masq, f)),
+                counter(),
+                Statement::Masquerade(None),
+            ]);
             post.push(vec![snat(f)]);
         }
-        defs.push(ChainDef { name: "postrouting", kind: NfChainType::NAT, hook: NfHook::Postrouting, prio: SRCNAT, rules: post });
+        defs.push(ChainDef {
+            name: "postrouting",
+            kind: NfChainType::NAT,
+            hook: NfHook::Postrouting,
+            prio: SRCNAT,
+            rules: post,
+        });
     }
     if config.docker {
         defs.push(ChainDef {
@@ -226,14 +280,25 @@ fn preamble() -> Vec<Vec<Statement<'static>>> {
     vec![
         vec![
             Statement::Match(Match {
-                left: Expression::Named(NamedExpression::CT(CT { key: "state".into(), family: None, dir: None })),
-                right: Expression::List(vec![Expression::String("established".into()), Expression::String("related".into())]),
+                left: Expression::Named(NamedExpression::CT(CT {
+                    key: "state".into(),
+                    family: None,
+                    dir: None,
+                })),
+                right: Expression::List(vec![
+                    Expression::String("established".into()),
+                    Expression::String("related".into()),
+                ]),
                 op: Operator::IN,
             }),
             Statement::Accept(Some(Accept {})),
         ],
         vec![
-            Statement::Match(Match { left: meta(MetaKey::Iif), right: Expression::String("lo".into()), op: Operator::EQ }),
+            Statement::Match(Match {
+                left: meta(MetaKey::Iif),
+                right: Expression::String("lo".into()),
+                op: Operator::EQ,
+            }),
             Statement::Accept(Some(Accept {})),
         ],
     ]
@@ -273,12 +338,19 @@ fn docker_rules(config: &NftablesConfig, fams: &[Fam]) -> Vec<Vec<Statement<'sta
     for &f in fams {
         rules.push(accept_in(config, host_key(f), SetId::new(Kind::Grants, f)));
         if config.nat {
-            rules.push(accept_in(config, host_key(f), SetId::new(Kind::DnatAddr, f)));
+            rules.push(accept_in(
+                config,
+                host_key(f),
+                SetId::new(Kind::DnatAddr, f),
+            ));
         }
     }
     if config.installs_drop_rule() {
         let local = Statement::Match(Match {
-            left: Expression::Named(NamedExpression::Fib(Fib { result: FibResult::Type, flags: HashSet::from([FibFlag::Daddr]) })),
+            left: Expression::Named(NamedExpression::Fib(Fib {
+                result: FibResult::Type,
+                flags: HashSet::from([FibFlag::Daddr]),
+            })),
             right: Expression::String("local".into()),
             op: Operator::EQ,
         });
@@ -303,16 +375,29 @@ fn drop_protected(first: Option<Statement<'static>>) -> Vec<Statement<'static>> 
 
 /// `saddr . l4proto . dport`.
 fn host_key(f: Fam) -> Expression<'static> {
-    concat(vec![payload(f.proto(), "saddr"), meta(MetaKey::L4proto), payload("th", "dport")])
+    concat(vec![
+        payload(f.proto(), "saddr"),
+        meta(MetaKey::L4proto),
+        payload("th", "dport"),
+    ])
 }
 
 /// `saddr . daddr . l4proto . dport`.
 fn flow_key(f: Fam) -> Expression<'static> {
-    concat(vec![payload(f.proto(), "saddr"), payload(f.proto(), "daddr"), meta(MetaKey::L4proto), payload("th", "dport")])
+    concat(vec![
+        payload(f.proto(), "saddr"),
+        payload(f.proto(), "daddr"),
+        meta(MetaKey::L4proto),
+        payload("th", "dport"),
+    ])
 }
 
 fn in_set(key: Expression<'static>, set: SetId) -> Statement<'static> {
-    Statement::Match(Match { left: key, right: Expression::String(format!("@{}", set.name()).into()), op: Operator::EQ })
+    Statement::Match(Match {
+        left: key,
+        right: Expression::String(format!("@{}", set.name()).into()),
+        op: Operator::EQ,
+    })
 }
 
 fn counter() -> Statement<'static> {
@@ -320,12 +405,19 @@ fn counter() -> Statement<'static> {
 }
 
 /// `KEY @SET counter [meta mark set mark | M] accept`.
-fn accept_in(config: &NftablesConfig, key: Expression<'static>, set: SetId) -> Vec<Statement<'static>> {
+fn accept_in(
+    config: &NftablesConfig,
+    key: Expression<'static>,
+    set: SetId,
+) -> Vec<Statement<'static>> {
     let mut rule = vec![in_set(key, set), counter()];
     if let Some(mark) = config.grant_mark {
         rule.push(Statement::Mangle(Mangle {
             key: meta(MetaKey::Mark),
-            value: Expression::BinaryOperation(Box::new(BinaryOperation::OR(vec![meta(MetaKey::Mark), Expression::Number(mark)]))),
+            value: Expression::BinaryOperation(Box::new(BinaryOperation::OR(vec![
+                meta(MetaKey::Mark),
+                Expression::Number(mark),
+            ]))),
         }));
     }
     rule.push(Statement::Accept(Some(Accept {})));
@@ -333,7 +425,10 @@ fn accept_in(config: &NftablesConfig, key: Expression<'static>, set: SetId) -> V
 }
 
 fn map_lookup(key: Expression<'static>, set: SetId) -> Expression<'static> {
-    Expression::Named(NamedExpression::Map(Box::new(Map { key, data: Expression::String(format!("@{}", set.name()).into()) })))
+    Expression::Named(NamedExpression::Map(Box::new(Map {
+        key,
+        data: Expression::String(format!("@{}", set.name()).into()),
+    })))
 }
 
 fn nat_family(f: Fam) -> NATFamily {
@@ -373,10 +468,12 @@ fn meta(key: MetaKey) -> Expression<'static> {
 }
 
 fn payload(protocol: &'static str, field: &'static str) -> Expression<'static> {
-    Expression::Named(NamedExpression::Payload(Payload::PayloadField(PayloadField {
-        protocol: protocol.into(),
-        field: field.into(),
-    })))
+    Expression::Named(NamedExpression::Payload(Payload::PayloadField(
+        PayloadField {
+            protocol: protocol.into(),
+            field: field.into(),
+        },
+    )))
 }
 
 #[cfg(test)]
@@ -385,7 +482,10 @@ mod tests {
     use crate::config::{ProtectedPort, TableFamily};
 
     fn existing_input(prio: i32) -> ExistingTable {
-        ExistingTable { chains: BTreeMap::from([("input".to_string(), Some(prio))]), ..Default::default() }
+        ExistingTable {
+            chains: BTreeMap::from([("input".to_string(), Some(prio))]),
+            ..Default::default()
+        }
     }
 
     fn json(config: &NftablesConfig, existing: Option<&ExistingTable>) -> String {
@@ -394,16 +494,34 @@ mod tests {
 
     #[test]
     fn fresh_setup_creates_table_sets_chain_and_rules() {
-        let config = NftablesConfig { protected: vec!["tcp/22".parse::<ProtectedPort>().unwrap()], ..Default::default() };
+        let config = NftablesConfig {
+            protected: vec!["tcp/22".parse::<ProtectedPort>().unwrap()],
+            ..Default::default()
+        };
         let j = json(&config, None);
-        assert!(j.starts_with(r#"{"nftables":[{"add":{"table":{"family":"inet","name":"postern"}}}"#), "{j}");
+        assert!(
+            j.starts_with(r#"{"nftables":[{"add":{"table":{"family":"inet","name":"postern"}}}"#),
+            "{j}"
+        );
         assert!(j.contains(r#""name":"grants4","type":["ipv4_addr","inet_proto","inet_service"],"flags":["timeout"]"#), "{j}");
-        assert!(j.contains(r#""name":"grants6","type":["ipv6_addr","inet_proto","inet_service"]"#), "{j}");
-        assert!(j.contains(r#"{"flush":{"set":{"family":"inet","table":"postern","name":"protected""#), "{j}");
+        assert!(
+            j.contains(r#""name":"grants6","type":["ipv6_addr","inet_proto","inet_service"]"#),
+            "{j}"
+        );
+        assert!(
+            j.contains(r#"{"flush":{"set":{"family":"inet","table":"postern","name":"protected""#),
+            "{j}"
+        );
         assert!(j.contains(r#""elem":[{"concat":["tcp",22]}]"#), "{j}");
-        assert!(j.contains(r#""type":"filter","hook":"input","prio":-10,"policy":"accept""#), "{j}");
+        assert!(
+            j.contains(r#""type":"filter","hook":"input","prio":-10,"policy":"accept""#),
+            "{j}"
+        );
         assert!(j.contains(r#"{"match":{"left":{"concat":[{"payload":{"protocol":"ip","field":"saddr"}},{"meta":{"key":"l4proto"}},{"payload":{"protocol":"th","field":"dport"}}]},"right":"@grants4","op":"=="}}"#), "{j}");
-        assert!(j.contains(r#"{"drop":null}"#) || j.contains(r#"{"drop":{}}"#), "{j}");
+        assert!(
+            j.contains(r#"{"drop":null}"#) || j.contains(r#"{"drop":{}}"#),
+            "{j}"
+        );
         // Fresh: no flush of a chain that does not exist yet.
         assert!(!j.contains(r#"{"flush":{"chain""#), "{j}");
     }
@@ -412,9 +530,17 @@ mod tests {
     fn rerun_flushes_chain_and_recreates_it_only_when_priority_changed() {
         let config = NftablesConfig::default();
         let same = json(&config, Some(&existing_input(-10)));
-        assert!(same.contains(r#"{"flush":{"chain""#) && !same.contains(r#"{"delete""#), "{same}");
+        assert!(
+            same.contains(r#"{"flush":{"chain""#) && !same.contains(r#"{"delete""#),
+            "{same}"
+        );
         let changed = json(&config, Some(&existing_input(0)));
-        assert!(changed.contains(r#"{"delete":{"chain":{"family":"inet","table":"postern","name":"input"}}}"#), "{changed}");
+        assert!(
+            changed.contains(
+                r#"{"delete":{"chain":{"family":"inet","table":"postern","name":"input"}}}"#
+            ),
+            "{changed}"
+        );
     }
 
     #[test]

@@ -44,9 +44,21 @@ fn hooks(forward: bool) -> &'static [&'static str] {
 
 /// Inspects `nft -j list ruleset` output; postern's own table is skipped.
 /// `forward`: postern forwards traffic (NAT, Docker), so the forward hook counts too.
-pub fn shadowing_in_ruleset(json: &str, family: TableFamily, own_table: &str, grant_mark: Option<u32>, forward: bool) -> Vec<ShadowWarning> {
-    let Ok(doc) = serde_json::from_str::<Value>(json) else { return Vec::new() };
-    let objects = doc.get("nftables").and_then(Value::as_array).cloned().unwrap_or_default();
+pub fn shadowing_in_ruleset(
+    json: &str,
+    family: TableFamily,
+    own_table: &str,
+    grant_mark: Option<u32>,
+    forward: bool,
+) -> Vec<ShadowWarning> {
+    let Ok(doc) = serde_json::from_str::<Value>(json) else {
+        return Vec::new();
+    };
+    let objects = doc
+        .get("nftables")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     let relevant = |fam: &str, table: &str| {
         let fam_ok = match fam {
             "inet" => true,
@@ -59,7 +71,12 @@ pub fn shadowing_in_ruleset(json: &str, family: TableFamily, own_table: &str, gr
     let mut warnings = Vec::new();
     for chain in objects.iter().filter_map(|o| o.get("chain")) {
         let field = |k: &str| chain.get(k).and_then(Value::as_str).unwrap_or_default();
-        let (fam, table, name, hook) = (field("family"), field("table"), field("name"), field("hook"));
+        let (fam, table, name, hook) = (
+            field("family"),
+            field("table"),
+            field("name"),
+            field("hook"),
+        );
         if !hooks(forward).contains(&hook) || !relevant(fam, table) {
             continue;
         }
@@ -78,10 +95,16 @@ pub fn shadowing_in_ruleset(json: &str, family: TableFamily, own_table: &str, gr
         let location = format!("nft {fam} {table} {name}");
         let prio = chain.get("prio").map(|p| p.to_string()).unwrap_or_default();
         if field("policy") == "drop" {
-            warnings.push(ShadowWarning { location: location.clone(), reason: format!("hook {hook} priority {prio} has policy drop") });
+            warnings.push(ShadowWarning {
+                location: location.clone(),
+                reason: format!("hook {hook} priority {prio} has policy drop"),
+            });
         }
         if rules.iter().any(|e| unconditional_drop(e)) {
-            warnings.push(ShadowWarning { location, reason: format!("hook {hook} priority {prio} drops or rejects unconditionally") });
+            warnings.push(ShadowWarning {
+                location,
+                reason: format!("hook {hook} priority {prio} drops or rejects unconditionally"),
+            });
         }
     }
     warnings
@@ -89,9 +112,15 @@ pub fn shadowing_in_ruleset(json: &str, family: TableFamily, own_table: &str, gr
 
 /// A rule with no match statement whose verdict is drop or reject.
 fn unconditional_drop(expr: &Value) -> bool {
-    let Some(stmts) = expr.as_array() else { return false };
-    let has_match = stmts.iter().any(|s| s.get("match").is_some() || s.get("xt").is_some());
-    let drops = stmts.iter().any(|s| s.get("drop").is_some() || s.get("reject").is_some());
+    let Some(stmts) = expr.as_array() else {
+        return false;
+    };
+    let has_match = stmts
+        .iter()
+        .any(|s| s.get("match").is_some() || s.get("xt").is_some());
+    let drops = stmts
+        .iter()
+        .any(|s| s.get("drop").is_some() || s.get("reject").is_some());
     drops && !has_match
 }
 
@@ -103,11 +132,23 @@ fn accepts_mark(expr: &Value) -> bool {
 
 /// Inspects `iptables-legacy-save` (or `ip6tables-legacy-save`) output: these
 /// rules live outside nftables and never show in `nft list ruleset`.
-pub fn shadowing_in_iptables_save(save: &str, tool: &str, grant_mark: Option<u32>, forward: bool) -> Vec<ShadowWarning> {
+pub fn shadowing_in_iptables_save(
+    save: &str,
+    tool: &str,
+    grant_mark: Option<u32>,
+    forward: bool,
+) -> Vec<ShadowWarning> {
     let mut warnings = Vec::new();
     let mut table = "";
-    let chains: &[&str] = if forward { &["INPUT", "PREROUTING", "FORWARD"] } else { &["INPUT", "PREROUTING"] };
-    let accepts_mark = grant_mark.is_some() && save.lines().any(|l| l.contains("-m mark") && l.contains("-j ACCEPT"));
+    let chains: &[&str] = if forward {
+        &["INPUT", "PREROUTING", "FORWARD"]
+    } else {
+        &["INPUT", "PREROUTING"]
+    };
+    let accepts_mark = grant_mark.is_some()
+        && save
+            .lines()
+            .any(|l| l.contains("-m mark") && l.contains("-j ACCEPT"));
     if accepts_mark {
         return warnings;
     }
@@ -118,14 +159,20 @@ pub fn shadowing_in_iptables_save(save: &str, tool: &str, grant_mark: Option<u32
             let mut parts = rest.split_whitespace();
             if let (Some(chain), Some("DROP")) = (parts.next(), parts.next()) {
                 if chains.contains(&chain) {
-                    warnings.push(ShadowWarning { location: format!("{tool} {table} {chain}"), reason: "policy DROP".into() });
+                    warnings.push(ShadowWarning {
+                        location: format!("{tool} {table} {chain}"),
+                        reason: "policy DROP".into(),
+                    });
                 }
             }
         } else if let Some(rest) = line.strip_prefix("-A ") {
             let mut parts = rest.split_whitespace();
             let chain = parts.next().unwrap_or_default();
             let (next, target) = (parts.next(), parts.next());
-            if chains.contains(&chain) && next == Some("-j") && matches!(target, Some("DROP" | "REJECT")) {
+            if chains.contains(&chain)
+                && next == Some("-j")
+                && matches!(target, Some("DROP" | "REJECT"))
+            {
                 warnings.push(ShadowWarning {
                     location: format!("{tool} {table} {chain}"),
                     reason: format!("`{line}` drops or rejects unconditionally"),
@@ -154,15 +201,38 @@ mod tests {
     fn reports_drop_policies_and_catch_all_drops_but_not_our_table() {
         let w = shadowing_in_ruleset(RULESET, TableFamily::Inet, "postern", None, false);
         let locs: Vec<&str> = w.iter().map(|w| w.location.as_str()).collect();
-        assert_eq!(locs, ["nft inet filter input", "nft ip filter INPUT", "nft ip6 six in"], "{w:?}");
-        assert!(w[0].to_string().contains("policy drop") && w[0].to_string().contains("grant_mark"));
+        assert_eq!(
+            locs,
+            [
+                "nft inet filter input",
+                "nft ip filter INPUT",
+                "nft ip6 six in"
+            ],
+            "{w:?}"
+        );
+        assert!(
+            w[0].to_string().contains("policy drop") && w[0].to_string().contains("grant_mark")
+        );
         // For an `ip postern` table, `inet postern` is somebody else's; ip6 is irrelevant.
         let v4_only = shadowing_in_ruleset(RULESET, TableFamily::Ip, "postern", None, false);
         let locs: Vec<&str> = v4_only.iter().map(|w| w.location.as_str()).collect();
-        assert_eq!(locs, ["nft inet postern input", "nft inet filter input", "nft ip filter INPUT"]);
+        assert_eq!(
+            locs,
+            [
+                "nft inet postern input",
+                "nft inet filter input",
+                "nft ip filter INPUT"
+            ]
+        );
         // With NAT, a forward chain with policy drop counts too.
-        let fwd = RULESET.replace(r#""name": "output", "hook": "output""#, r#""name": "fwd", "hook": "forward""#);
-        assert_eq!(shadowing_in_ruleset(&fwd, TableFamily::Inet, "postern", None, false).len(), 3);
+        let fwd = RULESET.replace(
+            r#""name": "output", "hook": "output""#,
+            r#""name": "fwd", "hook": "forward""#,
+        );
+        assert_eq!(
+            shadowing_in_ruleset(&fwd, TableFamily::Inet, "postern", None, false).len(),
+            3
+        );
         let w = shadowing_in_ruleset(&fwd, TableFamily::Inet, "postern", None, true);
         assert_eq!(w.last().unwrap().location, "nft inet filter fwd", "{w:?}");
     }
@@ -172,8 +242,13 @@ mod tests {
         let json = r#"{"nftables": [
           {"chain": {"family": "inet", "table": "filter", "name": "input", "hook": "input", "prio": 0, "policy": "drop"}},
           {"rule": {"family": "inet", "table": "filter", "chain": "input", "expr": [{"match": {"op": "==", "left": {"&": [{"meta":{"key":"mark"}}, 256]}, "right": 256}}, {"accept": null}]}}]}"#;
-        assert!(shadowing_in_ruleset(json, TableFamily::Inet, "postern", Some(256), false).is_empty());
-        assert_eq!(shadowing_in_ruleset(json, TableFamily::Inet, "postern", None, false).len(), 1);
+        assert!(
+            shadowing_in_ruleset(json, TableFamily::Inet, "postern", Some(256), false).is_empty()
+        );
+        assert_eq!(
+            shadowing_in_ruleset(json, TableFamily::Inet, "postern", None, false).len(),
+            1
+        );
     }
 
     #[test]
@@ -185,6 +260,9 @@ mod tests {
         assert!(shadowing_in_iptables_save("", "iptables-legacy", None, false).is_empty());
         let router = "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [0:0]\nCOMMIT\n";
         assert!(shadowing_in_iptables_save(router, "iptables-legacy", None, false).is_empty());
-        assert_eq!(shadowing_in_iptables_save(router, "iptables-legacy", None, true)[0].location, "iptables-legacy filter FORWARD");
+        assert_eq!(
+            shadowing_in_iptables_save(router, "iptables-legacy", None, true)[0].location,
+            "iptables-legacy filter FORWARD"
+        );
     }
 }

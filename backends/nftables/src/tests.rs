@@ -1,7 +1,9 @@
 //! Backend logic against a recording fake runner (no root, no kernel).
 
 use crate::{ApplyWith, NftablesBackend, NftablesConfig, TableFamily};
-use spa_core::firewall::{CommandRunner, Firewall, FirewallError, FwResult, NatRule, Opening, Rule, Snat};
+use spa_core::firewall::{
+    CommandRunner, Firewall, FirewallError, FwResult, NatRule, Opening, Rule, Snat,
+};
 use spa_core::request::Proto;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -16,17 +18,30 @@ struct FakeRunner {
 
 impl CommandRunner for FakeRunner {
     fn run(&mut self, argv: &[String], stdin: Option<&str>) -> FwResult<String> {
-        self.log.lock().unwrap().push((argv.to_vec(), stdin.map(str::to_string)));
+        self.log
+            .lock()
+            .unwrap()
+            .push((argv.to_vec(), stdin.map(str::to_string)));
         self.answers.pop_front().unwrap_or(Ok(String::new()))
     }
 }
 
 fn fake(config: NftablesConfig, answers: Vec<FwResult<String>>) -> (NftablesBackend, Log) {
     let log = Log::default();
-    let runner = FakeRunner { log: log.clone(), answers: answers.into() };
+    let runner = FakeRunner {
+        log: log.clone(),
+        answers: answers.into(),
+    };
     // `sh` exists everywhere; the fake never runs it.
-    let config = NftablesConfig { nft_path: "/bin/sh".into(), apply_with: ApplyWith::Nft, ..config };
-    let backend = NftablesBackend::new(config).unwrap().with_runner(Box::new(runner)).with_clock(|| 1000);
+    let config = NftablesConfig {
+        nft_path: "/bin/sh".into(),
+        apply_with: ApplyWith::Nft,
+        ..config
+    };
+    let backend = NftablesBackend::new(config)
+        .unwrap()
+        .with_runner(Box::new(runner))
+        .with_clock(|| 1000);
     (backend, log)
 }
 
@@ -39,7 +54,16 @@ fn no_table() -> FwResult<String> {
 }
 
 fn opening(src: &str, secs: u32) -> Opening {
-    Opening { rule: Rule { source: src.parse().unwrap(), proto: Proto::Tcp, port: 22, nat: None }, timeout_secs: secs, expires_at: 0 }
+    Opening {
+        rule: Rule {
+            source: src.parse().unwrap(),
+            proto: Proto::Tcp,
+            port: 22,
+            nat: None,
+        },
+        timeout_secs: secs,
+        expires_at: 0,
+    }
 }
 
 #[test]
@@ -48,7 +72,10 @@ fn init_reads_the_table_then_applies_one_document() {
     fw.init(0).unwrap();
     let log = log.lock().unwrap();
     assert_eq!(log.len(), 2);
-    assert_eq!(log[0].0, ["/bin/sh", "-j", "list", "table", "inet", "postern"]);
+    assert_eq!(
+        log[0].0,
+        ["/bin/sh", "-j", "list", "table", "inet", "postern"]
+    );
     assert_eq!(log[1].0, ["/bin/sh", "-j", "-f", "-"]);
     assert!(log[1].1.as_deref().unwrap().contains(r#""hook":"input""#));
 }
@@ -58,15 +85,23 @@ fn in_netns_runs_nft_under_nsenter() {
     let (fw, log) = fake(NftablesConfig::default(), vec![no_table()]);
     let mut fw = fw.in_netns("/var/run/netns/x");
     fw.init(0).unwrap();
-    assert_eq!(log.lock().unwrap()[0].0[..4], ["nsenter", "--net=/var/run/netns/x", "--", "/bin/sh"]);
+    assert_eq!(
+        log.lock().unwrap()[0].0[..4],
+        ["nsenter", "--net=/var/run/netns/x", "--", "/bin/sh"]
+    );
 }
 
 #[test]
 fn a_missing_nft_is_reported_as_missing() {
-    let config = NftablesConfig { nft_path: "/nonexistent/nft".into(), ..Default::default() };
+    let config = NftablesConfig {
+        nft_path: "/nonexistent/nft".into(),
+        ..Default::default()
+    };
     let mut fw = NftablesBackend::new(config).unwrap();
     match fw.init(0) {
-        Err(e @ FirewallError::Missing { .. }) => assert!(e.to_string().contains("/nonexistent/nft"), "{e}"),
+        Err(e @ FirewallError::Missing { .. }) => {
+            assert!(e.to_string().contains("/nonexistent/nft"), "{e}")
+        }
         other => panic!("expected Missing, got {other:?}"),
     }
 }
@@ -80,23 +115,46 @@ fn permission_denied_is_reported_as_missing_capability() {
     });
     let (mut fw, _) = fake(NftablesConfig::default(), vec![denied]);
     let e = fw.init(0).unwrap_err();
-    assert!(matches!(e, FirewallError::Missing { .. }) && e.to_string().contains("CAP_NET_ADMIN"), "{e}");
+    assert!(
+        matches!(e, FirewallError::Missing { .. }) && e.to_string().contains("CAP_NET_ADMIN"),
+        "{e}"
+    );
 }
 
 #[test]
 fn grant_sends_one_document_and_refuses_bad_openings_before_running_anything() {
     let (mut fw, log) = fake(NftablesConfig::default(), vec![]);
-    fw.grant(&[opening("10.0.0.1", 30), opening("fd00::1", 30)]).unwrap();
+    fw.grant(&[opening("10.0.0.1", 30), opening("fd00::1", 30)])
+        .unwrap();
     assert_eq!(log.lock().unwrap().len(), 1);
 
     let mut nat = opening("10.0.0.2", 30);
-    nat.rule.nat = Some(NatRule { to_addr: "192.168.1.2".parse().unwrap(), to_port: 22, local: false, snat: None, dnat: true });
-    assert!(matches!(fw.grant(&[opening("10.0.0.3", 30), nat]), Err(FirewallError::Unsupported { .. })));
+    nat.rule.nat = Some(NatRule {
+        to_addr: "192.168.1.2".parse().unwrap(),
+        to_port: 22,
+        local: false,
+        snat: None,
+        dnat: true,
+    });
+    assert!(matches!(
+        fw.grant(&[opening("10.0.0.3", 30), nat]),
+        Err(FirewallError::Unsupported { .. })
+    ));
     assert!(fw.grant(&[opening("10.0.0.3", 0)]).is_err());
     assert!(fw.grant(&[]).is_ok());
-    assert_eq!(log.lock().unwrap().len(), 1, "nothing may run for a refused or empty batch");
+    assert_eq!(
+        log.lock().unwrap().len(),
+        1,
+        "nothing may run for a refused or empty batch"
+    );
 
-    let (mut v4_only, _) = fake(NftablesConfig { family: TableFamily::Ip, ..Default::default() }, vec![]);
+    let (mut v4_only, _) = fake(
+        NftablesConfig {
+            family: TableFamily::Ip,
+            ..Default::default()
+        },
+        vec![],
+    );
     let e = v4_only.grant(&[opening("fd00::1", 30)]).unwrap_err();
     assert!(e.to_string().contains("family = \"inet\""), "{e}");
     // Revoking what such a table cannot hold is a no-op, not an error.
@@ -109,9 +167,20 @@ fn list_maps_remaining_time_to_absolute_expiry() {
         "elem": [{"elem": {"val": {"concat": ["10.0.0.1", "tcp", 22]}, "timeout": 60, "expires": 42}}]}}]}"#;
     let (mut fw, _) = fake(NftablesConfig::default(), vec![Ok(listed.into())]);
     let got = fw.list().unwrap();
-    assert_eq!(got, vec![Opening { rule: opening("10.0.0.1", 0).rule, timeout_secs: 42, expires_at: 1042 }]);
+    assert_eq!(
+        got,
+        vec![Opening {
+            rule: opening("10.0.0.1", 0).rule,
+            timeout_secs: 42,
+            expires_at: 1042
+        }]
+    );
     let (mut fw, _) = fake(NftablesConfig::default(), vec![no_table()]);
-    assert!(fw.list().unwrap_err().to_string().contains("init creates it"));
+    assert!(fw
+        .list()
+        .unwrap_err()
+        .to_string()
+        .contains("init creates it"));
 }
 
 #[test]
@@ -126,7 +195,13 @@ fn kernel_expiry_means_expire_does_nothing() {
 fn nat_opening(local: bool, snat: Option<Snat>) -> Opening {
     let mut o = opening("192.0.2.7", 30);
     o.rule.port = 55000;
-    o.rule.nat = Some(NatRule { to_addr: "10.0.0.2".parse().unwrap(), to_port: 22, local, snat, dnat: true });
+    o.rule.nat = Some(NatRule {
+        to_addr: "10.0.0.2".parse().unwrap(),
+        to_port: 22,
+        local,
+        snat,
+        dnat: true,
+    });
     o
 }
 
@@ -139,7 +214,14 @@ fn setup_json(config: NftablesConfig, listing: FwResult<String>) -> String {
 
 #[test]
 fn nat_setup_creates_maps_and_the_three_chains() {
-    let j = setup_json(NftablesConfig { nat: true, protected: vec!["tcp/22".parse().unwrap()], ..Default::default() }, no_table());
+    let j = setup_json(
+        NftablesConfig {
+            nat: true,
+            protected: vec!["tcp/22".parse().unwrap()],
+            ..Default::default()
+        },
+        no_table(),
+    );
     for fragment in [
         r#"{"add":{"map":{"family":"inet","table":"postern","name":"dnat4","type":["ipv4_addr","inet_proto","inet_service"],"map":"ipv4_addr","flags":["timeout"]}}}"#,
         r#"{"add":{"map":{"family":"inet","table":"postern","name":"dnatport6","type":["ipv6_addr","inet_proto","inet_service"],"map":"inet_service","flags":["timeout"]}}}"#,
@@ -167,12 +249,29 @@ fn nat_setup_creates_maps_and_the_three_chains() {
 
 #[test]
 fn docker_setup_adds_a_prerouting_chain_before_dnat() {
-    let config = NftablesConfig { docker: true, protected: vec!["tcp/8080".parse().unwrap()], grant_mark: Some(0x100), ..Default::default() };
+    let config = NftablesConfig {
+        docker: true,
+        protected: vec!["tcp/8080".parse().unwrap()],
+        grant_mark: Some(0x100),
+        ..Default::default()
+    };
     let j = setup_json(config, no_table());
     assert!(j.contains(r#"{"add":{"chain":{"family":"inet","table":"postern","name":"docker","type":"filter","hook":"prerouting","prio":-150,"policy":"accept"}}}"#), "{j}");
-    let docker_rules: Vec<&str> = j.split(r#"{"add":{"rule":"#).filter(|r| r.contains(r#""chain":"docker""#)).collect();
-    assert_eq!(docker_rules.len(), 5, "ct, lo, grants4, grants6, drop: {docker_rules:?}");
-    assert!(docker_rules[2].contains(r#""right":"@grants4""#) && docker_rules[2].contains(r#"{"mangle""#), "{}", docker_rules[2]);
+    let docker_rules: Vec<&str> = j
+        .split(r#"{"add":{"rule":"#)
+        .filter(|r| r.contains(r#""chain":"docker""#))
+        .collect();
+    assert_eq!(
+        docker_rules.len(),
+        5,
+        "ct, lo, grants4, grants6, drop: {docker_rules:?}"
+    );
+    assert!(
+        docker_rules[2].contains(r#""right":"@grants4""#)
+            && docker_rules[2].contains(r#"{"mangle""#),
+        "{}",
+        docker_rules[2]
+    );
     assert!(
         docker_rules[4].contains(r#"{"match":{"left":{"fib":{"result":"type","flags":["daddr"]}},"right":"local","op":"=="}}"#)
             && docker_rules[4].contains(r#""right":"@protected""#)
@@ -191,24 +290,56 @@ fn init_with_nat_off_removes_nat_chains_and_maps_a_previous_run_made() {
       {"chain": {"family": "inet", "table": "postern", "name": "input", "type": "filter", "hook": "input", "prio": -10, "policy": "accept"}},
       {"chain": {"family": "inet", "table": "postern", "name": "prerouting", "type": "nat", "hook": "prerouting", "prio": -100, "policy": "accept"}}]}"#;
     let j = setup_json(NftablesConfig::default(), Ok(listed.into()));
-    let flush_input = j.find(r#"{"flush":{"chain":{"family":"inet","table":"postern","name":"input"}}}"#).expect(&j);
-    let flush_pre = j.find(r#"{"flush":{"chain":{"family":"inet","table":"postern","name":"prerouting"}}}"#).expect(&j);
-    let del_pre = j.find(r#"{"delete":{"chain":{"family":"inet","table":"postern","name":"prerouting"}}}"#).expect(&j);
-    let del_map = j.find(r#"{"delete":{"map":{"family":"inet","table":"postern","name":"dnat4""#).expect(&j);
-    let del_local = j.find(r#"{"delete":{"set":{"family":"inet","table":"postern","name":"local4""#).expect(&j);
-    let add_input = j.find(r#"{"add":{"chain":{"family":"inet","table":"postern","name":"input""#).expect(&j);
-    assert!(flush_input < del_local && flush_pre < del_pre && del_pre < del_map && del_map < add_input, "{j}");
-    assert!(!j.contains(r#"{"delete":{"chain":{"family":"inet","table":"postern","name":"input"}}}"#), "input stays: {j}");
-    assert!(!j.contains(r#""name":"grants4"}}},{"delete"#) && !j.contains(r#"{"delete":{"set":{"family":"inet","table":"postern","name":"grants4""#));
+    let flush_input = j
+        .find(r#"{"flush":{"chain":{"family":"inet","table":"postern","name":"input"}}}"#)
+        .expect(&j);
+    let flush_pre = j
+        .find(r#"{"flush":{"chain":{"family":"inet","table":"postern","name":"prerouting"}}}"#)
+        .expect(&j);
+    let del_pre = j
+        .find(r#"{"delete":{"chain":{"family":"inet","table":"postern","name":"prerouting"}}}"#)
+        .expect(&j);
+    let del_map = j
+        .find(r#"{"delete":{"map":{"family":"inet","table":"postern","name":"dnat4""#)
+        .expect(&j);
+    let del_local = j
+        .find(r#"{"delete":{"set":{"family":"inet","table":"postern","name":"local4""#)
+        .expect(&j);
+    let add_input = j
+        .find(r#"{"add":{"chain":{"family":"inet","table":"postern","name":"input""#)
+        .expect(&j);
+    assert!(
+        flush_input < del_local && flush_pre < del_pre && del_pre < del_map && del_map < add_input,
+        "{j}"
+    );
+    assert!(
+        !j.contains(r#"{"delete":{"chain":{"family":"inet","table":"postern","name":"input"}}}"#),
+        "input stays: {j}"
+    );
+    assert!(
+        !j.contains(r#""name":"grants4"}}},{"delete"#)
+            && !j.contains(
+                r#"{"delete":{"set":{"family":"inet","table":"postern","name":"grants4""#
+            )
+    );
 }
 
 #[test]
 fn forward_nat_grant_document() {
-    let (mut fw, log) = fake(NftablesConfig { nat: true, ..Default::default() }, vec![]);
-    fw.grant(&[nat_opening(false, Some(Snat::Masquerade))]).unwrap();
+    let (mut fw, log) = fake(
+        NftablesConfig {
+            nat: true,
+            ..Default::default()
+        },
+        vec![],
+    );
+    fw.grant(&[nat_opening(false, Some(Snat::Masquerade))])
+        .unwrap();
     let doc = log.lock().unwrap()[0].1.clone().unwrap();
     let elem = |val: &str, data: Option<&str>| {
-        let e = format!(r#"{{"elem":{{"val":{{"concat":[{val}]}},"timeout":30,"expires":null,"comment":"nat_55000_10.0.0.2_22_masq","counter":null}}}}"#);
+        let e = format!(
+            r#"{{"elem":{{"val":{{"concat":[{val}]}},"timeout":30,"expires":null,"comment":"nat_55000_10.0.0.2_22_masq","counter":null}}}}"#
+        );
         match data {
             Some(d) => format!("[{e},{d}]"),
             None => e,
@@ -221,8 +352,13 @@ fn forward_nat_grant_document() {
         ("fwd4", r#""192.0.2.7","10.0.0.2","tcp",22"#, None),
         ("masq4", r#""192.0.2.7","10.0.0.2","tcp",22"#, None),
     ] {
-        let add = format!(r#"{{"add":{{"element":{{"family":"inet","table":"postern","name":"{set}","elem":[{}]}}}}}}"#, elem(val, data));
-        let del = format!(r#"{{"delete":{{"element":{{"family":"inet","table":"postern","name":"{set}","elem":[{{"concat":[{val}]}}]}}}}}}"#);
+        let add = format!(
+            r#"{{"add":{{"element":{{"family":"inet","table":"postern","name":"{set}","elem":[{}]}}}}}}"#,
+            elem(val, data)
+        );
+        let del = format!(
+            r#"{{"delete":{{"element":{{"family":"inet","table":"postern","name":"{set}","elem":[{{"concat":[{val}]}}]}}}}}}"#
+        );
         want.extend([add.clone(), del, add]);
     }
     assert_eq!(doc, format!(r#"{{"nftables":[{}]}}"#, want.join(",")));
@@ -230,16 +366,48 @@ fn forward_nat_grant_document() {
 
 #[test]
 fn local_nat_grant_elements_and_checks_before_anything_runs() {
-    let (mut fw, log) = fake(NftablesConfig { nat: true, ..Default::default() }, vec![]);
-    fw.grant(&[nat_opening(true, Some(Snat::Masquerade))]).unwrap();
+    let (mut fw, log) = fake(
+        NftablesConfig {
+            nat: true,
+            ..Default::default()
+        },
+        vec![],
+    );
+    fw.grant(&[nat_opening(true, Some(Snat::Masquerade))])
+        .unwrap();
     let doc = log.lock().unwrap()[0].1.clone().unwrap();
-    let names: Vec<&str> = doc.split(r#""name":""#).skip(1).map(|s| &s[..s.find('"').unwrap()]).collect();
-    assert_eq!(names, ["local4", "local4", "local4", "dnat4", "dnat4", "dnat4", "dnatport4", "dnatport4", "dnatport4"], "{doc}");
+    let names: Vec<&str> = doc
+        .split(r#""name":""#)
+        .skip(1)
+        .map(|s| &s[..s.find('"').unwrap()])
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "local4",
+            "local4",
+            "local4",
+            "dnat4",
+            "dnat4",
+            "dnat4",
+            "dnatport4",
+            "dnatport4",
+            "dnatport4"
+        ],
+        "{doc}"
+    );
     assert!(doc.contains(r#"{"elem":{"val":{"concat":["192.0.2.7","tcp",22]},"timeout":30,"expires":null,"comment":"nat_55000_10.0.0.2_22_local_masq","counter":null}}"#), "{doc}");
 
     let mut mixed = nat_opening(false, None);
     mixed.rule.nat.as_mut().unwrap().to_addr = "fd00::2".parse().unwrap();
     let e = fw.grant(&[opening("10.0.0.9", 30), mixed]).unwrap_err();
-    assert!(matches!(e, FirewallError::Unsupported { .. }) && e.to_string().contains("IPv4 and IPv6"), "{e}");
-    assert_eq!(log.lock().unwrap().len(), 1, "nothing ran for the refused batch");
+    assert!(
+        matches!(e, FirewallError::Unsupported { .. }) && e.to_string().contains("IPv4 and IPv6"),
+        "{e}"
+    );
+    assert_eq!(
+        log.lock().unwrap().len(),
+        1,
+        "nothing ran for the refused batch"
+    );
 }

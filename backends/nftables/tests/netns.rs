@@ -25,7 +25,16 @@ fn backend(ns: &Netns, config: NftablesConfig) -> NftablesBackend {
 }
 
 fn opening(source: IpAddr, port: u16, secs: u32) -> Opening {
-    Opening { rule: Rule { source, proto: Proto::Tcp, port, nat: None }, timeout_secs: secs, expires_at: 0 }
+    Opening {
+        rule: Rule {
+            source,
+            proto: Proto::Tcp,
+            port,
+            nat: None,
+        },
+        timeout_secs: secs,
+        expires_at: 0,
+    }
 }
 
 fn nft(ns: &Netns, args: &[&str]) -> String {
@@ -36,7 +45,9 @@ fn nft(ns: &Netns, args: &[&str]) -> String {
 
 /// Number of rules in a chain, from `nft -j list chain`.
 fn rule_count(ns: &Netns, family: &str, table: &str, chain: &str) -> usize {
-    nft(ns, &["-j", "list", "chain", family, table, chain]).matches("\"rule\"").count()
+    nft(ns, &["-j", "list", "chain", family, table, chain])
+        .matches("\"rule\"")
+        .count()
 }
 
 #[test]
@@ -48,11 +59,18 @@ fn grant_opens_the_port_and_the_kernel_closes_it_at_the_timeout() {
     let _listener = tcp_listen(&p.server, 2201);
     let mut fw = backend(&p.server, config("pt_expiry", &["tcp/2201"]));
     let server = IpAddr::V4(p.server_ip);
-    assert!(!tcp_connect_ok(&p.client, server, 2201, CONNECT), "protected port must be closed before a grant");
+    assert!(
+        !tcp_connect_ok(&p.client, server, 2201, CONNECT),
+        "protected port must be closed before a grant"
+    );
 
-    fw.grant(&[opening(IpAddr::V4(p.client_ip), 2201, 2)]).unwrap();
+    fw.grant(&[opening(IpAddr::V4(p.client_ip), 2201, 2)])
+        .unwrap();
     let granted_at = Instant::now();
-    assert!(tcp_connect_ok(&p.client, server, 2201, CONNECT), "granted port must open");
+    assert!(
+        tcp_connect_ok(&p.client, server, 2201, CONNECT),
+        "granted port must open"
+    );
     let listed = fw.list().unwrap();
     assert_eq!(listed.len(), 1, "{listed:?}");
     assert_eq!(listed[0].rule.source, IpAddr::V4(p.client_ip));
@@ -64,7 +82,11 @@ fn grant_opens_the_port_and_the_kernel_closes_it_at_the_timeout() {
         !tcp_connect_ok(&p.client, server, 2201, Duration::from_millis(200))
     });
     assert!(closed, "grant did not expire in the kernel");
-    assert!(granted_at.elapsed() >= Duration::from_millis(1500), "closed too early: {:?}", granted_at.elapsed());
+    assert!(
+        granted_at.elapsed() >= Duration::from_millis(1500),
+        "closed too early: {:?}",
+        granted_at.elapsed()
+    );
     let mut fresh = backend(&p.server, config("pt_expiry", &["tcp/2201"]));
     assert!(fresh.list().unwrap().is_empty());
 }
@@ -79,10 +101,14 @@ fn repeated_grant_refreshes_one_element() {
     let src = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7));
     fw.grant(&[opening(src, 22, 2)]).unwrap();
     fw.grant(&[opening(src, 22, 120)]).unwrap();
-    fw.grant(&[opening(src, 22, 60), opening(src, 22, 90)]).unwrap();
+    fw.grant(&[opening(src, 22, 60), opening(src, 22, 90)])
+        .unwrap();
     let listed = fw.list().unwrap();
     assert_eq!(listed.len(), 1, "{listed:?}");
-    assert!(listed[0].timeout_secs > 80, "timeout not refreshed: {listed:?}");
+    assert!(
+        listed[0].timeout_secs > 80,
+        "timeout not refreshed: {listed:?}"
+    );
 }
 
 #[test]
@@ -95,10 +121,16 @@ fn ipv6_grant_opens_the_port() {
     let mut fw = backend(&p.server, config("pt_v6", &["tcp/2202"]));
     let server = IpAddr::V6(p.server_ip6);
     assert!(!tcp_connect_ok(&p.client, server, 2202, CONNECT));
-    fw.grant(&[opening(IpAddr::V6(p.client_ip6), 2202, 30)]).unwrap();
+    fw.grant(&[opening(IpAddr::V6(p.client_ip6), 2202, 30)])
+        .unwrap();
     assert!(tcp_connect_ok(&p.client, server, 2202, CONNECT));
     // The IPv4 address of the same client was not granted.
-    assert!(!tcp_connect_ok(&p.client, IpAddr::V4(p.server_ip), 2202, CONNECT));
+    assert!(!tcp_connect_ok(
+        &p.client,
+        IpAddr::V4(p.server_ip),
+        2202,
+        CONNECT
+    ));
     let listed = fw.list().unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].rule.source, IpAddr::V6(p.client_ip6));
@@ -140,8 +172,15 @@ fn changed_priority_recreates_the_chain_and_keeps_grants() {
     }
     let ns = Netns::new("nfprio");
     let mut fw = backend(&ns, config("pt_prio", &["tcp/22"]));
-    fw.grant(&[opening(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)), 22, 60)]).unwrap();
-    let mut moved = backend(&ns, NftablesConfig { priority: 5, ..config("pt_prio", &["tcp/22"]) });
+    fw.grant(&[opening(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)), 22, 60)])
+        .unwrap();
+    let mut moved = backend(
+        &ns,
+        NftablesConfig {
+            priority: 5,
+            ..config("pt_prio", &["tcp/22"])
+        },
+    );
     let chain = nft(&ns, &["-j", "list", "chain", "inet", "pt_prio", "input"]);
     assert!(chain.contains("\"prio\": 5"), "{chain}");
     assert_eq!(moved.list().unwrap().len(), 1);
@@ -192,7 +231,11 @@ fn a_burst_of_500_grants_is_one_transaction() {
     fw.grant(&burst).unwrap();
     let took = started.elapsed();
     let after = fw.ruleset_generation().unwrap();
-    assert_eq!(after.wrapping_sub(before), 1, "a burst must be exactly one kernel transaction");
+    assert_eq!(
+        after.wrapping_sub(before),
+        1,
+        "a burst must be exactly one kernel transaction"
+    );
     assert_eq!(fw.list().unwrap().len(), 500);
     eprintln!("500 grants in {took:?}");
 }
@@ -211,9 +254,22 @@ fn a_failing_batch_leaves_nothing_applied() {
     let v4 = opening("192.0.2.1".parse().unwrap(), 22, 60);
     let v6 = opening("2001:db8::1".parse().unwrap(), 22, 60);
     let err = fw.grant(&[v4.clone(), v6]).unwrap_err();
-    assert!(err.to_string().contains("grants6") && err.to_string().contains("Nothing of this batch was applied"), "{err}");
-    assert_eq!(fw.ruleset_generation().unwrap(), before, "a failed batch must not commit");
-    assert!(fw.list().unwrap().is_empty(), "IPv4 half of a failed batch was applied");
+    assert!(
+        err.to_string().contains("grants6")
+            && err
+                .to_string()
+                .contains("Nothing of this batch was applied"),
+        "{err}"
+    );
+    assert_eq!(
+        fw.ruleset_generation().unwrap(),
+        before,
+        "a failed batch must not commit"
+    );
+    assert!(
+        fw.list().unwrap().is_empty(),
+        "IPv4 half of a failed batch was applied"
+    );
     // init repairs the table; grants work again.
     fw.init(0).unwrap();
     fw.grant(&[v4]).unwrap();
@@ -227,7 +283,10 @@ fn the_nft_path_does_the_same() {
     }
     let p = pair("nfcli");
     let _listener = tcp_listen(&p.server, 2203);
-    let cfg = NftablesConfig { apply_with: ApplyWith::Nft, ..config("pt_cli", &["tcp/2203"]) };
+    let cfg = NftablesConfig {
+        apply_with: ApplyWith::Nft,
+        ..config("pt_cli", &["tcp/2203"])
+    };
     let mut fw = backend(&p.server, cfg);
     let server = IpAddr::V4(p.server_ip);
     assert!(!tcp_connect_ok(&p.client, server, 2203, CONNECT));
@@ -236,7 +295,11 @@ fn the_nft_path_does_the_same() {
     fw.grant(std::slice::from_ref(&grant)).unwrap();
     assert!(tcp_connect_ok(&p.client, server, 2203, CONNECT));
     assert_eq!(fw.list().unwrap().len(), 1);
-    fw.revoke(&[grant.rule.clone(), opening("192.0.2.5".parse().unwrap(), 1, 1).rule]).unwrap();
+    fw.revoke(&[
+        grant.rule.clone(),
+        opening("192.0.2.5".parse().unwrap(), 1, 1).rule,
+    ])
+    .unwrap();
     assert!(!tcp_connect_ok(&p.client, server, 2203, CONNECT));
     fw.grant(&[grant]).unwrap();
     fw.flush().unwrap();
@@ -252,21 +315,65 @@ fn a_users_drop_policy_shadows_grants_unless_it_accepts_the_grant_mark() {
     let _listener = tcp_listen(&p.server, 2204);
     // The user's own firewall: drop everything on input except established.
     p.server.run_ok(&["nft", "add", "table", "inet", "userfw"]);
-    p.server.run_ok(&["nft", "add", "chain", "inet", "userfw", "in", "{ type filter hook input priority 0; policy drop; }"]);
-    p.server.run_ok(&["nft", "add", "rule", "inet", "userfw", "in", "ct", "state", "established,related", "accept"]);
+    p.server.run_ok(&[
+        "nft",
+        "add",
+        "chain",
+        "inet",
+        "userfw",
+        "in",
+        "{ type filter hook input priority 0; policy drop; }",
+    ]);
+    p.server.run_ok(&[
+        "nft",
+        "add",
+        "rule",
+        "inet",
+        "userfw",
+        "in",
+        "ct",
+        "state",
+        "established,related",
+        "accept",
+    ]);
 
-    let cfg = NftablesConfig { grant_mark: Some(0x2000_0000), ..config("pt_shadow", &["tcp/2204"]) };
+    let cfg = NftablesConfig {
+        grant_mark: Some(0x2000_0000),
+        ..config("pt_shadow", &["tcp/2204"])
+    };
     let mut fw = backend(&p.server, cfg);
     let warnings = fw.shadowing_warnings().unwrap();
     assert_eq!(warnings.len(), 1, "{warnings:?}");
-    assert!(warnings[0].to_string().contains("nft inet userfw in"), "{}", warnings[0]);
+    assert!(
+        warnings[0].to_string().contains("nft inet userfw in"),
+        "{}",
+        warnings[0]
+    );
 
     let server = IpAddr::V4(p.server_ip);
-    fw.grant(&[opening(IpAddr::V4(p.client_ip), 2204, 30)]).unwrap();
-    assert!(!tcp_connect_ok(&p.client, server, 2204, CONNECT), "the user's drop policy wins over postern's accept");
+    fw.grant(&[opening(IpAddr::V4(p.client_ip), 2204, 30)])
+        .unwrap();
+    assert!(
+        !tcp_connect_ok(&p.client, server, 2204, CONNECT),
+        "the user's drop policy wins over postern's accept"
+    );
 
     // The documented fix: accept postern's mark in the user's chain.
-    p.server.run_ok(&["nft", "add", "rule", "inet", "userfw", "in", "meta", "mark", "&", "0x20000000", "==", "0x20000000", "accept"]);
+    p.server.run_ok(&[
+        "nft",
+        "add",
+        "rule",
+        "inet",
+        "userfw",
+        "in",
+        "meta",
+        "mark",
+        "&",
+        "0x20000000",
+        "==",
+        "0x20000000",
+        "accept",
+    ]);
     assert!(fw.shadowing_warnings().unwrap().is_empty());
     assert!(tcp_connect_ok(&p.client, server, 2204, CONNECT));
 }
@@ -277,10 +384,19 @@ fn an_ip_table_refuses_ipv6_grants_before_touching_the_kernel() {
         return;
     }
     let ns = Netns::new("nffam");
-    let mut fw = backend(&ns, NftablesConfig { family: TableFamily::Ip, ..config("pt_fam", &["tcp/22"]) });
+    let mut fw = backend(
+        &ns,
+        NftablesConfig {
+            family: TableFamily::Ip,
+            ..config("pt_fam", &["tcp/22"])
+        },
+    );
     let v4 = opening("192.0.2.1".parse().unwrap(), 22, 60);
     let v6 = opening("2001:db8::1".parse().unwrap(), 22, 60);
-    assert!(matches!(fw.grant(&[v4.clone(), v6]), Err(FirewallError::Unsupported { .. })));
+    assert!(matches!(
+        fw.grant(&[v4.clone(), v6]),
+        Err(FirewallError::Unsupported { .. })
+    ));
     assert!(fw.list().unwrap().is_empty());
     fw.grant(&[v4]).unwrap();
     assert_eq!(fw.list().unwrap().len(), 1);
@@ -303,13 +419,26 @@ fn drop_net_admin_in_this_thread() {
     }
     const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
     const CAP_NET_ADMIN: u32 = 12;
-    let mut header = Header { version: LINUX_CAPABILITY_VERSION_3, pid: 0 };
+    let mut header = Header {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
     let mut data = [Data::default(); 2];
     // SAFETY: capget/capset with a v3 header and two data structs, as the ABI requires.
     unsafe {
-        assert_eq!(libc::syscall(libc::SYS_capget, &mut header as *mut Header, data.as_mut_ptr()), 0);
+        assert_eq!(
+            libc::syscall(
+                libc::SYS_capget,
+                &mut header as *mut Header,
+                data.as_mut_ptr()
+            ),
+            0
+        );
         data[0].effective &= !(1 << CAP_NET_ADMIN);
-        assert_eq!(libc::syscall(libc::SYS_capset, &mut header as *mut Header, data.as_ptr()), 0);
+        assert_eq!(
+            libc::syscall(libc::SYS_capset, &mut header as *mut Header, data.as_ptr()),
+            0
+        );
     }
 }
 
@@ -328,7 +457,9 @@ fn without_cap_net_admin_a_netlink_grant_says_what_is_missing() {
     .join()
     .unwrap();
     match result {
-        Err(e @ FirewallError::Missing { .. }) => assert!(e.to_string().contains("CAP_NET_ADMIN"), "{e}"),
+        Err(e @ FirewallError::Missing { .. }) => {
+            assert!(e.to_string().contains("CAP_NET_ADMIN"), "{e}")
+        }
         other => panic!("expected Missing, got {other:?}"),
     }
 }

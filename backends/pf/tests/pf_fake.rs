@@ -1,8 +1,8 @@
 //! The pf backend end to end against `postern-fake-pfctl`, a pfctl stand-in that
 //! keeps anchors and tables, through the real process runner.
 
-use postern_e2e::conformance::{self, opening, rule};
 use postern_backend_pf::{PfBackend, PfConfig};
+use postern_e2e::conformance::{self, opening, rule};
 use spa_core::firewall::{Firewall, FirewallError, Rule};
 use spa_core::request::Proto;
 use std::path::PathBuf;

@@ -55,15 +55,25 @@ impl Firewall for PrintingAction {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
-    let access = args.next().ok_or_else(|| anyhow::anyhow!("usage: embedded-server ACCESS_CONF [LISTEN_ADDR]"))?;
-    let listen = args.next().unwrap_or_else(|| "127.0.0.1:62201".into()).parse()?;
-    let loaded = config::load(&ConfigSources { config: None, access: Some(access.into()) })?;
+    let access = args
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("usage: embedded-server ACCESS_CONF [LISTEN_ADDR]"))?;
+    let listen = args
+        .next()
+        .unwrap_or_else(|| "127.0.0.1:62201".into())
+        .parse()?;
+    let loaded = config::load(&ConfigSources {
+        config: None,
+        access: Some(access.into()),
+    })?;
     let cfg = ServerConfig {
         capture: vec![CaptureConfig::Udp { listen }],
         replay: ReplayConfig::Memory,
         ..loaded.config
     };
-    let running = spa_server::daemon::start_with_backends(cfg, vec![Box::new(PrintingAction::default())]).await?;
+    let running =
+        spa_server::daemon::start_with_backends(cfg, vec![Box::new(PrintingAction::default())])
+            .await?;
     println!("listening on {listen}; Ctrl-C to stop");
     tokio::signal::ctrl_c().await?;
     running.stop().await;

@@ -45,7 +45,11 @@ struct State {
 
 impl State {
     fn save(&self) -> Result<(), String> {
-        let lines: String = self.open.iter().map(|o| serde_json::to_string(o).expect("plain data") + "\n").collect();
+        let lines: String = self
+            .open
+            .iter()
+            .map(|o| serde_json::to_string(o).expect("plain data") + "\n")
+            .collect();
         std::fs::write(&self.path, lines).map_err(|e| format!("{}: {e}", self.path.display()))
     }
 }
@@ -72,7 +76,12 @@ unsafe fn text<'a>(text: *const c_char) -> Result<&'a str, String> {
 }
 
 /// Runs `f` on the plugin state, turning errors (and panics) into a return code.
-fn with_state(state: *mut c_void, err: *mut c_char, err_len: usize, f: impl FnOnce(&mut State) -> Result<(), String>) -> i32 {
+fn with_state(
+    state: *mut c_void,
+    err: *mut c_char,
+    err_len: usize,
+    f: impl FnOnce(&mut State) -> Result<(), String>,
+) -> i32 {
     if state.is_null() {
         write_err(err, err_len, "plugin not initialised");
         return 1;
@@ -102,11 +111,19 @@ pub extern "C" fn postern_plugin_abi_version() -> u32 {
 /// # Safety
 /// `config_json` is a NUL-terminated string; `err` is writable for `err_len` bytes.
 #[no_mangle]
-pub unsafe extern "C" fn postern_plugin_init(config_json: *const c_char, err: *mut c_char, err_len: usize) -> *mut c_void {
-    let config: Result<Config, String> = text(config_json).and_then(|t| serde_json::from_str(t).map_err(|e| format!("config: {e}")));
+pub unsafe extern "C" fn postern_plugin_init(
+    config_json: *const c_char,
+    err: *mut c_char,
+    err_len: usize,
+) -> *mut c_void {
+    let config: Result<Config, String> =
+        text(config_json).and_then(|t| serde_json::from_str(t).map_err(|e| format!("config: {e}")));
     match config {
         Ok(c) => {
-            let state = State { path: c.path, open: Vec::new() };
+            let state = State {
+                path: c.path,
+                open: Vec::new(),
+            };
             if let Err(e) = state.save() {
                 write_err(err, err_len, &e);
                 return std::ptr::null_mut();
@@ -129,11 +146,18 @@ pub extern "C" fn postern_plugin_flags(_state: *mut c_void) -> u32 {
 /// # Safety
 /// `openings_json` is a NUL-terminated JSON array of openings.
 #[no_mangle]
-pub unsafe extern "C" fn postern_plugin_grant(state: *mut c_void, openings_json: *const c_char, err: *mut c_char, err_len: usize) -> i32 {
+pub unsafe extern "C" fn postern_plugin_grant(
+    state: *mut c_void,
+    openings_json: *const c_char,
+    err: *mut c_char,
+    err_len: usize,
+) -> i32 {
     with_state(state, err, err_len, |s| {
-        let new: Vec<Opening> = serde_json::from_str(text(openings_json)?).map_err(|e| e.to_string())?;
+        let new: Vec<Opening> =
+            serde_json::from_str(text(openings_json)?).map_err(|e| e.to_string())?;
         for o in new {
-            s.open.retain(|x| (&x.source, &x.proto, x.port) != (&o.source, &o.proto, o.port));
+            s.open
+                .retain(|x| (&x.source, &x.proto, x.port) != (&o.source, &o.proto, o.port));
             s.open.push(o);
         }
         s.save()
@@ -143,10 +167,19 @@ pub unsafe extern "C" fn postern_plugin_grant(state: *mut c_void, openings_json:
 /// # Safety
 /// `rules_json` is a NUL-terminated JSON array of rules.
 #[no_mangle]
-pub unsafe extern "C" fn postern_plugin_revoke(state: *mut c_void, rules_json: *const c_char, err: *mut c_char, err_len: usize) -> i32 {
+pub unsafe extern "C" fn postern_plugin_revoke(
+    state: *mut c_void,
+    rules_json: *const c_char,
+    err: *mut c_char,
+    err_len: usize,
+) -> i32 {
     with_state(state, err, err_len, |s| {
         let gone: Vec<Rule> = serde_json::from_str(text(rules_json)?).map_err(|e| e.to_string())?;
-        s.open.retain(|o| !gone.iter().any(|r| (&r.source, &r.proto, r.port) == (&o.source, &o.proto, o.port)));
+        s.open.retain(|o| {
+            !gone
+                .iter()
+                .any(|r| (&r.source, &r.proto, r.port) == (&o.source, &o.proto, o.port))
+        });
         s.save()
     })
 }
@@ -157,7 +190,13 @@ pub unsafe extern "C" fn postern_plugin_revoke(state: *mut c_void, rules_json: *
 /// # Safety
 /// `out` is writable for `out_len` bytes.
 #[no_mangle]
-pub unsafe extern "C" fn postern_plugin_list(state: *mut c_void, out: *mut c_char, out_len: usize, err: *mut c_char, err_len: usize) -> i32 {
+pub unsafe extern "C" fn postern_plugin_list(
+    state: *mut c_void,
+    out: *mut c_char,
+    out_len: usize,
+    err: *mut c_char,
+    err_len: usize,
+) -> i32 {
     let mut needed = 0usize;
     let rc = with_state(state, err, err_len, |s| {
         let json = serde_json::to_string(&s.open).map_err(|e| e.to_string())?;
@@ -179,7 +218,11 @@ pub unsafe extern "C" fn postern_plugin_list(state: *mut c_void, out: *mut c_cha
 /// # Safety
 /// See `postern_plugin_grant`.
 #[no_mangle]
-pub unsafe extern "C" fn postern_plugin_flush(state: *mut c_void, err: *mut c_char, err_len: usize) -> i32 {
+pub unsafe extern "C" fn postern_plugin_flush(
+    state: *mut c_void,
+    err: *mut c_char,
+    err_len: usize,
+) -> i32 {
     with_state(state, err, err_len, |s| {
         s.open.clear();
         s.save()

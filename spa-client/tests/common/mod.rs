@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 pub const KEY_B64: &str = "7GUhvzM3zXNUTPqUMAixKOMqVNDh6qrIUgqWdacXNMA=";
-pub const HMAC_B64: &str = "YME3rcTN5fZ4D1oqV0NbiFNd4Hx1Nc4bNfgICPxjTzKpIiLBENuMtmsBWU+H+5c7oN2d4/iLa9TJ5HM8gLrSrQ==";
+pub const HMAC_B64: &str =
+    "YME3rcTN5fZ4D1oqV0NbiFNd4Hx1Nc4bNfgICPxjTzKpIiLBENuMtmsBWU+H+5c7oN2d4/iLa9TJ5HM8gLrSrQ==";
 
 pub struct Env {
     pub home: tempfile::TempDir,
@@ -17,7 +18,9 @@ pub struct Env {
 
 impl Env {
     pub fn new() -> Self {
-        Env { home: tempfile::tempdir().unwrap() }
+        Env {
+            home: tempfile::tempdir().unwrap(),
+        }
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -57,15 +60,30 @@ impl Env {
     }
 
     pub fn run_with_stdin(&self, args: &[&str], input: &str) -> Output {
-        let mut child = self.command(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        let mut child = self
+            .command(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
         child.wait_with_output().unwrap()
     }
 
     /// Run expecting success; returns stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.run(args);
-        assert!(out.status.success(), "postern {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "postern {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap()
     }
 
@@ -77,8 +95,16 @@ impl Env {
 
 pub fn one_line_failure(out: Output, what: &[&str]) -> String {
     let err = String::from_utf8(out.stderr).unwrap();
-    assert!(!out.status.success(), "postern {what:?} should fail; stdout: {}", String::from_utf8_lossy(&out.stdout));
-    assert_eq!(err.lines().count(), 1, "postern {what:?}: expected one stderr line, got {err:?}");
+    assert!(
+        !out.status.success(),
+        "postern {what:?} should fail; stdout: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(
+        err.lines().count(),
+        1,
+        "postern {what:?}: expected one stderr line, got {err:?}"
+    );
     assert!(!err.contains("panicked"), "{err}");
     err.trim_end().to_string()
 }
@@ -93,11 +119,23 @@ pub fn b64(s: &str) -> Vec<u8> {
     spa_core::b64::decode(s).unwrap()
 }
 
-pub fn open(wire: &str, key: &[u8], mode: EncryptionMode, hmac: Option<(DigestType, &[u8])>) -> DecodedMessage {
-    let keys = PacketKeys { key, mode, hmac: hmac.map(|(digest, key)| HmacKey { digest, key }) };
+pub fn open(
+    wire: &str,
+    key: &[u8],
+    mode: EncryptionMode,
+    hmac: Option<(DigestType, &[u8])>,
+) -> DecodedMessage {
+    let keys = PacketKeys {
+        key,
+        mode,
+        hmac: hmac.map(|(digest, key)| HmacKey { digest, key }),
+    };
     packet::open(wire.as_bytes(), &keys).unwrap_or_else(|e| panic!("packet does not open: {e}"))
 }
 
 pub fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }

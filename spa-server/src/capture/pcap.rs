@@ -55,16 +55,29 @@ pub fn spawn(
         // with its name, and the capture is live before posternd says it is ready.
         let mut opened = Vec::new();
         for iface in &settings.interfaces {
-            let cap = open(iface, &settings).map_err(|e| anyhow::anyhow!("pcap on `{iface}`: {e}"))?;
-            tracing::info!("pcap: capturing on `{iface}` with filter `{}`", settings.filter);
+            let cap =
+                open(iface, &settings).map_err(|e| anyhow::anyhow!("pcap on `{iface}`: {e}"))?;
+            tracing::info!(
+                "pcap: capturing on `{iface}` with filter `{}`",
+                settings.filter
+            );
             opened.push((iface.clone(), cap));
         }
         for (iface, cap) in opened {
-            let (settings, mut p, rt, stop) = (settings.clone(), pipeline.clone(), runtime.clone(), shutdown.clone());
-            threads.push(std::thread::Builder::new().name(format!("pcap-{iface}")).spawn(move || {
-                let _guard = rt.enter();
-                capture_loop(&iface, &settings, Some(cap), &mut p, &stop);
-            })?);
+            let (settings, mut p, rt, stop) = (
+                settings.clone(),
+                pipeline.clone(),
+                runtime.clone(),
+                shutdown.clone(),
+            );
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("pcap-{iface}"))
+                    .spawn(move || {
+                        let _guard = rt.enter();
+                        capture_loop(&iface, &settings, Some(cap), &mut p, &stop);
+                    })?,
+            );
         }
     }
     Ok(tokio::task::spawn_blocking(move || {
@@ -100,7 +113,11 @@ enum Readiness {
 
 fn wait_for_packets(cap: &pcap::Capture<pcap::Active>) -> Readiness {
     use std::os::fd::AsRawFd;
-    let mut fds = [libc::pollfd { fd: cap.as_raw_fd(), events: libc::POLLIN, revents: 0 }];
+    let mut fds = [libc::pollfd {
+        fd: cap.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    }];
     // SAFETY: one valid pollfd for the duration of the call.
     match unsafe { libc::poll(fds.as_mut_ptr(), 1, POLL_MS) } {
         0 => Readiness::Idle,
@@ -111,7 +128,9 @@ fn wait_for_packets(cap: &pcap::Capture<pcap::Active>) -> Readiness {
                 Readiness::Broken
             }
         }
-        _ if fds[0].revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0 => Readiness::Broken,
+        _ if fds[0].revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0 => {
+            Readiness::Broken
+        }
         _ => Readiness::Packets,
     }
 }

@@ -46,7 +46,10 @@ impl PerSource {
             return None;
         }
         *n += 1;
-        Some(SourceSlot { table: self.clone(), ip })
+        Some(SourceSlot {
+            table: self.clone(),
+            ip,
+        })
     }
 }
 
@@ -84,7 +87,10 @@ pub async fn run(
             }
         };
         // Over the limit: close at once rather than queue (no answer either way).
-        let Some(source_slot) = per_source.try_take(crate::config::access::canonical(peer.ip()), limits.per_source()) else {
+        let Some(source_slot) = per_source.try_take(
+            crate::config::access::canonical(peer.ip()),
+            limits.per_source(),
+        ) else {
             continue;
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
@@ -141,7 +147,13 @@ mod tests {
         assert!(table.try_take(a, 2).is_none());
         assert!(table.try_take(b, 2).is_some(), "others still get in");
         drop(held);
-        assert!(table.try_take(a, 2).is_some(), "slots come back when connections end");
-        assert!(table.0.lock().unwrap().is_empty(), "no entry outlives its connections");
+        assert!(
+            table.try_take(a, 2).is_some(),
+            "slots come back when connections end"
+        );
+        assert!(
+            table.0.lock().unwrap().is_empty(),
+            "no entry outlives its connections"
+        );
     }
 }

@@ -75,7 +75,10 @@ impl RecvBatch {
             msgs: vec![unsafe { std::mem::zeroed() }; BATCH],
         };
         for i in 0..BATCH {
-            b.iovecs[i] = libc::iovec { iov_base: b.bufs[i * MAX_DATAGRAM..].as_mut_ptr().cast(), iov_len: MAX_DATAGRAM };
+            b.iovecs[i] = libc::iovec {
+                iov_base: b.bufs[i * MAX_DATAGRAM..].as_mut_ptr().cast(),
+                iov_len: MAX_DATAGRAM,
+            };
             let hdr = &mut b.msgs[i].msg_hdr;
             hdr.msg_iov = &mut b.iovecs[i];
             hdr.msg_iovlen = 1;
@@ -87,11 +90,20 @@ impl RecvBatch {
     /// Receive up to [`BATCH`] datagrams without blocking.
     fn receive(&mut self, fd: std::os::fd::RawFd) -> std::io::Result<usize> {
         for m in self.msgs.iter_mut() {
-            m.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            m.msg_hdr.msg_namelen =
+                std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
             m.msg_len = 0;
         }
         // SAFETY: every header points at live buffers of the sizes it states.
-        let n = unsafe { libc::recvmmsg(fd, self.msgs.as_mut_ptr(), BATCH as libc::c_uint, libc::MSG_DONTWAIT, std::ptr::null_mut()) };
+        let n = unsafe {
+            libc::recvmmsg(
+                fd,
+                self.msgs.as_mut_ptr(),
+                BATCH as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
         if n < 0 {
             Err(std::io::Error::last_os_error())
         } else {
@@ -103,14 +115,22 @@ impl RecvBatch {
     fn datagram(&self, i: usize) -> Option<(&[u8], SocketAddr)> {
         let len = (self.msgs[i].msg_len as usize).min(MAX_DATAGRAM);
         // SAFETY: the kernel wrote a sockaddr of `msg_namelen` bytes into addrs[i].
-        let addr = unsafe { socket2::SockAddr::new(self.addrs[i], self.msgs[i].msg_hdr.msg_namelen) };
-        Some((&self.bufs[i * MAX_DATAGRAM..i * MAX_DATAGRAM + len], addr.as_socket()?))
+        let addr =
+            unsafe { socket2::SockAddr::new(self.addrs[i], self.msgs[i].msg_hdr.msg_namelen) };
+        Some((
+            &self.bufs[i * MAX_DATAGRAM..i * MAX_DATAGRAM + len],
+            addr.as_socket()?,
+        ))
     }
 }
 
 pub async fn run(socket: UdpSocket, mut pipeline: Pipeline, shutdown: CancellationToken) {
     use std::os::fd::AsRawFd;
-    let local = socket.local_addr().ok().map(|a| a.ip()).filter(|ip| !ip.is_unspecified());
+    let local = socket
+        .local_addr()
+        .ok()
+        .map(|a| a.ip())
+        .filter(|ip| !ip.is_unspecified());
     let mut batch = RecvBatch::new();
     let fd = socket.as_raw_fd();
     loop {
@@ -125,8 +145,16 @@ pub async fn run(socket: UdpSocket, mut pipeline: Pipeline, shutdown: Cancellati
             Ok(n) => {
                 let received_at = unix_now();
                 for i in 0..n {
-                    let Some((bytes, peer)) = batch.datagram(i) else { continue };
-                    let packet = RawPacket { bytes: bytes.to_vec(), peer, destination: local, received_at, capture: "udp" };
+                    let Some((bytes, peer)) = batch.datagram(i) else {
+                        continue;
+                    };
+                    let packet = RawPacket {
+                        bytes: bytes.to_vec(),
+                        peer,
+                        destination: local,
+                        received_at,
+                        capture: "udp",
+                    };
                     submit(&mut pipeline, packet);
                 }
             }

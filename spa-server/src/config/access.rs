@@ -200,8 +200,16 @@ impl std::str::FromStr for ForceNat {
             .rsplit_once([' ', '\t', ','])
             .or_else(|| t.rsplit_once(':').filter(|(a, _)| !a.contains(':')))
             .ok_or_else(|| format!("`{t}` is not `IP PORT`"))?;
-        let addr = addr.trim().parse().map_err(|_| format!("`{addr}` is not an IP address"))?;
-        let port = port.trim().parse().ok().filter(|&p| p != 0).ok_or_else(|| format!("`{port}` is not a port 1..65535"))?;
+        let addr = addr
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{addr}` is not an IP address"))?;
+        let port = port
+            .trim()
+            .parse()
+            .ok()
+            .filter(|&p| p != 0)
+            .ok_or_else(|| format!("`{port}` is not a port 1..65535"))?;
         Ok(ForceNat { addr, port })
     }
 }
@@ -327,7 +335,10 @@ impl AccessStanza {
                 return Err(format!("GPG_HOME_DIR {} is not a directory", dir.display()));
             }
         }
-        if self.gpg_verify_sigs() && self.gpg_remote_id.is_empty() && self.gpg_fingerprint_id.is_empty() {
+        if self.gpg_verify_sigs()
+            && self.gpg_remote_id.is_empty()
+            && self.gpg_fingerprint_id.is_empty()
+        {
             return Err("GPG signatures are checked (the default) but neither GPG_REMOTE_ID nor GPG_FINGERPRINT_ID says whose to accept (or set GPG_DISABLE_SIG Y)".into());
         }
         if let (Some(pw), Some(h)) = (&self.gpg_decrypt_pw, self.hmac_secret()) {
@@ -349,7 +360,10 @@ impl AccessStanza {
     pub fn validate(&self) -> Result<(), String> {
         let key = self.rijndael_key();
         if key.is_none() && !self.uses_gpg() {
-            if self.gpg_home_dir.is_some() || !self.gpg_remote_id.is_empty() || !self.gpg_fingerprint_id.is_empty() {
+            if self.gpg_home_dir.is_some()
+                || !self.gpg_remote_id.is_empty()
+                || !self.gpg_fingerprint_id.is_empty()
+            {
                 return Err("no KEY or KEY_BASE64, and GPG is off: GPG stanzas need GPG_DECRYPT_PW or GPG_ALLOW_NO_PW Y".into());
             }
             return Err("no KEY, KEY_BASE64, GPG_DECRYPT_PW or GPG_ALLOW_NO_PW".into());
@@ -435,8 +449,15 @@ impl AccessStanza {
             "CMD_CYCLE_OPEN" => self.cmd_cycle_open = Some(e.value.clone()),
             "CMD_CYCLE_CLOSE" => self.cmd_cycle_close = Some(e.value.clone()),
             "CMD_CYCLE_TIMER" => self.cmd_cycle_timer = Some(parse_num(e)?),
-            "FORCE_NAT" => self.force_nat = Some(e.value.parse().map_err(|m: String| ConfError::new(&e.origin, format!("FORCE_NAT: {m}")))?),
-            "FORCE_SNAT" => self.force_snat = Some(e.value.parse().map_err(|_| bad("an IP address"))?),
+            "FORCE_NAT" => {
+                self.force_nat =
+                    Some(e.value.parse().map_err(|m: String| {
+                        ConfError::new(&e.origin, format!("FORCE_NAT: {m}"))
+                    })?)
+            }
+            "FORCE_SNAT" => {
+                self.force_snat = Some(e.value.parse().map_err(|_| bad("an IP address"))?)
+            }
             "FORCE_MASQUERADE" => self.force_masquerade = parse_bool(e)?,
             "DISABLE_DNAT" => self.disable_dnat = parse_bool(e)?,
             "FORWARD_ALL" => {
@@ -450,7 +471,10 @@ impl AccessStanza {
             "GPG_DECRYPT_ID" => self.gpg_decrypt_id = Some(e.value.clone()),
             "GPG_DECRYPT_PW" => {
                 if e.value.eq_ignore_ascii_case("__CHANGEME__") {
-                    return Err(ConfError::new(&e.origin, "GPG_DECRYPT_PW is still the placeholder __CHANGEME__"));
+                    return Err(ConfError::new(
+                        &e.origin,
+                        "GPG_DECRYPT_PW is still the placeholder __CHANGEME__",
+                    ));
                 }
                 self.gpg_decrypt_pw = Some(Secret::from_passphrase(&e.value));
             }
@@ -471,7 +495,11 @@ impl AccessStanza {
 
 /// fwknopd's comma lists: items trimmed, empty ones dropped.
 fn split_list(text: &str) -> Vec<String> {
-    text.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect()
+    text.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
 }
 
 enum Known {
@@ -815,14 +843,20 @@ mod tests {
         assert_eq!(s[0].gpg_decrypt_id.as_deref(), Some("361BBAD4"));
         assert!(s[0].gpg_verify_sigs() && s[0].gpg_decrypt_pw.is_none());
         assert!(s[1].uses_gpg() && !s[1].gpg_verify_sigs() && s[1].rijndael_key().is_some());
-        assert!(warnings.iter().any(|w| w.contains("GPG_SOMETHING")), "{warnings:?}");
+        assert!(
+            warnings.iter().any(|w| w.contains("GPG_SOMETHING")),
+            "{warnings:?}"
+        );
         // GPG_REQUIRE_SIG Y wins over GPG_DISABLE_SIG (fwknopd checks signatures then).
         let mut both = s[1].clone();
         both.gpg_require_sig = Some(true);
         assert!(both.gpg_verify_sigs());
         // The passphrase never shows in a dump.
         let shown = toml::to_string(&s[1]).unwrap();
-        assert!(!shown.contains("s3cret") && shown.contains("gpg_disable_sig = true"), "{shown}");
+        assert!(
+            !shown.contains("s3cret") && shown.contains("gpg_disable_sig = true"),
+            "{shown}"
+        );
 
         let toml_text = format!(
             "source = \"ANY\"\ngpg_home_dir = \"{home}\"\ngpg_decrypt_pw = \"pw\"\ngpg_remote_id = [\"6A3FAD56\", \"1234AAAA\"]\n\
@@ -838,16 +872,33 @@ mod tests {
     fn gpg_stanza_errors() {
         let dir = tempfile::tempdir().unwrap();
         let cases = [
-            ("SOURCE ANY\nGPG_ALLOW_NO_PW Y\n", "GPG_REMOTE_ID nor GPG_FINGERPRINT_ID"),
-            ("SOURCE ANY\nGPG_REMOTE_ID 6A3FAD56\n", "GPG_DECRYPT_PW or GPG_ALLOW_NO_PW"),
-            ("SOURCE ANY\nGPG_DECRYPT_PW __CHANGEME__\n", ":2: GPG_DECRYPT_PW is still the placeholder"),
-            ("SOURCE ANY\nGPG_ALLOW_NO_PW Y\nGPG_DISABLE_SIG Y\nGPG_HOME_DIR /nonexistent/gpg\n", "GPG_HOME_DIR /nonexistent/gpg is not a directory"),
+            (
+                "SOURCE ANY\nGPG_ALLOW_NO_PW Y\n",
+                "GPG_REMOTE_ID nor GPG_FINGERPRINT_ID",
+            ),
+            (
+                "SOURCE ANY\nGPG_REMOTE_ID 6A3FAD56\n",
+                "GPG_DECRYPT_PW or GPG_ALLOW_NO_PW",
+            ),
+            (
+                "SOURCE ANY\nGPG_DECRYPT_PW __CHANGEME__\n",
+                ":2: GPG_DECRYPT_PW is still the placeholder",
+            ),
+            (
+                "SOURCE ANY\nGPG_ALLOW_NO_PW Y\nGPG_DISABLE_SIG Y\nGPG_HOME_DIR /nonexistent/gpg\n",
+                "GPG_HOME_DIR /nonexistent/gpg is not a directory",
+            ),
             ("SOURCE ANY\nGPG_ALLOW_NO_PW maybe\n", "expects Y or N"),
-            ("SOURCE ANY\nGPG_DECRYPT_PW samekey\nHMAC_KEY samekey\nGPG_DISABLE_SIG Y\n", "HMAC key must differ"),
+            (
+                "SOURCE ANY\nGPG_DECRYPT_PW samekey\nHMAC_KEY samekey\nGPG_DISABLE_SIG Y\n",
+                "HMAC key must differ",
+            ),
         ];
         for (text, want) in cases {
             let p = write(dir.path(), "a.conf", text, 0o600);
-            let err = load_access_file(&p, &mut Vec::new()).unwrap_err().to_string();
+            let err = load_access_file(&p, &mut Vec::new())
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(want), "{text:?}: {err}");
         }
     }

@@ -109,10 +109,26 @@ const KNOWN: &[&str] = &[
 const FWKNOPD_INPUT_ACCESS: &str = "ACCEPT, filter, INPUT, 1, FWKNOP_INPUT, 1";
 /// fwknopd.conf variable, iptables action field, fwknopd's default.
 const FWKNOPD_NAT_CHAINS: [(&str, &str, &str); 4] = [
-    ("IPT_FORWARD_ACCESS", "forward", "ACCEPT, filter, FORWARD, 1, FWKNOP_FORWARD, 1"),
-    ("IPT_DNAT_ACCESS", "dnat", "DNAT, nat, PREROUTING, 1, FWKNOP_PREROUTING, 1"),
-    ("IPT_SNAT_ACCESS", "snat", "SNAT, nat, POSTROUTING, 1, FWKNOP_POSTROUTING, 1"),
-    ("IPT_MASQUERADE_ACCESS", "masquerade", "MASQUERADE, nat, POSTROUTING, 1, FWKNOP_MASQUERADE, 1"),
+    (
+        "IPT_FORWARD_ACCESS",
+        "forward",
+        "ACCEPT, filter, FORWARD, 1, FWKNOP_FORWARD, 1",
+    ),
+    (
+        "IPT_DNAT_ACCESS",
+        "dnat",
+        "DNAT, nat, PREROUTING, 1, FWKNOP_PREROUTING, 1",
+    ),
+    (
+        "IPT_SNAT_ACCESS",
+        "snat",
+        "SNAT, nat, POSTROUTING, 1, FWKNOP_POSTROUTING, 1",
+    ),
+    (
+        "IPT_MASQUERADE_ACCESS",
+        "masquerade",
+        "MASQUERADE, nat, POSTROUTING, 1, FWKNOP_MASQUERADE, 1",
+    ),
 ];
 
 /// Expand `$VAR` references to other variables of the same file (fwknopd does this
@@ -183,9 +199,16 @@ pub fn apply_fwknopd_conf(
     }
     // postern keeps its own store; fwknopd's digest cache is imported, not reused.
     cfg.replay = if flag("ENABLE_DIGEST_PERSISTENCE", true)? {
-        let fwknop_run_dir = get("FWKNOP_RUN_DIR").map(|e| e.value.clone()).unwrap_or_else(|| "/var/run/fwknop".into());
-        let cache = get("DIGEST_FILE").map(|e| e.value.clone()).unwrap_or_else(|| format!("{fwknop_run_dir}/digest.cache"));
-        ReplayConfig::File { path: None, import_fwknop: Some(cache.into()) }
+        let fwknop_run_dir = get("FWKNOP_RUN_DIR")
+            .map(|e| e.value.clone())
+            .unwrap_or_else(|| "/var/run/fwknop".into());
+        let cache = get("DIGEST_FILE")
+            .map(|e| e.value.clone())
+            .unwrap_or_else(|| format!("{fwknop_run_dir}/digest.cache"));
+        ReplayConfig::File {
+            path: None,
+            import_fwknop: Some(cache.into()),
+        }
     } else {
         ReplayConfig::Memory
     };
@@ -241,15 +264,27 @@ pub fn apply_fwknopd_conf(
     cfg.server.nat.local = flag("ENABLE_IPT_LOCAL_NAT", false)?;
     if flag("ENABLE_IPT_SNAT", false)? {
         let snat = match get("SNAT_TRANSLATE_IP") {
-            Some(e) => e.value.parse().map(spa_core::firewall::Snat::To).map_err(|_| {
-                ConfError::new(&e.origin, format!("SNAT_TRANSLATE_IP expects an address, got `{}`", e.value))
-            })?,
+            Some(e) => e
+                .value
+                .parse()
+                .map(spa_core::firewall::Snat::To)
+                .map_err(|_| {
+                    ConfError::new(
+                        &e.origin,
+                        format!("SNAT_TRANSLATE_IP expects an address, got `{}`", e.value),
+                    )
+                })?,
             None => spa_core::firewall::Snat::Masquerade,
         };
         cfg.server.nat.snat = Some(super::SnatSetting(snat));
     }
-    if let Some(e) = get("ENABLE_IPT_OUTPUT").filter(|_| flag("ENABLE_IPT_OUTPUT", false).unwrap_or(false)) {
-        warnings.push(format!("{}: ENABLE_IPT_OUTPUT is not supported by postern yet", e.origin));
+    if let Some(e) =
+        get("ENABLE_IPT_OUTPUT").filter(|_| flag("ENABLE_IPT_OUTPUT", false).unwrap_or(false))
+    {
+        warnings.push(format!(
+            "{}: ENABLE_IPT_OUTPUT is not supported by postern yet",
+            e.origin
+        ));
     }
     Ok(())
 }
@@ -278,12 +313,18 @@ fn iptables_action<'a>(
     }
     // With NAT on, the NAT chains are fwknopd.conf's, or fwknopd's defaults.
     let mut nat_on = false;
-    for v in ["ENABLE_IPT_FORWARDING", "ENABLE_IPT_LOCAL_NAT", "ENABLE_IPT_SNAT"] {
+    for v in [
+        "ENABLE_IPT_FORWARDING",
+        "ENABLE_IPT_LOCAL_NAT",
+        "ENABLE_IPT_SNAT",
+    ] {
         nat_on |= flag(v, false)?;
     }
     if nat_on {
         for (var, key, default) in FWKNOPD_NAT_CHAINS {
-            let spec = get(var).map(|e| e.value.clone()).unwrap_or_else(|| default.to_string());
+            let spec = get(var)
+                .map(|e| e.value.clone())
+                .unwrap_or_else(|| default.to_string());
             settings.insert(key.into(), Value::String(spec));
         }
     }
@@ -324,8 +365,14 @@ mod tests {
         assert_eq!(cfg.server.max_packet_age, 60);
         assert!(cfg.server.gpg_home_dir.is_none());
         let (gpg, _) = load("GPG_HOME_DIR /etc/fwknop/gnupg;\nGPG_EXE /usr/bin/gpg;\n");
-        assert_eq!(gpg.server.gpg_home_dir.as_deref(), Some(std::path::Path::new("/etc/fwknop/gnupg")));
-        assert_eq!(gpg.server.gpg_exe.as_deref(), Some(std::path::Path::new("/usr/bin/gpg")));
+        assert_eq!(
+            gpg.server.gpg_home_dir.as_deref(),
+            Some(std::path::Path::new("/etc/fwknop/gnupg"))
+        );
+        assert_eq!(
+            gpg.server.gpg_exe.as_deref(),
+            Some(std::path::Path::new("/usr/bin/gpg"))
+        );
         assert!(
             matches!(&cfg.replay, ReplayConfig::File { path: None, import_fwknop: Some(p) } if p.to_str() == Some("/tmp/x/digest.cache"))
         );
@@ -359,10 +406,18 @@ mod tests {
     fn nat_settings_reach_policy_and_the_iptables_chains() {
         let (cfg, _) = load("ENABLE_IPT_FORWARDING Y;\nENABLE_IPT_SNAT Y;\nSNAT_TRANSLATE_IP 192.0.2.1;\nIPT_DNAT_ACCESS DNAT, nat, PREROUTING, 2, MY_DNAT, 1;\n");
         assert!(cfg.server.nat.forwarding && !cfg.server.nat.local);
-        assert_eq!(cfg.server.nat.snat, Some(super::super::SnatSetting(spa_core::firewall::Snat::To("192.0.2.1".parse().unwrap()))));
+        assert_eq!(
+            cfg.server.nat.snat,
+            Some(super::super::SnatSetting(spa_core::firewall::Snat::To(
+                "192.0.2.1".parse().unwrap()
+            )))
+        );
         let s = &cfg.action[0].settings;
         assert_eq!(s["dnat"], "DNAT, nat, PREROUTING, 2, MY_DNAT, 1");
-        assert_eq!(s["forward"], "ACCEPT, filter, FORWARD, 1, FWKNOP_FORWARD, 1");
+        assert_eq!(
+            s["forward"],
+            "ACCEPT, filter, FORWARD, 1, FWKNOP_FORWARD, 1"
+        );
         let (plain, _) = load("PCAP_INTF eth0;\n");
         assert!(!plain.action[0].settings.contains_key("forward"));
     }

@@ -64,7 +64,9 @@ impl TryFrom<String> for SnatSetting {
         if s.eq_ignore_ascii_case("masquerade") {
             return Ok(SnatSetting(Snat::Masquerade));
         }
-        s.parse().map(|ip| SnatSetting(Snat::To(ip))).map_err(|_| format!("snat: `{s}` is neither `masquerade` nor an address"))
+        s.parse()
+            .map(|ip| SnatSetting(Snat::To(ip)))
+            .map_err(|_| format!("snat: `{s}` is neither `masquerade` nor an address"))
     }
 }
 
@@ -185,7 +187,10 @@ pub enum ReplayConfig {
 
 impl Default for ReplayConfig {
     fn default() -> Self {
-        ReplayConfig::File { path: None, import_fwknop: None }
+        ReplayConfig::File {
+            path: None,
+            import_fwknop: None,
+        }
     }
 }
 

@@ -78,7 +78,10 @@ where
             return ready(Outcome::denied(Stage::Decrypt, last_error));
         }
         let Some(pool) = self.gpg.clone() else {
-            return ready(Outcome::denied(Stage::Decrypt, "GPG packet, but GPG is not enabled"));
+            return ready(Outcome::denied(
+                Stage::Decrypt,
+                "GPG packet, but GPG is not enabled",
+            ));
         };
         let inner = self.inner.clone();
         Box::pin(async move {
@@ -87,8 +90,14 @@ where
             match gpg::decrypt_for_stanzas(&pool, &auth.stanzas, &auth.gpg_candidates, wire).await {
                 Ok(accepted) => {
                     match &accepted.signer {
-                        Some(fpr) => tracing::info!("GPG packet from {peer} signed by {fpr}, accepted by {}", auth.stanzas[accepted.stanza].describe()),
-                        None => tracing::info!("GPG packet from {peer} accepted by {} (signatures not checked)", auth.stanzas[accepted.stanza].describe()),
+                        Some(fpr) => tracing::info!(
+                            "GPG packet from {peer} signed by {fpr}, accepted by {}",
+                            auth.stanzas[accepted.stanza].describe()
+                        ),
+                        None => tracing::info!(
+                            "GPG packet from {peer} accepted by {} (signatures not checked)",
+                            auth.stanzas[accepted.stanza].describe()
+                        ),
                     }
                     inner
                         .oneshot(Decrypted {

@@ -36,16 +36,30 @@ impl Keyring {
     }
 
     /// Length checks, charset, HMAC. Returns the stanzas worth decrypting for.
-    pub fn screen(&self, packet: &RawPacket, stanzas: &[AccessStanza]) -> Result<Candidates, Outcome> {
+    pub fn screen(
+        &self,
+        packet: &RawPacket,
+        stanzas: &[AccessStanza],
+    ) -> Result<Candidates, Outcome> {
         let bytes = &packet.bytes;
         packet::precheck_shape(bytes).map_err(|e| Outcome::denied(Stage::Precheck, e))?;
         if !stanzas.iter().any(|s| length_fits(s, packet, bytes.len())) {
             // Decided on the length alone, before reading the bytes or hashing.
-            return Err(Outcome::denied(Stage::Precheck, format!("no access stanza for source {} takes a {}-byte packet", packet.peer.ip(), bytes.len())));
+            return Err(Outcome::denied(
+                Stage::Precheck,
+                format!(
+                    "no access stanza for source {} takes a {}-byte packet",
+                    packet.peer.ip(),
+                    bytes.len()
+                ),
+            ));
         }
         let wire = packet::check_charset(bytes).map_err(|e| Outcome::denied(Stage::Precheck, e))?;
         if gpg::carries_prefix(wire) {
-            return Err(Outcome::denied(Stage::Precheck, "packet still carries the constant GPG prefix `hQ`"));
+            return Err(Outcome::denied(
+                Stage::Precheck,
+                "packet still carries the constant GPG prefix `hQ`",
+            ));
         }
         let gpg_shaped = gpg::is_gpg_wire(wire);
         let peer = packet.peer.ip();
@@ -65,7 +79,9 @@ impl Keyring {
                 Some(hk) => packet::verify_hmac(wire, hk, prefix).map(str::len),
             };
             let hmac_len = hmac.as_ref().map_or(0, |h| h.digest.b64_len());
-            if s.rijndael_key().is_some() && !packet::plausible_rijndael_body(wire.len().saturating_sub(hmac_len)) {
+            if s.rijndael_key().is_some()
+                && !packet::plausible_rijndael_body(wire.len().saturating_sub(hmac_len))
+            {
                 // Not even the length of a Rijndael packet: no HMAC to compute.
                 last_error = Some(spa_core::SpaError::CipherLayout);
             } else if s.rijndael_key().is_some() {
@@ -98,7 +114,8 @@ fn length_fits(s: &AccessStanza, packet: &RawPacket, len: usize) -> bool {
         return false;
     }
     let hmac_len = s.hmac_secret().map_or(0, |_| s.hmac_digest_type.b64_len());
-    let rijndael = s.rijndael_key().is_some() && packet::plausible_rijndael_body(len.saturating_sub(hmac_len));
+    let rijndael =
+        s.rijndael_key().is_some() && packet::plausible_rijndael_body(len.saturating_sub(hmac_len));
     rijndael || (s.uses_gpg() && len >= packet::MIN_GPG_WIRE_LEN)
 }
 

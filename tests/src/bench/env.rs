@@ -243,11 +243,10 @@ impl Server {
             _dir: dir,
         };
         if kind.is_posternd() {
-            let ready = postern_e2e::wait_until(
-                Duration::from_secs(15),
-                Duration::from_millis(20),
-                || srv.log_text().contains("posternd ready") || !srv.guard.is_running(),
-            );
+            let ready =
+                postern_e2e::wait_until(Duration::from_secs(15), Duration::from_millis(20), || {
+                    srv.log_text().contains("posternd ready") || !srv.guard.is_running()
+                });
             if !ready || !srv.guard.is_running() {
                 panic!("posternd did not start:\n{}", srv.log_text());
             }
@@ -297,7 +296,9 @@ pub fn count_grants(kind: Kind) -> Option<usize> {
         // One "expires" per element with a timeout.
         text.matches("expires ").count()
     } else {
-        text.lines().filter(|l| l.starts_with("-A FWKNOP_INPUT")).count()
+        text.lines()
+            .filter(|l| l.starts_with("-A FWKNOP_INPUT"))
+            .count()
     })
 }
 
@@ -383,15 +384,31 @@ impl Env {
         ip_batch(cli, &add);
         ip_batch(srv, &neigh);
         cli.run_ok(&[
-            "ip", "neigh", "replace", "172.16.0.1", "lladdr", &smac, "dev", Pair::CLIENT_IF,
-            "nud", "permanent",
+            "ip",
+            "neigh",
+            "replace",
+            "172.16.0.1",
+            "lladdr",
+            &smac,
+            "dev",
+            Pair::CLIENT_IF,
+            "nud",
+            "permanent",
         ]);
         let listener = tcp_listen(srv, PORT);
         if !kind.is_posternd() {
             let port = PORT.to_string();
             srv.run_ok(&[
-                "iptables", "-w", "-A", "INPUT", "-m", "conntrack", "--ctstate",
-                "ESTABLISHED,RELATED", "-j", "ACCEPT",
+                "iptables",
+                "-w",
+                "-A",
+                "INPUT",
+                "-m",
+                "conntrack",
+                "--ctstate",
+                "ESTABLISHED,RELATED",
+                "-j",
+                "ACCEPT",
             ]);
             srv.run_ok(&[
                 "iptables", "-w", "-A", "INPUT", "-p", "tcp", "--dport", &port, "-j", "DROP",

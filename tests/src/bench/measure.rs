@@ -1,8 +1,8 @@
 //! The measurements. Each takes a fresh [`Env`] and returns plain numbers.
 
 use super::env::{count_grants, spa_dst, svc_dst, Env, Kind, NFT_TABLE};
-use super::nlcount::SetCounter;
 use super::net::{connect_until, poll_out, try_connect, Attempt, Udp};
+use super::nlcount::SetCounter;
 use super::sys::{cpu_time, rss_kib, run_in, spawn_in, NetCounters, Rng};
 use postern_e2e::Pair;
 use std::net::Ipv4Addr;
@@ -150,10 +150,7 @@ pub fn burst(env: &Env, n: usize, stall: Duration, cap: Duration) -> Burst {
                 last = c;
                 last_change = done;
             }
-            if c - base.min(c) >= n
-                || done - last_change > stall
-                || done - start > cap
-            {
+            if c - base.min(c) >= n || done - last_change > stall || done - start > cap {
                 break;
             }
             std::thread::sleep(Duration::from_micros(200));
@@ -190,7 +187,9 @@ pub fn garbage_pool(rng: &mut Rng, n: usize) -> Vec<Vec<u8>> {
         .map(|i| {
             let len = rng.range(140, 1500) as usize;
             if i % 2 == 0 {
-                (0..len).map(|_| B64[(rng.next_u64() % 64) as usize]).collect()
+                (0..len)
+                    .map(|_| B64[(rng.next_u64() % 64) as usize])
+                    .collect()
             } else {
                 (0..len).map(|_| rng.next_u64() as u8).collect()
             }
@@ -273,8 +272,8 @@ pub fn garbage(env: &mut Env, n: u64, pps: u64, give_up: Duration) -> Garbage {
         let (sent, send_time) = flood(&sock, &pool, n, pps, Duration::from_secs(60), &stop);
         let tk = Instant::now();
         ksock.send_to(&pkt, spa_dst()).expect("send knock");
-        let open = connect_until(ksrc, svc_dst(), Duration::from_millis(1), tk + give_up)
-            .map(|t| t - tk);
+        let open =
+            connect_until(ksrc, svc_dst(), Duration::from_millis(1), tk + give_up).map(|t| t - tk);
         // The client gives up and knocks again (fresh packet, other source).
         let retry = open.is_none().then(|| {
             let rsock = Udp::bind(rsrc).expect("bind knock socket");
@@ -282,8 +281,7 @@ pub fn garbage(env: &mut Env, n: u64, pps: u64, give_up: Duration) -> Garbage {
             rsock
                 .send_to(&keys.knock(&mut rng, rsrc), spa_dst())
                 .expect("send knock");
-            connect_until(rsrc, svc_dst(), Duration::from_millis(1), tr + give_up)
-                .map(|t| t - tr)
+            connect_until(rsrc, svc_dst(), Duration::from_millis(1), tr + give_up).map(|t| t - tr)
         });
         (sent, send_time, open, retry)
     });
@@ -441,7 +439,10 @@ pub fn storm(
         achieved_pps: gsent as f64 / elapsed.as_secs_f64().max(1e-9),
         garbage_sent: gsent,
         knocks,
-        within_1s: result.iter().filter(|d| **d <= Duration::from_secs(1)).count(),
+        within_1s: result
+            .iter()
+            .filter(|d| **d <= Duration::from_secs(1))
+            .count(),
         opened: result.len(),
         samples: result,
         counters,
@@ -478,7 +479,9 @@ pub fn micro() -> Vec<(String, Duration)> {
     };
     let mut out = Vec::new();
     for len in [200usize, 800, 1500] {
-        let pkt: Vec<u8> = (0..len).map(|_| B64[(rng.next_u64() % 64) as usize]).collect();
+        let pkt: Vec<u8> = (0..len)
+            .map(|_| B64[(rng.next_u64() % 64) as usize])
+            .collect();
         out.push((
             format!("precheck, {len} B base64 garbage"),
             time(&mut || {

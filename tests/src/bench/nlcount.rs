@@ -126,9 +126,8 @@ impl SetCounter {
         let mut interrupted = false;
         loop {
             // SAFETY: recv into our buffer.
-            let n = unsafe {
-                libc::recv(self.fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0)
-            };
+            let n =
+                unsafe { libc::recv(self.fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0) };
             if n < 0 {
                 return Err(io::Error::last_os_error());
             }

@@ -133,7 +133,9 @@ impl NetCounters {
     pub fn delta(&self, before: &NetCounters) -> NetCounters {
         NetCounters {
             udp_in: self.udp_in.saturating_sub(before.udp_in),
-            udp_rcvbuf_errors: self.udp_rcvbuf_errors.saturating_sub(before.udp_rcvbuf_errors),
+            udp_rcvbuf_errors: self
+                .udp_rcvbuf_errors
+                .saturating_sub(before.udp_rcvbuf_errors),
             udp_no_ports: self.udp_no_ports.saturating_sub(before.udp_no_ports),
             if_rx: self.if_rx.saturating_sub(before.if_rx),
             if_rx_dropped: self.if_rx_dropped.saturating_sub(before.if_rx_dropped),

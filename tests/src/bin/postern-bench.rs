@@ -46,7 +46,14 @@ USAGE: postern-bench [OPTIONS]
   -h, --help             this text
 ";
 
-const TESTS: [&str; 6] = ["latency", "burst", "garbage", "garbage-ref", "storm", "refstorm"];
+const TESTS: [&str; 6] = [
+    "latency",
+    "burst",
+    "garbage",
+    "garbage-ref",
+    "storm",
+    "refstorm",
+];
 
 struct Opts {
     servers: Vec<Kind>,
@@ -86,7 +93,8 @@ fn parse_args() -> Result<Opts, String> {
     while let Some(a) = it.next() {
         let mut val = |name: &str| it.next().ok_or(format!("{name} needs a value"));
         let num = |v: String, name: &str| -> Result<u64, String> {
-            v.parse().map_err(|_| format!("{name}: `{v}` is not a number"))
+            v.parse()
+                .map_err(|_| format!("{name}: `{v}` is not a number"))
         };
         match a.as_str() {
             "--quick" => {}
@@ -138,7 +146,14 @@ fn cargo() -> String {
 fn build_posternd() -> PathBuf {
     eprintln!("building posternd (release)…");
     let st = Command::new(cargo())
-        .args(["build", "--release", "-p", "spa-server", "--bin", "posternd"])
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "spa-server",
+            "--bin",
+            "posternd",
+        ])
         .current_dir(postern_e2e::workspace_root())
         .stdin(Stdio::null())
         .status()
@@ -329,7 +344,9 @@ fn run_server(kind: Kind, o: &Opts, posternd: &Setup) -> Results {
         r.garbage = Some(guarded("garbage", || garbage(o.garbage_pps)));
     }
     if want("garbage-ref") {
-        r.garbage_ref = Some(guarded("garbage at 180,000 pps", || garbage(REF_GARBAGE_PPS)));
+        r.garbage_ref = Some(guarded("garbage at 180,000 pps", || {
+            garbage(REF_GARBAGE_PPS)
+        }));
     }
     if want("storm") {
         r.storm = Some(guarded("storm", || {
@@ -381,12 +398,20 @@ fn print_table(o: &Opts, kinds: &[Kind], res: &BTreeMap<usize, Results>) {
     };
     row(
         "knock→open p50".into(),
-        &|r| cell(&r.latency, |l| fmt_opt(percentile(&l.samples, 0.5), "never")),
+        &|r| {
+            cell(&r.latency, |l| {
+                fmt_opt(percentile(&l.samples, 0.5), "never")
+            })
+        },
         "≤ 1 ms",
     );
     row(
         "knock→open p95".into(),
-        &|r| cell(&r.latency, |l| fmt_opt(percentile(&l.samples, 0.95), "never")),
+        &|r| {
+            cell(&r.latency, |l| {
+                fmt_opt(percentile(&l.samples, 0.95), "never")
+            })
+        },
         "",
     );
     row(
@@ -398,7 +423,11 @@ fn print_table(o: &Opts, kinds: &[Kind], res: &BTreeMap<usize, Results>) {
         "knocks opened".into(),
         &|r| {
             cell(&r.latency, |l| {
-                format!("{}/{}", l.samples.len(), l.samples.len() + l.failed + l.open_before)
+                format!(
+                    "{}/{}",
+                    l.samples.len(),
+                    l.samples.len() + l.failed + l.open_before
+                )
             })
         },
         "",
@@ -506,12 +535,13 @@ fn print_table(o: &Opts, kinds: &[Kind], res: &BTreeMap<usize, Results>) {
         "≤ 1 MiB",
     );
     row(
-        format!(
-            "storm {} pps: opened ≤ 1 s",
-            fmt_n(o.storm_pps as f64)
-        ),
+        format!("storm {} pps: opened ≤ 1 s", fmt_n(o.storm_pps as f64)),
         &|r| cell(&r.storm, |s| format!("{}/{}", s.within_1s, s.knocks)),
-        &format!("≥ {}/{}", (o.storm_knocks * 99).div_ceil(100), o.storm_knocks),
+        &format!(
+            "≥ {}/{}",
+            (o.storm_knocks * 99).div_ceil(100),
+            o.storm_knocks
+        ),
     );
     row(
         "storm: knock→open p50".into(),
@@ -527,7 +557,12 @@ fn print_table(o: &Opts, kinds: &[Kind], res: &BTreeMap<usize, Results>) {
         "reference storm (10 knocks): opened ≤ 1 s".into(),
         &|r| {
             cell(&r.refstorm, |s| {
-                format!("{}/{} at {} pps", s.within_1s, s.knocks, fmt_n(s.target_pps as f64))
+                format!(
+                    "{}/{} at {} pps",
+                    s.within_1s,
+                    s.knocks,
+                    fmt_n(s.target_pps as f64)
+                )
             })
         },
         "",
@@ -582,7 +617,10 @@ fn print_details(kinds: &[Kind], res: &BTreeMap<usize, Results>) {
                     .unwrap_or_else(|| "?".into())
             );
         }
-        for (name, g) in [("garbage", &r.garbage), ("garbage at 180k pps", &r.garbage_ref)] {
+        for (name, g) in [
+            ("garbage", &r.garbage),
+            ("garbage at 180k pps", &r.garbage_ref),
+        ] {
             let Some(Ok(g)) = g else { continue };
             let c = &g.counters;
             println!(
@@ -626,9 +664,15 @@ fn print_details(kinds: &[Kind], res: &BTreeMap<usize, Results>) {
             ("latency", r.latency.as_ref().and_then(|x| x.as_ref().err())),
             ("burst", r.burst.as_ref().and_then(|x| x.as_ref().err())),
             ("garbage", r.garbage.as_ref().and_then(|x| x.as_ref().err())),
-            ("garbage at 180k pps", r.garbage_ref.as_ref().and_then(|x| x.as_ref().err())),
+            (
+                "garbage at 180k pps",
+                r.garbage_ref.as_ref().and_then(|x| x.as_ref().err()),
+            ),
             ("storm", r.storm.as_ref().and_then(|x| x.as_ref().err())),
-            ("reference storm", r.refstorm.as_ref().and_then(|x| x.as_ref().err())),
+            (
+                "reference storm",
+                r.refstorm.as_ref().and_then(|x| x.as_ref().err()),
+            ),
         ] {
             if let Some(e) = e {
                 let first: String = e.lines().take(6).collect::<Vec<_>>().join(" / ");
@@ -661,7 +705,10 @@ fn criterion() -> Vec<(String, String)> {
                 name = before.to_string();
             }
             // time:   [low unit mid unit high unit]
-            let inner = t[i + 5..].trim().trim_start_matches('[').trim_end_matches(']');
+            let inner = t[i + 5..]
+                .trim()
+                .trim_start_matches('[')
+                .trim_end_matches(']');
             let w: Vec<&str> = inner.split_whitespace().collect();
             if w.len() >= 4 {
                 res.push((name.clone(), format!("{} {}", w[2], w[3])));

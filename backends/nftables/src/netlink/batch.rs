@@ -88,7 +88,10 @@ fn message_chunks(elements: &[Element]) -> Vec<&[Element]> {
     let (mut start, mut bytes) = (0, 0);
     for (i, e) in elements.iter().enumerate() {
         let len = e.encoded_len();
-        if i > start && (i - start == MAX_ELEMENTS_PER_MESSAGE || bytes + len > MAX_ELEMENT_BYTES_PER_MESSAGE) {
+        if i > start
+            && (i - start == MAX_ELEMENTS_PER_MESSAGE
+                || bytes + len > MAX_ELEMENT_BYTES_PER_MESSAGE)
+        {
             chunks.push(&elements[start..i]);
             (start, bytes) = (i, 0);
         }
@@ -113,7 +116,12 @@ pub struct Batch {
 impl Batch {
     /// Starts a batch whose messages are numbered from `first_seq`.
     pub fn new(first_seq: u32) -> Batch {
-        let mut b = Batch { buf: Vec::with_capacity(4096), next_seq: first_seq, begin_seq: first_seq, acked: Vec::new() };
+        let mut b = Batch {
+            buf: Vec::with_capacity(4096),
+            next_seq: first_seq,
+            begin_seq: first_seq,
+            acked: Vec::new(),
+        };
         b.control(NFNL_MSG_BATCH_BEGIN);
         b
     }
@@ -126,7 +134,12 @@ impl Batch {
                 ElemOp::Add => (NFT_MSG_NEWSETELEM, libc::NLM_F_CREATE, "adding"),
                 ElemOp::Delete => (NFT_MSG_DELSETELEM, 0, "deleting"),
             };
-            let what = format!("{verb} {} element(s) of set {} in table {}", chunk.len(), target.set, target.table);
+            let what = format!(
+                "{verb} {} element(s) of set {} in table {}",
+                chunk.len(),
+                target.set,
+                target.table
+            );
             let start = self.begin_msg(kind, flags as u16, target.family, what);
             self.set_header(target);
             let list = self.begin_nested(NFTA_SET_ELEM_LIST_ELEMENTS);
@@ -167,7 +180,12 @@ impl Batch {
     /// acked messages.
     pub fn finish(mut self) -> FinishedBatch {
         self.control(NFNL_MSG_BATCH_END);
-        FinishedBatch { bytes: self.buf, begin_seq: self.begin_seq, acked: self.acked, next_seq: self.next_seq }
+        FinishedBatch {
+            bytes: self.buf,
+            begin_seq: self.begin_seq,
+            acked: self.acked,
+            next_seq: self.next_seq,
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -239,7 +257,8 @@ impl Batch {
     fn begin_nested(&mut self, kind: u16) -> usize {
         let start = self.buf.len();
         self.buf.extend_from_slice(&0u16.to_ne_bytes());
-        self.buf.extend_from_slice(&(kind | NLA_F_NESTED).to_ne_bytes());
+        self.buf
+            .extend_from_slice(&(kind | NLA_F_NESTED).to_ne_bytes());
         start
     }
 
@@ -265,8 +284,17 @@ pub struct FinishedBatch {
 
 /// A GETGEN request (one message, not a batch): asks the ruleset generation id.
 pub fn getgen_request(seq: u32) -> Vec<u8> {
-    let mut b = Batch { buf: Vec::new(), next_seq: seq, begin_seq: seq, acked: Vec::new() };
-    let start = b.header((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETGEN, libc::NLM_F_REQUEST as u16, seq);
+    let mut b = Batch {
+        buf: Vec::new(),
+        next_seq: seq,
+        begin_seq: seq,
+        acked: Vec::new(),
+    };
+    let start = b.header(
+        (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETGEN,
+        libc::NLM_F_REQUEST as u16,
+        seq,
+    );
     b.nfgen(libc::AF_UNSPEC as u8, 0);
     b.end_msg(start);
     b.buf
@@ -278,7 +306,11 @@ pub enum Reply<'a> {
     /// NLMSG_ERROR: `errno` 0 is an ack; negative is the error of message `seq`.
     Ack { seq: u32, errno: i32 },
     /// Any other message, with its payload after the nfgenmsg header.
-    Message { kind: u16, seq: u32, payload: &'a [u8] },
+    Message {
+        kind: u16,
+        seq: u32,
+        payload: &'a [u8],
+    },
 }
 
 /// Splits a received datagram into messages.
@@ -296,9 +328,16 @@ pub fn parse_replies(mut buf: &[u8]) -> Vec<Reply<'_>> {
             // The echoed header carries the seq of the message this answers.
             let errno = i32::from_ne_bytes(body[0..4].try_into().unwrap());
             let orig_seq = u32::from_ne_bytes(body[12..16].try_into().unwrap());
-            out.push(Reply::Ack { seq: orig_seq, errno });
+            out.push(Reply::Ack {
+                seq: orig_seq,
+                errno,
+            });
         } else if kind != libc::NLMSG_DONE as u16 && body.len() >= NFGENMSG_LEN {
-            out.push(Reply::Message { kind, seq, payload: &body[NFGENMSG_LEN..] });
+            out.push(Reply::Message {
+                kind,
+                seq,
+                payload: &body[NFGENMSG_LEN..],
+            });
         }
         let aligned = (len + 3) & !3;
         buf = &buf[aligned.min(buf.len())..];
@@ -350,14 +389,29 @@ mod tests {
     #[test]
     fn element_message_layout_matches_nft() {
         let mut b = Batch::new(1);
-        let target = SetTarget { family: 1, table: "t", set: "s" };
-        b.set_elements(ElemOp::Add, target, &[Element { key: vec![10, 0, 0, 1, 6, 0, 0, 0, 0, 22, 0, 0], timeout_ms: Some(3000), ..Element::default() }]);
+        let target = SetTarget {
+            family: 1,
+            table: "t",
+            set: "s",
+        };
+        b.set_elements(
+            ElemOp::Add,
+            target,
+            &[Element {
+                key: vec![10, 0, 0, 1, 6, 0, 0, 0, 0, 22, 0, 0],
+                timeout_ms: Some(3000),
+                ..Element::default()
+            }],
+        );
         let f = b.finish();
         let m = &f.bytes[20..];
         let len = u32_at(m, 0) as usize;
         assert_eq!(u16_at(m, 4), (10 << 8) | 12);
         let flags = u16_at(m, 6);
-        assert_eq!(flags as i32, libc::NLM_F_REQUEST | libc::NLM_F_ACK | libc::NLM_F_CREATE);
+        assert_eq!(
+            flags as i32,
+            libc::NLM_F_REQUEST | libc::NLM_F_ACK | libc::NLM_F_CREATE
+        );
         assert_eq!(m[16], 1); // NFPROTO_INET
         let attrs = &m[20..len];
         assert_eq!(find_attr(attrs, 1), Some(&b"t\0"[..]));
@@ -375,12 +429,28 @@ mod tests {
     #[test]
     fn large_lists_are_split_into_several_messages() {
         let mut b = Batch::new(1);
-        let target = SetTarget { family: 1, table: "t", set: "s" };
-        let elems = vec![Element { key: vec![0; 24], timeout_ms: Some(1), ..Element::default() }; MAX_ELEMENTS_PER_MESSAGE * 2 + 1];
+        let target = SetTarget {
+            family: 1,
+            table: "t",
+            set: "s",
+        };
+        let elems = vec![
+            Element {
+                key: vec![0; 24],
+                timeout_ms: Some(1),
+                ..Element::default()
+            };
+            MAX_ELEMENTS_PER_MESSAGE * 2 + 1
+        ];
         b.set_elements(ElemOp::Delete, target, &elems);
         assert_eq!(b.finish().acked.len(), 3);
         // Large NAT elements: split by size too, every message below 64 KiB.
-        let big = Element { key: vec![0; 40], timeout_ms: Some(1), data: Some(vec![0; 16]), comment: Some("c".repeat(100)) };
+        let big = Element {
+            key: vec![0; 40],
+            timeout_ms: Some(1),
+            data: Some(vec![0; 16]),
+            comment: Some("c".repeat(100)),
+        };
         let mut b = Batch::new(1);
         b.set_elements(ElemOp::Add, target, &vec![big; 500]);
         let f = b.finish();
@@ -396,18 +466,35 @@ mod tests {
     #[test]
     fn map_data_and_comment_are_encoded_like_nft() {
         let mut b = Batch::new(1);
-        let target = SetTarget { family: 1, table: "t", set: "m" };
-        let e = Element { key: vec![1; 12], timeout_ms: Some(1000), data: Some(vec![0, 22]), comment: Some("ab".into()) };
+        let target = SetTarget {
+            family: 1,
+            table: "t",
+            set: "m",
+        };
+        let e = Element {
+            key: vec![1; 12],
+            timeout_ms: Some(1000),
+            data: Some(vec![0, 22]),
+            comment: Some("ab".into()),
+        };
         b.set_elements(ElemOp::Add, target, std::slice::from_ref(&e));
         b.set_elements(ElemOp::Delete, target, &[e]);
         let f = b.finish();
         let add = &f.bytes[20..];
         let elem = find_attr(find_attr(&add[20..u32_at(add, 0) as usize], 3).unwrap(), 1).unwrap();
-        assert_eq!(find_attr(find_attr(elem, 2).unwrap(), 1), Some(&[0, 22][..]));
+        assert_eq!(
+            find_attr(find_attr(elem, 2).unwrap(), 1),
+            Some(&[0, 22][..])
+        );
         assert_eq!(find_attr(elem, 6), Some(&[0, 3, b'a', b'b', 0][..]));
         let del = &add[u32_at(add, 0) as usize..];
         let elem = find_attr(find_attr(&del[20..u32_at(del, 0) as usize], 3).unwrap(), 1).unwrap();
-        assert!(find_attr(elem, 2).is_none() && find_attr(elem, 6).is_none() && find_attr(elem, 4).is_none(), "a delete carries the key only");
+        assert!(
+            find_attr(elem, 2).is_none()
+                && find_attr(elem, 6).is_none()
+                && find_attr(elem, 4).is_none(),
+            "a delete carries the key only"
+        );
     }
 
     #[test]
@@ -425,6 +512,12 @@ mod tests {
             buf.extend_from_slice(&seq.to_ne_bytes());
             buf.extend_from_slice(&[0; 4]);
         }
-        assert_eq!(parse_replies(&buf), vec![Reply::Ack { seq: 5, errno: -2 }, Reply::Ack { seq: 6, errno: 0 }]);
+        assert_eq!(
+            parse_replies(&buf),
+            vec![
+                Reply::Ack { seq: 5, errno: -2 },
+                Reply::Ack { seq: 6, errno: 0 }
+            ]
+        );
     }
 }

@@ -48,7 +48,13 @@ impl NfSocket {
     /// Opens a socket in the calling thread's network namespace.
     pub fn open() -> io::Result<NfSocket> {
         // SAFETY: plain socket(2); the fd is owned by OwnedFd right away.
-        let raw = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_NETFILTER) };
+        let raw = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                libc::NETLINK_NETFILTER,
+            )
+        };
         if raw < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -59,19 +65,32 @@ impl NfSocket {
         addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
         // SAFETY: addr is a valid sockaddr_nl of the given size.
         let r = unsafe {
-            libc::bind(fd.as_raw_fd(), &addr as *const _ as *const libc::sockaddr, size_of::<libc::sockaddr_nl>() as u32)
+            libc::bind(
+                fd.as_raw_fd(),
+                &addr as *const _ as *const libc::sockaddr,
+                size_of::<libc::sockaddr_nl>() as u32,
+            )
         };
         if r != 0 {
             return Err(io::Error::last_os_error());
         }
         // Errors then echo only the header, not our whole (possibly large) message.
         set_int_opt(&fd, libc::SOL_NETLINK, libc::NETLINK_CAP_ACK, 1)?;
-        let tv = libc::timeval { tv_sec: REPLY_TIMEOUT.as_secs() as _, tv_usec: 0 };
+        let tv = libc::timeval {
+            tv_sec: REPLY_TIMEOUT.as_secs() as _,
+            tv_usec: 0,
+        };
         set_opt(&fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv)?;
         // Start sequence numbers somewhere unpredictable-ish so stale replies of a
         // previous socket can never look like ours.
-        let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(1);
-        Ok(NfSocket { fd, next_seq: seed | 1 })
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(1);
+        Ok(NfSocket {
+            fd,
+            next_seq: seed | 1,
+        })
     }
 
     /// Opens a socket inside the network namespace at `path` (`/var/run/netns/NAME`).
@@ -101,7 +120,8 @@ impl NfSocket {
         if batch.acked.is_empty() {
             return Ok(());
         }
-        self.ensure_sndbuf(batch.bytes.len()).map_err(BatchError::Io)?;
+        self.ensure_sndbuf(batch.bytes.len())
+            .map_err(BatchError::Io)?;
         self.send(&batch.bytes).map_err(BatchError::Io)?;
         let mut pending: Vec<u32> = batch.acked.iter().map(|(s, _)| *s).collect();
         let mut first_error: Option<(i32, u32)> = None;
@@ -109,10 +129,15 @@ impl NfSocket {
         while !pending.is_empty() {
             let n = self.recv(&mut buf).map_err(BatchError::Io)?;
             for reply in parse_replies(&buf[..n]) {
-                let Reply::Ack { seq, errno } = reply else { continue };
+                let Reply::Ack { seq, errno } = reply else {
+                    continue;
+                };
                 if seq == batch.begin_seq && errno != 0 {
                     // The batch itself was refused; no per-message answers follow.
-                    return Err(BatchError::Rejected { errno: -errno, what: "starting the batch".into() });
+                    return Err(BatchError::Rejected {
+                        errno: -errno,
+                        what: "starting the batch".into(),
+                    });
                 }
                 if let Some(i) = pending.iter().position(|s| *s == seq) {
                     pending.swap_remove(i);
@@ -125,7 +150,12 @@ impl NfSocket {
         match first_error {
             None => Ok(()),
             Some((errno, seq)) => {
-                let what = batch.acked.iter().find(|(s, _)| *s == seq).map(|(_, w)| w.clone()).unwrap_or_default();
+                let what = batch
+                    .acked
+                    .iter()
+                    .find(|(s, _)| *s == seq)
+                    .map(|(_, w)| w.clone())
+                    .unwrap_or_default();
                 Err(BatchError::Rejected { errno, what })
             }
         }
@@ -141,7 +171,11 @@ impl NfSocket {
             let n = self.recv(&mut buf)?;
             for reply in parse_replies(&buf[..n]) {
                 match reply {
-                    Reply::Message { kind, seq: s, payload } if s == seq && kind & 0xff == batch::NFT_MSG_NEWGEN => {
+                    Reply::Message {
+                        kind,
+                        seq: s,
+                        payload,
+                    } if s == seq && kind & 0xff == batch::NFT_MSG_NEWGEN => {
                         let id = batch::find_attr(payload, batch::NFTA_GEN_ID)
                             .and_then(|v| v.get(..4))
                             .ok_or_else(|| io::Error::other("NEWGEN without a generation id"))?;
@@ -183,7 +217,14 @@ impl NfSocket {
     fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
             // SAFETY: buf is valid for writes of buf.len() bytes.
-            let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0) };
+            let n = unsafe {
+                libc::recv(
+                    self.fd.as_raw_fd(),
+                    buf.as_mut_ptr() as *mut libc::c_void,
+                    buf.len(),
+                    0,
+                )
+            };
             if n >= 0 {
                 return Ok(n as usize);
             }
@@ -191,7 +232,10 @@ impl NfSocket {
             match e.kind() {
                 io::ErrorKind::Interrupted => continue,
                 io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
-                    return Err(io::Error::new(io::ErrorKind::TimedOut, "no answer from the kernel's nftables within 5 s"))
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "no answer from the kernel's nftables within 5 s",
+                    ))
                 }
                 _ => return Err(e),
             }
@@ -205,7 +249,15 @@ impl NfSocket {
         let mut cur: libc::c_int = 0;
         let mut sz = size_of::<libc::c_int>() as libc::socklen_t;
         // SAFETY: cur/sz are valid out-pointers for an int option.
-        unsafe { libc::getsockopt(self.fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_SNDBUF, &mut cur as *mut _ as *mut _, &mut sz) };
+        unsafe {
+            libc::getsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_SNDBUF,
+                &mut cur as *mut _ as *mut _,
+                &mut sz,
+            )
+        };
         if cur >= want {
             return Ok(());
         }
@@ -215,14 +267,25 @@ impl NfSocket {
     }
 }
 
-fn set_int_opt(fd: &OwnedFd, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
+fn set_int_opt(
+    fd: &OwnedFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
     set_opt(fd, level, name, &value)
 }
 
 fn set_opt<T>(fd: &OwnedFd, level: libc::c_int, name: libc::c_int, value: &T) -> io::Result<()> {
     // SAFETY: value points to a T of size_of::<T>() bytes for the duration of the call.
     let r = unsafe {
-        libc::setsockopt(fd.as_raw_fd(), level, name, value as *const T as *const libc::c_void, size_of::<T>() as libc::socklen_t)
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            value as *const T as *const libc::c_void,
+            size_of::<T>() as libc::socklen_t,
+        )
     };
     if r != 0 {
         return Err(io::Error::last_os_error());
