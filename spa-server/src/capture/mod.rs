@@ -35,6 +35,19 @@ pub fn submit(pipeline: &mut Pipeline, packet: RawPacket) {
     }
 }
 
+/// Screen a payload still in the capture's buffer: garbage is refused (and
+/// logged) without being copied; `true` means it is worth a [`submit`].
+pub fn worth_submitting(pipeline: &Pipeline, bytes: &[u8], peer: std::net::SocketAddr) -> bool {
+    let keyring = pipeline.keyring();
+    match keyring.screen(bytes, peer.ip(), &keyring.snapshot()) {
+        Ok(_) => true,
+        Err(outcome) => {
+            log_outcome(peer, &outcome);
+            false
+        }
+    }
+}
+
 /// Why a packet was refused, at debug level only (never to the network). Grants
 /// are logged at info level by the action task.
 fn log_outcome(peer: std::net::SocketAddr, outcome: &Outcome) {

@@ -2,7 +2,7 @@
 //! PCAP_FILTER, promiscuous mode. Each interface has its own thread; when an
 //! interface goes away the thread reopens it until it is back.
 
-use super::{submit, unix_now};
+use super::{submit, unix_now, worth_submitting};
 use crate::pipeline::{Pipeline, RawPacket};
 use pnet_packet::ethernet::{EtherTypes, EthernetPacket};
 use pnet_packet::ip::{IpNextHeaderProtocol, IpNextHeaderProtocols};
@@ -10,7 +10,6 @@ use pnet_packet::ipv4::Ipv4Packet;
 use pnet_packet::ipv6::Ipv6Packet;
 use pnet_packet::tcp::TcpPacket;
 use pnet_packet::udp::UdpPacket;
-use pnet_packet::Packet;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -45,9 +44,7 @@ pub fn spawn(
             let _guard = rt.enter();
             let link = cap.get_datalink();
             while let Ok(frame) = cap.next_packet() {
-                if let Some(packet) = parse_frame(link, frame.data) {
-                    submit(&mut p, packet);
-                }
+                submit_frame(&mut p, link, frame.data);
             }
         }));
     } else {
@@ -171,9 +168,7 @@ fn capture_loop(
             loop {
                 match cap.next_packet() {
                     Ok(frame) => {
-                        if let Some(packet) = parse_frame(link, frame.data) {
-                            submit(pipeline, packet);
-                        }
+                        submit_frame(pipeline, link, frame.data);
                     }
                     Err(pcap::Error::TimeoutExpired) => break,
                     Err(e) => {
@@ -192,6 +187,35 @@ fn capture_loop(
 
 /// Pull the transport payload and addresses out of one captured frame.
 pub fn parse_frame(link: pcap::Linktype, data: &[u8]) -> Option<RawPacket> {
+    let (payload, peer, dst) = frame_parts(link, data)?;
+    Some(RawPacket {
+        bytes: payload.to_vec(),
+        peer,
+        destination: Some(dst),
+        received_at: unix_now(),
+        capture: "pcap",
+    })
+}
+
+/// Screen a frame's payload in place and submit a copy only when it may be a knock.
+fn submit_frame(pipeline: &mut Pipeline, link: pcap::Linktype, data: &[u8]) {
+    let Some((payload, peer, dst)) = frame_parts(link, data) else {
+        return;
+    };
+    if worth_submitting(pipeline, payload, peer) {
+        let packet = RawPacket {
+            bytes: payload.to_vec(),
+            peer,
+            destination: Some(dst),
+            received_at: unix_now(),
+            capture: "pcap",
+        };
+        submit(pipeline, packet);
+    }
+}
+
+/// The transport payload (borrowed from the frame), its sender and destination.
+fn frame_parts(link: pcap::Linktype, data: &[u8]) -> Option<(&[u8], SocketAddr, IpAddr)> {
     let (ethertype, l3) = match link {
         pcap::Linktype::ETHERNET => {
             let eth = EthernetPacket::new(data)?;
@@ -253,22 +277,18 @@ pub fn parse_frame(link: pcap::Linktype, data: &[u8]) -> Option<RawPacket> {
     if payload.is_empty() {
         return None;
     }
-    Some(RawPacket {
-        bytes: payload,
-        peer: SocketAddr::new(src, sport),
-        destination: Some(dst),
-        received_at: unix_now(),
-        capture: "pcap",
-    })
+    Some((payload, SocketAddr::new(src, sport), dst))
 }
 
-fn transport_payload(proto: IpNextHeaderProtocol, l4: &[u8]) -> Option<(u16, Vec<u8>)> {
+fn transport_payload(proto: IpNextHeaderProtocol, l4: &[u8]) -> Option<(u16, &[u8])> {
     if proto == IpNextHeaderProtocols::Udp {
         let udp = UdpPacket::new(l4)?;
-        Some((udp.get_source(), udp.payload().to_vec()))
+        let end = usize::from(udp.get_length()).clamp(8, l4.len());
+        Some((udp.get_source(), &l4[8..end]))
     } else if proto == IpNextHeaderProtocols::Tcp {
         let tcp = TcpPacket::new(l4)?;
-        Some((tcp.get_source(), tcp.payload().to_vec()))
+        let start = usize::from(tcp.get_data_offset()) * 4;
+        Some((tcp.get_source(), l4.get(start.max(20)..)?))
     } else {
         None
     }

@@ -1,6 +1,6 @@
 //! UDP socket capture (fwknopd's UDP server mode, postern's default).
 
-use super::{submit, unix_now};
+use super::{submit, unix_now, worth_submitting};
 use crate::pipeline::{Pipeline, RawPacket};
 use socket2::{Domain, Protocol, Socket, Type};
 use std::net::SocketAddr;
@@ -148,6 +148,9 @@ pub async fn run(socket: UdpSocket, mut pipeline: Pipeline, shutdown: Cancellati
                     let Some((bytes, peer)) = batch.datagram(i) else {
                         continue;
                     };
+                    if !worth_submitting(&pipeline, bytes, peer) {
+                        continue;
+                    }
                     let packet = RawPacket {
                         bytes: bytes.to_vec(),
                         peer,

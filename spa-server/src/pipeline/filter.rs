@@ -9,6 +9,7 @@ use arc_swap::ArcSwap;
 use spa_core::gpg;
 use spa_core::packet::{self, HmacKey, GPG_PREFIX, RIJNDAEL_PREFIX};
 use std::convert::Infallible;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::sync::Semaphore;
@@ -36,20 +37,22 @@ impl Keyring {
     }
 
     /// Length checks, charset, HMAC. Returns the stanzas worth decrypting for.
+    /// Works on a borrowed payload, so a capture can refuse garbage before it
+    /// copies anything.
     pub fn screen(
         &self,
-        packet: &RawPacket,
+        bytes: &[u8],
+        peer: IpAddr,
         stanzas: &[AccessStanza],
     ) -> Result<Candidates, Outcome> {
-        let bytes = &packet.bytes;
         packet::precheck_shape(bytes).map_err(|e| Outcome::denied(Stage::Precheck, e))?;
-        if !stanzas.iter().any(|s| length_fits(s, packet, bytes.len())) {
+        if !stanzas.iter().any(|s| length_fits(s, peer, bytes.len())) {
             // Decided on the length alone, before reading the bytes or hashing.
             return Err(Outcome::denied(
                 Stage::Precheck,
                 format!(
                     "no access stanza for source {} takes a {}-byte packet",
-                    packet.peer.ip(),
+                    peer,
                     bytes.len()
                 ),
             ));
@@ -62,7 +65,6 @@ impl Keyring {
             ));
         }
         let gpg_shaped = gpg::is_gpg_wire(wire);
-        let peer = packet.peer.ip();
         let mut candidates = Candidates::default();
         let mut last_error = None;
         for (i, s) in stanzas.iter().enumerate() {
@@ -109,8 +111,8 @@ impl Keyring {
 
 /// Could a packet of `len` bytes from this sender be for stanza `s`: a Rijndael
 /// ciphertext (plus the stanza's HMAC) of a possible length, or a GPG packet?
-fn length_fits(s: &AccessStanza, packet: &RawPacket, len: usize) -> bool {
-    if !s.source.contains(packet.peer.ip()) {
+fn length_fits(s: &AccessStanza, peer: IpAddr, len: usize) -> bool {
+    if !s.source.contains(peer) {
         return false;
     }
     let hmac_len = s.hmac_secret().map_or(0, |_| s.hmac_digest_type.b64_len());
@@ -161,6 +163,13 @@ pub struct HmacFilter<S> {
     inner: S,
 }
 
+impl<S> HmacFilter<S> {
+    /// The stanzas this filter screens against (captures pre-screen with it).
+    pub fn keyring(&self) -> &Keyring {
+        &self.keyring
+    }
+}
+
 impl<S> Service<RawPacket> for HmacFilter<S>
 where
     S: Service<Authenticated, Response = Outcome, Error = Infallible> + Clone + Send + 'static,
@@ -178,7 +187,10 @@ where
     /// loop never waits for decryption, the replay store or the firewall.
     fn call(&mut self, packet: RawPacket) -> StageFuture {
         let stanzas = self.keyring.snapshot();
-        let candidates = match self.keyring.screen(&packet, &stanzas) {
+        let candidates = match self
+            .keyring
+            .screen(&packet.bytes, packet.peer.ip(), &stanzas)
+        {
             Ok(c) => c,
             Err(outcome) => return ready(outcome),
         };
