@@ -43,12 +43,20 @@ pub fn open_replay_store(cfg: &ServerConfig) -> anyhow::Result<Arc<dyn ReplaySto
     })
 }
 
+/// Build every configured backend without touching the firewall yet (for
+/// `--fw-list` / `--fw-flush` next to a running daemon).
+pub fn build_backends(cfg: &ServerConfig) -> anyhow::Result<Vec<Box<dyn Firewall>>> {
+    cfg.action
+        .iter()
+        .map(|a| crate::backends::build(a, &cfg.server))
+        .collect()
+}
+
 /// Build and initialise every configured backend (init reconciles leftovers).
 pub fn init_backends(cfg: &ServerConfig) -> anyhow::Result<Vec<Box<dyn Firewall>>> {
     let now = crate::capture::unix_now();
     let mut out = Vec::new();
-    for a in &cfg.action {
-        let mut b = crate::backends::build(a, &cfg.server)?;
+    for (a, mut b) in cfg.action.iter().zip(build_backends(cfg)?) {
         b.init(now)
             .map_err(|e| anyhow::anyhow!("action `{}`: {e}", a.kind))?;
         tracing::info!(

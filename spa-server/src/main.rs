@@ -162,7 +162,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         });
     }
     if cli.fw_list || cli.fw_flush {
-        let mut backends = daemon::init_backends(&cfg)?;
+        // No init: a running daemon's grants must not be reset (FLUSH_IPT_AT_INIT).
+        let mut backends = daemon::build_backends(&cfg)?;
         for b in backends.iter_mut() {
             if cli.fw_flush {
                 b.flush()?;
