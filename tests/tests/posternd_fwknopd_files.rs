@@ -231,3 +231,51 @@ fn fwknopd_files_udp_server_mode_work_for_posternd() {
 fn fwknopd_files_pcap_mode_work_for_posternd() {
     same_files(false, "fp");
 }
+
+/// `posternd --fw-list` next to a running daemon lists its grant and leaves it in
+/// place, although fwknopd.conf says FLUSH_IPT_AT_INIT Y (that is for the daemon).
+#[test]
+fn fw_list_next_to_the_running_daemon_keeps_its_grants() {
+    if !runnable(&["fwknop", "iptables"]) {
+        return;
+    }
+    let svc = Service::iptables_guarded("fwlist", PORT);
+    let keys = SpaKeys::generate("cbc", Some("sha256"));
+    let dir = ConfDir::new();
+    let conf = dir.write("fwknopd.conf", &fwknopd_conf(&dir, true));
+    let access = dir.write(
+        "access.conf",
+        &access_conf(&keys, Some(&format!("tcp/{PORT}")), 30, ""),
+    );
+    let files = [
+        "-c".to_string(),
+        conf.display().to_string(),
+        "-a".into(),
+        access.display().to_string(),
+    ];
+    let d = Posternd::start(svc.server(), &files, dir.dir.path());
+    knock_ok(&svc, &keys, &[]);
+    assert!(
+        svc.wait_reachable(true, Duration::from_secs(6)),
+        "not opened\n{}",
+        d.log_text()
+    );
+    let bin = postern_e2e::posternd::posternd_bin();
+    let mut argv: Vec<&str> = vec![bin.to_str().unwrap()];
+    argv.extend(files.iter().map(String::as_str));
+    argv.push("--fw-list");
+    let listed = svc.server().run_ok(&argv);
+    assert!(
+        listed.contains("1 active grant") && listed.contains(&format!("tcp/{PORT}")),
+        "{listed}"
+    );
+    assert!(
+        svc.reachable(Duration::from_secs(2)),
+        "--fw-list reset the daemon's grant"
+    );
+    assert!(
+        svc.iptables_save().contains("postern_exp_"),
+        "{}",
+        svc.iptables_save()
+    );
+}
