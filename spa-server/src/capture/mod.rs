@@ -1,6 +1,7 @@
 //! Captures: where packets come from. Each runs until the shutdown token fires and
 //! feeds every packet to the pipeline without waiting for it.
 
+mod length_filter;
 pub mod pcap;
 pub mod tcp;
 pub mod udp;

@@ -1,5 +1,6 @@
 //! UDP socket capture (fwknopd's UDP server mode, postern's default).
 
+use super::length_filter::Lengths;
 use super::{submit, unix_now, worth_submitting};
 use crate::pipeline::{Pipeline, RawPacket};
 use socket2::{Domain, Protocol, Socket, Type};
@@ -133,9 +134,26 @@ pub async fn run(socket: UdpSocket, mut pipeline: Pipeline, shutdown: Cancellati
         .filter(|ip| !ip.is_unspecified());
     let mut batch = RecvBatch::new();
     let fd = socket.as_raw_fd();
+    let mut filtered_for: Option<crate::pipeline::Stanzas> = None;
+    // A reload may allow lengths the old filter drops: look for one every second.
+    let mut reload_check = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
+        // The kernel drops impossible lengths; refit the filter after a reload.
+        let stanzas = pipeline.keyring().snapshot();
+        if !filtered_for
+            .as_ref()
+            .is_some_and(|f| std::sync::Arc::ptr_eq(f, &stanzas))
+        {
+            if let Err(e) = Lengths::for_stanzas(&stanzas).attach(fd) {
+                tracing::warn!(
+                    "UDP capture: no kernel length filter ({e}); screening all in posternd"
+                );
+            }
+            filtered_for = Some(stanzas);
+        }
         tokio::select! {
             _ = shutdown.cancelled() => break,
+            _ = reload_check.tick() => continue,
             ready = socket.readable() => if let Err(e) = ready {
                 tracing::warn!("UDP capture: {e}");
                 continue;
