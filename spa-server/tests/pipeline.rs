@@ -71,6 +71,10 @@ fn stanza() -> AccessStanza {
 }
 
 fn knock(ts: u64, salt: u8) -> String {
+    knock_with(ts, salt, DigestType::Sha256)
+}
+
+fn knock_with(ts: u64, salt: u8, hmac_type: DigestType) -> String {
     let msg = SpaMessage {
         rand_val: format!("{:016}", 1234567890123456u64 + u64::from(salt)),
         username: "alice".into(),
@@ -88,7 +92,7 @@ fn knock(ts: u64, salt: u8) -> String {
         key: key.bytes(),
         mode: EncryptionMode::Cbc,
         hmac: Some(HmacKey {
-            digest: DigestType::Sha256,
+            digest: hmac_type,
             key: hmac.bytes(),
         }),
     };
@@ -241,5 +245,29 @@ async fn must_reject_lines_open_nothing_answer_nothing_and_the_server_keeps_serv
     );
     send(s.udp, knock(now(), 7).as_bytes());
     assert_eq!(wait_for_grants(&s.recorder, 1).await, 1);
+    s.running.stop().await;
+}
+
+/// A reload that changes the packet lengths a stanza takes (here the HMAC type)
+/// refits the UDP socket's kernel length filter: the new knocks get through
+/// (sha1 HMACs are 27 characters: no sha1 packet has a length a sha256 stanza takes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_refits_the_kernel_length_filter() {
+    let s = server(ReplayConfig::Memory).await;
+    let sha1 = knock_with(now(), 8, DigestType::Sha1);
+    let mut reloaded = stanza();
+    reloaded.hmac_digest_type = DigestType::Sha1;
+    s.running.keyring.replace(vec![reloaded]);
+    // The capture looks for a reload at least once a second; resend until it has.
+    let deadline = Instant::now() + Duration::from_secs(4);
+    while s.recorder.grants().is_empty() && Instant::now() < deadline {
+        send(s.udp, sha1.as_bytes());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        s.recorder.grants().len(),
+        1,
+        "a knock of the reloaded stanza's length never got through"
+    );
     s.running.stop().await;
 }
