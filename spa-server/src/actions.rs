@@ -7,6 +7,8 @@ use crate::policy::{CmdCycle, Grant, GrantKind};
 use postern_backend_script::{run_command_with, CommandExec, ScriptBackend, ScriptConfig};
 use spa_core::firewall::{Firewall, Opening};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -21,8 +23,13 @@ pub struct Executor {
     /// CMD_CYCLE_OPEN/CLOSE backends, one per distinct (open, close) pair.
     cycles: HashMap<(String, Option<String>), ScriptBackend>,
     command_timeout: Duration,
+    /// Client commands running now (each on its own thread).
+    running_commands: Arc<AtomicUsize>,
     now: fn() -> u64,
 }
+
+/// Client commands that may run at once; more are refused, not queued.
+const MAX_RUNNING_COMMANDS: usize = 8;
 
 impl Executor {
     pub fn new(backends: Vec<Box<dyn Firewall>>, command_timeout: Duration) -> Self {
@@ -30,6 +37,7 @@ impl Executor {
             backends,
             cycles: HashMap::new(),
             command_timeout,
+            running_commands: Arc::new(AtomicUsize::new(0)),
             now: crate::capture::unix_now,
         }
     }
@@ -157,11 +165,21 @@ impl Executor {
         };
         let command = command.to_string();
         let who = grant.to_string();
+        let running = self.running_commands.clone();
+        if running.fetch_add(1, Ordering::SeqCst) >= MAX_RUNNING_COMMANDS {
+            running.fetch_sub(1, Ordering::SeqCst);
+            return Err(format!(
+                "{MAX_RUNNING_COMMANDS} client commands already running"
+            ));
+        }
         // Commands can be slow: never hold up the firewall thread for them.
-        std::thread::spawn(move || match run_command_with(&command, &exec) {
-            Ok(out) if out.success() => tracing::info!("command ran: {who}"),
-            Ok(out) => tracing::warn!("command exited with {}: {who}", out.status),
-            Err(e) => tracing::warn!("command failed: {e} ({who})"),
+        std::thread::spawn(move || {
+            match run_command_with(&command, &exec) {
+                Ok(out) if out.success() => tracing::info!("command ran: {who}"),
+                Ok(out) => tracing::warn!("command exited with {}: {who}", out.status),
+                Err(e) => tracing::warn!("command failed: {e} ({who})"),
+            }
+            running.fetch_sub(1, Ordering::SeqCst);
         });
         Ok(())
     }
