@@ -19,7 +19,7 @@
 
 use postern_e2e::posternd::{access_conf, runnable, udp_capture, ConfDir, Posternd, SPA_PORT};
 use postern_e2e::scenario::{describe, SpaClient, SpaKeys};
-use postern_e2e::{pair, tcp_connect_ok, wait_until, Netns, Pair};
+use postern_e2e::{tcp_connect_ok, wait_until, Netns};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -84,98 +84,34 @@ impl Drop for Recorder {
     }
 }
 
-/// client — gateway — internal. The client/gateway link is a [`pair`]; the
-/// gateway/internal link a second veth (`v2` in the gateway, `v3` in internal)
-/// with a /30 derived from the pair's (unique per test). Only the gateway
-/// forwards.
+/// client — gateway — internal ([`postern_e2e::routed`]), with what these tests
+/// ask of it. Only the gateway forwards.
 struct Routed {
-    pair: Pair,
-    internal: Netns,
-    gateway_inner: Ipv4Addr,
-    internal_ip: Ipv4Addr,
+    net: postern_e2e::routed::Routed,
 }
 
 impl Routed {
+    /// With `route_back`, internal's default route is the gateway; without,
+    /// internal can only answer its own subnet (so the client only with SNAT).
+    fn new(tag: &str, route_back: bool) -> Routed {
+        Routed {
+            net: postern_e2e::routed::routed(tag, route_back),
+        }
+    }
     fn client(&self) -> &Netns {
-        &self.pair.client
+        self.net.client()
     }
     fn gateway(&self) -> &Netns {
-        &self.pair.server
+        self.net.gateway()
     }
     fn client_ip(&self) -> Ipv4Addr {
-        self.pair.client_ip
+        self.net.pair.client_ip
     }
     fn gateway_ip(&self) -> Ipv4Addr {
-        self.pair.server_ip
+        self.net.pair.server_ip
     }
-
-    /// With `route_back`, internal's default route is the gateway; without,
-    /// internal can only answer its own /30 (so the client only with SNAT).
-    fn new(tag: &str, route_back: bool) -> Routed {
-        let pair = pair(tag);
-        let internal = Netns::new(&format!("{tag}i"));
-        let [_, k, x, y] = pair.client_ip.octets();
-        let base = y - 1;
-        let gateway_inner = Ipv4Addr::new(172, 16 + (k - 200) % 16, x, base + 1);
-        let internal_ip = Ipv4Addr::new(172, 16 + (k - 200) % 16, x, base + 2);
-        let gw = &pair.server;
-        gw.run_ok(&[
-            "ip",
-            "link",
-            "add",
-            "v2",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "v3",
-            "netns",
-            &internal.name,
-        ]);
-        gw.run_ok(&[
-            "ip",
-            "addr",
-            "add",
-            &format!("{gateway_inner}/30"),
-            "dev",
-            "v2",
-        ]);
-        internal.run_ok(&[
-            "ip",
-            "addr",
-            "add",
-            &format!("{internal_ip}/30"),
-            "dev",
-            "v3",
-        ]);
-        gw.run_ok(&["ip", "link", "set", "v2", "up"]);
-        internal.run_ok(&["ip", "link", "set", "v3", "up"]);
-        gw.run_ok(&["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]);
-        if route_back {
-            internal.run_ok(&[
-                "ip",
-                "route",
-                "add",
-                "default",
-                "via",
-                &gateway_inner.to_string(),
-            ]);
-        }
-        let up = wait_until(Duration::from_secs(5), Duration::from_millis(20), || {
-            let o = internal.run(&["ip", "-o", "link", "show", "v3"]);
-            String::from_utf8_lossy(&o.stdout).contains("LOWER_UP")
-        });
-        assert!(
-            up,
-            "veth between {} and {} did not come up",
-            gw.name, internal.name
-        );
-        Routed {
-            pair,
-            internal,
-            gateway_inner,
-            internal_ip,
-        }
+    fn internal(&self) -> &Netns {
+        &self.net.internal
     }
 
     /// One new connection from the client to GATEWAY:port.
@@ -391,7 +327,7 @@ fn forward_request(t: &Routed) -> Vec<String> {
         "-A",
         &format!("tcp/{EXT}"),
         "-N",
-        &format!("{}:{SSH}", t.internal_ip),
+        &format!("{}:{SSH}", t.net.internal_ip),
     ]
     .map(String::from)
     .to_vec()
@@ -419,7 +355,7 @@ fn forward(tag: &str, setup: Setup, client: SpaClient) {
     if setup != Setup::Nftables {
         forward_policy_drop(t.gateway());
     }
-    let ssh = Recorder::start(&t.internal, SSH);
+    let ssh = Recorder::start(t.internal(), SSH);
     let daemon = start_posternd(&t, setup, None);
     nat_cycle(
         &format!("{setup:?} forward NAT, {}", client.name()),
@@ -473,7 +409,7 @@ fn local(tag: &str, setup: Setup, client: SpaClient) {
 fn masquerade(tag: &str, setup: Setup) {
     let t = Routed::new(tag, false);
     let route = t
-        .internal
+        .internal()
         .run(&["ip", "route", "get", &t.client_ip().to_string()]);
     assert!(
         !route.status.success(),
@@ -483,7 +419,7 @@ fn masquerade(tag: &str, setup: Setup) {
     if setup != Setup::Nftables {
         forward_policy_drop(t.gateway());
     }
-    let ssh = Recorder::start(&t.internal, SSH);
+    let ssh = Recorder::start(t.internal(), SSH);
     let daemon = start_posternd(&t, setup, Some("masquerade"));
     nat_cycle(
         &format!("{setup:?} forward NAT with MASQUERADE"),
@@ -492,7 +428,7 @@ fn masquerade(tag: &str, setup: Setup) {
         &SpaClient::Fwknop,
         &forward_request(&t),
         &ssh,
-        t.gateway_inner,
+        t.net.gateway_inner,
     );
 }
 
