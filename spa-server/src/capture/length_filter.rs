@@ -4,7 +4,7 @@
 //! The screening in userspace stays complete; this only spares it work.
 
 use crate::config::AccessStanza;
-use spa_core::packet::{plausible_rijndael_body, MAX_WIRE_LEN, MIN_GPG_WIRE_LEN, MIN_WIRE_LEN};
+use spa_core::packet::{MAX_WIRE_LEN, MIN_GPG_WIRE_LEN, MIN_WIRE_LEN};
 use std::collections::BTreeSet;
 use std::os::fd::RawFd;
 
@@ -22,14 +22,8 @@ impl Lengths {
     pub fn for_stanzas(stanzas: &[AccessStanza]) -> Lengths {
         let mut l = Lengths::default();
         for s in stanzas {
-            if s.rijndael_key().is_some() {
-                let hmac_len = s.hmac_secret().map_or(0, |_| s.hmac_digest_type.b64_len());
-                for len in MIN_WIRE_LEN..=MAX_WIRE_LEN {
-                    if len > hmac_len && plausible_rijndael_body(len - hmac_len) {
-                        l.exact.insert(len as u32);
-                    }
-                }
-            }
+            let possible = (MIN_WIRE_LEN..=MAX_WIRE_LEN).filter(|&len| s.takes_rijndael_len(len));
+            l.exact.extend(possible.map(|len| len as u32));
             if s.uses_gpg() {
                 l.at_least = Some(MIN_GPG_WIRE_LEN as u32);
             }
@@ -105,6 +99,7 @@ impl Lengths {
 mod tests {
     use super::*;
     use crate::config::AddrList;
+    use spa_core::packet::plausible_rijndael_body;
     use spa_core::Secret;
     use std::net::UdpSocket;
     use std::os::fd::AsRawFd;

@@ -293,6 +293,17 @@ impl AccessStanza {
         self.hmac_key_base64.as_ref().or(self.hmac_key.as_ref())
     }
 
+    /// Can a Rijndael packet for this stanza, its HMAC included, be `len` wire
+    /// bytes long? Most lengths cannot, which lets garbage be refused unhashed.
+    pub fn takes_rijndael_len(&self, len: usize) -> bool {
+        let hmac_len = self
+            .hmac_secret()
+            .map_or(0, |_| self.hmac_digest_type.b64_len());
+        self.rijndael_key().is_some()
+            && len > hmac_len
+            && spa_core::packet::plausible_rijndael_body(len - hmac_len)
+    }
+
     /// Does this stanza take GPG packets? As in fwknopd: only with GPG_DECRYPT_PW or
     /// GPG_ALLOW_NO_PW.
     pub fn uses_gpg(&self) -> bool {

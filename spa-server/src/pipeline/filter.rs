@@ -80,16 +80,15 @@ impl Keyring {
                 None => Ok(wire.len()),
                 Some(hk) => packet::verify_hmac(wire, hk, prefix).map(str::len),
             };
-            let hmac_len = hmac.as_ref().map_or(0, |h| h.digest.b64_len());
-            if s.rijndael_key().is_some()
-                && !packet::plausible_rijndael_body(wire.len().saturating_sub(hmac_len))
-            {
-                // Not even the length of a Rijndael packet: no HMAC to compute.
-                last_error = Some(spa_core::SpaError::CipherLayout);
-            } else if s.rijndael_key().is_some() {
-                match body(RIJNDAEL_PREFIX) {
-                    Ok(len) => candidates.rijndael.push((i, len)),
-                    Err(e) => last_error = Some(e),
+            if s.rijndael_key().is_some() {
+                if !s.takes_rijndael_len(wire.len()) {
+                    // Not even the length of a Rijndael packet: no HMAC to compute.
+                    last_error = Some(spa_core::SpaError::CipherLayout);
+                } else {
+                    match body(RIJNDAEL_PREFIX) {
+                        Ok(len) => candidates.rijndael.push((i, len)),
+                        Err(e) => last_error = Some(e),
+                    }
                 }
             }
             if gpg_shaped && s.uses_gpg() {
@@ -115,10 +114,7 @@ fn length_fits(s: &AccessStanza, peer: IpAddr, len: usize) -> bool {
     if !s.source.contains(peer) {
         return false;
     }
-    let hmac_len = s.hmac_secret().map_or(0, |_| s.hmac_digest_type.b64_len());
-    let rijndael =
-        s.rijndael_key().is_some() && packet::plausible_rijndael_body(len.saturating_sub(hmac_len));
-    rijndael || (s.uses_gpg() && len >= packet::MIN_GPG_WIRE_LEN)
+    s.takes_rijndael_len(len) || (s.uses_gpg() && len >= packet::MIN_GPG_WIRE_LEN)
 }
 
 /// The stanzas a screened packet may decrypt under: (stanza index, length of the
