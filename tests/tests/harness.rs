@@ -66,8 +66,15 @@ fn netns_drop_kills_processes_and_deletes() {
         name = ns.name.clone();
         let g = ns.spawn(&["sleep", "30"]);
         pid = g.pid();
-        std::mem::forget(g); // leak the guard: Netns drop must still kill it
-        assert!(ns.pids().contains(&pid));
+        // Leak the guard: Netns drop must still kill it.
+        std::mem::forget(g);
+        // `ip netns exec` joins the namespace after fork: wait for it.
+        assert!(
+            wait_until(Duration::from_secs(3), Duration::from_millis(10), || ns
+                .pids()
+                .contains(&pid)),
+            "spawned process never showed up in the namespace"
+        );
         assert_eq!(ns.run_ok(&["echo", "hi"]).trim(), "hi");
     }
     let out = std::process::Command::new("ip")
