@@ -2,8 +2,9 @@
 //!
 //! - SIGKILL while an nftables grant is live: the grant still expires on time (a
 //!   kernel timeout), and `grants4` is empty afterwards, with no posternd running;
-//! - SIGHUP: new access.conf keys apply, old keys stop working, a grant made before
-//!   the reload lives until its own timeout;
+//! - SIGHUP: new access.conf keys apply (also when their packets have other
+//!   lengths: the UDP and pcap kernel length filters are refitted), old keys stop
+//!   working, a grant made before the reload lives until its own timeout;
 //! - SIGTERM: exit code 0 within a second, with a live grant (UDP + nftables,
 //!   TCP + iptables, pcap + nftables);
 //! - the pcap capture resumes by itself after `ip link set v1 down; … up`, and
@@ -122,12 +123,10 @@ fn sigkill_leaves_the_nftables_grant_to_expire_by_itself() {
     println!("grant closed {closed:?} after the knock, posternd killed");
 }
 
-#[test]
-fn sighup_swaps_keys_and_keeps_live_grants() {
-    if !runnable(&["fwknop", "nft"]) {
-        return;
-    }
-    let s = setup("lh", false, &udp_nftables());
+/// The new keys have another HMAC type, so other packet lengths: the capture's
+/// kernel length filter must be refitted for them to get through.
+fn sighup_case(tag: &str, capture: String) {
+    let s = setup(tag, false, &format!("{capture}\n{}", nftables_action(PORT)));
     let svc = &s.svc;
     let d = Posternd::start(svc.server(), &s.args, s.conf.dir.path());
     knock_ok(svc, &s.keys, &[]);
@@ -138,7 +137,8 @@ fn sighup_swaps_keys_and_keeps_live_grants() {
         ctx("old keys did not open before the reload", &d, svc)
     );
 
-    let new_keys = SpaKeys::generate("ctr", Some("sha512"));
+    // sha1 HMACs are 27 characters: no such packet has a length the old keys take.
+    let new_keys = SpaKeys::generate("ctr", Some("sha1"));
     s.conf.write(
         "access.conf",
         &access_conf(&new_keys, Some(&format!("tcp/{PORT}")), TIMEOUT, ""),
@@ -188,6 +188,26 @@ fn sighup_swaps_keys_and_keeps_live_grants() {
         ctx("the new keys do not open after SIGHUP", &d, svc)
     );
     println!("reloaded {reload_at:?} after the knock; old grant closed after {closed:?}");
+}
+
+#[test]
+fn sighup_swaps_keys_and_keeps_live_grants() {
+    if !runnable(&["fwknop", "nft"]) {
+        return;
+    }
+    run_scenarios(
+        "SIGHUP with other keys",
+        vec![
+            (
+                "udp".into(),
+                Box::new(|| sighup_case("lh", udp_capture(SPA_PORT))),
+            ),
+            (
+                "pcap".into(),
+                Box::new(|| sighup_case("lhp", pcap_capture(Pair::SERVER_IF, SPA_PORT))),
+            ),
+        ],
+    );
 }
 
 /// Start, knock (grant live), SIGTERM: exit 0 within a second, pid file gone.

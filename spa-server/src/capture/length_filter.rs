@@ -70,6 +70,51 @@ impl Lengths {
         p
     }
 
+    /// The same test for a pcap capture, as filter-language text to AND with the
+    /// user's PCAP_FILTER. It looks at the UDP length field (payload + 8) of IPv4
+    /// and of IPv6 without extension headers; everything else (TCP, IPv6 with
+    /// extension headers, non-IP) passes, so the user's filter alone decides it.
+    pub fn pcap_clause(&self) -> String {
+        let v4 = self.pcap_test("udp[4:2]");
+        let v6 = self.pcap_test("ip6[44:2]");
+        format!("not udp or (ip and ({v4})) or (ip6 and (ip6[6] != 17 or ({v6})))")
+    }
+
+    /// `field` (a UDP length) in the set; runs of consecutive lengths become ranges.
+    fn pcap_test(&self, field: &str) -> String {
+        let mut terms = Vec::new();
+        let mut lengths = self.exact.iter().map(|l| l + UDP_HEADER).peekable();
+        while let Some(first) = lengths.next() {
+            let mut last = first;
+            while lengths.next_if_eq(&(last + 1)).is_some() {
+                last += 1;
+            }
+            terms.push(match last - first {
+                0 => format!("{field} = {first}"),
+                1 => format!("{field} = {first} or {field} = {last}"),
+                _ => format!("({field} >= {first} and {field} <= {last})"),
+            });
+        }
+        if let Some(min) = self.at_least {
+            terms.push(format!("{field} >= {}", min + UDP_HEADER));
+        }
+        if terms.is_empty() {
+            // Nothing can pass: a test no packet meets (pcap has no `false`).
+            return format!("{field} = 0");
+        }
+        terms.join(" or ")
+    }
+
+    /// The user's filter narrowed to the lengths some stanza can take.
+    pub fn narrow_pcap_filter(&self, user_filter: &str) -> String {
+        let clause = self.pcap_clause();
+        if user_filter.trim().is_empty() {
+            clause
+        } else {
+            format!("({user_filter}) and ({clause})")
+        }
+    }
+
     /// Attach (or replace) the filter on a UDP socket.
     pub fn attach(&self, fd: RawFd) -> std::io::Result<()> {
         let program = self.program();
@@ -131,6 +176,73 @@ mod tests {
             .count();
         assert!(passing * 15 < MAX_WIRE_LEN - MIN_WIRE_LEN, "{passing}");
         assert!(!Lengths::for_stanzas(&[]).passes(200));
+    }
+
+    /// An Ethernet frame carrying UDP (IPv4 or IPv6) or TCP with `payload_len` bytes.
+    fn frame(v6: bool, tcp: bool, payload_len: usize) -> Vec<u8> {
+        let l4_header = if tcp { 20 } else { 8 };
+        let l4_len = l4_header + payload_len;
+        let proto = if tcp { 6 } else { 17 };
+        let mut f = vec![0u8; 12];
+        let mut ip = if v6 {
+            f.extend([0x86, 0xdd]);
+            let mut h = vec![0x60, 0, 0, 0, (l4_len >> 8) as u8, l4_len as u8, proto, 64];
+            h.extend([0u8; 32]);
+            h
+        } else {
+            f.extend([0x08, 0x00]);
+            let total = 20 + l4_len;
+            let mut h = vec![
+                0x45,
+                0,
+                (total >> 8) as u8,
+                total as u8,
+                0,
+                0,
+                0,
+                0,
+                64,
+                proto,
+            ];
+            h.extend([0u8; 10]);
+            h
+        };
+        let mut l4 = vec![0u8; l4_header];
+        l4[2..4].copy_from_slice(&62201u16.to_be_bytes());
+        if tcp {
+            l4[12] = 5 << 4;
+        } else {
+            l4[4..6].copy_from_slice(&(l4_len as u16).to_be_bytes());
+        }
+        ip.extend(l4);
+        ip.extend(vec![b'A'; payload_len]);
+        f.extend(ip);
+        f
+    }
+
+    #[test]
+    fn the_pcap_clause_passes_exactly_the_same_udp_lengths() {
+        let dead = pcap::Capture::dead(pcap::Linktype::ETHERNET).unwrap();
+        let mut gpg = stanza(true);
+        gpg.gpg_allow_no_pw = true;
+        for stanzas in [vec![stanza(true)], vec![stanza(false)], vec![gpg], vec![]] {
+            let l = Lengths::for_stanzas(&stanzas);
+            let expr = l.narrow_pcap_filter("udp port 62201 or tcp");
+            let program = dead
+                .compile(&expr, true)
+                .unwrap_or_else(|e| panic!("`{expr}`: {e}"));
+            for len in 1..=MAX_WIRE_LEN + 100 {
+                for v6 in [false, true] {
+                    assert_eq!(
+                        program.filter(&frame(v6, false, len)),
+                        l.passes(len),
+                        "UDP payload of {len} bytes, v6 {v6}"
+                    );
+                }
+            }
+            // TCP is left to the user's filter.
+            assert!(program.filter(&frame(false, true, 7)));
+        }
     }
 
     #[test]

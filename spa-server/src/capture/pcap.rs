@@ -2,8 +2,9 @@
 //! PCAP_FILTER, promiscuous mode. Each interface has its own thread; when an
 //! interface goes away the thread reopens it until it is back.
 
+use super::length_filter::Lengths;
 use super::{submit, unix_now, worth_submitting};
-use crate::pipeline::{Pipeline, RawPacket};
+use crate::pipeline::{Pipeline, RawPacket, Stanzas};
 use pnet_packet::ethernet::{EtherTypes, EthernetPacket};
 use pnet_packet::ip::{IpNextHeaderProtocol, IpNextHeaderProtocols};
 use pnet_packet::ipv4::Ipv4Packet;
@@ -12,7 +13,7 @@ use pnet_packet::tcp::TcpPacket;
 use pnet_packet::udp::UdpPacket;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Clone, Debug)]
@@ -40,6 +41,7 @@ pub fn spawn(
         cap.filter(&settings.filter, true)
             .map_err(|e| anyhow::anyhow!("PCAP_FILTER `{}`: {e}", settings.filter))?;
         let (mut p, rt) = (pipeline, runtime);
+        LengthFilter::new(&settings.filter).fit(&mut cap, &p);
         threads.push(std::thread::spawn(move || {
             let _guard = rt.enter();
             let link = cap.get_datalink();
@@ -52,15 +54,17 @@ pub fn spawn(
         // with its name, and the capture is live before posternd says it is ready.
         let mut opened = Vec::new();
         for iface in &settings.interfaces {
-            let cap =
+            let mut cap =
                 open(iface, &settings).map_err(|e| anyhow::anyhow!("pcap on `{iface}`: {e}"))?;
+            let mut length_filter = LengthFilter::new(&settings.filter);
+            length_filter.fit(&mut cap, &pipeline);
             tracing::info!(
-                "pcap: capturing on `{iface}` with filter `{}`",
+                "pcap: capturing on `{iface}` with filter `{}` (and only knock lengths)",
                 settings.filter
             );
-            opened.push((iface.clone(), cap));
+            opened.push((iface.clone(), cap, length_filter));
         }
-        for (iface, cap) in opened {
+        for (iface, cap, length_filter) in opened {
             let (settings, mut p, rt, stop) = (
                 settings.clone(),
                 pipeline.clone(),
@@ -72,7 +76,7 @@ pub fn spawn(
                     .name(format!("pcap-{iface}"))
                     .spawn(move || {
                         let _guard = rt.enter();
-                        capture_loop(&iface, &settings, Some(cap), &mut p, &stop);
+                        capture_loop(&iface, &settings, (cap, length_filter), &mut p, &stop);
                     })?,
             );
         }
@@ -96,6 +100,54 @@ fn open(iface: &str, s: &Settings) -> Result<pcap::Capture<pcap::Active>, pcap::
         .setnonblock()?;
     cap.filter(&s.filter, true)?;
     Ok(cap)
+}
+
+/// Narrows the kernel filter (PCAP_FILTER) to the UDP payload lengths some
+/// stanza can take, so garbage of other lengths never leaves the kernel; refitted
+/// when a reload changes the stanzas. Screening in posternd stays complete.
+struct LengthFilter {
+    user_filter: String,
+    fitted_for: Option<Stanzas>,
+    checked_at: Instant,
+}
+
+/// How often a capture looks for reloaded stanzas.
+const RELOAD_CHECK: Duration = Duration::from_secs(1);
+
+impl LengthFilter {
+    fn new(user_filter: &str) -> LengthFilter {
+        LengthFilter {
+            user_filter: user_filter.to_string(),
+            fitted_for: None,
+            checked_at: Instant::now(),
+        }
+    }
+
+    fn fit<T: pcap::Activated + ?Sized>(&mut self, cap: &mut pcap::Capture<T>, p: &Pipeline) {
+        let stanzas = p.keyring().snapshot();
+        let narrowed = Lengths::for_stanzas(&stanzas).narrow_pcap_filter(&self.user_filter);
+        if let Err(e) = cap.filter(&narrowed, true) {
+            // The user's filter alone was accepted at open: keep it and screen all here.
+            tracing::warn!("pcap: no length filter ({e}); screening all in posternd");
+        }
+        self.fitted_for = Some(stanzas);
+        self.checked_at = Instant::now();
+    }
+
+    fn refit_if_reloaded(&mut self, cap: &mut pcap::Capture<pcap::Active>, p: &Pipeline) {
+        if self.checked_at.elapsed() < RELOAD_CHECK {
+            return;
+        }
+        self.checked_at = Instant::now();
+        let current = p.keyring().snapshot();
+        if !self
+            .fitted_for
+            .as_ref()
+            .is_some_and(|f| std::sync::Arc::ptr_eq(f, &current))
+        {
+            self.fit(cap, p);
+        }
+    }
 }
 
 /// How long one wait for packets lasts before shutdown is checked again.
@@ -135,15 +187,18 @@ fn wait_for_packets(cap: &pcap::Capture<pcap::Active>) -> Readiness {
 fn capture_loop(
     iface: &str,
     s: &Settings,
-    mut first: Option<pcap::Capture<pcap::Active>>,
+    opened: (pcap::Capture<pcap::Active>, LengthFilter),
     pipeline: &mut Pipeline,
     stop: &CancellationToken,
 ) {
+    let (first, mut length_filter) = opened;
+    let mut first = Some(first);
     while !stop.is_cancelled() {
         let mut cap = match first.take() {
             Some(c) => c,
             None => match open(iface, s) {
-                Ok(c) => {
+                Ok(mut c) => {
+                    length_filter.fit(&mut c, pipeline);
                     tracing::info!("pcap: capturing on `{iface}` again");
                     c
                 }
@@ -156,6 +211,7 @@ fn capture_loop(
         };
         let link = cap.get_datalink();
         'capturing: while !stop.is_cancelled() {
+            length_filter.refit_if_reloaded(&mut cap, pipeline);
             match wait_for_packets(&cap) {
                 Readiness::Idle => continue,
                 Readiness::Broken => {
