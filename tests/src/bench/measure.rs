@@ -249,7 +249,14 @@ pub struct Garbage {
 }
 
 impl Garbage {
-    pub fn cpu_per_packet(&self) -> Option<Duration> {
+    /// The server's CPU time per garbage packet sent: what the flood costs it,
+    /// wherever the packets end (kernel filter, full buffer, or the process).
+    pub fn cpu_per_sent(&self) -> Option<Duration> {
+        (self.sent > 0).then(|| self.cpu / self.sent as u32)
+    }
+
+    /// The server's CPU time per packet it could have seen (`received`).
+    pub fn cpu_per_received(&self) -> Option<Duration> {
         (self.received > 0).then(|| self.cpu / self.received as u32)
     }
 }
