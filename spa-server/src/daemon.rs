@@ -96,6 +96,8 @@ pub struct Running {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     actions: Option<std::thread::JoinHandle<()>>,
     gpg_workers: Option<Arc<crate::gpg::Workers>>,
+    /// GPG decryptions done, failed and dropped so far.
+    pub gpg_stats: Arc<crate::gpg::PoolStats>,
 }
 
 impl Running {
@@ -152,6 +154,7 @@ pub async fn start_with_backends(
         );
     }
     let gpg_workers = gpg_pool.live_workers();
+    let gpg_stats = gpg_pool.stats.clone();
     let pipeline = pipeline::build_with_gpg(
         keyring.clone(),
         store.clone(),
@@ -178,6 +181,7 @@ pub async fn start_with_backends(
         tasks,
         actions: Some(actions),
         gpg_workers: Some(gpg_workers),
+        gpg_stats,
     })
 }
 

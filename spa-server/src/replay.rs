@@ -45,6 +45,12 @@ pub trait ReplayStore: Send + Sync {
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
+    /// A cheap early answer, without recording anything: `true` only if the
+    /// digest is certainly recorded. Lets costly work (GPG) skip replays; the
+    /// decision stays with [`ReplayStore::check_and_insert`].
+    fn seen(&self, _digest: &PacketDigest) -> bool {
+        false
+    }
 }
 
 /// Memory only (ENABLE_DIGEST_PERSISTENCE N).
@@ -87,6 +93,12 @@ impl ReplayStore for MemoryStore {
     }
     fn len(&self) -> usize {
         self.seen.lock().expect("replay map poisoned").len()
+    }
+    fn seen(&self, digest: &PacketDigest) -> bool {
+        self.seen
+            .lock()
+            .expect("replay map poisoned")
+            .contains_key(digest)
     }
 }
 
@@ -266,6 +278,9 @@ impl ReplayStore for FileStore {
 
     fn len(&self) -> usize {
         self.memory.len()
+    }
+    fn seen(&self, digest: &PacketDigest) -> bool {
+        self.memory.seen(digest)
     }
 }
 

@@ -11,6 +11,7 @@ use spa_core::{gpg, DigestType, EncryptionMode, MessageType, Secret, SpaMessage}
 use spa_server::config::{AccessStanza, AddrList, CaptureConfig, ReplayConfig, ServerConfig};
 use spa_server::daemon::{start_with_backends, Running};
 use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -261,7 +262,7 @@ async fn signed_knocks_are_granted_and_policy_refusals_are_not() {
         gpg_knock(&k.stranger, Some(&k.stranger_key.short_id), 1002, 7, false),
         gpg_knock(&k.client, None, 1002, 8, false),
         String::from_utf8(damaged).unwrap(),
-        granted,
+        granted.clone(),
     ];
     for p in &refused {
         s.send(p);
@@ -273,6 +274,17 @@ async fn signed_knocks_are_granted_and_policy_refusals_are_not() {
         "refused packets were granted: {:?}",
         s.recorder.ports()
     );
+
+    // Replays of a granted packet are refused before any GPG work.
+    let stats = &s.running.gpg_stats;
+    let gpg_runs = || stats.decrypted.load(Relaxed) + stats.failed.load(Relaxed);
+    let runs_before = gpg_runs();
+    for _ in 0..50 {
+        s.send(&granted);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(gpg_runs(), runs_before, "replays were decrypted");
+    assert_eq!(s.recorder.ports().len(), before, "a replay was granted");
     s.running.stop().await;
 }
 
@@ -368,7 +380,7 @@ async fn a_gpg_flood_does_not_hold_up_rijndael_knocks() {
     ])
     .await;
     // The costliest flood: a captured real GPG packet sent over and over (each copy
-    // costs an RSA decryption before the replay cache can see it).
+    // that arrives before the first is granted costs an RSA decryption).
     let captured = gpg_knock(&k.client, Some(&k.client_key.short_id), 4000, 1, false);
     let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
     let flood_until = Instant::now() + Duration::from_secs(3);

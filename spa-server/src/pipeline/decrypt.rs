@@ -2,9 +2,11 @@
 //! valid message (digest verified, fields valid) wins. Rijndael candidates are
 //! tried right here; GPG candidates, if any and if no Rijndael key fitted, go to
 //! the GPG worker pool, and the stanza's signature policy picks the winner.
+//! A GPG packet the replay cache already holds is refused before that work.
 
 use super::{ready, Authenticated, Decrypted, Outcome, Stage, StageFuture};
 use crate::gpg::{self, GpgPool, Rejected};
+use crate::replay::{packet_digest, ReplayStore};
 use spa_core::packet;
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -14,12 +16,22 @@ use tower::{Layer, Service, ServiceExt};
 #[derive(Clone, Default)]
 pub struct DecryptLayer {
     gpg: Option<Arc<GpgPool>>,
+    replays: Option<Arc<dyn ReplayStore>>,
 }
 
 impl DecryptLayer {
     /// Decrypt GPG packets on `pool` (None: GPG packets are refused).
     pub fn with_gpg(pool: Option<Arc<GpgPool>>) -> Self {
-        DecryptLayer { gpg: pool }
+        DecryptLayer {
+            gpg: pool,
+            replays: None,
+        }
+    }
+
+    /// Refuse GPG packets `store` has already seen without decrypting them.
+    pub fn skipping_replays(mut self, store: Arc<dyn ReplayStore>) -> Self {
+        self.replays = Some(store);
+        self
     }
 }
 
@@ -29,6 +41,7 @@ impl<S> Layer<S> for DecryptLayer {
         Decrypt {
             inner,
             gpg: self.gpg.clone(),
+            replays: self.replays.clone(),
         }
     }
 }
@@ -37,6 +50,7 @@ impl<S> Layer<S> for DecryptLayer {
 pub struct Decrypt<S> {
     inner: S,
     gpg: Option<Arc<GpgPool>>,
+    replays: Option<Arc<dyn ReplayStore>>,
 }
 
 impl<S> Service<Authenticated> for Decrypt<S>
@@ -83,6 +97,15 @@ where
                 "GPG packet, but GPG is not enabled",
             ));
         };
+        // A decryption costs milliseconds: do not spend it on a known replay.
+        if let Some(store) = &self.replays {
+            if store.seen(&packet_digest(&auth.packet.bytes)) {
+                return ready(Outcome::denied(
+                    Stage::Replay,
+                    "GPG packet seen before (replay), not decrypted",
+                ));
+            }
+        }
         let inner = self.inner.clone();
         Box::pin(async move {
             let wire = std::str::from_utf8(&auth.packet.bytes).unwrap_or_default();

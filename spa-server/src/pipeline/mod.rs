@@ -145,7 +145,7 @@ pub fn build_with_gpg(
 ) -> Pipeline {
     tower::ServiceBuilder::new()
         .layer(HmacFilterLayer::new(keyring.clone(), max_in_flight))
-        .layer(DecryptLayer::with_gpg(gpg))
+        .layer(DecryptLayer::with_gpg(gpg).skipping_replays(store.clone()))
         .layer(ReplayLayer::new(store))
         .layer(PolicyLayer::new(settings))
         .service(ActionStage::new(actions))
