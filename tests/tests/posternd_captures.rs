@@ -10,15 +10,19 @@
 //! - script: `[[action]] type = "script"` and access.conf CMD_CYCLE_OPEN/CLOSE,
 //!   both inserting/deleting an iptables ACCEPT rule via argv (no shell).
 //!
+//! - pcap serves only packets coming in (fwknopd's default), all with
+//!   `any_direction` (ENABLE_PCAP_ANY_DIRECTION).
+//!
 //! The combinations of one action run concurrently, each in its own namespaces.
 
 use postern_e2e::posternd::{
     access_conf, caps_list, caps_mask, iptables_action, knock_ok, nftables_action, pcap_capture,
-    postern_toml, run_scenarios, runnable, tcp_capture, udp_capture, ConfDir, Posternd, Service,
-    CAP_NET_ADMIN, CAP_NET_RAW, SPA_PORT,
+    postern_toml, run_scenarios, runnable, saved_packet, tcp_capture, udp_capture, udp_send_all,
+    ConfDir, Posternd, Service, CAP_NET_ADMIN, CAP_NET_RAW, SPA_PORT,
 };
 use postern_e2e::scenario::SpaKeys;
 use postern_e2e::Pair;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 const PORT: u16 = 22022;
@@ -239,4 +243,94 @@ fn script_action_and_cmd_cycle() {
         ),
     ];
     run_scenarios("posternd script actions", scenarios);
+}
+
+/// A knock the server host itself sends out (here: a captured packet naming the
+/// client with `-a`, sent from the server namespace to the client) must not be
+/// served by the pcap capture: like fwknopd, it looks only at packets coming in,
+/// unless `any_direction` (ENABLE_PCAP_ANY_DIRECTION) says otherwise.
+fn direction_case(tag: &str, any_direction: bool) {
+    let svc = Service::open(tag, PORT);
+    let keys = SpaKeys::generate("cbc", Some("sha256"));
+    let conf = ConfDir::new();
+    conf.write(
+        "access.conf",
+        &access_conf(&keys, Some(&format!("tcp/{PORT}")), TIMEOUT, ""),
+    );
+    let capture = format!(
+        "{}any_direction = {any_direction}\n",
+        pcap_capture(Pair::SERVER_IF, SPA_PORT)
+    );
+    let toml = postern_toml(
+        &conf,
+        "access.conf",
+        "memory",
+        &format!("{capture}\n{}", nftables_action(PORT)),
+    );
+    conf.write("postern.toml", &toml);
+    let d = Posternd::start(
+        svc.server(),
+        &["-c".into(), conf.arg("postern.toml"), "-v".into()],
+        conf.dir.path(),
+    );
+    let client_ip = svc.pair.client_ip.to_string();
+    let packet = saved_packet(&svc, &keys, &["-a", &client_ip]);
+    let ctx = |what: &str| format!("any_direction {any_direction}: {what}\n{}", d.log_text());
+    let outward = SocketAddr::new(IpAddr::V4(svc.pair.client_ip), SPA_PORT);
+    udp_send_all(
+        svc.server(),
+        outward,
+        vec![packet.clone()],
+        0,
+        Duration::ZERO,
+        Duration::ZERO,
+    );
+    if any_direction {
+        assert!(
+            svc.wait_reachable(true, Duration::from_secs(4)),
+            "{}",
+            ctx("the outgoing knock was not served")
+        );
+        return;
+    }
+    assert!(
+        svc.stays_closed(Duration::from_millis(1500)),
+        "{}",
+        ctx("an outgoing packet opened the port")
+    );
+    // The same packet coming in is served (so it was not seen before).
+    let inward = SocketAddr::new(IpAddr::V4(svc.pair.server_ip), SPA_PORT);
+    udp_send_all(
+        svc.client(),
+        inward,
+        vec![packet],
+        0,
+        Duration::ZERO,
+        Duration::ZERO,
+    );
+    assert!(
+        svc.wait_reachable(true, Duration::from_secs(4)),
+        "{}",
+        ctx("the incoming knock was not served")
+    );
+}
+
+#[test]
+fn pcap_serves_incoming_packets_only_unless_any_direction() {
+    if !runnable(&["fwknop", "nft"]) {
+        return;
+    }
+    run_scenarios(
+        "pcap direction",
+        vec![
+            (
+                "inbound only".into(),
+                Box::new(|| direction_case("cdi", false)),
+            ),
+            (
+                "any direction".into(),
+                Box::new(|| direction_case("cda", true)),
+            ),
+        ],
+    );
 }

@@ -89,6 +89,7 @@ pub async fn spawn(
             filter,
             promisc,
             snaplen,
+            any_direction,
             file,
         } => {
             let settings = pcap::Settings {
@@ -96,6 +97,7 @@ pub async fn spawn(
                 filter,
                 promisc,
                 snaplen,
+                any_direction,
                 file,
             };
             pcap::spawn(settings, pipeline, shutdown)?

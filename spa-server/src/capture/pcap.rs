@@ -22,6 +22,8 @@ pub struct Settings {
     pub filter: String,
     pub promisc: bool,
     pub snaplen: i32,
+    /// Also see packets the host sends (fwknopd: ENABLE_PCAP_ANY_DIRECTION).
+    pub any_direction: bool,
     pub file: Option<PathBuf>,
 }
 
@@ -98,6 +100,12 @@ fn open(iface: &str, s: &Settings) -> Result<pcap::Capture<pcap::Active>, pcap::
         .immediate_mode(true) // deliver each packet at once: knock latency matters
         .open()?
         .setnonblock()?;
+    if !s.any_direction {
+        // As fwknopd: only packets coming in; some link types cannot tell.
+        if let Err(e) = cap.direction(pcap::Direction::In) {
+            tracing::debug!("pcap: `{iface}` cannot limit the direction ({e})");
+        }
+    }
     cap.filter(&s.filter, true)?;
     Ok(cap)
 }

@@ -244,6 +244,7 @@ pub fn apply_fwknopd_conf(
             filter,
             promisc,
             snaplen,
+            any_direction: flag("ENABLE_PCAP_ANY_DIRECTION", false)?,
             file: get("PCAP_FILE").map(|e| e.value.clone().into()),
         });
     }
@@ -382,14 +383,30 @@ mod tests {
     }
 
     #[test]
+    fn pcap_any_direction() {
+        let (cfg, _) = load("ENABLE_PCAP_ANY_DIRECTION Y;\n");
+        assert!(matches!(
+            cfg.capture[0],
+            CaptureConfig::Pcap {
+                any_direction: true,
+                ..
+            }
+        ));
+    }
+
+    #[test]
     fn pcap_mode_by_default_with_tcp_server() {
         let (cfg, _) = load("PCAP_INTF eth1;\nPCAP_FILTER udp port 5000;\nENABLE_TCP_SERVER Y;\nENABLE_DIGEST_PERSISTENCE N;\nIPT_INPUT_ACCESS ACCEPT, filter, INPUT, 1, FWKNOP_INPUT, 1;\n");
         match &cfg.capture[0] {
             CaptureConfig::Pcap {
-                interfaces, filter, ..
+                interfaces,
+                filter,
+                any_direction,
+                ..
             } => {
                 assert_eq!(interfaces, &["eth1"]);
                 assert_eq!(filter, "udp port 5000");
+                assert!(!any_direction, "fwknopd captures inbound only by default");
             }
             other => panic!("{other:?}"),
         }

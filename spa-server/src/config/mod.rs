@@ -109,6 +109,10 @@ pub enum CaptureConfig {
         promisc: bool,
         #[serde(default = "default_snaplen")]
         snaplen: i32,
+        /// Also packets the host sends (ENABLE_PCAP_ANY_DIRECTION); by default only
+        /// those it receives, as fwknopd.
+        #[serde(default)]
+        any_direction: bool,
         /// Read packets from a capture file instead (tests, forensics).
         #[serde(default)]
         file: Option<PathBuf>,
