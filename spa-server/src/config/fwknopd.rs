@@ -279,16 +279,42 @@ pub fn apply_fwknopd_conf(
         };
         cfg.server.nat.snat = Some(super::SnatSetting(snat));
     }
-    if let Some(e) =
-        get("ENABLE_IPT_OUTPUT").filter(|_| flag("ENABLE_IPT_OUTPUT", false).unwrap_or(false))
-    {
-        warnings.push(format!(
-            "{}: ENABLE_IPT_OUTPUT is not supported by postern yet",
-            e.origin
-        ));
+    for (var, instead) in UNSUPPORTED_WHEN_ON {
+        if let Some(e) = get(var).filter(|_| flag(var, false).unwrap_or(false)) {
+            warnings.push(format!(
+                "{}: {var} is not supported by postern yet: {instead}",
+                e.origin
+            ));
+        }
     }
     Ok(())
 }
+
+/// fwknopd features posternd lacks, and what happens instead when the file
+/// switches one on (a warning at start, naming the line).
+const UNSUPPORTED_WHEN_ON: [(&str, &str); 6] = [
+    (
+        "ENABLE_DESTINATION_RULE",
+        "grants are not limited to the address the knock was sent to",
+    ),
+    ("ENABLE_IPT_OUTPUT", "no OUTPUT chain rules are added"),
+    (
+        "ENABLE_SPA_OVER_HTTP",
+        "SPA packets inside HTTP requests are refused",
+    ),
+    (
+        "ENABLE_X_FORWARDED_FOR",
+        "X-Forwarded-For headers are not read",
+    ),
+    (
+        "ENABLE_NFQ_CAPTURE",
+        "packets are captured with pcap (PCAP_INTF) instead of NFQUEUE",
+    ),
+    (
+        "ENABLE_NAT_DNS",
+        "NAT requests must name an IP address, not a host name",
+    ),
+];
 
 /// The iptables action with fwknopd's chain names and flush behaviour.
 fn iptables_action<'a>(
@@ -380,6 +406,19 @@ mod tests {
         assert_eq!(cfg.action[0].kind, "iptables");
         assert_eq!(w.len(), 1);
         assert!(w[0].contains(":6: unknown fwknopd.conf variable `BOGUS`"));
+    }
+
+    #[test]
+    fn features_switched_on_but_missing_are_warned_about() {
+        let (_, w) =
+            load("ENABLE_DESTINATION_RULE Y;\nENABLE_NAT_DNS N;\nENABLE_SPA_OVER_HTTP Y;\n");
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(
+            w[0].contains(":1: ENABLE_DESTINATION_RULE is not supported"),
+            "{w:?}"
+        );
+        assert!(w[0].contains("not limited to the address"), "{w:?}");
+        assert!(w[1].contains(":3: ENABLE_SPA_OVER_HTTP"), "{w:?}");
     }
 
     #[test]
