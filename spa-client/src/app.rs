@@ -304,7 +304,7 @@ fn check_supported(settings: &Settings) -> Result<()> {
     }
     if let Some(p) = settings.server_proto.filter(|p| !p.is_supported()) {
         return Err(ClientError::Unsupported(format!(
-            "server protocol '{}' (only udp and tcp are)",
+            "server protocol '{}' (only udp, tcp and http are)",
             p.name()
         )));
     }
@@ -559,7 +559,17 @@ fn send_packet(cli: &Cli, settings: &Settings, console: &mut Console) -> Result<
     }
     save_packet(cli, &packet.wire)?;
 
-    let proto = settings.server_proto.unwrap_or(ServerProto::Udp);
+    // -H sends over HTTP, through the proxy (fwknop refuses it with another -P).
+    let proto = match (&cli.http_proxy, settings.server_proto) {
+        (None, p) => p.unwrap_or(ServerProto::Udp),
+        (Some(_), None | Some(ServerProto::Http)) => ServerProto::Http,
+        (Some(_), Some(other)) => {
+            return Err(ClientError::Usage(format!(
+                "-H/--http-proxy needs -P http, not -P {}",
+                other.name()
+            )))
+        }
+    };
     let port = if settings.rand_port {
         crate::random::high_port()
     } else {
@@ -582,6 +592,13 @@ fn send_packet(cli: &Cli, settings: &Settings, console: &mut Console) -> Result<
             host: server,
             port,
             source_port: settings.source_port,
+            http: send::HttpVia {
+                user_agent: settings
+                    .user_agent
+                    .clone()
+                    .unwrap_or_else(|| format!("Fwknop/postern-{VERSION}")),
+                proxy: cli.http_proxy.clone(),
+            },
         };
         send::send(&packet.wire, &target)?
     };

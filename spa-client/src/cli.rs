@@ -94,7 +94,8 @@ pub struct Cli {
     )]
     pub server_port: Option<String>,
 
-    /// Transport of the SPA packet: udp (default) or tcp
+    /// Transport of the SPA packet: udp (default), tcp, or http (a GET request
+    /// over TCP, for servers with ENABLE_SPA_OVER_HTTP)
     #[arg(
         short = 'P',
         long = "server-proto",
@@ -102,6 +103,15 @@ pub struct Cli {
         allow_hyphen_values = true
     )]
     pub server_proto: Option<String>,
+
+    /// Send the SPA packet as an HTTP request through this proxy (implies -P http)
+    #[arg(
+        short = 'H',
+        long = "http-proxy",
+        value_name = "HOST[:PORT]",
+        allow_hyphen_values = true
+    )]
+    pub http_proxy: Option<String>,
 
     /// Let the server allow the packet's source address (sends 0.0.0.0)
     #[arg(short = 's', long = "source-ip", conflicts_with = "resolve_ip")]
@@ -385,8 +395,6 @@ pub struct Cli {
     pub last_cmd: bool,
     #[arg(long = "show-last", help = NOT_YET)]
     pub show_last: bool,
-    #[arg(short = 'H', long = "http-proxy", value_name = "HOST[:PORT]", help = NOT_YET)]
-    pub http_proxy: Option<String>,
     #[arg(short = 'Q', long = "spoof-source", visible_alias = "spoof-src", value_name = "IP", help = NOT_YET, allow_hyphen_values = true)]
     pub spoof_source: Option<String>,
     #[arg(short = 'w', long = "wget-cmd", value_name = "PATH", help = NOT_YET, allow_hyphen_values = true)]
@@ -431,11 +439,10 @@ impl Cli {
 
     /// The first fwknop flag in use that postern does not implement, if any.
     pub fn unsupported_flag(&self) -> Option<&'static str> {
-        let flags: [(bool, &'static str); 10] = [
+        let flags: [(bool, &'static str); 9] = [
             (self.save_args_file.is_some(), "-E/--save-args-file"),
             (self.last_cmd, "-l/--last-cmd"),
             (self.show_last, "--show-last"),
-            (self.http_proxy.is_some(), "-H/--http-proxy"),
             (self.spoof_source.is_some(), "-Q/--spoof-source"),
             (self.wget_cmd.is_some(), "-w/--wget-cmd"),
             (self.use_wget_user_agent, "--use-wget-user-agent"),

@@ -1,5 +1,6 @@
-//! Putting the packet on the network: one UDP datagram (fwknop's default) or a
-//! TCP connection that carries it. Like fwknop, only IPv4 addresses are used.
+//! Putting the packet on the network: one UDP datagram (fwknop's default), a TCP
+//! connection that carries it, or an HTTP GET request over TCP (`-P http`, also
+//! through a proxy). Like fwknop, only IPv4 addresses are used.
 
 use crate::error::{ClientError, Result};
 use crate::settings::ServerProto;
@@ -16,6 +17,16 @@ pub struct Target {
     pub host: String,
     pub port: u16,
     pub source_port: Option<u16>,
+    pub http: HttpVia,
+}
+
+/// How an `-P http` request goes out.
+#[derive(Clone, Debug, Default)]
+pub struct HttpVia {
+    /// The User-Agent; servers want it to start with `Fwknop`.
+    pub user_agent: String,
+    /// `HOST[:PORT]` (optionally `http://HOST[:PORT]`) of an HTTP proxy.
+    pub proxy: Option<String>,
 }
 
 impl Target {
@@ -102,12 +113,53 @@ fn send_tcp(wire: &[u8], t: &Target, addrs: &[SocketAddrV4]) -> Result<usize> {
     )))
 }
 
+/// The request carrying `wire` and where it goes: the server, or the proxy (on
+/// its own port if it names one, else on the server port, as fwknop).
+fn http_request(wire: &str, t: &Target) -> Result<(String, Target)> {
+    let Some(proxy) = &t.http.proxy else {
+        let request = spa_core::http::request(wire, &t.host, &t.http.user_agent);
+        return Ok((request, t.clone()));
+    };
+    let proxy = match proxy.get(..7) {
+        Some(scheme) if scheme.eq_ignore_ascii_case("http://") => &proxy[7..],
+        _ => proxy.as_str(),
+    };
+    let (host, port) = match proxy.split_once(':') {
+        None => (proxy, t.port),
+        Some((host, port)) => match port.parse::<u16>() {
+            Ok(p) if p > 0 => (host, p),
+            _ => {
+                return Err(ClientError::Usage(format!(
+                    "-H/--http-proxy: the port in `{proxy}` must be 1-65535"
+                )))
+            }
+        },
+    };
+    let request = spa_core::http::proxy_request(wire, &t.host, host, &t.http.user_agent);
+    let via = Target {
+        host: host.to_string(),
+        port,
+        ..t.clone()
+    };
+    Ok((request, via))
+}
+
 /// Send `wire` to the target; returns the bytes sent.
 pub fn send(wire: &str, t: &Target) -> Result<usize> {
-    let addrs = t.addresses()?;
     match t.proto {
-        ServerProto::Udp => send_udp(wire.as_bytes(), t, &addrs),
-        ServerProto::Tcp => send_tcp(wire.as_bytes(), t, &addrs),
+        ServerProto::Udp => send_udp(wire.as_bytes(), t, &t.addresses()?),
+        ServerProto::Tcp => send_tcp(wire.as_bytes(), t, &t.addresses()?),
+        ServerProto::Http => {
+            let (request, via) = http_request(wire, t)?;
+            if request.len() >= spa_core::http::MAX_REQUEST_LEN {
+                return Err(ClientError::Send(format!(
+                    "the HTTP request would be {} bytes; fwknop servers take fewer than {}",
+                    request.len(),
+                    spa_core::http::MAX_REQUEST_LEN
+                )));
+            }
+            send_tcp(request.as_bytes(), &via, &via.addresses()?)
+        }
         other => Err(ClientError::Unsupported(format!(
             "server protocol '{}'",
             other.name()
@@ -130,6 +182,7 @@ mod tests {
             host: "127.0.0.1".into(),
             port: rx.local_addr().unwrap().port(),
             source_port: None,
+            http: HttpVia::default(),
         };
         assert_eq!(send("hello-spa", &t).unwrap(), 9);
         let mut buf = [0u8; 64];
@@ -152,9 +205,74 @@ mod tests {
             host: "127.0.0.1".into(),
             port,
             source_port: None,
+            http: HttpVia::default(),
         };
         send("tcp-spa", &t).unwrap();
         assert_eq!(h.join().unwrap(), b"tcp-spa");
+    }
+
+    #[test]
+    fn http_request_goes_to_the_server_or_the_proxy() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let h = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            for _ in 0..2 {
+                let (mut s, _) = l.accept().unwrap();
+                let mut v = String::new();
+                s.read_to_string(&mut v).unwrap();
+                got.push(v);
+            }
+            got
+        });
+        let wire = "a+b/c".repeat(30);
+        let direct = Target {
+            proto: ServerProto::Http,
+            host: "127.0.0.1".into(),
+            port,
+            source_port: None,
+            http: HttpVia {
+                user_agent: "Fwknop/test".into(),
+                proxy: None,
+            },
+        };
+        send(&wire, &direct).unwrap();
+        // Through a "proxy" (the same listener), the server named in the URL.
+        let proxied = Target {
+            host: "spa.example".into(),
+            port: 1,
+            http: HttpVia {
+                user_agent: "Fwknop/test".into(),
+                proxy: Some(format!("http://127.0.0.1:{port}")),
+            },
+            ..direct.clone()
+        };
+        send(&wire, &proxied).unwrap();
+        let got = h.join().unwrap();
+        let path = "a-b_c".repeat(30);
+        assert!(
+            got[0].starts_with(&format!("GET /{path} HTTP/1.1\r\n")),
+            "{}",
+            got[0]
+        );
+        assert!(got[0].contains("\r\nHost: 127.0.0.1\r\n"));
+        assert!(got[0].contains("\r\nUser-Agent: Fwknop/test\r\n"));
+        assert!(
+            got[1].starts_with(&format!("GET http://spa.example/{path} HTTP/1.1")),
+            "{}",
+            got[1]
+        );
+        let bad = Target {
+            http: HttpVia {
+                user_agent: String::new(),
+                proxy: Some("proxy:99999".into()),
+            },
+            ..direct
+        };
+        assert!(send(&wire, &bad)
+            .unwrap_err()
+            .to_string()
+            .contains("1-65535"));
     }
 
     #[test]
@@ -169,6 +287,7 @@ mod tests {
             host: "127.0.0.1".into(),
             port,
             source_port: None,
+            http: HttpVia::default(),
         };
         assert!(send("x", &t).is_err());
     }

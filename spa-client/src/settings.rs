@@ -158,7 +158,10 @@ impl ServerProto {
     }
 
     pub fn is_supported(self) -> bool {
-        matches!(self, ServerProto::Udp | ServerProto::Tcp)
+        matches!(
+            self,
+            ServerProto::Udp | ServerProto::Tcp | ServerProto::Http
+        )
     }
 }
 
@@ -175,7 +178,7 @@ impl FromStr for ServerProto {
         ]
         .into_iter()
         .find(|p| p.name().eq_ignore_ascii_case(s))
-        .ok_or_else(|| "unrecognized protocol (use udp or tcp)".to_string())
+        .ok_or_else(|| "unrecognized protocol (use udp, tcp or http)".to_string())
     }
 }
 

@@ -44,6 +44,18 @@ fn malformed_access() {
         "",
         "tcp/abc",
     ] {
+        // -H goes with -P http only.
+        let line = env.fails(&with_base(&[
+            "-A",
+            "tcp/22",
+            "--key-rijndael",
+            "x",
+            "-P",
+            "udp",
+            "-H",
+            "proxy:3128",
+        ]));
+        assert!(line.contains("-H/--http-proxy needs -P http"), "{line}");
         let line = env.fails(&with_base(&["-A", bad, "--key-rijndael", "x"]));
         assert!(line.contains("access"), "{bad}: {line}");
     }
@@ -182,7 +194,6 @@ fn unknown_and_unsupported_flags() {
     let line = env.fails(&["--bogus-flag"]);
     assert!(line.contains("--bogus-flag"), "{line}");
     for (flag, name) in [
-        (vec!["-H", "proxy:3128"], "-H/--http-proxy"),
         (vec!["-Q", "1.2.3.4"], "-Q/--spoof-source"),
         (vec!["-l"], "-l/--last-cmd"),
         (vec!["--show-last"], "--show-last"),
@@ -198,7 +209,7 @@ fn unknown_and_unsupported_flags() {
             "{line}"
         );
     }
-    for proto in ["http", "icmp", "tcpraw", "udpraw"] {
+    for proto in ["icmp", "tcpraw", "udpraw"] {
         let line = env.fails(&with_base(&[
             "-A",
             "tcp/22",

@@ -11,6 +11,7 @@ pub mod digest;
 pub mod error;
 pub mod firewall;
 pub mod gpg;
+pub mod http;
 pub mod keys;
 pub mod message;
 pub mod packet;
