@@ -165,7 +165,8 @@ pub async fn start_with_backends(
     );
     let mut tasks = Vec::new();
     for c in &cfg.capture {
-        tasks.push(crate::capture::spawn(c, pipeline.clone(), shutdown.clone()).await?);
+        let intake = crate::capture::Intake::of(&cfg.server);
+        tasks.push(crate::capture::spawn(c, intake, pipeline.clone(), shutdown.clone()).await?);
         tracing::info!("capture `{}` started", c.name());
     }
     if cfg.server.packet_aging {

@@ -397,6 +397,11 @@ pub fn nft_grants4(ns: &Netns) -> Result<Vec<String>, String> {
 /// One knock with the real fwknop client from the client namespace:
 /// `fwknop -A tcp/PORT -a CLIENT -D SERVER <keys> --no-rc-file EXTRA…`.
 pub fn knock(svc: &Service, keys: &SpaKeys, extra: &[&str]) -> Output {
+    knock_with(&SpaClient::Fwknop, svc, keys, extra)
+}
+
+/// [`knock`] with another client taking fwknop's flags (`postern`).
+pub fn knock_with(client: &SpaClient, svc: &Service, keys: &SpaKeys, extra: &[&str]) -> Output {
     let home = tempfile::tempdir().expect("tempdir");
     let mut args: Vec<String> = vec![
         "-A".into(),
@@ -412,7 +417,7 @@ pub fn knock(svc: &Service, keys: &SpaKeys, extra: &[&str]) -> Output {
     );
     args.push("--no-rc-file".into());
     args.extend(extra.iter().map(|s| s.to_string()));
-    SpaClient::Fwknop.run(&svc.pair.client, home.path(), &args)
+    client.run(&svc.pair.client, home.path(), &args)
 }
 
 /// Like [`knock`] but panics unless fwknop exits 0.

@@ -10,18 +10,20 @@
 //! - script: `[[action]] type = "script"` and access.conf CMD_CYCLE_OPEN/CLOSE,
 //!   both inserting/deleting an iptables ACCEPT rule via argv (no shell).
 //!
+//! - SPA over HTTP (`-P http`) from fwknop and postern, through the TCP and the
+//!   pcap capture with `spa_over_http`, and refused without it;
 //! - pcap serves only packets coming in (fwknopd's default), all with
 //!   `any_direction` (ENABLE_PCAP_ANY_DIRECTION).
 //!
 //! The combinations of one action run concurrently, each in its own namespaces.
 
 use postern_e2e::posternd::{
-    access_conf, caps_list, caps_mask, iptables_action, knock_ok, nftables_action, pcap_capture,
-    postern_toml, run_scenarios, runnable, saved_packet, tcp_capture, udp_capture, udp_send_all,
-    ConfDir, Posternd, Service, CAP_NET_ADMIN, CAP_NET_RAW, SPA_PORT,
+    access_conf, caps_list, caps_mask, iptables_action, knock_ok, knock_with, nftables_action,
+    pcap_capture, postern_toml, run_scenarios, runnable, saved_packet, tcp_capture, udp_capture,
+    udp_send_all, ConfDir, Posternd, Service, CAP_NET_ADMIN, CAP_NET_RAW, SPA_PORT,
 };
-use postern_e2e::scenario::SpaKeys;
-use postern_e2e::Pair;
+use postern_e2e::scenario::{describe, SpaClient, SpaKeys};
+use postern_e2e::{tcp_listen, Pair};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -332,5 +334,103 @@ fn pcap_serves_incoming_packets_only_unless_any_direction() {
                 Box::new(|| direction_case("cda", true)),
             ),
         ],
+    );
+}
+
+/// SPA over HTTP (`-P http`: the packet as the path of a GET request over TCP).
+/// With `spa_over_http` the TCP capture and the pcap capture (filter on TCP, a
+/// plain listener taking the connection) open the port for fwknop and postern;
+/// without it the same knock opens nothing.
+fn http_case(tag: &str, client: SpaClient, pcap: bool, spa_over_http: bool) {
+    let svc = Service::open(tag, PORT);
+    let keys = SpaKeys::generate("cbc", Some("sha256"));
+    let conf = ConfDir::new();
+    conf.write(
+        "access.conf",
+        &access_conf(&keys, Some(&format!("tcp/{PORT}")), TIMEOUT, ""),
+    );
+    let (capture, _listener) = if pcap {
+        let capture = format!(
+            "[[capture]]\ntype = \"pcap\"\ninterfaces = [\"{}\"]\nfilter = \"tcp port {SPA_PORT}\"\n",
+            Pair::SERVER_IF
+        );
+        (capture, Some(tcp_listen(svc.server(), SPA_PORT)))
+    } else {
+        (tcp_capture(SPA_PORT), None)
+    };
+    let toml = postern_toml(
+        &conf,
+        "access.conf",
+        "memory",
+        &format!("{capture}\n{}", nftables_action(PORT)),
+    )
+    .replacen(
+        "[server]\n",
+        &format!("[server]\nspa_over_http = {spa_over_http}\n"),
+        1,
+    );
+    conf.write("postern.toml", &toml);
+    let d = Posternd::start(
+        svc.server(),
+        &["-c".into(), conf.arg("postern.toml"), "-v".into()],
+        conf.dir.path(),
+    );
+    let out = knock_with(&client, &svc, &keys, &["-P", "http"]);
+    assert!(
+        out.status.success(),
+        "{} -P http: {}",
+        client.name(),
+        describe(&out)
+    );
+    let ctx = |what: &str| format!("{}, pcap {pcap}: {what}\n{}", client.name(), d.log_text());
+    if spa_over_http {
+        assert!(
+            svc.wait_reachable(true, Duration::from_secs(4)),
+            "{}",
+            ctx("the HTTP knock did not open the port")
+        );
+        assert!(
+            svc.wait_reachable(false, Duration::from_secs(TIMEOUT + 6)),
+            "{}",
+            ctx("the port did not close again")
+        );
+    } else {
+        assert!(
+            svc.stays_closed(Duration::from_millis(1500)),
+            "{}",
+            ctx("an HTTP knock opened the port without spa_over_http")
+        );
+    }
+}
+
+#[test]
+fn spa_over_http_from_fwknop_and_postern() {
+    if !runnable(&["fwknop", "nft"]) {
+        return;
+    }
+    let postern = SpaClient::postern();
+    let cases: Vec<(&str, SpaClient, bool, bool)> = vec![
+        ("ch1", SpaClient::Fwknop, false, true),
+        ("ch2", SpaClient::Fwknop, true, true),
+        ("ch3", postern.clone(), false, true),
+        ("ch4", postern, true, true),
+        ("ch5", SpaClient::Fwknop, false, false),
+    ];
+    run_scenarios(
+        "SPA over HTTP",
+        cases
+            .into_iter()
+            .map(|(tag, client, pcap, on)| {
+                let name = format!(
+                    "{} via {}{}",
+                    client.name(),
+                    if pcap { "pcap" } else { "tcp" },
+                    if on { "" } else { ", spa_over_http off" }
+                );
+                let run: Box<dyn FnOnce() + Send> =
+                    Box::new(move || http_case(tag, client, pcap, on));
+                (name, run)
+            })
+            .collect(),
     );
 }

@@ -6,8 +6,10 @@ pub mod pcap;
 pub mod tcp;
 pub mod udp;
 
-use crate::config::CaptureConfig;
+use crate::config::{CaptureConfig, ServerSection};
 use crate::pipeline::{Outcome, Pipeline, RawPacket};
+use spa_core::http;
+use std::borrow::Cow;
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio_util::sync::CancellationToken;
 use tower::Service;
@@ -49,6 +51,53 @@ pub fn worth_submitting(pipeline: &Pipeline, bytes: &[u8], peer: std::net::Socke
     }
 }
 
+/// What the pcap and TCP captures take besides plain SPA packets.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Intake {
+    /// SPA packets inside HTTP GET requests (fwknop `-P http`).
+    pub spa_over_http: bool,
+    /// …whatever the request's User-Agent.
+    pub any_user_agent: bool,
+}
+
+impl Intake {
+    pub fn of(server: &ServerSection) -> Intake {
+        Intake {
+            spa_over_http: server.spa_over_http,
+            any_user_agent: server.allow_any_user_agent,
+        }
+    }
+
+    /// The SPA packet in `payload`: the payload itself, or the one an HTTP request
+    /// carries; `None` (logged at debug) for a request that cannot carry one.
+    pub fn spa_packet<'a>(
+        &self,
+        payload: &'a [u8],
+        peer: std::net::SocketAddr,
+    ) -> Option<Cow<'a, [u8]>> {
+        if !self.spa_over_http {
+            return Some(Cow::Borrowed(payload));
+        }
+        match http::receive(payload, self.any_user_agent) {
+            http::Received::NotHttp => Some(Cow::Borrowed(payload)),
+            http::Received::Spa(packet) => Some(Cow::Owned(packet)),
+            http::Received::Refused(why) => {
+                tracing::debug!("refused packet from {peer}: {why}");
+                None
+            }
+        }
+    }
+
+    /// Bytes a TCP capture reads: a whole HTTP request when those are taken.
+    pub fn read_limit(&self, max_bytes: usize) -> usize {
+        if self.spa_over_http {
+            max_bytes.max(http::MAX_REQUEST_LEN)
+        } else {
+            max_bytes
+        }
+    }
+}
+
 /// Why a packet was refused, at debug level only (never to the network). Grants
 /// are logged at info level by the action task.
 fn log_outcome(peer: std::net::SocketAddr, outcome: &Outcome) {
@@ -60,6 +109,7 @@ fn log_outcome(peer: std::net::SocketAddr, outcome: &Outcome) {
 /// Start one capture; the returned handle ends when it stops.
 pub async fn spawn(
     config: &CaptureConfig,
+    intake: Intake,
     pipeline: Pipeline,
     shutdown: CancellationToken,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
@@ -79,8 +129,9 @@ pub async fn spawn(
                 .map_err(|e| anyhow::anyhow!("TCP capture cannot listen on {listen}: {e}"))?;
             let limits = tcp::Limits {
                 read_timeout: std::time::Duration::from_millis(read_timeout_ms),
-                max_bytes,
+                max_bytes: intake.read_limit(max_bytes),
                 max_connections,
+                intake,
             };
             tokio::spawn(tcp::run(listener, limits, pipeline, shutdown))
         }
@@ -99,6 +150,7 @@ pub async fn spawn(
                 snaplen,
                 any_direction,
                 file,
+                intake,
             };
             pcap::spawn(settings, pipeline, shutdown)?
         }

@@ -3,7 +3,7 @@
 //! interface goes away the thread reopens it until it is back.
 
 use super::length_filter::Lengths;
-use super::{submit, unix_now, worth_submitting};
+use super::{submit, unix_now, worth_submitting, Intake};
 use crate::pipeline::{Pipeline, RawPacket, Stanzas};
 use pnet_packet::ethernet::{EtherTypes, EthernetPacket};
 use pnet_packet::ip::{IpNextHeaderProtocol, IpNextHeaderProtocols};
@@ -25,6 +25,7 @@ pub struct Settings {
     /// Also see packets the host sends (fwknopd: ENABLE_PCAP_ANY_DIRECTION).
     pub any_direction: bool,
     pub file: Option<PathBuf>,
+    pub intake: Intake,
 }
 
 /// Reopen delay while an interface is missing or down.
@@ -42,13 +43,13 @@ pub fn spawn(
             .map_err(|e| anyhow::anyhow!("pcap file {}: {e}", file.display()))?;
         cap.filter(&settings.filter, true)
             .map_err(|e| anyhow::anyhow!("PCAP_FILTER `{}`: {e}", settings.filter))?;
-        let (mut p, rt) = (pipeline, runtime);
+        let (mut p, rt, intake) = (pipeline, runtime, settings.intake);
         LengthFilter::new(&settings.filter).fit(&mut cap, &p);
         threads.push(std::thread::spawn(move || {
             let _guard = rt.enter();
             let link = cap.get_datalink();
             while let Ok(frame) = cap.next_packet() {
-                submit_frame(&mut p, link, frame.data);
+                submit_frame(&mut p, intake, link, frame.data);
             }
         }));
     } else {
@@ -232,7 +233,7 @@ fn capture_loop(
             loop {
                 match cap.next_packet() {
                     Ok(frame) => {
-                        submit_frame(pipeline, link, frame.data);
+                        submit_frame(pipeline, s.intake, link, frame.data);
                     }
                     Err(pcap::Error::TimeoutExpired) => break,
                     Err(e) => {
@@ -262,13 +263,16 @@ pub fn parse_frame(link: pcap::Linktype, data: &[u8]) -> Option<RawPacket> {
 }
 
 /// Screen a frame's payload in place and submit a copy only when it may be a knock.
-fn submit_frame(pipeline: &mut Pipeline, link: pcap::Linktype, data: &[u8]) {
+fn submit_frame(pipeline: &mut Pipeline, intake: Intake, link: pcap::Linktype, data: &[u8]) {
     let Some((payload, peer, dst)) = frame_parts(link, data) else {
         return;
     };
-    if worth_submitting(pipeline, payload, peer) {
+    let Some(payload) = intake.spa_packet(payload, peer) else {
+        return;
+    };
+    if worth_submitting(pipeline, &payload, peer) {
         let packet = RawPacket {
-            bytes: payload.to_vec(),
+            bytes: payload.into_owned(),
             peer,
             destination: Some(dst),
             received_at: unix_now(),

@@ -2,7 +2,7 @@
 //! (fwknopd only completes the handshake and sniffs). Bounded in time, bytes and
 //! connections; never writes a byte back.
 
-use super::{submit, unix_now};
+use super::{submit, unix_now, Intake};
 use crate::pipeline::{Pipeline, RawPacket};
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -18,6 +18,7 @@ pub struct Limits {
     pub read_timeout: Duration,
     pub max_bytes: usize,
     pub max_connections: usize,
+    pub intake: Intake,
 }
 
 impl Limits {
@@ -99,7 +100,11 @@ pub async fn run(
         let destination = stream.local_addr().ok().map(|a| a.ip());
         let mut pipeline = pipeline.clone();
         tokio::spawn(async move {
-            if let Some(bytes) = read_packet(stream, limits).await {
+            let read = read_packet(stream, limits).await;
+            let packet = read
+                .as_deref()
+                .and_then(|b| limits.intake.spa_packet(b, peer));
+            if let Some(bytes) = packet.map(|p| p.into_owned()) {
                 submit(
                     &mut pipeline,
                     RawPacket {

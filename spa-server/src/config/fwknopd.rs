@@ -197,6 +197,8 @@ pub fn apply_fwknopd_conf(
     if let Some(e) = get("GPG_EXE") {
         cfg.server.gpg_exe = Some(e.value.clone().into());
     }
+    cfg.server.spa_over_http = flag("ENABLE_SPA_OVER_HTTP", false)?;
+    cfg.server.allow_any_user_agent = flag("ALLOW_ANY_USER_AGENT", false)?;
     // postern keeps its own store; fwknopd's digest cache is imported, not reused.
     cfg.replay = if flag("ENABLE_DIGEST_PERSISTENCE", true)? {
         let fwknop_run_dir = get("FWKNOP_RUN_DIR")
@@ -292,16 +294,12 @@ pub fn apply_fwknopd_conf(
 
 /// fwknopd features posternd lacks, and what happens instead when the file
 /// switches one on (a warning at start, naming the line).
-const UNSUPPORTED_WHEN_ON: [(&str, &str); 6] = [
+const UNSUPPORTED_WHEN_ON: [(&str, &str); 5] = [
     (
         "ENABLE_DESTINATION_RULE",
         "grants are not limited to the address the knock was sent to",
     ),
     ("ENABLE_IPT_OUTPUT", "no OUTPUT chain rules are added"),
-    (
-        "ENABLE_SPA_OVER_HTTP",
-        "SPA packets inside HTTP requests are refused",
-    ),
     (
         "ENABLE_X_FORWARDED_FOR",
         "X-Forwarded-For headers are not read",
@@ -411,14 +409,23 @@ mod tests {
     #[test]
     fn features_switched_on_but_missing_are_warned_about() {
         let (_, w) =
-            load("ENABLE_DESTINATION_RULE Y;\nENABLE_NAT_DNS N;\nENABLE_SPA_OVER_HTTP Y;\n");
+            load("ENABLE_DESTINATION_RULE Y;\nENABLE_NAT_DNS N;\nENABLE_X_FORWARDED_FOR Y;\n");
         assert_eq!(w.len(), 2, "{w:?}");
         assert!(
             w[0].contains(":1: ENABLE_DESTINATION_RULE is not supported"),
             "{w:?}"
         );
         assert!(w[0].contains("not limited to the address"), "{w:?}");
-        assert!(w[1].contains(":3: ENABLE_SPA_OVER_HTTP"), "{w:?}");
+        assert!(w[1].contains(":3: ENABLE_X_FORWARDED_FOR"), "{w:?}");
+    }
+
+    #[test]
+    fn spa_over_http() {
+        let (cfg, w) = load("ENABLE_SPA_OVER_HTTP Y;\n");
+        assert!(cfg.server.spa_over_http && !cfg.server.allow_any_user_agent);
+        assert!(w.is_empty(), "{w:?}");
+        let (cfg, _) = load("ENABLE_SPA_OVER_HTTP Y;\nALLOW_ANY_USER_AGENT Y;\n");
+        assert!(cfg.server.allow_any_user_agent);
     }
 
     #[test]

@@ -35,6 +35,14 @@ pub struct ServerSection {
     /// gpg program of GPG stanzas that set no GPG_EXE (fwknopd.conf `GPG_EXE`, `--gpg-exe`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpg_exe: Option<PathBuf>,
+    /// Also take SPA packets sent as HTTP GET requests (`fwknop -P http`) on the
+    /// pcap and TCP captures (fwknopd.conf ENABLE_SPA_OVER_HTTP).
+    #[serde(default)]
+    pub spa_over_http: bool,
+    /// …whatever their User-Agent; otherwise it must start with `Fwknop`
+    /// (ALLOW_ANY_USER_AGENT).
+    #[serde(default)]
+    pub allow_any_user_agent: bool,
 }
 
 /// NAT requests the server honours (fwknopd's ENABLE_IPT_FORWARDING,
@@ -90,6 +98,8 @@ impl Default for ServerSection {
             nat: NatSection::default(),
             gpg_home_dir: None,
             gpg_exe: None,
+            spa_over_http: false,
+            allow_any_user_agent: false,
         }
     }
 }
