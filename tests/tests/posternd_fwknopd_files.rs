@@ -8,18 +8,21 @@
 //! to its UDP-server or pcap capture and to the iptables action with fwknopd's
 //! FWKNOP_INPUT chain), the client knocks again, same result.
 //!
-//! Two variants, run in parallel: UDP-server mode (`ENABLE_UDP_SERVER Y`) and
-//! fwknopd's default pcap mode (`PCAP_INTF v1`).
+//! Three variants, run in parallel: UDP-server mode (`ENABLE_UDP_SERVER Y`),
+//! fwknopd's default pcap mode (`PCAP_INTF v1`), and SPA over HTTP (pcap on the
+//! TCP port, `ENABLE_TCP_SERVER Y` to take the connection, `ENABLE_SPA_OVER_HTTP
+//! Y`): there fwknopd is knocked by `postern -P http` and posternd by
+//! `fwknop -P http`, so the HTTP form is checked in both directions.
 //!
 //! Migration and replays: a packet fwknopd accepted (and recorded in its
 //! DIGEST_FILE) and that is replayed after the switch to posternd, still within
 //! MAX_SPA_PACKET_AGE, must not open the port again.
 
 use postern_e2e::posternd::{
-    access_conf, knock_ok, runnable, spawn_fwknopd, udp_send_all, ConfDir, Posternd, Service,
-    SPA_PORT,
+    access_conf, knock_ok, knock_with, runnable, spawn_fwknopd, udp_send_all, ConfDir, Posternd,
+    Service, SPA_PORT,
 };
-use postern_e2e::scenario::SpaKeys;
+use postern_e2e::scenario::{describe, SpaClient, SpaKeys};
 use postern_e2e::ChildGuard;
 use postern_e2e::{wait_until, Pair};
 use std::net::{IpAddr, SocketAddr};
@@ -28,15 +31,26 @@ use std::time::{Duration, Instant};
 const PORT: u16 = 22022;
 const TIMEOUT: u64 = 3;
 
-fn fwknopd_conf(dir: &ConfDir, udp_server: bool) -> String {
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Mode {
+    UdpServer,
+    Pcap,
+    PcapHttp,
+}
+
+fn fwknopd_conf(dir: &ConfDir, mode: Mode) -> String {
     let run = dir.run_dir();
-    let capture = if udp_server {
-        "ENABLE_UDP_SERVER Y;\nUDPSERV_PORT 62201;\n".to_string()
-    } else {
-        format!(
+    let capture = match mode {
+        Mode::UdpServer => "ENABLE_UDP_SERVER Y;\nUDPSERV_PORT 62201;\n".to_string(),
+        Mode::Pcap => format!(
             "PCAP_INTF {};\nPCAP_FILTER udp port 62201;\n",
             Pair::SERVER_IF
-        )
+        ),
+        Mode::PcapHttp => format!(
+            "PCAP_INTF {};\nPCAP_FILTER tcp port 62201;\nENABLE_TCP_SERVER Y;\n\
+             TCPSERV_PORT 62201;\nENABLE_SPA_OVER_HTTP Y;\n",
+            Pair::SERVER_IF
+        ),
     };
     format!(
         "# fwknopd.conf used unchanged by fwknopd and posternd\n{capture}\
@@ -51,13 +65,25 @@ fn fwknopd_conf(dir: &ConfDir, udp_server: bool) -> String {
 }
 
 /// closed → knock → open → closed after the timeout; `ctx` renders the logs.
-fn knock_cycle(svc: &Service, keys: &SpaKeys, who: &str, ctx: &dyn Fn() -> String) {
+fn knock_cycle(
+    svc: &Service,
+    keys: &SpaKeys,
+    (client, extra): (&SpaClient, &[&str]),
+    who: &str,
+    ctx: &dyn Fn() -> String,
+) {
     assert!(
         !svc.reachable(Duration::from_millis(700)),
         "{who}: port reachable before the knock\n{}",
         ctx()
     );
-    knock_ok(svc, keys, &[]);
+    let out = knock_with(client, svc, keys, extra);
+    assert!(
+        out.status.success(),
+        "{who}: {} {extra:?} failed: {}",
+        client.name(),
+        describe(&out)
+    );
     let t0 = Instant::now();
     assert!(
         svc.wait_reachable(true, Duration::from_secs(6)),
@@ -77,19 +103,25 @@ fn knock_cycle(svc: &Service, keys: &SpaKeys, who: &str, ctx: &dyn Fn() -> Strin
     );
 }
 
-fn same_files(udp_server: bool, tag: &str) {
+fn same_files(mode: Mode, tag: &str) {
     if !runnable(&["fwknop", "fwknopd", "iptables"]) {
         return;
     }
     let svc = Service::iptables_guarded(tag, PORT);
     let keys = SpaKeys::generate("cbc", Some("sha256"));
     let dir = ConfDir::new();
-    let conf = dir.write("fwknopd.conf", &fwknopd_conf(&dir, udp_server));
+    let conf = dir.write("fwknopd.conf", &fwknopd_conf(&dir, mode));
     let access = dir.write(
         "access.conf",
         &access_conf(&keys, Some(&format!("tcp/{PORT}")), TIMEOUT, ""),
     );
-    let mode = if udp_server { "udp-server" } else { "pcap" };
+    let fwknop = SpaClient::Fwknop;
+    let postern = SpaClient::postern();
+    let http: &[&str] = &["-P", "http"];
+    let (to_fwknopd, to_posternd) = match mode {
+        Mode::PcapHttp => ((&postern, http), (&fwknop, http)),
+        _ => ((&fwknop, &[][..]), (&fwknop, &[][..])),
+    };
 
     // 1. The real fwknopd with the files.
     let flog = dir.path("fwknopd.log");
@@ -102,7 +134,13 @@ fn same_files(udp_server: bool, tag: &str) {
             svc.iptables_save()
         )
     };
-    knock_cycle(&svc, &keys, &format!("fwknopd ({mode})"), &fctx);
+    knock_cycle(
+        &svc,
+        &keys,
+        to_fwknopd,
+        &format!("fwknopd ({mode:?})"),
+        &fctx,
+    );
     let st = fwknopd.terminate(Duration::from_secs(5));
     assert!(st.is_some(), "fwknopd did not stop on SIGTERM\n{}", fctx());
 
@@ -126,7 +164,13 @@ fn same_files(udp_server: bool, tag: &str) {
             svc.iptables_save()
         )
     };
-    knock_cycle(&svc, &keys, &format!("posternd ({mode})"), &pctx);
+    knock_cycle(
+        &svc,
+        &keys,
+        to_posternd,
+        &format!("posternd ({mode:?})"),
+        &pctx,
+    );
     // It used fwknopd's chain, as fwknopd.conf's IPT_INPUT_ACCESS default says.
     assert!(
         d.log_text().contains("iptables") && svc.iptables_save().contains("FWKNOP_INPUT"),
@@ -168,7 +212,7 @@ fn packet_accepted_by_fwknopd_is_refused_by_posternd_after_the_switch() {
     let svc = Service::iptables_guarded("fr", PORT);
     let keys = SpaKeys::generate("cbc", Some("sha256"));
     let dir = ConfDir::new();
-    let conf = dir.write("fwknopd.conf", &fwknopd_conf(&dir, true));
+    let conf = dir.write("fwknopd.conf", &fwknopd_conf(&dir, Mode::UdpServer));
     let access = dir.write(
         "access.conf",
         &access_conf(&keys, Some(&format!("tcp/{PORT}")), TIMEOUT, ""),
@@ -224,12 +268,17 @@ fn packet_accepted_by_fwknopd_is_refused_by_posternd_after_the_switch() {
 
 #[test]
 fn fwknopd_files_udp_server_mode_work_for_posternd() {
-    same_files(true, "fu");
+    same_files(Mode::UdpServer, "fu");
 }
 
 #[test]
 fn fwknopd_files_pcap_mode_work_for_posternd() {
-    same_files(false, "fp");
+    same_files(Mode::Pcap, "fp");
+}
+
+#[test]
+fn fwknopd_files_spa_over_http_work_for_posternd() {
+    same_files(Mode::PcapHttp, "fh");
 }
 
 /// `posternd --fw-list` next to a running daemon lists its grant and leaves it in
@@ -242,7 +291,7 @@ fn fw_list_next_to_the_running_daemon_keeps_its_grants() {
     let svc = Service::iptables_guarded("fwlist", PORT);
     let keys = SpaKeys::generate("cbc", Some("sha256"));
     let dir = ConfDir::new();
-    let conf = dir.write("fwknopd.conf", &fwknopd_conf(&dir, true));
+    let conf = dir.write("fwknopd.conf", &fwknopd_conf(&dir, Mode::UdpServer));
     let access = dir.write(
         "access.conf",
         &access_conf(&keys, Some(&format!("tcp/{PORT}")), 30, ""),
