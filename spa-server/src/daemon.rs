@@ -18,8 +18,23 @@ const GPG_STOP_WAIT: Duration = Duration::from_secs(5);
 /// How often old replay entries are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
-pub fn open_replay_store(cfg: &ServerConfig) -> anyhow::Result<Arc<dyn ReplayStore>> {
+pub async fn open_replay_store(cfg: &ServerConfig) -> anyhow::Result<Arc<dyn ReplayStore>> {
     Ok(match &cfg.replay {
+        #[cfg(feature = "redis")]
+        ReplayConfig::Redis { url, key_prefix } => {
+            let keep_for = cfg.server.packet_aging.then_some(cfg.server.max_packet_age);
+            let store =
+                crate::replay::redis::RedisStore::connect(url, key_prefix, keep_for).await?;
+            tracing::info!(
+                "replay cache: shared, in Redis at {}",
+                config::redact_url(url)
+            );
+            Arc::new(store)
+        }
+        #[cfg(not(feature = "redis"))]
+        ReplayConfig::Redis { .. } => {
+            anyhow::bail!("replay store `redis` requires the `redis` feature")
+        }
         ReplayConfig::Memory => Arc::new(MemoryStore::default()),
         ReplayConfig::File {
             path,
@@ -130,7 +145,7 @@ pub async fn start_with_backends(
     backends: Vec<Box<dyn Firewall>>,
 ) -> anyhow::Result<Running> {
     let shutdown = CancellationToken::new();
-    let store = open_replay_store(&cfg)?;
+    let store = open_replay_store(&cfg).await?;
     let mut access = cfg.access.clone();
     apply_gpg_defaults(&mut access, &cfg.server);
     let keyring = Arc::new(Keyring::new(access));

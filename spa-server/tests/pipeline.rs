@@ -271,3 +271,178 @@ async fn a_reload_refits_the_kernel_length_filter() {
     );
     s.running.stop().await;
 }
+
+/// The shared replay cache, with a real redis-server.
+#[cfg(feature = "redis")]
+mod shared_replay {
+    use super::*;
+
+    /// A real redis-server of the test's own, on a unix socket in a temp dir (no TCP
+    /// port, no persistence); killed on drop.
+    struct RedisServer {
+        dir: tempfile::TempDir,
+        child: Option<std::process::Child>,
+    }
+
+    impl RedisServer {
+        /// `None` (test skipped) without redis-server, except under CI where it must be.
+        fn start() -> Option<RedisServer> {
+            let dir = tempfile::tempdir().unwrap();
+            let mut r = RedisServer { dir, child: None };
+            match r.spawn() {
+                Ok(()) => Some(r),
+                Err(e) if std::env::var_os("CI").is_none() => {
+                    eprintln!("skipped: cannot run redis-server ({e})");
+                    None
+                }
+                Err(e) => panic!("redis-server is needed under CI: {e}"),
+            }
+        }
+
+        fn socket(&self) -> std::path::PathBuf {
+            self.dir.path().join("redis.sock")
+        }
+
+        fn url(&self) -> String {
+            format!("unix://{}", self.socket().display())
+        }
+
+        fn spawn(&mut self) -> std::io::Result<()> {
+            let _ = std::fs::remove_file(self.socket());
+            let child = std::process::Command::new("redis-server")
+                .args(["--port", "0", "--unixsocket"])
+                .arg(self.socket())
+                .args([
+                    "--unixsocketperm",
+                    "700",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
+                .stdout(std::process::Stdio::null())
+                .spawn()?;
+            self.child = Some(child);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if std::os::unix::net::UnixStream::connect(self.socket()).is_ok() {
+                    return Ok(());
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(std::io::Error::other(
+                "redis-server did not open its socket",
+            ))
+        }
+
+        fn stop(&mut self) {
+            if let Some(mut c) = self.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+
+    impl Drop for RedisServer {
+        fn drop(&mut self) {
+            self.stop();
+        }
+    }
+
+    fn redis_replay(r: &RedisServer) -> ReplayConfig {
+        ReplayConfig::Redis {
+            url: r.url(),
+            key_prefix: "test:".into(),
+        }
+    }
+
+    /// Two servers sharing one Redis: a packet one granted is a replay for the other.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn servers_sharing_redis_refuse_each_others_packets() {
+        let Some(redis) = RedisServer::start() else {
+            return;
+        };
+        let a = server(redis_replay(&redis)).await;
+        let b = server(redis_replay(&redis)).await;
+        let pkt = knock(now(), 30);
+        send(a.udp, pkt.as_bytes());
+        assert_eq!(wait_for_grants(&a.recorder, 1).await, 1, "A did not grant");
+        // The copy an eavesdropper replays to the other server…
+        send(b.udp, pkt.as_bytes());
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert!(b.recorder.grants().is_empty(), "B granted A's packet again");
+        // …while B grants a fresh one.
+        send(b.udp, knock(now(), 31).as_bytes());
+        assert_eq!(wait_for_grants(&b.recorder, 1).await, 1, "B did not grant");
+
+        // The digest expires in Redis once the packet is too old anyway.
+        let client = redis::Client::open(redis.url()).unwrap();
+        let mut c = client.get_multiplexed_async_connection().await.unwrap();
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg("test:*")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        assert_eq!(keys.len(), 2, "{keys:?}");
+        let ttl: i64 = redis::cmd("TTL")
+            .arg(&keys[0])
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        let max_age = ServerConfig::default().server.max_packet_age as i64;
+        assert!(ttl > 0 && ttl <= max_age + 2, "TTL {ttl}");
+        a.running.stop().await;
+        b.running.stop().await;
+    }
+
+    /// Redis gone: knocks are refused (never granted unrecorded), the server lives on
+    /// and grants again once Redis is back.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn knocks_are_refused_while_redis_is_down_and_served_after() {
+        let Some(mut redis) = RedisServer::start() else {
+            return;
+        };
+        let s = server(redis_replay(&redis)).await;
+        redis.stop();
+        send(s.udp, knock(now(), 40).as_bytes());
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert!(s.recorder.grants().is_empty(), "granted without Redis");
+        redis.spawn().unwrap();
+        // The connection comes back by itself; a fresh knock (each one new) until it does.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut salt = 41;
+        while s.recorder.grants().is_empty() && Instant::now() < deadline {
+            send(s.udp, knock(now(), salt).as_bytes());
+            salt += 1;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        assert_eq!(
+            s.recorder.grants().len(),
+            1,
+            "not served after Redis came back"
+        );
+        s.running.stop().await;
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_redis_fails_the_start_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("unix://{}/none.sock", dir.path().display());
+        let cfg = ServerConfig {
+            capture: vec![CaptureConfig::Udp {
+                listen: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+            }],
+            replay: ReplayConfig::Redis {
+                url: url.clone(),
+                key_prefix: "x:".into(),
+            },
+            access: vec![stanza()],
+            ..ServerConfig::default()
+        };
+        let err = match start_with_backends(cfg, vec![Box::new(Recorder::default())]).await {
+            Ok(_) => panic!("started without its Redis"),
+            Err(e) => format!("{e:#}"),
+        };
+        assert!(err.contains("redis") && err.contains("none.sock"), "{err}");
+    }
+}

@@ -197,6 +197,41 @@ pub enum ReplayConfig {
         #[serde(default)]
         import_fwknop: Option<PathBuf>,
     },
+    /// Shared by several servers: a packet one accepted is refused by all
+    /// (e.g. `redis://10.0.0.5:6379/0`, `unix:///run/redis/redis.sock`).
+    Redis {
+        #[serde(serialize_with = "redacted_url")]
+        url: String,
+        #[serde(default = "default_redis_prefix")]
+        key_prefix: String,
+    },
+}
+
+fn default_redis_prefix() -> String {
+    "postern:replay:".into()
+}
+
+/// `check-config` shows the Redis URL without its password.
+fn redacted_url<S: serde::Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&redact_url(url))
+}
+
+/// The URL with any password replaced, for messages and `check-config`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    match rest.split_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            if userinfo.contains(':') {
+                format!("{scheme}://{user}:***@{host}")
+            } else {
+                format!("{scheme}://***@{host}")
+            }
+        }
+        None => url.to_string(),
+    }
 }
 
 impl Default for ReplayConfig {
@@ -354,6 +389,29 @@ pub fn render_redacted(cfg: &ServerConfig) -> String {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn redis_passwords_never_show() {
+        assert_eq!(
+            redact_url("redis://user:s3cret@10.0.0.1:6379/2"),
+            "redis://user:***@10.0.0.1:6379/2"
+        );
+        assert_eq!(redact_url("rediss://s3cret@h/"), "rediss://***@h/");
+        assert_eq!(redact_url("redis://h:6379"), "redis://h:6379");
+        assert_eq!(
+            redact_url("unix:///run/redis.sock"),
+            "unix:///run/redis.sock"
+        );
+        let cfg = ReplayConfig::Redis {
+            url: "redis://:pw@h".into(),
+            key_prefix: default_redis_prefix(),
+        };
+        let shown = toml::to_string(&cfg).unwrap();
+        assert!(
+            !shown.contains("pw") && shown.contains("redis://:***@h"),
+            "{shown}"
+        );
+    }
 
     #[test]
     #[allow(clippy::result_large_err)] // figment's Jail API

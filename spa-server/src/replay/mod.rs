@@ -9,6 +9,9 @@
 //! (fwknopd never syncs its cache at all). Entries are pruned once their packet is
 //! too old to pass the age check anyway (fwknopd never prunes).
 
+#[cfg(feature = "redis")]
+pub mod redis;
+
 use async_trait::async_trait;
 use redb::{Database, ReadableTable, TableDefinition};
 use std::collections::HashMap;
