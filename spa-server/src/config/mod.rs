@@ -190,11 +190,13 @@ pub enum ReplayConfig {
     /// Forget seen packets at exit (ENABLE_DIGEST_PERSISTENCE N).
     Memory,
     /// Persist digests in an embedded store (default: `<run_dir>/replay.redb`).
+    // Unset options are not serialized: the default is merged under the user's
+    // TOML, and another `type` must not inherit this variant's keys.
     File {
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         path: Option<PathBuf>,
         /// fwknopd's digest.cache to import at start (set when reading fwknopd.conf).
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         import_fwknop: Option<PathBuf>,
     },
     /// Shared by several servers: a packet one accepted is refused by all
@@ -411,6 +413,39 @@ mod tests {
             !shown.contains("pw") && shown.contains("redis://:***@h"),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn every_replay_type_loads_from_toml() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("postern.toml");
+        let access = "[[access]]\nsource = \"ANY\"\nkey = \"k\"\nopen_ports = \"tcp/22\"\n";
+        for (replay, want) in [
+            ("", "file"),
+            (
+                "[replay]\ntype = \"file\"\npath = \"/tmp/r.redb\"\n",
+                "file",
+            ),
+            ("[replay]\ntype = \"memory\"\n", "memory"),
+            (
+                "[replay]\ntype = \"redis\"\nurl = \"redis://:pw@h/0\"\n",
+                "redis",
+            ),
+        ] {
+            std::fs::write(&p, format!("{replay}{access}")).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+            let loaded = load(&ConfigSources {
+                config: Some(p.clone()),
+                access: None,
+            })
+            .unwrap_or_else(|e| panic!("{replay}: {e}"));
+            let got = match loaded.config.replay {
+                ReplayConfig::File { .. } => "file",
+                ReplayConfig::Memory => "memory",
+                ReplayConfig::Redis { .. } => "redis",
+            };
+            assert_eq!(got, want, "{replay}");
+        }
     }
 
     #[test]

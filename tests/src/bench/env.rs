@@ -130,7 +130,8 @@ impl Keys {
 pub struct Setup {
     /// The posternd binary.
     pub posternd: PathBuf,
-    /// posternd's replay store: `None` = its default (`file`, redb), or `memory`.
+    /// posternd's replay store: `None` = its default (`file`, redb), `memory`, or
+    /// `redis=URL`.
     pub replay: Option<String>,
 }
 
@@ -177,11 +178,13 @@ impl Server {
                     Pair::SERVER_IF
                 )
             };
-            let replay = setup
-                .replay
-                .as_ref()
-                .map(|r| format!("[replay]\ntype = \"{r}\"\n"))
-                .unwrap_or_default();
+            let replay = match setup.replay.as_deref().map(|r| r.split_once('=')) {
+                None => String::new(),
+                Some(Some(("redis", url))) => {
+                    format!("[replay]\ntype = \"redis\"\nurl = \"{url}\"\n")
+                }
+                Some(_) => format!("[replay]\ntype = \"{}\"\n", setup.replay.as_ref().unwrap()),
+            };
             let toml = d.join("postern.toml");
             write_private(
                 &toml,

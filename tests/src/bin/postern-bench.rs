@@ -41,7 +41,8 @@ USAGE: postern-bench [OPTIONS]
   --storm-knocks N       knocks during the storm, one every 100 ms (default 100, quick 30)
   --attempt-us N         per-connect timeout of the latency probe (default 200)
   --posternd PATH        use this posternd instead of building it (cargo build --release)
-  --replay file|memory   posternd's replay store (default: its default, file = redb)
+  --replay file|memory|redis=URL
+                         posternd's replay store (default: its default, file = redb)
   --criterion            also run `cargo bench -p spa-core --bench packet` and show its figures
   -h, --help             this text
 ";
