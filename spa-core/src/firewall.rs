@@ -158,3 +158,83 @@ pub trait CommandRunner: Send {
     /// Run `argv` with optional stdin; return stdout, or an error naming the command.
     fn run(&mut self, argv: &[String], stdin: Option<&str>) -> FwResult<String>;
 }
+
+/// A firewall that only remembers: the rules it holds now, and every grant it was
+/// asked for. Clones share the same memory, so a test (or an embedding program)
+/// can hand one to the server and watch it. Touches no real firewall.
+#[derive(Clone, Debug, Default)]
+pub struct MemoryFirewall {
+    memory: std::sync::Arc<std::sync::Mutex<Memory>>,
+    kernel_expiry: bool,
+}
+
+#[derive(Debug, Default)]
+struct Memory {
+    open: Vec<Opening>,
+    granted: Vec<Opening>,
+}
+
+impl MemoryFirewall {
+    /// `kernel_expiry`: claim that rules expire by themselves (the daemon then
+    /// never sweeps them), or not (the daemon calls [`Firewall::expire`]).
+    pub fn new(kernel_expiry: bool) -> Self {
+        MemoryFirewall {
+            memory: Default::default(),
+            kernel_expiry,
+        }
+    }
+
+    fn memory(&self) -> std::sync::MutexGuard<'_, Memory> {
+        // A panic elsewhere while holding it leaves plain data: keep using it.
+        self.memory.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The rules open now.
+    pub fn open(&self) -> Vec<Opening> {
+        self.memory().open.clone()
+    }
+
+    /// Every opening granted so far, repeats included, oldest first.
+    pub fn granted(&self) -> Vec<Opening> {
+        self.memory().granted.clone()
+    }
+}
+
+impl Firewall for MemoryFirewall {
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+    /// Leftovers of an earlier instance that are due by `now` go, as in a real
+    /// backend's reconciliation.
+    fn init(&mut self, now: u64) -> FwResult<()> {
+        self.memory().open.retain(|o| o.expires_at > now);
+        Ok(())
+    }
+    fn grant(&mut self, openings: &[Opening]) -> FwResult<()> {
+        let mut m = self.memory();
+        for o in openings {
+            // A repeated grant never shortens the one in place.
+            match m.open.iter_mut().find(|x| x.rule == o.rule) {
+                Some(x) if x.expires_at >= o.expires_at => {}
+                Some(x) => *x = o.clone(),
+                None => m.open.push(o.clone()),
+            }
+        }
+        m.granted.extend_from_slice(openings);
+        Ok(())
+    }
+    fn revoke(&mut self, rules: &[Rule]) -> FwResult<()> {
+        self.memory().open.retain(|o| !rules.contains(&o.rule));
+        Ok(())
+    }
+    fn list(&mut self) -> FwResult<Vec<Opening>> {
+        Ok(self.open())
+    }
+    fn flush(&mut self) -> FwResult<()> {
+        self.memory().open.clear();
+        Ok(())
+    }
+    fn expires_in_kernel(&self) -> bool {
+        self.kernel_expiry
+    }
+}

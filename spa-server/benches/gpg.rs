@@ -10,14 +10,12 @@
 
 use spa_client::gpg::{GpgOptions, Gpgme};
 use spa_client::gpg_keyring::GpgHome;
-use spa_core::firewall::{Firewall, FwResult, Opening, Rule};
+use spa_core::firewall::MemoryFirewall;
 use spa_core::gpg::{self, OpenPgp};
 use spa_core::{DigestType, MessageType, SpaMessage};
 use spa_server::config::{AccessStanza, AddrList, CaptureConfig, ReplayConfig, ServerConfig};
 use spa_server::gpg::{default_workers, EngineKey, GpgPool};
 use std::net::UdpSocket;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 fn now() -> u64 {
@@ -149,34 +147,6 @@ async fn pool_throughput(s: &Setup, n: u64) {
     );
 }
 
-#[derive(Clone, Default)]
-struct Counter(Arc<AtomicUsize>);
-
-impl Firewall for Counter {
-    fn name(&self) -> &'static str {
-        "counter"
-    }
-    fn init(&mut self, _now: u64) -> FwResult<()> {
-        Ok(())
-    }
-    fn grant(&mut self, openings: &[Opening]) -> FwResult<()> {
-        self.0.fetch_add(openings.len(), Ordering::SeqCst);
-        Ok(())
-    }
-    fn revoke(&mut self, _rules: &[Rule]) -> FwResult<()> {
-        Ok(())
-    }
-    fn list(&mut self) -> FwResult<Vec<Opening>> {
-        Ok(Vec::new())
-    }
-    fn flush(&mut self) -> FwResult<()> {
-        Ok(())
-    }
-    fn expires_in_kernel(&self) -> bool {
-        true
-    }
-}
-
 /// Offer `rate` knocks/s for `secs` seconds; return how many were granted.
 async fn server_at_rate(s: &Setup, wires: &[String], rate: u32, secs: u32) -> (usize, usize) {
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -192,7 +162,7 @@ async fn server_at_rate(s: &Setup, wires: &[String], rate: u32, secs: u32) -> (u
         access: vec![stanza],
         ..ServerConfig::default()
     };
-    let granted = Counter::default();
+    let granted = MemoryFirewall::new(true);
     let running = spa_server::daemon::start_with_backends(cfg, vec![Box::new(granted.clone())])
         .await
         .unwrap();
@@ -211,14 +181,14 @@ async fn server_at_rate(s: &Setup, wires: &[String], rate: u32, secs: u32) -> (u
     let mut last = usize::MAX;
     while Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let n = granted.0.load(Ordering::SeqCst);
+        let n = granted.granted().len();
         if n == last || n >= total {
             break;
         }
         last = n;
     }
     running.stop().await;
-    (total.min(wires.len()), granted.0.load(Ordering::SeqCst))
+    (total.min(wires.len()), granted.granted().len())
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]

@@ -247,46 +247,16 @@ fn log_result(grant: &Grant, result: &Result<(), String>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use spa_core::firewall::{FwResult, Rule};
+    use spa_core::firewall::{MemoryFirewall, Rule};
     use spa_core::Proto;
     use std::sync::atomic::AtomicU64;
-    use std::sync::Mutex;
 
     static CLOCK: AtomicU64 = AtomicU64::new(0);
 
-    /// A firewall without kernel expiry: the executor must remove its rules.
-    #[derive(Clone, Default)]
-    struct Table(Arc<Mutex<Vec<Opening>>>);
-
-    impl Firewall for Table {
-        fn name(&self) -> &'static str {
-            "table"
-        }
-        fn init(&mut self, _now: u64) -> FwResult<()> {
-            Ok(())
-        }
-        fn grant(&mut self, openings: &[Opening]) -> FwResult<()> {
-            self.0.lock().unwrap().extend_from_slice(openings);
-            Ok(())
-        }
-        fn revoke(&mut self, rules: &[Rule]) -> FwResult<()> {
-            self.0.lock().unwrap().retain(|o| !rules.contains(&o.rule));
-            Ok(())
-        }
-        fn list(&mut self) -> FwResult<Vec<Opening>> {
-            Ok(self.0.lock().unwrap().clone())
-        }
-        fn flush(&mut self) -> FwResult<()> {
-            Ok(())
-        }
-        fn expires_in_kernel(&self) -> bool {
-            false
-        }
-    }
-
     #[test]
     fn grants_expired_by_the_daemon_get_their_full_timeout() {
-        let table = Table::default();
+        // No kernel expiry: the executor must remove the rule.
+        let table = MemoryFirewall::new(false);
         let mut ex = Executor::new(vec![Box::new(table.clone())], Duration::from_secs(1));
         ex.now = || CLOCK.load(Ordering::Relaxed);
         // Granted somewhere in second 100 with a 3 s timeout.
@@ -305,13 +275,9 @@ mod tests {
         // During second 103 less than 3 s may have passed: still open.
         CLOCK.store(103, Ordering::Relaxed);
         ex.expire();
-        assert_eq!(
-            table.0.lock().unwrap().len(),
-            1,
-            "closed before its timeout"
-        );
+        assert_eq!(table.open().len(), 1, "closed before its timeout");
         CLOCK.store(104, Ordering::Relaxed);
         ex.expire();
-        assert!(table.0.lock().unwrap().is_empty(), "not closed after it");
+        assert!(table.open().is_empty(), "not closed after it");
     }
 }

@@ -3,7 +3,7 @@
 use crate::config::{ActionConfig, ServerSection};
 use postern_backend_script::{find_program, ScriptBackend, ScriptConfig};
 use serde::de::DeserializeOwned;
-use spa_core::firewall::{Firewall, FwResult, Opening, Rule};
+use spa_core::firewall::{Firewall, FwResult, MemoryFirewall, Opening, Rule};
 
 fn settings<T: DeserializeOwned>(cfg: &ActionConfig) -> anyhow::Result<T> {
     serde_json::from_value(serde_json::Value::Object(cfg.settings.clone()))
@@ -139,18 +139,18 @@ pub fn detect() -> anyhow::Result<String> {
     Ok(choice.to_string())
 }
 
-/// Test mode (fwknopd -t): records grants, touches no firewall.
+/// Test mode (fwknopd -t): logs and remembers grants, touches no firewall.
 #[derive(Default)]
 pub struct LogOnly {
-    open: Vec<Opening>,
+    memory: MemoryFirewall,
 }
 
 impl Firewall for LogOnly {
     fn name(&self) -> &'static str {
         "log"
     }
-    fn init(&mut self, _now: u64) -> FwResult<()> {
-        Ok(())
+    fn init(&mut self, now: u64) -> FwResult<()> {
+        self.memory.init(now)
     }
     fn grant(&mut self, openings: &[Opening]) -> FwResult<()> {
         for o in openings {
@@ -159,21 +159,17 @@ impl Firewall for LogOnly {
                 o.rule,
                 o.timeout_secs
             );
-            self.open.retain(|x| x.rule != o.rule);
-            self.open.push(o.clone());
         }
-        Ok(())
+        self.memory.grant(openings)
     }
     fn revoke(&mut self, rules: &[Rule]) -> FwResult<()> {
-        self.open.retain(|o| !rules.contains(&o.rule));
-        Ok(())
+        self.memory.revoke(rules)
     }
     fn list(&mut self) -> FwResult<Vec<Opening>> {
-        Ok(self.open.clone())
+        self.memory.list()
     }
     fn flush(&mut self) -> FwResult<()> {
-        self.open.clear();
-        Ok(())
+        self.memory.flush()
     }
     fn expires_in_kernel(&self) -> bool {
         false

@@ -5,14 +5,14 @@
 
 use spa_client::gpg::{GpgOptions, Gpgme};
 use spa_client::gpg_keyring::{GpgHome, KeyIds};
-use spa_core::firewall::{Firewall, FwResult, Opening, Rule};
+use spa_core::firewall::MemoryFirewall;
 use spa_core::packet::{self, HmacKey, PacketKeys};
 use spa_core::{gpg, DigestType, EncryptionMode, MessageType, Secret, SpaMessage};
 use spa_server::config::{AccessStanza, AddrList, CaptureConfig, ReplayConfig, ServerConfig};
 use spa_server::daemon::{start_with_backends, Running};
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Mutex};
+
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 const HMAC_B64: &str =
@@ -20,38 +20,11 @@ const HMAC_B64: &str =
 const KEY_B64: &str = "7GUhvzM3zXNUTPqUMAixKOMqVNDh6qrIUgqWdacXNMA=";
 const SERVER_PW: &str = "server-secret";
 
-#[derive(Clone, Default)]
-struct Recorder(Arc<Mutex<Vec<Opening>>>);
+/// Grants are recorded, nothing is applied.
+type Recorder = MemoryFirewall;
 
-impl Recorder {
-    fn ports(&self) -> Vec<u16> {
-        self.0.lock().unwrap().iter().map(|o| o.rule.port).collect()
-    }
-}
-
-impl Firewall for Recorder {
-    fn name(&self) -> &'static str {
-        "recorder"
-    }
-    fn init(&mut self, _now: u64) -> FwResult<()> {
-        Ok(())
-    }
-    fn grant(&mut self, openings: &[Opening]) -> FwResult<()> {
-        self.0.lock().unwrap().extend_from_slice(openings);
-        Ok(())
-    }
-    fn revoke(&mut self, _rules: &[Rule]) -> FwResult<()> {
-        Ok(())
-    }
-    fn list(&mut self) -> FwResult<Vec<Opening>> {
-        Ok(self.0.lock().unwrap().clone())
-    }
-    fn flush(&mut self) -> FwResult<()> {
-        Ok(())
-    }
-    fn expires_in_kernel(&self) -> bool {
-        true
-    }
+fn ports(r: &Recorder) -> Vec<u16> {
+    r.granted().iter().map(|o| o.rule.port).collect()
 }
 
 fn now() -> u64 {
@@ -188,7 +161,7 @@ async fn server(access: Vec<AccessStanza>) -> Server {
         access,
         ..ServerConfig::default()
     };
-    let recorder = Recorder::default();
+    let recorder = MemoryFirewall::new(true);
     let running = start_with_backends(cfg, vec![Box::new(recorder.clone())])
         .await
         .unwrap();
@@ -211,7 +184,7 @@ impl Server {
     async fn granted(&self, port: u16, within: Duration) -> bool {
         let deadline = Instant::now() + within;
         while Instant::now() < deadline {
-            if self.recorder.ports().contains(&port) {
+            if ports(&self.recorder).contains(&port) {
                 return true;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -248,10 +221,10 @@ async fn signed_knocks_are_granted_and_policy_refusals_are_not() {
     let granted = gpg_knock(&k.client, Some(client), 1002, 3, false);
     s.send(&granted);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while s.recorder.ports().len() < 3 && Instant::now() < deadline {
+    while ports(&s.recorder).len() < 3 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let before = s.recorder.ports().len();
+    let before = ports(&s.recorder).len();
     assert_eq!(before, 3, "third knock not granted");
     let mut damaged = gpg_knock(&k.client, Some(client), 1002, 4, false).into_bytes();
     let mid = damaged.len() / 2;
@@ -269,10 +242,10 @@ async fn signed_knocks_are_granted_and_policy_refusals_are_not() {
     }
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert_eq!(
-        s.recorder.ports().len(),
+        ports(&s.recorder).len(),
         before,
         "refused packets were granted: {:?}",
-        s.recorder.ports()
+        ports(&s.recorder)
     );
 
     // Replays of a granted packet are refused before any GPG work.
@@ -284,7 +257,7 @@ async fn signed_knocks_are_granted_and_policy_refusals_are_not() {
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(gpg_runs(), runs_before, "replays were decrypted");
-    assert_eq!(s.recorder.ports().len(), before, "a replay was granted");
+    assert_eq!(ports(&s.recorder).len(), before, "a replay was granted");
     s.running.stop().await;
 }
 
@@ -322,9 +295,9 @@ async fn ignore_verify_error_and_disabled_signatures() {
     assert!(s.granted(2002, Duration::from_secs(10)).await);
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(
-        !s.recorder.ports().contains(&2003),
+        !ports(&s.recorder).contains(&2003),
         "{:?}",
-        s.recorder.ports()
+        ports(&s.recorder)
     );
     s.running.stop().await;
 }
@@ -348,7 +321,7 @@ async fn server_key_with_passphrase() {
     ));
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(
-        s.recorder.ports().is_empty(),
+        ports(&s.recorder).is_empty(),
         "granted with a wrong GPG_DECRYPT_PW"
     );
     s.running.stop().await;

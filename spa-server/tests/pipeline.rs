@@ -1,52 +1,20 @@
 //! The whole server in-process on loopback, with a recording firewall: real
 //! packets in over UDP/TCP, grants (or none) out.
 
-use spa_core::firewall::{Firewall, FwResult, Opening, Rule};
+use spa_core::firewall::MemoryFirewall;
 use spa_core::packet::{self, HmacKey, PacketKeys};
 use spa_core::{DigestType, EncryptionMode, MessageType, Secret, SpaMessage};
 use spa_server::config::{AccessStanza, AddrList, CaptureConfig, ReplayConfig, ServerConfig};
 use spa_server::daemon::{start_with_backends, Running};
 use std::net::{SocketAddr, UdpSocket};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 const KEY: &str = "7GUhvzM3zXNUTPqUMAixKOMqVNDh6qrIUgqWdacXNMA=";
 const HMAC: &str =
     "YME3rcTN5fZ4D1oqV0NbiFNd4Hx1Nc4bNfgICPxjTzKpIiLBENuMtmsBWU+H+5c7oN2d4/iLa9TJ5HM8gLrSrQ==";
 
-#[derive(Clone, Default)]
-struct Recorder(Arc<Mutex<Vec<Opening>>>);
-
-impl Recorder {
-    fn grants(&self) -> Vec<Opening> {
-        self.0.lock().unwrap().clone()
-    }
-}
-
-impl Firewall for Recorder {
-    fn name(&self) -> &'static str {
-        "recorder"
-    }
-    fn init(&mut self, _now: u64) -> FwResult<()> {
-        Ok(())
-    }
-    fn grant(&mut self, openings: &[Opening]) -> FwResult<()> {
-        self.0.lock().unwrap().extend_from_slice(openings);
-        Ok(())
-    }
-    fn revoke(&mut self, _rules: &[Rule]) -> FwResult<()> {
-        Ok(())
-    }
-    fn list(&mut self) -> FwResult<Vec<Opening>> {
-        Ok(self.grants())
-    }
-    fn flush(&mut self) -> FwResult<()> {
-        Ok(())
-    }
-    fn expires_in_kernel(&self) -> bool {
-        true
-    }
-}
+/// Grants are recorded, nothing is applied (kernel expiry claimed: no sweeping).
+type Recorder = MemoryFirewall;
 
 fn now() -> u64 {
     SystemTime::now()
@@ -117,7 +85,7 @@ async fn server(replay: ReplayConfig) -> Server {
         access: vec![stanza()],
         ..ServerConfig::default()
     };
-    let recorder = Recorder::default();
+    let recorder = MemoryFirewall::new(true);
     let running = start_with_backends(cfg, vec![Box::new(recorder.clone())])
         .await
         .unwrap();
@@ -132,10 +100,10 @@ async fn server(replay: ReplayConfig) -> Server {
 /// Bounded wait for the recorder to reach `n` grants.
 async fn wait_for_grants(r: &Recorder, n: usize) -> usize {
     let deadline = Instant::now() + Duration::from_secs(3);
-    while r.grants().len() < n && Instant::now() < deadline {
+    while r.granted().len() < n && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    r.grants().len()
+    r.granted().len()
 }
 
 fn send(to: SocketAddr, payload: &[u8]) -> UdpSocket {
@@ -150,7 +118,7 @@ async fn a_knock_over_udp_is_granted_once_and_a_replay_is_not() {
     let pkt = knock(now(), 1);
     send(s.udp, pkt.as_bytes());
     assert_eq!(wait_for_grants(&s.recorder, 1).await, 1);
-    let g = &s.recorder.grants()[0];
+    let g = &s.recorder.granted()[0];
     assert_eq!(g.rule.source.to_string(), "127.0.0.1");
     assert_eq!(g.rule.port, 22);
     assert_eq!(g.timeout_secs, 30);
@@ -159,7 +127,7 @@ async fn a_knock_over_udp_is_granted_once_and_a_replay_is_not() {
         send(s.udp, pkt.as_bytes());
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(s.recorder.grants().len(), 1);
+    assert_eq!(s.recorder.granted().len(), 1);
     s.running.stop().await;
 }
 
@@ -180,7 +148,7 @@ async fn a_replay_after_restart_is_rejected_with_the_file_store() {
     send(s.udp, pkt.as_bytes());
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
-        s.recorder.grants().len(),
+        s.recorder.granted().len(),
         0,
         "replayed packet granted after restart"
     );
@@ -199,7 +167,7 @@ async fn old_and_future_packets_are_rejected() {
     send(s.udp, knock(now() - 500, 4).as_bytes());
     send(s.udp, knock(now() + 500, 5).as_bytes());
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(s.recorder.grants().is_empty());
+    assert!(s.recorder.granted().is_empty());
     s.running.stop().await;
 }
 
@@ -233,7 +201,7 @@ async fn must_reject_lines_open_nothing_answer_nothing_and_the_server_keeps_serv
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
-        s.recorder.grants().is_empty(),
+        s.recorder.granted().is_empty(),
         "a must-reject line was granted"
     );
     sock.set_read_timeout(Some(Duration::from_millis(200)))
@@ -260,12 +228,12 @@ async fn a_reload_refits_the_kernel_length_filter() {
     s.running.keyring.replace(vec![reloaded]);
     // The capture looks for a reload at least once a second; resend until it has.
     let deadline = Instant::now() + Duration::from_secs(4);
-    while s.recorder.grants().is_empty() && Instant::now() < deadline {
+    while s.recorder.granted().is_empty() && Instant::now() < deadline {
         send(s.udp, sha1.as_bytes());
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(
-        s.recorder.grants().len(),
+        s.recorder.granted().len(),
         1,
         "a knock of the reloaded stanza's length never got through"
     );
@@ -370,7 +338,10 @@ mod shared_replay {
         // The copy an eavesdropper replays to the other server…
         send(b.udp, pkt.as_bytes());
         tokio::time::sleep(Duration::from_millis(400)).await;
-        assert!(b.recorder.grants().is_empty(), "B granted A's packet again");
+        assert!(
+            b.recorder.granted().is_empty(),
+            "B granted A's packet again"
+        );
         // …while B grants a fresh one.
         send(b.udp, knock(now(), 31).as_bytes());
         assert_eq!(wait_for_grants(&b.recorder, 1).await, 1, "B did not grant");
@@ -406,18 +377,18 @@ mod shared_replay {
         redis.stop();
         send(s.udp, knock(now(), 40).as_bytes());
         tokio::time::sleep(Duration::from_millis(1500)).await;
-        assert!(s.recorder.grants().is_empty(), "granted without Redis");
+        assert!(s.recorder.granted().is_empty(), "granted without Redis");
         redis.spawn().unwrap();
         // The connection comes back by itself; a fresh knock (each one new) until it does.
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut salt = 41;
-        while s.recorder.grants().is_empty() && Instant::now() < deadline {
+        while s.recorder.granted().is_empty() && Instant::now() < deadline {
             send(s.udp, knock(now(), salt).as_bytes());
             salt += 1;
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
         assert_eq!(
-            s.recorder.grants().len(),
+            s.recorder.granted().len(),
             1,
             "not served after Redis came back"
         );
@@ -439,7 +410,7 @@ mod shared_replay {
             access: vec![stanza()],
             ..ServerConfig::default()
         };
-        let err = match start_with_backends(cfg, vec![Box::new(Recorder::default())]).await {
+        let err = match start_with_backends(cfg, vec![Box::new(MemoryFirewall::new(true))]).await {
             Ok(_) => panic!("started without its Redis"),
             Err(e) => format!("{e:#}"),
         };
