@@ -201,6 +201,44 @@ pub fn postern_toml(dir: &ConfDir, access_file: &str, replay: &str, body: &str) 
     )
 }
 
+/// What most posternd tests start from: `svc`, fresh keys (CBC, HMAC-SHA256), an
+/// access.conf opening `tcp/PORT` of the service for `timeout` seconds, and a
+/// postern.toml with `replay` and `body` (captures and actions).
+pub struct Setup {
+    pub svc: Service,
+    pub keys: SpaKeys,
+    pub conf: ConfDir,
+    /// posternd's arguments: `-c postern.toml -v`.
+    pub args: Vec<String>,
+}
+
+impl Setup {
+    pub fn new(svc: Service, timeout: u64, replay: &str, body: &str) -> Setup {
+        let keys = SpaKeys::generate("cbc", Some("sha256"));
+        let conf = ConfDir::new();
+        conf.write(
+            "access.conf",
+            &access_conf(&keys, Some(&format!("tcp/{}", svc.port)), timeout, ""),
+        );
+        conf.write(
+            "postern.toml",
+            &postern_toml(&conf, "access.conf", replay, body),
+        );
+        let args = vec!["-c".to_string(), conf.arg("postern.toml"), "-v".into()];
+        Setup {
+            svc,
+            keys,
+            conf,
+            args,
+        }
+    }
+
+    /// Start posternd in the server namespace with [`Setup::args`].
+    pub fn start(&self) -> Posternd {
+        Posternd::start(self.svc.server(), &self.args, self.conf.dir.path())
+    }
+}
+
 /// `[[capture]]` tables.
 pub fn udp_capture(port: u16) -> String {
     format!("[[capture]]\ntype = \"udp\"\nlisten = \"0.0.0.0:{port}\"\n")

@@ -20,7 +20,7 @@
 use postern_e2e::posternd::{
     access_conf, caps_list, caps_mask, iptables_action, knock_ok, knock_with, nftables_action,
     pcap_capture, postern_toml, run_scenarios, runnable, saved_packet, tcp_capture, udp_capture,
-    udp_send_all, ConfDir, Posternd, Service, CAP_NET_ADMIN, CAP_NET_RAW, SPA_PORT,
+    udp_send_all, ConfDir, Posternd, Service, Setup, CAP_NET_ADMIN, CAP_NET_RAW, SPA_PORT,
 };
 use postern_e2e::scenario::{describe, SpaClient, SpaKeys};
 use postern_e2e::{tcp_listen, Pair};
@@ -252,31 +252,19 @@ fn script_action_and_cmd_cycle() {
 /// served by the pcap capture: like fwknopd, it looks only at packets coming in,
 /// unless `any_direction` (ENABLE_PCAP_ANY_DIRECTION) says otherwise.
 fn direction_case(tag: &str, any_direction: bool) {
-    let svc = Service::open(tag, PORT);
-    let keys = SpaKeys::generate("cbc", Some("sha256"));
-    let conf = ConfDir::new();
-    conf.write(
-        "access.conf",
-        &access_conf(&keys, Some(&format!("tcp/{PORT}")), TIMEOUT, ""),
-    );
     let capture = format!(
         "{}any_direction = {any_direction}\n",
         pcap_capture(Pair::SERVER_IF, SPA_PORT)
     );
-    let toml = postern_toml(
-        &conf,
-        "access.conf",
+    let s = Setup::new(
+        Service::open(tag, PORT),
+        TIMEOUT,
         "memory",
         &format!("{capture}\n{}", nftables_action(PORT)),
     );
-    conf.write("postern.toml", &toml);
-    let d = Posternd::start(
-        svc.server(),
-        &["-c".into(), conf.arg("postern.toml"), "-v".into()],
-        conf.dir.path(),
-    );
+    let (svc, keys, d) = (&s.svc, &s.keys, s.start());
     let client_ip = svc.pair.client_ip.to_string();
-    let packet = saved_packet(&svc, &keys, &["-a", &client_ip]);
+    let packet = saved_packet(svc, keys, &["-a", &client_ip]);
     let ctx = |what: &str| format!("any_direction {any_direction}: {what}\n{}", d.log_text());
     let outward = SocketAddr::new(IpAddr::V4(svc.pair.client_ip), SPA_PORT);
     udp_send_all(
@@ -342,40 +330,34 @@ fn pcap_serves_incoming_packets_only_unless_any_direction() {
 /// plain listener taking the connection) open the port for fwknop and postern;
 /// without it the same knock opens nothing.
 fn http_case(tag: &str, client: SpaClient, pcap: bool, spa_over_http: bool) {
-    let svc = Service::open(tag, PORT);
-    let keys = SpaKeys::generate("cbc", Some("sha256"));
-    let conf = ConfDir::new();
-    conf.write(
-        "access.conf",
-        &access_conf(&keys, Some(&format!("tcp/{PORT}")), TIMEOUT, ""),
-    );
-    let (capture, _listener) = if pcap {
-        let capture = format!(
+    let capture = if pcap {
+        format!(
             "[[capture]]\ntype = \"pcap\"\ninterfaces = [\"{}\"]\nfilter = \"tcp port {SPA_PORT}\"\n",
             Pair::SERVER_IF
-        );
-        (capture, Some(tcp_listen(svc.server(), SPA_PORT)))
+        )
     } else {
-        (tcp_capture(SPA_PORT), None)
+        tcp_capture(SPA_PORT)
     };
-    let toml = postern_toml(
-        &conf,
-        "access.conf",
+    let s = Setup::new(
+        Service::open(tag, PORT),
+        TIMEOUT,
         "memory",
         &format!("{capture}\n{}", nftables_action(PORT)),
-    )
-    .replacen(
-        "[server]\n",
-        &format!("[server]\nspa_over_http = {spa_over_http}\n"),
-        1,
     );
-    conf.write("postern.toml", &toml);
-    let d = Posternd::start(
-        svc.server(),
-        &["-c".into(), conf.arg("postern.toml"), "-v".into()],
-        conf.dir.path(),
+    let toml = std::fs::read_to_string(s.conf.path("postern.toml")).unwrap();
+    s.conf.write(
+        "postern.toml",
+        &toml.replacen(
+            "[server]\n",
+            &format!("[server]\nspa_over_http = {spa_over_http}\n"),
+            1,
+        ),
     );
-    let out = knock_with(&client, &svc, &keys, &["-P", "http"]);
+    let svc = &s.svc;
+    // With pcap, something must take the TCP connection the client opens.
+    let _listener = pcap.then(|| tcp_listen(svc.server(), SPA_PORT));
+    let d = s.start();
+    let out = knock_with(&client, svc, &s.keys, &["-P", "http"]);
     assert!(
         out.status.success(),
         "{} -P http: {}",

@@ -16,9 +16,8 @@
 
 use postern_e2e::posternd::{
     access_conf, cap_set, caps_list, caps_mask, iptables_action, knock_ok, nft_grants4,
-    nftables_action, pcap_capture, postern_toml, run_scenarios, runnable, saved_packet,
-    tcp_capture, udp_capture, udp_send_all, ConfDir, Posternd, Service, CAP_NET_ADMIN, CAP_NET_RAW,
-    SPA_PORT,
+    nftables_action, pcap_capture, run_scenarios, runnable, saved_packet, tcp_capture, udp_capture,
+    udp_send_all, Posternd, Service, Setup, CAP_NET_ADMIN, CAP_NET_RAW, SPA_PORT,
 };
 use postern_e2e::scenario::SpaKeys;
 use postern_e2e::{wait_until, Pair};
@@ -28,37 +27,14 @@ use std::time::{Duration, Instant};
 const PORT: u16 = 22022;
 const TIMEOUT: u64 = 3;
 
-struct Setup {
-    svc: Service,
-    keys: SpaKeys,
-    conf: ConfDir,
-    args: Vec<String>,
-}
-
-/// A service, fresh keys and a postern.toml with `body` (captures and actions).
+/// A service (open, or guarded by iptables DROP), keys and a postern.toml with `body`.
 fn setup(tag: &str, iptables_guard: bool, body: &str) -> Setup {
     let svc = if iptables_guard {
         Service::iptables_guarded(tag, PORT)
     } else {
         Service::open(tag, PORT)
     };
-    let keys = SpaKeys::generate("cbc", Some("sha256"));
-    let conf = ConfDir::new();
-    conf.write(
-        "access.conf",
-        &access_conf(&keys, Some(&format!("tcp/{PORT}")), TIMEOUT, ""),
-    );
-    conf.write(
-        "postern.toml",
-        &postern_toml(&conf, "access.conf", "memory", body),
-    );
-    let args = vec!["-c".to_string(), conf.arg("postern.toml"), "-v".into()];
-    Setup {
-        svc,
-        keys,
-        conf,
-        args,
-    }
+    Setup::new(svc, TIMEOUT, "memory", body)
 }
 
 fn udp_nftables() -> String {

@@ -11,45 +11,22 @@
 //! - `posternd -v` logs why a packet was refused (HMAC, age, replay).
 
 use postern_e2e::posternd::{
-    access_conf, knock_ok, nft_grants4, nftables_action, postern_toml, runnable, saved_packet,
-    udp_capture, udp_send_all, ConfDir, Posternd, Service, SPA_PORT,
+    knock_ok, nft_grants4, nftables_action, runnable, saved_packet, udp_capture, udp_send_all,
+    Posternd, Service, Setup, SPA_PORT,
 };
-use postern_e2e::scenario::SpaKeys;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 const PORT: u16 = 22022;
 const TIMEOUT: u64 = 2;
 
-struct Setup {
-    svc: Service,
-    keys: SpaKeys,
-    conf: ConfDir,
-    args: Vec<String>,
-}
-
 fn setup(tag: &str) -> Setup {
-    let svc = Service::open(tag, PORT);
-    let keys = SpaKeys::generate("cbc", Some("sha256"));
-    let conf = ConfDir::new();
-    conf.write(
-        "access.conf",
-        &access_conf(&keys, Some(&format!("tcp/{PORT}")), TIMEOUT, ""),
-    );
-    let toml = postern_toml(
-        &conf,
-        "access.conf",
+    Setup::new(
+        Service::open(tag, PORT),
+        TIMEOUT,
         "file",
         &format!("{}\n{}", udp_capture(SPA_PORT), nftables_action(PORT)),
-    );
-    conf.write("postern.toml", &toml);
-    let args = vec!["-c".to_string(), conf.arg("postern.toml"), "-v".into()];
-    Setup {
-        svc,
-        keys,
-        conf,
-        args,
-    }
+    )
 }
 
 fn send(svc: &Service, packet: &[u8], copies: usize) {
