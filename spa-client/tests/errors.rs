@@ -44,18 +44,6 @@ fn malformed_access() {
         "",
         "tcp/abc",
     ] {
-        // -H goes with -P http only.
-        let line = env.fails(&with_base(&[
-            "-A",
-            "tcp/22",
-            "--key-rijndael",
-            "x",
-            "-P",
-            "udp",
-            "-H",
-            "proxy:3128",
-        ]));
-        assert!(line.contains("-H/--http-proxy needs -P http"), "{line}");
         let line = env.fails(&with_base(&["-A", bad, "--key-rijndael", "x"]));
         assert!(line.contains("access"), "{bad}: {line}");
     }
@@ -209,6 +197,18 @@ fn unknown_and_unsupported_flags() {
             "{line}"
         );
     }
+    // -H goes with -P http only.
+    let line = env.fails(&with_base(&[
+        "-A",
+        "tcp/22",
+        "--key-rijndael",
+        "x",
+        "-P",
+        "udp",
+        "-H",
+        "proxy:3128",
+    ]));
+    assert!(line.contains("-H/--http-proxy needs -P http"), "{line}");
     for proto in ["icmp", "tcpraw", "udpraw"] {
         let line = env.fails(&with_base(&[
             "-A",
