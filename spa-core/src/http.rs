@@ -4,6 +4,7 @@
 //! out and undoes the substitution before the usual checks.
 
 use crate::packet::MIN_WIRE_LEN;
+use std::net::Ipv4Addr;
 
 /// fwknop's limit on the whole request.
 pub const MAX_REQUEST_LEN: usize = 2000;
@@ -49,6 +50,21 @@ pub enum Received {
     Spa(Vec<u8>),
     /// A GET request that cannot carry a knock.
     Refused(&'static str),
+}
+
+/// The address an `X-Forwarded-For:` header (any case) names, as fwknopd reads it:
+/// the value up to the first whitespace, an IPv4 address or nothing.
+pub fn forwarded_for(request: &[u8]) -> Option<Ipv4Addr> {
+    const HEADER: &[u8] = b"x-forwarded-for: ";
+    let at = request
+        .windows(HEADER.len())
+        .position(|w| w.eq_ignore_ascii_case(HEADER))?;
+    let value = &request[at + HEADER.len()..];
+    let end = value
+        .iter()
+        .position(|b| b.is_ascii_whitespace())
+        .unwrap_or(value.len());
+    std::str::from_utf8(&value[..end]).ok()?.parse().ok()
 }
 
 /// Take the SPA packet out of a GET request, as fwknopd does: the request must
@@ -114,6 +130,29 @@ mod tests {
         assert_eq!(receive(r.as_bytes(), false), Received::Spa(WIRE.into()));
         let lower = r.replacen("GET", "get", 1);
         assert_eq!(receive(lower.as_bytes(), false), Received::Spa(WIRE.into()));
+    }
+
+    #[test]
+    fn forwarded_for_headers() {
+        let r = |h: &str| format!("GET /x HTTP/1.1\r\n{h}\r\nHost: h\r\n\r\n");
+        let ip = Some(Ipv4Addr::new(192, 0, 2, 55));
+        assert_eq!(
+            forwarded_for(r("X-Forwarded-For: 192.0.2.55").as_bytes()),
+            ip
+        );
+        assert_eq!(
+            forwarded_for(r("x-forwarded-for: 192.0.2.55").as_bytes()),
+            ip
+        );
+        assert_eq!(
+            forwarded_for(r("X-Forwarded-For: proxy.example").as_bytes()),
+            None
+        );
+        assert_eq!(
+            forwarded_for(r("X-Forwarded-For: 2001:db8::1").as_bytes()),
+            None
+        );
+        assert_eq!(forwarded_for(r("Via: 1.1 proxy").as_bytes()), None);
     }
 
     #[test]

@@ -189,6 +189,8 @@ pub struct Request<'a> {
     pub message: &'a SpaMessage,
     /// Where the packet came from.
     pub peer: IpAddr,
+    /// The client an HTTP proxy said it forwarded the packet for.
+    pub forwarded_for: Option<IpAddr>,
     /// Where it was sent to, when the capture knows.
     pub destination: Option<IpAddr>,
     /// Unix seconds.
@@ -258,7 +260,8 @@ pub fn evaluate(settings: &PolicySettings, req: &Request) -> Result<Grant, Denia
         if stanza.require_source_address {
             return Err(Denial::SourceAddressRequired);
         }
-        crate::config::access::canonical(req.peer)
+        // Behind an HTTP proxy, the client it names (fwknopd's ENABLE_X_FORWARDED_FOR).
+        crate::config::access::canonical(req.forwarded_for.unwrap_or(req.peer))
     } else {
         IpAddr::V4(allow_ip)
     };
@@ -370,6 +373,7 @@ mod tests {
                 stanza_index: 0,
                 message: m,
                 peer: "192.0.2.9".parse().unwrap(),
+                forwarded_for: None,
                 destination: None,
                 now: 1000,
             },

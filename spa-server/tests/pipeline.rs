@@ -43,13 +43,18 @@ fn knock(ts: u64, salt: u8) -> String {
 }
 
 fn knock_with(ts: u64, salt: u8, hmac_type: DigestType) -> String {
+    knock_for("127.0.0.1", ts, salt, hmac_type)
+}
+
+/// A knock asking access to tcp/22 for `allow_ip`.
+fn knock_for(allow_ip: &str, ts: u64, salt: u8, hmac_type: DigestType) -> String {
     let msg = SpaMessage {
         rand_val: format!("{:016}", 1234567890123456u64 + u64::from(salt)),
         username: "alice".into(),
         timestamp: ts,
         version: "3.0.0".into(),
         msg_type: MessageType::Access,
-        message: "127.0.0.1,tcp/22".into(),
+        message: format!("{allow_ip},tcp/22"),
         nat_access: None,
         server_auth: None,
         client_timeout: None,
@@ -75,16 +80,22 @@ struct Server {
 }
 
 async fn server(replay: ReplayConfig) -> Server {
+    server_with(replay, |_| {}).await
+}
+
+/// [`server`] with `tweak` applied to its configuration.
+async fn server_with(replay: ReplayConfig, tweak: impl FnOnce(&mut ServerConfig)) -> Server {
     let (udp, tcp): (SocketAddr, SocketAddr) = (
         format!("127.0.0.1:{}", free_port()).parse().unwrap(),
         format!("127.0.0.1:{}", free_port()).parse().unwrap(),
     );
-    let cfg = ServerConfig {
+    let mut cfg = ServerConfig {
         capture: vec![CaptureConfig::Udp { listen: udp }, CaptureConfig::tcp(tcp)],
         replay,
         access: vec![stanza()],
         ..ServerConfig::default()
     };
+    tweak(&mut cfg);
     let recorder = MemoryFirewall::new(true);
     let running = start_with_backends(cfg, vec![Box::new(recorder.clone())])
         .await
@@ -182,6 +193,40 @@ async fn the_tcp_capture_reads_the_packet_from_the_stream() {
     // A silent connection is cut at the read timeout and grants nothing.
     let _idle = tokio::net::TcpStream::connect(s.tcp).await.unwrap();
     s.running.stop().await;
+}
+
+/// SPA over HTTP through a proxy: a knock for 0.0.0.0 opens for the client the
+/// proxy names in X-Forwarded-For when that is enabled, else for the sender.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x_forwarded_for_names_the_client_of_a_proxied_http_knock() {
+    use tokio::io::AsyncWriteExt;
+    for (xff_enabled, want) in [(true, "192.0.2.55"), (false, "127.0.0.1")] {
+        let s = server_with(ReplayConfig::Memory, |c| {
+            c.server.spa_over_http = true;
+            c.server.x_forwarded_for = xff_enabled;
+        })
+        .await;
+        let wire = knock_for("0.0.0.0", now(), 50, DigestType::Sha256);
+        let request = spa_core::http::request(&wire, "server", "Fwknop/2.6.10").replacen(
+            "\r\nHost:",
+            "\r\nX-Forwarded-For: 192.0.2.55\r\nHost:",
+            1,
+        );
+        let mut stream = tokio::net::TcpStream::connect(s.tcp).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        stream.shutdown().await.unwrap();
+        assert_eq!(
+            wait_for_grants(&s.recorder, 1).await,
+            1,
+            "xff {xff_enabled}"
+        );
+        assert_eq!(
+            s.recorder.granted()[0].rule.source.to_string(),
+            want,
+            "xff {xff_enabled}"
+        );
+        s.running.stop().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

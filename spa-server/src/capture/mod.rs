@@ -58,6 +58,16 @@ pub struct Intake {
     pub spa_over_http: bool,
     /// …whatever the request's User-Agent.
     pub any_user_agent: bool,
+    /// Grant an HTTP knock whose allow-IP is 0.0.0.0 to the address its
+    /// X-Forwarded-For header names (a client behind a proxy), as fwknopd.
+    pub x_forwarded_for: bool,
+}
+
+/// The SPA packet a payload carries, and the address an HTTP proxy said it
+/// forwarded it for.
+pub struct Carried<'a> {
+    pub packet: Cow<'a, [u8]>,
+    pub forwarded_for: Option<std::net::IpAddr>,
 }
 
 impl Intake {
@@ -65,6 +75,7 @@ impl Intake {
         Intake {
             spa_over_http: server.spa_over_http,
             any_user_agent: server.allow_any_user_agent,
+            x_forwarded_for: server.x_forwarded_for,
         }
     }
 
@@ -74,13 +85,24 @@ impl Intake {
         &self,
         payload: &'a [u8],
         peer: std::net::SocketAddr,
-    ) -> Option<Cow<'a, [u8]>> {
+    ) -> Option<Carried<'a>> {
+        let plain = Carried {
+            packet: Cow::Borrowed(payload),
+            forwarded_for: None,
+        };
         if !self.spa_over_http {
-            return Some(Cow::Borrowed(payload));
+            return Some(plain);
         }
         match http::receive(payload, self.any_user_agent) {
-            http::Received::NotHttp => Some(Cow::Borrowed(payload)),
-            http::Received::Spa(packet) => Some(Cow::Owned(packet)),
+            http::Received::NotHttp => Some(plain),
+            http::Received::Spa(packet) => Some(Carried {
+                packet: Cow::Owned(packet),
+                forwarded_for: self
+                    .x_forwarded_for
+                    .then(|| http::forwarded_for(payload))
+                    .flatten()
+                    .map(std::net::IpAddr::V4),
+            }),
             http::Received::Refused(why) => {
                 tracing::debug!("refused packet from {peer}: {why}");
                 None

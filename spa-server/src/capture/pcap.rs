@@ -256,6 +256,7 @@ pub fn parse_frame(link: pcap::Linktype, data: &[u8]) -> Option<RawPacket> {
     Some(RawPacket {
         bytes: payload.to_vec(),
         peer,
+        forwarded_for: None,
         destination: Some(dst),
         received_at: unix_now(),
         capture: "pcap",
@@ -267,12 +268,13 @@ fn submit_frame(pipeline: &mut Pipeline, intake: Intake, link: pcap::Linktype, d
     let Some((payload, peer, dst)) = frame_parts(link, data) else {
         return;
     };
-    let Some(payload) = intake.spa_packet(payload, peer) else {
+    let Some(carried) = intake.spa_packet(payload, peer) else {
         return;
     };
-    if worth_submitting(pipeline, &payload, peer) {
+    if worth_submitting(pipeline, &carried.packet, peer) {
         let packet = RawPacket {
-            bytes: payload.into_owned(),
+            bytes: carried.packet.into_owned(),
+            forwarded_for: carried.forwarded_for,
             peer,
             destination: Some(dst),
             received_at: unix_now(),

@@ -101,15 +101,16 @@ pub async fn run(
         let mut pipeline = pipeline.clone();
         tokio::spawn(async move {
             let read = read_packet(stream, limits).await;
-            let packet = read
+            let carried = read
                 .as_deref()
                 .and_then(|b| limits.intake.spa_packet(b, peer));
-            if let Some(bytes) = packet.map(|p| p.into_owned()) {
+            if let Some(carried) = carried {
                 submit(
                     &mut pipeline,
                     RawPacket {
-                        bytes,
+                        bytes: carried.packet.into_owned(),
                         peer,
+                        forwarded_for: carried.forwarded_for,
                         destination,
                         received_at: unix_now(),
                         capture: "tcp",

@@ -172,6 +172,7 @@ pub async fn run(socket: UdpSocket, mut pipeline: Pipeline, shutdown: Cancellati
                     let packet = RawPacket {
                         bytes: bytes.to_vec(),
                         peer,
+                        forwarded_for: None,
                         destination: local,
                         received_at,
                         capture: "udp",

@@ -199,6 +199,7 @@ pub fn apply_fwknopd_conf(
     }
     cfg.server.spa_over_http = flag("ENABLE_SPA_OVER_HTTP", false)?;
     cfg.server.allow_any_user_agent = flag("ALLOW_ANY_USER_AGENT", false)?;
+    cfg.server.x_forwarded_for = flag("ENABLE_X_FORWARDED_FOR", false)?;
     // postern keeps its own store; fwknopd's digest cache is imported, not reused.
     cfg.replay = if flag("ENABLE_DIGEST_PERSISTENCE", true)? {
         let fwknop_run_dir = get("FWKNOP_RUN_DIR")
@@ -294,16 +295,12 @@ pub fn apply_fwknopd_conf(
 
 /// fwknopd features posternd lacks, and what happens instead when the file
 /// switches one on (a warning at start, naming the line).
-const UNSUPPORTED_WHEN_ON: [(&str, &str); 5] = [
+const UNSUPPORTED_WHEN_ON: [(&str, &str); 4] = [
     (
         "ENABLE_DESTINATION_RULE",
         "grants are not limited to the address the knock was sent to",
     ),
     ("ENABLE_IPT_OUTPUT", "no OUTPUT chain rules are added"),
-    (
-        "ENABLE_X_FORWARDED_FOR",
-        "X-Forwarded-For headers are not read",
-    ),
     (
         "ENABLE_NFQ_CAPTURE",
         "packets are captured with pcap (PCAP_INTF) instead of NFQUEUE",
@@ -408,15 +405,14 @@ mod tests {
 
     #[test]
     fn features_switched_on_but_missing_are_warned_about() {
-        let (_, w) =
-            load("ENABLE_DESTINATION_RULE Y;\nENABLE_NAT_DNS N;\nENABLE_X_FORWARDED_FOR Y;\n");
+        let (_, w) = load("ENABLE_DESTINATION_RULE Y;\nENABLE_NAT_DNS N;\nENABLE_NFQ_CAPTURE Y;\n");
         assert_eq!(w.len(), 2, "{w:?}");
         assert!(
             w[0].contains(":1: ENABLE_DESTINATION_RULE is not supported"),
             "{w:?}"
         );
         assert!(w[0].contains("not limited to the address"), "{w:?}");
-        assert!(w[1].contains(":3: ENABLE_X_FORWARDED_FOR"), "{w:?}");
+        assert!(w[1].contains(":3: ENABLE_NFQ_CAPTURE"), "{w:?}");
     }
 
     #[test]
@@ -424,8 +420,9 @@ mod tests {
         let (cfg, w) = load("ENABLE_SPA_OVER_HTTP Y;\n");
         assert!(cfg.server.spa_over_http && !cfg.server.allow_any_user_agent);
         assert!(w.is_empty(), "{w:?}");
-        let (cfg, _) = load("ENABLE_SPA_OVER_HTTP Y;\nALLOW_ANY_USER_AGENT Y;\n");
-        assert!(cfg.server.allow_any_user_agent);
+        let (cfg, _) =
+            load("ENABLE_SPA_OVER_HTTP Y;\nALLOW_ANY_USER_AGENT Y;\nENABLE_X_FORWARDED_FOR Y;\n");
+        assert!(cfg.server.allow_any_user_agent && cfg.server.x_forwarded_for);
     }
 
     #[test]

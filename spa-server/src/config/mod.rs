@@ -43,6 +43,10 @@ pub struct ServerSection {
     /// (ALLOW_ANY_USER_AGENT).
     #[serde(default)]
     pub allow_any_user_agent: bool,
+    /// …and an HTTP knock for 0.0.0.0 (`postern -s` behind a proxy) opens for the
+    /// address in its X-Forwarded-For header (ENABLE_X_FORWARDED_FOR).
+    #[serde(default)]
+    pub x_forwarded_for: bool,
 }
 
 /// NAT requests the server honours (fwknopd's ENABLE_IPT_FORWARDING,
@@ -100,6 +104,7 @@ impl Default for ServerSection {
             gpg_exe: None,
             spa_over_http: false,
             allow_any_user_agent: false,
+            x_forwarded_for: false,
         }
     }
 }

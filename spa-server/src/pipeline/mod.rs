@@ -35,6 +35,8 @@ use std::sync::Arc;
 pub struct RawPacket {
     pub bytes: Vec<u8>,
     pub peer: SocketAddr,
+    /// The client an HTTP proxy forwarded it for (X-Forwarded-For, when enabled).
+    pub forwarded_for: Option<IpAddr>,
     /// The address it was sent to, when the capture knows it.
     pub destination: Option<IpAddr>,
     /// Unix seconds at reception.

@@ -55,6 +55,7 @@ where
             stanza_index: d.stanza,
             message: &d.decoded.message,
             peer: d.packet.peer.ip(),
+            forwarded_for: d.packet.forwarded_for,
             destination: d.packet.destination,
             now: d.packet.received_at,
         };
