@@ -421,6 +421,18 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_is_valid() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/postern.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let cfg: ServerConfig = Figment::from(Serialized::defaults(ServerConfig::default()))
+            .merge(Toml::string(&text))
+            .extract()
+            .unwrap_or_else(|e| panic!("examples/postern.toml: {e}"));
+        assert_eq!(cfg.action[0].kind, "nftables");
+    }
+
+    #[test]
     fn every_replay_type_loads_from_toml() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("postern.toml");
