@@ -54,7 +54,11 @@ impl fmt::Display for Denial {
             Denial::LocalNatDisabled => f.write_str(
                 "local NAT requested but it is not enabled (ENABLE_IPT_LOCAL_NAT / [server.nat] local)",
             ),
-            Denial::NatHostname(h) => write!(f, "NAT target `{h}` is a host name; only addresses are accepted"),
+            Denial::NatHostname(h) => write!(
+                f,
+                "NAT target `{h}` is a host name; only addresses are accepted \
+                 ([server.nat] dns = true / ENABLE_NAT_DNS Y resolves them)"
+            ),
             Denial::BadMessage(m) => write!(f, "invalid request: {m}"),
         }
     }

@@ -48,7 +48,11 @@ fn knock_with(ts: u64, salt: u8, hmac_type: DigestType) -> String {
 
 /// A knock asking access to tcp/22 for `allow_ip`.
 fn knock_for(allow_ip: &str, ts: u64, salt: u8, hmac_type: DigestType) -> String {
-    let msg = SpaMessage {
+    seal(access_message(allow_ip, ts, salt), hmac_type)
+}
+
+fn access_message(allow_ip: &str, ts: u64, salt: u8) -> SpaMessage {
+    SpaMessage {
         rand_val: format!("{:016}", 1234567890123456u64 + u64::from(salt)),
         username: "alice".into(),
         timestamp: ts,
@@ -58,7 +62,11 @@ fn knock_for(allow_ip: &str, ts: u64, salt: u8, hmac_type: DigestType) -> String
         nat_access: None,
         server_auth: None,
         client_timeout: None,
-    };
+    }
+}
+
+fn seal(msg: SpaMessage, hmac_type: DigestType) -> String {
+    let salt = [msg.rand_val.as_bytes()[15]; 8];
     let key = Secret::from_base64("k", KEY).unwrap();
     let hmac = Secret::from_base64("h", HMAC).unwrap();
     let keys = PacketKeys {
@@ -69,7 +77,7 @@ fn knock_for(allow_ip: &str, ts: u64, salt: u8, hmac_type: DigestType) -> String
             key: hmac.bytes(),
         }),
     };
-    packet::seal(&msg, DigestType::Sha256, &keys, &[salt; 8]).unwrap()
+    packet::seal(&msg, DigestType::Sha256, &keys, &salt).unwrap()
 }
 
 struct Server {
@@ -193,6 +201,37 @@ async fn the_tcp_capture_reads_the_packet_from_the_stream() {
     // A silent connection is cut at the read timeout and grants nothing.
     let _idle = tokio::net::TcpStream::connect(s.tcp).await.unwrap();
     s.running.stop().await;
+}
+
+/// A NAT request naming its target by host name: refused by default (fwknopd
+/// too), resolved with `[server.nat] dns` (ENABLE_NAT_DNS).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nat_host_names_are_resolved_only_with_nat_dns() {
+    for dns in [false, true] {
+        let s = server_with(ReplayConfig::Memory, |c| {
+            c.server.nat.forwarding = true;
+            c.server.nat.dns = dns;
+        })
+        .await;
+        let mut msg = access_message("127.0.0.1", now(), 60);
+        msg.msg_type = MessageType::NatAccess;
+        msg.nat_access = Some("localhost,2222".into());
+        send(s.udp, seal(msg, DigestType::Sha256).as_bytes());
+        if dns {
+            assert_eq!(wait_for_grants(&s.recorder, 1).await, 1, "not granted");
+            let nat = s.recorder.granted()[0]
+                .rule
+                .nat
+                .clone()
+                .expect("a NAT rule");
+            assert_eq!(nat.to_addr.to_string(), "127.0.0.1");
+            assert_eq!(nat.to_port, 2222);
+        } else {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            assert!(s.recorder.granted().is_empty(), "granted a host name");
+        }
+        s.running.stop().await;
+    }
 }
 
 /// SPA over HTTP through a proxy: a knock for 0.0.0.0 opens for the client the

@@ -200,6 +200,7 @@ pub fn apply_fwknopd_conf(
     cfg.server.spa_over_http = flag("ENABLE_SPA_OVER_HTTP", false)?;
     cfg.server.allow_any_user_agent = flag("ALLOW_ANY_USER_AGENT", false)?;
     cfg.server.x_forwarded_for = flag("ENABLE_X_FORWARDED_FOR", false)?;
+    cfg.server.nat.dns = flag("ENABLE_NAT_DNS", false)?;
     // postern keeps its own store; fwknopd's digest cache is imported, not reused.
     cfg.replay = if flag("ENABLE_DIGEST_PERSISTENCE", true)? {
         let fwknop_run_dir = get("FWKNOP_RUN_DIR")
@@ -295,7 +296,7 @@ pub fn apply_fwknopd_conf(
 
 /// fwknopd features posternd lacks, and what happens instead when the file
 /// switches one on (a warning at start, naming the line).
-const UNSUPPORTED_WHEN_ON: [(&str, &str); 4] = [
+const UNSUPPORTED_WHEN_ON: [(&str, &str); 3] = [
     (
         "ENABLE_DESTINATION_RULE",
         "grants are not limited to the address the knock was sent to",
@@ -304,10 +305,6 @@ const UNSUPPORTED_WHEN_ON: [(&str, &str); 4] = [
     (
         "ENABLE_NFQ_CAPTURE",
         "packets are captured with pcap (PCAP_INTF) instead of NFQUEUE",
-    ),
-    (
-        "ENABLE_NAT_DNS",
-        "NAT requests must name an IP address, not a host name",
     ),
 ];
 

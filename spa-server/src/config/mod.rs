@@ -63,6 +63,9 @@ pub struct NatSection {
     /// Rewrite the source of forwarded traffic: `"masquerade"` or an address.
     #[serde(default)]
     pub snat: Option<SnatSetting>,
+    /// Resolve NAT targets that clients give as host names (ENABLE_NAT_DNS).
+    #[serde(default)]
+    pub dns: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -1,11 +1,19 @@
 //! Stage 4: access policy turns a decrypted message into a Grant or a Denial.
+//! With NAT DNS on (ENABLE_NAT_DNS), a NAT target given as a host name is
+//! resolved first, without blocking: the only await in this stage.
 
 use super::{ready, Approved, Decrypted, Outcome, Stage, StageFuture};
 use crate::policy::{evaluate, PolicySettings, Request};
+use spa_core::NatTarget;
 use std::convert::Infallible;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use tower::{Layer, Service};
+use std::time::Duration;
+use tower::{Layer, Service, ServiceExt};
+
+/// A NAT host name that does not resolve by then is refused.
+const NAT_DNS_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Clone)]
 pub struct PolicyLayer {
@@ -36,9 +44,60 @@ pub struct PolicyStage<S> {
     inner: S,
 }
 
+impl<S> PolicyStage<S> {
+    /// The NAT target to resolve: a host name, in a client NAT request, with
+    /// NAT DNS on (FORCE_NAT targets are addresses already).
+    fn host_to_resolve(&self, d: &Decrypted) -> Option<NatTarget> {
+        let msg = &d.decoded.message;
+        if !self.settings.nat.dns
+            || !msg.msg_type.has_nat()
+            || d.stanzas[d.stanza].force_nat.is_some()
+        {
+            return None;
+        }
+        let target = NatTarget::parse(msg.nat_access.as_deref()?).ok()?;
+        target.host.parse::<IpAddr>().is_err().then_some(target)
+    }
+}
+
+/// Grant or refuse, with the packet's own facts.
+fn decide(settings: &PolicySettings, d: Decrypted) -> Result<Approved, Outcome> {
+    let request = Request {
+        stanza: &d.stanzas[d.stanza],
+        stanza_index: d.stanza,
+        message: &d.decoded.message,
+        peer: d.packet.peer.ip(),
+        forwarded_for: d.packet.forwarded_for,
+        destination: d.packet.destination,
+        now: d.packet.received_at,
+    };
+    match evaluate(settings, &request) {
+        Ok(grant) => Ok(Approved {
+            packet: d.packet,
+            grant,
+        }),
+        Err(denial) => Err(Outcome::denied(Stage::Policy, denial)),
+    }
+}
+
+/// The first IPv4 address of `host` (fwknopd resolves NAT targets to IPv4).
+async fn resolve_v4(target: &NatTarget) -> Option<Ipv4Addr> {
+    let lookup = tokio::net::lookup_host((target.host.as_str(), target.port));
+    let addrs = tokio::time::timeout(NAT_DNS_TIMEOUT, lookup)
+        .await
+        .ok()?
+        .ok()?;
+    addrs
+        .filter_map(|a| match a.ip() {
+            IpAddr::V4(v4) => Some(v4),
+            IpAddr::V6(_) => None,
+        })
+        .next()
+}
+
 impl<S> Service<Decrypted> for PolicyStage<S>
 where
-    S: Service<Approved, Response = Outcome, Error = Infallible>,
+    S: Service<Approved, Response = Outcome, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send + 'static,
 {
     type Response = Outcome;
@@ -50,21 +109,30 @@ where
     }
 
     fn call(&mut self, d: Decrypted) -> StageFuture {
-        let request = Request {
-            stanza: &d.stanzas[d.stanza],
-            stanza_index: d.stanza,
-            message: &d.decoded.message,
-            peer: d.packet.peer.ip(),
-            forwarded_for: d.packet.forwarded_for,
-            destination: d.packet.destination,
-            now: d.packet.received_at,
+        let Some(target) = self.host_to_resolve(&d) else {
+            return match decide(&self.settings, d) {
+                Ok(approved) => Box::pin(self.inner.call(approved)),
+                Err(refused) => ready(refused),
+            };
         };
-        match evaluate(&self.settings, &request) {
-            Ok(grant) => Box::pin(self.inner.call(Approved {
-                packet: d.packet,
-                grant,
-            })),
-            Err(denial) => ready(Outcome::denied(Stage::Policy, denial)),
-        }
+        let (settings, inner) = (self.settings.clone(), self.inner.clone());
+        Box::pin(async move {
+            let mut d = d;
+            let Some(ip) = resolve_v4(&target).await else {
+                return Ok(Outcome::denied(
+                    Stage::Policy,
+                    format!(
+                        "NAT target `{}` does not resolve to an IPv4 address",
+                        target.host
+                    ),
+                ));
+            };
+            tracing::info!("NAT target `{}` resolved to {ip}", target.host);
+            d.decoded.message.nat_access = Some(format!("{ip},{}", target.port));
+            match decide(&settings, d) {
+                Ok(approved) => inner.oneshot(approved).await,
+                Err(refused) => Ok(refused),
+            }
+        })
     }
 }
