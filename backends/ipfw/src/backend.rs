@@ -4,7 +4,7 @@
 
 use crate::config::IpfwConfig;
 use crate::rules::{add_args, parse_dynamic, parse_list, Kind, Listed};
-use postern_backend_script::{find_program, SystemRunner};
+use postern_backend_script::{missing_for, require_program, SystemRunner};
 use spa_core::firewall::{CommandRunner, Firewall, FirewallError, FwResult, Opening, Rule};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -36,14 +36,7 @@ fn missing_hint() -> String {
 }
 
 fn own_missing(e: FirewallError) -> FirewallError {
-    match e {
-        FirewallError::Missing { what, .. } => FirewallError::Missing {
-            backend: BACKEND,
-            what,
-            hint: missing_hint(),
-        },
-        e => e,
-    }
+    missing_for(e, BACKEND, missing_hint)
 }
 
 /// What [`IpfwBackend::remove`] did.
@@ -102,13 +95,7 @@ impl IpfwBackend {
     /// Build with the real process runner, after checking ipfw is installed
     /// ([`FirewallError::Missing`] otherwise).
     pub fn system(config: &IpfwConfig) -> FwResult<Self> {
-        if find_program(&config.ipfw).is_none() {
-            return Err(FirewallError::Missing {
-                backend: BACKEND,
-                what: format!("the program `{}`", config.ipfw),
-                hint: missing_hint(),
-            });
-        }
+        require_program(&config.ipfw, BACKEND, missing_hint)?;
         let runner = SystemRunner {
             timeout: Duration::from_secs(config.command_timeout_secs),
         };

@@ -5,7 +5,7 @@ use crate::chains::{configured_chains, roles_for, Role};
 use crate::config::{ChainSpec, IptablesConfig};
 use crate::plan::{plan_chain, Plan};
 use crate::rules::{parse_listing, ListedRule};
-use postern_backend_script::{find_program, SystemRunner};
+use postern_backend_script::{missing_for, require_program, SystemRunner};
 use spa_core::firewall::{CommandRunner, Firewall, FirewallError, FwResult, Opening, Rule, Snat};
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -58,16 +58,13 @@ fn unsupported(what: String) -> FirewallError {
     }
 }
 
+fn missing_hint() -> String {
+    "install iptables (Debian: `apt install iptables`) or set `iptables` to its full path".into()
+}
+
 /// Name this backend in "program missing" errors from the shared runner.
 fn own_missing(e: FirewallError) -> FirewallError {
-    match e {
-        FirewallError::Missing { what, .. } => FirewallError::Missing {
-            backend: BACKEND,
-            what,
-            hint: "install iptables (Debian: `apt install iptables`) or set `iptables` to its full path".into(),
-        },
-        e => e,
-    }
+    missing_for(e, BACKEND, missing_hint)
 }
 
 impl IptablesBackend {
@@ -109,13 +106,7 @@ impl IptablesBackend {
         let backend = IptablesBackend::new(config, Box::new(runner))?;
         for tools in &backend.families {
             for program in [&tools.iptables, &tools.restore] {
-                if find_program(program).is_none() {
-                    return Err(own_missing(FirewallError::Missing {
-                        backend: BACKEND,
-                        what: format!("the program `{program}`"),
-                        hint: String::new(),
-                    }));
-                }
+                require_program(program, BACKEND, missing_hint)?;
             }
         }
         Ok(backend)

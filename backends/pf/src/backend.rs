@@ -4,7 +4,7 @@
 use crate::config::PfConfig;
 use crate::render::{anchor_linked, anchor_rules, is_absent, parse_show, parse_tables, TableKey};
 use crate::state::{Entry, StateFile};
-use postern_backend_script::{find_program, SystemRunner};
+use postern_backend_script::{missing_for, require_program, SystemRunner};
 use spa_core::firewall::{CommandRunner, Firewall, FirewallError, FwResult, Opening, Rule};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -45,14 +45,7 @@ fn missing_hint() -> String {
 
 /// Name this backend in "program missing" errors from the shared runner.
 fn own_missing(e: FirewallError) -> FirewallError {
-    match e {
-        FirewallError::Missing { what, .. } => FirewallError::Missing {
-            backend: BACKEND,
-            what,
-            hint: missing_hint(),
-        },
-        e => e,
-    }
+    missing_for(e, BACKEND, missing_hint)
 }
 
 /// Something to put back if a later step of a batch fails.
@@ -134,13 +127,7 @@ impl PfBackend {
     /// Build with the real process runner, after checking pfctl is installed
     /// ([`FirewallError::Missing`] otherwise).
     pub fn system(config: &PfConfig) -> FwResult<Self> {
-        if find_program(&config.pfctl).is_none() {
-            return Err(FirewallError::Missing {
-                backend: BACKEND,
-                what: format!("the program `{}`", config.pfctl),
-                hint: missing_hint(),
-            });
-        }
+        require_program(&config.pfctl, BACKEND, missing_hint)?;
         let runner = SystemRunner {
             timeout: Duration::from_secs(config.command_timeout_secs),
         };

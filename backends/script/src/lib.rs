@@ -24,4 +24,4 @@ pub mod template;
 
 pub use command::{run_command, run_command_with, CommandError, CommandExec, CommandOutput};
 pub use cycle::{PacketAddresses, ScriptBackend, ScriptConfig};
-pub use runner::{find_program, PrefixedRunner, SystemRunner};
+pub use runner::{find_program, missing_for, require_program, PrefixedRunner, SystemRunner};

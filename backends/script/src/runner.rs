@@ -108,6 +108,40 @@ impl CommandRunner for PrefixedRunner {
     }
 }
 
+/// Check now that `backend` can find `program`: [`FirewallError::Missing`] with
+/// `hint` otherwise.
+pub fn require_program(
+    program: &str,
+    backend: &'static str,
+    hint: impl FnOnce() -> String,
+) -> FwResult<()> {
+    match find_program(program) {
+        Some(_) => Ok(()),
+        None => Err(FirewallError::Missing {
+            backend,
+            what: format!("the program `{program}`"),
+            hint: hint(),
+        }),
+    }
+}
+
+/// A "program missing" error from the shared runner, named as `backend`'s own
+/// with its hint; other errors pass unchanged.
+pub fn missing_for(
+    e: FirewallError,
+    backend: &'static str,
+    hint: impl FnOnce() -> String,
+) -> FirewallError {
+    match e {
+        FirewallError::Missing { what, .. } => FirewallError::Missing {
+            backend,
+            what,
+            hint: hint(),
+        },
+        e => e,
+    }
+}
+
 /// Where `program` would be found: itself if it contains a `/`, else the first
 /// executable match in `$PATH` (plus the sbin directories, which a daemon started
 /// from a user shell may lack in its PATH).
