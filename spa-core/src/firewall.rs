@@ -42,6 +42,52 @@ pub struct NatRule {
     pub dnat: bool,
 }
 
+impl NatRule {
+    /// The grant in one word for rule comments, `nat_<port>_<to_addr>_<to_port>`
+    /// plus `_local`, `_nodnat`, `_masq` or `_snat_<addr>` as they apply, so a
+    /// backend that lists its rules can return the grant as it was made.
+    pub fn tag(&self, port: u16) -> String {
+        let mut text = format!("nat_{port}_{}_{}", self.to_addr, self.to_port);
+        if self.local {
+            text.push_str("_local");
+        }
+        if !self.dnat {
+            text.push_str("_nodnat");
+        }
+        match &self.snat {
+            Some(Snat::Masquerade) => text.push_str("_masq"),
+            Some(Snat::To(addr)) => text.push_str(&format!("_snat_{addr}")),
+            None => {}
+        }
+        text
+    }
+
+    /// The grant's port and NAT from a [`NatRule::tag`]; `None` for anything else.
+    pub fn parse_tag(tag: &str) -> Option<(u16, NatRule)> {
+        let mut words = tag.strip_prefix("nat_")?.split('_');
+        let port = words.next()?.parse().ok()?;
+        let to_addr = words.next()?.parse().ok()?;
+        let to_port = words.next()?.parse().ok()?;
+        let mut nat = NatRule {
+            to_addr,
+            to_port,
+            local: false,
+            snat: None,
+            dnat: true,
+        };
+        while let Some(word) = words.next() {
+            match word {
+                "local" => nat.local = true,
+                "nodnat" => nat.dnat = false,
+                "masq" => nat.snat = Some(Snat::Masquerade),
+                "snat" => nat.snat = Some(Snat::To(words.next()?.parse().ok()?)),
+                _ => return None,
+            }
+        }
+        Some((port, nat))
+    }
+}
+
 /// One opening: `source` may reach `proto/port`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Rule {
@@ -236,5 +282,34 @@ impl Firewall for MemoryFirewall {
     }
     fn expires_in_kernel(&self) -> bool {
         self.kernel_expiry
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nat_tags_round_trip() {
+        for snat in [
+            None,
+            Some(Snat::Masquerade),
+            Some(Snat::To("192.0.2.1".parse().unwrap())),
+        ] {
+            for (local, dnat) in [(false, true), (true, true), (false, false)] {
+                let nat = NatRule {
+                    to_addr: "10.0.0.2".parse().unwrap(),
+                    to_port: 22,
+                    local,
+                    snat: snat.clone(),
+                    dnat,
+                };
+                let tag = nat.tag(55000);
+                assert_eq!(NatRule::parse_tag(&tag), Some((55000, nat)), "{tag}");
+            }
+        }
+        assert_eq!(NatRule::parse_tag("nat_1_x_2"), None);
+        assert_eq!(NatRule::parse_tag("nat_1_10.0.0.2_2_what"), None);
+        assert_eq!(NatRule::parse_tag("postern_exp_5"), None);
     }
 }

@@ -23,25 +23,11 @@ pub fn expiry_comment(expires_at: u64) -> String {
 
 /// Comment on every rule of a grant: the expiry, and for NAT the whole grant.
 pub fn comment(rule: &Rule, expires_at: u64) -> String {
-    let mut text = expiry_comment(expires_at);
-    if let Some(nat) = &rule.nat {
-        text.push_str(&format!(
-            "_nat_{}_{}_{}",
-            rule.port, nat.to_addr, nat.to_port
-        ));
-        if nat.local {
-            text.push_str("_local");
-        }
-        if !nat.dnat {
-            text.push_str("_nodnat");
-        }
-        match &nat.snat {
-            Some(Snat::Masquerade) => text.push_str("_masq"),
-            Some(Snat::To(addr)) => text.push_str(&format!("_snat_{addr}")),
-            None => {}
-        }
+    let expiry = expiry_comment(expires_at);
+    match &rule.nat {
+        Some(nat) => format!("{expiry}_{}", nat.tag(rule.port)),
+        None => expiry,
     }
-    text
 }
 
 /// The expiry in a comment written by postern or fwknopd (`…_exp_<digits>…`).
@@ -56,34 +42,12 @@ pub fn parse_comment(comment: &str) -> Option<(u64, Option<(u16, NatRule)>)> {
     let (_, after) = comment.split_once("_exp_")?;
     let digits: String = after.chars().take_while(char::is_ascii_digit).collect();
     let expires_at = digits.parse().ok()?;
-    match after[digits.len()..].strip_prefix("_nat_") {
-        None => Some((expires_at, None)),
-        Some(tag) => parse_nat_tag(tag).map(|nat| (expires_at, Some(nat))),
-    }
-}
-
-fn parse_nat_tag(tag: &str) -> Option<(u16, NatRule)> {
-    let mut words = tag.split('_');
-    let port = words.next()?.parse().ok()?;
-    let to_addr = words.next()?.parse().ok()?;
-    let to_port = words.next()?.parse().ok()?;
-    let mut nat = NatRule {
-        to_addr,
-        to_port,
-        local: false,
-        snat: None,
-        dnat: true,
-    };
-    while let Some(word) = words.next() {
-        match word {
-            "local" => nat.local = true,
-            "nodnat" => nat.dnat = false,
-            "masq" => nat.snat = Some(Snat::Masquerade),
-            "snat" => nat.snat = Some(Snat::To(words.next()?.parse().ok()?)),
-            _ => return None,
+    match after[digits.len()..].strip_prefix('_') {
+        Some(tag) if tag.starts_with("nat_") => {
+            NatRule::parse_tag(tag).map(|nat| (expires_at, Some(nat)))
         }
+        _ => Some((expires_at, None)),
     }
-    Some((port, nat))
 }
 
 fn host_prefix(addr: IpAddr) -> u8 {

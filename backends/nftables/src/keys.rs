@@ -8,7 +8,7 @@
 
 use nftables::expr::{Expression, NamedExpression};
 use nftables::schema::SetType;
-use spa_core::firewall::{NatRule, Rule, Snat};
+use spa_core::firewall::{Rule, Snat};
 use spa_core::request::Proto;
 use std::net::IpAddr;
 
@@ -196,48 +196,6 @@ pub fn key_bytes(rule: &Rule) -> Vec<u8> {
     key(&[rule.source], rule.proto, rule.port).0
 }
 
-/// The comment every element of a NAT grant carries.
-pub fn nat_tag(port: u16, nat: &NatRule) -> String {
-    let mut text = format!("nat_{port}_{}_{}", nat.to_addr, nat.to_port);
-    if nat.local {
-        text.push_str("_local");
-    }
-    if !nat.dnat {
-        text.push_str("_nodnat");
-    }
-    match &nat.snat {
-        Some(Snat::Masquerade) => text.push_str("_masq"),
-        Some(Snat::To(addr)) => text.push_str(&format!("_snat_{addr}")),
-        None => {}
-    }
-    text
-}
-
-/// The grant's port and NAT from an element comment, if it is postern's.
-pub fn parse_nat_tag(comment: &str) -> Option<(u16, NatRule)> {
-    let mut words = comment.strip_prefix("nat_")?.split('_');
-    let port = words.next()?.parse().ok()?;
-    let to_addr = words.next()?.parse().ok()?;
-    let to_port = words.next()?.parse().ok()?;
-    let mut nat = NatRule {
-        to_addr,
-        to_port,
-        local: false,
-        snat: None,
-        dnat: true,
-    };
-    while let Some(word) = words.next() {
-        match word {
-            "local" => nat.local = true,
-            "nodnat" => nat.dnat = false,
-            "masq" => nat.snat = Some(Snat::Masquerade),
-            "snat" => nat.snat = Some(Snat::To(words.next()?.parse().ok()?)),
-            _ => return None,
-        }
-    }
-    Some((port, nat))
-}
-
 /// The elements a rule is made of, in set order:
 /// - plain: `grants` (`source . proto . port`);
 /// - local NAT: `local` (`source . proto . to_port`), and unless DISABLE_DNAT
@@ -268,7 +226,7 @@ pub fn elements(rule: &Rule) -> Vec<Element> {
             &None,
         )];
     };
-    let comment = Some(nat_tag(rule.port, nat));
+    let comment = Some(nat.tag(rule.port));
     let outer = || key(&[rule.source], rule.proto, rule.port);
     let flow = || key(&[rule.source, nat.to_addr], rule.proto, nat.to_port);
     let addr = |a: IpAddr| (addr_bytes(a), Expression::String(a.to_string().into()));
@@ -308,6 +266,7 @@ pub fn elements(rule: &Rule) -> Vec<Element> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use spa_core::firewall::NatRule;
 
     fn rule(src: &str, proto: Proto, port: u16) -> Rule {
         Rule {
@@ -368,7 +327,10 @@ mod tests {
         assert_eq!(e[3].data.as_deref(), Some(&[10, 0, 0, 1][..]));
         let tag = "nat_55000_10.0.0.2_22_snat_10.0.0.1";
         assert!(e.iter().all(|e| e.comment.as_deref() == Some(tag)));
-        assert_eq!(parse_nat_tag(tag), Some((55000, r.nat.clone().unwrap())));
+        assert_eq!(
+            NatRule::parse_tag(tag),
+            Some((55000, r.nat.clone().unwrap()))
+        );
 
         let local = NatRule {
             local: true,
@@ -384,10 +346,10 @@ mod tests {
             ("local4".to_string(), vec![0, 22])
         );
         assert_eq!(
-            parse_nat_tag(e[0].comment.as_deref().unwrap()),
+            NatRule::parse_tag(e[0].comment.as_deref().unwrap()),
             Some((55000, local))
         );
-        assert_eq!(parse_nat_tag("nat_1_x_2"), None);
-        assert_eq!(parse_nat_tag("hand made"), None);
+        assert_eq!(NatRule::parse_tag("nat_1_x_2"), None);
+        assert_eq!(NatRule::parse_tag("hand made"), None);
     }
 }

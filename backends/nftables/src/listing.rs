@@ -4,10 +4,10 @@
 //! need a few fields, and a rule expression the crate does not model must not
 //! make `list()` fail.
 
-use crate::keys::{parse_nat_tag, Kind, SetId};
+use crate::keys::{Kind, SetId};
 use crate::setup::ExistingTable;
 use serde_json::Value;
-use spa_core::firewall::Rule;
+use spa_core::firewall::{NatRule, Rule};
 use spa_core::request::Proto;
 use std::net::IpAddr;
 
@@ -105,7 +105,7 @@ fn parse_element(set: SetId, elem: &Value) -> Option<ListedGrant> {
             nat: None,
         }
     } else {
-        let (port, nat) = parse_nat_tag(comment?)?;
+        let (port, nat) = NatRule::parse_tag(comment?)?;
         Rule {
             source,
             proto,
