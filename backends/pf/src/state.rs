@@ -6,11 +6,11 @@
 use serde::{Deserialize, Serialize};
 use spa_core::firewall::{Opening, Rule};
 use spa_core::request::Proto;
-use std::io::Write;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use crate::render::TableKey;
+use postern_backend_script::state::write_private;
 
 /// One address in one table.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -124,16 +124,12 @@ impl StateFile {
     }
 
     pub fn save(&self, anchor: &str, entries: &[Entry]) -> Result<(), String> {
-        use std::os::unix::fs::OpenOptionsExt;
         let doc = Doc {
             version: VERSION,
             anchor: anchor.into(),
             entries: entries.to_vec(),
         };
         let text = serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())?;
-        let mut tmp = self.path.as_os_str().to_owned();
-        tmp.push(".tmp");
-        let tmp = PathBuf::from(tmp);
         let write = || -> std::io::Result<()> {
             if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
                 if !dir.exists() {
@@ -144,16 +140,7 @@ impl StateFile {
                         .create(dir)?;
                 }
             }
-            // 0600: the file lists client addresses.
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            f.write_all(text.as_bytes())?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &self.path)
+            write_private(&self.path, &text)
         };
         write().map_err(|e| format!("cannot write state file {}: {e}", self.path.display()))
     }

@@ -121,29 +121,33 @@ impl StateFile {
     }
 
     pub fn save(&self, pending: &[PendingClose]) -> Result<(), String> {
-        use std::os::unix::fs::OpenOptionsExt;
         let doc = StateDoc {
             version: STATE_VERSION,
             pending: pending.to_vec(),
         };
         let text = serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())?;
-        let mut tmp_name = self.path.as_os_str().to_owned();
-        tmp_name.push(".tmp");
-        let tmp = PathBuf::from(tmp_name);
-        let write = || -> std::io::Result<()> {
-            // 0600: the close commands may reveal addresses and internal tooling.
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            f.write_all(text.as_bytes())?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &self.path)
-        };
-        write().map_err(|e| format!("cannot write state file {}: {e}", self.path.display()))
+        // 0600: the close commands may reveal addresses and internal tooling.
+        write_private(&self.path, &text)
+            .map_err(|e| format!("cannot write state file {}: {e}", self.path.display()))
     }
+}
+
+/// Replace `path` with `text` atomically (a `.tmp` sibling, fsync, rename), the
+/// file readable by its owner only: state files list client addresses.
+pub fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
 }
 
 #[cfg(test)]
