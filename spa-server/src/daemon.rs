@@ -219,26 +219,34 @@ async fn prune_loop(store: Arc<dyn ReplayStore>, max_age: u64, shutdown: Cancell
     }
 }
 
-/// Serve until SIGTERM/SIGINT; SIGHUP re-reads the access stanzas.
-pub async fn serve(sources: ConfigSources, cfg: ServerConfig) -> anyhow::Result<()> {
-    let needs = crate::privileges::Needs {
+/// The capabilities `cfg` needs (see [`crate::privileges`]).
+pub fn privilege_needs(cfg: &ServerConfig) -> crate::privileges::Needs {
+    use crate::config::CaptureConfig;
+    crate::privileges::Needs {
+        firewall: cfg.action.iter().any(|a| a.kind != "log"),
         raw_sockets: cfg
             .capture
             .iter()
-            .any(|c| matches!(c, crate::config::CaptureConfig::Pcap { .. }))
+            .any(|c| matches!(c, CaptureConfig::Pcap { .. }))
             || cfg.action.iter().any(|a| a.kind == "iptables"),
+        low_port: cfg.capture.iter().any(|c| match c {
+            CaptureConfig::Udp { listen } | CaptureConfig::Tcp { listen, .. } => {
+                (1..1024).contains(&listen.port())
+            }
+            CaptureConfig::Pcap { .. } => false,
+        }),
         switch_user: cfg.access.iter().any(|s| {
             s.enable_cmd_exec && (s.cmd_exec_user.is_some() || s.cmd_exec_group.is_some())
         }),
-        arbitrary_scripts: cfg.access.iter().any(|s| s.cmd_cycle_open.is_some())
-            || cfg.action.iter().any(|a| a.kind == "script"),
-    };
+        for_children: Default::default(),
+    }
+}
+
+/// Serve until SIGTERM/SIGINT; SIGHUP re-reads the access stanzas. Capabilities
+/// are dropped by the caller, before the runtime's threads exist.
+pub async fn serve(sources: ConfigSources, cfg: ServerConfig) -> anyhow::Result<()> {
     let server_defaults = cfg.server.clone();
     let running = start(cfg).await?;
-    match crate::privileges::drop_to(needs) {
-        Ok(kept) => tracing::info!("capabilities reduced to {kept:?}"),
-        Err(why) => tracing::warn!("capabilities not reduced: {why}"),
-    }
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;

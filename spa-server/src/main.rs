@@ -108,6 +108,13 @@ fn signal_running(pid_path: &PathBuf, signal: libc::c_int) -> anyhow::Result<Opt
         .trim()
         .parse()
         .map_err(|_| anyhow::anyhow!("{}: not a pid", pid_path.display()))?;
+    // kill(0) signals our own process group, kill(-1) every process, kill(1) init.
+    if pid <= 1 {
+        anyhow::bail!(
+            "{}: holds pid {pid}, which cannot be posternd; remove the file",
+            pid_path.display()
+        );
+    }
     // SAFETY: kill(2) with a pid read from our own pid file; no memory is touched.
     let alive = unsafe { libc::kill(pid, signal) } == 0;
     Ok(alive.then_some(pid))
@@ -120,6 +127,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let sources = ConfigSources {
         config: cli.config.clone(),
         access: cli.access.clone(),
+        lenient: cli.lenient_config,
     };
     let loaded = config::load(&sources)?;
     for w in &loaded.warnings {
@@ -193,8 +201,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Some(dir) = pid_path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
     }
+    std::fs::create_dir_all(&cfg.server.run_dir)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", cfg.server.run_dir.display()))?;
+    // Replay digests, owed closes and the pid file live there.
+    config::trust::check(
+        &cfg.server.run_dir,
+        "the run directory",
+        config::trust::Trust::Trusted,
+    )?;
     std::fs::write(&pid_path, format!("{}\n", std::process::id()))
         .map_err(|e| anyhow::anyhow!("{}: {e}", pid_path.display()))?;
+    // Before the runtime: capabilities are per thread, and every thread started
+    // from here on inherits the reduced sets.
+    let held = spa_server::privileges::drop_to(&daemon::privilege_needs(&cfg))
+        .map_err(|e| anyhow::anyhow!("capabilities: {e}"))?;
+    tracing::info!("capabilities reduced on every thread: {held}");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

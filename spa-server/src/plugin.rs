@@ -120,6 +120,13 @@ impl PluginBackend {
                 hint: "check `path` of the plugin action".into(),
             });
         }
+        // Loading runs the library's code with posternd's privileges.
+        crate::config::trust::check(
+            &path,
+            "plugin library",
+            crate::config::trust::Trust::Trusted,
+        )
+        .map_err(|e| plugin_error(&path, e.message))?;
         // SAFETY: loading the configured plugin is the point; symbols are
         // checked by name and the version is verified before any other call.
         unsafe {

@@ -15,9 +15,9 @@
 //!   CAP_NET_ADMIN for nftables with a UDP or TCP capture, plus CAP_NET_RAW for pcap.
 
 use postern_e2e::posternd::{
-    access_conf, cap_set, caps_list, caps_mask, iptables_action, knock_ok, nft_grants4,
-    nftables_action, pcap_capture, run_scenarios, runnable, saved_packet, tcp_capture, udp_capture,
-    udp_send_all, Posternd, Service, Setup, CAP_NET_ADMIN, CAP_NET_RAW, SPA_PORT,
+    access_conf, caps_list, caps_mask, iptables_action, knock_ok, nft_grants4, nftables_action,
+    pcap_capture, run_scenarios, runnable, saved_packet, tcp_capture, udp_capture, udp_send_all,
+    Posternd, Service, Setup, CAP_NET_ADMIN, CAP_NET_RAW, SPA_PORT,
 };
 use postern_e2e::scenario::SpaKeys;
 use postern_e2e::{wait_until, Pair};
@@ -353,22 +353,77 @@ fn pcap_capture_resumes_after_interface_down_and_up() {
     );
 }
 
-fn caps_case(tag: &str, body: String, want: &[u32]) {
-    let s = setup(tag, false, &body);
-    let d = Posternd::start(s.svc.server(), &s.args, s.conf.dir.path());
-    let want = caps_mask(want);
+/// Every thread's sets: effective, permitted and bounding all `want`, nothing
+/// inheritable or ambient. Returns what is wrong, one line per thread and set.
+fn threads_holding_other_than(pid: u32, want: u64) -> Vec<String> {
     let mut wrong = Vec::new();
-    for set in ["CapEff", "CapPrm", "CapBnd"] {
-        let have = cap_set(d.pid(), set);
-        if have != want {
-            wrong.push(format!(
-                "{set} = {:?} ({have:#x}), expected {:?}",
-                caps_list(have),
-                caps_list(want)
-            ));
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("/proc/PID/task");
+    for task in tasks.flatten() {
+        let tid: u32 = task.file_name().to_string_lossy().parse().unwrap();
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")) else {
+            continue; // the thread ended meanwhile
+        };
+        let name = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Name:"))
+            .unwrap_or("?")
+            .trim()
+            .to_string();
+        for (set, expected) in [
+            ("CapEff", want),
+            ("CapPrm", want),
+            ("CapBnd", want),
+            ("CapInh", 0),
+            ("CapAmb", 0),
+        ] {
+            let have = status
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{set}:")))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok());
+            if have != Some(expected) {
+                wrong.push(format!(
+                    "thread {tid} `{name}`: {set} = {:?}, expected {:?}",
+                    have.map(caps_list),
+                    caps_list(expected)
+                ));
+            }
         }
     }
-    assert!(wrong.is_empty(), "{}", ctx(&wrong.join("\n"), &d, &s.svc));
+    wrong
+}
+
+/// The capability numbers posternd's log line says it kept.
+fn claimed_in_log(log: &str) -> Option<u64> {
+    const NUMBERS: [(&str, u32); 6] = [
+        ("CAP_KILL", 5),
+        ("CAP_SETGID", 6),
+        ("CAP_SETUID", 7),
+        ("CAP_NET_BIND_SERVICE", 10),
+        ("CAP_NET_ADMIN", 12),
+        ("CAP_NET_RAW", 13),
+    ];
+    let line = log
+        .lines()
+        .find(|l| l.contains("capabilities reduced on every thread"))?;
+    let list = line
+        .split("effective, permitted and bounding sets: ")
+        .nth(1)?;
+    list.split(", ").try_fold(0u64, |mask, name| {
+        let n = NUMBERS.iter().find(|(k, _)| *k == name.trim())?.1;
+        Some(mask | 1 << n)
+    })
+}
+
+fn caps_case(tag: &str, body: String, access_extra: &str, want: &[u32]) {
+    let s = setup(tag, false, &body);
+    if !access_extra.is_empty() {
+        s.conf.write(
+            "access.conf",
+            &access_conf(&s.keys, Some(&format!("tcp/{PORT}")), TIMEOUT, access_extra),
+        );
+    }
+    let d = Posternd::start(s.svc.server(), &s.args, s.conf.dir.path());
+    let want = caps_mask(want);
     if body.contains("type = \"pcap\"") {
         assert!(
             d.wait_pcap_capturing(1),
@@ -376,18 +431,34 @@ fn caps_case(tag: &str, body: String, want: &[u32]) {
             ctx("pcap never capturing", &d, &s.svc)
         );
     }
+    assert_eq!(
+        claimed_in_log(&d.log_text()),
+        Some(want),
+        "{}",
+        ctx("the log does not claim the expected set", &d, &s.svc)
+    );
+    let wrong = threads_holding_other_than(d.pid(), want);
+    assert!(wrong.is_empty(), "{}", ctx(&wrong.join("\n"), &d, &s.svc));
     // And it still works with what is left.
     let proto: &[&str] = if body.contains("type = \"tcp\"") {
         &["-P", "tcp"]
     } else {
         &[]
     };
-    knock_ok(&s.svc, &s.keys, proto);
+    let spa_port = if body.contains(":443\"") {
+        "443"
+    } else {
+        "62201"
+    };
+    knock_ok(&s.svc, &s.keys, &[proto, &["-p", spa_port]].concat());
     assert!(
         s.svc.wait_reachable(true, Duration::from_secs(5)),
         "{}",
         ctx("no grant with the reduced capabilities", &d, &s.svc)
     );
+    // Threads started for the work (blocking pool, …) inherit the same sets.
+    let wrong = threads_holding_other_than(d.pid(), want);
+    assert!(wrong.is_empty(), "{}", ctx(&wrong.join("\n"), &d, &s.svc));
 }
 
 #[test]
@@ -400,7 +471,7 @@ fn only_needed_capabilities_remain_after_start() {
         vec![
             (
                 "udp + nftables: NET_ADMIN".into(),
-                Box::new(|| caps_case("lc0", udp_nftables(), &[CAP_NET_ADMIN])),
+                Box::new(|| caps_case("lc0", udp_nftables(), "", &[CAP_NET_ADMIN])),
             ),
             (
                 "tcp + nftables: NET_ADMIN".into(),
@@ -408,6 +479,7 @@ fn only_needed_capabilities_remain_after_start() {
                     caps_case(
                         "lc1",
                         format!("{}\n{}", tcp_capture(SPA_PORT), nftables_action(PORT)),
+                        "",
                         &[CAP_NET_ADMIN],
                     )
                 }),
@@ -422,7 +494,30 @@ fn only_needed_capabilities_remain_after_start() {
                             pcap_capture(Pair::SERVER_IF, SPA_PORT),
                             nftables_action(PORT)
                         ),
+                        "",
                         &[CAP_NET_ADMIN, CAP_NET_RAW],
+                    )
+                }),
+            ),
+            (
+                "udp + nftables, commands as nobody: + SETUID, SETGID, KILL".into(),
+                Box::new(|| {
+                    caps_case(
+                        "lc3",
+                        udp_nftables(),
+                        "ENABLE_CMD_EXEC Y\nCMD_EXEC_USER nobody\n",
+                        &[CAP_NET_ADMIN, 5, 6, 7],
+                    )
+                }),
+            ),
+            (
+                "udp on port 443 + nftables: + NET_BIND_SERVICE".into(),
+                Box::new(|| {
+                    caps_case(
+                        "lc4",
+                        format!("{}\n{}", udp_capture(443), nftables_action(PORT)),
+                        "",
+                        &[CAP_NET_ADMIN, 10],
                     )
                 }),
             ),
