@@ -57,6 +57,10 @@ pub struct Cli {
     /// Parse the configuration and exit.
     #[arg(long = "exit-parse-config")]
     pub exit_parse_config: bool,
+    /// Warn about unknown fwknopd.conf / access.conf variables and ignore them,
+    /// instead of refusing the file (a misspelt restriction then does nothing).
+    #[arg(long = "lenient-config")]
+    pub lenient_config: bool,
     /// List the firewall rules postern created, then exit.
     #[arg(long = "fw-list")]
     pub fw_list: bool,

@@ -63,8 +63,8 @@ async fn main() -> anyhow::Result<()> {
         .unwrap_or_else(|| "127.0.0.1:62201".into())
         .parse()?;
     let loaded = config::load(&ConfigSources {
-        config: None,
         access: Some(access.into()),
+        ..Default::default()
     })?;
     let cfg = ServerConfig {
         capture: vec![CaptureConfig::Udp { listen }],

@@ -1,5 +1,6 @@
 //! access.conf: stanzas that each start with `SOURCE` and say who may open what.
 
+pub use super::conf_file::Findings;
 use super::conf_file::{parse_bool, parse_lines, parse_num, ConfError, Entry, Origin};
 use super::secure_read;
 use ipnet::IpNet;
@@ -405,6 +406,10 @@ impl AccessStanza {
         if self.fw_access_timeout == 0 {
             return Err("FW_ACCESS_TIMEOUT must be at least 1".into());
         }
+        // 0 would let a client ask for a grant without expiry in some firewalls.
+        if self.max_fw_timeout == 0 {
+            return Err("MAX_FW_TIMEOUT must be at least 1".into());
+        }
         Ok(())
     }
 
@@ -538,16 +543,13 @@ fn parse_expire_date(text: &str) -> Option<i64> {
     Some(d.and_hms_opt(0, 0, 0)?.and_utc().timestamp())
 }
 
-/// A warning found while reading, to be logged by the caller.
-pub type Warnings = Vec<String>;
-
 /// Read an access.conf (with `%include` / `%include_folder` / `%include_keys`).
 pub fn load_access_file(
     path: &Path,
-    warnings: &mut Warnings,
+    findings: &mut Findings,
 ) -> Result<Vec<AccessStanza>, ConfError> {
     let mut stanzas = Vec::new();
-    read_into(path, 0, &mut stanzas, warnings)?;
+    read_into(path, 0, &mut stanzas, findings)?;
     if stanzas.is_empty() {
         return Err(ConfError::file(
             path,
@@ -575,7 +577,7 @@ fn read_into(
     path: &Path,
     depth: usize,
     out: &mut Vec<AccessStanza>,
-    warnings: &mut Warnings,
+    findings: &mut Findings,
 ) -> Result<(), ConfError> {
     let text = secure_read(path)?;
     let mut current: Option<AccessStanza> = None;
@@ -591,7 +593,7 @@ fn read_into(
                 finish(current.take(), out)?;
                 let target = PathBuf::from(&e.value);
                 if e.var == "%include" {
-                    read_into(&target, depth + 1, out, warnings)?;
+                    read_into(&target, depth + 1, out, findings)?;
                 } else {
                     let mut files: Vec<PathBuf> = std::fs::read_dir(&target)
                         .map_err(|err| {
@@ -605,7 +607,7 @@ fn read_into(
                         .collect();
                     files.sort();
                     for f in files {
-                        read_into(&f, depth + 1, out, warnings)?;
+                        read_into(&f, depth + 1, out, findings)?;
                     }
                 }
             }
@@ -647,13 +649,13 @@ fn read_into(
                 }
                 match stanza.set(&e)? {
                     Known::Used => {}
-                    Known::Ignored => warnings.push(format!(
+                    Known::Ignored => findings.warn(format!(
                         "{}: `{}` is not supported by postern and is ignored",
                         e.origin, e.var
                     )),
-                    Known::Unknown => warnings.push(format!(
-                        "{}: unknown access.conf variable `{}` ignored",
-                        e.origin, e.var
+                    Known::Unknown => findings.unknown.push(ConfError::new(
+                        &e.origin,
+                        format!("unknown access.conf variable `{}`", e.var),
                     )),
                 }
             }
@@ -774,8 +776,8 @@ mod tests {
             "# two stanzas\nSOURCE 10.0.0.0/8, 192.168.1.5\nKEY_BASE64 {KEY}\nHMAC_KEY_BASE64 {HMAC}\nHMAC_DIGEST_TYPE sha512\nOPEN_PORTS tcp/22, udp/53\nFW_ACCESS_TIMEOUT 5\nREQUIRE_USERNAME alice\n\nSOURCE ANY\nKEY fwknoptest\nENCRYPTION_MODE legacy\nACCESS_EXPIRE 01/02/2030\nSOMETHING_ELSE x\n"
         );
         let p = write(dir.path(), "access.conf", &text, 0o600);
-        let mut warnings = Vec::new();
-        let s = load_access_file(&p, &mut warnings).unwrap();
+        let mut found = Findings::default();
+        let s = load_access_file(&p, &mut found).unwrap();
         assert_eq!(s.len(), 2);
         assert!(s[0].source.contains("10.1.2.3".parse().unwrap()));
         assert!(s[0].source.contains("::ffff:192.168.1.5".parse().unwrap()));
@@ -785,10 +787,13 @@ mod tests {
         assert_eq!(s[0].fw_access_timeout, 5);
         assert_eq!(s[1].encryption_mode, EncryptionMode::Legacy);
         assert_eq!(s[1].access_expire_epoch, Some(1_893_542_400));
-        assert_eq!(warnings.len(), 1);
+        assert!(found.warnings.is_empty(), "{found:?}");
+        assert_eq!(found.unknown.len(), 1);
         assert!(
-            warnings[0].contains(":14: unknown access.conf variable `SOMETHING_ELSE`"),
-            "{warnings:?}"
+            found.unknown[0]
+                .to_string()
+                .contains(":14: unknown access.conf variable `SOMETHING_ELSE`"),
+            "{found:?}"
         );
     }
 
@@ -818,7 +823,7 @@ mod tests {
         ];
         for (text, want) in cases {
             let p = write(dir.path(), "a.conf", text, 0o600);
-            let err = load_access_file(&p, &mut Vec::new())
+            let err = load_access_file(&p, &mut Findings::default())
                 .unwrap_err()
                 .to_string();
             assert!(err.contains(want), "{text:?}: {err}");
@@ -829,7 +834,7 @@ mod tests {
     fn refuses_a_world_readable_access_file() {
         let dir = tempfile::tempdir().unwrap();
         let p = write(dir.path(), "access.conf", "SOURCE ANY\nKEY secret\n", 0o644);
-        let err = load_access_file(&p, &mut Vec::new())
+        let err = load_access_file(&p, &mut Findings::default())
             .unwrap_err()
             .to_string();
         assert!(err.contains("readable by group or others"), "{err}");
@@ -846,8 +851,8 @@ mod tests {
              SOURCE 10.0.0.0/8\nKEY fwknoptest\nGPG_DECRYPT_PW s3cret\nGPG_DISABLE_SIG Y\nGPG_SOMETHING x\n"
         );
         let p = write(dir.path(), "access.conf", &text, 0o600);
-        let mut warnings = Vec::new();
-        let s = load_access_file(&p, &mut warnings).unwrap();
+        let mut found = Findings::default();
+        let s = load_access_file(&p, &mut found).unwrap();
         assert!(s[0].uses_gpg() && s[0].rijndael_key().is_none());
         assert_eq!(s[0].gpg_remote_id, ["6A3FAD56", "1234AAAA", "5678BBBB"]);
         assert_eq!(s[0].gpg_fingerprint_id.len(), 1);
@@ -855,8 +860,11 @@ mod tests {
         assert!(s[0].gpg_verify_sigs() && s[0].gpg_decrypt_pw.is_none());
         assert!(s[1].uses_gpg() && !s[1].gpg_verify_sigs() && s[1].rijndael_key().is_some());
         assert!(
-            warnings.iter().any(|w| w.contains("GPG_SOMETHING")),
-            "{warnings:?}"
+            found
+                .unknown
+                .iter()
+                .any(|e| e.to_string().contains("GPG_SOMETHING")),
+            "{found:?}"
         );
         // GPG_REQUIRE_SIG Y wins over GPG_DISABLE_SIG (fwknopd checks signatures then).
         let mut both = s[1].clone();
@@ -907,7 +915,7 @@ mod tests {
         ];
         for (text, want) in cases {
             let p = write(dir.path(), "a.conf", text, 0o600);
-            let err = load_access_file(&p, &mut Vec::new())
+            let err = load_access_file(&p, &mut Findings::default())
                 .unwrap_err()
                 .to_string();
             assert!(err.contains(want), "{text:?}: {err}");
@@ -934,7 +942,7 @@ mod tests {
             ),
             0o600,
         );
-        let s = load_access_file(&main, &mut Vec::new()).unwrap();
+        let s = load_access_file(&main, &mut Findings::default()).unwrap();
         assert_eq!(s.len(), 2);
         assert!(s[0].hmac_secret().is_some());
     }

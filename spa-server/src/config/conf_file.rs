@@ -24,6 +24,23 @@ pub struct Entry {
     pub origin: Origin,
 }
 
+/// What reading found besides errors.
+#[derive(Debug, Default)]
+pub struct Findings {
+    /// Logged at start.
+    pub warnings: Vec<String>,
+    /// Variables neither fwknopd nor postern knows. A misspelt restriction
+    /// (`REQUIRE_SOURCE_ADRESS`) would silently open more, so these are errors
+    /// unless the caller asked to be lenient.
+    pub unknown: Vec<ConfError>,
+}
+
+impl Findings {
+    pub fn warn(&mut self, w: String) {
+        self.warnings.push(w);
+    }
+}
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("{origin}: {message}")]
 pub struct ConfError {

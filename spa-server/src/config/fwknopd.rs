@@ -1,6 +1,6 @@
 //! fwknopd.conf, read unchanged and mapped onto postern's own configuration.
 
-use super::conf_file::{parse_bool, parse_lines, parse_num, ConfError};
+use super::conf_file::{parse_bool, parse_lines, parse_num, ConfError, Findings};
 use super::{ActionConfig, CaptureConfig, ReplayConfig, ServerConfig};
 use std::collections::HashMap;
 use std::path::Path;
@@ -156,8 +156,9 @@ fn expand(value: &str, vars: &HashMap<String, String>) -> String {
 pub fn apply_fwknopd_conf(
     path: &Path,
     cfg: &mut ServerConfig,
-    warnings: &mut Vec<String>,
+    findings: &mut Findings,
 ) -> Result<(), ConfError> {
+    super::trust::check(path, "fwknopd.conf", super::trust::Trust::Trusted)?;
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfError::file(path, format!("cannot read: {e}")))?;
     let mut entries = parse_lines(path, &text)?;
@@ -173,9 +174,9 @@ pub fn apply_fwknopd_conf(
 
     for e in &entries {
         if !KNOWN.contains(&e.var.as_str()) {
-            warnings.push(format!(
-                "{}: unknown fwknopd.conf variable `{}` ignored",
-                e.origin, e.var
+            findings.unknown.push(ConfError::new(
+                &e.origin,
+                format!("unknown fwknopd.conf variable `{}`", e.var),
             ));
         }
     }
@@ -283,9 +284,20 @@ pub fn apply_fwknopd_conf(
         };
         cfg.server.nat.snat = Some(super::SnatSetting(snat));
     }
+    for var in REFUSED_WHEN_ON {
+        if let Some(e) = get(var).filter(|_| flag(var, false).unwrap_or(false)) {
+            return Err(ConfError::new(
+                &e.origin,
+                format!(
+                    "{var} is not supported by postern yet; without it grants would be \
+                     wider than this file says (set it to N to accept that)"
+                ),
+            ));
+        }
+    }
     for (var, instead) in UNSUPPORTED_WHEN_ON {
         if let Some(e) = get(var).filter(|_| flag(var, false).unwrap_or(false)) {
-            warnings.push(format!(
+            findings.warn(format!(
                 "{}: {var} is not supported by postern yet: {instead}",
                 e.origin
             ));
@@ -294,13 +306,16 @@ pub fn apply_fwknopd_conf(
     Ok(())
 }
 
-/// fwknopd features posternd lacks, and what happens instead when the file
-/// switches one on (a warning at start, naming the line).
-const UNSUPPORTED_WHEN_ON: [(&str, &str); 3] = [
-    (
-        "ENABLE_DESTINATION_RULE",
-        "grants are not limited to the address the knock was sent to",
-    ),
+/// fwknopd restrictions posternd lacks: switched on, the file is refused, since
+/// ignoring one would open more than the file says.
+const REFUSED_WHEN_ON: [&str; 1] = [
+    // Grants limited to the address the knock was sent to.
+    "ENABLE_DESTINATION_RULE",
+];
+
+/// fwknopd features posternd lacks that would only open less or capture
+/// differently, and what happens instead (a warning at start, naming the line).
+const UNSUPPORTED_WHEN_ON: [(&str, &str); 2] = [
     ("ENABLE_IPT_OUTPUT", "no OUTPUT chain rules are added"),
     (
         "ENABLE_NFQ_CAPTURE",
@@ -370,8 +385,10 @@ mod tests {
         let p = dir.path().join("fwknopd.conf");
         std::fs::write(&p, text).unwrap();
         let mut cfg = ServerConfig::default();
-        let mut w = Vec::new();
-        apply_fwknopd_conf(&p, &mut cfg, &mut w).unwrap();
+        let mut f = Findings::default();
+        apply_fwknopd_conf(&p, &mut cfg, &mut f).unwrap();
+        let mut w = f.warnings;
+        w.extend(f.unknown.iter().map(|e| e.to_string()));
         (cfg, w)
     }
 
@@ -397,19 +414,31 @@ mod tests {
         );
         assert_eq!(cfg.action[0].kind, "iptables");
         assert_eq!(w.len(), 1);
-        assert!(w[0].contains(":6: unknown fwknopd.conf variable `BOGUS`"));
+        assert!(
+            w[0].contains(":6: unknown fwknopd.conf variable `BOGUS`"),
+            "{w:?}"
+        );
     }
 
     #[test]
     fn features_switched_on_but_missing_are_warned_about() {
-        let (_, w) = load("ENABLE_DESTINATION_RULE Y;\nENABLE_NAT_DNS N;\nENABLE_NFQ_CAPTURE Y;\n");
-        assert_eq!(w.len(), 2, "{w:?}");
+        let (_, w) = load("ENABLE_DESTINATION_RULE N;\nENABLE_NAT_DNS N;\nENABLE_NFQ_CAPTURE Y;\n");
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains(":3: ENABLE_NFQ_CAPTURE"), "{w:?}");
+    }
+
+    #[test]
+    fn a_restriction_postern_lacks_is_refused_not_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("fwknopd.conf");
+        std::fs::write(&p, "MAX_SPA_PACKET_AGE 60;\nENABLE_DESTINATION_RULE Y;\n").unwrap();
+        let err = apply_fwknopd_conf(&p, &mut ServerConfig::default(), &mut Findings::default())
+            .unwrap_err()
+            .to_string();
         assert!(
-            w[0].contains(":1: ENABLE_DESTINATION_RULE is not supported"),
-            "{w:?}"
+            err.contains("fwknopd.conf:2: ENABLE_DESTINATION_RULE"),
+            "{err}"
         );
-        assert!(w[0].contains("not limited to the address"), "{w:?}");
-        assert!(w[1].contains(":3: ENABLE_NFQ_CAPTURE"), "{w:?}");
     }
 
     #[test]
@@ -484,8 +513,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("fwknopd.conf");
         std::fs::write(&p, "# x\nMAX_SPA_PACKET_AGE two;\n").unwrap();
-        let err =
-            apply_fwknopd_conf(&p, &mut ServerConfig::default(), &mut Vec::new()).unwrap_err();
+        let err = apply_fwknopd_conf(&p, &mut ServerConfig::default(), &mut Findings::default())
+            .unwrap_err();
         assert!(
             err.to_string()
                 .ends_with("fwknopd.conf:2: MAX_SPA_PACKET_AGE expects a number, got `two`"),

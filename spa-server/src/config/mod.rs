@@ -4,15 +4,15 @@
 pub mod access;
 pub mod conf_file;
 pub mod fwknopd;
+pub mod trust;
 
 pub use access::{AccessStanza, AddrList};
-pub use conf_file::{ConfError, Origin};
+pub use conf_file::{ConfError, Findings, Origin};
 
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -91,6 +91,19 @@ impl From<SnatSetting> for String {
             spa_core::firewall::Snat::Masquerade => "masquerade".into(),
             spa_core::firewall::Snat::To(ip) => ip.to_string(),
         }
+    }
+}
+
+impl ServerSection {
+    /// Settings that would panic or misbehave later are refused at load.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.queue_depth == 0 {
+            return Err("[server] queue_depth must be at least 1".into());
+        }
+        if self.cmd_exec_timeout == 0 {
+            return Err("[server] cmd_exec_timeout (CMD_EXEC_TIMEOUT) must be at least 1".into());
+        }
+        Ok(())
     }
 }
 
@@ -297,6 +310,9 @@ pub struct ConfigSources {
     pub config: Option<PathBuf>,
     /// access.conf (overrides ACCESS_FILE / access_file).
     pub access: Option<PathBuf>,
+    /// Unknown fwknopd.conf / access.conf variables are warned about and
+    /// ignored instead of refused (`--lenient-config`).
+    pub lenient: bool,
 }
 
 /// A loaded configuration plus the warnings met on the way.
@@ -309,6 +325,10 @@ pub struct Loaded {
 pub enum ConfigError {
     #[error(transparent)]
     File(#[from] ConfError),
+    #[error("{}\n(a misspelt variable would be ignored, and a misspelt restriction would open more \
+             than the file says: fix the name, or start posternd with --lenient-config to ignore \
+             unknown variables)", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Unknown(Vec<ConfError>),
     #[error("{0}")]
     Toml(String),
 }
@@ -327,25 +347,15 @@ fn is_toml(path: &Path) -> bool {
     path.extension().is_some_and(|e| e == "toml")
 }
 
-/// Read a file holding secrets: refuse one readable by group or others.
+/// Read a file holding secrets: refuse one readable by group or others, or one
+/// someone other than root (or posternd's user) owns or could replace.
 pub fn secure_read(path: &Path) -> Result<String, ConfError> {
-    let meta =
-        std::fs::metadata(path).map_err(|e| ConfError::file(path, format!("cannot read: {e}")))?;
-    if meta.mode() & 0o077 != 0 {
-        return Err(ConfError::file(
-            path,
-            format!(
-                "holds keys but is readable by group or others (mode {:o}); run `chmod 600 {}`",
-                meta.mode() & 0o777,
-                path.display()
-            ),
-        ));
-    }
+    trust::check(path, "this file", trust::Trust::Secret)?;
     std::fs::read_to_string(path).map_err(|e| ConfError::file(path, format!("cannot read: {e}")))
 }
 
 pub fn load(sources: &ConfigSources) -> Result<Loaded, ConfigError> {
-    let mut warnings = Vec::new();
+    let mut findings = Findings::default();
     let mut config = match &sources.config {
         Some(path) if is_toml(path) => {
             // Secrets may live in the TOML: same permission rule as access.conf.
@@ -366,7 +376,7 @@ pub fn load(sources: &ConfigSources) -> Result<Loaded, ConfigError> {
         }
         Some(path) => {
             let mut cfg = ServerConfig::default();
-            fwknopd::apply_fwknopd_conf(path, &mut cfg, &mut warnings)?;
+            fwknopd::apply_fwknopd_conf(path, &mut cfg, &mut findings)?;
             cfg
         }
         None => ServerConfig::default(),
@@ -379,7 +389,7 @@ pub fn load(sources: &ConfigSources) -> Result<Loaded, ConfigError> {
             .map_err(|m| ConfigError::Toml(format!("[[access]] #{}: {m}", i + 1)))?;
     }
     if let Some(path) = config.access_file.clone() {
-        let stanzas = access::load_access_file(&path, &mut warnings)?;
+        let stanzas = access::load_access_file(&path, &mut findings)?;
         config.access.extend(stanzas);
     }
     if config.access.is_empty() {
@@ -387,7 +397,32 @@ pub fn load(sources: &ConfigSources) -> Result<Loaded, ConfigError> {
             "no access stanzas: give an access.conf (-a) or [[access]] entries".into(),
         ));
     }
+    config
+        .server
+        .validate()
+        .map_err(|m| ConfigError::Toml(format!("{}: {m}", describe(&sources.config))))?;
+    let Findings {
+        mut warnings,
+        unknown,
+    } = findings;
+    if !unknown.is_empty() {
+        if !sources.lenient {
+            return Err(ConfigError::Unknown(unknown));
+        }
+        warnings.extend(
+            unknown
+                .iter()
+                .map(|e| format!("{e} ignored (--lenient-config)")),
+        );
+    }
     Ok(Loaded { config, warnings })
+}
+
+fn describe(config: &Option<PathBuf>) -> String {
+    config
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "built-in defaults".into())
 }
 
 /// The merged configuration as TOML with every key replaced by `<redacted>`.
@@ -456,7 +491,7 @@ mod tests {
             std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
             let loaded = load(&ConfigSources {
                 config: Some(p.clone()),
-                access: None,
+                ..Default::default()
             })
             .unwrap_or_else(|e| panic!("{replay}: {e}"));
             let got = match loaded.config.replay {
@@ -506,7 +541,7 @@ open_ports = "tcp/22"
             jail.set_env("POSTERN_LOG", "debug");
             let loaded = load(&ConfigSources {
                 config: Some(p.clone()),
-                access: None,
+                ..Default::default()
             })
             .unwrap();
             let c = &loaded.config;
@@ -533,7 +568,7 @@ open_ports = "tcp/22"
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
         let err = load(&ConfigSources {
             config: Some(p),
-            access: None,
+            ..Default::default()
         })
         .err()
         .unwrap()
