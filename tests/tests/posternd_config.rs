@@ -397,3 +397,191 @@ fn malformed_lines_are_errors_naming_file_and_line() {
         describe(&out)
     );
 }
+
+/// Settings that would silently open more (or crash later) are refused, naming
+/// the file and line; `--lenient-config` only relaxes unknown variable names.
+#[test]
+fn settings_that_would_open_more_are_refused() {
+    let dir = ConfDir::new();
+    let keys = SpaKeys::generate("cbc", Some("sha256"));
+    let conf = dir.write(
+        "fwknopd.conf",
+        &format!("FWKNOP_RUN_DIR {};\n", dir.run_dir().display()),
+    );
+    let conf_s = conf.display().to_string();
+    let access_with = |name: &str, extra: &str| {
+        dir.write(
+            name,
+            &format!("SOURCE ANY\n{}{extra}", keys.access_conf_lines()),
+        );
+        dir.arg(name)
+    };
+    let lines = keys.access_conf_lines().lines().count();
+
+    // A misspelt restriction: refused; with --lenient-config, warned about.
+    let typo = access_with("typo.conf", "REQUIRE_SOURCE_ADRESS Y\n");
+    let args = ["-c".to_string(), conf_s.clone(), "-a".into(), typo.clone()];
+    let mut check = args.to_vec();
+    check.push("check-config".into());
+    assert_line_error(
+        &dir,
+        &check,
+        &dir.path("typo.conf"),
+        lines + 2,
+        "unknown access.conf variable",
+    );
+    let out = posternd(
+        &[
+            "-c",
+            &conf_s,
+            "-a",
+            &typo,
+            "--lenient-config",
+            "check-config",
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(
+        text(&out).1.contains("REQUIRE_SOURCE_ADRESS"),
+        "the lenient run should warn about the variable\n{}",
+        describe(&out)
+    );
+
+    // An unknown fwknopd.conf variable, too.
+    let bogus = dir.write(
+        "bogus-fwknopd.conf",
+        &format!(
+            "FWKNOP_RUN_DIR {};\nENABLE_SPA_PAKCET_AGING N;\n",
+            dir.run_dir().display()
+        ),
+    );
+    let good = access_with("good.conf", "");
+    assert_line_error(
+        &dir,
+        &[
+            "-c".into(),
+            bogus.display().to_string(),
+            "-a".into(),
+            good.clone(),
+            "check-config".into(),
+        ],
+        &bogus,
+        2,
+        "unknown fwknopd.conf variable",
+    );
+
+    // MAX_FW_TIMEOUT 0 (no upper bound on a client's timeout).
+    let zero = access_with("zero.conf", "MAX_FW_TIMEOUT 0\n");
+    let out = posternd(&["-c", &conf_s, "-a", &zero, "check-config"], &[]);
+    assert!(
+        !out.status.success() && text(&out).1.contains("MAX_FW_TIMEOUT must be at least 1"),
+        "{}",
+        describe(&out)
+    );
+
+    // A restriction postern cannot apply yet.
+    let dest_rule = dir.write(
+        "dest-fwknopd.conf",
+        &format!(
+            "FWKNOP_RUN_DIR {};\nENABLE_DESTINATION_RULE Y;\n",
+            dir.run_dir().display()
+        ),
+    );
+    assert_line_error(
+        &dir,
+        &[
+            "-c".into(),
+            dest_rule.display().to_string(),
+            "-a".into(),
+            good.clone(),
+            "check-config".into(),
+        ],
+        &dest_rule,
+        2,
+        "ENABLE_DESTINATION_RULE",
+    );
+
+    // queue_depth = 0 used to panic at start.
+    let toml = dir.write(
+        "zero-queue.toml",
+        &format!(
+            "access_file = \"{}\"\n[server]\nrun_dir = \"{}\"\nqueue_depth = 0\n[[action]]\ntype = \"log\"\n",
+            dir.path("good.conf").display(),
+            dir.run_dir().display()
+        ),
+    );
+    let out = posternd(&["-c", &toml.display().to_string(), "check-config"], &[]);
+    let (_, stderr) = text(&out);
+    assert!(
+        !out.status.success() && stderr.contains("queue_depth must be at least 1"),
+        "{}",
+        describe(&out)
+    );
+    assert!(!stderr.contains("panicked"), "{}", describe(&out));
+}
+
+/// Files others could change are not trusted: a fwknopd.conf writable by the
+/// group, key files that belong to another user. A pid file holding a pid <= 1
+/// never reaches kill(2) (kill(-1) would signal every process).
+#[test]
+fn files_others_could_change_are_refused() {
+    let dir = ConfDir::new();
+    let keys = SpaKeys::generate("cbc", Some("sha256"));
+    let conf = dir.write(
+        "fwknopd.conf",
+        &format!("FWKNOP_RUN_DIR {};\n", dir.run_dir().display()),
+    );
+    let access = dir.write(
+        "access.conf",
+        &format!("SOURCE ANY\n{}", keys.access_conf_lines()),
+    );
+    let (conf_s, access_s) = (conf.display().to_string(), access.display().to_string());
+    let check = || posternd(&["-c", &conf_s, "-a", &access_s, "check-config"], &[]);
+    assert!(check().status.success(), "{}", describe(&check()));
+
+    chmod(&conf, 0o664);
+    let out = check();
+    assert!(
+        !out.status.success() && text(&out).1.contains("writable by group or others"),
+        "fwknopd.conf mode 664 accepted\n{}",
+        describe(&out)
+    );
+    chmod(&conf, 0o600);
+
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        std::os::unix::fs::chown(&access, Some(65534), None).unwrap();
+        let out = check();
+        assert!(
+            !out.status.success() && text(&out).1.contains("belongs to uid 65534"),
+            "access.conf owned by nobody accepted\n{}",
+            describe(&out)
+        );
+        std::os::unix::fs::chown(&access, Some(0), None).unwrap();
+    }
+
+    for pid in ["-1", "0", "1"] {
+        let pid_file = dir.write("bad.pid", &format!("{pid}\n"));
+        let out = posternd(
+            &[
+                "-c",
+                &conf_s,
+                "-a",
+                &access_s,
+                "-p",
+                &pid_file.display().to_string(),
+                "-S",
+            ],
+            &[],
+        );
+        let (stdout, stderr) = text(&out);
+        assert!(
+            !out.status.success()
+                && stderr.contains("cannot be posternd")
+                && !stdout.contains("is running"),
+            "pid file holding {pid}\n{}",
+            describe(&out)
+        );
+    }
+}
