@@ -286,14 +286,31 @@ impl Posternd {
 
     /// Like [`Posternd::start`], returning the log as the error instead of panicking.
     pub fn try_start(ns: &Netns, args: &[String], log_dir: &Path) -> Result<Posternd, String> {
-        let bin = posternd_bin();
+        Posternd::try_start_wrapped(ns, &[], args, log_dir)
+    }
+
+    /// Like [`Posternd::try_start`], run through `wrapper` (a program that execs
+    /// the rest of its argv, e.g. `unit-sandbox UNIT`): `wrapper… posternd ARGS`.
+    pub fn try_start_wrapped(
+        ns: &Netns,
+        wrapper: &[String],
+        args: &[String],
+        log_dir: &Path,
+    ) -> Result<Posternd, String> {
+        let bin = posternd_bin().display().to_string();
+        let argv: Vec<String> = wrapper
+            .iter()
+            .cloned()
+            .chain(std::iter::once(bin))
+            .chain(args.iter().cloned())
+            .collect();
         let n = START_NO.fetch_add(1, Ordering::SeqCst);
         let log = log_dir.join(format!("posternd.{n}.log"));
         let f = std::fs::File::create(&log).expect("create log");
         let f2 = f.try_clone().expect("dup log fd");
         let child = ns
-            .cmd(&bin.display().to_string())
-            .args(args)
+            .cmd(&argv[0])
+            .args(&argv[1..])
             .env_remove("POSTERN_LOG")
             .stdin(Stdio::null())
             .stdout(f)
