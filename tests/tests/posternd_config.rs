@@ -585,3 +585,47 @@ fn files_others_could_change_are_refused() {
         );
     }
 }
+
+/// Weak but working setups are named at start, with the stanza's file:line.
+#[test]
+fn weak_stanzas_are_warned_about_with_their_line() {
+    let dir = ConfDir::new();
+    let conf = dir.write(
+        "fwknopd.conf",
+        &format!("FWKNOP_RUN_DIR {};\n", dir.run_dir().display()),
+    );
+    let strong = SpaKeys::generate("cbc", Some("sha256"));
+    let access = dir.write(
+        "access.conf",
+        &format!(
+            "SOURCE ANY\n{}\nSOURCE 10.0.0.1\nKEY fwknoptest\nENCRYPTION_MODE ecb\n",
+            strong.access_conf_lines()
+        ),
+    );
+    let out = posternd(
+        &[
+            "-c",
+            &conf.display().to_string(),
+            "-a",
+            &access.display().to_string(),
+            "check-config",
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    let stderr = text(&out).1;
+    let line = strong.access_conf_lines().lines().count() + 3;
+    let at = format!("{}:{line}: weak access stanza", access.display());
+    for weakness in ["no HMAC key", "KEY is a passphrase", "ENCRYPTION_MODE ecb"] {
+        assert!(
+            stderr.contains(&format!("{at}: {weakness}")),
+            "no `{at}: {weakness}` warning\n{}",
+            describe(&out)
+        );
+    }
+    assert!(
+        !stderr.contains(":1: weak access stanza"),
+        "the strong stanza was warned about\n{}",
+        describe(&out)
+    );
+}

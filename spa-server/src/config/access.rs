@@ -307,6 +307,43 @@ impl AccessStanza {
 
     /// Does this stanza take GPG packets? As in fwknopd: only with GPG_DECRYPT_PW or
     /// GPG_ALLOW_NO_PW.
+    /// Setups that work but are weaker than they look, to warn about at start.
+    pub fn weaknesses(&self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        let hmac = self.hmac_secret().is_some();
+        if self.rijndael_key().is_some() {
+            if !hmac {
+                out.push(
+                    "no HMAC key: packets are not authenticated before decryption and a \
+                     flipped bit is only caught after it (set HMAC_KEY_BASE64; `postern --key-gen`)",
+                );
+            }
+            if self.key_base64.is_none() {
+                out.push(
+                    "KEY is a passphrase: its key is derived with one MD5 round, cheap to \
+                     guess offline from one captured packet (use KEY_BASE64 from `postern --key-gen`)",
+                );
+            }
+            match self.encryption_mode {
+                EncryptionMode::Ecb => {
+                    out.push("ENCRYPTION_MODE ecb shows repeated blocks of the message (use cbc)")
+                }
+                EncryptionMode::Legacy => out.push(
+                    "ENCRYPTION_MODE legacy (fwknop < 2.5): the key is the passphrase cut to \
+                     16 bytes and no HMAC can be used",
+                ),
+                _ => {}
+            }
+        }
+        if self.uses_gpg() && !self.gpg_verify_sigs() && !hmac {
+            out.push(
+                "GPG signatures are not checked (GPG_DISABLE_SIG) and there is no HMAC: anyone \
+                 holding the server's public key can knock",
+            );
+        }
+        out
+    }
+
     pub fn uses_gpg(&self) -> bool {
         self.gpg_decrypt_pw.is_some() || self.gpg_allow_no_pw
     }
@@ -828,6 +865,25 @@ mod tests {
                 .to_string();
             assert!(err.contains(want), "{text:?}: {err}");
         }
+    }
+
+    #[test]
+    fn weak_setups_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "SOURCE ANY\nKEY_BASE64 {KEY}\nHMAC_KEY_BASE64 {HMAC}\n\n\
+             SOURCE 10.0.0.1\nKEY fwknoptest\nENCRYPTION_MODE ecb\n\n\
+             SOURCE 10.0.0.2\nGPG_ALLOW_NO_PW Y\nGPG_DISABLE_SIG Y\n"
+        );
+        let p = write(dir.path(), "access.conf", &text, 0o600);
+        let s = load_access_file(&p, &mut Findings::default()).unwrap();
+        assert!(s[0].weaknesses().is_empty(), "{:?}", s[0].weaknesses());
+        let w = s[1].weaknesses().join("\n");
+        assert!(w.contains("no HMAC key"), "{w}");
+        assert!(w.contains("KEY is a passphrase"), "{w}");
+        assert!(w.contains("ENCRYPTION_MODE ecb"), "{w}");
+        let w = s[2].weaknesses().join("\n");
+        assert!(w.contains("GPG signatures are not checked"), "{w}");
     }
 
     #[test]

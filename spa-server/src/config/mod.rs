@@ -397,6 +397,16 @@ pub fn load(sources: &ConfigSources) -> Result<Loaded, ConfigError> {
             "no access stanzas: give an access.conf (-a) or [[access]] entries".into(),
         ));
     }
+    for (i, s) in config.access.iter().enumerate() {
+        let at = s
+            .origin
+            .as_ref()
+            .map(|o| o.to_string())
+            .unwrap_or_else(|| format!("[[access]] #{}", i + 1));
+        for weak in s.weaknesses() {
+            findings.warn(format!("{at}: weak access stanza: {weak}"));
+        }
+    }
     config
         .server
         .validate()
