@@ -195,3 +195,50 @@ fn plugin_init_errors_are_reported() {
         "{err}"
     );
 }
+
+/// A library others may write is never loaded: loading runs its code (here a
+/// constructor that leaves a marker) with posternd's privileges.
+#[test]
+fn a_plugin_others_may_write_is_refused_before_it_runs() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("constructor-ran");
+    let src = dir.path().join("evil.c");
+    std::fs::write(
+        &src,
+        format!(
+            "#include <stdio.h>\n__attribute__((constructor)) static void run(void) {{ \
+             FILE *f = fopen(\"{}\", \"w\"); if (f) fclose(f); }}\n\
+             unsigned postern_plugin_abi_version(void) {{ return 1; }}\n",
+            marker.display()
+        ),
+    )
+    .unwrap();
+    let lib = dir.path().join("libevil.so");
+    assert!(Command::new("cc")
+        .args(["-shared", "-fPIC", "-o"])
+        .arg(&lib)
+        .arg(&src)
+        .status()
+        .unwrap()
+        .success());
+    for mode in [0o664, 0o646] {
+        std::fs::set_permissions(&lib, std::fs::Permissions::from_mode(mode)).unwrap();
+        let err = PluginBackend::load(&PluginConfig {
+            path: lib.clone(),
+            config: serde_json::Value::Null,
+        })
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(err.contains("writable by group or others"), "{err}");
+        assert!(!marker.exists(), "mode {mode:o}: the library's code ran");
+    }
+    // The check is what stopped it: with a safe mode the same library loads.
+    std::fs::set_permissions(&lib, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let _ = PluginBackend::load(&PluginConfig {
+        path: lib,
+        config: serde_json::Value::Null,
+    });
+    assert!(marker.exists(), "the library was never loadable");
+}
