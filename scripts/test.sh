@@ -3,10 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-if [ ! -d ../shared/vectors ]; then
-    echo "test.sh: the shared test data must be at ../shared (next to this repository)" >&2
-    exit 1
-fi
 # License policy (deny.toml): rustables (GPL-3) and other copyleft crates stay out.
 if command -v cargo-deny >/dev/null || cargo install cargo-deny --locked --quiet; then
     cargo deny --log-level error check licenses

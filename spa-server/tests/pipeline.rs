@@ -272,7 +272,7 @@ async fn x_forwarded_for_names_the_client_of_a_proxied_http_knock() {
 async fn must_reject_lines_open_nothing_answer_nothing_and_the_server_keeps_serving() {
     let s = server(ReplayConfig::Memory).await;
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/vectors/must-reject.txt");
+        .join("../tests/data/vectors/must-reject.txt");
     let text = std::fs::read(path).unwrap();
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
     let lines: Vec<&[u8]> = text.split(|&b| b == b'\n').take(2948).collect();

@@ -39,10 +39,10 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// `<repo>/../shared`: shared docs and test vectors.
-pub fn shared_dir() -> PathBuf {
-    let p = workspace_root().join("..").join("shared");
-    p.canonicalize().unwrap_or(p)
+/// `<repo>/tests/data`: the test vectors and other data the tests read
+/// (see its README for where each set came from).
+pub fn test_data_dir() -> PathBuf {
+    workspace_root().join("tests").join("data")
 }
 
 fn in_ci() -> bool {
@@ -694,11 +694,11 @@ mod tests {
     }
 
     #[test]
-    fn shared_dir_has_vectors() {
+    fn test_data_has_vectors() {
         assert!(
-            shared_dir().join("vectors").is_dir(),
+            test_data_dir().join("vectors/must-reject.txt").is_file(),
             "{}",
-            shared_dir().display()
+            test_data_dir().display()
         );
     }
 }

@@ -35,7 +35,7 @@ fn r6() -> SpaKeys {
 }
 
 fn must_reject_lines() -> Vec<Vec<u8>> {
-    let path = postern_e2e::shared_dir()
+    let path = postern_e2e::test_data_dir()
         .join("vectors")
         .join("must-reject.txt");
     let text = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
