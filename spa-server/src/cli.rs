@@ -21,6 +21,9 @@ pub struct Cli {
     /// access.conf with the access stanzas.
     #[arg(short = 'a', long = "access-file", global = true, value_name = "FILE")]
     pub access: Option<PathBuf>,
+    /// A folder of access.conf files: every `*.conf` in it, in name order.
+    #[arg(long = "access-folder", global = true, value_name = "DIR")]
+    pub access_folder: Option<PathBuf>,
     /// Run in the foreground (posternd always does; accepted for fwknopd compatibility).
     #[arg(short = 'f', long)]
     pub foreground: bool,
@@ -85,8 +88,6 @@ pub struct Cli {
     pub packet_limit: Option<String>,
     #[arg(short = 'l', long = "locale", hide = true)]
     pub locale: Option<String>,
-    #[arg(long = "access-folder", hide = true)]
-    pub access_folder: Option<String>,
     #[arg(long = "rotate-digest-cache", hide = true)]
     pub rotate_digest_cache: bool,
     #[arg(long = "syslog-enable", hide = true)]
@@ -117,10 +118,6 @@ impl Cli {
             (self.override_config.is_some(), "--override-config"),
             (self.packet_limit.is_some(), "--packet-limit"),
             (self.locale.is_some(), "--locale"),
-            (
-                self.access_folder.is_some(),
-                "--access-folder (use %include_folder in access.conf)",
-            ),
             (self.rotate_digest_cache, "--rotate-digest-cache"),
             (self.syslog_enable, "--syslog-enable"),
             (self.pcap_any_direction, "--pcap-any-direction"),

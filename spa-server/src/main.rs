@@ -94,6 +94,17 @@ fn apply_overrides(cli: &Cli, cfg: &mut ServerConfig) {
     }
 }
 
+/// Without `-c`: postern's own file when there is one, else fwknopd's (so
+/// `posternd` alone starts where `fwknopd` alone would).
+fn default_config_file() -> Option<PathBuf> {
+    [
+        PathBuf::from("/etc/postern/postern.toml"),
+        std::path::Path::new(config::fwknopd::DEFAULT_CONF_DIR).join("fwknopd.conf"),
+    ]
+    .into_iter()
+    .find(|p| p.exists())
+}
+
 fn pid_file(cli: &Cli, cfg: &ServerConfig) -> PathBuf {
     cli.pid_file
         .clone()
@@ -125,8 +136,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         anyhow::bail!("fwknopd option {flag} is not supported by posternd yet");
     }
     let sources = ConfigSources {
-        config: cli.config.clone(),
+        config: cli.config.clone().or_else(default_config_file),
         access: cli.access.clone(),
+        access_folder: cli.access_folder.clone(),
         lenient: cli.lenient_config,
     };
     let loaded = config::load(&sources)?;

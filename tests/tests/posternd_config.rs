@@ -629,3 +629,69 @@ fn weak_stanzas_are_warned_about_with_their_line() {
         describe(&out)
     );
 }
+
+/// Stanzas are found as fwknopd finds them: `-c fwknopd.conf` alone reads
+/// access.conf from FWKNOP_CONF_DIR; ACCESS_FOLDER and `--access-folder` read every
+/// `*.conf` of a folder; `posternd` with no `-c` reads fwknopd's own file.
+#[test]
+fn access_files_are_found_like_fwknopd() {
+    let dir = ConfDir::new();
+    let keys = SpaKeys::generate("cbc", Some("sha256"));
+    let run = dir.run_dir().display().to_string();
+    let stanza = |src: &str| format!("SOURCE {src}\n{}", keys.access_conf_lines());
+    let conf_dir = dir.path("etc");
+    let folder = conf_dir.join("access.d");
+    std::fs::create_dir_all(&folder).unwrap();
+    chmod(&conf_dir, 0o700);
+    write_private(&conf_dir.join("access.conf"), &stanza("10.1.1.1"));
+    write_private(&folder.join("b.conf"), &stanza("10.2.2.2"));
+    write_private(&folder.join("a.conf"), &stanza("10.3.3.3"));
+    write_private(&folder.join("skipped.txt"), "not read");
+    let conf = dir.write(
+        "fwknopd.conf",
+        &format!(
+            "FWKNOP_RUN_DIR {run};\nFWKNOP_CONF_DIR {};\n",
+            conf_dir.display()
+        ),
+    );
+    let check = |args: &[&str]| {
+        let out = posternd(args, &[]);
+        assert!(out.status.success(), "{args:?}\n{}", describe(&out));
+        text(&out).0
+    };
+    let c = conf.display().to_string();
+    let out = check(&["-c", &c, "check-config"]);
+    assert!(
+        out.contains("10.1.1.1"),
+        "FWKNOP_CONF_DIR/access.conf not read:\n{out}"
+    );
+
+    let f = folder.display().to_string();
+    let out = check(&["-c", &c, "--access-folder", &f, "check-config"]);
+    let (a, b) = (out.find("10.3.3.3"), out.find("10.2.2.2"));
+    assert!(
+        a.is_some() && b.is_some() && a < b,
+        "--access-folder: a.conf then b.conf expected:\n{out}"
+    );
+    let with_folder = dir.write(
+        "folder-fwknopd.conf",
+        &format!("FWKNOP_RUN_DIR {run};\nACCESS_FOLDER {f};\n"),
+    );
+    let out = check(&["-c", &with_folder.display().to_string(), "check-config"]);
+    assert!(
+        out.contains("10.3.3.3") && out.contains("10.2.2.2") && !out.contains("10.1.1.1"),
+        "ACCESS_FOLDER:\n{out}"
+    );
+
+    // No -c: fwknopd's own file (installed with fwknop-server), as fwknopd.
+    let fwknopd_conf = Path::new("/etc/fwknop/fwknopd.conf");
+    if fwknopd_conf.exists() && !Path::new("/etc/postern/postern.toml").exists() {
+        let out = posternd(&["check-config"], &[]);
+        let (stdout, stderr) = text(&out);
+        assert!(
+            format!("{stdout}{stderr}").contains("/etc/fwknop/"),
+            "posternd without -c did not read /etc/fwknop:\n{}",
+            describe(&out)
+        );
+    }
+}

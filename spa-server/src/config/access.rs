@@ -596,6 +596,38 @@ pub fn load_access_file(
     Ok(stanzas)
 }
 
+/// Read every `*.conf` of a folder, in name order (fwknopd's ACCESS_FOLDER,
+/// `--access-folder`).
+pub fn load_access_folder(
+    dir: &Path,
+    findings: &mut Findings,
+) -> Result<Vec<AccessStanza>, ConfError> {
+    let mut stanzas = Vec::new();
+    for f in conf_files_in(dir)? {
+        read_into(&f, 0, &mut stanzas, findings)?;
+    }
+    if stanzas.is_empty() {
+        return Err(ConfError::file(
+            dir,
+            "no access stanza in the folder's *.conf files",
+        ));
+    }
+    Ok(stanzas)
+}
+
+/// The `*.conf` files of `dir`, sorted by name.
+fn conf_files_in(dir: &Path) -> Result<Vec<PathBuf>, ConfError> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|err| {
+            ConfError::file(dir, format!("cannot read folder {}: {err}", dir.display()))
+        })?
+        .filter_map(|d| d.ok().map(|d| d.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "conf"))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
 fn finish(stanza: Option<AccessStanza>, out: &mut Vec<AccessStanza>) -> Result<(), ConfError> {
     if let Some(s) = stanza {
         s.validate().map_err(|m| {
@@ -632,17 +664,8 @@ fn read_into(
                 if e.var == "%include" {
                     read_into(&target, depth + 1, out, findings)?;
                 } else {
-                    let mut files: Vec<PathBuf> = std::fs::read_dir(&target)
-                        .map_err(|err| {
-                            ConfError::new(
-                                &e.origin,
-                                format!("cannot read folder {}: {err}", target.display()),
-                            )
-                        })?
-                        .filter_map(|d| d.ok().map(|d| d.path()))
-                        .filter(|p| p.extension().is_some_and(|x| x == "conf"))
-                        .collect();
-                    files.sort();
+                    let files = conf_files_in(&target)
+                        .map_err(|err| ConfError::new(&e.origin, err.message))?;
                     for f in files {
                         read_into(&f, depth + 1, out, findings)?;
                     }

@@ -152,6 +152,9 @@ fn expand(value: &str, vars: &HashMap<String, String>) -> String {
     out
 }
 
+/// fwknopd's FWKNOP_CONF_DIR when the file sets none.
+pub const DEFAULT_CONF_DIR: &str = "/etc/fwknop";
+
 /// Apply fwknopd.conf to `cfg` (which holds postern's defaults).
 pub fn apply_fwknopd_conf(
     path: &Path,
@@ -217,9 +220,15 @@ pub fn apply_fwknopd_conf(
     } else {
         ReplayConfig::Memory
     };
-    if let Some(e) = get("ACCESS_FILE") {
-        cfg.access_file
-            .get_or_insert_with(|| e.value.clone().into());
+    // As fwknopd: ACCESS_FOLDER if set, else ACCESS_FILE, else access.conf in
+    // FWKNOP_CONF_DIR (-a / --access-folder still win).
+    if let Some(e) = get("ACCESS_FOLDER") {
+        cfg.access_folder = Some(e.value.clone().into());
+    } else if let Some(e) = get("ACCESS_FILE") {
+        cfg.access_file = Some(e.value.clone().into());
+    } else {
+        let conf_dir = get("FWKNOP_CONF_DIR").map_or(DEFAULT_CONF_DIR, |e| e.value.as_str());
+        cfg.access_file = Some(Path::new(conf_dir).join("access.conf"));
     }
 
     // Captures: fwknopd sniffs with pcap unless its UDP server is enabled.
@@ -425,6 +434,31 @@ mod tests {
         let (_, w) = load("ENABLE_DESTINATION_RULE N;\nENABLE_NAT_DNS N;\nENABLE_NFQ_CAPTURE Y;\n");
         assert_eq!(w.len(), 1, "{w:?}");
         assert!(w[0].contains(":3: ENABLE_NFQ_CAPTURE"), "{w:?}");
+    }
+
+    #[test]
+    fn access_stanzas_are_found_as_fwknopd_finds_them() {
+        let (cfg, _) = load("MAX_SPA_PACKET_AGE 60;\n");
+        assert_eq!(
+            cfg.access_file.as_deref(),
+            Some(std::path::Path::new("/etc/fwknop/access.conf"))
+        );
+        let (cfg, _) = load("FWKNOP_CONF_DIR /srv/fw;\n");
+        assert_eq!(
+            cfg.access_file.as_deref(),
+            Some(std::path::Path::new("/srv/fw/access.conf"))
+        );
+        let (cfg, _) = load("FWKNOP_CONF_DIR /srv/fw;\nACCESS_FILE $FWKNOP_CONF_DIR/a.conf;\n");
+        assert_eq!(
+            cfg.access_file.as_deref(),
+            Some(std::path::Path::new("/srv/fw/a.conf"))
+        );
+        let (cfg, _) = load("ACCESS_FOLDER /etc/fwknop/access.d;\n");
+        assert_eq!(cfg.access_file, None);
+        assert_eq!(
+            cfg.access_folder.as_deref(),
+            Some(std::path::Path::new("/etc/fwknop/access.d"))
+        );
     }
 
     #[test]

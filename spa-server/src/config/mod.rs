@@ -280,6 +280,10 @@ pub struct ServerConfig {
     /// An access.conf to read stanzas from (in addition to `[[access]]`).
     #[serde(default)]
     pub access_file: Option<PathBuf>,
+    /// A folder whose `*.conf` files are read as access.conf files, in name order
+    /// (fwknopd.conf ACCESS_FOLDER, `--access-folder`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_folder: Option<PathBuf>,
     #[serde(default)]
     pub access: Vec<AccessStanza>,
 }
@@ -298,6 +302,7 @@ impl Default for ServerConfig {
             action: Vec::new(),
             replay: ReplayConfig::default(),
             access_file: None,
+            access_folder: None,
             access: Vec::new(),
         }
     }
@@ -310,6 +315,8 @@ pub struct ConfigSources {
     pub config: Option<PathBuf>,
     /// access.conf (overrides ACCESS_FILE / access_file).
     pub access: Option<PathBuf>,
+    /// A folder of access.conf files (overrides ACCESS_FOLDER / access_folder).
+    pub access_folder: Option<PathBuf>,
     /// Unknown fwknopd.conf / access.conf variables are warned about and
     /// ignored instead of refused (`--lenient-config`).
     pub lenient: bool,
@@ -338,6 +345,7 @@ const CONFIG_SECTIONS: &[&str] = &[
     "server",
     "replay",
     "access_file",
+    "access_folder",
     "capture",
     "action",
     "access",
@@ -383,6 +391,15 @@ pub fn load(sources: &ConfigSources) -> Result<Loaded, ConfigError> {
     };
     if let Some(a) = &sources.access {
         config.access_file = Some(a.clone());
+        // `-a FILE` names the stanzas to use: the file's folder default goes.
+        config.access_folder = None;
+    }
+    if let Some(d) = &sources.access_folder {
+        config.access_folder = Some(d.clone());
+    }
+    if let Some(dir) = config.access_folder.clone() {
+        let stanzas = access::load_access_folder(&dir, &mut findings)?;
+        config.access.extend(stanzas);
     }
     for (i, s) in config.access.iter().enumerate() {
         s.validate()
