@@ -149,6 +149,7 @@ pub async fn start_with_backends(
     let mut access = cfg.access.clone();
     apply_gpg_defaults(&mut access, &cfg.server);
     let keyring = Arc::new(Keyring::new(access));
+    keyring.set_blacklist(cfg.server.blacklist.clone());
     let settings = PolicySettings {
         max_packet_age: cfg.server.max_packet_age,
         packet_aging: cfg.server.packet_aging,
@@ -264,6 +265,7 @@ pub async fn serve(sources: ConfigSources, cfg: ServerConfig) -> anyhow::Result<
                     let mut access = loaded.config.access;
                     apply_gpg_defaults(&mut access, &server_defaults);
                     running.keyring.replace(access);
+                    running.keyring.set_blacklist(loaded.config.server.blacklist);
                     tracing::info!("SIGHUP: reloaded {n} access stanzas; live grants kept (capture/action changes need a restart)");
                 }
                 Err(e) => tracing::error!("SIGHUP: config not reloaded, keeping the old one: {e}"),

@@ -2,6 +2,7 @@
 //! a typed [`Denial`]. Only this module can build a Grant, so the action stage can
 //! never act on anything policy did not approve.
 
+use crate::config::access::canonical;
 use crate::config::AccessStanza;
 use spa_core::firewall::{NatRule, Snat};
 use spa_core::request::{AccessRequest, CommandRequest, NatTarget};
@@ -12,10 +13,20 @@ use std::net::{IpAddr, Ipv4Addr};
 /// Why policy said no. Logged at debug level only, never sent anywhere.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Denial {
-    TooOld { age: i64, max: u64 },
-    StanzaExpired { at: i64 },
-    Username { got: String },
-    DestinationNotAllowed,
+    TooOld {
+        age: i64,
+        max: u64,
+    },
+    StanzaExpired {
+        at: i64,
+    },
+    Username {
+        got: String,
+    },
+    DestinationNotAllowed(IpAddr),
+    /// The stanza has DESTINATION but the capture could not tell where the
+    /// packet was sent.
+    DestinationUnknown,
     SourceAddressRequired,
     PortNotOpen(ProtoPort),
     PortRestricted(ProtoPort),
@@ -23,6 +34,27 @@ pub enum Denial {
     NatDisabled,
     LocalNatDisabled,
     NatHostname(String),
+    /// Local NAT leads to this port of the server, which OPEN_PORTS does not list.
+    NatPortNotOpen(ProtoPort),
+    /// A NAT grant would reach this port (of the server or a forwarded host),
+    /// which RESTRICT_PORTS refuses.
+    NatPortRestricted(ProtoPort),
+    /// A forwarded target whose port OPEN_PORTS does not list (no NAT_ALLOW).
+    NatTargetPortNotOpen {
+        addr: IpAddr,
+        port: ProtoPort,
+    },
+    /// A NAT target no NAT_ALLOW entry matches.
+    NatTargetNotAllowed {
+        addr: IpAddr,
+        port: u16,
+    },
+    /// A loopback, link-local, multicast, broadcast or unspecified NAT target
+    /// that no NAT_ALLOW entry names explicitly.
+    NatTargetSpecial {
+        addr: IpAddr,
+        kind: &'static str,
+    },
     BadMessage(String),
 }
 
@@ -39,7 +71,12 @@ impl fmt::Display for Denial {
             Denial::Username { got } => {
                 write!(f, "username `{got}` does not match REQUIRE_USERNAME")
             }
-            Denial::DestinationNotAllowed => f.write_str("destination address not in DESTINATION"),
+            Denial::DestinationNotAllowed(ip) => {
+                write!(f, "destination address {ip} is not in DESTINATION")
+            }
+            Denial::DestinationUnknown => f.write_str(
+                "the stanza has DESTINATION but the capture cannot tell where the packet was sent",
+            ),
             Denial::SourceAddressRequired => {
                 f.write_str("allow-IP 0.0.0.0 refused by REQUIRE_SOURCE_ADDRESS")
             }
@@ -58,6 +95,23 @@ impl fmt::Display for Denial {
                 f,
                 "NAT target `{h}` is a host name; only addresses are accepted \
                  ([server.nat] dns = true / ENABLE_NAT_DNS Y resolves them)"
+            ),
+            Denial::NatPortNotOpen(p) => {
+                write!(f, "local NAT leads to {p} of this host, which is not in OPEN_PORTS")
+            }
+            Denial::NatPortRestricted(p) => {
+                write!(f, "NAT leads to {p}, which is in RESTRICT_PORTS")
+            }
+            Denial::NatTargetPortNotOpen { addr, port } => write!(
+                f,
+                "NAT target {addr} {port}: {port} is not in OPEN_PORTS (NAT_ALLOW can list forwarding targets)"
+            ),
+            Denial::NatTargetNotAllowed { addr, port } => {
+                write!(f, "NAT target {addr}:{port} is not in NAT_ALLOW")
+            }
+            Denial::NatTargetSpecial { addr, kind } => write!(
+                f,
+                "NAT target {addr} is a {kind} address; only a NAT_ALLOW entry inside that range allows it"
             ),
             Denial::BadMessage(m) => write!(f, "invalid request: {m}"),
         }
@@ -217,9 +271,12 @@ pub fn evaluate(settings: &PolicySettings, req: &Request) -> Result<Grant, Denia
             return Err(Denial::StanzaExpired { at });
         }
     }
-    if let (Some(dest), Some(allowed)) = (req.destination, &stanza.destination) {
+    if let Some(allowed) = &stanza.destination {
+        // Fail closed: a stanza limited to some destinations grants nothing
+        // when the capture cannot say where the packet went.
+        let dest = req.destination.ok_or(Denial::DestinationUnknown)?;
         if !allowed.contains(dest) {
-            return Err(Denial::DestinationNotAllowed);
+            return Err(Denial::DestinationNotAllowed(canonical(dest)));
         }
     }
     if let Some(required) = &stanza.require_username {
@@ -252,11 +309,15 @@ pub fn evaluate(settings: &PolicySettings, req: &Request) -> Result<Grant, Denia
                 return Err(Denial::PortNotOpen(*p));
             }
         }
+        let nat = nat_rule(settings, stanza, msg)?;
+        if let (Some(nat), Some(first)) = (&nat, access.ports.first()) {
+            check_nat_target(stanza, nat, first.proto)?;
+        }
         (
             access.allow_ip,
             GrantKind::Access {
                 ports: access.ports,
-                nat: nat_rule(settings, stanza, msg)?,
+                nat,
             },
         )
     };
@@ -265,7 +326,7 @@ pub fn evaluate(settings: &PolicySettings, req: &Request) -> Result<Grant, Denia
             return Err(Denial::SourceAddressRequired);
         }
         // Behind an HTTP proxy, the client it names (fwknopd's ENABLE_X_FORWARDED_FOR).
-        crate::config::access::canonical(req.forwarded_for.unwrap_or(req.peer))
+        canonical(req.forwarded_for.unwrap_or(req.peer))
     } else {
         IpAddr::V4(allow_ip)
     };
@@ -328,6 +389,89 @@ fn nat_rule(
     }))
 }
 
+/// What a NAT grant really reaches, checked against the stanza: the requested
+/// (outer) ports were checked like any access request, but the traffic ends
+/// at `to_addr:to_port` (fwknopd forwards the first requested port only, with
+/// its protocol).
+///
+/// fwknopd checks only the outer port against OPEN_PORTS/RESTRICT_PORTS, so
+/// `--nat-local --nat-port 22 -A tcp/3306` reaches a restricted 3306 and
+/// `-N anyhost:anyport` reaches whatever the gateway can route to. postern is
+/// stricter:
+/// - FORCE_NAT is the admin's own target: not second-guessed;
+/// - RESTRICT_PORTS always refuses the reached port;
+/// - local NAT reaches a port of this host: OPEN_PORTS must allow it;
+/// - forwarding: with NAT_ALLOW, the target must match an entry; without it,
+///   OPEN_PORTS must allow the target's port (empty OPEN_PORTS allows any, as
+///   for plain access, so fwknopd stanzas without OPEN_PORTS keep working);
+/// - loopback, link-local, multicast, broadcast and unspecified targets need a
+///   NAT_ALLOW entry inside that range (`0.0.0.0/0:*` does not name them).
+fn check_nat_target(
+    stanza: &AccessStanza,
+    nat: &NatRule,
+    proto: spa_core::request::Proto,
+) -> Result<(), Denial> {
+    if stanza.force_nat.is_some() {
+        return Ok(());
+    }
+    let addr = canonical(nat.to_addr);
+    let reached = ProtoPort {
+        proto,
+        port: nat.to_port,
+    };
+    if stanza.restrict_ports.contains(&reached) {
+        return Err(Denial::NatPortRestricted(reached));
+    }
+    let open = |p: &ProtoPort| stanza.open_ports.is_empty() || stanza.open_ports.contains(p);
+    let listed = stanza
+        .nat_allow
+        .iter()
+        .filter(|a| a.matches(addr, nat.to_port))
+        .collect::<Vec<_>>();
+    if let Some((kind, range)) = special_range(addr) {
+        if !listed.iter().any(|a| range.contains(&a.net)) {
+            return Err(Denial::NatTargetSpecial { addr, kind });
+        }
+    }
+    if nat.local {
+        if !open(&reached) {
+            return Err(Denial::NatPortNotOpen(reached));
+        }
+    } else if !stanza.nat_allow.is_empty() {
+        if listed.is_empty() {
+            return Err(Denial::NatTargetNotAllowed {
+                addr,
+                port: nat.to_port,
+            });
+        }
+    } else if !open(&reached) {
+        return Err(Denial::NatTargetPortNotOpen {
+            addr,
+            port: reached,
+        });
+    }
+    Ok(())
+}
+
+/// The kind and range of an address no NAT should lead to by accident.
+fn special_range(addr: IpAddr) -> Option<(&'static str, ipnet::IpNet)> {
+    const RANGES: [(&str, &str); 9] = [
+        ("unspecified", "0.0.0.0/8"),
+        ("loopback", "127.0.0.0/8"),
+        ("link-local", "169.254.0.0/16"),
+        ("multicast", "224.0.0.0/4"),
+        ("broadcast", "255.255.255.255/32"),
+        ("unspecified", "::/128"),
+        ("loopback", "::1/128"),
+        ("link-local", "fe80::/10"),
+        ("multicast", "ff00::/8"),
+    ];
+    RANGES.iter().find_map(|(kind, net)| {
+        let net: ipnet::IpNet = net.parse().expect("valid range");
+        net.contains(&addr).then_some((*kind, net))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -370,6 +514,16 @@ mod tests {
         s: &AccessStanza,
         m: &SpaMessage,
     ) -> Result<Grant, Denial> {
+        eval_to(settings, s, m, None)
+    }
+
+    /// With the destination the capture saw.
+    fn eval_to(
+        settings: &PolicySettings,
+        s: &AccessStanza,
+        m: &SpaMessage,
+        destination: Option<&str>,
+    ) -> Result<Grant, Denial> {
         evaluate(
             settings,
             &Request {
@@ -378,7 +532,7 @@ mod tests {
                 message: m,
                 peer: "192.0.2.9".parse().unwrap(),
                 forwarded_for: None,
-                destination: None,
+                destination: destination.map(|d| d.parse().unwrap()),
                 now: 1000,
             },
         )
@@ -509,6 +663,227 @@ mod tests {
             eval_with(&on, &stanza(), &m),
             Err(Denial::NatHostname(_))
         ));
+    }
+
+    #[test]
+    fn destination_is_enforced_and_an_unknown_one_is_refused() {
+        let m = msg(MessageType::Access, "10.0.0.5,tcp/22", 1000);
+        let mut s = stanza();
+        s.destination = Some(AddrList::parse("10.9.9.9").unwrap());
+        let at = |d| eval_to(&settings(), &s, &m, d);
+        assert_eq!(at(None), Err(Denial::DestinationUnknown));
+        assert_eq!(
+            at(Some("10.9.9.8")),
+            Err(Denial::DestinationNotAllowed("10.9.9.8".parse().unwrap()))
+        );
+        assert!(at(Some("10.9.9.9")).is_ok());
+        // A dual-stack socket's IPv4-mapped form is the same destination.
+        assert!(at(Some("::ffff:10.9.9.9")).is_ok());
+        assert_eq!(
+            at(Some("::ffff:10.9.9.8")),
+            Err(Denial::DestinationNotAllowed("10.9.9.8".parse().unwrap()))
+        );
+        // Without DESTINATION, where the packet went does not matter.
+        assert!(eval_to(&settings(), &stanza(), &m, None).is_ok());
+    }
+
+    fn nat_on() -> PolicySettings {
+        let mut on = settings();
+        on.nat.forwarding = true;
+        on.nat.local = true;
+        on
+    }
+
+    /// A `t` message for `access` with NAT field `nat`.
+    fn nat_msg(t: MessageType, access: &str, nat: &str) -> SpaMessage {
+        let mut m = msg(t, access, 1000);
+        m.nat_access = Some(nat.into());
+        m
+    }
+
+    fn ports(text: &str) -> Vec<ProtoPort> {
+        spa_core::request::parse_proto_ports(text).unwrap()
+    }
+
+    fn pp(text: &str) -> ProtoPort {
+        ports(text)[0]
+    }
+
+    #[test]
+    fn local_nat_is_checked_at_the_port_it_leads_to() {
+        // `--nat-local --nat-port 22 -A tcp/3306`: the client connects to 22
+        // and reaches this host's 3306.
+        let m = nat_msg(
+            MessageType::LocalNatAccess,
+            "10.0.0.5,tcp/22",
+            "10.0.0.1,3306",
+        );
+        let mut s = stanza();
+        s.open_ports = ports("tcp/22");
+        s.restrict_ports = ports("tcp/3306");
+        assert_eq!(
+            eval_with(&nat_on(), &s, &m),
+            Err(Denial::NatPortRestricted(pp("tcp/3306")))
+        );
+        s.restrict_ports.clear();
+        assert_eq!(
+            eval_with(&nat_on(), &s, &m),
+            Err(Denial::NatPortNotOpen(pp("tcp/3306")))
+        );
+        s.open_ports = ports("tcp/22,tcp/3306");
+        assert!(eval_with(&nat_on(), &s, &m).is_ok());
+        // The reached port has the requested protocol.
+        let udp = nat_msg(
+            MessageType::LocalNatAccess,
+            "10.0.0.5,udp/22",
+            "10.0.0.1,3306",
+        );
+        s.open_ports = ports("udp/22,tcp/3306");
+        assert_eq!(
+            eval_with(&nat_on(), &s, &udp),
+            Err(Denial::NatPortNotOpen(pp("udp/3306")))
+        );
+        // No OPEN_PORTS: any port, as for plain access.
+        assert!(eval_with(&nat_on(), &stanza(), &m).is_ok());
+    }
+
+    #[test]
+    fn a_forwarded_targets_port_must_pass_open_ports_without_nat_allow() {
+        let mut s = stanza();
+        s.open_ports = ports("tcp/22");
+        let to = |target: &str| {
+            eval_with(
+                &nat_on(),
+                &s,
+                &nat_msg(MessageType::NatAccess, "10.0.0.5,tcp/22", target),
+            )
+        };
+        assert_eq!(
+            to("10.20.30.40,5432"),
+            Err(Denial::NatTargetPortNotOpen {
+                addr: "10.20.30.40".parse().unwrap(),
+                port: pp("tcp/5432")
+            })
+        );
+        assert!(to("10.20.30.40,22").is_ok());
+        // No OPEN_PORTS (fwknopd's usual NAT stanza): any ordinary target…
+        let mut any = stanza();
+        let m = nat_msg(
+            MessageType::NatAccess,
+            "10.0.0.5,tcp/22",
+            "10.20.30.40,5432",
+        );
+        assert!(eval_with(&nat_on(), &any, &m).is_ok());
+        // …but never a RESTRICT_PORTS port.
+        any.restrict_ports = ports("tcp/5432");
+        assert_eq!(
+            eval_with(&nat_on(), &any, &m),
+            Err(Denial::NatPortRestricted(pp("tcp/5432")))
+        );
+    }
+
+    #[test]
+    fn nat_allow_lists_the_forwarding_targets() {
+        let mut s = stanza();
+        s.open_ports = ports("tcp/22");
+        s.nat_allow =
+            crate::config::access::parse_nat_allow("10.0.0.0/24:22, 10.0.0.5:5432").unwrap();
+        let to = |s: &AccessStanza, target: &str| {
+            eval_with(
+                &nat_on(),
+                s,
+                &nat_msg(MessageType::NatAccess, "10.0.0.5,tcp/22", target),
+            )
+        };
+        assert!(to(&s, "10.0.0.7,22").is_ok());
+        // Listed: allowed though 5432 is not in OPEN_PORTS.
+        assert!(to(&s, "10.0.0.5,5432").is_ok());
+        for (addr, port) in [("10.0.0.7", 5432), ("10.20.30.40", 22)] {
+            assert_eq!(
+                to(&s, &format!("{addr},{port}")),
+                Err(Denial::NatTargetNotAllowed {
+                    addr: addr.parse().unwrap(),
+                    port
+                })
+            );
+        }
+        let mut r = s.clone();
+        r.restrict_ports = ports("tcp/5432");
+        assert_eq!(
+            to(&r, "10.0.0.5,5432"),
+            Err(Denial::NatPortRestricted(pp("tcp/5432")))
+        );
+        // NAT_ALLOW is about forwarding: local NAT still goes by OPEN_PORTS.
+        let local = nat_msg(
+            MessageType::LocalNatAccess,
+            "10.0.0.5,tcp/22",
+            "10.0.0.5,5432",
+        );
+        assert_eq!(
+            eval_with(&nat_on(), &s, &local),
+            Err(Denial::NatPortNotOpen(pp("tcp/5432")))
+        );
+    }
+
+    #[test]
+    fn special_nat_targets_need_an_entry_inside_their_range() {
+        let cases = [
+            ("127.0.0.1", "loopback"),
+            ("169.254.1.1", "link-local"),
+            ("224.0.0.1", "multicast"),
+            ("255.255.255.255", "broadcast"),
+            ("0.0.0.0", "unspecified"),
+        ];
+        let mut wide = stanza();
+        wide.nat_allow = crate::config::access::parse_nat_allow("0.0.0.0/0:*").unwrap();
+        for (addr, kind) in cases {
+            let m = nat_msg(
+                MessageType::NatAccess,
+                "10.0.0.5,tcp/22",
+                &format!("{addr},22"),
+            );
+            let want = Err(Denial::NatTargetSpecial {
+                addr: addr.parse().unwrap(),
+                kind,
+            });
+            assert_eq!(eval_with(&nat_on(), &stanza(), &m), want, "{addr}");
+            assert_eq!(
+                eval_with(&nat_on(), &wide, &m),
+                want,
+                "{addr} via 0.0.0.0/0"
+            );
+        }
+        let local = nat_msg(
+            MessageType::LocalNatAccess,
+            "10.0.0.5,tcp/2222",
+            "127.0.0.1,22",
+        );
+        assert!(matches!(
+            eval_with(&nat_on(), &stanza(), &local),
+            Err(Denial::NatTargetSpecial {
+                kind: "loopback",
+                ..
+            })
+        ));
+        let mut named = stanza();
+        named.nat_allow = crate::config::access::parse_nat_allow("127.0.0.1:22").unwrap();
+        assert!(eval_with(&nat_on(), &named, &local).is_ok());
+        let m = nat_msg(MessageType::NatAccess, "10.0.0.5,tcp/22", "127.0.0.1,22");
+        assert!(eval_with(&nat_on(), &named, &m).is_ok());
+    }
+
+    #[test]
+    fn force_nat_is_the_admins_choice() {
+        let mut s = stanza();
+        s.open_ports = ports("tcp/22");
+        s.restrict_ports = ports("tcp/8022");
+        s.force_nat = Some("127.0.0.1 8022".parse().unwrap());
+        let g = eval_with(
+            &nat_on(),
+            &s,
+            &msg(MessageType::Access, "10.0.0.5,tcp/22", 1000),
+        );
+        assert!(g.is_ok(), "{g:?}");
     }
 
     #[test]

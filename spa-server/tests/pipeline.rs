@@ -211,6 +211,9 @@ async fn nat_host_names_are_resolved_only_with_nat_dns() {
         let s = server_with(ReplayConfig::Memory, |c| {
             c.server.nat.forwarding = true;
             c.server.nat.dns = dns;
+            // `localhost` is a loopback target: only an explicit entry allows it.
+            c.access[0].nat_allow =
+                spa_server::config::access::parse_nat_allow("127.0.0.1:2222").unwrap();
         })
         .await;
         let mut msg = access_message("127.0.0.1", now(), 60);

@@ -4,7 +4,7 @@ use super::length_filter::Lengths;
 use super::{submit, unix_now, worth_submitting};
 use crate::pipeline::{Pipeline, RawPacket};
 use socket2::{Domain, Protocol, Socket, Type};
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 
@@ -47,7 +47,83 @@ pub fn bind(listen: SocketAddr) -> anyhow::Result<UdpSocket> {
     socket
         .bind(&listen.into())
         .map_err(|e| anyhow::anyhow!("UDP capture cannot bind {listen}: {e}"))?;
+    if listen.ip().is_unspecified() {
+        request_destinations(&socket, listen.is_ipv6())
+            .map_err(|e| anyhow::anyhow!("UDP capture on {listen}: no IP_PKTINFO: {e}"))?;
+    }
     Ok(UdpSocket::from_std(socket.into())?)
+}
+
+/// On a wildcard socket, have the kernel tell each datagram's destination
+/// address (IP_PKTINFO; on IPv6 also IPV6_RECVPKTINFO, and IP_PKTINFO for the
+/// IPv4 datagrams a dual-stack socket receives).
+fn request_destinations(socket: &Socket, ipv6: bool) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let on = |level, name| {
+        let one: libc::c_int = 1;
+        // SAFETY: setsockopt with a pointer to a c_int of the stated size.
+        let rc = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                level,
+                name,
+                (&one as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    };
+    on(libc::IPPROTO_IP, libc::IP_PKTINFO)?;
+    if ipv6 {
+        on(libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO)?;
+    }
+    Ok(())
+}
+
+/// Control-message space per datagram: an in_pktinfo and an in6_pktinfo, with
+/// room to spare; u64 words keep the cmsghdr alignment.
+const CONTROL_WORDS: usize = 16;
+
+/// The destination in a datagram's control messages (IPv4-mapped as IPv4).
+/// `None` when none is there or the kernel had to cut them (MSG_CTRUNC).
+fn destination_of(hdr: &libc::msghdr) -> Option<IpAddr> {
+    if hdr.msg_flags & libc::MSG_CTRUNC != 0 {
+        return None;
+    }
+    let mut found = None;
+    // SAFETY: the header points at our control buffer, filled by the kernel
+    // up to msg_controllen; CMSG_* walk it within those bounds, and each data
+    // part is read unaligned at its stated type after checking its length.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(hdr);
+        while !c.is_null() {
+            let data = libc::CMSG_DATA(c);
+            let len = ((*c).cmsg_len as usize).saturating_sub(data as usize - c as usize);
+            match ((*c).cmsg_level, (*c).cmsg_type) {
+                (libc::IPPROTO_IP, libc::IP_PKTINFO)
+                    if len >= std::mem::size_of::<libc::in_pktinfo>() =>
+                {
+                    let info = std::ptr::read_unaligned(data.cast::<libc::in_pktinfo>());
+                    let ip = Ipv4Addr::from(u32::from_be(info.ipi_addr.s_addr));
+                    found = Some(IpAddr::V4(ip));
+                }
+                (libc::IPPROTO_IPV6, libc::IPV6_PKTINFO)
+                    if len >= std::mem::size_of::<libc::in6_pktinfo>() =>
+                {
+                    let info = std::ptr::read_unaligned(data.cast::<libc::in6_pktinfo>());
+                    let ip = Ipv6Addr::from(info.ipi6_addr.s6_addr);
+                    found = Some(crate::config::access::canonical(IpAddr::V6(ip)));
+                }
+                _ => {}
+            }
+            c = libc::CMSG_NXTHDR(hdr, c);
+        }
+    }
+    found.filter(|ip| !ip.is_unspecified())
 }
 
 /// Datagrams taken from the kernel per system call (recvmmsg): under a flood the
@@ -59,6 +135,7 @@ struct RecvBatch {
     bufs: Vec<u8>,
     iovecs: Vec<libc::iovec>,
     addrs: Vec<libc::sockaddr_storage>,
+    controls: Vec<[u64; CONTROL_WORDS]>,
     msgs: Vec<libc::mmsghdr>,
 }
 
@@ -73,6 +150,7 @@ impl RecvBatch {
             // SAFETY (zeroed): plain C structs for which all-zero is a valid value.
             iovecs: vec![unsafe { std::mem::zeroed() }; BATCH],
             addrs: vec![unsafe { std::mem::zeroed() }; BATCH],
+            controls: vec![[0u64; CONTROL_WORDS]; BATCH],
             msgs: vec![unsafe { std::mem::zeroed() }; BATCH],
         };
         for i in 0..BATCH {
@@ -84,6 +162,7 @@ impl RecvBatch {
             hdr.msg_iov = &mut b.iovecs[i];
             hdr.msg_iovlen = 1;
             hdr.msg_name = (&mut b.addrs[i] as *mut libc::sockaddr_storage).cast();
+            hdr.msg_control = b.controls[i].as_mut_ptr().cast();
         }
         b
     }
@@ -93,6 +172,8 @@ impl RecvBatch {
         for m in self.msgs.iter_mut() {
             m.msg_hdr.msg_namelen =
                 std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            m.msg_hdr.msg_controllen = std::mem::size_of::<[u64; CONTROL_WORDS]>() as _;
+            m.msg_hdr.msg_flags = 0;
             m.msg_len = 0;
         }
         // SAFETY: every header points at live buffers of the sizes it states.
@@ -112,6 +193,11 @@ impl RecvBatch {
         }
     }
 
+    /// Where datagram `i` of the last call was sent, from its control messages.
+    fn destination(&self, i: usize) -> Option<IpAddr> {
+        destination_of(&self.msgs[i].msg_hdr)
+    }
+
     /// Datagram `i` of the last call: its bytes and sender.
     fn datagram(&self, i: usize) -> Option<(&[u8], SocketAddr)> {
         let len = (self.msgs[i].msg_len as usize).min(MAX_DATAGRAM);
@@ -127,10 +213,12 @@ impl RecvBatch {
 
 pub async fn run(socket: UdpSocket, mut pipeline: Pipeline, shutdown: CancellationToken) {
     use std::os::fd::AsRawFd;
-    let local = socket
+    // Bound to one address, that is every datagram's destination; on a
+    // wildcard bind each datagram's own (IP_PKTINFO), or unknown.
+    let bound = socket
         .local_addr()
         .ok()
-        .map(|a| a.ip())
+        .map(|a| crate::config::access::canonical(a.ip()))
         .filter(|ip| !ip.is_unspecified());
     let mut batch = RecvBatch::new();
     let fd = socket.as_raw_fd();
@@ -173,7 +261,7 @@ pub async fn run(socket: UdpSocket, mut pipeline: Pipeline, shutdown: Cancellati
                         bytes: bytes.to_vec(),
                         peer,
                         forwarded_for: None,
-                        destination: local,
+                        destination: bound.or_else(|| batch.destination(i)),
                         received_at,
                         capture: "udp",
                     };
@@ -182,6 +270,72 @@ pub async fn run(socket: UdpSocket, mut pipeline: Pipeline, shutdown: Cancellati
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
             Err(e) => tracing::warn!("UDP receive failed: {e}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Receive one batch from `socket` (waiting up to 2 s for `want` datagrams):
+    /// (payload, destination) pairs.
+    async fn receive(socket: &UdpSocket, want: usize) -> Vec<(Vec<u8>, Option<IpAddr>)> {
+        use std::os::fd::AsRawFd;
+        let mut batch = RecvBatch::new();
+        let mut got = Vec::new();
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+        while got.len() < want {
+            tokio::time::timeout_at(deadline, socket.readable())
+                .await
+                .expect("datagrams within 2 s")
+                .unwrap();
+            let fd = socket.as_raw_fd();
+            if let Ok(n) = socket.try_io(tokio::io::Interest::READABLE, || batch.receive(fd)) {
+                for i in 0..n {
+                    let (bytes, _) = batch.datagram(i).unwrap();
+                    got.push((bytes.to_vec(), batch.destination(i)));
+                }
+            }
+        }
+        got.sort();
+        got
+    }
+
+    fn send(from: &str, to: SocketAddr, payload: &[u8]) {
+        let s = std::net::UdpSocket::bind(from).unwrap();
+        s.send_to(payload, to).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_wildcard_socket_tells_each_datagrams_destination() {
+        let socket = bind("0.0.0.0:0".parse().unwrap()).unwrap();
+        let port = socket.local_addr().unwrap().port();
+        send("127.0.0.1:0", ([127, 0, 0, 1], port).into(), b"a");
+        send("127.0.0.1:0", ([127, 0, 0, 2], port).into(), b"b");
+        let got = receive(&socket, 2).await;
+        assert_eq!(
+            got,
+            [
+                (b"a".to_vec(), Some("127.0.0.1".parse().unwrap())),
+                (b"b".to_vec(), Some("127.0.0.2".parse().unwrap())),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_dual_stack_socket_tells_ipv4_destinations_as_ipv4() {
+        let Ok(socket) = bind("[::]:0".parse().unwrap()) else {
+            return; // no IPv6 on this host
+        };
+        let port = socket.local_addr().unwrap().port();
+        send("127.0.0.1:0", ([127, 0, 0, 3], port).into(), b"v4");
+        let v6 = std::net::UdpSocket::bind("[::1]:0")
+            .and_then(|s| s.send_to(b"v6", SocketAddr::from((Ipv6Addr::LOCALHOST, port))));
+        let got = receive(&socket, if v6.is_ok() { 2 } else { 1 }).await;
+        assert_eq!(got[0], (b"v4".to_vec(), Some("127.0.0.3".parse().unwrap())));
+        if v6.is_ok() {
+            assert_eq!(got[1], (b"v6".to_vec(), Some("::1".parse().unwrap())));
         }
     }
 }

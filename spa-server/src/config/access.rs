@@ -150,6 +150,16 @@ pub struct AccessStanza {
     pub disable_dnat: bool,
     #[serde(default)]
     pub forward_all: bool,
+    /// NAT_ALLOW: the only targets a client's forwarding request (`-N`) may
+    /// lead to. Without it, the target's port must pass OPEN_PORTS. Loopback,
+    /// link-local, multicast, broadcast and unspecified targets (local NAT
+    /// too) need an entry inside that range.
+    #[serde(
+        default,
+        with = "nat_allow_list",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub nat_allow: Vec<NatAllow>,
     /// GPG_HOME_DIR: the keyring with the server's secret key (gpgme's default,
     /// `$GNUPGHOME` or `~/.gnupg`, when unset).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -183,6 +193,86 @@ pub struct AccessStanza {
     /// Where the stanza starts, for messages.
     #[serde(skip)]
     pub origin: Option<Origin>,
+}
+
+/// One NAT_ALLOW entry: a forwarding target a client may ask for (`-N`).
+/// `NET:PORT` or `NET:*`, NET an address or CIDR network, IPv6 in brackets
+/// (`[fd00::/64]:22`). The port matches whatever protocol the request names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct NatAllow {
+    pub net: IpNet,
+    /// `None` for `*`: any port.
+    pub port: Option<u16>,
+}
+
+impl NatAllow {
+    pub fn matches(&self, addr: IpAddr, port: u16) -> bool {
+        self.net.contains(&canonical(addr)) && self.port.is_none_or(|p| p == port)
+    }
+}
+
+impl std::str::FromStr for NatAllow {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        let t = text.trim();
+        let form = || {
+            format!("`{t}` is not `ADDRESS[/BITS]:PORT` or `ADDRESS[/BITS]:*` (IPv6 as `[ADDRESS]:PORT`)")
+        };
+        let (net, port) = match t.strip_prefix('[') {
+            Some(rest) => rest.split_once("]:").ok_or_else(form)?,
+            None => t
+                .rsplit_once(':')
+                .filter(|(n, _)| !n.contains(':'))
+                .ok_or_else(form)?,
+        };
+        let net = match net.parse::<IpNet>() {
+            Ok(n) => n,
+            Err(_) => net.parse::<IpAddr>().map(IpNet::from).map_err(|_| form())?,
+        };
+        let port = match port.trim() {
+            "*" => None,
+            p => Some(
+                p.parse()
+                    .ok()
+                    .filter(|&p| p != 0)
+                    .ok_or_else(|| format!("`{p}` in `{t}` is not a port 1..65535 or *"))?,
+            ),
+        };
+        Ok(NatAllow {
+            net: net.trunc(),
+            port,
+        })
+    }
+}
+
+impl TryFrom<String> for NatAllow {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<NatAllow> for String {
+    fn from(a: NatAllow) -> String {
+        let port = a.port.map_or("*".to_string(), |p| p.to_string());
+        match a.net {
+            IpNet::V6(n) => format!("[{n}]:{port}"),
+            IpNet::V4(n) => format!("{n}:{port}"),
+        }
+    }
+}
+
+/// NAT_ALLOW's comma list.
+pub fn parse_nat_allow(text: &str) -> Result<Vec<NatAllow>, String> {
+    let list: Vec<NatAllow> = split_list(text)
+        .iter()
+        .map(|s| s.parse())
+        .collect::<Result<_, _>>()?;
+    if list.is_empty() {
+        return Err("NAT_ALLOW is empty".into());
+    }
+    Ok(list)
 }
 
 /// FORCE_NAT's `IP PORT` (fwknop's format; `IP:PORT` and `IP,PORT` also accepted).
@@ -271,6 +361,7 @@ impl AccessStanza {
             force_masquerade: false,
             disable_dnat: false,
             forward_all: false,
+            nat_allow: Vec::new(),
             gpg_home_dir: None,
             gpg_exe: None,
             gpg_decrypt_id: None,
@@ -519,6 +610,10 @@ impl AccessStanza {
                     return Ok(Known::Ignored);
                 }
             }
+            "NAT_ALLOW" => {
+                self.nat_allow = parse_nat_allow(&e.value)
+                    .map_err(|m| ConfError::new(&e.origin, format!("NAT_ALLOW: {m}")))?
+            }
             "GPG_HOME_DIR" => self.gpg_home_dir = Some(PathBuf::from(&e.value)),
             "GPG_EXE" => self.gpg_exe = Some(PathBuf::from(&e.value)),
             "GPG_DECRYPT_ID" => self.gpg_decrypt_id = Some(e.value.clone()),
@@ -750,6 +845,28 @@ mod proto_port_list {
     }
 }
 
+mod nat_allow_list {
+    use super::NatAllow;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    pub fn serialize<S: Serializer>(v: &[NatAllow], s: S) -> Result<S::Ok, S::Error> {
+        v.serialize(s)
+    }
+    /// A TOML array of entries, or one comma-separated string as in access.conf.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<NatAllow>, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Text {
+            One(String),
+            Many(Vec<String>),
+        }
+        let joined = match Text::deserialize(d)? {
+            Text::One(s) => s,
+            Text::Many(v) => v.join(","),
+        };
+        super::parse_nat_allow(&joined).map_err(serde::de::Error::custom)
+    }
+}
+
 mod string_list {
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
     pub fn serialize<S: Serializer>(v: &[String], s: S) -> Result<S::Ok, S::Error> {
@@ -907,6 +1024,51 @@ mod tests {
         assert!(w.contains("ENCRYPTION_MODE ecb"), "{w}");
         let w = s[2].weaknesses().join("\n");
         assert!(w.contains("GPG signatures are not checked"), "{w}");
+    }
+
+    #[test]
+    fn nat_allow_from_access_conf_and_toml() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = "SOURCE ANY\nKEY k\nNAT_ALLOW 10.0.0.0/24:22, 10.0.0.5:5432,[fd00::/64]:*\n";
+        let p = write(dir.path(), "access.conf", text, 0o600);
+        let s = load_access_file(&p, &mut Findings::default()).unwrap();
+        let a = &s[0].nat_allow;
+        assert_eq!(a.len(), 3);
+        assert!(a[0].matches("10.0.0.200".parse().unwrap(), 22));
+        assert!(!a[0].matches("10.0.0.200".parse().unwrap(), 23));
+        assert!(!a[0].matches("10.0.1.1".parse().unwrap(), 22));
+        assert!(a[1].matches("::ffff:10.0.0.5".parse().unwrap(), 5432));
+        assert!(a[2].matches("fd00::9".parse().unwrap(), 1));
+        assert_eq!(String::from(a[2]), "[fd00::/64]:*");
+        let t: AccessStanza = toml::from_str(
+            "source = \"ANY\"\nkey = \"k\"\nnat_allow = [\"10.0.0.5:5432\", \"127.0.0.1:22\"]\n",
+        )
+        .unwrap();
+        assert_eq!(t.nat_allow.len(), 2);
+        let round: AccessStanza = toml::from_str(&toml::to_string(&t).unwrap()).unwrap();
+        assert_eq!(round.nat_allow, t.nat_allow);
+        for bad in [
+            "10.0.0.5",
+            "10.0.0.5:0",
+            "10.0.0.5:http",
+            "fd00::1:22",
+            "10.0.0.300:22",
+            "",
+        ] {
+            let p = write(
+                dir.path(),
+                "bad.conf",
+                &format!("SOURCE ANY\nKEY k\nNAT_ALLOW {bad},\n"),
+                0o600,
+            );
+            let err = load_access_file(&p, &mut Findings::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("bad.conf:3: NAT_ALLOW"), "{bad:?}: {err}");
+        }
+        assert!(
+            toml::from_str::<AccessStanza>("source = \"ANY\"\nnat_allow = \"10.0.0.5\"\n").is_err()
+        );
     }
 
     #[test]

@@ -205,6 +205,10 @@ pub fn apply_fwknopd_conf(
     cfg.server.allow_any_user_agent = flag("ALLOW_ANY_USER_AGENT", false)?;
     cfg.server.x_forwarded_for = flag("ENABLE_X_FORWARDED_FOR", false)?;
     cfg.server.nat.dns = flag("ENABLE_NAT_DNS", false)?;
+    if let Some(e) = get("BLACKLIST") {
+        cfg.server.blacklist = super::parse_blacklist(&e.value)
+            .map_err(|m| ConfError::new(&e.origin, format!("BLACKLIST: {m}")))?;
+    }
     // postern keeps its own store; fwknopd's digest cache is imported, not reused.
     cfg.replay = if flag("ENABLE_DIGEST_PERSISTENCE", true)? {
         let fwknop_run_dir = get("FWKNOP_RUN_DIR")
@@ -473,6 +477,24 @@ mod tests {
             err.contains("fwknopd.conf:2: ENABLE_DESTINATION_RULE"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn blacklist_is_read_and_errors_name_the_line() {
+        let (cfg, w) = load("BLACKLIST 192.0.2.1, 10.0.0.0/8 2001:db8::/32;\n");
+        let got: Vec<String> = cfg.server.blacklist.iter().map(|n| n.to_string()).collect();
+        assert_eq!(got, ["192.0.2.1/32", "10.0.0.0/8", "2001:db8::/32"]);
+        assert!(w.is_empty(), "{w:?}");
+        for bad in ["10.0.0.300", "ANY"] {
+            let dir = tempfile::tempdir().unwrap();
+            let p = dir.path().join("fwknopd.conf");
+            std::fs::write(&p, format!("ENABLE_UDP_SERVER Y;\nBLACKLIST {bad};\n")).unwrap();
+            let err =
+                apply_fwknopd_conf(&p, &mut ServerConfig::default(), &mut Findings::default())
+                    .unwrap_err()
+                    .to_string();
+            assert!(err.contains("fwknopd.conf:2: BLACKLIST"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -47,6 +47,46 @@ pub struct ServerSection {
     /// address in its X-Forwarded-For header (ENABLE_X_FORWARDED_FOR).
     #[serde(default)]
     pub x_forwarded_for: bool,
+    /// Senders whose packets are dropped before any other work (fwknopd.conf
+    /// BLACKLIST): addresses and CIDR networks.
+    #[serde(
+        default,
+        with = "blacklist_list",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub blacklist: Vec<ipnet::IpNet>,
+}
+
+/// BLACKLIST's comma (or space) separated addresses and networks; `ANY` is
+/// refused (it would drop every packet).
+pub fn parse_blacklist(text: &str) -> Result<Vec<ipnet::IpNet>, String> {
+    let items = text.replace([' ', '\t'], ",");
+    match AddrList::parse(&items)? {
+        AddrList::Any => Err("ANY would refuse every packet; list addresses or networks".into()),
+        AddrList::Nets(nets) => Ok(nets),
+    }
+}
+
+mod blacklist_list {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    pub fn serialize<S: Serializer>(v: &[ipnet::IpNet], s: S) -> Result<S::Ok, S::Error> {
+        v.serialize(s)
+    }
+    /// A TOML array of addresses/networks, or one comma-separated string.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ipnet::IpNet>, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Text {
+            One(String),
+            Many(Vec<String>),
+        }
+        let joined = match Text::deserialize(d)? {
+            Text::One(s) => s,
+            Text::Many(v) => v.join(","),
+        };
+        super::parse_blacklist(&joined)
+            .map_err(|m| serde::de::Error::custom(format!("blacklist: {m}")))
+    }
 }
 
 /// NAT requests the server honours (fwknopd's ENABLE_IPT_FORWARDING,
@@ -121,6 +161,7 @@ impl Default for ServerSection {
             spa_over_http: false,
             allow_any_user_agent: false,
             x_forwarded_for: false,
+            blacklist: Vec::new(),
         }
     }
 }
@@ -585,6 +626,24 @@ open_ports = "tcp/22"
             assert!(shown.contains("<redacted>"));
             Ok(())
         });
+    }
+
+    #[test]
+    fn blacklist_from_toml() {
+        let cfg: ServerConfig = toml::from_str(
+            "[server]\nmax_packet_age = 1\npacket_aging = true\nrun_dir = \"/x\"\ncmd_exec_timeout = 1\nqueue_depth = 1\nblacklist = [\"192.0.2.0/24\", \"::1\"]\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.server.blacklist.len(), 2);
+        let err = toml::from_str::<ServerConfig>(
+            "[server]\nmax_packet_age = 1\npacket_aging = true\nrun_dir = \"/x\"\ncmd_exec_timeout = 1\nqueue_depth = 1\nblacklist = [\"ANY\"]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("blacklist: ANY would refuse every packet"),
+            "{err}"
+        );
     }
 
     #[test]

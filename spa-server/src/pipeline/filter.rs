@@ -1,4 +1,4 @@
-//! Stage 1: cheap checks, then constant-time HMAC against each stanza whose SOURCE
+//! Stage 1: senders on the BLACKLIST are dropped first; then cheap checks, then constant-time HMAC against each stanza whose SOURCE
 //! matches the sender. Nothing is decrypted here. GPG-shaped packets (fwknopd's
 //! length rule) are also screened for the stanzas that take GPG, with the HMAC
 //! over the `hQ`-prefixed data.
@@ -6,6 +6,7 @@
 use super::{ready, Authenticated, Outcome, RawPacket, Stage, StageFuture, Stanzas};
 use crate::config::AccessStanza;
 use arc_swap::ArcSwap;
+use ipnet::IpNet;
 use spa_core::gpg;
 use spa_core::packet::{self, HmacKey, GPG_PREFIX, RIJNDAEL_PREFIX};
 use std::convert::Infallible;
@@ -15,16 +16,24 @@ use std::task::{Context, Poll};
 use tokio::sync::Semaphore;
 use tower::{Layer, Service, ServiceExt};
 
-/// The access stanzas with their keys; SIGHUP swaps in a new set atomically.
+/// The access stanzas with their keys, and the BLACKLIST; SIGHUP swaps in new
+/// ones atomically.
 pub struct Keyring {
     stanzas: ArcSwap<Vec<AccessStanza>>,
+    blacklist: ArcSwap<Vec<IpNet>>,
 }
 
 impl Keyring {
     pub fn new(stanzas: Vec<AccessStanza>) -> Self {
         Keyring {
             stanzas: ArcSwap::from_pointee(stanzas),
+            blacklist: ArcSwap::from_pointee(Vec::new()),
         }
+    }
+
+    /// Senders whose packets are refused before anything else is looked at.
+    pub fn set_blacklist(&self, blacklist: Vec<IpNet>) {
+        self.blacklist.store(Arc::new(blacklist));
     }
 
     pub fn snapshot(&self) -> Stanzas {
@@ -45,6 +54,13 @@ impl Keyring {
         peer: IpAddr,
         stanzas: &[AccessStanza],
     ) -> Result<Candidates, Outcome> {
+        let sender = crate::config::access::canonical(peer);
+        if let Some(net) = self.blacklist.load().iter().find(|n| n.contains(&sender)) {
+            return Err(Outcome::denied(
+                Stage::Blacklist,
+                format!("source {sender} is in BLACKLIST ({net})"),
+            ));
+        }
         packet::precheck_shape(bytes).map_err(|e| Outcome::denied(Stage::Precheck, e))?;
         if !stanzas.iter().any(|s| length_fits(s, peer, bytes.len())) {
             // Decided on the length alone, before reading the bytes or hashing.
@@ -215,5 +231,30 @@ where
                 )),
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::AddrList;
+
+    #[test]
+    fn blacklisted_senders_are_refused_before_anything_else() {
+        let mut s = AccessStanza::new(AddrList::Any);
+        s.key = Some(spa_core::Secret::from_passphrase("k"));
+        let keyring = Keyring::new(vec![s]);
+        keyring.set_blacklist(vec!["192.0.2.0/24".parse().unwrap()]);
+        let stanzas = keyring.snapshot();
+        let stage = |peer: &str| match keyring.screen(b"x", peer.parse().unwrap(), &stanzas) {
+            Err(Outcome::Denied { stage, .. }) => stage,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(stage("192.0.2.7"), Stage::Blacklist);
+        // As seen on a dual-stack socket.
+        assert_eq!(stage("::ffff:192.0.2.7"), Stage::Blacklist);
+        assert_eq!(stage("198.51.100.7"), Stage::Precheck);
+        keyring.set_blacklist(Vec::new());
+        assert_eq!(stage("192.0.2.7"), Stage::Precheck);
     }
 }

@@ -74,6 +74,7 @@ pub struct Approved {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stage {
+    Blacklist,
     Precheck,
     Hmac,
     Decrypt,
@@ -86,6 +87,7 @@ pub enum Stage {
 impl fmt::Display for Stage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
+            Stage::Blacklist => "blacklist",
             Stage::Precheck => "precheck",
             Stage::Hmac => "hmac",
             Stage::Decrypt => "decrypt",
