@@ -155,8 +155,7 @@ pub async fn start_with_backends(
         nat: cfg.server.nat.clone(),
     };
     let (tx, rx) = mpsc::channel(cfg.server.queue_depth);
-    let actions = Executor::new(backends, Duration::from_secs(cfg.server.cmd_exec_timeout))
-        .spawn(rx, shutdown.clone());
+    let actions = Executor::new(backends, &cfg.server).spawn(rx, shutdown.clone());
     // GPG decryption runs on its own threads (gpgme is slow and not Send); the pool
     // is always there so a SIGHUP may add GPG stanzas.
     let gpg_pool =

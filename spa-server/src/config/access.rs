@@ -3,6 +3,7 @@
 use super::conf_file::{parse_bool, parse_lines, parse_num, ConfError, Entry, Origin};
 use super::secure_read;
 use ipnet::IpNet;
+use postern_backend_script::{CapSet, SudoExec};
 use serde::{Deserialize, Serialize};
 use spa_core::request::parse_proto_ports;
 use spa_core::{DigestType, EncryptionMode, ProtoPort, Secret};
@@ -137,6 +138,19 @@ pub struct AccessStanza {
     pub cmd_cycle_close: Option<String>,
     #[serde(default)]
     pub cmd_cycle_timer: Option<u32>,
+    /// CMD_CAPABILITIES (postern): capabilities this stanza's client commands and
+    /// CMD_CYCLE scripts keep, e.g. `net_admin,net_raw`; none by default.
+    #[serde(default, skip_serializing_if = "CapSet::is_empty")]
+    pub cmd_capabilities: CapSet,
+    /// ENABLE_CMD_SUDO_EXEC: client commands run through sudo.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub enable_cmd_sudo_exec: bool,
+    /// CMD_SUDO_EXEC_USER: `sudo -u` (root when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmd_sudo_exec_user: Option<String>,
+    /// CMD_SUDO_EXEC_GROUP: `sudo -g`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmd_sudo_exec_group: Option<String>,
     /// FORCE_NAT `IP PORT`: every access from this stanza is forwarded there.
     #[serde(default)]
     pub force_nat: Option<ForceNat>,
@@ -265,6 +279,10 @@ impl AccessStanza {
             cmd_cycle_open: None,
             cmd_cycle_close: None,
             cmd_cycle_timer: None,
+            cmd_capabilities: CapSet::EMPTY,
+            enable_cmd_sudo_exec: false,
+            cmd_sudo_exec_user: None,
+            cmd_sudo_exec_group: None,
             force_nat: None,
             force_snat: None,
             force_masquerade: false,
@@ -360,6 +378,28 @@ impl AccessStanza {
         Ok(())
     }
 
+    /// ENABLE_CMD_SUDO_EXEC's sudo invocation, when on.
+    pub fn sudo_exec(&self) -> Option<SudoExec> {
+        self.enable_cmd_sudo_exec.then(|| SudoExec {
+            exe: postern_backend_script::command::DEFAULT_SUDO_EXE.into(),
+            user: self.cmd_sudo_exec_user.clone(),
+            group: self.cmd_sudo_exec_group.clone(),
+        })
+    }
+
+    /// Every capability a child this stanza starts may hold: CMD_CAPABILITIES
+    /// for its commands and CMD_CYCLE scripts, plus what sudo needs.
+    pub fn child_capabilities(&self) -> CapSet {
+        let mut set = CapSet::EMPTY;
+        if self.cmd_cycle_open.is_some() || self.enable_cmd_exec {
+            set = set.union(self.cmd_capabilities);
+        }
+        if self.enable_cmd_exec && self.enable_cmd_sudo_exec {
+            set = set.union(CapSet::of(postern_backend_script::SUDO_CAPABILITIES));
+        }
+        set
+    }
+
     pub fn describe(&self) -> String {
         match &self.origin {
             Some(o) => format!("stanza at {o}"),
@@ -404,6 +444,22 @@ impl AccessStanza {
         }
         if self.fw_access_timeout == 0 {
             return Err("FW_ACCESS_TIMEOUT must be at least 1".into());
+        }
+        self.validate_child_capabilities()
+    }
+
+    /// A child cannot be given a capability posternd does not hold itself.
+    fn validate_child_capabilities(&self) -> Result<(), String> {
+        let wanted = self.child_capabilities();
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let have = CapSet::permitted_now().map_err(|e| format!("cannot read capabilities: {e}"))?;
+        let missing = wanted.minus(have);
+        if !missing.is_empty() {
+            return Err(format!(
+                "CMD_CAPABILITIES / ENABLE_CMD_SUDO_EXEC need {missing}, which posternd does not hold"
+            ));
         }
         Ok(())
     }
@@ -460,6 +516,13 @@ impl AccessStanza {
             "CMD_CYCLE_OPEN" => self.cmd_cycle_open = Some(e.value.clone()),
             "CMD_CYCLE_CLOSE" => self.cmd_cycle_close = Some(e.value.clone()),
             "CMD_CYCLE_TIMER" => self.cmd_cycle_timer = Some(parse_num(e)?),
+            "CMD_CAPABILITIES" => {
+                self.cmd_capabilities = CapSet::parse(&e.value)
+                    .map_err(|m| ConfError::new(&e.origin, format!("CMD_CAPABILITIES: {m}")))?
+            }
+            "ENABLE_CMD_SUDO_EXEC" => self.enable_cmd_sudo_exec = parse_bool(e)?,
+            "CMD_SUDO_EXEC_USER" => self.cmd_sudo_exec_user = Some(e.value.clone()),
+            "CMD_SUDO_EXEC_GROUP" => self.cmd_sudo_exec_group = Some(e.value.clone()),
             "FORCE_NAT" => {
                 self.force_nat =
                     Some(e.value.parse().map_err(|m: String| {
@@ -495,9 +558,6 @@ impl AccessStanza {
             "GPG_IGNORE_SIG_VERIFY_ERROR" => self.gpg_ignore_sig_verify_error = parse_bool(e)?,
             "GPG_REMOTE_ID" => self.gpg_remote_id = split_list(&e.value),
             "GPG_FINGERPRINT_ID" => self.gpg_fingerprint_id = split_list(&e.value),
-            "ENABLE_CMD_SUDO_EXEC" | "CMD_SUDO_EXEC_USER" | "CMD_SUDO_EXEC_GROUP" => {
-                return Ok(Known::Ignored)
-            }
             _ => return Ok(Known::Unknown),
         }
         Ok(Known::Used)
