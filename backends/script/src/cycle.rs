@@ -240,10 +240,20 @@ impl ScriptBackend {
             .map(|t| t.render(&values))
             .transpose()
             .map_err(render_error)?;
+        let owed = close_argv.map(|close| PendingClose::new(opening, close));
+        if let Some(entry) = &owed {
+            // Write ahead: the close is on disk before the open runs, so a daemon
+            // killed right after the open still owes it at the next start. A
+            // failed open is rolled back, which rewrites the file without it.
+            let mut all = self.pending.clone();
+            all.extend(opened.iter().cloned());
+            all.push(entry.clone());
+            self.save(&all).map_err(config_error)?;
+        }
         self.runner.run(&open_argv, None)?;
         tracing::info!(rule = %opening.rule, expires_at = opening.expires_at, "script: ran open command");
-        match close_argv {
-            Some(close) => opened.push(PendingClose::new(opening, close)),
+        match owed {
+            Some(entry) => opened.push(entry),
             None => {
                 tracing::info!(rule = %opening.rule, "script: close is NONE, access stays open")
             }
@@ -307,8 +317,12 @@ impl ScriptBackend {
     }
 
     fn persist(&self) -> Result<(), String> {
+        self.save(&self.pending)
+    }
+
+    fn save(&self, pending: &[PendingClose]) -> Result<(), String> {
         match &self.state {
-            Some(file) => file.save(&self.pending),
+            Some(file) => file.save(pending),
             None => Ok(()),
         }
     }
