@@ -853,6 +853,32 @@ mod tests {
     }
 
     #[test]
+    fn child_capabilities_and_sudo_are_read_and_bad_names_name_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = "SOURCE ANY\nKEY k\nENABLE_CMD_EXEC Y\nCMD_CAPABILITIES net_raw\nENABLE_CMD_SUDO_EXEC Y\nCMD_SUDO_EXEC_USER nobody\nCMD_SUDO_EXEC_GROUP nogroup\n";
+        let p = write(dir.path(), "access.conf", text, 0o600);
+        let mut warnings = Vec::new();
+        let s = &load_access_file(&p, &mut warnings).unwrap()[0];
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(s.cmd_capabilities, CapSet::parse("net_raw").unwrap());
+        let sudo = s.sudo_exec().unwrap();
+        assert_eq!(sudo.prefix(), ["/usr/bin/sudo", "-u", "nobody", "-g", "nogroup"]);
+        assert_eq!(
+            s.child_capabilities(),
+            CapSet::parse("net_raw,setuid,setgid,audit_write").unwrap()
+        );
+
+        let p = write(
+            dir.path(),
+            "bad.conf",
+            "SOURCE ANY\nKEY k\nCMD_CAPABILITIES net_admin, net_magic\n",
+            0o600,
+        );
+        let err = load_access_file(&p, &mut Vec::new()).unwrap_err().to_string();
+        assert!(err.contains("bad.conf:3") && err.contains("`net_magic`"), "{err}");
+    }
+
+    #[test]
     fn errors_name_file_and_line() {
         let dir = tempfile::tempdir().unwrap();
         let cases = [
