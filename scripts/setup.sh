@@ -9,7 +9,7 @@ export DEBIAN_FRONTEND=noninteractive
 apt-get update
 apt-get install -y --no-install-recommends \
     build-essential pkg-config ca-certificates \
-    iproute2 iptables nftables libpcap-dev libgpgme-dev gnupg \
+    iproute2 iptables nftables libpcap-dev libgpgme-dev gnupg sudo \
     fwknop-client fwknop-server python3 \
     firewalld dbus redis-server libseccomp-dev
 command -v cargo >/dev/null || { echo "setup.sh: a Rust toolchain (cargo) is required" >&2; exit 1; }

@@ -1,12 +1,20 @@
 //! The action task: one OS thread owns every firewall backend (they are small and
 //! synchronous), receives grants over a channel, applies a burst as one batch,
 //! and runs expiry for backends whose firewall cannot expire rules itself.
+//!
+//! CMD_CYCLE closes owed are kept in `run_dir` (`cmd_cycle-<hash>.json`, one per
+//! distinct open/close/capabilities, 0600), so after a crash or `kill -9` the
+//! next start runs the overdue ones, even if the stanza is gone by then. In
+//! test mode (`posternd -t`) no command and no script runs: they are logged.
 
+use crate::config::ServerSection;
 use crate::pipeline::ActionRequest;
 use crate::policy::{CmdCycle, Grant, GrantKind};
+use postern_backend_script::state::{ScriptOrigin, StateFile};
 use postern_backend_script::{run_command_with, CommandExec, ScriptBackend, ScriptConfig};
 use spa_core::firewall::{Firewall, Opening};
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,9 +28,13 @@ const EXPIRY_TICK: Duration = Duration::from_millis(500);
 
 pub struct Executor {
     backends: Vec<Box<dyn Firewall>>,
-    /// CMD_CYCLE_OPEN/CLOSE backends, one per distinct (open, close) pair.
-    cycles: HashMap<(String, Option<String>), ScriptBackend>,
+    /// CMD_CYCLE_OPEN/CLOSE backends, one per distinct open/close/capabilities.
+    cycles: HashMap<ScriptOrigin, ScriptBackend>,
     command_timeout: Duration,
+    /// Where CMD_CYCLE state files live.
+    run_dir: PathBuf,
+    /// `posternd -t`: log commands and scripts instead of running them.
+    test_mode: bool,
     /// Client commands running now (each on its own thread).
     running_commands: Arc<AtomicUsize>,
     now: fn() -> u64,
@@ -31,12 +43,17 @@ pub struct Executor {
 /// Client commands that may run at once; more are refused, not queued.
 const MAX_RUNNING_COMMANDS: usize = 8;
 
+/// File name prefix of CMD_CYCLE state files in `run_dir`.
+const CYCLE_STATE_PREFIX: &str = "cmd_cycle-";
+
 impl Executor {
-    pub fn new(backends: Vec<Box<dyn Firewall>>, command_timeout: Duration) -> Self {
+    pub fn new(backends: Vec<Box<dyn Firewall>>, server: &ServerSection) -> Self {
         Executor {
             backends,
             cycles: HashMap::new(),
-            command_timeout,
+            command_timeout: Duration::from_secs(server.cmd_exec_timeout),
+            run_dir: server.run_dir.clone(),
+            test_mode: server.test_mode,
             running_commands: Arc::new(AtomicUsize::new(0)),
             now: crate::capture::unix_now,
         }
@@ -55,6 +72,9 @@ impl Executor {
                     .enable_time()
                     .build()
                     .expect("action runtime");
+                if !self.test_mode {
+                    self.resume_cycles();
+                }
                 rt.block_on(async {
                     let mut tick = tokio::time::interval(EXPIRY_TICK);
                     loop {
@@ -93,9 +113,21 @@ impl Executor {
                         command,
                         user,
                         group,
+                        capabilities,
+                        sudo,
                     },
                     _,
-                ) => self.run_client_command(&r.grant, command, user, group),
+                ) => {
+                    let exec = CommandExec {
+                        user: user.clone(),
+                        group: group.clone(),
+                        timeout: self.command_timeout,
+                        capabilities: *capabilities,
+                        sudo: sudo.clone(),
+                        ..CommandExec::default()
+                    };
+                    self.run_client_command(&r.grant, command, exec)
+                }
                 (GrantKind::Access { .. }, Some(cycle)) => {
                     self.apply_cycle(&r.grant, cycle.clone(), r.now)
                 }
@@ -127,15 +159,101 @@ impl Executor {
         }
     }
 
-    fn apply_cycle(&mut self, grant: &Grant, cycle: CmdCycle, now: u64) -> Result<(), String> {
-        let key = (cycle.open.clone(), cycle.close.clone());
-        if !self.cycles.contains_key(&key) {
-            let backend =
-                ScriptBackend::system(&ScriptConfig::new(&cycle.open, cycle.close.as_deref()))
-                    .map_err(|e| e.to_string())?;
-            self.cycles.insert(key.clone(), backend);
+    /// The state file of one CMD_CYCLE script: named by a hash of what it runs,
+    /// so the same stanza finds its file again after a restart.
+    fn cycle_state_path(&self, origin: &ScriptOrigin) -> PathBuf {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(origin.open.as_bytes());
+        h.update([0]);
+        if let Some(close) = &origin.close {
+            h.update(close.as_bytes());
         }
-        let backend = self.cycles.get_mut(&key).expect("inserted");
+        h.update([0]);
+        h.update(origin.capabilities.bits().to_be_bytes());
+        let hex: String = h.finalize()[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        self.run_dir.join(format!("{CYCLE_STATE_PREFIX}{hex}.json"))
+    }
+
+    /// The backend that runs `origin`, created (its state file loaded) on first use.
+    fn cycle_backend(&mut self, origin: &ScriptOrigin) -> Result<&mut ScriptBackend, String> {
+        if !self.cycles.contains_key(origin) {
+            let config = ScriptConfig {
+                state_file: Some(self.cycle_state_path(origin)),
+                capabilities: origin.capabilities,
+                ..ScriptConfig::new(&origin.open, origin.close.as_deref())
+            };
+            std::fs::create_dir_all(&self.run_dir)
+                .map_err(|e| format!("{}: {e}", self.run_dir.display()))?;
+            let backend = ScriptBackend::system(&config).map_err(|e| e.to_string())?;
+            self.cycles.insert(origin.clone(), backend);
+        }
+        Ok(self.cycles.get_mut(origin).expect("inserted"))
+    }
+
+    /// At start: load every CMD_CYCLE state file a previous run left and run the
+    /// closes that are overdue (the rest run at their time).
+    fn resume_cycles(&mut self) {
+        let files = match std::fs::read_dir(&self.run_dir) {
+            Ok(dir) => dir
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| is_cycle_state(p)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(e) => {
+                tracing::error!(
+                    "CMD_CYCLE: cannot read {}: {e}; owed closes not run",
+                    self.run_dir.display()
+                );
+                return;
+            }
+        };
+        let now = (self.now)();
+        for path in files.collect::<Vec<_>>() {
+            let origin = match StateFile::new(&path).origin_on_disk() {
+                Ok(Some(origin)) => origin,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::error!("CMD_CYCLE: {e}; its closes are not run");
+                    continue;
+                }
+            };
+            let result = self.cycle_backend(&origin).and_then(|b| {
+                let owed = b.list().map(|l| l.len()).unwrap_or(0);
+                b.init(now).map_err(|e| e.to_string())?;
+                Ok(owed)
+            });
+            match result {
+                Ok(0) => {}
+                Ok(owed) => tracing::info!(
+                    "CMD_CYCLE: {owed} close(s) owed by a previous run, from {}",
+                    path.display()
+                ),
+                Err(e) => {
+                    tracing::error!("CMD_CYCLE: {}: {e}; its closes are not run", path.display())
+                }
+            }
+        }
+    }
+
+    fn apply_cycle(&mut self, grant: &Grant, cycle: CmdCycle, now: u64) -> Result<(), String> {
+        if self.test_mode {
+            tracing::info!(
+                "test mode: would run CMD_CYCLE_OPEN `{}` (close `{}` after {} s) for {grant}",
+                cycle.open,
+                cycle.close.as_deref().unwrap_or("NONE"),
+                cycle.timer
+            );
+            return Ok(());
+        }
+        let origin = ScriptOrigin {
+            open: cycle.open.clone(),
+            close: cycle.close.clone(),
+            capabilities: cycle.capabilities,
+        };
+        let backend = self.cycle_backend(&origin)?;
         let openings: Vec<Opening> = grant
             .openings(now)
             .into_iter()
@@ -154,15 +272,16 @@ impl Executor {
         &self,
         grant: &Grant,
         command: &str,
-        user: &Option<String>,
-        group: &Option<String>,
+        exec: CommandExec,
     ) -> Result<(), String> {
-        let exec = CommandExec {
-            user: user.clone(),
-            group: group.clone(),
-            timeout: self.command_timeout,
-            ..CommandExec::default()
-        };
+        if self.test_mode {
+            let argv = exec.argv(command).map_err(|e| e.to_string())?;
+            tracing::info!(
+                "test mode: would run command {argv:?} as {} for {grant}",
+                exec.user.as_deref().unwrap_or("the server's user")
+            );
+            return Ok(());
+        }
         let command = command.to_string();
         let who = grant.to_string();
         let running = self.running_commands.clone();
@@ -218,6 +337,12 @@ impl Executor {
     }
 }
 
+fn is_cycle_state(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with(CYCLE_STATE_PREFIX) && n.ends_with(".json"))
+}
+
 fn apply_all(backends: &mut [Box<dyn Firewall>], openings: &[Opening]) -> Result<(), String> {
     if openings.is_empty() {
         return Ok(());
@@ -257,7 +382,7 @@ mod tests {
     fn grants_expired_by_the_daemon_get_their_full_timeout() {
         // No kernel expiry: the executor must remove the rule.
         let table = MemoryFirewall::new(false);
-        let mut ex = Executor::new(vec![Box::new(table.clone())], Duration::from_secs(1));
+        let mut ex = Executor::new(vec![Box::new(table.clone())], &ServerSection::default());
         ex.now = || CLOCK.load(Ordering::Relaxed);
         // Granted somewhere in second 100 with a 3 s timeout.
         let mut t = table.clone();

@@ -156,8 +156,7 @@ pub async fn start_with_backends(
         nat: cfg.server.nat.clone(),
     };
     let (tx, rx) = mpsc::channel(cfg.server.queue_depth);
-    let actions = Executor::new(backends, Duration::from_secs(cfg.server.cmd_exec_timeout))
-        .spawn(rx, shutdown.clone());
+    let actions = Executor::new(backends, &cfg.server).spawn(rx, shutdown.clone());
     // GPG decryption runs on its own threads (gpgme is slow and not Send); the pool
     // is always there so a SIGHUP may add GPG stanzas.
     let gpg_pool =
@@ -236,10 +235,14 @@ pub fn privilege_needs(cfg: &ServerConfig) -> crate::privileges::Needs {
             }
             CaptureConfig::Pcap { .. } => false,
         }),
+        // sudo's command runs as another user too: ending it on time needs KILL.
         switch_user: cfg.access.iter().any(|s| {
-            s.enable_cmd_exec && (s.cmd_exec_user.is_some() || s.cmd_exec_group.is_some())
+            s.enable_cmd_exec
+                && (s.cmd_exec_user.is_some()
+                    || s.cmd_exec_group.is_some()
+                    || s.enable_cmd_sudo_exec)
         }),
-        for_children: Default::default(),
+        for_children: cfg.child_capabilities().to_caps(),
     }
 }
 

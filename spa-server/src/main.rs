@@ -87,6 +87,9 @@ fn apply_overrides(cli: &Cli, cfg: &mut ServerConfig) {
         }
     }
     if cli.test {
+        // Test mode changes nothing on the host: no firewall rule, no client
+        // command, no CMD_CYCLE script (the executor logs what would have run).
+        cfg.server.test_mode = true;
         cfg.action = vec![ActionConfig {
             kind: "log".into(),
             settings: Default::default(),

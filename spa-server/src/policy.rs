@@ -131,6 +131,10 @@ pub enum GrantKind {
         command: String,
         user: Option<String>,
         group: Option<String>,
+        /// CMD_CAPABILITIES: what the command keeps.
+        capabilities: postern_backend_script::CapSet,
+        /// ENABLE_CMD_SUDO_EXEC.
+        sudo: Option<postern_backend_script::SudoExec>,
     },
 }
 
@@ -140,6 +144,8 @@ pub struct CmdCycle {
     pub open: String,
     pub close: Option<String>,
     pub timer: u32,
+    /// CMD_CAPABILITIES: what the scripts keep.
+    pub capabilities: postern_backend_script::CapSet,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -296,6 +302,8 @@ pub fn evaluate(settings: &PolicySettings, req: &Request) -> Result<Grant, Denia
             command: cmd.command,
             user: stanza.cmd_exec_user.clone(),
             group: stanza.cmd_exec_group.clone(),
+            capabilities: stanza.cmd_capabilities,
+            sudo: stanza.sudo_exec(),
         };
         (cmd.allow_ip, kind)
     } else {
@@ -338,6 +346,7 @@ pub fn evaluate(settings: &PolicySettings, req: &Request) -> Result<Grant, Denia
         open: open.clone(),
         close: stanza.cmd_cycle_close.clone(),
         timer: stanza.cmd_cycle_timer.unwrap_or(timeout_secs),
+        capabilities: stanza.cmd_capabilities,
     });
     Ok(Grant {
         source,

@@ -67,8 +67,9 @@ fn action_toml(a: Action) -> String {
     match a {
         Action::Nftables => nftables_action(PORT),
         Action::Iptables => iptables_action(),
+        // The scripts run iptables: they get only the capabilities named here.
         Action::Script => format!(
-            "[[action]]\ntype = \"script\"\nopen = \"{}\"\nclose = \"{}\"\n",
+            "[[action]]\ntype = \"script\"\ncapabilities = [\"net_admin\", \"net_raw\"]\nopen = \"{}\"\nclose = \"{}\"\n",
             ipt_rule("-I"),
             ipt_rule("-D")
         ),
@@ -86,7 +87,7 @@ fn cycle(capture: Capture, action: Action, tag: &str) {
     let conf = ConfDir::new();
     let extra = match action {
         Action::CmdCycle => format!(
-            "CMD_CYCLE_OPEN {}\nCMD_CYCLE_CLOSE {}\nCMD_CYCLE_TIMER {TIMEOUT}\n",
+            "CMD_CYCLE_OPEN {}\nCMD_CYCLE_CLOSE {}\nCMD_CYCLE_TIMER {TIMEOUT}\nCMD_CAPABILITIES net_admin,net_raw\n",
             ipt_rule("-I"),
             ipt_rule("-D")
         ),
@@ -118,9 +119,8 @@ fn cycle(capture: Capture, action: Action, tag: &str) {
         )
     };
 
-    // The daemon keeps only what it needs (the script actions keep everything).
+    // The daemon keeps only what it needs, scripts' capabilities included.
     let want = match (capture, action) {
-        (_, Action::Script | Action::CmdCycle) => None,
         (Capture::Udp | Capture::Tcp, Action::Nftables) => Some(caps_mask(&[CAP_NET_ADMIN])),
         _ => Some(caps_mask(&[CAP_NET_ADMIN, CAP_NET_RAW])),
     };

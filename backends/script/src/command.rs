@@ -15,11 +15,58 @@
 //!   the target user), the working directory is `/` (as fwknopd), stdin is empty.
 //! - A time limit kills the command and everything it started (own process
 //!   group); stdout and stderr are captured up to a size limit.
+//! - The command inherits no descriptor and no capability, unless the stanza
+//!   lists some (CMD_CAPABILITIES); exec cannot regain any (`no_new_privs`).
+//!   fwknopd's command keeps all of root's.
+//! - ENABLE_CMD_SUDO_EXEC runs `SUDO_EXE [-u CMD_SUDO_EXEC_USER] [-g
+//!   CMD_SUDO_EXEC_GROUP] argv…` (the options left out for `root`, as fwknopd),
+//!   itself as CMD_EXEC_USER when set, so sudoers decides what may run. As root,
+//!   sudo keeps [`SUDO_CAPABILITIES`] (plus CMD_CAPABILITIES) under
+//!   `no_new_privs`; as another user it keeps none and needs its setuid bit, so
+//!   `no_new_privs` stays off and sudo gets the daemon's bounding set.
 
+use crate::child::{CapSet, ChildPrivileges, Identity};
 use crate::exec::{run_limited, Limits};
 use nix::unistd::{Group, User};
+use std::path::PathBuf;
 use std::process::{Command, ExitStatus};
 use std::time::Duration;
+
+/// fwknopd's SUDO_EXE default.
+pub const DEFAULT_SUDO_EXE: &str = "/usr/bin/sudo";
+
+/// What sudo started by root needs: change user and group, write its audit record.
+pub const SUDO_CAPABILITIES: &[caps::Capability] = &[
+    caps::Capability::CAP_SETUID,
+    caps::Capability::CAP_SETGID,
+    caps::Capability::CAP_AUDIT_WRITE,
+];
+
+/// ENABLE_CMD_SUDO_EXEC settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SudoExec {
+    /// SUDO_EXE (fwknopd's default `/usr/bin/sudo`).
+    pub exe: PathBuf,
+    /// CMD_SUDO_EXEC_USER: `sudo -u`; `None` or `root` leaves it out.
+    pub user: Option<String>,
+    /// CMD_SUDO_EXEC_GROUP: `sudo -g`; `None` or `root` leaves it out.
+    pub group: Option<String>,
+}
+
+impl SudoExec {
+    /// `sudo [-u USER] [-g GROUP]`, to put in front of the client's argv.
+    pub fn prefix(&self) -> Vec<String> {
+        let mut argv = vec![self.exe.display().to_string()];
+        let not_root = |v: &Option<String>| v.clone().filter(|n| !n.eq_ignore_ascii_case("root"));
+        if let Some(user) = not_root(&self.user) {
+            argv.extend(["-u".into(), user]);
+        }
+        if let Some(group) = not_root(&self.group) {
+            argv.extend(["-g".into(), group]);
+        }
+        argv
+    }
+}
 
 /// PATH given to client commands: the system directories only.
 const SAFE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -34,6 +81,10 @@ pub struct CommandExec {
     pub timeout: Duration,
     /// Bytes kept from each of stdout and stderr.
     pub max_output: usize,
+    /// CMD_CAPABILITIES: what the command keeps (default none).
+    pub capabilities: CapSet,
+    /// ENABLE_CMD_SUDO_EXEC: run the command through sudo.
+    pub sudo: Option<SudoExec>,
 }
 
 impl Default for CommandExec {
@@ -43,7 +94,28 @@ impl Default for CommandExec {
             group: None,
             timeout: Duration::from_secs(30),
             max_output: 64 * 1024,
+            capabilities: CapSet::EMPTY,
+            sudo: None,
         }
+    }
+}
+
+impl CommandExec {
+    /// Every capability a command run this way holds at exec.
+    pub fn child_capabilities(&self) -> CapSet {
+        match &self.sudo {
+            Some(_) => self.capabilities.union(CapSet::of(SUDO_CAPABILITIES)),
+            None => self.capabilities,
+        }
+    }
+
+    /// The argv that runs `cmd` (split, behind sudo when enabled).
+    pub fn argv(&self, cmd: &str) -> Result<Vec<String>, CommandError> {
+        let argv = split_command(cmd)?;
+        Ok(match &self.sudo {
+            Some(sudo) => sudo.prefix().into_iter().chain(argv).collect(),
+            None => argv,
+        })
     }
 }
 
@@ -115,22 +187,34 @@ pub fn run_command(
 
 /// Run `cmd` with full settings.
 pub fn run_command_with(cmd: &str, exec: &CommandExec) -> Result<CommandOutput, CommandError> {
-    let argv = split_command(cmd)?;
+    let argv = exec.argv(cmd)?;
     let mut command = Command::new(&argv[0]);
     command
         .args(&argv[1..])
         .current_dir("/")
         .env_clear()
         .env("PATH", SAFE_PATH);
-    apply_identity(&mut command, exec)?;
+    let identity = apply_identity(&mut command, exec)?;
+    let runs_as_root = identity.is_none_or(|id| id.uid == 0);
+    let privileges = ChildPrivileges {
+        identity,
+        // sudo as another user gets its powers from its setuid bit, none from us.
+        capabilities: Some(if exec.sudo.is_some() && !runs_as_root {
+            exec.capabilities
+        } else {
+            exec.child_capabilities()
+        }),
+        allow_setuid_programs: exec.sudo.is_some() && !runs_as_root,
+    };
     let limits = Limits {
         timeout: exec.timeout,
         max_output: exec.max_output,
     };
-    let finished = run_limited(command, None, limits).map_err(|e| CommandError::Spawn {
-        program: argv[0].clone(),
-        reason: e.to_string(),
-    })?;
+    let finished =
+        run_limited(command, None, limits, privileges).map_err(|e| CommandError::Spawn {
+            program: argv[0].clone(),
+            reason: e.to_string(),
+        })?;
     match finished.status {
         Some(status) => Ok(CommandOutput {
             argv,
@@ -148,9 +232,11 @@ pub fn run_command_with(cmd: &str, exec: &CommandExec) -> Result<CommandOutput, 
     }
 }
 
-/// Set uid/gid and the user's basic environment.
-fn apply_identity(command: &mut Command, exec: &CommandExec) -> Result<(), CommandError> {
-    use std::os::unix::process::CommandExt;
+/// Look up the uid/gid to run as and set the user's basic environment.
+fn apply_identity(
+    command: &mut Command,
+    exec: &CommandExec,
+) -> Result<Option<Identity>, CommandError> {
     let lookup_error = |name: &str, e: nix::Error| CommandError::Lookup {
         name: name.into(),
         reason: e.to_string(),
@@ -172,18 +258,21 @@ fn apply_identity(command: &mut Command, exec: &CommandExec) -> Result<(), Comma
         ),
         None => user.as_ref().map(|u| u.gid),
     };
-    if let Some(gid) = gid {
-        command.gid(gid.as_raw());
-    }
+    let daemon_uid = nix::unistd::getuid().as_raw();
+    let identity = match (&user, gid) {
+        (None, None) => None,
+        (user, gid) => Some(Identity {
+            uid: user.as_ref().map_or(daemon_uid, |u| u.uid.as_raw()),
+            gid: gid.map_or_else(|| nix::unistd::getgid().as_raw(), |g| g.as_raw()),
+        }),
+    };
     if let Some(user) = user {
-        // std drops supplementary groups when it changes the uid.
-        command.uid(user.uid.as_raw());
         command
             .env("HOME", &user.dir)
             .env("USER", &user.name)
             .env("LOGNAME", &user.name);
     }
-    Ok(())
+    Ok(identity)
 }
 
 #[cfg(test)]

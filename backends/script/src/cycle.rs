@@ -11,10 +11,13 @@
 //!   proto/port of a request); the daemon may pass just the first to mimic it;
 //! - a repeated grant of an open rule extends its expiry (never shortens it) and
 //!   does not run the open command again, so scripts never stack duplicates;
-//! - a close that fails is kept and retried with back-off, never dropped.
+//! - a close that fails is kept and retried with back-off, never dropped;
+//! - the commands inherit no descriptor and no capability beyond `capabilities`
+//!   (fwknopd's keep everything root has).
 
-use crate::runner::{find_program, SystemRunner};
-use crate::state::{PendingClose, StateFile};
+use crate::child::CapSet;
+use crate::runner::{find_program, ConfinedRunner};
+use crate::state::{PendingClose, ScriptOrigin, StateFile};
 use crate::template::{Template, Values};
 use serde::Deserialize;
 use spa_core::firewall::{CommandRunner, Firewall, FirewallError, FwResult, Opening, Rule};
@@ -47,6 +50,9 @@ pub struct ScriptConfig {
     /// openings outlive a clean stop and are closed by the next start.
     #[serde(default = "default_true")]
     pub close_at_exit: bool,
+    /// Capabilities the open/close commands keep (CMD_CAPABILITIES); none by default.
+    #[serde(default)]
+    pub capabilities: CapSet,
 }
 
 fn default_command_timeout() -> u64 {
@@ -67,6 +73,7 @@ impl ScriptConfig {
             destination: None,
             command_timeout_secs: default_command_timeout(),
             close_at_exit: true,
+            capabilities: CapSet::EMPTY,
         }
     }
 }
@@ -110,7 +117,15 @@ impl ScriptBackend {
                 Some(Template::parse(text).map_err(|e| config_error(format!("`close` {e}")))?)
             }
         };
-        let state = config.state_file.clone().map(StateFile::new);
+        let origin = ScriptOrigin {
+            open: config.open.clone(),
+            close: config.close.clone(),
+            capabilities: config.capabilities,
+        };
+        let state = config
+            .state_file
+            .clone()
+            .map(|path| StateFile::new(path).with_origin(origin));
         let pending = match &state {
             Some(file) => file.load().map_err(config_error)?,
             None => Vec::new(),
@@ -128,10 +143,13 @@ impl ScriptBackend {
     }
 
     /// Build with the real process runner; a program the templates name that is
-    /// not installed gives [`FirewallError::Missing`].
+    /// not installed gives [`FirewallError::Missing`], a capability the daemon
+    /// does not hold (so cannot give) an error naming it.
     pub fn system(config: &ScriptConfig) -> FwResult<Self> {
-        let runner = SystemRunner {
+        require_held(config.capabilities)?;
+        let runner = ConfinedRunner {
             timeout: Duration::from_secs(config.command_timeout_secs),
+            capabilities: config.capabilities,
         };
         let backend = ScriptBackend::new(config, Box::new(runner))?;
         for template in std::iter::once(&backend.open).chain(&backend.close) {
@@ -222,10 +240,20 @@ impl ScriptBackend {
             .map(|t| t.render(&values))
             .transpose()
             .map_err(render_error)?;
+        let owed = close_argv.map(|close| PendingClose::new(opening, close));
+        if let Some(entry) = &owed {
+            // Write ahead: the close is on disk before the open runs, so a daemon
+            // killed right after the open still owes it at the next start. A
+            // failed open is rolled back, which rewrites the file without it.
+            let mut all = self.pending.clone();
+            all.extend(opened.iter().cloned());
+            all.push(entry.clone());
+            self.save(&all).map_err(config_error)?;
+        }
         self.runner.run(&open_argv, None)?;
         tracing::info!(rule = %opening.rule, expires_at = opening.expires_at, "script: ran open command");
-        match close_argv {
-            Some(close) => opened.push(PendingClose::new(opening, close)),
+        match owed {
+            Some(entry) => opened.push(entry),
             None => {
                 tracing::info!(rule = %opening.rule, "script: close is NONE, access stays open")
             }
@@ -289,8 +317,12 @@ impl ScriptBackend {
     }
 
     fn persist(&self) -> Result<(), String> {
+        self.save(&self.pending)
+    }
+
+    fn save(&self, pending: &[PendingClose]) -> Result<(), String> {
         match &self.state {
-            Some(file) => file.save(&self.pending),
+            Some(file) => file.save(pending),
             None => Ok(()),
         }
     }
@@ -303,6 +335,21 @@ impl ScriptBackend {
             .map(|p| (p.rule(), p.failures))
             .collect()
     }
+}
+
+/// Scripts can only be given capabilities the daemon has itself.
+fn require_held(wanted: CapSet) -> FwResult<()> {
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let have = CapSet::permitted_now().map_err(|e| config_error(e.to_string()))?;
+    if wanted.is_subset(have) {
+        return Ok(());
+    }
+    let missing = wanted.minus(have);
+    Err(config_error(format!(
+        "capabilities = {missing} cannot be given to scripts: posternd does not hold them"
+    )))
 }
 
 impl Firewall for ScriptBackend {

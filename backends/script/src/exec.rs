@@ -3,8 +3,11 @@
 //! Shared by [`crate::SystemRunner`] (firewall tools) and [`crate::run_command`]
 //! (command mode). The child gets its own process group so that on timeout the
 //! whole group — including anything it forked — is killed, and a grandchild that
-//! keeps the output pipes open cannot make us wait past the deadline.
+//! keeps the output pipes open cannot make us wait past the deadline. Every
+//! child is locked down by [`ChildPrivileges`] first (no inherited descriptors,
+//! only the capabilities it is given).
 
+use crate::child::ChildPrivileges;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use std::io::{self, Read, Write};
@@ -65,10 +68,16 @@ fn read_capped(mut pipe: impl Read, max: usize) -> (Vec<u8>, bool) {
     (kept, truncated)
 }
 
-/// Spawn `cmd` (stdio is set here), feed `stdin`, and collect its output until it
-/// exits and closes its pipes, or until `limits.timeout`. Only a failure to start
-/// the process is an `Err`.
-pub fn run_limited(mut cmd: Command, stdin: Option<&[u8]>, limits: Limits) -> io::Result<Finished> {
+/// Spawn `cmd` (stdio is set here) with `privileges`, feed `stdin`, and collect
+/// its output until it exits and closes its pipes, or until `limits.timeout`.
+/// Only a failure to start the process (or to lock it down) is an `Err`.
+pub fn run_limited(
+    mut cmd: Command,
+    stdin: Option<&[u8]>,
+    limits: Limits,
+    privileges: ChildPrivileges,
+) -> io::Result<Finished> {
+    privileges.apply(&mut cmd);
     cmd.stdin(if stdin.is_some() {
         Stdio::piped()
     } else {
@@ -165,6 +174,10 @@ pub fn run_limited(mut cmd: Command, stdin: Option<&[u8]>, limits: Limits) -> io
 mod tests {
     use super::*;
 
+    fn run_limited_tool(c: Command, stdin: Option<&[u8]>, l: Limits) -> io::Result<Finished> {
+        run_limited(c, stdin, l, ChildPrivileges::firewall_tool())
+    }
+
     fn limits(ms: u64, max: usize) -> Limits {
         Limits {
             timeout: Duration::from_millis(ms),
@@ -176,7 +189,7 @@ mod tests {
     fn captures_stdout_stderr_and_status() {
         let mut c = Command::new("ls");
         c.args(["/", "/nonexistent-postern"]);
-        let f = run_limited(c, None, limits(5000, 1 << 20)).unwrap();
+        let f = run_limited_tool(c, None, limits(5000, 1 << 20)).unwrap();
         assert!(!f.status.unwrap().success());
         assert!(String::from_utf8_lossy(&f.stdout).contains("usr"));
         assert!(String::from_utf8_lossy(&f.stderr).contains("nonexistent-postern"));
@@ -186,7 +199,7 @@ mod tests {
     fn output_is_capped_but_fully_drained() {
         let mut c = Command::new("head");
         c.args(["-c", "1000000", "/dev/zero"]);
-        let f = run_limited(c, None, limits(10_000, 100)).unwrap();
+        let f = run_limited_tool(c, None, limits(10_000, 100)).unwrap();
         assert!(f.status.unwrap().success());
         assert_eq!(f.stdout.len(), 100);
         assert!(f.truncated);
@@ -194,7 +207,7 @@ mod tests {
 
     #[test]
     fn stdin_is_fed() {
-        let f = run_limited(Command::new("cat"), Some(b"abc"), limits(5000, 100)).unwrap();
+        let f = run_limited_tool(Command::new("cat"), Some(b"abc"), limits(5000, 100)).unwrap();
         assert_eq!(f.stdout, b"abc");
     }
 
@@ -203,14 +216,14 @@ mod tests {
         let mut c = Command::new("sleep");
         c.arg("30");
         let start = Instant::now();
-        let f = run_limited(c, None, limits(200, 100)).unwrap();
+        let f = run_limited_tool(c, None, limits(200, 100)).unwrap();
         assert!(f.timed_out());
         assert!(start.elapsed() < Duration::from_secs(5));
     }
 
     #[test]
     fn spawn_failure_is_an_error() {
-        let e = run_limited(
+        let e = run_limited_tool(
             Command::new("/nonexistent/postern-tool"),
             None,
             limits(1000, 10),

@@ -4,6 +4,8 @@
 //! - [`ScriptBackend`]: fwknopd's CMD_CYCLE_OPEN / CMD_CYCLE_CLOSE as a
 //!   [`spa_core::firewall::Firewall`] (templates in [`template`]).
 //! - [`run_command`]: command mode (ENABLE_CMD_EXEC / CMD_EXEC_USER), no shell.
+//! - [`child`]: what every child keeps (no inherited descriptors; for commands
+//!   and scripts only the configured capabilities).
 //! - [`SystemRunner`], [`PrefixedRunner`]: run tools as argv with a time limit;
 //!   [`fake::RecordingRunner`] records argv for snapshot tests.
 
@@ -14,6 +16,7 @@
 //! packet), `expire(now)` on a timer, `shutdown()` on SIGTERM. For a command
 //! message it calls [`run_command_with`] on a blocking thread and logs the result.
 
+pub mod child;
 pub mod command;
 pub mod cycle;
 pub mod exec;
@@ -22,6 +25,12 @@ pub mod runner;
 pub mod state;
 pub mod template;
 
-pub use command::{run_command, run_command_with, CommandError, CommandExec, CommandOutput};
+pub use child::{CapSet, ChildPrivileges, Identity};
+pub use command::{
+    run_command, run_command_with, CommandError, CommandExec, CommandOutput, SudoExec,
+    SUDO_CAPABILITIES,
+};
 pub use cycle::{PacketAddresses, ScriptBackend, ScriptConfig};
-pub use runner::{find_program, missing_for, require_program, PrefixedRunner, SystemRunner};
+pub use runner::{
+    find_program, missing_for, require_program, ConfinedRunner, PrefixedRunner, SystemRunner,
+};

@@ -1,5 +1,6 @@
 //! Runs tools as argv, never through a shell, with a time limit.
 
+use crate::child::{CapSet, ChildPrivileges};
 use crate::exec::{run_limited, Limits};
 use spa_core::firewall::{CommandRunner, FirewallError, FwResult};
 use std::path::{Path, PathBuf};
@@ -9,7 +10,8 @@ use std::time::Duration;
 /// Output kept from a firewall tool; listings of big rule sets fit comfortably.
 const MAX_TOOL_OUTPUT: usize = 16 << 20;
 
-/// Spawns real processes.
+/// Spawns firewall tools: they keep the daemon's capabilities (iptables needs
+/// NET_ADMIN/NET_RAW) but inherit no descriptors.
 #[derive(Clone, Debug)]
 pub struct SystemRunner {
     pub timeout: Duration,
@@ -29,53 +31,79 @@ fn describe(argv: &[String]) -> String {
 
 impl CommandRunner for SystemRunner {
     fn run(&mut self, argv: &[String], stdin: Option<&str>) -> FwResult<String> {
-        let (program, args) = argv.split_first().ok_or_else(|| FirewallError::Other {
-            backend: "runner",
-            message: "empty command".into(),
-        })?;
-        let mut cmd = Command::new(program);
-        cmd.args(args);
-        let limits = Limits {
-            timeout: self.timeout,
-            max_output: MAX_TOOL_OUTPUT,
-        };
-        let finished = run_limited(cmd, stdin.map(str::as_bytes), limits).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                FirewallError::Missing {
-                    backend: "runner",
-                    what: format!("the program `{program}`"),
-                    hint: "install it or configure its full path".into(),
-                }
-            } else {
-                FirewallError::Command {
-                    command: describe(argv),
-                    status: "could not start".into(),
-                    stderr: e.to_string(),
-                }
+        run_tool(argv, stdin, self.timeout, ChildPrivileges::firewall_tool())
+    }
+}
+
+/// Spawns scripts (CMD_CYCLE_OPEN/CLOSE, the `script` action): like
+/// [`SystemRunner`], but the child keeps only `capabilities` (default none) and
+/// cannot gain any by exec (`no_new_privs`).
+#[derive(Clone, Debug)]
+pub struct ConfinedRunner {
+    pub timeout: Duration,
+    pub capabilities: CapSet,
+}
+
+impl CommandRunner for ConfinedRunner {
+    fn run(&mut self, argv: &[String], stdin: Option<&str>) -> FwResult<String> {
+        let privileges = ChildPrivileges::confined(self.capabilities);
+        run_tool(argv, stdin, self.timeout, privileges)
+    }
+}
+
+/// Run `argv` with `privileges`; its stdout on success.
+fn run_tool(
+    argv: &[String],
+    stdin: Option<&str>,
+    timeout: Duration,
+    privileges: ChildPrivileges,
+) -> FwResult<String> {
+    let (program, args) = argv.split_first().ok_or_else(|| FirewallError::Other {
+        backend: "runner",
+        message: "empty command".into(),
+    })?;
+    let mut cmd = Command::new(program);
+    cmd.args(args);
+    let limits = Limits {
+        timeout,
+        max_output: MAX_TOOL_OUTPUT,
+    };
+    let finished = run_limited(cmd, stdin.map(str::as_bytes), limits, privileges).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            FirewallError::Missing {
+                backend: "runner",
+                what: format!("the program `{program}`"),
+                hint: "install it or configure its full path".into(),
             }
-        })?;
-        let stderr = String::from_utf8_lossy(&finished.stderr).trim().to_string();
-        match finished.status {
-            None => Err(FirewallError::Command {
+        } else {
+            FirewallError::Command {
                 command: describe(argv),
-                status: format!("killed after {:?}", self.timeout),
-                stderr,
-            }),
-            // A cut listing could make a backend miss its own rules: refuse it.
-            Some(_) if finished.truncated => Err(FirewallError::Command {
-                command: describe(argv),
-                status: format!("output larger than {MAX_TOOL_OUTPUT} bytes"),
-                stderr,
-            }),
-            Some(status) if status.success() => {
-                Ok(String::from_utf8_lossy(&finished.stdout).into_owned())
+                status: "could not start".into(),
+                stderr: e.to_string(),
             }
-            Some(status) => Err(FirewallError::Command {
-                command: describe(argv),
-                status: status.to_string(),
-                stderr,
-            }),
         }
+    })?;
+    let stderr = String::from_utf8_lossy(&finished.stderr).trim().to_string();
+    match finished.status {
+        None => Err(FirewallError::Command {
+            command: describe(argv),
+            status: format!("killed after {timeout:?}"),
+            stderr,
+        }),
+        // A cut listing could make a backend miss its own rules: refuse it.
+        Some(_) if finished.truncated => Err(FirewallError::Command {
+            command: describe(argv),
+            status: format!("output larger than {MAX_TOOL_OUTPUT} bytes"),
+            stderr,
+        }),
+        Some(status) if status.success() => {
+            Ok(String::from_utf8_lossy(&finished.stdout).into_owned())
+        }
+        Some(status) => Err(FirewallError::Command {
+            command: describe(argv),
+            status: status.to_string(),
+            stderr,
+        }),
     }
 }
 

@@ -68,9 +68,21 @@ impl PendingClose {
     }
 }
 
+/// The script a state file belongs to, so a daemon that starts with a different
+/// configuration still finds (and runs) the closes it owes.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ScriptOrigin {
+    pub open: String,
+    pub close: Option<String>,
+    #[serde(default)]
+    pub capabilities: crate::child::CapSet,
+}
+
 #[derive(Serialize, Deserialize)]
 struct StateDoc {
     version: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    script: Option<ScriptOrigin>,
     pending: Vec<PendingClose>,
 }
 
@@ -80,11 +92,26 @@ const STATE_VERSION: u32 = 1;
 #[derive(Clone, Debug)]
 pub struct StateFile {
     path: PathBuf,
+    origin: Option<ScriptOrigin>,
 }
 
 impl StateFile {
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        StateFile { path: path.into() }
+        StateFile {
+            path: path.into(),
+            origin: None,
+        }
+    }
+
+    /// Saved files also record which script they belong to.
+    pub fn with_origin(mut self, origin: ScriptOrigin) -> Self {
+        self.origin = Some(origin);
+        self
+    }
+
+    /// The script a saved file belongs to (`None` for files without one).
+    pub fn origin_on_disk(&self) -> Result<Option<ScriptOrigin>, String> {
+        Ok(self.read_doc()?.and_then(|d| d.script))
     }
 
     pub fn path(&self) -> &Path {
@@ -94,9 +121,13 @@ impl StateFile {
     /// The pending closes on disk; an absent file means none. A file that cannot be
     /// read or parsed is an error: forgetting its closes would leave ports open.
     pub fn load(&self) -> Result<Vec<PendingClose>, String> {
+        Ok(self.read_doc()?.map(|d| d.pending).unwrap_or_default())
+    }
+
+    fn read_doc(&self) -> Result<Option<StateDoc>, String> {
         let text = match std::fs::read_to_string(&self.path) {
             Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => {
                 return Err(format!(
                     "cannot read state file {}: {e}",
@@ -117,12 +148,13 @@ impl StateFile {
                 doc.version
             ));
         }
-        Ok(doc.pending)
+        Ok(Some(doc))
     }
 
     pub fn save(&self, pending: &[PendingClose]) -> Result<(), String> {
         let doc = StateDoc {
             version: STATE_VERSION,
+            script: self.origin.clone(),
             pending: pending.to_vec(),
         };
         let text = serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())?;

@@ -4,6 +4,7 @@ pub use super::conf_file::Findings;
 use super::conf_file::{parse_bool, parse_lines, parse_num, ConfError, Entry, Origin};
 use super::secure_read;
 use ipnet::IpNet;
+use postern_backend_script::{CapSet, SudoExec};
 use serde::{Deserialize, Serialize};
 use spa_core::request::parse_proto_ports;
 use spa_core::{DigestType, EncryptionMode, ProtoPort, Secret};
@@ -138,6 +139,19 @@ pub struct AccessStanza {
     pub cmd_cycle_close: Option<String>,
     #[serde(default)]
     pub cmd_cycle_timer: Option<u32>,
+    /// CMD_CAPABILITIES (postern): capabilities this stanza's client commands and
+    /// CMD_CYCLE scripts keep, e.g. `net_admin,net_raw`; none by default.
+    #[serde(default, skip_serializing_if = "CapSet::is_empty")]
+    pub cmd_capabilities: CapSet,
+    /// ENABLE_CMD_SUDO_EXEC: client commands run through sudo.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub enable_cmd_sudo_exec: bool,
+    /// CMD_SUDO_EXEC_USER: `sudo -u` (root when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmd_sudo_exec_user: Option<String>,
+    /// CMD_SUDO_EXEC_GROUP: `sudo -g`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmd_sudo_exec_group: Option<String>,
     /// FORCE_NAT `IP PORT`: every access from this stanza is forwarded there.
     #[serde(default)]
     pub force_nat: Option<ForceNat>,
@@ -356,6 +370,10 @@ impl AccessStanza {
             cmd_cycle_open: None,
             cmd_cycle_close: None,
             cmd_cycle_timer: None,
+            cmd_capabilities: CapSet::EMPTY,
+            enable_cmd_sudo_exec: false,
+            cmd_sudo_exec_user: None,
+            cmd_sudo_exec_group: None,
             force_nat: None,
             force_snat: None,
             force_masquerade: false,
@@ -489,6 +507,28 @@ impl AccessStanza {
         Ok(())
     }
 
+    /// ENABLE_CMD_SUDO_EXEC's sudo invocation, when on.
+    pub fn sudo_exec(&self) -> Option<SudoExec> {
+        self.enable_cmd_sudo_exec.then(|| SudoExec {
+            exe: postern_backend_script::command::DEFAULT_SUDO_EXE.into(),
+            user: self.cmd_sudo_exec_user.clone(),
+            group: self.cmd_sudo_exec_group.clone(),
+        })
+    }
+
+    /// Every capability a child this stanza starts may hold: CMD_CAPABILITIES
+    /// for its commands and CMD_CYCLE scripts, plus what sudo needs.
+    pub fn child_capabilities(&self) -> CapSet {
+        let mut set = CapSet::EMPTY;
+        if self.cmd_cycle_open.is_some() || self.enable_cmd_exec {
+            set = set.union(self.cmd_capabilities);
+        }
+        if self.enable_cmd_exec && self.enable_cmd_sudo_exec {
+            set = set.union(CapSet::of(postern_backend_script::SUDO_CAPABILITIES));
+        }
+        set
+    }
+
     pub fn describe(&self) -> String {
         match &self.origin {
             Some(o) => format!("stanza at {o}"),
@@ -537,6 +577,22 @@ impl AccessStanza {
         // 0 would let a client ask for a grant without expiry in some firewalls.
         if self.max_fw_timeout == 0 {
             return Err("MAX_FW_TIMEOUT must be at least 1".into());
+        }
+        self.validate_child_capabilities()
+    }
+
+    /// A child cannot be given a capability posternd does not hold itself.
+    fn validate_child_capabilities(&self) -> Result<(), String> {
+        let wanted = self.child_capabilities();
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let have = CapSet::permitted_now().map_err(|e| format!("cannot read capabilities: {e}"))?;
+        let missing = wanted.minus(have);
+        if !missing.is_empty() {
+            return Err(format!(
+                "CMD_CAPABILITIES / ENABLE_CMD_SUDO_EXEC need {missing}, which posternd does not hold"
+            ));
         }
         Ok(())
     }
@@ -593,6 +649,13 @@ impl AccessStanza {
             "CMD_CYCLE_OPEN" => self.cmd_cycle_open = Some(e.value.clone()),
             "CMD_CYCLE_CLOSE" => self.cmd_cycle_close = Some(e.value.clone()),
             "CMD_CYCLE_TIMER" => self.cmd_cycle_timer = Some(parse_num(e)?),
+            "CMD_CAPABILITIES" => {
+                self.cmd_capabilities = CapSet::parse(&e.value)
+                    .map_err(|m| ConfError::new(&e.origin, format!("CMD_CAPABILITIES: {m}")))?
+            }
+            "ENABLE_CMD_SUDO_EXEC" => self.enable_cmd_sudo_exec = parse_bool(e)?,
+            "CMD_SUDO_EXEC_USER" => self.cmd_sudo_exec_user = Some(e.value.clone()),
+            "CMD_SUDO_EXEC_GROUP" => self.cmd_sudo_exec_group = Some(e.value.clone()),
             "FORCE_NAT" => {
                 self.force_nat =
                     Some(e.value.parse().map_err(|m: String| {
@@ -632,9 +695,6 @@ impl AccessStanza {
             "GPG_IGNORE_SIG_VERIFY_ERROR" => self.gpg_ignore_sig_verify_error = parse_bool(e)?,
             "GPG_REMOTE_ID" => self.gpg_remote_id = split_list(&e.value),
             "GPG_FINGERPRINT_ID" => self.gpg_fingerprint_id = split_list(&e.value),
-            "ENABLE_CMD_SUDO_EXEC" | "CMD_SUDO_EXEC_USER" | "CMD_SUDO_EXEC_GROUP" => {
-                return Ok(Known::Ignored)
-            }
             _ => return Ok(Known::Unknown),
         }
         Ok(Known::Used)
@@ -971,6 +1031,43 @@ mod tests {
                 .to_string()
                 .contains(":14: unknown access.conf variable `SOMETHING_ELSE`"),
             "{found:?}"
+        );
+    }
+
+    #[test]
+    fn child_capabilities_and_sudo_are_read_and_bad_names_name_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = "SOURCE ANY\nKEY k\nENABLE_CMD_EXEC Y\nCMD_CAPABILITIES net_raw\nENABLE_CMD_SUDO_EXEC Y\nCMD_SUDO_EXEC_USER nobody\nCMD_SUDO_EXEC_GROUP nogroup\n";
+        let p = write(dir.path(), "access.conf", text, 0o600);
+        let mut found = Findings::default();
+        let s = &load_access_file(&p, &mut found).unwrap()[0];
+        assert!(
+            found.warnings.is_empty() && found.unknown.is_empty(),
+            "{found:?}"
+        );
+        assert_eq!(s.cmd_capabilities, CapSet::parse("net_raw").unwrap());
+        let sudo = s.sudo_exec().unwrap();
+        assert_eq!(
+            sudo.prefix(),
+            ["/usr/bin/sudo", "-u", "nobody", "-g", "nogroup"]
+        );
+        assert_eq!(
+            s.child_capabilities(),
+            CapSet::parse("net_raw,setuid,setgid,audit_write").unwrap()
+        );
+
+        let p = write(
+            dir.path(),
+            "bad.conf",
+            "SOURCE ANY\nKEY k\nCMD_CAPABILITIES net_admin, net_magic\n",
+            0o600,
+        );
+        let err = load_access_file(&p, &mut Findings::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("bad.conf:3") && err.contains("`net_magic`"),
+            "{err}"
         );
     }
 

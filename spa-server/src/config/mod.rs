@@ -55,6 +55,9 @@ pub struct ServerSection {
         skip_serializing_if = "Vec::is_empty"
     )]
     pub blacklist: Vec<ipnet::IpNet>,
+    /// `posternd -t`: run no client command and no CMD_CYCLE script, only log them.
+    #[serde(skip)]
+    pub test_mode: bool,
 }
 
 /// BLACKLIST's comma (or space) separated addresses and networks; `ANY` is
@@ -162,6 +165,7 @@ impl Default for ServerSection {
             allow_any_user_agent: false,
             x_forwarded_for: false,
             blacklist: Vec::new(),
+            test_mode: false,
         }
     }
 }
@@ -327,6 +331,25 @@ pub struct ServerConfig {
     pub access_folder: Option<PathBuf>,
     #[serde(default)]
     pub access: Vec<AccessStanza>,
+}
+
+impl ServerConfig {
+    /// Every capability a child posternd starts may be given (CMD_CAPABILITIES,
+    /// sudo's needs, `capabilities` of script actions): the daemon must keep
+    /// these itself, in addition to what it needs for its own work.
+    pub fn child_capabilities(&self) -> postern_backend_script::CapSet {
+        let stanzas = self.access.iter().map(AccessStanza::child_capabilities);
+        let scripts = self.action.iter().filter(|a| a.kind == "script").map(|a| {
+            // Invalid values fail when the action is built; nothing to keep for them.
+            a.settings
+                .get("capabilities")
+                .and_then(|v| serde_json::from_value(v.clone()).ok())
+                .unwrap_or_default()
+        });
+        stanzas
+            .chain(scripts)
+            .fold(postern_backend_script::CapSet::EMPTY, |all, c| all.union(c))
+    }
 }
 
 fn default_captures() -> Vec<CaptureConfig> {
