@@ -467,7 +467,8 @@ pub fn tcp_exchange(
         let mut s = connect_from(src, to, Duration::from_secs(2))
             .map_err(|e| format!("connect {to}: {e}"))?;
         s.set_nonblocking(false).map_err(|e| e.to_string())?;
-        s.set_read_timeout(Some(within)).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(within))
+            .map_err(|e| e.to_string())?;
         if !payload.is_empty() {
             s.write_all(&payload).map_err(|e| format!("write: {e}"))?;
             let _ = s.shutdown(std::net::Shutdown::Write);

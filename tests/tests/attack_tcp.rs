@@ -11,7 +11,7 @@
 
 use postern_e2e::attacker::{vm_rss_kib, Attacker};
 use postern_e2e::posternd::{
-    knock_with, nftables_action, run_scenarios, runnable, tcp_capture, Setup, Service, SPA_PORT,
+    knock_with, nftables_action, run_scenarios, runnable, tcp_capture, Service, Setup, SPA_PORT,
 };
 use postern_e2e::scenario::{describe, SpaClient};
 use postern_e2e::wait_until;
@@ -102,11 +102,19 @@ fn under_attack(attack: Attack, tag: &str) {
     let during = holder.stats();
     let rss_after = vm_rss_kib(d.pid());
     let stats = holder.stop();
+    let log = d.log_text();
     println!(
         "  {attack:?}: {KNOCKS}/{KNOCKS} knocks got through; attacker held {held_at_knocks:?} \
          connections at the knocks, opened {} and saw {} closed in all; \
          posternd VmRSS {rss_before} KiB before, {rss_max} KiB max, {rss_after} KiB after",
         stats.opened, stats.closed
+    );
+    println!(
+        "  {attack:?}: {}",
+        log.lines()
+            .filter(|l| l.contains("under pressure"))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     assert!(during.alive > 0, "{}", ctx("the attack had stopped"));
     assert_eq!(
@@ -123,8 +131,16 @@ fn under_attack(attack: Attack, tag: &str) {
             rss_max.max(rss_after)
         ))
     );
+    // The slots were full: knocks got in by closing an attacker's oldest connection.
+    let evictions = log
+        .matches("closed the oldest connection of 192.0.2.")
+        .count();
+    assert!(
+        evictions >= 1,
+        "{}",
+        ctx("no knock had to evict: the slots were never full")
+    );
     // The operator sees the attack, in bounded form (one line per 10 s at most).
-    let log = d.log_text();
     let warnings = log.matches("TCP capture under pressure").count();
     assert!(
         (1..=2).contains(&warnings),

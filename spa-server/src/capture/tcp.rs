@@ -454,7 +454,11 @@ async fn read_packet<S: AsyncRead + Unpin>(stream: &mut S, limits: &Limits) -> R
     let mut buf = Vec::new();
     let mut chunk = [0u8; 2048];
     while buf.len() < limits.max_bytes {
-        let deadline = if buf.is_empty() { first_byte_by } else { all_by };
+        let deadline = if buf.is_empty() {
+            first_byte_by
+        } else {
+            all_by
+        };
         match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
             Err(_) if buf.is_empty() => return Read::Idle,
             Err(_) | Ok(Ok(0)) | Ok(Err(_)) => break,
@@ -532,7 +536,10 @@ mod tests {
         // The first connection of all was 192.0.2.1's: it is the one to go.
         let knock = gate.admit(v4(9), now).expect("the newcomer gets a slot");
         assert_eq!(knock.displaced, Some(v4(1)));
-        assert!(tickets[&1][0].evicted.is_cancelled(), "the oldest is closed");
+        assert!(
+            tickets[&1][0].evicted.is_cancelled(),
+            "the oldest is closed"
+        );
         assert!(tickets[&1][1..].iter().all(|t| !t.evicted.is_cancelled()));
         assert_eq!(gate.open, 64);
         // The evicted source coming back does not take the newcomer's slot, nor
