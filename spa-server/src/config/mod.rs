@@ -463,6 +463,39 @@ mod tests {
     }
 
     #[test]
+    fn tcp_capture_limits_have_defaults_and_can_be_set() {
+        let parse = |extra: &str| -> CaptureConfig {
+            toml::from_str(&format!(
+                "type = \"tcp\"\nlisten = \"0.0.0.0:62201\"\n{extra}"
+            ))
+            .unwrap_or_else(|e| panic!("{extra}: {e}"))
+        };
+        let listen = "0.0.0.0:62201".parse().unwrap();
+        assert_eq!(
+            parse(""),
+            CaptureConfig::tcp(listen),
+            "an old config stays valid"
+        );
+        let set = parse(
+            "first_byte_timeout_ms = 500\nread_timeout_ms = 900\nmax_bytes = 2000\n\
+             max_connections = 32\nmax_per_source = 2\nrate_per_source = 1\nburst_per_source = 3\n",
+        );
+        assert_eq!(
+            set,
+            CaptureConfig::Tcp {
+                listen,
+                first_byte_timeout_ms: 500,
+                read_timeout_ms: 900,
+                max_bytes: 2000,
+                max_connections: 32,
+                max_per_source: 2,
+                rate_per_source: 1,
+                burst_per_source: 3,
+            }
+        );
+    }
+
+    #[test]
     fn the_example_config_is_valid() {
         let path =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/postern.toml");
