@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 pub use tempfile;
 
+pub mod attacker;
 pub mod conformance;
 pub mod posternd;
 pub mod routed;

@@ -142,17 +142,27 @@ pub async fn spawn(
         }
         CaptureConfig::Tcp {
             listen,
+            first_byte_timeout_ms,
             read_timeout_ms,
             max_bytes,
             max_connections,
+            max_per_source,
+            rate_per_source,
+            burst_per_source,
         } => {
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .map_err(|e| anyhow::anyhow!("TCP capture cannot listen on {listen}: {e}"))?;
             let limits = tcp::Limits {
+                first_byte_timeout: std::time::Duration::from_millis(first_byte_timeout_ms),
                 read_timeout: std::time::Duration::from_millis(read_timeout_ms),
                 max_bytes: intake.read_limit(max_bytes),
-                max_connections,
+                slots: tcp::SlotLimits {
+                    max_connections,
+                    max_per_source,
+                    rate_per_source,
+                    burst_per_source,
+                },
                 intake,
             };
             tokio::spawn(tcp::run(listener, limits, pipeline, shutdown))

@@ -194,14 +194,37 @@ pub enum CaptureConfig {
         file: Option<PathBuf>,
     },
     /// A TCP server that reads one SPA packet per connection (Tor-reachable knocking).
+    ///
+    /// The defaults, and why: a knock is one connection carrying ~1 KB, sent at
+    /// once; over Tor its first byte arrives about one circuit round trip after
+    /// the exit connected (well under 2 s), the rest right behind it. So a
+    /// connection silent for `first_byte_timeout_ms` (2 s) is dropped, and no read
+    /// lasts longer than `read_timeout_ms` (3 s) however slowly bytes trickle in.
+    /// `max_connections` (256) bounds memory (a task, a socket and a 2 KB buffer
+    /// each). One source (an IPv4 address or an IPv6 /64) holds at most
+    /// `max_per_source` (8) slots: room for a NAT or a Tor exit shared by a few
+    /// clients, and 32 sources must hold full shares before the slots run out;
+    /// then a source holding none still gets in by closing the oldest connection
+    /// of the source holding the most, so no set of sources can starve a new one.
+    /// A source may open `burst_per_source` (16) connections back to back and
+    /// `rate_per_source` (4) per second after that: plenty for knocking, and it
+    /// bounds how fast one source can churn slots (its refused attempts count too).
     Tcp {
         listen: SocketAddr,
+        #[serde(default = "default_first_byte_timeout_ms")]
+        first_byte_timeout_ms: u64,
         #[serde(default = "default_read_timeout_ms")]
         read_timeout_ms: u64,
         #[serde(default = "default_max_bytes")]
         max_bytes: usize,
         #[serde(default = "default_max_connections")]
         max_connections: usize,
+        #[serde(default = "default_max_per_source")]
+        max_per_source: usize,
+        #[serde(default = "default_rate_per_source")]
+        rate_per_source: u32,
+        #[serde(default = "default_burst_per_source")]
+        burst_per_source: u32,
     },
 }
 
@@ -211,8 +234,11 @@ fn default_filter() -> String {
 fn default_snaplen() -> i32 {
     1500
 }
-fn default_read_timeout_ms() -> u64 {
+fn default_first_byte_timeout_ms() -> u64 {
     2000
+}
+fn default_read_timeout_ms() -> u64 {
+    3000
 }
 fn default_max_bytes() -> usize {
     spa_core::packet::MAX_WIRE_LEN + 2
@@ -220,15 +246,28 @@ fn default_max_bytes() -> usize {
 fn default_max_connections() -> usize {
     256
 }
+fn default_max_per_source() -> usize {
+    8
+}
+fn default_rate_per_source() -> u32 {
+    4
+}
+fn default_burst_per_source() -> u32 {
+    16
+}
 
 impl CaptureConfig {
     /// A TCP capture on `listen` with default limits.
     pub fn tcp(listen: SocketAddr) -> Self {
         CaptureConfig::Tcp {
             listen,
+            first_byte_timeout_ms: default_first_byte_timeout_ms(),
             read_timeout_ms: default_read_timeout_ms(),
             max_bytes: default_max_bytes(),
             max_connections: default_max_connections(),
+            max_per_source: default_max_per_source(),
+            rate_per_source: default_rate_per_source(),
+            burst_per_source: default_burst_per_source(),
         }
     }
 
@@ -546,6 +585,39 @@ mod tests {
         assert!(
             !shown.contains("pw") && shown.contains("redis://:***@h"),
             "{shown}"
+        );
+    }
+
+    #[test]
+    fn tcp_capture_limits_have_defaults_and_can_be_set() {
+        let parse = |extra: &str| -> CaptureConfig {
+            toml::from_str(&format!(
+                "type = \"tcp\"\nlisten = \"0.0.0.0:62201\"\n{extra}"
+            ))
+            .unwrap_or_else(|e| panic!("{extra}: {e}"))
+        };
+        let listen = "0.0.0.0:62201".parse().unwrap();
+        assert_eq!(
+            parse(""),
+            CaptureConfig::tcp(listen),
+            "an old config stays valid"
+        );
+        let set = parse(
+            "first_byte_timeout_ms = 500\nread_timeout_ms = 900\nmax_bytes = 2000\n\
+             max_connections = 32\nmax_per_source = 2\nrate_per_source = 1\nburst_per_source = 3\n",
+        );
+        assert_eq!(
+            set,
+            CaptureConfig::Tcp {
+                listen,
+                first_byte_timeout_ms: 500,
+                read_timeout_ms: 900,
+                max_bytes: 2000,
+                max_connections: 32,
+                max_per_source: 2,
+                rate_per_source: 1,
+                burst_per_source: 3,
+            }
         );
     }
 
