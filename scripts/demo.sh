@@ -63,7 +63,7 @@ protected = ["tcp/$PORT"]
 CONF
 
 say "posternd starts in $SERVER: its own nftables table drops tcp/$PORT unless granted"
-ip netns exec "$SERVER" "$BIN/posternd" -c "$WORK/postern.toml" >"$WORK/posternd.log" 2>&1 &
+ip netns exec "$SERVER" "$BIN/posternd" -f -c "$WORK/postern.toml" >"$WORK/posternd.log" 2>&1 &
 DAEMON_PID=$!
 for _ in $(seq 50); do grep -q "posternd ready" "$WORK/posternd.log" && break; sleep 0.1; done
 grep -q "posternd ready" "$WORK/posternd.log" || { cat "$WORK/posternd.log"; exit 1; }

@@ -24,7 +24,8 @@ pub struct Cli {
     /// A folder of access.conf files: every `*.conf` in it, in name order.
     #[arg(long = "access-folder", global = true, value_name = "DIR")]
     pub access_folder: Option<PathBuf>,
-    /// Run in the foreground (posternd always does; accepted for fwknopd compatibility).
+    /// Stay in the foreground, logging to stderr (by default posternd forks into
+    /// the background once it serves and logs to syslog, as fwknopd).
     #[arg(short = 'f', long)]
     pub foreground: bool,
     /// Interface(s) for the pcap capture (overrides PCAP_INTF).
@@ -90,7 +91,8 @@ pub struct Cli {
     pub locale: Option<String>,
     #[arg(long = "rotate-digest-cache", hide = true)]
     pub rotate_digest_cache: bool,
-    #[arg(long = "syslog-enable", hide = true)]
+    /// In the foreground, log to syslog too.
+    #[arg(long = "syslog-enable")]
     pub syslog_enable: bool,
     #[arg(long = "pcap-any-direction", hide = true)]
     pub pcap_any_direction: bool,
@@ -119,7 +121,6 @@ impl Cli {
             (self.packet_limit.is_some(), "--packet-limit"),
             (self.locale.is_some(), "--locale"),
             (self.rotate_digest_cache, "--rotate-digest-cache"),
-            (self.syslog_enable, "--syslog-enable"),
             (self.pcap_any_direction, "--pcap-any-direction"),
             (self.sudo_exe.is_some(), "--sudo-exe"),
         ]

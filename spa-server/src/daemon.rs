@@ -248,13 +248,19 @@ pub fn privilege_needs(cfg: &ServerConfig) -> crate::privileges::Needs {
 
 /// Serve until SIGTERM/SIGINT; SIGHUP re-reads the access stanzas. Capabilities
 /// are dropped by the caller, before the runtime's threads exist.
-pub async fn serve(sources: ConfigSources, cfg: ServerConfig) -> anyhow::Result<()> {
+pub async fn serve(
+    sources: ConfigSources,
+    cfg: ServerConfig,
+    mut readiness: crate::service::Readiness,
+) -> anyhow::Result<()> {
     let server_defaults = cfg.server.clone();
     let running = start(cfg).await?;
+    crate::service::spawn_watchdog(running.shutdown.clone());
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
     tracing::info!("posternd ready");
+    readiness.ready();
     loop {
         tokio::select! {
             _ = term.recv() => break,
@@ -276,6 +282,7 @@ pub async fn serve(sources: ConfigSources, cfg: ServerConfig) -> anyhow::Result<
         }
     }
     tracing::info!("shutting down");
+    crate::service::stopping();
     running.stop().await;
     Ok(())
 }

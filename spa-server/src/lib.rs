@@ -13,3 +13,4 @@ pub mod plugin;
 pub mod policy;
 pub mod privileges;
 pub mod replay;
+pub mod service;

@@ -11,7 +11,6 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.verbose);
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -21,20 +20,16 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(verbose: u8) {
-    let default = match verbose {
-        0 => "info",
-        1 => "debug",
-        _ => "trace",
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("POSTERN_LOG")
-        .unwrap_or_else(|_| default.into());
-    use std::io::IsTerminal;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
+/// Whether this run serves (rather than checking, listing or signalling).
+fn serves(cli: &Cli) -> bool {
+    !(cli.dump_config
+        || cli.exit_parse_config
+        || cli.kill
+        || cli.restart
+        || cli.status
+        || cli.fw_list
+        || cli.fw_flush
+        || cli.command.is_some())
 }
 
 /// Command-line overrides on top of the files.
@@ -111,6 +106,7 @@ fn default_config_file() -> Option<PathBuf> {
 fn pid_file(cli: &Cli, cfg: &ServerConfig) -> PathBuf {
     cli.pid_file
         .clone()
+        .or_else(|| cfg.server.pid_file.clone())
         .unwrap_or_else(|| cfg.server.run_dir.join("posternd.pid"))
 }
 
@@ -145,6 +141,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         lenient: cli.lenient_config,
     };
     let loaded = config::load(&sources)?;
+    let background = serves(&cli) && !cli.foreground;
+    spa_server::service::init_logging(
+        cli.verbose,
+        spa_server::service::LogTarget {
+            stderr: !background,
+            syslog: (background || cli.syslog_enable).then(|| {
+                (
+                    loaded.config.server.syslog_identity.clone(),
+                    loaded.config.server.syslog_facility.clone(),
+                )
+            }),
+        },
+    )?;
     for w in &loaded.warnings {
         tracing::warn!("{w}");
     }
@@ -224,6 +233,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         "the run directory",
         config::trust::Trust::Trusted,
     )?;
+    // Forked while there is one thread; the pid file names the daemon.
+    let readiness = if background {
+        spa_server::service::daemonize()?
+    } else {
+        spa_server::service::Readiness::default()
+    };
     std::fs::write(&pid_path, format!("{}\n", std::process::id()))
         .map_err(|e| anyhow::anyhow!("{}: {e}", pid_path.display()))?;
     // Before the runtime: capabilities are per thread, and every thread started
@@ -234,7 +249,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let result = rt.block_on(daemon::serve(sources, cfg));
+    let result = rt.block_on(daemon::serve(sources, cfg, readiness));
+    if let Err(e) = &result {
+        // In the background stderr is /dev/null by now.
+        tracing::error!("stopped: {e:#}");
+    }
     let _ = std::fs::remove_file(&pid_path);
     result.map(|()| ExitCode::SUCCESS)
 }

@@ -298,10 +298,11 @@ impl Posternd {
         log_dir: &Path,
     ) -> Result<Posternd, String> {
         let bin = posternd_bin().display().to_string();
+        // -f: in the foreground, logging to stderr (the log file read below).
         let argv: Vec<String> = wrapper
             .iter()
             .cloned()
-            .chain(std::iter::once(bin))
+            .chain([bin, "-f".into()])
             .chain(args.iter().cloned())
             .collect();
         let n = START_NO.fetch_add(1, Ordering::SeqCst);

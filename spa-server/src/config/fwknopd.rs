@@ -152,6 +152,9 @@ fn expand(value: &str, vars: &HashMap<String, String>) -> String {
     out
 }
 
+/// fwknopd's FWKNOP_RUN_DIR when the file sets none.
+pub const DEFAULT_RUN_DIR: &str = "/var/run/fwknop";
+
 /// fwknopd's FWKNOP_CONF_DIR when the file sets none.
 pub const DEFAULT_CONF_DIR: &str = "/etc/fwknop";
 
@@ -188,9 +191,19 @@ pub fn apply_fwknopd_conf(
         cfg.server.max_packet_age = parse_num(e)?;
     }
     cfg.server.packet_aging = flag("ENABLE_SPA_PACKET_AGING", true)?;
-    if let Some(e) = get("FWKNOP_RUN_DIR") {
-        cfg.server.run_dir = e.value.clone().into();
+    cfg.server.run_dir =
+        get("FWKNOP_RUN_DIR").map_or(DEFAULT_RUN_DIR.into(), |e| e.value.clone().into());
+    // As fwknopd, so log alerts and units written for it keep working.
+    cfg.server.syslog_identity =
+        get("SYSLOG_IDENTITY").map_or("fwknopd".into(), |e| e.value.clone());
+    if let Some(e) = get("SYSLOG_FACILITY") {
+        crate::service::parse_facility(&e.value).map_err(|m| ConfError::new(&e.origin, m))?;
+        cfg.server.syslog_facility = e.value.clone();
     }
+    cfg.server.pid_file = Some(get("FWKNOP_PID_FILE").map_or_else(
+        || cfg.server.run_dir.join("fwknopd.pid"),
+        |e| e.value.clone().into(),
+    ));
     if let Some(e) = get("CMD_EXEC_TIMEOUT") {
         cfg.server.cmd_exec_timeout = parse_num(e)?;
     }
@@ -213,7 +226,7 @@ pub fn apply_fwknopd_conf(
     cfg.replay = if flag("ENABLE_DIGEST_PERSISTENCE", true)? {
         let fwknop_run_dir = get("FWKNOP_RUN_DIR")
             .map(|e| e.value.clone())
-            .unwrap_or_else(|| "/var/run/fwknop".into());
+            .unwrap_or_else(|| DEFAULT_RUN_DIR.into());
         let cache = get("DIGEST_FILE")
             .map(|e| e.value.clone())
             .unwrap_or_else(|| format!("{fwknop_run_dir}/digest.cache"));

@@ -55,6 +55,15 @@ pub struct ServerSection {
         skip_serializing_if = "Vec::is_empty"
     )]
     pub blacklist: Vec<ipnet::IpNet>,
+    /// syslog identity (fwknopd.conf SYSLOG_IDENTITY; `fwknopd` with fwknop's files).
+    #[serde(default = "default_syslog_identity")]
+    pub syslog_identity: String,
+    /// syslog facility (SYSLOG_FACILITY), e.g. `LOG_DAEMON`, `LOG_LOCAL0`.
+    #[serde(default = "default_syslog_facility")]
+    pub syslog_facility: String,
+    /// The pid file (FWKNOP_PID_FILE, `-p`); default `<run_dir>/posternd.pid`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid_file: Option<PathBuf>,
     /// `posternd -t`: run no client command and no CMD_CYCLE script, only log them.
     #[serde(skip)]
     pub test_mode: bool,
@@ -137,12 +146,22 @@ impl From<SnatSetting> for String {
     }
 }
 
+fn default_syslog_identity() -> String {
+    "posternd".into()
+}
+
+fn default_syslog_facility() -> String {
+    "LOG_DAEMON".into()
+}
+
 impl ServerSection {
     /// Settings that would panic or misbehave later are refused at load.
     pub fn validate(&self) -> Result<(), String> {
         if self.queue_depth == 0 {
             return Err("[server] queue_depth must be at least 1".into());
         }
+        crate::service::parse_facility(&self.syslog_facility)
+            .map_err(|e| format!("[server] syslog_facility: {e}"))?;
         if self.cmd_exec_timeout == 0 {
             return Err("[server] cmd_exec_timeout (CMD_EXEC_TIMEOUT) must be at least 1".into());
         }
@@ -166,6 +185,9 @@ impl Default for ServerSection {
             x_forwarded_for: false,
             blacklist: Vec::new(),
             test_mode: false,
+            syslog_identity: default_syslog_identity(),
+            syslog_facility: default_syslog_facility(),
+            pid_file: None,
         }
     }
 }

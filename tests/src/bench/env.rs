@@ -195,7 +195,7 @@ impl Server {
                     s(&run)
                 ),
             );
-            vec![s(&setup.posternd), "-c".into(), s(&toml)]
+            vec![s(&setup.posternd), "-f".into(), "-c".into(), s(&toml)]
         } else {
             let mode = if kind == Kind::FwknopdUdp {
                 format!("ENABLE_UDP_SERVER Y;\nUDPSERV_PORT {SPA_PORT};\n")
