@@ -18,7 +18,6 @@ use std::ffi::OsString;
 use std::fs::OpenOptions;
 use std::io::{self, BufReader, IsTerminal, Write};
 use std::net::Ipv4Addr;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -218,26 +217,12 @@ fn stanza_name(cli: &Cli, settings: &Settings) -> Result<String> {
 }
 
 fn write_key_file(path: &Path, text: &str) -> Result<()> {
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| {
-            ClientError::io(
-                format!("unable to create key gen file {}", path.display()),
-                &e,
-            )
-        })?;
-    f.set_permissions(std::fs::Permissions::from_mode(0o600))
-        .and_then(|_| f.write_all(text.as_bytes()))
-        .map_err(|e| {
-            ClientError::io(
-                format!("unable to write key gen file {}", path.display()),
-                &e,
-            )
-        })
+    keys::write_key_file(path, text).map_err(|e| {
+        ClientError::io(
+            format!("unable to write key gen file {}", path.display()),
+            &e,
+        )
+    })
 }
 
 /// --key-gen / -K: make keys, print or store them, and stop.

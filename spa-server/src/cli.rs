@@ -94,8 +94,25 @@ pub struct Cli {
     /// In the foreground, log to syslog too.
     #[arg(long = "syslog-enable")]
     pub syslog_enable: bool,
-    #[arg(long = "pcap-any-direction", hide = true)]
+    /// pcap captures also take packets the host sends (ENABLE_PCAP_ANY_DIRECTION).
+    #[arg(long = "pcap-any-direction")]
     pub pcap_any_direction: bool,
+    /// Generate a Rijndael key and an HMAC key as `fwknop --key-gen` does, print
+    /// them (or write them to --key-gen-file) and exit.
+    #[arg(short = 'k', long = "key-gen")]
+    pub key_gen: bool,
+    /// Write the generated keys to FILE (mode 0600) instead of printing them.
+    #[arg(long = "key-gen-file", value_name = "FILE")]
+    pub key_gen_file: Option<PathBuf>,
+    /// Bytes of the generated Rijndael key (default 32).
+    #[arg(long = "key-len", value_name = "N")]
+    pub key_len: Option<String>,
+    /// Bytes of the generated HMAC key (default: the digest's block size).
+    #[arg(long = "hmac-key-len", value_name = "N")]
+    pub hmac_key_len: Option<String>,
+    /// HMAC digest the generated key is for (default sha256).
+    #[arg(long = "hmac-digest-type", value_name = "DIGEST")]
+    pub hmac_digest_type: Option<String>,
     /// GnuPG home directory for GPG stanzas without GPG_HOME_DIR
     #[arg(long = "gpg-home-dir", value_name = "DIR")]
     pub gpg_home_dir: Option<String>,
@@ -121,7 +138,6 @@ impl Cli {
             (self.packet_limit.is_some(), "--packet-limit"),
             (self.locale.is_some(), "--locale"),
             (self.rotate_digest_cache, "--rotate-digest-cache"),
-            (self.pcap_any_direction, "--pcap-any-direction"),
             (self.sudo_exe.is_some(), "--sudo-exe"),
         ]
         .into_iter()

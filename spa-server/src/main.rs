@@ -20,6 +20,29 @@ fn main() -> ExitCode {
     }
 }
 
+/// `--key-gen` as fwknopd: keys for access.conf, printed or written 0600.
+fn key_gen(cli: &Cli) -> anyhow::Result<ExitCode> {
+    let digest = match &cli.hmac_digest_type {
+        Some(d) => d
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--hmac-digest-type: {e}"))?,
+        None => spa_core::DigestType::Sha256,
+    };
+    let keys =
+        spa_client::keys::generate(cli.key_len.as_deref(), cli.hmac_key_len.as_deref(), digest)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let text = keys.to_keygen_output();
+    match &cli.key_gen_file {
+        Some(path) => {
+            spa_client::keys::write_key_file(path, &text)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            println!("[+] Wrote Rijndael and HMAC keys to: {}", path.display());
+        }
+        None => print!("{text}"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Whether this run serves (rather than checking, listing or signalling).
 fn serves(cli: &Cli) -> bool {
     !(cli.dump_config
@@ -67,6 +90,7 @@ fn apply_overrides(cli: &Cli, cfg: &mut ServerConfig) {
             interfaces,
             filter,
             file,
+            any_direction,
             ..
         } = c
         {
@@ -78,6 +102,9 @@ fn apply_overrides(cli: &Cli, cfg: &mut ServerConfig) {
             }
             if let Some(f) = &cli.pcap_file {
                 *file = Some(f.clone());
+            }
+            if cli.pcap_any_direction {
+                *any_direction = true;
             }
         }
     }
@@ -133,6 +160,9 @@ fn signal_running(pid_path: &PathBuf, signal: libc::c_int) -> anyhow::Result<Opt
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Some(flag) = cli.unsupported_flag() {
         anyhow::bail!("fwknopd option {flag} is not supported by posternd yet");
+    }
+    if cli.key_gen || cli.key_gen_file.is_some() {
+        return key_gen(&cli);
     }
     let sources = ConfigSources {
         config: cli.config.clone().or_else(default_config_file),

@@ -695,3 +695,95 @@ fn access_files_are_found_like_fwknopd() {
         );
     }
 }
+
+/// `posternd --key-gen` as fwknopd's: keys access.conf takes, printed or written
+/// to a 0600 file; lengths and digest as asked.
+#[test]
+fn key_gen_like_fwknopd() {
+    use base64::Engine;
+    let b64 = |line: &str, name: &str| {
+        let v = line
+            .strip_prefix(&format!("{name}: "))
+            .unwrap_or_else(|| panic!("{line:?}"));
+        base64::engine::general_purpose::STANDARD.decode(v).unwrap()
+    };
+    let out = posternd(&["--key-gen"], &[]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let stdout = text(&out).0;
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    assert_eq!(b64(lines[0], "KEY_BASE64").len(), 32);
+    assert_eq!(b64(lines[1], "HMAC_KEY_BASE64").len(), 64);
+    let again = text(&posternd(&["--key-gen"], &[])).0;
+    assert_ne!(again, stdout, "two runs gave the same keys");
+
+    let out = posternd(
+        &["-k", "--key-len", "16", "--hmac-digest-type", "sha512"],
+        &[],
+    );
+    let stdout = text(&out).0;
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(b64(lines[0], "KEY_BASE64").len(), 16, "{stdout}");
+    assert_eq!(b64(lines[1], "HMAC_KEY_BASE64").len(), 128, "{stdout}");
+
+    let dir = ConfDir::new();
+    let file = dir.path("keys.txt");
+    let out = posternd(&["--key-gen-file", &file.display().to_string()], &[]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let meta = std::fs::metadata(&file).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    let written = std::fs::read_to_string(&file).unwrap();
+    assert!(written.starts_with("KEY_BASE64: "), "{written}");
+    assert!(!text(&out).0.contains(&written), "keys printed too");
+    // The keys work as access.conf keys.
+    let access = dir.write(
+        "access.conf",
+        &format!("SOURCE ANY\n{}", written.replace(": ", " ")),
+    );
+    let conf = dir.write(
+        "fwknopd.conf",
+        &format!("FWKNOP_RUN_DIR {};\n", dir.run_dir().display()),
+    );
+    let out = posternd(
+        &[
+            "-c",
+            &conf.display().to_string(),
+            "-a",
+            &access.display().to_string(),
+            "check-config",
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+}
+
+/// `--pcap-any-direction` switches it on for every pcap capture.
+#[test]
+fn pcap_any_direction_flag() {
+    let dir = ConfDir::new();
+    let keys = SpaKeys::generate("cbc", Some("sha256"));
+    let access = dir.write(
+        "access.conf",
+        &format!("SOURCE ANY\n{}", keys.access_conf_lines()),
+    );
+    let conf = dir.write(
+        "fwknopd.conf",
+        &format!(
+            "FWKNOP_RUN_DIR {};\nPCAP_INTF lo;\n",
+            dir.run_dir().display()
+        ),
+    );
+    let run = |extra: &[&str]| {
+        let c = conf.display().to_string();
+        let a = access.display().to_string();
+        let mut args = vec!["-c", &c, "-a", &a];
+        args.extend_from_slice(extra);
+        args.push("check-config");
+        let out = posternd(&args, &[]);
+        assert!(out.status.success(), "{}", describe(&out));
+        text(&out).0
+    };
+    assert!(run(&[]).contains("any_direction = false"), "{}", run(&[]));
+    let with = run(&["--pcap-any-direction"]);
+    assert!(with.contains("any_direction = true"), "{with}");
+}
