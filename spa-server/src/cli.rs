@@ -43,10 +43,10 @@ pub struct Cli {
     /// Directory for the pid file and replay cache.
     #[arg(short = 'r', long = "run-dir", value_name = "DIR")]
     pub run_dir: Option<PathBuf>,
-    /// Replay cache file.
+    /// fwknopd's digest cache (DIGEST_FILE): its digests stay refused as replays.
     #[arg(short = 'd', long = "digest-file", value_name = "FILE")]
     pub digest_file: Option<PathBuf>,
-    /// Pid file (default <run dir>/posternd.pid).
+    /// Pid file (default <run dir>/posternd.pid; fwknopd.pid with fwknop's files).
     #[arg(short = 'p', long = "pid-file", value_name = "FILE")]
     pub pid_file: Option<PathBuf>,
     /// Test mode: process packets, log what would be granted, change no firewall.

@@ -66,16 +66,21 @@ fn apply_overrides(cli: &Cli, cfg: &mut ServerConfig) {
     if let Some(exe) = &cli.gpg_exe {
         cfg.server.gpg_exe = Some(exe.into());
     }
+    // fwknopd's digest cache: posternd imports it (its own store stays redb).
     if let Some(file) = &cli.digest_file {
-        if let ReplayConfig::File { path, .. } = &mut cfg.replay {
-            *path = Some(file.clone());
+        if let ReplayConfig::File { import_fwknop, .. } = &mut cfg.replay {
+            *import_fwknop = Some(file.clone());
         }
     }
     if cli.udp_server {
-        let port = cfg.capture.iter().find_map(|c| match c {
-            CaptureConfig::Udp { listen } => Some(listen.port()),
-            _ => None,
-        });
+        let port = cfg
+            .capture
+            .iter()
+            .find_map(|c| match c {
+                CaptureConfig::Udp { listen } => Some(listen.port()),
+                _ => None,
+            })
+            .or(cfg.server.udp_server_port);
         cfg.capture
             .retain(|c| !matches!(c, CaptureConfig::Pcap { .. } | CaptureConfig::Udp { .. }));
         cfg.capture.insert(
@@ -134,7 +139,7 @@ fn pid_file(cli: &Cli, cfg: &ServerConfig) -> PathBuf {
     cli.pid_file
         .clone()
         .or_else(|| cfg.server.pid_file.clone())
-        .unwrap_or_else(|| cfg.server.run_dir.join("posternd.pid"))
+        .unwrap_or_else(|| cfg.server.run_dir.join(&cfg.server.pid_file_name))
 }
 
 fn signal_running(pid_path: &PathBuf, signal: libc::c_int) -> anyhow::Result<Option<i32>> {

@@ -787,3 +787,60 @@ fn pcap_any_direction_flag() {
     let with = run(&["--pcap-any-direction"]);
     assert!(with.contains("any_direction = true"), "{with}");
 }
+
+/// fwknopd's flags mean what they mean to fwknopd: `-U` listens on UDPSERV_PORT,
+/// `-d` names fwknopd's digest cache (imported), and with fwknop's files the pid
+/// file is `fwknopd.pid` in the run dir, also one moved by `-r`.
+#[test]
+fn fwknopd_flags_mean_what_they_mean_to_fwknopd() {
+    let dir = ConfDir::new();
+    let keys = SpaKeys::generate("cbc", Some("sha256"));
+    let access = dir.write(
+        "access.conf",
+        &format!("SOURCE ANY\n{}", keys.access_conf_lines()),
+    );
+    let conf = dir.write(
+        "fwknopd.conf",
+        &format!(
+            "FWKNOP_RUN_DIR {};\nPCAP_INTF lo;\nUDPSERV_PORT 40123;\n",
+            dir.run_dir().display()
+        ),
+    );
+    let (c, a) = (conf.display().to_string(), access.display().to_string());
+    let run = |extra: &[&str]| {
+        let mut args = vec!["-c", &c, "-a", &a];
+        args.extend_from_slice(extra);
+        posternd(&args, &[])
+    };
+    let out = run(&["-U", "check-config"]);
+    assert!(
+        text(&out).0.contains("listen = \"0.0.0.0:40123\""),
+        "{}",
+        describe(&out)
+    );
+    let cache = dir.path("old-digest.cache");
+    let out = run(&["-d", &cache.display().to_string(), "check-config"]);
+    assert!(
+        text(&out)
+            .0
+            .contains(&format!("import_fwknop = \"{}\"", cache.display())),
+        "{}",
+        describe(&out)
+    );
+    let out = run(&["-S"]);
+    let want = dir.run_dir().join("fwknopd.pid");
+    assert!(
+        text(&out).0.contains(&want.display().to_string()),
+        "{}",
+        describe(&out)
+    );
+    let moved = dir.path("elsewhere");
+    let out = run(&["-r", &moved.display().to_string(), "-S"]);
+    assert!(
+        text(&out)
+            .0
+            .contains(&moved.join("fwknopd.pid").display().to_string()),
+        "{}",
+        describe(&out)
+    );
+}

@@ -200,10 +200,12 @@ pub fn apply_fwknopd_conf(
         crate::service::parse_facility(&e.value).map_err(|m| ConfError::new(&e.origin, m))?;
         cfg.server.syslog_facility = e.value.clone();
     }
-    cfg.server.pid_file = Some(get("FWKNOP_PID_FILE").map_or_else(
-        || cfg.server.run_dir.join("fwknopd.pid"),
-        |e| e.value.clone().into(),
-    ));
+    // Unset: fwknopd.pid in the run dir (also one moved by -r).
+    cfg.server.pid_file = get("FWKNOP_PID_FILE").map(|e| e.value.clone().into());
+    cfg.server.pid_file_name = "fwknopd.pid".into();
+    if let Some(e) = get("UDPSERV_PORT") {
+        cfg.server.udp_server_port = Some(parse_num(e)?);
+    }
     if let Some(e) = get("CMD_EXEC_TIMEOUT") {
         cfg.server.cmd_exec_timeout = parse_num(e)?;
     }

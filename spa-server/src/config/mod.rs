@@ -61,9 +61,16 @@ pub struct ServerSection {
     /// syslog facility (SYSLOG_FACILITY), e.g. `LOG_DAEMON`, `LOG_LOCAL0`.
     #[serde(default = "default_syslog_facility")]
     pub syslog_facility: String,
-    /// The pid file (FWKNOP_PID_FILE, `-p`); default `<run_dir>/posternd.pid`.
+    /// The pid file (FWKNOP_PID_FILE, `-p`); default `<run_dir>/<pid_file_name>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid_file: Option<PathBuf>,
+    /// `posternd.pid`, or `fwknopd.pid` with fwknop's files (units written for
+    /// fwknopd look for it).
+    #[serde(skip, default = "default_pid_file_name")]
+    pub pid_file_name: String,
+    /// fwknopd.conf UDPSERV_PORT, for `-U` when the file itself uses pcap.
+    #[serde(skip)]
+    pub udp_server_port: Option<u16>,
     /// `posternd -t`: run no client command and no CMD_CYCLE script, only log them.
     #[serde(skip)]
     pub test_mode: bool,
@@ -146,6 +153,10 @@ impl From<SnatSetting> for String {
     }
 }
 
+fn default_pid_file_name() -> String {
+    "posternd.pid".into()
+}
+
 fn default_syslog_identity() -> String {
     "posternd".into()
 }
@@ -188,6 +199,8 @@ impl Default for ServerSection {
             syslog_identity: default_syslog_identity(),
             syslog_facility: default_syslog_facility(),
             pid_file: None,
+            pid_file_name: default_pid_file_name(),
+            udp_server_port: None,
         }
     }
 }
