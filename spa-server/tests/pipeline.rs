@@ -333,7 +333,7 @@ mod stages {
     use spa_server::config::AccessStanza;
     use spa_server::pipeline::{self, Keyring, Outcome, Pipeline, RawPacket, Stage};
     use spa_server::policy::PolicySettings;
-    use spa_server::replay::MemoryStore;
+    use spa_server::replay::{MemoryStore, PacketDigest, ReplayError, ReplayStore};
     use std::net::IpAddr;
     use std::sync::Arc;
     use tower::ServiceExt;
@@ -347,6 +347,10 @@ mod stages {
 
     impl Direct {
         fn new(stanzas: Vec<AccessStanza>) -> Direct {
+            Direct::with_store(stanzas, Arc::new(MemoryStore::default()))
+        }
+
+        fn with_store(stanzas: Vec<AccessStanza>, store: Arc<dyn ReplayStore>) -> Direct {
             let keyring = Arc::new(Keyring::new(stanzas));
             let server = ServerConfig::default().server;
             let settings = PolicySettings {
@@ -359,7 +363,6 @@ mod stages {
             let (tx, rx) = tokio::sync::mpsc::channel(64);
             Executor::new(vec![Box::new(recorder.clone())], Duration::from_secs(5))
                 .spawn(rx, shutdown.clone());
-            let store = Arc::new(MemoryStore::default());
             Direct {
                 pipeline: pipeline::build(keyring.clone(), store, settings, tx, 64),
                 keyring,
@@ -457,15 +460,45 @@ mod stages {
         assert_eq!(granted[0].rule.source.to_string(), "127.0.0.1");
     }
 
-    /// Copies racing through policy at once: the store's check-and-insert lets one by.
+    /// A store without the early `seen` hint (as the Redis one): every copy gets
+    /// through decryption and policy, only the check-and-insert decides.
+    #[derive(Default)]
+    struct NoHint(MemoryStore);
+
+    #[async_trait::async_trait]
+    impl ReplayStore for NoHint {
+        async fn check_and_insert(
+            &self,
+            digest: PacketDigest,
+            stamp: u64,
+        ) -> Result<bool, ReplayError> {
+            self.0.check_and_insert(digest, stamp).await
+        }
+        async fn prune(&self, cutoff: u64) -> Result<usize, ReplayError> {
+            self.0.prune(cutoff).await
+        }
+        fn len(&self) -> usize {
+            self.0.len()
+        }
+    }
+
+    /// Copies racing through policy at once: the store's atomic check-and-insert
+    /// lets one by.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn racing_copies_that_pass_policy_are_granted_once() {
-        let d = Arc::new(Direct::new(vec![stanza()]));
+        let d = Arc::new(Direct::with_store(
+            vec![stanza()],
+            Arc::new(NoHint::default()),
+        ));
         let pkt = knock(now(), 72);
+        let start = Arc::new(tokio::sync::Barrier::new(8));
         let racers: Vec<_> = (0..8)
             .map(|_| {
-                let (d, pkt) = (d.clone(), pkt.clone());
-                tokio::spawn(async move { d.knock(&pkt, "127.0.0.1", None).await })
+                let (d, pkt, start) = (d.clone(), pkt.clone(), start.clone());
+                tokio::spawn(async move {
+                    start.wait().await;
+                    d.knock(&pkt, "127.0.0.1", None).await
+                })
             })
             .collect();
         let mut outcomes = Vec::new();
