@@ -70,7 +70,7 @@ where
         let Ok(wire) = std::str::from_utf8(&auth.packet.bytes) else {
             return ready(Outcome::denied(Stage::Decrypt, "not text"));
         };
-        // Only a packet that was granted is recorded, so this can only refuse
+        // Only packets that policy approved are recorded, so this can only refuse
         // replays; it spares them the decryption (milliseconds for GPG).
         if let Some(store) = &self.replays {
             if store.seen(&packet_digest(&auth.packet.bytes)) {
