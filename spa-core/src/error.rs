@@ -23,6 +23,9 @@ pub enum SpaError {
     HmacMissing(usize),
     #[error("invalid base64 in {0}")]
     Base64(&'static str),
+    /// Decodes leniently, but is not the one spelling fwknop writes (a respelt copy).
+    #[error("{0} is not in canonical base64 (padding or non-zero trailing bits)")]
+    NonCanonical(&'static str),
     #[error("ciphertext is not `Salted__` + salt + whole AES blocks")]
     CipherLayout,
     #[error("decryption failed or wrong key")]

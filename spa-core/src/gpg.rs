@@ -192,12 +192,12 @@ pub fn seal(
 /// The OpenPGP data of a wire body (HMAC already removed): prefix restored, base64 decoded.
 pub fn openpgp_data(body: &str) -> Result<Vec<u8>, SpaError> {
     if body.starts_with(GPG_PREFIX) {
-        return b64::decode(body).ok_or(SpaError::Base64("GPG data"));
+        return packet::decode_wire(body, "GPG data");
     }
     let mut full = String::with_capacity(GPG_PREFIX.len() + body.len());
     full.push_str(GPG_PREFIX);
     full.push_str(body);
-    b64::decode(&full).ok_or(SpaError::Base64("GPG data"))
+    packet::decode_wire(&full, "GPG data")
 }
 
 /// Decode what the engine decrypted: like fwknop, the text ends at the first NUL.
@@ -462,6 +462,51 @@ mod tests {
             .unwrap_err(),
             GpgError::Prefix
         );
+    }
+
+    /// Without an HMAC, the lenient spellings of a GPG packet (the last character
+    /// with non-zero unused bits, `=` padding) would be new replay digests for the
+    /// same OpenPGP data: only the canonical one is opened.
+    #[test]
+    fn only_the_canonical_spelling_is_opened() {
+        let mut respelt = 0;
+        for signer in ["", "a", "ab"] {
+            let wire = seal(
+                &msg(),
+                DigestType::Sha256,
+                &mut Fake { signer_valid: true },
+                "s",
+                Some(signer),
+                None,
+            )
+            .unwrap();
+            let full = format!("{GPG_PREFIX}{wire}");
+            let same_data =
+                |w: &str| b64::decode(&format!("{GPG_PREFIX}{w}")) == b64::decode(&full);
+            let head = &wire[..wire.len() - 1];
+            let mut others: Vec<String> = (b'A'..=b'Z')
+                .chain(b'a'..=b'z')
+                .chain(b'0'..=b'9')
+                .chain([b'+', b'/'])
+                .map(|c| format!("{head}{}", c as char))
+                .filter(|w| *w != wire && same_data(w))
+                .collect();
+            let padding = "=".repeat((4 - full.len() % 4) % 4);
+            if !padding.is_empty() {
+                others.push(format!("{wire}{padding}"));
+            }
+            assert!(open(wire.as_bytes(), None, &mut Fake { signer_valid: true }).is_ok());
+            for other in others {
+                assert!(same_data(&other));
+                assert_eq!(
+                    open(other.as_bytes(), None, &mut Fake { signer_valid: true }).unwrap_err(),
+                    GpgError::Packet(SpaError::NonCanonical("GPG data")),
+                    "{other}"
+                );
+                respelt += 1;
+            }
+        }
+        assert!(respelt >= 4, "{respelt}");
     }
 
     #[test]

@@ -159,12 +159,22 @@ pub fn verify_hmac<'a>(wire: &'a str, hmac: &HmacKey, prefix: &str) -> Result<&'
     }
 }
 
+/// Decode the base64 of a packet (prefix restored). Only the canonical spelling is
+/// taken: without an HMAC (or with GPG) the respellings of the last character
+/// would be the same packet under a new replay digest.
+pub(crate) fn decode_wire(text: &str, what: &'static str) -> Result<Vec<u8>> {
+    b64::decode_canonical(text).ok_or_else(|| match b64::decode(text) {
+        Some(_) => SpaError::NonCanonical(what),
+        None => SpaError::Base64(what),
+    })
+}
+
 /// Decrypt and decode a Rijndael ciphertext (wire form, HMAC already removed).
 pub fn decrypt(body: &str, key: &[u8], mode: EncryptionMode) -> Result<DecodedMessage> {
     let mut full = String::with_capacity(RIJNDAEL_PREFIX.len() + body.len());
     full.push_str(RIJNDAEL_PREFIX);
     full.push_str(body);
-    let blob = b64::decode(&full).ok_or(SpaError::Base64("ciphertext"))?;
+    let blob = decode_wire(&full, "ciphertext")?;
     let plaintext = cipher::decrypt(&blob, key, mode)?;
     decode_plaintext(&plaintext)
 }

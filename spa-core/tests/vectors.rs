@@ -204,3 +204,125 @@ fn must_reject_lines_are_refused_by_every_receiver() {
         accepted.join("\n")
     );
 }
+
+/// The other spellings of `text`'s last base64 character, where `text` ends a
+/// base64 string of `encoded_len` characters: the same bytes with non-zero unused
+/// bits (15 when 4 bits are unused, 3 when 2 are, none when the length is a
+/// multiple of 4). A lenient decoder takes them all.
+fn respellings(text: &str, encoded_len: usize) -> Vec<String> {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let unused_bits = match encoded_len % 4 {
+        2 => 4,
+        3 => 2,
+        _ => 0,
+    };
+    let mask = (1u8 << unused_bits) - 1;
+    let (head, last) = text.split_at(text.len() - 1);
+    let value = ALPHABET
+        .iter()
+        .position(|&c| c == last.as_bytes()[0])
+        .expect("base64 character") as u8;
+    (0..=mask)
+        .filter(|&low| low != value & mask)
+        .map(|low| {
+            format!(
+                "{head}{}",
+                ALPHABET[usize::from((value & !mask) | low)] as char
+            )
+        })
+        .collect()
+}
+
+fn all_valid_rows() -> Vec<HashMap<String, String>> {
+    let mut rows = read_tsv("known-good.tsv");
+    rows.extend(read_tsv("generated.tsv"));
+    rows.extend(read_tsv("mutation-base.tsv"));
+    assert_eq!(rows.len(), 42 + 48 + 20);
+    rows
+}
+
+fn open_row(r: &HashMap<String, String>, wire: &str) -> spa_core::Result<spa_core::DecodedMessage> {
+    let keys = row_keys(r);
+    let pk = PacketKeys {
+        key: keys.key.bytes(),
+        mode: keys.mode,
+        hmac: keys.hmac.as_ref().map(|(d, k)| HmacKey {
+            digest: *d,
+            key: k.bytes(),
+        }),
+    };
+    packet::open(wire.as_bytes(), &pk)
+}
+
+/// Every vector with its last character respelt (the base64 trailing-bit
+/// malleability) is refused: by the canonical decoding without an HMAC, by the
+/// HMAC (over the text) with one. Each respelling would otherwise be a new
+/// replay digest for the same packet.
+#[test]
+fn every_respelling_of_the_last_character_of_every_vector_is_refused() {
+    let (mut variants, mut without_hmac) = (0, 0);
+    for r in all_valid_rows() {
+        let (id, wire) = (&r["id"], r["packet"].as_str());
+        open_row(&r, wire).unwrap_or_else(|e| panic!("{id}: {e}"));
+        let hmac = row_keys(&r).hmac.map(|(d, _)| d);
+        // The last character ends the HMAC, or the ciphertext with its prefix put back.
+        let encoded_len = hmac.map_or(packet::RIJNDAEL_PREFIX.len() + wire.len(), |d| d.b64_len());
+        let others = respellings(wire, encoded_len);
+        assert!([0, 3, 15].contains(&others.len()), "{id}");
+        for other in others {
+            let err =
+                open_row(&r, &other).expect_err(&format!("{id}: respelling {other} accepted"));
+            match hmac {
+                None => {
+                    assert_eq!(err, spa_core::SpaError::NonCanonical("ciphertext"), "{id}");
+                    without_hmac += 1;
+                }
+                Some(_) => assert_eq!(err, spa_core::SpaError::HmacMismatch, "{id}"),
+            }
+            variants += 1;
+        }
+    }
+    assert!(
+        variants > 100 && without_hmac > 50,
+        "{variants} {without_hmac}"
+    );
+}
+
+/// The decoder alone refuses respellings, HMAC or not: each HMAC vector with the
+/// last character of its ciphertext respelt, or `=` padding added, and the HMAC
+/// recomputed over that text (as only the key holder could) is still refused.
+#[test]
+fn respelt_or_padded_ciphertexts_are_refused_even_under_a_valid_hmac() {
+    let mut tried = 0;
+    for r in all_valid_rows() {
+        let Some((digest, key)) = row_keys(&r).hmac else {
+            continue;
+        };
+        let id = &r["id"];
+        let wire = r["packet"].as_str();
+        let body = &wire[..wire.len() - digest.b64_len()];
+        let encoded_len = packet::RIJNDAEL_PREFIX.len() + body.len();
+        let padding = "=".repeat((4 - encoded_len % 4) % 4);
+        let mut bodies: Vec<(String, bool)> = respellings(body, encoded_len)
+            .into_iter()
+            .map(|b| (b, false))
+            .collect();
+        if !padding.is_empty() {
+            bodies.push((format!("{body}{padding}"), true));
+        }
+        for (other, padded) in bodies {
+            let mac = digest.hmac(
+                key.bytes(),
+                &[packet::RIJNDAEL_PREFIX.as_bytes(), other.as_bytes()],
+            );
+            let resealed = format!("{other}{}", spa_core::b64::encode_nopad(&mac));
+            let err = open_row(&r, &resealed).expect_err(&format!("{id}: {other} accepted"));
+            // Padding also makes a length no whole number of AES blocks has.
+            let expected = err == spa_core::SpaError::NonCanonical("ciphertext")
+                || (padded && err == spa_core::SpaError::CipherLayout);
+            assert!(expected, "{id}: {err}");
+            tried += 1;
+        }
+    }
+    assert!(tried > 50, "{tried}");
+}

@@ -1,4 +1,4 @@
-//! posternd: capture → HMAC filter → decrypt → replay cache → policy → action.
+//! posternd: capture → HMAC filter → decrypt → policy → replay cache → action.
 
 pub mod actions;
 pub mod backends;

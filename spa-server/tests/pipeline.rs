@@ -327,6 +327,247 @@ async fn a_reload_refits_the_kernel_length_filter() {
     s.running.stop().await;
 }
 
+/// The pipeline itself, one packet at a time, with the real action task and a
+/// recording firewall: each call returns the packet's verdict, so a test knows a
+/// copy was refused before it sends the next one.
+mod stages {
+    use super::*;
+    use spa_server::actions::Executor;
+    use spa_server::config::AccessStanza;
+    use spa_server::pipeline::{self, Keyring, Outcome, Pipeline, RawPacket, Stage};
+    use spa_server::policy::PolicySettings;
+    use spa_server::replay::{MemoryStore, PacketDigest, ReplayError, ReplayStore};
+    use std::net::IpAddr;
+    use std::sync::Arc;
+    use tower::ServiceExt;
+
+    struct Direct {
+        pipeline: Pipeline,
+        keyring: Arc<Keyring>,
+        recorder: Recorder,
+        shutdown: tokio_util::sync::CancellationToken,
+    }
+
+    impl Direct {
+        fn new(stanzas: Vec<AccessStanza>) -> Direct {
+            Direct::with_store(stanzas, Arc::new(MemoryStore::default()))
+        }
+
+        fn with_store(stanzas: Vec<AccessStanza>, store: Arc<dyn ReplayStore>) -> Direct {
+            let keyring = Arc::new(Keyring::new(stanzas));
+            let server = ServerConfig::default().server;
+            let settings = PolicySettings {
+                max_packet_age: server.max_packet_age,
+                packet_aging: server.packet_aging,
+                nat: server.nat.clone(),
+            };
+            let recorder = MemoryFirewall::new(true);
+            let shutdown = tokio_util::sync::CancellationToken::new();
+            let (tx, rx) = tokio::sync::mpsc::channel(64);
+            Executor::new(vec![Box::new(recorder.clone())], Duration::from_secs(5))
+                .spawn(rx, shutdown.clone());
+            Direct {
+                pipeline: pipeline::build(keyring.clone(), store, settings, tx, 64),
+                keyring,
+                recorder,
+                shutdown,
+            }
+        }
+
+        /// `wire` from `from` to `to` (None: the capture does not know), and its verdict.
+        async fn knock(&self, wire: &str, from: &str, to: Option<&str>) -> Outcome {
+            let packet = RawPacket {
+                bytes: wire.as_bytes().to_vec(),
+                peer: SocketAddr::new(from.parse().unwrap(), 40000),
+                forwarded_for: None,
+                destination: to.map(|a| a.parse::<IpAddr>().unwrap()),
+                received_at: now(),
+                capture: "test",
+            };
+            self.pipeline.clone().oneshot(packet).await.unwrap()
+        }
+    }
+
+    impl Drop for Direct {
+        fn drop(&mut self) {
+            self.shutdown.cancel();
+        }
+    }
+
+    fn stage_of(o: &Outcome) -> Option<Stage> {
+        match o {
+            Outcome::Granted(_) => None,
+            Outcome::Denied { stage, .. } => Some(*stage),
+        }
+    }
+
+    fn replay() -> Outcome {
+        Outcome::denied(Stage::Replay, "packet seen before (replay)")
+    }
+
+    fn no_hmac_stanza() -> AccessStanza {
+        let mut s = stanza();
+        s.hmac_key_base64 = None;
+        s
+    }
+
+    fn seal_without_hmac(msg: SpaMessage) -> String {
+        let key = Secret::from_base64("k", KEY).unwrap();
+        let keys = PacketKeys {
+            key: key.bytes(),
+            mode: EncryptionMode::Cbc,
+            hmac: None,
+        };
+        packet::seal(&msg, DigestType::Sha256, &keys, &[9; 8]).unwrap()
+    }
+
+    /// A copy sent to an address the stanza's DESTINATION does not list, raced in
+    /// before the real knock: refused by policy, and the real knock is still
+    /// granted (once). Recorded before policy, the copy would burn it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_copy_to_another_destination_does_not_burn_the_real_knock() {
+        let mut s = stanza();
+        s.destination = Some(AddrList::parse("127.0.0.1").unwrap());
+        let d = Direct::new(vec![s]);
+        let pkt = knock(now(), 70);
+        let copy = d.knock(&pkt, "127.0.0.1", Some("127.0.0.2")).await;
+        assert_eq!(stage_of(&copy), Some(Stage::Policy), "{copy:?}");
+        let real = d.knock(&pkt, "127.0.0.1", Some("127.0.0.1")).await;
+        assert!(real.is_granted(), "real knock refused: {real:?}");
+        assert_eq!(
+            d.knock(&pkt, "127.0.0.1", Some("127.0.0.1")).await,
+            replay()
+        );
+        assert_eq!(d.recorder.granted().len(), 1);
+    }
+
+    /// The copy comes from another address (an attacker on the path), where a
+    /// stanza with the same keys has REQUIRE_SOURCE_ADDRESS: a knock for 0.0.0.0
+    /// fails there, and is still granted from the real client.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_copy_from_a_stricter_stanzas_source_does_not_burn_the_real_knock() {
+        let mut strict = stanza();
+        strict.source = AddrList::parse("192.0.2.66").unwrap();
+        strict.require_source_address = true;
+        let mut client = stanza();
+        client.source = AddrList::parse("127.0.0.1").unwrap();
+        let d = Direct::new(vec![strict, client]);
+        let pkt = knock_for("0.0.0.0", now(), 71, DigestType::Sha256);
+        let copy = d.knock(&pkt, "192.0.2.66", None).await;
+        assert_eq!(stage_of(&copy), Some(Stage::Policy), "{copy:?}");
+        let real = d.knock(&pkt, "127.0.0.1", None).await;
+        assert!(real.is_granted(), "real knock refused: {real:?}");
+        assert_eq!(d.knock(&pkt, "127.0.0.1", None).await, replay());
+        let granted = d.recorder.granted();
+        assert_eq!(granted.len(), 1);
+        assert_eq!(granted[0].rule.source.to_string(), "127.0.0.1");
+    }
+
+    /// A store without the early `seen` hint (as the Redis one): every copy gets
+    /// through decryption and policy, only the check-and-insert decides.
+    #[derive(Default)]
+    struct NoHint(MemoryStore);
+
+    #[async_trait::async_trait]
+    impl ReplayStore for NoHint {
+        async fn check_and_insert(
+            &self,
+            digest: PacketDigest,
+            stamp: u64,
+        ) -> Result<bool, ReplayError> {
+            self.0.check_and_insert(digest, stamp).await
+        }
+        async fn prune(&self, cutoff: u64) -> Result<usize, ReplayError> {
+            self.0.prune(cutoff).await
+        }
+        fn len(&self) -> usize {
+            self.0.len()
+        }
+    }
+
+    /// Copies racing through policy at once: the store's atomic check-and-insert
+    /// lets one by.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn racing_copies_that_pass_policy_are_granted_once() {
+        let d = Arc::new(Direct::with_store(
+            vec![stanza()],
+            Arc::new(NoHint::default()),
+        ));
+        let pkt = knock(now(), 72);
+        let start = Arc::new(tokio::sync::Barrier::new(8));
+        let racers: Vec<_> = (0..8)
+            .map(|_| {
+                let (d, pkt, start) = (d.clone(), pkt.clone(), start.clone());
+                tokio::spawn(async move {
+                    start.wait().await;
+                    d.knock(&pkt, "127.0.0.1", None).await
+                })
+            })
+            .collect();
+        let mut outcomes = Vec::new();
+        for r in racers {
+            outcomes.push(r.await.unwrap());
+        }
+        assert_eq!(outcomes.iter().filter(|o| o.is_granted()).count(), 1);
+        assert!(outcomes.iter().all(|o| o.is_granted() || *o == replay()));
+        assert_eq!(d.recorder.granted().len(), 1);
+    }
+
+    /// A recorded packet is refused before decryption: after the grant the
+    /// stanza's encryption key changes (same HMAC key), and the replay is still
+    /// refused as a replay, not as a failed decryption.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_replay_is_refused_before_decryption() {
+        let d = Direct::new(vec![stanza()]);
+        let pkt = knock(now(), 73);
+        assert!(d.knock(&pkt, "127.0.0.1", None).await.is_granted());
+        let mut rekeyed = stanza();
+        rekeyed.key_base64 =
+            Some(Secret::from_base64("k", &spa_core::b64::encode_padded(&[1; 32])).unwrap());
+        d.keyring.replace(vec![rekeyed]);
+        assert_eq!(d.knock(&pkt, "127.0.0.1", None).await, replay());
+        // A packet never recorded does reach the (now failing) decryption.
+        let fresh = d.knock(&knock(now(), 74), "127.0.0.1", None).await;
+        assert_eq!(stage_of(&fresh), Some(Stage::Decrypt), "{fresh:?}");
+    }
+
+    /// A stanza without HMAC: a valid packet, then every respelling of its last
+    /// character (the same ciphertext, another replay digest): one grant each.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn respellings_of_a_packet_without_hmac_are_not_granted_again() {
+        let d = Direct::new(vec![no_hmac_stanza()]);
+        let (mut grants, mut counts) = (0, std::collections::BTreeSet::new());
+        // More ports, longer ciphertexts: lengths with 15, 3 and no respellings.
+        for n in 1..=6u8 {
+            let mut msg = access_message("127.0.0.1", now(), 80 + n);
+            let ports: Vec<String> = (0..n)
+                .map(|i| format!("tcp/{}", 22 + u16::from(i)))
+                .collect();
+            msg.message = format!("127.0.0.1,{}", ports.join(","));
+            let pkt = seal_without_hmac(msg);
+            grants += usize::from(d.knock(&pkt, "127.0.0.1", None).await.is_granted());
+            let prefixed =
+                |w: &str| spa_core::b64::decode(&format!("{}{w}", packet::RIJNDAEL_PREFIX));
+            let head = &pkt[..pkt.len() - 1];
+            let mut respelt = 0;
+            for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".chars() {
+                let other = format!("{head}{c}");
+                if other == pkt || prefixed(&other) != prefixed(&pkt) {
+                    continue;
+                }
+                let o = d.knock(&other, "127.0.0.1", None).await;
+                assert_eq!(stage_of(&o), Some(Stage::Decrypt), "{other}: {o:?}");
+                grants += usize::from(o.is_granted());
+                respelt += 1;
+            }
+            assert_eq!(d.knock(&pkt, "127.0.0.1", None).await, replay());
+            counts.insert(respelt);
+        }
+        assert_eq!(grants, 6, "a respelling was granted");
+        assert!(counts.contains(&3) && counts.contains(&15), "{counts:?}");
+    }
+}
+
 /// The shared replay cache, with a real redis-server.
 #[cfg(feature = "redis")]
 mod shared_replay {

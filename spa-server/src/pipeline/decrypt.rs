@@ -2,7 +2,7 @@
 //! valid message (digest verified, fields valid) wins. Rijndael candidates are
 //! tried right here; GPG candidates, if any and if no Rijndael key fitted, go to
 //! the GPG worker pool, and the stanza's signature policy picks the winner.
-//! A GPG packet the replay cache already holds is refused before that work.
+//! A packet the replay cache already holds is refused before any of that work.
 
 use super::{ready, Authenticated, Decrypted, Outcome, Stage, StageFuture};
 use crate::gpg::{self, GpgPool, Rejected};
@@ -28,7 +28,7 @@ impl DecryptLayer {
         }
     }
 
-    /// Refuse GPG packets `store` has already seen without decrypting them.
+    /// Refuse packets `store` has already recorded without decrypting them.
     pub fn skipping_replays(mut self, store: Arc<dyn ReplayStore>) -> Self {
         self.replays = Some(store);
         self
@@ -70,6 +70,18 @@ where
         let Ok(wire) = std::str::from_utf8(&auth.packet.bytes) else {
             return ready(Outcome::denied(Stage::Decrypt, "not text"));
         };
+        // Only packets that policy approved are recorded, so this can only refuse
+        // replays; it spares them the decryption (milliseconds for GPG).
+        if let Some(store) = &self.replays {
+            if store.seen(&packet_digest(&auth.packet.bytes)) {
+                let reason = if auth.candidates.is_empty() {
+                    "GPG packet seen before (replay), not decrypted"
+                } else {
+                    "packet seen before (replay)"
+                };
+                return ready(Outcome::denied(Stage::Replay, reason));
+            }
+        }
         let mut last_error = String::from("no candidate stanza");
         for &(index, body_len) in &auth.candidates {
             let stanza = &auth.stanzas[index];
@@ -97,15 +109,6 @@ where
                 "GPG packet, but GPG is not enabled",
             ));
         };
-        // A decryption costs milliseconds: do not spend it on a known replay.
-        if let Some(store) = &self.replays {
-            if store.seen(&packet_digest(&auth.packet.bytes)) {
-                return ready(Outcome::denied(
-                    Stage::Replay,
-                    "GPG packet seen before (replay), not decrypted",
-                ));
-            }
-        }
         let inner = self.inner.clone();
         Box::pin(async move {
             let wire = std::str::from_utf8(&auth.packet.bytes).unwrap_or_default();

@@ -1,7 +1,7 @@
 //! The server pipeline, one tower stage per step:
 //!
 //! ```text
-//! capture ─► HmacFilter ─► Decrypt ─► ReplayGuard ─► PolicyStage ─► ActionStage
+//! capture ─► HmacFilter ─► Decrypt ─► PolicyStage ─► ReplayGuard ─► ActionStage
 //! ```
 //!
 //! Cheap rejection first: the filter runs synchronously in the capture task
@@ -9,6 +9,12 @@
 //! costs more than a few hash blocks. Only packets that pass take a slot of the
 //! bounded work queue and continue on their own task. GPG packets are decrypted
 //! by the bounded worker pool of [`crate::gpg`], which drops work when full.
+//!
+//! The replay digest is recorded only once policy has said yes, right before the
+//! action: a copy raced in by someone on the path that fails policy (another
+//! DESTINATION, a spoofed source under REQUIRE_SOURCE_ADDRESS) cannot burn the
+//! real knock. Copies already recorded are refused before decryption (the
+//! store's `seen` hint), so a replay flood costs an HMAC and a lookup.
 
 mod action;
 mod decrypt;
@@ -69,6 +75,8 @@ pub struct Decrypted {
 #[derive(Debug)]
 pub struct Approved {
     pub packet: RawPacket,
+    /// The packet's own timestamp (the replay store prunes by it).
+    pub timestamp: u64,
     pub grant: Grant,
 }
 
@@ -124,7 +132,7 @@ pub type StageFuture = BoxFuture<'static, Result<Outcome, Infallible>>;
 pub type Stanzas = Arc<Vec<crate::config::AccessStanza>>;
 
 /// A full pipeline for tests and the daemon.
-pub type Pipeline = HmacFilter<Decrypt<ReplayGuard<PolicyStage<ActionStage>>>>;
+pub type Pipeline = HmacFilter<Decrypt<PolicyStage<ReplayGuard<ActionStage>>>>;
 
 /// Build the whole stack with tower's ServiceBuilder, reading like the diagram.
 /// GPG packets are refused (use [`build_with_gpg`]).
@@ -150,8 +158,8 @@ pub fn build_with_gpg(
     tower::ServiceBuilder::new()
         .layer(HmacFilterLayer::new(keyring.clone(), max_in_flight))
         .layer(DecryptLayer::with_gpg(gpg).skipping_replays(store.clone()))
-        .layer(ReplayLayer::new(store))
         .layer(PolicyLayer::new(settings))
+        .layer(ReplayLayer::new(store))
         .service(ActionStage::new(actions))
 }
 

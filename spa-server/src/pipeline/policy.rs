@@ -1,4 +1,4 @@
-//! Stage 4: access policy turns a decrypted message into a Grant or a Denial.
+//! Stage 3: access policy turns a decrypted message into a Grant or a Denial.
 //! With NAT DNS on (ENABLE_NAT_DNS), a NAT target given as a host name is
 //! resolved first, without blocking: the only await in this stage.
 
@@ -74,6 +74,7 @@ fn decide(settings: &PolicySettings, d: Decrypted) -> Result<Approved, Outcome> 
     match evaluate(settings, &request) {
         Ok(grant) => Ok(Approved {
             packet: d.packet,
+            timestamp: d.decoded.message.timestamp,
             grant,
         }),
         Err(denial) => Err(Outcome::denied(Stage::Policy, denial)),

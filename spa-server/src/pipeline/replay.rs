@@ -1,7 +1,9 @@
-//! Stage 3: the replay cache. A digest of the raw packet is checked and recorded
-//! atomically; a store error denies (never grant what could not be recorded).
+//! Stage 4: the replay cache, between the policy's yes and the action. A digest of
+//! the packet is checked and recorded atomically (of two racing copies one passes);
+//! a store error denies (never grant what could not be recorded). Recording only
+//! approved packets means a copy that fails policy cannot burn the real knock.
 
-use super::{Decrypted, Outcome, Stage, StageFuture};
+use super::{Approved, Outcome, Stage, StageFuture};
 use crate::replay::{packet_digest, ReplayStore};
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -35,9 +37,9 @@ pub struct ReplayGuard<S> {
     inner: S,
 }
 
-impl<S> Service<Decrypted> for ReplayGuard<S>
+impl<S> Service<Approved> for ReplayGuard<S>
 where
-    S: Service<Decrypted, Response = Outcome, Error = Infallible> + Clone + Send + 'static,
+    S: Service<Approved, Response = Outcome, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send + 'static,
 {
     type Response = Outcome;
@@ -48,16 +50,13 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, d: Decrypted) -> StageFuture {
+    fn call(&mut self, a: Approved) -> StageFuture {
         let store = self.store.clone();
         let inner = self.inner.clone();
         Box::pin(async move {
-            let digest = packet_digest(&d.packet.bytes);
-            match store
-                .check_and_insert(digest, d.decoded.message.timestamp)
-                .await
-            {
-                Ok(true) => inner.oneshot(d).await,
+            let digest = packet_digest(&a.packet.bytes);
+            match store.check_and_insert(digest, a.timestamp).await {
+                Ok(true) => inner.oneshot(a).await,
                 Ok(false) => Ok(Outcome::denied(
                     Stage::Replay,
                     "packet seen before (replay)",

@@ -23,6 +23,12 @@ use tokio::sync::oneshot;
 /// SHA-256 of the packet as received.
 pub type PacketDigest = [u8; 32];
 
+/// The replay digest: SHA-256 of the packet text as the pipeline got it (HTTP
+/// form already turned back into base64), like fwknopd's, so its digest.cache
+/// imports. The text is one spelling per packet because every other spelling is
+/// refused before it could be recorded: the `U2FsdGVkX1` / `hQ` prefix left in,
+/// bytes outside base64 (whitespace, newline), and `=` padding or non-zero trailing
+/// bits ([`spa_core::b64::decode_canonical`]); an HMAC is over the text anyway.
 pub fn packet_digest(wire: &[u8]) -> PacketDigest {
     use sha2::Digest;
     sha2::Sha256::digest(wire).into()
@@ -49,8 +55,8 @@ pub trait ReplayStore: Send + Sync {
         self.len() == 0
     }
     /// A cheap early answer, without recording anything: `true` only if the
-    /// digest is certainly recorded. Lets costly work (GPG) skip replays; the
-    /// decision stays with [`ReplayStore::check_and_insert`].
+    /// digest is certainly recorded. Lets decryption (and GPG's costly one) skip
+    /// replays; the decision stays with [`ReplayStore::check_and_insert`].
     fn seen(&self, _digest: &PacketDigest) -> bool {
         false
     }
