@@ -364,8 +364,7 @@ mod stages {
             let recorder = MemoryFirewall::new(true);
             let shutdown = tokio_util::sync::CancellationToken::new();
             let (tx, rx) = tokio::sync::mpsc::channel(64);
-            Executor::new(vec![Box::new(recorder.clone())], Duration::from_secs(5))
-                .spawn(rx, shutdown.clone());
+            Executor::new(vec![Box::new(recorder.clone())], &server).spawn(rx, shutdown.clone());
             Direct {
                 pipeline: pipeline::build(keyring.clone(), store, settings, tx, 64),
                 keyring,
