@@ -880,7 +880,7 @@ fn read_into(
 }
 
 mod proto_port_list {
-    use serde::{Deserialize, Deserializer, Serializer};
+    use serde::{Deserializer, Serializer};
     use spa_core::request::{format_proto_ports, parse_proto_ports};
     use spa_core::ProtoPort;
 
@@ -888,16 +888,7 @@ mod proto_port_list {
         s.serialize_str(&format_proto_ports(v))
     }
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ProtoPort>, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Text {
-            One(String),
-            Many(Vec<String>),
-        }
-        let joined = match Text::deserialize(d)? {
-            Text::One(s) => s,
-            Text::Many(v) => v.join(","),
-        };
+        let joined = crate::config::conf_file::comma_joined(d)?;
         if joined.trim().is_empty() {
             return Ok(Vec::new());
         }
@@ -907,22 +898,13 @@ mod proto_port_list {
 
 mod nat_allow_list {
     use super::NatAllow;
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use serde::{Deserializer, Serialize, Serializer};
     pub fn serialize<S: Serializer>(v: &[NatAllow], s: S) -> Result<S::Ok, S::Error> {
         v.serialize(s)
     }
     /// A TOML array of entries, or one comma-separated string as in access.conf.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<NatAllow>, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Text {
-            One(String),
-            Many(Vec<String>),
-        }
-        let joined = match Text::deserialize(d)? {
-            Text::One(s) => s,
-            Text::Many(v) => v.join(","),
-        };
+        let joined = crate::config::conf_file::comma_joined(d)?;
         super::parse_nat_allow(&joined).map_err(serde::de::Error::custom)
     }
 }

@@ -146,3 +146,18 @@ mod tests {
         );
     }
 }
+
+/// A TOML list of strings, or one comma-separated string as access.conf and
+/// fwknopd.conf write lists, as one comma-joined string for their parsers.
+pub fn comma_joined<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Text {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match serde::Deserialize::deserialize(d)? {
+        Text::One(s) => s,
+        Text::Many(v) => v.join(","),
+    })
+}

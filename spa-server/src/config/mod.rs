@@ -87,22 +87,13 @@ pub fn parse_blacklist(text: &str) -> Result<Vec<ipnet::IpNet>, String> {
 }
 
 mod blacklist_list {
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use serde::{Deserializer, Serialize, Serializer};
     pub fn serialize<S: Serializer>(v: &[ipnet::IpNet], s: S) -> Result<S::Ok, S::Error> {
         v.serialize(s)
     }
     /// A TOML array of addresses/networks, or one comma-separated string.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ipnet::IpNet>, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Text {
-            One(String),
-            Many(Vec<String>),
-        }
-        let joined = match Text::deserialize(d)? {
-            Text::One(s) => s,
-            Text::Many(v) => v.join(","),
-        };
+        let joined = crate::config::conf_file::comma_joined(d)?;
         super::parse_blacklist(&joined)
             .map_err(|m| serde::de::Error::custom(format!("blacklist: {m}")))
     }
