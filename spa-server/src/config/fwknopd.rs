@@ -160,7 +160,18 @@ pub fn apply_fwknopd_conf(
 ) -> Result<(), ConfError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfError::file(path, format!("cannot read: {e}")))?;
-    let mut entries = parse_lines(path, &text)?;
+    apply_fwknopd_text(path, &text, cfg, warnings)
+}
+
+/// Apply fwknopd.conf `text` as if it had been read from `path` (the name is only
+/// used in messages): [`apply_fwknopd_conf`] without the read, for fuzzing and tests.
+pub fn apply_fwknopd_text(
+    path: &Path,
+    text: &str,
+    cfg: &mut ServerConfig,
+    warnings: &mut Vec<String>,
+) -> Result<(), ConfError> {
+    let mut entries = parse_lines(path, text)?;
     let mut vars: HashMap<String, String> = HashMap::new();
     for e in entries.iter_mut() {
         e.value = expand(&e.value, &vars);
