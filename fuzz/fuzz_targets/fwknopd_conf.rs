@@ -1,0 +1,27 @@
+//! fwknopd.conf text through the server's mapping onto its own configuration
+//! (`apply_fwknopd_text`).
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use postern_fuzz::conf::{check_error, FILE};
+use spa_server::config::fwknopd::apply_fwknopd_text;
+use spa_server::config::ServerConfig;
+use std::path::Path;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return; // the file reader refuses non-UTF-8 before parsing
+    };
+    let mut cfg = ServerConfig::default();
+    let mut warnings = Vec::new();
+    match apply_fwknopd_text(Path::new(FILE), text, &mut cfg, &mut warnings) {
+        Ok(()) => {
+            assert!(!cfg.capture.is_empty(), "fwknopd.conf always yields a capture");
+            assert!(!cfg.action.is_empty(), "fwknopd.conf always yields an action");
+        }
+        Err(e) => check_error(text, &e, false),
+    }
+    for w in &warnings {
+        assert!(w.starts_with(&format!("{FILE}:")), "warning without a line: {w}");
+    }
+});
