@@ -24,8 +24,13 @@ summary=()
 for t in "${targets[@]}"; do
     log=$(mktemp)
     echo "fuzz.sh: $t for ${seconds}s"
+    dict=()
+    case $t in
+        access_conf | fwknopd_conf) dict=(-dict=dict/conf.dict) ;;
+        http_intake) dict=(-dict=dict/http.dict) ;;
+    esac
     # max_len: a whole HTTP request (2000 bytes) or a config file of a few lines.
-    if cargo fuzz run "${build[@]}" "$t" "corpus/$t" -- \
+    if cargo fuzz run "${build[@]}" "$t" "corpus/$t" -- "${dict[@]}" \
         -max_total_time="$seconds" -max_len=4096 -timeout=10 -rss_limit_mb=2048 \
         -print_final_stats=1 >"$log" 2>&1; then
         status=ok

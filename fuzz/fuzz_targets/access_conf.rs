@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use postern_fuzz::conf::{check_error, check_no_secret_in, FILE};
+use postern_fuzz::conf::{check_error, check_no_secret_in, warning_line, FILE};
 use spa_server::config::access::parse_access_text;
 use std::path::Path;
 
@@ -30,11 +30,12 @@ fuzz_target!(|data: &[u8]| {
         Err(e) => {
             let file_level = e.message.starts_with("no access stanza");
             check_error(text, &e, file_level);
-            check_no_secret_in(text, &e.to_string());
+            check_no_secret_in(text, e.origin.line, &e.to_string());
         }
     }
     for w in &warnings {
-        assert!(w.starts_with(&format!("{FILE}:")), "warning without a line: {w}");
-        check_no_secret_in(text, w);
+        let line = warning_line(w);
+        assert!((1..=text.lines().count()).contains(&line), "{w}");
+        check_no_secret_in(text, line, w);
     }
 });

@@ -42,15 +42,27 @@ fuzz_target!(|payload: &[u8]| {
         let packet = &c.packet[..];
         assert!(packet.len() >= MIN_WIRE_LEN, "short HTTP path taken");
         assert!(!packet.iter().any(|b| b.is_ascii_whitespace()));
-        assert!(!packet.contains(&b'-') && !packet.contains(&b'_'), "URL form left in");
-        assert_eq!(packet.len(), payload[5..].iter().take_while(|b| !b.is_ascii_whitespace()).count());
+        assert!(
+            !packet.contains(&b'-') && !packet.contains(&b'_'),
+            "URL form left in"
+        );
+        assert_eq!(
+            packet.len(),
+            payload[5..]
+                .iter()
+                .take_while(|b| !b.is_ascii_whitespace())
+                .count()
+        );
         if !intake.any_user_agent {
             assert!(payload.windows(18).any(|w| w == b"User-Agent: Fwknop"));
         }
         match c.forwarded_for {
             Some(ip) => {
                 assert!(intake.x_forwarded_for);
-                assert!(names_forwarded(payload, &ip.to_string()), "{ip} not in the request");
+                assert!(
+                    names_forwarded(payload, &ip.to_string()),
+                    "{ip} not in the request"
+                );
             }
             None => assert!(!intake.x_forwarded_for || http::forwarded_for(payload).is_none()),
         }

@@ -14,10 +14,16 @@ fuzz_target!(|plaintext: &[u8]| {
     if let Ok(d) = &expected {
         check_decoded(d);
         let rebuilt = format!("{}:{}", d.encoded_data, d.digest);
-        assert_eq!(rebuilt.as_bytes(), plaintext, "encoded_data:digest is the plaintext");
+        assert_eq!(
+            rebuilt.as_bytes(),
+            plaintext,
+            "encoded_data:digest is the plaintext"
+        );
     }
     for (i, s) in receivers().stanzas.iter().enumerate() {
-        let Some(key) = s.rijndael_key() else { continue };
+        let Some(key) = s.rijndael_key() else {
+            continue;
+        };
         if !s.source.contains(postern_fuzz::PEER) {
             continue;
         }

@@ -144,7 +144,10 @@ pub fn check_receive_path(bytes: &[u8]) -> Vec<Verdict> {
         "precheck disagrees with the oracle: {prechecked:?}"
     );
     if screened.is_ok() {
-        assert!(prechecked.is_ok(), "screen passed a packet precheck refuses");
+        assert!(
+            prechecked.is_ok(),
+            "screen passed a packet precheck refuses"
+        );
     }
 
     // The candidates the screen must return: no more (no packet past a failed
@@ -204,8 +207,7 @@ pub fn check_receive_path(bytes: &[u8]) -> Vec<Verdict> {
                 "packet::open accepted a packet whose HMAC does not verify"
             );
         }
-        if !s.source.contains(PEER) || prechecked.as_ref().is_ok_and(|w| gpg::carries_prefix(w))
-        {
+        if !s.source.contains(PEER) || prechecked.as_ref().is_ok_and(|w| gpg::carries_prefix(w)) {
             continue; // refused by the server before keys matter
         }
         let server = match &verdicts[i] {
@@ -233,7 +235,10 @@ pub fn check_decoded(d: &DecodedMessage) {
         .unwrap_or_else(|e| panic!("cannot re-encode a decoded message ({e}): {d:?}"));
     let back = spa_core::message::decode_plaintext(again.as_bytes())
         .unwrap_or_else(|e| panic!("re-encoded message does not decode ({e}): {again}"));
-    assert_eq!(back.message, d.message, "decode ∘ encode changed the message");
+    assert_eq!(
+        back.message, d.message,
+        "decode ∘ encode changed the message"
+    );
 }
 
 /// Invariants of the fwknop-format config parsers.
@@ -257,8 +262,11 @@ pub mod conf {
         }
     }
 
-    /// Keys never show up in messages (they end up in logs).
-    pub fn check_no_secret_in(text: &str, message: &str) {
+    /// Keys never show up in messages (they end up in logs): a message about
+    /// line `line` does not quote that line's value if it is a key. Only long
+    /// values without spaces are checked, so that no fixed message text can
+    /// contain one by chance (the fuzzer copies message text into its inputs).
+    pub fn check_no_secret_in(text: &str, line: usize, message: &str) {
         const SECRETS: [&str; 5] = [
             "KEY",
             "KEY_BASE64",
@@ -266,14 +274,35 @@ pub mod conf {
             "HMAC_KEY_BASE64",
             "GPG_DECRYPT_PW",
         ];
-        for line in text.lines() {
-            let mut words = line.trim_start().splitn(2, char::is_whitespace);
-            let var = words.next().unwrap_or("").trim_end_matches(':');
-            let value = words.next().unwrap_or("").split(';').next().unwrap_or("").trim();
-            // Long and unique, so it cannot be in the message for another reason.
-            if SECRETS.contains(&var) && value.len() >= 16 && text.matches(value).count() == 1 {
-                assert!(!message.contains(value), "a secret is in the message: {message}");
-            }
+        let Some(raw) = line.checked_sub(1).and_then(|i| text.lines().nth(i)) else {
+            return;
+        };
+        let mut words = raw.trim_start().splitn(2, char::is_whitespace);
+        let var = words.next().unwrap_or("").trim_end_matches(':');
+        let value = words
+            .next()
+            .unwrap_or("")
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim();
+        if SECRETS.contains(&var) && value.len() >= 16 && !value.contains(char::is_whitespace) {
+            assert!(
+                !message.contains(value),
+                "a secret is in the message: {message}"
+            );
         }
+    }
+
+    /// The line number a warning starts with (`FILE:LINE: …`).
+    pub fn warning_line(warning: &str) -> usize {
+        let rest = warning
+            .strip_prefix(FILE)
+            .and_then(|r| r.strip_prefix(':'))
+            .unwrap_or_else(|| panic!("warning without the file name: {warning}"));
+        let digits = rest.split(':').next().unwrap_or("");
+        digits
+            .parse()
+            .unwrap_or_else(|_| panic!("warning without a line number: {warning}"))
     }
 }

@@ -399,8 +399,8 @@ mod tests {
     fn expansion_is_bounded_and_the_error_names_the_line() {
         let text = format!("A x\n{}", "A $A$A\n".repeat(40));
         let mut cfg = ServerConfig::default();
-        let err = apply_fwknopd_text(Path::new("f.conf"), &text, &mut cfg, &mut Vec::new())
-            .unwrap_err();
+        let err =
+            apply_fwknopd_text(Path::new("f.conf"), &text, &mut cfg, &mut Vec::new()).unwrap_err();
         // x doubled 10 times is 1024 bytes, still allowed; the 11th doubling is not.
         assert_eq!(
             err.to_string(),
