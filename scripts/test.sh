@@ -8,3 +8,4 @@ if command -v cargo-deny >/dev/null || cargo install cargo-deny --locked --quiet
     cargo deny --log-level error check licenses
 fi
 cargo test --workspace --no-fail-fast 2>&1
+bash scripts/fuzz.sh 15  # every fuzz target for 15 s (fuzz/, README "Fuzzing")

@@ -742,6 +742,23 @@ pub fn load_access_file(
 ) -> Result<Vec<AccessStanza>, ConfError> {
     let mut stanzas = Vec::new();
     read_into(path, 0, &mut stanzas, findings)?;
+    at_least_one(path, stanzas)
+}
+
+/// Parse access.conf `text` as if it had been read from `file` (the name is only
+/// used in messages). `%include…` lines still read the files they name; this is
+/// [`load_access_file`] without its own read, for fuzzing and tests.
+pub fn parse_access_text(
+    file: &Path,
+    text: &str,
+    findings: &mut Findings,
+) -> Result<Vec<AccessStanza>, ConfError> {
+    let mut stanzas = Vec::new();
+    read_text_into(file, text, 0, &mut stanzas, findings)?;
+    at_least_one(file, stanzas)
+}
+
+fn at_least_one(path: &Path, stanzas: Vec<AccessStanza>) -> Result<Vec<AccessStanza>, ConfError> {
     if stanzas.is_empty() {
         return Err(ConfError::file(
             path,
@@ -804,8 +821,18 @@ fn read_into(
     findings: &mut Findings,
 ) -> Result<(), ConfError> {
     let text = secure_read(path)?;
+    read_text_into(path, &text, depth, out, findings)
+}
+
+fn read_text_into(
+    path: &Path,
+    text: &str,
+    depth: usize,
+    out: &mut Vec<AccessStanza>,
+    findings: &mut Findings,
+) -> Result<(), ConfError> {
     let mut current: Option<AccessStanza> = None;
-    for e in parse_lines(path, &text)? {
+    for e in parse_lines(path, text)? {
         match e.var.as_str() {
             "%include" | "%include_folder" => {
                 if depth >= MAX_INCLUDE_DEPTH {

@@ -131,9 +131,15 @@ const FWKNOPD_NAT_CHAINS: [(&str, &str, &str); 4] = [
     ),
 ];
 
+/// fwknopd reads lines into buffers of this size (MAX_LINE_LEN), so no value it
+/// uses, expanded or not, is longer.
+const MAX_VALUE_LEN: usize = 1024;
+
 /// Expand `$VAR` references to other variables of the same file (fwknopd does this
-/// for paths such as `FWKNOP_PID_FILE $FWKNOP_RUN_DIR/fwknopd.pid`).
-fn expand(value: &str, vars: &HashMap<String, String>) -> String {
+/// for paths such as `FWKNOP_PID_FILE $FWKNOP_RUN_DIR/fwknopd.pid`). `None` when the
+/// result would exceed [`MAX_VALUE_LEN`]: each line can double a value
+/// (`A $A$A`), so a few hundred bytes of file could otherwise take all memory.
+fn expand(value: &str, vars: &HashMap<String, String>) -> Option<String> {
     let mut out = String::new();
     let mut rest = value;
     while let Some(pos) = rest.find('$') {
@@ -146,10 +152,13 @@ fn expand(value: &str, vars: &HashMap<String, String>) -> String {
             Some(v) if name_len > 0 => out.push_str(v),
             _ => out.push_str(&rest[pos..pos + 1 + name_len]),
         }
+        if out.len() > MAX_VALUE_LEN {
+            return None;
+        }
         rest = &after[name_len..];
     }
     out.push_str(rest);
-    out
+    (out.len() <= MAX_VALUE_LEN).then_some(out)
 }
 
 /// fwknopd's FWKNOP_RUN_DIR when the file sets none.
@@ -167,10 +176,29 @@ pub fn apply_fwknopd_conf(
     super::trust::check(path, "fwknopd.conf", super::trust::Trust::Trusted)?;
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfError::file(path, format!("cannot read: {e}")))?;
-    let mut entries = parse_lines(path, &text)?;
+    apply_fwknopd_text(path, &text, cfg, findings)
+}
+
+/// Apply fwknopd.conf `text` as if it had been read from `path` (the name is only
+/// used in messages): [`apply_fwknopd_conf`] without the read, for fuzzing and tests.
+pub fn apply_fwknopd_text(
+    path: &Path,
+    text: &str,
+    cfg: &mut ServerConfig,
+    findings: &mut Findings,
+) -> Result<(), ConfError> {
+    let mut entries = parse_lines(path, text)?;
     let mut vars: HashMap<String, String> = HashMap::new();
     for e in entries.iter_mut() {
-        e.value = expand(&e.value, &vars);
+        e.value = expand(&e.value, &vars).ok_or_else(|| {
+            ConfError::new(
+                &e.origin,
+                format!(
+                    "{} is longer than {MAX_VALUE_LEN} bytes once its $VARs are expanded",
+                    e.var
+                ),
+            )
+        })?;
         vars.insert(e.var.clone(), e.value.clone());
     }
     let get = |name: &str| entries.iter().rev().find(|e| e.var == name);
@@ -407,6 +435,34 @@ fn split_list(text: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by fuzz/fwknopd_conf: each `A $A$A` line doubled the value, so this
+    /// 284-byte file asked for 2^40 bytes.
+    #[test]
+    fn expansion_is_bounded_and_the_error_names_the_line() {
+        let text = format!("A x\n{}", "A $A$A\n".repeat(40));
+        let mut cfg = ServerConfig::default();
+        let err = apply_fwknopd_text(
+            Path::new("f.conf"),
+            &text,
+            &mut cfg,
+            &mut Findings::default(),
+        )
+        .unwrap_err();
+        // x doubled 10 times is 1024 bytes, still allowed; the 11th doubling is not.
+        assert_eq!(
+            err.to_string(),
+            "f.conf:12: A is longer than 1024 bytes once its $VARs are expanded"
+        );
+        let long = format!("PCAP_FILTER {}\n", "x".repeat(MAX_VALUE_LEN));
+        assert!(apply_fwknopd_text(
+            Path::new("f.conf"),
+            &long,
+            &mut cfg,
+            &mut Findings::default()
+        )
+        .is_ok());
+    }
 
     fn load(text: &str) -> (ServerConfig, Vec<String>) {
         let dir = tempfile::tempdir().unwrap();
