@@ -8,6 +8,7 @@ use crate::keys::{self, GpgKeyMaterial, KeyInput, KeyMaterial};
 use crate::output::{self, FieldView};
 use crate::rcfile::{self, PermCheck, RcFile};
 use crate::resolve;
+use crate::saved_args;
 use crate::send::{self, Target};
 use crate::settings::{
     AllowIp, KeySpec, SecretText, ServerProto, Settings, Var, DEFAULT_SERVER_PORT,
@@ -45,7 +46,8 @@ where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
-    let cli = match Cli::parse_args(args) {
+    let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+    let cli = match Cli::parse_args(&args) {
         Ok(cli) => cli,
         Err(CliExit::Help(text)) => {
             let _ = write!(out, "{text}");
@@ -57,7 +59,7 @@ where
         }
     };
     let mut console = Console { out, err };
-    match execute(&cli, &mut console) {
+    match with_saved_args(&cli, &args, &mut console) {
         Ok(()) => {
             let _ = console.out.flush();
             0
@@ -81,10 +83,55 @@ pub fn rc_path(cli: &Cli) -> Result<PathBuf> {
             "--no-home-dir needs --rc-file (or --no-rc-file)",
         ));
     }
-    let home = std::env::var("HOME").ok().filter(|h| !h.is_empty()).or_else(user::passwd_home).ok_or_else(|| {
+    let home = home_dir().map_err(|_| {
         ClientError::RcFile("cannot determine the home directory for the rc file (set HOME, or use --rc-file / --no-rc-file)".into())
     })?;
     Ok(Path::new(&home).join(rcfile::RC_FILE_NAME))
+}
+
+/// $HOME, else the passwd entry's home.
+fn home_dir() -> Result<String> {
+    std::env::var("HOME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(user::passwd_home)
+        .ok_or_else(|| ClientError::usage("cannot determine the home directory (set HOME)"))
+}
+
+/// fwknop's saved command line around [`execute`]: `--show-last` prints it, `-l`
+/// runs it instead of `args` (which are then ignored, as fwknop ignores them).
+fn with_saved_args(cli: &Cli, args: &[OsString], console: &mut Console) -> Result<()> {
+    let saved_path = || saved_args::path(cli.save_args_file.as_deref(), home_dir);
+    if cli.show_last || cli.last_cmd {
+        let (line, warning) = saved_args::load(&saved_path()?)?;
+        if let Some(w) = warning {
+            console.warn(&w);
+        }
+        if cli.show_last {
+            return console.say(&format!("Last fwknop client command line: {line}"));
+        }
+        let last = Cli::parse_args(saved_args::argv(&line)).map_err(|e| match e {
+            CliExit::Help(_) => {
+                ClientError::usage(format!("the saved command line asks for help: {line}"))
+            }
+            CliExit::Error(msg) => ClientError::usage(format!("the saved command line: {msg}")),
+        })?;
+        if last.last_cmd || last.show_last {
+            return Err(ClientError::usage(format!(
+                "the saved command line runs -l/--show-last itself: {line}"
+            )));
+        }
+        if cli.verbose > 0 || last.verbose > 0 {
+            console.say(&format!("Executing: {line}"))?;
+        }
+        return execute(&last, console, None);
+    }
+    // Without a home directory (or with --no-home-dir) and no -E there is nowhere to save.
+    let home_allowed = !cli.no_home_dir || cli.save_args_file.is_some();
+    let save_to = (!cli.no_save_args && home_allowed)
+        .then(saved_path)
+        .and_then(Result::ok);
+    execute(cli, console, save_to.as_deref().map(|p| (p, args)))
 }
 
 fn check_rc_perms(rc: &RcFile, console: &mut Console) -> Result<()> {
@@ -616,7 +663,14 @@ fn send_packet(cli: &Cli, settings: &Settings, console: &mut Console) -> Result<
 }
 
 /// Everything after argument parsing.
-pub fn execute(cli: &Cli, console: &mut Console) -> Result<()> {
+/// Run `cli`. With `save_args`, a command line that sends a knock (or shows one
+/// with -T) is saved there first, as fwknop does, unless NO_SAVE_ARGS is set in
+/// the rc file.
+pub fn execute(
+    cli: &Cli,
+    console: &mut Console,
+    save_args: Option<(&Path, &[OsString])>,
+) -> Result<()> {
     if cli.version {
         return console.say(&format!(
             "postern client {VERSION}, FKO protocol version {}",
@@ -672,6 +726,15 @@ pub fn execute(cli: &Cli, console: &mut Console) -> Result<()> {
             .ok_or_else(|| ClientError::usage("cannot save an rc stanza without an rc file"))?;
         let name = stanza_name(cli, &settings)?;
         let _kept = save_stanza(rc, &name, &settings, &[], cli.force_stanza, console)?;
+    }
+    if let Some((path, args)) = save_args.filter(|_| !settings.no_save_args) {
+        match saved_args::line_for(args) {
+            Some(line) => saved_args::save(path, &line)?,
+            None if settings.verbose > 0 => console.warn(
+                "[-] not saving the command line for -l: an argument holds whitespace or it is too long",
+            ),
+            None => {}
+        }
     }
     send_packet(cli, &settings, console)
 }

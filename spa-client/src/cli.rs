@@ -315,9 +315,26 @@ pub struct Cli {
     #[arg(long = "stanza-list")]
     pub stanza_list: bool,
 
-    /// Accepted for compatibility: postern never saves its arguments
+    /// Do not save this command line (in ~/.fwknop.run or the -E file)
     #[arg(long = "no-save-args")]
     pub no_save_args: bool,
+
+    /// Save the command line to FILE instead of ~/.fwknop.run (read by -l, --show-last)
+    #[arg(
+        short = 'E',
+        long = "save-args-file",
+        value_name = "FILE",
+        allow_hyphen_values = true
+    )]
+    pub save_args_file: Option<String>,
+
+    /// Run the last saved command line again (other arguments are ignored, as fwknop)
+    #[arg(short = 'l', long = "last-cmd")]
+    pub last_cmd: bool,
+
+    /// Print the last saved command line and exit
+    #[arg(long = "show-last")]
+    pub show_last: bool,
 
     /// Only use IPv4 addresses for the SPA server name
     #[arg(long = "server-resolve-ipv4")]
@@ -389,12 +406,6 @@ pub struct Cli {
     pub gpg_no_signing_pw: bool,
 
     // ---- fwknop options postern recognises but does not implement yet ----
-    #[arg(short = 'E', long = "save-args-file", value_name = "FILE", help = NOT_YET, allow_hyphen_values = true)]
-    pub save_args_file: Option<String>,
-    #[arg(short = 'l', long = "last-cmd", help = NOT_YET)]
-    pub last_cmd: bool,
-    #[arg(long = "show-last", help = NOT_YET)]
-    pub show_last: bool,
     #[arg(short = 'Q', long = "spoof-source", visible_alias = "spoof-src", value_name = "IP", help = NOT_YET, allow_hyphen_values = true)]
     pub spoof_source: Option<String>,
     #[arg(short = 'w', long = "wget-cmd", value_name = "PATH", help = NOT_YET, allow_hyphen_values = true)]
@@ -439,10 +450,7 @@ impl Cli {
 
     /// The first fwknop flag in use that postern does not implement, if any.
     pub fn unsupported_flag(&self) -> Option<&'static str> {
-        let flags: [(bool, &'static str); 9] = [
-            (self.save_args_file.is_some(), "-E/--save-args-file"),
-            (self.last_cmd, "-l/--last-cmd"),
-            (self.show_last, "--show-last"),
+        let flags: [(bool, &'static str); 6] = [
             (self.spoof_source.is_some(), "-Q/--spoof-source"),
             (self.wget_cmd.is_some(), "-w/--wget-cmd"),
             (self.use_wget_user_agent, "--use-wget-user-agent"),
@@ -507,8 +515,8 @@ mod tests {
     fn unsupported_flags_are_named() {
         let cli = parse(&["-g", "-A", "tcp/22", "--gpg-recipient-key", "ABCD1234"]).unwrap();
         assert_eq!(cli.unsupported_flag(), None);
-        let cli = parse(&["-l"]).unwrap();
-        assert_eq!(cli.unsupported_flag(), Some("-l/--last-cmd"));
+        let cli = parse(&["-l", "-E", "f", "--show-last"]).unwrap();
+        assert_eq!(cli.unsupported_flag(), None);
         let cli = parse(&["--spoof-src", "1.2.3.4"]).unwrap();
         assert_eq!(cli.unsupported_flag(), Some("-Q/--spoof-source"));
     }

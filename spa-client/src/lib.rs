@@ -25,6 +25,7 @@ pub mod output;
 pub mod random;
 pub mod rcfile;
 pub mod resolve;
+pub mod saved_args;
 pub mod send;
 pub mod settings;
 pub mod user;

@@ -183,9 +183,6 @@ fn unknown_and_unsupported_flags() {
     assert!(line.contains("--bogus-flag"), "{line}");
     for (flag, name) in [
         (vec!["-Q", "1.2.3.4"], "-Q/--spoof-source"),
-        (vec!["-l"], "-l/--last-cmd"),
-        (vec!["--show-last"], "--show-last"),
-        (vec!["-E", "/tmp/args"], "-E/--save-args-file"),
         (vec!["-w", "/usr/bin/wget"], "-w/--wget-cmd"),
         (vec!["--icmp-type", "8"], "--icmp-type"),
     ] {

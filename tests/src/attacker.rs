@@ -497,6 +497,25 @@ pub fn vm_rss_kib(pid: u32) -> u64 {
         .unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status"))
 }
 
+/// CPU time a process has used so far (user + system, all threads), from
+/// /proc/PID/stat, in milliseconds. Reported beside attack figures, never asserted.
+pub fn cpu_time_ms(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/stat: {e}"));
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let fields: Vec<&str> = stat[stat.rfind(')').map_or(0, |i| i + 2)..]
+        .split_whitespace()
+        .collect();
+    // utime and stime are fields 14 and 15 of stat(5), so 11 and 12 here.
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf only reads a constant of the running system.
+    let hz = match unsafe { libc::sysconf(libc::_SC_CLK_TCK) } {
+        n if n > 0 => n as u64,
+        _ => 100,
+    };
+    ticks * 1000 / hz
+}
+
 /// `addr:port` as a SocketAddr (for the harness's UDP helpers).
 pub fn v4(addr: Ipv4Addr, port: u16) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(addr), port)

@@ -9,7 +9,7 @@
 //! With the old capture (a global semaphore, a per-source cap of max/8, one read
 //! timeout) the 64 slots stay full and the knock is closed unread.
 
-use postern_e2e::attacker::{vm_rss_kib, Attacker};
+use postern_e2e::attacker::{cpu_time_ms, vm_rss_kib, Attacker};
 use postern_e2e::posternd::{
     knock_with, nftables_action, run_scenarios, runnable, tcp_capture, Service, Setup, SPA_PORT,
 };
@@ -54,6 +54,7 @@ fn under_attack(attack: Attack, tag: &str) {
     );
 
     let rss_before = vm_rss_kib(d.pid());
+    let (cpu_before, attack_start) = (cpu_time_ms(d.pid()), std::time::Instant::now());
     let trickle = match attack {
         Attack::Idle => None,
         Attack::Slowloris => Some(Duration::from_secs(1)),
@@ -101,12 +102,15 @@ fn under_attack(attack: Attack, tag: &str) {
     );
     let during = holder.stats();
     let rss_after = vm_rss_kib(d.pid());
+    let cpu_ms = cpu_time_ms(d.pid()) - cpu_before;
+    let attack_ms = attack_start.elapsed().as_millis();
     let stats = holder.stop();
     let log = d.log_text();
     println!(
         "  {attack:?}: {KNOCKS}/{KNOCKS} knocks got through; attacker held {held_at_knocks:?} \
          connections at the knocks, opened {} and saw {} closed in all; \
-         posternd VmRSS {rss_before} KiB before, {rss_max} KiB max, {rss_after} KiB after",
+         posternd VmRSS {rss_before} KiB before, {rss_max} KiB max, {rss_after} KiB after, \
+         CPU {cpu_ms} ms in {attack_ms} ms of attack",
         stats.opened, stats.closed
     );
     println!(
