@@ -1,6 +1,6 @@
 //! fwknopd.conf, read unchanged and mapped onto postern's own configuration.
 
-use super::conf_file::{parse_bool, parse_lines, parse_num, ConfError, Findings};
+use super::conf_file::{parse_bool, parse_lines, parse_num, ConfError, Entry, Findings};
 use super::{ActionConfig, CaptureConfig, ReplayConfig, ServerConfig};
 use std::collections::HashMap;
 use std::path::Path;
@@ -173,10 +173,26 @@ pub fn apply_fwknopd_conf(
     cfg: &mut ServerConfig,
     findings: &mut Findings,
 ) -> Result<(), ConfError> {
-    super::trust::check(path, "fwknopd.conf", super::trust::Trust::Trusted)?;
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfError::file(path, format!("cannot read: {e}")))?;
-    apply_fwknopd_text(path, &text, cfg, findings)
+    apply_fwknopd_files(&[path.to_path_buf()], cfg, findings)
+}
+
+/// Apply fwknopd.conf and its `-O` override files, as fwknopd reads them: one
+/// after the other into the same variables, so a later file's value wins and a
+/// `$VAR` is expanded with the value set so far (by any earlier file). Every
+/// file is checked as the main one is (owner, mode, unknown variables, values).
+pub fn apply_fwknopd_files(
+    paths: &[std::path::PathBuf],
+    cfg: &mut ServerConfig,
+    findings: &mut Findings,
+) -> Result<(), ConfError> {
+    let mut entries = Vec::new();
+    for path in paths {
+        super::trust::check(path, "fwknopd.conf", super::trust::Trust::Trusted)?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfError::file(path, format!("cannot read: {e}")))?;
+        entries.extend(parse_lines(path, &text)?);
+    }
+    apply_entries(entries, cfg, findings)
 }
 
 /// Apply fwknopd.conf `text` as if it had been read from `path` (the name is only
@@ -187,7 +203,14 @@ pub fn apply_fwknopd_text(
     cfg: &mut ServerConfig,
     findings: &mut Findings,
 ) -> Result<(), ConfError> {
-    let mut entries = parse_lines(path, text)?;
+    apply_entries(parse_lines(path, text)?, cfg, findings)
+}
+
+fn apply_entries(
+    mut entries: Vec<Entry>,
+    cfg: &mut ServerConfig,
+    findings: &mut Findings,
+) -> Result<(), ConfError> {
     let mut vars: HashMap<String, String> = HashMap::new();
     for e in entries.iter_mut() {
         e.value = expand(&e.value, &vars).ok_or_else(|| {
@@ -201,6 +224,8 @@ pub fn apply_fwknopd_text(
         })?;
         vars.insert(e.var.clone(), e.value.clone());
     }
+    // The effective values, for `posternd -D` (fwknopd's dump).
+    cfg.fwknopd_vars = vars.into_iter().collect();
     let get = |name: &str| entries.iter().rev().find(|e| e.var == name);
     let flag = |name: &str, default: bool| -> Result<bool, ConfError> {
         get(name).map(parse_bool).unwrap_or(Ok(default))
@@ -243,6 +268,10 @@ pub fn apply_fwknopd_text(
     }
     if let Some(e) = get("GPG_EXE") {
         cfg.server.gpg_exe = Some(e.value.clone().into());
+    }
+    // The sudo of ENABLE_CMD_SUDO_EXEC stanzas.
+    if let Some(e) = get("SUDO_EXE") {
+        cfg.server.sudo_exe = Some(e.value.clone().into());
     }
     cfg.server.spa_over_http = flag("ENABLE_SPA_OVER_HTTP", false)?;
     cfg.server.allow_any_user_agent = flag("ALLOW_ANY_USER_AGENT", false)?;

@@ -263,6 +263,90 @@ pub fn read_fwknop_cache(path: &Path) -> Result<Vec<(PacketDigest, u64)>, Replay
         .collect())
 }
 
+/// `--exit-parse-digest-cache` for fwknopd's digest cache: every line must be
+/// `<digest> <proto> <src ip> <src port> <dst ip> <dst port> <time>` as fwknopd
+/// writes it. fwknopd only skips a bad line at start; here each is reported as
+/// `file:line: why`. Returns the number of valid entries (a missing file has none).
+pub fn check_fwknop_cache(path: &Path) -> Result<usize, Vec<String>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(vec![format!("{}: {e}", path.display())]),
+    };
+    let mut valid = 0;
+    let mut errors = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() || line.starts_with('#') {
+            continue;
+        }
+        match check_cache_line(line) {
+            Ok(()) => valid += 1,
+            Err(why) => errors.push(format!("{}:{}: {why}", path.display(), i + 1)),
+        }
+    }
+    if errors.is_empty() {
+        Ok(valid)
+    } else {
+        Err(errors)
+    }
+}
+
+fn check_cache_line(line: &str) -> Result<(), String> {
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let [digest, proto, src, sport, dst, dport, time] = fields[..] else {
+        return Err(format!("{} fields, a digest cache line has 7", fields.len()));
+    };
+    let bytes = spa_core::b64::decode(digest).ok_or("the digest is not base64")?;
+    if bytes.len() != 32 {
+        return Err(format!("the digest is {} bytes, SHA-256 is 32", bytes.len()));
+    }
+    proto.parse::<u8>().map_err(|_| format!("protocol `{proto}`"))?;
+    for (addr, port) in [(src, sport), (dst, dport)] {
+        addr.parse::<std::net::Ipv4Addr>()
+            .map_err(|_| format!("`{addr}` is not an IPv4 address"))?;
+        port.parse::<u16>().map_err(|_| format!("port `{port}`"))?;
+    }
+    time.parse::<i64>().map_err(|_| format!("time `{time}`"))?;
+    Ok(())
+}
+
+/// `--exit-parse-digest-cache` for posternd's own store: open it read-only and
+/// count its digests (a missing store has none).
+pub fn check_store(path: &Path) -> Result<usize, ReplayError> {
+    if !path.exists() {
+        return Ok(0);
+    }
+    let at = |e: &dyn std::fmt::Display| ReplayError(format!("{}: {e}", path.display()));
+    // Database::open locks the file: a store a running posternd holds is an error.
+    let db = Database::open(path).map_err(|e| at(&e))?;
+    let read = db.begin_read().map_err(|e| at(&e))?;
+    match read.open_table(TABLE) {
+        Ok(table) => {
+            use redb::ReadableTableMetadata;
+            Ok(table.len().map_err(|e| at(&e))? as usize)
+        }
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
+        Err(e) => Err(at(&e)),
+    }
+}
+
+/// `--rotate-digest-cache`: rename `path` to `path-old` (as fwknopd), so the
+/// next open starts empty. A missing file is nothing to rotate.
+pub fn rotate(path: &Path) -> Result<Option<std::path::PathBuf>, ReplayError> {
+    let mut old = path.as_os_str().to_owned();
+    old.push("-old");
+    let old = std::path::PathBuf::from(old);
+    match std::fs::rename(path, &old) {
+        Ok(()) => Ok(Some(old)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(ReplayError(format!(
+            "Unable to rename digest file: {} to {}: {e}",
+            path.display(),
+            old.display()
+        ))),
+    }
+}
+
 #[async_trait]
 impl ReplayStore for FileStore {
     async fn check_and_insert(
