@@ -197,7 +197,10 @@ pub const SERVER_ERROR_CODES: &[(u32, &str)] = &[
     (4101, "Unable to retrieve digest from the SPA data."),
     (4102, "Error trying to access the digest.cache file"),
     (4103, "Detected SPA message replay"),
-    (4104, "SPA message timestamp is outside the allowable window"),
+    (
+        4104,
+        "SPA message timestamp is outside the allowable window",
+    ),
     (4105, "SPA message did not pass access checks"),
     (
         4106,
@@ -207,7 +210,10 @@ pub const SERVER_ERROR_CODES: &[(u32, &str)] = &[
     (4108, "Undefined/unknown fwknopd Error"),
     (4109, "General SPA message processing error"),
     (8192, "An error occurred while tring to add a firewall rule"),
-    (8193, "An error occurred while tring to delete a firewall rule"),
+    (
+        8193,
+        "An error occurred while tring to delete a firewall rule",
+    ),
     (8194, "Unknown/unclassified firewall rule processing error"),
 ];
 
@@ -217,4 +223,36 @@ pub fn server_error_codes_text() -> String {
         .iter()
         .map(|(code, text)| format!("err code: {code}, err string: '{text}'\n"))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn override_list_and_packet_limit_as_fwknopd_reads_them() {
+        let cli = Cli::parse_from(["posternd", "-O", "a.conf,b.conf", "-C", "5"]);
+        assert_eq!(
+            cli.override_files(),
+            vec![PathBuf::from("a.conf"), PathBuf::from("b.conf")]
+        );
+        assert_eq!(cli.packet_limit(), Ok(Some(5)));
+        for (given, want) in [("0", Ok(None)), ("2147483648", Ok(Some(1 << 31)))] {
+            let cli = Cli::parse_from(["posternd", "-C", given]);
+            assert_eq!(cli.packet_limit(), want);
+        }
+        for bad in ["x", "2147483649", "1.5"] {
+            let cli = Cli::parse_from(["posternd", "--packet-limit", bad]);
+            assert!(cli.packet_limit().is_err(), "{bad}");
+        }
+        assert_eq!(Cli::parse_from(["posternd"]).unsupported_flag(), None);
+    }
+
+    #[test]
+    fn error_codes_print_as_fwknopd() {
+        let text = server_error_codes_text();
+        assert_eq!(text.lines().count(), 17);
+        assert!(text
+            .starts_with("err code: 4096, err string: 'Data is not a valid SPA message format'\n"));
+    }
 }

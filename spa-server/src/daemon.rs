@@ -104,7 +104,9 @@ pub fn list_all_rules(cfg: &ServerConfig) -> anyhow::Result<String> {
                 vec![("firewall-cmd".into(), vec!["--list-all-zones".into()])]
             }
             "log" => continue,
-            other => anyhow::bail!("--fw-list-all: not available for action `{other}`; use --fw-list"),
+            other => {
+                anyhow::bail!("--fw-list-all: not available for action `{other}`; use --fw-list")
+            }
         };
         for (exe, args) in runs {
             let got = std::process::Command::new(&exe)
@@ -375,7 +377,9 @@ fn reload(
     next.server.run_dir.clone_from(&current.server.run_dir);
     next.server.test_mode = current.server.test_mode;
     if next.server.gpg_home_dir.is_none() {
-        next.server.gpg_home_dir.clone_from(&current.server.gpg_home_dir);
+        next.server
+            .gpg_home_dir
+            .clone_from(&current.server.gpg_home_dir);
     }
     if next.server.gpg_exe.is_none() {
         next.server.gpg_exe.clone_from(&current.server.gpg_exe);
@@ -399,7 +403,7 @@ fn reload(
     running.keyring.replace(access);
     running.keyring.set_blacklist(next.server.blacklist.clone());
     tracing::info!(
-        "SIGHUP: re-read the configuration, {n} access stanzas; live grants kept (capture/action changes need a restart)"
+        "SIGHUP: reloaded the configuration files, {n} access stanzas; live grants kept (capture/action changes need a restart)"
     );
     Ok(next)
 }
@@ -458,5 +462,26 @@ mod tests {
             Some(std::path::Path::new("/srv/gnupg"))
         );
         assert!(stanzas[2].gpg_home_dir.is_none());
+    }
+
+    #[test]
+    fn sudo_exe_reaches_every_sudo_stanza() {
+        let server = ServerSection {
+            sudo_exe: Some("/opt/bin/sudo".into()),
+            ..ServerSection::default()
+        };
+        let mut s = AccessStanza::new(AddrList::Any);
+        s.enable_cmd_exec = true;
+        s.enable_cmd_sudo_exec = true;
+        let mut stanzas = vec![s.clone()];
+        assert_eq!(
+            stanzas[0].sudo_exec().unwrap().exe,
+            std::path::PathBuf::from(postern_backend_script::command::DEFAULT_SUDO_EXE)
+        );
+        apply_server_defaults(&mut stanzas, &server);
+        assert_eq!(
+            stanzas[0].sudo_exec().unwrap().exe,
+            std::path::PathBuf::from("/opt/bin/sudo")
+        );
     }
 }

@@ -955,4 +955,21 @@ mod tests {
         m.client_timeout = Some(45);
         assert_eq!(eval(&s, &m).unwrap().timeout_secs(), 45);
     }
+
+    #[test]
+    fn refusals_in_fwknopds_words_with_the_sender_first() {
+        let ip: IpAddr = "192.0.2.9".parse().unwrap();
+        assert_eq!(
+            Denial::TooOld { age: 300, max: 120 }.fwknopd_log(ip, 2),
+            "[192.0.2.9] (stanza #2) SPA data time difference is too great (300 seconds)."
+        );
+        assert_eq!(
+            Denial::Username { got: "bob\n".into() }.fwknopd_log(ip, 1),
+            "[192.0.2.9] (stanza #1) Username in SPA data (bob\\n) does not match required username"
+        );
+        assert_eq!(
+            Denial::NatDisabled.fwknopd_log(ip, 1),
+            "(stanza #1) SPA packet from 192.0.2.9 requested NAT access, but is not enabled/supported"
+        );
+    }
 }

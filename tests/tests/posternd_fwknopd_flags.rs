@@ -95,7 +95,11 @@ fn dump_serv_err_codes_is_fwknopds() {
         return;
     }
     let ours = run(&posternd_bin(), &["--dump-serv-err-codes".into()], "UTC");
-    let theirs = run(Path::new("fwknopd"), &["--dump-serv-err-codes".into()], "UTC");
+    let theirs = run(
+        Path::new("fwknopd"),
+        &["--dump-serv-err-codes".into()],
+        "UTC",
+    );
     assert!(ours.status.success(), "{}", describe(&ours));
     assert_eq!(text(&ours), text(&theirs));
     assert!(text(&ours).contains("err code: 4103, err string: 'Detected SPA message replay'"));
@@ -107,7 +111,11 @@ fn dump_config_is_fwknopds_with_overrides_and_local_expiry() {
         return;
     }
     let keys = SpaKeys::generate("cbc", Some("sha256"));
-    let (dir, conf, access) = files(&keys, 30, "ACCESS_EXPIRE 12/31/2030\nREQUIRE_USERNAME root\n");
+    let (dir, conf, access) = files(
+        &keys,
+        30,
+        "ACCESS_EXPIRE 12/31/2030\nREQUIRE_USERNAME root\n",
+    );
     // Later files win; $VAR expands with the value set so far (main file's).
     let o1 = dir.write("o1.conf", "MAX_SPA_PACKET_AGE 60;\nPCAP_INTF lo;\n");
     let o2 = dir.write(
@@ -127,9 +135,15 @@ fn dump_config_is_fwknopds_with_overrides_and_local_expiry() {
             "posternd -D differs from fwknopd -D (TZ={tz})"
         );
         let dump = text(&ours);
-        assert!(dump.contains("MAX_SPA_PACKET_AGE           =  '45'"), "{dump}");
+        assert!(
+            dump.contains("MAX_SPA_PACKET_AGE           =  '45'"),
+            "{dump}"
+        );
         assert!(dump.contains("/other.cache'"), "{dump}");
-        assert!(dump.contains("KEY_BASE64:  <see the access.conf file>"), "{dump}");
+        assert!(
+            dump.contains("KEY_BASE64:  <see the access.conf file>"),
+            "{dump}"
+        );
         assert!(
             !dump.contains(&keys.access_conf_lines()[11..30]),
             "a key was printed:\n{dump}"
@@ -137,7 +151,11 @@ fn dump_config_is_fwknopds_with_overrides_and_local_expiry() {
     }
     // The policy uses the same local midnight: 9 h earlier in Tokyo than in UTC.
     let epoch = |tz: &str| -> i64 {
-        let out = run(&posternd_bin(), &args(&conf, &access, &["--dump-config-toml"]), tz);
+        let out = run(
+            &posternd_bin(),
+            &args(&conf, &access, &["--dump-config-toml"]),
+            tz,
+        );
         let t = text(&out);
         t.lines()
             .find_map(|l| l.strip_prefix("access_expire_epoch = "))
@@ -155,7 +173,11 @@ fn override_errors_name_the_override_file_and_line() {
     let bad = dir.write("bad.conf", "# override\nMAX_SPA_PACKET_AGE soon;\n");
     let out = run(
         &posternd_bin(),
-        &args(&conf, &access, &["--exit-parse-config", "-O", &bad.display().to_string()]),
+        &args(
+            &conf,
+            &access,
+            &["--exit-parse-config", "-O", &bad.display().to_string()],
+        ),
         "UTC",
     );
     let err = String::from_utf8_lossy(&out.stderr);
@@ -176,10 +198,18 @@ fn exit_parse_digest_cache_names_a_malformed_line() {
     let argv = args(&conf, &access, &["--exit-parse-digest-cache"]);
     std::fs::write(&cache, good).unwrap();
     let out = run(&posternd_bin(), &argv, "UTC");
-    assert!(out.status.success(), "good cache refused: {}", describe(&out));
+    assert!(
+        out.status.success(),
+        "good cache refused: {}",
+        describe(&out)
+    );
     assert!(text(&out).contains("1 digests"), "{}", describe(&out));
 
-    std::fs::write(&cache, format!("{good}\n7XgadOyqv0tF5xG8uhg2 17 127.0.0.1\n")).unwrap();
+    std::fs::write(
+        &cache,
+        format!("{good}\n7XgadOyqv0tF5xG8uhg2 17 127.0.0.1\n"),
+    )
+    .unwrap();
     let out = run(&posternd_bin(), &argv, "UTC");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "malformed cache accepted");
@@ -197,21 +227,46 @@ fn packet_limit_stops_posternd_and_closes_its_grant() {
     let svc = Service::iptables_guarded("fc", PORT);
     let keys = SpaKeys::generate("cbc", Some("sha256"));
     let (dir, conf, access) = files(&keys, 60, "");
-    let mut d = Posternd::start(svc.server(), &args(&conf, &access, &["-C", "2"]), dir.dir.path());
-    let ctx = |d: &Posternd| format!("--- log ---\n{}\n--- iptables ---\n{}", d.log_text(), svc.iptables_save());
+    let mut d = Posternd::start(
+        svc.server(),
+        &args(&conf, &access, &["-C", "2"]),
+        dir.dir.path(),
+    );
+    let ctx = |d: &Posternd| {
+        format!(
+            "--- log ---\n{}\n--- iptables ---\n{}",
+            d.log_text(),
+            svc.iptables_save()
+        )
+    };
     let packet = saved_packet(&svc, &keys, &[]);
     send(&svc, &packet);
-    assert!(svc.wait_reachable(true, Duration::from_secs(5)), "knock did not open\n{}", ctx(&d));
+    assert!(
+        svc.wait_reachable(true, Duration::from_secs(5)),
+        "knock did not open\n{}",
+        ctx(&d)
+    );
     assert!(d.is_running(), "stopped after one packet\n{}", ctx(&d));
     send(&svc, &packet); // the second packet (a replay): the limit
-    let exited = wait_until(Duration::from_secs(10), Duration::from_millis(50), || !d.is_running());
-    assert!(exited, "posternd -C 2 still runs after two packets\n{}", ctx(&d));
+    let exited = wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
+        !d.is_running()
+    });
+    assert!(
+        exited,
+        "posternd -C 2 still runs after two packets\n{}",
+        ctx(&d)
+    );
     assert!(
         svc.stays_closed(Duration::from_millis(1000)),
         "the grant outlived posternd (60 s timeout)\n{}",
         ctx(&d)
     );
-    assert!(d.log_text().contains("Incoming packet count limit of 2 reached"), "{}", ctx(&d));
+    assert!(
+        d.log_text()
+            .contains("Incoming packet count limit of 2 reached"),
+        "{}",
+        ctx(&d)
+    );
 }
 
 #[test]
@@ -225,20 +280,36 @@ fn rotate_digest_cache_starts_an_empty_replay_store() {
     let packet = saved_packet(&svc, &keys, &[]);
     let mut d = Posternd::start(svc.server(), &args(&conf, &access, &[]), dir.dir.path());
     send(&svc, &packet);
-    assert!(svc.wait_reachable(true, Duration::from_secs(5)), "{}", d.log_text());
-    assert!(svc.wait_reachable(false, Duration::from_secs(10)), "{}", d.log_text());
+    assert!(
+        svc.wait_reachable(true, Duration::from_secs(5)),
+        "{}",
+        d.log_text()
+    );
+    assert!(
+        svc.wait_reachable(false, Duration::from_secs(10)),
+        "{}",
+        d.log_text()
+    );
     d.terminate(Duration::from_secs(5));
     // Without rotation the copy is a replay (posternd_replay checks that too).
     let mut d = Posternd::start(svc.server(), &args(&conf, &access, &[]), dir.dir.path());
     send(&svc, &packet);
-    assert!(svc.stays_closed(Duration::from_millis(1500)), "replay opened\n{}", d.log_text());
+    assert!(
+        svc.stays_closed(Duration::from_millis(1500)),
+        "replay opened\n{}",
+        d.log_text()
+    );
     d.terminate(Duration::from_secs(5));
     let d = Posternd::start(
         svc.server(),
         &args(&conf, &access, &["--rotate-digest-cache"]),
         dir.dir.path(),
     );
-    assert!(dir.run_dir().join("replay.redb-old").exists(), "{}", d.log_text());
+    assert!(
+        dir.run_dir().join("replay.redb-old").exists(),
+        "{}",
+        d.log_text()
+    );
     send(&svc, &packet);
     assert!(
         svc.wait_reachable(true, Duration::from_secs(5)),
@@ -257,10 +328,19 @@ fn restart_rereads_access_conf_and_keeps_the_live_grant() {
     let (dir, conf, access) = files(&keys, 30, "");
     let d = Posternd::start(svc.server(), &args(&conf, &access, &[]), dir.dir.path());
     knock_ok(&svc, &keys, &[]);
-    assert!(svc.wait_reachable(true, Duration::from_secs(5)), "{}", d.log_text());
+    assert!(
+        svc.wait_reachable(true, Duration::from_secs(5)),
+        "{}",
+        d.log_text()
+    );
     std::fs::write(
         &access,
-        access_conf(&keys, Some(&format!("tcp/{PORT}")), 30, "REQUIRE_USERNAME nobody-here\n"),
+        access_conf(
+            &keys,
+            Some(&format!("tcp/{PORT}")),
+            30,
+            "REQUIRE_USERNAME nobody-here\n",
+        ),
     )
     .unwrap();
     let out = svc.server().run(&[
@@ -272,11 +352,23 @@ fn restart_rereads_access_conf_and_keeps_the_live_grant() {
         &access.display().to_string(),
     ]);
     assert!(out.status.success(), "posternd -R: {}", describe(&out));
-    assert!(d.wait_log("SIGHUP: re-read", 1, Duration::from_secs(5)), "{}", d.log_text());
-    assert!(svc.reachable(Duration::from_secs(1)), "the live grant was dropped\n{}", d.log_text());
+    assert!(
+        d.wait_log("SIGHUP: reloaded", 1, Duration::from_secs(5)),
+        "{}",
+        d.log_text()
+    );
+    assert!(
+        svc.reachable(Duration::from_secs(1)),
+        "the live grant was dropped\n{}",
+        d.log_text()
+    );
     knock_ok(&svc, &keys, &[]);
     assert!(
-        d.wait_log("does not match required username", 1, Duration::from_secs(5)),
+        d.wait_log(
+            "does not match required username",
+            1,
+            Duration::from_secs(5)
+        ),
         "the re-read REQUIRE_USERNAME was not applied\n{}",
         d.log_text()
     );
@@ -293,14 +385,23 @@ fn fw_list_all_lists_chains_posternd_did_not_create() {
     let _d = Posternd::start(svc.server(), &args(&conf, &access, &[]), dir.dir.path());
     let bin = posternd_bin().display().to_string();
     let (c, a) = (conf.display().to_string(), access.display().to_string());
-    let all = svc.server().run(&[&bin, "--fw-list-all", "-c", &c, "-a", &a]);
+    let all = svc
+        .server()
+        .run(&[&bin, "--fw-list-all", "-c", &c, "-a", &a]);
     assert!(all.status.success(), "{}", describe(&all));
     let listing = text(&all);
     assert!(listing.contains("Chain INPUT"), "{listing}");
     assert!(listing.contains("Chain FWKNOP_INPUT"), "{listing}");
-    assert!(listing.contains(&format!("dpt:{PORT}")), "the tutorial's DROP rule is missing:\n{listing}");
+    assert!(
+        listing.contains(&format!("dpt:{PORT}")),
+        "the tutorial's DROP rule is missing:\n{listing}"
+    );
     let own = svc.server().run(&[&bin, "--fw-list", "-c", &c, "-a", &a]);
-    assert!(!text(&own).contains(&format!("dpt:{PORT}")), "{}", text(&own));
+    assert!(
+        !text(&own).contains(&format!("dpt:{PORT}")),
+        "{}",
+        text(&own)
+    );
 }
 
 #[test]
@@ -317,7 +418,11 @@ fn refusals_match_the_fail2ban_filter_with_the_sender_as_host() {
     // Granted (the saved packet), then its replay.
     let packet = saved_packet(&svc, &keys, &["-U", "root"]);
     send(&svc, &packet);
-    assert!(svc.wait_reachable(true, Duration::from_secs(5)), "{}", d.log_text());
+    assert!(
+        svc.wait_reachable(true, Duration::from_secs(5)),
+        "{}",
+        d.log_text()
+    );
     send(&svc, &packet);
     let mut wrong_hmac = keys.clone();
     wrong_hmac.hmac = Some((
@@ -327,7 +432,11 @@ fn refusals_match_the_fail2ban_filter_with_the_sender_as_host() {
     let refused: [(&str, &SpaKeys, &[&str]); 4] = [
         ("wrong user", &keys, &["-U", "bob"]),
         ("port not allowed", &keys, &["-U", "root", "-A", "tcp/23"]),
-        ("too old", &keys, &["-U", "root", "--time-offset-minus", "300s"]),
+        (
+            "too old",
+            &keys,
+            &["-U", "root", "--time-offset-minus", "300s"],
+        ),
         ("wrong HMAC key", &wrong_hmac, &["-U", "root"]),
     ];
     for (what, k, extra) in refused {
@@ -345,12 +454,20 @@ fn refusals_match_the_fail2ban_filter_with_the_sender_as_host() {
     let f2b = tempfile::tempdir().unwrap();
     let filter_dir = f2b.path().join("filter.d");
     std::fs::create_dir_all(&filter_dir).unwrap();
-    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/fail2ban/filter.d/posternd.conf");
+    let shipped =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/fail2ban/filter.d/posternd.conf");
     std::fs::copy(&shipped, filter_dir.join("posternd.conf")).unwrap();
-    std::fs::copy("/etc/fail2ban/filter.d/common.conf", filter_dir.join("common.conf")).unwrap();
+    std::fs::copy(
+        "/etc/fail2ban/filter.d/common.conf",
+        filter_dir.join("common.conf"),
+    )
+    .unwrap();
     let log = d.log_text();
     let warn_lines: Vec<&str> = log.lines().filter(|l| l.contains(" WARN ")).collect();
-    let granted: Vec<&str> = log.lines().filter(|l| l.contains("INFO") && l.contains("grant")).collect();
+    let granted: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("INFO") && l.contains("grant"))
+        .collect();
     assert!(!granted.is_empty(), "no grant line in the log\n{log}");
     let logfile = f2b.path().join("posternd.log");
     std::fs::write(&logfile, log.as_bytes()).unwrap();
@@ -374,11 +491,24 @@ fn refusals_match_the_fail2ban_filter_with_the_sender_as_host() {
         "time difference is too great",
         "HMAC_COMPAREFAIL",
     ] {
-        assert!(matched.contains(needle), "fail2ban did not match `{needle}`\n{ctx}");
+        assert!(
+            matched.contains(needle),
+            "fail2ban did not match `{needle}`\n{ctx}"
+        );
     }
-    assert_eq!(ips.len(), warn_lines.len(), "a WARN refusal line did not match\n{ctx}");
-    assert!(ips.iter().all(|ip| *ip == client), "<HOST> is not the client {client}\n{ctx}");
+    assert_eq!(
+        ips.len(),
+        warn_lines.len(),
+        "a WARN refusal line did not match\n{ctx}"
+    );
+    assert!(
+        ips.iter().all(|ip| *ip == client),
+        "<HOST> is not the client {client}\n{ctx}"
+    );
     for g in granted {
-        assert!(!matched.contains(g.split_once(": ").map_or(g, |x| x.1)), "a grant matched: {g}\n{ctx}");
+        assert!(
+            !matched.contains(g.split_once(": ").map_or(g, |x| x.1)),
+            "a grant matched: {g}\n{ctx}"
+        );
     }
 }

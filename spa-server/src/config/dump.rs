@@ -130,9 +130,7 @@ pub fn variable_values(cfg: &ServerConfig, sources: &ConfigSources) -> Vec<(&'st
                         format!("{conf_dir}/access.conf")
                     }),
                 },
-                "FWKNOP_PID_FILE" => {
-                    set(name).unwrap_or_else(|| format!("{run_dir}/fwknopd.pid"))
-                }
+                "FWKNOP_PID_FILE" => set(name).unwrap_or_else(|| format!("{run_dir}/fwknopd.pid")),
                 "DIGEST_FILE" => set(name).unwrap_or_else(|| format!("{run_dir}/digest.cache")),
                 "GPG_HOME_DIR" => set(name).unwrap_or_else(|| {
                     std::env::var("HOME").map_or("<not set>".into(), |h| format!("{h}/.gnupg"))
@@ -186,7 +184,12 @@ fn stanza(out: &mut String, n: usize, s: &AccessStanza) {
     const SEE: &str = "<see the access.conf file>";
     let key = |k: &Option<spa_core::Secret>| k.as_ref().map(|_| SEE.to_string());
     let ports = |p: &[spa_core::ProtoPort]| {
-        (!p.is_empty()).then(|| p.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", "))
+        (!p.is_empty()).then(|| {
+            p.iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
     };
     let key_len = s.rijndael_key().map_or(0, |k| k.bytes().len());
     let hmac_len = s.hmac_secret().map_or(0, |k| k.bytes().len());
@@ -200,46 +203,97 @@ fn stanza(out: &mut String, n: usize, s: &AccessStanza) {
                 .to_string()
         });
     let rows: Vec<(&str, String)> = vec![
-        ("DESTINATION", or_not_set(s.destination.as_ref().map(addr_list))),
+        (
+            "DESTINATION",
+            or_not_set(s.destination.as_ref().map(addr_list)),
+        ),
         ("OPEN_PORTS", or_not_set(ports(&s.open_ports))),
         ("RESTRICT_PORTS", or_not_set(ports(&s.restrict_ports))),
         // fwknopd fills KEY from KEY_BASE64 too (and HMAC_KEY likewise).
         ("KEY", or_not_set(s.rijndael_key().map(|_| SEE.to_string()))),
         ("KEY_BASE64", or_not_set(key(&s.key_base64))),
         ("KEY_LEN", key_len.to_string()),
-        ("HMAC_KEY", or_not_set(s.hmac_secret().map(|_| SEE.to_string()))),
+        (
+            "HMAC_KEY",
+            or_not_set(s.hmac_secret().map(|_| SEE.to_string())),
+        ),
         ("HMAC_KEY_BASE64", or_not_set(key(&s.hmac_key_base64))),
         ("HMAC_KEY_LEN", hmac_len.to_string()),
-        ("HMAC_DIGEST_TYPE", digest_number(s.hmac_digest_type).to_string()),
+        (
+            "HMAC_DIGEST_TYPE",
+            digest_number(s.hmac_digest_type).to_string(),
+        ),
         ("FW_ACCESS_TIMEOUT", s.fw_access_timeout.to_string()),
         ("MAX_FW_TIMEOUT", s.max_fw_timeout.to_string()),
         ("ENABLE_CMD_EXEC", yes_no(s.enable_cmd_exec).into()),
-        ("ENABLE_CMD_SUDO_EXEC", yes_no(s.enable_cmd_sudo_exec).into()),
-        ("CMD_SUDO_EXEC_USER", or_not_set(s.cmd_sudo_exec_user.clone())),
-        ("CMD_SUDO_EXEC_GROUP", or_not_set(s.cmd_sudo_exec_group.clone())),
+        (
+            "ENABLE_CMD_SUDO_EXEC",
+            yes_no(s.enable_cmd_sudo_exec).into(),
+        ),
+        (
+            "CMD_SUDO_EXEC_USER",
+            or_not_set(s.cmd_sudo_exec_user.clone()),
+        ),
+        (
+            "CMD_SUDO_EXEC_GROUP",
+            or_not_set(s.cmd_sudo_exec_group.clone()),
+        ),
         ("CMD_EXEC_USER", or_not_set(s.cmd_exec_user.clone())),
         ("CMD_EXEC_GROUP", or_not_set(s.cmd_exec_group.clone())),
         ("CMD_CYCLE_OPEN", or_not_set(s.cmd_cycle_open.clone())),
         ("CMD_CYCLE_CLOSE", or_not_set(s.cmd_cycle_close.clone())),
-        ("CMD_CYCLE_TIMER", s.cmd_cycle_timer.unwrap_or(0).to_string()),
+        (
+            "CMD_CYCLE_TIMER",
+            s.cmd_cycle_timer.unwrap_or(0).to_string(),
+        ),
         ("REQUIRE_USERNAME", or_not_set(s.require_username.clone())),
-        ("REQUIRE_SOURCE_ADDRESS", yes_no(s.require_source_address).into()),
-        ("FORCE_NAT (ip)", or_not_set(s.force_nat.as_ref().map(|f| f.addr.to_string()))),
+        (
+            "REQUIRE_SOURCE_ADDRESS",
+            yes_no(s.require_source_address).into(),
+        ),
+        (
+            "FORCE_NAT (ip)",
+            or_not_set(s.force_nat.as_ref().map(|f| f.addr.to_string())),
+        ),
         ("FORCE_NAT (proto)", "<not set>".into()),
-        ("FORCE_NAT (port)", s.force_nat.as_ref().map_or(0, |f| f.port).to_string()),
-        ("FORCE_SNAT (ip)", or_not_set(s.force_snat.map(|a| a.to_string()))),
+        (
+            "FORCE_NAT (port)",
+            s.force_nat.as_ref().map_or(0, |f| f.port).to_string(),
+        ),
+        (
+            "FORCE_SNAT (ip)",
+            or_not_set(s.force_snat.map(|a| a.to_string())),
+        ),
         ("FORCE_MASQUERADE", yes_no(s.force_masquerade).into()),
         ("DISABLE_DNAT", yes_no(s.disable_dnat).into()),
         ("FORWARD_ALL", yes_no(s.forward_all).into()),
         ("ACCESS_EXPIRE", or_not_set(expire)),
-        ("GPG_HOME_DIR", or_not_set(s.gpg_home_dir.as_ref().map(|p| p.display().to_string()))),
-        ("GPG_EXE", or_not_set(s.gpg_exe.as_ref().map(|p| p.display().to_string()))),
+        (
+            "GPG_HOME_DIR",
+            or_not_set(s.gpg_home_dir.as_ref().map(|p| p.display().to_string())),
+        ),
+        (
+            "GPG_EXE",
+            or_not_set(s.gpg_exe.as_ref().map(|p| p.display().to_string())),
+        ),
         ("GPG_DECRYPT_ID", or_not_set(s.gpg_decrypt_id.clone())),
         ("GPG_DECRYPT_PW", or_not_set(key(&s.gpg_decrypt_pw))),
-        ("GPG_REQUIRE_SIG", yes_no(s.gpg_require_sig.unwrap_or(false)).into()),
-        ("GPG_IGNORE_SIG_VERIFY_ERROR", yes_no(s.gpg_ignore_sig_verify_error).into()),
-        ("GPG_REMOTE_ID", or_not_set((!s.gpg_remote_id.is_empty()).then(|| s.gpg_remote_id.join(",")))),
-        ("GPG_FINGERPRINT_ID", or_not_set((!s.gpg_fingerprint_id.is_empty()).then(|| s.gpg_fingerprint_id.join(",")))),
+        (
+            "GPG_REQUIRE_SIG",
+            yes_no(s.gpg_require_sig.unwrap_or(false)).into(),
+        ),
+        (
+            "GPG_IGNORE_SIG_VERIFY_ERROR",
+            yes_no(s.gpg_ignore_sig_verify_error).into(),
+        ),
+        (
+            "GPG_REMOTE_ID",
+            or_not_set((!s.gpg_remote_id.is_empty()).then(|| s.gpg_remote_id.join(","))),
+        ),
+        (
+            "GPG_FINGERPRINT_ID",
+            or_not_set((!s.gpg_fingerprint_id.is_empty()).then(|| s.gpg_fingerprint_id.join(","))),
+        ),
     ];
     let _ = writeln!(out, "SOURCE ({n}):  {}", addr_list(&s.source));
     out.push_str("==============================================================\n");

@@ -677,4 +677,40 @@ mod tests {
             "{err}"
         );
     }
+
+    #[test]
+    fn override_files_win_expand_with_earlier_values_and_name_their_lines() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+            p
+        };
+        let main = write(
+            "fwknopd.conf",
+            "MAX_SPA_PACKET_AGE 120;\nFWKNOP_RUN_DIR /tmp/a;\n",
+        );
+        let o1 = write(
+            "o1.conf",
+            "MAX_SPA_PACKET_AGE 60;\nDIGEST_FILE $FWKNOP_RUN_DIR/d.cache;\n",
+        );
+        let o2 = write("o2.conf", "FWKNOP_RUN_DIR /tmp/b;\n");
+        let mut cfg = ServerConfig::default();
+        apply_fwknopd_files(&[main.clone(), o1, o2], &mut cfg, &mut Findings::default()).unwrap();
+        assert_eq!(cfg.server.max_packet_age, 60);
+        assert_eq!(cfg.server.run_dir, std::path::PathBuf::from("/tmp/b"));
+        // Expanded when read, with the run dir as it was then (fwknopd's order).
+        assert_eq!(cfg.fwknopd_vars["DIGEST_FILE"], "/tmp/a/d.cache");
+        let bad = write("bad.conf", "\nMAX_SPA_PACKET_AGE soon;\n");
+        let err = apply_fwknopd_files(
+            &[main, bad.clone()],
+            &mut ServerConfig::default(),
+            &mut Findings::default(),
+        )
+        .unwrap_err();
+        assert_eq!(err.origin.file, bad);
+        assert_eq!(err.origin.line, 2);
+    }
 }

@@ -59,7 +59,10 @@ where
                 Ok(true) => inner.oneshot(a).await,
                 Ok(false) => {
                     super::alert_replay(a.packet.peer.ip());
-                    Ok(Outcome::denied(Stage::Replay, "packet seen before (replay)"))
+                    Ok(Outcome::denied(
+                        Stage::Replay,
+                        "packet seen before (replay)",
+                    ))
                 }
                 Err(e) => Ok(Outcome::denied(Stage::Replay, e)),
             }

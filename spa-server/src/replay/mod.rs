@@ -294,13 +294,21 @@ pub fn check_fwknop_cache(path: &Path) -> Result<usize, Vec<String>> {
 fn check_cache_line(line: &str) -> Result<(), String> {
     let fields: Vec<&str> = line.split_whitespace().collect();
     let [digest, proto, src, sport, dst, dport, time] = fields[..] else {
-        return Err(format!("{} fields, a digest cache line has 7", fields.len()));
+        return Err(format!(
+            "{} fields, a digest cache line has 7",
+            fields.len()
+        ));
     };
     let bytes = spa_core::b64::decode(digest).ok_or("the digest is not base64")?;
     if bytes.len() != 32 {
-        return Err(format!("the digest is {} bytes, SHA-256 is 32", bytes.len()));
+        return Err(format!(
+            "the digest is {} bytes, SHA-256 is 32",
+            bytes.len()
+        ));
     }
-    proto.parse::<u8>().map_err(|_| format!("protocol `{proto}`"))?;
+    proto
+        .parse::<u8>()
+        .map_err(|_| format!("protocol `{proto}`"))?;
     for (addr, port) in [(src, sport), (dst, dport)] {
         addr.parse::<std::net::Ipv4Addr>()
             .map_err(|_| format!("`{addr}` is not an IPv4 address"))?;
@@ -451,5 +459,29 @@ mod tests {
         assert_eq!(s.len(), 1);
         drop(s);
         assert_eq!(FileStore::open(&path).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn fwknop_cache_check_names_bad_lines_and_rotation_renames() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("digest.cache");
+        assert_eq!(check_fwknop_cache(&cache), Ok(0));
+        let good = "7XgadOyqv0tF5xG8uhg2iIrheeNKglCWKmxQDgYP1dY 17 127.0.0.1 40305 127.0.0.1 62201 1313283481";
+        std::fs::write(
+            &cache,
+            format!("{good}\n# c\n{good} x\nAAAA 17 1.2.3.4 1 1.2.3.4 2 3\n"),
+        )
+        .unwrap();
+        let errors = check_fwknop_cache(&cache).unwrap_err();
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(errors[0].contains("digest.cache:3:"), "{errors:?}");
+        assert!(
+            errors[1].contains("digest.cache:4:") && errors[1].contains("32"),
+            "{errors:?}"
+        );
+        let old = rotate(&cache).unwrap().unwrap();
+        assert_eq!(old, dir.path().join("digest.cache-old"));
+        assert!(!cache.exists() && old.exists());
+        assert_eq!(rotate(&cache).unwrap(), None);
     }
 }
