@@ -55,7 +55,8 @@ pub struct Cli {
     /// More logging (-v debug: why each packet was refused; -vv trace).
     #[arg(short = 'v', long, action = clap::ArgAction::Count)]
     pub verbose: u8,
-    /// Print the merged configuration (keys redacted) and exit.
+    /// Print the configuration as fwknopd -D does (variables, then access
+    /// stanzas; keys shown as `<see the access.conf file>`) and exit.
     #[arg(short = 'D', long = "dump-config")]
     pub dump_config: bool,
     /// Parse the configuration and exit.
@@ -74,23 +75,40 @@ pub struct Cli {
     /// Stop the running posternd (SIGTERM to the pid in the pid file).
     #[arg(short = 'K', long)]
     pub kill: bool,
-    /// Make the running posternd reload its access stanzas (SIGHUP).
+    /// Make the running posternd re-read fwknopd.conf and access.conf (SIGHUP).
     #[arg(short = 'R', long)]
     pub restart: bool,
     /// Say whether posternd is running.
     #[arg(short = 'S', long)]
     pub status: bool,
-    /// fwknopd options postern does not implement (each gives a clear error).
-    #[arg(long = "fw-list-all", hide = true)]
+    /// List every rule of the chains/tables the configured firewall uses, not
+    /// only postern's (as fwknopd's --fw-list-all), then exit.
+    #[arg(long = "fw-list-all")]
     pub fw_list_all: bool,
-    #[arg(short = 'O', long = "override-config", hide = true)]
+    /// fwknopd.conf-format file(s), comma separated, whose variables override
+    /// those of the main file (later files win).
+    #[arg(short = 'O', long = "override-config", value_name = "FILE[,FILE…]")]
     pub override_config: Option<String>,
-    #[arg(short = 'C', long = "packet-limit", hide = true)]
+    /// Exit after this many packets were captured (valid or not, as fwknopd
+    /// counts them), removing the grants as on SIGTERM.
+    #[arg(short = 'C', long = "packet-limit", value_name = "N")]
     pub packet_limit: Option<String>,
     #[arg(short = 'l', long = "locale", hide = true)]
     pub locale: Option<String>,
-    #[arg(long = "rotate-digest-cache", hide = true)]
+    /// Rename the digest cache (and posternd's replay store) to `<name>-old`
+    /// at start and begin with an empty one.
+    #[arg(long = "rotate-digest-cache")]
     pub rotate_digest_cache: bool,
+    /// Parse the digest cache (fwknopd's file and posternd's store), report
+    /// errors and exit (non-zero if a file is malformed).
+    #[arg(long = "exit-parse-digest-cache")]
+    pub exit_parse_digest_cache: bool,
+    /// Print fwknopd's server error codes and exit.
+    #[arg(long = "dump-serv-err-codes")]
+    pub dump_serv_err_codes: bool,
+    /// Print the merged configuration as postern TOML (keys redacted) and exit.
+    #[arg(long = "dump-config-toml")]
+    pub dump_config_toml: bool,
     /// In the foreground, log to syslog too.
     #[arg(long = "syslog-enable")]
     pub syslog_enable: bool,
@@ -119,7 +137,8 @@ pub struct Cli {
     /// gpg program for GPG stanzas without GPG_EXE
     #[arg(long = "gpg-exe", value_name = "PATH")]
     pub gpg_exe: Option<String>,
-    #[arg(long = "sudo-exe", hide = true)]
+    /// sudo program for ENABLE_CMD_SUDO_EXEC stanzas (overrides SUDO_EXE).
+    #[arg(long = "sudo-exe", value_name = "PATH")]
     pub sudo_exe: Option<String>,
 }
 
@@ -132,15 +151,108 @@ pub enum Command {
 impl Cli {
     /// The first fwknopd flag given that posternd does not support.
     pub fn unsupported_flag(&self) -> Option<&'static str> {
-        [
-            (self.fw_list_all, "--fw-list-all"),
-            (self.override_config.is_some(), "--override-config"),
-            (self.packet_limit.is_some(), "--packet-limit"),
-            (self.locale.is_some(), "--locale"),
-            (self.rotate_digest_cache, "--rotate-digest-cache"),
-            (self.sudo_exe.is_some(), "--sudo-exe"),
-        ]
-        .into_iter()
-        .find_map(|(given, name)| given.then_some(name))
+        self.locale.is_some().then_some("--locale")
+    }
+}
+
+impl Cli {
+    /// `-O a.conf,b.conf` as fwknopd splits it: at every comma, in order.
+    pub fn override_files(&self) -> Vec<PathBuf> {
+        self.override_config
+            .as_deref()
+            .map(|list| {
+                list.split(',')
+                    .filter(|f| !f.is_empty())
+                    .map(PathBuf::from)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// `-C N`: fwknopd takes 0 ..= 2^31 (0: no limit).
+    pub fn packet_limit(&self) -> Result<Option<u64>, String> {
+        let Some(text) = &self.packet_limit else {
+            return Ok(None);
+        };
+        match text.trim().parse::<u64>() {
+            Ok(0) => Ok(None),
+            Ok(n) if n <= 1 << 31 => Ok(Some(n)),
+            _ => Err(format!("invalid -C packet count limit '{text}'")),
+        }
+    }
+}
+
+/// fwknopd 2.6.10's server error codes (fwknopd_errors.h), as
+/// `fwknopd --dump-serv-err-codes` prints them: scripts written for fwknopd
+/// look these numbers up. The strings are fwknopd's, typos included.
+pub const SERVER_ERROR_CODES: &[(u32, &str)] = &[
+    (4096, "Data is not a valid SPA message format"),
+    (4097, "Not enough data to be a valid SPA message"),
+    (4098, "Data is not an SPA message"),
+    (
+        4099,
+        "SPA via HTTP request, but ENABLE_SPA_OVER_HTTP is not set",
+    ),
+    (4100, "Error creating FKO context for incoming data."),
+    (4101, "Unable to retrieve digest from the SPA data."),
+    (4102, "Error trying to access the digest.cache file"),
+    (4103, "Detected SPA message replay"),
+    (
+        4104,
+        "SPA message timestamp is outside the allowable window",
+    ),
+    (4105, "SPA message did not pass access checks"),
+    (
+        4106,
+        "An error occurred while executing an SPA command message",
+    ),
+    (4107, "Unsupported SPA message operation"),
+    (4108, "Undefined/unknown fwknopd Error"),
+    (4109, "General SPA message processing error"),
+    (8192, "An error occurred while tring to add a firewall rule"),
+    (
+        8193,
+        "An error occurred while tring to delete a firewall rule",
+    ),
+    (8194, "Unknown/unclassified firewall rule processing error"),
+];
+
+/// `--dump-serv-err-codes` output, line for line as fwknopd's.
+pub fn server_error_codes_text() -> String {
+    SERVER_ERROR_CODES
+        .iter()
+        .map(|(code, text)| format!("err code: {code}, err string: '{text}'\n"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn override_list_and_packet_limit_as_fwknopd_reads_them() {
+        let cli = Cli::parse_from(["posternd", "-O", "a.conf,b.conf", "-C", "5"]);
+        assert_eq!(
+            cli.override_files(),
+            vec![PathBuf::from("a.conf"), PathBuf::from("b.conf")]
+        );
+        assert_eq!(cli.packet_limit(), Ok(Some(5)));
+        for (given, want) in [("0", Ok(None)), ("2147483648", Ok(Some(1 << 31)))] {
+            let cli = Cli::parse_from(["posternd", "-C", given]);
+            assert_eq!(cli.packet_limit(), want);
+        }
+        for bad in ["x", "2147483649", "1.5"] {
+            let cli = Cli::parse_from(["posternd", "--packet-limit", bad]);
+            assert!(cli.packet_limit().is_err(), "{bad}");
+        }
+        assert_eq!(Cli::parse_from(["posternd"]).unsupported_flag(), None);
+    }
+
+    #[test]
+    fn error_codes_print_as_fwknopd() {
+        let text = server_error_codes_text();
+        assert_eq!(text.lines().count(), 17);
+        assert!(text
+            .starts_with("err code: 4096, err string: 'Data is not a valid SPA message format'\n"));
     }
 }

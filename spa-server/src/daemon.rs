@@ -67,6 +67,66 @@ pub fn build_backends(cfg: &ServerConfig) -> anyhow::Result<Vec<Box<dyn Firewall
         .collect()
 }
 
+/// `--fw-list-all`, as fwknopd's: every rule of every table the firewall
+/// action uses (not only postern's chains), straight from the firewall tool.
+/// Returns the listing; touches nothing.
+pub fn list_all_rules(cfg: &ServerConfig) -> anyhow::Result<String> {
+    let mut out = String::new();
+    for a in &cfg.action {
+        let setting = |key: &str| a.settings.get(key).and_then(|v| v.as_str());
+        let runs: Vec<(String, Vec<String>)> = match a.kind.as_str() {
+            "iptables" => {
+                // A chain spec is `TARGET, table, CHAIN, pos, FWKNOP_CHAIN, pos`.
+                let mut tables = vec!["filter".to_string()];
+                for v in a.settings.values().filter_map(|v| v.as_str()) {
+                    let fields: Vec<&str> = v.split(',').map(str::trim).collect();
+                    if fields.len() == 6 && !tables.iter().any(|t| t == fields[1]) {
+                        tables.push(fields[1].to_string());
+                    }
+                }
+                out.push_str("Listing all iptables rules in applicable tables...\n");
+                let exe = setting("iptables").unwrap_or("iptables").to_string();
+                tables
+                    .into_iter()
+                    .map(|t| {
+                        let args = ["-t", &t, "-v", "-n", "-L", "--line-numbers"];
+                        (exe.clone(), args.map(String::from).to_vec())
+                    })
+                    .collect()
+            }
+            "nftables" => {
+                out.push_str("Listing all nftables rules...\n");
+                let exe = setting("nft").unwrap_or("nft").to_string();
+                vec![(exe, vec!["list".into(), "ruleset".into()])]
+            }
+            "firewalld" => {
+                out.push_str("Listing all firewalld rules...\n");
+                vec![("firewall-cmd".into(), vec!["--list-all-zones".into()])]
+            }
+            "log" => continue,
+            other => {
+                anyhow::bail!("--fw-list-all: not available for action `{other}`; use --fw-list")
+            }
+        };
+        for (exe, args) in runs {
+            let got = std::process::Command::new(&exe)
+                .args(&args)
+                .output()
+                .map_err(|e| anyhow::anyhow!("{exe}: {e}"))?;
+            if !got.status.success() {
+                anyhow::bail!(
+                    "{exe} {}: {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&got.stderr).trim()
+                );
+            }
+            out.push('\n');
+            out.push_str(&String::from_utf8_lossy(&got.stdout));
+        }
+    }
+    Ok(out)
+}
+
 /// Build and initialise every configured backend (init reconciles leftovers).
 pub fn init_backends(cfg: &ServerConfig) -> anyhow::Result<Vec<Box<dyn Firewall>>> {
     let now = crate::capture::unix_now();
@@ -88,12 +148,16 @@ pub fn init_backends(cfg: &ServerConfig) -> anyhow::Result<Vec<Box<dyn Firewall>
     Ok(out)
 }
 
-/// GPG stanzas without GPG_HOME_DIR / GPG_EXE get the server-wide ones
-/// (fwknopd.conf `GPG_HOME_DIR` / `GPG_EXE`, `--gpg-home-dir` / `--gpg-exe`).
-pub fn apply_gpg_defaults(
+/// Stanzas get the server-wide settings they lack: GPG stanzas without
+/// GPG_HOME_DIR / GPG_EXE the server's (fwknopd.conf `GPG_HOME_DIR` / `GPG_EXE`,
+/// `--gpg-home-dir` / `--gpg-exe`), every stanza SUDO_EXE / `--sudo-exe`.
+pub fn apply_server_defaults(
     stanzas: &mut [crate::config::AccessStanza],
     server: &crate::config::ServerSection,
 ) {
+    for s in stanzas.iter_mut() {
+        s.sudo_exe.clone_from(&server.sudo_exe);
+    }
     for s in stanzas.iter_mut().filter(|s| s.uses_gpg()) {
         if s.gpg_home_dir.is_none() {
             s.gpg_home_dir.clone_from(&server.gpg_home_dir);
@@ -147,7 +211,7 @@ pub async fn start_with_backends(
     let shutdown = CancellationToken::new();
     let store = open_replay_store(&cfg).await?;
     let mut access = cfg.access.clone();
-    apply_gpg_defaults(&mut access, &cfg.server);
+    apply_server_defaults(&mut access, &cfg.server);
     let keyring = Arc::new(Keyring::new(access));
     keyring.set_blacklist(cfg.server.blacklist.clone());
     let settings = PolicySettings {
@@ -246,45 +310,123 @@ pub fn privilege_needs(cfg: &ServerConfig) -> crate::privileges::Needs {
     }
 }
 
-/// Serve until SIGTERM/SIGINT; SIGHUP re-reads the access stanzas. Capabilities
-/// are dropped by the caller, before the runtime's threads exist.
+/// Serve until SIGTERM/SIGINT (or `stop_after` fires: `-C` reached); SIGHUP
+/// re-reads the files. Capabilities are dropped by the caller, before the
+/// runtime's threads exist.
 pub async fn serve(
     sources: ConfigSources,
     cfg: ServerConfig,
     mut readiness: crate::service::Readiness,
+    stop_after: Option<CancellationToken>,
 ) -> anyhow::Result<()> {
-    let server_defaults = cfg.server.clone();
+    let mut current = cfg.clone();
     let running = start(cfg).await?;
     crate::service::spawn_watchdog(running.shutdown.clone());
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
+    let limit_reached = stop_after.unwrap_or_default();
     tracing::info!("posternd ready");
     readiness.ready();
     loop {
         tokio::select! {
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-            _ = hup.recv() => match config::load(&sources) {
-                Ok(loaded) => {
-                    for w in &loaded.warnings {
-                        tracing::warn!("{w}");
-                    }
-                    let n = loaded.config.access.len();
-                    let mut access = loaded.config.access;
-                    apply_gpg_defaults(&mut access, &server_defaults);
-                    running.keyring.replace(access);
-                    running.keyring.set_blacklist(loaded.config.server.blacklist);
-                    tracing::info!("SIGHUP: reloaded {n} access stanzas; live grants kept (capture/action changes need a restart)");
+            _ = term.recv() => {
+                tracing::warn!("Got SIGTERM. Exiting...");
+                break;
+            }
+            _ = int.recv() => {
+                tracing::warn!("Got SIGINT. Exiting...");
+                break;
+            }
+            _ = limit_reached.cancelled() => {
+                tracing::info!("Packet count limit reached. Exiting...");
+                break;
+            }
+            _ = hup.recv() => {
+                tracing::warn!("Got SIGHUP. Re-reading configs.");
+                match reload(&sources, &running, &current) {
+                    Ok(next) => current = next,
+                    Err(e) => tracing::error!("SIGHUP: config not reloaded, keeping the old one: {e}"),
                 }
-                Err(e) => tracing::error!("SIGHUP: config not reloaded, keeping the old one: {e}"),
-            },
+            }
         }
     }
     tracing::info!("shutting down");
     crate::service::stopping();
     running.stop().await;
     Ok(())
+}
+
+/// SIGHUP / `-R`, as fwknopd: re-read fwknopd.conf (with its `-O` files) and
+/// access.conf. The new stanzas, BLACKLIST, and server-wide GPG/sudo defaults
+/// take effect at once. Unlike fwknopd, which re-initialises its firewall (and
+/// with FLUSH_IPT_AT_INIT flushes every live grant), live grants are kept and
+/// still close on time: dropping a session someone was granted is the surprise
+/// a reload must not cause. What only a restart can change is named in a warning.
+fn reload(
+    sources: &ConfigSources,
+    running: &Running,
+    current: &ServerConfig,
+) -> Result<ServerConfig, crate::config::ConfigError> {
+    let loaded = config::load(sources)?;
+    for w in &loaded.warnings {
+        tracing::warn!("{w}");
+    }
+    let mut next = loaded.config;
+    // Command-line overrides (-r, --gpg-exe, -i …) stay as they were at start.
+    next.server.run_dir.clone_from(&current.server.run_dir);
+    next.server.test_mode = current.server.test_mode;
+    if next.server.gpg_home_dir.is_none() {
+        next.server
+            .gpg_home_dir
+            .clone_from(&current.server.gpg_home_dir);
+    }
+    if next.server.gpg_exe.is_none() {
+        next.server.gpg_exe.clone_from(&current.server.gpg_exe);
+    }
+    if next.server.sudo_exe.is_none() {
+        next.server.sudo_exe.clone_from(&current.server.sudo_exe);
+    }
+    // Captures and actions stay as started (they hold sockets and the rules).
+    next.capture.clone_from(&current.capture);
+    next.action.clone_from(&current.action);
+    let fresh = loaded_unchanged_parts(&next, current);
+    if !fresh.is_empty() {
+        tracing::warn!(
+            "SIGHUP: {} changed; that takes a restart (kept as at start)",
+            fresh.join(", ")
+        );
+    }
+    let n = next.access.len();
+    let mut access = next.access.clone();
+    apply_server_defaults(&mut access, &next.server);
+    running.keyring.replace(access);
+    running.keyring.set_blacklist(next.server.blacklist.clone());
+    tracing::info!(
+        "SIGHUP: reloaded the configuration files, {n} access stanzas; live grants kept (capture/action changes need a restart)"
+    );
+    Ok(next)
+}
+
+/// The settings a reload read but cannot apply to the running pipeline.
+fn loaded_unchanged_parts(next: &ServerConfig, current: &ServerConfig) -> Vec<&'static str> {
+    // These config parts have no PartialEq; their serialisations compare.
+    fn differ<T: serde::Serialize>(a: &T, b: &T) -> bool {
+        serde_json::to_string(a).ok() != serde_json::to_string(b).ok()
+    }
+    let mut out = Vec::new();
+    if next.server.max_packet_age != current.server.max_packet_age
+        || next.server.packet_aging != current.server.packet_aging
+    {
+        out.push("MAX_SPA_PACKET_AGE / ENABLE_SPA_PACKET_AGING");
+    }
+    if differ(&next.replay, &current.replay) {
+        out.push("the replay cache");
+    }
+    if differ(&next.server.nat, &current.server.nat) {
+        out.push("the NAT settings");
+    }
+    out
 }
 
 #[cfg(test)]
@@ -306,7 +448,7 @@ mod tests {
         inherits.gpg_decrypt_pw = Some(spa_core::Secret::from_passphrase("pw"));
         let rijndael = AccessStanza::new(AddrList::Any);
         let mut stanzas = vec![own, inherits, rijndael];
-        apply_gpg_defaults(&mut stanzas, &server);
+        apply_server_defaults(&mut stanzas, &server);
         assert_eq!(
             stanzas[0].gpg_home_dir.as_deref(),
             Some(std::path::Path::new("/own/gnupg"))
@@ -320,5 +462,26 @@ mod tests {
             Some(std::path::Path::new("/srv/gnupg"))
         );
         assert!(stanzas[2].gpg_home_dir.is_none());
+    }
+
+    #[test]
+    fn sudo_exe_reaches_every_sudo_stanza() {
+        let server = ServerSection {
+            sudo_exe: Some("/opt/bin/sudo".into()),
+            ..ServerSection::default()
+        };
+        let mut s = AccessStanza::new(AddrList::Any);
+        s.enable_cmd_exec = true;
+        s.enable_cmd_sudo_exec = true;
+        let mut stanzas = vec![s.clone()];
+        assert_eq!(
+            stanzas[0].sudo_exec().unwrap().exe,
+            std::path::PathBuf::from(postern_backend_script::command::DEFAULT_SUDO_EXE)
+        );
+        apply_server_defaults(&mut stanzas, &server);
+        assert_eq!(
+            stanzas[0].sudo_exec().unwrap().exe,
+            std::path::PathBuf::from("/opt/bin/sudo")
+        );
     }
 }

@@ -46,7 +46,10 @@ fn key_gen(cli: &Cli) -> anyhow::Result<ExitCode> {
 /// Whether this run serves (rather than checking, listing or signalling).
 fn serves(cli: &Cli) -> bool {
     !(cli.dump_config
+        || cli.dump_config_toml
         || cli.exit_parse_config
+        || cli.exit_parse_digest_cache
+        || cli.fw_list_all
         || cli.kill
         || cli.restart
         || cli.status
@@ -65,6 +68,9 @@ fn apply_overrides(cli: &Cli, cfg: &mut ServerConfig) {
     }
     if let Some(exe) = &cli.gpg_exe {
         cfg.server.gpg_exe = Some(exe.into());
+    }
+    if let Some(exe) = &cli.sudo_exe {
+        cfg.server.sudo_exe = Some(exe.into());
     }
     // fwknopd's digest cache: posternd imports it (its own store stays redb).
     if let Some(file) = &cli.digest_file {
@@ -135,6 +141,69 @@ fn default_config_file() -> Option<PathBuf> {
     .find(|p| p.exists())
 }
 
+/// The digest caches this configuration uses: fwknopd's DIGEST_FILE (imported)
+/// and posternd's own store.
+fn digest_caches(cfg: &ServerConfig) -> (Option<PathBuf>, Option<PathBuf>) {
+    match &cfg.replay {
+        ReplayConfig::File {
+            path,
+            import_fwknop,
+        } => (
+            import_fwknop.clone(),
+            Some(
+                path.clone()
+                    .unwrap_or_else(|| cfg.server.run_dir.join("replay.redb")),
+            ),
+        ),
+        _ => (None, None),
+    }
+}
+
+/// `--exit-parse-digest-cache`: every problem as `file:line: why`; non-zero
+/// when a cache does not parse.
+fn parse_digest_caches(cfg: &ServerConfig) -> ExitCode {
+    let (fwknop, own) = digest_caches(cfg);
+    let mut ok = true;
+    if let Some(file) = fwknop {
+        match spa_server::replay::check_fwknop_cache(&file) {
+            Ok(n) => println!("{}: {n} digests", file.display()),
+            Err(errors) => {
+                ok = false;
+                for e in errors {
+                    eprintln!("posternd: invalid digest cache entry: {e}");
+                }
+            }
+        }
+    }
+    if let Some(file) = own {
+        match spa_server::replay::check_store(&file) {
+            Ok(n) => println!("{}: {n} digests", file.display()),
+            Err(e) => {
+                ok = false;
+                eprintln!("posternd: {e}");
+            }
+        }
+    }
+    if ok {
+        tracing::info!("Digest cache parsed, exiting.");
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// `--rotate-digest-cache`: both caches renamed to `<name>-old`, as fwknopd.
+fn rotate_digest_caches(cfg: &ServerConfig) -> anyhow::Result<()> {
+    let (fwknop, own) = digest_caches(cfg);
+    tracing::info!("Rotating digest cache file.");
+    for file in [fwknop, own].into_iter().flatten() {
+        if let Some(old) = spa_server::replay::rotate(&file)? {
+            tracing::info!("{} rotated to {}", file.display(), old.display());
+        }
+    }
+    Ok(())
+}
+
 fn pid_file(cli: &Cli, cfg: &ServerConfig) -> PathBuf {
     cli.pid_file
         .clone()
@@ -169,11 +238,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if cli.key_gen || cli.key_gen_file.is_some() {
         return key_gen(&cli);
     }
+    if cli.dump_serv_err_codes {
+        print!("{}", spa_server::cli::server_error_codes_text());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let packet_limit = cli.packet_limit().map_err(anyhow::Error::msg)?;
     let sources = ConfigSources {
         config: cli.config.clone().or_else(default_config_file),
         access: cli.access.clone(),
         access_folder: cli.access_folder.clone(),
         lenient: cli.lenient_config,
+        overrides: cli.override_files(),
     };
     let loaded = config::load(&sources)?;
     let background = serves(&cli) && !cli.foreground;
@@ -196,11 +271,23 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     apply_overrides(&cli, &mut cfg);
     let pid_path = pid_file(&cli, &cfg);
 
-    if cli.dump_config || matches!(cli.command, Some(Command::CheckConfig)) {
+    if cli.dump_config {
+        print!("{}", config::dump::fwknopd_dump(&cfg, &sources));
+        return Ok(ExitCode::SUCCESS);
+    }
+    if cli.dump_config_toml || matches!(cli.command, Some(Command::CheckConfig)) {
         print!("{}", config::render_redacted(&cfg));
         return Ok(ExitCode::SUCCESS);
     }
     if cli.exit_parse_config {
+        tracing::info!("Configs parsed, exiting.");
+        return Ok(ExitCode::SUCCESS);
+    }
+    if cli.exit_parse_digest_cache {
+        return Ok(parse_digest_caches(&cfg));
+    }
+    if cli.fw_list_all {
+        print!("{}", daemon::list_all_rules(&cfg)?);
         return Ok(ExitCode::SUCCESS);
     }
     if cli.kill || cli.restart || cli.status {
@@ -274,6 +361,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     } else {
         spa_server::service::Readiness::default()
     };
+    if cli.rotate_digest_cache {
+        rotate_digest_caches(&cfg)?;
+    }
+    let stop_after = packet_limit.map(spa_server::capture::set_packet_limit);
     std::fs::write(&pid_path, format!("{}\n", std::process::id()))
         .map_err(|e| anyhow::anyhow!("{}: {e}", pid_path.display()))?;
     // Before the runtime: capabilities are per thread, and every thread started
@@ -284,7 +375,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let result = rt.block_on(daemon::serve(sources, cfg, readiness));
+    let result = rt.block_on(daemon::serve(sources, cfg, readiness, stop_after));
     if let Err(e) = &result {
         // In the background stderr is /dev/null by now.
         tracing::error!("stopped: {e:#}");

@@ -118,6 +118,42 @@ impl fmt::Display for Denial {
     }
 }
 
+impl Denial {
+    /// The refusal as fwknopd 2.6.10 logs it (incoming_spa.c), the sender in
+    /// the same place, so log alerts and fail2ban filters written for fwknopd
+    /// match. Refusals fwknopd has no line for get postern's reason in the same
+    /// `[IP] (stanza #N) ` shape. `stanza` counts from 1, as fwknopd's.
+    pub fn fwknopd_log(&self, source: IpAddr, stanza: usize) -> String {
+        let at = format!("[{source}] (stanza #{stanza})");
+        match self {
+            Denial::TooOld { age, .. } => {
+                format!("{at} SPA data time difference is too great ({age} seconds).")
+            }
+            Denial::StanzaExpired { .. } => format!("{at} Access stanza has expired"),
+            Denial::Username { got } => format!(
+                "{at} Username in SPA data ({}) does not match required username",
+                got.escape_debug()
+            ),
+            Denial::SourceAddressRequired => {
+                format!("{at} Got 0.0.0.0 when valid source IP was required.")
+            }
+            Denial::PortNotOpen(_) | Denial::PortRestricted(_) => format!(
+                "{at} One or more requested protocol/ports was denied per access.conf."
+            ),
+            Denial::CommandsDisabled => format!(
+                "{at} SPA Command messages are not allowed in the current configuration."
+            ),
+            Denial::NatDisabled | Denial::LocalNatDisabled => format!(
+                "(stanza #{stanza}) SPA packet from {source} requested NAT access, but is not enabled/supported"
+            ),
+            Denial::DestinationNotAllowed(_) | Denial::DestinationUnknown => format!(
+                "{at} SPA packet filtered by SOURCE and/or DESTINATION criteria"
+            ),
+            other => format!("{at} SPA packet refused: {other}"),
+        }
+    }
+}
+
 /// What to do for an approved request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum GrantKind {
@@ -918,5 +954,22 @@ mod tests {
         assert_eq!(eval(&s, &m).unwrap().timeout_secs(), 60);
         m.client_timeout = Some(45);
         assert_eq!(eval(&s, &m).unwrap().timeout_secs(), 45);
+    }
+
+    #[test]
+    fn refusals_in_fwknopds_words_with_the_sender_first() {
+        let ip: IpAddr = "192.0.2.9".parse().unwrap();
+        assert_eq!(
+            Denial::TooOld { age: 300, max: 120 }.fwknopd_log(ip, 2),
+            "[192.0.2.9] (stanza #2) SPA data time difference is too great (300 seconds)."
+        );
+        assert_eq!(
+            Denial::Username { got: "bob\n".into() }.fwknopd_log(ip, 1),
+            "[192.0.2.9] (stanza #1) Username in SPA data (bob\\n) does not match required username"
+        );
+        assert_eq!(
+            Denial::NatDisabled.fwknopd_log(ip, 1),
+            "(stanza #1) SPA packet from 192.0.2.9 requested NAT access, but is not enabled/supported"
+        );
     }
 }

@@ -21,6 +21,41 @@ pub fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
+/// `-C/--packet-limit`: fwknopd counts every packet its capture hands it
+/// (pcap_dispatch's count after the BPF filter, each UDP datagram), valid or
+/// not, and stops once the count reaches the limit. Process-wide, as fwknopd's.
+static PACKET_LIMIT: std::sync::OnceLock<PacketLimit> = std::sync::OnceLock::new();
+
+struct PacketLimit {
+    limit: u64,
+    seen: std::sync::atomic::AtomicU64,
+    reached: CancellationToken,
+}
+
+/// Stop after `limit` captured packets: the returned token fires when the
+/// count is reached. Set once, before the captures start.
+pub fn set_packet_limit(limit: u64) -> CancellationToken {
+    let reached = CancellationToken::new();
+    let _ = PACKET_LIMIT.set(PacketLimit {
+        limit,
+        seen: Default::default(),
+        reached: reached.clone(),
+    });
+    PACKET_LIMIT.get().map_or(reached, |l| l.reached.clone())
+}
+
+/// One more packet came off a capture (called by each capture, before any check).
+pub fn count_packet() {
+    let Some(l) = PACKET_LIMIT.get() else {
+        return;
+    };
+    let seen = l.seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+    if seen == l.limit {
+        tracing::warn!("* Incoming packet count limit of {} reached", l.limit);
+        l.reached.cancel();
+    }
+}
+
 /// Hand a packet to the pipeline. Garbage is judged right here (its outcome is
 /// ready at once); what passes runs on its own task and is logged when done.
 pub fn submit(pipeline: &mut Pipeline, packet: RawPacket) {

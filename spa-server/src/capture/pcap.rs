@@ -265,6 +265,7 @@ pub fn parse_frame(link: pcap::Linktype, data: &[u8]) -> Option<RawPacket> {
 
 /// Screen a frame's payload in place and submit a copy only when it may be a knock.
 fn submit_frame(pipeline: &mut Pipeline, intake: Intake, link: pcap::Linktype, data: &[u8]) {
+    super::count_packet();
     let Some((payload, peer, dst)) = frame_parts(link, data) else {
         return;
     };

@@ -416,6 +416,7 @@ pub async fn run(
                 Read::Nothing => return,
             };
             drop(guard);
+            super::count_packet();
             if let Some(carried) = limits.intake.spa_packet(&bytes, peer) {
                 submit(
                     &mut pipeline,

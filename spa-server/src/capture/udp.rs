@@ -254,6 +254,7 @@ pub async fn run(socket: UdpSocket, mut pipeline: Pipeline, shutdown: Cancellati
                     let Some((bytes, peer)) = batch.datagram(i) else {
                         continue;
                     };
+                    super::count_packet();
                     if !worth_submitting(&pipeline, bytes, peer) {
                         continue;
                     }

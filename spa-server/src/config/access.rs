@@ -181,6 +181,10 @@ pub struct AccessStanza {
     /// GPG_EXE: the gpg program gpgme runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpg_exe: Option<PathBuf>,
+    /// The server's SUDO_EXE / `--sudo-exe` (not an access.conf variable: the
+    /// daemon copies it in, see `daemon::apply_server_defaults`).
+    #[serde(skip)]
+    pub sudo_exe: Option<PathBuf>,
     /// GPG_DECRYPT_ID: the server key packets are encrypted to (informational, as in
     /// fwknopd: gpg finds the secret key by itself).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -382,6 +386,7 @@ impl AccessStanza {
             nat_allow: Vec::new(),
             gpg_home_dir: None,
             gpg_exe: None,
+            sudo_exe: None,
             gpg_decrypt_id: None,
             gpg_decrypt_pw: None,
             gpg_allow_no_pw: false,
@@ -510,7 +515,10 @@ impl AccessStanza {
     /// ENABLE_CMD_SUDO_EXEC's sudo invocation, when on.
     pub fn sudo_exec(&self) -> Option<SudoExec> {
         self.enable_cmd_sudo_exec.then(|| SudoExec {
-            exe: postern_backend_script::command::DEFAULT_SUDO_EXE.into(),
+            exe: self
+                .sudo_exe
+                .clone()
+                .unwrap_or_else(|| postern_backend_script::command::DEFAULT_SUDO_EXE.into()),
             user: self.cmd_sudo_exec_user.clone(),
             group: self.cmd_sudo_exec_group.clone(),
         })
@@ -729,10 +737,20 @@ fn b64_secret(e: &Entry) -> Result<Secret, ConfError> {
     Secret::from_base64(&e.var, &e.value).map_err(|err| ConfError::new(&e.origin, err.to_string()))
 }
 
-/// `MM/DD/YYYY` at 00:00 UTC.
+/// `MM/DD/YYYY` at 00:00 local time, as fwknopd's mktime() of a zeroed
+/// `struct tm` (so TZ is respected, and tm_isdst 0: standard time).
 fn parse_expire_date(text: &str) -> Option<i64> {
+    use chrono::Datelike;
     let d = chrono::NaiveDate::parse_from_str(text.trim(), "%m/%d/%Y").ok()?;
-    Some(d.and_hms_opt(0, 0, 0)?.and_utc().timestamp())
+    // SAFETY: a zeroed tm is a valid value; mktime only reads and normalises it.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    tm.tm_mday = d.day() as i32;
+    tm.tm_mon = d.month0() as i32;
+    tm.tm_year = d.year() - 1900;
+    tm.tm_isdst = 0;
+    // SAFETY: tm is a live, initialised struct; mktime reads TZ itself.
+    let at = unsafe { libc::mktime(&mut tm) };
+    (at != -1).then_some(at)
 }
 
 /// Read an access.conf (with `%include` / `%include_folder` / `%include_keys`).

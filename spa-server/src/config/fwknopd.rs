@@ -1,6 +1,6 @@
 //! fwknopd.conf, read unchanged and mapped onto postern's own configuration.
 
-use super::conf_file::{parse_bool, parse_lines, parse_num, ConfError, Findings};
+use super::conf_file::{parse_bool, parse_lines, parse_num, ConfError, Entry, Findings};
 use super::{ActionConfig, CaptureConfig, ReplayConfig, ServerConfig};
 use std::collections::HashMap;
 use std::path::Path;
@@ -173,10 +173,26 @@ pub fn apply_fwknopd_conf(
     cfg: &mut ServerConfig,
     findings: &mut Findings,
 ) -> Result<(), ConfError> {
-    super::trust::check(path, "fwknopd.conf", super::trust::Trust::Trusted)?;
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfError::file(path, format!("cannot read: {e}")))?;
-    apply_fwknopd_text(path, &text, cfg, findings)
+    apply_fwknopd_files(&[path.to_path_buf()], cfg, findings)
+}
+
+/// Apply fwknopd.conf and its `-O` override files, as fwknopd reads them: one
+/// after the other into the same variables, so a later file's value wins and a
+/// `$VAR` is expanded with the value set so far (by any earlier file). Every
+/// file is checked as the main one is (owner, mode, unknown variables, values).
+pub fn apply_fwknopd_files(
+    paths: &[std::path::PathBuf],
+    cfg: &mut ServerConfig,
+    findings: &mut Findings,
+) -> Result<(), ConfError> {
+    let mut entries = Vec::new();
+    for path in paths {
+        super::trust::check(path, "fwknopd.conf", super::trust::Trust::Trusted)?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfError::file(path, format!("cannot read: {e}")))?;
+        entries.extend(parse_lines(path, &text)?);
+    }
+    apply_entries(entries, cfg, findings)
 }
 
 /// Apply fwknopd.conf `text` as if it had been read from `path` (the name is only
@@ -187,7 +203,14 @@ pub fn apply_fwknopd_text(
     cfg: &mut ServerConfig,
     findings: &mut Findings,
 ) -> Result<(), ConfError> {
-    let mut entries = parse_lines(path, text)?;
+    apply_entries(parse_lines(path, text)?, cfg, findings)
+}
+
+fn apply_entries(
+    mut entries: Vec<Entry>,
+    cfg: &mut ServerConfig,
+    findings: &mut Findings,
+) -> Result<(), ConfError> {
     let mut vars: HashMap<String, String> = HashMap::new();
     for e in entries.iter_mut() {
         e.value = expand(&e.value, &vars).ok_or_else(|| {
@@ -201,6 +224,8 @@ pub fn apply_fwknopd_text(
         })?;
         vars.insert(e.var.clone(), e.value.clone());
     }
+    // The effective values, for `posternd -D` (fwknopd's dump).
+    cfg.fwknopd_vars = vars.into_iter().collect();
     let get = |name: &str| entries.iter().rev().find(|e| e.var == name);
     let flag = |name: &str, default: bool| -> Result<bool, ConfError> {
         get(name).map(parse_bool).unwrap_or(Ok(default))
@@ -243,6 +268,10 @@ pub fn apply_fwknopd_text(
     }
     if let Some(e) = get("GPG_EXE") {
         cfg.server.gpg_exe = Some(e.value.clone().into());
+    }
+    // The sudo of ENABLE_CMD_SUDO_EXEC stanzas.
+    if let Some(e) = get("SUDO_EXE") {
+        cfg.server.sudo_exe = Some(e.value.clone().into());
     }
     cfg.server.spa_over_http = flag("ENABLE_SPA_OVER_HTTP", false)?;
     cfg.server.allow_any_user_agent = flag("ALLOW_ANY_USER_AGENT", false)?;
@@ -647,5 +676,41 @@ mod tests {
                 .ends_with("fwknopd.conf:2: MAX_SPA_PACKET_AGE expects a number, got `two`"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn override_files_win_expand_with_earlier_values_and_name_their_lines() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+            p
+        };
+        let main = write(
+            "fwknopd.conf",
+            "MAX_SPA_PACKET_AGE 120;\nFWKNOP_RUN_DIR /tmp/a;\n",
+        );
+        let o1 = write(
+            "o1.conf",
+            "MAX_SPA_PACKET_AGE 60;\nDIGEST_FILE $FWKNOP_RUN_DIR/d.cache;\n",
+        );
+        let o2 = write("o2.conf", "FWKNOP_RUN_DIR /tmp/b;\n");
+        let mut cfg = ServerConfig::default();
+        apply_fwknopd_files(&[main.clone(), o1, o2], &mut cfg, &mut Findings::default()).unwrap();
+        assert_eq!(cfg.server.max_packet_age, 60);
+        assert_eq!(cfg.server.run_dir, std::path::PathBuf::from("/tmp/b"));
+        // Expanded when read, with the run dir as it was then (fwknopd's order).
+        assert_eq!(cfg.fwknopd_vars["DIGEST_FILE"], "/tmp/a/d.cache");
+        let bad = write("bad.conf", "\nMAX_SPA_PACKET_AGE soon;\n");
+        let err = apply_fwknopd_files(
+            &[main, bad.clone()],
+            &mut ServerConfig::default(),
+            &mut Findings::default(),
+        )
+        .unwrap_err();
+        assert_eq!(err.origin.file, bad);
+        assert_eq!(err.origin.line, 2);
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod access;
 pub mod conf_file;
+pub mod dump;
 pub mod fwknopd;
 pub mod trust;
 
@@ -35,6 +36,10 @@ pub struct ServerSection {
     /// gpg program of GPG stanzas that set no GPG_EXE (fwknopd.conf `GPG_EXE`, `--gpg-exe`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpg_exe: Option<PathBuf>,
+    /// sudo program of ENABLE_CMD_SUDO_EXEC stanzas (fwknopd.conf `SUDO_EXE`,
+    /// `--sudo-exe`); `/usr/bin/sudo` when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sudo_exe: Option<PathBuf>,
     /// Also take SPA packets sent as HTTP GET requests (`fwknop -P http`) on the
     /// pcap and TCP captures (fwknopd.conf ENABLE_SPA_OVER_HTTP).
     #[serde(default)]
@@ -182,6 +187,7 @@ impl Default for ServerSection {
             nat: NatSection::default(),
             gpg_home_dir: None,
             gpg_exe: None,
+            sudo_exe: None,
             spa_over_http: false,
             allow_any_user_agent: false,
             x_forwarded_for: false,
@@ -396,6 +402,10 @@ pub struct ServerConfig {
     pub access_folder: Option<PathBuf>,
     #[serde(default)]
     pub access: Vec<AccessStanza>,
+    /// fwknopd.conf's variables as read (after `-O` overrides and `$VAR`
+    /// expansion), for `posternd -D`; empty with a native TOML file.
+    #[serde(skip)]
+    pub fwknopd_vars: std::collections::BTreeMap<String, String>,
 }
 
 impl ServerConfig {
@@ -433,6 +443,7 @@ impl Default for ServerConfig {
             access_file: None,
             access_folder: None,
             access: Vec::new(),
+            fwknopd_vars: Default::default(),
         }
     }
 }
@@ -449,6 +460,9 @@ pub struct ConfigSources {
     /// Unknown fwknopd.conf / access.conf variables are warned about and
     /// ignored instead of refused (`--lenient-config`).
     pub lenient: bool,
+    /// fwknopd.conf-format files read after `config`, whose variables override
+    /// its (`-O`); not for a TOML `config`.
+    pub overrides: Vec<PathBuf>,
 }
 
 /// A loaded configuration plus the warnings met on the way.
@@ -493,6 +507,11 @@ pub fn secure_read(path: &Path) -> Result<String, ConfError> {
 
 pub fn load(sources: &ConfigSources) -> Result<Loaded, ConfigError> {
     let mut findings = Findings::default();
+    if !sources.overrides.is_empty() && sources.config.as_deref().is_some_and(is_toml) {
+        return Err(ConfigError::Toml(
+            "-O/--override-config takes fwknopd.conf files; a postern.toml is overridden with POSTERN_* variables".into(),
+        ));
+    }
     let mut config = match &sources.config {
         Some(path) if is_toml(path) => {
             // Secrets may live in the TOML: same permission rule as access.conf.
@@ -513,7 +532,10 @@ pub fn load(sources: &ConfigSources) -> Result<Loaded, ConfigError> {
         }
         Some(path) => {
             let mut cfg = ServerConfig::default();
-            fwknopd::apply_fwknopd_conf(path, &mut cfg, &mut findings)?;
+            let files: Vec<PathBuf> = std::iter::once(path.clone())
+                .chain(sources.overrides.iter().cloned())
+                .collect();
+            fwknopd::apply_fwknopd_files(&files, &mut cfg, &mut findings)?;
             cfg
         }
         None => ServerConfig::default(),

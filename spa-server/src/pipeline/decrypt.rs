@@ -79,10 +79,12 @@ where
                 } else {
                     "packet seen before (replay)"
                 };
+                super::alert_replay(auth.packet.peer.ip());
                 return ready(Outcome::denied(Stage::Replay, reason));
             }
         }
         let mut last_error = String::from("no candidate stanza");
+        let source = crate::config::access::canonical(auth.packet.peer.ip());
         for &(index, body_len) in &auth.candidates {
             let stanza = &auth.stanzas[index];
             let Some(key) = stanza.rijndael_key() else {
@@ -97,7 +99,14 @@ where
                         decoded,
                     }));
                 }
-                Err(e) => last_error = format!("{}: {e}", stanza.describe()),
+                Err(e) => {
+                    // fwknopd's line for a packet that does not decrypt (libfko's text).
+                    super::alert(format_args!(
+                        "[{source}] (stanza #{}) Error creating fko context: Decryption failed or decrypted data is invalid",
+                        index + 1
+                    ));
+                    last_error = format!("{}: {e}", stanza.describe());
+                }
             }
         }
         if auth.gpg_candidates.is_empty() {
@@ -139,7 +148,11 @@ where
                     Ok(Outcome::denied(Stage::Overload, "GPG queue full"))
                 }
                 Err(Rejected::Denied(why)) => {
-                    tracing::info!("GPG packet from {peer} refused: {why}");
+                    super::alert(format_args!(
+                        "[{}] (stanza #{}) Error creating fko context: {why}",
+                        crate::config::access::canonical(peer),
+                        auth.gpg_candidates.first().map_or(0, |c| c.0 + 1)
+                    ));
                     Ok(Outcome::denied(Stage::Decrypt, why))
                 }
             }

@@ -83,6 +83,8 @@ impl Keyring {
         let gpg_shaped = gpg::is_gpg_wire(wire);
         let mut candidates = Candidates::default();
         let mut last_error = None;
+        // The last stanza listing this sender whose HMAC failed (from 1), for the alert.
+        let mut failed_stanza = None;
         for (i, s) in stanzas.iter().enumerate() {
             if !s.source.contains(peer) {
                 continue;
@@ -103,18 +105,30 @@ impl Keyring {
                 } else {
                     match body(RIJNDAEL_PREFIX) {
                         Ok(len) => candidates.rijndael.push((i, len)),
-                        Err(e) => last_error = Some(e),
+                        Err(e) => {
+                            failed_stanza = Some(i + 1);
+                            last_error = Some(e);
+                        }
                     }
                 }
             }
             if gpg_shaped && s.uses_gpg() {
                 match body(GPG_PREFIX) {
                     Ok(len) => candidates.gpg.push((i, len)),
-                    Err(e) => last_error = Some(e),
+                    Err(e) => {
+                        failed_stanza = Some(i + 1);
+                        last_error = Some(e);
+                    }
                 }
             }
         }
         if candidates.rijndael.is_empty() && candidates.gpg.is_empty() {
+            if let Some(n) = failed_stanza {
+                // libfko's text for a failed HMAC, as fwknopd logs it.
+                super::alert(format_args!(
+                    "[{sender}] (stanza #{n}) Error creating fko context: Args contain invalid data: FKO_ERROR_INVALID_DATA_HMAC_COMPAREFAIL"
+                ));
+            }
             let reason = last_error
                 .map(|e| e.to_string())
                 .unwrap_or_else(|| format!("no access stanza for source {peer}"));

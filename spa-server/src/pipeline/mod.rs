@@ -163,6 +163,21 @@ pub fn build_with_gpg(
         .service(ActionStage::new(actions))
 }
 
+/// A refusal of a packet that passed the HMAC, or came from a sender an access
+/// stanza lists: logged at WARN, worded as fwknopd's (log alerts and fail2ban
+/// key on these; see examples/fail2ban). Other refusals stay at debug.
+pub(crate) fn alert(line: impl fmt::Display) {
+    tracing::warn!("{line}");
+}
+
+/// fwknopd's replay line; the sender comes first, as in fwknopd's.
+pub(crate) fn alert_replay(peer: IpAddr) {
+    alert(format_args!(
+        "Replay detected from source IP: {}",
+        crate::config::access::canonical(peer)
+    ));
+}
+
 pub(crate) fn ready(outcome: Outcome) -> StageFuture {
     Box::pin(std::future::ready(Ok(outcome)))
 }

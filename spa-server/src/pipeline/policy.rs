@@ -77,7 +77,11 @@ fn decide(settings: &PolicySettings, d: Decrypted) -> Result<Approved, Outcome> 
             timestamp: d.decoded.message.timestamp,
             grant,
         }),
-        Err(denial) => Err(Outcome::denied(Stage::Policy, denial)),
+        Err(denial) => {
+            let source = crate::config::access::canonical(d.packet.peer.ip());
+            super::alert(denial.fwknopd_log(source, d.stanza + 1));
+            Err(Outcome::denied(Stage::Policy, denial))
+        }
     }
 }
 

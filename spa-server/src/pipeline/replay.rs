@@ -57,10 +57,13 @@ where
             let digest = packet_digest(&a.packet.bytes);
             match store.check_and_insert(digest, a.timestamp).await {
                 Ok(true) => inner.oneshot(a).await,
-                Ok(false) => Ok(Outcome::denied(
-                    Stage::Replay,
-                    "packet seen before (replay)",
-                )),
+                Ok(false) => {
+                    super::alert_replay(a.packet.peer.ip());
+                    Ok(Outcome::denied(
+                        Stage::Replay,
+                        "packet seen before (replay)",
+                    ))
+                }
                 Err(e) => Ok(Outcome::denied(Stage::Replay, e)),
             }
         })

@@ -263,6 +263,98 @@ pub fn read_fwknop_cache(path: &Path) -> Result<Vec<(PacketDigest, u64)>, Replay
         .collect())
 }
 
+/// `--exit-parse-digest-cache` for fwknopd's digest cache: every line must be
+/// `<digest> <proto> <src ip> <src port> <dst ip> <dst port> <time>` as fwknopd
+/// writes it. fwknopd only skips a bad line at start; here each is reported as
+/// `file:line: why`. Returns the number of valid entries (a missing file has none).
+pub fn check_fwknop_cache(path: &Path) -> Result<usize, Vec<String>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(vec![format!("{}: {e}", path.display())]),
+    };
+    let mut valid = 0;
+    let mut errors = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() || line.starts_with('#') {
+            continue;
+        }
+        match check_cache_line(line) {
+            Ok(()) => valid += 1,
+            Err(why) => errors.push(format!("{}:{}: {why}", path.display(), i + 1)),
+        }
+    }
+    if errors.is_empty() {
+        Ok(valid)
+    } else {
+        Err(errors)
+    }
+}
+
+fn check_cache_line(line: &str) -> Result<(), String> {
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let [digest, proto, src, sport, dst, dport, time] = fields[..] else {
+        return Err(format!(
+            "{} fields, a digest cache line has 7",
+            fields.len()
+        ));
+    };
+    let bytes = spa_core::b64::decode(digest).ok_or("the digest is not base64")?;
+    if bytes.len() != 32 {
+        return Err(format!(
+            "the digest is {} bytes, SHA-256 is 32",
+            bytes.len()
+        ));
+    }
+    proto
+        .parse::<u8>()
+        .map_err(|_| format!("protocol `{proto}`"))?;
+    for (addr, port) in [(src, sport), (dst, dport)] {
+        addr.parse::<std::net::Ipv4Addr>()
+            .map_err(|_| format!("`{addr}` is not an IPv4 address"))?;
+        port.parse::<u16>().map_err(|_| format!("port `{port}`"))?;
+    }
+    time.parse::<i64>().map_err(|_| format!("time `{time}`"))?;
+    Ok(())
+}
+
+/// `--exit-parse-digest-cache` for posternd's own store: open it read-only and
+/// count its digests (a missing store has none).
+pub fn check_store(path: &Path) -> Result<usize, ReplayError> {
+    if !path.exists() {
+        return Ok(0);
+    }
+    let at = |e: &dyn std::fmt::Display| ReplayError(format!("{}: {e}", path.display()));
+    // Database::open locks the file: a store a running posternd holds is an error.
+    let db = Database::open(path).map_err(|e| at(&e))?;
+    let read = db.begin_read().map_err(|e| at(&e))?;
+    match read.open_table(TABLE) {
+        Ok(table) => {
+            use redb::ReadableTableMetadata;
+            Ok(table.len().map_err(|e| at(&e))? as usize)
+        }
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
+        Err(e) => Err(at(&e)),
+    }
+}
+
+/// `--rotate-digest-cache`: rename `path` to `path-old` (as fwknopd), so the
+/// next open starts empty. A missing file is nothing to rotate.
+pub fn rotate(path: &Path) -> Result<Option<std::path::PathBuf>, ReplayError> {
+    let mut old = path.as_os_str().to_owned();
+    old.push("-old");
+    let old = std::path::PathBuf::from(old);
+    match std::fs::rename(path, &old) {
+        Ok(()) => Ok(Some(old)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(ReplayError(format!(
+            "Unable to rename digest file: {} to {}: {e}",
+            path.display(),
+            old.display()
+        ))),
+    }
+}
+
 #[async_trait]
 impl ReplayStore for FileStore {
     async fn check_and_insert(
@@ -367,5 +459,29 @@ mod tests {
         assert_eq!(s.len(), 1);
         drop(s);
         assert_eq!(FileStore::open(&path).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn fwknop_cache_check_names_bad_lines_and_rotation_renames() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("digest.cache");
+        assert_eq!(check_fwknop_cache(&cache), Ok(0));
+        let good = "7XgadOyqv0tF5xG8uhg2iIrheeNKglCWKmxQDgYP1dY 17 127.0.0.1 40305 127.0.0.1 62201 1313283481";
+        std::fs::write(
+            &cache,
+            format!("{good}\n# c\n{good} x\nAAAA 17 1.2.3.4 1 1.2.3.4 2 3\n"),
+        )
+        .unwrap();
+        let errors = check_fwknop_cache(&cache).unwrap_err();
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(errors[0].contains("digest.cache:3:"), "{errors:?}");
+        assert!(
+            errors[1].contains("digest.cache:4:") && errors[1].contains("32"),
+            "{errors:?}"
+        );
+        let old = rotate(&cache).unwrap().unwrap();
+        assert_eq!(old, dir.path().join("digest.cache-old"));
+        assert!(!cache.exists() && old.exists());
+        assert_eq!(rotate(&cache).unwrap(), None);
     }
 }
