@@ -512,3 +512,58 @@ fn refusals_match_the_fail2ban_filter_with_the_sender_as_host() {
         );
     }
 }
+
+/// A flood of forged packets from a listed sender (SOURCE ANY) is not a flood of
+/// WARN lines: beyond the burst they are counted, the count is logged, and a
+/// valid knock still gets through.
+#[test]
+fn a_flood_of_forged_packets_is_counted_not_logged_line_by_line() {
+    if !runnable(&["fwknop", "iptables"]) {
+        return;
+    }
+    let svc = Service::iptables_guarded("fl", PORT);
+    let keys = SpaKeys::generate("cbc", Some("sha256"));
+    let (dir, conf, access) = files(&keys, 30, "");
+    let d = Posternd::start(svc.server(), &args(&conf, &access, &[]), dir.dir.path());
+    let mut forged_keys = keys.clone();
+    forged_keys.hmac = Some((
+        "sha256".into(),
+        postern_e2e::scenario::Secret::Base64(postern_e2e::scenario::random_b64(64)),
+    ));
+    let forged = saved_packet(&svc, &forged_keys, &[]);
+    const FLOOD: usize = 3000;
+    let started = std::time::Instant::now();
+    let to = SocketAddr::new(IpAddr::V4(svc.pair.server_ip), SPA_PORT);
+    let ex = udp_send_all(
+        svc.client(),
+        to,
+        vec![forged.clone(); FLOOD],
+        100,
+        Duration::from_millis(1),
+        Duration::ZERO,
+    );
+    assert!(ex.errors.is_empty(), "sending: {:?}", ex.errors);
+    // One more forged packet a second later brings the count of the others out.
+    std::thread::sleep(Duration::from_millis(1100));
+    send(&svc, &forged);
+    let counted = d.wait_log("refusal lines were not logged", 1, Duration::from_secs(5));
+    let elapsed = started.elapsed().as_secs() + 1;
+    let log = d.log_text();
+    let warns = log
+        .lines()
+        .filter(|l| l.contains(" WARN ") && l.contains("HMAC_COMPAREFAIL"))
+        .count();
+    assert!(counted, "no count of the lines not logged\n{log}");
+    let allowed = 200 + 50 * elapsed as usize;
+    assert!(
+        (1..=allowed).contains(&warns),
+        "{warns} WARN lines for {FLOOD} forged packets in {elapsed} s (at most {allowed})"
+    );
+    let out = knock(&svc, &keys, &[]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(
+        svc.wait_reachable(true, Duration::from_secs(5)),
+        "the valid knock after the flood did not open the port\n{}",
+        d.log_text()
+    );
+}

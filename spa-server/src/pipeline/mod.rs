@@ -166,9 +166,39 @@ pub fn build_with_gpg(
 /// A refusal of a packet that passed the HMAC, or came from a sender an access
 /// stanza lists: logged at WARN, worded as fwknopd's (log alerts and fail2ban
 /// key on these; see examples/fail2ban). Other refusals stay at debug.
+///
+/// With `SOURCE ANY` every sender is listed, so a flood of forged packets would be a
+/// flood of WARN lines (and of syslog disk). Lines beyond [`ALERTS_PER_SECOND`]
+/// (burst [`ALERT_BURST`]) are counted instead, and the count is logged before the
+/// next line let through: a flooding sender still shows up far more often than a
+/// fail2ban `maxretry`.
 pub(crate) fn alert(line: impl fmt::Display) {
+    use governor::{Quota, RateLimiter};
+    use std::num::NonZeroU32;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::LazyLock;
+    static LIMIT: LazyLock<governor::DefaultDirectRateLimiter> = LazyLock::new(|| {
+        RateLimiter::direct(
+            Quota::per_second(NonZeroU32::new(ALERTS_PER_SECOND).expect("non-zero"))
+                .allow_burst(NonZeroU32::new(ALERT_BURST).expect("non-zero")),
+        )
+    });
+    static SUPPRESSED: AtomicU64 = AtomicU64::new(0);
+    if LIMIT.check().is_err() {
+        SUPPRESSED.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    let suppressed = SUPPRESSED.swap(0, Ordering::Relaxed);
+    if suppressed > 0 {
+        tracing::warn!(
+            "{suppressed} refusal lines were not logged (more than {ALERTS_PER_SECOND} a second)"
+        );
+    }
     tracing::warn!("{line}");
 }
+
+pub(crate) const ALERTS_PER_SECOND: u32 = 50;
+pub(crate) const ALERT_BURST: u32 = 200;
 
 /// fwknopd's replay line; the sender comes first, as in fwknopd's.
 pub(crate) fn alert_replay(peer: IpAddr) {
