@@ -196,6 +196,13 @@ pub trait Firewall: Send {
     fn shutdown(&mut self) -> FwResult<()> {
         Ok(())
     }
+
+    /// The firewall's own listing of what this backend manages (its chains, its
+    /// table), as the firewall's tool prints it: what `--fw-list` shows, as
+    /// fwknopd shows its chains. `None` where the firewall has no such listing.
+    fn native_listing(&mut self) -> FwResult<Option<String>> {
+        Ok(None)
+    }
 }
 
 /// Runs external tools as argv (never through a shell). Backends take one so their

@@ -323,6 +323,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 b.flush()?;
                 println!("{}: flushed", b.name());
             } else {
+                // The firewall's own listing first, under fwknopd's heading, so
+                // what parsed `fwknopd --fw-list` parses this too.
+                if let Some(native) = b.native_listing()? {
+                    println!(
+                        "Listing rules in {} {} chains...\n",
+                        cfg.server.syslog_identity,
+                        b.name()
+                    );
+                    print!("{native}");
+                }
                 let list = b.list()?;
                 println!("{}: {} active grant(s)", b.name(), list.len());
                 let now = spa_server::capture::unix_now();

@@ -318,6 +318,20 @@ fn fw_list_next_to_the_running_daemon_keeps_its_grants() {
         listed.contains("1 active grant") && listed.contains(&format!("tcp/{PORT}")),
         "{listed}"
     );
+    // The firewall's own listing, as the real fwknopd prints it for the same files.
+    let mut fwknopd_argv = vec!["fwknopd"];
+    fwknopd_argv.extend(files.iter().map(String::as_str));
+    fwknopd_argv.push("--fw-list");
+    let fwknopd_listed = svc.server().run_ok(&fwknopd_argv);
+    assert!(
+        fwknopd_listed.contains("Chain FWKNOP_INPUT")
+            && fwknopd_listed.contains(&svc.pair.client_ip.to_string()),
+        "{fwknopd_listed}"
+    );
+    assert!(
+        listed.starts_with(fwknopd_listed.trim_end()),
+        "posternd --fw-list:\n{listed}\nfwknopd --fw-list:\n{fwknopd_listed}"
+    );
     assert!(
         svc.reachable(Duration::from_secs(2)),
         "--fw-list reset the daemon's grant"

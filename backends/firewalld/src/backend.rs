@@ -596,6 +596,25 @@ impl Firewall for FirewalldBackend {
         Ok(self.state.openings(now))
     }
 
+    /// firewalld's runtime rich rules of the zones postern's grants live in.
+    fn native_listing(&mut self) -> FwResult<Option<String>> {
+        self.ensure_ready()?;
+        let mut out = String::new();
+        for zone in self.state.zones() {
+            out.push_str(&format!("zone {zone}:\n"));
+            let mut rules: Vec<String> = self
+                .zone_rules(&zone)?
+                .unwrap_or_default()
+                .into_iter()
+                .collect();
+            rules.sort();
+            for rule in rules {
+                out.push_str(&format!("  {rule}\n"));
+            }
+        }
+        Ok(Some(out))
+    }
+
     fn flush(&mut self) -> FwResult<()> {
         self.ensure_ready()?;
         let mut first_error = None;

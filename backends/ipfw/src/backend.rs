@@ -463,6 +463,13 @@ impl Firewall for IpfwBackend {
 
     /// The grants in the active set (retired ones in the expire set let no new
     /// connection in and are not listed).
+    /// `ipfw -d -S -T set N list` of the active set, as fwknopd lists its rules.
+    fn native_listing(&mut self) -> FwResult<Option<String>> {
+        let set = self.cfg.active_set.to_string();
+        self.run_words(&["-d", "-S", "-T", "set", &set, "list"], Vec::new())
+            .map(Some)
+    }
+
     fn list(&mut self) -> FwResult<Vec<Opening>> {
         let now = (self.clock)();
         let listing = self.listing()?;

@@ -521,6 +521,28 @@ impl Firewall for IptablesBackend {
         Ok(openings)
     }
 
+    /// `iptables -t TABLE -n -L CHAIN --line-numbers` for every managed chain that
+    /// exists, as fwknopd's --fw-list prints its chains.
+    fn native_listing(&mut self) -> FwResult<Option<String>> {
+        let mut out = String::new();
+        for family in 0..self.families.len() {
+            for (_, spec) in self.chains.clone() {
+                if self.list_chain(family, &spec.table, &spec.chain)?.is_none() {
+                    continue;
+                }
+                let mut argv = vec![self.families[family].iptables.clone()];
+                argv.extend(self.wait_args());
+                argv.extend(
+                    ["-t", &spec.table, "-n", "-L", &spec.chain, "--line-numbers"]
+                        .map(String::from),
+                );
+                out.push_str(&self.run(&argv, None)?);
+                out.push('\n');
+            }
+        }
+        Ok(Some(out))
+    }
+
     /// Delete every grant; the chains, the jumps and foreign rules stay.
     fn flush(&mut self) -> FwResult<()> {
         self.delete_grants(|_, _| true).map(|_| ())

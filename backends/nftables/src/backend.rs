@@ -472,6 +472,14 @@ impl Firewall for NftablesBackend {
         }
     }
 
+    /// `nft list table FAMILY TABLE`: postern's table as nft prints it.
+    fn native_listing(&mut self) -> FwResult<Option<String>> {
+        let family = self.config.family.to_string();
+        let table = self.config.table.clone();
+        self.nft(&["list", "table", &family, &table], None)
+            .map(Some)
+    }
+
     fn list(&mut self) -> FwResult<Vec<Opening>> {
         let now = (self.clock)();
         let state = self.read_table()?.ok_or_else(|| FirewallError::Other {

@@ -144,6 +144,17 @@ impl PfBackend {
         &self.anchor
     }
 
+    /// `pfctl -a ANCHOR -s rules`, then each of postern's tables in the anchor.
+    fn anchor_listing(&mut self) -> FwResult<String> {
+        let anchor = self.anchor.clone();
+        let mut out = self.run(&["-a", &anchor, "-s", "rules"], None)?;
+        for table in self.show_tables()? {
+            out.push_str(&format!("table <{}>:\n", table.name()));
+            out.push_str(&self.run_table(table, "show", &[])?.unwrap_or_default());
+        }
+        Ok(out)
+    }
+
     fn run(&mut self, args: &[&str], stdin: Option<&str>) -> FwResult<String> {
         let mut argv = vec![self.pfctl.clone()];
         argv.extend(args.iter().map(|s| s.to_string()));
@@ -468,6 +479,10 @@ impl Firewall for PfBackend {
     /// What the tables hold. An address the state file does not know (added by
     /// hand, or lost by a crash) is listed with `expires_at = 0`: it is owed a
     /// removal, which the next `init` does.
+    fn native_listing(&mut self) -> FwResult<Option<String>> {
+        self.anchor_listing().map(Some)
+    }
+
     fn list(&mut self) -> FwResult<Vec<Opening>> {
         let now = (self.clock)();
         let mut openings = Vec::new();
