@@ -256,12 +256,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         cli.verbose,
         spa_server::service::LogTarget {
             stderr: !background,
-            syslog: (background || cli.syslog_enable).then(|| {
-                (
-                    loaded.config.server.syslog_identity.clone(),
-                    loaded.config.server.syslog_facility.clone(),
-                )
-            }),
+            identity: loaded.config.server.syslog_identity.clone(),
+            facility: loaded.config.server.syslog_facility.clone(),
+            syslog: background || cli.syslog_enable,
         },
     )?;
     for w in &loaded.warnings {

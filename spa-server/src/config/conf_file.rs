@@ -120,6 +120,21 @@ pub fn parse_num<T: std::str::FromStr>(entry: &Entry) -> Result<T, ConfError> {
     })
 }
 
+/// A TOML list of strings, or one comma-separated string as access.conf and
+/// fwknopd.conf write lists, as one comma-joined string for their parsers.
+pub fn comma_joined<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Text {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match serde::Deserialize::deserialize(d)? {
+        Text::One(s) => s,
+        Text::Many(v) => v.join(","),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,19 +160,4 @@ mod tests {
             "/etc/x.conf:2: `KEY` has no value (expected `KEY <value>`)"
         );
     }
-}
-
-/// A TOML list of strings, or one comma-separated string as access.conf and
-/// fwknopd.conf write lists, as one comma-joined string for their parsers.
-pub fn comma_joined<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    #[derive(serde::Deserialize)]
-    #[serde(untagged)]
-    enum Text {
-        One(String),
-        Many(Vec<String>),
-    }
-    Ok(match serde::Deserialize::deserialize(d)? {
-        Text::One(s) => s,
-        Text::Many(v) => v.join(","),
-    })
 }
