@@ -3,12 +3,12 @@
 pub use super::conf_file::Findings;
 use super::conf_file::{parse_bool, parse_lines, parse_num, ConfError, Entry, Origin};
 use super::secure_read;
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv4Net};
 use postern_backend_script::{CapSet, SudoExec};
 use serde::{Deserialize, Serialize};
 use spa_core::request::parse_proto_ports;
 use spa_core::{DigestType, EncryptionMode, ProtoPort, Secret};
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 
 /// fwknop's defaults for a stanza.
@@ -71,20 +71,15 @@ impl From<AddrList> for AddrListText {
 }
 
 impl AddrList {
-    /// `ANY`, or comma-separated addresses and CIDR networks.
+    /// `ANY`, or comma-separated addresses and networks (CIDR, or IPv4 with a
+    /// dotted netmask as fwknopd also takes them).
     pub fn parse(text: &str) -> Result<Self, String> {
         let mut nets = Vec::new();
         for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             if item.eq_ignore_ascii_case("ANY") {
                 return Ok(AddrList::Any);
             }
-            let net = match item.parse::<IpNet>() {
-                Ok(n) => n,
-                Err(_) => item.parse::<IpAddr>().map(IpNet::from).map_err(|_| {
-                    format!("`{item}` is not an address, network (a.b.c.d/n) or ANY")
-                })?,
-            };
-            nets.push(net);
+            nets.push(parse_net(item)?);
         }
         if nets.is_empty() {
             return Err("empty address list".into());
@@ -99,6 +94,30 @@ impl AddrList {
             AddrList::Nets(nets) => nets.iter().any(|n| n.contains(&ip)),
         }
     }
+}
+
+/// One address or network: `a.b.c.d`, `a.b.c.d/n`, IPv6 alike, or fwknopd's
+/// `a.b.c.d/255.255.255.0`. A netmask that is not contiguous is refused: it
+/// would match a scattered set of addresses no network names.
+fn parse_net(item: &str) -> Result<IpNet, String> {
+    if let Ok(net) = item.parse::<IpNet>() {
+        return Ok(net);
+    }
+    if let Ok(addr) = item.parse::<IpAddr>() {
+        return Ok(IpNet::from(addr));
+    }
+    if let Some((addr, mask)) = item.split_once('/') {
+        if let (Ok(addr), Ok(mask)) = (addr.parse::<Ipv4Addr>(), mask.parse::<Ipv4Addr>()) {
+            return Ipv4Net::with_netmask(addr, mask)
+                .map(IpNet::V4)
+                .map_err(|_| {
+                    format!("`{item}`: netmask {mask} is not contiguous (list the networks it covers as a.b.c.d/n)")
+                });
+        }
+    }
+    Err(format!(
+        "`{item}` is not an address, network (a.b.c.d/n, a.b.c.d/255.255.255.0) or ANY"
+    ))
 }
 
 /// IPv4-mapped IPv6 addresses (from dual-stack sockets) compare as IPv4.
@@ -1465,5 +1484,18 @@ mod tests {
             err.contains("bad.keys:2: only key variables") && err.contains("`OPEN_PORTS`"),
             "{err}"
         );
+    }
+
+    /// fwknopd takes `a.b.c.d/255.255.255.0` in SOURCE and DESTINATION.
+    #[test]
+    fn dotted_netmasks_are_read_as_fwknopd_reads_them() {
+        let list = AddrList::parse("10.0.0.0/255.0.0.0, 192.168.1.7/255.255.255.0").unwrap();
+        assert!(list.contains("10.200.1.1".parse().unwrap()));
+        assert!(list.contains("192.168.1.200".parse().unwrap()));
+        assert!(!list.contains("192.168.2.1".parse().unwrap()));
+        assert_eq!(list, AddrList::parse("10.0.0.0/8, 192.168.1.7/24").unwrap());
+        let err = AddrList::parse("10.0.0.0/255.0.255.0").unwrap_err();
+        assert!(err.contains("not contiguous"), "{err}");
+        assert!(AddrList::parse("10.0.0.0/255.0.0.300").is_err());
     }
 }
