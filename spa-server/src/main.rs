@@ -62,6 +62,23 @@ fn serves(cli: &Cli) -> bool {
 fn apply_overrides(cli: &Cli, cfg: &mut ServerConfig) {
     if let Some(dir) = &cli.run_dir {
         cfg.server.run_dir = dir.clone();
+        // As fwknopd, -r also moves fwknopd's digest cache unless the file names it
+        // (and -D shows the run dir in effect).
+        if let ReplayConfig::File {
+            import_fwknop: Some(cache),
+            ..
+        } = &mut cfg.replay
+        {
+            if !cfg.fwknopd_vars.contains_key("DIGEST_FILE") {
+                *cache = dir.join("digest.cache");
+            }
+        }
+        if let Some(run_dir) = cfg.fwknopd_vars.get_mut("FWKNOP_RUN_DIR") {
+            *run_dir = dir.display().to_string();
+        } else if !cfg.fwknopd_vars.is_empty() {
+            cfg.fwknopd_vars
+                .insert("FWKNOP_RUN_DIR".into(), dir.display().to_string());
+        }
     }
     if let Some(dir) = &cli.gpg_home_dir {
         cfg.server.gpg_home_dir = Some(dir.into());

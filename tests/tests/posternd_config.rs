@@ -673,6 +673,21 @@ fn access_files_are_found_like_fwknopd() {
         a.is_some() && b.is_some() && a < b,
         "--access-folder: a.conf then b.conf expected:\n{out}"
     );
+    // -a and --access-folder: only the folder, as fwknopd, and a warning says so.
+    let access = conf_dir.join("access.conf").display().to_string();
+    let both = posternd(
+        &["-c", &c, "-a", &access, "--access-folder", &f, "check-config"],
+        &[],
+    );
+    let (out, err) = text(&both);
+    assert!(
+        both.status.success()
+            && out.contains("10.3.3.3")
+            && !out.contains("10.1.1.1")
+            && err.contains(&format!("-a {access} is not read")),
+        "-a with --access-folder:\n{}",
+        describe(&both)
+    );
     let with_folder = dir.write(
         "folder-fwknopd.conf",
         &format!("FWKNOP_RUN_DIR {run};\nACCESS_FOLDER {f};\n"),

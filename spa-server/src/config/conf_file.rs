@@ -99,14 +99,20 @@ pub fn parse_lines(file: &Path, text: &str) -> Result<Vec<Entry>, ConfError> {
     Ok(out)
 }
 
-/// fwknop's yes/no: `Y` (any case) is yes, `N` is no.
+/// fwknop's yes/no, read as both daemons read it: a value starting with `Y`
+/// (any case) is yes, one starting with `N` is no. Anything else (`1`, `TRUE`)
+/// is refused: fwknopd reads it as no, and most readers as yes, so either
+/// reading opens more than the file means for some variable.
 pub fn parse_bool(entry: &Entry) -> Result<bool, ConfError> {
-    match entry.value.to_ascii_uppercase().as_str() {
-        "Y" | "YES" | "TRUE" | "1" => Ok(true),
-        "N" | "NO" | "FALSE" | "0" => Ok(false),
+    match entry.value.bytes().next().map(|b| b.to_ascii_uppercase()) {
+        Some(b'Y') => Ok(true),
+        Some(b'N') => Ok(false),
         _ => Err(ConfError::new(
             &entry.origin,
-            format!("{} expects Y or N, got `{}`", entry.var, entry.value),
+            format!(
+                "{} expects Y or N, got `{}` (fwknopd reads anything but Y… as N)",
+                entry.var, entry.value
+            ),
         )),
     }
 }
@@ -150,6 +156,33 @@ mod tests {
         );
         assert_eq!((e[1].var.as_str(), e[1].value.as_str()), ("SOURCE", "ANY"));
         assert_eq!(e[2].value, "my key");
+    }
+
+    #[test]
+    fn yes_and_no_as_fwknopd_reads_them_and_nothing_else() {
+        let entries = parse_lines(
+            Path::new("f.conf"),
+            "A Y\nB yes\nC N\nD no\nE 1\nF TRUE\nG 0\n",
+        )
+        .unwrap();
+        let read: Vec<_> = entries.iter().map(|e| parse_bool(e).ok()).collect();
+        assert_eq!(
+            read,
+            [
+                Some(true),
+                Some(true),
+                Some(false),
+                Some(false),
+                None,
+                None,
+                None
+            ]
+        );
+        let err = parse_bool(&entries[4]).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "f.conf:5: E expects Y or N, got `1` (fwknopd reads anything but Y… as N)"
+        );
     }
 
     #[test]

@@ -185,14 +185,40 @@ pub fn apply_fwknopd_files(
     cfg: &mut ServerConfig,
     findings: &mut Findings,
 ) -> Result<(), ConfError> {
-    let mut entries = Vec::new();
-    for path in paths {
-        super::trust::check(path, "fwknopd.conf", super::trust::Trust::Trusted)?;
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfError::file(path, format!("cannot read: {e}")))?;
-        entries.extend(parse_lines(path, &text)?);
+    let Some((main, cli_overrides)) = paths.split_first() else {
+        return Ok(());
+    };
+    let mut entries = read_entries(main)?;
+    // As fwknopd: the main file's OVERRIDE_CONFIG (a comma list) names the
+    // override files, in place of -O; override files' own are not followed.
+    let overrides: Vec<std::path::PathBuf> =
+        match entries.iter().rev().find(|e| e.var == "OVERRIDE_CONFIG") {
+            Some(e) => {
+                if !cli_overrides.is_empty() {
+                    findings.warn(format!(
+                        "{}: OVERRIDE_CONFIG replaces the files given with -O (as fwknopd)",
+                        e.origin
+                    ));
+                }
+                split_list_on(&e.value, &[','])
+                    .into_iter()
+                    .map(Into::into)
+                    .collect()
+            }
+            None => cli_overrides.to_vec(),
+        };
+    for path in &overrides {
+        entries.extend(read_entries(path)?);
     }
     apply_entries(entries, cfg, findings)
+}
+
+/// One fwknopd.conf-format file, checked as a file posternd trusts.
+fn read_entries(path: &Path) -> Result<Vec<Entry>, ConfError> {
+    super::trust::check(path, "fwknopd.conf", super::trust::Trust::Trusted)?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfError::file(path, format!("cannot read: {e}")))?;
+    parse_lines(path, &text)
 }
 
 /// Apply fwknopd.conf `text` as if it had been read from `path` (the name is only
@@ -454,7 +480,11 @@ fn iptables_action<'a>(
 }
 
 fn split_list(text: &str) -> Vec<String> {
-    text.split([',', ' '])
+    split_list_on(text, &[',', ' '])
+}
+
+fn split_list_on(text: &str, separators: &[char]) -> Vec<String> {
+    text.split(separators)
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .map(String::from)
@@ -712,5 +742,39 @@ mod tests {
         .unwrap_err();
         assert_eq!(err.origin.file, bad);
         assert_eq!(err.origin.line, 2);
+    }
+
+    #[test]
+    fn override_config_in_the_main_file_replaces_dash_o() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+            p
+        };
+        let o1 = write("o1.conf", "MAX_SPA_PACKET_AGE 33;\n");
+        let o2 = write("o2.conf", "PCAP_FILTER udp port 40000;\n");
+        let dash_o = write("cli.conf", "MAX_SPA_PACKET_AGE 77;\n");
+        let main = write(
+            "fwknopd.conf",
+            &format!("OVERRIDE_CONFIG {}, {};\n", o1.display(), o2.display()),
+        );
+        let mut cfg = ServerConfig::default();
+        let mut findings = Findings::default();
+        apply_fwknopd_files(&[main.clone(), dash_o], &mut cfg, &mut findings).unwrap();
+        assert_eq!(cfg.server.max_packet_age, 33);
+        assert!(
+            matches!(&cfg.capture[0], CaptureConfig::Pcap { filter, .. } if filter == "udp port 40000")
+        );
+        assert!(
+            findings.warnings[0].contains("fwknopd.conf:1: OVERRIDE_CONFIG replaces"),
+            "{:?}",
+            findings.warnings
+        );
+        let mut cfg = ServerConfig::default();
+        apply_fwknopd_files(&[main], &mut cfg, &mut Findings::default()).unwrap();
+        assert_eq!(cfg.server.max_packet_age, 33);
     }
 }

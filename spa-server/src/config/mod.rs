@@ -546,6 +546,19 @@ pub fn load(sources: &ConfigSources) -> Result<Loaded, ConfigError> {
         config.access_folder = None;
     }
     if let Some(d) = &sources.access_folder {
+        // As fwknopd: with a folder, -a is not read.
+        if let Some(a) = sources
+            .access
+            .as_ref()
+            .filter(|_| config.access_file.is_some())
+        {
+            findings.warn(format!(
+                "-a {} is not read: --access-folder {} is given (as fwknopd)",
+                a.display(),
+                d.display()
+            ));
+            config.access_file = None;
+        }
         config.access_folder = Some(d.clone());
     }
     if let Some(dir) = config.access_folder.clone() {
@@ -573,6 +586,12 @@ pub fn load(sources: &ConfigSources) -> Result<Loaded, ConfigError> {
             .unwrap_or_else(|| format!("[[access]] #{}", i + 1));
         for weak in s.weaknesses() {
             findings.warn(format!("{at}: weak access stanza: {weak}"));
+        }
+        if s.max_fw_timeout < s.fw_access_timeout {
+            findings.warn(format!(
+                "{at}: MAX_FW_TIMEOUT {} is below FW_ACCESS_TIMEOUT {}: grants last {} s",
+                s.max_fw_timeout, s.fw_access_timeout, s.max_fw_timeout
+            ));
         }
     }
     config
