@@ -270,7 +270,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let loaded = config::load(&sources)?;
     let background = serves(&cli) && !cli.foreground;
     spa_server::service::init_logging(
-        cli.verbose,
+        cli.verbose.max(loaded.config.server.verbose),
         spa_server::service::LogTarget {
             stderr: !background,
             identity: loaded.config.server.syslog_identity.clone(),

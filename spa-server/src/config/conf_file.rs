@@ -141,6 +141,22 @@ pub fn comma_joined<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D:
     })
 }
 
+/// A number within fwknopd's range for the variable (its `range_check`), so a
+/// file fwknopd would refuse is not read with a value fwknopd never runs with.
+pub fn parse_range<T>(entry: &Entry, lo: T, hi: T) -> Result<T, ConfError>
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Display,
+{
+    let value: T = parse_num(entry)?;
+    if value < lo || value > hi {
+        return Err(ConfError::new(
+            &entry.origin,
+            format!("{} must be within {lo}-{hi}, got {value}", entry.var),
+        ));
+    }
+    Ok(value)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,6 +199,17 @@ mod tests {
             err,
             "f.conf:5: E expects Y or N, got `1` (fwknopd reads anything but Y… as N)"
         );
+    }
+
+    #[test]
+    fn numbers_outside_fwknopds_range_name_the_line() {
+        let e = parse_lines(Path::new("f.conf"), "A 0\nB 70000\nC 5\n").unwrap();
+        assert_eq!(
+            parse_range(&e[0], 1u16, 65535).unwrap_err().to_string(),
+            "f.conf:1: A must be within 1-65535, got 0"
+        );
+        assert!(parse_range(&e[1], 1u16, 65535).is_err(), "70000 is no u16");
+        assert_eq!(parse_range(&e[2], 1u64, 100_000).unwrap(), 5);
     }
 
     #[test]

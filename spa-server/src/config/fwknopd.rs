@@ -1,11 +1,14 @@
 //! fwknopd.conf, read unchanged and mapped onto postern's own configuration.
 
-use super::conf_file::{parse_bool, parse_lines, parse_num, ConfError, Entry, Findings};
+use super::conf_file::{
+    parse_bool, parse_lines, parse_num, parse_range, ConfError, Entry, Findings,
+};
 use super::{ActionConfig, CaptureConfig, ReplayConfig, ServerConfig};
 use std::collections::HashMap;
 use std::path::Path;
 
-/// Every variable fwknopd 2.6.10 knows. Those postern does not use only log at debug.
+/// Every variable fwknopd 2.6.10 knows. Those posternd has no use for are in
+/// [`NO_EFFECT`] (warned about); the rest are read below.
 const KNOWN: &[&str] = &[
     "CONFIG_FILE",
     "OVERRIDE_CONFIG",
@@ -267,7 +270,7 @@ fn apply_entries(
     }
 
     if let Some(e) = get("MAX_SPA_PACKET_AGE") {
-        cfg.server.max_packet_age = parse_num(e)?;
+        cfg.server.max_packet_age = parse_range(e, 1, 100_000)?;
     }
     cfg.server.packet_aging = flag("ENABLE_SPA_PACKET_AGING", true)?;
     cfg.server.run_dir =
@@ -283,7 +286,7 @@ fn apply_entries(
     cfg.server.pid_file = get("FWKNOP_PID_FILE").map(|e| e.value.clone().into());
     cfg.server.pid_file_name = "fwknopd.pid".into();
     if let Some(e) = get("UDPSERV_PORT") {
-        cfg.server.udp_server_port = Some(parse_num(e)?);
+        cfg.server.udp_server_port = Some(parse_range(e, 1, u16::MAX)?);
     }
     if let Some(e) = get("CMD_EXEC_TIMEOUT") {
         cfg.server.cmd_exec_timeout = parse_num(e)?;
@@ -334,8 +337,11 @@ fn apply_entries(
     }
 
     // Captures: fwknopd sniffs with pcap unless its UDP server is enabled.
-    let port =
-        |name: &str| -> Result<u16, ConfError> { get(name).map(parse_num).unwrap_or(Ok(62201)) };
+    let port = |name: &str| -> Result<u16, ConfError> {
+        get(name)
+            .map(|e| parse_range(e, 1, u16::MAX))
+            .unwrap_or(Ok(62201))
+    };
     let mut captures = Vec::new();
     if flag("ENABLE_UDP_SERVER", false)? {
         captures.push(CaptureConfig::Udp {
@@ -352,7 +358,7 @@ fn apply_entries(
             .unwrap_or_else(|| "udp port 62201".into());
         let promisc = flag("ENABLE_PCAP_PROMISC", false)?;
         let snaplen = get("MAX_SNIFF_BYTES")
-            .map(parse_num)
+            .map(|e| parse_range(e, 1, 32_768))
             .transpose()?
             .unwrap_or(1500);
         captures.push(CaptureConfig::Pcap {
@@ -406,6 +412,17 @@ fn apply_entries(
             ));
         }
     }
+    for e in &entries {
+        if let Some((_, why)) = NO_EFFECT.iter().find(|(name, _)| *name == e.var) {
+            findings.warn(format!(
+                "{}: {} has no effect in posternd: {why}",
+                e.origin, e.var
+            ));
+        }
+    }
+    if let Some(e) = get("VERBOSE") {
+        cfg.server.verbose = parse_num(e)?;
+    }
     for (var, instead) in UNSUPPORTED_WHEN_ON {
         if let Some(e) = get(var).filter(|_| flag(var, false).unwrap_or(false)) {
             findings.warn(format!(
@@ -431,6 +448,49 @@ const UNSUPPORTED_WHEN_ON: [(&str, &str); 2] = [
     (
         "ENABLE_NFQ_CAPTURE",
         "packets are captured with pcap (PCAP_INTF) instead of NFQUEUE",
+    ),
+];
+
+/// fwknopd.conf variables that mean nothing to posternd, and why: each one
+/// present is warned about at start, naming its line, so none is ignored
+/// silently. None of them can make a grant wider.
+const NO_EFFECT: [(&str, &str); 16] = [
+    ("CONFIG_FILE", "the file is the one given with -c"),
+    ("LOCALE", "posternd's messages are not localised"),
+    (
+        "EXIT_AT_INTF_DOWN",
+        "a pcap capture reopens its interface when it comes back",
+    ),
+    (
+        "PCAP_DISPATCH_COUNT",
+        "the pcap capture takes every packet the kernel hands it",
+    ),
+    (
+        "PCAP_LOOP_SLEEP",
+        "the pcap capture waits on its socket instead of sleeping",
+    ),
+    (
+        "UDPSERV_SELECT_TIMEOUT",
+        "the UDP capture waits on its socket instead of polling",
+    ),
+    (
+        "ENABLE_IPT_COMMENT_CHECK",
+        "posternd's iptables rules always carry their expiry in a comment",
+    ),
+    ("ENABLE_EXTERNAL_CMDS", "fwknopd 2.6.10 ignores it too"),
+    ("EXTERNAL_CMD_OPEN", "fwknopd 2.6.10 ignores it too"),
+    ("EXTERNAL_CMD_CLOSE", "fwknopd 2.6.10 ignores it too"),
+    ("EXTERNAL_CMD_ALARM", "fwknopd 2.6.10 ignores it too"),
+    ("ENABLE_EXT_CMD_PREFIX", "fwknopd 2.6.10 ignores it too"),
+    ("EXT_CMD_PREFIX", "fwknopd 2.6.10 ignores it too"),
+    (
+        "DIGEST_DB_FILE",
+        "the digest cache is DIGEST_FILE (fwknopd's file format), imported at start",
+    ),
+    ("AFL_PKT_FILE", "fuzzing input of fwknopd's test builds"),
+    (
+        "FAULT_INJECTION_TAG",
+        "fault injection of fwknopd's test builds",
     ),
 ];
 
@@ -568,6 +628,24 @@ mod tests {
         let (_, w) = load("ENABLE_DESTINATION_RULE N;\nENABLE_NAT_DNS N;\nENABLE_NFQ_CAPTURE Y;\n");
         assert_eq!(w.len(), 1, "{w:?}");
         assert!(w[0].contains(":3: ENABLE_NFQ_CAPTURE"), "{w:?}");
+    }
+
+    #[test]
+    fn variables_without_effect_are_named_and_verbose_is_honoured() {
+        let text: String = NO_EFFECT
+            .iter()
+            .map(|(name, _)| format!("{name} Y;\n"))
+            .chain(["VERBOSE 2;\n".to_string()])
+            .collect();
+        let (cfg, w) = load(&text);
+        assert_eq!(w.len(), NO_EFFECT.len(), "{w:?}");
+        for (i, (name, _)) in NO_EFFECT.iter().enumerate() {
+            assert!(
+                w[i].contains(&format!(":{}: {name} has no effect in posternd: ", i + 1)),
+                "{w:?}"
+            );
+        }
+        assert_eq!(cfg.server.verbose, 2);
     }
 
     #[test]
