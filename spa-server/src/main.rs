@@ -281,6 +281,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     for w in &loaded.warnings {
         tracing::warn!("{w}");
     }
+    if cli.no_ipt_check_support || cli.no_firewd_check_support {
+        tracing::info!(
+            "--no-ipt/firewd-check-support has no effect: posternd never runs `iptables -C`"
+        );
+    }
     let mut cfg = loaded.config;
     apply_overrides(&cli, &mut cfg);
     let pid_path = pid_file(&cli, &cfg);

@@ -903,6 +903,8 @@ fn force_nat_needs_nat_enabled_as_in_fwknopd() {
         "{}",
         describe(&off)
     );
-    let on = check(&format!("FWKNOP_RUN_DIR {run};\nENABLE_IPT_FORWARDING Y;\n"));
+    let on = check(&format!(
+        "FWKNOP_RUN_DIR {run};\nENABLE_IPT_FORWARDING Y;\n"
+    ));
     assert!(on.status.success(), "{}", describe(&on));
 }

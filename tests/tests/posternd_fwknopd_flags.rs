@@ -219,6 +219,22 @@ fn exit_parse_digest_cache_names_a_malformed_line() {
     );
 }
 
+/// fwknopd's `--no-ipt-check-support` / `--no-firewd-check-support` only stop it
+/// using `iptables -C`; a unit passing them must still start posternd.
+#[test]
+fn fwknopds_check_support_switches_are_accepted() {
+    let keys = SpaKeys::generate("cbc", Some("sha256"));
+    let (_dir, conf, access) = files(&keys, 30, "");
+    for flag in ["--no-ipt-check-support", "--no-firewd-check-support"] {
+        let out = run(
+            &posternd_bin(),
+            &args(&conf, &access, &[flag, "--exit-parse-config"]),
+            "UTC",
+        );
+        assert!(out.status.success(), "{flag}: {}", describe(&out));
+    }
+}
+
 /// As fwknopd, `-r DIR` moves fwknopd's digest cache (the one posternd imports)
 /// and `-D` shows the run dir in effect; a DIGEST_FILE the file names stays.
 #[test]

@@ -718,8 +718,8 @@ impl AccessStanza {
             }
             "ACCESS_EXPIRE_EPOCH" => self.access_expire_epoch = Some(parse_num(e)?),
             "ENABLE_CMD_EXEC" => self.enable_cmd_exec = parse_bool(e)?,
-            "CMD_EXEC_USER" => self.cmd_exec_user = Some(e.value.clone()),
-            "CMD_EXEC_GROUP" => self.cmd_exec_group = Some(e.value.clone()),
+            "CMD_EXEC_USER" => self.cmd_exec_user = Some(known_user(e)?),
+            "CMD_EXEC_GROUP" => self.cmd_exec_group = Some(group_name(e)?),
             "CMD_CYCLE_OPEN" => self.cmd_cycle_open = Some(e.value.clone()),
             "CMD_CYCLE_CLOSE" => self.cmd_cycle_close = Some(e.value.clone()),
             "CMD_CYCLE_TIMER" => self.cmd_cycle_timer = Some(parse_num(e)?),
@@ -728,8 +728,8 @@ impl AccessStanza {
                     .map_err(|m| ConfError::new(&e.origin, format!("CMD_CAPABILITIES: {m}")))?
             }
             "ENABLE_CMD_SUDO_EXEC" => self.enable_cmd_sudo_exec = parse_bool(e)?,
-            "CMD_SUDO_EXEC_USER" => self.cmd_sudo_exec_user = Some(e.value.clone()),
-            "CMD_SUDO_EXEC_GROUP" => self.cmd_sudo_exec_group = Some(e.value.clone()),
+            "CMD_SUDO_EXEC_USER" => self.cmd_sudo_exec_user = Some(known_user(e)?),
+            "CMD_SUDO_EXEC_GROUP" => self.cmd_sudo_exec_group = Some(group_name(e)?),
             "FORCE_NAT" => {
                 self.force_nat =
                     Some(e.value.parse().map_err(|m: String| {
@@ -1078,6 +1078,47 @@ pub(crate) mod display_fromstr {
             .parse()
             .map_err(serde::de::Error::custom)
     }
+}
+
+/// A user name that exists on this host: fwknopd refuses an unknown one at
+/// start, and a command must not first fail at knock time.
+fn known_user(e: &Entry) -> Result<String, ConfError> {
+    match nix::unistd::User::from_name(&e.value) {
+        Ok(Some(_)) => Ok(e.value.clone()),
+        Ok(None) => Err(ConfError::new(
+            &e.origin,
+            format!("{}: no user `{}` on this system", e.var, e.value),
+        )),
+        Err(err) => Err(ConfError::new(
+            &e.origin,
+            format!("{}: cannot look up `{}`: {err}", e.var, e.value),
+        )),
+    }
+}
+
+/// The group a `*_GROUP` value names: a group of that name, or else, as fwknopd
+/// reads it (getpwnam), the primary group of the user of that name.
+fn group_name(e: &Entry) -> Result<String, ConfError> {
+    use nix::unistd::{Group, User};
+    let lookup = |err: nix::Error| {
+        ConfError::new(
+            &e.origin,
+            format!("{}: cannot look up `{}`: {err}", e.var, e.value),
+        )
+    };
+    if Group::from_name(&e.value).map_err(lookup)?.is_some() {
+        return Ok(e.value.clone());
+    }
+    let primary = match User::from_name(&e.value).map_err(lookup)? {
+        Some(user) => Group::from_gid(user.gid).map_err(lookup)?,
+        None => None,
+    };
+    primary.map(|g| g.name).ok_or_else(|| {
+        ConfError::new(
+            &e.origin,
+            format!("{}: no group or user `{}` on this system", e.var, e.value),
+        )
+    })
 }
 
 #[cfg(test)]
@@ -1497,5 +1538,43 @@ mod tests {
         let err = AddrList::parse("10.0.0.0/255.0.255.0").unwrap_err();
         assert!(err.contains("not contiguous"), "{err}");
         assert!(AddrList::parse("10.0.0.0/255.0.0.300").is_err());
+    }
+
+    #[test]
+    fn command_users_and_groups_are_looked_up_at_load() {
+        let entry = |var: &str, value: &str| Entry {
+            var: var.into(),
+            value: value.into(),
+            origin: Origin {
+                file: PathBuf::from("access.conf"),
+                line: 7,
+            },
+        };
+        assert_eq!(
+            known_user(&entry("CMD_EXEC_USER", "nobody")).unwrap(),
+            "nobody"
+        );
+        let err = known_user(&entry("CMD_EXEC_USER", "no-such-user-x")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "access.conf:7: CMD_EXEC_USER: no user `no-such-user-x` on this system"
+        );
+        // A group name, or fwknopd's reading: a user name stands for its group.
+        assert_eq!(
+            group_name(&entry("CMD_EXEC_GROUP", "root")).unwrap(),
+            "root"
+        );
+        let nobody_gid = nix::unistd::User::from_name("nobody").unwrap().unwrap().gid;
+        let nobody_group = nix::unistd::Group::from_gid(nobody_gid)
+            .unwrap()
+            .unwrap()
+            .name;
+        if nix::unistd::Group::from_name("nobody").unwrap().is_none() {
+            assert_eq!(
+                group_name(&entry("CMD_EXEC_GROUP", "nobody")).unwrap(),
+                nobody_group
+            );
+        }
+        assert!(group_name(&entry("CMD_SUDO_EXEC_GROUP", "no-such-x")).is_err());
     }
 }

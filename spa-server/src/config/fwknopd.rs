@@ -305,7 +305,8 @@ fn apply_entries(
     cfg.server.spa_over_http = flag("ENABLE_SPA_OVER_HTTP", false)?;
     cfg.server.allow_any_user_agent = flag("ALLOW_ANY_USER_AGENT", false)?;
     cfg.server.x_forwarded_for = flag("ENABLE_X_FORWARDED_FOR", false)?;
-    cfg.server.nat.dns = flag("ENABLE_NAT_DNS", false)?;
+    // fwknopd's default is Y; a resolved target is still checked as any other.
+    cfg.server.nat.dns = flag("ENABLE_NAT_DNS", true)?;
     if let Some(e) = get("BLACKLIST") {
         cfg.server.blacklist = super::parse_blacklist(&e.value)
             .map_err(|m| ConfError::new(&e.origin, format!("BLACKLIST: {m}")))?;
@@ -628,6 +629,12 @@ mod tests {
         let (_, w) = load("ENABLE_DESTINATION_RULE N;\nENABLE_NAT_DNS N;\nENABLE_NFQ_CAPTURE Y;\n");
         assert_eq!(w.len(), 1, "{w:?}");
         assert!(w[0].contains(":3: ENABLE_NFQ_CAPTURE"), "{w:?}");
+    }
+
+    #[test]
+    fn nat_dns_defaults_to_yes_as_in_fwknopd() {
+        assert!(load("MAX_SPA_PACKET_AGE 60;\n").0.server.nat.dns);
+        assert!(!load("ENABLE_NAT_DNS N;\n").0.server.nat.dns);
     }
 
     #[test]
