@@ -517,17 +517,27 @@ impl AccessStanza {
         }
     }
 
-    fn validate_gpg(&self) -> Result<(), String> {
-        let any_gpg_setting = self.gpg_home_dir.is_some()
+    /// Some GPG variable is set (whether or not GPG is on for the stanza).
+    fn has_gpg_settings(&self) -> bool {
+        self.gpg_home_dir.is_some()
             || self.gpg_exe.is_some()
             || self.gpg_decrypt_id.is_some()
             || self.gpg_require_sig.is_some()
             || self.gpg_disable_sig
             || self.gpg_ignore_sig_verify_error
             || !self.gpg_remote_id.is_empty()
-            || !self.gpg_fingerprint_id.is_empty();
+            || !self.gpg_fingerprint_id.is_empty()
+    }
+
+    /// GPG variables that do nothing: a Rijndael stanza without GPG_DECRYPT_PW
+    /// or GPG_ALLOW_NO_PW (as in fwknopd) — worth a warning, it is easy to miss.
+    pub fn ignores_its_gpg_settings(&self) -> bool {
+        !self.uses_gpg() && self.has_gpg_settings() && self.rijndael_key().is_some()
+    }
+
+    fn validate_gpg(&self) -> Result<(), String> {
         if !self.uses_gpg() {
-            if any_gpg_setting && self.rijndael_key().is_none() {
+            if self.has_gpg_settings() && self.rijndael_key().is_none() {
                 return Err("GPG settings without GPG_DECRYPT_PW or GPG_ALLOW_NO_PW Y (one of them turns GPG on)".into());
             }
             return Ok(());
@@ -1356,6 +1366,19 @@ mod tests {
         t.validate().unwrap();
         assert_eq!(t.gpg_remote_id, ["6A3FAD56", "1234AAAA"]);
         assert_eq!(t.gpg_fingerprint_id, ["AAAA", "BBBB"]);
+    }
+
+    #[test]
+    fn gpg_settings_without_gpg_on_are_noticed() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(
+            dir.path(),
+            "a.conf",
+            "SOURCE ANY\nKEY_BASE64 7GUhvzM3zXNUTPqUMAixKOMqVNDh6qrIUgqWdacXNMA=\nGPG_REMOTE_ID 6A3FAD56\n",
+            0o600,
+        );
+        let s = load_access_file(&p, &mut Findings::default()).unwrap();
+        assert!(s[0].ignores_its_gpg_settings());
     }
 
     #[test]

@@ -603,6 +603,12 @@ pub fn load(sources: &ConfigSources) -> Result<Loaded, ConfigError> {
                  a client asks for (-N); fwknopd refuses such a stanza"
             ));
         }
+        if s.ignores_its_gpg_settings() {
+            findings.warn(format!(
+                "{at}: GPG settings have no effect without GPG_DECRYPT_PW or GPG_ALLOW_NO_PW Y: \
+                 this stanza takes Rijndael packets only"
+            ));
+        }
         if s.max_fw_timeout < s.fw_access_timeout {
             findings.warn(format!(
                 "{at}: MAX_FW_TIMEOUT {} is below FW_ACCESS_TIMEOUT {}: grants last {} s",
