@@ -924,6 +924,57 @@ mod tests {
     }
 
     #[test]
+    fn raw_mode_settings_from_the_rc_file_and_the_command_line() {
+        let rc = RcFile::parse(
+            "/rc",
+            "[default]\nSPA_SERVER_PROTO icmp\nICMP_TYPE 8\nICMP_CODE 0\nSPOOF_SOURCE_IP 192.0.2.9\n",
+        );
+        let mut s = Settings::default();
+        s.apply_rc_entries(&rc.stanza_entries("default").unwrap(), "/rc")
+            .unwrap();
+        assert_eq!(s.server_proto, Some(ServerProto::Icmp));
+        assert_eq!((s.icmp_type, s.icmp_code), (Some(8), Some(0)));
+        assert_eq!(s.spoof_source_ip, Some(Ipv4Addr::new(192, 0, 2, 9)));
+        s.apply_cli(&cli(&["--icmp-code", "3", "-Q", "192.0.2.10"]))
+            .unwrap();
+        assert_eq!(s.icmp_code, Some(3));
+        // -Q is fwknop's SPOOF_SOURCE_IP and is saved; the ICMP variables are
+        // postern's own and never written (fwknop refuses unknown variables).
+        let saved: Vec<String> = s.stanza_vars(&[]).into_iter().map(|(k, _)| k).collect();
+        assert_eq!(saved, ["SPOOF_SOURCE_IP"]);
+        for (var, bad) in [
+            ("ICMP_TYPE", "41"),
+            ("ICMP_CODE", "16"),
+            ("SPOOF_SOURCE_IP", "host"),
+        ] {
+            let rc = RcFile::parse("/rc", &format!("[default]\n{var} {bad}\n"));
+            let e = Settings::default()
+                .apply_rc_entries(&rc.stanza_entries("default").unwrap(), "/rc")
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("line 2") && e.contains(var), "{e}");
+        }
+    }
+
+    #[test]
+    fn wget_variables_are_ignored_with_the_reason() {
+        let rc = RcFile::parse(
+            "/rc",
+            "[default]\nWGET_CMD /usr/bin/wget\nUSE_WGET_USER_AGENT Y\n",
+        );
+        let w = Settings::default()
+            .apply_rc_entries(&rc.stanza_entries("default").unwrap(), "/rc")
+            .unwrap();
+        assert_eq!(
+            w,
+            [
+                format!("WGET_CMD ignored: {NO_WGET}"),
+                format!("USE_WGET_USER_AGENT ignored: {NO_WGET_AGENT}")
+            ]
+        );
+    }
+
+    #[test]
     fn rendering_matches_fwknop_spelling() {
         let mut s = Settings::default();
         s.apply_cli(&cli(&[

@@ -5,8 +5,8 @@
 //!
 //! Each mode has its own namespace pair, guarded like the fwknop tutorials
 //! (iptables DROP for the port, conntrack ESTABLISHED accepted), and one
-//! fwknopd.conf (`PCAP_INTF v1`, `PCAP_FILTER icmp or tcp port 62201 or udp port
-//! 62201`) used unchanged by both servers:
+//! fwknopd.conf (`PCAP_INTF v1`, a PCAP_FILTER letting in only that mode's
+//! carrier, e.g. `icmp[icmptype] = icmp-echo`) used unchanged by both servers:
 //!
 //! 1. the real fwknopd 2.6.10: `postern` knocks, the port opens, then closes
 //!    after FW_ACCESS_TIMEOUT;
@@ -37,6 +37,9 @@ struct Mode {
     name: &'static str,
     /// Client flags selecting the mode.
     args: &'static [&'static str],
+    /// PCAP_FILTER: only the mode's own carrier (and ICMP type) reaches the
+    /// servers, so a client sending anything else opens nothing.
+    filter: &'static str,
     spoofed: bool,
 }
 
@@ -44,41 +47,48 @@ const MODES: &[Mode] = &[
     Mode {
         name: "icmp",
         args: &["-P", "icmp"],
+        filter: "icmp[icmptype] = icmp-echoreply",
         spoofed: false,
     },
     Mode {
         name: "icmp-type-8",
         args: &["-P", "icmp", "--icmp-type", "8", "--icmp-code", "0"],
+        filter: "icmp[icmptype] = icmp-echo",
         spoofed: false,
     },
     Mode {
         name: "tcpraw",
         args: &["-P", "tcpraw"],
+        filter: "tcp dst port 62201 and tcp[tcpflags] = tcp-syn",
         spoofed: false,
     },
     Mode {
         name: "udpraw",
         args: &["-P", "udpraw"],
+        filter: "udp dst port 62201",
         spoofed: false,
     },
     Mode {
         name: "udpraw-spoofed",
         args: &["-P", "udpraw", "-s", "-Q", "192.0.2.77"],
+        filter: "udp dst port 62201 and src host 192.0.2.77",
         spoofed: true,
     },
     Mode {
         name: "icmp-spoofed",
         args: &["-P", "icmp", "-s", "-Q", "192.0.2.77"],
+        filter: "icmp and src host 192.0.2.77",
         spoofed: true,
     },
 ];
 
-fn fwknopd_conf(dir: &ConfDir) -> String {
+fn fwknopd_conf(dir: &ConfDir, mode: &Mode) -> String {
     format!(
-        "PCAP_INTF {};\nPCAP_FILTER icmp or tcp port 62201 or udp port 62201;\n\
+        "PCAP_INTF {};\nPCAP_FILTER {};\n\
          MAX_SPA_PACKET_AGE 120;\nFWKNOP_RUN_DIR {run};\nFWKNOP_PID_FILE {run}/fwknopd.pid;\n\
          DIGEST_FILE {run}/digest.cache;\nFLUSH_IPT_AT_INIT Y;\nFLUSH_IPT_AT_EXIT Y;\n",
         Pair::SERVER_IF,
+        mode.filter,
         run = dir.run_dir().display()
     )
 }
@@ -209,13 +219,10 @@ fn mode_scenario(mode: &'static Mode, tag: String) {
     } else {
         svc.pair.client_ip
     };
-    let probe = Probe {
-        svc: &svc,
-        granted,
-    };
+    let probe = Probe { svc: &svc, granted };
     let keys = SpaKeys::generate("cbc", Some("sha256"));
     let dir = ConfDir::new();
-    let conf = dir.write("fwknopd.conf", &fwknopd_conf(&dir));
+    let conf = dir.write("fwknopd.conf", &fwknopd_conf(&dir, mode));
     let access = dir.write(
         "access.conf",
         &access_conf(&keys, Some(&format!("tcp/{PORT}")), TIMEOUT, ""),
@@ -228,12 +235,19 @@ fn mode_scenario(mode: &'static Mode, tag: String) {
         format!(
             "{}: postern → fwknopd: {what}\n{}",
             mode.name,
-            logs(&[("fwknopd log", read(&flog)), ("iptables", svc.iptables_save())])
+            logs(&[
+                ("fwknopd log", read(&flog)),
+                ("iptables", svc.iptables_save())
+            ])
         )
     };
     let postern = SpaClient::postern();
     let opened = knock_cycle(&probe, (&postern, &keys, mode), &fctx);
-    println!("  {}: fwknopd opened after {} ms", mode.name, opened.as_millis());
+    println!(
+        "  {}: fwknopd opened after {} ms",
+        mode.name,
+        opened.as_millis()
+    );
     assert!(
         fwknopd.terminate(Duration::from_secs(5)).is_some(),
         "{}",
@@ -256,12 +270,19 @@ fn mode_scenario(mode: &'static Mode, tag: String) {
         format!(
             "{}: fwknop → posternd: {what}\n{}",
             mode.name,
-            logs(&[("posternd log", d.log_text()), ("iptables", svc.iptables_save())])
+            logs(&[
+                ("posternd log", d.log_text()),
+                ("iptables", svc.iptables_save())
+            ])
         )
     };
     assert!(d.wait_pcap_capturing(1), "{}", pctx("pcap not capturing"));
     let opened = knock_cycle(&probe, (&SpaClient::Fwknop, &keys, mode), &pctx);
-    println!("  {}: posternd opened after {} ms", mode.name, opened.as_millis());
+    println!(
+        "  {}: posternd opened after {} ms",
+        mode.name,
+        opened.as_millis()
+    );
     assert!(
         d.log_text().contains("FWKNOP_INPUT") || svc.iptables_save().contains("FWKNOP_INPUT"),
         "{}",
@@ -293,9 +314,13 @@ fn every_raw_mode_opens_through_fwknopd_and_posternd_pcap() {
         .iter()
         .enumerate()
         .map(|(i, mode)| {
-            let f: Box<dyn FnOnce() + Send> = Box::new(move || mode_scenario(mode, format!("km{i}")));
+            let f: Box<dyn FnOnce() + Send> =
+                Box::new(move || mode_scenario(mode, format!("km{i}")));
             (mode.name.to_string(), f)
         })
         .collect();
-    run_scenarios("raw knock modes (postern → fwknopd, fwknop → posternd)", scenarios);
+    run_scenarios(
+        "raw knock modes (postern → fwknopd, fwknop → posternd)",
+        scenarios,
+    );
 }
