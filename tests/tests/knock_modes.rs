@@ -20,7 +20,8 @@
 //! and stays closed to the client's own.
 
 use postern_e2e::posternd::{
-    access_conf, run_scenarios, runnable, start_fwknopd, ConfDir, Posternd, Service,
+    access_conf, nftables_action, run_scenarios, runnable, start_fwknopd, ConfDir, Posternd,
+    Service, SPA_PORT,
 };
 use postern_e2e::scenario::{describe, SpaClient, SpaKeys};
 use postern_e2e::{tempfile, wait_until, Netns, Pair};
@@ -324,3 +325,61 @@ fn every_raw_mode_opens_through_fwknopd_and_posternd_pcap() {
         scenarios,
     );
 }
+
+/// posternd's own TOML: one pcap capture taking ICMP echo requests and TCP to the
+/// SPA port with `spa_over_http` on, the nftables action protecting the port.
+/// `fwknop -P icmp --icmp-type 8`, `-P tcpraw` (a raw SYN, not HTTP) and
+/// `-P http` (a GET request over a real connection) each open it in turn.
+#[test]
+fn one_native_pcap_capture_takes_icmp_tcpraw_and_http() {
+    if !runnable(&["fwknop", "nft"]) {
+        return;
+    }
+    let svc = Service::open("kmn", PORT);
+    // Something must take the HTTP knock's connection on the SPA port.
+    let _http_listener = postern_e2e::tcp_listen(svc.server(), SPA_PORT);
+    let keys = SpaKeys::generate("cbc", Some("sha256"));
+    let dir = ConfDir::new();
+    dir.write(
+        "access.conf",
+        &access_conf(&keys, Some(&format!("tcp/{PORT}")), TIMEOUT, ""),
+    );
+    let toml = format!(
+        "access_file = \"{access}\"\n\n[server]\nmax_packet_age = 120\nrun_dir = \"{run}\"\n\
+         spa_over_http = true\n\n[replay]\ntype = \"memory\"\n\n\
+         [[capture]]\ntype = \"pcap\"\ninterfaces = [\"{iface}\"]\n\
+         filter = \"icmp[icmptype] = icmp-echo or tcp dst port {SPA_PORT}\"\n\n{action}",
+        access = dir.arg("access.conf"),
+        run = dir.run_dir().display(),
+        iface = Pair::SERVER_IF,
+        action = nftables_action(PORT),
+    );
+    let conf = dir.write("postern.toml", &toml);
+    let d = Posternd::start(
+        svc.server(),
+        &["-c".into(), conf.display().to_string(), "-v".into()],
+        dir.dir.path(),
+    );
+    let probe = Probe {
+        svc: &svc,
+        granted: svc.pair.client_ip,
+    };
+    for mode in [&MODES[1], &MODES[2], &HTTP] {
+        let ctx = |what: &str| {
+            format!(
+                "{}: fwknop → posternd (TOML, nftables): {what}\n{}",
+                mode.name,
+                logs(&[("posternd log", d.log_text()), ("nft", svc.nft_ruleset())])
+            )
+        };
+        assert!(d.wait_pcap_capturing(1), "{}", ctx("pcap not capturing"));
+        knock_cycle(&probe, (&SpaClient::Fwknop, &keys, mode), &ctx);
+    }
+}
+
+const HTTP: Mode = Mode {
+    name: "http",
+    args: &["-P", "http"],
+    filter: "",
+    spoofed: false,
+};
