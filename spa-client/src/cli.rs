@@ -7,8 +7,6 @@ use clap::{ArgAction, Parser};
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-const REFUSED: &str = "refused by postern (fwknop's option; the error says why)";
-
 #[derive(Parser, Debug, Default, Clone)]
 #[command(
     name = "postern",
@@ -426,11 +424,23 @@ pub struct Cli {
     pub icmp_code: Option<String>,
 
     // ---- fwknop options postern recognises and refuses, saying why ----
-    #[arg(short = 'w', long = "wget-cmd", value_name = "PATH", help = REFUSED, allow_hyphen_values = true)]
+    /// Refused: postern never runs wget (-R uses its own HTTPS client)
+    #[arg(
+        short = 'w',
+        long = "wget-cmd",
+        value_name = "PATH",
+        allow_hyphen_values = true
+    )]
     pub wget_cmd: Option<String>,
-    #[arg(long = "use-wget-user-agent", help = REFUSED)]
+    /// Refused: postern never runs wget (-u sets -R's User-Agent)
+    #[arg(long = "use-wget-user-agent")]
     pub use_wget_user_agent: bool,
-    #[arg(long = "fault-injection-tag", value_name = "TAG", help = REFUSED, allow_hyphen_values = true)]
+    /// Refused: only fwknop's test-suite builds have it
+    #[arg(
+        long = "fault-injection-tag",
+        value_name = "TAG",
+        allow_hyphen_values = true
+    )]
     pub fault_injection_tag: Option<String>,
 }
 
