@@ -158,16 +158,8 @@ fn http_request(wire: &str, t: &Target) -> Result<(String, Target)> {
 
 /// One raw datagram to the server's first IPv4 address. Without `-S` the TCP/UDP
 /// source port is a random high port (fwknop writes 0).
-fn send_raw(wire: &[u8], t: &Target, addrs: &[SocketAddrV4]) -> Result<usize> {
-    let destination = addrs[0];
-    let carrier = match t.proto {
-        ServerProto::TcpRaw => Carrier::Tcp,
-        ServerProto::UdpRaw => Carrier::Udp,
-        _ => Carrier::Icmp {
-            icmp_type: t.raw.icmp_type,
-            code: t.raw.icmp_code,
-        },
-    };
+fn send_raw(wire: &[u8], t: &Target, carrier: Carrier) -> Result<usize> {
+    let destination = t.addresses()?[0];
     let source_ip = match t.raw.spoof_source {
         Some(ip) => ip,
         None => raw::route_source(*destination.ip())?,
@@ -201,8 +193,14 @@ pub fn send(wire: &str, t: &Target) -> Result<usize> {
             }
             send_tcp(request.as_bytes(), &via, &via.addresses()?)
         }
-        ServerProto::UdpRaw | ServerProto::TcpRaw | ServerProto::Icmp => {
-            send_raw(wire.as_bytes(), t, &t.addresses()?)
+        ServerProto::TcpRaw => send_raw(wire.as_bytes(), t, Carrier::Tcp),
+        ServerProto::UdpRaw => send_raw(wire.as_bytes(), t, Carrier::Udp),
+        ServerProto::Icmp => {
+            let carrier = Carrier::Icmp {
+                icmp_type: t.raw.icmp_type,
+                code: t.raw.icmp_code,
+            };
+            send_raw(wire.as_bytes(), t, carrier)
         }
     }
 }
