@@ -1,5 +1,5 @@
-//! A socket filter (classic BPF) that passes only the UDP payload lengths some
-//! access stanza can take. With HMAC and a block mode about one length in 21 is
+//! A socket filter (classic BPF) that passes only the UDP (and, on a pcap
+//! capture, ICMP) payload lengths some access stanza can take. With HMAC and a block mode about one length in 21 is
 //! possible, so the kernel drops most garbage before posternd is woken for it.
 //! The screening in userspace stays complete; this only spares it work.
 
@@ -8,7 +8,10 @@ use spa_core::packet::{MAX_WIRE_LEN, MIN_GPG_WIRE_LEN, MIN_WIRE_LEN};
 use std::collections::BTreeSet;
 use std::os::fd::RawFd;
 
+/// UDP and ICMP headers are both 8 bytes: their length fields count them.
 const UDP_HEADER: u32 = 8;
+/// An IPv4 ICMP message's length (header included): IP total length less the IP header.
+const ICMP_V4_LEN: &str = "(ip[2:2] - ((ip[0] & 0xf) << 2))";
 
 /// Payload lengths worth waking up for.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -72,12 +75,18 @@ impl Lengths {
 
     /// The same test for a pcap capture, as filter-language text to AND with the
     /// user's PCAP_FILTER. It looks at the UDP length field (payload + 8) of IPv4
-    /// and of IPv6 without extension headers; everything else (TCP, IPv6 with
-    /// extension headers, non-IP) passes, so the user's filter alone decides it.
+    /// and of IPv6 without extension headers, and at the length of IPv4 ICMP
+    /// messages (`fwknop -P icmp`); everything else (TCP, which also carries HTTP
+    /// requests of any length, ICMPv6, IPv6 with extension headers, non-IP)
+    /// passes, so the user's filter alone decides it.
     pub fn pcap_clause(&self) -> String {
         let v4 = self.pcap_test("udp[4:2]");
         let v6 = self.pcap_test("ip6[44:2]");
-        format!("not udp or (ip and ({v4})) or (ip6 and (ip6[6] != 17 or ({v6})))")
+        let icmp = self.pcap_test(ICMP_V4_LEN);
+        format!(
+            "(not icmp or ({icmp})) and \
+             (not udp or (ip and ({v4})) or (ip6 and (ip6[6] != 17 or ({v6}))))"
+        )
     }
 
     /// `field` (a UDP length) in the set; runs of consecutive lengths become ranges.
@@ -178,11 +187,12 @@ mod tests {
         assert!(!Lengths::for_stanzas(&[]).passes(200));
     }
 
-    /// An Ethernet frame carrying UDP (IPv4 or IPv6) or TCP with `payload_len` bytes.
-    fn frame(v6: bool, tcp: bool, payload_len: usize) -> Vec<u8> {
+    /// An Ethernet frame carrying UDP (IPv4 or IPv6), TCP or ICMP (IPv4) with
+    /// `payload_len` bytes.
+    fn frame(v6: bool, proto: u8, payload_len: usize) -> Vec<u8> {
+        let tcp = proto == 6;
         let l4_header = if tcp { 20 } else { 8 };
         let l4_len = l4_header + payload_len;
-        let proto = if tcp { 6 } else { 17 };
         let mut f = vec![0u8; 12];
         let mut ip = if v6 {
             f.extend([0x86, 0xdd]);
@@ -211,6 +221,8 @@ mod tests {
         l4[2..4].copy_from_slice(&62201u16.to_be_bytes());
         if tcp {
             l4[12] = 5 << 4;
+        } else if proto == 1 {
+            l4[..4].copy_from_slice(&[8, 0, 0, 0]);
         } else {
             l4[4..6].copy_from_slice(&(l4_len as u16).to_be_bytes());
         }
@@ -221,27 +233,32 @@ mod tests {
     }
 
     #[test]
-    fn the_pcap_clause_passes_exactly_the_same_udp_lengths() {
+    fn the_pcap_clause_passes_exactly_the_same_udp_and_icmp_lengths() {
         let dead = pcap::Capture::dead(pcap::Linktype::ETHERNET).unwrap();
         let mut gpg = stanza(true);
         gpg.gpg_allow_no_pw = true;
         for stanzas in [vec![stanza(true)], vec![stanza(false)], vec![gpg], vec![]] {
             let l = Lengths::for_stanzas(&stanzas);
-            let expr = l.narrow_pcap_filter("udp port 62201 or tcp");
+            let expr = l.narrow_pcap_filter("udp port 62201 or tcp or icmp");
             let program = dead
                 .compile(&expr, true)
                 .unwrap_or_else(|e| panic!("`{expr}`: {e}"));
             for len in 1..=MAX_WIRE_LEN + 100 {
                 for v6 in [false, true] {
                     assert_eq!(
-                        program.filter(&frame(v6, false, len)),
+                        program.filter(&frame(v6, 17, len)),
                         l.passes(len),
                         "UDP payload of {len} bytes, v6 {v6}"
                     );
                 }
+                assert_eq!(
+                    program.filter(&frame(false, 1, len)),
+                    l.passes(len),
+                    "ICMP payload of {len} bytes"
+                );
             }
             // TCP is left to the user's filter.
-            assert!(program.filter(&frame(false, true, 7)));
+            assert!(program.filter(&frame(false, 6, 7)));
         }
     }
 
