@@ -487,16 +487,16 @@ impl Settings {
         Ok(None)
     }
 
-    /// Apply the entries of one stanza. Unknown variables are warned about and skipped.
+    /// Apply the entries of one stanza. An unknown variable is an error, as in
+    /// fwknop (a misspelt setting would otherwise knock with a default).
     pub fn apply_rc_entries(&mut self, entries: &[RcEntry], file: &str) -> Result<Vec<Warning>> {
         let mut warnings = Vec::new();
         for e in entries {
             let Some(var) = Var::from_name(&e.name) else {
-                warnings.push(format!(
-                    "rc file {file} line {}: unknown variable {} ignored",
+                return Err(ClientError::RcFile(format!(
+                    "rc file {file} line {}: unknown variable {}",
                     e.line, e.name
-                ));
-                continue;
+                )));
             };
             match self.apply(var, &e.value) {
                 Ok(w) => warnings.extend(w),
@@ -912,15 +912,16 @@ mod tests {
     }
 
     #[test]
-    fn unknown_rc_variables_warn() {
+    fn unknown_rc_variables_are_errors_as_in_fwknop() {
         let mut s = Settings::default();
-        let rc = RcFile::parse("/rc", "[default]\nCLIENT_TIMEOUT 60\nACCESS tcp/22\n");
-        let w = s
+        let rc = RcFile::parse("/rc", "[default]\nACCESS tcp/22\nCLIENT_TIMEOUT 60\n");
+        let err = s
             .apply_rc_entries(&rc.stanza_entries("default").unwrap(), "/rc")
-            .unwrap();
-        assert_eq!(w.len(), 1);
-        assert!(w[0].contains("CLIENT_TIMEOUT"));
-        assert_eq!(s.access.as_deref(), Some("tcp/22"));
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "rc file /rc line 3: unknown variable CLIENT_TIMEOUT"
+        );
     }
 
     #[test]

@@ -241,7 +241,10 @@ fn fwknopds_check_support_switches_are_accepted() {
 fn command_line_paths_are_checked_and_idle_flags_named() {
     let keys = SpaKeys::generate("cbc", Some("sha256"));
     let (dir, conf, access) = files(&keys, 30, "");
-    let plain = dir.write("plain-file", "not a program\n").display().to_string();
+    let plain = dir
+        .write("plain-file", "not a program\n")
+        .display()
+        .to_string();
     for (flag, value, want) in [
         ("--sudo-exe", plain.as_str(), "not an executable file"),
         ("--gpg-exe", "/nonexistent/gpg", "/nonexistent/gpg:"),
