@@ -235,6 +235,23 @@ fn unknown_and_refused_flags() {
         let line = env.fails(&a);
         assert!(line.contains(needle), "{extra:?}: {line}");
     }
+    // IPv4 only, as fwknop: an IPv6 server is named in a clear error.
+    for proto in ["icmp", "tcpraw", "udpraw"] {
+        let line = env.fails(&[
+            "--no-rc-file",
+            "-a",
+            "10.0.0.5",
+            "-A",
+            "tcp/22",
+            "--key-rijndael",
+            "x",
+            "-P",
+            proto,
+            "-D",
+            "::1",
+        ]);
+        assert!(line.contains("::1 has no IPv4 address"), "{line}");
+    }
     // The raw modes build (and, with -T, do not send) like the others.
     for proto in ["icmp", "tcpraw", "udpraw"] {
         env.ok(&with_base(&[

@@ -278,6 +278,12 @@ fn mode_scenario(mode: &'static Mode, tag: String) {
         )
     };
     assert!(d.wait_pcap_capturing(1), "{}", pctx("pcap not capturing"));
+    // The kernel length filter (UDP, ICMP, TCP lengths) compiled with PCAP_FILTER.
+    assert!(
+        !d.log_text().contains("no length filter"),
+        "{}",
+        pctx("the length filter was not applied")
+    );
     let opened = knock_cycle(&probe, (&SpaClient::Fwknop, &keys, mode), &pctx);
     println!(
         "  {}: posternd opened after {} ms",

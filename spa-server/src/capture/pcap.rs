@@ -44,7 +44,7 @@ pub fn spawn(
         cap.filter(&settings.filter, true)
             .map_err(|e| anyhow::anyhow!("PCAP_FILTER `{}`: {e}", settings.filter))?;
         let (mut p, rt, intake) = (pipeline, runtime, settings.intake);
-        LengthFilter::new(&settings.filter).fit(&mut cap, &p);
+        LengthFilter::new(&settings).fit(&mut cap, &p);
         threads.push(std::thread::spawn(move || {
             let _guard = rt.enter();
             let link = cap.get_datalink();
@@ -59,7 +59,7 @@ pub fn spawn(
         for iface in &settings.interfaces {
             let mut cap =
                 open(iface, &settings).map_err(|e| anyhow::anyhow!("pcap on `{iface}`: {e}"))?;
-            let mut length_filter = LengthFilter::new(&settings.filter);
+            let mut length_filter = LengthFilter::new(&settings);
             length_filter.fit(&mut cap, &pipeline);
             tracing::info!(
                 "pcap: capturing on `{iface}` with filter `{}` (and only knock lengths)",
@@ -111,11 +111,13 @@ fn open(iface: &str, s: &Settings) -> Result<pcap::Capture<pcap::Active>, pcap::
     Ok(cap)
 }
 
-/// Narrows the kernel filter (PCAP_FILTER) to the UDP payload lengths some
-/// stanza can take, so garbage of other lengths never leaves the kernel; refitted
-/// when a reload changes the stanzas. Screening in posternd stays complete.
+/// Narrows the kernel filter (PCAP_FILTER) to the payload lengths some stanza
+/// can take, so garbage of other lengths never leaves the kernel; refitted when a
+/// reload changes the stanzas. Screening in posternd stays complete.
 struct LengthFilter {
     user_filter: String,
+    /// TCP payloads are plain packets (no SPA over HTTP): narrow TCP too.
+    plain_tcp: bool,
     fitted_for: Option<Stanzas>,
     checked_at: Instant,
 }
@@ -124,9 +126,10 @@ struct LengthFilter {
 const RELOAD_CHECK: Duration = Duration::from_secs(1);
 
 impl LengthFilter {
-    fn new(user_filter: &str) -> LengthFilter {
+    fn new(settings: &Settings) -> LengthFilter {
         LengthFilter {
-            user_filter: user_filter.to_string(),
+            user_filter: settings.filter.clone(),
+            plain_tcp: !settings.intake.spa_over_http,
             fitted_for: None,
             checked_at: Instant::now(),
         }
@@ -134,7 +137,8 @@ impl LengthFilter {
 
     fn fit<T: pcap::Activated + ?Sized>(&mut self, cap: &mut pcap::Capture<T>, p: &Pipeline) {
         let stanzas = p.keyring().snapshot();
-        let narrowed = Lengths::for_stanzas(&stanzas).narrow_pcap_filter(&self.user_filter);
+        let narrowed =
+            Lengths::for_stanzas(&stanzas).narrow_pcap_filter(&self.user_filter, self.plain_tcp);
         if let Err(e) = cap.filter(&narrowed, true) {
             // The user's filter alone was accepted at open: keep it and screen all here.
             tracing::warn!("pcap: no length filter ({e}); screening all in posternd");
