@@ -1,6 +1,7 @@
 //! fwknopd.conf, read unchanged and mapped onto postern's own configuration.
 
 use super::conf_file::{parse_bool, parse_lines, parse_num, ConfError, Entry, Findings};
+use super::fwknopd_firewall::FwknopdFirewall;
 use super::{ActionConfig, CaptureConfig, ReplayConfig, ServerConfig};
 use std::collections::HashMap;
 use std::path::Path;
@@ -347,13 +348,19 @@ fn apply_entries(
     }
     cfg.capture = captures;
 
-    // Started from fwknop's files with no postern-native action: act like fwknopd.
+    // Started from fwknop's files with no postern-native action: act like the
+    // fwknopd build the file was written for.
+    let firewall = FwknopdFirewall::chosen(&entries)?;
     if cfg.action.is_empty() {
-        cfg.action.push(iptables_action(&get, flag)?);
+        cfg.action.push(fwknopd_action(firewall, &get, flag)?);
     }
-    cfg.server.nat.forwarding = flag("ENABLE_IPT_FORWARDING", false)?;
-    cfg.server.nat.local = flag("ENABLE_IPT_LOCAL_NAT", false)?;
-    if flag("ENABLE_IPT_SNAT", false)? {
+    let nat_flag = |switch: &str| match firewall.nat_infix() {
+        Some(infix) => flag(&format!("ENABLE_{infix}_{switch}"), false),
+        None => Ok(false),
+    };
+    cfg.server.nat.forwarding = nat_flag("FORWARDING")?;
+    cfg.server.nat.local = nat_flag("LOCAL_NAT")?;
+    if nat_flag("SNAT")? {
         let snat = match get("SNAT_TRANSLATE_IP") {
             Some(e) => e
                 .value
@@ -407,6 +414,21 @@ const UNSUPPORTED_WHEN_ON: [(&str, &str); 2] = [
         "packets are captured with pcap (PCAP_INTF) instead of NFQUEUE",
     ),
 ];
+
+/// The action of the fwknopd build `firewall` (see [`FwknopdFirewall::chosen`]).
+fn fwknopd_action<'a>(
+    firewall: FwknopdFirewall,
+    get: &'a impl Fn(&str) -> Option<&'a super::conf_file::Entry>,
+    flag: impl Fn(&str, bool) -> Result<bool, ConfError>,
+) -> Result<ActionConfig, ConfError> {
+    use super::fwknopd_firewall::{firewalld_action, ipfw_action, pf_action};
+    match firewall {
+        FwknopdFirewall::Iptables => iptables_action(get, flag),
+        FwknopdFirewall::Firewalld => firewalld_action(get),
+        FwknopdFirewall::Pf => pf_action(get),
+        FwknopdFirewall::Ipfw => ipfw_action(get),
+    }
+}
 
 /// The iptables action with fwknopd's chain names and flush behaviour.
 fn iptables_action<'a>(

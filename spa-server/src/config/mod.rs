@@ -5,6 +5,7 @@ pub mod access;
 pub mod conf_file;
 pub mod dump;
 pub mod fwknopd;
+pub mod fwknopd_firewall;
 pub mod trust;
 
 pub use access::{AccessStanza, AddrList};
