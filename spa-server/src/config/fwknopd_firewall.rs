@@ -89,9 +89,10 @@ impl FwknopdFirewall {
             };
             match by_var {
                 None => by_var = Some((fw, e)),
-                Some((first, first_entry)) if first != fw => return Err(ConfError::new(
-                    &e.origin,
-                    format!(
+                Some((first, first_entry)) if first != fw => {
+                    return Err(ConfError::new(
+                        &e.origin,
+                        format!(
                         "{} is a variable of fwknopd's {} build, but {} sets {} of its {} build; \
                              a fwknopd.conf is written for one firewall: remove one of them",
                         e.var,
@@ -100,7 +101,8 @@ impl FwknopdFirewall {
                         first_entry.var,
                         first.name()
                     ),
-                )),
+                    ))
+                }
                 Some(_) => {}
             }
         }
