@@ -22,6 +22,7 @@ pub use tempfile;
 
 pub mod attacker;
 pub mod conformance;
+pub mod firewalld;
 pub mod posternd;
 pub mod routed;
 pub mod scenario;
