@@ -352,7 +352,8 @@ fn apply_entries(
     // fwknopd build the file was written for.
     let firewall = FwknopdFirewall::chosen(&entries)?;
     if cfg.action.is_empty() {
-        cfg.action.push(fwknopd_action(firewall, &get, flag)?);
+        cfg.action
+            .push(fwknopd_action(firewall, &get, flag, findings)?);
     }
     let nat_flag = |switch: &str| match firewall.nat_infix() {
         Some(infix) => flag(&format!("ENABLE_{infix}_{switch}"), false),
@@ -420,11 +421,12 @@ fn fwknopd_action<'a>(
     firewall: FwknopdFirewall,
     get: &'a impl Fn(&str) -> Option<&'a super::conf_file::Entry>,
     flag: impl Fn(&str, bool) -> Result<bool, ConfError>,
+    findings: &mut Findings,
 ) -> Result<ActionConfig, ConfError> {
     use super::fwknopd_firewall::{firewalld_action, ipfw_action, pf_action};
     match firewall {
         FwknopdFirewall::Iptables => iptables_action(get, flag),
-        FwknopdFirewall::Firewalld => firewalld_action(get),
+        FwknopdFirewall::Firewalld => firewalld_action(get, findings),
         FwknopdFirewall::Pf => pf_action(get),
         FwknopdFirewall::Ipfw => ipfw_action(get),
     }

@@ -10,7 +10,7 @@
 //! error when it names another firewall than the variables do. A file with none
 //! of these acts like fwknopd on Linux: iptables.
 
-use super::conf_file::{parse_num, ConfError, Entry};
+use super::conf_file::{parse_num, ConfError, Entry, Findings};
 use super::ActionConfig;
 use serde_json::{Map, Value};
 
@@ -193,6 +193,7 @@ impl<'a, G: Fn(&str) -> Option<&'a Entry>> Settings<'a, G> {
 /// selects the build: postern never runs firewall-cmd.
 pub fn firewalld_action<'a>(
     get: &'a impl Fn(&str) -> Option<&'a Entry>,
+    findings: &mut Findings,
 ) -> Result<ActionConfig, ConfError> {
     const TARGETS: [(&str, &str); 6] = [
         ("FIREWD_INPUT_ACCESS", "ACCEPT"),
@@ -235,6 +236,17 @@ pub fn firewalld_action<'a>(
                      or use the iptables or nftables action",
                     ip.value, on.origin
                 ),
+            ));
+        }
+    }
+    if let Some(e) = get("ENABLE_FIREWD_OUTPUT") {
+        if super::conf_file::parse_bool(e)? {
+            // Opens nothing less: firewalld's zones do not filter what this
+            // host sends; only a policy from HOST could, and it is the admin's.
+            findings.warn(format!(
+                "{}: ENABLE_FIREWD_OUTPUT: firewalld lets this host's replies out unless a \
+                 policy from HOST filters them, so no output rules are added",
+                e.origin
             ));
         }
     }
@@ -324,7 +336,7 @@ fn check<'a, C: serde::de::DeserializeOwned>(
 
 #[cfg(test)]
 mod tests {
-    use super::super::conf_file::{parse_lines, Findings};
+    use super::super::conf_file::parse_lines;
     use super::super::fwknopd::apply_fwknopd_text;
     use super::super::ServerConfig;
     use super::*;
@@ -423,6 +435,21 @@ mod tests {
         let plain = load("FIREWALL_EXE /usr/bin/firewall-cmd;\n").unwrap();
         assert_eq!(plain.action[0].kind, "firewalld");
         assert!(!plain.server.nat.forwarding && plain.server.nat.snat.is_none());
+    }
+
+    #[test]
+    fn firewalld_output_is_warned_about() {
+        let mut cfg = ServerConfig::default();
+        let mut findings = Findings::default();
+        apply_fwknopd_text(
+            Path::new("f.conf"),
+            "FLUSH_FIREWD_AT_INIT Y;\nENABLE_FIREWD_OUTPUT Y;\n",
+            &mut cfg,
+            &mut findings,
+        )
+        .unwrap();
+        assert_eq!(findings.warnings.len(), 1, "{:?}", findings.warnings);
+        assert!(findings.warnings[0].starts_with("f.conf:2: ENABLE_FIREWD_OUTPUT"));
     }
 
     #[test]
