@@ -387,12 +387,7 @@ mod tests {
         // Granted somewhere in second 100 with a 3 s timeout.
         let mut t = table.clone();
         t.grant(&[Opening {
-            rule: Rule {
-                source: "192.0.2.1".parse().unwrap(),
-                proto: Proto::Tcp,
-                port: 22,
-                nat: None,
-            },
+            rule: Rule::new("192.0.2.1".parse().unwrap(), Proto::Tcp, 22),
             timeout_secs: 3,
             expires_at: 103,
         }])

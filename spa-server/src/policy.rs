@@ -234,6 +234,7 @@ impl Grant {
                     proto: p.proto,
                     port: p.port,
                     nat: nat.clone(),
+                    destination: None,
                 },
                 timeout_secs: self.timeout_secs,
                 expires_at: now + u64::from(self.timeout_secs),
@@ -431,6 +432,7 @@ fn nat_rule(
         local,
         snat: if local { None } else { snat },
         dnat: !stanza.disable_dnat,
+        forward_all: false,
     }))
 }
 

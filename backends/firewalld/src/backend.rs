@@ -5,7 +5,7 @@ use crate::config::FirewalldConfig;
 use crate::rich::{self, SourceForm};
 use crate::state::{Entry, State, StateFile};
 use crate::BACKEND;
-use spa_core::firewall::{Firewall, FirewallError, FwResult, Opening, Rule};
+use spa_core::firewall::{Firewall, FirewallError, FwResult, Opening, Rule, RuleFeature};
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
@@ -275,6 +275,7 @@ impl FirewalldBackend {
     }
 
     fn validate_opening(&self, o: &Opening) -> FwResult<()> {
+        o.rule.refuse(BACKEND, &[RuleFeature::Destination])?;
         if o.rule.nat.is_some() {
             return Err(FirewallError::Unsupported {
                 backend: BACKEND,

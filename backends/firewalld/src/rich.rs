@@ -49,12 +49,7 @@ pub fn canonical_source(addr: IpAddr) -> IpAddr {
 
 /// The rule as postern identifies it: canonical source, no NAT.
 pub fn canonical_rule(rule: &Rule) -> Rule {
-    Rule {
-        source: canonical_source(rule.source),
-        proto: rule.proto,
-        port: rule.port,
-        nat: None,
-    }
+    Rule::new(canonical_source(rule.source), rule.proto, rule.port)
 }
 
 fn family(addr: &IpAddr) -> &'static str {
@@ -121,15 +116,7 @@ pub fn parse(text: &str) -> Option<(Rule, SourceForm)> {
         "udp" => Proto::Udp,
         _ => return None,
     };
-    Some((
-        Rule {
-            source,
-            proto,
-            port,
-            nat: None,
-        },
-        form,
-    ))
+    Some((Rule::new(source, proto, port), form))
 }
 
 #[cfg(test)]
@@ -137,12 +124,7 @@ mod tests {
     use super::*;
 
     fn rule(source: &str, proto: Proto, port: u16) -> Rule {
-        Rule {
-            source: source.parse().unwrap(),
-            proto,
-            port,
-            nat: None,
-        }
+        Rule::new(source.parse().unwrap(), proto, port)
     }
 
     #[test]

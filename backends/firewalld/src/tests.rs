@@ -174,12 +174,7 @@ impl FirewalldApi for FakeApi {
 }
 
 fn rule(src: &str, port: u16) -> Rule {
-    Rule {
-        source: src.parse().unwrap(),
-        proto: Proto::Tcp,
-        port,
-        nat: None,
-    }
+    Rule::new(src.parse().unwrap(), Proto::Tcp, port)
 }
 
 fn opening(src: &str, port: u16, secs: u32) -> Opening {
@@ -457,6 +452,7 @@ fn nat_family_and_port_zero_are_refused_before_anything_is_applied() {
         local: false,
         snat: None,
         dnat: true,
+        forward_all: false,
     });
     let e = b.grant(&[opening("192.0.2.8", 22, 30), nat]).unwrap_err();
     assert!(

@@ -23,12 +23,7 @@ fn now() -> u64 {
 
 fn opening(source: IpAddr, port: u16, secs: u32) -> Opening {
     Opening {
-        rule: Rule {
-            source,
-            proto: Proto::Tcp,
-            port,
-            nat: None,
-        },
+        rule: Rule::new(source, Proto::Tcp, port),
         timeout_secs: secs,
         expires_at: now() + secs as u64,
     }
@@ -234,13 +229,7 @@ fn list_and_flush_touch_only_postern_rules() {
     );
 
     // revoke of a rule postern does not own leaves it alone too.
-    fw.revoke(&[Rule {
-        source: client,
-        proto: Proto::Tcp,
-        port: 23004,
-        nat: None,
-    }])
-    .unwrap();
+    fw.revoke(&[Rule::new(client, Proto::Tcp, 23004)]).unwrap();
     assert_eq!(fwd.rich_rules("public").len(), 2);
 }
 
@@ -270,13 +259,7 @@ fn zones_bad_and_explicit() {
     work.grant(&[opening(src, 2222, 30)]).unwrap();
     assert_eq!(fwd.rich_rules("work"), vec![plain(src, 2222)]);
     assert!(fwd.rich_rules("public").is_empty());
-    work.revoke(&[Rule {
-        source: src,
-        proto: Proto::Tcp,
-        port: 2222,
-        nat: None,
-    }])
-    .unwrap();
+    work.revoke(&[Rule::new(src, Proto::Tcp, 2222)]).unwrap();
     assert!(fwd.rich_rules("work").is_empty());
 }
 

@@ -6,7 +6,9 @@ use crate::config::{ChainSpec, IptablesConfig};
 use crate::plan::{plan_chain, Plan};
 use crate::rules::{parse_listing, ListedRule};
 use postern_backend_script::{missing_for, require_program, SystemRunner};
-use spa_core::firewall::{CommandRunner, Firewall, FirewallError, FwResult, Opening, Rule, Snat};
+use spa_core::firewall::{
+    CommandRunner, Firewall, FirewallError, FwResult, Opening, Rule, RuleFeature, Snat,
+};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -166,6 +168,10 @@ impl IptablesBackend {
 
     /// Refuse a grant this configuration cannot make, before anything runs.
     fn check(&self, rule: &Rule) -> FwResult<usize> {
+        rule.refuse(
+            BACKEND,
+            &[RuleFeature::Destination, RuleFeature::ForwardAll],
+        )?;
         let family = self.family_of(rule.source)?;
         let Some(nat) = &rule.nat else {
             return Ok(family);

@@ -186,7 +186,9 @@ mod tests {
                 local,
                 snat,
                 dnat,
+                forward_all: false,
             }),
+            destination: None,
         }
     }
 

@@ -214,6 +214,7 @@ fn parse_grant(spec: &str) -> Option<(Rule, u64)> {
             proto: proto?,
             port,
             nat,
+            destination: None,
         },
         expires_at,
     ))
@@ -233,12 +234,7 @@ mod tests {
 ";
 
     fn rule(source: &str, proto: Proto, port: u16) -> Rule {
-        Rule {
-            source: source.parse().unwrap(),
-            proto,
-            port,
-            nat: None,
-        }
+        Rule::new(source.parse().unwrap(), proto, port)
     }
 
     #[test]
@@ -305,6 +301,7 @@ mod tests {
                     local,
                     snat,
                     dnat,
+                    forward_all: false,
                 }),
                 ..rule("2001:db8::7", Proto::Tcp, 55000)
             };

@@ -86,12 +86,7 @@ fn backend(tables: &Tables) -> (IptablesBackend, RecordingRunner) {
 }
 
 fn rule(source: &str, proto: Proto, port: u16) -> Rule {
-    Rule {
-        source: source.parse().unwrap(),
-        proto,
-        port,
-        nat: None,
-    }
+    Rule::new(source.parse().unwrap(), proto, port)
 }
 
 fn opening(source: &str, proto: Proto, port: u16, expires_at: u64) -> Opening {
@@ -524,6 +519,7 @@ fn nat_ipv6_off_and_unsupported_chains_are_refused_up_front() {
         local: false,
         snat: None,
         dnat: true,
+        forward_all: false,
     });
     let err = fw.grant(&[nat]).unwrap_err();
     assert!(
@@ -668,6 +664,7 @@ fn nat_opening(
         local,
         snat,
         dnat: true,
+        forward_all: false,
     });
     o
 }
