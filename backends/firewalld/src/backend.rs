@@ -5,7 +5,9 @@ use crate::config::FirewalldConfig;
 use crate::rich::{self, Part, SourceForm};
 use crate::state::{Entry, State, StateFile};
 use crate::BACKEND;
-use spa_core::firewall::{Firewall, FirewallError, FwResult, NatRule, Opening, Rule, Snat};
+use spa_core::firewall::{
+    Firewall, FirewallError, FwResult, NatRule, Opening, Rule, RuleFeature, Snat,
+};
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
@@ -275,6 +277,19 @@ impl FirewalldBackend {
     }
 
     fn validate_opening(&self, o: &Opening) -> FwResult<()> {
+        // FORWARD_ALL: firewalld's forward-port always names one protocol and port
+        // (range); every protocol cannot be forwarded as fwknopd's DNAT does.
+        o.rule.refuse(BACKEND, &[RuleFeature::ForwardAll])?;
+        if let Some(d) = o.rule.destination {
+            if rich::canonical_source(d).is_ipv4()
+                != rich::canonical_source(o.rule.source).is_ipv4()
+            {
+                return Err(other(format!(
+                    "grant {}: source and destination are of different address families",
+                    o.rule
+                )));
+            }
+        }
         if let Some(nat) = &o.rule.nat {
             validate_nat(&o.rule, nat)?;
         }

@@ -61,6 +61,7 @@ pub fn canonical_source(addr: IpAddr) -> IpAddr {
 pub fn canonical_rule(rule: &Rule) -> Rule {
     let mut rule = rule.clone();
     rule.source = canonical_source(rule.source);
+    rule.destination = rule.destination.map(canonical_source);
     if let Some(nat) = &mut rule.nat {
         nat.to_addr = canonical_source(nat.to_addr);
     }
@@ -155,11 +156,18 @@ pub fn render(rule: &Rule, form: SourceForm) -> String {
 /// of this host (with `to-addr` it would also switch on IP forwarding).
 pub fn render_part(part: &Part, form: SourceForm) -> String {
     let source = canonical_source(part.source());
-    let head = format!(
+    let mut head = format!(
         r#"rule family="{}" source address="{}""#,
         family(&source),
         address(source, form)
     );
+    // ENABLE_DESTINATION_RULE: only packets sent to the address the knock was.
+    if let Some(d) = part.rule().and_then(|r| r.destination) {
+        head.push_str(&format!(
+            r#" destination address="{}""#,
+            canonical_source(d)
+        ));
+    }
     match part {
         Part::Grant(rule) => match &rule.nat {
             None => format!(
@@ -234,6 +242,14 @@ pub fn parse_part(text: &str, nat: Option<&NatRule>) -> Option<(Part, SourceForm
         return None;
     }
     let same_family = |a: &IpAddr| family(a) == fam && canonical_source(*a) == *a;
+    // A destination: a grant bound to it, or a masquerade's inner host.
+    let (destination, rest) = match rest.strip_prefix(" destination") {
+        Some(rest) => {
+            let (d, rest) = attr(rest, "address")?;
+            (Some(d.parse::<IpAddr>().ok().filter(same_family)?), rest)
+        }
+        None => (None, rest),
+    };
     let part = if let Some(rest) = rest.strip_prefix(" port") {
         let (port, rest) = attr(rest, "port")?;
         let (proto, rest) = attr(rest, "protocol")?;
@@ -241,10 +257,8 @@ pub fn parse_part(text: &str, nat: Option<&NatRule>) -> Option<(Part, SourceForm
             return None;
         }
         Part::Grant(Rule {
-            source,
-            proto: protocol(proto)?,
-            port: port_number(port)?,
-            nat: None,
+            destination,
+            ..Rule::new(source, protocol(proto)?, port_number(port)?)
         })
     } else if let Some(rest) = rest.strip_prefix(" forward-port") {
         let (port, rest) = attr(rest, "port")?;
@@ -271,19 +285,14 @@ pub fn parse_part(text: &str, nat: Option<&NatRule>) -> Option<(Part, SourceForm
             return None;
         }
         Part::Grant(Rule {
-            source,
-            proto: protocol(proto)?,
-            port: port_number(port)?,
             nat: Some(nat),
+            destination,
+            ..Rule::new(source, protocol(proto)?, port_number(port)?)
         })
-    } else if let Some(rest) = rest.strip_prefix(" destination") {
-        let (destination, rest) = attr(rest, "address")?;
-        if rest != " masquerade" || nat.is_some() {
-            return None;
-        }
+    } else if rest == " masquerade" && nat.is_none() {
         Part::Masquerade {
             source,
-            destination: destination.parse::<IpAddr>().ok().filter(same_family)?,
+            destination: destination?,
         }
     } else {
         return None;
@@ -304,12 +313,7 @@ mod tests {
     use super::*;
 
     fn rule(source: &str, proto: Proto, port: u16) -> Rule {
-        Rule {
-            source: source.parse().unwrap(),
-            proto,
-            port,
-            nat: None,
-        }
+        Rule::new(source.parse().unwrap(), proto, port)
     }
 
     #[test]
@@ -380,7 +384,9 @@ mod tests {
             r#"rule family="ipv4" source address="10.0.0.1" port port="22" protocol="sctp" accept"#,
             r#"rule family="ipv4" source NOT address="10.0.0.1" port port="22" protocol="tcp" accept"#,
             r#"rule priority="-1" family="ipv4" source address="10.0.0.1" port port="22" protocol="tcp" accept"#,
-            r#"rule family="ipv4" source address="10.0.0.1" destination address="10.0.0.2" port port="22" protocol="tcp" accept"#,
+            r#"rule family="ipv4" source address="10.0.0.1" destination address="fd00::2" port port="22" protocol="tcp" accept"#,
+            r#"rule family="ipv4" source address="10.0.0.1" destination address="10.0.0.0/24" port port="22" protocol="tcp" accept"#,
+            r#"rule family="ipv4" source address="10.0.0.1" destination address="10.0.0.2" masquerade accept"#,
             r#"rule family="ipv6" source address="::ffff:10.0.0.1" port port="22" protocol="tcp" accept"#,
             r#"rule family="ipv4" source ipset="x" port port="22" protocol="tcp" accept"#,
             r#"rule service name="ssh" accept"#,
@@ -400,6 +406,7 @@ mod tests {
             local,
             snat,
             dnat: true,
+            forward_all: false,
         };
         for n in [
             nat(false, None),
@@ -428,6 +435,43 @@ mod tests {
         assert_eq!(parse_part(text, Some(&nat(false, None))), None);
         let text = r#"rule family="ipv4" source address="192.0.2.7" destination address="fd00::1" masquerade"#;
         assert_eq!(parse_part(text, None), None);
+    }
+
+    #[test]
+    fn destination_bound_grants_name_the_destination() {
+        let mut r = rule("192.0.2.7", Proto::Tcp, 22);
+        r.destination = Some("::ffff:198.51.100.1".parse().unwrap());
+        let text = render(&r, SourceForm::Plain);
+        assert_eq!(
+            text,
+            r#"rule family="ipv4" source address="192.0.2.7" destination address="198.51.100.1" port port="22" protocol="tcp" accept"#
+        );
+        assert_eq!(parse(&text), Some((canonical_rule(&r), SourceForm::Plain)));
+        r.nat = Some(NatRule {
+            to_addr: "10.0.0.5".parse().unwrap(),
+            to_port: 22,
+            local: false,
+            snat: Some(Snat::Masquerade),
+            dnat: true,
+            forward_all: false,
+        });
+        let parts = Part::of(&r);
+        let texts: Vec<String> = parts
+            .iter()
+            .map(|p| render_part(p, SourceForm::Plain))
+            .collect();
+        assert_eq!(
+            texts,
+            [
+                r#"rule family="ipv4" source address="192.0.2.7" destination address="198.51.100.1" forward-port port="22" protocol="tcp" to-port="22" to-addr="10.0.0.5""#,
+                r#"rule family="ipv4" source address="192.0.2.7" destination address="10.0.0.5" masquerade"#,
+            ]
+        );
+        let nat = r.nat.clone().unwrap();
+        assert_eq!(
+            parse_part(&texts[0], Some(&nat)),
+            Some((parts[0].clone(), SourceForm::Plain))
+        );
     }
 
     #[test]

@@ -358,12 +358,7 @@ mod tests {
     use spa_core::request::Proto;
 
     fn rule(src: &str, port: u16) -> Rule {
-        Rule {
-            source: src.parse().unwrap(),
-            proto: Proto::Tcp,
-            port,
-            nat: None,
-        }
+        Rule::new(src.parse().unwrap(), Proto::Tcp, port)
     }
 
     #[test]

@@ -174,12 +174,7 @@ impl FirewalldApi for FakeApi {
 }
 
 fn rule(src: &str, port: u16) -> Rule {
-    Rule {
-        source: src.parse().unwrap(),
-        proto: Proto::Tcp,
-        port,
-        nat: None,
-    }
+    Rule::new(src.parse().unwrap(), Proto::Tcp, port)
 }
 
 fn opening(src: &str, port: u16, secs: u32) -> Opening {
@@ -470,6 +465,9 @@ fn nat_rich_rules_cannot_do_and_family_and_port_zero_are_refused_before_anything
     });
     let e = b.grant(&[snat_to]).unwrap_err();
     assert!(e.to_string().contains("SNAT to 192.0.2.1"), "{e}");
+    let all = nat_opening("192.0.2.7", 22, "10.0.0.5", 22, |n| n.forward_all = true);
+    let e = b.grant(&[all]).unwrap_err();
+    assert!(e.to_string().contains("FORWARD_ALL"), "{e}");
     let mixed = nat_opening("192.0.2.7", 22, "fd00::5", 2222, |_| {});
     let e = b.grant(&[mixed]).unwrap_err();
     assert!(e.to_string().contains("IPv4 source to an IPv6"), "{e}");
@@ -496,6 +494,7 @@ fn nat_opening(
         local: false,
         snat: None,
         dnat: true,
+        forward_all: false,
     };
     tweak(&mut nat);
     o.rule.nat = Some(nat);

@@ -27,10 +27,8 @@ fn now() -> u64 {
 fn nat_opening(source: IpAddr, port: u16, nat: NatRule, secs: u32) -> Opening {
     Opening {
         rule: Rule {
-            source,
-            proto: Proto::Tcp,
-            port,
             nat: Some(nat),
+            ..Rule::new(source, Proto::Tcp, port)
         },
         timeout_secs: secs,
         expires_at: now() + secs as u64,
@@ -44,6 +42,7 @@ fn forward_to(to_addr: IpAddr, to_port: u16, snat: Option<Snat>) -> NatRule {
         local: false,
         snat,
         dnat: true,
+        forward_all: false,
     }
 }
 
@@ -130,6 +129,7 @@ fn forwarding_without_masquerade_and_local_nat_open_exactly_their_targets() {
             local: true,
             snat: None,
             dnat: true,
+            forward_all: false,
         },
         30,
     );
