@@ -5,9 +5,7 @@ use crate::config::FirewalldConfig;
 use crate::rich::{self, Part, SourceForm};
 use crate::state::{Entry, State, StateFile};
 use crate::BACKEND;
-use spa_core::firewall::{
-    Firewall, FirewallError, FwResult, NatRule, Opening, Rule, RuleFeature, Snat,
-};
+use spa_core::firewall::{Firewall, FirewallError, FwResult, NatRule, Opening, Rule, Snat};
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
@@ -277,9 +275,6 @@ impl FirewalldBackend {
     }
 
     fn validate_opening(&self, o: &Opening) -> FwResult<()> {
-        // FORWARD_ALL: firewalld's forward-port always names one protocol and port
-        // (range); every protocol cannot be forwarded as fwknopd's DNAT does.
-        o.rule.refuse(BACKEND, &[RuleFeature::ForwardAll])?;
         if let Some(d) = o.rule.destination {
             if rich::canonical_source(d).is_ipv4()
                 != rich::canonical_source(o.rule.source).is_ipv4()
@@ -510,7 +505,8 @@ impl FirewalldBackend {
 
 /// NAT as firewalld's rich rules can do it: DNAT (`forward-port … to-addr`,
 /// which firewalld's forward chain accepts as `ct status dnat`), a redirect to a
-/// local port, and masquerading. Not: DISABLE_DNAT's bare forward accept (a
+/// local port, masquerading, and FORWARD_ALL as every TCP and UDP port. Not:
+/// DISABLE_DNAT's bare forward accept (a
 /// zone's rich rules filter only what comes in to this host, and firewalld
 /// accepts no forwarded traffic without DNAT), and SNAT to a given address
 /// (rich rules only masquerade). Both fail here, before anything is changed.
@@ -523,6 +519,9 @@ fn validate_nat(rule: &Rule, nat: &NatRule) -> FwResult<()> {
     };
     if !nat.dnat {
         return unsupported("NAT without DNAT (DISABLE_DNAT)".into());
+    }
+    if nat.forward_all && nat.local {
+        return unsupported("FORWARD_ALL to this host (local NAT)".into());
     }
     if let (false, Some(Snat::To(addr))) = (nat.local, &nat.snat) {
         return unsupported(format!(
@@ -538,7 +537,8 @@ fn validate_nat(rule: &Rule, nat: &NatRule) -> FwResult<()> {
             if to.is_ipv4() { "IPv4" } else { "IPv6" }
         )));
     }
-    if nat.to_port == 0 {
+    // FORWARD_ALL keeps every port as it is; the others name one.
+    if nat.to_port == 0 && !nat.forward_all {
         return Err(other(format!("grant {rule}: NAT to port 0")));
     }
     Ok(())

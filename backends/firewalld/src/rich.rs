@@ -82,6 +82,11 @@ fn family(addr: &IpAddr) -> &'static str {
 pub enum Part {
     /// The grant itself (canonical): an accept, or with NAT a forward-port.
     Grant(Rule),
+    /// One protocol's half of a FORWARD_ALL grant (canonical): every port of
+    /// `proto` forwarded to the inner host. A forward-port names one protocol,
+    /// so TCP and UDP are forwarded (not ICMP or other protocols, as fwknopd's
+    /// protocol-less DNAT would).
+    ForwardAll { rule: Rule, proto: Proto },
     /// Masquerading of `source`'s traffic to `destination` (a NAT grant's
     /// FORCE_MASQUERADE / ENABLE_FIREWD_SNAT). Rich rules cannot name a port
     /// here, so one such rule serves every grant between the two addresses and
@@ -92,15 +97,15 @@ pub enum Part {
 impl Part {
     pub fn source(&self) -> IpAddr {
         match self {
-            Part::Grant(rule) => rule.source,
+            Part::Grant(rule) | Part::ForwardAll { rule, .. } => rule.source,
             Part::Masquerade { source, .. } => *source,
         }
     }
 
-    /// The grant, for a [`Part::Grant`].
+    /// The grant this part belongs to alone (a masquerade may serve several).
     pub fn rule(&self) -> Option<&Rule> {
         match self {
-            Part::Grant(rule) => Some(rule),
+            Part::Grant(rule) | Part::ForwardAll { rule, .. } => Some(rule),
             Part::Masquerade { .. } => None,
         }
     }
@@ -115,7 +120,19 @@ impl Part {
                 destination: nat.to_addr,
             });
         }
-        parts.insert(0, Part::Grant(rule));
+        if rule.nat.as_ref().is_some_and(|n| n.forward_all) {
+            for proto in [Proto::Udp, Proto::Tcp] {
+                parts.insert(
+                    0,
+                    Part::ForwardAll {
+                        rule: rule.clone(),
+                        proto,
+                    },
+                );
+            }
+        } else {
+            parts.insert(0, Part::Grant(rule));
+        }
         parts
     }
 }
@@ -129,6 +146,7 @@ impl std::fmt::Display for Part {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Part::Grant(rule) => write!(f, "{rule}"),
+            Part::ForwardAll { rule, proto } => write!(f, "{rule}, {proto}"),
             Part::Masquerade {
                 source,
                 destination,
@@ -188,6 +206,14 @@ pub fn render_part(part: &Part, form: SourceForm) -> String {
                 text
             }
         },
+        Part::ForwardAll { rule, proto } => {
+            let to = rule.nat.as_ref().map_or(rule.source, |n| n.to_addr);
+            format!(
+                r#"{head} forward-port port="{ALL_PORTS}" protocol="{}" to-addr="{}""#,
+                proto.name(),
+                canonical_source(to)
+            )
+        }
         Part::Masquerade { destination, .. } => {
             format!(r#"{head} destination address="{destination}" masquerade"#)
         }
@@ -212,7 +238,10 @@ fn port_number(text: &str) -> Option<u16> {
     text.parse().ok().filter(|p| *p != 0)
 }
 
-fn protocol(text: &str) -> Option<Proto> {
+/// The port range of a FORWARD_ALL forward-port.
+const ALL_PORTS: &str = "1-65535";
+
+pub(crate) fn protocol(text: &str) -> Option<Proto> {
     match text {
         "tcp" => Some(Proto::Tcp),
         "udp" => Some(Proto::Udp),
@@ -220,14 +249,24 @@ fn protocol(text: &str) -> Option<Proto> {
     }
 }
 
+/// What a state entry records next to a NAT grant's text, because the text
+/// leaves it out: the grant's port and [`NatRule`] (its [`NatRule::tag`]), and
+/// for FORWARD_ALL the grant's protocol.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Recorded {
+    pub port: u16,
+    pub nat: NatRule,
+    pub proto: Option<Proto>,
+}
+
 /// Reads back a rule of exactly a shape [`render_part`] writes, as firewalld
 /// returns it from `getRichRules`. Anything else (other elements, other order,
 /// a network instead of a host, a family that does not match the address) is
 /// not postern's. A local forward-port does not say which local address the
-/// grant named, nor does a forward-port say whether the grant masquerades: those
-/// come from `nat`, the grant's [`NatRule::tag`] recorded with it, which must
-/// agree with the text.
-pub fn parse_part(text: &str, nat: Option<&NatRule>) -> Option<(Part, SourceForm)> {
+/// grant named, a forward-port whether the grant masquerades, a FORWARD_ALL one
+/// the grant's port and protocol: those come from `recorded`, which must agree
+/// with the text.
+pub fn parse_part(text: &str, recorded: Option<&Recorded>) -> Option<(Part, SourceForm)> {
     let rest = text.trim().strip_prefix("rule")?;
     let (fam, rest) = attr(rest, "family")?;
     let (address, rest) = attr(rest.strip_prefix(" source")?, "address")?;
@@ -253,7 +292,7 @@ pub fn parse_part(text: &str, nat: Option<&NatRule>) -> Option<(Part, SourceForm
     let part = if let Some(rest) = rest.strip_prefix(" port") {
         let (port, rest) = attr(rest, "port")?;
         let (proto, rest) = attr(rest, "protocol")?;
-        if rest != " accept" || nat.is_some() {
+        if rest != " accept" || recorded.is_some() {
             return None;
         }
         Part::Grant(Rule {
@@ -261,8 +300,24 @@ pub fn parse_part(text: &str, nat: Option<&NatRule>) -> Option<(Part, SourceForm
             ..Rule::new(source, protocol(proto)?, port_number(port)?)
         })
     } else if let Some(rest) = rest.strip_prefix(" forward-port") {
+        let recorded = recorded?;
+        let nat = &recorded.nat;
         let (port, rest) = attr(rest, "port")?;
         let (proto, rest) = attr(rest, "protocol")?;
+        let proto = protocol(proto)?;
+        if nat.forward_all {
+            let (to_addr, rest) = attr(rest, "to-addr")?;
+            let to_addr: IpAddr = to_addr.parse().ok().filter(same_family)?;
+            if port != ALL_PORTS || !rest.is_empty() || nat.local || to_addr != nat.to_addr {
+                return None;
+            }
+            let rule = Rule {
+                nat: Some(nat.clone()),
+                destination,
+                ..Rule::new(source, recorded.proto?, recorded.port)
+            };
+            return Some((Part::ForwardAll { rule, proto }, form));
+        }
         let (to_port, rest) = attr(rest, "to-port")?;
         let to_addr = match rest {
             "" => None,
@@ -274,8 +329,8 @@ pub fn parse_part(text: &str, nat: Option<&NatRule>) -> Option<(Part, SourceForm
                 Some(to_addr.parse::<IpAddr>().ok().filter(same_family)?)
             }
         };
-        let nat = nat?.clone();
         let agrees = nat.to_port == port_number(to_port)?
+            && recorded.port == port_number(port)?
             && nat.dnat
             && match to_addr {
                 None => nat.local,
@@ -285,11 +340,11 @@ pub fn parse_part(text: &str, nat: Option<&NatRule>) -> Option<(Part, SourceForm
             return None;
         }
         Part::Grant(Rule {
-            nat: Some(nat),
+            nat: Some(nat.clone()),
             destination,
-            ..Rule::new(source, protocol(proto)?, port_number(port)?)
+            ..Rule::new(source, proto, recorded.port)
         })
-    } else if rest == " masquerade" && nat.is_none() {
+    } else if rest == " masquerade" && recorded.is_none() {
         Part::Masquerade {
             source,
             destination: destination?,
@@ -418,7 +473,12 @@ mod tests {
             for part in Part::of(&r) {
                 for form in [SourceForm::Plain, SourceForm::HostPrefix] {
                     let text = render_part(&part, form);
-                    let tag = part.rule().map(|_| &n);
+                    let recorded = Recorded {
+                        port: 2222,
+                        nat: n.clone(),
+                        proto: None,
+                    };
+                    let tag = part.rule().map(|_| &recorded);
                     assert_eq!(parse_part(&text, tag), Some((part.clone(), form)), "{text}");
                     if tag.is_some() {
                         assert_eq!(parse_part(&text, None), None, "{text}");
@@ -427,12 +487,17 @@ mod tests {
             }
         }
         // The tag must agree with the text.
+        let rec = |n: NatRule| Recorded {
+            port: 2222,
+            nat: n,
+            proto: None,
+        };
         let text = r#"rule family="ipv4" source address="192.0.2.7" forward-port port="2222" protocol="tcp" to-port="23" to-addr="10.0.0.5""#;
-        assert_eq!(parse_part(text, Some(&nat(false, None))), None);
+        assert_eq!(parse_part(text, Some(&rec(nat(false, None)))), None);
         let text = r#"rule family="ipv4" source address="192.0.2.7" forward-port port="2222" protocol="tcp" to-port="22" to-addr="10.0.0.6""#;
-        assert_eq!(parse_part(text, Some(&nat(false, None))), None);
+        assert_eq!(parse_part(text, Some(&rec(nat(false, None)))), None);
         let text = r#"rule family="ipv4" source address="192.0.2.7" forward-port port="2222" protocol="tcp" to-port="22""#;
-        assert_eq!(parse_part(text, Some(&nat(false, None))), None);
+        assert_eq!(parse_part(text, Some(&rec(nat(false, None)))), None);
         let text = r#"rule family="ipv4" source address="192.0.2.7" destination address="fd00::1" masquerade"#;
         assert_eq!(parse_part(text, None), None);
     }
@@ -467,11 +532,58 @@ mod tests {
                 r#"rule family="ipv4" source address="192.0.2.7" destination address="10.0.0.5" masquerade"#,
             ]
         );
-        let nat = r.nat.clone().unwrap();
+        let recorded = Recorded {
+            port: 22,
+            nat: r.nat.clone().unwrap(),
+            proto: None,
+        };
         assert_eq!(
-            parse_part(&texts[0], Some(&nat)),
+            parse_part(&texts[0], Some(&recorded)),
             Some((parts[0].clone(), SourceForm::Plain))
         );
+    }
+
+    #[test]
+    fn forward_all_is_every_tcp_and_udp_port_and_reads_back_with_its_record() {
+        let mut r = rule("192.0.2.7", Proto::Tcp, 22);
+        let nat = NatRule {
+            to_addr: "10.0.0.5".parse().unwrap(),
+            to_port: 22,
+            local: false,
+            snat: None,
+            dnat: true,
+            forward_all: true,
+        };
+        r.nat = Some(nat.clone());
+        let parts = Part::of(&r);
+        let texts: Vec<String> = parts
+            .iter()
+            .map(|p| render_part(p, SourceForm::Plain))
+            .collect();
+        assert_eq!(
+            texts,
+            [
+                r#"rule family="ipv4" source address="192.0.2.7" forward-port port="1-65535" protocol="tcp" to-addr="10.0.0.5""#,
+                r#"rule family="ipv4" source address="192.0.2.7" forward-port port="1-65535" protocol="udp" to-addr="10.0.0.5""#,
+            ]
+        );
+        let recorded = Recorded {
+            port: 22,
+            nat,
+            proto: Some(Proto::Tcp),
+        };
+        for (part, text) in parts.iter().zip(&texts) {
+            assert_eq!(
+                parse_part(text, Some(&recorded)),
+                Some((part.clone(), SourceForm::Plain))
+            );
+            assert_eq!(part.rule(), Some(&r));
+        }
+        let without_proto = Recorded {
+            proto: None,
+            ..recorded
+        };
+        assert_eq!(parse_part(&texts[0], Some(&without_proto)), None);
     }
 
     #[test]

@@ -58,24 +58,27 @@ impl Entry {
         self.rule().and_then(|r| r.nat.as_ref())
     }
 
-    /// Rebuilds an entry from its text (and the grant's NAT tag, for a
-    /// forward-port); `None` if they are not postern's shape.
+    /// Rebuilds an entry from its text and what was recorded with it (see
+    /// [`rich::Recorded`]); `None` if they are not postern's shape.
     pub fn from_text(
         zone: &str,
         text: &str,
         nat_tag: Option<&str>,
+        proto: Option<&str>,
         expires_at: u64,
     ) -> Option<Entry> {
-        let nat = match nat_tag {
-            Some(tag) => Some(NatRule::parse_tag(tag)?),
+        let recorded = match nat_tag {
+            Some(tag) => {
+                let (port, nat) = NatRule::parse_tag(tag)?;
+                let proto = match proto {
+                    Some(p) => Some(rich::protocol(p)?),
+                    None => None,
+                };
+                Some(rich::Recorded { port, nat, proto })
+            }
             None => None,
         };
-        let (part, form) = rich::parse_part(text, nat.as_ref().map(|(_, n)| n))?;
-        if let (Some((port, _)), Part::Grant(rule)) = (&nat, &part) {
-            if *port != rule.port {
-                return None;
-            }
-        }
+        let (part, form) = rich::parse_part(text, recorded.as_ref())?;
         Some(Entry {
             zone: zone.to_string(),
             text: text.to_string(),
@@ -141,19 +144,20 @@ impl State {
     /// Entries of the grant `rule` in any zone: its own rule, and the masquerade
     /// rules it needs that no other grant recorded here needs.
     pub fn for_rule_any_zone(&self, rule: &Rule) -> Vec<Entry> {
-        let parts = Part::of(rule);
-        let own = &parts[0];
+        let rule = rich::canonical_rule(rule);
+        let parts = Part::of(&rule);
         let needed_by_others = |e: &Entry| {
             self.entries.iter().any(|other| match other.rule() {
-                Some(r) => {
-                    &other.part != own && other.zone == e.zone && Part::of(r).contains(&e.part)
-                }
+                Some(r) => r != &rule && other.zone == e.zone && Part::of(r).contains(&e.part),
                 None => false,
             })
         };
         self.entries
             .iter()
-            .filter(|e| &e.part == own || (parts[1..].contains(&e.part) && !needed_by_others(e)))
+            .filter(|e| match e.rule() {
+                Some(r) => r == &rule,
+                None => parts.contains(&e.part) && !needed_by_others(e),
+            })
             .cloned()
             .collect()
     }
@@ -230,6 +234,10 @@ impl State {
                     zone: e.zone.clone(),
                     rule: e.text.clone(),
                     nat: e.nat().map(|n| n.tag(e.rule().map_or(0, |r| r.port))),
+                    proto: match &e.part {
+                        Part::ForwardAll { rule, .. } => Some(rule.proto.name().to_string()),
+                        _ => None,
+                    },
                     expires_at: e.expires_at,
                 })
                 .collect(),
@@ -252,7 +260,13 @@ impl State {
         let mut state = State::default();
         let mut warnings = Vec::new();
         for g in file.grants {
-            match Entry::from_text(&g.zone, &g.rule, g.nat.as_deref(), g.expires_at) {
+            match Entry::from_text(
+                &g.zone,
+                &g.rule,
+                g.nat.as_deref(),
+                g.proto.as_deref(),
+                g.expires_at,
+            ) {
                 Some(e) => state.insert(e),
                 None => warnings.push(format!(
                     "ignoring entry that is not a postern rule: zone `{}`: {}",
@@ -279,6 +293,10 @@ struct GrantJson {
     /// A NAT grant's [`NatRule::tag`]: what its forward-port text leaves out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     nat: Option<String>,
+    /// A FORWARD_ALL grant's protocol (its forward-ports say every port of TCP
+    /// and UDP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    proto: Option<String>,
     expires_at: u64,
 }
 

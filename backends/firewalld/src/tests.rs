@@ -465,8 +465,11 @@ fn nat_rich_rules_cannot_do_and_family_and_port_zero_are_refused_before_anything
     });
     let e = b.grant(&[snat_to]).unwrap_err();
     assert!(e.to_string().contains("SNAT to 192.0.2.1"), "{e}");
-    let all = nat_opening("192.0.2.7", 22, "10.0.0.5", 22, |n| n.forward_all = true);
-    let e = b.grant(&[all]).unwrap_err();
+    let all_local = nat_opening("192.0.2.7", 22, "10.0.0.5", 22, |n| {
+        n.forward_all = true;
+        n.local = true;
+    });
+    let e = b.grant(&[all_local]).unwrap_err();
     assert!(e.to_string().contains("FORWARD_ALL"), "{e}");
     let mixed = nat_opening("192.0.2.7", 22, "fd00::5", 2222, |_| {});
     let e = b.grant(&[mixed]).unwrap_err();
@@ -529,6 +532,38 @@ fn a_nat_grant_is_a_timed_forward_port_and_masquerade_listed_back_as_granted() {
     again.init(clock()).unwrap();
     assert_eq!(again.list().unwrap(), vec![o.clone()]);
     again.revoke(&[o.rule]).unwrap();
+    assert!(fake.rules("public").is_empty());
+}
+
+#[test]
+fn forward_all_is_two_timed_forward_ports_listed_back_and_revoked_as_one_grant() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = FirewalldConfig {
+        state_file: Some(dir.path().join("fw.json")),
+        ..Default::default()
+    };
+    let (mut b, fake) = backend_with(config.clone());
+    let all = nat_opening("192.0.2.7", 22, "10.0.0.5", 22, |n| {
+        n.forward_all = true;
+        n.snat = Some(Snat::Masquerade);
+    });
+    b.grant(std::slice::from_ref(&all)).unwrap();
+    let texts: Vec<String> = fake.rules("public").into_iter().map(|r| r.0).collect();
+    assert_eq!(texts.len(), 3, "{texts:?}");
+    assert!(texts
+        .iter()
+        .any(|t| t.ends_with(r#"port="1-65535" protocol="udp" to-addr="10.0.0.5""#)));
+    assert_eq!(b.list().unwrap(), vec![all.clone()]);
+    let mut again = FirewalldBackend::with_api(config, Box::new(fake.clone()))
+        .unwrap()
+        .with_clock(clock);
+    again.init(clock()).unwrap();
+    assert_eq!(
+        again.list().unwrap(),
+        vec![all.clone()],
+        "from the state file"
+    );
+    again.revoke(&[all.rule]).unwrap();
     assert!(fake.rules("public").is_empty());
 }
 

@@ -173,3 +173,44 @@ fn forwarding_without_masquerade_and_local_nat_open_exactly_their_targets() {
     );
     assert!(fwd.rich_rules("public").is_empty());
 }
+
+#[test]
+fn forward_all_reaches_every_port_of_the_inner_host_until_revoked() {
+    if !can_run() {
+        return;
+    }
+    let r = routed("fdna", true);
+    let fwd = Firewalld::start(r.gateway());
+    let _a = tcp_listen(&r.internal, 8081);
+    let _b = tcp_listen(&r.internal, 9091);
+    let (client, gateway) = r.outer(false);
+    let inner = r.internal_addr(false);
+    let mut fw = FirewalldBackend::new(fwd.config()).unwrap();
+    fw.init(now()).unwrap();
+    for port in [8081, 9091] {
+        assert!(
+            !tcp_connect_ok(r.client(), gateway, port, CONNECT),
+            "{port} before"
+        );
+    }
+    let mut nat = forward_to(inner, 0, None);
+    nat.forward_all = true;
+    let grant = nat_opening(client, 8081, nat, 30);
+    fw.grant(std::slice::from_ref(&grant)).unwrap();
+    for port in [8081, 9091] {
+        assert!(
+            tcp_connect_ok(r.client(), gateway, port, CONNECT),
+            "gateway port {port} must reach {inner}:{port}; rules: {:?}",
+            fwd.rich_rules("public")
+        );
+    }
+    assert_eq!(fw.list().unwrap()[0].rule, grant.rule);
+    fw.revoke(&[grant.rule]).unwrap();
+    for port in [8081, 9091] {
+        assert!(
+            closes(r.client(), gateway, port),
+            "{port} still open after revoke"
+        );
+    }
+    assert!(fwd.rich_rules("public").is_empty());
+}
