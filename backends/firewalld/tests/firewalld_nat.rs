@@ -79,7 +79,9 @@ fn a_forwarded_port_reaches_the_inner_host_masqueraded_and_closes_at_the_timeout
             forward_to(inner, 22, Some(Snat::Masquerade)),
             3,
         );
+        let t = std::time::Instant::now();
         fw.grant(std::slice::from_ref(&grant)).unwrap();
+        eprintln!("NAT grant with masquerade ({inner}) took {:?}", t.elapsed());
         assert!(
             tcp_connect_ok(r.client(), gateway, port, CONNECT),
             "{gateway} port {port} must reach {inner}:22 after the grant; rules: {:?}",
