@@ -22,9 +22,11 @@ pub use tempfile;
 
 pub mod attacker;
 pub mod conformance;
+pub mod firewalld;
 pub mod posternd;
 pub mod routed;
 pub mod scenario;
+pub mod stock;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 

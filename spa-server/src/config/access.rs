@@ -201,6 +201,9 @@ pub struct AccessStanza {
     pub force_masquerade: bool,
     #[serde(default)]
     pub disable_dnat: bool,
+    /// FORWARD_ALL: a forwarded NAT grant carries every protocol and port from
+    /// the client to its target. Unless FORCE_NAT names the target, NAT_ALLOW
+    /// must allow every port of it (`NET:*`) and RESTRICT_PORTS must be empty.
     #[serde(default)]
     pub forward_all: bool,
     /// NAT_ALLOW: the only targets a client's forwarding request (`-N`) may
@@ -751,12 +754,7 @@ impl AccessStanza {
             }
             "FORCE_MASQUERADE" => self.force_masquerade = parse_bool(e)?,
             "DISABLE_DNAT" => self.disable_dnat = parse_bool(e)?,
-            "FORWARD_ALL" => {
-                self.forward_all = parse_bool(e)?;
-                if self.forward_all {
-                    return Ok(Known::Ignored);
-                }
-            }
+            "FORWARD_ALL" => self.forward_all = parse_bool(e)?,
             "NAT_ALLOW" => {
                 self.nat_allow = parse_nat_allow(&e.value)
                     .map_err(|m| ConfError::new(&e.origin, format!("NAT_ALLOW: {m}")))?
@@ -796,7 +794,6 @@ fn split_list(text: &str) -> Vec<String> {
 
 enum Known {
     Used,
-    Ignored,
     Unknown,
 }
 
@@ -984,10 +981,6 @@ fn read_text_into(
                 }
                 match stanza.set(&e)? {
                     Known::Used => {}
-                    Known::Ignored => findings.warn(format!(
-                        "{}: `{}` is not supported by postern and is ignored",
-                        e.origin, e.var
-                    )),
                     Known::Unknown => findings.unknown.push(ConfError::new(
                         &e.origin,
                         format!("unknown access.conf variable `{}`", e.var),

@@ -3,6 +3,7 @@
 use super::conf_file::{
     parse_bool, parse_lines, parse_num, parse_range, ConfError, Entry, Findings,
 };
+use super::fwknopd_firewall::FwknopdFirewall;
 use super::{ActionConfig, CaptureConfig, ReplayConfig, ServerConfig};
 use std::collections::HashMap;
 use std::path::Path;
@@ -110,6 +111,8 @@ const KNOWN: &[&str] = &[
 
 /// fwknopd's default chain layout, used when posternd is started from fwknopd.conf.
 const FWKNOPD_INPUT_ACCESS: &str = "ACCEPT, filter, INPUT, 1, FWKNOP_INPUT, 1";
+/// fwknopd's IPT_OUTPUT_ACCESS default (used with ENABLE_IPT_OUTPUT Y).
+const FWKNOPD_OUTPUT_ACCESS: &str = "ACCEPT, filter, OUTPUT, 1, FWKNOP_OUTPUT, 1";
 /// fwknopd.conf variable, iptables action field, fwknopd's default.
 const FWKNOPD_NAT_CHAINS: [(&str, &str, &str); 4] = [
     (
@@ -307,6 +310,10 @@ fn apply_entries(
     cfg.server.x_forwarded_for = flag("ENABLE_X_FORWARDED_FOR", false)?;
     // fwknopd's default is Y; a resolved target is still checked as any other.
     cfg.server.nat.dns = flag("ENABLE_NAT_DNS", true)?;
+    cfg.server.destination_rule = flag("ENABLE_DESTINATION_RULE", false)?;
+    if let Some(e) = get("RULES_CHECK_THRESHOLD") {
+        cfg.server.rules_check_threshold = parse_range(e, 0, 131_071)?;
+    }
     if let Some(e) = get("BLACKLIST") {
         cfg.server.blacklist = super::parse_blacklist(&e.value)
             .map_err(|m| ConfError::new(&e.origin, format!("BLACKLIST: {m}")))?;
@@ -380,13 +387,27 @@ fn apply_entries(
     }
     cfg.capture = captures;
 
-    // Started from fwknop's files with no postern-native action: act like fwknopd.
+    // Started from fwknop's files with no postern-native action: act like the
+    // fwknopd build the file was written for.
+    let firewall = FwknopdFirewall::chosen(&entries)?;
     if cfg.action.is_empty() {
-        cfg.action.push(iptables_action(&get, flag)?);
+        cfg.action
+            .push(fwknopd_action(firewall, &get, flag, findings)?);
+    } else if let Some(e) =
+        get("ENABLE_IPT_OUTPUT").filter(|_| flag("ENABLE_IPT_OUTPUT", false).unwrap_or(false))
+    {
+        findings.warn(format!(
+            "{}: ENABLE_IPT_OUTPUT applies to the iptables action fwknopd.conf sets up, not to the configured one; set `output` on an iptables action",
+            e.origin
+        ));
     }
-    cfg.server.nat.forwarding = flag("ENABLE_IPT_FORWARDING", false)?;
-    cfg.server.nat.local = flag("ENABLE_IPT_LOCAL_NAT", false)?;
-    if flag("ENABLE_IPT_SNAT", false)? {
+    let nat_flag = |switch: &str| match firewall.nat_infix() {
+        Some(infix) => flag(&format!("ENABLE_{infix}_{switch}"), false),
+        None => Ok(false),
+    };
+    cfg.server.nat.forwarding = nat_flag("FORWARDING")?;
+    cfg.server.nat.local = nat_flag("LOCAL_NAT")?;
+    if nat_flag("SNAT")? {
         let snat = match get("SNAT_TRANSLATE_IP") {
             Some(e) => e
                 .value
@@ -401,17 +422,6 @@ fn apply_entries(
             None => spa_core::firewall::Snat::Masquerade,
         };
         cfg.server.nat.snat = Some(super::SnatSetting(snat));
-    }
-    for var in REFUSED_WHEN_ON {
-        if let Some(e) = get(var).filter(|_| flag(var, false).unwrap_or(false)) {
-            return Err(ConfError::new(
-                &e.origin,
-                format!(
-                    "{var} is not supported by postern yet; without it grants would be \
-                     wider than this file says (set it to N to accept that)"
-                ),
-            ));
-        }
     }
     for e in &entries {
         if let Some((_, why)) = NO_EFFECT.iter().find(|(name, _)| *name == e.var) {
@@ -435,22 +445,28 @@ fn apply_entries(
     Ok(())
 }
 
-/// fwknopd restrictions posternd lacks: switched on, the file is refused, since
-/// ignoring one would open more than the file says.
-const REFUSED_WHEN_ON: [&str; 1] = [
-    // Grants limited to the address the knock was sent to.
-    "ENABLE_DESTINATION_RULE",
-];
-
 /// fwknopd features posternd lacks that would only open less or capture
 /// differently, and what happens instead (a warning at start, naming the line).
-const UNSUPPORTED_WHEN_ON: [(&str, &str); 2] = [
-    ("ENABLE_IPT_OUTPUT", "no OUTPUT chain rules are added"),
-    (
-        "ENABLE_NFQ_CAPTURE",
-        "packets are captured with pcap (PCAP_INTF) instead of NFQUEUE",
-    ),
-];
+const UNSUPPORTED_WHEN_ON: [(&str, &str); 1] = [(
+    "ENABLE_NFQ_CAPTURE",
+    "packets are captured with pcap (PCAP_INTF) instead of NFQUEUE",
+)];
+
+/// The action of the fwknopd build `firewall` (see [`FwknopdFirewall::chosen`]).
+fn fwknopd_action<'a>(
+    firewall: FwknopdFirewall,
+    get: &'a impl Fn(&str) -> Option<&'a super::conf_file::Entry>,
+    flag: impl Fn(&str, bool) -> Result<bool, ConfError>,
+    findings: &mut Findings,
+) -> Result<ActionConfig, ConfError> {
+    use super::fwknopd_firewall::{firewalld_action, ipfw_action, pf_action};
+    match firewall {
+        FwknopdFirewall::Iptables => iptables_action(get, flag),
+        FwknopdFirewall::Firewalld => firewalld_action(get, findings),
+        FwknopdFirewall::Pf => pf_action(get),
+        FwknopdFirewall::Ipfw => ipfw_action(get),
+    }
+}
 
 /// fwknopd.conf variables that mean nothing to posternd, and why: each one
 /// present is warned about at start, naming its line, so none is ignored
@@ -514,6 +530,17 @@ fn iptables_action<'a>(
         "flush_at_exit".into(),
         Value::Bool(flag("FLUSH_IPT_AT_EXIT", true)?),
     );
+    // fwknopd appends new rules unless ENABLE_RULE_PREPEND is set.
+    settings.insert(
+        "prepend".into(),
+        Value::Bool(flag("ENABLE_RULE_PREPEND", false)?),
+    );
+    if flag("ENABLE_IPT_OUTPUT", false)? {
+        let output = get("IPT_OUTPUT_ACCESS")
+            .map(|e| e.value.clone())
+            .unwrap_or_else(|| FWKNOPD_OUTPUT_ACCESS.into());
+        settings.insert("output".into(), Value::String(output));
+    }
     if let Some(exe) = get("FIREWALL_EXE") {
         settings.insert("iptables".into(), Value::String(exe.value.clone()));
     }
@@ -681,16 +708,26 @@ mod tests {
     }
 
     #[test]
-    fn a_restriction_postern_lacks_is_refused_not_ignored() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("fwknopd.conf");
-        std::fs::write(&p, "MAX_SPA_PACKET_AGE 60;\nENABLE_DESTINATION_RULE Y;\n").unwrap();
-        let err = apply_fwknopd_conf(&p, &mut ServerConfig::default(), &mut Findings::default())
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("fwknopd.conf:2: ENABLE_DESTINATION_RULE"),
-            "{err}"
+    fn destination_output_prepend_and_rules_check_reach_their_settings() {
+        let (cfg, w) = load("ENABLE_UDP_SERVER Y;\n");
+        assert!(!cfg.server.destination_rule);
+        assert_eq!(cfg.server.rules_check_threshold, 20);
+        let s = &cfg.action[0].settings;
+        assert_eq!(s["prepend"], false, "fwknopd appends by default");
+        assert!(!s.contains_key("output"));
+        assert!(w.is_empty(), "{w:?}");
+        let (cfg, w) = load("ENABLE_DESTINATION_RULE Y;\nRULES_CHECK_THRESHOLD 0;\nENABLE_RULE_PREPEND Y;\nENABLE_IPT_OUTPUT Y;\n");
+        assert!(cfg.server.destination_rule);
+        assert_eq!(cfg.server.rules_check_threshold, 0);
+        let s = &cfg.action[0].settings;
+        assert_eq!(s["prepend"], true);
+        assert_eq!(s["output"], FWKNOPD_OUTPUT_ACCESS);
+        assert!(w.is_empty(), "{w:?}");
+        let (cfg, _) =
+            load("ENABLE_IPT_OUTPUT Y;\nIPT_OUTPUT_ACCESS ACCEPT, filter, OUTPUT, 2, MY_OUT, 1;\n");
+        assert_eq!(
+            cfg.action[0].settings["output"],
+            "ACCEPT, filter, OUTPUT, 2, MY_OUT, 1"
         );
     }
 
