@@ -511,6 +511,17 @@ const NO_EFFECT: [(&str, &str); 16] = [
     ),
 ];
 
+/// An `IPT_*_ACCESS` value checked here, so a bad one names its line (the
+/// backend would only find it when the action is built).
+fn checked_chain_spec(e: &Entry) -> Result<String, ConfError> {
+    #[cfg(feature = "iptables")]
+    e.value
+        .parse::<postern_backend_iptables::ChainSpec>()
+        .and_then(|spec| spec.validate())
+        .map_err(|m| ConfError::new(&e.origin, format!("{}: {m}", e.var)))?;
+    Ok(e.value.clone())
+}
+
 /// The iptables action with fwknopd's chain names and flush behaviour.
 fn iptables_action<'a>(
     get: &impl Fn(&str) -> Option<&'a super::conf_file::Entry>,
@@ -519,7 +530,8 @@ fn iptables_action<'a>(
     use serde_json::Value;
     let mut settings = serde_json::Map::new();
     let input = get("IPT_INPUT_ACCESS")
-        .map(|e| e.value.clone())
+        .map(checked_chain_spec)
+        .transpose()?
         .unwrap_or_else(|| FWKNOPD_INPUT_ACCESS.into());
     settings.insert("input".into(), Value::String(input));
     settings.insert(
@@ -537,7 +549,8 @@ fn iptables_action<'a>(
     );
     if flag("ENABLE_IPT_OUTPUT", false)? {
         let output = get("IPT_OUTPUT_ACCESS")
-            .map(|e| e.value.clone())
+            .map(checked_chain_spec)
+            .transpose()?
             .unwrap_or_else(|| FWKNOPD_OUTPUT_ACCESS.into());
         settings.insert("output".into(), Value::String(output));
     }
@@ -556,7 +569,8 @@ fn iptables_action<'a>(
     if nat_on {
         for (var, key, default) in FWKNOPD_NAT_CHAINS {
             let spec = get(var)
-                .map(|e| e.value.clone())
+                .map(checked_chain_spec)
+                .transpose()?
                 .unwrap_or_else(|| default.to_string());
             settings.insert(key.into(), Value::String(spec));
         }
@@ -656,6 +670,23 @@ mod tests {
         let (_, w) = load("ENABLE_DESTINATION_RULE N;\nENABLE_NAT_DNS N;\nENABLE_NFQ_CAPTURE Y;\n");
         assert_eq!(w.len(), 1, "{w:?}");
         assert!(w[0].contains(":3: ENABLE_NFQ_CAPTURE"), "{w:?}");
+    }
+
+    #[test]
+    fn a_bad_chain_spec_names_its_line() {
+        let mut cfg = ServerConfig::default();
+        let err = apply_fwknopd_text(
+            Path::new("fwknopd.conf"),
+            "MAX_SPA_PACKET_AGE 60;\nIPT_INPUT_ACCESS ACCEPT, filter, INPUT;\n",
+            &mut cfg,
+            &mut Findings::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("fwknopd.conf:2: IPT_INPUT_ACCESS: "),
+            "{err}"
+        );
     }
 
     #[test]
