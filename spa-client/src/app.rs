@@ -637,6 +637,9 @@ fn send_packet(cli: &Cli, settings: &Settings, console: &mut Console) -> Result<
     if verbose {
         console.say(&format!("send_spa_packet: bytes sent: {sent}"))?;
     }
+    if let Some(seconds) = cli.wait.filter(|_| !test) {
+        wait_until_open(settings, &target_host(settings), seconds, verbose, console)?;
+    }
     if test {
         match &mut sealing {
             Sealing::Rijndael(keys) => {
@@ -660,6 +663,44 @@ fn send_packet(cli: &Cli, settings: &Settings, console: &mut Console) -> Result<
         }
     }
     Ok(())
+}
+
+/// The host the knock went to, which `--wait` probes.
+fn target_host(settings: &Settings) -> String {
+    settings.spa_server.clone().unwrap_or_default()
+}
+
+/// `--wait`: probe the knock's TCP ports until they open (see [`crate::wait`]).
+fn wait_until_open(
+    settings: &Settings,
+    host: &str,
+    seconds: f32,
+    verbose: bool,
+    console: &mut Console,
+) -> Result<()> {
+    if !(seconds > 0.0 && seconds <= 3600.0) {
+        return Err(ClientError::usage("--wait takes 0 < SECONDS <= 3600"));
+    }
+    let access = settings.access.as_deref().unwrap_or_default();
+    let ports = crate::wait::tcp_ports(access)?;
+    let mut lines = Vec::new();
+    let result = crate::wait::until_open(
+        host,
+        &ports,
+        std::time::Duration::from_secs_f32(seconds),
+        &mut |line| lines.push(line.to_string()),
+    );
+    if verbose {
+        for line in &lines {
+            console.say(line)?;
+        }
+    }
+    let took = result?;
+    console.say(&format!(
+        "open: {} on {host} after {:.0} ms",
+        crate::wait::describe(&ports),
+        took.as_secs_f64() * 1000.0
+    ))
 }
 
 /// Everything after argument parsing.

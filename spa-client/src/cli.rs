@@ -252,6 +252,11 @@ pub struct Cli {
     #[arg(short = 'v', long = "verbose", action = ArgAction::Count)]
     pub verbose: u8,
 
+    /// After the knock, connect to the requested TCP port(s) until they open;
+    /// fail if they do not within SECONDS (default 5). postern's own option.
+    #[arg(long = "wait", value_name = "SECONDS", num_args = 0..=1, default_missing_value = "5")]
+    pub wait: Option<f32>,
+
     /// Print the version and exit
     #[arg(short = 'V', long = "version")]
     pub version: bool,

@@ -31,6 +31,7 @@ pub mod saved_args;
 pub mod send;
 pub mod settings;
 pub mod user;
+pub mod wait;
 
 pub use app::run;
 pub use error::{ClientError, Result};
