@@ -2,6 +2,7 @@
 //! feeds every packet to the pipeline without waiting for it.
 
 mod length_filter;
+pub mod nfqueue;
 pub mod pcap;
 pub mod tcp;
 pub mod udp;
@@ -163,14 +164,20 @@ fn log_outcome(peer: std::net::SocketAddr, outcome: &Outcome) {
     }
 }
 
-/// Start one capture; the returned handle ends when it stops.
+/// Start one capture; the returned handle ends when it stops. `actions` are the
+/// configured ones (the NFQUEUE capture makes its rule with the same firewall).
 pub async fn spawn(
     config: &CaptureConfig,
     intake: Intake,
+    actions: &[crate::config::ActionConfig],
     pipeline: Pipeline,
     shutdown: CancellationToken,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     Ok(match config.clone() {
+        CaptureConfig::Nfqueue(settings) => {
+            let tool = nfqueue::RuleTool::for_capture(&settings, actions);
+            nfqueue::spawn(settings, tool, pipeline, shutdown).await?
+        }
         CaptureConfig::Udp { listen } => {
             let socket = udp::bind(listen)?;
             tokio::spawn(udp::run(socket, pipeline, shutdown))

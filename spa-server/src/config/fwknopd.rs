@@ -311,7 +311,9 @@ fn apply_entries(
     let port =
         |name: &str| -> Result<u16, ConfError> { get(name).map(parse_num).unwrap_or(Ok(62201)) };
     let mut captures = Vec::new();
-    if flag("ENABLE_UDP_SERVER", false)? {
+    if flag("ENABLE_NFQ_CAPTURE", false)? {
+        captures.push(nfq_capture(&get)?);
+    } else if flag("ENABLE_UDP_SERVER", false)? {
         captures.push(CaptureConfig::Udp {
             listen: format!("0.0.0.0:{}", port("UDPSERV_PORT")?)
                 .parse()
@@ -400,13 +402,45 @@ const REFUSED_WHEN_ON: [&str; 1] = [
 
 /// fwknopd features posternd lacks that would only open less or capture
 /// differently, and what happens instead (a warning at start, naming the line).
-const UNSUPPORTED_WHEN_ON: [(&str, &str); 2] = [
-    ("ENABLE_IPT_OUTPUT", "no OUTPUT chain rules are added"),
-    (
-        "ENABLE_NFQ_CAPTURE",
-        "packets are captured with pcap (PCAP_INTF) instead of NFQUEUE",
-    ),
-];
+const UNSUPPORTED_WHEN_ON: [(&str, &str); 1] =
+    [("ENABLE_IPT_OUTPUT", "no OUTPUT chain rules are added")];
+
+/// ENABLE_NFQ_CAPTURE Y (which fwknopd prefers to its UDP server and to pcap):
+/// the NFQUEUE capture with the NFQ_* values, fwknopd's defaults for those unset.
+/// NFQ_LOOP_SLEEP, fwknopd's pause between polls, has no use: posternd waits on
+/// the queue.
+fn nfq_capture<'a>(
+    get: &impl Fn(&str) -> Option<&'a super::conf_file::Entry>,
+) -> Result<CaptureConfig, ConfError> {
+    let mut s = crate::capture::nfqueue::Settings::default();
+    if let Some(e) = get("NFQ_QUEUE_NUMBER") {
+        s.queue = parse_num(e)?;
+    }
+    if let Some(e) = get("NFQ_PORT") {
+        s.port = parse_num(e)?;
+    }
+    s.interface = get("NFQ_INTERFACE")
+        .map(|e| e.value.clone())
+        .filter(|i| !i.is_empty());
+    if let Some(e) = get("NFQ_TABLE") {
+        s.table.clone_from(&e.value);
+    }
+    if let Some(e) = get("NFQ_CHAIN") {
+        s.chain.clone_from(&e.value);
+    }
+    if let Err(bad) = s.check() {
+        let var = match bad.field {
+            "table" => "NFQ_TABLE",
+            "chain" => "NFQ_CHAIN",
+            _ => "NFQ_INTERFACE",
+        };
+        // fwknopd's defaults pass the check: a bad value came from the file.
+        if let Some(e) = get(var).or_else(|| get("ENABLE_NFQ_CAPTURE")) {
+            return Err(ConfError::new(&e.origin, format!("{var}: {}", bad.message)));
+        }
+    }
+    Ok(CaptureConfig::Nfqueue(s))
+}
 
 /// The iptables action with fwknopd's chain names and flush behaviour.
 fn iptables_action<'a>(
@@ -535,9 +569,68 @@ mod tests {
 
     #[test]
     fn features_switched_on_but_missing_are_warned_about() {
-        let (_, w) = load("ENABLE_DESTINATION_RULE N;\nENABLE_NAT_DNS N;\nENABLE_NFQ_CAPTURE Y;\n");
+        let (_, w) = load("ENABLE_DESTINATION_RULE N;\nENABLE_NAT_DNS N;\nENABLE_IPT_OUTPUT Y;\n");
         assert_eq!(w.len(), 1, "{w:?}");
-        assert!(w[0].contains(":3: ENABLE_NFQ_CAPTURE"), "{w:?}");
+        assert!(w[0].contains(":3: ENABLE_IPT_OUTPUT"), "{w:?}");
+    }
+
+    #[test]
+    fn nfq_capture_takes_the_nfq_values_and_fwknopds_defaults() {
+        use crate::capture::nfqueue::Settings;
+        // As fwknopd: NFQ capture wins over the UDP server; no warning any more.
+        let (cfg, w) = load("ENABLE_NFQ_CAPTURE Y;\nENABLE_UDP_SERVER Y;\nNFQ_LOOP_SLEEP 100;\n");
+        assert!(w.is_empty(), "{w:?}");
+        assert_eq!(cfg.capture, [CaptureConfig::Nfqueue(Settings::default())]);
+        assert_eq!(
+            Settings::default(),
+            Settings {
+                queue: 1,
+                port: 62201,
+                interface: None,
+                table: "mangle".into(),
+                chain: "FWKNOP_NFQ".into(),
+                rules: None,
+            }
+        );
+        let (cfg, _) = load(
+            "ENABLE_NFQ_CAPTURE Y;\nNFQ_INTERFACE eth1;\nNFQ_PORT 40001;\nNFQ_TABLE filter;\n\
+             NFQ_CHAIN SPA_Q;\nNFQ_QUEUE_NUMBER 7;\nENABLE_TCP_SERVER Y;\n",
+        );
+        assert_eq!(
+            cfg.capture[0],
+            CaptureConfig::Nfqueue(Settings {
+                queue: 7,
+                port: 40001,
+                interface: Some("eth1".into()),
+                table: "filter".into(),
+                chain: "SPA_Q".into(),
+                rules: None,
+            })
+        );
+        assert!(matches!(cfg.capture[1], CaptureConfig::Tcp { .. }));
+        assert_eq!(cfg.action[0].kind, "iptables");
+        // Off (fwknopd's default): pcap as before.
+        let (cfg, _) = load("ENABLE_NFQ_CAPTURE N;\nNFQ_PORT 1;\n");
+        assert!(matches!(cfg.capture[0], CaptureConfig::Pcap { .. }));
+    }
+
+    #[test]
+    fn an_nfq_chain_posternd_cannot_own_is_refused_with_its_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("fwknopd.conf");
+        for (text, want) in [
+            ("ENABLE_NFQ_CAPTURE Y;\nNFQ_CHAIN INPUT;\n", ":2: NFQ_CHAIN: `INPUT`"),
+            ("ENABLE_NFQ_CAPTURE Y;\n\nNFQ_TABLE nat;\n", ":3: NFQ_TABLE: `nat`"),
+            ("NFQ_INTERFACE a b;\nENABLE_NFQ_CAPTURE Y;\n", ":1: NFQ_INTERFACE: `a b`"),
+            ("ENABLE_NFQ_CAPTURE Y;\nNFQ_PORT 70000;\n", ":2: NFQ_PORT expects"),
+        ] {
+            std::fs::write(&p, text).unwrap();
+            let err =
+                apply_fwknopd_conf(&p, &mut ServerConfig::default(), &mut Findings::default())
+                    .unwrap_err()
+                    .to_string();
+            assert!(err.contains(want), "{text:?}: {err}");
+        }
     }
 
     #[test]
