@@ -245,7 +245,8 @@ pub async fn start_with_backends(
     let mut tasks = Vec::new();
     for c in &cfg.capture {
         let intake = crate::capture::Intake::of(&cfg.server);
-        let capture = crate::capture::spawn(c, intake, &cfg.action, pipeline.clone(), shutdown.clone());
+        let capture =
+            crate::capture::spawn(c, intake, &cfg.action, pipeline.clone(), shutdown.clone());
         tasks.push(capture.await?);
         tracing::info!("capture `{}` started", c.name());
     }

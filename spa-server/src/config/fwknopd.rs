@@ -619,10 +619,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("fwknopd.conf");
         for (text, want) in [
-            ("ENABLE_NFQ_CAPTURE Y;\nNFQ_CHAIN INPUT;\n", ":2: NFQ_CHAIN: `INPUT`"),
-            ("ENABLE_NFQ_CAPTURE Y;\n\nNFQ_TABLE nat;\n", ":3: NFQ_TABLE: `nat`"),
-            ("NFQ_INTERFACE a b;\nENABLE_NFQ_CAPTURE Y;\n", ":1: NFQ_INTERFACE: `a b`"),
-            ("ENABLE_NFQ_CAPTURE Y;\nNFQ_PORT 70000;\n", ":2: NFQ_PORT expects"),
+            (
+                "ENABLE_NFQ_CAPTURE Y;\nNFQ_CHAIN INPUT;\n",
+                ":2: NFQ_CHAIN: `INPUT`",
+            ),
+            (
+                "ENABLE_NFQ_CAPTURE Y;\n\nNFQ_TABLE nat;\n",
+                ":3: NFQ_TABLE: `nat`",
+            ),
+            (
+                "NFQ_INTERFACE a b;\nENABLE_NFQ_CAPTURE Y;\n",
+                ":1: NFQ_INTERFACE: `a b`",
+            ),
+            (
+                "ENABLE_NFQ_CAPTURE Y;\nNFQ_PORT 70000;\n",
+                ":2: NFQ_PORT expects",
+            ),
         ] {
             std::fs::write(&p, text).unwrap();
             let err =

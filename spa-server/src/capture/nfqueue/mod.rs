@@ -174,8 +174,8 @@ pub async fn spawn(
         .map_err(|b| anyhow::anyhow!("nfqueue capture: {}: {}", b.field, b.message))?;
     let queue = Listener::bind(settings.queue)?;
     let for_rule = settings.clone();
-    let rule = tokio::task::spawn_blocking(move || rule::QueueRule::install(&for_rule, tool))
-        .await??;
+    let rule =
+        tokio::task::spawn_blocking(move || rule::QueueRule::install(&for_rule, tool)).await??;
     tracing::info!(
         "nfqueue: listening on queue {} for udp/{}{} (rule: {tool:?})",
         settings.queue,
@@ -267,13 +267,11 @@ impl Listener {
         let fd = socket::find(number).map_err(|e| context("cannot find the socket of", e))?;
         // SAFETY: `fd` is the open socket `queue` owns; `Listener` drops the
         // registration before the queue, so the descriptor outlives it.
-        let readiness = unsafe {
-            AsyncFd::register_with_interest(QueueFd(fd), tokio::io::Interest::READABLE)
-        }
-        .map_err(|e| context("cannot poll", e.into()))?;
+        let readiness =
+            unsafe { AsyncFd::register_with_interest(QueueFd(fd), tokio::io::Interest::READABLE) }
+                .map_err(|e| context("cannot poll", e.into()))?;
         Ok(Listener { readiness, queue })
     }
-
 }
 
 /// Read up to `limit` queued packets, hand each on, give each its verdict.
@@ -346,8 +344,14 @@ mod tests {
         assert_eq!(with(|s| s.chain = "A B".into()), Some("chain"));
         assert_eq!(with(|s| s.chain = "X".repeat(29)), Some("chain"));
         assert_eq!(with(|s| s.table = "nat".into()), Some("table"));
-        assert_eq!(with(|s| s.interface = Some("eth0 -j".into())), Some("interface"));
-        assert_eq!(with(|s| s.interface = Some("\"x".into())), Some("interface"));
+        assert_eq!(
+            with(|s| s.interface = Some("eth0 -j".into())),
+            Some("interface")
+        );
+        assert_eq!(
+            with(|s| s.interface = Some("\"x".into())),
+            Some("interface")
+        );
         assert_eq!(with(|s| s.interface = Some("veth+".into())), None);
         assert_eq!(with(|s| s.table = "filter".into()), None);
     }

@@ -23,7 +23,10 @@ pub fn listener_port_id(queue_list: &str, queue: u16) -> Option<u32> {
 pub fn find(queue: u16) -> io::Result<RawFd> {
     let list = std::fs::read_to_string("/proc/self/net/netfilter/nfnetlink_queue")?;
     let port_id = listener_port_id(&list, queue).ok_or_else(|| {
-        io::Error::new(io::ErrorKind::NotFound, format!("queue {queue} has no listener"))
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("queue {queue} has no listener"),
+        )
     })?;
     for entry in std::fs::read_dir("/proc/self/fd")? {
         let Some(fd) = entry?.file_name().to_str().and_then(|n| n.parse().ok()) else {
