@@ -12,8 +12,8 @@
 //! it cannot capture from a queue.
 
 use postern_e2e::posternd::{
-    access_conf, knock_ok, nftables_action, postern_toml, runnable, saved_packet, udp_send_all,
-    ConfDir, Posternd, Service, SPA_PORT,
+    access_conf, cap_eff, caps_list, caps_mask, knock_ok, nftables_action, postern_toml, runnable,
+    saved_packet, udp_send_all, ConfDir, Posternd, Service, CAP_NET_ADMIN, CAP_NET_RAW, SPA_PORT,
 };
 use postern_e2e::scenario::SpaKeys;
 use postern_e2e::{Netns, Pair};
@@ -334,4 +334,43 @@ fn with_the_nftables_action_the_rule_is_an_nft_table_of_its_own() {
     );
     assert!(d.terminate(Duration::from_secs(10)).is_some());
     assert!(!table_listed(), "table left after SIGTERM");
+}
+
+/// The queue needs CAP_NET_ADMIN even when no firewall action does (here only
+/// `log`), and iptables-legacy, which may add the rule, CAP_NET_RAW: posternd keeps
+/// exactly those, and the queue works with them.
+#[test]
+fn the_queue_keeps_net_admin_without_a_firewall_action() {
+    if !runnable(&["fwknop", "iptables"]) {
+        return;
+    }
+    let svc = Service::open("nfqc", PORT);
+    let keys = SpaKeys::generate("cbc", Some("sha256"));
+    let dir = ConfDir::new();
+    dir.write(
+        "access.conf",
+        &access_conf(&keys, Some(&format!("tcp/{PORT}")), TIMEOUT, ""),
+    );
+    let body = "[[capture]]\ntype = \"nfqueue\"\nqueue = 5\n\n[[action]]\ntype = \"log\"\n";
+    dir.write(
+        "postern.toml",
+        &postern_toml(&dir, "access.conf", "memory", body),
+    );
+    let args = vec!["-c".to_string(), dir.arg("postern.toml"), "-v".into()];
+    let mut d = Posternd::start(svc.server(), &args, dir.dir.path());
+    let held = cap_eff(d.pid());
+    assert_eq!(
+        held,
+        caps_mask(&[CAP_NET_ADMIN, CAP_NET_RAW]),
+        "capabilities held: {:?}\n{}",
+        caps_list(held),
+        d.log_text()
+    );
+    knock_ok(&svc, &keys, &[]);
+    assert!(
+        d.wait_log("test mode, not applied", 1, Duration::from_secs(5)),
+        "the knock did not come through the queue\n{}",
+        d.log_text()
+    );
+    assert!(d.terminate(Duration::from_secs(10)).is_some());
 }
