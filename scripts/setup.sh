@@ -11,5 +11,5 @@ apt-get install -y --no-install-recommends \
     build-essential pkg-config ca-certificates \
     iproute2 iptables nftables libpcap-dev libgpgme-dev gnupg sudo \
     fwknop-client fwknop-server python3 \
-    firewalld dbus redis-server libseccomp-dev fail2ban
+    firewalld dbus redis-server libseccomp-dev fail2ban systemd
 command -v cargo >/dev/null || { echo "setup.sh: a Rust toolchain (cargo) is required" >&2; exit 1; }

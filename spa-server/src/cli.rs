@@ -95,6 +95,12 @@ pub struct Cli {
     pub packet_limit: Option<String>,
     #[arg(short = 'l', long = "locale", hide = true)]
     pub locale: Option<String>,
+    /// fwknopd's switch away from `iptables -C`, which posternd never uses:
+    /// accepted so units written for fwknopd start, with no effect.
+    #[arg(long = "no-ipt-check-support", hide = true)]
+    pub no_ipt_check_support: bool,
+    #[arg(long = "no-firewd-check-support", hide = true)]
+    pub no_firewd_check_support: bool,
     /// Rename the digest cache (and posternd's replay store) to `<name>-old`
     /// at start and begin with an empty one.
     #[arg(long = "rotate-digest-cache")]

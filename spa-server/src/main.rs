@@ -62,6 +62,23 @@ fn serves(cli: &Cli) -> bool {
 fn apply_overrides(cli: &Cli, cfg: &mut ServerConfig) {
     if let Some(dir) = &cli.run_dir {
         cfg.server.run_dir = dir.clone();
+        // As fwknopd, -r also moves fwknopd's digest cache unless the file names it
+        // (and -D shows the run dir in effect).
+        if let ReplayConfig::File {
+            import_fwknop: Some(cache),
+            ..
+        } = &mut cfg.replay
+        {
+            if !cfg.fwknopd_vars.contains_key("DIGEST_FILE") {
+                *cache = dir.join("digest.cache");
+            }
+        }
+        if let Some(run_dir) = cfg.fwknopd_vars.get_mut("FWKNOP_RUN_DIR") {
+            *run_dir = dir.display().to_string();
+        } else if !cfg.fwknopd_vars.is_empty() {
+            cfg.fwknopd_vars
+                .insert("FWKNOP_RUN_DIR".into(), dir.display().to_string());
+        }
     }
     if let Some(dir) = &cli.gpg_home_dir {
         cfg.server.gpg_home_dir = Some(dir.into());
@@ -261,19 +278,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let loaded = config::load(&sources)?;
     let background = serves(&cli) && !cli.foreground;
     spa_server::service::init_logging(
-        cli.verbose,
+        cli.verbose.max(loaded.config.server.verbose),
         spa_server::service::LogTarget {
             stderr: !background,
-            syslog: (background || cli.syslog_enable).then(|| {
-                (
-                    loaded.config.server.syslog_identity.clone(),
-                    loaded.config.server.syslog_facility.clone(),
-                )
-            }),
+            identity: loaded.config.server.syslog_identity.clone(),
+            facility: loaded.config.server.syslog_facility.clone(),
+            syslog: background || cli.syslog_enable,
         },
     )?;
     for w in &loaded.warnings {
         tracing::warn!("{w}");
+    }
+    if cli.no_ipt_check_support || cli.no_firewd_check_support {
+        tracing::info!(
+            "--no-ipt/firewd-check-support has no effect: posternd never runs `iptables -C`"
+        );
     }
     let mut cfg = loaded.config;
     apply_overrides(&cli, &mut cfg);

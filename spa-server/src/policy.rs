@@ -376,7 +376,8 @@ pub fn evaluate(settings: &PolicySettings, req: &Request) -> Result<Grant, Denia
     };
     let timeout_secs = match msg.client_timeout {
         Some(t) if t > 0 => t.min(stanza.max_fw_timeout),
-        _ => stanza.fw_access_timeout,
+        // As fwknopd says it does: MAX_FW_TIMEOUT caps FW_ACCESS_TIMEOUT too.
+        _ => stanza.fw_access_timeout.min(stanza.max_fw_timeout),
     };
     let cmd_cycle = stanza.cmd_cycle_open.as_ref().map(|open| CmdCycle {
         open: open.clone(),
@@ -954,6 +955,10 @@ mod tests {
         assert_eq!(eval(&s, &m).unwrap().timeout_secs(), 60);
         m.client_timeout = Some(45);
         assert_eq!(eval(&s, &m).unwrap().timeout_secs(), 45);
+        // FW_ACCESS_TIMEOUT above MAX_FW_TIMEOUT: the maximum holds, as fwknopd says.
+        s.fw_access_timeout = 90;
+        let plain = msg(MessageType::Access, "10.0.0.5,tcp/22", 1000);
+        assert_eq!(eval(&s, &plain).unwrap().timeout_secs(), 60);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! How posternd runs as a service, as fwknopd does: in the background by default
 //! (fork, new session; the command returns once the daemon serves, with its
 //! status), or in the foreground with `-f`; readiness, watchdog and stop for
-//! systemd (`Type=notify`, sd_notify); logs to stderr, syslog, or both.
+//! systemd (`Type=notify`, sd_notify); logs to stderr (the journal, natively,
+//! when systemd connected stderr to it), syslog, or both.
 
 use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -98,9 +99,37 @@ fn detach_stdio() {
 
 /// Where log lines go.
 pub struct LogTarget {
+    /// Log to stderr; when stderr is systemd's journal stream, write journal
+    /// entries instead (priority per level, SYSLOG_IDENTIFIER `identity`).
     pub stderr: bool,
-    /// SYSLOG_IDENTITY and the facility, e.g. `LOG_DAEMON`.
-    pub syslog: Option<(String, String)>,
+    /// SYSLOG_IDENTITY, and the facility for syslog, e.g. `LOG_DAEMON`.
+    pub identity: String,
+    pub facility: String,
+    /// Also log to syslog.
+    pub syslog: bool,
+}
+
+/// True when systemd connected stderr to the journal: `$JOURNAL_STREAM` holds
+/// the device and inode of that stream, which stderr still is (a redirection by
+/// a wrapper would change them). systemd documents this check for exactly this.
+pub fn stderr_is_journal() -> bool {
+    let Ok(stream) = std::env::var("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = stream.split_once(':') else {
+        return false;
+    };
+    let (Ok(dev), Ok(ino)) = (dev.parse::<u64>(), ino.parse::<u64>()) else {
+        return false;
+    };
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: fstat writes a stat into the buffer; fd 2 is only read.
+    if unsafe { libc::fstat(2, st.as_mut_ptr()) } != 0 {
+        return false;
+    }
+    // SAFETY: fstat succeeded, so the buffer is initialised.
+    let st = unsafe { st.assume_init() };
+    st.st_dev == dev && st.st_ino == ino
 }
 
 /// `LOG_DAEMON`, `daemon`, `LOG_LOCAL3` … as fwknopd's SYSLOG_FACILITY.
@@ -143,17 +172,28 @@ pub fn init_logging(verbose: u8, target: LogTarget) -> anyhow::Result<()> {
             .unwrap_or_else(|_| default.into())
     };
     use std::io::IsTerminal;
-    let stderr = target.stderr.then(|| {
+    // tracing-journald maps error/warn/info/debug to priorities 3/4/5/6, as
+    // syslog-tracing does below, so the journal and syslog agree.
+    let journal = match target.stderr && stderr_is_journal() {
+        true => Some(
+            tracing_journald::layer()
+                .map_err(|e| anyhow::anyhow!("cannot reach the journal: {e}"))?
+                .with_syslog_identifier(target.identity.clone())
+                .with_filter(filter()),
+        ),
+        false => None,
+    };
+    let stderr = (target.stderr && journal.is_none()).then(|| {
         tracing_subscriber::fmt::layer()
             .with_ansi(std::io::stderr().is_terminal())
             .with_writer(std::io::stderr)
             .with_filter(filter())
     });
     let syslog = match target.syslog {
-        Some((identity, facility)) => {
-            let identity = std::ffi::CString::new(identity)
+        true => {
+            let identity = std::ffi::CString::new(target.identity)
                 .map_err(|_| anyhow::anyhow!("SYSLOG_IDENTITY holds a NUL byte"))?;
-            let facility = parse_facility(&facility).map_err(anyhow::Error::msg)?;
+            let facility = parse_facility(&target.facility).map_err(anyhow::Error::msg)?;
             let writer =
                 syslog_tracing::Syslog::new(identity, syslog_tracing::Options::LOG_PID, facility)
                     .ok_or_else(|| anyhow::anyhow!("syslog already opened"))?;
@@ -169,9 +209,10 @@ pub fn init_logging(verbose: u8, target: LogTarget) -> anyhow::Result<()> {
                     .with_filter(filter()),
             )
         }
-        None => None,
+        false => None,
     };
     tracing_subscriber::registry()
+        .with(journal)
         .with(stderr)
         .with(syslog)
         .init();

@@ -673,6 +673,29 @@ fn access_files_are_found_like_fwknopd() {
         a.is_some() && b.is_some() && a < b,
         "--access-folder: a.conf then b.conf expected:\n{out}"
     );
+    // -a and --access-folder: only the folder, as fwknopd, and a warning says so.
+    let access = conf_dir.join("access.conf").display().to_string();
+    let both = posternd(
+        &[
+            "-c",
+            &c,
+            "-a",
+            &access,
+            "--access-folder",
+            &f,
+            "check-config",
+        ],
+        &[],
+    );
+    let (out, err) = text(&both);
+    assert!(
+        both.status.success()
+            && out.contains("10.3.3.3")
+            && !out.contains("10.1.1.1")
+            && err.contains(&format!("-a {access} is not read")),
+        "-a with --access-folder:\n{}",
+        describe(&both)
+    );
     let with_folder = dir.write(
         "folder-fwknopd.conf",
         &format!("FWKNOP_RUN_DIR {run};\nACCESS_FOLDER {f};\n"),
@@ -843,4 +866,45 @@ fn fwknopd_flags_mean_what_they_mean_to_fwknopd() {
         "{}",
         describe(&out)
     );
+}
+
+/// FORCE_NAT without NAT enabled in fwknopd.conf is refused at start, as
+/// fwknopd refuses it (postern used to load it and refuse every knock).
+#[test]
+fn force_nat_needs_nat_enabled_as_in_fwknopd() {
+    let dir = ConfDir::new();
+    let keys = SpaKeys::generate("cbc", Some("sha256"));
+    let run = dir.run_dir().display().to_string();
+    let access = dir.write(
+        "access.conf",
+        &format!(
+            "SOURCE ANY\n{}FORCE_NAT 192.0.2.10 22\n",
+            keys.access_conf_lines()
+        ),
+    );
+    let check = |conf_text: &str| {
+        let conf = dir.write("fwknopd.conf", conf_text);
+        posternd(
+            &[
+                "-c",
+                &conf.display().to_string(),
+                "-a",
+                &access.display().to_string(),
+                "check-config",
+            ],
+            &[],
+        )
+    };
+    let off = check(&format!("FWKNOP_RUN_DIR {run};\n"));
+    let (_, err) = text(&off);
+    assert!(
+        !off.status.success()
+            && err.contains(&format!("{}:1: FORCE_NAT requires", access.display())),
+        "{}",
+        describe(&off)
+    );
+    let on = check(&format!(
+        "FWKNOP_RUN_DIR {run};\nENABLE_IPT_FORWARDING Y;\n"
+    ));
+    assert!(on.status.success(), "{}", describe(&on));
 }

@@ -219,6 +219,61 @@ fn exit_parse_digest_cache_names_a_malformed_line() {
     );
 }
 
+/// fwknopd's `--no-ipt-check-support` / `--no-firewd-check-support` only stop it
+/// using `iptables -C`; a unit passing them must still start posternd.
+#[test]
+fn fwknopds_check_support_switches_are_accepted() {
+    let keys = SpaKeys::generate("cbc", Some("sha256"));
+    let (_dir, conf, access) = files(&keys, 30, "");
+    for flag in ["--no-ipt-check-support", "--no-firewd-check-support"] {
+        let out = run(
+            &posternd_bin(),
+            &args(&conf, &access, &[flag, "--exit-parse-config"]),
+            "UTC",
+        );
+        assert!(out.status.success(), "{flag}: {}", describe(&out));
+    }
+}
+
+/// As fwknopd, `-r DIR` moves fwknopd's digest cache (the one posternd imports)
+/// and `-D` shows the run dir in effect; a DIGEST_FILE the file names stays.
+#[test]
+fn run_dir_flag_moves_the_digest_cache_as_fwknopd() {
+    let keys = SpaKeys::generate("cbc", Some("sha256"));
+    let (dir, conf, access) = files(&keys, 30, "");
+    let moved = dir.dir.path().join("run2");
+    std::fs::create_dir_all(&moved).unwrap();
+    std::fs::write(moved.join("digest.cache"), "not a digest line\n").unwrap();
+    let moved_s = moved.display().to_string();
+    let out = run(
+        &posternd_bin(),
+        &args(
+            &conf,
+            &access,
+            &["-r", &moved_s, "--exit-parse-digest-cache"],
+        ),
+        "UTC",
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains(&format!("{moved_s}/digest.cache:1")),
+        "-r did not move the digest cache: {}",
+        describe(&out)
+    );
+    let out = run(
+        &posternd_bin(),
+        &args(&conf, &access, &["-r", &moved_s, "-D"]),
+        "UTC",
+    );
+    assert!(
+        text(&out).lines().any(
+            |l| l.contains(" DIGEST_FILE ") && l.contains(&format!("'{moved_s}/digest.cache'"))
+        ),
+        "{}",
+        describe(&out)
+    );
+}
+
 #[test]
 fn packet_limit_stops_posternd_and_closes_its_grant() {
     if !runnable(&["fwknop", "iptables"]) {

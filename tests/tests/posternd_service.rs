@@ -8,7 +8,11 @@
 //!   to /dev/log in a mount namespace) receives `<PRI>IDENT[PID]: …` lines with the
 //!   configured identity and facility;
 //! - with `-f` under systemd (`NOTIFY_SOCKET`, `WATCHDOG_USEC`): READY=1 once
-//!   serving, WATCHDOG=1 pings, STOPPING=1 at SIGTERM.
+//!   serving, WATCHDOG=1 pings, STOPPING=1 at SIGTERM;
+//! - with stderr connected to the journal (`JOURNAL_STREAM`, as systemd sets it),
+//!   a real systemd-journald (in a mount namespace of the test's) stores native
+//!   entries: the identity as SYSLOG_IDENTIFIER, notice for info, warning for a
+//!   refused knock.
 
 use postern_e2e::posternd::{
     knock_ok, nftables_action, posternd_bin, run_scenarios, runnable, udp_capture, Service, Setup,
@@ -226,6 +230,107 @@ fn tells_systemd_ready_watchdog_and_stopping(tag: &str) {
     assert!(ready && watchdog && stopping, "notifications: {got:?}");
 }
 
+/// A real systemd-journald in a mount namespace with a /run of its own (and the
+/// cgroup tree it needs, which `ip netns exec`'s fresh /sys lacks);
+/// posternd runs under `systemd-cat` (its stderr is a journal stream) with
+/// JOURNAL_STREAM naming that stream, as systemd sets it for a unit.
+fn logs_to_the_journal_under_systemd(tag: &str) {
+    let journald = [
+        "/lib/systemd/systemd-journald",
+        "/usr/lib/systemd/systemd-journald",
+    ]
+    .into_iter()
+    .find(|p| Path::new(p).exists());
+    let Some(journald) = journald else {
+        assert!(
+            std::env::var("CI").is_err(),
+            "systemd-journald is missing (package systemd)"
+        );
+        return;
+    };
+    let s = setup(tag);
+    let dir = tempfile::tempdir().unwrap();
+    let knocked = dir.path().join("knocked");
+    let entries = dir.path().join("journal.json");
+    let bin = posternd_bin().display().to_string();
+    // sh -c SCRIPT sh POSTERND ARGS…: "$@" is posternd's command line.
+    let script = format!(
+        "set -e; mount --make-rprivate /; mount -t tmpfs tmpfs /run; \
+         mountpoint -q /sys/fs/cgroup || mount -t cgroup2 none /sys/fs/cgroup; \
+         mkdir -p /run/systemd/journal /run/log/journal; {journald} & J=$!; \
+         for i in $(seq 100); do [ -S /run/systemd/journal/stdout ] && break; sleep 0.05; done; \
+         systemd-cat -t stream sh -c \
+           'export JOURNAL_STREAM=$(stat -L -c %d:%i /proc/self/fd/2); exec \"$@\"' sh \"$@\" & \
+         P=$!; for i in $(seq 300); do [ -e {knocked} ] && break; sleep 0.05; done; \
+         kill $P; wait $P || true; sleep 0.2; \
+         journalctl -D /run/log/journal -o json --no-pager > {entries}; kill $J",
+        knocked = knocked.display(),
+        entries = entries.display(),
+    );
+    let mut child = s
+        .svc
+        .server()
+        .cmd("unshare")
+        .args(["-m", "sh", "-c", &script, "sh", &bin, "-f"])
+        .args(&s.args)
+        .env("POSTERN_SERVER__SYSLOG_IDENTITY", "postern-journal")
+        .env_remove("POSTERN_LOG")
+        .spawn()
+        .unwrap();
+    // Serving: the port is closed by posternd's table and the SPA port is bound.
+    let spa_bound = || {
+        let out = s
+            .svc
+            .server()
+            .run(&["ss", "-Hlun", &format!("sport = :{SPA_PORT}")]);
+        !String::from_utf8_lossy(&out.stdout).trim().is_empty()
+    };
+    let serving = s.svc.wait_reachable(false, Duration::from_secs(10))
+        && wait_until(
+            Duration::from_secs(10),
+            Duration::from_millis(20),
+            spa_bound,
+        );
+    if !serving {
+        std::fs::write(&knocked, "").unwrap();
+        let status = child.wait();
+        let journal = std::fs::read_to_string(&entries).unwrap_or_default();
+        panic!("posternd did not start under systemd-cat ({status:?}); journal:\n{journal}");
+    }
+    // A port the stanza does not open: refused with a warning.
+    let refused = postern_e2e::posternd::knock(&s.svc, &s.keys, &["-A", "tcp/1"]);
+    assert!(refused.status.success(), "{}", describe(&refused));
+    knock_ok(&s.svc, &s.keys, &[]);
+    let opened = s.svc.wait_reachable(true, Duration::from_secs(5));
+    std::fs::write(&knocked, "").unwrap();
+    let status = child.wait().unwrap();
+    let text = std::fs::read_to_string(&entries).unwrap_or_default();
+    let ours: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("\"SYSLOG_IDENTIFIER\":\"postern-journal\""))
+        .collect();
+    let entry = |needle: &str| ours.iter().find(|l| l.contains(needle)).copied();
+    let ready = entry("posternd ready");
+    let denied = entry("was denied per access.conf");
+    assert!(status.success() && opened, "{status}, opened {opened}");
+    assert!(
+        ready.is_some_and(
+            |l| l.contains("\"PRIORITY\":\"5\"") && l.contains("\"_TRANSPORT\":\"journal\"")
+        ),
+        "no native `posternd ready` entry at notice; posternd's entries: {ours:?}, \
+         stderr lines: {:?}",
+        text.lines()
+            .filter(|l| l.contains("\"stream\""))
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        denied
+            .is_some_and(|l| l.contains("\"PRIORITY\":\"4\"")
+                && l.contains(&s.svc.pair.client_ip.to_string())),
+        "no warning for the refused knock: {ours:?}"
+    );
+}
+
 #[test]
 fn posternd_runs_as_a_service() {
     if !runnable(&["fwknop", "nft", "unshare"]) {
@@ -249,6 +354,10 @@ fn posternd_runs_as_a_service() {
             (
                 "sd_notify".into(),
                 Box::new(|| tells_systemd_ready_watchdog_and_stopping("sv3")),
+            ),
+            (
+                "journal".into(),
+                Box::new(|| logs_to_the_journal_under_systemd("sv4")),
             ),
         ],
     );

@@ -3,18 +3,38 @@
 pub use super::conf_file::Findings;
 use super::conf_file::{parse_bool, parse_lines, parse_num, ConfError, Entry, Origin};
 use super::secure_read;
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv4Net};
 use postern_backend_script::{CapSet, SudoExec};
 use serde::{Deserialize, Serialize};
 use spa_core::request::parse_proto_ports;
 use spa_core::{DigestType, EncryptionMode, ProtoPort, Secret};
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 
 /// fwknop's defaults for a stanza.
 pub const DEFAULT_FW_ACCESS_TIMEOUT: u32 = 30;
 pub const DEFAULT_MAX_FW_TIMEOUT: u32 = 300;
 const MAX_INCLUDE_DEPTH: usize = 3;
+/// The value fwknop's stock access.conf has for every key. fwknopd refuses it
+/// (in any case): it must never become a working key.
+const PLACEHOLDER: &str = "__CHANGEME__";
+/// What an `%include_keys` file may set: fwknopd's list (the keys and the GPG
+/// key settings) plus HMAC_DIGEST_TYPE, which belongs with the HMAC key.
+const INCLUDE_KEYS_VARS: &[&str] = &[
+    "KEY",
+    "KEY_BASE64",
+    "HMAC_KEY",
+    "HMAC_KEY_BASE64",
+    "HMAC_DIGEST_TYPE",
+    "GPG_DECRYPT_ID",
+    "GPG_DECRYPT_PW",
+    "GPG_ALLOW_NO_PW",
+    "GPG_REQUIRE_SIG",
+    "GPG_DISABLE_SIG",
+    "GPG_IGNORE_SIG_VERIFY_ERROR",
+    "GPG_REMOTE_ID",
+    "GPG_FINGERPRINT_ID",
+];
 
 /// An address list that may be `ANY`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,20 +71,15 @@ impl From<AddrList> for AddrListText {
 }
 
 impl AddrList {
-    /// `ANY`, or comma-separated addresses and CIDR networks.
+    /// `ANY`, or comma-separated addresses and networks (CIDR, or IPv4 with a
+    /// dotted netmask as fwknopd also takes them).
     pub fn parse(text: &str) -> Result<Self, String> {
         let mut nets = Vec::new();
         for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             if item.eq_ignore_ascii_case("ANY") {
                 return Ok(AddrList::Any);
             }
-            let net = match item.parse::<IpNet>() {
-                Ok(n) => n,
-                Err(_) => item.parse::<IpAddr>().map(IpNet::from).map_err(|_| {
-                    format!("`{item}` is not an address, network (a.b.c.d/n) or ANY")
-                })?,
-            };
-            nets.push(net);
+            nets.push(parse_net(item)?);
         }
         if nets.is_empty() {
             return Err("empty address list".into());
@@ -79,6 +94,30 @@ impl AddrList {
             AddrList::Nets(nets) => nets.iter().any(|n| n.contains(&ip)),
         }
     }
+}
+
+/// One address or network: `a.b.c.d`, `a.b.c.d/n`, IPv6 alike, or fwknopd's
+/// `a.b.c.d/255.255.255.0`. A netmask that is not contiguous is refused: it
+/// would match a scattered set of addresses no network names.
+fn parse_net(item: &str) -> Result<IpNet, String> {
+    if let Ok(net) = item.parse::<IpNet>() {
+        return Ok(net);
+    }
+    if let Ok(addr) = item.parse::<IpAddr>() {
+        return Ok(IpNet::from(addr));
+    }
+    if let Some((addr, mask)) = item.split_once('/') {
+        if let (Ok(addr), Ok(mask)) = (addr.parse::<Ipv4Addr>(), mask.parse::<Ipv4Addr>()) {
+            return Ipv4Net::with_netmask(addr, mask)
+                .map(IpNet::V4)
+                .map_err(|_| {
+                    format!("`{item}`: netmask {mask} is not contiguous (list the networks it covers as a.b.c.d/n)")
+                });
+        }
+    }
+    Err(format!(
+        "`{item}` is not an address, network (a.b.c.d/n, a.b.c.d/255.255.255.0) or ANY"
+    ))
 }
 
 /// IPv4-mapped IPv6 addresses (from dual-stack sockets) compare as IPv4.
@@ -556,7 +595,16 @@ impl AccessStanza {
             }
             return Err("no KEY, KEY_BASE64, GPG_DECRYPT_PW or GPG_ALLOW_NO_PW".into());
         }
+        // access.conf lines are refused where they are read; this catches TOML.
+        if [&self.key, &self.hmac_key, &self.gpg_decrypt_pw]
+            .into_iter()
+            .flatten()
+            .any(|k| k.bytes().eq_ignore_ascii_case(PLACEHOLDER.as_bytes()))
+        {
+            return Err(format!("a key is still the placeholder {PLACEHOLDER}"));
+        }
         self.validate_gpg()?;
+        self.validate_cmd_cycle()?;
         if let Some(k) = key {
             if k.bytes().len() > spa_core::cipher::MAX_KEY_LEN {
                 return Err(format!(
@@ -587,6 +635,24 @@ impl AccessStanza {
             return Err("MAX_FW_TIMEOUT must be at least 1".into());
         }
         self.validate_child_capabilities()
+    }
+
+    /// fwknopd's CMD_CYCLE rules: an open needs a close (`NONE` to leave access
+    /// open on purpose), a close needs an open, and the timer is at least 1 s.
+    /// Without the first, what CMD_CYCLE_OPEN opens would never be closed.
+    fn validate_cmd_cycle(&self) -> Result<(), String> {
+        match (&self.cmd_cycle_open, &self.cmd_cycle_close) {
+            (Some(_), None) => Err(
+                "CMD_CYCLE_OPEN without CMD_CYCLE_CLOSE: nothing would close \
+                 what it opens (write CMD_CYCLE_CLOSE NONE to leave access open)"
+                    .into(),
+            ),
+            (None, Some(_)) => Err("CMD_CYCLE_CLOSE without CMD_CYCLE_OPEN".into()),
+            _ if self.cmd_cycle_timer == Some(0) => {
+                Err("CMD_CYCLE_TIMER must be at least 1".into())
+            }
+            _ => Ok(()),
+        }
     }
 
     /// A child cannot be given a capability posternd does not hold itself.
@@ -624,9 +690,9 @@ impl AccessStanza {
             }
             "OPEN_PORTS" => self.open_ports = ports()?,
             "RESTRICT_PORTS" => self.restrict_ports = ports()?,
-            "KEY" => self.key = Some(Secret::from_passphrase(&e.value)),
+            "KEY" => self.key = Some(Secret::from_passphrase(not_placeholder(e)?)),
             "KEY_BASE64" => self.key_base64 = Some(b64_secret(e)?),
-            "HMAC_KEY" => self.hmac_key = Some(Secret::from_passphrase(&e.value)),
+            "HMAC_KEY" => self.hmac_key = Some(Secret::from_passphrase(not_placeholder(e)?)),
             "HMAC_KEY_BASE64" => self.hmac_key_base64 = Some(b64_secret(e)?),
             "HMAC_DIGEST_TYPE" => {
                 self.hmac_digest_type = e
@@ -652,8 +718,8 @@ impl AccessStanza {
             }
             "ACCESS_EXPIRE_EPOCH" => self.access_expire_epoch = Some(parse_num(e)?),
             "ENABLE_CMD_EXEC" => self.enable_cmd_exec = parse_bool(e)?,
-            "CMD_EXEC_USER" => self.cmd_exec_user = Some(e.value.clone()),
-            "CMD_EXEC_GROUP" => self.cmd_exec_group = Some(e.value.clone()),
+            "CMD_EXEC_USER" => self.cmd_exec_user = Some(known_user(e)?),
+            "CMD_EXEC_GROUP" => self.cmd_exec_group = Some(group_name(e)?),
             "CMD_CYCLE_OPEN" => self.cmd_cycle_open = Some(e.value.clone()),
             "CMD_CYCLE_CLOSE" => self.cmd_cycle_close = Some(e.value.clone()),
             "CMD_CYCLE_TIMER" => self.cmd_cycle_timer = Some(parse_num(e)?),
@@ -662,8 +728,8 @@ impl AccessStanza {
                     .map_err(|m| ConfError::new(&e.origin, format!("CMD_CAPABILITIES: {m}")))?
             }
             "ENABLE_CMD_SUDO_EXEC" => self.enable_cmd_sudo_exec = parse_bool(e)?,
-            "CMD_SUDO_EXEC_USER" => self.cmd_sudo_exec_user = Some(e.value.clone()),
-            "CMD_SUDO_EXEC_GROUP" => self.cmd_sudo_exec_group = Some(e.value.clone()),
+            "CMD_SUDO_EXEC_USER" => self.cmd_sudo_exec_user = Some(known_user(e)?),
+            "CMD_SUDO_EXEC_GROUP" => self.cmd_sudo_exec_group = Some(group_name(e)?),
             "FORCE_NAT" => {
                 self.force_nat =
                     Some(e.value.parse().map_err(|m: String| {
@@ -689,10 +755,10 @@ impl AccessStanza {
             "GPG_EXE" => self.gpg_exe = Some(PathBuf::from(&e.value)),
             "GPG_DECRYPT_ID" => self.gpg_decrypt_id = Some(e.value.clone()),
             "GPG_DECRYPT_PW" => {
-                if e.value.eq_ignore_ascii_case("__CHANGEME__") {
+                if e.value.eq_ignore_ascii_case(PLACEHOLDER) {
                     return Err(ConfError::new(
                         &e.origin,
-                        "GPG_DECRYPT_PW is still the placeholder __CHANGEME__",
+                        format!("GPG_DECRYPT_PW is still the placeholder {PLACEHOLDER}"),
                     ));
                 }
                 self.gpg_decrypt_pw = Some(Secret::from_passphrase(&e.value));
@@ -724,17 +790,23 @@ enum Known {
     Unknown,
 }
 
-fn b64_secret(e: &Entry) -> Result<Secret, ConfError> {
-    if e.value == "__CHANGEME__" {
+/// A key's text, unless it is the stock placeholder (in any case, as fwknopd).
+fn not_placeholder(e: &Entry) -> Result<&str, ConfError> {
+    if e.value.eq_ignore_ascii_case(PLACEHOLDER) {
         return Err(ConfError::new(
             &e.origin,
             format!(
-                "{} is still the placeholder __CHANGEME__ (generate keys with `postern --key-gen`)",
+                "{} is still the placeholder {PLACEHOLDER} (generate keys with `postern --key-gen`)",
                 e.var
             ),
         ));
     }
-    Secret::from_base64(&e.var, &e.value).map_err(|err| ConfError::new(&e.origin, err.to_string()))
+    Ok(&e.value)
+}
+
+fn b64_secret(e: &Entry) -> Result<Secret, ConfError> {
+    Secret::from_base64(&e.var, not_placeholder(e)?)
+        .map_err(|err| ConfError::new(&e.origin, err.to_string()))
 }
 
 /// `MM/DD/YYYY` at 00:00 local time, as fwknopd's mktime() of a zeroed
@@ -893,15 +965,8 @@ fn read_text_into(
                     let keys_path = PathBuf::from(&e.value);
                     let keys_text = secure_read(&keys_path)?;
                     for ke in parse_lines(&keys_path, &keys_text)? {
-                        if !matches!(
-                            ke.var.as_str(),
-                            "KEY"
-                                | "KEY_BASE64"
-                                | "HMAC_KEY"
-                                | "HMAC_KEY_BASE64"
-                                | "HMAC_DIGEST_TYPE"
-                        ) {
-                            return Err(ConfError::new(&ke.origin, format!("only key variables are allowed in an %include_keys file, not `{}`", ke.var)));
+                        if !INCLUDE_KEYS_VARS.contains(&ke.var.as_str()) {
+                            return Err(ConfError::new(&ke.origin, format!("only key variables (KEY…, HMAC_…, the GPG key settings) are allowed in an %include_keys file, not `{}`", ke.var)));
                         }
                         stanza.set(&ke)?;
                     }
@@ -1013,6 +1078,47 @@ pub(crate) mod display_fromstr {
             .parse()
             .map_err(serde::de::Error::custom)
     }
+}
+
+/// A user name that exists on this host: fwknopd refuses an unknown one at
+/// start, and a command must not first fail at knock time.
+fn known_user(e: &Entry) -> Result<String, ConfError> {
+    match nix::unistd::User::from_name(&e.value) {
+        Ok(Some(_)) => Ok(e.value.clone()),
+        Ok(None) => Err(ConfError::new(
+            &e.origin,
+            format!("{}: no user `{}` on this system", e.var, e.value),
+        )),
+        Err(err) => Err(ConfError::new(
+            &e.origin,
+            format!("{}: cannot look up `{}`: {err}", e.var, e.value),
+        )),
+    }
+}
+
+/// The group a `*_GROUP` value names: a group of that name, or else, as fwknopd
+/// reads it (getpwnam), the primary group of the user of that name.
+fn group_name(e: &Entry) -> Result<String, ConfError> {
+    use nix::unistd::{Group, User};
+    let lookup = |err: nix::Error| {
+        ConfError::new(
+            &e.origin,
+            format!("{}: cannot look up `{}`: {err}", e.var, e.value),
+        )
+    };
+    if Group::from_name(&e.value).map_err(lookup)?.is_some() {
+        return Ok(e.value.clone());
+    }
+    let primary = match User::from_name(&e.value).map_err(lookup)? {
+        Some(user) => Group::from_gid(user.gid).map_err(lookup)?,
+        None => None,
+    };
+    primary.map(|g| g.name).ok_or_else(|| {
+        ConfError::new(
+            &e.origin,
+            format!("{}: no group or user `{}` on this system", e.var, e.value),
+        )
+    })
 }
 
 #[cfg(test)]
@@ -1310,5 +1416,165 @@ mod tests {
         let s = load_access_file(&main, &mut Findings::default()).unwrap();
         assert_eq!(s.len(), 2);
         assert!(s[0].hmac_secret().is_some());
+    }
+
+    /// fwknop's stock access.conf ships `__CHANGEME__` for every key; fwknopd
+    /// refuses it in any case, so it must never work as a passphrase here.
+    #[test]
+    fn placeholder_keys_are_refused_in_any_case() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases = [
+            (
+                "SOURCE ANY\nKEY __CHANGEME__\n".to_string(),
+                ":2: KEY is still the placeholder",
+            ),
+            (
+                format!("SOURCE ANY\nKEY_BASE64 {KEY}\nHMAC_KEY __changeme__\n"),
+                ":3: HMAC_KEY is still the placeholder",
+            ),
+            (
+                "SOURCE ANY\nKEY_BASE64 __ChangeMe__\n".to_string(),
+                ":2: KEY_BASE64 is still the placeholder",
+            ),
+        ];
+        for (text, want) in cases {
+            let p = write(dir.path(), "a.conf", &text, 0o600);
+            let err = load_access_file(&p, &mut Findings::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(want), "{text:?}: {err}");
+        }
+        let t: AccessStanza = toml::from_str("source = \"ANY\"\nkey = \"__changeme__\"\n").unwrap();
+        let err = t.validate().unwrap_err();
+        assert!(err.contains("placeholder"), "{err}");
+    }
+
+    /// Without a close, what CMD_CYCLE_OPEN opens would stay open for ever;
+    /// fwknopd refuses these stanzas, and so does postern.
+    #[test]
+    fn cmd_cycle_needs_an_open_a_close_and_a_timer() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = format!("SOURCE ANY\nKEY_BASE64 {KEY}\nHMAC_KEY_BASE64 {HMAC}\n");
+        for (extra, want) in [
+            (
+                "CMD_CYCLE_OPEN /bin/true $IP\n",
+                "CMD_CYCLE_OPEN without CMD_CYCLE_CLOSE",
+            ),
+            (
+                "CMD_CYCLE_CLOSE /bin/true $IP\n",
+                "CMD_CYCLE_CLOSE without CMD_CYCLE_OPEN",
+            ),
+            (
+                "CMD_CYCLE_OPEN /bin/true\nCMD_CYCLE_CLOSE NONE\nCMD_CYCLE_TIMER 0\n",
+                "CMD_CYCLE_TIMER must be at least 1",
+            ),
+        ] {
+            let p = write(dir.path(), "a.conf", &format!("{base}{extra}"), 0o600);
+            let err = load_access_file(&p, &mut Findings::default())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(":1: access stanza: ") && err.contains(want),
+                "{extra:?}: {err}"
+            );
+        }
+        for fine in [
+            "CMD_CYCLE_OPEN /bin/true $IP\nCMD_CYCLE_CLOSE NONE\n",
+            "CMD_CYCLE_OPEN /bin/true $IP\nCMD_CYCLE_CLOSE /bin/true $IP\nCMD_CYCLE_TIMER 5\n",
+        ] {
+            let p = write(dir.path(), "a.conf", &format!("{base}{fine}"), 0o600);
+            let s = load_access_file(&p, &mut Findings::default())
+                .unwrap_or_else(|e| panic!("{fine:?}: {e}"));
+            assert!(s[0].cmd_cycle_open.is_some() && s[0].cmd_cycle_close.is_some());
+        }
+    }
+
+    #[test]
+    fn include_keys_takes_fwknopds_gpg_key_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = write(
+            dir.path(),
+            "gpg.keys",
+            "GPG_DECRYPT_ID 361BBAD4\nGPG_ALLOW_NO_PW Y\nGPG_REMOTE_ID 6A3FAD56\n\
+             GPG_FINGERPRINT_ID 00CC95F05BC146B6AC4038C9E36F443C6A3FAD56\n\
+             GPG_REQUIRE_SIG Y\nGPG_IGNORE_SIG_VERIFY_ERROR N\n",
+            0o600,
+        );
+        let main = write(
+            dir.path(),
+            "access.conf",
+            &format!("SOURCE ANY\n%include_keys {}\n", keys.display()),
+            0o600,
+        );
+        let s = load_access_file(&main, &mut Findings::default()).unwrap();
+        assert!(s[0].uses_gpg() && s[0].gpg_verify_sigs());
+        assert_eq!(s[0].gpg_remote_id, ["6A3FAD56"]);
+        assert_eq!(s[0].gpg_decrypt_id.as_deref(), Some("361BBAD4"));
+        // What is not a key stays out of key files.
+        let bad = write(dir.path(), "bad.keys", "KEY k\nOPEN_PORTS tcp/22\n", 0o600);
+        let main = write(
+            dir.path(),
+            "access2.conf",
+            &format!("SOURCE ANY\n%include_keys {}\n", bad.display()),
+            0o600,
+        );
+        let err = load_access_file(&main, &mut Findings::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("bad.keys:2: only key variables") && err.contains("`OPEN_PORTS`"),
+            "{err}"
+        );
+    }
+
+    /// fwknopd takes `a.b.c.d/255.255.255.0` in SOURCE and DESTINATION.
+    #[test]
+    fn dotted_netmasks_are_read_as_fwknopd_reads_them() {
+        let list = AddrList::parse("10.0.0.0/255.0.0.0, 192.168.1.7/255.255.255.0").unwrap();
+        assert!(list.contains("10.200.1.1".parse().unwrap()));
+        assert!(list.contains("192.168.1.200".parse().unwrap()));
+        assert!(!list.contains("192.168.2.1".parse().unwrap()));
+        assert_eq!(list, AddrList::parse("10.0.0.0/8, 192.168.1.7/24").unwrap());
+        let err = AddrList::parse("10.0.0.0/255.0.255.0").unwrap_err();
+        assert!(err.contains("not contiguous"), "{err}");
+        assert!(AddrList::parse("10.0.0.0/255.0.0.300").is_err());
+    }
+
+    #[test]
+    fn command_users_and_groups_are_looked_up_at_load() {
+        let entry = |var: &str, value: &str| Entry {
+            var: var.into(),
+            value: value.into(),
+            origin: Origin {
+                file: PathBuf::from("access.conf"),
+                line: 7,
+            },
+        };
+        assert_eq!(
+            known_user(&entry("CMD_EXEC_USER", "nobody")).unwrap(),
+            "nobody"
+        );
+        let err = known_user(&entry("CMD_EXEC_USER", "no-such-user-x")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "access.conf:7: CMD_EXEC_USER: no user `no-such-user-x` on this system"
+        );
+        // A group name, or fwknopd's reading: a user name stands for its group.
+        assert_eq!(
+            group_name(&entry("CMD_EXEC_GROUP", "root")).unwrap(),
+            "root"
+        );
+        let nobody_gid = nix::unistd::User::from_name("nobody").unwrap().unwrap().gid;
+        let nobody_group = nix::unistd::Group::from_gid(nobody_gid)
+            .unwrap()
+            .unwrap()
+            .name;
+        if nix::unistd::Group::from_name("nobody").unwrap().is_none() {
+            assert_eq!(
+                group_name(&entry("CMD_EXEC_GROUP", "nobody")).unwrap(),
+                nobody_group
+            );
+        }
+        assert!(group_name(&entry("CMD_SUDO_EXEC_GROUP", "no-such-x")).is_err());
     }
 }

@@ -99,14 +99,20 @@ pub fn parse_lines(file: &Path, text: &str) -> Result<Vec<Entry>, ConfError> {
     Ok(out)
 }
 
-/// fwknop's yes/no: `Y` (any case) is yes, `N` is no.
+/// fwknop's yes/no, read as both daemons read it: a value starting with `Y`
+/// (any case) is yes, one starting with `N` is no. Anything else (`1`, `TRUE`)
+/// is refused: fwknopd reads it as no, and most readers as yes, so either
+/// reading opens more than the file means for some variable.
 pub fn parse_bool(entry: &Entry) -> Result<bool, ConfError> {
-    match entry.value.to_ascii_uppercase().as_str() {
-        "Y" | "YES" | "TRUE" | "1" => Ok(true),
-        "N" | "NO" | "FALSE" | "0" => Ok(false),
+    match entry.value.bytes().next().map(|b| b.to_ascii_uppercase()) {
+        Some(b'Y') => Ok(true),
+        Some(b'N') => Ok(false),
         _ => Err(ConfError::new(
             &entry.origin,
-            format!("{} expects Y or N, got `{}`", entry.var, entry.value),
+            format!(
+                "{} expects Y or N, got `{}` (fwknopd reads anything but Y… as N)",
+                entry.var, entry.value
+            ),
         )),
     }
 }
@@ -118,6 +124,37 @@ pub fn parse_num<T: std::str::FromStr>(entry: &Entry) -> Result<T, ConfError> {
             format!("{} expects a number, got `{}`", entry.var, entry.value),
         )
     })
+}
+
+/// A TOML list of strings, or one comma-separated string as access.conf and
+/// fwknopd.conf write lists, as one comma-joined string for their parsers.
+pub fn comma_joined<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Text {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match serde::Deserialize::deserialize(d)? {
+        Text::One(s) => s,
+        Text::Many(v) => v.join(","),
+    })
+}
+
+/// A number within fwknopd's range for the variable (its `range_check`), so a
+/// file fwknopd would refuse is not read with a value fwknopd never runs with.
+pub fn parse_range<T>(entry: &Entry, lo: T, hi: T) -> Result<T, ConfError>
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Display,
+{
+    let value: T = parse_num(entry)?;
+    if value < lo || value > hi {
+        return Err(ConfError::new(
+            &entry.origin,
+            format!("{} must be within {lo}-{hi}, got {value}", entry.var),
+        ));
+    }
+    Ok(value)
 }
 
 #[cfg(test)]
@@ -138,6 +175,44 @@ mod tests {
     }
 
     #[test]
+    fn yes_and_no_as_fwknopd_reads_them_and_nothing_else() {
+        let entries = parse_lines(
+            Path::new("f.conf"),
+            "A Y\nB yes\nC N\nD no\nE 1\nF TRUE\nG 0\n",
+        )
+        .unwrap();
+        let read: Vec<_> = entries.iter().map(|e| parse_bool(e).ok()).collect();
+        assert_eq!(
+            read,
+            [
+                Some(true),
+                Some(true),
+                Some(false),
+                Some(false),
+                None,
+                None,
+                None
+            ]
+        );
+        let err = parse_bool(&entries[4]).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "f.conf:5: E expects Y or N, got `1` (fwknopd reads anything but Y… as N)"
+        );
+    }
+
+    #[test]
+    fn numbers_outside_fwknopds_range_name_the_line() {
+        let e = parse_lines(Path::new("f.conf"), "A 0\nB 70000\nC 5\n").unwrap();
+        assert_eq!(
+            parse_range(&e[0], 1u16, 65535).unwrap_err().to_string(),
+            "f.conf:1: A must be within 1-65535, got 0"
+        );
+        assert!(parse_range(&e[1], 1u16, 65535).is_err(), "70000 is no u16");
+        assert_eq!(parse_range(&e[2], 1u64, 100_000).unwrap(), 5);
+    }
+
+    #[test]
     fn a_variable_without_value_names_file_and_line() {
         let err = parse_lines(Path::new("/etc/x.conf"), "A 1\nKEY\n").unwrap_err();
         assert_eq!(
@@ -145,19 +220,4 @@ mod tests {
             "/etc/x.conf:2: `KEY` has no value (expected `KEY <value>`)"
         );
     }
-}
-
-/// A TOML list of strings, or one comma-separated string as access.conf and
-/// fwknopd.conf write lists, as one comma-joined string for their parsers.
-pub fn comma_joined<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    #[derive(serde::Deserialize)]
-    #[serde(untagged)]
-    enum Text {
-        One(String),
-        Many(Vec<String>),
-    }
-    Ok(match serde::Deserialize::deserialize(d)? {
-        Text::One(s) => s,
-        Text::Many(v) => v.join(","),
-    })
 }

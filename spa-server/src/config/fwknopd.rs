@@ -1,11 +1,14 @@
 //! fwknopd.conf, read unchanged and mapped onto postern's own configuration.
 
-use super::conf_file::{parse_bool, parse_lines, parse_num, ConfError, Entry, Findings};
+use super::conf_file::{
+    parse_bool, parse_lines, parse_num, parse_range, ConfError, Entry, Findings,
+};
 use super::{ActionConfig, CaptureConfig, ReplayConfig, ServerConfig};
 use std::collections::HashMap;
 use std::path::Path;
 
-/// Every variable fwknopd 2.6.10 knows. Those postern does not use only log at debug.
+/// Every variable fwknopd 2.6.10 knows. Those posternd has no use for are in
+/// [`NO_EFFECT`] (warned about); the rest are read below.
 const KNOWN: &[&str] = &[
     "CONFIG_FILE",
     "OVERRIDE_CONFIG",
@@ -185,14 +188,40 @@ pub fn apply_fwknopd_files(
     cfg: &mut ServerConfig,
     findings: &mut Findings,
 ) -> Result<(), ConfError> {
-    let mut entries = Vec::new();
-    for path in paths {
-        super::trust::check(path, "fwknopd.conf", super::trust::Trust::Trusted)?;
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfError::file(path, format!("cannot read: {e}")))?;
-        entries.extend(parse_lines(path, &text)?);
+    let Some((main, cli_overrides)) = paths.split_first() else {
+        return Ok(());
+    };
+    let mut entries = read_entries(main)?;
+    // As fwknopd: the main file's OVERRIDE_CONFIG (a comma list) names the
+    // override files, in place of -O; override files' own are not followed.
+    let overrides: Vec<std::path::PathBuf> =
+        match entries.iter().rev().find(|e| e.var == "OVERRIDE_CONFIG") {
+            Some(e) => {
+                if !cli_overrides.is_empty() {
+                    findings.warn(format!(
+                        "{}: OVERRIDE_CONFIG replaces the files given with -O (as fwknopd)",
+                        e.origin
+                    ));
+                }
+                split_list_on(&e.value, &[','])
+                    .into_iter()
+                    .map(Into::into)
+                    .collect()
+            }
+            None => cli_overrides.to_vec(),
+        };
+    for path in &overrides {
+        entries.extend(read_entries(path)?);
     }
     apply_entries(entries, cfg, findings)
+}
+
+/// One fwknopd.conf-format file, checked as a file posternd trusts.
+fn read_entries(path: &Path) -> Result<Vec<Entry>, ConfError> {
+    super::trust::check(path, "fwknopd.conf", super::trust::Trust::Trusted)?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfError::file(path, format!("cannot read: {e}")))?;
+    parse_lines(path, &text)
 }
 
 /// Apply fwknopd.conf `text` as if it had been read from `path` (the name is only
@@ -241,7 +270,7 @@ fn apply_entries(
     }
 
     if let Some(e) = get("MAX_SPA_PACKET_AGE") {
-        cfg.server.max_packet_age = parse_num(e)?;
+        cfg.server.max_packet_age = parse_range(e, 1, 100_000)?;
     }
     cfg.server.packet_aging = flag("ENABLE_SPA_PACKET_AGING", true)?;
     cfg.server.run_dir =
@@ -257,7 +286,7 @@ fn apply_entries(
     cfg.server.pid_file = get("FWKNOP_PID_FILE").map(|e| e.value.clone().into());
     cfg.server.pid_file_name = "fwknopd.pid".into();
     if let Some(e) = get("UDPSERV_PORT") {
-        cfg.server.udp_server_port = Some(parse_num(e)?);
+        cfg.server.udp_server_port = Some(parse_range(e, 1, u16::MAX)?);
     }
     if let Some(e) = get("CMD_EXEC_TIMEOUT") {
         cfg.server.cmd_exec_timeout = parse_num(e)?;
@@ -276,7 +305,8 @@ fn apply_entries(
     cfg.server.spa_over_http = flag("ENABLE_SPA_OVER_HTTP", false)?;
     cfg.server.allow_any_user_agent = flag("ALLOW_ANY_USER_AGENT", false)?;
     cfg.server.x_forwarded_for = flag("ENABLE_X_FORWARDED_FOR", false)?;
-    cfg.server.nat.dns = flag("ENABLE_NAT_DNS", false)?;
+    // fwknopd's default is Y; a resolved target is still checked as any other.
+    cfg.server.nat.dns = flag("ENABLE_NAT_DNS", true)?;
     if let Some(e) = get("BLACKLIST") {
         cfg.server.blacklist = super::parse_blacklist(&e.value)
             .map_err(|m| ConfError::new(&e.origin, format!("BLACKLIST: {m}")))?;
@@ -308,8 +338,11 @@ fn apply_entries(
     }
 
     // Captures: fwknopd sniffs with pcap unless its UDP server is enabled.
-    let port =
-        |name: &str| -> Result<u16, ConfError> { get(name).map(parse_num).unwrap_or(Ok(62201)) };
+    let port = |name: &str| -> Result<u16, ConfError> {
+        get(name)
+            .map(|e| parse_range(e, 1, u16::MAX))
+            .unwrap_or(Ok(62201))
+    };
     let mut captures = Vec::new();
     if flag("ENABLE_NFQ_CAPTURE", false)? {
         captures.push(nfq_capture(&get)?);
@@ -328,7 +361,7 @@ fn apply_entries(
             .unwrap_or_else(|| "udp port 62201".into());
         let promisc = flag("ENABLE_PCAP_PROMISC", false)?;
         let snaplen = get("MAX_SNIFF_BYTES")
-            .map(parse_num)
+            .map(|e| parse_range(e, 1, 32_768))
             .transpose()?
             .unwrap_or(1500);
         captures.push(CaptureConfig::Pcap {
@@ -381,6 +414,17 @@ fn apply_entries(
                 ),
             ));
         }
+    }
+    for e in &entries {
+        if let Some((_, why)) = NO_EFFECT.iter().find(|(name, _)| *name == e.var) {
+            findings.warn(format!(
+                "{}: {} has no effect in posternd: {why}",
+                e.origin, e.var
+            ));
+        }
+    }
+    if let Some(e) = get("VERBOSE") {
+        cfg.server.verbose = parse_num(e)?;
     }
     for (var, instead) in UNSUPPORTED_WHEN_ON {
         if let Some(e) = get(var).filter(|_| flag(var, false).unwrap_or(false)) {
@@ -442,6 +486,49 @@ fn nfq_capture<'a>(
     Ok(CaptureConfig::Nfqueue(s))
 }
 
+/// fwknopd.conf variables that mean nothing to posternd, and why: each one
+/// present is warned about at start, naming its line, so none is ignored
+/// silently. None of them can make a grant wider.
+const NO_EFFECT: [(&str, &str); 16] = [
+    ("CONFIG_FILE", "the file is the one given with -c"),
+    ("LOCALE", "posternd's messages are not localised"),
+    (
+        "EXIT_AT_INTF_DOWN",
+        "a pcap capture reopens its interface when it comes back",
+    ),
+    (
+        "PCAP_DISPATCH_COUNT",
+        "the pcap capture takes every packet the kernel hands it",
+    ),
+    (
+        "PCAP_LOOP_SLEEP",
+        "the pcap capture waits on its socket instead of sleeping",
+    ),
+    (
+        "UDPSERV_SELECT_TIMEOUT",
+        "the UDP capture waits on its socket instead of polling",
+    ),
+    (
+        "ENABLE_IPT_COMMENT_CHECK",
+        "posternd's iptables rules always carry their expiry in a comment",
+    ),
+    ("ENABLE_EXTERNAL_CMDS", "fwknopd 2.6.10 ignores it too"),
+    ("EXTERNAL_CMD_OPEN", "fwknopd 2.6.10 ignores it too"),
+    ("EXTERNAL_CMD_CLOSE", "fwknopd 2.6.10 ignores it too"),
+    ("EXTERNAL_CMD_ALARM", "fwknopd 2.6.10 ignores it too"),
+    ("ENABLE_EXT_CMD_PREFIX", "fwknopd 2.6.10 ignores it too"),
+    ("EXT_CMD_PREFIX", "fwknopd 2.6.10 ignores it too"),
+    (
+        "DIGEST_DB_FILE",
+        "the digest cache is DIGEST_FILE (fwknopd's file format), imported at start",
+    ),
+    ("AFL_PKT_FILE", "fuzzing input of fwknopd's test builds"),
+    (
+        "FAULT_INJECTION_TAG",
+        "fault injection of fwknopd's test builds",
+    ),
+];
+
 /// The iptables action with fwknopd's chain names and flush behaviour.
 fn iptables_action<'a>(
     get: &impl Fn(&str) -> Option<&'a super::conf_file::Entry>,
@@ -488,7 +575,11 @@ fn iptables_action<'a>(
 }
 
 fn split_list(text: &str) -> Vec<String> {
-    text.split([',', ' '])
+    split_list_on(text, &[',', ' '])
+}
+
+fn split_list_on(text: &str, separators: &[char]) -> Vec<String> {
+    text.split(separators)
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .map(String::from)
@@ -643,6 +734,30 @@ mod tests {
                     .to_string();
             assert!(err.contains(want), "{text:?}: {err}");
         }
+    }
+
+    #[test]
+    fn nat_dns_defaults_to_yes_as_in_fwknopd() {
+        assert!(load("MAX_SPA_PACKET_AGE 60;\n").0.server.nat.dns);
+        assert!(!load("ENABLE_NAT_DNS N;\n").0.server.nat.dns);
+    }
+
+    #[test]
+    fn variables_without_effect_are_named_and_verbose_is_honoured() {
+        let text: String = NO_EFFECT
+            .iter()
+            .map(|(name, _)| format!("{name} Y;\n"))
+            .chain(["VERBOSE 2;\n".to_string()])
+            .collect();
+        let (cfg, w) = load(&text);
+        assert_eq!(w.len(), NO_EFFECT.len(), "{w:?}");
+        for (i, (name, _)) in NO_EFFECT.iter().enumerate() {
+            assert!(
+                w[i].contains(&format!(":{}: {name} has no effect in posternd: ", i + 1)),
+                "{w:?}"
+            );
+        }
+        assert_eq!(cfg.server.verbose, 2);
     }
 
     #[test]
@@ -817,5 +932,39 @@ mod tests {
         .unwrap_err();
         assert_eq!(err.origin.file, bad);
         assert_eq!(err.origin.line, 2);
+    }
+
+    #[test]
+    fn override_config_in_the_main_file_replaces_dash_o() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+            p
+        };
+        let o1 = write("o1.conf", "MAX_SPA_PACKET_AGE 33;\n");
+        let o2 = write("o2.conf", "PCAP_FILTER udp port 40000;\n");
+        let dash_o = write("cli.conf", "MAX_SPA_PACKET_AGE 77;\n");
+        let main = write(
+            "fwknopd.conf",
+            &format!("OVERRIDE_CONFIG {}, {};\n", o1.display(), o2.display()),
+        );
+        let mut cfg = ServerConfig::default();
+        let mut findings = Findings::default();
+        apply_fwknopd_files(&[main.clone(), dash_o], &mut cfg, &mut findings).unwrap();
+        assert_eq!(cfg.server.max_packet_age, 33);
+        assert!(
+            matches!(&cfg.capture[0], CaptureConfig::Pcap { filter, .. } if filter == "udp port 40000")
+        );
+        assert!(
+            findings.warnings[0].contains("fwknopd.conf:1: OVERRIDE_CONFIG replaces"),
+            "{:?}",
+            findings.warnings
+        );
+        let mut cfg = ServerConfig::default();
+        apply_fwknopd_files(&[main], &mut cfg, &mut Findings::default()).unwrap();
+        assert_eq!(cfg.server.max_packet_age, 33);
     }
 }

@@ -79,6 +79,9 @@ pub struct ServerSection {
     /// `posternd -t`: run no client command and no CMD_CYCLE script, only log them.
     #[serde(skip)]
     pub test_mode: bool,
+    /// Log verbosity as `-v` counts (fwknopd.conf VERBOSE); `-v` raises it.
+    #[serde(default)]
+    pub verbose: u8,
 }
 
 /// BLACKLIST's comma (or space) separated addresses and networks; `ANY` is
@@ -193,6 +196,7 @@ impl Default for ServerSection {
             x_forwarded_for: false,
             blacklist: Vec::new(),
             test_mode: false,
+            verbose: 0,
             syslog_identity: default_syslog_identity(),
             syslog_facility: default_syslog_facility(),
             pid_file: None,
@@ -550,6 +554,19 @@ pub fn load(sources: &ConfigSources) -> Result<Loaded, ConfigError> {
         config.access_folder = None;
     }
     if let Some(d) = &sources.access_folder {
+        // As fwknopd: with a folder, -a is not read.
+        if let Some(a) = sources
+            .access
+            .as_ref()
+            .filter(|_| config.access_file.is_some())
+        {
+            findings.warn(format!(
+                "-a {} is not read: --access-folder {} is given (as fwknopd)",
+                a.display(),
+                d.display()
+            ));
+            config.access_file = None;
+        }
         config.access_folder = Some(d.clone());
     }
     if let Some(dir) = config.access_folder.clone() {
@@ -577,6 +594,24 @@ pub fn load(sources: &ConfigSources) -> Result<Loaded, ConfigError> {
             .unwrap_or_else(|| format!("[[access]] #{}", i + 1));
         for weak in s.weaknesses() {
             findings.warn(format!("{at}: weak access stanza: {weak}"));
+        }
+        if s.force_nat.is_some() && !(config.server.nat.forwarding || config.server.nat.local) {
+            return Err(ConfigError::Toml(format!(
+                "{at}: FORCE_NAT requires NAT forwarding or local NAT (fwknopd.conf \
+                 ENABLE_IPT_FORWARDING / ENABLE_IPT_LOCAL_NAT, or [server.nat])"
+            )));
+        }
+        if s.force_nat.is_none() && (s.force_snat.is_some() || s.force_masquerade) {
+            findings.warn(format!(
+                "{at}: FORCE_SNAT / FORCE_MASQUERADE without FORCE_NAT only apply to NAT \
+                 a client asks for (-N); fwknopd refuses such a stanza"
+            ));
+        }
+        if s.max_fw_timeout < s.fw_access_timeout {
+            findings.warn(format!(
+                "{at}: MAX_FW_TIMEOUT {} is below FW_ACCESS_TIMEOUT {}: grants last {} s",
+                s.max_fw_timeout, s.fw_access_timeout, s.max_fw_timeout
+            ));
         }
     }
     config
