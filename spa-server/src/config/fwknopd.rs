@@ -451,8 +451,7 @@ const UNSUPPORTED_WHEN_ON: [(&str, &str); 1] =
 
 /// ENABLE_NFQ_CAPTURE Y (which fwknopd prefers to its UDP server and to pcap):
 /// the NFQUEUE capture with the NFQ_* values, fwknopd's defaults for those unset.
-/// NFQ_LOOP_SLEEP, fwknopd's pause between polls, has no use: posternd waits on
-/// the queue.
+/// NFQ_LOOP_SLEEP, fwknopd's pause between polls, has no effect (NO_EFFECT).
 fn nfq_capture<'a>(
     get: &impl Fn(&str) -> Option<&'a super::conf_file::Entry>,
 ) -> Result<CaptureConfig, ConfError> {
@@ -489,7 +488,7 @@ fn nfq_capture<'a>(
 /// fwknopd.conf variables that mean nothing to posternd, and why: each one
 /// present is warned about at start, naming its line, so none is ignored
 /// silently. None of them can make a grant wider.
-const NO_EFFECT: [(&str, &str); 16] = [
+const NO_EFFECT: [(&str, &str); 17] = [
     ("CONFIG_FILE", "the file is the one given with -c"),
     ("LOCALE", "posternd's messages are not localised"),
     (
@@ -507,6 +506,10 @@ const NO_EFFECT: [(&str, &str); 16] = [
     (
         "UDPSERV_SELECT_TIMEOUT",
         "the UDP capture waits on its socket instead of polling",
+    ),
+    (
+        "NFQ_LOOP_SLEEP",
+        "the NFQUEUE capture waits on its queue instead of sleeping",
     ),
     (
         "ENABLE_IPT_COMMENT_CHECK",
@@ -668,9 +671,11 @@ mod tests {
     #[test]
     fn nfq_capture_takes_the_nfq_values_and_fwknopds_defaults() {
         use crate::capture::nfqueue::Settings;
-        // As fwknopd: NFQ capture wins over the UDP server; no warning any more.
+        // As fwknopd: NFQ capture wins over the UDP server. Not "unsupported"
+        // any more; only the polling pause is said to have no effect.
         let (cfg, w) = load("ENABLE_NFQ_CAPTURE Y;\nENABLE_UDP_SERVER Y;\nNFQ_LOOP_SLEEP 100;\n");
-        assert!(w.is_empty(), "{w:?}");
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains(":3: NFQ_LOOP_SLEEP has no effect"), "{w:?}");
         assert_eq!(cfg.capture, [CaptureConfig::Nfqueue(Settings::default())]);
         assert_eq!(
             Settings::default(),
