@@ -374,3 +374,49 @@ fn the_queue_keeps_net_admin_without_a_firewall_action() {
     );
     assert!(d.terminate(Duration::from_secs(10)).is_some());
 }
+
+/// 10,000 garbage datagrams sent as fast as one socket can: the queue drains
+/// (every packet gets its verdict) and a knock right after still opens. The
+/// kernel's counters are printed (queued, dropped at a full queue, lost on the
+/// socket).
+#[test]
+fn a_knock_after_a_garbage_flood_through_the_queue_still_opens() {
+    if !runnable(&["fwknop", "iptables"]) {
+        return;
+    }
+    let s = NfqSetup::new("nfqf");
+    let mut d = s.start();
+    let garbage: Vec<Vec<u8>> = (0..10_000usize)
+        .map(|i| vec![(i % 251) as u8; 200 + i % 300])
+        .collect();
+    let t = std::time::Instant::now();
+    let ex = udp_send_all(
+        s.svc.client(),
+        s.spa_target(),
+        garbage,
+        0,
+        Duration::ZERO,
+        Duration::from_millis(200),
+    );
+    let sent_in = t.elapsed();
+    assert!(ex.errors.is_empty(), "{ex:?}");
+    let drained =
+        postern_e2e::wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
+            queue_counts(s.svc.server(), 1).is_some_and(|(waiting, _)| waiting == 0)
+        });
+    assert!(drained, "packets left without a verdict\n{}", s.context(&d));
+    println!(
+        "flood of {} sent in {} ms; queue, portid, waiting, copy, range, dropped (full), \
+         lost on socket, queued:\n{}",
+        ex.sent,
+        sent_in.as_millis(),
+        queue_list(s.svc.server())
+    );
+    knock_ok(&s.svc, &s.keys, &[]);
+    assert!(
+        s.svc.wait_reachable(true, Duration::from_secs(6)),
+        "knock after the flood did not open\n{}",
+        s.context(&d)
+    );
+    assert!(d.terminate(Duration::from_secs(10)).is_some());
+}

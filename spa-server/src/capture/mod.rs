@@ -22,6 +22,27 @@ pub fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
+/// A large receive buffer: SO_RCVBUFFORCE (CAP_NET_ADMIN, which posternd has)
+/// passes net.core.rmem_max; without the privilege, SO_RCVBUF as far as allowed.
+pub(crate) fn force_recv_buffer(fd: std::os::fd::RawFd, size: usize) {
+    let size = libc::c_int::try_from(size).unwrap_or(libc::c_int::MAX);
+    let set = |option| {
+        // SAFETY: setsockopt with a pointer to a c_int of the stated size.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                option,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            ) == 0
+        }
+    };
+    if !set(libc::SO_RCVBUFFORCE) {
+        set(libc::SO_RCVBUF);
+    }
+}
+
 /// `-C/--packet-limit`: fwknopd counts every packet its capture hands it
 /// (pcap_dispatch's count after the BPF filter, each UDP datagram), valid or
 /// not, and stops once the count reaches the limit. Process-wide, as fwknopd's.

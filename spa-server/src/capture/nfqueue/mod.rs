@@ -220,6 +220,12 @@ async fn run(
 
 /// Messages handled per wake-up, so a flood cannot keep the task from shutdown.
 const BATCH: usize = 256;
+/// Bytes of each packet copied to posternd: the largest IPv4 header (60; an
+/// IPv6 header is 40), the UDP header (8) and one byte more than a packet can
+/// be, so a longer payload is still seen as too long.
+const COPY_RANGE: u16 = (60 + 8 + spa_core::packet::MAX_WIRE_LEN + 1) as u16;
+/// Packets the kernel holds for posternd before it drops more (default 1024).
+const QUEUE_MAX_LEN: u32 = 8192;
 
 #[derive(PartialEq, Eq)]
 enum Drained {
@@ -263,8 +269,17 @@ impl Listener {
         queue
             .set_fail_open(number, false)
             .map_err(|e| context("cannot make fail-closed", e))?;
+        // Only what a knock can fill is copied, and the socket holds a flood's
+        // worth of those (as the UDP capture's), so knocks are not lost in one.
+        queue
+            .set_copy_range(number, COPY_RANGE)
+            .map_err(|e| context("cannot set the copy range of", e))?;
+        queue
+            .set_queue_max_len(number, QUEUE_MAX_LEN)
+            .map_err(|e| context("cannot set the length of", e))?;
         queue.set_nonblocking(true);
         let fd = socket::find(number).map_err(|e| context("cannot find the socket of", e))?;
+        super::force_recv_buffer(fd, super::udp::RECV_BUFFER);
         // SAFETY: `fd` is the open socket `queue` owns; `Listener` drops the
         // registration before the queue, so the descriptor outlives it.
         let readiness =
