@@ -269,6 +269,38 @@ fn after_kill_9_the_next_start_leaves_one_rule_and_serves() {
     assert!(!mangle(&s.svc).contains("FWKNOP_NFQ"));
 }
 
+/// A start that fails after the queue rule was added (here a second capture
+/// cannot bind its port) takes the rule away again: nothing is left half made.
+#[test]
+fn a_start_failing_after_the_rule_was_added_leaves_none() {
+    if !runnable(&["iptables"]) {
+        return;
+    }
+    let s = NfqSetup::new("nfqe");
+    let udp = "[[capture]]\ntype = \"udp\"\nlisten = \"0.0.0.0:40123\"\n";
+    let body = format!(
+        "[[capture]]\ntype = \"nfqueue\"\n\n{udp}\n{udp}\n[[action]]\ntype = \"iptables\"\nipv6 = false\n"
+    );
+    s.dir.write(
+        "postern.toml",
+        &postern_toml(&s.dir, "access.conf", "memory", &body),
+    );
+    let args = vec!["-c".to_string(), s.dir.arg("postern.toml"), "-v".into()];
+    let err = match Posternd::try_start(s.svc.server(), &args, s.dir.dir.path()) {
+        Ok(_) => panic!("posternd started with two captures on one port"),
+        Err(e) => e,
+    };
+    assert!(
+        err.contains("nfqueue: listening on queue 1") && err.contains("40123"),
+        "the failure should come after the queue rule was added:\n{err}"
+    );
+    let rules = mangle(&s.svc);
+    assert!(
+        !rules.contains("FWKNOP_NFQ"),
+        "queue rule left by a failed start:\n{rules}\n{err}"
+    );
+}
+
 /// Whether this kernel can run nftables' `queue` statement (nft_queue).
 fn nft_can_queue() -> bool {
     let ns = Netns::new("nfqprobe");

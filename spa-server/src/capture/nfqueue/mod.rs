@@ -212,7 +212,7 @@ async fn run(
         }
     }
     // Nothing new is queued once the rule is gone; then what is queued is read.
-    if let Err(e) = tokio::task::spawn_blocking(move || rule.remove()).await {
+    if let Err(e) = tokio::task::spawn_blocking(move || drop(rule)).await {
         tracing::warn!("nfqueue: removing the rule failed: {e}");
     }
     drain(&mut queue.queue, &mut pipeline, usize::MAX);

@@ -101,11 +101,14 @@ pub fn nft_teardown(s: &Settings) -> String {
     format!("table inet {table}\ndelete table inet {table}\n")
 }
 
-/// The installed rule; [`QueueRule::remove`] takes it away.
+/// The installed rule, taken away when dropped: at shutdown, and also when
+/// posternd fails to start after adding it or the task is dropped unstopped.
 pub struct QueueRule {
     settings: Settings,
     tool: RuleTool,
     runner: SystemRunner,
+    /// Complete: failing to take it away is worth a warning.
+    installed: bool,
 }
 
 impl QueueRule {
@@ -116,10 +119,11 @@ impl QueueRule {
             settings: settings.clone(),
             tool,
             runner: SystemRunner::default(),
+            installed: false,
         };
         let result = match tool {
             RuleTool::Iptables => {
-                rule.clear_iptables(false);
+                rule.clear_iptables();
                 iptables_setup(settings)
                     .iter()
                     .try_for_each(|argv| rule.runner.run(argv, None).map(drop))
@@ -131,31 +135,15 @@ impl QueueRule {
             RuleTool::Unmanaged => Ok(()),
         };
         if let Err(e) = result {
-            rule.remove();
+            drop(rule);
             anyhow::bail!("nfqueue capture: cannot add the queue rule: {e}");
         }
+        rule.installed = true;
         Ok(rule)
     }
 
-    /// Take the rule away; failures are logged (posternd is stopping anyway).
-    pub fn remove(mut self) {
-        match self.tool {
-            RuleTool::Iptables => self.clear_iptables(true),
-            RuleTool::Nftables => {
-                if let Err(e) = self
-                    .runner
-                    .run(&nft_argv(), Some(&nft_teardown(&self.settings)))
-                {
-                    tracing::warn!("nfqueue capture: cannot remove its nftables table: {e}");
-                }
-            }
-            RuleTool::Unmanaged => {}
-        }
-    }
-
-    /// Remove every jump to the chain, then the chain. `expected`: the chain is
-    /// ours and should be there, so failing to delete it is worth a warning.
-    fn clear_iptables(&mut self, expected: bool) {
+    /// Remove every jump to the chain, then the chain (each may be missing).
+    fn clear_iptables(&mut self) {
         let unjump = iptables_unjump(&self.settings);
         for _ in 0..MAX_STALE_JUMPS {
             if self.runner.run(&unjump, None).is_err() {
@@ -164,11 +152,27 @@ impl QueueRule {
         }
         for argv in iptables_drop_chain(&self.settings) {
             if let Err(e) = self.runner.run(&argv, None) {
-                if expected {
+                if self.installed {
                     tracing::warn!("nfqueue capture: cannot remove its chain: {e}");
                 }
                 break;
             }
+        }
+    }
+}
+
+impl Drop for QueueRule {
+    /// Failures are logged: posternd is stopping anyway.
+    fn drop(&mut self) {
+        match self.tool {
+            RuleTool::Iptables => self.clear_iptables(),
+            RuleTool::Nftables => {
+                let teardown = nft_teardown(&self.settings);
+                if let Err(e) = self.runner.run(&nft_argv(), Some(&teardown)) {
+                    tracing::warn!("nfqueue capture: cannot remove its nftables table: {e}");
+                }
+            }
+            RuleTool::Unmanaged => {}
         }
     }
 }
