@@ -22,7 +22,7 @@
 mod rule;
 mod socket;
 
-use super::{count_packet, submit, unix_now, worth_submitting};
+use super::{count_packet, submit, worth_submitting};
 use crate::config::ActionConfig;
 use crate::pipeline::Pipeline;
 use serde::{Deserialize, Serialize};
@@ -215,7 +215,7 @@ async fn run(
     if let Err(e) = tokio::task::spawn_blocking(move || drop(rule)).await {
         tracing::warn!("nfqueue: removing the rule failed: {e}");
     }
-    drain(&mut queue.queue, &mut pipeline, usize::MAX);
+    drain(&mut queue.queue, &mut pipeline, 2 * QUEUE_MAX_LEN as usize);
 }
 
 /// Messages handled per wake-up, so a flood cannot keep the task from shutdown.
@@ -295,9 +295,11 @@ fn drain(queue: &mut nfq::Queue, pipeline: &mut Pipeline, limit: usize) -> Drain
         let mut msg = match queue.recv() {
             Ok(m) => m,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Drained::Empty,
+            // One message lost (cut, interrupted, or the kernel's error reply to
+            // a verdict): the others are still there. Bounded by `limit`.
             Err(e) => {
                 tracing::warn!("nfqueue: receive failed: {e}");
-                return Drained::Empty;
+                continue;
             }
         };
         hand_on(pipeline, msg.get_payload());
@@ -329,7 +331,6 @@ fn hand_on(pipeline: &mut Pipeline, ip_packet: &[u8]) {
         return;
     }
     packet.capture = "nfqueue";
-    packet.received_at = unix_now();
     submit(pipeline, packet);
 }
 
