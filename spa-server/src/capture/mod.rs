@@ -196,8 +196,7 @@ pub async fn spawn(
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     Ok(match config.clone() {
         CaptureConfig::Nfqueue(settings) => {
-            let tool = nfqueue::RuleTool::for_capture(&settings, actions);
-            nfqueue::spawn(settings, tool, pipeline, shutdown).await?
+            nfqueue::spawn(settings, actions, pipeline, shutdown).await?
         }
         CaptureConfig::Udp { listen } => {
             let socket = udp::bind(listen)?;

@@ -106,6 +106,17 @@ impl RuleTool {
     }
 }
 
+/// The iptables program for the rule: the iptables action's (fwknopd's
+/// FIREWALL_EXE), else `iptables` from PATH.
+pub fn iptables_program(actions: &[ActionConfig]) -> String {
+    actions
+        .iter()
+        .filter(|a| a.kind == "iptables")
+        .find_map(|a| a.settings.get("iptables")?.as_str())
+        .unwrap_or("iptables")
+        .to_string()
+}
+
 /// A setting that cannot be used: which one, and why.
 #[derive(Debug, PartialEq, Eq)]
 pub struct BadSetting {
@@ -165,17 +176,22 @@ impl Settings {
 /// removing the rule and giving every queued packet its verdict.
 pub async fn spawn(
     settings: Settings,
-    tool: RuleTool,
+    actions: &[ActionConfig],
     pipeline: Pipeline,
     shutdown: CancellationToken,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     settings
         .check()
         .map_err(|b| anyhow::anyhow!("nfqueue capture: {}: {}", b.field, b.message))?;
+    let tool = RuleTool::for_capture(&settings, actions);
+    let maker = rule::Maker {
+        tool,
+        iptables: iptables_program(actions),
+    };
     let queue = Listener::bind(settings.queue)?;
     let for_rule = settings.clone();
     let rule =
-        tokio::task::spawn_blocking(move || rule::QueueRule::install(&for_rule, tool)).await??;
+        tokio::task::spawn_blocking(move || rule::QueueRule::install(&for_rule, maker)).await??;
     tracing::info!(
         "nfqueue: listening on queue {} for udp/{}{} (rule: {tool:?})",
         settings.queue,
@@ -400,6 +416,20 @@ mod tests {
         );
         let err = parse("type = \"nfqueue\"\nqueue_num = 3").unwrap_err();
         assert!(err.to_string().contains("queue_num"), "{err}");
+    }
+
+    #[test]
+    fn iptables_is_the_iptables_actions_program() {
+        let mut iptables = ActionConfig {
+            kind: "iptables".into(),
+            settings: Default::default(),
+        };
+        assert_eq!(iptables_program(&[iptables.clone()]), "iptables");
+        iptables
+            .settings
+            .insert("iptables".into(), "/usr/sbin/iptables-legacy".into());
+        assert_eq!(iptables_program(&[iptables]), "/usr/sbin/iptables-legacy");
+        assert_eq!(iptables_program(&[]), "iptables");
     }
 
     #[test]

@@ -23,8 +23,14 @@ pub fn nft_table(queue: u16) -> String {
     format!("postern_nfq_{queue}")
 }
 
-fn iptables(table: &str, args: &[&str]) -> Vec<String> {
-    ["iptables", "-w", XTABLES_WAIT_SECS, "-t", table]
+/// How the rule is made: the tool, and the iptables program when it is iptables.
+pub struct Maker {
+    pub tool: RuleTool,
+    pub iptables: String,
+}
+
+fn iptables(program: &str, table: &str, args: &[&str]) -> Vec<String> {
+    [program, "-w", XTABLES_WAIT_SECS, "-t", table]
         .iter()
         .chain(args)
         .map(|s| s.to_string())
@@ -33,7 +39,7 @@ fn iptables(table: &str, args: &[&str]) -> Vec<String> {
 
 /// The commands that make the chain, its queue rule and the jump to it (in that
 /// order: the jump only ever points at a complete chain).
-pub fn iptables_setup(s: &Settings) -> Vec<Vec<String>> {
+pub fn iptables_setup(program: &str, s: &Settings) -> Vec<Vec<String>> {
     let (table, chain) = (s.table.as_str(), s.chain.as_str());
     let (port, queue) = (s.port.to_string(), s.queue.to_string());
     let mut rule = vec!["-A", chain];
@@ -53,22 +59,22 @@ pub fn iptables_setup(s: &Settings) -> Vec<Vec<String>> {
         &queue,
     ]);
     vec![
-        iptables(table, &["-N", chain]),
-        iptables(table, &rule),
-        iptables(table, &["-I", "INPUT", "1", "-j", chain]),
+        iptables(program, table, &["-N", chain]),
+        iptables(program, table, &rule),
+        iptables(program, table, &["-I", "INPUT", "1", "-j", chain]),
     ]
 }
 
 /// Removing one jump to the chain (repeated until none is left).
-pub fn iptables_unjump(s: &Settings) -> Vec<String> {
-    iptables(&s.table, &["-D", "INPUT", "-j", &s.chain])
+pub fn iptables_unjump(program: &str, s: &Settings) -> Vec<String> {
+    iptables(program, &s.table, &["-D", "INPUT", "-j", &s.chain])
 }
 
 /// Emptying and deleting the chain (after its jumps are gone).
-pub fn iptables_drop_chain(s: &Settings) -> Vec<Vec<String>> {
+pub fn iptables_drop_chain(program: &str, s: &Settings) -> Vec<Vec<String>> {
     vec![
-        iptables(&s.table, &["-F", &s.chain]),
-        iptables(&s.table, &["-X", &s.chain]),
+        iptables(program, &s.table, &["-F", &s.chain]),
+        iptables(program, &s.table, &["-X", &s.chain]),
     ]
 }
 
@@ -105,7 +111,7 @@ pub fn nft_teardown(s: &Settings) -> String {
 /// posternd fails to start after adding it or the task is dropped unstopped.
 pub struct QueueRule {
     settings: Settings,
-    tool: RuleTool,
+    maker: Maker,
     runner: SystemRunner,
     /// Complete: failing to take it away is worth a warning.
     installed: bool,
@@ -114,17 +120,18 @@ pub struct QueueRule {
 impl QueueRule {
     /// Clear what an earlier run left (a kill -9 skips the cleanup), then add the
     /// rule. Nothing is left half made: on error what was added is removed.
-    pub fn install(settings: &Settings, tool: RuleTool) -> anyhow::Result<QueueRule> {
+    pub fn install(settings: &Settings, maker: Maker) -> anyhow::Result<QueueRule> {
+        let tool = maker.tool;
         let mut rule = QueueRule {
             settings: settings.clone(),
-            tool,
+            maker,
             runner: SystemRunner::default(),
             installed: false,
         };
         let result = match tool {
             RuleTool::Iptables => {
                 rule.clear_iptables();
-                iptables_setup(settings)
+                iptables_setup(&rule.maker.iptables, settings)
                     .iter()
                     .try_for_each(|argv| rule.runner.run(argv, None).map(drop))
             }
@@ -144,13 +151,13 @@ impl QueueRule {
 
     /// Remove every jump to the chain, then the chain (each may be missing).
     fn clear_iptables(&mut self) {
-        let unjump = iptables_unjump(&self.settings);
+        let unjump = iptables_unjump(&self.maker.iptables, &self.settings);
         for _ in 0..MAX_STALE_JUMPS {
             if self.runner.run(&unjump, None).is_err() {
                 break;
             }
         }
-        for argv in iptables_drop_chain(&self.settings) {
+        for argv in iptables_drop_chain(&self.maker.iptables, &self.settings) {
             if let Err(e) = self.runner.run(&argv, None) {
                 if self.installed {
                     tracing::warn!("nfqueue capture: cannot remove its chain: {e}");
@@ -164,7 +171,7 @@ impl QueueRule {
 impl Drop for QueueRule {
     /// Failures are logged: posternd is stopping anyway.
     fn drop(&mut self) {
-        match self.tool {
+        match self.maker.tool {
             RuleTool::Iptables => self.clear_iptables(),
             RuleTool::Nftables => {
                 let teardown = nft_teardown(&self.settings);
@@ -199,7 +206,10 @@ mod tests {
     #[test]
     fn iptables_rule_is_fwknopds() {
         let s = settings(None);
-        let setup: Vec<String> = iptables_setup(&s).iter().map(|a| line(a)).collect();
+        let setup: Vec<String> = iptables_setup("iptables", &s)
+            .iter()
+            .map(|a| line(a))
+            .collect();
         assert_eq!(
             setup,
             [
@@ -209,10 +219,13 @@ mod tests {
             ]
         );
         assert_eq!(
-            line(&iptables_unjump(&s)),
+            line(&iptables_unjump("iptables", &s)),
             "iptables -w 10 -t mangle -D INPUT -j FWKNOP_NFQ"
         );
-        let drop: Vec<String> = iptables_drop_chain(&s).iter().map(|a| line(a)).collect();
+        let drop: Vec<String> = iptables_drop_chain("iptables", &s)
+            .iter()
+            .map(|a| line(a))
+            .collect();
         assert_eq!(
             drop,
             [
@@ -233,8 +246,8 @@ mod tests {
             rules: None,
         };
         assert_eq!(
-            line(&iptables_setup(&s)[1]),
-            "iptables -w 10 -t filter -A SPA_Q -i eth1 -p udp -m udp --dport 40001 -j NFQUEUE --queue-num 7"
+            line(&iptables_setup("/usr/sbin/iptables-legacy", &s)[1]),
+            "/usr/sbin/iptables-legacy -w 10 -t filter -A SPA_Q -i eth1 -p udp -m udp --dport 40001 -j NFQUEUE --queue-num 7"
         );
     }
 
