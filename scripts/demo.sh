@@ -4,8 +4,9 @@
 # kernel closes it again when the grant's timeout runs out.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ "${DEMO_SKIP_SETUP:-}" = 1 ] || bash scripts/setup.sh >/dev/null
-cargo build --quiet -p spa-client -p spa-server
+[ "${DEMO_SKIP_SETUP:-}" = 1 ] || bash scripts/setup.sh demo
+echo "demo.sh: building postern and posternd (3-5 minutes the first time)"
+cargo build -p spa-client -p spa-server
 BIN="$(pwd)/target/debug"
 
 CLIENT=pdemo-client SERVER=pdemo-server

@@ -4,7 +4,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 # License policy (deny.toml): rustables (GPL-3) and other copyleft crates stay out.
-if command -v cargo-deny >/dev/null || cargo install cargo-deny --locked --quiet; then
+if command -v cargo-deny >/dev/null || {
+    echo "test.sh: installing cargo-deny (a few minutes, once)"
+    cargo install cargo-deny --locked
+}; then
     cargo deny --log-level error check licenses
 fi
 cargo test --workspace --no-fail-fast 2>&1

@@ -327,17 +327,12 @@ fn key_gen(
     Ok(())
 }
 
-/// fwknop features the settings ask for that postern does not have.
-fn check_supported(settings: &Settings) -> Result<()> {
-    if settings.spoof_source_ip.is_some() {
-        return Err(ClientError::Unsupported(
-            "spoofing the source address (SPOOF_SOURCE_IP in the rc file)".into(),
-        ));
-    }
-    if let Some(p) = settings.server_proto.filter(|p| !p.is_supported()) {
-        return Err(ClientError::Unsupported(format!(
-            "server protocol '{}' (only udp, tcp and http are)",
-            p.name()
+/// fwknop's rules for the raw modes' options: a spoofed source needs a raw mode.
+fn check_raw_options(settings: &Settings, proto: ServerProto) -> Result<()> {
+    if settings.spoof_source_ip.is_some() && !proto.is_raw() {
+        return Err(ClientError::usage(format!(
+            "-Q/--spoof-source (SPOOF_SOURCE_IP) needs -P udpraw, tcpraw or icmp, not -P {}",
+            proto.name()
         )));
     }
     Ok(())
@@ -545,7 +540,6 @@ fn seal_gpg(
 
 /// Build, show, save and send one packet.
 fn send_packet(cli: &Cli, settings: &Settings, console: &mut Console) -> Result<()> {
-    check_supported(settings)?;
     let test = cli.test;
     let verbose = cli.verbose.max(settings.verbose) > 0;
     if !test && settings.spa_server.is_none() {
@@ -565,6 +559,18 @@ fn send_packet(cli: &Cli, settings: &Settings, console: &mut Console) -> Result<
     if settings.use_gpg && settings.gpg_recipient.is_none() {
         return Err(ClientError::usage("GPG mode needs the server's key: use --gpg-recipient-key (or GPG_RECIPIENT in the rc file)"));
     }
+    // -H sends over HTTP, through the proxy (fwknop refuses it with another -P).
+    let proto = match (&cli.http_proxy, settings.server_proto) {
+        (None, p) => p.unwrap_or(ServerProto::Udp),
+        (Some(_), None | Some(ServerProto::Http)) => ServerProto::Http,
+        (Some(_), Some(other)) => {
+            return Err(ClientError::Usage(format!(
+                "-H/--http-proxy needs -P http, not -P {}",
+                other.name()
+            )))
+        }
+    };
+    check_raw_options(settings, proto)?;
     let spec = message_spec(cli, settings, console)?;
     let message = build::build_message(&spec)?;
     let server = settings.spa_server.clone().unwrap_or_default();
@@ -591,17 +597,6 @@ fn send_packet(cli: &Cli, settings: &Settings, console: &mut Console) -> Result<
     }
     save_packet(cli, &packet.wire)?;
 
-    // -H sends over HTTP, through the proxy (fwknop refuses it with another -P).
-    let proto = match (&cli.http_proxy, settings.server_proto) {
-        (None, p) => p.unwrap_or(ServerProto::Udp),
-        (Some(_), None | Some(ServerProto::Http)) => ServerProto::Http,
-        (Some(_), Some(other)) => {
-            return Err(ClientError::Usage(format!(
-                "-H/--http-proxy needs -P http, not -P {}",
-                other.name()
-            )))
-        }
-    };
     let port = if settings.rand_port {
         crate::random::high_port()
     } else {
@@ -630,6 +625,11 @@ fn send_packet(cli: &Cli, settings: &Settings, console: &mut Console) -> Result<
                     .clone()
                     .unwrap_or_else(|| format!("Fwknop/postern-{VERSION}")),
                 proxy: cli.http_proxy.clone(),
+            },
+            raw: send::RawOptions {
+                spoof_source: settings.spoof_source_ip,
+                icmp_type: settings.icmp_type.unwrap_or(crate::raw::DEFAULT_ICMP_TYPE),
+                icmp_code: settings.icmp_code.unwrap_or(0),
             },
         };
         send::send(&packet.wire, &target)?
@@ -677,8 +677,8 @@ pub fn execute(
             spa_core::message::PROTOCOL_VERSION
         ));
     }
-    if let Some(flag) = cli.unsupported_flag() {
-        return Err(ClientError::unsupported_flag(flag));
+    if let Some((flag, why)) = cli.refused_flag() {
+        return Err(ClientError::refused_flag(flag, why));
     }
     if cli.no_rc_file {
         let clash = [

@@ -2,11 +2,10 @@
 //! meanings, plus `--qr`. Values stay strings here; [`crate::settings`] checks
 //! them with the same code that checks rc-file variables.
 
+use crate::settings::{NO_WGET, NO_WGET_AGENT};
 use clap::{ArgAction, Parser};
 use std::ffi::OsString;
 use std::path::PathBuf;
-
-const NOT_YET: &str = "not supported by postern yet";
 
 #[derive(Parser, Debug, Default, Clone)]
 #[command(
@@ -94,8 +93,9 @@ pub struct Cli {
     )]
     pub server_port: Option<String>,
 
-    /// Transport of the SPA packet: udp (default), tcp, or http (a GET request
-    /// over TCP, for servers with ENABLE_SPA_OVER_HTTP)
+    /// Transport of the SPA packet: udp (default), tcp, http (a GET request over
+    /// TCP, for servers with ENABLE_SPA_OVER_HTTP), or udpraw, tcpraw, icmp (built
+    /// on a raw socket: root or CAP_NET_RAW; IPv4 only)
     #[arg(
         short = 'P',
         long = "server-proto",
@@ -405,20 +405,48 @@ pub struct Cli {
     #[arg(long = "gpg-no-signing-pw")]
     pub gpg_no_signing_pw: bool,
 
-    // ---- fwknop options postern recognises but does not implement yet ----
-    #[arg(short = 'Q', long = "spoof-source", visible_alias = "spoof-src", value_name = "IP", help = NOT_YET, allow_hyphen_values = true)]
+    /// Source IP address of the packet (-P udpraw, tcpraw or icmp only)
+    #[arg(
+        short = 'Q',
+        long = "spoof-source",
+        visible_alias = "spoof-src",
+        value_name = "IP",
+        allow_hyphen_values = true
+    )]
     pub spoof_source: Option<String>,
-    #[arg(short = 'w', long = "wget-cmd", value_name = "PATH", help = NOT_YET, allow_hyphen_values = true)]
-    pub wget_cmd: Option<String>,
-    #[arg(long = "use-wget-user-agent", help = NOT_YET)]
-    pub use_wget_user_agent: bool,
-    #[arg(long = "icmp-type", value_name = "TYPE", help = NOT_YET, allow_hyphen_values = true)]
+
+    /// ICMP type of -P icmp (0-40, default 0: echo reply)
+    #[arg(long = "icmp-type", value_name = "TYPE", allow_hyphen_values = true)]
     pub icmp_type: Option<String>,
-    #[arg(long = "icmp-code", value_name = "CODE", help = NOT_YET, allow_hyphen_values = true)]
+
+    /// ICMP code of -P icmp (0-15, default 0)
+    #[arg(long = "icmp-code", value_name = "CODE", allow_hyphen_values = true)]
     pub icmp_code: Option<String>,
-    #[arg(long = "fault-injection-tag", value_name = "TAG", help = NOT_YET, allow_hyphen_values = true)]
+
+    // ---- fwknop options postern recognises and refuses, saying why ----
+    /// Refused: postern never runs wget (-R uses its own HTTPS client)
+    #[arg(
+        short = 'w',
+        long = "wget-cmd",
+        value_name = "PATH",
+        allow_hyphen_values = true
+    )]
+    pub wget_cmd: Option<String>,
+    /// Refused: postern never runs wget (-u sets -R's User-Agent)
+    #[arg(long = "use-wget-user-agent")]
+    pub use_wget_user_agent: bool,
+    /// Refused: only fwknop's test-suite builds have it
+    #[arg(
+        long = "fault-injection-tag",
+        value_name = "TAG",
+        allow_hyphen_values = true
+    )]
     pub fault_injection_tag: Option<String>,
 }
+
+/// Why `--fault-injection-tag` is refused.
+pub const NO_FAULT_INJECTION: &str =
+    "only fwknop builds made for its test suite (libfiu) have it; postern has no fault injection";
 
 /// How parsing ended when it did not produce options.
 #[derive(Debug)]
@@ -448,20 +476,25 @@ impl Cli {
         }
     }
 
-    /// The first fwknop flag in use that postern does not implement, if any.
-    pub fn unsupported_flag(&self) -> Option<&'static str> {
-        let flags: [(bool, &'static str); 6] = [
-            (self.spoof_source.is_some(), "-Q/--spoof-source"),
-            (self.wget_cmd.is_some(), "-w/--wget-cmd"),
-            (self.use_wget_user_agent, "--use-wget-user-agent"),
-            (self.icmp_type.is_some(), "--icmp-type"),
-            (self.icmp_code.is_some(), "--icmp-code"),
-            (self.fault_injection_tag.is_some(), "--fault-injection-tag"),
+    /// The first fwknop flag in use that postern refuses, with the reason.
+    pub fn refused_flag(&self) -> Option<(&'static str, &'static str)> {
+        let flags: [(bool, &'static str, &'static str); 3] = [
+            (self.wget_cmd.is_some(), "-w/--wget-cmd", NO_WGET),
+            (
+                self.use_wget_user_agent,
+                "--use-wget-user-agent",
+                NO_WGET_AGENT,
+            ),
+            (
+                self.fault_injection_tag.is_some(),
+                "--fault-injection-tag",
+                NO_FAULT_INJECTION,
+            ),
         ];
         flags
             .into_iter()
-            .find(|(used, _)| *used)
-            .map(|(_, name)| name)
+            .find(|(used, _, _)| *used)
+            .map(|(_, name, why)| (name, why))
     }
 }
 
@@ -512,13 +545,18 @@ mod tests {
     }
 
     #[test]
-    fn unsupported_flags_are_named() {
+    fn refused_flags_are_named_with_a_reason() {
         let cli = parse(&["-g", "-A", "tcp/22", "--gpg-recipient-key", "ABCD1234"]).unwrap();
-        assert_eq!(cli.unsupported_flag(), None);
-        let cli = parse(&["-l", "-E", "f", "--show-last"]).unwrap();
-        assert_eq!(cli.unsupported_flag(), None);
-        let cli = parse(&["--spoof-src", "1.2.3.4"]).unwrap();
-        assert_eq!(cli.unsupported_flag(), Some("-Q/--spoof-source"));
+        assert_eq!(cli.refused_flag(), None);
+        let cli = parse(&["--spoof-src", "1.2.3.4", "--icmp-type", "8", "-P", "icmp"]).unwrap();
+        assert_eq!(cli.refused_flag(), None);
+        assert_eq!(cli.spoof_source.as_deref(), Some("1.2.3.4"));
+        let cli = parse(&["-w", "/usr/bin/wget"]).unwrap();
+        assert_eq!(cli.refused_flag(), Some(("-w/--wget-cmd", NO_WGET)));
+        let cli = parse(&["--use-wget-user-agent"]).unwrap();
+        assert_eq!(cli.refused_flag().unwrap().0, "--use-wget-user-agent");
+        let cli = parse(&["--fault-injection-tag", "x"]).unwrap();
+        assert_eq!(cli.refused_flag().unwrap().0, "--fault-injection-tag");
     }
 
     #[test]

@@ -9,9 +9,6 @@ pub enum ClientError {
     /// A command-line or rc-file value that cannot be used.
     #[error("{0}")]
     Usage(String),
-    /// An fwknop feature that postern recognises but does not implement.
-    #[error("{0} is not supported by postern yet")]
-    Unsupported(String),
     /// The rc file cannot be read, parsed, trusted or written.
     #[error("{0}")]
     RcFile(String),
@@ -43,9 +40,9 @@ impl ClientError {
         ClientError::Usage(msg.into())
     }
 
-    /// An fwknop command-line flag that postern does not implement yet.
-    pub fn unsupported_flag(flag: &str) -> Self {
-        ClientError::Unsupported(format!("flag {flag}"))
+    /// An fwknop command-line flag that postern refuses, and why.
+    pub fn refused_flag(flag: &str, why: &str) -> Self {
+        ClientError::Usage(format!("{flag} is refused: {why}"))
     }
 
     pub fn io(what: impl std::fmt::Display, err: &std::io::Error) -> Self {

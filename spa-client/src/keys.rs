@@ -231,6 +231,20 @@ pub fn generate(
     })
 }
 
+/// Write generated keys to `path`, mode 0600 (also when the file existed).
+pub fn write_key_file(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    f.write_all(text.as_bytes())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -322,18 +336,4 @@ mod tests {
         assert_eq!(k.hmac_key.bytes().len(), 128);
         assert!(generate(Some("33"), None, DigestType::Sha256).is_err());
     }
-}
-
-/// Write generated keys to `path`, mode 0600 (also when the file existed).
-pub fn write_key_file(path: &std::path::Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-    f.write_all(text.as_bytes())
 }

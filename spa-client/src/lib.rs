@@ -10,7 +10,8 @@
 //! - [`keys`]: key acquisition and `--key-gen`;
 //! - [`build`]: the SPA message and the sealed packet;
 //! - [`resolve`]: `-R` external address lookup;
-//! - [`send`]: UDP / TCP transmission;
+//! - [`send`]: UDP / TCP / HTTP transmission;
+//! - [`raw`]: raw IPv4 knocks (ICMP, raw TCP/UDP, spoofed source);
 //! - [`output`]: fwknop-style `-v` / `-T` text;
 //! - [`app`]: one complete run ([`app::run`]).
 
@@ -23,6 +24,7 @@ pub mod gpg_keyring;
 pub mod keys;
 pub mod output;
 pub mod random;
+pub mod raw;
 pub mod rcfile;
 pub mod resolve;
 pub mod saved_args;

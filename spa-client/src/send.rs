@@ -1,8 +1,10 @@
 //! Putting the packet on the network: one UDP datagram (fwknop's default), a TCP
-//! connection that carries it, or an HTTP GET request over TCP (`-P http`, also
-//! through a proxy). Like fwknop, only IPv4 addresses are used.
+//! connection that carries it, an HTTP GET request over TCP (`-P http`, also
+//! through a proxy), or one raw IPv4 datagram (`-P udpraw|tcpraw|icmp`, see
+//! [`crate::raw`]). Like fwknop, only IPv4 addresses are used.
 
 use crate::error::{ClientError, Result};
+use crate::raw::{self, Carrier, RawKnock};
 use crate::settings::ServerProto;
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream, ToSocketAddrs, UdpSocket};
@@ -18,6 +20,16 @@ pub struct Target {
     pub port: u16,
     pub source_port: Option<u16>,
     pub http: HttpVia,
+    pub raw: RawOptions,
+}
+
+/// What the raw modes take besides the target.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RawOptions {
+    /// `-Q`: the IP source address to write (else the one the route uses).
+    pub spoof_source: Option<Ipv4Addr>,
+    pub icmp_type: u8,
+    pub icmp_code: u8,
 }
 
 /// How an `-P http` request goes out.
@@ -44,7 +56,7 @@ impl Target {
             .collect();
         if addrs.is_empty() {
             return Err(ClientError::Send(format!(
-                "SPA server {} has no IPv4 address",
+                "SPA server {} has no IPv4 address (postern sends over IPv4 only, as fwknop)",
                 self.host
             )));
         }
@@ -144,6 +156,27 @@ fn http_request(wire: &str, t: &Target) -> Result<(String, Target)> {
     Ok((request, via))
 }
 
+/// One raw datagram to the server's first IPv4 address. Without `-S` the TCP/UDP
+/// source port is a random high port (fwknop writes 0).
+fn send_raw(wire: &[u8], t: &Target, carrier: Carrier) -> Result<usize> {
+    let destination = t.addresses()?[0];
+    let source_ip = match t.raw.spoof_source {
+        Some(ip) => ip,
+        None => raw::route_source(*destination.ip())?,
+    };
+    let knock = RawKnock {
+        carrier,
+        source: SocketAddrV4::new(
+            source_ip,
+            t.source_port.unwrap_or_else(crate::random::high_port),
+        ),
+        destination,
+        ip_id: u16::from_be_bytes(crate::random::bytes()),
+        echo_id: u16::from_be_bytes(crate::random::bytes()),
+    };
+    raw::send(&knock.datagram(wire)?, destination, t.proto.name())
+}
+
 /// Send `wire` to the target; returns the bytes sent.
 pub fn send(wire: &str, t: &Target) -> Result<usize> {
     match t.proto {
@@ -160,10 +193,15 @@ pub fn send(wire: &str, t: &Target) -> Result<usize> {
             }
             send_tcp(request.as_bytes(), &via, &via.addresses()?)
         }
-        other => Err(ClientError::Unsupported(format!(
-            "server protocol '{}'",
-            other.name()
-        ))),
+        ServerProto::TcpRaw => send_raw(wire.as_bytes(), t, Carrier::Tcp),
+        ServerProto::UdpRaw => send_raw(wire.as_bytes(), t, Carrier::Udp),
+        ServerProto::Icmp => {
+            let carrier = Carrier::Icmp {
+                icmp_type: t.raw.icmp_type,
+                code: t.raw.icmp_code,
+            };
+            send_raw(wire.as_bytes(), t, carrier)
+        }
     }
 }
 
@@ -183,6 +221,7 @@ mod tests {
             port: rx.local_addr().unwrap().port(),
             source_port: None,
             http: HttpVia::default(),
+            raw: RawOptions::default(),
         };
         assert_eq!(send("hello-spa", &t).unwrap(), 9);
         let mut buf = [0u8; 64];
@@ -206,6 +245,7 @@ mod tests {
             port,
             source_port: None,
             http: HttpVia::default(),
+            raw: RawOptions::default(),
         };
         send("tcp-spa", &t).unwrap();
         assert_eq!(h.join().unwrap(), b"tcp-spa");
@@ -235,6 +275,7 @@ mod tests {
                 user_agent: "Fwknop/test".into(),
                 proxy: None,
             },
+            raw: RawOptions::default(),
         };
         send(&wire, &direct).unwrap();
         // Through a "proxy" (the same listener), the server named in the URL.
@@ -288,6 +329,7 @@ mod tests {
             port,
             source_port: None,
             http: HttpVia::default(),
+            raw: RawOptions::default(),
         };
         assert!(send("x", &t).is_err());
     }

@@ -16,6 +16,12 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use zeroize::Zeroizing;
 
+/// Why fwknop's wget settings (`-w`/`WGET_CMD`, `--use-wget-user-agent`/
+/// `USE_WGET_USER_AGENT`) have no meaning here.
+pub const NO_WGET: &str = "postern never runs wget: -R fetches --resolve-url over HTTPS with its own client (use -a IP to skip the lookup)";
+pub const NO_WGET_AGENT: &str =
+    "postern never runs wget: -R sends the User-Agent postern/VERSION, or the one -u AGENT names";
+
 /// fwknop's default SPA destination port.
 pub const DEFAULT_SERVER_PORT: u16 = 62201;
 /// Largest client timeout fwknopd decodes.
@@ -82,14 +88,22 @@ vars! {
     ResolveHttpOnly => "RESOLVE_HTTP_ONLY",
     WgetCmd => "WGET_CMD",
     NoSaveArgs => "NO_SAVE_ARGS",
-    // postern extension (read only: fwknop would reject it in a file it reads)
+    // postern extensions (read only: fwknop refuses a stanza holding them, so
+    // --save-rc-stanza never writes them)
     ServerCommand => "SERVER_COMMAND",
+    IcmpType => "ICMP_TYPE",
+    IcmpCode => "ICMP_CODE",
 }
 
 impl Var {
     /// Exact, case-sensitive lookup (as fwknop does).
     pub fn from_name(name: &str) -> Option<Var> {
         Var::ALL.iter().copied().find(|v| v.name() == name)
+    }
+
+    /// postern's own variables, which fwknop does not know.
+    pub fn is_extension(self) -> bool {
+        matches!(self, Var::ServerCommand | Var::IcmpType | Var::IcmpCode)
     }
 
     /// Values never echoed in messages.
@@ -157,10 +171,11 @@ impl ServerProto {
         }
     }
 
-    pub fn is_supported(self) -> bool {
+    /// The modes that build their own IP header on a raw socket (and may spoof it).
+    pub fn is_raw(self) -> bool {
         matches!(
             self,
-            ServerProto::Udp | ServerProto::Tcp | ServerProto::Http
+            ServerProto::UdpRaw | ServerProto::TcpRaw | ServerProto::Icmp
         )
     }
 }
@@ -212,7 +227,11 @@ pub struct Settings {
     pub gpg_home_dir: Option<String>,
     pub gpg_exe: Option<String>,
     pub spoof_user: Option<String>,
-    pub spoof_source_ip: Option<String>,
+    /// `-Q` / `SPOOF_SOURCE_IP`: the IP source of a raw knock.
+    pub spoof_source_ip: Option<Ipv4Addr>,
+    /// `--icmp-type` / `--icmp-code` of `-P icmp` (fwknop's defaults: 0, 0).
+    pub icmp_type: Option<u8>,
+    pub icmp_code: Option<u8>,
     pub access: Option<String>,
     pub spa_server: Option<String>,
     pub rand_port: bool,
@@ -328,6 +347,14 @@ fn parse_allow_ip(v: &str) -> Result<AllowIp, String> {
         .map_err(|_| "must be an IPv4 address, `resolve` or `source`".to_string())
 }
 
+/// `--icmp-type` / `--icmp-code`: 0 to fwknop's maximum.
+fn parse_icmp_field(v: &str, max: u8) -> Result<u8, String> {
+    v.parse::<u8>()
+        .ok()
+        .filter(|&n| n <= max)
+        .ok_or_else(|| format!("must be in [0-{max}]"))
+}
+
 fn check_base64(v: &str) -> Result<SecretText, String> {
     let ok = !v.is_empty()
         && v.bytes()
@@ -403,7 +430,12 @@ impl Settings {
             }
             Var::KeyFile => self.key = Some(KeySpec::File(PathBuf::from(v))),
             Var::SpoofUser => self.spoof_user = Some(v.to_string()),
-            Var::SpoofSourceIp => self.spoof_source_ip = Some(v.to_string()),
+            Var::SpoofSourceIp => {
+                self.spoof_source_ip = Some(
+                    v.parse::<Ipv4Addr>()
+                        .map_err(|_| "must be an IPv4 address".to_string())?,
+                )
+            }
             Var::Access => self.access = Some(v.to_string()),
             Var::SpaServer => self.spa_server = Some(v.to_string()),
             Var::RandPort => self.rand_port |= is_yes(v),
@@ -424,9 +456,9 @@ impl Settings {
             Var::UseWgetUserAgent => {
                 self.use_wget_user_agent = is_yes(v);
                 if self.use_wget_user_agent {
-                    return Ok(Some(
-                        "USE_WGET_USER_AGENT ignored: postern does not use wget".into(),
-                    ));
+                    return Ok(Some(format!(
+                        "USE_WGET_USER_AGENT ignored: {NO_WGET_AGENT}"
+                    )));
                 }
             }
             Var::NatAccess => self.nat_access = Some(v.to_string()),
@@ -445,26 +477,26 @@ impl Settings {
             Var::ResolveHttpOnly => self.resolve_http_only |= is_yes(v),
             Var::WgetCmd => {
                 self.wget_cmd = Some(v.to_string());
-                return Ok(Some(
-                    "WGET_CMD ignored: postern resolves addresses with its own HTTPS client".into(),
-                ));
+                return Ok(Some(format!("WGET_CMD ignored: {NO_WGET}")));
             }
             Var::NoSaveArgs => self.no_save_args |= is_yes(v),
             Var::ServerCommand => self.server_command = Some(v.to_string()),
+            Var::IcmpType => self.icmp_type = Some(parse_icmp_field(v, crate::raw::MAX_ICMP_TYPE)?),
+            Var::IcmpCode => self.icmp_code = Some(parse_icmp_field(v, crate::raw::MAX_ICMP_CODE)?),
         }
         Ok(None)
     }
 
-    /// Apply the entries of one stanza. Unknown variables are warned about and skipped.
+    /// Apply the entries of one stanza. An unknown variable is an error, as in
+    /// fwknop (a misspelt setting would otherwise knock with a default).
     pub fn apply_rc_entries(&mut self, entries: &[RcEntry], file: &str) -> Result<Vec<Warning>> {
         let mut warnings = Vec::new();
         for e in entries {
             let Some(var) = Var::from_name(&e.name) else {
-                warnings.push(format!(
-                    "rc file {file} line {}: unknown variable {} ignored",
+                return Err(ClientError::RcFile(format!(
+                    "rc file {file} line {}: unknown variable {}",
                     e.line, e.name
-                ));
-                continue;
+                )));
             };
             match self.apply(var, &e.value) {
                 Ok(w) => warnings.extend(w),
@@ -564,7 +596,10 @@ impl Settings {
                 _ => String::new(),
             },
             Var::SpoofUser => opt(&self.spoof_user),
-            Var::SpoofSourceIp => opt(&self.spoof_source_ip),
+            Var::SpoofSourceIp => self
+                .spoof_source_ip
+                .map(|ip| ip.to_string())
+                .unwrap_or_default(),
             Var::Access => opt(&self.access),
             Var::SpaServer => opt(&self.spa_server),
             Var::RandPort => yes_no(self.rand_port).into(),
@@ -597,6 +632,8 @@ impl Settings {
             Var::WgetCmd => opt(&self.wget_cmd),
             Var::NoSaveArgs => yes_no(self.no_save_args).into(),
             Var::ServerCommand => opt(&self.server_command),
+            Var::IcmpType => self.icmp_type.map(|t| t.to_string()).unwrap_or_default(),
+            Var::IcmpCode => self.icmp_code.map(|c| c.to_string()).unwrap_or_default(),
         }
     }
 
@@ -606,7 +643,7 @@ impl Settings {
         let wanted: BTreeSet<Var> = self.cli_vars.iter().chain(extra).copied().collect();
         wanted
             .into_iter()
-            .filter(|v| *v != Var::ServerCommand)
+            .filter(|v| !v.is_extension())
             .map(|v| (v.name().to_string(), self.render(v)))
             .filter(|(_, value)| !value.is_empty())
             .collect()
@@ -645,7 +682,7 @@ fn cli_assignments(cli: &Cli) -> Vec<Assignment> {
         });
     };
     let opt = |o: &Option<String>| o.clone();
-    let strings: [(Option<String>, Var, &'static str); 18] = [
+    let strings: [(Option<String>, Var, &'static str); 21] = [
         (opt(&cli.digest_type), Var::DigestType, "-m/--digest-type"),
         (
             opt(&cli.server_proto),
@@ -692,6 +729,13 @@ fn cli_assignments(cli: &Cli) -> Vec<Assignment> {
         (opt(&cli.nat_access), Var::NatAccess, "-N/--nat-access"),
         (opt(&cli.user_agent), Var::HttpUserAgent, "-u/--user-agent"),
         (opt(&cli.resolve_url), Var::ResolveUrl, "--resolve-url"),
+        (
+            opt(&cli.spoof_source),
+            Var::SpoofSourceIp,
+            "-Q/--spoof-source",
+        ),
+        (opt(&cli.icmp_type), Var::IcmpType, "--icmp-type"),
+        (opt(&cli.icmp_code), Var::IcmpCode, "--icmp-code"),
     ];
     for (value, var, flag) in strings {
         if let Some(v) = value {
@@ -868,15 +912,67 @@ mod tests {
     }
 
     #[test]
-    fn unknown_rc_variables_warn() {
+    fn unknown_rc_variables_are_errors_as_in_fwknop() {
         let mut s = Settings::default();
-        let rc = RcFile::parse("/rc", "[default]\nCLIENT_TIMEOUT 60\nACCESS tcp/22\n");
-        let w = s
+        let rc = RcFile::parse("/rc", "[default]\nACCESS tcp/22\nCLIENT_TIMEOUT 60\n");
+        let err = s
+            .apply_rc_entries(&rc.stanza_entries("default").unwrap(), "/rc")
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "rc file /rc line 3: unknown variable CLIENT_TIMEOUT"
+        );
+    }
+
+    #[test]
+    fn raw_mode_settings_from_the_rc_file_and_the_command_line() {
+        let rc = RcFile::parse(
+            "/rc",
+            "[default]\nSPA_SERVER_PROTO icmp\nICMP_TYPE 8\nICMP_CODE 0\nSPOOF_SOURCE_IP 192.0.2.9\n",
+        );
+        let mut s = Settings::default();
+        s.apply_rc_entries(&rc.stanza_entries("default").unwrap(), "/rc")
+            .unwrap();
+        assert_eq!(s.server_proto, Some(ServerProto::Icmp));
+        assert_eq!((s.icmp_type, s.icmp_code), (Some(8), Some(0)));
+        assert_eq!(s.spoof_source_ip, Some(Ipv4Addr::new(192, 0, 2, 9)));
+        s.apply_cli(&cli(&["--icmp-code", "3", "-Q", "192.0.2.10"]))
+            .unwrap();
+        assert_eq!(s.icmp_code, Some(3));
+        // -Q is fwknop's SPOOF_SOURCE_IP and is saved; the ICMP variables are
+        // postern's own and never written (fwknop refuses unknown variables).
+        let saved: Vec<String> = s.stanza_vars(&[]).into_iter().map(|(k, _)| k).collect();
+        assert_eq!(saved, ["SPOOF_SOURCE_IP"]);
+        for (var, bad) in [
+            ("ICMP_TYPE", "41"),
+            ("ICMP_CODE", "16"),
+            ("SPOOF_SOURCE_IP", "host"),
+        ] {
+            let rc = RcFile::parse("/rc", &format!("[default]\n{var} {bad}\n"));
+            let e = Settings::default()
+                .apply_rc_entries(&rc.stanza_entries("default").unwrap(), "/rc")
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("line 2") && e.contains(var), "{e}");
+        }
+    }
+
+    #[test]
+    fn wget_variables_are_ignored_with_the_reason() {
+        let rc = RcFile::parse(
+            "/rc",
+            "[default]\nWGET_CMD /usr/bin/wget\nUSE_WGET_USER_AGENT Y\n",
+        );
+        let w = Settings::default()
             .apply_rc_entries(&rc.stanza_entries("default").unwrap(), "/rc")
             .unwrap();
-        assert_eq!(w.len(), 1);
-        assert!(w[0].contains("CLIENT_TIMEOUT"));
-        assert_eq!(s.access.as_deref(), Some("tcp/22"));
+        assert_eq!(
+            w,
+            [
+                format!("WGET_CMD ignored: {NO_WGET}"),
+                format!("USE_WGET_USER_AGENT ignored: {NO_WGET_AGENT}")
+            ]
+        );
     }
 
     #[test]

@@ -177,20 +177,29 @@ fn bad_option_values() {
 }
 
 #[test]
-fn unknown_and_unsupported_flags() {
+fn unknown_and_refused_flags() {
     let env = Env::new();
     let line = env.fails(&["--bogus-flag"]);
     assert!(line.contains("--bogus-flag"), "{line}");
-    for (flag, name) in [
-        (vec!["-Q", "1.2.3.4"], "-Q/--spoof-source"),
-        (vec!["-w", "/usr/bin/wget"], "-w/--wget-cmd"),
-        (vec!["--icmp-type", "8"], "--icmp-type"),
+    // fwknop's wget and fault-injection flags: refused, saying why and what to do.
+    for (flag, name, why) in [
+        (vec!["-w", "/usr/bin/wget"], "-w/--wget-cmd", "-a IP"),
+        (
+            vec!["--use-wget-user-agent"],
+            "--use-wget-user-agent",
+            "-u AGENT",
+        ),
+        (
+            vec!["--fault-injection-tag", "tag"],
+            "--fault-injection-tag",
+            "test suite",
+        ),
     ] {
         let mut a = with_base(&["-A", "tcp/22", "--key-rijndael", "x"]);
         a.extend(flag.iter().copied());
         let line = env.fails(&a);
         assert!(
-            line.contains(&format!("flag {name} is not supported by postern yet")),
+            line.starts_with(&format!("postern: {name} is refused: ")) && line.contains(why),
             "{line}"
         );
     }
@@ -206,19 +215,57 @@ fn unknown_and_unsupported_flags() {
         "proxy:3128",
     ]));
     assert!(line.contains("-H/--http-proxy needs -P http"), "{line}");
+    // -Q as fwknop: an IPv4 address, and only with a raw mode.
+    for (extra, needle) in [
+        (
+            vec!["-Q", "10.0.0.9"],
+            "needs -P udpraw, tcpraw or icmp, not -P udp",
+        ),
+        (vec!["-Q", "10.0.0.9", "-P", "tcp"], "not -P tcp"),
+        (
+            vec!["-Q", "2001:db8::1", "-P", "udpraw"],
+            "-Q/--spoof-source",
+        ),
+        (vec!["-P", "icmp", "--icmp-type", "41"], "[0-40]"),
+        (vec!["-P", "icmp", "--icmp-code", "16"], "[0-15]"),
+        (vec!["-P", "icmp", "--icmp-code", "x"], "--icmp-code"),
+    ] {
+        let mut a = with_base(&["-A", "tcp/22", "--key-rijndael", "x"]);
+        a.extend(extra.iter().copied());
+        let line = env.fails(&a);
+        assert!(line.contains(needle), "{extra:?}: {line}");
+    }
+    // IPv4 only, as fwknop: an IPv6 server is named in a clear error.
     for proto in ["icmp", "tcpraw", "udpraw"] {
-        let line = env.fails(&with_base(&[
+        let line = env.fails(&[
+            "--no-rc-file",
+            "-a",
+            "10.0.0.5",
             "-A",
             "tcp/22",
             "--key-rijndael",
             "x",
             "-P",
             proto,
+            "-D",
+            "::1",
+        ]);
+        assert!(line.contains("::1 has no IPv4 address"), "{line}");
+    }
+    // The raw modes build (and, with -T, do not send) like the others.
+    for proto in ["icmp", "tcpraw", "udpraw"] {
+        env.ok(&with_base(&[
+            "-A",
+            "tcp/22",
+            "--key-rijndael",
+            "x",
+            "-P",
+            proto,
+            "-Q",
+            "10.0.0.9",
+            "--icmp-type",
+            "8",
         ]));
-        assert!(
-            line.contains(proto) && line.contains("not supported by postern yet"),
-            "{line}"
-        );
     }
     let line = env.fails(&with_base(&[
         "-A",

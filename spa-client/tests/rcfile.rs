@@ -291,19 +291,35 @@ fn explicit_rc_file_and_unknown_variables() {
     .unwrap();
     std::fs::set_permissions(&rc, std::fs::Permissions::from_mode(0o600)).unwrap();
     let pkt = env.path("c.pkt");
-    let out = env.run(&[
+    let argv = [
         "--rc-file",
         rc.to_str().unwrap(),
         "-T",
         "-B",
         pkt.to_str().unwrap(),
-    ]);
+    ];
+    // As fwknop: an unknown variable stops the knock, naming file and line.
+    let out = env.run(&argv);
+    assert!(!out.status.success(), "an unknown variable was accepted");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&format!(
+            "rc file {} line 2: unknown variable FROBNICATE",
+            rc.display()
+        )),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::write(
+        &rc,
+        "[default]\nKEY testtest\nACCESS tcp/80\nALLOW_IP source\n",
+    )
+    .unwrap();
+    let out = env.run(&argv);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown variable FROBNICATE"));
     assert_eq!(
         open(&read_packet(&pkt), b"testtest", EncryptionMode::Cbc, None)
             .message

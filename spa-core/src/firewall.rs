@@ -40,11 +40,14 @@ pub struct NatRule {
     /// False with DISABLE_DNAT: only the forward accept is made, the client
     /// reaches the inner host by its own address.
     pub dnat: bool,
+    /// FORWARD_ALL: every protocol and port from the source goes to `to_addr`
+    /// (forward accept and DNAT without protocol or port; `to_port` is unused).
+    pub forward_all: bool,
 }
 
 impl NatRule {
     /// The grant in one word for rule comments, `nat_<port>_<to_addr>_<to_port>`
-    /// plus `_local`, `_nodnat`, `_masq` or `_snat_<addr>` as they apply, so a
+    /// plus `_local`, `_nodnat`, `_all`, `_masq` or `_snat_<addr>` as they apply, so a
     /// backend that lists its rules can return the grant as it was made.
     pub fn tag(&self, port: u16) -> String {
         let mut text = format!("nat_{port}_{}_{}", self.to_addr, self.to_port);
@@ -53,6 +56,9 @@ impl NatRule {
         }
         if !self.dnat {
             text.push_str("_nodnat");
+        }
+        if self.forward_all {
+            text.push_str("_all");
         }
         match &self.snat {
             Some(Snat::Masquerade) => text.push_str("_masq"),
@@ -74,11 +80,13 @@ impl NatRule {
             local: false,
             snat: None,
             dnat: true,
+            forward_all: false,
         };
         while let Some(word) = words.next() {
             match word {
                 "local" => nat.local = true,
                 "nodnat" => nat.dnat = false,
+                "all" => nat.forward_all = true,
                 "masq" => nat.snat = Some(Snat::Masquerade),
                 "snat" => nat.snat = Some(Snat::To(words.next()?.parse().ok()?)),
                 _ => return None,
@@ -88,18 +96,77 @@ impl NatRule {
     }
 }
 
-/// One opening: `source` may reach `proto/port`.
+/// One opening: `source` may reach `proto/port` (at `destination` when set).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Rule {
     pub source: IpAddr,
     pub proto: Proto,
     pub port: u16,
     pub nat: Option<NatRule>,
+    /// ENABLE_DESTINATION_RULE: the grant matches only packets to this address of
+    /// the server (the knock's own destination). `None`: any address. A backend
+    /// that cannot match it must refuse the rule, never drop the match.
+    pub destination: Option<IpAddr>,
+}
+
+/// A part of a [`Rule`] some backends cannot render.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RuleFeature {
+    /// [`Rule::destination`] (ENABLE_DESTINATION_RULE).
+    Destination,
+    /// [`NatRule::forward_all`] (FORWARD_ALL).
+    ForwardAll,
+}
+
+impl RuleFeature {
+    fn used_by(self, rule: &Rule) -> bool {
+        match self {
+            RuleFeature::Destination => rule.destination.is_some(),
+            RuleFeature::ForwardAll => rule.nat.as_ref().is_some_and(|n| n.forward_all),
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            RuleFeature::Destination => {
+                "grants bound to the packet's destination address (ENABLE_DESTINATION_RULE)"
+            }
+            RuleFeature::ForwardAll => "forwarding all ports (FORWARD_ALL)",
+        }
+    }
+}
+
+impl Rule {
+    /// A plain opening: no NAT, any destination.
+    pub fn new(source: IpAddr, proto: Proto, port: u16) -> Rule {
+        Rule {
+            source,
+            proto,
+            port,
+            nat: None,
+            destination: None,
+        }
+    }
+
+    /// [`FirewallError::Unsupported`] if the rule uses one of `missing`, which
+    /// `backend` cannot render: such a rule is refused, never rendered wider.
+    pub fn refuse(&self, backend: &'static str, missing: &[RuleFeature]) -> FwResult<()> {
+        match missing.iter().find(|f| f.used_by(self)) {
+            Some(f) => Err(FirewallError::Unsupported {
+                backend,
+                what: format!("{} ({self})", f.describe()),
+            }),
+            None => Ok(()),
+        }
+    }
 }
 
 impl fmt::Display for Rule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} -> {}/{}", self.source, self.proto, self.port)?;
+        if let Some(d) = self.destination {
+            write!(f, " at {d}")?;
+        }
         if let Some(n) = &self.nat {
             write!(
                 f,
@@ -108,6 +175,9 @@ impl fmt::Display for Rule {
                 n.to_port,
                 if n.local { ", local" } else { "" }
             )?;
+            if n.forward_all {
+                write!(f, " (all ports)")?;
+            }
         }
         Ok(())
     }
@@ -303,13 +373,20 @@ mod tests {
             Some(Snat::Masquerade),
             Some(Snat::To("192.0.2.1".parse().unwrap())),
         ] {
-            for (local, dnat) in [(false, true), (true, true), (false, false)] {
+            for (local, dnat, forward_all) in [
+                (false, true, false),
+                (true, true, false),
+                (false, false, false),
+                (false, true, true),
+                (false, false, true),
+            ] {
                 let nat = NatRule {
                     to_addr: "10.0.0.2".parse().unwrap(),
                     to_port: 22,
                     local,
                     snat: snat.clone(),
                     dnat,
+                    forward_all,
                 };
                 let tag = nat.tag(55000);
                 assert_eq!(NatRule::parse_tag(&tag), Some((55000, nat)), "{tag}");

@@ -2,6 +2,12 @@
 //! synchronous), receives grants over a channel, applies a burst as one batch,
 //! and runs expiry for backends whose firewall cannot expire rules itself.
 //!
+//! Expiry, as fwknopd's RULES_CHECK_THRESHOLD: the executor knows when each
+//! grant it made (or found at start) is due, and asks a backend to sweep only
+//! then; every `rules_check_threshold`-th tick (0: never) it sweeps every such
+//! backend in full anyway, so expired rules it does not know of (added by hand,
+//! by another program, by a run whose grants it did not see) go too.
+//!
 //! CMD_CYCLE closes owed are kept in `run_dir` (`cmd_cycle-<hash>.json`, one per
 //! distinct open/close/capabilities, 0600), so after a crash or `kill -9` the
 //! next start runs the overdue ones, even if the stanza is gone by then. In
@@ -13,7 +19,8 @@ use crate::policy::{CmdCycle, Grant, GrantKind};
 use postern_backend_script::state::{ScriptOrigin, StateFile};
 use postern_backend_script::{run_command_with, CommandExec, ScriptBackend, ScriptConfig};
 use spa_core::firewall::{Firewall, Opening};
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -28,6 +35,12 @@ const EXPIRY_TICK: Duration = Duration::from_millis(500);
 
 pub struct Executor {
     backends: Vec<Box<dyn Firewall>>,
+    /// Per backend (same index), the expiries of what it holds that the
+    /// daemon must remove; empty for kernel-expiring backends.
+    due: Vec<BinaryHeap<Reverse<u64>>>,
+    /// Expiry ticks so far, and the full check every this many (0: never).
+    ticks: u64,
+    full_check_every: u32,
     /// CMD_CYCLE_OPEN/CLOSE backends, one per distinct open/close/capabilities.
     cycles: HashMap<ScriptOrigin, ScriptBackend>,
     command_timeout: Duration,
@@ -49,7 +62,10 @@ const CYCLE_STATE_PREFIX: &str = "cmd_cycle-";
 impl Executor {
     pub fn new(backends: Vec<Box<dyn Firewall>>, server: &ServerSection) -> Self {
         Executor {
+            due: backends.iter().map(|_| BinaryHeap::new()).collect(),
             backends,
+            ticks: 0,
+            full_check_every: server.rules_check_threshold,
             cycles: HashMap::new(),
             command_timeout: Duration::from_secs(server.cmd_exec_timeout),
             run_dir: server.run_dir.clone(),
@@ -75,6 +91,7 @@ impl Executor {
                 if !self.test_mode {
                     self.resume_cycles();
                 }
+                self.schedule_existing();
                 rt.block_on(async {
                     let mut tick = tokio::time::interval(EXPIRY_TICK);
                     loop {
@@ -145,6 +162,9 @@ impl Executor {
         }
         let openings: Vec<Opening> = batch.iter().flat_map(|r| r.grant.openings(r.now)).collect();
         let whole = apply_all(&mut self.backends, &openings);
+        if whole.is_ok() {
+            self.schedule(&openings);
+        }
         if whole.is_ok() || batch.len() == 1 {
             for r in batch {
                 log_result(&r.grant, &whole);
@@ -153,7 +173,11 @@ impl Executor {
             return;
         }
         for r in batch {
-            let result = apply_all(&mut self.backends, &r.grant.openings(r.now));
+            let openings = r.grant.openings(r.now);
+            let result = apply_all(&mut self.backends, &openings);
+            if result.is_ok() {
+                self.schedule(&openings);
+            }
             log_result(&r.grant, &result);
             let _ = r.done.send(result);
         }
@@ -303,25 +327,55 @@ impl Executor {
         Ok(())
     }
 
+    /// Remember when the daemon must remove these openings (backends that
+    /// expire rules themselves need nothing).
+    fn schedule(&mut self, openings: &[Opening]) {
+        for (backend, due) in self.backends.iter().zip(&mut self.due) {
+            if !backend.expires_in_kernel() {
+                due.extend(openings.iter().map(|o| Reverse(o.expires_at)));
+            }
+        }
+    }
+
+    /// At start: what the backends hold already (a previous run's live grants,
+    /// kept by reconciliation) is due at its own expiry.
+    fn schedule_existing(&mut self) {
+        for (backend, due) in self.backends.iter_mut().zip(&mut self.due) {
+            if backend.expires_in_kernel() {
+                continue;
+            }
+            match backend.list() {
+                Ok(held) => due.extend(held.iter().map(|o| Reverse(o.expires_at))),
+                Err(e) => {
+                    // Sweep at once; the sweep lists again.
+                    tracing::warn!("{}: cannot list grants at start: {e}", backend.name());
+                    due.push(Reverse(0));
+                }
+            }
+        }
+    }
+
     fn expire(&mut self) {
         // Expiry times are whole seconds: a grant made at 100.9 s with a 3 s timeout
         // expires "at 103". Sweeping one second behind the clock means no grant
         // closes before its full timeout; it may stay up to ~1.5 s longer.
         let now = (self.now)().saturating_sub(1);
-        let all = self
-            .backends
-            .iter_mut()
-            .map(|b| b.as_mut())
-            .chain(self.cycles.values_mut().map(|b| b as &mut dyn Firewall));
-        for backend in all {
-            match backend.expire(now) {
-                Ok(gone) => {
-                    for rule in gone {
-                        tracing::info!("expired: {rule} ({})", backend.name());
-                    }
-                }
-                Err(e) => tracing::warn!("{}: expiry failed: {e}", backend.name()),
+        self.ticks += 1;
+        let full = self.full_check_every > 0 && self.ticks % u64::from(self.full_check_every) == 0;
+        for (backend, due) in self.backends.iter_mut().zip(&mut self.due) {
+            let is_due = due.peek().is_some_and(|Reverse(at)| *at <= now);
+            if backend.expires_in_kernel() || !(full || is_due) {
+                continue;
             }
+            if sweep(backend.as_mut(), now) {
+                while due.peek().is_some_and(|Reverse(at)| *at <= now) {
+                    due.pop();
+                }
+            }
+        }
+        // CMD_CYCLE closes are kept in memory by their backend: cheap to check.
+        for backend in self.cycles.values_mut() {
+            sweep(backend, now);
         }
     }
 
@@ -333,6 +387,22 @@ impl Executor {
         }
         for b in self.cycles.values_mut() {
             let _ = b.shutdown();
+        }
+    }
+}
+
+/// One expiry sweep of `backend`; false if it failed (it is retried).
+fn sweep(backend: &mut dyn Firewall, now: u64) -> bool {
+    match backend.expire(now) {
+        Ok(gone) => {
+            for rule in gone {
+                tracing::info!("expired: {rule} ({})", backend.name());
+            }
+            true
+        }
+        Err(e) => {
+            tracing::warn!("{}: expiry failed: {e}", backend.name());
+            false
         }
     }
 }
@@ -387,16 +457,13 @@ mod tests {
         // Granted somewhere in second 100 with a 3 s timeout.
         let mut t = table.clone();
         t.grant(&[Opening {
-            rule: Rule {
-                source: "192.0.2.1".parse().unwrap(),
-                proto: Proto::Tcp,
-                port: 22,
-                nat: None,
-            },
+            rule: Rule::new("192.0.2.1".parse().unwrap(), Proto::Tcp, 22),
             timeout_secs: 3,
             expires_at: 103,
         }])
         .unwrap();
+        // As at start after a restart: the executor learns what is held.
+        ex.schedule_existing();
         // During second 103 less than 3 s may have passed: still open.
         CLOCK.store(103, Ordering::Relaxed);
         ex.expire();
@@ -405,4 +472,60 @@ mod tests {
         ex.expire();
         assert!(table.open().is_empty(), "not closed after it");
     }
+
+    /// RULES_CHECK_THRESHOLD: a rule the executor did not grant (hand-made,
+    /// another program's) goes at the Nth tick's full check, never with 0;
+    /// between full checks a backend is swept only when one of its grants is due.
+    #[test]
+    fn full_checks_every_nth_tick_and_sweeps_only_when_due() {
+        for (threshold, removed_at_tick) in [(3u32, Some(3u64)), (0, None)] {
+            let table = MemoryFirewall::new(false);
+            let server = ServerSection {
+                rules_check_threshold: threshold,
+                ..ServerSection::default()
+            };
+            let mut ex = Executor::new(vec![Box::new(table.clone())], &server);
+            ex.now = || 1000;
+            let mut by_hand = table.clone();
+            by_hand
+                .grant(&[Opening {
+                    rule: Rule::new("192.0.2.9".parse().unwrap(), Proto::Tcp, 22),
+                    timeout_secs: 1,
+                    expires_at: 10,
+                }])
+                .unwrap();
+            let mut gone_at = None;
+            for tick in 1..=6u64 {
+                ex.expire();
+                if gone_at.is_none() && table.open().is_empty() {
+                    gone_at = Some(tick);
+                }
+            }
+            assert_eq!(gone_at, removed_at_tick, "threshold {threshold}");
+        }
+        // A grant the executor made is swept at its expiry, full checks or not.
+        let table = MemoryFirewall::new(false);
+        let server = ServerSection {
+            rules_check_threshold: 0,
+            ..ServerSection::default()
+        };
+        let mut ex = Executor::new(vec![Box::new(table.clone())], &server);
+        ex.now = || CLOCK2.load(Ordering::Relaxed);
+        CLOCK2.store(100, Ordering::Relaxed);
+        let opening = Opening {
+            rule: Rule::new("192.0.2.1".parse().unwrap(), Proto::Tcp, 22),
+            timeout_secs: 3,
+            expires_at: 103,
+        };
+        apply_all(&mut ex.backends, std::slice::from_ref(&opening)).unwrap();
+        ex.schedule(&[opening]);
+        ex.expire();
+        assert_eq!(table.open().len(), 1);
+        CLOCK2.store(104, Ordering::Relaxed);
+        ex.expire();
+        assert!(table.open().is_empty(), "a due grant was not swept");
+        assert!(ex.due[0].is_empty());
+    }
+
+    static CLOCK2: AtomicU64 = AtomicU64::new(0);
 }

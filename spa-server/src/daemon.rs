@@ -218,6 +218,7 @@ pub async fn start_with_backends(
         max_packet_age: cfg.server.max_packet_age,
         packet_aging: cfg.server.packet_aging,
         nat: cfg.server.nat.clone(),
+        destination_rule: cfg.server.destination_rule,
     };
     let (tx, rx) = mpsc::channel(cfg.server.queue_depth);
     let actions = Executor::new(backends, &cfg.server).spawn(rx, shutdown.clone());

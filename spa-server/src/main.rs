@@ -6,7 +6,7 @@ use spa_server::config::{
     self, ActionConfig, CaptureConfig, ConfigSources, ReplayConfig, ServerConfig,
 };
 use spa_server::daemon;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -58,8 +58,18 @@ fn serves(cli: &Cli) -> bool {
         || cli.command.is_some())
 }
 
+fn ensure_executable(flag: &str, path: &str) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).map_err(|e| anyhow::anyhow!("{flag} {path}: {e}"))?;
+    anyhow::ensure!(
+        meta.is_file() && meta.permissions().mode() & 0o111 != 0,
+        "{flag} {path}: not an executable file"
+    );
+    Ok(())
+}
+
 /// Command-line overrides on top of the files.
-fn apply_overrides(cli: &Cli, cfg: &mut ServerConfig) {
+fn apply_overrides(cli: &Cli, cfg: &mut ServerConfig) -> anyhow::Result<()> {
     if let Some(dir) = &cli.run_dir {
         cfg.server.run_dir = dir.clone();
         // As fwknopd, -r also moves fwknopd's digest cache unless the file names it
@@ -80,13 +90,20 @@ fn apply_overrides(cli: &Cli, cfg: &mut ServerConfig) {
                 .insert("FWKNOP_RUN_DIR".into(), dir.display().to_string());
         }
     }
+    // Checked now, as fwknopd does, rather than when a knock needs them.
     if let Some(dir) = &cli.gpg_home_dir {
+        anyhow::ensure!(
+            Path::new(dir).is_dir(),
+            "--gpg-home-dir {dir}: not a directory"
+        );
         cfg.server.gpg_home_dir = Some(dir.into());
     }
     if let Some(exe) = &cli.gpg_exe {
+        ensure_executable("--gpg-exe", exe)?;
         cfg.server.gpg_exe = Some(exe.into());
     }
     if let Some(exe) = &cli.sudo_exe {
+        ensure_executable("--sudo-exe", exe)?;
         cfg.server.sudo_exe = Some(exe.into());
     }
     // fwknopd's digest cache: posternd imports it (its own store stays redb).
@@ -114,6 +131,22 @@ fn apply_overrides(cli: &Cli, cfg: &mut ServerConfig) {
                 listen: ([0, 0, 0, 0], port.unwrap_or(62201)).into(),
             },
         );
+    }
+    let pcap_flags = [
+        (cli.interface.is_some(), "-i"),
+        (cli.pcap_filter.is_some(), "-P"),
+        (cli.pcap_file.is_some(), "--pcap-file"),
+        (cli.pcap_any_direction, "--pcap-any-direction"),
+    ];
+    let has_pcap = cfg
+        .capture
+        .iter()
+        .any(|c| matches!(c, CaptureConfig::Pcap { .. }));
+    for (_, flag) in pcap_flags.iter().filter(|(given, _)| *given && !has_pcap) {
+        tracing::warn!("{flag} has no effect: no pcap capture is configured");
+    }
+    if cli.digest_file.is_some() && !matches!(cfg.replay, ReplayConfig::File { .. }) {
+        tracing::warn!("-d has no effect: the replay store is not a file");
     }
     for c in cfg.capture.iter_mut() {
         if let CaptureConfig::Pcap {
@@ -153,6 +186,7 @@ fn apply_overrides(cli: &Cli, cfg: &mut ServerConfig) {
             }
         }
     }
+    Ok(())
 }
 
 /// Without `-c`: postern's own file when there is one, else fwknopd's (so
@@ -295,7 +329,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         );
     }
     let mut cfg = loaded.config;
-    apply_overrides(&cli, &mut cfg);
+    apply_overrides(&cli, &mut cfg)?;
     let pid_path = pid_file(&cli, &cfg);
 
     if cli.dump_config {
@@ -432,9 +466,9 @@ mod tests {
             capture: vec![CaptureConfig::Nfqueue(Settings::default())],
             ..ServerConfig::default()
         };
-        apply_overrides(&Cli::parse_from(["posternd", "-U"]), &mut cfg);
+        apply_overrides(&Cli::parse_from(["posternd", "-U"]), &mut cfg).unwrap();
         assert_eq!(cfg.capture, [CaptureConfig::Nfqueue(Settings::default())]);
-        apply_overrides(&Cli::parse_from(["posternd", "-t"]), &mut cfg);
+        apply_overrides(&Cli::parse_from(["posternd", "-t"]), &mut cfg).unwrap();
         assert_eq!(
             cfg.capture,
             [CaptureConfig::Nfqueue(Settings {

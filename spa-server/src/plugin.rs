@@ -17,7 +17,7 @@
 
 use libloading::{Library, Symbol};
 use serde::{Deserialize, Serialize};
-use spa_core::firewall::{Firewall, FirewallError, FwResult, Opening, Rule};
+use spa_core::firewall::{Firewall, FirewallError, FwResult, Opening, Rule, RuleFeature};
 use spa_core::Proto;
 use std::ffi::{c_char, c_void, CString};
 use std::path::{Path, PathBuf};
@@ -209,6 +209,7 @@ impl Firewall for PluginBackend {
         let wire: Vec<WireOpening> = openings
             .iter()
             .map(|o| {
+                o.rule.refuse("plugin", &[RuleFeature::Destination])?;
                 if o.rule.nat.is_some() {
                     return Err(FirewallError::Unsupported {
                         backend: "plugin",
@@ -267,12 +268,7 @@ impl Firewall for PluginBackend {
                     .parse()
                     .map_err(|e| plugin_error(&self.path, e))?;
                 Ok(Opening {
-                    rule: Rule {
-                        source: w.rule.source,
-                        proto,
-                        port: w.rule.port,
-                        nat: None,
-                    },
+                    rule: Rule::new(w.rule.source, proto, w.rule.port),
                     timeout_secs: w.timeout_secs,
                     expires_at: w.expires_at,
                 })

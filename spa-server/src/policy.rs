@@ -27,6 +27,13 @@ pub enum Denial {
     /// The stanza has DESTINATION but the capture could not tell where the
     /// packet was sent.
     DestinationUnknown,
+    /// ENABLE_DESTINATION_RULE, but the capture could not tell where the
+    /// packet was sent (or it was sent to an address of the other family than
+    /// the one to open for): the grant would match any address.
+    DestinationRuleUnknown,
+    /// FORWARD_ALL to a target NAT_ALLOW does not open on every port
+    /// (`NET:*`), or with RESTRICT_PORTS set.
+    ForwardAllNotAllowed(IpAddr),
     SourceAddressRequired,
     PortNotOpen(ProtoPort),
     PortRestricted(ProtoPort),
@@ -76,6 +83,15 @@ impl fmt::Display for Denial {
             }
             Denial::DestinationUnknown => f.write_str(
                 "the stanza has DESTINATION but the capture cannot tell where the packet was sent",
+            ),
+            Denial::DestinationRuleUnknown => f.write_str(
+                "ENABLE_DESTINATION_RULE is set but the packet's destination address is unknown \
+                 or of another family than the address to open for",
+            ),
+            Denial::ForwardAllNotAllowed(addr) => write!(
+                f,
+                "FORWARD_ALL to {addr} needs a NAT_ALLOW entry allowing every port of it \
+                 (`{addr}:*`) and no RESTRICT_PORTS"
             ),
             Denial::SourceAddressRequired => {
                 f.write_str("allow-IP 0.0.0.0 refused by REQUIRE_SOURCE_ADDRESS")
@@ -187,6 +203,8 @@ pub struct CmdCycle {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Grant {
     source: IpAddr,
+    /// ENABLE_DESTINATION_RULE: the address the knock was sent to.
+    destination: Option<IpAddr>,
     kind: GrantKind,
     timeout_secs: u32,
     stanza: usize,
@@ -234,6 +252,7 @@ impl Grant {
                     proto: p.proto,
                     port: p.port,
                     nat: nat.clone(),
+                    destination: self.destination,
                 },
                 timeout_secs: self.timeout_secs,
                 expires_at: now + u64::from(self.timeout_secs),
@@ -247,15 +266,19 @@ impl fmt::Display for Grant {
         match &self.kind {
             GrantKind::Access { ports, nat } => write!(
                 f,
-                "{} -> {}{} for {} s (user {}, stanza #{})",
+                "{} -> {}{}{} for {} s (user {}, stanza #{})",
                 self.source,
+                self.destination
+                    .map(|d| format!("{d} "))
+                    .unwrap_or_default(),
                 spa_core::request::format_proto_ports(ports),
                 nat.as_ref()
                     .map(|n| format!(
-                        " (NAT to {}:{}{})",
+                        " (NAT to {}:{}{}{})",
                         n.to_addr,
                         n.to_port,
-                        if n.local { ", local" } else { "" }
+                        if n.local { ", local" } else { "" },
+                        if n.forward_all { ", all ports" } else { "" }
                     ))
                     .unwrap_or_default(),
                 self.timeout_secs,
@@ -280,6 +303,8 @@ pub struct PolicySettings {
     pub max_packet_age: u64,
     pub packet_aging: bool,
     pub nat: crate::config::NatSection,
+    /// ENABLE_DESTINATION_RULE.
+    pub destination_rule: bool,
 }
 
 /// Everything policy looks at for one packet.
@@ -356,6 +381,9 @@ pub fn evaluate(settings: &PolicySettings, req: &Request) -> Result<Grant, Denia
         let nat = nat_rule(settings, stanza, msg)?;
         if let (Some(nat), Some(first)) = (&nat, access.ports.first()) {
             check_nat_target(stanza, nat, first.proto)?;
+            if nat.forward_all {
+                check_forward_all(stanza, nat)?;
+            }
         }
         (
             access.allow_ip,
@@ -374,6 +402,12 @@ pub fn evaluate(settings: &PolicySettings, req: &Request) -> Result<Grant, Denia
     } else {
         IpAddr::V4(allow_ip)
     };
+    // Fail closed: never widen a destination-bound grant to any address.
+    let destination = match (settings.destination_rule, req.destination.map(canonical)) {
+        (false, _) => None,
+        (true, Some(d)) if d.is_ipv4() == source.is_ipv4() => Some(d),
+        (true, _) => return Err(Denial::DestinationRuleUnknown),
+    };
     let timeout_secs = match msg.client_timeout {
         Some(t) if t > 0 => t.min(stanza.max_fw_timeout),
         // As fwknopd says it does: MAX_FW_TIMEOUT caps FW_ACCESS_TIMEOUT too.
@@ -387,6 +421,7 @@ pub fn evaluate(settings: &PolicySettings, req: &Request) -> Result<Grant, Denia
     });
     Ok(Grant {
         source,
+        destination,
         kind,
         timeout_secs,
         stanza: req.stanza_index,
@@ -432,6 +467,8 @@ fn nat_rule(
         local,
         snat: if local { None } else { snat },
         dnat: !stanza.disable_dnat,
+        // Local NAT leads to one port of this host: FORWARD_ALL is for forwarding.
+        forward_all: stanza.forward_all && !local,
     }))
 }
 
@@ -499,6 +536,25 @@ fn check_nat_target(
     Ok(())
 }
 
+/// FORWARD_ALL reaches every port of the target: stricter than fwknopd, a
+/// client's target must be one NAT_ALLOW opens on every port (`NET:*`), and
+/// RESTRICT_PORTS (which could not be honoured) must be empty. FORCE_NAT is the
+/// admin's own target.
+fn check_forward_all(stanza: &AccessStanza, nat: &NatRule) -> Result<(), Denial> {
+    if stanza.force_nat.is_some() {
+        return Ok(());
+    }
+    let addr = canonical(nat.to_addr);
+    let every_port = stanza
+        .nat_allow
+        .iter()
+        .any(|a| a.port.is_none() && a.net.contains(&addr));
+    if !every_port || !stanza.restrict_ports.is_empty() {
+        return Err(Denial::ForwardAllNotAllowed(addr));
+    }
+    Ok(())
+}
+
 /// The kind and range of an address no NAT should lead to by accident.
 fn special_range(addr: IpAddr) -> Option<(&'static str, ipnet::IpNet)> {
     const RANGES: [(&str, &str); 9] = [
@@ -548,6 +604,7 @@ mod tests {
             max_packet_age: 120,
             packet_aging: true,
             nat: Default::default(),
+            destination_rule: false,
         }
     }
 
@@ -731,6 +788,52 @@ mod tests {
         );
         // Without DESTINATION, where the packet went does not matter.
         assert!(eval_to(&settings(), &stanza(), &m, None).is_ok());
+    }
+
+    #[test]
+    fn destination_rule_binds_the_grant_and_fails_closed() {
+        let m = msg(MessageType::Access, "10.0.0.5,tcp/22", 1000);
+        let on = PolicySettings {
+            destination_rule: true,
+            ..settings()
+        };
+        let dst = |g: Grant| g.openings(1000)[0].rule.destination;
+        let g = eval_to(&on, &stanza(), &m, Some("::ffff:10.9.9.9")).unwrap();
+        assert_eq!(dst(g), Some("10.9.9.9".parse().unwrap()));
+        // Unknown, or of the other family: refused, never opened to any address.
+        for d in [None, Some("2001:db8::1")] {
+            assert_eq!(
+                eval_to(&on, &stanza(), &m, d),
+                Err(Denial::DestinationRuleUnknown)
+            );
+        }
+        let off = eval_to(&settings(), &stanza(), &m, Some("10.9.9.9")).unwrap();
+        assert_eq!(dst(off), None);
+    }
+
+    #[test]
+    fn forward_all_needs_every_port_of_the_target_allowed() {
+        let m = nat_msg(MessageType::NatAccess, "10.0.0.5,tcp/22", "192.168.1.5,22");
+        let mut s = stanza();
+        s.forward_all = true;
+        let refused = Err(Denial::ForwardAllNotAllowed("192.168.1.5".parse().unwrap()));
+        assert_eq!(eval_with(&nat_on(), &s, &m), refused, "no NAT_ALLOW");
+        s.nat_allow = crate::config::access::parse_nat_allow("192.168.1.0/24:22").unwrap();
+        assert_eq!(eval_with(&nat_on(), &s, &m), refused, "one port only");
+        s.nat_allow = crate::config::access::parse_nat_allow("192.168.1.0/24:*").unwrap();
+        let g = eval_with(&nat_on(), &s, &m).unwrap();
+        assert!(g.openings(1000)[0].rule.nat.as_ref().unwrap().forward_all);
+        s.restrict_ports = ports("tcp/25");
+        assert_eq!(eval_with(&nat_on(), &s, &m), refused, "RESTRICT_PORTS");
+        // Local NAT is one port of this host whatever FORWARD_ALL says.
+        s.restrict_ports.clear();
+        let local = nat_msg(
+            MessageType::LocalNatAccess,
+            "10.0.0.5,tcp/22",
+            "10.0.0.1,22",
+        );
+        let g = eval_with(&nat_on(), &s, &local).unwrap();
+        assert!(!g.openings(1000)[0].rule.nat.as_ref().unwrap().forward_all);
     }
 
     fn nat_on() -> PolicySettings {

@@ -360,6 +360,7 @@ mod stages {
                 max_packet_age: server.max_packet_age,
                 packet_aging: server.packet_aging,
                 nat: server.nat.clone(),
+                destination_rule: server.destination_rule,
             };
             let recorder = MemoryFirewall::new(true);
             let shutdown = tokio_util::sync::CancellationToken::new();

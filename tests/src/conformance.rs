@@ -94,12 +94,7 @@ pub fn wall_now() -> u64 {
 }
 
 pub fn rule(source: &str, proto: Proto, port: u16) -> Rule {
-    Rule {
-        source: source.parse::<IpAddr>().expect("address"),
-        proto,
-        port,
-        nat: None,
-    }
+    Rule::new(source.parse::<IpAddr>().expect("address"), proto, port)
 }
 
 pub fn opening(rule: &Rule, granted_at: u64, timeout_secs: u32) -> Opening {
@@ -401,6 +396,7 @@ pub fn run(
                 local: false,
                 snat: None,
                 dnat: true,
+                forward_all: false,
             }),
             ..rule("203.0.113.10", Proto::Tcp, 2222)
         },

@@ -22,9 +22,11 @@ pub use tempfile;
 
 pub mod attacker;
 pub mod conformance;
+pub mod firewalld;
 pub mod posternd;
 pub mod routed;
 pub mod scenario;
+pub mod stock;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
@@ -243,8 +245,11 @@ pub struct Netns {
 }
 
 impl Netns {
-    /// Create a namespace named `pn-{tag}-{pid}-{counter}` with `lo` up.
+    /// Create a namespace named `pn-{tag}-{pid}-{counter}` with `lo` up. The
+    /// first call of a test process removes those a dead test process left.
     pub fn new(tag: &str) -> Netns {
+        static SWEPT: OnceLock<()> = OnceLock::new();
+        SWEPT.get_or_init(remove_dead_runs_namespaces);
         let name = format!("pn-{}-{}-{}", tag, std::process::id(), next_id());
         let out = Command::new("ip")
             .args(["netns", "add", &name])
@@ -356,6 +361,33 @@ impl Netns {
                     .collect()
             })
             .unwrap_or_default()
+    }
+}
+
+/// The pid of the test process that made namespace `name`
+/// (`pn-{tag}-{pid}-{counter}`), if the name has that form.
+fn creator_pid(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix("pn-")?;
+    let mut parts = rest.rsplitn(3, '-');
+    let _counter: u64 = parts.next()?.parse().ok()?;
+    let pid = parts.next()?.parse().ok()?;
+    parts.next()?;
+    Some(pid)
+}
+
+/// Delete the namespaces (and kill what runs in them) whose test process is
+/// gone: a killed test run cannot clean up after itself, the next one does.
+fn remove_dead_runs_namespaces() {
+    let Ok(entries) = std::fs::read_dir("/run/netns") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(pid) = creator_pid(&name) {
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                drop(Netns { name });
+            }
+        }
     }
 }
 
@@ -673,6 +705,41 @@ fn build_bin(name: &str) -> Result<PathBuf, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn namespaces_of_dead_test_runs_are_removed() {
+        if !require_root() {
+            return;
+        }
+        assert_eq!(creator_pid("pn-nat-fw-1234-7"), Some(1234));
+        assert_eq!(creator_pid("pn-probe-99"), None);
+        assert_eq!(creator_pid("other-1-2"), None);
+        // A pid no process has: above pid_max.
+        let pid_max: u32 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+            .map(|t| t.trim().parse().unwrap_or(4_194_304))
+            .unwrap_or(4_194_304);
+        let dead = format!("pn-sweep-{}-1", pid_max + 1);
+        let alive = format!("pn-sweep-{}-999999", std::process::id());
+        for name in [&dead, &alive] {
+            assert!(Command::new("ip")
+                .args(["netns", "add", name])
+                .status()
+                .unwrap()
+                .success());
+        }
+        // Something left running inside, as a killed run would leave it.
+        let mut sleeper = Command::new("ip")
+            .args(["netns", "exec", &dead, "sleep", "60"])
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        remove_dead_runs_namespaces();
+        let listed = |name: &str| Path::new("/run/netns").join(name).exists();
+        assert!(!listed(&dead), "the dead run's namespace is still there");
+        assert!(listed(&alive), "a live run's namespace was removed");
+        assert!(sleeper.wait().is_ok());
+        drop(Netns { name: alive });
+    }
 
     #[test]
     fn wait_until_is_bounded() {

@@ -577,6 +577,27 @@ pub fn spawn_fwknopd(ns: &Netns, conf: &Path, access: &Path, log: &Path) -> Chil
     ns.spawn_logged(&["fwknopd", "-f", "-v", "-v", "-c", &c, "-a", &a], log)
 }
 
+/// [`spawn_fwknopd`], waited for until it serves (its log says it entered the
+/// main loop or started the UDP server). Panics with the log if it does not start.
+pub fn start_fwknopd(ns: &Netns, conf: &Path, access: &Path, log: &Path) -> ChildGuard {
+    let mut fwknopd = spawn_fwknopd(ns, conf, access, log);
+    let log_text = || std::fs::read_to_string(log).unwrap_or_default();
+    let up = wait_until(Duration::from_secs(15), Duration::from_millis(50), || {
+        let log = log_text();
+        log.contains("main event loop")
+            || log.contains("Kicking off UDP server")
+            || !fwknopd.is_running()
+    });
+    // The UDP server binds right after saying so.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        up && fwknopd.is_running(),
+        "fwknopd did not start:\n{}",
+        log_text()
+    );
+    fwknopd
+}
+
 /// Scenario runner: runs each named closure concurrently on its own thread and
 /// panics with every failure (and a timing line for each success).
 pub fn run_scenarios(title: &str, scenarios: Vec<(String, Box<dyn FnOnce() + Send>)>) {

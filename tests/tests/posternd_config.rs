@@ -480,11 +480,11 @@ fn settings_that_would_open_more_are_refused() {
         describe(&out)
     );
 
-    // A restriction postern cannot apply yet.
+    // A yes/no fwknopd reads as no and most readers as yes.
     let dest_rule = dir.write(
-        "dest-fwknopd.conf",
+        "yn-fwknopd.conf",
         &format!(
-            "FWKNOP_RUN_DIR {};\nENABLE_DESTINATION_RULE Y;\n",
+            "FWKNOP_RUN_DIR {};\nENABLE_IPT_FORWARDING 1;\n",
             dir.run_dir().display()
         ),
     );
@@ -499,7 +499,7 @@ fn settings_that_would_open_more_are_refused() {
         ],
         &dest_rule,
         2,
-        "ENABLE_DESTINATION_RULE",
+        "ENABLE_IPT_FORWARDING 1",
     );
 
     // queue_depth = 0 used to panic at start.

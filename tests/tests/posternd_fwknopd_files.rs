@@ -19,12 +19,11 @@
 //! MAX_SPA_PACKET_AGE, must not open the port again.
 
 use postern_e2e::posternd::{
-    access_conf, knock_ok, knock_with, runnable, spawn_fwknopd, udp_send_all, ConfDir, Posternd,
+    access_conf, knock_ok, knock_with, runnable, start_fwknopd, udp_send_all, ConfDir, Posternd,
     Service, SPA_PORT,
 };
 use postern_e2e::scenario::{describe, SpaClient, SpaKeys};
-use postern_e2e::ChildGuard;
-use postern_e2e::{wait_until, Pair};
+use postern_e2e::Pair;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -126,7 +125,7 @@ fn same_files(mode: Mode, tag: &str) {
     // 1. The real fwknopd with the files.
     let flog = dir.path("fwknopd.log");
     let flog_text = || std::fs::read_to_string(&flog).unwrap_or_default();
-    let mut fwknopd = start_fwknopd(&svc, &conf, &access, &flog);
+    let mut fwknopd = start_fwknopd(svc.server(), &conf, &access, &flog);
     let fctx = || {
         format!(
             "--- fwknopd log ---\n{}\n--- iptables-save ---\n{}",
@@ -179,31 +178,6 @@ fn same_files(mode: Mode, tag: &str) {
     );
 }
 
-/// fwknopd with `conf`/`access`, waited for until it serves.
-fn start_fwknopd(
-    svc: &Service,
-    conf: &std::path::Path,
-    access: &std::path::Path,
-    log: &std::path::Path,
-) -> ChildGuard {
-    let mut fwknopd = spawn_fwknopd(svc.server(), conf, access, log);
-    let log_text = || std::fs::read_to_string(log).unwrap_or_default();
-    let up = wait_until(Duration::from_secs(15), Duration::from_millis(50), || {
-        let log = log_text();
-        log.contains("main event loop")
-            || log.contains("Kicking off UDP server")
-            || !fwknopd.is_running()
-    });
-    // The UDP server binds right after saying so.
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(
-        up && fwknopd.is_running(),
-        "fwknopd did not start:\n{}",
-        log_text()
-    );
-    fwknopd
-}
-
 #[test]
 fn packet_accepted_by_fwknopd_is_refused_by_posternd_after_the_switch() {
     if !runnable(&["fwknop", "fwknopd", "iptables"]) {
@@ -218,7 +192,7 @@ fn packet_accepted_by_fwknopd_is_refused_by_posternd_after_the_switch() {
         &access_conf(&keys, Some(&format!("tcp/{PORT}")), TIMEOUT, ""),
     );
     let flog = dir.path("fwknopd.log");
-    let mut fwknopd = start_fwknopd(&svc, &conf, &access, &flog);
+    let mut fwknopd = start_fwknopd(svc.server(), &conf, &access, &flog);
     // Sent and saved (-B): what an eavesdropper would have captured.
     let saved = dir.path("seen.pkt");
     knock_ok(&svc, &keys, &["-B", &saved.display().to_string()]);

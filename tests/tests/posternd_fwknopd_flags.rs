@@ -235,6 +235,54 @@ fn fwknopds_check_support_switches_are_accepted() {
     }
 }
 
+/// Paths given on the command line are checked at start (as fwknopd), and
+/// flags that cannot apply to this configuration say so instead of vanishing.
+#[test]
+fn command_line_paths_are_checked_and_idle_flags_named() {
+    let keys = SpaKeys::generate("cbc", Some("sha256"));
+    let (dir, conf, access) = files(&keys, 30, "");
+    let plain = dir
+        .write("plain-file", "not a program\n")
+        .display()
+        .to_string();
+    for (flag, value, want) in [
+        ("--sudo-exe", plain.as_str(), "not an executable file"),
+        ("--gpg-exe", "/nonexistent/gpg", "/nonexistent/gpg:"),
+        ("--gpg-home-dir", plain.as_str(), "not a directory"),
+    ] {
+        let out = run(
+            &posternd_bin(),
+            &args(&conf, &access, &[flag, value, "--exit-parse-config"]),
+            "UTC",
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(&format!("{flag} {value}")) && err.contains(want),
+            "{flag} {value}: {}",
+            describe(&out)
+        );
+    }
+    let udp_conf = dir.write(
+        "udp-fwknopd.conf",
+        &format!(
+            "{}ENABLE_UDP_SERVER Y;\n",
+            std::fs::read_to_string(&conf).unwrap()
+        ),
+    );
+    let out = run(
+        &posternd_bin(),
+        &args(&udp_conf, &access, &["-i", "eth9", "--exit-parse-config"]),
+        "UTC",
+    );
+    assert!(
+        out.status.success()
+            && String::from_utf8_lossy(&out.stderr)
+                .contains("-i has no effect: no pcap capture is configured"),
+        "{}",
+        describe(&out)
+    );
+}
+
 /// As fwknopd, `-r DIR` moves fwknopd's digest cache (the one posternd imports)
 /// and `-D` shows the run dir in effect; a DIGEST_FILE the file names stays.
 #[test]

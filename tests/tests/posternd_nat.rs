@@ -15,8 +15,11 @@
 //!   (native TOML; the gateway's FORWARD policy is DROP, so only the grant's
 //!   forward rule lets the flow through), and iptables from fwknopd.conf +
 //!   access.conf (`ENABLE_IPT_FORWARDING Y`, `ENABLE_IPT_LOCAL_NAT Y`, fwknopd's
-//!   FWKNOP_* chains).
+//!   FWKNOP_* chains), and firewalld from a firewalld build's fwknopd.conf
+//!   (`ENABLE_FIREWD_FORWARDING Y`, `ENABLE_FIREWD_LOCAL_NAT Y`,
+//!   `ENABLE_FIREWD_SNAT Y`) against a real firewalld on the gateway.
 
+use postern_e2e::firewalld::Firewalld;
 use postern_e2e::posternd::{access_conf, runnable, udp_capture, ConfDir, Posternd, SPA_PORT};
 use postern_e2e::scenario::{describe, SpaClient, SpaKeys};
 use postern_e2e::{tcp_connect_ok, wait_until, Netns};
@@ -146,11 +149,17 @@ enum Setup {
     Iptables,
     /// fwknopd.conf + access.conf, no postern action (iptables, FWKNOP_* chains).
     FwknopdFiles,
+    /// A firewalld build's fwknopd.conf + access.conf: the firewalld action, a
+    /// real firewalld on the gateway (its public zone open to the SPA port and
+    /// without the ssh service, so port 22 is closed).
+    FirewalldFiles,
 }
 
 /// A gateway with posternd running and the keys its access.conf accepts.
 struct Daemon {
     d: Posternd,
+    /// Outlives posternd (fields drop in order), which flushes into it at exit.
+    _firewalld: Option<Firewalld>,
     keys: SpaKeys,
     _conf: ConfDir,
     config: String,
@@ -193,17 +202,22 @@ fn start_posternd(t: &Routed, setup: Setup, snat: Option<&str>) -> Daemon {
                 toml,
             )
         }
-        Setup::FwknopdFiles => {
+        Setup::FwknopdFiles | Setup::FirewalldFiles => {
+            let fw = if setup == Setup::FirewalldFiles {
+                "FIREWD"
+            } else {
+                "IPT"
+            };
             let snat = match snat {
-                Some("masquerade") => "ENABLE_IPT_SNAT Y;\n".to_string(),
-                Some(addr) => format!("ENABLE_IPT_SNAT Y;\nSNAT_TRANSLATE_IP {addr};\n"),
+                Some("masquerade") => format!("ENABLE_{fw}_SNAT Y;\n"),
+                Some(addr) => format!("ENABLE_{fw}_SNAT Y;\nSNAT_TRANSLATE_IP {addr};\n"),
                 None => String::new(),
             };
             let text = format!(
                 "ENABLE_UDP_SERVER Y;\nUDPSERV_PORT {SPA_PORT};\nMAX_SPA_PACKET_AGE 120;\n\
                  FWKNOP_RUN_DIR {run};\nFWKNOP_PID_FILE {run}/fwknopd.pid;\nDIGEST_FILE {run}/digest.cache;\n\
-                 ENABLE_IPT_FORWARDING Y;\nENABLE_IPT_LOCAL_NAT Y;\n{snat}\
-                 FLUSH_IPT_AT_INIT Y;\nFLUSH_IPT_AT_EXIT Y;\n"
+                 ENABLE_{fw}_FORWARDING Y;\nENABLE_{fw}_LOCAL_NAT Y;\n{snat}\
+                 FLUSH_{fw}_AT_INIT Y;\nFLUSH_{fw}_AT_EXIT Y;\n"
             );
             conf.write("fwknopd.conf", &text);
             let args = vec![
@@ -216,9 +230,29 @@ fn start_posternd(t: &Routed, setup: Setup, snat: Option<&str>) -> Daemon {
             (args, text)
         }
     };
-    let d = Posternd::start(t.gateway(), &args, conf.dir.path());
+    let firewalld = (setup == Setup::FirewalldFiles).then(|| {
+        let fwd = Firewalld::start(t.gateway());
+        // As an admin does for fwknopd's UDP server: SPA packets in, ssh closed.
+        let spa = format!("--add-port={SPA_PORT}/udp");
+        for change in ["--remove-service=ssh", &spa] {
+            fwd.firewall_cmd(&["--zone=public", change])
+                .unwrap_or_else(|e| panic!("firewall-cmd {change}: {e}"));
+        }
+        fwd
+    });
+    // posternd finds firewalld on the system bus.
+    let wrapper: Vec<String> = match &firewalld {
+        Some(fwd) => vec![
+            "env".into(),
+            format!("DBUS_SYSTEM_BUS_ADDRESS={}", fwd.address),
+        ],
+        None => Vec::new(),
+    };
+    let d = Posternd::try_start_wrapped(t.gateway(), &wrapper, &args, conf.dir.path())
+        .unwrap_or_else(|e| panic!("{e}"));
     Daemon {
         d,
+        _firewalld: firewalld,
         keys,
         _conf: conf,
         config,
@@ -352,7 +386,7 @@ fn local_request() -> Vec<String> {
 /// listener sees the client's own address.
 fn forward(tag: &str, setup: Setup, client: SpaClient) {
     let t = Routed::new(tag, true);
-    if setup != Setup::Nftables {
+    if setup != Setup::Nftables && setup != Setup::FirewalldFiles {
         forward_policy_drop(t.gateway());
     }
     let ssh = Recorder::start(t.internal(), SSH);
@@ -380,8 +414,9 @@ fn forward(tag: &str, setup: Setup, client: SpaClient) {
 /// through port 55000.
 fn local(tag: &str, setup: Setup, client: SpaClient) {
     let t = Routed::new(tag, true);
-    if setup != Setup::Nftables {
-        // The gateway closes its own port 22 (nftables: `protected`).
+    if setup != Setup::Nftables && setup != Setup::FirewalldFiles {
+        // The gateway closes its own port 22 (nftables: `protected`; firewalld:
+        // the public zone without ssh).
         t.gateway().run_ok(&[
             "iptables", "-w", "5", "-A", "INPUT", "-p", "tcp", "--dport", "22", "-j", "DROP",
         ]);
@@ -416,7 +451,7 @@ fn masquerade(tag: &str, setup: Setup) {
         "internal must have no route to the client: {}",
         describe(&route)
     );
-    if setup != Setup::Nftables {
+    if setup != Setup::Nftables && setup != Setup::FirewalldFiles {
         forward_policy_drop(t.gateway());
     }
     let ssh = Recorder::start(t.internal(), SSH);
@@ -485,5 +520,14 @@ fn fwknopd_files_forward_and_local_nat() {
     if can_run() {
         forward("nff", Setup::FwknopdFiles, SpaClient::Fwknop);
         local("nfl", Setup::FwknopdFiles, SpaClient::Fwknop);
+    }
+}
+
+#[test]
+fn firewalld_files_forward_local_nat_and_masquerade() {
+    if runnable(&["fwknop"]) && postern_e2e::firewalld::can_run() {
+        forward("nwf", Setup::FirewalldFiles, SpaClient::Fwknop);
+        local("nwl", Setup::FirewalldFiles, SpaClient::Fwknop);
+        masquerade("nwm", Setup::FirewalldFiles);
     }
 }

@@ -2,10 +2,10 @@
 
 use crate::api::{ApiError, DbusApi, FirewalldApi};
 use crate::config::FirewalldConfig;
-use crate::rich::{self, SourceForm};
+use crate::rich::{self, Part, SourceForm};
 use crate::state::{Entry, State, StateFile};
 use crate::BACKEND;
-use spa_core::firewall::{Firewall, FirewallError, FwResult, Opening, Rule};
+use spa_core::firewall::{Firewall, FirewallError, FwResult, NatRule, Opening, Rule, Snat};
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
@@ -52,8 +52,8 @@ fn other(message: String) -> FirewallError {
 
 /// One change made during a grant batch, and how to take it back.
 enum Undo {
-    /// We added this text: remove it.
-    Remove { text: String, expires_at: u64 },
+    /// We added this entry's text: remove it.
+    Remove { entry: Entry },
     /// We removed our own older rule: add it again for the rest of its time.
     Restore { entry: Entry },
 }
@@ -261,7 +261,7 @@ impl FirewalldBackend {
             for e in overdue {
                 match self.api.remove_rich_rule(&e.zone, &e.text) {
                     Ok(()) => {
-                        tracing::info!("removed expired grant {} from zone `{}`", e.rule, e.zone)
+                        tracing::info!("removed expired grant {} from zone `{}`", e.part, e.zone)
                     }
                     Err(err) if err.is_code("NOT_ENABLED") => {}
                     Err(err) => {
@@ -275,14 +275,18 @@ impl FirewalldBackend {
     }
 
     fn validate_opening(&self, o: &Opening) -> FwResult<()> {
-        if o.rule.nat.is_some() {
-            return Err(FirewallError::Unsupported {
-                backend: BACKEND,
-                what: format!(
-                    "NAT access (grant {}); use the iptables or nftables backend for NAT",
+        if let Some(d) = o.rule.destination {
+            if rich::canonical_source(d).is_ipv4()
+                != rich::canonical_source(o.rule.source).is_ipv4()
+            {
+                return Err(other(format!(
+                    "grant {}: source and destination are of different address families",
                     o.rule
-                ),
-            });
+                )));
+            }
+        }
+        if let Some(nat) = &o.rule.nat {
+            validate_nat(&o.rule, nat)?;
         }
         let source = rich::canonical_source(o.rule.source);
         if !self.config.family.allows(&source) {
@@ -302,8 +306,9 @@ impl FirewalldBackend {
         Ok(())
     }
 
-    /// Applies one opening. `present` is the zone's rich-rule text as firewalld has
-    /// it, kept current as we go. Records undo steps; on error the caller rolls back.
+    /// Applies one opening: each rich rule it needs ([`Part::of`]). `present` is
+    /// the zone's rich-rule text as firewalld has it, kept current as we go.
+    /// Records undo steps; on error the caller rolls back.
     fn apply_one(
         &mut self,
         zone: &str,
@@ -312,11 +317,26 @@ impl FirewalldBackend {
         present: &mut HashSet<String>,
         undo: &mut Vec<Undo>,
     ) -> FwResult<()> {
-        let rule = rich::canonical_rule(&o.rule);
         let timeout = o.timeout_secs.clamp(1, i32::MAX as u32);
         let expires_at = now + timeout as u64;
+        for part in Part::of(&o.rule) {
+            self.apply_part(zone, part, timeout, expires_at, present, undo)?;
+        }
+        Ok(())
+    }
+
+    /// Makes firewalld hold `part` until at least `expires_at`.
+    fn apply_part(
+        &mut self,
+        zone: &str,
+        part: Part,
+        timeout: u32,
+        expires_at: u64,
+        present: &mut HashSet<String>,
+        undo: &mut Vec<Undo>,
+    ) -> FwResult<()> {
         // Ours, still in firewalld; entries firewalld dropped meanwhile are stale.
-        let ours: Vec<Entry> = self.state.for_rule(zone, &rule);
+        let ours: Vec<Entry> = self.state.for_part(zone, &part);
         for e in ours.iter().filter(|e| !present.contains(&e.text)) {
             self.state.remove(&e.zone, &e.text);
         }
@@ -336,7 +356,7 @@ impl FirewalldBackend {
             None => [SourceForm::Plain, SourceForm::HostPrefix],
         };
         for form in forms {
-            let entry = Entry::new(zone, &rule, form, expires_at);
+            let entry = Entry::of_part(zone, part.clone(), form, expires_at);
             if present.contains(&entry.text) {
                 continue;
             }
@@ -351,8 +371,7 @@ impl FirewalldBackend {
                     if e.outcome_unknown() {
                         // It was absent before, so if it got in, it is ours to take out.
                         undo.push(Undo::Remove {
-                            text: entry.text.clone(),
-                            expires_at,
+                            entry: entry.clone(),
                         });
                     }
                     return Err(self.fail(
@@ -367,8 +386,7 @@ impl FirewalldBackend {
             );
             present.insert(entry.text.clone());
             undo.push(Undo::Remove {
-                text: entry.text.clone(),
-                expires_at,
+                entry: entry.clone(),
             });
             self.state.insert(entry);
             for old in &ours {
@@ -389,8 +407,7 @@ impl FirewalldBackend {
                 if let Err(e) = self.api.add_rich_rule(zone, &entry.text, timeout as i32) {
                     if e.outcome_unknown() {
                         undo.push(Undo::Remove {
-                            text: entry.text.clone(),
-                            expires_at,
+                            entry: entry.clone(),
                         });
                     }
                     return Err(self.fail(
@@ -402,8 +419,7 @@ impl FirewalldBackend {
                 // Undo: the Restore pushed by remove_ours puts back the old one,
                 // after this Remove takes out the new one (undo runs in reverse).
                 undo.push(Undo::Remove {
-                    text: entry.text.clone(),
-                    expires_at,
+                    entry: entry.clone(),
                 });
                 self.state.insert(entry);
                 Ok(())
@@ -412,8 +428,8 @@ impl FirewalldBackend {
             // Leave them alone (they are not ours to refresh or remove).
             None => {
                 tracing::warn!(
-                    "firewalld zone `{zone}` already has rules allowing {rule} that postern did not add; \
-                     leaving them in place and not tracking this grant"
+                    "firewalld zone `{zone}` already has rules doing {part} that postern did not add; \
+                     leaving them in place and not tracking them"
                 );
                 Ok(())
             }
@@ -453,15 +469,13 @@ impl FirewalldBackend {
         let mut failures = Vec::new();
         for step in undo.into_iter().rev() {
             match step {
-                Undo::Remove { text, expires_at } => match self.api.remove_rich_rule(zone, &text) {
+                Undo::Remove { entry } => match self.api.remove_rich_rule(zone, &entry.text) {
                     Ok(()) => {}
                     Err(e) if e.is_code("NOT_ENABLED") => {}
                     Err(e) => {
                         // Still there: keep tracking it so list/flush see it (it expires anyway).
-                        if let Some(entry) = Entry::from_text(zone, &text, expires_at) {
-                            self.state.insert(entry);
-                        }
-                        failures.push(format!("`{text}` stays until it expires ({e})"));
+                        failures.push(format!("`{}` stays until it expires ({e})", entry.text));
+                        self.state.insert(entry);
                     }
                 },
                 Undo::Restore { entry } => {
@@ -478,7 +492,7 @@ impl FirewalldBackend {
                             self.state.remove(&entry.zone, &entry.text);
                             failures.push(format!(
                                 "earlier grant {} could not be restored ({e})",
-                                entry.rule
+                                entry.part
                             ));
                         }
                     }
@@ -487,6 +501,47 @@ impl FirewalldBackend {
         }
         (!failures.is_empty()).then(|| failures.join("; "))
     }
+}
+
+/// NAT as firewalld's rich rules can do it: DNAT (`forward-port … to-addr`,
+/// which firewalld's forward chain accepts as `ct status dnat`), a redirect to a
+/// local port, masquerading, and FORWARD_ALL as every TCP and UDP port. Not:
+/// DISABLE_DNAT's bare forward accept (a
+/// zone's rich rules filter only what comes in to this host, and firewalld
+/// accepts no forwarded traffic without DNAT), and SNAT to a given address
+/// (rich rules only masquerade). Both fail here, before anything is changed.
+fn validate_nat(rule: &Rule, nat: &NatRule) -> FwResult<()> {
+    let unsupported = |what: String| {
+        Err(FirewallError::Unsupported {
+            backend: BACKEND,
+            what: format!("{what} (grant {rule}); use the iptables or nftables backend for it"),
+        })
+    };
+    if !nat.dnat {
+        return unsupported("NAT without DNAT (DISABLE_DNAT)".into());
+    }
+    if nat.forward_all && nat.local {
+        return unsupported("FORWARD_ALL to this host (local NAT)".into());
+    }
+    if let (false, Some(Snat::To(addr))) = (nat.local, &nat.snat) {
+        return unsupported(format!(
+            "SNAT to {addr} (firewalld rich rules only masquerade)"
+        ));
+    }
+    let source = rich::canonical_source(rule.source);
+    let to = rich::canonical_source(nat.to_addr);
+    if !nat.local && source.is_ipv4() != to.is_ipv4() {
+        return Err(other(format!(
+            "grant {rule}: NAT from an {} source to an {} address cannot be one rich rule",
+            if source.is_ipv4() { "IPv4" } else { "IPv6" },
+            if to.is_ipv4() { "IPv4" } else { "IPv6" }
+        )));
+    }
+    // FORWARD_ALL keeps every port as it is; the others name one.
+    if nat.to_port == 0 && !nat.forward_all {
+        return Err(other(format!("grant {rule}: NAT to port 0")));
+    }
+    Ok(())
 }
 
 impl Firewall for FirewalldBackend {
@@ -500,7 +555,13 @@ impl Firewall for FirewalldBackend {
         self.check_running()?;
         let zone = self.resolve_zone()?;
         self.load_state()?;
-        let changed = self.reconcile(now)?;
+        let mut changed = self.reconcile(now)?;
+        if self.config.flush_at_init && !self.state.is_empty() {
+            // As fwknopd's FLUSH_FIREWD_AT_INIT: a previous run's grants go.
+            self.zone = Some(zone.clone());
+            self.flush()?;
+            changed = true;
+        }
         // At start, a state file that cannot be written is a configuration error.
         if changed || self.state_file.is_some() {
             self.save_state().map_err(|e| {
@@ -638,8 +699,12 @@ impl Firewall for FirewalldBackend {
         true
     }
 
-    /// Grants stay and expire inside firewalld; only the state file is written.
+    /// Grants stay and expire inside firewalld (only the state file is written),
+    /// unless `flush_at_exit` (fwknopd's FLUSH_FIREWD_AT_EXIT) removes them.
     fn shutdown(&mut self) -> FwResult<()> {
+        if self.config.flush_at_exit && self.zone.is_some() {
+            return self.flush();
+        }
         self.save_state_or_warn();
         Ok(())
     }

@@ -32,6 +32,12 @@ pub struct FirewalldConfig {
     pub family: FamilyFilter,
     /// How long one D-Bus call to firewalld may take, in milliseconds.
     pub call_timeout_ms: u64,
+    /// Remove postern's recorded grants at start (fwknopd's FLUSH_FIREWD_AT_INIT).
+    /// Default: keep the live ones (they still expire inside firewalld).
+    pub flush_at_init: bool,
+    /// Remove postern's grants at shutdown (FLUSH_FIREWD_AT_EXIT). Default: leave
+    /// them to expire inside firewalld.
+    pub flush_at_exit: bool,
 }
 
 impl Default for FirewalldConfig {
@@ -42,6 +48,8 @@ impl Default for FirewalldConfig {
             state_file: None,
             family: FamilyFilter::Any,
             call_timeout_ms: 10_000,
+            flush_at_init: false,
+            flush_at_exit: false,
         }
     }
 }

@@ -6,9 +6,9 @@
 //! (so a restarted posternd can still list and flush them). An entry is the exact
 //! rule text plus zone and expiry; the text must parse as postern's shape.
 
-use crate::rich::{self, SourceForm};
+use crate::rich::{self, Part, SourceForm};
 use serde::{Deserialize, Serialize};
-use spa_core::firewall::{Opening, Rule};
+use spa_core::firewall::{NatRule, Opening, Rule};
 use std::collections::HashSet;
 use std::fs;
 use std::io::{self, Write};
@@ -20,32 +20,69 @@ pub struct Entry {
     pub zone: String,
     /// Exact text as passed to `addRichRule` (and as firewalld lists it).
     pub text: String,
-    /// Parsed from `text`: canonical source, proto, port.
-    pub rule: Rule,
+    /// What the text does for which grant (canonical addresses).
+    pub part: Part,
     pub form: SourceForm,
     /// Unix seconds at which firewalld drops it.
     pub expires_at: u64,
 }
 
 impl Entry {
+    /// The entry for a grant's own rule.
     pub fn new(zone: &str, rule: &Rule, form: SourceForm, expires_at: u64) -> Entry {
-        let rule = rich::canonical_rule(rule);
+        Entry::of_part(
+            zone,
+            Part::Grant(rich::canonical_rule(rule)),
+            form,
+            expires_at,
+        )
+    }
+
+    pub fn of_part(zone: &str, part: Part, form: SourceForm, expires_at: u64) -> Entry {
         Entry {
             zone: zone.to_string(),
-            text: rich::render(&rule, form),
-            rule,
+            text: rich::render_part(&part, form),
+            part,
             form,
             expires_at,
         }
     }
 
-    /// Rebuilds an entry from its text; `None` if the text is not postern's shape.
-    pub fn from_text(zone: &str, text: &str, expires_at: u64) -> Option<Entry> {
-        let (rule, form) = rich::parse(text)?;
+    /// The grant, for an entry of a grant's own rule.
+    pub fn rule(&self) -> Option<&Rule> {
+        self.part.rule()
+    }
+
+    /// The NAT of the grant, as recorded next to the text in the state file.
+    fn nat(&self) -> Option<&NatRule> {
+        self.rule().and_then(|r| r.nat.as_ref())
+    }
+
+    /// Rebuilds an entry from its text and what was recorded with it (see
+    /// [`rich::Recorded`]); `None` if they are not postern's shape.
+    pub fn from_text(
+        zone: &str,
+        text: &str,
+        nat_tag: Option<&str>,
+        proto: Option<&str>,
+        expires_at: u64,
+    ) -> Option<Entry> {
+        let recorded = match nat_tag {
+            Some(tag) => {
+                let (port, nat) = NatRule::parse_tag(tag)?;
+                let proto = match proto {
+                    Some(p) => Some(rich::protocol(p)?),
+                    None => None,
+                };
+                Some(rich::Recorded { port, nat, proto })
+            }
+            None => None,
+        };
+        let (part, form) = rich::parse_part(text, recorded.as_ref())?;
         Some(Entry {
             zone: zone.to_string(),
             text: text.to_string(),
-            rule,
+            part,
             form,
             expires_at,
         })
@@ -89,23 +126,38 @@ impl State {
 
     /// Entries for `rule` (compared canonically) in `zone`, latest expiry first.
     pub fn for_rule(&self, zone: &str, rule: &Rule) -> Vec<Entry> {
-        let rule = rich::canonical_rule(rule);
+        self.for_part(zone, &Part::Grant(rich::canonical_rule(rule)))
+    }
+
+    /// Entries for `part` in `zone`, latest expiry first.
+    pub fn for_part(&self, zone: &str, part: &Part) -> Vec<Entry> {
         let mut v: Vec<Entry> = self
             .entries
             .iter()
-            .filter(|e| e.zone == zone && e.rule == rule)
+            .filter(|e| e.zone == zone && &e.part == part)
             .cloned()
             .collect();
         v.sort_by_key(|e| std::cmp::Reverse(e.expires_at));
         v
     }
 
-    /// Entries for `rule` in any zone.
+    /// Entries of the grant `rule` in any zone: its own rule, and the masquerade
+    /// rules it needs that no other grant recorded here needs.
     pub fn for_rule_any_zone(&self, rule: &Rule) -> Vec<Entry> {
         let rule = rich::canonical_rule(rule);
+        let parts = Part::of(&rule);
+        let needed_by_others = |e: &Entry| {
+            self.entries.iter().any(|other| match other.rule() {
+                Some(r) => r != &rule && other.zone == e.zone && Part::of(r).contains(&e.part),
+                None => false,
+            })
+        };
         self.entries
             .iter()
-            .filter(|e| e.rule == rule)
+            .filter(|e| match e.rule() {
+                Some(r) => r == &rule,
+                None => parts.contains(&e.part) && !needed_by_others(e),
+            })
             .cloned()
             .collect()
     }
@@ -140,15 +192,16 @@ impl State {
     pub fn openings(&self, now: u64) -> Vec<Opening> {
         let mut out: Vec<Opening> = Vec::new();
         for e in self.entries.iter().filter(|e| e.expires_at > now) {
+            let Some(rule) = e.rule() else { continue };
             let timeout_secs = u32::try_from(e.expires_at - now).unwrap_or(u32::MAX);
-            match out.iter_mut().find(|o| o.rule == e.rule) {
+            match out.iter_mut().find(|o| &o.rule == rule) {
                 Some(o) if o.expires_at >= e.expires_at => {}
                 Some(o) => {
                     o.expires_at = e.expires_at;
                     o.timeout_secs = timeout_secs;
                 }
                 None => out.push(Opening {
-                    rule: e.rule.clone(),
+                    rule: rule.clone(),
                     timeout_secs,
                     expires_at: e.expires_at,
                 }),
@@ -180,6 +233,11 @@ impl State {
                 .map(|e| GrantJson {
                     zone: e.zone.clone(),
                     rule: e.text.clone(),
+                    nat: e.nat().map(|n| n.tag(e.rule().map_or(0, |r| r.port))),
+                    proto: match &e.part {
+                        Part::ForwardAll { rule, .. } => Some(rule.proto.name().to_string()),
+                        _ => None,
+                    },
                     expires_at: e.expires_at,
                 })
                 .collect(),
@@ -202,7 +260,13 @@ impl State {
         let mut state = State::default();
         let mut warnings = Vec::new();
         for g in file.grants {
-            match Entry::from_text(&g.zone, &g.rule, g.expires_at) {
+            match Entry::from_text(
+                &g.zone,
+                &g.rule,
+                g.nat.as_deref(),
+                g.proto.as_deref(),
+                g.expires_at,
+            ) {
                 Some(e) => state.insert(e),
                 None => warnings.push(format!(
                     "ignoring entry that is not a postern rule: zone `{}`: {}",
@@ -226,6 +290,13 @@ struct StateFileJson {
 struct GrantJson {
     zone: String,
     rule: String,
+    /// A NAT grant's [`NatRule::tag`]: what its forward-port text leaves out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    nat: Option<String>,
+    /// A FORWARD_ALL grant's protocol (its forward-ports say every port of TCP
+    /// and UDP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    proto: Option<String>,
     expires_at: u64,
 }
 
@@ -305,12 +376,7 @@ mod tests {
     use spa_core::request::Proto;
 
     fn rule(src: &str, port: u16) -> Rule {
-        Rule {
-            source: src.parse().unwrap(),
-            proto: Proto::Tcp,
-            port,
-            nat: None,
-        }
+        Rule::new(src.parse().unwrap(), Proto::Tcp, port)
     }
 
     #[test]
@@ -353,7 +419,7 @@ mod tests {
             SourceForm::Plain,
             100,
         ));
-        assert_eq!(s.entries()[0].rule, rule("10.0.0.1", 22));
+        assert_eq!(s.entries()[0].rule(), Some(&rule("10.0.0.1", 22)));
         assert_eq!(s.for_rule("public", &rule("10.0.0.1", 22)).len(), 1);
         assert_eq!(s.for_rule("public", &rule("::ffff:10.0.0.1", 22)).len(), 1);
         assert_eq!(s.for_rule_any_zone(&rule("10.0.0.1", 22)).len(), 1);
@@ -453,7 +519,7 @@ mod tests {
             {"zone":"public","rule":"rule family=\"ipv4\" source address=\"10.0.0.9\" port port=\"22\" protocol=\"udp\" accept","expires_at":7}]}"#;
         let (st, warnings) = State::from_json(text).unwrap();
         assert_eq!(st.entries().len(), 1);
-        assert_eq!(st.entries()[0].rule.proto, Proto::Udp);
+        assert_eq!(st.entries()[0].rule().unwrap().proto, Proto::Udp);
         assert_eq!(warnings.len(), 1);
         assert!(warnings[0].contains("service name"), "{warnings:?}");
 

@@ -5,7 +5,7 @@ use crate::api::{ApiError, ApiResult, FirewalldApi};
 use crate::config::{FamilyFilter, FirewalldConfig};
 use crate::rich::{render, SourceForm};
 use crate::FirewalldBackend;
-use spa_core::firewall::{Firewall, FirewallError, NatRule, Opening, Rule};
+use spa_core::firewall::{Firewall, FirewallError, NatRule, Opening, Rule, Snat};
 use spa_core::request::Proto;
 use std::cell::Cell;
 use std::collections::BTreeMap;
@@ -174,12 +174,7 @@ impl FirewalldApi for FakeApi {
 }
 
 fn rule(src: &str, port: u16) -> Rule {
-    Rule {
-        source: src.parse().unwrap(),
-        proto: Proto::Tcp,
-        port,
-        nat: None,
-    }
+    Rule::new(src.parse().unwrap(), Proto::Tcp, port)
 }
 
 fn opening(src: &str, port: u16, secs: u32) -> Opening {
@@ -443,22 +438,17 @@ fn an_unremovable_rule_after_a_failure_stays_tracked() {
 }
 
 #[test]
-fn nat_family_and_port_zero_are_refused_before_anything_is_applied() {
+fn nat_rich_rules_cannot_do_and_family_and_port_zero_are_refused_before_anything_is_applied() {
     let (mut b, fake) = backend_with(FirewalldConfig {
         family: FamilyFilter::Ipv4,
         ..Default::default()
     });
     b.init(clock()).unwrap();
     fake.calls();
-    let mut nat = opening("192.0.2.7", 22, 30);
-    nat.rule.nat = Some(NatRule {
-        to_addr: "10.0.0.5".parse().unwrap(),
-        to_port: 2222,
-        local: false,
-        snat: None,
-        dnat: true,
-    });
-    let e = b.grant(&[opening("192.0.2.8", 22, 30), nat]).unwrap_err();
+    let no_dnat = nat_opening("192.0.2.7", 22, "10.0.0.5", 2222, |n| n.dnat = false);
+    let e = b
+        .grant(&[opening("192.0.2.8", 22, 30), no_dnat])
+        .unwrap_err();
     assert!(
         matches!(
             e,
@@ -469,7 +459,21 @@ fn nat_family_and_port_zero_are_refused_before_anything_is_applied() {
         ),
         "{e:?}"
     );
-    assert!(e.to_string().contains("NAT"), "{e}");
+    assert!(e.to_string().contains("DISABLE_DNAT"), "{e}");
+    let snat_to = nat_opening("192.0.2.7", 22, "10.0.0.5", 2222, |n| {
+        n.snat = Some(Snat::To("192.0.2.1".parse().unwrap()))
+    });
+    let e = b.grant(&[snat_to]).unwrap_err();
+    assert!(e.to_string().contains("SNAT to 192.0.2.1"), "{e}");
+    let all_local = nat_opening("192.0.2.7", 22, "10.0.0.5", 22, |n| {
+        n.forward_all = true;
+        n.local = true;
+    });
+    let e = b.grant(&[all_local]).unwrap_err();
+    assert!(e.to_string().contains("FORWARD_ALL"), "{e}");
+    let mixed = nat_opening("192.0.2.7", 22, "fd00::5", 2222, |_| {});
+    let e = b.grant(&[mixed]).unwrap_err();
+    assert!(e.to_string().contains("IPv4 source to an IPv6"), "{e}");
     let e = b.grant(&[opening("2001:db8::1", 22, 30)]).unwrap_err();
     assert!(matches!(e, FirewallError::Unsupported { .. }), "{e:?}");
     assert!(e.to_string().contains("family = \"ipv4\""), "{e}");
@@ -477,6 +481,166 @@ fn nat_family_and_port_zero_are_refused_before_anything_is_applied() {
     assert!(e.to_string().contains("port 0"), "{e}");
     assert!(fake.calls().is_empty());
     assert!(fake.rules("public").is_empty());
+}
+
+fn nat_opening(
+    src: &str,
+    port: u16,
+    to: &str,
+    to_port: u16,
+    tweak: impl FnOnce(&mut NatRule),
+) -> Opening {
+    let mut o = opening(src, port, 30);
+    let mut nat = NatRule {
+        to_addr: to.parse().unwrap(),
+        to_port,
+        local: false,
+        snat: None,
+        dnat: true,
+        forward_all: false,
+    };
+    tweak(&mut nat);
+    o.rule.nat = Some(nat);
+    o
+}
+
+const FWD: &str = r#"rule family="ipv4" source address="192.0.2.7" forward-port port="2222" protocol="tcp" to-port="22" to-addr="10.0.0.5""#;
+const MASQ: &str =
+    r#"rule family="ipv4" source address="192.0.2.7" destination address="10.0.0.5" masquerade"#;
+
+#[test]
+fn a_nat_grant_is_a_timed_forward_port_and_masquerade_listed_back_as_granted() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = FirewalldConfig {
+        state_file: Some(dir.path().join("fw.json")),
+        ..Default::default()
+    };
+    let (mut b, fake) = backend_with(config.clone());
+    let o = nat_opening("192.0.2.7", 2222, "10.0.0.5", 22, |n| {
+        n.snat = Some(Snat::Masquerade)
+    });
+    b.grant(std::slice::from_ref(&o)).unwrap();
+    assert_eq!(
+        fake.rules("public"),
+        vec![(MASQ.to_string(), 30), (FWD.to_string(), 30)]
+    );
+    assert_eq!(b.list().unwrap(), vec![o.clone()]);
+    // A restarted backend knows it (and its masquerade) from the state file.
+    let mut again = FirewalldBackend::with_api(config, Box::new(fake.clone()))
+        .unwrap()
+        .with_clock(clock);
+    again.init(clock()).unwrap();
+    assert_eq!(again.list().unwrap(), vec![o.clone()]);
+    again.revoke(&[o.rule]).unwrap();
+    assert!(fake.rules("public").is_empty());
+}
+
+#[test]
+fn forward_all_is_two_timed_forward_ports_listed_back_and_revoked_as_one_grant() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = FirewalldConfig {
+        state_file: Some(dir.path().join("fw.json")),
+        ..Default::default()
+    };
+    let (mut b, fake) = backend_with(config.clone());
+    let all = nat_opening("192.0.2.7", 22, "10.0.0.5", 22, |n| {
+        n.forward_all = true;
+        n.snat = Some(Snat::Masquerade);
+    });
+    b.grant(std::slice::from_ref(&all)).unwrap();
+    let texts: Vec<String> = fake.rules("public").into_iter().map(|r| r.0).collect();
+    assert_eq!(texts.len(), 3, "{texts:?}");
+    assert!(texts
+        .iter()
+        .any(|t| t.ends_with(r#"port="1-65535" protocol="udp" to-addr="10.0.0.5""#)));
+    assert_eq!(b.list().unwrap(), vec![all.clone()]);
+    let mut again = FirewalldBackend::with_api(config, Box::new(fake.clone()))
+        .unwrap()
+        .with_clock(clock);
+    again.init(clock()).unwrap();
+    assert_eq!(
+        again.list().unwrap(),
+        vec![all.clone()],
+        "from the state file"
+    );
+    again.revoke(&[all.rule]).unwrap();
+    assert!(fake.rules("public").is_empty());
+}
+
+#[test]
+fn local_nat_is_a_redirect_without_to_addr() {
+    let (mut b, fake) = backend();
+    let o = nat_opening("192.0.2.7", 2222, "192.0.2.1", 22, |n| n.local = true);
+    b.grant(std::slice::from_ref(&o)).unwrap();
+    assert_eq!(
+        fake.rules("public"),
+        vec![(
+            r#"rule family="ipv4" source address="192.0.2.7" forward-port port="2222" protocol="tcp" to-port="22""#.to_string(),
+            30
+        )]
+    );
+    assert_eq!(b.list().unwrap(), vec![o]);
+}
+
+#[test]
+fn a_masquerade_shared_by_two_grants_lives_as_long_as_the_longer_and_goes_with_the_last() {
+    let (mut b, fake) = backend();
+    let masq = |n: &mut NatRule| n.snat = Some(Snat::Masquerade);
+    let ssh = nat_opening("192.0.2.7", 2222, "10.0.0.5", 22, masq);
+    let mut web = nat_opening("192.0.2.7", 8080, "10.0.0.5", 80, masq);
+    web.timeout_secs = 90;
+    b.grant(&[ssh.clone(), web.clone()]).unwrap();
+    let masq_rules: Vec<(String, i32)> = fake
+        .rules("public")
+        .into_iter()
+        .filter(|(t, _)| t.ends_with("masquerade"))
+        .collect();
+    // Refreshed for the longer grant: the other spelling with its timeout.
+    assert_eq!(
+        masq_rules,
+        vec![(MASQ.replace("192.0.2.7\"", "192.0.2.7/32\""), 90)]
+    );
+    assert_eq!(b.list().unwrap().len(), 2);
+    b.revoke(&[ssh.rule]).unwrap();
+    assert_eq!(fake.rules("public").len(), 2, "web and the masquerade stay");
+    b.revoke(&[web.rule]).unwrap();
+    assert!(fake.rules("public").is_empty());
+}
+
+#[test]
+fn flush_at_init_and_at_exit_remove_recorded_grants() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = FirewalldConfig {
+        state_file: Some(dir.path().join("fw.json")),
+        flush_at_exit: true,
+        ..Default::default()
+    };
+    let (mut b, fake) = backend_with(config.clone());
+    b.grant(&[opening("192.0.2.7", 22, 30)]).unwrap();
+    b.shutdown().unwrap();
+    assert!(fake.rules("public").is_empty());
+
+    let keep = FirewalldConfig {
+        flush_at_exit: false,
+        ..config.clone()
+    };
+    let (mut b, fake) = backend_with(keep.clone());
+    b.grant(&[opening("192.0.2.7", 22, 30)]).unwrap();
+    b.shutdown().unwrap();
+    assert_eq!(fake.rules("public").len(), 1, "left to expire in firewalld");
+    fake.put("public", &plain("192.0.2.99", 22), 0); // the admin's
+    let mut b = FirewalldBackend::with_api(
+        FirewalldConfig {
+            flush_at_init: true,
+            ..keep
+        },
+        Box::new(fake.clone()),
+    )
+    .unwrap()
+    .with_clock(clock);
+    b.init(clock()).unwrap();
+    assert_eq!(fake.rules("public"), vec![(plain("192.0.2.99", 22), 0)]);
+    assert!(b.list().unwrap().is_empty());
 }
 
 #[test]

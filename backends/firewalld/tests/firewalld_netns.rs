@@ -23,12 +23,7 @@ fn now() -> u64 {
 
 fn opening(source: IpAddr, port: u16, secs: u32) -> Opening {
     Opening {
-        rule: Rule {
-            source,
-            proto: Proto::Tcp,
-            port,
-            nat: None,
-        },
+        rule: Rule::new(source, Proto::Tcp, port),
         timeout_secs: secs,
         expires_at: now() + secs as u64,
     }
@@ -234,13 +229,7 @@ fn list_and_flush_touch_only_postern_rules() {
     );
 
     // revoke of a rule postern does not own leaves it alone too.
-    fw.revoke(&[Rule {
-        source: client,
-        proto: Proto::Tcp,
-        port: 23004,
-        nat: None,
-    }])
-    .unwrap();
+    fw.revoke(&[Rule::new(client, Proto::Tcp, 23004)]).unwrap();
     assert_eq!(fwd.rich_rules("public").len(), 2);
 }
 
@@ -270,13 +259,7 @@ fn zones_bad_and_explicit() {
     work.grant(&[opening(src, 2222, 30)]).unwrap();
     assert_eq!(fwd.rich_rules("work"), vec![plain(src, 2222)]);
     assert!(fwd.rich_rules("public").is_empty());
-    work.revoke(&[Rule {
-        source: src,
-        proto: Proto::Tcp,
-        port: 2222,
-        nat: None,
-    }])
-    .unwrap();
+    work.revoke(&[Rule::new(src, Proto::Tcp, 2222)]).unwrap();
     assert!(fwd.rich_rules("work").is_empty());
 }
 
@@ -393,4 +376,42 @@ fn a_firewalld_restart_is_noticed_and_survived() {
     );
     assert_eq!(fw.list().unwrap().len(), 1);
     assert_eq!(fwd.rich_rules("public"), vec![plain(client, 23007)]);
+}
+
+#[test]
+fn a_destination_bound_grant_opens_the_port_at_that_address_only() {
+    if !can_run() {
+        return;
+    }
+    let p = pair("fddst");
+    let fwd = Firewalld::start(&p.server);
+    let _listener = tcp_listen(&p.server, 23007);
+    // A second address of the server, reached through the first.
+    let other: IpAddr = "192.0.2.80".parse().unwrap();
+    p.server
+        .run_ok(&["ip", "addr", "add", "192.0.2.80/32", "dev", "v1"]);
+    p.client.run_ok(&[
+        "ip",
+        "route",
+        "add",
+        "192.0.2.80/32",
+        "via",
+        &p.server_ip.to_string(),
+    ]);
+    let (server, client) = (IpAddr::V4(p.server_ip), IpAddr::V4(p.client_ip));
+    let mut fw = backend(fwd.config());
+    let mut grant = opening(client, 23007, 30);
+    grant.rule.destination = Some(server);
+    fw.grant(std::slice::from_ref(&grant)).unwrap();
+    assert!(
+        tcp_connect_ok(&p.client, server, 23007, CONNECT),
+        "open at the knock's destination"
+    );
+    assert!(
+        !tcp_connect_ok(&p.client, other, 23007, CONNECT),
+        "closed at the server's other address"
+    );
+    assert_eq!(fw.list().unwrap()[0].rule, grant.rule);
+    fw.flush().unwrap();
+    assert!(!tcp_connect_ok(&p.client, server, 23007, CONNECT));
 }

@@ -5,7 +5,9 @@
 use crate::config::IpfwConfig;
 use crate::rules::{add_args, parse_dynamic, parse_list, Kind, Listed};
 use postern_backend_script::{missing_for, require_program, SystemRunner};
-use spa_core::firewall::{CommandRunner, Firewall, FirewallError, FwResult, Opening, Rule};
+use spa_core::firewall::{
+    CommandRunner, Firewall, FirewallError, FwResult, Opening, Rule, RuleFeature,
+};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -389,6 +391,7 @@ impl Firewall for IpfwBackend {
     /// gap. A failure deletes what this batch added.
     fn grant(&mut self, openings: &[Opening]) -> FwResult<()> {
         for o in openings {
+            o.rule.refuse(BACKEND, &[RuleFeature::Destination])?;
             if o.rule.nat.is_some() {
                 return Err(FirewallError::Unsupported {
                     backend: BACKEND,

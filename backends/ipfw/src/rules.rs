@@ -125,15 +125,7 @@ fn parse_body(body: &str) -> Kind {
         };
         let rest = rest.strip_prefix(&["dst-port"]).unwrap_or(rest);
         let port: u16 = rest.first()?.parse().ok()?;
-        Some(Kind::Grant(
-            Rule {
-                source: host(src)?,
-                proto,
-                port,
-                nat: None,
-            },
-            expires_at,
-        ))
+        Some(Kind::Grant(Rule::new(host(src)?, proto, port), expires_at))
     };
     grant().unwrap_or_else(|| Kind::Other(body.trim().to_string()))
 }
@@ -186,12 +178,7 @@ mod tests {
     use super::*;
 
     fn rule(src: &str, proto: Proto, port: u16) -> Rule {
-        Rule {
-            source: src.parse().unwrap(),
-            proto,
-            port,
-            nat: None,
-        }
+        Rule::new(src.parse().unwrap(), proto, port)
     }
 
     #[test]

@@ -61,12 +61,7 @@ fn setup() -> (IpfwBackend, RecordingRunner, Canned) {
 }
 
 fn rule(source: &str, proto: Proto, port: u16) -> Rule {
-    Rule {
-        source: source.parse().unwrap(),
-        proto,
-        port,
-        nat: None,
-    }
+    Rule::new(source.parse().unwrap(), proto, port)
 }
 
 fn opening(source: &str, proto: Proto, port: u16, expires_at: u64) -> Opening {
@@ -401,6 +396,7 @@ fn unsupported_input_runs_nothing() {
         local: true,
         snat: None,
         dnat: true,
+        forward_all: false,
     });
     let e = fw.grant(&[nat]).unwrap_err();
     assert!(e.to_string().contains("does not support NAT"), "{e}");

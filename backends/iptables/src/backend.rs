@@ -6,7 +6,9 @@ use crate::config::{ChainSpec, IptablesConfig};
 use crate::plan::{plan_chain, Plan};
 use crate::rules::{parse_listing, ListedRule};
 use postern_backend_script::{missing_for, require_program, SystemRunner};
-use spa_core::firewall::{CommandRunner, Firewall, FirewallError, FwResult, Opening, Rule, Snat};
+use spa_core::firewall::{
+    CommandRunner, Firewall, FirewallError, FwResult, Opening, Rule, RuleFeature, Snat,
+};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -32,6 +34,8 @@ pub struct IptablesBackend {
     wait_secs: u32,
     flush_at_init: bool,
     flush_at_exit: bool,
+    /// ENABLE_RULE_PREPEND (see [`crate::IptablesConfig::prepend`]).
+    prepend: Option<bool>,
     runner: Box<dyn CommandRunner>,
     clock: Box<dyn Fn() -> u64 + Send>,
     /// init() has run, so the chains and jumps exist.
@@ -71,9 +75,6 @@ impl IptablesBackend {
     /// Build with any runner (tests pass a recording fake, e2e tests one that
     /// runs inside a network namespace). Nothing is run until [`Firewall::init`].
     pub fn new(config: &IptablesConfig, runner: Box<dyn CommandRunner>) -> FwResult<Self> {
-        if let Some(what) = config.unsupported_chain() {
-            return Err(unsupported(what.into()));
-        }
         let chains = configured_chains(config).map_err(other)?;
         let mut families = vec![Tools {
             iptables: config.iptables.clone(),
@@ -91,6 +92,7 @@ impl IptablesBackend {
             wait_secs: config.wait_secs,
             flush_at_init: config.flush_at_init,
             flush_at_exit: config.flush_at_exit,
+            prepend: config.prepend,
             runner,
             clock: Box::new(system_now),
             ready: false,
@@ -167,6 +169,18 @@ impl IptablesBackend {
     /// Refuse a grant this configuration cannot make, before anything runs.
     fn check(&self, rule: &Rule) -> FwResult<usize> {
         let family = self.family_of(rule.source)?;
+        if self.docker() {
+            // DOCKER-USER sees packets after Docker's DNAT: their destination
+            // is no longer the address the client knocked at.
+            rule.refuse(BACKEND, &[RuleFeature::Destination])?;
+        }
+        if let Some(dst) = rule.destination {
+            if dst.is_ipv4() != rule.source.is_ipv4() {
+                return Err(unsupported(format!(
+                    "{rule}: source and destination of different address families"
+                )));
+            }
+        }
         let Some(nat) = &rule.nat else {
             return Ok(family);
         };
@@ -181,7 +195,7 @@ impl IptablesBackend {
                 )));
             }
         }
-        for role in roles_for(rule, false) {
+        for role in roles_for(rule, &[]) {
             if self.spec(role).is_none() {
                 return Err(unsupported(format!(
                     "{rule} without the {role} chain ({}): set `{role} = \"{}\"` or `nat = true`",
@@ -322,8 +336,11 @@ impl IptablesBackend {
         family: usize,
         wanted: &[(Rule, u64)],
     ) -> FwResult<Vec<(String, Plan)>> {
-        let docker = self.docker();
-        let needed: Vec<Vec<Role>> = wanted.iter().map(|(r, _)| roles_for(r, docker)).collect();
+        let configured: Vec<Role> = self.chains.iter().map(|(role, _)| *role).collect();
+        let needed: Vec<Vec<Role>> = wanted
+            .iter()
+            .map(|(r, _)| roles_for(r, &configured))
+            .collect();
         let mut tables = Vec::new();
         let mut latest: HashMap<&Rule, u64> = wanted.iter().map(|(r, exp)| (r, *exp)).collect();
         for table in self.tables() {
@@ -361,7 +378,7 @@ impl IptablesBackend {
                     .filter(|(_, roles)| roles.contains(&role))
                     .map(|((rule, _), _)| (rule.clone(), latest[rule]))
                     .collect();
-                plan.extend(plan_chain(role, &spec, &listed, &here));
+                plan.extend(plan_chain(role, &spec, self.prepend, &listed, &here));
             }
             plans.push((table, plan));
         }

@@ -13,6 +13,8 @@ pub enum Role {
     Input,
     /// Plain grants again, for ports Docker publishes (DOCKER-USER).
     Docker,
+    /// The reply direction of plain grants (IPT_OUTPUT_ACCESS, ENABLE_IPT_OUTPUT).
+    Output,
     /// The FORWARD accept of forward NAT (IPT_FORWARD_ACCESS).
     Forward,
     /// The DNAT of forward and local NAT (IPT_DNAT_ACCESS).
@@ -26,9 +28,10 @@ pub enum Role {
 impl Role {
     /// Order of the chains: filter-table roles first, so a grant commits its
     /// filter transaction before its nat one.
-    pub const ALL: [Role; 6] = [
+    pub const ALL: [Role; 7] = [
         Role::Input,
         Role::Docker,
+        Role::Output,
         Role::Forward,
         Role::Dnat,
         Role::Snat,
@@ -40,6 +43,7 @@ impl Role {
         match self {
             Role::Input => "input",
             Role::Docker => "docker",
+            Role::Output => "output",
             Role::Forward => "forward",
             Role::Dnat => "dnat",
             Role::Snat => "snat",
@@ -52,6 +56,7 @@ impl Role {
         match self {
             Role::Input => "IPT_INPUT_ACCESS",
             Role::Docker => "none",
+            Role::Output => "IPT_OUTPUT_ACCESS",
             Role::Forward => "IPT_FORWARD_ACCESS",
             Role::Dnat => "IPT_DNAT_ACCESS",
             Role::Snat => "IPT_SNAT_ACCESS",
@@ -64,6 +69,7 @@ impl Role {
         match self {
             Role::Input => ChainSpec::default_input(),
             Role::Docker => ChainSpec::default_docker(),
+            Role::Output => ChainSpec::default_output(),
             Role::Forward => ChainSpec::default_forward(),
             Role::Dnat => ChainSpec::default_dnat(),
             Role::Snat => ChainSpec::default_snat(),
@@ -77,7 +83,7 @@ impl Role {
             Role::Dnat => Some("DNAT"),
             Role::Snat => Some("SNAT"),
             Role::Masquerade => Some("MASQUERADE"),
-            Role::Input | Role::Docker | Role::Forward => None,
+            Role::Input | Role::Docker | Role::Output | Role::Forward => None,
         }
     }
 
@@ -115,6 +121,7 @@ pub fn configured_chains(config: &IptablesConfig) -> Result<Vec<(Role, ChainSpec
         let spec = match role {
             Role::Input => Some(config.input.clone()),
             Role::Docker => config.docker.clone(),
+            Role::Output => config.output.clone(),
             Role::Forward => nat_default(role, &config.forward),
             Role::Dnat => nat_default(role, &config.dnat),
             Role::Snat => nat_default(role, &config.snat),
@@ -137,18 +144,19 @@ pub fn configured_chains(config: &IptablesConfig) -> Result<Vec<(Role, ChainSpec
     Ok(chains)
 }
 
-/// The chains a granted rule puts a rule into, in [`Role::ALL`] order.
-/// - plain: input (and docker when enabled);
+/// The chains a granted rule puts a rule into, in [`Role::ALL`] order, given
+/// the optional plain-grant chains configured (`Docker`, `Output`):
+/// - plain: input, and docker and output when configured;
 /// - local NAT: dnat (unless DISABLE_DNAT) and input for `to_port`; SNAT does
 ///   not apply to locally delivered traffic and is ignored;
 /// - forward NAT: forward, dnat (unless DISABLE_DNAT), and snat or masquerade.
-pub fn roles_for(rule: &Rule, docker: bool) -> Vec<Role> {
+pub fn roles_for(rule: &Rule, configured: &[Role]) -> Vec<Role> {
     let Some(nat) = &rule.nat else {
-        return if docker {
-            vec![Role::Input, Role::Docker]
-        } else {
-            vec![Role::Input]
-        };
+        let extra = [Role::Docker, Role::Output].into_iter();
+        return [Role::Input]
+            .into_iter()
+            .chain(extra.filter(|r| configured.contains(r)))
+            .collect();
     };
     let mut roles = Vec::new();
     if nat.local {
@@ -186,7 +194,9 @@ mod tests {
                 local,
                 snat,
                 dnat,
+                forward_all: false,
             }),
+            destination: None,
         }
     }
 
@@ -197,20 +207,24 @@ mod tests {
             nat: None,
             ..nat(false, true, None)
         };
-        assert_eq!(roles_for(&plain, false), [Input]);
-        assert_eq!(roles_for(&plain, true), [Input, Docker]);
-        assert_eq!(roles_for(&nat(false, true, None), false), [Forward, Dnat]);
+        assert_eq!(roles_for(&plain, &[]), [Input]);
+        assert_eq!(roles_for(&plain, &[Docker]), [Input, Docker]);
         assert_eq!(
-            roles_for(&nat(false, false, Some(Snat::Masquerade)), true),
+            roles_for(&plain, &[Role::Output, Docker]),
+            [Input, Docker, Role::Output]
+        );
+        assert_eq!(roles_for(&nat(false, true, None), &[]), [Forward, Dnat]);
+        assert_eq!(
+            roles_for(&nat(false, false, Some(Snat::Masquerade)), &[Docker]),
             [Forward, Masquerade]
         );
         let to = Snat::To("203.0.113.1".parse().unwrap());
         assert_eq!(
-            roles_for(&nat(false, true, Some(to.clone())), false),
+            roles_for(&nat(false, true, Some(to.clone())), &[]),
             [Forward, Dnat, Role::Snat]
         );
-        assert_eq!(roles_for(&nat(true, true, Some(to)), false), [Input, Dnat]);
-        assert_eq!(roles_for(&nat(true, false, None), false), [Input]);
+        assert_eq!(roles_for(&nat(true, true, Some(to)), &[]), [Input, Dnat]);
+        assert_eq!(roles_for(&nat(true, false, None), &[]), [Input]);
     }
 
     #[test]

@@ -63,6 +63,11 @@ impl ChainSpec {
         Self::new("MASQUERADE", "nat", "POSTROUTING", "POSTERN_MASQUERADE")
     }
 
+    /// `ACCEPT, filter, OUTPUT, 1, POSTERN_OUTPUT, 1` (fwknopd: `FWKNOP_OUTPUT`).
+    pub fn default_output() -> Self {
+        Self::new("ACCEPT", "filter", "OUTPUT", "POSTERN_OUTPUT")
+    }
+
     /// `ACCEPT, filter, DOCKER-USER, 1, POSTERN_DOCKER, 1`: grants for ports
     /// Docker publishes (see [`IptablesConfig::docker`]).
     pub fn default_docker() -> Self {
@@ -173,6 +178,20 @@ fn chain_spec<'de, D: Deserializer<'de>>(d: D) -> Result<ChainSpec, D::Error> {
 
 /// `docker`: `true`/`false`, fwknopd's string form, or a table.
 fn docker_chain_spec<'de, D: Deserializer<'de>>(d: D) -> Result<Option<ChainSpec>, D::Error> {
+    flag_or_chain_spec(d, ChainSpec::default_docker)
+}
+
+/// `output = true` (postern's default chain), `false`, or a chain spec.
+fn output_chain_spec<'de, D: Deserializer<'de>>(d: D) -> Result<Option<ChainSpec>, D::Error> {
+    flag_or_chain_spec(d, ChainSpec::default_output)
+}
+
+/// An optional chain given as `true` (`default()`), `false`, fwknopd's string
+/// form, or a table.
+fn flag_or_chain_spec<'de, D: Deserializer<'de>>(
+    d: D,
+    default: fn() -> ChainSpec,
+) -> Result<Option<ChainSpec>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Form {
@@ -181,7 +200,7 @@ fn docker_chain_spec<'de, D: Deserializer<'de>>(d: D) -> Result<Option<ChainSpec
     }
     Ok(match Option::<Form>::deserialize(d)? {
         None | Some(Form::Flag(false)) => None,
-        Some(Form::Flag(true)) => Some(ChainSpec::default_docker()),
+        Some(Form::Flag(true)) => Some(default()),
         Some(Form::Spec(spec)) => Some(spec),
     })
 }
@@ -209,8 +228,11 @@ pub struct IptablesConfig {
     /// IPT_INPUT_ACCESS.
     #[serde(deserialize_with = "chain_spec")]
     pub input: ChainSpec,
-    /// IPT_OUTPUT_ACCESS (ENABLE_IPT_OUTPUT): not supported yet.
-    #[serde(deserialize_with = "optional_chain_spec")]
+    /// IPT_OUTPUT_ACCESS (ENABLE_IPT_OUTPUT): each plain grant also gets the
+    /// matching OUTPUT accept, `-d SOURCE [-s DESTINATION] -p P --sport PORT`,
+    /// for hosts whose OUTPUT policy drops. `true` means `ACCEPT, filter,
+    /// OUTPUT, 1, POSTERN_OUTPUT, 1`; a chain spec sets it explicitly.
+    #[serde(deserialize_with = "output_chain_spec")]
     pub output: Option<ChainSpec>,
     /// IPT_FORWARD_ACCESS (ENABLE_IPT_FORWARDING): the FORWARD accept of
     /// forward-NAT grants, e.g. `ACCEPT, filter, FORWARD, 1, FWKNOP_FORWARD, 1`.
@@ -242,6 +264,10 @@ pub struct IptablesConfig {
     /// POSTERN_DOCKER, 1`; a chain spec sets it explicitly. No fwknopd equivalent.
     #[serde(deserialize_with = "docker_chain_spec")]
     pub docker: Option<ChainSpec>,
+    /// ENABLE_RULE_PREPEND: `true` inserts each new rule at the top of its
+    /// chain, `false` appends it (fwknopd's default). Unset: at the chain
+    /// spec's `rule_position` (1, the top, by default).
+    pub prepend: Option<bool>,
     /// FLUSH_IPT_AT_INIT. fwknopd defaults to Y; postern defaults to reconciling
     /// instead: expired leftovers are removed, live grants survive a restart.
     pub flush_at_init: bool,
@@ -269,6 +295,7 @@ impl Default for IptablesConfig {
             masquerade: None,
             nat: false,
             docker: None,
+            prepend: None,
             flush_at_init: false,
             flush_at_exit: true,
             wait_secs: 5,
@@ -310,13 +337,6 @@ impl IptablesConfig {
         self.ip6tables_restore
             .clone()
             .unwrap_or_else(|| format!("{}-restore", self.ip6tables()))
-    }
-
-    /// The first configured chain this version cannot handle yet.
-    pub fn unsupported_chain(&self) -> Option<&'static str> {
-        self.output
-            .as_ref()
-            .map(|_| "output chain (IPT_OUTPUT_ACCESS)")
     }
 }
 
@@ -370,14 +390,12 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.forward.as_ref().map(|f| f.chain.as_str()), Some("P_FWD"));
-        assert_eq!(c.unsupported_chain(), None);
         let c: IptablesConfig =
             serde_json::from_str(r#"{"output": "ACCEPT, filter, OUTPUT, 1, FWKNOP_OUTPUT, 1"}"#)
                 .unwrap();
-        assert_eq!(
-            c.unsupported_chain(),
-            Some("output chain (IPT_OUTPUT_ACCESS)")
-        );
+        assert_eq!(c.output.map(|o| o.chain), Some("FWKNOP_OUTPUT".into()));
+        let c: IptablesConfig = serde_json::from_str(r#"{"output": true}"#).unwrap();
+        assert_eq!(c.output, Some(ChainSpec::default_output()));
         let e =
             serde_json::from_str::<IptablesConfig>(r#"{"input": "ACCEPT, filter"}"#).unwrap_err();
         assert!(e.to_string().contains("6 comma-separated"), "{e}");

@@ -20,12 +20,14 @@ impl Plan {
 }
 
 /// Insert or refresh `wanted` (deduplicated, each with the expiry it should
-/// have) in one chain, against its listing. A rule already there once with
+/// have) in one chain, against its listing: at the chain's `rule_position`,
+/// at the top with `prepend = Some(true)`, at the end with `Some(false)`. A rule already there once with
 /// that expiry or later is left alone; otherwise every copy (fwknopd could
 /// leave duplicates) is replaced by one rule, so a refresh never duplicates.
 pub fn plan_chain(
     role: Role,
     spec: &ChainSpec,
+    prepend: Option<bool>,
     listed: &[ListedRule],
     wanted: &[(Rule, u64)],
 ) -> Plan {
@@ -58,20 +60,21 @@ pub fn plan_chain(
         inserts.push(join(&role_spec(role, rule, expiry, target)));
     }
     let remaining = listed.len() - deletes.len();
-    let position = (*rule_position as usize).min(remaining + 1);
+    let placement = match prepend {
+        Some(false) => format!("-A {chain}"),
+        Some(true) => format!("-I {chain} 1"),
+        None => format!(
+            "-I {chain} {}",
+            (*rule_position as usize).min(remaining + 1)
+        ),
+    };
     let mut plan = Plan::default();
     plan.lines.extend(deletes);
-    plan.lines.extend(
-        inserts
-            .iter()
-            .map(|spec| format!("-I {chain} {position} {spec}")),
-    );
+    plan.lines
+        .extend(inserts.iter().map(|spec| format!("{placement} {spec}")));
     plan.undo
         .extend(inserts.iter().map(|spec| format!("-D {chain} {spec}")));
-    plan.undo.extend(
-        old_specs
-            .iter()
-            .map(|spec| format!("-I {chain} {position} {spec}")),
-    );
+    plan.undo
+        .extend(old_specs.iter().map(|spec| format!("{placement} {spec}")));
     plan
 }

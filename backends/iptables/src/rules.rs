@@ -7,9 +7,12 @@
 //!
 //! A NAT grant is several rules (DNAT, FORWARD accept, SNAT, …); each carries
 //! the whole grant after the expiry, `postern_exp_<ts>_nat_<port>_<to_addr>_<to_port>`
-//! plus `_local`, `_nodnat`, `_masq` or `_snat_<addr>` as they apply, so
+//! plus `_local`, `_nodnat`, `_all`, `_masq` or `_snat_<addr>` as they apply, so
 //! `list()` returns the grant as it was made and `revoke()` finds all its rules.
-//! fwknopd reads such a comment as a plain expiry.
+//! A grant bound to the packet's destination (ENABLE_DESTINATION_RULE) has
+//! `_dst_<addr>` right after the expiry, and a FORWARD_ALL grant, whose rules
+//! name no protocol, `_p_<proto>`: every rule of a grant then reads back as the
+//! same grant. fwknopd reads such a comment as a plain expiry.
 
 use crate::chains::Role;
 use spa_core::firewall::{NatRule, Opening, Rule, Snat};
@@ -21,33 +24,70 @@ pub fn expiry_comment(expires_at: u64) -> String {
     format!("postern_exp_{expires_at}")
 }
 
-/// Comment on every rule of a grant: the expiry, and for NAT the whole grant.
+/// Comment on every rule of a grant: the expiry, the destination, and for NAT
+/// the whole grant.
 pub fn comment(rule: &Rule, expires_at: u64) -> String {
-    let expiry = expiry_comment(expires_at);
-    match &rule.nat {
-        Some(nat) => format!("{expiry}_{}", nat.tag(rule.port)),
-        None => expiry,
+    let mut text = expiry_comment(expires_at);
+    if let Some(dst) = rule.destination {
+        text.push_str(&format!("_dst_{dst}"));
     }
+    if let Some(nat) = &rule.nat {
+        if nat.forward_all {
+            text.push_str(&format!("_p_{}", rule.proto.name()));
+        }
+        text.push('_');
+        text.push_str(&nat.tag(rule.port));
+    }
+    text
 }
 
 /// The expiry in a comment written by postern or fwknopd (`…_exp_<digits>…`).
 pub fn parse_expiry(comment: &str) -> Option<u64> {
-    parse_comment(comment).map(|(exp, _)| exp)
+    parse_comment(comment).map(|c| c.expires_at)
 }
 
-/// The expiry, and for a postern NAT rule the grant's port and NAT.
-/// `None` for a comment without expiry or with a NAT part postern cannot read.
-#[allow(clippy::type_complexity)]
-pub fn parse_comment(comment: &str) -> Option<(u64, Option<(u16, NatRule)>)> {
+/// What a comment says about its grant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Comment {
+    pub expires_at: u64,
+    pub destination: Option<IpAddr>,
+    /// The protocol of a FORWARD_ALL grant (its rules name none).
+    pub proto: Option<Proto>,
+    /// For a postern NAT rule: the grant's port and NAT.
+    pub nat: Option<(u16, NatRule)>,
+}
+
+/// `None` for a comment without expiry or with a part postern cannot read.
+pub fn parse_comment(comment: &str) -> Option<Comment> {
     let (_, after) = comment.split_once("_exp_")?;
     let digits: String = after.chars().take_while(char::is_ascii_digit).collect();
-    let expires_at = digits.parse().ok()?;
-    match after[digits.len()..].strip_prefix('_') {
-        Some(tag) if tag.starts_with("nat_") => {
-            NatRule::parse_tag(tag).map(|nat| (expires_at, Some(nat)))
-        }
-        _ => Some((expires_at, None)),
+    let mut parsed = Comment {
+        expires_at: digits.parse().ok()?,
+        destination: None,
+        proto: None,
+        nat: None,
+    };
+    let mut rest = &after[digits.len()..];
+    // `_<word>_<value>` segments, in the order [`comment`] writes them.
+    let segment = |name: &str, rest: &mut &str| -> Option<String> {
+        let tail = rest
+            .strip_prefix('_')?
+            .strip_prefix(name)?
+            .strip_prefix('_')?;
+        let value = tail.split('_').next().unwrap_or("");
+        *rest = &tail[value.len()..];
+        Some(value.to_string())
+    };
+    if let Some(dst) = segment("dst", &mut rest) {
+        parsed.destination = Some(dst.parse().ok()?);
     }
+    if let Some(proto) = segment("p", &mut rest) {
+        parsed.proto = Some(proto.parse().ok()?);
+    }
+    if let Some(tag) = rest.strip_prefix('_').filter(|t| t.starts_with("nat_")) {
+        parsed.nat = Some(NatRule::parse_tag(tag)?);
+    }
+    Some(parsed)
 }
 
 fn host_prefix(addr: IpAddr) -> u8 {
@@ -82,33 +122,48 @@ pub fn rule_spec(rule: &Rule, expires_at: u64, target: &str) -> Vec<String> {
 pub fn role_spec(role: Role, rule: &Rule, expires_at: u64, target: &str) -> Vec<String> {
     let proto = rule.proto.name();
     let nat = rule.nat.as_ref();
-    let to = |n: &NatRule| (n.to_addr, n.to_port);
-    let mut words: Vec<String> = vec!["-s".into(), host(rule.source)];
-    // The destination the rule matches, after DNAT where DNAT comes first.
-    let (daddr, dport) = match (role, nat) {
-        (Role::Input, Some(n)) => (None, n.to_port),
-        (Role::Forward | Role::Snat | Role::Masquerade, Some(n)) => (Some(n.to_addr), n.to_port),
-        _ => (None, rule.port),
+    // FORWARD_ALL: what reaches the inner host is not limited to a protocol or
+    // port (the input accept of local NAT never is FORWARD_ALL).
+    let all_ports = nat.is_some_and(|n| n.forward_all) && role != Role::Input;
+    // The addresses matched: after DNAT where DNAT comes first; the output
+    // rule is the reply, so its addresses are swapped.
+    let (saddr, daddr) = match (role, nat) {
+        (Role::Output, _) => (rule.destination, Some(rule.source)),
+        (Role::Forward | Role::Snat | Role::Masquerade, Some(n)) => {
+            (Some(rule.source), Some(n.to_addr))
+        }
+        (Role::Docker, _) => (Some(rule.source), None),
+        _ => (Some(rule.source), rule.destination),
     };
-    if let Some(d) = daddr {
-        words.extend(["-d".into(), host(d)]);
+    let port = match (role, nat) {
+        (Role::Input | Role::Forward | Role::Snat | Role::Masquerade, Some(n)) => n.to_port,
+        _ => rule.port,
+    };
+    let mut words: Vec<String> = Vec::new();
+    for (flag, addr) in [("-s", saddr), ("-d", daddr)] {
+        if let Some(a) = addr {
+            words.extend([flag.into(), host(a)]);
+        }
     }
-    words.extend(["-p".into(), proto.into()]);
-    if role == Role::Docker {
-        // DOCKER-USER runs after Docker's DNAT: match the port the client asked for.
-        words.extend(
-            [
-                "-m",
-                "conntrack",
-                "--ctorigdstport",
-                &dport.to_string(),
-                "--ctdir",
-                "ORIGINAL",
-            ]
-            .map(String::from),
-        );
-    } else {
-        words.extend(["-m", proto, "--dport", &dport.to_string()].map(String::from));
+    if !all_ports {
+        words.extend(["-p".into(), proto.into()]);
+        let port = port.to_string();
+        match role {
+            // DOCKER-USER runs after Docker's DNAT: match the port the client asked for.
+            Role::Docker => words.extend(
+                [
+                    "-m",
+                    "conntrack",
+                    "--ctorigdstport",
+                    &port,
+                    "--ctdir",
+                    "ORIGINAL",
+                ]
+                .map(String::from),
+            ),
+            Role::Output => words.extend(["-m", proto, "--sport", &port].map(String::from)),
+            _ => words.extend(["-m", proto, "--dport", &port].map(String::from)),
+        }
     }
     words.extend([
         "-m".into(),
@@ -118,9 +173,11 @@ pub fn role_spec(role: Role, rule: &Rule, expires_at: u64, target: &str) -> Vec<
     ]);
     words.extend(["-j".into(), target.into()]);
     match (role, nat) {
+        (Role::Dnat, Some(n)) if all_ports => {
+            words.extend(["--to-destination".into(), n.to_addr.to_string()]);
+        }
         (Role::Dnat, Some(n)) => {
-            let (a, p) = to(n);
-            words.extend(["--to-destination".into(), socket_text(a, p)]);
+            words.extend(["--to-destination".into(), socket_text(n.to_addr, n.to_port)]);
         }
         (
             Role::Snat,
@@ -176,47 +233,58 @@ pub fn parse_listing(output: &str, chain: &str) -> Vec<ListedRule> {
         .collect()
 }
 
-/// Read source, protocol, port and expiry from a rule spec, and for a postern
-/// NAT rule the NAT from its comment. Anything negated or a source that is not
-/// a single host is not a grant.
+/// Read source, protocol, port and expiry from a rule spec, and from its
+/// comment the destination and NAT of a postern grant. An output rule (a
+/// `--sport` and no `--dport`) is the reply of a grant: its `-d` is the grant's
+/// source. Anything negated or an address that is not a single host is not a grant.
 fn parse_grant(spec: &str) -> Option<(Rule, u64)> {
     let words = shell_words::split(spec).ok()?;
-    let (mut source, mut proto, mut port, mut parsed) = (None, None, None, None);
+    let (mut saddr, mut daddr, mut proto, mut dport, mut sport, mut parsed) =
+        (None, None, None, None, None, None);
     let mut words = words.iter();
     while let Some(word) = words.next() {
         match word.as_str() {
             "!" => return None,
-            "-s" | "--source" => {
-                let text = words.next()?;
-                let (addr, prefix) = text.split_once('/').unwrap_or((text, ""));
-                let addr: IpAddr = addr.parse().ok()?;
-                if !prefix.is_empty() && prefix.parse::<u8>().ok()? != host_prefix(addr) {
-                    return None;
-                }
-                source = Some(addr);
-            }
+            "-s" | "--source" => saddr = Some(parse_host(words.next()?)?),
+            "-d" | "--destination" => daddr = Some(parse_host(words.next()?)?),
             "-p" | "--protocol" => proto = words.next()?.parse::<Proto>().ok(),
             "--dport" | "--destination-port" | "--ctorigdstport" => {
-                port = words.next()?.parse::<u16>().ok()
+                dport = words.next()?.parse::<u16>().ok()
             }
+            "--sport" | "--source-port" => sport = words.next()?.parse::<u16>().ok(),
             "--comment" => parsed = parse_comment(words.next()?),
             _ => {}
         }
     }
-    let (expires_at, nat) = parsed?;
-    let (port, nat) = match nat {
+    let c = parsed?;
+    let (source, port) = match (dport, sport) {
+        (None, Some(sport)) => (daddr?, Some(sport)),
+        _ => (saddr?, dport),
+    };
+    let (port, nat) = match c.nat {
         Some((port, nat)) => (port, Some(nat)),
         None => (port?, None),
     };
     Some((
         Rule {
-            source: source?,
-            proto: proto?,
+            source,
+            proto: c.proto.or(proto)?,
             port,
             nat,
+            destination: c.destination,
         },
-        expires_at,
+        c.expires_at,
     ))
+}
+
+/// `ADDR` or `ADDR/32` (`/128`): a single host.
+fn parse_host(text: &str) -> Option<IpAddr> {
+    let (addr, prefix) = text.split_once('/').unwrap_or((text, ""));
+    let addr: IpAddr = addr.parse().ok()?;
+    if !prefix.is_empty() && prefix.parse::<u8>().ok()? != host_prefix(addr) {
+        return None;
+    }
+    Some(addr)
 }
 
 #[cfg(test)]
@@ -233,12 +301,7 @@ mod tests {
 ";
 
     fn rule(source: &str, proto: Proto, port: u16) -> Rule {
-        Rule {
-            source: source.parse().unwrap(),
-            proto,
-            port,
-            nat: None,
-        }
+        Rule::new(source.parse().unwrap(), proto, port)
     }
 
     #[test]
@@ -292,11 +355,32 @@ mod tests {
     #[test]
     fn nat_comments_round_trip_and_fwknopd_reads_the_expiry() {
         let to = "fd00::2".parse().unwrap();
-        for (local, dnat, snat) in [
-            (false, true, None),
-            (true, false, None),
-            (false, true, Some(Snat::Masquerade)),
-            (false, false, Some(Snat::To("2001:db8::9".parse().unwrap()))),
+        for (local, dnat, snat, forward_all, destination) in [
+            (false, true, None, false, None),
+            (true, false, None, false, None),
+            (false, true, Some(Snat::Masquerade), false, None),
+            (
+                false,
+                false,
+                Some(Snat::To("2001:db8::9".parse().unwrap())),
+                false,
+                None,
+            ),
+            (false, true, Some(Snat::Masquerade), true, None),
+            (
+                false,
+                true,
+                None,
+                true,
+                Some("2001:db8::1".parse().unwrap()),
+            ),
+            (
+                true,
+                true,
+                None,
+                false,
+                Some("2001:db8::1".parse().unwrap()),
+            ),
         ] {
             let r = Rule {
                 nat: Some(NatRule {
@@ -305,17 +389,20 @@ mod tests {
                     local,
                     snat,
                     dnat,
+                    forward_all,
                 }),
-                ..rule("2001:db8::7", Proto::Tcp, 55000)
+                destination,
+                ..rule("2001:db8::7", Proto::Udp, 55000)
             };
             let c = comment(&r, 77);
+            let parsed = parse_comment(&c).unwrap();
             assert_eq!(
-                parse_comment(&c),
-                Some((77, Some((55000, r.nat.clone().unwrap())))),
+                (parsed.expires_at, parsed.destination, parsed.nat),
+                (77, destination, Some((55000, r.nat.clone().unwrap()))),
                 "{c}"
             );
             // fwknopd takes the digits after `_exp_`.
-            assert!(c.starts_with("postern_exp_77_nat_55000_fd00::2_22"), "{c}");
+            assert!(c.starts_with("postern_exp_77_"), "{c}");
             for role in [
                 Role::Input,
                 Role::Forward,
@@ -337,6 +424,88 @@ mod tests {
             "unreadable NAT part: not a grant"
         );
         assert_eq!(parse_comment("postern_exp_5_nat_1_10.0.0.1_2_bogus"), None);
-        assert_eq!(parse_comment("_exp_5 by fwknopd"), Some((5, None)));
+        assert_eq!(parse_expiry("_exp_5 by fwknopd"), Some(5));
+        assert_eq!(parse_comment("postern_exp_5_dst_x"), None);
+    }
+
+    #[test]
+    fn destination_and_output_rules_read_back_as_their_grant() {
+        let r = Rule {
+            destination: Some("203.0.113.1".parse().unwrap()),
+            ..rule("192.0.2.7", Proto::Tcp, 22)
+        };
+        for (role, form) in [
+            (Role::Input, "-s 192.0.2.7/32 -d 203.0.113.1/32 -p tcp -m tcp --dport 22 -m comment --comment postern_exp_9_dst_203.0.113.1 -j ACCEPT"),
+            (Role::Output, "-s 203.0.113.1/32 -d 192.0.2.7/32 -p tcp -m tcp --sport 22 -m comment --comment postern_exp_9_dst_203.0.113.1 -j ACCEPT"),
+        ] {
+            let spec = join(&role_spec(role, &r, 9, "ACCEPT"));
+            assert_eq!(spec, form);
+            let line = format!("-A C {spec}");
+            assert_eq!(parse_listing(&line, "C")[0].grant, Some((r.clone(), 9)));
+        }
+        // Without a destination the output rule matches any local address.
+        let plain = rule("192.0.2.7", Proto::Udp, 53);
+        assert_eq!(
+            join(&role_spec(Role::Output, &plain, 9, "ACCEPT")),
+            "-d 192.0.2.7/32 -p udp -m udp --sport 53 -m comment --comment postern_exp_9 -j ACCEPT"
+        );
+        // fwknopd's own output rule reads back too.
+        let fwknopd = "-A C -s 0.0.0.0/0 -d 192.0.2.7/32 -p udp -m udp --sport 53 -m comment --comment _exp_9 -j ACCEPT";
+        assert_eq!(
+            parse_listing(fwknopd, "C")[0]
+                .grant
+                .as_ref()
+                .map(|g| g.0.source),
+            None,
+            "0.0.0.0/0 is not a host"
+        );
+    }
+
+    #[test]
+    fn forward_all_rules_name_no_port() {
+        let r = Rule {
+            nat: Some(NatRule {
+                to_addr: "10.0.0.5".parse().unwrap(),
+                to_port: 22,
+                local: false,
+                snat: Some(Snat::Masquerade),
+                dnat: true,
+                forward_all: true,
+            }),
+            ..rule("192.0.2.7", Proto::Tcp, 22)
+        };
+        let c = "postern_exp_9_p_tcp_nat_22_10.0.0.5_22_all_masq";
+        for (role, form) in [
+            (
+                Role::Forward,
+                format!("-s 192.0.2.7/32 -d 10.0.0.5/32 -m comment --comment {c} -j ACCEPT"),
+            ),
+            (
+                Role::Dnat,
+                format!(
+                    "-s 192.0.2.7/32 -m comment --comment {c} -j DNAT --to-destination 10.0.0.5"
+                ),
+            ),
+            (
+                Role::Masquerade,
+                format!("-s 192.0.2.7/32 -d 10.0.0.5/32 -m comment --comment {c} -j MASQUERADE"),
+            ),
+        ] {
+            let target = if role == Role::Forward {
+                "ACCEPT"
+            } else {
+                &form[form.find("-j ").unwrap() + 3..]
+                    .split(' ')
+                    .next()
+                    .unwrap()
+                    .to_string()
+            };
+            let spec = join(&role_spec(role, &r, 9, target));
+            assert_eq!(spec, form);
+            assert_eq!(
+                parse_listing(&format!("-A C {spec}"), "C")[0].grant,
+                Some((r.clone(), 9))
+            );
+        }
     }
 }

@@ -86,12 +86,7 @@ fn backend(tables: &Tables) -> (IptablesBackend, RecordingRunner) {
 }
 
 fn rule(source: &str, proto: Proto, port: u16) -> Rule {
-    Rule {
-        source: source.parse().unwrap(),
-        proto,
-        port,
-        nat: None,
-    }
+    Rule::new(source.parse().unwrap(), proto, port)
 }
 
 fn opening(source: &str, proto: Proto, port: u16, expires_at: u64) -> Opening {
@@ -524,6 +519,7 @@ fn nat_ipv6_off_and_unsupported_chains_are_refused_up_front() {
         local: false,
         snat: None,
         dnat: true,
+        forward_all: false,
     });
     let err = fw.grant(&[nat]).unwrap_err();
     assert!(
@@ -544,17 +540,116 @@ fn nat_ipv6_off_and_unsupported_chains_are_refused_up_front() {
         "",
         "refused before running anything"
     );
+}
 
-    let config: IptablesConfig =
-        serde_json::from_str(r#"{"output": "ACCEPT, filter, OUTPUT, 1, FWKNOP_OUTPUT, 1"}"#)
-            .unwrap();
-    let err = IptablesBackend::new(&config, Box::new(RecordingRunner::succeeding()))
-        .err()
+/// ENABLE_IPT_OUTPUT: each plain grant also gets its reply accept in the
+/// output chain; with ENABLE_DESTINATION_RULE both name the knocked address.
+#[test]
+fn output_and_destination_rules_are_rendered_as_fwknopd_does() {
+    let tables = Tables::ready();
+    tables.set("iptables", "FWKNOP_OUTPUT", "-N FWKNOP_OUTPUT\n");
+    tables.set(
+        "iptables",
+        "OUTPUT",
+        "-P OUTPUT DROP\n-A OUTPUT -j FWKNOP_OUTPUT\n",
+    );
+    let config: IptablesConfig = serde_json::from_str(
+        r#"{"output": "ACCEPT, filter, OUTPUT, 1, FWKNOP_OUTPUT, 1", "ipv6": false}"#,
+    )
+    .unwrap();
+    let (mut fw, fake) = backend_with(&config, &tables, None);
+    fw.init(1000).unwrap();
+    fake.take_transcript();
+    let mut o = opening("192.0.2.7", Proto::Tcp, 22, 1030);
+    o.rule.destination = Some("203.0.113.1".parse().unwrap());
+    fw.grant(&[o, opening("192.0.2.8", Proto::Udp, 53, 1030)])
         .unwrap();
-    assert!(
-        matches!(err, FirewallError::Unsupported { .. })
-            && err.to_string().contains("IPT_OUTPUT_ACCESS"),
-        "{err}"
+    assert_eq!(
+        fake.take_transcript(),
+        "\
+$ iptables -w 5 -t filter -S POSTERN_INPUT
+$ iptables -w 5 -t filter -S INPUT
+$ iptables -w 5 -t filter -S FWKNOP_OUTPUT
+$ iptables -w 5 -t filter -S OUTPUT
+$ iptables-restore -w 5 --noflush
+| *filter
+| -I POSTERN_INPUT 1 -s 192.0.2.7/32 -d 203.0.113.1/32 -p tcp -m tcp --dport 22 -m comment --comment postern_exp_1030_dst_203.0.113.1 -j ACCEPT
+| -I POSTERN_INPUT 1 -s 192.0.2.8/32 -p udp -m udp --dport 53 -m comment --comment postern_exp_1030 -j ACCEPT
+| -I FWKNOP_OUTPUT 1 -s 203.0.113.1/32 -d 192.0.2.7/32 -p tcp -m tcp --sport 22 -m comment --comment postern_exp_1030_dst_203.0.113.1 -j ACCEPT
+| -I FWKNOP_OUTPUT 1 -d 192.0.2.8/32 -p udp -m udp --sport 53 -m comment --comment postern_exp_1030 -j ACCEPT
+| COMMIT
+"
+    );
+}
+
+/// ENABLE_RULE_PREPEND N appends (fwknopd's `-A`), Y inserts at the top.
+#[test]
+fn prepend_chooses_top_or_end_of_the_chain() {
+    for (prepend, placement) in [(false, "-A POSTERN_INPUT"), (true, "-I POSTERN_INPUT 1")] {
+        let tables = Tables::ready();
+        tables.set("iptables", "POSTERN_INPUT", LEFTOVERS);
+        let config = IptablesConfig {
+            prepend: Some(prepend),
+            ipv6: false,
+            ..IptablesConfig::default()
+        };
+        let (mut fw, fake) = backend_with(&config, &tables, None);
+        fw.grant(&[opening("192.0.2.9", Proto::Tcp, 22, 1030)])
+            .unwrap();
+        let transcript = fake.take_transcript();
+        assert!(
+            transcript.contains(&format!("| {placement} -s 192.0.2.9/32 -p tcp")),
+            "{transcript}"
+        );
+    }
+}
+
+/// FORWARD_ALL: forward accept and MASQUERADE for every port to the target,
+/// DNAT of everything from the source, as fwknopd's *_ALL_RULE_ARGS (postern
+/// also limits the accept to the target).
+#[test]
+fn forward_all_rules_name_no_protocol_or_port() {
+    let tables = Tables::ready();
+    for chain in [
+        "POSTERN_FORWARD",
+        "POSTERN_PREROUTING",
+        "POSTERN_MASQUERADE",
+    ] {
+        tables.set("iptables", chain, &format!("-N {chain}\n"));
+    }
+    for chain in ["FORWARD", "PREROUTING", "POSTROUTING"] {
+        tables.set("iptables", chain, &format!("-P {chain} ACCEPT\n"));
+    }
+    let config = IptablesConfig {
+        nat: true,
+        ipv6: false,
+        ..IptablesConfig::default()
+    };
+    let (mut fw, fake) = backend_with(&config, &tables, None);
+    let mut o = opening("192.0.2.7", Proto::Tcp, 22, 1030);
+    o.rule.nat = Some(NatRule {
+        to_addr: "10.0.0.5".parse().unwrap(),
+        to_port: 22,
+        local: false,
+        snat: Some(Snat::Masquerade),
+        dnat: true,
+        forward_all: true,
+    });
+    fw.grant(&[o]).unwrap();
+    let rules: Vec<String> = fake
+        .take_transcript()
+        .lines()
+        .filter(|l| l.starts_with("| -I POSTERN_"))
+        .map(String::from)
+        .collect();
+    let c = "postern_exp_1030_p_tcp_nat_22_10.0.0.5_22_all_masq";
+    assert_eq!(
+        rules,
+        [
+            format!("| -I POSTERN_FORWARD 1 -s 192.0.2.7/32 -d 10.0.0.5/32 -m comment --comment {c} -j ACCEPT"),
+            format!("| -I POSTERN_PREROUTING 1 -s 192.0.2.7/32 -m comment --comment {c} -j DNAT --to-destination 10.0.0.5"),
+            format!("| -I POSTERN_MASQUERADE 1 -s 192.0.2.7/32 -d 10.0.0.5/32 -m comment --comment {c} -j MASQUERADE"),
+        ]
     );
 }
 
@@ -668,6 +763,7 @@ fn nat_opening(
         local,
         snat,
         dnat: true,
+        forward_all: false,
     });
     o
 }

@@ -51,7 +51,9 @@ fn nat_rule(source: IpAddr, to_addr: IpAddr, local: bool, snat: Option<Snat>) ->
             local,
             snat,
             dnat: true,
+            forward_all: false,
         }),
+        destination: None,
     }
 }
 
@@ -339,12 +341,7 @@ fn docker_published_port_is_granted_in_docker_user() {
         "the published port is closed"
     );
 
-    let rule = Rule {
-        source: client,
-        proto: Proto::Tcp,
-        port: 8080,
-        nat: None,
-    };
+    let rule = Rule::new(client, Proto::Tcp, 8080);
     let start = now();
     fw.grant(&[opening(&rule, start + 2)]).unwrap();
     assert!(

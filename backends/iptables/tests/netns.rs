@@ -41,12 +41,7 @@ fn backend_with(ns: &Netns, iptables: &str) -> IptablesBackend {
 }
 
 fn opening(source: impl Into<IpAddr>, port: u16, expires_at: u64) -> Opening {
-    let rule = Rule {
-        source: source.into(),
-        proto: Proto::Tcp,
-        port,
-        nat: None,
-    };
+    let rule = Rule::new(source.into(), Proto::Tcp, port);
     Opening {
         rule,
         timeout_secs: expires_at.saturating_sub(now()) as u32,

@@ -19,12 +19,7 @@ const BURST_ROUNDS: u32 = 20;
 fn opening(i: u32, secs: u32) -> Opening {
     let source = IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i));
     Opening {
-        rule: Rule {
-            source,
-            proto: Proto::Tcp,
-            port: 22,
-            nat: None,
-        },
+        rule: Rule::new(source, Proto::Tcp, 22),
         timeout_secs: secs,
         expires_at: 0,
     }

@@ -10,7 +10,9 @@ use crate::setup::{all_sets, setup_ruleset};
 use crate::shadow::{shadowing_in_iptables_save, shadowing_in_ruleset, ShadowWarning};
 use crate::BACKEND;
 use postern_backend_script::SystemRunner;
-use spa_core::firewall::{CommandRunner, Firewall, FirewallError, FwResult, Opening, Rule, Snat};
+use spa_core::firewall::{
+    CommandRunner, Firewall, FirewallError, FwResult, Opening, Rule, RuleFeature, Snat,
+};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -228,6 +230,10 @@ impl NftablesBackend {
     /// Checks a batch before anything is sent, so a bad opening rejects the
     /// whole batch and nothing of it is applied.
     fn check_family(&self, rule: &Rule) -> FwResult<()> {
+        rule.refuse(
+            BACKEND,
+            &[RuleFeature::Destination, RuleFeature::ForwardAll],
+        )?;
         let family = self.config.family;
         let ok = match rule.source {
             IpAddr::V4(_) => family.has_v4(),

@@ -198,12 +198,7 @@ mod tests {
     use spa_core::request::Proto;
 
     fn rule(src: &str, port: u16) -> Rule {
-        Rule {
-            source: src.parse().unwrap(),
-            proto: Proto::Tcp,
-            port,
-            nat: None,
-        }
+        Rule::new(src.parse().unwrap(), Proto::Tcp, port)
     }
 
     #[test]
@@ -264,6 +259,7 @@ mod tests {
             local: false,
             snat: None,
             dnat: true,
+            forward_all: false,
         });
         let c = SetChange::new([(&r, Some(30))]);
         assert!(c.has_map_elements());
@@ -294,6 +290,7 @@ mod tests {
             local: false,
             snat: Some(spa_core::firewall::Snat::Masquerade),
             dnat: true,
+            forward_all: false,
         });
         let mut batch = Batch::new(100);
         to_netlink(

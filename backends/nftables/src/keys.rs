@@ -269,12 +269,7 @@ mod tests {
     use spa_core::firewall::NatRule;
 
     fn rule(src: &str, proto: Proto, port: u16) -> Rule {
-        Rule {
-            source: src.parse().unwrap(),
-            proto,
-            port,
-            nat: None,
-        }
+        Rule::new(src.parse().unwrap(), proto, port)
     }
 
     #[test]
@@ -313,6 +308,7 @@ mod tests {
             local: false,
             snat: Some(Snat::To("10.0.0.1".parse().unwrap())),
             dnat: true,
+            forward_all: false,
         });
         let e = elements(&r);
         let names: Vec<String> = e.iter().map(|e| e.set.name()).collect();
@@ -335,6 +331,7 @@ mod tests {
         let local = NatRule {
             local: true,
             dnat: false,
+            forward_all: false,
             snat: None,
             ..r.nat.clone().unwrap()
         };

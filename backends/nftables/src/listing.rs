@@ -98,12 +98,7 @@ fn parse_element(set: SetId, elem: &Value) -> Option<ListedGrant> {
     let source: IpAddr = parts[0].as_str()?.parse().ok()?;
     let proto = parse_proto(&parts[expected - 2])?;
     let rule = if set.kind == Kind::Grants {
-        Rule {
-            source,
-            proto,
-            port: parse_port(&parts[expected - 1])?,
-            nat: None,
-        }
+        Rule::new(source, proto, parse_port(&parts[expected - 1])?)
     } else {
         let (port, nat) = NatRule::parse_tag(comment?)?;
         Rule {
@@ -111,6 +106,7 @@ fn parse_element(set: SetId, elem: &Value) -> Option<ListedGrant> {
             proto,
             port,
             nat: Some(nat),
+            destination: None,
         }
     };
     Some(ListedGrant {

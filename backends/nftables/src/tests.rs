@@ -55,12 +55,7 @@ fn no_table() -> FwResult<String> {
 
 fn opening(src: &str, secs: u32) -> Opening {
     Opening {
-        rule: Rule {
-            source: src.parse().unwrap(),
-            proto: Proto::Tcp,
-            port: 22,
-            nat: None,
-        },
+        rule: Rule::new(src.parse().unwrap(), Proto::Tcp, 22),
         timeout_secs: secs,
         expires_at: 0,
     }
@@ -135,6 +130,7 @@ fn grant_sends_one_document_and_refuses_bad_openings_before_running_anything() {
         local: false,
         snat: None,
         dnat: true,
+        forward_all: false,
     });
     assert!(matches!(
         fw.grant(&[opening("10.0.0.3", 30), nat]),
@@ -201,6 +197,7 @@ fn nat_opening(local: bool, snat: Option<Snat>) -> Opening {
         local,
         snat,
         dnat: true,
+        forward_all: false,
     });
     o
 }

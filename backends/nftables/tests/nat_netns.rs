@@ -46,7 +46,9 @@ fn nat_rule(
             local,
             snat,
             dnat: true,
+            forward_all: false,
         }),
+        destination: None,
     }
 }
 
@@ -350,12 +352,7 @@ fn a_nat_burst_is_one_transaction_and_nat_off_removes_the_nat_objects() {
             )
         })
         .chain((0..50u32).map(|i| {
-            let plain = Rule {
-                source: IpAddr::V4(Ipv4Addr::from(0x0b00_0000 + i)),
-                proto: Proto::Udp,
-                port: 53,
-                nat: None,
-            };
+            let plain = Rule::new(IpAddr::V4(Ipv4Addr::from(0x0b00_0000 + i)), Proto::Udp, 53);
             opening(&plain, 60)
         }))
         .collect();
@@ -471,12 +468,7 @@ fn docker_published_port_is_closed_and_granted_before_the_dnat() {
         "the docker chain closes it"
     );
     fw.grant(&[Opening {
-        rule: Rule {
-            source: client,
-            proto: Proto::Tcp,
-            port: 8080,
-            nat: None,
-        },
+        rule: Rule::new(client, Proto::Tcp, 8080),
         timeout_secs: 2,
         expires_at: 0,
     }])

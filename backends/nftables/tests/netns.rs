@@ -26,12 +26,7 @@ fn backend(ns: &Netns, config: NftablesConfig) -> NftablesBackend {
 
 fn opening(source: IpAddr, port: u16, secs: u32) -> Opening {
     Opening {
-        rule: Rule {
-            source,
-            proto: Proto::Tcp,
-            port,
-            nat: None,
-        },
+        rule: Rule::new(source, Proto::Tcp, port),
         timeout_secs: secs,
         expires_at: 0,
     }

@@ -5,7 +5,9 @@ use crate::config::PfConfig;
 use crate::render::{anchor_linked, anchor_rules, is_absent, parse_show, parse_tables, TableKey};
 use crate::state::{Entry, StateFile};
 use postern_backend_script::{missing_for, require_program, SystemRunner};
-use spa_core::firewall::{CommandRunner, Firewall, FirewallError, FwResult, Opening, Rule};
+use spa_core::firewall::{
+    CommandRunner, Firewall, FirewallError, FwResult, Opening, Rule, RuleFeature,
+};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -370,6 +372,7 @@ impl Firewall for PfBackend {
     /// table came into use, record the expiries. A refresh never shortens a grant.
     fn grant(&mut self, openings: &[Opening]) -> FwResult<()> {
         for o in openings {
+            o.rule.refuse(BACKEND, &[RuleFeature::Destination])?;
             if o.rule.nat.is_some() {
                 return Err(FirewallError::Unsupported {
                     backend: BACKEND,
@@ -488,12 +491,7 @@ impl Firewall for PfBackend {
         let mut openings = Vec::new();
         for table in self.show_tables()? {
             for addr in self.show_table(table)? {
-                let rule = Rule {
-                    source: addr,
-                    proto: table.proto,
-                    port: table.port,
-                    nat: None,
-                };
+                let rule = Rule::new(addr, table.proto, table.port);
                 openings.push(match self.entries.iter().find(|e| e.is(&rule)) {
                     Some(e) => e.opening(now),
                     None => Opening {

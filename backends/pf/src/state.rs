@@ -52,12 +52,7 @@ impl Entry {
     }
 
     pub fn rule(&self) -> Rule {
-        Rule {
-            source: self.source,
-            proto: self.proto(),
-            port: self.port,
-            nat: None,
-        }
+        Rule::new(self.source, self.proto(), self.port)
     }
 
     pub fn is(&self, rule: &Rule) -> bool {
@@ -152,12 +147,7 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     fn entry(port: u16) -> Entry {
-        let rule = Rule {
-            source: "192.0.2.1".parse().unwrap(),
-            proto: Proto::Udp,
-            port,
-            nat: None,
-        };
+        let rule = Rule::new("192.0.2.1".parse().unwrap(), Proto::Udp, port);
         Entry::new(&rule, 1030, 1000)
     }
 

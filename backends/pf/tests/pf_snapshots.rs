@@ -98,12 +98,7 @@ fn setup() -> Setup {
 }
 
 fn rule(source: &str, proto: Proto, port: u16) -> Rule {
-    Rule {
-        source: source.parse().unwrap(),
-        proto,
-        port,
-        nat: None,
-    }
+    Rule::new(source.parse().unwrap(), proto, port)
 }
 
 fn opening(source: &str, proto: Proto, port: u16, expires_at: u64) -> Opening {
@@ -413,6 +408,7 @@ fn unsupported_input_runs_nothing() {
         local: false,
         snat: None,
         dnat: true,
+        forward_all: false,
     });
     let e =
         s.fw.grant(&[opening("192.0.2.9", Proto::Tcp, 22, 1030), nat])

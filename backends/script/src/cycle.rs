@@ -20,7 +20,9 @@ use crate::runner::{find_program, ConfinedRunner};
 use crate::state::{PendingClose, ScriptOrigin, StateFile};
 use crate::template::{Template, Values};
 use serde::Deserialize;
-use spa_core::firewall::{CommandRunner, Firewall, FirewallError, FwResult, Opening, Rule};
+use spa_core::firewall::{
+    CommandRunner, Firewall, FirewallError, FwResult, Opening, Rule, RuleFeature,
+};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -203,6 +205,7 @@ impl ScriptBackend {
         opened: &mut Vec<PendingClose>,
         refreshed: &mut Vec<(usize, u64, u32)>,
     ) -> FwResult<()> {
+        opening.rule.refuse(BACKEND, &[RuleFeature::Destination])?;
         if opening.rule.nat.is_some() {
             return Err(FirewallError::Unsupported {
                 backend: BACKEND,

@@ -44,12 +44,7 @@ impl PendingClose {
     pub fn rule(&self) -> Rule {
         // The file is ours; an unknown protocol can only come from hand editing.
         let proto = self.proto.parse().unwrap_or(Proto::Tcp);
-        Rule {
-            source: self.source,
-            proto,
-            port: self.port,
-            nat: None,
-        }
+        Rule::new(self.source, proto, self.port)
     }
 
     pub fn opening(&self) -> Opening {
@@ -188,12 +183,7 @@ mod tests {
 
     fn pending(port: u16) -> PendingClose {
         let opening = Opening {
-            rule: Rule {
-                source: "192.0.2.1".parse().unwrap(),
-                proto: Proto::Udp,
-                port,
-                nat: None,
-            },
+            rule: Rule::new("192.0.2.1".parse().unwrap(), Proto::Udp, port),
             timeout_secs: 30,
             expires_at: 1000,
         };

@@ -156,12 +156,7 @@ fn configured_capabilities_are_exactly_kept_as_root_and_as_another_user() {
 
 fn opening() -> Opening {
     Opening {
-        rule: Rule {
-            source: "192.0.2.7".parse().unwrap(),
-            proto: spa_core::Proto::Tcp,
-            port: 22,
-            nat: None,
-        },
+        rule: Rule::new("192.0.2.7".parse().unwrap(), spa_core::Proto::Tcp, 22),
         timeout_secs: 30,
         expires_at: 1_000,
     }

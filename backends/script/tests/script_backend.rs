@@ -11,12 +11,7 @@ const CLOSE: &str = "/usr/local/sbin/fw-close --src $SRC --proto $PROTO --port $
 
 fn opening(source: &str, proto: Proto, port: u16, expires_at: u64) -> Opening {
     Opening {
-        rule: Rule {
-            source: source.parse().unwrap(),
-            proto,
-            port,
-            nat: None,
-        },
+        rule: Rule::new(source.parse().unwrap(), proto, port),
         timeout_secs: 30,
         expires_at,
     }
@@ -241,6 +236,7 @@ fn nat_is_unsupported_and_bad_templates_are_config_errors() {
         local: false,
         snat: None,
         dnat: true,
+        forward_all: false,
     });
     assert!(matches!(
         fw.grant(&[o]),

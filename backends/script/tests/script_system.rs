@@ -19,12 +19,7 @@ fn now() -> u64 {
 }
 
 fn opening(source: impl Into<IpAddr>, port: u16, expires_at: u64) -> Opening {
-    let rule = Rule {
-        source: source.into(),
-        proto: Proto::Tcp,
-        port,
-        nat: None,
-    };
+    let rule = Rule::new(source.into(), Proto::Tcp, port);
     Opening {
         rule,
         timeout_secs: expires_at.saturating_sub(now()) as u32,
@@ -44,12 +39,7 @@ fn marker_files_follow_open_and_close() {
     let mut fw = ScriptBackend::system(&config).unwrap();
     fw.init(1000).unwrap();
     fw.grant(&[Opening {
-        rule: Rule {
-            source: "192.0.2.7".parse().unwrap(),
-            proto: Proto::Tcp,
-            port: 22,
-            nat: None,
-        },
+        rule: Rule::new("192.0.2.7".parse().unwrap(), Proto::Tcp, 22),
         timeout_secs: 30,
         expires_at: 1030,
     }])

@@ -1,5 +1,5 @@
-//! A socket filter (classic BPF) that passes only the UDP payload lengths some
-//! access stanza can take. With HMAC and a block mode about one length in 21 is
+//! A socket filter (classic BPF) that passes only the UDP (and, on a pcap
+//! capture, ICMP and TCP) payload lengths some access stanza can take. With HMAC and a block mode about one length in 21 is
 //! possible, so the kernel drops most garbage before posternd is woken for it.
 //! The screening in userspace stays complete; this only spares it work.
 
@@ -8,7 +8,12 @@ use spa_core::packet::{MAX_WIRE_LEN, MIN_GPG_WIRE_LEN, MIN_WIRE_LEN};
 use std::collections::BTreeSet;
 use std::os::fd::RawFd;
 
+/// UDP and ICMP headers are both 8 bytes: their length fields count them.
 const UDP_HEADER: u32 = 8;
+/// An IPv4 ICMP message's length (header included): IP total length less the IP header.
+const ICMP_V4_LEN: &str = "(ip[2:2] - ((ip[0] & 0xf) << 2))";
+/// An IPv4 TCP segment's payload length: that, less the TCP header (options included).
+const TCP_V4_PAYLOAD_LEN: &str = "(ip[2:2] - ((ip[0] & 0xf) << 2) - ((tcp[12] & 0xf0) >> 2))";
 
 /// Payload lengths worth waking up for.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -72,18 +77,32 @@ impl Lengths {
 
     /// The same test for a pcap capture, as filter-language text to AND with the
     /// user's PCAP_FILTER. It looks at the UDP length field (payload + 8) of IPv4
-    /// and of IPv6 without extension headers; everything else (TCP, IPv6 with
+    /// and of IPv6 without extension headers, at the length of IPv4 ICMP messages
+    /// (`fwknop -P icmp`) and, when TCP payloads are plain SPA packets
+    /// (`plain_tcp`: no SPA over HTTP, whose requests have any length), at the
+    /// payload length of IPv4 TCP segments (`-P tcpraw`, `-P tcp`; segments
+    /// without data are dropped too). Everything else (ICMPv6, IPv6 TCP, IPv6 with
     /// extension headers, non-IP) passes, so the user's filter alone decides it.
-    pub fn pcap_clause(&self) -> String {
-        let v4 = self.pcap_test("udp[4:2]");
-        let v6 = self.pcap_test("ip6[44:2]");
-        format!("not udp or (ip and ({v4})) or (ip6 and (ip6[6] != 17 or ({v6})))")
+    pub fn pcap_clause(&self, plain_tcp: bool) -> String {
+        let v4 = self.pcap_test("udp[4:2]", UDP_HEADER);
+        let v6 = self.pcap_test("ip6[44:2]", UDP_HEADER);
+        let icmp = self.pcap_test(ICMP_V4_LEN, UDP_HEADER);
+        let mut clause = format!(
+            "(not icmp or ({icmp})) and \
+             (not udp or (ip and ({v4})) or (ip6 and (ip6[6] != 17 or ({v6}))))"
+        );
+        if plain_tcp {
+            let tcp = self.pcap_test(TCP_V4_PAYLOAD_LEN, 0);
+            clause = format!("(not (ip and tcp) or ({tcp})) and {clause}");
+        }
+        clause
     }
 
-    /// `field` (a UDP length) in the set; runs of consecutive lengths become ranges.
-    fn pcap_test(&self, field: &str) -> String {
+    /// `field` (a payload length plus a `header` it counts) in the set; runs of
+    /// consecutive lengths become ranges.
+    fn pcap_test(&self, field: &str, header: u32) -> String {
         let mut terms = Vec::new();
-        let mut lengths = self.exact.iter().map(|l| l + UDP_HEADER).peekable();
+        let mut lengths = self.exact.iter().map(|l| l + header).peekable();
         while let Some(first) = lengths.next() {
             let mut last = first;
             while lengths.next_if_eq(&(last + 1)).is_some() {
@@ -96,18 +115,20 @@ impl Lengths {
             });
         }
         if let Some(min) = self.at_least {
-            terms.push(format!("{field} >= {}", min + UDP_HEADER));
+            terms.push(format!("{field} >= {}", min + header));
         }
         if terms.is_empty() {
-            // Nothing can pass: a test no packet meets (pcap has no `false`).
-            return format!("{field} = 0");
+            // Nothing can pass: a test no well-formed packet meets (pcap has no
+            // `false`; every length here comes from a 16-bit IP total length).
+            return format!("{field} > 65535");
         }
         terms.join(" or ")
     }
 
-    /// The user's filter narrowed to the lengths some stanza can take.
-    pub fn narrow_pcap_filter(&self, user_filter: &str) -> String {
-        let clause = self.pcap_clause();
+    /// The user's filter narrowed to the lengths some stanza can take (see
+    /// [`Lengths::pcap_clause`] for `plain_tcp`).
+    pub fn narrow_pcap_filter(&self, user_filter: &str, plain_tcp: bool) -> String {
+        let clause = self.pcap_clause(plain_tcp);
         if user_filter.trim().is_empty() {
             clause
         } else {
@@ -178,11 +199,12 @@ mod tests {
         assert!(!Lengths::for_stanzas(&[]).passes(200));
     }
 
-    /// An Ethernet frame carrying UDP (IPv4 or IPv6) or TCP with `payload_len` bytes.
-    fn frame(v6: bool, tcp: bool, payload_len: usize) -> Vec<u8> {
+    /// An Ethernet frame carrying UDP (IPv4 or IPv6), TCP or ICMP (IPv4) with
+    /// `payload_len` bytes.
+    fn frame(v6: bool, proto: u8, payload_len: usize) -> Vec<u8> {
+        let tcp = proto == 6;
         let l4_header = if tcp { 20 } else { 8 };
         let l4_len = l4_header + payload_len;
-        let proto = if tcp { 6 } else { 17 };
         let mut f = vec![0u8; 12];
         let mut ip = if v6 {
             f.extend([0x86, 0xdd]);
@@ -211,6 +233,8 @@ mod tests {
         l4[2..4].copy_from_slice(&62201u16.to_be_bytes());
         if tcp {
             l4[12] = 5 << 4;
+        } else if proto == 1 {
+            l4[..4].copy_from_slice(&[8, 0, 0, 0]);
         } else {
             l4[4..6].copy_from_slice(&(l4_len as u16).to_be_bytes());
         }
@@ -221,27 +245,41 @@ mod tests {
     }
 
     #[test]
-    fn the_pcap_clause_passes_exactly_the_same_udp_lengths() {
+    fn the_pcap_clause_passes_exactly_the_same_udp_and_icmp_lengths() {
         let dead = pcap::Capture::dead(pcap::Linktype::ETHERNET).unwrap();
         let mut gpg = stanza(true);
         gpg.gpg_allow_no_pw = true;
         for stanzas in [vec![stanza(true)], vec![stanza(false)], vec![gpg], vec![]] {
             let l = Lengths::for_stanzas(&stanzas);
-            let expr = l.narrow_pcap_filter("udp port 62201 or tcp");
-            let program = dead
-                .compile(&expr, true)
-                .unwrap_or_else(|e| panic!("`{expr}`: {e}"));
-            for len in 1..=MAX_WIRE_LEN + 100 {
-                for v6 in [false, true] {
+            for plain_tcp in [false, true] {
+                let expr = l.narrow_pcap_filter("udp port 62201 or tcp or icmp", plain_tcp);
+                let program = dead
+                    .compile(&expr, true)
+                    .unwrap_or_else(|e| panic!("`{expr}`: {e}"));
+                for len in 0..=MAX_WIRE_LEN + 100 {
+                    let passes = len > 0 && l.passes(len);
+                    for v6 in [false, true] {
+                        assert_eq!(
+                            program.filter(&frame(v6, 17, len)),
+                            passes,
+                            "UDP payload of {len} bytes, v6 {v6}"
+                        );
+                    }
                     assert_eq!(
-                        program.filter(&frame(v6, false, len)),
-                        l.passes(len),
-                        "UDP payload of {len} bytes, v6 {v6}"
+                        program.filter(&frame(false, 1, len)),
+                        passes,
+                        "ICMP payload of {len} bytes"
                     );
+                    // TCP: narrowed when it carries plain packets, else left to
+                    // the user's filter (HTTP requests have any length).
+                    assert_eq!(
+                        program.filter(&frame(false, 6, len)),
+                        if plain_tcp { passes } else { true },
+                        "TCP payload of {len} bytes, plain_tcp {plain_tcp}"
+                    );
+                    assert!(program.filter(&frame(true, 6, len)), "IPv6 TCP");
                 }
             }
-            // TCP is left to the user's filter.
-            assert!(program.filter(&frame(false, true, 7)));
         }
     }
 

@@ -44,7 +44,7 @@ pub fn spawn(
         cap.filter(&settings.filter, true)
             .map_err(|e| anyhow::anyhow!("PCAP_FILTER `{}`: {e}", settings.filter))?;
         let (mut p, rt, intake) = (pipeline, runtime, settings.intake);
-        LengthFilter::new(&settings.filter).fit(&mut cap, &p);
+        LengthFilter::new(&settings).fit(&mut cap, &p);
         threads.push(std::thread::spawn(move || {
             let _guard = rt.enter();
             let link = cap.get_datalink();
@@ -59,7 +59,7 @@ pub fn spawn(
         for iface in &settings.interfaces {
             let mut cap =
                 open(iface, &settings).map_err(|e| anyhow::anyhow!("pcap on `{iface}`: {e}"))?;
-            let mut length_filter = LengthFilter::new(&settings.filter);
+            let mut length_filter = LengthFilter::new(&settings);
             length_filter.fit(&mut cap, &pipeline);
             tracing::info!(
                 "pcap: capturing on `{iface}` with filter `{}` (and only knock lengths)",
@@ -111,11 +111,13 @@ fn open(iface: &str, s: &Settings) -> Result<pcap::Capture<pcap::Active>, pcap::
     Ok(cap)
 }
 
-/// Narrows the kernel filter (PCAP_FILTER) to the UDP payload lengths some
-/// stanza can take, so garbage of other lengths never leaves the kernel; refitted
-/// when a reload changes the stanzas. Screening in posternd stays complete.
+/// Narrows the kernel filter (PCAP_FILTER) to the payload lengths some stanza
+/// can take, so garbage of other lengths never leaves the kernel; refitted when a
+/// reload changes the stanzas. Screening in posternd stays complete.
 struct LengthFilter {
     user_filter: String,
+    /// TCP payloads are plain packets (no SPA over HTTP): narrow TCP too.
+    plain_tcp: bool,
     fitted_for: Option<Stanzas>,
     checked_at: Instant,
 }
@@ -124,9 +126,10 @@ struct LengthFilter {
 const RELOAD_CHECK: Duration = Duration::from_secs(1);
 
 impl LengthFilter {
-    fn new(user_filter: &str) -> LengthFilter {
+    fn new(settings: &Settings) -> LengthFilter {
         LengthFilter {
-            user_filter: user_filter.to_string(),
+            user_filter: settings.filter.clone(),
+            plain_tcp: !settings.intake.spa_over_http,
             fitted_for: None,
             checked_at: Instant::now(),
         }
@@ -134,7 +137,8 @@ impl LengthFilter {
 
     fn fit<T: pcap::Activated + ?Sized>(&mut self, cap: &mut pcap::Capture<T>, p: &Pipeline) {
         let stanzas = p.keyring().snapshot();
-        let narrowed = Lengths::for_stanzas(&stanzas).narrow_pcap_filter(&self.user_filter);
+        let narrowed =
+            Lengths::for_stanzas(&stanzas).narrow_pcap_filter(&self.user_filter, self.plain_tcp);
         if let Err(e) = cap.filter(&narrowed, true) {
             // The user's filter alone was accepted at open: keep it and screen all here.
             tracing::warn!("pcap: no length filter ({e}); screening all in posternd");
@@ -351,8 +355,14 @@ fn frame_parts(link: pcap::Linktype, data: &[u8]) -> Option<(&[u8], SocketAddr, 
     Some((payload, SocketAddr::new(src, sport), dst))
 }
 
+/// The payload after the transport header and the sender's port, as fwknopd's
+/// pcap capture takes it: UDP; TCP (any flags: `fwknop -P tcpraw` sends a SYN);
+/// ICMP and ICMPv6 of any type (`fwknop -P icmp`), after the 8-byte header, port 0.
 fn transport_payload(proto: IpNextHeaderProtocol, l4: &[u8]) -> Option<(u16, &[u8])> {
-    if proto == IpNextHeaderProtocols::Udp {
+    const ICMP_HEADER: usize = 8;
+    if proto == IpNextHeaderProtocols::Icmp || proto == IpNextHeaderProtocols::Icmpv6 {
+        Some((0, l4.get(ICMP_HEADER..)?))
+    } else if proto == IpNextHeaderProtocols::Udp {
         let udp = UdpPacket::new(l4)?;
         let end = usize::from(udp.get_length()).clamp(8, l4.len());
         Some((udp.get_source(), &l4[8..end]))
@@ -407,6 +417,71 @@ mod tests {
         assert_eq!(p.bytes, b"hello");
         assert_eq!(p.peer, "10.0.0.1:12345".parse().unwrap());
         assert_eq!(p.destination, Some("10.0.0.2".parse().unwrap()));
+    }
+
+    /// Datagrams built by the client's raw modes (`postern -P tcpraw|udpraw|icmp`,
+    /// the same fields as fwknop's) give back the SPA packet and the sender.
+    #[test]
+    fn takes_the_payload_of_every_raw_knock() {
+        use spa_client::raw::{Carrier, RawKnock};
+        let carriers = [
+            (Carrier::Tcp, 40000),
+            (Carrier::Udp, 40000),
+            (
+                Carrier::Icmp {
+                    icmp_type: 8,
+                    code: 0,
+                },
+                0,
+            ),
+            (
+                Carrier::Icmp {
+                    icmp_type: 0,
+                    code: 0,
+                },
+                0,
+            ),
+            (
+                Carrier::Icmp {
+                    icmp_type: 13,
+                    code: 5,
+                },
+                0,
+            ),
+        ];
+        for (carrier, port) in carriers {
+            let knock = RawKnock {
+                carrier,
+                source: "10.0.0.7:40000".parse().unwrap(),
+                destination: "10.0.0.2:62201".parse().unwrap(),
+                ip_id: 7,
+                echo_id: 9,
+            };
+            let datagram = knock.datagram(b"spa-payload").unwrap();
+            let p = parse_frame(pcap::Linktype::RAW, &datagram).unwrap();
+            assert_eq!(p.bytes, b"spa-payload", "{carrier:?}");
+            assert_eq!(p.peer, SocketAddr::new("10.0.0.7".parse().unwrap(), port));
+            assert_eq!(p.destination, Some("10.0.0.2".parse().unwrap()));
+            // An ICMP message with no room for its header carries nothing.
+            if let Carrier::Icmp { .. } = carrier {
+                let mut short = datagram[..20 + 6].to_vec();
+                short[2..4].copy_from_slice(&26u16.to_be_bytes());
+                assert!(parse_frame(pcap::Linktype::RAW, &short).is_none());
+            }
+        }
+    }
+
+    #[test]
+    fn takes_the_payload_of_icmpv6() {
+        let payload = b"spa-over-icmpv6";
+        let mut d = vec![0x60, 0, 0, 0, 0, (8 + payload.len()) as u8, 58, 64];
+        d.extend("fd00::7".parse::<std::net::Ipv6Addr>().unwrap().octets());
+        d.extend("fd00::2".parse::<std::net::Ipv6Addr>().unwrap().octets());
+        d.extend([128, 0, 0, 0, 0, 1, 0, 1]); // echo request, checksum not checked
+        d.extend(payload);
+        let p = parse_frame(pcap::Linktype::RAW, &d).unwrap();
+        assert_eq!(p.bytes, payload);
+        assert_eq!(p.peer, "[fd00::7]:0".parse().unwrap());
     }
 
     #[test]

@@ -201,6 +201,9 @@ pub struct AccessStanza {
     pub force_masquerade: bool,
     #[serde(default)]
     pub disable_dnat: bool,
+    /// FORWARD_ALL: a forwarded NAT grant carries every protocol and port from
+    /// the client to its target. Unless FORCE_NAT names the target, NAT_ALLOW
+    /// must allow every port of it (`NET:*`) and RESTRICT_PORTS must be empty.
     #[serde(default)]
     pub forward_all: bool,
     /// NAT_ALLOW: the only targets a client's forwarding request (`-N`) may
@@ -517,17 +520,27 @@ impl AccessStanza {
         }
     }
 
-    fn validate_gpg(&self) -> Result<(), String> {
-        let any_gpg_setting = self.gpg_home_dir.is_some()
+    /// Some GPG variable is set (whether or not GPG is on for the stanza).
+    fn has_gpg_settings(&self) -> bool {
+        self.gpg_home_dir.is_some()
             || self.gpg_exe.is_some()
             || self.gpg_decrypt_id.is_some()
             || self.gpg_require_sig.is_some()
             || self.gpg_disable_sig
             || self.gpg_ignore_sig_verify_error
             || !self.gpg_remote_id.is_empty()
-            || !self.gpg_fingerprint_id.is_empty();
+            || !self.gpg_fingerprint_id.is_empty()
+    }
+
+    /// GPG variables that do nothing: a Rijndael stanza without GPG_DECRYPT_PW
+    /// or GPG_ALLOW_NO_PW (as in fwknopd) — worth a warning, it is easy to miss.
+    pub fn ignores_its_gpg_settings(&self) -> bool {
+        !self.uses_gpg() && self.has_gpg_settings() && self.rijndael_key().is_some()
+    }
+
+    fn validate_gpg(&self) -> Result<(), String> {
         if !self.uses_gpg() {
-            if any_gpg_setting && self.rijndael_key().is_none() {
+            if self.has_gpg_settings() && self.rijndael_key().is_none() {
                 return Err("GPG settings without GPG_DECRYPT_PW or GPG_ALLOW_NO_PW Y (one of them turns GPG on)".into());
             }
             return Ok(());
@@ -741,12 +754,7 @@ impl AccessStanza {
             }
             "FORCE_MASQUERADE" => self.force_masquerade = parse_bool(e)?,
             "DISABLE_DNAT" => self.disable_dnat = parse_bool(e)?,
-            "FORWARD_ALL" => {
-                self.forward_all = parse_bool(e)?;
-                if self.forward_all {
-                    return Ok(Known::Ignored);
-                }
-            }
+            "FORWARD_ALL" => self.forward_all = parse_bool(e)?,
             "NAT_ALLOW" => {
                 self.nat_allow = parse_nat_allow(&e.value)
                     .map_err(|m| ConfError::new(&e.origin, format!("NAT_ALLOW: {m}")))?
@@ -786,7 +794,6 @@ fn split_list(text: &str) -> Vec<String> {
 
 enum Known {
     Used,
-    Ignored,
     Unknown,
 }
 
@@ -974,10 +981,6 @@ fn read_text_into(
                 }
                 match stanza.set(&e)? {
                     Known::Used => {}
-                    Known::Ignored => findings.warn(format!(
-                        "{}: `{}` is not supported by postern and is ignored",
-                        e.origin, e.var
-                    )),
                     Known::Unknown => findings.unknown.push(ConfError::new(
                         &e.origin,
                         format!("unknown access.conf variable `{}`", e.var),
@@ -1356,6 +1359,19 @@ mod tests {
         t.validate().unwrap();
         assert_eq!(t.gpg_remote_id, ["6A3FAD56", "1234AAAA"]);
         assert_eq!(t.gpg_fingerprint_id, ["AAAA", "BBBB"]);
+    }
+
+    #[test]
+    fn gpg_settings_without_gpg_on_are_noticed() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(
+            dir.path(),
+            "a.conf",
+            "SOURCE ANY\nKEY_BASE64 7GUhvzM3zXNUTPqUMAixKOMqVNDh6qrIUgqWdacXNMA=\nGPG_REMOTE_ID 6A3FAD56\n",
+            0o600,
+        );
+        let s = load_access_file(&p, &mut Findings::default()).unwrap();
+        assert!(s[0].ignores_its_gpg_settings());
     }
 
     #[test]

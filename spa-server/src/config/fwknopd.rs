@@ -3,6 +3,7 @@
 use super::conf_file::{
     parse_bool, parse_lines, parse_num, parse_range, ConfError, Entry, Findings,
 };
+use super::fwknopd_firewall::FwknopdFirewall;
 use super::{ActionConfig, CaptureConfig, ReplayConfig, ServerConfig};
 use std::collections::HashMap;
 use std::path::Path;
@@ -110,6 +111,8 @@ const KNOWN: &[&str] = &[
 
 /// fwknopd's default chain layout, used when posternd is started from fwknopd.conf.
 const FWKNOPD_INPUT_ACCESS: &str = "ACCEPT, filter, INPUT, 1, FWKNOP_INPUT, 1";
+/// fwknopd's IPT_OUTPUT_ACCESS default (used with ENABLE_IPT_OUTPUT Y).
+const FWKNOPD_OUTPUT_ACCESS: &str = "ACCEPT, filter, OUTPUT, 1, FWKNOP_OUTPUT, 1";
 /// fwknopd.conf variable, iptables action field, fwknopd's default.
 const FWKNOPD_NAT_CHAINS: [(&str, &str, &str); 4] = [
     (
@@ -307,6 +310,10 @@ fn apply_entries(
     cfg.server.x_forwarded_for = flag("ENABLE_X_FORWARDED_FOR", false)?;
     // fwknopd's default is Y; a resolved target is still checked as any other.
     cfg.server.nat.dns = flag("ENABLE_NAT_DNS", true)?;
+    cfg.server.destination_rule = flag("ENABLE_DESTINATION_RULE", false)?;
+    if let Some(e) = get("RULES_CHECK_THRESHOLD") {
+        cfg.server.rules_check_threshold = parse_range(e, 0, 131_071)?;
+    }
     if let Some(e) = get("BLACKLIST") {
         cfg.server.blacklist = super::parse_blacklist(&e.value)
             .map_err(|m| ConfError::new(&e.origin, format!("BLACKLIST: {m}")))?;
@@ -382,13 +389,27 @@ fn apply_entries(
     }
     cfg.capture = captures;
 
-    // Started from fwknop's files with no postern-native action: act like fwknopd.
+    // Started from fwknop's files with no postern-native action: act like the
+    // fwknopd build the file was written for.
+    let firewall = FwknopdFirewall::chosen(&entries)?;
     if cfg.action.is_empty() {
-        cfg.action.push(iptables_action(&get, flag)?);
+        cfg.action
+            .push(fwknopd_action(firewall, &get, flag, findings)?);
+    } else if let Some(e) =
+        get("ENABLE_IPT_OUTPUT").filter(|_| flag("ENABLE_IPT_OUTPUT", false).unwrap_or(false))
+    {
+        findings.warn(format!(
+            "{}: ENABLE_IPT_OUTPUT applies to the iptables action fwknopd.conf sets up, not to the configured one; set `output` on an iptables action",
+            e.origin
+        ));
     }
-    cfg.server.nat.forwarding = flag("ENABLE_IPT_FORWARDING", false)?;
-    cfg.server.nat.local = flag("ENABLE_IPT_LOCAL_NAT", false)?;
-    if flag("ENABLE_IPT_SNAT", false)? {
+    let nat_flag = |switch: &str| match firewall.nat_infix() {
+        Some(infix) => flag(&format!("ENABLE_{infix}_{switch}"), false),
+        None => Ok(false),
+    };
+    cfg.server.nat.forwarding = nat_flag("FORWARDING")?;
+    cfg.server.nat.local = nat_flag("LOCAL_NAT")?;
+    if nat_flag("SNAT")? {
         let snat = match get("SNAT_TRANSLATE_IP") {
             Some(e) => e
                 .value
@@ -404,17 +425,6 @@ fn apply_entries(
         };
         cfg.server.nat.snat = Some(super::SnatSetting(snat));
     }
-    for var in REFUSED_WHEN_ON {
-        if let Some(e) = get(var).filter(|_| flag(var, false).unwrap_or(false)) {
-            return Err(ConfError::new(
-                &e.origin,
-                format!(
-                    "{var} is not supported by postern yet; without it grants would be \
-                     wider than this file says (set it to N to accept that)"
-                ),
-            ));
-        }
-    }
     for e in &entries {
         if let Some((_, why)) = NO_EFFECT.iter().find(|(name, _)| *name == e.var) {
             findings.warn(format!(
@@ -426,28 +436,8 @@ fn apply_entries(
     if let Some(e) = get("VERBOSE") {
         cfg.server.verbose = parse_num(e)?;
     }
-    for (var, instead) in UNSUPPORTED_WHEN_ON {
-        if let Some(e) = get(var).filter(|_| flag(var, false).unwrap_or(false)) {
-            findings.warn(format!(
-                "{}: {var} is not supported by postern yet: {instead}",
-                e.origin
-            ));
-        }
-    }
     Ok(())
 }
-
-/// fwknopd restrictions posternd lacks: switched on, the file is refused, since
-/// ignoring one would open more than the file says.
-const REFUSED_WHEN_ON: [&str; 1] = [
-    // Grants limited to the address the knock was sent to.
-    "ENABLE_DESTINATION_RULE",
-];
-
-/// fwknopd features posternd lacks that would only open less or capture
-/// differently, and what happens instead (a warning at start, naming the line).
-const UNSUPPORTED_WHEN_ON: [(&str, &str); 1] =
-    [("ENABLE_IPT_OUTPUT", "no OUTPUT chain rules are added")];
 
 /// ENABLE_NFQ_CAPTURE Y (which fwknopd prefers to its UDP server and to pcap):
 /// the NFQUEUE capture with the NFQ_* values, fwknopd's defaults for those unset.
@@ -473,6 +463,7 @@ fn nfq_capture<'a>(
     }
     if let Err(bad) = s.check() {
         let var = match bad.field {
+            "port" => "NFQ_PORT",
             "table" => "NFQ_TABLE",
             "chain" => "NFQ_CHAIN",
             _ => "NFQ_INTERFACE",
@@ -483,6 +474,22 @@ fn nfq_capture<'a>(
         }
     }
     Ok(CaptureConfig::Nfqueue(s))
+}
+
+/// The action of the fwknopd build `firewall` (see [`FwknopdFirewall::chosen`]).
+fn fwknopd_action<'a>(
+    firewall: FwknopdFirewall,
+    get: &'a impl Fn(&str) -> Option<&'a super::conf_file::Entry>,
+    flag: impl Fn(&str, bool) -> Result<bool, ConfError>,
+    findings: &mut Findings,
+) -> Result<ActionConfig, ConfError> {
+    use super::fwknopd_firewall::{firewalld_action, ipfw_action, pf_action};
+    match firewall {
+        FwknopdFirewall::Iptables => iptables_action(get, flag),
+        FwknopdFirewall::Firewalld => firewalld_action(get, findings),
+        FwknopdFirewall::Pf => pf_action(get),
+        FwknopdFirewall::Ipfw => ipfw_action(get),
+    }
 }
 
 /// fwknopd.conf variables that mean nothing to posternd, and why: each one
@@ -532,6 +539,17 @@ const NO_EFFECT: [(&str, &str); 17] = [
     ),
 ];
 
+/// An `IPT_*_ACCESS` value checked here, so a bad one names its line (the
+/// backend would only find it when the action is built).
+fn checked_chain_spec(e: &Entry) -> Result<String, ConfError> {
+    #[cfg(feature = "iptables")]
+    e.value
+        .parse::<postern_backend_iptables::ChainSpec>()
+        .and_then(|spec| spec.validate())
+        .map_err(|m| ConfError::new(&e.origin, format!("{}: {m}", e.var)))?;
+    Ok(e.value.clone())
+}
+
 /// The iptables action with fwknopd's chain names and flush behaviour.
 fn iptables_action<'a>(
     get: &impl Fn(&str) -> Option<&'a super::conf_file::Entry>,
@@ -540,7 +558,8 @@ fn iptables_action<'a>(
     use serde_json::Value;
     let mut settings = serde_json::Map::new();
     let input = get("IPT_INPUT_ACCESS")
-        .map(|e| e.value.clone())
+        .map(checked_chain_spec)
+        .transpose()?
         .unwrap_or_else(|| FWKNOPD_INPUT_ACCESS.into());
     settings.insert("input".into(), Value::String(input));
     settings.insert(
@@ -551,6 +570,18 @@ fn iptables_action<'a>(
         "flush_at_exit".into(),
         Value::Bool(flag("FLUSH_IPT_AT_EXIT", true)?),
     );
+    // fwknopd appends new rules unless ENABLE_RULE_PREPEND is set.
+    settings.insert(
+        "prepend".into(),
+        Value::Bool(flag("ENABLE_RULE_PREPEND", false)?),
+    );
+    if flag("ENABLE_IPT_OUTPUT", false)? {
+        let output = get("IPT_OUTPUT_ACCESS")
+            .map(checked_chain_spec)
+            .transpose()?
+            .unwrap_or_else(|| FWKNOPD_OUTPUT_ACCESS.into());
+        settings.insert("output".into(), Value::String(output));
+    }
     if let Some(exe) = get("FIREWALL_EXE") {
         settings.insert("iptables".into(), Value::String(exe.value.clone()));
     }
@@ -566,7 +597,8 @@ fn iptables_action<'a>(
     if nat_on {
         for (var, key, default) in FWKNOPD_NAT_CHAINS {
             let spec = get(var)
-                .map(|e| e.value.clone())
+                .map(checked_chain_spec)
+                .transpose()?
                 .unwrap_or_else(|| default.to_string());
             settings.insert(key.into(), Value::String(spec));
         }
@@ -662,13 +694,6 @@ mod tests {
     }
 
     #[test]
-    fn features_switched_on_but_missing_are_warned_about() {
-        let (_, w) = load("ENABLE_DESTINATION_RULE N;\nENABLE_NAT_DNS N;\nENABLE_IPT_OUTPUT Y;\n");
-        assert_eq!(w.len(), 1, "{w:?}");
-        assert!(w[0].contains(":3: ENABLE_IPT_OUTPUT"), "{w:?}");
-    }
-
-    #[test]
     fn nfq_capture_takes_the_nfq_values_and_fwknopds_defaults() {
         use crate::capture::nfqueue::Settings;
         // As fwknopd: NFQ capture wins over the UDP server. Not "unsupported"
@@ -731,6 +756,10 @@ mod tests {
                 "ENABLE_NFQ_CAPTURE Y;\nNFQ_PORT 70000;\n",
                 ":2: NFQ_PORT expects",
             ),
+            (
+                "ENABLE_NFQ_CAPTURE Y;\nNFQ_PORT 0;\n",
+                ":2: NFQ_PORT: 0 is not a port",
+            ),
         ] {
             std::fs::write(&p, text).unwrap();
             let err =
@@ -739,6 +768,23 @@ mod tests {
                     .to_string();
             assert!(err.contains(want), "{text:?}: {err}");
         }
+    }
+
+    #[test]
+    fn a_bad_chain_spec_names_its_line() {
+        let mut cfg = ServerConfig::default();
+        let err = apply_fwknopd_text(
+            Path::new("fwknopd.conf"),
+            "MAX_SPA_PACKET_AGE 60;\nIPT_INPUT_ACCESS ACCEPT, filter, INPUT;\n",
+            &mut cfg,
+            &mut Findings::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("fwknopd.conf:2: IPT_INPUT_ACCESS: "),
+            "{err}"
+        );
     }
 
     #[test]
@@ -791,16 +837,26 @@ mod tests {
     }
 
     #[test]
-    fn a_restriction_postern_lacks_is_refused_not_ignored() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("fwknopd.conf");
-        std::fs::write(&p, "MAX_SPA_PACKET_AGE 60;\nENABLE_DESTINATION_RULE Y;\n").unwrap();
-        let err = apply_fwknopd_conf(&p, &mut ServerConfig::default(), &mut Findings::default())
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("fwknopd.conf:2: ENABLE_DESTINATION_RULE"),
-            "{err}"
+    fn destination_output_prepend_and_rules_check_reach_their_settings() {
+        let (cfg, w) = load("ENABLE_UDP_SERVER Y;\n");
+        assert!(!cfg.server.destination_rule);
+        assert_eq!(cfg.server.rules_check_threshold, 20);
+        let s = &cfg.action[0].settings;
+        assert_eq!(s["prepend"], false, "fwknopd appends by default");
+        assert!(!s.contains_key("output"));
+        assert!(w.is_empty(), "{w:?}");
+        let (cfg, w) = load("ENABLE_DESTINATION_RULE Y;\nRULES_CHECK_THRESHOLD 0;\nENABLE_RULE_PREPEND Y;\nENABLE_IPT_OUTPUT Y;\n");
+        assert!(cfg.server.destination_rule);
+        assert_eq!(cfg.server.rules_check_threshold, 0);
+        let s = &cfg.action[0].settings;
+        assert_eq!(s["prepend"], true);
+        assert_eq!(s["output"], FWKNOPD_OUTPUT_ACCESS);
+        assert!(w.is_empty(), "{w:?}");
+        let (cfg, _) =
+            load("ENABLE_IPT_OUTPUT Y;\nIPT_OUTPUT_ACCESS ACCEPT, filter, OUTPUT, 2, MY_OUT, 1;\n");
+        assert_eq!(
+            cfg.action[0].settings["output"],
+            "ACCEPT, filter, OUTPUT, 2, MY_OUT, 1"
         );
     }
 

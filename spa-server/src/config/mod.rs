@@ -5,6 +5,7 @@ pub mod access;
 pub mod conf_file;
 pub mod dump;
 pub mod fwknopd;
+pub mod fwknopd_firewall;
 pub mod trust;
 
 pub use access::{AccessStanza, AddrList};
@@ -73,6 +74,17 @@ pub struct ServerSection {
     /// fwknopd look for it).
     #[serde(skip, default = "default_pid_file_name")]
     pub pid_file_name: String,
+    /// ENABLE_DESTINATION_RULE: each grant matches only packets to the address
+    /// the knock was sent to. A knock whose destination the capture cannot
+    /// tell is refused.
+    #[serde(default)]
+    pub destination_rule: bool,
+    /// RULES_CHECK_THRESHOLD: backends without kernel expiry are swept when a
+    /// grant is due; every this many sweeps (ticks of 0.5 s) the firewall is
+    /// checked in full, so expired rules postern did not make this run go too.
+    /// 0: never.
+    #[serde(default = "default_rules_check_threshold")]
+    pub rules_check_threshold: u32,
     /// fwknopd.conf UDPSERV_PORT, for `-U` when the file itself uses pcap.
     #[serde(skip)]
     pub udp_server_port: Option<u16>,
@@ -152,6 +164,11 @@ impl From<SnatSetting> for String {
     }
 }
 
+/// fwknopd's RULES_CHECK_THRESHOLD default.
+fn default_rules_check_threshold() -> u32 {
+    20
+}
+
 fn default_pid_file_name() -> String {
     "posternd.pid".into()
 }
@@ -202,6 +219,8 @@ impl Default for ServerSection {
             pid_file: None,
             pid_file_name: default_pid_file_name(),
             udp_server_port: None,
+            destination_rule: false,
+            rules_check_threshold: default_rules_check_threshold(),
         }
     }
 }
@@ -605,6 +624,12 @@ pub fn load(sources: &ConfigSources) -> Result<Loaded, ConfigError> {
             findings.warn(format!(
                 "{at}: FORCE_SNAT / FORCE_MASQUERADE without FORCE_NAT only apply to NAT \
                  a client asks for (-N); fwknopd refuses such a stanza"
+            ));
+        }
+        if s.ignores_its_gpg_settings() {
+            findings.warn(format!(
+                "{at}: GPG settings have no effect without GPG_DECRYPT_PW or GPG_ALLOW_NO_PW Y: \
+                 this stanza takes Rijndael packets only"
             ));
         }
         if s.max_fw_timeout < s.fw_access_timeout {

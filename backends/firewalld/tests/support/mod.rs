@@ -1,208 +1,36 @@
-//! A real firewalld for one test: its own private system bus (a dbus-daemon with
-//! no service activation) and its own network and mount namespaces, so it never
-//! sees or changes the host's firewall or bus. Stopped and cleaned up on drop,
-//! panics included.
+//! The shared real-firewalld harness (`postern_e2e::firewalld`), plus what the
+//! backend's tests need on top: a backend config and a raw D-Bus client for it.
 
 #![allow(dead_code)]
 
-use postern_backend_firewalld::{DbusApi, FirewalldApi, FirewalldConfig};
-use postern_e2e::{require_program, require_root, wait_until, ChildGuard, Netns};
-use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+use postern_backend_firewalld::{DbusApi, FirewalldConfig};
+pub use postern_e2e::firewalld::can_run;
+use postern_e2e::Netns;
+use std::ops::{Deref, DerefMut};
+use std::time::Duration;
 
-/// How long firewalld may take to reach RUNNING (it is a Python program; with
-/// several tests starting one in parallel on two cores it takes a few seconds).
-const START_TIMEOUT: Duration = Duration::from_secs(60);
+pub struct Firewalld(postern_e2e::firewalld::Firewalld);
 
-/// Root, `ip netns`, and the programs the harness runs. Fails under CI=true.
-pub fn can_run() -> bool {
-    require_root()
-        && require_program("firewalld")
-        && require_program("dbus-daemon")
-        && require_program("unshare")
-        && require_program("mount")
+impl Deref for Firewalld {
+    type Target = postern_e2e::firewalld::Firewalld;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
 }
 
-pub struct Firewalld {
-    /// D-Bus address of the private bus firewalld is on.
-    pub address: String,
-    dir: tempfile::TempDir,
-    log: PathBuf,
-    bus_log: PathBuf,
-    firewalld: Option<ChildGuard>,
-    bus: Option<ChildGuard>,
-    netns: String,
-}
-
-fn bus_config(socket: &Path) -> String {
-    // No <servicedir>: nothing can be activated (no polkit, no systemd).
-    format!(
-        r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>system</type>
-  <listen>unix:path={}</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow user="root"/>
-    <allow own="*"/>
-    <allow send_destination="*" eavesdrop="true"/>
-    <allow receive_sender="*"/>
-  </policy>
-</busconfig>
-"#,
-        socket.display()
-    )
-}
-
-/// Copy of /etc/firewalld with the default zone pinned to `public` (whose target
-/// rejects what no rule allows), so the test does not depend on the host's choice.
-fn config_copy(dest: &Path) {
-    let out = std::process::Command::new("cp")
-        .arg("-a")
-        .arg("/etc/firewalld")
-        .arg(dest)
-        .output()
-        .expect("spawn cp");
-    assert!(
-        out.status.success(),
-        "cp -a /etc/firewalld: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let conf = dest.join("firewalld.conf");
-    let text = fs::read_to_string(&conf).unwrap_or_default();
-    let mut lines: Vec<String> = text
-        .lines()
-        .filter(|l| !l.starts_with("DefaultZone="))
-        .map(str::to_string)
-        .collect();
-    lines.push("DefaultZone=public".into());
-    fs::write(&conf, lines.join("\n") + "\n").expect("write firewalld.conf copy");
+impl DerefMut for Firewalld {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
 }
 
 impl Firewalld {
-    /// A private bus only (no firewalld on it).
-    pub fn bus_only(ns: &Netns) -> Firewalld {
-        let dir = tempfile::Builder::new()
-            .prefix("pn-fwd-")
-            .tempdir()
-            .expect("tempdir");
-        let socket = dir.path().join("bus");
-        let conf = dir.path().join("bus.conf");
-        fs::write(&conf, bus_config(&socket)).expect("write bus.conf");
-        let bus_log = dir.path().join("dbus.log");
-        let mut bus = ns.spawn_logged(
-            &[
-                "dbus-daemon",
-                &format!("--config-file={}", conf.display()),
-                "--nofork",
-                "--nopidfile",
-            ],
-            &bus_log,
-        );
-        let up = wait_until(Duration::from_secs(10), Duration::from_millis(20), || {
-            socket.exists() || !bus.is_running()
-        });
-        assert!(
-            up && socket.exists(),
-            "dbus-daemon did not create {}: {}",
-            socket.display(),
-            fs::read_to_string(&bus_log).unwrap_or_default()
-        );
-        Firewalld {
-            address: format!("unix:path={}", socket.display()),
-            log: dir.path().join("firewalld.log"),
-            bus_log,
-            dir,
-            firewalld: None,
-            bus: Some(bus),
-            netns: ns.name.clone(),
-        }
-    }
-
-    /// firewalld in `ns` (and a mount namespace of its own with a tmpfs on /run)
-    /// on a private bus, RUNNING when this returns.
     pub fn start(ns: &Netns) -> Firewalld {
-        let mut fw = Firewalld::bus_only(ns);
-        config_copy(&fw.dir.path().join("etc"));
-        fw.spawn_firewalld(ns);
-        fw
+        Firewalld(postern_e2e::firewalld::Firewalld::start(ns))
     }
 
-    /// Stops firewalld (SIGTERM, as a service manager would); the bus stays.
-    pub fn stop(&mut self) {
-        if let Some(mut f) = self.firewalld.take() {
-            assert!(
-                f.terminate(Duration::from_secs(10)).is_some(),
-                "firewalld did not stop on SIGTERM"
-            );
-        }
-    }
-
-    /// Starts a new firewalld on the same bus (after [`Firewalld::stop`]); its
-    /// runtime rules are gone, like after a reboot.
-    pub fn restart(&mut self, ns: &Netns) {
-        self.stop();
-        self.spawn_firewalld(ns);
-    }
-
-    fn spawn_firewalld(&mut self, ns: &Netns) {
-        let etc = self.dir.path().join("etc");
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .expect("open firewalld.log");
-        let child = ns
-            .cmd("unshare")
-            .args(["-m", "--propagation", "private", "sh", "-c"])
-            .arg(
-                "mount -t tmpfs -o mode=755 tmpfs /run && \
-                 exec firewalld --nofork --nopid --system-config \"$1\" --log-target console",
-            )
-            .arg("sh")
-            .arg(&etc)
-            .env("DBUS_SYSTEM_BUS_ADDRESS", &self.address)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("dup log"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn firewalld");
-        self.firewalld = Some(ChildGuard::from_child(child));
-
-        let started = Instant::now();
-        let mut api = DbusApi::new(Some(self.address.clone()), Duration::from_secs(5));
-        let mut last = String::new();
-        let firewalld = self.firewalld.as_mut().expect("just spawned");
-        let running = wait_until(START_TIMEOUT, Duration::from_millis(50), || {
-            if !firewalld.is_running() {
-                last = "firewalld exited".into();
-                return true;
-            }
-            match api.state() {
-                Ok(s) => {
-                    last = s;
-                    last == "RUNNING"
-                }
-                Err(e) => {
-                    last = e.to_string();
-                    false
-                }
-            }
-        });
-        assert!(
-            running && last == "RUNNING",
-            "firewalld in {} not RUNNING after {:?} (last: {last}); log:\n{}",
-            ns.name,
-            started.elapsed(),
-            self.log()
-        );
-    }
-
-    pub fn log(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
+    pub fn bus_only(ns: &Netns) -> Firewalld {
+        Firewalld(postern_e2e::firewalld::Firewalld::bus_only(ns))
     }
 
     /// Backend config pointing at this firewalld.
@@ -217,12 +45,6 @@ impl Firewalld {
     /// A raw D-Bus client for checks independent of the backend.
     pub fn api(&self) -> DbusApi {
         DbusApi::new(Some(self.address.clone()), Duration::from_secs(10))
-    }
-
-    pub fn rich_rules(&self, zone: &str) -> Vec<String> {
-        let mut rules = self.api().rich_rules(zone).expect("getRichRules");
-        rules.sort();
-        rules
     }
 
     /// Adds a rule as an administrator would (`timeout` 0: until firewalld restarts).
@@ -240,35 +62,5 @@ impl Firewalld {
             &(zone, rule, timeout),
         )
         .unwrap_or_else(|e| panic!("addRichRule {rule}: {e}"));
-    }
-}
-
-impl Drop for Firewalld {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            let log = self.log();
-            let tail: Vec<&str> = log
-                .lines()
-                .rev()
-                .take(40)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .collect();
-            eprintln!(
-                "--- firewalld log (netns {}), last lines:\n{}",
-                self.netns,
-                tail.join("\n")
-            );
-        }
-        // SIGTERM first: firewalld removes its nftables table on exit (the
-        // namespace is deleted afterwards anyway). Bounded; SIGKILL after.
-        if let Some(mut f) = self.firewalld.take() {
-            f.terminate(Duration::from_secs(5));
-        }
-        if let Some(mut b) = self.bus.take() {
-            b.terminate(Duration::from_secs(2));
-        }
-        let _ = &self.bus_log;
     }
 }

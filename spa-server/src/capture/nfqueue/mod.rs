@@ -120,7 +120,7 @@ pub fn iptables_program(actions: &[ActionConfig]) -> String {
 /// A setting that cannot be used: which one, and why.
 #[derive(Debug, PartialEq, Eq)]
 pub struct BadSetting {
-    /// `table`, `chain` or `interface`.
+    /// `port`, `table`, `chain` or `interface`.
     pub field: &'static str,
     pub message: String,
 }
@@ -133,6 +133,9 @@ impl Settings {
     /// Refuse names that would make the rule act on something not posternd's.
     pub fn check(&self) -> Result<(), BadSetting> {
         let bad = |field, message: String| Err(BadSetting { field, message });
+        if self.port == 0 {
+            return bad("port", "0 is not a port".into());
+        }
         if !["mangle", "filter"].contains(&self.table.as_str()) {
             return bad(
                 "table",
@@ -376,6 +379,7 @@ mod tests {
         assert_eq!(with(|s| s.chain = "A B".into()), Some("chain"));
         assert_eq!(with(|s| s.chain = "X".repeat(29)), Some("chain"));
         assert_eq!(with(|s| s.table = "nat".into()), Some("table"));
+        assert_eq!(with(|s| s.port = 0), Some("port"));
         assert_eq!(
             with(|s| s.interface = Some("eth0 -j".into())),
             Some("interface")
