@@ -301,6 +301,33 @@ fn a_start_failing_after_the_rule_was_added_leaves_none() {
     );
 }
 
+/// Under the shipped unit's sandbox (examples/posternd.service: its system-call
+/// filter, address families, bounding set; see tests/tests/systemd_unit.rs) the
+/// queue is bound, its rule added, and a knock through it opens.
+#[test]
+fn the_queue_works_under_the_shipped_units_sandbox() {
+    if !runnable(&["fwknop", "iptables", "systemd-analyze"]) {
+        return;
+    }
+    let s = NfqSetup::new("nfqu");
+    let sandbox = [
+        postern_e2e::workspace_bin("unit-sandbox")
+            .display()
+            .to_string(),
+        postern_e2e::workspace_root()
+            .join("examples/posternd.service")
+            .display()
+            .to_string(),
+    ];
+    let mut d = Posternd::try_start_wrapped(s.svc.server(), &sandbox, &s.args, s.dir.dir.path())
+        .unwrap_or_else(|e| panic!("posternd did not start under the unit's sandbox: {e}"));
+    assert!(mangle(&s.svc).contains(QUEUE_RULE), "{}", s.context(&d));
+    knock_ok(&s.svc, &s.keys, &[]);
+    s.opens_then_closes(&d, "knock under the unit's sandbox");
+    assert!(d.terminate(Duration::from_secs(10)).is_some());
+    assert!(!mangle(&s.svc).contains("FWKNOP_NFQ"));
+}
+
 /// Whether this kernel can run nftables' `queue` statement (nft_queue).
 fn nft_can_queue() -> bool {
     let ns = Netns::new("nfqprobe");
