@@ -246,7 +246,9 @@ pub async fn start_with_backends(
     let mut tasks = Vec::new();
     for c in &cfg.capture {
         let intake = crate::capture::Intake::of(&cfg.server);
-        tasks.push(crate::capture::spawn(c, intake, pipeline.clone(), shutdown.clone()).await?);
+        let capture =
+            crate::capture::spawn(c, intake, &cfg.action, pipeline.clone(), shutdown.clone());
+        tasks.push(capture.await?);
         tracing::info!("capture `{}` started", c.name());
     }
     if cfg.server.packet_aging {
@@ -286,19 +288,30 @@ async fn prune_loop(store: Arc<dyn ReplayStore>, max_age: u64, shutdown: Cancell
 
 /// The capabilities `cfg` needs (see [`crate::privileges`]).
 pub fn privilege_needs(cfg: &ServerConfig) -> crate::privileges::Needs {
+    use crate::capture::nfqueue::RuleTool;
     use crate::config::CaptureConfig;
+    // The NFQUEUE capture binds its queue (NET_ADMIN) and may run iptables.
+    let nfq_rules: Vec<RuleTool> = cfg
+        .capture
+        .iter()
+        .filter_map(|c| match c {
+            CaptureConfig::Nfqueue(s) => Some(RuleTool::for_capture(s, &cfg.action)),
+            _ => None,
+        })
+        .collect();
     crate::privileges::Needs {
-        firewall: cfg.action.iter().any(|a| a.kind != "log"),
+        firewall: cfg.action.iter().any(|a| a.kind != "log") || !nfq_rules.is_empty(),
         raw_sockets: cfg
             .capture
             .iter()
             .any(|c| matches!(c, CaptureConfig::Pcap { .. }))
-            || cfg.action.iter().any(|a| a.kind == "iptables"),
+            || cfg.action.iter().any(|a| a.kind == "iptables")
+            || nfq_rules.contains(&RuleTool::Iptables),
         low_port: cfg.capture.iter().any(|c| match c {
             CaptureConfig::Udp { listen } | CaptureConfig::Tcp { listen, .. } => {
                 (1..1024).contains(&listen.port())
             }
-            CaptureConfig::Pcap { .. } => false,
+            CaptureConfig::Pcap { .. } | CaptureConfig::Nfqueue(_) => false,
         }),
         // sudo's command runs as another user too: ending it on time needs KILL.
         switch_user: cfg.access.iter().any(|s| {

@@ -112,7 +112,9 @@ fn apply_overrides(cli: &Cli, cfg: &mut ServerConfig) -> anyhow::Result<()> {
             *import_fwknop = Some(file.clone());
         }
     }
-    if cli.udp_server {
+    // As fwknopd, NFQ capture wins over -U.
+    let nfq = |c: &CaptureConfig| matches!(c, CaptureConfig::Nfqueue(_));
+    if cli.udp_server && !cfg.capture.iter().any(nfq) {
         let port = cfg
             .capture
             .iter()
@@ -177,6 +179,12 @@ fn apply_overrides(cli: &Cli, cfg: &mut ServerConfig) -> anyhow::Result<()> {
             kind: "log".into(),
             settings: Default::default(),
         }];
+        // No queue rule either (fwknopd -t sets up no chains at all).
+        for c in cfg.capture.iter_mut() {
+            if let CaptureConfig::Nfqueue(s) = c {
+                s.rules = Some(spa_server::capture::nfqueue::RuleTool::Unmanaged);
+            }
+        }
     }
     Ok(())
 }
@@ -445,4 +453,28 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
     let _ = std::fs::remove_file(&pid_path);
     result.map(|()| ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use spa_server::capture::nfqueue::{RuleTool, Settings};
+
+    #[test]
+    fn nfq_capture_wins_over_udp_server_and_test_mode_adds_no_queue_rule() {
+        let mut cfg = ServerConfig {
+            capture: vec![CaptureConfig::Nfqueue(Settings::default())],
+            ..ServerConfig::default()
+        };
+        apply_overrides(&Cli::parse_from(["posternd", "-U"]), &mut cfg).unwrap();
+        assert_eq!(cfg.capture, [CaptureConfig::Nfqueue(Settings::default())]);
+        apply_overrides(&Cli::parse_from(["posternd", "-t"]), &mut cfg).unwrap();
+        assert_eq!(
+            cfg.capture,
+            [CaptureConfig::Nfqueue(Settings {
+                rules: Some(RuleTool::Unmanaged),
+                ..Settings::default()
+            })]
+        );
+    }
 }

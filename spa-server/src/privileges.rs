@@ -1,5 +1,5 @@
 //! posternd keeps only the capabilities its work needs: CAP_NET_ADMIN for the
-//! firewall, CAP_NET_RAW for pcap (and iptables-legacy's raw socket),
+//! firewall and the NFQUEUE capture's queue, CAP_NET_RAW for pcap (and iptables-legacy's raw socket),
 //! CAP_NET_BIND_SERVICE for a capture on a port below 1024, CAP_SETUID,
 //! CAP_SETGID and CAP_KILL when a stanza runs commands as another user, and what
 //! the configuration hands on to scripts and commands.
@@ -16,9 +16,10 @@ use std::fmt;
 /// What the configuration needs.
 #[derive(Clone, Debug, Default)]
 pub struct Needs {
-    /// A firewall action (anything but `log`).
+    /// A firewall action (anything but `log`), or the NFQUEUE capture.
     pub firewall: bool,
-    /// pcap capture, or a tool that opens raw sockets (iptables-legacy).
+    /// pcap capture, or a tool that opens raw sockets (iptables-legacy, also
+    /// when it adds the NFQUEUE capture's rule).
     pub raw_sockets: bool,
     /// A UDP or TCP capture listens on a port below 1024.
     pub low_port: bool,

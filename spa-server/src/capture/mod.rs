@@ -2,6 +2,7 @@
 //! feeds every packet to the pipeline without waiting for it.
 
 mod length_filter;
+pub mod nfqueue;
 pub mod pcap;
 pub mod tcp;
 pub mod udp;
@@ -19,6 +20,27 @@ pub fn unix_now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+/// A large receive buffer: SO_RCVBUFFORCE (CAP_NET_ADMIN, which posternd has)
+/// passes net.core.rmem_max; without the privilege, SO_RCVBUF as far as allowed.
+pub(crate) fn force_recv_buffer(fd: std::os::fd::RawFd, size: usize) {
+    let size = libc::c_int::try_from(size).unwrap_or(libc::c_int::MAX);
+    let set = |option| {
+        // SAFETY: setsockopt with a pointer to a c_int of the stated size.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                option,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            ) == 0
+        }
+    };
+    if !set(libc::SO_RCVBUFFORCE) {
+        set(libc::SO_RCVBUF);
+    }
 }
 
 /// `-C/--packet-limit`: fwknopd counts every packet its capture hands it
@@ -163,14 +185,19 @@ fn log_outcome(peer: std::net::SocketAddr, outcome: &Outcome) {
     }
 }
 
-/// Start one capture; the returned handle ends when it stops.
+/// Start one capture; the returned handle ends when it stops. `actions` are the
+/// configured ones (the NFQUEUE capture makes its rule with the same firewall).
 pub async fn spawn(
     config: &CaptureConfig,
     intake: Intake,
+    actions: &[crate::config::ActionConfig],
     pipeline: Pipeline,
     shutdown: CancellationToken,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     Ok(match config.clone() {
+        CaptureConfig::Nfqueue(settings) => {
+            nfqueue::spawn(settings, actions, pipeline, shutdown).await?
+        }
         CaptureConfig::Udp { listen } => {
             let socket = udp::bind(listen)?;
             tokio::spawn(udp::run(socket, pipeline, shutdown))

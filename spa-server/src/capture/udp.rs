@@ -9,29 +9,9 @@ use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 
 /// Large enough to ride out a burst of knocks while the loop is busy.
-const RECV_BUFFER: usize = 8 << 20;
+pub(super) const RECV_BUFFER: usize = 8 << 20;
 /// Anything longer than a packet can be is cut and then refused by the precheck.
 const MAX_DATAGRAM: usize = spa_core::packet::MAX_WIRE_LEN + 1;
-
-/// A large receive buffer: SO_RCVBUFFORCE (CAP_NET_ADMIN, which posternd has)
-/// passes net.core.rmem_max; without the privilege, SO_RCVBUF as far as allowed.
-fn force_recv_buffer(socket: &Socket) {
-    use std::os::fd::AsRawFd;
-    let size = RECV_BUFFER as libc::c_int;
-    // SAFETY: setsockopt with a pointer to a c_int of the stated size.
-    let forced = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUFFORCE,
-            (&size as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    } == 0;
-    if !forced {
-        let _ = socket.set_recv_buffer_size(RECV_BUFFER);
-    }
-}
 
 pub fn bind(listen: SocketAddr) -> anyhow::Result<UdpSocket> {
     let socket = Socket::new(
@@ -39,7 +19,7 @@ pub fn bind(listen: SocketAddr) -> anyhow::Result<UdpSocket> {
         Type::DGRAM,
         Some(Protocol::UDP),
     )?;
-    force_recv_buffer(&socket);
+    super::force_recv_buffer(std::os::fd::AsRawFd::as_raw_fd(&socket), RECV_BUFFER);
     if listen.is_ipv6() {
         socket.set_only_v6(false)?;
     }

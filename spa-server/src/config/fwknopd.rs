@@ -351,7 +351,9 @@ fn apply_entries(
             .unwrap_or(Ok(62201))
     };
     let mut captures = Vec::new();
-    if flag("ENABLE_UDP_SERVER", false)? {
+    if flag("ENABLE_NFQ_CAPTURE", false)? {
+        captures.push(nfq_capture(&get)?);
+    } else if flag("ENABLE_UDP_SERVER", false)? {
         captures.push(CaptureConfig::Udp {
             listen: format!("0.0.0.0:{}", port("UDPSERV_PORT")?)
                 .parse()
@@ -434,23 +436,45 @@ fn apply_entries(
     if let Some(e) = get("VERBOSE") {
         cfg.server.verbose = parse_num(e)?;
     }
-    for (var, instead) in UNSUPPORTED_WHEN_ON {
-        if let Some(e) = get(var).filter(|_| flag(var, false).unwrap_or(false)) {
-            findings.warn(format!(
-                "{}: {var} is not supported by postern yet: {instead}",
-                e.origin
-            ));
-        }
-    }
     Ok(())
 }
 
-/// fwknopd features posternd lacks that would only open less or capture
-/// differently, and what happens instead (a warning at start, naming the line).
-const UNSUPPORTED_WHEN_ON: [(&str, &str); 1] = [(
-    "ENABLE_NFQ_CAPTURE",
-    "packets are captured with pcap (PCAP_INTF) instead of NFQUEUE",
-)];
+/// ENABLE_NFQ_CAPTURE Y (which fwknopd prefers to its UDP server and to pcap):
+/// the NFQUEUE capture with the NFQ_* values, fwknopd's defaults for those unset.
+/// NFQ_LOOP_SLEEP, fwknopd's pause between polls, has no effect (NO_EFFECT).
+fn nfq_capture<'a>(
+    get: &impl Fn(&str) -> Option<&'a super::conf_file::Entry>,
+) -> Result<CaptureConfig, ConfError> {
+    let mut s = crate::capture::nfqueue::Settings::default();
+    if let Some(e) = get("NFQ_QUEUE_NUMBER") {
+        s.queue = parse_num(e)?;
+    }
+    if let Some(e) = get("NFQ_PORT") {
+        s.port = parse_num(e)?;
+    }
+    s.interface = get("NFQ_INTERFACE")
+        .map(|e| e.value.clone())
+        .filter(|i| !i.is_empty());
+    if let Some(e) = get("NFQ_TABLE") {
+        s.table.clone_from(&e.value);
+    }
+    if let Some(e) = get("NFQ_CHAIN") {
+        s.chain.clone_from(&e.value);
+    }
+    if let Err(bad) = s.check() {
+        let var = match bad.field {
+            "port" => "NFQ_PORT",
+            "table" => "NFQ_TABLE",
+            "chain" => "NFQ_CHAIN",
+            _ => "NFQ_INTERFACE",
+        };
+        // fwknopd's defaults pass the check: a bad value came from the file.
+        if let Some(e) = get(var).or_else(|| get("ENABLE_NFQ_CAPTURE")) {
+            return Err(ConfError::new(&e.origin, format!("{var}: {}", bad.message)));
+        }
+    }
+    Ok(CaptureConfig::Nfqueue(s))
+}
 
 /// The action of the fwknopd build `firewall` (see [`FwknopdFirewall::chosen`]).
 fn fwknopd_action<'a>(
@@ -471,7 +495,7 @@ fn fwknopd_action<'a>(
 /// fwknopd.conf variables that mean nothing to posternd, and why: each one
 /// present is warned about at start, naming its line, so none is ignored
 /// silently. None of them can make a grant wider.
-const NO_EFFECT: [(&str, &str); 16] = [
+const NO_EFFECT: [(&str, &str); 17] = [
     ("CONFIG_FILE", "the file is the one given with -c"),
     ("LOCALE", "posternd's messages are not localised"),
     (
@@ -489,6 +513,10 @@ const NO_EFFECT: [(&str, &str); 16] = [
     (
         "UDPSERV_SELECT_TIMEOUT",
         "the UDP capture waits on its socket instead of polling",
+    ),
+    (
+        "NFQ_LOOP_SLEEP",
+        "the NFQUEUE capture waits on its queue instead of sleeping",
     ),
     (
         "ENABLE_IPT_COMMENT_CHECK",
@@ -666,10 +694,80 @@ mod tests {
     }
 
     #[test]
-    fn features_switched_on_but_missing_are_warned_about() {
-        let (_, w) = load("ENABLE_DESTINATION_RULE N;\nENABLE_NAT_DNS N;\nENABLE_NFQ_CAPTURE Y;\n");
+    fn nfq_capture_takes_the_nfq_values_and_fwknopds_defaults() {
+        use crate::capture::nfqueue::Settings;
+        // As fwknopd: NFQ capture wins over the UDP server. Not "unsupported"
+        // any more; only the polling pause is said to have no effect.
+        let (cfg, w) = load("ENABLE_NFQ_CAPTURE Y;\nENABLE_UDP_SERVER Y;\nNFQ_LOOP_SLEEP 100;\n");
         assert_eq!(w.len(), 1, "{w:?}");
-        assert!(w[0].contains(":3: ENABLE_NFQ_CAPTURE"), "{w:?}");
+        assert!(w[0].contains(":3: NFQ_LOOP_SLEEP has no effect"), "{w:?}");
+        assert_eq!(cfg.capture, [CaptureConfig::Nfqueue(Settings::default())]);
+        assert_eq!(
+            Settings::default(),
+            Settings {
+                queue: 1,
+                port: 62201,
+                interface: None,
+                table: "mangle".into(),
+                chain: "FWKNOP_NFQ".into(),
+                rules: None,
+            }
+        );
+        let (cfg, _) = load(
+            "ENABLE_NFQ_CAPTURE Y;\nNFQ_INTERFACE eth1;\nNFQ_PORT 40001;\nNFQ_TABLE filter;\n\
+             NFQ_CHAIN SPA_Q;\nNFQ_QUEUE_NUMBER 7;\nENABLE_TCP_SERVER Y;\n",
+        );
+        assert_eq!(
+            cfg.capture[0],
+            CaptureConfig::Nfqueue(Settings {
+                queue: 7,
+                port: 40001,
+                interface: Some("eth1".into()),
+                table: "filter".into(),
+                chain: "SPA_Q".into(),
+                rules: None,
+            })
+        );
+        assert!(matches!(cfg.capture[1], CaptureConfig::Tcp { .. }));
+        assert_eq!(cfg.action[0].kind, "iptables");
+        // Off (fwknopd's default): pcap as before.
+        let (cfg, _) = load("ENABLE_NFQ_CAPTURE N;\nNFQ_PORT 1;\n");
+        assert!(matches!(cfg.capture[0], CaptureConfig::Pcap { .. }));
+    }
+
+    #[test]
+    fn an_nfq_chain_posternd_cannot_own_is_refused_with_its_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("fwknopd.conf");
+        for (text, want) in [
+            (
+                "ENABLE_NFQ_CAPTURE Y;\nNFQ_CHAIN INPUT;\n",
+                ":2: NFQ_CHAIN: `INPUT`",
+            ),
+            (
+                "ENABLE_NFQ_CAPTURE Y;\n\nNFQ_TABLE nat;\n",
+                ":3: NFQ_TABLE: `nat`",
+            ),
+            (
+                "NFQ_INTERFACE a b;\nENABLE_NFQ_CAPTURE Y;\n",
+                ":1: NFQ_INTERFACE: `a b`",
+            ),
+            (
+                "ENABLE_NFQ_CAPTURE Y;\nNFQ_PORT 70000;\n",
+                ":2: NFQ_PORT expects",
+            ),
+            (
+                "ENABLE_NFQ_CAPTURE Y;\nNFQ_PORT 0;\n",
+                ":2: NFQ_PORT: 0 is not a port",
+            ),
+        ] {
+            std::fs::write(&p, text).unwrap();
+            let err =
+                apply_fwknopd_conf(&p, &mut ServerConfig::default(), &mut Findings::default())
+                    .unwrap_err()
+                    .to_string();
+            assert!(err.contains(want), "{text:?}: {err}");
+        }
     }
 
     #[test]

@@ -281,6 +281,9 @@ pub enum CaptureConfig {
         #[serde(default = "default_burst_per_source")]
         burst_per_source: u32,
     },
+    /// Packets the kernel queues to posternd (fwknopd's ENABLE_NFQ_CAPTURE); posternd
+    /// adds and removes the queue rule itself. See `capture::nfqueue`.
+    Nfqueue(crate::capture::nfqueue::Settings),
 }
 
 fn default_filter() -> String {
@@ -331,6 +334,7 @@ impl CaptureConfig {
             CaptureConfig::Udp { .. } => "udp",
             CaptureConfig::Pcap { .. } => "pcap",
             CaptureConfig::Tcp { .. } => "tcp",
+            CaptureConfig::Nfqueue(_) => "nfqueue",
         }
     }
 }

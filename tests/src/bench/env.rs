@@ -28,14 +28,17 @@ const ACCESS_TIMEOUT: u32 = 120;
 pub enum Kind {
     PosterndUdp,
     PosterndPcap,
+    /// NFQUEUE capture; its queue rule by iptables (the kernel may lack nft_queue).
+    PosterndNfq,
     FwknopdPcap,
     FwknopdUdp,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 4] = [
+    pub const ALL: [Kind; 5] = [
         Kind::PosterndUdp,
         Kind::PosterndPcap,
+        Kind::PosterndNfq,
         Kind::FwknopdPcap,
         Kind::FwknopdUdp,
     ];
@@ -44,6 +47,7 @@ impl Kind {
         match self {
             Kind::PosterndUdp => "posternd-udp",
             Kind::PosterndPcap => "posternd-pcap",
+            Kind::PosterndNfq => "posternd-nfq",
             Kind::FwknopdPcap => "fwknopd-pcap",
             Kind::FwknopdUdp => "fwknopd-udp",
         }
@@ -53,6 +57,7 @@ impl Kind {
         match self {
             Kind::PosterndUdp => "posternd (UDP, nftables)",
             Kind::PosterndPcap => "posternd (pcap, nftables)",
+            Kind::PosterndNfq => "posternd (NFQUEUE, nftables)",
             Kind::FwknopdPcap => "fwknopd 2.6.10 (pcap, iptables)",
             Kind::FwknopdUdp => "fwknopd 2.6.10 (UDP server, iptables)",
         }
@@ -63,7 +68,10 @@ impl Kind {
     }
 
     pub fn is_posternd(self) -> bool {
-        matches!(self, Kind::PosterndUdp | Kind::PosterndPcap)
+        matches!(
+            self,
+            Kind::PosterndUdp | Kind::PosterndPcap | Kind::PosterndNfq
+        )
     }
 }
 
@@ -172,6 +180,11 @@ impl Server {
         let argv: Vec<String> = if kind.is_posternd() {
             let capture = if kind == Kind::PosterndUdp {
                 format!("type = \"udp\"\nlisten = \"0.0.0.0:{SPA_PORT}\"")
+            } else if kind == Kind::PosterndNfq {
+                format!(
+                    "type = \"nfqueue\"\nport = {SPA_PORT}\ninterface = \"{}\"\nrules = \"iptables\"",
+                    Pair::SERVER_IF
+                )
             } else {
                 format!(
                     "type = \"pcap\"\ninterfaces = [\"{}\"]\nfilter = \"udp port {SPA_PORT}\"",

@@ -28,8 +28,8 @@ postern-bench: posternd vs fwknopd 2.6.10, measured in network namespaces
 USAGE: postern-bench [OPTIONS]
 
   --quick                fewer knocks and less garbage (about 1.5 minutes)
-  --servers LIST         comma list of posternd-udp,posternd-pcap,fwknopd-pcap,fwknopd-udp
-                         (default: all four)
+  --servers LIST         comma list of posternd-udp,posternd-pcap,posternd-nfq,fwknopd-pcap,
+                         fwknopd-udp (default: all five)
   --tests LIST           comma list of latency,burst,garbage,garbage-ref,storm,refstorm
                          (default: all; garbage-ref = the garbage test paced at the
                          reference's ~180,000 pps)
