@@ -175,12 +175,18 @@ pub fn init_logging(verbose: u8, target: LogTarget) -> anyhow::Result<()> {
     // tracing-journald maps error/warn/info/debug to priorities 3/4/5/6, as
     // syslog-tracing does below, so the journal and syslog agree.
     let journal = match target.stderr && stderr_is_journal() {
-        true => Some(
-            tracing_journald::layer()
-                .map_err(|e| anyhow::anyhow!("cannot reach the journal: {e}"))?
-                .with_syslog_identifier(target.identity.clone())
-                .with_filter(filter()),
-        ),
+        true => {
+            // The journal's SYSLOG_FACILITY is the facility's number (LOG_DAEMON → 3).
+            let facility =
+                parse_facility(&target.facility).map_err(anyhow::Error::msg)? as i32 >> 3;
+            Some(
+                tracing_journald::layer()
+                    .map_err(|e| anyhow::anyhow!("cannot reach the journal: {e}"))?
+                    .with_syslog_identifier(target.identity.clone())
+                    .with_custom_fields([("SYSLOG_FACILITY", facility.to_string())])
+                    .with_filter(filter()),
+            )
+        }
         false => None,
     };
     let stderr = (target.stderr && journal.is_none()).then(|| {

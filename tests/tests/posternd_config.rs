@@ -908,3 +908,50 @@ fn force_nat_needs_nat_enabled_as_in_fwknopd() {
     ));
     assert!(on.status.success(), "{}", describe(&on));
 }
+
+/// A firewalld build's fwknopd.conf with a stanza asking for NAT firewalld
+/// rich rules cannot make: refused at start, naming the stanza, not at each knock.
+#[test]
+fn nat_firewalld_cannot_make_is_refused_at_start() {
+    let dir = ConfDir::new();
+    let keys = SpaKeys::generate("cbc", Some("sha256"));
+    let conf = dir.write(
+        "fwknopd.conf",
+        &format!(
+            "FWKNOP_RUN_DIR {};\nENABLE_FIREWD_FORWARDING Y;\n",
+            dir.run_dir().display()
+        ),
+    );
+    for (var, line) in [
+        ("DISABLE_DNAT Y", "DISABLE_DNAT"),
+        ("FORCE_SNAT 192.0.2.1", "FORCE_SNAT"),
+    ] {
+        let access = dir.write(
+            "access.conf",
+            &format!(
+                "SOURCE ANY\n{}FORCE_NAT 192.0.2.10 22\n{var}\n",
+                keys.access_conf_lines()
+            ),
+        );
+        let out = posternd(
+            &[
+                "-c",
+                &conf.display().to_string(),
+                "-a",
+                &access.display().to_string(),
+                "check-config",
+            ],
+            &[],
+        );
+        let (_, err) = text(&out);
+        assert!(
+            !out.status.success()
+                && err.contains(&format!(
+                    "{}:1: {line} cannot be done by the firewalld action",
+                    access.display()
+                )),
+            "{var}: {}",
+            describe(&out)
+        );
+    }
+}

@@ -274,6 +274,7 @@ fn logs_to_the_journal_under_systemd(tag: &str) {
         .args(["-m", "sh", "-c", &script, "sh", &bin, "-f"])
         .args(&s.args)
         .env("POSTERN_SERVER__SYSLOG_IDENTITY", "postern-journal")
+        .env("POSTERN_SERVER__SYSLOG_FACILITY", "LOG_LOCAL3")
         .env_remove("POSTERN_LOG")
         .spawn()
         .unwrap();
@@ -314,9 +315,10 @@ fn logs_to_the_journal_under_systemd(tag: &str) {
     let denied = entry("was denied per access.conf");
     assert!(status.success() && opened, "{status}, opened {opened}");
     assert!(
-        ready.is_some_and(
-            |l| l.contains("\"PRIORITY\":\"5\"") && l.contains("\"_TRANSPORT\":\"journal\"")
-        ),
+        ready.is_some_and(|l| l.contains("\"PRIORITY\":\"5\"")
+                && l.contains("\"_TRANSPORT\":\"journal\"")
+                // LOG_LOCAL3 is facility 19.
+                && l.contains("\"SYSLOG_FACILITY\":\"19\"")),
         "no native `posternd ready` entry at notice; posternd's entries: {ours:?}, \
          stderr lines: {:?}",
         text.lines()

@@ -495,8 +495,16 @@ fn fwknopd_action<'a>(
 /// fwknopd.conf variables that mean nothing to posternd, and why: each one
 /// present is warned about at start, naming its line, so none is ignored
 /// silently. None of them can make a grant wider.
-const NO_EFFECT: [(&str, &str); 17] = [
+const NO_EFFECT: [(&str, &str); 19] = [
     ("CONFIG_FILE", "the file is the one given with -c"),
+    (
+        "FIREWALL_TYPE",
+        "the firewall follows the file's IPT_/FIREWD_/PF_/IPFW_ variables (or the action)",
+    ),
+    (
+        "ENABLE_FIREWD_COMMENT_CHECK",
+        "firewalld grants are rich rules with firewalld's own timeouts, not commented rules",
+    ),
     ("LOCALE", "posternd's messages are not localised"),
     (
         "EXIT_AT_INTF_DOWN",
@@ -794,15 +802,41 @@ mod tests {
     }
 
     #[test]
+    fn firewalld_build_settings_rich_rules_cannot_follow_are_named() {
+        let (cfg, w) = load(
+            "FIREWD_INPUT_ACCESS ACCEPT, filter, INPUT, 1, FWKNOP_INPUT, 1;\nENABLE_RULE_PREPEND Y;\n",
+        );
+        assert_eq!(cfg.action[0].kind, "firewalld");
+        assert!(
+            w.iter()
+                .any(|l| l.contains(":1: FIREWD_INPUT_ACCESS: only the target is used"))
+                && w.iter()
+                    .any(|l| l.contains(":2: ENABLE_RULE_PREPEND has no effect with firewalld")),
+            "{w:?}"
+        );
+    }
+
+    #[test]
     fn variables_without_effect_are_named_and_verbose_is_honoured() {
-        let text: String = NO_EFFECT
+        // One file cannot hold two firewall builds' variables: the firewalld one
+        // is checked alone.
+        let (iptables_build, firewalld_build): (Vec<&(&str, &str)>, Vec<&(&str, &str)>) = NO_EFFECT
+            .iter()
+            .partition(|(name, _)| !name.contains("FIREWD"));
+        let (_, w) = load(&format!("{} Y;\n", firewalld_build[0].0));
+        assert!(
+            w.iter()
+                .any(|l| l.contains(":1: ENABLE_FIREWD_COMMENT_CHECK has no effect")),
+            "{w:?}"
+        );
+        let text: String = iptables_build
             .iter()
             .map(|(name, _)| format!("{name} Y;\n"))
             .chain(["VERBOSE 2;\n".to_string()])
             .collect();
         let (cfg, w) = load(&text);
-        assert_eq!(w.len(), NO_EFFECT.len(), "{w:?}");
-        for (i, (name, _)) in NO_EFFECT.iter().enumerate() {
+        assert_eq!(w.len(), iptables_build.len(), "{w:?}");
+        for (i, (name, _)) in iptables_build.iter().enumerate() {
             assert!(
                 w[i].contains(&format!(":{}: {name} has no effect in posternd: ", i + 1)),
                 "{w:?}"

@@ -226,6 +226,23 @@ pub fn firewalld_action<'a>(
             ));
         }
     }
+    for var in TARGETS.iter().map(|(var, _)| *var) {
+        if let Some(e) = get(var) {
+            findings.warn(format!(
+                "{}: {var}: only the target is used; the table, chains and positions have no \
+                 effect (grants are firewalld rich rules, ordered by firewalld)",
+                e.origin
+            ));
+        }
+    }
+    if let Some(e) = get("ENABLE_RULE_PREPEND") {
+        if super::conf_file::parse_bool(e)? {
+            findings.warn(format!(
+                "{}: ENABLE_RULE_PREPEND has no effect with firewalld: rich rules have no order",
+                e.origin
+            ));
+        }
+    }
     if let (Some(on), Some(ip)) = (get("ENABLE_FIREWD_SNAT"), get("SNAT_TRANSLATE_IP")) {
         if super::conf_file::parse_bool(on)? {
             return Err(ConfError::new(

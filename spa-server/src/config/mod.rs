@@ -620,6 +620,20 @@ pub fn load(sources: &ConfigSources) -> Result<Loaded, ConfigError> {
                  ENABLE_IPT_FORWARDING / ENABLE_IPT_LOCAL_NAT, or [server.nat])"
             )));
         }
+        // firewalld rich rules can masquerade but not SNAT to an address, and
+        // cannot forward without DNAT: refused now rather than at each knock.
+        if config.action.iter().any(|a| a.kind == "firewalld") {
+            let lacking = [
+                (s.disable_dnat, "DISABLE_DNAT"),
+                (s.force_snat.is_some(), "FORCE_SNAT"),
+            ];
+            if let Some((_, var)) = lacking.iter().find(|(set, _)| *set) {
+                return Err(ConfigError::Toml(format!(
+                    "{at}: {var} cannot be done by the firewalld action (its NAT grants are \
+                     rich rules: forward-port and masquerade); use the iptables or nftables action"
+                )));
+            }
+        }
         if s.force_nat.is_none() && (s.force_snat.is_some() || s.force_masquerade) {
             findings.warn(format!(
                 "{at}: FORCE_SNAT / FORCE_MASQUERADE without FORCE_NAT only apply to NAT \
