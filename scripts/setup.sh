@@ -20,16 +20,18 @@ command -v cargo >/dev/null || {
 export DEBIAN_FRONTEND=noninteractive
 demo_packages=(build-essential pkg-config ca-certificates iproute2 nftables libpcap-dev libgpgme-dev python3)
 test_packages=(iptables gnupg sudo fwknop-client fwknop-server firewalld dbus redis-server
-    libseccomp-dev fail2ban systemd groff-base zsh fish)
+    libseccomp-dev fail2ban systemd groff-base zsh fish openssh-server)
 packages=("${demo_packages[@]}")
 [ "${1:-all}" = demo ] || packages+=("${test_packages[@]}")
 
-# Services these packages would start: refused while installing (policy-rc.d),
-# and disabled again where systemd runs, if this script installed them.
-services=(firewalld redis-server fail2ban)
+# Services these packages would start (package:unit): refused while installing
+# (policy-rc.d), and disabled again where systemd runs, but only those this
+# script installed (a host's own sshd or firewalld is left as it is).
+services=(firewalld:firewalld redis-server:redis-server fail2ban:fail2ban openssh-server:ssh)
 newly_installed=()
 for s in "${services[@]}"; do
-    dpkg-query -W -f='${Status}' "$s" 2>/dev/null | grep -q "install ok installed" || newly_installed+=("$s")
+    dpkg-query -W -f='${Status}' "${s%%:*}" 2>/dev/null | grep -q "install ok installed" ||
+        newly_installed+=("${s#*:}")
 done
 policy=/usr/sbin/policy-rc.d
 if [ ! -e "$policy" ]; then
