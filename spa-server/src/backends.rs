@@ -3,7 +3,7 @@
 use crate::config::{ActionConfig, ServerSection};
 use postern_backend_script::{find_program, ScriptBackend, ScriptConfig};
 use serde::de::DeserializeOwned;
-use spa_core::firewall::{Firewall, FwResult, MemoryFirewall, Opening, Rule};
+use spa_core::firewall::{Firewall, FwResult, MemoryFirewall, Opening, Rule, RuleFeature};
 
 fn settings<T: DeserializeOwned>(cfg: &ActionConfig) -> anyhow::Result<T> {
     serde_json::from_value(serde_json::Value::Object(cfg.settings.clone()))
@@ -173,6 +173,10 @@ impl Firewall for LogOnly {
     }
     fn expires_in_kernel(&self) -> bool {
         false
+    }
+    /// It opens nothing, so it can log any rule.
+    fn supports(&self, _: RuleFeature) -> bool {
+        true
     }
 }
 

@@ -5,7 +5,7 @@ use crate::config::{self, ConfigSources, ReplayConfig, ServerConfig};
 use crate::pipeline::{self, Keyring};
 use crate::policy::PolicySettings;
 use crate::replay::{FileStore, MemoryStore, ReplayStore};
-use spa_core::firewall::Firewall;
+use spa_core::firewall::{Firewall, RuleFeature};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
@@ -61,10 +61,42 @@ pub async fn open_replay_store(cfg: &ServerConfig) -> anyhow::Result<Arc<dyn Rep
 /// Build every configured backend without touching the firewall yet (for
 /// `--fw-list` / `--fw-flush` next to a running daemon).
 pub fn build_backends(cfg: &ServerConfig) -> anyhow::Result<Vec<Box<dyn Firewall>>> {
-    cfg.action
+    let backends: Vec<Box<dyn Firewall>> = cfg
+        .action
         .iter()
         .map(|a| crate::backends::build(a, &cfg.server))
-        .collect()
+        .collect::<anyhow::Result<_>>()?;
+    for (feature, asked_by) in needed_rule_features(cfg) {
+        if let Some(b) = backends.iter().find(|b| !b.supports(feature)) {
+            anyhow::bail!(
+                "{asked_by} needs {feature}, which action `{}` cannot make \
+                 (the iptables action can); grants would be wider than configured",
+                b.name()
+            );
+        }
+    }
+    Ok(backends)
+}
+
+/// The rule features the configuration asks of every backend, each with what asks for it.
+fn needed_rule_features(cfg: &ServerConfig) -> Vec<(RuleFeature, String)> {
+    let mut needed = Vec::new();
+    if cfg.server.destination_rule {
+        needed.push((
+            RuleFeature::Destination,
+            "ENABLE_DESTINATION_RULE ([server] destination_rule)".to_string(),
+        ));
+    }
+    if cfg.server.nat.forwarding {
+        if let Some((i, s)) = cfg.access.iter().enumerate().find(|(_, s)| s.forward_all) {
+            let at = s
+                .origin
+                .as_ref()
+                .map_or(format!("access stanza #{}", i + 1), |o| o.to_string());
+            needed.push((RuleFeature::ForwardAll, format!("{at}: FORWARD_ALL")));
+        }
+    }
+    needed
 }
 
 /// `--fw-list-all`, as fwknopd's: every rule of every table the firewall
