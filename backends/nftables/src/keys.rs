@@ -1,6 +1,7 @@
 //! Grants as set and map elements: which sets, and the bytes the kernel stores.
 //!
-//! A plain grant is one element of `grants4`/`grants6`. A NAT grant is one
+//! A plain grant is one element of `grants4`/`grants6`, or with a destination
+//! (ENABLE_DESTINATION_RULE) of `grantsdst4`/`grantsdst6`. A NAT grant is one
 //! element in each set or map its kind needs (see [`elements`]), every one
 //! carrying the whole grant in its comment (`nat_<port>_<to_addr>_<to_port>`
 //! plus `_local`, `_nodnat`, `_masq`, `_snat_<addr>`), so `list()` returns the
@@ -57,6 +58,9 @@ impl Fam {
 pub enum Kind {
     /// `saddr . proto . dport`: plain grants (input; prerouting with `docker`).
     Grants,
+    /// `saddr . daddr . proto . dport`: plain grants bound to the address the
+    /// knock was sent to (ENABLE_DESTINATION_RULE).
+    GrantsDst,
     /// `saddr . proto . to_port`: the input accept of local NAT.
     Local,
     /// `saddr . proto . port : to_addr`: DNAT address.
@@ -85,6 +89,7 @@ impl Kind {
     fn stem(self) -> &'static str {
         match self {
             Kind::Grants => "grants",
+            Kind::GrantsDst => "grantsdst",
             Kind::Local => "local",
             Kind::DnatAddr => "dnat",
             Kind::DnatPort => "dnatport",
@@ -96,7 +101,7 @@ impl Kind {
 
     /// Keys that hold both addresses (`saddr . daddr . proto . port`).
     pub fn two_addrs(self) -> bool {
-        matches!(self, Kind::Fwd | Kind::Masq | Kind::Snat)
+        matches!(self, Kind::GrantsDst | Kind::Fwd | Kind::Masq | Kind::Snat)
     }
 }
 
@@ -119,7 +124,7 @@ impl SetId {
 
     /// The set named `name`, if it is one of postern's.
     pub fn parse(name: &str) -> Option<SetId> {
-        let all = [Kind::Grants].into_iter().chain(Kind::NAT);
+        let all = [Kind::Grants, Kind::GrantsDst].into_iter().chain(Kind::NAT);
         all.flat_map(|k| Fam::ALL.map(|f| SetId::new(k, f)))
             .find(|s| s.name() == name)
     }
@@ -139,7 +144,7 @@ impl SetId {
         match self.kind {
             Kind::DnatAddr | Kind::Snat => Some(self.fam.addr_type()),
             Kind::DnatPort => Some(SetType::InetService),
-            Kind::Grants | Kind::Local | Kind::Fwd | Kind::Masq => None,
+            Kind::Grants | Kind::GrantsDst | Kind::Local | Kind::Fwd | Kind::Masq => None,
         }
     }
 }
@@ -197,7 +202,8 @@ pub fn key_bytes(rule: &Rule) -> Vec<u8> {
 }
 
 /// The elements a rule is made of, in set order:
-/// - plain: `grants` (`source . proto . port`);
+/// - plain: `grants` (`source . proto . port`), or with a destination
+///   `grantsdst` (`source . destination . proto . port`);
 /// - local NAT: `local` (`source . proto . to_port`), and unless DISABLE_DNAT
 ///   `dnat`/`dnatport` (`source . proto . port` → `to_addr`, `to_port`); SNAT does
 ///   not apply to locally delivered traffic and is ignored;
@@ -219,6 +225,14 @@ pub fn elements(rule: &Rule) -> Vec<Element> {
         comment: comment.clone(),
     };
     let Some(nat) = &rule.nat else {
+        if let Some(dst) = rule.destination {
+            return vec![element(
+                Kind::GrantsDst,
+                key(&[rule.source, dst], rule.proto, rule.port),
+                None,
+                &None,
+            )];
+        }
         return vec![element(
             Kind::Grants,
             key(&[rule.source], rule.proto, rule.port),
@@ -289,7 +303,7 @@ mod tests {
 
     #[test]
     fn set_names_round_trip() {
-        for kind in [Kind::Grants].into_iter().chain(Kind::NAT) {
+        for kind in [Kind::Grants, Kind::GrantsDst].into_iter().chain(Kind::NAT) {
             for fam in Fam::ALL {
                 let s = SetId::new(kind, fam);
                 assert_eq!(SetId::parse(&s.name()), Some(s));

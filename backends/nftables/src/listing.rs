@@ -99,6 +99,11 @@ fn parse_element(set: SetId, elem: &Value) -> Option<ListedGrant> {
     let proto = parse_proto(&parts[expected - 2])?;
     let rule = if set.kind == Kind::Grants {
         Rule::new(source, proto, parse_port(&parts[expected - 1])?)
+    } else if set.kind == Kind::GrantsDst {
+        Rule {
+            destination: Some(parts[1].as_str()?.parse().ok()?),
+            ..Rule::new(source, proto, parse_port(&parts[expected - 1])?)
+        }
     } else {
         let (port, nat) = NatRule::parse_tag(comment?)?;
         Rule {

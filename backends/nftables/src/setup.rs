@@ -144,7 +144,9 @@ pub fn setup_ruleset(
     let wanted_sets: Vec<String> = all_sets(config).iter().map(|s| s.name()).collect();
     for name in &existing.sets {
         let Some(id) =
-            SetId::parse(name).filter(|s| s.kind != Kind::Grants && !wanted_sets.contains(name))
+            SetId::parse(name).filter(|s| {
+                !matches!(s.kind, Kind::Grants | Kind::GrantsDst) && !wanted_sets.contains(name)
+            })
         else {
             continue;
         };
@@ -198,11 +200,12 @@ fn fams(config: &NftablesConfig) -> Vec<Fam> {
     v
 }
 
-/// The grant sets the configured family has.
+/// The plain grant sets the configured family has (any destination, and bound
+/// to a destination).
 pub fn grant_sets(config: &NftablesConfig) -> Vec<SetId> {
-    fams(config)
+    [Kind::Grants, Kind::GrantsDst]
         .into_iter()
-        .map(|f| SetId::new(Kind::Grants, f))
+        .flat_map(|k| fams(config).into_iter().map(move |f| SetId::new(k, f)))
         .collect()
 }
 
@@ -308,7 +311,8 @@ fn preamble() -> Vec<Vec<Statement<'static>>> {
 /// 1. established/related accepted: a grant's expiry never cuts a live session,
 ///    and installing postern never cuts the admin's own SSH session;
 /// 2. loopback is not postern's business;
-/// 3. `saddr . l4proto . dport` in a grant set → (mark and) accept;
+/// 3. `saddr . l4proto . dport` in a grant set, or `saddr . daddr . l4proto .
+///    dport` in a destination-bound one → (mark and) accept;
 /// 4. with `nat`: `saddr . l4proto . dport` in a local-NAT set (the port DNAT
 ///    led to) → (mark and) accept;
 /// 5. `l4proto . dport` in `protected` → drop (unless `drop_unauthorized = false`).
@@ -316,6 +320,7 @@ fn input_rules(config: &NftablesConfig, fams: &[Fam]) -> Vec<Vec<Statement<'stat
     let mut rules = preamble();
     for &f in fams {
         rules.push(accept_in(config, host_key(f), SetId::new(Kind::Grants, f)));
+        rules.push(accept_in(config, flow_key(f), SetId::new(Kind::GrantsDst, f)));
     }
     if config.nat {
         for &f in fams {
@@ -337,6 +342,8 @@ fn docker_rules(config: &NftablesConfig, fams: &[Fam]) -> Vec<Vec<Statement<'sta
     let mut rules = preamble();
     for &f in fams {
         rules.push(accept_in(config, host_key(f), SetId::new(Kind::Grants, f)));
+        // Before DNAT, daddr is still the address the client knocked at.
+        rules.push(accept_in(config, flow_key(f), SetId::new(Kind::GrantsDst, f)));
         if config.nat {
             rules.push(accept_in(
                 config,
