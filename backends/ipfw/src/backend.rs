@@ -391,14 +391,16 @@ impl Firewall for IpfwBackend {
     /// gap. A failure deletes what this batch added.
     fn grant(&mut self, openings: &[Opening]) -> FwResult<()> {
         for o in openings {
-            if o
-                .rule
+            if o.rule
                 .destination
                 .is_some_and(|d| d.is_ipv4() != o.rule.source.is_ipv4())
             {
                 return Err(FirewallError::Unsupported {
                     backend: BACKEND,
-                    what: format!("{}: source and destination of different address families", o.rule),
+                    what: format!(
+                        "{}: source and destination of different address families",
+                        o.rule
+                    ),
                 });
             }
             if o.rule.nat.is_some() {

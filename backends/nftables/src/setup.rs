@@ -143,11 +143,9 @@ pub fn setup_ruleset(
     }
     let wanted_sets: Vec<String> = all_sets(config).iter().map(|s| s.name()).collect();
     for name in &existing.sets {
-        let Some(id) =
-            SetId::parse(name).filter(|s| {
-                !matches!(s.kind, Kind::Grants | Kind::GrantsDst) && !wanted_sets.contains(name)
-            })
-        else {
+        let Some(id) = SetId::parse(name).filter(|s| {
+            !matches!(s.kind, Kind::Grants | Kind::GrantsDst) && !wanted_sets.contains(name)
+        }) else {
             continue;
         };
         let set = Set {
@@ -320,7 +318,11 @@ fn input_rules(config: &NftablesConfig, fams: &[Fam]) -> Vec<Vec<Statement<'stat
     let mut rules = preamble();
     for &f in fams {
         rules.push(accept_in(config, host_key(f), SetId::new(Kind::Grants, f)));
-        rules.push(accept_in(config, flow_key(f), SetId::new(Kind::GrantsDst, f)));
+        rules.push(accept_in(
+            config,
+            flow_key(f),
+            SetId::new(Kind::GrantsDst, f),
+        ));
     }
     if config.nat {
         for &f in fams {
@@ -343,7 +345,11 @@ fn docker_rules(config: &NftablesConfig, fams: &[Fam]) -> Vec<Vec<Statement<'sta
     for &f in fams {
         rules.push(accept_in(config, host_key(f), SetId::new(Kind::Grants, f)));
         // Before DNAT, daddr is still the address the client knocked at.
-        rules.push(accept_in(config, flow_key(f), SetId::new(Kind::GrantsDst, f)));
+        rules.push(accept_in(
+            config,
+            flow_key(f),
+            SetId::new(Kind::GrantsDst, f),
+        ));
         if config.nat {
             rules.push(accept_in(
                 config,

@@ -142,7 +142,7 @@ fn init_is_idempotent_and_a_restart_sees_live_grants() {
     let cfg = config("pt_init", &["tcp/22", "udp/1194"]);
     let mut fw = backend(&ns, cfg.clone());
     let rules = rule_count(&ns, "inet", "pt_init", "input");
-    assert_eq!(rules, 5, "ct, lo, grants4, grants6, drop");
+    assert_eq!(rules, 7, "ct, lo, grants4, grantsdst4, grants6, grantsdst6, drop");
     let src = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 9));
     fw.grant(&[opening(src, 22, 60)]).unwrap();
     fw.init(0).unwrap();
@@ -480,11 +480,17 @@ fn destination_bound_grant_opens_only_that_address() {
     o.rule.destination = Some(a);
     fw.grant(std::slice::from_ref(&o)).unwrap();
     assert!(tcp_connect_ok(&p.client, a, 2207, CONNECT), "A must open");
-    assert!(!tcp_connect_ok(&p.client, b, 2207, CONNECT), "B must stay closed");
+    assert!(
+        !tcp_connect_ok(&p.client, b, 2207, CONNECT),
+        "B must stay closed"
+    );
     let listed = fw.list().unwrap();
     assert_eq!(listed.len(), 1, "{listed:?}");
     assert_eq!(listed[0].rule, o.rule);
     fw.revoke(&[o.rule.clone()]).unwrap();
     assert!(fw.list().unwrap().is_empty());
-    assert!(!tcp_connect_ok(&p.client, a, 2207, CONNECT), "revoked, A must close");
+    assert!(
+        !tcp_connect_ok(&p.client, a, 2207, CONNECT),
+        "revoked, A must close"
+    );
 }

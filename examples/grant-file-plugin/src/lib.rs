@@ -184,12 +184,10 @@ pub unsafe extern "C" fn postern_plugin_revoke(
     with_state(state, err, err_len, |s| {
         let gone: Vec<Rule> = serde_json::from_str(text(rules_json)?).map_err(|e| e.to_string())?;
         s.open.retain(|o| {
-            !gone
-                .iter()
-                .any(|r| {
-                    (&r.source, &r.proto, r.port, &r.destination)
-                        == (&o.source, &o.proto, o.port, &o.destination)
-                })
+            !gone.iter().any(|r| {
+                (&r.source, &r.proto, r.port, &r.destination)
+                    == (&o.source, &o.proto, o.port, &o.destination)
+            })
         });
         s.save()
     })
