@@ -142,7 +142,10 @@ fn init_is_idempotent_and_a_restart_sees_live_grants() {
     let cfg = config("pt_init", &["tcp/22", "udp/1194"]);
     let mut fw = backend(&ns, cfg.clone());
     let rules = rule_count(&ns, "inet", "pt_init", "input");
-    assert_eq!(rules, 7, "ct, lo, grants4, grantsdst4, grants6, grantsdst6, drop");
+    assert_eq!(
+        rules, 7,
+        "ct, lo, grants4, grantsdst4, grants6, grantsdst6, drop"
+    );
     let src = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 9));
     fw.grant(&[opening(src, 22, 60)]).unwrap();
     fw.init(0).unwrap();
