@@ -246,6 +246,16 @@ mod tests {
         );
     }
 
+    /// ENABLE_IPT_OUTPUT's `output` is an iptables setting: asked of another
+    /// action, it is an error, not silently ignored.
+    #[test]
+    fn output_rules_on_an_action_that_cannot_make_them_are_an_error() {
+        let mut a = action("nftables");
+        a.settings.insert("output".into(), true.into());
+        let err = build(&a, &server()).err().unwrap().to_string();
+        assert!(err.contains("unknown field `output`"), "{err}");
+    }
+
     #[test]
     fn bad_backend_settings_name_the_action() {
         let mut a = action("nftables");

@@ -467,6 +467,52 @@ mod tests {
     use super::*;
     use crate::config::{AccessStanza, AddrList, ServerSection};
 
+    /// An action that cannot make what the configuration asks for is refused at
+    /// start, naming what asks (never a grant wider than configured).
+    #[test]
+    fn rule_features_an_action_lacks_are_refused_at_start() {
+        let script = |open: &str| crate::config::ActionConfig {
+            kind: "script".into(),
+            settings: serde_json::json!({ "open": open })
+                .as_object()
+                .unwrap()
+                .clone(),
+        };
+        let mut cfg = ServerConfig {
+            action: vec![script("/bin/true $SRC $PORT")],
+            ..ServerConfig::default()
+        };
+        cfg.server.run_dir = std::env::temp_dir();
+        cfg.server.destination_rule = true;
+        let err = build_backends(&cfg).err().unwrap().to_string();
+        assert!(
+            err.contains("ENABLE_DESTINATION_RULE") && err.contains("action `script`"),
+            "{err}"
+        );
+        cfg.action = vec![script("/bin/true $SRC $DST $PORT")];
+        assert!(build_backends(&cfg).is_ok(), "$DST binds the grant");
+
+        cfg.server.destination_rule = false;
+        cfg.server.nat.forwarding = true;
+        let mut stanza = AccessStanza::new(AddrList::Any);
+        stanza.forward_all = true;
+        stanza.origin = Some(crate::config::Origin {
+            file: "/etc/fwknop/access.conf".into(),
+            line: 7,
+        });
+        cfg.access = vec![stanza];
+        let err = build_backends(&cfg).err().unwrap().to_string();
+        assert!(
+            err.starts_with("/etc/fwknop/access.conf:7: FORWARD_ALL needs forwarding all ports"),
+            "{err}"
+        );
+        cfg.action = vec![crate::config::ActionConfig {
+            kind: "log".into(),
+            settings: Default::default(),
+        }];
+        assert!(build_backends(&cfg).is_ok());
+    }
+
     #[test]
     fn gpg_stanzas_get_the_server_wide_keyring() {
         let server = ServerSection {
