@@ -528,8 +528,11 @@ $ pfctl -a postern -f -
 | pass in quick proto tcp from <postern_tcp_22_cb007105> to 203.0.113.5 port 22 keep state
 "
     );
+    s.pf.table("postern_tcp_22_cb007105", "   192.0.2.1\n");
     let listed = s.fw.list().unwrap();
-    assert!(listed.iter().any(|o| o.rule == bound.rule), "{listed:?}");
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].rule, bound.rule);
+    assert_eq!(listed[0].expires_at, 1030, "known to the state file");
     s.rec.take_transcript();
     let mut v6 = opening("2001:db8::7", Proto::Tcp, 22, 1030);
     v6.rule.destination = Some("2001:db8::1".parse().unwrap());
