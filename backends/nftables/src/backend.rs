@@ -230,7 +230,6 @@ impl NftablesBackend {
     /// Checks a batch before anything is sent, so a bad opening rejects the
     /// whole batch and nothing of it is applied.
     fn check_family(&self, rule: &Rule) -> FwResult<()> {
-        rule.refuse(BACKEND, &[RuleFeature::ForwardAll])?;
         if rule.nat.is_some() {
             // Only plain grants have a destination-bound set.
             rule.refuse(BACKEND, &[RuleFeature::Destination])?;
@@ -544,9 +543,12 @@ impl Firewall for NftablesBackend {
     }
 
     /// Destination-bound grants: plain ones only (a `grantsdst` set), so not
-    /// with NAT on. FORWARD_ALL: no.
+    /// with NAT on. FORWARD_ALL: with NAT on (the `*all` sets and maps).
     fn supports(&self, feature: RuleFeature) -> bool {
-        feature == RuleFeature::Destination && !self.config.nat
+        match feature {
+            RuleFeature::Destination => !self.config.nat,
+            RuleFeature::ForwardAll => self.config.nat,
+        }
     }
 
     /// Grants stay: the kernel removes each at its timeout, daemon or not.

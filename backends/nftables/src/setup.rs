@@ -65,7 +65,11 @@ pub fn setup_ruleset(
     }));
 
     for set in all_sets(config) {
-        let key = SetTypeValue::Concatenated(set.key_types().into());
+        let types = set.key_types();
+        let key = match types.as_slice() {
+            [one] => SetTypeValue::Single(one.clone()),
+            _ => SetTypeValue::Concatenated(types.into()),
+        };
         let flags = Some(HashSet::from([SetFlag::Timeout]));
         let (name, table) = (set.name().into(), table.clone());
         match set.data_type() {
@@ -235,7 +239,10 @@ fn chain_defs(config: &NftablesConfig) -> Vec<ChainDef> {
             kind: NfChainType::NAT,
             hook: NfHook::Prerouting,
             prio: DSTNAT,
-            rules: fams.iter().map(|&f| vec![dnat(f)]).collect(),
+            rules: fams
+                .iter()
+                .flat_map(|&f| [vec![dnat(f)], vec![dnat_all(f)]])
+                .collect(),
         });
         defs.push(ChainDef {
             name: "forward",
@@ -244,7 +251,12 @@ fn chain_defs(config: &NftablesConfig) -> Vec<ChainDef> {
             prio: config.priority,
             rules: fams
                 .iter()
-                .map(|&f| accept_in(config, flow_key(f), SetId::new(Kind::Fwd, f)))
+                .flat_map(|&f| {
+                    [
+                        accept_in(config, flow_key(f), SetId::new(Kind::Fwd, f)),
+                        accept_in(config, addrs_key(f), SetId::new(Kind::FwdAll, f)),
+                    ]
+                })
                 .collect(),
         });
         let mut post = Vec::new();
@@ -255,6 +267,12 @@ fn chain_defs(config: &NftablesConfig) -> Vec<ChainDef> {
                 Statement::Masquerade(None),
             ]);
             post.push(vec![snat(f)]);
+            post.push(vec![
+                in_set(addrs_key(f), SetId::new(Kind::MasqAll, f)),
+                counter(),
+                Statement::Masquerade(None),
+            ]);
+            post.push(vec![snat_all(f)]);
         }
         defs.push(ChainDef {
             name: "postrouting",
@@ -405,6 +423,14 @@ fn flow_key(f: Fam) -> Expression<'static> {
     ])
 }
 
+/// `saddr . daddr` (FORWARD_ALL: no protocol or port).
+fn addrs_key(f: Fam) -> Expression<'static> {
+    concat(vec![
+        payload(f.proto(), "saddr"),
+        payload(f.proto(), "daddr"),
+    ])
+}
+
 fn in_set(key: Expression<'static>, set: SetId) -> Statement<'static> {
     Statement::Match(Match {
         left: key,
@@ -458,6 +484,29 @@ fn dnat(f: Fam) -> Statement<'static> {
         addr: Some(map_lookup(host_key(f), SetId::new(Kind::DnatAddr, f))),
         family: Some(nat_family(f)),
         port: Some(map_lookup(host_key(f), SetId::new(Kind::DnatPort, f))),
+        flags: None,
+    }))
+}
+
+/// `dnat ip to ip saddr map @dnatall4` (FORWARD_ALL: every port, kept as is).
+fn dnat_all(f: Fam) -> Statement<'static> {
+    Statement::DNAT(Some(NAT {
+        addr: Some(map_lookup(
+            payload(f.proto(), "saddr"),
+            SetId::new(Kind::DnatAll, f),
+        )),
+        family: Some(nat_family(f)),
+        port: None,
+        flags: None,
+    }))
+}
+
+/// `snat ip to ip saddr . ip daddr map @snatall4` (FORWARD_ALL).
+fn snat_all(f: Fam) -> Statement<'static> {
+    Statement::SNAT(Some(NAT {
+        addr: Some(map_lookup(addrs_key(f), SetId::new(Kind::SnatAll, f))),
+        family: Some(nat_family(f)),
+        port: None,
         flags: None,
     }))
 }
