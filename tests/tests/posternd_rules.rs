@@ -7,12 +7,15 @@
 //! - ENABLE_IPT_OUTPUT: with the server's OUTPUT policy DROP, the grant's
 //!   OUTPUT rule is what lets the replies out (closed → open → closed);
 //! - FORWARD_ALL (with NAT_ALLOW INTERNAL:*): one forwarded knock opens two
-//!   different ports of the inner host;
+//!   different ports of the inner host (also with a postern.toml and the
+//!   nftables action);
 //! - ENABLE_RULE_PREPEND: the newer grant is listed first with Y, last with N;
 //! - RULES_CHECK_THRESHOLD: an expired rule added by hand goes at a full check,
 //!   and with 0 it stays while posternd's own grants still expire.
 
-use postern_e2e::posternd::{access_conf, runnable, ConfDir, Posternd, Service, SPA_PORT};
+use postern_e2e::posternd::{
+    access_conf, runnable, udp_capture, ConfDir, Posternd, Service, SPA_PORT,
+};
 use postern_e2e::routed::routed;
 use postern_e2e::scenario::{describe, SpaClient, SpaKeys};
 use postern_e2e::{tcp_connect_ok, tcp_listen, wait_until, Netns};
@@ -28,6 +31,8 @@ const TIMEOUT: u64 = 3;
 struct Daemon {
     d: Posternd,
     conf: ConfDir,
+    /// The main config file's name in `conf`.
+    main: &'static str,
 }
 
 impl Daemon {
@@ -51,17 +56,48 @@ impl Daemon {
             "-v".into(),
         ];
         let d = Posternd::start(ns, &args, conf.dir.path());
-        Daemon { d, conf }
+        Daemon {
+            d,
+            conf,
+            main: "fwknopd.conf",
+        }
+    }
+
+    /// posternd from a native postern.toml: `[server]` lines `server`, a UDP
+    /// capture on the wildcard address, then `body` (actions).
+    fn start_toml(ns: &Netns, server: &str, body: &str, stanza: &str) -> Daemon {
+        let conf = ConfDir::new();
+        conf.write("access.conf", stanza);
+        conf.write(
+            "postern.toml",
+            &format!(
+                "access_file = \"{}\"\n\n[server]\nmax_packet_age = 120\nrun_dir = \"{}\"\n{server}\n\
+                 [replay]\ntype = \"memory\"\n\n{}\n{body}",
+                conf.arg("access.conf"),
+                conf.run_dir().display(),
+                udp_capture(SPA_PORT),
+            ),
+        );
+        let args = ["-c".to_string(), conf.arg("postern.toml"), "-v".into()];
+        let d = Posternd::start(ns, &args, conf.dir.path());
+        Daemon {
+            d,
+            conf,
+            main: "postern.toml",
+        }
     }
 
     /// A failure message with the config, the daemon's log and the rules.
     fn ctx(&self, ns: &Netns, msg: &str) -> String {
         let read = |n: &str| std::fs::read_to_string(self.conf.path(n)).unwrap_or_default();
+        let rules = |argv: &[&str]| String::from_utf8_lossy(&ns.run(argv).stdout).into_owned();
         format!(
-            "{msg}\n--- fwknopd.conf ---\n{}\n--- posternd log ---\n{}\n--- iptables-save ---\n{}",
-            read("fwknopd.conf"),
+            "{msg}\n--- {} ---\n{}\n--- posternd log ---\n{}\n--- iptables-save ---\n{}\n--- nft ---\n{}",
+            self.main,
+            read(self.main),
             self.d.log_text(),
-            String::from_utf8_lossy(&ns.run(&["iptables-save"]).stdout)
+            rules(&["iptables-save"]),
+            rules(&["nft", "list", "ruleset"]),
         )
     }
 }
@@ -224,40 +260,55 @@ fn output_rule_lets_replies_out_under_an_output_drop_policy() {
 
 #[test]
 fn forward_all_opens_every_port_of_the_inner_host() {
-    if !runnable(&["fwknop", "iptables"]) {
+    if !runnable(&["fwknop", "iptables", "nft"]) {
         return;
     }
-    let t = routed("prf", true);
+    for nftables in [false, true] {
+        forward_all_cycle(nftables);
+    }
+}
+
+/// With fwknopd's files (iptables, under a FORWARD DROP policy) or a postern.toml
+/// with the nftables action (its own table: another table's FORWARD DROP would
+/// still drop, so the gateway has none).
+fn forward_all_cycle(nftables: bool) {
+    let t = routed(if nftables { "prfn" } else { "prfi" }, true);
     let (gw, client) = (t.gateway(), t.client());
     let (gw_ip, client_ip, internal) = (t.pair.server_ip, t.pair.client_ip, t.internal_ip);
-    // A router's FORWARD policy: only replies and what postern accepts pass.
-    gw.run_ok(&["iptables", "-w", "5", "-P", "FORWARD", "DROP"]);
-    gw.run_ok(&[
-        "iptables",
-        "-w",
-        "5",
-        "-A",
-        "FORWARD",
-        "-m",
-        "conntrack",
-        "--ctstate",
-        "ESTABLISHED,RELATED",
-        "-j",
-        "ACCEPT",
-    ]);
     let (_ssh, _pg) = (tcp_listen(&t.internal, 22), tcp_listen(&t.internal, 5432));
     let keys = SpaKeys::generate("cbc", Some("sha256"));
-    let daemon = Daemon::start(
-        gw,
-        "ENABLE_IPT_FORWARDING Y;\n",
-        &access_conf(
-            &keys,
-            None,
-            TIMEOUT,
-            &format!("FORWARD_ALL Y\nNAT_ALLOW {internal}:*\n"),
-        ),
+    let stanza = access_conf(
+        &keys,
+        None,
+        TIMEOUT,
+        &format!("FORWARD_ALL Y\nNAT_ALLOW {internal}:*\n"),
     );
-    let ctx = |m: &str| daemon.ctx(gw, m);
+    let daemon = if nftables {
+        Daemon::start_toml(
+            gw,
+            "[server.nat]\nforwarding = true\n",
+            "[[action]]\ntype = \"nftables\"\n",
+            &stanza,
+        )
+    } else {
+        // A router's FORWARD policy: only replies and what postern accepts pass.
+        gw.run_ok(&["iptables", "-w", "5", "-P", "FORWARD", "DROP"]);
+        gw.run_ok(&[
+            "iptables",
+            "-w",
+            "5",
+            "-A",
+            "FORWARD",
+            "-m",
+            "conntrack",
+            "--ctstate",
+            "ESTABLISHED,RELATED",
+            "-j",
+            "ACCEPT",
+        ]);
+        Daemon::start(gw, "ENABLE_IPT_FORWARDING Y;\n", &stanza)
+    };
+    let ctx = |m: &str| daemon.ctx(gw, &format!("nftables {nftables}: {m}"));
     for port in [22, 5432] {
         assert!(
             !connects(client, gw_ip, port),
