@@ -67,7 +67,7 @@ pub fn setup_ruleset(
     for set in all_sets(config) {
         let types = set.key_types();
         let key = match types.as_slice() {
-            [one] => SetTypeValue::Single(one.clone()),
+            [one] => SetTypeValue::Single(*one),
             _ => SetTypeValue::Concatenated(types.into()),
         };
         let flags = Some(HashSet::from([SetFlag::Timeout]));
