@@ -136,6 +136,12 @@ impl RuleFeature {
     }
 }
 
+impl fmt::Display for RuleFeature {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.describe())
+    }
+}
+
 impl Rule {
     /// A plain opening: no NAT, any destination.
     pub fn new(source: IpAddr, proto: Proto, port: u16) -> Rule {
@@ -262,6 +268,14 @@ pub trait Firewall: Send {
     /// never outlive a killed daemon.
     fn expires_in_kernel(&self) -> bool;
 
+    /// Whether this backend, as configured, renders rules using `feature`; the
+    /// server refuses a configuration that needs one it lacks at start (its
+    /// `grant` refuses such rules anyway).
+    fn supports(&self, feature: RuleFeature) -> bool {
+        let _ = feature;
+        false
+    }
+
     /// Called once at shutdown. Kernel-expiring backends leave grants to expire.
     fn shutdown(&mut self) -> FwResult<()> {
         Ok(())
@@ -359,6 +373,9 @@ impl Firewall for MemoryFirewall {
     }
     fn expires_in_kernel(&self) -> bool {
         self.kernel_expiry
+    }
+    fn supports(&self, _: RuleFeature) -> bool {
+        true
     }
 }
 

@@ -361,7 +361,8 @@ impl Executor {
         // closes before its full timeout; it may stay up to ~1.5 s longer.
         let now = (self.now)().saturating_sub(1);
         self.ticks += 1;
-        let full = self.full_check_every > 0 && self.ticks % u64::from(self.full_check_every) == 0;
+        let full = self.full_check_every > 0
+            && self.ticks.is_multiple_of(u64::from(self.full_check_every));
         for (backend, due) in self.backends.iter_mut().zip(&mut self.due) {
             let is_due = due.peek().is_some_and(|Reverse(at)| *at <= now);
             if backend.expires_in_kernel() || !(full || is_due) {

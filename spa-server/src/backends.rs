@@ -3,7 +3,7 @@
 use crate::config::{ActionConfig, ServerSection};
 use postern_backend_script::{find_program, ScriptBackend, ScriptConfig};
 use serde::de::DeserializeOwned;
-use spa_core::firewall::{Firewall, FwResult, MemoryFirewall, Opening, Rule};
+use spa_core::firewall::{Firewall, FwResult, MemoryFirewall, Opening, Rule, RuleFeature};
 
 fn settings<T: DeserializeOwned>(cfg: &ActionConfig) -> anyhow::Result<T> {
     serde_json::from_value(serde_json::Value::Object(cfg.settings.clone()))
@@ -174,6 +174,10 @@ impl Firewall for LogOnly {
     fn expires_in_kernel(&self) -> bool {
         false
     }
+    /// It opens nothing, so it can log any rule.
+    fn supports(&self, _: RuleFeature) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]
@@ -240,6 +244,16 @@ mod tests {
             err.contains("unknown action backend `carrier-pigeon`") && err.contains("nftables"),
             "{err}"
         );
+    }
+
+    /// ENABLE_IPT_OUTPUT's `output` is an iptables setting: asked of another
+    /// action, it is an error, not silently ignored.
+    #[test]
+    fn output_rules_on_an_action_that_cannot_make_them_are_an_error() {
+        let mut a = action("nftables");
+        a.settings.insert("output".into(), true.into());
+        let err = build(&a, &server()).err().unwrap().to_string();
+        assert!(err.contains("unknown field `output`"), "{err}");
     }
 
     #[test]

@@ -5,7 +5,7 @@ use crate::config::{self, ConfigSources, ReplayConfig, ServerConfig};
 use crate::pipeline::{self, Keyring};
 use crate::policy::PolicySettings;
 use crate::replay::{FileStore, MemoryStore, ReplayStore};
-use spa_core::firewall::Firewall;
+use spa_core::firewall::{Firewall, RuleFeature};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
@@ -61,10 +61,42 @@ pub async fn open_replay_store(cfg: &ServerConfig) -> anyhow::Result<Arc<dyn Rep
 /// Build every configured backend without touching the firewall yet (for
 /// `--fw-list` / `--fw-flush` next to a running daemon).
 pub fn build_backends(cfg: &ServerConfig) -> anyhow::Result<Vec<Box<dyn Firewall>>> {
-    cfg.action
+    let backends: Vec<Box<dyn Firewall>> = cfg
+        .action
         .iter()
         .map(|a| crate::backends::build(a, &cfg.server))
-        .collect()
+        .collect::<anyhow::Result<_>>()?;
+    for (feature, asked_by) in needed_rule_features(cfg) {
+        if let Some(b) = backends.iter().find(|b| !b.supports(feature)) {
+            anyhow::bail!(
+                "{asked_by} needs {feature}, which action `{}` cannot make \
+                 (the iptables action can); grants would be wider than configured",
+                b.name()
+            );
+        }
+    }
+    Ok(backends)
+}
+
+/// The rule features the configuration asks of every backend, each with what asks for it.
+fn needed_rule_features(cfg: &ServerConfig) -> Vec<(RuleFeature, String)> {
+    let mut needed = Vec::new();
+    if cfg.server.destination_rule {
+        needed.push((
+            RuleFeature::Destination,
+            "ENABLE_DESTINATION_RULE ([server] destination_rule)".to_string(),
+        ));
+    }
+    if cfg.server.nat.forwarding {
+        if let Some((i, s)) = cfg.access.iter().enumerate().find(|(_, s)| s.forward_all) {
+            let at = s
+                .origin
+                .as_ref()
+                .map_or(format!("access stanza #{}", i + 1), |o| o.to_string());
+            needed.push((RuleFeature::ForwardAll, format!("{at}: FORWARD_ALL")));
+        }
+    }
+    needed
 }
 
 /// `--fw-list-all`, as fwknopd's: every rule of every table the firewall
@@ -447,6 +479,52 @@ fn loaded_unchanged_parts(next: &ServerConfig, current: &ServerConfig) -> Vec<&'
 mod tests {
     use super::*;
     use crate::config::{AccessStanza, AddrList, ServerSection};
+
+    /// An action that cannot make what the configuration asks for is refused at
+    /// start, naming what asks (never a grant wider than configured).
+    #[test]
+    fn rule_features_an_action_lacks_are_refused_at_start() {
+        let script = |open: &str| crate::config::ActionConfig {
+            kind: "script".into(),
+            settings: serde_json::json!({ "open": open })
+                .as_object()
+                .unwrap()
+                .clone(),
+        };
+        let mut cfg = ServerConfig {
+            action: vec![script("/bin/true $SRC $PORT")],
+            ..ServerConfig::default()
+        };
+        cfg.server.run_dir = std::env::temp_dir();
+        cfg.server.destination_rule = true;
+        let err = build_backends(&cfg).err().unwrap().to_string();
+        assert!(
+            err.contains("ENABLE_DESTINATION_RULE") && err.contains("action `script`"),
+            "{err}"
+        );
+        cfg.action = vec![script("/bin/true $SRC $DST $PORT")];
+        assert!(build_backends(&cfg).is_ok(), "$DST binds the grant");
+
+        cfg.server.destination_rule = false;
+        cfg.server.nat.forwarding = true;
+        let mut stanza = AccessStanza::new(AddrList::Any);
+        stanza.forward_all = true;
+        stanza.origin = Some(crate::config::Origin {
+            file: "/etc/fwknop/access.conf".into(),
+            line: 7,
+        });
+        cfg.access = vec![stanza];
+        let err = build_backends(&cfg).err().unwrap().to_string();
+        assert!(
+            err.starts_with("/etc/fwknop/access.conf:7: FORWARD_ALL needs forwarding all ports"),
+            "{err}"
+        );
+        cfg.action = vec![crate::config::ActionConfig {
+            kind: "log".into(),
+            settings: Default::default(),
+        }];
+        assert!(build_backends(&cfg).is_ok());
+    }
 
     #[test]
     fn gpg_stanzas_get_the_server_wide_keyring() {

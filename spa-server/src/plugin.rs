@@ -4,7 +4,8 @@
 //! ```text
 //! uint32_t postern_plugin_abi_version(void);          // must equal POSTERN_PLUGIN_ABI_VERSION
 //! void*    postern_plugin_init(const char* config_json, char* err, size_t err_len);
-//! uint32_t postern_plugin_flags(void* state);         // bit 0: target expires grants itself
+//! uint32_t postern_plugin_flags(void* state);         // bit 0: target expires grants itself,
+//!                                                     // bit 1: rules may carry "destination"
 //! int32_t  postern_plugin_grant(void* state, const char* openings_json, char* err, size_t err_len);
 //! int32_t  postern_plugin_revoke(void* state, const char* rules_json, char* err, size_t err_len);
 //! int32_t  postern_plugin_list(void* state, char* out, size_t out_len, char* err, size_t err_len);
@@ -13,7 +14,9 @@
 //! ```
 //!
 //! The version symbol is read before any other, so a plugin built for another
-//! ABI is refused with a clear error instead of being called.
+//! ABI is refused with a clear error instead of being called. Flag bit 1 was
+//! added without a version change: a plugin without it never sees a
+//! `destination` field, as posternd refuses such grants for it.
 
 use libloading::{Library, Symbol};
 use serde::{Deserialize, Serialize};
@@ -24,6 +27,8 @@ use std::path::{Path, PathBuf};
 
 pub const POSTERN_PLUGIN_ABI_VERSION: u32 = 1;
 const EXPIRES_ITSELF: u32 = 1;
+/// The plugin matches a rule's `destination` (ENABLE_DESTINATION_RULE).
+const DESTINATION: u32 = 2;
 const ERR_LEN: usize = 1024;
 
 type VersionFn = unsafe extern "C" fn() -> u32;
@@ -49,6 +54,8 @@ struct WireRule {
     source: std::net::IpAddr,
     proto: String,
     port: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    destination: Option<std::net::IpAddr>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -65,6 +72,7 @@ impl From<&Rule> for WireRule {
             source: r.source,
             proto: r.proto.name().into(),
             port: r.port,
+            destination: r.destination,
         }
     }
 }
@@ -73,6 +81,7 @@ pub struct PluginBackend {
     path: PathBuf,
     state: *mut c_void,
     expires_itself: bool,
+    matches_destination: bool,
     grant: JsonFn,
     revoke: JsonFn,
     list: ListFn,
@@ -161,11 +170,12 @@ impl PluginBackend {
                     format!("init failed: {}", err_text(&err)),
                 ));
             }
-            let expires_itself = flags(state) & EXPIRES_ITSELF != 0;
+            let flags = flags(state);
             Ok(PluginBackend {
                 path,
                 state,
-                expires_itself,
+                expires_itself: flags & EXPIRES_ITSELF != 0,
+                matches_destination: flags & DESTINATION != 0,
                 grant,
                 revoke,
                 list,
@@ -209,7 +219,9 @@ impl Firewall for PluginBackend {
         let wire: Vec<WireOpening> = openings
             .iter()
             .map(|o| {
-                o.rule.refuse("plugin", &[RuleFeature::Destination])?;
+                if !self.matches_destination {
+                    o.rule.refuse("plugin", &[RuleFeature::Destination])?;
+                }
                 if o.rule.nat.is_some() {
                     return Err(FirewallError::Unsupported {
                         backend: "plugin",
@@ -268,7 +280,10 @@ impl Firewall for PluginBackend {
                     .parse()
                     .map_err(|e| plugin_error(&self.path, e))?;
                 Ok(Opening {
-                    rule: Rule::new(w.rule.source, proto, w.rule.port),
+                    rule: Rule {
+                        destination: w.rule.destination,
+                        ..Rule::new(w.rule.source, proto, w.rule.port)
+                    },
                     timeout_secs: w.timeout_secs,
                     expires_at: w.expires_at,
                 })
@@ -287,6 +302,10 @@ impl Firewall for PluginBackend {
 
     fn expires_in_kernel(&self) -> bool {
         self.expires_itself
+    }
+
+    fn supports(&self, feature: RuleFeature) -> bool {
+        feature == RuleFeature::Destination && self.matches_destination
     }
 }
 

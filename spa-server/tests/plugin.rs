@@ -78,6 +78,14 @@ fn wait_for(what: &str, f: impl Fn() -> bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_knock_reaches_the_plugin_and_is_revoked_at_expiry() {
+    // With ENABLE_DESTINATION_RULE the rule carries the packet's destination
+    // (the example plugin declares POSTERN_PLUGIN_DESTINATION and keeps it).
+    for destination_rule in [false, true] {
+        knock_through_plugin(destination_rule).await;
+    }
+}
+
+async fn knock_through_plugin(destination_rule: bool) {
     let plugin = build_example_plugin();
     let dir = tempfile::tempdir().unwrap();
     let grants = dir.path().join("grants.jsonl");
@@ -106,12 +114,20 @@ async fn a_knock_reaches_the_plugin_and_is_revoked_at_expiry() {
         access: vec![stanza],
         ..ServerConfig::default()
     };
+    let mut cfg = cfg;
+    cfg.server.destination_rule = destination_rule;
     let running = spa_server::daemon::start(cfg).await.unwrap();
     let read = || std::fs::read_to_string(&grants).unwrap_or_default();
     assert_eq!(read(), "", "the plugin starts empty");
     knock(port);
     wait_for("the grant", || read().contains("\"port\":2222"));
     assert!(read().contains("\"source\":\"127.0.0.1\""), "{}", read());
+    assert_eq!(
+        read().contains("\"destination\":\"127.0.0.1\""),
+        destination_rule,
+        "{}",
+        read()
+    );
     wait_for("the revoke at expiry", || read().is_empty());
     running.stop().await;
 }

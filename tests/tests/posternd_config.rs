@@ -481,7 +481,7 @@ fn settings_that_would_open_more_are_refused() {
     );
 
     // A yes/no fwknopd reads as no and most readers as yes.
-    let dest_rule = dir.write(
+    let yes_no = dir.write(
         "yn-fwknopd.conf",
         &format!(
             "FWKNOP_RUN_DIR {};\nENABLE_IPT_FORWARDING 1;\n",
@@ -492,15 +492,36 @@ fn settings_that_would_open_more_are_refused() {
         &dir,
         &[
             "-c".into(),
-            dest_rule.display().to_string(),
+            yes_no.display().to_string(),
             "-a".into(),
             good.clone(),
             "check-config".into(),
         ],
-        &dest_rule,
+        &yes_no,
         2,
         "ENABLE_IPT_FORWARDING 1",
     );
+
+    // ENABLE_DESTINATION_RULE is honoured now (an action that cannot bind a
+    // grant to an address is refused at start: spa-server daemon tests).
+    let dest_rule = dir.write(
+        "dest-fwknopd.conf",
+        &format!(
+            "FWKNOP_RUN_DIR {};\nENABLE_DESTINATION_RULE Y;\n",
+            dir.run_dir().display()
+        ),
+    );
+    let out = posternd(
+        &[
+            "-c",
+            &dest_rule.display().to_string(),
+            "-a",
+            &good,
+            "check-config",
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", describe(&out));
 
     // queue_depth = 0 used to panic at start.
     let toml = dir.write(

@@ -391,7 +391,18 @@ impl Firewall for IpfwBackend {
     /// gap. A failure deletes what this batch added.
     fn grant(&mut self, openings: &[Opening]) -> FwResult<()> {
         for o in openings {
-            o.rule.refuse(BACKEND, &[RuleFeature::Destination])?;
+            if o.rule
+                .destination
+                .is_some_and(|d| d.is_ipv4() != o.rule.source.is_ipv4())
+            {
+                return Err(FirewallError::Unsupported {
+                    backend: BACKEND,
+                    what: format!(
+                        "{}: source and destination of different address families",
+                        o.rule
+                    ),
+                });
+            }
             if o.rule.nat.is_some() {
                 return Err(FirewallError::Unsupported {
                     backend: BACKEND,
@@ -539,6 +550,11 @@ impl Firewall for IpfwBackend {
 
     fn expires_in_kernel(&self) -> bool {
         false
+    }
+
+    /// `to DST` instead of `to me` (fwknopd's use_destination).
+    fn supports(&self, feature: RuleFeature) -> bool {
+        feature == RuleFeature::Destination
     }
 
     /// With `flush_at_exit` (default, fwknopd's FLUSH_IPFW_AT_EXIT): delete

@@ -21,13 +21,18 @@ pub fn parse_expiry(comment: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
-/// `add NUM set SET pass PROTO from SRC to me|me6 dst-port PORT [setup] keep-state // postern_exp_TS`
+/// `add NUM set SET pass PROTO from SRC to me|me6|DST dst-port PORT [setup] keep-state // postern_exp_TS`
+/// (`DST`: the grant's destination, ENABLE_DESTINATION_RULE, as fwknopd).
 ///
 /// fwknopd's shape, with two differences: the protocol by name (ipfw lists it
 /// by name anyway), and `setup` (match TCP SYN only) left out for UDP, where
 /// fwknopd's rule could never match.
 pub fn add_args(num: u32, set: u8, rule: &Rule, expires_at: u64) -> Vec<String> {
-    let me = if rule.source.is_ipv4() { "me" } else { "me6" };
+    let me = match rule.destination {
+        Some(dst) => dst.to_string(),
+        None if rule.source.is_ipv4() => "me".into(),
+        None => "me6".into(),
+    };
     let mut args: Vec<String> = [
         "add",
         &num.to_string(),
@@ -38,7 +43,7 @@ pub fn add_args(num: u32, set: u8, rule: &Rule, expires_at: u64) -> Vec<String> 
         "from",
         &rule.source.to_string(),
         "to",
-        me,
+        &me,
         "dst-port",
         &rule.port.to_string(),
     ]
@@ -112,7 +117,7 @@ fn parse_body(body: &str) -> Kind {
     }
     let grant = || -> Option<Kind> {
         let expires_at = parse_expiry(comment?)?;
-        let [action, proto, "from", src, "to", _dst, rest @ ..] = words.as_slice() else {
+        let [action, proto, "from", src, "to", dst, rest @ ..] = words.as_slice() else {
             return None;
         };
         if !["allow", "pass", "accept", "permit"].contains(action) {
@@ -125,7 +130,12 @@ fn parse_body(body: &str) -> Kind {
         };
         let rest = rest.strip_prefix(&["dst-port"]).unwrap_or(rest);
         let port: u16 = rest.first()?.parse().ok()?;
-        Some(Kind::Grant(Rule::new(host(src)?, proto, port), expires_at))
+        // `me`/`me6`/`any`: any destination; a host: a destination-bound grant.
+        let rule = Rule {
+            destination: host(dst),
+            ..Rule::new(host(src)?, proto, port)
+        };
+        Some(Kind::Grant(rule, expires_at))
     };
     grant().unwrap_or_else(|| Kind::Other(body.trim().to_string()))
 }

@@ -429,3 +429,34 @@ fn config_errors_and_missing_tool() {
         "{e}"
     );
 }
+
+/// ENABLE_DESTINATION_RULE: `to DST` instead of `to me`, as fwknopd's
+/// use_destination; the listed rule reads back with its destination.
+#[test]
+fn destination_bound_grant_names_the_destination() {
+    let (mut fw, rec, canned) = setup();
+    fw.init(1000).unwrap();
+    rec.take_transcript();
+    let mut o = opening("192.0.2.1", Proto::Tcp, 22, 1030);
+    o.rule.destination = Some("203.0.113.5".parse().unwrap());
+    fw.grant(std::slice::from_ref(&o)).unwrap();
+    assert_eq!(
+        rec.take_transcript(),
+        "\
+$ ipfw -S list
+$ ipfw add 10000 set 1 pass tcp from 192.0.2.1 to 203.0.113.5 dst-port 22 setup keep-state // postern_exp_1030
+"
+    );
+    canned.set_list(
+        "10000 set 1 allow tcp from 192.0.2.1 to 203.0.113.5 22 setup keep-state :default // postern_exp_1030\n",
+    );
+    let listed = fw.list().unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].rule, o.rule);
+    let mut mixed = opening("192.0.2.1", Proto::Tcp, 22, 1030);
+    mixed.rule.destination = Some("2001:db8::5".parse().unwrap());
+    assert!(matches!(
+        fw.grant(&[mixed]),
+        Err(FirewallError::Unsupported { .. })
+    ));
+}

@@ -578,6 +578,13 @@ impl Firewall for IptablesBackend {
         false
     }
 
+    fn supports(&self, feature: RuleFeature) -> bool {
+        match feature {
+            RuleFeature::Destination => !self.docker(),
+            RuleFeature::ForwardAll => true,
+        }
+    }
+
     /// With `flush_at_exit` (default): remove the jumps, the rules and the
     /// chains; if that fails (e.g. another rule still references a chain), at
     /// least delete the grants.

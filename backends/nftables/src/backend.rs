@@ -230,10 +230,19 @@ impl NftablesBackend {
     /// Checks a batch before anything is sent, so a bad opening rejects the
     /// whole batch and nothing of it is applied.
     fn check_family(&self, rule: &Rule) -> FwResult<()> {
-        rule.refuse(
-            BACKEND,
-            &[RuleFeature::Destination, RuleFeature::ForwardAll],
-        )?;
+        if rule.nat.is_some() {
+            // Only plain grants have a destination-bound set.
+            rule.refuse(BACKEND, &[RuleFeature::Destination])?;
+        }
+        if rule
+            .destination
+            .is_some_and(|d| d.is_ipv4() != rule.source.is_ipv4())
+        {
+            return Err(FirewallError::Unsupported {
+                backend: BACKEND,
+                what: format!("{rule}: source and destination of different address families"),
+            });
+        }
         let family = self.config.family;
         let ok = match rule.source {
             IpAddr::V4(_) => family.has_v4(),
@@ -531,6 +540,15 @@ impl Firewall for NftablesBackend {
 
     fn expires_in_kernel(&self) -> bool {
         true
+    }
+
+    /// Destination-bound grants: plain ones only (a `grantsdst` set), so not
+    /// with NAT on. FORWARD_ALL: with NAT on (the `*all` sets and maps).
+    fn supports(&self, feature: RuleFeature) -> bool {
+        match feature {
+            RuleFeature::Destination => !self.config.nat,
+            RuleFeature::ForwardAll => self.config.nat,
+        }
     }
 
     /// Grants stay: the kernel removes each at its timeout, daemon or not.

@@ -1,6 +1,7 @@
 //! Grants as set and map elements: which sets, and the bytes the kernel stores.
 //!
-//! A plain grant is one element of `grants4`/`grants6`. A NAT grant is one
+//! A plain grant is one element of `grants4`/`grants6`, or with a destination
+//! (ENABLE_DESTINATION_RULE) of `grantsdst4`/`grantsdst6`. A NAT grant is one
 //! element in each set or map its kind needs (see [`elements`]), every one
 //! carrying the whole grant in its comment (`nat_<port>_<to_addr>_<to_port>`
 //! plus `_local`, `_nodnat`, `_masq`, `_snat_<addr>`), so `list()` returns the
@@ -57,6 +58,9 @@ impl Fam {
 pub enum Kind {
     /// `saddr . proto . dport`: plain grants (input; prerouting with `docker`).
     Grants,
+    /// `saddr . daddr . proto . dport`: plain grants bound to the address the
+    /// knock was sent to (ENABLE_DESTINATION_RULE).
+    GrantsDst,
     /// `saddr . proto . to_port`: the input accept of local NAT.
     Local,
     /// `saddr . proto . port : to_addr`: DNAT address.
@@ -69,34 +73,68 @@ pub enum Kind {
     Masq,
     /// `saddr . to_addr . proto . to_port : snat_addr`: SNAT.
     Snat,
+    /// FORWARD_ALL, no protocol or port: `saddr . to_addr`, forward accept.
+    FwdAll,
+    /// FORWARD_ALL: `saddr : to_addr`, DNAT of all the client's traffic.
+    DnatAll,
+    /// FORWARD_ALL: `saddr . to_addr`, masquerade.
+    MasqAll,
+    /// FORWARD_ALL: `saddr . to_addr : snat_addr`, SNAT.
+    SnatAll,
 }
 
 impl Kind {
     /// The NAT kinds (sets that exist with `nat = true`).
-    pub const NAT: [Kind; 6] = [
+    pub const NAT: [Kind; 10] = [
         Kind::Local,
         Kind::DnatAddr,
         Kind::DnatPort,
         Kind::Fwd,
         Kind::Masq,
         Kind::Snat,
+        Kind::FwdAll,
+        Kind::DnatAll,
+        Kind::MasqAll,
+        Kind::SnatAll,
     ];
 
     fn stem(self) -> &'static str {
         match self {
             Kind::Grants => "grants",
+            Kind::GrantsDst => "grantsdst",
             Kind::Local => "local",
             Kind::DnatAddr => "dnat",
             Kind::DnatPort => "dnatport",
             Kind::Fwd => "fwd",
             Kind::Masq => "masq",
             Kind::Snat => "snat",
+            Kind::FwdAll => "fwdall",
+            Kind::DnatAll => "dnatall",
+            Kind::MasqAll => "masqall",
+            Kind::SnatAll => "snatall",
         }
     }
 
     /// Keys that hold both addresses (`saddr . daddr . proto . port`).
     pub fn two_addrs(self) -> bool {
-        matches!(self, Kind::Fwd | Kind::Masq | Kind::Snat)
+        matches!(
+            self,
+            Kind::GrantsDst
+                | Kind::Fwd
+                | Kind::Masq
+                | Kind::Snat
+                | Kind::FwdAll
+                | Kind::MasqAll
+                | Kind::SnatAll
+        )
+    }
+
+    /// Keys that end in `proto . port` (all but FORWARD_ALL's).
+    pub fn has_ports(self) -> bool {
+        !matches!(
+            self,
+            Kind::FwdAll | Kind::DnatAll | Kind::MasqAll | Kind::SnatAll
+        )
     }
 }
 
@@ -119,7 +157,7 @@ impl SetId {
 
     /// The set named `name`, if it is one of postern's.
     pub fn parse(name: &str) -> Option<SetId> {
-        let all = [Kind::Grants].into_iter().chain(Kind::NAT);
+        let all = [Kind::Grants, Kind::GrantsDst].into_iter().chain(Kind::NAT);
         all.flat_map(|k| Fam::ALL.map(|f| SetId::new(k, f)))
             .find(|s| s.name() == name)
     }
@@ -130,16 +168,26 @@ impl SetId {
         if self.kind.two_addrs() {
             types.push(self.fam.addr_type());
         }
-        types.extend([SetType::InetProto, SetType::InetService]);
+        if self.kind.has_ports() {
+            types.extend([SetType::InetProto, SetType::InetService]);
+        }
         types
     }
 
     /// The data type of a map, `None` for a set.
     pub fn data_type(self) -> Option<SetType> {
         match self.kind {
-            Kind::DnatAddr | Kind::Snat => Some(self.fam.addr_type()),
+            Kind::DnatAddr | Kind::Snat | Kind::DnatAll | Kind::SnatAll => {
+                Some(self.fam.addr_type())
+            }
             Kind::DnatPort => Some(SetType::InetService),
-            Kind::Grants | Kind::Local | Kind::Fwd | Kind::Masq => None,
+            Kind::Grants
+            | Kind::GrantsDst
+            | Kind::Local
+            | Kind::Fwd
+            | Kind::Masq
+            | Kind::FwdAll
+            | Kind::MasqAll => None,
         }
     }
 }
@@ -189,6 +237,22 @@ fn key(addrs: &[IpAddr], proto: Proto, port: u16) -> (Vec<u8>, Expression<'stati
     (bytes, Expression::Named(NamedExpression::Concat(json)))
 }
 
+/// A key of addresses only (FORWARD_ALL): one address is a plain value, more
+/// a concatenation.
+fn addr_key(addrs: &[IpAddr]) -> (Vec<u8>, Expression<'static>) {
+    let bytes = addrs.iter().flat_map(|a| addr_bytes(*a)).collect();
+    let mut json: Vec<Expression<'static>> = addrs
+        .iter()
+        .map(|a| Expression::String(a.to_string().into()))
+        .collect();
+    let json = if json.len() == 1 {
+        json.remove(0)
+    } else {
+        Expression::Named(NamedExpression::Concat(json))
+    };
+    (bytes, json)
+}
+
 #[cfg(test)]
 /// Key of `source . proto . port` as nft lays out a concatenation: each part in
 /// network order, zero-padded to a 4-byte register (12 bytes for IPv4, 24 for IPv6).
@@ -197,7 +261,8 @@ pub fn key_bytes(rule: &Rule) -> Vec<u8> {
 }
 
 /// The elements a rule is made of, in set order:
-/// - plain: `grants` (`source . proto . port`);
+/// - plain: `grants` (`source . proto . port`), or with a destination
+///   `grantsdst` (`source . destination . proto . port`);
 /// - local NAT: `local` (`source . proto . to_port`), and unless DISABLE_DNAT
 ///   `dnat`/`dnatport` (`source . proto . port` → `to_addr`, `to_port`); SNAT does
 ///   not apply to locally delivered traffic and is ignored;
@@ -219,6 +284,14 @@ pub fn elements(rule: &Rule) -> Vec<Element> {
         comment: comment.clone(),
     };
     let Some(nat) = &rule.nat else {
+        if let Some(dst) = rule.destination {
+            return vec![element(
+                Kind::GrantsDst,
+                key(&[rule.source, dst], rule.proto, rule.port),
+                None,
+                &None,
+            )];
+        }
         return vec![element(
             Kind::Grants,
             key(&[rule.source], rule.proto, rule.port),
@@ -226,10 +299,32 @@ pub fn elements(rule: &Rule) -> Vec<Element> {
             &None,
         )];
     };
+    let addr = |a: IpAddr| (addr_bytes(a), Expression::String(a.to_string().into()));
+    if nat.forward_all && !nat.local {
+        // No protocol in the keys: the comment carries it.
+        let comment = Some(format!("{}_{}", rule.proto.name(), nat.tag(rule.port)));
+        let flow = || addr_key(&[rule.source, nat.to_addr]);
+        let mut out = vec![element(Kind::FwdAll, flow(), None, &comment)];
+        if nat.dnat {
+            out.push(element(
+                Kind::DnatAll,
+                addr_key(&[rule.source]),
+                Some(addr(nat.to_addr)),
+                &comment,
+            ));
+        }
+        match &nat.snat {
+            Some(Snat::Masquerade) => out.push(element(Kind::MasqAll, flow(), None, &comment)),
+            Some(Snat::To(to)) => {
+                out.push(element(Kind::SnatAll, flow(), Some(addr(*to)), &comment))
+            }
+            None => {}
+        }
+        return out;
+    }
     let comment = Some(nat.tag(rule.port));
     let outer = || key(&[rule.source], rule.proto, rule.port);
     let flow = || key(&[rule.source, nat.to_addr], rule.proto, nat.to_port);
-    let addr = |a: IpAddr| (addr_bytes(a), Expression::String(a.to_string().into()));
     let mut out = Vec::new();
     if nat.local {
         out.push(element(
@@ -289,7 +384,7 @@ mod tests {
 
     #[test]
     fn set_names_round_trip() {
-        for kind in [Kind::Grants].into_iter().chain(Kind::NAT) {
+        for kind in [Kind::Grants, Kind::GrantsDst].into_iter().chain(Kind::NAT) {
             for fam in Fam::ALL {
                 let s = SetId::new(kind, fam);
                 assert_eq!(SetId::parse(&s.name()), Some(s));

@@ -67,6 +67,25 @@ pub fn parse_table(json: &str) -> Result<TableState, String> {
     Ok(state)
 }
 
+/// A FORWARD_ALL element: the key is the source (or `source . to_addr`), the
+/// protocol and the grant are in the comment, `<proto>_nat_…_all…`.
+fn parse_forward_all(val: &Value, remaining: Option<u32>, comment: &str) -> Option<ListedGrant> {
+    let source = match val.get("concat") {
+        Some(parts) => parts.as_array()?.first()?.as_str()?,
+        None => val.as_str()?,
+    };
+    let (proto, tag) = comment.split_once('_')?;
+    let (port, nat) = NatRule::parse_tag(tag)?;
+    nat.forward_all.then_some(())?;
+    Some(ListedGrant {
+        rule: Rule {
+            nat: Some(nat),
+            ..Rule::new(source.parse().ok()?, proto.parse().ok()?, port)
+        },
+        remaining_secs: remaining,
+    })
+}
+
 /// `{"elem": {"val": {"concat": [...]}, "timeout": T, "expires": E, "comment": C}}`,
 /// or the bare `{"concat": …}` nft prints for an element without a timeout; in
 /// a map, `[element, data]`. A NAT set's element is a grant only with postern's
@@ -90,6 +109,9 @@ fn parse_element(set: SetId, elem: &Value) -> Option<ListedGrant> {
         }
         None => (elem, None, None),
     };
+    if !set.kind.has_ports() {
+        return parse_forward_all(val, remaining, comment?);
+    }
     let parts = val.get("concat")?.as_array()?;
     let expected = if set.kind.two_addrs() { 4 } else { 3 };
     if parts.len() != expected {
@@ -99,6 +121,11 @@ fn parse_element(set: SetId, elem: &Value) -> Option<ListedGrant> {
     let proto = parse_proto(&parts[expected - 2])?;
     let rule = if set.kind == Kind::Grants {
         Rule::new(source, proto, parse_port(&parts[expected - 1])?)
+    } else if set.kind == Kind::GrantsDst {
+        Rule {
+            destination: Some(parts[1].as_str()?.parse().ok()?),
+            ..Rule::new(source, proto, parse_port(&parts[expected - 1])?)
+        }
     } else {
         let (port, nat) = NatRule::parse_tag(comment?)?;
         Rule {

@@ -65,7 +65,11 @@ pub fn setup_ruleset(
     }));
 
     for set in all_sets(config) {
-        let key = SetTypeValue::Concatenated(set.key_types().into());
+        let types = set.key_types();
+        let key = match types.as_slice() {
+            [one] => SetTypeValue::Single(*one),
+            _ => SetTypeValue::Concatenated(types.into()),
+        };
         let flags = Some(HashSet::from([SetFlag::Timeout]));
         let (name, table) = (set.name().into(), table.clone());
         match set.data_type() {
@@ -143,9 +147,9 @@ pub fn setup_ruleset(
     }
     let wanted_sets: Vec<String> = all_sets(config).iter().map(|s| s.name()).collect();
     for name in &existing.sets {
-        let Some(id) =
-            SetId::parse(name).filter(|s| s.kind != Kind::Grants && !wanted_sets.contains(name))
-        else {
+        let Some(id) = SetId::parse(name).filter(|s| {
+            !matches!(s.kind, Kind::Grants | Kind::GrantsDst) && !wanted_sets.contains(name)
+        }) else {
             continue;
         };
         let set = Set {
@@ -198,11 +202,12 @@ fn fams(config: &NftablesConfig) -> Vec<Fam> {
     v
 }
 
-/// The grant sets the configured family has.
+/// The plain grant sets the configured family has (any destination, and bound
+/// to a destination).
 pub fn grant_sets(config: &NftablesConfig) -> Vec<SetId> {
-    fams(config)
+    [Kind::Grants, Kind::GrantsDst]
         .into_iter()
-        .map(|f| SetId::new(Kind::Grants, f))
+        .flat_map(|k| fams(config).into_iter().map(move |f| SetId::new(k, f)))
         .collect()
 }
 
@@ -234,7 +239,10 @@ fn chain_defs(config: &NftablesConfig) -> Vec<ChainDef> {
             kind: NfChainType::NAT,
             hook: NfHook::Prerouting,
             prio: DSTNAT,
-            rules: fams.iter().map(|&f| vec![dnat(f)]).collect(),
+            rules: fams
+                .iter()
+                .flat_map(|&f| [vec![dnat(f)], vec![dnat_all(f)]])
+                .collect(),
         });
         defs.push(ChainDef {
             name: "forward",
@@ -243,7 +251,12 @@ fn chain_defs(config: &NftablesConfig) -> Vec<ChainDef> {
             prio: config.priority,
             rules: fams
                 .iter()
-                .map(|&f| accept_in(config, flow_key(f), SetId::new(Kind::Fwd, f)))
+                .flat_map(|&f| {
+                    [
+                        accept_in(config, flow_key(f), SetId::new(Kind::Fwd, f)),
+                        accept_in(config, addrs_key(f), SetId::new(Kind::FwdAll, f)),
+                    ]
+                })
                 .collect(),
         });
         let mut post = Vec::new();
@@ -254,6 +267,12 @@ fn chain_defs(config: &NftablesConfig) -> Vec<ChainDef> {
                 Statement::Masquerade(None),
             ]);
             post.push(vec![snat(f)]);
+            post.push(vec![
+                in_set(addrs_key(f), SetId::new(Kind::MasqAll, f)),
+                counter(),
+                Statement::Masquerade(None),
+            ]);
+            post.push(vec![snat_all(f)]);
         }
         defs.push(ChainDef {
             name: "postrouting",
@@ -308,7 +327,8 @@ fn preamble() -> Vec<Vec<Statement<'static>>> {
 /// 1. established/related accepted: a grant's expiry never cuts a live session,
 ///    and installing postern never cuts the admin's own SSH session;
 /// 2. loopback is not postern's business;
-/// 3. `saddr . l4proto . dport` in a grant set → (mark and) accept;
+/// 3. `saddr . l4proto . dport` in a grant set, or `saddr . daddr . l4proto .
+///    dport` in a destination-bound one → (mark and) accept;
 /// 4. with `nat`: `saddr . l4proto . dport` in a local-NAT set (the port DNAT
 ///    led to) → (mark and) accept;
 /// 5. `l4proto . dport` in `protected` → drop (unless `drop_unauthorized = false`).
@@ -316,6 +336,11 @@ fn input_rules(config: &NftablesConfig, fams: &[Fam]) -> Vec<Vec<Statement<'stat
     let mut rules = preamble();
     for &f in fams {
         rules.push(accept_in(config, host_key(f), SetId::new(Kind::Grants, f)));
+        rules.push(accept_in(
+            config,
+            flow_key(f),
+            SetId::new(Kind::GrantsDst, f),
+        ));
     }
     if config.nat {
         for &f in fams {
@@ -337,6 +362,12 @@ fn docker_rules(config: &NftablesConfig, fams: &[Fam]) -> Vec<Vec<Statement<'sta
     let mut rules = preamble();
     for &f in fams {
         rules.push(accept_in(config, host_key(f), SetId::new(Kind::Grants, f)));
+        // Before DNAT, daddr is still the address the client knocked at.
+        rules.push(accept_in(
+            config,
+            flow_key(f),
+            SetId::new(Kind::GrantsDst, f),
+        ));
         if config.nat {
             rules.push(accept_in(
                 config,
@@ -389,6 +420,14 @@ fn flow_key(f: Fam) -> Expression<'static> {
         payload(f.proto(), "daddr"),
         meta(MetaKey::L4proto),
         payload("th", "dport"),
+    ])
+}
+
+/// `saddr . daddr` (FORWARD_ALL: no protocol or port).
+fn addrs_key(f: Fam) -> Expression<'static> {
+    concat(vec![
+        payload(f.proto(), "saddr"),
+        payload(f.proto(), "daddr"),
     ])
 }
 
@@ -445,6 +484,29 @@ fn dnat(f: Fam) -> Statement<'static> {
         addr: Some(map_lookup(host_key(f), SetId::new(Kind::DnatAddr, f))),
         family: Some(nat_family(f)),
         port: Some(map_lookup(host_key(f), SetId::new(Kind::DnatPort, f))),
+        flags: None,
+    }))
+}
+
+/// `dnat ip to ip saddr map @dnatall4` (FORWARD_ALL: every port, kept as is).
+fn dnat_all(f: Fam) -> Statement<'static> {
+    Statement::DNAT(Some(NAT {
+        addr: Some(map_lookup(
+            payload(f.proto(), "saddr"),
+            SetId::new(Kind::DnatAll, f),
+        )),
+        family: Some(nat_family(f)),
+        port: None,
+        flags: None,
+    }))
+}
+
+/// `snat ip to ip saddr . ip daddr map @snatall4` (FORWARD_ALL).
+fn snat_all(f: Fam) -> Statement<'static> {
+    Statement::SNAT(Some(NAT {
+        addr: Some(map_lookup(addrs_key(f), SetId::new(Kind::SnatAll, f))),
+        family: Some(nat_family(f)),
+        port: None,
         flags: None,
     }))
 }

@@ -260,8 +260,13 @@ fn docker_setup_adds_a_prerouting_chain_before_dnat() {
         .collect();
     assert_eq!(
         docker_rules.len(),
-        5,
-        "ct, lo, grants4, grants6, drop: {docker_rules:?}"
+        7,
+        "ct, lo, grants4, grantsdst4, grants6, grantsdst6, drop: {docker_rules:?}"
+    );
+    assert!(
+        docker_rules[3].contains(r#""right":"@grantsdst4""#),
+        "{}",
+        docker_rules[3]
     );
     assert!(
         docker_rules[2].contains(r#""right":"@grants4""#)
@@ -270,11 +275,11 @@ fn docker_setup_adds_a_prerouting_chain_before_dnat() {
         docker_rules[2]
     );
     assert!(
-        docker_rules[4].contains(r#"{"match":{"left":{"fib":{"result":"type","flags":["daddr"]}},"right":"local","op":"=="}}"#)
-            && docker_rules[4].contains(r#""right":"@protected""#)
-            && docker_rules[4].contains(r#"{"drop":{}}"#),
+        docker_rules[6].contains(r#"{"match":{"left":{"fib":{"result":"type","flags":["daddr"]}},"right":"local","op":"=="}}"#)
+            && docker_rules[6].contains(r#""right":"@protected""#)
+            && docker_rules[6].contains(r#"{"drop":{}}"#),
         "{}",
-        docker_rules[4]
+        docker_rules[6]
     );
 }
 

@@ -485,3 +485,53 @@ fn docker_published_port_is_closed_and_granted_before_the_dnat() {
     backend(gw, config);
     assert!(!nft(gw, &["list", "table", "inet", "pt_docker"]).contains("chain docker"));
 }
+
+/// FORWARD_ALL: one grant forwards every port of the gateway to the inner host
+/// (here 22 and 5432, with masquerade, through a forward-drop policy); it lists
+/// back as made, and a revoke closes both ports.
+#[test]
+fn forward_all_forwards_every_port_to_the_inner_host() {
+    if !require_root() {
+        return;
+    }
+    let t = routed("nffa", false);
+    let (client, gateway) = t.outer(false);
+    let internal = t.internal_addr(false);
+    let gw = t.gateway();
+    forward_policy_drop(gw);
+    let (_ssh, _pg) = (tcp_listen(&t.internal, 22), tcp_listen(&t.internal, 5432));
+    let mut fw = backend(gw, nat_config("pt_fwdall"));
+    for port in [22, 5432] {
+        assert!(
+            !tcp_connect_ok(t.client(), gateway, port, CONNECT),
+            "{port} open before the grant"
+        );
+    }
+    let mut rule = nat_rule(client, internal, 22, false, Some(Snat::Masquerade));
+    rule.nat.as_mut().unwrap().forward_all = true;
+    fw.grant(&[Opening {
+        rule: rule.clone(),
+        timeout_secs: 30,
+        expires_at: 0,
+    }])
+    .unwrap();
+    let ruleset = || nft(gw, &["list", "table", "inet", "pt_fwdall"]);
+    for port in [22, 5432] {
+        assert!(
+            tcp_connect_ok(t.client(), gateway, port, CONNECT),
+            "gateway:{port} not forwarded\n{}",
+            ruleset()
+        );
+    }
+    let listed = fw.list().unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].rule, rule);
+    fw.revoke(&[rule]).unwrap();
+    assert!(fw.list().unwrap().is_empty(), "{}", ruleset());
+    for port in [22, 5432] {
+        assert!(
+            !tcp_connect_ok(t.client(), gateway, port, CONNECT),
+            "gateway:{port} still forwarded after the revoke"
+        );
+    }
+}

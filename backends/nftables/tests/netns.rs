@@ -142,7 +142,10 @@ fn init_is_idempotent_and_a_restart_sees_live_grants() {
     let cfg = config("pt_init", &["tcp/22", "udp/1194"]);
     let mut fw = backend(&ns, cfg.clone());
     let rules = rule_count(&ns, "inet", "pt_init", "input");
-    assert_eq!(rules, 5, "ct, lo, grants4, grants6, drop");
+    assert_eq!(
+        rules, 7,
+        "ct, lo, grants4, grantsdst4, grants6, grantsdst6, drop"
+    );
     let src = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 9));
     fw.grant(&[opening(src, 22, 60)]).unwrap();
     fw.init(0).unwrap();
@@ -457,4 +460,40 @@ fn without_cap_net_admin_a_netlink_grant_says_what_is_missing() {
         }
         other => panic!("expected Missing, got {other:?}"),
     }
+}
+
+/// ENABLE_DESTINATION_RULE: a grant bound to address A of the server opens
+/// the port at A only; the server's other address B stays closed. It lists
+/// back with its destination and is revoked by it.
+#[test]
+fn destination_bound_grant_opens_only_that_address() {
+    if !require_root() {
+        return;
+    }
+    let p = pair("nfdst");
+    let _listener = tcp_listen(&p.server, 2207);
+    let b = Ipv4Addr::new(198, 51, 100, 7);
+    p.server
+        .run_ok(&["ip", "addr", "add", &format!("{b}/32"), "dev", "v1"]);
+    p.client
+        .run_ok(&["ip", "route", "add", &format!("{b}/32"), "dev", "v0"]);
+    let mut fw = backend(&p.server, config("pt_dst", &["tcp/2207"]));
+    let (a, b) = (IpAddr::V4(p.server_ip), IpAddr::V4(b));
+    let mut o = opening(IpAddr::V4(p.client_ip), 2207, 30);
+    o.rule.destination = Some(a);
+    fw.grant(std::slice::from_ref(&o)).unwrap();
+    assert!(tcp_connect_ok(&p.client, a, 2207, CONNECT), "A must open");
+    assert!(
+        !tcp_connect_ok(&p.client, b, 2207, CONNECT),
+        "B must stay closed"
+    );
+    let listed = fw.list().unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].rule, o.rule);
+    fw.revoke(&[o.rule.clone()]).unwrap();
+    assert!(fw.list().unwrap().is_empty());
+    assert!(
+        !tcp_connect_ok(&p.client, a, 2207, CONNECT),
+        "revoked, A must close"
+    );
 }

@@ -270,17 +270,11 @@ impl PfBackend {
     /// tables that became empty and kill those; returns the removed rules.
     fn remove(&mut self, gone: Vec<Entry>, extra: &[Rule]) -> FwResult<Vec<Rule>> {
         let deletes = by_table(
-            gone.iter()
-                .map(|e| (e.table(), e.source))
-                .chain(extra.iter().map(|r| {
-                    (
-                        TableKey {
-                            proto: r.proto,
-                            port: r.port,
-                        },
-                        r.source,
-                    )
-                })),
+            gone.iter().map(|e| (e.table(), e.source)).chain(
+                extra
+                    .iter()
+                    .filter_map(|r| Some((TableKey::of(r)?, r.source))),
+            ),
         );
         for (table, addrs) in &deletes {
             self.delete(*table, addrs)?;
@@ -372,7 +366,15 @@ impl Firewall for PfBackend {
     /// table came into use, record the expiries. A refresh never shortens a grant.
     fn grant(&mut self, openings: &[Opening]) -> FwResult<()> {
         for o in openings {
-            o.rule.refuse(BACKEND, &[RuleFeature::Destination])?;
+            if TableKey::of(&o.rule).is_none() {
+                return Err(FirewallError::Unsupported {
+                    backend: BACKEND,
+                    what: format!(
+                        "an IPv6 destination ({}): pf table names cannot hold it",
+                        o.rule
+                    ),
+                });
+            }
             if o.rule.nat.is_some() {
                 return Err(FirewallError::Unsupported {
                     backend: BACKEND,
@@ -404,10 +406,7 @@ impl Firewall for PfBackend {
         let mut readd: Vec<(TableKey, IpAddr)> = Vec::new();
         let mut adds: Vec<(TableKey, IpAddr)> = Vec::new();
         for (rule, expires_at, start) in dedup(openings) {
-            let table = TableKey {
-                proto: rule.proto,
-                port: rule.port,
-            };
+            let table = TableKey::of(&rule).expect("checked above");
             match entries.iter_mut().find(|e| e.is(&rule)) {
                 Some(e) => {
                     e.expires_at = e.expires_at.max(expires_at);
@@ -491,7 +490,7 @@ impl Firewall for PfBackend {
         let mut openings = Vec::new();
         for table in self.show_tables()? {
             for addr in self.show_table(table)? {
-                let rule = Rule::new(addr, table.proto, table.port);
+                let rule = table.rule(addr);
                 openings.push(match self.entries.iter().find(|e| e.is(&rule)) {
                     Some(e) => e.opening(now),
                     None => Opening {
@@ -536,6 +535,12 @@ impl Firewall for PfBackend {
     /// pf has no per-entry timeout: `pfctl -T expire` is a one-shot command.
     fn expires_in_kernel(&self) -> bool {
         false
+    }
+
+    /// IPv4 destinations (`to DST`, fwknopd's use_destination); an IPv6 one
+    /// is refused per grant.
+    fn supports(&self, feature: RuleFeature) -> bool {
+        feature == RuleFeature::Destination
     }
 
     fn shutdown(&mut self) -> FwResult<()> {

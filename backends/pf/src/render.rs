@@ -1,28 +1,74 @@
 //! What the pf backend writes (table names, the anchor's rules) and reads back
 //! (`pfctl -s Tables`, `pfctl -T show`, `pfctl -s rules` output).
 
+use spa_core::firewall::Rule;
 use spa_core::request::Proto;
 use std::collections::BTreeSet;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 
-/// One table per protocol and port: `postern_tcp_22`.
+/// One table per protocol and port, `postern_tcp_22`, and per destination for
+/// grants bound to one (ENABLE_DESTINATION_RULE): `postern_tcp_22_cb007105`,
+/// the IPv4 address in hex (pf table names hold 31 characters, too few for an
+/// IPv6 address; fwknopd's destination rules are IPv4 only too).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TableKey {
     pub proto: Proto,
     pub port: u16,
+    pub dst: Option<Ipv4Addr>,
 }
 
 const TABLE_PREFIX: &str = "postern_";
 
 impl TableKey {
+    /// The table of a rule; `None` for a destination pf tables cannot name (IPv6).
+    pub fn of(rule: &Rule) -> Option<TableKey> {
+        let dst = match rule.destination {
+            None => None,
+            Some(IpAddr::V4(d)) => Some(d),
+            Some(IpAddr::V6(_)) => return None,
+        };
+        Some(TableKey {
+            proto: rule.proto,
+            port: rule.port,
+            dst,
+        })
+    }
+
+    /// The rule `addr` has in this table.
+    pub fn rule(&self, addr: IpAddr) -> Rule {
+        Rule {
+            destination: self.dst.map(IpAddr::V4),
+            ..Rule::new(addr, self.proto, self.port)
+        }
+    }
+
     pub fn name(&self) -> String {
-        format!("{TABLE_PREFIX}{}_{}", self.proto.name(), self.port)
+        let base = format!("{TABLE_PREFIX}{}_{}", self.proto.name(), self.port);
+        match self.dst {
+            Some(d) => format!("{base}_{:08x}", u32::from(d)),
+            None => base,
+        }
     }
 
     /// The key of a table postern made; other tables in the anchor are not ours.
     pub fn parse(name: &str) -> Option<TableKey> {
         let rest = name.strip_prefix(TABLE_PREFIX)?;
-        let (proto, port) = rest.split_once('_')?;
+        let (proto, rest) = rest.split_once('_')?;
+        let (port, dst) = match rest.split_once('_') {
+            Some((port, hex))
+                if hex.len() == 8
+                    && hex
+                        .bytes()
+                        .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) =>
+            {
+                (
+                    port,
+                    Some(Ipv4Addr::from(u32::from_str_radix(hex, 16).ok()?)),
+                )
+            }
+            Some(_) => return None,
+            None => (rest, None),
+        };
         let proto = match proto {
             "tcp" => Proto::Tcp,
             "udp" => Proto::Udp,
@@ -34,6 +80,7 @@ impl TableKey {
         Some(TableKey {
             proto,
             port: port.parse().ok()?,
+            dst,
         })
     }
 
@@ -41,9 +88,10 @@ impl TableKey {
     /// named, so one table holds IPv4 and IPv6 clients alike.
     pub fn pass_rule(&self) -> String {
         format!(
-            "pass in quick proto {} from <{}> to any port {} keep state",
+            "pass in quick proto {} from <{}> to {} port {} keep state",
             self.proto.name(),
             self.name(),
+            self.dst.map_or("any".to_string(), |d| d.to_string()),
             self.port
         )
     }
@@ -119,6 +167,7 @@ mod tests {
         let k = TableKey {
             proto: Proto::Udp,
             port: 53,
+            dst: None,
         };
         assert_eq!(k.name(), "postern_udp_53");
         assert_eq!(TableKey::parse("postern_udp_53"), Some(k));
@@ -129,12 +178,27 @@ mod tests {
             "mine",
             "postern_tcp_99999",
             "postern_tcp_2x",
+            "postern_tcp_22_cb00710",
+            "postern_tcp_22_CB007105",
+            "postern_tcp_22_cb007105_x",
         ] {
             assert_eq!(TableKey::parse(other), None, "{other}");
         }
         assert_eq!(
             k.pass_rule(),
             "pass in quick proto udp from <postern_udp_53> to any port 53 keep state"
+        );
+        let d = TableKey {
+            proto: Proto::Tcp,
+            port: 65535,
+            dst: Some(Ipv4Addr::new(203, 0, 113, 5)),
+        };
+        assert_eq!(d.name(), "postern_tcp_65535_cb007105");
+        assert!(d.name().len() < 32, "pf's table name limit");
+        assert_eq!(TableKey::parse(&d.name()), Some(d));
+        assert_eq!(
+            d.pass_rule(),
+            "pass in quick proto tcp from <postern_tcp_65535_cb007105> to 203.0.113.5 port 65535 keep state"
         );
     }
 

@@ -19,6 +19,9 @@ pub struct Entry {
     /// `tcp` or `udp`.
     pub proto: String,
     pub port: u16,
+    /// ENABLE_DESTINATION_RULE: the IPv4 address the grant is bound to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination: Option<IpAddr>,
     pub expires_at: u64,
     /// When the entry was (last) added to the pf table; pf's own timestamp for
     /// `-T expire` is at least this late.
@@ -31,6 +34,7 @@ impl Entry {
             source: rule.source,
             proto: rule.proto.name().into(),
             port: rule.port,
+            destination: rule.destination,
             expires_at,
             added_at,
         }
@@ -45,18 +49,23 @@ impl Entry {
     }
 
     pub fn table(&self) -> TableKey {
+        let dst = match self.destination {
+            Some(IpAddr::V4(d)) => Some(d),
+            _ => None,
+        };
         TableKey {
             proto: self.proto(),
             port: self.port,
+            dst,
         }
     }
 
     pub fn rule(&self) -> Rule {
-        Rule::new(self.source, self.proto(), self.port)
+        self.table().rule(self.source)
     }
 
     pub fn is(&self, rule: &Rule) -> bool {
-        self.source == rule.source && self.proto() == rule.proto && self.port == rule.port
+        self.rule() == *rule
     }
 
     pub fn opening(&self, now: u64) -> Opening {

@@ -303,3 +303,24 @@ fn table_expiry_safety_net_never_cuts_a_live_grant() {
     assert!(fake.probe(&a), "refreshed grant survives");
     assert!(!fake.probe(&b), "expired grant is gone without posternd");
 }
+
+/// A destination-bound grant's rule (`to DST`) is accepted by the fake's pfctl
+/// parser and the grant lists back with its destination.
+#[test]
+fn destination_bound_grant_round_trips_through_pfctl() {
+    let pf = FakePf::new();
+    pf.set_clock(NOW);
+    let mut fw = pf.backend();
+    fw.init(NOW).unwrap();
+    let mut o = opening(&rule("192.0.2.1", Proto::Tcp, 22), NOW, 30);
+    o.rule.destination = Some("203.0.113.5".parse().unwrap());
+    fw.grant(std::slice::from_ref(&o)).unwrap();
+    assert!(pf.show("postern_tcp_22_cb007105").contains("192.0.2.1"));
+    let (_, rules, _) = pf.pfctl(&["-a", "postern", "-s", "rules"]);
+    assert!(rules.contains("to 203.0.113.5 port = 22"), "{rules}");
+    let listed = fw.list().unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].rule, o.rule);
+    fw.revoke(&[o.rule]).unwrap();
+    assert!(fw.list().unwrap().is_empty());
+}

@@ -505,3 +505,38 @@ fn bad_anchor_names_are_refused() {
         .unwrap();
     assert!(e.to_string().contains("anchor `x y`"), "{e}");
 }
+
+/// ENABLE_DESTINATION_RULE: a table per destination, its rule `to DST` (as
+/// fwknopd's use_destination); the grant lists back with its destination. An
+/// IPv6 destination (no room in a pf table name) is refused before anything runs.
+#[test]
+fn destination_bound_grants_get_a_table_of_their_own() {
+    let mut s = setup();
+    s.fw.init(1000).unwrap();
+    s.rec.take_transcript();
+    let mut bound = opening("192.0.2.1", Proto::Tcp, 22, 1030);
+    bound.rule.destination = Some("203.0.113.5".parse().unwrap());
+    s.fw.grant(&[bound.clone(), opening("192.0.2.2", Proto::Tcp, 22, 1030)])
+        .unwrap();
+    assert_eq!(
+        s.rec.take_transcript(),
+        "\
+$ pfctl -a postern -t postern_tcp_22 -T add 192.0.2.2
+$ pfctl -a postern -t postern_tcp_22_cb007105 -T add 192.0.2.1
+$ pfctl -a postern -f -
+| pass in quick proto tcp from <postern_tcp_22> to any port 22 keep state
+| pass in quick proto tcp from <postern_tcp_22_cb007105> to 203.0.113.5 port 22 keep state
+"
+    );
+    s.pf.table("postern_tcp_22_cb007105", "   192.0.2.1\n");
+    let listed = s.fw.list().unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].rule, bound.rule);
+    assert_eq!(listed[0].expires_at, 1030, "known to the state file");
+    s.rec.take_transcript();
+    let mut v6 = opening("2001:db8::7", Proto::Tcp, 22, 1030);
+    v6.rule.destination = Some("2001:db8::1".parse().unwrap());
+    let err = s.fw.grant(&[v6]).unwrap_err();
+    assert!(err.to_string().contains("IPv6 destination"), "{err}");
+    assert_eq!(s.rec.take_transcript(), "");
+}

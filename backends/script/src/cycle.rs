@@ -205,7 +205,9 @@ impl ScriptBackend {
         opened: &mut Vec<PendingClose>,
         refreshed: &mut Vec<(usize, u64, u32)>,
     ) -> FwResult<()> {
-        opening.rule.refuse(BACKEND, &[RuleFeature::Destination])?;
+        if !self.supports(RuleFeature::Destination) {
+            opening.rule.refuse(BACKEND, &[RuleFeature::Destination])?;
+        }
         if opening.rule.nat.is_some() {
             return Err(FirewallError::Unsupported {
                 backend: BACKEND,
@@ -228,7 +230,11 @@ impl ScriptBackend {
         let values = Values {
             source: opening.rule.source,
             packet_source: packet.map_or(opening.rule.source, |p| p.source),
-            destination: packet.map(|p| p.destination).or(self.destination),
+            destination: opening
+                .rule
+                .destination
+                .or(packet.map(|p| p.destination))
+                .or(self.destination),
             proto: opening.rule.proto,
             port: opening.rule.port,
             expires_at: opening.expires_at,
@@ -399,6 +405,12 @@ impl Firewall for ScriptBackend {
 
     fn expires_in_kernel(&self) -> bool {
         false
+    }
+
+    /// A grant bound to a destination is the open command's to enforce: only
+    /// one whose template uses `$DST` can.
+    fn supports(&self, feature: RuleFeature) -> bool {
+        feature == RuleFeature::Destination && self.open.uses_destination()
     }
 
     fn shutdown(&mut self) -> FwResult<()> {

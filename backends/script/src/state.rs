@@ -15,6 +15,9 @@ pub struct PendingClose {
     /// `tcp` or `udp`.
     pub proto: String,
     pub port: u16,
+    /// ENABLE_DESTINATION_RULE: the address the knock was sent to (`$DST`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination: Option<IpAddr>,
     pub timeout_secs: u32,
     pub expires_at: u64,
     /// The close argv, rendered when the rule was opened so it undoes exactly that.
@@ -33,6 +36,7 @@ impl PendingClose {
             source: opening.rule.source,
             proto: opening.rule.proto.name().to_string(),
             port: opening.rule.port,
+            destination: opening.rule.destination,
             timeout_secs: opening.timeout_secs,
             expires_at: opening.expires_at,
             close,
@@ -44,7 +48,10 @@ impl PendingClose {
     pub fn rule(&self) -> Rule {
         // The file is ours; an unknown protocol can only come from hand editing.
         let proto = self.proto.parse().unwrap_or(Proto::Tcp);
-        Rule::new(self.source, proto, self.port)
+        Rule {
+            destination: self.destination,
+            ..Rule::new(self.source, proto, self.port)
+        }
     }
 
     pub fn opening(&self) -> Opening {

@@ -226,6 +226,38 @@ fn packet_addresses_and_configured_destination() {
     );
 }
 
+/// ENABLE_DESTINATION_RULE: a grant's destination is `$DST` (and is kept for
+/// the close); a template without `$DST` cannot bind it, so the grant is refused.
+#[test]
+fn a_destination_bound_grant_needs_dst_in_the_open_command() {
+    let mut bound = opening("192.0.2.7", Proto::Tcp, 22, 1030);
+    bound.rule.destination = Some("203.0.113.5".parse().unwrap());
+    let (mut fw, fake) = backend(&ScriptConfig::new(
+        "fw-open $SRC $DST $PORT",
+        Some("fw-close $SRC $DST"),
+    ));
+    assert!(fw.supports(spa_core::firewall::RuleFeature::Destination));
+    fw.grant(std::slice::from_ref(&bound)).unwrap();
+    assert_eq!(
+        fake.take_transcript(),
+        "$ fw-open 192.0.2.7 203.0.113.5 22
+"
+    );
+    assert_eq!(fw.list().unwrap()[0].rule, bound.rule);
+    fw.expire(1030).unwrap();
+    assert_eq!(
+        fake.take_transcript(),
+        "$ fw-close 192.0.2.7 203.0.113.5
+"
+    );
+
+    let (mut fw, fake) = backend(&ScriptConfig::new(OPEN, Some(CLOSE)));
+    assert!(!fw.supports(spa_core::firewall::RuleFeature::Destination));
+    let err = fw.grant(&[bound]).unwrap_err();
+    assert!(matches!(err, FirewallError::Unsupported { .. }), "{err}");
+    assert_eq!(fake.take_transcript(), "", "refused before anything ran");
+}
+
 #[test]
 fn nat_is_unsupported_and_bad_templates_are_config_errors() {
     let (mut fw, fake) = backend(&ScriptConfig::new(OPEN, Some(CLOSE)));

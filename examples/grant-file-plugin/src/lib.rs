@@ -27,6 +27,9 @@ struct Opening {
     source: String,
     proto: String,
     port: u16,
+    /// Only with ENABLE_DESTINATION_RULE (this plugin sets POSTERN_PLUGIN_DESTINATION).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    destination: Option<String>,
     timeout_secs: u32,
     expires_at: u64,
 }
@@ -36,6 +39,8 @@ struct Rule {
     source: String,
     proto: String,
     port: u16,
+    #[serde(default)]
+    destination: Option<String>,
 }
 
 struct State {
@@ -137,10 +142,11 @@ pub unsafe extern "C" fn postern_plugin_init(
     }
 }
 
-/// Bit 0: the plugin's target expires grants by itself (postern then never calls revoke for expiry).
+/// Bit 0: the plugin's target expires grants by itself (postern then never calls
+/// revoke for expiry). Bit 1: it honours a rule's `destination` (here: keeps it).
 #[no_mangle]
 pub extern "C" fn postern_plugin_flags(_state: *mut c_void) -> u32 {
-    0
+    2
 }
 
 /// # Safety
@@ -156,8 +162,10 @@ pub unsafe extern "C" fn postern_plugin_grant(
         let new: Vec<Opening> =
             serde_json::from_str(text(openings_json)?).map_err(|e| e.to_string())?;
         for o in new {
-            s.open
-                .retain(|x| (&x.source, &x.proto, x.port) != (&o.source, &o.proto, o.port));
+            s.open.retain(|x| {
+                (&x.source, &x.proto, x.port, &x.destination)
+                    != (&o.source, &o.proto, o.port, &o.destination)
+            });
             s.open.push(o);
         }
         s.save()
@@ -176,9 +184,10 @@ pub unsafe extern "C" fn postern_plugin_revoke(
     with_state(state, err, err_len, |s| {
         let gone: Vec<Rule> = serde_json::from_str(text(rules_json)?).map_err(|e| e.to_string())?;
         s.open.retain(|o| {
-            !gone
-                .iter()
-                .any(|r| (&r.source, &r.proto, r.port) == (&o.source, &o.proto, o.port))
+            !gone.iter().any(|r| {
+                (&r.source, &r.proto, r.port, &r.destination)
+                    == (&o.source, &o.proto, o.port, &o.destination)
+            })
         });
         s.save()
     })

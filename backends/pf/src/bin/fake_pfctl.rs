@@ -39,7 +39,14 @@ struct Anchor {
 struct PassRule {
     proto: String,
     table: String,
+    /// `any` or an address.
+    #[serde(default = "any")]
+    to: String,
     port: u16,
+}
+
+fn any() -> String {
+    "any".into()
 }
 
 #[derive(Default, Serialize, Deserialize)]
@@ -137,17 +144,20 @@ fn valid_table_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
-/// `pass in quick proto tcp from <t> to any port [=] 22 [flags S/SA] keep state`
+/// `pass in quick proto tcp from <t> to any|ADDR port [=] 22 [flags S/SA] keep state`
 fn parse_rule(line: &str) -> Option<PassRule> {
     let mut words: Vec<&str> = line.split_whitespace().collect();
     if words.get(10) == Some(&"=") {
         words.remove(10);
     }
-    let ["pass", "in", "quick", "proto", proto, "from", table, "to", "any", "port", port, tail @ ..] =
+    let ["pass", "in", "quick", "proto", proto, "from", table, "to", to, "port", port, tail @ ..] =
         words.as_slice()
     else {
         return None;
     };
+    if *to != "any" && parse_addr(to).is_none() {
+        return None;
+    }
     let table = table.strip_prefix('<')?.strip_suffix('>')?;
     let port: u16 = port.parse().ok().filter(|p| *p != 0)?;
     let tail_ok = match *proto {
@@ -158,6 +168,7 @@ fn parse_rule(line: &str) -> Option<PassRule> {
     (tail_ok && valid_table_name(table)).then(|| PassRule {
         proto: proto.to_string(),
         table: table.to_string(),
+        to: to.to_string(),
         port,
     })
 }
@@ -165,8 +176,8 @@ fn parse_rule(line: &str) -> Option<PassRule> {
 fn print_rule(r: &PassRule) -> String {
     let flags = if r.proto == "tcp" { " flags S/SA" } else { "" };
     format!(
-        "pass in quick proto {} from <{}> to any port = {}{flags} keep state",
-        r.proto, r.table, r.port
+        "pass in quick proto {} from <{}> to {} port = {}{flags} keep state",
+        r.proto, r.table, r.to, r.port
     )
 }
 
