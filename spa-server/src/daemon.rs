@@ -69,8 +69,8 @@ pub fn build_backends(cfg: &ServerConfig) -> anyhow::Result<Vec<Box<dyn Firewall
     for (feature, asked_by) in needed_rule_features(cfg) {
         if let Some(b) = backends.iter().find(|b| !b.supports(feature)) {
             anyhow::bail!(
-                "{asked_by} needs {feature}, which action `{}` cannot make \
-                 (the iptables action can); grants would be wider than configured",
+                "{asked_by} needs {feature}, which action `{}` cannot make; grants would \
+                 be wider than configured (see the README's backend table for those that can)",
                 b.name()
             );
         }
@@ -504,6 +504,15 @@ mod tests {
         );
         cfg.action = vec![script("/bin/true $SRC $DST $PORT")];
         assert!(build_backends(&cfg).is_ok(), "$DST binds the grant");
+        cfg.action = vec![crate::config::ActionConfig {
+            kind: "firewalld".into(),
+            settings: Default::default(),
+        }];
+        assert!(
+            build_backends(&cfg).is_ok(),
+            "firewalld rich rules bind a grant to its destination"
+        );
+        cfg.action = vec![script("/bin/true $SRC $DST $PORT")];
 
         cfg.server.destination_rule = false;
         cfg.server.nat.forwarding = true;

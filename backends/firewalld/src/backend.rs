@@ -5,7 +5,9 @@ use crate::config::FirewalldConfig;
 use crate::rich::{self, Part, SourceForm};
 use crate::state::{Entry, State, StateFile};
 use crate::BACKEND;
-use spa_core::firewall::{Firewall, FirewallError, FwResult, NatRule, Opening, Rule, Snat};
+use spa_core::firewall::{
+    Firewall, FirewallError, FwResult, NatRule, Opening, Rule, RuleFeature, Snat,
+};
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
@@ -697,6 +699,14 @@ impl Firewall for FirewalldBackend {
 
     fn expires_in_kernel(&self) -> bool {
         true
+    }
+
+    /// Rich rules take a destination address, and FORWARD_ALL is a forward-port
+    /// of every TCP and UDP port (to this host it is refused per grant).
+    fn supports(&self, feature: RuleFeature) -> bool {
+        match feature {
+            RuleFeature::Destination | RuleFeature::ForwardAll => true,
+        }
     }
 
     /// Grants stay and expire inside firewalld (only the state file is written),
