@@ -58,6 +58,15 @@ where
             return 1;
         }
     };
+    if let Some(target) = &cli.connect {
+        return match run_connect(&cli, target, out, err) {
+            Ok(()) => 0,
+            Err(e) => {
+                let _ = writeln!(err, "postern: {e}");
+                1
+            }
+        };
+    }
     let mut console = Console { out, err };
     match with_saved_args(&cli, &args, &mut console) {
         Ok(()) => {
@@ -71,6 +80,47 @@ where
             1
         }
     }
+}
+
+/// `--connect HOST:PORT` (see [`crate::connect`]): knock, wait for the port,
+/// knock again if it stays closed, then bridge stdin/stdout to it. The command
+/// line is not saved for `-l` (fwknop could not run it).
+fn run_connect(cli: &Cli, target: &str, out: &mut dyn Write, err: &mut dyn Write) -> Result<()> {
+    let (host, port) = crate::connect::parse_target(target)?;
+    let mut knock = cli.clone();
+    knock.wait = None;
+    let per_knock = cli
+        .wait
+        .map(std::time::Duration::from_secs_f32)
+        .unwrap_or(crate::connect::DEFAULT_WAIT);
+    // stdout carries the connection: whatever the knock prints goes to stderr.
+    let mut knock_out = io::stderr();
+    let mut console = Console {
+        out: &mut knock_out,
+        err,
+    };
+    let mut last_error = None;
+    for attempt in 1..=crate::connect::KNOCKS {
+        execute(&knock, &mut console, None)?;
+        let mut probes = Vec::new();
+        let opened = crate::wait::connect_when_open(&host, port, per_knock, per_knock, &mut |l| {
+            probes.push(l.to_string())
+        });
+        if cli.verbose > 0 {
+            probes.iter().for_each(|l| console.warn(l));
+        }
+        match opened {
+            Ok(stream) => return crate::connect::bridge(stream, io::stdin(), out),
+            Err(e) => {
+                console.warn(&format!(
+                    "postern: knock {attempt} of {}: {e}",
+                    crate::connect::KNOCKS
+                ));
+                last_error = Some(e);
+            }
+        }
+    }
+    Err(last_error.expect("at least one knock"))
 }
 
 /// The rc file path: --rc-file, else $HOME/.fwknoprc (the passwd entry's home if HOME is unset).
@@ -758,6 +808,12 @@ pub fn execute(
         ));
     }
     let mut settings = gather_settings(cli, rc.as_ref(), console)?;
+    // --connect HOST:PORT: knock HOST for tcp/PORT unless told otherwise.
+    if let Some(target) = &cli.connect {
+        let (host, port) = crate::connect::parse_target(target)?;
+        settings.spa_server.get_or_insert(host);
+        settings.access.get_or_insert(format!("tcp/{port}"));
+    }
     if wants_keys {
         return key_gen(cli, &mut settings, rc.as_ref(), console);
     }

@@ -252,6 +252,12 @@ pub struct Cli {
     #[arg(short = 'v', long = "verbose", action = ArgAction::Count)]
     pub verbose: u8,
 
+    /// Knock, wait until HOST:PORT accepts a connection (knocking up to three
+    /// times), then carry stdin and stdout over it, for ssh's ProxyCommand:
+    /// `ProxyCommand postern --connect %h:%p -n STANZA`. postern's own option.
+    #[arg(long = "connect", value_name = "HOST:PORT")]
+    pub connect: Option<String>,
+
     /// After the knock, connect to the requested TCP port(s) until they open;
     /// fail if they do not within SECONDS (default 5). postern's own option.
     #[arg(long = "wait", value_name = "SECONDS", num_args = 0..=1, default_missing_value = "5")]

@@ -18,6 +18,7 @@
 pub mod app;
 pub mod build;
 pub mod cli;
+pub mod connect;
 pub mod error;
 pub mod gpg;
 pub mod gpg_keyring;

@@ -37,29 +37,43 @@ pub fn until_open(
     progress: &mut dyn FnMut(&str),
 ) -> Result<Duration> {
     let start = Instant::now();
-    let deadline = start + within;
     for &port in ports {
-        let addr = resolve(host, port)?;
-        loop {
-            match TcpStream::connect_timeout(&addr, ATTEMPT) {
-                Ok(_) => {
-                    progress(&format!("tcp/{port} on {addr} is open"));
-                    break;
+        let left = within.saturating_sub(start.elapsed());
+        connect_when_open(host, port, left, within, progress)?;
+    }
+    Ok(start.elapsed())
+}
+
+/// Connect to `host:port`, retrying until it accepts or `left` passes; the
+/// connection is returned (`--connect` carries it on). `within` is the whole
+/// wait, for the message.
+pub fn connect_when_open(
+    host: &str,
+    port: u16,
+    left: Duration,
+    within: Duration,
+    progress: &mut dyn FnMut(&str),
+) -> Result<TcpStream> {
+    let deadline = Instant::now() + left;
+    let addr = resolve(host, port)?;
+    loop {
+        match TcpStream::connect_timeout(&addr, ATTEMPT) {
+            Ok(stream) => {
+                progress(&format!("tcp/{port} on {addr} is open"));
+                return Ok(stream);
+            }
+            Err(e) => {
+                progress(&format!("tcp/{port} on {addr}: {e}"));
+                if Instant::now() + PAUSE >= deadline {
+                    return Err(ClientError::Send(format!(
+                        "tcp/{port} on {addr} did not open within {} s",
+                        within.as_secs_f32()
+                    )));
                 }
-                Err(e) => {
-                    progress(&format!("tcp/{port} on {addr}: {e}"));
-                    if Instant::now() + PAUSE >= deadline {
-                        return Err(ClientError::Send(format!(
-                            "tcp/{port} on {addr} did not open within {} s",
-                            within.as_secs_f32()
-                        )));
-                    }
-                    std::thread::sleep(PAUSE);
-                }
+                std::thread::sleep(PAUSE);
             }
         }
     }
-    Ok(start.elapsed())
 }
 
 /// `tcp/22, tcp/443` for messages.
