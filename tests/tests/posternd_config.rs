@@ -26,6 +26,20 @@ fn posternd(args: &[&str], env: &[(&str, &str)]) -> Output {
     c.output().expect("run posternd")
 }
 
+/// `posternd -c CONF -a ACCESS check-config`.
+fn check_config(conf: &Path, access: &Path) -> Output {
+    posternd(
+        &[
+            "-c",
+            &conf.display().to_string(),
+            "-a",
+            &access.display().to_string(),
+            "check-config",
+        ],
+        &[],
+    )
+}
+
 fn chmod(p: &Path, mode: u32) {
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
 }
@@ -623,16 +637,7 @@ fn weak_stanzas_are_warned_about_with_their_line() {
             strong.access_conf_lines()
         ),
     );
-    let out = posternd(
-        &[
-            "-c",
-            &conf.display().to_string(),
-            "-a",
-            &access.display().to_string(),
-            "check-config",
-        ],
-        &[],
-    );
+    let out = check_config(&conf, &access);
     assert!(out.status.success(), "{}", describe(&out));
     let stderr = text(&out).1;
     let line = strong.access_conf_lines().lines().count() + 3;
@@ -788,16 +793,7 @@ fn key_gen_like_fwknopd() {
         "fwknopd.conf",
         &format!("FWKNOP_RUN_DIR {};\n", dir.run_dir().display()),
     );
-    let out = posternd(
-        &[
-            "-c",
-            &conf.display().to_string(),
-            "-a",
-            &access.display().to_string(),
-            "check-config",
-        ],
-        &[],
-    );
+    let out = check_config(&conf, &access);
     assert!(out.status.success(), "{}", describe(&out));
 }
 
@@ -905,16 +901,7 @@ fn force_nat_needs_nat_enabled_as_in_fwknopd() {
     );
     let check = |conf_text: &str| {
         let conf = dir.write("fwknopd.conf", conf_text);
-        posternd(
-            &[
-                "-c",
-                &conf.display().to_string(),
-                "-a",
-                &access.display().to_string(),
-                "check-config",
-            ],
-            &[],
-        )
+        check_config(&conf, &access)
     };
     let off = check(&format!("FWKNOP_RUN_DIR {run};\n"));
     let (_, err) = text(&off);
@@ -954,16 +941,7 @@ fn nat_firewalld_cannot_make_is_refused_at_start() {
                 keys.access_conf_lines()
             ),
         );
-        let out = posternd(
-            &[
-                "-c",
-                &conf.display().to_string(),
-                "-a",
-                &access.display().to_string(),
-                "check-config",
-            ],
-            &[],
-        );
+        let out = check_config(&conf, &access);
         let (_, err) = text(&out);
         assert!(
             !out.status.success()
