@@ -20,14 +20,15 @@ command -v cargo >/dev/null || {
 export DEBIAN_FRONTEND=noninteractive
 demo_packages=(build-essential pkg-config ca-certificates iproute2 nftables libpcap-dev libgpgme-dev python3)
 test_packages=(iptables gnupg sudo fwknop-client fwknop-server firewalld dbus redis-server
-    libseccomp-dev fail2ban systemd groff-base zsh fish openssh-server)
+    libseccomp-dev fail2ban systemd groff-base zsh fish openssh-server prometheus curl)
 packages=("${demo_packages[@]}")
 [ "${1:-all}" = demo ] || packages+=("${test_packages[@]}")
 
 # Services these packages would start (package:unit): refused while installing
 # (policy-rc.d), and disabled again where systemd runs, but only those this
 # script installed (a host's own sshd or firewalld is left as it is).
-services=(firewalld:firewalld redis-server:redis-server fail2ban:fail2ban openssh-server:ssh)
+services=(firewalld:firewalld redis-server:redis-server fail2ban:fail2ban openssh-server:ssh
+    prometheus:prometheus)
 newly_installed=()
 for s in "${services[@]}"; do
     dpkg-query -W -f='${Status}' "${s%%:*}" 2>/dev/null | grep -q "install ok installed" ||

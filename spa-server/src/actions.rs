@@ -288,6 +288,7 @@ impl Executor {
             })
             .collect();
         let result = backend.grant(&openings).map_err(|e| e.to_string());
+        crate::metrics::granted(backend.name(), result.is_ok(), openings.len());
         log_result(grant, &result);
         result
     }
@@ -396,12 +397,14 @@ impl Executor {
 fn sweep(backend: &mut dyn Firewall, now: u64) -> bool {
     match backend.expire(now) {
         Ok(gone) => {
+            crate::metrics::revoked(backend.name(), gone.len());
             for rule in gone {
                 tracing::info!("expired: {rule} ({})", backend.name());
             }
             true
         }
         Err(e) => {
+            crate::metrics::firewall_failed(backend.name());
             tracing::warn!("{}: expiry failed: {e}", backend.name());
             false
         }
@@ -419,7 +422,9 @@ fn apply_all(backends: &mut [Box<dyn Firewall>], openings: &[Opening]) -> Result
         return Ok(());
     }
     for i in 0..backends.len() {
-        if let Err(e) = backends[i].grant(openings) {
+        let result = backends[i].grant(openings);
+        crate::metrics::granted(backends[i].name(), result.is_ok(), openings.len());
+        if let Err(e) = result {
             // No half-applied grant: take it back from the backends that took it.
             let rules: Vec<_> = openings.iter().map(|o| o.rule.clone()).collect();
             for done in backends[..i].iter_mut() {

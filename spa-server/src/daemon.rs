@@ -241,6 +241,9 @@ pub async fn start_with_backends(
     backends: Vec<Box<dyn Firewall>>,
 ) -> anyhow::Result<Running> {
     let shutdown = CancellationToken::new();
+    if let Some(m) = &cfg.metrics {
+        crate::metrics::install(m.listen)?;
+    }
     let store = open_replay_store(&cfg).await?;
     let mut access = cfg.access.clone();
     apply_server_defaults(&mut access, &cfg.server);
@@ -344,7 +347,10 @@ pub fn privilege_needs(cfg: &ServerConfig) -> crate::privileges::Needs {
                 (1..1024).contains(&listen.port())
             }
             CaptureConfig::Pcap { .. } | CaptureConfig::Nfqueue(_) => false,
-        }),
+        }) || cfg
+            .metrics
+            .as_ref()
+            .is_some_and(|m| (1..1024).contains(&m.listen.port())),
         // sudo's command runs as another user too: ending it on time needs KILL.
         switch_user: cfg.access.iter().any(|s| {
             s.enable_cmd_exec

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod gpg;
+pub mod metrics;
 pub mod pipeline;
 #[cfg(feature = "plugin")]
 pub mod plugin;

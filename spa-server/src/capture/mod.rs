@@ -66,8 +66,9 @@ pub fn set_packet_limit(limit: u64) -> CancellationToken {
     PACKET_LIMIT.get().map_or(reached, |l| l.reached.clone())
 }
 
-/// One more packet came off a capture (called by each capture, before any check).
-pub fn count_packet() {
+/// One more packet came off `capture` (called by each capture, before any check).
+pub fn count_packet(capture: &'static str) {
+    crate::metrics::packet(capture);
     let Some(l) = PACKET_LIMIT.get() else {
         return;
     };
@@ -83,13 +84,14 @@ pub fn count_packet() {
 pub fn submit(pipeline: &mut Pipeline, packet: RawPacket) {
     use futures_util::FutureExt;
     let peer = packet.peer;
+    let started = std::time::Instant::now();
     let mut outcome = pipeline.call(packet);
     match (&mut outcome).now_or_never() {
-        Some(Ok(o)) => log_outcome(peer, &o),
+        Some(Ok(o)) => log_outcome(peer, &o, Some(started)),
         None => {
             tokio::spawn(async move {
                 let Ok(o) = outcome.await;
-                log_outcome(peer, &o);
+                log_outcome(peer, &o, Some(started));
             });
         }
     }
@@ -102,7 +104,7 @@ pub fn worth_submitting(pipeline: &Pipeline, bytes: &[u8], peer: std::net::Socke
     match keyring.screen(bytes, peer.ip(), &keyring.snapshot()) {
         Ok(_) => true,
         Err(outcome) => {
-            log_outcome(peer, &outcome);
+            log_outcome(peer, &outcome, None);
             false
         }
     }
@@ -177,9 +179,10 @@ impl Intake {
     }
 }
 
-/// Why a packet was refused, at debug level only (never to the network). Grants
-/// are logged at info level by the action task.
-fn log_outcome(peer: std::net::SocketAddr, outcome: &Outcome) {
+/// Why a packet was refused, at debug level only (never to the network), and
+/// counted in the metrics. Grants are logged at info level by the action task.
+fn log_outcome(peer: std::net::SocketAddr, outcome: &Outcome, started: Option<std::time::Instant>) {
+    crate::metrics::outcome(outcome, started.map(|t| t.elapsed()));
     if let Outcome::Denied { stage, reason } = outcome {
         tracing::debug!("refused packet from {peer} at {stage}: {reason}");
     }

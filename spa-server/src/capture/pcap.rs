@@ -16,6 +16,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
+/// This capture's name in packets, logs and metrics.
+const CAPTURE: &str = "pcap";
+
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub interfaces: Vec<String>,
@@ -263,13 +266,13 @@ pub fn parse_frame(link: pcap::Linktype, data: &[u8]) -> Option<RawPacket> {
         forwarded_for: None,
         destination: Some(dst),
         received_at: unix_now(),
-        capture: "pcap",
+        capture: CAPTURE,
     })
 }
 
 /// Screen a frame's payload in place and submit a copy only when it may be a knock.
 fn submit_frame(pipeline: &mut Pipeline, intake: Intake, link: pcap::Linktype, data: &[u8]) {
-    super::count_packet();
+    super::count_packet(CAPTURE);
     let Some((payload, peer, dst)) = frame_parts(link, data) else {
         return;
     };
@@ -283,7 +286,7 @@ fn submit_frame(pipeline: &mut Pipeline, intake: Intake, link: pcap::Linktype, d
             peer,
             destination: Some(dst),
             received_at: unix_now(),
-            capture: "pcap",
+            capture: CAPTURE,
         };
         submit(pipeline, packet);
     }

@@ -22,6 +22,9 @@ use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+/// This capture's name in packets, logs and metrics.
+const CAPTURE: &str = "tcp";
+
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
     /// From accept to the first byte: an idle connection is dropped after this.
@@ -416,7 +419,7 @@ pub async fn run(
                 Read::Nothing => return,
             };
             drop(guard);
-            super::count_packet();
+            super::count_packet(CAPTURE);
             if let Some(carried) = limits.intake.spa_packet(&bytes, peer) {
                 submit(
                     &mut pipeline,
@@ -426,7 +429,7 @@ pub async fn run(
                         forwarded_for: carried.forwarded_for,
                         destination,
                         received_at: unix_now(),
-                        capture: "tcp",
+                        capture: CAPTURE,
                     },
                 );
             }

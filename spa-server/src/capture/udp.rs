@@ -8,6 +8,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 
+/// This capture's name in packets, logs and metrics.
+const CAPTURE: &str = "udp";
+
 /// Large enough to ride out a burst of knocks while the loop is busy.
 pub(super) const RECV_BUFFER: usize = 8 << 20;
 /// Anything longer than a packet can be is cut and then refused by the precheck.
@@ -234,7 +237,7 @@ pub async fn run(socket: UdpSocket, mut pipeline: Pipeline, shutdown: Cancellati
                     let Some((bytes, peer)) = batch.datagram(i) else {
                         continue;
                     };
-                    super::count_packet();
+                    super::count_packet(CAPTURE);
                     if !worth_submitting(&pipeline, bytes, peer) {
                         continue;
                     }
@@ -244,7 +247,7 @@ pub async fn run(socket: UdpSocket, mut pipeline: Pipeline, shutdown: Cancellati
                         forwarded_for: None,
                         destination: bound.or_else(|| batch.destination(i)),
                         received_at,
-                        capture: "udp",
+                        capture: CAPTURE,
                     };
                     submit(&mut pipeline, packet);
                 }

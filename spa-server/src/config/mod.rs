@@ -429,10 +429,20 @@ pub struct ServerConfig {
     pub access_folder: Option<PathBuf>,
     #[serde(default)]
     pub access: Vec<AccessStanza>,
+    /// Prometheus metrics, off unless a listener is given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<MetricsConfig>,
     /// fwknopd.conf's variables as read (after `-O` overrides and `$VAR`
     /// expansion), for `posternd -D`; empty with a native TOML file.
     #[serde(skip)]
     pub fwknopd_vars: std::collections::BTreeMap<String, String>,
+}
+
+/// `[metrics] listen = "127.0.0.1:9650"`: where the Prometheus text is served.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    pub listen: SocketAddr,
 }
 
 impl ServerConfig {
@@ -470,6 +480,7 @@ impl Default for ServerConfig {
             access_file: None,
             access_folder: None,
             access: Vec::new(),
+            metrics: None,
             fwknopd_vars: Default::default(),
         }
     }
@@ -513,6 +524,7 @@ pub enum ConfigError {
 /// Top-level keys of [`ServerConfig`] that `POSTERN_…` variables may override.
 const CONFIG_SECTIONS: &[&str] = &[
     "server",
+    "metrics",
     "replay",
     "access_file",
     "access_folder",

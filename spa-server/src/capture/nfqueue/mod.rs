@@ -30,6 +30,9 @@ use std::os::fd::{AsRawFd, RawFd};
 use tokio::io::unix::AsyncFd;
 use tokio_util::sync::CancellationToken;
 
+/// This capture's name in logs and metrics.
+const CAPTURE: &str = "nfqueue";
+
 pub use rule::nft_table;
 
 /// `[[capture]] type = "nfqueue"`; the defaults are fwknopd's NFQ_* defaults.
@@ -341,7 +344,7 @@ fn verdict_for_hook(hook: u8) -> nfq::Verdict {
 
 /// One queued IP packet into the pipeline, screened like every capture's.
 fn hand_on(pipeline: &mut Pipeline, ip_packet: &[u8]) {
-    count_packet();
+    count_packet(CAPTURE);
     // The payload is the IP packet: the pcap capture's parser for raw IP frames.
     let Some(mut packet) = super::pcap::parse_frame(pcap::Linktype::RAW, ip_packet) else {
         return;

@@ -1,0 +1,109 @@
+//! `[metrics] listen`: posternd serves Prometheus metrics that the real
+//! `promtool check metrics` accepts, and they count what happened: packets
+//! per capture, refusals per stage (a forged packet at hmac, a replay at
+//! replay), grants, firewall grants per backend, the knock→grant latency,
+//! and the process facts.
+
+use postern_e2e::posternd::{
+    knock_ok, nftables_action, runnable, saved_packet, udp_capture, udp_send_all, Service, Setup,
+    SPA_PORT,
+};
+use postern_e2e::scenario::describe;
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const PORT: u16 = 22091;
+const METRICS: &str = "127.0.0.1:19650";
+
+/// The value of the sample `name{labels}` (exact text before the value).
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn metrics_count_what_happened_and_promtool_accepts_them() {
+    if !runnable(&["nft", "curl", "promtool"]) {
+        return;
+    }
+    let s = Setup::new(
+        Service::open("mx", PORT),
+        30,
+        "memory",
+        &format!(
+            "{}\n{}\n[metrics]\nlisten = \"{METRICS}\"\n",
+            udp_capture(SPA_PORT),
+            nftables_action(PORT)
+        ),
+    );
+    let _d = s.start();
+    let scrape = || {
+        let out = s
+            .svc
+            .server()
+            .run(&["curl", "-sf", &format!("http://{METRICS}/metrics")]);
+        assert!(out.status.success(), "scrape: {}", describe(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+
+    knock_ok(&s.svc, &s.keys, &[]);
+    assert!(s.svc.wait_reachable(true, Duration::from_secs(5)));
+    let valid = saved_packet(&s.svc, &s.keys, &["-a", "10.9.9.9"]);
+    let mut forged = valid.clone();
+    let last = forged.len() - 1;
+    forged[last] = if forged[last] == b'A' { b'B' } else { b'A' };
+    let to: SocketAddr = (s.svc.pair.server_ip, SPA_PORT).into();
+    udp_send_all(
+        s.svc.client(),
+        to,
+        vec![forged, valid.clone(), valid],
+        0,
+        Duration::ZERO,
+        Duration::from_millis(500),
+    );
+
+    let text = scrape();
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let lint = promtool.wait_with_output().unwrap();
+    assert!(
+        lint.status.success(),
+        "promtool: {}\n{text}",
+        describe(&lint)
+    );
+
+    let at_least = |series: &str, n: f64| {
+        let v = sample(&text, series);
+        assert!(v >= n, "{series} = {v}, expected at least {n}\n{text}");
+    };
+    at_least("postern_packets_total{capture=\"udp\"}", 4.0);
+    at_least("postern_refused_total{stage=\"hmac\"}", 1.0);
+    at_least("postern_refused_total{stage=\"replay\"}", 1.0);
+    at_least("postern_granted_total", 2.0);
+    at_least("postern_firewall_grants_total{backend=\"nftables\"}", 2.0);
+    at_least("postern_knock_to_grant_seconds_count", 2.0);
+    assert!(
+        text.contains("process_resident_memory_bytes"),
+        "no process metrics:\n{text}"
+    );
+}
