@@ -476,6 +476,42 @@ pub fn knock_with(client: &SpaClient, svc: &Service, keys: &SpaKeys, extra: &[&s
     client.run(&svc.pair.client, home.path(), &args)
 }
 
+/// `fwknop REQUEST… -a ALLOW -D SERVER <keys> --no-rc-file` from `ns`, for knocks
+/// between addresses of the test's own choosing; panics unless it exits 0 (the
+/// client never learns whether it was granted).
+pub fn fwknop_to(
+    ns: &Netns,
+    keys: &SpaKeys,
+    allow: Ipv4Addr,
+    server: Ipv4Addr,
+    request: &[impl AsRef<str>],
+) {
+    let home = tempfile::tempdir().expect("tempdir");
+    let mut args: Vec<String> = request.iter().map(|s| s.as_ref().to_string()).collect();
+    args.extend([
+        "-a".into(),
+        allow.to_string(),
+        "-D".into(),
+        server.to_string(),
+    ]);
+    args.extend(keys.client_key_args().expect("base64 keys"));
+    args.push("--no-rc-file".into());
+    let out = SpaClient::Fwknop.run(ns, home.path(), &args);
+    assert!(out.status.success(), "fwknop {args:?}: {}", describe(&out));
+}
+
+/// A fresh TCP connect from `ns` to `to:port` succeeds (within 400 ms).
+pub fn connects(ns: &Netns, to: Ipv4Addr, port: u16) -> bool {
+    tcp_connect_ok(ns, IpAddr::V4(to), port, Duration::from_millis(400))
+}
+
+/// Poll until connecting to `to:port` from `ns` succeeds (`want`) or fails.
+pub fn wait_connects(ns: &Netns, to: Ipv4Addr, port: u16, want: bool, within: Duration) -> bool {
+    wait_until(within, Duration::from_millis(100), || {
+        connects(ns, to, port) == want
+    })
+}
+
 /// Like [`knock`] but panics unless fwknop exits 0.
 pub fn knock_ok(svc: &Service, keys: &SpaKeys, extra: &[&str]) {
     let out = knock(svc, keys, extra);

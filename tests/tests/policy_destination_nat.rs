@@ -13,44 +13,16 @@
 //!   nothing, the same client's knock from another address opens the port.
 
 use postern_e2e::posternd::{
-    access_conf, nftables_action, runnable, udp_capture, ConfDir, Posternd, Service, Setup,
-    SPA_PORT,
+    access_conf, connects, fwknop_to, nftables_action, runnable, udp_capture, wait_connects,
+    ConfDir, Posternd, Service, Setup, SPA_PORT,
 };
-use postern_e2e::scenario::{describe, SpaClient, SpaKeys};
-use postern_e2e::{tcp_connect_ok, tcp_listen, wait_until, Netns};
-use std::net::{IpAddr, Ipv4Addr};
+use postern_e2e::scenario::SpaKeys;
+use postern_e2e::tcp_listen;
+use std::net::Ipv4Addr;
 use std::time::Duration;
 
 /// FW_ACCESS_TIMEOUT of every grant.
 const TIMEOUT: u64 = 3;
-
-/// `fwknop <request> -a ALLOW -D SERVER <keys> --no-rc-file` from `ns`;
-/// panics unless it exits 0 (the client never learns whether it was granted).
-fn fwknop(ns: &Netns, keys: &SpaKeys, allow: Ipv4Addr, server: Ipv4Addr, request: &[&str]) {
-    let home = tempfile::tempdir().expect("tempdir");
-    let mut args: Vec<String> = request.iter().map(|s| s.to_string()).collect();
-    args.extend([
-        "-a".into(),
-        allow.to_string(),
-        "-D".into(),
-        server.to_string(),
-    ]);
-    args.extend(keys.client_key_args().expect("base64 keys"));
-    args.push("--no-rc-file".into());
-    let out = SpaClient::Fwknop.run(ns, home.path(), &args);
-    assert!(out.status.success(), "fwknop {args:?}: {}", describe(&out));
-}
-
-fn connect(ns: &Netns, to: Ipv4Addr, port: u16) -> bool {
-    tcp_connect_ok(ns, IpAddr::V4(to), port, Duration::from_millis(400))
-}
-
-/// Poll until connecting to `to:port` from `ns` succeeds (`want`) or fails.
-fn wait_connect(ns: &Netns, to: Ipv4Addr, port: u16, want: bool, within: Duration) -> bool {
-    wait_until(within, Duration::from_millis(100), || {
-        connect(ns, to, port) == want
-    })
-}
 
 #[test]
 fn destination_is_enforced_on_a_wildcard_udp_capture() {
@@ -95,7 +67,7 @@ fn destination_is_enforced_on_a_wildcard_udp_capture() {
         "{}",
         ctx("open before any knock")
     );
-    fwknop(svc.client(), &setup.keys, client_ip, b, &["-A", &request]);
+    fwknop_to(svc.client(), &setup.keys, client_ip, b, &["-A", &request]);
     assert!(
         !svc.wait_reachable(true, Duration::from_secs(3)),
         "{}",
@@ -111,7 +83,7 @@ fn destination_is_enforced_on_a_wildcard_udp_capture() {
         ctx("no refusal logged for the knock to B")
     );
 
-    fwknop(svc.client(), &setup.keys, client_ip, a, &["-A", &request]);
+    fwknop_to(svc.client(), &setup.keys, client_ip, a, &["-A", &request]);
     assert!(
         svc.wait_reachable(true, Duration::from_secs(5)),
         "{}",
@@ -173,7 +145,7 @@ fn nat_grants_are_checked_at_what_they_reach() {
         )
     };
     assert!(
-        !connect(client, gw_ip, 22),
+        !connects(client, gw_ip, 22),
         "{}",
         ctx("gateway:22 open before any knock")
     );
@@ -191,9 +163,9 @@ fn nat_grants_are_checked_at_what_they_reach() {
         ),
     ];
     for (request, why) in &refused {
-        fwknop(client, &plain, client_ip, gw_ip, request);
+        fwknop_to(client, &plain, client_ip, gw_ip, request);
         assert!(
-            !wait_connect(client, gw_ip, 22, true, Duration::from_secs(3)),
+            !wait_connects(client, gw_ip, 22, true, Duration::from_secs(3)),
             "{}",
             ctx(&format!("{request:?} opened gateway:22"))
         );
@@ -212,18 +184,18 @@ fn nat_grants_are_checked_at_what_they_reach() {
     ];
     for (keys, request, outer) in allowed {
         assert!(
-            !connect(client, gw_ip, outer),
+            !connects(client, gw_ip, outer),
             "{}",
             ctx(&format!("{outer} open before {request:?}"))
         );
-        fwknop(client, keys, client_ip, gw_ip, request);
+        fwknop_to(client, keys, client_ip, gw_ip, request);
         assert!(
-            wait_connect(client, gw_ip, outer, true, Duration::from_secs(5)),
+            wait_connects(client, gw_ip, outer, true, Duration::from_secs(5)),
             "{}",
             ctx(&format!("{request:?} did not open gateway:{outer}"))
         );
         assert!(
-            wait_connect(
+            wait_connects(
                 client,
                 gw_ip,
                 outer,
@@ -287,13 +259,13 @@ fn fwknopd_conf_blacklist_drops_a_valid_knock() {
     let request = format!("tcp/{PORT}");
 
     assert!(
-        !connect(svc.client(), server_ip, PORT),
+        !connects(svc.client(), server_ip, PORT),
         "{}",
         ctx("open before any knock")
     );
-    fwknop(svc.client(), &keys, client_ip, server_ip, &["-A", &request]);
+    fwknop_to(svc.client(), &keys, client_ip, server_ip, &["-A", &request]);
     assert!(
-        !wait_connect(svc.client(), server_ip, PORT, true, Duration::from_secs(3)),
+        !wait_connects(svc.client(), server_ip, PORT, true, Duration::from_secs(3)),
         "{}",
         ctx("a blacklisted sender's knock opened the port")
     );
@@ -318,14 +290,14 @@ fn fwknopd_conf_blacklist_drops_a_valid_knock() {
         "src",
         &other.to_string(),
     ]);
-    fwknop(svc.client(), &keys, other, server_ip, &["-A", &request]);
+    fwknop_to(svc.client(), &keys, other, server_ip, &["-A", &request]);
     assert!(
-        wait_connect(svc.client(), server_ip, PORT, true, Duration::from_secs(5)),
+        wait_connects(svc.client(), server_ip, PORT, true, Duration::from_secs(5)),
         "{}",
         ctx("a knock from a sender not in BLACKLIST did not open the port")
     );
     assert!(
-        wait_connect(
+        wait_connects(
             svc.client(),
             server_ip,
             PORT,

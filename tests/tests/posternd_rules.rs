@@ -14,12 +14,13 @@
 //!   and with 0 it stays while posternd's own grants still expire.
 
 use postern_e2e::posternd::{
-    access_conf, runnable, udp_capture, ConfDir, Posternd, Service, SPA_PORT,
+    access_conf, connects, fwknop_to, runnable, udp_capture, wait_connects, ConfDir, Posternd,
+    Service, SPA_PORT,
 };
 use postern_e2e::routed::routed;
-use postern_e2e::scenario::{describe, SpaClient, SpaKeys};
-use postern_e2e::{tcp_connect_ok, tcp_listen, wait_until, Netns};
-use std::net::{IpAddr, Ipv4Addr};
+use postern_e2e::scenario::SpaKeys;
+use postern_e2e::{tcp_listen, wait_until, Netns};
+use std::net::Ipv4Addr;
 use std::time::Duration;
 
 /// FW_ACCESS_TIMEOUT of every grant.
@@ -102,32 +103,6 @@ impl Daemon {
     }
 }
 
-/// `fwknop REQUEST… -a ALLOW -D SERVER <keys> --no-rc-file` from `ns`.
-fn fwknop(ns: &Netns, keys: &SpaKeys, allow: Ipv4Addr, server: Ipv4Addr, request: &[String]) {
-    let home = tempfile::tempdir().expect("tempdir");
-    let mut args = request.to_vec();
-    args.extend([
-        "-a".into(),
-        allow.to_string(),
-        "-D".into(),
-        server.to_string(),
-    ]);
-    args.extend(keys.client_key_args().expect("base64 keys"));
-    args.push("--no-rc-file".into());
-    let out = SpaClient::Fwknop.run(ns, home.path(), &args);
-    assert!(out.status.success(), "fwknop {args:?}: {}", describe(&out));
-}
-
-fn connects(ns: &Netns, to: Ipv4Addr, port: u16) -> bool {
-    tcp_connect_ok(ns, IpAddr::V4(to), port, Duration::from_millis(400))
-}
-
-fn wait_connects(ns: &Netns, to: Ipv4Addr, port: u16, want: bool, within: Duration) -> bool {
-    wait_until(within, Duration::from_millis(100), || {
-        connects(ns, to, port) == want
-    })
-}
-
 fn iptables_s(ns: &Netns, chain: &str) -> String {
     String::from_utf8_lossy(&ns.run(&["iptables", "-w", "5", "-S", chain]).stdout).into_owned()
 }
@@ -166,7 +141,7 @@ fn destination_rule_opens_only_the_address_knocked_at() {
         );
     }
 
-    fwknop(client, &keys, client_ip, a, &request(PORT));
+    fwknop_to(client, &keys, client_ip, a, &request(PORT));
     assert!(
         wait_connects(client, a, PORT, true, Duration::from_secs(5)),
         "{}",
@@ -190,7 +165,7 @@ fn destination_rule_opens_only_the_address_knocked_at() {
     );
 
     // The other way round: a knock sent to B opens B only.
-    fwknop(client, &keys, client_ip, b, &request(PORT));
+    fwknop_to(client, &keys, client_ip, b, &request(PORT));
     assert!(
         wait_connects(client, b, PORT, true, Duration::from_secs(5)),
         "{}",
@@ -225,7 +200,7 @@ fn output_rule_lets_replies_out_under_an_output_drop_policy() {
         ctx("open before the knock")
     );
 
-    fwknop(
+    fwknop_to(
         client,
         &keys,
         svc.pair.client_ip,
@@ -318,7 +293,7 @@ fn forward_all_cycle(nftables: bool) {
     }
     let mut req = request(22);
     req.extend(["-N".into(), format!("{internal}:22")]);
-    fwknop(client, &keys, client_ip, gw_ip, &req);
+    fwknop_to(client, &keys, client_ip, gw_ip, &req);
     for port in [22, 5432] {
         assert!(
             wait_connects(client, gw_ip, port, true, Duration::from_secs(5)),
@@ -355,13 +330,13 @@ fn prepend_puts_the_newest_grant_first_and_append_last() {
             &access_conf(&keys, None, 30, ""),
         );
         let (c, s) = (svc.pair.client_ip, svc.pair.server_ip);
-        fwknop(client, &keys, c, s, &request(PORT));
+        fwknop_to(client, &keys, c, s, &request(PORT));
         assert!(
             svc.wait_reachable(true, Duration::from_secs(5)),
             "{}",
             daemon.ctx(server, "first knock")
         );
-        fwknop(client, &keys, c, s, &request(PORT + 1));
+        fwknop_to(client, &keys, c, s, &request(PORT + 1));
         let listing = || {
             String::from_utf8_lossy(
                 &server
@@ -458,7 +433,7 @@ fn rules_check_threshold_removes_expired_rules_added_by_hand() {
             );
         }
         // posternd's own grants expire either way.
-        fwknop(
+        fwknop_to(
             client,
             &keys,
             svc.pair.client_ip,
