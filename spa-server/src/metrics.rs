@@ -15,7 +15,17 @@
 use metrics::{counter, describe_counter, describe_histogram, histogram, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+
+/// Set once a recorder is installed. Every record below checks it first: the
+/// `metrics` macros build their key (a label vector) even with no recorder,
+/// and `packet`/`outcome` run for every garbage packet.
+static ENABLED: AtomicBool = AtomicBool::new(false);
+
+fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
 
 pub const PACKETS: &str = "postern_packets_total";
 pub const REFUSED: &str = "postern_refused_total";
@@ -45,6 +55,7 @@ pub fn install(listen: SocketAddr) -> anyhow::Result<()> {
         }
     });
     describe();
+    ENABLED.store(true, Ordering::Relaxed);
     let process = metrics_process::Collector::default();
     process.describe();
     tokio::spawn(async move {
@@ -76,10 +87,16 @@ fn describe() {
 }
 
 pub fn packet(capture: &'static str) {
+    if !enabled() {
+        return;
+    }
     counter!(PACKETS, "capture" => capture).increment(1);
 }
 
 pub fn outcome(outcome: &crate::pipeline::Outcome, took: Option<Duration>) {
+    if !enabled() {
+        return;
+    }
     match outcome {
         crate::pipeline::Outcome::Granted(_) => {
             counter!(GRANTED).increment(1);
@@ -88,13 +105,16 @@ pub fn outcome(outcome: &crate::pipeline::Outcome, took: Option<Duration>) {
             }
         }
         crate::pipeline::Outcome::Denied { stage, .. } => {
-            counter!(REFUSED, "stage" => stage.to_string()).increment(1);
+            counter!(REFUSED, "stage" => stage.name()).increment(1);
         }
     }
 }
 
 /// A grant call to `backend` of `openings`: applied, or one error.
 pub fn granted(backend: &'static str, ok: bool, openings: usize) {
+    if !enabled() {
+        return;
+    }
     match ok {
         true => counter!(FIREWALL_GRANTS, "backend" => backend).increment(openings as u64),
         false => firewall_failed(backend),
@@ -102,9 +122,15 @@ pub fn granted(backend: &'static str, ok: bool, openings: usize) {
 }
 
 pub fn revoked(backend: &'static str, rules: usize) {
+    if !enabled() {
+        return;
+    }
     counter!(FIREWALL_REVOKES, "backend" => backend).increment(rules as u64);
 }
 
 pub fn firewall_failed(backend: &'static str) {
+    if !enabled() {
+        return;
+    }
     counter!(FIREWALL_ERRORS, "backend" => backend).increment(1);
 }

@@ -92,9 +92,10 @@ pub enum Stage {
     Overload,
 }
 
-impl fmt::Display for Stage {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl Stage {
+    /// The stage's name in logs and metric labels.
+    pub fn name(self) -> &'static str {
+        match self {
             Stage::Blacklist => "blacklist",
             Stage::Precheck => "precheck",
             Stage::Hmac => "hmac",
@@ -103,7 +104,13 @@ impl fmt::Display for Stage {
             Stage::Policy => "policy",
             Stage::Action => "action",
             Stage::Overload => "overload",
-        })
+        }
+    }
+}
+
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
     }
 }
 
