@@ -109,34 +109,6 @@ const KNOWN: &[&str] = &[
     "FAULT_INJECTION_TAG",
 ];
 
-/// fwknopd's default chain layout, used when posternd is started from fwknopd.conf.
-const FWKNOPD_INPUT_ACCESS: &str = "ACCEPT, filter, INPUT, 1, FWKNOP_INPUT, 1";
-/// fwknopd's IPT_OUTPUT_ACCESS default (used with ENABLE_IPT_OUTPUT Y).
-const FWKNOPD_OUTPUT_ACCESS: &str = "ACCEPT, filter, OUTPUT, 1, FWKNOP_OUTPUT, 1";
-/// fwknopd.conf variable, iptables action field, fwknopd's default.
-const FWKNOPD_NAT_CHAINS: [(&str, &str, &str); 4] = [
-    (
-        "IPT_FORWARD_ACCESS",
-        "forward",
-        "ACCEPT, filter, FORWARD, 1, FWKNOP_FORWARD, 1",
-    ),
-    (
-        "IPT_DNAT_ACCESS",
-        "dnat",
-        "DNAT, nat, PREROUTING, 1, FWKNOP_PREROUTING, 1",
-    ),
-    (
-        "IPT_SNAT_ACCESS",
-        "snat",
-        "SNAT, nat, POSTROUTING, 1, FWKNOP_POSTROUTING, 1",
-    ),
-    (
-        "IPT_MASQUERADE_ACCESS",
-        "masquerade",
-        "MASQUERADE, nat, POSTROUTING, 1, FWKNOP_MASQUERADE, 1",
-    ),
-];
-
 /// fwknopd reads lines into buffers of this size (MAX_LINE_LEN), so no value it
 /// uses, expanded or not, is longer.
 const MAX_VALUE_LEN: usize = 1024;
@@ -393,8 +365,7 @@ fn apply_entries(
     // fwknopd build the file was written for.
     let firewall = FwknopdFirewall::chosen(&entries)?;
     if cfg.action.is_empty() {
-        cfg.action
-            .push(fwknopd_action(firewall, &get, flag, findings)?);
+        cfg.action.push(fwknopd_action(firewall, &get, findings)?);
     } else if let Some(e) =
         get("ENABLE_IPT_OUTPUT").filter(|_| flag("ENABLE_IPT_OUTPUT", false).unwrap_or(false))
     {
@@ -480,12 +451,11 @@ fn nfq_capture<'a>(
 fn fwknopd_action<'a>(
     firewall: FwknopdFirewall,
     get: &'a impl Fn(&str) -> Option<&'a super::conf_file::Entry>,
-    flag: impl Fn(&str, bool) -> Result<bool, ConfError>,
     findings: &mut Findings,
 ) -> Result<ActionConfig, ConfError> {
-    use super::fwknopd_firewall::{firewalld_action, ipfw_action, pf_action};
+    use super::fwknopd_firewall::{firewalld_action, ipfw_action, iptables_action, pf_action};
     match firewall {
-        FwknopdFirewall::Iptables => iptables_action(get, flag),
+        FwknopdFirewall::Iptables => iptables_action(get),
         FwknopdFirewall::Firewalld => firewalld_action(get, findings),
         FwknopdFirewall::Pf => pf_action(get),
         FwknopdFirewall::Ipfw => ipfw_action(get),
@@ -546,76 +516,6 @@ const NO_EFFECT: [(&str, &str); 19] = [
         "fault injection of fwknopd's test builds",
     ),
 ];
-
-/// An `IPT_*_ACCESS` value checked here, so a bad one names its line (the
-/// backend would only find it when the action is built).
-fn checked_chain_spec(e: &Entry) -> Result<String, ConfError> {
-    #[cfg(feature = "iptables")]
-    e.value
-        .parse::<postern_backend_iptables::ChainSpec>()
-        .and_then(|spec| spec.validate())
-        .map_err(|m| ConfError::new(&e.origin, format!("{}: {m}", e.var)))?;
-    Ok(e.value.clone())
-}
-
-/// The iptables action with fwknopd's chain names and flush behaviour.
-fn iptables_action<'a>(
-    get: &impl Fn(&str) -> Option<&'a super::conf_file::Entry>,
-    flag: impl Fn(&str, bool) -> Result<bool, ConfError>,
-) -> Result<ActionConfig, ConfError> {
-    use serde_json::Value;
-    let mut settings = serde_json::Map::new();
-    let input = get("IPT_INPUT_ACCESS")
-        .map(checked_chain_spec)
-        .transpose()?
-        .unwrap_or_else(|| FWKNOPD_INPUT_ACCESS.into());
-    settings.insert("input".into(), Value::String(input));
-    settings.insert(
-        "flush_at_init".into(),
-        Value::Bool(flag("FLUSH_IPT_AT_INIT", true)?),
-    );
-    settings.insert(
-        "flush_at_exit".into(),
-        Value::Bool(flag("FLUSH_IPT_AT_EXIT", true)?),
-    );
-    // fwknopd appends new rules unless ENABLE_RULE_PREPEND is set.
-    settings.insert(
-        "prepend".into(),
-        Value::Bool(flag("ENABLE_RULE_PREPEND", false)?),
-    );
-    if flag("ENABLE_IPT_OUTPUT", false)? {
-        let output = get("IPT_OUTPUT_ACCESS")
-            .map(checked_chain_spec)
-            .transpose()?
-            .unwrap_or_else(|| FWKNOPD_OUTPUT_ACCESS.into());
-        settings.insert("output".into(), Value::String(output));
-    }
-    if let Some(exe) = get("FIREWALL_EXE") {
-        settings.insert("iptables".into(), Value::String(exe.value.clone()));
-    }
-    // With NAT on, the NAT chains are fwknopd.conf's, or fwknopd's defaults.
-    let mut nat_on = false;
-    for v in [
-        "ENABLE_IPT_FORWARDING",
-        "ENABLE_IPT_LOCAL_NAT",
-        "ENABLE_IPT_SNAT",
-    ] {
-        nat_on |= flag(v, false)?;
-    }
-    if nat_on {
-        for (var, key, default) in FWKNOPD_NAT_CHAINS {
-            let spec = get(var)
-                .map(checked_chain_spec)
-                .transpose()?
-                .unwrap_or_else(|| default.to_string());
-            settings.insert(key.into(), Value::String(spec));
-        }
-    }
-    Ok(ActionConfig {
-        kind: "iptables".into(),
-        settings,
-    })
-}
 
 fn split_list(text: &str) -> Vec<String> {
     split_list_on(text, &[',', ' '])
@@ -887,7 +787,10 @@ mod tests {
         assert_eq!(cfg.server.rules_check_threshold, 0);
         let s = &cfg.action[0].settings;
         assert_eq!(s["prepend"], true);
-        assert_eq!(s["output"], FWKNOPD_OUTPUT_ACCESS);
+        assert_eq!(
+            s["output"],
+            super::super::fwknopd_firewall::FWKNOPD_OUTPUT_ACCESS
+        );
         assert!(w.is_empty(), "{w:?}");
         let (cfg, _) =
             load("ENABLE_IPT_OUTPUT Y;\nIPT_OUTPUT_ACCESS ACCEPT, filter, OUTPUT, 2, MY_OUT, 1;\n");

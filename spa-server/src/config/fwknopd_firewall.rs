@@ -126,6 +126,34 @@ impl FwknopdFirewall {
     }
 }
 
+/// fwknopd's default chain layout, used when posternd is started from fwknopd.conf.
+const FWKNOPD_INPUT_ACCESS: &str = "ACCEPT, filter, INPUT, 1, FWKNOP_INPUT, 1";
+/// fwknopd's IPT_OUTPUT_ACCESS default (used with ENABLE_IPT_OUTPUT Y).
+pub(super) const FWKNOPD_OUTPUT_ACCESS: &str = "ACCEPT, filter, OUTPUT, 1, FWKNOP_OUTPUT, 1";
+/// fwknopd.conf variable, iptables action field, fwknopd's default.
+const FWKNOPD_NAT_CHAINS: [(&str, &str, &str); 4] = [
+    (
+        "IPT_FORWARD_ACCESS",
+        "forward",
+        "ACCEPT, filter, FORWARD, 1, FWKNOP_FORWARD, 1",
+    ),
+    (
+        "IPT_DNAT_ACCESS",
+        "dnat",
+        "DNAT, nat, PREROUTING, 1, FWKNOP_PREROUTING, 1",
+    ),
+    (
+        "IPT_SNAT_ACCESS",
+        "snat",
+        "SNAT, nat, POSTROUTING, 1, FWKNOP_POSTROUTING, 1",
+    ),
+    (
+        "IPT_MASQUERADE_ACCESS",
+        "masquerade",
+        "MASQUERADE, nat, POSTROUTING, 1, FWKNOP_MASQUERADE, 1",
+    ),
+];
+
 /// Builds an action's settings from fwknopd.conf values.
 struct Settings<'a, G> {
     get: &'a G,
@@ -144,13 +172,29 @@ impl<'a, G: Fn(&str) -> Option<&'a Entry>> Settings<'a, G> {
         self.map.insert(key.into(), value.into());
     }
 
+    /// fwknopd.conf's yes/no `var`, or fwknopd's `default` when unset.
+    fn yes(&self, var: &str, default: bool) -> Result<bool, ConfError> {
+        match (self.get)(var) {
+            Some(e) => super::conf_file::parse_bool(e),
+            None => Ok(default),
+        }
+    }
+
     /// `key` from fwknopd.conf's `var`, or fwknopd's `default` when unset.
     fn flag(&mut self, key: &str, var: &str, default: bool) -> Result<(), ConfError> {
-        let value = match (self.get)(var) {
-            Some(e) => super::conf_file::parse_bool(e)?,
-            None => default,
-        };
+        let value = self.yes(var, default)?;
         self.set(key, value);
+        Ok(())
+    }
+
+    /// `key` from an `IPT_*_ACCESS` chain spec in `var` (checked here, so a bad
+    /// one names its line), or fwknopd's `default`.
+    fn chain_spec(&mut self, key: &str, var: &str, default: &str) -> Result<(), ConfError> {
+        let spec = match (self.get)(var) {
+            Some(e) => checked_chain_spec(e)?,
+            None => default.to_string(),
+        };
+        self.set(key, spec);
         Ok(())
     }
 
@@ -178,6 +222,48 @@ impl<'a, G: Fn(&str) -> Option<&'a Entry>> Settings<'a, G> {
             settings: self.map,
         }
     }
+}
+
+/// An `IPT_*_ACCESS` value as the iptables backend reads it.
+fn checked_chain_spec(e: &Entry) -> Result<String, ConfError> {
+    #[cfg(feature = "iptables")]
+    e.value
+        .parse::<postern_backend_iptables::ChainSpec>()
+        .and_then(|spec| spec.validate())
+        .map_err(|m| ConfError::new(&e.origin, format!("{}: {m}", e.var)))?;
+    Ok(e.value.clone())
+}
+
+/// The `iptables` action as fwknopd's iptables build: its chains, flushing,
+/// rule placement, output chain and, with NAT on, its NAT chains.
+pub fn iptables_action<'a>(
+    get: &'a impl Fn(&str) -> Option<&'a Entry>,
+) -> Result<ActionConfig, ConfError> {
+    let mut s = Settings::new(get);
+    s.chain_spec("input", "IPT_INPUT_ACCESS", FWKNOPD_INPUT_ACCESS)?;
+    s.flag("flush_at_init", "FLUSH_IPT_AT_INIT", true)?;
+    s.flag("flush_at_exit", "FLUSH_IPT_AT_EXIT", true)?;
+    // fwknopd appends new rules unless ENABLE_RULE_PREPEND is set.
+    s.flag("prepend", "ENABLE_RULE_PREPEND", false)?;
+    if s.yes("ENABLE_IPT_OUTPUT", false)? {
+        s.chain_spec("output", "IPT_OUTPUT_ACCESS", FWKNOPD_OUTPUT_ACCESS)?;
+    }
+    s.text("iptables", "FIREWALL_EXE");
+    let mut nat_on = false;
+    for var in [
+        "ENABLE_IPT_FORWARDING",
+        "ENABLE_IPT_LOCAL_NAT",
+        "ENABLE_IPT_SNAT",
+    ] {
+        nat_on |= s.yes(var, false)?;
+    }
+    // With NAT on, the NAT chains are fwknopd.conf's, or fwknopd's defaults.
+    if nat_on {
+        for (var, key, default) in FWKNOPD_NAT_CHAINS {
+            s.chain_spec(key, var, default)?;
+        }
+    }
+    Ok(s.action("iptables"))
 }
 
 /// The `firewalld` action as fwknopd's firewalld build configures itself.
