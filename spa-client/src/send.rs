@@ -44,24 +44,27 @@ pub struct HttpVia {
 impl Target {
     /// The server's IPv4 addresses.
     pub fn addresses(&self) -> Result<Vec<SocketAddrV4>> {
-        let addrs: Vec<SocketAddrV4> = (self.host.as_str(), self.port)
-            .to_socket_addrs()
-            .map_err(|e| {
-                ClientError::Send(format!("cannot resolve SPA server {}: {e}", self.host))
-            })?
-            .filter_map(|a| match a {
-                SocketAddr::V4(v4) => Some(v4),
-                SocketAddr::V6(_) => None,
-            })
-            .collect();
-        if addrs.is_empty() {
-            return Err(ClientError::Send(format!(
-                "SPA server {} has no IPv4 address (postern sends over IPv4 only, as fwknop)",
-                self.host
-            )));
-        }
-        Ok(addrs)
+        ipv4_addresses("SPA server", &self.host, self.port)
     }
+}
+
+/// The IPv4 addresses of `host` (a name or a literal), with `port`; `what` names
+/// the host in errors ("SPA server").
+pub fn ipv4_addresses(what: &str, host: &str, port: u16) -> Result<Vec<SocketAddrV4>> {
+    let addrs: Vec<SocketAddrV4> = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| ClientError::Send(format!("cannot resolve {what} {host}: {e}")))?
+        .filter_map(|a| match a {
+            SocketAddr::V4(v4) => Some(v4),
+            SocketAddr::V6(_) => None,
+        })
+        .collect();
+    if addrs.is_empty() {
+        return Err(ClientError::Send(format!(
+            "{what} {host} has no IPv4 address (postern sends over IPv4 only, as fwknop)"
+        )));
+    }
+    Ok(addrs)
 }
 
 fn send_udp(wire: &[u8], t: &Target, addrs: &[SocketAddrV4]) -> Result<usize> {

@@ -5,7 +5,7 @@
 
 use crate::error::{ClientError, Result};
 use spa_core::request::{parse_proto_ports, Proto};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 /// How long one connect attempt may take, and the pause between attempts.
@@ -86,11 +86,7 @@ pub fn describe(ports: &[u16]) -> String {
 }
 
 fn resolve(host: &str, port: u16) -> Result<SocketAddr> {
-    (host, port)
-        .to_socket_addrs()
-        .map_err(|e| ClientError::Send(format!("--wait: cannot resolve {host}: {e}")))?
-        .find(SocketAddr::is_ipv4)
-        .ok_or_else(|| ClientError::Send(format!("--wait: {host} has no IPv4 address")))
+    Ok(crate::send::ipv4_addresses("host", host, port)?[0].into())
 }
 
 #[cfg(test)]
