@@ -688,7 +688,8 @@ fn send_packet(cli: &Cli, settings: &Settings, console: &mut Console) -> Result<
         console.say(&format!("send_spa_packet: bytes sent: {sent}"))?;
     }
     if let Some(seconds) = cli.wait.filter(|_| !test) {
-        wait_until_open(settings, &target_host(settings), seconds, verbose, console)?;
+        let host = settings.spa_server.as_deref().unwrap_or_default();
+        wait_until_open(settings, host, seconds, verbose, console)?;
     }
     if test {
         match &mut sealing {
@@ -715,11 +716,6 @@ fn send_packet(cli: &Cli, settings: &Settings, console: &mut Console) -> Result<
     Ok(())
 }
 
-/// The host the knock went to, which `--wait` probes.
-fn target_host(settings: &Settings) -> String {
-    settings.spa_server.clone().unwrap_or_default()
-}
-
 /// `--wait`: probe the knock's TCP ports until they open (see [`crate::wait`]).
 fn wait_until_open(
     settings: &Settings,
@@ -728,9 +724,6 @@ fn wait_until_open(
     verbose: bool,
     console: &mut Console,
 ) -> Result<()> {
-    if !(seconds > 0.0 && seconds <= 3600.0) {
-        return Err(ClientError::usage("--wait takes 0 < SECONDS <= 3600"));
-    }
     let access = settings.access.as_deref().unwrap_or_default();
     let ports = crate::wait::tcp_ports(access)?;
     let mut lines = Vec::new();

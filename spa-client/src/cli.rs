@@ -260,7 +260,13 @@ pub struct Cli {
 
     /// After the knock, connect to the requested TCP port(s) until they open;
     /// fail if they do not within SECONDS (default 5). postern's own option.
-    #[arg(long = "wait", value_name = "SECONDS", num_args = 0..=1, default_missing_value = "5")]
+    #[arg(
+        long = "wait",
+        value_name = "SECONDS",
+        num_args = 0..=1,
+        default_missing_value = "5",
+        value_parser = wait_seconds
+    )]
     pub wait: Option<f32>,
 
     /// Print the version and exit
@@ -510,6 +516,14 @@ impl Cli {
 }
 
 /// clap's multi-line error reduced to its first line, without the `error: ` tag.
+/// `--wait`'s SECONDS: checked here, before any knock is sent.
+fn wait_seconds(text: &str) -> Result<f32, String> {
+    match text.parse::<f32>() {
+        Ok(s) if s > 0.0 && s <= 3600.0 => Ok(s),
+        _ => Err(format!("expects 0 < SECONDS <= 3600, got `{text}`")),
+    }
+}
+
 fn one_line_error(e: &clap::Error) -> String {
     let text = e.render().to_string();
     let first = text
@@ -526,6 +540,18 @@ mod tests {
 
     fn parse(args: &[&str]) -> Result<Cli, CliExit> {
         Cli::parse_args(std::iter::once("postern").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn wait_seconds_are_checked_before_any_knock() {
+        assert_eq!(parse(&["--wait"]).unwrap().wait, Some(5.0));
+        assert_eq!(parse(&["--wait", "1.5"]).unwrap().wait, Some(1.5));
+        for bad in ["-1", "0", "3601", "soon"] {
+            assert!(
+                matches!(parse(&["--wait", bad]), Err(CliExit::Error(_))),
+                "{bad}"
+            );
+        }
     }
 
     #[test]
