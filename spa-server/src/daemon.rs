@@ -270,6 +270,7 @@ pub async fn start_with_backends(
     }
     let gpg_workers = gpg_pool.live_workers();
     let gpg_stats = gpg_pool.stats.clone();
+    let (watched_actions, gpg_pool_size) = (tx.downgrade(), gpg_pool.workers());
     let pipeline = pipeline::build_with_gpg(
         keyring.clone(),
         store.clone(),
@@ -277,6 +278,15 @@ pub async fn start_with_backends(
         tx,
         cfg.server.queue_depth,
         Some(gpg_pool),
+    );
+    crate::metrics::watch(
+        crate::metrics::Queues {
+            pipeline: pipeline.in_flight(),
+            actions: watched_actions,
+            gpg: gpg_stats.clone(),
+            gpg_workers: gpg_pool_size,
+        },
+        shutdown.clone(),
     );
     let mut tasks = Vec::new();
     for c in &cfg.capture {
@@ -314,7 +324,10 @@ async fn prune_loop(store: Arc<dyn ReplayStore>, max_age: u64, shutdown: Cancell
                 match store.prune(cutoff).await {
                     Ok(n) if n > 0 => tracing::debug!("replay cache: pruned {n} old entries"),
                     Ok(_) => {}
-                    Err(e) => tracing::warn!("replay cache prune failed: {e}"),
+                    Err(e) => {
+                        crate::metrics::replay_store_failed();
+                        tracing::warn!("replay cache prune failed: {e}");
+                    }
                 }
             }
         }
