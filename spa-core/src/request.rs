@@ -110,7 +110,11 @@ fn parse_allow_ip(s: &str) -> Result<IpAddr> {
             .map_err(|_| not_an_address());
     }
     // The longest text form: 6 groups, then an IPv4 address (45 bytes).
-    if s.len() > 45 || !s.bytes().all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.') {
+    if s.len() > 45
+        || !s
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+    {
         return Err(not_an_address());
     }
     let v6: Ipv6Addr = s.parse().map_err(|_| not_an_address())?;
@@ -233,11 +237,20 @@ mod tests {
     #[test]
     fn allow_addresses_are_ipv4_as_fwknop_or_ipv6() {
         let ip = |m: &str| AccessRequest::parse(m).map(|r| r.allow_ip);
-        assert_eq!(ip("10.0.0.5,tcp/22").unwrap(), "10.0.0.5".parse::<IpAddr>().unwrap());
-        assert_eq!(ip("2001:db8::1,tcp/22").unwrap(), "2001:db8::1".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            ip("10.0.0.5,tcp/22").unwrap(),
+            "10.0.0.5".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            ip("2001:db8::1,tcp/22").unwrap(),
+            "2001:db8::1".parse::<IpAddr>().unwrap()
+        );
         assert_eq!(ip("::,tcp/22").unwrap(), "::".parse::<IpAddr>().unwrap());
         // A mapped IPv4 address is that IPv4 address (one rule family, not two).
-        assert_eq!(ip("::ffff:10.0.0.5,tcp/22").unwrap(), "10.0.0.5".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            ip("::ffff:10.0.0.5,tcp/22").unwrap(),
+            "10.0.0.5".parse::<IpAddr>().unwrap()
+        );
         let cmd = CommandRequest::parse("fd00::9,touch /x").unwrap();
         assert_eq!(cmd.allow_ip, "fd00::9".parse::<IpAddr>().unwrap());
         // Written back as read: fwknop's form for IPv4, no brackets for IPv6.

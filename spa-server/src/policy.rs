@@ -665,7 +665,11 @@ mod tests {
     /// `::` means the sender as `0.0.0.0` does (whatever family it knocked over).
     #[test]
     fn ipv6_allow_addresses_are_granted() {
-        let g = eval(&stanza(), &msg(MessageType::Access, "2001:db8::5,tcp/22", 1000)).unwrap();
+        let g = eval(
+            &stanza(),
+            &msg(MessageType::Access, "2001:db8::5,tcp/22", 1000),
+        )
+        .unwrap();
         assert_eq!(g.source(), "2001:db8::5".parse::<IpAddr>().unwrap());
         assert_eq!(g.openings(1000).len(), 1);
         let g = eval(&stanza(), &msg(MessageType::Access, "::,tcp/22", 1000)).unwrap();

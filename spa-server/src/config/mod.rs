@@ -464,9 +464,16 @@ impl ServerConfig {
     }
 }
 
+/// Every address of both families (`[::]`, IPv4 taken too; `0.0.0.0` on a
+/// host without IPv6): where fwknopd's UDP and TCP servers and postern's
+/// default capture listen.
+pub fn any_address(port: u16) -> SocketAddr {
+    SocketAddr::new(std::net::Ipv6Addr::UNSPECIFIED.into(), port)
+}
+
 fn default_captures() -> Vec<CaptureConfig> {
     vec![CaptureConfig::Udp {
-        listen: "0.0.0.0:62201".parse().expect("valid"),
+        listen: any_address(62201),
     }]
 }
 
