@@ -256,7 +256,11 @@ pub async fn start_with_backends(
         destination_rule: cfg.server.destination_rule,
     };
     let (tx, rx) = mpsc::channel(cfg.server.queue_depth);
-    let actions = Executor::new(backends, &cfg.server).spawn(rx, shutdown.clone());
+    let mut executor = Executor::new(backends, &cfg.server);
+    if let Some(fleet) = &cfg.fleet {
+        executor = executor.with_fleet(start_fleet(fleet, shutdown.clone()).await?);
+    }
+    let actions = executor.spawn(rx, shutdown.clone());
     // GPG decryption runs on its own threads (gpgme is slow and not Send); the pool
     // is always there so a SIGHUP may add GPG stanzas.
     let gpg_pool =
@@ -311,6 +315,41 @@ pub async fn start_with_backends(
         gpg_workers: Some(gpg_workers),
         gpg_stats,
     })
+}
+
+/// Join the fleet `[fleet]` names: its store must answer now (a typo is a
+/// start error); later outages are waited out.
+#[cfg(feature = "redis")]
+async fn start_fleet(
+    config: &crate::fleet::FleetConfig,
+    shutdown: CancellationToken,
+) -> anyhow::Result<crate::fleet::FleetLink> {
+    let key = crate::fleet::GroupKey::load(&config.key_file)?;
+    let bus =
+        crate::fleet::redis::RedisBus::connect(&config.url, &config.key_prefix, &config.group)
+            .await
+            .map_err(anyhow::Error::msg)?;
+    tracing::info!(
+        "fleet: member `{}` of group `{}` at {}",
+        config.member,
+        config.group,
+        crate::config::redact_url(&config.url)
+    );
+    crate::metrics::fleet_store_up(true);
+    Ok(crate::fleet::start(
+        std::sync::Arc::new(bus),
+        key,
+        config,
+        shutdown,
+    ))
+}
+
+#[cfg(not(feature = "redis"))]
+async fn start_fleet(
+    _config: &crate::fleet::FleetConfig,
+    _shutdown: CancellationToken,
+) -> anyhow::Result<crate::fleet::FleetLink> {
+    anyhow::bail!("[fleet] needs a posternd built with the `redis` feature")
 }
 
 async fn prune_loop(store: Arc<dyn ReplayStore>, max_age: u64, shutdown: CancellationToken) {

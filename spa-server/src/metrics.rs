@@ -128,6 +128,15 @@ fn describe() {
     describe_counter!(GPG_DECRYPTED, "GPG packets decrypted");
     describe_counter!(GPG_FAILED, "GPG packets that failed to decrypt or verify");
     describe_counter!(GPG_DROPPED, "GPG packets dropped for a full queue");
+    describe_counter!(
+        FLEET_GRANTS,
+        "Fleet grants published by this member, applied from others, refused"
+    );
+    describe_counter!(
+        FLEET_DROPPED,
+        "This member's grants dropped unpublished (fleet store down too long)"
+    );
+    describe_gauge!(FLEET_STORE_UP, "1 while the fleet store answers");
 }
 
 /// The queues the gauges watch.
@@ -164,6 +173,34 @@ pub fn watch(queues: Queues, stop: tokio_util::sync::CancellationToken) {
             counter!(GPG_DROPPED).absolute(gpg.dropped.load(Relaxed));
         }
     });
+}
+
+const FLEET_GRANTS: &str = "postern_fleet_grants_total";
+const FLEET_DROPPED: &str = "postern_fleet_unpublished_dropped_total";
+const FLEET_STORE_UP: &str = "postern_fleet_store_up";
+
+/// A fleet grant `event`: `published` (this member's), `applied` (another
+/// member's, in the firewall here), `refused` (a stored message that failed
+/// verification).
+pub fn fleet(event: &'static str) {
+    if !enabled() {
+        return;
+    }
+    counter!(FLEET_GRANTS, "event" => event).increment(1);
+}
+
+pub fn fleet_dropped(grants: usize) {
+    if !enabled() {
+        return;
+    }
+    counter!(FLEET_DROPPED).increment(grants as u64);
+}
+
+pub fn fleet_store_up(up: bool) {
+    if !enabled() {
+        return;
+    }
+    gauge!(FLEET_STORE_UP).set(if up { 1.0 } else { 0.0 });
 }
 
 pub fn replay_store_failed() {
