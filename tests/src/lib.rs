@@ -23,6 +23,7 @@ pub use tempfile;
 pub mod attacker;
 pub mod conformance;
 pub mod firewalld;
+pub mod fleet;
 pub mod lan;
 pub mod posternd;
 pub mod routed;
