@@ -455,7 +455,7 @@ fn allow_ip(cli: &Cli, settings: &Settings, console: &mut Console) -> Result<IpA
                 .user_agent
                 .clone()
                 .unwrap_or_else(|| format!("postern/{VERSION}"));
-            let (ip, url) = resolve::resolve_external_ip(&urls, &agent, knock_family(settings)?)?;
+            let (ip, url) = resolve::resolve_external_ip(&urls, &agent, knock_family(settings))?;
             if cli.verbose > 0 || settings.verbose > 0 {
                 console.say(&format!(
                     "\n[+] Resolved external IP (via '{url}') as: {ip}"
@@ -467,17 +467,21 @@ fn allow_ip(cli: &Cli, settings: &Settings, console: &mut Console) -> Result<IpA
 }
 
 /// The family the knock goes out over, which -R asks its resolver over: the
-/// one `-4`/`-6` name, else that of the server's first address.
-fn knock_family(settings: &Settings) -> Result<crate::send::Family> {
+/// one `-4`/`-6` name, else that of the server's first address (either, when
+/// there is no server to resolve: `-T`, or a name sending will report).
+fn knock_family(settings: &Settings) -> crate::send::Family {
     use crate::send::Family;
-    Ok(match settings.family() {
+    match settings.family() {
         Family::Any => {
             let server = settings.spa_server.as_deref().unwrap_or_default();
             let port = settings.server_port.unwrap_or(DEFAULT_SERVER_PORT);
-            Family::of(&crate::send::addresses("SPA server", server, port, Family::Any)?[0])
+            match crate::send::addresses("SPA server", server, port, Family::Any) {
+                Ok(addrs) if !server.is_empty() => Family::of(&addrs[0]),
+                _ => Family::Any,
+            }
         }
         family => family,
-    })
+    }
 }
 
 /// Build the message fields from the settings.

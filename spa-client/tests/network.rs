@@ -132,7 +132,7 @@ fn resolver_failures_are_one_line() {
         "--key-rijndael",
         "pw",
     ]);
-    assert!(line.contains("no IPv4 address"), "{line}");
+    assert!(line.contains("no IP address"), "{line}");
 
     let err = http_server("oops", "500 Internal Server Error", 1);
     let line = env.fails(&[

@@ -32,7 +32,8 @@ fn build_example_plugin() -> PathBuf {
     target.join("debug/libgrant_file_plugin.so")
 }
 
-fn knock(port: u16) {
+/// A knock over `at`'s family to `at:port`, asking for `at` itself.
+fn knock(at: std::net::IpAddr, port: u16) {
     let key = Secret::from_base64("k", "7GUhvzM3zXNUTPqUMAixKOMqVNDh6qrIUgqWdacXNMA=").unwrap();
     let hmac = Secret::from_base64(
         "h",
@@ -48,7 +49,7 @@ fn knock(port: u16) {
             .as_secs(),
         version: "3.0.0".into(),
         msg_type: MessageType::Access,
-        message: "127.0.0.1,tcp/2222".into(),
+        message: format!("{at},tcp/2222"),
         nat_access: None,
         server_auth: None,
         client_timeout: None,
@@ -62,9 +63,14 @@ fn knock(port: u16) {
         }),
     };
     let wire = packet::seal(&msg, DigestType::Sha256, &keys, &[9; 8]).unwrap();
-    UdpSocket::bind("127.0.0.1:0")
+    let any: std::net::SocketAddr = if at.is_ipv4() {
+        "0.0.0.0:0".parse().unwrap()
+    } else {
+        "[::]:0".parse().unwrap()
+    };
+    UdpSocket::bind(any)
         .unwrap()
-        .send_to(wire.as_bytes(), ("127.0.0.1", port))
+        .send_to(wire.as_bytes(), (at, port))
         .unwrap();
 }
 
@@ -80,16 +86,17 @@ fn wait_for(what: &str, f: impl Fn() -> bool) {
 async fn a_knock_reaches_the_plugin_and_is_revoked_at_expiry() {
     // With ENABLE_DESTINATION_RULE the rule carries the packet's destination
     // (the example plugin declares POSTERN_PLUGIN_DESTINATION and keeps it).
-    for destination_rule in [false, true] {
-        knock_through_plugin(destination_rule).await;
+    // IPv6 reaches the plugin's ABI as IPv6 (source and destination).
+    for (at, destination_rule) in [("127.0.0.1", false), ("127.0.0.1", true), ("::1", true)] {
+        knock_through_plugin(at.parse().unwrap(), destination_rule).await;
     }
 }
 
-async fn knock_through_plugin(destination_rule: bool) {
+async fn knock_through_plugin(at: std::net::IpAddr, destination_rule: bool) {
     let plugin = build_example_plugin();
     let dir = tempfile::tempdir().unwrap();
     let grants = dir.path().join("grants.jsonl");
-    let port = UdpSocket::bind("127.0.0.1:0")
+    let port = UdpSocket::bind((at, 0))
         .unwrap()
         .local_addr()
         .unwrap()
@@ -104,7 +111,7 @@ async fn knock_through_plugin(destination_rule: bool) {
     settings.insert("config".into(), serde_json::json!({ "path": grants }));
     let cfg = ServerConfig {
         capture: vec![CaptureConfig::Udp {
-            listen: ([127, 0, 0, 1], port).into(),
+            listen: (at, port).into(),
         }],
         action: vec![ActionConfig {
             kind: "plugin".into(),
@@ -119,11 +126,15 @@ async fn knock_through_plugin(destination_rule: bool) {
     let running = spa_server::daemon::start(cfg).await.unwrap();
     let read = || std::fs::read_to_string(&grants).unwrap_or_default();
     assert_eq!(read(), "", "the plugin starts empty");
-    knock(port);
+    knock(at, port);
     wait_for("the grant", || read().contains("\"port\":2222"));
-    assert!(read().contains("\"source\":\"127.0.0.1\""), "{}", read());
+    assert!(
+        read().contains(&format!("\"source\":\"{at}\"")),
+        "{}",
+        read()
+    );
     assert_eq!(
-        read().contains("\"destination\":\"127.0.0.1\""),
+        read().contains(&format!("\"destination\":\"{at}\"")),
         destination_rule,
         "{}",
         read()

@@ -4,6 +4,7 @@
 //! IPv6; and, in dual-stack namespaces, a knock over one family opens the
 //! other family's address when that is what it asks for.
 
+use postern_e2e::firewalld::{can_run as firewalld_can_run, Firewalld};
 use postern_e2e::posternd::{
     nftables_action, pcap_capture, run_scenarios, runnable, tcp_capture, udp_capture, Service,
     Setup, SPA_PORT,
@@ -87,6 +88,8 @@ enum Capture {
 enum Backend {
     Nftables,
     Iptables,
+    /// A real firewalld on a private bus in the server's namespace.
+    Firewalld,
 }
 
 /// Closed → knock over IPv6 for the client's IPv6 address → open → closed,
@@ -103,11 +106,21 @@ fn ipv6_only_knock(tag: &str, port: u16, capture: Capture, backend: Backend) {
             Pair::SERVER_IF
         ),
     };
+    let mut firewalld = None;
     let action = match backend {
         Backend::Nftables => nftables_action(port),
         Backend::Iptables => {
             ip6tables_guard(&svc);
             "[[action]]\ntype = \"iptables\"\nipv6 = true\n".into()
+        }
+        Backend::Firewalld => {
+            let fwd = Firewalld::start(svc.server());
+            let action = format!(
+                "[[action]]\ntype = \"firewalld\"\nbus_address = \"{}\"\n",
+                fwd.address
+            );
+            firewalld = Some(fwd);
+            action
         }
     };
     let s = Setup::new(svc, TIMEOUT, "memory", &format!("{capture_toml}\n{action}"));
@@ -165,6 +178,7 @@ fn ipv6_only_knock(tag: &str, port: u16, capture: Capture, backend: Backend) {
         assert!(!connects(&s.svc, server6), "a replay opened the port");
     }
     d.terminate(Duration::from_secs(5));
+    drop(firewalld);
 }
 
 #[test]
@@ -180,7 +194,11 @@ fn knocks_over_ipv6_open_ipv6_addresses_for_each_capture_and_backend() {
         ("u6i", 22305, Capture::Udp, Backend::Iptables),
         ("t6i", 22306, Capture::Tcp, Backend::Iptables),
         ("p6i", 22307, Capture::Pcap, Backend::Iptables),
+        ("u6f", 22308, Capture::Udp, Backend::Firewalld),
     ];
+    let cases = cases
+        .into_iter()
+        .filter(|c| !matches!(c.3, Backend::Firewalld) || firewalld_can_run());
     let scenarios = cases
         .into_iter()
         .map(|(tag, port, capture, backend)| {

@@ -77,6 +77,12 @@ pub(crate) fn bind_socket(
     Ok(socket)
 }
 
+/// A sender as logs, policy and the audit want it: an IPv4 client of a
+/// dual-stack socket arrives as `::ffff:a.b.c.d`, which is `a.b.c.d`.
+pub(crate) fn canonical_peer(peer: std::net::SocketAddr) -> std::net::SocketAddr {
+    std::net::SocketAddr::new(peer.ip().to_canonical(), peer.port())
+}
+
 /// `-C/--packet-limit`: fwknopd counts every packet its capture hands it
 /// (pcap_dispatch's count after the BPF filter, each UDP datagram), valid or
 /// not, and stops once the count reaches the limit. Process-wide, as fwknopd's.

@@ -372,7 +372,7 @@ pub async fn run(
             a = listener.accept() => a,
         };
         let (mut stream, peer) = match accepted {
-            Ok(a) => a,
+            Ok((stream, peer)) => (stream, super::canonical_peer(peer)),
             Err(e) => {
                 tracing::warn!("TCP accept failed: {e}");
                 tokio::time::sleep(Duration::from_millis(10)).await;

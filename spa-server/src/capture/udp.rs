@@ -179,7 +179,7 @@ impl RecvBatch {
             unsafe { socket2::SockAddr::new(self.addrs[i], self.msgs[i].msg_hdr.msg_namelen) };
         Some((
             &self.bufs[i * MAX_DATAGRAM..i * MAX_DATAGRAM + len],
-            addr.as_socket()?,
+            super::canonical_peer(addr.as_socket()?),
         ))
     }
 }
