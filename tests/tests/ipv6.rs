@@ -115,6 +115,9 @@ fn ipv6_only_knock(tag: &str, port: u16, capture: Capture, backend: Backend) {
         }
         Backend::Firewalld => {
             let fwd = Firewalld::start(svc.server());
+            // The knock port is opened in firewalld, as on a real server.
+            fwd.firewall_cmd(&[&format!("--add-port={SPA_PORT}/udp")])
+                .expect("open the knock port");
             let action = format!(
                 "[[action]]\ntype = \"firewalld\"\nbus_address = \"{}\"\n",
                 fwd.address
