@@ -475,7 +475,7 @@ impl Executor {
         crate::metrics::blocked(blocks.len(), self.block_ends.len());
         for r in &batch {
             let d = &r.detection;
-            crate::pipeline::alert(format_args!(
+            crate::attack::warn(format_args!(
                 "blocked {} for {} s: {} refused packets within {} s (last at {}: {})",
                 d.source, d.block_secs, d.failures, d.window_secs, d.stage, d.reason
             ));

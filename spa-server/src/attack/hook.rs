@@ -65,7 +65,7 @@ impl Hook {
         }
         if self.running.fetch_add(1, Ordering::SeqCst) >= self.max_running {
             self.running.fetch_sub(1, Ordering::SeqCst);
-            crate::pipeline::alert(format_args!(
+            crate::attack::warn(format_args!(
                 "[attack] hook not run for {}: {} hooks are running already",
                 d.source, self.max_running
             ));

@@ -225,13 +225,13 @@ impl Responder {
     fn respond(&self, d: Detection) {
         crate::metrics::attack_detected();
         if d.table_full {
-            crate::pipeline::alert(format_args!(
+            warn(format_args!(
                 "attack from {}: {} refused packets within {} s (last at {}: {}); not blocked: \
                  [attack] max_blocked sources are blocked already",
                 d.source, d.failures, d.window_secs, d.stage, d.reason
             ));
         } else if d.block_secs == 0 {
-            crate::pipeline::alert(format_args!(
+            warn(format_args!(
                 "attack from {}: {} refused packets within {} s (last at {}: {}); not blocked \
                  ([attack] block_secs is 0)",
                 d.source, d.failures, d.window_secs, d.stage, d.reason
@@ -249,7 +249,7 @@ impl Responder {
                         r.detection
                     }
                 };
-                crate::pipeline::alert(format_args!(
+                warn(format_args!(
                     "attack from {}: not blocked, {BLOCK_QUEUE} blocks are waiting for the firewall already",
                     d.source
                 ));
@@ -257,6 +257,37 @@ impl Responder {
         }
     }
 }
+
+/// A warning about an attacker or a block, at most [`WARNINGS_PER_SECOND`]
+/// (burst [`WARNING_BURST`]); the lines left out are counted in the next one.
+/// A budget of its own: a flood's refusal lines (`pipeline::alert`) cannot
+/// crowd these out, nor these flood the log when many sources are blocked.
+pub fn warn(line: impl std::fmt::Display) {
+    use governor::{Quota, RateLimiter};
+    use std::num::NonZeroU32;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LIMIT: LazyLock<governor::DefaultDirectRateLimiter> = LazyLock::new(|| {
+        RateLimiter::direct(
+            Quota::per_second(NonZeroU32::new(WARNINGS_PER_SECOND).expect("non-zero"))
+                .allow_burst(NonZeroU32::new(WARNING_BURST).expect("non-zero")),
+        )
+    });
+    static SUPPRESSED: AtomicU64 = AtomicU64::new(0);
+    if LIMIT.check().is_err() {
+        SUPPRESSED.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    let suppressed = SUPPRESSED.swap(0, Ordering::Relaxed);
+    if suppressed > 0 {
+        tracing::warn!(
+            "{suppressed} attack lines were not logged (more than {WARNINGS_PER_SECOND} a second)"
+        );
+    }
+    tracing::warn!("{line}");
+}
+
+pub const WARNINGS_PER_SECOND: u32 = 20;
+pub const WARNING_BURST: u32 = 100;
 
 struct Active {
     detector: Detector,
