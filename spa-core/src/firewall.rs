@@ -433,6 +433,53 @@ impl Firewall for MemoryFirewall {
 mod tests {
     use super::*;
 
+    /// A backend that says nothing about blocking cannot block: the server
+    /// refuses `[attack] block_secs` with it at start.
+    #[test]
+    fn blocking_is_unsupported_unless_a_backend_implements_it() {
+        struct Plain;
+        impl Firewall for Plain {
+            fn name(&self) -> &'static str {
+                "plain"
+            }
+            fn init(&mut self, _: u64) -> FwResult<()> {
+                Ok(())
+            }
+            fn grant(&mut self, _: &[Opening]) -> FwResult<()> {
+                Ok(())
+            }
+            fn revoke(&mut self, _: &[Rule]) -> FwResult<()> {
+                Ok(())
+            }
+            fn list(&mut self) -> FwResult<Vec<Opening>> {
+                Ok(Vec::new())
+            }
+            fn flush(&mut self) -> FwResult<()> {
+                Ok(())
+            }
+            fn expires_in_kernel(&self) -> bool {
+                true
+            }
+        }
+        let e = Plain.enable_blocking().unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "backend `plain` does not support blocking sources ([attack] block_secs)"
+        );
+        assert!(Plain.block(&[]).is_err());
+        let mut memory = MemoryFirewall::new(true);
+        memory.enable_blocking().unwrap();
+        let b = Block {
+            source: "192.0.2.1".parse().unwrap(),
+            timeout_secs: 5,
+            expires_at: 105,
+        };
+        memory.block(std::slice::from_ref(&b)).unwrap();
+        assert_eq!(memory.blocked(), [b]);
+        memory.flush().unwrap();
+        assert!(memory.blocked().is_empty());
+    }
+
     #[test]
     fn nat_tags_round_trip() {
         for snat in [

@@ -13,8 +13,9 @@
 //!   a source blocked again is lifted by `posternd --fw-flush`;
 //! - the hook ran for each block with the detection in its environment; the
 //!   metrics count the blocks;
-//! - a flood from many addresses below the threshold blocks nothing and leaves
-//!   posternd's memory flat;
+//! - 200 addresses each below the threshold block nothing (counts are per
+//!   source); each crossing it later gets blocked, and posternd's memory stays
+//!   flat;
 //! - bad `[attack]` values and an action that cannot block are refused at
 //!   start, naming the file and the key.
 
