@@ -107,7 +107,8 @@ fn case(backend: Backend, tag: &str) {
     std::fs::write(
         &hook,
         format!(
-            "#!/bin/sh\necho \"$POSTERN_SOURCE $POSTERN_FAILURES $POSTERN_STAGE $POSTERN_BLOCK_SECS\" >> {}\n",
+            "#!/bin/sh\necho \"$POSTERN_SOURCE|$POSTERN_FAILURES|$POSTERN_WINDOW_SECS|$POSTERN_STAGE|\
+             $POSTERN_BLOCK_SECS|$POSTERN_REASON|$(grep CapEff /proc/self/status)\" >> {}\n",
             hook_out.display()
         ),
     )
@@ -335,9 +336,10 @@ fn case(backend: Backend, tag: &str) {
 
     // The hook ran for each block.
     let lines = || std::fs::read_to_string(&hook_out).unwrap_or_default();
+    // The detection in the environment; no capabilities.
     let want = [
-        format!("{flooder} {THRESHOLD} hmac {BLOCK_SECS}"),
-        format!("{replayer} {THRESHOLD} replay {BLOCK_SECS}"),
+        format!("{flooder}|{THRESHOLD}|60|hmac|{BLOCK_SECS}|HMAC verification failed|CapEff:\t0000000000000000"),
+        format!("{replayer}|{THRESHOLD}|60|replay|{BLOCK_SECS}|packet seen before (replay)|CapEff:\t0000000000000000"),
     ];
     let ran = wait_until(Duration::from_secs(5), Duration::from_millis(50), || {
         let l = lines();

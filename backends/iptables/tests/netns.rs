@@ -239,10 +239,11 @@ fn legacy_iptables_variant_behaves_the_same() {
 }
 
 /// Blocking (posternd's `[attack] block_secs`) with ipset: a blocked source can
-/// no longer open a connection to an unguarded port, its grant still works
-/// (the block chain comes after postern's input chain); the kernel lifts the
-/// block at its timeout; flush empties the set; at exit (`flush_at_exit`) the
-/// chain, its jump and the set are gone.
+/// no longer open a connection to an unguarded port, its grant and a
+/// connection it had already still work (the block chain comes after
+/// postern's input chain and passes established traffic); the kernel lifts
+/// the block at its timeout; flush empties the set; `flush_at_init` empties it
+/// at start; at exit (`flush_at_exit`) the chain, its jump and the set are gone.
 #[test]
 fn a_blocked_source_is_dropped_until_the_kernel_lifts_the_block() {
     if !(can_run() && require_program("ipset")) {
@@ -267,7 +268,13 @@ fn a_blocked_source_is_dropped_until_the_kernel_lifts_the_block() {
         timeout_secs: secs,
         expires_at: now() + u64::from(secs),
     };
+    let (mut held, mut far) = postern_e2e::tcp_established(&p, 2222);
     fw.block(&[block(3)]).unwrap();
+    assert!(
+        postern_e2e::tcp_carries(&mut held, &mut far)
+            && postern_e2e::tcp_carries(&mut far, &mut held),
+        "a block cut an established connection"
+    );
     let listed = p.server.run_ok(&["ipset", "list", "postern_block4"]);
     assert!(listed.contains(&format!("{client} timeout")), "{listed}");
     assert!(
@@ -302,6 +309,19 @@ fn a_blocked_source_is_dropped_until_the_kernel_lifts_the_block() {
     assert!(!tcp_connect_ok(&p.client, server, 2220, REFUSED_WAIT));
     fw.flush().unwrap();
     assert!(tcp_connect_ok(&p.client, server, 2220, OPEN_WAIT));
+    fw.block(&[block(100)]).unwrap();
+    let runner = PrefixedRunner::netns(&p.server.name, Duration::from_secs(30));
+    let config = IptablesConfig {
+        flush_at_init: true,
+        ..IptablesConfig::default()
+    };
+    let mut flushing = IptablesBackend::new(&config, Box::new(runner)).unwrap();
+    flushing.enable_blocking().unwrap();
+    flushing.init(now()).unwrap();
+    assert!(
+        tcp_connect_ok(&p.client, server, 2220, OPEN_WAIT),
+        "flush_at_init kept the block"
+    );
     fw.block(&[block(100)]).unwrap();
     fw.shutdown().unwrap();
     assert!(tcp_connect_ok(&p.client, server, 2220, OPEN_WAIT));

@@ -499,9 +499,9 @@ fn destination_bound_grant_opens_only_that_address() {
 }
 
 /// Blocking (posternd's `[attack] block_secs`), on both paths: a blocked source
-/// can no longer open a connection to an unprotected port, a grant of it still
-/// works (the drop comes after the grant accepts); the kernel lifts the block
-/// at its timeout; init keeps live
+/// can no longer open a connection to an unprotected port, a grant of it and
+/// a connection it had already still work (the drop comes after the grant
+/// accepts and `ct state established`); the kernel lifts the block at its timeout; init keeps live
 /// blocks, init without blocking deletes the sets, and flush empties them.
 #[test]
 fn a_blocked_source_is_dropped_until_the_kernel_lifts_the_block() {
@@ -534,8 +534,14 @@ fn a_blocked_source_is_dropped_until_the_kernel_lifts_the_block() {
             timeout_secs: secs,
             expires_at: 0,
         };
+        let (mut held, mut far) = postern_e2e::tcp_established(&p, 2212);
         fw.block(&[block(3)]).unwrap();
         let blocked_at = Instant::now();
+        assert!(
+            postern_e2e::tcp_carries(&mut held, &mut far)
+                && postern_e2e::tcp_carries(&mut far, &mut held),
+            "{apply_with:?}: a block cut an established connection"
+        );
         let listed = nft(&p.server, &["list", "set", "inet", table, "block4"]);
         assert!(
             listed.contains(&format!("{client} timeout 3s")),

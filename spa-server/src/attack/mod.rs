@@ -40,6 +40,7 @@ use lru::LruCache;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -265,7 +266,7 @@ impl Responder {
 pub fn warn(line: impl std::fmt::Display) {
     use governor::{Quota, RateLimiter};
     use std::num::NonZeroU32;
-    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::atomic::AtomicU64;
     static LIMIT: LazyLock<governor::DefaultDirectRateLimiter> = LazyLock::new(|| {
         RateLimiter::direct(
             Quota::per_second(NonZeroU32::new(WARNINGS_PER_SECOND).expect("non-zero"))
@@ -296,6 +297,8 @@ struct Active {
 
 /// The running server's detector, if `[attack]` is configured.
 static ACTIVE: ArcSwapOption<Active> = ArcSwapOption::const_empty();
+/// Whether [`ACTIVE`] holds one: without `[attack]` a packet costs one load.
+static ENABLED: AtomicBool = AtomicBool::new(false);
 
 /// The detector's clock: whole seconds since the first use (monotonic).
 fn now() -> u64 {
@@ -309,15 +312,20 @@ pub fn install(detector: Detector, responder: Responder) {
         detector,
         responder,
     })));
+    ENABLED.store(true, Ordering::Release);
 }
 
 /// Stop detecting (at shutdown).
 pub fn uninstall() {
+    ENABLED.store(false, Ordering::Release);
     ACTIVE.store(None);
 }
 
 /// Every packet's outcome, with the sender it came from.
 pub fn observe(peer: SocketAddr, outcome: &Outcome) {
+    if !ENABLED.load(Ordering::Relaxed) {
+        return;
+    }
     let active = ACTIVE.load();
     let Some(active) = active.as_ref() else {
         return;
