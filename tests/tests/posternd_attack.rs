@@ -158,7 +158,7 @@ fn case(backend: Backend, tag: &str) {
     // A client that knocked is not blocked by forged packets from its address.
     knock_ok(svc, &s.keys, &[]);
     assert!(
-        svc.wait_reachable(true, Duration::from_secs(5)),
+        svc.wait_reachable(true, Duration::from_secs(10)),
         "{}",
         ctx("the knock did not open the port")
     );
@@ -178,7 +178,7 @@ fn case(backend: Backend, tag: &str) {
         d.wait_log(
             &format!("refused packet from {client_ip}:"),
             3 * THRESHOLD,
-            Duration::from_secs(5)
+            Duration::from_secs(10)
         ),
         "{}",
         ctx("the client's forged packets were not judged")
@@ -197,7 +197,7 @@ fn case(backend: Backend, tag: &str) {
     // A flood of forged packets from one address: blocked.
     udp_send_from(&attacker.ns, flooder, spa, vec![forged(&valid); 200]);
     assert!(
-        d.wait_log(&format!("blocked {flooder} for {BLOCK_SECS} s: {THRESHOLD} refused packets within 60 s (last at hmac:"), 1, Duration::from_secs(5)),
+        d.wait_log(&format!("blocked {flooder} for {BLOCK_SECS} s: {THRESHOLD} refused packets within 60 s (last at hmac:"), 1, Duration::from_secs(10)),
         "{}",
         ctx("the flooder was not blocked")
     );
@@ -207,7 +207,7 @@ fn case(backend: Backend, tag: &str) {
         ctx("the kernel set does not list the flooder")
     );
     // Its later packets no longer reach posternd.
-    let settled = wait_until(Duration::from_secs(5), Duration::from_millis(500), {
+    let settled = wait_until(Duration::from_secs(10), Duration::from_millis(500), {
         let mut last = usize::MAX;
         move || {
             let now = refused_from(flooder);
@@ -224,7 +224,7 @@ fn case(backend: Backend, tag: &str) {
         d.wait_log(
             &format!("refused packet from {bystander}:"),
             1,
-            Duration::from_secs(5)
+            Duration::from_secs(10)
         ),
         "{}",
         ctx("a packet from another attacker address did not reach posternd")
@@ -257,13 +257,13 @@ fn case(backend: Backend, tag: &str) {
         Duration::from_millis(100),
     );
     assert!(
-        d.wait_log("granted:", 2, Duration::from_secs(5)),
+        d.wait_log("granted:", 2, Duration::from_secs(10)),
         "{}",
         ctx("the second knock was not granted")
     );
     udp_send_from(&attacker.ns, replayer, spa, vec![knock; 2 * THRESHOLD]);
     assert!(
-        d.wait_log(&format!("blocked {replayer} for {BLOCK_SECS} s: {THRESHOLD} refused packets within 60 s (last at replay:"), 1, Duration::from_secs(5)),
+        d.wait_log(&format!("blocked {replayer} for {BLOCK_SECS} s: {THRESHOLD} refused packets within 60 s (last at replay:"), 1, Duration::from_secs(10)),
         "{}",
         ctx("the replayer was not blocked")
     );
@@ -281,7 +281,7 @@ fn case(backend: Backend, tag: &str) {
     );
     knock_ok(svc, &s.keys, &[]);
     assert!(
-        svc.wait_reachable(true, Duration::from_secs(5)),
+        svc.wait_reachable(true, Duration::from_secs(10)),
         "{}",
         ctx("the client's knock did not open during the attack")
     );
@@ -310,7 +310,11 @@ fn case(backend: Backend, tag: &str) {
         vec![forged(&valid); 2 * THRESHOLD],
     );
     assert!(
-        d.wait_log(&format!("blocked {flooder} for"), 2, Duration::from_secs(5)),
+        d.wait_log(
+            &format!("blocked {flooder} for"),
+            2,
+            Duration::from_secs(10)
+        ),
         "{}",
         ctx("the flooder was not blocked again")
     );
@@ -341,7 +345,7 @@ fn case(backend: Backend, tag: &str) {
         format!("{flooder}|{THRESHOLD}|60|hmac|{BLOCK_SECS}|HMAC verification failed|CapEff:\t0000000000000000"),
         format!("{replayer}|{THRESHOLD}|60|replay|{BLOCK_SECS}|packet seen before (replay)|CapEff:\t0000000000000000"),
     ];
-    let ran = wait_until(Duration::from_secs(5), Duration::from_millis(50), || {
+    let ran = wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
         let l = lines();
         l.lines().filter(|x| *x == want[0]).count() == 2 && l.lines().any(|x| x == want[1])
     });
@@ -440,7 +444,7 @@ fn many_sources_are_counted_apart_and_memory_stays_flat() {
     );
     knock_ok(&s.svc, &s.keys, &[]);
     assert!(
-        s.svc.wait_reachable(true, Duration::from_secs(5)),
+        s.svc.wait_reachable(true, Duration::from_secs(10)),
         "{}",
         d.log_text()
     );
@@ -533,5 +537,5 @@ fn bad_attack_settings_and_an_action_that_cannot_block_are_refused() {
         "{}",
         d.log_text()
     );
-    d.terminate(Duration::from_secs(5));
+    d.terminate(Duration::from_secs(10));
 }
