@@ -307,8 +307,24 @@ fn a_blocked_source_is_dropped_until_the_kernel_lifts_the_block() {
         .unwrap_or_else(|| panic!("{listed}"));
     assert!(left > 150, "not refreshed to the new timeout: {listed}");
     assert!(!tcp_connect_ok(&p.client, server, 2220, REFUSED_WAIT));
+    // IPv6 (ip6tables, postern_block6).
+    let server6 = IpAddr::V6(p.server_ip6);
+    assert!(tcp_connect_ok(&p.client, server6, 2220, OPEN_WAIT));
+    fw.block(&[spa_core::firewall::Block {
+        source: IpAddr::V6(p.client_ip6),
+        timeout_secs: 100,
+        expires_at: now() + 100,
+    }])
+    .unwrap();
+    let listed = p.server.run_ok(&["ipset", "list", "postern_block6"]);
+    assert!(listed.contains(&p.client_ip6.to_string()), "{listed}");
+    assert!(
+        !tcp_connect_ok(&p.client, server6, 2220, REFUSED_WAIT),
+        "a blocked IPv6 source still connects"
+    );
     fw.flush().unwrap();
     assert!(tcp_connect_ok(&p.client, server, 2220, OPEN_WAIT));
+    assert!(tcp_connect_ok(&p.client, server6, 2220, OPEN_WAIT));
     fw.block(&[block(100)]).unwrap();
     let runner = PrefixedRunner::netns(&p.server.name, Duration::from_secs(30));
     let config = IptablesConfig {

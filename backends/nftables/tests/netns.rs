@@ -569,8 +569,27 @@ fn a_blocked_source_is_dropped_until_the_kernel_lifts_the_block() {
         let listed = nft(&p.server, &["list", "set", "inet", table, "block4"]);
         assert!(listed.contains("timeout 3m20s"), "{apply_with:?}: {listed}");
         assert!(!tcp_connect_ok(&p.client, server, 2210, CONNECT));
+        // IPv6: its own set; the client's IPv4 address stays blocked meanwhile.
+        let server6 = IpAddr::V6(p.server_ip6);
+        assert!(tcp_connect_ok(&p.client, server6, 2210, CONNECT));
+        fw.block(&[spa_core::firewall::Block {
+            source: IpAddr::V6(p.client_ip6),
+            timeout_secs: 100,
+            expires_at: 0,
+        }])
+        .unwrap();
+        let listed = nft(&p.server, &["list", "set", "inet", table, "block6"]);
+        assert!(
+            listed.contains(&p.client_ip6.to_string()),
+            "{apply_with:?}: {listed}"
+        );
+        assert!(
+            !tcp_connect_ok(&p.client, server6, 2210, CONNECT),
+            "{apply_with:?}: a blocked IPv6 source still connects"
+        );
         fw.flush().unwrap();
         assert!(tcp_connect_ok(&p.client, server, 2210, CONNECT));
+        assert!(tcp_connect_ok(&p.client, server6, 2210, CONNECT));
         // A start without blocking removes the sets and their rules.
         fw.block(&[block(100)]).unwrap();
         cfg.block_sources = false;

@@ -109,3 +109,80 @@ impl Hook {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::Stage;
+
+    fn detection() -> Detection {
+        Detection {
+            source: "192.0.2.1".parse().unwrap(),
+            failures: 5,
+            window_secs: 60,
+            stage: Stage::Hmac,
+            reason: "HMAC verification failed".into(),
+            block_secs: 600,
+            table_full: false,
+        }
+    }
+
+    fn wait_for(hook: &Hook, running: usize) -> bool {
+        let end = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < end {
+            if hook.running.load(Ordering::SeqCst) == running {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// At most `max_hooks` run at once; the others are not started (nor
+    /// queued), and a hook that outlives its timeout is killed.
+    #[test]
+    fn hooks_are_bounded_and_killed_at_their_timeout() {
+        let hook = Hook::new(
+            vec!["/bin/sleep".into(), "30".into()],
+            Duration::from_secs(1),
+            2,
+            false,
+        );
+        let started = std::time::Instant::now();
+        for _ in 0..5 {
+            hook.run(&detection());
+        }
+        assert_eq!(hook.running.load(Ordering::SeqCst), 2);
+        assert!(wait_for(&hook, 0), "the hooks were not killed");
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+
+    #[test]
+    fn the_environment_holds_the_detection_and_a_fixed_path() {
+        let env = Hook::environment(&detection());
+        let get = |k: &str| env.iter().find(|(n, _)| *n == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("POSTERN_SOURCE"), Some("192.0.2.1"));
+        assert_eq!(get("POSTERN_FAILURES"), Some("5"));
+        assert_eq!(get("POSTERN_WINDOW_SECS"), Some("60"));
+        assert_eq!(get("POSTERN_STAGE"), Some("hmac"));
+        assert_eq!(get("POSTERN_REASON"), Some("HMAC verification failed"));
+        assert_eq!(get("POSTERN_BLOCK_SECS"), Some("600"));
+        assert_eq!(
+            get("PATH"),
+            Some(postern_backend_script::command::SAFE_PATH)
+        );
+        assert_eq!(env.len(), 7);
+    }
+
+    #[test]
+    fn test_mode_runs_no_hook() {
+        let hook = Hook::new(
+            vec!["/bin/sleep".into(), "30".into()],
+            Duration::from_secs(1),
+            2,
+            true,
+        );
+        hook.run(&detection());
+        assert_eq!(hook.running.load(Ordering::SeqCst), 0);
+    }
+}
