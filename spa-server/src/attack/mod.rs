@@ -85,6 +85,9 @@ struct Tables {
     /// Sources detected already, and until when they are not counted again:
     /// the end of their block, or of the window when not blocking.
     quiet: HashMap<IpAddr, u64>,
+    /// No entry of `quiet` ends before this: a full table is swept only once
+    /// one has ended, so a flood against a full table costs no sweep per packet.
+    quiet_until_first: u64,
 }
 
 /// The counting part: no IO, time passed in (seconds on any monotonic clock).
@@ -115,6 +118,7 @@ impl Detector {
                 failures: LruCache::new(capacity),
                 granted: LruCache::new(capacity),
                 quiet: HashMap::new(),
+                quiet_until_first: u64::MAX,
             }),
         })
     }
@@ -180,12 +184,15 @@ impl Detector {
             0 => window,
             secs => u64::from(secs),
         };
-        if t.quiet.len() >= self.max_quiet {
+        if t.quiet.len() >= self.max_quiet && now >= t.quiet_until_first {
             t.quiet.retain(|_, until| now < *until);
+            t.quiet_until_first = t.quiet.values().min().copied().unwrap_or(u64::MAX);
         }
         let table_full = t.quiet.len() >= self.max_quiet;
         if !table_full {
-            t.quiet.insert(source, now.saturating_add(quiet_for));
+            let until = now.saturating_add(quiet_for);
+            t.quiet.insert(source, until);
+            t.quiet_until_first = t.quiet_until_first.min(until);
         }
         let blocks = self.block_secs > 0 && !table_full;
         Some(Detection {
@@ -503,6 +510,14 @@ mod tests {
             assert!(counts <= 100 && grants <= 100 && quiet <= 10, "{i}");
         }
         assert_eq!((blocked, full), (10, 200_000 - 10));
+        // Once those blocks end, new sources are blocked again.
+        let late = ip("192.0.2.99");
+        for _ in 0..2 {
+            assert_eq!(d.refused(late, Stage::Hmac, "bad", 1000), None);
+        }
+        let again = d.refused(late, Stage::Hmac, "bad", 1000).unwrap();
+        assert_eq!((again.block_secs, again.table_full), (1000, false));
+        assert_eq!(d.sizes().2, 1);
         // Interleaved: a source's count is forgotten once 100 others were seen since.
         let d = detector("max_sources = 100");
         let victim = ip("192.0.2.1");
