@@ -3,7 +3,7 @@
 #   setup.sh demo   what scripts/demo.sh needs: a C toolchain, libpcap/gpgme headers,
 #                   iproute2, nftables, python3 (the demo's TCP service)
 #   setup.sh        (or `all`) that plus what the tests use: the real fwknop 2.6.10
-#                   client and server, iptables, firewalld, dbus, redis, fail2ban,
+#                   client and server, iptables, ipset, firewalld, dbus, redis, fail2ban,
 #                   systemd's journald, sudo, gnupg, libseccomp
 # Daemons installed here are never started or enabled on this host (a running
 # firewalld would change the host's firewall): the tests start their own, inside
@@ -19,7 +19,7 @@ command -v cargo >/dev/null || {
 }
 export DEBIAN_FRONTEND=noninteractive
 demo_packages=(build-essential pkg-config ca-certificates iproute2 nftables libpcap-dev libgpgme-dev python3)
-test_packages=(iptables gnupg sudo fwknop-client fwknop-server firewalld dbus redis-server
+test_packages=(iptables ipset gnupg sudo fwknop-client fwknop-server firewalld dbus redis-server
     libseccomp-dev fail2ban systemd groff-base zsh fish openssh-server prometheus curl)
 packages=("${demo_packages[@]}")
 [ "${1:-all}" = demo ] || packages+=("${test_packages[@]}")

@@ -199,6 +199,17 @@ pub struct Opening {
     pub expires_at: u64,
 }
 
+/// A source whose new traffic the firewall drops for a while (attack detection:
+/// too many packets from it failed). Times are unix seconds, passed in by the caller.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Block {
+    pub source: IpAddr,
+    /// How long the block lives from now, in seconds (what a kernel timeout gets).
+    pub timeout_secs: u32,
+    /// Absolute expiry.
+    pub expires_at: u64,
+}
+
 #[derive(Debug, Error)]
 pub enum FirewallError {
     #[error("backend `{backend}` requires {what}, which is missing: {hint}")]
@@ -281,6 +292,30 @@ pub trait Firewall: Send {
         Ok(())
     }
 
+    /// Make this backend able to [`block`](Firewall::block) sources: called
+    /// before [`init`](Firewall::init) when the configuration asks for blocking,
+    /// so init can create what blocks need (a set, a rule). A backend that
+    /// cannot block sources, with blocks that expire by themselves, returns
+    /// [`FirewallError::Unsupported`], and the server refuses to start.
+    fn enable_blocking(&mut self) -> FwResult<()> {
+        Err(FirewallError::Unsupported {
+            backend: self.name(),
+            what: "blocking sources ([attack] block_secs)".into(),
+        })
+    }
+
+    /// Drop new traffic from each source until its block times out, in the
+    /// firewall (a block outlives the daemon and expires on its own). A source
+    /// blocked already is blocked again for the new timeout. Established
+    /// connections, and what a grant of the source accepts, are not cut.
+    fn block(&mut self, blocks: &[Block]) -> FwResult<()> {
+        let _ = blocks;
+        Err(FirewallError::Unsupported {
+            backend: self.name(),
+            what: "blocking sources ([attack] block_secs)".into(),
+        })
+    }
+
     /// The firewall's own listing of what this backend manages (its chains, its
     /// table), as the firewall's tool prints it: what `--fw-list` shows, as
     /// fwknopd shows its chains. `None` where the firewall has no such listing.
@@ -309,6 +344,7 @@ pub struct MemoryFirewall {
 struct Memory {
     open: Vec<Opening>,
     granted: Vec<Opening>,
+    blocked: Vec<Block>,
 }
 
 impl MemoryFirewall {
@@ -334,6 +370,11 @@ impl MemoryFirewall {
     /// Every opening granted so far, repeats included, oldest first.
     pub fn granted(&self) -> Vec<Opening> {
         self.memory().granted.clone()
+    }
+
+    /// Every block asked for so far, oldest first.
+    pub fn blocked(&self) -> Vec<Block> {
+        self.memory().blocked.clone()
     }
 }
 
@@ -368,11 +409,20 @@ impl Firewall for MemoryFirewall {
         Ok(self.open())
     }
     fn flush(&mut self) -> FwResult<()> {
-        self.memory().open.clear();
+        let mut m = self.memory();
+        m.open.clear();
+        m.blocked.clear();
         Ok(())
     }
     fn expires_in_kernel(&self) -> bool {
         self.kernel_expiry
+    }
+    fn enable_blocking(&mut self) -> FwResult<()> {
+        Ok(())
+    }
+    fn block(&mut self, blocks: &[Block]) -> FwResult<()> {
+        self.memory().blocked.extend_from_slice(blocks);
+        Ok(())
     }
     fn supports(&self, _: RuleFeature) -> bool {
         true
@@ -382,6 +432,53 @@ impl Firewall for MemoryFirewall {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A backend that says nothing about blocking cannot block: the server
+    /// refuses `[attack] block_secs` with it at start.
+    #[test]
+    fn blocking_is_unsupported_unless_a_backend_implements_it() {
+        struct Plain;
+        impl Firewall for Plain {
+            fn name(&self) -> &'static str {
+                "plain"
+            }
+            fn init(&mut self, _: u64) -> FwResult<()> {
+                Ok(())
+            }
+            fn grant(&mut self, _: &[Opening]) -> FwResult<()> {
+                Ok(())
+            }
+            fn revoke(&mut self, _: &[Rule]) -> FwResult<()> {
+                Ok(())
+            }
+            fn list(&mut self) -> FwResult<Vec<Opening>> {
+                Ok(Vec::new())
+            }
+            fn flush(&mut self) -> FwResult<()> {
+                Ok(())
+            }
+            fn expires_in_kernel(&self) -> bool {
+                true
+            }
+        }
+        let e = Plain.enable_blocking().unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "backend `plain` does not support blocking sources ([attack] block_secs)"
+        );
+        assert!(Plain.block(&[]).is_err());
+        let mut memory = MemoryFirewall::new(true);
+        memory.enable_blocking().unwrap();
+        let b = Block {
+            source: "192.0.2.1".parse().unwrap(),
+            timeout_secs: 5,
+            expires_at: 105,
+        };
+        memory.block(std::slice::from_ref(&b)).unwrap();
+        assert_eq!(memory.blocked(), [b]);
+        memory.flush().unwrap();
+        assert!(memory.blocked().is_empty());
+    }
 
     #[test]
     fn nat_tags_round_trip() {

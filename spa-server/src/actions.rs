@@ -12,13 +12,17 @@
 //! distinct open/close/capabilities, 0600), so after a crash or `kill -9` the
 //! next start runs the overdue ones, even if the stanza is gone by then. In
 //! test mode (`posternd -t`) no command and no script runs: they are logged.
+//!
+//! Blocks of attacking sources (`[attack] block_secs`) arrive on a channel of
+//! their own and go to every backend; the kernel expires them.
 
+use crate::attack::BlockRequest;
 use crate::config::ServerSection;
 use crate::pipeline::ActionRequest;
 use crate::policy::{CmdCycle, Grant, GrantKind};
 use postern_backend_script::state::{ScriptOrigin, StateFile};
 use postern_backend_script::{run_command_with, CommandExec, ScriptBackend, ScriptConfig};
-use spa_core::firewall::{Firewall, Opening};
+use spa_core::firewall::{Block, Firewall, Opening};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::path::{Path, PathBuf};
@@ -50,6 +54,9 @@ pub struct Executor {
     test_mode: bool,
     /// Client commands running now (each on its own thread).
     running_commands: Arc<AtomicUsize>,
+    /// Blocks to apply (`[attack] block_secs`), and when those applied end.
+    blocks: Option<mpsc::Receiver<BlockRequest>>,
+    block_ends: BinaryHeap<Reverse<u64>>,
     now: fn() -> u64,
     /// `[fleet]`: where this member's access openings go, and where the
     /// group's come from.
@@ -75,6 +82,8 @@ impl Executor {
             run_dir: server.run_dir.clone(),
             test_mode: server.test_mode,
             running_commands: Arc::new(AtomicUsize::new(0)),
+            blocks: None,
+            block_ends: BinaryHeap::new(),
             now: crate::capture::unix_now,
             fleet_out: None,
             fleet_in: None,
@@ -85,6 +94,12 @@ impl Executor {
     pub fn with_fleet(mut self, link: crate::fleet::FleetLink) -> Self {
         self.fleet_out = Some(link.publish);
         self.fleet_in = Some(link.remote);
+        self
+    }
+
+    /// Also apply the blocks sent on `blocks` (attack detection).
+    pub fn with_blocks(mut self, blocks: mpsc::Receiver<BlockRequest>) -> Self {
+        self.blocks = Some(blocks);
         self
     }
 
@@ -106,6 +121,7 @@ impl Executor {
                 }
                 self.schedule_existing();
                 let mut fleet_in = self.fleet_in.take();
+                let mut blocks = self.blocks.take();
                 rt.block_on(async {
                     let mut tick = tokio::time::interval(EXPIRY_TICK);
                     loop {
@@ -115,6 +131,19 @@ impl Executor {
                             remote = next_remote(&mut fleet_in) => match remote {
                                 Some(grant) => self.apply_remote(grant),
                                 None => fleet_in = None,
+                            },
+                            block = next_block(&mut blocks) => match block {
+                                Some(first) => {
+                                    let mut batch = vec![first];
+                                    while let Some(Ok(r)) = blocks.as_mut().map(|rx| rx.try_recv()) {
+                                        batch.push(r);
+                                        if batch.len() >= MAX_BATCH {
+                                            break;
+                                        }
+                                    }
+                                    self.apply_blocks(batch);
+                                }
+                                None => blocks = None,
                             },
                             first = rx.recv() => {
                                 let Some(first) = first else { break };
@@ -414,7 +443,60 @@ impl Executor {
         }
     }
 
+    /// Block the sources of `batch` in every backend, as one call each.
+    fn apply_blocks(&mut self, batch: Vec<BlockRequest>) {
+        let now = (self.now)();
+        let blocks: Vec<Block> = batch
+            .iter()
+            .map(|r| Block {
+                source: r.detection.source,
+                timeout_secs: r.detection.block_secs,
+                expires_at: now + u64::from(r.detection.block_secs),
+            })
+            .collect();
+        let mut failed = false;
+        for backend in self.backends.iter_mut() {
+            if let Err(e) = backend.block(&blocks) {
+                failed = true;
+                crate::metrics::firewall_failed(backend.name());
+                let sources: Vec<String> = blocks.iter().map(|b| b.source.to_string()).collect();
+                tracing::error!(
+                    "{}: could not block {}: {e}",
+                    backend.name(),
+                    sources.join(", ")
+                );
+            }
+        }
+        if failed {
+            return;
+        }
+        self.block_ends
+            .extend(blocks.iter().map(|b| Reverse(b.expires_at)));
+        crate::metrics::blocked(blocks.len(), self.block_ends.len());
+        for r in &batch {
+            let d = &r.detection;
+            crate::attack::warn(format_args!(
+                "blocked {} for {} s: {} refused packets within {} s (last at {}: {})",
+                d.source, d.block_secs, d.failures, d.window_secs, d.stage, d.reason
+            ));
+        }
+    }
+
     fn expire(&mut self) {
+        if self
+            .block_ends
+            .peek()
+            .is_some_and(|Reverse(end)| *end <= (self.now)())
+        {
+            while self
+                .block_ends
+                .peek()
+                .is_some_and(|Reverse(end)| *end <= (self.now)())
+            {
+                self.block_ends.pop();
+            }
+            crate::metrics::blocked_sources(self.block_ends.len());
+        }
         // Expiry times are whole seconds: a grant made at 100.9 s with a 3 s timeout
         // expires "at 103". Sweeping one second behind the clock means no grant
         // closes before its full timeout; it may stay up to ~1.5 s longer.
@@ -448,6 +530,14 @@ impl Executor {
         for b in self.cycles.values_mut() {
             let _ = b.shutdown();
         }
+    }
+}
+
+/// The next block request; never ready without a channel.
+async fn next_block(blocks: &mut Option<mpsc::Receiver<BlockRequest>>) -> Option<BlockRequest> {
+    match blocks {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -3,7 +3,7 @@
 use crate::config::{ActionConfig, ServerSection};
 use postern_backend_script::{find_program, ScriptBackend, ScriptConfig};
 use serde::de::DeserializeOwned;
-use spa_core::firewall::{Firewall, FwResult, MemoryFirewall, Opening, Rule, RuleFeature};
+use spa_core::firewall::{Block, Firewall, FwResult, MemoryFirewall, Opening, Rule, RuleFeature};
 
 fn settings<T: DeserializeOwned>(cfg: &ActionConfig) -> anyhow::Result<T> {
     serde_json::from_value(serde_json::Value::Object(cfg.settings.clone()))
@@ -177,6 +177,20 @@ impl Firewall for LogOnly {
     /// It opens nothing, so it can log any rule.
     fn supports(&self, _: RuleFeature) -> bool {
         true
+    }
+    /// It blocks nothing either, and logs each block.
+    fn enable_blocking(&mut self) -> FwResult<()> {
+        Ok(())
+    }
+    fn block(&mut self, blocks: &[Block]) -> FwResult<()> {
+        for b in blocks {
+            tracing::info!(
+                "test mode, not applied: block {} for {} s",
+                b.source,
+                b.timeout_secs
+            );
+        }
+        Ok(())
     }
 }
 

@@ -75,6 +75,18 @@ pub fn build_backends(cfg: &ServerConfig) -> anyhow::Result<Vec<Box<dyn Firewall
             );
         }
     }
+    let mut backends = backends;
+    if cfg.attack.as_ref().is_some_and(|a| a.block_secs > 0) {
+        for b in backends.iter_mut() {
+            b.enable_blocking().map_err(|e| {
+                anyhow::anyhow!(
+                    "[attack] block_secs needs actions that can block sources, and action `{}` \
+                     cannot: {e} (nftables and iptables can; or set block_secs = 0 to detect only)",
+                    b.name()
+                )
+            })?;
+        }
+    }
     Ok(backends)
 }
 
@@ -214,6 +226,7 @@ pub struct Running {
 impl Running {
     /// Stop captures, finish in-flight work, let backends shut down.
     pub async fn stop(mut self) {
+        crate::attack::uninstall();
         self.shutdown.cancel();
         for t in self.tasks.drain(..) {
             let _ = t.await;
@@ -259,6 +272,27 @@ pub async fn start_with_backends(
     let mut executor = Executor::new(backends, &cfg.server);
     if let Some(fleet) = &cfg.fleet {
         executor = executor.with_fleet(start_fleet(fleet, shutdown.clone()).await?);
+    }
+    if let Some(attack) = &cfg.attack {
+        let mut blocks = None;
+        if attack.block_secs > 0 {
+            let (tx, rx) = mpsc::channel(crate::attack::BLOCK_QUEUE);
+            executor = executor.with_blocks(rx);
+            blocks = Some(tx);
+        }
+        let detector = crate::attack::Detector::new(attack).map_err(anyhow::Error::msg)?;
+        let hook = crate::attack::hook_of(attack, cfg.server.test_mode);
+        crate::attack::install(detector, crate::attack::Responder { blocks, hook });
+        tracing::info!(
+            "attack detection: {} refused packets ({}) within {} s; {}",
+            attack.threshold,
+            attack.count.join(", "),
+            attack.window_secs,
+            match attack.block_secs {
+                0 => "detect only".to_string(),
+                secs => format!("block for {secs} s"),
+            }
+        );
     }
     let actions = executor.spawn(rx, shutdown.clone());
     // GPG decryption runs on its own threads (gpgme is slow and not Send); the pool
@@ -529,6 +563,9 @@ fn loaded_unchanged_parts(next: &ServerConfig, current: &ServerConfig) -> Vec<&'
     }
     if differ(&next.server.nat, &current.server.nat) {
         out.push("the NAT settings");
+    }
+    if differ(&next.attack, &current.attack) {
+        out.push("the [attack] settings");
     }
     out
 }

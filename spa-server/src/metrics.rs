@@ -18,7 +18,10 @@
 //!   are refused at `overload`), `postern_action_queue_depth` and `…_capacity`
 //!   (grants waiting for the firewall), `postern_gpg_queue_depth`,
 //!   `postern_gpg_workers_busy` and `postern_gpg_workers`; and the GPG pool's
-//!   `postern_gpg_decrypted_total`, `…_failed_total`, `…_dropped_total`.
+//!   `postern_gpg_decrypted_total`, `…_failed_total`, `…_dropped_total`;
+//! - `[attack]`: `postern_attacks_total` (sources found attacking),
+//!   `postern_blocks_total` (blocks put in the firewall) and the gauge
+//!   `postern_blocked_sources` (blocks this posternd made that are in force).
 
 use metrics::{
     counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit,
@@ -55,6 +58,9 @@ const GPG_WORKERS: &str = "postern_gpg_workers";
 const GPG_DECRYPTED: &str = "postern_gpg_decrypted_total";
 const GPG_FAILED: &str = "postern_gpg_failed_total";
 const GPG_DROPPED: &str = "postern_gpg_dropped_total";
+pub const ATTACKS: &str = "postern_attacks_total";
+pub const BLOCKS: &str = "postern_blocks_total";
+pub const BLOCKED_SOURCES: &str = "postern_blocked_sources";
 
 /// Knock→grant takes about a millisecond; iptables or firewalld tens.
 const LATENCY_BUCKETS: [f64; 12] = [
@@ -137,6 +143,18 @@ fn describe() {
         "This member's grants dropped unpublished (fleet store down too long)"
     );
     describe_gauge!(FLEET_STORE_UP, "1 while the fleet store answers");
+    describe_counter!(
+        ATTACKS,
+        "Sources found attacking ([attack] threshold reached)"
+    );
+    describe_counter!(
+        BLOCKS,
+        "Sources blocked in the firewall ([attack] block_secs)"
+    );
+    describe_gauge!(
+        BLOCKED_SOURCES,
+        "Blocks made by this posternd that are still in force"
+    );
 }
 
 /// The queues the gauges watch.
@@ -257,4 +275,29 @@ pub fn firewall_failed(backend: &'static str) {
         return;
     }
     counter!(FIREWALL_ERRORS, "backend" => backend).increment(1);
+}
+
+/// A source was found attacking.
+pub fn attack_detected() {
+    if !enabled() {
+        return;
+    }
+    counter!(ATTACKS).increment(1);
+}
+
+/// `sources` blocks went into the firewall; `in_force` are in force now.
+pub fn blocked(sources: usize, in_force: usize) {
+    if !enabled() {
+        return;
+    }
+    counter!(BLOCKS).increment(sources as u64);
+    blocked_sources(in_force);
+}
+
+/// Blocks made by this posternd that are still in force.
+pub fn blocked_sources(in_force: usize) {
+    if !enabled() {
+        return;
+    }
+    gauge!(BLOCKED_SOURCES).set(in_force as f64);
 }

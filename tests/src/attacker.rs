@@ -486,6 +486,25 @@ pub fn tcp_exchange(
     })
 }
 
+/// From the attacker namespace: each payload as one UDP datagram from `src` to
+/// `to` (nothing is read back). Returns how many were sent.
+pub fn udp_send_from(ns: &Netns, src: Ipv4Addr, to: SocketAddrV4, payloads: Vec<Vec<u8>>) -> usize {
+    ns.in_ns(move || {
+        let sock = std::net::UdpSocket::bind(SocketAddrV4::new(src, 0))
+            .unwrap_or_else(|e| panic!("bind {src}: {e}"));
+        payloads
+            .iter()
+            .filter(|p| sock.send_to(p, to).is_ok())
+            .count()
+    })
+}
+
+/// From the attacker namespace: a TCP connection from `src` to `to` is
+/// established within `timeout`.
+pub fn connects_from(ns: &Netns, src: Ipv4Addr, to: SocketAddrV4, timeout: Duration) -> bool {
+    ns.in_ns(move || connect_from(src, to, timeout).is_ok())
+}
+
 /// Resident memory of a process, from /proc/PID/status (VmRSS, KiB).
 pub fn vm_rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))

@@ -637,6 +637,32 @@ pub fn tcp_connect_ok(ns: &Netns, addr: IpAddr, port: u16, timeout: Duration) ->
     ns.in_ns(move || TcpStream::connect_timeout(&SocketAddr::new(addr, port), timeout).is_ok())
 }
 
+/// An established TCP connection from the client namespace of `pair` to a
+/// listener on `port` in its server namespace (closed once accepted): the
+/// client's end and the server's end.
+pub fn tcp_established(pair: &Pair, port: u16) -> (TcpStream, TcpStream) {
+    let listener = pair.server.in_ns(move || {
+        TcpListener::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)))
+            .unwrap_or_else(|e| panic!("bind {port}: {e}"))
+    });
+    let to = SocketAddr::from((pair.server_ip, port));
+    let client = pair.client.in_ns(move || {
+        TcpStream::connect_timeout(&to, Duration::from_secs(2))
+            .unwrap_or_else(|e| panic!("connect {to}: {e}"))
+    });
+    let (server, _) = listener.accept().expect("accept");
+    (client, server)
+}
+
+/// True if a byte written on `from` arrives on `to` within a second.
+pub fn tcp_carries(from: &mut TcpStream, to: &mut TcpStream) -> bool {
+    use std::io::{Read, Write};
+    let mut byte = [0u8; 1];
+    to.set_read_timeout(Some(Duration::from_secs(1))).is_ok()
+        && from.write_all(b"x").is_ok()
+        && to.read_exact(&mut byte).is_ok()
+}
+
 /// Poll `f` every `step` until it returns true or `timeout` elapses. Returns the
 /// last result.
 pub fn wait_until(timeout: Duration, step: Duration, mut f: impl FnMut() -> bool) -> bool {

@@ -7,7 +7,7 @@ use crate::plan::{plan_chain, Plan};
 use crate::rules::{parse_listing, ListedRule};
 use postern_backend_script::{missing_for, require_program, SystemRunner};
 use spa_core::firewall::{
-    CommandRunner, Firewall, FirewallError, FwResult, Opening, Rule, RuleFeature, Snat,
+    Block, CommandRunner, Firewall, FirewallError, FwResult, Opening, Rule, RuleFeature, Snat,
 };
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -32,7 +32,7 @@ pub struct IptablesBackend {
     /// Index 0 is IPv4 (iptables); index 1, when enabled, IPv6 (ip6tables).
     families: Vec<Tools>,
     wait_secs: u32,
-    flush_at_init: bool,
+    pub(crate) flush_at_init: bool,
     flush_at_exit: bool,
     /// ENABLE_RULE_PREPEND (see [`crate::IptablesConfig::prepend`]).
     prepend: Option<bool>,
@@ -40,6 +40,8 @@ pub struct IptablesBackend {
     clock: Box<dyn Fn() -> u64 + Send>,
     /// init() has run, so the chains and jumps exist.
     ready: bool,
+    /// Blocked sources ([`crate::block`]), when enabled.
+    pub(crate) blocking: crate::block::Blocking,
 }
 
 fn system_now() -> u64 {
@@ -96,6 +98,7 @@ impl IptablesBackend {
             runner,
             clock: Box::new(system_now),
             ready: false,
+            blocking: Default::default(),
         })
     }
 
@@ -123,6 +126,16 @@ impl IptablesBackend {
     /// The chain plain grants live in.
     pub fn chain(&self) -> &str {
         &self.chains[0].1.chain
+    }
+
+    /// The spec of that chain.
+    pub(crate) fn input_spec(&self) -> &ChainSpec {
+        &self.chains[0].1
+    }
+
+    /// 1 (IPv4), or 2 with IPv6.
+    pub(crate) fn family_count(&self) -> usize {
+        self.families.len()
     }
 
     /// The chains managed, with what each is for.
@@ -214,7 +227,7 @@ impl IptablesBackend {
         }
     }
 
-    fn run(&mut self, argv: &[String], stdin: Option<&str>) -> FwResult<String> {
+    pub(crate) fn run(&mut self, argv: &[String], stdin: Option<&str>) -> FwResult<String> {
         self.runner.run(argv, stdin).map_err(own_missing)
     }
 
@@ -228,7 +241,7 @@ impl IptablesBackend {
     }
 
     /// The rules of a chain, or `None` if the chain does not exist.
-    fn list_chain(
+    pub(crate) fn list_chain(
         &mut self,
         family: usize,
         table: &str,
@@ -252,7 +265,7 @@ impl IptablesBackend {
     }
 
     /// Apply restore lines for one table as one transaction.
-    fn apply(&mut self, family: usize, table: &str, lines: &[String]) -> FwResult<()> {
+    pub(crate) fn apply(&mut self, family: usize, table: &str, lines: &[String]) -> FwResult<()> {
         if lines.is_empty() {
             return Ok(());
         }
@@ -477,6 +490,7 @@ impl Firewall for IptablesBackend {
                 }
             }
         }
+        self.init_block_sets()?;
         self.ready = true;
         Ok(())
     }
@@ -557,12 +571,14 @@ impl Firewall for IptablesBackend {
                 out.push('\n');
             }
         }
+        out.push_str(&self.block_listing()?);
         Ok(Some(out))
     }
 
-    /// Delete every grant; the chains, the jumps and foreign rules stay.
+    /// Delete every grant and block; the chains, the jumps and foreign rules stay.
     fn flush(&mut self) -> FwResult<()> {
-        self.delete_grants(|_, _| true).map(|_| ())
+        self.delete_grants(|_, _| true)?;
+        self.flush_block_sets()
     }
 
     /// One listing per chain and one transaction per family and table.
@@ -585,6 +601,15 @@ impl Firewall for IptablesBackend {
         }
     }
 
+    /// Needs `ipset`; see [`crate::block`].
+    fn enable_blocking(&mut self) -> FwResult<()> {
+        self.enable_block_sets()
+    }
+
+    fn block(&mut self, blocks: &[Block]) -> FwResult<()> {
+        self.block_in_sets(blocks)
+    }
+
     /// With `flush_at_exit` (default): remove the jumps, the rules and the
     /// chains; if that fails (e.g. another rule still references a chain), at
     /// least delete the grants.
@@ -593,7 +618,7 @@ impl Firewall for IptablesBackend {
             return Ok(());
         }
         self.ready = false;
-        let mut first_error = None;
+        let mut first_error = self.remove_block_sets().err();
         for family in 0..self.families.len() {
             for table in self.tables() {
                 if let Err(e) = self.remove_chains(family, &table) {

@@ -37,6 +37,7 @@
 //! ```
 
 pub mod backend;
+pub mod block;
 pub mod chains;
 pub mod config;
 mod plan;

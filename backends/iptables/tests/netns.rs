@@ -237,3 +237,112 @@ fn legacy_iptables_variant_behaves_the_same() {
         grant_refresh_expire("iptl6", true, "iptables-legacy");
     }
 }
+
+/// Blocking (posternd's `[attack] block_secs`) with ipset: a blocked source can
+/// no longer open a connection to an unguarded port, its grant and a
+/// connection it had already still work (the block chain comes after
+/// postern's input chain and passes established traffic); the kernel lifts
+/// the block at its timeout; flush empties the set; `flush_at_init` empties it
+/// at start; at exit (`flush_at_exit`) the chain, its jump and the set are gone.
+#[test]
+fn a_blocked_source_is_dropped_until_the_kernel_lifts_the_block() {
+    if !(can_run() && require_program("ipset")) {
+        return;
+    }
+    let p = pair("iptblk");
+    let _open = tcp_listen(&p.server, 2220);
+    let _granted = tcp_listen(&p.server, 2221);
+    drop_port(&p.server, "iptables", 2221);
+    let mut fw = backend_in(&p.server);
+    assert!(
+        fw.block(&[]).is_err(),
+        "blocking before enable_blocking must fail"
+    );
+    fw.enable_blocking().unwrap();
+    fw.init(now()).unwrap();
+    let (server, client) = (IpAddr::V4(p.server_ip), IpAddr::V4(p.client_ip));
+    assert!(tcp_connect_ok(&p.client, server, 2220, OPEN_WAIT));
+    fw.grant(&[opening(p.client_ip, 2221, now() + 60)]).unwrap();
+    let block = |secs: u32| spa_core::firewall::Block {
+        source: client,
+        timeout_secs: secs,
+        expires_at: now() + u64::from(secs),
+    };
+    let (mut held, mut far) = postern_e2e::tcp_established(&p, 2222);
+    fw.block(&[block(3)]).unwrap();
+    assert!(
+        postern_e2e::tcp_carries(&mut held, &mut far)
+            && postern_e2e::tcp_carries(&mut far, &mut held),
+        "a block cut an established connection"
+    );
+    let listed = p.server.run_ok(&["ipset", "list", "postern_block4"]);
+    assert!(listed.contains(&format!("{client} timeout")), "{listed}");
+    assert!(
+        !tcp_connect_ok(&p.client, server, 2220, REFUSED_WAIT),
+        "a blocked source still connects"
+    );
+    assert!(
+        tcp_connect_ok(&p.client, server, 2221, OPEN_WAIT),
+        "a block cut a grant"
+    );
+    // init again (a restart) keeps the chain, jump and rule single.
+    fw.init(now()).unwrap();
+    let input = p.server.run_ok(&["iptables", "-S", "INPUT"]);
+    assert_eq!(input.matches("-j POSTERN_BLOCK").count(), 1, "{input}");
+    assert!(
+        input.find("-j POSTERN_INPUT") < input.find("-j POSTERN_BLOCK"),
+        "{input}"
+    );
+    let lifted = wait_until(Duration::from_secs(8), Duration::from_millis(100), || {
+        tcp_connect_ok(&p.client, server, 2220, Duration::from_millis(300))
+    });
+    assert!(lifted, "the kernel did not lift the block");
+    fw.block(&[block(100)]).unwrap();
+    fw.block(&[block(200)]).unwrap();
+    let listed = p.server.run_ok(&["ipset", "list", "postern_block4"]);
+    let left: u32 = listed
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{client} timeout ")))
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{listed}"));
+    assert!(left > 150, "not refreshed to the new timeout: {listed}");
+    assert!(!tcp_connect_ok(&p.client, server, 2220, REFUSED_WAIT));
+    // IPv6 (ip6tables, postern_block6).
+    let server6 = IpAddr::V6(p.server_ip6);
+    assert!(tcp_connect_ok(&p.client, server6, 2220, OPEN_WAIT));
+    fw.block(&[spa_core::firewall::Block {
+        source: IpAddr::V6(p.client_ip6),
+        timeout_secs: 100,
+        expires_at: now() + 100,
+    }])
+    .unwrap();
+    let listed = p.server.run_ok(&["ipset", "list", "postern_block6"]);
+    assert!(listed.contains(&p.client_ip6.to_string()), "{listed}");
+    assert!(
+        !tcp_connect_ok(&p.client, server6, 2220, REFUSED_WAIT),
+        "a blocked IPv6 source still connects"
+    );
+    fw.flush().unwrap();
+    assert!(tcp_connect_ok(&p.client, server, 2220, OPEN_WAIT));
+    assert!(tcp_connect_ok(&p.client, server6, 2220, OPEN_WAIT));
+    fw.block(&[block(100)]).unwrap();
+    let runner = PrefixedRunner::netns(&p.server.name, Duration::from_secs(30));
+    let config = IptablesConfig {
+        flush_at_init: true,
+        ..IptablesConfig::default()
+    };
+    let mut flushing = IptablesBackend::new(&config, Box::new(runner)).unwrap();
+    flushing.enable_blocking().unwrap();
+    flushing.init(now()).unwrap();
+    assert!(
+        tcp_connect_ok(&p.client, server, 2220, OPEN_WAIT),
+        "flush_at_init kept the block"
+    );
+    fw.block(&[block(100)]).unwrap();
+    fw.shutdown().unwrap();
+    assert!(tcp_connect_ok(&p.client, server, 2220, OPEN_WAIT));
+    let all = p.server.run_ok(&["iptables-save"]);
+    assert!(!all.contains("POSTERN_BLOCK"), "{all}");
+    let sets = p.server.run_ok(&["ipset", "list", "-n"]);
+    assert!(sets.trim().is_empty(), "{sets}");
+}

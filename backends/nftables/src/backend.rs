@@ -11,7 +11,7 @@ use crate::shadow::{shadowing_in_iptables_save, shadowing_in_ruleset, ShadowWarn
 use crate::BACKEND;
 use postern_backend_script::SystemRunner;
 use spa_core::firewall::{
-    CommandRunner, Firewall, FirewallError, FwResult, Opening, Rule, RuleFeature, Snat,
+    Block, CommandRunner, Firewall, FirewallError, FwResult, Opening, Rule, RuleFeature, Snat,
 };
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -372,6 +372,42 @@ impl NftablesBackend {
         }
     }
 
+    /// Empty the block sets (a part of [`Firewall::flush`]); sets that do not
+    /// exist (blocking never ran) are no error.
+    fn flush_blocks(&mut self) -> FwResult<()> {
+        let fams = crate::block::families(&self.config);
+        let (family, table) = (self.config.family, self.config.table.clone());
+        for fam in fams {
+            let name = crate::block::set_name(fam);
+            let result = match self.config.apply_with {
+                ApplyWith::Nft => self.nft(&["flush", "set", family.name(), &table, name], None),
+                ApplyWith::Netlink => {
+                    let socket = self.socket()?;
+                    let mut batch = Batch::new(socket.next_seq());
+                    batch.flush_set(crate::netlink::batch::SetTarget {
+                        family: family.nfproto(),
+                        table: &table,
+                        set: name,
+                    });
+                    match socket.execute(&batch.finish()) {
+                        Err(e) if e.errno() == Some(libc::ENOENT) => Ok(String::new()),
+                        other => other
+                            .map(|_| String::new())
+                            .map_err(|e| self.batch_error(e)),
+                    }
+                }
+            };
+            match result {
+                Err(FirewallError::Command { stderr, .. })
+                    if stderr.contains("No such file or directory") => {}
+                other => {
+                    other?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     #[cfg(test)]
     pub(crate) fn with_clock(mut self, clock: fn() -> u64) -> NftablesBackend {
         self.clock = clock;
@@ -527,19 +563,70 @@ impl Firewall for NftablesBackend {
         let sets: Vec<SetId> = all_sets(&self.config);
         let (family, table) = (self.config.family, self.config.table.clone());
         match self.config.apply_with {
-            ApplyWith::Nft => self.nft_json(&changes::flush_nft_json(family.json(), &table, &sets)),
+            ApplyWith::Nft => {
+                self.nft_json(&changes::flush_nft_json(family.json(), &table, &sets))?
+            }
             ApplyWith::Netlink => {
                 let socket = self.socket()?;
                 let mut batch = Batch::new(socket.next_seq());
                 changes::flush_netlink(&mut batch, family.nfproto(), &table, &sets);
                 let result = socket.execute(&batch.finish());
-                result.map_err(|e| self.batch_error(e))
+                result.map_err(|e| self.batch_error(e))?
             }
         }
+        self.flush_blocks()
     }
 
     fn expires_in_kernel(&self) -> bool {
         true
+    }
+
+    /// `block4`/`block6` and their drop rules are made by the next `init`.
+    fn enable_blocking(&mut self) -> FwResult<()> {
+        self.config.block_sources = true;
+        Ok(())
+    }
+
+    /// One transaction for the whole batch. A source of a family the table has
+    /// no set for (an IPv6 one in an `ip` table) is not blocked, and named in
+    /// the error once the others are.
+    fn block(&mut self, blocks: &[Block]) -> FwResult<()> {
+        if !self.config.block_sources {
+            return Err(FirewallError::Other {
+                backend: BACKEND,
+                message: "blocking was not enabled before init".into(),
+            });
+        }
+        let (fit, rest) = crate::block::split(&self.config, blocks);
+        if !fit.is_empty() {
+            match self.config.apply_with {
+                ApplyWith::Nft => {
+                    let mut batch = nftables::batch::Batch::new();
+                    crate::block::to_nft_json(&mut batch, &self.config, &fit);
+                    self.nft_json(&batch.to_nftables())?;
+                }
+                ApplyWith::Netlink => {
+                    let (family, table) = (self.config.family, self.config.table.clone());
+                    let socket = self.socket()?;
+                    let mut batch = Batch::new(socket.next_seq());
+                    crate::block::to_netlink(&mut batch, family.nfproto(), &table, &fit);
+                    let result = socket.execute(&batch.finish());
+                    result.map_err(|e| self.batch_error(e))?;
+                }
+            }
+        }
+        if rest.is_empty() {
+            return Ok(());
+        }
+        let rest: Vec<String> = rest.iter().map(ToString::to_string).collect();
+        Err(FirewallError::Unsupported {
+            backend: BACKEND,
+            what: format!(
+                "blocking {} in a table of family `{}`",
+                rest.join(", "),
+                self.config.family
+            ),
+        })
     }
 
     /// Destination-bound grants: plain ones only (a `grantsdst` set), so not

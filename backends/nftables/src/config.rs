@@ -48,6 +48,11 @@ pub struct NftablesConfig {
     pub docker: bool,
     /// Priority of the `docker` chain: after conntrack (-200), before DNAT (-100).
     pub docker_priority: i32,
+    /// Blocked sources (posternd's `[attack] block_secs`, through
+    /// `Firewall::enable_blocking`, not a setting): `block4`/`block6` sets and
+    /// their drop rules.
+    #[serde(skip)]
+    pub block_sources: bool,
 }
 
 impl Default for NftablesConfig {
@@ -64,6 +69,7 @@ impl Default for NftablesConfig {
             nat: false,
             docker: false,
             docker_priority: -150,
+            block_sources: false,
         }
     }
 }

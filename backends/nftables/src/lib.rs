@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 mod backend;
+mod block;
 mod changes;
 pub mod config;
 mod keys;

@@ -93,6 +93,10 @@ pub fn setup_ruleset(
         }
     }
 
+    for set in crate::block::sets(config) {
+        batch.add(set);
+    }
+
     let protected = Set {
         family,
         table: table.clone(),
@@ -146,7 +150,21 @@ pub fn setup_ruleset(
         }
     }
     let wanted_sets: Vec<String> = all_sets(config).iter().map(|s| s.name()).collect();
+    let wanted_blocks: Vec<&str> = crate::block::families(config)
+        .into_iter()
+        .map(crate::block::set_name)
+        .collect();
     for name in &existing.sets {
+        if crate::block::is_block_set(name) && !wanted_blocks.contains(&name.as_str()) {
+            // Blocking is off now: an earlier run's blocks go with their set.
+            batch.delete(NfListObject::Set(Box::new(Set {
+                family,
+                table: table.clone(),
+                name: name.clone().into(),
+                ..Set::default()
+            })));
+            continue;
+        }
         let Some(id) = SetId::parse(name).filter(|s| {
             !matches!(s.kind, Kind::Grants | Kind::GrantsDst) && !wanted_sets.contains(name)
         }) else {
@@ -331,7 +349,9 @@ fn preamble() -> Vec<Vec<Statement<'static>>> {
 ///    dport` in a destination-bound one → (mark and) accept;
 /// 4. with `nat`: `saddr . l4proto . dport` in a local-NAT set (the port DNAT
 ///    led to) → (mark and) accept;
-/// 5. `l4proto . dport` in `protected` → drop (unless `drop_unauthorized = false`).
+/// 5. with blocking enabled: `saddr` in `block4`/`block6` → drop (after the
+///    grants: a block never cuts a grant);
+/// 6. `l4proto . dport` in `protected` → drop (unless `drop_unauthorized = false`).
 fn input_rules(config: &NftablesConfig, fams: &[Fam]) -> Vec<Vec<Statement<'static>>> {
     let mut rules = preamble();
     for &f in fams {
@@ -347,6 +367,7 @@ fn input_rules(config: &NftablesConfig, fams: &[Fam]) -> Vec<Vec<Statement<'stat
             rules.push(accept_in(config, host_key(f), SetId::new(Kind::Local, f)));
         }
     }
+    rules.extend(crate::block::drop_rules(config));
     if config.installs_drop_rule() {
         rules.push(drop_protected(None));
     }

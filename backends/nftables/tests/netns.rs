@@ -497,3 +497,110 @@ fn destination_bound_grant_opens_only_that_address() {
         "revoked, A must close"
     );
 }
+
+/// Blocking (posternd's `[attack] block_secs`), on both paths: a blocked source
+/// can no longer open a connection to an unprotected port, a grant of it and
+/// a connection it had already still work (the drop comes after the grant
+/// accepts and `ct state established`); the kernel lifts the block at its timeout; init keeps live
+/// blocks, init without blocking deletes the sets, and flush empties them.
+#[test]
+fn a_blocked_source_is_dropped_until_the_kernel_lifts_the_block() {
+    if !require_root() {
+        return;
+    }
+    for apply_with in [ApplyWith::Netlink, ApplyWith::Nft] {
+        let p = pair("nfblk");
+        let _open = tcp_listen(&p.server, 2210);
+        let _granted = tcp_listen(&p.server, 2211);
+        let table = "pt_blk";
+        let mut cfg = NftablesConfig {
+            apply_with,
+            ..config(table, &["tcp/2211"])
+        };
+        let mut fw = NftablesBackend::new(cfg.clone())
+            .unwrap()
+            .in_netns(p.server.path());
+        assert!(
+            fw.block(&[]).is_err(),
+            "{apply_with:?}: blocking before enable_blocking must fail"
+        );
+        fw.enable_blocking().unwrap();
+        fw.init(0).unwrap();
+        let (server, client) = (IpAddr::V4(p.server_ip), IpAddr::V4(p.client_ip));
+        assert!(tcp_connect_ok(&p.client, server, 2210, CONNECT));
+        fw.grant(&[opening(client, 2211, 60)]).unwrap();
+        let block = |secs| spa_core::firewall::Block {
+            source: client,
+            timeout_secs: secs,
+            expires_at: 0,
+        };
+        let (mut held, mut far) = postern_e2e::tcp_established(&p, 2212);
+        fw.block(&[block(3)]).unwrap();
+        let blocked_at = Instant::now();
+        assert!(
+            postern_e2e::tcp_carries(&mut held, &mut far)
+                && postern_e2e::tcp_carries(&mut far, &mut held),
+            "{apply_with:?}: a block cut an established connection"
+        );
+        let listed = nft(&p.server, &["list", "set", "inet", table, "block4"]);
+        assert!(
+            listed.contains(&format!("{client} timeout 3s")),
+            "{apply_with:?}: {listed}"
+        );
+        assert!(
+            !tcp_connect_ok(&p.client, server, 2210, CONNECT),
+            "{apply_with:?}: a blocked source still connects"
+        );
+        assert!(
+            tcp_connect_ok(&p.client, server, 2211, CONNECT),
+            "{apply_with:?}: a block cut a grant"
+        );
+        // Re-init keeps the live block.
+        fw.init(0).unwrap();
+        assert!(!tcp_connect_ok(&p.client, server, 2210, CONNECT));
+        let lifted = wait_until(Duration::from_secs(8), Duration::from_millis(100), || {
+            tcp_connect_ok(&p.client, server, 2210, Duration::from_millis(200))
+        });
+        assert!(lifted, "{apply_with:?}: the kernel did not lift the block");
+        assert!(blocked_at.elapsed() >= Duration::from_millis(1500));
+        // Blocked again: refreshed to the new timeout; flush lifts it.
+        fw.block(&[block(100)]).unwrap();
+        fw.block(&[block(200)]).unwrap();
+        let listed = nft(&p.server, &["list", "set", "inet", table, "block4"]);
+        assert!(listed.contains("timeout 3m20s"), "{apply_with:?}: {listed}");
+        assert!(!tcp_connect_ok(&p.client, server, 2210, CONNECT));
+        // IPv6: its own set; the client's IPv4 address stays blocked meanwhile.
+        let server6 = IpAddr::V6(p.server_ip6);
+        assert!(tcp_connect_ok(&p.client, server6, 2210, CONNECT));
+        fw.block(&[spa_core::firewall::Block {
+            source: IpAddr::V6(p.client_ip6),
+            timeout_secs: 100,
+            expires_at: 0,
+        }])
+        .unwrap();
+        let listed = nft(&p.server, &["list", "set", "inet", table, "block6"]);
+        assert!(
+            listed.contains(&p.client_ip6.to_string()),
+            "{apply_with:?}: {listed}"
+        );
+        assert!(
+            !tcp_connect_ok(&p.client, server6, 2210, CONNECT),
+            "{apply_with:?}: a blocked IPv6 source still connects"
+        );
+        fw.flush().unwrap();
+        assert!(tcp_connect_ok(&p.client, server, 2210, CONNECT));
+        assert!(tcp_connect_ok(&p.client, server6, 2210, CONNECT));
+        // A start without blocking removes the sets and their rules.
+        fw.block(&[block(100)]).unwrap();
+        cfg.block_sources = false;
+        let mut off = NftablesBackend::new(cfg).unwrap().in_netns(p.server.path());
+        off.init(0).unwrap();
+        let ruleset = nft(&p.server, &["list", "table", "inet", table]);
+        assert!(
+            !ruleset.contains("@block4") && !ruleset.contains("set block4"),
+            "{apply_with:?}: {ruleset}"
+        );
+        assert!(tcp_connect_ok(&p.client, server, 2210, CONNECT));
+        assert!(off.block(&[block(5)]).is_err());
+    }
+}

@@ -68,8 +68,9 @@ impl SudoExec {
     }
 }
 
-/// PATH given to client commands: the system directories only.
-const SAFE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// PATH given to client commands (and posternd's other children): the system
+/// directories only.
+pub const SAFE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// How to run a client command (ENABLE_CMD_EXEC stanza settings).
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -223,6 +223,7 @@ impl Intake {
 /// counted in the metrics. Grants are logged at info level by the action task.
 fn log_outcome(peer: std::net::SocketAddr, outcome: &Outcome, started: Option<std::time::Instant>) {
     crate::metrics::outcome(outcome, started.map(|t| t.elapsed()));
+    crate::attack::observe(peer, outcome);
     if let Outcome::Denied { stage, reason } = outcome {
         tracing::debug!("refused packet from {peer} at {stage}: {reason}");
     }

@@ -435,6 +435,9 @@ pub struct ServerConfig {
     /// A group of gateways that apply each other's grants.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fleet: Option<crate::fleet::FleetConfig>,
+    /// Attack detection (and blocking), off unless `[attack]` is given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attack: Option<crate::attack::AttackConfig>,
     /// fwknopd.conf's variables as read (after `-O` overrides and `$VAR`
     /// expansion), for `posternd -D`; empty with a native TOML file.
     #[serde(skip)]
@@ -492,6 +495,7 @@ impl Default for ServerConfig {
             access: Vec::new(),
             metrics: None,
             fleet: None,
+            attack: None,
             fwknopd_vars: Default::default(),
         }
     }
@@ -536,6 +540,7 @@ pub enum ConfigError {
 const CONFIG_SECTIONS: &[&str] = &[
     "server",
     "metrics",
+    "attack",
     "replay",
     "access_file",
     "access_folder",
@@ -685,6 +690,11 @@ pub fn load(sources: &ConfigSources) -> Result<Loaded, ConfigError> {
             ConfigError::Toml(format!("{}: [fleet] {m}", describe(&sources.config)))
         })?;
         crate::fleet::GroupKey::load(&fleet.key_file)?;
+    }
+    if let Some(attack) = &config.attack {
+        attack.validate().map_err(|m| {
+            ConfigError::Toml(format!("{}: [attack] {m}", describe(&sources.config)))
+        })?;
     }
     let Findings {
         mut warnings,

@@ -35,8 +35,12 @@ pub fn packet_digest(wire: &[u8]) -> PacketDigest {
 }
 
 #[derive(Debug, thiserror::Error)]
+/// Its message starts with [`STORE_ERROR_PREFIX`].
 #[error("replay store: {0}")]
 pub struct ReplayError(pub String);
+
+/// How a [`ReplayError`] reads: a refusal because the store failed, not a replay.
+pub const STORE_ERROR_PREFIX: &str = "replay store:";
 
 fn store_err(e: impl std::fmt::Display) -> ReplayError {
     ReplayError(e.to_string())
