@@ -1,6 +1,7 @@
 //! posternd: capture → HMAC filter → decrypt → policy → replay cache → action.
 
 pub mod actions;
+pub mod audit;
 pub mod backends;
 pub mod capture;
 pub mod cli;

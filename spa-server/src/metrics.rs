@@ -10,7 +10,9 @@
 //!   action, overload = a full queue);
 //! - `postern_granted_total` and `postern_knock_to_grant_seconds`;
 //! - `postern_firewall_grants_total{backend}`, `…_revokes_total{backend}`,
-//!   `…_errors_total{backend}`.
+//!   `…_errors_total{backend}`;
+//! - `postern_audit_lines_dropped_total`: audit log lines lost (the writer
+//!   could not keep up, or the file could not be written).
 
 use metrics::{counter, describe_counter, describe_histogram, histogram, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
@@ -34,6 +36,7 @@ pub const KNOCK_TO_GRANT: &str = "postern_knock_to_grant_seconds";
 pub const FIREWALL_GRANTS: &str = "postern_firewall_grants_total";
 pub const FIREWALL_REVOKES: &str = "postern_firewall_revokes_total";
 pub const FIREWALL_ERRORS: &str = "postern_firewall_errors_total";
+pub const AUDIT_DROPPED: &str = "postern_audit_lines_dropped_total";
 
 /// Knock→grant takes about a millisecond; iptables or firewalld tens.
 const LATENCY_BUCKETS: [f64; 12] = [
@@ -84,6 +87,10 @@ fn describe() {
         "Openings removed (expiry, flush), by backend"
     );
     describe_counter!(FIREWALL_ERRORS, "Firewall calls that failed, by backend");
+    describe_counter!(
+        AUDIT_DROPPED,
+        "Audit log lines lost: the writer could not keep up, or the file could not be written"
+    );
 }
 
 pub fn packet(capture: &'static str) {
@@ -133,4 +140,12 @@ pub fn firewall_failed(backend: &'static str) {
         return;
     }
     counter!(FIREWALL_ERRORS, "backend" => backend).increment(1);
+}
+
+/// `lines` audit log lines were lost.
+pub fn audit_dropped(lines: u64) {
+    if !enabled() {
+        return;
+    }
+    counter!(AUDIT_DROPPED).increment(lines);
 }

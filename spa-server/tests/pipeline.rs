@@ -395,14 +395,16 @@ mod stages {
     }
 
     fn stage_of(o: &Outcome) -> Option<Stage> {
-        match o {
-            Outcome::Granted(_) => None,
-            Outcome::Denied { stage, .. } => Some(*stage),
-        }
+        o.stage()
     }
 
-    fn replay() -> Outcome {
-        Outcome::denied(Stage::Replay, "packet seen before (replay)")
+    /// A refusal as a replay (the stage and reason; the packet's facts vary).
+    fn replay() -> (Option<Stage>, Option<&'static str>) {
+        (Some(Stage::Replay), Some("packet seen before (replay)"))
+    }
+
+    fn verdict(o: &Outcome) -> (Option<Stage>, Option<&str>) {
+        (o.stage(), o.reason())
     }
 
     fn no_hmac_stanza() -> AccessStanza {
@@ -435,7 +437,7 @@ mod stages {
         let real = d.knock(&pkt, "127.0.0.1", Some("127.0.0.1")).await;
         assert!(real.is_granted(), "real knock refused: {real:?}");
         assert_eq!(
-            d.knock(&pkt, "127.0.0.1", Some("127.0.0.1")).await,
+            verdict(&d.knock(&pkt, "127.0.0.1", Some("127.0.0.1")).await),
             replay()
         );
         assert_eq!(d.recorder.granted().len(), 1);
@@ -457,7 +459,7 @@ mod stages {
         assert_eq!(stage_of(&copy), Some(Stage::Policy), "{copy:?}");
         let real = d.knock(&pkt, "127.0.0.1", None).await;
         assert!(real.is_granted(), "real knock refused: {real:?}");
-        assert_eq!(d.knock(&pkt, "127.0.0.1", None).await, replay());
+        assert_eq!(verdict(&d.knock(&pkt, "127.0.0.1", None).await), replay());
         let granted = d.recorder.granted();
         assert_eq!(granted.len(), 1);
         assert_eq!(granted[0].rule.source.to_string(), "127.0.0.1");
@@ -509,7 +511,9 @@ mod stages {
             outcomes.push(r.await.unwrap());
         }
         assert_eq!(outcomes.iter().filter(|o| o.is_granted()).count(), 1);
-        assert!(outcomes.iter().all(|o| o.is_granted() || *o == replay()));
+        assert!(outcomes
+            .iter()
+            .all(|o| o.is_granted() || verdict(o) == replay()));
         assert_eq!(d.recorder.granted().len(), 1);
     }
 
@@ -525,7 +529,7 @@ mod stages {
         rekeyed.key_base64 =
             Some(Secret::from_base64("k", &spa_core::b64::encode_padded(&[1; 32])).unwrap());
         d.keyring.replace(vec![rekeyed]);
-        assert_eq!(d.knock(&pkt, "127.0.0.1", None).await, replay());
+        assert_eq!(verdict(&d.knock(&pkt, "127.0.0.1", None).await), replay());
         // A packet never recorded does reach the (now failing) decryption.
         let fresh = d.knock(&knock(now(), 74), "127.0.0.1", None).await;
         assert_eq!(stage_of(&fresh), Some(Stage::Decrypt), "{fresh:?}");
@@ -560,7 +564,7 @@ mod stages {
                 grants += usize::from(o.is_granted());
                 respelt += 1;
             }
-            assert_eq!(d.knock(&pkt, "127.0.0.1", None).await, replay());
+            assert_eq!(verdict(&d.knock(&pkt, "127.0.0.1", None).await), replay());
             counts.insert(respelt);
         }
         assert_eq!(grants, 6, "a respelling was granted");

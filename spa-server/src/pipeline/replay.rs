@@ -59,12 +59,13 @@ where
                 Ok(true) => inner.oneshot(a).await,
                 Ok(false) => {
                     super::alert_replay(a.packet.peer.ip());
-                    Ok(Outcome::denied(
+                    Ok(Outcome::refused(
                         Stage::Replay,
                         "packet seen before (replay)",
+                        a.decision,
                     ))
                 }
-                Err(e) => Ok(Outcome::denied(Stage::Replay, e)),
+                Err(e) => Ok(Outcome::refused(Stage::Replay, e, a.decision)),
             }
         })
     }
