@@ -128,7 +128,7 @@ fn open_file(path: &Path) -> Result<File, String> {
 /// A running audit log: the packet path's side of it.
 pub struct AuditLog {
     lines: SyncSender<Msg>,
-    queue: Arc<Queue>,
+    shared: Arc<Shared>,
     refusal_lines: governor::DefaultDirectRateLimiter,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -141,7 +141,7 @@ enum Msg {
 
 /// What the packet path and the writer share besides the channel.
 #[derive(Default)]
-struct Queue {
+struct Shared {
     counts: Counts,
     reopen: AtomicBool,
     stop: AtomicBool,
@@ -206,38 +206,42 @@ impl AuditLog {
 
     /// [`AuditLog::start`] with summaries every `period` (tests).
     pub fn start_every(to: Destination, period: Duration) -> anyhow::Result<Arc<AuditLog>> {
-        use governor::{Quota, RateLimiter};
-        use std::num::NonZeroU32;
-        let (lines, received) = mpsc::sync_channel(QUEUED_LINES);
-        let queue = Arc::new(Queue::default());
-        let described = match &to.0 {
-            Target::Stdout => "stdout".to_string(),
-            Target::File { path, .. } => path.display().to_string(),
-        };
-        let writer = Writer {
-            target: to.0,
-            queue: queue.clone(),
-            since: chrono::Utc::now(),
-            failing: false,
-        };
+        let (log, writer, received) = AuditLog::unstarted(to, QUEUED_LINES);
         let handle = std::thread::Builder::new()
             .name("postern-audit".into())
             .spawn(move || writer.run(&received, period))
             .map_err(|e| anyhow::anyhow!("audit log writer thread: {e}"))?;
-        tracing::info!("audit log: {described}");
+        *log.writer.lock().unwrap_or_else(PoisonError::into_inner) = Some(handle);
+        Ok(Arc::new(log))
+    }
+
+    /// The log and its writer, not running yet; `queued` lines may wait.
+    fn unstarted(to: Destination, queued: usize) -> (AuditLog, Writer, Receiver<Msg>) {
+        use governor::{Quota, RateLimiter};
+        use std::num::NonZeroU32;
+        let (lines, received) = mpsc::sync_channel(queued);
+        let shared = Arc::new(Shared::default());
+        let writer = Writer {
+            target: to.0,
+            shared: shared.clone(),
+            since: chrono::Utc::now(),
+            failing: false,
+        };
+        tracing::info!("audit log: {}", writer.describe());
         let quota = Quota::per_second(NonZeroU32::new(REFUSAL_LINES_PER_SECOND).expect("non-zero"))
             .allow_burst(NonZeroU32::new(REFUSAL_LINE_BURST).expect("non-zero"));
-        Ok(Arc::new(AuditLog {
+        let log = AuditLog {
             lines,
-            queue,
+            shared,
             refusal_lines: RateLimiter::direct(quota),
-            writer: Mutex::new(Some(handle)),
-        }))
+            writer: Mutex::new(None),
+        };
+        (log, writer, received)
     }
 
     /// One packet's outcome: a line, or a count in the next summary.
     pub fn record(&self, peer: SocketAddr, outcome: &Outcome) {
-        let counts = &self.queue.counts;
+        let counts = &self.shared.counts;
         match outcome {
             Outcome::Granted(d) => self.send(decision_line(None, d)),
             Outcome::Denied {
@@ -268,7 +272,7 @@ impl AuditLog {
     }
 
     fn lost(&self, lines: u64) {
-        self.queue
+        self.shared
             .counts
             .dropped
             .fetch_add(lines, Ordering::Relaxed);
@@ -277,13 +281,13 @@ impl AuditLog {
 
     /// Reopen the file (after logrotate renamed it); never waits for the writer.
     pub fn reopen(&self) {
-        self.queue.reopen.store(true, Ordering::SeqCst);
+        self.shared.reopen.store(true, Ordering::SeqCst);
         self.wake();
     }
 
     /// Write what is queued and a last summary, then end the writer thread.
     pub fn stop(&self) {
-        self.queue.stop.store(true, Ordering::SeqCst);
+        self.shared.stop.store(true, Ordering::SeqCst);
         self.wake();
         let handle = self
             .writer
@@ -344,7 +348,7 @@ fn rfc3339(t: chrono::DateTime<chrono::Utc>) -> String {
 /// The writer thread's side: owns the destination.
 struct Writer {
     target: Target,
-    queue: Arc<Queue>,
+    shared: Arc<Shared>,
     /// Start of the summary period.
     since: chrono::DateTime<chrono::Utc>,
     /// Writing failed last time (warned once until it works again).
@@ -378,14 +382,14 @@ impl Writer {
                 next = received.try_recv().ok();
             }
             self.flush();
-            if self.queue.reopen.swap(false, Ordering::SeqCst) {
+            if self.shared.reopen.swap(false, Ordering::SeqCst) {
                 self.reopen();
             }
             if Instant::now() >= next_summary {
                 self.summary();
                 next_summary = Instant::now() + period;
             }
-            if self.queue.stop.load(Ordering::SeqCst) {
+            if self.shared.stop.load(Ordering::SeqCst) {
                 // Lines queued before the stop are still written.
                 while let Ok(msg) = received.try_recv() {
                     if let Msg::Line(line) = msg {
@@ -433,7 +437,7 @@ impl Writer {
             }
             Ok(()) => {}
             Err(e) => {
-                self.queue.counts.dropped.fetch_add(1, Ordering::Relaxed);
+                self.shared.counts.dropped.fetch_add(1, Ordering::Relaxed);
                 crate::metrics::audit_dropped(1);
                 if !self.failing {
                     self.failing = true;
@@ -471,7 +475,7 @@ impl Writer {
     /// The counts since the last summary, as a line (none if all are zero).
     fn summary(&mut self) {
         let now = chrono::Utc::now();
-        let counts = &self.queue.counts;
+        let counts = &self.shared.counts;
         let by_stage = |counters: &[AtomicU64]| -> BTreeMap<&'static str, u64> {
             Stage::ALL
                 .iter()
@@ -657,6 +661,28 @@ mod tests {
             "each refusal is a line or counted"
         );
         assert_eq!(summary["sources"][0]["address"], "203.0.113.9");
+    }
+
+    #[test]
+    fn lines_that_find_the_queue_full_are_dropped_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let config = AuditConfig { path: path.clone() };
+        // The writer is not running yet: the queue of 4 fills up.
+        let (log, writer, received) = AuditLog::unstarted(Destination::open(&config).unwrap(), 4);
+        for i in 0..10 {
+            let ip = format!("192.0.2.{i}");
+            log.record(peer(&ip), &Outcome::Granted(Box::new(decision(&ip))));
+        }
+        log.shared.stop.store(true, Ordering::SeqCst);
+        writer.run(&received, Duration::from_secs(3600));
+        let got = lines(&path);
+        assert_eq!(decisions_in(&got), 4, "{got:?}");
+        assert_eq!(got.last().unwrap()["lines_dropped"], 6, "{got:?}");
+    }
+
+    fn decisions_in(lines: &[serde_json::Value]) -> usize {
+        lines.iter().filter(|l| l["event"] == "decision").count()
     }
 
     #[test]
