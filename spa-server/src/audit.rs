@@ -714,6 +714,22 @@ mod tests {
     }
 
     #[test]
+    fn a_path_that_cannot_be_reopened_keeps_the_file_it_had() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let rotated = dir.path().join("audit.jsonl.1");
+        let log = file_log(&path, Duration::from_secs(3600));
+        std::fs::rename(&path, &rotated).unwrap();
+        // Something that is not a file now stands at the path.
+        std::fs::create_dir(&path).unwrap();
+        log.reopen();
+        let granted = Outcome::Granted(Box::new(decision("192.0.2.3")));
+        log.record(peer("192.0.2.3"), &granted);
+        log.stop();
+        assert_eq!(lines(&rotated).len(), 1, "the line went to the file it had");
+    }
+
+    #[test]
     fn a_destination_others_control_is_refused_naming_it() {
         let dir = tempfile::tempdir().unwrap();
         let open = |p: &Path| {
@@ -741,6 +757,18 @@ mod tests {
             err.contains("shared.jsonl") && err.contains("writable"),
             "{err}"
         );
+
+        // Owned by another user (only root can give a file away).
+        let theirs = dir.path().join("theirs.jsonl");
+        std::fs::write(&theirs, "").unwrap();
+        std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o600)).unwrap();
+        if std::os::unix::fs::chown(&theirs, Some(65534), None).is_ok() {
+            let err = open(&theirs).expect("a file of another user refused");
+            assert!(
+                err.contains("theirs.jsonl") && err.contains("uid 65534"),
+                "{err}"
+            );
+        }
 
         let missing = dir.path().join("no/such/dir/audit.jsonl");
         let err = open(&missing).expect("missing directory refused");
