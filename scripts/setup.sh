@@ -20,7 +20,7 @@ command -v cargo >/dev/null || {
 export DEBIAN_FRONTEND=noninteractive
 demo_packages=(build-essential pkg-config ca-certificates iproute2 nftables libpcap-dev libgpgme-dev python3)
 test_packages=(iptables ipset gnupg sudo fwknop-client fwknop-server firewalld dbus redis-server
-    libseccomp-dev fail2ban systemd groff-base zsh fish openssh-server prometheus curl)
+    libseccomp-dev fail2ban systemd groff-base zsh fish openssh-server prometheus curl logrotate)
 packages=("${demo_packages[@]}")
 [ "${1:-all}" = demo ] || packages+=("${test_packages[@]}")
 

@@ -171,7 +171,7 @@ impl Executor {
         });
         self.apply_firewall(firewall);
         for r in other {
-            let result = match (r.grant.kind(), r.grant.cmd_cycle()) {
+            let (result, applied_by) = match (r.grant.kind(), r.grant.cmd_cycle()) {
                 (
                     GrantKind::Command {
                         command,
@@ -190,14 +190,15 @@ impl Executor {
                         sudo: sudo.clone(),
                         ..CommandExec::default()
                     };
-                    self.run_client_command(&r.grant, command, exec)
+                    (self.run_client_command(&r.grant, command, exec), "command")
                 }
-                (GrantKind::Access { .. }, Some(cycle)) => {
-                    self.apply_cycle(&r.grant, cycle.clone(), r.now)
-                }
+                (GrantKind::Access { .. }, Some(cycle)) => (
+                    self.apply_cycle(&r.grant, cycle.clone(), r.now),
+                    "cmd_cycle",
+                ),
                 (GrantKind::Access { .. }, None) => unreachable!("partitioned above"),
             };
-            let _ = r.done.send(result);
+            let _ = r.done.send(result.map(|()| vec![applied_by]));
         }
     }
 
@@ -209,6 +210,8 @@ impl Executor {
         }
         let openings: Vec<Opening> = batch.iter().flat_map(|r| r.grant.openings(r.now)).collect();
         let whole = apply_all(&mut self.backends, &openings);
+        // Every backend takes every opening.
+        let applied_by: Vec<&'static str> = self.backends.iter().map(|b| b.name()).collect();
         if whole.is_ok() {
             self.schedule(&openings);
             self.share(&openings);
@@ -216,7 +219,7 @@ impl Executor {
         if whole.is_ok() || batch.len() == 1 {
             for r in batch {
                 log_result(&r.grant, &whole);
-                let _ = r.done.send(whole.clone());
+                let _ = r.done.send(whole.clone().map(|()| applied_by.clone()));
             }
             return;
         }
@@ -228,7 +231,7 @@ impl Executor {
                 self.share(&openings);
             }
             log_result(&r.grant, &result);
-            let _ = r.done.send(result);
+            let _ = r.done.send(result.map(|()| applied_by.clone()));
         }
     }
 

@@ -10,7 +10,8 @@ use std::path::PathBuf;
     about = "postern SPA server: opens a port for a client that sends one valid, authenticated packet",
     long_about = "postern SPA server. Reads fwknopd.conf/access.conf unchanged (-c/-a) or a native \
                   postern.toml (-c FILE.toml, POSTERN_* environment overrides).\n\nSignals: SIGTERM/SIGINT \
-                  stop gracefully, SIGHUP reloads the access stanzas without dropping live grants."
+                  stop gracefully, SIGHUP reloads the access stanzas without dropping live grants \
+                  (and reopens the audit log), SIGUSR1 reopens the audit log."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -146,6 +147,11 @@ pub struct Cli {
     /// sudo program for ENABLE_CMD_SUDO_EXEC stanzas (overrides SUDO_EXE).
     #[arg(long = "sudo-exe", value_name = "PATH")]
     pub sudo_exe: Option<String>,
+    /// Write the decision audit log (one JSON line per decision) to FILE, or to
+    /// stdout with `-` (overrides `[audit] path`). The file is reopened on
+    /// SIGHUP and SIGUSR1, for logrotate.
+    #[arg(long = "audit-log", value_name = "FILE")]
+    pub audit_log: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]

@@ -1,6 +1,8 @@
-//! posternd's life cycle: set up, serve, reload on SIGHUP, stop on SIGTERM.
+//! posternd's life cycle: set up, serve, reload on SIGHUP (and reopen the audit
+//! log, also on SIGUSR1), stop on SIGTERM.
 
 use crate::actions::Executor;
+use crate::audit::AuditLog;
 use crate::config::{self, ConfigSources, ReplayConfig, ServerConfig};
 use crate::pipeline::{self, Keyring};
 use crate::policy::PolicySettings;
@@ -221,6 +223,7 @@ pub struct Running {
     gpg_workers: Option<Arc<crate::gpg::Workers>>,
     /// GPG decryptions done, failed and dropped so far.
     pub gpg_stats: Arc<crate::gpg::PoolStats>,
+    audit: Option<Arc<AuditLog>>,
 }
 
 impl Running {
@@ -238,6 +241,17 @@ impl Running {
         if let Some(w) = self.gpg_workers.take() {
             let _ = tokio::task::spawn_blocking(move || w.stop_and_wait(GPG_STOP_WAIT)).await;
         }
+        if let Some(audit) = self.audit.take() {
+            crate::audit::uninstall(&audit);
+            let _ = tokio::task::spawn_blocking(move || audit.stop()).await;
+        }
+    }
+
+    /// Reopen the audit log file (SIGHUP, SIGUSR1: logrotate renamed it).
+    pub fn reopen_audit_log(&self) {
+        if let Some(audit) = &self.audit {
+            audit.reopen();
+        }
     }
 }
 
@@ -245,13 +259,31 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
     if cfg.action.is_empty() {
         anyhow::bail!("no action configured: add an [[action]] (nftables, iptables, script, …)");
     }
+    // Before the firewall is touched: an audit log that cannot be written stops the start.
+    let audit = open_audit_log(&cfg)?;
     let backends = init_backends(&cfg)?;
-    start_with_backends(cfg, backends).await
+    start_serving(cfg, backends, audit).await
 }
 
 pub async fn start_with_backends(
     cfg: ServerConfig,
     backends: Vec<Box<dyn Firewall>>,
+) -> anyhow::Result<Running> {
+    let audit = open_audit_log(&cfg)?;
+    start_serving(cfg, backends, audit).await
+}
+
+fn open_audit_log(cfg: &ServerConfig) -> anyhow::Result<Option<crate::audit::Destination>> {
+    cfg.audit
+        .as_ref()
+        .map(crate::audit::Destination::open)
+        .transpose()
+}
+
+async fn start_serving(
+    cfg: ServerConfig,
+    backends: Vec<Box<dyn Firewall>>,
+    audit: Option<crate::audit::Destination>,
 ) -> anyhow::Result<Running> {
     let shutdown = CancellationToken::new();
     if let Some(m) = &cfg.metrics {
@@ -326,12 +358,26 @@ pub async fn start_with_backends(
         },
         shutdown.clone(),
     );
+    // Recording from before the first capture takes a packet.
+    let audit = audit.map(AuditLog::start).transpose()?;
+    if let Some(a) = &audit {
+        crate::audit::install(a.clone());
+    }
     let mut tasks = Vec::new();
     for c in &cfg.capture {
         let intake = crate::capture::Intake::of(&cfg.server);
         let capture =
             crate::capture::spawn(c, intake, &cfg.action, pipeline.clone(), shutdown.clone());
-        tasks.push(capture.await?);
+        match capture.await {
+            Ok(task) => tasks.push(task),
+            Err(e) => {
+                if let Some(a) = &audit {
+                    crate::audit::uninstall(a);
+                    a.stop();
+                }
+                return Err(e);
+            }
+        }
         tracing::info!("capture `{}` started", c.name());
     }
     if cfg.server.packet_aging {
@@ -348,6 +394,7 @@ pub async fn start_with_backends(
         actions: Some(actions),
         gpg_workers: Some(gpg_workers),
         gpg_stats,
+        audit,
     })
 }
 
@@ -449,7 +496,8 @@ pub fn privilege_needs(cfg: &ServerConfig) -> crate::privileges::Needs {
 }
 
 /// Serve until SIGTERM/SIGINT (or `stop_after` fires: `-C` reached); SIGHUP
-/// re-reads the files. Capabilities are dropped by the caller, before the
+/// re-reads the files and reopens the audit log, SIGUSR1 only reopens it
+/// (logrotate). Capabilities are dropped by the caller, before the
 /// runtime's threads exist.
 pub async fn serve(
     sources: ConfigSources,
@@ -463,6 +511,7 @@ pub async fn serve(
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
+    let mut usr1 = signal(SignalKind::user_defined1())?;
     let limit_reached = stop_after.unwrap_or_default();
     tracing::info!("posternd ready");
     readiness.ready();
@@ -486,6 +535,11 @@ pub async fn serve(
                     Ok(next) => current = next,
                     Err(e) => tracing::error!("SIGHUP: config not reloaded, keeping the old one: {e}"),
                 }
+                running.reopen_audit_log();
+            }
+            _ = usr1.recv() => {
+                tracing::info!("Got SIGUSR1. Reopening the audit log.");
+                running.reopen_audit_log();
             }
         }
     }
@@ -525,9 +579,11 @@ fn reload(
     if next.server.sudo_exe.is_none() {
         next.server.sudo_exe.clone_from(&current.server.sudo_exe);
     }
-    // Captures and actions stay as started (they hold sockets and the rules).
+    // Captures and actions stay as started (they hold sockets and the rules),
+    // and the audit log where it was opened (`--audit-log` may have set it).
     next.capture.clone_from(&current.capture);
     next.action.clone_from(&current.action);
+    next.audit.clone_from(&current.audit);
     let fresh = loaded_unchanged_parts(&next, current);
     if !fresh.is_empty() {
         tracing::warn!(

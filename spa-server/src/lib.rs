@@ -2,6 +2,7 @@
 
 pub mod actions;
 pub mod attack;
+pub mod audit;
 pub mod backends;
 pub mod capture;
 pub mod cli;

@@ -106,6 +106,16 @@ fn apply_overrides(cli: &Cli, cfg: &mut ServerConfig) -> anyhow::Result<()> {
         ensure_executable("--sudo-exe", exe)?;
         cfg.server.sudo_exe = Some(exe.into());
     }
+    if let Some(path) = &cli.audit_log {
+        // Made absolute now: a daemon in the background works from `/`.
+        let path = if path.as_os_str() == "-" {
+            path.clone()
+        } else {
+            std::path::absolute(path)
+                .map_err(|e| anyhow::anyhow!("--audit-log {}: {e}", path.display()))?
+        };
+        cfg.audit = Some(config::AuditConfig { path });
+    }
     // fwknopd's digest cache: posternd imports it (its own store stays redb).
     if let Some(file) = &cli.digest_file {
         if let ReplayConfig::File { import_fwknop, .. } = &mut cfg.replay {
@@ -409,6 +419,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
 
+    if background && cfg.audit.as_ref().is_some_and(|a| a.is_stdout()) {
+        anyhow::bail!(
+            "the audit log goes to stdout (`-`), which posternd in the background does not \
+             have: run it with -f, or give the audit log a file"
+        );
+    }
     if let Some(pid) = signal_running(&pid_path, 0)? {
         anyhow::bail!(
             "posternd is already running (pid {pid}, {})",

@@ -22,6 +22,8 @@
 //! - `[attack]`: `postern_attacks_total` (sources found attacking),
 //!   `postern_blocks_total` (blocks put in the firewall) and the gauge
 //!   `postern_blocked_sources` (blocks this posternd made that are in force).
+//! - `postern_audit_lines_dropped_total`: audit log lines lost (the writer
+//!   could not keep up, or the file could not be written).
 
 use metrics::{
     counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit,
@@ -61,6 +63,7 @@ const GPG_DROPPED: &str = "postern_gpg_dropped_total";
 pub const ATTACKS: &str = "postern_attacks_total";
 pub const BLOCKS: &str = "postern_blocks_total";
 pub const BLOCKED_SOURCES: &str = "postern_blocked_sources";
+pub const AUDIT_DROPPED: &str = "postern_audit_lines_dropped_total";
 
 /// Knock→grant takes about a millisecond; iptables or firewalld tens.
 const LATENCY_BUCKETS: [f64; 12] = [
@@ -114,6 +117,10 @@ fn describe() {
     describe_counter!(
         REPLAY_STORE_ERRORS,
         "Replay store calls that failed (the packet was refused)"
+    );
+    describe_counter!(
+        AUDIT_DROPPED,
+        "Audit log lines lost: the writer could not keep up, or the file could not be written"
     );
     describe_gauge!(PIPELINE_IN_FLIGHT, "Authenticated packets being processed");
     describe_gauge!(
@@ -300,4 +307,12 @@ pub fn blocked_sources(in_force: usize) {
         return;
     }
     gauge!(BLOCKED_SOURCES).set(in_force as f64);
+}
+
+/// `lines` audit log lines were lost.
+pub fn audit_dropped(lines: u64) {
+    if !enabled() {
+        return;
+    }
+    counter!(AUDIT_DROPPED).increment(lines);
 }

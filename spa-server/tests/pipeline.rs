@@ -395,14 +395,16 @@ mod stages {
     }
 
     fn stage_of(o: &Outcome) -> Option<Stage> {
-        match o {
-            Outcome::Granted(_) => None,
-            Outcome::Denied { stage, .. } => Some(*stage),
-        }
+        o.stage()
     }
 
-    fn replay() -> Outcome {
-        Outcome::denied(Stage::Replay, "packet seen before (replay)")
+    /// A refusal as a replay (the stage and reason; the packet's facts vary).
+    fn replay() -> (Option<Stage>, Option<&'static str>) {
+        (Some(Stage::Replay), Some("packet seen before (replay)"))
+    }
+
+    fn verdict(o: &Outcome) -> (Option<Stage>, Option<&str>) {
+        (o.stage(), o.reason())
     }
 
     fn no_hmac_stanza() -> AccessStanza {
@@ -435,7 +437,7 @@ mod stages {
         let real = d.knock(&pkt, "127.0.0.1", Some("127.0.0.1")).await;
         assert!(real.is_granted(), "real knock refused: {real:?}");
         assert_eq!(
-            d.knock(&pkt, "127.0.0.1", Some("127.0.0.1")).await,
+            verdict(&d.knock(&pkt, "127.0.0.1", Some("127.0.0.1")).await),
             replay()
         );
         assert_eq!(d.recorder.granted().len(), 1);
@@ -457,7 +459,7 @@ mod stages {
         assert_eq!(stage_of(&copy), Some(Stage::Policy), "{copy:?}");
         let real = d.knock(&pkt, "127.0.0.1", None).await;
         assert!(real.is_granted(), "real knock refused: {real:?}");
-        assert_eq!(d.knock(&pkt, "127.0.0.1", None).await, replay());
+        assert_eq!(verdict(&d.knock(&pkt, "127.0.0.1", None).await), replay());
         let granted = d.recorder.granted();
         assert_eq!(granted.len(), 1);
         assert_eq!(granted[0].rule.source.to_string(), "127.0.0.1");
@@ -509,7 +511,9 @@ mod stages {
             outcomes.push(r.await.unwrap());
         }
         assert_eq!(outcomes.iter().filter(|o| o.is_granted()).count(), 1);
-        assert!(outcomes.iter().all(|o| o.is_granted() || *o == replay()));
+        assert!(outcomes
+            .iter()
+            .all(|o| o.is_granted() || verdict(o) == replay()));
         assert_eq!(d.recorder.granted().len(), 1);
     }
 
@@ -525,7 +529,7 @@ mod stages {
         rekeyed.key_base64 =
             Some(Secret::from_base64("k", &spa_core::b64::encode_padded(&[1; 32])).unwrap());
         d.keyring.replace(vec![rekeyed]);
-        assert_eq!(d.knock(&pkt, "127.0.0.1", None).await, replay());
+        assert_eq!(verdict(&d.knock(&pkt, "127.0.0.1", None).await), replay());
         // A packet never recorded does reach the (now failing) decryption.
         let fresh = d.knock(&knock(now(), 74), "127.0.0.1", None).await;
         assert_eq!(stage_of(&fresh), Some(Stage::Decrypt), "{fresh:?}");
@@ -560,11 +564,85 @@ mod stages {
                 grants += usize::from(o.is_granted());
                 respelt += 1;
             }
-            assert_eq!(d.knock(&pkt, "127.0.0.1", None).await, replay());
+            assert_eq!(verdict(&d.knock(&pkt, "127.0.0.1", None).await), replay());
             counts.insert(respelt);
         }
         assert_eq!(grants, 6, "a respelling was granted");
         assert!(counts.contains(&3) && counts.contains(&15), "{counts:?}");
+    }
+
+    /// What each outcome carries for the audit log: a grant, who asked what,
+    /// until when, applied by which backend; a refusal by policy, what was
+    /// asked but no grant; a replay, only the stanzas whose HMAC took it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn outcomes_carry_the_facts_the_audit_log_records() {
+        let mut s = stanza();
+        s.open_ports = vec!["tcp/22".parse().unwrap()];
+        s.fw_access_timeout = 45;
+        let d = Direct::new(vec![stanza_for_another_key(), s]);
+        let ts = now();
+        let pkt = knock(ts, 72);
+        let granted = d.knock(&pkt, "127.0.0.1", Some("127.0.0.2")).await;
+        assert!(granted.is_granted(), "{granted:?}");
+        let facts = granted.decision().unwrap();
+        assert_eq!(facts.capture, "test");
+        assert_eq!(facts.destination, Some("127.0.0.2".parse().unwrap()));
+        assert_eq!(facts.stanza.as_ref().unwrap().number, 2);
+        assert_eq!(facts.user.as_deref(), Some("alice"));
+        let asked = facts.request.as_ref().unwrap();
+        assert_eq!(
+            (asked.kind, asked.message.as_str()),
+            ("access", "127.0.0.1,tcp/22")
+        );
+        assert_eq!(asked.timestamp, ts);
+        let grant = facts.grant.as_ref().unwrap();
+        assert_eq!(grant.ports, ["tcp/22"]);
+        assert_eq!(grant.timeout_seconds, Some(45));
+        let opened = d.recorder.granted()[0].clone();
+        assert_eq!(
+            grant.expires,
+            Some(opened.expires_at),
+            "the firewall's expiry"
+        );
+        assert_eq!(facts.backends, ["memory"]);
+
+        let replay = d.knock(&pkt, "127.0.0.1", None).await;
+        let facts = replay.decision().unwrap();
+        assert_eq!(replay.stage(), Some(Stage::Replay));
+        assert_eq!(facts.candidates, [2], "only stanza #2's HMAC key fits");
+        assert!(facts.stanza.is_none() && facts.request.is_none());
+
+        let refused = d
+            .knock(
+                &seal(access_message_to("127.0.0.1", 23, ts), DigestType::Sha256),
+                "127.0.0.1",
+                None,
+            )
+            .await;
+        assert_eq!(refused.stage(), Some(Stage::Policy), "{refused:?}");
+        let facts = refused.decision().unwrap();
+        assert_eq!(facts.request.as_ref().unwrap().message, "127.0.0.1,tcp/23");
+        assert!(facts.grant.is_none() && facts.backends.is_empty());
+
+        let garbage = d.knock("not a knock", "127.0.0.1", None).await;
+        assert_eq!(garbage.decision(), None, "garbage carries nothing");
+    }
+
+    /// A stanza with other keys, before the one the test's knocks are for.
+    fn stanza_for_another_key() -> AccessStanza {
+        let mut s = AccessStanza::new(AddrList::Any);
+        s.key_base64 =
+            Some(Secret::from_base64("k", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=").unwrap());
+        s.hmac_key_base64 =
+            Some(Secret::from_base64("h", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=").unwrap());
+        s
+    }
+
+    fn access_message_to(allow_ip: &str, port: u16, ts: u64) -> SpaMessage {
+        SpaMessage {
+            message: format!("{allow_ip},tcp/{port}"),
+            ..access_message(allow_ip, ts, 73)
+        }
     }
 }
 

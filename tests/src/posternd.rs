@@ -5,7 +5,8 @@
 //!   guarded by iptables (DROP + conntrack ESTABLISHED, like the fwknop tutorials);
 //! - [`ConfDir`]: a temp dir for config files (written mode 0600) and a run dir;
 //! - [`Posternd`]: the daemon, started with `ip netns exec`, waited for until it logs
-//!   `posternd ready`, killed on drop;
+//!   `posternd ready`, killed on drop; every one writes an audit log, each line of
+//!   which is checked against docs/audit-log.schema.json when it is dropped;
 //! - [`knock`]: one `fwknop` run from the client namespace;
 //! - small probes: [`cap_eff`], [`nft_grants4`], [`udp_send_all`].
 
@@ -266,12 +267,29 @@ pub fn iptables_action() -> String {
 
 static START_NO: AtomicU32 = AtomicU32::new(0);
 
-/// A running posternd in a namespace. SIGKILLed on drop.
+/// Where a posternd writes its audit log: what is validated when it is dropped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AuditLog {
+    /// The harness's own, `--audit-log <log dir>/posternd.N.audit.jsonl`:
+    /// what every posternd gets unless its args give `--audit-log`.
+    Harness,
+    /// A file the test chose (`--audit-log FILE` in the args, or `[audit] path`
+    /// in its config).
+    File(PathBuf),
+    /// `--audit-log -`: the lines are in [`Posternd::log`], with posternd's stderr.
+    Stdout,
+}
+
+/// A running posternd in a namespace. SIGKILLed on drop, then every line of its
+/// audit log is checked against the schema (a bad line fails the test).
 pub struct Posternd {
     guard: ChildGuard,
     pub log: PathBuf,
+    /// The arguments the test gave (without the harness's `--audit-log`).
     pub argv: Vec<String>,
     pub ns_name: String,
+    /// The audit log file (for `--audit-log -`: None, the lines are in `log`).
+    pub audit: Option<PathBuf>,
 }
 
 impl Posternd {
@@ -297,15 +315,48 @@ impl Posternd {
         args: &[String],
         log_dir: &Path,
     ) -> Result<Posternd, String> {
+        let given = args
+            .iter()
+            .position(|a| a == "--audit-log")
+            .and_then(|i| args.get(i + 1));
+        let audit = match given.map(String::as_str) {
+            Some("-") => AuditLog::Stdout,
+            Some(file) => AuditLog::File(file.into()),
+            None => AuditLog::Harness,
+        };
+        Posternd::try_start_audited(ns, wrapper, args, log_dir, audit)
+    }
+
+    /// Like [`Posternd::try_start_wrapped`], with the audit log said explicitly
+    /// (e.g. a file the test's config names).
+    pub fn try_start_audited(
+        ns: &Netns,
+        wrapper: &[String],
+        args: &[String],
+        log_dir: &Path,
+        audit: AuditLog,
+    ) -> Result<Posternd, String> {
         let bin = posternd_bin().display().to_string();
+        let n = START_NO.fetch_add(1, Ordering::SeqCst);
+        let (audit_args, audit) = match audit {
+            AuditLog::Harness => {
+                let file = log_dir.join(format!("posternd.{n}.audit.jsonl"));
+                (
+                    vec!["--audit-log".to_string(), file.display().to_string()],
+                    Some(file),
+                )
+            }
+            AuditLog::File(file) => (Vec::new(), Some(file)),
+            AuditLog::Stdout => (Vec::new(), None),
+        };
         // -f: in the foreground, logging to stderr (the log file read below).
         let argv: Vec<String> = wrapper
             .iter()
             .cloned()
             .chain([bin, "-f".into()])
+            .chain(audit_args)
             .chain(args.iter().cloned())
             .collect();
-        let n = START_NO.fetch_add(1, Ordering::SeqCst);
         let log = log_dir.join(format!("posternd.{n}.log"));
         let f = std::fs::File::create(&log).expect("create log");
         let f2 = f.try_clone().expect("dup log fd");
@@ -323,6 +374,7 @@ impl Posternd {
             log,
             argv: args.to_vec(),
             ns_name: ns.name.clone(),
+            audit,
         };
         let mut exited = None;
         // Tight polling: tests may knock the moment the daemon says it is ready.
@@ -401,6 +453,107 @@ impl Posternd {
     pub fn cap_set(&self, name: &str) -> u64 {
         cap_set(self.pid(), name)
     }
+
+    /// The audit log's lines so far, each checked against the schema (panics
+    /// with the first bad one).
+    pub fn audit_lines(&self) -> Vec<serde_json::Value> {
+        match &self.audit {
+            Some(file) => audit_file_lines(file).unwrap_or_else(|e| panic!("{e}")),
+            None => audit_lines_in(&self.log_text(), &self.log.display().to_string())
+                .unwrap_or_else(|e| panic!("{e}")),
+        }
+    }
+
+    /// Wait until the audit log holds a line for which `want` is true; returns it.
+    pub fn wait_audit(
+        &self,
+        within: Duration,
+        want: impl Fn(&serde_json::Value) -> bool,
+    ) -> Option<serde_json::Value> {
+        let mut found = None;
+        wait_until(within, Duration::from_millis(25), || {
+            found = self.audit_lines().into_iter().find(|l| want(l));
+            found.is_some()
+        });
+        found
+    }
+}
+
+impl Drop for Posternd {
+    /// Every line posternd wrote to its audit log must match the schema.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        // Stopped first: no line is being written while the file is read.
+        self.guard.kill9();
+        let checked = match &self.audit {
+            Some(file) => audit_file_lines(file).map(drop),
+            None => audit_lines_in(&self.log_text(), &self.log.display().to_string()).map(drop),
+        };
+        if let Err(e) = checked {
+            panic!("posternd {:?} in {}: {e}", self.argv, self.ns_name);
+        }
+    }
+}
+
+/// docs/audit-log.schema.json, compiled once.
+fn audit_schema() -> &'static jsonschema::Validator {
+    static SCHEMA: std::sync::OnceLock<jsonschema::Validator> = std::sync::OnceLock::new();
+    SCHEMA.get_or_init(|| {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/audit-log.schema.json");
+        let text =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let schema: serde_json::Value =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        jsonschema::draft202012::new(&schema)
+            .unwrap_or_else(|e| panic!("{}: not a valid JSON Schema: {e}", path.display()))
+    })
+}
+
+/// One audit log line, parsed and checked against the schema.
+pub fn audit_line(line: &str) -> Result<serde_json::Value, String> {
+    let value: serde_json::Value =
+        serde_json::from_str(line).map_err(|e| format!("not JSON ({e}): {line}"))?;
+    let errors: Vec<String> = audit_schema()
+        .iter_errors(&value)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    if errors.is_empty() {
+        Ok(value)
+    } else {
+        Err(format!(
+            "does not match docs/audit-log.schema.json ({}):\n{line}",
+            errors.join("; ")
+        ))
+    }
+}
+
+/// Every line of an audit log file, checked (a missing file has none). Only
+/// whole lines: one still being written has no newline yet.
+pub fn audit_file_lines(file: &Path) -> Result<Vec<serde_json::Value>, String> {
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(format!("{}: {e}", file.display())),
+    };
+    let whole = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+    whole
+        .lines()
+        .enumerate()
+        .map(|(i, l)| audit_line(l).map_err(|e| format!("{}:{}: {e}", file.display(), i + 1)))
+        .collect()
+}
+
+/// The audit lines among posternd's output (`--audit-log -`): those that
+/// start as every audit line does.
+pub fn audit_lines_in(output: &str, name: &str) -> Result<Vec<serde_json::Value>, String> {
+    output
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| l.starts_with("{\"v\":"))
+        .map(|(i, l)| audit_line(l).map_err(|e| format!("{name}:{}: {e}", i + 1)))
+        .collect()
 }
 
 /// A capability set of a process, read from /proc/PID/status.

@@ -106,3 +106,60 @@ fn parallel_pairs_get_distinct_addresses() {
     assert_ne!(a.server_ip6, b.server_ip6);
     assert_ne!(a.client.name, b.client.name);
 }
+
+/// The audit log check every posternd gets at drop: the examples in
+/// docs/audit-log.md pass it, and lines that break the schema do not.
+#[test]
+fn audit_lines_are_checked_against_the_schema() {
+    use postern_e2e::posternd::{audit_file_lines, audit_line};
+    let doc = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/audit-log.md"),
+    )
+    .unwrap();
+    let examples: Vec<&str> = doc
+        .split("```json\n")
+        .nth(1)
+        .and_then(|block| block.split("```").next())
+        .expect("a json block in docs/audit-log.md")
+        .lines()
+        .collect();
+    assert_eq!(examples.len(), 3);
+    for line in &examples {
+        audit_line(line).unwrap_or_else(|e| panic!("docs/audit-log.md example: {e}"));
+    }
+    let granted = examples[0];
+    for (bad, why) in [
+        (granted.replace("\"v\":1", "\"v\":2"), "another version"),
+        (
+            granted.replace(",\"backends\":[\"nftables\"]", ""),
+            "a grant without backends",
+        ),
+        (
+            granted.replace("\"user\"", "\"username\""),
+            "a field the schema lacks",
+        ),
+        (
+            granted.replace("\"outcome\":\"granted\"", "\"outcome\":\"refused\""),
+            "a refusal without stage",
+        ),
+        (
+            granted.replace("\"tcp/22\"", "\"tcp22\""),
+            "a port not as proto/port",
+        ),
+        (
+            examples[2].replace("\"hmac\":2", "\"hmac\":\"2\""),
+            "a count as a string",
+        ),
+        (granted[..granted.len() - 1].to_string(), "not JSON"),
+    ] {
+        assert!(audit_line(&bad).is_err(), "{why} passed: {bad}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("audit.jsonl");
+    std::fs::write(&file, format!("{}\n{{\"v\":1}}\n", examples[1])).unwrap();
+    let err = audit_file_lines(&file).unwrap_err();
+    assert!(err.contains("audit.jsonl:2:"), "{err}");
+    // A last line still being written is not read.
+    std::fs::write(&file, format!("{}\n{{\"v\":1,", examples[1])).unwrap();
+    assert_eq!(audit_file_lines(&file).unwrap().len(), 1);
+}

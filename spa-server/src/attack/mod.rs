@@ -339,7 +339,7 @@ pub fn observe(peer: SocketAddr, outcome: &Outcome) {
     };
     match outcome {
         Outcome::Granted(_) => active.detector.granted(peer.ip(), now()),
-        Outcome::Denied { stage, reason } => {
+        Outcome::Denied { stage, reason, .. } => {
             if let Some(d) = active.detector.refused(peer.ip(), *stage, reason, now()) {
                 active.responder.respond(d);
             }

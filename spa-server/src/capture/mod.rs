@@ -219,12 +219,14 @@ impl Intake {
     }
 }
 
-/// Why a packet was refused, at debug level only (never to the network), and
-/// counted in the metrics. Grants are logged at info level by the action task.
+/// Why a packet was refused, at debug level only (never to the network),
+/// counted in the metrics and recorded in the audit log. Grants are logged at
+/// info level by the action task.
 fn log_outcome(peer: std::net::SocketAddr, outcome: &Outcome, started: Option<std::time::Instant>) {
     crate::metrics::outcome(outcome, started.map(|t| t.elapsed()));
     crate::attack::observe(peer, outcome);
-    if let Outcome::Denied { stage, reason } = outcome {
+    crate::audit::record(peer, outcome);
+    if let Outcome::Denied { stage, reason, .. } = outcome {
         tracing::debug!("refused packet from {peer} at {stage}: {reason}");
     }
 }

@@ -438,6 +438,9 @@ pub struct ServerConfig {
     /// Attack detection (and blocking), off unless `[attack]` is given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attack: Option<crate::attack::AttackConfig>,
+    /// The decision audit log, off unless a path is given (`--audit-log`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<AuditConfig>,
     /// fwknopd.conf's variables as read (after `-O` overrides and `$VAR`
     /// expansion), for `posternd -D`; empty with a native TOML file.
     #[serde(skip)]
@@ -449,6 +452,33 @@ pub struct ServerConfig {
 #[serde(deny_unknown_fields)]
 pub struct MetricsConfig {
     pub listen: SocketAddr,
+}
+
+/// `[audit] path = "/var/log/postern/audit.jsonl"`: one JSON line per decision
+/// (docs/audit-log.md); `"-"` writes to stdout.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    pub path: PathBuf,
+}
+
+impl AuditConfig {
+    /// `-`: the lines go to stdout.
+    pub fn is_stdout(&self) -> bool {
+        self.path == Path::new("-")
+    }
+
+    /// A relative path would move with the working directory (a daemon's is `/`).
+    pub fn validate(&self) -> Result<(), String> {
+        if self.is_stdout() || self.path.is_absolute() {
+            Ok(())
+        } else {
+            Err(format!(
+                "[audit] path `{}` must be an absolute path, or `-` for stdout",
+                self.path.display()
+            ))
+        }
+    }
 }
 
 impl ServerConfig {
@@ -496,6 +526,7 @@ impl Default for ServerConfig {
             metrics: None,
             fleet: None,
             attack: None,
+            audit: None,
             fwknopd_vars: Default::default(),
         }
     }
@@ -541,6 +572,7 @@ const CONFIG_SECTIONS: &[&str] = &[
     "server",
     "metrics",
     "attack",
+    "audit",
     "replay",
     "access_file",
     "access_folder",
@@ -684,6 +716,7 @@ pub fn load(sources: &ConfigSources) -> Result<Loaded, ConfigError> {
     config
         .server
         .validate()
+        .and_then(|()| config.audit.as_ref().map_or(Ok(()), AuditConfig::validate))
         .map_err(|m| ConfigError::Toml(format!("{}: {m}", describe(&sources.config))))?;
     if let Some(fleet) = &config.fleet {
         fleet.validate().map_err(|m| {

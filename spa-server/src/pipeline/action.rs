@@ -14,8 +14,12 @@ pub struct ActionRequest {
     pub grant: Grant,
     /// Unix seconds when the packet arrived.
     pub now: u64,
-    pub done: oneshot::Sender<Result<(), String>>,
+    pub done: oneshot::Sender<ActionResult>,
 }
+
+/// What applied a grant (firewall backends by name, or `command` / `cmd_cycle`),
+/// or why it failed.
+pub type ActionResult = Result<Vec<&'static str>, String>;
 
 #[derive(Clone)]
 pub struct ActionStage {
@@ -40,23 +44,37 @@ impl Service<Approved> for ActionStage {
     fn call(&mut self, a: Approved) -> StageFuture {
         let tx = self.tx.clone();
         Box::pin(async move {
-            let summary = a.grant.to_string();
+            let Approved {
+                grant,
+                packet,
+                mut decision,
+                ..
+            } = a;
             let (done, result) = oneshot::channel();
             if tx
                 .send(ActionRequest {
-                    grant: a.grant,
-                    now: a.packet.received_at,
+                    grant,
+                    now: packet.received_at,
                     done,
                 })
                 .await
                 .is_err()
             {
-                return Ok(Outcome::denied(Stage::Action, "action task stopped"));
+                return Ok(Outcome::refused(
+                    Stage::Action,
+                    "action task stopped",
+                    decision,
+                ));
             }
             Ok(match result.await {
-                Ok(Ok(())) => Outcome::Granted(summary),
-                Ok(Err(e)) => Outcome::denied(Stage::Action, e),
-                Err(_) => Outcome::denied(Stage::Action, "action task dropped the grant"),
+                Ok(Ok(backends)) => {
+                    decision.backends = backends;
+                    Outcome::Granted(decision)
+                }
+                Ok(Err(e)) => Outcome::refused(Stage::Action, e, decision),
+                Err(_) => {
+                    Outcome::refused(Stage::Action, "action task dropped the grant", decision)
+                }
             })
         })
     }

@@ -4,7 +4,7 @@
 //! the GPG worker pool, and the stanza's signature policy picks the winner.
 //! A packet the replay cache already holds is refused before any of that work.
 
-use super::{ready, Authenticated, Decrypted, Outcome, Stage, StageFuture};
+use super::{ready, Authenticated, Decision, Decrypted, Outcome, Stage, StageFuture};
 use crate::gpg::{self, GpgPool, Rejected};
 use crate::replay::{packet_digest, ReplayStore};
 use spa_core::packet;
@@ -68,7 +68,11 @@ where
 
     fn call(&mut self, auth: Authenticated) -> StageFuture {
         let Ok(wire) = std::str::from_utf8(&auth.packet.bytes) else {
-            return ready(Outcome::denied(Stage::Decrypt, "not text"));
+            return ready(Outcome::refused(
+                Stage::Decrypt,
+                "not text",
+                Decision::authenticated(&auth),
+            ));
         };
         // Only packets that policy approved are recorded, so this can only refuse
         // replays; it spares them the decryption (milliseconds for GPG).
@@ -80,7 +84,11 @@ where
                     "packet seen before (replay)"
                 };
                 super::alert_replay(auth.packet.peer.ip());
-                return ready(Outcome::denied(Stage::Replay, reason));
+                return ready(Outcome::refused(
+                    Stage::Replay,
+                    reason,
+                    Decision::authenticated(&auth),
+                ));
             }
         }
         let mut last_error = String::from("no candidate stanza");
@@ -97,6 +105,7 @@ where
                         stanzas: auth.stanzas.clone(),
                         stanza: index,
                         decoded,
+                        signer: None,
                     }));
                 }
                 Err(e) => {
@@ -110,12 +119,17 @@ where
             }
         }
         if auth.gpg_candidates.is_empty() {
-            return ready(Outcome::denied(Stage::Decrypt, last_error));
+            return ready(Outcome::refused(
+                Stage::Decrypt,
+                last_error,
+                Decision::authenticated(&auth),
+            ));
         }
         let Some(pool) = self.gpg.clone() else {
-            return ready(Outcome::denied(
+            return ready(Outcome::refused(
                 Stage::Decrypt,
                 "GPG packet, but GPG is not enabled",
+                Decision::authenticated(&auth),
             ));
         };
         let inner = self.inner.clone();
@@ -140,12 +154,17 @@ where
                             stanzas: auth.stanzas.clone(),
                             stanza: accepted.stanza,
                             decoded: accepted.decoded,
+                            signer: accepted.signer,
                         })
                         .await
                 }
                 Err(Rejected::Busy) => {
                     tracing::debug!("GPG packet from {peer} dropped: queue full");
-                    Ok(Outcome::denied(Stage::Overload, "GPG queue full"))
+                    Ok(Outcome::refused(
+                        Stage::Overload,
+                        "GPG queue full",
+                        Decision::authenticated(&auth),
+                    ))
                 }
                 Err(Rejected::Denied(why)) => {
                     super::alert(format_args!(
@@ -153,7 +172,11 @@ where
                         crate::config::access::canonical(peer),
                         auth.gpg_candidates.first().map_or(0, |c| c.0 + 1)
                     ));
-                    Ok(Outcome::denied(Stage::Decrypt, why))
+                    Ok(Outcome::refused(
+                        Stage::Decrypt,
+                        why,
+                        Decision::authenticated(&auth),
+                    ))
                 }
             }
         })

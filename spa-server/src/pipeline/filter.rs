@@ -3,7 +3,7 @@
 //! length rule) are also screened for the stanzas that take GPG, with the HMAC
 //! over the `hQ`-prefixed data.
 
-use super::{ready, Authenticated, Outcome, RawPacket, Stage, StageFuture, Stanzas};
+use super::{ready, Authenticated, Decision, Outcome, RawPacket, Stage, StageFuture, Stanzas};
 use crate::config::AccessStanza;
 use arc_swap::ArcSwap;
 use ipnet::IpNet;
@@ -249,7 +249,18 @@ where
             Err(outcome) => return ready(outcome),
         };
         let Ok(slot) = self.slots.clone().try_acquire_owned() else {
-            return ready(Outcome::denied(Stage::Overload, "work queue full"));
+            let mut decision = Decision::of(&packet);
+            decision.candidates = candidates
+                .rijndael
+                .iter()
+                .chain(&candidates.gpg)
+                .map(|&(i, _)| i + 1)
+                .collect();
+            return ready(Outcome::refused(
+                Stage::Overload,
+                "work queue full",
+                decision,
+            ));
         };
         let inner = self.inner.clone();
         let task = tokio::spawn(async move {

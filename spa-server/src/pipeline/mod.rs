@@ -17,12 +17,14 @@
 //! store's `seen` hint), so a replay flood costs an HMAC and a lookup.
 
 mod action;
+mod decision;
 mod decrypt;
 mod filter;
 mod policy;
 mod replay;
 
-pub use action::{ActionRequest, ActionStage};
+pub use action::{ActionRequest, ActionResult, ActionStage};
+pub use decision::{Asked, Decision, Endpoint, GrantFacts, NatFacts, StanzaId};
 pub use decrypt::{Decrypt, DecryptLayer};
 pub use filter::{Candidates, HmacFilter, HmacFilterLayer, InFlight, Keyring};
 pub use policy::{PolicyLayer, PolicyStage};
@@ -69,6 +71,8 @@ pub struct Decrypted {
     pub stanzas: Stanzas,
     pub stanza: usize,
     pub decoded: DecodedMessage,
+    /// The fingerprint of a GPG packet's verified signer.
+    pub signer: Option<String>,
 }
 
 /// A grant with the packet it came from.
@@ -78,6 +82,8 @@ pub struct Approved {
     /// The packet's own timestamp (the replay store prunes by it).
     pub timestamp: u64,
     pub grant: Grant,
+    /// Who asked for what, and what was approved (for the audit log).
+    pub decision: Box<Decision>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,6 +99,18 @@ pub enum Stage {
 }
 
 impl Stage {
+    /// Every stage, in pipeline order (`stage as usize` indexes it).
+    pub const ALL: [Stage; 8] = [
+        Stage::Blacklist,
+        Stage::Precheck,
+        Stage::Hmac,
+        Stage::Decrypt,
+        Stage::Replay,
+        Stage::Policy,
+        Stage::Action,
+        Stage::Overload,
+    ];
+
     /// The stage's name in logs and metric labels.
     pub fn name(self) -> &'static str {
         match self {
@@ -115,21 +133,65 @@ impl fmt::Display for Stage {
 }
 
 /// What became of a packet. Never sent to the network.
+///
+/// A packet that passed the HMAC carries its [`Decision`] (the facts the audit
+/// log records); garbage, refused before or at the HMAC, carries none, so
+/// refusing it allocates nothing more.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
-    Granted(String),
-    Denied { stage: Stage, reason: String },
+    /// The access is in the firewall (or the command ran).
+    Granted(Box<Decision>),
+    Denied {
+        stage: Stage,
+        reason: String,
+        decision: Option<Box<Decision>>,
+    },
 }
 
 impl Outcome {
+    /// A refusal of a packet nothing is known of (it did not pass the HMAC).
     pub fn denied(stage: Stage, reason: impl fmt::Display) -> Self {
         Outcome::Denied {
             stage,
             reason: reason.to_string(),
+            decision: None,
+        }
+    }
+    /// A refusal of an authenticated packet, with what is known of it.
+    pub fn refused(
+        stage: Stage,
+        reason: impl fmt::Display,
+        decision: impl Into<Box<Decision>>,
+    ) -> Self {
+        Outcome::Denied {
+            stage,
+            reason: reason.to_string(),
+            decision: Some(decision.into()),
         }
     }
     pub fn is_granted(&self) -> bool {
         matches!(self, Outcome::Granted(_))
+    }
+    /// The stage that refused the packet (None: granted).
+    pub fn stage(&self) -> Option<Stage> {
+        match self {
+            Outcome::Granted(_) => None,
+            Outcome::Denied { stage, .. } => Some(*stage),
+        }
+    }
+    /// Why it was refused (None: granted).
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            Outcome::Granted(_) => None,
+            Outcome::Denied { reason, .. } => Some(reason),
+        }
+    }
+    /// The facts of an authenticated packet.
+    pub fn decision(&self) -> Option<&Decision> {
+        match self {
+            Outcome::Granted(d) => Some(d),
+            Outcome::Denied { decision, .. } => decision.as_deref(),
+        }
     }
 }
 

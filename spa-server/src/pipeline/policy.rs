@@ -2,7 +2,7 @@
 //! With NAT DNS on (ENABLE_NAT_DNS), a NAT target given as a host name is
 //! resolved first, without blocking: the only await in this stage.
 
-use super::{ready, Approved, Decrypted, Outcome, Stage, StageFuture};
+use super::{ready, Approved, Decision, Decrypted, Outcome, Stage, StageFuture};
 use crate::policy::{evaluate, PolicySettings, Request};
 use spa_core::NatTarget;
 use std::convert::Infallible;
@@ -60,8 +60,13 @@ impl<S> PolicyStage<S> {
     }
 }
 
-/// Grant or refuse, with the packet's own facts.
-fn decide(settings: &PolicySettings, d: Decrypted) -> Result<Approved, Outcome> {
+/// Grant or refuse, with the packet's own facts. `decision` is what the
+/// packet asked (taken before a NAT host name was resolved).
+fn decide(
+    settings: &PolicySettings,
+    d: Decrypted,
+    decision: Decision,
+) -> Result<Approved, Outcome> {
     let request = Request {
         stanza: &d.stanzas[d.stanza],
         stanza_index: d.stanza,
@@ -73,6 +78,7 @@ fn decide(settings: &PolicySettings, d: Decrypted) -> Result<Approved, Outcome> 
     };
     match evaluate(settings, &request) {
         Ok(grant) => Ok(Approved {
+            decision: Box::new(decision.with_grant(&grant, d.packet.received_at)),
             packet: d.packet,
             timestamp: d.decoded.message.timestamp,
             grant,
@@ -80,7 +86,7 @@ fn decide(settings: &PolicySettings, d: Decrypted) -> Result<Approved, Outcome> 
         Err(denial) => {
             let source = crate::config::access::canonical(d.packet.peer.ip());
             super::alert(denial.fwknopd_log(source, d.stanza + 1));
-            Err(Outcome::denied(Stage::Policy, denial))
+            Err(Outcome::refused(Stage::Policy, denial, decision))
         }
     }
 }
@@ -114,8 +120,9 @@ where
     }
 
     fn call(&mut self, d: Decrypted) -> StageFuture {
+        let decision = Decision::decrypted(&d);
         let Some(target) = self.host_to_resolve(&d) else {
-            return match decide(&self.settings, d) {
+            return match decide(&self.settings, d, decision) {
                 Ok(approved) => Box::pin(self.inner.call(approved)),
                 Err(refused) => ready(refused),
             };
@@ -124,17 +131,18 @@ where
         Box::pin(async move {
             let mut d = d;
             let Some(ip) = resolve_v4(&target).await else {
-                return Ok(Outcome::denied(
+                return Ok(Outcome::refused(
                     Stage::Policy,
                     format!(
                         "NAT target `{}` does not resolve to an IPv4 address",
                         target.host
                     ),
+                    decision,
                 ));
             };
             tracing::info!("NAT target `{}` resolved to {ip}", target.host);
             d.decoded.message.nat_access = Some(format!("{ip},{}", target.port));
-            match decide(&settings, d) {
+            match decide(&settings, d, decision) {
                 Ok(approved) => inner.oneshot(approved).await,
                 Err(refused) => Ok(refused),
             }

@@ -59,14 +59,15 @@ where
                 Ok(true) => inner.oneshot(a).await,
                 Ok(false) => {
                     super::alert_replay(a.packet.peer.ip());
-                    Ok(Outcome::denied(
+                    Ok(Outcome::refused(
                         Stage::Replay,
                         "packet seen before (replay)",
+                        a.decision,
                     ))
                 }
                 Err(e) => {
                     crate::metrics::replay_store_failed();
-                    Ok(Outcome::denied(Stage::Replay, e))
+                    Ok(Outcome::refused(Stage::Replay, e, a.decision))
                 }
             }
         })
