@@ -6,10 +6,14 @@
 //! DIR/completions/bash/{postern,posternd}
 //! DIR/completions/zsh/{_postern,_posternd}
 //! DIR/completions/fish/{postern,posternd}.fish
+//! DIR/systemd/posternd.service
 //! ```
 //!
-//! Both are generated from the clap definitions the binaries parse with, so
-//! they cannot drift from the flags the programs take.
+//! Pages and completions are generated from the clap definitions the binaries
+//! parse with, so they cannot drift from the flags the programs take. The unit
+//! is examples/posternd.service (the one tests/tests/systemd_unit.rs runs
+//! posternd under) with ExecStart pointing where the package installs the
+//! daemon, /usr/sbin, instead of /usr/local/sbin.
 
 use anyhow::Context;
 use clap::CommandFactory;
@@ -59,8 +63,30 @@ fn completion_path(dir: &Path, shell: Shell, name: &str) -> PathBuf {
     }
 }
 
+/// The hardened unit, and where the example and the package run posternd from.
+const EXAMPLE_UNIT: &str = include_str!("../../examples/posternd.service");
+const EXAMPLE_EXEC: &str = "ExecStart=/usr/local/sbin/posternd ";
+const PACKAGE_EXEC: &str = "ExecStart=/usr/sbin/posternd ";
+
+/// The example unit with the package's ExecStart; an error if the example no
+/// longer has exactly one ExecStart line of the expected form.
+fn packaged_unit() -> anyhow::Result<String> {
+    let starts = EXAMPLE_UNIT
+        .lines()
+        .filter(|l| l.starts_with("ExecStart="))
+        .collect::<Vec<_>>();
+    anyhow::ensure!(
+        starts.len() == 1 && starts[0].starts_with(EXAMPLE_EXEC),
+        "examples/posternd.service must have one `{EXAMPLE_EXEC}…` line, has {starts:?}"
+    );
+    Ok(EXAMPLE_UNIT.replacen(EXAMPLE_EXEC, PACKAGE_EXEC, 1))
+}
+
 fn generate(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let mut written = Vec::new();
+    let unit = dir.join("systemd").join("posternd.service");
+    write(unit.clone(), packaged_unit()?.as_bytes())?;
+    written.push(unit);
     for (cmd, section) in programs() {
         let name = cmd.get_name().to_string();
         let page = dir
@@ -81,7 +107,7 @@ fn generate(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args_os().skip(1);
     let (Some(dir), None) = (args.next(), args.next()) else {
-        anyhow::bail!("usage: postern-dist DIR (writes DIR/man and DIR/completions)");
+        anyhow::bail!("usage: postern-dist DIR (writes DIR/man, DIR/completions and DIR/systemd)");
     };
     for path in generate(Path::new(&dir))? {
         println!("{}", path.display());

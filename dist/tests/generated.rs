@@ -16,7 +16,7 @@ fn generate() -> tempfile::TempDir {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 8);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 9);
     dir
 }
 
@@ -113,4 +113,28 @@ fn completions_parse_in_each_shell_and_offer_the_flags() {
         }
     }
     assert!(Path::new(&base.join("zsh")).is_dir());
+}
+
+/// The packaged unit is the tested example unit, only started from /usr/sbin.
+#[test]
+fn the_packaged_unit_is_the_example_with_the_package_path() {
+    let dir = generate();
+    let packaged = std::fs::read_to_string(dir.path().join("systemd/posternd.service")).unwrap();
+    let example = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/posternd.service"),
+    )
+    .unwrap();
+    let differing: Vec<(&str, &str)> = example
+        .lines()
+        .zip(packaged.lines())
+        .filter(|(a, b)| a != b)
+        .collect();
+    assert_eq!(example.lines().count(), packaged.lines().count());
+    assert_eq!(
+        differing,
+        [(
+            "ExecStart=/usr/local/sbin/posternd -f -c /etc/postern/postern.toml",
+            "ExecStart=/usr/sbin/posternd -f -c /etc/postern/postern.toml"
+        )]
+    );
 }

@@ -26,6 +26,7 @@ pub mod firewalld;
 pub mod posternd;
 pub mod routed;
 pub mod scenario;
+pub mod scratch_root;
 pub mod stock;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);

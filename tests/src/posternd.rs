@@ -297,12 +297,28 @@ impl Posternd {
         args: &[String],
         log_dir: &Path,
     ) -> Result<Posternd, String> {
-        let bin = posternd_bin().display().to_string();
-        // -f: in the foreground, logging to stderr (the log file read below).
-        let argv: Vec<String> = wrapper
+        let program: Vec<String> = wrapper
             .iter()
             .cloned()
-            .chain([bin, "-f".into()])
+            .chain([posternd_bin().display().to_string()])
+            .collect();
+        Posternd::try_start_program(ns, &program, args, log_dir)
+    }
+
+    /// Like [`Posternd::try_start`] with another posternd: `program` is the
+    /// argv up to and including it (e.g. `nsenter … chroot ROOT /usr/sbin/posternd`
+    /// for an installed package); `-f ARGS` follow.
+    pub fn try_start_program(
+        ns: &Netns,
+        program: &[String],
+        args: &[String],
+        log_dir: &Path,
+    ) -> Result<Posternd, String> {
+        // -f: in the foreground, logging to stderr (the log file read below).
+        let argv: Vec<String> = program
+            .iter()
+            .cloned()
+            .chain(["-f".into()])
             .chain(args.iter().cloned())
             .collect();
         let n = START_NO.fetch_add(1, Ordering::SeqCst);
