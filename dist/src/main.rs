@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! DIR/man/man1/postern.1          DIR/man/man8/posternd.8
+//! DIR/man/man1/postern-ssh.1      (a page per subcommand)
 //! DIR/completions/bash/{postern,posternd}
 //! DIR/completions/zsh/{_postern,_posternd}
 //! DIR/completions/fish/{postern,posternd}.fish
@@ -89,12 +90,22 @@ fn generate(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     written.push(unit);
     for (cmd, section) in programs() {
         let name = cmd.get_name().to_string();
-        let page = dir
-            .join("man")
-            .join(format!("man{section}"))
-            .join(format!("{name}.{section}"));
-        write(page.clone(), &man_page(&cmd, section)?)?;
-        written.push(page);
+        // Built, so that subcommands carry their display name (`postern-ssh`),
+        // which is also the name of their page (the main page refers to it).
+        let mut built = cmd.clone();
+        built.build();
+        let subcommands = built
+            .get_subcommands()
+            .filter(|c| !c.is_hide_set() && c.get_name() != "help");
+        for page_cmd in std::iter::once(&built).chain(subcommands) {
+            let page_name = page_cmd.get_display_name().unwrap_or(page_cmd.get_name());
+            let page = dir
+                .join("man")
+                .join(format!("man{section}"))
+                .join(format!("{page_name}.{section}"));
+            write(page.clone(), &man_page(page_cmd, section)?)?;
+            written.push(page);
+        }
         for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
             let path = completion_path(dir, shell, &name);
             write(path.clone(), &completion(&cmd, shell))?;

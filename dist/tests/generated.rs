@@ -16,7 +16,7 @@ fn generate() -> tempfile::TempDir {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 9);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 11);
     dir
 }
 
@@ -52,8 +52,16 @@ fn man_pages_render_without_warnings_and_list_the_flags() {
             ["--key-gen", "--spoof-source", "--save-rc-stanza"],
         ),
         (
+            "man1/postern-ssh.1",
+            ["USER@", "SSH_ARGUMENTS", "ProxyCommand"],
+        ),
+        (
             "man8/posternd.8",
             ["--fw-list", "--access-folder", "--key-gen"],
+        ),
+        (
+            "man8/posternd-check-config.8",
+            ["check-config", "--config-file", "--access-file"],
         ),
     ] {
         if !have("groff") {

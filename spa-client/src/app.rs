@@ -58,6 +58,12 @@ where
             return 1;
         }
     };
+    if let Some(crate::cli::Command::Ssh(ssh)) = &cli.command {
+        // Returns only if ssh could not be run.
+        let Err(e) = crate::ssh::run(&cli, ssh, &args, err);
+        let _ = writeln!(err, "postern: {e}");
+        return 1;
+    }
     if let Some(target) = &cli.connect {
         return match run_connect(&cli, target, out, err) {
             Ok(()) => 0,

@@ -27,6 +27,7 @@ pub mod posternd;
 pub mod routed;
 pub mod scenario;
 pub mod scratch_root;
+pub mod sshd;
 pub mod stock;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);

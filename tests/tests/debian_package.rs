@@ -110,6 +110,7 @@ fn packages_install_run_and_remove_cleanly() {
             &[
                 "/usr/bin/postern",
                 "/usr/share/man/man1/postern.1.gz",
+                "/usr/share/man/man1/postern-ssh.1.gz",
                 "/usr/share/bash-completion/completions/postern",
                 "/usr/share/zsh/vendor-completions/_postern",
                 "/usr/share/fish/vendor_completions.d/postern.fish",
@@ -123,6 +124,7 @@ fn packages_install_run_and_remove_cleanly() {
                 "/etc/postern/postern.toml",
                 "/etc/postern/access.conf",
                 "/usr/share/man/man8/posternd.8.gz",
+                "/usr/share/man/man8/posternd-check-config.8.gz",
                 "/usr/share/bash-completion/completions/posternd",
                 "/usr/share/zsh/vendor-completions/_posternd",
                 "/usr/share/fish/vendor_completions.d/posternd.fish",
