@@ -18,7 +18,7 @@ use spa_core::{DigestType, GeneratedKeys};
 use std::ffi::OsString;
 use std::fs::OpenOptions;
 use std::io::{self, BufReader, IsTerminal, Write};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -109,9 +109,12 @@ fn run_connect(cli: &Cli, target: &str, out: &mut dyn Write, err: &mut dyn Write
     for attempt in 1..=crate::connect::KNOCKS {
         execute(&knock, &mut console, None)?;
         let mut probes = Vec::new();
-        let opened = crate::wait::connect_when_open(&host, port, per_knock, per_knock, &mut |l| {
-            probes.push(l.to_string())
-        });
+        let family =
+            crate::send::Family::from_flags(cli.server_resolve_ipv4, cli.server_resolve_ipv6);
+        let opened =
+            crate::wait::connect_when_open(&host, family, port, per_knock, per_knock, &mut |l| {
+                probes.push(l.to_string())
+            });
         if cli.verbose > 0 {
             probes.iter().for_each(|l| console.warn(l));
         }
@@ -424,7 +427,7 @@ fn now_with_offset(settings: &Settings) -> u64 {
 }
 
 /// Work out the address to allow, resolving it over HTTP(S) when asked to.
-fn allow_ip(cli: &Cli, settings: &Settings, console: &mut Console) -> Result<Ipv4Addr> {
+fn allow_ip(cli: &Cli, settings: &Settings, console: &mut Console) -> Result<IpAddr> {
     let allow =
         match settings.allow {
             Some(a) => a,
@@ -458,7 +461,7 @@ fn allow_ip(cli: &Cli, settings: &Settings, console: &mut Console) -> Result<Ipv
                 .user_agent
                 .clone()
                 .unwrap_or_else(|| format!("postern/{VERSION}"));
-            let (ip, url) = resolve::resolve_external_ip(&urls, &agent)?;
+            let (ip, url) = resolve::resolve_external_ip(&urls, &agent, knock_family(settings)?)?;
             if cli.verbose > 0 || settings.verbose > 0 {
                 console.say(&format!(
                     "\n[+] Resolved external IP (via '{url}') as: {ip}"
@@ -467,6 +470,20 @@ fn allow_ip(cli: &Cli, settings: &Settings, console: &mut Console) -> Result<Ipv
             Ok(ip)
         }
     }
+}
+
+/// The family the knock goes out over, which -R asks its resolver over: the
+/// one `-4`/`-6` name, else that of the server's first address.
+fn knock_family(settings: &Settings) -> Result<crate::send::Family> {
+    use crate::send::Family;
+    Ok(match settings.family() {
+        Family::Any => {
+            let server = settings.spa_server.as_deref().unwrap_or_default();
+            let port = settings.server_port.unwrap_or(DEFAULT_SERVER_PORT);
+            Family::of(&crate::send::addresses("SPA server", server, port, Family::Any)?[0])
+        }
+        family => family,
+    })
 }
 
 /// Build the message fields from the settings.
@@ -674,6 +691,7 @@ fn send_packet(cli: &Cli, settings: &Settings, console: &mut Console) -> Result<
             proto,
             host: server,
             port,
+            family: settings.family(),
             source_port: settings.source_port,
             http: send::HttpVia {
                 user_agent: settings
@@ -735,6 +753,7 @@ fn wait_until_open(
     let mut lines = Vec::new();
     let result = crate::wait::until_open(
         host,
+        settings.family(),
         &ports,
         std::time::Duration::from_secs_f32(seconds),
         &mut |line| lines.push(line.to_string()),

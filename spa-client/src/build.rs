@@ -7,7 +7,7 @@ use spa_core::message::{rand_val_from, PROTOCOL_VERSION};
 use spa_core::packet::{self, HmacKey, PacketKeys};
 use spa_core::request::{format_proto_ports, parse_proto_ports, ProtoPort};
 use spa_core::{DecodedMessage, DigestType, EncryptionMode, MessageType, Secret, SpaMessage};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 /// Legacy mode uses at most this many key bytes (fwknop cuts longer keys).
 pub const LEGACY_KEY_LEN: usize = 16;
@@ -25,7 +25,7 @@ pub fn parse_access(access: &str) -> Result<Vec<ProtoPort>> {
 }
 
 /// `ALLOW_IP,proto/port[,...]`; with a NAT port the single port is replaced by it.
-pub fn access_message(allow_ip: Ipv4Addr, access: &str, nat_port: Option<u16>) -> Result<String> {
+pub fn access_message(allow_ip: IpAddr, access: &str, nat_port: Option<u16>) -> Result<String> {
     let mut ports = parse_access(access)?;
     if let Some(port) = nat_port {
         if ports.len() != 1 {
@@ -37,7 +37,7 @@ pub fn access_message(allow_ip: Ipv4Addr, access: &str, nat_port: Option<u16>) -
 }
 
 /// `ALLOW_IP,command` for -C.
-pub fn command_message(allow_ip: Ipv4Addr, command: &str) -> Result<String> {
+pub fn command_message(allow_ip: IpAddr, command: &str) -> Result<String> {
     if command.is_empty() {
         return Err(ClientError::usage("the server command (-C) is empty"));
     }
@@ -320,7 +320,7 @@ mod tests {
 
     #[test]
     fn access_and_nat_strings() {
-        let ip = Ipv4Addr::new(10, 0, 0, 5);
+        let ip = Ipv4Addr::new(10, 0, 0, 5).into();
         assert_eq!(
             access_message(ip, "tcp/22", None).unwrap(),
             "10.0.0.5,tcp/22"

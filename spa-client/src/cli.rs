@@ -356,8 +356,16 @@ pub struct Cli {
     pub show_last: bool,
 
     /// Only use IPv4 addresses for the SPA server name
-    #[arg(long = "server-resolve-ipv4")]
+    #[arg(
+        short = '4',
+        long = "server-resolve-ipv4",
+        conflicts_with = "server_resolve_ipv6"
+    )]
     pub server_resolve_ipv4: bool,
+
+    /// Only use IPv6 addresses for the SPA server name (knock over IPv6)
+    #[arg(short = '6', long = "server-resolve-ipv6")]
+    pub server_resolve_ipv6: bool,
 
     /// Request local NAT access via a forwarded port on the server
     #[arg(long = "nat-local")]

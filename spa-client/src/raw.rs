@@ -14,7 +14,7 @@ use pnet_packet::ipv4::{self, Ipv4Packet, MutableIpv4Packet};
 use pnet_packet::tcp::{self, MutableTcpPacket, TcpFlags, TcpPacket};
 use pnet_packet::udp::{self, MutableUdpPacket, UdpPacket};
 use pnet_packet::MutablePacket;
-use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, UdpSocket};
 
 /// fwknop's RAW_SPA_TTL.
 pub const TTL: u8 = 255;
@@ -156,16 +156,9 @@ pub fn route_source(to: Ipv4Addr) -> Result<Ipv4Addr> {
     }
 }
 
-/// Send a datagram built by [`RawKnock::datagram`]; returns the bytes sent
-/// (IP header included, as fwknop counts them). `mode` names the `-P` mode in errors.
-pub fn send(datagram: &[u8], to: SocketAddrV4, mode: &str) -> Result<usize> {
-    // IPPROTO_RAW: the datagram carries its own IP header (IP_HDRINCL is implied).
-    let sock = socket2::Socket::new(
-        socket2::Domain::IPV4,
-        socket2::Type::RAW,
-        Some(socket2::Protocol::from(libc::IPPROTO_RAW)),
-    )
-    .map_err(|e| {
+/// A raw socket, with the error a user can act on when it is not allowed.
+fn raw_socket(domain: socket2::Domain, protocol: i32, mode: &str) -> Result<socket2::Socket> {
+    socket2::Socket::new(domain, socket2::Type::RAW, Some(protocol.into())).map_err(|e| {
         if e.kind() == std::io::ErrorKind::PermissionDenied {
             ClientError::Send(format!(
                 "-P {mode} sends through a raw socket: run postern as root or give it CAP_NET_RAW ({e})"
@@ -173,11 +166,46 @@ pub fn send(datagram: &[u8], to: SocketAddrV4, mode: &str) -> Result<usize> {
         } else {
             ClientError::Send(format!("cannot open a raw socket for -P {mode}: {e}"))
         }
-    })?;
+    })
+}
+
+/// Send a datagram built by [`RawKnock::datagram`]; returns the bytes sent
+/// (IP header included, as fwknop counts them). `mode` names the `-P` mode in errors.
+pub fn send(datagram: &[u8], to: SocketAddrV4, mode: &str) -> Result<usize> {
+    // IPPROTO_RAW: the datagram carries its own IP header (IP_HDRINCL is implied).
+    let sock = raw_socket(socket2::Domain::IPV4, libc::IPPROTO_RAW, mode)?;
     sock.send_to(datagram, &std::net::SocketAddr::V4(to).into())
         .map_err(|e| {
             ClientError::Send(format!(
                 "could not send the SPA packet to {to} over {mode}: {e}"
+            ))
+        })
+}
+
+/// The ICMPv6 type for an ICMP one: echo request and reply have their own
+/// numbers in ICMPv6 (RFC 4443); any other type is sent as given.
+pub fn icmpv6_type(icmp_type: u8) -> u8 {
+    match icmp_type {
+        8 => 128,
+        0 => 129,
+        other => other,
+    }
+}
+
+/// `-P icmp` to an IPv6 server: one ICMPv6 message carrying `payload` after
+/// the 8-byte header (as the IPv4 form), through an ICMPv6 raw socket, whose
+/// checksum the kernel always computes (RFC 3542). Returns the bytes sent.
+pub fn send_icmpv6(payload: &[u8], to: Ipv6Addr, icmp_type: u8, code: u8) -> Result<usize> {
+    let mut message = Vec::with_capacity(8 + payload.len());
+    message.extend([icmpv6_type(icmp_type), code, 0, 0]);
+    message.extend(crate::random::bytes::<2>());
+    message.extend([0, 1]);
+    message.extend_from_slice(payload);
+    let sock = raw_socket(socket2::Domain::IPV6, libc::IPPROTO_ICMPV6, "icmp")?;
+    sock.send_to(&message, &std::net::SocketAddr::from((to, 0)).into())
+        .map_err(|e| {
+            ClientError::Send(format!(
+                "could not send the SPA packet to {to} over icmp (ICMPv6): {e}"
             ))
         })
 }

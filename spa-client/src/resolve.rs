@@ -1,9 +1,11 @@
-//! -R: ask a web service for our external IPv4 address. The answer is the
-//! first line of the response body, starting with the dotted address (what
-//! fwknop's default service at cipherdyne.org returns).
+//! -R: ask a web service for our external address. The answer is the first
+//! line of the response body, starting with the address (what fwknop's
+//! default service at cipherdyne.org returns). The service is asked over the
+//! family the knock goes out over, so the address is the one the server sees.
 
 use crate::error::{ClientError, Result};
-use std::net::Ipv4Addr;
+use crate::send::Family;
+use std::net::IpAddr;
 use std::time::Duration;
 
 /// fwknop's default resolver over HTTPS.
@@ -15,18 +17,22 @@ pub const DEFAULT_HTTP_RESOLVE_URLS: [&str; 2] = [
 ];
 /// The whole request must finish within this time.
 pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
-const MAX_IPV4_STR_LEN: usize = 16;
+/// The longest text form of an address (IPv6 with an embedded IPv4 one).
+const MAX_IP_STR_LEN: usize = 45;
 
 /// The address at the start of a resolver's answer.
-pub fn parse_ip_body(body: &str) -> Option<Ipv4Addr> {
+pub fn parse_ip_body(body: &str) -> Option<IpAddr> {
     let first = body.trim_start().lines().next()?;
     let end = first
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .find(|c: char| !(c.is_ascii_hexdigit() || c == '.' || c == ':'))
         .unwrap_or(first.len());
-    if end == 0 || end > MAX_IPV4_STR_LEN {
+    if end == 0 || end > MAX_IP_STR_LEN {
         return None;
     }
-    first[..end].parse().ok()
+    first[..end]
+        .parse::<IpAddr>()
+        .ok()
+        .map(|ip| ip.to_canonical())
 }
 
 /// The URLs to try, in order, for a -R request.
@@ -57,10 +63,16 @@ pub fn resolve_urls(url: Option<&str>, http_only: bool) -> Result<Vec<String>> {
     Ok(vec![full])
 }
 
-fn fetch(url: &str, user_agent: &str) -> std::result::Result<String, String> {
+fn fetch(url: &str, user_agent: &str, family: Family) -> std::result::Result<String, String> {
+    use ureq::config::IpFamily;
     let config = ureq::Agent::config_builder()
         .timeout_global(Some(RESOLVE_TIMEOUT))
         .user_agent(user_agent)
+        .ip_family(match family {
+            Family::Any => IpFamily::Any,
+            Family::V4 => IpFamily::Ipv4Only,
+            Family::V6 => IpFamily::Ipv6Only,
+        })
         .build();
     let agent = ureq::Agent::new_with_config(config);
     let mut response = agent.get(url).call().map_err(|e| e.to_string())?;
@@ -72,15 +84,19 @@ fn fetch(url: &str, user_agent: &str) -> std::result::Result<String, String> {
         .map_err(|e| e.to_string())
 }
 
-/// Fetch `urls` in turn until one answers with an IPv4 address.
-pub fn resolve_external_ip(urls: &[String], user_agent: &str) -> Result<(Ipv4Addr, String)> {
+/// Fetch `urls` over `family` in turn until one answers with an address.
+pub fn resolve_external_ip(
+    urls: &[String],
+    user_agent: &str,
+    family: Family,
+) -> Result<(IpAddr, String)> {
     let mut last_error = String::from("no resolver URL");
     for url in urls {
-        match fetch(url, user_agent) {
+        match fetch(url, user_agent, family) {
             Ok(body) => match parse_ip_body(&body) {
                 Some(ip) => return Ok((ip, url.clone())),
                 None => {
-                    last_error = format!("no IPv4 address at the start of the response from {url}")
+                    last_error = format!("no IP address at the start of the response from {url}")
                 }
             },
             Err(e) => last_error = format!("{url}: {e}"),
@@ -97,14 +113,15 @@ mod tests {
 
     #[test]
     fn bodies_are_read_like_fwknop() {
+        let v4: Option<IpAddr> = Some([203, 0, 113, 7].into());
+        assert_eq!(parse_ip_body("203.0.113.7\n"), v4);
+        assert_eq!(parse_ip_body("  203.0.113.7 extra"), v4);
+        assert_eq!(parse_ip_body("::ffff:203.0.113.7\n"), v4);
         assert_eq!(
-            parse_ip_body("203.0.113.7\n"),
-            Some(Ipv4Addr::new(203, 0, 113, 7))
+            parse_ip_body("2001:db8::7\n"),
+            Some("2001:db8::7".parse().unwrap())
         );
-        assert_eq!(
-            parse_ip_body("  203.0.113.7 extra"),
-            Some(Ipv4Addr::new(203, 0, 113, 7))
-        );
+        assert_eq!(parse_ip_body("deadbeef\n"), None);
         assert_eq!(parse_ip_body("<html>"), None);
         assert_eq!(parse_ip_body("999.1.1.1"), None);
         assert_eq!(parse_ip_body(""), None);

@@ -1,23 +1,58 @@
 //! Putting the packet on the network: one UDP datagram (fwknop's default), a TCP
 //! connection that carries it, an HTTP GET request over TCP (`-P http`, also
 //! through a proxy), or one raw IPv4 datagram (`-P udpraw|tcpraw|icmp`, see
-//! [`crate::raw`]). Like fwknop, only IPv4 addresses are used.
+//! [`crate::raw`]). Over IPv4 or IPv6: a name's IPv4 addresses come first (the
+//! servers fwknop knocks listen there), `-4`/`-6` keep one family; the raw
+//! modes are IPv4 only, except `-P icmp`, which sends ICMPv6 to an IPv6 server.
 
 use crate::error::{ClientError, Result};
 use crate::raw::{self, Carrier, RawKnock};
 use crate::settings::ServerProto;
 use std::io::Write;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream, ToSocketAddrs, UdpSocket};
+use std::net::{
+    IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, TcpStream, ToSocketAddrs, UdpSocket,
+};
 use std::time::Duration;
 
 /// How long a TCP connection attempt may take.
 pub const TCP_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Which addresses of a name to use (`-4`/`--server-resolve-ipv4`, `-6`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Family {
+    /// Both, IPv4 first.
+    #[default]
+    Any,
+    V4,
+    V6,
+}
+
+impl Family {
+    /// From `-4`/`--server-resolve-ipv4` and `-6`/`--server-resolve-ipv6`.
+    pub fn from_flags(ipv4_only: bool, ipv6_only: bool) -> Family {
+        match (ipv4_only, ipv6_only) {
+            (true, _) => Family::V4,
+            (false, true) => Family::V6,
+            (false, false) => Family::Any,
+        }
+    }
+
+    /// The family of `addr`.
+    pub fn of(addr: &SocketAddr) -> Family {
+        if addr.is_ipv4() {
+            Family::V4
+        } else {
+            Family::V6
+        }
+    }
+}
 
 #[derive(Clone, Debug)]
 pub struct Target {
     pub proto: ServerProto,
     pub host: String,
     pub port: u16,
+    pub family: Family,
     pub source_port: Option<u16>,
     pub http: HttpVia,
     pub raw: RawOptions,
@@ -42,41 +77,63 @@ pub struct HttpVia {
 }
 
 impl Target {
-    /// The server's IPv4 addresses.
-    pub fn addresses(&self) -> Result<Vec<SocketAddrV4>> {
-        ipv4_addresses("SPA server", &self.host, self.port)
+    /// The server's addresses, in the order they are tried.
+    pub fn addresses(&self) -> Result<Vec<SocketAddr>> {
+        addresses("SPA server", &self.host, self.port, self.family)
     }
 }
 
-/// The IPv4 addresses of `host` (a name or a literal), with `port`; `what` names
-/// the host in errors ("SPA server").
-pub fn ipv4_addresses(what: &str, host: &str, port: u16) -> Result<Vec<SocketAddrV4>> {
-    let addrs: Vec<SocketAddrV4> = (host, port)
+/// The addresses of `host` (a name or a literal) in `family`, IPv4 first, with
+/// `port`; `what` names the host in errors ("SPA server").
+pub fn addresses(what: &str, host: &str, port: u16, family: Family) -> Result<Vec<SocketAddr>> {
+    // `[2001:db8::1]` is taken as the literal it brackets.
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    let mut addrs: Vec<SocketAddr> = (host, port)
         .to_socket_addrs()
         .map_err(|e| ClientError::Send(format!("cannot resolve {what} {host}: {e}")))?
-        .filter_map(|a| match a {
-            SocketAddr::V4(v4) => Some(v4),
-            SocketAddr::V6(_) => None,
+        .map(|a| SocketAddr::new(a.ip().to_canonical(), a.port()))
+        .filter(|a| match family {
+            Family::Any => true,
+            Family::V4 => a.is_ipv4(),
+            Family::V6 => a.is_ipv6(),
         })
         .collect();
+    addrs.sort_by_key(|a| a.is_ipv6());
     if addrs.is_empty() {
+        let which = match family {
+            Family::Any => "",
+            Family::V4 => " IPv4",
+            Family::V6 => " IPv6",
+        };
         return Err(ClientError::Send(format!(
-            "{what} {host} has no IPv4 address (postern sends over IPv4 only, as fwknop)"
+            "{what} {host} has no{which} address"
         )));
     }
     Ok(addrs)
 }
 
-fn send_udp(wire: &[u8], t: &Target, addrs: &[SocketAddrV4]) -> Result<usize> {
-    let local = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, t.source_port.unwrap_or(0));
-    let sock = UdpSocket::bind(local).map_err(|e| {
-        ClientError::Send(format!(
-            "cannot open a UDP socket on port {}: {e}",
-            local.port()
-        ))
-    })?;
+/// The unspecified address of `to`'s family with `port`, to bind a socket to.
+fn any_of_family(to: &SocketAddr, port: u16) -> SocketAddr {
+    let ip = match to {
+        SocketAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        SocketAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+    };
+    SocketAddr::new(ip, port)
+}
+
+fn send_udp(wire: &[u8], t: &Target, addrs: &[SocketAddr]) -> Result<usize> {
     let mut last = None;
     for addr in addrs {
+        let local = any_of_family(addr, t.source_port.unwrap_or(0));
+        let sock = UdpSocket::bind(local).map_err(|e| {
+            ClientError::Send(format!(
+                "cannot open a UDP socket on port {}: {e}",
+                local.port()
+            ))
+        })?;
         match sock.send_to(wire, addr) {
             Ok(n) => return Ok(n),
             Err(e) => last = Some(format!("{addr}: {e}")),
@@ -88,22 +145,22 @@ fn send_udp(wire: &[u8], t: &Target, addrs: &[SocketAddrV4]) -> Result<usize> {
     )))
 }
 
-fn tcp_connect(addr: &SocketAddrV4, source_port: Option<u16>) -> std::io::Result<TcpStream> {
+fn tcp_connect(addr: &SocketAddr, source_port: Option<u16>) -> std::io::Result<TcpStream> {
     let Some(port) = source_port else {
-        return TcpStream::connect_timeout(&SocketAddr::V4(*addr), TCP_CONNECT_TIMEOUT);
+        return TcpStream::connect_timeout(addr, TCP_CONNECT_TIMEOUT);
     };
     let sock = socket2::Socket::new(
-        socket2::Domain::IPV4,
+        socket2::Domain::for_address(*addr),
         socket2::Type::STREAM,
         Some(socket2::Protocol::TCP),
     )?;
     sock.set_reuse_address(true)?;
-    sock.bind(&SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port)).into())?;
-    sock.connect_timeout(&SocketAddr::V4(*addr).into(), TCP_CONNECT_TIMEOUT)?;
+    sock.bind(&any_of_family(addr, port).into())?;
+    sock.connect_timeout(&(*addr).into(), TCP_CONNECT_TIMEOUT)?;
     Ok(sock.into())
 }
 
-fn send_tcp(wire: &[u8], t: &Target, addrs: &[SocketAddrV4]) -> Result<usize> {
+fn send_tcp(wire: &[u8], t: &Target, addrs: &[SocketAddr]) -> Result<usize> {
     let mut last = None;
     for addr in addrs {
         match tcp_connect(addr, t.source_port) {
@@ -159,10 +216,32 @@ fn http_request(wire: &str, t: &Target) -> Result<(String, Target)> {
     Ok((request, via))
 }
 
-/// One raw datagram to the server's first IPv4 address. Without `-S` the TCP/UDP
-/// source port is a random high port (fwknop writes 0).
+/// One raw datagram to the server's first address: an IPv4 datagram built
+/// here, or for `-P icmp` to an IPv6 server an ICMPv6 message (the kernel
+/// writes the IPv6 header and the checksum). Without `-S` the TCP/UDP source
+/// port is a random high port (fwknop writes 0).
 fn send_raw(wire: &[u8], t: &Target, carrier: Carrier) -> Result<usize> {
-    let destination = t.addresses()?[0];
+    let destination = match t.addresses()?[0] {
+        SocketAddr::V4(v4) => v4,
+        SocketAddr::V6(v6) => {
+            return match carrier {
+                Carrier::Icmp { icmp_type, code } if t.raw.spoof_source.is_none() => {
+                    raw::send_icmpv6(wire, *v6.ip(), icmp_type, code)
+                }
+                _ => Err(ClientError::Usage(format!(
+                    "-P {} {}is IPv4 only (as fwknop), and {} is IPv6: use -P udp, tcp, \
+                     http or icmp, or -4",
+                    t.proto.name(),
+                    if t.raw.spoof_source.is_some() {
+                        "with -Q "
+                    } else {
+                        ""
+                    },
+                    v6.ip()
+                ))),
+            };
+        }
+    };
     let source_ip = match t.raw.spoof_source {
         Some(ip) => ip,
         None => raw::route_source(*destination.ip())?,
@@ -222,6 +301,7 @@ mod tests {
             proto: ServerProto::Udp,
             host: "127.0.0.1".into(),
             port: rx.local_addr().unwrap().port(),
+            family: Family::Any,
             source_port: None,
             http: HttpVia::default(),
             raw: RawOptions::default(),
@@ -246,6 +326,7 @@ mod tests {
             proto: ServerProto::Tcp,
             host: "127.0.0.1".into(),
             port,
+            family: Family::Any,
             source_port: None,
             http: HttpVia::default(),
             raw: RawOptions::default(),
@@ -273,6 +354,7 @@ mod tests {
             proto: ServerProto::Http,
             host: "127.0.0.1".into(),
             port,
+            family: Family::Any,
             source_port: None,
             http: HttpVia {
                 user_agent: "Fwknop/test".into(),
@@ -330,6 +412,7 @@ mod tests {
             proto: ServerProto::Tcp,
             host: "127.0.0.1".into(),
             port,
+            family: Family::Any,
             source_port: None,
             http: HttpVia::default(),
             raw: RawOptions::default(),

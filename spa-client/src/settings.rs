@@ -11,7 +11,7 @@ use crate::rcfile::RcEntry;
 use spa_core::{DigestType, EncryptionMode};
 use std::collections::BTreeSet;
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::str::FromStr;
 use zeroize::Zeroizing;
@@ -93,6 +93,7 @@ vars! {
     ServerCommand => "SERVER_COMMAND",
     IcmpType => "ICMP_TYPE",
     IcmpCode => "ICMP_CODE",
+    ServerResolveIpv6 => "SERVER_RESOLVE_IPV6",
 }
 
 impl Var {
@@ -103,7 +104,10 @@ impl Var {
 
     /// postern's own variables, which fwknop does not know.
     pub fn is_extension(self) -> bool {
-        matches!(self, Var::ServerCommand | Var::IcmpType | Var::IcmpCode)
+        matches!(
+            self,
+            Var::ServerCommand | Var::IcmpType | Var::IcmpCode | Var::ServerResolveIpv6
+        )
     }
 
     /// Values never echoed in messages.
@@ -197,10 +201,19 @@ impl FromStr for ServerProto {
     }
 }
 
+impl Settings {
+    /// The addresses of the server name to knock (`-4`, `-6`).
+    pub fn family(&self) -> crate::send::Family {
+        crate::send::Family::from_flags(self.server_resolve_ipv4, self.server_resolve_ipv6)
+    }
+}
+
 /// The address the server should open the firewall for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AllowIp {
-    Addr(Ipv4Addr),
+    /// An IPv4 address (as fwknop), an IPv6 one (postern's extension), or the
+    /// unspecified `0.0.0.0` for "the packet's source" (`-s`).
+    Addr(IpAddr),
     /// Ask a web service for our external address (-R).
     Resolve,
 }
@@ -244,6 +257,8 @@ pub struct Settings {
     pub user_agent: Option<String>,
     pub resolve_url: Option<String>,
     pub server_resolve_ipv4: bool,
+    /// `-6` / `SERVER_RESOLVE_IPV6`: knock over IPv6 only.
+    pub server_resolve_ipv6: bool,
     pub nat_local: bool,
     pub nat_rand_port: bool,
     pub nat_port: Option<u16>,
@@ -337,14 +352,16 @@ fn parse_mode(v: &str) -> Result<EncryptionMode, String> {
 
 fn parse_allow_ip(v: &str) -> Result<AllowIp, String> {
     if v.eq_ignore_ascii_case("source") {
-        return Ok(AllowIp::Addr(Ipv4Addr::UNSPECIFIED));
+        return Ok(AllowIp::Addr(Ipv4Addr::UNSPECIFIED.into()));
     }
     if v.eq_ignore_ascii_case("resolve") {
         return Ok(AllowIp::Resolve);
     }
-    v.parse::<Ipv4Addr>()
-        .map(AllowIp::Addr)
-        .map_err(|_| "must be an IPv4 address, `resolve` or `source`".to_string())
+    // The message parser decides what an address is, so the client never
+    // writes one the server would refuse.
+    spa_core::request::AccessRequest::parse(&format!("{v},tcp/1"))
+        .map(|r| AllowIp::Addr(r.allow_ip))
+        .map_err(|_| "must be an IPv4 or IPv6 address, `resolve` or `source`".to_string())
 }
 
 /// `--icmp-type` / `--icmp-code`: 0 to fwknop's maximum.
@@ -465,6 +482,7 @@ impl Settings {
             Var::HttpUserAgent => self.user_agent = Some(v.to_string()),
             Var::ResolveUrl => self.resolve_url = Some(v.to_string()),
             Var::ServerResolveIpv4 => self.server_resolve_ipv4 |= is_yes(v),
+            Var::ServerResolveIpv6 => self.server_resolve_ipv6 |= is_yes(v),
             Var::NatLocal => self.nat_local |= is_yes(v),
             Var::NatRandPort => self.nat_rand_port |= is_yes(v),
             Var::NatPort => self.nat_port = parse_port_or_zero(v)?,
@@ -620,6 +638,7 @@ impl Settings {
             Var::HttpUserAgent => opt(&self.user_agent),
             Var::ResolveUrl => opt(&self.resolve_url),
             Var::ServerResolveIpv4 => yes_no(self.server_resolve_ipv4).into(),
+            Var::ServerResolveIpv6 => yes_no(self.server_resolve_ipv6).into(),
             Var::NatLocal => yes_no(self.nat_local).into(),
             Var::NatRandPort => yes_no(self.nat_rand_port).into(),
             Var::NatPort => self.nat_port.unwrap_or(0).to_string(),
@@ -794,7 +813,7 @@ fn cli_assignments(cli: &Cli) -> Vec<Assignment> {
             true,
         );
     }
-    let flags: [(bool, Var, &'static str, bool); 10] = [
+    let flags: [(bool, Var, &'static str, bool); 11] = [
         (cli.source_ip, Var::AllowIp, "-s/--source-ip", false),
         (
             cli.resolve_ip,
@@ -819,7 +838,13 @@ fn cli_assignments(cli: &Cli) -> Vec<Assignment> {
         (
             cli.server_resolve_ipv4,
             Var::ServerResolveIpv4,
-            "--server-resolve-ipv4",
+            "-4/--server-resolve-ipv4",
+            true,
+        ),
+        (
+            cli.server_resolve_ipv6,
+            Var::ServerResolveIpv6,
+            "-6/--server-resolve-ipv6",
             true,
         ),
         (cli.nat_local, Var::NatLocal, "--nat-local", true),

@@ -4,8 +4,9 @@
 //! gives no answer to tell open from closed.
 
 use crate::error::{ClientError, Result};
+use crate::send::Family;
 use spa_core::request::{parse_proto_ports, Proto};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 /// How long one connect attempt may take, and the pause between attempts.
@@ -32,6 +33,7 @@ pub fn tcp_ports(access: &str) -> Result<Vec<u16>> {
 /// passes. `progress` hears each probe's outcome (for `-v`).
 pub fn until_open(
     host: &str,
+    family: Family,
     ports: &[u16],
     within: Duration,
     progress: &mut dyn FnMut(&str),
@@ -39,7 +41,7 @@ pub fn until_open(
     let start = Instant::now();
     for &port in ports {
         let left = within.saturating_sub(start.elapsed());
-        connect_when_open(host, port, left, within, progress)?;
+        connect_when_open(host, family, port, left, within, progress)?;
     }
     Ok(start.elapsed())
 }
@@ -49,13 +51,14 @@ pub fn until_open(
 /// wait, for the message.
 pub fn connect_when_open(
     host: &str,
+    family: Family,
     port: u16,
     left: Duration,
     within: Duration,
     progress: &mut dyn FnMut(&str),
 ) -> Result<TcpStream> {
     let deadline = Instant::now() + left;
-    let addr = resolve(host, port)?;
+    let addr = crate::send::addresses("host", host, port, family)?[0];
     loop {
         match TcpStream::connect_timeout(&addr, ATTEMPT) {
             Ok(stream) => {
@@ -85,10 +88,6 @@ pub fn describe(ports: &[u16]) -> String {
         .join(", ")
 }
 
-fn resolve(host: &str, port: u16) -> Result<SocketAddr> {
-    Ok(crate::send::ipv4_addresses("host", host, port)?[0].into())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,14 +104,19 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let open = listener.local_addr().unwrap().port();
         let mut said = Vec::new();
-        until_open("127.0.0.1", &[open], Duration::from_secs(2), &mut |l| {
-            said.push(l.to_string())
-        })
+        until_open(
+            "127.0.0.1",
+            Family::Any,
+            &[open],
+            Duration::from_secs(2),
+            &mut |l| said.push(l.to_string()),
+        )
         .unwrap();
         assert!(said[0].ends_with("is open"), "{said:?}");
         drop(listener);
         let err = until_open(
             "127.0.0.1",
+            Family::Any,
             &[open],
             Duration::from_millis(300),
             &mut |_| {},

@@ -235,9 +235,14 @@ fn unknown_and_refused_flags() {
         let line = env.fails(&a);
         assert!(line.contains(needle), "{extra:?}: {line}");
     }
-    // IPv4 only, as fwknop: an IPv6 server is named in a clear error.
-    for proto in ["icmp", "tcpraw", "udpraw"] {
-        let line = env.fails(&[
+    // The IPv4 datagrams are IPv4 only, as fwknop: an IPv6 server is named in
+    // a clear error (`-P icmp` sends ICMPv6 instead, but not with -Q).
+    for extra in [
+        &["-P", "tcpraw"][..],
+        &["-P", "udpraw"],
+        &["-P", "icmp", "-Q", "10.0.0.9"],
+    ] {
+        let mut a = vec![
             "--no-rc-file",
             "-a",
             "10.0.0.5",
@@ -245,13 +250,29 @@ fn unknown_and_refused_flags() {
             "tcp/22",
             "--key-rijndael",
             "x",
-            "-P",
-            proto,
             "-D",
             "::1",
-        ]);
-        assert!(line.contains("::1 has no IPv4 address"), "{line}");
+        ];
+        a.extend(extra);
+        let line = env.fails(&a);
+        assert!(
+            line.contains("is IPv4 only") && line.contains("::1"),
+            "{line}"
+        );
     }
+    let line = env.fails(&[
+        "--no-rc-file",
+        "-a",
+        "10.0.0.5",
+        "-A",
+        "tcp/22",
+        "--key-rijndael",
+        "x",
+        "-6",
+        "-D",
+        "127.0.0.1",
+    ]);
+    assert!(line.contains("127.0.0.1 has no IPv6 address"), "{line}");
     // The raw modes build (and, with -T, do not send) like the others.
     for proto in ["icmp", "tcpraw", "udpraw"] {
         env.ok(&with_base(&[

@@ -2,7 +2,7 @@
 
 use crate::error::{Result, SpaError};
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
 /// Longest command fwknop sends.
@@ -97,21 +97,34 @@ pub fn format_proto_ports(ports: &[ProtoPort]) -> String {
         .join(",")
 }
 
-fn parse_allow_ip(s: &str) -> Result<Ipv4Addr> {
-    if s.len() > 15 || !s.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
-        return Err(SpaError::field(
-            "allow_ip",
-            format!("`{s}` is not an IPv4 address"),
-        ));
+/// The address a knock asks access for: an IPv4 address as fwknop writes it,
+/// or (postern's extension, the form of fwknop's IPv6 work) an IPv6 address
+/// without brackets. An IPv4-mapped IPv6 address is its IPv4 address; `0.0.0.0`
+/// and `::` mean "the packet's sender".
+fn parse_allow_ip(s: &str) -> Result<IpAddr> {
+    let not_an_address = || SpaError::field("allow_ip", format!("`{s}` is not an IP address"));
+    if s.len() <= 15 && s.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        return s
+            .parse::<Ipv4Addr>()
+            .map(IpAddr::V4)
+            .map_err(|_| not_an_address());
     }
-    s.parse()
-        .map_err(|_| SpaError::field("allow_ip", format!("`{s}` is not an IPv4 address")))
+    // The longest text form: 6 groups, then an IPv4 address (45 bytes).
+    if s.len() > 45
+        || !s
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+    {
+        return Err(not_an_address());
+    }
+    let v6: Ipv6Addr = s.parse().map_err(|_| not_an_address())?;
+    Ok(IpAddr::V6(v6).to_canonical())
 }
 
 /// `ALLOW_IP,proto/port[,proto/port…]`
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AccessRequest {
-    pub allow_ip: Ipv4Addr,
+    pub allow_ip: IpAddr,
     pub ports: Vec<ProtoPort>,
 }
 
@@ -138,7 +151,7 @@ impl fmt::Display for AccessRequest {
 /// `ALLOW_IP,command string`
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CommandRequest {
-    pub allow_ip: Ipv4Addr,
+    pub allow_ip: IpAddr,
     pub command: String,
 }
 
@@ -215,4 +228,50 @@ pub(crate) fn validate_nat_access(msg: &str) -> Result<()> {
 pub enum Request {
     Access(AccessRequest),
     Command(CommandRequest),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allow_addresses_are_ipv4_as_fwknop_or_ipv6() {
+        let ip = |m: &str| AccessRequest::parse(m).map(|r| r.allow_ip);
+        assert_eq!(
+            ip("10.0.0.5,tcp/22").unwrap(),
+            "10.0.0.5".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            ip("2001:db8::1,tcp/22").unwrap(),
+            "2001:db8::1".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(ip("::,tcp/22").unwrap(), "::".parse::<IpAddr>().unwrap());
+        // A mapped IPv4 address is that IPv4 address (one rule family, not two).
+        assert_eq!(
+            ip("::ffff:10.0.0.5,tcp/22").unwrap(),
+            "10.0.0.5".parse::<IpAddr>().unwrap()
+        );
+        let cmd = CommandRequest::parse("fd00::9,touch /x").unwrap();
+        assert_eq!(cmd.allow_ip, "fd00::9".parse::<IpAddr>().unwrap());
+        // Written back as read: fwknop's form for IPv4, no brackets for IPv6.
+        let req = AccessRequest::parse("2001:db8::1,tcp/22,udp/53").unwrap();
+        assert_eq!(req.to_string(), "2001:db8::1,tcp/22,udp/53");
+    }
+
+    #[test]
+    fn what_is_not_an_address_is_refused() {
+        for bad in [
+            "10.0.0,tcp/22",
+            "10.0.0.256,tcp/22",
+            "[2001:db8::1],tcp/22",
+            "2001:db8::1%eth0,tcp/22",
+            "2001:db8:::1,tcp/22",
+            "fe80::1/64,tcp/22",
+            "host.example,tcp/22",
+            ":::::::::::::::::::::::::::::::::::::::::::::::,tcp/22",
+            ",tcp/22",
+        ] {
+            assert!(AccessRequest::parse(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -51,6 +51,10 @@ pub struct Executor {
     /// Client commands running now (each on its own thread).
     running_commands: Arc<AtomicUsize>,
     now: fn() -> u64,
+    /// `[fleet]`: where this member's access openings go, and where the
+    /// group's come from.
+    fleet_out: Option<mpsc::Sender<Vec<Opening>>>,
+    fleet_in: Option<mpsc::Receiver<crate::fleet::RemoteGrant>>,
 }
 
 /// Client commands that may run at once; more are refused, not queued.
@@ -72,7 +76,16 @@ impl Executor {
             test_mode: server.test_mode,
             running_commands: Arc::new(AtomicUsize::new(0)),
             now: crate::capture::unix_now,
+            fleet_out: None,
+            fleet_in: None,
         }
+    }
+
+    /// Share access grants with the fleet `link` joins, and apply its members'.
+    pub fn with_fleet(mut self, link: crate::fleet::FleetLink) -> Self {
+        self.fleet_out = Some(link.publish);
+        self.fleet_in = Some(link.remote);
+        self
     }
 
     /// Run on a dedicated thread until shutdown; then let backends clean up.
@@ -92,12 +105,17 @@ impl Executor {
                     self.resume_cycles();
                 }
                 self.schedule_existing();
+                let mut fleet_in = self.fleet_in.take();
                 rt.block_on(async {
                     let mut tick = tokio::time::interval(EXPIRY_TICK);
                     loop {
                         tokio::select! {
                             biased;
                             _ = shutdown.cancelled() => break,
+                            remote = next_remote(&mut fleet_in) => match remote {
+                                Some(grant) => self.apply_remote(grant),
+                                None => fleet_in = None,
+                            },
                             first = rx.recv() => {
                                 let Some(first) = first else { break };
                                 let mut batch = vec![first];
@@ -164,6 +182,7 @@ impl Executor {
         let whole = apply_all(&mut self.backends, &openings);
         if whole.is_ok() {
             self.schedule(&openings);
+            self.share(&openings);
         }
         if whole.is_ok() || batch.len() == 1 {
             for r in batch {
@@ -177,9 +196,48 @@ impl Executor {
             let result = apply_all(&mut self.backends, &openings);
             if result.is_ok() {
                 self.schedule(&openings);
+                self.share(&openings);
             }
             log_result(&r.grant, &result);
             let _ = r.done.send(result);
+        }
+    }
+
+    /// Hand access openings this member applied to the fleet (never waits).
+    fn share(&self, openings: &[Opening]) {
+        let Some(out) = &self.fleet_out else {
+            return;
+        };
+        let shared = crate::fleet::shareable(openings);
+        if shared.is_empty() {
+            return;
+        }
+        if out.try_send(shared).is_err() {
+            crate::metrics::fleet_dropped(1);
+            tracing::warn!("fleet: publishing is behind; a grant was not shared with the group");
+        }
+    }
+
+    /// Openings another member of the fleet granted: applied here with the
+    /// same expiry (and expired by this member as its own).
+    fn apply_remote(&mut self, grant: crate::fleet::RemoteGrant) {
+        let result = apply_all(&mut self.backends, &grant.openings);
+        let list = grant
+            .openings
+            .iter()
+            .map(|o| o.rule.to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        match result {
+            Ok(()) => {
+                self.schedule(&grant.openings);
+                crate::metrics::fleet("applied");
+                tracing::info!("fleet: granted {list}, as member {} did", grant.member);
+            }
+            Err(e) => tracing::error!(
+                "fleet: could not apply {list} granted by member {}: {e}",
+                grant.member
+            ),
         }
     }
 
@@ -415,6 +473,16 @@ fn is_cycle_state(path: &Path) -> bool {
     path.file_name()
         .and_then(|n| n.to_str())
         .is_some_and(|n| n.starts_with(CYCLE_STATE_PREFIX) && n.ends_with(".json"))
+}
+
+/// The next grant from the fleet; never, without one.
+async fn next_remote(
+    fleet_in: &mut Option<mpsc::Receiver<crate::fleet::RemoteGrant>>,
+) -> Option<crate::fleet::RemoteGrant> {
+    match fleet_in {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 fn apply_all(backends: &mut [Box<dyn Firewall>], openings: &[Opening]) -> Result<(), String> {

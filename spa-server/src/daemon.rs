@@ -256,7 +256,11 @@ pub async fn start_with_backends(
         destination_rule: cfg.server.destination_rule,
     };
     let (tx, rx) = mpsc::channel(cfg.server.queue_depth);
-    let actions = Executor::new(backends, &cfg.server).spawn(rx, shutdown.clone());
+    let mut executor = Executor::new(backends, &cfg.server);
+    if let Some(fleet) = &cfg.fleet {
+        executor = executor.with_fleet(start_fleet(fleet, shutdown.clone()).await?);
+    }
+    let actions = executor.spawn(rx, shutdown.clone());
     // GPG decryption runs on its own threads (gpgme is slow and not Send); the pool
     // is always there so a SIGHUP may add GPG stanzas.
     let gpg_pool =
@@ -270,6 +274,7 @@ pub async fn start_with_backends(
     }
     let gpg_workers = gpg_pool.live_workers();
     let gpg_stats = gpg_pool.stats.clone();
+    let (watched_actions, gpg_pool_size) = (tx.downgrade(), gpg_pool.workers());
     let pipeline = pipeline::build_with_gpg(
         keyring.clone(),
         store.clone(),
@@ -277,6 +282,15 @@ pub async fn start_with_backends(
         tx,
         cfg.server.queue_depth,
         Some(gpg_pool),
+    );
+    crate::metrics::watch(
+        crate::metrics::Queues {
+            pipeline: pipeline.in_flight(),
+            actions: watched_actions,
+            gpg: gpg_stats.clone(),
+            gpg_workers: gpg_pool_size,
+        },
+        shutdown.clone(),
     );
     let mut tasks = Vec::new();
     for c in &cfg.capture {
@@ -303,6 +317,41 @@ pub async fn start_with_backends(
     })
 }
 
+/// Join the fleet `[fleet]` names: its store must answer now (a typo is a
+/// start error); later outages are waited out.
+#[cfg(feature = "redis")]
+async fn start_fleet(
+    config: &crate::fleet::FleetConfig,
+    shutdown: CancellationToken,
+) -> anyhow::Result<crate::fleet::FleetLink> {
+    let key = crate::fleet::GroupKey::load(&config.key_file)?;
+    let bus =
+        crate::fleet::redis::RedisBus::connect(&config.url, &config.key_prefix, &config.group)
+            .await
+            .map_err(anyhow::Error::msg)?;
+    tracing::info!(
+        "fleet: member `{}` of group `{}` at {}",
+        config.member,
+        config.group,
+        crate::config::redact_url(&config.url)
+    );
+    crate::metrics::fleet_store_up(true);
+    Ok(crate::fleet::start(
+        std::sync::Arc::new(bus),
+        key,
+        config,
+        shutdown,
+    ))
+}
+
+#[cfg(not(feature = "redis"))]
+async fn start_fleet(
+    _config: &crate::fleet::FleetConfig,
+    _shutdown: CancellationToken,
+) -> anyhow::Result<crate::fleet::FleetLink> {
+    anyhow::bail!("[fleet] needs a posternd built with the `redis` feature")
+}
+
 async fn prune_loop(store: Arc<dyn ReplayStore>, max_age: u64, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(PRUNE_EVERY);
     loop {
@@ -314,7 +363,10 @@ async fn prune_loop(store: Arc<dyn ReplayStore>, max_age: u64, shutdown: Cancell
                 match store.prune(cutoff).await {
                     Ok(n) if n > 0 => tracing::debug!("replay cache: pruned {n} old entries"),
                     Ok(_) => {}
-                    Err(e) => tracing::warn!("replay cache prune failed: {e}"),
+                    Err(e) => {
+                        crate::metrics::replay_store_failed();
+                        tracing::warn!("replay cache prune failed: {e}");
+                    }
                 }
             }
         }

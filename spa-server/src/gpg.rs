@@ -107,6 +107,10 @@ pub struct PoolStats {
     pub decrypted: AtomicU64,
     pub failed: AtomicU64,
     pub dropped: AtomicU64,
+    /// Jobs waiting in the queue.
+    pub queued: AtomicU64,
+    /// Workers running gpg right now.
+    pub busy: AtomicU64,
 }
 
 /// How often an idle worker looks at the stop flag.
@@ -221,7 +225,9 @@ impl GpgPool {
             passphrase,
             reply,
         }) {
-            Ok(()) => {}
+            Ok(()) => {
+                self.stats.queued.fetch_add(1, Ordering::Relaxed);
+            }
             Err(TrySendError::Full(_)) => {
                 self.stats.dropped.fetch_add(1, Ordering::Relaxed);
                 return Err(PoolError::Busy);
@@ -251,11 +257,14 @@ fn worker(rx: &Mutex<Receiver<Job>>, stats: &PoolStats, stop: &AtomicBool) {
             },
             Err(_) => return,
         };
+        stats.queued.fetch_sub(1, Ordering::Relaxed);
         if job.reply.is_closed() || stop.load(Ordering::SeqCst) {
             continue;
         }
+        stats.busy.fetch_add(1, Ordering::Relaxed);
         let outcome =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_job(&mut engines, &job)));
+        stats.busy.fetch_sub(1, Ordering::Relaxed);
         let result = match outcome {
             Ok(r) => r,
             Err(_) => {

@@ -6,6 +6,7 @@ pub mod capture;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod fleet;
 pub mod gpg;
 pub mod metrics;
 pub mod pipeline;

@@ -10,9 +10,19 @@
 //!   action, overload = a full queue);
 //! - `postern_granted_total` and `postern_knock_to_grant_seconds`;
 //! - `postern_firewall_grants_total{backend}`, `…_revokes_total{backend}`,
-//!   `…_errors_total{backend}`.
+//!   `…_errors_total{backend}`;
+//! - `postern_replay_store_errors_total`: replay-store calls that failed (the
+//!   packet is refused);
+//! - gauges sampled each second: `postern_pipeline_in_flight` and
+//!   `…_capacity` (authenticated packets being worked on; at capacity, more
+//!   are refused at `overload`), `postern_action_queue_depth` and `…_capacity`
+//!   (grants waiting for the firewall), `postern_gpg_queue_depth`,
+//!   `postern_gpg_workers_busy` and `postern_gpg_workers`; and the GPG pool's
+//!   `postern_gpg_decrypted_total`, `…_failed_total`, `…_dropped_total`.
 
-use metrics::{counter, describe_counter, describe_histogram, histogram, Unit};
+use metrics::{
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit,
+};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,6 +44,17 @@ pub const KNOCK_TO_GRANT: &str = "postern_knock_to_grant_seconds";
 pub const FIREWALL_GRANTS: &str = "postern_firewall_grants_total";
 pub const FIREWALL_REVOKES: &str = "postern_firewall_revokes_total";
 pub const FIREWALL_ERRORS: &str = "postern_firewall_errors_total";
+pub const REPLAY_STORE_ERRORS: &str = "postern_replay_store_errors_total";
+const PIPELINE_IN_FLIGHT: &str = "postern_pipeline_in_flight";
+const PIPELINE_CAPACITY: &str = "postern_pipeline_capacity";
+const ACTION_QUEUE_DEPTH: &str = "postern_action_queue_depth";
+const ACTION_QUEUE_CAPACITY: &str = "postern_action_queue_capacity";
+const GPG_QUEUE_DEPTH: &str = "postern_gpg_queue_depth";
+const GPG_WORKERS_BUSY: &str = "postern_gpg_workers_busy";
+const GPG_WORKERS: &str = "postern_gpg_workers";
+const GPG_DECRYPTED: &str = "postern_gpg_decrypted_total";
+const GPG_FAILED: &str = "postern_gpg_failed_total";
+const GPG_DROPPED: &str = "postern_gpg_dropped_total";
 
 /// Knock→grant takes about a millisecond; iptables or firewalld tens.
 const LATENCY_BUCKETS: [f64; 12] = [
@@ -84,6 +105,109 @@ fn describe() {
         "Openings removed (expiry, flush), by backend"
     );
     describe_counter!(FIREWALL_ERRORS, "Firewall calls that failed, by backend");
+    describe_counter!(
+        REPLAY_STORE_ERRORS,
+        "Replay store calls that failed (the packet was refused)"
+    );
+    describe_gauge!(PIPELINE_IN_FLIGHT, "Authenticated packets being processed");
+    describe_gauge!(
+        PIPELINE_CAPACITY,
+        "Authenticated packets processed at once before refusing at overload"
+    );
+    describe_gauge!(ACTION_QUEUE_DEPTH, "Grants waiting for the firewall");
+    describe_gauge!(
+        ACTION_QUEUE_CAPACITY,
+        "Room for grants waiting for the firewall"
+    );
+    describe_gauge!(
+        GPG_QUEUE_DEPTH,
+        "GPG packets waiting for a decryption worker"
+    );
+    describe_gauge!(GPG_WORKERS_BUSY, "GPG decryption workers running gpg");
+    describe_gauge!(GPG_WORKERS, "GPG decryption workers");
+    describe_counter!(GPG_DECRYPTED, "GPG packets decrypted");
+    describe_counter!(GPG_FAILED, "GPG packets that failed to decrypt or verify");
+    describe_counter!(GPG_DROPPED, "GPG packets dropped for a full queue");
+    describe_counter!(
+        FLEET_GRANTS,
+        "Fleet grants published by this member, applied from others, refused"
+    );
+    describe_counter!(
+        FLEET_DROPPED,
+        "This member's grants dropped unpublished (fleet store down too long)"
+    );
+    describe_gauge!(FLEET_STORE_UP, "1 while the fleet store answers");
+}
+
+/// The queues the gauges watch.
+pub struct Queues {
+    pub pipeline: crate::pipeline::InFlight,
+    pub actions: tokio::sync::mpsc::WeakSender<crate::pipeline::ActionRequest>,
+    pub gpg: std::sync::Arc<crate::gpg::PoolStats>,
+    pub gpg_workers: usize,
+}
+
+/// Sample `queues` into gauges each second until `stop` fires (no-op unless
+/// a recorder is installed). Sampling keeps the packet path free of gauge
+/// updates.
+pub fn watch(queues: Queues, stop: tokio_util::sync::CancellationToken) {
+    if !enabled() {
+        return;
+    }
+    use std::sync::atomic::Ordering::Relaxed;
+    gauge!(PIPELINE_CAPACITY).set(queues.pipeline.max() as f64);
+    gauge!(GPG_WORKERS).set(queues.gpg_workers as f64);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        while stop.run_until_cancelled(tick.tick()).await.is_some() {
+            gauge!(PIPELINE_IN_FLIGHT).set(queues.pipeline.now() as f64);
+            if let Some(tx) = queues.actions.upgrade() {
+                gauge!(ACTION_QUEUE_CAPACITY).set(tx.max_capacity() as f64);
+                gauge!(ACTION_QUEUE_DEPTH).set((tx.max_capacity() - tx.capacity()) as f64);
+            }
+            let gpg = &queues.gpg;
+            gauge!(GPG_QUEUE_DEPTH).set(gpg.queued.load(Relaxed) as f64);
+            gauge!(GPG_WORKERS_BUSY).set(gpg.busy.load(Relaxed) as f64);
+            counter!(GPG_DECRYPTED).absolute(gpg.decrypted.load(Relaxed));
+            counter!(GPG_FAILED).absolute(gpg.failed.load(Relaxed));
+            counter!(GPG_DROPPED).absolute(gpg.dropped.load(Relaxed));
+        }
+    });
+}
+
+const FLEET_GRANTS: &str = "postern_fleet_grants_total";
+const FLEET_DROPPED: &str = "postern_fleet_unpublished_dropped_total";
+const FLEET_STORE_UP: &str = "postern_fleet_store_up";
+
+/// A fleet grant `event`: `published` (this member's), `applied` (another
+/// member's, in the firewall here), `refused` (a stored message that failed
+/// verification).
+pub fn fleet(event: &'static str) {
+    if !enabled() {
+        return;
+    }
+    counter!(FLEET_GRANTS, "event" => event).increment(1);
+}
+
+pub fn fleet_dropped(grants: usize) {
+    if !enabled() {
+        return;
+    }
+    counter!(FLEET_DROPPED).increment(grants as u64);
+}
+
+pub fn fleet_store_up(up: bool) {
+    if !enabled() {
+        return;
+    }
+    gauge!(FLEET_STORE_UP).set(if up { 1.0 } else { 0.0 });
+}
+
+pub fn replay_store_failed() {
+    if !enabled() {
+        return;
+    }
+    counter!(REPLAY_STORE_ERRORS).increment(1);
 }
 
 pub fn packet(capture: &'static str) {

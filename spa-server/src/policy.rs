@@ -8,7 +8,7 @@ use spa_core::firewall::{NatRule, Snat};
 use spa_core::request::{AccessRequest, CommandRequest, NatTarget};
 use spa_core::{MessageType, ProtoPort, SpaMessage};
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 /// Why policy said no. Logged at debug level only, never sent anywhere.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -393,14 +393,14 @@ pub fn evaluate(settings: &PolicySettings, req: &Request) -> Result<Grant, Denia
             },
         )
     };
-    let source = if allow_ip == Ipv4Addr::UNSPECIFIED {
+    let source = if allow_ip.is_unspecified() {
         if stanza.require_source_address {
             return Err(Denial::SourceAddressRequired);
         }
         // Behind an HTTP proxy, the client it names (fwknopd's ENABLE_X_FORWARDED_FOR).
         canonical(req.forwarded_for.unwrap_or(req.peer))
     } else {
-        IpAddr::V4(allow_ip)
+        allow_ip
     };
     // Fail closed: never widen a destination-bound grant to any address.
     let destination = match (settings.destination_rule, req.destination.map(canonical)) {
@@ -657,6 +657,27 @@ mod tests {
         s.require_source_address = true;
         assert_eq!(
             eval(&s, &msg(MessageType::Access, "0.0.0.0,tcp/22", 1000)),
+            Err(Denial::SourceAddressRequired)
+        );
+    }
+
+    /// postern's IPv6 extension: an IPv6 allow address is granted as such, and
+    /// `::` means the sender as `0.0.0.0` does (whatever family it knocked over).
+    #[test]
+    fn ipv6_allow_addresses_are_granted() {
+        let g = eval(
+            &stanza(),
+            &msg(MessageType::Access, "2001:db8::5,tcp/22", 1000),
+        )
+        .unwrap();
+        assert_eq!(g.source(), "2001:db8::5".parse::<IpAddr>().unwrap());
+        assert_eq!(g.openings(1000).len(), 1);
+        let g = eval(&stanza(), &msg(MessageType::Access, "::,tcp/22", 1000)).unwrap();
+        assert_eq!(g.source(), "192.0.2.9".parse::<IpAddr>().unwrap());
+        let mut s = stanza();
+        s.require_source_address = true;
+        assert_eq!(
+            eval(&s, &msg(MessageType::Access, "::,tcp/22", 1000)),
             Err(Denial::SourceAddressRequired)
         );
     }

@@ -23,6 +23,7 @@ pub use tempfile;
 pub mod attacker;
 pub mod conformance;
 pub mod firewalld;
+pub mod lan;
 pub mod posternd;
 pub mod routed;
 pub mod scenario;
@@ -32,7 +33,7 @@ pub mod stock;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
-fn next_id() -> u32 {
+pub(crate) fn next_id() -> u32 {
     COUNTER.fetch_add(1, Ordering::SeqCst)
 }
 

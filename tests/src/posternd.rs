@@ -241,11 +241,11 @@ impl Setup {
 
 /// `[[capture]]` tables.
 pub fn udp_capture(port: u16) -> String {
-    format!("[[capture]]\ntype = \"udp\"\nlisten = \"0.0.0.0:{port}\"\n")
+    format!("[[capture]]\ntype = \"udp\"\nlisten = \"[::]:{port}\"\n")
 }
 
 pub fn tcp_capture(port: u16) -> String {
-    format!("[[capture]]\ntype = \"tcp\"\nlisten = \"0.0.0.0:{port}\"\n")
+    format!("[[capture]]\ntype = \"tcp\"\nlisten = \"[::]:{port}\"\n")
 }
 
 pub fn pcap_capture(interface: &str, port: u16) -> String {

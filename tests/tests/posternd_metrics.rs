@@ -106,4 +106,99 @@ fn metrics_count_what_happened_and_promtool_accepts_them() {
         text.contains("process_resident_memory_bytes"),
         "no process metrics:\n{text}"
     );
+    // Queue gauges: the configured sizes, and nothing left queued at rest.
+    let exactly = |series: &str, n: f64| {
+        let v = sample(&text, series);
+        assert!(v == n, "{series} = {v}, expected {n}\n{text}");
+    };
+    exactly("postern_pipeline_capacity", 4096.0);
+    exactly("postern_action_queue_capacity", 4096.0);
+    exactly("postern_pipeline_in_flight", 0.0);
+    exactly("postern_action_queue_depth", 0.0);
+    exactly("postern_gpg_queue_depth", 0.0);
+    at_least("postern_gpg_workers", 1.0);
+}
+
+/// Scrape `url` from `ns` until `series` reaches `n` (bounded); the last text.
+fn scrape_until(ns: &postern_e2e::Netns, url: &str, series: &str, n: f64) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = ns.run(&["curl", "-sf", url]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if sample(&text, series) >= n || std::time::Instant::now() > deadline {
+            return text;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A replay store that fails (Redis gone) refuses the knock, and the failure
+/// is counted where an operator's alert can see it.
+#[test]
+fn replay_store_failures_are_counted_and_refuse_the_knock() {
+    if !runnable(&["nft", "curl", "redis-server"]) {
+        return;
+    }
+    const PORT_R: u16 = 22092;
+    const METRICS_R: &str = "127.0.0.1:19651";
+    let s = Setup::new(
+        Service::open("mr", PORT_R),
+        30,
+        "memory",
+        &format!(
+            "{}\n{}\n[metrics]\nlisten = \"{METRICS_R}\"\n",
+            udp_capture(SPA_PORT),
+            nftables_action(PORT_R)
+        ),
+    );
+    let socket = s.conf.path("redis.sock");
+    let mut redis = Command::new("redis-server")
+        .args([
+            "--port",
+            "0",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--unixsocket",
+        ])
+        .arg(&socket)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let up = std::time::Instant::now() + Duration::from_secs(5);
+    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+        assert!(std::time::Instant::now() < up, "redis-server did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let toml = std::fs::read_to_string(s.conf.path("postern.toml"))
+        .unwrap()
+        .replace(
+            "type = \"memory\"",
+            &format!("type = \"redis\"\nurl = \"unix://{}\"", socket.display()),
+        );
+    s.conf.write("postern.toml", &toml);
+    let _d = s.start();
+    let _ = redis.kill();
+    let _ = redis.wait();
+
+    knock_ok(&s.svc, &s.keys, &[]);
+    let url = format!("http://{METRICS_R}/metrics");
+    let text = scrape_until(
+        s.svc.server(),
+        &url,
+        "postern_replay_store_errors_total",
+        1.0,
+    );
+    let errors = sample(&text, "postern_replay_store_errors_total");
+    assert!(errors >= 1.0, "no replay store error counted\n{text}");
+    assert!(
+        sample(&text, "postern_refused_total{stage=\"replay\"}") >= 1.0,
+        "the knock was not refused at replay\n{text}"
+    );
+    assert_eq!(sample(&text, "postern_granted_total"), 0.0, "{text}");
+    assert!(
+        s.svc.stays_closed(Duration::from_millis(500)),
+        "opened without the replay store"
+    );
 }

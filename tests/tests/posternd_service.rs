@@ -104,7 +104,7 @@ fn a_daemon_that_cannot_start_fails_the_command(tag: &str) {
         "postern.toml",
         &std::fs::read_to_string(s.conf.path("postern.toml"))
             .unwrap()
-            .replace("0.0.0.0:62201", "192.0.2.77:62201"),
+            .replace("[::]:62201", "192.0.2.77:62201"),
     );
     let bin = posternd_bin().display().to_string();
     let mut argv: Vec<&str> = vec![&bin];

@@ -43,6 +43,40 @@ pub(crate) fn force_recv_buffer(fd: std::os::fd::RawFd, size: usize) {
     }
 }
 
+/// A socket for a capture bound to `listen`. An IPv6 address takes IPv4 too
+/// (IPV6_V6ONLY off; IPv4 senders show as mapped addresses, which the captures
+/// canonicalize). The default wildcard `[::]` falls back to `0.0.0.0` on a host
+/// without IPv6 (`ipv6.disable=1`), saying so.
+pub(crate) fn bind_socket(
+    listen: std::net::SocketAddr,
+    kind: socket2::Type,
+    what: &str,
+) -> anyhow::Result<socket2::Socket> {
+    use socket2::{Domain, Socket};
+    let socket = match Socket::new(Domain::for_address(listen), kind, None) {
+        Err(e)
+            if listen.ip() == std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
+                && e.raw_os_error() == Some(libc::EAFNOSUPPORT) =>
+        {
+            let v4 = std::net::SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, listen.port()));
+            tracing::info!("{what}: no IPv6 on this host, listening on {v4}");
+            return bind_socket(v4, kind, what);
+        }
+        socket => socket.map_err(|e| anyhow::anyhow!("{what} cannot open a socket: {e}"))?,
+    };
+    if listen.is_ipv6() {
+        socket.set_only_v6(false)?;
+    }
+    if kind == socket2::Type::STREAM {
+        socket.set_reuse_address(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket
+        .bind(&listen.into())
+        .map_err(|e| anyhow::anyhow!("{what} cannot bind {listen}: {e}"))?;
+    Ok(socket)
+}
+
 /// `-C/--packet-limit`: fwknopd counts every packet its capture hands it
 /// (pcap_dispatch's count after the BPF filter, each UDP datagram), valid or
 /// not, and stops once the count reaches the limit. Process-wide, as fwknopd's.
@@ -215,9 +249,11 @@ pub async fn spawn(
             rate_per_source,
             burst_per_source,
         } => {
-            let listener = tokio::net::TcpListener::bind(listen)
-                .await
+            let socket = bind_socket(listen, socket2::Type::STREAM, "TCP capture")?;
+            socket
+                .listen(1024)
                 .map_err(|e| anyhow::anyhow!("TCP capture cannot listen on {listen}: {e}"))?;
+            let listener = tokio::net::TcpListener::from_std(socket.into())?;
             let limits = tcp::Limits {
                 first_byte_timeout: std::time::Duration::from_millis(first_byte_timeout_ms),
                 read_timeout: std::time::Duration::from_millis(read_timeout_ms),

@@ -342,11 +342,12 @@ fn frame_parts(link: pcap::Linktype, data: &[u8]) -> Option<(&[u8], SocketAddr, 
         t if t == EtherTypes::Ipv6.0 => {
             let ip = Ipv6Packet::new(l3)?;
             let end = (40 + usize::from(ip.get_payload_length())).min(l3.len());
+            let (proto, l4) = skip_ipv6_extensions(ip.get_next_header(), l3.get(40..end)?)?;
             (
                 IpAddr::V6(ip.get_source()),
                 IpAddr::V6(ip.get_destination()),
-                ip.get_next_header(),
-                l3.get(40..end)?,
+                proto,
+                l4,
             )
         }
         _ => return None,
@@ -356,6 +357,39 @@ fn frame_parts(link: pcap::Linktype, data: &[u8]) -> Option<(&[u8], SocketAddr, 
         return None;
     }
     Some((payload, SocketAddr::new(src, sport), dst))
+}
+
+/// The transport protocol and its bytes after IPv6 extension headers
+/// (hop-by-hop, routing, destination options, fragment): a knock sent with
+/// any of them still reaches the transport parser. Only whole datagrams are
+/// taken: a fragment other than an atomic one (offset 0, no more fragments)
+/// carries part of a packet, which fwknopd does not reassemble either.
+fn skip_ipv6_extensions(
+    mut next: IpNextHeaderProtocol,
+    mut data: &[u8],
+) -> Option<(IpNextHeaderProtocol, &[u8])> {
+    use pnet_packet::ipv6::{ExtensionPacket, FragmentPacket};
+    use IpNextHeaderProtocols as P;
+    // The RFC 8200 order has at most 6 of them; more is not a real packet.
+    const MAX_EXTENSIONS: usize = 8;
+    for _ in 0..MAX_EXTENSIONS {
+        let header_len = if next == P::Hopopt || next == P::Ipv6Route || next == P::Ipv6Opts {
+            let ext = ExtensionPacket::new(data)?;
+            next = ext.get_next_header();
+            (usize::from(ext.get_hdr_ext_len()) + 1) * 8
+        } else if next == P::Ipv6Frag {
+            let frag = FragmentPacket::new(data)?;
+            if frag.get_fragment_offset() != 0 || !frag.is_last_fragment() {
+                return None;
+            }
+            next = frag.get_next_header();
+            8
+        } else {
+            return Some((next, data));
+        };
+        data = data.get(header_len..)?;
+    }
+    None
 }
 
 /// The payload after the transport header and the sender's port, as fwknopd's
@@ -412,6 +446,65 @@ mod tests {
         ip.extend_from_slice(payload);
         f.extend(ip);
         f
+    }
+
+    /// A raw IPv6 datagram from fd00::7 to fd00::2: `extensions` (each a
+    /// complete header whose first byte is patched to chain them) then UDP.
+    fn ipv6_udp_with(extensions: &[(u8, Vec<u8>)], payload: &[u8]) -> Vec<u8> {
+        let mut udp = vec![0x30, 0x39, 0xf2, 0xf9, 0, (8 + payload.len()) as u8, 0, 0];
+        udp.extend_from_slice(payload);
+        let mut body = Vec::new();
+        let mut first = 17u8;
+        for (i, (kind, header)) in extensions.iter().enumerate() {
+            if i == 0 {
+                first = *kind;
+            }
+            let mut h = header.clone();
+            h[0] = extensions.get(i + 1).map_or(17, |(k, _)| *k);
+            body.extend(h);
+        }
+        body.extend(udp);
+        let mut d = vec![0x60, 0, 0, 0, 0, 0, first, 64];
+        d[4..6].copy_from_slice(&(body.len() as u16).to_be_bytes());
+        d.extend("fd00::7".parse::<std::net::Ipv6Addr>().unwrap().octets());
+        d.extend("fd00::2".parse::<std::net::Ipv6Addr>().unwrap().octets());
+        d.extend(body);
+        d
+    }
+
+    #[test]
+    fn takes_ipv6_udp_after_extension_headers() {
+        let hop_by_hop = (0u8, vec![0, 0, 1, 4, 0, 0, 0, 0]);
+        let destination = (60u8, vec![0, 1, 1, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        let routing = (43u8, vec![0, 0, 0, 0, 0, 0, 0, 0]);
+        let atomic_fragment = (44u8, vec![0, 0, 0, 0, 0, 0, 0, 9]);
+        let chains = [
+            vec![],
+            vec![hop_by_hop.clone()],
+            vec![hop_by_hop, destination.clone(), routing, atomic_fragment],
+            vec![destination],
+        ];
+        for chain in chains {
+            let d = ipv6_udp_with(&chain, b"knock");
+            let p = parse_frame(pcap::Linktype::RAW, &d).expect("parsed");
+            assert_eq!(p.bytes, b"knock", "{chain:?}");
+            assert_eq!(p.peer, "[fd00::7]:12345".parse().unwrap());
+        }
+    }
+
+    #[test]
+    fn ipv6_fragments_and_endless_chains_are_not_taken() {
+        let first_of_two = (44u8, vec![0, 0, 0, 1, 0, 0, 0, 9]);
+        let later = (44u8, vec![0, 0, 0, 0x10, 0, 0, 0, 9]);
+        for chain in [vec![first_of_two], vec![later]] {
+            assert!(parse_frame(pcap::Linktype::RAW, &ipv6_udp_with(&chain, b"x")).is_none());
+        }
+        let endless = vec![(60u8, vec![0u8; 8]); 20];
+        assert!(parse_frame(pcap::Linktype::RAW, &ipv6_udp_with(&endless, b"x")).is_none());
+        // A header claiming more than the datagram holds.
+        let mut d = ipv6_udp_with(&[(0u8, vec![0, 0, 0, 0, 0, 0, 0, 0])], b"x");
+        d[41] = 200;
+        assert!(parse_frame(pcap::Linktype::RAW, &d).is_none());
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use super::length_filter::Lengths;
 use super::{submit, unix_now, worth_submitting};
 use crate::pipeline::{Pipeline, RawPacket};
-use socket2::{Domain, Protocol, Socket, Type};
+use socket2::{Socket, Type};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
@@ -17,22 +17,12 @@ pub(super) const RECV_BUFFER: usize = 8 << 20;
 const MAX_DATAGRAM: usize = spa_core::packet::MAX_WIRE_LEN + 1;
 
 pub fn bind(listen: SocketAddr) -> anyhow::Result<UdpSocket> {
-    let socket = Socket::new(
-        Domain::for_address(listen),
-        Type::DGRAM,
-        Some(Protocol::UDP),
-    )?;
+    let socket = super::bind_socket(listen, Type::DGRAM, "UDP capture")?;
     super::force_recv_buffer(std::os::fd::AsRawFd::as_raw_fd(&socket), RECV_BUFFER);
-    if listen.is_ipv6() {
-        socket.set_only_v6(false)?;
-    }
-    socket.set_nonblocking(true)?;
-    socket
-        .bind(&listen.into())
-        .map_err(|e| anyhow::anyhow!("UDP capture cannot bind {listen}: {e}"))?;
-    if listen.ip().is_unspecified() {
-        request_destinations(&socket, listen.is_ipv6())
-            .map_err(|e| anyhow::anyhow!("UDP capture on {listen}: no IP_PKTINFO: {e}"))?;
+    let bound = socket.local_addr()?.as_socket().unwrap_or(listen);
+    if bound.ip().is_unspecified() {
+        request_destinations(&socket, bound.is_ipv6())
+            .map_err(|e| anyhow::anyhow!("UDP capture on {bound}: no IP_PKTINFO: {e}"))?;
     }
     Ok(UdpSocket::from_std(socket.into())?)
 }

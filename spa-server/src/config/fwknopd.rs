@@ -327,9 +327,7 @@ fn apply_entries(
         captures.push(nfq_capture(&get)?);
     } else if flag("ENABLE_UDP_SERVER", false)? {
         captures.push(CaptureConfig::Udp {
-            listen: format!("0.0.0.0:{}", port("UDPSERV_PORT")?)
-                .parse()
-                .expect("valid"),
+            listen: super::any_address(port("UDPSERV_PORT")?),
         });
     } else {
         let interfaces = get("PCAP_INTF")
@@ -353,11 +351,9 @@ fn apply_entries(
         });
     }
     if flag("ENABLE_TCP_SERVER", false)? {
-        captures.push(CaptureConfig::tcp(
-            format!("0.0.0.0:{}", port("TCPSERV_PORT")?)
-                .parse()
-                .expect("valid"),
-        ));
+        captures.push(CaptureConfig::tcp(super::any_address(port(
+            "TCPSERV_PORT",
+        )?)));
     }
     cfg.capture = captures;
 

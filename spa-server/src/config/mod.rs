@@ -378,7 +378,7 @@ fn default_redis_prefix() -> String {
 }
 
 /// `check-config` shows the Redis URL without its password.
-fn redacted_url<S: serde::Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn redacted_url<S: serde::Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&redact_url(url))
 }
 
@@ -432,6 +432,9 @@ pub struct ServerConfig {
     /// Prometheus metrics, off unless a listener is given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<MetricsConfig>,
+    /// A group of gateways that apply each other's grants.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<crate::fleet::FleetConfig>,
     /// fwknopd.conf's variables as read (after `-O` overrides and `$VAR`
     /// expansion), for `posternd -D`; empty with a native TOML file.
     #[serde(skip)]
@@ -464,9 +467,16 @@ impl ServerConfig {
     }
 }
 
+/// Every address of both families (`[::]`, IPv4 taken too; `0.0.0.0` on a
+/// host without IPv6): where fwknopd's UDP and TCP servers and postern's
+/// default capture listen.
+pub fn any_address(port: u16) -> SocketAddr {
+    SocketAddr::new(std::net::Ipv6Addr::UNSPECIFIED.into(), port)
+}
+
 fn default_captures() -> Vec<CaptureConfig> {
     vec![CaptureConfig::Udp {
-        listen: "0.0.0.0:62201".parse().expect("valid"),
+        listen: any_address(62201),
     }]
 }
 
@@ -481,6 +491,7 @@ impl Default for ServerConfig {
             access_folder: None,
             access: Vec::new(),
             metrics: None,
+            fleet: None,
             fwknopd_vars: Default::default(),
         }
     }
@@ -669,6 +680,12 @@ pub fn load(sources: &ConfigSources) -> Result<Loaded, ConfigError> {
         .server
         .validate()
         .map_err(|m| ConfigError::Toml(format!("{}: {m}", describe(&sources.config))))?;
+    if let Some(fleet) = &config.fleet {
+        fleet.validate().map_err(|m| {
+            ConfigError::Toml(format!("{}: [fleet] {m}", describe(&sources.config)))
+        })?;
+        crate::fleet::GroupKey::load(&fleet.key_file)?;
+    }
     let Findings {
         mut warnings,
         unknown,

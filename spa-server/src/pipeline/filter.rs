@@ -159,6 +159,7 @@ pub struct Candidates {
 pub struct HmacFilterLayer {
     keyring: Arc<Keyring>,
     slots: Arc<Semaphore>,
+    max_in_flight: usize,
 }
 
 impl HmacFilterLayer {
@@ -167,6 +168,7 @@ impl HmacFilterLayer {
         HmacFilterLayer {
             keyring,
             slots: Arc::new(Semaphore::new(max_in_flight)),
+            max_in_flight,
         }
     }
 }
@@ -177,6 +179,7 @@ impl<S> Layer<S> for HmacFilterLayer {
         HmacFilter {
             keyring: self.keyring.clone(),
             slots: self.slots.clone(),
+            max_in_flight: self.max_in_flight,
             inner,
         }
     }
@@ -186,6 +189,7 @@ impl<S> Layer<S> for HmacFilterLayer {
 pub struct HmacFilter<S> {
     keyring: Arc<Keyring>,
     slots: Arc<Semaphore>,
+    max_in_flight: usize,
     inner: S,
 }
 
@@ -193,6 +197,30 @@ impl<S> HmacFilter<S> {
     /// The stanzas this filter screens against (captures pre-screen with it).
     pub fn keyring(&self) -> &Keyring {
         &self.keyring
+    }
+
+    /// Authenticated packets being processed now, for the queue-depth gauge.
+    pub fn in_flight(&self) -> InFlight {
+        InFlight {
+            slots: self.slots.clone(),
+            max: self.max_in_flight,
+        }
+    }
+}
+
+/// A view of the work queue's use that outlives the pipeline's clones.
+#[derive(Clone)]
+pub struct InFlight {
+    slots: Arc<Semaphore>,
+    max: usize,
+}
+
+impl InFlight {
+    pub fn now(&self) -> usize {
+        self.max.saturating_sub(self.slots.available_permits())
+    }
+    pub fn max(&self) -> usize {
+        self.max
     }
 }
 

@@ -24,7 +24,7 @@ mod replay;
 
 pub use action::{ActionRequest, ActionStage};
 pub use decrypt::{Decrypt, DecryptLayer};
-pub use filter::{Candidates, HmacFilter, HmacFilterLayer, Keyring};
+pub use filter::{Candidates, HmacFilter, HmacFilterLayer, InFlight, Keyring};
 pub use policy::{PolicyLayer, PolicyStage};
 pub use replay::{ReplayGuard, ReplayLayer};
 

@@ -64,7 +64,10 @@ where
                         "packet seen before (replay)",
                     ))
                 }
-                Err(e) => Ok(Outcome::denied(Stage::Replay, e)),
+                Err(e) => {
+                    crate::metrics::replay_store_failed();
+                    Ok(Outcome::denied(Stage::Replay, e))
+                }
             }
         })
     }
