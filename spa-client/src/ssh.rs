@@ -117,8 +117,9 @@ pub fn run(
         )));
     }
     let mut options = knock_options(args, ssh)?;
-    if let Some(stanza) = stanza_for_host(cli, &ssh.host)? {
-        options.extend(["-n".to_string(), stanza]);
+    let by_host = stanza_for_host(cli, &ssh.host)?;
+    if let Some(stanza) = &by_host {
+        options.extend(["-n".to_string(), stanza.clone()]);
     }
     let postern = std::env::current_exe()
         .map_err(|e| ClientError::io("ssh: cannot find the postern program", &e))?;
@@ -136,7 +137,16 @@ pub fn run(
         .args(&ssh.ssh_args)
         .env("SHELL", PROXY_SHELL);
     if cli.verbose > 0 {
-        let _ = writeln!(err, "postern: running {command:?}");
+        // Not the whole ProxyCommand: the options may hold keys.
+        let stanza = match (&cli.named_config, &by_host) {
+            (Some(n), _) | (None, Some(n)) => format!("stanza [{n}]"),
+            (None, None) => "no stanza".into(),
+        };
+        let _ = writeln!(
+            err,
+            "postern: running ssh {} with ProxyCommand `postern --connect %h:%p` ({stanza})",
+            ssh.host
+        );
     }
     let e = std::os::unix::process::CommandExt::exec(&mut command);
     Err(ClientError::io("ssh: cannot run ssh", &e))

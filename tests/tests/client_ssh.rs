@@ -93,6 +93,7 @@ fn postern_ssh_knocks_and_connects_through_the_closed_port() {
     assert!(!s.ssh(None, "true").status.success(), "the port opened");
 
     let by_host = postern_ssh(&[
+        "-v",
         "ssh",
         "gw",
         "--",
@@ -106,6 +107,19 @@ fn postern_ssh_knocks_and_connects_through_the_closed_port() {
         describe(&by_host)
     );
     assert!(s.posternd.wait_log("granted:", 1, Duration::from_secs(2)));
+    // -v says which stanza knocks, and never prints the ProxyCommand's options.
+    let err = String::from_utf8_lossy(&by_host.stderr);
+    assert!(
+        err.contains("running ssh gw with ProxyCommand `postern --connect %h:%p` (stanza [gw])"),
+        "{err}"
+    );
+    let rc_lines = s.keys.rc_lines();
+    let key = rc_lines
+        .lines()
+        .next()
+        .unwrap()
+        .trim_start_matches("KEY_BASE64 ");
+    assert!(!err.contains(key), "a key on stderr:\n{err}");
 
     let mut named = vec!["-n", "gw", "ssh"];
     let target = format!("root@{}", s.net.server_ip);
