@@ -4,7 +4,8 @@
 #                   iproute2, nftables, python3 (the demo's TCP service)
 #   setup.sh        (or `all`) that plus what the tests use: the real fwknop 2.6.10
 #                   client and server, iptables, ipset, firewalld, dbus, redis, fail2ban,
-#                   systemd's journald, sudo, gnupg, libseccomp
+#                   systemd's journald, sudo, gnupg, libseccomp, logrotate; dpkg-dev and
+#                   man-db for the Debian packages, and cargo-deb (built once with cargo)
 # Daemons installed here are never started or enabled on this host (a running
 # firewalld would change the host's firewall): the tests start their own, inside
 # network and mount namespaces they create.
@@ -20,7 +21,8 @@ command -v cargo >/dev/null || {
 export DEBIAN_FRONTEND=noninteractive
 demo_packages=(build-essential pkg-config ca-certificates iproute2 nftables libpcap-dev libgpgme-dev python3)
 test_packages=(iptables ipset gnupg sudo fwknop-client fwknop-server firewalld dbus redis-server
-    libseccomp-dev fail2ban systemd groff-base zsh fish openssh-server prometheus curl logrotate)
+    libseccomp-dev fail2ban systemd groff-base zsh fish openssh-server prometheus curl logrotate
+    dpkg-dev man-db)
 packages=("${demo_packages[@]}")
 [ "${1:-all}" = demo ] || packages+=("${test_packages[@]}")
 
@@ -48,4 +50,15 @@ if [ -d /run/systemd/system ]; then
     for s in "${newly_installed[@]}"; do
         systemctl disable --quiet "$s.service" 2>/dev/null || true
     done
+fi
+
+# cargo-deb builds the .deb files (scripts/build-deb.sh, tests/tests/debian_package.rs).
+cargo_deb_version=3.8.0
+if [ "${1:-all}" != demo ]; then
+    if cargo-deb --version 2>/dev/null | grep -qx "cargo-deb $cargo_deb_version"; then
+        echo "setup.sh: cargo-deb $cargo_deb_version is installed"
+    else
+        echo "setup.sh: installing cargo-deb $cargo_deb_version (cargo install --locked, ~2 minutes, once)"
+        cargo install cargo-deb --version "$cargo_deb_version" --locked
+    fi
 fi

@@ -3,13 +3,18 @@
 //!
 //! ```text
 //! DIR/man/man1/postern.1          DIR/man/man8/posternd.8
+//! DIR/man/man1/postern-ssh.1      (a page per subcommand)
 //! DIR/completions/bash/{postern,posternd}
 //! DIR/completions/zsh/{_postern,_posternd}
 //! DIR/completions/fish/{postern,posternd}.fish
+//! DIR/systemd/posternd.service
 //! ```
 //!
-//! Both are generated from the clap definitions the binaries parse with, so
-//! they cannot drift from the flags the programs take.
+//! Pages and completions are generated from the clap definitions the binaries
+//! parse with, so they cannot drift from the flags the programs take. The unit
+//! is examples/posternd.service (the one tests/tests/systemd_unit.rs runs
+//! posternd under) with ExecStart pointing where the package installs the
+//! daemon, /usr/sbin, instead of /usr/local/sbin.
 
 use anyhow::Context;
 use clap::CommandFactory;
@@ -59,16 +64,48 @@ fn completion_path(dir: &Path, shell: Shell, name: &str) -> PathBuf {
     }
 }
 
+/// The hardened unit, and where the example and the package run posternd from.
+const EXAMPLE_UNIT: &str = include_str!("../../examples/posternd.service");
+const EXAMPLE_EXEC: &str = "ExecStart=/usr/local/sbin/posternd ";
+const PACKAGE_EXEC: &str = "ExecStart=/usr/sbin/posternd ";
+
+/// The example unit with the package's ExecStart; an error if the example no
+/// longer has exactly one ExecStart line of the expected form.
+fn packaged_unit() -> anyhow::Result<String> {
+    let starts = EXAMPLE_UNIT
+        .lines()
+        .filter(|l| l.starts_with("ExecStart="))
+        .collect::<Vec<_>>();
+    anyhow::ensure!(
+        starts.len() == 1 && starts[0].starts_with(EXAMPLE_EXEC),
+        "examples/posternd.service must have one `{EXAMPLE_EXEC}…` line, has {starts:?}"
+    );
+    Ok(EXAMPLE_UNIT.replacen(EXAMPLE_EXEC, PACKAGE_EXEC, 1))
+}
+
 fn generate(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let mut written = Vec::new();
+    let unit = dir.join("systemd").join("posternd.service");
+    write(unit.clone(), packaged_unit()?.as_bytes())?;
+    written.push(unit);
     for (cmd, section) in programs() {
         let name = cmd.get_name().to_string();
-        let page = dir
-            .join("man")
-            .join(format!("man{section}"))
-            .join(format!("{name}.{section}"));
-        write(page.clone(), &man_page(&cmd, section)?)?;
-        written.push(page);
+        // Built, so that subcommands carry their display name (`postern-ssh`),
+        // which is also the name of their page (the main page refers to it).
+        let mut built = cmd.clone();
+        built.build();
+        let subcommands = built
+            .get_subcommands()
+            .filter(|c| !c.is_hide_set() && c.get_name() != "help");
+        for page_cmd in std::iter::once(&built).chain(subcommands) {
+            let page_name = page_cmd.get_display_name().unwrap_or(page_cmd.get_name());
+            let page = dir
+                .join("man")
+                .join(format!("man{section}"))
+                .join(format!("{page_name}.{section}"));
+            write(page.clone(), &man_page(page_cmd, section)?)?;
+            written.push(page);
+        }
         for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
             let path = completion_path(dir, shell, &name);
             write(path.clone(), &completion(&cmd, shell))?;
@@ -81,7 +118,7 @@ fn generate(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args_os().skip(1);
     let (Some(dir), None) = (args.next(), args.next()) else {
-        anyhow::bail!("usage: postern-dist DIR (writes DIR/man and DIR/completions)");
+        anyhow::bail!("usage: postern-dist DIR (writes DIR/man, DIR/completions and DIR/systemd)");
     };
     for path in generate(Path::new(&dir))? {
         println!("{}", path.display());

@@ -16,7 +16,7 @@ fn generate() -> tempfile::TempDir {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 8);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 11);
     dir
 }
 
@@ -52,8 +52,16 @@ fn man_pages_render_without_warnings_and_list_the_flags() {
             ["--key-gen", "--spoof-source", "--save-rc-stanza"],
         ),
         (
+            "man1/postern-ssh.1",
+            ["USER@", "SSH_ARGUMENTS", "ProxyCommand"],
+        ),
+        (
             "man8/posternd.8",
             ["--fw-list", "--access-folder", "--key-gen"],
+        ),
+        (
+            "man8/posternd-check-config.8",
+            ["check-config", "--config-file", "--access-file"],
         ),
     ] {
         if !have("groff") {
@@ -113,4 +121,28 @@ fn completions_parse_in_each_shell_and_offer_the_flags() {
         }
     }
     assert!(Path::new(&base.join("zsh")).is_dir());
+}
+
+/// The packaged unit is the tested example unit, only started from /usr/sbin.
+#[test]
+fn the_packaged_unit_is_the_example_with_the_package_path() {
+    let dir = generate();
+    let packaged = std::fs::read_to_string(dir.path().join("systemd/posternd.service")).unwrap();
+    let example = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/posternd.service"),
+    )
+    .unwrap();
+    let differing: Vec<(&str, &str)> = example
+        .lines()
+        .zip(packaged.lines())
+        .filter(|(a, b)| a != b)
+        .collect();
+    assert_eq!(example.lines().count(), packaged.lines().count());
+    assert_eq!(
+        differing,
+        [(
+            "ExecStart=/usr/local/sbin/posternd -f -c /etc/postern/postern.toml",
+            "ExecStart=/usr/sbin/posternd -f -c /etc/postern/postern.toml"
+        )]
+    );
 }

@@ -58,6 +58,12 @@ where
             return 1;
         }
     };
+    if let Some(crate::cli::Command::Ssh(ssh)) = &cli.command {
+        // Returns only if ssh could not be run.
+        let Err(e) = crate::ssh::run(&cli, ssh, &args, err);
+        let _ = writeln!(err, "postern: {e}");
+        return 1;
+    }
     if let Some(target) = &cli.connect {
         return match run_connect(&cli, target, out, err) {
             Ok(()) => 0,
@@ -430,12 +436,16 @@ fn allow_ip(cli: &Cli, settings: &Settings, console: &mut Console) -> Result<IpA
                 "no IP address to allow: use one of -a IP, -s or -R (or ALLOW_IP in the rc file)",
             )),
         };
+    let verbose = cli.verbose.max(settings.verbose) > 0;
     match allow {
         AllowIp::Addr(ip) => {
             if ip.is_unspecified() && settings.verbose > 0 {
                 console.warn(
                     "[-] WARNING: Should use -a or -R to harden SPA against potential MITM attacks",
                 );
+            }
+            if verbose {
+                console.say(&output::allow_line(ip, allow_origin(cli), None))?;
             }
             Ok(ip)
         }
@@ -455,30 +465,51 @@ fn allow_ip(cli: &Cli, settings: &Settings, console: &mut Console) -> Result<IpA
                 .user_agent
                 .clone()
                 .unwrap_or_else(|| format!("postern/{VERSION}"));
-            let (ip, url) = resolve::resolve_external_ip(&urls, &agent, knock_family(settings))?;
-            if cli.verbose > 0 || settings.verbose > 0 {
+            let (ip, url) =
+                resolve::resolve_external_ip(&urls, &agent, knock_family(cli, settings))?;
+            if verbose {
                 console.say(&format!(
                     "\n[+] Resolved external IP (via '{url}') as: {ip}"
                 ))?;
+                console.say(&output::allow_line(ip, allow_origin(cli), Some(&url)))?;
             }
             Ok(ip)
         }
     }
 }
 
+/// Which option gave the address to allow, for `-v`.
+fn allow_origin(cli: &Cli) -> &'static str {
+    if cli.allow_ip.is_some() {
+        "-a"
+    } else if cli.source_ip {
+        "-s"
+    } else if cli.resolve_ip || cli.resolve_url.is_some() {
+        "-R"
+    } else {
+        "the rc file"
+    }
+}
+
 /// The family the knock goes out over, which -R asks its resolver over: the
-/// one `-4`/`-6` name, else that of the server's first address (either, when
-/// there is no server to resolve: `-T`, or a name sending will report).
-fn knock_family(settings: &Settings) -> crate::send::Family {
+/// one `-4`/`-6` name, else that of the server's first address. Either family
+/// when that is not known here: no server (`-T`), a name that does not resolve
+/// (sending will say so), or a knock through an HTTP proxy (the proxy, not
+/// this host, looks the server up).
+fn knock_family(cli: &Cli, settings: &Settings) -> crate::send::Family {
     use crate::send::Family;
     match settings.family() {
         Family::Any => {
-            let server = settings.spa_server.as_deref().unwrap_or_default();
+            let Some(server) = settings
+                .spa_server
+                .as_deref()
+                .filter(|_| cli.http_proxy.is_none())
+            else {
+                return Family::Any;
+            };
             let port = settings.server_port.unwrap_or(DEFAULT_SERVER_PORT);
-            match crate::send::addresses("SPA server", server, port, Family::Any) {
-                Ok(addrs) if !server.is_empty() => Family::of(&addrs[0]),
-                _ => Family::Any,
-            }
+            crate::send::addresses("SPA server", server, port, Family::Any)
+                .map_or(Family::Any, |addrs| Family::of(&addrs[0]))
         }
         family => family,
     }
@@ -666,6 +697,10 @@ fn send_packet(cli: &Cli, settings: &Settings, console: &mut Console) -> Result<
     if verbose || test {
         emit_dump(&FieldView::built(&packet), console)?;
     }
+    if verbose {
+        console.say(&output::request_line(&packet.message))?;
+        console.say(&output::packet_size_line(packet.wire.len()))?;
+    }
     save_packet(cli, &packet.wire)?;
 
     let port = if settings.rand_port {
@@ -683,7 +718,7 @@ fn send_packet(cli: &Cli, settings: &Settings, console: &mut Console) -> Result<
     }
     let sent = if test {
         console.say("test mode enabled, SPA packet not actually sent.")?;
-        0
+        None
     } else {
         let target = Target {
             proto,
@@ -704,10 +739,15 @@ fn send_packet(cli: &Cli, settings: &Settings, console: &mut Console) -> Result<
                 icmp_code: settings.icmp_code.unwrap_or(0),
             },
         };
-        send::send(&packet.wire, &target)?
+        Some(send::send(&packet.wire, &target)?)
     };
     if verbose {
-        console.say(&format!("send_spa_packet: bytes sent: {sent}"))?;
+        let bytes = sent.as_ref().map_or(0, |s| s.bytes);
+        console.say(&format!("send_spa_packet: bytes sent: {bytes}"))?;
+        if let Some(sent) = &sent {
+            console.say(&output::resolved_line(sent))?;
+            console.say(&output::sent_line(sent, proto.name()))?;
+        }
     }
     if let Some(seconds) = cli.wait.filter(|_| !test) {
         let host = settings.spa_server.as_deref().unwrap_or_default();

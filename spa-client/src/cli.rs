@@ -3,7 +3,7 @@
 //! them with the same code that checks rc-file variables.
 
 use crate::settings::{NO_WGET, NO_WGET_AGENT};
-use clap::{ArgAction, Parser};
+use clap::{ArgAction, Args, Parser, Subcommand};
 use std::ffi::OsString;
 use std::path::PathBuf;
 
@@ -11,8 +11,10 @@ use std::path::PathBuf;
 #[command(
     name = "postern",
     about = "Single Packet Authorization client, compatible with fwknop 2.x",
-    override_usage = "postern -A <port list> [-s|-R|-a] -D <spa_server> [options]",
+    override_usage = "postern -A <port list> [-s|-R|-a] -D <spa_server> [options]\n       \
+                      postern [options] ssh [USER@]HOST [-- SSH_ARGUMENTS]",
     disable_version_flag = true,
+    disable_help_subcommand = true,
     args_override_self = true,
     infer_long_args = true,
     max_term_width = 100
@@ -448,6 +450,10 @@ pub struct Cli {
     #[arg(long = "icmp-code", value_name = "CODE", allow_hyphen_values = true)]
     pub icmp_code: Option<String>,
 
+    /// `postern [options] ssh HOST`: see [`SshArgs`].
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     // ---- fwknop options postern recognises and refuses, saying why ----
     /// Refused: postern never runs wget (-R uses its own HTTPS client)
     #[arg(
@@ -467,6 +473,32 @@ pub struct Cli {
         allow_hyphen_values = true
     )]
     pub fault_injection_tag: Option<String>,
+}
+
+/// postern's commands (fwknop has none: without one, postern knocks).
+#[derive(Subcommand, Debug, Clone)]
+pub enum Command {
+    /// Knock, then ssh to HOST through the port it opens
+    ///
+    /// Runs `ssh -o ProxyCommand='postern --connect %h:%p OPTIONS' HOST SSH_ARGUMENTS`,
+    /// OPTIONS being the options given before `ssh` (plus `-n HOST` when
+    /// ~/.fwknoprc has a stanza named HOST and no -n is given). ssh resolves
+    /// HOST and its port from its own configuration; postern knocks, waits
+    /// until the port opens (knocking up to three times), then carries the
+    /// connection.
+    Ssh(SshArgs),
+}
+
+/// `postern [options] ssh [USER@]HOST [-- SSH_ARGUMENTS]`.
+#[derive(Args, Debug, Clone)]
+pub struct SshArgs {
+    /// ssh's destination; HOST is also the ~/.fwknoprc stanza unless -n names one
+    #[arg(value_name = "[USER@]HOST")]
+    pub host: String,
+
+    /// Passed to ssh after the destination: options, then a remote command
+    #[arg(last = true, value_name = "SSH_ARGUMENTS")]
+    pub ssh_args: Vec<String>,
 }
 
 /// Why `--fault-injection-tag` is refused.

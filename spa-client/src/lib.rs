@@ -13,6 +13,8 @@
 //! - [`send`]: UDP / TCP / HTTP transmission;
 //! - [`raw`]: raw IPv4 knocks (ICMP, raw TCP/UDP, spoofed source);
 //! - [`output`]: fwknop-style `-v` / `-T` text;
+//! - [`connect`]: `--connect HOST:PORT`, knock then carry stdin/stdout (ssh's ProxyCommand);
+//! - [`ssh`]: `postern ssh HOST`, the real ssh through `--connect`;
 //! - [`app`]: one complete run ([`app::run`]).
 
 pub mod app;
@@ -31,6 +33,7 @@ pub mod resolve;
 pub mod saved_args;
 pub mod send;
 pub mod settings;
+pub mod ssh;
 pub mod user;
 pub mod wait;
 

@@ -1,11 +1,14 @@
 //! Text in the layout fwknop prints: the `SPA Field Values` block of -v / -T,
-//! the transmit summary, the key-generation lines and the QR block.
+//! the transmit summary, the key-generation lines and the QR block; and
+//! postern's `[+]` lines of -v saying what was resolved, sent, and where.
 
 use crate::build::{GpgDetails, SealedPacket};
+use crate::send::{Sent, Source};
 use crate::settings::mode_display_name;
 use spa_core::gpg::SignatureInfo;
 use spa_core::{DigestType, EncryptionMode, GeneratedKeys, MessageType, SpaMessage};
 use std::fmt::Write;
+use std::net::IpAddr;
 
 const NULL: &str = "<NULL>";
 
@@ -182,6 +185,69 @@ pub fn transmit_summary(
     let src = source_port.map_or_else(|| "<OS assigned>".to_string(), |p| p.to_string());
     format!(
         "Generating SPA packet:\n            protocol: {proto}\n         source port: {src}\n    destination port: {dest_port}\n             IP/host: {host}\n"
+    )
+}
+
+/// `-v`: the address the packet asks the server to open for, and where it
+/// came from (`-a`, `-s`, `-R` with the URL that answered, the rc file).
+pub fn allow_line(ip: IpAddr, origin: &str, resolved_via: Option<&str>) -> String {
+    let how = match resolved_via {
+        Some(url) => format!("{origin}, resolved via {url}"),
+        None => origin.to_string(),
+    };
+    let meaning = if ip.is_unspecified() {
+        ": the server opens for the packet's source address"
+    } else {
+        ""
+    };
+    format!("[+] Allow IP: {ip} (from {how}){meaning}")
+}
+
+/// `-v`: what the packet asks for.
+pub fn request_line(m: &SpaMessage) -> String {
+    let nat = m
+        .nat_access
+        .as_deref()
+        .map_or(String::new(), |n| format!(", NAT access to {n}"));
+    format!(
+        "[+] Request: {} ({}{nat})",
+        m.message,
+        msg_type_text(m.msg_type)
+    )
+}
+
+/// `-v`: the size of the packet (the base64 text on the wire).
+pub fn packet_size_line(bytes: usize) -> String {
+    format!("[+] SPA packet: {bytes} bytes")
+}
+
+/// `-v`: the name contacted and its addresses, in the order tried.
+pub fn resolved_line(sent: &Sent) -> String {
+    let what = if sent.via_proxy {
+        "HTTP proxy"
+    } else {
+        "SPA server"
+    };
+    let addrs: Vec<String> = sent.resolved.iter().map(|a| a.ip().to_string()).collect();
+    format!("[+] {what} {} resolves to {}", sent.host, addrs.join(", "))
+}
+
+/// `-v`: how many bytes went where, from where.
+pub fn sent_line(sent: &Sent, proto: &str) -> String {
+    let from = match sent.from {
+        Some(Source::Socket(a)) => a.to_string(),
+        Some(Source::Address(ip)) => ip.to_string(),
+        None => "the address the kernel chose".to_string(),
+    };
+    // ICMP has no ports.
+    let to = if proto == "icmp" {
+        sent.to.ip().to_string()
+    } else {
+        sent.to.to_string()
+    };
+    format!(
+        "[+] Sent {} bytes over {proto} from {from} to {to}",
+        sent.bytes
     )
 }
 

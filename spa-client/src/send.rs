@@ -124,7 +124,9 @@ fn any_of_family(to: &SocketAddr, port: u16) -> SocketAddr {
     SocketAddr::new(ip, port)
 }
 
-fn send_udp(wire: &[u8], t: &Target, addrs: &[SocketAddr]) -> Result<usize> {
+/// One datagram from a socket connected to the first address that takes it:
+/// connecting lets the kernel pick (and tell) the source address.
+fn send_udp(wire: &[u8], t: &Target, addrs: &[SocketAddr]) -> Result<Route> {
     let mut last = None;
     for addr in addrs {
         let local = any_of_family(addr, t.source_port.unwrap_or(0));
@@ -134,8 +136,14 @@ fn send_udp(wire: &[u8], t: &Target, addrs: &[SocketAddr]) -> Result<usize> {
                 local.port()
             ))
         })?;
-        match sock.send_to(wire, addr) {
-            Ok(n) => return Ok(n),
+        match sock.connect(addr).and_then(|()| sock.send(wire)) {
+            Ok(n) => {
+                return Ok(Route {
+                    bytes: n,
+                    to: *addr,
+                    from: sock.local_addr().ok().map(Source::Socket),
+                })
+            }
             Err(e) => last = Some(format!("{addr}: {e}")),
         }
     }
@@ -160,7 +168,7 @@ fn tcp_connect(addr: &SocketAddr, source_port: Option<u16>) -> std::io::Result<T
     Ok(sock.into())
 }
 
-fn send_tcp(wire: &[u8], t: &Target, addrs: &[SocketAddr]) -> Result<usize> {
+fn send_tcp(wire: &[u8], t: &Target, addrs: &[SocketAddr]) -> Result<Route> {
     let mut last = None;
     for addr in addrs {
         match tcp_connect(addr, t.source_port) {
@@ -173,8 +181,13 @@ fn send_tcp(wire: &[u8], t: &Target, addrs: &[SocketAddr]) -> Result<usize> {
                             "could not send the SPA packet to {addr} over tcp: {e}"
                         ))
                     })?;
+                let from = stream.local_addr().ok().map(Source::Socket);
                 let _ = stream.shutdown(std::net::Shutdown::Both);
-                return Ok(wire.len());
+                return Ok(Route {
+                    bytes: wire.len(),
+                    to: *addr,
+                    from,
+                });
             }
             Err(e) => last = Some(format!("{addr}: {e}")),
         }
@@ -220,13 +233,18 @@ fn http_request(wire: &str, t: &Target) -> Result<(String, Target)> {
 /// here, or for `-P icmp` to an IPv6 server an ICMPv6 message (the kernel
 /// writes the IPv6 header and the checksum). Without `-S` the TCP/UDP source
 /// port is a random high port (fwknop writes 0).
-fn send_raw(wire: &[u8], t: &Target, carrier: Carrier) -> Result<usize> {
-    let destination = match t.addresses()?[0] {
+fn send_raw(wire: &[u8], t: &Target, addrs: &[SocketAddr], carrier: Carrier) -> Result<Route> {
+    let destination = match addrs[0] {
         SocketAddr::V4(v4) => v4,
         SocketAddr::V6(v6) => {
             return match carrier {
                 Carrier::Icmp { icmp_type, code } if t.raw.spoof_source.is_none() => {
-                    raw::send_icmpv6(wire, *v6.ip(), icmp_type, code)
+                    Ok(Route {
+                        bytes: raw::send_icmpv6(wire, *v6.ip(), icmp_type, code)?,
+                        to: SocketAddr::V6(v6),
+                        // The kernel writes the IPv6 header, source included.
+                        from: None,
+                    })
                 }
                 _ => Err(ClientError::Usage(format!(
                     "-P {} {}is IPv4 only (as fwknop), and {} is IPv6: use -P udp, tcp, \
@@ -256,14 +274,54 @@ fn send_raw(wire: &[u8], t: &Target, carrier: Carrier) -> Result<usize> {
         ip_id: u16::from_be_bytes(crate::random::bytes()),
         echo_id: u16::from_be_bytes(crate::random::bytes()),
     };
-    raw::send(&knock.datagram(wire)?, destination, t.proto.name())
+    let from = match carrier {
+        Carrier::Icmp { .. } => Source::Address(IpAddr::V4(source_ip)),
+        Carrier::Tcp | Carrier::Udp => Source::Socket(SocketAddr::V4(knock.source)),
+    };
+    Ok(Route {
+        bytes: raw::send(&knock.datagram(wire)?, destination, t.proto.name())?,
+        to: SocketAddr::V4(destination),
+        from: Some(from),
+    })
 }
 
-/// Send `wire` to the target; returns the bytes sent.
-pub fn send(wire: &str, t: &Target) -> Result<usize> {
-    match t.proto {
-        ServerProto::Udp => send_udp(wire.as_bytes(), t, &t.addresses()?),
-        ServerProto::Tcp => send_tcp(wire.as_bytes(), t, &t.addresses()?),
+/// Where a packet left from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// The local end of the socket it was sent on (or the IP and port a raw
+    /// TCP/UDP datagram was written with).
+    Socket(SocketAddr),
+    /// The IP source address of a raw ICMP datagram.
+    Address(IpAddr),
+}
+
+/// One datagram or connection that carried the packet.
+struct Route {
+    bytes: usize,
+    to: SocketAddr,
+    from: Option<Source>,
+}
+
+/// What [`send`] did: shown by `-v`.
+#[derive(Clone, Debug)]
+pub struct Sent {
+    /// Bytes written: the packet, the HTTP request carrying it, or (raw
+    /// modes) the whole datagram.
+    pub bytes: usize,
+    /// The name contacted (the server, or the proxy with `-H`) and its
+    /// addresses in the order they are tried.
+    pub host: String,
+    pub resolved: Vec<SocketAddr>,
+    /// True when `host` is the HTTP proxy.
+    pub via_proxy: bool,
+    /// Where the packet went and where from (`None`: the kernel chose).
+    pub to: SocketAddr,
+    pub from: Option<Source>,
+}
+
+/// Send `wire` to the target.
+pub fn send(wire: &str, t: &Target) -> Result<Sent> {
+    let (payload, via) = match t.proto {
         ServerProto::Http => {
             let (request, via) = http_request(wire, t)?;
             if request.len() >= spa_core::http::MAX_REQUEST_LEN {
@@ -273,18 +331,33 @@ pub fn send(wire: &str, t: &Target) -> Result<usize> {
                     spa_core::http::MAX_REQUEST_LEN
                 )));
             }
-            send_tcp(request.as_bytes(), &via, &via.addresses()?)
+            (request, via)
         }
-        ServerProto::TcpRaw => send_raw(wire.as_bytes(), t, Carrier::Tcp),
-        ServerProto::UdpRaw => send_raw(wire.as_bytes(), t, Carrier::Udp),
+        _ => (wire.to_string(), t.clone()),
+    };
+    let resolved = via.addresses()?;
+    let payload = payload.as_bytes();
+    let route = match t.proto {
+        ServerProto::Udp => send_udp(payload, t, &resolved)?,
+        ServerProto::Tcp | ServerProto::Http => send_tcp(payload, &via, &resolved)?,
+        ServerProto::TcpRaw => send_raw(payload, t, &resolved, Carrier::Tcp)?,
+        ServerProto::UdpRaw => send_raw(payload, t, &resolved, Carrier::Udp)?,
         ServerProto::Icmp => {
             let carrier = Carrier::Icmp {
                 icmp_type: t.raw.icmp_type,
                 code: t.raw.icmp_code,
             };
-            send_raw(wire.as_bytes(), t, carrier)
+            send_raw(payload, t, &resolved, carrier)?
         }
-    }
+    };
+    Ok(Sent {
+        bytes: route.bytes,
+        via_proxy: t.proto == ServerProto::Http && t.http.proxy.is_some(),
+        host: via.host,
+        resolved,
+        to: route.to,
+        from: route.from,
+    })
 }
 
 #[cfg(test)]
@@ -306,7 +379,7 @@ mod tests {
             http: HttpVia::default(),
             raw: RawOptions::default(),
         };
-        assert_eq!(send("hello-spa", &t).unwrap(), 9);
+        assert_eq!(send("hello-spa", &t).unwrap().bytes, 9);
         let mut buf = [0u8; 64];
         let (n, _) = rx.recv_from(&mut buf).unwrap();
         assert_eq!(&buf[..n], b"hello-spa");

@@ -367,3 +367,27 @@ fn unreachable_udp_destination_name() {
     ]);
     assert!(line.contains("no-such-host.invalid"), "{line}");
 }
+
+/// Options that do something else than knock are refused with `ssh`, before
+/// ssh runs; so are knock options put after `ssh HOST`.
+#[test]
+fn ssh_refuses_options_that_do_not_knock() {
+    let env = Env::new();
+    for (args, flag) in [
+        (&["-T", "ssh", "gw"][..], "-T/--test"),
+        (&["-l", "ssh", "gw"][..], "-l/--last-cmd"),
+        (&["--show-last", "ssh", "gw"][..], "--show-last"),
+        (&["--key-gen", "ssh", "gw"][..], "--key-gen/-K"),
+        (&["--save-rc-stanza", "ssh", "gw"][..], "--save-rc-stanza"),
+        (&["--stanza-list", "ssh", "gw"][..], "--stanza-list"),
+        (&["--connect", "gw:22", "ssh", "gw"][..], "--connect"),
+    ] {
+        let line = env.fails(args);
+        assert!(
+            line.contains(flag) && line.contains("cannot be used with `ssh`"),
+            "{args:?}: {line}"
+        );
+    }
+    let line = env.fails(&["ssh", "gw", "-v"]);
+    assert!(line.contains("-v"), "{line}");
+}

@@ -256,3 +256,143 @@ fn refused_tcp_connection_is_one_line() {
     ]);
     assert!(line.contains("tcp"), "{line}");
 }
+
+/// The `[+]` line of `-v` output starting with `prefix`, if any.
+fn line_with<'a>(stdout: &'a str, prefix: &str) -> Option<&'a str> {
+    stdout.lines().find(|l| l.starts_with(prefix))
+}
+
+/// `-v` says where the allow address came from, what the packet asks for and
+/// its size, what the server name resolved to, and how many bytes went over
+/// which protocol from where to where: each checked against what the
+/// receiving socket saw.
+#[test]
+fn verbose_says_what_was_resolved_and_sent_and_where() {
+    let env = Env::new();
+    let keys = [
+        "--key-base64-rijndael",
+        KEY_B64,
+        "--use-hmac",
+        "--key-base64-hmac",
+        HMAC_B64,
+    ];
+
+    // UDP to a name (localhost), -a.
+    let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+    rx.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let port = rx.local_addr().unwrap().port().to_string();
+    let mut args = vec![
+        "-v",
+        "--no-rc-file",
+        "--no-save-args",
+        "-A",
+        "tcp/22",
+        "-a",
+        "10.0.0.5",
+    ];
+    args.extend(["-D", "localhost", "-p", &port]);
+    args.extend(keys);
+    let out = env.ok(&args);
+    let mut buf = [0u8; 2048];
+    let (n, from) = rx.recv_from(&mut buf).unwrap();
+    for want in [
+        "[+] Allow IP: 10.0.0.5 (from -a)".to_string(),
+        "[+] Request: 10.0.0.5,tcp/22 (Access msg)".into(),
+        format!("[+] SPA packet: {n} bytes"),
+        format!("[+] Sent {n} bytes over udp from {from} to 127.0.0.1:{port}"),
+    ] {
+        assert!(out.lines().any(|l| l == want), "no `{want}` in\n{out}");
+    }
+    let resolved = line_with(&out, "[+] SPA server localhost resolves to ").unwrap_or_default();
+    assert!(
+        resolved.starts_with("[+] SPA server localhost resolves to 127.0.0.1"),
+        "{out}"
+    );
+
+    // TCP to an address, -s.
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port().to_string();
+    let accepted = thread::spawn(move || {
+        let (mut s, peer) = l.accept().unwrap();
+        let mut v = Vec::new();
+        s.read_to_end(&mut v).unwrap();
+        (v.len(), peer)
+    });
+    let mut args = vec![
+        "-v",
+        "--no-rc-file",
+        "--no-save-args",
+        "-A",
+        "tcp/22",
+        "-s",
+        "-P",
+        "tcp",
+    ];
+    args.extend(["-D", "127.0.0.1", "-p", &port]);
+    args.extend(keys);
+    let out = env.ok(&args);
+    let (n, peer) = accepted.join().unwrap();
+    for want in [
+        "[+] Allow IP: 0.0.0.0 (from -s): the server opens for the packet's source address"
+            .to_string(),
+        "[+] Request: 0.0.0.0,tcp/22 (Access msg)".into(),
+        format!("[+] SPA packet: {n} bytes"),
+        "[+] SPA server 127.0.0.1 resolves to 127.0.0.1".into(),
+        format!("[+] Sent {n} bytes over tcp from {peer} to 127.0.0.1:{port}"),
+    ] {
+        assert!(out.lines().any(|l| l == want), "no `{want}` in\n{out}");
+    }
+
+    // HTTP through a proxy (the listener): the proxy is what is resolved and
+    // reached, the server's name is not looked up; -R names its URL.
+    let url = http_server("203.0.113.77\n", "200 OK", 1);
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let proxy = format!("127.0.0.1:{}", l.local_addr().unwrap().port());
+    let accepted = thread::spawn(move || {
+        let (mut s, peer) = l.accept().unwrap();
+        let mut v = Vec::new();
+        s.read_to_end(&mut v).unwrap();
+        (v.len(), peer)
+    });
+    let mut args = vec!["-v", "--no-rc-file", "--no-save-args", "-A", "tcp/22", "-R"];
+    args.extend(["--resolve-url", &url, "-H", &proxy, "-D", "spa.invalid"]);
+    args.extend(keys);
+    let out = env.ok(&args);
+    let (n, peer) = accepted.join().unwrap();
+    for want in [
+        format!("[+] Allow IP: 203.0.113.77 (from -R, resolved via {url})"),
+        "[+] HTTP proxy 127.0.0.1 resolves to 127.0.0.1".into(),
+        format!("[+] Sent {n} bytes over http from {peer} to {proxy}"),
+    ] {
+        assert!(out.lines().any(|l| l == want), "no `{want}` in\n{out}");
+    }
+
+    // ALLOW_IP from the rc file; -T sends nothing, so nothing is resolved.
+    std::fs::write(env.rc_path(), "[default]\nALLOW_IP 10.0.0.9\n").unwrap();
+    std::fs::set_permissions(
+        env.rc_path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let mut args = vec![
+        "-v",
+        "-T",
+        "--no-save-args",
+        "-A",
+        "udp/53",
+        "-D",
+        "localhost",
+    ];
+    args.extend(keys);
+    let out = env.ok(&args);
+    assert!(
+        out.lines()
+            .any(|l| l == "[+] Allow IP: 10.0.0.9 (from the rc file)")
+            && out
+                .lines()
+                .any(|l| l == "[+] Request: 10.0.0.9,udp/53 (Access msg)")
+            && line_with(&out, "[+] SPA server").is_none()
+            && line_with(&out, "[+] Sent").is_none(),
+        "{out}"
+    );
+}

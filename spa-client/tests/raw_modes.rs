@@ -1,6 +1,7 @@
 //! `-P icmp|tcpraw|udpraw` and `-Q` on 127.0.0.1: the datagram a raw socket
 //! receives carries the packet saved with `-B` after the ICMP/TCP/UDP header,
-//! with fwknop's header fields and right checksums. Without CAP_NET_RAW the
+//! with fwknop's header fields and right checksums; `-v` names the source
+//! written and the datagram's size. Without CAP_NET_RAW the
 //! client says so in one line. These need root (raw sockets); elsewhere they
 //! print a skip note (and fail when CI=true).
 
@@ -60,7 +61,8 @@ fn receive(rx: &socket2::Socket, wire: &str) -> raw::Parsed {
     panic!("no datagram carrying the packet arrived");
 }
 
-fn knock(env: &Env, extra: &[&str]) -> String {
+/// Knock with `-v`; returns the packet (as saved with -B) and the output.
+fn knock_verbose(env: &Env, extra: &[&str]) -> (String, String) {
     let pkt = env.path("raw.pkt");
     let mut args = vec![
         "--no-rc-file",
@@ -76,10 +78,15 @@ fn knock(env: &Env, extra: &[&str]) -> String {
         KEY_B64,
         "--key-base64-hmac",
         HMAC_B64,
+        "-v",
     ];
     args.extend_from_slice(extra);
-    env.ok(&args);
-    read_packet(&pkt)
+    let out = env.ok(&args);
+    (read_packet(&pkt), out)
+}
+
+fn knock(env: &Env, extra: &[&str]) -> String {
+    knock_verbose(env, extra).0
 }
 
 #[test]
@@ -134,10 +141,27 @@ fn spoofed_source_is_written_in_the_ip_header() {
     let env = Env::new();
     // A loopback address other than 127.0.0.1 (the whole /8 is local).
     let rx = raw_receiver(libc::IPPROTO_UDP);
-    let wire = knock(&env, &["-P", "udpraw", "-Q", "127.0.0.77", "-p", "41005"]);
+    let (wire, out) = knock_verbose(&env, &["-P", "udpraw", "-Q", "127.0.0.77", "-p", "41005"]);
     let p = receive(&rx, &wire);
     assert_eq!(p.source, Ipv4Addr::new(127, 0, 0, 77));
     assert!(p.checksums_ok);
+    // -v names the written source and port, and the datagram's size (IP and
+    // UDP headers, 28 bytes, then the packet).
+    let sent = format!(
+        "[+] Sent {} bytes over udpraw from 127.0.0.77:{} to 127.0.0.1:41005",
+        28 + wire.len(),
+        p.ports.0
+    );
+    assert!(out.lines().any(|l| l == sent), "no `{sent}` in\n{out}");
+    let rx = raw_receiver(libc::IPPROTO_ICMP);
+    let (wire, out) = knock_verbose(&env, &["-P", "icmp", "-Q", "127.0.0.78"]);
+    let p = receive(&rx, &wire);
+    assert_eq!(p.source, Ipv4Addr::new(127, 0, 0, 78));
+    let sent = format!(
+        "[+] Sent {} bytes over icmp from 127.0.0.78 to 127.0.0.1",
+        28 + wire.len()
+    );
+    assert!(out.lines().any(|l| l == sent), "no `{sent}` in\n{out}");
 }
 
 #[test]

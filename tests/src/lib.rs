@@ -28,6 +28,8 @@ pub mod lan;
 pub mod posternd;
 pub mod routed;
 pub mod scenario;
+pub mod scratch_root;
+pub mod sshd;
 pub mod stock;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);

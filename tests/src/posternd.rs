@@ -336,7 +336,34 @@ impl Posternd {
         log_dir: &Path,
         audit: AuditLog,
     ) -> Result<Posternd, String> {
-        let bin = posternd_bin().display().to_string();
+        let program: Vec<String> = wrapper
+            .iter()
+            .cloned()
+            .chain([posternd_bin().display().to_string()])
+            .collect();
+        Posternd::start_argv(ns, &program, args, log_dir, audit)
+    }
+
+    /// Like [`Posternd::try_start`] with another posternd: `program` is the
+    /// argv up to and including it (e.g. `nsenter … chroot ROOT /usr/sbin/posternd`
+    /// for an installed package); `-f ARGS` follow. Its audit log, if the args
+    /// ask for one, is inside that root, not the harness's to check.
+    pub fn try_start_program(
+        ns: &Netns,
+        program: &[String],
+        args: &[String],
+        log_dir: &Path,
+    ) -> Result<Posternd, String> {
+        Posternd::start_argv(ns, program, args, log_dir, AuditLog::Stdout)
+    }
+
+    fn start_argv(
+        ns: &Netns,
+        program: &[String],
+        args: &[String],
+        log_dir: &Path,
+        audit: AuditLog,
+    ) -> Result<Posternd, String> {
         let n = START_NO.fetch_add(1, Ordering::SeqCst);
         let (audit_args, audit) = match audit {
             AuditLog::Harness => {
@@ -350,10 +377,10 @@ impl Posternd {
             AuditLog::Stdout => (Vec::new(), None),
         };
         // -f: in the foreground, logging to stderr (the log file read below).
-        let argv: Vec<String> = wrapper
+        let argv: Vec<String> = program
             .iter()
             .cloned()
-            .chain([bin, "-f".into()])
+            .chain(["-f".into()])
             .chain(audit_args)
             .chain(args.iter().cloned())
             .collect();

@@ -262,6 +262,9 @@ pub enum SpaClient {
     Fwknop,
     /// `postern` (path of the built binary).
     Postern(PathBuf),
+    /// A `postern` started through other programs: the argv before its flags,
+    /// e.g. `nsenter … chroot ROOT /usr/bin/postern` for an installed package.
+    PosternArgv(Vec<String>),
 }
 
 impl SpaClient {
@@ -279,26 +282,30 @@ impl SpaClient {
     pub fn name(&self) -> &'static str {
         match self {
             SpaClient::Fwknop => "fwknop",
-            SpaClient::Postern(_) => "postern",
+            SpaClient::Postern(_) | SpaClient::PosternArgv(_) => "postern",
         }
     }
 
-    pub fn program(&self) -> String {
+    /// The program and the arguments that come before the client's flags.
+    pub fn argv(&self) -> Vec<String> {
         match self {
-            SpaClient::Fwknop => "fwknop".into(),
-            SpaClient::Postern(p) => p.display().to_string(),
+            SpaClient::Fwknop => vec!["fwknop".into()],
+            SpaClient::Postern(p) => vec![p.display().to_string()],
+            SpaClient::PosternArgv(argv) => argv.clone(),
         }
     }
 
     /// Run the client with `args` in `ns` with HOME=`home`; stdin is /dev/null.
     pub fn run(&self, ns: &Netns, home: &Path, args: &[String]) -> Output {
-        ns.cmd(&self.program())
+        let argv = self.argv();
+        ns.cmd(&argv[0])
+            .args(&argv[1..])
             .args(args)
             .env("HOME", home)
             .env_remove("FWKNOP_HOME")
             .stdin(Stdio::null())
             .output()
-            .unwrap_or_else(|e| panic!("spawn {} in {}: {e}", self.program(), ns.name))
+            .unwrap_or_else(|e| panic!("spawn {argv:?} in {}: {e}", ns.name))
     }
 }
 
