@@ -370,11 +370,7 @@ impl IptablesBackend {
 
     /// The family's long-lived restore (`argv` plus `-v` for its acknowledgements),
     /// started if need be; `None` if the runner cannot keep one.
-    fn session(
-        &mut self,
-        family: usize,
-        argv: &[String],
-    ) -> FwResult<Option<&mut RestoreSession>> {
+    fn session(&mut self, family: usize, argv: &[String]) -> FwResult<Option<&mut RestoreSession>> {
         if self.one_shot {
             return Ok(None);
         }

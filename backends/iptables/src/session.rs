@@ -187,3 +187,52 @@ fn wait_readable(fd: i32, timeout: Duration) -> bool {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::{Command, Stdio};
+
+    fn session(program: &[&str], timeout: Duration) -> RestoreSession {
+        let child = Command::new(program[0])
+            .args(&program[1..])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        RestoreSession::new(child, program.join(" "), timeout).unwrap()
+    }
+
+    #[test]
+    fn an_echoed_acknowledgement_completes_each_block() {
+        // `cat` echoes everything, the acknowledgement included, as `-v` does.
+        let mut s = session(&["cat"], Duration::from_secs(5));
+        for _ in 0..3 {
+            s.apply("*filter\n-A X -j ACCEPT\nCOMMIT\n").unwrap();
+        }
+        assert_eq!(s.acks, 3);
+        assert!(s.pending.is_empty(), "everything up to the ack is consumed");
+    }
+
+    #[test]
+    fn a_process_that_exits_is_an_error_with_its_status() {
+        let mut s = session(&["false"], Duration::from_secs(5));
+        let e = s.apply("*filter\nCOMMIT\n").unwrap_err().to_string();
+        assert!(e.contains("exit status: 1") && e.contains("false"), "{e}");
+    }
+
+    #[test]
+    fn a_process_that_never_answers_is_killed_after_the_timeout() {
+        let mut s = session(&["sleep", "30"], Duration::from_millis(200));
+        let e = s.apply("*filter\nCOMMIT\n").unwrap_err().to_string();
+        assert!(e.contains("killed after"), "{e}");
+    }
+
+    #[test]
+    fn finds_whole_lines_only() {
+        assert_eq!(find_line(b"a\n# ack 1\nb", b"# ack 1"), Some(10));
+        assert_eq!(find_line(b"# ack 12\n", b"# ack 1"), None);
+        assert_eq!(find_line(b"# ack 1", b"# ack 1"), None, "not yet complete");
+    }
+}

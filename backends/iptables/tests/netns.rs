@@ -65,7 +65,10 @@ impl CommandRunner for CountingRunner {
 /// Listings (`iptables … -S`) among the command lines seen since the last call.
 fn listings_since(seen: &Arc<Mutex<Vec<String>>>) -> usize {
     let mut seen = seen.lock().unwrap();
-    let n = seen.iter().filter(|c| c.ends_with(" -S") || c.contains(" -S ")).count();
+    let n = seen
+        .iter()
+        .filter(|c| c.ends_with(" -S") || c.contains(" -S "))
+        .count();
     seen.clear();
     n
 }
@@ -303,7 +306,10 @@ fn grants_list_nothing_until_someone_else_changes_the_ruleset() {
     let _lb = tcp_listen(&p.server, b);
     fw.init(now()).unwrap();
     fw.grant(&[opening(client, a, now() + 600)]).unwrap();
-    assert!(listings_since(&seen) > 0, "the first grant lists the chains");
+    assert!(
+        listings_since(&seen) > 0,
+        "the first grant lists the chains"
+    );
     fw.grant(&[opening(client, b, now() + 600)]).unwrap();
     assert_eq!(listings_since(&seen), 0, "the second grant lists nothing");
     assert!(tcp_connect_ok(&p.client, server, b, OPEN_WAIT));
@@ -311,9 +317,15 @@ fn grants_list_nothing_until_someone_else_changes_the_ruleset() {
     fw.grant(&[opening(client, b, start + 900)]).unwrap();
     assert_eq!(listings_since(&seen), 0, "a refresh lists nothing either");
     let rules = chain_rules(&p.server, "iptables");
-    let of_b: Vec<&String> = rules.iter().filter(|r| r.contains("--dport 2212")).collect();
+    let of_b: Vec<&String> = rules
+        .iter()
+        .filter(|r| r.contains("--dport 2212"))
+        .collect();
     assert_eq!(of_b.len(), 1, "refreshed, not duplicated: {rules:?}");
-    assert!(of_b[0].contains(&format!("postern_exp_{}", start + 900)), "{rules:?}");
+    assert!(
+        of_b[0].contains(&format!("postern_exp_{}", start + 900)),
+        "{rules:?}"
+    );
     assert_eq!(
         processes_named(&p.server, "restore"),
         1,
@@ -322,24 +334,45 @@ fn grants_list_nothing_until_someone_else_changes_the_ruleset() {
 
     // Someone else: a hand-made rule in our chain and the jump gone.
     p.server.run_ok(&[
-        "iptables", "-w", "5", "-A", "POSTERN_INPUT", "-s", "198.51.100.9/32", "-p", "tcp",
-        "--dport", "9", "-j", "ACCEPT",
+        "iptables",
+        "-w",
+        "5",
+        "-A",
+        "POSTERN_INPUT",
+        "-s",
+        "198.51.100.9/32",
+        "-p",
+        "tcp",
+        "--dport",
+        "9",
+        "-j",
+        "ACCEPT",
     ]);
     p.server
         .run_ok(&["iptables", "-w", "5", "-D", "INPUT", "-j", "POSTERN_INPUT"]);
     assert!(!tcp_connect_ok(&p.client, server, a, REFUSED_WAIT));
     fw.grant(&[opening(client, a, now() + 700)]).unwrap();
-    assert!(listings_since(&seen) > 0, "a changed ruleset is listed again");
+    assert!(
+        listings_since(&seen) > 0,
+        "a changed ruleset is listed again"
+    );
     assert!(
         tcp_connect_ok(&p.client, server, a, OPEN_WAIT),
         "jump restored by the grant"
     );
     let rules = chain_rules(&p.server, "iptables");
-    assert!(rules.iter().any(|r| r.contains("198.51.100.9")), "{rules:?}");
+    assert!(
+        rules.iter().any(|r| r.contains("198.51.100.9")),
+        "{rules:?}"
+    );
     assert_eq!(rules.len(), 3, "{rules:?}");
     fw.shutdown().unwrap();
     drop(fw);
-    assert_eq!(processes_named(&p.server, "restore"), 0, "reaped at the end");
+    assert_eq!(
+        processes_named(&p.server, "restore"),
+        0,
+        "reaped at the end"
+    );
 }
 
 /// The same behaviour with the legacy (x_tables) variant, where it is installed

@@ -262,6 +262,36 @@ mod tests {
     }
 
     #[test]
+    fn spawned_children_are_long_lived_and_prefixed_like_runs() {
+        use std::io::{Read, Write};
+        let mut child = SystemRunner::default()
+            .spawn(&argv(&["cat"]))
+            .unwrap()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"one\ntwo\n")
+            .unwrap();
+        let mut out = String::new();
+        child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
+        assert_eq!(out, "one\ntwo\n");
+        assert!(child.wait().unwrap().success());
+        let mut r = PrefixedRunner::new(argv(&["echo", "pre"]), Box::new(SystemRunner::default()));
+        let child = r.spawn(&argv(&["x"])).unwrap().unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "pre x\n");
+        let missing = SystemRunner::default().spawn(&argv(&["/nonexistent/tool"]));
+        assert!(matches!(missing, Some(Err(FirewallError::Missing { .. }))));
+    }
+
+    #[test]
     fn prefixed_runner_prepends_its_prefix() {
         let mut r = PrefixedRunner::new(argv(&["echo", "pre"]), Box::new(SystemRunner::default()));
         assert_eq!(r.run(&argv(&["x", "y"]), None).unwrap(), "pre x y\n");

@@ -122,7 +122,9 @@ pub fn burst(env: &Env, n: usize, stall: Duration, cap: Duration) -> Burst {
     });
     let _ = ready_rx.recv();
     let poller = spawn_in(env.server_ns(), "burst-poll", move || {
-        let mut nl = if kind.is_posternd() {
+        let mut nl = if kind == Kind::PosterndIptables {
+            SetCounter::rules("filter", kind.grant_chain()).ok()
+        } else if kind.is_posternd() {
             SetCounter::new(NFT_TABLE, "grants4").ok()
         } else {
             None
@@ -306,7 +308,7 @@ pub fn garbage(env: &mut Env, n: u64, pps: u64, give_up: Duration) -> Garbage {
     let cpu1 = cpu_time(pid).unwrap_or_default();
     let rss1 = rss_kib(pid).unwrap_or(0);
     let counters = NetCounters::read(pid, Pair::SERVER_IF).delta(&before);
-    let received = if matches!(kind, Kind::PosterndUdp | Kind::FwknopdUdp) {
+    let received = if kind.udp_socket() {
         counters.udp_in
     } else {
         counters.if_rx

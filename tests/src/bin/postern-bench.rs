@@ -1,4 +1,4 @@
-//! `postern-bench`: posternd (nftables action) against the real fwknopd 2.6.10
+//! `postern-bench`: posternd (nftables and iptables actions) against the real fwknopd 2.6.10
 //! (pcap mode and UDP-server mode, iptables), measured in the same run, each
 //! server in its own fresh pair of network namespaces per measurement.
 //!
@@ -28,8 +28,8 @@ postern-bench: posternd vs fwknopd 2.6.10, measured in network namespaces
 USAGE: postern-bench [OPTIONS]
 
   --quick                fewer knocks and less garbage (about 1.5 minutes)
-  --servers LIST         comma list of posternd-udp,posternd-pcap,posternd-nfq,fwknopd-pcap,
-                         fwknopd-udp (default: all five)
+  --servers LIST         comma list of posternd-udp,posternd-pcap,posternd-nfq,
+                         posternd-iptables,fwknopd-pcap,fwknopd-udp (default: all six)
   --tests LIST           comma list of latency,burst,garbage,garbage-ref,storm,refstorm
                          (default: all; garbage-ref = the garbage test paced at the
                          reference's ~180,000 pps)
@@ -173,7 +173,10 @@ fn check_prereqs(o: &Opts) -> Result<(), String> {
         need.push("nft");
     }
     if o.servers.iter().any(|k| !k.is_posternd()) {
-        need.extend(["fwknopd", "iptables"]);
+        need.push("fwknopd");
+    }
+    if o.servers.iter().any(|k| k.uses_iptables()) {
+        need.push("iptables");
     }
     for p in need {
         if postern_e2e::which(p).is_none() {
@@ -306,7 +309,7 @@ fn run_server(kind: Kind, o: &Opts, posternd: &Setup) -> Results {
     eprintln!("== {}", kind.title());
     let mut r = Results::default();
     let want = |t: &str| o.tests.iter().any(|x| x == t);
-    let slow = !kind.is_posternd();
+    let slow = kind.uses_iptables();
     if want("latency") {
         r.latency = Some(guarded("latency", || {
             let env = Env::new(kind, o.knocks + 1, posternd);
