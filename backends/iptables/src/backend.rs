@@ -20,7 +20,7 @@ use postern_backend_script::{find_program, missing_for, require_program, SystemR
 use spa_core::firewall::{
     CommandRunner, Firewall, FirewallError, FwResult, Opening, Rule, RuleFeature, Snat,
 };
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -557,6 +557,7 @@ impl IptablesBackend {
         let fresh = before.is_some() && before == self.picture.generation;
         self.picture.generation = None;
         let mut removed: Vec<Rule> = Vec::new();
+        let mut seen: HashSet<Rule> = HashSet::new();
         let mut commits = 0;
         for family in 0..self.families.len() {
             for table in self.tables() {
@@ -565,24 +566,21 @@ impl IptablesBackend {
                     let Some(listed) = self.list_chain(family, &table, &spec.chain)? else {
                         continue;
                     };
-                    let mut gone = Vec::new();
-                    for r in &listed {
-                        if let Some((rule, exp)) = &r.grant {
-                            if select(rule, *exp) {
-                                lines.push(format!("-D {} {}", spec.chain, r.spec));
-                                gone.push(r.spec.as_str());
-                                if !removed.contains(rule) {
-                                    removed.push(rule.clone());
-                                }
-                            }
+                    let (gone, kept): (Vec<ListedRule>, Vec<ListedRule>) =
+                        listed.into_iter().partition(|r| {
+                            r.grant
+                                .as_ref()
+                                .is_some_and(|(rule, exp)| select(rule, *exp))
+                        });
+                    for r in &gone {
+                        lines.push(format!("-D {} {}", spec.chain, r.spec));
+                        let (rule, _) = r.grant.as_ref().expect("selected rules are grants");
+                        if seen.insert(rule.clone()) {
+                            removed.push(rule.clone());
                         }
                     }
                     if let Some(known) = self.picture.chains.get_mut(&(family, role)) {
-                        *known = listed
-                            .iter()
-                            .filter(|r| !gone.contains(&r.spec.as_str()))
-                            .cloned()
-                            .collect();
+                        *known = kept;
                     }
                 }
                 if !lines.is_empty() {
