@@ -12,7 +12,7 @@
 
 use crate::chains::{configured_chains, roles_for, Role};
 use crate::config::{ChainSpec, IptablesConfig};
-use crate::plan::{plan_chain, Plan};
+use crate::plan::{plan_chain, ChainRules, Plan};
 use crate::rules::{parse_listing, ListedRule};
 use crate::session::RestoreSession;
 use postern_backend_nftables::netlink::NfSocket;
@@ -68,7 +68,7 @@ pub struct IptablesBackend {
 #[derive(Default)]
 struct Picture {
     /// By family and role: the rules of chains whose chain and jump were seen.
-    chains: HashMap<(usize, Role), Vec<ListedRule>>,
+    chains: HashMap<(usize, Role), ChainRules>,
     /// The nf_tables generation the picture is true at; `None`: unknown.
     generation: Option<u32>,
 }
@@ -496,23 +496,21 @@ impl IptablesBackend {
                 if !needed.iter().any(|roles| roles.contains(&role)) {
                     continue;
                 }
+                // Taken out of the picture while planning; put back once applied.
                 let known = fresh
-                    .then(|| self.picture.chains.get(&(family, role)).cloned())
+                    .then(|| self.picture.chains.remove(&(family, role)))
                     .flatten();
                 let listed = match known {
-                    Some(listed) => listed,
+                    Some(rules) => rules,
                     None => {
                         let (listed, lines) = self.ensure_chain(family, &spec)?;
                         setup.extend(lines);
-                        self.picture.chains.insert((family, role), listed.clone());
-                        listed
+                        ChainRules::from_listing(listed)
                     }
                 };
-                for r in &listed {
-                    if let Some((rule, exp)) = &r.grant {
-                        if let Some(l) = latest.get_mut(rule) {
-                            *l = (*l).max(*exp);
-                        }
+                for (rule, l) in latest.iter_mut() {
+                    for (_, exp) in listed.of(rule) {
+                        *l = (*l).max(*exp);
                     }
                 }
                 chains.push((role, spec, listed));
@@ -535,6 +533,7 @@ impl IptablesBackend {
                     .map(|((rule, _), _)| (rule.clone(), latest[rule]))
                     .collect();
                 plan.extend(plan_chain(role, &spec, self.prepend, &listed, &here));
+                self.picture.chains.insert((family, role), listed);
             }
             plans.push((table, plan));
         }
@@ -580,7 +579,7 @@ impl IptablesBackend {
                         }
                     }
                     if let Some(known) = self.picture.chains.get_mut(&(family, role)) {
-                        *known = kept;
+                        *known = ChainRules::from_listing(kept);
                     }
                 }
                 if !lines.is_empty() {
@@ -622,10 +621,14 @@ impl IptablesBackend {
 /// Merge repeated rules of one batch, keeping the latest expiry, in first-seen order.
 fn dedup(openings: &[&Opening]) -> Vec<(Rule, u64)> {
     let mut merged: Vec<(Rule, u64)> = Vec::new();
+    let mut at: HashMap<&Rule, usize> = HashMap::new();
     for o in openings {
-        match merged.iter_mut().find(|(r, _)| *r == o.rule) {
-            Some((_, exp)) => *exp = (*exp).max(o.expires_at),
-            None => merged.push((o.rule.clone(), o.expires_at)),
+        match at.get(&o.rule) {
+            Some(&i) => merged[i].1 = merged[i].1.max(o.expires_at),
+            None => {
+                at.insert(&o.rule, merged.len());
+                merged.push((o.rule.clone(), o.expires_at));
+            }
         }
     }
     merged
@@ -696,7 +699,7 @@ impl Firewall for IptablesBackend {
             commits += n;
             for change in chain_changes {
                 if let Some(known) = self.picture.chains.get_mut(&(family, change.role)) {
-                    change.apply_to(known);
+                    known.apply(&change);
                 }
             }
         }

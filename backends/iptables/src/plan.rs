@@ -4,7 +4,7 @@ use crate::chains::Role;
 use crate::config::ChainSpec;
 use crate::rules::{join, role_spec, ListedRule};
 use spa_core::firewall::Rule;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 /// Restore-file lines for one table, the lines that would undo them, and what
 /// they change in each chain (to keep the backend's picture of it current).
@@ -23,20 +23,65 @@ impl Plan {
     }
 }
 
-/// The rules a plan deletes from one chain and those it adds.
+/// The rules a plan deletes from one chain and those it adds, by grant.
 #[derive(Debug)]
 pub struct ChainChange {
     pub role: Role,
-    pub removed: Vec<String>,
-    pub added: Vec<ListedRule>,
+    pub removed: Vec<(Rule, String)>,
+    pub added: Vec<(Rule, String, u64)>,
 }
 
-impl ChainChange {
-    /// `listed` as it is once the change is committed (order aside).
-    pub fn apply_to(&self, listed: &mut Vec<ListedRule>) {
-        let removed: HashSet<&str> = self.removed.iter().map(String::as_str).collect();
-        listed.retain(|r| !removed.contains(r.spec.as_str()));
-        listed.extend(self.added.iter().cloned());
+/// A chain's rules indexed by the grant each makes (the others only counted):
+/// what planning needs, looked up per wanted rule, however long the chain.
+#[derive(Clone, Debug, Default)]
+pub struct ChainRules {
+    grants: HashMap<Rule, Vec<(String, u64)>>,
+    len: usize,
+}
+
+impl ChainRules {
+    pub fn from_listing(listed: Vec<ListedRule>) -> Self {
+        let mut rules = ChainRules {
+            len: listed.len(),
+            ..ChainRules::default()
+        };
+        for r in listed {
+            if let Some((rule, exp)) = r.grant {
+                rules.grants.entry(rule).or_default().push((r.spec, exp));
+            }
+        }
+        rules
+    }
+
+    /// The rules (spec, expiry) that make `rule`.
+    pub fn of(&self, rule: &Rule) -> &[(String, u64)] {
+        self.grants.get(rule).map(Vec::as_slice).unwrap_or_default()
+    }
+
+    /// Rules in the chain, grants or not.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The chain once `change` is committed.
+    pub fn apply(&mut self, change: &ChainChange) {
+        for (rule, spec) in &change.removed {
+            if let Some(specs) = self.grants.get_mut(rule) {
+                let before = specs.len();
+                specs.retain(|(s, _)| s != spec);
+                self.len -= before - specs.len();
+                if specs.is_empty() {
+                    self.grants.remove(rule);
+                }
+            }
+        }
+        for (rule, spec, exp) in &change.added {
+            self.grants
+                .entry(rule.clone())
+                .or_default()
+                .push((spec.clone(), *exp));
+            self.len += 1;
+        }
     }
 }
 
@@ -49,7 +94,7 @@ pub fn plan_chain(
     role: Role,
     spec: &ChainSpec,
     prepend: Option<bool>,
-    listed: &[ListedRule],
+    listed: &ChainRules,
     wanted: &[(Rule, u64)],
 ) -> Plan {
     let ChainSpec {
@@ -59,16 +104,9 @@ pub fn plan_chain(
         ..
     } = spec;
     let (mut deletes, mut inserts, mut old_specs) = (Vec::new(), Vec::new(), Vec::new());
-    let mut added = Vec::new();
-    // Every rule of the chain by the grant it makes: one pass, however long the chain.
-    let mut by_grant: HashMap<&Rule, Vec<(&str, u64)>> = HashMap::new();
-    for r in listed {
-        if let Some((g, exp)) = &r.grant {
-            by_grant.entry(g).or_default().push((r.spec.as_str(), *exp));
-        }
-    }
+    let (mut added, mut removed) = (Vec::new(), Vec::new());
     for (rule, expires_at) in wanted {
-        let existing = by_grant.get(rule).map(Vec::as_slice).unwrap_or_default();
+        let existing = listed.of(rule);
         let current = existing.iter().map(|(_, exp)| *exp).max();
         if existing.len() == 1 && current >= Some(*expires_at) {
             continue; // already open at least that long; a refresh never shortens
@@ -76,13 +114,11 @@ pub fn plan_chain(
         for (spec, _) in existing {
             deletes.push(format!("-D {chain} {spec}"));
             old_specs.push(spec.to_string());
+            removed.push((rule.clone(), spec.clone()));
         }
         let expiry = current.unwrap_or(0).max(*expires_at);
         let spec = join(&role_spec(role, rule, expiry, target));
-        added.push(ListedRule {
-            spec: spec.clone(),
-            grant: Some((rule.clone(), expiry)),
-        });
+        added.push((rule.clone(), spec.clone(), expiry));
         inserts.push(spec);
     }
     let remaining = listed.len() - deletes.len();
@@ -104,7 +140,7 @@ pub fn plan_chain(
         .extend(old_specs.iter().map(|spec| format!("{placement} {spec}")));
     plan.changes.push(ChainChange {
         role,
-        removed: old_specs,
+        removed,
         added,
     });
     plan

@@ -171,6 +171,9 @@ pub struct Setup {
     /// posternd's replay store: `None` = its default (`file`, redb), `memory`, or
     /// `redis=URL`.
     pub replay: Option<String>,
+    /// posternd's `[server] queue_depth` (knocks past the HMAC check in flight);
+    /// `None`: its default.
+    pub queue_depth: Option<usize>,
 }
 
 /// A running SPA server inside the server namespace.
@@ -228,6 +231,10 @@ impl Server {
                 }
                 Some(_) => format!("[replay]\ntype = \"{}\"\n", setup.replay.as_ref().unwrap()),
             };
+            let queue = setup
+                .queue_depth
+                .map(|n| format!("queue_depth = {n}\n"))
+                .unwrap_or_default();
             let action = if kind == Kind::PosterndIptables {
                 "type = \"iptables\"\nipv6 = false\n".to_string()
             } else {
@@ -239,7 +246,7 @@ impl Server {
             write_private(
                 &toml,
                 &format!(
-                    "access_file = \"{}\"\n[server]\nrun_dir = \"{}\"\n[[capture]]\n{capture}\n\
+                    "access_file = \"{}\"\n[server]\nrun_dir = \"{}\"\n{queue}[[capture]]\n{capture}\n\
                      [[action]]\n{action}{replay}",
                     s(&access),
                     s(&run)

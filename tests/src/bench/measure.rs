@@ -92,12 +92,16 @@ pub struct Burst {
     /// Grants counted with `nft list set` / `iptables -S` once polling stopped
     /// (a cross-check of the netlink count).
     pub listed_at_end: Option<usize>,
+    /// The server namespace's counters over the burst (knocks lost to a full
+    /// receive buffer show as rcvbuf drops).
+    pub counters: NetCounters,
 }
 
 /// `n` knocks from `n` distinct sources sent back to back; grants counted by
 /// polling the firewall from inside the server namespace.
 pub fn burst(env: &Env, n: usize, stall: Duration, cap: Duration) -> Burst {
     let kind = env.server.kind;
+    let before = NetCounters::read(env.server.pid, Pair::SERVER_IF);
     let keys = env.keys.clone();
     let srcs: Vec<Ipv4Addr> = env.srcs[1..=n].to_vec();
     // Sockets and packets first, so the send loop is only sendto.
@@ -155,7 +159,9 @@ pub fn burst(env: &Env, n: usize, stall: Duration, cap: Duration) -> Burst {
             if c - base.min(c) >= n || done - last_change > stall || done - start > cap {
                 break;
             }
-            std::thread::sleep(Duration::from_micros(200));
+            // Wait as long as the poll took, so polling a long listing does
+            // not take a CPU from the server on a small machine.
+            std::thread::sleep(Duration::from_micros(200).max(done - t));
         }
         let listed = super::env::count_grants(kind).map(|c| c - base.min(c));
         (seen, polls, poll_total, listed)
@@ -176,6 +182,7 @@ pub fn burst(env: &Env, n: usize, stall: Duration, cap: Duration) -> Burst {
         polls,
         poll_cost: poll_total / polls.max(1) as u32,
         listed_at_end,
+        counters: NetCounters::read(env.server.pid, Pair::SERVER_IF).delta(&before),
     }
 }
 

@@ -47,6 +47,8 @@ USAGE: postern-bench [OPTIONS]
   --storm-knocks N       knocks during the storm, one every 100 ms (default 100, quick 30)
   --attempt-us N         per-connect timeout of the latency probe (default 200)
   --posternd PATH        use this posternd instead of building it (cargo build --release)
+  --queue-depth N        posternd's [server] queue_depth (knocks in flight past the
+                         HMAC check; more are refused as overload; default its 4096)
   --replay file|memory|redis=URL
                          posternd's replay store (default: its default, file = redb)
   --criterion            also run `cargo bench -p spa-core --bench packet` and show its figures
@@ -75,6 +77,7 @@ struct Opts {
     attempt: Duration,
     posternd: Option<PathBuf>,
     replay: Option<String>,
+    queue_depth: Option<usize>,
     criterion: bool,
     quick: bool,
 }
@@ -95,6 +98,7 @@ fn parse_args() -> Result<Opts, String> {
         attempt: Duration::from_micros(200),
         posternd: None,
         replay: None,
+        queue_depth: None,
         criterion: false,
         quick,
     };
@@ -142,6 +146,7 @@ fn parse_args() -> Result<Opts, String> {
             "--attempt-us" => o.attempt = Duration::from_micros(num(val(&a)?, &a)?),
             "--posternd" => o.posternd = Some(PathBuf::from(val(&a)?)),
             "--replay" => o.replay = Some(val(&a)?),
+            "--queue-depth" => o.queue_depth = Some(num(val(&a)?, &a)? as usize),
             "--criterion" => o.criterion = true,
             other => return Err(format!("unknown option `{other}` (see --help)")),
         }
@@ -365,7 +370,11 @@ fn run_server(kind: Kind, o: &Opts, posternd: &Setup) -> Results {
             } else {
                 (Duration::from_secs(3), Duration::from_secs(20))
             };
-            measure::burst(&env, o.burst, stall, cap)
+            let b = measure::burst(&env, o.burst, stall, cap);
+            if b.granted < b.sent {
+                eprintln!("    server log tail:\n{}", env.server.log_tail(5));
+            }
+            b
         }));
     }
     let garbage = |what: GarbageKind, pps: u64| {
@@ -494,7 +503,7 @@ fn print_table(o: &Opts, kinds: &[Kind], res: &BTreeMap<usize, Results>) {
     row(
         format!("{} at once: granted", o.burst),
         &|r| cell(r.burst.as_ref(), |b| format!("{}/{}", b.granted, b.sent)),
-        "500/500",
+        &format!("{0}/{0}", o.burst),
     );
     row(
         format!("{} at once: grants/s", o.burst),
@@ -504,7 +513,12 @@ fn print_table(o: &Opts, kinds: &[Kind], res: &BTreeMap<usize, Results>) {
                 _ => "0".into(),
             })
         },
-        "≥ 5,000",
+        // The issue's goals: 500 at once ≥ 5,000/s, 10,000 at once ≥ 10,000/s.
+        if o.burst >= 10_000 {
+            "≥ 10,000"
+        } else {
+            "≥ 5,000"
+        },
     );
     row(
         format!("{} at once: last grant seen after", o.burst),
@@ -721,7 +735,8 @@ fn print_details(kinds: &[Kind], res: &BTreeMap<usize, Results>) {
         if let Some(Ok(b)) = &r.burst {
             println!(
                 "  - burst: {} sent in {}, {} granted, first seen after {}, all granted after {}, \
-                 {} polls of ~{} each; listing at the end shows {}",
+                 {} polls of ~{} each; listing at the end shows {}; server ns: UDP delivered {}, \
+                 rcvbuf drops {}",
                 b.sent,
                 fmt_d(b.send_time),
                 b.granted,
@@ -731,7 +746,9 @@ fn print_details(kinds: &[Kind], res: &BTreeMap<usize, Results>) {
                 fmt_d(b.poll_cost),
                 b.listed_at_end
                     .map(|n| n.to_string())
-                    .unwrap_or_else(|| "?".into())
+                    .unwrap_or_else(|| "?".into()),
+                b.counters.udp_in,
+                b.counters.udp_rcvbuf_errors
             );
         }
         let garbage = r
@@ -890,6 +907,7 @@ fn main() {
     let posternd = Setup {
         posternd,
         replay: o.replay.clone(),
+        queue_depth: o.queue_depth,
     };
     let crit = o.criterion.then(criterion);
     let load0 = loadavg();
@@ -916,7 +934,9 @@ fn main() {
         o.replay
             .as_ref()
             .map(|r| format!(" --replay {r}"))
-            .unwrap_or_default(),
+            .into_iter()
+            .chain(o.queue_depth.map(|n| format!(" --queue-depth {n}")))
+            .collect::<String>(),
         ncpu,
         kernel.trim(),
         t0.elapsed().as_secs_f64(),
