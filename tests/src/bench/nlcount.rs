@@ -2,20 +2,14 @@
 //! (NFT_MSG_GETSETELEM), well under a millisecond for 500 elements, where
 //! spawning `nft list set` takes 5-20 ms. Used to poll posternd's grants.
 //! Elements are counted by distinct key: a dump that runs while the kernel's
-//! hash table resizes may return an element twice. The rules of an iptables-nft
-//! chain are counted the same way (NFT_MSG_GETRULE, by rule handle).
+//! hash table resizes may return an element twice.
 
 use std::io;
 
 const NETLINK_NETFILTER: i32 = 12;
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFT_MSG_GETSETELEM: u16 = 13;
-const NFT_MSG_GETRULE: u16 = 7;
 const NFPROTO_INET: u8 = 1;
-const NFPROTO_IPV4: u8 = 2;
-const NFTA_RULE_TABLE: u16 = 1;
-const NFTA_RULE_CHAIN: u16 = 2;
-const NFTA_RULE_HANDLE: u16 = 3;
 const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
 const NFTA_SET_ELEM_LIST_SET: u16 = 2;
 const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
@@ -31,8 +25,6 @@ pub struct SetCounter {
     fd: i32,
     seq: u32,
     request: Vec<u8>,
-    /// NFT_MSG_GETSETELEM or NFT_MSG_GETRULE.
-    msg: u16,
 }
 
 fn push_attr(buf: &mut Vec<u8>, kind: u16, payload: &[u8]) {
@@ -71,21 +63,6 @@ fn attrs(mut b: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
 impl SetCounter {
     /// Open the socket in the calling thread's network namespace.
     pub fn new(table: &str, set: &str) -> io::Result<SetCounter> {
-        let mut body = vec![NFPROTO_INET, 0, 0, 0]; // nfgenmsg: family, version, res_id
-        push_attr(&mut body, NFTA_SET_ELEM_LIST_TABLE, &cstr(table));
-        push_attr(&mut body, NFTA_SET_ELEM_LIST_SET, &cstr(set));
-        SetCounter::open(body, NFT_MSG_GETSETELEM)
-    }
-
-    /// Counts the rules of an iptables-nft chain (IPv4) instead.
-    pub fn rules(table: &str, chain: &str) -> io::Result<SetCounter> {
-        let mut body = vec![NFPROTO_IPV4, 0, 0, 0];
-        push_attr(&mut body, NFTA_RULE_TABLE, &cstr(table));
-        push_attr(&mut body, NFTA_RULE_CHAIN, &cstr(chain));
-        SetCounter::open(body, NFT_MSG_GETRULE)
-    }
-
-    fn open(request: Vec<u8>, msg: u16) -> io::Result<SetCounter> {
         // SAFETY: plain socket call; the fd is owned by the returned value.
         let fd = unsafe {
             libc::socket(
@@ -97,11 +74,13 @@ impl SetCounter {
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
+        let mut body = vec![NFPROTO_INET, 0, 0, 0]; // nfgenmsg: family, version, res_id
+        push_attr(&mut body, NFTA_SET_ELEM_LIST_TABLE, &cstr(table));
+        push_attr(&mut body, NFTA_SET_ELEM_LIST_SET, &cstr(set));
         Ok(SetCounter {
             fd,
             seq: 1,
-            request,
-            msg,
+            request: body,
         })
     }
 
@@ -120,7 +99,7 @@ impl SetCounter {
         self.seq += 1;
         let mut msg = Vec::with_capacity(16 + self.request.len());
         msg.extend_from_slice(&((16 + self.request.len()) as u32).to_ne_bytes());
-        msg.extend_from_slice(&((NFNL_SUBSYS_NFTABLES << 8) | self.msg).to_ne_bytes());
+        msg.extend_from_slice(&((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETSETELEM).to_ne_bytes());
         msg.extend_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16).to_ne_bytes());
         msg.extend_from_slice(&self.seq.to_ne_bytes());
         msg.extend_from_slice(&0u32.to_ne_bytes());
@@ -179,13 +158,6 @@ impl SetCounter {
                             return Ok((!interrupted).then_some(keys.len()));
                         }
                         return Err(io::Error::from_raw_os_error(-errno));
-                    }
-                    _ if self.msg == NFT_MSG_GETRULE => {
-                        let handle = attrs(body.get(4..).unwrap_or(&[]))
-                            .find(|(t, _)| *t == NFTA_RULE_HANDLE);
-                        if let Some((_, h)) = handle {
-                            keys.insert(h.to_vec());
-                        }
                     }
                     _ => {
                         // nfgenmsg (4 bytes), then the set-element list attributes.

@@ -734,7 +734,8 @@ fn print_details(kinds: &[Kind], res: &BTreeMap<usize, Results>) {
         }
         if let Some(Ok(b)) = &r.burst {
             println!(
-                "  - burst: {} sent in {}, {} granted, first seen after {}, all granted after {}, \
+                "  - burst: {} sent in {}, {} granted, first seen after {}, all granted after {} \
+                 ({} after the last knock was sent), \
                  {} polls of ~{} each; listing at the end shows {}; server ns: UDP delivered {}, \
                  rcvbuf drops {}",
                 b.sent,
@@ -742,6 +743,7 @@ fn print_details(kinds: &[Kind], res: &BTreeMap<usize, Results>) {
                 b.granted,
                 fmt_opt(b.first_grant, "never"),
                 fmt_opt(b.all_granted, "never"),
+                fmt_opt(b.all_granted.map(|t| t.saturating_sub(b.send_time)), "-"),
                 b.polls,
                 fmt_d(b.poll_cost),
                 b.listed_at_end
