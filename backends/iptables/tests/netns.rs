@@ -375,6 +375,68 @@ fn grants_list_nothing_until_someone_else_changes_the_ruleset() {
     );
 }
 
+/// When the IPv6 restore process has died (killed by someone), a batch whose
+/// IPv6 transaction therefore fails leaves nothing of its IPv4 one (the IPv4
+/// restore undoes it), the error is reported, and the next batch works again
+/// with a fresh IPv6 restore.
+#[test]
+fn a_batch_failing_in_one_family_is_rolled_back_in_the_other() {
+    if !can_run() {
+        return;
+    }
+    let p = pair("iptf");
+    let (client, server) = (IpAddr::from(p.client_ip), IpAddr::from(p.server_ip));
+    let mut fw = backend_in(&p.server);
+    let port = 2221;
+    drop_port(&p.server, "iptables", port);
+    let _listener = tcp_listen(&p.server, port);
+    fw.init(now()).unwrap();
+    fw.grant(&[opening(client, 2222, now() + 600)]).unwrap();
+
+    let v6_restores: Vec<u32> = p
+        .server
+        .pids()
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains("ip6tables-restore"))
+        })
+        .collect();
+    assert_eq!(v6_restores.len(), 1, "init started the IPv6 restore");
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &v6_restores[0].to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let v6_client = IpAddr::from(p.client_ip6);
+    let e = fw
+        .grant(&[
+            opening(client, port, now() + 600),
+            opening(v6_client, port, now() + 600),
+        ])
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("ip6tables-restore"),
+        "the failing command is named: {e}"
+    );
+    let rules = chain_rules(&p.server, "iptables");
+    assert!(
+        !rules.iter().any(|r| r.contains(&format!("--dport {port}"))),
+        "the IPv4 half was undone: {rules:?}"
+    );
+    assert_eq!(rules.len(), 1, "the earlier grant stays: {rules:?}");
+    assert!(!tcp_connect_ok(&p.client, server, port, REFUSED_WAIT));
+
+    fw.grant(&[
+        opening(client, port, now() + 600),
+        opening(v6_client, port, now() + 600),
+    ])
+    .unwrap();
+    assert!(tcp_connect_ok(&p.client, server, port, OPEN_WAIT));
+    assert_eq!(fw.list().unwrap().len(), 3);
+    fw.shutdown().unwrap();
+}
+
 /// The same behaviour with the legacy (x_tables) variant, where it is installed
 /// (an optional extra, so its absence is not a CI failure).
 #[test]
