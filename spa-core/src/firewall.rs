@@ -329,6 +329,17 @@ pub trait Firewall: Send {
 pub trait CommandRunner: Send {
     /// Run `argv` with optional stdin; return stdout, or an error naming the command.
     fn run(&mut self, argv: &[String], stdin: Option<&str>) -> FwResult<String>;
+
+    /// Start `argv` as a long-lived child (stdin, stdout and stderr piped), under
+    /// the same rules as [`CommandRunner::run`]: argv without a shell, nothing
+    /// inherited but what `run` passes on. Backends feed such a child many
+    /// requests (e.g. `iptables-restore`) instead of starting a tool for each.
+    /// `None`: this runner only runs commands (a recording fake); callers then
+    /// fall back to [`CommandRunner::run`] per request.
+    fn spawn(&mut self, argv: &[String]) -> Option<FwResult<std::process::Child>> {
+        let _ = argv;
+        None
+    }
 }
 
 /// A firewall that only remembers: the rules it holds now, and every grant it was

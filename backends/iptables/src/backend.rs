@@ -1,16 +1,28 @@
 //! The iptables [`Firewall`]: postern's own chains per family, changed only through
-//! `iptables-restore --noflush` batches (one kernel transaction per table).
+//! `iptables-restore --noflush` batches (one kernel transaction per table), fed
+//! to one long-lived `iptables-restore` per family ([`RestoreSession`]).
+//!
+//! The fast path: with the nf_tables variant, the backend remembers what it
+//! listed and wrote in each chain and the ruleset generation that picture is
+//! valid for (every committed nf_tables transaction, anyone's, adds one). A
+//! grant while the generation is unchanged plans from that picture and costs one
+//! transaction and no listing; after any change by someone else (fwknopd, an
+//! admin, a firewall reload) it lists the chains and jumps again first, as every
+//! grant does with the legacy variant.
 
 use crate::chains::{configured_chains, roles_for, Role};
 use crate::config::{ChainSpec, IptablesConfig};
-use crate::plan::{plan_chain, Plan};
+use crate::plan::{plan_chain, ChainRules, Plan};
 use crate::rules::{parse_listing, ListedRule};
-use postern_backend_script::{missing_for, require_program, SystemRunner};
+use crate::session::RestoreSession;
+use postern_backend_nftables::netlink::NfSocket;
+use postern_backend_script::{find_program, missing_for, require_program, SystemRunner};
 use spa_core::firewall::{
     Block, CommandRunner, Firewall, FirewallError, FwResult, Opening, Rule, RuleFeature, Snat,
 };
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const BACKEND: &str = "iptables";
@@ -42,6 +54,70 @@ pub struct IptablesBackend {
     ready: bool,
     /// Blocked sources ([`crate::block`]), when enabled.
     pub(crate) blocking: crate::block::Blocking,
+    /// Per family, the running `iptables-restore`, started at the first change.
+    sessions: Vec<Option<RestoreSession>>,
+    /// The runner cannot start long-lived children: one restore per change.
+    one_shot: bool,
+    command_timeout: Duration,
+    /// The chains as last listed or written, and when that was true.
+    picture: Picture,
+    /// How the ruleset generation is read: `None` (legacy variant, fake
+    /// runners) lists before every grant.
+    generation: Option<Generation>,
+}
+
+/// What the managed chains held after the backend's last listing or change.
+#[derive(Default)]
+struct Picture {
+    /// By family and role: the rules of chains whose chain and jump were seen.
+    chains: HashMap<(usize, Role), ChainRules>,
+    /// The nf_tables generation the picture is true at; `None`: unknown.
+    generation: Option<u32>,
+}
+
+/// Reads the nf_tables ruleset generation of the backend's network namespace.
+struct Generation {
+    /// Where to open the socket (`None`: this process's namespace); opened lazily.
+    netns: Option<PathBuf>,
+    socket: Option<NfSocket>,
+}
+
+impl Generation {
+    /// `None` when it cannot be read: the caller then lists, as without it.
+    fn read(&mut self) -> Option<u32> {
+        if self.socket.is_none() {
+            let opened = match &self.netns {
+                Some(path) => NfSocket::open_in_netns(path),
+                None => NfSocket::open(),
+            };
+            match opened {
+                Ok(socket) => self.socket = Some(socket),
+                Err(e) => {
+                    tracing::debug!("iptables: cannot read the nf_tables generation: {e}");
+                    return None;
+                }
+            }
+        }
+        let read = self.socket.as_mut()?.generation();
+        if let Err(e) = &read {
+            tracing::debug!("iptables: cannot read the nf_tables generation: {e}");
+            self.socket = None;
+        }
+        read.ok()
+    }
+}
+
+/// Whether `program` is iptables' nf_tables variant (`iptables-nft`, or a name
+/// resolving to `xtables-nft-multi`, as Debian's alternatives do); only then
+/// does the nf_tables generation see every change to its rules.
+fn is_nft_variant(program: &str) -> bool {
+    let resolved = find_program(program).and_then(|p| std::fs::canonicalize(p).ok());
+    let names = [Some(PathBuf::from(program)), resolved];
+    names.iter().flatten().any(|p| {
+        p.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.contains("-nft"))
+    })
 }
 
 fn system_now() -> u64 {
@@ -99,7 +175,29 @@ impl IptablesBackend {
             clock: Box::new(system_now),
             ready: false,
             blocking: Default::default(),
+            sessions: Vec::new(),
+            one_shot: false,
+            command_timeout: Duration::from_secs(config.command_timeout_secs),
+            picture: Picture::default(),
+            generation: None,
         })
+    }
+
+    /// Take the fast path (see the module docs) when the tools are the nf_tables
+    /// variant, reading the generation of the namespace at `netns` (`None`: this
+    /// process's). The runner must run the tools in that same namespace.
+    pub fn track_generation(mut self, netns: Option<PathBuf>) -> Self {
+        let nft = self.families.iter().all(|t| is_nft_variant(&t.restore));
+        self.generation = nft.then_some(Generation {
+            netns,
+            socket: None,
+        });
+        self
+    }
+
+    /// Whether grants can skip listing (see [`Self::track_generation`]).
+    pub fn tracks_generation(&self) -> bool {
+        self.generation.is_some()
     }
 
     /// Build with the real process runner, after checking the tools are installed
@@ -114,7 +212,7 @@ impl IptablesBackend {
                 require_program(program, BACKEND, missing_hint)?;
             }
         }
-        Ok(backend)
+        Ok(backend.track_generation(None))
     }
 
     /// Replace the clock used by `list()` to report remaining time (tests).
@@ -273,7 +371,54 @@ impl IptablesBackend {
         argv.extend(self.wait_args());
         argv.push("--noflush".into());
         let input = format!("*{table}\n{}\nCOMMIT\n", lines.join("\n"));
+        if let Some(session) = self.session(family, &argv)? {
+            let applied = session.apply(&input);
+            if applied.is_err() {
+                self.sessions[family] = None; // it exited; the next change starts another
+            }
+            return applied;
+        }
         self.run(&argv, Some(&input)).map(|_| ())
+    }
+
+    /// The family's long-lived restore (`argv` plus `-v` for its acknowledgements),
+    /// started if need be; `None` if the runner cannot keep one.
+    fn session(&mut self, family: usize, argv: &[String]) -> FwResult<Option<&mut RestoreSession>> {
+        if self.one_shot {
+            return Ok(None);
+        }
+        if self.sessions.len() < self.families.len() {
+            self.sessions.resize_with(self.families.len(), || None);
+        }
+        if self.sessions[family].is_none() {
+            let mut argv = argv.to_vec();
+            argv.push("-v".into());
+            let child = match self.runner.spawn(&argv) {
+                None => {
+                    self.one_shot = true;
+                    return Ok(None);
+                }
+                Some(child) => child.map_err(own_missing)?,
+            };
+            let session = RestoreSession::new(child, argv.join(" "), self.command_timeout)?;
+            self.sessions[family] = Some(session);
+        }
+        Ok(self.sessions[family].as_mut())
+    }
+
+    /// The ruleset generation now, if it is tracked.
+    fn generation_now(&mut self) -> Option<u32> {
+        self.generation.as_mut().and_then(Generation::read)
+    }
+
+    /// After `commits` transactions of ours that began at generation `before`:
+    /// the picture stays valid only if nobody else committed in between.
+    fn picture_valid_after(&mut self, before: Option<u32>, commits: u32) {
+        let after = self.generation_now();
+        self.picture.generation = match (before, after) {
+            (Some(b), Some(a)) if a == b.wrapping_add(commits) => Some(a),
+            _ => None,
+        };
     }
 
     /// Creation of a missing chain and its jump: returns the chain's rules
@@ -348,6 +493,7 @@ impl IptablesBackend {
         &mut self,
         family: usize,
         wanted: &[(Rule, u64)],
+        fresh: bool,
     ) -> FwResult<Vec<(String, Plan)>> {
         let configured: Vec<Role> = self.chains.iter().map(|(role, _)| *role).collect();
         let needed: Vec<Vec<Role>> = wanted
@@ -363,13 +509,21 @@ impl IptablesBackend {
                 if !needed.iter().any(|roles| roles.contains(&role)) {
                     continue;
                 }
-                let (listed, lines) = self.ensure_chain(family, &spec)?;
-                setup.extend(lines);
-                for r in &listed {
-                    if let Some((rule, exp)) = &r.grant {
-                        if let Some(l) = latest.get_mut(rule) {
-                            *l = (*l).max(*exp);
-                        }
+                // Taken out of the picture while planning; put back once applied.
+                let known = fresh
+                    .then(|| self.picture.chains.remove(&(family, role)))
+                    .flatten();
+                let listed = match known {
+                    Some(rules) => rules,
+                    None => {
+                        let (listed, lines) = self.ensure_chain(family, &spec)?;
+                        setup.extend(lines);
+                        ChainRules::from_listing(listed)
+                    }
+                };
+                for (rule, l) in latest.iter_mut() {
+                    for (_, exp) in listed.of(rule) {
+                        *l = (*l).max(*exp);
                     }
                 }
                 chains.push((role, spec, listed));
@@ -382,7 +536,7 @@ impl IptablesBackend {
         for (table, setup, chains) in tables {
             let mut plan = Plan {
                 lines: setup,
-                undo: Vec::new(),
+                ..Plan::default()
             };
             for (role, spec, listed) in chains {
                 let here: Vec<(Rule, u64)> = wanted
@@ -392,6 +546,7 @@ impl IptablesBackend {
                     .map(|((rule, _), _)| (rule.clone(), latest[rule]))
                     .collect();
                 plan.extend(plan_chain(role, &spec, self.prepend, &listed, &here));
+                self.picture.chains.insert((family, role), listed);
             }
             plans.push((table, plan));
         }
@@ -410,27 +565,44 @@ impl IptablesBackend {
     /// Delete the listed grants `select` picks, in one transaction per family
     /// and table; returns each removed grant once.
     fn delete_grants(&mut self, mut select: impl FnMut(&Rule, u64) -> bool) -> FwResult<Vec<Rule>> {
+        let before = self.generation_now();
+        let fresh = before.is_some() && before == self.picture.generation;
+        self.picture.generation = None;
         let mut removed: Vec<Rule> = Vec::new();
+        let mut seen: HashSet<Rule> = HashSet::new();
+        let mut commits = 0;
         for family in 0..self.families.len() {
             for table in self.tables() {
                 let mut lines = Vec::new();
-                for (_, spec) in self.chains_in(&table) {
+                for (role, spec) in self.chains_in(&table) {
                     let Some(listed) = self.list_chain(family, &table, &spec.chain)? else {
                         continue;
                     };
-                    for r in &listed {
-                        if let Some((rule, exp)) = &r.grant {
-                            if select(rule, *exp) {
-                                lines.push(format!("-D {} {}", spec.chain, r.spec));
-                                if !removed.contains(rule) {
-                                    removed.push(rule.clone());
-                                }
-                            }
+                    let (gone, kept): (Vec<ListedRule>, Vec<ListedRule>) =
+                        listed.into_iter().partition(|r| {
+                            r.grant
+                                .as_ref()
+                                .is_some_and(|(rule, exp)| select(rule, *exp))
+                        });
+                    for r in &gone {
+                        lines.push(format!("-D {} {}", spec.chain, r.spec));
+                        let (rule, _) = r.grant.as_ref().expect("selected rules are grants");
+                        if seen.insert(rule.clone()) {
+                            removed.push(rule.clone());
                         }
                     }
+                    if let Some(known) = self.picture.chains.get_mut(&(family, role)) {
+                        *known = ChainRules::from_listing(kept);
+                    }
                 }
-                self.apply(family, &table, &lines)?;
+                if !lines.is_empty() {
+                    self.apply(family, &table, &lines)?;
+                    commits += 1;
+                }
             }
+        }
+        if fresh {
+            self.picture_valid_after(before, commits);
         }
         Ok(removed)
     }
@@ -462,10 +634,14 @@ impl IptablesBackend {
 /// Merge repeated rules of one batch, keeping the latest expiry, in first-seen order.
 fn dedup(openings: &[&Opening]) -> Vec<(Rule, u64)> {
     let mut merged: Vec<(Rule, u64)> = Vec::new();
+    let mut at: HashMap<&Rule, usize> = HashMap::new();
     for o in openings {
-        match merged.iter_mut().find(|(r, _)| *r == o.rule) {
-            Some((_, exp)) => *exp = (*exp).max(o.expires_at),
-            None => merged.push((o.rule.clone(), o.expires_at)),
+        match at.get(&o.rule) {
+            Some(&i) => merged[i].1 = merged[i].1.max(o.expires_at),
+            None => {
+                at.insert(&o.rule, merged.len());
+                merged.push((o.rule.clone(), o.expires_at));
+            }
         }
     }
     merged
@@ -506,9 +682,16 @@ impl Firewall for IptablesBackend {
             let now = (self.clock)();
             self.init(now)?;
         }
+        let before = self.generation_now();
+        let fresh = before.is_some() && before == self.picture.generation;
+        if !fresh {
+            self.picture.chains.clear(); // listed again below
+        }
+        self.picture.generation = None; // until this batch is known to be the only change
         let mut applied: Vec<(usize, String, Vec<String>)> = Vec::new();
+        let mut changes = Vec::new();
         for (family, openings) in by_family.iter().enumerate().filter(|(_, o)| !o.is_empty()) {
-            let plans = match self.plan_grant_family(family, &dedup(openings)) {
+            let plans = match self.plan_grant_family(family, &dedup(openings), fresh) {
                 Ok(plans) => plans,
                 Err(e) => {
                     self.roll_back(&applied);
@@ -520,9 +703,21 @@ impl Firewall for IptablesBackend {
                     self.roll_back(&applied);
                     return Err(e);
                 }
+                let commits = u32::from(!plan.lines.is_empty());
                 applied.push((family, table, plan.undo));
+                changes.push((family, commits, plan.changes));
             }
         }
+        let mut commits = 0;
+        for (family, n, chain_changes) in changes {
+            commits += n;
+            for change in chain_changes {
+                if let Some(known) = self.picture.chains.get_mut(&(family, change.role)) {
+                    known.apply(&change);
+                }
+            }
+        }
+        self.picture_valid_after(before, commits);
         Ok(())
     }
 
@@ -627,9 +822,11 @@ impl Firewall for IptablesBackend {
                 }
             }
         }
-        match first_error {
+        let result = match first_error {
             None => Ok(()),
             Some(e) => self.flush().and(Err(e)),
-        }
+        };
+        self.sessions.clear(); // their processes end and are reaped
+        result
     }
 }

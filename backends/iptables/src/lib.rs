@@ -42,6 +42,7 @@ pub mod chains;
 pub mod config;
 mod plan;
 pub mod rules;
+mod session;
 
 pub use backend::IptablesBackend;
 pub use chains::Role;

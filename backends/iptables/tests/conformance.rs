@@ -35,10 +35,11 @@ fn battery(tag: &str, config: IptablesConfig) {
         }
     }
     let ns = net.server().name.clone();
+    let path = net.server().path();
     let mut make = || {
         let runner = PrefixedRunner::netns(&ns, Duration::from_secs(30));
-        Box::new(IptablesBackend::new(&config, Box::new(runner)).expect("config"))
-            as Box<dyn Firewall>
+        let fw = IptablesBackend::new(&config, Box::new(runner)).expect("config");
+        Box::new(fw.track_generation(Some(path.clone()))) as Box<dyn Firewall>
     };
     let mut probe = |r: &Rule| net.probe(r);
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {

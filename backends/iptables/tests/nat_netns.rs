@@ -28,7 +28,9 @@ fn now() -> u64 {
 
 fn backend(ns: &Netns, config: IptablesConfig) -> IptablesBackend {
     let runner = PrefixedRunner::netns(&ns.name, Duration::from_secs(30));
-    let mut fw = IptablesBackend::new(&config, Box::new(runner)).unwrap();
+    let mut fw = IptablesBackend::new(&config, Box::new(runner))
+        .unwrap()
+        .track_generation(Some(ns.path()));
     fw.init(now()).unwrap();
     fw
 }

@@ -6,9 +6,11 @@ use postern_backend_script::PrefixedRunner;
 use postern_e2e::{
     pair, require_program, require_root, tcp_connect_ok, tcp_listen, wait_until, which, Netns,
 };
-use spa_core::firewall::{Firewall, Opening, Rule};
+use spa_core::firewall::{CommandRunner, Firewall, FwResult, Opening, Rule};
 use spa_core::request::Proto;
 use std::net::IpAddr;
+use std::process::Child;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const REFUSED_WAIT: Duration = Duration::from_millis(700);
@@ -37,7 +39,49 @@ fn backend_with(ns: &Netns, iptables: &str) -> IptablesBackend {
         iptables: iptables.into(),
         ..IptablesConfig::default()
     };
-    IptablesBackend::new(&config, Box::new(runner)).unwrap()
+    IptablesBackend::new(&config, Box::new(runner))
+        .unwrap()
+        .track_generation(Some(ns.path()))
+}
+
+/// Runs commands in a namespace and remembers each command line.
+struct CountingRunner {
+    inner: PrefixedRunner,
+    seen: Arc<Mutex<Vec<String>>>,
+}
+
+impl CommandRunner for CountingRunner {
+    fn run(&mut self, argv: &[String], stdin: Option<&str>) -> FwResult<String> {
+        self.seen.lock().unwrap().push(argv.join(" "));
+        self.inner.run(argv, stdin)
+    }
+
+    fn spawn(&mut self, argv: &[String]) -> Option<FwResult<Child>> {
+        self.seen.lock().unwrap().push(argv.join(" "));
+        self.inner.spawn(argv)
+    }
+}
+
+/// Listings (`iptables … -S`) among the command lines seen since the last call.
+fn listings_since(seen: &Arc<Mutex<Vec<String>>>) -> usize {
+    let mut seen = seen.lock().unwrap();
+    let n = seen
+        .iter()
+        .filter(|c| c.ends_with(" -S") || c.contains(" -S "))
+        .count();
+    seen.clear();
+    n
+}
+
+/// Processes in `ns` whose command line names `what`.
+fn processes_named(ns: &Netns, what: &str) -> usize {
+    ns.pids()
+        .iter()
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(what))
+        })
+        .count()
 }
 
 fn opening(source: impl Into<IpAddr>, port: u16, expires_at: u64) -> Opening {
@@ -226,6 +270,171 @@ fn restart_reconciles_leftovers_then_flush_and_shutdown_clean_up() {
         "the admin's rules stay: {after_exit}"
     );
     assert!(!tcp_connect_ok(&p.client, server, long_port, REFUSED_WAIT));
+}
+
+/// With iptables-nft, one long-lived iptables-restore takes every change, and a
+/// grant lists nothing while the ruleset is as the backend left it; anyone
+/// else's change (a rule by hand, a lost jump) makes the next grant list again,
+/// restore the jump and keep the other rule.
+#[test]
+fn grants_list_nothing_until_someone_else_changes_the_ruleset() {
+    if !can_run() {
+        return;
+    }
+    let p = pair("iptg");
+    let (client, server) = (IpAddr::from(p.client_ip), IpAddr::from(p.server_ip));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let runner = CountingRunner {
+        inner: PrefixedRunner::netns(&p.server.name, Duration::from_secs(30)),
+        seen: seen.clone(),
+    };
+    let config = IptablesConfig {
+        ipv6: false,
+        ..IptablesConfig::default()
+    };
+    let fw = IptablesBackend::new(&config, Box::new(runner)).unwrap();
+    let mut fw = fw.track_generation(Some(p.server.path()));
+    if !fw.tracks_generation() {
+        eprintln!("skipped: iptables is not the nf_tables variant here");
+        return;
+    }
+    let (a, b) = (2211, 2212);
+    for port in [a, b] {
+        drop_port(&p.server, "iptables", port);
+    }
+    let _la = tcp_listen(&p.server, a);
+    let _lb = tcp_listen(&p.server, b);
+    fw.init(now()).unwrap();
+    fw.grant(&[opening(client, a, now() + 600)]).unwrap();
+    assert!(
+        listings_since(&seen) > 0,
+        "the first grant lists the chains"
+    );
+    fw.grant(&[opening(client, b, now() + 600)]).unwrap();
+    assert_eq!(listings_since(&seen), 0, "the second grant lists nothing");
+    assert!(tcp_connect_ok(&p.client, server, b, OPEN_WAIT));
+    let start = now();
+    fw.grant(&[opening(client, b, start + 900)]).unwrap();
+    assert_eq!(listings_since(&seen), 0, "a refresh lists nothing either");
+    let rules = chain_rules(&p.server, "iptables");
+    let of_b: Vec<&String> = rules
+        .iter()
+        .filter(|r| r.contains("--dport 2212"))
+        .collect();
+    assert_eq!(of_b.len(), 1, "refreshed, not duplicated: {rules:?}");
+    assert!(
+        of_b[0].contains(&format!("postern_exp_{}", start + 900)),
+        "{rules:?}"
+    );
+    assert_eq!(
+        processes_named(&p.server, "restore"),
+        1,
+        "one long-lived iptables-restore"
+    );
+
+    // Someone else: a hand-made rule in our chain and the jump gone.
+    p.server.run_ok(&[
+        "iptables",
+        "-w",
+        "5",
+        "-A",
+        "POSTERN_INPUT",
+        "-s",
+        "198.51.100.9/32",
+        "-p",
+        "tcp",
+        "--dport",
+        "9",
+        "-j",
+        "ACCEPT",
+    ]);
+    p.server
+        .run_ok(&["iptables", "-w", "5", "-D", "INPUT", "-j", "POSTERN_INPUT"]);
+    assert!(!tcp_connect_ok(&p.client, server, a, REFUSED_WAIT));
+    fw.grant(&[opening(client, a, now() + 700)]).unwrap();
+    assert!(
+        listings_since(&seen) > 0,
+        "a changed ruleset is listed again"
+    );
+    assert!(
+        tcp_connect_ok(&p.client, server, a, OPEN_WAIT),
+        "jump restored by the grant"
+    );
+    let rules = chain_rules(&p.server, "iptables");
+    assert!(
+        rules.iter().any(|r| r.contains("198.51.100.9")),
+        "{rules:?}"
+    );
+    assert_eq!(rules.len(), 3, "{rules:?}");
+    fw.shutdown().unwrap();
+    drop(fw);
+    assert_eq!(
+        processes_named(&p.server, "restore"),
+        0,
+        "reaped at the end"
+    );
+}
+
+/// When the IPv6 restore process has died (killed by someone), a batch whose
+/// IPv6 transaction therefore fails leaves nothing of its IPv4 one (the IPv4
+/// restore undoes it), the error is reported, and the next batch works again
+/// with a fresh IPv6 restore.
+#[test]
+fn a_batch_failing_in_one_family_is_rolled_back_in_the_other() {
+    if !can_run() {
+        return;
+    }
+    let p = pair("iptf");
+    let (client, server) = (IpAddr::from(p.client_ip), IpAddr::from(p.server_ip));
+    let mut fw = backend_in(&p.server);
+    let port = 2221;
+    drop_port(&p.server, "iptables", port);
+    let _listener = tcp_listen(&p.server, port);
+    fw.init(now()).unwrap();
+    fw.grant(&[opening(client, 2222, now() + 600)]).unwrap();
+
+    let v6_restores: Vec<u32> = p
+        .server
+        .pids()
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains("ip6tables-restore"))
+        })
+        .collect();
+    assert_eq!(v6_restores.len(), 1, "init started the IPv6 restore");
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &v6_restores[0].to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let v6_client = IpAddr::from(p.client_ip6);
+    let e = fw
+        .grant(&[
+            opening(client, port, now() + 600),
+            opening(v6_client, port, now() + 600),
+        ])
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("ip6tables-restore"),
+        "the failing command is named: {e}"
+    );
+    let rules = chain_rules(&p.server, "iptables");
+    assert!(
+        !rules.iter().any(|r| r.contains(&format!("--dport {port}"))),
+        "the IPv4 half was undone: {rules:?}"
+    );
+    assert_eq!(rules.len(), 1, "the earlier grant stays: {rules:?}");
+    assert!(!tcp_connect_ok(&p.client, server, port, REFUSED_WAIT));
+
+    fw.grant(&[
+        opening(client, port, now() + 600),
+        opening(v6_client, port, now() + 600),
+    ])
+    .unwrap();
+    assert!(tcp_connect_ok(&p.client, server, port, OPEN_WAIT));
+    assert_eq!(fw.list().unwrap().len(), 3);
+    fw.shutdown().unwrap();
 }
 
 /// The same behaviour with the legacy (x_tables) variant, where it is installed

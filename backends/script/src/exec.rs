@@ -12,7 +12,7 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use std::io::{self, Read, Write};
 use std::os::unix::process::CommandExt;
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -66,6 +66,18 @@ fn read_capped(mut pipe: impl Read, max: usize) -> (Vec<u8>, bool) {
         }
     }
     (kept, truncated)
+}
+
+/// Spawn `cmd` with `privileges` as a long-lived child: stdin, stdout and stderr
+/// piped, its own process group (a terminal's Ctrl-C reaches the daemon only,
+/// which then closes the child's stdin). The caller owns the child's lifetime.
+pub fn spawn_piped(mut cmd: Command, privileges: ChildPrivileges) -> io::Result<Child> {
+    privileges.apply(&mut cmd);
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    cmd.spawn()
 }
 
 /// Spawn `cmd` (stdio is set here) with `privileges`, feed `stdin`, and collect

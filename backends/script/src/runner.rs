@@ -1,10 +1,10 @@
 //! Runs tools as argv, never through a shell, with a time limit.
 
 use crate::child::{CapSet, ChildPrivileges};
-use crate::exec::{run_limited, Limits};
+use crate::exec::{run_limited, spawn_piped, Limits};
 use spa_core::firewall::{CommandRunner, FirewallError, FwResult};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command};
 use std::time::Duration;
 
 /// Output kept from a firewall tool; listings of big rule sets fit comfortably.
@@ -33,6 +33,10 @@ impl CommandRunner for SystemRunner {
     fn run(&mut self, argv: &[String], stdin: Option<&str>) -> FwResult<String> {
         run_tool(argv, stdin, self.timeout, ChildPrivileges::firewall_tool())
     }
+
+    fn spawn(&mut self, argv: &[String]) -> Option<FwResult<Child>> {
+        Some(spawn_tool(argv, ChildPrivileges::firewall_tool()))
+    }
 }
 
 /// Spawns scripts (CMD_CYCLE_OPEN/CLOSE, the `script` action): like
@@ -51,6 +55,38 @@ impl CommandRunner for ConfinedRunner {
     }
 }
 
+/// What a program that could not be started is reported as.
+fn start_error(argv: &[String], e: std::io::Error) -> FirewallError {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        FirewallError::Missing {
+            backend: "runner",
+            what: format!("the program `{}`", argv[0]),
+            hint: "install it or configure its full path".into(),
+        }
+    } else {
+        FirewallError::Command {
+            command: describe(argv),
+            status: "could not start".into(),
+            stderr: e.to_string(),
+        }
+    }
+}
+
+fn empty_command() -> FirewallError {
+    FirewallError::Other {
+        backend: "runner",
+        message: "empty command".into(),
+    }
+}
+
+/// Start `argv` as a long-lived child with `privileges`.
+fn spawn_tool(argv: &[String], privileges: ChildPrivileges) -> FwResult<Child> {
+    let (program, args) = argv.split_first().ok_or_else(empty_command)?;
+    let mut cmd = Command::new(program);
+    cmd.args(args);
+    spawn_piped(cmd, privileges).map_err(|e| start_error(argv, e))
+}
+
 /// Run `argv` with `privileges`; its stdout on success.
 fn run_tool(
     argv: &[String],
@@ -58,31 +94,15 @@ fn run_tool(
     timeout: Duration,
     privileges: ChildPrivileges,
 ) -> FwResult<String> {
-    let (program, args) = argv.split_first().ok_or_else(|| FirewallError::Other {
-        backend: "runner",
-        message: "empty command".into(),
-    })?;
+    let (program, args) = argv.split_first().ok_or_else(empty_command)?;
     let mut cmd = Command::new(program);
     cmd.args(args);
     let limits = Limits {
         timeout,
         max_output: MAX_TOOL_OUTPUT,
     };
-    let finished = run_limited(cmd, stdin.map(str::as_bytes), limits, privileges).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            FirewallError::Missing {
-                backend: "runner",
-                what: format!("the program `{program}`"),
-                hint: "install it or configure its full path".into(),
-            }
-        } else {
-            FirewallError::Command {
-                command: describe(argv),
-                status: "could not start".into(),
-                stderr: e.to_string(),
-            }
-        }
-    })?;
+    let finished = run_limited(cmd, stdin.map(str::as_bytes), limits, privileges)
+        .map_err(|e| start_error(argv, e))?;
     let stderr = String::from_utf8_lossy(&finished.stderr).trim().to_string();
     match finished.status {
         None => Err(FirewallError::Command {
@@ -133,6 +153,11 @@ impl CommandRunner for PrefixedRunner {
     fn run(&mut self, argv: &[String], stdin: Option<&str>) -> FwResult<String> {
         let full: Vec<String> = self.prefix.iter().chain(argv).cloned().collect();
         self.inner.run(&full, stdin)
+    }
+
+    fn spawn(&mut self, argv: &[String]) -> Option<FwResult<Child>> {
+        let full: Vec<String> = self.prefix.iter().chain(argv).cloned().collect();
+        self.inner.spawn(&full)
     }
 }
 
@@ -234,6 +259,36 @@ mod tests {
         };
         let err = r.run(&argv(&["sleep", "5"]), None).unwrap_err();
         assert!(err.to_string().contains("killed"), "{err}");
+    }
+
+    #[test]
+    fn spawned_children_are_long_lived_and_prefixed_like_runs() {
+        use std::io::{Read, Write};
+        let mut child = SystemRunner::default()
+            .spawn(&argv(&["cat"]))
+            .unwrap()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"one\ntwo\n")
+            .unwrap();
+        let mut out = String::new();
+        child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
+        assert_eq!(out, "one\ntwo\n");
+        assert!(child.wait().unwrap().success());
+        let mut r = PrefixedRunner::new(argv(&["echo", "pre"]), Box::new(SystemRunner::default()));
+        let child = r.spawn(&argv(&["x"])).unwrap().unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "pre x\n");
+        let missing = SystemRunner::default().spawn(&argv(&["/nonexistent/tool"]));
+        assert!(matches!(missing, Some(Err(FirewallError::Missing { .. }))));
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! One measurement's world: a fresh client/server namespace pair, many client
 //! source addresses, a TCP listener on the protected port, and one SPA server
-//! (posternd with its nftables action, or real fwknopd with iptables).
+//! (posternd with its nftables or iptables action, or real fwknopd with iptables).
 
 use super::net::{connect_until, try_connect, Udp};
 use super::sys::{run_in, Rng};
@@ -21,6 +21,8 @@ pub const SPA_PORT: u16 = 62201;
 pub const SERVER_ADDR: Ipv4Addr = Ipv4Addr::new(172, 16, 0, 1);
 /// nftables table posternd is given.
 pub const NFT_TABLE: &str = "postern_bench";
+/// posternd's iptables chain (its default).
+pub const IPT_CHAIN: &str = "POSTERN_INPUT";
 /// Grant lifetime: longer than any measurement, so nothing expires mid-way.
 const ACCESS_TIMEOUT: u32 = 120;
 
@@ -30,15 +32,19 @@ pub enum Kind {
     PosterndPcap,
     /// NFQUEUE capture; its queue rule by iptables (the kernel may lack nft_queue).
     PosterndNfq,
+    /// UDP capture, iptables action (a migrating fwknopd user's default):
+    /// grants are rules in POSTERN_INPUT, the port closed by an INPUT DROP.
+    PosterndIptables,
     FwknopdPcap,
     FwknopdUdp,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 6] = [
         Kind::PosterndUdp,
         Kind::PosterndPcap,
         Kind::PosterndNfq,
+        Kind::PosterndIptables,
         Kind::FwknopdPcap,
         Kind::FwknopdUdp,
     ];
@@ -48,6 +54,7 @@ impl Kind {
             Kind::PosterndUdp => "posternd-udp",
             Kind::PosterndPcap => "posternd-pcap",
             Kind::PosterndNfq => "posternd-nfq",
+            Kind::PosterndIptables => "posternd-iptables",
             Kind::FwknopdPcap => "fwknopd-pcap",
             Kind::FwknopdUdp => "fwknopd-udp",
         }
@@ -58,6 +65,7 @@ impl Kind {
             Kind::PosterndUdp => "posternd (UDP, nftables)",
             Kind::PosterndPcap => "posternd (pcap, nftables)",
             Kind::PosterndNfq => "posternd (NFQUEUE, nftables)",
+            Kind::PosterndIptables => "posternd (UDP, iptables)",
             Kind::FwknopdPcap => "fwknopd 2.6.10 (pcap, iptables)",
             Kind::FwknopdUdp => "fwknopd 2.6.10 (UDP server, iptables)",
         }
@@ -70,7 +78,29 @@ impl Kind {
     pub fn is_posternd(self) -> bool {
         matches!(
             self,
-            Kind::PosterndUdp | Kind::PosterndPcap | Kind::PosterndNfq
+            Kind::PosterndUdp | Kind::PosterndPcap | Kind::PosterndNfq | Kind::PosterndIptables
+        )
+    }
+
+    /// Grants are iptables rules and the port is closed by an INPUT DROP.
+    pub fn uses_iptables(self) -> bool {
+        !self.is_posternd() || self == Kind::PosterndIptables
+    }
+
+    /// The iptables chain holding the grants.
+    pub fn grant_chain(self) -> &'static str {
+        if self.is_posternd() {
+            IPT_CHAIN
+        } else {
+            "FWKNOP_INPUT"
+        }
+    }
+
+    /// Its UDP socket receives the packets (not pcap or a queue).
+    pub fn udp_socket(self) -> bool {
+        matches!(
+            self,
+            Kind::PosterndUdp | Kind::PosterndIptables | Kind::FwknopdUdp
         )
     }
 }
@@ -141,6 +171,9 @@ pub struct Setup {
     /// posternd's replay store: `None` = its default (`file`, redb), `memory`, or
     /// `redis=URL`.
     pub replay: Option<String>,
+    /// posternd's `[server] queue_depth` (knocks past the HMAC check in flight);
+    /// `None`: its default.
+    pub queue_depth: Option<usize>,
 }
 
 /// A running SPA server inside the server namespace.
@@ -178,7 +211,7 @@ impl Server {
         let log = d.join("server.log");
         let s = |p: &Path| p.display().to_string();
         let argv: Vec<String> = if kind.is_posternd() {
-            let capture = if kind == Kind::PosterndUdp {
+            let capture = if matches!(kind, Kind::PosterndUdp | Kind::PosterndIptables) {
                 format!("type = \"udp\"\nlisten = \"0.0.0.0:{SPA_PORT}\"")
             } else if kind == Kind::PosterndNfq {
                 format!(
@@ -198,12 +231,23 @@ impl Server {
                 }
                 Some(_) => format!("[replay]\ntype = \"{}\"\n", setup.replay.as_ref().unwrap()),
             };
+            let queue = setup
+                .queue_depth
+                .map(|n| format!("queue_depth = {n}\n"))
+                .unwrap_or_default();
+            let action = if kind == Kind::PosterndIptables {
+                "type = \"iptables\"\nipv6 = false\n".to_string()
+            } else {
+                format!(
+                    "type = \"nftables\"\ntable = \"{NFT_TABLE}\"\nprotected = [\"tcp/{PORT}\"]\n"
+                )
+            };
             let toml = d.join("postern.toml");
             write_private(
                 &toml,
                 &format!(
-                    "access_file = \"{}\"\n[server]\nrun_dir = \"{}\"\n[[capture]]\n{capture}\n\
-                     [[action]]\ntype = \"nftables\"\ntable = \"{NFT_TABLE}\"\nprotected = [\"tcp/{PORT}\"]\n{replay}",
+                    "access_file = \"{}\"\n[server]\nrun_dir = \"{}\"\n{queue}[[capture]]\n{capture}\n\
+                     [[action]]\n{action}{replay}",
                     s(&access),
                     s(&run)
                 ),
@@ -287,9 +331,11 @@ impl Server {
 
 /// Grants currently installed; call from a thread inside the server namespace
 /// (the tool inherits the thread's namespace). nftables: elements of
-/// `grants4`; iptables: rules in fwknopd's FWKNOP_INPUT chain.
+/// `grants4`; iptables: rules in the grant chain (fwknopd's FWKNOP_INPUT,
+/// posternd's POSTERN_INPUT).
 pub fn count_grants(kind: Kind) -> Option<usize> {
-    let out = if kind.is_posternd() {
+    let chain = kind.grant_chain();
+    let out = if !kind.uses_iptables() {
         Command::new("nft")
             .args(["list", "set", "inet", NFT_TABLE, "grants4"])
             .stdin(Stdio::null())
@@ -298,7 +344,7 @@ pub fn count_grants(kind: Kind) -> Option<usize> {
             .ok()?
     } else {
         Command::new("iptables")
-            .args(["-w", "-S", "FWKNOP_INPUT"])
+            .args(["-w", "-S", chain])
             .stdin(Stdio::null())
             .stderr(Stdio::null())
             .output()
@@ -308,13 +354,12 @@ pub fn count_grants(kind: Kind) -> Option<usize> {
         return None;
     }
     let text = String::from_utf8_lossy(&out.stdout);
-    Some(if kind.is_posternd() {
+    Some(if !kind.uses_iptables() {
         // One "expires" per element with a timeout.
         text.matches("expires ").count()
     } else {
-        text.lines()
-            .filter(|l| l.starts_with("-A FWKNOP_INPUT"))
-            .count()
+        let rule = format!("-A {chain} ");
+        text.lines().filter(|l| l.starts_with(&rule)).count()
     })
 }
 
@@ -412,7 +457,7 @@ impl Env {
             "permanent",
         ]);
         let listener = tcp_listen(srv, PORT);
-        if !kind.is_posternd() {
+        if kind.uses_iptables() {
             let port = PORT.to_string();
             srv.run_ok(&[
                 "iptables",

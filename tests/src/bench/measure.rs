@@ -1,6 +1,6 @@
 //! The measurements. Each takes a fresh [`Env`] and returns plain numbers.
 
-use super::env::{count_grants, spa_dst, svc_dst, Env, Kind, NFT_TABLE};
+use super::env::{count_grants, spa_dst, svc_dst, Env, Keys, Kind, NFT_TABLE};
 use super::net::{connect_until, poll_out, try_connect, Attempt, Udp};
 use super::nlcount::SetCounter;
 use super::sys::{cpu_time, rss_kib, run_in, spawn_in, NetCounters, Rng};
@@ -92,12 +92,16 @@ pub struct Burst {
     /// Grants counted with `nft list set` / `iptables -S` once polling stopped
     /// (a cross-check of the netlink count).
     pub listed_at_end: Option<usize>,
+    /// The server namespace's counters over the burst (knocks lost to a full
+    /// receive buffer show as rcvbuf drops).
+    pub counters: NetCounters,
 }
 
 /// `n` knocks from `n` distinct sources sent back to back; grants counted by
 /// polling the firewall from inside the server namespace.
 pub fn burst(env: &Env, n: usize, stall: Duration, cap: Duration) -> Burst {
     let kind = env.server.kind;
+    let before = NetCounters::read(env.server.pid, Pair::SERVER_IF);
     let keys = env.keys.clone();
     let srcs: Vec<Ipv4Addr> = env.srcs[1..=n].to_vec();
     // Sockets and packets first, so the send loop is only sendto.
@@ -121,15 +125,24 @@ pub fn burst(env: &Env, n: usize, stall: Duration, cap: Duration) -> Burst {
         (t0, t0.elapsed(), sent)
     });
     let _ = ready_rx.recv();
+    let log_path = env.server.log.clone();
     let poller = spawn_in(env.server_ns(), "burst-poll", move || {
-        let mut nl = if kind.is_posternd() {
+        // posternd with nftables: a netlink dump of the set. With iptables a
+        // dump of 10,000 rules takes tens of milliseconds of the machine's
+        // CPU, so its "granted:" log lines (written once the grant is in the
+        // chain) are counted instead; the listing at the end cross-checks.
+        let mut nl = if kind == Kind::PosterndIptables {
+            None
+        } else if kind.is_posternd() {
             SetCounter::new(NFT_TABLE, "grants4").ok()
         } else {
             None
         };
-        let mut count_grants = |k: Kind| match nl.as_mut() {
-            Some(c) => c.count().ok(),
-            None => count_grants(k),
+        let mut log = (kind == Kind::PosterndIptables).then(|| LogCounter::new(&log_path));
+        let mut count_grants = |k: Kind| match (nl.as_mut(), log.as_mut()) {
+            (Some(c), _) => c.count().ok(),
+            (None, Some(l)) => l.count(),
+            (None, None) => count_grants(k),
         };
         let base = count_grants(kind).unwrap_or(0);
         let _ = go_tx.send(());
@@ -153,7 +166,9 @@ pub fn burst(env: &Env, n: usize, stall: Duration, cap: Duration) -> Burst {
             if c - base.min(c) >= n || done - last_change > stall || done - start > cap {
                 break;
             }
-            std::thread::sleep(Duration::from_micros(200));
+            // Wait as long as the poll took, so polling a long listing does
+            // not take a CPU from the server on a small machine.
+            std::thread::sleep(Duration::from_micros(200).max(done - t));
         }
         let listed = super::env::count_grants(kind).map(|c| c - base.min(c));
         (seen, polls, poll_total, listed)
@@ -174,27 +189,125 @@ pub fn burst(env: &Env, n: usize, stall: Duration, cap: Duration) -> Burst {
         polls,
         poll_cost: poll_total / polls.max(1) as u32,
         listed_at_end,
+        counters: NetCounters::read(env.server.pid, Pair::SERVER_IF).delta(&before),
+    }
+}
+
+/// Counts the grants a posternd has logged (`granted: ` lines), reading only
+/// what was appended since the last call.
+struct LogCounter {
+    file: Option<std::fs::File>,
+    partial: Vec<u8>,
+    grants: usize,
+}
+
+impl LogCounter {
+    fn new(path: &std::path::Path) -> LogCounter {
+        LogCounter {
+            file: std::fs::File::open(path).ok(),
+            partial: Vec::new(),
+            grants: 0,
+        }
+    }
+
+    fn count(&mut self) -> Option<usize> {
+        use std::io::Read;
+        let file = self.file.as_mut()?;
+        let mut buf = Vec::new();
+        file.read_to_end(&mut buf).ok()?;
+        self.partial.extend_from_slice(&buf);
+        let complete = self
+            .partial
+            .iter()
+            .rposition(|b| *b == b'\n')
+            .map_or(0, |i| i + 1);
+        let text = String::from_utf8_lossy(&self.partial[..complete]);
+        self.grants += text.lines().filter(|l| l.contains(" granted: ")).count();
+        self.partial.drain(..complete);
+        Some(self.grants)
     }
 }
 
 // ---------------------------------------------------------------- 3. garbage
 
+const B64: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+fn base64_garbage(rng: &mut Rng, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|_| B64[(rng.next_u64() % 64) as usize])
+        .collect()
+}
+
 /// Random payloads, 140..=1500 bytes: half from the base64 alphabet (they pass
 /// a charset precheck and cost an HMAC), half random bytes.
 pub fn garbage_pool(rng: &mut Rng, n: usize) -> Vec<Vec<u8>> {
-    const B64: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     (0..n)
         .map(|i| {
             let len = rng.range(140, 1500) as usize;
             if i % 2 == 0 {
-                (0..len)
-                    .map(|_| B64[(rng.next_u64() % 64) as usize])
-                    .collect()
+                base64_garbage(rng, len)
             } else {
                 (0..len).map(|_| rng.next_u64() as u8).collect()
             }
         })
         .collect()
+}
+
+/// What a flood sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GarbageKind {
+    /// [`garbage_pool`]: random lengths and bytes; most never pass the
+    /// server's length filter.
+    Random,
+    /// Base64 of exactly a real knock's length (same keys, same source): passes
+    /// the length filter and the charset check, and costs an HMAC each.
+    SameLength,
+    /// One valid knock, sent again and again: passes the HMAC, and every copy
+    /// after the first is a replay.
+    Replay,
+}
+
+impl GarbageKind {
+    pub const ALL: [GarbageKind; 3] = [
+        GarbageKind::Random,
+        GarbageKind::SameLength,
+        GarbageKind::Replay,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            GarbageKind::Random => "random",
+            GarbageKind::SameLength => "same-length",
+            GarbageKind::Replay => "replay",
+        }
+    }
+
+    /// How the table names it.
+    pub fn label(self) -> &'static str {
+        match self {
+            GarbageKind::Random => "random garbage",
+            GarbageKind::SameLength => "garbage of a knock's length",
+            GarbageKind::Replay => "replays of one knock",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<GarbageKind> {
+        GarbageKind::ALL.into_iter().find(|k| k.name() == s)
+    }
+
+    /// The packets a flood of this kind cycles through, from `src` (whose knock
+    /// gives the real length, or is the one replayed).
+    pub fn pool(self, rng: &mut Rng, keys: &Keys, src: Ipv4Addr) -> Vec<Vec<u8>> {
+        match self {
+            GarbageKind::Random => garbage_pool(rng, 4096),
+            GarbageKind::SameLength => {
+                let len = keys.knock(rng, src).len();
+                (0..4096).map(|_| base64_garbage(rng, len)).collect()
+            }
+            // Copies, so the sender still hands the kernel 256 at a time.
+            GarbageKind::Replay => vec![keys.knock(rng, src); 256],
+        }
+    }
 }
 
 /// Send garbage from `sock` until `n` packets are out, `stop` is set or
@@ -261,7 +374,7 @@ impl Garbage {
     }
 }
 
-pub fn garbage(env: &mut Env, n: u64, pps: u64, give_up: Duration) -> Garbage {
+pub fn garbage(env: &mut Env, what: GarbageKind, n: u64, pps: u64, give_up: Duration) -> Garbage {
     let kind = env.server.kind;
     let pid = env.server.pid;
     let keys = env.keys.clone();
@@ -271,7 +384,7 @@ pub fn garbage(env: &mut Env, n: u64, pps: u64, give_up: Duration) -> Garbage {
     let rss0 = rss_kib(pid).unwrap_or(0);
     let (sent, send_time, open_after, retry_open_after) = run_in(env.client_ns(), move || {
         let mut rng = Rng::new();
-        let pool = garbage_pool(&mut rng, 4096);
+        let pool = what.pool(&mut rng, &keys, gsrc);
         let sock = Udp::bind(gsrc).expect("bind garbage socket");
         let ksock = Udp::bind(ksrc).expect("bind knock socket");
         let pkt = keys.knock(&mut rng, ksrc);
@@ -292,21 +405,11 @@ pub fn garbage(env: &mut Env, n: u64, pps: u64, give_up: Duration) -> Garbage {
         });
         (sent, send_time, open, retry)
     });
-    // Let the server drain what it still has queued before reading its CPU time.
-    let mut last = cpu_time(pid).unwrap_or_default();
-    let settle_until = Instant::now() + Duration::from_secs(8);
-    while Instant::now() < settle_until {
-        std::thread::sleep(Duration::from_millis(250));
-        let c = cpu_time(pid).unwrap_or_default();
-        if c.saturating_sub(last) <= Duration::from_millis(10) {
-            break;
-        }
-        last = c;
-    }
+    settle(pid);
     let cpu1 = cpu_time(pid).unwrap_or_default();
     let rss1 = rss_kib(pid).unwrap_or(0);
     let counters = NetCounters::read(pid, Pair::SERVER_IF).delta(&before);
-    let received = if matches!(kind, Kind::PosterndUdp | Kind::FwknopdUdp) {
+    let received = if kind.udp_socket() {
         counters.udp_in
     } else {
         counters.if_rx
@@ -325,6 +428,20 @@ pub fn garbage(env: &mut Env, n: u64, pps: u64, give_up: Duration) -> Garbage {
     }
 }
 
+/// Let the server drain what it still has queued before reading its CPU time.
+fn settle(pid: u32) {
+    let mut last = cpu_time(pid).unwrap_or_default();
+    let settle_until = Instant::now() + Duration::from_secs(8);
+    while Instant::now() < settle_until {
+        std::thread::sleep(Duration::from_millis(250));
+        let c = cpu_time(pid).unwrap_or_default();
+        if c.saturating_sub(last) <= Duration::from_millis(10) {
+            break;
+        }
+        last = c;
+    }
+}
+
 // ---------------------------------------------------------------- 4. storm
 
 #[derive(Debug, Default)]
@@ -338,6 +455,18 @@ pub struct Storm {
     /// Latencies of the knocks that opened (sorted).
     pub samples: Vec<Duration>,
     pub counters: NetCounters,
+    /// The server's CPU time over the storm (garbage and knocks).
+    pub cpu: Duration,
+    pub rss_before_kib: u64,
+    pub rss_after_kib: u64,
+}
+
+impl Storm {
+    /// The server's CPU time per garbage packet sent (the knocks' share is
+    /// counted in: a hundred knocks against hundreds of thousands of packets).
+    pub fn cpu_per_sent(&self) -> Option<Duration> {
+        (self.garbage_sent > 0).then(|| self.cpu / self.garbage_sent as u32)
+    }
 }
 
 /// Garbage at `pps` (paced) for the whole run, while `knocks` valid knocks go out
@@ -346,6 +475,7 @@ pub struct Storm {
 /// `attempt`, then a fresh one replaces it) for up to `give_up`.
 pub fn storm(
     env: &Env,
+    what: GarbageKind,
     pps: u64,
     knocks: usize,
     interval: Duration,
@@ -356,12 +486,16 @@ pub fn storm(
     let duration = lead + interval * knocks as u32 + give_up;
     let stop = Arc::new(AtomicBool::new(false));
     let gsrc = env.srcs[knocks + 1];
-    let before = NetCounters::read(env.server.pid, Pair::SERVER_IF);
+    let pid = env.server.pid;
+    let before = NetCounters::read(pid, Pair::SERVER_IF);
+    let cpu0 = cpu_time(pid).unwrap_or_default();
+    let rss0 = rss_kib(pid).unwrap_or(0);
     let flooder = {
         let stop = stop.clone();
+        let keys = env.keys.clone();
         spawn_in(env.client_ns(), "storm-flood", move || {
             let mut rng = Rng::new();
-            let pool = garbage_pool(&mut rng, 4096);
+            let pool = what.pool(&mut rng, &keys, gsrc);
             let sock = Udp::bind(gsrc).expect("bind garbage socket");
             flood(&sock, &pool, u64::MAX, pps, duration, &stop)
         })
@@ -440,7 +574,10 @@ pub fn storm(
     });
     stop.store(true, Ordering::Relaxed);
     let (gsent, elapsed) = flooder.join().expect("flood thread");
-    let counters = NetCounters::read(env.server.pid, Pair::SERVER_IF).delta(&before);
+    settle(pid);
+    let cpu = cpu_time(pid).unwrap_or_default().saturating_sub(cpu0);
+    let rss1 = rss_kib(pid).unwrap_or(0);
+    let counters = NetCounters::read(pid, Pair::SERVER_IF).delta(&before);
     Storm {
         target_pps: pps,
         achieved_pps: gsent as f64 / elapsed.as_secs_f64().max(1e-9),
@@ -453,6 +590,9 @@ pub fn storm(
         opened: result.len(),
         samples: result,
         counters,
+        cpu,
+        rss_before_kib: rss0,
+        rss_after_kib: rss1,
     }
 }
 
@@ -466,7 +606,6 @@ pub fn micro() -> Vec<(String, Duration)> {
     use spa_core::packet::{precheck, verify_hmac, HmacKey, RIJNDAEL_PREFIX};
     use spa_core::DigestType;
     use std::hint::black_box;
-    const B64: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut rng = Rng::new();
     let key = postern_e2e::scenario::random_bytes(64);
     let hk = HmacKey {
@@ -486,9 +625,7 @@ pub fn micro() -> Vec<(String, Duration)> {
     };
     let mut out = Vec::new();
     for len in [200usize, 800, 1500] {
-        let pkt: Vec<u8> = (0..len)
-            .map(|_| B64[(rng.next_u64() % 64) as usize])
-            .collect();
+        let pkt = base64_garbage(&mut rng, len);
         out.push((
             format!("precheck, {len} B base64 garbage"),
             time(&mut || {
