@@ -238,9 +238,24 @@ impl IptablesBackend {
                 lines.push(format!("-X {BLOCK_CHAIN}"));
                 self.apply(family, &spec.table, &lines)?;
             }
+            self.destroy_set(family)?;
+        }
+        Ok(())
+    }
+
+    /// `ipset destroy`, waiting out the kernel: with iptables-nft, a rule
+    /// that used the set lets go of it a moment after its deletion commits
+    /// ("in use by a kernel component" until then).
+    fn destroy_set(&mut self, family: usize) -> FwResult<()> {
+        const TRIES: u32 = 50;
+        for attempt in 1..=TRIES {
             match self.run_ipset(&["destroy", set_name(family)], None) {
-                Err(e) if !is_missing_set(&e) => return Err(e),
-                _ => {}
+                Ok(_) => return Ok(()),
+                Err(e) if is_missing_set(&e) => return Ok(()),
+                Err(e) if attempt < TRIES && e.to_string().contains("in use") => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => return Err(e),
             }
         }
         Ok(())
