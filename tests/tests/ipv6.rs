@@ -82,6 +82,8 @@ enum Capture {
     Pcap,
     /// pcap taking ICMPv6 (`postern -P icmp` to an IPv6 server).
     PcapIcmp6,
+    /// NFQUEUE, its rule made by posternd (with iptables: ip6tables too).
+    Nfqueue,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -105,6 +107,7 @@ fn ipv6_only_knock(tag: &str, port: u16, capture: Capture, backend: Backend) {
             "[[capture]]\ntype = \"pcap\"\ninterfaces = [\"{}\"]\nfilter = \"icmp6\"\n",
             Pair::SERVER_IF
         ),
+        Capture::Nfqueue => "[[capture]]\ntype = \"nfqueue\"\n".into(),
     };
     let mut firewalld = None;
     let action = match backend {
@@ -198,6 +201,9 @@ fn knocks_over_ipv6_open_ipv6_addresses_for_each_capture_and_backend() {
         ("t6i", 22306, Capture::Tcp, Backend::Iptables),
         ("p6i", 22307, Capture::Pcap, Backend::Iptables),
         ("u6f", 22308, Capture::Udp, Backend::Firewalld),
+        // (The nftables form of the queue rule is not tested: this kernel's
+        // nf_tables has no `queue` expression.)
+        ("q6i", 22311, Capture::Nfqueue, Backend::Iptables),
     ];
     let cases = cases
         .into_iter()

@@ -65,6 +65,19 @@ pub fn iptables_setup(program: &str, s: &Settings) -> Vec<Vec<String>> {
     ]
 }
 
+/// The IPv6 twin of an iptables program (`iptables-nft` → `ip6tables-nft`),
+/// when this host has it: the queue rule is made for both families, so a
+/// knock over IPv6 is queued too (the nftables form's `inet` table is).
+pub fn ip6tables_twin(program: &str) -> Option<String> {
+    let (dir, name) = program.rsplit_once('/').unwrap_or(("", program));
+    let variant = name.strip_prefix("iptables")?;
+    let twin = match dir {
+        "" => format!("ip6tables{variant}"),
+        dir => format!("{dir}/ip6tables{variant}"),
+    };
+    postern_backend_script::runner::find_program(&twin).map(|_| twin)
+}
+
 /// Removing one jump to the chain (repeated until none is left).
 pub fn iptables_unjump(program: &str, s: &Settings) -> Vec<String> {
     iptables(program, &s.table, &["-D", "INPUT", "-j", &s.chain])
@@ -112,6 +125,8 @@ pub fn nft_teardown(s: &Settings) -> String {
 pub struct QueueRule {
     settings: Settings,
     maker: Maker,
+    /// With the iptables tool: iptables, and its IPv6 twin when there is one.
+    programs: Vec<String>,
     runner: SystemRunner,
     /// Complete: failing to take it away is worth a warning.
     installed: bool,
@@ -122,18 +137,36 @@ impl QueueRule {
     /// rule. Nothing is left half made: on error what was added is removed.
     pub fn install(settings: &Settings, maker: Maker) -> anyhow::Result<QueueRule> {
         let tool = maker.tool;
+        let programs = match tool {
+            RuleTool::Iptables => {
+                let twin = ip6tables_twin(&maker.iptables);
+                if twin.is_none() {
+                    tracing::info!(
+                        "nfqueue capture: no ip6tables next to {}; knocks over IPv6 are not queued",
+                        maker.iptables
+                    );
+                }
+                std::iter::once(maker.iptables.clone())
+                    .chain(twin)
+                    .collect()
+            }
+            _ => Vec::new(),
+        };
         let mut rule = QueueRule {
             settings: settings.clone(),
             maker,
+            programs,
             runner: SystemRunner::default(),
             installed: false,
         };
         let result = match tool {
             RuleTool::Iptables => {
                 rule.clear_iptables();
-                iptables_setup(&rule.maker.iptables, settings)
-                    .iter()
-                    .try_for_each(|argv| rule.runner.run(argv, None).map(drop))
+                rule.programs.iter().try_for_each(|program| {
+                    iptables_setup(program, settings)
+                        .iter()
+                        .try_for_each(|argv| rule.runner.run(argv, None).map(drop))
+                })
             }
             RuleTool::Nftables => rule
                 .runner
@@ -151,18 +184,20 @@ impl QueueRule {
 
     /// Remove every jump to the chain, then the chain (each may be missing).
     fn clear_iptables(&mut self) {
-        let unjump = iptables_unjump(&self.maker.iptables, &self.settings);
-        for _ in 0..MAX_STALE_JUMPS {
-            if self.runner.run(&unjump, None).is_err() {
-                break;
-            }
-        }
-        for argv in iptables_drop_chain(&self.maker.iptables, &self.settings) {
-            if let Err(e) = self.runner.run(&argv, None) {
-                if self.installed {
-                    tracing::warn!("nfqueue capture: cannot remove its chain: {e}");
+        for program in &self.programs {
+            let unjump = iptables_unjump(program, &self.settings);
+            for _ in 0..MAX_STALE_JUMPS {
+                if self.runner.run(&unjump, None).is_err() {
+                    break;
                 }
-                break;
+            }
+            for argv in iptables_drop_chain(program, &self.settings) {
+                if let Err(e) = self.runner.run(&argv, None) {
+                    if self.installed {
+                        tracing::warn!("nfqueue capture: cannot remove its chain: {e}");
+                    }
+                    break;
+                }
             }
         }
     }
@@ -233,6 +268,29 @@ mod tests {
                 "iptables -w 10 -t mangle -X FWKNOP_NFQ",
             ]
         );
+    }
+
+    #[test]
+    fn the_ipv6_twin_of_each_iptables_variant() {
+        // Only names this host has are returned (Debian ships all of these).
+        if postern_backend_script::runner::find_program("ip6tables").is_none() {
+            return;
+        }
+        assert_eq!(ip6tables_twin("iptables").as_deref(), Some("ip6tables"));
+        assert_eq!(
+            ip6tables_twin("iptables-nft").as_deref(),
+            Some("ip6tables-nft")
+        );
+        assert_eq!(
+            ip6tables_twin("iptables-legacy").as_deref(),
+            Some("ip6tables-legacy")
+        );
+        assert_eq!(
+            ip6tables_twin("/usr/sbin/iptables").as_deref(),
+            Some("/usr/sbin/ip6tables")
+        );
+        assert_eq!(ip6tables_twin("firewall-cmd"), None);
+        assert_eq!(ip6tables_twin("ipfw"), None);
     }
 
     #[test]
