@@ -201,26 +201,41 @@ fn send_tcp(wire: &[u8], t: &Target, addrs: &[SocketAddr]) -> Result<Route> {
 /// The request carrying `wire` and where it goes: the server, or the proxy (on
 /// its own port if it names one, else on the server port, as fwknop).
 fn http_request(wire: &str, t: &Target) -> Result<(String, Target)> {
+    // An IPv6 literal is bracketed in the Host header and in URLs (RFC 3986).
+    let server = match t.host.parse::<Ipv6Addr>() {
+        Ok(v6) => format!("[{v6}]"),
+        Err(_) => t.host.clone(),
+    };
     let Some(proxy) = &t.http.proxy else {
-        let request = spa_core::http::request(wire, &t.host, &t.http.user_agent);
+        let request = spa_core::http::request(wire, &server, &t.http.user_agent);
         return Ok((request, t.clone()));
     };
     let proxy = match proxy.get(..7) {
         Some(scheme) if scheme.eq_ignore_ascii_case("http://") => &proxy[7..],
         _ => proxy.as_str(),
     };
-    let (host, port) = match proxy.split_once(':') {
-        None => (proxy, t.port),
-        Some((host, port)) => match port.parse::<u16>() {
-            Ok(p) if p > 0 => (host, p),
-            _ => {
-                return Err(ClientError::Usage(format!(
-                    "-H/--http-proxy: the port in `{proxy}` must be 1-65535"
-                )))
-            }
+    let bad_port = || {
+        ClientError::Usage(format!(
+            "-H/--http-proxy: the port in `{proxy}` must be 1-65535"
+        ))
+    };
+    // HOST[:PORT], where HOST may be a bracketed IPv6 literal.
+    let (host, port) = match proxy.strip_prefix('[').and_then(|p| p.split_once(']')) {
+        Some((v6, rest)) => (v6, rest.strip_prefix(':')),
+        None => match proxy.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (proxy, None),
         },
     };
-    let request = spa_core::http::proxy_request(wire, &t.host, host, &t.http.user_agent);
+    let port = match port {
+        None => t.port,
+        Some(p) => p
+            .parse::<u16>()
+            .ok()
+            .filter(|&p| p > 0)
+            .ok_or_else(bad_port)?,
+    };
+    let request = spa_core::http::proxy_request(wire, &server, host, &t.http.user_agent);
     let via = Target {
         host: host.to_string(),
         port,
@@ -406,6 +421,37 @@ mod tests {
         };
         send("tcp-spa", &t).unwrap();
         assert_eq!(h.join().unwrap(), b"tcp-spa");
+    }
+
+    #[test]
+    fn ipv6_literals_are_bracketed_in_requests_and_proxies() {
+        let t = Target {
+            proto: ServerProto::Http,
+            host: "2001:db8::1".into(),
+            port: 62201,
+            family: Family::Any,
+            source_port: None,
+            http: HttpVia {
+                user_agent: "Fwknop/test".into(),
+                proxy: None,
+            },
+            raw: RawOptions::default(),
+        };
+        let (direct, _) = http_request("abc", &t).unwrap();
+        assert!(direct.contains("\r\nHost: [2001:db8::1]\r\n"), "{direct}");
+        let proxied = Target {
+            http: HttpVia {
+                user_agent: "Fwknop/test".into(),
+                proxy: Some("http://[2001:db8::3128]:8080".into()),
+            },
+            ..t
+        };
+        let (request, via) = http_request("abc", &proxied).unwrap();
+        assert!(
+            request.starts_with("GET http://[2001:db8::1]/abc "),
+            "{request}"
+        );
+        assert_eq!((via.host.as_str(), via.port), ("2001:db8::3128", 8080));
     }
 
     #[test]

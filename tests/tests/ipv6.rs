@@ -84,6 +84,8 @@ enum Capture {
     PcapIcmp6,
     /// NFQUEUE, its rule made by posternd (with iptables: ip6tables too).
     Nfqueue,
+    /// TCP taking SPA over HTTP (`postern -P http`).
+    TcpHttp,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -101,7 +103,7 @@ fn ipv6_only_knock(tag: &str, port: u16, capture: Capture, backend: Backend) {
     ipv6_only(&svc);
     let capture_toml = match capture {
         Capture::Udp => udp_capture(SPA_PORT),
-        Capture::Tcp => tcp_capture(SPA_PORT),
+        Capture::Tcp | Capture::TcpHttp => tcp_capture(SPA_PORT),
         Capture::Pcap => pcap_capture(Pair::SERVER_IF, SPA_PORT),
         Capture::PcapIcmp6 => format!(
             "[[capture]]\ntype = \"pcap\"\ninterfaces = [\"{}\"]\nfilter = \"icmp6\"\n",
@@ -130,6 +132,11 @@ fn ipv6_only_knock(tag: &str, port: u16, capture: Capture, backend: Backend) {
         }
     };
     let s = Setup::new(svc, TIMEOUT, "memory", &format!("{capture_toml}\n{action}"));
+    if matches!(capture, Capture::TcpHttp) {
+        let toml = std::fs::read_to_string(s.conf.path("postern.toml")).unwrap();
+        let toml = toml.replacen("[server]\n", "[server]\nspa_over_http = true\n", 1);
+        s.conf.write("postern.toml", &toml);
+    }
     let mut d = s.start();
     if matches!(capture, Capture::Pcap | Capture::PcapIcmp6) {
         assert!(
@@ -147,6 +154,7 @@ fn ipv6_only_knock(tag: &str, port: u16, capture: Capture, backend: Backend) {
     let mut args = vec!["-6", "-D", &server6_arg, "-a", &client6, "-B", &packet_arg];
     match capture {
         Capture::Tcp => args.extend(["-P", "tcp"]),
+        Capture::TcpHttp => args.extend(["-P", "http"]),
         Capture::PcapIcmp6 => args.extend(["-P", "icmp"]),
         _ => {}
     }
@@ -195,6 +203,7 @@ fn knocks_over_ipv6_open_ipv6_addresses_for_each_capture_and_backend() {
     let cases = [
         ("u6n", 22301, Capture::Udp, Backend::Nftables),
         ("t6n", 22302, Capture::Tcp, Backend::Nftables),
+        ("h6n", 22312, Capture::TcpHttp, Backend::Nftables),
         ("p6n", 22303, Capture::Pcap, Backend::Nftables),
         ("i6n", 22304, Capture::PcapIcmp6, Backend::Nftables),
         ("u6i", 22305, Capture::Udp, Backend::Iptables),
