@@ -20,8 +20,9 @@ pub const PORT: u16 = 22401;
 pub const TIMEOUT: u64 = 8;
 pub const GROUP: &str = "gateways";
 
+/// A redis-server on a unix socket, no persistence; killed on drop.
 pub struct Redis {
-    socket: PathBuf,
+    pub socket: PathBuf,
     child: Option<Child>,
 }
 

@@ -151,26 +151,8 @@ fn replay_store_failures_are_counted_and_refuse_the_knock() {
             nftables_action(PORT_R)
         ),
     );
-    let socket = s.conf.path("redis.sock");
-    let mut redis = Command::new("redis-server")
-        .args([
-            "--port",
-            "0",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--unixsocket",
-        ])
-        .arg(&socket)
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let up = std::time::Instant::now() + Duration::from_secs(5);
-    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
-        assert!(std::time::Instant::now() < up, "redis-server did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut redis = postern_e2e::fleet::Redis::start(&s.conf.path(""));
+    let socket = redis.socket.clone();
     let toml = std::fs::read_to_string(s.conf.path("postern.toml"))
         .unwrap()
         .replace(
@@ -179,8 +161,7 @@ fn replay_store_failures_are_counted_and_refuse_the_knock() {
         );
     s.conf.write("postern.toml", &toml);
     let _d = s.start();
-    let _ = redis.kill();
-    let _ = redis.wait();
+    redis.stop();
 
     knock_ok(&s.svc, &s.keys, &[]);
     let url = format!("http://{METRICS_R}/metrics");

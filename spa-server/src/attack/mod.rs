@@ -271,27 +271,10 @@ impl Responder {
 /// A budget of its own: a flood's refusal lines (`pipeline::alert`) cannot
 /// crowd these out, nor these flood the log when many sources are blocked.
 pub fn warn(line: impl std::fmt::Display) {
-    use governor::{Quota, RateLimiter};
-    use std::num::NonZeroU32;
-    use std::sync::atomic::AtomicU64;
-    static LIMIT: LazyLock<governor::DefaultDirectRateLimiter> = LazyLock::new(|| {
-        RateLimiter::direct(
-            Quota::per_second(NonZeroU32::new(WARNINGS_PER_SECOND).expect("non-zero"))
-                .allow_burst(NonZeroU32::new(WARNING_BURST).expect("non-zero")),
-        )
+    static WARNINGS: LazyLock<crate::pipeline::WarnBudget> = LazyLock::new(|| {
+        crate::pipeline::WarnBudget::new("attack", WARNINGS_PER_SECOND, WARNING_BURST)
     });
-    static SUPPRESSED: AtomicU64 = AtomicU64::new(0);
-    if LIMIT.check().is_err() {
-        SUPPRESSED.fetch_add(1, Ordering::Relaxed);
-        return;
-    }
-    let suppressed = SUPPRESSED.swap(0, Ordering::Relaxed);
-    if suppressed > 0 {
-        tracing::warn!(
-            "{suppressed} attack lines were not logged (more than {WARNINGS_PER_SECOND} a second)"
-        );
-    }
-    tracing::warn!("{line}");
+    WARNINGS.warn(line);
 }
 
 pub const WARNINGS_PER_SECOND: u32 = 20;

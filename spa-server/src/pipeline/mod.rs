@@ -242,32 +242,54 @@ pub fn build_with_gpg(
 /// next line let through: a flooding sender still shows up far more often than a
 /// fail2ban `maxretry`.
 pub(crate) fn alert(line: impl fmt::Display) {
-    use governor::{Quota, RateLimiter};
-    use std::num::NonZeroU32;
-    use std::sync::atomic::{AtomicU64, Ordering};
-    use std::sync::LazyLock;
-    static LIMIT: LazyLock<governor::DefaultDirectRateLimiter> = LazyLock::new(|| {
-        RateLimiter::direct(
-            Quota::per_second(NonZeroU32::new(ALERTS_PER_SECOND).expect("non-zero"))
-                .allow_burst(NonZeroU32::new(ALERT_BURST).expect("non-zero")),
-        )
-    });
-    static SUPPRESSED: AtomicU64 = AtomicU64::new(0);
-    if LIMIT.check().is_err() {
-        SUPPRESSED.fetch_add(1, Ordering::Relaxed);
-        return;
-    }
-    let suppressed = SUPPRESSED.swap(0, Ordering::Relaxed);
-    if suppressed > 0 {
-        tracing::warn!(
-            "{suppressed} refusal lines were not logged (more than {ALERTS_PER_SECOND} a second)"
-        );
-    }
-    tracing::warn!("{line}");
+    static ALERTS: std::sync::LazyLock<WarnBudget> =
+        std::sync::LazyLock::new(|| WarnBudget::new("refusal", ALERTS_PER_SECOND, ALERT_BURST));
+    ALERTS.warn(line);
 }
 
 pub(crate) const ALERTS_PER_SECOND: u32 = 50;
 pub(crate) const ALERT_BURST: u32 = 200;
+
+/// WARN lines at most `per_second` (burst `burst`); the lines left out are
+/// counted, and the count is logged before the next line let through.
+pub(crate) struct WarnBudget {
+    what: &'static str,
+    per_second: u32,
+    limit: governor::DefaultDirectRateLimiter,
+    suppressed: std::sync::atomic::AtomicU64,
+}
+
+impl WarnBudget {
+    pub(crate) fn new(what: &'static str, per_second: u32, burst: u32) -> WarnBudget {
+        use governor::{Quota, RateLimiter};
+        use std::num::NonZeroU32;
+        let quota = Quota::per_second(NonZeroU32::new(per_second).expect("non-zero"))
+            .allow_burst(NonZeroU32::new(burst).expect("non-zero"));
+        WarnBudget {
+            what,
+            per_second,
+            limit: RateLimiter::direct(quota),
+            suppressed: Default::default(),
+        }
+    }
+
+    pub(crate) fn warn(&self, line: impl fmt::Display) {
+        use std::sync::atomic::Ordering;
+        if self.limit.check().is_err() {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let suppressed = self.suppressed.swap(0, Ordering::Relaxed);
+        if suppressed > 0 {
+            tracing::warn!(
+                "{suppressed} {} lines were not logged (more than {} a second)",
+                self.what,
+                self.per_second
+            );
+        }
+        tracing::warn!("{line}");
+    }
+}
 
 /// fwknopd's replay line; the sender comes first, as in fwknopd's.
 pub(crate) fn alert_replay(peer: IpAddr) {
