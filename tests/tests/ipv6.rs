@@ -353,3 +353,47 @@ impl Drop for RemoveOnDrop {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// access.conf's SOURCE and DESTINATION take IPv6 prefixes and addresses: a
+/// stanza limited to the client's IPv6 /32 and the server's IPv6 address
+/// grants a knock sent from and to those, and refuses the same knock sent
+/// over IPv4 (another source, another destination).
+#[test]
+fn source_and_destination_take_ipv6_prefixes() {
+    if !runnable(&["nft"]) {
+        return;
+    }
+    let port = 22313;
+    let s = Setup::new(
+        Service::open("sd6", port),
+        TIMEOUT,
+        "memory",
+        &format!("{}\n{}", udp_capture(SPA_PORT), nftables_action(port)),
+    );
+    let pair = &s.svc.pair;
+    let access = std::fs::read_to_string(s.conf.path("access.conf")).unwrap().replace(
+        "SOURCE ANY\n",
+        &format!("SOURCE fd00:5057::/32\nDESTINATION {}\n", pair.server_ip6),
+    );
+    s.conf.write("access.conf", &access);
+    let d = s.start();
+    let (v4, v6) = (IpAddr::V4(pair.server_ip), IpAddr::V6(pair.server_ip6));
+    let (server4, server6) = (pair.server_ip.to_string(), pair.server_ip6.to_string());
+    let client6 = pair.client_ip6.to_string();
+
+    // Over IPv4 (source and destination outside the stanza): refused.
+    postern(&s, &["-D", &server4, "-a", &client6]);
+    assert!(
+        !wait_connects(&s.svc, v6, true, Duration::from_secs(2)),
+        "a knock from outside SOURCE/DESTINATION opened\n{}",
+        d.log_text()
+    );
+    // Over IPv6, from the prefix to the address: granted.
+    postern(&s, &["-D", &server6, "-a", &client6]);
+    assert!(
+        wait_connects(&s.svc, v6, true, Duration::from_secs(5)),
+        "a knock inside SOURCE/DESTINATION did not open\n{}",
+        d.log_text()
+    );
+    assert!(!connects(&s.svc, v4));
+}
