@@ -371,10 +371,12 @@ fn source_and_destination_take_ipv6_prefixes() {
         &format!("{}\n{}", udp_capture(SPA_PORT), nftables_action(port)),
     );
     let pair = &s.svc.pair;
-    let access = std::fs::read_to_string(s.conf.path("access.conf")).unwrap().replace(
-        "SOURCE ANY\n",
-        &format!("SOURCE fd00:5057::/32\nDESTINATION {}\n", pair.server_ip6),
-    );
+    let access = std::fs::read_to_string(s.conf.path("access.conf"))
+        .unwrap()
+        .replace(
+            "SOURCE ANY\n",
+            &format!("SOURCE fd00:5057::/32\nDESTINATION {}\n", pair.server_ip6),
+        );
     s.conf.write("access.conf", &access);
     let d = s.start();
     let (v4, v6) = (IpAddr::V4(pair.server_ip), IpAddr::V6(pair.server_ip6));
@@ -396,4 +398,77 @@ fn source_and_destination_take_ipv6_prefixes() {
         d.log_text()
     );
     assert!(!connects(&s.svc, v4));
+}
+
+/// `-R` asks its resolver over the family the knock goes out over: with `-6`
+/// it reaches a resolver that listens on IPv6 only and takes the IPv6 address
+/// it answers; with `-4` the same URL (the name has both addresses) finds no
+/// resolver, and the knock is not built.
+#[test]
+fn resolve_asks_over_the_knocks_family() {
+    if !runnable(&[]) {
+        return;
+    }
+    let ns = Netns::new("r6");
+    let etc = std::path::PathBuf::from(format!("/etc/netns/{}", ns.name));
+    std::fs::create_dir_all(&etc).unwrap();
+    let _remove_etc = RemoveOnDrop(etc.clone());
+    std::fs::write(
+        etc.join("hosts"),
+        "127.0.0.1 localhost resolver.test\n::1 resolver.test\n",
+    )
+    .unwrap();
+    // A resolver on [::1] only, answering one request with an IPv6 address.
+    let listener = ns.in_ns(|| std::net::TcpListener::bind("[::1]:0").unwrap());
+    let port = listener.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let (mut c, _) = listener.accept().unwrap();
+        let mut buf = [0u8; 1024];
+        let _ = c.read(&mut buf);
+        let body = "2001:db8::77\n";
+        let _ = write!(
+            c,
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+    });
+    let home = postern_e2e::tempfile::tempdir().unwrap();
+    let url = format!("http://resolver.test:{port}/myip");
+    let args = |family: &str| -> Vec<String> {
+        [
+            "-A",
+            "tcp/22",
+            "--key-rijndael",
+            "x",
+            "--key-hmac",
+            "y",
+            "--no-rc-file",
+            "-T",
+            "-v",
+            "-R",
+            "--resolve-http-only",
+            "--resolve-url",
+            &url,
+            family,
+            "-D",
+            "::1",
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect()
+    };
+    let client = SpaClient::postern();
+    let out = client.run(&ns, home.path(), &args("-6"));
+    assert!(out.status.success(), "{}", describe(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("2001:db8::77,tcp/22"), "{text}");
+    server.join().unwrap();
+    let out = client.run(&ns, home.path(), &args("-4"));
+    assert!(!out.status.success(), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("could not resolve the external IP"),
+        "{}",
+        describe(&out)
+    );
 }
