@@ -337,13 +337,13 @@ pub fn start(
             // while they are live.
             let mut pending: Vec<Vec<Opening>> = Vec::new();
             loop {
-                let next = tokio::select! {
+                tokio::select! {
                     _ = stop.cancelled() => return,
-                    next = to_publish.recv() => next,
-                    _ = tokio::time::sleep(RETRY), if !pending.is_empty() => None,
-                };
-                if let Some(openings) = next {
-                    pending.push(openings);
+                    next = to_publish.recv() => match next {
+                        Some(openings) => pending.push(openings),
+                        None => return, // the executor is gone
+                    },
+                    _ = tokio::time::sleep(RETRY), if !pending.is_empty() => {}
                 }
                 let now = crate::capture::unix_now();
                 pending.retain_mut(|o| {
