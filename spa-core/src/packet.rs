@@ -127,11 +127,6 @@ pub fn check_charset(wire: &[u8]) -> Result<&str> {
     Ok(std::str::from_utf8(wire).expect("base64 alphabet is ASCII"))
 }
 
-/// Does this (prechecked) payload look like a GPG packet rather than Rijndael?
-pub fn looks_like_gpg(wire: &str) -> bool {
-    wire.len() >= MIN_GPG_WIRE_LEN
-}
-
 /// Can a Rijndael ciphertext of `body_len` wire characters (prefix stripped, HMAC
 /// removed) be `Salted__` + salt + whole AES blocks? Only about one length in 21
 /// can, so this rejects most garbage before any hashing.

@@ -367,7 +367,7 @@ mod stages {
             let (tx, rx) = tokio::sync::mpsc::channel(64);
             Executor::new(vec![Box::new(recorder.clone())], &server).spawn(rx, shutdown.clone());
             Direct {
-                pipeline: pipeline::build(keyring.clone(), store, settings, tx, 64),
+                pipeline: pipeline::build_with_gpg(keyring.clone(), store, settings, tx, 64, None),
                 keyring,
                 recorder,
                 shutdown,

@@ -183,3 +183,66 @@ fn replay_store_failures_are_counted_and_refuse_the_knock() {
         "opened without the replay store"
     );
 }
+
+/// With no room for a burst (`queue_depth = 1`), authenticated packets
+/// refused for a full queue are never dropped silently: each is counted at
+/// `overload` and logged at WARN (rate-limited), and the knocks that had room
+/// are granted.
+#[test]
+fn overload_refusals_are_counted_and_logged_at_warn() {
+    if !runnable(&["nft", "curl", "fwknop"]) {
+        return;
+    }
+    const PORT_O: u16 = 22093;
+    const METRICS_O: &str = "127.0.0.1:19652";
+    let s = Setup::new(
+        Service::open("mo", PORT_O),
+        30,
+        "memory",
+        &format!(
+            "{}\n{}\n[metrics]\nlisten = \"{METRICS_O}\"\n",
+            udp_capture(SPA_PORT),
+            nftables_action(PORT_O)
+        ),
+    );
+    let toml = std::fs::read_to_string(s.conf.path("postern.toml"))
+        .unwrap()
+        .replacen("[server]\n", "[server]\nqueue_depth = 1\n", 1);
+    s.conf.write("postern.toml", &toml);
+    let d = s.start();
+    let knocks: Vec<Vec<u8>> = (1..=40)
+        .map(|i| saved_packet(&s.svc, &s.keys, &["-a", &format!("198.18.0.{i}")]))
+        .collect();
+    let to: SocketAddr = (s.svc.pair.server_ip, SPA_PORT).into();
+    udp_send_all(
+        s.svc.client(),
+        to,
+        knocks,
+        40,
+        Duration::ZERO,
+        Duration::from_millis(500),
+    );
+    let url = format!("http://{METRICS_O}/metrics");
+    let text = scrape_until(
+        s.svc.server(),
+        &url,
+        "postern_refused_total{stage=\"overload\"}",
+        1.0,
+    );
+    let refused = sample(&text, "postern_refused_total{stage=\"overload\"}");
+    assert!(
+        refused >= 1.0,
+        "no overload in a burst of 40 with room for 1\n{text}"
+    );
+    assert!(sample(&text, "postern_granted_total") >= 1.0, "{text}");
+    assert!(
+        d.wait_log(
+            "refused an authenticated packet from",
+            1,
+            Duration::from_secs(5)
+        ),
+        "overload refusals were not logged at WARN:\n{}",
+        d.log_text()
+    );
+    assert!(d.log_text().contains(" WARN "), "{}", d.log_text());
+}

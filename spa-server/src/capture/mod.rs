@@ -226,8 +226,24 @@ fn log_outcome(peer: std::net::SocketAddr, outcome: &Outcome, started: Option<st
     crate::metrics::outcome(outcome, started.map(|t| t.elapsed()));
     crate::attack::observe(peer, outcome);
     crate::audit::record(peer, outcome);
-    if let Outcome::Denied { stage, reason, .. } = outcome {
-        tracing::debug!("refused packet from {peer} at {stage}: {reason}");
+    match outcome {
+        // An authenticated packet refused for a full queue: never silent.
+        Outcome::Denied {
+            stage: crate::pipeline::Stage::Overload,
+            reason,
+            ..
+        } => {
+            static DROPS: std::sync::LazyLock<crate::pipeline::WarnBudget> =
+                std::sync::LazyLock::new(|| crate::pipeline::WarnBudget::new("overload", 5, 20));
+            DROPS.warn(format_args!(
+                "refused an authenticated packet from {peer}: {reason} (counted in \
+                 postern_refused_total{{stage=\"overload\"}}; [server] queue_depth sets the room)"
+            ));
+        }
+        Outcome::Denied { stage, reason, .. } => {
+            tracing::debug!("refused packet from {peer} at {stage}: {reason}");
+        }
+        Outcome::Granted(_) => {}
     }
 }
 

@@ -203,19 +203,9 @@ pub type Stanzas = Arc<Vec<crate::config::AccessStanza>>;
 /// A full pipeline for tests and the daemon.
 pub type Pipeline = HmacFilter<Decrypt<PolicyStage<ReplayGuard<ActionStage>>>>;
 
-/// Build the whole stack with tower's ServiceBuilder, reading like the diagram.
-/// GPG packets are refused (use [`build_with_gpg`]).
-pub fn build(
-    keyring: Arc<Keyring>,
-    store: Arc<dyn crate::replay::ReplayStore>,
-    settings: crate::policy::PolicySettings,
-    actions: tokio::sync::mpsc::Sender<ActionRequest>,
-    max_in_flight: usize,
-) -> Pipeline {
-    build_with_gpg(keyring, store, settings, actions, max_in_flight, None)
-}
-
-/// [`build`] with a GPG worker pool for the decrypt stage.
+/// Build the whole stack with tower's ServiceBuilder, reading like the
+/// diagram; `gpg` is the worker pool of the decrypt stage (`None`: GPG
+/// packets are refused).
 pub fn build_with_gpg(
     keyring: Arc<Keyring>,
     store: Arc<dyn crate::replay::ReplayStore>,
