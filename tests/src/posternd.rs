@@ -861,3 +861,25 @@ pub fn run_scenarios(title: &str, scenarios: Vec<(String, Box<dyn FnOnce() + Sen
         failures.join("\n")
     );
 }
+
+/// `/metrics` of a posternd serving Prometheus on `listen`, fetched with curl
+/// from inside `ns`; panics unless it answers.
+pub fn scrape_metrics(ns: &Netns, listen: &str) -> String {
+    let out = ns.run(&["curl", "-sf", &format!("http://{listen}/metrics")]);
+    assert!(out.status.success(), "scrape: {}", describe(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The value of the sample `series` (its exact text before the value, labels
+/// included) in a Prometheus scrape; 0 when absent.
+pub fn metric_sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0.0)
+}

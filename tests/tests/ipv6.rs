@@ -295,14 +295,7 @@ fn names_with_only_ipv6_addresses_are_knocked_over_ipv6() {
     }
     let ns = Netns::new("n6");
     ns.run_ok(&["ip", "link", "set", "lo", "up"]);
-    let etc = std::path::PathBuf::from(format!("/etc/netns/{}", ns.name));
-    std::fs::create_dir_all(&etc).unwrap();
-    let _remove_etc = RemoveOnDrop(etc.clone());
-    std::fs::write(
-        etc.join("hosts"),
-        "127.0.0.1 localhost\n::1 spa-v6only.test\n",
-    )
-    .unwrap();
+    let _hosts = own_hosts_file(&ns, "127.0.0.1 localhost\n::1 spa-v6only.test\n");
     let home = postern_e2e::tempfile::tempdir().unwrap();
     let client = SpaClient::postern();
     let args = |extra: &[&str]| -> Vec<String> {
@@ -344,6 +337,16 @@ fn names_with_only_ipv6_addresses_are_knocked_over_ipv6() {
         "{}",
         describe(&out)
     );
+}
+
+/// `text` as `ns`'s /etc/hosts (`ip netns exec` mounts /etc/netns/NAME/*
+/// over /etc); removed when the guard drops.
+fn own_hosts_file(ns: &Netns, text: &str) -> RemoveOnDrop {
+    let etc = std::path::PathBuf::from(format!("/etc/netns/{}", ns.name));
+    std::fs::create_dir_all(&etc).unwrap();
+    let guard = RemoveOnDrop(etc.clone());
+    std::fs::write(etc.join("hosts"), text).unwrap();
+    guard
 }
 
 struct RemoveOnDrop(std::path::PathBuf);
@@ -410,14 +413,10 @@ fn resolve_asks_over_the_knocks_family() {
         return;
     }
     let ns = Netns::new("r6");
-    let etc = std::path::PathBuf::from(format!("/etc/netns/{}", ns.name));
-    std::fs::create_dir_all(&etc).unwrap();
-    let _remove_etc = RemoveOnDrop(etc.clone());
-    std::fs::write(
-        etc.join("hosts"),
+    let _hosts = own_hosts_file(
+        &ns,
         "127.0.0.1 localhost resolver.test\n::1 resolver.test\n",
-    )
-    .unwrap();
+    );
     // A resolver on [::1] only, answering one request with an IPv6 address.
     let listener = ns.in_ns(|| std::net::TcpListener::bind("[::1]:0").unwrap());
     let port = listener.local_addr().unwrap().port();

@@ -21,8 +21,8 @@
 
 use postern_e2e::attacker::{connects_from, udp_send_from, vm_rss_kib, Attacker};
 use postern_e2e::posternd::{
-    iptables_action, knock_ok, nftables_action, posternd_bin, runnable, saved_packet, udp_capture,
-    udp_send_all, Posternd, Service, Setup, SPA_PORT,
+    iptables_action, knock_ok, metric_sample, nftables_action, posternd_bin, runnable,
+    saved_packet, scrape_metrics, udp_capture, udp_send_all, Posternd, Service, Setup, SPA_PORT,
 };
 use postern_e2e::scenario::describe;
 use postern_e2e::{tcp_listen, wait_until, Netns};
@@ -82,24 +82,6 @@ fn wait_refusals(d: &Posternd, src: Ipv4Addr, n: usize) -> bool {
     wait_until(Duration::from_secs(10), Duration::from_millis(25), || {
         refusals(d, src) >= n
     })
-}
-
-fn scrape(ns: &Netns, listen: &str) -> String {
-    let out = ns.run(&["curl", "-sf", &format!("http://{listen}/metrics")]);
-    assert!(out.status.success(), "scrape: {}", describe(&out));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn sample(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(series)?
-                .strip_prefix(' ')?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0.0)
 }
 
 fn case(backend: Backend, tag: &str) {
@@ -361,9 +343,15 @@ fn case(backend: Backend, tag: &str) {
         ctx("the hook ran for the client")
     );
 
-    let text = scrape(svc.server(), metrics);
-    assert!(sample(&text, "postern_blocks_total") >= 3.0, "{text}");
-    assert!(sample(&text, "postern_attacks_total") >= 3.0, "{text}");
+    let text = scrape_metrics(svc.server(), metrics);
+    assert!(
+        metric_sample(&text, "postern_blocks_total") >= 3.0,
+        "{text}"
+    );
+    assert!(
+        metric_sample(&text, "postern_attacks_total") >= 3.0,
+        "{text}"
+    );
     assert!(text.contains("postern_blocked_sources "), "{text}");
 }
 

@@ -5,8 +5,8 @@
 //! and the process facts.
 
 use postern_e2e::posternd::{
-    knock_ok, nftables_action, runnable, saved_packet, udp_capture, udp_send_all, Service, Setup,
-    SPA_PORT,
+    knock_ok, metric_sample, nftables_action, runnable, saved_packet, scrape_metrics, udp_capture,
+    udp_send_all, Service, Setup, SPA_PORT,
 };
 use postern_e2e::scenario::describe;
 use std::net::SocketAddr;
@@ -15,19 +15,6 @@ use std::time::Duration;
 
 const PORT: u16 = 22091;
 const METRICS: &str = "127.0.0.1:19650";
-
-/// The value of the sample `name{labels}` (exact text before the value).
-fn sample(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(series)?
-                .strip_prefix(' ')?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0.0)
-}
 
 #[test]
 fn metrics_count_what_happened_and_promtool_accepts_them() {
@@ -45,14 +32,6 @@ fn metrics_count_what_happened_and_promtool_accepts_them() {
         ),
     );
     let _d = s.start();
-    let scrape = || {
-        let out = s
-            .svc
-            .server()
-            .run(&["curl", "-sf", &format!("http://{METRICS}/metrics")]);
-        assert!(out.status.success(), "scrape: {}", describe(&out));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
 
     knock_ok(&s.svc, &s.keys, &[]);
     assert!(s.svc.wait_reachable(true, Duration::from_secs(5)));
@@ -70,7 +49,7 @@ fn metrics_count_what_happened_and_promtool_accepts_them() {
         Duration::from_millis(500),
     );
 
-    let text = scrape();
+    let text = scrape_metrics(s.svc.server(), METRICS);
     let mut promtool = Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
@@ -93,7 +72,7 @@ fn metrics_count_what_happened_and_promtool_accepts_them() {
     );
 
     let at_least = |series: &str, n: f64| {
-        let v = sample(&text, series);
+        let v = metric_sample(&text, series);
         assert!(v >= n, "{series} = {v}, expected at least {n}\n{text}");
     };
     at_least("postern_packets_total{capture=\"udp\"}", 4.0);
@@ -108,7 +87,7 @@ fn metrics_count_what_happened_and_promtool_accepts_them() {
     );
     // Queue gauges: the configured sizes, and nothing left queued at rest.
     let exactly = |series: &str, n: f64| {
-        let v = sample(&text, series);
+        let v = metric_sample(&text, series);
         assert!(v == n, "{series} = {v}, expected {n}\n{text}");
     };
     exactly("postern_pipeline_capacity", 4096.0);
@@ -125,7 +104,7 @@ fn scrape_until(ns: &postern_e2e::Netns, url: &str, series: &str, n: f64) -> Str
     loop {
         let out = ns.run(&["curl", "-sf", url]);
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        if sample(&text, series) >= n || std::time::Instant::now() > deadline {
+        if metric_sample(&text, series) >= n || std::time::Instant::now() > deadline {
             return text;
         }
         std::thread::sleep(Duration::from_millis(200));
@@ -171,13 +150,13 @@ fn replay_store_failures_are_counted_and_refuse_the_knock() {
         "postern_replay_store_errors_total",
         1.0,
     );
-    let errors = sample(&text, "postern_replay_store_errors_total");
+    let errors = metric_sample(&text, "postern_replay_store_errors_total");
     assert!(errors >= 1.0, "no replay store error counted\n{text}");
     assert!(
-        sample(&text, "postern_refused_total{stage=\"replay\"}") >= 1.0,
+        metric_sample(&text, "postern_refused_total{stage=\"replay\"}") >= 1.0,
         "the knock was not refused at replay\n{text}"
     );
-    assert_eq!(sample(&text, "postern_granted_total"), 0.0, "{text}");
+    assert_eq!(metric_sample(&text, "postern_granted_total"), 0.0, "{text}");
     assert!(
         s.svc.stays_closed(Duration::from_millis(500)),
         "opened without the replay store"
@@ -229,12 +208,15 @@ fn overload_refusals_are_counted_and_logged_at_warn() {
         "postern_refused_total{stage=\"overload\"}",
         1.0,
     );
-    let refused = sample(&text, "postern_refused_total{stage=\"overload\"}");
+    let refused = metric_sample(&text, "postern_refused_total{stage=\"overload\"}");
     assert!(
         refused >= 1.0,
         "no overload in a burst of 40 with room for 1\n{text}"
     );
-    assert!(sample(&text, "postern_granted_total") >= 1.0, "{text}");
+    assert!(
+        metric_sample(&text, "postern_granted_total") >= 1.0,
+        "{text}"
+    );
     assert!(
         d.wait_log(
             "refused an authenticated packet from",
