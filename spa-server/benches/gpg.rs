@@ -122,7 +122,9 @@ async fn pool_throughput(s: &Setup, n: u64) {
     // Warm the contexts (and gpg-agent) first.
     let warm = gpg::openpgp_data(&wires[0]).unwrap();
     for _ in 0..pool.workers() {
-        pool.decrypt(warm.clone(), key.clone(), None).await.unwrap();
+        pool.decrypt(warm.clone(), key.clone(), None, true)
+            .await
+            .unwrap();
     }
     let t = Instant::now();
     let jobs: Vec<_> = wires
@@ -131,7 +133,7 @@ async fn pool_throughput(s: &Setup, n: u64) {
             let pool = pool.clone();
             let key = key.clone();
             let data = gpg::openpgp_data(w).unwrap();
-            tokio::spawn(async move { pool.decrypt(data, key, None).await })
+            tokio::spawn(async move { pool.decrypt(data, key, None, true).await })
         })
         .collect();
     let mut ok = 0;

@@ -127,7 +127,21 @@ impl Executor {
                     loop {
                         tokio::select! {
                             biased;
-                            _ = shutdown.cancelled() => break,
+                            _ = shutdown.cancelled() => {
+                                // Grants already queued were accepted: apply them.
+                                rx.close();
+                                let mut queued = Vec::new();
+                                while let Ok(r) = rx.try_recv() {
+                                    queued.push(r);
+                                    if queued.len() == MAX_BATCH {
+                                        self.apply(std::mem::take(&mut queued));
+                                    }
+                                }
+                                if !queued.is_empty() {
+                                    self.apply(queued);
+                                }
+                                break;
+                            }
                             remote = next_remote(&mut fleet_in) => match remote {
                                 Some(grant) => self.apply_remote(grant),
                                 None => fleet_in = None,

@@ -16,6 +16,8 @@ use tokio_util::sync::CancellationToken;
 
 /// How long shutdown waits for GPG decryptions in progress.
 const GPG_STOP_WAIT: Duration = Duration::from_secs(5);
+/// How long a graceful stop waits for the packets already taken in.
+const DRAIN_LIMIT: Duration = Duration::from_secs(10);
 
 /// How often old replay entries are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
@@ -219,6 +221,10 @@ pub struct Running {
     pub shutdown: CancellationToken,
     pub keyring: Arc<Keyring>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Kept to wait for the packets the captures handed on at a graceful stop.
+    pipeline: pipeline::Pipeline,
+    /// Stops the action task once the pipeline is drained.
+    actions_stop: CancellationToken,
     actions: Option<std::thread::JoinHandle<()>>,
     gpg_workers: Option<Arc<crate::gpg::Workers>>,
     /// GPG decryptions done, failed and dropped so far.
@@ -227,13 +233,23 @@ pub struct Running {
 }
 
 impl Running {
-    /// Stop captures, finish in-flight work, let backends shut down.
+    /// A graceful stop: the captures stop reading, every packet they handed on
+    /// is finished (its grant applied, its outcome logged and audited), then
+    /// the action task applies what is queued and the backends shut down.
     pub async fn stop(mut self) {
         crate::attack::uninstall();
         self.shutdown.cancel();
         for t in self.tasks.drain(..) {
             let _ = t.await;
         }
+        let unfinished = self.pipeline.drain(DRAIN_LIMIT).await;
+        if unfinished > 0 {
+            tracing::warn!(
+                "stopping with {unfinished} packets still in the pipeline after {} s",
+                DRAIN_LIMIT.as_secs()
+            );
+        }
+        self.actions_stop.cancel();
         if let Some(a) = self.actions.take() {
             let _ = tokio::task::spawn_blocking(move || a.join()).await;
         }
@@ -326,7 +342,9 @@ async fn start_serving(
             }
         );
     }
-    let actions = executor.spawn(rx, shutdown.clone());
+    // The action task outlives the captures at a stop, to apply what they took.
+    let actions_stop = CancellationToken::new();
+    let actions = executor.spawn(rx, actions_stop.clone());
     // GPG decryption runs on its own threads (gpgme is slow and not Send); the pool
     // is always there so a SIGHUP may add GPG stanzas.
     let gpg_pool =
@@ -371,6 +389,7 @@ async fn start_serving(
         match capture.await {
             Ok(task) => tasks.push(task),
             Err(e) => {
+                actions_stop.cancel();
                 if let Some(a) = &audit {
                     crate::audit::uninstall(a);
                     a.stop();
@@ -391,6 +410,8 @@ async fn start_serving(
         shutdown,
         keyring,
         tasks,
+        pipeline,
+        actions_stop,
         actions: Some(actions),
         gpg_workers: Some(gpg_workers),
         gpg_stats,

@@ -3,8 +3,9 @@
 //! gpgme runs a `gpg` process per operation (tens of milliseconds) and its context
 //! is not `Send`. So posternd starts a few dedicated threads that each own their
 //! gpgme contexts (one per keyring and gpg program) and take jobs from one bounded
-//! queue. Submitting never waits: when the queue is full the packet is dropped
-//! ("overload"). Only packets that passed the cheap checks reach the pool — GPG
+//! queue. A packet whose HMAC verified waits for room in the queue (the
+//! pipeline's backpressure); one for a stanza without HMAC is dropped when the
+//! queue is full ("overload"). Only packets that passed the cheap checks reach the pool — GPG
 //! length, a stanza with GPG whose SOURCE matches the sender, and that stanza's
 //! HMAC when it has one — and Rijndael packets never go through it, so a flood
 //! of GPG-looking garbage can delay GPG knocks but not Rijndael ones.
@@ -78,6 +79,8 @@ struct Job {
     engine: EngineKey,
     passphrase: Option<Secret>,
     reply: oneshot::Sender<Result<Decrypted, GpgError>>,
+    /// The job's place in the queue, given back when a worker takes it.
+    _place: tokio::sync::OwnedSemaphorePermit,
 }
 
 /// Why the pool did not decrypt.
@@ -161,6 +164,8 @@ impl Drop for Alive {
 /// The worker pool. Threads end when the last handle is dropped.
 pub struct GpgPool {
     tx: SyncSender<Job>,
+    /// One permit per place in the queue (waited for, unlike the channel).
+    places: Arc<tokio::sync::Semaphore>,
     workers: usize,
     queue: usize,
     live: Arc<Workers>,
@@ -191,6 +196,7 @@ impl GpgPool {
         }
         Ok(Arc::new(GpgPool {
             tx,
+            places: Arc::new(tokio::sync::Semaphore::new(queue)),
             workers,
             queue,
             live,
@@ -211,19 +217,32 @@ impl GpgPool {
         self.queue
     }
 
-    /// Queue `data` for decryption with `engine`'s keyring; never waits for room.
+    /// Queue `data` for decryption with `engine`'s keyring. With `wait_for_room`
+    /// (an authenticated packet) a full queue is waited out; else it is
+    /// [`PoolError::Busy`].
     pub async fn decrypt(
         &self,
         data: Vec<u8>,
         engine: EngineKey,
         passphrase: Option<Secret>,
+        wait_for_room: bool,
     ) -> Result<Decrypted, PoolError> {
+        let place = if wait_for_room {
+            self.places.clone().acquire_owned().await.ok()
+        } else {
+            self.places.clone().try_acquire_owned().ok()
+        };
+        let Some(place) = place else {
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            return Err(PoolError::Busy);
+        };
         let (reply, result) = oneshot::channel();
         match self.tx.try_send(Job {
             data,
             engine,
             passphrase,
             reply,
+            _place: place,
         }) {
             Ok(()) => {
                 self.stats.queued.fetch_add(1, Ordering::Relaxed);
@@ -258,6 +277,21 @@ fn worker(rx: &Mutex<Receiver<Job>>, stats: &PoolStats, stop: &AtomicBool) {
             Err(_) => return,
         };
         stats.queued.fetch_sub(1, Ordering::Relaxed);
+        let Job {
+            data,
+            engine,
+            passphrase,
+            reply,
+            _place,
+        } = job;
+        // Taken off the queue: its place is free again.
+        drop(_place);
+        let job = TakenJob {
+            data,
+            engine,
+            passphrase,
+            reply,
+        };
         if job.reply.is_closed() || stop.load(Ordering::SeqCst) {
             continue;
         }
@@ -283,7 +317,15 @@ fn worker(rx: &Mutex<Receiver<Job>>, stats: &PoolStats, stop: &AtomicBool) {
     }
 }
 
-fn run_job(engines: &mut HashMap<EngineKey, Gpgme>, job: &Job) -> Result<Decrypted, GpgError> {
+/// A job a worker took off the queue.
+struct TakenJob {
+    data: Vec<u8>,
+    engine: EngineKey,
+    passphrase: Option<Secret>,
+    reply: oneshot::Sender<Result<Decrypted, GpgError>>,
+}
+
+fn run_job(engines: &mut HashMap<EngineKey, Gpgme>, job: &TakenJob) -> Result<Decrypted, GpgError> {
     if !engines.contains_key(&job.engine) {
         let opts = GpgOptions {
             home_dir: job.engine.home_dir.clone(),
@@ -320,11 +362,13 @@ pub enum Rejected {
 /// Decrypt `wire`'s GPG data for each candidate stanza (index, length of the part
 /// before the HMAC), in order, and return the first stanza whose signature policy
 /// accepts it. A keyring and passphrase already tried are not asked again.
+/// `authenticated`: a stanza's HMAC verified, so the pool's room is waited for.
 pub async fn decrypt_for_stanzas(
     pool: &GpgPool,
     stanzas: &[AccessStanza],
     candidates: &[(usize, usize)],
     wire: &str,
+    authenticated: bool,
 ) -> Result<Accepted, Rejected> {
     type Attempt = (usize, EngineKey, Option<Secret>, Result<Decrypted, String>);
     let mut tried: Vec<Attempt> = Vec::new();
@@ -340,7 +384,10 @@ pub async fn decrypt_for_stanzas(
             Some(pos) => pos,
             None => {
                 let result = match gpg::openpgp_data(&wire[..body_len]) {
-                    Ok(data) => match pool.decrypt(data, engine.clone(), pass.clone()).await {
+                    Ok(data) => match pool
+                        .decrypt(data, engine.clone(), pass.clone(), authenticated)
+                        .await
+                    {
                         Ok(d) => Ok(d),
                         Err(PoolError::Busy) => return Err(Rejected::Busy),
                         Err(e) => Err(e.to_string()),

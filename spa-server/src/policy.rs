@@ -322,17 +322,23 @@ pub struct Request<'a> {
     pub now: u64,
 }
 
+/// With packet aging on, a packet stamped more than MAX_SPA_PACKET_AGE before
+/// or after its arrival (`now`) is refused.
+pub fn check_age(settings: &PolicySettings, now: u64, timestamp: u64) -> Result<(), Denial> {
+    let age = now as i64 - timestamp as i64;
+    if settings.packet_aging && age.unsigned_abs() > settings.max_packet_age {
+        return Err(Denial::TooOld {
+            age,
+            max: settings.max_packet_age,
+        });
+    }
+    Ok(())
+}
+
+/// The stanza's answer to a fresh packet (its age was checked before, see
+/// [`check_age`]).
 pub fn evaluate(settings: &PolicySettings, req: &Request) -> Result<Grant, Denial> {
     let (stanza, msg) = (req.stanza, req.message);
-    if settings.packet_aging {
-        let age = req.now as i64 - msg.timestamp as i64;
-        if age.unsigned_abs() > settings.max_packet_age {
-            return Err(Denial::TooOld {
-                age,
-                max: settings.max_packet_age,
-            });
-        }
-    }
     if let Some(at) = stanza.access_expire_epoch {
         if req.now as i64 >= at {
             return Err(Denial::StanzaExpired { at });
@@ -627,6 +633,8 @@ mod tests {
         m: &SpaMessage,
         destination: Option<&str>,
     ) -> Result<Grant, Denial> {
+        // As the pipeline does: the age first (stage `fresh`), then the stanza.
+        check_age(settings, 1000, m.timestamp)?;
         evaluate(
             settings,
             &Request {

@@ -334,7 +334,7 @@ mod stages {
     use super::*;
     use spa_server::actions::Executor;
     use spa_server::config::AccessStanza;
-    use spa_server::pipeline::{self, Keyring, Outcome, Pipeline, RawPacket, Stage};
+    use spa_server::pipeline::{self, Keyring, Outcome, Pipeline, Received, Stage};
     use spa_server::policy::PolicySettings;
     use spa_server::replay::{MemoryStore, PacketDigest, ReplayError, ReplayStore};
     use std::net::IpAddr;
@@ -376,15 +376,18 @@ mod stages {
 
         /// `wire` from `from` to `to` (None: the capture does not know), and its verdict.
         async fn knock(&self, wire: &str, from: &str, to: Option<&str>) -> Outcome {
-            let packet = RawPacket {
-                bytes: wire.as_bytes().to_vec(),
+            let received = Received {
+                bytes: wire.as_bytes(),
                 peer: SocketAddr::new(from.parse().unwrap(), 40000),
                 forwarded_for: None,
                 destination: to.map(|a| a.parse::<IpAddr>().unwrap()),
                 received_at: now(),
                 capture: "test",
             };
-            self.pipeline.clone().oneshot(packet).await.unwrap()
+            match self.pipeline.screen(received) {
+                Ok(packet) => self.pipeline.clone().oneshot(packet).await.unwrap(),
+                Err(refused) => refused,
+            }
         }
     }
 

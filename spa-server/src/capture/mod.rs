@@ -1,5 +1,6 @@
-//! Captures: where packets come from. Each runs until the shutdown token fires and
-//! feeds every packet to the pipeline without waiting for it.
+//! Captures: where packets come from. Each runs until the shutdown token fires
+//! and offers every packet to the pipeline ([`offer`]): the screen runs right
+//! there, and the capture waits only when the pipeline is full.
 
 mod length_filter;
 pub mod nfqueue;
@@ -8,12 +9,11 @@ pub mod tcp;
 pub mod udp;
 
 use crate::config::{CaptureConfig, ServerSection};
-use crate::pipeline::{Outcome, Pipeline, RawPacket};
+use crate::pipeline::{Decision, Outcome, Pipeline, Received, Stage};
 use spa_core::http;
 use std::borrow::Cow;
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio_util::sync::CancellationToken;
-use tower::Service;
 
 pub fn unix_now() -> u64 {
     SystemTime::now()
@@ -119,34 +119,48 @@ pub fn count_packet(capture: &'static str) {
     }
 }
 
-/// Hand a packet to the pipeline. Garbage is judged right here (its outcome is
-/// ready at once); what passes runs on its own task and is logged when done.
-pub fn submit(pipeline: &mut Pipeline, packet: RawPacket) {
+/// Screen a packet still in the capture's buffer and hand what passes on.
+/// Garbage and replays are refused (and logged) right here, never copied.
+/// Backpressure: a packet whose HMAC verified waits for a free work slot, and
+/// the capture reads nothing meanwhile (the kernel's buffer holds the rest); a
+/// packet only plausible (for a stanza without HMAC) is shed when none is free,
+/// counted and logged. The stages then run on the packet's own task.
+pub async fn offer(pipeline: &mut Pipeline, received: Received<'_>) {
     use futures_util::FutureExt;
-    let peer = packet.peer;
+    use tower::ServiceExt;
+    let peer = received.peer;
     let started = std::time::Instant::now();
-    let mut outcome = pipeline.call(packet);
-    match (&mut outcome).now_or_never() {
-        Some(Ok(o)) => log_outcome(peer, &o, Some(started)),
-        None => {
-            tokio::spawn(async move {
-                let Ok(o) = outcome.await;
-                log_outcome(peer, &o, Some(started));
-            });
-        }
+    let packet = match pipeline.screen(received) {
+        Ok(packet) => packet,
+        Err(outcome) => return log_outcome(peer, &outcome, None),
+    };
+    if packet.mac_verified() {
+        let Ok(_) = pipeline.ready().await;
+    } else if pipeline.ready().now_or_never().is_none() {
+        let shed = Outcome::refused(
+            Stage::Overload,
+            "work queue full (a packet for a stanza without HMAC is shed)",
+            Decision::authenticated(&packet),
+        );
+        return log_outcome(peer, &shed, Some(started));
     }
+    pipeline.spawn(packet, move |outcome| {
+        log_outcome(peer, &outcome, Some(started))
+    });
 }
 
-/// Screen a payload still in the capture's buffer: garbage is refused (and
-/// logged) without being copied; `true` means it is worth a [`submit`].
-pub fn worth_submitting(pipeline: &Pipeline, bytes: &[u8], peer: std::net::SocketAddr) -> bool {
-    let keyring = pipeline.keyring();
-    match keyring.screen(bytes, peer.ip(), &keyring.snapshot()) {
-        Ok(_) => true,
-        Err(outcome) => {
-            log_outcome(peer, &outcome, None);
-            false
-        }
+/// [`offer`] from a capture's own thread (pcap blocks in libpcap): waits on
+/// `runtime` only when the pipeline is full.
+pub fn offer_blocking(
+    pipeline: &mut Pipeline,
+    received: Received<'_>,
+    runtime: &tokio::runtime::Handle,
+) {
+    use futures_util::FutureExt;
+    let offered = offer(pipeline, received);
+    let mut offered = std::pin::pin!(offered);
+    if (&mut offered).now_or_never().is_none() {
+        runtime.block_on(offered);
     }
 }
 
@@ -219,15 +233,15 @@ impl Intake {
     }
 }
 
-/// Why a packet was refused, at debug level only (never to the network),
-/// counted in the metrics and recorded in the audit log. Grants are logged at
-/// info level by the action task.
+/// Why a packet was refused, at debug level only (never to the network; a shed
+/// packet at WARN), counted in the metrics and recorded in the audit log.
+/// Grants are logged at info level by the action task.
 fn log_outcome(peer: std::net::SocketAddr, outcome: &Outcome, started: Option<std::time::Instant>) {
     crate::metrics::outcome(outcome, started.map(|t| t.elapsed()));
     crate::attack::observe(peer, outcome);
     crate::audit::record(peer, outcome);
     match outcome {
-        // An authenticated packet refused for a full queue: never silent.
+        // A packet shed for a full queue (or GPG pool): never silent.
         Outcome::Denied {
             stage: crate::pipeline::Stage::Overload,
             reason,
@@ -236,7 +250,7 @@ fn log_outcome(peer: std::net::SocketAddr, outcome: &Outcome, started: Option<st
             static DROPS: std::sync::LazyLock<crate::pipeline::WarnBudget> =
                 std::sync::LazyLock::new(|| crate::pipeline::WarnBudget::new("overload", 5, 20));
             DROPS.warn(format_args!(
-                "refused an authenticated packet from {peer}: {reason} (counted in \
+                "refused a packet from {peer} at overload: {reason} (counted in \
                  postern_refused_total{{stage=\"overload\"}}; [server] queue_depth sets the room)"
             ));
         }

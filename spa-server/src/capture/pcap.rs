@@ -3,8 +3,8 @@
 //! interface goes away the thread reopens it until it is back.
 
 use super::length_filter::Lengths;
-use super::{submit, unix_now, worth_submitting, Intake};
-use crate::pipeline::{Pipeline, RawPacket, Stanzas};
+use super::{offer_blocking, unix_now, Intake};
+use crate::pipeline::{Pipeline, RawPacket, Received, Stanzas};
 use pnet_packet::ethernet::{EtherTypes, EthernetPacket};
 use pnet_packet::ip::{IpNextHeaderProtocol, IpNextHeaderProtocols};
 use pnet_packet::ipv4::Ipv4Packet;
@@ -52,7 +52,7 @@ pub fn spawn(
             let _guard = rt.enter();
             let link = cap.get_datalink();
             while let Ok(frame) = cap.next_packet() {
-                submit_frame(&mut p, intake, link, frame.data);
+                submit_frame(&mut p, intake, link, frame.data, &rt);
             }
         }));
     } else {
@@ -82,7 +82,7 @@ pub fn spawn(
                     .name(format!("pcap-{iface}"))
                     .spawn(move || {
                         let _guard = rt.enter();
-                        capture_loop(&iface, &settings, (cap, length_filter), &mut p, &stop);
+                        capture_loop(&iface, &settings, (cap, length_filter), &mut p, &stop, &rt);
                     })?,
             );
         }
@@ -206,6 +206,7 @@ fn capture_loop(
     opened: (pcap::Capture<pcap::Active>, LengthFilter),
     pipeline: &mut Pipeline,
     stop: &CancellationToken,
+    runtime: &tokio::runtime::Handle,
 ) {
     let (first, mut length_filter) = opened;
     let mut first = Some(first);
@@ -240,7 +241,7 @@ fn capture_loop(
             loop {
                 match cap.next_packet() {
                     Ok(frame) => {
-                        submit_frame(pipeline, s.intake, link, frame.data);
+                        submit_frame(pipeline, s.intake, link, frame.data, runtime);
                     }
                     Err(pcap::Error::TimeoutExpired) => break,
                     Err(e) => {
@@ -270,8 +271,14 @@ pub fn parse_frame(link: pcap::Linktype, data: &[u8]) -> Option<RawPacket> {
     })
 }
 
-/// Screen a frame's payload in place and submit a copy only when it may be a knock.
-fn submit_frame(pipeline: &mut Pipeline, intake: Intake, link: pcap::Linktype, data: &[u8]) {
+/// Offer a frame's payload, screened in place (copied only when it may be a knock).
+fn submit_frame(
+    pipeline: &mut Pipeline,
+    intake: Intake,
+    link: pcap::Linktype,
+    data: &[u8],
+    runtime: &tokio::runtime::Handle,
+) {
     super::count_packet(CAPTURE);
     let Some((payload, peer, dst)) = frame_parts(link, data) else {
         return;
@@ -279,21 +286,22 @@ fn submit_frame(pipeline: &mut Pipeline, intake: Intake, link: pcap::Linktype, d
     let Some(carried) = intake.spa_packet(payload, peer) else {
         return;
     };
-    if worth_submitting(pipeline, &carried.packet, peer) {
-        let packet = RawPacket {
-            bytes: carried.packet.into_owned(),
-            forwarded_for: carried.forwarded_for,
-            peer,
-            destination: Some(dst),
-            received_at: unix_now(),
-            capture: CAPTURE,
-        };
-        submit(pipeline, packet);
-    }
+    let received = Received {
+        bytes: &carried.packet,
+        forwarded_for: carried.forwarded_for,
+        peer,
+        destination: Some(dst),
+        received_at: unix_now(),
+        capture: CAPTURE,
+    };
+    offer_blocking(pipeline, received, runtime);
 }
 
 /// The transport payload (borrowed from the frame), its sender and destination.
-fn frame_parts(link: pcap::Linktype, data: &[u8]) -> Option<(&[u8], SocketAddr, IpAddr)> {
+pub(super) fn frame_parts(
+    link: pcap::Linktype,
+    data: &[u8],
+) -> Option<(&[u8], SocketAddr, IpAddr)> {
     let (ethertype, l3) = match link {
         pcap::Linktype::ETHERNET => {
             let eth = EthernetPacket::new(data)?;

@@ -10,8 +10,8 @@
 //! connection is dropped after a short first-byte timeout. A refused or evicted
 //! connection is closed without a byte written, like every other.
 
-use super::{submit, unix_now, Intake};
-use crate::pipeline::{Pipeline, RawPacket};
+use super::{offer, unix_now, Intake};
+use crate::pipeline::{Pipeline, Received};
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
@@ -421,17 +421,15 @@ pub async fn run(
             drop(guard);
             super::count_packet(CAPTURE);
             if let Some(carried) = limits.intake.spa_packet(&bytes, peer) {
-                submit(
-                    &mut pipeline,
-                    RawPacket {
-                        bytes: carried.packet.into_owned(),
-                        peer,
-                        forwarded_for: carried.forwarded_for,
-                        destination,
-                        received_at: unix_now(),
-                        capture: CAPTURE,
-                    },
-                );
+                let received = Received {
+                    bytes: &carried.packet,
+                    peer,
+                    forwarded_for: carried.forwarded_for,
+                    destination,
+                    received_at: unix_now(),
+                    capture: CAPTURE,
+                };
+                offer(&mut pipeline, received).await;
             }
         });
     }

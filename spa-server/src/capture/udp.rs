@@ -1,8 +1,8 @@
 //! UDP socket capture (fwknopd's UDP server mode, postern's default).
 
 use super::length_filter::Lengths;
-use super::{submit, unix_now, worth_submitting};
-use crate::pipeline::{Pipeline, RawPacket};
+use super::{offer, unix_now};
+use crate::pipeline::{Pipeline, Received};
 use socket2::{Socket, Type};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use tokio::net::UdpSocket;
@@ -228,18 +228,15 @@ pub async fn run(socket: UdpSocket, mut pipeline: Pipeline, shutdown: Cancellati
                         continue;
                     };
                     super::count_packet(CAPTURE);
-                    if !worth_submitting(&pipeline, bytes, peer) {
-                        continue;
-                    }
-                    let packet = RawPacket {
-                        bytes: bytes.to_vec(),
+                    let received = Received {
+                        bytes,
                         peer,
                         forwarded_for: None,
                         destination: bound.or_else(|| batch.destination(i)),
                         received_at,
                         capture: CAPTURE,
                     };
-                    submit(&mut pipeline, packet);
+                    offer(&mut pipeline, received).await;
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}

@@ -1,4 +1,4 @@
-//! Stage 5: hand the grant to the task that owns the firewall backends and wait
+//! Stage 6: hand the grant to the task that owns the firewall backends and wait
 //! until it is applied (so "granted" means the port is open).
 
 use super::{Approved, Outcome, Stage, StageFuture};

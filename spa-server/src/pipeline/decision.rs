@@ -167,16 +167,8 @@ impl Decision {
 
     /// A packet the HMAC took, not decrypted yet.
     pub fn authenticated(a: &Authenticated) -> Decision {
-        let mut numbers: Vec<usize> = a
-            .candidates
-            .iter()
-            .chain(&a.gpg_candidates)
-            .map(|&(i, _)| i + 1)
-            .collect();
-        numbers.sort_unstable();
-        numbers.dedup();
         Decision {
-            candidates: numbers,
+            candidates: a.screened.stanza_numbers(),
             ..Decision::of(&a.packet)
         }
     }

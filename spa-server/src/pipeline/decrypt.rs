@@ -2,11 +2,10 @@
 //! valid message (digest verified, fields valid) wins. Rijndael candidates are
 //! tried right here; GPG candidates, if any and if no Rijndael key fitted, go to
 //! the GPG worker pool, and the stanza's signature policy picks the winner.
-//! A packet the replay cache already holds is refused before any of that work.
+//! (Copies of packets already granted never get here: the screen refuses them.)
 
 use super::{ready, Authenticated, Decision, Decrypted, Outcome, Stage, StageFuture};
 use crate::gpg::{self, GpgPool, Rejected};
-use crate::replay::{packet_digest, ReplayStore};
 use spa_core::packet;
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -16,22 +15,12 @@ use tower::{Layer, Service, ServiceExt};
 #[derive(Clone, Default)]
 pub struct DecryptLayer {
     gpg: Option<Arc<GpgPool>>,
-    replays: Option<Arc<dyn ReplayStore>>,
 }
 
 impl DecryptLayer {
     /// Decrypt GPG packets on `pool` (None: GPG packets are refused).
     pub fn with_gpg(pool: Option<Arc<GpgPool>>) -> Self {
-        DecryptLayer {
-            gpg: pool,
-            replays: None,
-        }
-    }
-
-    /// Refuse packets `store` has already recorded without decrypting them.
-    pub fn skipping_replays(mut self, store: Arc<dyn ReplayStore>) -> Self {
-        self.replays = Some(store);
-        self
+        DecryptLayer { gpg: pool }
     }
 }
 
@@ -41,7 +30,6 @@ impl<S> Layer<S> for DecryptLayer {
         Decrypt {
             inner,
             gpg: self.gpg.clone(),
-            replays: self.replays.clone(),
         }
     }
 }
@@ -50,7 +38,6 @@ impl<S> Layer<S> for DecryptLayer {
 pub struct Decrypt<S> {
     inner: S,
     gpg: Option<Arc<GpgPool>>,
-    replays: Option<Arc<dyn ReplayStore>>,
 }
 
 impl<S> Service<Authenticated> for Decrypt<S>
@@ -74,26 +61,9 @@ where
                 Decision::authenticated(&auth),
             ));
         };
-        // Only packets that policy approved are recorded, so this can only refuse
-        // replays; it spares them the decryption (milliseconds for GPG).
-        if let Some(store) = &self.replays {
-            if store.seen(&packet_digest(&auth.packet.bytes)) {
-                let reason = if auth.candidates.is_empty() {
-                    "GPG packet seen before (replay), not decrypted"
-                } else {
-                    "packet seen before (replay)"
-                };
-                super::alert_replay(auth.packet.peer.ip());
-                return ready(Outcome::refused(
-                    Stage::Replay,
-                    reason,
-                    Decision::authenticated(&auth),
-                ));
-            }
-        }
         let mut last_error = String::from("no candidate stanza");
         let source = crate::config::access::canonical(auth.packet.peer.ip());
-        for &(index, body_len) in &auth.candidates {
+        for &(index, body_len) in &auth.screened.rijndael {
             let stanza = &auth.stanzas[index];
             let Some(key) = stanza.rijndael_key() else {
                 continue;
@@ -101,11 +71,12 @@ where
             match packet::decrypt(&wire[..body_len], key.bytes(), stanza.encryption_mode) {
                 Ok(decoded) => {
                     return Box::pin(self.inner.call(Decrypted {
-                        packet: auth.packet,
                         stanzas: auth.stanzas.clone(),
                         stanza: index,
                         decoded,
                         signer: None,
+                        digest: auth.digest,
+                        packet: auth.packet,
                     }));
                 }
                 Err(e) => {
@@ -118,7 +89,7 @@ where
                 }
             }
         }
-        if auth.gpg_candidates.is_empty() {
+        if auth.screened.gpg.is_empty() {
             return ready(Outcome::refused(
                 Stage::Decrypt,
                 last_error,
@@ -136,7 +107,15 @@ where
         Box::pin(async move {
             let wire = std::str::from_utf8(&auth.packet.bytes).unwrap_or_default();
             let peer = auth.packet.peer.ip();
-            match gpg::decrypt_for_stanzas(&pool, &auth.stanzas, &auth.gpg_candidates, wire).await {
+            match gpg::decrypt_for_stanzas(
+                &pool,
+                &auth.stanzas,
+                &auth.screened.gpg,
+                wire,
+                auth.mac_verified(),
+            )
+            .await
+            {
                 Ok(accepted) => {
                     match &accepted.signer {
                         Some(fpr) => tracing::info!(
@@ -150,11 +129,12 @@ where
                     }
                     inner
                         .oneshot(Decrypted {
-                            packet: auth.packet,
                             stanzas: auth.stanzas.clone(),
                             stanza: accepted.stanza,
                             decoded: accepted.decoded,
                             signer: accepted.signer,
+                            digest: auth.digest,
+                            packet: auth.packet,
                         })
                         .await
                 }
@@ -170,7 +150,7 @@ where
                     super::alert(format_args!(
                         "[{}] (stanza #{}) Error creating fko context: {why}",
                         crate::config::access::canonical(peer),
-                        auth.gpg_candidates.first().map_or(0, |c| c.0 + 1)
+                        auth.screened.gpg.first().map_or(0, |c| c.0 + 1)
                     ));
                     Ok(Outcome::refused(
                         Stage::Decrypt,

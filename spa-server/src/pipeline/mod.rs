@@ -1,36 +1,44 @@
-//! The server pipeline, one tower stage per step:
+//! The server pipeline: one typed pass from capture to grant. Each step takes
+//! what the one before made, and only that step can make what it hands on:
 //!
 //! ```text
-//! capture ─► HmacFilter ─► Decrypt ─► PolicyStage ─► ReplayGuard ─► ActionStage
+//! capture ─► screen ─► Decrypt ─► FreshStage ─► PolicyStage ─► ReplayGuard ─► ActionStage
+//!   bytes   Authenticated  Decrypted       Fresh          Approved       (recorded)   Granted
 //! ```
 //!
-//! Cheap rejection first: the filter runs synchronously in the capture task
-//! (length, charset, then constant-time HMAC), so garbage never queues and never
-//! costs more than a few hash blocks. Only packets that pass take a slot of the
-//! bounded work queue and continue on their own task. GPG packets are decrypted
-//! by the bounded worker pool of [`crate::gpg`], which drops work when full.
+//! Cheap rejection first: the screen ([`Pipeline::screen`]: length, charset,
+//! constant-time HMAC, then the replay store's hint) runs once, in the capture,
+//! on the bytes still in its buffer, so garbage and replays are never copied,
+//! never queue and never cost more than a few hash blocks and a lookup. What
+//! passes takes one of the bounded work slots (waiting for one: backpressure,
+//! see [`head`]) and runs the other stages on one task of its own. GPG packets
+//! are decrypted by the bounded worker pool of [`crate::gpg`].
 //!
 //! The replay digest is recorded only once policy has said yes, right before the
 //! action: a copy raced in by someone on the path that fails policy (another
 //! DESTINATION, a spoofed source under REQUIRE_SOURCE_ADDRESS) cannot burn the
-//! real knock. Copies already recorded are refused before decryption (the
-//! store's `seen` hint), so a replay flood costs an HMAC and a lookup.
+//! real knock.
 
 mod action;
 mod decision;
 mod decrypt;
-mod filter;
+mod fresh;
+pub mod head;
 mod policy;
 mod replay;
+mod screen;
 
 pub use action::{ActionRequest, ActionResult, ActionStage};
 pub use decision::{Asked, Decision, Endpoint, GrantFacts, NatFacts, StanzaId};
 pub use decrypt::{Decrypt, DecryptLayer};
-pub use filter::{Candidates, HmacFilter, HmacFilterLayer, InFlight, Keyring};
+pub use fresh::{FreshLayer, FreshStage};
+pub use head::{InFlight, Pipeline};
 pub use policy::{PolicyLayer, PolicyStage};
 pub use replay::{ReplayGuard, ReplayLayer};
+pub use screen::{Keyring, Screened};
 
 use crate::policy::Grant;
+use crate::replay::PacketDigest;
 use futures_util::future::BoxFuture;
 use spa_core::DecodedMessage;
 use std::convert::Infallible;
@@ -38,10 +46,10 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-/// One packet as a capture saw it.
-#[derive(Clone, Debug)]
-pub struct RawPacket {
-    pub bytes: Vec<u8>,
+/// One packet as a capture saw it, still in the capture's buffer.
+#[derive(Clone, Copy, Debug)]
+pub struct Received<'a> {
+    pub bytes: &'a [u8],
     pub peer: SocketAddr,
     /// The client an HTTP proxy forwarded it for (X-Forwarded-For, when enabled).
     pub forwarded_for: Option<IpAddr>,
@@ -52,38 +60,83 @@ pub struct RawPacket {
     pub capture: &'static str,
 }
 
-/// A packet whose HMAC verified for these stanzas (or whose stanzas have no HMAC).
+/// A packet that passed the screen, copied out of the capture's buffer.
+#[derive(Clone, Debug)]
+pub struct RawPacket {
+    pub bytes: Vec<u8>,
+    pub peer: SocketAddr,
+    pub forwarded_for: Option<IpAddr>,
+    pub destination: Option<IpAddr>,
+    pub received_at: u64,
+    pub capture: &'static str,
+}
+
+impl From<Received<'_>> for RawPacket {
+    fn from(r: Received<'_>) -> RawPacket {
+        RawPacket {
+            bytes: r.bytes.to_vec(),
+            peer: r.peer,
+            forwarded_for: r.forwarded_for,
+            destination: r.destination,
+            received_at: r.received_at,
+            capture: r.capture,
+        }
+    }
+}
+
+/// A packet that passed the screen: its HMAC verified for these stanzas (or
+/// its stanzas have no HMAC), and it is not a copy of one already granted.
+/// Made only by [`Pipeline::screen`].
 #[derive(Debug)]
 pub struct Authenticated {
-    pub packet: RawPacket,
+    packet: RawPacket,
     /// The stanzas as they were when the packet was screened (reloads swap them).
-    pub stanzas: Stanzas,
-    /// (stanza index, length of the ciphertext part of the packet)
-    pub candidates: Vec<(usize, usize)>,
-    /// The same for stanzas that take GPG packets (tried after the Rijndael ones).
-    pub gpg_candidates: Vec<(usize, usize)>,
+    stanzas: Stanzas,
+    screened: Screened,
+    /// Over the wire bytes: what the replay store records.
+    digest: PacketDigest,
 }
 
-/// A packet that decrypted and decoded under one stanza's key.
+impl Authenticated {
+    pub fn packet(&self) -> &RawPacket {
+        &self.packet
+    }
+    /// Whether a stanza's HMAC verified (else it may be shed when full).
+    pub fn mac_verified(&self) -> bool {
+        self.screened.mac_verified()
+    }
+}
+
+/// A packet that decrypted and decoded under one stanza's key. Made only by
+/// [`Decrypt`].
 #[derive(Debug)]
 pub struct Decrypted {
-    pub packet: RawPacket,
-    pub stanzas: Stanzas,
-    pub stanza: usize,
-    pub decoded: DecodedMessage,
+    packet: RawPacket,
+    stanzas: Stanzas,
+    stanza: usize,
+    decoded: DecodedMessage,
     /// The fingerprint of a GPG packet's verified signer.
-    pub signer: Option<String>,
+    signer: Option<String>,
+    digest: PacketDigest,
 }
 
-/// A grant with the packet it came from.
+/// A decrypted packet within its age and not recorded yet. Made only by
+/// [`FreshStage`].
+#[derive(Debug)]
+pub struct Fresh {
+    decrypted: Decrypted,
+}
+
+/// A grant with the packet it came from. Made only by [`PolicyStage`].
 #[derive(Debug)]
 pub struct Approved {
-    pub packet: RawPacket,
+    packet: RawPacket,
     /// The packet's own timestamp (the replay store prunes by it).
-    pub timestamp: u64,
-    pub grant: Grant,
+    timestamp: u64,
+    digest: PacketDigest,
+    grant: Grant,
     /// Who asked for what, and what was approved (for the audit log).
-    pub decision: Box<Decision>,
+    decision: Box<Decision>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -200,12 +253,12 @@ pub type StageFuture = BoxFuture<'static, Result<Outcome, Infallible>>;
 /// One snapshot of the access stanzas.
 pub type Stanzas = Arc<Vec<crate::config::AccessStanza>>;
 
-/// A full pipeline for tests and the daemon.
-pub type Pipeline = HmacFilter<Decrypt<PolicyStage<ReplayGuard<ActionStage>>>>;
+/// The stages after the screen, one task per packet.
+pub(crate) type Stages = Decrypt<FreshStage<PolicyStage<ReplayGuard<ActionStage>>>>;
 
-/// Build the whole stack with tower's ServiceBuilder, reading like the
+/// Build the whole pipeline with tower's ServiceBuilder, reading like the
 /// diagram; `gpg` is the worker pool of the decrypt stage (`None`: GPG
-/// packets are refused).
+/// packets are refused), `max_in_flight` the work slots.
 pub fn build_with_gpg(
     keyring: Arc<Keyring>,
     store: Arc<dyn crate::replay::ReplayStore>,
@@ -214,12 +267,14 @@ pub fn build_with_gpg(
     max_in_flight: usize,
     gpg: Option<Arc<crate::gpg::GpgPool>>,
 ) -> Pipeline {
-    tower::ServiceBuilder::new()
-        .layer(HmacFilterLayer::new(keyring.clone(), max_in_flight))
-        .layer(DecryptLayer::with_gpg(gpg).skipping_replays(store.clone()))
+    let settings = Arc::new(settings);
+    let stages = tower::ServiceBuilder::new()
+        .layer(DecryptLayer::with_gpg(gpg))
+        .layer(FreshLayer::new(settings.clone(), store.clone()))
         .layer(PolicyLayer::new(settings))
-        .layer(ReplayLayer::new(store))
-        .service(ActionStage::new(actions))
+        .layer(ReplayLayer::new(store.clone()))
+        .service(ActionStage::new(actions));
+    Pipeline::new(keyring, store, max_in_flight, stages)
 }
 
 /// A refusal of a packet that passed the HMAC, or came from a sender an access

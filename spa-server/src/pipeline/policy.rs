@@ -1,8 +1,8 @@
-//! Stage 3: access policy turns a decrypted message into a Grant or a Denial.
+//! Stage 4: access policy turns a fresh message into a Grant or a Denial.
 //! With NAT DNS on (ENABLE_NAT_DNS), a NAT target given as a host name is
 //! resolved first, without blocking: the only await in this stage.
 
-use super::{ready, Approved, Decision, Decrypted, Outcome, Stage, StageFuture};
+use super::{ready, Approved, Decision, Fresh, Outcome, Stage, StageFuture};
 use crate::policy::{evaluate, PolicySettings, Request};
 use spa_core::NatTarget;
 use std::convert::Infallible;
@@ -21,10 +21,8 @@ pub struct PolicyLayer {
 }
 
 impl PolicyLayer {
-    pub fn new(settings: PolicySettings) -> Self {
-        PolicyLayer {
-            settings: Arc::new(settings),
-        }
+    pub fn new(settings: Arc<PolicySettings>) -> Self {
+        PolicyLayer { settings }
     }
 }
 
@@ -47,7 +45,8 @@ pub struct PolicyStage<S> {
 impl<S> PolicyStage<S> {
     /// The NAT target to resolve: a host name, in a client NAT request, with
     /// NAT DNS on (FORCE_NAT targets are addresses already).
-    fn host_to_resolve(&self, d: &Decrypted) -> Option<NatTarget> {
+    fn host_to_resolve(&self, f: &Fresh) -> Option<NatTarget> {
+        let d = &f.decrypted;
         let msg = &d.decoded.message;
         if !self.settings.nat.dns
             || !msg.msg_type.has_nat()
@@ -62,11 +61,8 @@ impl<S> PolicyStage<S> {
 
 /// Grant or refuse, with the packet's own facts. `decision` is what the
 /// packet asked (taken before a NAT host name was resolved).
-fn decide(
-    settings: &PolicySettings,
-    d: Decrypted,
-    decision: Decision,
-) -> Result<Approved, Outcome> {
+fn decide(settings: &PolicySettings, f: Fresh, decision: Decision) -> Result<Approved, Outcome> {
+    let d = f.decrypted;
     let request = Request {
         stanza: &d.stanzas[d.stanza],
         stanza_index: d.stanza,
@@ -81,6 +77,7 @@ fn decide(
             decision: Box::new(decision.with_grant(&grant, d.packet.received_at)),
             packet: d.packet,
             timestamp: d.decoded.message.timestamp,
+            digest: d.digest,
             grant,
         }),
         Err(denial) => {
@@ -106,7 +103,7 @@ async fn resolve_v4(target: &NatTarget) -> Option<Ipv4Addr> {
         .next()
 }
 
-impl<S> Service<Decrypted> for PolicyStage<S>
+impl<S> Service<Fresh> for PolicyStage<S>
 where
     S: Service<Approved, Response = Outcome, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send + 'static,
@@ -119,17 +116,17 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, d: Decrypted) -> StageFuture {
-        let decision = Decision::decrypted(&d);
-        let Some(target) = self.host_to_resolve(&d) else {
-            return match decide(&self.settings, d, decision) {
+    fn call(&mut self, f: Fresh) -> StageFuture {
+        let decision = Decision::decrypted(&f.decrypted);
+        let Some(target) = self.host_to_resolve(&f) else {
+            return match decide(&self.settings, f, decision) {
                 Ok(approved) => Box::pin(self.inner.call(approved)),
                 Err(refused) => ready(refused),
             };
         };
         let (settings, inner) = (self.settings.clone(), self.inner.clone());
         Box::pin(async move {
-            let mut d = d;
+            let mut f = f;
             let Some(ip) = resolve_v4(&target).await else {
                 return Ok(Outcome::refused(
                     Stage::Policy,
@@ -141,8 +138,8 @@ where
                 ));
             };
             tracing::info!("NAT target `{}` resolved to {ip}", target.host);
-            d.decoded.message.nat_access = Some(format!("{ip},{}", target.port));
-            match decide(&settings, d, decision) {
+            f.decrypted.decoded.message.nat_access = Some(format!("{ip},{}", target.port));
+            match decide(&settings, f, decision) {
                 Ok(approved) => inner.oneshot(approved).await,
                 Err(refused) => Ok(refused),
             }

@@ -1,10 +1,10 @@
-//! Stage 4: the replay cache, between the policy's yes and the action. A digest of
+//! Stage 5: the replay cache, between the policy's yes and the action. A digest of
 //! the packet is checked and recorded atomically (of two racing copies one passes);
 //! a store error denies (never grant what could not be recorded). Recording only
 //! approved packets means a copy that fails policy cannot burn the real knock.
 
 use super::{Approved, Outcome, Stage, StageFuture};
-use crate::replay::{packet_digest, ReplayStore};
+use crate::replay::ReplayStore;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -54,8 +54,7 @@ where
         let store = self.store.clone();
         let inner = self.inner.clone();
         Box::pin(async move {
-            let digest = packet_digest(&a.packet.bytes);
-            match store.check_and_insert(digest, a.timestamp).await {
+            match store.check_and_insert(a.digest, a.timestamp).await {
                 Ok(true) => inner.oneshot(a).await,
                 Ok(false) => {
                     super::alert_replay(a.packet.peer.ip());

@@ -22,9 +22,9 @@
 mod rule;
 mod socket;
 
-use super::{count_packet, submit, worth_submitting};
+use super::{count_packet, offer, unix_now};
 use crate::config::ActionConfig;
-use crate::pipeline::Pipeline;
+use crate::pipeline::{Pipeline, Received};
 use serde::{Deserialize, Serialize};
 use std::os::fd::{AsRawFd, RawFd};
 use tokio::io::unix::AsyncFd;
@@ -222,7 +222,7 @@ async fn run(
             _ = shutdown.cancelled() => break,
             ready = queue.readiness.readable() => match ready {
                 Ok(mut guard) => {
-                    if drain(&mut queue.queue, &mut pipeline, BATCH) == Drained::Empty {
+                    if drain(&mut queue.queue, &mut pipeline, BATCH).await == Drained::Empty {
                         guard.clear_ready();
                     }
                 }
@@ -237,7 +237,7 @@ async fn run(
     if let Err(e) = tokio::task::spawn_blocking(move || drop(rule)).await {
         tracing::warn!("nfqueue: removing the rule failed: {e}");
     }
-    drain(&mut queue.queue, &mut pipeline, 2 * QUEUE_MAX_LEN as usize);
+    drain(&mut queue.queue, &mut pipeline, 2 * QUEUE_MAX_LEN as usize).await;
 }
 
 /// Messages handled per wake-up, so a flood cannot keep the task from shutdown.
@@ -312,7 +312,7 @@ impl Listener {
 }
 
 /// Read up to `limit` queued packets, hand each on, give each its verdict.
-fn drain(queue: &mut nfq::Queue, pipeline: &mut Pipeline, limit: usize) -> Drained {
+async fn drain(queue: &mut nfq::Queue, pipeline: &mut Pipeline, limit: usize) -> Drained {
     for _ in 0..limit {
         let mut msg = match queue.recv() {
             Ok(m) => m,
@@ -324,7 +324,7 @@ fn drain(queue: &mut nfq::Queue, pipeline: &mut Pipeline, limit: usize) -> Drain
                 continue;
             }
         };
-        hand_on(pipeline, msg.get_payload());
+        hand_on(pipeline, msg.get_payload()).await;
         msg.set_verdict(verdict_for_hook(msg.get_hook()));
         if let Err(e) = queue.verdict(msg) {
             tracing::warn!("nfqueue: verdict not delivered: {e}");
@@ -343,17 +343,22 @@ fn verdict_for_hook(hook: u8) -> nfq::Verdict {
 }
 
 /// One queued IP packet into the pipeline, screened like every capture's.
-fn hand_on(pipeline: &mut Pipeline, ip_packet: &[u8]) {
+async fn hand_on(pipeline: &mut Pipeline, ip_packet: &[u8]) {
     count_packet(CAPTURE);
     // The payload is the IP packet: the pcap capture's parser for raw IP frames.
-    let Some(mut packet) = super::pcap::parse_frame(pcap::Linktype::RAW, ip_packet) else {
+    let Some((bytes, peer, destination)) = super::pcap::frame_parts(pcap::Linktype::RAW, ip_packet)
+    else {
         return;
     };
-    if !worth_submitting(pipeline, &packet.bytes, packet.peer) {
-        return;
-    }
-    packet.capture = "nfqueue";
-    submit(pipeline, packet);
+    let received = Received {
+        bytes,
+        peer,
+        forwarded_for: None,
+        destination: Some(destination),
+        received_at: unix_now(),
+        capture: CAPTURE,
+    };
+    offer(pipeline, received).await;
 }
 
 #[cfg(test)]

@@ -1,20 +1,18 @@
-//! Stage 1: senders on the BLACKLIST are dropped first; then cheap checks, then constant-time HMAC against each stanza whose SOURCE
-//! matches the sender. Nothing is decrypted here. GPG-shaped packets (fwknopd's
-//! length rule) are also screened for the stanzas that take GPG, with the HMAC
-//! over the `hQ`-prefixed data.
+//! The screen, run by each capture on the bytes still in its buffer: senders on
+//! the BLACKLIST first, then the packet's shape and length, its charset, then the
+//! constant-time HMAC against each stanza whose SOURCE matches the sender.
+//! Nothing is decrypted here and garbage is never copied. GPG-shaped packets
+//! (fwknopd's length rule) are also screened for the stanzas that take GPG, with
+//! the HMAC over the `hQ`-prefixed data.
 
-use super::{ready, Authenticated, Decision, Outcome, RawPacket, Stage, StageFuture, Stanzas};
+use super::{Outcome, Stage, Stanzas};
 use crate::config::AccessStanza;
 use arc_swap::ArcSwap;
 use ipnet::IpNet;
 use spa_core::gpg;
 use spa_core::packet::{self, HmacKey, GPG_PREFIX, RIJNDAEL_PREFIX};
-use std::convert::Infallible;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::task::{Context, Poll};
-use tokio::sync::Semaphore;
-use tower::{Layer, Service, ServiceExt};
 
 /// The access stanzas with their keys, and the BLACKLIST; SIGHUP swaps in new
 /// ones atomically.
@@ -45,15 +43,14 @@ impl Keyring {
         self.stanzas.store(Arc::new(stanzas));
     }
 
-    /// Length checks, charset, HMAC. Returns the stanzas worth decrypting for.
-    /// Works on a borrowed payload, so a capture can refuse garbage before it
-    /// copies anything.
+    /// Length checks, charset, HMAC: the stanzas worth decrypting for. Works on
+    /// a borrowed payload, so a capture refuses garbage before it copies anything.
     pub fn screen(
         &self,
         bytes: &[u8],
         peer: IpAddr,
         stanzas: &[AccessStanza],
-    ) -> Result<Candidates, Outcome> {
+    ) -> Result<Screened, Outcome> {
         let sender = crate::config::access::canonical(peer);
         if let Some(net) = self.blacklist.load().iter().find(|n| n.contains(&sender)) {
             return Err(Outcome::denied(
@@ -81,7 +78,7 @@ impl Keyring {
             ));
         }
         let gpg_shaped = gpg::is_gpg_wire(wire);
-        let mut candidates = Candidates::default();
+        let mut candidates = Screened::default();
         let mut last_error = None;
         // The last stanza listing this sender whose HMAC failed (from 1), for the alert.
         let mut failed_stanza = None;
@@ -104,7 +101,10 @@ impl Keyring {
                     last_error = Some(spa_core::SpaError::CipherLayout);
                 } else {
                     match body(RIJNDAEL_PREFIX) {
-                        Ok(len) => candidates.rijndael.push((i, len)),
+                        Ok(len) => {
+                            candidates.mac_verified |= hmac.is_some();
+                            candidates.rijndael.push((i, len));
+                        }
                         Err(e) => {
                             failed_stanza = Some(i + 1);
                             last_error = Some(e);
@@ -114,7 +114,10 @@ impl Keyring {
             }
             if gpg_shaped && s.uses_gpg() {
                 match body(GPG_PREFIX) {
-                    Ok(len) => candidates.gpg.push((i, len)),
+                    Ok(len) => {
+                        candidates.mac_verified |= hmac.is_some();
+                        candidates.gpg.push((i, len));
+                    }
                     Err(e) => {
                         failed_stanza = Some(i + 1);
                         last_error = Some(e);
@@ -147,143 +150,34 @@ fn length_fits(s: &AccessStanza, peer: IpAddr, len: usize) -> bool {
     s.takes_rijndael_len(len) || (s.uses_gpg() && len >= packet::MIN_GPG_WIRE_LEN)
 }
 
-/// The stanzas a screened packet may decrypt under: (stanza index, length of the
-/// ciphertext part of the packet).
+/// What passed the screen: the stanzas the packet may decrypt under, as
+/// (stanza index, length of the ciphertext part of the packet). Only
+/// [`Keyring::screen`] makes one.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Candidates {
-    pub rijndael: Vec<(usize, usize)>,
-    pub gpg: Vec<(usize, usize)>,
+pub struct Screened {
+    pub(super) rijndael: Vec<(usize, usize)>,
+    pub(super) gpg: Vec<(usize, usize)>,
+    /// A stanza's HMAC verified: the sender holds a key. Packets for stanzas
+    /// without HMAC are only plausible, and may be shed when posternd is full.
+    pub(super) mac_verified: bool,
 }
 
-#[derive(Clone)]
-pub struct HmacFilterLayer {
-    keyring: Arc<Keyring>,
-    slots: Arc<Semaphore>,
-    max_in_flight: usize,
-}
-
-impl HmacFilterLayer {
-    /// `max_in_flight` bounds the authenticated packets being processed at once.
-    pub fn new(keyring: Arc<Keyring>, max_in_flight: usize) -> Self {
-        HmacFilterLayer {
-            keyring,
-            slots: Arc::new(Semaphore::new(max_in_flight)),
-            max_in_flight,
-        }
-    }
-}
-
-impl<S> Layer<S> for HmacFilterLayer {
-    type Service = HmacFilter<S>;
-    fn layer(&self, inner: S) -> HmacFilter<S> {
-        HmacFilter {
-            keyring: self.keyring.clone(),
-            slots: self.slots.clone(),
-            max_in_flight: self.max_in_flight,
-            inner,
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct HmacFilter<S> {
-    keyring: Arc<Keyring>,
-    slots: Arc<Semaphore>,
-    max_in_flight: usize,
-    inner: S,
-}
-
-impl<S> HmacFilter<S> {
-    /// The stanzas this filter screens against (captures pre-screen with it).
-    pub fn keyring(&self) -> &Keyring {
-        &self.keyring
+impl Screened {
+    /// The candidate stanzas' numbers (from 1), for the audit log.
+    pub fn stanza_numbers(&self) -> Vec<usize> {
+        let mut numbers: Vec<usize> = self
+            .rijndael
+            .iter()
+            .chain(&self.gpg)
+            .map(|&(i, _)| i + 1)
+            .collect();
+        numbers.sort_unstable();
+        numbers.dedup();
+        numbers
     }
 
-    /// Authenticated packets being processed now, for the queue-depth gauge.
-    pub fn in_flight(&self) -> InFlight {
-        InFlight {
-            slots: self.slots.clone(),
-            max: self.max_in_flight,
-        }
-    }
-}
-
-/// A view of the work queue's use that outlives the pipeline's clones.
-#[derive(Clone)]
-pub struct InFlight {
-    slots: Arc<Semaphore>,
-    max: usize,
-}
-
-impl InFlight {
-    pub fn now(&self) -> usize {
-        self.max.saturating_sub(self.slots.available_permits())
-    }
-    pub fn max(&self) -> usize {
-        self.max
-    }
-}
-
-impl<S> Service<RawPacket> for HmacFilter<S>
-where
-    S: Service<Authenticated, Response = Outcome, Error = Infallible> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = Outcome;
-    type Error = Infallible;
-    type Future = StageFuture;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    /// Screens synchronously; what passes continues on its own task, so a capture
-    /// loop never waits for decryption, the replay store or the firewall.
-    fn call(&mut self, packet: RawPacket) -> StageFuture {
-        let stanzas = self.keyring.snapshot();
-        let candidates = match self
-            .keyring
-            .screen(&packet.bytes, packet.peer.ip(), &stanzas)
-        {
-            Ok(c) => c,
-            Err(outcome) => return ready(outcome),
-        };
-        let Ok(slot) = self.slots.clone().try_acquire_owned() else {
-            let mut decision = Decision::of(&packet);
-            decision.candidates = candidates
-                .rijndael
-                .iter()
-                .chain(&candidates.gpg)
-                .map(|&(i, _)| i + 1)
-                .collect();
-            return ready(Outcome::refused(
-                Stage::Overload,
-                "work queue full",
-                decision,
-            ));
-        };
-        let inner = self.inner.clone();
-        let task = tokio::spawn(async move {
-            let outcome = inner
-                .oneshot(Authenticated {
-                    packet,
-                    stanzas,
-                    candidates: candidates.rijndael,
-                    gpg_candidates: candidates.gpg,
-                })
-                .await;
-            drop(slot);
-            outcome
-        });
-        Box::pin(async move {
-            match task.await {
-                Ok(result) => result,
-                Err(e) => Ok(Outcome::denied(
-                    Stage::Action,
-                    format!("pipeline task failed: {e}"),
-                )),
-            }
-        })
+    pub fn mac_verified(&self) -> bool {
+        self.mac_verified
     }
 }
 
