@@ -7,6 +7,8 @@
 //!   working, a grant made before the reload lives until its own timeout;
 //! - SIGTERM: exit code 0 within a second, with a live grant (UDP + nftables,
 //!   TCP + iptables, pcap + nftables);
+//! - SIGTERM drains: knocks taken in before it, still waiting for a slow
+//!   action, are all applied and audited before posternd exits;
 //! - the pcap capture resumes by itself after `ip link set v1 down; … up`, and
 //!   after the interface was deleted and re-created;
 //! - "posternd ready" means serving: a packet sent the moment it is logged opens
@@ -227,6 +229,88 @@ fn sigterm_case(tag: &str, capture: String, iptables: bool, knock_args: &[&str])
     );
     assert!(!pid_file.exists(), "pid file left behind after SIGTERM");
     println!("  {tag}: exited {took:?} after SIGTERM");
+}
+
+/// A graceful stop loses nothing accepted: five knocks arrive while a slow
+/// script action (0.3 s a grant) works through them; SIGTERM comes right
+/// after. Every knock is still applied (the script ran for each) and audited
+/// as granted before posternd exits 0.
+#[test]
+fn sigterm_applies_every_knock_already_taken_in() {
+    if !runnable(&["fwknop"]) {
+        return;
+    }
+    let svc = Service::open("dr", PORT);
+    let conf = postern_e2e::posternd::ConfDir::new();
+    let opened = conf.dir.path().join("opened.txt");
+    let script = conf.dir.path().join("slow-open.sh");
+    std::fs::write(&script, "#!/bin/sh\nsleep 0.3\necho \"$1\" >> \"$2\"\n").unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let keys = SpaKeys::generate("cbc", Some("sha256"));
+    conf.write(
+        "access.conf",
+        &access_conf(&keys, Some(&format!("tcp/{PORT}")), 30, ""),
+    );
+    let action = format!(
+        "[[action]]\ntype = \"script\"\nopen = \"{} $SRC {}\"\nclose = \"/bin/true\"\n",
+        script.display(),
+        opened.display()
+    );
+    let toml = postern_e2e::posternd::postern_toml(
+        &conf,
+        "access.conf",
+        "memory",
+        &format!("{}\n{action}", udp_capture(SPA_PORT)),
+    );
+    conf.write("postern.toml", &toml);
+    let mut d = Posternd::start(
+        svc.server(),
+        &["-c".into(), conf.arg("postern.toml"), "-v".into()],
+        conf.dir.path(),
+    );
+    let knocks: Vec<Vec<u8>> = (1..=5)
+        .map(|i| saved_packet(&svc, &keys, &["-a", &format!("198.18.7.{i}")]))
+        .collect();
+    let to = SocketAddr::from((svc.pair.server_ip, SPA_PORT));
+    // Apart enough that the action task takes them in several batches.
+    udp_send_all(
+        svc.client(),
+        to,
+        knocks,
+        1,
+        Duration::from_millis(30),
+        Duration::ZERO,
+    );
+    // The first grant is applied (0.3 s after the first knock): all five are
+    // in by now, four still waiting for the action.
+    assert!(
+        wait_until(Duration::from_secs(5), Duration::from_millis(10), || {
+            std::fs::read_to_string(&opened).is_ok_and(|t| !t.is_empty())
+        }),
+        "{}",
+        ctx("no knock applied", &d, &svc)
+    );
+    let st = d.terminate(Duration::from_secs(10));
+    assert_eq!(
+        st.and_then(|s| s.code()),
+        Some(0),
+        "{}",
+        ctx("no clean exit", &d, &svc)
+    );
+    let mut applied: Vec<String> = std::fs::read_to_string(&opened)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    applied.sort();
+    let want: Vec<String> = (1..=5).map(|i| format!("198.18.7.{i}")).collect();
+    assert_eq!(applied, want, "{}", ctx("knocks lost at SIGTERM", &d, &svc));
+    let granted = d
+        .audit_lines()
+        .iter()
+        .filter(|l| l["outcome"] == "granted")
+        .count();
+    assert_eq!(granted, 5, "{}", ctx("grants not audited", &d, &svc));
 }
 
 #[test]

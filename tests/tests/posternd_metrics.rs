@@ -5,10 +5,10 @@
 //! and the process facts.
 
 use postern_e2e::posternd::{
-    knock_ok, metric_sample, nftables_action, runnable, saved_packet, scrape_metrics, udp_capture,
-    udp_send_all, Service, Setup, SPA_PORT,
+    access_conf, knock_ok, metric_sample, nftables_action, runnable, saved_packet, scrape_metrics,
+    udp_capture, udp_send_all, Service, Setup, SPA_PORT,
 };
-use postern_e2e::scenario::describe;
+use postern_e2e::scenario::{describe, SpaKeys};
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -163,33 +163,36 @@ fn replay_store_failures_are_counted_and_refuse_the_knock() {
     );
 }
 
-/// With no room for a burst (`queue_depth = 1`), authenticated packets
-/// refused for a full queue are never dropped silently: each is counted at
-/// `overload` and logged at WARN (rate-limited), and the knocks that had room
-/// are granted.
-#[test]
-fn overload_refusals_are_counted_and_logged_at_warn() {
-    if !runnable(&["nft", "curl", "fwknop"]) {
-        return;
-    }
-    const PORT_O: u16 = 22093;
-    const METRICS_O: &str = "127.0.0.1:19652";
-    let s = Setup::new(
-        Service::open("mo", PORT_O),
+/// A posternd with room for one packet at a time (`queue_depth = 1`), HMAC
+/// keys or none, serving `tcp/port` with nftables and metrics on `metrics`.
+fn one_slot_server(tag: &str, port: u16, metrics: &str, hmac: bool) -> Setup {
+    let mut s = Setup::new(
+        Service::open(tag, port),
         30,
         "memory",
         &format!(
-            "{}\n{}\n[metrics]\nlisten = \"{METRICS_O}\"\n",
+            "{}\n{}\n[metrics]\nlisten = \"{metrics}\"\n",
             udp_capture(SPA_PORT),
-            nftables_action(PORT_O)
+            nftables_action(port)
         ),
     );
+    if !hmac {
+        s.keys = SpaKeys::generate("cbc", None);
+        s.conf.write(
+            "access.conf",
+            &access_conf(&s.keys, Some(&format!("tcp/{port}")), 30, ""),
+        );
+    }
     let toml = std::fs::read_to_string(s.conf.path("postern.toml"))
         .unwrap()
         .replacen("[server]\n", "[server]\nqueue_depth = 1\n", 1);
     s.conf.write("postern.toml", &toml);
-    let d = s.start();
-    let knocks: Vec<Vec<u8>> = (1..=40)
+    s
+}
+
+/// `n` knocks for different allow addresses, sent at once from the client.
+fn burst(s: &Setup, n: u8) {
+    let knocks: Vec<Vec<u8>> = (1..=n)
         .map(|i| saved_packet(&s.svc, &s.keys, &["-a", &format!("198.18.0.{i}")]))
         .collect();
     let to: SocketAddr = (s.svc.pair.server_ip, SPA_PORT).into();
@@ -197,20 +200,61 @@ fn overload_refusals_are_counted_and_logged_at_warn() {
         s.svc.client(),
         to,
         knocks,
-        40,
+        usize::from(n),
         Duration::ZERO,
         Duration::from_millis(500),
     );
+}
+
+/// Backpressure: with room for one packet at a time, a burst of 40 knocks
+/// (HMAC verified) is held back in the socket until there is room, and every
+/// one is granted; none is refused at overload.
+#[test]
+fn a_burst_beyond_the_queue_waits_and_every_knock_is_granted() {
+    if !runnable(&["nft", "curl", "fwknop"]) {
+        return;
+    }
+    const METRICS_O: &str = "127.0.0.1:19652";
+    let s = one_slot_server("mo", 22093, METRICS_O, true);
+    let d = s.start();
+    burst(&s, 40);
     let url = format!("http://{METRICS_O}/metrics");
+    let text = scrape_until(s.svc.server(), &url, "postern_granted_total", 40.0);
+    assert_eq!(
+        metric_sample(&text, "postern_granted_total"),
+        40.0,
+        "{text}"
+    );
+    assert_eq!(
+        metric_sample(&text, "postern_refused_total{stage=\"overload\"}"),
+        0.0,
+        "{text}"
+    );
+    assert!(!d.log_text().contains("at overload"), "{}", d.log_text());
+}
+
+/// Packets for a stanza without HMAC are only plausible (anyone can make
+/// one): when there is no room they are shed, never silently: each is counted
+/// at `overload` and logged at WARN (rate-limited), and the knocks that had
+/// room are granted.
+#[test]
+fn packets_without_hmac_are_shed_when_full_counted_and_logged_at_warn() {
+    if !runnable(&["nft", "curl", "fwknop"]) {
+        return;
+    }
+    const METRICS_N: &str = "127.0.0.1:19653";
+    let s = one_slot_server("mn", 22094, METRICS_N, false);
+    let d = s.start();
+    burst(&s, 40);
+    let url = format!("http://{METRICS_N}/metrics");
     let text = scrape_until(
         s.svc.server(),
         &url,
         "postern_refused_total{stage=\"overload\"}",
         1.0,
     );
-    let refused = metric_sample(&text, "postern_refused_total{stage=\"overload\"}");
     assert!(
-        refused >= 1.0,
+        metric_sample(&text, "postern_refused_total{stage=\"overload\"}") >= 1.0,
         "no overload in a burst of 40 with room for 1\n{text}"
     );
     assert!(
@@ -219,11 +263,11 @@ fn overload_refusals_are_counted_and_logged_at_warn() {
     );
     assert!(
         d.wait_log(
-            "refused an authenticated packet from",
+            "at overload: work queue full (a packet for a stanza without HMAC is shed)",
             1,
             Duration::from_secs(5)
         ),
-        "overload refusals were not logged at WARN:\n{}",
+        "shed packets were not logged at WARN:\n{}",
         d.log_text()
     );
     assert!(d.log_text().contains(" WARN "), "{}", d.log_text());
