@@ -341,7 +341,7 @@ mod stages {
     use std::sync::Arc;
     use tower::ServiceExt;
 
-    struct Direct {
+    pub(super) struct Direct {
         pipeline: Pipeline,
         keyring: Arc<Keyring>,
         recorder: Recorder,
@@ -353,7 +353,10 @@ mod stages {
             Direct::with_store(stanzas, Arc::new(MemoryStore::default()))
         }
 
-        fn with_store(stanzas: Vec<AccessStanza>, store: Arc<dyn ReplayStore>) -> Direct {
+        pub(super) fn with_store(
+            stanzas: Vec<AccessStanza>,
+            store: Arc<dyn ReplayStore>,
+        ) -> Direct {
             let keyring = Arc::new(Keyring::new(stanzas));
             let server = ServerConfig::default().server;
             let settings = PolicySettings {
@@ -375,19 +378,28 @@ mod stages {
         }
 
         /// `wire` from `from` to `to` (None: the capture does not know), and its verdict.
-        async fn knock(&self, wire: &str, from: &str, to: Option<&str>) -> Outcome {
-            let received = Received {
+        pub(super) async fn knock(&self, wire: &str, from: &str, to: Option<&str>) -> Outcome {
+            match self.screen(wire, from, to) {
+                Ok(packet) => self.pipeline.clone().oneshot(packet).await.unwrap(),
+                Err(refused) => refused,
+            }
+        }
+
+        /// Only the screen, as a capture runs it.
+        pub(super) fn screen(
+            &self,
+            wire: &str,
+            from: &str,
+            to: Option<&str>,
+        ) -> Result<pipeline::Authenticated, Outcome> {
+            self.pipeline.screen(Received {
                 bytes: wire.as_bytes(),
                 peer: SocketAddr::new(from.parse().unwrap(), 40000),
                 forwarded_for: None,
                 destination: to.map(|a| a.parse::<IpAddr>().unwrap()),
                 received_at: now(),
                 capture: "test",
-            };
-            match self.pipeline.screen(received) {
-                Ok(packet) => self.pipeline.clone().oneshot(packet).await.unwrap(),
-                Err(refused) => refused,
-            }
+            })
         }
     }
 
@@ -731,6 +743,35 @@ mod shared_replay {
             url: r.url(),
             key_prefix: "test:".into(),
         }
+    }
+
+    /// With Redis too, a copy of a granted packet stops at the screen (a
+    /// replay, before decryption and without a work slot): each server
+    /// remembers the digests it saw recorded.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_copy_of_a_packet_recorded_in_redis_stops_at_the_screen() {
+        let Some(redis) = RedisServer::start() else {
+            return;
+        };
+        let store =
+            spa_server::replay::redis::RedisStore::connect(&redis.url(), "hint:", Some(120))
+                .await
+                .unwrap();
+        let d = super::stages::Direct::with_store(vec![stanza()], std::sync::Arc::new(store));
+        let pkt = knock(now(), 90);
+        assert!(d.knock(&pkt, "127.0.0.1", None).await.is_granted());
+        let refused = d
+            .screen(&pkt, "127.0.0.1", None)
+            .expect_err("the copy passed the screen");
+        assert_eq!(
+            (refused.stage(), refused.reason()),
+            (
+                Some(spa_server::pipeline::Stage::Replay),
+                Some("packet seen before (replay)")
+            )
+        );
+        // A packet never recorded passes.
+        assert!(d.screen(&knock(now(), 91), "127.0.0.1", None).is_ok());
     }
 
     /// Two servers sharing one Redis: a packet one granted is a replay for the other.

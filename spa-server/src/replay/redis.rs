@@ -2,18 +2,27 @@
 //! a packet one of them accepted is refused by all, which fwknopd cannot do.
 //! `SET key NX` is the atomic check-and-insert across servers, and each key
 //! expires by itself (`EXAT`) once its packet is too old to pass the age check.
+//!
+//! Each server also remembers, in a bounded table of its own, the digests it
+//! saw recorded in Redis: copies of those are refused at the screen
+//! ([`ReplayStore::seen`]), so a replay flood costs an HMAC and a lookup, not a
+//! decryption and a round trip to Redis.
 
 use super::{PacketDigest, ReplayError, ReplayStore};
 use crate::config::redact_url;
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use std::fmt::Write;
+use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
 /// A knock waits at most this long for Redis; then it is refused, not granted.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Digests remembered locally (about 80 bytes each: ~1.3 MiB at most).
+const LOCAL_HINTS: usize = 16_384;
 
 pub struct RedisStore {
     connection: ConnectionManager,
@@ -23,6 +32,8 @@ pub struct RedisStore {
     keep_for: Option<u64>,
     /// Digests this server recorded (Redis holds those of all servers).
     recorded: AtomicUsize,
+    /// Digests known to be in Redis, with the Unix second Redis expires them.
+    known: Mutex<lru::LruCache<PacketDigest, u64>>,
 }
 
 impl RedisStore {
@@ -47,6 +58,9 @@ impl RedisStore {
             key_prefix: key_prefix.to_string(),
             keep_for,
             recorded: AtomicUsize::new(0),
+            known: Mutex::new(lru::LruCache::new(
+                NonZeroUsize::new(LOCAL_HINTS).expect("non-zero"),
+            )),
         })
     }
 
@@ -86,7 +100,22 @@ impl ReplayStore for RedisStore {
         if new {
             self.recorded.fetch_add(1, Ordering::Relaxed);
         }
+        // Recorded now, by this server or another: later copies stop at the screen.
+        let expires = self
+            .keep_for
+            .map_or(u64::MAX, |keep| stamp.saturating_add(keep));
+        self.known
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .put(digest, expires);
         Ok(new)
+    }
+
+    fn seen(&self, digest: &PacketDigest) -> bool {
+        let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        known
+            .peek(digest)
+            .is_some_and(|&expires| crate::capture::unix_now() <= expires)
     }
 
     /// Redis expires the keys itself.
