@@ -276,7 +276,7 @@ pub async fn spawn(
         }
         CaptureConfig::Udp { listen } => {
             let socket = udp::bind(listen)?;
-            tokio::spawn(udp::run(socket, pipeline, shutdown))
+            udp::spawn(socket, pipeline, shutdown)
         }
         CaptureConfig::Tcp {
             listen,
