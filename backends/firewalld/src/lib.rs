@@ -1,5 +1,7 @@
 #![doc = include_str!("../README.md")]
 
+#![forbid(unsafe_code)]
+
 pub mod api;
 mod backend;
 pub mod config;

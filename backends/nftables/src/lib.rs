@@ -1,11 +1,15 @@
 #![doc = include_str!("../README.md")]
 
+#![deny(unsafe_code)]
+
 mod backend;
 mod block;
 mod changes;
 pub mod config;
 mod keys;
 mod listing;
+// The grant path talks nf_tables netlink on a raw socket (socket, bind, setns, send, recv).
+#[allow(unsafe_code)]
 pub mod netlink;
 mod setup;
 pub mod shadow;
