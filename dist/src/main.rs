@@ -16,6 +16,8 @@
 //! posternd under) with ExecStart pointing where the package installs the
 //! daemon, /usr/sbin, instead of /usr/local/sbin.
 
+#![forbid(unsafe_code)]
+
 use anyhow::Context;
 use clap::CommandFactory;
 use clap_complete::Shell;

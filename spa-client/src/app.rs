@@ -3,7 +3,6 @@
 use crate::build::{self, GpgDetails, MessageSpec, SealedPacket};
 use crate::cli::{Cli, CliExit};
 use crate::error::{ClientError, Result};
-use crate::gpg::{GpgOptions, Gpgme};
 use crate::keys::{self, GpgKeyMaterial, KeyInput, KeyMaterial};
 use crate::output::{self, FieldView};
 use crate::rcfile::{self, PermCheck, RcFile};
@@ -15,6 +14,7 @@ use crate::settings::{
 };
 use crate::user;
 use spa_core::{DigestType, GeneratedKeys};
+use spa_gpg::{GpgOptions, Gpgme};
 use std::ffi::OsString;
 use std::fs::OpenOptions;
 use std::io::{self, BufReader, IsTerminal, Write};
@@ -323,7 +323,7 @@ fn stanza_name(cli: &Cli, settings: &Settings) -> Result<String> {
 }
 
 fn write_key_file(path: &Path, text: &str) -> Result<()> {
-    keys::write_key_file(path, text).map_err(|e| {
+    spa_core::keys::write_key_file(path, text).map_err(|e| {
         ClientError::io(
             format!("unable to write key gen file {}", path.display()),
             &e,

@@ -4,8 +4,7 @@
 
 use crate::error::{ClientError, Result};
 use crate::settings::{KeySpec, Settings, MAX_KEY_LEN};
-use spa_core::keys::{GENERATED_HMAC_KEY_LEN, GENERATED_KEY_LEN, KEY_GEN_RANDOM_LEN};
-use spa_core::{generate_keys, DigestType, GeneratedKeys, Secret};
+use spa_core::{DigestType, GeneratedKeys, KeyGenSizes, Secret};
 use std::io::BufRead;
 use std::path::Path;
 use zeroize::Zeroizing;
@@ -190,59 +189,15 @@ pub fn acquire_gpg(
     })
 }
 
-/// fwknop's default HMAC key length for --key-gen, by HMAC digest.
-pub fn default_hmac_key_len(digest: DigestType) -> usize {
-    match digest {
-        DigestType::Md5 => 16,
-        DigestType::Sha1 => 20,
-        DigestType::Sha256 | DigestType::Sha3_256 | DigestType::Sha3_512 => GENERATED_HMAC_KEY_LEN,
-        DigestType::Sha384 | DigestType::Sha512 => 128,
-    }
-}
-
-fn parse_len(flag: &str, v: Option<&str>, max: usize) -> Result<Option<usize>> {
-    v.map(|s| {
-        s.parse::<usize>()
-            .ok()
-            .filter(|n| (1..=max).contains(n))
-            .ok_or_else(|| {
-                ClientError::usage(format!("invalid {flag} '{s}': must be within [1-{max}]"))
-            })
-    })
-    .transpose()
-}
-
 /// `--key-gen`: random keys of the requested (or default) sizes.
 pub fn generate(
     key_len: Option<&str>,
     hmac_key_len: Option<&str>,
     hmac_digest: DigestType,
 ) -> Result<GeneratedKeys> {
-    let key_len = parse_len("--key-len", key_len, GENERATED_KEY_LEN)?.unwrap_or(GENERATED_KEY_LEN);
-    let hmac_len = parse_len("--hmac-key-len", hmac_key_len, MAX_KEY_LEN)?
-        .unwrap_or(default_hmac_key_len(hmac_digest));
-    if key_len == GENERATED_KEY_LEN && hmac_len == GENERATED_HMAC_KEY_LEN {
-        let random = Zeroizing::new(crate::random::bytes::<KEY_GEN_RANDOM_LEN>());
-        return Ok(generate_keys(&random));
-    }
-    Ok(GeneratedKeys {
-        key: Secret::new(crate::random::vec(key_len)),
-        hmac_key: Secret::new(crate::random::vec(hmac_len)),
-    })
-}
-
-/// Write generated keys to `path`, mode 0600 (also when the file existed).
-pub fn write_key_file(path: &std::path::Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-    f.write_all(text.as_bytes())
+    let sizes = KeyGenSizes::parse(key_len, hmac_key_len, hmac_digest)
+        .map_err(|e| ClientError::usage(e.to_string()))?;
+    Ok(sizes.generate(crate::random::fill))
 }
 
 #[cfg(test)]

@@ -17,13 +17,13 @@
 //! - [`ssh`]: `postern ssh HOST`, the real ssh through `--connect`;
 //! - [`app`]: one complete run ([`app::run`]).
 
+#![deny(unsafe_code)]
+
 pub mod app;
 pub mod build;
 pub mod cli;
 pub mod connect;
 pub mod error;
-pub mod gpg;
-pub mod gpg_keyring;
 pub mod keys;
 pub mod output;
 pub mod random;
@@ -34,6 +34,8 @@ pub mod saved_args;
 pub mod send;
 pub mod settings;
 pub mod ssh;
+// getpwuid_r(3) and geteuid(2) through libc: the invoking user's name and home.
+#[allow(unsafe_code)]
 pub mod user;
 pub mod wait;
 

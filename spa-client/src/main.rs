@@ -1,5 +1,7 @@
 //! `postern`: the fwknop-compatible SPA client.
 
+#![forbid(unsafe_code)]
+
 use std::process::ExitCode;
 
 fn main() -> ExitCode {

@@ -9,10 +9,8 @@ pub fn bytes<const N: usize>() -> [u8; N] {
     buf
 }
 
-pub fn vec(len: usize) -> Vec<u8> {
-    let mut buf = vec![0u8; len];
-    OsRng.fill_bytes(&mut buf);
-    buf
+pub fn fill(buf: &mut [u8]) {
+    OsRng.fill_bytes(buf);
 }
 
 /// A port in 10000..=65534, as fwknop's -r / --nat-rand-port choose them.

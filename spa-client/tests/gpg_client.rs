@@ -4,11 +4,11 @@
 mod common;
 
 use common::*;
-use spa_client::gpg::{GpgOptions, Gpgme};
-use spa_client::gpg_keyring::{GpgHome, KeyIds};
 use spa_core::gpg;
 use spa_core::packet::HmacKey;
 use spa_core::DigestType;
+use spa_gpg::keyring::{GpgHome, KeyIds};
+use spa_gpg::{GpgOptions, Gpgme};
 use std::net::UdpSocket;
 use std::time::Duration;
 

@@ -1,5 +1,5 @@
-//! Typed errors. Crypto failures stay opaque to callers on the network side
-//! (`SpaError::is_crypto`), the detail is for debug logs only.
+//! Typed errors. Their detail is for logs only: posternd never answers a
+//! sender, whatever failed.
 
 use thiserror::Error;
 
@@ -60,21 +60,6 @@ impl SpaError {
             field,
             reason: reason.into(),
         }
-    }
-
-    /// True for failures that must be reported to the network side only as "rejected".
-    pub fn is_crypto(&self) -> bool {
-        matches!(
-            self,
-            SpaError::HmacMismatch
-                | SpaError::HmacMissing(_)
-                | SpaError::CipherLayout
-                | SpaError::Decrypt
-                | SpaError::DigestMismatch
-                | SpaError::DigestLength(_)
-                | SpaError::PlaintextLength(_)
-                | SpaError::NonPrintable
-        )
     }
 }
 

@@ -1,9 +1,12 @@
 //! spa-core: the fwknop 2.x Single Packet Authorization protocol, byte-exact.
 //!
 //! Plain functions and types, no IO, no clock, no randomness: callers pass the
-//! time and random bytes in. Receiving is staged ([`packet::precheck`] →
+//! time and random bytes in (the one exception: [`keys::write_key_file`] writes
+//! a `--key-gen-file`). Receiving is staged ([`packet::precheck`] →
 //! [`packet::verify_hmac`] → [`packet::decrypt`]) so the server can reject garbage
 //! cheaply and never decrypt before the HMAC is verified in constant time.
+
+#![forbid(unsafe_code)]
 
 pub mod b64;
 pub mod cipher;
@@ -20,7 +23,7 @@ pub mod request;
 pub use cipher::EncryptionMode;
 pub use digest::DigestType;
 pub use error::{Result, SpaError};
-pub use keys::{generate_keys, GeneratedKeys, Secret};
+pub use keys::{GeneratedKeys, KeyGenSizes, Secret};
 pub use message::{DecodedMessage, MessageType, SpaMessage};
 pub use packet::{HmacKey, PacketKeys};
 pub use request::{AccessRequest, CommandRequest, NatTarget, Proto, ProtoPort, Request};

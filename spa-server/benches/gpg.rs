@@ -8,11 +8,11 @@
 //!
 //! `cargo bench -p spa-server --bench gpg` (needs gpg; makes throwaway keyrings).
 
-use spa_client::gpg::{GpgOptions, Gpgme};
-use spa_client::gpg_keyring::GpgHome;
 use spa_core::firewall::MemoryFirewall;
 use spa_core::gpg::{self, OpenPgp};
 use spa_core::{DigestType, MessageType, SpaMessage};
+use spa_gpg::keyring::GpgHome;
+use spa_gpg::{GpgOptions, Gpgme};
 use spa_server::config::{AccessStanza, AddrList, CaptureConfig, ReplayConfig, ServerConfig};
 use spa_server::gpg::{default_workers, EngineKey, GpgPool};
 use std::net::UdpSocket;

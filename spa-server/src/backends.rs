@@ -1,7 +1,8 @@
 //! Build action backends from config by name.
 
 use crate::config::{ActionConfig, ServerSection};
-use postern_backend_script::{find_program, ScriptBackend, ScriptConfig};
+use postern_backend_common::find_program;
+use postern_backend_script::{ScriptBackend, ScriptConfig};
 use serde::de::DeserializeOwned;
 use spa_core::firewall::{Block, Firewall, FwResult, MemoryFirewall, Opening, Rule, RuleFeature};
 

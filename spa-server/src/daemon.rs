@@ -749,7 +749,7 @@ mod tests {
         let mut stanzas = vec![s.clone()];
         assert_eq!(
             stanzas[0].sudo_exec().unwrap().exe,
-            std::path::PathBuf::from(postern_backend_script::command::DEFAULT_SUDO_EXE)
+            std::path::PathBuf::from(postern_backend_common::command::DEFAULT_SUDO_EXE)
         );
         apply_server_defaults(&mut stanzas, &server);
         assert_eq!(

@@ -37,9 +37,9 @@
 //! posternd's `--gpg-home-dir` / `--gpg-exe` (see `daemon::apply_gpg_defaults`).
 
 use crate::config::AccessStanza;
-use spa_client::gpg::{GpgOptions, Gpgme};
 use spa_core::gpg::{self, check_signatures, Decrypted, GpgError, OpenPgp};
 use spa_core::{DecodedMessage, Secret};
+use spa_gpg::{GpgOptions, Gpgme};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -1,5 +1,7 @@
 //! `posternd`: the postern SPA server.
 
+#![forbid(unsafe_code)]
+
 use clap::Parser;
 use spa_server::cli::{Cli, Command};
 use spa_server::config::{
@@ -28,13 +30,14 @@ fn key_gen(cli: &Cli) -> anyhow::Result<ExitCode> {
             .map_err(|e| anyhow::anyhow!("--hmac-digest-type: {e}"))?,
         None => spa_core::DigestType::Sha256,
     };
-    let keys =
-        spa_client::keys::generate(cli.key_len.as_deref(), cli.hmac_key_len.as_deref(), digest)
+    let sizes =
+        spa_core::KeyGenSizes::parse(cli.key_len.as_deref(), cli.hmac_key_len.as_deref(), digest)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let keys = sizes.generate(|buf| rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, buf));
     let text = keys.to_keygen_output();
     match &cli.key_gen_file {
         Some(path) => {
-            spa_client::keys::write_key_file(path, &text)
+            spa_core::keys::write_key_file(path, &text)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
             println!("[+] Wrote Rijndael and HMAC keys to: {}", path.display());
         }
@@ -280,7 +283,11 @@ fn pid_file(cli: &Cli, cfg: &ServerConfig) -> PathBuf {
         .unwrap_or_else(|| cfg.server.run_dir.join(&cfg.server.pid_file_name))
 }
 
-fn signal_running(pid_path: &PathBuf, signal: libc::c_int) -> anyhow::Result<Option<i32>> {
+/// `signal` `None`: only whether it runs (kill(2) with signal 0).
+fn signal_running(
+    pid_path: &PathBuf,
+    signal: Option<nix::sys::signal::Signal>,
+) -> anyhow::Result<Option<i32>> {
     let Ok(text) = std::fs::read_to_string(pid_path) else {
         return Ok(None);
     };
@@ -295,8 +302,7 @@ fn signal_running(pid_path: &PathBuf, signal: libc::c_int) -> anyhow::Result<Opt
             pid_path.display()
         );
     }
-    // SAFETY: kill(2) with a pid read from our own pid file; no memory is touched.
-    let alive = unsafe { libc::kill(pid, signal) } == 0;
+    let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal).is_ok();
     Ok(alive.then_some(pid))
 }
 
@@ -362,18 +368,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     if cli.kill || cli.restart || cli.status {
+        use nix::sys::signal::Signal;
         let sig = if cli.kill {
-            libc::SIGTERM
+            Some(Signal::SIGTERM)
         } else if cli.restart {
-            libc::SIGHUP
+            Some(Signal::SIGHUP)
         } else {
-            0
+            None
         };
         return Ok(match signal_running(&pid_path, sig)? {
             Some(pid) => {
                 println!(
                     "posternd (pid {pid}) is running{}",
-                    if sig != 0 { "; signal sent" } else { "" }
+                    if sig.is_some() { "; signal sent" } else { "" }
                 );
                 ExitCode::SUCCESS
             }
@@ -425,7 +432,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
              have: run it with -f, or give the audit log a file"
         );
     }
-    if let Some(pid) = signal_running(&pid_path, 0)? {
+    if let Some(pid) = signal_running(&pid_path, None)? {
         anyhow::bail!(
             "posternd is already running (pid {pid}, {})",
             pid_path.display()

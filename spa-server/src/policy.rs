@@ -184,9 +184,9 @@ pub enum GrantKind {
         user: Option<String>,
         group: Option<String>,
         /// CMD_CAPABILITIES: what the command keeps.
-        capabilities: postern_backend_script::CapSet,
+        capabilities: postern_backend_common::CapSet,
         /// ENABLE_CMD_SUDO_EXEC.
-        sudo: Option<postern_backend_script::SudoExec>,
+        sudo: Option<postern_backend_common::SudoExec>,
     },
 }
 
@@ -197,7 +197,7 @@ pub struct CmdCycle {
     pub close: Option<String>,
     pub timer: u32,
     /// CMD_CAPABILITIES: what the scripts keep.
-    pub capabilities: postern_backend_script::CapSet,
+    pub capabilities: postern_backend_common::CapSet,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

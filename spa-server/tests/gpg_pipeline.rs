@@ -3,11 +3,11 @@
 //! and damaged packets, passphrase-protected server keys, and a GPG flood that
 //! must not hold up Rijndael knocks.
 
-use spa_client::gpg::{GpgOptions, Gpgme};
-use spa_client::gpg_keyring::{GpgHome, KeyIds};
 use spa_core::firewall::MemoryFirewall;
 use spa_core::packet::{self, HmacKey, PacketKeys};
 use spa_core::{gpg, DigestType, EncryptionMode, MessageType, Secret, SpaMessage};
+use spa_gpg::keyring::{GpgHome, KeyIds};
+use spa_gpg::{GpgOptions, Gpgme};
 use spa_server::config::{AccessStanza, AddrList, CaptureConfig, ReplayConfig, ServerConfig};
 use spa_server::daemon::{start_with_backends, Running};
 use std::net::{SocketAddr, UdpSocket};

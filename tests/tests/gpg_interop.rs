@@ -13,7 +13,7 @@
 //! pinentry, so their homes get `pinentry-mode loopback` in gpg.conf (postern and
 //! posternd ask for it themselves).
 
-#[path = "../../spa-client/src/gpg_keyring.rs"]
+#[path = "../../spa-gpg/src/keyring.rs"]
 #[allow(dead_code)]
 mod gpg_keyring;
 

@@ -4,7 +4,7 @@
 
 use crate::config::IpfwConfig;
 use crate::rules::{add_args, parse_dynamic, parse_list, Kind, Listed};
-use postern_backend_script::{missing_for, require_program, SystemRunner};
+use postern_backend_common::{missing_for, require_program, SystemRunner};
 use spa_core::firewall::{
     CommandRunner, Firewall, FirewallError, FwResult, Opening, Rule, RuleFeature,
 };

@@ -1,8 +1,8 @@
 //! Snapshot tests: the exact ipfw argv the backend produces, against a
 //! recording runner that answers listings from canned text.
 
+use postern_backend_common::fake::RecordingRunner;
 use postern_backend_ipfw::{IpfwBackend, IpfwConfig};
-use postern_backend_script::fake::RecordingRunner;
 use spa_core::firewall::{Firewall, FirewallError, FwResult, NatRule, Opening, Rule};
 use spa_core::request::Proto;
 use std::sync::{Arc, Mutex};

@@ -15,8 +15,8 @@ use crate::config::{ChainSpec, IptablesConfig};
 use crate::plan::{plan_chain, ChainRules, Plan};
 use crate::rules::{parse_listing, ListedRule};
 use crate::session::RestoreSession;
+use postern_backend_common::{find_program, missing_for, require_program, SystemRunner};
 use postern_backend_nftables::netlink::NfSocket;
-use postern_backend_script::{find_program, missing_for, require_program, SystemRunner};
 use spa_core::firewall::{
     Block, CommandRunner, Firewall, FirewallError, FwResult, Opening, Rule, RuleFeature, Snat,
 };

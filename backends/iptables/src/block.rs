@@ -22,7 +22,7 @@
 //! [`Firewall::enable_blocking`]: spa_core::firewall::Firewall::enable_blocking
 
 use crate::backend::IptablesBackend;
-use postern_backend_script::{find_program, require_program};
+use postern_backend_common::{find_program, require_program};
 use spa_core::firewall::{Block, FirewallError, FwResult};
 use std::net::IpAddr;
 

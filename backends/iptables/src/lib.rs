@@ -36,12 +36,16 @@
 //! # Ok(()) }
 //! ```
 
+#![deny(unsafe_code)]
+
 pub mod backend;
 pub mod block;
 pub mod chains;
 pub mod config;
 mod plan;
 pub mod rules;
+// The iptables-restore session polls its pipes: fcntl(2) O_NONBLOCK and poll(2).
+#[allow(unsafe_code)]
 mod session;
 
 pub use backend::IptablesBackend;

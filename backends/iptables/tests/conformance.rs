@@ -4,8 +4,8 @@
 //! battery's ports in INPUT (like the fwknop tutorials), after the backend's
 //! jump. Root needed; with CI=true a missing prerequisite fails the test.
 
+use postern_backend_common::PrefixedRunner;
 use postern_backend_iptables::{IptablesBackend, IptablesConfig};
-use postern_backend_script::PrefixedRunner;
 use postern_e2e::conformance::{self, wall_now, BatteryNet, PORTS};
 use postern_e2e::{require_program, require_root};
 use spa_core::firewall::{Firewall, Rule};

@@ -1,8 +1,8 @@
 //! Snapshot tests: the exact commands and iptables-restore input the backend
 //! produces, against a fake that answers `-S` listings from canned text.
 
+use postern_backend_common::fake::RecordingRunner;
 use postern_backend_iptables::{IptablesBackend, IptablesConfig};
-use postern_backend_script::fake::RecordingRunner;
 use spa_core::firewall::{Firewall, FirewallError, FwResult, NatRule, Opening, Rule, Snat};
 use spa_core::request::Proto;
 use std::collections::HashMap;

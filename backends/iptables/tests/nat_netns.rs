@@ -2,8 +2,8 @@
 //! create: client — gateway (runs the backend) — internal. Root needed; with
 //! CI=true a missing prerequisite fails the test.
 
+use postern_backend_common::PrefixedRunner;
 use postern_backend_iptables::{ChainSpec, IptablesBackend, IptablesConfig};
-use postern_backend_script::PrefixedRunner;
 use postern_e2e::routed::routed;
 use postern_e2e::{require_program, require_root, tcp_connect_ok, tcp_listen, wait_until, Netns};
 use spa_core::firewall::{Firewall, NatRule, Opening, Rule, Snat};

@@ -1,8 +1,8 @@
 //! The iptables backend against real iptables, inside network namespaces the
 //! tests create (root needed; with CI=true a missing prerequisite fails the test).
 
+use postern_backend_common::PrefixedRunner;
 use postern_backend_iptables::{IptablesBackend, IptablesConfig};
-use postern_backend_script::PrefixedRunner;
 use postern_e2e::{
     pair, require_program, require_root, tcp_connect_ok, tcp_listen, wait_until, which, Netns,
 };

@@ -9,7 +9,7 @@ use crate::netlink::{BatchError, NfSocket};
 use crate::setup::{all_sets, setup_ruleset};
 use crate::shadow::{shadowing_in_iptables_save, shadowing_in_ruleset, ShadowWarning};
 use crate::BACKEND;
-use postern_backend_script::SystemRunner;
+use postern_backend_common::SystemRunner;
 use spa_core::firewall::{
     Block, CommandRunner, Firewall, FirewallError, FwResult, Opening, Rule, RuleFeature, Snat,
 };

@@ -1,4 +1,5 @@
 #![doc = include_str!("../README.md")]
+#![deny(unsafe_code)]
 
 mod backend;
 mod block;
@@ -6,6 +7,8 @@ mod changes;
 pub mod config;
 mod keys;
 mod listing;
+// The grant path talks nf_tables netlink on a raw socket (socket, bind, setns, send, recv).
+#[allow(unsafe_code)]
 pub mod netlink;
 mod setup;
 pub mod shadow;

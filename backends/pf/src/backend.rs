@@ -4,7 +4,7 @@
 use crate::config::PfConfig;
 use crate::render::{anchor_linked, anchor_rules, is_absent, parse_show, parse_tables, TableKey};
 use crate::state::{Entry, StateFile};
-use postern_backend_script::{missing_for, require_program, SystemRunner};
+use postern_backend_common::{missing_for, require_program, SystemRunner};
 use spa_core::firewall::{
     CommandRunner, Firewall, FirewallError, FwResult, Opening, Rule, RuleFeature,
 };

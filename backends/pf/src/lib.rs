@@ -32,6 +32,8 @@
 //! # Ok(()) }
 //! ```
 
+#![forbid(unsafe_code)]
+
 pub mod backend;
 pub mod config;
 pub mod render;

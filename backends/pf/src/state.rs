@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use crate::render::TableKey;
-use postern_backend_script::state::write_private;
+use postern_backend_common::state::write_private;
 
 /// One address in one table.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,8 +1,8 @@
 //! Snapshot tests: the exact pfctl argv and stdin the backend produces, against
 //! a recording runner that answers listings from canned text.
 
+use postern_backend_common::fake::RecordingRunner;
 use postern_backend_pf::{PfBackend, PfConfig};
-use postern_backend_script::fake::RecordingRunner;
 use spa_core::firewall::{Firewall, FirewallError, FwResult, NatRule, Opening, Rule};
 use spa_core::request::Proto;
 use std::collections::BTreeMap;

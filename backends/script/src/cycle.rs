@@ -15,10 +15,10 @@
 //! - the commands inherit no descriptor and no capability beyond `capabilities`
 //!   (fwknopd's keep everything root has).
 
-use crate::child::CapSet;
-use crate::runner::{find_program, ConfinedRunner};
 use crate::state::{PendingClose, ScriptOrigin, StateFile};
 use crate::template::{Template, Values};
+use postern_backend_common::runner::{find_program, ConfinedRunner};
+use postern_backend_common::CapSet;
 use serde::Deserialize;
 use spa_core::firewall::{
     CommandRunner, Firewall, FirewallError, FwResult, Opening, Rule, RuleFeature,

@@ -1,10 +1,10 @@
 //! Pending close commands, kept in memory and optionally in a state file so a
 //! restarted daemon still runs the closes a previous run owed.
 
+use postern_backend_common::state::write_private;
 use serde::{Deserialize, Serialize};
 use spa_core::firewall::{Opening, Rule};
 use spa_core::request::Proto;
-use std::io::Write;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
@@ -77,7 +77,7 @@ pub struct ScriptOrigin {
     pub open: String,
     pub close: Option<String>,
     #[serde(default)]
-    pub capabilities: crate::child::CapSet,
+    pub capabilities: postern_backend_common::CapSet,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -164,24 +164,6 @@ impl StateFile {
         write_private(&self.path, &text)
             .map_err(|e| format!("cannot write state file {}: {e}", self.path.display()))
     }
-}
-
-/// Replace `path` with `text` atomically (a `.tmp` sibling, fsync, rename), the
-/// file readable by its owner only: state files list client addresses.
-pub fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
 }
 
 #[cfg(test)]

@@ -3,9 +3,8 @@
 //! from /proc/self/fd. The test process holds a socket and a file opened without
 //! close-on-exec, as a pcap handle would be.
 
-use postern_backend_script::{
-    run_command_with, CapSet, CommandExec, ScriptBackend, ScriptConfig, SystemRunner,
-};
+use postern_backend_common::{run_command_with, CapSet, CommandExec, SystemRunner};
+use postern_backend_script::{ScriptBackend, ScriptConfig};
 use spa_core::firewall::{CommandRunner, Firewall, Opening, Rule};
 use std::os::fd::RawFd;
 use std::path::Path;

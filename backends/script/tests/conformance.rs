@@ -6,7 +6,8 @@
 //! A state file carries the owed closes across the battery's restart. Root
 //! needed; with CI=true a missing prerequisite fails the test.
 
-use postern_backend_script::{PrefixedRunner, ScriptBackend, ScriptConfig};
+use postern_backend_common::PrefixedRunner;
+use postern_backend_script::{ScriptBackend, ScriptConfig};
 use postern_e2e::conformance::{self, wall_now, BatteryNet, PORTS};
 use postern_e2e::{require_program, require_root};
 use spa_core::firewall::{Firewall, Rule};

@@ -1,6 +1,6 @@
 //! Snapshot tests of the exact argv the script backend runs, with a recording fake.
 
-use postern_backend_script::fake::RecordingRunner;
+use postern_backend_common::fake::RecordingRunner;
 use postern_backend_script::{PacketAddresses, ScriptBackend, ScriptConfig};
 use spa_core::firewall::{Firewall, FirewallError, NatRule, Opening, Rule};
 use spa_core::request::Proto;

@@ -2,7 +2,8 @@
 //! rules inside network namespaces (root; with CI=true a missing prerequisite
 //! fails the test instead of skipping it).
 
-use postern_backend_script::{PrefixedRunner, ScriptBackend, ScriptConfig, SystemRunner};
+use postern_backend_common::{PrefixedRunner, SystemRunner};
+use postern_backend_script::{ScriptBackend, ScriptConfig};
 use postern_e2e::{
     pair, require_program, require_root, tcp_connect_ok, tcp_listen, wait_until, Netns,
 };

@@ -9,6 +9,8 @@
 //! ```
 //! and knock with `postern -A tcp/22 -a 127.0.0.1 -D 127.0.0.1 …`.
 
+#![forbid(unsafe_code)]
+
 use spa_core::firewall::{Firewall, FwResult, Opening, Rule};
 use spa_server::config::{self, CaptureConfig, ConfigSources, ReplayConfig, ServerConfig};
 

@@ -7,8 +7,8 @@
 //! the log says so), so a flood of detections cannot pile up processes.
 
 use super::Detection;
-use postern_backend_script::exec::{run_limited, Limits};
-use postern_backend_script::{CapSet, ChildPrivileges};
+use postern_backend_common::exec::{run_limited, Limits};
+use postern_backend_common::{CapSet, ChildPrivileges};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -42,7 +42,7 @@ impl Hook {
         vec![
             (
                 "PATH",
-                postern_backend_script::command::SAFE_PATH.to_string(),
+                postern_backend_common::command::SAFE_PATH.to_string(),
             ),
             ("POSTERN_SOURCE", d.source.to_string()),
             ("POSTERN_FAILURES", d.failures.to_string()),
@@ -169,7 +169,7 @@ mod tests {
         assert_eq!(get("POSTERN_BLOCK_SECS"), Some("600"));
         assert_eq!(
             get("PATH"),
-            Some(postern_backend_script::command::SAFE_PATH)
+            Some(postern_backend_common::command::SAFE_PATH)
         );
         assert_eq!(env.len(), 7);
     }

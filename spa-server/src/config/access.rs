@@ -4,7 +4,7 @@ pub use super::conf_file::Findings;
 use super::conf_file::{parse_bool, parse_lines, parse_num, ConfError, Entry, Origin};
 use super::secure_read;
 use ipnet::{IpNet, Ipv4Net};
-use postern_backend_script::{CapSet, SudoExec};
+use postern_backend_common::{CapSet, SudoExec};
 use serde::{Deserialize, Serialize};
 use spa_core::request::parse_proto_ports;
 use spa_core::{DigestType, EncryptionMode, ProtoPort, Secret};
@@ -570,7 +570,7 @@ impl AccessStanza {
             exe: self
                 .sudo_exe
                 .clone()
-                .unwrap_or_else(|| postern_backend_script::command::DEFAULT_SUDO_EXE.into()),
+                .unwrap_or_else(|| postern_backend_common::command::DEFAULT_SUDO_EXE.into()),
             user: self.cmd_sudo_exec_user.clone(),
             group: self.cmd_sudo_exec_group.clone(),
         })
@@ -584,7 +584,7 @@ impl AccessStanza {
             set = set.union(self.cmd_capabilities);
         }
         if self.enable_cmd_exec && self.enable_cmd_sudo_exec {
-            set = set.union(CapSet::of(postern_backend_script::SUDO_CAPABILITIES));
+            set = set.union(CapSet::of(postern_backend_common::SUDO_CAPABILITIES));
         }
         set
     }

@@ -1,6 +1,8 @@
 //! posternd's configuration: native TOML (with `POSTERN_…` environment overrides,
 //! via figment) or fwknop's own fwknopd.conf + access.conf, read unchanged.
 
+// fwknopd's ACCESS_EXPIRE dates are local time: mktime(3) through libc.
+#[allow(unsafe_code)]
 pub mod access;
 pub mod conf_file;
 pub mod dump;
@@ -485,7 +487,7 @@ impl ServerConfig {
     /// Every capability a child posternd starts may be given (CMD_CAPABILITIES,
     /// sudo's needs, `capabilities` of script actions): the daemon must keep
     /// these itself, in addition to what it needs for its own work.
-    pub fn child_capabilities(&self) -> postern_backend_script::CapSet {
+    pub fn child_capabilities(&self) -> postern_backend_common::CapSet {
         let stanzas = self.access.iter().map(AccessStanza::child_capabilities);
         let scripts = self.action.iter().filter(|a| a.kind == "script").map(|a| {
             // Invalid values fail when the action is built; nothing to keep for them.
@@ -496,7 +498,7 @@ impl ServerConfig {
         });
         stanzas
             .chain(scripts)
-            .fold(postern_backend_script::CapSet::EMPTY, |all, c| all.union(c))
+            .fold(postern_backend_common::CapSet::EMPTY, |all, c| all.union(c))
     }
 }
 

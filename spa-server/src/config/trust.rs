@@ -19,8 +19,7 @@ pub enum Trust {
 }
 
 fn owner_ok(uid: u32) -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    uid == 0 || uid == unsafe { libc::geteuid() }
+    uid == 0 || uid == nix::unistd::geteuid().as_raw()
 }
 
 /// Refuse `path` unless it is protected as `trust` asks; `what` names it in errors.
@@ -133,8 +132,7 @@ mod tests {
 
     #[test]
     fn a_file_of_another_user_is_refused() {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
+        if !nix::unistd::geteuid().is_root() {
             return;
         }
         let dir = tempfile::tempdir().unwrap();

@@ -19,6 +19,8 @@
 //! - `--established SRC PROTO PORT`: does a dynamic rule for it still exist
 //!   (it dies with its parent rule, not when the parent's set is disabled).
 
+#![forbid(unsafe_code)]
+
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::io::Write;

@@ -16,6 +16,8 @@
 //! from SRC to PROTO/PORT would be let in by an anchor the main ruleset
 //! references, else `block`.
 
+#![forbid(unsafe_code)]
+
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::{Read, Write};

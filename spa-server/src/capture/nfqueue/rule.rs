@@ -10,7 +10,7 @@
 //!   transaction each.
 
 use super::{RuleTool, Settings};
-use postern_backend_script::SystemRunner;
+use postern_backend_common::SystemRunner;
 use spa_core::firewall::CommandRunner;
 
 /// iptables waits this long for the xtables lock rather than failing at once.
@@ -75,7 +75,7 @@ pub fn ip6tables_twin(program: &str) -> Option<String> {
         "" => format!("ip6tables{variant}"),
         dir => format!("{dir}/ip6tables{variant}"),
     };
-    postern_backend_script::runner::find_program(&twin).map(|_| twin)
+    postern_backend_common::runner::find_program(&twin).map(|_| twin)
 }
 
 /// Removing one jump to the chain (repeated until none is left).
@@ -273,7 +273,7 @@ mod tests {
     #[test]
     fn the_ipv6_twin_of_each_iptables_variant() {
         // Only names this host has are returned (Debian ships all of these).
-        if postern_backend_script::runner::find_program("ip6tables").is_none() {
+        if postern_backend_common::runner::find_program("ip6tables").is_none() {
             return;
         }
         assert_eq!(ip6tables_twin("iptables").as_deref(), Some("ip6tables"));

@@ -1,6 +1,6 @@
 //! The OpenPGP engine of postern and posternd: gpgme behind spa-core's
-//! [`OpenPgp`] trait. One copy serves both programs (`spa-server` depends on
-//! this crate for it).
+//! [`OpenPgp`] trait. One copy serves both programs (`spa-client` and
+//! `spa-server` depend on this crate; neither depends on the other).
 //!
 //! Why gpgme rather than a pure-Rust OpenPGP library (sequoia, rPGP):
 //!
@@ -20,6 +20,12 @@
 //! The price: gpgme runs `gpg` as a child process per operation (slow, tens of
 //! milliseconds) and its context is not `Send`. posternd therefore decrypts on a
 //! bounded pool of threads that each own their contexts (`spa_server::gpg`).
+//!
+//! [`keyring`] makes throwaway GnuPG homes for tests, benchmarks and demos.
+
+#![forbid(unsafe_code)]
+
+pub mod keyring;
 
 use gpgme::{Context, EncryptFlags, Key, PinentryMode, Protocol, Validity};
 use spa_core::gpg::{Decrypted, GpgError, OpenPgp, SignatureInfo};

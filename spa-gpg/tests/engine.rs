@@ -1,11 +1,11 @@
 //! The gpgme engine with throwaway keyrings: encrypt+sign in a client home,
 //! decrypt+verify in a server home, through spa-core's GPG packet functions.
 
-use spa_client::gpg::{GpgOptions, Gpgme};
-use spa_client::gpg_keyring::{GpgHome, KeyIds};
 use spa_core::gpg::{self, GpgError, OpenPgp};
 use spa_core::packet::HmacKey;
 use spa_core::{DigestType, MessageType, Secret, SpaMessage};
+use spa_gpg::keyring::{GpgHome, KeyIds};
+use spa_gpg::{GpgOptions, Gpgme};
 
 struct Homes {
     client: GpgHome,
