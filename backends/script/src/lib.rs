@@ -30,7 +30,8 @@ pub use command::{
     run_command, run_command_with, CommandError, CommandExec, CommandOutput, SudoExec,
     SUDO_CAPABILITIES,
 };
-pub use cycle::{PacketAddresses, ScriptBackend, ScriptConfig};
+pub use cycle::{ScriptBackend, ScriptConfig};
 pub use runner::{
     find_program, missing_for, require_program, ConfinedRunner, PrefixedRunner, SystemRunner,
 };
+pub use spa_core::firewall::PacketAddresses;
