@@ -319,9 +319,10 @@ async fn start_serving(
         destination_rule: cfg.server.destination_rule,
     };
     let (tx, rx) = mpsc::channel(cfg.server.queue_depth);
-    let mut executor = Executor::new(backends, &cfg.server, clock);
+    let mut executor = Executor::new(backends, &cfg.server, clock.clone());
     if let Some(fleet) = &cfg.fleet {
-        executor = executor.with_fleet(start_fleet(fleet, shutdown.clone()).await?);
+        let link = start_fleet(fleet, shutdown.clone(), clock.clone()).await?;
+        executor = executor.with_fleet(link);
     }
     if let Some(attack) = &cfg.attack {
         let mut blocks = None;
@@ -403,6 +404,7 @@ async fn start_serving(
             store,
             cfg.server.max_packet_age,
             shutdown.clone(),
+            clock,
         )));
     }
     Ok(Running {
@@ -422,6 +424,7 @@ async fn start_serving(
 async fn start_fleet(
     config: &crate::fleet::FleetConfig,
     shutdown: CancellationToken,
+    clock: Arc<dyn Clock>,
 ) -> anyhow::Result<crate::fleet::FleetLink> {
     let key = crate::fleet::GroupKey::load(&config.key_file)?;
     let bus =
@@ -440,6 +443,7 @@ async fn start_fleet(
         key,
         config,
         shutdown,
+        clock,
     ))
 }
 
@@ -447,18 +451,24 @@ async fn start_fleet(
 async fn start_fleet(
     _config: &crate::fleet::FleetConfig,
     _shutdown: CancellationToken,
+    _clock: Arc<dyn Clock>,
 ) -> anyhow::Result<crate::fleet::FleetLink> {
     anyhow::bail!("[fleet] needs a posternd built with the `redis` feature")
 }
 
-async fn prune_loop(store: Arc<dyn ReplayStore>, max_age: u64, shutdown: CancellationToken) {
+async fn prune_loop(
+    store: Arc<dyn ReplayStore>,
+    max_age: u64,
+    shutdown: CancellationToken,
+    clock: Arc<dyn Clock>,
+) {
     let mut tick = tokio::time::interval(PRUNE_EVERY);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = tick.tick() => {
                 // A packet stamped before this cannot pass the age check any more.
-                let cutoff = crate::capture::unix_now().saturating_sub(max_age);
+                let cutoff = clock.now().saturating_sub(max_age);
                 match store.prune(cutoff).await {
                     Ok(n) if n > 0 => tracing::debug!("replay cache: pruned {n} old entries"),
                     Ok(_) => {}

@@ -965,7 +965,10 @@ fn check_config_validates_backend_settings() {
     let keys = SpaKeys::generate("cbc", Some("sha256"));
     let access = dir.write(
         "access.conf",
-        &format!("SOURCE ANY\n{}OPEN_PORTS tcp/22\n", keys.access_conf_lines()),
+        &format!(
+            "SOURCE ANY\n{}OPEN_PORTS tcp/22\n",
+            keys.access_conf_lines()
+        ),
     );
     let run = dir.run_dir().display().to_string();
     let check = |action: &str| {
@@ -976,21 +979,38 @@ fn check_config_validates_backend_settings() {
         (check_config(&conf, &access), conf)
     };
     for (action, names) in [
-        ("type = \"nftables\"\ntabel = \"postern\"", "unknown field `tabel`"),
-        ("type = \"nftables\"\noutput = true", "unknown field `output`"),
-        ("type = \"iptables\"\nflush_at_init = \"yes\"", "`flush_at_init`: invalid type"),
+        (
+            "type = \"nftables\"\ntabel = \"postern\"",
+            "unknown field `tabel`",
+        ),
+        (
+            "type = \"nftables\"\noutput = true",
+            "unknown field `output`",
+        ),
+        (
+            "type = \"iptables\"\nflush_at_init = \"yes\"",
+            "`flush_at_init`: invalid type",
+        ),
         (
             "type = \"script\"\nopen = \"/bin/true $SRC\"\ncommand_timeout_secs = \"30\"",
             "`command_timeout_secs`: invalid type",
         ),
-        ("type = \"script\"\nclose = \"/bin/true\"", "missing field `open`"),
+        (
+            "type = \"script\"\nclose = \"/bin/true\"",
+            "missing field `open`",
+        ),
         ("type = \"log\"\ntable = \"x\"", "unknown field `table`"),
-        ("type = \"carrier-pigeon\"", "unknown action type `carrier-pigeon`"),
+        (
+            "type = \"carrier-pigeon\"",
+            "unknown action type `carrier-pigeon`",
+        ),
     ] {
         let (out, conf) = check(action);
         let (_, err) = text(&out);
         assert!(
-            !out.status.success() && err.contains(names) && err.contains(&conf.display().to_string()),
+            !out.status.success()
+                && err.contains(names)
+                && err.contains(&conf.display().to_string()),
             "{action}: expected an error naming {names:?} and the file\n{}",
             describe(&out)
         );

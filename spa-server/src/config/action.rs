@@ -46,6 +46,8 @@ pub type PluginSettings = NotBuilt;
 /// any error.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
+// A few per process, read once: the size of the largest does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum ActionConfig {
     Nftables(NftablesSettings),
     Iptables(IptablesSettings),
