@@ -199,6 +199,17 @@ pub struct Opening {
     pub expires_at: u64,
 }
 
+/// The addresses in the IP header of the SPA packet behind a grant: what a
+/// script's `$PKT_SRC` and `$DST` are (the allowed address may differ: `-a`,
+/// X-Forwarded-For, a fleet member's grant).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PacketAddresses {
+    pub source: IpAddr,
+    pub source_port: u16,
+    /// Where it was sent, when the capture can tell.
+    pub destination: Option<IpAddr>,
+}
+
 /// A source whose new traffic the firewall drops for a while (attack detection:
 /// too many packets from it failed). Times are unix seconds, passed in by the caller.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -247,6 +258,19 @@ pub trait Firewall: Send {
     /// present is refreshed, never duplicated, and never shortened: it lives until
     /// the later of its old and new expiry. On error nothing of the batch stays.
     fn grant(&mut self, openings: &[Opening]) -> FwResult<()>;
+
+    /// [`grant`](Firewall::grant), knowing the SPA packet behind each opening
+    /// (`packets[i]` for `openings[i]`; `None` where there is none, e.g. a
+    /// fleet member's grant). Only backends that render packet addresses (the
+    /// script backend's `$PKT_SRC`, `$DST`) look at them.
+    fn grant_from_packets(
+        &mut self,
+        openings: &[Opening],
+        packets: &[Option<PacketAddresses>],
+    ) -> FwResult<()> {
+        let _ = packets;
+        self.grant(openings)
+    }
 
     /// Remove these rules (missing ones are not an error).
     fn revoke(&mut self, rules: &[Rule]) -> FwResult<()>;

@@ -10,6 +10,7 @@
 
 pub mod b64;
 pub mod cipher;
+pub mod clock;
 pub mod digest;
 pub mod error;
 pub mod firewall;
@@ -21,6 +22,7 @@ pub mod packet;
 pub mod request;
 
 pub use cipher::EncryptionMode;
+pub use clock::{Clock, ManualClock, SystemClock};
 pub use digest::DigestType;
 pub use error::{Result, SpaError};
 pub use keys::{GeneratedKeys, KeyGenSizes, Secret};

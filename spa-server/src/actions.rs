@@ -23,7 +23,8 @@ use crate::policy::{CmdCycle, Grant, GrantKind};
 use postern_backend_common::{run_command_with, CommandExec};
 use postern_backend_script::state::{ScriptOrigin, StateFile};
 use postern_backend_script::{ScriptBackend, ScriptConfig};
-use spa_core::firewall::{Block, Firewall, Opening};
+use spa_core::firewall::{Block, Firewall, Opening, PacketAddresses};
+use spa_core::Clock;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::path::{Path, PathBuf};
@@ -58,7 +59,8 @@ pub struct Executor {
     /// Blocks to apply (`[attack] block_secs`), and when those applied end.
     blocks: Option<mpsc::Receiver<BlockRequest>>,
     block_ends: BinaryHeap<Reverse<u64>>,
-    now: fn() -> u64,
+    /// The daemon's clock: expiry and blocks are timed by it.
+    clock: Arc<dyn Clock>,
     /// `[fleet]`: where this member's access openings go, and where the
     /// group's come from.
     fleet_out: Option<mpsc::Sender<Vec<Opening>>>,
@@ -72,7 +74,11 @@ const MAX_RUNNING_COMMANDS: usize = 8;
 const CYCLE_STATE_PREFIX: &str = "cmd_cycle-";
 
 impl Executor {
-    pub fn new(backends: Vec<Box<dyn Firewall>>, server: &ServerSection) -> Self {
+    pub fn new(
+        backends: Vec<Box<dyn Firewall>>,
+        server: &ServerSection,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
         Executor {
             due: backends.iter().map(|_| BinaryHeap::new()).collect(),
             backends,
@@ -85,7 +91,7 @@ impl Executor {
             running_commands: Arc::new(AtomicUsize::new(0)),
             blocks: None,
             block_ends: BinaryHeap::new(),
-            now: crate::capture::unix_now,
+            clock,
             fleet_out: None,
             fleet_in: None,
         }
@@ -208,7 +214,7 @@ impl Executor {
                     (self.run_client_command(&r.grant, command, exec), "command")
                 }
                 (GrantKind::Access { .. }, Some(cycle)) => (
-                    self.apply_cycle(&r.grant, cycle.clone(), r.now),
+                    self.apply_cycle(&r.grant, cycle.clone(), r.now, r.packet),
                     "cmd_cycle",
                 ),
                 (GrantKind::Access { .. }, None) => unreachable!("partitioned above"),
@@ -223,8 +229,11 @@ impl Executor {
         if batch.is_empty() {
             return;
         }
-        let openings: Vec<Opening> = batch.iter().flat_map(|r| r.grant.openings(r.now)).collect();
-        let whole = apply_all(&mut self.backends, &openings);
+        let (openings, packets): (Vec<Opening>, Vec<Option<PacketAddresses>>) = batch
+            .iter()
+            .flat_map(|r| r.grant.openings(r.now).into_iter().map(|o| (o, r.packet)))
+            .unzip();
+        let whole = apply_all(&mut self.backends, &openings, &packets);
         // Every backend takes every opening.
         let applied_by: Vec<&'static str> = self.backends.iter().map(|b| b.name()).collect();
         if whole.is_ok() {
@@ -240,7 +249,8 @@ impl Executor {
         }
         for r in batch {
             let openings = r.grant.openings(r.now);
-            let result = apply_all(&mut self.backends, &openings);
+            let packets = vec![r.packet; openings.len()];
+            let result = apply_all(&mut self.backends, &openings, &packets);
             if result.is_ok() {
                 self.schedule(&openings);
                 self.share(&openings);
@@ -268,7 +278,8 @@ impl Executor {
     /// Openings another member of the fleet granted: applied here with the
     /// same expiry (and expired by this member as its own).
     fn apply_remote(&mut self, grant: crate::fleet::RemoteGrant) {
-        let result = apply_all(&mut self.backends, &grant.openings);
+        // Another member's knock: its packet is not known here.
+        let result = apply_all(&mut self.backends, &grant.openings, &[]);
         let list = grant
             .openings
             .iter()
@@ -339,7 +350,7 @@ impl Executor {
                 return;
             }
         };
-        let now = (self.now)();
+        let now = self.clock.now();
         for path in files.collect::<Vec<_>>() {
             let origin = match StateFile::new(&path).origin_on_disk() {
                 Ok(Some(origin)) => origin,
@@ -367,7 +378,13 @@ impl Executor {
         }
     }
 
-    fn apply_cycle(&mut self, grant: &Grant, cycle: CmdCycle, now: u64) -> Result<(), String> {
+    fn apply_cycle(
+        &mut self,
+        grant: &Grant,
+        cycle: CmdCycle,
+        now: u64,
+        packet: Option<PacketAddresses>,
+    ) -> Result<(), String> {
         if self.test_mode {
             tracing::info!(
                 "test mode: would run CMD_CYCLE_OPEN `{}` (close `{}` after {} s) for {grant}",
@@ -392,7 +409,9 @@ impl Executor {
                 o
             })
             .collect();
-        let result = backend.grant(&openings).map_err(|e| e.to_string());
+        let result = backend
+            .grant_from_packet(&openings, packet)
+            .map_err(|e| e.to_string());
         crate::metrics::granted(backend.name(), result.is_ok(), openings.len());
         log_result(grant, &result);
         result
@@ -463,7 +482,7 @@ impl Executor {
 
     /// Block the sources of `batch` in every backend, as one call each.
     fn apply_blocks(&mut self, batch: Vec<BlockRequest>) {
-        let now = (self.now)();
+        let now = self.clock.now();
         let blocks: Vec<Block> = batch
             .iter()
             .map(|r| Block {
@@ -504,12 +523,12 @@ impl Executor {
         if self
             .block_ends
             .peek()
-            .is_some_and(|Reverse(end)| *end <= (self.now)())
+            .is_some_and(|Reverse(end)| *end <= self.clock.now())
         {
             while self
                 .block_ends
                 .peek()
-                .is_some_and(|Reverse(end)| *end <= (self.now)())
+                .is_some_and(|Reverse(end)| *end <= self.clock.now())
             {
                 self.block_ends.pop();
             }
@@ -518,7 +537,7 @@ impl Executor {
         // Expiry times are whole seconds: a grant made at 100.9 s with a 3 s timeout
         // expires "at 103". Sweeping one second behind the clock means no grant
         // closes before its full timeout; it may stay up to ~1.5 s longer.
-        let now = (self.now)().saturating_sub(1);
+        let now = self.clock.now().saturating_sub(1);
         self.ticks += 1;
         let full = self.full_check_every > 0
             && self.ticks.is_multiple_of(u64::from(self.full_check_every));
@@ -593,12 +612,22 @@ async fn next_remote(
     }
 }
 
-fn apply_all(backends: &mut [Box<dyn Firewall>], openings: &[Opening]) -> Result<(), String> {
+/// `packets[i]`: the packet behind `openings[i]`, if known (none for a fleet grant).
+fn apply_all(
+    backends: &mut [Box<dyn Firewall>],
+    openings: &[Opening],
+    packets: &[Option<PacketAddresses>],
+) -> Result<(), String> {
     if openings.is_empty() {
         return Ok(());
     }
+    let packets = if packets.len() == openings.len() {
+        packets.to_vec()
+    } else {
+        vec![None; openings.len()]
+    };
     for i in 0..backends.len() {
-        let result = backends[i].grant(openings);
+        let result = backends[i].grant_from_packets(openings, &packets);
         crate::metrics::granted(backends[i].name(), result.is_ok(), openings.len());
         if let Err(e) = result {
             // No half-applied grant: take it back from the backends that took it.
@@ -625,17 +654,25 @@ fn log_result(grant: &Grant, result: &Result<(), String>) {
 mod tests {
     use super::*;
     use spa_core::firewall::{MemoryFirewall, Rule};
-    use spa_core::Proto;
-    use std::sync::atomic::AtomicU64;
+    use spa_core::{ManualClock, Proto};
 
-    static CLOCK: AtomicU64 = AtomicU64::new(0);
+    /// An executor over `table` whose time is `clock`.
+    fn executor(
+        table: &MemoryFirewall,
+        server: &ServerSection,
+        clock: &Arc<ManualClock>,
+    ) -> Executor {
+        Executor::new(vec![Box::new(table.clone())], server, clock.clone())
+    }
 
+    /// The daemon's expiry runs on the clock it is given: a grant goes when
+    /// the clock passes its timeout, with no sleeping.
     #[test]
     fn grants_expired_by_the_daemon_get_their_full_timeout() {
         // No kernel expiry: the executor must remove the rule.
         let table = MemoryFirewall::new(false);
-        let mut ex = Executor::new(vec![Box::new(table.clone())], &ServerSection::default());
-        ex.now = || CLOCK.load(Ordering::Relaxed);
+        let clock = Arc::new(ManualClock::new(100));
+        let mut ex = executor(&table, &ServerSection::default(), &clock);
         // Granted somewhere in second 100 with a 3 s timeout.
         let mut t = table.clone();
         t.grant(&[Opening {
@@ -646,11 +683,13 @@ mod tests {
         .unwrap();
         // As at start after a restart: the executor learns what is held.
         ex.schedule_existing();
+        ex.expire();
+        assert_eq!(table.open().len(), 1, "closed at once");
         // During second 103 less than 3 s may have passed: still open.
-        CLOCK.store(103, Ordering::Relaxed);
+        clock.advance(3);
         ex.expire();
         assert_eq!(table.open().len(), 1, "closed before its timeout");
-        CLOCK.store(104, Ordering::Relaxed);
+        clock.advance(1);
         ex.expire();
         assert!(table.open().is_empty(), "not closed after it");
     }
@@ -666,8 +705,7 @@ mod tests {
                 rules_check_threshold: threshold,
                 ..ServerSection::default()
             };
-            let mut ex = Executor::new(vec![Box::new(table.clone())], &server);
-            ex.now = || 1000;
+            let mut ex = executor(&table, &server, &Arc::new(ManualClock::new(1000)));
             let mut by_hand = table.clone();
             by_hand
                 .grant(&[Opening {
@@ -691,23 +729,20 @@ mod tests {
             rules_check_threshold: 0,
             ..ServerSection::default()
         };
-        let mut ex = Executor::new(vec![Box::new(table.clone())], &server);
-        ex.now = || CLOCK2.load(Ordering::Relaxed);
-        CLOCK2.store(100, Ordering::Relaxed);
+        let clock = Arc::new(ManualClock::new(100));
+        let mut ex = executor(&table, &server, &clock);
         let opening = Opening {
             rule: Rule::new("192.0.2.1".parse().unwrap(), Proto::Tcp, 22),
             timeout_secs: 3,
             expires_at: 103,
         };
-        apply_all(&mut ex.backends, std::slice::from_ref(&opening)).unwrap();
+        apply_all(&mut ex.backends, std::slice::from_ref(&opening), &[]).unwrap();
         ex.schedule(&[opening]);
         ex.expire();
         assert_eq!(table.open().len(), 1);
-        CLOCK2.store(104, Ordering::Relaxed);
+        clock.set(104);
         ex.expire();
         assert!(table.open().is_empty(), "a due grant was not swept");
         assert!(ex.due[0].is_empty());
     }
-
-    static CLOCK2: AtomicU64 = AtomicU64::new(0);
 }

@@ -2,14 +2,10 @@
 
 use crate::config::{ActionConfig, ServerSection};
 use postern_backend_common::find_program;
-use postern_backend_script::{ScriptBackend, ScriptConfig};
-use serde::de::DeserializeOwned;
+use postern_backend_script::ScriptBackend;
 use spa_core::firewall::{Block, Firewall, FwResult, MemoryFirewall, Opening, Rule, RuleFeature};
-
-fn settings<T: DeserializeOwned>(cfg: &ActionConfig) -> anyhow::Result<T> {
-    serde_json::from_value(serde_json::Value::Object(cfg.settings.clone()))
-        .map_err(|e| anyhow::anyhow!("action `{}`: {e}", cfg.kind))
-}
+use spa_core::Clock;
+use std::sync::Arc;
 
 fn feature_missing(kind: &str) -> String {
     format!("backend `{kind}` requires the `{kind}` feature, which this posternd was built without")
@@ -30,69 +26,82 @@ pub fn compiled_in(kind: &str) -> bool {
 
 /// Build the backend for one `[[action]]`. Server settings fill in what the backend
 /// needs to know: `run_dir` holds state files unless the config names one, and
-/// NAT enabled on the server turns on the backend's NAT chains.
-pub fn build(cfg: &ActionConfig, server: &ServerSection) -> anyhow::Result<Box<dyn Firewall>> {
+/// NAT enabled on the server turns on the backend's NAT chains. Backends read
+/// the time from `clock`.
+pub fn build(
+    cfg: &ActionConfig,
+    server: &ServerSection,
+    clock: &Arc<dyn Clock>,
+) -> anyhow::Result<Box<dyn Firewall>> {
     let run_dir = server.run_dir.as_path();
     let nat_enabled = server.nat.forwarding || server.nat.local;
-    let mut cfg = cfg.clone();
-    if nat_enabled && matches!(cfg.kind.as_str(), "nftables" | "iptables") {
-        cfg.settings.entry("nat").or_insert(true.into());
-    }
-    let cfg = &cfg;
-    let kind = if cfg.kind == "auto" {
-        detect()?
-    } else {
-        cfg.kind.clone()
+    let detected;
+    let cfg = match cfg {
+        ActionConfig::Auto {} => {
+            detected = ActionConfig::default_of(&detect()?).map_err(anyhow::Error::msg)?;
+            &detected
+        }
+        other => other,
     };
-    if !compiled_in(&kind) {
-        anyhow::bail!(feature_missing(&kind));
+    if !compiled_in(cfg.kind()) {
+        anyhow::bail!(feature_missing(cfg.kind()));
     }
-    Ok(match kind.as_str() {
+    // Silence "unused" where every backend feature is off.
+    let _ = (run_dir, nat_enabled);
+    Ok(match cfg {
         #[cfg(feature = "nftables")]
-        "nftables" => {
-            use postern_backend_nftables::{NftablesBackend, NftablesConfig};
-            let mut b = NftablesBackend::new(settings::<NftablesConfig>(cfg)?)?;
+        ActionConfig::Nftables(c) => {
+            use postern_backend_nftables::NftablesBackend;
+            let mut c = c.clone();
+            c.nat |= nat_enabled;
+            let mut b = NftablesBackend::new(c)?.with_clock(clock.clone());
             match b.shadowing_warnings() {
                 Ok(warnings) => warnings.iter().for_each(|w| tracing::warn!("{w}")),
-                Err(e) => tracing::debug!("could not check for rules shadowing nftables grants: {e}"),
+                Err(e) => {
+                    tracing::debug!("could not check for rules shadowing nftables grants: {e}")
+                }
             }
             Box::new(b)
         }
         #[cfg(feature = "iptables")]
-        "iptables" => {
-            use postern_backend_iptables::{IptablesBackend, IptablesConfig};
-            Box::new(IptablesBackend::system(&settings::<IptablesConfig>(cfg)?)?)
+        ActionConfig::Iptables(c) => {
+            use postern_backend_iptables::IptablesBackend;
+            let mut c = c.clone();
+            c.nat |= nat_enabled;
+            Box::new(IptablesBackend::system(&c)?.with_clock(clock.clone()))
         }
         #[cfg(feature = "firewalld")]
-        "firewalld" => {
-            use postern_backend_firewalld::{FirewalldBackend, FirewalldConfig};
-            let mut c = settings::<FirewalldConfig>(cfg)?;
-            c.state_file.get_or_insert_with(|| run_dir.join("firewalld.json"));
-            Box::new(FirewalldBackend::new(c)?)
+        ActionConfig::Firewalld(c) => {
+            use postern_backend_firewalld::FirewalldBackend;
+            let mut c = c.clone();
+            c.state_file
+                .get_or_insert_with(|| run_dir.join("firewalld.json"));
+            Box::new(FirewalldBackend::new(c)?.with_clock(clock.clone()))
         }
         #[cfg(feature = "pf")]
-        "pf" => {
-            use postern_backend_pf::{PfBackend, PfConfig};
-            let mut settings_map = cfg.settings.clone();
+        ActionConfig::Pf(c) => {
+            use postern_backend_pf::PfBackend;
+            let mut c = c.clone();
             // The state file lives in the run directory unless the config names one.
-            settings_map.entry("state_file").or_insert_with(|| run_dir.join("pf.json").display().to_string().into());
-            let c: PfConfig = serde_json::from_value(serde_json::Value::Object(settings_map)).map_err(|e| anyhow::anyhow!("action `pf`: {e}"))?;
-            Box::new(PfBackend::system(&c)?)
+            c.state_file.get_or_insert_with(|| run_dir.join("pf.json"));
+            Box::new(PfBackend::system(&c)?.with_clock(clock.clone()))
         }
         #[cfg(feature = "ipfw")]
-        "ipfw" => {
-            use postern_backend_ipfw::{IpfwBackend, IpfwConfig};
-            Box::new(IpfwBackend::system(&settings::<IpfwConfig>(cfg)?)?)
+        ActionConfig::Ipfw(c) => {
+            use postern_backend_ipfw::IpfwBackend;
+            Box::new(IpfwBackend::system(c)?.with_clock(clock.clone()))
         }
-        "script" => {
-            let mut c = settings::<ScriptConfig>(cfg)?;
-            c.state_file.get_or_insert_with(|| run_dir.join("script.json"));
+        ActionConfig::Script(c) => {
+            let mut c = c.clone();
+            c.state_file
+                .get_or_insert_with(|| run_dir.join("script.json"));
             Box::new(ScriptBackend::system(&c)?)
         }
         #[cfg(feature = "plugin")]
-        "plugin" => Box::new(crate::plugin::PluginBackend::load(&settings::<crate::plugin::PluginConfig>(cfg)?)?),
-        "log" => Box::new(LogOnly::default()),
-        k => anyhow::bail!("unknown action backend `{k}` (expected nftables, iptables, firewalld, pf, ipfw, script, plugin, log or auto)"),
+        ActionConfig::Plugin(c) => Box::new(crate::plugin::PluginBackend::load(c)?),
+        ActionConfig::Log {} => Box::new(LogOnly::default()),
+        #[allow(unreachable_patterns)] // every backend feature on
+        other => anyhow::bail!(feature_missing(other.kind())),
     })
 }
 
@@ -198,13 +207,7 @@ impl Firewall for LogOnly {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn action(kind: &str) -> ActionConfig {
-        ActionConfig {
-            kind: kind.into(),
-            settings: Default::default(),
-        }
-    }
+    use spa_core::SystemClock;
 
     fn server() -> ServerSection {
         ServerSection {
@@ -214,7 +217,8 @@ mod tests {
     }
 
     fn build_err(kind: &str) -> String {
-        build(&action(kind), &server())
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        build(&ActionConfig::default_of(kind).unwrap(), &server(), &clock)
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default()
@@ -252,33 +256,25 @@ mod tests {
         }
     }
 
+    /// An unknown `type` is refused when the file is read, listing the known ones.
     #[test]
     fn an_unknown_backend_lists_the_known_ones() {
-        let err = build_err("carrier-pigeon");
+        let err = ActionConfig::default_of("carrier-pigeon").unwrap_err();
         assert!(
-            err.contains("unknown action backend `carrier-pigeon`") && err.contains("nftables"),
+            err.contains("unknown action type `carrier-pigeon`") && err.contains("nftables"),
             "{err}"
         );
     }
 
     /// ENABLE_IPT_OUTPUT's `output` is an iptables setting: asked of another
-    /// action, it is an error, not silently ignored.
+    /// action, it is an error when the file is read, not silently ignored.
     #[test]
     fn output_rules_on_an_action_that_cannot_make_them_are_an_error() {
-        let mut a = action("nftables");
-        a.settings.insert("output".into(), true.into());
-        let err = build(&a, &server()).err().unwrap().to_string();
+        let err = serde_json::from_value::<ActionConfig>(
+            serde_json::json!({"type": "nftables", "output": true}),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("unknown field `output`"), "{err}");
-    }
-
-    #[test]
-    fn bad_backend_settings_name_the_action() {
-        let mut a = action("nftables");
-        a.settings.insert("tabel".into(), "x".into());
-        let err = build(&a, &server()).err().unwrap().to_string();
-        assert!(
-            err.starts_with("action `nftables`:") && err.contains("tabel"),
-            "{err}"
-        );
     }
 }

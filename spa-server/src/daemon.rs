@@ -3,11 +3,12 @@
 
 use crate::actions::Executor;
 use crate::audit::AuditLog;
-use crate::config::{self, ConfigSources, ReplayConfig, ServerConfig};
+use crate::config::{self, ActionConfig, ConfigSources, ReplayConfig, ServerConfig};
 use crate::pipeline::{self, Keyring};
 use crate::policy::PolicySettings;
 use crate::replay::{FileStore, MemoryStore, ReplayStore};
 use spa_core::firewall::{Firewall, RuleFeature};
+use spa_core::{Clock, SystemClock};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
@@ -64,11 +65,14 @@ pub async fn open_replay_store(cfg: &ServerConfig) -> anyhow::Result<Arc<dyn Rep
 
 /// Build every configured backend without touching the firewall yet (for
 /// `--fw-list` / `--fw-flush` next to a running daemon).
-pub fn build_backends(cfg: &ServerConfig) -> anyhow::Result<Vec<Box<dyn Firewall>>> {
+pub fn build_backends(
+    cfg: &ServerConfig,
+    clock: &Arc<dyn Clock>,
+) -> anyhow::Result<Vec<Box<dyn Firewall>>> {
     let backends: Vec<Box<dyn Firewall>> = cfg
         .action
         .iter()
-        .map(|a| crate::backends::build(a, &cfg.server))
+        .map(|a| crate::backends::build(a, &cfg.server, clock))
         .collect::<anyhow::Result<_>>()?;
     for (feature, asked_by) in needed_rule_features(cfg) {
         if let Some(b) = backends.iter().find(|b| !b.supports(feature)) {
@@ -121,19 +125,26 @@ fn needed_rule_features(cfg: &ServerConfig) -> Vec<(RuleFeature, String)> {
 pub fn list_all_rules(cfg: &ServerConfig) -> anyhow::Result<String> {
     let mut out = String::new();
     for a in &cfg.action {
-        let setting = |key: &str| a.settings.get(key).and_then(|v| v.as_str());
-        let runs: Vec<(String, Vec<String>)> = match a.kind.as_str() {
-            "iptables" => {
-                // A chain spec is `TARGET, table, CHAIN, pos, FWKNOP_CHAIN, pos`.
+        let runs: Vec<(String, Vec<String>)> = match a {
+            #[cfg(feature = "iptables")]
+            ActionConfig::Iptables(c) => {
                 let mut tables = vec!["filter".to_string()];
-                for v in a.settings.values().filter_map(|v| v.as_str()) {
-                    let fields: Vec<&str> = v.split(',').map(str::trim).collect();
-                    if fields.len() == 6 && !tables.iter().any(|t| t == fields[1]) {
-                        tables.push(fields[1].to_string());
+                let specs = [
+                    &c.output,
+                    &c.forward,
+                    &c.dnat,
+                    &c.snat,
+                    &c.masquerade,
+                    &c.docker,
+                ];
+                let used = std::iter::once(&c.input).chain(specs.into_iter().flatten());
+                for spec in used {
+                    if !tables.contains(&spec.table) {
+                        tables.push(spec.table.clone());
                     }
                 }
                 out.push_str("Listing all iptables rules in applicable tables...\n");
-                let exe = setting("iptables").unwrap_or("iptables").to_string();
+                let exe = c.iptables.clone();
                 tables
                     .into_iter()
                     .map(|t| {
@@ -142,19 +153,20 @@ pub fn list_all_rules(cfg: &ServerConfig) -> anyhow::Result<String> {
                     })
                     .collect()
             }
-            "nftables" => {
+            #[cfg(feature = "nftables")]
+            ActionConfig::Nftables(c) => {
                 out.push_str("Listing all nftables rules...\n");
-                let exe = setting("nft").unwrap_or("nft").to_string();
-                vec![(exe, vec!["list".into(), "ruleset".into()])]
+                vec![(c.nft_path.clone(), vec!["list".into(), "ruleset".into()])]
             }
-            "firewalld" => {
+            ActionConfig::Firewalld(_) => {
                 out.push_str("Listing all firewalld rules...\n");
                 vec![("firewall-cmd".into(), vec!["--list-all-zones".into()])]
             }
-            "log" => continue,
-            other => {
-                anyhow::bail!("--fw-list-all: not available for action `{other}`; use --fw-list")
-            }
+            ActionConfig::Log {} => continue,
+            other => anyhow::bail!(
+                "--fw-list-all: not available for action `{}`; use --fw-list",
+                other.kind()
+            ),
         };
         for (exe, args) in runs {
             let got = std::process::Command::new(&exe)
@@ -176,12 +188,15 @@ pub fn list_all_rules(cfg: &ServerConfig) -> anyhow::Result<String> {
 }
 
 /// Build and initialise every configured backend (init reconciles leftovers).
-pub fn init_backends(cfg: &ServerConfig) -> anyhow::Result<Vec<Box<dyn Firewall>>> {
-    let now = crate::capture::unix_now();
+pub fn init_backends(
+    cfg: &ServerConfig,
+    clock: &Arc<dyn Clock>,
+) -> anyhow::Result<Vec<Box<dyn Firewall>>> {
+    let now = clock.now();
     let mut out = Vec::new();
-    for (a, mut b) in cfg.action.iter().zip(build_backends(cfg)?) {
+    for (a, mut b) in cfg.action.iter().zip(build_backends(cfg, clock)?) {
         b.init(now)
-            .map_err(|e| anyhow::anyhow!("action `{}`: {e}", a.kind))?;
+            .map_err(|e| anyhow::anyhow!("action `{}`: {e}", a.kind()))?;
         tracing::info!(
             "action `{}` ready (expiry {})",
             b.name(),
@@ -277,8 +292,10 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
     }
     // Before the firewall is touched: an audit log that cannot be written stops the start.
     let audit = open_audit_log(&cfg)?;
-    let backends = init_backends(&cfg)?;
-    start_serving(cfg, backends, audit).await
+    // One clock for the backends and the expiry of their grants.
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let backends = init_backends(&cfg, &clock)?;
+    start_serving(cfg, backends, audit, clock).await
 }
 
 pub async fn start_with_backends(
@@ -286,7 +303,7 @@ pub async fn start_with_backends(
     backends: Vec<Box<dyn Firewall>>,
 ) -> anyhow::Result<Running> {
     let audit = open_audit_log(&cfg)?;
-    start_serving(cfg, backends, audit).await
+    start_serving(cfg, backends, audit, Arc::new(SystemClock)).await
 }
 
 fn open_audit_log(cfg: &ServerConfig) -> anyhow::Result<Option<crate::audit::Destination>> {
@@ -300,6 +317,7 @@ async fn start_serving(
     cfg: ServerConfig,
     backends: Vec<Box<dyn Firewall>>,
     audit: Option<crate::audit::Destination>,
+    clock: Arc<dyn Clock>,
 ) -> anyhow::Result<Running> {
     let shutdown = CancellationToken::new();
     if let Some(m) = &cfg.metrics {
@@ -317,9 +335,10 @@ async fn start_serving(
         destination_rule: cfg.server.destination_rule,
     };
     let (tx, rx) = mpsc::channel(cfg.server.queue_depth);
-    let mut executor = Executor::new(backends, &cfg.server);
+    let mut executor = Executor::new(backends, &cfg.server, clock.clone());
     if let Some(fleet) = &cfg.fleet {
-        executor = executor.with_fleet(start_fleet(fleet, shutdown.clone()).await?);
+        let link = start_fleet(fleet, shutdown.clone(), clock.clone()).await?;
+        executor = executor.with_fleet(link);
     }
     if let Some(attack) = &cfg.attack {
         let mut blocks = None;
@@ -404,6 +423,7 @@ async fn start_serving(
             store,
             cfg.server.max_packet_age,
             shutdown.clone(),
+            clock,
         )));
     }
     Ok(Running {
@@ -425,6 +445,7 @@ async fn start_serving(
 async fn start_fleet(
     config: &crate::fleet::FleetConfig,
     shutdown: CancellationToken,
+    clock: Arc<dyn Clock>,
 ) -> anyhow::Result<crate::fleet::FleetLink> {
     let key = crate::fleet::GroupKey::load(&config.key_file)?;
     let bus =
@@ -443,6 +464,7 @@ async fn start_fleet(
         key,
         config,
         shutdown,
+        clock,
     ))
 }
 
@@ -450,18 +472,24 @@ async fn start_fleet(
 async fn start_fleet(
     _config: &crate::fleet::FleetConfig,
     _shutdown: CancellationToken,
+    _clock: Arc<dyn Clock>,
 ) -> anyhow::Result<crate::fleet::FleetLink> {
     anyhow::bail!("[fleet] needs a posternd built with the `redis` feature")
 }
 
-async fn prune_loop(store: Arc<dyn ReplayStore>, max_age: u64, shutdown: CancellationToken) {
+async fn prune_loop(
+    store: Arc<dyn ReplayStore>,
+    max_age: u64,
+    shutdown: CancellationToken,
+    clock: Arc<dyn Clock>,
+) {
     let mut tick = tokio::time::interval(PRUNE_EVERY);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = tick.tick() => {
                 // A packet stamped before this cannot pass the age check any more.
-                let cutoff = crate::capture::unix_now().saturating_sub(max_age);
+                let cutoff = clock.now().saturating_sub(max_age);
                 match store.prune(cutoff).await {
                     Ok(n) if n > 0 => tracing::debug!("replay cache: pruned {n} old entries"),
                     Ok(_) => {}
@@ -489,12 +517,15 @@ pub fn privilege_needs(cfg: &ServerConfig) -> crate::privileges::Needs {
         })
         .collect();
     crate::privileges::Needs {
-        firewall: cfg.action.iter().any(|a| a.kind != "log") || !nfq_rules.is_empty(),
+        firewall: cfg.action.iter().any(|a| a != &ActionConfig::Log {}) || !nfq_rules.is_empty(),
         raw_sockets: cfg
             .capture
             .iter()
             .any(|c| matches!(c, CaptureConfig::Pcap { .. }))
-            || cfg.action.iter().any(|a| a.kind == "iptables")
+            || cfg
+                .action
+                .iter()
+                .any(|a| matches!(a, ActionConfig::Iptables(_)))
             || nfq_rules.contains(&RuleTool::Iptables),
         low_port: cfg.capture.iter().any(|c| match c {
             CaptureConfig::Udp { listen } | CaptureConfig::Tcp { listen, .. } => {
@@ -656,13 +687,11 @@ mod tests {
     /// start, naming what asks (never a grant wider than configured).
     #[test]
     fn rule_features_an_action_lacks_are_refused_at_start() {
-        let script = |open: &str| crate::config::ActionConfig {
-            kind: "script".into(),
-            settings: serde_json::json!({ "open": open })
-                .as_object()
-                .unwrap()
-                .clone(),
+        let script = |open: &str| {
+            ActionConfig::Script(postern_backend_script::ScriptConfig::new(open, None))
         };
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let build_backends = |cfg: &ServerConfig| build_backends(cfg, &clock);
         let mut cfg = ServerConfig {
             action: vec![script("/bin/true $SRC $PORT")],
             ..ServerConfig::default()
@@ -676,10 +705,7 @@ mod tests {
         );
         cfg.action = vec![script("/bin/true $SRC $DST $PORT")];
         assert!(build_backends(&cfg).is_ok(), "$DST binds the grant");
-        cfg.action = vec![crate::config::ActionConfig {
-            kind: "firewalld".into(),
-            settings: Default::default(),
-        }];
+        cfg.action = vec![ActionConfig::default_of("firewalld").unwrap()];
         assert!(
             build_backends(&cfg).is_ok(),
             "firewalld rich rules bind a grant to its destination"
@@ -700,10 +726,7 @@ mod tests {
             err.starts_with("/etc/fwknop/access.conf:7: FORWARD_ALL needs forwarding all ports"),
             "{err}"
         );
-        cfg.action = vec![crate::config::ActionConfig {
-            kind: "log".into(),
-            settings: Default::default(),
-        }];
+        cfg.action = vec![ActionConfig::Log {}];
         assert!(build_backends(&cfg).is_ok());
     }
 

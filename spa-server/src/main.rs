@@ -188,10 +188,7 @@ fn apply_overrides(cli: &Cli, cfg: &mut ServerConfig) -> anyhow::Result<()> {
         // Test mode changes nothing on the host: no firewall rule, no client
         // command, no CMD_CYCLE script (the executor logs what would have run).
         cfg.server.test_mode = true;
-        cfg.action = vec![ActionConfig {
-            kind: "log".into(),
-            settings: Default::default(),
-        }];
+        cfg.action = vec![ActionConfig::Log {}];
         // No queue rule either (fwknopd -t sets up no chains at all).
         for c in cfg.capture.iter_mut() {
             if let CaptureConfig::Nfqueue(s) = c {
@@ -395,7 +392,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
     if cli.fw_list || cli.fw_flush {
         // No init: a running daemon's grants must not be reset (FLUSH_IPT_AT_INIT).
-        let mut backends = daemon::build_backends(&cfg)?;
+        let clock: std::sync::Arc<dyn spa_core::Clock> = std::sync::Arc::new(spa_core::SystemClock);
+        let mut backends = daemon::build_backends(&cfg, &clock)?;
         for b in backends.iter_mut() {
             if cli.fw_flush {
                 b.flush()?;
@@ -413,7 +411,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 let list = b.list()?;
                 println!("{}: {} active grant(s)", b.name(), list.len());
-                let now = spa_server::capture::unix_now();
+                let now = clock.now();
                 for o in list {
                     println!(
                         "  {}  expires in {} s",

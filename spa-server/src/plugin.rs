@@ -40,12 +40,12 @@ type FlushFn = unsafe extern "C" fn(*mut c_void, *mut c_char, usize) -> i32;
 type ShutdownFn = unsafe extern "C" fn(*mut c_void);
 
 /// `[[action]] type = "plugin"` settings.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PluginConfig {
     pub path: PathBuf,
     /// Handed to the plugin's init as JSON.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
     pub config: serde_json::Value,
 }
 

@@ -368,7 +368,12 @@ mod stages {
             let recorder = MemoryFirewall::new(true);
             let shutdown = tokio_util::sync::CancellationToken::new();
             let (tx, rx) = tokio::sync::mpsc::channel(64);
-            Executor::new(vec![Box::new(recorder.clone())], &server).spawn(rx, shutdown.clone());
+            Executor::new(
+                vec![Box::new(recorder.clone())],
+                &server,
+                std::sync::Arc::new(spa_core::SystemClock),
+            )
+            .spawn(rx, shutdown.clone());
             Direct {
                 pipeline: pipeline::build_with_gpg(keyring.clone(), store, settings, tx, 64, None),
                 keyring,

@@ -106,17 +106,14 @@ async fn knock_through_plugin(at: std::net::IpAddr, destination_rule: bool) {
         Some(Secret::from_base64("k", "7GUhvzM3zXNUTPqUMAixKOMqVNDh6qrIUgqWdacXNMA=").unwrap());
     stanza.hmac_key_base64 = Some(Secret::from_base64("h", "YME3rcTN5fZ4D1oqV0NbiFNd4Hx1Nc4bNfgICPxjTzKpIiLBENuMtmsBWU+H+5c7oN2d4/iLa9TJ5HM8gLrSrQ==").unwrap());
     stanza.fw_access_timeout = 2;
-    let mut settings = serde_json::Map::new();
-    settings.insert("path".into(), plugin.display().to_string().into());
-    settings.insert("config".into(), serde_json::json!({ "path": grants }));
     let cfg = ServerConfig {
         capture: vec![CaptureConfig::Udp {
             listen: (at, port).into(),
         }],
-        action: vec![ActionConfig {
-            kind: "plugin".into(),
-            settings,
-        }],
+        action: vec![ActionConfig::Plugin(spa_server::plugin::PluginConfig {
+            path: plugin.clone(),
+            config: serde_json::json!({ "path": grants }),
+        })],
         replay: ReplayConfig::Memory,
         access: vec![stanza],
         ..ServerConfig::default()

@@ -416,3 +416,96 @@ fn spa_over_http_from_fwknop_and_postern() {
             .collect(),
     );
 }
+
+/// `$PKT_SRC` and `$DST` of a script action are the knock's own IP header
+/// addresses, in production: a knock from the client namespace asking access
+/// for another address (`-a`) runs the open command with the allowed address
+/// (`$SRC`), the client's real address (`$PKT_SRC`) and the server address it
+/// was sent to (`$DST`). Garbage of a real packet's length and a replay run
+/// nothing and get no answer.
+#[test]
+fn script_action_gets_the_packets_addresses() {
+    if !runnable(&["fwknop"]) {
+        return;
+    }
+    let out_dir = tempfile::tempdir().expect("tempdir");
+    let out = out_dir.path().join("addresses");
+    let body = format!(
+        "{}[[action]]\ntype = \"script\"\nopen = \"sh -c 'echo $SRC $PKT_SRC $DST >> {}'\"\n",
+        udp_capture(SPA_PORT),
+        out.display()
+    );
+    let s = Setup::new(Service::open("cpa", PORT), 30, "memory", &body);
+    let mut d = s.start();
+    let lines = || -> Vec<String> {
+        std::fs::read_to_string(&out)
+            .unwrap_or_default()
+            .lines()
+            .map(String::from)
+            .collect()
+    };
+    let pair = &s.svc.pair;
+    let server: SocketAddr = (IpAddr::V4(pair.server_ip), SPA_PORT).into();
+
+    // A valid packet (not sent yet), and garbage as long as it.
+    let valid = saved_packet(&s.svc, &s.keys, &[]);
+    let garbage: Vec<Vec<u8>> = (0..50u8)
+        .map(|i| {
+            (0..valid.len())
+                .map(|j| b'A' + ((j as u8).wrapping_mul(7) ^ i) % 26)
+                .collect()
+        })
+        .collect();
+    let ex = udp_send_all(
+        &pair.client,
+        server,
+        garbage,
+        10,
+        Duration::from_millis(5),
+        Duration::from_millis(200),
+    );
+    assert!(ex.answers.is_empty(), "garbage was answered: {ex:?}");
+
+    let allowed = std::net::Ipv4Addr::new(192, 0, 2, 77);
+    postern_e2e::posternd::fwknop_to(
+        &pair.client,
+        &s.keys,
+        allowed,
+        pair.server_ip,
+        &["-A", &format!("tcp/{PORT}")],
+    );
+    let want = format!("{allowed} {} {}", pair.client_ip, pair.server_ip);
+    let ran = postern_e2e::wait_until(Duration::from_secs(5), Duration::from_millis(50), || {
+        !lines().is_empty()
+    });
+    assert!(
+        ran && lines() == vec![want.clone()],
+        "script wrote {:?}, expected [{want:?}]\n--- posternd log ---\n{}",
+        lines(),
+        d.log_text()
+    );
+
+    // The saved packet, then the same bytes again: one more line, not two.
+    for _ in 0..2 {
+        udp_send_all(
+            &pair.client,
+            server,
+            vec![valid.clone()],
+            1,
+            Duration::ZERO,
+            Duration::ZERO,
+        );
+    }
+    assert!(
+        d.wait_log("packet seen before (replay)", 1, Duration::from_secs(5)),
+        "replay not refused\n{}",
+        d.log_text()
+    );
+    let client = pair.client_ip;
+    let both = vec![want, format!("{client} {client} {}", pair.server_ip)];
+    postern_e2e::wait_until(Duration::from_secs(5), Duration::from_millis(50), || {
+        lines().len() >= 2
+    });
+    assert_eq!(lines(), both, "{}", d.log_text());
+    assert!(d.is_running(), "{}", d.log_text());
+}

@@ -954,3 +954,74 @@ fn nat_firewalld_cannot_make_is_refused_at_start() {
         );
     }
 }
+
+/// Each `[[action]]`'s settings are the backend's own, checked when the file
+/// is read: `check-config` refuses a misspelt key, a key of another backend
+/// and a value of the wrong type, naming the key and the file, and prints
+/// the typed settings of a good one (which read back the same).
+#[test]
+fn check_config_validates_backend_settings() {
+    let dir = ConfDir::new();
+    let keys = SpaKeys::generate("cbc", Some("sha256"));
+    let access = dir.write(
+        "access.conf",
+        &format!(
+            "SOURCE ANY\n{}OPEN_PORTS tcp/22\n",
+            keys.access_conf_lines()
+        ),
+    );
+    let run = dir.run_dir().display().to_string();
+    let check = |action: &str| {
+        let conf = dir.write(
+            "postern.toml",
+            &format!("[server]\nrun_dir = \"{run}\"\n\n[[action]]\n{action}\n"),
+        );
+        (check_config(&conf, &access), conf)
+    };
+    for (action, names) in [
+        (
+            "type = \"nftables\"\ntabel = \"postern\"",
+            "unknown field `tabel`",
+        ),
+        (
+            "type = \"nftables\"\noutput = true",
+            "unknown field `output`",
+        ),
+        (
+            "type = \"iptables\"\nflush_at_init = \"yes\"",
+            "`flush_at_init`: invalid type",
+        ),
+        (
+            "type = \"script\"\nopen = \"/bin/true $SRC\"\ncommand_timeout_secs = \"30\"",
+            "`command_timeout_secs`: invalid type",
+        ),
+        (
+            "type = \"script\"\nclose = \"/bin/true\"",
+            "missing field `open`",
+        ),
+        ("type = \"log\"\ntable = \"x\"", "unknown field `table`"),
+        (
+            "type = \"carrier-pigeon\"",
+            "unknown action type `carrier-pigeon`",
+        ),
+    ] {
+        let (out, conf) = check(action);
+        let (_, err) = text(&out);
+        assert!(
+            !out.status.success()
+                && err.contains(names)
+                && err.contains(&conf.display().to_string()),
+            "{action}: expected an error naming {names:?} and the file\n{}",
+            describe(&out)
+        );
+    }
+    let (out, _) = check("type = \"nftables\"\ntable = \"spa\"\nprotected = [\"tcp/22\"]");
+    let (shown, _) = text(&out);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(
+        shown.contains("type = \"nftables\"")
+            && shown.contains("table = \"spa\"")
+            && shown.contains("protected = [\"tcp/22\"]"),
+        "{shown}"
+    );
+}

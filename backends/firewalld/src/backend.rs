@@ -5,10 +5,12 @@ use crate::config::FirewalldConfig;
 use crate::rich::{self, Part, SourceForm};
 use crate::state::{Entry, State, StateFile};
 use crate::BACKEND;
+use spa_core::clock::{Clock, SystemClock};
 use spa_core::firewall::{
     Firewall, FirewallError, FwResult, NatRule, Opening, Rule, RuleFeature, Snat,
 };
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Entries whose expiry passed this long ago are forgotten without asking
@@ -25,7 +27,7 @@ pub struct FirewalldBackend {
     state: State,
     state_file: Option<StateFile>,
     state_loaded: bool,
-    clock: fn() -> u64,
+    clock: Arc<dyn Clock>,
 }
 
 impl std::fmt::Debug for FirewalldBackend {
@@ -36,13 +38,6 @@ impl std::fmt::Debug for FirewalldBackend {
             .field("grants", &self.state.entries().len())
             .finish_non_exhaustive()
     }
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 fn other(message: String) -> FirewallError {
@@ -92,12 +87,12 @@ impl FirewalldBackend {
             state: State::default(),
             state_file,
             state_loaded: false,
-            clock: unix_now,
+            clock: Arc::new(SystemClock),
         })
     }
 
-    /// Reads the time from `clock` (unix seconds) instead of the system clock.
-    pub fn with_clock(mut self, clock: fn() -> u64) -> FirewalldBackend {
+    /// Read the time (unix seconds) from `clock` instead of the system clock.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
         self
     }
@@ -225,7 +220,7 @@ impl FirewalldBackend {
         if let Some(z) = &self.zone {
             return Ok(z.clone());
         }
-        self.init((self.clock)())?;
+        self.init(self.clock.now())?;
         Ok(self.zone.clone().expect("init resolves the zone"))
     }
 
@@ -595,7 +590,7 @@ impl Firewall for FirewalldBackend {
             return Ok(());
         }
         let zone = self.ensure_ready()?;
-        let now = (self.clock)();
+        let now = self.clock.now();
         self.state.forget_stale(now, STALE_SLACK_SECS);
         let mut present = self.zone_rules(&zone)?.ok_or_else(|| {
             other(format!("zone `{zone}` no longer exists in firewalld; was it deleted or firewalld reloaded with a new config?"))
@@ -643,7 +638,7 @@ impl Firewall for FirewalldBackend {
 
     fn list(&mut self) -> FwResult<Vec<Opening>> {
         self.ensure_ready()?;
-        let now = (self.clock)();
+        let now = self.clock.now();
         let before = self.state.clone();
         for zone in self.state.zones() {
             match self.zone_rules(&zone)? {

@@ -197,7 +197,7 @@ fn backend_with(config: FirewalldConfig) -> (FirewalldBackend, FakeApi) {
     let fake = FakeApi::default();
     let b = FirewalldBackend::with_api(config, Box::new(fake.clone()))
         .unwrap()
-        .with_clock(clock);
+        .with_clock(std::sync::Arc::new(clock));
     (b, fake)
 }
 
@@ -528,7 +528,7 @@ fn a_nat_grant_is_a_timed_forward_port_and_masquerade_listed_back_as_granted() {
     // A restarted backend knows it (and its masquerade) from the state file.
     let mut again = FirewalldBackend::with_api(config, Box::new(fake.clone()))
         .unwrap()
-        .with_clock(clock);
+        .with_clock(std::sync::Arc::new(clock));
     again.init(clock()).unwrap();
     assert_eq!(again.list().unwrap(), vec![o.clone()]);
     again.revoke(&[o.rule]).unwrap();
@@ -556,7 +556,7 @@ fn forward_all_is_two_timed_forward_ports_listed_back_and_revoked_as_one_grant()
     assert_eq!(b.list().unwrap(), vec![all.clone()]);
     let mut again = FirewalldBackend::with_api(config, Box::new(fake.clone()))
         .unwrap()
-        .with_clock(clock);
+        .with_clock(std::sync::Arc::new(clock));
     again.init(clock()).unwrap();
     assert_eq!(
         again.list().unwrap(),
@@ -637,7 +637,7 @@ fn flush_at_init_and_at_exit_remove_recorded_grants() {
         Box::new(fake.clone()),
     )
     .unwrap()
-    .with_clock(clock);
+    .with_clock(std::sync::Arc::new(clock));
     b.init(clock()).unwrap();
     assert_eq!(fake.rules("public"), vec![(plain("192.0.2.99", 22), 0)]);
     assert!(b.list().unwrap().is_empty());
@@ -805,7 +805,7 @@ fn init_reconciles_the_state_file_of_a_previous_run() {
     {
         let mut b = FirewalldBackend::with_api(config.clone(), Box::new(fake.clone()))
             .unwrap()
-            .with_clock(clock);
+            .with_clock(std::sync::Arc::new(clock));
         b.init(clock()).unwrap();
         assert!(path.exists(), "init creates the state file");
         b.grant(&[
@@ -826,7 +826,7 @@ fn init_reconciles_the_state_file_of_a_previous_run() {
     fake.put("public", &plain("192.0.2.99", 22), 0); // the admin's
     let mut b = FirewalldBackend::with_api(config.clone(), Box::new(fake.clone()))
         .unwrap()
-        .with_clock(clock);
+        .with_clock(std::sync::Arc::new(clock));
     b.init(clock()).unwrap();
     let listed = b.list().unwrap();
     assert_eq!(listed.len(), 1, "{listed:?}");
@@ -843,7 +843,7 @@ fn init_reconciles_the_state_file_of_a_previous_run() {
     // A third run: flush finds the grant of the first through the file.
     let mut b = FirewalldBackend::with_api(config, Box::new(fake.clone()))
         .unwrap()
-        .with_clock(clock);
+        .with_clock(std::sync::Arc::new(clock));
     b.flush().unwrap();
     assert_eq!(fake.rules("public"), vec![(plain("192.0.2.99", 22), 0)]);
     let saved = std::fs::read_to_string(&path).unwrap();

@@ -5,19 +5,15 @@
 use crate::config::IpfwConfig;
 use crate::rules::{add_args, parse_dynamic, parse_list, Kind, Listed};
 use postern_backend_common::{missing_for, require_program, SystemRunner};
+use spa_core::clock::{Clock, SystemClock};
 use spa_core::firewall::{
     CommandRunner, Firewall, FirewallError, FwResult, Opening, Rule, RuleFeature,
 };
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::Duration;
 
 const BACKEND: &str = "ipfw";
-
-fn system_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
 
 fn other(message: impl Into<String>) -> FirewallError {
     FirewallError::Other {
@@ -51,7 +47,7 @@ struct Retired {
 pub struct IpfwBackend {
     cfg: IpfwConfig,
     runner: Box<dyn CommandRunner>,
-    clock: Box<dyn Fn() -> u64 + Send>,
+    clock: Arc<dyn Clock>,
     /// init() has run.
     ready: bool,
     /// Earliest expiry among live grants, as far as this instance knows; `None`
@@ -86,7 +82,7 @@ impl IpfwBackend {
         Ok(IpfwBackend {
             cfg: config.clone(),
             runner,
-            clock: Box::new(system_now),
+            clock: Arc::new(SystemClock),
             ready: false,
             next_check: None,
             purge_pending: false,
@@ -104,9 +100,9 @@ impl IpfwBackend {
         IpfwBackend::new(config, Box::new(runner))
     }
 
-    /// Replace the clock used by `list()` to report remaining time (tests).
-    pub fn with_clock(mut self, clock: impl Fn() -> u64 + Send + 'static) -> Self {
-        self.clock = Box::new(clock);
+    /// Read the time (unix seconds) from `clock` instead of the system clock.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
         self
     }
 
@@ -420,7 +416,7 @@ impl Firewall for IpfwBackend {
             return Ok(());
         }
         if !self.ready {
-            let now = (self.clock)();
+            let now = self.clock.now();
             self.init(now)?;
         }
         let listing = self.listing()?;
@@ -485,7 +481,7 @@ impl Firewall for IpfwBackend {
     }
 
     fn list(&mut self) -> FwResult<Vec<Opening>> {
-        let now = (self.clock)();
+        let now = self.clock.now();
         let listing = self.listing()?;
         Ok(listing
             .iter()

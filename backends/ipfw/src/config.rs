@@ -1,6 +1,6 @@
 //! Configuration of the ipfw backend, with fwknopd.conf's names noted.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Highest rule number a grant may use: 65535 is ipfw's default rule.
 pub const MAX_RULE_NUM: u32 = 65534;
@@ -9,7 +9,7 @@ pub const MAX_RULE_NUM: u32 = 65534;
 pub const MAX_SET: u8 = 30;
 
 /// `[action] type = "ipfw"` settings.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct IpfwConfig {
     /// The ipfw program (fwknopd's FIREWALL_EXE).

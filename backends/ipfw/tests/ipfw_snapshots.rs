@@ -52,7 +52,7 @@ fn setup_with(f: impl FnOnce(&mut IpfwConfig)) -> (IpfwBackend, RecordingRunner,
     let rec = RecordingRunner::new(move |argv, _| c.respond(argv));
     let fw = IpfwBackend::new(&cfg, Box::new(rec.clone()))
         .unwrap()
-        .with_clock(|| 1000);
+        .with_clock(std::sync::Arc::new(|| 1000));
     (fw, rec, canned)
 }
 

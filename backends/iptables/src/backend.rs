@@ -17,13 +17,15 @@ use crate::rules::{parse_listing, ListedRule};
 use crate::session::RestoreSession;
 use postern_backend_common::{find_program, missing_for, require_program, SystemRunner};
 use postern_backend_nftables::netlink::NfSocket;
+use spa_core::clock::{Clock, SystemClock};
 use spa_core::firewall::{
     Block, CommandRunner, Firewall, FirewallError, FwResult, Opening, Rule, RuleFeature, Snat,
 };
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::Duration;
 
 const BACKEND: &str = "iptables";
 
@@ -49,7 +51,7 @@ pub struct IptablesBackend {
     /// ENABLE_RULE_PREPEND (see [`crate::IptablesConfig::prepend`]).
     prepend: Option<bool>,
     runner: Box<dyn CommandRunner>,
-    clock: Box<dyn Fn() -> u64 + Send>,
+    clock: Arc<dyn Clock>,
     /// init() has run, so the chains and jumps exist.
     ready: bool,
     /// Blocked sources ([`crate::block`]), when enabled.
@@ -120,12 +122,6 @@ fn is_nft_variant(program: &str) -> bool {
     })
 }
 
-fn system_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 fn other(message: String) -> FirewallError {
     FirewallError::Other {
         backend: BACKEND,
@@ -172,7 +168,7 @@ impl IptablesBackend {
             flush_at_exit: config.flush_at_exit,
             prepend: config.prepend,
             runner,
-            clock: Box::new(system_now),
+            clock: Arc::new(SystemClock),
             ready: false,
             blocking: Default::default(),
             sessions: Vec::new(),
@@ -215,9 +211,9 @@ impl IptablesBackend {
         Ok(backend.track_generation(None))
     }
 
-    /// Replace the clock used by `list()` to report remaining time (tests).
-    pub fn with_clock(mut self, clock: impl Fn() -> u64 + Send + 'static) -> Self {
-        self.clock = Box::new(clock);
+    /// Read the time (unix seconds) from `clock` instead of the system clock.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
         self
     }
 
@@ -679,7 +675,7 @@ impl Firewall for IptablesBackend {
             by_family[self.check(&o.rule)?].push(o);
         }
         if !self.ready {
-            let now = (self.clock)();
+            let now = self.clock.now();
             self.init(now)?;
         }
         let before = self.generation_now();
@@ -728,7 +724,7 @@ impl Firewall for IptablesBackend {
 
     /// Each grant once, NAT grants with their NAT, however many rules it has.
     fn list(&mut self) -> FwResult<Vec<Opening>> {
-        let now = (self.clock)();
+        let now = self.clock.now();
         let mut openings: Vec<Opening> = Vec::new();
         for family in 0..self.families.len() {
             for (_, spec) in self.chains.clone() {

@@ -1,6 +1,6 @@
 //! Configuration of the iptables backend, with fwknopd.conf's names noted.
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
 use std::str::FromStr;
 
@@ -111,6 +111,14 @@ impl ChainSpec {
     }
 }
 
+/// Written back in fwknopd's string form (what `check-config` shows, and what
+/// reads back to the same spec).
+impl Serialize for ChainSpec {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 impl fmt::Display for ChainSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
@@ -212,16 +220,19 @@ fn optional_chain_spec<'de, D: Deserializer<'de>>(d: D) -> Result<Option<ChainSp
 }
 
 /// `[action] type = "iptables"` settings.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct IptablesConfig {
     /// The iptables program (fwknopd's FIREWALL_EXE).
     pub iptables: String,
     /// Defaults to `iptables` with `iptables` in its file name replaced by `ip6tables`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub ip6tables: Option<String>,
     /// Defaults to `<iptables>-restore`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub iptables_restore: Option<String>,
     /// Defaults to `<ip6tables>-restore`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub ip6tables_restore: Option<String>,
     /// Manage ip6tables too, for IPv6 clients.
     pub ipv6: bool,
@@ -233,23 +244,28 @@ pub struct IptablesConfig {
     /// for hosts whose OUTPUT policy drops. `true` means `ACCEPT, filter,
     /// OUTPUT, 1, POSTERN_OUTPUT, 1`; a chain spec sets it explicitly.
     #[serde(deserialize_with = "output_chain_spec")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub output: Option<ChainSpec>,
     /// IPT_FORWARD_ACCESS (ENABLE_IPT_FORWARDING): the FORWARD accept of
     /// forward-NAT grants, e.g. `ACCEPT, filter, FORWARD, 1, FWKNOP_FORWARD, 1`.
     #[serde(deserialize_with = "optional_chain_spec")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub forward: Option<ChainSpec>,
     /// IPT_DNAT_ACCESS: the DNAT of NAT grants (forward and local), e.g.
     /// `DNAT, nat, PREROUTING, 1, FWKNOP_PREROUTING, 1`.
     #[serde(deserialize_with = "optional_chain_spec")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub dnat: Option<ChainSpec>,
     /// IPT_SNAT_ACCESS (ENABLE_IPT_SNAT with SNAT_TRANSLATE_IP, FORCE_SNAT): SNAT
     /// of forward-NAT grants to a fixed address, e.g.
     /// `SNAT, nat, POSTROUTING, 1, FWKNOP_POSTROUTING, 1`.
     #[serde(deserialize_with = "optional_chain_spec")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub snat: Option<ChainSpec>,
     /// IPT_MASQUERADE_ACCESS (ENABLE_IPT_SNAT, FORCE_MASQUERADE): MASQUERADE of
     /// forward-NAT grants, e.g. `MASQUERADE, nat, POSTROUTING, 1, FWKNOP_MASQUERADE, 1`.
     #[serde(deserialize_with = "optional_chain_spec")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub masquerade: Option<ChainSpec>,
     /// Accept NAT grants with postern's default chains (`POSTERN_FORWARD`,
     /// `POSTERN_PREROUTING`, `POSTERN_POSTROUTING`, `POSTERN_MASQUERADE`) for
@@ -263,10 +279,12 @@ pub struct IptablesConfig {
     /// Docker's DNAT). `true` means `ACCEPT, filter, DOCKER-USER, 1,
     /// POSTERN_DOCKER, 1`; a chain spec sets it explicitly. No fwknopd equivalent.
     #[serde(deserialize_with = "docker_chain_spec")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub docker: Option<ChainSpec>,
     /// ENABLE_RULE_PREPEND: `true` inserts each new rule at the top of its
     /// chain, `false` appends it (fwknopd's default). Unset: at the chain
     /// spec's `rule_position` (1, the top, by default).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub prepend: Option<bool>,
     /// FLUSH_IPT_AT_INIT. fwknopd defaults to Y; postern defaults to reconciling
     /// instead: expired leftovers are removed, live grants survive a restart.

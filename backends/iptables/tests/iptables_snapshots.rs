@@ -77,7 +77,7 @@ fn backend_with(
     let fake = RecordingRunner::new(move |argv, _| t.respond(argv, fail_restore));
     let fw = IptablesBackend::new(config, Box::new(fake.clone()))
         .unwrap()
-        .with_clock(|| 1000);
+        .with_clock(std::sync::Arc::new(|| 1000));
     (fw, fake)
 }
 

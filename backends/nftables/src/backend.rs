@@ -10,12 +10,14 @@ use crate::setup::{all_sets, setup_ruleset};
 use crate::shadow::{shadowing_in_iptables_save, shadowing_in_ruleset, ShadowWarning};
 use crate::BACKEND;
 use postern_backend_common::SystemRunner;
+use spa_core::clock::{Clock, SystemClock};
 use spa_core::firewall::{
     Block, CommandRunner, Firewall, FirewallError, FwResult, Opening, Rule, RuleFeature, Snat,
 };
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// postern's nftables backend. See the crate docs for the ruleset it owns.
 pub struct NftablesBackend {
@@ -24,7 +26,7 @@ pub struct NftablesBackend {
     netns: Option<PathBuf>,
     socket: Option<NfSocket>,
     nft_program: Option<PathBuf>,
-    clock: fn() -> u64,
+    clock: Arc<dyn Clock>,
     /// Expiry of the grants this backend knows to be live (seeded from the kernel
     /// at init), so a repeated grant with a shorter timeout never cuts one short.
     expiries: HashMap<Rule, u64>,
@@ -37,13 +39,6 @@ impl std::fmt::Debug for NftablesBackend {
             .field("netns", &self.netns)
             .finish_non_exhaustive()
     }
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 fn missing_permission() -> FirewallError {
@@ -65,7 +60,7 @@ impl NftablesBackend {
             netns: None,
             socket: None,
             nft_program: None,
-            clock: unix_now,
+            clock: Arc::new(SystemClock),
             expiries: HashMap::new(),
         })
     }
@@ -408,8 +403,8 @@ impl NftablesBackend {
         Ok(())
     }
 
-    #[cfg(test)]
-    pub(crate) fn with_clock(mut self, clock: fn() -> u64) -> NftablesBackend {
+    /// Read the time (unix seconds) from `clock` instead of the system clock.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
         self
     }
@@ -430,7 +425,7 @@ impl Firewall for NftablesBackend {
             self.socket()?;
         }
         // Grants of a previous run are still live in the kernel: remember until when.
-        let now = (self.clock)();
+        let now = self.clock.now();
         self.expiries = state
             .into_iter()
             .flat_map(|s| s.grants)
@@ -453,7 +448,7 @@ impl Firewall for NftablesBackend {
             }
         }
         // A repeat never shortens a live grant: its timeout is the later of the two.
-        let now = (self.clock)();
+        let now = self.clock.now();
         self.expiries.retain(|_, exp| *exp > now);
         let timeouts: Vec<u32> = openings
             .iter()
@@ -532,7 +527,7 @@ impl Firewall for NftablesBackend {
     }
 
     fn list(&mut self) -> FwResult<Vec<Opening>> {
-        let now = (self.clock)();
+        let now = self.clock.now();
         let state = self.read_table()?.ok_or_else(|| FirewallError::Other {
             backend: BACKEND,
             message: format!(

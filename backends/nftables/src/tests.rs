@@ -41,7 +41,7 @@ fn fake(config: NftablesConfig, answers: Vec<FwResult<String>>) -> (NftablesBack
     let backend = NftablesBackend::new(config)
         .unwrap()
         .with_runner(Box::new(runner))
-        .with_clock(|| 1000);
+        .with_clock(std::sync::Arc::new(|| 1000));
     (backend, log)
 }
 

@@ -5,20 +5,16 @@ use crate::config::PfConfig;
 use crate::render::{anchor_linked, anchor_rules, is_absent, parse_show, parse_tables, TableKey};
 use crate::state::{Entry, StateFile};
 use postern_backend_common::{missing_for, require_program, SystemRunner};
+use spa_core::clock::{Clock, SystemClock};
 use spa_core::firewall::{
     CommandRunner, Firewall, FirewallError, FwResult, Opening, Rule, RuleFeature,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::Duration;
 
 const BACKEND: &str = "pf";
-
-fn system_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
 
 fn other(message: impl Into<String>) -> FirewallError {
     FirewallError::Other {
@@ -68,7 +64,7 @@ pub struct PfBackend {
     /// What is in our tables, with expiry (mirrors the state file).
     entries: Vec<Entry>,
     runner: Box<dyn CommandRunner>,
-    clock: Box<dyn Fn() -> u64 + Send>,
+    clock: Arc<dyn Clock>,
     /// init() has run: the state is loaded and the anchor's rules are in place.
     ready: bool,
 }
@@ -118,10 +114,10 @@ impl PfBackend {
             flush_at_init: config.flush_at_init,
             flush_at_exit: config.flush_at_exit,
             max_grant_secs: config.max_grant_secs,
-            state: StateFile::new(config.state_file.clone()),
+            state: StateFile::new(config.state_file()),
             entries: Vec::new(),
             runner,
-            clock: Box::new(system_now),
+            clock: Arc::new(SystemClock),
             ready: false,
         })
     }
@@ -136,9 +132,9 @@ impl PfBackend {
         PfBackend::new(config, Box::new(runner))
     }
 
-    /// Replace the clock used by `list()` to report remaining time (tests).
-    pub fn with_clock(mut self, clock: impl Fn() -> u64 + Send + 'static) -> Self {
-        self.clock = Box::new(clock);
+    /// Read the time (unix seconds) from `clock` instead of the system clock.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
         self
     }
 
@@ -398,7 +394,7 @@ impl Firewall for PfBackend {
             return Ok(());
         }
         if !self.ready {
-            let now = (self.clock)();
+            let now = self.clock.now();
             self.init(now)?;
         }
         let mut entries = self.entries.clone();
@@ -486,7 +482,7 @@ impl Firewall for PfBackend {
     }
 
     fn list(&mut self) -> FwResult<Vec<Opening>> {
-        let now = (self.clock)();
+        let now = self.clock.now();
         let mut openings = Vec::new();
         for table in self.show_tables()? {
             for addr in self.show_table(table)? {

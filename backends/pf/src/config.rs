@@ -1,10 +1,10 @@
 //! Configuration of the pf backend, with fwknopd.conf's names noted.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
 /// `[action] type = "pf"` settings.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PfConfig {
     /// The pfctl program (fwknopd's FIREWALL_EXE).
@@ -21,8 +21,10 @@ pub struct PfConfig {
     pub ipv6: bool,
     /// Where the expiry of each table entry is recorded (mode 0600), so a
     /// restarted daemon knows which leftovers are still live. pf tables carry
-    /// no per-entry data.
-    pub state_file: PathBuf,
+    /// no per-entry data. Unset: [`PfConfig::DEFAULT_STATE_FILE`] (posternd
+    /// puts it in its `run_dir`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state_file: Option<PathBuf>,
     /// Upper bound on how long an entry stays in a table without being re-added;
     /// posternd runs `pfctl -T expire <this>` on its tables as a safety net, and so
     /// can a cron job while posternd is down. Longer grants are refused. 0 turns
@@ -47,7 +49,7 @@ impl Default for PfConfig {
             anchor: "postern".into(),
             check_anchor: true,
             ipv6: true,
-            state_file: PathBuf::from("/var/lib/postern/pf.json"),
+            state_file: None,
             max_grant_secs: 86_400,
             flush_at_init: false,
             flush_at_exit: true,
@@ -58,6 +60,16 @@ impl Default for PfConfig {
 }
 
 impl PfConfig {
+    /// Where the state file is when `state_file` is unset.
+    pub const DEFAULT_STATE_FILE: &'static str = "/var/lib/postern/pf.json";
+
+    /// The state file in use.
+    pub fn state_file(&self) -> PathBuf {
+        self.state_file
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(Self::DEFAULT_STATE_FILE))
+    }
+
     /// Check the anchor name is a safe pfctl argument and a valid pf anchor path.
     pub fn validate(&self) -> Result<(), String> {
         validate_anchor(&self.anchor)?;

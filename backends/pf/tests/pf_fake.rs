@@ -39,7 +39,7 @@ impl FakePf {
     fn config(&self) -> PfConfig {
         PfConfig {
             pfctl: self.tool().to_string_lossy().into_owned(),
-            state_file: self.dir.path().join("state/pf.json"),
+            state_file: Some(self.dir.path().join("state/pf.json")),
             ..PfConfig::default()
         }
     }

@@ -74,7 +74,7 @@ fn setup_with(config: impl FnOnce(&mut PfConfig)) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("pf.json");
     let mut cfg = PfConfig {
-        state_file: state.clone(),
+        state_file: Some(state.clone()),
         ..PfConfig::default()
     };
     config(&mut cfg);
@@ -83,7 +83,7 @@ fn setup_with(config: impl FnOnce(&mut PfConfig)) -> Setup {
     let rec = RecordingRunner::new(move |argv, _| p.respond(argv));
     let fw = PfBackend::new(&cfg, Box::new(rec.clone()))
         .unwrap()
-        .with_clock(|| 1000);
+        .with_clock(std::sync::Arc::new(|| 1000));
     Setup {
         fw,
         rec,
@@ -321,7 +321,7 @@ fn restart_reconciles_leftovers_with_the_state_file() {
     s.pf.table("postern_udp_53", "   192.0.2.3\n");
     s.pf.table("admin_table", "   10.0.0.1\n");
     let cfg = PfConfig {
-        state_file: s.state.clone(),
+        state_file: Some(s.state.clone()),
         ..PfConfig::default()
     };
     let p = s.pf.clone();

@@ -19,9 +19,9 @@ use crate::state::{PendingClose, ScriptOrigin, StateFile};
 use crate::template::{Template, Values};
 use postern_backend_common::runner::{find_program, ConfinedRunner};
 use postern_backend_common::CapSet;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use spa_core::firewall::{
-    CommandRunner, Firewall, FirewallError, FwResult, Opening, Rule, RuleFeature,
+    CommandRunner, Firewall, FirewallError, FwResult, Opening, PacketAddresses, Rule, RuleFeature,
 };
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -30,20 +30,20 @@ use std::time::Duration;
 const BACKEND: &str = "script";
 
 /// `[action] type = "script"` settings. The access.conf keys map one to one.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct ScriptConfig {
     /// CMD_CYCLE_OPEN: run when access is granted.
     pub open: String,
     /// CMD_CYCLE_CLOSE: run when the access expires. Absent or `NONE`: nothing is
     /// run and the opening is not tracked (fwknopd's indefinite access).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub close: Option<String>,
     /// Where owed close commands are kept across restarts (JSON, mode 0600).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state_file: Option<PathBuf>,
     /// Value of `$DST` when the packet's destination is not supplied.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub destination: Option<IpAddr>,
     /// Time limit for each open/close command.
     #[serde(default = "default_command_timeout")]
@@ -78,13 +78,6 @@ impl ScriptConfig {
             capabilities: CapSet::EMPTY,
         }
     }
-}
-
-/// Addresses from the SPA packet's IP header, for `$PKT_SRC` and `$DST`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PacketAddresses {
-    pub source: IpAddr,
-    pub destination: IpAddr,
 }
 
 pub struct ScriptBackend {
@@ -170,17 +163,26 @@ impl ScriptBackend {
         Ok(backend)
     }
 
-    /// Like [`Firewall::grant`], with the SPA packet's addresses for `$PKT_SRC`
-    /// and `$DST` (the trait method uses the allowed address and the configured
-    /// `destination`).
+    /// Like [`Firewall::grant`], with one SPA packet's addresses for
+    /// `$PKT_SRC` and `$DST` for every opening.
     pub fn grant_from_packet(
         &mut self,
         openings: &[Opening],
         packet: Option<PacketAddresses>,
     ) -> FwResult<()> {
+        self.grant_from_packets(openings, &vec![packet; openings.len()])
+    }
+
+    fn open_all(
+        &mut self,
+        openings: &[Opening],
+        packets: &[Option<PacketAddresses>],
+    ) -> FwResult<()> {
         let mut opened: Vec<PendingClose> = Vec::new();
         let mut refreshed: Vec<(usize, u64, u32)> = Vec::new();
-        for opening in openings {
+        for (i, opening) in openings.iter().enumerate() {
+            // Without a packet: the allowed address and the configured `destination`.
+            let packet = packets.get(i).copied().flatten();
             if let Err(e) = self.open_one(opening, packet, &mut opened, &mut refreshed) {
                 self.roll_back(opened, refreshed);
                 return Err(e);
@@ -233,7 +235,7 @@ impl ScriptBackend {
             destination: opening
                 .rule
                 .destination
-                .or(packet.map(|p| p.destination))
+                .or(packet.and_then(|p| p.destination))
                 .or(self.destination),
             proto: opening.rule.proto,
             port: opening.rule.port,
@@ -372,7 +374,16 @@ impl Firewall for ScriptBackend {
     }
 
     fn grant(&mut self, openings: &[Opening]) -> FwResult<()> {
-        self.grant_from_packet(openings, None)
+        self.open_all(openings, &[])
+    }
+
+    /// `$PKT_SRC` and `$DST` from each opening's packet.
+    fn grant_from_packets(
+        &mut self,
+        openings: &[Opening],
+        packets: &[Option<PacketAddresses>],
+    ) -> FwResult<()> {
+        self.open_all(openings, packets)
     }
 
     fn revoke(&mut self, rules: &[Rule]) -> FwResult<()> {

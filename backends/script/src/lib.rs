@@ -14,4 +14,5 @@ pub mod cycle;
 pub mod state;
 pub mod template;
 
-pub use cycle::{PacketAddresses, ScriptBackend, ScriptConfig};
+pub use cycle::{ScriptBackend, ScriptConfig};
+pub use spa_core::firewall::PacketAddresses;

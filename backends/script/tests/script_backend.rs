@@ -207,7 +207,8 @@ fn packet_addresses_and_configured_destination() {
 
     let packet = PacketAddresses {
         source: "198.51.100.1".parse().unwrap(),
-        destination: "203.0.113.1".parse().unwrap(),
+        source_port: 40000,
+        destination: Some("203.0.113.1".parse().unwrap()),
     };
     fw.grant_from_packet(&[opening("192.0.2.7", Proto::Tcp, 22, 1030)], Some(packet))
         .unwrap();

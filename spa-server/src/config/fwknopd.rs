@@ -589,7 +589,7 @@ mod tests {
         assert!(
             matches!(&cfg.replay, ReplayConfig::File { path: None, import_fwknop: Some(p) } if p.to_str() == Some("/tmp/x/digest.cache"))
         );
-        assert_eq!(cfg.action[0].kind, "iptables");
+        assert_eq!(cfg.action[0].kind(), "iptables");
         assert_eq!(w.len(), 1);
         assert!(
             w[0].contains(":6: unknown fwknopd.conf variable `BOGUS`"),
@@ -633,7 +633,7 @@ mod tests {
             })
         );
         assert!(matches!(cfg.capture[1], CaptureConfig::Tcp { .. }));
-        assert_eq!(cfg.action[0].kind, "iptables");
+        assert_eq!(cfg.action[0].kind(), "iptables");
         // Off (fwknopd's default): pcap as before.
         let (cfg, _) = load("ENABLE_NFQ_CAPTURE N;\nNFQ_PORT 1;\n");
         assert!(matches!(cfg.capture[0], CaptureConfig::Pcap { .. }));
@@ -702,7 +702,7 @@ mod tests {
         let (cfg, w) = load(
             "FIREWD_INPUT_ACCESS ACCEPT, filter, INPUT, 1, FWKNOP_INPUT, 1;\nENABLE_RULE_PREPEND Y;\n",
         );
-        assert_eq!(cfg.action[0].kind, "firewalld");
+        assert_eq!(cfg.action[0].kind(), "firewalld");
         assert!(
             w.iter()
                 .any(|l| l.contains(":1: FIREWD_INPUT_ACCESS: only the target is used"))
@@ -774,14 +774,14 @@ mod tests {
         let (cfg, w) = load("ENABLE_UDP_SERVER Y;\n");
         assert!(!cfg.server.destination_rule);
         assert_eq!(cfg.server.rules_check_threshold, 20);
-        let s = &cfg.action[0].settings;
+        let s = &cfg.action[0].settings();
         assert_eq!(s["prepend"], false, "fwknopd appends by default");
         assert!(!s.contains_key("output"));
         assert!(w.is_empty(), "{w:?}");
         let (cfg, w) = load("ENABLE_DESTINATION_RULE Y;\nRULES_CHECK_THRESHOLD 0;\nENABLE_RULE_PREPEND Y;\nENABLE_IPT_OUTPUT Y;\n");
         assert!(cfg.server.destination_rule);
         assert_eq!(cfg.server.rules_check_threshold, 0);
-        let s = &cfg.action[0].settings;
+        let s = &cfg.action[0].settings();
         assert_eq!(s["prepend"], true);
         assert_eq!(
             s["output"],
@@ -791,7 +791,7 @@ mod tests {
         let (cfg, _) =
             load("ENABLE_IPT_OUTPUT Y;\nIPT_OUTPUT_ACCESS ACCEPT, filter, OUTPUT, 2, MY_OUT, 1;\n");
         assert_eq!(
-            cfg.action[0].settings["output"],
+            cfg.action[0].settings()["output"],
             "ACCEPT, filter, OUTPUT, 2, MY_OUT, 1"
         );
     }
@@ -855,10 +855,10 @@ mod tests {
         assert!(matches!(cfg.capture[1], CaptureConfig::Tcp { .. }));
         assert!(matches!(cfg.replay, ReplayConfig::Memory));
         assert_eq!(
-            cfg.action[0].settings["input"],
+            cfg.action[0].settings()["input"],
             "ACCEPT, filter, INPUT, 1, FWKNOP_INPUT, 1"
         );
-        assert_eq!(cfg.action[0].settings["flush_at_init"], true);
+        assert_eq!(cfg.action[0].settings()["flush_at_init"], true);
     }
 
     #[test]
@@ -871,14 +871,14 @@ mod tests {
                 "192.0.2.1".parse().unwrap()
             )))
         );
-        let s = &cfg.action[0].settings;
+        let s = &cfg.action[0].settings();
         assert_eq!(s["dnat"], "DNAT, nat, PREROUTING, 2, MY_DNAT, 1");
         assert_eq!(
             s["forward"],
             "ACCEPT, filter, FORWARD, 1, FWKNOP_FORWARD, 1"
         );
         let (plain, _) = load("PCAP_INTF eth0;\n");
-        assert!(!plain.action[0].settings.contains_key("forward"));
+        assert!(!plain.action[0].settings().contains_key("forward"));
     }
 
     #[test]

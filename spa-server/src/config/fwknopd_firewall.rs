@@ -216,11 +216,37 @@ impl<'a, G: Fn(&str) -> Option<&'a Entry>> Settings<'a, G> {
         }
     }
 
-    fn action(self, kind: &str) -> ActionConfig {
-        ActionConfig {
-            kind: kind.into(),
-            settings: self.map,
-        }
+    /// The typed action; the backend's own check of the values (as for a
+    /// TOML file) puts its message at the first of `vars` the file sets
+    /// (else at the file), so a bad value names its line.
+    fn action(mut self, kind: &str, vars: &[&str]) -> Result<ActionConfig, ConfError> {
+        self.map.insert("type".into(), kind.into());
+        let message = match serde_json::from_value::<ActionConfig>(Value::Object(self.map)) {
+            Ok(action) => match validate(&action) {
+                Ok(()) => return Ok(action),
+                Err(m) => m,
+            },
+            Err(e) => e.to_string(),
+        };
+        let at = vars.iter().find_map(|v| (self.get)(v));
+        Err(match at {
+            Some(e) => ConfError::new(&e.origin, message),
+            None => ConfError::file(
+                std::path::Path::new("fwknopd.conf"),
+                format!("the {kind} action: {message}"),
+            ),
+        })
+    }
+}
+
+/// The checks of backends whose settings fwknopd.conf numbers can break.
+fn validate(action: &ActionConfig) -> Result<(), String> {
+    match action {
+        #[cfg(feature = "pf")]
+        ActionConfig::Pf(c) => c.validate(),
+        #[cfg(feature = "ipfw")]
+        ActionConfig::Ipfw(c) => c.validate(),
+        _ => Ok(()),
     }
 }
 
@@ -263,7 +289,7 @@ pub fn iptables_action<'a>(
             s.chain_spec(key, var, default)?;
         }
     }
-    Ok(s.action("iptables"))
+    s.action("iptables", &[])
 }
 
 /// The `firewalld` action as fwknopd's firewalld build configures itself.
@@ -356,7 +382,7 @@ pub fn firewalld_action<'a>(
     let mut s = Settings::new(get);
     s.flag("flush_at_init", "FLUSH_FIREWD_AT_INIT", true)?;
     s.flag("flush_at_exit", "FLUSH_FIREWD_AT_EXIT", true)?;
-    Ok(s.action("firewalld"))
+    s.action("firewalld", &[])
 }
 
 /// The `pf` action as fwknopd's pf build: its anchor (default `fwknop`), flushed
@@ -372,10 +398,7 @@ pub fn pf_action<'a>(
     s.text("pfctl", "FIREWALL_EXE");
     s.set("flush_at_init", true);
     s.set("flush_at_exit", true);
-    let action = s.action("pf");
-    #[cfg(feature = "pf")]
-    check::<postern_backend_pf::PfConfig>(&action, get, &["PF_ANCHOR_NAME"], |c| c.validate())?;
-    Ok(action)
+    s.action("pf", &["PF_ANCHOR_NAME"])
 }
 
 /// The `ipfw` action as fwknopd's ipfw build: rule numbers, sets, purge interval,
@@ -395,11 +418,8 @@ pub fn ipfw_action<'a>(
     s.flag("add_check_state", "IPFW_ADD_CHECK_STATE", false)?;
     s.flag("flush_at_init", "FLUSH_IPFW_AT_INIT", true)?;
     s.flag("flush_at_exit", "FLUSH_IPFW_AT_EXIT", true)?;
-    let action = s.action("ipfw");
-    #[cfg(feature = "ipfw")]
-    check::<postern_backend_ipfw::IpfwConfig>(
-        &action,
-        get,
+    s.action(
+        "ipfw",
         &[
             "IPFW_MAX_RULES",
             "IPFW_START_RULE_NUM",
@@ -407,34 +427,7 @@ pub fn ipfw_action<'a>(
             "IPFW_ACTIVE_SET_NUM",
             "IPFW_EXPIRE_PURGE_INTERVAL",
         ],
-        |c| c.validate(),
-    )?;
-    Ok(action)
-}
-
-/// The backend's own check of the settings, its message put at the first of
-/// `vars` the file sets (else at the file), so a bad value names its line.
-#[cfg(any(feature = "pf", feature = "ipfw"))]
-fn check<'a, C: serde::de::DeserializeOwned>(
-    action: &ActionConfig,
-    get: &'a impl Fn(&str) -> Option<&'a Entry>,
-    vars: &[&str],
-    validate: impl Fn(&C) -> Result<(), String>,
-) -> Result<(), ConfError> {
-    let result = serde_json::from_value::<C>(Value::Object(action.settings.clone()))
-        .map_err(|e| e.to_string())
-        .and_then(|c| validate(&c));
-    let Err(message) = result else {
-        return Ok(());
-    };
-    let at = vars.iter().find_map(|v| get(v));
-    Err(match at {
-        Some(e) => ConfError::new(&e.origin, message),
-        None => ConfError::file(
-            std::path::Path::new("fwknopd.conf"),
-            format!("the {} action: {message}", action.kind),
-        ),
-    })
+    )
 }
 
 #[cfg(test)]
@@ -518,10 +511,10 @@ mod tests {
     fn a_firewalld_file_gives_the_firewalld_action_and_its_nat() {
         let cfg = load("FLUSH_FIREWD_AT_EXIT N;\nENABLE_FIREWD_FORWARDING Y;\nENABLE_FIREWD_LOCAL_NAT Y;\nENABLE_FIREWD_SNAT Y;\nFIREWD_INPUT_ACCESS ACCEPT, filter, INPUT, 1, FWKNOP_INPUT, 1;\nFIREWALL_EXE /usr/bin/firewall-cmd;\n").unwrap();
         let a = &cfg.action[0];
-        assert_eq!(a.kind, "firewalld");
-        assert_eq!(a.settings["flush_at_init"], true);
-        assert_eq!(a.settings["flush_at_exit"], false);
-        assert!(!a.settings.contains_key("input"));
+        assert_eq!(a.kind(), "firewalld");
+        assert_eq!(a.settings()["flush_at_init"], true);
+        assert_eq!(a.settings()["flush_at_exit"], false);
+        assert!(!a.settings().contains_key("input"));
         assert!(cfg.server.nat.forwarding && cfg.server.nat.local);
         assert_eq!(
             cfg.server.nat.snat,
@@ -531,12 +524,9 @@ mod tests {
         );
         // The backend takes these settings.
         #[cfg(feature = "firewalld")]
-        serde_json::from_value::<postern_backend_firewalld::FirewalldConfig>(Value::Object(
-            a.settings.clone(),
-        ))
-        .unwrap();
+        assert!(matches!(a, ActionConfig::Firewalld(_)));
         let plain = load("FIREWALL_EXE /usr/bin/firewall-cmd;\n").unwrap();
-        assert_eq!(plain.action[0].kind, "firewalld");
+        assert_eq!(plain.action[0].kind(), "firewalld");
         assert!(!plain.server.nat.forwarding && plain.server.nat.snat.is_none());
     }
 
@@ -584,14 +574,14 @@ mod tests {
         let cfg = load("PF_ANCHOR_NAME spa;\nPF_EXPIRE_INTERVAL 10;\nFIREWALL_EXE /sbin/pfctl;\n")
             .unwrap();
         let a = &cfg.action[0];
-        assert_eq!(a.kind, "pf");
-        assert_eq!(a.settings["anchor"], "spa");
-        assert_eq!(a.settings["expire_interval_secs"], 10);
-        assert_eq!(a.settings["pfctl"], "/sbin/pfctl");
-        assert_eq!(a.settings["flush_at_init"], true);
+        assert_eq!(a.kind(), "pf");
+        assert_eq!(a.settings()["anchor"], "spa");
+        assert_eq!(a.settings()["expire_interval_secs"], 10);
+        assert_eq!(a.settings()["pfctl"], "/sbin/pfctl");
+        assert_eq!(a.settings()["flush_at_init"], true);
         let cfg = load("FIREWALL_EXE /sbin/pfctl;\n").unwrap();
-        assert_eq!(cfg.action[0].settings["anchor"], "fwknop");
-        assert_eq!(cfg.action[0].settings["expire_interval_secs"], 30);
+        assert_eq!(cfg.action[0].settings()["anchor"], "fwknop");
+        assert_eq!(cfg.action[0].settings()["expire_interval_secs"], 30);
         assert!(!cfg.server.nat.forwarding);
         let err = load("PF_EXPIRE_INTERVAL soon;\n").unwrap_err();
         assert!(
@@ -609,7 +599,7 @@ mod tests {
     fn an_ipfw_file_gives_the_ipfw_action() {
         let cfg = load("IPFW_START_RULE_NUM 2000;\nIPFW_MAX_RULES 50;\nIPFW_ACTIVE_SET_NUM 3;\nIPFW_EXPIRE_SET_NUM 4;\nIPFW_EXPIRE_PURGE_INTERVAL 20;\nIPFW_ADD_CHECK_STATE Y;\nFLUSH_IPFW_AT_INIT N;\n").unwrap();
         let a = &cfg.action[0];
-        assert_eq!(a.kind, "ipfw");
+        assert_eq!(a.kind(), "ipfw");
         for (key, value) in [
             ("start_rule_num", Value::from(2000)),
             ("max_rules", 50.into()),
@@ -620,7 +610,7 @@ mod tests {
             ("flush_at_init", false.into()),
             ("flush_at_exit", true.into()),
         ] {
-            assert_eq!(a.settings[key], value, "{key}");
+            assert_eq!(a.settings()[key], value, "{key}");
         }
         #[cfg(feature = "ipfw")]
         {

@@ -4,6 +4,7 @@
 // fwknopd's ACCESS_EXPIRE dates are local time: mktime(3) through libc.
 #[allow(unsafe_code)]
 pub mod access;
+pub mod action;
 pub mod conf_file;
 pub mod dump;
 pub mod fwknopd;
@@ -11,6 +12,7 @@ pub mod fwknopd_firewall;
 pub mod trust;
 
 pub use access::{AccessStanza, AddrList};
+pub use action::ActionConfig;
 pub use conf_file::{ConfError, Findings, Origin};
 
 use figment::providers::{Env, Format, Serialized, Toml};
@@ -341,15 +343,6 @@ impl CaptureConfig {
     }
 }
 
-/// An action backend chosen by name; its own settings are read by the backend.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct ActionConfig {
-    #[serde(rename = "type")]
-    pub kind: String,
-    #[serde(flatten)]
-    pub settings: serde_json::Map<String, serde_json::Value>,
-}
-
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
 pub enum ReplayConfig {
@@ -489,12 +482,9 @@ impl ServerConfig {
     /// these itself, in addition to what it needs for its own work.
     pub fn child_capabilities(&self) -> postern_backend_common::CapSet {
         let stanzas = self.access.iter().map(AccessStanza::child_capabilities);
-        let scripts = self.action.iter().filter(|a| a.kind == "script").map(|a| {
-            // Invalid values fail when the action is built; nothing to keep for them.
-            a.settings
-                .get("capabilities")
-                .and_then(|v| serde_json::from_value(v.clone()).ok())
-                .unwrap_or_default()
+        let scripts = self.action.iter().filter_map(|a| match a {
+            ActionConfig::Script(s) => Some(s.capabilities),
+            _ => None,
         });
         stanzas
             .chain(scripts)
@@ -684,7 +674,11 @@ pub fn load(sources: &ConfigSources) -> Result<Loaded, ConfigError> {
         }
         // firewalld rich rules can masquerade but not SNAT to an address, and
         // cannot forward without DNAT: refused now rather than at each knock.
-        if config.action.iter().any(|a| a.kind == "firewalld") {
+        if config
+            .action
+            .iter()
+            .any(|a| matches!(a, ActionConfig::Firewalld(_)))
+        {
             let lacking = [
                 (s.disable_dnat, "DISABLE_DNAT"),
                 (s.force_snat.is_some(), "FORCE_SNAT"),
@@ -830,7 +824,7 @@ mod tests {
             .merge(Toml::string(&text))
             .extract()
             .unwrap_or_else(|e| panic!("examples/postern.toml: {e}"));
-        assert_eq!(cfg.action[0].kind, "nftables");
+        assert_eq!(cfg.action[0].kind(), "nftables");
     }
 
     #[test]
@@ -910,8 +904,11 @@ open_ports = "tcp/22"
             let c = &loaded.config;
             assert_eq!(c.server.max_packet_age, 45);
             assert_eq!(c.capture.len(), 2);
-            assert_eq!(c.action[0].kind, "nftables");
-            assert_eq!(c.action[0].settings["table"], "postern");
+            assert_eq!(c.action[0].kind(), "nftables");
+            assert_eq!(
+                serde_json::to_value(&c.action[0]).unwrap()["table"],
+                "postern"
+            );
             assert_eq!(c.access[0].open_ports.len(), 1);
             let shown = render_redacted(c);
             assert!(

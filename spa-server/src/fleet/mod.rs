@@ -320,6 +320,7 @@ pub fn start(
     key: GroupKey,
     config: &FleetConfig,
     stop: CancellationToken,
+    clock: std::sync::Arc<dyn spa_core::Clock>,
 ) -> FleetLink {
     let (publish, mut to_publish) = mpsc::channel::<Vec<Opening>>(QUEUE);
     let (to_apply, remote) = mpsc::channel::<RemoteGrant>(QUEUE);
@@ -332,6 +333,7 @@ pub fn start(
             member.clone(),
             stop.clone(),
         );
+        let clock = clock.clone();
         tokio::spawn(async move {
             // Grants that could not be published yet (store down), retried
             // while they are live.
@@ -345,7 +347,7 @@ pub fn start(
                     },
                     _ = tokio::time::sleep(RETRY), if !pending.is_empty() => {}
                 }
-                let now = crate::capture::unix_now();
+                let now = clock.now();
                 pending.retain_mut(|o| {
                     o.retain(|o| o.expires_at > now);
                     !o.is_empty()
@@ -375,7 +377,7 @@ pub fn start(
             }
         });
     }
-    tokio::spawn(listen(bus, key, group, member, to_apply, stop));
+    tokio::spawn(listen(bus, key, group, member, to_apply, stop, clock));
     FleetLink { publish, remote }
 }
 
@@ -387,6 +389,7 @@ async fn listen(
     member: String,
     to_apply: mpsc::Sender<RemoteGrant>,
     stop: CancellationToken,
+    clock: std::sync::Arc<dyn spa_core::Clock>,
 ) {
     let mut cursor: Option<String> = None;
     let mut down = false;
@@ -418,7 +421,7 @@ async fn listen(
         if next.is_some() {
             cursor = next;
         }
-        let now = crate::capture::unix_now();
+        let now = clock.now();
         for signed in &messages {
             match verify(&key, &group, &member, now, signed) {
                 Ok(Some(grant)) if !grant.openings.is_empty() => {

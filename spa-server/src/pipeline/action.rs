@@ -2,6 +2,7 @@
 //! until it is applied (so "granted" means the port is open).
 
 use super::{Approved, Outcome, Stage, StageFuture};
+use crate::config::access::canonical;
 use crate::policy::Grant;
 use std::convert::Infallible;
 use std::task::{Context, Poll};
@@ -14,6 +15,8 @@ pub struct ActionRequest {
     pub grant: Grant,
     /// Unix seconds when the packet arrived.
     pub now: u64,
+    /// The packet's own addresses (script `$PKT_SRC`, `$DST`).
+    pub packet: Option<spa_core::firewall::PacketAddresses>,
     pub done: oneshot::Sender<ActionResult>,
 }
 
@@ -55,6 +58,11 @@ impl Service<Approved> for ActionStage {
                 .send(ActionRequest {
                     grant,
                     now: packet.received_at,
+                    packet: Some(spa_core::firewall::PacketAddresses {
+                        source: canonical(packet.peer.ip()),
+                        source_port: packet.peer.port(),
+                        destination: packet.destination.map(canonical),
+                    }),
                     done,
                 })
                 .await

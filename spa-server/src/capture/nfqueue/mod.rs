@@ -100,7 +100,7 @@ impl RuleTool {
     /// The tool `settings` asks for, or the one matching the actions.
     pub fn for_capture(settings: &Settings, actions: &[ActionConfig]) -> RuleTool {
         settings.rules.unwrap_or_else(|| {
-            if actions.iter().any(|a| a.kind == "nftables") {
+            if actions.iter().any(|a| a.kind() == "nftables") {
                 RuleTool::Nftables
             } else {
                 RuleTool::Iptables
@@ -114,8 +114,7 @@ impl RuleTool {
 pub fn iptables_program(actions: &[ActionConfig]) -> String {
     actions
         .iter()
-        .filter(|a| a.kind == "iptables")
-        .find_map(|a| a.settings.get("iptables")?.as_str())
+        .find_map(ActionConfig::iptables_program)
         .unwrap_or("iptables")
         .to_string()
 }
@@ -432,24 +431,19 @@ mod tests {
 
     #[test]
     fn iptables_is_the_iptables_actions_program() {
-        let mut iptables = ActionConfig {
-            kind: "iptables".into(),
-            settings: Default::default(),
-        };
-        assert_eq!(iptables_program(&[iptables.clone()]), "iptables");
-        iptables
-            .settings
-            .insert("iptables".into(), "/usr/sbin/iptables-legacy".into());
-        assert_eq!(iptables_program(&[iptables]), "/usr/sbin/iptables-legacy");
+        let iptables = ActionConfig::default_of("iptables").unwrap();
+        assert_eq!(iptables_program(&[iptables]), "iptables");
+        let legacy: ActionConfig = serde_json::from_value(serde_json::json!(
+            {"type": "iptables", "iptables": "/usr/sbin/iptables-legacy"}
+        ))
+        .unwrap();
+        assert_eq!(iptables_program(&[legacy]), "/usr/sbin/iptables-legacy");
         assert_eq!(iptables_program(&[]), "iptables");
     }
 
     #[test]
     fn the_rule_tool_follows_the_action_unless_set() {
-        let action = |kind: &str| ActionConfig {
-            kind: kind.into(),
-            settings: Default::default(),
-        };
+        let action = |kind: &str| ActionConfig::default_of(kind).unwrap();
         let unset = Settings::default();
         assert_eq!(
             RuleTool::for_capture(&unset, &[action("nftables")]),
