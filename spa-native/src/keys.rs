@@ -132,6 +132,18 @@ impl ClientPublicKey {
     }
 }
 
+impl std::fmt::Debug for ClientKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ClientKey({:?}, secret redacted)", self.public)
+    }
+}
+
+impl std::fmt::Debug for ServerKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ServerKey({:?}, secret redacted)", self.public)
+    }
+}
+
 impl ClientKey {
     /// A fresh key from the OS generator.
     pub fn generate() -> Result<Self, Error> {
