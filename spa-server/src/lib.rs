@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod fleet;
 pub mod gpg;
 pub mod metrics;
+pub mod native_admin;
 pub mod pipeline;
 #[cfg(feature = "plugin")]
 pub mod plugin;
