@@ -321,4 +321,25 @@ fn keys_clients_and_a_native_packet_with_the_real_binaries() {
     );
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--native"));
+
+    // access.conf's native stanza: check-config shows it; serving it is refused (not yet served).
+    fs::write(d.join("access.conf"), "SOURCE ANY\nPROTOCOL native\nNATIVE_CLIENTS bob, carol\nREQUIRE_TOTP Y\nOPEN_PORTS tcp/22\n").unwrap();
+    fs::write(d.join("fwknopd.conf"), "PCAP_INTF lo\n").unwrap();
+    for f in ["access.conf", "fwknopd.conf"] {
+        fs::set_permissions(d.join(f), fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let conf = ["-c", &path("fwknopd.conf"), "-a", &path("access.conf")];
+    let shown = ok("posternd", d, &[&["check-config"][..], &conf].concat());
+    assert!(
+        shown.contains("protocol = \"native\"") && shown.contains("require_totp = true"),
+        "{shown}"
+    );
+    let out = run("posternd", d, &[&["-f"][..], &conf].concat());
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("access.conf:1: PROTOCOL native stanzas are not served"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
