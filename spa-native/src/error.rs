@@ -15,9 +15,6 @@ pub enum Error {
     /// The handshake authenticated a client key that is not registered.
     #[error("unknown client key")]
     UnknownClient,
-    /// The packet is hybrid but this server has no ML-KEM key, or the reverse.
-    #[error("suite not available: {0}")]
-    Suite(&'static str),
     /// The decrypted payload is not in its one canonical v1 layout.
     #[error("bad payload: {0}")]
     Payload(&'static str),

@@ -205,3 +205,36 @@ fn packet_sizes_are_as_documented() {
         );
     }
 }
+
+#[test]
+fn freshness_is_max_age_either_way() {
+    let p = minimal_payload(); // timestamp 1_700_000_000
+    assert!(p.fresh(1_700_000_120, 120));
+    assert!(p.fresh(1_699_999_880, 120));
+    assert!(!p.fresh(1_700_000_121, 120));
+    assert!(!p.fresh(1_699_999_879, 120));
+    assert!(!p.fresh(0, 120) && !p.fresh(u64::MAX, 120));
+}
+
+#[test]
+fn requests_the_encoding_cannot_carry_are_refused_when_sealing() {
+    let server = server_key(1);
+    let client = client_key(2);
+    let mut too_many = minimal_payload();
+    too_many.ports = vec![too_many.ports[0]; 17];
+    let mut no_ports = minimal_payload();
+    no_ports.ports.clear();
+    let mut long_totp = minimal_payload();
+    long_totp.totp = Some(100_000_000);
+    let mut zero_source = minimal_payload();
+    zero_source.source_port = Some(0);
+    for p in [too_many, no_ports, long_totp, zero_source] {
+        assert!(matches!(
+            seal(&client, server.public(), &p, SealOptions::default()),
+            Err(Error::Request(_))
+        ));
+    }
+    for bad in ["tcp", "tcp/0", "icmp/1", "tcp/65536", "/22", "tcp/22/1"] {
+        assert!(bad.parse::<PortSpec>().is_err(), "{bad}");
+    }
+}
