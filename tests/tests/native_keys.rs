@@ -322,6 +322,74 @@ fn keys_clients_and_a_native_packet_with_the_real_binaries() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--native"));
 
+    // Really sent, to loopback: over UDP from the -S source port, and over TCP (-P tcp).
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    udp.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    let udp_port = udp.local_addr().unwrap().port().to_string();
+    let src_port = {
+        let probe = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    let native = [
+        "--no-rc-file",
+        "--native",
+        "--server-key",
+        &path("server.pub"),
+        "--client-key",
+        &path("bob.key"),
+        "-A",
+        "tcp/22",
+        "-a",
+        "192.0.2.9",
+        "-D",
+        "127.0.0.1",
+    ];
+    let src = src_port.to_string();
+    ok(
+        "postern",
+        d,
+        &[&native[..], &["-p", &udp_port, "-S", &src]].concat(),
+    );
+    let mut buf = [0u8; 2048];
+    let (n, from) = udp.recv_from(&mut buf).unwrap();
+    assert_eq!(from.port(), src_port);
+    assert_eq!(open(&buf[..n], &server, &registry).unwrap().client, "bob");
+
+    let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let tcp_port = tcp.local_addr().unwrap().port().to_string();
+    let reader = std::thread::spawn(move || {
+        use std::io::Read;
+        let (mut conn, _) = tcp.accept().unwrap();
+        conn.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+            .unwrap();
+        let mut got = Vec::new();
+        conn.read_to_end(&mut got).unwrap();
+        got
+    });
+    ok(
+        "postern",
+        d,
+        &[&native[..], &["-P", "tcp", "-p", &tcp_port]].concat(),
+    );
+    let got = reader.join().unwrap();
+    assert_eq!(
+        open(&got, &server, &registry)
+            .unwrap()
+            .payload
+            .allow
+            .to_string(),
+        "192.0.2.9"
+    );
+    // Transports that carry fwknop's text only are refused for native packets.
+    let out = run("postern", d, &[&native[..], &["-P", "http"]].concat());
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("udp or tcp"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // access.conf's native stanza: check-config shows it; serving it is refused (not yet served).
     fs::write(d.join("access.conf"), "SOURCE ANY\nPROTOCOL native\nNATIVE_CLIENTS bob, carol\nREQUIRE_TOTP Y\nOPEN_PORTS tcp/22\n").unwrap();
     fs::write(d.join("fwknopd.conf"), "PCAP_INTF lo\n").unwrap();
