@@ -55,3 +55,18 @@ impl Error {
 pub(crate) fn random(buf: &mut [u8]) -> Result<(), Error> {
     getrandom::fill(buf).map_err(|e| Error::Random(e.to_string()))
 }
+
+/// Refuse a file or directory owned by someone other than root or this process's
+/// effective user (they could swap keys or clients in).
+pub(crate) fn check_owner(path: &std::path::Path, meta: &std::fs::Metadata) -> Result<(), Error> {
+    use std::os::unix::fs::MetadataExt;
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != 0 && meta.uid() != me {
+        return Err(Error::Key(format!(
+            "{}: owned by uid {}, not root or this user (uid {me})",
+            path.display(),
+            meta.uid()
+        )));
+    }
+    Ok(())
+}

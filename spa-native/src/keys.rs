@@ -74,6 +74,7 @@ fn key_line_of(text: &str, path: &Path) -> Result<String, Error> {
 /// Read a private key file, refusing one that group or others may read or write.
 fn read_private(path: &Path) -> Result<Zeroizing<String>, Error> {
     let meta = fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    crate::error::check_owner(path, &meta)?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         return Err(Error::Key(format!(

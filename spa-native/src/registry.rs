@@ -39,12 +39,11 @@ pub fn valid_client_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
+/// The permission bits, after checking the owner (root or this user).
 fn mode_of(path: &Path) -> Result<u32, Error> {
-    Ok(fs::metadata(path)
-        .map_err(|e| Error::io(path, e))?
-        .permissions()
-        .mode()
-        & 0o777)
+    let meta = fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    crate::error::check_owner(path, &meta).map_err(|e| Error::Registry(e.to_string()))?;
+    Ok(meta.permissions().mode() & 0o777)
 }
 
 /// Parse one client file.
@@ -93,7 +92,7 @@ fn parse_client(path: &Path, name: &str, text: &str) -> Result<ClientEntry, Erro
 
 impl Registry {
     /// Read every `NAME.pub` in `dir` (dotfiles and other names are ignored). Refuses
-    /// a directory or file others may write, a file with a TOTP secret others may read,
+    /// a directory or file owned by someone other than root or this user, or that others may write, a file with a TOTP secret others may read,
     /// an invalid name and a public key registered twice.
     pub fn load(dir: &Path) -> Result<Self, Error> {
         if mode_of(dir)? & 0o022 != 0 {

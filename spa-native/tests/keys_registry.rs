@@ -185,3 +185,37 @@ fn totp_matches_rfc_6238_appendix_b() {
         assert!(t.verify(code, time));
     }
 }
+
+/// Files someone else owns are refused (run as root: chown to nobody).
+#[test]
+fn files_owned_by_another_user_are_refused() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root to chown");
+        return;
+    }
+    let nobody = Some(nix::unistd::Uid::from_raw(65534));
+    let dir = tempfile::tempdir().unwrap();
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o700)).unwrap();
+    let key = dir.path().join("client.key");
+    ClientKey::generate().unwrap().write_new(&key).unwrap();
+    nix::unistd::chown(&key, nobody, None).unwrap();
+    let err = ClientKey::load(&key).unwrap_err().to_string();
+    assert!(err.contains("owned by uid 65534"), "{err}");
+    fs::remove_file(&key).unwrap();
+
+    Registry::add_client(dir.path(), "alice", &client_key(1).public(), None).unwrap();
+    nix::unistd::chown(&dir.path().join("alice.pub"), nobody, None).unwrap();
+    let err = Registry::load(dir.path()).unwrap_err().to_string();
+    assert!(err.contains("alice.pub: owned by uid 65534"), "{err}");
+    nix::unistd::chown(
+        &dir.path().join("alice.pub"),
+        Some(nix::unistd::Uid::from_raw(0)),
+        None,
+    )
+    .unwrap();
+    nix::unistd::chown(dir.path(), nobody, None).unwrap();
+    assert!(Registry::load(dir.path())
+        .unwrap_err()
+        .to_string()
+        .contains("owned by uid 65534"));
+}
