@@ -21,9 +21,17 @@ column() {
 # seed TARGET NAME: stdin becomes one seed file.
 seed() { cat > "corpus/$1/$2"; }
 
-for t in packet_wire packet_sealed access_conf fwknopd_conf http_intake; do
+for t in packet_wire packet_sealed access_conf fwknopd_conf http_intake native_open; do
     mkdir -p "corpus/$t"
 done
+
+# Native packets: the datagrams of spa-native's vectors (hex in JSON), as bytes.
+n=0
+grep -o '"datagram_hex": "[0-9a-f]*"' ../spa-native/tests/data/vectors.json | cut -d'"' -f4 |
+    while read -r hex; do
+        n=$((n + 1))
+        printf '%b' "$(printf '%s' "$hex" | sed 's/../\\x&/g')" | seed native_open "vector-$n"
+    done
 
 # Packets: every valid one (with its id) and every must-reject line.
 for tsv in known-good generated mutation-base; do

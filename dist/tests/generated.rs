@@ -16,7 +16,7 @@ fn generate() -> tempfile::TempDir {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 11);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 13);
     dir
 }
 
@@ -63,6 +63,8 @@ fn man_pages_render_without_warnings_and_list_the_flags() {
             "man8/posternd-check-config.8",
             ["check-config", "--config-file", "--access-file"],
         ),
+        ("man8/posternd-client.8", ["add", "remove", "list"]),
+        ("man8/posternd-key.8", ["key", "generate", "public"]),
     ] {
         if !have("groff") {
             return;

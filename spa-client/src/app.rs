@@ -673,6 +673,14 @@ fn send_packet(cli: &Cli, settings: &Settings, console: &mut Console) -> Result<
         }
     };
     check_raw_options(settings, proto)?;
+    if settings.native {
+        return send_native(cli, settings, proto, console);
+    }
+    if cli.totp.is_some() || cli.pin_source_port.is_some() {
+        return Err(ClientError::usage(
+            "--totp and --pin-source-port go with --native (PROTOCOL native)",
+        ));
+    }
     let spec = message_spec(cli, settings, console)?;
     let message = build::build_message(&spec)?;
     let server = settings.spa_server.clone().unwrap_or_default();
@@ -778,6 +786,83 @@ fn send_packet(cli: &Cli, settings: &Settings, console: &mut Console) -> Result<
     Ok(())
 }
 
+/// `--native`: postern's own protocol (docs/protocol.md), over UDP or TCP.
+fn send_native(
+    cli: &Cli,
+    settings: &Settings,
+    proto: ServerProto,
+    console: &mut Console,
+) -> Result<()> {
+    let test = cli.test;
+    let verbose = cli.verbose.max(settings.verbose) > 0;
+    if settings.use_gpg || cli.server_cmd.is_some() || settings.server_command.is_some() {
+        return Err(ClientError::usage(
+            "--native carries access requests only: no GPG (-g) and no server command (-C)",
+        ));
+    }
+    let allow = allow_ip(cli, settings, console)?;
+    let payload = crate::native::payload(
+        settings,
+        allow,
+        cli.pin_source_port.as_deref(),
+        cli.totp.as_deref(),
+        now_with_offset(settings),
+    )?;
+    let wire = crate::native::seal(settings, &payload)?;
+    if verbose || test {
+        console.say(&format!(
+            "native packet ({}): {} bytes, access {}",
+            if settings.native_hybrid {
+                "X25519 + ML-KEM-768"
+            } else {
+                "X25519"
+            },
+            wire.len(),
+            payload
+                .ports
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        ))?;
+    }
+    if let Some(path) = &cli.save_packet {
+        std::fs::write(path, &wire)
+            .map_err(|e| ClientError::io(format!("cannot write {}", path.display()), &e))?;
+    }
+    if test {
+        return console.say("test mode enabled, SPA packet not actually sent.");
+    }
+    let server = settings.spa_server.clone().unwrap_or_default();
+    let port = if settings.rand_port {
+        crate::random::high_port()
+    } else {
+        settings.server_port.unwrap_or(DEFAULT_SERVER_PORT)
+    };
+    let target = Target {
+        proto,
+        host: server,
+        port,
+        family: settings.family(),
+        source_port: settings.source_port,
+        http: send::HttpVia {
+            user_agent: String::new(),
+            proxy: None,
+        },
+        raw: send::RawOptions::default(),
+    };
+    let sent = send::send_bytes(&wire, &target)?;
+    if verbose {
+        console.say(&format!("send_spa_packet: bytes sent: {}", sent.bytes))?;
+        console.say(&output::sent_line(&sent, proto.name()))?;
+    }
+    if let Some(seconds) = cli.wait {
+        let host = settings.spa_server.as_deref().unwrap_or_default();
+        wait_until_open(settings, host, seconds, verbose, console)?;
+    }
+    Ok(())
+}
+
 /// `--wait`: probe the knock's TCP ports until they open (see [`crate::wait`]).
 fn wait_until_open(
     settings: &Settings,
@@ -842,6 +927,13 @@ pub fn execute(
         if let Some((_, msg)) = clash.iter().find(|(on, _)| *on) {
             return Err(ClientError::usage(*msg));
         }
+    }
+    // postern extensions that only make keys and stop.
+    if let Some(path) = &cli.gen_client_key {
+        return crate::native::gen_client_key(path, console.out);
+    }
+    if let Some(path) = &cli.totp_setup {
+        return crate::native::totp_setup(path, console.out);
     }
     let wants_keys = cli.key_gen || cli.key_gen_file.is_some();
     if cli.qr && !wants_keys {

@@ -200,6 +200,44 @@ pub struct Cli {
     #[arg(long = "qr")]
     pub qr: bool,
 
+    /// postern extension: send postern's native protocol instead of fwknop's
+    /// (rc: PROTOCOL native; see docs/protocol.md)
+    #[arg(long = "native")]
+    pub native: bool,
+
+    /// postern extension: the server's public key for --native, a `postern-srv1:`
+    /// line or a file holding it (rc: SERVER_PUBLIC_KEY)
+    #[arg(long = "server-key", value_name = "LINE|FILE")]
+    pub server_key: Option<String>,
+
+    /// postern extension: this client's private key file for --native (rc: CLIENT_KEY_FILE)
+    #[arg(long = "client-key", value_name = "FILE")]
+    pub client_key: Option<PathBuf>,
+
+    /// postern extension: add ML-KEM-768 to --native's key exchange (packets of
+    /// 1236-1322 bytes; rc: NATIVE_HYBRID Y)
+    #[arg(long = "hybrid")]
+    pub hybrid: bool,
+
+    /// postern extension: a TOTP code from your authenticator, sent in the --native packet
+    #[arg(long = "totp", value_name = "CODE")]
+    pub totp: Option<String>,
+
+    /// postern extension: ask the server to pin the grant to this source port of
+    /// yours (--native)
+    #[arg(long = "pin-source-port", value_name = "PORT")]
+    pub pin_source_port: Option<String>,
+
+    /// postern extension: make a native client key in FILE (mode 0600), print its
+    /// public key line (for `posternd client add`) and a QR code
+    #[arg(long = "gen-client-key", value_name = "FILE")]
+    pub gen_client_key: Option<PathBuf>,
+
+    /// postern extension: make a TOTP secret, print its otpauth:// URI and a QR code
+    /// for your authenticator app, and write the URI to FILE (mode 0600) for the server
+    #[arg(long = "totp-setup", value_name = "FILE")]
+    pub totp_setup: Option<PathBuf>,
+
     /// Rijndael key length for --key-gen (bytes, default 32)
     #[arg(long = "key-len", value_name = "BYTES", allow_hyphen_values = true)]
     pub key_len: Option<String>,

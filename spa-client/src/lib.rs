@@ -10,6 +10,7 @@
 //! - [`keys`]: key acquisition and `--key-gen`;
 //! - [`build`]: the SPA message and the sealed packet;
 //! - [`resolve`]: `-R` external address lookup;
+//! - [`native`]: postern's own protocol (`--native`, `--gen-client-key`, `--totp-setup`);
 //! - [`send`]: UDP / TCP / HTTP transmission;
 //! - [`raw`]: raw IPv4 knocks (ICMP, raw TCP/UDP, spoofed source);
 //! - [`output`]: fwknop-style `-v` / `-T` text;
@@ -25,6 +26,7 @@ pub mod cli;
 pub mod connect;
 pub mod error;
 pub mod keys;
+pub mod native;
 pub mod output;
 pub mod random;
 pub mod raw;

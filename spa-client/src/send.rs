@@ -375,6 +375,30 @@ pub fn send(wire: &str, t: &Target) -> Result<Sent> {
     })
 }
 
+/// Send binary bytes (a native packet) over UDP or TCP; the other transports
+/// carry fwknop's text only.
+pub fn send_bytes(payload: &[u8], t: &Target) -> Result<Sent> {
+    let resolved = t.addresses()?;
+    let route = match t.proto {
+        ServerProto::Udp => send_udp(payload, t, &resolved)?,
+        ServerProto::Tcp => send_tcp(payload, t, &resolved)?,
+        other => {
+            return Err(ClientError::Usage(format!(
+                "native packets go over udp or tcp, not -P {}",
+                other.name()
+            )))
+        }
+    };
+    Ok(Sent {
+        bytes: route.bytes,
+        via_proxy: false,
+        host: t.host.clone(),
+        resolved,
+        to: route.to,
+        from: route.from,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

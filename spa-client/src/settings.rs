@@ -94,6 +94,11 @@ vars! {
     IcmpType => "ICMP_TYPE",
     IcmpCode => "ICMP_CODE",
     ServerResolveIpv6 => "SERVER_RESOLVE_IPV6",
+    // postern's native protocol (docs/protocol.md)
+    Protocol => "PROTOCOL",
+    ServerPublicKey => "SERVER_PUBLIC_KEY",
+    ClientKeyFile => "CLIENT_KEY_FILE",
+    NativeHybrid => "NATIVE_HYBRID",
 }
 
 impl Var {
@@ -106,7 +111,14 @@ impl Var {
     pub fn is_extension(self) -> bool {
         matches!(
             self,
-            Var::ServerCommand | Var::IcmpType | Var::IcmpCode | Var::ServerResolveIpv6
+            Var::ServerCommand
+                | Var::IcmpType
+                | Var::IcmpCode
+                | Var::ServerResolveIpv6
+                | Var::Protocol
+                | Var::ServerPublicKey
+                | Var::ClientKeyFile
+                | Var::NativeHybrid
         )
     }
 
@@ -267,6 +279,14 @@ pub struct Settings {
     pub wget_cmd: Option<String>,
     pub no_save_args: bool,
     pub server_command: Option<String>,
+    /// `PROTOCOL native` / `--native`: send postern's own protocol (docs/protocol.md).
+    pub native: bool,
+    /// `SERVER_PUBLIC_KEY` / `--server-key`: a `postern-srv1:` line or a file holding one.
+    pub server_public_key: Option<String>,
+    /// `CLIENT_KEY_FILE` / `--client-key`: this client's private key file (mode 0600).
+    pub client_key_file: Option<String>,
+    /// `NATIVE_HYBRID Y` / `--hybrid`: add ML-KEM-768 to the key exchange.
+    pub native_hybrid: bool,
     /// Variables given on the command line (what --save-rc-stanza writes).
     pub cli_vars: BTreeSet<Var>,
 }
@@ -427,6 +447,16 @@ impl Settings {
             Var::UseGpgAgent => self.use_gpg_agent |= is_yes(v),
             Var::GpgNoSigningPw => self.gpg_no_signing_pw |= is_yes(v),
             Var::GpgRecipient => self.gpg_recipient = Some(v.to_string()),
+            Var::Protocol => {
+                self.native = match v.to_ascii_lowercase().as_str() {
+                    "native" => true,
+                    "fwknop" => false,
+                    _ => return Err("must be `native` or `fwknop`".into()),
+                }
+            }
+            Var::ServerPublicKey => self.server_public_key = Some(v.to_string()),
+            Var::ClientKeyFile => self.client_key_file = Some(v.to_string()),
+            Var::NativeHybrid => self.native_hybrid = is_yes(v),
             Var::GpgSigner => self.gpg_signer = Some(v.to_string()),
             // fwknop drops a trailing path separator.
             Var::GpgHomedir => {
@@ -604,6 +634,10 @@ impl Settings {
             Var::UseGpgAgent => yes_no(self.use_gpg_agent).into(),
             Var::GpgNoSigningPw => yes_no(self.gpg_no_signing_pw).into(),
             Var::GpgRecipient => opt(&self.gpg_recipient),
+            Var::Protocol => if self.native { "native" } else { "fwknop" }.into(),
+            Var::ServerPublicKey => opt(&self.server_public_key),
+            Var::ClientKeyFile => opt(&self.client_key_file),
+            Var::NativeHybrid => yes_no(self.native_hybrid).into(),
             Var::GpgSigner => opt(&self.gpg_signer),
             Var::GpgHomedir => opt(&self.gpg_home_dir),
             Var::GpgExe => opt(&self.gpg_exe),
@@ -787,6 +821,23 @@ fn cli_assignments(cli: &Cli) -> Vec<Assignment> {
     }
     if cli.gpg_no_signing_pw {
         push(Var::GpgNoSigningPw, "Y", "--gpg-no-signing-pw", true);
+    }
+    if cli.native {
+        push(Var::Protocol, "native", "--native", true);
+    }
+    if cli.hybrid {
+        push(Var::NativeHybrid, "Y", "--hybrid", true);
+    }
+    if let Some(v) = &cli.server_key {
+        push(Var::ServerPublicKey, v, "--server-key", true);
+    }
+    if let Some(p) = &cli.client_key {
+        push(
+            Var::ClientKeyFile,
+            &p.to_string_lossy(),
+            "--client-key",
+            true,
+        );
     }
     if let Some(p) = &cli.get_key {
         push(Var::KeyFile, &p.to_string_lossy(), "-G/--get-key", true);

@@ -158,6 +158,60 @@ pub struct Cli {
 pub enum Command {
     /// Check the configuration and print the merged result with keys redacted.
     CheckConfig,
+    /// The server's key for postern's native protocol (docs/protocol.md).
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Clients registered for the native protocol: one file per client in a directory.
+    #[command(subcommand)]
+    Client(ClientCommand),
+}
+
+/// Default server key file of the native protocol.
+pub const DEFAULT_SERVER_KEY: &str = "/etc/postern/server.key";
+/// Default directory of registered native clients.
+pub const DEFAULT_CLIENTS_DIR: &str = "/etc/postern/clients";
+
+#[derive(Subcommand, Debug)]
+pub enum KeyCommand {
+    /// Make the server's static key (X25519 and ML-KEM-768) in FILE, mode 0600 (never
+    /// over an existing file), and print the public key line to give clients.
+    Generate {
+        #[arg(value_name = "FILE", default_value = DEFAULT_SERVER_KEY)]
+        file: PathBuf,
+    },
+    /// Print the public key line of an existing server key.
+    Public {
+        #[arg(value_name = "FILE", default_value = DEFAULT_SERVER_KEY)]
+        file: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ClientCommand {
+    /// Register a client: writes DIR/NAME.pub (mode 0600) with its public key line
+    /// (from `postern --gen-client-key`).
+    Add {
+        name: String,
+        #[arg(value_name = "PUBKEY")]
+        public_key: String,
+        /// The client's TOTP secret: an otpauth:// URI or a file holding one
+        /// (from `postern --totp-setup FILE`).
+        #[arg(long = "totp-secret", value_name = "URI|FILE")]
+        totp_secret: Option<String>,
+        #[arg(long = "clients-dir", value_name = "DIR", default_value = DEFAULT_CLIENTS_DIR)]
+        dir: PathBuf,
+    },
+    /// Revoke a client: removes DIR/NAME.pub and nothing else.
+    Remove {
+        name: String,
+        #[arg(long = "clients-dir", value_name = "DIR", default_value = DEFAULT_CLIENTS_DIR)]
+        dir: PathBuf,
+    },
+    /// List the registered clients (name, public key, whether a TOTP secret is set).
+    List {
+        #[arg(long = "clients-dir", value_name = "DIR", default_value = DEFAULT_CLIENTS_DIR)]
+        dir: PathBuf,
+    },
 }
 
 impl Cli {

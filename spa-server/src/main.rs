@@ -310,6 +310,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if cli.key_gen || cli.key_gen_file.is_some() {
         return key_gen(&cli);
     }
+    // The native protocol's key and clients: no configuration needed.
+    match &cli.command {
+        Some(Command::Key(cmd)) => {
+            spa_server::native_admin::key(cmd, &mut std::io::stdout().lock())?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        Some(Command::Client(cmd)) => {
+            spa_server::native_admin::client(cmd, &mut std::io::stdout().lock())?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        _ => {}
+    }
     if cli.dump_serv_err_codes {
         print!("{}", spa_server::cli::server_error_codes_text());
         return Ok(ExitCode::SUCCESS);
@@ -343,6 +355,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
     let mut cfg = loaded.config;
     apply_overrides(&cli, &mut cfg)?;
+    // Fail closed: native stanzas are parsed and checked, but not served yet.
+    if serves(&cli) {
+        if let Some(s) = cfg
+            .access
+            .iter()
+            .find(|s| s.protocol == config::access::StanzaProtocol::Native)
+        {
+            anyhow::bail!(
+                "{}: PROTOCOL native stanzas are not served by this posternd yet",
+                s.describe()
+            );
+        }
+    }
     let pid_path = pid_file(&cli, &cfg);
 
     if cli.dump_config {

@@ -250,9 +250,38 @@ pub struct AccessStanza {
     /// GPG_FINGERPRINT_ID: fingerprints allowed to sign (comma list).
     #[serde(default, with = "string_list", skip_serializing_if = "Vec::is_empty")]
     pub gpg_fingerprint_id: Vec<String>,
+    /// PROTOCOL (postern): `fwknop` (default) or `native`, postern's own protocol
+    /// (docs/protocol.md). Parsed and checked; the pipeline does not serve native yet.
+    #[serde(default, skip_serializing_if = "StanzaProtocol::is_fwknop")]
+    pub protocol: StanzaProtocol,
+    /// NATIVE_CLIENTS (postern): registered native clients (`posternd client list`)
+    /// this stanza is for, comma list; `*` for every registered client.
+    #[serde(default, with = "string_list", skip_serializing_if = "Vec::is_empty")]
+    pub native_clients: Vec<String>,
+    /// REQUIRE_TOTP (postern): native packets must carry the client's current TOTP code.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub require_totp: bool,
+    /// REQUIRE_HYBRID (postern): native packets must use X25519 + ML-KEM-768.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub require_hybrid: bool,
     /// Where the stanza starts, for messages.
     #[serde(skip)]
     pub origin: Option<Origin>,
+}
+
+/// Which protocol a stanza speaks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StanzaProtocol {
+    #[default]
+    Fwknop,
+    Native,
+}
+
+impl StanzaProtocol {
+    pub fn is_fwknop(&self) -> bool {
+        *self == StanzaProtocol::Fwknop
+    }
 }
 
 /// One NAT_ALLOW entry: a forwarding target a client may ask for (`-N`).
@@ -437,6 +466,10 @@ impl AccessStanza {
             gpg_ignore_sig_verify_error: false,
             gpg_remote_id: Vec::new(),
             gpg_fingerprint_id: Vec::new(),
+            protocol: StanzaProtocol::Fwknop,
+            native_clients: Vec::new(),
+            require_totp: false,
+            require_hybrid: false,
             origin: None,
         }
     }
@@ -598,6 +631,14 @@ impl AccessStanza {
 
     /// Minimum data a stanza needs, checked once the stanza is complete.
     pub fn validate(&self) -> Result<(), String> {
+        if self.protocol == StanzaProtocol::Native {
+            return self.validate_native();
+        }
+        if !self.native_clients.is_empty() || self.require_totp || self.require_hybrid {
+            return Err(
+                "NATIVE_CLIENTS, REQUIRE_TOTP and REQUIRE_HYBRID need PROTOCOL native".into(),
+            );
+        }
         let key = self.rijndael_key();
         if key.is_none() && !self.uses_gpg() {
             if self.gpg_home_dir.is_some()
@@ -666,6 +707,31 @@ impl AccessStanza {
             }
             _ => Ok(()),
         }
+    }
+
+    /// A native stanza names its clients and holds no fwknop keys.
+    fn validate_native(&self) -> Result<(), String> {
+        if self.key.is_some()
+            || self.key_base64.is_some()
+            || self.hmac_key.is_some()
+            || self.hmac_key_base64.is_some()
+            || self.uses_gpg()
+        {
+            return Err("a PROTOCOL native stanza takes no KEY, HMAC_KEY or GPG settings (clients have their own keys: posternd client add)".into());
+        }
+        if self.native_clients.is_empty() {
+            return Err("PROTOCOL native needs NATIVE_CLIENTS (client names, or * for every registered client)".into());
+        }
+        if let Some(bad) = self
+            .native_clients
+            .iter()
+            .find(|n| *n != "*" && !spa_native::valid_client_name(n))
+        {
+            return Err(format!(
+                "NATIVE_CLIENTS: `{bad}` is not a valid client name"
+            ));
+        }
+        self.validate_cmd_cycle()
     }
 
     /// A child cannot be given a capability posternd does not hold itself.
@@ -777,6 +843,16 @@ impl AccessStanza {
             "GPG_IGNORE_SIG_VERIFY_ERROR" => self.gpg_ignore_sig_verify_error = parse_bool(e)?,
             "GPG_REMOTE_ID" => self.gpg_remote_id = split_list(&e.value),
             "GPG_FINGERPRINT_ID" => self.gpg_fingerprint_id = split_list(&e.value),
+            "PROTOCOL" => {
+                self.protocol = match e.value.to_ascii_lowercase().as_str() {
+                    "fwknop" => StanzaProtocol::Fwknop,
+                    "native" => StanzaProtocol::Native,
+                    _ => return Err(bad("`fwknop` or `native`")),
+                }
+            }
+            "NATIVE_CLIENTS" => self.native_clients = split_list(&e.value),
+            "REQUIRE_TOTP" => self.require_totp = parse_bool(e)?,
+            "REQUIRE_HYBRID" => self.require_hybrid = parse_bool(e)?,
             _ => return Ok(Known::Unknown),
         }
         Ok(Known::Used)
@@ -1592,5 +1668,47 @@ mod tests {
             );
         }
         assert!(group_name(&entry("CMD_SUDO_EXEC_GROUP", "no-such-x")).is_err());
+    }
+
+    /// postern's native stanzas: parsed and checked (not served yet), errors with file:line.
+    #[test]
+    fn native_stanzas_parse_and_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(
+            dir.path(),
+            "a.conf",
+            "SOURCE ANY\nPROTOCOL native\nNATIVE_CLIENTS alice, bob\nREQUIRE_TOTP Y\nREQUIRE_HYBRID Y\nOPEN_PORTS tcp/22\n",
+            0o600,
+        );
+        let s = &load_access_file(&p, &mut Findings::default()).unwrap()[0];
+        assert_eq!(s.protocol, StanzaProtocol::Native);
+        assert_eq!(s.native_clients, ["alice", "bob"]);
+        assert!(s.require_totp && s.require_hybrid);
+        let cases = [
+            ("SOURCE ANY\nPROTOCOL native\n", ":1: access stanza: PROTOCOL native needs NATIVE_CLIENTS"),
+            ("SOURCE ANY\nPROTOCOL native\nNATIVE_CLIENTS ../x\n", "`../x` is not a valid client name"),
+            (
+                "SOURCE ANY\nPROTOCOL native\nNATIVE_CLIENTS *\nKEY_BASE64 wzNP62oPPgEc+kXDPQLHPOayQBuNbYUTPP+QrErNDmg=\n",
+                "takes no KEY",
+            ),
+            ("SOURCE ANY\nPROTOCOL other\n", ":2: PROTOCOL expects `fwknop` or `native`"),
+            (
+                "SOURCE ANY\nKEY_BASE64 wzNP62oPPgEc+kXDPQLHPOayQBuNbYUTPP+QrErNDmg=\nREQUIRE_TOTP Y\n",
+                "need PROTOCOL native",
+            ),
+        ];
+        for (text, want) in cases {
+            let p = write(dir.path(), "b.conf", text, 0o600);
+            let err = load_access_file(&p, &mut Findings::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(want), "{text:?}: {err}");
+        }
+        let t: AccessStanza = toml::from_str(
+            "source = \"ANY\"\nprotocol = \"native\"\nnative_clients = \"alice\"\nrequire_totp = true\n",
+        )
+        .unwrap();
+        t.validate().unwrap();
+        assert_eq!(t.protocol, StanzaProtocol::Native);
     }
 }
