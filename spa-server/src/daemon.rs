@@ -328,6 +328,7 @@ async fn start_serving(
     apply_server_defaults(&mut access, &cfg.server);
     let keyring = Arc::new(Keyring::new(access));
     keyring.set_blacklist(cfg.server.blacklist.clone());
+    keyring.set_native(crate::native::NativeKeys::load(&cfg.server, &cfg.access)?);
     let settings = PolicySettings {
         max_packet_age: cfg.server.max_packet_age,
         packet_aging: cfg.server.packet_aging,
@@ -644,8 +645,12 @@ fn reload(
         );
     }
     let n = next.access.len();
+    // Read before anything is swapped: a bad key or client file keeps the old set.
+    let native = crate::native::NativeKeys::load(&next.server, &next.access)
+        .map_err(|e| crate::config::ConfigError::Toml(format!("{e:#}")))?;
     let mut access = next.access.clone();
     apply_server_defaults(&mut access, &next.server);
+    running.keyring.set_native(native);
     running.keyring.replace(access);
     running.keyring.set_blacklist(next.server.blacklist.clone());
     tracing::info!(

@@ -15,6 +15,7 @@ pub mod daemon;
 pub mod fleet;
 pub mod gpg;
 pub mod metrics;
+pub mod native;
 pub mod native_admin;
 pub mod pipeline;
 #[cfg(feature = "plugin")]

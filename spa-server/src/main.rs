@@ -355,19 +355,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
     let mut cfg = loaded.config;
     apply_overrides(&cli, &mut cfg)?;
-    // Fail closed: native stanzas are parsed and checked, but not served yet.
-    if serves(&cli) {
-        if let Some(s) = cfg
-            .access
-            .iter()
-            .find(|s| s.protocol == config::access::StanzaProtocol::Native)
-        {
-            anyhow::bail!(
-                "{}: PROTOCOL native stanzas are not served by this posternd yet",
-                s.describe()
-            );
-        }
-    }
     let pid_path = pid_file(&cli, &cfg);
 
     if cli.dump_config {

@@ -390,7 +390,8 @@ fn keys_clients_and_a_native_packet_with_the_real_binaries() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    // access.conf's native stanza: check-config shows it; serving it is refused (not yet served).
+    // access.conf's native stanza: check-config shows it; serving it without
+    // the server key is refused, naming the key file.
     fs::write(d.join("access.conf"), "SOURCE ANY\nPROTOCOL native\nNATIVE_CLIENTS bob, carol\nREQUIRE_TOTP Y\nOPEN_PORTS tcp/22\n").unwrap();
     fs::write(d.join("fwknopd.conf"), "PCAP_INTF lo\n").unwrap();
     for f in ["access.conf", "fwknopd.conf"] {
@@ -405,8 +406,7 @@ fn keys_clients_and_a_native_packet_with_the_real_binaries() {
     let out = run("posternd", d, &[&["-f"][..], &conf].concat());
     assert!(!out.status.success());
     assert!(
-        String::from_utf8_lossy(&out.stderr)
-            .contains("access.conf:1: PROTOCOL native stanzas are not served"),
+        String::from_utf8_lossy(&out.stderr).contains("native server key /etc/postern/server.key"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );

@@ -32,6 +32,12 @@ impl Lengths {
             if s.uses_gpg() {
                 l.at_least = Some(MIN_GPG_WIRE_LEN as u32);
             }
+            if s.protocol == crate::config::access::StanzaProtocol::Native {
+                for suite in [spa_native::Suite::Classic, spa_native::Suite::Hybrid] {
+                    let (min, max) = suite.length_range();
+                    l.exact.extend((min..=max).map(|len| len as u32));
+                }
+            }
         }
         l
     }

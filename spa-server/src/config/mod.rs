@@ -32,6 +32,13 @@ pub struct ServerSection {
     pub cmd_exec_timeout: u64,
     /// Packets waiting for decryption/policy; garbage never gets this far.
     pub queue_depth: usize,
+    /// The native protocol's server key (`posternd key generate`), read when
+    /// a PROTOCOL native stanza exists.
+    #[serde(default = "default_native_key")]
+    pub native_key: PathBuf,
+    /// The registered native clients (`posternd client add`), one file each.
+    #[serde(default = "default_native_clients")]
+    pub native_clients: PathBuf,
     #[serde(default)]
     pub nat: NatSection,
     /// Keyring of GPG stanzas that set no GPG_HOME_DIR (fwknopd.conf `GPG_HOME_DIR`,
@@ -200,9 +207,19 @@ impl ServerSection {
     }
 }
 
+fn default_native_key() -> PathBuf {
+    PathBuf::from(crate::cli::DEFAULT_SERVER_KEY)
+}
+
+fn default_native_clients() -> PathBuf {
+    PathBuf::from(crate::cli::DEFAULT_CLIENTS_DIR)
+}
+
 impl Default for ServerSection {
     fn default() -> Self {
         ServerSection {
+            native_key: default_native_key(),
+            native_clients: default_native_clients(),
             max_packet_age: 120,
             packet_aging: true,
             run_dir: PathBuf::from("/var/run/postern"),

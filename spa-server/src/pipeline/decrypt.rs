@@ -6,6 +6,7 @@
 
 use super::{ready, Authenticated, Decision, Decrypted, Outcome, Stage, StageFuture};
 use crate::gpg::{self, GpgPool, Rejected};
+use crate::native::NativeKeys;
 use spa_core::packet;
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -54,6 +55,12 @@ where
     }
 
     fn call(&mut self, auth: Authenticated) -> StageFuture {
+        if let Some(keys) = auth.screened.native.clone() {
+            return match open_native(auth, &keys) {
+                Ok(decrypted) => Box::pin(self.inner.call(decrypted)),
+                Err(refused) => ready(refused),
+            };
+        }
         let Ok(wire) = std::str::from_utf8(&auth.packet.bytes) else {
             return ready(Outcome::refused(
                 Stage::Decrypt,
@@ -161,4 +168,53 @@ where
             }
         })
     }
+}
+
+/// A native packet: open it (one Diffie-Hellman, and a decapsulation for the
+/// hybrid), then the first native stanza that takes its client from this
+/// source, and that stanza's own demands (suite, TOTP).
+fn open_native(auth: Authenticated, keys: &NativeKeys) -> Result<Decrypted, Outcome> {
+    let source = crate::config::access::canonical(auth.packet.peer.ip());
+    let opened =
+        spa_native::open(&auth.packet.bytes, &keys.server, &keys.registry).map_err(|e| {
+            super::alert(format_args!("[{source}] native packet refused: {e}"));
+            Outcome::refused(Stage::Decrypt, e, Decision::authenticated(&auth))
+        })?;
+    let Some(stanza) = crate::native::stanza_for(&auth.stanzas, &opened.client, source) else {
+        let why = format!(
+            "no native stanza takes client `{}` from {source}",
+            opened.client
+        );
+        super::alert(format_args!("[{source}] {why}"));
+        return Err(Outcome::refused(
+            Stage::Policy,
+            why,
+            Decision::authenticated(&auth),
+        ));
+    };
+    let decrypted = Decrypted {
+        stanzas: auth.stanzas.clone(),
+        stanza,
+        decoded: crate::native::as_message(&opened),
+        signer: None,
+        digest: auth.digest,
+        packet: auth.packet,
+    };
+    let now = decrypted.packet.received_at;
+    if let Some(why) = crate::native::stanza_refuses(&decrypted.stanzas[stanza], &opened, keys, now)
+    {
+        super::alert(format_args!("[{source}] (stanza #{}) {why}", stanza + 1));
+        return Err(Outcome::refused(
+            Stage::Policy,
+            why,
+            Decision::decrypted(&decrypted),
+        ));
+    }
+    tracing::info!(
+        "native packet from {source}: client `{}` ({:?}), {}",
+        opened.client,
+        opened.suite,
+        decrypted.stanzas[stanza].describe()
+    );
+    Ok(decrypted)
 }

@@ -91,7 +91,8 @@ impl Pipeline {
         };
         if self.replays.seen(&digest) {
             super::alert_replay(authenticated.packet.peer.ip());
-            let reason = if authenticated.screened.rijndael.is_empty() {
+            let screened = &authenticated.screened;
+            let reason = if screened.rijndael.is_empty() && !screened.gpg.is_empty() {
                 "GPG packet seen before (replay), not decrypted"
             } else {
                 "packet seen before (replay)"

@@ -6,7 +6,9 @@
 //! the HMAC over the `hQ`-prefixed data.
 
 use super::{Outcome, Stage, Stanzas};
+use crate::config::access::StanzaProtocol;
 use crate::config::AccessStanza;
+use crate::native::{NativeKeys, OpenBudget};
 use arc_swap::ArcSwap;
 use ipnet::IpNet;
 use spa_core::gpg;
@@ -19,6 +21,9 @@ use std::sync::Arc;
 pub struct Keyring {
     stanzas: ArcSwap<Vec<AccessStanza>>,
     blacklist: ArcSwap<Vec<IpNet>>,
+    /// The native protocol's server key and clients (with a native stanza).
+    native: arc_swap::ArcSwapOption<NativeKeys>,
+    native_budget: OpenBudget,
 }
 
 impl Keyring {
@@ -26,7 +31,14 @@ impl Keyring {
         Keyring {
             stanzas: ArcSwap::from_pointee(stanzas),
             blacklist: ArcSwap::from_pointee(Vec::new()),
+            native: Default::default(),
+            native_budget: OpenBudget::default(),
         }
+    }
+
+    /// The native server key and clients (a reload swaps them whole).
+    pub fn set_native(&self, keys: Option<NativeKeys>) {
+        self.native.store(keys.map(Arc::new));
     }
 
     /// Senders whose packets are refused before anything else is looked at.
@@ -57,6 +69,9 @@ impl Keyring {
                 Stage::Blacklist,
                 format!("source {sender} is in BLACKLIST ({net})"),
             ));
+        }
+        if spa_native::looks_native(bytes) {
+            return self.screen_native(bytes, peer, stanzas);
         }
         packet::precheck_shape(bytes).map_err(|e| Outcome::denied(Stage::Precheck, e))?;
         if !stanzas.iter().any(|s| length_fits(s, peer, bytes.len())) {
@@ -141,6 +156,52 @@ impl Keyring {
     }
 }
 
+impl Keyring {
+    /// A native packet (docs/protocol.md): a native stanza for the sender,
+    /// mac1 under this server's key (no public-key work yet), and the
+    /// sender's budget for public-key work.
+    fn screen_native(
+        &self,
+        bytes: &[u8],
+        peer: IpAddr,
+        stanzas: &[AccessStanza],
+    ) -> Result<Screened, Outcome> {
+        let native_stanza =
+            |s: &AccessStanza| s.protocol == StanzaProtocol::Native && s.source.contains(peer);
+        let Some(keys) = self.native.load_full() else {
+            return Err(Outcome::denied(
+                Stage::Precheck,
+                "native packet, but no PROTOCOL native stanza",
+            ));
+        };
+        if !stanzas.iter().any(native_stanza) {
+            return Err(Outcome::denied(
+                Stage::Precheck,
+                format!("no native stanza for source {peer}"),
+            ));
+        }
+        if !spa_native::mac1_matches(bytes, keys.server.public()) {
+            return Err(Outcome::denied(
+                Stage::Hmac,
+                "native packet: mac1 does not match",
+            ));
+        }
+        if !self
+            .native_budget
+            .take(crate::config::access::canonical(peer))
+        {
+            return Err(Outcome::denied(
+                Stage::Hmac,
+                "native packets from this source beyond its budget for public-key work",
+            ));
+        }
+        Ok(Screened {
+            native: Some(keys),
+            ..Screened::default()
+        })
+    }
+}
+
 /// Could a packet of `len` bytes from this sender be for stanza `s`: a Rijndael
 /// ciphertext (plus the stanza's HMAC) of a possible length, or a GPG packet?
 fn length_fits(s: &AccessStanza, peer: IpAddr, len: usize) -> bool {
@@ -153,13 +214,43 @@ fn length_fits(s: &AccessStanza, peer: IpAddr, len: usize) -> bool {
 /// What passed the screen: the stanzas the packet may decrypt under, as
 /// (stanza index, length of the ciphertext part of the packet). Only
 /// [`Keyring::screen`] makes one.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Default)]
 pub struct Screened {
     pub(super) rijndael: Vec<(usize, usize)>,
     pub(super) gpg: Vec<(usize, usize)>,
     /// A stanza's HMAC verified: the sender holds a key. Packets for stanzas
-    /// without HMAC are only plausible, and may be shed when posternd is full.
+    /// without HMAC are only plausible, and may be shed when posternd is full;
+    /// so are native packets past mac1 (its key is the server's public key).
     pub(super) mac_verified: bool,
+    /// A native packet past mac1, with the keys to open it.
+    pub(super) native: Option<Arc<NativeKeys>>,
+}
+
+impl PartialEq for Screened {
+    fn eq(&self, other: &Screened) -> bool {
+        (
+            &self.rijndael,
+            &self.gpg,
+            self.mac_verified,
+            self.native.is_some(),
+        ) == (
+            &other.rijndael,
+            &other.gpg,
+            other.mac_verified,
+            other.native.is_some(),
+        )
+    }
+}
+
+impl std::fmt::Debug for Screened {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Screened")
+            .field("rijndael", &self.rijndael)
+            .field("gpg", &self.gpg)
+            .field("mac_verified", &self.mac_verified)
+            .field("native", &self.native.is_some())
+            .finish()
+    }
 }
 
 impl Screened {
