@@ -25,6 +25,8 @@ const MAX_DATAGRAM: usize = spa_core::packet::MAX_WIRE_LEN + 1;
 /// A blocked receive returns after this long without datagrams, to look at
 /// shutdown and reloads.
 const RECEIVE_TIMEOUT: Duration = Duration::from_millis(200);
+/// At a stop, datagrams already received are taken for at most this long.
+const DRAIN_AT_STOP: Duration = Duration::from_secs(1);
 
 pub fn bind(listen: SocketAddr) -> anyhow::Result<UdpSocket> {
     let socket = super::bind_socket(listen, Type::DGRAM, "UDP capture")?;
@@ -153,8 +155,9 @@ impl RecvBatch {
     }
 
     /// Receive up to [`BATCH`] datagrams: wait (up to the socket's timeout)
-    /// for the first, then take what is there.
-    fn receive(&mut self, fd: std::os::fd::RawFd) -> std::io::Result<usize> {
+    /// for the first, then take what is there; with `wait` false, only what
+    /// is there.
+    fn receive(&mut self, fd: std::os::fd::RawFd, wait: bool) -> std::io::Result<usize> {
         for m in self.msgs.iter_mut() {
             m.msg_hdr.msg_namelen =
                 std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
@@ -168,7 +171,11 @@ impl RecvBatch {
                 fd,
                 self.msgs.as_mut_ptr(),
                 BATCH as libc::c_uint,
-                libc::MSG_WAITFORONE,
+                if wait {
+                    libc::MSG_WAITFORONE
+                } else {
+                    libc::MSG_DONTWAIT
+                },
                 std::ptr::null_mut(),
             )
         };
@@ -225,7 +232,16 @@ fn receive_loop(
     let mut batch = RecvBatch::new();
     let fd = socket.as_raw_fd();
     let mut filtered_for: Option<crate::pipeline::Stanzas> = None;
-    while !shutdown.is_cancelled() {
+    // At a stop, what the kernel already holds for posternd is still taken
+    // (for a second at most), then the loop ends.
+    let mut stop_by = None;
+    loop {
+        if stop_by.is_none() && shutdown.is_cancelled() {
+            stop_by = Some(std::time::Instant::now() + DRAIN_AT_STOP);
+        }
+        if stop_by.is_some_and(|t| std::time::Instant::now() >= t) {
+            break;
+        }
         // The kernel drops impossible lengths; refit the filter after a reload.
         let stanzas = pipeline.keyring().snapshot();
         if !filtered_for
@@ -239,8 +255,9 @@ fn receive_loop(
             }
             filtered_for = Some(stanzas);
         }
-        let n = match batch.receive(fd) {
+        let n = match batch.receive(fd, stop_by.is_none()) {
             Ok(n) => n,
+            Err(e) if stop_by.is_some() && e.kind() == std::io::ErrorKind::WouldBlock => break,
             Err(e)
                 if matches!(
                     e.kind(),
@@ -291,7 +308,7 @@ mod tests {
             if got.len() >= want {
                 break;
             }
-            if let Ok(n) = batch.receive(socket.as_raw_fd()) {
+            if let Ok(n) = batch.receive(socket.as_raw_fd(), true) {
                 for i in 0..n {
                     let (bytes, _) = batch.datagram(i).unwrap();
                     got.push((bytes.to_vec(), batch.destination(i)));
