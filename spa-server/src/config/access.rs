@@ -251,7 +251,7 @@ pub struct AccessStanza {
     #[serde(default, with = "string_list", skip_serializing_if = "Vec::is_empty")]
     pub gpg_fingerprint_id: Vec<String>,
     /// PROTOCOL (postern): `fwknop` (default) or `native`, postern's own protocol
-    /// (docs/protocol.md). Parsed and checked; the pipeline does not serve native yet.
+    /// (docs/protocol.md).
     #[serde(default, skip_serializing_if = "StanzaProtocol::is_fwknop")]
     pub protocol: StanzaProtocol,
     /// NATIVE_CLIENTS (postern): registered native clients (`posternd client list`)
@@ -1670,7 +1670,7 @@ mod tests {
         assert!(group_name(&entry("CMD_SUDO_EXEC_GROUP", "no-such-x")).is_err());
     }
 
-    /// postern's native stanzas: parsed and checked (not served yet), errors with file:line.
+    /// postern's native stanzas: parsed and checked, errors with file:line.
     #[test]
     fn native_stanzas_parse_and_are_checked() {
         let dir = tempfile::tempdir().unwrap();
