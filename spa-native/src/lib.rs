@@ -22,8 +22,8 @@ pub use keys::{
     SERVER_KEY_PREFIX, SERVER_PUB_PREFIX,
 };
 pub use packet::{
-    looks_native, mac1_matches, open, seal, seal_with, suite_of, Opened, SealOptions,
-    SealRandomness, Suite, CLASSIC_MAGIC, HYBRID_MAGIC, KEM_CIPHERTEXT_LEN, MAC1_LEN,
+    looks_native, mac1_matches, open, replay_key_of, seal, seal_with, suite_of, Opened,
+    SealOptions, SealRandomness, Suite, CLASSIC_MAGIC, HYBRID_MAGIC, KEM_CIPHERTEXT_LEN, MAC1_LEN,
     NOISE_CLASSIC, NOISE_HYBRID,
 };
 pub use payload::{Address, Payload, PortSpec, Proto, MAX_PORTS, PAYLOAD_VERSION};

@@ -86,6 +86,14 @@ pub fn looks_native(datagram: &[u8]) -> bool {
     suite_of(datagram).is_some()
 }
 
+/// The ephemeral key `e` as the datagram carries it (what the replay store
+/// records, see [`Opened::replay_key`]), read without any crypto so a replay
+/// can be refused before opening; `None` when it is not a native datagram.
+pub fn replay_key_of(datagram: &[u8]) -> Option<[u8; 32]> {
+    let start = 1 + suite_of(datagram)?.kem_len();
+    datagram.get(start..start + 32)?.try_into().ok()
+}
+
 /// BLAKE2s-256("mac1----" ‖ server X25519 public key), as WireGuard.
 pub(crate) fn mac1_key(server_x25519: &[u8; 32]) -> [u8; 32] {
     let mut h = Blake2s256::new();

@@ -94,6 +94,8 @@ proptest! {
         prop_assert_eq!(o.client_key, client.public());
         prop_assert_eq!(&o.payload, &p);
         prop_assert_eq!(&o.replay_key[..], &d[d.len() - MAC1_LEN - o.payload.encode().unwrap().len() - 16 - 48 - 32..][..32]);
+        // The server reads it before opening, for the replay hint.
+        prop_assert_eq!(spa_native::replay_key_of(&d), Some(o.replay_key));
         if !hybrid {
             prop_assert!(d.len() <= 1232, "classic packet of {} bytes", d.len());
         }

@@ -180,6 +180,14 @@ fn open_native(auth: Authenticated, keys: &NativeKeys) -> Result<Decrypted, Outc
             super::alert(format_args!("[{source}] native packet refused: {e}"));
             Outcome::refused(Stage::Decrypt, e, Decision::authenticated(&auth))
         })?;
+    if opened.replay_key != auth.digest {
+        // Cannot happen for a packet that opened (it is the same bytes); fail closed.
+        return Err(Outcome::refused(
+            Stage::Decrypt,
+            "native packet: replay key differs from the screened one",
+            Decision::authenticated(&auth),
+        ));
+    }
     let Some(stanza) = crate::native::stanza_for(&auth.stanzas, &opened.client, source) else {
         let why = format!(
             "no native stanza takes client `{}` from {source}",

@@ -82,7 +82,11 @@ impl Pipeline {
         let screened = self
             .keyring
             .screen(received.bytes, received.peer.ip(), &stanzas)?;
-        let digest = packet_digest(received.bytes);
+        // A native packet's replay key is its ephemeral key (docs/protocol.md).
+        let digest = match &screened.native {
+            Some(_) => spa_native::replay_key_of(received.bytes).unwrap_or_default(),
+            None => packet_digest(received.bytes),
+        };
         let authenticated = Authenticated {
             packet: RawPacket::from(received),
             stanzas,
