@@ -10,11 +10,12 @@
 //! - a client removed with `posternd client remove` (then SIGHUP) is refused
 //!   while another still opens;
 //! - REQUIRE_TOTP: a wrong code is refused, the current one opens;
-//! - the packet sets `user` in the audit log to the client's name.
+//! - the packet sets `user` in the audit log to the client's name;
+//! - over the TCP capture (`-P tcp`) too, binary as the packet is.
 
 use postern_e2e::posternd::{
-    nftables_action, postern_toml, runnable, udp_capture, udp_send_all, ConfDir, Posternd, Service,
-    SPA_PORT,
+    nftables_action, postern_toml, runnable, tcp_capture, udp_capture, udp_send_all, ConfDir,
+    Posternd, Service, SPA_PORT,
 };
 use postern_e2e::workspace_bin;
 use std::net::SocketAddr;
@@ -57,6 +58,17 @@ impl Native {
     /// `clients` are registered (with a TOTP secret file where given);
     /// `stanza` is the access.conf stanza after `SOURCE ANY`.
     fn start(tag: &str, port: u16, clients: &[(&str, bool)], stanza: &str) -> Native {
+        Native::start_with(tag, port, clients, stanza, &udp_capture(SPA_PORT))
+    }
+
+    /// [`Native::start`] with another `[[capture]]`.
+    fn start_with(
+        tag: &str,
+        port: u16,
+        clients: &[(&str, bool)],
+        stanza: &str,
+        capture: &str,
+    ) -> Native {
         let svc = Service::open(tag, port);
         let conf = ConfDir::new();
         let server_key = conf.dir.path().join("server.key");
@@ -106,7 +118,7 @@ impl Native {
             &conf,
             "access.conf",
             "memory",
-            &format!("{}\n{}", udp_capture(SPA_PORT), nftables_action(port)),
+            &format!("{capture}\n{}", nftables_action(port)),
         )
         .replacen(
             "[server]\n",
@@ -318,4 +330,28 @@ fn require_totp_refuses_a_wrong_code_and_takes_the_current_one() {
         "{}",
         n.context("the right TOTP code did not open")
     );
+}
+
+#[test]
+fn a_native_knock_over_tcp_opens() {
+    if !runnable(&["nft"]) {
+        return;
+    }
+    let n = Native::start_with(
+        "nc",
+        22134,
+        &[("dave", false)],
+        "NATIVE_CLIENTS *\n",
+        &tcp_capture(SPA_PORT),
+    );
+    // Several knocks, each a new packet: whatever its last bytes, it is read whole.
+    for _ in 0..3 {
+        n.knock_ok("dave", &["-P", "tcp"]);
+        assert!(
+            n.opens(),
+            "{}",
+            n.context("the native knock over TCP did not open")
+        );
+        assert!(n.closes(), "{}", n.context("not closed after the timeout"));
+    }
 }

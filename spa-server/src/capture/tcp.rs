@@ -467,8 +467,12 @@ async fn read_packet<S: AsyncRead + Unpin>(stream: &mut S, limits: &Limits) -> R
             Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n.min(limits.max_bytes - buf.len())]),
         }
     }
-    while buf.last().is_some_and(|b| b.is_ascii_whitespace()) {
-        buf.pop();
+    // fwknop's packets are text (a newline may follow); a native one is
+    // binary, and its last byte may be anything.
+    if !spa_native::looks_native(&buf) {
+        while buf.last().is_some_and(|b| b.is_ascii_whitespace()) {
+            buf.pop();
+        }
     }
     if buf.is_empty() {
         Read::Nothing
@@ -682,5 +686,19 @@ mod tests {
             read_packet(&mut server, &read_limits()).await,
             Read::Nothing
         );
+    }
+
+    /// A native packet is binary: a last byte that looks like whitespace is
+    /// part of it (its mac1), not a line end.
+    #[tokio::test(start_paused = true)]
+    async fn a_native_packet_keeps_its_last_bytes() {
+        let (min, _) = spa_native::Suite::Classic.length_range();
+        let mut packet = vec![spa_native::CLASSIC_MAGIC; min];
+        packet[min - 2..].copy_from_slice(b" \n");
+        let (mut client, mut server) = tokio::io::duplex(4096);
+        client.write_all(&packet).await.unwrap();
+        drop(client);
+        let read = read_packet(&mut server, &read_limits()).await;
+        assert_eq!(read, Read::Data(packet));
     }
 }
