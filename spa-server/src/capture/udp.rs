@@ -8,10 +8,12 @@
 //! loop on the runtime's reactor: README, "Receiving".
 
 use super::length_filter::Lengths;
-use super::{offer_blocking, unix_now};
+use super::offer_blocking;
 use crate::pipeline::{Pipeline, Received};
 use socket2::{Socket, Type};
+use spa_core::Clock;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -197,22 +199,44 @@ impl RecvBatch {
     }
 }
 
-/// Start the receive loop on a thread of the runtime's blocking pool.
-pub fn spawn(
+/// The UDP capture, bound.
+pub struct UdpCapture {
     socket: UdpSocket,
-    pipeline: Pipeline,
-    shutdown: CancellationToken,
-) -> tokio::task::JoinHandle<()> {
-    let runtime = tokio::runtime::Handle::current();
-    tokio::task::spawn_blocking(move || receive_loop(&socket, pipeline, &shutdown, &runtime))
+    clock: Arc<dyn Clock>,
+}
+
+impl UdpCapture {
+    pub fn open(listen: SocketAddr, clock: Arc<dyn Clock>) -> anyhow::Result<UdpCapture> {
+        Ok(UdpCapture {
+            socket: bind(listen)?,
+            clock,
+        })
+    }
+}
+
+impl super::Capture for UdpCapture {
+    fn name(&self) -> &'static str {
+        CAPTURE
+    }
+
+    /// The receive loop runs on a thread of the runtime's blocking pool.
+    fn start(
+        self: Box<Self>,
+        pipeline: Pipeline,
+        shutdown: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        let runtime = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || receive_loop(&self, pipeline, &shutdown, &runtime))
+    }
 }
 
 fn receive_loop(
-    socket: &UdpSocket,
+    capture: &UdpCapture,
     mut pipeline: Pipeline,
     shutdown: &CancellationToken,
     runtime: &tokio::runtime::Handle,
 ) {
+    let socket = &capture.socket;
     use std::os::fd::AsRawFd;
     let _context = runtime.enter();
     // Bound to one address, that is every datagram's destination; on a
@@ -257,7 +281,7 @@ fn receive_loop(
                 continue;
             }
         };
-        let received_at = unix_now();
+        let received_at = capture.clock.now();
         for i in 0..n {
             let Some((bytes, peer)) = batch.datagram(i) else {
                 continue;
