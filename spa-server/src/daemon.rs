@@ -23,13 +23,17 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(10);
 /// How often old replay entries are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
-pub async fn open_replay_store(cfg: &ServerConfig) -> anyhow::Result<Arc<dyn ReplayStore>> {
+pub async fn open_replay_store(
+    cfg: &ServerConfig,
+    clock: &Arc<dyn Clock>,
+) -> anyhow::Result<Arc<dyn ReplayStore>> {
     Ok(match &cfg.replay {
         #[cfg(feature = "redis")]
         ReplayConfig::Redis { url, key_prefix } => {
             let keep_for = cfg.server.packet_aging.then_some(cfg.server.max_packet_age);
             let store =
-                crate::replay::redis::RedisStore::connect(url, key_prefix, keep_for).await?;
+                crate::replay::redis::RedisStore::connect(url, key_prefix, keep_for, clock.clone())
+                    .await?;
             tracing::info!(
                 "replay cache: shared, in Redis at {}",
                 config::redact_url(url)
@@ -302,8 +306,17 @@ pub async fn start_with_backends(
     cfg: ServerConfig,
     backends: Vec<Box<dyn Firewall>>,
 ) -> anyhow::Result<Running> {
+    start_with_clock(cfg, backends, Arc::new(SystemClock)).await
+}
+
+/// [`start_with_backends`] reading the time from `clock` (tests move it).
+pub async fn start_with_clock(
+    cfg: ServerConfig,
+    backends: Vec<Box<dyn Firewall>>,
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<Running> {
     let audit = open_audit_log(&cfg)?;
-    start_serving(cfg, backends, audit, Arc::new(SystemClock)).await
+    start_serving(cfg, backends, audit, clock).await
 }
 
 fn open_audit_log(cfg: &ServerConfig) -> anyhow::Result<Option<crate::audit::Destination>> {
@@ -323,7 +336,7 @@ async fn start_serving(
     if let Some(m) = &cfg.metrics {
         crate::metrics::install(m.listen)?;
     }
-    let store = open_replay_store(&cfg).await?;
+    let store = open_replay_store(&cfg, &clock).await?;
     let mut access = cfg.access.clone();
     apply_server_defaults(&mut access, &cfg.server);
     let keyring = Arc::new(Keyring::new(access));
@@ -401,13 +414,13 @@ async fn start_serving(
     if let Some(a) = &audit {
         crate::audit::install(a.clone());
     }
-    let mut tasks = Vec::new();
+    // Every capture opened before any starts: a bad setting fails the start
+    // with nothing taken in yet.
+    let intake = crate::capture::Intake::of(&cfg.server);
+    let mut opened = Vec::new();
     for c in &cfg.capture {
-        let intake = crate::capture::Intake::of(&cfg.server);
-        let capture =
-            crate::capture::spawn(c, intake, &cfg.action, pipeline.clone(), shutdown.clone());
-        match capture.await {
-            Ok(task) => tasks.push(task),
+        match crate::capture::open(c, intake, &cfg.action, clock.clone()).await {
+            Ok(capture) => opened.push(capture),
             Err(e) => {
                 actions_stop.cancel();
                 if let Some(a) = &audit {
@@ -417,7 +430,12 @@ async fn start_serving(
                 return Err(e);
             }
         }
-        tracing::info!("capture `{}` started", c.name());
+    }
+    let mut tasks = Vec::new();
+    for capture in opened {
+        let name = capture.name();
+        tasks.push(capture.start(pipeline.clone(), shutdown.clone()));
+        tracing::info!("capture `{name}` started");
     }
     if cfg.server.packet_aging {
         tasks.push(tokio::spawn(prune_loop(

@@ -5,6 +5,9 @@
 //!
 //! What is counted (names are stable; see the README):
 //! - `postern_packets_total{capture}`: every packet a capture took, garbage too;
+//! - `postern_capture_kernel_drops_total{capture}`: datagrams the kernel
+//!   dropped for the UDP capture before posternd read them (socket buffer
+//!   full, or a length no stanza takes);
 //! - `postern_refused_total{stage}`: refusals by the stage that refused
 //!   (blacklist, precheck = length/charset, hmac, decrypt, replay, policy,
 //!   action, overload = a full queue);
@@ -43,6 +46,7 @@ fn enabled() -> bool {
 }
 
 pub const PACKETS: &str = "postern_packets_total";
+pub const CAPTURE_KERNEL_DROPS: &str = "postern_capture_kernel_drops_total";
 pub const REFUSED: &str = "postern_refused_total";
 pub const GRANTED: &str = "postern_granted_total";
 pub const KNOCK_TO_GRANT: &str = "postern_knock_to_grant_seconds";
@@ -101,6 +105,11 @@ pub fn install(listen: SocketAddr) -> anyhow::Result<()> {
 
 fn describe() {
     describe_counter!(PACKETS, "Packets a capture took, before any check");
+    describe_counter!(
+        CAPTURE_KERNEL_DROPS,
+        "Datagrams the kernel dropped before posternd read them: socket buffer full, \
+         or a length no stanza takes"
+    );
     describe_counter!(REFUSED, "Packets refused, by the stage that refused them");
     describe_counter!(GRANTED, "Knocks that opened access");
     describe_histogram!(
@@ -240,6 +249,14 @@ pub fn packet(capture: &'static str) {
         return;
     }
     counter!(PACKETS, "capture" => capture).increment(1);
+}
+
+/// The kernel dropped `datagrams` for `capture` before posternd read them.
+pub fn capture_kernel_drops(capture: &'static str, datagrams: u64) {
+    if !enabled() {
+        return;
+    }
+    counter!(CAPTURE_KERNEL_DROPS, "capture" => capture).increment(datagrams);
 }
 
 pub fn outcome(outcome: &crate::pipeline::Outcome, took: Option<Duration>) {

@@ -203,6 +203,50 @@ async fn the_tcp_capture_reads_the_packet_from_the_stream() {
     s.running.stop().await;
 }
 
+/// The captures stamp each packet's arrival with the daemon's clock, not the
+/// system's: with the clock ten years back, a knock made now is too old and
+/// one made ten years ago is fresh, over UDP and over TCP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn captures_read_arrival_from_the_daemons_clock() {
+    use tokio::io::AsyncWriteExt;
+    const TEN_YEARS: u64 = 10 * 365 * 86_400;
+    let then = now() - TEN_YEARS;
+    let clock = std::sync::Arc::new(spa_core::ManualClock::new(then));
+    let (udp, tcp): (SocketAddr, SocketAddr) = (
+        format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+        format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+    );
+    let cfg = ServerConfig {
+        capture: vec![CaptureConfig::Udp { listen: udp }, CaptureConfig::tcp(tcp)],
+        access: vec![stanza()],
+        ..ServerConfig::default()
+    };
+    let recorder = MemoryFirewall::new(true);
+    let running =
+        spa_server::daemon::start_with_clock(cfg, vec![Box::new(recorder.clone())], clock.clone())
+            .await
+            .unwrap();
+    // Made now: ten years in the future for posternd, refused.
+    send(udp, knock(now(), 40).as_bytes());
+    let mut stream = tokio::net::TcpStream::connect(tcp).await.unwrap();
+    stream.write_all(knock(now(), 41).as_bytes()).await.unwrap();
+    stream.shutdown().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        recorder.granted().len(),
+        0,
+        "a knock from the future granted"
+    );
+    // Made at the clock's time: granted over both.
+    send(udp, knock(then, 42).as_bytes());
+    assert_eq!(wait_for_grants(&recorder, 1).await, 1, "over UDP");
+    let mut stream = tokio::net::TcpStream::connect(tcp).await.unwrap();
+    stream.write_all(knock(then, 43).as_bytes()).await.unwrap();
+    stream.shutdown().await.unwrap();
+    assert_eq!(wait_for_grants(&recorder, 2).await, 2, "over TCP");
+    running.stop().await;
+}
+
 /// A NAT request naming its target by host name: refused by default (fwknopd
 /// too), resolved with `[server.nat] dns` (ENABLE_NAT_DNS).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -758,10 +802,14 @@ mod shared_replay {
         let Some(redis) = RedisServer::start() else {
             return;
         };
-        let store =
-            spa_server::replay::redis::RedisStore::connect(&redis.url(), "hint:", Some(120))
-                .await
-                .unwrap();
+        let store = spa_server::replay::redis::RedisStore::connect(
+            &redis.url(),
+            "hint:",
+            Some(120),
+            std::sync::Arc::new(spa_core::SystemClock),
+        )
+        .await
+        .unwrap();
         let d = super::stages::Direct::with_store(vec![stanza()], std::sync::Arc::new(store));
         let pkt = knock(now(), 90);
         assert!(d.knock(&pkt, "127.0.0.1", None).await.is_granted());

@@ -11,15 +11,23 @@ pub mod udp;
 use crate::config::{CaptureConfig, ServerSection};
 use crate::pipeline::{Decision, Outcome, Pipeline, Received, Stage};
 use spa_core::http;
+use spa_core::Clock;
 use std::borrow::Cow;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+/// An opened capture: its sockets are bound, its interfaces and queue open,
+/// so starting it cannot fail. Packets' `received_at` is read from the clock
+/// it was opened with.
+pub trait Capture: Send {
+    /// Its name in packets, logs and metrics.
+    fn name(&self) -> &'static str;
+    /// Run until `shutdown` fires; the handle ends when the capture stopped.
+    fn start(
+        self: Box<Self>,
+        pipeline: Pipeline,
+        shutdown: CancellationToken,
+    ) -> tokio::task::JoinHandle<()>;
 }
 
 /// A large receive buffer: SO_RCVBUFFORCE (CAP_NET_ADMIN, which posternd has)
@@ -261,23 +269,21 @@ fn log_outcome(peer: std::net::SocketAddr, outcome: &Outcome, started: Option<st
     }
 }
 
-/// Start one capture; the returned handle ends when it stops. `actions` are the
-/// configured ones (the NFQUEUE capture makes its rule with the same firewall).
-pub async fn spawn(
+/// Open the capture `config` describes: bind, listen, open the interfaces and
+/// their filters, bind the queue and add its rule. `actions` are the
+/// configured ones (the NFQUEUE capture makes its rule with the same
+/// firewall); `clock` stamps each packet's arrival.
+pub async fn open(
     config: &CaptureConfig,
     intake: Intake,
     actions: &[crate::config::ActionConfig],
-    pipeline: Pipeline,
-    shutdown: CancellationToken,
-) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<Box<dyn Capture>> {
     Ok(match config.clone() {
         CaptureConfig::Nfqueue(settings) => {
-            nfqueue::spawn(settings, actions, pipeline, shutdown).await?
+            Box::new(nfqueue::NfqueueCapture::open(settings, actions, clock).await?)
         }
-        CaptureConfig::Udp { listen } => {
-            let socket = udp::bind(listen)?;
-            udp::spawn(socket, pipeline, shutdown)
-        }
+        CaptureConfig::Udp { listen } => Box::new(udp::UdpCapture::open(listen, clock)?),
         CaptureConfig::Tcp {
             listen,
             first_byte_timeout_ms,
@@ -288,11 +294,6 @@ pub async fn spawn(
             rate_per_source,
             burst_per_source,
         } => {
-            let socket = bind_socket(listen, socket2::Type::STREAM, "TCP capture")?;
-            socket
-                .listen(1024)
-                .map_err(|e| anyhow::anyhow!("TCP capture cannot listen on {listen}: {e}"))?;
-            let listener = tokio::net::TcpListener::from_std(socket.into())?;
             let limits = tcp::Limits {
                 first_byte_timeout: std::time::Duration::from_millis(first_byte_timeout_ms),
                 read_timeout: std::time::Duration::from_millis(read_timeout_ms),
@@ -305,7 +306,7 @@ pub async fn spawn(
                 },
                 intake,
             };
-            tokio::spawn(tcp::run(listener, limits, pipeline, shutdown))
+            Box::new(tcp::TcpCapture::open(listen, limits, clock)?)
         }
         CaptureConfig::Pcap {
             interfaces,
@@ -324,7 +325,7 @@ pub async fn spawn(
                 file,
                 intake,
             };
-            pcap::spawn(settings, pipeline, shutdown)?
+            Box::new(pcap::PcapCapture::open(settings, clock)?)
         }
     })
 }

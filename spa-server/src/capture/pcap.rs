@@ -3,7 +3,7 @@
 //! interface goes away the thread reopens it until it is back.
 
 use super::length_filter::Lengths;
-use super::{offer_blocking, unix_now, Intake};
+use super::{offer_blocking, Intake};
 use crate::pipeline::{Pipeline, RawPacket, Received, Stanzas};
 use pnet_packet::ethernet::{EtherTypes, EthernetPacket};
 use pnet_packet::ip::{IpNextHeaderProtocol, IpNextHeaderProtocols};
@@ -11,8 +11,10 @@ use pnet_packet::ipv4::Ipv4Packet;
 use pnet_packet::ipv6::Ipv6Packet;
 use pnet_packet::tcp::TcpPacket;
 use pnet_packet::udp::UdpPacket;
+use spa_core::Clock;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -34,64 +36,114 @@ pub struct Settings {
 /// Reopen delay while an interface is missing or down.
 const REOPEN_DELAY: Duration = Duration::from_millis(500);
 
-pub fn spawn(
+/// The pcap capture, its file or interfaces open with the user's filter.
+pub struct PcapCapture {
     settings: Settings,
-    pipeline: Pipeline,
-    shutdown: CancellationToken,
-) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let runtime = tokio::runtime::Handle::current();
-    let mut threads = Vec::new();
-    if let Some(file) = settings.file.clone() {
-        let mut cap = pcap::Capture::from_file(&file)
-            .map_err(|e| anyhow::anyhow!("pcap file {}: {e}", file.display()))?;
-        cap.filter(&settings.filter, true)
-            .map_err(|e| anyhow::anyhow!("PCAP_FILTER `{}`: {e}", settings.filter))?;
-        let (mut p, rt, intake) = (pipeline, runtime, settings.intake);
-        LengthFilter::new(&settings).fit(&mut cap, &p);
-        threads.push(std::thread::spawn(move || {
-            let _guard = rt.enter();
-            let link = cap.get_datalink();
-            while let Ok(frame) = cap.next_packet() {
-                submit_frame(&mut p, intake, link, frame.data, &rt);
+    source: Source,
+    clock: Arc<dyn Clock>,
+}
+
+enum Source {
+    File(pcap::Capture<pcap::Offline>),
+    /// Each interface by name, open.
+    Interfaces(Vec<(String, pcap::Capture<pcap::Active>)>),
+}
+
+impl PcapCapture {
+    /// Open the file, or every interface now: a bad filter or interface name
+    /// fails the start with its name, and the capture is live before posternd
+    /// says it is ready.
+    pub fn open(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<PcapCapture> {
+        let source = if let Some(file) = &settings.file {
+            let mut cap = pcap::Capture::from_file(file)
+                .map_err(|e| anyhow::anyhow!("pcap file {}: {e}", file.display()))?;
+            cap.filter(&settings.filter, true)
+                .map_err(|e| anyhow::anyhow!("PCAP_FILTER `{}`: {e}", settings.filter))?;
+            Source::File(cap)
+        } else {
+            let mut opened = Vec::new();
+            for iface in &settings.interfaces {
+                let cap = open(iface, &settings)
+                    .map_err(|e| anyhow::anyhow!("pcap on `{iface}`: {e}"))?;
+                opened.push((iface.clone(), cap));
             }
-        }));
-    } else {
-        // Open every interface now: a bad filter or interface name fails the start
-        // with its name, and the capture is live before posternd says it is ready.
-        let mut opened = Vec::new();
-        for iface in &settings.interfaces {
-            let mut cap =
-                open(iface, &settings).map_err(|e| anyhow::anyhow!("pcap on `{iface}`: {e}"))?;
-            let mut length_filter = LengthFilter::new(&settings);
-            length_filter.fit(&mut cap, &pipeline);
-            tracing::info!(
-                "pcap: capturing on `{iface}` with filter `{}` (and only knock lengths)",
-                settings.filter
-            );
-            opened.push((iface.clone(), cap, length_filter));
-        }
-        for (iface, cap, length_filter) in opened {
-            let (settings, mut p, rt, stop) = (
-                settings.clone(),
-                pipeline.clone(),
-                runtime.clone(),
-                shutdown.clone(),
-            );
-            threads.push(
-                std::thread::Builder::new()
-                    .name(format!("pcap-{iface}"))
-                    .spawn(move || {
-                        let _guard = rt.enter();
-                        capture_loop(&iface, &settings, (cap, length_filter), &mut p, &stop, &rt);
-                    })?,
-            );
-        }
+            Source::Interfaces(opened)
+        };
+        Ok(PcapCapture {
+            settings,
+            source,
+            clock,
+        })
     }
-    Ok(tokio::task::spawn_blocking(move || {
-        for t in threads {
-            let _ = t.join();
+}
+
+impl super::Capture for PcapCapture {
+    fn name(&self) -> &'static str {
+        CAPTURE
+    }
+
+    /// A thread per interface (or for the file), each with the length filter
+    /// fitted to the stanzas.
+    fn start(
+        self: Box<Self>,
+        pipeline: Pipeline,
+        shutdown: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        let PcapCapture {
+            settings,
+            source,
+            clock,
+        } = *self;
+        let runtime = tokio::runtime::Handle::current();
+        let mut threads = Vec::new();
+        match source {
+            Source::File(mut cap) => {
+                let (mut p, rt, intake) = (pipeline, runtime, settings.intake);
+                LengthFilter::new(&settings).fit(&mut cap, &p);
+                threads.push(std::thread::spawn(move || {
+                    let _guard = rt.enter();
+                    let link = cap.get_datalink();
+                    while let Ok(frame) = cap.next_packet() {
+                        submit_frame(&mut p, intake, link, frame.data, clock.now(), &rt);
+                    }
+                }));
+            }
+            Source::Interfaces(opened) => {
+                for (iface, mut cap) in opened {
+                    let mut length_filter = LengthFilter::new(&settings);
+                    length_filter.fit(&mut cap, &pipeline);
+                    tracing::info!(
+                        "pcap: capturing on `{iface}` with filter `{}` (and only knock lengths)",
+                        settings.filter
+                    );
+                    let (settings, mut p, rt, stop, clock) = (
+                        settings.clone(),
+                        pipeline.clone(),
+                        runtime.clone(),
+                        shutdown.clone(),
+                        clock.clone(),
+                    );
+                    let name = format!("pcap-{iface}");
+                    let body = move || {
+                        let _guard = rt.enter();
+                        let opened = (cap, length_filter);
+                        capture_loop(&iface, &settings, opened, &mut p, &stop, &*clock, &rt);
+                    };
+                    // Without a thread of its own the interface is not read:
+                    // say so (the others go on).
+                    match std::thread::Builder::new().name(name.clone()).spawn(body) {
+                        Ok(t) => threads.push(t),
+                        Err(e) => tracing::error!("pcap: cannot start thread {name}: {e}"),
+                    }
+                }
+            }
         }
-    }))
+        tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        })
+    }
 }
 
 /// A non-blocking capture: the loop waits in its own `poll`, so it sees shutdown
@@ -206,6 +258,7 @@ fn capture_loop(
     opened: (pcap::Capture<pcap::Active>, LengthFilter),
     pipeline: &mut Pipeline,
     stop: &CancellationToken,
+    clock: &dyn Clock,
     runtime: &tokio::runtime::Handle,
 ) {
     let (first, mut length_filter) = opened;
@@ -241,7 +294,7 @@ fn capture_loop(
             loop {
                 match cap.next_packet() {
                     Ok(frame) => {
-                        submit_frame(pipeline, s.intake, link, frame.data, runtime);
+                        submit_frame(pipeline, s.intake, link, frame.data, clock.now(), runtime);
                     }
                     Err(pcap::Error::TimeoutExpired) => break,
                     Err(e) => {
@@ -258,15 +311,16 @@ fn capture_loop(
     }
 }
 
-/// Pull the transport payload and addresses out of one captured frame.
-pub fn parse_frame(link: pcap::Linktype, data: &[u8]) -> Option<RawPacket> {
+/// Pull the transport payload and addresses out of one captured frame
+/// received at `received_at`.
+pub fn parse_frame(link: pcap::Linktype, data: &[u8], received_at: u64) -> Option<RawPacket> {
     let (payload, peer, dst) = frame_parts(link, data)?;
     Some(RawPacket {
         bytes: payload.to_vec(),
         peer,
         forwarded_for: None,
         destination: Some(dst),
-        received_at: unix_now(),
+        received_at,
         capture: CAPTURE,
     })
 }
@@ -277,6 +331,7 @@ fn submit_frame(
     intake: Intake,
     link: pcap::Linktype,
     data: &[u8],
+    received_at: u64,
     runtime: &tokio::runtime::Handle,
 ) {
     super::count_packet(CAPTURE);
@@ -291,7 +346,7 @@ fn submit_frame(
         forwarded_for: carried.forwarded_for,
         peer,
         destination: Some(dst),
-        received_at: unix_now(),
+        received_at,
         capture: CAPTURE,
     };
     offer_blocking(pipeline, received, runtime);
@@ -494,7 +549,7 @@ mod tests {
         ];
         for chain in chains {
             let d = ipv6_udp_with(&chain, b"knock");
-            let p = parse_frame(pcap::Linktype::RAW, &d).expect("parsed");
+            let p = parse_frame(pcap::Linktype::RAW, &d, 0).expect("parsed");
             assert_eq!(p.bytes, b"knock", "{chain:?}");
             assert_eq!(p.peer, "[fd00::7]:12345".parse().unwrap());
         }
@@ -505,19 +560,19 @@ mod tests {
         let first_of_two = (44u8, vec![0, 0, 0, 1, 0, 0, 0, 9]);
         let later = (44u8, vec![0, 0, 0, 0x10, 0, 0, 0, 9]);
         for chain in [vec![first_of_two], vec![later]] {
-            assert!(parse_frame(pcap::Linktype::RAW, &ipv6_udp_with(&chain, b"x")).is_none());
+            assert!(parse_frame(pcap::Linktype::RAW, &ipv6_udp_with(&chain, b"x"), 0).is_none());
         }
         let endless = vec![(60u8, vec![0u8; 8]); 20];
-        assert!(parse_frame(pcap::Linktype::RAW, &ipv6_udp_with(&endless, b"x")).is_none());
+        assert!(parse_frame(pcap::Linktype::RAW, &ipv6_udp_with(&endless, b"x"), 0).is_none());
         // A header claiming more than the datagram holds.
         let mut d = ipv6_udp_with(&[(0u8, vec![0, 0, 0, 0, 0, 0, 0, 0])], b"x");
         d[41] = 200;
-        assert!(parse_frame(pcap::Linktype::RAW, &d).is_none());
+        assert!(parse_frame(pcap::Linktype::RAW, &d, 0).is_none());
     }
 
     #[test]
     fn parses_ethernet_ipv4_udp() {
-        let p = parse_frame(pcap::Linktype::ETHERNET, &udp_frame(b"hello")).unwrap();
+        let p = parse_frame(pcap::Linktype::ETHERNET, &udp_frame(b"hello"), 0).unwrap();
         assert_eq!(p.bytes, b"hello");
         assert_eq!(p.peer, "10.0.0.1:12345".parse().unwrap());
         assert_eq!(p.destination, Some("10.0.0.2".parse().unwrap()));
@@ -562,7 +617,7 @@ mod tests {
                 echo_id: 9,
             };
             let datagram = knock.datagram(b"spa-payload").unwrap();
-            let p = parse_frame(pcap::Linktype::RAW, &datagram).unwrap();
+            let p = parse_frame(pcap::Linktype::RAW, &datagram, 0).unwrap();
             assert_eq!(p.bytes, b"spa-payload", "{carrier:?}");
             assert_eq!(p.peer, SocketAddr::new("10.0.0.7".parse().unwrap(), port));
             assert_eq!(p.destination, Some("10.0.0.2".parse().unwrap()));
@@ -570,7 +625,7 @@ mod tests {
             if let Carrier::Icmp { .. } = carrier {
                 let mut short = datagram[..20 + 6].to_vec();
                 short[2..4].copy_from_slice(&26u16.to_be_bytes());
-                assert!(parse_frame(pcap::Linktype::RAW, &short).is_none());
+                assert!(parse_frame(pcap::Linktype::RAW, &short, 0).is_none());
             }
         }
     }
@@ -583,7 +638,7 @@ mod tests {
         d.extend("fd00::2".parse::<std::net::Ipv6Addr>().unwrap().octets());
         d.extend([128, 0, 0, 0, 0, 1, 0, 1]); // echo request, checksum not checked
         d.extend(payload);
-        let p = parse_frame(pcap::Linktype::RAW, &d).unwrap();
+        let p = parse_frame(pcap::Linktype::RAW, &d, 0).unwrap();
         assert_eq!(p.bytes, payload);
         assert_eq!(p.peer, "[fd00::7]:0".parse().unwrap());
     }
@@ -593,12 +648,12 @@ mod tests {
         let f = udp_frame(b"hello");
         for n in 0..f.len() - 5 {
             assert!(
-                parse_frame(pcap::Linktype::ETHERNET, &f[..n]).is_none(),
+                parse_frame(pcap::Linktype::ETHERNET, &f[..n], 0).is_none(),
                 "{n}"
             );
         }
         let mut arp = f.clone();
         arp[12..14].copy_from_slice(&[0x08, 0x06]);
-        assert!(parse_frame(pcap::Linktype::ETHERNET, &arp).is_none());
+        assert!(parse_frame(pcap::Linktype::ETHERNET, &arp, 0).is_none());
     }
 }

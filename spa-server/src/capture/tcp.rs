@@ -10,8 +10,9 @@
 //! connection is dropped after a short first-byte timeout. A refused or evicted
 //! connection is closed without a byte written, like every other.
 
-use super::{offer, unix_now, Intake};
+use super::{offer, Intake};
 use crate::pipeline::{Pipeline, Received};
+use spa_core::Clock;
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
@@ -359,9 +360,55 @@ impl Drop for SlotGuard {
     }
 }
 
-pub async fn run(
+/// The TCP capture, listening.
+pub struct TcpCapture {
     listener: TcpListener,
     limits: Limits,
+    clock: Arc<dyn Clock>,
+}
+
+impl TcpCapture {
+    /// Bind and listen on `listen` (call inside the runtime).
+    pub fn open(
+        listen: std::net::SocketAddr,
+        limits: Limits,
+        clock: Arc<dyn Clock>,
+    ) -> anyhow::Result<TcpCapture> {
+        let socket = super::bind_socket(listen, socket2::Type::STREAM, "TCP capture")?;
+        socket
+            .listen(1024)
+            .map_err(|e| anyhow::anyhow!("TCP capture cannot listen on {listen}: {e}"))?;
+        Ok(TcpCapture {
+            listener: TcpListener::from_std(socket.into())?,
+            limits,
+            clock,
+        })
+    }
+}
+
+impl super::Capture for TcpCapture {
+    fn name(&self) -> &'static str {
+        CAPTURE
+    }
+
+    fn start(
+        self: Box<Self>,
+        pipeline: Pipeline,
+        shutdown: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        let TcpCapture {
+            listener,
+            limits,
+            clock,
+        } = *self;
+        tokio::spawn(run(listener, limits, clock, pipeline, shutdown))
+    }
+}
+
+async fn run(
+    listener: TcpListener,
+    limits: Limits,
+    clock: Arc<dyn Clock>,
     pipeline: Pipeline,
     shutdown: CancellationToken,
 ) {
@@ -402,6 +449,7 @@ pub async fn run(
         };
         let destination = stream.local_addr().ok().map(|a| a.ip());
         let mut pipeline = pipeline.clone();
+        let clock = clock.clone();
         tokio::spawn(async move {
             let read = tokio::select! {
                 r = read_packet(&mut stream, &limits) => r,
@@ -426,7 +474,7 @@ pub async fn run(
                     peer,
                     forwarded_for: carried.forwarded_for,
                     destination,
-                    received_at: unix_now(),
+                    received_at: clock.now(),
                     capture: CAPTURE,
                 };
                 offer(&mut pipeline, received).await;

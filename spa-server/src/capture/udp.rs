@@ -8,10 +8,12 @@
 //! loop on the runtime's reactor: README, "Receiving".
 
 use super::length_filter::Lengths;
-use super::{offer_blocking, unix_now};
+use super::offer_blocking;
 use crate::pipeline::{Pipeline, Received};
 use socket2::{Socket, Type};
+use spa_core::Clock;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -33,6 +35,10 @@ pub fn bind(listen: SocketAddr) -> anyhow::Result<UdpSocket> {
     socket.set_nonblocking(false)?;
     socket.set_read_timeout(Some(RECEIVE_TIMEOUT))?;
     super::force_recv_buffer(std::os::fd::AsRawFd::as_raw_fd(&socket), RECV_BUFFER);
+    // Each datagram then carries the socket's drop count (SO_RXQ_OVFL).
+    if let Err(e) = turn_on(&socket, libc::SOL_SOCKET, libc::SO_RXQ_OVFL) {
+        tracing::info!("UDP capture: the kernel does not count its drops here (SO_RXQ_OVFL: {e})");
+    }
     let bound = socket.local_addr()?.as_socket().unwrap_or(listen);
     if bound.ip().is_unspecified() {
         request_destinations(&socket, bound.is_ipv6())
@@ -41,47 +47,55 @@ pub fn bind(listen: SocketAddr) -> anyhow::Result<UdpSocket> {
     Ok(socket.into())
 }
 
+/// Set the int socket option `level`/`name` to 1.
+fn turn_on(socket: &Socket, level: libc::c_int, name: libc::c_int) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let one: libc::c_int = 1;
+    // SAFETY: setsockopt with a pointer to a c_int of the stated size.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            level,
+            name,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 /// On a wildcard socket, have the kernel tell each datagram's destination
 /// address (IP_PKTINFO; on IPv6 also IPV6_RECVPKTINFO, and IP_PKTINFO for the
 /// IPv4 datagrams a dual-stack socket receives).
 fn request_destinations(socket: &Socket, ipv6: bool) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let on = |level, name| {
-        let one: libc::c_int = 1;
-        // SAFETY: setsockopt with a pointer to a c_int of the stated size.
-        let rc = unsafe {
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                level,
-                name,
-                (&one as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(std::io::Error::last_os_error())
-        }
-    };
-    on(libc::IPPROTO_IP, libc::IP_PKTINFO)?;
+    turn_on(socket, libc::IPPROTO_IP, libc::IP_PKTINFO)?;
     if ipv6 {
-        on(libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO)?;
+        turn_on(socket, libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO)?;
     }
     Ok(())
 }
 
-/// Control-message space per datagram: an in_pktinfo and an in6_pktinfo, with
-/// room to spare; u64 words keep the cmsghdr alignment.
+/// Control-message space per datagram: an in_pktinfo, an in6_pktinfo and
+/// the drop count, with room to spare; u64 words keep the cmsghdr alignment.
 const CONTROL_WORDS: usize = 16;
 
-/// The destination in a datagram's control messages (IPv4-mapped as IPv4).
-/// `None` when none is there or the kernel had to cut them (MSG_CTRUNC).
-fn destination_of(hdr: &libc::msghdr) -> Option<IpAddr> {
-    if hdr.msg_flags & libc::MSG_CTRUNC != 0 {
-        return None;
-    }
-    let mut found = None;
+/// What a datagram's control messages tell.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Control {
+    /// Where it was sent (IPv4-mapped as IPv4); `None` when not told or the
+    /// kernel had to cut the messages (MSG_CTRUNC).
+    destination: Option<IpAddr>,
+    /// The socket's count of datagrams the kernel dropped (SO_RXQ_OVFL),
+    /// present once it is not zero.
+    drops: Option<u32>,
+}
+
+fn control_of(hdr: &libc::msghdr) -> Control {
+    let mut found = Control::default();
     // SAFETY: the header points at our control buffer, filled by the kernel
     // up to msg_controllen; CMSG_* walk it within those bounds, and each data
     // part is read unaligned at its stated type after checking its length.
@@ -96,21 +110,59 @@ fn destination_of(hdr: &libc::msghdr) -> Option<IpAddr> {
                 {
                     let info = std::ptr::read_unaligned(data.cast::<libc::in_pktinfo>());
                     let ip = Ipv4Addr::from(u32::from_be(info.ipi_addr.s_addr));
-                    found = Some(IpAddr::V4(ip));
+                    found.destination = Some(IpAddr::V4(ip));
                 }
                 (libc::IPPROTO_IPV6, libc::IPV6_PKTINFO)
                     if len >= std::mem::size_of::<libc::in6_pktinfo>() =>
                 {
                     let info = std::ptr::read_unaligned(data.cast::<libc::in6_pktinfo>());
                     let ip = Ipv6Addr::from(info.ipi6_addr.s6_addr);
-                    found = Some(crate::config::access::canonical(IpAddr::V6(ip)));
+                    found.destination = Some(crate::config::access::canonical(IpAddr::V6(ip)));
+                }
+                (libc::SOL_SOCKET, libc::SO_RXQ_OVFL) if len >= std::mem::size_of::<u32>() => {
+                    found.drops = Some(std::ptr::read_unaligned(data.cast::<u32>()));
                 }
                 _ => {}
             }
             c = libc::CMSG_NXTHDR(hdr, c);
         }
     }
-    found.filter(|ip| !ip.is_unspecified())
+    if hdr.msg_flags & libc::MSG_CTRUNC != 0 {
+        found.destination = None;
+    }
+    found.destination = found.destination.filter(|ip| !ip.is_unspecified());
+    found
+}
+
+/// The kernel's drop count as the datagrams carry it: each carries the count
+/// when it was queued, so growth between two is what was dropped in between.
+#[derive(Debug, Default)]
+struct KernelDrops {
+    last: u32,
+}
+
+impl KernelDrops {
+    /// Datagrams dropped since the last count seen (the count wraps at 2^32).
+    fn saw(&mut self, count: Option<u32>) -> u64 {
+        let Some(count) = count else {
+            return 0;
+        };
+        let grown = count.wrapping_sub(self.last);
+        self.last = count;
+        u64::from(grown)
+    }
+}
+
+/// Count and say (rate-limited) that the kernel dropped `dropped` datagrams.
+fn report_kernel_drops(dropped: u64) {
+    crate::metrics::capture_kernel_drops(CAPTURE, dropped);
+    static WARNINGS: std::sync::LazyLock<crate::pipeline::WarnBudget> =
+        std::sync::LazyLock::new(|| crate::pipeline::WarnBudget::new("kernel drop", 1, 5));
+    WARNINGS.warn(format_args!(
+        "UDP capture: the kernel dropped {dropped} datagrams before posternd read them: \
+         its socket buffer was full, or their length fits no stanza (the length filter) \
+         (counted in postern_capture_kernel_drops_total{{capture=\"udp\"}})"
+    ));
 }
 
 /// Datagrams taken from the kernel per system call (recvmmsg): under a flood the
@@ -186,9 +238,9 @@ impl RecvBatch {
         }
     }
 
-    /// Where datagram `i` of the last call was sent, from its control messages.
-    fn destination(&self, i: usize) -> Option<IpAddr> {
-        destination_of(&self.msgs[i].msg_hdr)
+    /// What the control messages of datagram `i` of the last call tell.
+    fn control(&self, i: usize) -> Control {
+        control_of(&self.msgs[i].msg_hdr)
     }
 
     /// Datagram `i` of the last call: its bytes and sender.
@@ -204,22 +256,44 @@ impl RecvBatch {
     }
 }
 
-/// Start the receive loop on a thread of the runtime's blocking pool.
-pub fn spawn(
+/// The UDP capture, bound.
+pub struct UdpCapture {
     socket: UdpSocket,
-    pipeline: Pipeline,
-    shutdown: CancellationToken,
-) -> tokio::task::JoinHandle<()> {
-    let runtime = tokio::runtime::Handle::current();
-    tokio::task::spawn_blocking(move || receive_loop(&socket, pipeline, &shutdown, &runtime))
+    clock: Arc<dyn Clock>,
+}
+
+impl UdpCapture {
+    pub fn open(listen: SocketAddr, clock: Arc<dyn Clock>) -> anyhow::Result<UdpCapture> {
+        Ok(UdpCapture {
+            socket: bind(listen)?,
+            clock,
+        })
+    }
+}
+
+impl super::Capture for UdpCapture {
+    fn name(&self) -> &'static str {
+        CAPTURE
+    }
+
+    /// The receive loop runs on a thread of the runtime's blocking pool.
+    fn start(
+        self: Box<Self>,
+        pipeline: Pipeline,
+        shutdown: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        let runtime = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || receive_loop(&self, pipeline, &shutdown, &runtime))
+    }
 }
 
 fn receive_loop(
-    socket: &UdpSocket,
+    capture: &UdpCapture,
     mut pipeline: Pipeline,
     shutdown: &CancellationToken,
     runtime: &tokio::runtime::Handle,
 ) {
+    let socket = &capture.socket;
     use std::os::fd::AsRawFd;
     let _context = runtime.enter();
     // Bound to one address, that is every datagram's destination; on a
@@ -232,6 +306,7 @@ fn receive_loop(
     let mut batch = RecvBatch::new();
     let fd = socket.as_raw_fd();
     let mut filtered_for: Option<crate::pipeline::Stanzas> = None;
+    let mut kernel_drops = KernelDrops::default();
     // At a stop, what the kernel already holds for posternd is still taken
     // (for a second at most), then the loop ends.
     let mut stop_by = None;
@@ -274,7 +349,13 @@ fn receive_loop(
                 continue;
             }
         };
-        let received_at = unix_now();
+        let received_at = capture.clock.now();
+        let dropped: u64 = (0..n)
+            .map(|i| kernel_drops.saw(batch.control(i).drops))
+            .sum();
+        if dropped > 0 {
+            report_kernel_drops(dropped);
+        }
         for i in 0..n {
             let Some((bytes, peer)) = batch.datagram(i) else {
                 continue;
@@ -284,7 +365,7 @@ fn receive_loop(
                 bytes,
                 peer,
                 forwarded_for: None,
-                destination: bound.or_else(|| batch.destination(i)),
+                destination: bound.or_else(|| batch.control(i).destination),
                 received_at,
                 capture: CAPTURE,
             };
@@ -311,7 +392,7 @@ mod tests {
             if let Ok(n) = batch.receive(socket.as_raw_fd(), true) {
                 for i in 0..n {
                     let (bytes, _) = batch.datagram(i).unwrap();
-                    got.push((bytes.to_vec(), batch.destination(i)));
+                    got.push((bytes.to_vec(), batch.control(i).destination));
                 }
             }
         }
@@ -323,6 +404,75 @@ mod tests {
     fn send(from: &str, to: SocketAddr, payload: &[u8]) {
         let s = std::net::UdpSocket::bind(from).unwrap();
         s.send_to(payload, to).unwrap();
+    }
+
+    /// A socket with a tiny buffer, flooded without being read: the kernel
+    /// drops datagrams, and the ones it kept carry its count of the dropped.
+    #[test]
+    fn datagrams_carry_the_kernels_drop_count() {
+        use std::os::fd::AsRawFd;
+        let socket = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let fd = socket.as_raw_fd();
+        let option = |name| {
+            let mut value: libc::c_int = 0;
+            let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+            // SAFETY: getsockopt into a c_int of the stated size.
+            let rc = unsafe {
+                libc::getsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    name,
+                    (&mut value as *mut libc::c_int).cast(),
+                    &mut len,
+                )
+            };
+            (rc == 0).then_some(value)
+        };
+        if option(libc::SO_RXQ_OVFL) != Some(1) {
+            eprintln!("SO_RXQ_OVFL not supported by this kernel/sandbox: test skipped");
+            return;
+        }
+        let small: libc::c_int = 4096; // the kernel doubles it; its floor is ~4.6 KiB
+                                       // SAFETY: setsockopt with a pointer to a c_int of the stated size.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                (&small as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0);
+        let to = socket.local_addr().unwrap();
+        let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        for _ in 0..200 {
+            sender.send_to(&[b'x'; 100], to).unwrap();
+        }
+        // Those kept were queued before the drops; the next one tells them.
+        let mut batch = RecvBatch::new();
+        let mut drops = KernelDrops::default();
+        let kept = batch.receive(fd, true).unwrap();
+        assert!(kept > 0 && kept < 200, "{kept} of 200 datagrams kept");
+        let mut dropped: u64 = (0..kept).map(|i| drops.saw(batch.control(i).drops)).sum();
+        sender.send_to(b"next", to).unwrap();
+        let n = batch.receive(fd, true).unwrap();
+        dropped += (0..n)
+            .map(|i| drops.saw(batch.control(i).drops))
+            .sum::<u64>();
+        assert_eq!(dropped as usize, 200 - kept, "{kept} kept of 200");
+    }
+
+    #[test]
+    fn drop_counts_grow_by_their_difference_and_wrap() {
+        let mut drops = KernelDrops::default();
+        assert_eq!(drops.saw(None), 0);
+        assert_eq!(drops.saw(Some(5)), 5);
+        assert_eq!(drops.saw(Some(5)), 0);
+        assert_eq!(drops.saw(None), 0);
+        assert_eq!(drops.saw(Some(9)), 4);
+        drops.last = u32::MAX - 1;
+        assert_eq!(drops.saw(Some(2)), 4);
     }
 
     #[test]

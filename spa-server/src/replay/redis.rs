@@ -12,10 +12,11 @@ use super::{PacketDigest, ReplayError, ReplayStore};
 use crate::config::redact_url;
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use spa_core::Clock;
 use std::fmt::Write;
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// A knock waits at most this long for Redis; then it is refused, not granted.
@@ -34,6 +35,8 @@ pub struct RedisStore {
     recorded: AtomicUsize,
     /// Digests known to be in Redis, with the Unix second Redis expires them.
     known: Mutex<lru::LruCache<PacketDigest, u64>>,
+    /// Tells when a remembered digest has expired in Redis.
+    clock: Arc<dyn Clock>,
 }
 
 impl RedisStore {
@@ -42,6 +45,7 @@ impl RedisStore {
         url: &str,
         key_prefix: &str,
         keep_for: Option<u64>,
+        clock: Arc<dyn Clock>,
     ) -> Result<RedisStore, ReplayError> {
         let shown = redact_url(url);
         let client = redis::Client::open(url)
@@ -61,6 +65,7 @@ impl RedisStore {
             known: Mutex::new(lru::LruCache::new(
                 NonZeroUsize::new(LOCAL_HINTS).expect("non-zero"),
             )),
+            clock,
         })
     }
 
@@ -115,7 +120,7 @@ impl ReplayStore for RedisStore {
         let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
         known
             .peek(digest)
-            .is_some_and(|&expires| crate::capture::unix_now() <= expires)
+            .is_some_and(|&expires| self.clock.now() <= expires)
     }
 
     /// Redis expires the keys itself.

@@ -22,11 +22,13 @@
 mod rule;
 mod socket;
 
-use super::{count_packet, offer, unix_now};
+use super::{count_packet, offer};
 use crate::config::ActionConfig;
 use crate::pipeline::{Pipeline, Received};
 use serde::{Deserialize, Serialize};
+use spa_core::Clock;
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
 use tokio::io::unix::AsyncFd;
 use tokio_util::sync::CancellationToken;
 
@@ -177,51 +179,77 @@ impl Settings {
     }
 }
 
-/// Listen on the queue, then add the rule; the task stops at `shutdown`, after
-/// removing the rule and giving every queued packet its verdict.
-pub async fn spawn(
-    settings: Settings,
-    actions: &[ActionConfig],
-    pipeline: Pipeline,
-    shutdown: CancellationToken,
-) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    settings
-        .check()
-        .map_err(|b| anyhow::anyhow!("nfqueue capture: {}: {}", b.field, b.message))?;
-    let tool = RuleTool::for_capture(&settings, actions);
-    let maker = rule::Maker {
-        tool,
-        iptables: iptables_program(actions),
-    };
-    let queue = Listener::bind(settings.queue)?;
-    let for_rule = settings.clone();
-    let rule =
-        tokio::task::spawn_blocking(move || rule::QueueRule::install(&for_rule, maker)).await??;
-    tracing::info!(
-        "nfqueue: listening on queue {} for udp/{}{} (rule: {tool:?})",
-        settings.queue,
-        settings.port,
-        settings
-            .interface
-            .as_deref()
-            .map(|i| format!(" on `{i}`"))
-            .unwrap_or_default()
-    );
-    Ok(tokio::spawn(run(queue, rule, pipeline, shutdown)))
+/// The NFQUEUE capture: the queue bound and its rule in place.
+pub struct NfqueueCapture {
+    queue: Listener,
+    rule: rule::QueueRule,
+    clock: Arc<dyn Clock>,
 }
 
-async fn run(
-    mut queue: Listener,
-    rule: rule::QueueRule,
-    mut pipeline: Pipeline,
-    shutdown: CancellationToken,
-) {
+impl NfqueueCapture {
+    /// Listen on the queue, then add the rule. Packets queued before the
+    /// capture starts wait in the kernel's queue; dropped unstarted, the rule
+    /// is removed.
+    pub async fn open(
+        settings: Settings,
+        actions: &[ActionConfig],
+        clock: Arc<dyn Clock>,
+    ) -> anyhow::Result<NfqueueCapture> {
+        settings
+            .check()
+            .map_err(|b| anyhow::anyhow!("nfqueue capture: {}: {}", b.field, b.message))?;
+        let tool = RuleTool::for_capture(&settings, actions);
+        let maker = rule::Maker {
+            tool,
+            iptables: iptables_program(actions),
+        };
+        let queue = Listener::bind(settings.queue)?;
+        let for_rule = settings.clone();
+        let rule = tokio::task::spawn_blocking(move || rule::QueueRule::install(&for_rule, maker))
+            .await??;
+        tracing::info!(
+            "nfqueue: listening on queue {} for udp/{}{} (rule: {tool:?})",
+            settings.queue,
+            settings.port,
+            settings
+                .interface
+                .as_deref()
+                .map(|i| format!(" on `{i}`"))
+                .unwrap_or_default()
+        );
+        Ok(NfqueueCapture { queue, rule, clock })
+    }
+}
+
+impl super::Capture for NfqueueCapture {
+    fn name(&self) -> &'static str {
+        CAPTURE
+    }
+
+    /// The task stops at `shutdown`, after removing the rule and giving every
+    /// queued packet its verdict.
+    fn start(
+        self: Box<Self>,
+        pipeline: Pipeline,
+        shutdown: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(run(*self, pipeline, shutdown))
+    }
+}
+
+async fn run(capture: NfqueueCapture, mut pipeline: Pipeline, shutdown: CancellationToken) {
+    let NfqueueCapture {
+        mut queue,
+        rule,
+        clock,
+    } = capture;
+    let clock = &*clock;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
             ready = queue.readiness.readable() => match ready {
                 Ok(mut guard) => {
-                    if drain(&mut queue.queue, &mut pipeline, BATCH).await == Drained::Empty {
+                    if drain(&mut queue.queue, &mut pipeline, clock, BATCH).await == Drained::Empty {
                         guard.clear_ready();
                     }
                 }
@@ -236,7 +264,13 @@ async fn run(
     if let Err(e) = tokio::task::spawn_blocking(move || drop(rule)).await {
         tracing::warn!("nfqueue: removing the rule failed: {e}");
     }
-    drain(&mut queue.queue, &mut pipeline, 2 * QUEUE_MAX_LEN as usize).await;
+    drain(
+        &mut queue.queue,
+        &mut pipeline,
+        clock,
+        2 * QUEUE_MAX_LEN as usize,
+    )
+    .await;
 }
 
 /// Messages handled per wake-up, so a flood cannot keep the task from shutdown.
@@ -311,7 +345,12 @@ impl Listener {
 }
 
 /// Read up to `limit` queued packets, hand each on, give each its verdict.
-async fn drain(queue: &mut nfq::Queue, pipeline: &mut Pipeline, limit: usize) -> Drained {
+async fn drain(
+    queue: &mut nfq::Queue,
+    pipeline: &mut Pipeline,
+    clock: &dyn Clock,
+    limit: usize,
+) -> Drained {
     for _ in 0..limit {
         let mut msg = match queue.recv() {
             Ok(m) => m,
@@ -323,7 +362,7 @@ async fn drain(queue: &mut nfq::Queue, pipeline: &mut Pipeline, limit: usize) ->
                 continue;
             }
         };
-        hand_on(pipeline, msg.get_payload()).await;
+        hand_on(pipeline, msg.get_payload(), clock.now()).await;
         msg.set_verdict(verdict_for_hook(msg.get_hook()));
         if let Err(e) = queue.verdict(msg) {
             tracing::warn!("nfqueue: verdict not delivered: {e}");
@@ -342,7 +381,7 @@ fn verdict_for_hook(hook: u8) -> nfq::Verdict {
 }
 
 /// One queued IP packet into the pipeline, screened like every capture's.
-async fn hand_on(pipeline: &mut Pipeline, ip_packet: &[u8]) {
+async fn hand_on(pipeline: &mut Pipeline, ip_packet: &[u8], received_at: u64) {
     count_packet(CAPTURE);
     // The payload is the IP packet: the pcap capture's parser for raw IP frames.
     let Some((bytes, peer, destination)) = super::pcap::frame_parts(pcap::Linktype::RAW, ip_packet)
@@ -354,7 +393,7 @@ async fn hand_on(pipeline: &mut Pipeline, ip_packet: &[u8]) {
         peer,
         forwarded_for: None,
         destination: Some(destination),
-        received_at: unix_now(),
+        received_at,
         capture: CAPTURE,
     };
     offer(pipeline, received).await;
