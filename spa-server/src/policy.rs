@@ -253,6 +253,7 @@ impl Grant {
                     port: p.port,
                     nat: nat.clone(),
                     destination: self.destination,
+                    source_port: None,
                 },
                 timeout_secs: self.timeout_secs,
                 expires_at: now + u64::from(self.timeout_secs),
