@@ -487,8 +487,12 @@ pub fn pinned(
     assert_probe(probe, &elsewhere, false, "pinned: another source port");
     assert_probe(probe, &plain, false, "pinned: an ephemeral source port");
     assert_probe(probe, &pinned, true, "pinned: the pinned source port");
-    fw.revoke(std::slice::from_ref(&pinned)).expect("revoke pinned");
-    assert!(rules_of(&mut *fw).is_empty(), "pinned: listing after revoke");
+    fw.revoke(std::slice::from_ref(&pinned))
+        .expect("revoke pinned");
+    assert!(
+        rules_of(&mut *fw).is_empty(),
+        "pinned: listing after revoke"
+    );
     fw.flush().expect("flush");
     fw.shutdown().expect("shutdown");
     println!("conformance[{name}] pinned ok: only source port {pin} gets in");

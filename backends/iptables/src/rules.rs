@@ -172,9 +172,7 @@ pub fn role_spec(role: Role, rule: &Rule, expires_at: u64, target: &str) -> Vec<
             Role::Docker => {
                 words.extend(["-m", "conntrack"].map(String::from));
                 words.extend(pinned("--ctorigsrcport"));
-                words.extend(
-                    ["--ctorigdstport", &port, "--ctdir", "ORIGINAL"].map(String::from),
-                );
+                words.extend(["--ctorigdstport", &port, "--ctdir", "ORIGINAL"].map(String::from));
             }
             Role::Output => {
                 words.extend(["-m", proto, "--sport", &port].map(String::from));
@@ -342,13 +340,14 @@ mod tests {
             "{docker}"
         );
         for spec in [spec, reply, docker] {
-            assert_eq!(parse_grant(&spec), Some((r.clone(), 1_700_000_030)), "{spec}");
+            assert_eq!(
+                parse_grant(&spec),
+                Some((r.clone(), 1_700_000_030)),
+                "{spec}"
+            );
         }
         // An unpinned grant's comment is as before.
-        assert_eq!(
-            comment(&r.clone().pinned(None), 5),
-            expiry_comment(5)
-        );
+        assert_eq!(comment(&r.clone().pinned(None), 5), expiry_comment(5));
     }
 
     const LISTING: &str = "\

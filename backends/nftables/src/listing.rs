@@ -199,7 +199,10 @@ mod tests {
         assert_eq!(s.existing.chains.get("input"), Some(&Some(-10)));
         assert!(s.existing.sets.contains("protected"));
         assert_eq!(s.grants.len(), 4, "{:?}", s.grants);
-        assert_eq!(s.grants[3].rule.to_string(), "10.0.0.4 port 40123 -> tcp/22");
+        assert_eq!(
+            s.grants[3].rule.to_string(),
+            "10.0.0.4 port 40123 -> tcp/22"
+        );
         assert_eq!(s.grants[3].remaining_secs, Some(50));
         assert_eq!(s.grants[0].rule.to_string(), "10.0.0.1 -> tcp/22");
         assert_eq!(s.grants[0].remaining_secs, Some(59));

@@ -165,9 +165,9 @@ pub fn setup_ruleset(
             })));
             continue;
         }
-        let Some(id) = SetId::parse(name).filter(|s| {
-            !Kind::PLAIN.contains(&s.kind) && !wanted_sets.contains(name)
-        }) else {
+        let Some(id) = SetId::parse(name)
+            .filter(|s| !Kind::PLAIN.contains(&s.kind) && !wanted_sets.contains(name))
+        else {
             continue;
         };
         let set = Set {

@@ -213,7 +213,11 @@ fn probe(dir: &Path, args: &[String]) {
             src,
             proto,
             port,
-            Some(sport.parse::<u16>().unwrap_or_else(|_| die("bad probe source port"))),
+            Some(
+                sport
+                    .parse::<u16>()
+                    .unwrap_or_else(|_| die("bad probe source port")),
+            ),
         ),
         _ => die("usage: --probe SRC PROTO PORT [SPORT]"),
     };
