@@ -107,6 +107,10 @@ pub struct Rule {
     /// the server (the knock's own destination). `None`: any address. A backend
     /// that cannot match it must refuse the rule, never drop the match.
     pub destination: Option<IpAddr>,
+    /// Source-port pinning (postern's native protocol): the grant matches only
+    /// connections from this source port of `source`. `None`: any source port.
+    /// A backend that cannot match it must refuse the rule, never drop the match.
+    pub source_port: Option<u16>,
 }
 
 /// A part of a [`Rule`] some backends cannot render.
@@ -116,6 +120,8 @@ pub enum RuleFeature {
     Destination,
     /// [`NatRule::forward_all`] (FORWARD_ALL).
     ForwardAll,
+    /// [`Rule::source_port`] (a native knock's pinned source port).
+    SourcePort,
 }
 
 impl RuleFeature {
@@ -123,6 +129,7 @@ impl RuleFeature {
         match self {
             RuleFeature::Destination => rule.destination.is_some(),
             RuleFeature::ForwardAll => rule.nat.as_ref().is_some_and(|n| n.forward_all),
+            RuleFeature::SourcePort => rule.source_port.is_some(),
         }
     }
 
@@ -132,6 +139,7 @@ impl RuleFeature {
                 "grants bound to the packet's destination address (ENABLE_DESTINATION_RULE)"
             }
             RuleFeature::ForwardAll => "forwarding all ports (FORWARD_ALL)",
+            RuleFeature::SourcePort => "grants pinned to a source port (--pin-source-port)",
         }
     }
 }
@@ -151,7 +159,31 @@ impl Rule {
             port,
             nat: None,
             destination: None,
+            source_port: None,
         }
+    }
+
+    /// This rule pinned to `source_port` (or not, with `None`).
+    pub fn pinned(self, source_port: Option<u16>) -> Rule {
+        Rule {
+            source_port,
+            ..self
+        }
+    }
+
+    /// [`FirewallError::Unsupported`] for a pinned rule that also uses NAT, a
+    /// destination or FORWARD_ALL, for backends that pin plain grants only.
+    pub fn refuse_pinned_unless_plain(&self, backend: &'static str) -> FwResult<()> {
+        if self.source_port.is_some() && (self.nat.is_some() || self.destination.is_some()) {
+            return Err(FirewallError::Unsupported {
+                backend,
+                what: format!(
+                    "{} with NAT or a destination address ({self})",
+                    RuleFeature::SourcePort.describe()
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// [`FirewallError::Unsupported`] if the rule uses one of `missing`, which
@@ -169,7 +201,11 @@ impl Rule {
 
 impl fmt::Display for Rule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} -> {}/{}", self.source, self.proto, self.port)?;
+        write!(f, "{}", self.source)?;
+        if let Some(sport) = self.source_port {
+            write!(f, " port {sport}")?;
+        }
+        write!(f, " -> {}/{}", self.proto, self.port)?;
         if let Some(d) = self.destination {
             write!(f, " at {d}")?;
         }

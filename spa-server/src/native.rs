@@ -99,7 +99,7 @@ pub fn stanza_for(stanzas: &[AccessStanza], client: &str, source: IpAddr) -> Opt
 }
 
 /// Why a stanza refuses a packet its client sealed, if it does: the suite
-/// it requires, the TOTP code, a pinned source port (not served yet).
+/// it requires, the TOTP code.
 pub fn stanza_refuses(
     stanza: &AccessStanza,
     opened: &Opened,
@@ -127,10 +127,6 @@ pub fn stanza_refuses(
             }
             _ => {}
         }
-    }
-    if opened.payload.source_port.is_some() {
-        // A grant without the pin would open more than was asked.
-        return Some("source-port pinning is not served by this posternd yet".into());
     }
     None
 }

@@ -210,9 +210,19 @@ pub struct Grant {
     stanza: usize,
     username: String,
     cmd_cycle: Option<CmdCycle>,
+    /// Only connections from this source port (a native knock's pin).
+    source_port: Option<u16>,
 }
 
 impl Grant {
+    /// Pin the grant's openings to the client's source port (native knocks).
+    pub fn pinned_to(self, source_port: Option<u16>) -> Grant {
+        Grant {
+            source_port,
+            ..self
+        }
+    }
+
     /// The address that gets access (the packet's allow-IP, or its sender for 0.0.0.0).
     pub fn source(&self) -> IpAddr {
         self.source
@@ -253,6 +263,7 @@ impl Grant {
                     port: p.port,
                     nat: nat.clone(),
                     destination: self.destination,
+                    source_port: self.source_port,
                 },
                 timeout_secs: self.timeout_secs,
                 expires_at: now + u64::from(self.timeout_secs),
@@ -433,6 +444,7 @@ pub fn evaluate(settings: &PolicySettings, req: &Request) -> Result<Grant, Denia
         stanza: req.stanza_index,
         username: msg.username.clone(),
         cmd_cycle,
+        source_port: None,
     })
 }
 

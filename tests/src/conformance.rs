@@ -42,12 +42,15 @@
 //! 7. `revoke`, also of rules that are not there.
 //! 8. `flush` removes everything, the backend stays usable; `shutdown` is Ok.
 //!
+//! [`pinned`] is a further case for backends that get grants pinned to a
+//! source port (postern's native protocol).
+//!
 //! For kernel-expiring backends listed expiries may be off by the real time the
 //! battery has taken so far (a kernel timeout starts when the grant is made),
 //! plus 2 s of rounding.
 
 use crate::{pair, tcp_listen, wait_until, ChildGuard, GuardInner, Netns, Pair};
-use spa_core::firewall::{Firewall, NatRule, Opening, Rule};
+use spa_core::firewall::{Firewall, NatRule, Opening, Rule, RuleFeature};
 use spa_core::request::Proto;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -447,6 +450,54 @@ pub fn run(
     step(8, "flush, usable afterwards, shutdown");
 }
 
+/// Source-port pinning, run after [`run`] on a clean firewall: a grant pinned
+/// to source port `pin` lets a connection from that port in, and one from
+/// `other` (same address, same destination port) stays closed; the listing
+/// returns the pinned rule; revoking it closes it. A backend that does not
+/// [`support`](Firewall::supports) pinning must refuse the grant with an
+/// error naming the source port, and change nothing. `probe` must connect
+/// from `rule.source_port` when it is set.
+pub fn pinned(
+    make: &mut dyn FnMut() -> Box<dyn Firewall>,
+    probe: &mut dyn FnMut(&Rule) -> bool,
+    now: u64,
+    (pin, other): (u16, u16),
+) {
+    let mut fw = make();
+    let name = fw.name();
+    fw.init(now).expect("init");
+    let plain = rule("203.0.113.9", Proto::Tcp, 8080);
+    let pinned = plain.clone().pinned(Some(pin));
+    let elsewhere = plain.clone().pinned(Some(other));
+    assert_probe(probe, &pinned, false, "pinned: before the grant");
+    if !fw.supports(RuleFeature::SourcePort) {
+        let e = fw
+            .grant(&[opening(&pinned, now, 300)])
+            .expect_err("a backend without pinning must refuse a pinned grant")
+            .to_string();
+        assert!(e.contains("source port"), "pinned refused: {e}");
+        assert!(rules_of(&mut *fw).is_empty(), "pinned refused: listing");
+        assert_probe(probe, &pinned, false, "pinned refused");
+        println!("conformance[{name}] pinned ok: refused ({e})");
+        return;
+    }
+    fw.grant(&[opening(&pinned, now, 300)])
+        .expect("grant pinned");
+    assert_eq!(rules_of(&mut *fw), vec![pinned.clone()], "pinned: listing");
+    assert_probe(probe, &elsewhere, false, "pinned: another source port");
+    assert_probe(probe, &plain, false, "pinned: an ephemeral source port");
+    assert_probe(probe, &pinned, true, "pinned: the pinned source port");
+    fw.revoke(std::slice::from_ref(&pinned))
+        .expect("revoke pinned");
+    assert!(
+        rules_of(&mut *fw).is_empty(),
+        "pinned: listing after revoke"
+    );
+    fw.flush().expect("flush");
+    fw.shutdown().expect("shutdown");
+    println!("conformance[{name}] pinned ok: only source port {pin} gets in");
+}
+
 /// A client/server [`Pair`] made for the battery with real connections: every
 /// address of [`SOURCES`] on the client's interface (routed back from the
 /// server), a TCP listener on each TCP port of [`PORTS`] and a UDP echo on each
@@ -520,9 +571,10 @@ impl BatteryNet {
             IpAddr::V6(_) => self.pair.server_ip6.into(),
         };
         let (source, proto, port, timeout) = (rule.source, rule.proto, rule.port, self.timeout);
+        let from = SocketAddr::new(source, rule.source_port.unwrap_or(0));
         let to = SocketAddr::new(dest, port);
         self.pair.client.in_ns(move || match proto {
-            Proto::Tcp => tcp_connect_from(source, to, timeout),
+            Proto::Tcp => tcp_connect_bound(from, to, timeout),
             Proto::Udp => udp_answered_from(source, to, timeout),
         })
     }
@@ -623,6 +675,13 @@ fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
 /// One TCP connection attempt from `source` (any port) to `to`, in the calling
 /// thread's namespace; true if it was established within `timeout`.
 pub fn tcp_connect_from(source: IpAddr, to: SocketAddr, timeout: Duration) -> bool {
+    tcp_connect_bound(SocketAddr::new(source, 0), to, timeout)
+}
+
+/// [`tcp_connect_from`] from the address and port `from` (port 0: any), with
+/// SO_REUSEADDR so a port used before can be bound again.
+pub fn tcp_connect_bound(from: SocketAddr, to: SocketAddr, timeout: Duration) -> bool {
+    let source = from.ip();
     use std::os::fd::FromRawFd;
     let domain = if to.is_ipv4() {
         libc::AF_INET
@@ -641,7 +700,15 @@ pub fn tcp_connect_from(source: IpAddr, to: SocketAddr, timeout: Duration) -> bo
             return false;
         }
         let stream = TcpStream::from_raw_fd(fd);
-        let (local, len) = sockaddr(SocketAddr::new(source, 0));
+        let one: libc::c_int = 1;
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            &one as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+        let (local, len) = sockaddr(from);
         if libc::bind(fd, &local as *const _ as *const libc::sockaddr, len) != 0 {
             panic!(
                 "bind to {source}: {} (is the address on the client?)",

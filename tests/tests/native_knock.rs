@@ -11,7 +11,8 @@
 //!   while another still opens;
 //! - REQUIRE_TOTP: a wrong code is refused, the current one opens;
 //! - the packet sets `user` in the audit log to the client's name;
-//! - over the TCP capture (`-P tcp`) too, binary as the packet is.
+//! - over the TCP capture (`-P tcp`) too, binary as the packet is;
+//! - `--pin-source-port`: only connections from that source port get in.
 
 use postern_e2e::posternd::{
     nftables_action, postern_toml, runnable, tcp_capture, udp_capture, udp_send_all, ConfDir,
@@ -354,4 +355,40 @@ fn a_native_knock_over_tcp_opens() {
         );
         assert!(n.closes(), "{}", n.context("not closed after the timeout"));
     }
+}
+
+/// A connection from the client namespace to the service from `source_port`
+/// (0: any).
+fn connects_from(n: &Native, source_port: u16) -> bool {
+    let from = SocketAddr::from((n.svc.pair.client_ip, source_port));
+    let to = SocketAddr::from((n.svc.pair.server_ip, n.svc.port));
+    n.svc.client().in_ns(move || {
+        postern_e2e::conformance::tcp_connect_bound(from, to, Duration::from_millis(400))
+    })
+}
+
+#[test]
+fn a_pinned_knock_lets_in_only_its_source_port() {
+    if !runnable(&["nft"]) {
+        return;
+    }
+    const PIN: u16 = 40123;
+    let n = Native::start("np", 22135, &[("erin", false)], "NATIVE_CLIENTS erin\n");
+    n.knock_ok("erin", &["--pin-source-port", &PIN.to_string()]);
+    assert!(
+        postern_e2e::wait_until(Duration::from_secs(5), Duration::from_millis(100), || {
+            connects_from(&n, PIN)
+        }),
+        "{}",
+        n.context("the pinned port did not get in")
+    );
+    for other in [PIN + 1, 0] {
+        assert!(
+            !connects_from(&n, other),
+            "{}",
+            n.context(&format!("source port {other} got in past a pin to {PIN}"))
+        );
+    }
+    let rules = n.svc.nft_ruleset();
+    assert!(rules.contains(&PIN.to_string()), "{rules}");
 }

@@ -584,6 +584,8 @@ impl Firewall for FirewalldBackend {
 
     fn grant(&mut self, openings: &[Opening]) -> FwResult<()> {
         for o in openings {
+            // A rich rule has one element: `port` or `source-port`, never both.
+            o.rule.refuse(BACKEND, &[RuleFeature::SourcePort])?;
             self.validate_opening(o)?;
         }
         if openings.is_empty() {
@@ -697,10 +699,13 @@ impl Firewall for FirewalldBackend {
     }
 
     /// Rich rules take a destination address, and FORWARD_ALL is a forward-port
-    /// of every TCP and UDP port (to this host it is refused per grant).
+    /// of every TCP and UDP port (to this host it is refused per grant). A
+    /// pinned source port is refused: a rich rule holds one element, `port`
+    /// or `source-port`, so it cannot match both ports of a pinned grant.
     fn supports(&self, feature: RuleFeature) -> bool {
         match feature {
             RuleFeature::Destination | RuleFeature::ForwardAll => true,
+            RuleFeature::SourcePort => false,
         }
     }
 

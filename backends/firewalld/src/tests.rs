@@ -5,7 +5,7 @@ use crate::api::{ApiError, ApiResult, FirewalldApi};
 use crate::config::{FamilyFilter, FirewalldConfig};
 use crate::rich::{render, SourceForm};
 use crate::FirewalldBackend;
-use spa_core::firewall::{Firewall, FirewallError, NatRule, Opening, Rule, Snat};
+use spa_core::firewall::{Firewall, FirewallError, NatRule, Opening, Rule, RuleFeature, Snat};
 use spa_core::request::Proto;
 use std::cell::Cell;
 use std::collections::BTreeMap;
@@ -226,6 +226,27 @@ fn grant_adds_one_timed_rule_to_the_default_zone() {
     );
     advance(10);
     assert_eq!(b.list().unwrap()[0].timeout_secs, 20);
+}
+
+/// A rich rule cannot match a source port and a destination port at once:
+/// a pinned grant is refused naming the backend, and nothing of its batch is made.
+#[test]
+fn pinned_grants_are_refused_and_nothing_of_the_batch_is_made() {
+    let (mut b, fake) = backend();
+    assert!(!b.supports(RuleFeature::SourcePort));
+    let mut pinned = opening("192.0.2.8", 22, 30);
+    pinned.rule.source_port = Some(40022);
+    let e = b
+        .grant(&[opening("192.0.2.7", 22, 30), pinned])
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        e,
+        "backend `firewalld` does not support grants pinned to a source port \
+         (--pin-source-port) (192.0.2.8 port 40022 -> tcp/22)"
+    );
+    assert!(fake.calls().is_empty());
+    assert!(fake.rules("public").is_empty());
 }
 
 #[test]

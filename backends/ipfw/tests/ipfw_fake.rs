@@ -91,6 +91,7 @@ fn conformance_battery() {
     let mut make = || Box::new(IpfwBackend::system(&cfg).unwrap()) as Box<dyn Firewall>;
     let mut probe = |r: &Rule| fake.probe(r);
     conformance::run(&mut make, &mut probe, NOW);
+    conformance::pinned(&mut make, &mut probe, NOW, (40022, 40023));
     // The admin's rules are where they were.
     let list = fake.list();
     assert!(

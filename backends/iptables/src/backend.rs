@@ -276,6 +276,7 @@ impl IptablesBackend {
     /// Refuse a grant this configuration cannot make, before anything runs.
     fn check(&self, rule: &Rule) -> FwResult<usize> {
         let family = self.family_of(rule.source)?;
+        rule.refuse_pinned_unless_plain(BACKEND)?;
         if self.docker() {
             // DOCKER-USER sees packets after Docker's DNAT: their destination
             // is no longer the address the client knocked at.
@@ -788,7 +789,7 @@ impl Firewall for IptablesBackend {
     fn supports(&self, feature: RuleFeature) -> bool {
         match feature {
             RuleFeature::Destination => !self.docker(),
-            RuleFeature::ForwardAll => true,
+            RuleFeature::ForwardAll | RuleFeature::SourcePort => true,
         }
     }
 

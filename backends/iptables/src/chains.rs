@@ -197,6 +197,7 @@ mod tests {
                 forward_all: false,
             }),
             destination: None,
+            source_port: None,
         }
     }
 

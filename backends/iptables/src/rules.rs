@@ -12,7 +12,10 @@
 //! A grant bound to the packet's destination (ENABLE_DESTINATION_RULE) has
 //! `_dst_<addr>` right after the expiry, and a FORWARD_ALL grant, whose rules
 //! name no protocol, `_p_<proto>`: every rule of a grant then reads back as the
-//! same grant. fwknopd reads such a comment as a plain expiry.
+//! same grant. A grant pinned to the client's source port (postern's native
+//! protocol) has `_sport_<port>` after that, and its rules match the port
+//! (`--sport`, the reply's `--dport`, DOCKER-USER's `--ctorigsrcport`).
+//! fwknopd reads such a comment as a plain expiry.
 
 use crate::chains::Role;
 use spa_core::firewall::{NatRule, Opening, Rule, Snat};
@@ -30,6 +33,9 @@ pub fn comment(rule: &Rule, expires_at: u64) -> String {
     let mut text = expiry_comment(expires_at);
     if let Some(dst) = rule.destination {
         text.push_str(&format!("_dst_{dst}"));
+    }
+    if let Some(sport) = rule.source_port {
+        text.push_str(&format!("_sport_{sport}"));
     }
     if let Some(nat) = &rule.nat {
         if nat.forward_all {
@@ -53,6 +59,8 @@ pub struct Comment {
     pub destination: Option<IpAddr>,
     /// The protocol of a FORWARD_ALL grant (its rules name none).
     pub proto: Option<Proto>,
+    /// A grant pinned to the client's source port.
+    pub source_port: Option<u16>,
     /// For a postern NAT rule: the grant's port and NAT.
     pub nat: Option<(u16, NatRule)>,
 }
@@ -65,6 +73,7 @@ pub fn parse_comment(comment: &str) -> Option<Comment> {
         expires_at: digits.parse().ok()?,
         destination: None,
         proto: None,
+        source_port: None,
         nat: None,
     };
     let mut rest = &after[digits.len()..];
@@ -80,6 +89,9 @@ pub fn parse_comment(comment: &str) -> Option<Comment> {
     };
     if let Some(dst) = segment("dst", &mut rest) {
         parsed.destination = Some(dst.parse().ok()?);
+    }
+    if let Some(sport) = segment("sport", &mut rest) {
+        parsed.source_port = Some(sport.parse().ok()?);
     }
     if let Some(proto) = segment("p", &mut rest) {
         parsed.proto = Some(proto.parse().ok()?);
@@ -148,21 +160,29 @@ pub fn role_spec(role: Role, rule: &Rule, expires_at: u64, target: &str) -> Vec<
     if !all_ports {
         words.extend(["-p".into(), proto.into()]);
         let port = port.to_string();
+        // A pinned grant (plain only) also matches the client's port.
+        let pinned = |flag: &str| -> Vec<String> {
+            match rule.source_port {
+                Some(p) => vec![flag.to_string(), p.to_string()],
+                None => Vec::new(),
+            }
+        };
         match role {
             // DOCKER-USER runs after Docker's DNAT: match the port the client asked for.
-            Role::Docker => words.extend(
-                [
-                    "-m",
-                    "conntrack",
-                    "--ctorigdstport",
-                    &port,
-                    "--ctdir",
-                    "ORIGINAL",
-                ]
-                .map(String::from),
-            ),
-            Role::Output => words.extend(["-m", proto, "--sport", &port].map(String::from)),
-            _ => words.extend(["-m", proto, "--dport", &port].map(String::from)),
+            Role::Docker => {
+                words.extend(["-m", "conntrack"].map(String::from));
+                words.extend(pinned("--ctorigsrcport"));
+                words.extend(["--ctorigdstport", &port, "--ctdir", "ORIGINAL"].map(String::from));
+            }
+            Role::Output => {
+                words.extend(["-m", proto, "--sport", &port].map(String::from));
+                words.extend(pinned("--dport"));
+            }
+            _ => {
+                words.extend(["-m", proto].map(String::from));
+                words.extend(pinned("--sport"));
+                words.extend(["--dport", &port].map(String::from));
+            }
         }
     }
     words.extend([
@@ -257,9 +277,16 @@ fn parse_grant(spec: &str) -> Option<(Rule, u64)> {
         }
     }
     let c = parsed?;
-    let (source, port) = match (dport, sport) {
-        (None, Some(sport)) => (daddr?, Some(sport)),
-        _ => (saddr?, dport),
+    // An output rule is a grant's reply: from its port, to the pinned port if any.
+    let reply = match (dport, sport) {
+        (None, Some(_)) => true,
+        (Some(d), Some(_)) => saddr.is_none() && c.source_port == Some(d),
+        _ => false,
+    };
+    let (source, port) = if reply {
+        (daddr?, sport)
+    } else {
+        (saddr?, dport)
     };
     let (port, nat) = match c.nat {
         Some((port, nat)) => (port, Some(nat)),
@@ -272,6 +299,7 @@ fn parse_grant(spec: &str) -> Option<(Rule, u64)> {
             port,
             nat,
             destination: c.destination,
+            source_port: c.source_port,
         },
         c.expires_at,
     ))
@@ -290,6 +318,37 @@ fn parse_host(text: &str) -> Option<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pinned_grants_match_the_source_port_and_read_back() {
+        let r = Rule::new("192.0.2.7".parse().unwrap(), Proto::Tcp, 22).pinned(Some(40022));
+        let spec = join(&rule_spec(&r, 1_700_000_030, "ACCEPT"));
+        assert_eq!(
+            spec,
+            "-s 192.0.2.7/32 -p tcp -m tcp --sport 40022 --dport 22 -m comment \
+             --comment postern_exp_1700000030_sport_40022 -j ACCEPT"
+        );
+        let reply = join(&role_spec(Role::Output, &r, 1_700_000_030, "ACCEPT"));
+        assert_eq!(
+            reply,
+            "-d 192.0.2.7/32 -p tcp -m tcp --sport 22 --dport 40022 -m comment \
+             --comment postern_exp_1700000030_sport_40022 -j ACCEPT"
+        );
+        let docker = join(&role_spec(Role::Docker, &r, 1_700_000_030, "ACCEPT"));
+        assert!(
+            docker.contains("-m conntrack --ctorigsrcport 40022 --ctorigdstport 22"),
+            "{docker}"
+        );
+        for spec in [spec, reply, docker] {
+            assert_eq!(
+                parse_grant(&spec),
+                Some((r.clone(), 1_700_000_030)),
+                "{spec}"
+            );
+        }
+        // An unpinned grant's comment is as before.
+        assert_eq!(comment(&r.clone().pinned(None), 5), expiry_comment(5));
+    }
 
     const LISTING: &str = "\
 -N POSTERN_INPUT

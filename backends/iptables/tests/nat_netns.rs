@@ -56,6 +56,7 @@ fn nat_rule(source: IpAddr, to_addr: IpAddr, local: bool, snat: Option<Snat>) ->
             forward_all: false,
         }),
         destination: None,
+        source_port: None,
     }
 }
 

@@ -225,6 +225,8 @@ impl NftablesBackend {
     /// Checks a batch before anything is sent, so a bad opening rejects the
     /// whole batch and nothing of it is applied.
     fn check_family(&self, rule: &Rule) -> FwResult<()> {
+        // Pinned grants have one set, `grantspin`, for plain grants.
+        rule.refuse_pinned_unless_plain(BACKEND)?;
         if rule.nat.is_some() {
             // Only plain grants have a destination-bound set.
             rule.refuse(BACKEND, &[RuleFeature::Destination])?;
@@ -626,10 +628,12 @@ impl Firewall for NftablesBackend {
 
     /// Destination-bound grants: plain ones only (a `grantsdst` set), so not
     /// with NAT on. FORWARD_ALL: with NAT on (the `*all` sets and maps).
+    /// Pinned source ports: plain grants (a `grantspin` set).
     fn supports(&self, feature: RuleFeature) -> bool {
         match feature {
             RuleFeature::Destination => !self.config.nat,
             RuleFeature::ForwardAll => self.config.nat,
+            RuleFeature::SourcePort => true,
         }
     }
 

@@ -61,6 +61,9 @@ pub enum Kind {
     /// `saddr . daddr . proto . dport`: plain grants bound to the address the
     /// knock was sent to (ENABLE_DESTINATION_RULE).
     GrantsDst,
+    /// `saddr . proto . sport . dport`: plain grants pinned to the client's
+    /// source port (a native knock's `source_port`).
+    GrantsPin,
     /// `saddr . proto . to_port`: the input accept of local NAT.
     Local,
     /// `saddr . proto . port : to_addr`: DNAT address.
@@ -84,6 +87,9 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// The plain grant kinds (sets that always exist).
+    pub const PLAIN: [Kind; 3] = [Kind::Grants, Kind::GrantsDst, Kind::GrantsPin];
+
     /// The NAT kinds (sets that exist with `nat = true`).
     pub const NAT: [Kind; 10] = [
         Kind::Local,
@@ -102,6 +108,7 @@ impl Kind {
         match self {
             Kind::Grants => "grants",
             Kind::GrantsDst => "grantsdst",
+            Kind::GrantsPin => "grantspin",
             Kind::Local => "local",
             Kind::DnatAddr => "dnat",
             Kind::DnatPort => "dnatport",
@@ -157,7 +164,7 @@ impl SetId {
 
     /// The set named `name`, if it is one of postern's.
     pub fn parse(name: &str) -> Option<SetId> {
-        let all = [Kind::Grants, Kind::GrantsDst].into_iter().chain(Kind::NAT);
+        let all = Kind::PLAIN.into_iter().chain(Kind::NAT);
         all.flat_map(|k| Fam::ALL.map(|f| SetId::new(k, f)))
             .find(|s| s.name() == name)
     }
@@ -169,7 +176,11 @@ impl SetId {
             types.push(self.fam.addr_type());
         }
         if self.kind.has_ports() {
-            types.extend([SetType::InetProto, SetType::InetService]);
+            types.push(SetType::InetProto);
+            if self.kind == Kind::GrantsPin {
+                types.push(SetType::InetService);
+            }
+            types.push(SetType::InetService);
         }
         types
     }
@@ -183,6 +194,7 @@ impl SetId {
             Kind::DnatPort => Some(SetType::InetService),
             Kind::Grants
             | Kind::GrantsDst
+            | Kind::GrantsPin
             | Kind::Local
             | Kind::Fwd
             | Kind::Masq
@@ -237,6 +249,18 @@ fn key(addrs: &[IpAddr], proto: Proto, port: u16) -> (Vec<u8>, Expression<'stati
     (bytes, Expression::Named(NamedExpression::Concat(json)))
 }
 
+/// A pinned grant's key `addr . proto . sport . dport`, as bytes and as JSON.
+fn pinned_key(addr: IpAddr, proto: Proto, sport: u16, port: u16) -> (Vec<u8>, Expression<'static>) {
+    let (mut bytes, json) = key(&[addr], proto, sport);
+    bytes.extend_from_slice(&port.to_be_bytes());
+    bytes.extend_from_slice(&[0, 0]);
+    let Expression::Named(NamedExpression::Concat(mut parts)) = json else {
+        unreachable!("key() builds a concatenation")
+    };
+    parts.push(Expression::Number(u32::from(port)));
+    (bytes, Expression::Named(NamedExpression::Concat(parts)))
+}
+
 /// A key of addresses only (FORWARD_ALL): one address is a plain value, more
 /// a concatenation.
 fn addr_key(addrs: &[IpAddr]) -> (Vec<u8>, Expression<'static>) {
@@ -262,7 +286,8 @@ pub fn key_bytes(rule: &Rule) -> Vec<u8> {
 
 /// The elements a rule is made of, in set order:
 /// - plain: `grants` (`source . proto . port`), or with a destination
-///   `grantsdst` (`source . destination . proto . port`);
+///   `grantsdst` (`source . destination . proto . port`), or pinned to a source
+///   port `grantspin` (`source . proto . source_port . port`);
 /// - local NAT: `local` (`source . proto . to_port`), and unless DISABLE_DNAT
 ///   `dnat`/`dnatport` (`source . proto . port` → `to_addr`, `to_port`); SNAT does
 ///   not apply to locally delivered traffic and is ignored;
@@ -284,6 +309,15 @@ pub fn elements(rule: &Rule) -> Vec<Element> {
         comment: comment.clone(),
     };
     let Some(nat) = &rule.nat else {
+        if let Some(sport) = rule.source_port {
+            // The caller refuses a pinned rule with a destination.
+            return vec![element(
+                Kind::GrantsPin,
+                pinned_key(rule.source, rule.proto, sport, rule.port),
+                None,
+                &None,
+            )];
+        }
         if let Some(dst) = rule.destination {
             return vec![element(
                 Kind::GrantsDst,
@@ -383,8 +417,29 @@ mod tests {
     }
 
     #[test]
+    fn pinned_key_is_four_padded_registers() {
+        let r = rule("10.1.2.3", Proto::Tcp, 22).pinned(Some(0xabcd));
+        let e = elements(&r);
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].set.name(), "grantspin4");
+        assert_eq!(
+            e[0].key,
+            [10, 1, 2, 3, 6, 0, 0, 0, 0xab, 0xcd, 0, 0, 0, 22, 0, 0]
+        );
+        assert_eq!(
+            SetId::new(Kind::GrantsPin, Fam::V6).key_types(),
+            [
+                SetType::Ipv6Addr,
+                SetType::InetProto,
+                SetType::InetService,
+                SetType::InetService
+            ]
+        );
+    }
+
+    #[test]
     fn set_names_round_trip() {
-        for kind in [Kind::Grants, Kind::GrantsDst].into_iter().chain(Kind::NAT) {
+        for kind in Kind::PLAIN.into_iter().chain(Kind::NAT) {
             for fam in Fam::ALL {
                 let s = SetId::new(kind, fam);
                 assert_eq!(SetId::parse(&s.name()), Some(s));

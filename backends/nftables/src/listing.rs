@@ -113,11 +113,23 @@ fn parse_element(set: SetId, elem: &Value) -> Option<ListedGrant> {
         return parse_forward_all(val, remaining, comment?);
     }
     let parts = val.get("concat")?.as_array()?;
-    let expected = if set.kind.two_addrs() { 4 } else { 3 };
+    let expected = if set.kind.two_addrs() || set.kind == Kind::GrantsPin {
+        4
+    } else {
+        3
+    };
     if parts.len() != expected {
         return None;
     }
     let source: IpAddr = parts[0].as_str()?.parse().ok()?;
+    if set.kind == Kind::GrantsPin {
+        let rule = Rule::new(source, parse_proto(&parts[1])?, parse_port(&parts[3])?)
+            .pinned(Some(parse_port(&parts[2])?));
+        return Some(ListedGrant {
+            rule,
+            remaining_secs: remaining,
+        });
+    }
     let proto = parse_proto(&parts[expected - 2])?;
     let rule = if set.kind == Kind::Grants {
         Rule::new(source, proto, parse_port(&parts[expected - 1])?)
@@ -134,6 +146,7 @@ fn parse_element(set: SetId, elem: &Value) -> Option<ListedGrant> {
             port,
             nat: Some(nat),
             destination: None,
+            source_port: None,
         }
     };
     Some(ListedGrant {
@@ -173,6 +186,8 @@ mod tests {
                  {"concat": ["10.0.0.3", "udp", 53]}]}},
       {"set": {"family": "inet", "name": "grants6", "table": "postern", "type": ["ipv6_addr", "inet_proto", "inet_service"], "handle": 2, "flags": ["timeout"],
         "elem": [{"elem": {"val": {"concat": ["fd00::2", 17, 1194]}, "timeout": 30, "expires": 3}}]}},
+      {"set": {"family": "inet", "name": "grantspin4", "table": "postern", "type": ["ipv4_addr", "inet_proto", "inet_service", "inet_service"], "handle": 6, "flags": ["timeout"],
+        "elem": [{"elem": {"val": {"concat": ["10.0.0.4", "tcp", 40123, 22]}, "timeout": 60, "expires": 50}}]}},
       {"set": {"family": "inet", "name": "protected", "table": "postern", "type": ["inet_proto", "inet_service"], "handle": 3,
         "elem": [{"concat": ["tcp", 22]}]}},
       {"chain": {"family": "inet", "table": "postern", "name": "input", "handle": 4, "type": "filter", "hook": "input", "prio": -10, "policy": "accept"}},
@@ -183,7 +198,12 @@ mod tests {
         let s = parse_table(LISTED).unwrap();
         assert_eq!(s.existing.chains.get("input"), Some(&Some(-10)));
         assert!(s.existing.sets.contains("protected"));
-        assert_eq!(s.grants.len(), 3, "{:?}", s.grants);
+        assert_eq!(s.grants.len(), 4, "{:?}", s.grants);
+        assert_eq!(
+            s.grants[3].rule.to_string(),
+            "10.0.0.4 port 40123 -> tcp/22"
+        );
+        assert_eq!(s.grants[3].remaining_secs, Some(50));
         assert_eq!(s.grants[0].rule.to_string(), "10.0.0.1 -> tcp/22");
         assert_eq!(s.grants[0].remaining_secs, Some(59));
         assert_eq!(s.grants[1].remaining_secs, None);

@@ -165,9 +165,9 @@ pub fn setup_ruleset(
             })));
             continue;
         }
-        let Some(id) = SetId::parse(name).filter(|s| {
-            !matches!(s.kind, Kind::Grants | Kind::GrantsDst) && !wanted_sets.contains(name)
-        }) else {
+        let Some(id) = SetId::parse(name)
+            .filter(|s| !Kind::PLAIN.contains(&s.kind) && !wanted_sets.contains(name))
+        else {
             continue;
         };
         let set = Set {
@@ -220,10 +220,10 @@ fn fams(config: &NftablesConfig) -> Vec<Fam> {
     v
 }
 
-/// The plain grant sets the configured family has (any destination, and bound
-/// to a destination).
+/// The plain grant sets the configured family has (any destination, bound to
+/// a destination, pinned to a source port).
 pub fn grant_sets(config: &NftablesConfig) -> Vec<SetId> {
-    [Kind::Grants, Kind::GrantsDst]
+    Kind::PLAIN
         .into_iter()
         .flat_map(|k| fams(config).into_iter().map(move |f| SetId::new(k, f)))
         .collect()
@@ -345,8 +345,9 @@ fn preamble() -> Vec<Vec<Statement<'static>>> {
 /// 1. established/related accepted: a grant's expiry never cuts a live session,
 ///    and installing postern never cuts the admin's own SSH session;
 /// 2. loopback is not postern's business;
-/// 3. `saddr . l4proto . dport` in a grant set, or `saddr . daddr . l4proto .
-///    dport` in a destination-bound one → (mark and) accept;
+/// 3. `saddr . l4proto . dport` in a grant set, `saddr . daddr . l4proto .
+///    dport` in a destination-bound one, or `saddr . l4proto . sport . dport`
+///    in a pinned one → (mark and) accept;
 /// 4. with `nat`: `saddr . l4proto . dport` in a local-NAT set (the port DNAT
 ///    led to) → (mark and) accept;
 /// 5. with blocking enabled: `saddr` in `block4`/`block6` → drop (after the
@@ -360,6 +361,11 @@ fn input_rules(config: &NftablesConfig, fams: &[Fam]) -> Vec<Vec<Statement<'stat
             config,
             flow_key(f),
             SetId::new(Kind::GrantsDst, f),
+        ));
+        rules.push(accept_in(
+            config,
+            pinned_key(f),
+            SetId::new(Kind::GrantsPin, f),
         ));
     }
     if config.nat {
@@ -388,6 +394,11 @@ fn docker_rules(config: &NftablesConfig, fams: &[Fam]) -> Vec<Vec<Statement<'sta
             config,
             flow_key(f),
             SetId::new(Kind::GrantsDst, f),
+        ));
+        rules.push(accept_in(
+            config,
+            pinned_key(f),
+            SetId::new(Kind::GrantsPin, f),
         ));
         if config.nat {
             rules.push(accept_in(
@@ -430,6 +441,16 @@ fn host_key(f: Fam) -> Expression<'static> {
     concat(vec![
         payload(f.proto(), "saddr"),
         meta(MetaKey::L4proto),
+        payload("th", "dport"),
+    ])
+}
+
+/// `saddr . l4proto . sport . dport` (a grant pinned to a source port).
+fn pinned_key(f: Fam) -> Expression<'static> {
+    concat(vec![
+        payload(f.proto(), "saddr"),
+        meta(MetaKey::L4proto),
+        payload("th", "sport"),
         payload("th", "dport"),
     ])
 }

@@ -260,8 +260,14 @@ fn docker_setup_adds_a_prerouting_chain_before_dnat() {
         .collect();
     assert_eq!(
         docker_rules.len(),
-        7,
-        "ct, lo, grants4, grantsdst4, grants6, grantsdst6, drop: {docker_rules:?}"
+        9,
+        "ct, lo, grants4, grantsdst4, grantspin4, grants6, grantsdst6, grantspin6, drop: {docker_rules:?}"
+    );
+    assert!(
+        docker_rules[4].contains(r#""right":"@grantspin4""#)
+            && docker_rules[4].contains(r#"{"payload":{"protocol":"th","field":"sport"}}"#),
+        "{}",
+        docker_rules[4]
     );
     assert!(
         docker_rules[3].contains(r#""right":"@grantsdst4""#),
@@ -275,11 +281,11 @@ fn docker_setup_adds_a_prerouting_chain_before_dnat() {
         docker_rules[2]
     );
     assert!(
-        docker_rules[6].contains(r#"{"match":{"left":{"fib":{"result":"type","flags":["daddr"]}},"right":"local","op":"=="}}"#)
-            && docker_rules[6].contains(r#""right":"@protected""#)
-            && docker_rules[6].contains(r#"{"drop":{}}"#),
+        docker_rules[8].contains(r#"{"match":{"left":{"fib":{"result":"type","flags":["daddr"]}},"right":"local","op":"=="}}"#)
+            && docker_rules[8].contains(r#""right":"@protected""#)
+            && docker_rules[8].contains(r#"{"drop":{}}"#),
         "{}",
-        docker_rules[6]
+        docker_rules[8]
     );
 }
 

@@ -49,6 +49,7 @@ fn nat_rule(
             forward_all: false,
         }),
         destination: None,
+        source_port: None,
     }
 }
 

@@ -143,8 +143,8 @@ fn init_is_idempotent_and_a_restart_sees_live_grants() {
     let mut fw = backend(&ns, cfg.clone());
     let rules = rule_count(&ns, "inet", "pt_init", "input");
     assert_eq!(
-        rules, 7,
-        "ct, lo, grants4, grantsdst4, grants6, grantsdst6, drop"
+        rules, 9,
+        "ct, lo, grants4, grantsdst4, grantspin4, grants6, grantsdst6, grantspin6, drop"
     );
     let src = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 9));
     fw.grant(&[opening(src, 22, 60)]).unwrap();

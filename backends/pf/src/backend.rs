@@ -362,6 +362,7 @@ impl Firewall for PfBackend {
     /// table came into use, record the expiries. A refresh never shortens a grant.
     fn grant(&mut self, openings: &[Opening]) -> FwResult<()> {
         for o in openings {
+            o.rule.refuse_pinned_unless_plain(BACKEND)?;
             if TableKey::of(&o.rule).is_none() {
                 return Err(FirewallError::Unsupported {
                     backend: BACKEND,
@@ -534,9 +535,9 @@ impl Firewall for PfBackend {
     }
 
     /// IPv4 destinations (`to DST`, fwknopd's use_destination); an IPv6 one
-    /// is refused per grant.
+    /// is refused per grant. Pinned source ports (`from <t> port N`).
     fn supports(&self, feature: RuleFeature) -> bool {
-        feature == RuleFeature::Destination
+        matches!(feature, RuleFeature::Destination | RuleFeature::SourcePort)
     }
 
     fn shutdown(&mut self) -> FwResult<()> {

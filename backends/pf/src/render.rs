@@ -9,12 +9,15 @@ use std::net::{IpAddr, Ipv4Addr};
 /// One table per protocol and port, `postern_tcp_22`, and per destination for
 /// grants bound to one (ENABLE_DESTINATION_RULE): `postern_tcp_22_cb007105`,
 /// the IPv4 address in hex (pf table names hold 31 characters, too few for an
-/// IPv6 address; fwknopd's destination rules are IPv4 only too).
+/// IPv6 address; fwknopd's destination rules are IPv4 only too), and per
+/// source port for grants pinned to one: `postern_tcp_22_s40022`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TableKey {
     pub proto: Proto,
     pub port: u16,
     pub dst: Option<Ipv4Addr>,
+    /// The client's pinned source port (postern's native protocol).
+    pub sport: Option<u16>,
 }
 
 const TABLE_PREFIX: &str = "postern_";
@@ -31,6 +34,7 @@ impl TableKey {
             proto: rule.proto,
             port: rule.port,
             dst,
+            sport: rule.source_port,
         })
     }
 
@@ -40,13 +44,15 @@ impl TableKey {
             destination: self.dst.map(IpAddr::V4),
             ..Rule::new(addr, self.proto, self.port)
         }
+        .pinned(self.sport)
     }
 
     pub fn name(&self) -> String {
         let base = format!("{TABLE_PREFIX}{}_{}", self.proto.name(), self.port);
-        match self.dst {
-            Some(d) => format!("{base}_{:08x}", u32::from(d)),
-            None => base,
+        match (self.dst, self.sport) {
+            (Some(d), _) => format!("{base}_{:08x}", u32::from(d)),
+            (None, Some(s)) => format!("{base}_s{s}"),
+            (None, None) => base,
         }
     }
 
@@ -54,7 +60,19 @@ impl TableKey {
     pub fn parse(name: &str) -> Option<TableKey> {
         let rest = name.strip_prefix(TABLE_PREFIX)?;
         let (proto, rest) = rest.split_once('_')?;
+        let mut sport = None;
         let (port, dst) = match rest.split_once('_') {
+            Some((port, pin)) if pin.starts_with('s') => {
+                let digits = &pin[1..];
+                if digits.is_empty()
+                    || !digits.bytes().all(|b| b.is_ascii_digit())
+                    || digits.starts_with('0')
+                {
+                    return None;
+                }
+                sport = Some(digits.parse().ok()?);
+                (port, None)
+            }
             Some((port, hex))
                 if hex.len() == 8
                     && hex
@@ -81,6 +99,7 @@ impl TableKey {
             proto,
             port: port.parse().ok()?,
             dst,
+            sport,
         })
     }
 
@@ -88,9 +107,10 @@ impl TableKey {
     /// named, so one table holds IPv4 and IPv6 clients alike.
     pub fn pass_rule(&self) -> String {
         format!(
-            "pass in quick proto {} from <{}> to {} port {} keep state",
+            "pass in quick proto {} from <{}>{} to {} port {} keep state",
             self.proto.name(),
             self.name(),
+            self.sport.map_or(String::new(), |s| format!(" port {s}")),
             self.dst.map_or("any".to_string(), |d| d.to_string()),
             self.port
         )
@@ -168,6 +188,7 @@ mod tests {
             proto: Proto::Udp,
             port: 53,
             dst: None,
+            sport: None,
         };
         assert_eq!(k.name(), "postern_udp_53");
         assert_eq!(TableKey::parse("postern_udp_53"), Some(k));
@@ -181,6 +202,9 @@ mod tests {
             "postern_tcp_22_cb00710",
             "postern_tcp_22_CB007105",
             "postern_tcp_22_cb007105_x",
+            "postern_tcp_22_s",
+            "postern_tcp_22_s022",
+            "postern_tcp_22_s70000",
         ] {
             assert_eq!(TableKey::parse(other), None, "{other}");
         }
@@ -192,6 +216,7 @@ mod tests {
             proto: Proto::Tcp,
             port: 65535,
             dst: Some(Ipv4Addr::new(203, 0, 113, 5)),
+            sport: None,
         };
         assert_eq!(d.name(), "postern_tcp_65535_cb007105");
         assert!(d.name().len() < 32, "pf's table name limit");
@@ -199,6 +224,15 @@ mod tests {
         assert_eq!(
             d.pass_rule(),
             "pass in quick proto tcp from <postern_tcp_65535_cb007105> to 203.0.113.5 port 65535 keep state"
+        );
+        let r = Rule::new("192.0.2.7".parse().unwrap(), Proto::Tcp, 22).pinned(Some(40022));
+        let p = TableKey::of(&r).unwrap();
+        assert_eq!(p.name(), "postern_tcp_22_s40022");
+        assert_eq!(TableKey::parse(&p.name()), Some(p));
+        assert_eq!(p.rule(r.source), r);
+        assert_eq!(
+            p.pass_rule(),
+            "pass in quick proto tcp from <postern_tcp_22_s40022> port 40022 to any port 22 keep state"
         );
     }
 

@@ -22,6 +22,9 @@ pub struct Entry {
     /// ENABLE_DESTINATION_RULE: the IPv4 address the grant is bound to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub destination: Option<IpAddr>,
+    /// A grant pinned to the client's source port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_port: Option<u16>,
     pub expires_at: u64,
     /// When the entry was (last) added to the pf table; pf's own timestamp for
     /// `-T expire` is at least this late.
@@ -35,6 +38,7 @@ impl Entry {
             proto: rule.proto.name().into(),
             port: rule.port,
             destination: rule.destination,
+            source_port: rule.source_port,
             expires_at,
             added_at,
         }
@@ -57,6 +61,7 @@ impl Entry {
             proto: self.proto(),
             port: self.port,
             dst,
+            sport: self.source_port,
         }
     }
 

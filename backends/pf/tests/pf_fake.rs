@@ -59,12 +59,11 @@ impl FakePf {
     }
 
     fn probe(&self, r: &Rule) -> bool {
-        let (ok, out, err) = self.pfctl(&[
-            "--probe",
-            &r.source.to_string(),
-            r.proto.name(),
-            &r.port.to_string(),
-        ]);
+        let (source, port) = (r.source.to_string(), r.port.to_string());
+        let sport = r.source_port.map(|p| p.to_string());
+        let mut args = vec!["--probe", &source, r.proto.name(), &port];
+        args.extend(sport.as_deref());
+        let (ok, out, err) = self.pfctl(&args);
         assert!(ok, "probe failed: {err}");
         out.trim() == "pass"
     }
@@ -93,6 +92,14 @@ fn conformance_battery() {
     let mut make = || Box::new(PfBackend::system(&cfg).unwrap()) as Box<dyn Firewall>;
     let mut probe = |r: &Rule| fake.probe(r);
     conformance::run(&mut make, &mut probe, NOW);
+    conformance::pinned(&mut make, &mut probe, NOW, (40022, 40023));
+    assert!(
+        fake.calls().contains(
+            "pass in quick proto tcp from <postern_tcp_8080_s40022> port 40022 to any port 8080 keep state"
+        ),
+        "{}",
+        fake.calls()
+    );
     // The main ruleset was only ever read.
     assert!(fake
         .calls()

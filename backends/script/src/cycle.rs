@@ -178,6 +178,11 @@ impl ScriptBackend {
         openings: &[Opening],
         packets: &[Option<PacketAddresses>],
     ) -> FwResult<()> {
+        // No template variable carries a source port yet: a pinned grant is
+        // refused before any command runs, never opened wider.
+        for o in openings {
+            o.rule.refuse(BACKEND, &[RuleFeature::SourcePort])?;
+        }
         let mut opened: Vec<PendingClose> = Vec::new();
         let mut refreshed: Vec<(usize, u64, u32)> = Vec::new();
         for (i, opening) in openings.iter().enumerate() {

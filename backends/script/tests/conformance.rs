@@ -61,7 +61,8 @@ fn conformance_battery() {
     };
     let mut probe = |r: &Rule| net.probe(r);
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        conformance::run(&mut make, &mut probe, wall_now())
+        conformance::run(&mut make, &mut probe, wall_now());
+        conformance::pinned(&mut make, &mut probe, wall_now(), (40022, 40023));
     }));
     if let Err(p) = outcome {
         eprintln!("{}", net.ruleset());

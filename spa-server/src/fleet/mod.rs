@@ -138,6 +138,9 @@ struct SharedOpening {
     port: u16,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     destination: Option<IpAddr>,
+    /// A grant pinned to the client's source port stays pinned on every member.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    source_port: Option<u16>,
     timeout_secs: u32,
     expires_at: u64,
 }
@@ -204,6 +207,7 @@ pub fn sign(key: &GroupKey, group: &str, member: &str, now: u64, openings: &[Ope
                 proto: o.rule.proto.name().into(),
                 port: o.rule.port,
                 destination: o.rule.destination,
+                source_port: o.rule.source_port,
                 timeout_secs: o.timeout_secs,
                 expires_at: o.expires_at,
             })
@@ -259,6 +263,7 @@ pub fn verify(
                 port: o.port,
                 nat: None,
                 destination: o.destination,
+                source_port: o.source_port,
             },
             timeout_secs: o.timeout_secs,
             expires_at: o.expires_at,
@@ -451,6 +456,7 @@ mod tests {
                 port,
                 nat: None,
                 destination: None,
+                source_port: None,
             },
             timeout_secs: 30,
             expires_at,

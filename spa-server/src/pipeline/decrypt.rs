@@ -83,6 +83,7 @@ where
                         decoded,
                         signer: None,
                         digest: auth.digest,
+                        source_port: None,
                         packet: auth.packet,
                     }));
                 }
@@ -141,6 +142,7 @@ where
                             decoded: accepted.decoded,
                             signer: accepted.signer,
                             digest: auth.digest,
+                            source_port: None,
                             packet: auth.packet,
                         })
                         .await
@@ -206,6 +208,7 @@ fn open_native(auth: Authenticated, keys: &NativeKeys) -> Result<Decrypted, Outc
         decoded: crate::native::as_message(&opened),
         signer: None,
         digest: auth.digest,
+        source_port: opened.payload.source_port,
         packet: auth.packet,
     };
     let now = decrypted.packet.received_at;

@@ -118,6 +118,8 @@ pub struct Decrypted {
     /// The fingerprint of a GPG packet's verified signer.
     signer: Option<String>,
     digest: PacketDigest,
+    /// The source port a native knock pins its grant to.
+    source_port: Option<u16>,
 }
 
 /// A decrypted packet within its age and not recorded yet. Made only by

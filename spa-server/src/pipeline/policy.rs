@@ -73,13 +73,16 @@ fn decide(settings: &PolicySettings, f: Fresh, decision: Decision) -> Result<App
         now: d.packet.received_at,
     };
     match evaluate(settings, &request) {
-        Ok(grant) => Ok(Approved {
-            decision: Box::new(decision.with_grant(&grant, d.packet.received_at)),
-            packet: d.packet,
-            timestamp: d.decoded.message.timestamp,
-            digest: d.digest,
-            grant,
-        }),
+        Ok(grant) => {
+            let grant = grant.pinned_to(d.source_port);
+            Ok(Approved {
+                decision: Box::new(decision.with_grant(&grant, d.packet.received_at)),
+                packet: d.packet,
+                timestamp: d.decoded.message.timestamp,
+                digest: d.digest,
+                grant,
+            })
+        }
         Err(denial) => {
             let source = crate::config::access::canonical(d.packet.peer.ip());
             super::alert(denial.fwknopd_log(source, d.stanza + 1));

@@ -39,6 +39,9 @@ struct Anchor {
 
 #[derive(Clone, Serialize, Deserialize)]
 struct PassRule {
+    /// `from <t> port N`: only this source port (a pinned grant).
+    #[serde(default)]
+    sport: Option<u16>,
     proto: String,
     table: String,
     /// `any` or an address.
@@ -146,9 +149,18 @@ fn valid_table_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
-/// `pass in quick proto tcp from <t> to any|ADDR port [=] 22 [flags S/SA] keep state`
+/// `pass in quick proto tcp from <t> [port [=] N] to any|ADDR port [=] 22 [flags S/SA] keep state`
 fn parse_rule(line: &str) -> Option<PassRule> {
     let mut words: Vec<&str> = line.split_whitespace().collect();
+    // A source port (a pinned grant).
+    let mut sport = None;
+    if words.get(7) == Some(&"port") {
+        if words.get(8) == Some(&"=") {
+            words.remove(8);
+        }
+        sport = Some(words.get(8)?.parse::<u16>().ok().filter(|p| *p != 0)?);
+        words.drain(7..9);
+    }
     if words.get(10) == Some(&"=") {
         words.remove(10);
     }
@@ -168,6 +180,7 @@ fn parse_rule(line: &str) -> Option<PassRule> {
         _ => false,
     };
     (tail_ok && valid_table_name(table)).then(|| PassRule {
+        sport,
         proto: proto.to_string(),
         table: table.to_string(),
         to: to.to_string(),
@@ -178,8 +191,12 @@ fn parse_rule(line: &str) -> Option<PassRule> {
 fn print_rule(r: &PassRule) -> String {
     let flags = if r.proto == "tcp" { " flags S/SA" } else { "" };
     format!(
-        "pass in quick proto {} from <{}> to {} port = {}{flags} keep state",
-        r.proto, r.table, r.to, r.port
+        "pass in quick proto {} from <{}>{} to {} port = {}{flags} keep state",
+        r.proto,
+        r.table,
+        r.sport.map_or(String::new(), |s| format!(" port = {s}")),
+        r.to,
+        r.port
     )
 }
 
@@ -190,8 +207,19 @@ fn sorted(entries: &BTreeMap<String, u64>) -> Vec<IpAddr> {
 }
 
 fn probe(dir: &Path, args: &[String]) {
-    let [src, proto, port] = args else {
-        die("usage: --probe SRC PROTO PORT");
+    let (src, proto, port, sport) = match args {
+        [src, proto, port] => (src, proto, port, None),
+        [src, proto, port, sport] => (
+            src,
+            proto,
+            port,
+            Some(
+                sport
+                    .parse::<u16>()
+                    .unwrap_or_else(|_| die("bad probe source port")),
+            ),
+        ),
+        _ => die("usage: --probe SRC PROTO PORT [SPORT]"),
     };
     let src: IpAddr = src.parse().unwrap_or_else(|_| die("bad probe address"));
     let port: u16 = port.parse().unwrap_or_else(|_| die("bad probe port"));
@@ -203,6 +231,7 @@ fn probe(dir: &Path, args: &[String]) {
             anchor.rules.iter().any(|r| {
                 r.proto == *proto
                     && r.port == port
+                    && r.sport.is_none_or(|s| Some(s) == sport)
                     && anchor
                         .tables
                         .get(&r.table)
