@@ -387,8 +387,6 @@ impl Firewall for IpfwBackend {
     /// gap. A failure deletes what this batch added.
     fn grant(&mut self, openings: &[Opening]) -> FwResult<()> {
         for o in openings {
-            // Not rendered yet (`from ADDR PORT`): refused, never opened wider.
-            o.rule.refuse(BACKEND, &[RuleFeature::SourcePort])?;
             if o.rule
                 .destination
                 .is_some_and(|d| d.is_ipv4() != o.rule.source.is_ipv4())
@@ -550,9 +548,10 @@ impl Firewall for IpfwBackend {
         false
     }
 
-    /// `to DST` instead of `to me` (fwknopd's use_destination).
+    /// `to DST` instead of `to me` (fwknopd's use_destination); `from SRC
+    /// SPORT` for a pinned grant.
     fn supports(&self, feature: RuleFeature) -> bool {
-        feature == RuleFeature::Destination
+        matches!(feature, RuleFeature::Destination | RuleFeature::SourcePort)
     }
 
     /// With `flush_at_exit` (default, fwknopd's FLUSH_IPFW_AT_EXIT): delete

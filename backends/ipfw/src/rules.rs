@@ -21,8 +21,10 @@ pub fn parse_expiry(comment: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
-/// `add NUM set SET pass PROTO from SRC to me|me6|DST dst-port PORT [setup] keep-state // postern_exp_TS`
-/// (`DST`: the grant's destination, ENABLE_DESTINATION_RULE, as fwknopd).
+/// `add NUM set SET pass PROTO from SRC [SPORT] to me|me6|DST dst-port PORT [setup] keep-state // postern_exp_TS`
+/// (`DST`: the grant's destination, ENABLE_DESTINATION_RULE, as fwknopd;
+/// `SPORT`: the source port a native knock pinned its grant to, in ipfw(8)'s
+/// `from ADDR PORTS` form).
 ///
 /// fwknopd's shape, with two differences: the protocol by name (ipfw lists it
 /// by name anyway), and `setup` (match TCP SYN only) left out for UDP, where
@@ -42,14 +44,12 @@ pub fn add_args(num: u32, set: u8, rule: &Rule, expires_at: u64) -> Vec<String> 
         rule.proto.name(),
         "from",
         &rule.source.to_string(),
-        "to",
-        &me,
-        "dst-port",
-        &rule.port.to_string(),
     ]
     .iter()
     .map(|s| s.to_string())
     .collect();
+    args.extend(rule.source_port.map(|p| p.to_string()));
+    args.extend(["to".into(), me, "dst-port".into(), rule.port.to_string()]);
     if rule.proto == Proto::Tcp {
         args.push("setup".into());
     }
@@ -105,7 +105,9 @@ fn host(addr: &str) -> Option<IpAddr> {
 }
 
 /// `allow tcp from 192.0.2.1 to me 22 setup keep-state :default // postern_exp_1030`
-/// (older ipfw: `dst-port 22`, no `:default`; fwknopd: `// _exp_1030`).
+/// (older ipfw: `dst-port 22`, no `:default`; fwknopd: `// _exp_1030`); a
+/// pinned grant: `from 192.0.2.1 40022 to me 22` (ipfw prints the source port
+/// after the address, or as `src-port 40022` among the options).
 fn parse_body(body: &str) -> Kind {
     let (rule_text, comment) = match body.split_once("//") {
         Some((r, c)) => (r, Some(c.trim())),
@@ -117,8 +119,14 @@ fn parse_body(body: &str) -> Kind {
     }
     let grant = || -> Option<Kind> {
         let expires_at = parse_expiry(comment?)?;
-        let [action, proto, "from", src, "to", dst, rest @ ..] = words.as_slice() else {
-            return None;
+        let (action, proto, src, sport, dst, rest) = match words.as_slice() {
+            [action, proto, "from", src, "to", dst, rest @ ..] => {
+                (action, proto, src, None, dst, rest)
+            }
+            [action, proto, "from", src, sport, "to", dst, rest @ ..] => {
+                (action, proto, src, Some(port_number(sport)?), dst, rest)
+            }
+            _ => return None,
         };
         if !["allow", "pass", "accept", "permit"].contains(action) {
             return None;
@@ -129,15 +137,30 @@ fn parse_body(body: &str) -> Kind {
             _ => return None,
         };
         let rest = rest.strip_prefix(&["dst-port"]).unwrap_or(rest);
-        let port: u16 = rest.first()?.parse().ok()?;
+        let (port, options) = rest.split_first()?;
+        let port = port_number(port)?;
+        let sport = match options.iter().position(|w| *w == "src-port") {
+            Some(i) if sport.is_none() => Some(port_number(options.get(i + 1)?)?),
+            Some(_) => return None,
+            None => sport,
+        };
         // `me`/`me6`/`any`: any destination; a host: a destination-bound grant.
         let rule = Rule {
             destination: host(dst),
+            source_port: sport,
             ..Rule::new(host(src)?, proto, port)
         };
         Some(Kind::Grant(rule, expires_at))
     };
     grant().unwrap_or_else(|| Kind::Other(body.trim().to_string()))
+}
+
+/// One port (a list or range, `40000-40100`, is not a grant postern writes).
+fn port_number(word: &str) -> Option<u16> {
+    word.bytes()
+        .all(|b| b.is_ascii_digit())
+        .then(|| word.parse().ok())
+        .flatten()
 }
 
 /// Static rules of an `ipfw [-S] list` listing (dynamic rules are skipped).
@@ -201,6 +224,31 @@ mod tests {
             add_args(10002, 1, &rule("2001:db8::1", Proto::Udp, 53), 1030).join(" "),
             "add 10002 set 1 pass udp from 2001:db8::1 to me6 dst-port 53 keep-state // postern_exp_1030"
         );
+        let pinned = rule("192.0.2.1", Proto::Tcp, 22).pinned(Some(40022));
+        assert_eq!(
+            add_args(10003, 1, &pinned, 1030).join(" "),
+            "add 10003 set 1 pass tcp from 192.0.2.1 40022 to me dst-port 22 setup keep-state // postern_exp_1030"
+        );
+    }
+
+    #[test]
+    fn pinned_grants_are_read_back_with_their_source_port() {
+        let pinned = rule("192.0.2.1", Proto::Tcp, 22).pinned(Some(40022));
+        for line in [
+            "10001 set 1 allow tcp from 192.0.2.1 40022 to me 22 setup keep-state :default // postern_exp_1030",
+            "10001 set 1 allow tcp from 192.0.2.1 40022 to me dst-port 22 setup keep-state // postern_exp_1030",
+            "10001 set 1 allow tcp from 192.0.2.1 to me 22 src-port 40022 setup keep-state // postern_exp_1030",
+        ] {
+            assert_eq!(parse_list(line)[0].kind, Kind::Grant(pinned.clone(), 1030), "{line}");
+        }
+        // Port lists and ranges are not postern's grants: never read as one port.
+        for line in [
+            "10001 set 1 allow tcp from 192.0.2.1 40000-40100 to me 22 // postern_exp_1030",
+            "10001 set 1 allow tcp from 192.0.2.1 40022,40023 to me 22 // postern_exp_1030",
+            "10001 set 1 allow tcp from 192.0.2.1 40022 to me 22 src-port 40023 // postern_exp_1030",
+        ] {
+            assert!(matches!(parse_list(line)[0].kind, Kind::Other(_)), "{line}");
+        }
     }
 
     #[test]

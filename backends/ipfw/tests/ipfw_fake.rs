@@ -60,13 +60,18 @@ impl FakeIpfw {
         )
     }
 
+    /// `--probe|--connect SRC PROTO PORT [SPORT]`: from the rule's pinned
+    /// source port if it has one, else from an ephemeral port.
     fn test_cmd(&self, cmd: &str, r: &Rule) -> bool {
-        let (ok, out, err) = self.ipfw(&[
-            cmd,
-            &r.source.to_string(),
-            r.proto.name(),
-            &r.port.to_string(),
-        ]);
+        let mut args = vec![
+            cmd.to_string(),
+            r.source.to_string(),
+            r.proto.name().to_string(),
+            r.port.to_string(),
+        ];
+        args.extend(r.source_port.map(|p| p.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (ok, out, err) = self.ipfw(&args);
         assert!(ok, "{cmd}: {err}");
         out.trim() == "pass"
     }
@@ -102,6 +107,72 @@ fn conformance_battery() {
         list.contains("60000 set 0 deny tcp from any to me 22"),
         "{list}"
     );
+}
+
+/// A pinned grant is `from SRC SPORT to me dst-port PORT`: only that source
+/// port gets in; a restart and the listing keep the pin.
+#[test]
+fn pinned_grant_lets_in_only_its_source_port() {
+    let fake = FakeIpfw::new();
+    let mut fw = fake.backend();
+    fw.init(NOW).unwrap();
+    let plain = rule("192.0.2.1", Proto::Tcp, 22);
+    let pinned = plain.clone().pinned(Some(40022));
+    fw.grant(&[opening(&pinned, NOW, 30)]).unwrap();
+    let tool = fake.tool().display().to_string();
+    let adds: Vec<String> = fake
+        .calls()
+        .lines()
+        .filter(|l| l.starts_with("ipfw add"))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(
+        adds,
+        vec![
+            "ipfw add 10000 set 1 pass tcp from 192.0.2.1 40022 to me dst-port 22 setup keep-state // postern_exp_1700000030"
+                .to_string()
+        ],
+        "argv of {tool}"
+    );
+    assert!(fake
+        .list()
+        .contains("10000 set 1 allow tcp from 192.0.2.1 40022 to me 22 setup keep-state :default // postern_exp_1700000030"));
+    assert!(fake.probe(&pinned), "the pinned source port gets in");
+    assert!(
+        !fake.probe(&plain.clone().pinned(Some(40023))),
+        "another source port does not"
+    );
+    assert!(!fake.probe(&plain), "an ephemeral source port does not");
+    assert_eq!(fw.list().unwrap()[0].rule, pinned);
+    // A restarted daemon reconciles the grant with its pin: kept, not re-added wider.
+    drop(fw);
+    let mut fw = fake.backend();
+    fw.init(NOW + 1).unwrap();
+    assert_eq!(
+        fw.list()
+            .unwrap()
+            .iter()
+            .map(|o| o.rule.clone())
+            .collect::<Vec<_>>(),
+        vec![pinned.clone()]
+    );
+    // The same grant again is a no-op; the unpinned grant is a second rule.
+    fw.grant(&[opening(&pinned, NOW, 30)]).unwrap();
+    fw.grant(&[opening(&plain, NOW, 30)]).unwrap();
+    let mut rules: Vec<Rule> = fw.list().unwrap().into_iter().map(|o| o.rule).collect();
+    rules.sort_by_key(|r| r.source_port);
+    assert_eq!(rules, vec![plain.clone(), pinned.clone()]);
+    fw.revoke(std::slice::from_ref(&pinned)).unwrap();
+    let list = fw.list().unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(
+        list[0].rule, plain,
+        "revoking the pinned grant leaves the plain one"
+    );
+    // `native_listing` (--fw-list) shows the pin as ipfw prints it.
+    fw.grant(&[opening(&pinned, NOW, 30)]).unwrap();
+    let native = fw.native_listing().unwrap().unwrap();
+    assert!(native.contains("from 192.0.2.1 40022 to me 22"), "{native}");
 }
 
 #[test]

@@ -12,10 +12,12 @@
 //! appended to `calls.log` there.
 //!
 //! Test-only extras, each printing `pass` or `block`:
-//! - `--probe SRC PROTO PORT`: would a new connection be let in (first matching
-//!   rule in an enabled set; disabled sets are skipped);
-//! - `--connect SRC PROTO PORT`: the same, and a pass by a `keep-state` rule
-//!   creates a dynamic rule, as a real connection would;
+//! - `--probe SRC PROTO PORT [SPORT]`: would a new connection be let in (first
+//!   matching rule in an enabled set; disabled sets are skipped); without
+//!   `SPORT` it comes from an ephemeral port no pinned rule (`from SRC SPORT`)
+//!   matches;
+//! - `--connect SRC PROTO PORT [SPORT]`: the same, and a pass by a `keep-state`
+//!   rule creates a dynamic rule, as a real connection would;
 //! - `--established SRC PROTO PORT`: does a dynamic rule for it still exist
 //!   (it dies with its parent rule, not when the parent's set is disabled).
 
@@ -46,6 +48,9 @@ enum Body {
     Pass {
         proto: String,
         src: String,
+        /// `from SRC SPORT`: only connections from that source port.
+        #[serde(default)]
+        sport: Option<u16>,
         dst: String,
         port: Option<u16>,
         setup: bool,
@@ -61,8 +66,15 @@ struct Dyn {
     rule: u32,
     set: u8,
     src: String,
+    #[serde(default = "ephemeral_port")]
+    sport: u16,
     proto: String,
     port: u16,
+}
+
+/// The source port of a test connection that names none.
+fn ephemeral_port() -> u16 {
+    50000
 }
 
 #[derive(Serialize, Deserialize)]
@@ -124,13 +136,18 @@ fn body_text(b: &Body) -> String {
         Body::Pass {
             proto,
             src,
+            sport,
             dst,
             port,
             setup,
             keep_state,
             comment,
         } => {
-            let mut s = format!("allow {proto} from {src} to {dst}");
+            let mut s = format!("allow {proto} from {src}");
+            if let Some(p) = sport {
+                s += &format!(" {p}");
+            }
+            s += &format!(" to {dst}");
             if let Some(p) = port {
                 s += &format!(" {p}");
             }
@@ -228,8 +245,15 @@ fn add(fw: &mut Ipfw, args: &[String], quiet: bool) {
             Body::CheckState
         }
         "allow" | "accept" | "pass" | "permit" | "deny" | "drop" | "reject" | "count" => {
-            let [proto, "from", src, "to", dst, opts @ ..] = rule_words else {
-                fail(EX_USAGE, "missing ``from'' or ``to'' in rule");
+            let (proto, src, sport, dst, opts) = match rule_words {
+                [proto, "from", src, "to", dst, opts @ ..] => (proto, src, None, dst, opts),
+                [proto, "from", src, sport, "to", dst, opts @ ..] => {
+                    let sport = sport
+                        .parse::<u16>()
+                        .unwrap_or_else(|_| fail(EX_DATAERR, &format!("invalid port ``{sport}''")));
+                    (proto, src, Some(sport), dst, opts)
+                }
+                _ => fail(EX_USAGE, "missing ``from'' or ``to'' in rule"),
             };
             if !["ip", "all", "tcp", "udp", "icmp", "ipv6", "6", "17"].contains(proto) {
                 fail(EX_DATAERR, &format!("invalid protocol ``{proto}''"));
@@ -244,6 +268,12 @@ fn add(fw: &mut Ipfw, args: &[String], quiet: bool) {
                 "17" => "udp",
                 p => p,
             };
+            if sport.is_some() && !["tcp", "udp"].contains(&proto) {
+                fail(
+                    EX_USAGE,
+                    "only TCP and UDP protocols are valid with port specifications",
+                );
+            }
             let mut opts = opts.to_vec();
             let mut port = None;
             if opts.first() == Some(&"dst-port") {
@@ -283,6 +313,7 @@ fn add(fw: &mut Ipfw, args: &[String], quiet: bool) {
                 Body::Pass {
                     proto: proto.into(),
                     src: src.to_string(),
+                    sport,
                     dst: dst.to_string(),
                     port,
                     setup,
@@ -291,7 +322,11 @@ fn add(fw: &mut Ipfw, args: &[String], quiet: bool) {
                 }
             } else {
                 let action = if is_pass { "allow" } else { action };
-                let mut text = format!("{action} {proto} from {src} to {dst}");
+                let mut text = format!("{action} {proto} from {src}");
+                if let Some(p) = sport {
+                    text += &format!(" {p}");
+                }
+                text += &format!(" to {dst}");
                 if let Some(p) = port {
                     text += &format!(" {p}");
                 }
@@ -356,8 +391,8 @@ fn list(fw: &Ipfw, only_set: Option<u8>, show_sets: bool, dynamic: bool) {
         }
         for d in dyns {
             println!(
-                "{:05} 3 180 (287s) STATE {} {} 50000 <-> 198.51.100.1 {} :default",
-                d.rule, d.proto, d.src, d.port
+                "{:05} 3 180 (287s) STATE {} {} {} <-> 198.51.100.1 {} :default",
+                d.rule, d.proto, d.src, d.sport, d.port
             );
         }
     }
@@ -390,55 +425,73 @@ fn delete(fw: &mut Ipfw, nums: &[String], only_set: Option<u8>) -> i32 {
     status
 }
 
-fn matches(r: &FwRule, src: IpAddr, proto: &str, port: u16) -> Option<bool> {
+/// A test connection: from `src`:`sport` (`None`: an ephemeral port) to `proto/port`.
+struct Conn {
+    src: IpAddr,
+    sport: Option<u16>,
+    proto: String,
+    port: u16,
+}
+
+fn matches(r: &FwRule, c: &Conn) -> Option<bool> {
     match &r.body {
         Body::CheckState => None,
         Body::Text(t) => t.starts_with("deny ip from any to any").then_some(false),
         Body::Pass {
             proto: p,
             src: s,
+            sport,
             dst,
             port: rp,
             ..
         } => {
-            let proto_ok = p == proto || p == "ip" || p == "all";
+            let proto_ok = *p == c.proto || p == "ip" || p == "all";
             let src_ok = s == "any"
-                || s.split('/').next().and_then(|a| a.parse::<IpAddr>().ok()) == Some(src);
+                || s.split('/').next().and_then(|a| a.parse::<IpAddr>().ok()) == Some(c.src);
+            let sport_ok = sport.is_none() || *sport == c.sport;
             let dst_ok = match dst.as_str() {
-                "me" => src.is_ipv4(),
-                "me6" => src.is_ipv6(),
+                "me" => c.src.is_ipv4(),
+                "me6" => c.src.is_ipv6(),
                 _ => true,
             };
-            let port_ok = rp.unwrap_or(port) == port;
-            (proto_ok && src_ok && dst_ok && port_ok).then_some(true)
+            let port_ok = rp.unwrap_or(c.port) == c.port;
+            (proto_ok && src_ok && sport_ok && dst_ok && port_ok).then_some(true)
         }
     }
 }
 
 /// The first rule in an enabled set that decides: (pass, that rule).
-fn evaluate(fw: &Ipfw, src: IpAddr, proto: &str, port: u16) -> Option<FwRule> {
+fn evaluate(fw: &Ipfw, c: &Conn) -> Option<FwRule> {
     fw.rules
         .iter()
         .filter(|r| !fw.disabled.contains(&r.set))
-        .find_map(|r| matches(r, src, proto, port).map(|pass| (pass, r)))
+        .find_map(|r| matches(r, c).map(|pass| (pass, r)))
         .and_then(|(pass, r)| pass.then(|| r.clone()))
 }
 
 fn test_command(dir: &Path, cmd: &str, args: &[String]) {
-    let [src, proto, port] = args else {
-        fail(
+    let (src, proto, port, sport) = match args {
+        [src, proto, port] => (src, proto, port, None),
+        [src, proto, port, sport] if cmd != "--established" => (src, proto, port, Some(sport)),
+        _ => fail(
             EX_USAGE,
-            "usage: --probe|--connect|--established SRC PROTO PORT",
-        );
+            "usage: --probe|--connect SRC PROTO PORT [SPORT], --established SRC PROTO PORT",
+        ),
     };
-    let ip: IpAddr = src
-        .parse()
-        .unwrap_or_else(|_| fail(EX_USAGE, "bad address"));
-    let port: u16 = port.parse().unwrap_or_else(|_| fail(EX_USAGE, "bad port"));
+    let parse_port = |p: &str| -> u16 { p.parse().unwrap_or_else(|_| fail(EX_USAGE, "bad port")) };
+    let conn = Conn {
+        src: src
+            .parse()
+            .unwrap_or_else(|_| fail(EX_USAGE, "bad address")),
+        sport: sport.map(|p| parse_port(p)),
+        proto: proto.clone(),
+        port: parse_port(port),
+    };
+    let port = conn.port;
     let mut fw = load(dir);
     let pass = match cmd {
-        "--probe" => evaluate(&fw, ip, proto, port).is_some(),
-        "--connect" => match evaluate(&fw, ip, proto, port) {
+        "--probe" => evaluate(&fw, &conn).is_some(),
+        "--connect" => match evaluate(&fw, &conn) {
             Some(rule) => {
                 if matches!(
                     rule.body,
@@ -451,6 +504,7 @@ fn test_command(dir: &Path, cmd: &str, args: &[String]) {
                         rule: rule.num,
                         set: rule.set,
                         src: src.clone(),
+                        sport: conn.sport.unwrap_or_else(ephemeral_port),
                         proto: proto.clone(),
                         port,
                     });
