@@ -387,6 +387,8 @@ impl Firewall for IpfwBackend {
     /// gap. A failure deletes what this batch added.
     fn grant(&mut self, openings: &[Opening]) -> FwResult<()> {
         for o in openings {
+            // Pinned grants are plain ones, as on every backend.
+            o.rule.refuse_pinned_unless_plain(BACKEND)?;
             if o.rule
                 .destination
                 .is_some_and(|d| d.is_ipv4() != o.rule.source.is_ipv4())

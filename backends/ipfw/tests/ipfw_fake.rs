@@ -169,6 +169,13 @@ fn pinned_grant_lets_in_only_its_source_port() {
         list[0].rule, plain,
         "revoking the pinned grant leaves the plain one"
     );
+    // Pinned grants are plain ones: with a destination, refused, nothing run.
+    let calls = fake.calls().len();
+    let mut bound = pinned.clone();
+    bound.destination = Some("198.51.100.1".parse().unwrap());
+    let e = fw.grant(&[opening(&bound, NOW, 30)]).unwrap_err();
+    assert!(e.to_string().contains("source port"), "{e}");
+    assert_eq!(fake.calls().len(), calls, "refused before anything ran");
     // `native_listing` (--fw-list) shows the pin as ipfw prints it.
     fw.grant(&[opening(&pinned, NOW, 30)]).unwrap();
     let native = fw.native_listing().unwrap().unwrap();

@@ -178,10 +178,23 @@ impl ScriptBackend {
         openings: &[Opening],
         packets: &[Option<PacketAddresses>],
     ) -> FwResult<()> {
-        // No template variable carries a source port yet: a pinned grant is
-        // refused before any command runs, never opened wider.
+        // An open command without `$SPORT` would open every source port: a
+        // pinned grant is refused before any command runs, never opened wider.
+        if !self.supports(RuleFeature::SourcePort) {
+            if let Some(o) = openings.iter().find(|o| o.rule.source_port.is_some()) {
+                return Err(FirewallError::Unsupported {
+                    backend: BACKEND,
+                    what: format!(
+                        "{} ({}): the `open` command does not use $SPORT",
+                        RuleFeature::SourcePort,
+                        o.rule
+                    ),
+                });
+            }
+        }
         for o in openings {
-            o.rule.refuse(BACKEND, &[RuleFeature::SourcePort])?;
+            // Pinned grants are plain ones, as on every backend.
+            o.rule.refuse_pinned_unless_plain(BACKEND)?;
         }
         let mut opened: Vec<PendingClose> = Vec::new();
         let mut refreshed: Vec<(usize, u64, u32)> = Vec::new();
@@ -244,6 +257,7 @@ impl ScriptBackend {
                 .or(self.destination),
             proto: opening.rule.proto,
             port: opening.rule.port,
+            source_port: opening.rule.source_port,
             expires_at: opening.expires_at,
             timeout_secs: opening.timeout_secs,
         };
@@ -423,10 +437,15 @@ impl Firewall for ScriptBackend {
         false
     }
 
-    /// A grant bound to a destination is the open command's to enforce: only
-    /// one whose template uses `$DST` can.
+    /// A grant bound to a destination or pinned to a source port is the open
+    /// command's to enforce: only one whose template uses `$DST`, or `$SPORT`,
+    /// can.
     fn supports(&self, feature: RuleFeature) -> bool {
-        feature == RuleFeature::Destination && self.open.uses_destination()
+        match feature {
+            RuleFeature::Destination => self.open.uses_destination(),
+            RuleFeature::SourcePort => self.open.uses_source_port(),
+            RuleFeature::ForwardAll => false,
+        }
     }
 
     fn shutdown(&mut self) -> FwResult<()> {

@@ -15,6 +15,9 @@ pub struct PendingClose {
     /// `tcp` or `udp`.
     pub proto: String,
     pub port: u16,
+    /// The source port the grant is pinned to (`$SPORT`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_port: Option<u16>,
     /// ENABLE_DESTINATION_RULE: the address the knock was sent to (`$DST`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub destination: Option<IpAddr>,
@@ -36,6 +39,7 @@ impl PendingClose {
             source: opening.rule.source,
             proto: opening.rule.proto.name().to_string(),
             port: opening.rule.port,
+            source_port: opening.rule.source_port,
             destination: opening.rule.destination,
             timeout_secs: opening.timeout_secs,
             expires_at: opening.expires_at,
@@ -50,6 +54,7 @@ impl PendingClose {
         let proto = self.proto.parse().unwrap_or(Proto::Tcp);
         Rule {
             destination: self.destination,
+            source_port: self.source_port,
             ..Rule::new(self.source, proto, self.port)
         }
     }

@@ -17,6 +17,12 @@
 //! | `$TIMEOUT`        | absolute expiry, unix seconds                           |
 //! | `$CLIENT_TIMEOUT` | the access duration in seconds                          |
 //!
+//! and one of postern's own:
+//!
+//! | variable          | value                                                   |
+//! |-------------------|---------------------------------------------------------|
+//! | `$SPORT`          | the source port a native knock pinned its grant to; empty when not pinned |
+//!
 //! Like fwknopd, a name is matched as a prefix (`$PORTs` is the port then `s`).
 //! Unlike fwknopd, an unknown `$NAME` is a config error instead of silently losing
 //! its `$`, and `$$` stands for a literal `$`. Quotes only group words (fwknopd
@@ -36,12 +42,14 @@ enum Var {
     Proto,
     Timeout,
     ClientTimeout,
+    SourcePort,
 }
 
 /// Longest names first so that prefix matching is unambiguous.
 const VARIABLES: &[(&str, Var)] = &[
     ("CLIENT_TIMEOUT", Var::ClientTimeout),
     ("PKT_SRC", Var::PktSrc),
+    ("SPORT", Var::SourcePort),
     ("TIMEOUT", Var::Timeout),
     ("PROTO", Var::Proto),
     ("PORT", Var::Port),
@@ -78,6 +86,8 @@ pub struct Values {
     pub destination: Option<IpAddr>,
     pub proto: Proto,
     pub port: u16,
+    /// The pinned source port, if the grant is pinned.
+    pub source_port: Option<u16>,
     pub expires_at: u64,
     pub timeout_secs: u32,
 }
@@ -107,7 +117,7 @@ fn parse_word(word: &str, template: &str) -> Result<Vec<Piece>, TemplateError> {
             TemplateError {
                 template: template.to_string(),
                 problem: format!(
-                    "unknown variable `${shown}`; known: $IP $SRC $PKT_SRC $DST $PORT $PROTO $TIMEOUT $CLIENT_TIMEOUT (write $$ for a literal $)"
+                    "unknown variable `${shown}`; known: $IP $SRC $PKT_SRC $DST $PORT $PROTO $TIMEOUT $CLIENT_TIMEOUT $SPORT (write $$ for a literal $)"
                 ),
             }
         })?;
@@ -162,6 +172,14 @@ impl Template {
             .any(|p| *p == Piece::Var(Var::Dst))
     }
 
+    /// True if the template refers to `$SPORT`: it can pin a grant to a source port.
+    pub fn uses_source_port(&self) -> bool {
+        self.words
+            .iter()
+            .flatten()
+            .any(|p| *p == Piece::Var(Var::SourcePort))
+    }
+
     /// The argv for these values.
     pub fn render(&self, values: &Values) -> Result<Vec<String>, TemplateError> {
         let destination = || {
@@ -184,6 +202,11 @@ impl Template {
                     Piece::Var(Var::Timeout) => out.push_str(&values.expires_at.to_string()),
                     Piece::Var(Var::ClientTimeout) => {
                         out.push_str(&values.timeout_secs.to_string())
+                    }
+                    Piece::Var(Var::SourcePort) => {
+                        if let Some(sport) = values.source_port {
+                            out.push_str(&sport.to_string())
+                        }
                     }
                 }
             }
@@ -210,6 +233,7 @@ mod tests {
             destination: Some("203.0.113.5".parse().unwrap()),
             proto: Proto::Udp,
             port: 53,
+            source_port: None,
             expires_at: 1_700_000_030,
             timeout_secs: 30,
         }
@@ -278,6 +302,17 @@ mod tests {
         assert!(e.to_string().contains("quotes"), "{e}");
         assert!(Template::parse("   ").is_err());
         assert!(Template::parse("$SRC arg").is_err());
+    }
+
+    #[test]
+    fn source_port_is_the_pin_or_empty() {
+        let t = Template::parse("x $SPORT --sport=$SPORT $PORT").unwrap();
+        assert!(t.uses_source_port());
+        assert!(!Template::parse("x $PORT $SRC").unwrap().uses_source_port());
+        assert_eq!(t.render(&values()).unwrap(), ["x", "", "--sport=", "53"]);
+        let mut v = values();
+        v.source_port = Some(40022);
+        assert_eq!(t.render(&v).unwrap(), ["x", "40022", "--sport=40022", "53"]);
     }
 
     #[test]

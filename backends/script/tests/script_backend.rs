@@ -259,6 +259,67 @@ fn a_destination_bound_grant_needs_dst_in_the_open_command() {
     assert_eq!(fake.take_transcript(), "", "refused before anything ran");
 }
 
+/// A pinned grant (native knock) is `$SPORT` (empty when not pinned); an open
+/// command without `$SPORT` would open every source port, so the grant is
+/// refused before anything runs. The pin survives a restart in the state file.
+#[test]
+fn a_pinned_grant_needs_sport_in_the_open_command() {
+    use spa_core::firewall::RuleFeature;
+    let plain = opening("192.0.2.7", Proto::Tcp, 22, 1030);
+    let mut pinned = plain.clone();
+    pinned.rule.source_port = Some(40022);
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ScriptConfig::new(
+        "fw-open $SRC $PORT sport=$SPORT",
+        Some("fw-close $SRC $PORT sport=$SPORT"),
+    );
+    config.state_file = Some(dir.path().join("state.json"));
+    let (mut fw, fake) = backend(&config);
+    assert!(fw.supports(RuleFeature::SourcePort));
+    fw.grant(&[pinned.clone(), plain.clone()]).unwrap();
+    assert_eq!(
+        fake.take_transcript(),
+        "$ fw-open 192.0.2.7 22 'sport=40022'\n$ fw-open 192.0.2.7 22 'sport='\n"
+    );
+    drop(fw);
+    let (mut fw, fake) = backend(&config);
+    assert_eq!(
+        fw.list()
+            .unwrap()
+            .into_iter()
+            .map(|o| o.rule)
+            .collect::<Vec<_>>(),
+        vec![pinned.rule.clone(), plain.rule.clone()],
+        "the pin is kept across a restart"
+    );
+    fw.revoke(std::slice::from_ref(&pinned.rule)).unwrap();
+    assert_eq!(
+        fake.take_transcript(),
+        "$ fw-close 192.0.2.7 22 'sport=40022'\n"
+    );
+    // Pinned grants are plain ones: with a destination, refused, nothing run.
+    let mut bound = pinned.clone();
+    bound.rule.destination = Some("203.0.113.5".parse().unwrap());
+    let err = fw.grant(&[bound]).unwrap_err();
+    assert!(err.to_string().contains("destination"), "{err}");
+    assert_eq!(fake.take_transcript(), "");
+
+    let (mut fw, fake) = backend(&ScriptConfig::new(OPEN, Some(CLOSE)));
+    assert!(!fw.supports(RuleFeature::SourcePort));
+    // `$SPORT` only in the close does not pin what the open opens.
+    let (fw2, _) = backend(&ScriptConfig::new(OPEN, Some("fw-close $SPORT")));
+    assert!(!fw2.supports(RuleFeature::SourcePort));
+    let err = fw.grant(&[plain.clone(), pinned]).unwrap_err();
+    assert!(matches!(err, FirewallError::Unsupported { .. }), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("source port") && text.contains("$SPORT"),
+        "{text}"
+    );
+    assert_eq!(fake.take_transcript(), "", "refused before anything ran");
+    assert!(fw.list().unwrap().is_empty());
+}
+
 #[test]
 fn nat_is_unsupported_and_bad_templates_are_config_errors() {
     let (mut fw, fake) = backend(&ScriptConfig::new(OPEN, Some(CLOSE)));
