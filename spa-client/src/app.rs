@@ -105,16 +105,46 @@ fn run_connect(cli: &Cli, target: &str, out: &mut dyn Write, err: &mut dyn Write
         out: &mut knock_out,
         err,
     };
+    let family = crate::send::Family::from_flags(cli.server_resolve_ipv4, cli.server_resolve_ipv6);
+    let addr = crate::send::addresses("host", &host, port, family)?[0];
+    // A native knock pins its grant to this port (--pin-source-port's, else
+    // one the system picks), and the connection comes from it.
+    let wanted = match cli.pin_source_port.as_deref() {
+        Some(p) => crate::settings::parse_port(p)
+            .map_err(|e| ClientError::Usage(format!("--pin-source-port `{p}`: {e}")))?,
+        None => 0,
+    };
+    let mut local = crate::connect::LocalPort::reserve(&addr, wanted)?;
+    let offer = crate::connect::PinOffer::new(local.port());
+    knock.connect_pin = Some(offer.clone());
     let mut last_error = None;
     for attempt in 1..=crate::connect::KNOCKS {
         execute(&knock, &mut console, None)?;
         let mut probes = Vec::new();
-        let family =
-            crate::send::Family::from_flags(cli.server_resolve_ipv4, cli.server_resolve_ipv6);
-        let opened =
-            crate::wait::connect_when_open(&host, family, port, per_knock, per_knock, &mut |l| {
-                probes.push(l.to_string())
-            });
+        let mut progress = |l: &str| probes.push(l.to_string());
+        let opened = if offer.taken() {
+            if attempt == 1 && cli.verbose > 0 {
+                console.warn(&format!(
+                    "postern: the grant is pinned to source port {}, the connection's",
+                    offer.port
+                ));
+            }
+            crate::wait::connect_addr_when_open(
+                addr,
+                per_knock,
+                per_knock,
+                &mut progress,
+                &mut |a, t| local.connect(a, t),
+            )
+        } else {
+            crate::wait::connect_addr_when_open(
+                addr,
+                per_knock,
+                per_knock,
+                &mut progress,
+                &mut |a, t| std::net::TcpStream::connect_timeout(a, t),
+            )
+        };
         if cli.verbose > 0 {
             probes.iter().for_each(|l| console.warn(l));
         }
@@ -801,10 +831,13 @@ fn send_native(
         ));
     }
     let allow = allow_ip(cli, settings, console)?;
+    // --connect holds its connection's source port (--pin-source-port's when
+    // named): the grant is pinned to it, and the connection comes from it.
+    let offered = cli.connect_pin.as_ref().map(|o| o.take().to_string());
     let payload = crate::native::payload(
         settings,
         allow,
-        cli.pin_source_port.as_deref(),
+        cli.pin_source_port.as_deref().or(offered.as_deref()),
         cli.totp.as_deref(),
         now_with_offset(settings),
     )?;

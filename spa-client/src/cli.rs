@@ -228,6 +228,11 @@ pub struct Cli {
     #[arg(long = "pin-source-port", value_name = "PORT")]
     pub pin_source_port: Option<String>,
 
+    /// Set by `--connect`: the local port a native knock pins its grant to
+    /// unless --pin-source-port names one.
+    #[arg(skip)]
+    pub connect_pin: Option<crate::connect::PinOffer>,
+
     /// postern extension: make a native client key in FILE (mode 0600), print its
     /// public key line (for `posternd client add`) and a QR code
     #[arg(long = "gen-client-key", value_name = "FILE")]

@@ -8,11 +8,103 @@
 //! ```
 //!
 //! stdout is the connection, so everything the knock prints goes to stderr.
+//!
+//! In native mode the knock pins its grant to the connection's source port:
+//! a TCP socket is bound first (port 0, or `--pin-source-port`), the knock
+//! carries that port, and the connection is made from it. fwknop's format
+//! cannot carry a port, so fwknop knocks connect as before.
 
 use crate::error::{ClientError, Result};
 use std::io::{Read, Write};
-use std::net::{Shutdown, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
+
+/// A local TCP port held for `--connect` from before the knock until the
+/// connection: the knock may pin its grant to it.
+pub struct LocalPort {
+    /// Bound, not yet used for a connect attempt.
+    socket: Option<socket2::Socket>,
+    local: SocketAddr,
+}
+
+fn tcp_socket(bind: SocketAddr) -> std::io::Result<socket2::Socket> {
+    let sock = socket2::Socket::new(
+        socket2::Domain::for_address(bind),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    // A failed attempt's socket is closed before the next binds the same port.
+    sock.set_reuse_address(true)?;
+    sock.bind(&bind.into())?;
+    Ok(sock)
+}
+
+impl LocalPort {
+    /// Bind a TCP socket of `remote`'s family to `port` (0: one the system picks).
+    pub fn reserve(remote: &SocketAddr, port: u16) -> Result<LocalPort> {
+        let bind = crate::send::any_of_family(remote, port);
+        let err = |e: std::io::Error| {
+            ClientError::Send(format!(
+                "--connect: cannot bind a TCP socket to {bind}: {e}"
+            ))
+        };
+        let socket = tcp_socket(bind).map_err(err)?;
+        let local = socket
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .ok_or_else(|| err(std::io::Error::other("no local address")))?;
+        Ok(LocalPort {
+            socket: Some(socket),
+            local,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.local.port()
+    }
+
+    /// Connect to `to` from this port: the reserved socket first, a new one
+    /// bound to the same port for each later attempt.
+    pub fn connect(&mut self, to: &SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
+        let sock = match self.socket.take() {
+            Some(s) => s,
+            None => tcp_socket(self.local)?,
+        };
+        sock.connect_timeout(&(*to).into(), timeout)?;
+        Ok(sock.into())
+    }
+}
+
+/// The source port `--connect` offers a native knock to pin its grant to;
+/// the knock marks it taken (a fwknop knock does not), so the connection is
+/// then made from that port.
+#[derive(Clone, Debug)]
+pub struct PinOffer {
+    pub port: u16,
+    taken: Arc<AtomicBool>,
+}
+
+impl PinOffer {
+    pub fn new(port: u16) -> PinOffer {
+        PinOffer {
+            port,
+            taken: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// The knock pins its grant to [`PinOffer::port`].
+    pub fn take(&self) -> u16 {
+        self.taken.store(true, Ordering::SeqCst);
+        self.port
+    }
+
+    pub fn taken(&self) -> bool {
+        self.taken.load(Ordering::SeqCst)
+    }
+}
 
 /// Knocks sent before giving up: one, and two more if the port stays closed
 /// (a lost datagram, a server that was restarting).

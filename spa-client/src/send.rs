@@ -116,7 +116,7 @@ pub fn addresses(what: &str, host: &str, port: u16, family: Family) -> Result<Ve
 }
 
 /// The unspecified address of `to`'s family with `port`, to bind a socket to.
-fn any_of_family(to: &SocketAddr, port: u16) -> SocketAddr {
+pub(crate) fn any_of_family(to: &SocketAddr, port: u16) -> SocketAddr {
     let ip = match to {
         SocketAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         SocketAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),

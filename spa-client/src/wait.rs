@@ -6,7 +6,7 @@
 use crate::error::{ClientError, Result};
 use crate::send::Family;
 use spa_core::request::{parse_proto_ports, Proto};
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 /// How long one connect attempt may take, and the pause between attempts.
@@ -57,10 +57,25 @@ pub fn connect_when_open(
     within: Duration,
     progress: &mut dyn FnMut(&str),
 ) -> Result<TcpStream> {
-    let deadline = Instant::now() + left;
     let addr = crate::send::addresses("host", host, port, family)?[0];
+    connect_addr_when_open(addr, left, within, progress, &mut |a, t| {
+        TcpStream::connect_timeout(a, t)
+    })
+}
+
+/// [`connect_when_open`] to a resolved address, each attempt made by `connect`
+/// (`--connect` connects from the port its knock pinned).
+pub fn connect_addr_when_open(
+    addr: SocketAddr,
+    left: Duration,
+    within: Duration,
+    progress: &mut dyn FnMut(&str),
+    connect: &mut dyn FnMut(&SocketAddr, Duration) -> std::io::Result<TcpStream>,
+) -> Result<TcpStream> {
+    let port = addr.port();
+    let deadline = Instant::now() + left;
     loop {
-        match TcpStream::connect_timeout(&addr, ATTEMPT) {
+        match connect(&addr, ATTEMPT) {
             Ok(stream) => {
                 progress(&format!("tcp/{port} on {addr} is open"));
                 return Ok(stream);
