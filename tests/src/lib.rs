@@ -25,6 +25,7 @@ pub mod conformance;
 pub mod firewalld;
 pub mod fleet;
 pub mod lan;
+pub mod native;
 pub mod posternd;
 pub mod routed;
 pub mod scenario;

@@ -12,210 +12,15 @@
 //! - REQUIRE_TOTP: a wrong code is refused, the current one opens;
 //! - the packet sets `user` in the audit log to the client's name;
 //! - over the TCP capture (`-P tcp`) too, binary as the packet is;
-//! - `--pin-source-port`: only connections from that source port get in.
+//! - `--pin-source-port`: only connections from that source port get in;
+//! - `postern --native --connect`: the knock is pinned to the source port of
+//!   the connection it then makes, which reaches the service.
 
-use postern_e2e::posternd::{
-    nftables_action, postern_toml, runnable, tcp_capture, udp_capture, udp_send_all, ConfDir,
-    Posternd, Service, SPA_PORT,
-};
-use postern_e2e::workspace_bin;
+use postern_e2e::native::{bin, connects_from, ok, Native};
+use postern_e2e::posternd::{runnable, tcp_capture, SPA_PORT};
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::Output;
+use std::process::Stdio;
 use std::time::Duration;
-
-const TIMEOUT: u64 = 3;
-
-/// A server with its native key, clients and one native stanza.
-struct Native {
-    svc: Service,
-    conf: ConfDir,
-    server_line: String,
-    posternd: Posternd,
-}
-
-fn bin(name: &str) -> String {
-    workspace_bin(name).display().to_string()
-}
-
-fn line_with(text: &str, prefix: &str) -> String {
-    text.lines()
-        .find(|l| l.starts_with(prefix))
-        .unwrap_or_else(|| panic!("no `{prefix}` line in:\n{text}"))
-        .to_string()
-}
-
-fn ok(out: Output, what: &str) -> String {
-    assert!(
-        out.status.success(),
-        "{what}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-impl Native {
-    /// `clients` are registered (with a TOTP secret file where given);
-    /// `stanza` is the access.conf stanza after `SOURCE ANY`.
-    fn start(tag: &str, port: u16, clients: &[(&str, bool)], stanza: &str) -> Native {
-        Native::start_with(tag, port, clients, stanza, &udp_capture(SPA_PORT))
-    }
-
-    /// [`Native::start`] with another `[[capture]]`.
-    fn start_with(
-        tag: &str,
-        port: u16,
-        clients: &[(&str, bool)],
-        stanza: &str,
-        capture: &str,
-    ) -> Native {
-        let svc = Service::open(tag, port);
-        let conf = ConfDir::new();
-        let server_key = conf.dir.path().join("server.key");
-        let clients_dir = conf.dir.path().join("clients");
-        let out = std::process::Command::new(bin("posternd"))
-            .args(["key", "generate", server_key.to_str().unwrap()])
-            .output()
-            .unwrap();
-        let server_line = line_with(&ok(out, "posternd key generate"), "postern-srv1:");
-        for &(name, totp) in clients {
-            let out = std::process::Command::new(bin("postern"))
-                .args([
-                    "--gen-client-key",
-                    conf.path(&format!("{name}.key")).to_str().unwrap(),
-                ])
-                .output()
-                .unwrap();
-            let public = line_with(&ok(out, "postern --gen-client-key"), "postern-pub1:");
-            let mut add = vec![
-                "client".to_string(),
-                "add".into(),
-                name.into(),
-                public,
-                "--clients-dir".into(),
-                clients_dir.display().to_string(),
-            ];
-            if totp {
-                let file = conf.path(&format!("{name}.totp"));
-                let out = std::process::Command::new(bin("postern"))
-                    .args(["--totp-setup", file.to_str().unwrap()])
-                    .output()
-                    .unwrap();
-                ok(out, "postern --totp-setup");
-                add.extend(["--totp-secret".into(), file.display().to_string()]);
-            }
-            let out = std::process::Command::new(bin("posternd"))
-                .args(&add)
-                .output()
-                .unwrap();
-            ok(out, "posternd client add");
-        }
-        conf.write(
-            "access.conf",
-            &format!("SOURCE ANY\nPROTOCOL native\n{stanza}OPEN_PORTS tcp/{port}\nFW_ACCESS_TIMEOUT {TIMEOUT}\n"),
-        );
-        let toml = postern_toml(
-            &conf,
-            "access.conf",
-            "memory",
-            &format!("{capture}\n{}", nftables_action(port)),
-        )
-        .replacen(
-            "[server]\n",
-            &format!(
-                "[server]\nnative_key = \"{}\"\nnative_clients = \"{}\"\n",
-                server_key.display(),
-                clients_dir.display()
-            ),
-            1,
-        );
-        conf.write("postern.toml", &toml);
-        let posternd = Posternd::start(
-            svc.server(),
-            &["-c".into(), conf.arg("postern.toml"), "-v".into()],
-            conf.dir.path(),
-        );
-        Native {
-            svc,
-            conf,
-            server_line,
-            posternd,
-        }
-    }
-
-    /// `postern --native` from the client namespace as `client`, for the
-    /// service port; `extra` flags after.
-    fn knock(&self, client: &str, extra: &[&str]) -> Output {
-        let key = self.conf.path(&format!("{client}.key"));
-        let port = format!("tcp/{}", self.svc.port);
-        let allow = self.svc.pair.client_ip.to_string();
-        let dest = self.svc.pair.server_ip.to_string();
-        let mut args = vec![
-            bin("postern"),
-            "--no-rc-file".into(),
-            "--native".into(),
-            "--server-key".into(),
-            self.server_line.clone(),
-            "--client-key".into(),
-            key.display().to_string(),
-            "-A".into(),
-            port,
-            "-a".into(),
-            allow,
-            "-D".into(),
-            dest,
-        ];
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-        self.svc.client().run(&argv)
-    }
-
-    fn knock_ok(&self, client: &str, extra: &[&str]) {
-        ok(
-            self.knock(client, extra),
-            &format!("postern --native as {client}"),
-        );
-    }
-
-    /// The packet `postern --native -T -B` would send, not sent.
-    fn saved(&self, client: &str) -> Vec<u8> {
-        let file: PathBuf = self.conf.path(&format!("{client}.pkt"));
-        self.knock_ok(client, &["-T", "-B", file.to_str().unwrap()]);
-        std::fs::read(&file).unwrap()
-    }
-
-    fn send(&self, payloads: Vec<Vec<u8>>) -> usize {
-        let to = SocketAddr::from((self.svc.pair.server_ip, SPA_PORT));
-        let n = payloads.len();
-        let exchange = udp_send_all(
-            self.svc.client(),
-            to,
-            payloads,
-            n,
-            Duration::ZERO,
-            Duration::from_millis(300),
-        );
-        exchange.answers.len()
-    }
-
-    fn context(&self, what: &str) -> String {
-        format!(
-            "{what}\n--- posternd log:\n{}\n--- nft:\n{}",
-            self.posternd.log_text(),
-            self.svc.nft_ruleset()
-        )
-    }
-
-    fn opens(&self) -> bool {
-        self.svc.wait_reachable(true, Duration::from_secs(5))
-    }
-
-    fn closes(&self) -> bool {
-        self.svc
-            .wait_reachable(false, Duration::from_secs(TIMEOUT + 5))
-    }
-}
 
 #[test]
 fn a_native_knock_opens_replays_and_garbage_do_not_and_a_revoked_client_is_refused() {
@@ -357,16 +162,6 @@ fn a_native_knock_over_tcp_opens() {
     }
 }
 
-/// A connection from the client namespace to the service from `source_port`
-/// (0: any).
-fn connects_from(n: &Native, source_port: u16) -> bool {
-    let from = SocketAddr::from((n.svc.pair.client_ip, source_port));
-    let to = SocketAddr::from((n.svc.pair.server_ip, n.svc.port));
-    n.svc.client().in_ns(move || {
-        postern_e2e::conformance::tcp_connect_bound(from, to, Duration::from_millis(400))
-    })
-}
-
 #[test]
 fn a_pinned_knock_lets_in_only_its_source_port() {
     if !runnable(&["nft"]) {
@@ -391,4 +186,66 @@ fn a_pinned_knock_lets_in_only_its_source_port() {
     }
     let rules = n.svc.nft_ruleset();
     assert!(rules.contains(&PIN.to_string()), "{rules}");
+}
+
+/// `postern --native --connect SERVER:PORT` (what `postern ssh` runs as
+/// ssh's ProxyCommand) binds its socket first and pins the knock to that
+/// port: the connection reaches the service, posternd's grant is pinned to
+/// the port the connection came from, and no other source port gets in.
+#[test]
+fn a_native_connect_is_pinned_to_its_own_source_port() {
+    if !runnable(&["nft"]) {
+        return;
+    }
+    let n = Native::start("nc", 22136, &[("fay", false)], "NATIVE_CLIENTS fay\n");
+    let key = n.conf.path("fay.key");
+    let target = SocketAddr::from((n.svc.pair.server_ip, n.svc.port)).to_string();
+    let postern = bin("postern");
+    let out = n
+        .svc
+        .client()
+        .cmd(&postern)
+        .args(["--no-rc-file", "--native", "--server-key", &n.server_line])
+        .arg("--client-key")
+        .arg(&key)
+        .args([
+            "-a",
+            &n.svc.pair.client_ip.to_string(),
+            "-v",
+            "--connect",
+            &target,
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    // The listener accepted (and closed) the connection: `--connect` ended cleanly.
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        out.status.success(),
+        "{}",
+        n.context(&format!("postern --connect:\n{stderr}"))
+    );
+    let said = stderr
+        .lines()
+        .find_map(|l| l.split("pinned to source port ").nth(1))
+        .unwrap_or_else(|| panic!("no pin reported:\n{stderr}"));
+    let pin: u16 = said
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("bad pin line:\n{stderr}"));
+    let rules = n.svc.nft_ruleset();
+    let element = format!(". {pin} . {}", n.svc.port);
+    assert!(
+        rules.contains(&element),
+        "{}",
+        n.context(&format!("no grant pinned to {pin} (`{element}`)"))
+    );
+    for other in [pin.wrapping_add(1), 0] {
+        assert!(
+            !connects_from(&n, other),
+            "{}",
+            n.context(&format!("source port {other} got in past a pin to {pin}"))
+        );
+    }
 }
