@@ -262,16 +262,22 @@ pub enum GarbageKind {
     /// Base64 of exactly a real knock's length (same keys, same source): passes
     /// the length filter and the charset check, and costs an HMAC each.
     SameLength,
-    /// One valid knock, sent again and again: passes the HMAC, and every copy
-    /// after the first is a replay.
+    /// One valid knock, sent again and again: passes the HMAC (native: mac1,
+    /// then the Diffie-Hellman within the source's budget), and every copy after
+    /// the first is a replay.
     Replay,
+    /// Native only: knocks sealed by an unregistered client key to the right
+    /// server key. They pass mac1 and each costs a Diffie-Hellman, as far as the
+    /// source's budget for public-key work allows; then refused (unknown client).
+    Forged,
 }
 
 impl GarbageKind {
-    pub const ALL: [GarbageKind; 3] = [
+    pub const ALL: [GarbageKind; 4] = [
         GarbageKind::Random,
         GarbageKind::SameLength,
         GarbageKind::Replay,
+        GarbageKind::Forged,
     ];
 
     pub fn name(self) -> &'static str {
@@ -279,6 +285,7 @@ impl GarbageKind {
             GarbageKind::Random => "random",
             GarbageKind::SameLength => "same-length",
             GarbageKind::Replay => "replay",
+            GarbageKind::Forged => "forged",
         }
     }
 
@@ -288,11 +295,18 @@ impl GarbageKind {
             GarbageKind::Random => "random garbage",
             GarbageKind::SameLength => "garbage of a knock's length",
             GarbageKind::Replay => "replays of one knock",
+            GarbageKind::Forged => "native knocks of an unregistered client (past mac1)",
         }
     }
 
     pub fn parse(s: &str) -> Option<GarbageKind> {
         GarbageKind::ALL.into_iter().find(|k| k.name() == s)
+    }
+
+    /// Whether a server taking knocks in postern's own protocol (`native`) or
+    /// fwknop's format has the stage this kind attacks.
+    pub fn applies_to(self, native: bool) -> bool {
+        self != GarbageKind::Forged || native
     }
 
     /// The packets a flood of this kind cycles through, from `src` (whose knock
@@ -302,10 +316,24 @@ impl GarbageKind {
             GarbageKind::Random => garbage_pool(rng, 4096),
             GarbageKind::SameLength => {
                 let len = keys.knock(rng, src).len();
-                (0..4096).map(|_| base64_garbage(rng, len)).collect()
+                match keys.native_magic() {
+                    None => (0..4096).map(|_| base64_garbage(rng, len)).collect(),
+                    // A native packet's first byte, then random bytes: refused at mac1.
+                    Some(magic) => (0..4096)
+                        .map(|_| {
+                            let mut p: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
+                            p[0] = magic;
+                            p
+                        })
+                        .collect(),
+                }
             }
             // Copies, so the sender still hands the kernel 256 at a time.
             GarbageKind::Replay => vec![keys.knock(rng, src); 256],
+            // Distinct packets (each seal is fresh), so no cache could help the server.
+            GarbageKind::Forged => (0..256)
+                .map(|_| keys.forged(src).expect("forged knocks need native keys"))
+                .collect(),
         }
     }
 }
