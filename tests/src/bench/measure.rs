@@ -680,5 +680,57 @@ pub fn micro() -> Vec<(String, Duration)> {
             }
         }),
     ));
+    out.extend(native_micro(&mut rng));
+    out
+}
+
+/// What a native packet costs posternd's first stages in this process: the
+/// mac1 check that refuses garbage, and opening a forgery that passed mac1
+/// (sealed by an unregistered client: the Diffie-Hellman, and for the hybrid
+/// suite the ML-KEM decapsulation, then refused). Fewer rounds: these are slow.
+fn native_micro(rng: &mut Rng) -> Vec<(String, Duration)> {
+    use std::hint::black_box;
+    let src = Ipv4Addr::new(172, 16, 1, 1);
+    let time = |f: &mut dyn FnMut()| {
+        for _ in 0..200 {
+            f();
+        }
+        let n = 2_000u32;
+        let t = Instant::now();
+        for _ in 0..n {
+            f();
+        }
+        t.elapsed() / n
+    };
+    let mut out = Vec::new();
+    for hybrid in [false, true] {
+        let suite = if hybrid { "hybrid" } else { "classic" };
+        let keys = Keys::generate(Kind::PosterndNative, hybrid);
+        let Keys::Native(n) = &keys else {
+            unreachable!("native keys")
+        };
+        let registry = spa_native::Registry::default();
+        let garbage = GarbageKind::SameLength.pool(rng, &keys, src);
+        let forged = keys.forged(src).expect("native keys forge");
+        let mut i = 0;
+        out.push((
+            format!("native {suite}: mac1 check, garbage of a knock's length"),
+            time(&mut || {
+                i = (i + 1) % garbage.len();
+                let _ = black_box(spa_native::mac1_matches(
+                    black_box(&garbage[i]),
+                    n.server.public(),
+                ));
+            }),
+        ));
+        out.push((
+            format!("native {suite}: mac1 + open, a forgery past mac1 (unregistered client)"),
+            time(&mut || {
+                if spa_native::mac1_matches(black_box(&forged), n.server.public()) {
+                    let _ = black_box(spa_native::open(&forged, &n.server, &registry));
+                }
+            }),
+        ));
+    }
     out
 }

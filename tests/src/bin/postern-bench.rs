@@ -1007,7 +1007,7 @@ fn main() {
         );
     }
     println!(
-        "\nIn-process cost of the first stages per garbage packet (spa-core, this machine):\n"
+        "\nIn-process cost of the first stages per garbage packet (spa-core, spa-native, this machine):\n"
     );
     println!("| stage | time |\n|---|---|");
     for (n, t) in measure::micro() {
