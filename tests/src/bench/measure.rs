@@ -734,3 +734,52 @@ fn native_micro(rng: &mut Rng) -> Vec<(String, Duration)> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the help and README say of the native attackers: garbage of a
+    /// knock's length has its first byte and is refused at mac1; a forgery
+    /// passes mac1 and is refused only when opened; a knock opens.
+    #[test]
+    fn native_garbage_fails_mac1_and_forgeries_pass_it_but_do_not_open() {
+        let src = Ipv4Addr::new(172, 16, 1, 1);
+        let mut rng = Rng::new();
+        for hybrid in [false, true] {
+            let keys = Keys::generate(Kind::PosterndNative, hybrid);
+            let Keys::Native(n) = &keys else {
+                panic!("native keys")
+            };
+            let mut registry = spa_native::Registry::default();
+            registry
+                .insert(spa_native::ClientEntry {
+                    name: "bench".into(),
+                    key: n.client.public(),
+                    totp: None,
+                    path: "bench.pub".into(),
+                })
+                .unwrap();
+            let knock = keys.knock(&mut rng, src);
+            assert!(spa_native::open(&knock, &n.server, &registry).is_ok());
+            let magic = keys.native_magic().unwrap();
+            for g in GarbageKind::SameLength
+                .pool(&mut rng, &keys, src)
+                .iter()
+                .take(64)
+            {
+                assert_eq!((g[0], g.len()), (magic, knock.len()));
+                assert!(!spa_native::mac1_matches(g, n.server.public()));
+            }
+            for f in GarbageKind::Forged
+                .pool(&mut rng, &keys, src)
+                .iter()
+                .take(4)
+            {
+                assert!(spa_native::mac1_matches(f, n.server.public()));
+                assert!(spa_native::open(f, &n.server, &registry).is_err());
+            }
+        }
+        assert!(!GarbageKind::Forged.applies_to(false));
+    }
+}

@@ -370,7 +370,14 @@ fn ref_storm_rate(kind: Kind) -> Option<u64> {
 
 fn run_server(kind: Kind, o: &Opts, posternd: &Setup) -> Results {
     eprintln!("== {}", title(kind, o));
-    let mut r = Results::default();
+    let mut r = Results {
+        knock_len: Some(
+            Keys::generate(kind, o.hybrid)
+                .knock(&mut Rng::new(), SERVER_ADDR)
+                .len(),
+        ),
+        ..Results::default()
+    };
     r.knock_len = Some(
         Keys::generate(kind, o.hybrid)
             .knock(&mut Rng::new(), SERVER_ADDR)
