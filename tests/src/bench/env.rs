@@ -11,6 +11,7 @@ use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// The protected TCP service.
@@ -35,16 +36,19 @@ pub enum Kind {
     /// UDP capture, iptables action (a migrating fwknopd user's default):
     /// grants are rules in POSTERN_INPUT, the port closed by an INPUT DROP.
     PosterndIptables,
+    /// UDP capture, nftables, postern's own protocol (a native stanza).
+    PosterndNative,
     FwknopdPcap,
     FwknopdUdp,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 7] = [
         Kind::PosterndUdp,
         Kind::PosterndPcap,
         Kind::PosterndNfq,
         Kind::PosterndIptables,
+        Kind::PosterndNative,
         Kind::FwknopdPcap,
         Kind::FwknopdUdp,
     ];
@@ -55,6 +59,7 @@ impl Kind {
             Kind::PosterndPcap => "posternd-pcap",
             Kind::PosterndNfq => "posternd-nfq",
             Kind::PosterndIptables => "posternd-iptables",
+            Kind::PosterndNative => "posternd-native",
             Kind::FwknopdPcap => "fwknopd-pcap",
             Kind::FwknopdUdp => "fwknopd-udp",
         }
@@ -66,6 +71,7 @@ impl Kind {
             Kind::PosterndPcap => "posternd (pcap, nftables)",
             Kind::PosterndNfq => "posternd (NFQUEUE, nftables)",
             Kind::PosterndIptables => "posternd (UDP, iptables)",
+            Kind::PosterndNative => "posternd native (UDP, nftables)",
             Kind::FwknopdPcap => "fwknopd 2.6.10 (pcap, iptables)",
             Kind::FwknopdUdp => "fwknopd 2.6.10 (UDP server, iptables)",
         }
@@ -78,8 +84,17 @@ impl Kind {
     pub fn is_posternd(self) -> bool {
         matches!(
             self,
-            Kind::PosterndUdp | Kind::PosterndPcap | Kind::PosterndNfq | Kind::PosterndIptables
+            Kind::PosterndUdp
+                | Kind::PosterndPcap
+                | Kind::PosterndNfq
+                | Kind::PosterndIptables
+                | Kind::PosterndNative
         )
+    }
+
+    /// Knocks in postern's own protocol, not fwknop's format.
+    pub fn is_native(self) -> bool {
+        self == Kind::PosterndNative
     }
 
     /// Grants are iptables rules and the port is closed by an INPUT DROP.
@@ -100,67 +115,166 @@ impl Kind {
     pub fn udp_socket(self) -> bool {
         matches!(
             self,
-            Kind::PosterndUdp | Kind::PosterndIptables | Kind::FwknopdUdp
+            Kind::PosterndUdp | Kind::PosterndIptables | Kind::PosterndNative | Kind::FwknopdUdp
         )
     }
 }
 
-/// Random keys like `fwknop --key-gen` (32-byte AES key, 64-byte HMAC-SHA256 key).
+/// What the knocks are sealed with: fwknop's format (AES + HMAC keys) or
+/// postern's own protocol (a server key and a registered client key).
 #[derive(Clone)]
-pub struct Keys {
-    pub key: Vec<u8>,
-    pub hmac: Vec<u8>,
+pub enum Keys {
+    /// Random keys like `fwknop --key-gen` (32-byte AES key, 64-byte HMAC-SHA256 key).
+    Fwknop {
+        key: Vec<u8>,
+        hmac: Vec<u8>,
+    },
+    Native(Arc<NativeKeys>),
+}
+
+/// postern's native protocol: the server's key, the one registered client every
+/// knock is sealed by (each knock has its own nonce and so its own replay key),
+/// and a stranger: a client key never registered, whose packets are sealed to
+/// the right server key, pass mac1 and are refused only after the Diffie-Hellman.
+pub struct NativeKeys {
+    pub server: spa_native::ServerKey,
+    pub client: spa_native::ClientKey,
+    pub stranger: spa_native::ClientKey,
+    pub hybrid: bool,
+}
+
+/// The name the bench's client is registered under.
+const NATIVE_CLIENT: &str = "bench";
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 impl Keys {
-    pub fn generate() -> Keys {
-        Keys {
-            key: postern_e2e::scenario::random_bytes(32),
-            hmac: postern_e2e::scenario::random_bytes(64),
+    /// Fresh keys for `kind`; native knocks use the hybrid suite if `hybrid`.
+    pub fn generate(kind: Kind, hybrid: bool) -> Keys {
+        if kind.is_native() {
+            let client = || spa_native::ClientKey::generate().expect("generate a client key");
+            Keys::Native(Arc::new(NativeKeys {
+                server: spa_native::ServerKey::generate().expect("generate a server key"),
+                client: client(),
+                stranger: client(),
+                hybrid,
+            }))
+        } else {
+            Keys::Fwknop {
+                key: postern_e2e::scenario::random_bytes(32),
+                hmac: postern_e2e::scenario::random_bytes(64),
+            }
         }
     }
 
-    fn access_conf(&self) -> String {
-        use base64::Engine;
-        let b = base64::engine::general_purpose::STANDARD;
-        format!(
-            "SOURCE ANY\nKEY_BASE64 {}\nHMAC_KEY_BASE64 {}\nHMAC_DIGEST_TYPE SHA256\n\
-             ENCRYPTION_MODE CBC\nFW_ACCESS_TIMEOUT {ACCESS_TIMEOUT}\n",
-            b.encode(&self.key),
-            b.encode(&self.hmac)
-        )
+    /// The first byte of a native packet of this suite; `None` for fwknop's format.
+    pub fn native_magic(&self) -> Option<u8> {
+        match self {
+            Keys::Fwknop { .. } => None,
+            Keys::Native(n) if n.hybrid => Some(spa_native::HYBRID_MAGIC),
+            Keys::Native(_) => Some(spa_native::CLASSIC_MAGIC),
+        }
     }
 
-    /// One valid knock asking for `tcp/PORT` for `src`: timestamp now, fresh
-    /// rand_val and salt, sha256 digest, AES-CBC, HMAC-SHA256.
-    pub fn knock(&self, rng: &mut Rng, src: Ipv4Addr) -> Vec<u8> {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        let msg = SpaMessage {
-            rand_val: spa_core::message::rand_val_from(rng.bytes::<8>()),
-            username: "bench".into(),
-            timestamp: now,
-            version: "3.0.0".into(),
-            msg_type: MessageType::Access,
-            message: format!("{src},tcp/{PORT}"),
-            nat_access: None,
-            server_auth: None,
-            client_timeout: None,
-        };
-        let keys = PacketKeys {
-            key: &self.key,
-            mode: EncryptionMode::Cbc,
-            hmac: Some(HmacKey {
-                digest: DigestType::Sha256,
-                key: &self.hmac,
-            }),
-        };
-        packet::seal(&msg, DigestType::Sha256, &keys, &rng.bytes::<8>())
-            .expect("seal a knock")
-            .into_bytes()
+    /// The access.conf stanza; for native keys, also writes the server key and
+    /// the client registry under `dir` and returns the `[server]` lines naming them.
+    fn write_config(&self, dir: &Path) -> (String, String) {
+        match self {
+            Keys::Fwknop { key, hmac } => {
+                use base64::Engine;
+                let b = base64::engine::general_purpose::STANDARD;
+                let stanza = format!(
+                    "SOURCE ANY\nKEY_BASE64 {}\nHMAC_KEY_BASE64 {}\nHMAC_DIGEST_TYPE SHA256\n\
+                     ENCRYPTION_MODE CBC\nFW_ACCESS_TIMEOUT {ACCESS_TIMEOUT}\n",
+                    b.encode(key),
+                    b.encode(hmac)
+                );
+                (stanza, String::new())
+            }
+            Keys::Native(n) => {
+                let key = dir.join("server.key");
+                let clients = dir.join("clients");
+                n.server.write_new(&key).expect("write the server key");
+                std::fs::create_dir(&clients).expect("clients dir");
+                spa_native::Registry::add_client(&clients, NATIVE_CLIENT, &n.client.public(), None)
+                    .expect("register the bench client");
+                let stanza = format!(
+                    "SOURCE ANY\nPROTOCOL native\nNATIVE_CLIENTS {NATIVE_CLIENT}\n\
+                     OPEN_PORTS tcp/{PORT}\nFW_ACCESS_TIMEOUT {ACCESS_TIMEOUT}\n"
+                );
+                let server = format!(
+                    "native_key = \"{}\"\nnative_clients = \"{}\"\n",
+                    key.display(),
+                    clients.display()
+                );
+                (stanza, server)
+            }
+        }
     }
+
+    /// One valid knock asking for `tcp/PORT` for `src`. fwknop's format:
+    /// timestamp now, fresh rand_val and salt, sha256 digest, AES-CBC,
+    /// HMAC-SHA256. Native: sealed by the registered client, fresh nonce.
+    pub fn knock(&self, rng: &mut Rng, src: Ipv4Addr) -> Vec<u8> {
+        match self {
+            Keys::Fwknop { key, hmac } => fwknop_knock(key, hmac, rng, src),
+            Keys::Native(n) => n.seal(&n.client, src),
+        }
+    }
+
+    /// A knock for `src` sealed by an unregistered client to the right server
+    /// key; `None` for fwknop's format (it has no such stage).
+    pub fn forged(&self, src: Ipv4Addr) -> Option<Vec<u8>> {
+        match self {
+            Keys::Fwknop { .. } => None,
+            Keys::Native(n) => Some(n.seal(&n.stranger, src)),
+        }
+    }
+}
+
+impl NativeKeys {
+    fn seal(&self, by: &spa_native::ClientKey, src: Ipv4Addr) -> Vec<u8> {
+        let port = spa_native::PortSpec {
+            proto: spa_native::Proto::Tcp,
+            port: PORT,
+        };
+        let payload =
+            spa_native::Payload::new(src.into(), vec![port], now_secs()).expect("a native payload");
+        let options = spa_native::SealOptions {
+            hybrid: self.hybrid,
+        };
+        spa_native::seal(by, self.server.public(), &payload, options).expect("seal a native knock")
+    }
+}
+
+fn fwknop_knock(key: &[u8], hmac: &[u8], rng: &mut Rng, src: Ipv4Addr) -> Vec<u8> {
+    let msg = SpaMessage {
+        rand_val: spa_core::message::rand_val_from(rng.bytes::<8>()),
+        username: "bench".into(),
+        timestamp: now_secs(),
+        version: "3.0.0".into(),
+        msg_type: MessageType::Access,
+        message: format!("{src},tcp/{PORT}"),
+        nat_access: None,
+        server_auth: None,
+        client_timeout: None,
+    };
+    let keys = PacketKeys {
+        key,
+        mode: EncryptionMode::Cbc,
+        hmac: Some(HmacKey {
+            digest: DigestType::Sha256,
+            key: hmac,
+        }),
+    };
+    packet::seal(&msg, DigestType::Sha256, &keys, &rng.bytes::<8>())
+        .expect("seal a knock")
+        .into_bytes()
 }
 
 /// How to start the servers.
@@ -174,6 +288,8 @@ pub struct Setup {
     /// posternd's `[server] queue_depth` (knocks past the HMAC check in flight);
     /// `None`: its default.
     pub queue_depth: Option<usize>,
+    /// Native knocks use the hybrid suite (X25519 + ML-KEM-768).
+    pub hybrid: bool,
 }
 
 /// A running SPA server inside the server namespace.
@@ -207,11 +323,12 @@ impl Server {
         let run = d.join("run");
         std::fs::create_dir(&run).expect("run dir");
         let access = d.join("access.conf");
-        write_private(&access, &keys.access_conf());
+        let (stanza, native_server) = keys.write_config(d);
+        write_private(&access, &stanza);
         let log = d.join("server.log");
         let s = |p: &Path| p.display().to_string();
         let argv: Vec<String> = if kind.is_posternd() {
-            let capture = if matches!(kind, Kind::PosterndUdp | Kind::PosterndIptables) {
+            let capture = if kind.udp_socket() {
                 format!("type = \"udp\"\nlisten = \"0.0.0.0:{SPA_PORT}\"")
             } else if kind == Kind::PosterndNfq {
                 format!(
@@ -246,7 +363,7 @@ impl Server {
             write_private(
                 &toml,
                 &format!(
-                    "access_file = \"{}\"\n[server]\nrun_dir = \"{}\"\n{queue}[[capture]]\n{capture}\n\
+                    "access_file = \"{}\"\n[server]\nrun_dir = \"{}\"\n{native_server}{queue}[[capture]]\n{capture}\n\
                      [[action]]\n{action}{replay}",
                     s(&access),
                     s(&run)
@@ -475,7 +592,7 @@ impl Env {
                 "iptables", "-w", "-A", "INPUT", "-p", "tcp", "--dport", &port, "-j", "DROP",
             ]);
         }
-        let keys = Keys::generate();
+        let keys = Keys::generate(kind, setup.hybrid);
         let server = Server::start(kind, srv, &keys, setup);
         let mut env = Env {
             server,

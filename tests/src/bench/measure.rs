@@ -262,16 +262,22 @@ pub enum GarbageKind {
     /// Base64 of exactly a real knock's length (same keys, same source): passes
     /// the length filter and the charset check, and costs an HMAC each.
     SameLength,
-    /// One valid knock, sent again and again: passes the HMAC, and every copy
-    /// after the first is a replay.
+    /// One valid knock, sent again and again: passes the HMAC (native: mac1,
+    /// then the Diffie-Hellman within the source's budget), and every copy after
+    /// the first is a replay.
     Replay,
+    /// Native only: knocks sealed by an unregistered client key to the right
+    /// server key. They pass mac1 and each costs a Diffie-Hellman, as far as the
+    /// source's budget for public-key work allows; then refused (unknown client).
+    Forged,
 }
 
 impl GarbageKind {
-    pub const ALL: [GarbageKind; 3] = [
+    pub const ALL: [GarbageKind; 4] = [
         GarbageKind::Random,
         GarbageKind::SameLength,
         GarbageKind::Replay,
+        GarbageKind::Forged,
     ];
 
     pub fn name(self) -> &'static str {
@@ -279,6 +285,7 @@ impl GarbageKind {
             GarbageKind::Random => "random",
             GarbageKind::SameLength => "same-length",
             GarbageKind::Replay => "replay",
+            GarbageKind::Forged => "forged",
         }
     }
 
@@ -288,11 +295,18 @@ impl GarbageKind {
             GarbageKind::Random => "random garbage",
             GarbageKind::SameLength => "garbage of a knock's length",
             GarbageKind::Replay => "replays of one knock",
+            GarbageKind::Forged => "native knocks of an unregistered client (past mac1)",
         }
     }
 
     pub fn parse(s: &str) -> Option<GarbageKind> {
         GarbageKind::ALL.into_iter().find(|k| k.name() == s)
+    }
+
+    /// Whether a server taking knocks in postern's own protocol (`native`) or
+    /// fwknop's format has the stage this kind attacks.
+    pub fn applies_to(self, native: bool) -> bool {
+        self != GarbageKind::Forged || native
     }
 
     /// The packets a flood of this kind cycles through, from `src` (whose knock
@@ -302,10 +316,24 @@ impl GarbageKind {
             GarbageKind::Random => garbage_pool(rng, 4096),
             GarbageKind::SameLength => {
                 let len = keys.knock(rng, src).len();
-                (0..4096).map(|_| base64_garbage(rng, len)).collect()
+                match keys.native_magic() {
+                    None => (0..4096).map(|_| base64_garbage(rng, len)).collect(),
+                    // A native packet's first byte, then random bytes: refused at mac1.
+                    Some(magic) => (0..4096)
+                        .map(|_| {
+                            let mut p: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
+                            p[0] = magic;
+                            p
+                        })
+                        .collect(),
+                }
             }
             // Copies, so the sender still hands the kernel 256 at a time.
             GarbageKind::Replay => vec![keys.knock(rng, src); 256],
+            // Distinct packets (each seal is fresh), so no cache could help the server.
+            GarbageKind::Forged => (0..256)
+                .map(|_| keys.forged(src).expect("forged knocks need native keys"))
+                .collect(),
         }
     }
 }
@@ -652,5 +680,106 @@ pub fn micro() -> Vec<(String, Duration)> {
             }
         }),
     ));
+    out.extend(native_micro(&mut rng));
     out
+}
+
+/// What a native packet costs posternd's first stages in this process: the
+/// mac1 check that refuses garbage, and opening a forgery that passed mac1
+/// (sealed by an unregistered client: the Diffie-Hellman, and for the hybrid
+/// suite the ML-KEM decapsulation, then refused). Fewer rounds: these are slow.
+fn native_micro(rng: &mut Rng) -> Vec<(String, Duration)> {
+    use std::hint::black_box;
+    let src = Ipv4Addr::new(172, 16, 1, 1);
+    let time = |f: &mut dyn FnMut()| {
+        for _ in 0..200 {
+            f();
+        }
+        let n = 2_000u32;
+        let t = Instant::now();
+        for _ in 0..n {
+            f();
+        }
+        t.elapsed() / n
+    };
+    let mut out = Vec::new();
+    for hybrid in [false, true] {
+        let suite = if hybrid { "hybrid" } else { "classic" };
+        let keys = Keys::generate(Kind::PosterndNative, hybrid);
+        let Keys::Native(n) = &keys else {
+            unreachable!("native keys")
+        };
+        let registry = spa_native::Registry::default();
+        let garbage = GarbageKind::SameLength.pool(rng, &keys, src);
+        let forged = keys.forged(src).expect("native keys forge");
+        let mut i = 0;
+        out.push((
+            format!("native {suite}: mac1 check, garbage of a knock's length"),
+            time(&mut || {
+                i = (i + 1) % garbage.len();
+                let _ = black_box(spa_native::mac1_matches(
+                    black_box(&garbage[i]),
+                    n.server.public(),
+                ));
+            }),
+        ));
+        out.push((
+            format!("native {suite}: mac1 + open, a forgery past mac1 (unregistered client)"),
+            time(&mut || {
+                if spa_native::mac1_matches(black_box(&forged), n.server.public()) {
+                    let _ = black_box(spa_native::open(&forged, &n.server, &registry));
+                }
+            }),
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the help and README say of the native attackers: garbage of a
+    /// knock's length has its first byte and is refused at mac1; a forgery
+    /// passes mac1 and is refused only when opened; a knock opens.
+    #[test]
+    fn native_garbage_fails_mac1_and_forgeries_pass_it_but_do_not_open() {
+        let src = Ipv4Addr::new(172, 16, 1, 1);
+        let mut rng = Rng::new();
+        for hybrid in [false, true] {
+            let keys = Keys::generate(Kind::PosterndNative, hybrid);
+            let Keys::Native(n) = &keys else {
+                panic!("native keys")
+            };
+            let mut registry = spa_native::Registry::default();
+            registry
+                .insert(spa_native::ClientEntry {
+                    name: "bench".into(),
+                    key: n.client.public(),
+                    totp: None,
+                    path: "bench.pub".into(),
+                })
+                .unwrap();
+            let knock = keys.knock(&mut rng, src);
+            assert!(spa_native::open(&knock, &n.server, &registry).is_ok());
+            let magic = keys.native_magic().unwrap();
+            for g in GarbageKind::SameLength
+                .pool(&mut rng, &keys, src)
+                .iter()
+                .take(64)
+            {
+                assert_eq!((g[0], g.len()), (magic, knock.len()));
+                assert!(!spa_native::mac1_matches(g, n.server.public()));
+            }
+            for f in GarbageKind::Forged
+                .pool(&mut rng, &keys, src)
+                .iter()
+                .take(4)
+            {
+                assert!(spa_native::mac1_matches(f, n.server.public()));
+                assert!(spa_native::open(f, &n.server, &registry).is_err());
+            }
+        }
+        assert!(!GarbageKind::Forged.applies_to(false));
+    }
 }

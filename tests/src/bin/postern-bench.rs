@@ -1,6 +1,7 @@
-//! `postern-bench`: posternd (nftables and iptables actions) against the real fwknopd 2.6.10
-//! (pcap mode and UDP-server mode, iptables), measured in the same run, each
-//! server in its own fresh pair of network namespaces per measurement.
+//! `postern-bench`: posternd (nftables and iptables actions; fwknop's format and
+//! postern's own protocol) against the real fwknopd 2.6.10 (pcap mode and
+//! UDP-server mode, iptables), measured in the same run, each server in its own
+//! fresh pair of network namespaces per measurement.
 //!
 //! ```sh
 //! cargo run --release -p postern-e2e --bin postern-bench            # full run, ~4 min
@@ -14,8 +15,9 @@
 #[path = "../bench/mod.rs"]
 mod bench;
 
-use bench::env::{Env, Kind, Setup};
+use bench::env::{Env, Keys, Kind, Setup, SERVER_ADDR};
 use bench::measure::{self, percentile, Burst, Garbage, GarbageKind, Latency, Storm};
+use bench::sys::Rng;
 use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
@@ -29,7 +31,10 @@ USAGE: postern-bench [OPTIONS]
 
   --quick                fewer knocks and less garbage (about 1.5 minutes)
   --servers LIST         comma list of posternd-udp,posternd-pcap,posternd-nfq,
-                         posternd-iptables,fwknopd-pcap,fwknopd-udp (default: all six)
+                         posternd-iptables,posternd-native,fwknopd-pcap,fwknopd-udp
+                         (default: all seven; posternd-native = UDP, nftables,
+                         knocks in postern's own protocol from one registered client)
+  --hybrid               posternd-native's knocks use the hybrid suite (ML-KEM-768)
   --tests LIST           comma list of latency,burst,garbage,garbage-ref,storm,refstorm
                          (default: all; garbage-ref = the garbage test paced at the
                          reference's ~180,000 pps)
@@ -40,7 +45,13 @@ USAGE: postern-bench [OPTIONS]
                          random (random lengths and bytes), same-length (base64 of a
                          real knock's length: passes the length filter, costs an HMAC),
                          replay (one valid knock sent again and again: passes the
-                         HMAC, then refused as a replay); default: all three.
+                         HMAC, then refused as a replay), forged (posternd-native
+                         only: knocks sealed by an unregistered client key to the
+                         right server key: pass mac1, cost a Diffie-Hellman within
+                         the source's budget of 20 at once then 10/s);
+                         default: all four. For posternd-native, same-length is
+                         random bytes of a native knock's length after its first
+                         byte (0xF1, hybrid 0xF2): refused at mac1.
                          garbage-ref and refstorm send random garbage.
   --garbage-pps N        rate of that garbage (default 0 = as fast as the sender can)
   --storm-pps N          garbage rate of the storm (default 50000)
@@ -80,6 +91,7 @@ struct Opts {
     queue_depth: Option<usize>,
     criterion: bool,
     quick: bool,
+    hybrid: bool,
 }
 
 fn parse_args() -> Result<Opts, String> {
@@ -101,6 +113,7 @@ fn parse_args() -> Result<Opts, String> {
         queue_depth: None,
         criterion: false,
         quick,
+        hybrid: false,
     };
     let mut it = args.into_iter();
     while let Some(a) = it.next() {
@@ -135,7 +148,7 @@ fn parse_args() -> Result<Opts, String> {
                     .split(',')
                     .map(|s| {
                         GarbageKind::parse(s.trim()).ok_or(format!(
-                            "unknown garbage kind `{s}` (known: random,same-length,replay)"
+                            "unknown garbage kind `{s}` (known: random,same-length,replay,forged)"
                         ))
                     })
                     .collect::<Result<_, _>>()?
@@ -148,6 +161,7 @@ fn parse_args() -> Result<Opts, String> {
             "--replay" => o.replay = Some(val(&a)?),
             "--queue-depth" => o.queue_depth = Some(num(val(&a)?, &a)? as usize),
             "--criterion" => o.criterion = true,
+            "--hybrid" => o.hybrid = true,
             other => return Err(format!("unknown option `{other}` (see --help)")),
         }
     }
@@ -301,6 +315,8 @@ struct Results {
     storm: ByKind<Storm>,
     refstorm: Option<Result<Storm, String>>,
     warmups: Vec<Duration>,
+    /// Size of one knock's UDP payload.
+    knock_len: Option<usize>,
 }
 
 /// Each kind's error, named `test (kind)`.
@@ -313,6 +329,15 @@ fn errors_by_kind<'a, T>(test: &str, v: &'a ByKind<T>) -> Vec<(String, Option<&'
 /// The result of `kind` in `results`, if that kind ran.
 fn of_kind<T>(results: &ByKind<T>, kind: GarbageKind) -> Option<&Result<T, String>> {
     results.iter().find(|(k, _)| *k == kind).map(|(_, r)| r)
+}
+
+/// The server's column title; native knocks name their suite.
+fn title(kind: Kind, o: &Opts) -> String {
+    match (kind.is_native(), o.hybrid) {
+        (true, true) => "posternd native hybrid (UDP, nftables)".into(),
+        (true, false) => "posternd native classic (UDP, nftables)".into(),
+        _ => kind.title().into(),
+    }
 }
 
 fn guarded<T>(what: &str, f: impl FnOnce() -> T) -> Result<T, String> {
@@ -344,8 +369,20 @@ fn ref_storm_rate(kind: Kind) -> Option<u64> {
 }
 
 fn run_server(kind: Kind, o: &Opts, posternd: &Setup) -> Results {
-    eprintln!("== {}", kind.title());
-    let mut r = Results::default();
+    eprintln!("== {}", title(kind, o));
+    let mut r = Results {
+        knock_len: Some(
+            Keys::generate(kind, o.hybrid)
+                .knock(&mut Rng::new(), SERVER_ADDR)
+                .len(),
+        ),
+        ..Results::default()
+    };
+    r.knock_len = Some(
+        Keys::generate(kind, o.hybrid)
+            .knock(&mut Rng::new(), SERVER_ADDR)
+            .len(),
+    );
     let want = |t: &str| o.tests.iter().any(|x| x == t);
     let slow = kind.uses_iptables();
     if want("latency") {
@@ -386,8 +423,13 @@ fn run_server(kind: Kind, o: &Opts, posternd: &Setup) -> Results {
         }
         g
     };
+    let kinds = o
+        .garbage_kinds
+        .iter()
+        .copied()
+        .filter(|w| w.applies_to(kind.is_native()));
     if want("garbage") {
-        for &what in &o.garbage_kinds {
+        for what in kinds.clone() {
             let run = guarded(&format!("garbage ({})", what.name()), || {
                 garbage(what, o.garbage_pps)
             });
@@ -400,7 +442,7 @@ fn run_server(kind: Kind, o: &Opts, posternd: &Setup) -> Results {
         }));
     }
     if want("storm") {
-        for &what in &o.garbage_kinds {
+        for what in kinds {
             let run = guarded(&format!("storm ({})", what.name()), || {
                 let env = Env::new(kind, o.storm_knocks + 2, posternd);
                 measure::storm(
@@ -497,6 +539,15 @@ fn print_table(o: &Opts, kinds: &[Kind], res: &BTreeMap<usize, Results>) {
                     l.samples.len() + l.failed + l.open_before
                 )
             })
+        },
+        "",
+    );
+    row(
+        "knock size (UDP payload)".into(),
+        &|r| {
+            r.knock_len
+                .map(|n| format!("{n} B"))
+                .unwrap_or_else(|| "–".into())
         },
         "",
     );
@@ -702,7 +753,7 @@ fn print_table(o: &Opts, kinds: &[Kind], res: &BTreeMap<usize, Results>) {
     let mut head = String::from("| |");
     let mut sep = String::from("|---|");
     for k in kinds {
-        head += &format!(" {} |", k.title());
+        head += &format!(" {} |", title(*k, o));
         sep += "---|";
     }
     head += " goal (posternd) |";
@@ -713,11 +764,11 @@ fn print_table(o: &Opts, kinds: &[Kind], res: &BTreeMap<usize, Results>) {
     }
 }
 
-fn print_details(kinds: &[Kind], res: &BTreeMap<usize, Results>) {
+fn print_details(o: &Opts, kinds: &[Kind], res: &BTreeMap<usize, Results>) {
     println!("\nDetails:");
     for (i, k) in kinds.iter().enumerate() {
         let r = &res[&i];
-        println!("- {}:", k.title());
+        println!("- {}:", title(*k, o));
         if !r.warmups.is_empty() {
             println!("  - warm-up knock opened after {}", fmt_d(r.warmups[0]));
         }
@@ -910,6 +961,7 @@ fn main() {
         posternd,
         replay: o.replay.clone(),
         queue_depth: o.queue_depth,
+        hybrid: o.hybrid,
     };
     let crit = o.criterion.then(criterion);
     let load0 = loadavg();
@@ -945,9 +997,24 @@ fn main() {
         loadavg()
     );
     print_table(&o, &o.servers, &res);
-    print_details(&o.servers, &res);
+    print_details(&o, &o.servers, &res);
+    if o.servers.iter().any(|k| k.is_native()) {
+        let size = |hybrid| {
+            Keys::generate(Kind::PosterndNative, hybrid)
+                .knock(&mut Rng::new(), SERVER_ADDR)
+                .len()
+        };
+        println!(
+            "\nNative knocks (one tcp port, no options): classic {} B, hybrid {} B. \
+             posternd opens (Diffie-Hellman, hybrid also ML-KEM) at most 20 packets past \
+             mac1 at once per source address, then 10/s; the forged and replay floods \
+             come from one source, so the rest are refused before any public-key work.",
+            size(false),
+            size(true)
+        );
+    }
     println!(
-        "\nIn-process cost of the first stages per garbage packet (spa-core, this machine):\n"
+        "\nIn-process cost of the first stages per garbage packet (spa-core, spa-native, this machine):\n"
     );
     println!("| stage | time |\n|---|---|");
     for (n, t) in measure::micro() {
