@@ -145,11 +145,12 @@ pub async fn offer(pipeline: &mut Pipeline, received: Received<'_>) {
     if packet.mac_verified() {
         let Ok(_) = pipeline.ready().await;
     } else if pipeline.ready().now_or_never().is_none() {
-        let shed = Outcome::refused(
-            Stage::Overload,
-            "work queue full (a packet for a stanza without HMAC is shed)",
-            Decision::authenticated(&packet),
-        );
+        let why = if packet.is_native() {
+            "work queue full (a native packet is shed before it is opened)"
+        } else {
+            "work queue full (a packet for a stanza without HMAC is shed)"
+        };
+        let shed = Outcome::refused(Stage::Overload, why, Decision::authenticated(&packet));
         return log_outcome(peer, &shed, Some(started));
     }
     pipeline.spawn(packet, move |outcome| {

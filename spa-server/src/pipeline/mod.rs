@@ -105,6 +105,10 @@ impl Authenticated {
     pub fn mac_verified(&self) -> bool {
         self.screened.mac_verified()
     }
+    /// A native packet past mac1, not opened yet.
+    pub fn is_native(&self) -> bool {
+        self.screened.native.is_some()
+    }
 }
 
 /// A packet that decrypted and decoded under one stanza's key. Made only by
