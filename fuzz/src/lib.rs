@@ -183,7 +183,7 @@ pub fn check_receive_path(bytes: &[u8]) -> Vec<Verdict> {
         }
     }
     let (got_rijndael, got_gpg) = match &screened {
-        Ok(c) => (c.rijndael.clone(), c.gpg.clone()),
+        Ok(c) => (c.rijndael().to_vec(), c.gpg().to_vec()),
         Err(_) => (vec![], vec![]),
     };
     assert_eq!(got_rijndael, expect_rijndael, "Rijndael candidates");

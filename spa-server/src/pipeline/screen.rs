@@ -270,6 +270,16 @@ impl Screened {
     pub fn mac_verified(&self) -> bool {
         self.mac_verified
     }
+
+    /// (stanza index, ciphertext length) of the stanzas to try AES with.
+    pub fn rijndael(&self) -> &[(usize, usize)] {
+        &self.rijndael
+    }
+
+    /// The same for the stanzas that take GPG packets.
+    pub fn gpg(&self) -> &[(usize, usize)] {
+        &self.gpg
+    }
 }
 
 #[cfg(test)]
