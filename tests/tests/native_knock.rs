@@ -14,7 +14,9 @@
 //! - over the TCP capture (`-P tcp`) too, binary as the packet is;
 //! - `--pin-source-port`: only connections from that source port get in;
 //! - `postern --native --connect`: the knock is pinned to the source port of
-//!   the connection it then makes, which reaches the service.
+//!   the connection it then makes, which reaches the service;
+//! - a fwknop stanza and a native one in the same access.conf, on the same
+//!   port: the real fwknop client's knock and a native knock each open.
 
 use postern_e2e::native::{bin, connects_from, ok, Native};
 use postern_e2e::posternd::{runnable, tcp_capture, SPA_PORT};
@@ -248,4 +250,48 @@ fn a_native_connect_is_pinned_to_its_own_source_port() {
             n.context(&format!("source port {other} got in past a pin to {pin}"))
         );
     }
+}
+
+#[test]
+fn fwknop_and_native_stanzas_serve_side_by_side_on_one_port() {
+    if !runnable(&["nft", "fwknop"]) {
+        return;
+    }
+    let n = Native::start("nf", 22137, &[("frank", false)], "NATIVE_CLIENTS frank\n");
+    // A fwknop stanza first, the native one after it; reloaded with SIGHUP.
+    let keys = postern_e2e::scenario::SpaKeys::generate("cbc", Some("sha256"));
+    let native = std::fs::read_to_string(n.conf.path("access.conf")).unwrap();
+    let fwknop =
+        postern_e2e::posternd::access_conf(&keys, Some(&format!("tcp/{}", n.svc.port)), 3, "");
+    n.conf.write("access.conf", &format!("{fwknop}\n{native}"));
+    n.posternd.signal(libc::SIGHUP);
+    assert!(
+        n.posternd
+            .wait_log("SIGHUP: reloaded", 1, Duration::from_secs(5)),
+        "{}",
+        n.context("no reload")
+    );
+    postern_e2e::posternd::knock_ok(&n.svc, &keys, &[]);
+    assert!(n.opens(), "{}", n.context("the fwknop knock did not open"));
+    assert!(n.closes(), "{}", n.context("not closed after the timeout"));
+    n.knock_ok("frank", &[]);
+    assert!(
+        n.opens(),
+        "{}",
+        n.context("the native knock did not open beside a fwknop stanza")
+    );
+    let users: Vec<String> = n
+        .posternd
+        .audit_lines()
+        .iter()
+        .filter(|l| l["outcome"] == "granted")
+        .filter_map(|l| {
+            l["stanza"]["number"]
+                .as_u64()
+                .map(|k| format!("{k}:{}", l["user"]))
+        })
+        .collect();
+    assert_eq!(users.len(), 2, "{users:?}");
+    assert!(users[0].starts_with("1:"), "{users:?}");
+    assert_eq!(users[1], "2:\"frank\"", "{users:?}");
 }
