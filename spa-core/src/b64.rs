@@ -37,6 +37,14 @@ pub fn encode_nopad(data: &[u8]) -> String {
     LENIENT.encode(data)
 }
 
+/// [`encode_nopad`] into `out` (no allocation); returns the length written.
+/// `out` must hold the encoding (4 characters per 3 bytes, rounded up).
+pub fn encode_nopad_into(data: &[u8], out: &mut [u8]) -> usize {
+    LENIENT
+        .encode_slice(data, out)
+        .expect("the output buffer holds the encoding")
+}
+
 /// Encode with `=` padding (the form of keys in access.conf and ~/.fwknoprc).
 pub fn encode_padded(data: &[u8]) -> String {
     PADDED.encode(data)
@@ -53,19 +61,49 @@ pub fn decode_canonical(text: &str) -> Option<Vec<u8>> {
     CANONICAL.decode(text).ok()
 }
 
-/// Is every byte in the base64 alphabet (including `=`)?
+/// Is every byte in the base64 alphabet (including `=`)? The server runs this
+/// over every packet it screens: the common answer (all of them, or garbage
+/// found) comes from a branch-free pass the compiler vectorizes, the position
+/// only from a second pass over a packet that has a stray byte.
 pub fn first_non_base64(data: &[u8]) -> Option<usize> {
-    data.iter().position(|&b| !IS_BASE64[usize::from(b)])
+    let clean = data
+        .chunks(64)
+        .all(|chunk| chunk.iter().fold(true, |ok, &b| ok & is_base64(b)));
+    if clean {
+        None
+    } else {
+        data.iter().position(|&b| !is_base64(b))
+    }
 }
 
-/// One lookup per byte: the server runs this over every packet it screens.
-static IS_BASE64: [bool; 256] = {
-    let mut table = [false; 256];
-    let mut b = 0;
-    while b < 256 {
-        let c = b as u8;
-        table[b] = c.is_ascii_alphanumeric() || c == b'+' || c == b'/' || c == b'=';
-        b += 1;
+#[inline(always)]
+fn is_base64(b: u8) -> bool {
+    // Branch-free range checks (wrapping subtraction), not a table lookup.
+    (b | 0x20).wrapping_sub(b'a') < 26
+        || b.wrapping_sub(b'0') < 10
+        || b == b'+'
+        || b == b'/'
+        || b == b'='
+}
+
+#[cfg(test)]
+mod charset_tests {
+    use super::*;
+
+    #[test]
+    fn the_alphabet_is_exactly_base64_and_the_first_stray_byte_is_found() {
+        for b in 0..=255u8 {
+            let want = b.is_ascii_alphanumeric() || b == b'+' || b == b'/' || b == b'=';
+            assert_eq!(is_base64(b), want, "byte {b}");
+        }
+        let mut text = b"QUJD".repeat(100);
+        assert_eq!(first_non_base64(&text), None);
+        assert_eq!(first_non_base64(b""), None);
+        for at in [0, 63, 64, 65, 200, 399] {
+            let saved = text[at];
+            text[at] = b'-';
+            assert_eq!(first_non_base64(&text), Some(at));
+            text[at] = saved;
+        }
     }
-    table
-};
+}

@@ -6,7 +6,7 @@
 
 use crate::b64;
 use crate::cipher::{self, EncryptionMode};
-use crate::digest::{ct_eq, DigestType};
+use crate::digest::{DigestType, KeyedHmac};
 use crate::error::{Result, SpaError};
 use crate::message::{decode_plaintext, DecodedMessage, SpaMessage};
 
@@ -36,7 +36,8 @@ pub struct PacketKeys<'a> {
 }
 
 impl HmacKey<'_> {
-    pub(crate) fn check(&self) -> Result<()> {
+    /// A key of a length fwknop's HMAC takes (1 to [`MAX_HMAC_KEY_LEN`] bytes)?
+    pub fn check(&self) -> Result<()> {
         if self.key.is_empty() || self.key.len() > MAX_HMAC_KEY_LEN {
             return Err(SpaError::Key(format!(
                 "HMAC key must be 1..={MAX_HMAC_KEY_LEN} bytes, got {}",
@@ -141,13 +142,18 @@ pub fn plausible_rijndael_body(body_len: usize) -> bool {
 /// Verify the trailing HMAC in constant time; returns the ciphertext part.
 pub fn verify_hmac<'a>(wire: &'a str, hmac: &HmacKey, prefix: &str) -> Result<&'a str> {
     hmac.check()?;
-    let n = hmac.digest.b64_len();
+    verify_keyed_hmac(wire, &KeyedHmac::new(hmac.digest, hmac.key), prefix)
+}
+
+/// [`verify_hmac`] with a key made once ([`KeyedHmac`]), as a server screening
+/// many packets for one stanza does.
+pub fn verify_keyed_hmac<'a>(wire: &'a str, hmac: &KeyedHmac, prefix: &str) -> Result<&'a str> {
+    let n = hmac.digest().b64_len();
     if wire.len() <= n {
         return Err(SpaError::HmacMissing(n));
     }
-    let (body, carried) = wire.split_at(n.max(wire.len()) - n);
-    let expected = hmac.compute_b64(prefix, body);
-    if ct_eq(expected.as_bytes(), carried.as_bytes()) {
+    let (body, carried) = wire.split_at(wire.len() - n);
+    if hmac.verify_b64(&[prefix.as_bytes(), body.as_bytes()], carried.as_bytes()) {
         Ok(body)
     } else {
         Err(SpaError::HmacMismatch)

@@ -151,6 +151,10 @@ pub struct AccessStanza {
     pub hmac_key_base64: Option<Secret>,
     #[serde(default = "default_digest", with = "display_fromstr")]
     pub hmac_digest_type: DigestType,
+    /// The HMAC key made once, at the first packet screened ([`Self::hmac_keyed`]);
+    /// a stanza is not changed once loaded (a reload makes new ones).
+    #[serde(skip)]
+    hmac_keyed: std::sync::OnceLock<spa_core::digest::KeyedHmac>,
     #[serde(default, with = "display_fromstr")]
     pub encryption_mode: EncryptionMode,
     #[serde(default)]
@@ -433,6 +437,7 @@ impl AccessStanza {
             hmac_key: None,
             hmac_key_base64: None,
             hmac_digest_type: DigestType::Sha256,
+            hmac_keyed: std::sync::OnceLock::new(),
             encryption_mode: EncryptionMode::Cbc,
             require_username: None,
             require_source_address: false,
@@ -481,6 +486,20 @@ impl AccessStanza {
 
     pub fn hmac_secret(&self) -> Option<&Secret> {
         self.hmac_key_base64.as_ref().or(self.hmac_key.as_ref())
+    }
+
+    /// The HMAC key with its pads absorbed, for screening: `None` without HMAC,
+    /// an error for a key of a length HMAC here refuses.
+    pub fn hmac_keyed(&self) -> Option<spa_core::Result<&spa_core::digest::KeyedHmac>> {
+        let secret = self.hmac_secret()?;
+        let key = spa_core::packet::HmacKey {
+            digest: self.hmac_digest_type,
+            key: secret.bytes(),
+        };
+        Some(key.check().map(|()| {
+            self.hmac_keyed
+                .get_or_init(|| spa_core::digest::KeyedHmac::new(key.digest, key.key))
+        }))
     }
 
     /// Can a Rijndael packet for this stanza, its HMAC included, be `len` wire

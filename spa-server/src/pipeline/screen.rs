@@ -12,7 +12,7 @@ use crate::native::{NativeKeys, OpenBudget};
 use arc_swap::ArcSwap;
 use ipnet::IpNet;
 use spa_core::gpg;
-use spa_core::packet::{self, HmacKey, GPG_PREFIX, RIJNDAEL_PREFIX};
+use spa_core::packet::{self, GPG_PREFIX, RIJNDAEL_PREFIX};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -101,14 +101,12 @@ impl Keyring {
             if !s.source.contains(peer) {
                 continue;
             }
-            let hmac = s.hmac_secret().map(|key| HmacKey {
-                digest: s.hmac_digest_type,
-                key: key.bytes(),
-            });
+            let hmac = s.hmac_keyed();
             // Ciphertext length for this stanza, or why its HMAC failed.
             let body = |prefix: &str| match &hmac {
                 None => Ok(wire.len()),
-                Some(hk) => packet::verify_hmac(wire, hk, prefix).map(str::len),
+                Some(Ok(keyed)) => packet::verify_keyed_hmac(wire, keyed, prefix).map(str::len),
+                Some(Err(e)) => Err(e.clone()),
             };
             if s.rijndael_key().is_some() {
                 if !s.takes_rijndael_len(wire.len()) {
