@@ -167,7 +167,7 @@ fn report_kernel_drops(dropped: u64) {
 
 /// Datagrams taken from the kernel per system call (recvmmsg): under a flood the
 /// syscall, not the screening, is the larger cost per packet.
-const BATCH: usize = 64;
+const BATCH: usize = 128;
 
 /// Wakeups coalesced under a flood. At 50,000 datagrams/s a blocking receive
 /// returns one datagram per wakeup, and the wakeup (a context switch) costs
@@ -184,7 +184,7 @@ struct Coalesce {
     flooding: bool,
 }
 
-const COALESCE: Duration = Duration::from_millis(1);
+const COALESCE: Duration = Duration::from_millis(2);
 const RATE_WINDOW: Duration = Duration::from_millis(10);
 /// 5,000 datagrams/s.
 const FLOOD_PER_WINDOW: usize = 50;
