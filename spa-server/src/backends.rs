@@ -47,7 +47,7 @@ pub fn build(
         anyhow::bail!(feature_missing(cfg.kind()));
     }
     // Silence "unused" where every backend feature is off.
-    let _ = (run_dir, nat_enabled);
+    let _ = (run_dir, nat_enabled, clock);
     Ok(match cfg {
         #[cfg(feature = "nftables")]
         ActionConfig::Nftables(c) => {

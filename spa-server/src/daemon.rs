@@ -42,6 +42,7 @@ pub async fn open_replay_store(
         }
         #[cfg(not(feature = "redis"))]
         ReplayConfig::Redis { .. } => {
+            let _ = clock; // only the Redis store reads it
             anyhow::bail!("replay store `redis` requires the `redis` feature")
         }
         ReplayConfig::Memory => Arc::new(MemoryStore::default()),
