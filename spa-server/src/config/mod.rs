@@ -493,6 +493,37 @@ impl AuditConfig {
     }
 }
 
+/// With NAT on the server (`[server.nat]`), the nftables and iptables actions
+/// get their NAT chains whatever their `nat` says; an explicit `nat = false`
+/// there contradicts that, so it is refused rather than silently overridden.
+fn refuse_nat_off_under_server_nat(figment: &Figment, cfg: &ServerConfig) -> Result<(), String> {
+    if !(cfg.server.nat.forwarding || cfg.server.nat.local) {
+        return Ok(());
+    }
+    let Ok(actions) = figment.find_value("action") else {
+        return Ok(());
+    };
+    let Some(actions) = actions.into_array() else {
+        return Ok(());
+    };
+    for (i, action) in actions.iter().enumerate() {
+        let Some(table) = action.as_dict() else {
+            continue;
+        };
+        let kind = table.get("type").and_then(|t| t.as_str()).unwrap_or("");
+        let nat_off = table.get("nat").and_then(|n| n.to_bool()) == Some(false);
+        if nat_off && matches!(kind, "nftables" | "iptables") {
+            return Err(format!(
+                "[[action]] #{} (`{kind}`): `nat = false`, but [server.nat] turns NAT on \
+                 (forwarding or local), which needs the action's NAT chains: remove \
+                 `nat = false` (server NAT turns it on) or turn [server.nat] off",
+                i + 1
+            ));
+        }
+    }
+    Ok(())
+}
+
 impl ServerConfig {
     /// Every capability a child posternd starts may be given (CMD_CAPABILITIES,
     /// sudo's needs, `capabilities` of script actions): the daemon must keep
@@ -612,7 +643,7 @@ pub fn load(sources: &ConfigSources) -> Result<Loaded, ConfigError> {
         Some(path) if is_toml(path) => {
             // Secrets may live in the TOML: same permission rule as access.conf.
             secure_read(path)?;
-            Figment::from(Serialized::defaults(ServerConfig::default()))
+            let figment = Figment::from(Serialized::defaults(ServerConfig::default()))
                 .merge(Toml::file(path))
                 .merge(Env::prefixed("POSTERN_").split("__").filter(|key| {
                     // Only configuration keys: POSTERN_LOG and friends are not config.
@@ -622,9 +653,13 @@ pub fn load(sources: &ConfigSources) -> Result<Loaded, ConfigError> {
                             || key.starts_with(&format!("{section}."))
                             || key.starts_with(&format!("{section}__"))
                     })
-                }))
+                }));
+            let cfg = figment
                 .extract::<ServerConfig>()
-                .map_err(|e| ConfigError::Toml(format!("{}: {e}", path.display())))?
+                .map_err(|e| ConfigError::Toml(format!("{}: {e}", path.display())))?;
+            refuse_nat_off_under_server_nat(&figment, &cfg)
+                .map_err(|e| ConfigError::Toml(format!("{}: {e}", path.display())))?;
+            cfg
         }
         Some(path) => {
             let mut cfg = ServerConfig::default();
@@ -935,6 +970,50 @@ open_ports = "tcp/22"
             assert!(shown.contains("<redacted>"));
             Ok(())
         });
+    }
+
+    /// `nat = false` on a firewall action while [server.nat] is on is an
+    /// error naming the file and the action; left out, it is turned on.
+    #[test]
+    fn explicit_nat_off_under_server_nat_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("postern.toml");
+        let write = |action_nat: &str, server_nat: &str| {
+            std::fs::write(
+                &p,
+                format!(
+                    "[server.nat]\nforwarding = {server_nat}\n\n\
+                     [[action]]\ntype = \"log\"\n\n\
+                     [[action]]\ntype = \"nftables\"\n{action_nat}\n\n\
+                     [[access]]\nsource = \"ANY\"\n\
+                     key_base64 = \"7GUhvzM3zXNUTPqUMAixKOMqVNDh6qrIUgqWdacXNMA=\"\n\
+                     hmac_key = \"a passphrase hmac key\"\n"
+                ),
+            )
+            .unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+            load(&ConfigSources {
+                config: Some(p.clone()),
+                ..Default::default()
+            })
+        };
+        let Err(err) = write("nat = false", "true") else {
+            panic!("nat = false under forwarding was taken")
+        };
+        let err = err.to_string();
+        assert!(err.contains(&p.display().to_string()), "{err}");
+        assert!(
+            err.contains("[[action]] #2 (`nftables`): `nat = false`"),
+            "{err}"
+        );
+        for (action_nat, server_nat) in [
+            ("", "true"),
+            ("nat = true", "true"),
+            ("nat = false", "false"),
+        ] {
+            write(action_nat, server_nat)
+                .unwrap_or_else(|e| panic!("{action_nat:?} under forwarding = {server_nat}: {e}"));
+        }
     }
 
     #[test]
