@@ -178,7 +178,6 @@ const BATCH: usize = 128;
 /// server never naps. Measured: README, "Coalescing wakeups under a flood".
 #[derive(Debug)]
 struct Coalesce {
-    nap: Duration,
     window_started: std::time::Instant,
     in_window: usize,
     flooding: bool,
@@ -190,9 +189,8 @@ const RATE_WINDOW: Duration = Duration::from_millis(10);
 const FLOOD_PER_WINDOW: usize = 50;
 
 impl Coalesce {
-    fn new(nap: Duration) -> Self {
+    fn new() -> Self {
         Coalesce {
-            nap,
             window_started: std::time::Instant::now(),
             in_window: 0,
             flooding: false,
@@ -211,7 +209,7 @@ impl Coalesce {
             self.window_started = now;
             self.in_window = 0;
         }
-        (self.flooding && n < BATCH && !self.nap.is_zero()).then_some(self.nap)
+        (self.flooding && n < BATCH).then_some(COALESCE)
     }
 }
 
@@ -353,7 +351,7 @@ fn receive_loop(
     let fd = socket.as_raw_fd();
     let mut filtered_for: Option<crate::pipeline::Stanzas> = None;
     let mut kernel_drops = KernelDrops::default();
-    let mut coalesce = Coalesce::new(COALESCE);
+    let mut coalesce = Coalesce::new();
     // At a stop, what the kernel already holds for posternd is still taken
     // (for a second at most), then the loop ends.
     let mut stop_by = None;
@@ -434,7 +432,7 @@ mod tests {
     fn a_quiet_socket_never_naps_and_a_flood_naps_until_batches_fill() {
         let start = std::time::Instant::now();
         let at = |us: u64| start + Duration::from_micros(us);
-        let mut c = Coalesce::new(COALESCE);
+        let mut c = Coalesce::new();
         // One knock now and then: never a nap.
         for i in 1..=20 {
             assert_eq!(c.after_receive(1, at(i * 50_000)), None);
