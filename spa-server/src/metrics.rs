@@ -5,9 +5,10 @@
 //!
 //! What is counted (names are stable; see the README):
 //! - `postern_packets_total{capture}`: every packet a capture took, garbage too;
-//! - `postern_capture_kernel_drops_total{capture}`: datagrams the kernel
-//!   dropped for the UDP capture before posternd read them (socket buffer
-//!   full, or a length no stanza takes);
+//! - `postern_capture_kernel_drops_total{capture,reason}`: datagrams the
+//!   kernel dropped for the UDP capture before posternd read them, because
+//!   its buffer was full (`buffer_full`) or their length fits no stanza
+//!   (`length_filter`);
 //! - `postern_refused_total{stage}`: refusals by the stage that refused
 //!   (blacklist, precheck = length/charset, hmac, decrypt, replay, policy,
 //!   action, overload = a full queue);
@@ -107,8 +108,8 @@ fn describe() {
     describe_counter!(PACKETS, "Packets a capture took, before any check");
     describe_counter!(
         CAPTURE_KERNEL_DROPS,
-        "Datagrams the kernel dropped before posternd read them: socket buffer full, \
-         or a length no stanza takes"
+        "Datagrams the kernel dropped before posternd read them, by reason: socket \
+         buffer full (buffer_full), or a length no stanza takes (length_filter)"
     );
     describe_counter!(REFUSED, "Packets refused, by the stage that refused them");
     describe_counter!(GRANTED, "Knocks that opened access");
@@ -251,12 +252,13 @@ pub fn packet(capture: &'static str) {
     counter!(PACKETS, "capture" => capture).increment(1);
 }
 
-/// The kernel dropped `datagrams` for `capture` before posternd read them.
-pub fn capture_kernel_drops(capture: &'static str, datagrams: u64) {
+/// The kernel dropped `datagrams` for `capture` before posternd read them,
+/// for `reason` (`buffer_full`, `length_filter`).
+pub fn capture_kernel_drops(capture: &'static str, reason: &'static str, datagrams: u64) {
     if !enabled() {
         return;
     }
-    counter!(CAPTURE_KERNEL_DROPS, "capture" => capture).increment(datagrams);
+    counter!(CAPTURE_KERNEL_DROPS, "capture" => capture, "reason" => reason).increment(datagrams);
 }
 
 pub fn outcome(outcome: &crate::pipeline::Outcome, took: Option<Duration>) {

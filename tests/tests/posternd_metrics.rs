@@ -272,3 +272,71 @@ fn packets_without_hmac_are_shed_when_full_counted_and_logged_at_warn() {
     );
     assert!(d.log_text().contains(" WARN "), "{}", d.log_text());
 }
+
+/// The kernel's drops are told apart. Datagrams of a length no stanza takes
+/// are counted at `length_filter` and not warned about (the filter works as
+/// meant); a flood into the full buffer of a stopped posternd is counted at
+/// `buffer_full` and logged at WARN (knocks may have been among them).
+#[test]
+fn kernel_drops_are_counted_by_why_and_a_full_buffer_is_warned_about() {
+    if !runnable(&["nft", "curl", "fwknop"]) {
+        return;
+    }
+    const METRICS_K: &str = "127.0.0.1:19654";
+    let s = Setup::new(
+        Service::open("mk", 22095),
+        30,
+        "memory",
+        &format!(
+            "{}\n{}\n[metrics]\nlisten = \"{METRICS_K}\"\n",
+            udp_capture(SPA_PORT),
+            nftables_action(22095)
+        ),
+    );
+    let d = s.start();
+    let url = format!("http://{METRICS_K}/metrics");
+    let filtered = "postern_capture_kernel_drops_total{capture=\"udp\",reason=\"length_filter\"}";
+    let full = "postern_capture_kernel_drops_total{capture=\"udp\",reason=\"buffer_full\"}";
+    let to: SocketAddr = (s.svc.pair.server_ip, SPA_PORT).into();
+    // Garbage of a knock's length passes the filter (and fails the HMAC):
+    // the datagrams after the drops carry the socket's count.
+    let same_length = vec![b'A'; saved_packet(&s.svc, &s.keys, &[]).len()];
+    let send = |payloads: Vec<Vec<u8>>| {
+        let n = payloads.len();
+        udp_send_all(s.svc.client(), to, payloads, n, Duration::ZERO, Duration::ZERO)
+    };
+
+    send(vec![vec![b'A'; 7]; 50]);
+    send(vec![same_length.clone()]);
+    let text = scrape_until(s.svc.server(), &url, filtered, 50.0);
+    assert_eq!(metric_sample(&text, filtered), 50.0, "{text}");
+    assert_eq!(metric_sample(&text, full), 0.0, "{text}");
+
+    d.signal(libc::SIGSTOP);
+    let sent = send(vec![same_length.clone(); 40_000]).sent;
+    d.signal(libc::SIGCONT);
+    std::thread::sleep(Duration::from_millis(500));
+    send(vec![same_length]);
+    let text = scrape_until(s.svc.server(), &url, full, 1.0);
+    let dropped = metric_sample(&text, full);
+    assert!(
+        dropped >= 1.0 && dropped < sent as f64,
+        "{dropped} counted as buffer-full drops of {sent} sent\n{text}"
+    );
+    assert_eq!(metric_sample(&text, filtered), 50.0, "{text}");
+    assert!(
+        d.wait_log("its socket buffer was full", 1, Duration::from_secs(5)),
+        "{}",
+        d.log_text()
+    );
+    assert!(d.log_text().contains(" WARN "), "{}", d.log_text());
+    let log = d.log_text();
+    let filter_lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("length filter refused"))
+        .collect();
+    assert!(
+        !filter_lines.is_empty() && filter_lines.iter().all(|l| l.contains(" DEBUG ")),
+        "length-filter drops are logged at debug only\n{log}"
+    );
+}

@@ -7,6 +7,7 @@
 //! runtime only when the pipeline is full (backpressure). Measured against a
 //! loop on the runtime's reactor: README, "Receiving".
 
+use super::kernel_drops::{Attribution, SocketDrops, Why};
 use super::length_filter::Lengths;
 use super::offer_blocking;
 use crate::pipeline::{Pipeline, Received};
@@ -134,35 +135,26 @@ fn control_of(hdr: &libc::msghdr) -> Control {
     found
 }
 
-/// The kernel's drop count as the datagrams carry it: each carries the count
-/// when it was queued, so growth between two is what was dropped in between.
-#[derive(Debug, Default)]
-struct KernelDrops {
-    last: u32,
-}
-
-impl KernelDrops {
-    /// Datagrams dropped since the last count seen (the count wraps at 2^32).
-    fn saw(&mut self, count: Option<u32>) -> u64 {
-        let Some(count) = count else {
-            return 0;
-        };
-        let grown = count.wrapping_sub(self.last);
-        self.last = count;
-        u64::from(grown)
-    }
-}
-
-/// Count and say (rate-limited) that the kernel dropped `dropped` datagrams.
-fn report_kernel_drops(dropped: u64) {
-    crate::metrics::capture_kernel_drops(CAPTURE, dropped);
+/// Count what the kernel dropped, by why; say it (rate-limited) at WARN when
+/// the buffer was full (knocks may have been lost), at debug for the length
+/// filter (garbage refused as meant).
+fn report_kernel_drops(attributed: Vec<(Why, u64)>) {
     static WARNINGS: std::sync::LazyLock<crate::pipeline::WarnBudget> =
         std::sync::LazyLock::new(|| crate::pipeline::WarnBudget::new("kernel drop", 1, 5));
-    WARNINGS.warn(format_args!(
-        "UDP capture: the kernel dropped {dropped} datagrams before posternd read them: \
-         its socket buffer was full, or their length fits no stanza (the length filter) \
-         (counted in postern_capture_kernel_drops_total{{capture=\"udp\"}})"
-    ));
+    for (why, dropped) in attributed {
+        crate::metrics::capture_kernel_drops(CAPTURE, why.label(), dropped);
+        match why {
+            Why::BufferFull => WARNINGS.warn(format_args!(
+                "UDP capture: the kernel dropped {dropped} datagrams before posternd read them: \
+                 its socket buffer was full (counted in \
+                 postern_capture_kernel_drops_total{{capture=\"udp\",reason=\"buffer_full\"}})"
+            )),
+            Why::LengthFilter => tracing::debug!(
+                "UDP capture: the kernel length filter refused {dropped} datagrams of a length \
+                 no stanza takes"
+            ),
+        }
+    }
 }
 
 /// Datagrams taken from the kernel per system call (recvmmsg): under a flood the
@@ -350,7 +342,8 @@ fn receive_loop(
     let mut batch = RecvBatch::new();
     let fd = socket.as_raw_fd();
     let mut filtered_for: Option<crate::pipeline::Stanzas> = None;
-    let mut kernel_drops = KernelDrops::default();
+    let mut kernel_drops = SocketDrops::default();
+    let mut drops_by_why = Attribution::new(std::time::Instant::now());
     let mut coalesce = Coalesce::new();
     // At a stop, what the kernel already holds for posternd is still taken
     // (for a second at most), then the loop ends.
@@ -386,7 +379,9 @@ fn receive_loop(
                         | std::io::ErrorKind::Interrupted
                 ) =>
             {
-                continue
+                // Quiet: drops seen before are told apart all the same.
+                report_kernel_drops(drops_by_why.add(0, std::time::Instant::now()));
+                continue;
             }
             Err(e) => {
                 tracing::warn!("UDP receive failed: {e}");
@@ -398,9 +393,7 @@ fn receive_loop(
         let dropped: u64 = (0..n)
             .map(|i| kernel_drops.saw(batch.control(i).drops))
             .sum();
-        if dropped > 0 {
-            report_kernel_drops(dropped);
-        }
+        report_kernel_drops(drops_by_why.add(dropped, std::time::Instant::now()));
         for i in 0..n {
             let Some((bytes, peer)) = batch.datagram(i) else {
                 continue;
@@ -523,7 +516,7 @@ mod tests {
         }
         // Those kept were queued before the drops; the next one tells them.
         let mut batch = RecvBatch::new();
-        let mut drops = KernelDrops::default();
+        let mut drops = SocketDrops::default();
         let kept = batch.receive(fd, true).unwrap();
         assert!(kept > 0 && kept < 200, "{kept} of 200 datagrams kept");
         let mut dropped: u64 = (0..kept).map(|i| drops.saw(batch.control(i).drops)).sum();
@@ -533,18 +526,6 @@ mod tests {
             .map(|i| drops.saw(batch.control(i).drops))
             .sum::<u64>();
         assert_eq!(dropped as usize, 200 - kept, "{kept} kept of 200");
-    }
-
-    #[test]
-    fn drop_counts_grow_by_their_difference_and_wrap() {
-        let mut drops = KernelDrops::default();
-        assert_eq!(drops.saw(None), 0);
-        assert_eq!(drops.saw(Some(5)), 5);
-        assert_eq!(drops.saw(Some(5)), 0);
-        assert_eq!(drops.saw(None), 0);
-        assert_eq!(drops.saw(Some(9)), 4);
-        drops.last = u32::MAX - 1;
-        assert_eq!(drops.saw(Some(2)), 4);
     }
 
     #[test]

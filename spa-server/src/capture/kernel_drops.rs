@@ -1,0 +1,208 @@
+//! Datagrams the kernel dropped for the UDP capture, told apart by why.
+//!
+//! SO_RXQ_OVFL counts every datagram the socket refused: those of a length no
+//! stanza takes (the kernel length filter, working as meant) and those that
+//! found the receive buffer full (which may have been knocks). Only the
+//! namespace's UDP `RcvbufErrors` (/proc/net/snmp and snmp6) count the
+//! second kind, so that counter tells the two apart: read at most once a
+//! second, and only when the socket's count grew.
+
+use std::time::{Duration, Instant};
+
+/// Why the kernel dropped datagrams.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Why {
+    /// The receive buffer was full: knocks may have been among them.
+    BufferFull,
+    /// Their length fits no stanza: the kernel length filter refused them.
+    LengthFilter,
+}
+
+impl Why {
+    pub fn label(self) -> &'static str {
+        match self {
+            Why::BufferFull => "buffer_full",
+            Why::LengthFilter => "length_filter",
+        }
+    }
+}
+
+/// The socket's drop count as the datagrams carry it: each carries the count
+/// when it was queued, so growth between two is what was dropped in between.
+#[derive(Debug, Default)]
+pub struct SocketDrops {
+    last: u32,
+}
+
+impl SocketDrops {
+    /// Datagrams dropped since the last count seen (the count wraps at 2^32).
+    pub fn saw(&mut self, count: Option<u32>) -> u64 {
+        let Some(count) = count else {
+            return 0;
+        };
+        let grown = count.wrapping_sub(self.last);
+        self.last = count;
+        u64::from(grown)
+    }
+}
+
+/// How often the namespace's counter is read while drops are pending.
+const ATTRIBUTE_EVERY: Duration = Duration::from_secs(1);
+
+/// Socket drops waiting to be told apart, and the namespace's buffer-full
+/// count they are told apart by.
+#[derive(Debug)]
+pub struct Attribution {
+    pending: u64,
+    /// Buffer-full drops the namespace counted that no socket drop has been
+    /// put down to yet (other sockets' count too: they err towards warning).
+    buffer_full_credit: u64,
+    rcvbuf_errors: Option<u64>,
+    read_at: Instant,
+    read_errors: fn() -> Option<u64>,
+}
+
+impl Attribution {
+    pub fn new(now: Instant) -> Attribution {
+        Attribution::reading(namespace_rcvbuf_errors, now)
+    }
+
+    fn reading(read_errors: fn() -> Option<u64>, now: Instant) -> Attribution {
+        Attribution {
+            pending: 0,
+            buffer_full_credit: 0,
+            rcvbuf_errors: read_errors(),
+            read_at: now,
+            read_errors,
+        }
+    }
+
+    /// Take `dropped` more socket drops; once a second, what they were.
+    pub fn add(&mut self, dropped: u64, now: Instant) -> Vec<(Why, u64)> {
+        self.pending += dropped;
+        if self.pending == 0 || now.saturating_duration_since(self.read_at) < ATTRIBUTE_EVERY {
+            return Vec::new();
+        }
+        self.read_at = now;
+        let errors = (self.read_errors)();
+        match (self.rcvbuf_errors, errors) {
+            (Some(before), Some(after)) => {
+                self.buffer_full_credit += after.saturating_sub(before);
+            }
+            // Without the namespace's count every drop may have been a knock.
+            _ => self.buffer_full_credit = u64::MAX,
+        }
+        if errors.is_some() {
+            self.rcvbuf_errors = errors;
+        }
+        let full = self.pending.min(self.buffer_full_credit);
+        let filtered = self.pending - full;
+        self.buffer_full_credit -= full;
+        if errors.is_none() {
+            self.buffer_full_credit = 0;
+        }
+        self.pending = 0;
+        [(Why::BufferFull, full), (Why::LengthFilter, filtered)]
+            .into_iter()
+            .filter(|&(_, n)| n > 0)
+            .collect()
+    }
+}
+
+/// UDP receive-buffer errors of this network namespace, IPv4 and IPv6.
+fn namespace_rcvbuf_errors() -> Option<u64> {
+    let v4 = std::fs::read_to_string("/proc/net/snmp").ok()?;
+    let v6 = std::fs::read_to_string("/proc/net/snmp6").unwrap_or_default();
+    Some(snmp_udp_rcvbuf_errors(&v4)? + snmp6_udp_rcvbuf_errors(&v6).unwrap_or(0))
+}
+
+/// `RcvbufErrors` of the `Udp:` header and value lines of /proc/net/snmp.
+fn snmp_udp_rcvbuf_errors(text: &str) -> Option<u64> {
+    let mut udp = text.lines().filter(|l| l.starts_with("Udp: "));
+    let names = udp.next()?;
+    let values = udp.next()?;
+    let at = names.split_whitespace().position(|n| n == "RcvbufErrors")?;
+    values.split_whitespace().nth(at)?.parse().ok()
+}
+
+/// `Udp6RcvbufErrors` of /proc/net/snmp6.
+fn snmp6_udp_rcvbuf_errors(text: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        let mut words = l.split_whitespace();
+        (words.next()? == "Udp6RcvbufErrors").then(|| words.next()?.parse().ok())?
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    #[test]
+    fn drop_counts_grow_by_their_difference_and_wrap() {
+        let mut d = SocketDrops::default();
+        assert_eq!(d.saw(None), 0);
+        assert_eq!(d.saw(Some(5)), 5);
+        assert_eq!(d.saw(Some(5)), 0);
+        assert_eq!(d.saw(Some(8)), 3);
+        d.last = u32::MAX - 1;
+        assert_eq!(d.saw(Some(2)), 4);
+    }
+
+    #[test]
+    fn the_snmp_files_are_read_by_name() {
+        let snmp = "Ip: Forwarding DefaultTTL\nIp: 1 64\n\
+                    Udp: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors\n\
+                    Udp: 10 0 7 3 5 0\n\
+                    UdpLite: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors\n\
+                    UdpLite: 0 0 0 0 99 0\n";
+        assert_eq!(snmp_udp_rcvbuf_errors(snmp), Some(5));
+        let snmp6 = "Udp6InDatagrams                 \t4\nUdp6RcvbufErrors                \t2\nUdpLite6RcvbufErrors 9\n";
+        assert_eq!(snmp6_udp_rcvbuf_errors(snmp6), Some(2));
+        assert_eq!(snmp_udp_rcvbuf_errors("Ip: a\nIp: 1\n"), None);
+        // This machine's own files parse.
+        assert!(namespace_rcvbuf_errors().is_some());
+    }
+
+    static ERRORS: AtomicU64 = AtomicU64::new(100);
+    fn errors() -> Option<u64> {
+        Some(ERRORS.load(Ordering::SeqCst))
+    }
+
+    #[test]
+    fn drops_are_put_down_to_a_full_buffer_only_as_far_as_the_namespace_counted_one() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut a = Attribution::reading(errors, t0);
+        // Within the second: pending.
+        assert!(a.add(30, at(100)).is_empty());
+        // No buffer errors: all 30 were the length filter.
+        assert_eq!(a.add(0, at(1_100)), vec![(Why::LengthFilter, 30)]);
+        // 12 buffer errors, 20 drops: 12 full, 8 filtered.
+        ERRORS.store(112, Ordering::SeqCst);
+        assert_eq!(
+            a.add(20, at(2_200)),
+            vec![(Why::BufferFull, 12), (Why::LengthFilter, 8)]
+        );
+        // Errors counted before the datagrams carrying the drops arrived: the
+        // credit waits for them.
+        ERRORS.store(115, Ordering::SeqCst);
+        assert_eq!(a.add(1, at(3_300)), vec![(Why::BufferFull, 1)]);
+        assert_eq!(
+            a.add(4, at(4_400)),
+            vec![(Why::BufferFull, 2), (Why::LengthFilter, 2)]
+        );
+        // Nothing pending: nothing to say.
+        assert!(a.add(0, at(9_000)).is_empty());
+    }
+
+    #[test]
+    fn without_the_namespace_count_every_drop_is_taken_for_a_full_buffer() {
+        let t0 = Instant::now();
+        let mut a = Attribution::reading(|| None, t0);
+        assert_eq!(
+            a.add(7, t0 + Duration::from_secs(2)),
+            vec![(Why::BufferFull, 7)]
+        );
+    }
+}
