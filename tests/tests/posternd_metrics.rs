@@ -303,7 +303,14 @@ fn kernel_drops_are_counted_by_why_and_a_full_buffer_is_warned_about() {
     let same_length = vec![b'A'; saved_packet(&s.svc, &s.keys, &[]).len()];
     let send = |payloads: Vec<Vec<u8>>| {
         let n = payloads.len();
-        udp_send_all(s.svc.client(), to, payloads, n, Duration::ZERO, Duration::ZERO)
+        udp_send_all(
+            s.svc.client(),
+            to,
+            payloads,
+            n,
+            Duration::ZERO,
+            Duration::ZERO,
+        )
     };
 
     send(vec![vec![b'A'; 7]; 50]);

@@ -2,6 +2,7 @@
 //! and offers every packet to the pipeline ([`offer`]): the screen runs right
 //! there, and the capture waits only when the pipeline is full.
 
+mod coalesce;
 mod kernel_drops;
 mod length_filter;
 pub mod nfqueue;

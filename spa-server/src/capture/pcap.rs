@@ -280,6 +280,7 @@ fn capture_loop(
             },
         };
         let link = cap.get_datalink();
+        let mut coalesce = super::coalesce::Coalesce::new();
         'capturing: while !stop.is_cancelled() {
             length_filter.refit_if_reloaded(&mut cap, pipeline);
             match wait_for_packets(&cap) {
@@ -291,9 +292,11 @@ fn capture_loop(
                 Readiness::Packets => {}
             }
             // Drain what is buffered; non-blocking reads end with TimeoutExpired.
+            let mut drained = 0;
             loop {
                 match cap.next_packet() {
                     Ok(frame) => {
+                        drained += 1;
                         submit_frame(pipeline, s.intake, link, frame.data, clock.now(), runtime);
                     }
                     Err(pcap::Error::TimeoutExpired) => break,
@@ -301,6 +304,14 @@ fn capture_loop(
                         tracing::warn!("pcap: `{iface}` failed ({e}); reopening");
                         break 'capturing;
                     }
+                }
+            }
+            // Under a flood, let the ring fill a while before the next wakeup
+            // (unless this drain was long: then the loop is behind).
+            let took_all = drained < super::coalesce::PER_RECEIVE;
+            if let Some(nap) = coalesce.after_receive(drained, took_all, Instant::now()) {
+                if !stop.is_cancelled() {
+                    std::thread::sleep(nap);
                 }
             }
         }

@@ -4,9 +4,12 @@
 //! datagram is there (MSG_WAITFORONE) and takes up to [`BATCH`] that are, so
 //! a storm costs one system call per batch and no reactor wakeup or task
 //! switch per datagram. The screen runs right there; the loop waits on the
-//! runtime only when the pipeline is full (backpressure). Measured against a
-//! loop on the runtime's reactor: README, "Receiving".
+//! runtime only when the pipeline is full (backpressure); under a flood it
+//! naps between receives ([`super::coalesce`]). Measured against a loop on
+//! the runtime's reactor: README, "One typed pass, backpressure, replays
+//! refused where they are received".
 
+use super::coalesce::Coalesce;
 use super::kernel_drops::{Attribution, SocketDrops, Why};
 use super::length_filter::Lengths;
 use super::offer_blocking;
@@ -159,51 +162,7 @@ fn report_kernel_drops(attributed: Vec<(Why, u64)>) {
 
 /// Datagrams taken from the kernel per system call (recvmmsg): under a flood the
 /// syscall, not the screening, is the larger cost per packet.
-const BATCH: usize = 128;
-
-/// Wakeups coalesced under a flood. At 50,000 datagrams/s a blocking receive
-/// returns one datagram per wakeup, and the wakeup (a context switch) costs
-/// more than screening the datagram. So while datagrams arrive faster than
-/// [`FLOOD_PER_WINDOW`] per [`RATE_WINDOW`], a receive that took less than a
-/// batch is followed by a nap of [`COALESCE`], and the next takes what came
-/// meanwhile. A knock during a flood waits at most that much longer; a quiet
-/// server never naps. Measured: README, "Coalescing wakeups under a flood".
-#[derive(Debug)]
-struct Coalesce {
-    window_started: std::time::Instant,
-    in_window: usize,
-    flooding: bool,
-}
-
-const COALESCE: Duration = Duration::from_millis(2);
-const RATE_WINDOW: Duration = Duration::from_millis(10);
-/// 5,000 datagrams/s.
-const FLOOD_PER_WINDOW: usize = 50;
-
-impl Coalesce {
-    fn new() -> Self {
-        Coalesce {
-            window_started: std::time::Instant::now(),
-            in_window: 0,
-            flooding: false,
-        }
-    }
-
-    /// After a receive of `n` datagrams at `now`: how long to nap before
-    /// the next receive.
-    fn after_receive(&mut self, n: usize, now: std::time::Instant) -> Option<Duration> {
-        self.in_window += n;
-        let elapsed = now.saturating_duration_since(self.window_started);
-        if elapsed >= RATE_WINDOW {
-            // Scaled to a full window, so a long blocked receive counts as quiet.
-            let rate = self.in_window as u128 * RATE_WINDOW.as_nanos() / elapsed.as_nanos();
-            self.flooding = rate >= FLOOD_PER_WINDOW as u128;
-            self.window_started = now;
-            self.in_window = 0;
-        }
-        (self.flooding && n < BATCH).then_some(COALESCE)
-    }
-}
+const BATCH: usize = super::coalesce::PER_RECEIVE;
 
 /// Buffers for one `recvmmsg` call, allocated once and reused.
 struct RecvBatch {
@@ -409,7 +368,7 @@ fn receive_loop(
             };
             offer_blocking(&mut pipeline, received, runtime);
         }
-        if let Some(nap) = coalesce.after_receive(n, std::time::Instant::now()) {
+        if let Some(nap) = coalesce.after_receive(n, n < BATCH, std::time::Instant::now()) {
             if stop_by.is_none() {
                 std::thread::sleep(nap);
             }
@@ -420,28 +379,6 @@ fn receive_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_quiet_socket_never_naps_and_a_flood_naps_until_batches_fill() {
-        let start = std::time::Instant::now();
-        let at = |us: u64| start + Duration::from_micros(us);
-        let mut c = Coalesce::new();
-        // One knock now and then: never a nap.
-        for i in 1..=20 {
-            assert_eq!(c.after_receive(1, at(i * 50_000)), None);
-        }
-        // 50,000 datagrams/s, one per receive: naps once the window shows it.
-        let base = 1_100_000;
-        let naps = (0..1_000)
-            .filter(|i| c.after_receive(1, at(base + i * 20)).is_some())
-            .count();
-        assert!(naps > 400, "{naps} naps of 1,000 receives");
-        // A full batch means more are waiting: receive again at once.
-        assert_eq!(c.after_receive(BATCH, at(base + 20_100)), None);
-        // The flood ends: a receive blocked for a second shows the rate fell.
-        assert_eq!(c.after_receive(1, at(base + 1_030_000)), None);
-        assert_eq!(c.after_receive(1, at(base + 1_031_000)), None);
-    }
 
     /// Receive from `socket` until `want` datagrams came (each blocked
     /// receive waits up to the socket's timeout; 10 tries at most):
