@@ -43,7 +43,7 @@ use spa_gpg::{GpgOptions, Gpgme};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
@@ -116,9 +116,6 @@ pub struct PoolStats {
     pub busy: AtomicU64,
 }
 
-/// How often an idle worker looks at the stop flag.
-const IDLE_CHECK: Duration = Duration::from_millis(100);
-
 /// The live worker threads, so shutdown can stop them and wait for gpg runs in
 /// progress instead of orphaning them.
 #[derive(Debug, Default)]
@@ -126,13 +123,29 @@ pub struct Workers {
     live: Mutex<usize>,
     stopped: Condvar,
     stop: AtomicBool,
+    /// Wakes idle workers (blocked on the queue, not polling) to see `stop`.
+    wake: Mutex<Option<SyncSender<Option<Job>>>>,
 }
 
 impl Workers {
-    /// Ask the workers to stop (queued jobs are dropped) and wait until every one
-    /// has ended; false on timeout.
-    pub fn stop_and_wait(&self, timeout: Duration) -> bool {
+    /// Ask the workers to stop (queued jobs are dropped): set the flag, then
+    /// wake each idle one with an empty message. A busy one sees the flag
+    /// after its job; with the queue full every one is busy.
+    fn request_stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
+        let wake = self.wake.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(wake) = wake {
+            let live = *self.live.lock().unwrap_or_else(|p| p.into_inner());
+            for _ in 0..live {
+                let _ = wake.try_send(None);
+            }
+        }
+    }
+
+    /// [`Self::request_stop`], then wait until every worker has ended; false
+    /// on timeout.
+    pub fn stop_and_wait(&self, timeout: Duration) -> bool {
+        self.request_stop();
         let deadline = Instant::now() + timeout;
         let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
         while *live > 0 {
@@ -163,7 +176,8 @@ impl Drop for Alive {
 
 /// The worker pool. Threads end when the last handle is dropped.
 pub struct GpgPool {
-    tx: SyncSender<Job>,
+    /// `None` only wakes an idle worker (to see the stop flag).
+    tx: SyncSender<Option<Job>>,
     /// One permit per place in the queue (waited for, unlike the channel).
     places: Arc<tokio::sync::Semaphore>,
     workers: usize,
@@ -176,10 +190,11 @@ impl GpgPool {
     /// Start `workers` threads sharing a queue of `queue` jobs.
     pub fn start(workers: usize, queue: usize) -> std::io::Result<Arc<GpgPool>> {
         let workers = workers.max(1);
-        let (tx, rx) = mpsc::sync_channel::<Job>(queue);
+        let (tx, rx) = mpsc::sync_channel::<Option<Job>>(queue);
         let rx = Arc::new(Mutex::new(rx));
         let stats = Arc::new(PoolStats::default());
         let live = Arc::new(Workers::default());
+        *live.wake.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx.clone());
         for i in 0..workers {
             let rx = rx.clone();
             let stats = stats.clone();
@@ -237,13 +252,13 @@ impl GpgPool {
             return Err(PoolError::Busy);
         };
         let (reply, result) = oneshot::channel();
-        match self.tx.try_send(Job {
+        match self.tx.try_send(Some(Job {
             data,
             engine,
             passphrase,
             reply,
             _place: place,
-        }) {
+        })) {
             Ok(()) => {
                 self.stats.queued.fetch_add(1, Ordering::Relaxed);
             }
@@ -261,7 +276,7 @@ impl GpgPool {
     }
 }
 
-fn worker(rx: &Mutex<Receiver<Job>>, stats: &PoolStats, stop: &AtomicBool) {
+fn worker(rx: &Mutex<Receiver<Option<Job>>>, stats: &PoolStats, stop: &AtomicBool) {
     let mut engines: HashMap<EngineKey, Gpgme> = HashMap::new();
     loop {
         if stop.load(Ordering::SeqCst) {
@@ -269,10 +284,11 @@ fn worker(rx: &Mutex<Receiver<Job>>, stats: &PoolStats, stop: &AtomicBool) {
         }
         // Only the waiting worker holds the lock; it is released before the work.
         let job = match rx.lock() {
-            Ok(guard) => match guard.recv_timeout(IDLE_CHECK) {
-                Ok(job) => job,
-                Err(RecvTimeoutError::Timeout) => continue,
-                Err(RecvTimeoutError::Disconnected) => return,
+            // Blocked until there is work or a stop: an idle pool never wakes.
+            Ok(guard) => match guard.recv() {
+                Ok(Some(job)) => job,
+                Ok(None) => continue,
+                Err(_) => return,
             },
             Err(_) => return,
         };
@@ -314,6 +330,14 @@ fn worker(rx: &Mutex<Receiver<Job>>, stats: &PoolStats, stop: &AtomicBool) {
         };
         counter.fetch_add(1, Ordering::Relaxed);
         let _ = job.reply.send(result);
+    }
+}
+
+/// The last handle gone: the workers stop (they wait on the queue, which a
+/// clone kept for waking them holds open).
+impl Drop for GpgPool {
+    fn drop(&mut self) {
+        self.live.request_stop();
     }
 }
 
