@@ -29,11 +29,13 @@
 //! - `postern_audit_lines_dropped_total`: audit log lines lost (the writer
 //!   could not keep up, or the file could not be written).
 
+use crate::pipeline::Stage;
 use metrics::{
-    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit,
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Counter, Unit,
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use std::net::SocketAddr;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -245,11 +247,27 @@ pub fn replay_store_failed() {
     counter!(REPLAY_STORE_ERRORS).increment(1);
 }
 
+/// The captures' names as they label [`PACKETS`].
+const CAPTURES: [&str; 4] = ["udp", "tcp", "pcap", "nfqueue"];
+
+/// Handles of the counters every packet touches, looked up once: a labelled
+/// lookup (a hash of name and labels, a shared lock) per packet shows under a
+/// flood. The recorder is installed once per process, before any packet.
+static PACKETS_BY_CAPTURE: [OnceLock<Counter>; CAPTURES.len()] =
+    [const { OnceLock::new() }; CAPTURES.len()];
+static REFUSED_BY_STAGE: [OnceLock<Counter>; Stage::ALL.len()] =
+    [const { OnceLock::new() }; Stage::ALL.len()];
+
 pub fn packet(capture: &'static str) {
     if !enabled() {
         return;
     }
-    counter!(PACKETS, "capture" => capture).increment(1);
+    match CAPTURES.iter().position(|c| *c == capture) {
+        Some(i) => PACKETS_BY_CAPTURE[i]
+            .get_or_init(|| counter!(PACKETS, "capture" => capture))
+            .increment(1),
+        None => counter!(PACKETS, "capture" => capture).increment(1),
+    }
 }
 
 /// The kernel dropped `datagrams` for `capture` before posternd read them,
@@ -273,7 +291,9 @@ pub fn outcome(outcome: &crate::pipeline::Outcome, took: Option<Duration>) {
             }
         }
         crate::pipeline::Outcome::Denied { stage, .. } => {
-            counter!(REFUSED, "stage" => stage.name()).increment(1);
+            REFUSED_BY_STAGE[*stage as usize]
+                .get_or_init(|| counter!(REFUSED, "stage" => stage.name()))
+                .increment(1);
         }
     }
 }
