@@ -290,6 +290,9 @@ pub struct Setup {
     pub queue_depth: Option<usize>,
     /// Native knocks use the hybrid suite (X25519 + ML-KEM-768).
     pub hybrid: bool,
+    /// posternd serves Prometheus metrics (`[metrics]`, on the server
+    /// namespace's loopback), so every packet is counted as in production.
+    pub metrics: bool,
 }
 
 /// A running SPA server inside the server namespace.
@@ -359,12 +362,17 @@ impl Server {
                     "type = \"nftables\"\ntable = \"{NFT_TABLE}\"\nprotected = [\"tcp/{PORT}\"]\n"
                 )
             };
+            let metrics = if setup.metrics {
+                "[metrics]\nlisten = \"127.0.0.1:9650\"\n"
+            } else {
+                ""
+            };
             let toml = d.join("postern.toml");
             write_private(
                 &toml,
                 &format!(
                     "access_file = \"{}\"\n[server]\nrun_dir = \"{}\"\n{native_server}{queue}[[capture]]\n{capture}\n\
-                     [[action]]\n{action}{replay}",
+                     [[action]]\n{action}{replay}{metrics}",
                     s(&access),
                     s(&run)
                 ),

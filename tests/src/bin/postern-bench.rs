@@ -35,6 +35,8 @@ USAGE: postern-bench [OPTIONS]
                          (default: all seven; posternd-native = UDP, nftables,
                          knocks in postern's own protocol from one registered client)
   --hybrid               posternd-native's knocks use the hybrid suite (ML-KEM-768)
+  --metrics              posternd serves Prometheus metrics, so it counts every packet
+                         as in production (default: metrics off)
   --tests LIST           comma list of latency,burst,garbage,garbage-ref,storm,refstorm
                          (default: all; garbage-ref = the garbage test paced at the
                          reference's ~180,000 pps)
@@ -92,6 +94,7 @@ struct Opts {
     criterion: bool,
     quick: bool,
     hybrid: bool,
+    metrics: bool,
 }
 
 fn parse_args() -> Result<Opts, String> {
@@ -114,6 +117,7 @@ fn parse_args() -> Result<Opts, String> {
         criterion: false,
         quick,
         hybrid: false,
+        metrics: false,
     };
     let mut it = args.into_iter();
     while let Some(a) = it.next() {
@@ -162,6 +166,7 @@ fn parse_args() -> Result<Opts, String> {
             "--queue-depth" => o.queue_depth = Some(num(val(&a)?, &a)? as usize),
             "--criterion" => o.criterion = true,
             "--hybrid" => o.hybrid = true,
+            "--metrics" => o.metrics = true,
             other => return Err(format!("unknown option `{other}` (see --help)")),
         }
     }
@@ -962,6 +967,7 @@ fn main() {
         replay: o.replay.clone(),
         queue_depth: o.queue_depth,
         hybrid: o.hybrid,
+        metrics: o.metrics,
     };
     let crit = o.criterion.then(criterion);
     let load0 = loadavg();
@@ -990,6 +996,7 @@ fn main() {
             .map(|r| format!(" --replay {r}"))
             .into_iter()
             .chain(o.queue_depth.map(|n| format!(" --queue-depth {n}")))
+            .chain(o.metrics.then(|| " --metrics".to_string()))
             .collect::<String>(),
         ncpu,
         kernel.trim(),
