@@ -85,22 +85,22 @@ impl Attribution {
         }
         self.read_at = now;
         let errors = (self.read_errors)();
-        match (self.rcvbuf_errors, errors) {
-            (Some(before), Some(after)) => {
-                self.buffer_full_credit += after.saturating_sub(before);
-            }
-            // Without the namespace's count every drop may have been a knock.
-            _ => self.buffer_full_credit = u64::MAX,
-        }
+        let counted_before = self.rcvbuf_errors;
         if errors.is_some() {
             self.rcvbuf_errors = errors;
         }
-        let full = self.pending.min(self.buffer_full_credit);
+        let full = match (counted_before, errors) {
+            (Some(before), Some(after)) => {
+                self.buffer_full_credit += after.saturating_sub(before);
+                let full = self.pending.min(self.buffer_full_credit);
+                self.buffer_full_credit -= full;
+                full
+            }
+            // Without the namespace's count, now or before, every drop may
+            // have been a knock.
+            _ => self.pending,
+        };
         let filtered = self.pending - full;
-        self.buffer_full_credit -= full;
-        if errors.is_none() {
-            self.buffer_full_credit = 0;
-        }
         self.pending = 0;
         [(Why::BufferFull, full), (Why::LengthFilter, filtered)]
             .into_iter()
@@ -203,6 +203,31 @@ mod tests {
         assert_eq!(
             a.add(7, t0 + Duration::from_secs(2)),
             vec![(Why::BufferFull, 7)]
+        );
+    }
+
+    static LATE: AtomicU64 = AtomicU64::new(0);
+    fn late_errors() -> Option<u64> {
+        match LATE.load(Ordering::SeqCst) {
+            0 => None,
+            n => Some(n),
+        }
+    }
+
+    /// A count unreadable at first and readable later: the first drops are
+    /// taken for a full buffer, later ones are told apart from the new base.
+    #[test]
+    fn a_count_that_becomes_readable_is_the_base_from_then_on() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut a = Attribution::reading(late_errors, t0);
+        LATE.store(40, Ordering::SeqCst);
+        assert_eq!(a.add(5, at(2)), vec![(Why::BufferFull, 5)]);
+        assert_eq!(a.add(6, at(4)), vec![(Why::LengthFilter, 6)]);
+        LATE.store(43, Ordering::SeqCst);
+        assert_eq!(
+            a.add(6, at(6)),
+            vec![(Why::BufferFull, 3), (Why::LengthFilter, 3)]
         );
     }
 }
