@@ -138,14 +138,15 @@ pub trait OpenPgp {
 }
 
 /// Is this (prechecked) payload one fwknopd would treat as GPG?
-pub fn is_gpg_wire(wire: &str) -> bool {
-    wire.len() >= MIN_GPG_WIRE_LEN
+pub fn is_gpg_wire(wire: impl AsRef<[u8]>) -> bool {
+    wire.as_ref().len() >= MIN_GPG_WIRE_LEN
 }
 
 /// fwknopd drops a long payload that still starts with `hQ`: the prefix must have
 /// been stripped, and a prefixed copy could otherwise slip past the replay cache.
-pub fn carries_prefix(wire: &str) -> bool {
-    wire.len() > MIN_GPG_WIRE_LEN && wire.starts_with(GPG_PREFIX)
+pub fn carries_prefix(wire: impl AsRef<[u8]>) -> bool {
+    let wire = wire.as_ref();
+    wire.len() > MIN_GPG_WIRE_LEN && wire.starts_with(GPG_PREFIX.as_bytes())
 }
 
 /// Turn binary OpenPGP data into the wire form (prefix stripped, HMAC appended).

@@ -94,7 +94,8 @@ pub fn seal(
 /// The cheap checks fwknopd makes before any crypto: size, prefix, charset.
 pub fn precheck(wire: &[u8]) -> Result<&str> {
     precheck_shape(wire)?;
-    check_charset(wire)
+    check_charset(wire)?;
+    Ok(std::str::from_utf8(wire).expect("base64 alphabet is ASCII"))
 }
 
 /// The O(1) part of [`precheck`]: empty, too short, too long, prefix left in.
@@ -120,12 +121,13 @@ pub fn precheck_shape(wire: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// The O(n) part of [`precheck`]: every byte in the base64 alphabet.
-pub fn check_charset(wire: &[u8]) -> Result<&str> {
-    if let Some(offset) = b64::first_non_base64(wire) {
-        return Err(SpaError::Charset { offset });
+/// The O(n) part of [`precheck`]: every byte in the base64 alphabet. (A
+/// server's screen goes on with the bytes: no UTF-8 pass over garbage.)
+pub fn check_charset(wire: &[u8]) -> Result<()> {
+    match b64::first_non_base64(wire) {
+        Some(offset) => Err(SpaError::Charset { offset }),
+        None => Ok(()),
     }
-    Ok(std::str::from_utf8(wire).expect("base64 alphabet is ASCII"))
 }
 
 /// Can a Rijndael ciphertext of `body_len` wire characters (prefix stripped, HMAC
@@ -142,18 +144,23 @@ pub fn plausible_rijndael_body(body_len: usize) -> bool {
 /// Verify the trailing HMAC in constant time; returns the ciphertext part.
 pub fn verify_hmac<'a>(wire: &'a str, hmac: &HmacKey, prefix: &str) -> Result<&'a str> {
     hmac.check()?;
-    verify_keyed_hmac(wire, &KeyedHmac::new(hmac.digest, hmac.key), prefix)
+    let body = verify_keyed_hmac(
+        wire.as_bytes(),
+        &KeyedHmac::new(hmac.digest, hmac.key),
+        prefix,
+    )?;
+    Ok(&wire[..body.len()])
 }
 
 /// [`verify_hmac`] with a key made once ([`KeyedHmac`]), as a server screening
 /// many packets for one stanza does.
-pub fn verify_keyed_hmac<'a>(wire: &'a str, hmac: &KeyedHmac, prefix: &str) -> Result<&'a str> {
+pub fn verify_keyed_hmac<'a>(wire: &'a [u8], hmac: &KeyedHmac, prefix: &str) -> Result<&'a [u8]> {
     let n = hmac.digest().b64_len();
     if wire.len() <= n {
         return Err(SpaError::HmacMissing(n));
     }
     let (body, carried) = wire.split_at(wire.len() - n);
-    if hmac.verify_b64(&[prefix.as_bytes(), body.as_bytes()], carried.as_bytes()) {
+    if hmac.verify_b64(&[prefix.as_bytes(), body], carried) {
         Ok(body)
     } else {
         Err(SpaError::HmacMismatch)

@@ -1,6 +1,6 @@
 //! Datagrams the kernel dropped for the UDP capture, told apart by why.
 //!
-//! SO_RXQ_OVFL counts every datagram the socket refused: those of a length no
+//! The socket's drop count (SO_MEMINFO) counts every datagram it refused: those of a length no
 //! stanza takes (the kernel length filter, working as meant) and those that
 //! found the receive buffer full (which may have been knocks). Only the
 //! namespace's UDP `RcvbufErrors` (/proc/net/snmp and snmp6) count the
@@ -27,8 +27,8 @@ impl Why {
     }
 }
 
-/// The socket's drop count as the datagrams carry it: each carries the count
-/// when it was queued, so growth between two is what was dropped in between.
+/// The socket's drop count, read after each receive: growth between two
+/// reads is what was dropped in between.
 #[derive(Debug, Default)]
 pub struct SocketDrops {
     last: u32,

@@ -11,7 +11,7 @@ pub mod tcp;
 pub mod udp;
 
 use crate::config::{CaptureConfig, ServerSection};
-use crate::pipeline::{Decision, Outcome, Pipeline, Received, Stage};
+use crate::pipeline::{Authenticated, Decision, Outcome, Pipeline, Received, Stage};
 use spa_core::http;
 use spa_core::Clock;
 use std::borrow::Cow;
@@ -136,13 +136,26 @@ pub fn count_packet(capture: &'static str) {
 /// packet only plausible (for a stanza without HMAC) is shed when none is free,
 /// counted and logged. The stages then run on the packet's own task.
 pub async fn offer(pipeline: &mut Pipeline, received: Received<'_>) {
+    if let Some(packet) = screen(pipeline, received) {
+        hand_on(pipeline, packet).await;
+    }
+}
+
+/// The screen of [`offer`]: the packet that passed, or `None` (the refusal
+/// logged). Synchronous, so garbage builds no future.
+fn screen(pipeline: &Pipeline, received: Received<'_>) -> Option<Authenticated> {
+    let peer = received.peer;
+    pipeline
+        .screen(received)
+        .map_err(|outcome| log_outcome(peer, &outcome, None))
+        .ok()
+}
+
+/// The rest of [`offer`] for a packet that passed the screen.
+async fn hand_on(pipeline: &mut Pipeline, packet: Authenticated) {
     use futures_util::FutureExt;
     use tower::ServiceExt;
-    let peer = received.peer;
-    let packet = match pipeline.screen(received) {
-        Ok(packet) => packet,
-        Err(outcome) => return log_outcome(peer, &outcome, None),
-    };
+    let peer = packet.packet().peer;
     // Read only for what passed the screen (a clock read per garbage packet shows under a flood).
     let started = std::time::Instant::now();
     if packet.mac_verified() {
@@ -169,7 +182,10 @@ pub fn offer_blocking(
     runtime: &tokio::runtime::Handle,
 ) {
     use futures_util::FutureExt;
-    let offered = offer(pipeline, received);
+    let Some(packet) = screen(pipeline, received) else {
+        return;
+    };
+    let offered = hand_on(pipeline, packet);
     let mut offered = std::pin::pin!(offered);
     if (&mut offered).now_or_never().is_none() {
         runtime.block_on(offered);

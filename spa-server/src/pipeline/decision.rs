@@ -10,12 +10,13 @@
 //! no key, no HMAC, no raw packet and none of the message's other fields
 //! (rand_val, digest, server_auth).
 
-use super::{Authenticated, Decrypted, RawPacket};
+use super::screen::Screened;
+use super::{Authenticated, Decrypted, RawPacket, Received};
 use crate::config::access::canonical;
 use crate::policy::{Grant, GrantKind};
 use serde::Serialize;
 use spa_core::{MessageType, SpaMessage};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Decision {
@@ -147,14 +148,28 @@ pub fn message_type_name(t: MessageType) -> &'static str {
 impl Decision {
     /// The facts a capture knows about a packet.
     pub fn of(packet: &RawPacket) -> Decision {
+        Decision::received(
+            packet.capture,
+            packet.peer,
+            packet.forwarded_for,
+            packet.destination,
+        )
+    }
+
+    fn received(
+        capture: &'static str,
+        peer: SocketAddr,
+        forwarded_for: Option<IpAddr>,
+        destination: Option<IpAddr>,
+    ) -> Decision {
         Decision {
-            capture: packet.capture,
+            capture,
             source: Endpoint {
-                address: canonical(packet.peer.ip()),
-                port: packet.peer.port(),
+                address: canonical(peer.ip()),
+                port: peer.port(),
             },
-            forwarded_for: packet.forwarded_for,
-            destination: packet.destination.map(canonical),
+            forwarded_for,
+            destination: destination.map(canonical),
             candidates: Vec::new(),
             stanza: None,
             user: None,
@@ -170,6 +185,14 @@ impl Decision {
         Decision {
             candidates: a.screened.stanza_numbers(),
             ..Decision::of(&a.packet)
+        }
+    }
+
+    /// A packet the HMAC took, still in the capture's buffer.
+    pub fn screened(r: &Received<'_>, screened: &Screened) -> Decision {
+        Decision {
+            candidates: screened.stanza_numbers(),
+            ..Decision::received(r.capture, r.peer, r.forwarded_for, r.destination)
         }
     }
 

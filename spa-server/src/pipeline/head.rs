@@ -87,27 +87,22 @@ impl Pipeline {
             Some(_) => spa_native::replay_key_of(received.bytes).unwrap_or_default(),
             None => packet_digest(received.bytes),
         };
-        let authenticated = Authenticated {
-            packet: RawPacket::from(received),
-            stanzas,
-            screened,
-            digest,
-        };
         if self.replays.seen(&digest) {
-            super::alert_replay(authenticated.packet.peer.ip());
-            let screened = &authenticated.screened;
+            super::alert_replay(received.peer.ip());
             let reason = if screened.rijndael.is_empty() && !screened.gpg.is_empty() {
                 "GPG packet seen before (replay), not decrypted"
             } else {
                 "packet seen before (replay)"
             };
-            return Err(Outcome::refused(
-                Stage::Replay,
-                reason,
-                Decision::authenticated(&authenticated),
-            ));
+            let decision = Decision::screened(&received, &screened);
+            return Err(Outcome::refused(Stage::Replay, reason, decision));
         }
-        Ok(authenticated)
+        Ok(Authenticated {
+            packet: RawPacket::from(received),
+            stanzas,
+            screened,
+            digest,
+        })
     }
 
     /// Authenticated packets being processed now, for the queue-depth gauge.

@@ -85,7 +85,8 @@ impl Keyring {
                 ),
             ));
         }
-        let wire = packet::check_charset(bytes).map_err(|e| Outcome::denied(Stage::Precheck, e))?;
+        packet::check_charset(bytes).map_err(|e| Outcome::denied(Stage::Precheck, e))?;
+        let wire = bytes;
         if gpg::carries_prefix(wire) {
             return Err(Outcome::denied(
                 Stage::Precheck,
@@ -105,7 +106,7 @@ impl Keyring {
             // Ciphertext length for this stanza, or why its HMAC failed.
             let body = |prefix: &str| match &hmac {
                 None => Ok(wire.len()),
-                Some(Ok(keyed)) => packet::verify_keyed_hmac(wire, keyed, prefix).map(str::len),
+                Some(Ok(keyed)) => packet::verify_keyed_hmac(wire, keyed, prefix).map(<[u8]>::len),
                 Some(Err(e)) => Err(e.clone()),
             };
             if s.rijndael_key().is_some() {
@@ -145,10 +146,13 @@ impl Keyring {
                     "[{sender}] (stanza #{n}) Error creating fko context: Args contain invalid data: FKO_ERROR_INVALID_DATA_HMAC_COMPAREFAIL"
                 ));
             }
-            let reason = last_error
-                .map(|e| e.to_string())
-                .unwrap_or_else(|| format!("no access stanza for source {peer}"));
-            return Err(Outcome::denied(Stage::Hmac, reason));
+            return Err(match last_error {
+                Some(e) => Outcome::denied(Stage::Hmac, e),
+                None => Outcome::denied(
+                    Stage::Hmac,
+                    format_args!("no access stanza for source {peer}"),
+                ),
+            });
         }
         Ok(candidates)
     }
