@@ -143,7 +143,7 @@ pub async fn offer(pipeline: &mut Pipeline, received: Received<'_>) {
 
 /// The screen of [`offer`]: the packet that passed, or `None` (the refusal
 /// logged). Synchronous, so garbage builds no future.
-fn screen(pipeline: &Pipeline, received: Received<'_>) -> Option<Authenticated> {
+fn screen(pipeline: &mut Pipeline, received: Received<'_>) -> Option<Authenticated> {
     let peer = received.peer;
     pipeline
         .screen(received)

@@ -8,11 +8,12 @@
 //! never refused for a full queue. Packets only plausible (stanzas without
 //! HMAC) are shed when no slot is free, counted and logged.
 
+use super::recent_replays::RecentReplays;
 use super::screen::Keyring;
 use super::{
     Authenticated, Decision, Outcome, RawPacket, Received, Stage, StageFuture, Stages, Stanzas,
 };
-use crate::replay::{packet_digest, ReplayStore};
+use crate::replay::ReplayStore;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
@@ -32,6 +33,8 @@ pub struct Pipeline {
     /// Every packet's task, so a graceful stop can wait for them.
     tasks: TaskTracker,
     stages: Stages,
+    /// This handle's (each capture's) last replays.
+    recent_replays: RecentReplays,
 }
 
 impl Clone for Pipeline {
@@ -45,6 +48,7 @@ impl Clone for Pipeline {
             slot: None,
             tasks: self.tasks.clone(),
             stages: self.stages.clone(),
+            recent_replays: RecentReplays::default(),
         }
     }
 }
@@ -64,6 +68,7 @@ impl Pipeline {
             slot: None,
             tasks: TaskTracker::new(),
             stages,
+            recent_replays: RecentReplays::default(),
         }
     }
 
@@ -77,7 +82,7 @@ impl Pipeline {
     /// copy of a packet already granted costs an HMAC and a lookup, never a
     /// decryption nor a slot). Only what passes is copied out of the
     /// capture's buffer.
-    pub fn screen(&self, received: Received<'_>) -> Result<Authenticated, Outcome> {
+    pub fn screen(&mut self, received: Received<'_>) -> Result<Authenticated, Outcome> {
         let stanzas: Stanzas = self.keyring.snapshot();
         let screened = self
             .keyring
@@ -85,9 +90,12 @@ impl Pipeline {
         // A native packet's replay key is its ephemeral key (docs/protocol.md).
         let digest = match &screened.native {
             Some(_) => spa_native::replay_key_of(received.bytes).unwrap_or_default(),
-            None => packet_digest(received.bytes),
+            None => self.recent_replays.digest_of(received.bytes),
         };
         if self.replays.seen(&digest) {
+            if screened.native.is_none() {
+                self.recent_replays.remember(received.bytes, digest);
+            }
             super::alert_replay(received.peer.ip());
             let reason = if screened.rijndael.is_empty() && !screened.gpg.is_empty() {
                 "GPG packet seen before (replay), not decrypted"

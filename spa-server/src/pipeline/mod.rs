@@ -25,6 +25,7 @@ mod decrypt;
 mod fresh;
 pub mod head;
 mod policy;
+mod recent_replays;
 mod replay;
 mod screen;
 
