@@ -441,7 +441,7 @@ mod stages {
             from: &str,
             to: Option<&str>,
         ) -> Result<pipeline::Authenticated, Outcome> {
-            self.pipeline.screen(Received {
+            self.pipeline.clone().screen(Received {
                 bytes: wire.as_bytes(),
                 peer: SocketAddr::new(from.parse().unwrap(), 40000),
                 forwarded_for: None,
@@ -579,6 +579,35 @@ mod stages {
             .iter()
             .all(|o| o.is_granted() || verdict(o) == replay()));
         assert_eq!(d.recorder.granted().len(), 1);
+    }
+
+    /// One capture's handle remembers its last replays (their digests), yet
+    /// asks the store each time: every copy is refused, and once the store
+    /// forgot the packet, a copy passes the screen again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn remembered_replays_are_still_asked_of_the_store() {
+        let store = Arc::new(MemoryStore::default());
+        let d = Direct::with_store(vec![stanza()], store.clone());
+        let pkt = knock(now(), 75);
+        assert!(d.knock(&pkt, "127.0.0.1", None).await.is_granted());
+        let mut capture = d.pipeline.clone();
+        let mut screen = |wire: &str| {
+            capture.screen(Received {
+                bytes: wire.as_bytes(),
+                peer: SocketAddr::new([127, 0, 0, 1].into(), 40000),
+                forwarded_for: None,
+                destination: None,
+                received_at: now(),
+                capture: "test",
+            })
+        };
+        for _ in 0..3 {
+            let refused = screen(&pkt).expect_err("a copy passed the screen");
+            assert_eq!(verdict(&refused), replay());
+        }
+        assert!(screen(&knock(now(), 76)).is_ok(), "another packet");
+        store.prune(u64::MAX).await.unwrap();
+        assert!(screen(&pkt).is_ok(), "the store forgot it");
     }
 
     /// A recorded packet is refused before decryption: after the grant the
