@@ -5,10 +5,11 @@
 //! and the process facts.
 
 use postern_e2e::posternd::{
-    access_conf, knock_ok, metric_sample, nftables_action, runnable, saved_packet, scrape_metrics,
-    udp_capture, udp_send_all, Service, Setup, SPA_PORT,
+    access_conf, knock_ok, metric_sample, nftables_action, pcap_capture, runnable, saved_packet,
+    scrape_metrics, udp_capture, udp_send_all, Service, Setup, SPA_PORT,
 };
 use postern_e2e::scenario::{describe, SpaKeys};
+use postern_e2e::Pair;
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -298,8 +299,7 @@ fn kernel_drops_are_counted_by_why_and_a_full_buffer_is_warned_about() {
     let filtered = "postern_capture_kernel_drops_total{capture=\"udp\",reason=\"length_filter\"}";
     let full = "postern_capture_kernel_drops_total{capture=\"udp\",reason=\"buffer_full\"}";
     let to: SocketAddr = (s.svc.pair.server_ip, SPA_PORT).into();
-    // Garbage of a knock's length passes the filter (and fails the HMAC):
-    // the datagrams after the drops carry the socket's count.
+    // Garbage of a knock's length passes the filter (and fails the HMAC).
     let same_length = vec![b'A'; saved_packet(&s.svc, &s.keys, &[]).len()];
     let send = |payloads: Vec<Vec<u8>>| {
         let n = payloads.len();
@@ -345,5 +345,63 @@ fn kernel_drops_are_counted_by_why_and_a_full_buffer_is_warned_about() {
     assert!(
         !filter_lines.is_empty() && filter_lines.iter().all(|l| l.contains(" DEBUG ")),
         "length-filter drops are logged at debug only\n{log}"
+    );
+}
+
+/// The pcap capture's ring: a flood into the ring of a stopped posternd is
+/// counted at `buffer_full` and logged at WARN, as the UDP socket's.
+#[test]
+fn a_full_pcap_ring_is_counted_and_warned_about() {
+    if !runnable(&["nft", "curl", "fwknop"]) {
+        return;
+    }
+    const METRICS_P: &str = "127.0.0.1:19655";
+    let s = Setup::new(
+        Service::open("mp", 22096),
+        30,
+        "memory",
+        &format!(
+            "{}\n{}\n[metrics]\nlisten = \"{METRICS_P}\"\n",
+            pcap_capture(Pair::SERVER_IF, SPA_PORT),
+            nftables_action(22096)
+        ),
+    );
+    let d = s.start();
+    let url = format!("http://{METRICS_P}/metrics");
+    let full = "postern_capture_kernel_drops_total{capture=\"pcap\",reason=\"buffer_full\"}";
+    let to: SocketAddr = (s.svc.pair.server_ip, SPA_PORT).into();
+    let same_length = vec![b'A'; saved_packet(&s.svc, &s.keys, &[]).len()];
+    d.signal(libc::SIGSTOP);
+    // Four times what the ring holds.
+    let n = 40_000;
+    let sent = udp_send_all(
+        s.svc.client(),
+        to,
+        vec![same_length; n],
+        n,
+        Duration::ZERO,
+        Duration::ZERO,
+    )
+    .sent;
+    d.signal(libc::SIGCONT);
+    let text = scrape_until(s.svc.server(), &url, full, 1.0);
+    let dropped = metric_sample(&text, full);
+    assert!(
+        dropped >= 1.0 && dropped < sent as f64,
+        "{dropped} counted as buffer-full drops of {sent} sent\n{text}"
+    );
+    assert!(
+        d.wait_log("its capture ring was full", 1, Duration::from_secs(5)),
+        "{}",
+        d.log_text()
+    );
+    assert!(d.log_text().contains(" WARN "), "{}", d.log_text());
+    // And the capture still takes knocks: closed, knock, open.
+    assert!(!s.svc.reachable(Duration::from_millis(400)));
+    knock_ok(&s.svc, &s.keys, &[]);
+    assert!(
+        s.svc.wait_reachable(true, Duration::from_secs(5)),
+        "{}",
+        d.log_text()
     );
 }

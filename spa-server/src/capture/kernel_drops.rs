@@ -27,8 +27,45 @@ impl Why {
     }
 }
 
-/// The socket's drop count, read after each receive: growth between two
-/// reads is what was dropped in between.
+/// A capture's kernel buffer, as its drops are told.
+pub struct Buffer {
+    /// The capture's name in metrics.
+    pub capture: &'static str,
+    /// In log lines.
+    pub said_as: &'static str,
+    pub what: &'static str,
+}
+
+/// Count what the kernel dropped for `buffer`, by why; say it (rate-limited)
+/// at WARN when the buffer was full (knocks may have been lost), at debug for
+/// the length filter (garbage refused as meant).
+pub fn report(buffer: Buffer, attributed: Vec<(Why, u64)>) {
+    static WARNINGS: std::sync::LazyLock<crate::pipeline::WarnBudget> =
+        std::sync::LazyLock::new(|| crate::pipeline::WarnBudget::new("kernel drop", 1, 5));
+    let Buffer {
+        capture,
+        said_as,
+        what,
+    } = buffer;
+    for (why, dropped) in attributed {
+        crate::metrics::capture_kernel_drops(capture, why.label(), dropped);
+        match why {
+            Why::BufferFull => WARNINGS.warn(format_args!(
+                "{said_as}: the kernel dropped {dropped} packets before posternd read them: \
+                 its {what} was full (counted in postern_capture_kernel_drops_total\
+                 {{capture=\"{capture}\",reason=\"buffer_full\"}})"
+            )),
+            Why::LengthFilter => tracing::debug!(
+                "{said_as}: the kernel length filter refused {dropped} packets of a length \
+                 no stanza takes"
+            ),
+        }
+    }
+}
+
+/// A kernel count of drops (a socket's, SO_MEMINFO; a capture ring's, as
+/// libpcap keeps it), read now and then: growth between two reads is what
+/// was dropped in between.
 #[derive(Debug, Default)]
 pub struct SocketDrops {
     last: u32,

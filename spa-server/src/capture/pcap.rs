@@ -2,6 +2,7 @@
 //! PCAP_FILTER, promiscuous mode. Each interface has its own thread; when an
 //! interface goes away the thread reopens it until it is back.
 
+use super::kernel_drops::{self, SocketDrops, Why};
 use super::length_filter::Lengths;
 use super::{offer_blocking, Intake};
 use crate::pipeline::{Pipeline, RawPacket, Received, Stanzas};
@@ -31,6 +32,53 @@ pub struct Settings {
     pub any_direction: bool,
     pub file: Option<PathBuf>,
     pub intake: Intake,
+}
+
+/// The kernel's capture ring per interface (libpcap's default is 2 MiB). With
+/// the default snap length a frame takes 2 KiB of it, so this holds 8,192
+/// knocks while the pipeline is full and the capture waits (backpressure):
+/// 10,000 knocks at once lost some with 2 MiB. The whole ring is mapped (and
+/// counted in posternd's RSS) from the start.
+const RING_BYTES: i32 = 16 << 20;
+
+/// How its kernel drops are told.
+const RING_DROPS: kernel_drops::Buffer = kernel_drops::Buffer {
+    capture: CAPTURE,
+    said_as: "pcap capture",
+    what: "capture ring",
+};
+
+/// How often libpcap's count of the ring's drops is read.
+const DROPS_EVERY: Duration = Duration::from_secs(1);
+
+/// Packets the kernel dropped because an interface's ring was full (libpcap's
+/// count since the interface was opened), counted and warned about.
+struct RingDrops {
+    counted: SocketDrops,
+    read_at: Instant,
+}
+
+impl RingDrops {
+    fn new() -> RingDrops {
+        RingDrops {
+            counted: SocketDrops::default(),
+            read_at: Instant::now(),
+        }
+    }
+
+    fn check(&mut self, cap: &mut pcap::Capture<pcap::Active>) {
+        if self.read_at.elapsed() < DROPS_EVERY {
+            return;
+        }
+        self.read_at = Instant::now();
+        let Ok(stats) = cap.stats() else {
+            return;
+        };
+        let dropped = self.counted.saw(Some(stats.dropped));
+        if dropped > 0 {
+            kernel_drops::report(RING_DROPS, vec![(Why::BufferFull, dropped)]);
+        }
+    }
 }
 
 /// Reopen delay while an interface is missing or down.
@@ -154,6 +202,7 @@ fn open(iface: &str, s: &Settings) -> Result<pcap::Capture<pcap::Active>, pcap::
         .promisc(s.promisc)
         .snaplen(s.snaplen)
         .immediate_mode(true) // deliver each packet at once: knock latency matters
+        .buffer_size(RING_BYTES)
         .open()?
         .setnonblock()?;
     if !s.any_direction {
@@ -281,8 +330,10 @@ fn capture_loop(
         };
         let link = cap.get_datalink();
         let mut coalesce = super::coalesce::Coalesce::new();
+        let mut ring_drops = RingDrops::new();
         'capturing: while !stop.is_cancelled() {
             length_filter.refit_if_reloaded(&mut cap, pipeline);
+            ring_drops.check(&mut cap);
             match wait_for_packets(&cap) {
                 Readiness::Idle => continue,
                 Readiness::Broken => {

@@ -10,7 +10,7 @@
 //! refused where they are received".
 
 use super::coalesce::Coalesce;
-use super::kernel_drops::{Attribution, SocketDrops, Why};
+use super::kernel_drops::{self, Attribution, SocketDrops};
 use super::length_filter::Lengths;
 use super::offer_blocking;
 use crate::pipeline::{Pipeline, Received};
@@ -23,6 +23,12 @@ use tokio_util::sync::CancellationToken;
 
 /// This capture's name in packets, logs and metrics.
 const CAPTURE: &str = "udp";
+/// What its kernel drops are told as.
+const UDP_DROPS: kernel_drops::Buffer = kernel_drops::Buffer {
+    capture: CAPTURE,
+    said_as: "UDP capture",
+    what: "socket buffer",
+};
 
 /// Large enough to ride out a burst of knocks while the loop is busy.
 pub(super) const RECV_BUFFER: usize = 8 << 20;
@@ -155,28 +161,6 @@ fn control_of(hdr: &libc::msghdr) -> Control {
     }
     found.destination = found.destination.filter(|ip| !ip.is_unspecified());
     found
-}
-
-/// Count what the kernel dropped, by why; say it (rate-limited) at WARN when
-/// the buffer was full (knocks may have been lost), at debug for the length
-/// filter (garbage refused as meant).
-fn report_kernel_drops(attributed: Vec<(Why, u64)>) {
-    static WARNINGS: std::sync::LazyLock<crate::pipeline::WarnBudget> =
-        std::sync::LazyLock::new(|| crate::pipeline::WarnBudget::new("kernel drop", 1, 5));
-    for (why, dropped) in attributed {
-        crate::metrics::capture_kernel_drops(CAPTURE, why.label(), dropped);
-        match why {
-            Why::BufferFull => WARNINGS.warn(format_args!(
-                "UDP capture: the kernel dropped {dropped} datagrams before posternd read them: \
-                 its socket buffer was full (counted in \
-                 postern_capture_kernel_drops_total{{capture=\"udp\",reason=\"buffer_full\"}})"
-            )),
-            Why::LengthFilter => tracing::debug!(
-                "UDP capture: the kernel length filter refused {dropped} datagrams of a length \
-                 no stanza takes"
-            ),
-        }
-    }
 }
 
 /// Datagrams taken from the kernel per system call (recvmmsg): under a flood the
@@ -359,7 +343,10 @@ fn receive_loop(
             {
                 // Quiet: datagrams of no stanza's length are still dropped.
                 let dropped = kernel_drops.saw(socket_drops(fd).ok());
-                report_kernel_drops(drops_by_why.add(dropped, std::time::Instant::now()));
+                kernel_drops::report(
+                    UDP_DROPS,
+                    drops_by_why.add(dropped, std::time::Instant::now()),
+                );
                 continue;
             }
             Err(e) => {
@@ -370,7 +357,10 @@ fn receive_loop(
         };
         let received_at = capture.clock.now();
         let dropped = kernel_drops.saw(socket_drops(fd).ok());
-        report_kernel_drops(drops_by_why.add(dropped, std::time::Instant::now()));
+        kernel_drops::report(
+            UDP_DROPS,
+            drops_by_why.add(dropped, std::time::Instant::now()),
+        );
         for i in 0..n {
             let Some((bytes, peer)) = batch.datagram(i) else {
                 continue;
