@@ -34,12 +34,20 @@ pub struct Settings {
     pub intake: Intake,
 }
 
-/// The kernel's capture ring per interface (libpcap's default is 2 MiB). With
-/// the default snap length a frame takes 2 KiB of it, so this holds 8,192
-/// knocks while the pipeline is full and the capture waits (backpressure):
-/// 10,000 knocks at once lost some with 2 MiB. The whole ring is mapped (and
-/// counted in posternd's RSS) from the start.
-const RING_BYTES: i32 = 16 << 20;
+/// Knocks the kernel's capture ring holds while the pipeline is full and the
+/// capture waits (backpressure). libpcap's default ring (2 MiB, about 1,000
+/// frames) lost some of 10,000 knocks at once.
+const RING_FRAMES: i32 = 8192;
+/// The ring is mapped (and counted in posternd's RSS) whole from the start.
+const RING_MAX_BYTES: i32 = 64 << 20;
+
+/// The ring for [`RING_FRAMES`] frames of `snaplen` bytes: libpcap gives a
+/// frame the snap length and its headers, within blocks of a power of two.
+/// 16 MiB for the default 1,500; at most [`RING_MAX_BYTES`].
+fn ring_bytes(snaplen: i32) -> i32 {
+    let frame = (snaplen.max(1) as u32 + 128).next_power_of_two() as i64;
+    (frame * RING_FRAMES as i64).min(RING_MAX_BYTES as i64) as i32
+}
 
 /// How its kernel drops are told.
 const RING_DROPS: kernel_drops::Buffer = kernel_drops::Buffer {
@@ -202,7 +210,7 @@ fn open(iface: &str, s: &Settings) -> Result<pcap::Capture<pcap::Active>, pcap::
         .promisc(s.promisc)
         .snaplen(s.snaplen)
         .immediate_mode(true) // deliver each packet at once: knock latency matters
-        .buffer_size(RING_BYTES)
+        .buffer_size(ring_bytes(s.snaplen))
         .open()?
         .setnonblock()?;
     if !s.any_direction {
@@ -540,6 +548,14 @@ fn transport_payload(proto: IpNextHeaderProtocol, l4: &[u8]) -> Option<(u16, &[u
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ring_holds_its_frames_up_to_its_cap() {
+        assert_eq!(ring_bytes(1500), 16 << 20);
+        assert_eq!(ring_bytes(100), 2 << 20);
+        assert_eq!(ring_bytes(32_768), RING_MAX_BYTES);
+        assert_eq!(ring_bytes(0), ring_bytes(1));
+    }
 
     fn udp_frame(payload: &[u8]) -> Vec<u8> {
         let mut f = vec![0u8; 14];
