@@ -479,3 +479,58 @@ fn a_knock_after_a_garbage_flood_through_the_queue_still_opens() {
     );
     assert!(d.terminate(Duration::from_secs(10)).is_some());
 }
+
+/// The queue fails closed: packets beyond what it holds are dropped by the
+/// kernel. posternd counts those drops and warns about them (knocks may have
+/// been among them), and a knock after the flood still opens.
+#[test]
+fn drops_of_a_full_queue_are_warned_about() {
+    if !runnable(&["fwknop", "iptables"]) {
+        return;
+    }
+    let s = NfqSetup::new("nfqd");
+    let mut d = s.start();
+    let same_length = vec![b'A'; saved_packet(&s.svc, &s.keys, &[]).len()];
+    d.signal(libc::SIGSTOP);
+    // Well beyond the queue's 8,192.
+    let n = 30_000;
+    let ex = udp_send_all(
+        s.svc.client(),
+        s.spa_target(),
+        vec![same_length; n],
+        n,
+        Duration::ZERO,
+        Duration::ZERO,
+    );
+    d.signal(libc::SIGCONT);
+    assert!(ex.errors.is_empty(), "{ex:?}");
+    assert!(
+        d.wait_log("its queue was full", 1, Duration::from_secs(10)),
+        "{}",
+        s.context(&d)
+    );
+    let warned = d.log_text();
+    let line = warned
+        .lines()
+        .find(|l| l.contains("its queue was full"))
+        .unwrap();
+    assert!(line.contains(" WARN "), "{line}");
+    let dropped: u64 = line
+        .split("dropped ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        dropped >= 1 && dropped < ex.sent as u64,
+        "{dropped} of {} told as dropped: {line}",
+        ex.sent
+    );
+    knock_ok(&s.svc, &s.keys, &[]);
+    assert!(
+        s.svc.wait_reachable(true, Duration::from_secs(6)),
+        "knock after the flood did not open\n{}",
+        s.context(&d)
+    );
+    assert!(d.terminate(Duration::from_secs(10)).is_some());
+}

@@ -22,6 +22,7 @@
 mod rule;
 mod socket;
 
+use super::kernel_drops::{self, SocketDrops, Why};
 use super::{count_packet, offer};
 use crate::config::ActionConfig;
 use crate::pipeline::{Pipeline, Received};
@@ -244,9 +245,13 @@ async fn run(capture: NfqueueCapture, mut pipeline: Pipeline, shutdown: Cancella
         clock,
     } = capture;
     let clock = &*clock;
+    let mut drops = SocketDrops::default();
+    let mut drops_tick = tokio::time::interval(DROPS_EVERY);
+    drops_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
+            _ = drops_tick.tick() => check_drops(queue.number, &mut drops),
             ready = queue.readiness.readable() => match ready {
                 Ok(mut guard) => {
                     if drain(&mut queue.queue, &mut pipeline, clock, BATCH).await == Drained::Empty {
@@ -282,6 +287,40 @@ const COPY_RANGE: u16 = (60 + 8 + spa_core::packet::MAX_WIRE_LEN + 1) as u16;
 /// Packets the kernel holds for posternd before it drops more (default 1024).
 const QUEUE_MAX_LEN: u32 = 8192;
 
+/// How its kernel drops are told.
+const QUEUE_DROPS: kernel_drops::Buffer = kernel_drops::Buffer {
+    capture: CAPTURE,
+    said_as: "nfqueue capture",
+    what: "queue",
+};
+
+/// How often the kernel's drop count for the queue is read.
+const DROPS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Packets the kernel dropped for queue `queue` (fail-closed): the queue was
+/// full, or the socket's buffer (`queue_dropped` and `user_dropped` in
+/// /proc/net/netfilter/nfnetlink_queue, this network namespace's).
+fn queue_drops(table: &str, queue: u16) -> Option<u32> {
+    table.lines().find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.first()?.parse::<u16>().ok()? != queue {
+            return None;
+        }
+        let full: u32 = f.get(5)?.parse().ok()?;
+        let socket_full: u32 = f.get(6)?.parse().ok()?;
+        Some(full.wrapping_add(socket_full))
+    })
+}
+
+/// Read the kernel's drop count for `queue`; count and warn about growth.
+fn check_drops(queue: u16, counted: &mut SocketDrops) {
+    let table = std::fs::read_to_string("/proc/net/netfilter/nfnetlink_queue").unwrap_or_default();
+    let dropped = counted.saw(queue_drops(&table, queue));
+    if dropped > 0 {
+        kernel_drops::report(QUEUE_DROPS, vec![(Why::BufferFull, dropped)]);
+    }
+}
+
 #[derive(PartialEq, Eq)]
 enum Drained {
     Empty,
@@ -293,6 +332,7 @@ struct Listener {
     // Field order = drop order: deregister the descriptor before nfq closes it.
     readiness: AsyncFd<QueueFd>,
     queue: nfq::Queue,
+    number: u16,
 }
 
 /// The queue socket's descriptor, owned by `nfq::Queue` (only polled here).
@@ -340,7 +380,11 @@ impl Listener {
         let readiness =
             unsafe { AsyncFd::register_with_interest(QueueFd(fd), tokio::io::Interest::READABLE) }
                 .map_err(|e| context("cannot poll", e.into()))?;
-        Ok(Listener { readiness, queue })
+        Ok(Listener {
+            readiness,
+            queue,
+            number,
+        })
     }
 }
 
@@ -402,6 +446,19 @@ async fn hand_on(pipeline: &mut Pipeline, ip_packet: &[u8], received_at: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_drop_count_is_the_queues_full_and_socket_full_drops() {
+        // queue, port id, waiting, copy mode, copy range, queue_dropped,
+        // user_dropped, id sequence, 1 (as the kernel prints them)
+        let table = "    1  12345     0 2  1569    7     3   100  1\n\
+                     2      0     0 2 65531 4294967295 2 9 1\n";
+        assert_eq!(queue_drops(table, 1), Some(10));
+        assert_eq!(queue_drops(table, 2), Some(1), "the count wraps");
+        assert_eq!(queue_drops(table, 3), None);
+        assert_eq!(queue_drops("", 1), None);
+        assert_eq!(queue_drops("1 2 3\n", 1), None);
+    }
 
     #[test]
     fn packets_for_the_host_are_dropped_others_pass() {
