@@ -1,11 +1,13 @@
-//! Datagrams the kernel dropped for the UDP capture, told apart by why.
+//! Packets the kernel dropped before a capture read them: counted, warned
+//! about when a full buffer may have cost knocks, and for the UDP capture
+//! told apart by why.
 //!
-//! The socket's drop count (SO_MEMINFO) counts every datagram it refused: those of a length no
-//! stanza takes (the kernel length filter, working as meant) and those that
-//! found the receive buffer full (which may have been knocks). Only the
-//! namespace's UDP `RcvbufErrors` (/proc/net/snmp and snmp6) count the
-//! second kind, so that counter tells the two apart: read at most once a
-//! second, and only when the socket's count grew.
+//! The UDP socket's drop count (SO_MEMINFO) counts every datagram it refused:
+//! those of a length no stanza takes (the kernel length filter, working as
+//! meant) and those that found the receive buffer full (which may have been
+//! knocks). Only the namespace's UDP `RcvbufErrors` (/proc/net/snmp and
+//! snmp6) count the second kind, so that counter tells the two apart: read at
+//! most once a second, and only when the socket's count grew.
 
 use std::time::{Duration, Instant};
 
@@ -67,11 +69,11 @@ pub fn report(buffer: Buffer, attributed: Vec<(Why, u64)>) {
 /// libpcap keeps it), read now and then: growth between two reads is what
 /// was dropped in between.
 #[derive(Debug, Default)]
-pub struct SocketDrops {
+pub struct DropCount {
     last: u32,
 }
 
-impl SocketDrops {
+impl DropCount {
     /// Datagrams dropped since the last count seen (the count wraps at 2^32).
     pub fn saw(&mut self, count: Option<u32>) -> u64 {
         let Some(count) = count else {
@@ -177,7 +179,7 @@ mod tests {
 
     #[test]
     fn drop_counts_grow_by_their_difference_and_wrap() {
-        let mut d = SocketDrops::default();
+        let mut d = DropCount::default();
         assert_eq!(d.saw(None), 0);
         assert_eq!(d.saw(Some(5)), 5);
         assert_eq!(d.saw(Some(5)), 0);

@@ -2,7 +2,7 @@
 //! PCAP_FILTER, promiscuous mode. Each interface has its own thread; when an
 //! interface goes away the thread reopens it until it is back.
 
-use super::kernel_drops::{self, SocketDrops, Why};
+use super::kernel_drops::{self, DropCount, Why};
 use super::length_filter::Lengths;
 use super::{offer_blocking, Intake};
 use crate::pipeline::{Pipeline, RawPacket, Received, Stanzas};
@@ -62,14 +62,14 @@ const DROPS_EVERY: Duration = Duration::from_secs(1);
 /// Packets the kernel dropped because an interface's ring was full (libpcap's
 /// count since the interface was opened), counted and warned about.
 struct RingDrops {
-    counted: SocketDrops,
+    counted: DropCount,
     read_at: Instant,
 }
 
 impl RingDrops {
     fn new() -> RingDrops {
         RingDrops {
-            counted: SocketDrops::default(),
+            counted: DropCount::default(),
             read_at: Instant::now(),
         }
     }

@@ -10,7 +10,7 @@
 //! refused where they are received".
 
 use super::coalesce::Coalesce;
-use super::kernel_drops::{self, Attribution, SocketDrops};
+use super::kernel_drops::{self, Attribution, DropCount};
 use super::length_filter::Lengths;
 use super::offer_blocking;
 use crate::pipeline::{Pipeline, Received};
@@ -304,7 +304,7 @@ fn receive_loop(
     let mut batch = RecvBatch::new();
     let fd = socket.as_raw_fd();
     let mut filtered_for: Option<crate::pipeline::Stanzas> = None;
-    let mut kernel_drops = SocketDrops::default();
+    let mut kernel_drops = DropCount::default();
     let mut drops_by_why = Attribution::new(std::time::Instant::now());
     let mut coalesce = Coalesce::new();
     // At a stop, what the kernel already holds for posternd is still taken
@@ -423,7 +423,7 @@ mod tests {
         use std::os::fd::AsRawFd;
         let socket = bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let fd = socket.as_raw_fd();
-        let mut drops = SocketDrops::default();
+        let mut drops = DropCount::default();
         assert_eq!(drops.saw(Some(socket_drops(fd).unwrap())), 0);
         let small: libc::c_int = 4096; // the kernel doubles it; its floor is ~4.6 KiB
                                        // SAFETY: setsockopt with a pointer to a c_int of the stated size.

@@ -22,7 +22,7 @@
 mod rule;
 mod socket;
 
-use super::kernel_drops::{self, SocketDrops, Why};
+use super::kernel_drops::{self, DropCount, Why};
 use super::{count_packet, offer};
 use crate::config::ActionConfig;
 use crate::pipeline::{Pipeline, Received};
@@ -245,7 +245,7 @@ async fn run(capture: NfqueueCapture, mut pipeline: Pipeline, shutdown: Cancella
         clock,
     } = capture;
     let clock = &*clock;
-    let mut drops = SocketDrops::default();
+    let mut drops = DropCount::default();
     let mut drops_tick = tokio::time::interval(DROPS_EVERY);
     drops_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -313,7 +313,7 @@ fn queue_drops(table: &str, queue: u16) -> Option<u32> {
 }
 
 /// Read the kernel's drop count for `queue`; count and warn about growth.
-fn check_drops(queue: u16, counted: &mut SocketDrops) {
+fn check_drops(queue: u16, counted: &mut DropCount) {
     let table = std::fs::read_to_string("/proc/net/netfilter/nfnetlink_queue").unwrap_or_default();
     let dropped = counted.saw(queue_drops(&table, queue));
     if dropped > 0 {
