@@ -131,6 +131,8 @@ impl Executor {
                 let mut blocks = self.blocks.take();
                 rt.block_on(async {
                     let mut tick = tokio::time::interval(EXPIRY_TICK);
+                    // Off while nothing waits on it; then one tick, not a burst.
+                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                     loop {
                         tokio::select! {
                             biased;
@@ -177,7 +179,7 @@ impl Executor {
                                 }
                                 self.apply(batch);
                             }
-                            _ = tick.tick() => self.expire(),
+                            _ = tick.tick(), if self.has_expiry_work() => self.expire(),
                         }
                     }
                 });
@@ -517,6 +519,16 @@ impl Executor {
                 d.source, d.block_secs, d.failures, d.window_secs, d.stage, d.reason
             ));
         }
+    }
+
+    /// Whether the expiry tick has anything to do: a backend whose grants the
+    /// daemon removes, CMD_CYCLE closes, or blocks whose ends are counted. An
+    /// idle posternd on nftables (the kernel expires its grants) never wakes
+    /// for it.
+    fn has_expiry_work(&self) -> bool {
+        self.backends.iter().any(|b| !b.expires_in_kernel())
+            || !self.cycles.is_empty()
+            || !self.block_ends.is_empty()
     }
 
     fn expire(&mut self) {
