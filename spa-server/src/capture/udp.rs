@@ -78,14 +78,15 @@ fn turn_on(socket: &Socket, level: libc::c_int, name: libc::c_int) -> std::io::R
 }
 
 /// On a wildcard socket, have the kernel tell each datagram's destination
-/// address (IP_PKTINFO; on IPv6 also IPV6_RECVPKTINFO, and IP_PKTINFO for the
-/// IPv4 datagrams a dual-stack socket receives).
+/// address: IP_PKTINFO on IPv4; IPV6_RECVPKTINFO on IPv6, which also tells
+/// the IPv4 datagrams a dual-stack socket receives (IPv4-mapped). One control
+/// message per datagram, not two.
 fn request_destinations(socket: &Socket, ipv6: bool) -> std::io::Result<()> {
-    turn_on(socket, libc::IPPROTO_IP, libc::IP_PKTINFO)?;
     if ipv6 {
-        turn_on(socket, libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO)?;
+        turn_on(socket, libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO)
+    } else {
+        turn_on(socket, libc::IPPROTO_IP, libc::IP_PKTINFO)
     }
-    Ok(())
 }
 
 /// The socket's count of datagrams the kernel dropped (SO_MEMINFO), read
