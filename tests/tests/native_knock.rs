@@ -93,14 +93,19 @@ fn a_native_knock_opens_replays_and_garbage_do_not_and_a_revoked_client_is_refus
         "{}",
         n.context("alice refused after bob's removal")
     );
-    let users: Vec<String> = n
-        .posternd
-        .audit_lines()
-        .iter()
-        .filter(|l| l["outcome"] == "granted")
-        .filter_map(|l| l["user"].as_str().map(str::to_string))
-        .collect();
-    assert_eq!(users, ["alice", "alice"], "{}", n.context("audit"));
+    // The audit line follows the open port (see below): wait for it.
+    let granted = || -> Vec<String> {
+        n.posternd
+            .audit_lines()
+            .iter()
+            .filter(|l| l["outcome"] == "granted")
+            .filter_map(|l| l["user"].as_str().map(str::to_string))
+            .collect()
+    };
+    postern_e2e::wait_until(Duration::from_secs(5), Duration::from_millis(25), || {
+        granted().len() >= 2
+    });
+    assert_eq!(granted(), ["alice", "alice"], "{}", n.context("audit"));
 }
 
 #[test]
@@ -280,17 +285,24 @@ fn fwknop_and_native_stanzas_serve_side_by_side_on_one_port() {
         "{}",
         n.context("the native knock did not open beside a fwknop stanza")
     );
-    let users: Vec<String> = n
-        .posternd
-        .audit_lines()
-        .iter()
-        .filter(|l| l["outcome"] == "granted")
-        .filter_map(|l| {
-            l["stanza"]["number"]
-                .as_u64()
-                .map(|k| format!("{k}:{}", l["user"]))
-        })
-        .collect();
+    // The port opens when the rule is in; the audit line follows from the
+    // knock's own task, so wait for it (bounded).
+    let granted = || -> Vec<String> {
+        n.posternd
+            .audit_lines()
+            .iter()
+            .filter(|l| l["outcome"] == "granted")
+            .filter_map(|l| {
+                l["stanza"]["number"]
+                    .as_u64()
+                    .map(|k| format!("{k}:{}", l["user"]))
+            })
+            .collect()
+    };
+    postern_e2e::wait_until(Duration::from_secs(5), Duration::from_millis(25), || {
+        granted().len() >= 2
+    });
+    let users = granted();
     assert_eq!(users.len(), 2, "{users:?}");
     assert!(users[0].starts_with("1:"), "{users:?}");
     assert_eq!(users[1], "2:\"frank\"", "{users:?}");
