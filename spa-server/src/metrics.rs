@@ -29,6 +29,7 @@
 //! - `postern_audit_lines_dropped_total`: audit log lines lost (the writer
 //!   could not keep up, or the file could not be written).
 
+use crate::capture::names::ALL as CAPTURES;
 use crate::pipeline::Stage;
 use metrics::{
     counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Counter, Unit,
@@ -247,12 +248,11 @@ pub fn replay_store_failed() {
     counter!(REPLAY_STORE_ERRORS).increment(1);
 }
 
-/// The captures' names as they label [`PACKETS`].
-const CAPTURES: [&str; 4] = ["udp", "tcp", "pcap", "nfqueue"];
-
 /// Handles of the counters every packet touches, looked up once: a labelled
 /// lookup (a hash of name and labels, a shared lock) per packet shows under a
 /// flood. The recorder is installed once per process, before any packet.
+/// (One per name in [`crate::capture::names`]; another name is counted by a
+/// plain lookup.)
 static PACKETS_BY_CAPTURE: [OnceLock<Counter>; CAPTURES.len()] =
     [const { OnceLock::new() }; CAPTURES.len()];
 static REFUSED_BY_STAGE: [OnceLock<Counter>; Stage::ALL.len()] =

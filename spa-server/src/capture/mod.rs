@@ -10,6 +10,16 @@ pub mod pcap;
 pub mod tcp;
 pub mod udp;
 
+/// The captures' names in packets, logs and metrics: each capture's, and
+/// all of them for the metrics that keep a counter per capture.
+pub mod names {
+    pub const UDP: &str = "udp";
+    pub const TCP: &str = "tcp";
+    pub const PCAP: &str = "pcap";
+    pub const NFQUEUE: &str = "nfqueue";
+    pub const ALL: [&str; 4] = [UDP, TCP, PCAP, NFQUEUE];
+}
+
 use crate::config::{CaptureConfig, ServerSection};
 use crate::pipeline::{Authenticated, Decision, Outcome, Pipeline, Received, Stage};
 use spa_core::http;

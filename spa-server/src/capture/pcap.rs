@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 /// This capture's name in packets, logs and metrics.
-const CAPTURE: &str = "pcap";
+const CAPTURE: &str = super::names::PCAP;
 
 #[derive(Clone, Debug)]
 pub struct Settings {

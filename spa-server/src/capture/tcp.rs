@@ -24,7 +24,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// This capture's name in packets, logs and metrics.
-const CAPTURE: &str = "tcp";
+const CAPTURE: &str = super::names::TCP;
 
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {

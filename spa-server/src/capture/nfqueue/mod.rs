@@ -34,7 +34,7 @@ use tokio::io::unix::AsyncFd;
 use tokio_util::sync::CancellationToken;
 
 /// This capture's name in logs and metrics.
-const CAPTURE: &str = "nfqueue";
+const CAPTURE: &str = super::names::NFQUEUE;
 
 pub use rule::nft_table;
 
