@@ -22,7 +22,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// This capture's name in packets, logs and metrics.
-const CAPTURE: &str = "udp";
+const CAPTURE: &str = super::names::UDP;
 /// What its kernel drops are told as.
 const UDP_DROPS: kernel_drops::Buffer = kernel_drops::Buffer {
     capture: CAPTURE,
@@ -113,6 +113,13 @@ fn socket_drops(fd: std::os::fd::RawFd) -> std::io::Result<u32> {
         return Err(std::io::Error::other("SO_MEMINFO without the drop count"));
     }
     Ok(info[libc::SK_MEMINFO_DROPS as usize])
+}
+
+/// Read the socket's drop count after a receive (or a quiet wait) and
+/// report what it grew by, told apart by why.
+fn report_drops(fd: std::os::fd::RawFd, counted: &mut DropCount, by_why: &mut Attribution) {
+    let dropped = counted.saw(socket_drops(fd).ok());
+    kernel_drops::report(UDP_DROPS, by_why.add(dropped, std::time::Instant::now()));
 }
 
 /// Control-message space per datagram: an in_pktinfo or an in6_pktinfo,
@@ -343,11 +350,7 @@ fn receive_loop(
                 ) =>
             {
                 // Quiet: datagrams of no stanza's length are still dropped.
-                let dropped = kernel_drops.saw(socket_drops(fd).ok());
-                kernel_drops::report(
-                    UDP_DROPS,
-                    drops_by_why.add(dropped, std::time::Instant::now()),
-                );
+                report_drops(fd, &mut kernel_drops, &mut drops_by_why);
                 continue;
             }
             Err(e) => {
@@ -357,11 +360,7 @@ fn receive_loop(
             }
         };
         let received_at = capture.clock.now();
-        let dropped = kernel_drops.saw(socket_drops(fd).ok());
-        kernel_drops::report(
-            UDP_DROPS,
-            drops_by_why.add(dropped, std::time::Instant::now()),
-        );
+        report_drops(fd, &mut kernel_drops, &mut drops_by_why);
         for i in 0..n {
             let Some((bytes, peer)) = batch.datagram(i) else {
                 continue;
