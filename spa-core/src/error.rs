@@ -3,6 +3,11 @@
 
 use thiserror::Error;
 
+/// The text of [`SpaError::HmacMismatch`], the refusal of nearly every forged
+/// packet: a server refusing a flood of them borrows it instead of formatting
+/// it each time ([`SpaError::fixed_text`]).
+pub const HMAC_MISMATCH: &str = "HMAC verification failed";
+
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum SpaError {
     #[error("packet is empty")]
@@ -17,7 +22,7 @@ pub enum SpaError {
     SaltedPrefix,
     #[error("packet contains a byte outside the base64 alphabet at offset {offset}")]
     Charset { offset: usize },
-    #[error("HMAC verification failed")]
+    #[error("{}", HMAC_MISMATCH)]
     HmacMismatch,
     #[error("packet shorter than its {0}-character HMAC")]
     HmacMissing(usize),
@@ -55,6 +60,14 @@ pub enum SpaError {
 }
 
 impl SpaError {
+    /// The message, when it has no variable part, as a static string.
+    pub fn fixed_text(&self) -> Option<&'static str> {
+        match self {
+            SpaError::HmacMismatch => Some(HMAC_MISMATCH),
+            _ => None,
+        }
+    }
+
     pub(crate) fn field(field: &'static str, reason: impl Into<String>) -> Self {
         SpaError::Field {
             field,

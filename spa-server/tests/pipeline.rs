@@ -610,6 +610,43 @@ mod stages {
         assert!(screen(&pkt).is_ok(), "the store forgot it");
     }
 
+    /// Refusing a flood is hashing, not the allocator: garbage of a knock's
+    /// length (a wrong HMAC) allocates nothing, a copy of a granted knock only
+    /// its facts for the audit log (one box). Counted by this test binary's
+    /// allocator, on this thread.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn refusing_garbage_and_replays_barely_allocates() {
+        let d = Direct::new(vec![stanza()]);
+        let pkt = knock(now(), 77);
+        assert!(d.knock(&pkt, "127.0.0.1", None).await.is_granted());
+        let mut forged = pkt.clone().into_bytes();
+        let middle = forged.len() / 2;
+        forged[middle] = if forged[middle] == b'A' { b'B' } else { b'A' };
+        let mut capture = d.pipeline.clone();
+        let mut allocations_per_screen = |wire: &[u8], want: Stage| {
+            let mut screen = || {
+                capture.screen(Received {
+                    bytes: wire,
+                    peer: SocketAddr::new([127, 0, 0, 1].into(), 40000),
+                    forwarded_for: None,
+                    destination: None,
+                    received_at: now(),
+                    capture: "test",
+                })
+            };
+            // The first refusal remembers the replay and starts the line budget.
+            drop(screen());
+            let before = counting::allocations();
+            for _ in 0..100 {
+                let refused = screen().expect_err("refused");
+                assert_eq!(stage_of(&refused), Some(want), "{refused:?}");
+            }
+            (counting::allocations() - before) as f64 / 100.0
+        };
+        assert_eq!(allocations_per_screen(&forged, Stage::Hmac), 0.0);
+        assert_eq!(allocations_per_screen(pkt.as_bytes(), Stage::Replay), 1.0);
+    }
+
     /// A recorded packet is refused before decryption: after the grant the
     /// stanza's encryption key changes (same HMAC key), and the replay is still
     /// refused as a replay, not as a failed decryption.
@@ -702,7 +739,7 @@ mod stages {
         let replay = d.knock(&pkt, "127.0.0.1", None).await;
         let facts = replay.decision().unwrap();
         assert_eq!(replay.stage(), Some(Stage::Replay));
-        assert_eq!(facts.candidates, [2], "only stanza #2's HMAC key fits");
+        assert_eq!(facts.candidates.as_slice(), [2], "only stanza #2's HMAC key fits");
         assert!(facts.stanza.is_none() && facts.request.is_none());
 
         let refused = d
@@ -947,5 +984,47 @@ mod shared_replay {
             Err(e) => format!("{e:#}"),
         };
         assert!(err.contains("redis") && err.contains("none.sock"), "{err}");
+    }
+}
+
+/// Counts this thread's allocations (for the test that refusals barely allocate).
+mod counting {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+
+    thread_local! {
+        static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+    }
+
+    pub fn allocations() -> u64 {
+        ALLOCATIONS.with(Cell::get)
+    }
+
+    struct Counting;
+
+    #[global_allocator]
+    static COUNTING: Counting = Counting;
+
+    fn count() {
+        let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
+    }
+
+    // SAFETY: every call is passed on to the system allocator unchanged.
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            count();
+            System.alloc(layout)
+        }
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            System.dealloc(ptr, layout)
+        }
+        unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+            count();
+            System.alloc_zeroed(layout)
+        }
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            count();
+            System.realloc(ptr, layout, new_size)
+        }
     }
 }

@@ -18,6 +18,9 @@ use serde::Serialize;
 use spa_core::{MessageType, SpaMessage};
 use std::net::{IpAddr, SocketAddr};
 
+/// Stanza numbers, inline for the usual one or two.
+pub type StanzaNumbers = smallvec::SmallVec<[usize; 2]>;
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Decision {
     /// The capture that took the packet (`udp`, `pcap`, `tcp`, `nfqueue`).
@@ -31,8 +34,8 @@ pub struct Decision {
     pub destination: Option<IpAddr>,
     /// Stanzas (numbered from 1) whose HMAC took the packet, while no key has
     /// decrypted it yet.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub candidates: Vec<usize>,
+    #[serde(skip_serializing_if = "smallvec::SmallVec::is_empty")]
+    pub candidates: StanzaNumbers,
     /// The stanza whose key decrypted the packet.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stanza: Option<StanzaId>,
@@ -170,7 +173,7 @@ impl Decision {
             },
             forwarded_for,
             destination: destination.map(canonical),
-            candidates: Vec::new(),
+            candidates: StanzaNumbers::new(),
             stanza: None,
             user: None,
             gpg_signer: None,

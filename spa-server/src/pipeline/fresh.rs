@@ -64,7 +64,7 @@ where
             // MAX_SPA_PACKET_AGE is an access setting: refused at `policy`, as before.
             return ready(Outcome::refused(
                 Stage::Policy,
-                denial,
+                denial.to_string(),
                 Decision::decrypted(&d),
             ));
         }

@@ -203,29 +203,68 @@ pub enum Outcome {
     Granted(Box<Decision>),
     Denied {
         stage: Stage,
-        reason: String,
+        reason: Reason,
         decision: Option<Box<Decision>>,
     },
 }
 
+/// Why a packet was refused. A fixed text is borrowed, so refusing a flood of
+/// garbage or replays formats no string per packet.
+pub type Reason = std::borrow::Cow<'static, str>;
+
+/// What a refusal's reason can be made from.
+pub trait IntoReason {
+    fn into_reason(self) -> Reason;
+}
+
+impl IntoReason for &'static str {
+    fn into_reason(self) -> Reason {
+        Reason::Borrowed(self)
+    }
+}
+
+impl IntoReason for String {
+    fn into_reason(self) -> Reason {
+        Reason::Owned(self)
+    }
+}
+
+impl IntoReason for fmt::Arguments<'_> {
+    fn into_reason(self) -> Reason {
+        match self.as_str() {
+            Some(fixed) => Reason::Borrowed(fixed),
+            None => Reason::Owned(self.to_string()),
+        }
+    }
+}
+
+impl IntoReason for spa_core::SpaError {
+    fn into_reason(self) -> Reason {
+        match self.fixed_text() {
+            Some(fixed) => Reason::Borrowed(fixed),
+            None => Reason::Owned(self.to_string()),
+        }
+    }
+}
+
 impl Outcome {
     /// A refusal of a packet nothing is known of (it did not pass the HMAC).
-    pub fn denied(stage: Stage, reason: impl fmt::Display) -> Self {
+    pub fn denied(stage: Stage, reason: impl IntoReason) -> Self {
         Outcome::Denied {
             stage,
-            reason: reason.to_string(),
+            reason: reason.into_reason(),
             decision: None,
         }
     }
     /// A refusal of an authenticated packet, with what is known of it.
     pub fn refused(
         stage: Stage,
-        reason: impl fmt::Display,
+        reason: impl IntoReason,
         decision: impl Into<Box<Decision>>,
     ) -> Self {
         Outcome::Denied {
             stage,
-            reason: reason.to_string(),
+            reason: reason.into_reason(),
             decision: Some(decision.into()),
         }
     }
@@ -307,7 +346,12 @@ pub(crate) const ALERT_BURST: u32 = 200;
 pub(crate) struct WarnBudget {
     what: &'static str,
     per_second: u32,
-    limit: governor::DefaultDirectRateLimiter,
+    limit: governor::RateLimiter<
+        governor::state::NotKeyed,
+        governor::state::InMemoryState,
+        CoarseClock,
+        governor::middleware::NoOpMiddleware<std::time::Duration>,
+    >,
     suppressed: std::sync::atomic::AtomicU64,
 }
 
@@ -320,7 +364,7 @@ impl WarnBudget {
         WarnBudget {
             what,
             per_second,
-            limit: RateLimiter::direct(quota),
+            limit: RateLimiter::direct_with_clock(quota, CoarseClock),
             suppressed: Default::default(),
         }
     }
@@ -340,6 +384,22 @@ impl WarnBudget {
             );
         }
         tracing::warn!("{line}");
+    }
+}
+
+/// The time since boot to the last timer tick (CLOCK_MONOTONIC_COARSE, a few
+/// milliseconds fine): all a budget of lines a second needs, and read for each
+/// refused packet of a flood, where the precise clock showed in the profile.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct CoarseClock;
+
+impl governor::clock::Clock for CoarseClock {
+    type Instant = std::time::Duration;
+    fn now(&self) -> std::time::Duration {
+        use nix::time::{clock_gettime, ClockId};
+        clock_gettime(ClockId::CLOCK_MONOTONIC_COARSE)
+            .map(std::time::Duration::from)
+            .unwrap_or_default()
     }
 }
 

@@ -66,7 +66,7 @@ where
                 }
                 Err(e) => {
                     crate::metrics::replay_store_failed();
-                    Ok(Outcome::refused(Stage::Replay, e, a.decision))
+                    Ok(Outcome::refused(Stage::Replay, e.to_string(), a.decision))
                 }
             }
         })

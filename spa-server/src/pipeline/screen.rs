@@ -213,13 +213,17 @@ fn length_fits(s: &AccessStanza, peer: IpAddr, len: usize) -> bool {
     s.takes_rijndael_len(len) || (s.uses_gpg() && len >= packet::MIN_GPG_WIRE_LEN)
 }
 
+/// (stanza index, ciphertext length) pairs, inline for the usual one or two
+/// stanzas: screening a packet (a replay, say) allocates nothing for them.
+pub(super) type Candidates = smallvec::SmallVec<[(usize, usize); 2]>;
+
 /// What passed the screen: the stanzas the packet may decrypt under, as
 /// (stanza index, length of the ciphertext part of the packet). Only
 /// [`Keyring::screen`] makes one.
 #[derive(Clone, Default)]
 pub struct Screened {
-    pub(super) rijndael: Vec<(usize, usize)>,
-    pub(super) gpg: Vec<(usize, usize)>,
+    pub(super) rijndael: Candidates,
+    pub(super) gpg: Candidates,
     /// A stanza's HMAC verified: the sender holds a key. Packets for stanzas
     /// without HMAC are only plausible, and may be shed when posternd is full;
     /// so are native packets past mac1 (its key is the server's public key).
@@ -257,8 +261,8 @@ impl std::fmt::Debug for Screened {
 
 impl Screened {
     /// The candidate stanzas' numbers (from 1), for the audit log.
-    pub fn stanza_numbers(&self) -> Vec<usize> {
-        let mut numbers: Vec<usize> = self
+    pub fn stanza_numbers(&self) -> super::decision::StanzaNumbers {
+        let mut numbers: super::decision::StanzaNumbers = self
             .rijndael
             .iter()
             .chain(&self.gpg)
