@@ -739,7 +739,11 @@ mod stages {
         let replay = d.knock(&pkt, "127.0.0.1", None).await;
         let facts = replay.decision().unwrap();
         assert_eq!(replay.stage(), Some(Stage::Replay));
-        assert_eq!(facts.candidates.as_slice(), [2], "only stanza #2's HMAC key fits");
+        assert_eq!(
+            facts.candidates.as_slice(),
+            [2],
+            "only stanza #2's HMAC key fits"
+        );
         assert!(facts.stanza.is_none() && facts.request.is_none());
 
         let refused = d

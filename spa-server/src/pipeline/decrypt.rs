@@ -180,7 +180,11 @@ fn open_native(auth: Authenticated, keys: &NativeKeys) -> Result<Decrypted, Outc
     let opened =
         spa_native::open(&auth.packet.bytes, &keys.server, &keys.registry).map_err(|e| {
             super::alert(format_args!("[{source}] native packet refused: {e}"));
-            Outcome::refused(Stage::Decrypt, e.to_string(), Decision::authenticated(&auth))
+            Outcome::refused(
+                Stage::Decrypt,
+                e.to_string(),
+                Decision::authenticated(&auth),
+            )
         })?;
     if opened.replay_key != auth.digest {
         // Cannot happen for a packet that opened (it is the same bytes); fail closed.

@@ -86,7 +86,11 @@ fn decide(settings: &PolicySettings, f: Fresh, decision: Decision) -> Result<App
         Err(denial) => {
             let source = crate::config::access::canonical(d.packet.peer.ip());
             super::alert(denial.fwknopd_log(source, d.stanza + 1));
-            Err(Outcome::refused(Stage::Policy, denial.to_string(), decision))
+            Err(Outcome::refused(
+                Stage::Policy,
+                denial.to_string(),
+                decision,
+            ))
         }
     }
 }
