@@ -357,7 +357,8 @@ async fn a_reload_refits_the_kernel_length_filter() {
     let mut reloaded = stanza();
     reloaded.hmac_digest_type = DigestType::Sha1;
     s.running.keyring.replace(vec![reloaded]);
-    // The capture looks for a reload at least once a second; resend until it has.
+    // The capture refits its filter as the stanzas are swapped, from a task of
+    // its own; resend until that has happened.
     let deadline = Instant::now() + Duration::from_secs(4);
     while s.recorder.granted().is_empty() && Instant::now() < deadline {
         send(s.udp, sha1.as_bytes());

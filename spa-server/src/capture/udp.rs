@@ -8,12 +8,16 @@
 //! naps between receives ([`super::coalesce`]). Measured against a loop on
 //! the runtime's reactor: README, "One typed pass, backpressure, replays
 //! refused where they are received".
+//!
+//! A task beside the loop ([`tend`]) refits the kernel length filter when a
+//! reload swaps the stanzas and wakes the blocked receive at a stop, so an
+//! idle loop wakes only once a second, to report the kernel's drops.
 
 use super::coalesce::Coalesce;
 use super::kernel_drops::{self, Attribution, DropCount};
 use super::length_filter::Lengths;
 use super::offer_blocking;
-use crate::pipeline::{Pipeline, Received};
+use crate::pipeline::{Keyring, Pipeline, Received};
 use socket2::{Socket, Type};
 use spa_core::Clock;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
@@ -34,16 +38,18 @@ const UDP_DROPS: kernel_drops::Buffer = kernel_drops::Buffer {
 pub(super) const RECV_BUFFER: usize = 8 << 20;
 /// Anything longer than a packet can be is cut and then refused by the precheck.
 const MAX_DATAGRAM: usize = spa_core::packet::MAX_WIRE_LEN + 1;
-/// A blocked receive returns after this long without datagrams, to look at
-/// shutdown and reloads.
-const RECEIVE_TIMEOUT: Duration = Duration::from_millis(200);
+/// A blocked receive returns after this long without datagrams, to report
+/// what the kernel dropped meanwhile (garbage its length filter refused).
+const QUIET_REPORT: Duration = Duration::from_secs(1);
+/// The receive loop's thread, as `top -H` and /proc name it.
+pub const RECEIVE_THREAD: &str = "postern-udp";
 /// At a stop, datagrams already received are taken for at most this long.
 const DRAIN_AT_STOP: Duration = Duration::from_secs(1);
 
 pub fn bind(listen: SocketAddr) -> anyhow::Result<UdpSocket> {
     let socket = super::bind_socket(listen, Type::DGRAM, "UDP capture")?;
     socket.set_nonblocking(false)?;
-    socket.set_read_timeout(Some(RECEIVE_TIMEOUT))?;
+    socket.set_read_timeout(Some(QUIET_REPORT))?;
     super::force_recv_buffer(std::os::fd::AsRawFd::as_raw_fd(&socket), RECV_BUFFER);
     if let Err(e) = socket_drops(std::os::fd::AsRawFd::as_raw_fd(&socket)) {
         tracing::info!("UDP capture: the kernel does not count its drops here (SO_MEMINFO: {e})");
@@ -249,8 +255,12 @@ impl RecvBatch {
         control_of(&self.msgs[i].msg_hdr)
     }
 
-    /// Datagram `i` of the last call: its bytes and sender.
+    /// Datagram `i` of the last call: its bytes and sender; `None` for the
+    /// empty return that wakes the loop at a stop (no sender told).
     fn datagram(&self, i: usize) -> Option<(&[u8], SocketAddr)> {
+        if self.msgs[i].msg_hdr.msg_namelen == 0 {
+            return None;
+        }
         let len = (self.msgs[i].msg_len as usize).min(MAX_DATAGRAM);
         // SAFETY: the kernel wrote a sockaddr of `msg_namelen` bytes into addrs[i].
         let addr =
@@ -282,15 +292,70 @@ impl super::Capture for UdpCapture {
         CAPTURE
     }
 
-    /// The receive loop runs on a thread of the runtime's blocking pool.
+    /// The receive loop runs on a thread of its own (`postern-udp`), [`tend`]
+    /// on the runtime.
     fn start(
         self: Box<Self>,
         pipeline: Pipeline,
         shutdown: CancellationToken,
     ) -> tokio::task::JoinHandle<()> {
         let runtime = tokio::runtime::Handle::current();
-        tokio::task::spawn_blocking(move || receive_loop(&self, pipeline, &shutdown, &runtime))
+        let capture: Arc<UdpCapture> = Arc::new(*self);
+        let keyring = pipeline.keyring().clone();
+        // Subscribed before the first fit, so no reload falls between.
+        let swaps = keyring.swaps();
+        fit_length_filter(&capture.socket, &keyring);
+        let tender = tokio::spawn(tend(capture.clone(), keyring, swaps, shutdown.clone()));
+        let receiver = std::thread::Builder::new()
+            .name(RECEIVE_THREAD.into())
+            .spawn(move || receive_loop(&capture, pipeline, &shutdown, &runtime))
+            .expect("spawn the UDP receive thread");
+        tokio::task::spawn_blocking(move || {
+            let received = receiver.join();
+            tender.abort();
+            if let Err(panic) = received {
+                std::panic::resume_unwind(panic);
+            }
+        })
     }
+}
+
+/// Fit the socket's kernel filter to the stanzas: datagrams of a length no
+/// stanza takes are dropped before they are queued.
+fn fit_length_filter(socket: &UdpSocket, keyring: &Keyring) {
+    use std::os::fd::AsRawFd;
+    if let Err(e) = Lengths::for_stanzas(&keyring.snapshot()).attach(socket.as_raw_fd()) {
+        tracing::warn!("UDP capture: no kernel length filter ({e}); screening all in posternd");
+    }
+}
+
+/// Beside the receive loop, so that it can block without a timer: refit the
+/// length filter at once when a reload swaps the stanzas, and at a stop wake
+/// the blocked receive.
+async fn tend(
+    capture: Arc<UdpCapture>,
+    keyring: Arc<Keyring>,
+    mut swaps: tokio::sync::watch::Receiver<()>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            swapped = swaps.changed() => match swapped {
+                Ok(()) => fit_length_filter(&capture.socket, &keyring),
+                Err(_) => break,
+            },
+        }
+    }
+    wake_receiver(&capture.socket);
+}
+
+/// Make a receive blocked on `socket` return: shut its reading side down.
+/// Linux does so on an unconnected UDP socket too (it answers ENOTCONN, and
+/// wakes the reader all the same); datagrams already queued stay readable,
+/// and new ones are still queued, so the loop's drain at a stop loses none.
+fn wake_receiver(socket: &UdpSocket) {
+    let _ = socket2::SockRef::from(socket).shutdown(std::net::Shutdown::Read);
 }
 
 fn receive_loop(
@@ -311,7 +376,6 @@ fn receive_loop(
         .filter(|ip| !ip.is_unspecified());
     let mut batch = RecvBatch::new();
     let fd = socket.as_raw_fd();
-    let mut filtered_for: Option<crate::pipeline::Stanzas> = None;
     let mut kernel_drops = DropCount::default();
     let mut drops_by_why = Attribution::new(std::time::Instant::now());
     let mut coalesce = Coalesce::new();
@@ -324,19 +388,6 @@ fn receive_loop(
         }
         if stop_by.is_some_and(|t| std::time::Instant::now() >= t) {
             break;
-        }
-        // The kernel drops impossible lengths; refit the filter after a reload.
-        let stanzas = pipeline.keyring().snapshot();
-        if !filtered_for
-            .as_ref()
-            .is_some_and(|f| std::sync::Arc::ptr_eq(f, &stanzas))
-        {
-            if let Err(e) = Lengths::for_stanzas(&stanzas).attach(fd) {
-                tracing::warn!(
-                    "UDP capture: no kernel length filter ({e}); screening all in posternd"
-                );
-            }
-            filtered_for = Some(stanzas);
         }
         let n = match batch.receive(fd, stop_by.is_none()) {
             Ok(n) => n,
@@ -355,7 +406,7 @@ fn receive_loop(
             }
             Err(e) => {
                 tracing::warn!("UDP receive failed: {e}");
-                std::thread::sleep(RECEIVE_TIMEOUT);
+                std::thread::sleep(QUIET_REPORT);
                 continue;
             }
         };
@@ -414,6 +465,42 @@ mod tests {
     fn send(from: &str, to: SocketAddr, payload: &[u8]) {
         let s = std::net::UdpSocket::bind(from).unwrap();
         s.send_to(payload, to).unwrap();
+    }
+
+    /// At a stop a receive blocked on a quiet socket returns at once (its
+    /// timeout here is a minute), telling no datagram; one sent after is
+    /// still queued and read, so the drain at a stop loses nothing.
+    #[test]
+    fn a_wake_returns_the_blocked_receive_and_later_datagrams_are_still_read() {
+        use std::os::fd::AsRawFd;
+        let socket = Arc::new(bind("127.0.0.1:0".parse().unwrap()).unwrap());
+        socket
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
+        let to = socket.local_addr().unwrap();
+        let (told_tx, told) = std::sync::mpsc::channel();
+        let reader = {
+            let socket = socket.clone();
+            std::thread::spawn(move || {
+                let mut batch = RecvBatch::new();
+                let n = batch.receive(socket.as_raw_fd(), true).unwrap();
+                let datagrams = (0..n).filter(|&i| batch.datagram(i).is_some()).count();
+                told_tx.send(datagrams).unwrap();
+            })
+        };
+        // Blocked by now; were it not, the wake would still end its wait.
+        std::thread::sleep(Duration::from_millis(200));
+        wake_receiver(&socket);
+        let datagrams = told
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the blocked receive was not woken");
+        assert_eq!(datagrams, 0, "the wake is not a datagram");
+        reader.join().unwrap();
+        send("127.0.0.1:0", to, b"sent after the wake");
+        let mut batch = RecvBatch::new();
+        let n = batch.receive(socket.as_raw_fd(), false).unwrap();
+        assert_eq!(n, 1);
+        assert_eq!(batch.datagram(0).unwrap().0, b"sent after the wake");
     }
 
     /// A socket with a tiny buffer, flooded without being read: the kernel

@@ -74,7 +74,7 @@ impl Pipeline {
 
     /// The stanzas this pipeline screens against (captures fit their kernel
     /// length filters to them).
-    pub fn keyring(&self) -> &Keyring {
+    pub fn keyring(&self) -> &Arc<Keyring> {
         &self.keyring
     }
 

@@ -24,6 +24,9 @@ pub struct Keyring {
     /// The native protocol's server key and clients (with a native stanza).
     native: arc_swap::ArcSwapOption<NativeKeys>,
     native_budget: OpenBudget,
+    /// Told at each [`Keyring::replace`]: a capture refits its kernel filter
+    /// then, instead of looking on a timer.
+    swapped: tokio::sync::watch::Sender<()>,
 }
 
 impl Keyring {
@@ -33,7 +36,13 @@ impl Keyring {
             blacklist: ArcSwap::from_pointee(Vec::new()),
             native: Default::default(),
             native_budget: OpenBudget::default(),
+            swapped: tokio::sync::watch::Sender::new(()),
         }
+    }
+
+    /// Changes each time a reload swaps in new stanzas.
+    pub fn swaps(&self) -> tokio::sync::watch::Receiver<()> {
+        self.swapped.subscribe()
     }
 
     /// The native server key and clients (a reload swaps them whole).
@@ -53,6 +62,7 @@ impl Keyring {
     /// Install reloaded stanzas; packets already past the filter finish with the old ones.
     pub fn replace(&self, stanzas: Vec<AccessStanza>) {
         self.stanzas.store(Arc::new(stanzas));
+        self.swapped.send_replace(());
     }
 
     /// Length checks, charset, HMAC: the stanzas worth decrypting for. Works on
