@@ -343,12 +343,7 @@ async fn start_serving(
     let keyring = Arc::new(Keyring::new(access));
     keyring.set_blacklist(cfg.server.blacklist.clone());
     keyring.set_native(crate::native::NativeKeys::load(&cfg.server, &cfg.access)?);
-    let settings = PolicySettings {
-        max_packet_age: cfg.server.max_packet_age,
-        packet_aging: cfg.server.packet_aging,
-        nat: cfg.server.nat.clone(),
-        destination_rule: cfg.server.destination_rule,
-    };
+    let settings = PolicySettings::of(&cfg.server);
     let (tx, rx) = mpsc::channel(cfg.server.queue_depth);
     let mut executor = Executor::new(backends, &cfg.server, clock.clone());
     if let Some(fleet) = &cfg.fleet {

@@ -318,6 +318,18 @@ pub struct PolicySettings {
     pub destination_rule: bool,
 }
 
+impl PolicySettings {
+    /// The settings of `server` (fwknopd.conf / `[server]`) that policy reads.
+    pub fn of(server: &crate::config::ServerSection) -> PolicySettings {
+        PolicySettings {
+            max_packet_age: server.max_packet_age,
+            packet_aging: server.packet_aging,
+            nat: server.nat.clone(),
+            destination_rule: server.destination_rule,
+        }
+    }
+}
+
 /// Everything policy looks at for one packet.
 pub struct Request<'a> {
     pub stanza: &'a AccessStanza,

@@ -8,22 +8,11 @@ use spa_server::actions::Executor;
 use spa_server::config::ServerConfig;
 use std::time::Duration;
 
+mod support;
+
 /// Voluntary context switches of this process's `postern-actions` thread.
 fn action_thread_switches() -> Option<u64> {
-    std::fs::read_dir("/proc/self/task")
-        .unwrap()
-        .flatten()
-        .find(|task| {
-            std::fs::read_to_string(task.path().join("comm"))
-                .is_ok_and(|comm| comm.trim() == "postern-actions")
-        })
-        .and_then(|task| {
-            let status = std::fs::read_to_string(task.path().join("status")).ok()?;
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
-                .and_then(|v| v.trim().parse().ok())
-        })
+    support::switches_of("postern-actions")
 }
 
 /// Switches of an idle executor's thread over 1.2 s, the firewall claiming

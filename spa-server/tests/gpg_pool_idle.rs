@@ -5,25 +5,11 @@
 use spa_server::gpg::GpgPool;
 use std::time::{Duration, Instant};
 
+mod support;
+
 /// (thread id, voluntary context switches) of this process's `gpg-*` threads.
 fn gpg_threads() -> Vec<(String, u64)> {
-    let mut found = Vec::new();
-    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
-        let dir = task.path();
-        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
-        if !comm.starts_with("gpg-") {
-            continue;
-        }
-        let status = std::fs::read_to_string(dir.join("status")).unwrap_or_default();
-        let switches = status
-            .lines()
-            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0);
-        found.push((task.file_name().to_string_lossy().into_owned(), switches));
-    }
-    found.sort();
-    found
+    support::threads_named(|name| name.starts_with("gpg-"))
 }
 
 /// Wait (bounded) until this process has `n` `gpg-*` threads (a new thread

@@ -404,12 +404,7 @@ mod stages {
         ) -> Direct {
             let keyring = Arc::new(Keyring::new(stanzas));
             let server = ServerConfig::default().server;
-            let settings = PolicySettings {
-                max_packet_age: server.max_packet_age,
-                packet_aging: server.packet_aging,
-                nat: server.nat.clone(),
-                destination_rule: server.destination_rule,
-            };
+            let settings = PolicySettings::of(&server);
             let recorder = MemoryFirewall::new(true);
             let shutdown = tokio_util::sync::CancellationToken::new();
             let (tx, rx) = tokio::sync::mpsc::channel(64);

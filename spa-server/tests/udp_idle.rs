@@ -14,23 +14,7 @@ use spa_server::replay::MemoryStore;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Voluntary context switches of this process's UDP receive thread.
-fn receive_thread_switches() -> Option<u64> {
-    std::fs::read_dir("/proc/self/task")
-        .unwrap()
-        .flatten()
-        .find(|task| {
-            std::fs::read_to_string(task.path().join("comm"))
-                .is_ok_and(|comm| comm.trim() == RECEIVE_THREAD)
-        })
-        .and_then(|task| {
-            let status = std::fs::read_to_string(task.path().join("status")).ok()?;
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
-                .and_then(|v| v.trim().parse().ok())
-        })
-}
+mod support;
 
 fn stanza() -> AccessStanza {
     let mut s = AccessStanza::new(AddrList::Any);
@@ -42,12 +26,7 @@ fn stanza() -> AccessStanza {
 async fn an_idle_udp_capture_wakes_once_a_second_and_not_for_a_reload() {
     let keyring = Arc::new(Keyring::new(vec![stanza()]));
     let server = ServerConfig::default().server;
-    let settings = PolicySettings {
-        max_packet_age: server.max_packet_age,
-        packet_aging: server.packet_aging,
-        nat: server.nat.clone(),
-        destination_rule: server.destination_rule,
-    };
+    let settings = PolicySettings::of(&server);
     let shutdown = tokio_util::sync::CancellationToken::new();
     // A failed assert still stops the threads, or the runtime would wait on them.
     let _stop_at_exit = shutdown.clone().drop_guard();
@@ -73,12 +52,12 @@ async fn an_idle_udp_capture_wakes_once_a_second_and_not_for_a_reload() {
     .unwrap();
     let running = Box::new(capture).start(pipeline, shutdown.clone());
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let before = receive_thread_switches().expect("the receive thread runs");
+    let before = support::switches_of(RECEIVE_THREAD).expect("the receive thread runs");
     tokio::time::sleep(Duration::from_millis(1500)).await;
     // A reload halfway: the filter is refitted without the thread.
     keyring.replace(vec![stanza(), stanza()]);
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let after = receive_thread_switches().expect("the receive thread runs");
+    let after = support::switches_of(RECEIVE_THREAD).expect("the receive thread runs");
     // Once a second: 3 in 3 s (a look every 200 ms would be 15).
     assert!(after - before <= 4, "{} wakeups in 3 s", after - before);
     shutdown.cancel();
