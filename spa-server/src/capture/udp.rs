@@ -341,12 +341,11 @@ async fn tend(
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
-            swapped = swaps.changed() => match swapped {
-                Ok(()) => fit_length_filter(&capture.socket, &keyring),
-                Err(_) => break,
-            },
+            // (Never closed: this task holds the keyring, and with it the sender.)
+            Ok(()) = swaps.changed() => fit_length_filter(&capture.socket, &keyring),
         }
     }
+    // Only at a stop: the loop sees the stop as it wakes, and drains.
     wake_receiver(&capture.socket);
 }
 

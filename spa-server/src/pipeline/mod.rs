@@ -397,7 +397,12 @@ impl governor::clock::Clock for CoarseClock {
     type Instant = std::time::Duration;
     fn now(&self) -> std::time::Duration {
         use nix::time::{clock_gettime, ClockId};
-        clock_gettime(ClockId::CLOCK_MONOTONIC_COARSE)
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        const COARSE: ClockId = ClockId::CLOCK_MONOTONIC_COARSE;
+        // No coarse clock by that name on the BSDs and macOS: the precise one.
+        #[cfg(not(any(target_os = "linux", target_os = "android")))]
+        const COARSE: ClockId = ClockId::CLOCK_MONOTONIC;
+        clock_gettime(COARSE)
             .map(std::time::Duration::from)
             .unwrap_or_default()
     }

@@ -66,12 +66,14 @@ pub trait ReplayStore: Send + Sync {
     }
 }
 
-/// Memory only (ENABLE_DIGEST_PERSISTENCE N).
-/// Hashes the map's keys. They are SHA-256 digests, which no sender can steer
-/// into one bucket, so foldhash's fast hash serves: SipHash's resistance to
-/// chosen keys bought nothing here and cost a replay flood about 3 %.
+/// Hashes the map's keys: SHA-256 digests, or a native knock's ephemeral key,
+/// recorded only once it opened under a registered client's key. No sender
+/// can fill one bucket with those, and the seed is random per process, so
+/// foldhash's fast hash serves; SipHash's resistance to chosen keys bought
+/// nothing here and cost a replay flood about 3 %.
 type DigestHasher = foldhash::fast::RandomState;
 
+/// Memory only (ENABLE_DIGEST_PERSISTENCE N).
 #[derive(Default)]
 pub struct MemoryStore {
     seen: Mutex<HashMap<PacketDigest, u64, DigestHasher>>,
