@@ -56,6 +56,13 @@ fn bench(c: &mut Criterion) {
             packet::verify_hmac(w, &hk, RIJNDAEL_PREFIX).is_err()
         })
     });
+    c.bench_function("charset: a knock's length of base64", |b| {
+        b.iter(|| packet::check_charset(black_box(wire.as_bytes())).is_ok())
+    });
+    let keyed = spa_core::digest::KeyedHmac::new(DigestType::Sha256, hmac.bytes());
+    c.bench_function("keyed hmac sha256: forged packet rejected", |b| {
+        b.iter(|| packet::verify_keyed_hmac(black_box(&forged), &keyed, RIJNDAEL_PREFIX).is_err())
+    });
     c.bench_function("open: valid packet (hmac + aes-cbc + fields)", |b| {
         b.iter(|| packet::open(black_box(wire.as_bytes()), &pk).unwrap())
     });
