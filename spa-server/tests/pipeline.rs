@@ -661,6 +661,62 @@ mod stages {
         assert_eq!(stage_of(&fresh), Some(Stage::Decrypt), "{fresh:?}");
     }
 
+    /// Copies of a knock just refused as a replay skip the HMAC (the
+    /// screen's answer is remembered), but are refused as the whole screen
+    /// would: a sender put on the BLACKLIST is refused as such, a reload
+    /// that changes the HMAC key makes them HMAC failures, and a sender
+    /// another stanza lists is screened afresh.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn copies_of_a_replay_are_refused_as_the_whole_screen_would() {
+        let mut only_local = stanza();
+        only_local.source = AddrList::parse("127.0.0.0/8").unwrap();
+        let d = Direct::new(vec![only_local.clone(), stanza()]);
+        let pkt = knock(now(), 75);
+        assert!(d.knock(&pkt, "127.0.0.1", None).await.is_granted());
+        let mut capture = d.pipeline.clone();
+        let mut screen = |from: &str| {
+            let refused = capture
+                .screen(Received {
+                    bytes: pkt.as_bytes(),
+                    peer: SocketAddr::new(from.parse().unwrap(), 40000),
+                    forwarded_for: None,
+                    destination: None,
+                    received_at: now(),
+                    capture: "test",
+                })
+                .expect_err("a copy is refused");
+            let (stage, reason) = verdict(&refused);
+            (
+                (stage, reason.map(str::to_owned)),
+                refused.decision().map(|d| d.candidates.to_vec()),
+            )
+        };
+        let as_replay = |candidates: &[usize]| {
+            let (stage, reason) = replay();
+            (
+                (stage, reason.map(str::to_owned)),
+                Some(candidates.to_vec()),
+            )
+        };
+        for _ in 0..3 {
+            assert_eq!(screen("127.0.0.1"), as_replay(&[1, 2]));
+        }
+        // Another sender: the first stanza does not list it.
+        assert_eq!(screen("192.0.2.7"), as_replay(&[2]));
+        assert_eq!(screen("192.0.2.7"), as_replay(&[2]));
+        assert_eq!(screen("127.0.0.1"), as_replay(&[1, 2]));
+        d.keyring
+            .set_blacklist(vec!["127.0.0.0/8".parse().unwrap()]);
+        assert_eq!(screen("127.0.0.1").0 .0, Some(Stage::Blacklist));
+        d.keyring.set_blacklist(Vec::new());
+        assert_eq!(screen("127.0.0.1"), as_replay(&[1, 2]));
+        let mut rekeyed = stanza();
+        rekeyed.hmac_key_base64 =
+            Some(Secret::from_base64("h", &spa_core::b64::encode_padded(&[2; 32])).unwrap());
+        d.keyring.replace(vec![rekeyed]);
+        assert_eq!(screen("127.0.0.1").0 .0, Some(Stage::Hmac));
+    }
+
     /// A stanza without HMAC: a valid packet, then every respelling of its last
     /// character (the same ciphertext, another replay digest): one grant each.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,7 +9,7 @@
 //! HMAC) are shed when no slot is free, counted and logged.
 
 use super::recent_replays::RecentReplays;
-use super::screen::Keyring;
+use super::screen::{Keyring, Screened};
 use super::{
     Authenticated, Decision, Outcome, RawPacket, Received, Stage, StageFuture, Stages, Stanzas,
 };
@@ -80,13 +80,22 @@ impl Pipeline {
 
     /// The screen: blacklist, shape, charset and HMAC, then the replay hint (a
     /// copy of a packet already granted costs an HMAC and a lookup, never a
-    /// decryption nor a slot). Only what passes is copied out of the
+    /// decryption nor a slot; copies of one refused as a replay just now cost
+    /// a compare and a lookup). Only what passes is copied out of the
     /// capture's buffer.
     pub fn screen(&mut self, received: Received<'_>) -> Result<Authenticated, Outcome> {
         let stanzas: Stanzas = self.keyring.snapshot();
-        let screened = self
-            .keyring
-            .screen(received.bytes, received.peer.ip(), &stanzas)?;
+        let sender = received.peer.ip();
+        if let Some(known) = self
+            .recent_replays
+            .screened(received.bytes, sender, &stanzas)
+        {
+            self.keyring.refuse_blacklisted(sender)?;
+            if self.replays.seen(&known.digest) {
+                return Err(refuse_replay(&received, &known.screened));
+            }
+        }
+        let screened = self.keyring.screen(received.bytes, sender, &stanzas)?;
         // A native packet's replay key is its ephemeral key (docs/protocol.md).
         let digest = match &screened.native {
             Some(_) => spa_native::replay_key_of(received.bytes).unwrap_or_default(),
@@ -94,16 +103,10 @@ impl Pipeline {
         };
         if self.replays.seen(&digest) {
             if screened.native.is_none() {
-                self.recent_replays.remember(received.bytes, digest);
+                self.recent_replays
+                    .remember(received.bytes, sender, &stanzas, &screened, digest);
             }
-            super::alert_replay(received.peer.ip());
-            let reason = if screened.rijndael.is_empty() && !screened.gpg.is_empty() {
-                "GPG packet seen before (replay), not decrypted"
-            } else {
-                "packet seen before (replay)"
-            };
-            let decision = Decision::screened(&received, &screened);
-            return Err(Outcome::refused(Stage::Replay, reason, decision));
+            return Err(refuse_replay(&received, &screened));
         }
         Ok(Authenticated {
             packet: RawPacket::from(received),
@@ -171,6 +174,21 @@ impl Service<Authenticated> for Pipeline {
             outcome
         })
     }
+}
+
+/// The refusal of a packet the replay store has seen.
+fn refuse_replay(received: &Received<'_>, screened: &Screened) -> Outcome {
+    super::alert_replay(received.peer.ip());
+    let reason = if screened.rijndael().is_empty() && !screened.gpg().is_empty() {
+        "GPG packet seen before (replay), not decrypted"
+    } else {
+        "packet seen before (replay)"
+    };
+    Outcome::refused(
+        Stage::Replay,
+        reason,
+        Decision::screened(received, screened),
+    )
 }
 
 /// A view of the work slots' use that outlives the pipeline's handles.

@@ -65,7 +65,19 @@ impl Keyring {
         self.swapped.send_replace(());
     }
 
-    /// Length checks, charset, HMAC: the stanzas worth decrypting for. Works on
+    /// A sender on the BLACKLIST is refused before anything else is looked at.
+    pub fn refuse_blacklisted(&self, peer: IpAddr) -> Result<(), Outcome> {
+        let sender = crate::config::access::canonical(peer);
+        match self.blacklist.load().iter().find(|n| n.contains(&sender)) {
+            Some(net) => Err(Outcome::denied(
+                Stage::Blacklist,
+                format!("source {sender} is in BLACKLIST ({net})"),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Blacklist, length checks, charset, HMAC: the stanzas worth decrypting for. Works on
     /// a borrowed payload, so a capture refuses garbage before it copies anything.
     pub fn screen(
         &self,
@@ -73,13 +85,7 @@ impl Keyring {
         peer: IpAddr,
         stanzas: &[AccessStanza],
     ) -> Result<Screened, Outcome> {
-        let sender = crate::config::access::canonical(peer);
-        if let Some(net) = self.blacklist.load().iter().find(|n| n.contains(&sender)) {
-            return Err(Outcome::denied(
-                Stage::Blacklist,
-                format!("source {sender} is in BLACKLIST ({net})"),
-            ));
-        }
+        self.refuse_blacklisted(peer)?;
         if spa_native::looks_native(bytes) {
             return self.screen_native(bytes, peer, stanzas);
         }
@@ -151,6 +157,7 @@ impl Keyring {
         }
         if candidates.rijndael.is_empty() && candidates.gpg.is_empty() {
             if let Some(n) = failed_stanza {
+                let sender = crate::config::access::canonical(peer);
                 // libfko's text for a failed HMAC, as fwknopd logs it.
                 super::alert(format_args!(
                     "[{sender}] (stanza #{n}) Error creating fko context: Args contain invalid data: FKO_ERROR_INVALID_DATA_HMAC_COMPAREFAIL"
