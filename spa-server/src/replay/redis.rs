@@ -5,8 +5,9 @@
 //!
 //! Each server also remembers, in a bounded table of its own, the digests it
 //! saw recorded in Redis: copies of those are refused at the screen
-//! ([`ReplayStore::seen`]), so a replay flood costs an HMAC and a lookup, not a
-//! decryption and a round trip to Redis.
+//! ([`ReplayStore::seen`]), so a replay flood costs an HMAC (or, for copies
+//! of a packet just refused, a compare) and a lookup, not a decryption and a
+//! round trip to Redis.
 
 use super::{PacketDigest, ReplayError, ReplayStore};
 use crate::config::redact_url;
