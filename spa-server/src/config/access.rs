@@ -636,7 +636,7 @@ impl AccessStanza {
             set = set.union(self.cmd_capabilities);
         }
         if self.enable_cmd_exec && self.enable_cmd_sudo_exec {
-            set = set.union(CapSet::of(postern_backend_common::SUDO_CAPABILITIES));
+            set = set.union(postern_backend_common::sudo_capabilities());
         }
         set
     }

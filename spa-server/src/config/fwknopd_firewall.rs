@@ -252,7 +252,7 @@ fn validate(action: &ActionConfig) -> Result<(), String> {
 
 /// An `IPT_*_ACCESS` value as the iptables backend reads it.
 fn checked_chain_spec(e: &Entry) -> Result<String, ConfError> {
-    #[cfg(feature = "iptables")]
+    #[cfg(all(feature = "iptables", target_os = "linux"))]
     e.value
         .parse::<postern_backend_iptables::ChainSpec>()
         .and_then(|spec| spec.validate())
@@ -523,7 +523,7 @@ mod tests {
             ))
         );
         // The backend takes these settings.
-        #[cfg(feature = "firewalld")]
+        #[cfg(all(feature = "firewalld", target_os = "linux"))]
         assert!(matches!(a, ActionConfig::Firewalld(_)));
         let plain = load("FIREWALL_EXE /usr/bin/firewall-cmd;\n").unwrap();
         assert_eq!(plain.action[0].kind(), "firewalld");
