@@ -14,9 +14,9 @@ fn feature_missing(kind: &str) -> String {
 /// Is the backend named `kind` part of this build (its cargo feature enabled)?
 pub fn compiled_in(kind: &str) -> bool {
     match kind {
-        "nftables" => cfg!(feature = "nftables"),
-        "iptables" => cfg!(feature = "iptables"),
-        "firewalld" => cfg!(feature = "firewalld"),
+        "nftables" => cfg!(all(feature = "nftables", target_os = "linux")),
+        "iptables" => cfg!(all(feature = "iptables", target_os = "linux")),
+        "firewalld" => cfg!(all(feature = "firewalld", target_os = "linux")),
         "pf" => cfg!(feature = "pf"),
         "ipfw" => cfg!(feature = "ipfw"),
         "plugin" => cfg!(feature = "plugin"),
@@ -49,7 +49,7 @@ pub fn build(
     // Silence "unused" where every backend feature is off.
     let _ = (run_dir, nat_enabled, clock);
     Ok(match cfg {
-        #[cfg(feature = "nftables")]
+        #[cfg(all(feature = "nftables", target_os = "linux"))]
         ActionConfig::Nftables(c) => {
             use postern_backend_nftables::NftablesBackend;
             let mut c = c.clone();
@@ -63,14 +63,14 @@ pub fn build(
             }
             Box::new(b)
         }
-        #[cfg(feature = "iptables")]
+        #[cfg(all(feature = "iptables", target_os = "linux"))]
         ActionConfig::Iptables(c) => {
             use postern_backend_iptables::IptablesBackend;
             let mut c = c.clone();
             c.nat |= nat_enabled;
             Box::new(IptablesBackend::system(&c)?.with_clock(clock.clone()))
         }
-        #[cfg(feature = "firewalld")]
+        #[cfg(all(feature = "firewalld", target_os = "linux"))]
         ActionConfig::Firewalld(c) => {
             use postern_backend_firewalld::FirewalldBackend;
             let mut c = c.clone();
@@ -231,9 +231,9 @@ mod tests {
             "backend `pf` requires the `pf` feature, which this posternd was built without"
         );
         if cfg!(all(
-            feature = "nftables",
-            feature = "iptables",
-            feature = "firewalld",
+            all(feature = "nftables", target_os = "linux"),
+            all(feature = "iptables", target_os = "linux"),
+            all(feature = "firewalld", target_os = "linux"),
             feature = "pf",
             feature = "ipfw",
             feature = "plugin"

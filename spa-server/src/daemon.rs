@@ -131,7 +131,7 @@ pub fn list_all_rules(cfg: &ServerConfig) -> anyhow::Result<String> {
     let mut out = String::new();
     for a in &cfg.action {
         let runs: Vec<(String, Vec<String>)> = match a {
-            #[cfg(feature = "iptables")]
+            #[cfg(all(feature = "iptables", target_os = "linux"))]
             ActionConfig::Iptables(c) => {
                 let mut tables = vec!["filter".to_string()];
                 let specs = [
@@ -158,7 +158,7 @@ pub fn list_all_rules(cfg: &ServerConfig) -> anyhow::Result<String> {
                     })
                     .collect()
             }
-            #[cfg(feature = "nftables")]
+            #[cfg(all(feature = "nftables", target_os = "linux"))]
             ActionConfig::Nftables(c) => {
                 out.push_str("Listing all nftables rules...\n");
                 vec![(c.nft_path.clone(), vec!["list".into(), "ruleset".into()])]
@@ -519,6 +519,7 @@ async fn prune_loop(
 }
 
 /// The capabilities `cfg` needs (see [`crate::privileges`]).
+#[cfg(target_os = "linux")]
 pub fn privilege_needs(cfg: &ServerConfig) -> crate::privileges::Needs {
     use crate::capture::nfqueue::RuleTool;
     use crate::config::CaptureConfig;

@@ -473,9 +473,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         .map_err(|e| anyhow::anyhow!("{}: {e}", pid_path.display()))?;
     // Before the runtime: capabilities are per thread, and every thread started
     // from here on inherits the reduced sets.
-    let held = spa_server::privileges::drop_to(&daemon::privilege_needs(&cfg))
-        .map_err(|e| anyhow::anyhow!("capabilities: {e}"))?;
-    tracing::info!("capabilities reduced on every thread: {held}");
+    #[cfg(target_os = "linux")]
+    {
+        let held = spa_server::privileges::drop_to(&daemon::privilege_needs(&cfg))
+            .map_err(|e| anyhow::anyhow!("capabilities: {e}"))?;
+        tracing::info!("capabilities reduced on every thread: {held}");
+    }
+    // No capabilities there: nothing is reduced, and the log says so.
+    #[cfg(not(target_os = "linux"))]
+    spa_server::privileges::report_kept();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -36,11 +36,21 @@ use std::time::Duration;
 pub const DEFAULT_SUDO_EXE: &str = "/usr/bin/sudo";
 
 /// What sudo started by root needs: change user and group, write its audit record.
+#[cfg(target_os = "linux")]
 pub const SUDO_CAPABILITIES: &[caps::Capability] = &[
     caps::Capability::CAP_SETUID,
     caps::Capability::CAP_SETGID,
     caps::Capability::CAP_AUDIT_WRITE,
 ];
+
+/// `SUDO_CAPABILITIES` as a set. Without capabilities (BSD) there is nothing
+/// to keep: sudo started by root has all of root's power there.
+pub fn sudo_capabilities() -> CapSet {
+    #[cfg(target_os = "linux")]
+    return CapSet::of(SUDO_CAPABILITIES);
+    #[cfg(not(target_os = "linux"))]
+    return CapSet::EMPTY;
+}
 
 /// ENABLE_CMD_SUDO_EXEC settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -105,7 +115,7 @@ impl CommandExec {
     /// Every capability a command run this way holds at exec.
     pub fn child_capabilities(&self) -> CapSet {
         match &self.sudo {
-            Some(_) => self.capabilities.union(CapSet::of(SUDO_CAPABILITIES)),
+            Some(_) => self.capabilities.union(sudo_capabilities()),
             None => self.capabilities,
         }
     }

@@ -72,7 +72,7 @@ fn read_capped(mut pipe: impl Read, max: usize) -> (Vec<u8>, bool) {
 /// piped, its own process group (a terminal's Ctrl-C reaches the daemon only,
 /// which then closes the child's stdin). The caller owns the child's lifetime.
 pub fn spawn_piped(mut cmd: Command, privileges: ChildPrivileges) -> io::Result<Child> {
-    privileges.apply(&mut cmd);
+    privileges.apply(&mut cmd)?;
     cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -89,7 +89,7 @@ pub fn run_limited(
     limits: Limits,
     privileges: ChildPrivileges,
 ) -> io::Result<Finished> {
-    privileges.apply(&mut cmd);
+    privileges.apply(&mut cmd)?;
     cmd.stdin(if stdin.is_some() {
         Stdio::piped()
     } else {

@@ -2,11 +2,13 @@
 //! capture, ICMP and TCP) payload lengths some access stanza can take. With HMAC and a block mode about one length in 21 is
 //! possible, so the kernel drops most garbage before posternd is woken for it.
 //! The screening in userspace stays complete; this only spares it work.
+//!
+//! Socket filters are Linux's (SO_ATTACH_FILTER): elsewhere only the pcap
+//! clause is built, and the UDP capture screens every length itself.
 
 use crate::config::AccessStanza;
 use spa_core::packet::{MAX_WIRE_LEN, MIN_GPG_WIRE_LEN, MIN_WIRE_LEN};
 use std::collections::BTreeSet;
-use std::os::fd::RawFd;
 
 /// UDP and ICMP headers are both 8 bytes: their length fields count them.
 const UDP_HEADER: u32 = 8;
@@ -50,6 +52,7 @@ impl Lengths {
 
     /// `len` (UDP header included) checked against each length: a `jeq` that falls
     /// through to "accept" when equal and skips it otherwise, so no jump is far.
+    #[cfg(target_os = "linux")]
     fn program(&self) -> Vec<libc::sock_filter> {
         const ACCEPT: u32 = u32::MAX;
         let op = |code: u32, jt: u8, jf: u8, k: u32| libc::sock_filter {
@@ -143,7 +146,8 @@ impl Lengths {
     }
 
     /// Attach (or replace) the filter on a UDP socket.
-    pub fn attach(&self, fd: RawFd) -> std::io::Result<()> {
+    #[cfg(target_os = "linux")]
+    pub fn attach(&self, fd: std::os::fd::RawFd) -> std::io::Result<()> {
         let program = self.program();
         let fprog = libc::sock_fprog {
             len: program.len() as u16,
@@ -289,6 +293,7 @@ mod tests {
         }
     }
 
+    #[cfg(target_os = "linux")]
     #[test]
     fn the_kernel_applies_it_to_a_udp_socket() {
         let rx = UdpSocket::bind("127.0.0.1:0").unwrap();

@@ -44,22 +44,36 @@ pub trait Capture: Send {
 
 /// A large receive buffer: SO_RCVBUFFORCE (CAP_NET_ADMIN, which posternd has)
 /// passes net.core.rmem_max; without the privilege, SO_RCVBUF as far as allowed.
+#[cfg(target_os = "linux")]
 pub(crate) fn force_recv_buffer(fd: std::os::fd::RawFd, size: usize) {
+    if !set_recv_buffer(fd, libc::SO_RCVBUFFORCE, size) {
+        set_recv_buffer(fd, libc::SO_RCVBUF, size);
+    }
+}
+
+/// A large receive buffer, BSD: no SO_RCVBUFFORCE, and SO_RCVBUF above
+/// kern.ipc.maxsockbuf fails (ENOBUFS) instead of being cut down, so halve
+/// the size until the kernel takes it.
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn force_recv_buffer(fd: std::os::fd::RawFd, size: usize) {
+    let mut size = size;
+    while size >= 64 << 10 && !set_recv_buffer(fd, libc::SO_RCVBUF, size) {
+        size /= 2;
+    }
+}
+
+/// setsockopt(SOL_SOCKET, `option`, `size`); whether the kernel took it.
+fn set_recv_buffer(fd: std::os::fd::RawFd, option: libc::c_int, size: usize) -> bool {
     let size = libc::c_int::try_from(size).unwrap_or(libc::c_int::MAX);
-    let set = |option| {
-        // SAFETY: setsockopt with a pointer to a c_int of the stated size.
-        unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                option,
-                (&size as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            ) == 0
-        }
-    };
-    if !set(libc::SO_RCVBUFFORCE) {
-        set(libc::SO_RCVBUF);
+    // SAFETY: setsockopt with a pointer to a c_int of the stated size.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            option,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        ) == 0
     }
 }
 
@@ -310,8 +324,15 @@ pub async fn open(
     clock: Arc<dyn Clock>,
 ) -> anyhow::Result<Box<dyn Capture>> {
     Ok(match config.clone() {
+        #[cfg(target_os = "linux")]
         CaptureConfig::Nfqueue(settings) => {
             Box::new(nfqueue::NfqueueCapture::open(settings, actions, clock).await?)
+        }
+        // Refused when the configuration is read (config/platform.rs).
+        #[cfg(not(target_os = "linux"))]
+        CaptureConfig::Nfqueue(_) => {
+            let _ = actions;
+            anyhow::bail!("the nfqueue capture is Linux-only")
         }
         CaptureConfig::Udp { listen } => Box::new(udp::UdpCapture::open(listen, clock)?),
         CaptureConfig::Tcp {

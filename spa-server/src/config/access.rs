@@ -271,6 +271,9 @@ pub struct AccessStanza {
     /// Where the stanza starts, for messages.
     #[serde(skip)]
     pub origin: Option<Origin>,
+    /// Where its CMD_CAPABILITIES line is, for the refusal off Linux.
+    #[serde(skip)]
+    pub cmd_capabilities_origin: Option<Origin>,
 }
 
 /// Which protocol a stanza speaks.
@@ -476,6 +479,7 @@ impl AccessStanza {
             require_totp: false,
             require_hybrid: false,
             origin: None,
+            cmd_capabilities_origin: None,
         }
     }
 
@@ -636,7 +640,7 @@ impl AccessStanza {
             set = set.union(self.cmd_capabilities);
         }
         if self.enable_cmd_exec && self.enable_cmd_sudo_exec {
-            set = set.union(CapSet::of(postern_backend_common::SUDO_CAPABILITIES));
+            set = set.union(postern_backend_common::sudo_capabilities());
         }
         set
     }
@@ -756,7 +760,8 @@ impl AccessStanza {
     /// A child cannot be given a capability posternd does not hold itself.
     fn validate_child_capabilities(&self) -> Result<(), String> {
         let wanted = self.child_capabilities();
-        if wanted.is_empty() {
+        // Without capabilities, config/platform.rs refuses any set, in its own words.
+        if wanted.is_empty() || !postern_backend_common::Platform::CURRENT.has_capabilities() {
             return Ok(());
         }
         let have = CapSet::permitted_now().map_err(|e| format!("cannot read capabilities: {e}"))?;
@@ -823,7 +828,8 @@ impl AccessStanza {
             "CMD_CYCLE_TIMER" => self.cmd_cycle_timer = Some(parse_num(e)?),
             "CMD_CAPABILITIES" => {
                 self.cmd_capabilities = CapSet::parse(&e.value)
-                    .map_err(|m| ConfError::new(&e.origin, format!("CMD_CAPABILITIES: {m}")))?
+                    .map_err(|m| ConfError::new(&e.origin, format!("CMD_CAPABILITIES: {m}")))?;
+                self.cmd_capabilities_origin = Some(e.origin.clone());
             }
             "ENABLE_CMD_SUDO_EXEC" => self.enable_cmd_sudo_exec = parse_bool(e)?,
             "CMD_SUDO_EXEC_USER" => self.cmd_sudo_exec_user = Some(known_user(e)?),

@@ -13,17 +13,17 @@ use serde_json::{Map, Value};
 #[serde(transparent)]
 pub struct NotBuilt(pub serde_json::Map<String, serde_json::Value>);
 
-#[cfg(feature = "nftables")]
+#[cfg(all(feature = "nftables", target_os = "linux"))]
 pub type NftablesSettings = postern_backend_nftables::NftablesConfig;
-#[cfg(not(feature = "nftables"))]
+#[cfg(not(all(feature = "nftables", target_os = "linux")))]
 pub type NftablesSettings = NotBuilt;
-#[cfg(feature = "iptables")]
+#[cfg(all(feature = "iptables", target_os = "linux"))]
 pub type IptablesSettings = postern_backend_iptables::IptablesConfig;
-#[cfg(not(feature = "iptables"))]
+#[cfg(not(all(feature = "iptables", target_os = "linux")))]
 pub type IptablesSettings = NotBuilt;
-#[cfg(feature = "firewalld")]
+#[cfg(all(feature = "firewalld", target_os = "linux"))]
 pub type FirewalldSettings = postern_backend_firewalld::FirewalldConfig;
-#[cfg(not(feature = "firewalld"))]
+#[cfg(not(all(feature = "firewalld", target_os = "linux")))]
 pub type FirewalldSettings = NotBuilt;
 #[cfg(feature = "pf")]
 pub type PfSettings = postern_backend_pf::PfConfig;
@@ -162,9 +162,9 @@ impl ActionConfig {
     /// The iptables program of an iptables action (fwknopd's FIREWALL_EXE).
     pub fn iptables_program(&self) -> Option<&str> {
         match self {
-            #[cfg(feature = "iptables")]
+            #[cfg(all(feature = "iptables", target_os = "linux"))]
             ActionConfig::Iptables(c) => Some(&c.iptables),
-            #[cfg(not(feature = "iptables"))]
+            #[cfg(not(all(feature = "iptables", target_os = "linux")))]
             ActionConfig::Iptables(c) => c.0.get("iptables")?.as_str(),
             _ => None,
         }
@@ -204,9 +204,9 @@ mod tests {
         .unwrap();
         assert_eq!(cfg.action.len(), 3);
         match &cfg.action[0] {
-            #[cfg(feature = "nftables")]
+            #[cfg(all(feature = "nftables", target_os = "linux"))]
             ActionConfig::Nftables(c) => assert_eq!(c.table, "spa"),
-            #[cfg(not(feature = "nftables"))]
+            #[cfg(not(all(feature = "nftables", target_os = "linux")))]
             ActionConfig::Nftables(c) => assert_eq!(c.0["table"], "spa"),
             other => panic!("{other:?}"),
         }
@@ -252,9 +252,9 @@ mod tests {
             ("type = \"carrier-pigeon\"", "carrier-pigeon"),
         ] {
             if !cfg!(all(
-                feature = "nftables",
-                feature = "iptables",
-                feature = "firewalld",
+                all(feature = "nftables", target_os = "linux"),
+                all(feature = "iptables", target_os = "linux"),
+                all(feature = "firewalld", target_os = "linux"),
                 feature = "pf",
                 feature = "ipfw"
             )) && !toml.contains("script")

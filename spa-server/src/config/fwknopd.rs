@@ -5,6 +5,7 @@ use super::conf_file::{
 };
 use super::fwknopd_firewall::FwknopdFirewall;
 use super::{ActionConfig, CaptureConfig, ReplayConfig, ServerConfig};
+use postern_backend_common::Platform;
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -188,7 +189,7 @@ pub fn apply_fwknopd_files(
     for path in &overrides {
         entries.extend(read_entries(path)?);
     }
-    apply_entries(entries, cfg, findings)
+    apply_entries(entries, cfg, findings, Platform::CURRENT)
 }
 
 /// One fwknopd.conf-format file, checked as a file posternd trusts.
@@ -207,13 +208,15 @@ pub fn apply_fwknopd_text(
     cfg: &mut ServerConfig,
     findings: &mut Findings,
 ) -> Result<(), ConfError> {
-    apply_entries(parse_lines(path, text)?, cfg, findings)
+    apply_entries(parse_lines(path, text)?, cfg, findings, Platform::CURRENT)
 }
 
+/// `entries` read as fwknopd built for `platform` reads them.
 fn apply_entries(
     mut entries: Vec<Entry>,
     cfg: &mut ServerConfig,
     findings: &mut Findings,
+    platform: Platform,
 ) -> Result<(), ConfError> {
     let mut vars: HashMap<String, String> = HashMap::new();
     for e in entries.iter_mut() {
@@ -324,6 +327,15 @@ fn apply_entries(
     };
     let mut captures = Vec::new();
     if flag("ENABLE_NFQ_CAPTURE", false)? {
+        if let (Some(e), Some(why)) = (
+            get("ENABLE_NFQ_CAPTURE"),
+            super::platform::capture_refusal("nfqueue", platform),
+        ) {
+            return Err(ConfError::new(
+                &e.origin,
+                format!("ENABLE_NFQ_CAPTURE: {why}"),
+            ));
+        }
         captures.push(nfq_capture(&get)?);
     } else if flag("ENABLE_UDP_SERVER", false)? {
         captures.push(CaptureConfig::Udp {
@@ -359,7 +371,7 @@ fn apply_entries(
 
     // Started from fwknop's files with no postern-native action: act like the
     // fwknopd build the file was written for.
-    let firewall = FwknopdFirewall::chosen(&entries)?;
+    let firewall = FwknopdFirewall::chosen(&entries, platform)?;
     if cfg.action.is_empty() {
         cfg.action.push(fwknopd_action(firewall, &get, findings)?);
     } else if let Some(e) =
@@ -595,6 +607,39 @@ mod tests {
             w[0].contains(":6: unknown fwknopd.conf variable `BOGUS`"),
             "{w:?}"
         );
+    }
+
+    /// On FreeBSD, ENABLE_NFQ_CAPTURE is refused at its line; a file without
+    /// firewall variables gets fwknopd's FreeBSD firewall, ipfw.
+    #[test]
+    fn on_freebsd_the_nfq_capture_is_refused_at_its_line() {
+        let on_freebsd = |text: &str| {
+            let mut cfg = ServerConfig::default();
+            let entries = parse_lines(Path::new("/etc/fwknop/fwknopd.conf"), text).unwrap();
+            apply_entries(
+                entries,
+                &mut cfg,
+                &mut Findings::default(),
+                Platform::FreeBsd,
+            )
+            .map(|()| cfg)
+            .map_err(|e| e.to_string())
+        };
+        assert_eq!(
+            on_freebsd("MAX_SPA_PACKET_AGE 60;\nENABLE_NFQ_CAPTURE Y;\n")
+                .err()
+                .as_deref(),
+            Some(
+                "/etc/fwknop/fwknopd.conf:2: ENABLE_NFQ_CAPTURE: the nfqueue capture (NFQUEUE) \
+                 is Linux-only; on FreeBSD use the udp, tcp or pcap capture"
+            )
+        );
+        let cfg = on_freebsd("ENABLE_NFQ_CAPTURE N;\nENABLE_UDP_SERVER Y;\n").unwrap();
+        assert!(matches!(
+            cfg.capture.as_slice(),
+            [CaptureConfig::Udp { .. }]
+        ));
+        assert_eq!(cfg.action[0].kind(), "ipfw");
     }
 
     #[test]

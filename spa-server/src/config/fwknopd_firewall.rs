@@ -8,10 +8,14 @@
 //! half would silently be ignored. `FIREWALL_EXE` is a hint when no variable
 //! decides (its file name `firewall-cmd`, `pfctl`, `ipfw` or `iptables`), and an
 //! error when it names another firewall than the variables do. A file with none
-//! of these acts like fwknopd on Linux: iptables.
+//! of these acts like fwknopd on Linux: iptables; on FreeBSD like fwknopd's
+//! FreeBSD build (its configure takes ipfw before pf): ipfw; on macOS: pf.
+//! Off Linux, a file that selects iptables or firewalld is refused at the line
+//! that selects it (`config/platform.rs`).
 
 use super::conf_file::{parse_num, ConfError, Entry, Findings};
 use super::ActionConfig;
+use postern_backend_common::Platform;
 use serde_json::{Map, Value};
 
 /// The firewall a fwknopd build drives.
@@ -79,9 +83,19 @@ impl FwknopdFirewall {
         }
     }
 
+    /// What fwknopd built on `platform` drives when nothing says otherwise.
+    fn default_on(platform: Platform) -> FwknopdFirewall {
+        match platform {
+            Platform::Linux => FwknopdFirewall::Iptables,
+            Platform::FreeBsd => FwknopdFirewall::Ipfw,
+            Platform::MacOs | Platform::OtherBsd => FwknopdFirewall::Pf,
+        }
+    }
+
     /// The firewall `entries` (fwknopd.conf and its `-O` files, in order) were
-    /// written for. Errors name both lines when they disagree.
-    pub fn chosen(entries: &[Entry]) -> Result<FwknopdFirewall, ConfError> {
+    /// written for, on `platform`. Errors name both lines when they disagree,
+    /// and the line that chose a firewall `platform` does not have.
+    pub fn chosen(entries: &[Entry], platform: Platform) -> Result<FwknopdFirewall, ConfError> {
         let mut by_var: Option<(FwknopdFirewall, &Entry)> = None;
         for e in entries {
             let Some(fw) = FwknopdFirewall::of_var(&e.var) else {
@@ -120,8 +134,24 @@ impl FwknopdFirewall {
                     fw.name()
                 ),
             )),
-            (Some((fw, _)), _) | (None, Some((fw, _))) => Ok(fw),
-            (None, None) => Ok(FwknopdFirewall::Iptables),
+            (Some((fw, by)), _) | (None, Some((fw, by))) => {
+                match super::platform::action_refusal(fw.name(), platform) {
+                    None => Ok(fw),
+                    Some(why) if by.var == "FIREWALL_EXE" => Err(ConfError::new(
+                        &by.origin,
+                        format!("FIREWALL_EXE {} is {}: {why}", by.value, fw.name()),
+                    )),
+                    Some(why) => Err(ConfError::new(
+                        &by.origin,
+                        format!(
+                            "{} is a variable of fwknopd's {} build: {why}",
+                            by.var,
+                            fw.name()
+                        ),
+                    )),
+                }
+            }
+            (None, None) => Ok(FwknopdFirewall::default_on(platform)),
         }
     }
 }
@@ -252,7 +282,7 @@ fn validate(action: &ActionConfig) -> Result<(), String> {
 
 /// An `IPT_*_ACCESS` value as the iptables backend reads it.
 fn checked_chain_spec(e: &Entry) -> Result<String, ConfError> {
-    #[cfg(feature = "iptables")]
+    #[cfg(all(feature = "iptables", target_os = "linux"))]
     e.value
         .parse::<postern_backend_iptables::ChainSpec>()
         .and_then(|spec| spec.validate())
@@ -439,8 +469,53 @@ mod tests {
     use std::path::Path;
 
     fn chosen(text: &str) -> Result<FwknopdFirewall, String> {
+        chosen_on(text, Platform::Linux)
+    }
+
+    fn chosen_on(text: &str, platform: Platform) -> Result<FwknopdFirewall, String> {
         let entries = parse_lines(Path::new("f.conf"), text).unwrap();
-        FwknopdFirewall::chosen(&entries).map_err(|e| e.to_string())
+        FwknopdFirewall::chosen(&entries, platform).map_err(|e| e.to_string())
+    }
+
+    /// On FreeBSD a file that names no firewall acts like fwknopd's FreeBSD
+    /// build (ipfw); pf and ipfw files are read as on Linux; one that selects
+    /// iptables or firewalld is refused at the line that selects it.
+    #[test]
+    fn on_freebsd_linux_firewalls_are_refused_at_their_line() {
+        use FwknopdFirewall::*;
+        let freebsd = |text| chosen_on(text, Platform::FreeBsd);
+        assert_eq!(freebsd("MAX_SPA_PACKET_AGE 60;\n"), Ok(Ipfw));
+        assert_eq!(
+            chosen_on("MAX_SPA_PACKET_AGE 60;\n", Platform::MacOs),
+            Ok(Pf)
+        );
+        assert_eq!(freebsd("PF_ANCHOR_NAME spa;\n"), Ok(Pf));
+        assert_eq!(freebsd("FIREWALL_EXE /sbin/pfctl;\n"), Ok(Pf));
+        assert_eq!(freebsd("IPFW_START_RULE_NUM 2000;\n"), Ok(Ipfw));
+        assert_eq!(
+            freebsd("# x\nIPT_INPUT_ACCESS ACCEPT, filter, INPUT, 1, FWKNOP_INPUT, 1;\n"),
+            Err(
+                "f.conf:2: IPT_INPUT_ACCESS is a variable of fwknopd's iptables build: the \
+                 iptables action is Linux-only; on FreeBSD use pf or ipfw"
+                    .into()
+            )
+        );
+        assert_eq!(
+            freebsd("FLUSH_FIREWD_AT_INIT N;\n"),
+            Err(
+                "f.conf:1: FLUSH_FIREWD_AT_INIT is a variable of fwknopd's firewalld build: \
+                 the firewalld action is Linux-only; on FreeBSD use pf or ipfw"
+                    .into()
+            )
+        );
+        assert_eq!(
+            freebsd("MAX_SPA_PACKET_AGE 60;\nFIREWALL_EXE /usr/sbin/iptables;\n"),
+            Err(
+                "f.conf:2: FIREWALL_EXE /usr/sbin/iptables is iptables: the iptables action \
+                 is Linux-only; on FreeBSD use pf or ipfw"
+                    .into()
+            )
+        );
     }
 
     fn load(text: &str) -> Result<ServerConfig, String> {
@@ -523,7 +598,7 @@ mod tests {
             ))
         );
         // The backend takes these settings.
-        #[cfg(feature = "firewalld")]
+        #[cfg(all(feature = "firewalld", target_os = "linux"))]
         assert!(matches!(a, ActionConfig::Firewalld(_)));
         let plain = load("FIREWALL_EXE /usr/bin/firewall-cmd;\n").unwrap();
         assert_eq!(plain.action[0].kind(), "firewalld");

@@ -9,6 +9,7 @@ pub mod conf_file;
 pub mod dump;
 pub mod fwknopd;
 pub mod fwknopd_firewall;
+pub mod platform;
 pub mod trust;
 
 pub use access::{AccessStanza, AddrList};
@@ -639,10 +640,12 @@ pub fn load(sources: &ConfigSources) -> Result<Loaded, ConfigError> {
             "-O/--override-config takes fwknopd.conf files; a postern.toml is overridden with POSTERN_* variables".into(),
         ));
     }
+    // The TOML file's text, to name the lines of what config/platform.rs refuses.
+    let mut toml_text = None;
     let mut config = match &sources.config {
         Some(path) if is_toml(path) => {
             // Secrets may live in the TOML: same permission rule as access.conf.
-            secure_read(path)?;
+            toml_text = Some(secure_read(path)?);
             let figment = Figment::from(Serialized::defaults(ServerConfig::default()))
                 .merge(Toml::file(path))
                 .merge(Env::prefixed("POSTERN_").split("__").filter(|key| {
@@ -761,6 +764,15 @@ pub fn load(sources: &ConfigSources) -> Result<Loaded, ConfigError> {
             ));
         }
     }
+    let source = match (&sources.config, &toml_text) {
+        (Some(path), Some(text)) => platform::Source::Toml { path, text },
+        (Some(path), None) => platform::Source::Fwknopd(path),
+        (None, _) => platform::Source::Defaults,
+    };
+    let platform_warnings =
+        platform::check(&config, &source, postern_backend_common::Platform::CURRENT)
+            .map_err(ConfigError::Toml)?;
+    findings.warnings.extend(platform_warnings);
     config
         .server
         .validate()

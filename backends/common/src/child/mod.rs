@@ -21,21 +21,31 @@
 //!    set with the old one (and ignores setuid bits and file capabilities).
 //!
 //! Only raw system calls run there: no allocation between fork and exec.
+//!
+//! That is Linux (`linux.rs`). FreeBSD and macOS have no capabilities
+//! (`bsd.rs`): a child that runs as root has all of root's power, so a
+//! non-empty set is refused; the descriptors and the user switch are the same,
+//! and a confined child gets no-new-privileges where the system has it
+//! (FreeBSD 14+), or is not started as a user other than root.
+
+#[cfg(not(target_os = "linux"))]
+mod bsd;
+mod cap_names;
+#[cfg(target_os = "linux")]
+mod linux;
 
 use std::io;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 
-/// A set of Linux capabilities, as a kernel bit mask.
+/// A set of Linux capabilities, as a kernel bit mask. Elsewhere only the
+/// empty set can be handed on; the names are still read (see `cap_names.rs`),
+/// so a configuration can be refused naming them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct CapSet(u64);
 
 impl CapSet {
     pub const EMPTY: CapSet = CapSet(0);
-
-    pub fn of(caps: &[caps::Capability]) -> Self {
-        CapSet(caps.iter().fold(0, |bits, c| bits | c.bitmask()))
-    }
 
     /// Comma- or space-separated names, any case, with or without `CAP_`
     /// (`net_admin,NET_RAW`, `CAP_KILL`); empty or `none` is the empty set.
@@ -52,20 +62,6 @@ impl CapSet {
             set = set.union(CapSet::parse_one(name)?);
         }
         Ok(set)
-    }
-
-    fn parse_one(name: &str) -> Result<Self, String> {
-        let upper = name.to_ascii_uppercase();
-        let full = if upper.starts_with("CAP_") {
-            upper
-        } else {
-            format!("CAP_{upper}")
-        };
-        full.parse::<caps::Capability>()
-            .map(|c| CapSet(c.bitmask()))
-            .map_err(|_| {
-                format!("unknown capability `{name}` (names look like net_admin or CAP_NET_RAW)")
-            })
     }
 
     pub fn union(self, other: CapSet) -> CapSet {
@@ -88,28 +84,6 @@ impl CapSet {
     pub fn bits(self) -> u64 {
         self.0
     }
-
-    /// The capabilities in kernel order.
-    pub fn iter(self) -> impl Iterator<Item = caps::Capability> {
-        let mut known: Vec<caps::Capability> = caps::all()
-            .into_iter()
-            .filter(|c| self.0 & c.bitmask() != 0)
-            .collect();
-        known.sort_by_key(|c| c.index());
-        known.into_iter()
-    }
-
-    /// The same set for the `caps` crate (what the daemon keeps for itself).
-    pub fn to_caps(self) -> caps::CapsHashSet {
-        self.iter().collect()
-    }
-
-    /// The calling thread's permitted set.
-    pub fn permitted_now() -> io::Result<CapSet> {
-        let have = caps::read(None, caps::CapSet::Permitted)
-            .map_err(|e| io::Error::other(e.to_string()))?;
-        Ok(CapSet(have.iter().fold(0, |b, c| b | c.bitmask())))
-    }
 }
 
 impl std::fmt::Display for CapSet {
@@ -117,11 +91,7 @@ impl std::fmt::Display for CapSet {
         if self.is_empty() {
             return f.write_str("none");
         }
-        let names: Vec<String> = self
-            .iter()
-            .map(|c| c.to_string()["CAP_".len()..].to_ascii_lowercase())
-            .collect();
-        f.write_str(&names.join(","))
+        f.write_str(&self.names().join(","))
     }
 }
 
@@ -192,53 +162,21 @@ impl ChildPrivileges {
     }
 
     /// Install the lock-down on `cmd` (done by [`crate::exec::run_limited`]).
-    pub(crate) fn apply(self, cmd: &mut Command) {
+    /// An error: this system cannot lock the child down as asked (checked here,
+    /// where the error can say why; the child can only pass an errno back).
+    pub(crate) fn apply(self, cmd: &mut Command) -> io::Result<()> {
+        self.can_lock_down()?;
         // SAFETY: the hook only makes system calls on values copied in here; it
         // allocates nothing and takes no locks, as required between fork and exec.
         unsafe {
             cmd.pre_exec(move || self.lock_down());
         }
-    }
-
-    /// Runs in the forked child.
-    fn lock_down(&self) -> io::Result<()> {
-        mark_descriptors_cloexec()?;
-        if let Some(id) = self.identity {
-            let keep_caps = id.uid != 0 && self.capabilities.is_some_and(|c| !c.is_empty());
-            if keep_caps {
-                // Else setresuid clears the permitted set we mean to keep.
-                check(unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) })?;
-            }
-            check(unsafe { libc::setgroups(0, std::ptr::null()) })?;
-            check(unsafe { libc::setresgid(id.gid, id.gid, id.gid) })?;
-            check(unsafe { libc::setresuid(id.uid, id.uid, id.uid) })?;
-        }
-        clear_ambient()?;
-        let Some(set) = self.capabilities else {
-            return Ok(());
-        };
-        set_capabilities(set)?;
-        // SAFETY (all libc calls here): plain system calls without pointers.
-        if unsafe { libc::getuid() } != 0 {
-            for cap in 0..64u64 {
-                if set.0 & (1 << cap) != 0 {
-                    check(unsafe {
-                        libc::prctl(
-                            libc::PR_CAP_AMBIENT,
-                            libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong,
-                            cap as libc::c_ulong,
-                            0 as libc::c_ulong,
-                            0 as libc::c_ulong,
-                        )
-                    })?;
-                }
-            }
-        }
-        if !self.allow_setuid_programs {
-            check(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) })?;
-        }
         Ok(())
     }
+}
+
+fn unknown_capability(name: &str) -> String {
+    format!("unknown capability `{name}` (names look like net_admin or CAP_NET_RAW)")
 }
 
 fn check(ret: libc::c_int) -> io::Result<()> {
@@ -249,21 +187,9 @@ fn check(ret: libc::c_int) -> io::Result<()> {
     }
 }
 
-/// Every descriptor above stderr closes at exec.
-fn mark_descriptors_cloexec() -> io::Result<()> {
-    // SAFETY: close_range takes no pointers.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_close_range,
-            3 as libc::c_uint,
-            libc::c_uint::MAX,
-            libc::CLOSE_RANGE_CLOEXEC,
-        )
-    };
-    if ret == 0 {
-        return Ok(());
-    }
-    // Kernels before 5.11: one descriptor at a time, up to the limit.
+/// Mark every descriptor from 3 up to the descriptor limit close-on-exec, one
+/// at a time: where close_range(CLOSE_RANGE_CLOEXEC) is missing.
+fn mark_cloexec_one_by_one() -> io::Result<()> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -281,55 +207,8 @@ fn mark_descriptors_cloexec() -> io::Result<()> {
     Ok(())
 }
 
-fn clear_ambient() -> io::Result<()> {
-    // SAFETY: prctl without pointers.
-    let ret = unsafe {
-        libc::prctl(
-            libc::PR_CAP_AMBIENT,
-            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
-            0 as libc::c_ulong,
-            0 as libc::c_ulong,
-            0 as libc::c_ulong,
-        )
-    };
-    match check(ret) {
-        // Kernels before 4.3 have no ambient set: nothing to clear.
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(()),
-        r => r,
-    }
-}
-
-/// capset(2) with permitted = effective = inheritable = `set`.
-fn set_capabilities(set: CapSet) -> io::Result<()> {
-    #[repr(C)]
-    struct Header {
-        version: u32,
-        pid: libc::c_int,
-    }
-    #[repr(C)]
-    #[derive(Clone, Copy)]
-    struct Data {
-        effective: u32,
-        permitted: u32,
-        inheritable: u32,
-    }
-    const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
-    let mut header = Header {
-        version: LINUX_CAPABILITY_VERSION_3,
-        pid: 0,
-    };
-    let word = |w: u32| Data {
-        effective: w,
-        permitted: w,
-        inheritable: w,
-    };
-    let data = [word(set.0 as u32), word((set.0 >> 32) as u32)];
-    // SAFETY: both pointers are to live, correctly laid out kernel structs.
-    let ret = unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) };
-    check(ret as libc::c_int)
-}
-
-#[cfg(test)]
+// The names come from `caps` here; `cap_names.rs` checks the table used elsewhere.
+#[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
     use caps::Capability::*;

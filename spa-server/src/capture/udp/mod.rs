@@ -12,15 +12,29 @@
 //! A task beside the loop ([`tend`]) refits the kernel length filter when a
 //! reload swaps the stanzas and wakes the blocked receive at a stop, so an
 //! idle loop wakes only once a second, to report the kernel's drops.
+//!
+//! That is Linux (`linux.rs`). On the BSDs (`bsd.rs`) the same loop runs
+//! with IP_RECVDSTADDR for IPv4 destinations, without a kernel length filter
+//! or drop count, and a stop is seen at the next one-second timeout.
+
+// What differs by system: destinations, drop counts, recvmmsg, the kernel
+// length filter, the wake at a stop.
+#[cfg(not(target_os = "linux"))]
+mod bsd;
+#[cfg(target_os = "linux")]
+mod linux;
+#[cfg(not(target_os = "linux"))]
+use bsd as sys;
+#[cfg(target_os = "linux")]
+use linux as sys;
 
 use super::coalesce::Coalesce;
 use super::kernel_drops::{self, Attribution, DropCount};
-use super::length_filter::Lengths;
 use super::offer_blocking;
 use crate::pipeline::{Keyring, Pipeline, Received};
 use socket2::{Socket, Type};
 use spa_core::Clock;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -51,13 +65,14 @@ pub fn bind(listen: SocketAddr) -> anyhow::Result<UdpSocket> {
     socket.set_nonblocking(false)?;
     socket.set_read_timeout(Some(QUIET_REPORT))?;
     super::force_recv_buffer(std::os::fd::AsRawFd::as_raw_fd(&socket), RECV_BUFFER);
-    if let Err(e) = socket_drops(std::os::fd::AsRawFd::as_raw_fd(&socket)) {
+    if let Err(e) = sys::socket_drops(std::os::fd::AsRawFd::as_raw_fd(&socket)) {
         tracing::info!("UDP capture: the kernel does not count its drops here (SO_MEMINFO: {e})");
     }
     let bound = socket.local_addr()?.as_socket().unwrap_or(listen);
     if bound.ip().is_unspecified() {
-        request_destinations(&socket, bound.is_ipv6())
-            .map_err(|e| anyhow::anyhow!("UDP capture on {bound}: no IP_PKTINFO: {e}"))?;
+        sys::request_destinations(&socket, bound.is_ipv6()).map_err(|e| {
+            anyhow::anyhow!("UDP capture on {bound}: no {}: {e}", sys::DESTINATIONS)
+        })?;
     }
     Ok(socket.into())
 }
@@ -83,48 +98,10 @@ fn turn_on(socket: &Socket, level: libc::c_int, name: libc::c_int) -> std::io::R
     }
 }
 
-/// On a wildcard socket, have the kernel tell each datagram's destination
-/// address: IP_PKTINFO on IPv4; IPV6_RECVPKTINFO on IPv6, which also tells
-/// the IPv4 datagrams a dual-stack socket receives (IPv4-mapped). One control
-/// message per datagram, not two.
-fn request_destinations(socket: &Socket, ipv6: bool) -> std::io::Result<()> {
-    if ipv6 {
-        turn_on(socket, libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO)
-    } else {
-        turn_on(socket, libc::IPPROTO_IP, libc::IP_PKTINFO)
-    }
-}
-
-/// The socket's count of datagrams the kernel dropped (SO_MEMINFO), read
-/// once per receive. Not SO_RXQ_OVFL: a control message on every datagram
-/// costs more under a flood than one system call per receive.
-fn socket_drops(fd: std::os::fd::RawFd) -> std::io::Result<u32> {
-    let mut info = [0u32; libc::SK_MEMINFO_DROPS as usize + 1];
-    let mut len = std::mem::size_of_val(&info) as libc::socklen_t;
-    // SAFETY: getsockopt into a u32 array of the stated size; the kernel
-    // writes at most `len` bytes and says how many.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_MEMINFO,
-            info.as_mut_ptr().cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    if (len as usize) < std::mem::size_of_val(&info) {
-        return Err(std::io::Error::other("SO_MEMINFO without the drop count"));
-    }
-    Ok(info[libc::SK_MEMINFO_DROPS as usize])
-}
-
 /// Read the socket's drop count after a receive (or a quiet wait) and
 /// report what it grew by, told apart by why.
 fn report_drops(fd: std::os::fd::RawFd, counted: &mut DropCount, by_why: &mut Attribution) {
-    let dropped = counted.saw(socket_drops(fd).ok());
+    let dropped = counted.saw(sys::socket_drops(fd).ok());
     kernel_drops::report(UDP_DROPS, by_why.add(dropped, std::time::Instant::now()));
 }
 
@@ -151,12 +128,10 @@ fn control_of(hdr: &libc::msghdr) -> Control {
             let data = libc::CMSG_DATA(c);
             let len = ((*c).cmsg_len as usize).saturating_sub(data as usize - c as usize);
             match ((*c).cmsg_level, (*c).cmsg_type) {
-                (libc::IPPROTO_IP, libc::IP_PKTINFO)
-                    if len >= std::mem::size_of::<libc::in_pktinfo>() =>
-                {
-                    let info = std::ptr::read_unaligned(data.cast::<libc::in_pktinfo>());
-                    let ip = Ipv4Addr::from(u32::from_be(info.ipi_addr.s_addr));
-                    found.destination = Some(IpAddr::V4(ip));
+                (libc::IPPROTO_IP, sys::IPV4_DESTINATION) => {
+                    if let Some(ip) = sys::ipv4_destination(data, len) {
+                        found.destination = Some(IpAddr::V4(ip));
+                    }
                 }
                 (libc::IPPROTO_IPV6, libc::IPV6_PKTINFO)
                     if len >= std::mem::size_of::<libc::in6_pktinfo>() =>
@@ -187,7 +162,7 @@ struct RecvBatch {
     iovecs: Vec<libc::iovec>,
     addrs: Vec<libc::sockaddr_storage>,
     controls: Vec<[u64; CONTROL_WORDS]>,
-    msgs: Vec<libc::mmsghdr>,
+    msgs: Vec<sys::mmsghdr>,
 }
 
 // SAFETY: the raw pointers in `iovecs` and `msgs` point into this struct's own
@@ -229,25 +204,7 @@ impl RecvBatch {
             m.msg_hdr.msg_flags = 0;
             m.msg_len = 0;
         }
-        // SAFETY: every header points at live buffers of the sizes it states.
-        let n = unsafe {
-            libc::recvmmsg(
-                fd,
-                self.msgs.as_mut_ptr(),
-                BATCH as libc::c_uint,
-                if wait {
-                    libc::MSG_WAITFORONE
-                } else {
-                    libc::MSG_DONTWAIT
-                },
-                std::ptr::null_mut(),
-            )
-        };
-        if n < 0 {
-            Err(std::io::Error::last_os_error())
-        } else {
-            Ok(n as usize)
-        }
+        sys::receive_many(fd, &mut self.msgs, wait)
     }
 
     /// What the control messages of datagram `i` of the last call tell.
@@ -304,7 +261,7 @@ impl super::Capture for UdpCapture {
         let keyring = pipeline.keyring().clone();
         // Subscribed before the first fit, so no reload falls between.
         let swaps = keyring.swaps();
-        fit_length_filter(&capture.socket, &keyring);
+        sys::fit_length_filter(&capture.socket, &keyring);
         let tender = tokio::spawn(tend(capture.clone(), keyring, swaps, shutdown.clone()));
         let receiver = std::thread::Builder::new()
             .name(RECEIVE_THREAD.into())
@@ -317,15 +274,6 @@ impl super::Capture for UdpCapture {
                 std::panic::resume_unwind(panic);
             }
         })
-    }
-}
-
-/// Fit the socket's kernel filter to the stanzas: datagrams of a length no
-/// stanza takes are dropped before they are queued.
-fn fit_length_filter(socket: &UdpSocket, keyring: &Keyring) {
-    use std::os::fd::AsRawFd;
-    if let Err(e) = Lengths::for_stanzas(&keyring.snapshot()).attach(socket.as_raw_fd()) {
-        tracing::warn!("UDP capture: no kernel length filter ({e}); screening all in posternd");
     }
 }
 
@@ -342,19 +290,11 @@ async fn tend(
         tokio::select! {
             () = shutdown.cancelled() => break,
             // (Never closed: this task holds the keyring, and with it the sender.)
-            Ok(()) = swaps.changed() => fit_length_filter(&capture.socket, &keyring),
+            Ok(()) = swaps.changed() => sys::fit_length_filter(&capture.socket, &keyring),
         }
     }
     // Only at a stop: the loop sees the stop as it wakes, and drains.
-    wake_receiver(&capture.socket);
-}
-
-/// Make a receive blocked on `socket` return: shut its reading side down.
-/// Linux does so on an unconnected UDP socket too (it answers ENOTCONN, and
-/// wakes the reader all the same); datagrams already queued stay readable,
-/// and new ones are still queued, so the loop's drain at a stop loses none.
-fn wake_receiver(socket: &UdpSocket) {
-    let _ = socket2::SockRef::from(socket).shutdown(std::net::Shutdown::Read);
+    sys::wake_receiver(&capture.socket);
 }
 
 fn receive_loop(
@@ -469,6 +409,7 @@ mod tests {
     /// At a stop a receive blocked on a quiet socket returns at once (its
     /// timeout here is a minute), telling no datagram; one sent after is
     /// still queued and read, so the drain at a stop loses nothing.
+    #[cfg(target_os = "linux")]
     #[test]
     fn a_wake_returns_the_blocked_receive_and_later_datagrams_are_still_read() {
         use std::os::fd::AsRawFd;
@@ -489,7 +430,7 @@ mod tests {
         };
         // Blocked by now; were it not, the wake would still end its wait.
         std::thread::sleep(Duration::from_millis(200));
-        wake_receiver(&socket);
+        sys::wake_receiver(&socket);
         let datagrams = told
             .recv_timeout(Duration::from_secs(20))
             .expect("the blocked receive was not woken");
@@ -504,13 +445,14 @@ mod tests {
 
     /// A socket with a tiny buffer, flooded without being read: the kernel
     /// drops datagrams, and its count says exactly how many.
+    #[cfg(target_os = "linux")]
     #[test]
     fn the_sockets_drop_count_tells_what_the_kernel_dropped() {
         use std::os::fd::AsRawFd;
         let socket = bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let fd = socket.as_raw_fd();
         let mut drops = DropCount::default();
-        assert_eq!(drops.saw(Some(socket_drops(fd).unwrap())), 0);
+        assert_eq!(drops.saw(Some(sys::socket_drops(fd).unwrap())), 0);
         let small: libc::c_int = 4096; // the kernel doubles it; its floor is ~4.6 KiB
                                        // SAFETY: setsockopt with a pointer to a c_int of the stated size.
         let rc = unsafe {
@@ -531,12 +473,12 @@ mod tests {
         let mut batch = RecvBatch::new();
         let kept = batch.receive(fd, true).unwrap();
         assert!(kept > 0 && kept < 200, "{kept} of 200 datagrams kept");
-        let dropped = drops.saw(socket_drops(fd).ok());
+        let dropped = drops.saw(sys::socket_drops(fd).ok());
         assert_eq!(dropped as usize, 200 - kept, "{kept} kept of 200");
         // Read again after a datagram that was kept: nothing more.
         sender.send_to(b"next", to).unwrap();
         assert_eq!(batch.receive(fd, true).unwrap(), 1);
-        assert_eq!(drops.saw(socket_drops(fd).ok()), 0);
+        assert_eq!(drops.saw(sys::socket_drops(fd).ok()), 0);
     }
 
     #[test]
