@@ -77,25 +77,16 @@ impl Source<'_> {
 }
 
 /// The line (1-based) of the `index`-th `[[table]]` header of `text`, if
-/// it has `count` of them.
+/// it has `count` of them (read with toml_edit, which keeps each table's
+/// place in the file).
 fn header_line(text: &str, table: &str, index: usize, count: usize) -> Option<usize> {
-    let headers: Vec<usize> = text
-        .lines()
-        .enumerate()
-        .filter(|(_, line)| {
-            let line = line.trim();
-            let Some(inner) = line.strip_prefix("[[").and_then(|l| l.split_once("]]")) else {
-                return false;
-            };
-            let rest = inner.1.trim_start();
-            inner.0.trim() == table && (rest.is_empty() || rest.starts_with('#'))
-        })
-        .map(|(i, _)| i + 1)
-        .collect();
-    if headers.len() != count {
+    let doc = toml_edit::ImDocument::parse(text).ok()?;
+    let tables = doc.get(table)?.as_array_of_tables()?;
+    if tables.len() != count {
         return None;
     }
-    headers.get(index).copied()
+    let at = tables.get(index)?.span()?.start;
+    Some(text[..at].matches('\n').count() + 1)
 }
 
 /// What `cfg` asks for that `platform` cannot do: every refusal, one per line,
