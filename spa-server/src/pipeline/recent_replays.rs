@@ -13,10 +13,11 @@
 
 use super::screen::Screened;
 use super::Stanzas;
+use crate::config::AccessStanza;
 use crate::replay::{packet_digest, PacketDigest};
 use std::collections::VecDeque;
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 /// Copies of this many distinct knocks in turn still hit.
 const REMEMBERED: usize = 4;
@@ -25,8 +26,10 @@ const REMEMBERED: usize = 4;
 #[derive(Debug)]
 pub(super) struct Remembered {
     wire: Box<[u8]>,
-    /// The snapshot it was screened against.
-    stanzas: Stanzas,
+    /// The snapshot it was screened against. Weak: a reload drops the old
+    /// stanzas (and their keys) at once, and while this is held their
+    /// address is not reused, so the identity test stays exact.
+    stanzas: Weak<Vec<AccessStanza>>,
     /// Who sent it then.
     sender: IpAddr,
     pub screened: Screened,
@@ -44,7 +47,7 @@ impl RecentReplays {
     /// the same again.
     pub fn screened(&self, wire: &[u8], sender: IpAddr, stanzas: &Stanzas) -> Option<&Remembered> {
         let known = self.find(wire)?;
-        let same_stanzas = Arc::ptr_eq(&known.stanzas, stanzas);
+        let same_stanzas = std::ptr::eq(known.stanzas.as_ptr(), Arc::as_ptr(stanzas));
         // The screen looks at the sender only through the stanzas' SOURCE.
         let listed_alike = || {
             known.sender == sender
@@ -78,7 +81,7 @@ impl RecentReplays {
         }
         self.newest_first.push_front(Remembered {
             wire: wire.into(),
-            stanzas: stanzas.clone(),
+            stanzas: Arc::downgrade(stanzas),
             sender,
             screened: screened.clone(),
             digest,
@@ -93,7 +96,7 @@ impl RecentReplays {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{AccessStanza, AddrList};
+    use crate::config::AddrList;
 
     fn stanzas(sources: &[&str]) -> Stanzas {
         Arc::new(
@@ -160,9 +163,13 @@ mod tests {
         assert!(hit("192.0.2.200", &split));
         assert!(!hit("198.51.100.1", &split));
         assert!(!hit("203.0.113.9", &split));
-        // A reload: equal stanzas, but not the snapshot it was screened under.
+        // A reload: equal stanzas, but not the snapshot it was screened under;
+        // the old one (keys and all) is gone once the keyring drops it.
         let reloaded = stanzas(&["192.0.2.0/24", "198.51.100.0/24", "ANY"]);
         assert!(!hit("192.0.2.1", &reloaded));
+        let old = Arc::downgrade(&split);
+        drop(split);
+        assert!(old.upgrade().is_none());
         // The digest is still the packet's own.
         assert_eq!(recent.digest_of(&knock), [1; 32]);
     }
