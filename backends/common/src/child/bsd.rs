@@ -16,23 +16,12 @@
 //!    For a child that stays root it is best effort: root loses nothing to
 //!    a setuid program.
 
-use super::{cap_names, check, mark_cloexec_one_by_one, unknown_capability};
+use super::{check, mark_cloexec_one_by_one};
 use super::{CapSet, ChildPrivileges};
 use crate::platform::Platform;
 use std::io;
 
 impl CapSet {
-    pub(super) fn parse_one(name: &str) -> Result<Self, String> {
-        cap_names::bit_of(name)
-            .map(CapSet)
-            .ok_or_else(|| unknown_capability(name))
-    }
-
-    /// Lower-case names without `CAP_`, in kernel order.
-    pub(super) fn names(self) -> Vec<String> {
-        cap_names::names_of(self.0)
-    }
-
     /// No capability sets exist: this process holds none of them, so any set
     /// asked for is missing (and refused).
     pub fn permitted_now() -> io::Result<CapSet> {

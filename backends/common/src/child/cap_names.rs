@@ -1,10 +1,8 @@
-//! Linux capability names by number (linux/capability.h), for systems without
-//! capabilities, where the `caps` crate does not build: a capability setting
-//! is still read there, so the configuration check can refuse it by name.
-//! A test on Linux keeps the table equal to `caps`.
-
-// Used off Linux only; compiled everywhere so that Linux tests check it.
-#![cfg_attr(target_os = "linux", allow(dead_code))]
+//! Linux capability names by number (linux/capability.h), the one table
+//! `CapSet` reads and prints them with on every system: off Linux the `caps`
+//! crate does not build, yet a capability setting is still read there, so
+//! the configuration check can refuse it by name. A test on Linux keeps the
+//! table equal to `caps`.
 
 /// Index = capability number.
 pub(super) const NAMES: [&str; 41] = [

@@ -1,32 +1,13 @@
-//! Linux: capability names from the `caps` crate, and the child lock-down
+//! Linux: capability sets through the `caps` crate, and the child lock-down
 //! (see the parent module) with capabilities, the ambient set and
 //! `PR_SET_NO_NEW_PRIVS`.
 
-use super::{check, mark_cloexec_one_by_one, unknown_capability, CapSet, ChildPrivileges};
+use super::{check, mark_cloexec_one_by_one, CapSet, ChildPrivileges};
 use std::io;
 
 impl CapSet {
     pub fn of(caps: &[caps::Capability]) -> Self {
         CapSet(caps.iter().fold(0, |bits, c| bits | c.bitmask()))
-    }
-
-    pub(super) fn parse_one(name: &str) -> Result<Self, String> {
-        let upper = name.to_ascii_uppercase();
-        let full = if upper.starts_with("CAP_") {
-            upper
-        } else {
-            format!("CAP_{upper}")
-        };
-        full.parse::<caps::Capability>()
-            .map(|c| CapSet(c.bitmask()))
-            .map_err(|_| unknown_capability(name))
-    }
-
-    /// Lower-case names without `CAP_`, in kernel order.
-    pub(super) fn names(self) -> Vec<String> {
-        self.iter()
-            .map(|c| c.to_string()["CAP_".len()..].to_ascii_lowercase())
-            .collect()
     }
 
     /// The capabilities in kernel order.

@@ -38,9 +38,10 @@ use std::io;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 
-/// A set of Linux capabilities, as a kernel bit mask. Elsewhere only the
-/// empty set can be handed on; the names are still read (see `cap_names.rs`),
-/// so a configuration can be refused naming them.
+/// A set of Linux capabilities, as a kernel bit mask, named from one table
+/// (`cap_names.rs`) on every system. Elsewhere only the empty set can be
+/// handed on; the names are still read, so a configuration can be refused
+/// naming them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct CapSet(u64);
 
@@ -59,7 +60,10 @@ impl CapSet {
             if name.eq_ignore_ascii_case("none") {
                 continue;
             }
-            set = set.union(CapSet::parse_one(name)?);
+            let bit = cap_names::bit_of(name).ok_or_else(|| {
+                format!("unknown capability `{name}` (names look like net_admin or CAP_NET_RAW)")
+            })?;
+            set = set.union(CapSet(bit));
         }
         Ok(set)
     }
@@ -91,7 +95,7 @@ impl std::fmt::Display for CapSet {
         if self.is_empty() {
             return f.write_str("none");
         }
-        f.write_str(&self.names().join(","))
+        f.write_str(&cap_names::names_of(self.0).join(","))
     }
 }
 
@@ -175,10 +179,6 @@ impl ChildPrivileges {
     }
 }
 
-fn unknown_capability(name: &str) -> String {
-    format!("unknown capability `{name}` (names look like net_admin or CAP_NET_RAW)")
-}
-
 fn check(ret: libc::c_int) -> io::Result<()> {
     if ret < 0 {
         Err(io::Error::last_os_error())
@@ -207,7 +207,6 @@ fn mark_cloexec_one_by_one() -> io::Result<()> {
     Ok(())
 }
 
-// The names come from `caps` here; `cap_names.rs` checks the table used elsewhere.
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
