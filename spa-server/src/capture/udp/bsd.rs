@@ -1,9 +1,8 @@
-//! The UDP capture's BSD parts: IP_RECVDSTADDR for IPv4 destinations,
-//! recvmmsg where libc has it (FreeBSD), no drop count, no kernel length filter.
+//! The UDP capture's BSD parts: IP_RECVDSTADDR for IPv4 destinations, no
+//! drop count, no kernel length filter, and on macOS (no recvmmsg) a batch
+//! taken one recvmsg at a time.
 
-use super::turn_on;
 use crate::pipeline::Keyring;
-use socket2::Socket;
 use std::net::{Ipv4Addr, UdpSocket};
 
 #[cfg(not(target_os = "macos"))]
@@ -12,20 +11,11 @@ pub(super) use libc::mmsghdr;
 /// What the error says when destinations cannot be asked for.
 pub(super) const DESTINATIONS: &str = "IP_RECVDSTADDR / IPV6_RECVPKTINFO";
 
-/// On a wildcard socket, have the kernel tell each datagram's destination
-/// address: IP_RECVDSTADDR on IPv4 (the BSDs have no IP_PKTINFO to receive);
-/// IPV6_RECVPKTINFO on IPv6. Should the kernel not tell it for the IPv4
-/// datagrams of a dual-stack socket, their destination is unknown, and
-/// stanzas bound to a destination refuse them (policy.rs): nothing widens.
-pub(super) fn request_destinations(socket: &Socket, ipv6: bool) -> std::io::Result<()> {
-    if ipv6 {
-        turn_on(socket, libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO)
-    } else {
-        turn_on(socket, libc::IPPROTO_IP, libc::IP_RECVDSTADDR)
-    }
-}
-
-/// The control message that tells an IPv4 datagram's destination.
+/// The socket option, and the control message, that tell an IPv4 datagram's
+/// destination (the BSDs have no IP_PKTINFO to receive). Should the kernel
+/// not tell it for the IPv4 datagrams of a dual-stack socket, their
+/// destination is unknown, and stanzas bound to a destination refuse them
+/// (policy.rs): nothing widens.
 pub(super) const IPV4_DESTINATION: libc::c_int = libc::IP_RECVDSTADDR;
 
 /// The destination in such a message's data (`len` bytes at `data`): an in_addr.
@@ -47,36 +37,6 @@ pub(super) fn socket_drops(_fd: std::os::fd::RawFd) -> std::io::Result<u32> {
         std::io::ErrorKind::Unsupported,
         "Linux only",
     ))
-}
-
-/// Receive up to `msgs.len()` datagrams: wait (up to the socket's timeout)
-/// for the first, then take what is there; with `wait` false, only what is
-/// there. FreeBSD's libc recvmmsg does exactly this with recvmsg calls.
-#[cfg(not(target_os = "macos"))]
-pub(super) fn receive_many(
-    fd: std::os::fd::RawFd,
-    msgs: &mut [mmsghdr],
-    wait: bool,
-) -> std::io::Result<usize> {
-    // SAFETY: every header points at live buffers of the sizes it states.
-    let n = unsafe {
-        libc::recvmmsg(
-            fd,
-            msgs.as_mut_ptr(),
-            msgs.len(),
-            if wait {
-                libc::MSG_WAITFORONE
-            } else {
-                libc::MSG_DONTWAIT
-            },
-            std::ptr::null(),
-        )
-    };
-    if n < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
 }
 
 /// macOS has no recvmmsg: the same header, filled one recvmsg at a time.

@@ -1,10 +1,8 @@
-//! The UDP capture's Linux parts: IP_PKTINFO, SO_MEMINFO's drop count,
-//! recvmmsg, the kernel length filter, and the wake at a stop.
+//! The UDP capture's Linux parts: IP_PKTINFO, SO_MEMINFO's drop count, the
+//! kernel length filter, and the wake at a stop.
 
-use super::turn_on;
 use crate::capture::length_filter::Lengths;
 use crate::pipeline::Keyring;
-use socket2::Socket;
 use std::net::{Ipv4Addr, UdpSocket};
 
 pub(super) use libc::mmsghdr;
@@ -12,19 +10,9 @@ pub(super) use libc::mmsghdr;
 /// What the error says when destinations cannot be asked for.
 pub(super) const DESTINATIONS: &str = "IP_PKTINFO";
 
-/// On a wildcard socket, have the kernel tell each datagram's destination
-/// address: IP_PKTINFO on IPv4; IPV6_RECVPKTINFO on IPv6, which also tells
-/// the IPv4 datagrams a dual-stack socket receives (IPv4-mapped). One control
-/// message per datagram, not two.
-pub(super) fn request_destinations(socket: &Socket, ipv6: bool) -> std::io::Result<()> {
-    if ipv6 {
-        turn_on(socket, libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO)
-    } else {
-        turn_on(socket, libc::IPPROTO_IP, libc::IP_PKTINFO)
-    }
-}
-
-/// The control message that tells an IPv4 datagram's destination.
+/// The socket option, and the control message, that tell an IPv4 datagram's
+/// destination. On a dual-stack socket IPV6_RECVPKTINFO also tells the IPv4
+/// datagrams (IPv4-mapped): one control message per datagram, not two.
 pub(super) const IPV4_DESTINATION: libc::c_int = libc::IP_PKTINFO;
 
 /// The destination in such a message's data (`len` bytes at `data`).
@@ -64,35 +52,6 @@ pub(super) fn socket_drops(fd: std::os::fd::RawFd) -> std::io::Result<u32> {
         return Err(std::io::Error::other("SO_MEMINFO without the drop count"));
     }
     Ok(info[libc::SK_MEMINFO_DROPS as usize])
-}
-
-/// Receive up to `msgs.len()` datagrams in one call: wait (up to the socket's
-/// timeout) for the first, then take what is there; with `wait` false, only
-/// what is there.
-pub(super) fn receive_many(
-    fd: std::os::fd::RawFd,
-    msgs: &mut [mmsghdr],
-    wait: bool,
-) -> std::io::Result<usize> {
-    // SAFETY: every header points at live buffers of the sizes it states.
-    let n = unsafe {
-        libc::recvmmsg(
-            fd,
-            msgs.as_mut_ptr(),
-            msgs.len() as libc::c_uint,
-            if wait {
-                libc::MSG_WAITFORONE
-            } else {
-                libc::MSG_DONTWAIT
-            },
-            std::ptr::null_mut(),
-        )
-    };
-    if n < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
 }
 
 /// Fit the socket's kernel filter to the stanzas: datagrams of a length no

@@ -17,7 +17,7 @@
 //! with IP_RECVDSTADDR for IPv4 destinations, without a kernel length filter
 //! or drop count, and a stop is seen at the next one-second timeout.
 
-// What differs by system: destinations, drop counts, recvmmsg, the kernel
+// What differs by system: destinations, drop counts, macOS's recvmsg, the kernel
 // length filter, the wake at a stop.
 #[cfg(not(target_os = "linux"))]
 mod bsd;
@@ -70,11 +70,22 @@ pub fn bind(listen: SocketAddr) -> anyhow::Result<UdpSocket> {
     }
     let bound = socket.local_addr()?.as_socket().unwrap_or(listen);
     if bound.ip().is_unspecified() {
-        sys::request_destinations(&socket, bound.is_ipv6()).map_err(|e| {
+        request_destinations(&socket, bound.is_ipv6()).map_err(|e| {
             anyhow::anyhow!("UDP capture on {bound}: no {}: {e}", sys::DESTINATIONS)
         })?;
     }
     Ok(socket.into())
+}
+
+/// On a wildcard socket, have the kernel tell each datagram's destination
+/// address: IPV6_RECVPKTINFO on IPv6, the system's own option on IPv4
+/// (`sys::IPV4_DESTINATION`).
+fn request_destinations(socket: &Socket, ipv6: bool) -> std::io::Result<()> {
+    if ipv6 {
+        turn_on(socket, libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO)
+    } else {
+        turn_on(socket, libc::IPPROTO_IP, sys::IPV4_DESTINATION)
+    }
 }
 
 /// Set the int socket option `level`/`name` to 1.
@@ -204,7 +215,7 @@ impl RecvBatch {
             m.msg_hdr.msg_flags = 0;
             m.msg_len = 0;
         }
-        sys::receive_many(fd, &mut self.msgs, wait)
+        receive_many(fd, &mut self.msgs, wait)
     }
 
     /// What the control messages of datagram `i` of the last call tell.
@@ -228,6 +239,39 @@ impl RecvBatch {
         ))
     }
 }
+
+/// Receive up to `msgs.len()` datagrams in one call: wait (up to the
+/// socket's timeout) for the first, then take what is there; with `wait`
+/// false, only what is there. (FreeBSD's libc does it with recvmsg calls.)
+#[cfg(not(target_os = "macos"))]
+fn receive_many(
+    fd: std::os::fd::RawFd,
+    msgs: &mut [sys::mmsghdr],
+    wait: bool,
+) -> std::io::Result<usize> {
+    // SAFETY: every header points at live buffers of the sizes it states.
+    let n = unsafe {
+        libc::recvmmsg(
+            fd,
+            msgs.as_mut_ptr(),
+            msgs.len() as _,
+            if wait {
+                libc::MSG_WAITFORONE
+            } else {
+                libc::MSG_DONTWAIT
+            },
+            std::ptr::null_mut::<libc::timespec>(),
+        )
+    };
+    if n < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+#[cfg(target_os = "macos")]
+use sys::receive_many;
 
 /// The UDP capture, bound.
 pub struct UdpCapture {
